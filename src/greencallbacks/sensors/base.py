@@ -1,0 +1,122 @@
+"""The one small interface every energy source implements.
+
+A sensor reports *cumulative* joules since it was created. It never resets; the meter takes
+differences. Sensors that need regular attention (integrating sampled power, catching counter
+wraparound) say how often in ``poll_interval_s`` and are polled by the meter's one background
+thread through ``poll``. Boundary reads go through ``energy_j``.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+import time
+from dataclasses import dataclass, field
+
+
+class Method(str, enum.Enum):
+    """How a sensor knows its energy."""
+
+    COUNTER = "counter"  # a hardware energy counter (NVML total energy, RAPL)
+    SAMPLED = "sampled"  # instantaneous power sampled and integrated by the background thread
+    ESTIMATED = "estimated"  # a model: TDP x utilisation, W/GB, a declared constant
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Kind(str, enum.Enum):
+    """What part of the machine a sensor covers."""
+
+    GPU = "gpu"
+    CPU = "cpu"
+    DRAM = "dram"  # RAM measured by a counter (RAPL dram domain)
+    RAM = "ram"  # RAM estimated
+    OTHER = "other"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class SensorError(RuntimeError):
+    """A sensor could not be read. The meter catches it and degrades that sensor."""
+
+
+class Sensor:
+    """Base class. Subclasses set the attributes and implement ``energy_j``.
+
+    Attributes:
+        name: unique, stable and readable, e.g. ``"gpu0"``, ``"cpu-package-0"``, ``"ram"``.
+        kind: which part of the machine (``Kind``).
+        scope: what exactly it measures, e.g. a GPU UUID, ``"package-0"``, ``"host"``.
+        method: ``Method``.
+        poll_interval_s: how often the background thread must call ``poll``; ``None`` if never.
+        update_period_s: the counter's update period (quantisation of short windows); 0 if none.
+    """
+
+    name: str = "sensor"
+    kind: Kind = Kind.OTHER
+    scope: str = ""
+    method: Method = Method.ESTIMATED
+    poll_interval_s: float | None = None
+    update_period_s: float = 0.0
+
+    def energy_j(self) -> float:
+        """Cumulative joules since this sensor was created. Raises ``SensorError`` on failure."""
+        raise NotImplementedError
+
+    def poll(self) -> None:
+        """Called from the background thread every ``poll_interval_s``. Must be cheap."""
+
+    def close(self) -> None:
+        """Release resources. Idempotent."""
+
+    def describe(self) -> dict:
+        return {"name": self.name, "kind": str(self.kind), "scope": self.scope, "method": str(self.method)}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, scope={self.scope!r}, method={self.method.value!r})"
+
+
+@dataclass(frozen=True)
+class Unavailable:
+    """A sensor that was looked for and could not be used, with the reason and the fix."""
+
+    name: str
+    kind: Kind
+    reason: str
+    fix: str = ""
+
+
+@dataclass
+class Discovery:
+    """What ``discover_sensors`` found: the usable sensors and the ones it could not use."""
+
+    sensors: list[Sensor] = field(default_factory=list)
+    unavailable: list[Unavailable] = field(default_factory=list)
+
+
+class Integrator:
+    """Integrates power samples into energy (trapezoid rule) on a monotonic clock.
+
+    Shared by every sensor that knows power rather than energy. Boundary reads and the background
+    thread both add samples, hence the lock. ``clock`` is injectable so that tests advance time
+    without sleeping.
+    """
+
+    def __init__(self, clock=time.monotonic) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._last_t: float | None = None
+        self._last_w = 0.0
+        self.energy_j = 0.0
+
+    def add(self, power_w: float, now: float | None = None) -> float:
+        """Add one sample of instantaneous power; returns cumulative joules."""
+        with self._lock:
+            now = self._clock() if now is None else now
+            if self._last_t is not None and now > self._last_t:
+                self.energy_j += 0.5 * (power_w + self._last_w) * (now - self._last_t)
+            if self._last_t is None or now >= self._last_t:
+                self._last_t, self._last_w = now, power_w
+            return self.energy_j

@@ -1,0 +1,1 @@
+"""Faithful fakes of hardware this machine lacks (NVML, RAPL) and scripted sensors."""

@@ -1,0 +1,189 @@
+import threading
+import time
+
+import pytest
+
+from greencallbacks.meter import EnergyWarning, Meter
+from greencallbacks.sensors.base import Kind, Method, SensorError
+from tests.fakes.scripted import FakeClock, ScriptedSensor
+
+
+def make_meter(clock, *sensors, fallback=None):
+    return Meter(sensors, fallback=fallback, clock=clock, wall_clock=lambda: clock() + 1.7e9)
+
+
+def test_window_energy_is_power_times_time_per_component():
+    clock = FakeClock()
+    gpu = ScriptedSensor("gpu0", clock, power_w=300.0)
+    cpu = ScriptedSensor("cpu", clock, power_w=50.0, kind=Kind.CPU)
+    meter = make_meter(clock, gpu, cpu)
+    window = meter.start()
+    clock.advance(10.0)
+    result = window.stop()
+    assert result.duration_s == pytest.approx(10.0)
+    assert {c.name: c.energy_j for c in result.components} == pytest.approx({"gpu0": 3000.0, "cpu": 500.0})
+    assert result.energy_j == pytest.approx(3500.0)
+    assert [c.method for c in result.components] == ["counter", "counter"]
+
+
+def test_windows_nest_and_overlap_without_resetting_counters():
+    clock = FakeClock()
+    gpu = ScriptedSensor("gpu0", clock, power_w=100.0)
+    meter = make_meter(clock, gpu)
+    outer = meter.start()
+    clock.advance(1.0)
+    inner = meter.start()
+    clock.advance(2.0)
+    overlapping = meter.start()
+    assert inner.stop().energy_j == pytest.approx(200.0)
+    clock.advance(3.0)
+    assert overlapping.stop().energy_j == pytest.approx(300.0)
+    assert outer.stop().energy_j == pytest.approx(600.0)
+
+
+def test_measure_context_manager_keeps_result():
+    clock = FakeClock()
+    meter = make_meter(clock, ScriptedSensor("gpu0", clock, power_w=10.0))
+    with meter.measure() as window:
+        clock.advance(4.0)
+    assert window.result is not None and window.result.energy_j == pytest.approx(40.0)
+
+
+def test_duplicate_sensor_names_rejected():
+    clock = FakeClock()
+    with pytest.raises(ValueError, match="unique"):
+        Meter([ScriptedSensor("x", clock), ScriptedSensor("x", clock)], fallback=None)
+
+
+def test_failing_sensor_degrades_to_fallback_warns_once_and_stays_continuous():
+    clock = FakeClock()
+    rapl = ScriptedSensor("cpu-package-0", clock, power_w=80.0, kind=Kind.CPU)
+    estimate = ScriptedSensor("estimate", clock, power_w=20.0, kind=Kind.CPU, method=Method.ESTIMATED)
+    meter = make_meter(clock, rapl, fallback=lambda s: estimate)
+    start = meter.snapshot()
+    clock.advance(10.0)
+    meter.snapshot()  # 800 J counted by the counter
+    rapl.fail_with = PermissionError("energy_uj: permission denied")
+    with pytest.warns(EnergyWarning, match="cpu-package-0.*permission denied.*estimated") as caught:
+        meter.snapshot()
+        clock.advance(5.0)
+        end = meter.snapshot()
+        clock.advance(5.0)
+        later = meter.snapshot()
+    assert len([w for w in caught if issubclass(w.category, EnergyWarning)]) == 1
+    measured = meter.between(start, end)
+    # 800 J from the counter, then 5 s of the 20 W estimate; nothing lost, nothing negative.
+    assert measured.energy_j == pytest.approx(900.0)
+    component = measured.components[0]
+    assert component.name == "cpu-package-0"  # the channel keeps its name
+    assert component.method == "estimated"
+    assert "counter until" in component.note
+    assert meter.between(end, later).energy_j == pytest.approx(100.0)
+    assert rapl.closed
+
+
+def test_failing_sensor_without_fallback_stops_counting_labelled():
+    clock = FakeClock()
+    gpu = ScriptedSensor("gpu0", clock, power_w=100.0)
+    meter = make_meter(clock, gpu)
+    start = meter.snapshot()
+    clock.advance(2.0)
+    gpu.fail_with = SensorError("GPU is lost")
+    with pytest.warns(EnergyWarning, match="no longer counted"):
+        end = meter.snapshot()
+    clock.advance(2.0)
+    assert meter.between(start, meter.snapshot()).energy_j == pytest.approx(0.0)
+    assert "stopped counting" in meter.between(start, end).components[0].note
+
+
+def test_counter_going_backwards_never_gives_negative_energy():
+    clock = FakeClock()
+    gpu = ScriptedSensor("gpu0", clock, power_w=100.0)
+    meter = make_meter(clock, gpu)
+    clock.advance(5.0)
+    before = meter.snapshot()
+    gpu._energy = 0.0  # a sensor that misbehaves: the meter holds its high-water mark
+    clock.advance(1.0)
+    after = meter.snapshot()
+    assert meter.between(before, after).energy_j == 0.0
+
+
+def test_quantised_counter_reports_uncertainty_of_one_update_period():
+    clock = FakeClock()
+    gpu = ScriptedSensor("gpu0", clock, power_w=700.0, update_period_s=0.1)
+    meter = make_meter(clock, gpu)
+    window = meter.start()
+    clock.advance(2.0)
+    component = window.stop().components[0]
+    assert component.uncertainty_j == pytest.approx(0.1 * 700.0)
+
+
+def test_estimates_carry_wide_uncertainty():
+    clock = FakeClock()
+    est = ScriptedSensor("cpu", clock, power_w=40.0, method=Method.ESTIMATED, kind=Kind.CPU)
+    meter = make_meter(clock, est)
+    window = meter.start()
+    clock.advance(10.0)
+    component = window.stop().components[0]
+    assert component.uncertainty_j == pytest.approx(0.5 * 400.0)
+
+
+def test_sync_hook_runs_before_every_snapshot_and_its_failure_is_ignored():
+    clock = FakeClock()
+    calls = []
+
+    def sync():
+        calls.append(clock())
+        raise RuntimeError("device gone")
+
+    meter = Meter([ScriptedSensor("gpu0", clock)], fallback=None, sync=sync, clock=clock)
+    meter.snapshot()
+    meter.snapshot()
+    assert len(calls) == 2
+
+
+class PolledSensor(ScriptedSensor):
+    poll_interval_s = 0.001
+
+
+def test_background_thread_starts_lazily_polls_stops_and_restarts():
+    clock = FakeClock()
+    sensor = PolledSensor("gpu0", clock, method=Method.SAMPLED)
+    meter = Meter([sensor], fallback=None, clock=time.monotonic)
+    assert not meter.sampling  # nothing started at construction
+    meter.snapshot()
+    assert meter.sampling
+    deadline = time.monotonic() + 2
+    while sensor.polls < 3 and time.monotonic() < deadline:
+        time.sleep(0.002)
+    assert sensor.polls >= 3
+    meter.stop_sampling()
+    assert not meter.sampling
+    assert not [t for t in threading.enumerate() if t.name == "greencallbacks-meter"]
+    meter.snapshot()
+    assert meter.sampling
+    meter.close()
+    assert not [t for t in threading.enumerate() if t.name == "greencallbacks-meter"]
+
+
+def test_no_thread_when_no_sensor_needs_polling():
+    clock = FakeClock()
+    meter = make_meter(clock, ScriptedSensor("gpu0", clock))
+    meter.snapshot()
+    assert not meter.sampling
+
+
+def test_dead_background_thread_is_restarted_with_a_warning():
+    clock = FakeClock()
+    sensor = PolledSensor("gpu0", clock, method=Method.SAMPLED)
+    meter = Meter([sensor], fallback=None, clock=time.monotonic)
+    meter.snapshot()
+    # Kill the thread the way an unexpected crash would: its stop flag never set by us.
+    poller = meter._poller
+    poller._stop.set()
+    poller._thread.join(timeout=2)
+    poller._stop.clear()
+    with pytest.warns(EnergyWarning, match="restarted"):
+        meter.snapshot()
+    assert meter.sampling and poller.restarts == 1
+    meter.close()
