@@ -1,0 +1,206 @@
+"""Carbon intensity that changes over time, read from a CSV or JSON file.
+
+The series is a step function: each value holds from its timestamp until the next one. The
+intensity of an interval is the time-weighted mean over it. Before the first timestamp the first
+value is used, after the last timestamp the last one, and the result says it was extrapolated.
+
+File formats (timestamps ISO-8601, naive ones taken as UTC, or unix seconds; values gCO2eq/kWh):
+- CSV with a header naming a time column (timestamp, time, datetime) and a value column
+  (g_per_kwh, intensity, carbon_intensity, value); ``#`` lines are comments.
+- JSON: a list of ``{"timestamp": ..., "g_per_kwh": ...}`` objects (same key choices as CSV) or
+  of ``[timestamp, value]`` pairs, optionally wrapped as ``{"data": [...]}``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from greencallbacks.carbon.intensity import Intensity, validate_intensity
+
+TIME_COLUMNS = ("timestamp", "time", "datetime")
+VALUE_COLUMNS = ("g_per_kwh", "intensity", "carbon_intensity", "value")
+SERIES_LICENCE = "user data"
+
+
+@runtime_checkable
+class IntensitySource(Protocol):
+    """Anything that can say the mean intensity over a time interval (files now, live sources later)."""
+
+    def mean_between(self, start_unix: float, end_unix: float) -> Intensity: ...
+
+
+def _malformed(path: Path, line: int | str, why: str) -> ValueError:
+    return ValueError(f"series file {str(path)!r}, line {line}: {why}")
+
+
+def parse_timestamp(raw: object) -> float:
+    """Unix seconds from a number, a numeric string or an ISO-8601 string (naive = UTC)."""
+    if isinstance(raw, bool):
+        raise ValueError(f"not a timestamp: {raw!r}")
+    if isinstance(raw, (int, float)):
+        seconds = float(raw)
+    elif isinstance(raw, str):
+        text = raw.strip()
+        try:
+            seconds = float(text)
+        except ValueError:
+            # fromisoformat before 3.11 does not take a trailing Z.
+            moment = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text)
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=timezone.utc)
+            seconds = moment.timestamp()
+    else:
+        raise ValueError(f"not a timestamp: {raw!r}")
+    if not math.isfinite(seconds):
+        raise ValueError(f"not a finite timestamp: {raw!r}")
+    return seconds
+
+
+def _parse_value(raw: object) -> float:
+    if isinstance(raw, str):
+        try:
+            raw = float(raw.strip())
+        except ValueError:
+            raise ValueError(f"value {raw!r} is not a number") from None
+    return validate_intensity(raw, argument="value")
+
+
+def _pick_column(names: list[str], choices: tuple[str, ...]) -> str | None:
+    lowered = {name.strip().lower(): name for name in names}
+    return next((lowered[choice] for choice in choices if choice in lowered), None)
+
+
+def _csv_points(path: Path, text: str) -> list[tuple[int, object, object]]:
+    """(line number, raw timestamp, raw value) for each data row of a CSV series."""
+    numbered = [(number, line) for number, line in enumerate(text.splitlines(), start=1)
+                if line.strip() and not line.lstrip().startswith("#")]
+    if not numbered:
+        raise _malformed(path, 1, "no header and no data")
+    header_line, header = numbered[0]
+    names = next(csv.reader([header]))
+    time_column = _pick_column(names, TIME_COLUMNS)
+    value_column = _pick_column(names, VALUE_COLUMNS)
+    if time_column is None or value_column is None:
+        raise _malformed(
+            path, header_line,
+            f"header {names} needs a time column ({', '.join(TIME_COLUMNS)}) "
+            f"and a value column ({', '.join(VALUE_COLUMNS)})",
+        )
+    time_index, value_index = names.index(time_column), names.index(value_column)
+    points = []
+    for number, line in numbered[1:]:
+        cells = next(csv.reader(io.StringIO(line)))
+        if len(cells) <= max(time_index, value_index):
+            raise _malformed(path, number, f"expected {len(names)} columns, got {len(cells)}")
+        points.append((number, cells[time_index], cells[value_index]))
+    return points
+
+
+def _json_points(path: Path, text: str) -> list[tuple[int | str, object, object]]:
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise _malformed(path, error.lineno, f"invalid JSON: {error.msg}") from None
+    if isinstance(document, dict) and "data" in document:
+        document = document["data"]
+    if not isinstance(document, list):
+        raise _malformed(path, 1, "expected a list of points (or {\"data\": [...]})")
+    points: list[tuple[int | str, object, object]] = []
+    for index, item in enumerate(document):
+        where = f"item {index}"
+        if isinstance(item, dict):
+            time_key = _pick_column(list(item), TIME_COLUMNS)
+            value_key = _pick_column(list(item), VALUE_COLUMNS)
+            if time_key is None or value_key is None:
+                raise _malformed(
+                    path, where,
+                    f"keys {sorted(item)} need a time key ({', '.join(TIME_COLUMNS)}) "
+                    f"and a value key ({', '.join(VALUE_COLUMNS)})",
+                )
+            points.append((where, item[time_key], item[value_key]))
+        elif isinstance(item, list) and len(item) == 2:
+            points.append((where, item[0], item[1]))
+        else:
+            raise _malformed(path, where, f"expected an object or a [timestamp, value] pair, got {item!r}")
+    return points
+
+
+@dataclass(frozen=True)
+class IntensitySeries:
+    """A step series of (unix seconds, gCO2eq/kWh), strictly increasing in time."""
+
+    times_unix: tuple[float, ...]
+    values_g_per_kwh: tuple[float, ...]
+    name: str
+
+    @property
+    def zone(self) -> str:
+        return f"series:{self.name}"
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "IntensitySeries":
+        file_path = Path(path)
+        try:
+            text = file_path.read_text(encoding="utf-8-sig")
+        except OSError as error:
+            raise ValueError(f"series file {str(file_path)!r} cannot be read: {error}") from None
+        is_json = file_path.suffix.lower() == ".json" or text.lstrip().startswith(("[", "{"))
+        raw_points = _json_points(file_path, text) if is_json else _csv_points(file_path, text)
+        if not raw_points:
+            raise _malformed(file_path, 1, "no data points")
+        times: list[float] = []
+        values: list[float] = []
+        for where, raw_time, raw_value in raw_points:
+            try:
+                moment = parse_timestamp(raw_time)
+                value = _parse_value(raw_value)
+            except ValueError as error:
+                raise _malformed(file_path, where, str(error)) from None
+            if times and moment == times[-1]:
+                raise _malformed(file_path, where, f"duplicate timestamp {raw_time!r}")
+            if times and moment < times[-1]:
+                raise _malformed(file_path, where, f"timestamp {raw_time!r} is earlier than the one before it")
+            times.append(moment)
+            values.append(value)
+        return cls(times_unix=tuple(times), values_g_per_kwh=tuple(values), name=file_path.name)
+
+    def value_at(self, moment_unix: float) -> float:
+        # The step in force at `moment`: the last timestamp <= moment (the first one before the series).
+        index = bisect.bisect_right(self.times_unix, moment_unix) - 1
+        return self.values_g_per_kwh[max(index, 0)]
+
+    def integral(self, start_unix: float, end_unix: float) -> float:
+        """Integral of the step function over [start, end], in (g/kWh) x seconds."""
+        total = 0.0
+        boundaries = [start_unix, *(t for t in self.times_unix if start_unix < t < end_unix), end_unix]
+        for left, right in zip(boundaries, boundaries[1:]):
+            total += self.value_at(left) * (right - left)
+        return total
+
+    def mean_between(self, start_unix: float, end_unix: float) -> Intensity:
+        if end_unix < start_unix:
+            raise ValueError(f"end ({end_unix}) is before start ({start_unix})")
+        if end_unix == start_unix:
+            g_per_kwh = self.value_at(start_unix)
+            how = "value at instant"
+        else:
+            g_per_kwh = self.integral(start_unix, end_unix) / (end_unix - start_unix)
+            how = "time-weighted mean"
+        extrapolated = start_unix < self.times_unix[0] or end_unix > self.times_unix[-1]
+        note = " (extrapolated: interval outside the series range, nearest value used)" if extrapolated else ""
+        year = datetime.fromtimestamp(start_unix, tz=timezone.utc).year
+        return Intensity(
+            g_per_kwh=g_per_kwh,
+            source=f"time series {self.name}, {how}{note}",
+            zone=self.zone,
+            year=year,
+            licence=SERIES_LICENCE,
+        )

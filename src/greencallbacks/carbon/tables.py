@@ -1,0 +1,165 @@
+"""The carbon tables shipped in ``greencallbacks/data``: loaded on first use with ``csv``, then cached.
+
+Each CSV starts with one ``#`` comment line (what the table is, where it came from) and every row
+carries its own ``source``, ``year`` and ``licence``. ``scripts/build_tables.py`` rebuilds them.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+
+# A plain folder inside the package (package data), not a package of its own.
+DATA_PACKAGE = "greencallbacks"
+DATA_FOLDER = "data"
+
+TABLE_FILES = ("grid_countries.csv", "grid_world.csv", "grid_us_states.csv", "cloud_regions.csv", "pue.csv")
+
+
+@dataclass(frozen=True)
+class GridRow:
+    """One location with a known grid intensity."""
+
+    zone: str
+    name: str
+    g_per_kwh: float
+    year: int | None
+    source: str
+    licence: str
+
+
+@dataclass(frozen=True)
+class CountryRow(GridRow):
+    alpha2: str = ""
+    aliases: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class CloudRegionRow:
+    """A cloud region: either its own published intensity (GCP) or the grid zone it sits in."""
+
+    provider: str
+    region: str
+    location: str
+    zone: str
+    g_per_kwh: float | None
+    year: int | None
+    source: str
+    licence: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.provider}:{self.region}"
+
+
+@dataclass(frozen=True)
+class PueRow:
+    key: str
+    pue: float
+    year: int | None
+    source: str
+    licence: str
+
+
+def read_table_text(file_name: str) -> str:
+    return resources.files(DATA_PACKAGE).joinpath(DATA_FOLDER).joinpath(file_name).read_text(encoding="utf-8")
+
+
+@lru_cache(maxsize=None)
+def read_rows(file_name: str) -> tuple[dict[str, str], ...]:
+    """The rows of one shipped table as dicts, comment lines skipped."""
+    lines = [line for line in read_table_text(file_name).splitlines() if not line.startswith("#")]
+    return tuple(csv.DictReader(io.StringIO("\n".join(lines))))
+
+
+def table_comment(file_name: str) -> str:
+    """The table's ``#`` header line, without the ``#``."""
+    first_line = read_table_text(file_name).splitlines()[0]
+    return first_line.lstrip("#").strip()
+
+
+def _optional_int(text: str) -> int | None:
+    return int(text) if text.strip() else None
+
+
+def _optional_float(text: str) -> float | None:
+    return float(text) if text.strip() else None
+
+
+@lru_cache(maxsize=None)
+def countries() -> tuple[CountryRow, ...]:
+    return tuple(
+        CountryRow(
+            zone=row["alpha3"],
+            name=row["name"],
+            g_per_kwh=float(row["g_per_kwh"]),
+            year=_optional_int(row["year"]),
+            source=row["source"],
+            licence=row["licence"],
+            alpha2=row["alpha2"],
+            aliases=tuple(alias for alias in row["aliases"].split("|") if alias),
+        )
+        for row in read_rows("grid_countries.csv")
+    )
+
+
+@lru_cache(maxsize=None)
+def world() -> GridRow:
+    (row,) = read_rows("grid_world.csv")
+    return GridRow(
+        zone=row["zone"],
+        name="World",
+        g_per_kwh=float(row["g_per_kwh"]),
+        year=_optional_int(row["year"]),
+        source=row["source"],
+        licence=row["licence"],
+    )
+
+
+@lru_cache(maxsize=None)
+def us_states() -> tuple[GridRow, ...]:
+    return tuple(
+        GridRow(
+            zone=row["zone"],
+            name=row["name"],
+            g_per_kwh=float(row["g_per_kwh"]),
+            year=_optional_int(row["year"]),
+            source=row["source"],
+            licence=row["licence"],
+        )
+        for row in read_rows("grid_us_states.csv")
+    )
+
+
+@lru_cache(maxsize=None)
+def cloud_regions() -> tuple[CloudRegionRow, ...]:
+    return tuple(
+        CloudRegionRow(
+            provider=row["provider"],
+            region=row["region"],
+            location=row["location"],
+            zone=row["zone"],
+            g_per_kwh=_optional_float(row["g_per_kwh"]),
+            year=_optional_int(row["year"]),
+            source=row["source"],
+            licence=row["licence"],
+        )
+        for row in read_rows("cloud_regions.csv")
+    )
+
+
+@lru_cache(maxsize=None)
+def pue_defaults() -> dict[str, PueRow]:
+    return {
+        row["key"]: PueRow(
+            key=row["key"],
+            pue=float(row["pue"]),
+            year=_optional_int(row["year"]),
+            source=row["source"],
+            licence=row["licence"],
+        )
+        for row in read_rows("pue.csv")
+    }

@@ -1,0 +1,487 @@
+"""Carbon intensity and PUE: shipped tables, lookups, validation, time series, environment."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from greencallbacks.carbon import WORLD_AVERAGE_ZONE, Carbon, Intensity, list_zones
+from greencallbacks.carbon import tables
+from greencallbacks.carbon.series import IntensitySeries
+
+DATA_DIR = Path(tables.__file__).resolve().parents[1] / "data"
+
+
+def table_rows(file_name: str) -> list[dict[str, str]]:
+    """Read a shipped table independently of the code under test."""
+    lines = [line for line in (DATA_DIR / file_name).read_text(encoding="utf-8").splitlines() if not line.startswith("#")]
+    return list(csv.DictReader(io.StringIO("\n".join(lines))))
+
+
+def country_row(alpha3: str) -> dict[str, str]:
+    return next(row for row in table_rows("grid_countries.csv") if row["alpha3"] == alpha3)
+
+
+# --- shipped tables -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("file_name", tables.TABLE_FILES)
+def test_every_shipped_table_row_parses_and_has_metadata(file_name: str) -> None:
+    text = (DATA_DIR / file_name).read_text(encoding="utf-8")
+    first_line = text.splitlines()[0]
+    assert first_line.startswith("# "), "each table starts with a provenance comment"
+    assert "build_tables.py" in first_line
+    rows = table_rows(file_name)
+    assert rows, file_name
+    for row in rows:
+        assert row["source"].strip(), row
+        assert row["licence"].strip(), row
+        number = row.get("g_per_kwh") or row.get("pue")
+        if number:  # AWS/Azure cloud rows have no own value: they resolve through a grid zone
+            value = float(number)
+            assert math.isfinite(value) and 0 <= value <= 2000, row
+        if row.get("year"):
+            assert 2000 <= int(row["year"]) <= 2030, row
+    assert (DATA_DIR / "SOURCES.md").read_text(encoding="utf-8").count(file_name) >= 1
+    assert (DATA_DIR / file_name).stat().st_size < 300_000
+
+
+def test_every_shipped_row_loads_through_the_table_loader() -> None:
+    assert len(tables.countries()) == len(table_rows("grid_countries.csv")) > 200
+    assert len(tables.us_states()) == 51
+    for row in tables.cloud_regions():
+        intensity = Carbon(region=row.key).intensity_between(0, 1)
+        assert intensity.zone == row.key
+        assert intensity.licence and intensity.source and intensity.year is not None
+    assert set(tables.pue_defaults()) == {"industry_average", "gcp", "aws", "azure"}
+
+
+def test_country_codes_are_unique_and_well_formed() -> None:
+    rows = table_rows("grid_countries.csv")
+    alpha3 = [row["alpha3"] for row in rows]
+    alpha2 = [row["alpha2"] for row in rows]
+    assert len(set(alpha3)) == len(alpha3) and len(set(alpha2)) == len(alpha2)
+    assert all(len(code) == 3 and code.isupper() for code in alpha3)
+    assert all(len(code) == 2 and code.isupper() for code in alpha2)
+
+
+def test_list_zones_covers_every_kind() -> None:
+    zones = list_zones()
+    for zone in (WORLD_AVERAGE_ZONE, "FRA", "US-CA", "aws:us-east-1", "gcp:europe-west1", "azure:westeurope"):
+        assert zone in zones
+    assert len(zones) == len(set(zones))
+
+
+def test_import_is_light() -> None:
+    code = (
+        "import sys, greencallbacks.carbon; "
+        "heavy = [m for m in ('pandas', 'numpy', 'torch', 'requests', 'urllib.request') if m in sys.modules]; "
+        "print(heavy)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+# --- static lookups -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("given", ["FR", "fr", "FRA", "fra", "France", "france", " FR "])
+def test_country_by_alpha2_alpha3_or_name(given: str) -> None:
+    expected = country_row("FRA")
+    intensity = Carbon(country=given).intensity_between(0, 3600)
+    assert isinstance(intensity, Intensity)
+    assert intensity.zone == "FRA"
+    assert intensity.g_per_kwh == pytest.approx(float(expected["g_per_kwh"]), abs=1e-9)
+    assert intensity.year == int(expected["year"])
+    assert intensity.licence == "CC-BY-4.0"
+    assert "Our World in Data" in intensity.source and "FRA" in intensity.source
+    assert intensity.is_default is False
+
+
+def test_country_values_differ_between_countries() -> None:
+    # Guards against every lookup returning one value (e.g. the world average).
+    france = Carbon(country="FR").intensity_between(0, 1).g_per_kwh
+    poland = Carbon(country="PL").intensity_between(0, 1).g_per_kwh
+    assert france == pytest.approx(float(country_row("FRA")["g_per_kwh"]))
+    assert poland == pytest.approx(float(country_row("POL")["g_per_kwh"]))
+    assert poland > 5 * france
+
+
+def test_country_accepts_iso_name_alias() -> None:
+    assert Carbon(country="United States of America").describe()["zone"] == "USA"
+    assert Carbon(country="US").describe()["zone"] == "USA"
+    assert Carbon(country="GB").describe()["zone"] == "GBR"
+
+
+def test_us_state_zone() -> None:
+    expected = next(row for row in table_rows("grid_us_states.csv") if row["zone"] == "US-CA")
+    intensity = Carbon(zone="US-CA").intensity_between(0, 1)
+    assert intensity.zone == "US-CA"
+    assert intensity.g_per_kwh == pytest.approx(float(expected["g_per_kwh"]))
+    assert intensity.year == 2023
+    assert intensity.licence == "public-domain"
+    assert "eGRID" in intensity.source
+    assert Carbon(zone="us-ca").intensity_between(0, 1) == intensity
+
+
+def test_us_state_is_converted_from_lb_per_mwh() -> None:
+    # eGRID2023 California STC2ERTA is 394.769 lb/MWh; 1 lb/MWh = 0.45359237 g/kWh.
+    assert Carbon(zone="US-CA").describe()["g_per_kwh"] == pytest.approx(394.769 * 0.45359237, rel=1e-4)
+
+
+def test_zone_accepts_country_code_and_world() -> None:
+    assert Carbon(zone="DE").describe()["zone"] == "DEU"
+    world = Carbon(zone="world").describe()
+    assert world["zone"] == WORLD_AVERAGE_ZONE and world["is_default"] is False
+
+
+def test_egrid_subregion_explains_it_is_not_shipped() -> None:
+    with pytest.raises(ValueError, match=r"zone 'CAMX'.*eGRID subregion.*US-CA"):
+        Carbon(zone="CAMX")
+
+
+def test_gcp_region_uses_googles_own_value() -> None:
+    expected = next(row for row in table_rows("cloud_regions.csv") if row["provider"] == "gcp" and row["region"] == "europe-west1")
+    carbon = Carbon(region="gcp:europe-west1")
+    intensity = carbon.intensity_between(0, 1)
+    assert intensity.zone == "gcp:europe-west1"
+    assert intensity.g_per_kwh == pytest.approx(float(expected["g_per_kwh"]))
+    assert intensity.licence == "Apache-2.0"
+    assert "Google" in intensity.source
+    assert carbon.pue == pytest.approx(1.10)
+    assert "Google" in carbon.pue_source
+
+
+@pytest.mark.parametrize(
+    ("region", "grid_kwargs", "pue", "pue_word"),
+    [
+        ("aws:us-east-1", {"zone": "US-VA"}, 1.15, "Amazon"),
+        ("aws:eu-west-3", {"country": "FRA"}, 1.15, "Amazon"),
+        ("azure:westeurope", {"country": "NLD"}, 1.18, "Microsoft"),
+        ("azure:westus2", {"zone": "US-WA"}, 1.18, "Microsoft"),
+    ],
+)
+def test_aws_and_azure_regions_use_the_grid_of_their_location(region, grid_kwargs, pue, pue_word) -> None:
+    carbon = Carbon(region=region)
+    intensity = carbon.intensity_between(0, 1)
+    grid = Carbon(**grid_kwargs).intensity_between(0, 1)
+    assert intensity.zone == region
+    assert intensity.g_per_kwh == grid.g_per_kwh
+    assert intensity.licence == grid.licence and intensity.year == grid.year
+    assert grid.zone in intensity.source
+    assert carbon.pue == pytest.approx(pue)
+    assert pue_word in carbon.pue_source
+
+
+def test_region_forms_are_equivalent() -> None:
+    prefixed = Carbon(region="aws:us-east-1").describe()
+    assert Carbon(provider="aws", region="us-east-1").describe() == prefixed
+    assert Carbon(region="AWS:US-EAST-1").describe() == prefixed
+    # A bare name is accepted when only one provider has it.
+    assert Carbon(region="westeurope").describe()["zone"] == "azure:westeurope"
+
+
+def test_region_provider_conflict_and_provider_without_region() -> None:
+    with pytest.raises(ValueError, match="provider"):
+        Carbon(provider="gcp", region="aws:us-east-1")
+    with pytest.raises(ValueError, match="provider"):
+        Carbon(provider="aws")
+    with pytest.raises(ValueError, match="provider"):
+        Carbon(provider="ibm", region="us-south")
+
+
+def test_user_intensity_and_pue() -> None:
+    carbon = Carbon(intensity=123.5, pue=1.3)
+    intensity = carbon.intensity_between(10, 20)
+    assert intensity.g_per_kwh == 123.5 and intensity.zone == "user" and intensity.year is None
+    assert carbon.pue == 1.3 and "user" in carbon.pue_source
+    assert Carbon(intensity=0).intensity_between(0, 1).g_per_kwh == 0.0
+
+
+def test_user_pue_overrides_cloud_default() -> None:
+    assert Carbon(region="aws:us-east-1", pue=1.4).pue == 1.4
+
+
+def test_no_location_is_the_flagged_world_average() -> None:
+    expected = table_rows("grid_world.csv")[0]
+    carbon = Carbon()
+    intensity = carbon.intensity_between(0, 60)
+    assert intensity.is_default is True
+    assert intensity.zone == WORLD_AVERAGE_ZONE
+    assert intensity.g_per_kwh == pytest.approx(float(expected["g_per_kwh"]))
+    assert 440 <= intensity.g_per_kwh <= 500  # Ember world average, ~470 g/kWh in 2024
+    assert intensity.year == 2024
+    assert "world average (no location configured)" in intensity.source
+    assert carbon.pue == 1.0 and "IT energy only" in carbon.pue_source
+    assert carbon.describe()["is_default"] is True
+
+
+def test_describe_is_json_friendly() -> None:
+    summary = Carbon(country="DE").describe()
+    assert json.loads(json.dumps(summary)) == summary
+    assert set(summary) == {"zone", "g_per_kwh", "source", "year", "licence", "pue", "pue_source", "is_default"}
+
+
+# --- validation -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "argument", "suggestion"),
+    [
+        ({"country": "FRX"}, "country", "FRA"),
+        ({"country": "Frence"}, "country", "France"),
+        ({"zone": "US-CAL"}, "zone", "US-CA"),
+        ({"region": "gcp:europe-west99"}, "region", "gcp:europe-west"),
+        ({"region": "aws:us-east-7"}, "region", "aws:us-east-1"),
+    ],
+)
+def test_unknown_location_names_argument_and_close_match(kwargs, argument, suggestion) -> None:
+    with pytest.raises(ValueError) as error:
+        Carbon(**kwargs)
+    message = str(error.value)
+    assert message.startswith(f"unknown {argument} ")
+    assert suggestion in message
+
+
+@pytest.mark.parametrize("bad", [-1, -0.001, math.nan, math.inf, -math.inf, 5000, 2000.5, "400", True])
+def test_bad_intensity_names_intensity(bad) -> None:
+    with pytest.raises(ValueError, match="intensity"):
+        Carbon(intensity=bad)
+
+
+@pytest.mark.parametrize("bad", [0.9, 0, -1, math.nan, math.inf, 3.5, "1.2"])
+def test_bad_pue_names_pue(bad) -> None:
+    with pytest.raises(ValueError, match=r"pue must be .*between 1 .* and 3"):
+        Carbon(pue=bad)
+
+
+def test_pue_bounds_are_inclusive() -> None:
+    assert Carbon(pue=1).pue == 1.0
+    assert Carbon(pue=3).pue == 3.0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "names"),
+    [
+        ({"country": "FR", "zone": "US-CA"}, ("country", "zone")),
+        ({"intensity": 100, "region": "aws:us-east-1"}, ("intensity", "region")),
+        ({"country": "FR", "series": "x.csv"}, ("country", "series")),
+    ],
+)
+def test_conflicting_locations(kwargs, names) -> None:
+    with pytest.raises(ValueError) as error:
+        Carbon(**kwargs)
+    for name in names:
+        assert name in str(error.value)
+
+
+def test_interval_must_not_run_backwards() -> None:
+    with pytest.raises(ValueError, match="before start"):
+        Carbon().intensity_between(10, 5)
+
+
+# --- time series ----------------------------------------------------------------------------
+
+# Steps: 100 g/kWh from t=1000, 300 from t=1600, 200 from t=2200 (last point).
+STEP_POINTS = [(1000, 100.0), (1600, 300.0), (2200, 200.0)]
+
+
+def write_csv_series(path: Path, points=STEP_POINTS, header="timestamp,g_per_kwh") -> Path:
+    path.write_text(header + "\n" + "".join(f"{t},{v}\n" for t, v in points), encoding="utf-8")
+    return path
+
+
+def test_csv_series_time_weighted_mean_over_several_steps(tmp_path: Path) -> None:
+    carbon = Carbon(series=write_csv_series(tmp_path / "grid.csv"))
+    # [1300, 2000]: 300 s at 100 + 400 s at 300 -> (30000 + 120000) / 700
+    intensity = carbon.intensity_between(1300, 2000)
+    assert intensity.g_per_kwh == pytest.approx(150000 / 700, rel=1e-12)
+    assert intensity.zone == "series:grid.csv"
+    assert "extrapolated" not in intensity.source
+    # [1000, 2200]: 600 s at 100 + 600 s at 300
+    assert carbon.intensity_between(1000, 2200).g_per_kwh == pytest.approx(200.0, rel=1e-12)
+    assert carbon.describe()["g_per_kwh"] is None
+    assert carbon.describe()["zone"] == "series:grid.csv"
+    assert carbon.pue == 1.0
+
+
+def test_series_zero_length_interval_is_the_value_at_that_instant(tmp_path: Path) -> None:
+    carbon = Carbon(series=write_csv_series(tmp_path / "grid.csv"))
+    assert carbon.intensity_between(1599, 1599).g_per_kwh == 100.0
+    assert carbon.intensity_between(1600, 1600).g_per_kwh == 300.0
+    assert carbon.intensity_between(2500, 2500).g_per_kwh == 200.0
+
+
+def test_series_outside_its_range_uses_nearest_value_and_says_so(tmp_path: Path) -> None:
+    carbon = Carbon(series=write_csv_series(tmp_path / "grid.csv"))
+    before = carbon.intensity_between(0, 500)
+    assert before.g_per_kwh == 100.0 and "extrapolated" in before.source
+    after = carbon.intensity_between(3000, 4000)
+    assert after.g_per_kwh == 200.0 and "extrapolated" in after.source
+    # [800, 1200]: 400 s at 100 (200 of them extrapolated before the first point)
+    straddling = carbon.intensity_between(800, 1200)
+    assert straddling.g_per_kwh == pytest.approx(100.0) and "extrapolated" in straddling.source
+    # [2000, 2400]: 200 s at 300, 200 s at 200 (held past the last point)
+    assert carbon.intensity_between(2000, 2400).g_per_kwh == pytest.approx(250.0)
+
+
+def test_json_series_with_iso_timestamps(tmp_path: Path) -> None:
+    path = tmp_path / "grid.json"
+    path.write_text(json.dumps([
+        {"timestamp": "2024-01-01T00:00:00Z", "g_per_kwh": 50},
+        {"timestamp": "2024-01-01T01:00:00+00:00", "g_per_kwh": 150},
+        {"timestamp": "2024-01-01T03:00:00", "g_per_kwh": 400},  # naive = UTC
+    ]), encoding="utf-8")
+    start = 1704067200  # 2024-01-01T00:00:00Z
+    carbon = Carbon(series=str(path))
+    # [00:30, 03:30]: 1800 s at 50 + 7200 s at 150 + 1800 s at 400
+    expected = (1800 * 50 + 7200 * 150 + 1800 * 400) / 10800
+    intensity = carbon.intensity_between(start + 1800, start + 3 * 3600 + 1800)
+    assert intensity.g_per_kwh == pytest.approx(expected, rel=1e-12)
+    assert intensity.year == 2024
+    assert intensity.zone == "series:grid.json"
+
+
+def test_json_series_pairs_and_data_wrapper(tmp_path: Path) -> None:
+    path = tmp_path / "pairs.json"
+    path.write_text(json.dumps({"data": [[0, 10], [100, 30]]}), encoding="utf-8")
+    # [50, 150]: 50 s at 10 + 50 s at 30
+    assert Carbon(series=path).intensity_between(50, 150).g_per_kwh == pytest.approx(20.0)
+
+
+def test_csv_series_alternative_column_names_and_comments(tmp_path: Path) -> None:
+    path = tmp_path / "alt.csv"
+    path.write_text("# hourly, from my provider\ntime,zone,intensity\n0,FR,10\n3600,FR,20\n", encoding="utf-8")
+    assert Carbon(series=path).intensity_between(0, 7200).g_per_kwh == pytest.approx(15.0)
+
+
+@pytest.mark.parametrize(
+    ("content", "line", "why"),
+    [
+        ("time,zone\n0,FR\n", 1, "value column"),
+        ("timestamp,g_per_kwh\n0,100\n100,abc\n", 3, "not a number"),
+        ("timestamp,g_per_kwh\n0,100\n100,-5\n", 3, "value must be"),
+        ("timestamp,g_per_kwh\n0,100\n100,nan\n", 3, "value must be"),
+        ("timestamp,g_per_kwh\n0,100\n100,200\n100,300\n", 4, "duplicate timestamp"),
+        ("timestamp,g_per_kwh\n0,100\n200,200\n100,300\n", 4, "earlier than"),
+        ("timestamp,g_per_kwh\nyesterday,100\n", 2, "yesterday"),
+        ("timestamp,g_per_kwh\n0\n", 2, "columns"),
+        ("timestamp,g_per_kwh\n", 1, "no data"),
+        ("", 1, "no header"),
+    ],
+)
+def test_malformed_csv_series_names_file_and_line(tmp_path: Path, content: str, line: int, why: str) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(ValueError) as error:
+        Carbon(series=path)
+    message = str(error.value)
+    assert "bad.csv" in message
+    assert f"line {line}:" in message
+    assert why in message
+
+
+@pytest.mark.parametrize(
+    ("document", "where"),
+    [
+        ('[{"timestamp": 0, "g_per_kwh": 1}, {"timestamp": 0, "g_per_kwh": 2}]', "item 1"),
+        ('[{"t": 0, "g_per_kwh": 1}]', "item 0"),
+        ('[[0, 1], [10]]', "item 1"),
+        ('{"points": []}', "line 1"),
+        ('[{"timestamp": 0, "g_per_kwh": 1},', "line 1"),
+    ],
+)
+def test_malformed_json_series_names_file_and_place(tmp_path: Path, document: str, where: str) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text(document, encoding="utf-8")
+    with pytest.raises(ValueError) as error:
+        Carbon(series=path)
+    assert "bad.json" in str(error.value) and where in str(error.value)
+
+
+def test_missing_series_file(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="missing.csv"):
+        Carbon(series=tmp_path / "missing.csv")
+
+
+def test_series_object_hook_is_used() -> None:
+    class FakeLiveSource:
+        def __init__(self) -> None:
+            self.calls: list[tuple[float, float]] = []
+
+        def mean_between(self, start_unix: float, end_unix: float) -> Intensity:
+            self.calls.append((start_unix, end_unix))
+            return Intensity(g_per_kwh=42.0, source="fake live", zone="live:test", year=2025, licence="test")
+
+    source = FakeLiveSource()
+    carbon = Carbon(series=source)
+    assert carbon.intensity_between(5, 9).g_per_kwh == 42.0
+    assert source.calls == [(5, 9)]
+    with pytest.raises(ValueError, match="series"):
+        Carbon(series=123)
+
+
+def test_series_loaded_once_at_construction(tmp_path: Path) -> None:
+    path = write_csv_series(tmp_path / "grid.csv")
+    carbon = Carbon(series=path)
+    path.unlink()  # later reads must not touch the file
+    assert carbon.intensity_between(1000, 1600).g_per_kwh == pytest.approx(100.0)
+
+
+def test_intensity_series_direct_integral() -> None:
+    series = IntensitySeries(times_unix=(0.0, 10.0), values_g_per_kwh=(1.0, 3.0), name="x")
+    assert series.integral(5, 15) == pytest.approx(5 * 1 + 5 * 3)
+
+
+# --- environment ----------------------------------------------------------------------------
+
+
+def test_from_env_country_and_pue() -> None:
+    carbon = Carbon.from_env({"GREENCALLBACKS_COUNTRY": "fr", "GREENCALLBACKS_PUE": "1.25"})
+    assert carbon.describe()["zone"] == "FRA"
+    assert carbon.pue == 1.25
+
+
+def test_from_env_each_location_kind(tmp_path: Path) -> None:
+    assert Carbon.from_env({"GREENCALLBACKS_ZONE": "US-TX"}).describe()["zone"] == "US-TX"
+    region = Carbon.from_env({"GREENCALLBACKS_REGION": "gcp:us-central1"})
+    assert region.describe()["zone"] == "gcp:us-central1" and region.pue == pytest.approx(1.10)
+    assert Carbon.from_env({"GREENCALLBACKS_INTENSITY": "250"}).describe()["g_per_kwh"] == 250.0
+    series = write_csv_series(tmp_path / "env.csv")
+    assert Carbon.from_env({"GREENCALLBACKS_SERIES": str(series)}).describe()["zone"] == "series:env.csv"
+
+
+def test_from_env_empty_is_default_world_average() -> None:
+    carbon = Carbon.from_env({"GREENCALLBACKS_COUNTRY": "  ", "UNRELATED": "x"})
+    assert carbon.describe()["is_default"] is True
+
+
+@pytest.mark.parametrize(
+    ("environ", "argument"),
+    [
+        ({"GREENCALLBACKS_INTENSITY": "lots"}, "intensity"),
+        ({"GREENCALLBACKS_INTENSITY": "-3"}, "intensity"),
+        ({"GREENCALLBACKS_PUE": "0.5"}, "pue"),
+        ({"GREENCALLBACKS_PUE": "high"}, "pue"),
+        ({"GREENCALLBACKS_COUNTRY": "FRX"}, "country"),
+        ({"GREENCALLBACKS_COUNTRY": "FR", "GREENCALLBACKS_ZONE": "US-CA"}, "country and zone"),
+    ],
+)
+def test_from_env_validates_like_the_constructor(environ, argument) -> None:
+    with pytest.raises(ValueError, match=argument):
+        Carbon.from_env(environ)
+
+
+def test_from_env_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GREENCALLBACKS_ZONE", "US-NY")
+    monkeypatch.delenv("GREENCALLBACKS_COUNTRY", raising=False)
+    for name in ("REGION", "INTENSITY", "SERIES", "PUE"):
+        monkeypatch.delenv(f"GREENCALLBACKS_{name}", raising=False)
+    assert Carbon.from_env().describe()["zone"] == "US-NY"
