@@ -1,0 +1,67 @@
+"""Summing across ranks: the seam between the tracker and whatever runs the processes.
+
+Each rank measures only its own devices; the first rank on each host also measures the host
+(CPU, RAM), so nothing is counted twice. At the end of each phase the tracker gathers every
+rank's local records and sums them, so all ranks log the same numbers.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any, Protocol
+
+
+class Reducer(Protocol):
+    rank: int
+    world_size: int
+    measures_host: bool  # this rank measures CPU and RAM for its host
+
+    def all_gather(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj``, in rank order, on every rank. A collective: all ranks call it."""
+
+
+class LocalReducer:
+    """A single process."""
+
+    rank = 0
+    world_size = 1
+    measures_host = True
+
+    def all_gather(self, obj: Any) -> list[Any]:
+        return [obj]
+
+
+class TorchReducer:
+    """``torch.distributed`` (DDP, FSDP, DeepSpeed, HF Accelerate all run on it).
+
+    Objects travel over a gloo group, so NCCL jobs need no GPU buffers for them. Creating it is a
+    collective: construct it on every rank at the same point (the adapters do it in setup).
+    """
+
+    def __init__(self) -> None:
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            raise RuntimeError("torch.distributed is not initialised; use LocalReducer")
+        self._dist = dist
+        self._group = None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+        self.rank = dist.get_rank()
+        self.world_size = dist.get_world_size()
+        hosts = self.all_gather(socket.gethostname())
+        self.measures_host = hosts.index(hosts[self.rank]) == self.rank
+        self.hosts = len(set(hosts))
+
+    def all_gather(self, obj: Any) -> list[Any]:
+        out: list[Any] = [None] * self.world_size
+        self._dist.all_gather_object(out, obj, group=self._group)
+        return out
+
+
+def torch_reducer_or_local() -> Reducer:
+    """The torch reducer when torch.distributed runs with several ranks, else a local one."""
+    import sys
+
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return TorchReducer()
+    return LocalReducer()

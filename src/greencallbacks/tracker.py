@@ -1,0 +1,474 @@
+"""The tracker: framework-neutral bookkeeping that all three adapters share.
+
+An adapter maps its framework's hooks onto ``begin`` / ``end`` / ``add_samples`` and logs the
+dict from ``metrics``. The tracker turns phase boundaries into records:
+
+* The run is partitioned at boundaries. Every interval between two snapshots belongs to the
+  innermost open phase, or to the gap (phase ``other``) when none is open, so the records of a
+  run add up to the run's total. A validation loop inside a training epoch is billed to
+  validation, and the epoch's training record excludes it.
+* At the end of each phase, every rank's local records are gathered and summed (see
+  ``distributed``), so all ranks report the same numbers; rank 0 writes them.
+* Totals are kept per phase and survive checkpoint and resume through ``state_dict``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import socket
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from greencallbacks._version import __version__
+from greencallbacks.distributed import LocalReducer, Reducer
+from greencallbacks.records import PHASES, RECORDS_FILE, Record, RecordWriter
+from greencallbacks.units import J_PER_KWH
+
+if TYPE_CHECKING:
+    from greencallbacks.carbon import Carbon
+    from greencallbacks.meter import Measurement, Meter, Snapshot
+
+SUMMARY_FILE = "energy-summary.json"
+
+# The metric names every adapter logs (with its framework's prefix for non-training phases).
+METRIC_STEMS = (
+    "energy_kwh",
+    "co2eq_g",
+    "energy_kwh_total",
+    "co2eq_g_total",
+    "energy_j_per_sample",
+    "co2eq_g_per_sample",
+    "power_w",
+)
+
+
+def utc_iso(unix_s: float) -> str:
+    return _dt.datetime.fromtimestamp(unix_s, _dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+@dataclass
+class _Open:
+    """A phase being measured: the sum of the intervals billed to it so far."""
+
+    phase: str
+    epoch: int | None
+    seq: int
+    start_unix: float | None = None
+    duration_s: float = 0.0
+    samples: int = 0
+    tokens: int = 0
+    components: dict[str, dict] = field(default_factory=dict)
+    segments: list[tuple[float, float, float]] = field(default_factory=list)  # (t0, t1, joules)
+
+    def add(self, measurement: "Measurement", end_unix: float) -> None:
+        if self.start_unix is None:
+            self.start_unix = measurement.start_unix
+        self.duration_s += measurement.duration_s
+        for c in measurement.components:
+            slot = self.components.setdefault(
+                c.name, {"name": c.name, "kind": c.kind, "energy_j": 0.0, "uncertainty_j2": 0.0}
+            )
+            slot["energy_j"] += c.energy_j
+            slot["uncertainty_j2"] += c.uncertainty_j**2
+            slot["method"] = c.method
+            slot["note"] = c.note
+        self.segments.append((measurement.start_unix, end_unix, measurement.energy_j))
+
+    @property
+    def empty(self) -> bool:
+        return self.start_unix is None or (self.duration_s == 0 and not self.samples)
+
+
+@dataclass
+class PhaseTotals:
+    energy_j: float = 0.0  # after PUE
+    it_energy_j: float = 0.0
+    co2eq_g: float = 0.0
+    samples: int = 0
+    duration_s: float = 0.0
+    count: int = 0
+
+    def add(self, record: Record) -> None:
+        self.energy_j += record.energy_kwh * J_PER_KWH
+        self.it_energy_j += record.it_energy_kwh * J_PER_KWH
+        self.co2eq_g += record.co2eq_g
+        self.samples += record.samples
+        self.duration_s += record.duration_s
+        self.count += 1
+
+
+class Tracker:
+    """Phases, epochs, samples, ranks, records and totals for one run.
+
+    Args:
+        carbon: where intensity and PUE come from (default: world average, PUE 1.0, and every
+            record says so).
+        output_dir: where ``energy-records.jsonl`` and ``energy-summary.json`` go; ``None``
+            keeps records in memory only.
+        run_id: names the run in records (default: a new random id; kept across resume).
+        framework: written into records.
+    """
+
+    def __init__(
+        self,
+        *,
+        carbon: "Carbon | None" = None,
+        output_dir: str | os.PathLike | None = None,
+        run_id: str | None = None,
+        framework: str = "",
+    ) -> None:
+        if carbon is None:
+            from greencallbacks.carbon import Carbon
+
+            carbon = Carbon()
+        if run_id is not None and (not isinstance(run_id, str) or not run_id.strip()):
+            raise ValueError(f"run_id must be a non-empty string, got {run_id!r}")
+        self.carbon = carbon
+        self.output_dir = Path(output_dir) if output_dir is not None else None
+        self.run_id = run_id or uuid.uuid4().hex[:12]
+        self.framework = framework
+        self.meter: Meter | None = None
+        self.reducer: Reducer = LocalReducer()
+        self.records: list[Record] = []
+        self.totals: dict[str, PhaseTotals] = {p: PhaseTotals() for p in PHASES}
+        self.last: dict[str, Record] = {}
+        self._writer: RecordWriter | None = None
+        self._stack: list[_Open] = []
+        self._pending: list[Record] = []
+        self._last_snapshot: Snapshot | None = None
+        self._seq = 0
+        self.step: int | None = None
+
+    # ----------------------------------------------------------------------------- lifecycle
+    @property
+    def running(self) -> bool:
+        return self.meter is not None
+
+    def start(
+        self,
+        meter: "Meter",
+        *,
+        reducer: Reducer | None = None,
+        output_dir: str | os.PathLike | None = None,
+    ) -> None:
+        """Begin measuring: everything from now until ``finish`` is billed to some phase."""
+        if self.running:
+            return
+        if output_dir is not None and self.output_dir is None:
+            self.output_dir = Path(output_dir)
+        self.meter = meter
+        self.reducer = reducer or LocalReducer()
+        if self.output_dir is not None:
+            self._writer = RecordWriter(self.output_dir / RECORDS_FILE)
+        self._stack = [self._open("other", None)]
+        self._last_snapshot = meter.snapshot()
+
+    def begin(self, phase: str, epoch: int | None = None) -> None:
+        """A phase starts. Nested phases (validation inside a training epoch) are allowed."""
+        if phase not in PHASES or phase == "other":
+            raise ValueError(f"phase must be one of {PHASES[:-1]}, got {phase!r}")
+        if not self.running:
+            return
+        self._boundary()
+        if len(self._stack) == 1:  # leaving a gap: it becomes an `other` record
+            self._close(self._stack.pop())
+            self._stack.append(self._open("other", epoch))
+        self._stack.append(self._open(phase, epoch))
+
+    def add_samples(self, samples: int, tokens: int = 0) -> None:
+        """Count samples for the innermost open phase. Cheap enough for every batch."""
+        if self._stack:
+            top = self._stack[-1]
+            top.samples += samples
+            top.tokens += tokens
+
+    def end(self, phase: str, *, samples: int | None = None, step: int | None = None) -> Record | None:
+        """A phase ends: its record is summed over ranks, written, and returned.
+
+        A collective when several ranks run: every rank must call it.
+        """
+        if not self.running:
+            return None
+        if step is not None:
+            self.step = step
+        if not any(o.phase == phase for o in self._stack[1:]):
+            return None  # never begun (e.g. a framework calls end without begin): nothing to bill
+        self._boundary()
+        while True:
+            closed = self._stack.pop()
+            if samples is not None and closed.phase == phase:
+                closed.samples = samples
+            self._close(closed, partial=closed.phase != phase)
+            if closed.phase == phase:
+                break
+        if len(self._stack) == 1:
+            # A new gap begins; numbering it now keeps `seq` in time order.
+            self._stack[0] = self._open("other", closed.epoch)
+        return self._publish(closed.seq)
+
+    def finish(self) -> None:
+        """The run ends normally: close the last gap, write everything, stop the meter thread.
+
+        A collective when several ranks run.
+        """
+        if not self.running:
+            return
+        self._boundary()
+        while self._stack:
+            top = self._stack.pop()
+            self._close(top, partial=top.phase != "other")
+        self._publish(None)
+        self._stop()
+
+    def abort(self) -> None:
+        """The run is failing (exception, interrupt): write what was measured, without collectives.
+
+        Unfinished phases are written as ``partial``. On several ranks each rank writes its own
+        local records (rank ``r`` > 0 to ``energy-records.rank{r}.jsonl``), unsummed.
+        """
+        if not self.running:
+            return
+        try:
+            self._boundary()
+        except Exception:  # noqa: BLE001 - the run is already failing; keep what we have
+            pass
+        while self._stack:
+            top = self._stack.pop()
+            self._close(top, partial=top.phase != "other")
+        local, self._pending = self._pending, []
+        if self.reducer.world_size > 1 and self.reducer.rank > 0 and self.output_dir is not None:
+            self._writer = RecordWriter(self.output_dir / f"energy-records.rank{self.reducer.rank}.jsonl")
+        for record in local:
+            self._accept(record, write=True)
+        self._stop()
+
+    def _stop(self) -> None:
+        if self.meter is not None:
+            self.meter.stop_sampling()
+        if self._writer is not None:
+            self._writer.flush()
+            if self.reducer.rank == 0:
+                self._write_summary()
+        self.meter = None
+
+    # ------------------------------------------------------------------------------- metrics
+    def metrics(self, phase: str, prefix: str = "") -> dict[str, float]:
+        """The shared metric stems for the last finished ``phase``, with ``prefix`` prepended.
+
+        ``energy_kwh_total`` / ``co2eq_g_total``: for ``train`` everything the run has used so far
+        (all phases and gaps); for other phases, the sum of that phase so far.
+        Per-sample values are NaN when no samples were counted.
+        """
+        record = self.last.get(phase)
+        if record is None:
+            return {}
+        if phase == "train":
+            total_j, total_g = self.total_energy_j, self.total_co2eq_g
+        else:
+            total_j, total_g = self.totals[phase].energy_j, self.totals[phase].co2eq_g
+        values = {
+            "energy_kwh": record.energy_kwh,
+            "co2eq_g": record.co2eq_g,
+            "energy_kwh_total": total_j / J_PER_KWH,
+            "co2eq_g_total": total_g,
+            "energy_j_per_sample": _nan_if_none(record.energy_j_per_sample),
+            "co2eq_g_per_sample": _nan_if_none(record.co2eq_g_per_sample),
+            "power_w": record.it_energy_kwh * J_PER_KWH / record.duration_s if record.duration_s > 0 else 0.0,
+        }
+        return {prefix + k: float(v) for k, v in values.items()}
+
+    @property
+    def total_energy_j(self) -> float:
+        return sum(t.energy_j for t in self.totals.values())
+
+    @property
+    def total_co2eq_g(self) -> float:
+        return sum(t.co2eq_g for t in self.totals.values())
+
+    # ------------------------------------------------------------------- checkpoint / resume
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "seq": self._seq,
+            "totals": {p: vars(t).copy() for p, t in self.totals.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue the totals of a checkpointed run (the records already on disk stay as they are)."""
+        self.run_id = state.get("run_id", self.run_id)
+        restored_seq = int(state.get("seq", 0))
+        if restored_seq > self._seq:
+            # Loaded after start (Lightning restores callbacks after setup): renumber what is
+            # already open so its records do not reuse a `seq` of the checkpointed run.
+            for opened in self._stack:
+                opened.seq += restored_seq
+            self._seq += restored_seq
+        for phase, values in state.get("totals", {}).items():
+            if phase in self.totals:
+                self.totals[phase] = PhaseTotals(**values)
+
+    # ------------------------------------------------------------------------------ internals
+    def _open(self, phase: str, epoch: int | None) -> _Open:
+        opened = _Open(phase=phase, epoch=epoch, seq=self._seq)
+        self._seq += 1
+        return opened
+
+    def _boundary(self) -> None:
+        """Bill the interval since the last snapshot to the innermost open phase."""
+        assert self.meter is not None and self._last_snapshot is not None
+        snapshot = self.meter.snapshot()
+        self._stack[-1].add(self.meter.between(self._last_snapshot, snapshot), snapshot.unix_s)
+        self._last_snapshot = snapshot
+
+    def _close(self, opened: _Open, partial: bool = False) -> None:
+        if opened.phase == "other" and opened.empty:
+            return
+        self._pending.append(self._local_record(opened, partial))
+
+    def _local_record(self, opened: _Open, partial: bool) -> Record:
+        pue = self.carbon.pue
+        co2eq_g = 0.0
+        intensity = None
+        for t0, t1, energy_j in opened.segments:
+            intensity = self.carbon.intensity_between(t0, t1)
+            co2eq_g += energy_j * pue / J_PER_KWH * intensity.g_per_kwh
+        if intensity is None:
+            intensity = self.carbon.intensity_between(opened.start_unix or 0.0, opened.start_unix or 0.0)
+        it_energy_j = sum(c["energy_j"] for c in opened.components.values())
+        host = socket.gethostname()
+        components = []
+        for c in opened.components.values():
+            out = {k: v for k, v in c.items() if k != "uncertainty_j2" and (k != "note" or v)}
+            out["uncertainty_j"] = math.sqrt(c["uncertainty_j2"])
+            out["rank"] = self.reducer.rank
+            out["host"] = host
+            components.append(out)
+        uncertainty_j = math.sqrt(sum(c["uncertainty_j2"] for c in opened.components.values()))
+        record = Record(
+            run_id=self.run_id,
+            phase=opened.phase,
+            epoch=opened.epoch,
+            seq=opened.seq,
+            start_time=utc_iso(opened.start_unix or 0.0),
+            duration_s=opened.duration_s,
+            samples=opened.samples,
+            tokens=opened.tokens or None,
+            it_energy_kwh=it_energy_j / J_PER_KWH,
+            energy_kwh=it_energy_j * pue / J_PER_KWH,
+            co2eq_g=co2eq_g,
+            intensity_gco2eq_per_kwh=intensity.g_per_kwh,
+            intensity_source=intensity.source,
+            intensity_zone=intensity.zone,
+            intensity_year=intensity.year,
+            intensity_licence=intensity.licence,
+            intensity_is_default=intensity.is_default,
+            pue=pue,
+            pue_source=self.carbon.pue_source,
+            energy_j_per_sample=None,
+            co2eq_g_per_sample=None,
+            components=components,
+            uncertainty_kwh=uncertainty_j * pue / J_PER_KWH,
+            step=self.step,
+            partial=partial,
+            framework=self.framework,
+            tool_version=__version__,
+        )
+        return _with_per_sample(record)
+
+    def _publish(self, seq: int | None) -> Record | None:
+        """Gather pending local records from all ranks, sum them, write, and update totals."""
+        local, self._pending = self._pending, []
+        if self.reducer.world_size > 1:
+            gathered = self.reducer.all_gather([r.to_dict() for r in local])
+            combined = _combine([[Record.from_dict(d) for d in rank_records] for rank_records in gathered])
+        else:
+            combined = local
+        result = None
+        for record in combined:
+            self._accept(record, write=self.reducer.rank == 0)
+            if record.seq == seq:
+                result = record
+        return result
+
+    def _accept(self, record: Record, write: bool) -> None:
+        self.records.append(record)
+        self.totals[record.phase].add(record)
+        self.last[record.phase] = record
+        if write and self._writer is not None:
+            self._writer.write(record)
+
+    def _write_summary(self) -> None:
+        assert self.output_dir is not None
+        summary = {
+            "schema": "greencallbacks.summary/1",
+            "run_id": self.run_id,
+            "framework": self.framework,
+            "tool_version": __version__,
+            "energy_kwh": self.total_energy_j / J_PER_KWH,
+            "co2eq_g": self.total_co2eq_g,
+            "phases": {p: vars(t) for p, t in self.totals.items() if t.count},
+            "carbon": self.carbon.describe(),
+            "sensors": self.meter.describe() if self.meter is not None else [],
+            "ranks": self.reducer.world_size,
+        }
+        path = self.output_dir / SUMMARY_FILE
+        try:
+            tmp = path.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
+            os.replace(tmp, path)  # atomic: a reader never sees half a summary
+        except OSError:
+            pass  # the records are what matters; the writer already warned about this directory
+
+
+def _nan_if_none(value: float | None) -> float:
+    return math.nan if value is None else value
+
+
+def _with_per_sample(record: Record) -> Record:
+    if record.samples > 0:
+        record.energy_j_per_sample = record.energy_kwh * J_PER_KWH / record.samples
+        record.co2eq_g_per_sample = record.co2eq_g / record.samples
+    else:
+        record.energy_j_per_sample = record.co2eq_g_per_sample = None
+    return record
+
+
+def _combine(per_rank: list[list[Record]]) -> list[Record]:
+    """Sum the same phase (same ``seq``) over ranks."""
+    by_seq: dict[int, list[Record]] = {}
+    for records in per_rank:
+        for record in records:
+            by_seq.setdefault(record.seq, []).append(record)
+    combined = []
+    for seq in sorted(by_seq):
+        parts = by_seq[seq]
+        first = parts[0]
+        energy_kwh = sum(r.energy_kwh for r in parts)
+        co2eq_g = sum(r.co2eq_g for r in parts)
+        components = [c for r in parts for c in r.components]
+        record = Record(
+            **{
+                **first.__dict__,
+                "start_time": min(r.start_time for r in parts),
+                "duration_s": max(r.duration_s for r in parts),
+                "samples": sum(r.samples for r in parts),
+                "tokens": sum(r.tokens or 0 for r in parts) or None,
+                "it_energy_kwh": sum(r.it_energy_kwh for r in parts),
+                "energy_kwh": energy_kwh,
+                "co2eq_g": co2eq_g,
+                "intensity_gco2eq_per_kwh": co2eq_g / energy_kwh if energy_kwh > 0 else first.intensity_gco2eq_per_kwh,
+                "uncertainty_kwh": math.sqrt(sum(r.uncertainty_kwh**2 for r in parts)),
+                "components": components,
+                "ranks": len(per_rank),
+                "hosts": len({c.get("host") for c in components}) or 1,
+                "partial": any(r.partial for r in parts),
+                "step": max((r.step for r in parts if r.step is not None), default=None),
+            }
+        )
+        combined.append(_with_per_sample(record))
+    return combined

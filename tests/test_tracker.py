@@ -1,0 +1,209 @@
+import math
+import threading
+
+import pytest
+
+from greencallbacks.carbon import Carbon
+from greencallbacks.meter import Meter
+from greencallbacks.records import read_records
+from greencallbacks.sensors.base import Kind
+from greencallbacks.tracker import METRIC_STEMS, Tracker
+from tests.fakes.scripted import FakeClock, ScriptedSensor
+
+INTENSITY = 400.0
+PUE = 1.5
+
+
+def setup(tmp_path=None, power_w=100.0, **kwargs):
+    clock = FakeClock()
+    sensor = ScriptedSensor("gpu0", clock, power_w=power_w)
+    meter = Meter([sensor], fallback=None, clock=clock, wall_clock=lambda: clock() + 1.7e9)
+    tracker = Tracker(carbon=Carbon(intensity=INTENSITY, pue=PUE), output_dir=tmp_path, **kwargs)
+    tracker.start(meter)
+    return tracker, clock, sensor
+
+
+def run_epochs(tracker, clock, epochs=2, train_s=10.0, val_s=2.0, gap_s=1.0, samples=100):
+    for epoch in range(epochs):
+        clock.advance(gap_s)
+        tracker.begin("train", epoch)
+        clock.advance(train_s / 2)
+        tracker.add_samples(samples // 2)
+        tracker.begin("validation", epoch)
+        tracker.add_samples(20)
+        clock.advance(val_s)
+        tracker.end("validation")
+        clock.advance(train_s / 2)
+        tracker.add_samples(samples - samples // 2)
+        tracker.end("train")
+    clock.advance(gap_s)
+    tracker.finish()
+
+
+def test_records_partition_the_run_and_sum_to_its_total(tmp_path):
+    tracker, clock, _ = setup(tmp_path)
+    start = clock()
+    run_epochs(tracker, clock)
+    records = read_records(tmp_path)
+    whole_run_j = 100.0 * (clock() - start)
+    assert sum(r.it_energy_kwh for r in records) * 3.6e6 == pytest.approx(whole_run_j)
+    assert sum(r.duration_s for r in records) == pytest.approx(clock() - start)
+    assert tracker.total_energy_j == pytest.approx(whole_run_j * PUE)
+    assert [r.phase for r in records] == ["other", "validation", "train", "other", "validation", "train", "other"]
+    seqs = [r.seq for r in records]
+    assert len(set(seqs)) == len(seqs)
+
+
+def test_train_record_excludes_its_validation_and_counts_its_own_samples(tmp_path):
+    tracker, clock, _ = setup(tmp_path)
+    run_epochs(tracker, clock, epochs=1)
+    train = tracker.last["train"]
+    validation = tracker.last["validation"]
+    assert train.duration_s == pytest.approx(10.0)
+    assert train.it_energy_kwh * 3.6e6 == pytest.approx(1000.0)
+    assert validation.it_energy_kwh * 3.6e6 == pytest.approx(200.0)
+    assert (train.samples, validation.samples) == (100, 20)
+    assert train.energy_j_per_sample == pytest.approx(1000.0 * PUE / 100)
+    assert validation.energy_j_per_sample == pytest.approx(200.0 * PUE / 20)
+
+
+def test_co2_is_energy_times_pue_times_intensity(tmp_path):
+    tracker, clock, _ = setup(tmp_path)
+    run_epochs(tracker, clock, epochs=1)
+    train = tracker.last["train"]
+    assert train.energy_kwh == pytest.approx(train.it_energy_kwh * PUE)
+    assert train.co2eq_g == pytest.approx(1000.0 / 3.6e6 * PUE * INTENSITY)
+    assert train.intensity_gco2eq_per_kwh == INTENSITY and train.pue == PUE
+    assert train.co2eq_g_per_sample == pytest.approx(train.co2eq_g / 100)
+
+
+def test_metrics_use_the_shared_stems_and_totals(tmp_path):
+    tracker, clock, _ = setup(tmp_path)
+    run_epochs(tracker, clock, epochs=2)
+    train = tracker.metrics("train")
+    assert set(train) == set(METRIC_STEMS)
+    assert train["energy_kwh"] == pytest.approx(1000.0 * PUE / 3.6e6)
+    assert train["power_w"] == pytest.approx(100.0)
+    # the train total is everything the run used so far, gaps and validation included
+    assert train["energy_kwh_total"] == pytest.approx(tracker.total_energy_j / 3.6e6)
+    val = tracker.metrics("validation", prefix="val_")
+    assert set(val) == {"val_" + s for s in METRIC_STEMS}
+    assert val["val_energy_kwh_total"] == pytest.approx(2 * 200.0 * PUE / 3.6e6)
+    assert tracker.metrics("test") == {}
+
+
+def test_per_sample_is_nan_when_no_samples_were_counted():
+    tracker, clock, _ = setup()
+    tracker.begin("predict")
+    clock.advance(1.0)
+    tracker.end("predict")
+    metrics = tracker.metrics("predict")
+    assert math.isnan(metrics["energy_j_per_sample"]) and metrics["energy_kwh"] > 0
+
+
+def test_record_is_on_disk_as_soon_as_its_phase_ends(tmp_path):
+    tracker, clock, _ = setup(tmp_path)
+    tracker.begin("train", 0)
+    clock.advance(3.0)
+    tracker.end("train")
+    assert [r.phase for r in read_records(tmp_path)] == ["train"]
+
+
+def test_samples_override_at_end():
+    tracker, clock, _ = setup()
+    tracker.begin("test")
+    tracker.add_samples(3)
+    clock.advance(1.0)
+    assert tracker.end("test", samples=64).samples == 64
+
+
+def test_unknown_phase_is_a_value_error_naming_valid_ones():
+    tracker, _, _ = setup()
+    with pytest.raises(ValueError, match="train.*validation.*test.*predict"):
+        tracker.begin("training")
+
+
+def test_end_without_begin_bills_nothing_and_returns_none():
+    tracker, clock, _ = setup()
+    clock.advance(1.0)
+    assert tracker.end("validation") is None
+
+
+def test_abort_writes_unfinished_phases_as_partial_and_stops(tmp_path):
+    tracker, clock, _ = setup(tmp_path)
+    tracker.begin("train", 0)
+    clock.advance(2.0)
+    tracker.begin("validation", 0)
+    clock.advance(1.0)
+    tracker.abort()
+    records = read_records(tmp_path)
+    assert [(r.phase, r.partial) for r in records] == [("validation", True), ("train", True)]
+    assert sum(r.it_energy_kwh for r in records) * 3.6e6 == pytest.approx(300.0)
+    assert not tracker.running
+    assert (tmp_path / "energy-summary.json").exists()
+
+
+def test_resume_continues_totals_and_run_id(tmp_path):
+    first, clock, _ = setup(tmp_path)
+    run_epochs(first, clock, epochs=2)
+    state = first.state_dict()
+    second, clock2, _ = setup(tmp_path)
+    second.load_state_dict(state)
+    run_epochs(second, clock2, epochs=2)
+    records = read_records(tmp_path)
+    assert {r.run_id for r in records} == {first.run_id}
+    assert second.total_energy_j == pytest.approx(sum(r.energy_kwh for r in records) * 3.6e6)
+    assert second.totals["train"].count == 4
+    seqs = [r.seq for r in records]
+    assert len(set(seqs)) == len(seqs)  # resumed sequence numbers do not collide
+
+
+def test_bad_run_id_rejected():
+    with pytest.raises(ValueError, match="run_id"):
+        Tracker(run_id="  ")
+
+
+class ThreadReducer:
+    """Two trackers in two threads exchanging objects through a barrier, like two ranks."""
+
+    def __init__(self, rank, shared):
+        self.rank, self.world_size, self.measures_host = rank, 2, rank == 0
+        self.shared = shared
+
+    def all_gather(self, obj):
+        slots, barrier = self.shared
+        slots[self.rank] = obj
+        barrier.wait(timeout=10)
+        out = list(slots)
+        barrier.wait(timeout=10)
+        return out
+
+
+def test_two_ranks_sum_energy_and_samples_and_agree_on_metrics(tmp_path):
+    shared = ([None, None], threading.Barrier(2))
+    results = {}
+
+    def rank_main(rank, power_w):
+        clock = FakeClock()
+        sensors = [ScriptedSensor(f"gpu{rank}", clock, power_w=power_w)]
+        if rank == 0:
+            sensors.append(ScriptedSensor("cpu", clock, power_w=50.0, kind=Kind.CPU))
+        tracker = Tracker(carbon=Carbon(intensity=INTENSITY, pue=PUE), output_dir=tmp_path, run_id="ddp")
+        tracker.start(Meter(sensors, fallback=None, clock=clock, wall_clock=lambda: clock() + 1.7e9),
+                      reducer=ThreadReducer(rank, shared))
+        run_epochs(tracker, clock, epochs=1)
+        results[rank] = tracker
+
+    threads = [threading.Thread(target=rank_main, args=(r, p)) for r, p in ((0, 100.0), (1, 300.0))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=20)
+    assert set(results) == {0, 1}
+    assert results[0].metrics("train") == results[1].metrics("train")
+    train = results[0].last["train"]
+    assert train.it_energy_kwh * 3.6e6 == pytest.approx((100 + 300 + 50) * 10.0)
+    assert train.samples == 200 and train.ranks == 2
+    assert sorted(c["name"] for c in train.components) == ["cpu", "gpu0", "gpu1"]
+    records = read_records(tmp_path)  # written once, by rank 0
+    assert len([r for r in records if r.phase == "train"]) == 1
