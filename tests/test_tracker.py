@@ -207,3 +207,47 @@ def test_two_ranks_sum_energy_and_samples_and_agree_on_metrics(tmp_path):
     assert sorted(c["name"] for c in train.components) == ["cpu", "gpu0", "gpu1"]
     records = read_records(tmp_path)  # written once, by rank 0
     assert len([r for r in records if r.phase == "train"]) == 1
+
+
+def test_prediction_is_nan_until_two_epochs_after_warmup_then_exact_for_constant_epochs():
+    tracker, clock, _ = setup()
+    tracker.planned_epochs = 10
+    keys = {"energy_kwh_predicted", "energy_kwh_predicted_low", "energy_kwh_predicted_high", "co2eq_g_predicted"}
+    seen = []
+    for epoch in range(3):
+        tracker.begin("train", epoch)
+        clock.advance(30.0 if epoch == 0 else 10.0)  # a slow first epoch: warm-up
+        tracker.end("train")
+        metrics = tracker.metrics("train")
+        assert keys <= set(metrics)
+        seen.append(metrics["energy_kwh_predicted"])
+    assert math.isnan(seen[0]) and math.isnan(seen[1])
+    per_epoch_kwh = 100.0 * 10.0 * PUE / 3.6e6
+    so_far = tracker.total_energy_j / 3.6e6
+    assert seen[2] == pytest.approx(so_far + 7 * per_epoch_kwh)
+    m = tracker.metrics("train")
+    # identical post-warm-up epochs: no spread, so the interval collapses onto the prediction
+    assert m["energy_kwh_predicted_low"] == pytest.approx(seen[2])
+    assert m["energy_kwh_predicted_high"] == pytest.approx(seen[2])
+    assert m["co2eq_g_predicted"] == pytest.approx(seen[2] * INTENSITY)
+
+
+def test_prediction_interval_widens_with_spread():
+    tracker, clock, sensor = setup()
+    tracker.planned_epochs = 20
+    for epoch, seconds in enumerate([10.0, 8.0, 12.0, 9.0, 11.0]):
+        tracker.begin("train", epoch)
+        clock.advance(seconds)
+        tracker.end("train")
+    m = tracker.metrics("train")
+    assert m["energy_kwh_predicted_low"] < m["energy_kwh_predicted"] < m["energy_kwh_predicted_high"]
+    mean_kwh = 100.0 * 10.0 * PUE / 3.6e6  # mean of 8, 12, 9, 11 s at 100 W
+    assert m["energy_kwh_predicted"] == pytest.approx(tracker.total_energy_j / 3.6e6 + 15 * mean_kwh)
+
+
+def test_no_prediction_keys_without_planned_epochs():
+    tracker, clock, _ = setup()
+    tracker.begin("train", 0)
+    clock.advance(1.0)
+    tracker.end("train")
+    assert set(tracker.metrics("train")) == set(METRIC_STEMS)

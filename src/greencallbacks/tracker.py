@@ -46,6 +46,19 @@ METRIC_STEMS = (
     "power_w",
 )
 
+# Logged with the training metrics once the planned number of epochs is known (NaN until the
+# prediction has enough epochs): the whole run's energy and CO2eq, with a 95 % interval.
+PREDICTION_STEMS = (
+    "energy_kwh_predicted",
+    "energy_kwh_predicted_low",
+    "energy_kwh_predicted_high",
+    "co2eq_g_predicted",
+)
+WARMUP_EPOCHS = 1  # the first epoch pays for compilation, caches and allocator warm-up
+
+# Two-sided 95 % Student t quantiles by degrees of freedom (1..10); 1.96 beyond.
+_T95 = (12.71, 4.30, 3.18, 2.78, 2.57, 2.45, 2.36, 2.31, 2.26, 2.23)
+
 
 def utc_iso(unix_s: float) -> str:
     return _dt.datetime.fromtimestamp(unix_s, _dt.timezone.utc).isoformat(timespec="milliseconds")
@@ -143,6 +156,7 @@ class Tracker:
         self._last_snapshot: Snapshot | None = None
         self._seq = 0
         self.step: int | None = None
+        self.planned_epochs: int | None = None  # set by adapters to enable the run prediction
 
     # ----------------------------------------------------------------------------- lifecycle
     @property
@@ -280,7 +294,43 @@ class Tracker:
             "co2eq_g_per_sample": _nan_if_none(record.co2eq_g_per_sample),
             "power_w": record.it_energy_kwh * J_PER_KWH / record.duration_s if record.duration_s > 0 else 0.0,
         }
+        if phase == "train" and self.planned_epochs is not None:
+            values.update(self.prediction())
         return {prefix + k: float(v) for k, v in values.items()}
+
+    def prediction(self) -> dict[str, float]:
+        """The whole run's energy and CO2eq if the remaining epochs cost what past ones did.
+
+        Each epoch's cost is everything billed to it (training, its validation, the gap after
+        it). The first ``WARMUP_EPOCHS`` are left out of the mean; the 95 % interval combines the
+        epoch-to-epoch spread with the uncertainty of the mean. NaN until two epochs after
+        warm-up are complete.
+        """
+        nan = {k: math.nan for k in PREDICTION_STEMS}
+        planned = self.planned_epochs
+        per_epoch: dict[int, float] = {}
+        for record in self.records:
+            if record.epoch is not None:
+                per_epoch[record.epoch] = per_epoch.get(record.epoch, 0.0) + record.energy_kwh
+        finished = sorted({r.epoch for r in self.records if r.phase == "train" and r.epoch is not None and not r.partial})
+        costs = [per_epoch[e] for e in finished if e >= WARMUP_EPOCHS]
+        if planned is None or len(costs) < 2:
+            return nan
+        n = len(costs)
+        mean = sum(costs) / n
+        std = math.sqrt(sum((c - mean) ** 2 for c in costs) / (n - 1))
+        remaining = max(0, planned - len(finished))
+        so_far_kwh = self.total_energy_j / J_PER_KWH
+        predicted = so_far_kwh + remaining * mean
+        t = _T95[n - 2] if n - 1 <= len(_T95) else 1.96
+        half_width = t * std * math.sqrt(remaining + remaining**2 / n)
+        g_per_kwh = self.total_co2eq_g / so_far_kwh if so_far_kwh > 0 else 0.0
+        return {
+            "energy_kwh_predicted": predicted,
+            "energy_kwh_predicted_low": max(so_far_kwh, predicted - half_width),
+            "energy_kwh_predicted_high": predicted + half_width,
+            "co2eq_g_predicted": predicted * g_per_kwh,
+        }
 
     @property
     def total_energy_j(self) -> float:
