@@ -1,0 +1,172 @@
+"""The life-cycle model of a model, built from records.
+
+    I  = energy of one inference (J/sample), from validation / test / predict phases
+    T  = energy of training; per epoch T_e, per sample T / (D * E)
+    a  = training overhead factor  T / (I * D * E)
+    CT = search (architecture / hyper-parameters) = sum over H trials of their energy
+    LC = CT + T + e * I      (e = expected inferences in deployment)
+
+Energies are facility energy (after PUE); CO2eq follows the intensity recorded with each phase.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from typing import Iterable, Sequence
+
+from greencallbacks.records import Record
+from greencallbacks.units import J_PER_KWH
+
+INFERENCE_PHASES = ("predict", "test", "validation")
+
+
+@dataclass(frozen=True)
+class LifeCycle:
+    """The model's life-cycle figures. Joules and grams; ``None`` where the records cannot tell."""
+
+    training_j: float  # T
+    training_co2eq_g: float
+    epochs: int  # E
+    samples_per_epoch: float  # D (mean over epochs)
+    training_j_per_epoch: tuple[float, ...]  # T_e
+    inference_j_per_sample: float | None  # I
+    inference_co2eq_g_per_sample: float | None
+    inference_phase: str | None  # which phase I was measured in
+    search_j: float = 0.0  # CT
+    search_co2eq_g: float = 0.0
+    search_trials: int = 0  # H
+    run_total_j: float = 0.0  # the training run including evaluation and gaps
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def training_j_per_sample(self) -> float | None:
+        seen = self.samples_per_epoch * self.epochs
+        return self.training_j / seen if seen > 0 else None
+
+    @property
+    def overhead_factor(self) -> float | None:
+        """a = T / (I x D x E): how many inferences' worth of energy one training sample costs."""
+        per_sample = self.training_j_per_sample
+        if per_sample is None or not self.inference_j_per_sample:
+            return None
+        return per_sample / self.inference_j_per_sample
+
+    @property
+    def overhead_share(self) -> float | None:
+        """The share of training energy that is not the forward pass: 1 - 1/a."""
+        a = self.overhead_factor
+        return None if a is None or a <= 0 else 1.0 - 1.0 / a
+
+    def energy_j(self, inferences: float) -> float:
+        """LC = CT + T + e x I."""
+        return self.search_j + self.training_j + inferences * (self.inference_j_per_sample or 0.0)
+
+    def co2eq_g(self, inferences: float) -> float:
+        return self.search_co2eq_g + self.training_co2eq_g + inferences * (self.inference_co2eq_g_per_sample or 0.0)
+
+    @property
+    def break_even_inferences(self) -> float | None:
+        """The e at which deployment has used as much energy as training plus search."""
+        if not self.inference_j_per_sample:
+            return None
+        return (self.training_j + self.search_j) / self.inference_j_per_sample
+
+    def to_dict(self, inferences: float | None = None) -> dict:
+        out = asdict(self)
+        out["training_j_per_epoch"] = list(self.training_j_per_epoch)
+        out["notes"] = list(self.notes)
+        out.update(
+            training_j_per_sample=self.training_j_per_sample,
+            overhead_factor=self.overhead_factor,
+            overhead_share=self.overhead_share,
+            break_even_inferences=self.break_even_inferences,
+        )
+        if inferences is not None:
+            out.update(
+                inferences=inferences,
+                lifecycle_energy_kwh=self.energy_j(inferences) / J_PER_KWH,
+                lifecycle_co2eq_g=self.co2eq_g(inferences),
+            )
+        return out
+
+
+def inference_cost(records: Iterable[Record]) -> tuple[float | None, float | None, str | None]:
+    """I in J/sample and gCO2eq/sample, from the most deployment-like inference phase present."""
+    by_phase: dict[str, list[Record]] = defaultdict(list)
+    for r in records:
+        if r.phase in INFERENCE_PHASES and r.samples > 0 and not r.partial:
+            by_phase[r.phase].append(r)
+    for phase in INFERENCE_PHASES:
+        chosen = by_phase.get(phase)
+        if chosen:
+            samples = sum(r.samples for r in chosen)
+            return (
+                sum(r.energy_kwh for r in chosen) * J_PER_KWH / samples,
+                sum(r.co2eq_g for r in chosen) / samples,
+                phase,
+            )
+    return None, None, None
+
+
+def run_energy(records: Iterable[Record]) -> tuple[float, float]:
+    """Total joules and grams of a run's records (all phases)."""
+    records = list(records)
+    return sum(r.energy_kwh for r in records) * J_PER_KWH, sum(r.co2eq_g for r in records)
+
+
+def lifecycle(records: Sequence[Record], search: Iterable[Record] = (), run_id: str | None = None) -> LifeCycle:
+    """The life-cycle of the model trained in ``records`` (one run; ``run_id`` picks one of several).
+
+    ``search``: the records of the sweep's trials; each ``run_id`` among them is one trial and
+    its whole energy counts towards CT.
+    """
+    runs = sorted({r.run_id for r in records})
+    if run_id is None:
+        if len(runs) != 1:
+            raise ValueError(f"records hold {len(runs)} runs {runs}; pass run_id= to choose the trained model")
+        run_id = runs[0]
+    elif run_id not in runs:
+        raise ValueError(f"run_id {run_id!r} not in records; runs present: {runs}")
+    mine = [r for r in records if r.run_id == run_id]
+    train = [r for r in mine if r.phase == "train"]
+    if not train:
+        raise ValueError(f"run {run_id!r} has no training records")
+    per_epoch: dict[int, list[Record]] = defaultdict(list)
+    for r in train:
+        per_epoch[r.epoch if r.epoch is not None else -1].append(r)
+    epochs = sorted(per_epoch)
+    training_j = sum(r.energy_kwh for r in train) * J_PER_KWH
+    samples_per_epoch = sum(r.samples for r in train) / len(epochs)
+    i_j, i_g, i_phase = inference_cost(mine)
+    notes = []
+    if i_phase is None:
+        notes.append("no inference phase with samples: I, a and the break-even are unknown")
+    elif i_phase == "validation":
+        notes.append("I measured in validation loops (no test or predict records)")
+    if any(r.partial for r in train):
+        notes.append("some training phases were cut short (partial)")
+
+    trials: dict[str, list[Record]] = defaultdict(list)
+    for r in search:
+        trials[r.run_id].append(r)
+    search_j = search_g = 0.0
+    for trial in trials.values():
+        j, g = run_energy(trial)
+        search_j += j
+        search_g += g
+    return LifeCycle(
+        training_j=training_j,
+        training_co2eq_g=sum(r.co2eq_g for r in train),
+        epochs=len(epochs),
+        samples_per_epoch=samples_per_epoch,
+        training_j_per_epoch=tuple(sum(r.energy_kwh for r in per_epoch[e]) * J_PER_KWH for e in epochs),
+        inference_j_per_sample=i_j,
+        inference_co2eq_g_per_sample=i_g,
+        inference_phase=i_phase,
+        search_j=search_j,
+        search_co2eq_g=search_g,
+        search_trials=len(trials),
+        run_total_j=run_energy(mine)[0],
+        notes=tuple(notes),
+    )

@@ -1,0 +1,74 @@
+import pytest
+
+from greencallbacks.lifecycle import lifecycle
+from greencallbacks.records import Record
+
+KWH = 3.6e6
+
+
+def rec(run_id, phase, epoch, energy_j, samples, seq, g_per_kwh=500.0, partial=False):
+    return Record(
+        run_id=run_id, phase=phase, epoch=epoch, seq=seq, start_time="2026-11-23T10:00:00+00:00",
+        duration_s=1.0, samples=samples, it_energy_kwh=energy_j / KWH, energy_kwh=energy_j / KWH,
+        co2eq_g=energy_j / KWH * g_per_kwh, intensity_gco2eq_per_kwh=g_per_kwh, intensity_source="test",
+        pue=1.0, energy_j_per_sample=energy_j / samples if samples else None, co2eq_g_per_sample=None,
+        partial=partial,
+    )
+
+
+def trained_run():
+    # 3 epochs of 1000 samples at 5000 J each; validation 200 samples at 200 J; a test of 500 samples at 250 J.
+    records, seq = [], 0
+    for epoch in range(3):
+        records.append(rec("model", "train", epoch, 5000.0, 1000, seq)); seq += 1
+        records.append(rec("model", "validation", epoch, 200.0, 200, seq)); seq += 1
+        records.append(rec("model", "other", epoch, 50.0, 0, seq)); seq += 1
+    records.append(rec("model", "test", None, 250.0, 500, seq))
+    return records
+
+
+def test_training_inference_and_overhead_factor_by_hand():
+    lc = lifecycle(trained_run())
+    assert lc.training_j == pytest.approx(15000.0)
+    assert (lc.epochs, lc.samples_per_epoch) == (3, 1000)
+    assert lc.training_j_per_epoch == pytest.approx((5000.0, 5000.0, 5000.0))
+    assert lc.training_j_per_sample == pytest.approx(5.0)  # T / (D x E)
+    assert lc.inference_phase == "test"  # test beats validation as the deployment-like phase
+    assert lc.inference_j_per_sample == pytest.approx(0.5)
+    assert lc.overhead_factor == pytest.approx(10.0)  # a = T / (I D E) = 5 / 0.5
+    assert lc.overhead_share == pytest.approx(0.9)
+    assert lc.run_total_j == pytest.approx(15000 + 600 + 150 + 250)
+
+
+def test_search_cost_lifecycle_energy_and_break_even():
+    trials = [rec("trial-a", "train", 0, 2000.0, 100, 0), rec("trial-a", "validation", 0, 100.0, 10, 1),
+              rec("trial-b", "train", 0, 3000.0, 100, 0)]
+    lc = lifecycle(trained_run(), search=trials)
+    assert lc.search_trials == 2 and lc.search_j == pytest.approx(5100.0)
+    assert lc.energy_j(inferences=1e6) == pytest.approx(5100 + 15000 + 1e6 * 0.5)
+    assert lc.break_even_inferences == pytest.approx((15000 + 5100) / 0.5)
+    assert lc.co2eq_g(inferences=0) == pytest.approx((15000 + 5100) / KWH * 500.0)
+    d = lc.to_dict(inferences=1000)
+    assert d["lifecycle_energy_kwh"] == pytest.approx((20100 + 500) / KWH)
+
+
+def test_validation_is_used_for_inference_when_nothing_else_and_said_so():
+    records = [r for r in trained_run() if r.phase != "test"]
+    lc = lifecycle(records)
+    assert lc.inference_phase == "validation" and lc.inference_j_per_sample == pytest.approx(1.0)
+    assert any("validation" in n for n in lc.notes)
+
+
+def test_without_inference_the_unknowns_are_none_not_zero():
+    records = [r for r in trained_run() if r.phase == "train"]
+    lc = lifecycle(records)
+    assert lc.inference_j_per_sample is None and lc.overhead_factor is None and lc.break_even_inferences is None
+
+
+def test_several_runs_need_a_run_id():
+    records = trained_run() + [rec("other-run", "train", 0, 1.0, 1, 0)]
+    with pytest.raises(ValueError, match="run_id"):
+        lifecycle(records)
+    assert lifecycle(records, run_id="model").training_j == pytest.approx(15000.0)
+    with pytest.raises(ValueError, match="nope"):
+        lifecycle(records, run_id="nope")
