@@ -52,6 +52,7 @@ class Sensor:
         method: ``Method``.
         poll_interval_s: how often the background thread must call ``poll``; ``None`` if never.
         update_period_s: the counter's update period (quantisation of short windows); 0 if none.
+        note: a short caveat to carry into records, e.g. ``"1-second averaged power"``; "" if none.
     """
 
     name: str = "sensor"
@@ -60,6 +61,7 @@ class Sensor:
     method: Method = Method.ESTIMATED
     poll_interval_s: float | None = None
     update_period_s: float = 0.0
+    note: str = ""
 
     def energy_j(self) -> float:
         """Cumulative joules since this sensor was created. Raises ``SensorError`` on failure."""

@@ -1,0 +1,107 @@
+"""Which sensors this process should read, and what replaces one that fails.
+
+GPUs come from NVML (only the devices this process uses). The host (CPU and RAM) comes from RAPL
+where its counters are readable, else from estimates; everything looked for and not usable is
+listed in ``Discovery.unavailable`` with the reason and the fix, so the user can be told once.
+With several processes per host, pass ``host=False`` to all but one of them.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Literal
+
+from greencallbacks.sensors.base import Discovery, Kind, Sensor, Unavailable
+from greencallbacks.sensors.estimate import DEFAULT_RAM_W_PER_GB, CpuEstimateSensor, RamEstimateSensor
+from greencallbacks.sensors.rapl import DEFAULT_POWERCAP_ROOT, RaplSensor, find_rapl
+
+
+def discover_sensors(
+    *,
+    gpus: Literal["auto"] | Sequence[int] | None = "auto",
+    host: bool = True,
+    cpu_tdp_w: float | None = None,
+    ram_w_per_gb: float = DEFAULT_RAM_W_PER_GB,
+    extra: Iterable[Sensor] = (),
+    powercap_root: str | os.PathLike = DEFAULT_POWERCAP_ROOT,
+    pynvml: Any = None,
+    environ: Mapping[str, str] = os.environ,
+    clock: Callable[[], float] = time.monotonic,
+) -> Discovery:
+    """Find the sensors.
+
+    Args:
+        gpus: ``"auto"`` every GPU visible to CUDA; a list of CUDA indices (the devices this
+            process trains on); None for no GPU.
+        host: measure CPU and RAM (one process per host should).
+        cpu_tdp_w: TDP per CPU socket for the estimate (None: looked up from the CPU model).
+        ram_w_per_gb: watts per GB for the RAM estimate.
+        extra: sensors of the user's own (e.g. ``ConstantPowerSensor``), appended.
+        powercap_root, pynvml, environ, clock: for tests.
+    """
+    found = Discovery()
+    if gpus is not None:
+        from greencallbacks.sensors.nvml import find_nvml_gpus
+
+        device_indices = None if gpus == "auto" else list(gpus)
+        if device_indices != []:
+            _merge(found, find_nvml_gpus(device_indices, environ=environ, pynvml=pynvml, clock=clock))
+    if host:
+        _merge(found, _host_sensors(cpu_tdp_w, ram_w_per_gb, powercap_root, clock))
+    found.sensors.extend(extra)
+    return found
+
+
+def _host_sensors(
+    cpu_tdp_w: float | None, ram_w_per_gb: float, powercap_root: str | os.PathLike, clock: Callable[[], float]
+) -> Discovery:
+    rapl = find_rapl(powercap_root)
+    found = Discovery(unavailable=list(rapl.unavailable))
+    packages = [s for s in rapl.sensors if s.kind == Kind.CPU]
+    drams = [s for s in rapl.sensors if s.kind == Kind.DRAM]
+    # All sockets or none: mixing a counter for one socket with an estimate for the whole host
+    # would count the measured socket twice.
+    packages_complete = bool(packages) and not any(u.kind == Kind.CPU for u in rapl.unavailable)
+    drams_complete = bool(drams) and not any(u.kind == Kind.DRAM for u in rapl.unavailable)
+    settings = {"tdp_w": cpu_tdp_w, "w_per_gb": ram_w_per_gb}
+    if packages_complete:
+        found.sensors.extend(packages)
+    else:
+        found.sensors.append(CpuEstimateSensor(cpu_tdp_w))
+    if drams_complete:
+        found.sensors.extend(drams)
+    else:
+        if packages and not drams and not any(u.kind == Kind.DRAM for u in rapl.unavailable):
+            found.unavailable.append(
+                Unavailable("dram", Kind.DRAM, "this CPU's RAPL has no dram domain (usual on desktop and laptop CPUs)")
+            )
+        found.sensors.append(RamEstimateSensor(ram_w_per_gb, clock=clock))
+    for sensor in rapl.sensors:
+        if sensor in found.sensors:
+            sensor.estimate_settings = settings  # type: ignore[attr-defined] - read by fallback_for
+        else:
+            sensor.close()
+    return found
+
+
+def _merge(into: Discovery, found: Discovery) -> None:
+    into.sensors.extend(found.sensors)
+    into.unavailable.extend(found.unavailable)
+
+
+def fallback_for(sensor: Sensor) -> Sensor | None:
+    """The estimate that takes over when ``sensor`` fails mid-run; None when nothing can.
+
+    A RAPL package becomes a CPU estimate, a RAPL dram zone a RAM estimate, each for its share
+    of the host. A GPU has no honest replacement: the meter stops counting it and says so.
+    """
+    if isinstance(sensor, RaplSensor):
+        settings = getattr(sensor, "estimate_settings", {})
+        share = 1.0 / max(1, sensor.package_count)
+        if sensor.kind == Kind.CPU:
+            return CpuEstimateSensor(settings.get("tdp_w"), share=share, name=f"{sensor.name}-estimate")
+        w_per_gb = settings.get("w_per_gb", DEFAULT_RAM_W_PER_GB)
+        return RamEstimateSensor(w_per_gb, share=share, name=f"{sensor.name}-estimate")
+    return None

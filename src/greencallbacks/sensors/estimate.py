@@ -1,0 +1,355 @@
+"""Estimated energy, for what no counter measures: CPU from TDP, RAM from W/GB, declared constants.
+
+All three have ``method`` ``estimated``; records say so.
+
+CPU model: the CPUs draw their TDP when every logical CPU is busy, so each CPU-second this process
+tree uses costs ``TDP x sockets / logical CPUs`` joules. CPU-seconds come from the kernel
+(``psutil``: this process, its children, and the children they have already reaped), so the
+estimate is exact *within the model*: no sampling error, and DataLoader workers are included.
+Idle power and other processes are not counted. TDP comes from ``cpu_tdp_w`` when given (per
+socket, as datasheets state it), else from the shipped table (CodeCarbon's, MIT) matched against
+the CPU model name, else ``DEFAULT_W_PER_CORE`` per physical core. The ``note`` says which.
+
+RAM model: ``w_per_gb`` (0.37 W/GB by default, ~3 W per 8 GB module) times the resident memory
+of this process tree (``basis="process"``, the default), sampled by the background thread and
+integrated. The process basis attributes memory to the run that uses it and stays sensible on
+hosts with terabytes of RAM; ``basis="host"`` charges all installed RAM, which is closer to what a
+RAPL dram counter sees on a machine dedicated to one run. GB means 2**30 bytes (module sizes).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import platform
+import re
+import threading
+import time
+from collections.abc import Callable
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+from greencallbacks.sensors.base import Integrator, Kind, Method, Sensor, SensorError
+
+DEFAULT_W_PER_CORE = 10.0  # unknown CPU: desktop parts run ~10-15 W/core, servers ~4-7 W/core
+DEFAULT_RAM_W_PER_GB = 0.37
+BYTES_PER_GB = 2**30
+CPU_POLL_INTERVAL_S = 1.0  # only to see children's CPU time before they exit unreaped
+RAM_POLL_INTERVAL_S = 1.0  # memory use changes slowly; each sample walks the process tree
+TDP_TABLE = "cpu_tdp.csv"
+TDP_TABLE_SOURCE = "cpu_tdp.csv from CodeCarbon's cpu_power.csv, MIT licence"
+
+
+def _check_finite(name: str, value: float, *, positive: bool = False) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(number) or (number <= 0 if positive else number < 0):
+        raise ValueError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}")
+    return number
+
+
+def _check_share(share: float) -> float:
+    share = _check_finite("share", share, positive=True)
+    if share > 1:
+        raise ValueError(f"share must be in (0, 1], got {share!r}")
+    return share
+
+
+# -- what this machine is ------------------------------------------------------------------------
+
+
+def cpu_model_name(cpuinfo_path: str = "/proc/cpuinfo") -> str:
+    """The CPU's marketing name, e.g. ``"Intel(R) Xeon(R) Platinum 8480+"``; "" if unknown."""
+    try:
+        with open(cpuinfo_path, encoding="utf-8", errors="replace") as file:
+            for line in file:
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "Model") and value.strip():
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or ""
+
+
+def socket_count(cpuinfo_path: str = "/proc/cpuinfo") -> int:
+    """Distinct ``physical id`` values in /proc/cpuinfo; 1 where the file does not say."""
+    ids = set()
+    try:
+        with open(cpuinfo_path, encoding="utf-8", errors="replace") as file:
+            for line in file:
+                key, _, value = line.partition(":")
+                if key.strip() == "physical id":
+                    ids.add(value.strip())
+    except OSError:
+        pass
+    return max(1, len(ids))
+
+
+def _tokens(name: str) -> frozenset[str]:
+    text = name.lower()
+    text = re.sub(r"\((r|tm|c)\)|®|™", " ", text)
+    text = text.split("@", 1)[0]  # clock speed
+    text = re.sub(r"\b\d+-core\b", " ", text)
+    words = re.findall(r"[a-z0-9][a-z0-9+\-]*", text)
+    return frozenset(w for w in words if w not in ("cpu", "processor"))
+
+
+@lru_cache(maxsize=1)
+def _tdp_table() -> tuple[tuple[str, frozenset[str], float], ...]:
+    text = resources.files("greencallbacks").joinpath("data", TDP_TABLE).read_text(encoding="utf-8")
+    rows = csv.DictReader(line for line in text.splitlines() if not line.startswith("#"))
+    return tuple((row["model"], _tokens(row["model"]), float(row["tdp_w"])) for row in rows)
+
+
+def lookup_tdp_w(cpu_model: str) -> tuple[str, float] | None:
+    """(table name, TDP per socket) of the most specific table entry whose words all occur in
+    ``cpu_model``; entries must contain a model number, so "AMD EPYC" alone matches nothing."""
+    wanted = _tokens(cpu_model)
+    best: tuple[int, int, str, float] | None = None
+    for name, tokens, tdp_w in _tdp_table():
+        if tokens and tokens <= wanted and any(ch.isdigit() for ch in "".join(tokens)):
+            key = (len(tokens), len(name), name, tdp_w)
+            if best is None or key[:2] > best[:2]:
+                best = key
+    return (best[2], best[3]) if best else None
+
+
+def resolve_cpu_tdp_w(
+    tdp_w: float | None = None,
+    *,
+    cpu_model: str | None = None,
+    sockets: int | None = None,
+    physical_cores: int | None = None,
+) -> tuple[float, str]:
+    """The TDP of all CPU sockets of this host, in watts, and how it was found."""
+    sockets = socket_count() if sockets is None else sockets
+    if tdp_w is not None:
+        tdp_w = _check_finite("tdp_w", tdp_w, positive=True)
+        return tdp_w * sockets, f"TDP {tdp_w:g} W per socket (given) x {sockets} socket(s)"
+    cpu_model = cpu_model_name() if cpu_model is None else cpu_model
+    match = lookup_tdp_w(cpu_model) if cpu_model else None
+    if match is not None:
+        name, table_tdp_w = match
+        return (
+            table_tdp_w * sockets,
+            f"TDP {table_tdp_w:g} W per socket x {sockets} socket(s) for {cpu_model!r} "
+            f"(matched {name!r} in {TDP_TABLE_SOURCE})",
+        )
+    if physical_cores is None:
+        import psutil
+
+        physical_cores = psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    return (
+        DEFAULT_W_PER_CORE * physical_cores,
+        f"CPU {cpu_model or 'model unknown'!r} not in the TDP table: assumed {DEFAULT_W_PER_CORE:g} W per "
+        f"physical core x {physical_cores} cores; pass cpu_tdp_w= (per socket) for a better estimate",
+    )
+
+
+# -- what this process uses ----------------------------------------------------------------------
+
+
+def _own_cpu_seconds(times: Any) -> float:
+    # children_* hold children already waited for; absent on some platforms.
+    return (
+        times.user + times.system + getattr(times, "children_user", 0.0) + getattr(times, "children_system", 0.0)
+    )
+
+
+def process_tree_cpu_seconds(process: Any = None) -> float:
+    """CPU-seconds used by this process and all its descendants, live or already reaped."""
+    import psutil
+
+    process = process or psutil.Process()
+    total = _own_cpu_seconds(process.cpu_times())
+    for child in process.children(recursive=True):
+        try:
+            total += _own_cpu_seconds(child.cpu_times())
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            pass  # it exited between listing and reading; its time reappears once reaped
+    return total
+
+
+def process_tree_rss_bytes(process: Any = None) -> float:
+    """Resident memory of this process and its descendants (shared pages counted per process),
+    capped at the installed RAM."""
+    import psutil
+
+    process = process or psutil.Process()
+    total = float(process.memory_info().rss)
+    for child in process.children(recursive=True):
+        try:
+            total += child.memory_info().rss
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            pass
+    return min(total, float(psutil.virtual_memory().total))
+
+
+def host_ram_bytes() -> float:
+    import psutil
+
+    return float(psutil.virtual_memory().total)
+
+
+# -- the sensors ---------------------------------------------------------------------------------
+
+
+class CpuEstimateSensor(Sensor):
+    """CPU energy as TDP x the share of the host's logical CPUs this process tree keeps busy.
+
+    Args:
+        tdp_w: TDP per socket in watts (None: look the CPU up, or 10 W per physical core).
+        share: the fraction of the host's CPU power this sensor stands for (1/N when it replaces
+            one of N RAPL packages).
+        cpu_seconds: cumulative CPU-seconds of what is measured (default: this process tree).
+        logical_cpus, cpu_model, sockets, physical_cores: the host (default: detected).
+        name, poll_interval_s: as for every sensor.
+    """
+
+    kind = Kind.CPU
+    method = Method.ESTIMATED
+
+    def __init__(
+        self,
+        tdp_w: float | None = None,
+        *,
+        share: float = 1.0,
+        cpu_seconds: Callable[[], float] | None = None,
+        logical_cpus: int | None = None,
+        cpu_model: str | None = None,
+        sockets: int | None = None,
+        physical_cores: int | None = None,
+        name: str = "cpu",
+        poll_interval_s: float | None = CPU_POLL_INTERVAL_S,
+    ) -> None:
+        self.share = _check_share(share)
+        host_tdp_w, how = resolve_cpu_tdp_w(tdp_w, cpu_model=cpu_model, sockets=sockets, physical_cores=physical_cores)
+        if logical_cpus is None:
+            logical_cpus = os.cpu_count() or 1
+        if logical_cpus < 1:
+            raise ValueError(f"logical_cpus must be >= 1, got {logical_cpus!r}")
+        self.tdp_w = host_tdp_w * self.share
+        self.joules_per_cpu_second = host_tdp_w / logical_cpus
+        self.name = name
+        self.scope = "process tree" if cpu_seconds is None else "cpu"
+        self.poll_interval_s = poll_interval_s
+        self.note = how + (f"; {self.share:g} of the host" if self.share != 1 else "")
+        self._cpu_seconds = cpu_seconds or process_tree_cpu_seconds
+        self._lock = threading.Lock()
+        self._base_cpu_s = self._read_cpu_seconds()
+        self._high_water_cpu_s = self._base_cpu_s
+
+    def _read_cpu_seconds(self) -> float:
+        try:
+            return float(self._cpu_seconds())
+        except Exception as error:  # noqa: BLE001 - psutil raises several unrelated types
+            raise SensorError(f"{self.name}: cannot read CPU time: {error}") from error
+
+    def _update(self) -> float:
+        with self._lock:
+            # A child that exits unreaped drops out for a moment; holding the high-water mark
+            # keeps the total from dipping and its time from being counted twice.
+            self._high_water_cpu_s = max(self._high_water_cpu_s, self._read_cpu_seconds())
+            return (self._high_water_cpu_s - self._base_cpu_s) * self.joules_per_cpu_second * self.share
+
+    def energy_j(self) -> float:
+        return self._update()
+
+    def poll(self) -> None:
+        self._update()
+
+
+class RamEstimateSensor(Sensor):
+    """RAM energy as ``w_per_gb`` x memory, sampled and integrated.
+
+    Args:
+        w_per_gb: watts per GB (2**30 bytes) of memory; 0.37 by default.
+        basis: ``"process"`` (resident memory of this process tree) or ``"host"`` (installed RAM).
+        share: the fraction of that this sensor stands for (1/N when it replaces one of N RAPL
+            dram zones).
+        memory_bytes: returns the memory in bytes (default: from ``basis``).
+        clock: monotonic seconds; injectable for tests.
+    """
+
+    kind = Kind.RAM
+    method = Method.ESTIMATED
+
+    def __init__(
+        self,
+        w_per_gb: float = DEFAULT_RAM_W_PER_GB,
+        *,
+        basis: str = "process",
+        share: float = 1.0,
+        memory_bytes: Callable[[], float] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        name: str = "ram",
+        poll_interval_s: float | None = RAM_POLL_INTERVAL_S,
+    ) -> None:
+        self.w_per_gb = _check_finite("w_per_gb", w_per_gb)
+        if basis not in ("process", "host"):
+            raise ValueError(f"basis must be 'process' or 'host', got {basis!r}")
+        self.share = _check_share(share)
+        self.basis = basis
+        self.name = name
+        self.scope = "process tree" if basis == "process" else "host"
+        self.poll_interval_s = poll_interval_s
+        memory = "resident memory of this process tree" if basis == "process" else "installed RAM"
+        self.note = f"{self.w_per_gb:g} W/GB x {memory}"
+        if self.share != 1:
+            self.note += f"; {self.share:g} of it"
+        if memory_bytes is None:
+            memory_bytes = process_tree_rss_bytes if basis == "process" else host_ram_bytes
+        self._memory_bytes = memory_bytes
+        self._integrator = Integrator(clock)
+        self._sample()
+
+    def power_w(self) -> float:
+        try:
+            gigabytes = float(self._memory_bytes()) / BYTES_PER_GB
+        except Exception as error:  # noqa: BLE001
+            raise SensorError(f"{self.name}: cannot read memory use: {error}") from error
+        return self.w_per_gb * gigabytes * self.share
+
+    def _sample(self) -> float:
+        return self._integrator.add(self.power_w())
+
+    def energy_j(self) -> float:
+        return self._sample()
+
+    def poll(self) -> None:
+        self._sample()
+
+
+class ConstantPowerSensor(Sensor):
+    """A power the user declares (a switch, a monitor, the rest of the node): watts x time."""
+
+    method = Method.ESTIMATED
+
+    def __init__(
+        self,
+        name: str,
+        watts: float,
+        *,
+        kind: Kind = Kind.OTHER,
+        scope: str = "declared",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"name must be a non-empty string, got {name!r}")
+        self.watts = _check_finite("watts", watts)
+        self.name = name
+        self.kind = Kind(kind)
+        self.scope = scope
+        self.note = f"declared constant {self.watts:g} W"
+        self._clock = clock
+        self._started = clock()
+
+    def energy_j(self) -> float:
+        return self.watts * max(0.0, self._clock() - self._started)
+
+    def power_w(self) -> float:
+        return self.watts

@@ -1,0 +1,431 @@
+"""NVIDIA GPUs through NVML (the ``pynvml`` module of ``nvidia-ml-py``).
+
+Three ways to know a GPU's energy, best first:
+
+1. ``nvmlDeviceGetTotalEnergyConsumption``: a hardware counter in mJ since the driver loaded
+   (Volta and later). Updated every 100 ms; one read costs 3-4 ms, so it is read at phase
+   boundaries only and never polled.
+2. ``NVML_FI_DEV_POWER_INSTANT`` through ``nvmlDeviceGetFieldValues``: instantaneous power
+   (~5 us a read), sampled by the meter's background thread and integrated.
+3. ``nvmlDeviceGetPowerUsage``: on Ampere and later a 1-second *average*, which lags every change
+   of load (-5.6 % over an 8 s burst on an H100); used only when nothing better exists, and
+   labelled so.
+
+``pynvml`` is imported inside functions, never at module import, and any pynvml-like module can
+be passed instead (the tests pass a fake).
+
+Which GPUs: ``CUDA_VISIBLE_DEVICES`` decides what CUDA index ``i`` means. NVML enumerates in PCI
+order, which need not be CUDA's, so every visible device is resolved to its NVML handle through
+its UUID. Integers are taken as positions in NVML's (PCI) order, which is CUDA's order on nodes
+whose GPUs are all the same model (CUDA orders fastest first and breaks ties by PCI bus id) and
+always with ``CUDA_DEVICE_ORDER=PCI_BUS_ID``.
+
+MIG: energy and power are only reported for a whole physical GPU. A process given a MIG instance
+measures the parent GPU, and the sensor's note says so (other tenants of that GPU are included).
+Two visible instances of one GPU give one sensor, not two.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, Callable
+
+from greencallbacks.sensors.base import Discovery, Integrator, Kind, Method, Sensor, SensorError, Unavailable
+
+COUNTER_UPDATE_PERIOD_S = 0.1  # NVML's total-energy counter steps every 100 ms (measured on an H100)
+SAMPLE_INTERVAL_S = 0.05  # instantaneous power: 20 samples a second cost ~0.1 ms of a background thread
+AVERAGED_POWER_WINDOW_S = 1.0  # nvmlDeviceGetPowerUsage averages over 1 s on Ampere and later
+AVERAGED_POWER_NOTE = "1-second averaged power (no energy counter, no instantaneous power): lags load changes"
+
+INSTALL_FIX = "install the NVML bindings: pip install 'greencallbacks[nvidia]' (nvidia-ml-py)"
+
+# pynvml constants, by value, for modules (or old versions) that lack a name.
+_NVML_SUCCESS = 0
+_NVML_FI_DEV_POWER_INSTANT = 186
+_VALUE_MEMBER_BY_TYPE = {0: "dVal", 1: "uiVal", 2: "ulVal", 3: "ullVal", 4: "sllVal", 5: "siVal", 6: "usVal"}
+
+
+def import_pynvml() -> Any:
+    """The real ``pynvml``; raises ``ImportError`` with the fix when it is not installed."""
+    try:
+        import pynvml
+    except ImportError as error:
+        raise ImportError(f"pynvml is not importable ({error}); {INSTALL_FIX}") from error
+    return pynvml
+
+
+def _text(value: str | bytes) -> str:
+    # Old pynvml versions return bytes.
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _field_number(field_value: Any) -> float:
+    """The number in a ``c_nvmlFieldValue_t``, read from the union member its ``valueType`` names."""
+    member = _VALUE_MEMBER_BY_TYPE.get(int(field_value.valueType))
+    if member is None:
+        raise SensorError(f"NVML field {field_value.fieldId} has unknown value type {field_value.valueType}")
+    return float(getattr(field_value.value, member))
+
+
+class NvmlGpuSensor(Sensor):
+    """One physical NVIDIA GPU.
+
+    ``method`` is ``counter`` when the energy counter is supported, else ``sampled`` (power
+    integrated by the background thread and once more at every boundary read).
+
+    Args:
+        handle: the NVML device handle of the physical GPU.
+        index: the CUDA-visible index this process knows the GPU by; names it ``gpu<index>``.
+        pynvml: the NVML module (default: the real ``pynvml``, already initialised by the caller).
+        clock: monotonic seconds; injectable for tests.
+        note: a caveat to carry into records (e.g. a MIG instance measured through its parent).
+        shutdown_on_close: call ``nvmlShutdown`` once in ``close`` (balances one ``nvmlInit``).
+        sample_interval_s: poll interval when power has to be sampled.
+    """
+
+    kind = Kind.GPU
+
+    def __init__(
+        self,
+        handle: Any,
+        *,
+        index: int,
+        pynvml: Any = None,
+        clock: Callable[[], float] = time.monotonic,
+        note: str = "",
+        shutdown_on_close: bool = False,
+        sample_interval_s: float = SAMPLE_INTERVAL_S,
+    ) -> None:
+        self._nvml = pynvml if pynvml is not None else import_pynvml()
+        self._handle = handle
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._shutdown_on_close = shutdown_on_close
+        self._closed = False
+        self.index = index
+        self.name = f"gpu{index}"
+        try:
+            self.scope = _text(self._nvml.nvmlDeviceGetUUID(handle))
+            self.model = _text(self._nvml.nvmlDeviceGetName(handle))
+        except self._nvml.NVMLError as error:
+            raise SensorError(f"{self.name}: NVML could not identify the GPU: {error}") from error
+
+        self._read_power_w = self._choose_power_reader()
+        self._last_raw_mj = self._first_counter_reading()
+        self._cumulative_mj = 0
+        self._integrator: Integrator | None = None
+        notes = [note] if note else []
+        if self._last_raw_mj is not None:
+            self.method = Method.COUNTER
+            self.update_period_s = COUNTER_UPDATE_PERIOD_S
+            self.poll_interval_s = None
+        elif self._read_power_w is not None:
+            self.method = Method.SAMPLED
+            self.poll_interval_s = sample_interval_s
+            if self._read_power_w == self._read_averaged_power_w:
+                # The average lags by up to its window: that is the uncertainty of a boundary.
+                self.update_period_s = AVERAGED_POWER_WINDOW_S
+                notes.append(AVERAGED_POWER_NOTE)
+            self._integrator = Integrator(clock)
+            self._sample()
+        else:
+            raise SensorError(
+                f"{self.name} ({self.model}, {self.scope}) reports neither energy nor power through NVML "
+                "(common on some vGPU profiles); its energy cannot be measured"
+            )
+        self.note = "; ".join(notes)
+
+    # -- the Sensor interface -------------------------------------------------------------
+
+    def energy_j(self) -> float:
+        if self._integrator is not None:
+            return self._sample()
+        with self._lock:
+            raw_mj = int(
+                self._call("energy counter", lambda: self._nvml.nvmlDeviceGetTotalEnergyConsumption(self._handle))
+            )
+            if raw_mj >= self._last_raw_mj:
+                self._cumulative_mj += raw_mj - self._last_raw_mj
+            else:
+                # The counter went backwards: the driver reloaded and restarted it from 0. Count
+                # what it has gathered since, so the total stays continuous.
+                self._cumulative_mj += raw_mj
+            self._last_raw_mj = raw_mj
+            return self._cumulative_mj / 1000.0
+
+    def poll(self) -> None:
+        if self._integrator is not None:
+            self._sample()
+
+    def power_w(self) -> float:
+        """Instantaneous power (or the 1-second average where that is all there is), in watts."""
+        if self._read_power_w is None:
+            raise SensorError(f"{self.name}: NVML reports no power reading for this GPU")
+        return self._read_power_w()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        if self._shutdown_on_close:
+            try:
+                self._nvml.nvmlShutdown()
+            except Exception:  # noqa: BLE001 - closing must never raise
+                pass
+
+    def describe(self) -> dict:
+        return {**super().describe(), "model": self.model}
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _call(self, what: str, read: Callable[[], Any]) -> Any:
+        try:
+            return read()
+        except self._nvml.NVMLError as error:
+            raise SensorError(f"{self.name} ({self.scope}): NVML {what} failed: {error}") from error
+
+    def _sample(self) -> float:
+        assert self._integrator is not None and self._read_power_w is not None
+        with self._lock:
+            return self._integrator.add(self._read_power_w())
+
+    def _instant_power_mw(self) -> float:
+        """Raises ``NVMLError`` (the field's own return code included)."""
+        field_id = getattr(self._nvml, "NVML_FI_DEV_POWER_INSTANT", _NVML_FI_DEV_POWER_INSTANT)
+        field_value = self._nvml.nvmlDeviceGetFieldValues(self._handle, [field_id])[0]
+        if field_value.nvmlReturn != getattr(self._nvml, "NVML_SUCCESS", _NVML_SUCCESS):
+            # The call succeeds as a whole; each field carries its own status.
+            raise self._nvml.NVMLError(field_value.nvmlReturn)
+        return _field_number(field_value)
+
+    def _read_instant_power_w(self) -> float:
+        return self._call("instantaneous power", self._instant_power_mw) / 1000.0
+
+    def _read_averaged_power_w(self) -> float:
+        return self._call("power usage", lambda: self._nvml.nvmlDeviceGetPowerUsage(self._handle)) / 1000.0
+
+    def _choose_power_reader(self) -> Callable[[], float] | None:
+        candidates = (
+            (self._instant_power_mw, self._read_instant_power_w),
+            (lambda: self._nvml.nvmlDeviceGetPowerUsage(self._handle), self._read_averaged_power_w),
+        )
+        for probe, reader in candidates:
+            try:
+                probe()
+            except self._nvml.NVMLError as error:
+                if _is_unsupported(self._nvml, error):
+                    continue
+                raise SensorError(f"{self.name} ({self.scope}): NVML power reading failed: {error}") from error
+            return reader
+        return None
+
+    def _first_counter_reading(self) -> int | None:
+        try:
+            return int(self._nvml.nvmlDeviceGetTotalEnergyConsumption(self._handle))
+        except self._nvml.NVMLError as error:
+            if _is_unsupported(self._nvml, error):
+                return None
+            raise SensorError(f"{self.name} ({self.scope}): NVML energy counter failed: {error}") from error
+
+
+def _is_unsupported(nvml: Any, error: BaseException) -> bool:
+    """Errors that mean "this GPU or driver cannot do that", as opposed to a failure."""
+    names = ("NVMLError_NotSupported", "NVMLError_FunctionNotFound", "NVMLError_InvalidArgument")
+    return any(isinstance(error, getattr(nvml, name, ())) for name in names)
+
+
+# -- which GPUs this process uses -------------------------------------------------------------
+
+
+class _Device:
+    """An NVML device as CUDA_VISIBLE_DEVICES resolution needs it."""
+
+    def __init__(self, handle: Any, uuid: str) -> None:
+        self.handle, self.uuid = handle, uuid
+
+
+def _all_devices(nvml: Any) -> list[_Device]:
+    devices = []
+    for nvml_index in range(nvml.nvmlDeviceGetCount()):
+        handle = nvml.nvmlDeviceGetHandleByIndex(nvml_index)
+        devices.append(_Device(handle, _text(nvml.nvmlDeviceGetUUID(handle))))
+    return devices
+
+
+def _resolve_mig(nvml: Any, entry: str, devices: Sequence[_Device]) -> tuple[_Device, str] | None:
+    """The parent GPU of a MIG instance named ``MIG-<uuid>`` or (old drivers) ``MIG-GPU-<uuid>/gi/ci``."""
+    if entry.startswith("MIG-GPU-"):
+        parent_uuid = entry[len("MIG-") :].split("/", 1)[0]
+        return next(((d, entry) for d in devices if d.uuid == parent_uuid), None)
+    try:
+        mig_handle = nvml.nvmlDeviceGetHandleByUUID(entry)
+        parent_handle = nvml.nvmlDeviceGetDeviceHandleFromMigDeviceHandle(mig_handle)
+        parent_uuid = _text(nvml.nvmlDeviceGetUUID(parent_handle))
+    except nvml.NVMLError:
+        return None
+    return next(((d, entry) for d in devices if d.uuid == parent_uuid), None)
+
+
+def _resolve_entry(nvml: Any, entry: str, devices: Sequence[_Device]) -> tuple[_Device, str] | None:
+    """One CUDA_VISIBLE_DEVICES entry -> (physical device, MIG instance or ""); None if invalid."""
+    if entry.startswith("MIG-"):
+        return _resolve_mig(nvml, entry, devices)
+    if entry.startswith("GPU-"):
+        # CUDA accepts any unambiguous prefix of a UUID.
+        matches = [d for d in devices if d.uuid.startswith(entry)]
+        return (matches[0], "") if len(matches) == 1 else None
+    try:
+        position = int(entry)
+    except ValueError:
+        return None
+    return (devices[position], "") if 0 <= position < len(devices) else None
+
+
+def parse_visible_devices(environ: Mapping[str, str]) -> list[str] | None:
+    """The entries of CUDA_VISIBLE_DEVICES; None when unset (every GPU is visible)."""
+    value = environ.get("CUDA_VISIBLE_DEVICES")
+    if value is None:
+        return None
+    return [entry.strip() for entry in value.split(",") if entry.strip()]
+
+
+def find_nvml_gpus(
+    device_indices: Sequence[int] | None = None,
+    environ: Mapping[str, str] = os.environ,
+    pynvml: Any = None,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+) -> Discovery:
+    """The GPUs this process uses, as sensors, and those it could not use with the reason.
+
+    ``device_indices`` are CUDA-visible indices (as in ``cuda:1``); None means every visible GPU.
+    """
+    found = Discovery()
+    entries = parse_visible_devices(environ)
+    if entries is not None and (not entries or entries[0] == "-1"):
+        found.unavailable.append(
+            Unavailable("gpu", Kind.GPU, f"CUDA_VISIBLE_DEVICES={environ.get('CUDA_VISIBLE_DEVICES')!r} hides every GPU")
+        )
+        return found
+
+    if pynvml is None:
+        try:
+            pynvml = import_pynvml()
+        except ImportError:
+            found.unavailable.append(
+                Unavailable("gpu", Kind.GPU, "the NVML Python bindings (nvidia-ml-py) are not installed", INSTALL_FIX)
+            )
+            return found
+    nvml = pynvml
+    try:
+        nvml.nvmlInit()
+    except nvml.NVMLError as error:
+        found.unavailable.append(_init_failure(nvml, error))
+        return found
+    except OSError as error:  # a broken library can fail below NVML's own error handling
+        reason = f"NVML could not be loaded: {error}"
+        found.unavailable.append(Unavailable("gpu", Kind.GPU, reason, "check the NVIDIA driver installation"))
+        return found
+
+    try:
+        _find_visible(nvml, entries, device_indices, environ, clock, found)
+    except nvml.NVMLError as error:
+        reason = f"NVML could not list the GPUs: {error}"
+        found.unavailable.append(Unavailable("gpu", Kind.GPU, reason, "check that nvidia-smi works"))
+    finally:
+        try:
+            nvml.nvmlShutdown()  # balances the init above; each sensor holds its own
+        except nvml.NVMLError:
+            pass
+    return found
+
+
+def _find_visible(
+    nvml: Any,
+    entries: list[str] | None,
+    device_indices: Sequence[int] | None,
+    environ: Mapping[str, str],
+    clock: Callable[[], float],
+    found: Discovery,
+) -> None:
+    devices = _all_devices(nvml)
+    if entries is None:
+        visible: list[tuple[_Device, str]] = [(d, "") for d in devices]
+    else:
+        visible = []
+        for position, entry in enumerate(entries):
+            resolved = _resolve_entry(nvml, entry, devices)
+            if resolved is None:
+                # CUDA itself stops at the first invalid entry: what follows is invisible to it too.
+                found.unavailable.append(
+                    Unavailable(
+                        f"gpu{position}",
+                        Kind.GPU,
+                        f"CUDA_VISIBLE_DEVICES entry {entry!r} matches no GPU that NVML knows; "
+                        "CUDA ignores it and every entry after it",
+                        "list indices, GPU-<uuid> or MIG-<uuid> values from `nvidia-smi -L`",
+                    )
+                )
+                break
+            visible.append(resolved)
+
+    wanted = range(len(visible)) if device_indices is None else device_indices
+    measured_uuids: set[str] = set()
+    for cuda_index in wanted:
+        if not 0 <= cuda_index < len(visible):
+            found.unavailable.append(
+                Unavailable(
+                    f"gpu{cuda_index}",
+                    Kind.GPU,
+                    f"CUDA device {cuda_index} does not exist: {len(visible)} GPU(s) visible "
+                    f"(CUDA_VISIBLE_DEVICES={environ.get('CUDA_VISIBLE_DEVICES')!r})",
+                    "pass the indices of the devices this process trains on",
+                )
+            )
+            continue
+        device, mig_instance = visible[cuda_index]
+        if device.uuid in measured_uuids:
+            continue  # a second MIG instance of a GPU already measured
+        note = (
+            f"MIG instance {mig_instance}: measures the whole physical GPU {device.uuid} "
+            "(NVML reports energy per physical GPU; other instances' work is included)"
+            if mig_instance
+            else ""
+        )
+        nvml.nvmlInit()  # one init per sensor, balanced by its close()
+        try:
+            sensor = NvmlGpuSensor(
+                device.handle, index=cuda_index, pynvml=nvml, clock=clock, note=note, shutdown_on_close=True
+            )
+        except SensorError as error:
+            nvml.nvmlShutdown()
+            found.unavailable.append(Unavailable(f"gpu{cuda_index}", Kind.GPU, str(error)))
+            continue
+        measured_uuids.add(device.uuid)
+        found.sensors.append(sensor)
+
+
+def _init_failure(nvml: Any, error: BaseException) -> Unavailable:
+    def is_(name: str) -> bool:
+        return isinstance(error, getattr(nvml, name, ()))
+
+    if is_("NVMLError_LibraryNotFound"):
+        reason = f"NVML library (libnvidia-ml.so) not found: no NVIDIA driver on this machine ({error})"
+        fix = "install the NVIDIA driver, or in a container run with the NVIDIA container toolkit (--gpus)"
+    elif is_("NVMLError_DriverNotLoaded"):
+        reason = f"the NVIDIA driver is not loaded ({error})"
+        fix = "load the driver (nvidia-smi should list the GPUs)"
+    elif is_("NVMLError_NoPermission"):
+        reason = f"no permission to use NVML ({error})"
+        fix = "run as a user allowed to access /dev/nvidia*"
+    elif is_("NVMLError_LibRmVersionMismatch"):
+        reason = f"NVML and kernel driver versions differ ({error})"
+        fix = "reboot or reload the NVIDIA kernel module after a driver upgrade"
+    else:
+        reason = f"nvmlInit failed: {error}"
+        fix = "check that nvidia-smi works"
+    return Unavailable("gpu", Kind.GPU, reason, fix)

@@ -1,0 +1,193 @@
+"""CPU package and DRAM energy from Linux powercap (RAPL): ``/sys/class/powercap``.
+
+Layout (Intel, and AMD Zen through the same ``intel-rapl`` driver; ``amd-rapl`` accepted too)::
+
+    intel-rapl:0/              name = package-0   energy_uj   max_energy_range_uj
+    intel-rapl:0/intel-rapl:0:0/   name = core | uncore | dram
+    intel-rapl:1/              name = package-1   (second socket) or psys
+
+What is read, and why:
+
+- ``package-N``: the whole socket (cores, caches, uncore). ``core``/``uncore`` subzones are
+  parts of it, so they are not read (that would count them twice).
+- ``dram``: the memory attached to the socket; outside the package, so it adds.
+- ``psys`` (platform, on laptops and some desktops) is *skipped*: it covers the whole SoC,
+  package and DRAM included, so adding it would count them twice.
+- ``intel-rapl-mmio:N`` is the same package domain through another interface: skipped.
+
+``energy_uj`` wraps at ``max_energy_range_uj``. The reader adds the range when a reading is
+below the last one, which is right as long as at most one wrap happens between reads; the poll
+interval guarantees that at any plausible power.
+
+Since Linux 5.10, ``energy_uj`` is readable by root only (a fix for a power side channel,
+CVE-2020-8694), and most VMs and containers have no powercap at all: ``find_rapl`` then
+reports the zones as unavailable, with the fix, and the caller estimates instead.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from pathlib import Path
+
+from greencallbacks.sensors.base import Discovery, Kind, Method, Sensor, SensorError, Unavailable
+
+DEFAULT_POWERCAP_ROOT = "/sys/class/powercap"
+# Generous upper bound on a zone's power: no CPU socket or its DRAM draws a kilowatt today.
+MAX_PLAUSIBLE_POWER_W = 1000.0
+MAX_POLL_INTERVAL_S = 30.0  # poll at least this often even when a wrap takes hours
+MIN_POLL_INTERVAL_S = 0.1
+
+_PACKAGE_ZONE = re.compile(r"^(intel-rapl|amd-rapl):(\d+)$")
+_SUBZONE = re.compile(r"^(intel-rapl|amd-rapl):(\d+):(\d+)$")
+
+ABSENT_REASON = "no RAPL powercap interface (VM/container or non-Intel/AMD CPU)"
+ABSENT_FIX = (
+    "nothing to do in a VM or container (CPU and RAM energy are estimated); on bare metal "
+    "load the driver: sudo modprobe intel_rapl_common"
+)
+
+
+def permission_fix(root: str | os.PathLike = DEFAULT_POWERCAP_ROOT) -> str:
+    return (
+        f"allow reading the counters until reboot: sudo chmod o+r {root}/*-rapl:*/energy_uj "
+        f"{root}/*-rapl:*/*-rapl:*:*/energy_uj; or for good, a udev rule such as "
+        "'SUBSYSTEM==\"powercap\", ACTION==\"add\", RUN+=\"/bin/chmod o+r /sys%p/energy_uj\"' "
+        "in /etc/udev/rules.d/90-powercap.rules"
+    )
+
+
+def _read_int(path: Path) -> int:
+    # A plain open() (not Path.read_text) so that tests can deny reads of one path as root.
+    with open(path) as file:
+        return int(file.read().strip())
+
+
+def _read_name(path: Path) -> str:
+    with open(path) as file:
+        return file.read().strip()
+
+
+def wrap_safe_poll_interval_s(max_energy_range_uj: int) -> float:
+    """Half the time the counter takes to wrap at ``MAX_PLAUSIBLE_POWER_W``, within bounds."""
+    wrap_period_s = max_energy_range_uj / 1e6 / MAX_PLAUSIBLE_POWER_W
+    return min(MAX_POLL_INTERVAL_S, max(MIN_POLL_INTERVAL_S, wrap_period_s / 2.0))
+
+
+class RaplSensor(Sensor):
+    """One RAPL zone: a CPU package (``kind`` CPU) or its DRAM (``kind`` DRAM).
+
+    Args:
+        zone_dir: the zone's folder, e.g. ``/sys/class/powercap/intel-rapl:0``.
+        package_index: the socket number; read from the zone (or its parent) name when None.
+
+    Raises ``PermissionError`` / ``OSError`` at construction when the counter cannot be read,
+    ``SensorError`` when a later read fails.
+    """
+
+    method = Method.COUNTER
+
+    def __init__(self, zone_dir: str | os.PathLike, *, package_index: int | None = None) -> None:
+        self.zone_dir = Path(zone_dir)
+        self._energy_path = self.zone_dir / "energy_uj"
+        zone_name = _read_name(self.zone_dir / "name")
+        if zone_name == "dram":
+            self.kind = Kind.DRAM
+            if package_index is None:
+                package_index = _package_index(_read_name(self.zone_dir.parent / "name"))
+            self.name = f"dram-{package_index}"
+            self.scope = f"package-{package_index}/dram"
+        elif zone_name.startswith("package"):
+            self.kind = Kind.CPU
+            if package_index is None:
+                package_index = _package_index(zone_name)
+            self.name = f"cpu-package-{package_index}"
+            self.scope = zone_name
+        else:
+            raise ValueError(f"zone_dir: {self.zone_dir} is a {zone_name!r} zone, not a package or dram zone")
+        self.package_index = package_index
+        # Zones of this kind on the host: an estimate replacing this one covers 1/count of the host.
+        self.package_count = 1
+        self.max_energy_range_uj = _read_int(self.zone_dir / "max_energy_range_uj")
+        self.poll_interval_s = wrap_safe_poll_interval_s(self.max_energy_range_uj)
+        self._lock = threading.Lock()
+        self._last_raw_uj = _read_int(self._energy_path)  # PermissionError here: root-only counter
+        self._cumulative_uj = 0
+
+    def energy_j(self) -> float:
+        with self._lock:
+            self._update()
+            return self._cumulative_uj / 1e6
+
+    def poll(self) -> None:
+        with self._lock:
+            self._update()
+
+    def _update(self) -> None:
+        try:
+            raw_uj = _read_int(self._energy_path)
+        except (OSError, ValueError) as error:
+            raise SensorError(f"{self.name}: cannot read {self._energy_path}: {error}") from error
+        if raw_uj >= self._last_raw_uj:
+            self._cumulative_uj += raw_uj - self._last_raw_uj
+        else:
+            # The counter wrapped once since the last read (the poll interval rules out twice).
+            self._cumulative_uj += raw_uj + self.max_energy_range_uj - self._last_raw_uj
+        self._last_raw_uj = raw_uj
+
+
+def _package_index(zone_name: str) -> int:
+    match = re.fullmatch(r"package-(\d+)", zone_name)
+    return int(match.group(1)) if match else 0
+
+
+def find_rapl(root: str | os.PathLike = DEFAULT_POWERCAP_ROOT) -> Discovery:
+    """Every readable RAPL package and DRAM zone, and the unreadable ones with the reason and fix."""
+    found = Discovery()
+    root_path = Path(root)
+    try:
+        entries = sorted(os.listdir(root_path))
+    except OSError:
+        entries = []
+    packages = sorted(
+        (root_path / e for e in entries if _PACKAGE_ZONE.match(e)), key=lambda p: int(p.name.rsplit(":", 1)[1])
+    )
+    zones: list[tuple[Path, Kind, str, int]] = []
+    for package_dir in packages:
+        try:
+            package_name = _read_name(package_dir / "name")
+        except OSError:
+            continue
+        if not package_name.startswith("package"):
+            continue  # psys and unknown domains: psys already includes the packages and DRAM
+        index = _package_index(package_name)
+        zones.append((package_dir, Kind.CPU, f"cpu-package-{index}", index))
+        for sub_dir in sorted(p for p in package_dir.iterdir() if _SUBZONE.match(p.name)):
+            try:
+                if _read_name(sub_dir / "name") == "dram":
+                    zones.append((sub_dir, Kind.DRAM, f"dram-{index}", index))
+            except OSError:
+                continue
+    if not any(kind == Kind.CPU for _, kind, _, _ in zones):
+        found.unavailable.append(Unavailable("rapl", Kind.CPU, ABSENT_REASON, ABSENT_FIX))
+        return found
+
+    for zone_dir, kind, name, index in zones:
+        try:
+            found.sensors.append(RaplSensor(zone_dir, package_index=index))
+        except PermissionError:
+            found.unavailable.append(
+                Unavailable(
+                    name,
+                    kind,
+                    f"permission denied reading {zone_dir / 'energy_uj'} (root-only since Linux 5.10)",
+                    permission_fix(root_path),
+                )
+            )
+        except (OSError, ValueError) as error:
+            found.unavailable.append(Unavailable(name, kind, f"cannot read {zone_dir}: {error}"))
+    for sensor in found.sensors:
+        assert isinstance(sensor, RaplSensor)
+        sensor.package_count = sum(1 for _, kind, _, _ in zones if kind == sensor.kind)
+    return found

@@ -1,0 +1,153 @@
+"""discover_sensors and fallback_for: what is measured, what is estimated, what replaces a failure."""
+
+import warnings
+
+import pytest
+
+from greencallbacks.meter import EnergyWarning, Meter
+from greencallbacks.sensors import discover_sensors, fallback_for
+from greencallbacks.sensors.base import Kind, Method
+from greencallbacks.sensors.estimate import ConstantPowerSensor, CpuEstimateSensor, RamEstimateSensor, socket_count
+from greencallbacks.sensors.nvml import NvmlGpuSensor
+from greencallbacks.sensors.rapl import RaplSensor
+from tests.fakes.fake_powercap import FakePowercap
+from tests.fakes.fake_pynvml import FakeNvml, gpu_uuid
+from tests.fakes.scripted import FakeClock
+
+
+@pytest.fixture
+def powercap(tmp_path, monkeypatch):
+    fake = FakePowercap(tmp_path / "powercap")
+    fake.install(monkeypatch)
+    return fake
+
+
+@pytest.fixture
+def nvml():
+    fake = FakeNvml(FakeClock())
+    for n in range(2):
+        fake.add_gpu(gpu_uuid(n))
+    return fake
+
+
+def kinds(found):
+    return [(type(s).__name__, s.name) for s in found.sensors]
+
+
+def test_readable_rapl_is_used_for_cpu_and_dram(powercap):
+    powercap.add_package(0)
+    powercap.add_dram(0)
+    found = discover_sensors(gpus=None, powercap_root=powercap.root)
+    assert kinds(found) == [("RaplSensor", "cpu-package-0"), ("RaplSensor", "dram-0")]
+    assert found.unavailable == []
+    assert all(s.method == Method.COUNTER for s in found.sensors)
+
+
+def test_rapl_without_dram_adds_a_ram_estimate_and_says_why(powercap):
+    powercap.add_package(0)
+    found = discover_sensors(gpus=None, powercap_root=powercap.root)
+    assert kinds(found) == [("RaplSensor", "cpu-package-0"), ("RamEstimateSensor", "ram")]
+    [missing] = found.unavailable
+    assert missing.kind == Kind.DRAM and "no dram domain" in missing.reason
+
+
+def test_permission_denied_falls_back_to_estimates_with_the_fix(powercap):
+    powercap.deny(powercap.add_package(0))
+    powercap.deny(powercap.add_dram(0))
+    found = discover_sensors(gpus=None, powercap_root=powercap.root)
+    assert kinds(found) == [("CpuEstimateSensor", "cpu"), ("RamEstimateSensor", "ram")]
+    assert all(s.method == Method.ESTIMATED for s in found.sensors)
+    assert {u.name for u in found.unavailable} == {"cpu-package-0", "dram-0"}
+    assert all("chmod o+r" in u.fix for u in found.unavailable)
+
+
+def test_one_unreadable_socket_means_the_whole_cpu_is_estimated(powercap):
+    powercap.add_package(0)
+    powercap.deny(powercap.add_package(1))
+    found = discover_sensors(gpus=None, powercap_root=powercap.root)
+    # Mixing socket 0's counter with a host-wide estimate would count socket 0 twice.
+    assert kinds(found) == [("CpuEstimateSensor", "cpu"), ("RamEstimateSensor", "ram")]
+
+
+def test_absent_rapl_falls_back_to_estimates(tmp_path):
+    found = discover_sensors(gpus=None, powercap_root=tmp_path / "nothing", cpu_tdp_w=65.0, ram_w_per_gb=0.5)
+    assert kinds(found) == [("CpuEstimateSensor", "cpu"), ("RamEstimateSensor", "ram")]
+    cpu, ram = found.sensors
+    assert cpu.tdp_w == pytest.approx(65.0 * socket_count())
+    assert ram.w_per_gb == 0.5
+    [missing] = found.unavailable
+    assert "no RAPL powercap interface" in missing.reason
+
+
+def test_host_false_measures_no_host_sensor(tmp_path, nvml):
+    found = discover_sensors(host=False, pynvml=nvml, environ={}, powercap_root=tmp_path)
+    assert kinds(found) == [("NvmlGpuSensor", "gpu0"), ("NvmlGpuSensor", "gpu1")]
+
+
+def test_gpu_selection(tmp_path, nvml):
+    found = discover_sensors(gpus=[1], host=False, pynvml=nvml, environ={})
+    assert [(s.name, s.scope) for s in found.sensors] == [("gpu1", gpu_uuid(1))]
+    found = discover_sensors(gpus=[], host=False, pynvml=nvml, environ={})
+    assert found.sensors == [] and found.unavailable == []
+    found = discover_sensors(gpus=None, host=False, pynvml=nvml, environ={})
+    assert found.sensors == []
+    assert nvml.calls["nvmlInit"] == 2  # discovery + one sensor; never for [] or None
+
+
+def test_gpu_problems_are_listed_next_to_host_sensors(powercap, nvml):
+    powercap.add_package(0)
+    nvml.library_missing = True
+    found = discover_sensors(pynvml=nvml, environ={}, powercap_root=powercap.root)
+    assert [s.name for s in found.sensors] == ["cpu-package-0", "ram"]
+    assert [u.kind for u in found.unavailable] == [Kind.GPU, Kind.DRAM]
+
+
+def test_extra_sensors_are_appended(tmp_path):
+    extra = ConstantPowerSensor("switch", 20.0)
+    found = discover_sensors(gpus=None, host=False, extra=[extra], powercap_root=tmp_path)
+    assert found.sensors == [extra]
+
+
+# -- fallback_for -------------------------------------------------------------------------------
+
+
+def test_fallback_for_rapl_zones_is_an_estimate_for_their_share(powercap):
+    for index in (0, 1):
+        powercap.add_package(index)
+        powercap.add_dram(index)
+    found = discover_sensors(gpus=None, powercap_root=powercap.root, cpu_tdp_w=100.0, ram_w_per_gb=0.25)
+    package = next(s for s in found.sensors if s.name == "cpu-package-1")
+    dram = next(s for s in found.sensors if s.name == "dram-0")
+    cpu_estimate = fallback_for(package)
+    assert isinstance(cpu_estimate, CpuEstimateSensor)
+    assert cpu_estimate.share == 0.5 and cpu_estimate.tdp_w == pytest.approx(100.0 * socket_count() * 0.5)
+    ram_estimate = fallback_for(dram)
+    assert isinstance(ram_estimate, RamEstimateSensor)
+    assert ram_estimate.share == 0.5 and ram_estimate.w_per_gb == 0.25
+
+
+def test_fallback_for_a_gpu_or_an_estimate_is_none(nvml):
+    [gpu] = discover_sensors(gpus=[0], host=False, pynvml=nvml, environ={}).sensors
+    assert isinstance(gpu, NvmlGpuSensor)
+    assert fallback_for(gpu) is None
+    assert fallback_for(ConstantPowerSensor("x", 1.0)) is None
+    assert fallback_for(CpuEstimateSensor(10.0, cpu_seconds=lambda: 0.0)) is None
+
+
+def test_meter_replaces_a_failing_rapl_package_with_the_estimate(powercap):
+    zone = powercap.add_package(0)
+    sensor = RaplSensor(zone.path)
+    meter = Meter([sensor])
+    try:
+        window = meter.start()
+        zone.add_joules(5.0)
+        assert meter.snapshot().energy_j["cpu-package-0"] == pytest.approx(5.0)
+        powercap.remove(zone)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = window.stop()
+        assert any(issubclass(w.category, EnergyWarning) for w in caught)
+        assert isinstance(meter.sensors[0], CpuEstimateSensor)
+        assert result.energy_j >= 5.0
+    finally:
+        meter.close()

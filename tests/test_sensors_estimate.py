@@ -1,0 +1,201 @@
+"""Estimated sensors: CPU from TDP and CPU time, RAM from W/GB, declared constants."""
+
+import math
+import subprocess
+import sys
+
+import pytest
+
+from greencallbacks.sensors.base import Kind, Method, SensorError
+from greencallbacks.sensors.estimate import (
+    BYTES_PER_GB,
+    DEFAULT_W_PER_CORE,
+    ConstantPowerSensor,
+    CpuEstimateSensor,
+    RamEstimateSensor,
+    lookup_tdp_w,
+    process_tree_cpu_seconds,
+    resolve_cpu_tdp_w,
+)
+from tests.fakes.scripted import FakeClock
+
+
+class Counter:
+    """An injectable cumulative quantity the test moves by hand."""
+
+    def __init__(self, value: float = 0.0) -> None:
+        self.value = value
+
+    def __call__(self) -> float:
+        return self.value
+
+
+# -- CPU ----------------------------------------------------------------------------------------
+
+
+def test_cpu_energy_is_tdp_times_share_of_busy_cpus():
+    cpu_seconds = Counter(50.0)  # time used before the sensor existed is not counted
+    sensor = CpuEstimateSensor(120.0, sockets=2, logical_cpus=16, cpu_seconds=cpu_seconds)
+    assert (sensor.kind, sensor.method) == (Kind.CPU, Method.ESTIMATED)
+    assert sensor.energy_j() == 0.0
+    # 4 logical CPUs busy for 10 s = 40 CPU-seconds out of 160: a quarter of 240 W for 10 s.
+    cpu_seconds.value += 40.0
+    assert sensor.energy_j() == pytest.approx(0.25 * 240.0 * 10.0)
+    assert "120 W per socket (given) x 2 socket(s)" in sensor.note
+
+
+def test_cpu_time_that_dips_is_not_counted_twice():
+    cpu_seconds = Counter(0.0)
+    sensor = CpuEstimateSensor(80.0, sockets=1, logical_cpus=8, cpu_seconds=cpu_seconds)
+    cpu_seconds.value = 8.0
+    sensor.poll()
+    cpu_seconds.value = 6.0  # a child exited and is not reaped yet: its time is missing for a while
+    sensor.poll()
+    assert sensor.energy_j() == pytest.approx(80.0)
+    cpu_seconds.value = 9.0  # reaped: its time is back, plus one more CPU-second
+    assert sensor.energy_j() == pytest.approx(90.0)
+
+
+def test_cpu_share_scales_the_estimate():
+    cpu_seconds = Counter()
+    sensor = CpuEstimateSensor(100.0, share=0.5, sockets=1, logical_cpus=4, cpu_seconds=cpu_seconds)
+    cpu_seconds.value = 4.0
+    assert sensor.energy_j() == pytest.approx(50.0)
+    assert sensor.tdp_w == pytest.approx(50.0)
+
+
+def test_tdp_is_looked_up_from_the_cpu_model():
+    tdp_w, note = resolve_cpu_tdp_w(cpu_model="Intel(R) Xeon(R) Platinum 8480+", sockets=2)
+    assert tdp_w == 700.0
+    assert "Intel Xeon Platinum 8480+" in note and "CodeCarbon" in note and "MIT" in note
+    assert lookup_tdp_w("AMD EPYC 7763 64-Core Processor") == ("AMD EPYC 7763", 280.0)
+    assert lookup_tdp_w("Intel(R) Xeon(R) CPU E5-2680 v4 @ 2.40GHz") == ("Intel Xeon E5-2680 v4", 120.0)
+    assert lookup_tdp_w("Apple M2 Pro") == ("Apple M2 Pro", 35.0)  # the most specific entry wins
+
+
+def test_unknown_cpu_uses_the_stated_default_per_core():
+    assert lookup_tdp_w("AMD EPYC") is None  # a family name is not a model
+    tdp_w, note = resolve_cpu_tdp_w(cpu_model="Some Future CPU 9000", sockets=1, physical_cores=12)
+    assert tdp_w == pytest.approx(DEFAULT_W_PER_CORE * 12) and DEFAULT_W_PER_CORE == 10.0
+    assert "not in the TDP table" in note and "cpu_tdp_w" in note
+    sensor = CpuEstimateSensor(
+        cpu_model="Some Future CPU 9000", sockets=1, physical_cores=12, logical_cpus=24, cpu_seconds=Counter()
+    )
+    assert "10 W per physical core" in sensor.note
+
+
+def test_process_tree_cpu_time_includes_children():
+    before = process_tree_cpu_seconds()
+    burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass"
+    subprocess.run([sys.executable, "-c", burn], check=True)
+    assert process_tree_cpu_seconds() - before >= 0.29
+
+
+def test_cpu_estimate_on_this_process_counts_real_work():
+    sensor = CpuEstimateSensor(100.0, sockets=1, logical_cpus=4)
+    total = 0
+    for i in range(3_000_000):
+        total += i
+    assert sensor.energy_j() > 0.0
+    assert sensor.scope == "process tree"
+
+
+# -- RAM ----------------------------------------------------------------------------------------
+
+
+def test_ram_energy_is_w_per_gb_times_memory_times_time():
+    clock = FakeClock()
+    sensor = RamEstimateSensor(0.5, memory_bytes=lambda: 4 * BYTES_PER_GB, clock=clock)
+    assert (sensor.kind, sensor.method) == (Kind.RAM, Method.ESTIMATED)
+    clock.advance(10.0)
+    assert sensor.energy_j() == pytest.approx(0.5 * 4 * 10.0)
+
+
+def test_ram_memory_changes_are_integrated_between_samples():
+    clock = FakeClock()
+    memory = Counter(2 * BYTES_PER_GB)
+    sensor = RamEstimateSensor(0.5, memory_bytes=memory, clock=clock)  # 1 W
+    clock.advance(5.0)
+    memory.value = 6 * BYTES_PER_GB  # 3 W from the next sample on
+    sensor.poll()
+    clock.advance(5.0)
+    # Trapezoid over the samples at 0 s (1 W), 5 s (3 W) and 10 s (3 W): 10 J + 15 J.
+    assert sensor.energy_j() == pytest.approx(25.0)
+
+
+def test_ram_default_is_0_37_w_per_gb_of_this_process_tree():
+    sensor = RamEstimateSensor()
+    assert sensor.w_per_gb == 0.37
+    assert sensor.scope == "process tree" and "0.37 W/GB" in sensor.note
+    assert 0.0 < sensor.power_w() < 0.37 * 2**40 / BYTES_PER_GB
+    assert RamEstimateSensor(basis="host").scope == "host"
+
+
+def test_ram_read_failure_raises_sensor_error():
+    clock = FakeClock()
+    failing = {"now": False}
+
+    def memory():
+        if failing["now"]:
+            raise OSError("proc is gone")
+        return BYTES_PER_GB
+
+    sensor = RamEstimateSensor(memory_bytes=memory, clock=clock)
+    failing["now"] = True
+    with pytest.raises(SensorError, match="proc is gone"):
+        sensor.energy_j()
+
+
+# -- constant -----------------------------------------------------------------------------------
+
+
+def test_constant_power_is_watts_times_time():
+    clock = FakeClock()
+    sensor = ConstantPowerSensor("switch", 12.5, clock=clock)
+    assert (sensor.name, sensor.kind, sensor.method) == ("switch", Kind.OTHER, Method.ESTIMATED)
+    clock.advance(4.0)
+    assert sensor.energy_j() == pytest.approx(50.0)
+    clock.advance(2.0)
+    assert sensor.energy_j() == pytest.approx(75.0)
+
+
+# -- argument checks ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tdp_w", [0, -5, math.nan, math.inf, "ninety"])
+def test_bad_tdp_is_rejected_by_name(tdp_w):
+    with pytest.raises(ValueError, match="tdp_w"):
+        CpuEstimateSensor(tdp_w, cpu_seconds=Counter())
+
+
+@pytest.mark.parametrize("watts", [-0.1, math.nan, math.inf, None])
+def test_bad_constant_watts_is_rejected_by_name(watts):
+    with pytest.raises(ValueError, match="watts"):
+        ConstantPowerSensor("fan", watts)
+
+
+@pytest.mark.parametrize("w_per_gb", [-0.37, math.nan, math.inf])
+def test_bad_w_per_gb_is_rejected_by_name(w_per_gb):
+    with pytest.raises(ValueError, match="w_per_gb"):
+        RamEstimateSensor(w_per_gb, memory_bytes=lambda: 0)
+
+
+def test_other_bad_arguments_are_rejected_by_name():
+    with pytest.raises(ValueError, match="share"):
+        CpuEstimateSensor(10.0, share=0.0, cpu_seconds=Counter())
+    with pytest.raises(ValueError, match="share"):
+        RamEstimateSensor(share=1.5, memory_bytes=lambda: 0)
+    with pytest.raises(ValueError, match="basis"):
+        RamEstimateSensor(basis="swap")
+    with pytest.raises(ValueError, match="name"):
+        ConstantPowerSensor("", 5.0)
+    with pytest.raises(ValueError, match="logical_cpus"):
+        CpuEstimateSensor(10.0, logical_cpus=0, cpu_seconds=Counter())
+
+
+def test_zero_is_a_valid_constant_and_ram_rate():
+    assert ConstantPowerSensor("off", 0.0).energy_j() == 0.0
+    clock = FakeClock()
+    sensor = RamEstimateSensor(0.0, memory_bytes=lambda: BYTES_PER_GB, clock=clock)
+    clock.advance(3.0)
+    assert sensor.energy_j() == 0.0

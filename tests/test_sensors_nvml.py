@@ -1,0 +1,338 @@
+"""NVML GPU sensors against the fake pynvml: counter, sampled fallbacks, errors, device mapping."""
+
+import sys
+import threading
+
+import pytest
+
+from greencallbacks.sensors.base import Kind, Method, SensorError
+from greencallbacks.sensors.nvml import AVERAGED_POWER_NOTE, COUNTER_UPDATE_PERIOD_S, NvmlGpuSensor, find_nvml_gpus
+from tests.fakes import fake_pynvml as fp
+from tests.fakes.fake_pynvml import FakeNvml, gpu_uuid
+from tests.fakes.scripted import FakeClock
+
+
+@pytest.fixture
+def clock():
+    return FakeClock(start=1000.0)
+
+
+@pytest.fixture
+def nvml(clock):
+    fake = FakeNvml(clock)
+    for n in range(3):
+        fake.add_gpu(gpu_uuid(n), power_w=100.0 + n)
+    return fake
+
+
+def only_sensor(nvml, **kwargs):
+    found = find_nvml_gpus(pynvml=nvml, environ=kwargs.pop("environ", {}), clock=nvml.clock, **kwargs)
+    assert len(found.sensors) == 1, found
+    return found.sensors[0]
+
+
+def run_for(clock, seconds, step, sensor=None):
+    """Advance fake time in steps, polling like the background thread would."""
+    steps = round(seconds / step)
+    for _ in range(steps):
+        clock.advance(step)
+        if sensor is not None:
+            sensor.poll()
+
+
+# -- the fake itself behaves like pynvml ----------------------------------------------------
+
+
+def test_fake_errors_are_constructed_like_pynvml():
+    error = fp.NVMLError(fp.NVML_ERROR_NOT_SUPPORTED)
+    assert type(error) is fp.NVMLError_NotSupported
+    assert error.value == 3 and str(error) == "Not Supported"
+    assert isinstance(fp.NVMLError_GpuIsLost(), fp.NVMLError)
+    assert fp.NVMLError_GpuIsLost().value == fp.NVML_ERROR_GPU_IS_LOST
+    assert fp.NVMLError_LibraryNotFound().value == 12
+
+
+def test_fake_counter_steps_every_100_ms(nvml, clock):
+    nvml.nvmlInit()
+    handle = nvml.nvmlDeviceGetHandleByIndex(0)
+    first = nvml.nvmlDeviceGetTotalEnergyConsumption(handle)
+    clock.advance(0.099)
+    assert nvml.nvmlDeviceGetTotalEnergyConsumption(handle) == first
+    clock.advance(0.002)
+    assert nvml.nvmlDeviceGetTotalEnergyConsumption(handle) == first + 10_000  # 100 W x 0.1 s in mJ
+
+
+# -- energy counter -------------------------------------------------------------------------
+
+
+def test_counter_energy_matches_power_times_time_within_one_update(nvml, clock):
+    nvml.gpus[0].set_power(300.0)
+    sensor = only_sensor(nvml, device_indices=[0])
+    assert sensor.method == Method.COUNTER
+    assert sensor.kind == Kind.GPU
+    assert sensor.update_period_s == COUNTER_UPDATE_PERIOD_S
+    assert sensor.poll_interval_s is None  # never polled: a read costs milliseconds on real GPUs
+    assert (sensor.name, sensor.scope, sensor.model) == ("gpu0", gpu_uuid(0), "NVIDIA H100 80GB HBM3")
+    start = sensor.energy_j()
+    clock.advance(10.05)
+    energy = sensor.energy_j() - start
+    assert abs(energy - 300.0 * 10.05) <= 300.0 * COUNTER_UPDATE_PERIOD_S
+    assert energy == pytest.approx(3000.0, abs=1e-3)  # the counter last stepped at +10.0 s
+    assert nvml.calls["nvmlDeviceGetFieldValues"] <= 1  # only the construction probe
+
+
+def test_short_window_reads_zero_because_the_counter_is_quantised(nvml, clock):
+    sensor = only_sensor(nvml, device_indices=[0])
+    clock.advance(0.101)
+    before = sensor.energy_j()
+    clock.advance(0.015)
+    assert sensor.energy_j() - before == 0.0
+
+
+def test_counter_going_backwards_is_a_reset_and_the_total_stays_continuous(nvml, clock):
+    gpu = nvml.gpus[0]
+    gpu.set_power(300.0)
+    sensor = only_sensor(nvml, device_indices=[0])
+    clock.advance(1.0)
+    before_reset = sensor.energy_j()
+    assert before_reset == pytest.approx(300.0, abs=1e-3)
+    gpu.reset_counter()  # driver reload: raw counter restarts from 0
+    clock.advance(1.0)
+    after_reset = sensor.energy_j()
+    assert after_reset == pytest.approx(600.0, abs=1e-3)
+    clock.advance(0.5)
+    assert sensor.energy_j() == pytest.approx(750.0, abs=1e-3)
+
+
+def test_power_w_is_instantaneous(nvml, clock):
+    sensor = only_sensor(nvml, device_indices=[0])
+    nvml.gpus[0].set_power(650.0)
+    clock.advance(0.01)
+    assert sensor.power_w() == pytest.approx(650.0)  # a 1-second average would still be near 100 W
+
+
+# -- sampled fallbacks ----------------------------------------------------------------------
+
+
+def test_unsupported_counter_integrates_instant_power_exactly(nvml, clock):
+    gpu = nvml.gpus[0]
+    gpu.counter_supported = False
+    t0 = clock()
+    gpu.set_power(lambda t: 100.0 + 200.0 * (t - t0))  # a linear ramp: the trapezoid rule is exact
+    sensor = only_sensor(nvml, device_indices=[0])
+    assert sensor.method == Method.SAMPLED
+    assert 0.05 <= sensor.poll_interval_s <= 0.1
+    assert sensor.note == ""
+    start = sensor.energy_j()
+    run_for(clock, 2.0, sensor.poll_interval_s, sensor)
+    energy = sensor.energy_j() - start
+    assert energy == pytest.approx(gpu.energy_between_j(t0, t0 + 2.0), rel=1e-6)
+    assert energy == pytest.approx(100.0 * 2.0 + 100.0 * 2.0**2, rel=1e-6)  # 600 J, by hand
+    assert nvml.calls["nvmlDeviceGetTotalEnergyConsumption"] == 1  # the construction probe only
+
+
+def test_sampled_sensor_counts_from_boundary_reads_alone(nvml, clock):
+    nvml.gpus[1].counter_supported = False
+    sensor = only_sensor(nvml, device_indices=[1])
+    clock.advance(3.0)
+    assert sensor.energy_j() == pytest.approx(101.0 * 3.0)
+
+
+def test_without_instant_power_the_averaged_power_is_used_and_labelled(nvml, clock):
+    gpu = nvml.gpus[0]
+    gpu.counter_supported = False
+    gpu.instant_supported = False
+    sensor = only_sensor(nvml, device_indices=[0])
+    assert sensor.method == Method.SAMPLED
+    assert "1-second averaged power" in sensor.note and sensor.note == AVERAGED_POWER_NOTE
+    assert sensor.update_period_s == 1.0
+    gpu.set_power(500.0)  # a step from 100 W
+    start = sensor.energy_j()
+    run_for(clock, 2.0, 0.05, sensor)
+    # The 1-second average ramps from 100 W to 500 W over the first second: 300 J + 500 J,
+    # where the GPU really used 1000 J. This is the lag the label warns about.
+    assert sensor.energy_j() - start == pytest.approx(800.0, abs=0.01)
+
+
+def test_gpu_with_neither_energy_nor_power_is_unavailable(nvml):
+    gpu = nvml.gpus[0]
+    gpu.counter_supported = gpu.instant_supported = gpu.power_usage_supported = False
+    found = find_nvml_gpus([0], environ={}, pynvml=nvml)
+    assert found.sensors == []
+    [missing] = found.unavailable
+    assert missing.name == "gpu0" and "neither energy nor power" in missing.reason
+    assert nvml.init_count == 0
+
+
+# -- errors while reading -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("counter", [True, False])
+def test_nvml_error_mid_run_raises_sensor_error_with_the_nvml_message(nvml, clock, counter):
+    gpu = nvml.gpus[0]
+    gpu.counter_supported = counter
+    sensor = only_sensor(nvml, device_indices=[0])
+    clock.advance(1.0)
+    sensor.energy_j()
+    gpu.error_code = fp.NVML_ERROR_UNKNOWN
+    with pytest.raises(SensorError, match="Unknown Error"):
+        sensor.energy_j()
+    if not counter:
+        with pytest.raises(SensorError, match="Unknown Error"):
+            sensor.poll()
+
+
+def test_gpu_lost_raises_sensor_error(nvml, clock):
+    sensor = only_sensor(nvml, device_indices=[0])
+    nvml.gpus[0].lose()
+    with pytest.raises(SensorError, match="GPU is lost") as raised:
+        sensor.energy_j()
+    assert isinstance(raised.value.__cause__, fp.NVMLError_GpuIsLost)
+    with pytest.raises(SensorError, match="GPU is lost"):
+        sensor.power_w()
+
+
+def test_energy_never_decreases_while_the_background_thread_polls(nvml, clock):
+    nvml.gpus[0].counter_supported = False
+    sensor = only_sensor(nvml, device_indices=[0])
+    stop = threading.Event()
+
+    def background():
+        while not stop.is_set():
+            sensor.poll()
+
+    thread = threading.Thread(target=background)
+    thread.start()
+    try:
+        readings = []
+        for _ in range(2000):
+            clock.advance(0.001)
+            readings.append(sensor.energy_j())
+    finally:
+        stop.set()
+        thread.join()
+    assert all(b >= a for a, b in zip(readings, readings[1:]))
+    assert readings[-1] == pytest.approx(100.0 * 2.0, rel=1e-6)
+
+
+# -- which GPUs: CUDA_VISIBLE_DEVICES resolved by UUID --------------------------------------
+
+
+def scopes(found):
+    return [(s.name, s.scope) for s in found.sensors]
+
+
+def test_unset_visible_devices_means_every_gpu_in_nvml_order(nvml):
+    found = find_nvml_gpus(environ={}, pynvml=nvml)
+    assert scopes(found) == [("gpu0", gpu_uuid(0)), ("gpu1", gpu_uuid(1)), ("gpu2", gpu_uuid(2))]
+    assert found.unavailable == []
+
+
+def test_integer_visible_devices_are_remapped_to_cuda_indices(nvml):
+    found = find_nvml_gpus(environ={"CUDA_VISIBLE_DEVICES": "2,0"}, pynvml=nvml)
+    assert scopes(found) == [("gpu0", gpu_uuid(2)), ("gpu1", gpu_uuid(0))]
+    found = find_nvml_gpus([1], environ={"CUDA_VISIBLE_DEVICES": "2,0"}, pynvml=nvml)
+    assert scopes(found) == [("gpu1", gpu_uuid(0))]
+
+
+def test_uuid_visible_devices_resolve_by_uuid_whatever_the_nvml_order(clock):
+    nvml = FakeNvml(clock)
+    # NVML (PCI) order differs from the order the job was given its GPUs in.
+    for n in (7, 3, 5):
+        nvml.add_gpu(gpu_uuid(n))
+    environ = {"CUDA_VISIBLE_DEVICES": f"{gpu_uuid(5)},{gpu_uuid(7)}"}
+    found = find_nvml_gpus(environ=environ, pynvml=nvml)
+    assert scopes(found) == [("gpu0", gpu_uuid(5)), ("gpu1", gpu_uuid(7))]
+
+
+def test_uuid_prefixes_are_accepted_and_an_ambiguous_one_ends_the_list(nvml):
+    found = find_nvml_gpus(environ={"CUDA_VISIBLE_DEVICES": "GPU-00000001"}, pynvml=nvml)
+    assert scopes(found) == [("gpu0", gpu_uuid(1))]
+    found = find_nvml_gpus(environ={"CUDA_VISIBLE_DEVICES": "GPU-00000002,GPU-0000000,0"}, pynvml=nvml)
+    assert scopes(found) == [("gpu0", gpu_uuid(2))]  # CUDA ignores the invalid entry and all after it
+    [invalid] = found.unavailable
+    assert "'GPU-0000000'" in invalid.reason and invalid.fix
+
+
+def test_invalid_index_ends_the_visible_list_like_cuda(nvml):
+    found = find_nvml_gpus(environ={"CUDA_VISIBLE_DEVICES": "1,7,0"}, pynvml=nvml)
+    assert scopes(found) == [("gpu0", gpu_uuid(1))]
+    assert [u.name for u in found.unavailable] == ["gpu1"]
+
+
+@pytest.mark.parametrize("value", ["", "-1", " "])
+def test_empty_or_minus_one_hides_every_gpu_without_touching_nvml(nvml, value):
+    found = find_nvml_gpus(environ={"CUDA_VISIBLE_DEVICES": value}, pynvml=nvml)
+    assert found.sensors == []
+    [hidden] = found.unavailable
+    assert "hides every GPU" in hidden.reason
+    assert nvml.calls["nvmlInit"] == 0
+
+
+def test_mig_instance_measures_its_parent_gpu_and_says_so(nvml):
+    parent = nvml.gpus[1]
+    first = parent.add_mig_instance("MIG-aaaaaaaa-0000-1111-2222-333333333333")
+    second = parent.add_mig_instance("MIG-bbbbbbbb-0000-1111-2222-333333333333")
+    found = find_nvml_gpus(environ={"CUDA_VISIBLE_DEVICES": f"{first.uuid},{second.uuid}"}, pynvml=nvml)
+    # Both instances share one physical GPU and one energy counter: one sensor, not two.
+    assert scopes(found) == [("gpu0", gpu_uuid(1))]
+    sensor = found.sensors[0]
+    assert sensor.method == Method.COUNTER
+    assert first.uuid in sensor.note and "whole physical GPU" in sensor.note
+
+
+def test_old_style_mig_names_resolve_to_the_parent(nvml):
+    environ = {"CUDA_VISIBLE_DEVICES": f"MIG-{gpu_uuid(2)}/1/0"}
+    found = find_nvml_gpus(environ=environ, pynvml=nvml)
+    assert scopes(found) == [("gpu0", gpu_uuid(2))]
+    assert "MIG" in found.sensors[0].note
+
+
+def test_requested_index_beyond_the_visible_gpus_is_unavailable(nvml):
+    found = find_nvml_gpus([0, 3], environ={"CUDA_VISIBLE_DEVICES": "0,1"}, pynvml=nvml)
+    assert scopes(found) == [("gpu0", gpu_uuid(0))]
+    [missing] = found.unavailable
+    assert missing.name == "gpu3" and "2 GPU(s) visible" in missing.reason
+
+
+# -- NVML itself unusable ------------------------------------------------------------------
+
+
+def test_driver_not_loaded_is_unavailable_with_a_fix(nvml):
+    nvml.init_error = fp.NVML_ERROR_DRIVER_NOT_LOADED
+    found = find_nvml_gpus(environ={}, pynvml=nvml)
+    assert found.sensors == []
+    [missing] = found.unavailable
+    assert missing.kind == Kind.GPU and "driver is not loaded" in missing.reason and missing.fix
+
+
+def test_missing_nvml_library_means_no_driver(nvml):
+    nvml.library_missing = True
+    [missing] = find_nvml_gpus(environ={}, pynvml=nvml).unavailable
+    assert "no NVIDIA driver" in missing.reason
+    assert "driver" in missing.fix
+
+
+def test_missing_pynvml_package_is_unavailable_with_the_install_command(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # makes `import pynvml` raise ImportError
+    [missing] = find_nvml_gpus(environ={}).unavailable
+    assert "nvidia-ml-py" in missing.reason
+    assert "pip install 'greencallbacks[nvidia]'" in missing.fix
+
+
+def test_each_sensor_balances_its_nvml_init(nvml):
+    found = find_nvml_gpus(environ={}, pynvml=nvml)
+    assert nvml.init_count == 3  # one per sensor; discovery's own init was shut down
+    for sensor in found.sensors:
+        sensor.close()
+        sensor.close()  # idempotent
+    assert nvml.init_count == 0
+
+
+def test_sensor_constructed_directly_with_a_handle(nvml, clock):
+    nvml.nvmlInit()
+    sensor = NvmlGpuSensor(nvml.nvmlDeviceGetHandleByIndex(2), index=5, pynvml=nvml, clock=clock)
+    assert sensor.name == "gpu5" and sensor.scope == gpu_uuid(2)
+    assert sensor.describe()["model"] == "NVIDIA H100 80GB HBM3"
+    sensor.close()
+    assert nvml.init_count == 1  # it did not own the init

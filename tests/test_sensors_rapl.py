@@ -1,0 +1,164 @@
+"""RAPL powercap sensors on a fake /sys/class/powercap tree."""
+
+import pytest
+
+from greencallbacks.sensors.base import Kind, Method, SensorError
+from greencallbacks.sensors.rapl import (
+    ABSENT_REASON,
+    MAX_POLL_INTERVAL_S,
+    RaplSensor,
+    find_rapl,
+    wrap_safe_poll_interval_s,
+)
+from tests.fakes.fake_powercap import FakePowercap
+
+
+@pytest.fixture
+def powercap(tmp_path, monkeypatch):
+    fake = FakePowercap(tmp_path / "powercap")
+    fake.install(monkeypatch)
+    return fake
+
+
+def by_name(found):
+    return {s.name: s for s in found.sensors}
+
+
+def test_package_and_dram_are_found_and_count_exactly(powercap):
+    package = powercap.add_package(0)
+    dram = powercap.add_dram(0)
+    powercap.add_subzone(0, 1, "core")  # part of the package: must not be read
+    found = find_rapl(powercap.root)
+    sensors = by_name(found)
+    assert sorted(sensors) == ["cpu-package-0", "dram-0"]
+    assert found.unavailable == []
+    cpu, ram = sensors["cpu-package-0"], sensors["dram-0"]
+    assert (cpu.kind, cpu.method, cpu.scope) == (Kind.CPU, Method.COUNTER, "package-0")
+    assert (ram.kind, ram.method, ram.scope) == (Kind.DRAM, Method.COUNTER, "package-0/dram")
+    assert cpu.energy_j() == 0.0
+    package.add_joules(123.456789)
+    dram.add_joules(7.5)
+    assert cpu.energy_j() == pytest.approx(123.456789, abs=1e-6)
+    assert ram.energy_j() == pytest.approx(7.5, abs=1e-6)
+
+
+def test_two_sockets_each_with_dram(powercap):
+    for index in (0, 1):
+        powercap.add_package(index)
+        powercap.add_dram(index)
+    sensors = by_name(find_rapl(powercap.root))
+    assert sorted(sensors) == ["cpu-package-0", "cpu-package-1", "dram-0", "dram-1"]
+    assert {s.package_count for s in sensors.values()} == {2}
+
+
+def test_psys_and_mmio_zones_are_skipped_to_avoid_double_counting(powercap):
+    package = powercap.add_package(0)
+    psys = powercap.add_psys(1)
+    mmio = powercap.root / "intel-rapl-mmio:0"  # the package domain again, through MMIO
+    mmio.mkdir()
+    (mmio / "name").write_text("package-0\n")
+    (mmio / "energy_uj").write_text("5\n")
+    (mmio / "max_energy_range_uj").write_text("1000000\n")
+    found = find_rapl(powercap.root)
+    assert [s.name for s in found.sensors] == ["cpu-package-0"]
+    assert [s.zone_dir.name for s in found.sensors] == ["intel-rapl:0"]
+    package.add_joules(10.0)
+    psys.add_joules(25.0)  # includes the package's 10 J: adding it would count them twice
+    assert sum(s.energy_j() for s in found.sensors) == pytest.approx(10.0)
+
+
+def test_amd_rapl_prefix(tmp_path, monkeypatch):
+    powercap = FakePowercap(tmp_path / "powercap", prefix="amd-rapl")
+    zone = powercap.add_package(0)
+    sensors = by_name(find_rapl(powercap.root))
+    assert list(sensors) == ["cpu-package-0"]
+    zone.add_joules(2.0)
+    assert sensors["cpu-package-0"].energy_j() == pytest.approx(2.0)
+
+
+def test_several_wraps_with_polls_in_between_add_up_exactly(powercap):
+    range_uj = 100_000_000  # the counter wraps every 100 J
+    zone = powercap.add_package(0, max_energy_range_uj=range_uj, energy_uj=60_000_000)
+    sensor = RaplSensor(zone.path)
+    consumed = [70.0, 90.0, 45.5, 99.0, 40.25]  # four of these steps cross a wrap
+    wraps_seen = 0
+    for joules in consumed:
+        before = zone.total_uj % range_uj
+        zone.add_joules(joules)
+        wraps_seen += (zone.total_uj % range_uj) < before
+        sensor.poll()
+    assert wraps_seen == 4
+    assert sensor.energy_j() == pytest.approx(sum(consumed), abs=1e-6)
+
+
+def test_a_wrap_between_boundary_reads_is_counted_without_a_poll(powercap):
+    zone = powercap.add_package(0, max_energy_range_uj=100_000_000, energy_uj=95_000_000)
+    sensor = RaplSensor(zone.path)
+    zone.add_joules(20.0)  # raw goes 95 J -> 15 J
+    assert sensor.energy_j() == pytest.approx(20.0)
+
+
+def test_poll_interval_leaves_no_room_for_two_unseen_wraps():
+    # 262 kJ range: wraps after 262 s at 1 kW; capped at the maximum interval.
+    assert wrap_safe_poll_interval_s(262_143_328_850) == MAX_POLL_INTERVAL_S
+    # A 32-bit microjoule range (old CPUs): 4295 J wraps after 4.3 s at 1 kW: poll every 2.1 s.
+    assert wrap_safe_poll_interval_s(2**32) == pytest.approx(2**32 / 1e6 / 1000.0 / 2)
+    assert wrap_safe_poll_interval_s(1_000) == pytest.approx(0.1)  # never a busy loop
+
+
+def test_sensor_poll_interval_comes_from_its_range(powercap):
+    zone = powercap.add_package(0, max_energy_range_uj=2**32)
+    assert RaplSensor(zone.path).poll_interval_s == pytest.approx(2.147483648)
+
+
+def test_permission_denied_is_unavailable_with_the_fix(powercap):
+    package = powercap.add_package(0)
+    dram = powercap.add_dram(0)
+    powercap.deny(package)
+    powercap.deny(dram)
+    found = find_rapl(powercap.root)
+    assert found.sensors == []
+    assert [(u.name, u.kind) for u in found.unavailable] == [("cpu-package-0", Kind.CPU), ("dram-0", Kind.DRAM)]
+    for missing in found.unavailable:
+        assert "permission denied" in missing.reason and "5.10" in missing.reason
+        assert "chmod o+r" in missing.fix and "udev" in missing.fix
+
+
+@pytest.mark.parametrize("layout", ["no root", "empty root", "psys only"])
+def test_absent_powercap_is_unavailable(tmp_path, layout):
+    root = tmp_path / "powercap"
+    if layout != "no root":
+        powercap = FakePowercap(root)
+        if layout == "psys only":
+            powercap.add_psys(0)
+    found = find_rapl(root)
+    assert found.sensors == []
+    [missing] = found.unavailable
+    assert missing.reason == ABSENT_REASON
+    assert "modprobe" in missing.fix
+
+
+def test_read_failure_mid_run_raises_sensor_error(powercap):
+    zone = powercap.add_package(0)
+    sensor = RaplSensor(zone.path)
+    zone.add_joules(1.0)
+    assert sensor.energy_j() == pytest.approx(1.0)
+    powercap.remove(zone)
+    with pytest.raises(SensorError, match="cpu-package-0.*energy_uj"):
+        sensor.energy_j()
+    with pytest.raises(SensorError):
+        sensor.poll()
+
+
+def test_denied_mid_run_raises_sensor_error(powercap):
+    zone = powercap.add_package(0)
+    sensor = RaplSensor(zone.path)
+    powercap.deny(zone)
+    with pytest.raises(SensorError, match="Permission denied"):
+        sensor.energy_j()
+
+
+def test_non_package_zone_is_rejected(powercap):
+    psys = powercap.add_psys(0)
+    with pytest.raises(ValueError, match="zone_dir"):
+        RaplSensor(psys.path)
