@@ -1,0 +1,3 @@
+from greencallbacks.cli import main
+
+raise SystemExit(main())

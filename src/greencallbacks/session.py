@@ -1,0 +1,136 @@
+"""What every adapter needs between its constructor and its framework's hooks.
+
+``EnergySession`` validates the user's settings at construction (so a bad zone fails before
+training starts), and at ``start`` finds the sensors this process should read, builds the meter
+and the reducer, tells the user once what is estimated and why, and starts the tracker. The
+adapters hold one and only map hooks onto ``session.tracker``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+from greencallbacks.carbon import Carbon
+from greencallbacks.distributed import LocalReducer, Reducer
+from greencallbacks.meter import Meter, warn
+from greencallbacks.sensors.base import Method, Sensor
+from greencallbacks.tracker import Tracker
+
+
+class EnergySession:
+    """Settings plus the live tracker of one training run.
+
+    Args:
+        country / zone / region / intensity / series / pue: where gCO2eq/kWh and PUE come from
+            (see ``greencallbacks.carbon.Carbon``); nothing given means the world average, said
+            in every record and in one warning.
+        output_dir: where records go (adapters default it to the framework's log directory).
+        run_id: names the run (default: random; restored on resume).
+        gpus: ``"auto"`` (the device this process trains on), a list of CUDA indices, or ``None``.
+        cpu_tdp_w: the CPU's TDP in watts, used when RAPL cannot be read.
+        extra_sensors: more sensors, e.g. ``ConstantPowerSensor("switch", 40)``.
+        sensors: use exactly these sensors instead of discovering them (custom set-ups, tests).
+        framework: written into records.
+    """
+
+    def __init__(
+        self,
+        *,
+        country: str | None = None,
+        zone: str | None = None,
+        region: str | None = None,
+        intensity: float | None = None,
+        series=None,
+        pue: float | None = None,
+        output_dir: str | os.PathLike | None = None,
+        run_id: str | None = None,
+        gpus: str | Sequence[int] | None = "auto",
+        cpu_tdp_w: float | None = None,
+        extra_sensors: Iterable[Sensor] = (),
+        sensors: Sequence[Sensor] | None = None,
+        framework: str = "",
+    ) -> None:
+        self.carbon = Carbon(country=country, zone=zone, region=region, intensity=intensity, series=series, pue=pue)
+        if gpus != "auto" and gpus is not None:
+            if isinstance(gpus, (str, bytes)) or not all(isinstance(i, int) and i >= 0 for i in gpus):
+                raise ValueError(f"gpus must be 'auto', None or a list of CUDA device indices (ints >= 0), got {gpus!r}")
+            gpus = list(gpus)
+        if cpu_tdp_w is not None and not (isinstance(cpu_tdp_w, (int, float)) and math.isfinite(cpu_tdp_w) and cpu_tdp_w > 0):
+            raise ValueError(f"cpu_tdp_w must be a positive number of watts, got {cpu_tdp_w!r}")
+        self.extra_sensors = list(extra_sensors)
+        self.sensors = list(sensors) if sensors is not None else None
+        for sensor in [*self.extra_sensors, *(self.sensors or [])]:
+            if not isinstance(sensor, Sensor):
+                raise ValueError(f"extra_sensors must hold greencallbacks Sensor objects, got {sensor!r}")
+        self.gpus = gpus
+        self.cpu_tdp_w = cpu_tdp_w
+        self.output_dir = Path(output_dir) if output_dir is not None else None
+        self.tracker = Tracker(carbon=self.carbon, output_dir=self.output_dir, run_id=run_id, framework=framework)
+        self.unavailable: list = []
+
+    @property
+    def running(self) -> bool:
+        return self.tracker.running
+
+    def start(
+        self,
+        *,
+        output_dir: str | os.PathLike | None = None,
+        device_indices: Sequence[int] | None = None,
+        reducer: Reducer | None = None,
+        sync: Callable[[], object] | None = None,
+    ) -> None:
+        """Find this process's sensors and start measuring.
+
+        ``device_indices``: the CUDA devices this process trains on (``gpus="auto"``; ``[]``
+        for CPU training; ``None``: every visible GPU). With
+        several ranks, only the first rank of each host measures CPU and RAM.
+        """
+        if self.running:
+            return
+        reducer = reducer or LocalReducer()
+        sensors = self.sensors
+        if sensors is None:
+            from greencallbacks.sensors.discover import discover_sensors
+
+            # "auto": the devices the adapter says this process trains on ([] = CPU training),
+            # or every visible GPU when nobody said.
+            gpus = self.gpus
+            if gpus == "auto" and device_indices is not None:
+                gpus = list(device_indices) or None
+            discovery = discover_sensors(gpus=gpus, host=reducer.measures_host, cpu_tdp_w=self.cpu_tdp_w)
+            sensors = [*discovery.sensors, *self.extra_sensors]
+            self.unavailable = discovery.unavailable
+        meter = Meter(sensors, sync=sync)
+        if reducer.rank == 0:
+            self._tell_once(meter)
+        self.tracker.start(meter, reducer=reducer, output_dir=output_dir if self.output_dir is None else None)
+
+    def _tell_once(self, meter: Meter) -> None:
+        estimated = [s for s in meter.sensors if s.method == Method.ESTIMATED]
+        if estimated:
+            reasons = "; ".join(f"{u.name}: {u.reason}" + (f" (fix: {u.fix})" if u.fix else "") for u in self.unavailable)
+            warn(
+                "greencallbacks: "
+                + ", ".join(s.name for s in estimated)
+                + " energy is estimated, not measured"
+                + (f" [{reasons}]" if reasons else "")
+                + ". Records label each component's method."
+            )
+        if self.carbon.is_default:
+            intensity = self.carbon.intensity_between(0.0, 0.0)
+            warn(
+                f"greencallbacks: no location configured, so CO2eq uses the world average "
+                f"{intensity.g_per_kwh:.0f} gCO2eq/kWh ({intensity.source}). Pass country=, zone=, region= "
+                "or intensity= for your grid."
+            )
+
+    def stop(self, failed: bool = False) -> None:
+        """End the run: normally (a collective on several ranks) or after a failure (local only)."""
+        if failed:
+            self.tracker.abort()
+        else:
+            self.tracker.finish()
