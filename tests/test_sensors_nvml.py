@@ -336,3 +336,16 @@ def test_sensor_constructed_directly_with_a_handle(nvml, clock):
     assert sensor.describe()["model"] == "NVIDIA H100 80GB HBM3"
     sensor.close()
     assert nvml.init_count == 1  # it did not own the init
+
+
+def test_use_counter_false_integrates_instant_power_even_where_a_counter_exists(nvml, clock):
+    nvml.nvmlInit()
+    gpu = nvml.gpus[0]
+    t0 = clock()
+    gpu.set_power(lambda t: 300.0 + 100.0 * (t - t0))
+    sensor = NvmlGpuSensor(nvml.nvmlDeviceGetHandleByIndex(0), index=0, pynvml=nvml, clock=clock, use_counter=False)
+    assert sensor.method == Method.SAMPLED
+    start = sensor.energy_j()
+    run_for(clock, 1.0, sensor.poll_interval_s, sensor)
+    assert sensor.energy_j() - start == pytest.approx(300.0 + 50.0, rel=1e-6)
+    assert nvml.calls.get("nvmlDeviceGetTotalEnergyConsumption", 0) == 0

@@ -98,6 +98,7 @@ class NvmlGpuSensor(Sensor):
         note: str = "",
         shutdown_on_close: bool = False,
         sample_interval_s: float = SAMPLE_INTERVAL_S,
+        use_counter: bool = True,
     ) -> None:
         self._nvml = pynvml if pynvml is not None else import_pynvml()
         self._handle = handle
@@ -114,7 +115,9 @@ class NvmlGpuSensor(Sensor):
             raise SensorError(f"{self.name}: NVML could not identify the GPU: {error}") from error
 
         self._read_power_w = self._choose_power_reader()
-        self._last_raw_mj = self._first_counter_reading()
+        # use_counter=False integrates power even where a counter exists (to compare the two,
+        # or where a driver's counter is known to be wrong).
+        self._last_raw_mj = self._first_counter_reading() if use_counter else None
         self._cumulative_mj = 0
         self._integrator: Integrator | None = None
         notes = [note] if note else []
