@@ -1,0 +1,16 @@
+"""``EnergyCallback`` for ``lightning.pytorch`` (imports only that flavour)."""
+
+from __future__ import annotations
+
+import lightning
+from lightning.pytorch.callbacks import Callback
+
+from greencallbacks.lightning._shared import EnergyCallbackBase
+
+
+class EnergyCallback(EnergyCallbackBase, Callback):
+    __doc__ = EnergyCallbackBase.__doc__
+    _framework = f"lightning.pytorch {lightning.__version__}"
+
+
+__all__ = ["EnergyCallback"]

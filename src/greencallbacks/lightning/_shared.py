@@ -1,0 +1,265 @@
+"""The Lightning callback, written once for both flavours (``lightning.pytorch``, ``pytorch_lightning``).
+
+This module imports neither flavour: each flavour's module mixes ``EnergyCallbackBase`` into its
+own ``Callback`` class, so Lightning's ``isinstance`` check passes and only that flavour is
+imported. Everything here is the mapping from Lightning's hooks onto the tracker, and from the
+tracker's metrics onto Lightning's logging.
+
+Hooks -> phases (the tracker bills everything in between to ``other``):
+
+    train       on_train_epoch_start .. on_train_epoch_end (its validation excluded)
+    validation  on_validation_start .. on_validation_epoch_end (not during the sanity check)
+    test        on_test_start .. on_test_epoch_end
+    predict     on_predict_start .. on_predict_end
+
+Metric names: the training epoch logs the bare stems (``energy_kwh``, ``co2eq_g``, ...),
+validation logs ``val_<stem>``, test ``test_<stem>`` and predict ``predict_<stem>``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Callable
+
+from greencallbacks.distributed import torch_reducer_or_local
+from greencallbacks.meter import warn
+from greencallbacks.session import EnergySession
+from greencallbacks.torch_support import count_samples, device_and_sync
+
+PREFIXES = {"train": "", "validation": "val_", "test": "test_", "predict": "predict_"}
+# The progress bar has little room: the running totals are what a user watches.
+PROGRESS_BAR_METRICS = ("energy_kwh_total", "co2eq_g_total")
+
+
+def _never_raises(hook: Callable) -> Callable:
+    """A failure in the callback warns once and never stops training."""
+
+    @functools.wraps(hook)
+    def guarded(self: "EnergyCallbackBase", *args: Any, **kwargs: Any) -> Any:
+        try:
+            return hook(self, *args, **kwargs)
+        except Exception as error:  # noqa: BLE001 - measuring must never break training
+            if not self._failed:
+                self._failed = True
+                warn(
+                    f"greencallbacks: EnergyCallback.{hook.__name__} failed ({error!r}); training continues, "
+                    "but this run's energy records may be incomplete."
+                )
+            return None
+
+    return guarded
+
+
+class EnergyCallbackBase:
+    """Per-epoch energy (kWh) and CO2eq (g) of training, validation, test and predict, in every logger.
+
+    Args:
+        country / zone / region / intensity / series / pue: where gCO2eq/kWh and PUE come from (see
+            ``greencallbacks.carbon.Carbon``). Nothing given: the world average, said in a warning
+            and in every record.
+        output_dir: where ``energy-records.jsonl`` and ``energy-summary.json`` go. Default: the
+            trainer's ``log_dir`` (or ``default_root_dir`` when there is no logger).
+        progress_bar: show the running totals in the progress bar.
+        prefix: put before every logged name (e.g. ``"energy/"``); lets two callbacks (say, two
+            grids) log side by side without mixing their values.
+        sample_counter: ``batch -> int``; default: the leading dimension of the batch's first tensor.
+        **session_kwargs: passed to ``EnergySession`` (``run_id``, ``gpus``, ``cpu_tdp_w``,
+            ``extra_sensors``, ``sensors``).
+
+    Runs: every ``trainer.fit`` starts a new run (new ``run_id``, totals from zero) unless it resumes
+    from a checkpoint (``ckpt_path=``), which continues that run's totals. ``validate`` / ``test`` /
+    ``predict`` after a ``fit`` continue the fit's run, so its summary covers training and inference.
+    """
+
+    _framework = "lightning"
+
+    def __init__(
+        self,
+        *,
+        country: str | None = None,
+        zone: str | None = None,
+        region: str | None = None,
+        intensity: float | None = None,
+        series: Any = None,
+        pue: float | None = None,
+        output_dir: Any = None,
+        progress_bar: bool = True,
+        sample_counter: Callable[[Any], int] | None = None,
+        prefix: str = "",
+        **session_kwargs: Any,
+    ) -> None:
+        super().__init__()
+        if not isinstance(progress_bar, bool):
+            raise ValueError(f"progress_bar must be True or False, got {progress_bar!r}")
+        if sample_counter is not None and not callable(sample_counter):
+            raise ValueError(f"sample_counter must be a function batch -> int, or None; got {sample_counter!r}")
+        if not isinstance(prefix, str):
+            raise ValueError(f"prefix must be a string, got {prefix!r}")
+        session_kwargs.pop("framework", None)
+        self._settings = dict(
+            country=country, zone=zone, region=region, intensity=intensity, series=series, pue=pue, output_dir=output_dir
+        )
+        self._session_kwargs = {**self._settings, **session_kwargs, "framework": self._framework}
+        self.session = EnergySession(**self._session_kwargs)  # bad settings fail here, before training
+        self._session_used = False
+        self.progress_bar = progress_bar
+        self.sample_counter = sample_counter or count_samples
+        self.prefix = prefix
+        self._failed = False
+
+    # ------------------------------------------------------------------ identity in checkpoints
+    @property
+    def state_key(self) -> str:
+        # Stable across processes (a resumed run must find its state), distinct for callbacks with
+        # different settings in one Trainer. Only the settings given, so the default key is short.
+        given = {k: (v if isinstance(v, (str, int, float)) else str(v)) for k, v in self._settings.items() if v is not None}
+        if self._session_kwargs.get("run_id"):
+            given["run_id"] = self._session_kwargs["run_id"]
+        if self.prefix:
+            given["prefix"] = self.prefix
+        return self._generate_state_key(**given)  # type: ignore[attr-defined]
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.session.tracker.state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # Called after `setup` on resume: the run continues with the checkpoint's run_id and totals.
+        self.session.tracker.load_state_dict(state_dict)
+
+    @property
+    def tracker(self):
+        return self.session.tracker
+
+    # ------------------------------------------------------------------------------ lifecycle
+    @_never_raises
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if stage == "fit" and self._session_used:
+            self.session = EnergySession(**self._session_kwargs)  # a new fit is a new run
+        self._session_used = True
+        output_dir = None
+        if self.session.output_dir is None:
+            output_dir = trainer.log_dir or trainer.default_root_dir  # log_dir is a collective: all ranks
+        device_indices, sync = device_and_sync(trainer.strategy.root_device)
+        reducer = torch_reducer_or_local()  # a collective on several ranks; setup runs on all of them
+        self.session.start(output_dir=output_dir, device_indices=device_indices, reducer=reducer, sync=sync)
+        if stage == "fit" and trainer.max_epochs is not None and trainer.max_epochs > 0:
+            self.tracker.planned_epochs = trainer.max_epochs  # enables the whole-run prediction
+        if reducer.rank == 0:
+            self._check_configuration(trainer)
+
+    def _check_configuration(self, trainer: Any) -> None:
+        if not trainer.loggers:
+            warn(
+                "greencallbacks: EnergyCallback found no logger in the Trainer (logger=False), so energy "
+                f"goes only to trainer.callback_metrics and the records in {self.session.tracker.output_dir}."
+            )
+        twins = [cb for cb in trainer.callbacks if cb is not self and getattr(cb, "state_key", None) == self.state_key]
+        if twins:
+            warn(
+                "greencallbacks: two EnergyCallbacks with the same settings in one Trainer share a checkpoint "
+                "key, an output directory and metric names; give each a different output_dir and prefix."
+            )
+
+    @_never_raises
+    def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        self.session.stop()  # a collective on several ranks; teardown runs on all of them
+
+    @_never_raises
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        # No collectives here: the other ranks may be gone. Writes the unfinished phases as partial.
+        self.session.stop(failed=True)
+
+    # ------------------------------------------------------------------------------ training
+    @_never_raises
+    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        self.tracker.begin("train", trainer.current_epoch)
+
+    @_never_raises
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.tracker.add_samples(self.sample_counter(batch))
+
+    @_never_raises
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        self._end_and_log("train", trainer, pl_module)
+
+    # ---------------------------------------------------------------------------- validation
+    @_never_raises
+    def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
+        if not trainer.sanity_checking:  # the sanity check is billed to `other`
+            self.tracker.begin("validation", trainer.current_epoch)
+
+    @_never_raises
+    def on_validation_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if not trainer.sanity_checking:
+            self.tracker.add_samples(self.sample_counter(batch))
+
+    @_never_raises
+    def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        if not trainer.sanity_checking:
+            self._end_and_log("validation", trainer, pl_module)
+
+    # ---------------------------------------------------------------------------------- test
+    @_never_raises
+    def on_test_start(self, trainer: Any, pl_module: Any) -> None:
+        self.tracker.begin("test", trainer.current_epoch)
+
+    @_never_raises
+    def on_test_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.tracker.add_samples(self.sample_counter(batch))
+
+    @_never_raises
+    def on_test_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        self._end_and_log("test", trainer, pl_module)
+
+    # ------------------------------------------------------------------------------- predict
+    @_never_raises
+    def on_predict_start(self, trainer: Any, pl_module: Any) -> None:
+        self.tracker.begin("predict", trainer.current_epoch)
+
+    @_never_raises
+    def on_predict_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.tracker.add_samples(self.sample_counter(batch))
+
+    @_never_raises
+    def on_predict_end(self, trainer: Any, pl_module: Any) -> None:
+        if self.tracker.end("predict", step=trainer.global_step) is None:
+            return
+        # Lightning forbids `self.log` in predict hooks: write to the loggers directly.
+        metrics = _finite(self.tracker.metrics("predict", self.prefix + PREFIXES["predict"]))
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+            logger.save()
+
+    # ------------------------------------------------------------------------------- logging
+    def _end_and_log(self, phase: str, trainer: Any, pl_module: Any) -> None:
+        """End ``phase`` (a collective: every rank is in this hook) and log its metrics.
+
+        ``pl_module.log`` from the epoch-end hooks puts the values through Lightning's own epoch-end
+        logging: every logger, at the step Lightning uses for the epoch's other metrics, the
+        progress bar, ``trainer.callback_metrics`` (so checkpointing and early stopping can
+        monitor them) and the results of ``trainer.test`` / ``validate``.
+        """
+        if self.tracker.end(phase, step=trainer.global_step) is None:
+            return
+        # Every rank already holds the same summed values; syncing with `max` keeps them exact and
+        # tells Lightning they are synchronised (it warns about unsynchronised epoch metrics).
+        distributed = trainer.world_size > 1
+        bar = {self.prefix + name for name in PROGRESS_BAR_METRICS} if self.progress_bar and phase == "train" else set()
+        for name, value in _finite(self.tracker.metrics(phase, self.prefix + PREFIXES[phase])).items():
+            pl_module.log(
+                name,
+                value,
+                on_step=False,
+                on_epoch=True,
+                prog_bar=name in bar,
+                logger=bool(trainer.loggers),  # without loggers we warned once in setup; Lightning would per name
+                batch_size=1,
+                sync_dist=distributed,
+                reduce_fx="max",
+            )
+
+
+def _finite(metrics: dict[str, float]) -> dict[str, float]:
+    """Per-sample values are NaN when no samples were counted: leave them out rather than log NaN."""
+    return {k: v for k, v in metrics.items() if math.isfinite(v)}

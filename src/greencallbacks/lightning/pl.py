@@ -1,0 +1,20 @@
+"""``EnergyCallback`` for ``pytorch_lightning`` (imports only that flavour, never ``lightning``).
+
+    from greencallbacks.lightning.pl import EnergyCallback
+    trainer = pytorch_lightning.Trainer(callbacks=[EnergyCallback(country="FR")])
+"""
+
+from __future__ import annotations
+
+import pytorch_lightning
+from pytorch_lightning.callbacks import Callback
+
+from greencallbacks.lightning._shared import EnergyCallbackBase
+
+
+class EnergyCallback(EnergyCallbackBase, Callback):
+    __doc__ = EnergyCallbackBase.__doc__
+    _framework = f"pytorch_lightning {pytorch_lightning.__version__}"
+
+
+__all__ = ["EnergyCallback"]

@@ -1,0 +1,69 @@
+"""Two CPU ranks under Lightning's DDP (gloo), each dumping what it logged (run by test_lightning_ddp).
+
+Usage: python lightning_ddp_script.py OUT_DIR. Lightning's subprocess launcher starts rank 1 by
+running this script again with LOCAL_RANK set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import lightning.pytorch as L  # noqa: E402
+from lightning.pytorch.loggers import CSVLogger, Logger  # noqa: E402
+
+from lightning_models import flavour, loaders, trainer_kwargs  # noqa: E402
+
+
+class EveryRankLogger(Logger):
+    """Keeps what Lightning logs on this rank (Lightning's own loggers write on rank 0 only)."""
+
+    def __init__(self):
+        super().__init__()
+        self.logged: list[dict] = []
+
+    @property
+    def name(self):
+        return "every-rank"
+
+    @property
+    def version(self):
+        return 0
+
+    def log_hyperparams(self, params, *args, **kwargs):
+        pass
+
+    def log_metrics(self, metrics, step=None):
+        self.logged.append({"step": step, **{k: float(v) for k, v in metrics.items()}})
+
+
+def main(out_dir: Path) -> None:
+    _, EnergyCallback, TinyModel = flavour("lightning.pytorch")
+    callback = EnergyCallback(output_dir=out_dir / "energy", country="DE")
+    every_rank = EveryRankLogger()
+    trainer = L.Trainer(
+        max_epochs=2,
+        strategy="ddp",
+        logger=[CSVLogger(out_dir, name="csv"), every_rank],
+        callbacks=[callback],
+        **trainer_kwargs(devices=2),
+    )
+    trainer.fit(TinyModel(), *loaders())
+    rank = trainer.global_rank
+    dump = {
+        "rank": rank,
+        "world_size": trainer.world_size,
+        "logged": every_rank.logged,
+        "callback_metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
+        "records": [r.to_dict() for r in callback.tracker.records],
+        "pid": os.getpid(),
+    }
+    (out_dir / f"rank{rank}.json").write_text(json.dumps(dump))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))

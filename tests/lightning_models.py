@@ -1,0 +1,80 @@
+"""Tiny Lightning models and data for the adapter tests, for either Lightning flavour."""
+
+from __future__ import annotations
+
+import importlib
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+FLAVOURS = {
+    # Lightning package -> the module that holds its EnergyCallback
+    "lightning.pytorch": "greencallbacks.lightning",
+    "pytorch_lightning": "greencallbacks.lightning.pl",
+}
+
+TRAIN_SAMPLES, VAL_SAMPLES, BATCH = 32, 16, 8
+
+
+def flavour(name: str):
+    """(the Lightning package, its EnergyCallback class, a tiny LightningModule class)."""
+    L = importlib.import_module(name)
+    EnergyCallback = importlib.import_module(FLAVOURS[name]).EnergyCallback
+
+    class TinyModel(L.LightningModule):
+        def __init__(self, fail_at: tuple[int, int] | None = None):
+            super().__init__()
+            self.layer = torch.nn.Linear(4, 1)
+            self.fail_at = fail_at  # (epoch, batch) where training_step raises
+
+        def forward(self, x):
+            return self.layer(x)
+
+        def training_step(self, batch, batch_idx):
+            if self.fail_at == (self.current_epoch, batch_idx):
+                raise Boom(f"boom at epoch {self.current_epoch} batch {batch_idx}")
+            x, y = batch
+            loss = torch.nn.functional.mse_loss(self(x), y)
+            self.log("train_loss", loss, on_step=False, on_epoch=True)
+            return loss
+
+        def validation_step(self, batch, batch_idx):
+            x, y = batch
+            self.log("val_loss", torch.nn.functional.mse_loss(self(x), y))
+
+        def test_step(self, batch, batch_idx):
+            x, y = batch
+            self.log("test_loss", torch.nn.functional.mse_loss(self(x), y))
+
+        def predict_step(self, batch, batch_idx, dataloader_idx=0):
+            return self(batch[0])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.05)
+
+    return L, EnergyCallback, TinyModel
+
+
+class Boom(RuntimeError):
+    pass
+
+
+def loaders(seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    train = TensorDataset(torch.randn(TRAIN_SAMPLES, 4, generator=generator), torch.randn(TRAIN_SAMPLES, 1, generator=generator))
+    val = TensorDataset(torch.randn(VAL_SAMPLES, 4, generator=generator), torch.randn(VAL_SAMPLES, 1, generator=generator))
+    return DataLoader(train, batch_size=BATCH), DataLoader(val, batch_size=BATCH)
+
+
+def trainer_kwargs(**overrides):
+    """Quiet, fast, CPU-only Trainer settings."""
+    kwargs = dict(
+        accelerator="cpu",
+        devices=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        log_every_n_steps=1,
+    )
+    kwargs.update(overrides)
+    return kwargs

@@ -1,0 +1,313 @@
+"""The Lightning adapter with the real Trainer (both flavours) and real loggers, read back from disk."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from greencallbacks.meter import EnergyWarning
+from greencallbacks.records import read_records
+from greencallbacks.tracker import METRIC_STEMS
+
+from lightning_models import FLAVOURS, TRAIN_SAMPLES, VAL_SAMPLES, Boom, flavour, loaders, trainer_kwargs
+
+pytestmark = pytest.mark.slow
+REL = 1e-5  # values pass through Lightning as float32 tensors
+
+
+# ------------------------------------------------------------------------------ reading back
+def tensorboard_scalars(log_dir) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    return {tag: [(e.step, e.value) for e in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]}
+
+
+def csv_scalars(metrics_csv) -> dict[str, list[tuple[int, float]]]:
+    out: dict[str, list[tuple[int, float]]] = {}
+    with open(metrics_csv, newline="") as handle:
+        for row in csv.DictReader(handle):
+            for key, value in row.items():
+                if key != "step" and value != "":
+                    out.setdefault(key, []).append((int(row["step"]), float(value)))
+    return out
+
+
+def mlflow_scalars(tracking_uri, run_id) -> dict[str, list[tuple[int, float]]]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    keys = client.get_run(run_id).data.metrics.keys()
+    return {key: [(m.step, m.value) for m in client.get_metric_history(run_id, key)] for key in keys}
+
+
+def wandb_scalars(wandb_dir) -> dict[str, list[tuple[int, float]]]:
+    from wandb_offline import read_history, run_files
+
+    (run_file,) = run_files(wandb_dir)
+    out: dict[str, list[tuple[int, float]]] = {}
+    for row in read_history(run_file):
+        for key, value in row.items():
+            if not key.startswith("_") and key != "trainer/global_step":
+                out.setdefault(key, []).append((row.get("trainer/global_step"), value))
+    return out
+
+
+def cumulative(records, phases=None) -> list[float]:
+    """Running sum of energy_kwh over records (in file order), taken at each record."""
+    running, out = 0.0, []
+    for r in records:
+        if phases is None or r.phase in phases:
+            running += r.energy_kwh
+        out.append(running)
+    return out
+
+
+def assert_epoch_metrics(scalars: dict, records, epochs: int, where: str) -> None:
+    """One positive value per epoch for every stem, equal to the records; totals equal their sums."""
+    train = [r for r in records if r.phase == "train"]
+    val = [r for r in records if r.phase == "validation"]
+    assert [r.epoch for r in train] == list(range(epochs)), where
+    assert [r.epoch for r in val] == list(range(epochs)), where
+    for stem in METRIC_STEMS:
+        for name in (stem, f"val_{stem}"):
+            values = [v for _, v in scalars.get(name, [])]
+            assert len(values) == epochs, f"{where}: {name} has {len(values)} values, expected {epochs}"
+            assert all(v > 0 for v in values), f"{where}: {name} = {values}"
+    assert [v for _, v in scalars["energy_kwh"]] == pytest.approx([r.energy_kwh for r in train], rel=REL), where
+    assert [v for _, v in scalars["co2eq_g"]] == pytest.approx([r.co2eq_g for r in train], rel=REL), where
+    assert [v for _, v in scalars["val_energy_kwh"]] == pytest.approx([r.energy_kwh for r in val], rel=REL), where
+    j_per_sample = [r.energy_kwh * 3.6e6 / r.samples for r in train]
+    assert [v for _, v in scalars["energy_j_per_sample"]] == pytest.approx(j_per_sample, rel=REL), where
+    # The training total is everything measured so far (all phases and gaps) when the epoch ended.
+    run_total = cumulative(records)
+    expected_total = [run_total[records.index(r)] for r in train]
+    assert [v for _, v in scalars["energy_kwh_total"]] == pytest.approx(expected_total, rel=REL), where
+    val_total = cumulative(records, {"validation"})
+    expected_val_total = [val_total[records.index(r)] for r in val]
+    assert [v for _, v in scalars["val_energy_kwh_total"]] == pytest.approx(expected_val_total, rel=REL), where
+
+
+# ------------------------------------------------------------------------------------ tests
+@pytest.mark.parametrize("package", list(FLAVOURS))
+def test_every_logger_gets_every_epoch(package, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_CONSOLE", "off")
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    L, EnergyCallback, TinyModel = flavour(package)
+    loggers = L.loggers
+    tensorboard = loggers.TensorBoardLogger(tmp_path / "tb", name="run")
+    csv_logger = loggers.CSVLogger(tmp_path / "csv", name="run")
+    mlflow_uri = f"file:{tmp_path / 'mlruns'}"
+    mlflow = loggers.MLFlowLogger(experiment_name="energy", tracking_uri=mlflow_uri)
+    wandb_logger = loggers.WandbLogger(project="energy", save_dir=str(tmp_path), offline=True)
+    callback = EnergyCallback(country="FR")
+    epochs = 3
+    trainer = L.Trainer(max_epochs=epochs, logger=[tensorboard, csv_logger, mlflow, wandb_logger], callbacks=[callback], **trainer_kwargs())
+    trainer.fit(TinyModel(), *loaders())
+    import wandb
+
+    wandb.finish()
+
+    # Default output directory: the trainer's log_dir (the first logger's).
+    records = read_records(tensorboard.log_dir)
+    assert {r.run_id for r in records} == {callback.tracker.run_id}
+    assert all(r.samples == TRAIN_SAMPLES for r in records if r.phase == "train")
+    assert all(r.samples == VAL_SAMPLES for r in records if r.phase == "validation")
+    assert all(r.intensity_zone.upper().startswith("FR") for r in records)
+    summary = json.loads((Path(tensorboard.log_dir) / "energy-summary.json").read_text())
+    assert summary["energy_kwh"] == pytest.approx(sum(r.energy_kwh for r in records), rel=1e-9)
+
+    read_back = {
+        "tensorboard": tensorboard_scalars(tensorboard.log_dir),
+        "csv": csv_scalars(Path(csv_logger.log_dir) / "metrics.csv"),
+        "mlflow": mlflow_scalars(mlflow_uri, mlflow.run_id),
+        "wandb": wandb_scalars(tmp_path / "wandb"),
+    }
+    for where, scalars in read_back.items():
+        assert_epoch_metrics(scalars, records, epochs, where)
+        # Logged at the step Lightning uses for the epoch's own metrics.
+        assert [s for s, _ in scalars["energy_kwh"]] == [s for s, _ in scalars["train_loss"]], where
+        assert [s for s, _ in scalars["val_energy_kwh"]] == [s for s, _ in scalars["val_loss"]], where
+    # Shown in the progress bar.
+    assert set(trainer.progress_bar_metrics) >= {"energy_kwh_total", "co2eq_g_total"}
+
+
+def test_pytorch_lightning_flavour_imports_only_its_own():
+    code = (
+        "import sys, greencallbacks.lightning.pl as gpl, pytorch_lightning as pl\n"
+        "assert 'lightning' not in sys.modules, 'imported lightning'\n"
+        "assert isinstance(gpl.EnergyCallback(), pl.Callback)\n"
+        "import greencallbacks.lightning\n"
+        "assert 'lightning' not in sys.modules, 'the package imported lightning'\n"
+        "from greencallbacks.lightning import EnergyCallback\n"
+        "import lightning.pytorch as L\n"
+        "assert isinstance(EnergyCallback(), L.Callback)\n"
+        "assert not isinstance(EnergyCallback(), pl.Callback)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
+def test_bad_settings_fail_at_construction():
+    _, EnergyCallback, _ = flavour("lightning.pytorch")
+    with pytest.raises(ValueError, match="pue"):
+        EnergyCallback(pue=0.5)
+    with pytest.raises(ValueError, match="sample_counter"):
+        EnergyCallback(sample_counter=3)
+    with pytest.raises(ValueError, match="progress_bar"):
+        EnergyCallback(progress_bar="yes")
+
+
+def test_sanity_check_is_not_validation_and_counter_override(tmp_path):
+    L, EnergyCallback, TinyModel = flavour("lightning.pytorch")
+    callback = EnergyCallback(output_dir=tmp_path / "energy", sample_counter=lambda batch: 2, progress_bar=False)
+    csv_logger = L.loggers.CSVLogger(tmp_path, name="run")
+    trainer = L.Trainer(max_epochs=1, num_sanity_val_steps=2, logger=csv_logger, callbacks=[callback], **trainer_kwargs())
+    trainer.fit(TinyModel(), *loaders())
+    records = read_records(tmp_path / "energy")
+    validation = [r for r in records if r.phase == "validation"]
+    # One validation record (the epoch's), not two: the sanity check went to `other`.
+    assert len(validation) == 1
+    assert validation[0].samples == 2 * (VAL_SAMPLES // 8)  # the override counted 2 per batch
+    assert [r.samples for r in records if r.phase == "train"] == [2 * (TRAIN_SAMPLES // 8)]
+    assert records[0].phase == "other" and records[0].energy_kwh > 0  # setup + sanity check
+    assert "energy_kwh_total" not in trainer.progress_bar_metrics  # progress_bar=False
+    assert trainer.callback_metrics["val_energy_kwh"].item() == pytest.approx(validation[0].energy_kwh, rel=REL)
+
+
+def test_resume_continues_totals_and_counts_each_epoch_once(tmp_path):
+    L, EnergyCallback, TinyModel = flavour("lightning.pytorch")
+    energy_dir, ckpt_dir = tmp_path / "energy", tmp_path / "ckpt"
+
+    def fit(max_epochs, ckpt_path=None):
+        callback = EnergyCallback(output_dir=energy_dir)  # a new object, as in a new process
+        checkpoint = L.callbacks.ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_on_train_epoch_end=True)
+        csv_logger = L.loggers.CSVLogger(tmp_path, name="run", version=f"to{max_epochs}")
+        trainer = L.Trainer(
+            max_epochs=max_epochs, logger=csv_logger, callbacks=[callback, checkpoint], **trainer_kwargs(enable_checkpointing=True)
+        )
+        trainer.fit(TinyModel(), *loaders(), ckpt_path=ckpt_path)
+        return callback, csv_logger
+
+    first, _ = fit(2)
+    first_records = read_records(energy_dir)
+    checkpoint = torch.load(ckpt_dir / "last.ckpt", weights_only=False)
+    saved = checkpoint["callbacks"][first.state_key]
+    # The checkpoint holds everything published when it was written, at the end of epoch 1.
+    last_train = max(i for i, r in enumerate(first_records) if r.phase == "train")
+    saved_total_j = sum(t["energy_j"] for t in saved["totals"].values())
+    assert saved_total_j == pytest.approx(sum(r.energy_j for r in first_records[: last_train + 1]), rel=1e-9)
+
+    second, csv_logger = fit(4, ckpt_path=ckpt_dir / "last.ckpt")
+    records = read_records(energy_dir)
+    resumed = records[len(first_records) :]
+    assert [(r.phase, r.epoch) for r in records if r.phase == "train"] == [("train", e) for e in range(4)]
+    assert {r.run_id for r in records} == {first.tracker.run_id} == {second.tracker.run_id}
+    assert len({r.seq for r in records}) == len(records)  # no seq reused after resume
+    assert second.tracker.totals["train"].count == 4  # epochs 0-1 from the checkpoint, 2-3 measured now
+    expected_j = saved_total_j + sum(r.energy_j for r in resumed)
+    assert second.tracker.total_energy_j == pytest.approx(expected_j, rel=1e-9)
+    summary = json.loads((energy_dir / "energy-summary.json").read_text())
+    assert summary["energy_kwh"] * 3.6e6 == pytest.approx(expected_j, rel=1e-9)
+    # The logged running total continues from the checkpoint's.
+    logged = csv_scalars(Path(csv_logger.log_dir) / "metrics.csv")["energy_kwh_total"]
+    assert len(logged) == 2
+    assert logged[0][1] * 3.6e6 > saved_total_j
+
+
+def test_exception_writes_partial_record_and_stops_threads(tmp_path):
+    L, EnergyCallback, TinyModel = flavour("lightning.pytorch")
+    callback = EnergyCallback(output_dir=tmp_path)
+    trainer = L.Trainer(max_epochs=3, logger=False, callbacks=[callback], **trainer_kwargs())
+    model = TinyModel(fail_at=(1, 2))
+    with pytest.raises(Boom, match="boom at epoch 1 batch 2"):
+        trainer.fit(model, *loaders())
+    records = read_records(tmp_path)
+    train = [r for r in records if r.phase == "train"]
+    assert [(r.epoch, r.partial) for r in train] == [(0, False), (1, True)]
+    assert train[1].samples == 2 * 8  # the two batches finished before the failure
+    assert train[1].energy_kwh > 0
+    assert not any(t.name == "greencallbacks-meter" and t.is_alive() for t in threading.enumerate())
+    assert not callback.session.running
+
+
+def test_two_callbacks_in_one_trainer(tmp_path):
+    L, EnergyCallback, TinyModel = flavour("lightning.pytorch")
+    low = EnergyCallback(intensity=50, output_dir=tmp_path / "low", prefix="low/")
+    high = EnergyCallback(intensity=500, output_dir=tmp_path / "high", prefix="high/")
+    assert low.state_key != high.state_key
+    checkpoint = L.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    csv_logger = L.loggers.CSVLogger(tmp_path, name="run")
+    trainer = L.Trainer(
+        max_epochs=2, logger=csv_logger, callbacks=[low, high, checkpoint], **trainer_kwargs(enable_checkpointing=True)
+    )
+    trainer.fit(TinyModel(), *loaders())
+    scalars = csv_scalars(Path(csv_logger.log_dir) / "metrics.csv")
+    for callback, prefix, intensity in ((low, "low/", 50), (high, "high/", 500)):
+        records = read_records(callback.tracker.output_dir)
+        train = [r for r in records if r.phase == "train"]
+        assert len(train) == 2
+        assert all(r.intensity_gco2eq_per_kwh == pytest.approx(intensity) for r in records)
+        assert [v for _, v in scalars[prefix + "co2eq_g"]] == pytest.approx([r.co2eq_g for r in train], rel=REL)
+        assert [v for _, v in scalars[prefix + "val_energy_kwh"]] == pytest.approx(
+            [r.energy_kwh for r in records if r.phase == "validation"], rel=REL
+        )
+    saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["callbacks"]
+    assert {low.state_key, high.state_key} <= set(saved)
+    assert saved[low.state_key]["run_id"] != saved[high.state_key]["run_id"]
+
+
+def test_no_logger_warns_and_still_writes_records(tmp_path):
+    L, EnergyCallback, TinyModel = flavour("lightning.pytorch")
+    callback = EnergyCallback()
+    trainer = L.Trainer(max_epochs=1, logger=False, default_root_dir=tmp_path, callbacks=[callback], **trainer_kwargs())
+    with pytest.warns(EnergyWarning, match="no logger"):
+        trainer.fit(TinyModel(), *loaders())
+    records = read_records(tmp_path)  # default_root_dir when there is no logger
+    assert [r.epoch for r in records if r.phase == "train"] == [0]
+
+
+def test_fit_test_predict_and_a_second_fit(tmp_path):
+    L, EnergyCallback, TinyModel = flavour("pytorch_lightning")
+    callback = EnergyCallback(output_dir=tmp_path / "energy")
+    csv_logger = L.loggers.CSVLogger(tmp_path, name="run")
+    trainer = L.Trainer(max_epochs=1, logger=csv_logger, callbacks=[callback], **trainer_kwargs())
+    model = TinyModel()
+    train_loader, val_loader = loaders()
+    trainer.fit(model, train_loader, val_loader)
+    first_run = callback.tracker.run_id
+    (results,) = trainer.test(model, val_loader)
+    trainer.predict(model, val_loader)
+    # test and predict after a fit continue that fit's run.
+    assert callback.tracker.run_id == first_run
+    records = read_records(tmp_path / "energy")
+    test = [r for r in records if r.phase == "test"]
+    predict = [r for r in records if r.phase == "predict"]
+    assert len(test) == 1 and len(predict) == 1
+    assert test[0].samples == predict[0].samples == VAL_SAMPLES
+    assert results["test_energy_kwh"] == pytest.approx(test[0].energy_kwh, rel=REL)
+    scalars = csv_scalars(Path(csv_logger.log_dir) / "metrics.csv")
+    assert [v for _, v in scalars["predict_energy_kwh"]] == pytest.approx([predict[0].energy_kwh], rel=1e-9)
+    assert callback.tracker.totals["test"].count == 1 and callback.tracker.totals["train"].count == 1
+
+    # A second fit with the same callback object is a new run: totals start from zero.
+    trainer = L.Trainer(max_epochs=2, logger=False, callbacks=[callback], **trainer_kwargs())
+    trainer.fit(TinyModel(), train_loader, val_loader)
+    assert callback.tracker.run_id != first_run
+    assert callback.tracker.totals["train"].count == 2
+    assert callback.tracker.totals["test"].count == 0
+    second = [r for r in read_records(tmp_path / "energy") if r.run_id == callback.tracker.run_id]
+    assert callback.tracker.total_energy_j == pytest.approx(sum(r.energy_j for r in second), rel=1e-9)
+    assert math.isclose(sum(r.energy_j for r in second if r.phase == "train"), callback.tracker.totals["train"].energy_j, rel_tol=1e-9)

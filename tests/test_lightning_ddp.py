@@ -1,0 +1,74 @@
+"""Lightning DDP with two real CPU processes over gloo: host energy counted once, same numbers on every rank."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from greencallbacks.records import read_records
+from greencallbacks.tracker import METRIC_STEMS
+
+from lightning_models import TRAIN_SAMPLES, VAL_SAMPLES
+
+pytestmark = [pytest.mark.slow, pytest.mark.distributed]
+SCRIPT = Path(__file__).with_name("lightning_ddp_script.py")
+ENERGY_METRICS = {prefix + stem for prefix in ("", "val_") for stem in METRIC_STEMS}
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp")
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    env.pop("LOCAL_RANK", None)
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), str(out)], capture_output=True, text=True, timeout=180, env=env, cwd=out
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    return out, ranks
+
+
+def energy_rows(dump):
+    return [{k: v for k, v in row.items() if k in ENERGY_METRICS or k == "step"} for row in dump["logged"] if ENERGY_METRICS & row.keys()]
+
+
+def test_two_processes_ran(ddp_run):
+    _, ranks = ddp_run
+    assert [d["rank"] for d in ranks] == [0, 1]
+    assert all(d["world_size"] == 2 for d in ranks)
+    assert ranks[0]["pid"] != ranks[1]["pid"]
+
+
+def test_every_rank_logs_the_same_numbers(ddp_run):
+    _, (rank0, rank1) = ddp_run
+    rows0, rows1 = energy_rows(rank0), energy_rows(rank1)
+    assert rows0 == rows1  # exactly equal: summed once, then shared
+    for name in ENERGY_METRICS:
+        values = [row[name] for row in rows0 if name in row]
+        assert len(values) == 2 and all(v > 0 for v in values), name
+    callback_metrics = [{k: v for k, v in d["callback_metrics"].items() if k in ENERGY_METRICS} for d in (rank0, rank1)]
+    assert callback_metrics[0] == callback_metrics[1] and len(callback_metrics[0]) == len(ENERGY_METRICS)
+    assert rank0["records"] == rank1["records"]
+
+
+def test_host_energy_counted_once_and_ranks_summed(ddp_run):
+    out, (rank0, _) = ddp_run
+    records = read_records(out / "energy")
+    assert not list((out / "energy").glob("energy-records.rank*.jsonl"))  # only rank 0 writes
+    assert records and all(r.ranks == 2 for r in records)
+    for record in records:
+        host_parts = [c for c in record.components if c["kind"] in ("cpu", "ram", "dram")]
+        assert host_parts, record
+        # One rank per host measures CPU and RAM; the other rank has no device of its own here.
+        assert {c["rank"] for c in host_parts} == {0}
+        assert len([c for c in host_parts if c["kind"] == "cpu"]) == 1
+    train = [r for r in records if r.phase == "train"]
+    assert [r.samples for r in train] == [TRAIN_SAMPLES, TRAIN_SAMPLES]  # half on each rank, summed
+    assert [r.samples for r in records if r.phase == "validation"] == [VAL_SAMPLES, VAL_SAMPLES]
+    logged = [row["energy_kwh"] for row in energy_rows(rank0) if "energy_kwh" in row]
+    assert logged == pytest.approx([r.energy_kwh for r in train], rel=1e-5)
