@@ -1,4 +1,4 @@
-"""The ``greencallbacks`` command: devices, demo, report.
+"""The ``greencallbacks`` command: devices, demo, report, lifecycle, estimate.
 
 Each sub-command imports what it needs when it runs, so ``greencallbacks --help`` is instant.
 """
@@ -63,6 +63,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _comma_list(text: str) -> list[str]:
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError(f"must be a comma-separated list of zones, got {text!r}")
+    return items
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from greencallbacks import report
     from greencallbacks.records import read_records
@@ -71,7 +78,67 @@ def cmd_report(args: argparse.Namespace) -> int:
     if not records:
         print("no records found", file=sys.stderr)
         return 1
-    print(report.render(records, args.format))
+    print(report.render(records, args.format, with_equivalents=args.equivalents, compare=args.compare_zones or ()), end="")
+    if args.plot is not None:
+        report.plot_epochs(records, args.plot)
+        print(f"plot: {args.plot}", file=sys.stderr)
+    return 0
+
+
+def cmd_lifecycle(args: argparse.Namespace) -> int:
+    from greencallbacks.lifecycle import lifecycle
+    from greencallbacks.records import read_records
+    from greencallbacks.units import J_PER_KWH
+
+    records = read_records(args.paths)
+    search = read_records(args.search) if args.search else []
+    lc = lifecycle(records, search=search, run_id=args.run_id)
+    if args.json:
+        print(json.dumps(lc.to_dict(inferences=args.inferences), indent=2))
+        return 0
+
+    def num(value: float | None, unit: str = "") -> str:
+        return "unknown" if value is None else f"{value:.4g}{unit}"
+
+    a, share = lc.overhead_factor, lc.overhead_share
+    per_epoch = ", ".join(f"{j:.4g}" for j in lc.training_j_per_epoch)
+    lines = [
+        f"I  inference:  {num(lc.inference_j_per_sample, ' J/sample')}, "
+        f"{num(lc.inference_co2eq_g_per_sample, ' gCO2eq/sample')}"
+        + (f" (measured in {lc.inference_phase})" if lc.inference_phase else ""),
+        f"T  training:   {lc.training_j:.4g} J = {lc.training_j / J_PER_KWH:.4g} kWh, {lc.training_co2eq_g:.4g} gCO2eq "
+        f"over {lc.epochs} epochs x {lc.samples_per_epoch:g} samples",
+        f"               per epoch: {per_epoch} J; per sample: {num(lc.training_j_per_sample, ' J')}",
+        f"a  overhead:   {num(a)} (training sample / inference); overhead share 1 - 1/a = "
+        + ("unknown" if share is None else f"{share:.1%}"),
+        f"CT search:     {lc.search_j:.4g} J = {lc.search_j / J_PER_KWH:.4g} kWh, {lc.search_co2eq_g:.4g} gCO2eq "
+        f"over {lc.search_trials} trials",
+        f"LC for {args.inferences:g} inferences: {lc.energy_j(args.inferences) / J_PER_KWH:.4g} kWh, "
+        f"{lc.co2eq_g(args.inferences):.4g} gCO2eq",
+        f"break-even e:  {num(lc.break_even_inferences, ' inferences')} (deployment then equals training + search)",
+    ]
+    lines += [f"note: {note}" for note in lc.notes]
+    print("\n".join(lines))
+    return 0
+
+
+def cmd_estimate(args: argparse.Namespace) -> int:
+    from greencallbacks.estimate import estimate, format_estimate
+
+    result = estimate(
+        hours=args.hours,
+        gpu=args.gpu,
+        gpus=args.gpus,
+        gpu_tdp_w=args.gpu_tdp,
+        usage=args.usage,
+        cpu_cores=args.cpu_cores,
+        cpu_w_per_core=args.cpu_w_per_core,
+        cpu_tdp_w=args.cpu_tdp,
+        memory_gb=args.memory_gb,
+        compare=args.compare or (),
+        **_carbon_kwargs(args),
+    )
+    print(json.dumps(result, indent=2) if args.json else format_estimate(result))
     return 0
 
 
@@ -95,8 +162,37 @@ def build_parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("report", help="per-epoch table and totals of recorded runs")
     rep.add_argument("paths", nargs="+", type=Path, help="energy-records.jsonl files or directories holding them")
-    rep.add_argument("--format", choices=("md", "json", "csv"), default="md")
+    rep.add_argument("--format", choices=("md", "latex", "json", "csv"), default="md")
+    rep.add_argument("--plot", type=Path, metavar="FILE.png", help="also write a PNG: energy per epoch and cumulative CO2eq")
+    rep.add_argument("--equivalents", action="store_true", help="add everyday equivalents (with their source)")
+    rep.add_argument("--compare-zones", type=_comma_list, metavar="FR,DE,US-CA",
+                     help="price the same energy at other zones or cloud regions")
     rep.set_defaults(func=cmd_report)
+
+    life = sub.add_parser("lifecycle", help="life-cycle model: I, T, a, CT, LC and the break-even number of inferences")
+    life.add_argument("paths", nargs="+", type=Path, help="records of the trained model")
+    life.add_argument("--inferences", type=_non_negative_float, required=True, metavar="N",
+                      help="expected inferences in deployment (e)")
+    life.add_argument("--search", nargs="+", type=Path, metavar="PATH", help="records of the search trials (CT)")
+    life.add_argument("--run-id", help="which run in the records is the trained model")
+    life.add_argument("--json", action="store_true", help="machine-readable output")
+    life.set_defaults(func=cmd_lifecycle)
+
+    est = sub.add_parser("estimate", help="ex-ante estimate from hardware and hours (nothing is measured)")
+    est.add_argument("--gpu", help="GPU model, e.g. 'H100 SXM', 'A100 PCIe 40GB', T4 (datasheet TDP)")
+    est.add_argument("--gpu-tdp", type=_positive_float, metavar="W", help="GPU power in watts, for a GPU not in the table")
+    est.add_argument("--gpus", type=_positive_int, default=1, help="number of GPUs (default 1)")
+    est.add_argument("--hours", type=_positive_float, required=True, help="wall-clock hours")
+    cpu = est.add_mutually_exclusive_group()
+    cpu.add_argument("--cpu-tdp", type=_positive_float, metavar="W", help="CPU TDP in watts (all sockets)")
+    cpu.add_argument("--cpu-cores", type=_positive_int, help="CPU cores used")
+    est.add_argument("--cpu-w-per-core", type=_positive_float, metavar="W", help="watts per core (default 10)")
+    est.add_argument("--memory-gb", type=_non_negative_float, default=0.0, help="memory in GB, at 0.37 W/GB")
+    est.add_argument("--usage", type=float, default=1.0, help="mean share of GPU TDP drawn, in (0, 1] (default 1)")
+    est.add_argument("--compare", type=_comma_list, metavar="FR,DE,...", help="the same energy at other zones")
+    est.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_carbon_arguments(est)
+    est.set_defaults(func=cmd_estimate)
     return parser
 
 
@@ -108,6 +204,25 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
     return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    if text.strip() in ("0", "0.0"):
+        return 0.0
+    try:
+        return _positive_float(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

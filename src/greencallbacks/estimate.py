@@ -1,0 +1,281 @@
+"""Ex-ante estimates: what a training job will cost before it runs, from hardware and hours.
+
+The model of the ML Emissions Calculator and Green Algorithms:
+
+    energy = hours x (gpus x gpu_tdp x usage + cpu_w x cpu_usage + memory_gb x 0.37 W/GB) x PUE
+    CO2eq  = energy x carbon intensity
+
+GPU power comes from ``data/gpu_power.csv`` (vendor datasheets), CPU power from cores x W/core or
+a TDP, memory from W/GB. Everything here is estimated, never measured, and every result says so.
+Plain Python; only the carbon tables are read.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import math
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from typing import Iterable
+
+from greencallbacks.carbon import Carbon, Intensity
+from greencallbacks.carbon.intensity import region_intensity, zone_intensity
+from greencallbacks.sensors.estimate import DEFAULT_RAM_W_PER_GB, DEFAULT_W_PER_CORE
+from greencallbacks.units import J_PER_KWH
+
+GPU_TABLE = "gpu_power.csv"
+# Words that vendors and nvidia-smi put in front of model names and that carry no information.
+_NOISE_WORDS = ("nvidia", "tesla", "geforce", "amd", "instinct", "radeon")
+
+
+@dataclass(frozen=True)
+class GpuPower:
+    model: str
+    tdp_w: float
+    vendor: str
+    year: int | None
+    source: str
+
+
+def _normalise(name: str) -> str:
+    text = name.lower()
+    for word in _NOISE_WORDS:
+        text = re.sub(rf"\b{word}\b", " ", text)
+    return re.sub(r"[^a-z0-9]", "", text)
+
+
+@lru_cache(maxsize=1)
+def gpu_table() -> tuple[tuple[GpuPower, tuple[str, ...]], ...]:
+    """Every shipped GPU with the normalised names (model and aliases) that select it."""
+    text = resources.files("greencallbacks").joinpath("data", GPU_TABLE).read_text(encoding="utf-8")
+    rows = csv.DictReader(line for line in text.splitlines() if not line.startswith("#"))
+    table = []
+    for row in rows:
+        gpu = GpuPower(
+            model=row["model"],
+            tdp_w=float(row["tdp_w"]),
+            vendor=row["vendor"],
+            year=int(row["year"]) if row["year"].strip() else None,
+            source=row["source"],
+        )
+        names = [row["model"], *(alias for alias in row["aliases"].split("|") if alias)]
+        table.append((gpu, tuple(_normalise(n) for n in names)))
+    return tuple(table)
+
+
+def list_gpus() -> list[str]:
+    return [gpu.model for gpu, _ in gpu_table()]
+
+
+def gpu_power(model: str) -> GpuPower:
+    """The datasheet power of ``model`` (any case; ``NVIDIA``/``Tesla`` prefixes and punctuation ignored).
+
+    Only an exact model or alias is accepted: a prefix ("H100": SXM 700 W or PCIe 350 W; "V100S"
+    is not "V100 SXM2") would be a guess off by up to a factor of two. Unknown names raise
+    ``ValueError`` naming the close matches.
+    """
+    if not isinstance(model, str) or not _normalise(model):
+        raise ValueError(f"gpu must be a GPU model name, got {model!r} (known: {', '.join(list_gpus())})")
+    wanted = _normalise(model)
+    for gpu, names in gpu_table():
+        if wanted in names:
+            return gpu
+    fitting = [gpu for gpu, names in gpu_table() if any(n.startswith(wanted) for n in names)]
+    if len(fitting) > 1:
+        options = ", ".join(f"{g.model!r} ({g.tdp_w:g} W)" for g in fitting)
+        raise ValueError(f"gpu {model!r} is ambiguous: {options}; name the form factor")
+    # Compare with each name cut to the length given too, so a typo in "H1OO" still finds "H100 SXM".
+    scored = []
+    for gpu, names in gpu_table():
+        score = max(
+            max(difflib.SequenceMatcher(None, wanted, n).ratio(), difflib.SequenceMatcher(None, wanted, n[: len(wanted)]).ratio())
+            for n in names
+        )
+        if score >= 0.6:
+            scored.append((score, gpu.model))
+    suggestions = [model for _, model in sorted(scored, key=lambda item: -item[0])[:6]]
+    hint = f"; did you mean {', '.join(repr(s) for s in suggestions)}?" if suggestions else ""
+    raise ValueError(
+        f"unknown gpu {model!r}{hint} (known: {', '.join(list_gpus())}; or give gpu_tdp_w= / --gpu-tdp)"
+    )
+
+
+def intensity_for(place: str) -> Intensity:
+    """The intensity of a zone (``FR``, ``DEU``, ``US-CA``, ``world``) or a cloud region (``gcp:europe-west1``)."""
+    if not isinstance(place, str) or not place.strip():
+        raise ValueError(f"zone must be a non-empty string, got {place!r}")
+    return region_intensity(place) if ":" in place else zone_intensity(place)
+
+
+def compare_places(energy_kwh: float, places: Iterable[str]) -> list[dict]:
+    """The same facility energy priced at other grids (same hardware, same PUE, other place)."""
+    rows = []
+    for place in places:
+        intensity = intensity_for(place)
+        rows.append(
+            {
+                "zone": place,
+                "g_per_kwh": intensity.g_per_kwh,
+                "source": intensity.source,
+                "year": intensity.year,
+                "co2eq_g": energy_kwh * intensity.g_per_kwh,
+            }
+        )
+    return rows
+
+
+def _positive(name: str, value: object, *, allow_zero: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+    return float(value)
+
+
+def _share(name: str, value: object) -> float:
+    share = _positive(name, value)
+    if share > 1:
+        raise ValueError(f"{name} must be in (0, 1] (share of the TDP drawn on average), got {value!r}")
+    return share
+
+
+def estimate(
+    *,
+    hours: float,
+    gpu: str | None = None,
+    gpus: int = 1,
+    gpu_tdp_w: float | None = None,
+    usage: float = 1.0,
+    cpu_cores: int | None = None,
+    cpu_w_per_core: float | None = None,
+    cpu_tdp_w: float | None = None,
+    cpu_usage: float = 1.0,
+    memory_gb: float = 0.0,
+    memory_w_per_gb: float = DEFAULT_RAM_W_PER_GB,
+    country: str | None = None,
+    zone: str | None = None,
+    region: str | None = None,
+    intensity: float | None = None,
+    pue: float | None = None,
+    compare: Iterable[str] = (),
+) -> dict:
+    """Energy (kWh) and CO2eq (g) of a job before it runs; see the module docstring for the model.
+
+    Args:
+        hours: wall-clock hours of the job.
+        gpu: a model from ``list_gpus()`` (its datasheet TDP is used), or give ``gpu_tdp_w``.
+        gpus: how many GPUs (>= 1 when a GPU is given).
+        usage: mean share of the GPU TDP drawn (1.0: at TDP, the usual upper bound).
+        cpu_cores + cpu_w_per_core (default 10 W/core), or cpu_tdp_w (all sockets): the CPU;
+        cpu_usage: share of it drawn.
+        memory_gb: RAM of the job, at ``memory_w_per_gb``.
+        country / zone / region / intensity, pue: as in ``greencallbacks.carbon.Carbon``.
+        compare: other zones or regions at which to price the same energy.
+    """
+    hours = _positive("hours", hours)
+    usage = _share("usage", usage)
+    cpu_usage = _share("cpu_usage", cpu_usage)
+    memory_gb = _positive("memory_gb", memory_gb, allow_zero=True)
+    memory_w_per_gb = _positive("memory_w_per_gb", memory_w_per_gb, allow_zero=True)
+    carbon = Carbon(country=country, zone=zone, region=region, intensity=intensity, pue=pue)
+    compare = list(compare)
+
+    gpu_info: dict | None = None
+    gpu_w = 0.0
+    if gpu is not None or gpu_tdp_w is not None:
+        if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1:
+            raise ValueError(f"gpus must be an integer >= 1, got {gpus!r}")
+        if gpu_tdp_w is not None:
+            tdp = _positive("gpu_tdp_w", gpu_tdp_w)
+            gpu_info = {"model": gpu or "user-supplied", "tdp_w": tdp, "source": "user-supplied gpu_tdp_w", "year": None}
+        else:
+            found = gpu_power(gpu)  # type: ignore[arg-type]
+            gpu_info = {"model": found.model, "tdp_w": found.tdp_w, "source": found.source, "year": found.year}
+        gpu_info["count"] = gpus
+        gpu_w = gpus * gpu_info["tdp_w"] * usage
+
+    if cpu_tdp_w is not None and (cpu_cores is not None or cpu_w_per_core is not None):
+        raise ValueError("give either cpu_tdp_w or cpu_cores (with cpu_w_per_core), not both")
+    if cpu_w_per_core is not None and cpu_cores is None:
+        raise ValueError("cpu_w_per_core needs cpu_cores")
+    cpu_info: dict | None = None
+    cpu_w = 0.0
+    if cpu_tdp_w is not None:
+        cpu_info = {"tdp_w": _positive("cpu_tdp_w", cpu_tdp_w), "source": "user-supplied cpu_tdp_w"}
+        cpu_w = cpu_info["tdp_w"] * cpu_usage
+    elif cpu_cores is not None:
+        if isinstance(cpu_cores, bool) or not isinstance(cpu_cores, int) or cpu_cores < 1:
+            raise ValueError(f"cpu_cores must be an integer >= 1, got {cpu_cores!r}")
+        per_core = DEFAULT_W_PER_CORE if cpu_w_per_core is None else _positive("cpu_w_per_core", cpu_w_per_core)
+        cpu_info = {
+            "cores": cpu_cores,
+            "w_per_core": per_core,
+            "source": "user-supplied cpu_w_per_core" if cpu_w_per_core is not None else f"default {per_core:g} W/core",
+        }
+        cpu_w = cpu_cores * per_core * cpu_usage
+    memory_w = memory_gb * memory_w_per_gb
+    if gpu_w + cpu_w + memory_w <= 0:
+        raise ValueError("nothing to estimate: give gpu (or gpu_tdp_w), cpu_cores or cpu_tdp_w, or memory_gb")
+
+    it_energy_j = hours * 3600.0 * (gpu_w + cpu_w + memory_w)
+    energy_kwh = it_energy_j * carbon.pue / J_PER_KWH
+    where = carbon.static_intensity
+    assert where is not None  # no series is accepted here
+    return {
+        "method": "estimated (ex ante, from TDP and hours; not measured)",
+        "hours": hours,
+        "usage": usage,
+        "cpu_usage": cpu_usage,
+        "gpu": gpu_info,
+        "cpu": cpu_info,
+        "memory": {"gb": memory_gb, "w_per_gb": memory_w_per_gb},
+        "power_w": {"gpu": gpu_w, "cpu": cpu_w, "memory": memory_w, "total": gpu_w + cpu_w + memory_w},
+        "it_energy_kwh": it_energy_j / J_PER_KWH,
+        "energy_kwh": energy_kwh,
+        "pue": carbon.pue,
+        "pue_source": carbon.pue_source,
+        "intensity": {
+            "zone": where.zone,
+            "g_per_kwh": where.g_per_kwh,
+            "source": where.source,
+            "year": where.year,
+            "licence": where.licence,
+            "is_default": where.is_default,
+        },
+        "co2eq_g": energy_kwh * where.g_per_kwh,
+        "compare": compare_places(energy_kwh, compare),
+    }
+
+
+def format_estimate(result: dict) -> str:
+    """A short plain-text account of an ``estimate`` result."""
+    gpu = result["gpu"]
+    cpu = result["cpu"]
+    lines = ["Ex-ante estimate (from TDP and hours; not measured)"]
+    if gpu:
+        lines.append(
+            f"  GPU:    {gpu['count']} x {gpu['model']} at {gpu['tdp_w']:g} W x usage {result['usage']:g} "
+            f"= {result['power_w']['gpu']:g} W ({gpu['source']}{', ' + str(gpu['year']) if gpu['year'] else ''})"
+        )
+    if cpu:
+        what = f"{cpu['tdp_w']:g} W TDP" if "tdp_w" in cpu else f"{cpu['cores']} cores x {cpu['w_per_core']:g} W"
+        lines.append(f"  CPU:    {what} x usage {result['cpu_usage']:g} = {result['power_w']['cpu']:g} W ({cpu['source']})")
+    if result["memory"]["gb"]:
+        lines.append(
+            f"  memory: {result['memory']['gb']:g} GB x {result['memory']['w_per_gb']:g} W/GB = {result['power_w']['memory']:g} W"
+        )
+    intensity = result["intensity"]
+    lines += [
+        f"  hours:  {result['hours']:g}",
+        f"  PUE:    {result['pue']:g} ({result['pue_source']})",
+        f"Energy:   {result['energy_kwh']:.4g} kWh (IT {result['it_energy_kwh']:.4g} kWh)",
+        f"CO2eq:    {result['co2eq_g'] / 1000:.4g} kg at {intensity['g_per_kwh']:.4g} gCO2eq/kWh ({intensity['source']})",
+    ]
+    if result["compare"]:
+        lines.append("Same energy elsewhere:")
+        for row in result["compare"]:
+            lines.append(f"  {row['zone']:<18} {row['g_per_kwh']:>8.4g} g/kWh  {row['co2eq_g'] / 1000:>10.4g} kg  ({row['source']})")
+    return "\n".join(lines)

@@ -1,0 +1,82 @@
+"""Ex-ante estimates: the formula by hand, the GPU table, and errors that name the argument."""
+
+from __future__ import annotations
+
+import pytest
+
+from greencallbacks.carbon.intensity import country_intensity, zone_intensity
+from greencallbacks.estimate import estimate, gpu_power, gpu_table, list_gpus
+
+
+def test_one_h100_for_ten_hours_in_france_by_hand():
+    result = estimate(gpu="H100 SXM", gpus=1, hours=10, country="FR", pue=1.0)
+    fr = country_intensity("FR").g_per_kwh
+    assert result["energy_kwh"] == pytest.approx(7.0)  # 10 h x 700 W
+    assert result["co2eq_g"] == pytest.approx(7.0 * fr)
+    assert result["intensity"]["g_per_kwh"] == pytest.approx(fr)
+    assert "not measured" in result["method"]
+    assert result["gpu"]["tdp_w"] == 700 and "datasheet" in result["gpu"]["source"]
+
+
+def test_full_formula_with_cpu_memory_usage_pue_and_comparison():
+    result = estimate(
+        gpu="A100 PCIe 40GB", gpus=4, hours=2, usage=0.5, cpu_cores=8, cpu_w_per_core=12.0, memory_gb=64,
+        intensity=300.0, pue=1.5, compare=["DE", "US-CA"],
+    )
+    watts = 4 * 250 * 0.5 + 8 * 12.0 + 64 * 0.37
+    assert result["power_w"]["total"] == pytest.approx(watts)
+    assert result["it_energy_kwh"] == pytest.approx(2 * watts / 1000)
+    assert result["energy_kwh"] == pytest.approx(2 * watts / 1000 * 1.5)
+    assert result["co2eq_g"] == pytest.approx(result["energy_kwh"] * 300.0)
+    de, ca = result["compare"]
+    assert de["co2eq_g"] == pytest.approx(result["energy_kwh"] * zone_intensity("DE").g_per_kwh)
+    assert ca["g_per_kwh"] == pytest.approx(zone_intensity("US-CA").g_per_kwh)
+
+
+def test_cpu_tdp_and_user_gpu_tdp():
+    result = estimate(gpu_tdp_w=123.0, gpus=2, cpu_tdp_w=200.0, hours=1, intensity=100.0)
+    assert result["energy_kwh"] == pytest.approx((2 * 123 + 200) / 1000)
+    assert result["gpu"]["source"] == "user-supplied gpu_tdp_w"
+
+
+def test_gpu_names_are_matched_loosely_but_never_guessed():
+    assert gpu_power("NVIDIA H100 80GB HBM3").model == "H100 SXM"  # the nvidia-smi name
+    assert gpu_power("tesla t4").tdp_w == 70
+    assert gpu_power("NVIDIA A100-SXM4-80GB").tdp_w == 400
+    with pytest.raises(ValueError, match="ambiguous.*H100 SXM.*H100 PCIe"):
+        gpu_power("H100")
+    with pytest.raises(ValueError, match="unknown gpu 'RTX 4080'.*RTX 4090"):
+        gpu_power("RTX 4080")
+
+
+def test_gpu_table_rows_have_power_year_and_datasheet_source():
+    assert len(list_gpus()) == len(set(list_gpus())) >= 25
+    for gpu, names in gpu_table():
+        assert 30 <= gpu.tdp_w <= 1200 and gpu.year and "datasheet" in gpu.source or "specifications" in gpu.source
+    # No alias selects two models.
+    names = [n for _, ns in gpu_table() for n in set(ns)]
+    assert len(names) == len(set(names))
+
+
+@pytest.mark.parametrize(
+    "kwargs, argument",
+    [
+        ({"hours": -1}, "hours"),
+        ({"hours": 0}, "hours"),
+        ({"gpus": 0}, "gpus"),
+        ({"usage": 1.5}, "usage"),
+        ({"zone": "Atlantis"}, "zone"),
+        ({"pue": 0.5}, "pue"),
+        ({"gpu": "Quantum 9000"}, "gpu"),
+        ({"cpu_tdp_w": 100, "cpu_cores": 4}, "cpu_tdp_w"),
+    ],
+)
+def test_bad_arguments_name_the_argument(kwargs, argument):
+    settings = {"gpu": "T4", "hours": 1.0, **kwargs}
+    with pytest.raises(ValueError, match=argument):
+        estimate(**settings)
+
+
+def test_nothing_to_estimate():
+    with pytest.raises(ValueError, match="nothing to estimate"):
+        estimate(hours=1.0)
