@@ -382,14 +382,20 @@ class Tracker:
 
     def _local_record(self, opened: _Open, partial: bool) -> Record:
         pue = self.carbon.pue
+        # Each segment's energy at the intensity of its own interval (sum of E_i x I_i); the
+        # record keeps the energy-weighted mean and every source that contributed.
         co2eq_g = 0.0
-        intensity = None
+        intensities = []
         for t0, t1, energy_j in opened.segments:
-            intensity = self.carbon.intensity_between(t0, t1)
-            co2eq_g += energy_j * pue / J_PER_KWH * intensity.g_per_kwh
-        if intensity is None:
-            intensity = self.carbon.intensity_between(opened.start_unix or 0.0, opened.start_unix or 0.0)
+            intensities.append(self.carbon.intensity_between(t0, t1))
+            co2eq_g += energy_j * pue / J_PER_KWH * intensities[-1].g_per_kwh
+        if not intensities:
+            intensities.append(self.carbon.intensity_between(opened.start_unix or 0.0, opened.start_unix or 0.0))
+        intensity = intensities[-1]
         it_energy_j = sum(c["energy_j"] for c in opened.components.values())
+        facility_kwh = it_energy_j * pue / J_PER_KWH
+        mean_g_per_kwh = co2eq_g / facility_kwh if facility_kwh > 0 else intensity.g_per_kwh
+        source = "; ".join(dict.fromkeys(i.source for i in intensities))
         host = socket.gethostname()
         components = []
         for c in opened.components.values():
@@ -409,10 +415,10 @@ class Tracker:
             samples=opened.samples,
             tokens=opened.tokens or None,
             it_energy_kwh=it_energy_j / J_PER_KWH,
-            energy_kwh=it_energy_j * pue / J_PER_KWH,
+            energy_kwh=facility_kwh,
             co2eq_g=co2eq_g,
-            intensity_gco2eq_per_kwh=intensity.g_per_kwh,
-            intensity_source=intensity.source,
+            intensity_gco2eq_per_kwh=mean_g_per_kwh,
+            intensity_source=source,
             intensity_zone=intensity.zone,
             intensity_year=intensity.year,
             intensity_licence=intensity.licence,
