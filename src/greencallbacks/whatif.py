@@ -1,0 +1,409 @@
+"""What a recorded run would have emitted at another time or in another place.
+
+Strategies after "Measuring the Carbon Intensity of AI in Cloud Instances" (FAccT 2022):
+
+* as recorded: the run's energy at the times it was used, priced with the given series;
+* Flexible Start: the whole run shifted later by up to ``window_h`` hours, in steps of the
+  series' resolution; the best start and its saving are reported;
+* Pause and Resume: the run pauses during series steps above a threshold while the pauses fit
+  in a budget of the run's own duration (so it takes at most twice as long);
+* other regions: the same energy at the static intensity of other zones.
+
+The energy profile is the records': each phase's energy spread evenly over its duration,
+starting at its ``start_time``. Records of nested phases (validation inside a training epoch)
+are billed separately by the tracker, and the outer one's span includes the inner one, so the
+profile is exact in energy and approximate (to within one nested phase) in timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable, Sequence
+
+from greencallbacks.carbon.series import parse_timestamp
+
+if TYPE_CHECKING:
+    from greencallbacks.carbon.series import IntensitySource
+    from greencallbacks.records import Record
+
+DEFAULT_STEP_S = 900.0  # for a source that does not say its resolution (live APIs: 15 min buckets)
+MAX_CANDIDATE_STARTS = 20_000  # more than enough for 24 h at 5 min; bounds the work for odd inputs
+MAX_SLOWDOWN = 2.0  # Pause and Resume: the run may take at most twice as long
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A piece of the run's energy profile: ``energy_kwh`` spread over [offset, offset + duration]."""
+
+    offset_s: float  # from the run's start
+    duration_s: float
+    energy_kwh: float
+
+
+@dataclass
+class Scenario:
+    name: str
+    co2eq_g: float
+    saving_g: float
+    saving_pct: float
+    start_unix: float | None = None
+    end_unix: float | None = None
+    detail: str = ""
+    running: list[tuple[float, float]] = field(default_factory=list)  # wall-clock spans when the run runs
+
+
+@dataclass
+class WhatIfResult:
+    energy_kwh: float
+    recorded_co2eq_g: float
+    run_start_unix: float
+    run_duration_s: float
+    series_name: str
+    as_recorded: Scenario
+    flexible_start: Scenario
+    pause_resume: Scenario | None
+    regions: list[Scenario]
+    threshold_g_per_kwh: float | None
+    threshold_note: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_markdown(self) -> str:
+        lines = [
+            f"What-if for a run of {self.energy_kwh:.4g} kWh over {_duration(self.run_duration_s)} "
+            f"starting {_iso(self.run_start_unix)}, priced with {self.series_name}.",
+            f"Recorded CO2eq: {self.recorded_co2eq_g:.4g} g.",
+            "",
+            "| scenario | CO2eq (g) | saving (g) | saving (%) | detail |",
+            "|---|---:|---:|---:|---|",
+        ]
+        scenarios = [self.as_recorded, self.flexible_start, *([self.pause_resume] if self.pause_resume else []), *self.regions]
+        for s in scenarios:
+            lines.append(f"| {s.name} | {s.co2eq_g:.4g} | {s.saving_g:.4g} | {s.saving_pct:.1f} | {s.detail} |")
+        if self.threshold_note:
+            lines += ["", self.threshold_note]
+        return "\n".join(lines) + "\n"
+
+    def plot(self, path: str | Path, series: "IntensitySource") -> Path:
+        """A PNG of intensity over time with the run's placements (matplotlib imported here)."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        start = self.run_start_unix
+        end = max(s.end_unix or start for s in (self.as_recorded, self.flexible_start, self.pause_resume) if s)
+        step = max(_resolution_s(series, start, end), (end - start) / 5000)  # enough points for a figure
+        times = [start + i * step for i in range(int(math.ceil((end - start) / step)) + 1)]
+        values = [series.mean_between(t, t).g_per_kwh for t in times]
+        hours = [(t - start) / 3600 for t in times]
+        figure, axes = plt.subplots(figsize=(9, 4))
+        axes.step(hours, values, where="post", color="black", linewidth=1, label="intensity")
+        lanes = [(self.as_recorded, "tab:gray"), (self.flexible_start, "tab:green")]
+        if self.pause_resume is not None:
+            lanes.append((self.pause_resume, "tab:blue"))
+        for scenario, colour in lanes:
+            for index, (left, right) in enumerate(scenario.running):
+                axes.axvspan((left - start) / 3600, (right - start) / 3600, alpha=0.25, color=colour,
+                             label=scenario.name if index == 0 else None)
+        if self.threshold_g_per_kwh is not None:
+            axes.axhline(self.threshold_g_per_kwh, color="tab:red", linestyle="--", linewidth=1, label="threshold")
+        axes.set_xlabel(f"hours after {_iso(start)}")
+        axes.set_ylabel("gCO2eq/kWh")
+        axes.legend(loc="best", fontsize="small")
+        figure.tight_layout()
+        out = Path(path)
+        figure.savefig(out, dpi=120)
+        plt.close(figure)
+        return out
+
+
+# ------------------------------------------------------------------------------------ profile
+def energy_profile(records: Iterable["Record"]) -> tuple[float, list[Phase]]:
+    """The run's start (unix seconds) and its phases as offsets from it."""
+    spans = [(parse_timestamp(r.start_time), max(0.0, r.duration_s), r.energy_kwh) for r in records]
+    if not spans:
+        raise ValueError("records is empty: nothing to analyse")
+    run_start = min(start for start, _, _ in spans)
+    return run_start, [Phase(start - run_start, duration, energy) for start, duration, energy in spans]
+
+
+def co2_at(phases: Sequence[Phase], start_unix: float, series: "IntensitySource") -> float:
+    """Grams of CO2eq if the profile starts at ``start_unix``: sum of E_i x mean intensity over its span."""
+    total = 0.0
+    for phase in phases:
+        left = start_unix + phase.offset_s
+        total += phase.energy_kwh * series.mean_between(left, left + phase.duration_s).g_per_kwh
+    return total
+
+
+def _resolution_s(series: object, start_unix: float, end_unix: float) -> float:
+    """The series' step (smallest gap between its timestamps), else ``DEFAULT_STEP_S``."""
+    times = getattr(series, "times_unix", None)
+    if times and len(times) > 1:
+        return min(b - a for a, b in zip(times, times[1:]))
+    return float(getattr(series, "bucket_s", DEFAULT_STEP_S))
+
+
+def _slot_edges(series: object, start_unix: float, end_unix: float, step_s: float) -> list[float]:
+    """Where the intensity may change between start and end: the series' own timestamps, or a grid."""
+    times = getattr(series, "times_unix", None)
+    if times:
+        inner = [t for t in times if start_unix < t < end_unix]
+    else:
+        count = int(math.ceil((end_unix - start_unix) / step_s))
+        inner = [start_unix + i * step_s for i in range(1, count)]
+    return [start_unix, *inner, end_unix]
+
+
+# ---------------------------------------------------------------------------------- strategies
+def flexible_start(
+    phases: Sequence[Phase], run_start: float, series: "IntensitySource", window_s: float, step_s: float
+) -> tuple[float, float]:
+    """(best delay in seconds, its CO2eq) over delays 0, step, ..., window; ties go to the earliest."""
+    count = int(window_s // step_s) if step_s > 0 else 0
+    if count > MAX_CANDIDATE_STARTS:
+        step_s = window_s / MAX_CANDIDATE_STARTS
+        count = MAX_CANDIDATE_STARTS
+    delays = {index * step_s for index in range(1, count + 1)}
+    # Also starts on the series' own edges: a run that began at 10:17 may do best starting at 11:00.
+    times = getattr(series, "times_unix", None) or ()
+    delays.update(t - run_start for t in times if run_start < t <= run_start + window_s)
+    best_delay, best_co2 = 0.0, co2_at(phases, run_start, series)
+    for delay in sorted(delays)[: MAX_CANDIDATE_STARTS * 2]:
+        co2 = co2_at(phases, run_start + delay, series)
+        if co2 < best_co2 - 1e-12 * max(1.0, abs(best_co2)):
+            best_delay, best_co2 = delay, co2
+    return best_delay, best_co2
+
+
+def pause_schedule(
+    run_start: float, run_duration_s: float, series: "IntensitySource", threshold: float, step_s: float
+) -> list[tuple[float, float, float]]:
+    """Running spans ``(wall_start, wall_end, work_offset)`` for Pause and Resume.
+
+    Walks the series' steps from the run's start: a step whose mean intensity is above the
+    threshold is skipped whole while the pauses so far plus this step fit in the budget (the
+    run's own duration); otherwise the run works through it, until its work is done.
+    """
+    budget = run_duration_s * (MAX_SLOWDOWN - 1.0)
+    horizon = run_start + run_duration_s * MAX_SLOWDOWN
+    edges = _slot_edges(series, run_start, horizon, step_s)
+    running: list[tuple[float, float, float]] = []
+    paused = work_done = 0.0
+    for left, right in zip(edges, edges[1:]):
+        if work_done >= run_duration_s:
+            break
+        length = right - left
+        if paused + length <= budget and series.mean_between(left, right).g_per_kwh > threshold:
+            paused += length
+            continue
+        worked = min(length, run_duration_s - work_done)
+        if running and running[-1][1] == left:  # extend the span the run is already in
+            w0, _, offset = running[-1]
+            running[-1] = (w0, left + worked, offset)
+        else:
+            running.append((left, left + worked, work_done))
+        work_done += worked
+    if work_done < run_duration_s - 1e-9:  # only if the series' edges end early; finish straight on
+        last_end = running[-1][1] if running else run_start
+        running.append((last_end, last_end + run_duration_s - work_done, work_done))
+    return running
+
+
+def co2_with_schedule(
+    phases: Sequence[Phase], running: Sequence[tuple[float, float, float]], series: "IntensitySource"
+) -> float:
+    """Grams of CO2eq of the profile executed in the given running spans."""
+    total = 0.0
+    for phase in phases:
+        if phase.duration_s == 0:
+            wall = _wall_time(running, phase.offset_s)
+            total += phase.energy_kwh * series.mean_between(wall, wall).g_per_kwh
+            continue
+        kwh_per_s = phase.energy_kwh / phase.duration_s
+        for wall_start, wall_end, work_offset in running:
+            work_end = work_offset + (wall_end - wall_start)
+            left, right = max(phase.offset_s, work_offset), min(phase.offset_s + phase.duration_s, work_end)
+            if right > left:
+                w_left = wall_start + (left - work_offset)
+                total += kwh_per_s * (right - left) * series.mean_between(w_left, w_left + right - left).g_per_kwh
+    return total
+
+
+def _wall_time(running: Sequence[tuple[float, float, float]], work_offset: float) -> float:
+    for wall_start, wall_end, offset in running:
+        if offset <= work_offset <= offset + (wall_end - wall_start):
+            return wall_start + (work_offset - offset)
+    return running[-1][1]
+
+
+def default_threshold(series: "IntensitySource", run_start: float, run_duration_s: float, step_s: float) -> float:
+    """The median step intensity over the span the run may use (twice its duration)."""
+    edges = _slot_edges(series, run_start, run_start + run_duration_s * MAX_SLOWDOWN, step_s)
+    return statistics.median(series.mean_between(a, b).g_per_kwh for a, b in zip(edges, edges[1:]))
+
+
+# ------------------------------------------------------------------------------------------ API
+def whatif(
+    records: Sequence["Record"],
+    series: "IntensitySource | str | Path",
+    window_h: float = 24,
+    threshold: float | None = None,
+    zones: Iterable[str] = (),
+    step_s: float | None = None,
+) -> WhatIfResult:
+    """What ``records`` would have emitted as recorded, started later, paused, or elsewhere.
+
+    ``series``: a CSV/JSON series path or any object with ``mean_between``. ``threshold``
+    (g/kWh) for Pause and Resume; None: the median intensity over the span the run may use.
+    ``zones``: static zones or cloud regions to compare (``FR``, ``US-CA``, ``gcp:europe-west1``).
+    ``step_s``: the Flexible Start step; default: the series' resolution.
+    """
+    from greencallbacks.carbon import Carbon
+
+    if not (isinstance(window_h, (int, float)) and math.isfinite(window_h) and window_h >= 0):
+        raise ValueError(f"window_h must be a finite number of hours >= 0, got {window_h!r}")
+    if threshold is not None and not (isinstance(threshold, (int, float)) and math.isfinite(threshold) and threshold > 0):
+        raise ValueError(f"threshold must be a finite number of gCO2eq/kWh > 0, got {threshold!r}")
+    if isinstance(series, (str, Path)):
+        from greencallbacks.carbon.series import IntensitySeries
+
+        series = IntensitySeries.from_file(series)
+    records = list(records)
+    run_start, phases = energy_profile(records)
+    run_end = max(run_start + p.offset_s + p.duration_s for p in phases)
+    run_duration = run_end - run_start
+    energy = sum(p.energy_kwh for p in phases)
+    step = step_s if step_s is not None else _resolution_s(series, run_start, run_end)
+    if not (math.isfinite(step) and step > 0):
+        raise ValueError(f"step_s must be a positive number of seconds, got {step_s!r}")
+    series_name = getattr(series, "name", type(series).__name__)
+
+    baseline = co2_at(phases, run_start, series)
+
+    def scenario(name: str, co2: float, **extra) -> Scenario:
+        saving = baseline - co2
+        return Scenario(name, co2, saving, 100.0 * saving / baseline if baseline > 0 else 0.0, **extra)
+
+    as_recorded = scenario("as recorded", baseline, start_unix=run_start, end_unix=run_end,
+                           detail=f"start {_iso(run_start)}", running=[(run_start, run_end)])
+
+    delay, best = flexible_start(phases, run_start, series, window_h * 3600.0, step)
+    flexible = scenario(
+        f"flexible start (window {window_h:g} h)", best, start_unix=run_start + delay, end_unix=run_end + delay,
+        detail=f"best start {_iso(run_start + delay)} (+{_duration(delay)})",
+        running=[(run_start + delay, run_end + delay)],
+    )
+
+    pause_resume = None
+    threshold_note = ""
+    chosen_threshold = threshold
+    if run_duration > 0:
+        if chosen_threshold is None:
+            chosen_threshold = default_threshold(series, run_start, run_duration, step)
+            threshold_note = (f"Pause-and-resume threshold: {chosen_threshold:.4g} gCO2eq/kWh, the median over the "
+                              f"{_duration(run_duration * MAX_SLOWDOWN)} the run may span (give --threshold to choose).")
+        spans = pause_schedule(run_start, run_duration, series, chosen_threshold, step)
+        paused_s = spans[-1][1] - run_start - run_duration
+        pause_resume = scenario(
+            f"pause and resume (> {chosen_threshold:.4g} g/kWh)", co2_with_schedule(phases, spans, series),
+            start_unix=run_start, end_unix=spans[-1][1],
+            detail=f"paused {_duration(paused_s)} in {_pause_count(run_start, spans)} pause(s), "
+                   f"ends {_iso(spans[-1][1])}",
+            running=[(a, b) for a, b, _ in spans],
+        )
+
+    regions = []
+    for zone in zones:
+        zone = zone.strip()
+        if not zone:
+            continue
+        carbon = Carbon(region=zone) if ":" in zone else Carbon(zone=zone)
+        static = carbon.intensity_between(run_start, run_end)
+        regions.append(scenario(f"in {zone}", energy * static.g_per_kwh,
+                                detail=f"{static.g_per_kwh:.4g} g/kWh, {static.source}"))
+
+    return WhatIfResult(
+        energy_kwh=energy,
+        recorded_co2eq_g=sum(r.co2eq_g for r in records),
+        run_start_unix=run_start,
+        run_duration_s=run_duration,
+        series_name=series_name,
+        as_recorded=as_recorded,
+        flexible_start=flexible,
+        pause_resume=pause_resume,
+        regions=regions,
+        threshold_g_per_kwh=chosen_threshold,
+        threshold_note=threshold_note,
+    )
+
+
+def _pause_count(run_start: float, spans: Sequence[tuple[float, float, float]]) -> int:
+    gaps_between = sum(1 for before, after in zip(spans, spans[1:]) if after[0] > before[1])
+    return gaps_between + (1 if spans and spans[0][0] > run_start else 0)
+
+
+def _iso(unix_s: float) -> str:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(unix_s, tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds / 3600:.3g} h"
+    if seconds >= 60:
+        return f"{seconds / 60:.3g} min"
+    return f"{seconds:.3g} s"
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def build_parser(prog: str = "greencallbacks whatif") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="What a recorded run would have emitted started later, paused while the grid is dirty, or elsewhere.",
+    )
+    parser.add_argument("run", help="energy-records.jsonl, or the directory holding it")
+    parser.add_argument("--intensity", required=True, metavar="SERIES", help="CSV or JSON intensity series file")
+    parser.add_argument("--window-h", type=float, default=24.0, help="latest delayed start to try, hours (default 24)")
+    parser.add_argument("--threshold", type=float, metavar="G", help="pause above this gCO2eq/kWh (default: median)")
+    parser.add_argument("--zones", default="", help="comma-separated zones or cloud regions to compare, e.g. FR,DE")
+    parser.add_argument("--plot", metavar="FILE", help="write a PNG of intensity and the run's placements")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a Markdown table")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from greencallbacks.carbon.series import IntensitySeries
+    from greencallbacks.records import read_records
+
+    try:
+        records = read_records(args.run)
+        series = IntensitySeries.from_file(args.intensity)
+        result = whatif(records, series, window_h=args.window_h, threshold=args.threshold,
+                        zones=[z for z in args.zones.split(",") if z.strip()])
+        if args.plot:
+            result.plot(args.plot, series)
+    except (ValueError, OSError) as error:
+        print(f"greencallbacks whatif: {error}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(result.to_markdown(), end="")
+        if args.plot:
+            print(f"\nPlot written to {args.plot}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

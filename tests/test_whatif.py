@@ -1,0 +1,228 @@
+"""Time-varying intensity through the real tracker, and the what-if analysis on hand-computed series."""
+
+import json
+from datetime import datetime, timezone
+
+import pytest
+
+from greencallbacks.carbon import Carbon, IntensitySeries
+from greencallbacks.carbon.intensity import zone_intensity
+from greencallbacks.meter import Meter
+from greencallbacks.records import Record, RecordWriter, read_records
+from greencallbacks.tracker import Tracker, utc_iso
+from greencallbacks.units import J_PER_KWH
+from greencallbacks.whatif import main, whatif
+from tests.fakes.scripted import FakeClock, ScriptedSensor
+
+T0 = datetime(2024, 1, 1, tzinfo=timezone.utc).timestamp()
+HOUR = 3600.0
+
+
+def write_series(path, points):
+    path.write_text("timestamp,g_per_kwh\n" + "".join(f"{utc_iso(t)},{v}\n" for t, v in points))
+    return path
+
+
+# ------------------------------------------------------------------ 1. the tracker and a series
+def run_with_nested_validation(tmp_path, series_path):
+    """gap [0,5] 100 W; train [5,20] 200 W; validation [20,30] 50 W; train [30,40] 200 W."""
+    clock = FakeClock(0.0)
+    sensor = ScriptedSensor("gpu", clock, power_w=100.0)
+    meter = Meter([sensor], fallback=None, clock=clock, wall_clock=lambda: clock() + T0)
+    tracker = Tracker(carbon=Carbon(series=series_path), output_dir=tmp_path, run_id="series")
+    tracker.start(meter)
+    clock.advance(5)
+    sensor.set_power(200.0)
+    tracker.begin("train", 0)
+    clock.advance(15)
+    sensor.set_power(50.0)
+    tracker.begin("validation", 0)
+    clock.advance(10)
+    sensor.set_power(200.0)
+    tracker.end("validation")
+    clock.advance(10)
+    tracker.end("train")
+    tracker.finish()
+    return {r.phase: r for r in read_records(tmp_path)}
+
+
+@pytest.fixture
+def steps_inside_phases(tmp_path):
+    # 100 until T0+15, 300 until T0+25, then 200: both train and validation see a step change.
+    return write_series(tmp_path / "steps.csv", [(T0, 100), (T0 + 15, 300), (T0 + 25, 200)])
+
+
+def test_tracker_bills_each_segment_at_its_own_time(tmp_path, steps_inside_phases):
+    records = run_with_nested_validation(tmp_path / "run", steps_inside_phases)
+    other, train, validation = records["other"], records["train"], records["validation"]
+    # Hand-computed: sum of E_i x time-weighted mean intensity of segment i (PUE 1).
+    assert other.co2eq_g == pytest.approx(500 * 100 / J_PER_KWH)
+    train_mean_first = (10 * 100 + 5 * 300) / 15
+    assert train.co2eq_g == pytest.approx((3000 * train_mean_first + 2000 * 200) / J_PER_KWH)
+    assert validation.co2eq_g == pytest.approx(500 * (5 * 300 + 5 * 200) / 10 / J_PER_KWH)
+    assert validation.intensity_gco2eq_per_kwh == pytest.approx(250.0)
+    assert train.energy_kwh * J_PER_KWH == pytest.approx(5000.0)
+    for record in records.values():
+        assert record.intensity_source.startswith("time series steps.csv")
+        assert record.intensity_zone == "series:steps.csv"
+
+
+def test_record_intensity_is_the_energy_weighted_mean(tmp_path, steps_inside_phases):
+    train = run_with_nested_validation(tmp_path / "run", steps_inside_phases)["train"]
+    assert train.intensity_gco2eq_per_kwh == pytest.approx(train.co2eq_g / train.energy_kwh)  # 180, not 200
+
+
+def test_whatif_as_recorded_matches_the_tracker_for_sequential_phases(tmp_path, steps_inside_phases):
+    clock = FakeClock(0.0)
+    sensor = ScriptedSensor("gpu", clock, power_w=120.0)
+    tracker = Tracker(carbon=Carbon(series=steps_inside_phases), output_dir=tmp_path, run_id="seq")
+    tracker.start(Meter([sensor], fallback=None, clock=clock, wall_clock=lambda: clock() + T0))
+    for epoch, seconds in enumerate((12, 9, 14)):
+        tracker.begin("train", epoch)
+        clock.advance(seconds)
+        tracker.end("train")
+    tracker.finish()
+    records = read_records(tmp_path)
+    result = whatif(records, steps_inside_phases, window_h=0)
+    assert result.as_recorded.co2eq_g == pytest.approx(sum(r.co2eq_g for r in records), rel=1e-9)
+    assert result.recorded_co2eq_g == pytest.approx(result.as_recorded.co2eq_g, rel=1e-9)
+
+
+# ------------------------------------------------------------------------------ 3. what-if
+def record(start_unix, duration_s, energy_kwh, phase="train", seq=0):
+    return Record(run_id="r", phase=phase, epoch=0, seq=seq, start_time=utc_iso(start_unix), duration_s=duration_s,
+                  samples=0, it_energy_kwh=energy_kwh, energy_kwh=energy_kwh, co2eq_g=0.0,
+                  intensity_gco2eq_per_kwh=0.0, intensity_source="", pue=1.0, energy_j_per_sample=None,
+                  co2eq_g_per_sample=None)
+
+
+def hourly(values):
+    return IntensitySeries(tuple(T0 + i * HOUR for i in range(len(values))), tuple(float(v) for v in values), "synthetic")
+
+
+# Hours 0-3 alternate dirty/clean, 10-11 are the cleanest two hours in a row, the rest is dirty.
+SERIES = hourly([400, 100, 400, 100] + [500] * 6 + [150, 150] + [500] * 36)
+TWO_HOUR_RUN = [record(T0, HOUR, 1.0, seq=0), record(T0 + HOUR, HOUR, 1.0, seq=1)]
+
+
+def test_as_recorded_is_energy_times_intensity_of_its_hours():
+    result = whatif(TWO_HOUR_RUN, SERIES, threshold=300)
+    assert result.as_recorded.co2eq_g == pytest.approx(400 + 100)
+    assert result.energy_kwh == pytest.approx(2.0) and result.run_duration_s == 2 * HOUR
+
+
+def test_flexible_start_finds_the_cleanest_window():
+    result = whatif(TWO_HOUR_RUN, SERIES, window_h=24, threshold=300)
+    best = result.flexible_start
+    assert best.start_unix == T0 + 10 * HOUR
+    assert best.co2eq_g == pytest.approx(300.0)
+    assert best.saving_g == pytest.approx(200.0) and best.saving_pct == pytest.approx(40.0)
+
+
+def test_flexible_start_respects_the_window():
+    best = whatif(TWO_HOUR_RUN, SERIES, window_h=5, threshold=300).flexible_start
+    assert best.start_unix == T0 and best.saving_g == 0.0  # every 2 h window before hour 10 costs 500
+
+
+def test_flexible_start_aligns_an_odd_start_to_the_series_steps():
+    run = [record(T0 + 1800, 2 * HOUR, 2.0)]  # 00:30 to 02:30
+    best = whatif(run, SERIES, window_h=24, threshold=300).flexible_start
+    assert best.start_unix == T0 + 10 * HOUR and best.co2eq_g == pytest.approx(300.0)
+
+
+def test_pause_and_resume_skips_dirty_hours_within_a_doubled_duration():
+    result = whatif(TWO_HOUR_RUN, SERIES, threshold=300)
+    paused = result.pause_resume
+    # Pause hour 0 (400), run hour 1 (100), pause hour 2 (400), run hour 3 (100): done at 4 h = 2 x 2 h.
+    assert paused.running == [(T0 + HOUR, T0 + 2 * HOUR), (T0 + 3 * HOUR, T0 + 4 * HOUR)]
+    assert paused.co2eq_g == pytest.approx(200.0)
+    assert paused.saving_g == pytest.approx(300.0)
+    assert paused.end_unix - paused.start_unix <= 2 * result.run_duration_s
+
+
+def test_pause_budget_runs_out_and_the_run_goes_on_through_dirty_hours():
+    series = hourly([400, 400, 400, 100, 100, 100])
+    result = whatif(TWO_HOUR_RUN, series, threshold=300)
+    # Two dirty hours fit the 2 h budget; the third must be worked through.
+    assert result.pause_resume.running == [(T0 + 2 * HOUR, T0 + 4 * HOUR)]
+    assert result.pause_resume.co2eq_g == pytest.approx(400 + 100)
+
+
+def test_pause_and_resume_follows_the_phase_profile():
+    # 3 kWh in the first hour, 1 kWh in the second: pausing hour 0 moves the heavy phase to hour 1.
+    run = [record(T0, HOUR, 3.0, seq=0), record(T0 + HOUR, HOUR, 1.0, seq=1)]
+    result = whatif(run, hourly([400, 100, 400, 100, 400]), threshold=300)
+    assert result.as_recorded.co2eq_g == pytest.approx(3 * 400 + 1 * 100)
+    assert result.pause_resume.co2eq_g == pytest.approx(3 * 100 + 1 * 100)
+
+
+def test_default_threshold_is_the_median_and_said():
+    result = whatif(TWO_HOUR_RUN, SERIES)
+    assert result.threshold_g_per_kwh == pytest.approx(250.0)  # median of 400, 100, 400, 100
+    assert "median" in result.threshold_note
+
+
+def test_other_regions_use_static_intensities():
+    result = whatif(TWO_HOUR_RUN, SERIES, threshold=300, zones=["FR", "DE", "gcp:europe-west1"])
+    france, germany, gcp = result.regions
+    assert france.co2eq_g == pytest.approx(2.0 * zone_intensity("FR").g_per_kwh)
+    assert germany.co2eq_g == pytest.approx(2.0 * zone_intensity("DE").g_per_kwh)
+    assert gcp.co2eq_g == pytest.approx(2.0 * Carbon(region="gcp:europe-west1").static_intensity.g_per_kwh)
+    assert france.name == "in FR" and france.saving_g == pytest.approx(500 - france.co2eq_g)
+
+
+def test_unknown_zone_and_bad_arguments_are_errors():
+    with pytest.raises(ValueError, match="zone"):
+        whatif(TWO_HOUR_RUN, SERIES, zones=["Atlantis"])
+    with pytest.raises(ValueError, match="window_h"):
+        whatif(TWO_HOUR_RUN, SERIES, window_h=-1)
+    with pytest.raises(ValueError, match="threshold"):
+        whatif(TWO_HOUR_RUN, SERIES, threshold=0)
+    with pytest.raises(ValueError, match="empty"):
+        whatif([], SERIES)
+
+
+def test_zero_duration_phase_is_billed_at_its_instant():
+    run = [record(T0 + HOUR, 0.0, 0.5)]
+    result = whatif(run, SERIES, threshold=300)
+    assert result.as_recorded.co2eq_g == pytest.approx(0.5 * 100)
+
+
+def test_markdown_table_lists_every_scenario():
+    table = whatif(TWO_HOUR_RUN, SERIES, threshold=300, zones=["FR"]).to_markdown()
+    for expected in ("| as recorded |", "flexible start", "pause and resume", "| in FR |", "| scenario |"):
+        assert expected in table
+
+
+# ------------------------------------------------------------------------------------------ CLI
+@pytest.fixture
+def recorded_run(tmp_path):
+    writer = RecordWriter(tmp_path / "run" / "energy-records.jsonl")
+    for r in TWO_HOUR_RUN:
+        writer.write(r)
+    series = write_series(tmp_path / "grid.csv", zip(SERIES.times_unix, SERIES.values_g_per_kwh))
+    return tmp_path / "run", series
+
+
+def test_main_prints_json(recorded_run, capsys):
+    run, series = recorded_run
+    assert main([str(run), "--intensity", str(series), "--threshold", "300", "--zones", "FR,DE", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["flexible_start"]["co2eq_g"] == pytest.approx(300.0)
+    assert data["pause_resume"]["co2eq_g"] == pytest.approx(200.0)
+    assert [r["name"] for r in data["regions"]] == ["in FR", "in DE"]
+
+
+def test_main_writes_a_plot_and_a_table(recorded_run, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    run, series = recorded_run
+    plot = tmp_path / "whatif.png"
+    assert main([str(run), "--intensity", str(series), "--window-h", "12", "--plot", str(plot)]) == 0
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| as recorded |" in capsys.readouterr().out
+
+
+def test_main_reports_bad_input_without_a_traceback(recorded_run, tmp_path, capsys):
+    run, _ = recorded_run
+    assert main([str(run), "--intensity", str(tmp_path / "missing.csv")]) == 2
+    assert "cannot be read" in capsys.readouterr().err
