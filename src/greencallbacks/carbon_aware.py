@@ -1,0 +1,98 @@
+"""Carbon-aware training: pause between epochs while the grid is dirtier than a threshold.
+
+This is the online form of the "Pause and Resume" strategy of "Measuring the Carbon Intensity of
+AI in Cloud Instances" (FAccT 2022): training waits while the intensity is above a threshold, and
+a delay budget bounds how much later the run may finish. The adapters call :meth:`maybe_pause`
+between epochs (never inside one: a pause mid-step would hold GPU memory and gain nothing).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    from greencallbacks.carbon import Carbon
+
+
+@dataclass(frozen=True)
+class Pause:
+    """One pause: wall-clock start and end (unix seconds) and the intensity that caused it."""
+
+    start_unix: float
+    end_unix: float
+    intensity_g_per_kwh: float
+    intensity_source: str
+
+    @property
+    def duration_s(self) -> float:
+        return self.end_unix - self.start_unix
+
+
+class CarbonAwarePause:
+    """Wait while ``carbon``'s intensity now is above ``threshold_g_per_kwh``, within a delay budget.
+
+    Args:
+        threshold_g_per_kwh: pause while the intensity is above this (gCO2eq/kWh, > 0).
+        max_delay_s: the most the whole run may be delayed by pauses, summed (>= 0; 0 disables).
+        check_every_s: how long to sleep before looking at the intensity again.
+        sleep, clock: injectable for tests (default ``time.sleep`` and ``time.time``).
+    """
+
+    def __init__(
+        self,
+        threshold_g_per_kwh: float,
+        max_delay_s: float,
+        check_every_s: float = 300.0,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.threshold_g_per_kwh = _number("threshold_g_per_kwh", threshold_g_per_kwh, lambda v: v > 0, "> 0")
+        self.max_delay_s = _number("max_delay_s", max_delay_s, lambda v: v >= 0, ">= 0")
+        self.check_every_s = _number("check_every_s", check_every_s, lambda v: v > 0, "> 0")
+        self._sleep = sleep
+        self._clock = clock
+        self.total_paused_s = 0.0
+        self.pauses: list[Pause] = []
+
+    @property
+    def remaining_delay_s(self) -> float:
+        return max(0.0, self.max_delay_s - self.total_paused_s)
+
+    def maybe_pause(self, carbon: "Carbon") -> float:
+        """Sleep while the intensity is above the threshold and budget remains; the seconds paused."""
+        started = self._clock()
+        paused_here = 0.0
+        reason = None
+        while self.remaining_delay_s > 0:
+            now = self._clock()
+            intensity = carbon.intensity_between(now, now)
+            if intensity.g_per_kwh <= self.threshold_g_per_kwh:
+                break
+            reason = reason or intensity
+            step = min(self.check_every_s, self.remaining_delay_s)
+            self._sleep(step)
+            # The clock, not the requested step, says how long we really waited.
+            waited = max(0.0, self._clock() - now)
+            paused_here += waited
+            self.total_paused_s += waited
+            if waited == 0.0:
+                break  # a clock that does not move would loop forever
+        if paused_here > 0 and reason is not None:
+            self.pauses.append(Pause(started, self._clock(), reason.g_per_kwh, reason.source))
+        return paused_here
+
+    def state_dict(self) -> dict:
+        """So the delay budget survives checkpoint and resume."""
+        return {"total_paused_s": self.total_paused_s}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.total_paused_s = float(state.get("total_paused_s", 0.0))
+
+
+def _number(argument: str, value: object, valid: Callable[[float], bool], rule: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not valid(value):
+        raise ValueError(f"{argument} must be a finite number {rule}, got {value!r}")
+    return float(value)

@@ -1,0 +1,124 @@
+import math
+
+import pytest
+
+from greencallbacks.carbon import Carbon, Intensity
+from greencallbacks.carbon_aware import CarbonAwarePause
+
+T0 = 1_700_000_000.0
+
+
+class Clock:
+    """A fake wall clock that ``sleep`` advances."""
+
+    def __init__(self, now=T0):
+        self.now = now
+        self.sleeps = []
+
+    def __call__(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+class StepSeries:
+    """Intensity by wall-clock time: ``steps`` = [(from_unix, g_per_kwh), ...]."""
+
+    def __init__(self, steps):
+        self.steps = steps
+        self.asked = []
+
+    def mean_between(self, start, end):
+        self.asked.append((start, end))
+        value = [v for t, v in self.steps if t <= start][-1]
+        return Intensity(value, f"test steps at {value}", "test", 2024, "test")
+
+
+def pause(threshold, max_delay, clock, check_every=300.0):
+    return CarbonAwarePause(threshold, max_delay, check_every_s=check_every, sleep=clock.sleep, clock=clock)
+
+
+def test_no_pause_when_the_grid_is_clean():
+    clock = Clock()
+    gate = pause(300, 3600, clock)
+    assert gate.maybe_pause(Carbon(intensity=200)) == 0.0
+    assert clock.sleeps == [] and gate.pauses == [] and gate.total_paused_s == 0.0
+
+
+def test_pauses_until_the_intensity_drops():
+    clock = Clock()
+    series = StepSeries([(0, 500), (T0 + 1000, 250)])
+    gate = pause(300, 7200, clock)
+    paused = gate.maybe_pause(Carbon(series=series))
+    # Checks at 0, 300, 600, 900 s see 500; at 1200 s it is 250.
+    assert paused == 1200.0
+    assert clock.sleeps == [300.0] * 4
+    assert gate.total_paused_s == 1200.0
+    (record,) = gate.pauses
+    assert (record.start_unix, record.end_unix, record.intensity_g_per_kwh) == (T0, T0 + 1200, 500)
+    assert record.duration_s == 1200.0 and "500" in record.intensity_source
+    assert all(start == end for start, end in series.asked)  # the intensity "now", an instant
+
+
+def test_budget_limits_the_total_delay_across_calls():
+    clock = Clock()
+    dirty = Carbon(intensity=900)
+    gate = pause(300, 1000, clock)
+    assert gate.maybe_pause(dirty) == 1000.0
+    assert clock.sleeps == [300.0, 300.0, 300.0, 100.0]  # the last step is cut to the budget
+    assert gate.maybe_pause(dirty) == 0.0  # budget spent: training goes on
+    assert gate.total_paused_s == 1000.0 and gate.remaining_delay_s == 0.0
+    assert len(gate.pauses) == 1
+
+
+def test_zero_budget_never_sleeps():
+    clock = Clock()
+    assert pause(100, 0, clock).maybe_pause(Carbon(intensity=900)) == 0.0
+    assert clock.sleeps == []
+
+
+def test_threshold_is_exclusive():
+    clock = Clock()
+    assert pause(300, 1000, clock).maybe_pause(Carbon(intensity=300)) == 0.0
+
+
+def test_measures_the_real_wait_not_the_requested_one():
+    clock = Clock()
+    oversleep = lambda seconds: setattr(clock, "now", clock.now + seconds + 5)  # noqa: E731
+    gate = CarbonAwarePause(300, 600, check_every_s=300, sleep=oversleep, clock=clock)
+    # 300 asked, 305 taken; then the 295 s left of the budget asked, 300 taken.
+    assert gate.maybe_pause(Carbon(intensity=900)) == 605.0
+
+
+def test_a_stuck_clock_does_not_loop_forever():
+    gate = CarbonAwarePause(300, 600, check_every_s=300, sleep=lambda s: None, clock=lambda: T0)
+    assert gate.maybe_pause(Carbon(intensity=900)) == 0.0
+
+
+def test_state_dict_keeps_the_spent_budget():
+    clock = Clock()
+    gate = pause(300, 1000, clock)
+    gate.maybe_pause(Carbon(intensity=900))
+    resumed = pause(300, 1000, Clock())
+    resumed.load_state_dict(gate.state_dict())
+    assert resumed.remaining_delay_s == 0.0
+
+
+@pytest.mark.parametrize(
+    "kwargs, argument",
+    [
+        ({"threshold_g_per_kwh": 0, "max_delay_s": 10}, "threshold_g_per_kwh"),
+        ({"threshold_g_per_kwh": -5, "max_delay_s": 10}, "threshold_g_per_kwh"),
+        ({"threshold_g_per_kwh": math.inf, "max_delay_s": 10}, "threshold_g_per_kwh"),
+        ({"threshold_g_per_kwh": math.nan, "max_delay_s": 10}, "threshold_g_per_kwh"),
+        ({"threshold_g_per_kwh": "300", "max_delay_s": 10}, "threshold_g_per_kwh"),
+        ({"threshold_g_per_kwh": 300, "max_delay_s": -1}, "max_delay_s"),
+        ({"threshold_g_per_kwh": 300, "max_delay_s": math.nan}, "max_delay_s"),
+        ({"threshold_g_per_kwh": 300, "max_delay_s": 10, "check_every_s": 0}, "check_every_s"),
+    ],
+)
+def test_arguments_are_validated(kwargs, argument):
+    with pytest.raises(ValueError, match=argument):
+        CarbonAwarePause(**kwargs)
