@@ -1,0 +1,107 @@
+"""What differs between Keras backends: the devices a process trains on, and how ranks are summed.
+
+* torch: the CUDA device Keras uses, synchronised at boundaries; ``torch.distributed`` ranks
+  (DDP under Keras) are summed with the core ``TorchReducer``.
+* jax: local GPUs (no sync function: Keras has already waited for the step's results when it
+  converts the logs to floats); several processes (``jax.distributed``) are summed with ``JaxProcessReducer``.
+  Untested here (jax is not installed in this project's CI); written against the public
+  ``jax.process_index`` / ``process_count`` / ``multihost_utils.process_allgather``.
+* tensorflow: the GPUs TensorFlow sees; one process. A multi-worker ``tf.distribute`` job is not
+  summed across workers (each worker records its own energy; a warning says so).
+
+Every backend module is imported only when Keras runs on that backend, where Keras has already
+imported it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from typing import Any, Callable
+
+from greencallbacks.distributed import LocalReducer, Reducer
+from greencallbacks.meter import warn
+
+
+def devices_and_sync(backend: str) -> tuple[list[int] | None, Callable[[], None] | None]:
+    """The CUDA indices this process trains on, and a function that waits for its queued work."""
+    if backend == "torch":
+        import torch
+
+        from greencallbacks.torch_support import device_and_sync
+
+        return device_and_sync("cuda" if torch.cuda.is_available() else "cpu")
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        gpus = tf.config.list_physical_devices("GPU")  # visible GPUs; TF numbers them like CUDA
+        return (list(range(len(gpus))) or None), None
+    if backend == "jax":
+        import jax
+
+        gpus = [d for d in jax.local_devices() if d.platform == "gpu"]
+        indices = [int(getattr(d, "local_hardware_id", None) or d.id) for d in gpus]
+        # No sync: Keras turns the epoch's logs into Python floats before the hooks run, which waits.
+        return (indices or None), None
+    return None, None
+
+
+def reducer_for(backend: str) -> Reducer:
+    """Sums records over the processes of one job, so host sensors count once and every rank logs the total.
+
+    A collective where several processes run: every process calls it at the same point (the
+    first training epoch, or the start of ``evaluate`` / ``predict``).
+    """
+    if backend == "torch":
+        from greencallbacks.distributed import torch_reducer_or_local
+
+        return torch_reducer_or_local()
+    if backend == "jax":
+        import jax
+
+        if jax.process_count() > 1:
+            return JaxProcessReducer()
+    if backend == "tensorflow" and _tf_config_workers() > 1:
+        warn(
+            "greencallbacks: multi-worker tf.distribute is not summed across workers; each worker records "
+            "only its own devices. Give each worker its own output_dir, or sum the records afterwards."
+        )
+    return LocalReducer()
+
+
+def _tf_config_workers() -> int:
+    try:
+        cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
+    except (ValueError, AttributeError):
+        return 1
+    return sum(len(tasks) for name, tasks in cluster.items() if name in ("chief", "worker"))
+
+
+class JaxProcessReducer:
+    """JAX multi-process (``jax.distributed.initialize``): every process runs the same callbacks.
+
+    Objects travel as JSON bytes through ``process_allgather`` (sizes first, then padded bytes),
+    so no process needs more than the public multihost utilities. The first process of each host
+    measures CPU and RAM; each process measures its own local GPUs.
+    """
+
+    def __init__(self) -> None:
+        import jax
+
+        self.rank = jax.process_index()
+        self.world_size = jax.process_count()
+        hosts = self.all_gather(socket.gethostname())
+        self.measures_host = hosts.index(hosts[self.rank]) == self.rank
+        self.hosts = len(set(hosts))
+
+    def all_gather(self, obj: Any) -> list[Any]:
+        import numpy as np
+        from jax.experimental import multihost_utils
+
+        payload = np.frombuffer(json.dumps(obj).encode("utf-8"), dtype=np.uint8)
+        sizes = np.asarray(multihost_utils.process_allgather(np.array([payload.size], dtype=np.int32))).reshape(-1)
+        padded = np.zeros(int(sizes.max()), dtype=np.uint8)
+        padded[: payload.size] = payload
+        gathered = np.asarray(multihost_utils.process_allgather(padded)).reshape(self.world_size, -1)
+        return [json.loads(gathered[i, : sizes[i]].tobytes().decode("utf-8")) for i in range(self.world_size)]

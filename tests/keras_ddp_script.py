@@ -1,0 +1,40 @@
+"""One rank of a two-process Keras job on the torch backend under ``torch.distributed`` (gloo).
+
+Usage: RANK=r WORLD_SIZE=2 MASTER_ADDR=... MASTER_PORT=... python keras_ddp_script.py OUT_DIR
+Each rank fits a tiny model on its half of the data (Keras does not sync gradients here: this
+checks the energy bookkeeping across ranks, not data parallelism) and dumps its History.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ["KERAS_BACKEND"] = "torch"
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+
+from greencallbacks.keras import EnergyCallback  # noqa: E402
+
+PER_RANK = 48
+
+
+def main(out_dir: Path) -> None:
+    dist.init_process_group("gloo", init_method="env://")
+    rank = dist.get_rank()
+    rng = np.random.default_rng(rank)
+    x, y = rng.random((PER_RANK, 8), dtype=np.float32), rng.random((PER_RANK, 1), dtype=np.float32)
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    energy = EnergyCallback(output_dir=out_dir / "energy", intensity=300.0)  # real sensors, discovered per rank
+    history = model.fit(x, y, batch_size=16, epochs=2, validation_data=(x[:20], y[:20]), callbacks=[energy], verbose=0)
+    (out_dir / f"history-rank{rank}.json").write_text(json.dumps(history.history))
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))

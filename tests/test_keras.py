@@ -1,0 +1,303 @@
+"""The Keras 3 adapter, on the torch and the tensorflow backends, with real ``model.fit`` runs.
+
+Keras fixes its backend at first import, so each backend runs ``keras_backend_runner.py`` once
+in its own process (all scenarios, ~10 s each); the tests here read what it wrote back with the
+loggers' own formats (CSV, TensorBoard event files, the records JSONL) and assert. This file
+never imports Keras itself. jax is not installed here: its code path is not run.
+
+Most scenarios use a scripted 100 W sensor on the real clock, so each record's energy must be
+100 W x its measured duration x PUE exactly; the crash and resume scenarios use the sensors
+discovered on this machine (their sampling thread is what must not leak).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from greencallbacks.records import read_records
+from greencallbacks.tracker import METRIC_STEMS, SUMMARY_FILE
+
+pytestmark = pytest.mark.slow
+
+RUNNER = Path(__file__).with_name("keras_backend_runner.py")
+POWER_W, PUE, INTENSITY = 100.0, 1.5, 200.0  # as in the runner
+TRAIN, VAL = 100, 30
+VAL_STEMS = tuple(f"val_{s}" for s in METRIC_STEMS)
+
+
+@pytest.fixture(scope="module", params=["torch", "tensorflow"])
+def run(request, tmp_path_factory):
+    out = tmp_path_factory.mktemp(f"keras-{request.param}")
+    env = {**os.environ, "KERAS_BACKEND": request.param, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run(
+        [sys.executable, str(RUNNER), request.param, str(out)], cwd=out, env=env, capture_output=True, text=True, timeout=300
+    )
+    # The runner's last fit raises uncaught, on purpose: exit status 1 with that traceback.
+    assert done.returncode == 1 and "RuntimeError: boom" in done.stderr.splitlines()[-1], done.stderr[-4000:]
+    results = json.loads((out / "results.json").read_text())
+
+    def scenario(name):
+        result = results[name]
+        assert "error" not in result, result["error"]
+        return result, out / name
+
+    scenario.backend = request.param
+    return scenario
+
+
+def assert_scripted_energy(record):
+    """The scripted sensor draws 100 W: facility energy = 100 W x duration x PUE; CO2 = kWh x intensity.
+
+    The meter reads its clock just before the sensor reads the same clock; on a loaded 2-core CI
+    machine the two reads can be several ms apart, so allow 20 ms of 100 W at each boundary.
+    """
+    assert record.energy_j == pytest.approx(POWER_W * record.duration_s * PUE, rel=1e-3, abs=POWER_W * PUE * 0.02)
+    assert record.co2eq_g == pytest.approx(record.energy_kwh * INTENSITY, rel=1e-9)
+
+
+# ------------------------------------------------------------------------------------ loggers
+def test_history_and_records_hold_each_epochs_energy(run):
+    result, out = run("loggers")
+    history = result["history"]
+    records = read_records(out / "energy")
+    train = [r for r in records if r.phase == "train"]
+    validation = [r for r in records if r.phase == "validation"]
+    assert [r.epoch for r in train] == [0, 1, 2] and [r.epoch for r in validation] == [0, 1, 2]
+    # Samples counted exactly, the last partial batch (100 = 3 x 32 + 4) included.
+    assert [r.samples for r in train] == [TRAIN] * 3 and [r.samples for r in validation] == [VAL] * 3
+    for record in train + validation:
+        assert_scripted_energy(record)
+        assert not record.partial
+    for stem in METRIC_STEMS + VAL_STEMS:
+        assert len(history[stem]) == 3, stem
+        assert all(value > 0 and math.isfinite(value) for value in history[stem]), (stem, history[stem])
+    # History holds exactly what the records say, epoch by epoch.
+    assert history["energy_kwh"] == pytest.approx([r.energy_kwh for r in train], rel=1e-12)
+    assert history["val_energy_kwh"] == pytest.approx([r.energy_kwh for r in validation], rel=1e-12)
+    assert history["energy_j_per_sample"] == pytest.approx([r.energy_j / TRAIN for r in train], rel=1e-12)
+    assert history["val_co2eq_g_per_sample"] == pytest.approx([r.co2eq_g / VAL for r in validation], rel=1e-12)
+    for power_w, record in zip(history["power_w"], train):  # IT power, before PUE
+        assert power_w * record.duration_s == pytest.approx(POWER_W * record.duration_s, abs=POWER_W * 0.02)
+    # The training total is everything used so far (all phases and gaps), in the order written.
+    last_train_index = records.index(train[-1])
+    assert history["energy_kwh_total"][-1] == pytest.approx(sum(r.energy_kwh for r in records[: last_train_index + 1]), rel=1e-9)
+    assert history["val_energy_kwh_total"][-1] == pytest.approx(sum(r.energy_kwh for r in validation), rel=1e-9)
+
+
+def test_validation_is_billed_apart_from_training_and_no_interval_twice(run):
+    _, out = run("loggers")
+    records = read_records(out / "energy")
+    unix = lambda iso: datetime.fromisoformat(iso).timestamp()  # noqa: E731
+    # Validation runs inside the epoch, after the training steps.
+    for epoch in range(3):
+        (train,) = [r for r in records if r.phase == "train" and r.epoch == epoch]
+        (validation,) = [r for r in records if r.phase == "validation" and r.epoch == epoch]
+        assert unix(train.start_time) < unix(validation.start_time)
+    # The records partition the run: their durations add up to its span (the last record is the
+    # closing gap), so validation is not also inside the training record.
+    last = max(records, key=lambda r: unix(r.start_time))
+    span = unix(last.start_time) + last.duration_s - min(unix(r.start_time) for r in records)
+    assert sum(r.duration_s for r in records) == pytest.approx(span, abs=3e-3)  # start times are in ms
+    assert sum(r.energy_j for r in records) == pytest.approx(POWER_W * span * PUE, rel=1e-3, abs=POWER_W * PUE * 0.02)
+
+
+def test_csv_logger_placed_first_gets_all_columns_from_the_first_epoch(run):
+    result, out = run("loggers")
+    with open(out / "log.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 3
+    assert set(METRIC_STEMS + VAL_STEMS) <= set(rows[0])
+    for row in rows:
+        for stem in METRIC_STEMS + VAL_STEMS:
+            assert float(row[stem]) > 0, (stem, row)
+    history = result["history"]
+    assert [float(row["energy_kwh_total"]) for row in rows] == pytest.approx(history["energy_kwh_total"], rel=1e-12)
+    assert [float(row["val_energy_kwh"]) for row in rows] == pytest.approx(history["val_energy_kwh"], rel=1e-12)
+
+
+def test_a_logger_before_the_callback_is_overtaken_loudly_and_every_hook_runs_once(run):
+    result, _ = run("loggers")
+    order_warnings = [w for w in result["warnings"] if "moved itself to the front" in w]
+    assert len(order_warnings) == 1
+    assert "CSVLogger" in order_warnings[0] and "Put EnergyCallback first" in order_warnings[0]
+    if run.backend == "tensorflow":
+        assert "TensorBoard" in order_warnings[0]
+    # A callback after EnergyCallback is still called exactly once per hook after the move.
+    assert result["calls_after_energy"] == {"on_train_begin": 1, "on_epoch_end": 3, "on_train_end": 1}
+    assert result["energy_seen_after"] == [True, True, True]
+    inference, _ = run("inference")  # EnergyCallback first: nothing to say
+    assert not [w for w in inference["warnings"] if "moved itself" in w]
+
+
+def test_tensorboard_event_files_hold_train_and_validation_energy(run):
+    if run.backend != "tensorflow":
+        pytest.skip("keras.callbacks.TensorBoard is run on the tensorflow backend")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.util.tensor_util import make_ndarray
+
+    result, out = run("loggers")
+    history = result["history"]
+    for subdir, prefix in (("train", ""), ("validation", "val_")):
+        events = EventAccumulator(str(out / "tb" / subdir))
+        events.Reload()
+        for stem in METRIC_STEMS:
+            values = [(e.step, float(make_ndarray(e.tensor_proto))) for e in events.Tensors(f"epoch_{stem}")]
+            assert [step for step, _ in values] == [0, 1, 2]
+            # float32 in the event file
+            assert [v for _, v in values] == pytest.approx(history[prefix + stem], rel=1e-6), (subdir, stem)
+
+
+# ------------------------------------------------------------------------ evaluate and predict
+def test_evaluate_and_predict_are_recorded_with_their_sample_counts(run):
+    result, out = run("inference")
+    records = read_records(out)
+    assert {r.run_id for r in records} == {records[0].run_id}  # one run: training and inference together
+    assert not [r for r in records if r.phase == "validation"]  # evaluate() is `test`, not validation
+    (train,) = [r for r in records if r.phase == "train"]
+    (test,) = [r for r in records if r.phase == "test"]
+    (predict,) = [r for r in records if r.phase == "predict"]
+    assert (train.samples, test.samples, predict.samples) == (TRAIN, 50, 70)  # 50 = 3 x 16 + 2, 70 = 4 x 16 + 6
+    assert result["predicted"] == 70
+    assert test.epoch is None and predict.epoch is None
+    for record in (train, test, predict):
+        assert_scripted_energy(record)
+    for phase, record, samples in (("test", test, 50), ("predict", predict, 70)):
+        metrics = result[f"{phase}_metrics"]
+        assert set(metrics) == set(METRIC_STEMS)
+        assert metrics["energy_kwh"] == pytest.approx(record.energy_kwh, rel=1e-12)
+        assert metrics["energy_j_per_sample"] == pytest.approx(record.energy_j / samples, rel=1e-12)
+    summary = json.loads((out / SUMMARY_FILE).read_text())
+    assert summary["energy_kwh"] == pytest.approx(sum(r.energy_kwh for r in records), rel=1e-9)
+    assert result["threads_after"] == []
+
+
+def test_the_callback_keeps_keras_async_batch_dispatch(run):
+    """No per-batch slow path: Keras dispatches batch hooks exactly as it would without the callback."""
+    result, _ = run("inference")
+    assert result["async_dispatch"]["with_energy"] == result["async_dispatch"]["without"]
+    if run.backend == "torch":  # the tensorflow backend never dispatches asynchronously
+        assert result["async_dispatch"]["without"] == [True, True, True]
+
+
+# --------------------------------------------------------------------------- failure and resume
+def test_a_fit_that_raises_keeps_finished_epochs_and_leaks_no_thread(run):
+    result, out = run("crash_then_resume")
+    assert result["raised"]
+    assert result["threads_during_fit"] == ["greencallbacks-meter"]  # so the check below can fail
+    # Epoch 0 was on disk before the exception reached the caller.
+    assert ["train", 0, False] in result["on_disk_at_raise"]
+    # Once the exception is handled (fit's frames released), the thread is gone and epoch 1 is
+    # written as partial.
+    assert result["threads_after_crash"] == []
+    train = [(r["epoch"], r["partial"]) for r in result["after_crash"] if r["phase"] == "train"]
+    assert train == [(0, False), (1, True)]
+    partial = [r for r in result["after_crash"] if r["partial"]]
+    assert partial and all(r["energy_kwh"] > 0 for r in partial)
+
+
+def test_backup_and_restore_resume_continues_the_run_and_counts_everything_once(run):
+    result, out = run("crash_then_resume")
+    records = read_records(out / "energy")
+    assert result["resumed_epochs"] == 2  # BackupAndRestore restarted at epoch 1
+    assert {r.run_id for r in records} == {result["after_crash"][0]["run_id"]}
+    assert len({r.seq for r in records}) == len(records)  # no record of the run written twice
+    finished = [r.epoch for r in records if r.phase == "train" and not r.partial]
+    assert finished == [0, 1, 2]
+    before = sum(r["energy_kwh"] for r in result["after_crash"])
+    totals = result["resumed_history"]["energy_kwh_total"]
+    # The first resumed epoch's total continues from everything measured before the crash.
+    first_resumed = next(r for r in records if r.phase == "train" and r.epoch == 1 and not r.partial)
+    assert totals[0] > before
+    assert totals[0] == pytest.approx(sum(r.energy_kwh for r in records[: records.index(first_resumed) + 1]), rel=1e-9)
+    summary = json.loads((out / "energy" / SUMMARY_FILE).read_text())
+    assert summary["energy_kwh"] == pytest.approx(sum(r.energy_kwh for r in records), rel=1e-9)
+    assert result["threads_after_resume"] == []
+
+
+def test_an_uncaught_exception_still_writes_the_unfinished_epoch_at_exit(run):
+    _, out = run("crash_then_reuse")  # any scenario: this checks the runner's last, uncaught fit
+    records = read_records(out.parent / "uncaught")
+    assert [(r.epoch, r.partial) for r in records if r.phase == "train"] == [(0, False), (1, True)]
+    assert json.loads((out.parent / "uncaught" / SUMMARY_FILE).read_text())["energy_kwh"] == pytest.approx(
+        sum(r.energy_kwh for r in records), rel=1e-9
+    )
+
+
+def test_using_the_callback_again_closes_a_fit_that_raised(run):
+    result, out = run("crash_then_reuse")
+    # While the caller keeps the exception (and so fit's frames), the failed fit looks alive...
+    assert result["threads_while_kept"] == ["greencallbacks-meter"]
+    # ...until the callback's next use records it as partial and stops its thread.
+    assert result["threads_after_reuse"] == []
+    records = read_records(out)
+    assert [(r.epoch, r.partial) for r in records if r.phase == "train"] == [(0, True)]
+    (test,) = [r for r in records if r.phase == "test"]
+    assert test.samples == 40 and not test.partial
+
+
+def test_a_fit_from_epoch_0_starts_a_new_run_and_a_later_initial_epoch_continues_it(run):
+    result, out = run("runs")
+    records = read_records(out)
+    runs = list(dict.fromkeys(r.run_id for r in records))
+    assert len(runs) == 2
+    first, second = ([r for r in records if r.run_id == run_id] for run_id in runs)
+    assert [r.epoch for r in first if r.phase == "train"] == [0, 1]  # fit(), then fit(initial_epoch=1)
+    assert [r.epoch for r in second if r.phase == "train"] == [0]
+    continued_total = result["totals"][1][0]
+    # Totals continue through the continued fit and start from zero in the new run.
+    train_1 = next(r for r in first if r.phase == "train" and r.epoch == 1)
+    assert continued_total == pytest.approx(sum(r.energy_kwh for r in first[: first.index(train_1) + 1]), rel=1e-9)
+    assert continued_total > result["totals"][0][0]
+    train_new = next(r for r in second if r.phase == "train")
+    assert result["totals"][2][0] == pytest.approx(sum(r.energy_kwh for r in second[: second.index(train_new) + 1]), rel=1e-9)
+
+
+def test_bad_configuration_fails_at_construction(run):
+    result, _ = run("bad_configuration")
+    assert "samples_per_epoch" in result["messages"]["samples_per_epoch"]
+    assert "pue" in result["messages"]["pue"]
+
+
+# -------------------------------------------------------------------------------- distributed
+@pytest.mark.distributed
+def test_torch_distributed_ranks_are_summed_and_the_host_counted_once(tmp_path):
+    """Two real gloo ranks on one host, each fitting under Keras's torch backend."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    script = Path(__file__).with_name("keras_ddp_script.py")
+    base = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2", "CUDA_VISIBLE_DEVICES": ""}
+    ranks = [
+        subprocess.Popen([sys.executable, str(script), str(tmp_path)], env={**base, "RANK": str(r)}, stderr=subprocess.PIPE, text=True)
+        for r in range(2)
+    ]
+    errors = [rank.communicate(timeout=240)[1] for rank in ranks]
+    assert [rank.returncode for rank in ranks] == [0, 0], "\n".join(e[-3000:] for e in errors)
+
+    records = read_records(tmp_path / "energy")  # written by rank 0 only
+    assert not list((tmp_path / "energy").glob("energy-records.rank*.jsonl"))
+    train = [r for r in records if r.phase == "train"]
+    validation = [r for r in records if r.phase == "validation"]
+    assert [r.samples for r in train] == [2 * 48, 2 * 48] and [r.samples for r in validation] == [2 * 20, 2 * 20]
+    for record in train + validation:
+        assert record.ranks == 2 and record.energy_kwh > 0
+        # The host (CPU, RAM) is measured by the first rank on it only; rank 1 has no device of its own.
+        host_parts = [c for c in record.components if c["kind"] in ("cpu", "ram")]
+        assert sorted(c["kind"] for c in host_parts) == ["cpu", "ram"]
+        assert {c["rank"] for c in record.components} == {0}
+    # Both ranks logged the same, summed, numbers.
+    histories = [json.loads((tmp_path / f"history-rank{r}.json").read_text()) for r in range(2)]
+    for key in ("energy_kwh", "val_energy_kwh", "energy_kwh_total", "energy_j_per_sample"):
+        assert histories[0][key] == histories[1][key]
+    assert histories[0]["energy_kwh"] == pytest.approx([r.energy_kwh for r in train], rel=1e-12)
