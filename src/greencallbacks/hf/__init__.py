@@ -1,0 +1,370 @@
+"""HuggingFace ``transformers.Trainer``: energy and CO2eq per epoch, in every ``report_to`` logger.
+
+    from greencallbacks.hf import EnergyCallback
+
+    trainer = Trainer(model, args, train_dataset=..., callbacks=[EnergyCallback(country="FR")])
+    # or: trainer.add_callback(EnergyCallback(country="FR"))
+
+How it fits the Trainer (read against transformers 5.23):
+
+* **Reaching the reporters.** TensorBoard, W&B, MLflow... only see the ``logs`` dict given to
+  ``on_log``, and they sit before user callbacks in ``CallbackHandler.callbacks``, so a value put
+  into ``logs`` by our own ``on_log`` would arrive after they have written. Instead the callback
+  logs through ``Trainer.log``, exactly like the Trainer's own loss log: every reporter and
+  ``state.log_history`` receive the values, whatever ``logging_strategy`` is. Hooks are not given
+  the trainer, so the callback finds it once on the call stack (``on_init_end`` when passed to
+  ``Trainer(callbacks=...)``, ``on_train_begin`` or the first ``on_prediction_step`` after
+  ``add_callback``). ``CallbackHandler.on_log`` clears ``control.should_log``; the callback puts
+  it back so the Trainer's own epoch-end log still happens.
+* **Boundaries.** Train: ``on_epoch_begin`` / ``on_epoch_end`` (the end precedes the epoch-end
+  evaluation and checkpoint, which get their own records). Evaluation and prediction have no
+  begin hook, so the callback wraps ``trainer.evaluation_loop`` on the instance: the phase is
+  exact and the ``eval_*`` / ``test_*`` values (HF's ``metric_key_prefix``) join HF's own metrics
+  dict, which ``evaluate()`` logs and returns and ``predict()`` returns (and the callback logs).
+  Only a loop that starts before the callback has seen the trainer (``add_callback`` then
+  ``evaluate``/``predict`` without training) begins at its first ``on_prediction_step``: its
+  first batch is billed to the gap before it.
+* **Counting.** Train samples: each rank counts the leading dimension of every micro-batch given
+  to ``training_step`` (wrapped on the instance too: exact for partial last batches and gradient
+  accumulation, a shape lookup per batch). Ranks are summed, so the samples Accelerate repeats to
+  keep ranks in step are counted: they cost energy. Tokens: HF's ``state.num_input_tokens_seen``
+  (already summed over ranks) when ``include_num_input_tokens_seen`` is on, giving
+  ``energy_j_per_token``. Evaluation samples: the loop's own ``num_samples`` (the data set length).
+* **Runs.** ``train()`` is one run: the meter starts at ``on_train_begin`` and stops at
+  ``on_train_end``. An ``evaluate()`` or ``predict()`` outside training is a short run of its own.
+* **Several processes.** The reducer is created at ``on_train_begin`` (all ranks); each rank
+  measures its own GPU, the first rank of each host CPU and RAM; every rank logs the same sums.
+* **Resume.** ``state()`` (HF's ``ExportableState``) stores the totals in the checkpoint's
+  ``trainer_state.json``; ``on_train_begin`` reads them back from ``state.stateful_callbacks``.
+  With ``restore_callback_states_from_checkpoint=True`` the Trainer replaces the callback with a
+  copy built from ``state()``; the copy hands its place back to the original instance it finds.
+* **Failures.** The Trainer has no exception hook: the callback wraps ``trainer._run_epoch`` and
+  the evaluation loop, so an exception there writes the unfinished phase as ``partial`` and stops
+  the meter thread before it propagates; an ``atexit`` handler covers anything else.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import inspect
+import json
+import math
+import sys
+from typing import Any
+
+from transformers import Trainer, TrainerCallback
+from transformers.trainer_callback import ExportableState
+
+from greencallbacks.distributed import torch_reducer_or_local
+from greencallbacks.guard import never_raises
+from greencallbacks.meter import warn
+from greencallbacks.session import EnergySession
+from greencallbacks.torch_support import count_samples, device_and_sync
+
+__all__ = ["EnergyCallback"]
+
+# Attribute set on the Trainer instance: the callback its wrappers report to.
+_OWNER = "_greencallbacks_energy_callback"
+
+
+class EnergyCallback(TrainerCallback, ExportableState):
+    """Logs ``energy_kwh``, ``co2eq_g``, their ``_total``, per-sample values and ``power_w`` per epoch,
+    and ``eval_*`` / ``test_*`` values for each evaluation and prediction loop.
+
+    Arguments are those of :class:`greencallbacks.session.EnergySession`; records go to
+    ``output_dir`` (default: the Trainer's ``args.output_dir``).
+    """
+
+    def __init__(
+        self,
+        *,
+        country: str | None = None,
+        zone: str | None = None,
+        region: str | None = None,
+        intensity: float | None = None,
+        series=None,
+        pue: float | None = None,
+        output_dir=None,
+        run_id: str | None = None,
+        gpus="auto",
+        cpu_tdp_w: float | None = None,
+        extra_sensors=(),
+        sensors=None,
+        carbon_aware=None,
+    ) -> None:
+        output_dir = str(output_dir) if output_dir is not None else None
+        settings = dict(country=country, zone=zone, region=region, intensity=intensity, series=series, pue=pue,
+                        output_dir=output_dir, run_id=run_id, gpus=gpus, cpu_tdp_w=cpu_tdp_w)
+        self.session = EnergySession(**settings, extra_sensors=extra_sensors, sensors=sensors,
+                                     carbon_aware=carbon_aware, framework="transformers")
+        # What `state()` can put in trainer_state.json for the Trainer to rebuild a copy from.
+        self._settings = {k: v for k, v in settings.items() if _jsonable(v)}
+        self._trainer: Trainer | None = None
+        self._in_train = False
+        self._epoch: int | None = None
+        self._tokens_at_epoch_begin = 0
+        self._loop: tuple[str, str | None] | None = None  # (phase, metric prefix) of the open eval/predict loop
+        self._loop_metrics: dict[str, float] = {}
+
+    @property
+    def tracker(self):
+        return self.session.tracker
+
+    # ------------------------------------------------------------------------------ training
+    @never_raises
+    def on_init_end(self, args, state, control, **kwargs):
+        self._attach(_find_trainer()[0])
+
+    @never_raises
+    def on_train_begin(self, args, state, control, **kwargs):
+        trainer = _find_trainer()[0]
+        if "energy_state" in vars(self):
+            # `restore_callback_states_from_checkpoint` swapped the user's instance for a copy of
+            # `state()`: give the original (its sensors, the object the user holds) its place back.
+            original = trainer.__dict__.get(_OWNER) if trainer is not None else None
+            del self.energy_state
+            if isinstance(original, EnergyCallback) and original is not self:
+                callbacks = trainer.callback_handler.callbacks
+                callbacks[callbacks.index(self)] = original
+                return original.on_train_begin(args, state, control, **kwargs)
+            warn("greencallbacks: the Trainer rebuilt EnergyCallback from its checkpoint; it goes on with the "
+                 "settings saved there (not sensors=, extra_sensors= or series objects). Pass the callback "
+                 "in Trainer(callbacks=[...]) to keep the original.")
+        self._attach(trainer)
+        self._abort()  # a previous train() that raised outside an epoch left its run open
+        saved = state.stateful_callbacks.get(type(self).__name__)
+        if isinstance(saved, dict):  # from the checkpoint on resume; our own current state otherwise
+            self.tracker.load_state_dict(saved.get("attributes", {}).get("energy_state", {}))
+        # A checkpoint written without this callback has no entry, and `_save_checkpoint` indexes it.
+        state.stateful_callbacks[type(self).__name__] = self.state()
+        self._in_train = True
+        self._epoch = None  # until the first epoch begins (an `eval_on_start` evaluation has none)
+        self._start(args)
+        if state.num_train_epochs:
+            self.tracker.planned_epochs = math.ceil(state.num_train_epochs)  # enables the run prediction
+
+    @never_raises
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self._epoch = int(state.epoch or 0)
+        self._tokens_at_epoch_begin = state.num_input_tokens_seen
+        self.tracker.begin("train", epoch=self._epoch)
+
+    @never_raises
+    def on_epoch_end(self, args, state, control, **kwargs):
+        tokens = state.num_input_tokens_seen - self._tokens_at_epoch_begin
+        if tokens > 0 and self.tracker.reducer.rank == 0:  # HF's count is already summed over ranks
+            self.tracker.add_samples(0, tokens=tokens)
+        record = self.tracker.end("train", step=state.global_step)
+        if record is None:
+            return None
+        self._log(self.tracker.metrics("train"), control)
+        self.tracker.pause_between_epochs()  # carbon-aware, if configured: billed to the gap
+
+    @never_raises
+    def on_train_end(self, args, state, control, **kwargs):
+        self._in_train = False
+        self._stop()
+
+    # ------------------------------------------------------------------ evaluation, prediction
+    @never_raises
+    def on_prediction_step(self, args, state, control, **kwargs):
+        if self._loop is not None:
+            return  # the loop wrapper measures this loop (the per-batch path: keep it cheap)
+        # This loop began before the callback knew the trainer (add_callback, then evaluate or
+        # predict without training): measure it from here (its first batch goes to the gap
+        # before it), and wrap the loops that follow.
+        trainer, frame = _find_trainer()
+        if trainer is not None:
+            if trainer.__dict__.get(_OWNER) is self:
+                return  # its wrapper is in charge (and failed to begin; it warned)
+            self._attach(trainer)
+        loop_arguments = frame.f_locals if frame is not None and frame.f_code.co_name in _LOOPS else {}
+        self._begin_loop(loop_arguments.get("description"), loop_arguments.get("metric_key_prefix"), args)
+
+    @never_raises
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        self._finish_hooked_loop(metrics, kwargs.get("eval_dataloader"), state, control)
+        self._loop_metrics = {}
+        if not self._in_train:
+            self._stop()
+
+    @never_raises
+    def on_predict(self, args, state, control, metrics=None, **kwargs):
+        if not self._finish_hooked_loop(metrics, kwargs.get("eval_dataloader"), state, control):
+            self._log(self._loop_metrics, control)  # HF returns predict metrics but logs none
+        self._loop_metrics = {}
+        if not self._in_train:
+            self._stop()
+
+    # ------------------------------------------------------------------------ checkpointing
+    def state(self) -> dict:
+        return {"args": self._settings, "attributes": {"energy_state": self.tracker.state_dict()}}
+
+    # ---------------------------------------------------------------------------- internals
+    def _attach(self, trainer: Trainer | None) -> None:
+        if trainer is None:
+            warn("greencallbacks: EnergyCallback could not find its Trainer; energy goes to the records only.")
+            return
+        self._trainer = trainer
+        first = _OWNER not in trainer.__dict__
+        trainer.__dict__[_OWNER] = self
+        if first:
+            _wrap_trainer(trainer)
+
+    def _start(self, args) -> None:
+        if self.session.running:
+            return
+        device_indices, sync = device_and_sync(args.device)
+        self.session.start(output_dir=args.output_dir, device_indices=device_indices,
+                           reducer=torch_reducer_or_local(), sync=sync)
+        atexit.register(self._abort)
+
+    def _stop(self) -> None:
+        self._loop = None
+        if self.session.running:
+            atexit.unregister(self._abort)
+            self.session.stop()
+
+    def _abort(self) -> None:
+        """The run is failing: write what was measured (unfinished phases as partial), stop the thread."""
+        self._in_train = False
+        self._loop = None
+        try:
+            if self.session.running:
+                atexit.unregister(self._abort)
+                self.session.stop(failed=True)
+        except Exception as error:  # noqa: BLE001 - the run is already failing
+            warn(f"greencallbacks: could not write the energy of the failed run ({error!r}).")
+
+    def _begin_loop(self, description: str | None, prefix: str | None, args) -> None:
+        self._start(args)  # no-op inside train(); evaluate()/predict() alone make a run of their own
+        phase = "predict" if description == "Prediction" else "validation"
+        self.tracker.begin(phase, epoch=self._epoch)
+        self._loop = (phase, prefix)
+
+    def _end_loop(self, num_samples: int | None, state) -> dict[str, float]:
+        phase, prefix = self._loop
+        self._loop = None
+        samples = num_samples if self.tracker.reducer.rank == 0 else 0  # HF's count covers all ranks
+        if self.tracker.end(phase, samples=samples, step=state.global_step) is None:
+            return {}
+        return self.tracker.metrics(phase, prefix=f"{prefix}_" if prefix else "")
+
+    def _finish_hooked_loop(self, metrics, eval_dataloader, state, control) -> bool:
+        """End a loop begun at its first ``on_prediction_step``; its values go into HF's metrics and the log."""
+        if self._loop is None or metrics is None:
+            return False
+        if self._loop[1] is None:  # HF names every metric `{prefix}_...` and always adds `{prefix}_runtime`
+            self._loop = (self._loop[0], next((k[: -len("_runtime")] for k in metrics if k.endswith("_runtime")), ""))
+        dataset = getattr(eval_dataloader, "dataset", None)
+        values = _finite(self._end_loop(len(dataset) if hasattr(dataset, "__len__") else None, state))
+        metrics.update(values)
+        self._log(values, control)
+        return True
+
+    def _log(self, metrics: dict[str, float], control):
+        """Send ``metrics`` through ``Trainer.log``: every ``report_to`` reporter and ``log_history``."""
+        values = _finite(metrics)
+        if self._trainer is None or not values:
+            return control
+        should_log = control.should_log
+        try:
+            self._trainer.log(values)
+        finally:
+            control.should_log = should_log  # `CallbackHandler.on_log` cleared it; the Trainer's own log is still due
+        return control
+
+
+# The methods that run an evaluation or prediction loop (`prediction_loop`: transformers < 5).
+_LOOPS = ("evaluation_loop", "prediction_loop")
+
+
+def _wrap_trainer(trainer: Trainer) -> None:
+    """Wrap a few methods of this Trainer instance (not its class) to see what no hook shows."""
+
+    def owner() -> EnergyCallback | None:
+        return trainer.__dict__.get(_OWNER)
+
+    training_step = trainer.training_step
+
+    @functools.wraps(training_step)
+    def counting_training_step(model, inputs, *args, **kwargs):
+        callback = owner()
+        if callback is not None:
+            callback.tracker.add_samples(count_samples(inputs))  # a shape lookup, no device sync
+        return training_step(model, inputs, *args, **kwargs)
+
+    trainer.training_step = counting_training_step
+
+    if hasattr(trainer, "_run_epoch"):  # transformers >= 5: one call per epoch, no exception hook
+        run_epoch = trainer._run_epoch
+
+        @functools.wraps(run_epoch)
+        def guarded_run_epoch(*args, **kwargs):
+            try:
+                return run_epoch(*args, **kwargs)
+            except BaseException:
+                if owner() is not None:
+                    owner()._abort()
+                raise
+
+        trainer._run_epoch = guarded_run_epoch
+
+    for name in _LOOPS:
+        if hasattr(trainer, name):
+            setattr(trainer, name, _measured_loop(getattr(trainer, name), owner))
+
+
+def _measured_loop(loop, owner):
+    signature = inspect.signature(loop)
+
+    @functools.wraps(loop)
+    def measured(*args, **kwargs):
+        callback = owner()
+        if callback is None:
+            return loop(*args, **kwargs)
+        arguments = signature.bind_partial(*args, **kwargs).arguments
+        prefix = arguments.get("metric_key_prefix", signature.parameters["metric_key_prefix"].default)
+        try:
+            callback._begin_loop(arguments.get("description"), prefix, callback._trainer.args)
+        except Exception as error:  # noqa: BLE001
+            warn(f"greencallbacks: could not begin measuring {prefix} ({error!r}).")
+        try:
+            output = loop(*args, **kwargs)
+        except BaseException:
+            callback._abort()
+            raise
+        try:
+            values = _finite(callback._end_loop(output.num_samples, callback._trainer.state))
+            output.metrics.update(values)  # evaluate() logs and returns them; predict() returns them
+            callback._loop_metrics = values
+        except Exception as error:  # noqa: BLE001
+            warn(f"greencallbacks: could not measure {prefix} ({error!r}).")
+        return output
+
+    return measured
+
+
+def _find_trainer(depth: int = 40):
+    """The Trainer whose method is on the call stack (hooks are not given it), and that frame."""
+    frame = sys._getframe(1)
+    while frame is not None and depth > 0:
+        candidate = frame.f_locals.get("self")
+        if isinstance(candidate, Trainer):
+            return candidate, frame
+        frame, depth = frame.f_back, depth - 1
+    return None, None
+
+
+def _finite(metrics: dict[str, float]) -> dict[str, float]:
+    # Per-sample values are NaN when nothing was counted; loggers (MLflow) reject NaN.
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+
+
+def _jsonable(value: Any) -> bool:
+    try:
+        json.dumps(value)
+        return True
+    except (TypeError, ValueError):
+        return False

@@ -1,0 +1,101 @@
+"""A tiny HF model and synthetic data for the Trainer adapter tests (no downloads).
+
+Run as a script under torchrun it trains on two CPU ranks (gloo) and writes each rank's
+``log_history`` to ``<out>/log_history.rank{r}.json`` (used by ``test_hf_distributed.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+TRAIN_SAMPLES, EVAL_SAMPLES, TEST_SAMPLES = 30, 10, 12  # 30 / batch 8: a partial last batch
+BATCH, SEQ_LEN, VOCAB = 8, 8, 64
+POWER_W = 50.0  # the scripted sensor's constant power
+
+
+class TokenDataset(torch.utils.data.Dataset):
+    """Random token ids with labels; ``fail_after`` makes item access raise (a broken data source)."""
+
+    def __init__(self, n: int, seed: int = 0, fail_after: int | None = None) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        self.input_ids = torch.randint(1, VOCAB, (n, SEQ_LEN), generator=generator)
+        self.labels = torch.randint(0, 2, (n,), generator=generator)
+        self.fail_after = fail_after
+        self.reads = 0
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict:
+        self.reads += 1
+        if self.fail_after is not None and self.reads > self.fail_after:
+            raise RuntimeError("broken data source")
+        mask = torch.ones(SEQ_LEN, dtype=torch.long)
+        return {"input_ids": self.input_ids[i], "attention_mask": mask, "labels": self.labels[i]}
+
+
+def tiny_model():
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=VOCAB, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+        max_position_embeddings=SEQ_LEN,
+    )
+    return BertForSequenceClassification(config)
+
+
+def training_args(output_dir, **overrides):
+    from transformers import TrainingArguments
+
+    settings = dict(
+        output_dir=str(output_dir), num_train_epochs=2, per_device_train_batch_size=BATCH,
+        per_device_eval_batch_size=BATCH, use_cpu=True, dataloader_num_workers=0, disable_tqdm=True,
+        report_to="none", logging_strategy="epoch", eval_strategy="epoch", save_strategy="no", seed=0,
+    )
+    settings.update(overrides)
+    return TrainingArguments(**settings)
+
+
+def scripted_sensor(name: str = "device", power_w: float = POWER_W):
+    """A constant-power sensor on the real clock: energy = power x real elapsed time, exactly."""
+    from greencallbacks.sensors.base import Kind
+    from tests.fakes.scripted import ScriptedSensor
+
+    return ScriptedSensor(name, time.monotonic, power_w=power_w, kind=Kind.GPU)
+
+
+def _train_on_two_ranks(output_dir: str) -> None:
+    import torch.distributed as dist
+    from transformers import Trainer
+
+    from greencallbacks.hf import EnergyCallback
+
+    # Real discovery (estimated CPU and RAM on the first rank of the host) plus one device per rank.
+    callback = EnergyCallback(intensity=400.0, pue=1.5, extra_sensors=[scripted_sensor()])
+    args = training_args(output_dir)
+    trainer = Trainer(
+        model=tiny_model(), args=args, train_dataset=TokenDataset(TRAIN_SAMPLES),
+        eval_dataset=TokenDataset(EVAL_SAMPLES, seed=1), callbacks=[callback],
+    )
+    trainer.train()
+    rank = dist.get_rank()
+    out = {
+        "world_size": dist.get_world_size(),
+        "parallel_mode": str(args.parallel_mode),
+        "log_history": trainer.state.log_history,
+    }
+    Path(output_dir, f"log_history.rank{rank}.json").write_text(json.dumps(out))
+    # Leave together: a rank exiting while gloo still runs can abort ("terminate called ...").
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    _train_on_two_ranks(sys.argv[1])

@@ -1,0 +1,305 @@
+"""The HF ``Trainer`` adapter, driven by a real Trainer on a tiny BERT with real loggers read back.
+
+A scripted constant-power sensor on the real clock makes energies exact: energy = power x the
+real duration of each phase, so power_w, CO2eq and per-sample values can be checked exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+
+import pytest
+
+pytest.importorskip("transformers")
+
+from transformers import Trainer, TrainerCallback  # noqa: E402
+
+from greencallbacks.hf import EnergyCallback  # noqa: E402
+from greencallbacks.meter import EnergyWarning  # noqa: E402
+from greencallbacks.records import read_records  # noqa: E402
+from greencallbacks.tracker import METRIC_STEMS  # noqa: E402
+from tests.hf_tiny import (  # noqa: E402
+    EVAL_SAMPLES, POWER_W, SEQ_LEN, TEST_SAMPLES, TRAIN_SAMPLES, TokenDataset, scripted_sensor, tiny_model,
+    training_args,
+)
+
+pytestmark = pytest.mark.slow
+
+INTENSITY, PUE = 400.0, 1.5
+
+
+def make_callback(**kwargs) -> EnergyCallback:
+    return EnergyCallback(intensity=INTENSITY, pue=PUE, sensors=[scripted_sensor()], **kwargs)
+
+
+def make_trainer(tmp_path, callback, attach="init", train=None, **overrides):
+    trainer = Trainer(
+        model=tiny_model(),
+        args=training_args(tmp_path / "out", **overrides),
+        train_dataset=train or TokenDataset(TRAIN_SAMPLES),
+        eval_dataset=TokenDataset(EVAL_SAMPLES, seed=1),
+        callbacks=[callback] if attach == "init" else None,
+    )
+    if attach == "add":
+        trainer.add_callback(callback)
+    return trainer
+
+
+def energy_entries(history, prefix=""):
+    return [e for e in history if f"{prefix}energy_kwh" in e]
+
+
+def assert_consistent(entry, prefix, samples):
+    """The stems are all there, positive, and agree with a constant 50 W scripted sensor."""
+    for stem in METRIC_STEMS:
+        assert entry[prefix + stem] > 0, (prefix + stem, entry)
+    energy_j = entry[prefix + "energy_kwh"] * 3.6e6
+    # IT power, before PUE; the sensor and the meter read the clock microseconds apart
+    assert entry[prefix + "power_w"] == pytest.approx(POWER_W, rel=0.02)
+    assert entry[prefix + "co2eq_g"] == pytest.approx(entry[prefix + "energy_kwh"] * INTENSITY, rel=1e-9)
+    assert entry[prefix + "energy_j_per_sample"] == pytest.approx(energy_j / samples, rel=1e-9)
+    assert entry[prefix + "co2eq_g_per_sample"] == pytest.approx(entry[prefix + "co2eq_g"] / samples, rel=1e-9)
+
+
+@pytest.mark.parametrize(
+    "attach, logging_strategy, extra",
+    [
+        ("init", "epoch", {}),
+        ("add", "steps", {"logging_steps": 1, "gradient_accumulation_steps": 2}),
+        ("add", "no", {}),
+    ],
+)
+def test_epoch_values_reach_tensorboard_and_log_history(tmp_path, monkeypatch, attach, logging_strategy, extra):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(tmp_path / "tb"))
+    callback = make_callback()
+    trainer = make_trainer(
+        tmp_path, callback, attach, report_to=["tensorboard"], logging_strategy=logging_strategy, **extra
+    )
+    trainer.train()
+    history = trainer.state.log_history
+
+    train = energy_entries(history)
+    assert [e["epoch"] for e in train] == [1.0, 2.0]
+    for entry in train:
+        assert_consistent(entry, "", TRAIN_SAMPLES)  # 30 samples: 3 full batches and a partial one
+    records = read_records(tmp_path / "out")
+    train_records = [r for r in records if r.phase == "train"]
+    assert [(r.epoch, r.samples) for r in train_records] == [(0, TRAIN_SAMPLES), (1, TRAIN_SAMPLES)]
+    assert [e["energy_kwh"] for e in train] == [r.energy_kwh for r in train_records]
+    # The running total covers every record up to the end of that epoch (gaps and validation too).
+    for entry, record in zip(train, train_records):
+        upto = [r for r in records if r.seq <= record.seq]
+        assert entry["energy_kwh_total"] == pytest.approx(sum(r.energy_kwh for r in upto), rel=1e-9)
+
+    evals = energy_entries(history, "eval_")
+    assert len(evals) == 2 and all("eval_loss" in e for e in evals)  # joined HF's own eval log
+    for entry in evals:
+        assert_consistent(entry, "eval_", EVAL_SAMPLES)
+    assert [r.samples for r in records if r.phase == "validation"] == [EVAL_SAMPLES, EVAL_SAMPLES]
+
+    # The Trainer's own logging is untouched: its loss log at epoch end still happens.
+    # (steps: 4 batches per epoch accumulated in pairs make 2 optimizer steps per epoch, each logged)
+    losses = [e for e in history if "loss" in e]
+    assert len(losses) == {"epoch": 2, "steps": 4, "no": 0}[logging_strategy]
+
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    scalars = events.Tags()["scalars"]
+    for stem in METRIC_STEMS:
+        assert f"train/{stem}" in scalars and f"eval/{stem}" in scalars
+    logged = [(s.step, s.value) for s in events.Scalars("train/energy_kwh")]
+    assert [step for step, _ in logged] == [e["step"] for e in train]
+    assert [value for _, value in logged] == pytest.approx([e["energy_kwh"] for e in train], rel=1e-6)
+    assert [s.value for s in events.Scalars("eval/energy_j_per_sample")] == pytest.approx(
+        [e["eval_energy_j_per_sample"] for e in evals], rel=1e-6
+    )
+
+
+def test_values_reach_mlflow_and_wandb(tmp_path, monkeypatch):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from tests.wandb_offline import read_history, run_files
+
+    uri = f"file:{tmp_path / 'mlruns'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # mlflow 3.x: the file store is opt-in
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    callback = make_callback()
+    trainer = make_trainer(tmp_path, callback, "add", report_to=["mlflow", "wandb"])
+    trainer.train()
+    import wandb
+
+    wandb.finish()
+    mlflow.end_run()
+    train = energy_entries(trainer.state.log_history)
+    evals = energy_entries(trainer.state.log_history, "eval_")
+
+    client = MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    for stem in METRIC_STEMS:
+        history = client.get_metric_history(run.info.run_id, stem)
+        assert [m.value for m in history] == pytest.approx([e[stem] for e in train], rel=1e-9)
+        assert [m.step for m in history] == [e["step"] for e in train]
+        assert len(client.get_metric_history(run.info.run_id, f"eval_{stem}")) == 2
+
+    (run_file,) = run_files(tmp_path)
+    rows = read_history(run_file)
+    logged = [row["train/energy_kwh"] for row in rows if "train/energy_kwh" in row]
+    assert logged == pytest.approx([e["energy_kwh"] for e in train], rel=1e-9)
+    logged_eval = [row["eval/co2eq_g_per_sample"] for row in rows if "eval/co2eq_g_per_sample" in row]
+    assert logged_eval == pytest.approx([e["eval_co2eq_g_per_sample"] for e in evals], rel=1e-9)
+
+
+@pytest.mark.parametrize("attach", ["init", "add"])
+def test_evaluate_and_predict_alone_report_per_sample_cost(tmp_path, attach):
+    """Without training: with ``add_callback`` the first loop is caught at its first batch, later ones exactly."""
+    callback = make_callback()
+    trainer = make_trainer(tmp_path, callback, attach)
+
+    evaluated = trainer.evaluate()
+    assert_consistent(evaluated, "eval_", EVAL_SAMPLES)
+    assert trainer.state.log_history[-1]["eval_energy_kwh"] == evaluated["eval_energy_kwh"]  # logged, too
+
+    predicted = trainer.predict(TokenDataset(TEST_SAMPLES, seed=2))
+    assert_consistent(predicted.metrics, "test_", TEST_SAMPLES)  # HF's prefix for predict()
+    assert trainer.state.log_history[-1]["test_energy_kwh"] == predicted.metrics["test_energy_kwh"]
+
+    held_out = trainer.evaluate(TokenDataset(EVAL_SAMPLES, seed=3), metric_key_prefix="holdout")
+    assert_consistent(held_out, "holdout_", EVAL_SAMPLES)
+    assert held_out["holdout_energy_kwh_total"] == pytest.approx(
+        evaluated["eval_energy_kwh"] + held_out["holdout_energy_kwh"], rel=1e-9
+    )
+
+    records = read_records(tmp_path / "out")
+    measured = [(r.phase, r.samples, r.partial) for r in records if r.phase != "other"]
+    assert measured == [
+        ("validation", EVAL_SAMPLES, False), ("predict", TEST_SAMPLES, False), ("validation", EVAL_SAMPLES, False)
+    ]
+    assert not callback.session.running  # each standalone loop is a run of its own: its thread is stopped
+
+
+def test_predict_after_training_and_tokens(tmp_path):
+    callback = make_callback()
+    trainer = make_trainer(tmp_path, callback, include_num_input_tokens_seen="all")
+    trainer.train()
+    assert not callback.session.running
+    for entry in energy_entries(trainer.state.log_history):
+        assert entry["energy_j_per_token"] == pytest.approx(
+            entry["energy_kwh"] * 3.6e6 / (TRAIN_SAMPLES * SEQ_LEN), rel=1e-9
+        )
+    predicted = trainer.predict(TokenDataset(TEST_SAMPLES, seed=2))
+    assert_consistent(predicted.metrics, "test_", TEST_SAMPLES)
+    records = read_records(tmp_path / "out")
+    assert [r.tokens for r in records if r.phase == "train"] == [TRAIN_SAMPLES * SEQ_LEN] * 2
+    assert records[-2].phase == "predict" and records[-2].epoch == 1
+
+
+def test_evaluation_inside_an_epoch_is_excluded_from_its_training_record(tmp_path):
+    callback = make_callback()
+    trainer = make_trainer(tmp_path, callback, eval_strategy="steps", eval_steps=2)
+    trainer.train()
+    records = read_records(tmp_path / "out")
+    validations = [r for r in records if r.phase == "validation"]
+    assert [r.epoch for r in validations] == [0, 0, 1, 1]
+    train = [r for r in records if r.phase == "train"]
+    assert [r.samples for r in train] == [TRAIN_SAMPLES, TRAIN_SAMPLES]  # evaluation samples are not training's
+    # The records partition the run: at constant power, energy follows their summed durations.
+    assert sum(r.energy_kwh for r in records) == pytest.approx(callback.tracker.total_energy_j / 3.6e6, rel=1e-9)
+    assert sum(r.it_energy_kwh for r in records) * 3.6e6 == pytest.approx(
+        POWER_W * sum(r.duration_s for r in records), rel=1e-3
+    )
+
+
+@pytest.mark.parametrize("restore_callback_states", [False, True])
+def test_resume_from_checkpoint_continues_the_totals_once(tmp_path, restore_callback_states):
+    first = make_callback()
+    make_trainer(tmp_path, first, save_strategy="epoch").train()
+    run_id = first.tracker.run_id
+
+    second = make_callback()  # a new process would build a new callback
+    trainer = make_trainer(
+        tmp_path, second, num_train_epochs=4, save_strategy="epoch",
+        restore_callback_states_from_checkpoint=restore_callback_states,
+    )
+    trainer.train(resume_from_checkpoint=True)
+
+    # HF may swap the callback for a copy built from state(); the user's instance is back in place.
+    assert [cb for cb in trainer.callback_handler.callbacks if isinstance(cb, EnergyCallback)] == [second]
+    records = read_records(tmp_path / "out")
+    train = [r for r in records if r.phase == "train"]
+    assert [r.epoch for r in train] == [0, 1, 2, 3]
+    assert {r.run_id for r in records} == {run_id}
+    totals = second.tracker.totals["train"]
+    assert totals.count == 4
+    assert totals.energy_j == pytest.approx(sum(r.energy_kwh for r in train) * 3.6e6, rel=1e-9)
+    logged = energy_entries(trainer.state.log_history)
+    assert [e["epoch"] for e in logged][-2:] == [3.0, 4.0]
+    # The last running total is the checkpoint's total plus what the resumed run measured up to
+    # the end of epoch 3: the first run's energy after its checkpoint is not counted, nothing twice.
+    saved = json.loads((tmp_path / "out" / "checkpoint-8" / "trainer_state.json").read_text())
+    saved = saved["stateful_callbacks"]["EnergyCallback"]["attributes"]["energy_state"]
+    resumed = [r for r in records if saved["seq"] <= r.seq <= train[3].seq]
+    assert resumed[0].phase == "other" and [r.epoch for r in resumed if r.phase == "train"] == [2, 3]
+    expected_j = sum(t["energy_j"] for t in saved["totals"].values()) + sum(r.energy_kwh for r in resumed) * 3.6e6
+    assert logged[-1]["energy_kwh_total"] * 3.6e6 == pytest.approx(expected_j, rel=1e-9)
+
+
+class _SeeThread(TrainerCallback):
+    def __init__(self):
+        self.alive_during_training = None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.alive_during_training = any(t.name == "greencallbacks-meter" for t in threading.enumerate())
+
+
+def test_exception_mid_training_writes_the_unfinished_epoch_and_stops_the_thread(tmp_path):
+    sensor = scripted_sensor()
+    sensor.poll_interval_s = 0.05  # a sampled sensor: the meter runs its background thread
+    callback = EnergyCallback(intensity=INTENSITY, pue=PUE, sensors=[sensor])
+    probe = _SeeThread()
+    # Epoch 0 reads 30 items; the data source breaks 20 items into epoch 1.
+    trainer = make_trainer(tmp_path, callback, train=TokenDataset(TRAIN_SAMPLES, fail_after=TRAIN_SAMPLES + 20))
+    trainer.add_callback(probe)
+    with pytest.raises(RuntimeError, match="broken data source"):
+        trainer.train()
+    assert probe.alive_during_training
+    assert not any(t.name == "greencallbacks-meter" for t in threading.enumerate())
+    assert not callback.session.running
+    records = read_records(tmp_path / "out")
+    train = [r for r in records if r.phase == "train"]
+    assert [(r.epoch, r.partial) for r in train] == [(0, False), (1, True)]
+    # 20 items into epoch 1: two full batches can be read, and Accelerate's loader fetches one
+    # batch ahead, so one or two batches were trained before the failure.
+    assert train[1].samples in (8, 16)
+    assert train[1].energy_kwh > 0
+
+    # Training again with the same callback starts a fresh, complete run.
+    trainer.train_dataset = TokenDataset(TRAIN_SAMPLES)
+    trainer.train()
+    assert [r.partial for r in read_records(tmp_path / "out") if r.phase == "train"][-2:] == [False, False]
+
+
+def test_a_failing_callback_warns_and_training_goes_on(tmp_path, monkeypatch):
+    callback = make_callback()
+    trainer = make_trainer(tmp_path, callback)
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(callback.tracker, "end", broken)
+    with pytest.warns(EnergyWarning, match="on_epoch_end failed"):
+        output = trainer.train()
+    assert output.global_step == 8
+    assert math.isfinite(output.training_loss)
+
+
+def test_bad_configuration_fails_before_training():
+    with pytest.raises(ValueError, match="pue"):
+        EnergyCallback(pue=0.5)

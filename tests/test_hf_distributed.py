@@ -1,0 +1,70 @@
+"""The HF adapter on two real CPU ranks (torchrun, gloo, DDP through Accelerate)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("transformers")
+
+from greencallbacks.records import read_records  # noqa: E402
+from greencallbacks.tracker import METRIC_STEMS  # noqa: E402
+from tests.hf_tiny import BATCH, EVAL_SAMPLES, TRAIN_SAMPLES  # noqa: E402
+
+pytestmark = [pytest.mark.slow, pytest.mark.distributed]
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_ranks_sum_their_devices_count_the_host_once_and_log_the_same_values(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{REPO}"}
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+        str(REPO / "tests" / "hf_tiny.py"), str(tmp_path),
+    ]
+    done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+
+    ranks = [json.loads((tmp_path / f"log_history.rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world_size"] for r in ranks] == [2, 2]
+    assert ranks[0]["parallel_mode"] == "ParallelMode.DISTRIBUTED"  # DDP over gloo, not two single runs
+
+    # Every rank logs the same (summed) values, for training and evaluation.
+    def energy(history):
+        return [{k: v for k, v in e.items() if any(k.endswith(stem) for stem in METRIC_STEMS)} for e in history
+                if "energy_kwh" in e or "eval_energy_kwh" in e]
+
+    logged = [energy(r["log_history"]) for r in ranks]
+    assert len(logged[0]) == 4  # train and eval for 2 epochs
+    assert logged[0] == logged[1]
+
+    records = read_records(tmp_path)
+    assert all(r.ranks == 2 and r.hosts == 1 for r in records)
+    train = [r for r in records if r.phase == "train"]
+    # Each rank counts what it trained on, summed: Accelerate deals batches of 8 (8, 8, 8, 6) to the
+    # two ranks in turn and pads the last to 8 so the ranks stay in step: 32 samples were computed.
+    assert TRAIN_SAMPLES == 30 and BATCH == 8
+    assert [r.samples for r in train] == [32, 32]
+    assert [r.samples for r in records if r.phase == "validation"] == [EVAL_SAMPLES, EVAL_SAMPLES]
+    assert [r.energy_kwh for r in train] == [e["energy_kwh"] for e in logged[0] if "energy_kwh" in e]
+    for record in records:
+        by_kind: dict[str, list[int]] = {}
+        for component in record.components:
+            by_kind.setdefault(component["kind"], []).append(component["rank"])
+        # The host (CPU, RAM) is measured once, by rank 0; each rank measures its own device.
+        assert by_kind.get("cpu") == [0] and by_kind.get("ram") == [0], record.components
+        assert sorted(by_kind["gpu"]) == [0, 1]
+        assert record.it_energy_kwh * 3.6e6 == pytest.approx(sum(c["energy_j"] for c in record.components), rel=1e-9)
