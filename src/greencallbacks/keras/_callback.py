@@ -17,7 +17,6 @@ the stack).
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
@@ -31,6 +30,7 @@ from typing import Any, Callable
 import keras
 
 from greencallbacks.keras._backend import devices_and_sync, reducer_for
+from greencallbacks.guard import never_raises
 from greencallbacks.meter import warn
 from greencallbacks.session import EnergySession
 from greencallbacks.tracker import METRIC_STEMS, PREDICTION_STEMS
@@ -38,25 +38,6 @@ from greencallbacks.tracker import METRIC_STEMS, PREDICTION_STEMS
 STATE_FILE = "energy-state.json"
 DEFAULT_OUTPUT_DIR = "energy_logs"
 _Callback = keras.callbacks.Callback
-
-
-def _never_raises(hook: Callable) -> Callable:
-    """A failure in the callback warns once and never stops training."""
-
-    @functools.wraps(hook)
-    def guarded(self: "EnergyCallback", *args: Any, **kwargs: Any) -> Any:
-        try:
-            return hook(self, *args, **kwargs)
-        except Exception as error:  # noqa: BLE001 - measuring must never break training
-            if not self._failed:
-                self._failed = True
-                warn(
-                    f"greencallbacks: EnergyCallback.{hook.__name__} failed ({error!r}); training continues, "
-                    "but this run's energy records may be incomplete."
-                )
-            return None
-
-    return guarded
 
 
 # ------------------------------------------------------------------------------ the caller's list
@@ -242,7 +223,6 @@ class EnergyCallback(_Callback):
         self._validated = False
         self._predicted = 0
         self._predicted_lock = threading.Lock()
-        self._failed = False
         self._warned_samples = False
 
     @property
@@ -258,7 +238,7 @@ class EnergyCallback(_Callback):
         return self.tracker.metrics(phase, "val_" if phase == "validation" else "")
 
     # ------------------------------------------------------------------------------ training
-    @_never_raises
+    @never_raises
     def on_train_begin(self, logs: dict | None = None) -> None:
         callback_list = _calling_list(self)
         if not self._enter("fit", callback_list):
@@ -266,7 +246,7 @@ class EnergyCallback(_Callback):
         if callback_list is not None:
             self._go_first(callback_list)
 
-    @_never_raises
+    @never_raises
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         call = self._call
         if call is None or not call.active or call.kind != "fit":
@@ -277,7 +257,7 @@ class EnergyCallback(_Callback):
             self._start(call, first_epoch=epoch)
         self.tracker.begin("train", epoch)
 
-    @_never_raises
+    @never_raises
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if ("train", False) not in self._phases:
             return
@@ -296,14 +276,15 @@ class EnergyCallback(_Callback):
             logs.update(self._keras_metrics("train", ""))
             if self._validated:
                 logs.update(self._keras_metrics("validation", "val_"))
+        self.tracker.pause_between_epochs()  # carbon-aware, if configured: billed to the gap
 
-    @_never_raises
+    @never_raises
     def on_train_end(self, logs: dict | None = None) -> None:
         if self._call is not None and self._call.kind == "fit" and self._call.active:
             self._leave()
 
     # ------------------------------------------------------------------ validation and test
-    @_never_raises
+    @never_raises
     def on_test_begin(self, logs: dict | None = None) -> None:
         callback_list = _calling_list(self)
         outermost = self._enter("evaluate", callback_list)
@@ -316,7 +297,7 @@ class EnergyCallback(_Callback):
         self._phases.append((phase, outermost))
         self.tracker.begin(phase, self._epoch if phase == "validation" else None)
 
-    @_never_raises
+    @never_raises
     def on_test_end(self, logs: dict | None = None) -> None:
         if not self._phases or self._phases[-1][0] not in ("validation", "test"):
             return
@@ -327,7 +308,7 @@ class EnergyCallback(_Callback):
             self._leave()
 
     # ------------------------------------------------------------------------------ predict
-    @_never_raises
+    @never_raises
     def on_predict_begin(self, logs: dict | None = None) -> None:
         outermost = self._enter("predict", _calling_list(self))
         if outermost:
@@ -337,7 +318,7 @@ class EnergyCallback(_Callback):
         self._phases.append(("predict", outermost))
         self.tracker.begin("predict")
 
-    @_never_raises
+    @never_raises
     def on_predict_batch_end(self, batch: int, logs: dict | None = None) -> None:
         # The leading dimension of the batch's outputs: shape metadata, no device sync.
         for value in (logs or {}).values():
@@ -347,7 +328,7 @@ class EnergyCallback(_Callback):
                     self._predicted += int(shape[0])
                 return
 
-    @_never_raises
+    @never_raises
     def on_predict_end(self, logs: dict | None = None) -> None:
         if not self._phases or self._phases[-1][0] != "predict":
             return
@@ -454,5 +435,8 @@ class EnergyCallback(_Callback):
     def _keras_metrics(self, phase: str, prefix: str) -> dict[str, float]:
         # Every stem every epoch (NaN where unknown): CSVLogger fixes its columns at the first epoch.
         values = self.tracker.metrics(phase, prefix)
-        stems = METRIC_STEMS + (PREDICTION_STEMS if phase == "train" and self.tracker.planned_epochs else ())
+        stems = METRIC_STEMS
+        if phase == "train":
+            stems += PREDICTION_STEMS if self.tracker.planned_epochs else ()
+            stems += ("carbon_pause_s",) if self.tracker.carbon_aware is not None else ()
         return {prefix + stem: values.get(prefix + stem, math.nan) for stem in stems}

@@ -18,11 +18,11 @@ validation logs ``val_<stem>``, test ``test_<stem>`` and predict ``predict_<stem
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any, Callable
 
 from greencallbacks.distributed import torch_reducer_or_local
+from greencallbacks.guard import never_raises
 from greencallbacks.meter import warn
 from greencallbacks.session import EnergySession
 from greencallbacks.torch_support import count_samples, device_and_sync
@@ -30,25 +30,6 @@ from greencallbacks.torch_support import count_samples, device_and_sync
 PREFIXES = {"train": "", "validation": "val_", "test": "test_", "predict": "predict_"}
 # The progress bar has little room: the running totals are what a user watches.
 PROGRESS_BAR_METRICS = ("energy_kwh_total", "co2eq_g_total")
-
-
-def _never_raises(hook: Callable) -> Callable:
-    """A failure in the callback warns once and never stops training."""
-
-    @functools.wraps(hook)
-    def guarded(self: "EnergyCallbackBase", *args: Any, **kwargs: Any) -> Any:
-        try:
-            return hook(self, *args, **kwargs)
-        except Exception as error:  # noqa: BLE001 - measuring must never break training
-            if not self._failed:
-                self._failed = True
-                warn(
-                    f"greencallbacks: EnergyCallback.{hook.__name__} failed ({error!r}); training continues, "
-                    "but this run's energy records may be incomplete."
-                )
-            return None
-
-    return guarded
 
 
 class EnergyCallbackBase:
@@ -65,7 +46,7 @@ class EnergyCallbackBase:
             grids) log side by side without mixing their values.
         sample_counter: ``batch -> int``; default: the leading dimension of the batch's first tensor.
         **session_kwargs: passed to ``EnergySession`` (``run_id``, ``gpus``, ``cpu_tdp_w``,
-            ``extra_sensors``, ``sensors``).
+            ``extra_sensors``, ``sensors``, ``carbon_aware``).
 
     Runs: every ``trainer.fit`` starts a new run (new ``run_id``, totals from zero) unless it resumes
     from a checkpoint (``ckpt_path=``), which continues that run's totals. ``validate`` / ``test`` /
@@ -106,7 +87,6 @@ class EnergyCallbackBase:
         self.progress_bar = progress_bar
         self.sample_counter = sample_counter or count_samples
         self.prefix = prefix
-        self._failed = False
 
     # ------------------------------------------------------------------ identity in checkpoints
     @property
@@ -132,7 +112,7 @@ class EnergyCallbackBase:
         return self.session.tracker
 
     # ------------------------------------------------------------------------------ lifecycle
-    @_never_raises
+    @never_raises
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if stage == "fit" and self._session_used:
             self.session = EnergySession(**self._session_kwargs)  # a new fit is a new run
@@ -161,67 +141,68 @@ class EnergyCallbackBase:
                 "key, an output directory and metric names; give each a different output_dir and prefix."
             )
 
-    @_never_raises
+    @never_raises
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
         self.session.stop()  # a collective on several ranks; teardown runs on all of them
 
-    @_never_raises
+    @never_raises
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         # No collectives here: the other ranks may be gone. Writes the unfinished phases as partial.
         self.session.stop(failed=True)
 
     # ------------------------------------------------------------------------------ training
-    @_never_raises
+    @never_raises
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
         self.tracker.begin("train", trainer.current_epoch)
 
-    @_never_raises
+    @never_raises
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         self.tracker.add_samples(self.sample_counter(batch))
 
-    @_never_raises
+    @never_raises
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         self._end_and_log("train", trainer, pl_module)
+        self.tracker.pause_between_epochs()  # carbon-aware, if configured; every rank waits alike
 
     # ---------------------------------------------------------------------------- validation
-    @_never_raises
+    @never_raises
     def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
         if not trainer.sanity_checking:  # the sanity check is billed to `other`
             self.tracker.begin("validation", trainer.current_epoch)
 
-    @_never_raises
+    @never_raises
     def on_validation_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         if not trainer.sanity_checking:
             self.tracker.add_samples(self.sample_counter(batch))
 
-    @_never_raises
+    @never_raises
     def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         if not trainer.sanity_checking:
             self._end_and_log("validation", trainer, pl_module)
 
     # ---------------------------------------------------------------------------------- test
-    @_never_raises
+    @never_raises
     def on_test_start(self, trainer: Any, pl_module: Any) -> None:
         self.tracker.begin("test", trainer.current_epoch)
 
-    @_never_raises
+    @never_raises
     def on_test_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         self.tracker.add_samples(self.sample_counter(batch))
 
-    @_never_raises
+    @never_raises
     def on_test_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         self._end_and_log("test", trainer, pl_module)
 
     # ------------------------------------------------------------------------------- predict
-    @_never_raises
+    @never_raises
     def on_predict_start(self, trainer: Any, pl_module: Any) -> None:
         self.tracker.begin("predict", trainer.current_epoch)
 
-    @_never_raises
+    @never_raises
     def on_predict_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         self.tracker.add_samples(self.sample_counter(batch))
 
-    @_never_raises
+    @never_raises
     def on_predict_end(self, trainer: Any, pl_module: Any) -> None:
         if self.tracker.end("predict", step=trainer.global_step) is None:
             return
