@@ -251,3 +251,34 @@ def test_no_prediction_keys_without_planned_epochs():
     clock.advance(1.0)
     tracker.end("train")
     assert set(tracker.metrics("train")) == set(METRIC_STEMS)
+
+
+def test_carbon_aware_pause_is_billed_to_the_gap_logged_and_its_budget_survives_resume(tmp_path):
+    from greencallbacks.carbon_aware import CarbonAwarePause
+
+    tracker, clock, _ = setup(tmp_path)  # static 400 g/kWh: always above a 300 g/kWh threshold
+    pause = CarbonAwarePause(300.0, max_delay_s=600.0, check_every_s=250.0, sleep=clock.advance, clock=clock)
+    tracker.carbon_aware = pause
+    tracker.begin("train", 0)
+    clock.advance(10.0)
+    tracker.end("train")
+    assert tracker.metrics("train")["carbon_pause_s"] == 0.0
+    assert tracker.pause_between_epochs() == pytest.approx(600.0)  # 250 + 250 + the 100 s left
+    tracker.begin("train", 1)
+    clock.advance(10.0)
+    tracker.end("train")
+    assert tracker.metrics("train")["carbon_pause_s"] == pytest.approx(600.0)
+    (gap,) = [r for r in tracker.records if r.phase == "other"]
+    assert gap.duration_s == pytest.approx(600.0) and gap.it_energy_kwh * 3.6e6 == pytest.approx(100.0 * 600.0)
+    assert tracker.pause_between_epochs() == 0.0  # budget spent
+    resumed, clock2, _ = setup(tmp_path)
+    resumed.carbon_aware = CarbonAwarePause(300.0, max_delay_s=600.0, sleep=clock2.advance, clock=clock2)
+    resumed.load_state_dict(tracker.state_dict())
+    assert resumed.pause_between_epochs() == 0.0
+
+
+def test_session_rejects_a_carbon_aware_that_is_not_a_pause():
+    from greencallbacks.session import EnergySession
+
+    with pytest.raises(ValueError, match="carbon_aware"):
+        EnergySession(carbon_aware=300)

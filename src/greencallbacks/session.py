@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from greencallbacks.carbon import Carbon
+from greencallbacks.carbon_aware import CarbonAwarePause
 from greencallbacks.distributed import LocalReducer, Reducer
 from greencallbacks.meter import Meter, warn
 from greencallbacks.sensors.base import Method, Sensor
@@ -33,6 +34,8 @@ class EnergySession:
         cpu_tdp_w: the CPU's TDP in watts, used when RAPL cannot be read.
         extra_sensors: more sensors, e.g. ``ConstantPowerSensor("switch", 40)``.
         sensors: use exactly these sensors instead of discovering them (custom set-ups, tests).
+        carbon_aware: a ``CarbonAwarePause``: wait between epochs while the grid's intensity is
+            above its threshold, within its delay budget (logged as ``carbon_pause_s``).
         framework: written into records.
     """
 
@@ -51,6 +54,7 @@ class EnergySession:
         cpu_tdp_w: float | None = None,
         extra_sensors: Iterable[Sensor] = (),
         sensors: Sequence[Sensor] | None = None,
+        carbon_aware: CarbonAwarePause | None = None,
         framework: str = "",
     ) -> None:
         self.carbon = Carbon(country=country, zone=zone, region=region, intensity=intensity, series=series, pue=pue)
@@ -68,7 +72,10 @@ class EnergySession:
         self.gpus = gpus
         self.cpu_tdp_w = cpu_tdp_w
         self.output_dir = Path(output_dir) if output_dir is not None else None
+        if carbon_aware is not None and not isinstance(carbon_aware, CarbonAwarePause):
+            raise ValueError(f"carbon_aware must be a greencallbacks.carbon_aware.CarbonAwarePause, got {carbon_aware!r}")
         self.tracker = Tracker(carbon=self.carbon, output_dir=self.output_dir, run_id=run_id, framework=framework)
+        self.tracker.carbon_aware = carbon_aware
         self.unavailable: list = []
 
     @property

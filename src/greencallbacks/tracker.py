@@ -20,6 +20,7 @@ import math
 import os
 import socket
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,6 +32,7 @@ from greencallbacks.units import J_PER_KWH
 
 if TYPE_CHECKING:
     from greencallbacks.carbon import Carbon
+    from greencallbacks.carbon_aware import CarbonAwarePause
     from greencallbacks.meter import Measurement, Meter, Snapshot
 
 SUMMARY_FILE = "energy-summary.json"
@@ -54,6 +56,7 @@ PREDICTION_STEMS = (
     "energy_kwh_predicted_high",
     "co2eq_g_predicted",
 )
+RECORDS_KEPT_IN_MEMORY = 1000
 WARMUP_EPOCHS = 1  # the first epoch pays for compilation, caches and allocator warm-up
 
 # Two-sided 95 % Student t quantiles by degrees of freedom (1..10); 1.96 beyond.
@@ -147,7 +150,11 @@ class Tracker:
         self.framework = framework
         self.meter: Meter | None = None
         self.reducer: Reducer = LocalReducer()
-        self.records: list[Record] = []
+        # The most recent records (all of them are on disk); bounded so a run of any length
+        # keeps a flat memory footprint. The prediction keeps one float per epoch instead.
+        self.records: deque[Record] = deque(maxlen=RECORDS_KEPT_IN_MEMORY)
+        self._epoch_kwh: dict[int, float] = {}
+        self._finished_epochs: set[int] = set()
         self.totals: dict[str, PhaseTotals] = {p: PhaseTotals() for p in PHASES}
         self.last: dict[str, Record] = {}
         self._writer: RecordWriter | None = None
@@ -157,6 +164,7 @@ class Tracker:
         self._seq = 0
         self.step: int | None = None
         self.planned_epochs: int | None = None  # set by adapters to enable the run prediction
+        self.carbon_aware: CarbonAwarePause | None = None  # pauses between epochs, if configured
 
     # ----------------------------------------------------------------------------- lifecycle
     @property
@@ -294,6 +302,10 @@ class Tracker:
             "co2eq_g_per_sample": _nan_if_none(record.co2eq_g_per_sample),
             "power_w": record.it_energy_kwh * J_PER_KWH / record.duration_s if record.duration_s > 0 else 0.0,
         }
+        if phase == "train" and self.carbon_aware is not None:
+            values["carbon_pause_s"] = self.carbon_aware.total_paused_s
+        if record.tokens:  # where the framework counts tokens (HF's num_input_tokens_seen)
+            values["energy_j_per_token"] = record.energy_kwh * J_PER_KWH / record.tokens
         if phase == "train" and self.planned_epochs is not None:
             values.update(self.prediction())
         return {prefix + k: float(v) for k, v in values.items()}
@@ -308,12 +320,8 @@ class Tracker:
         """
         nan = {k: math.nan for k in PREDICTION_STEMS}
         planned = self.planned_epochs
-        per_epoch: dict[int, float] = {}
-        for record in self.records:
-            if record.epoch is not None:
-                per_epoch[record.epoch] = per_epoch.get(record.epoch, 0.0) + record.energy_kwh
-        finished = sorted({r.epoch for r in self.records if r.phase == "train" and r.epoch is not None and not r.partial})
-        costs = [per_epoch[e] for e in finished if e >= WARMUP_EPOCHS]
+        finished = sorted(self._finished_epochs)
+        costs = [self._epoch_kwh[e] for e in finished if e >= WARMUP_EPOCHS]
         if planned is None or len(costs) < 2:
             return nan
         n = len(costs)
@@ -340,12 +348,23 @@ class Tracker:
     def total_co2eq_g(self) -> float:
         return sum(t.co2eq_g for t in self.totals.values())
 
+    def pause_between_epochs(self) -> float:
+        """Carbon-aware training: wait while the grid is dirtier than the configured threshold.
+
+        Adapters call this after an epoch's metrics are logged; the wait is billed to the gap
+        (``other``) like any time between epochs. Returns the seconds paused.
+        """
+        if self.carbon_aware is None or not self.running:
+            return 0.0
+        return self.carbon_aware.maybe_pause(self.carbon)
+
     # ------------------------------------------------------------------- checkpoint / resume
     def state_dict(self) -> dict[str, Any]:
         return {
             "run_id": self.run_id,
             "seq": self._seq,
             "totals": {p: vars(t).copy() for p, t in self.totals.items()},
+            **({"carbon_aware": self.carbon_aware.state_dict()} if self.carbon_aware is not None else {}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -361,6 +380,8 @@ class Tracker:
         for phase, values in state.get("totals", {}).items():
             if phase in self.totals:
                 self.totals[phase] = PhaseTotals(**values)
+        if self.carbon_aware is not None and "carbon_aware" in state:
+            self.carbon_aware.load_state_dict(state["carbon_aware"])  # the delay budget spent stays spent
 
     # ------------------------------------------------------------------------------ internals
     def _open(self, phase: str, epoch: int | None) -> _Open:
@@ -453,6 +474,10 @@ class Tracker:
 
     def _accept(self, record: Record, write: bool) -> None:
         self.records.append(record)
+        if record.epoch is not None:
+            self._epoch_kwh[record.epoch] = self._epoch_kwh.get(record.epoch, 0.0) + record.energy_kwh
+            if record.phase == "train" and not record.partial:
+                self._finished_epochs.add(record.epoch)
         self.totals[record.phase].add(record)
         self.last[record.phase] = record
         if write and self._writer is not None:
