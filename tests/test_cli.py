@@ -113,3 +113,12 @@ def test_estimate_errors_exit_2_naming_the_argument(argv, says, capsys):
     base = [] if "--gpu" in argv else ["--gpu", "T4"]
     code, err = exits(["estimate", *base, *argv], capsys)
     assert code == 2 and says in err and "Traceback" not in err
+
+
+def test_whatif_is_reachable_from_the_main_command(capsys):
+    from greencallbacks.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["whatif", "--help"])
+    assert exit_info.value.code == 0
+    assert "--intensity" in capsys.readouterr().out

@@ -142,6 +142,12 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_whatif(args: argparse.Namespace) -> int:
+    from greencallbacks.whatif import main as whatif_main
+
+    return whatif_main(args.whatif_args)  # its own parser: `greencallbacks whatif --help`
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="greencallbacks",
@@ -193,6 +199,13 @@ def build_parser() -> argparse.ArgumentParser:
     est.add_argument("--json", action="store_true", help="machine-readable output")
     _add_carbon_arguments(est)
     est.set_defaults(func=cmd_estimate)
+    whatif = sub.add_parser(
+        "whatif",
+        add_help=False,
+        help="what a recorded run would have emitted with a delayed start, pauses or in other regions",
+    )
+    whatif.add_argument("whatif_args", nargs=argparse.REMAINDER)
+    whatif.set_defaults(func=cmd_whatif)
     return parser
 
 
@@ -226,6 +239,9 @@ def _non_negative_float(text: str) -> float:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["whatif"]:  # its own parser, options and help
+        return cmd_whatif(argparse.Namespace(whatif_args=argv[1:]))
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
