@@ -52,6 +52,9 @@ class CarbonAwarePause:
         self.threshold_g_per_kwh = _number("threshold_g_per_kwh", threshold_g_per_kwh, lambda v: v > 0, "> 0")
         self.max_delay_s = _number("max_delay_s", max_delay_s, lambda v: v >= 0, ">= 0")
         self.check_every_s = _number("check_every_s", check_every_s, lambda v: v > 0, "> 0")
+        for argument, function in (("sleep", sleep), ("clock", clock)):
+            if not callable(function):
+                raise ValueError(f"{argument} must be a function, got {function!r}")
         self._sleep = sleep
         self._clock = clock
         self.total_paused_s = 0.0

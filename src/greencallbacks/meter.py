@@ -261,7 +261,17 @@ class Meter:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
+        if sensors is None or isinstance(sensors, (str, bytes)) or not isinstance(sensors, Iterable):
+            raise ValueError(f"sensors must be a list of greencallbacks Sensor objects, got {sensors!r}")
         sensors = list(sensors)
+        for sensor in sensors:
+            if not isinstance(sensor, Sensor):
+                raise ValueError(f"sensors must hold greencallbacks Sensor objects, got {sensor!r}")
+        if not (fallback is None or fallback == "default" or callable(fallback)):
+            raise ValueError(f"fallback must be a function sensor -> replacement, None or 'default', got {fallback!r}")
+        for argument, function in (("sync", sync), ("clock", clock), ("wall_clock", wall_clock)):
+            if not (callable(function) or (argument == "sync" and function is None)):
+                raise ValueError(f"{argument} must be a function taking no argument, got {function!r}")
         names = [s.name for s in sensors]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:

@@ -90,14 +90,23 @@ class RecordWriter:
     def flush(self) -> bool:
         if not self.pending:
             return True
+        size_before: int | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             lines = "".join(_json_line(r.to_dict()) for r in self.pending)
+            size_before = self.path.stat().st_size if self.path.exists() else 0
             with open(self.path, "a", encoding="utf-8") as handle:
                 handle.write(lines)
                 handle.flush()
                 os.fsync(handle.fileno())
         except OSError as error:
+            # Take back whatever part of the lines reached the file (a full disk can take half a
+            # line; a failed fsync, all of them): the retry writes them again, whole and once.
+            if size_before is not None:
+                try:
+                    os.truncate(self.path, size_before)
+                except OSError:
+                    pass
             if not self._warned:
                 self._warned = True
                 from greencallbacks.meter import warn

@@ -59,18 +59,30 @@ class EnergySession:
     ) -> None:
         self.carbon = Carbon(country=country, zone=zone, region=region, intensity=intensity, series=series, pue=pue)
         if gpus != "auto" and gpus is not None:
-            if isinstance(gpus, (str, bytes)) or not all(isinstance(i, int) and i >= 0 for i in gpus):
+            if (
+                isinstance(gpus, (str, bytes))
+                or not isinstance(gpus, Iterable)
+                or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in gpus)
+            ):
                 raise ValueError(f"gpus must be 'auto', None or a list of CUDA device indices (ints >= 0), got {gpus!r}")
             gpus = list(gpus)
         if cpu_tdp_w is not None and not (isinstance(cpu_tdp_w, (int, float)) and math.isfinite(cpu_tdp_w) and cpu_tdp_w > 0):
             raise ValueError(f"cpu_tdp_w must be a positive number of watts, got {cpu_tdp_w!r}")
+        for argument, given in (("extra_sensors", extra_sensors), ("sensors", sensors)):
+            if given is None:
+                continue
+            if isinstance(given, (str, bytes)) or not isinstance(given, Iterable):
+                raise ValueError(f"{argument} must be a list of greencallbacks Sensor objects, got {given!r}")
+            given = list(given)
+            for sensor in given:
+                if not isinstance(sensor, Sensor):
+                    raise ValueError(f"{argument} must hold greencallbacks Sensor objects, got {sensor!r}")
         self.extra_sensors = list(extra_sensors)
         self.sensors = list(sensors) if sensors is not None else None
-        for sensor in [*self.extra_sensors, *(self.sensors or [])]:
-            if not isinstance(sensor, Sensor):
-                raise ValueError(f"extra_sensors must hold greencallbacks Sensor objects, got {sensor!r}")
         self.gpus = gpus
         self.cpu_tdp_w = cpu_tdp_w
+        if output_dir is not None and not isinstance(output_dir, (str, os.PathLike)):
+            raise ValueError(f"output_dir must be a directory path (str or os.PathLike) or None, got {output_dir!r}")
         self.output_dir = Path(output_dir) if output_dir is not None else None
         if carbon_aware is not None and not isinstance(carbon_aware, CarbonAwarePause):
             raise ValueError(f"carbon_aware must be a greencallbacks.carbon_aware.CarbonAwarePause, got {carbon_aware!r}")

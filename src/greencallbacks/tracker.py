@@ -138,10 +138,14 @@ class Tracker:
         run_id: str | None = None,
         framework: str = "",
     ) -> None:
-        if carbon is None:
-            from greencallbacks.carbon import Carbon
+        from greencallbacks.carbon import Carbon
 
+        if carbon is None:
             carbon = Carbon()
+        elif not isinstance(carbon, Carbon):
+            raise ValueError(f"carbon must be a greencallbacks.carbon.Carbon (or None for the world average), got {carbon!r}")
+        if output_dir is not None and not isinstance(output_dir, (str, os.PathLike)):
+            raise ValueError(f"output_dir must be a directory path (str or os.PathLike) or None, got {output_dir!r}")
         if run_id is not None and (not isinstance(run_id, str) or not run_id.strip()):
             raise ValueError(f"run_id must be a non-empty string, got {run_id!r}")
         self.carbon = carbon

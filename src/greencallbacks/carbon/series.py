@@ -150,7 +150,7 @@ class IntensitySeries:
         file_path = Path(path)
         try:
             text = file_path.read_text(encoding="utf-8-sig")
-        except OSError as error:
+        except (OSError, UnicodeDecodeError) as error:
             raise ValueError(f"series file {str(file_path)!r} cannot be read: {error}") from None
         is_json = file_path.suffix.lower() == ".json" or text.lstrip().startswith(("[", "{"))
         raw_points = _json_points(file_path, text) if is_json else _csv_points(file_path, text)

@@ -81,6 +81,23 @@ def table_comment(file_name: str) -> str:
     return first_line.lstrip("#").strip()
 
 
+def parsed(file_name: str, convert) -> tuple:
+    """``convert`` applied to every row of a shipped table; a bad row names the file and the row."""
+    rows = read_rows(file_name)
+    if not rows:
+        raise ValueError(f"shipped table {file_name} has no rows: {_BROKEN_TABLE_FIX}")
+    out = []
+    for number, row in enumerate(rows, start=1):
+        try:
+            out.append(convert(row))
+        except (KeyError, ValueError, TypeError, AttributeError) as error:
+            raise ValueError(f"shipped table {file_name}, data row {number}: {error!r}; {_BROKEN_TABLE_FIX}") from None
+    return tuple(out)
+
+
+_BROKEN_TABLE_FIX = "the installed package is damaged; reinstall greencallbacks (or rebuild it with scripts/build_tables.py)"
+
+
 def _optional_int(text: str) -> int | None:
     return int(text) if text.strip() else None
 
@@ -91,7 +108,7 @@ def _optional_float(text: str) -> float | None:
 
 @lru_cache(maxsize=None)
 def countries() -> tuple[CountryRow, ...]:
-    return tuple(
+    return parsed("grid_countries.csv", lambda row:
         CountryRow(
             zone=row["alpha3"],
             name=row["name"],
@@ -102,26 +119,24 @@ def countries() -> tuple[CountryRow, ...]:
             alpha2=row["alpha2"],
             aliases=tuple(alias for alias in row["aliases"].split("|") if alias),
         )
-        for row in read_rows("grid_countries.csv")
     )
 
 
 @lru_cache(maxsize=None)
 def world() -> GridRow:
-    (row,) = read_rows("grid_world.csv")
-    return GridRow(
+    return parsed("grid_world.csv", lambda row: GridRow(
         zone=row["zone"],
         name="World",
         g_per_kwh=float(row["g_per_kwh"]),
         year=_optional_int(row["year"]),
         source=row["source"],
         licence=row["licence"],
-    )
+    ))[0]
 
 
 @lru_cache(maxsize=None)
 def us_states() -> tuple[GridRow, ...]:
-    return tuple(
+    return parsed("grid_us_states.csv", lambda row:
         GridRow(
             zone=row["zone"],
             name=row["name"],
@@ -130,13 +145,12 @@ def us_states() -> tuple[GridRow, ...]:
             source=row["source"],
             licence=row["licence"],
         )
-        for row in read_rows("grid_us_states.csv")
     )
 
 
 @lru_cache(maxsize=None)
 def cloud_regions() -> tuple[CloudRegionRow, ...]:
-    return tuple(
+    return parsed("cloud_regions.csv", lambda row:
         CloudRegionRow(
             provider=row["provider"],
             region=row["region"],
@@ -147,19 +161,16 @@ def cloud_regions() -> tuple[CloudRegionRow, ...]:
             source=row["source"],
             licence=row["licence"],
         )
-        for row in read_rows("cloud_regions.csv")
     )
 
 
 @lru_cache(maxsize=None)
 def pue_defaults() -> dict[str, PueRow]:
-    return {
-        row["key"]: PueRow(
-            key=row["key"],
-            pue=float(row["pue"]),
-            year=_optional_int(row["year"]),
-            source=row["source"],
-            licence=row["licence"],
-        )
-        for row in read_rows("pue.csv")
-    }
+    rows = parsed("pue.csv", lambda row: PueRow(
+        key=row["key"],
+        pue=float(row["pue"]),
+        year=_optional_int(row["year"]),
+        source=row["source"],
+        licence=row["licence"],
+    ))
+    return {row.key: row for row in rows}
