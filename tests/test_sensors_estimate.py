@@ -143,7 +143,16 @@ def test_ram_read_failure_raises_sensor_error():
     sensor = RamEstimateSensor(memory_bytes=memory, clock=clock)
     failing["now"] = True
     with pytest.raises(SensorError, match="proc is gone"):
-        sensor.energy_j()
+        sensor.poll()  # memory is read by the background poll, never at a boundary
+
+
+def test_ram_boundary_read_holds_the_last_sampled_power_without_reading_memory():
+    clock = FakeClock()
+    reads = []
+    sensor = RamEstimateSensor(w_per_gb=1.0, memory_bytes=lambda: reads.append(1) or 2 * BYTES_PER_GB, clock=clock)
+    clock.advance(10.0)
+    assert sensor.energy_j() == pytest.approx(20.0)  # 2 GB x 1 W/GB x 10 s
+    assert len(reads) == 1  # the construction sample only
 
 
 # -- constant -----------------------------------------------------------------------------------

@@ -87,18 +87,23 @@ class EnergyCallbackBase:
         self.progress_bar = progress_bar
         self.sample_counter = sample_counter or count_samples
         self.prefix = prefix
+        self._state_key: str | None = None
 
     # ------------------------------------------------------------------ identity in checkpoints
     @property
     def state_key(self) -> str:
-        # Stable across processes (a resumed run must find its state), distinct for callbacks with
-        # different settings in one Trainer. Only the settings given, so the default key is short.
-        given = {k: (v if isinstance(v, (str, int, float)) else str(v)) for k, v in self._settings.items() if v is not None}
-        if self._session_kwargs.get("run_id"):
-            given["run_id"] = self._session_kwargs["run_id"]
-        if self.prefix:
-            given["prefix"] = self.prefix
-        return self._generate_state_key(**given)  # type: ignore[attr-defined]
+        # Lightning reads this on every hook call (profiler names): computed once.
+        if self._state_key is None:
+            # Stable across processes (a resumed run must find its state), distinct for callbacks
+            # with different settings in one Trainer. Only the settings given, so the default key
+            # is short.
+            given = {k: (v if isinstance(v, (str, int, float)) else str(v)) for k, v in self._settings.items() if v is not None}
+            if self._session_kwargs.get("run_id"):
+                given["run_id"] = self._session_kwargs["run_id"]
+            if self.prefix:
+                given["prefix"] = self.prefix
+            self._state_key = self._generate_state_key(**given)  # type: ignore[attr-defined]
+        return self._state_key
 
     def state_dict(self) -> dict[str, Any]:
         return self.session.tracker.state_dict()

@@ -19,6 +19,8 @@ RAPL dram counter sees on a machine dedicated to one run. GB means 2**30 bytes (
 
 from __future__ import annotations
 
+import functools
+
 import csv
 import math
 import os
@@ -50,6 +52,19 @@ def _check_finite(name: str, value: float, *, positive: bool = False) -> float:
     if not math.isfinite(number) or (number <= 0 if positive else number < 0):
         raise ValueError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}")
     return number
+
+
+def _check_poll_interval(value: float | None) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"poll_interval_s must be a positive number of seconds or None, got {value!r}")
+    return float(value)
+
+
+def _check_callable(name: str, value: object) -> None:
+    if value is not None and not callable(value):
+        raise ValueError(f"{name} must be a function taking no argument, or None; got {value!r}")
 
 
 def _check_share(share: float) -> float:
@@ -160,13 +175,50 @@ def _own_cpu_seconds(times: Any) -> float:
     )
 
 
+class _ProcessTree:
+    """This process and its descendants, for the estimates.
+
+    Listing descendants walks all of /proc (about 1 ms), too slow for a phase boundary, so the
+    list is kept for ``max_age_s`` and renewed by whichever read finds it stale: normally the
+    meter's background thread, which polls the estimates every second. A child that starts in
+    between is seen at the next listing with all its CPU time; children already waited for are
+    in the parent's own ``children_*`` times.
+    """
+
+    def __init__(self, max_age_s: float = 2.0) -> None:
+        self.max_age_s = max_age_s
+        self._lock = threading.Lock()
+        self._pid: int | None = None
+        self._process: Any = None
+        self._children: list[Any] = []
+        self._listed_at = -math.inf
+
+    def members(self) -> tuple[Any, list[Any]]:
+        import psutil
+
+        with self._lock:
+            if self._pid != os.getpid():  # first use, or a forked child: start afresh
+                self._pid, self._process, self._listed_at = os.getpid(), psutil.Process(), -math.inf
+            now = time.monotonic()
+            if now - self._listed_at > self.max_age_s:
+                self._children = self._process.children(recursive=True)
+                self._listed_at = now
+            return self._process, list(self._children)
+
+
+_TREE = _ProcessTree()
+
+
 def process_tree_cpu_seconds(process: Any = None) -> float:
     """CPU-seconds used by this process and all its descendants, live or already reaped."""
     import psutil
 
-    process = process or psutil.Process()
+    if process is None:
+        process, children = _TREE.members()
+    else:
+        children = process.children(recursive=True)
     total = _own_cpu_seconds(process.cpu_times())
-    for child in process.children(recursive=True):
+    for child in children:
         try:
             total += _own_cpu_seconds(child.cpu_times())
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
@@ -179,20 +231,24 @@ def process_tree_rss_bytes(process: Any = None) -> float:
     capped at the installed RAM."""
     import psutil
 
-    process = process or psutil.Process()
+    if process is None:
+        process, children = _TREE.members()
+    else:
+        children = process.children(recursive=True)
     total = float(process.memory_info().rss)
-    for child in process.children(recursive=True):
+    for child in children:
         try:
             total += child.memory_info().rss
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             pass
-    return min(total, float(psutil.virtual_memory().total))
+    return min(total, host_ram_bytes())
 
 
+@functools.lru_cache(maxsize=1)
 def host_ram_bytes() -> float:
     import psutil
 
-    return float(psutil.virtual_memory().total)
+    return float(psutil.virtual_memory().total)  # installed RAM does not change: read it once
 
 
 # -- the sensors ---------------------------------------------------------------------------------
@@ -227,10 +283,12 @@ class CpuEstimateSensor(Sensor):
         poll_interval_s: float | None = CPU_POLL_INTERVAL_S,
     ) -> None:
         self.share = _check_share(share)
+        _check_callable("cpu_seconds", cpu_seconds)
+        poll_interval_s = _check_poll_interval(poll_interval_s)
         host_tdp_w, how = resolve_cpu_tdp_w(tdp_w, cpu_model=cpu_model, sockets=sockets, physical_cores=physical_cores)
         if logical_cpus is None:
             logical_cpus = os.cpu_count() or 1
-        if logical_cpus < 1:
+        if isinstance(logical_cpus, bool) or not isinstance(logical_cpus, int) or logical_cpus < 1:
             raise ValueError(f"logical_cpus must be >= 1, got {logical_cpus!r}")
         self.tdp_w = host_tdp_w * self.share
         self.joules_per_cpu_second = host_tdp_w / logical_cpus
@@ -293,6 +351,8 @@ class RamEstimateSensor(Sensor):
         if basis not in ("process", "host"):
             raise ValueError(f"basis must be 'process' or 'host', got {basis!r}")
         self.share = _check_share(share)
+        _check_callable("memory_bytes", memory_bytes)
+        poll_interval_s = _check_poll_interval(poll_interval_s)
         self.basis = basis
         self.name = name
         self.scope = "process tree" if basis == "process" else "host"
@@ -315,10 +375,13 @@ class RamEstimateSensor(Sensor):
         return self.w_per_gb * gigabytes * self.share
 
     def _sample(self) -> float:
-        return self._integrator.add(self.power_w())
+        self._last_power_w = self.power_w()
+        return self._integrator.add(self._last_power_w)
 
     def energy_j(self) -> float:
-        return self._sample()
+        # Memory changes slowly and is sampled every second by the background thread: a phase
+        # boundary integrates up to now at the last sampled power, with no system call.
+        return self._integrator.add(self._last_power_w)
 
     def poll(self) -> None:
         self._sample()
@@ -342,7 +405,10 @@ class ConstantPowerSensor(Sensor):
             raise ValueError(f"name must be a non-empty string, got {name!r}")
         self.watts = _check_finite("watts", watts)
         self.name = name
-        self.kind = Kind(kind)
+        try:
+            self.kind = Kind(kind)
+        except ValueError:
+            raise ValueError(f"kind must be one of {[k.value for k in Kind]}, got {kind!r}") from None
         self.scope = scope
         self.note = f"declared constant {self.watts:g} W"
         self._clock = clock
