@@ -1,0 +1,382 @@
+"""Per-hook cost: what the callbacks add to every training step, and what each phase boundary costs.
+
+1. Per step, timed directly (many calls, median of several repeats, in microseconds):
+   - Lightning: ``EnergyCallback.on_train_batch_end`` with a real batch in a started session; and
+     the whole per-step dispatch Lightning does for one more callback (its six per-step hooks
+     through ``_call_callback_hooks``, which formats ``callback.state_key`` into a profiler name
+     on every call), with the callback minus without.
+   - HF: the ``training_step`` wrapper that counts samples (wrapped minus raw), the callback's
+     ``on_step_end``, and the ``CallbackHandler``'s per-step events with the callback minus without.
+   - Keras: asserts the callback overrides no training or evaluation batch hook (Keras then
+     skips batch dispatch for it); times ``on_predict_batch_end``, its only batch hook.
+2. Per boundary: one read of each sensor found here, one ``Meter.snapshot``, one phase
+   (``begin`` + ``end``) in memory and with records written (each record is fsynced).
+3. Reads of each sensor per epoch during a real fit of each framework (``energy_j`` wrapped
+   with a counter), and the background thread's polls.
+
+Usage: python benchmarks/hooks.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("KERAS_BACKEND", "torch")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import emit, pin_threads, quiet  # noqa: E402
+
+LIGHTNING_STEP_HOOKS = (
+    ("on_train_batch_start", "batch_idx"),
+    ("on_before_backward", "loss"),
+    ("on_after_backward", None),
+    ("on_before_optimizer_step", "optimizer"),
+    ("on_before_zero_grad", "optimizer"),
+    ("on_train_batch_end", "outputs"),
+)
+HF_STEP_EVENTS = ("on_step_begin", "on_pre_optimizer_step", "on_optimizer_step", "on_step_end")
+KERAS_TRAINING_BATCH_HOOKS = (
+    "on_batch_begin", "on_batch_end", "on_train_batch_begin", "on_train_batch_end",
+    "on_test_batch_begin", "on_test_batch_end",
+)
+
+
+def per_call_us(fn, calls: int, repeats: int = 5) -> float:
+    """Median over ``repeats`` of the mean cost of one call, in microseconds."""
+    means = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        means.append((time.perf_counter() - t0) / calls * 1e6)
+    return statistics.median(means)
+
+
+def loop_overhead_us(calls: int) -> float:
+    return per_call_us(lambda: None, calls)
+
+
+def _batch():
+    import torch
+
+    return torch.randn(32, 32), torch.randint(0, 10, (32,))
+
+
+def host_sensors():
+    from greencallbacks.sensors.discover import discover_sensors
+
+    return discover_sensors(gpus=None).sensors
+
+
+# ------------------------------------------------------------------------------- per step
+def lightning_per_step(calls: int, workdir: Path) -> dict:
+    import lightning.pytorch as L
+    import torch
+    from lightning.pytorch.trainer import call
+
+    from greencallbacks.lightning import EnergyCallback
+
+    batch = _batch()
+    callback = EnergyCallback(country="FR", output_dir=str(workdir / "lightning-hook"))
+    callback.session.start(device_indices=[])
+    try:
+        direct = per_call_us(lambda: callback.on_train_batch_end(None, None, None, batch, 0), calls)
+        state_key = per_call_us(lambda: callback.state_key, calls)
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+        values = {"batch_idx": (batch, 0), "loss": (torch.tensor(1.0),), "optimizer": (optimizer,),
+                  "outputs": ({"loss": torch.tensor(1.0)}, batch, 0), None: ()}
+
+        def dispatch(trainer):
+            def one_step():
+                for hook, argument in LIGHTNING_STEP_HOOKS:
+                    call._call_callback_hooks(trainer, hook, *values[argument])
+            return one_step
+
+        kwargs = dict(logger=False, enable_progress_bar=False, enable_checkpointing=False,
+                      enable_model_summary=False, accelerator="cpu", devices=1)
+        with_cb = L.Trainer(callbacks=[callback], **kwargs)
+        with_empty = L.Trainer(callbacks=[L.Callback()], **kwargs)  # what any one more callback costs
+        without_cb = L.Trainer(callbacks=[], **kwargs)
+        n = max(1000, calls // 10)
+        added, empty = [], []
+        for _ in range(5):  # interleaved: the difference of medians drifts less
+            bare = per_call_us(dispatch(without_cb), n, 1)
+            added.append(per_call_us(dispatch(with_cb), n, 1) - bare)
+            empty.append(per_call_us(dispatch(with_empty), n, 1) - bare)
+    finally:
+        callback.session.stop()
+    return {
+        "on_train_batch_end_us": direct - loop_overhead_us(calls),
+        "state_key_us": state_key,
+        "step_dispatch_added_us": statistics.median(added),
+        "empty_callback_step_dispatch_added_us": statistics.median(empty),
+        "per_step_hooks_dispatched": len(LIGHTNING_STEP_HOOKS),
+    }
+
+
+def hf_per_step(calls: int, workdir: Path) -> dict:
+    import types
+
+    import transformers
+    from transformers import TrainingArguments
+    from transformers.trainer_callback import CallbackHandler, DefaultFlowCallback, TrainerControl, TrainerState
+
+    from greencallbacks import hf as hf_adapter
+    from greencallbacks.hf import EnergyCallback
+
+    transformers.logging.set_verbosity_error()
+    inputs = {"inputs": _batch()[0], "labels": _batch()[1]}
+    callback = EnergyCallback(country="FR", output_dir=str(workdir / "hf-hook"))
+    callback.session.start(device_indices=[])
+    try:
+        raw = types.SimpleNamespace(training_step=lambda model, batch: None)
+        wrapped = types.SimpleNamespace(training_step=lambda model, batch: None)
+        wrapped.__dict__[hf_adapter._OWNER] = callback
+        hf_adapter._wrap_trainer(wrapped)
+        wrapper_us = per_call_us(lambda: wrapped.training_step(None, inputs), calls) - per_call_us(
+            lambda: raw.training_step(None, inputs), calls)
+
+        args = TrainingArguments(output_dir=str(workdir / "hf-args"), use_cpu=True, report_to="none")
+        state, control = TrainerState(), TrainerControl()
+        on_step_end_us = per_call_us(lambda: callback.on_step_end(args, state, control), calls) - loop_overhead_us(calls)
+
+        def events(handler):
+            def one_step():
+                for event in HF_STEP_EVENTS:
+                    getattr(handler, event)(args, state, control)
+            return one_step
+
+        with_cb = CallbackHandler([DefaultFlowCallback, callback], None, None, None, None)
+        with_empty = CallbackHandler([DefaultFlowCallback, transformers.TrainerCallback()], None, None, None, None)
+        without_cb = CallbackHandler([DefaultFlowCallback], None, None, None, None)
+        n = max(1000, calls // 10)
+        added, empty = [], []
+        for _ in range(5):
+            bare = per_call_us(events(without_cb), n, 1)
+            added.append(per_call_us(events(with_cb), n, 1) - bare)
+            empty.append(per_call_us(events(with_empty), n, 1) - bare)
+    finally:
+        callback.session.stop()
+    return {
+        "training_step_wrapper_us": wrapper_us,
+        "on_step_end_us": on_step_end_us,
+        "step_events_added_us": statistics.median(added),
+        "empty_callback_step_events_added_us": statistics.median(empty),
+        "per_step_events_dispatched": len(HF_STEP_EVENTS),
+    }
+
+
+def keras_per_step(calls: int, workdir: Path) -> dict:
+    import keras
+    import numpy as np
+
+    from greencallbacks.keras import EnergyCallback
+
+    base = keras.callbacks.Callback
+    overridden = [h for h in KERAS_TRAINING_BATCH_HOOKS if getattr(EnergyCallback, h) is not getattr(base, h)]
+    assert not overridden, f"the Keras callback has per-batch training hooks: {overridden}"
+    callback = EnergyCallback(country="FR", output_dir=str(workdir / "keras-hook"))
+    logs = {"outputs": np.zeros((32, 10), dtype="float32")}
+    predict_us = per_call_us(lambda: callback.on_predict_batch_end(0, logs), calls) - loop_overhead_us(calls)
+    return {
+        "training_batch_hooks_overridden": overridden,
+        "async_safe": bool(getattr(EnergyCallback, "async_safe", False)),
+        "on_predict_batch_end_us": predict_us,
+        "keras_version": keras.__version__,
+        "backend": keras.backend.backend(),
+    }
+
+
+# ---------------------------------------------------------------------------- per boundary
+def boundary_costs(workdir: Path, repeats: int) -> dict:
+    from greencallbacks.meter import Meter
+    from greencallbacks.tracker import Tracker
+
+    sensors = host_sensors()
+    reads = {}
+    for sensor in sensors:
+        costs = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            sensor.energy_j()
+            costs.append((time.perf_counter() - t0) * 1e6)
+        reads[sensor.name] = {"method": str(sensor.method), "median_us": statistics.median(costs)}
+    meter = Meter(sensors)
+
+    def timed(fn) -> float:
+        costs = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            costs.append((time.perf_counter() - t0) * 1e6)
+        return statistics.median(costs)
+
+    snapshot_us = timed(meter.snapshot)
+    phase = {}
+    for label, output_dir in (("in_memory", None), ("records_written", workdir / "boundary")):
+        tracker = Tracker(output_dir=output_dir)
+        tracker.start(meter)
+
+        def one_phase(tracker=tracker):
+            tracker.begin("train", 0)
+            tracker.end("train")
+
+        phase[label] = timed(one_phase)
+        tracker.finish()
+    meter.close()
+    return {
+        "sensors": reads,
+        "snapshot_us": snapshot_us,
+        "phase_begin_end_in_memory_us": phase["in_memory"],
+        "phase_begin_end_records_written_us": phase["records_written"],
+    }
+
+
+# --------------------------------------------------------------------------- reads / epoch
+def counted_sensors():
+    sensors = host_sensors()
+    reads: collections.Counter = collections.Counter()
+    polls: collections.Counter = collections.Counter()
+    for sensor in sensors:
+        read, poll = sensor.energy_j, sensor.poll
+
+        def counted_read(read=read, name=sensor.name):
+            reads[name] += 1
+            return read()
+
+        def counted_poll(poll=poll, name=sensor.name):
+            polls[name] += 1
+            return poll()
+
+        sensor.energy_j, sensor.poll = counted_read, counted_poll
+    return sensors, reads, polls
+
+
+def reads_per_epoch(epochs: int, steps: int, workdir: Path) -> dict:
+    import torch
+
+    import overhead
+
+    out = {}
+    x, y, xv, yv = overhead._data(steps, 2)
+
+    # Lightning
+    import lightning.pytorch as L
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from greencallbacks.lightning import EnergyCallback as LightningCallback
+
+    class Module(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = overhead._mlp()
+
+        def training_step(self, batch, batch_idx):
+            return torch.nn.functional.cross_entropy(self.net(batch[0]), batch[1])
+
+        def validation_step(self, batch, batch_idx):
+            self.log("val_loss", torch.nn.functional.cross_entropy(self.net(batch[0]), batch[1]))
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    sensors, reads, polls = counted_sensors()
+    t0 = time.perf_counter()
+    L.Trainer(max_epochs=epochs, callbacks=[LightningCallback(country="FR", sensors=sensors)],
+              logger=L.loggers.CSVLogger(str(workdir / "lightning-reads")), enable_progress_bar=False,
+              enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0,
+              accelerator="cpu", devices=1).fit(
+        Module(), DataLoader(TensorDataset(x, y), batch_size=32), DataLoader(TensorDataset(xv, yv), batch_size=32))
+    out["lightning"] = _reads_summary(reads, polls, epochs, time.perf_counter() - t0)
+
+    # Keras
+    import keras
+
+    from greencallbacks.keras import EnergyCallback as KerasCallback
+
+    sensors, reads, polls = counted_sensors()
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((32,)), keras.layers.Dense(64, activation="relu"), keras.layers.Dense(10)])
+    model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    t0 = time.perf_counter()
+    model.fit(x.numpy(), y.numpy(), batch_size=32, epochs=epochs, validation_data=(xv.numpy(), yv.numpy()), verbose=0,
+              callbacks=[KerasCallback(country="FR", sensors=sensors, output_dir=str(workdir / "keras-reads"))])
+    out["keras"] = _reads_summary(reads, polls, epochs, time.perf_counter() - t0)
+
+    # HF
+    import transformers
+    from transformers import Trainer, TrainingArguments
+
+    from greencallbacks.hf import EnergyCallback as HFCallback
+
+    transformers.logging.set_verbosity_error()
+
+    class Rows(torch.utils.data.Dataset):
+        def __init__(self, inputs, labels):
+            self.inputs, self.labels = inputs, labels
+
+        def __len__(self):
+            return len(self.labels)
+
+        def __getitem__(self, i):
+            return {"inputs": self.inputs[i], "labels": self.labels[i]}
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = overhead._mlp()
+
+        def forward(self, inputs, labels=None):
+            logits = self.net(inputs)
+            return {"loss": torch.nn.functional.cross_entropy(logits, labels), "logits": logits}
+
+    sensors, reads, polls = counted_sensors()
+    args = TrainingArguments(output_dir=str(workdir / "hf-reads"), num_train_epochs=epochs, per_device_train_batch_size=32,
+                             per_device_eval_batch_size=32, use_cpu=True, disable_tqdm=True, report_to="none",
+                             logging_strategy="epoch", eval_strategy="epoch", save_strategy="no", seed=0)
+    t0 = time.perf_counter()
+    Trainer(model=Model(), args=args, train_dataset=Rows(x, y), eval_dataset=Rows(xv, yv),
+            callbacks=[HFCallback(country="FR", sensors=sensors)]).train()
+    out["hf"] = _reads_summary(reads, polls, epochs, time.perf_counter() - t0)
+    return out
+
+
+def _reads_summary(reads, polls, epochs: int, seconds: float) -> dict:
+    return {
+        "epochs": epochs,
+        "reads_per_epoch": {name: count / epochs for name, count in reads.items()},
+        "reads_total": dict(reads),
+        "polls_per_s": {name: count / seconds for name, count in polls.items()},
+        "fit_s": seconds,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    quiet()
+    pin_threads(1)
+    calls = 10_000 if args.quick else 100_000
+    with tempfile.TemporaryDirectory(prefix="gcb-hooks-") as tmp:
+        workdir = Path(tmp)
+        result = {
+            "calls": calls,
+            "lightning": lightning_per_step(calls, workdir),
+            "hf": hf_per_step(calls, workdir),
+            "keras": keras_per_step(calls, workdir),
+            "boundary": boundary_costs(workdir, 20 if args.quick else 200),
+            "reads": reads_per_epoch(3 if args.quick else 5, 5 if args.quick else 20, workdir),
+        }
+    emit(result)
+
+
+if __name__ == "__main__":
+    main()

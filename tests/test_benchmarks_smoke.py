@@ -1,0 +1,96 @@
+"""Smoke run of the benchmarks: they run, and their JSON has the expected keys and sane values.
+
+No timing assertions (figures from a loaded CI machine mean nothing); only shapes, signs and the
+facts that do not depend on speed (no Keras training batch hooks, sensors read a few times per
+epoch, no thread left behind, the GPU script's dry run works without CUDA).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def _positive(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+@pytest.fixture(scope="module")
+def quick_results(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("bench") / "quick.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "run_all.py"), "--quick", "--json", str(out),
+         "--parts", "overhead,hooks,startup,memory,zeus,gpu", "--frameworks", "lightning"],
+        capture_output=True, text=True, cwd=str(REPO), timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Overhead" in proc.stdout
+    return json.loads(out.read_text())
+
+
+def test_machine_is_described(quick_results):
+    m = quick_results["machine"]
+    assert m["cpu_model"] and m["python"] and m["packages"]["greencallbacks"]
+    assert quick_results["quick"] is True
+
+
+def test_overhead_ratios_are_positive(quick_results):
+    lightning = quick_results["overhead"]["lightning"]
+    assert set(lightning["tools"]) >= {"greencallbacks", "codecarbon"}
+    for summary in lightning["tools"].values():
+        assert summary["pairs"] >= 2
+        assert all(_positive(r) for r in summary["ratios"])
+        assert summary["ratio_min"] <= summary["ratio_median"] <= summary["ratio_max"]
+    assert _positive(lightning["baseline_ms_per_step"])
+
+
+def test_hook_costs_and_reads(quick_results):
+    hooks = quick_results["hooks"]
+    assert _positive(hooks["lightning"]["on_train_batch_end_us"])
+    assert math.isfinite(hooks["hf"]["training_step_wrapper_us"])
+    assert hooks["keras"]["training_batch_hooks_overridden"] == []
+    assert hooks["boundary"]["sensors"] and _positive(hooks["boundary"]["snapshot_us"])
+    for framework in ("lightning", "keras", "hf"):
+        reads = hooks["reads"][framework]["reads_per_epoch"]
+        assert reads, framework
+        # A few boundary reads per epoch (begin/end of train and validation, plus the run's ends),
+        # never one per batch.
+        assert all(1 <= per_epoch <= 10 for per_epoch in reads.values()), (framework, reads)
+
+
+def test_startup_and_memory(quick_results):
+    startup = quick_results["startup"]
+    assert _positive(startup["greencallbacks"]["median_ms"])
+    assert startup["core_imports_no_framework"] is True
+    memory = quick_results["memory"]
+    core = memory["core"]
+    assert core["phases"] > 0 and _positive(core["rss_mib_last"])
+    assert core["threads_last"] <= core["threads_first"] + 1
+    lightning = memory["lightning"]
+    assert all(t <= lightning["threads_before"] for t in lightning["threads_after_each_fit"])
+
+
+def test_zeus_probe_and_gpu_dry_run(quick_results):
+    assert "importable" in quick_results["zeus"]
+    gpu = quick_results["gpu_accuracy_dry_run"]
+    assert gpu["exit_code"] == 0
+    for case in ("lightning.short", "lightning.long", "hf.short", "hf.long"):
+        assert gpu["summary"][case]["epochs"] >= 1
+        assert gpu["summary"][case]["max_abs_epoch_error"] is not None
+
+
+def test_gpu_accuracy_refuses_without_cuda_unless_dry_run():
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_accuracy.py")], capture_output=True,
+                          text=True, cwd=str(REPO), timeout=120)
+    assert proc.returncode == 2 and "--dry-run" in proc.stderr
