@@ -455,11 +455,6 @@ def test_hf_two_trainings_in_one_process_start_fresh_and_leak_no_thread(tmp_path
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug, reported to the HF adapter: the Trainer's wrappers report to the last attached "
-    "EnergyCallback only, so the first one counts no training samples",
-)
 def test_hf_two_callbacks_in_one_trainer_each_measure_everything(tmp_path):
     make, callback, _, TRAIN_SAMPLES = _hf()
     low, high = callback(output_dir=tmp_path / "low"), callback(output_dir=tmp_path / "high")

@@ -64,8 +64,12 @@ from greencallbacks.torch_support import count_samples, device_and_sync
 
 __all__ = ["EnergyCallback"]
 
-# Attribute set on the Trainer instance: the callback its wrappers report to.
-_OWNER = "_greencallbacks_energy_callback"
+# Attribute set on the Trainer instance: the callbacks its wrappers report to, in attach order.
+_OWNERS = "_greencallbacks_energy_callbacks"
+
+
+def _owners(trainer) -> list:
+    return trainer.__dict__.get(_OWNERS, []) if trainer is not None else []
 
 
 class EnergyCallback(TrainerCallback, ExportableState):
@@ -122,9 +126,10 @@ class EnergyCallback(TrainerCallback, ExportableState):
         if "energy_state" in vars(self):
             # `restore_callback_states_from_checkpoint` swapped the user's instance for a copy of
             # `state()`: give the original (its sensors, the object the user holds) its place back.
-            original = trainer.__dict__.get(_OWNER) if trainer is not None else None
+            originals = [cb for cb in _owners(trainer) if cb is not self and cb._settings == self._settings]
+            original = originals[0] if originals else None
             del self.energy_state
-            if isinstance(original, EnergyCallback) and original is not self:
+            if isinstance(original, EnergyCallback):
                 callbacks = trainer.callback_handler.callbacks
                 callbacks[callbacks.index(self)] = original
                 return original.on_train_begin(args, state, control, **kwargs)
@@ -176,7 +181,7 @@ class EnergyCallback(TrainerCallback, ExportableState):
         # before it), and wrap the loops that follow.
         trainer, frame = _find_trainer()
         if trainer is not None:
-            if trainer.__dict__.get(_OWNER) is self:
+            if self in _owners(trainer):
                 return  # its wrapper is in charge (and failed to begin; it warned)
             self._attach(trainer)
         loop_arguments = frame.f_locals if frame is not None and frame.f_code.co_name in _LOOPS else {}
@@ -207,8 +212,10 @@ class EnergyCallback(TrainerCallback, ExportableState):
             warn("greencallbacks: EnergyCallback could not find its Trainer; energy goes to the records only.")
             return
         self._trainer = trainer
-        first = _OWNER not in trainer.__dict__
-        trainer.__dict__[_OWNER] = self
+        first = _OWNERS not in trainer.__dict__
+        owners = trainer.__dict__.setdefault(_OWNERS, [])
+        if self not in owners:
+            owners.append(self)  # several callbacks (two grids, say) each measure everything
         if first:
             _wrap_trainer(trainer)
 
@@ -283,16 +290,18 @@ _LOOPS = ("evaluation_loop", "prediction_loop")
 def _wrap_trainer(trainer: Trainer) -> None:
     """Wrap a few methods of this Trainer instance (not its class) to see what no hook shows."""
 
-    def owner() -> EnergyCallback | None:
-        return trainer.__dict__.get(_OWNER)
+    def owners() -> list[EnergyCallback]:
+        return list(_owners(trainer))
 
     training_step = trainer.training_step
 
     @functools.wraps(training_step)
     def counting_training_step(model, inputs, *args, **kwargs):
-        callback = owner()
-        if callback is not None:
-            callback.tracker.add_samples(count_samples(inputs))  # a shape lookup, no device sync
+        callbacks = owners()
+        if callbacks:
+            samples = count_samples(inputs)  # a shape lookup, no device sync
+            for callback in callbacks:
+                callback.tracker.add_samples(samples)
         return training_step(model, inputs, *args, **kwargs)
 
     trainer.training_step = counting_training_step
@@ -305,42 +314,45 @@ def _wrap_trainer(trainer: Trainer) -> None:
             try:
                 return run_epoch(*args, **kwargs)
             except BaseException:
-                if owner() is not None:
-                    owner()._abort()
+                for callback in owners():
+                    callback._abort()
                 raise
 
         trainer._run_epoch = guarded_run_epoch
 
     for name in _LOOPS:
         if hasattr(trainer, name):
-            setattr(trainer, name, _measured_loop(getattr(trainer, name), owner))
+            setattr(trainer, name, _measured_loop(getattr(trainer, name), owners))
 
 
-def _measured_loop(loop, owner):
+def _measured_loop(loop, owners):
     signature = inspect.signature(loop)
 
     @functools.wraps(loop)
     def measured(*args, **kwargs):
-        callback = owner()
-        if callback is None:
+        callbacks = owners()
+        if not callbacks:
             return loop(*args, **kwargs)
         arguments = signature.bind_partial(*args, **kwargs).arguments
         prefix = arguments.get("metric_key_prefix", signature.parameters["metric_key_prefix"].default)
-        try:
-            callback._begin_loop(arguments.get("description"), prefix, callback._trainer.args)
-        except Exception as error:  # noqa: BLE001
-            warn(f"greencallbacks: could not begin measuring {prefix} ({error!r}).")
+        for callback in callbacks:
+            try:
+                callback._begin_loop(arguments.get("description"), prefix, callback._trainer.args)
+            except Exception as error:  # noqa: BLE001
+                warn(f"greencallbacks: could not begin measuring {prefix} ({error!r}).")
         try:
             output = loop(*args, **kwargs)
         except BaseException:
-            callback._abort()
+            for callback in callbacks:
+                callback._abort()
             raise
-        try:
-            values = _finite(callback._end_loop(output.num_samples, callback._trainer.state))
-            output.metrics.update(values)  # evaluate() logs and returns them; predict() returns them
-            callback._loop_metrics = values
-        except Exception as error:  # noqa: BLE001
-            warn(f"greencallbacks: could not measure {prefix} ({error!r}).")
+        for callback in callbacks:
+            try:
+                values = _finite(callback._end_loop(output.num_samples, callback._trainer.state))
+                output.metrics.update(values)  # evaluate() logs and returns them; predict() returns them
+                callback._loop_metrics = values
+            except Exception as error:  # noqa: BLE001
+                warn(f"greencallbacks: could not measure {prefix} ({error!r}).")
         return output
 
     return measured
