@@ -138,7 +138,7 @@ def hf_per_step(calls: int, workdir: Path) -> dict:
     try:
         raw = types.SimpleNamespace(training_step=lambda model, batch: None)
         wrapped = types.SimpleNamespace(training_step=lambda model, batch: None)
-        wrapped.__dict__[hf_adapter._OWNER] = callback
+        wrapped.__dict__[hf_adapter._OWNERS] = [callback]
         hf_adapter._wrap_trainer(wrapped)
         wrapper_us = per_call_us(lambda: wrapped.training_step(None, inputs), calls) - per_call_us(
             lambda: raw.training_step(None, inputs), calls)
