@@ -106,46 +106,35 @@ def _optional_float(text: str) -> float | None:
     return float(text) if text.strip() else None
 
 
-@lru_cache(maxsize=None)
-def countries() -> tuple[CountryRow, ...]:
-    return parsed("grid_countries.csv", lambda row:
-        CountryRow(
-            zone=row["alpha3"],
-            name=row["name"],
-            g_per_kwh=float(row["g_per_kwh"]),
-            year=_optional_int(row["year"]),
-            source=row["source"],
-            licence=row["licence"],
-            alpha2=row["alpha2"],
-            aliases=tuple(alias for alias in row["aliases"].split("|") if alias),
-        )
-    )
-
-
-@lru_cache(maxsize=None)
-def world() -> GridRow:
-    return parsed("grid_world.csv", lambda row: GridRow(
-        zone=row["zone"],
-        name="World",
+def _grid_fields(row: dict[str, str]) -> dict:
+    """The columns every grid table shares."""
+    return dict(
         g_per_kwh=float(row["g_per_kwh"]),
         year=_optional_int(row["year"]),
         source=row["source"],
         licence=row["licence"],
-    ))[0]
+    )
+
+
+@lru_cache(maxsize=None)
+def countries() -> tuple[CountryRow, ...]:
+    return parsed("grid_countries.csv", lambda row: CountryRow(
+        zone=row["alpha3"],
+        name=row["name"],
+        alpha2=row["alpha2"],
+        aliases=tuple(alias for alias in row["aliases"].split("|") if alias),
+        **_grid_fields(row),
+    ))
+
+
+@lru_cache(maxsize=None)
+def world() -> GridRow:
+    return parsed("grid_world.csv", lambda row: GridRow(zone=row["zone"], name="World", **_grid_fields(row)))[0]
 
 
 @lru_cache(maxsize=None)
 def us_states() -> tuple[GridRow, ...]:
-    return parsed("grid_us_states.csv", lambda row:
-        GridRow(
-            zone=row["zone"],
-            name=row["name"],
-            g_per_kwh=float(row["g_per_kwh"]),
-            year=_optional_int(row["year"]),
-            source=row["source"],
-            licence=row["licence"],
-        )
-    )
+    return parsed("grid_us_states.csv", lambda row: GridRow(zone=row["zone"], name=row["name"], **_grid_fields(row)))
 
 
 @lru_cache(maxsize=None)
