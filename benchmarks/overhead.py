@@ -256,15 +256,16 @@ def hf_variants(epochs: int, steps: int, val_steps: int, workdir: Path):
 
 BUILDERS = {"lightning": lightning_variants, "keras": keras_variants, "hf": hf_variants}
 # (epochs, train steps per epoch, validation steps per epoch): full runs take ~2-5 s here.
+# "long": ~1 s epochs, to show how the fixed per-epoch cost shrinks with epoch length.
 SIZES = {
-    "lightning": {"full": (20, 100, 10), "quick": (2, 10, 2)},
-    "keras": {"full": (20, 100, 10), "quick": (2, 10, 2)},
-    "hf": {"full": (8, 80, 10), "quick": (2, 8, 2)},
+    "lightning": {"full": (20, 100, 10), "long": (4, 1000, 100), "quick": (2, 10, 2)},
+    "keras": {"full": (20, 100, 10), "long": (4, 1000, 100), "quick": (2, 10, 2)},
+    "hf": {"full": (8, 80, 10), "long": (4, 800, 80), "quick": (2, 8, 2)},
 }
 
 
-def measure(framework: str, rounds: int, quick: bool) -> dict:
-    epochs, steps, val_steps = SIZES[framework]["quick" if quick else "full"]
+def measure(framework: str, rounds: int, quick: bool, size: str = "full") -> dict:
+    epochs, steps, val_steps = SIZES[framework]["quick" if quick else size]
     with tempfile.TemporaryDirectory(prefix=f"gcb-overhead-{framework}-") as tmp:
         variants = BUILDERS[framework](epochs, steps, val_steps, Path(tmp))
         names = list(variants)
@@ -298,13 +299,14 @@ def main() -> None:
     parser.add_argument("--framework", choices=sorted(BUILDERS), required=True)
     parser.add_argument("--rounds", type=int, default=None, help="A/B rounds (default 7; 2 with --quick)")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--long-epochs", action="store_true", help="~1 s epochs instead of ~0.1 s")
     args = parser.parse_args()
     if args.framework == "keras":
         os.environ.setdefault("KERAS_BACKEND", "torch")
     quiet()
     pin_threads(1)
     rounds = args.rounds or (2 if args.quick else 7)
-    emit(measure(args.framework, rounds, args.quick))
+    emit(measure(args.framework, rounds, args.quick, "long" if args.long_epochs else "full"))
 
 
 if __name__ == "__main__":
