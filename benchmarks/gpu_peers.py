@@ -54,6 +54,9 @@ from pathlib import Path
 
 KWH_J = 3.6e6
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import gpu_accuracy as accuracy  # noqa: E402 - the shared workload, reference and simulated counter
+
 
 # ----------------------------------------------------------------------------- network guard
 class NetworkGuard:
@@ -110,39 +113,19 @@ class NetworkGuard:
 
 
 # --------------------------------------------------------------------------- energy sources
-class NvmlReference:
-    """The hardware counter, read after the device has finished its queued work."""
+class NvmlReference(accuracy.NvmlReference):
+    """The hardware counter (see gpu_accuracy.py), plus its update period and NVML index."""
 
     def __init__(self, torch, device_index: int) -> None:
-        import pynvml
-
-        self.torch, self.pynvml, self.device_index = torch, pynvml, device_index
-        pynvml.nvmlInit()
-        uuid = getattr(torch.cuda.get_device_properties(device_index), "uuid", None)
-        handle = None
-        if uuid is not None:
-            text = str(uuid)
-            text = text if text.startswith(("GPU-", "MIG-")) else f"GPU-{text}"
-            try:
-                handle = pynvml.nvmlDeviceGetHandleByUUID(text)
-            except Exception:  # noqa: BLE001 - fall back to the index
-                handle = None
-        self.handle = handle or pynvml.nvmlDeviceGetHandleByIndex(device_index)
-        name = pynvml.nvmlDeviceGetName(self.handle)
-        self.name = name if isinstance(name, str) else name.decode()
-        self.driver = pynvml.nvmlSystemGetDriverVersion()
+        super().__init__(torch, device_index)
         try:
-            self.nvml_index = int(pynvml.nvmlDeviceGetIndex(self.handle))
+            self.nvml_index = int(self.pynvml.nvmlDeviceGetIndex(self.handle))
         except Exception:  # noqa: BLE001
             self.nvml_index = device_index
-        self.nvml_count = int(pynvml.nvmlDeviceGetCount())
+        self.nvml_count = int(self.pynvml.nvmlDeviceGetCount())
 
     def raw_mj(self) -> int:
         return self.pynvml.nvmlDeviceGetTotalEnergyConsumption(self.handle)
-
-    def read_j(self) -> float:
-        self.torch.cuda.synchronize(self.device_index)
-        return self.raw_mj() / 1000.0
 
     def update_period_ms(self, seconds: float = 0.6) -> float | None:
         """Median time between changes of the counter, polled for ``seconds``."""
@@ -156,83 +139,21 @@ class NvmlReference:
         return 1000.0 * gaps[len(gaps) // 2] if gaps else None
 
     def describe(self) -> dict:
-        return {"gpu": self.name, "driver": str(self.driver), "nvml_index": self.nvml_index, "nvml_device_count": self.nvml_count}
+        return {**super().describe(), "nvml_index": self.nvml_index, "nvml_device_count": self.nvml_count}
 
 
-class SimulatedCounter:
+class SimulatedCounter(accuracy.SimulatedCounter):
     """--dry-run: a counter at a fixed power, shared by the reference and greencallbacks."""
 
-    POWER_W = 250.0
     nvml_index = None
-
-    def __init__(self) -> None:
-        self._t0 = time.monotonic()
-
-    def read_j(self) -> float:
-        return self.POWER_W * (time.monotonic() - self._t0)
 
     def update_period_ms(self, seconds: float = 0.0) -> None:
         return None
 
-    def describe(self) -> dict:
-        return {"gpu": f"simulated {self.POWER_W:g} W counter (dry run)", "driver": None}
+
+simulated_sensor, Workload, gpu_component_j = accuracy.simulated_sensor, accuracy.Workload, accuracy.gpu_component_j
 
 
-def simulated_sensor(counter: SimulatedCounter):
-    from greencallbacks.sensors.base import Kind, Method, Sensor
-
-    class SimulatedGpuSensor(Sensor):
-        name, kind, method, scope = "gpu0", Kind.GPU, Method.COUNTER, "simulated"
-        update_period_s = 0.0
-
-        def energy_j(self) -> float:
-            return counter.read_j()
-
-    return SimulatedGpuSensor()
-
-
-# ------------------------------------------------------------------------------- workload
-class Workload:
-    def __init__(self, torch, device, hidden: int, batch: int) -> None:
-        self.torch, self.device, self.hidden, self.batch = torch, device, hidden, batch
-
-    def model(self):
-        torch = self.torch
-        torch.manual_seed(0)
-        h = self.hidden
-        return torch.nn.Sequential(
-            torch.nn.Linear(h, 2 * h), torch.nn.ReLU(), torch.nn.Linear(2 * h, 2 * h), torch.nn.ReLU(),
-            torch.nn.Linear(2 * h, h),
-        ).to(self.device)
-
-    def loss(self, net):
-        x = self.torch.randn(self.batch, self.hidden, device=self.device)
-        return (net(x) - x).pow(2).mean()
-
-    def steps_for(self, seconds: float, sync) -> int:
-        """Optimizer steps that take about ``seconds`` (timed on a scratch model)."""
-        torch = self.torch
-        net = self.model()
-        optimizer = torch.optim.SGD(net.parameters(), lr=1e-4)
-
-        def step():
-            optimizer.zero_grad(set_to_none=True)
-            self.loss(net).backward()
-            optimizer.step()
-
-        for _ in range(5):
-            step()
-        sync()
-        n, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < 0.5:
-            step()
-            n += 1
-        sync()
-        per_step = (time.perf_counter() - t0) / n
-        return max(2, int(seconds / per_step))
-
-
-# ---------------------------------------------------------------------------------- peers
 def _error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
@@ -355,10 +276,6 @@ def make_zeus(info: dict, gpu_indices: list[int]) -> tuple[object | None, dict]:
 
 
 # ------------------------------------------------------------------------------ the fits
-def gpu_component_j(record) -> float:
-    return sum(c["energy_j"] for c in record.components if c.get("kind") == "gpu")
-
-
 def rel(value, ref):
     if value is None or ref is None or ref <= 0:
         return None
