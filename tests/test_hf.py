@@ -123,7 +123,7 @@ def test_values_reach_mlflow_and_wandb(tmp_path, monkeypatch):
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from tests.wandb_offline import read_history, run_files
+    from tests.wandb_offline import read_history_with, run_files
 
     uri = f"file:{tmp_path / 'mlruns'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -150,7 +150,7 @@ def test_values_reach_mlflow_and_wandb(tmp_path, monkeypatch):
         assert len(client.get_metric_history(run.info.run_id, f"eval_{stem}")) == 2
 
     (run_file,) = run_files(tmp_path)
-    rows = read_history(run_file)
+    rows = read_history_with(run_file, "train/energy_kwh", len(train))
     logged = [row["train/energy_kwh"] for row in rows if "train/energy_kwh" in row]
     assert logged == pytest.approx([e["energy_kwh"] for e in train], rel=1e-9)
     logged_eval = [row["eval/co2eq_g_per_sample"] for row in rows if "eval/co2eq_g_per_sample" in row]

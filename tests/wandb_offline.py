@@ -55,5 +55,22 @@ def read_history(run_file: str | Path) -> list[dict]:
     return rows
 
 
+def read_history_with(run_file: str | Path, key: str, rows: int, timeout_s: float = 20.0) -> list[dict]:
+    """The run's history once ``rows`` rows carry ``key``.
+
+    W&B's service process writes the file asynchronously; on a loaded machine the last rows can
+    land a moment after ``wandb.finish()`` returns. Returns what is there at the deadline, so a
+    test that expects more still fails.
+    """
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        history = read_history(run_file)
+        if sum(key in row for row in history) >= rows or time.monotonic() > deadline:
+            return history
+        time.sleep(0.1)
+
+
 def run_files(wandb_dir: str | Path) -> list[Path]:
     return sorted(Path(wandb_dir).rglob("run-*.wandb"))
