@@ -50,12 +50,12 @@ def mlflow_scalars(tracking_uri, run_id) -> dict[str, list[tuple[int, float]]]:
     return {key: [(m.step, m.value) for m in client.get_metric_history(run_id, key)] for key in keys}
 
 
-def wandb_scalars(wandb_dir) -> dict[str, list[tuple[int, float]]]:
-    from wandb_offline import read_history, run_files
+def wandb_scalars(wandb_dir, epochs: int) -> dict[str, list[tuple[int, float]]]:
+    from wandb_offline import read_history_with, run_files
 
     (run_file,) = run_files(wandb_dir)
     out: dict[str, list[tuple[int, float]]] = {}
-    for row in read_history(run_file):
+    for row in read_history_with(run_file, "val_energy_kwh", epochs):
         for key, value in row.items():
             if not key.startswith("_") and key != "trainer/global_step":
                 out.setdefault(key, []).append((row.get("trainer/global_step"), value))
@@ -133,7 +133,7 @@ def test_every_logger_gets_every_epoch(package, tmp_path, monkeypatch):
         "tensorboard": tensorboard_scalars(tensorboard.log_dir),
         "csv": csv_scalars(Path(csv_logger.log_dir) / "metrics.csv"),
         "mlflow": mlflow_scalars(mlflow_uri, mlflow.run_id),
-        "wandb": wandb_scalars(tmp_path / "wandb"),
+        "wandb": wandb_scalars(tmp_path / "wandb", epochs),
     }
     for where, scalars in read_back.items():
         assert_epoch_metrics(scalars, records, epochs, where)
