@@ -10,6 +10,8 @@ the fallback estimate if there is one (or stops counting), and labels what it re
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 import warnings
@@ -27,8 +29,16 @@ class EnergyWarning(UserWarning):
     """A sensor was degraded or a measurement is less exact than asked; training goes on."""
 
 
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
 def warn(message: str) -> None:
-    warnings.warn(message, EnergyWarning, stacklevel=3)
+    """Warn, pointing at the first caller outside this package (the user's or the framework's
+    line), not at the library's internals."""
+    level, frame = 2, sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, EnergyWarning, stacklevel=level)
 
 
 @dataclass(frozen=True)
