@@ -282,3 +282,56 @@ def test_session_rejects_a_carbon_aware_that_is_not_a_pause():
 
     with pytest.raises(ValueError, match="carbon_aware"):
         EnergySession(carbon_aware=300)
+
+
+def test_resume_after_a_crash_counts_the_attempt_after_the_checkpoint_once(tmp_path):
+    first, clock, _ = setup(tmp_path)
+    for epoch in range(2):
+        first.begin("train", epoch)
+        clock.advance(10.0)
+        first.end("train")
+    checkpoint = first.state_dict()
+    first.begin("train", 2)  # this epoch finishes after the checkpoint, then the run crashes
+    clock.advance(10.0)
+    first.end("train")
+    first.begin("train", 3)
+    clock.advance(5.0)
+    first.abort()
+    second, clock2, _ = setup(tmp_path)  # started, then restored (Lightning's order)
+    second.load_state_dict(checkpoint)
+    assert second.totals["train"].count == 4  # 2 from the checkpoint + epoch 2 + the partial epoch 3
+    for epoch in (2, 3):
+        second.begin("train", epoch)
+        clock2.advance(10.0)
+        second.end("train")
+    second.finish()
+    records = [r for r in read_records(tmp_path) if r.run_id == first.run_id]
+    seqs = [r.seq for r in records]
+    assert len(set(seqs)) == len(seqs)  # nothing renumbered onto the crashed attempt's records
+    assert second.total_energy_j == pytest.approx(sum(r.energy_kwh for r in records) * 3.6e6)
+
+
+def test_state_loaded_before_start_also_counts_the_crashed_attempt(tmp_path):
+    first, clock, _ = setup(tmp_path)
+    first.begin("train", 0)
+    clock.advance(10.0)
+    first.end("train")
+    checkpoint = first.state_dict()
+    first.begin("train", 1)
+    clock.advance(10.0)
+    first.end("train")
+    first.abort()
+    clock2 = FakeClock()
+    meter = Meter([ScriptedSensor("gpu0", clock2, power_w=100.0)], fallback=None, clock=clock2,
+                  wall_clock=lambda: clock2() + 1.7e9)
+    second = Tracker(carbon=Carbon(intensity=INTENSITY, pue=PUE), output_dir=tmp_path)
+    second.load_state_dict(checkpoint)  # Keras and HF restore before starting
+    second.start(meter)
+    assert second.totals["train"].count == 2
+    second.begin("train", 1)
+    clock2.advance(10.0)
+    second.end("train")
+    second.finish()
+    records = read_records(tmp_path)
+    assert len({r.seq for r in records}) == len(records)
+    assert second.total_energy_j == pytest.approx(sum(r.energy_kwh for r in records) * 3.6e6)

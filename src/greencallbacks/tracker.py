@@ -20,6 +20,7 @@ import math
 import os
 import socket
 import uuid
+import warnings
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from greencallbacks._version import __version__
 from greencallbacks.distributed import LocalReducer, Reducer
-from greencallbacks.records import PHASES, RECORDS_FILE, Record, RecordWriter
+from greencallbacks.records import PHASES, RECORDS_FILE, Record, RecordWriter, read_records
 from greencallbacks.units import J_PER_KWH
 
 if TYPE_CHECKING:
@@ -168,6 +169,7 @@ class Tracker:
         self._seq = 0
         self.step: int | None = None
         self.planned_epochs: int | None = None  # set by adapters to enable the run prediction
+        self._resumed_from_seq: int | None = None
         self.carbon_aware: CarbonAwarePause | None = None  # pauses between epochs, if configured
 
     # ----------------------------------------------------------------------------- lifecycle
@@ -193,6 +195,8 @@ class Tracker:
             self._writer = RecordWriter(self.output_dir / RECORDS_FILE)
         self._stack = [self._open("other", None)]
         self._last_snapshot = meter.snapshot()
+        if self._resumed_from_seq is not None:  # state loaded before start (Keras, HF)
+            self._count_work_after_checkpoint()
 
     def begin(self, phase: str, epoch: int | None = None) -> None:
         """A phase starts. Nested phases (validation inside a training epoch) are allowed."""
@@ -386,6 +390,35 @@ class Tracker:
                 self.totals[phase] = PhaseTotals(**values)
         if self.carbon_aware is not None and "carbon_aware" in state:
             self.carbon_aware.load_state_dict(state["carbon_aware"])  # the delay budget spent stays spent
+        self._resumed_from_seq = restored_seq
+        if self.running:
+            self._count_work_after_checkpoint()
+
+    def _count_work_after_checkpoint(self) -> None:
+        """Count what the interrupted attempt measured after its checkpoint, once.
+
+        A run that crashes after its last checkpoint has records on disk that the checkpoint's
+        totals do not hold: that energy was spent, so the totals take it in (and the records
+        of a run still add up to its total), and numbering continues after it.
+        """
+        resumed_from, self._resumed_from_seq = self._resumed_from_seq, None
+        path = self.output_dir / RECORDS_FILE if self.output_dir is not None else None
+        if resumed_from is None or path is None or not path.exists():
+            return
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # a torn last line of the crashed attempt is expected
+                after = [r for r in read_records(path) if r.run_id == self.run_id and r.seq >= resumed_from]
+        except (OSError, ValueError):
+            return
+        for record in after:
+            self.totals[record.phase].add(record)
+        if after:
+            shift = max(r.seq for r in after) + 1 - min(o.seq for o in self._stack) if self._stack else 0
+            if shift > 0:
+                for opened in self._stack:
+                    opened.seq += shift
+                self._seq += shift
 
     # ------------------------------------------------------------------------------ internals
     def _open(self, phase: str, epoch: int | None) -> _Open:
