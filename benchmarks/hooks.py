@@ -318,24 +318,7 @@ def reads_per_epoch(epochs: int, steps: int, workdir: Path) -> dict:
 
     transformers.logging.set_verbosity_error()
 
-    class Rows(torch.utils.data.Dataset):
-        def __init__(self, inputs, labels):
-            self.inputs, self.labels = inputs, labels
-
-        def __len__(self):
-            return len(self.labels)
-
-        def __getitem__(self, i):
-            return {"inputs": self.inputs[i], "labels": self.labels[i]}
-
-    class Model(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.net = overhead._mlp()
-
-        def forward(self, inputs, labels=None):
-            logits = self.net(inputs)
-            return {"loss": torch.nn.functional.cross_entropy(logits, labels), "logits": logits}
+    Rows, Model = overhead.hf_dataset_and_model()
 
     sensors, reads, polls = counted_sensors()
     args = TrainingArguments(output_dir=str(workdir / "hf-reads"), num_train_epochs=epochs, per_device_train_batch_size=32,

@@ -191,15 +191,9 @@ def keras_variants(epochs: int, steps: int, val_steps: int, workdir: Path):
 
 
 # ------------------------------------------------------------------------------------------ hf
-def hf_variants(epochs: int, steps: int, val_steps: int, workdir: Path):
+def hf_dataset_and_model():
+    """A map-style data set of ``{"inputs", "labels"}`` rows and the MLP as an HF-style model."""
     import torch
-    import transformers
-    from transformers import Trainer, TrainingArguments
-
-    from greencallbacks.hf import EnergyCallback
-
-    transformers.logging.set_verbosity_error()
-    x, y, xv, yv = _data(steps, val_steps)
 
     class Rows(torch.utils.data.Dataset):
         def __init__(self, inputs, labels):
@@ -221,6 +215,19 @@ def hf_variants(epochs: int, steps: int, val_steps: int, workdir: Path):
             loss = torch.nn.functional.cross_entropy(logits, labels) if labels is not None else None
             return {"loss": loss, "logits": logits}
 
+    return Rows, Model
+
+
+def hf_variants(epochs: int, steps: int, val_steps: int, workdir: Path):
+    import transformers
+    from transformers import Trainer, TrainingArguments
+
+    from greencallbacks.hf import EnergyCallback
+
+    transformers.logging.set_verbosity_error()
+    x, y, xv, yv = _data(steps, val_steps)
+
+    Rows, Model = hf_dataset_and_model()
     train, val = Rows(x, y), Rows(xv, yv)
     counter = {"n": 0}
 

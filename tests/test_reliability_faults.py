@@ -8,7 +8,6 @@ always finishes or fails for its own reason, and what was measured is on disk.
 from __future__ import annotations
 
 import errno
-import gc
 import json
 import os
 import signal

@@ -6,7 +6,6 @@ files, no writes into the installed package.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import sys
