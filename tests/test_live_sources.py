@@ -2,13 +2,13 @@
 
 import base64
 import json
-import threading
 import time
 import urllib.parse
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+
+from tests.fakes.loopback import LoopbackServer, QuietHandler
 
 from greencallbacks.carbon import Carbon
 from greencallbacks.carbon.intensity import country_intensity, world_average
@@ -37,7 +37,7 @@ class FakeApi:
         self.requests = []  # (path, query dict, headers dict)
         api = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self):
                 parsed = urllib.parse.urlparse(self.path)
                 headers = {name.lower(): value for name, value in self.headers.items()}  # HTTP names are case-blind
@@ -59,18 +59,12 @@ class FakeApi:
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (timeout test)
 
-            def log_message(self, *args):
-                pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._server = LoopbackServer(Handler)
+        self.url = self._server.url
 
     def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        self._server.close()
 
 
 @pytest.fixture

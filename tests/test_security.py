@@ -9,12 +9,12 @@ import json
 import signal
 import socket
 import sys
-import threading
 import warnings
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+
+from tests.fakes.loopback import LoopbackServer, QuietHandler
 
 import greencallbacks
 from greencallbacks import cli
@@ -110,7 +110,7 @@ class _LeakyApi:
     """A loopback server that fails every request and echoes every header into its error body."""
 
     def __init__(self):
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self):
                 body = ("denied: " + json.dumps(dict(self.headers)) + " path " + self.path).encode()
                 self.send_response(401)
@@ -118,18 +118,12 @@ class _LeakyApi:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, *args):
-                pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._server = LoopbackServer(Handler)
+        self.url = self._server.url
 
     def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        self._server.close()
 
 
 def _every_text(root: Path) -> str:
