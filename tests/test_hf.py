@@ -56,8 +56,11 @@ def assert_consistent(entry, prefix, samples):
     for stem in METRIC_STEMS:
         assert entry[prefix + stem] > 0, (prefix + stem, entry)
     energy_j = entry[prefix + "energy_kwh"] * 3.6e6
-    # IT power, before PUE; the sensor and the meter read the clock microseconds apart
-    assert entry[prefix + "power_w"] == pytest.approx(POWER_W, rel=0.02)
+    # IT power, before PUE. The sensor and the meter read the clock at slightly different moments
+    # (75 us apart was seen on a loaded machine), which matters only for phases of a few ms: allow
+    # 1 ms of the phase's duration, and 2 % for longer phases.
+    duration_s = energy_j / PUE / entry[prefix + "power_w"]
+    assert entry[prefix + "power_w"] == pytest.approx(POWER_W, rel=max(0.02, 0.001 / duration_s))
     assert entry[prefix + "co2eq_g"] == pytest.approx(entry[prefix + "energy_kwh"] * INTENSITY, rel=1e-9)
     assert entry[prefix + "energy_j_per_sample"] == pytest.approx(energy_j / samples, rel=1e-9)
     assert entry[prefix + "co2eq_g_per_sample"] == pytest.approx(entry[prefix + "co2eq_g"] / samples, rel=1e-9)
