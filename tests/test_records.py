@@ -1,7 +1,10 @@
 import json
+import os
+import threading
 
 import pytest
 
+from greencallbacks import records as records_module
 from greencallbacks.records import RECORDS_FILE, SCHEMA, Record, RecordWriter, read_records
 
 
@@ -32,16 +35,53 @@ def test_round_trip_keeps_every_field(tmp_path):
         assert required in first_line
 
 
-def test_each_write_is_fsynced(tmp_path, monkeypatch):
-    import os
-
-    synced = []
+def test_write_puts_the_line_in_the_file_at_once_and_fsyncs_it_off_the_training_thread(tmp_path, monkeypatch):
+    """The record is in the file when ``write`` returns (a killed process keeps it); the fsync
+    runs on the writer's thread, and ``close`` returns only once the last line is on disk."""
+    release = threading.Event()
+    synced = []  # (thread, file size when fsync was called)
     real_fsync = os.fsync
-    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
-    writer = RecordWriter(tmp_path / "r.jsonl")
-    writer.write(make_record(0))
+
+    def slow_fsync(fd):
+        release.wait(10)
+        synced.append((threading.current_thread().name, os.fstat(fd).st_size))
+        real_fsync(fd)
+
+    monkeypatch.setattr(records_module.os, "fsync", slow_fsync)
+    path = tmp_path / "r.jsonl"
+    writer = RecordWriter(path)
+    assert writer.write(make_record(0))  # returns although the fsync is held back
+    assert writer.write(make_record(1))
+    assert [r.seq for r in read_records(path)] == [0, 1]
+    assert synced == []
+    release.set()
+    assert writer.close()
+    assert synced and all(name.startswith("greencallbacks-fsync") for name, _ in synced)
+    assert synced[-1][1] == path.stat().st_size  # the last fsync covered every line
+    assert not any(t.name.startswith("greencallbacks-fsync") for t in threading.enumerate())
+
+
+def test_a_failed_fsync_rewrites_the_lines_it_covered_once(tmp_path, monkeypatch):
+    """After a failed fsync the kernel may have dropped the pages: the next write cuts the
+    unsynced lines off and writes them again, so each record is in the file exactly once."""
+    real_fsync = os.fsync
+    failures = [OSError(5, "Input/output error")]
+
+    def flaky_fsync(fd):
+        if failures:
+            raise failures.pop()
+        real_fsync(fd)
+
+    monkeypatch.setattr(records_module.os, "fsync", flaky_fsync)
+    path = tmp_path / "r.jsonl"
+    writer = RecordWriter(path)
+    with pytest.warns(UserWarning, match="Input/output error"):
+        writer.write(make_record(0))
+        writer.close()  # waits for the failed fsync, then rewrites and syncs in the foreground
+    assert [r.seq for r in read_records(path)] == [0]
     writer.write(make_record(1))
-    assert len(synced) == 2
+    assert writer.close()
+    assert [r.seq for r in read_records(path)] == [0, 1]
 
 
 def test_torn_last_line_is_skipped_with_warning(tmp_path):
@@ -84,3 +124,22 @@ def test_non_finite_values_are_written_as_null_not_invalid_json(tmp_path):
     assert "NaN" not in line and "Infinity" not in line
     (record,) = read_records(tmp_path / "r.jsonl")
     assert record.co2eq_g is None and record.energy_j_per_sample is None
+
+
+def test_a_write_at_interpreter_exit_is_fsynced_in_place(tmp_path, monkeypatch):
+    """At exit (a Keras fit that raised is closed by an atexit hook) no thread can be started:
+    the fsync then happens in the calling thread instead of failing the write."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def refuse(self, *args, **kwargs):
+        raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+
+    monkeypatch.setattr(ThreadPoolExecutor, "submit", refuse)
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(records_module.os, "fsync", lambda fd: (synced.append(threading.current_thread().name), real_fsync(fd)))
+    path = tmp_path / "r.jsonl"
+    writer = RecordWriter(path)
+    assert writer.write(make_record(0))
+    assert synced == [threading.current_thread().name]
+    assert [r.seq for r in read_records(path)] == [0]

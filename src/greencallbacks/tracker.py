@@ -191,6 +191,7 @@ class Tracker:
             self.output_dir = Path(output_dir)
         self.meter = meter
         self.reducer = reducer or LocalReducer()
+        self._host = socket.gethostname()  # read once: a system call at every boundary adds up
         if self.output_dir is not None:
             self._writer = RecordWriter(self.output_dir / RECORDS_FILE)
         self._stack = [self._open("other", None)]
@@ -272,6 +273,8 @@ class Tracker:
             self._close(top, partial=top.phase != "other")
         local, self._pending = self._pending, []
         if self.reducer.world_size > 1 and self.reducer.rank > 0 and self.output_dir is not None:
+            if self._writer is not None:
+                self._writer.close()
             self._writer = RecordWriter(self.output_dir / f"energy-records.rank{self.reducer.rank}.jsonl")
         for record in local:
             self._accept(record, write=True)
@@ -281,7 +284,7 @@ class Tracker:
         if self.meter is not None:
             self.meter.stop_sampling()
         if self._writer is not None:
-            self._writer.flush()
+            self._writer.close()  # on disk (fsynced) before the run is reported finished
             if self.reducer.rank == 0:
                 self._write_summary()
         self.meter = None
@@ -454,13 +457,12 @@ class Tracker:
         facility_kwh = it_energy_j * pue / J_PER_KWH
         mean_g_per_kwh = co2eq_g / facility_kwh if facility_kwh > 0 else intensity.g_per_kwh
         source = "; ".join(dict.fromkeys(i.source for i in intensities))
-        host = socket.gethostname()
         components = []
         for c in opened.components.values():
             out = {k: v for k, v in c.items() if k != "uncertainty_j2" and (k != "note" or v)}
             out["uncertainty_j"] = math.sqrt(c["uncertainty_j2"])
             out["rank"] = self.reducer.rank
-            out["host"] = host
+            out["host"] = self._host
             components.append(out)
         uncertainty_j = math.sqrt(sum(c["uncertainty_j2"] for c in opened.components.values()))
         record = Record(
