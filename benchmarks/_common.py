@@ -45,11 +45,23 @@ def quiet() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+def bootstrap_median_ci(values: list[float], level: float = 0.95, resamples: int = 4000) -> tuple[float, float]:
+    """Percentile bootstrap interval of the median (seeded: the same data give the same interval)."""
+    import random
+
+    rng = random.Random(0)
+    medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(resamples))
+    tail = (1 - level) / 2
+    return medians[int(tail * resamples)], medians[min(resamples - 1, int((1 - tail) * resamples))]
+
+
 def ratio_summary(with_s: list[float], without_s: list[float]) -> dict:
-    """Median of the per-pair ratios (with / without), with the per-pair data kept."""
+    """Median of the per-pair ratios (with / without), its 95 % bootstrap interval, and the data."""
     ratios = [w / wo for w, wo in zip(with_s, without_s)]
+    low, high = bootstrap_median_ci(ratios)
     return {
         "ratio_median": statistics.median(ratios),
+        "ratio_ci95": [low, high],
         "ratio_min": min(ratios),
         "ratio_max": max(ratios),
         "pairs": len(ratios),

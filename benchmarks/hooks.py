@@ -10,7 +10,7 @@
    - Keras: asserts the callback overrides no training or evaluation batch hook (Keras then
      skips batch dispatch for it); times ``on_predict_batch_end``, its only batch hook.
 2. Per boundary: one read of each sensor found here, one ``Meter.snapshot``, one phase
-   (``begin`` + ``end``) in memory and with records written (each record is fsynced).
+   (``begin`` + ``end``) in memory and with its record written (the fsync follows on the writer's thread).
 3. Reads of each sensor per epoch during a real fit of each framework (``energy_j`` wrapped
    with a counter), and the background thread's polls.
 

@@ -68,7 +68,9 @@ def main() -> int:
     parser.add_argument("--json", default=None, help="write all results here")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
     parser.add_argument("--frameworks", default="lightning,keras,hf", help="overhead: which frameworks")
-    parser.add_argument("--rounds", type=int, default=None, help="overhead: A/B rounds (default 7, quick 2)")
+    parser.add_argument("--rounds", type=int, default=None, help="overhead: A/B rounds (default 11, quick 2)")
+    parser.add_argument("--sizes", default="full,long",
+                        help="overhead: full (~0.3 s epochs), long (~1.2 s epochs), or both (comma-separated)")
     parser.add_argument("--zeus-path", default=os.environ.get("GREENCALLBACKS_BENCH_ZEUS_PATH"))
     args = parser.parse_args()
     parts = [p for p in args.parts.split(",") if p]
@@ -84,13 +86,18 @@ def main() -> int:
     t0 = time.perf_counter()
     if "overhead" in parts:
         results["overhead"] = {}
-        for framework in args.frameworks.split(","):
-            env = {"KERAS_BACKEND": "torch"} if framework == "keras" else {}
-            if framework == "lightning":
-                env.update(zeus_env)
-            extra = ["--rounds", str(args.rounds)] if args.rounds else []
-            results["overhead"][framework] = run_child("overhead.py", ["--framework", framework, *quick, *extra], env)
-            _progress(f"overhead {framework}", results["overhead"][framework])
+        sizes = ["full"] if args.quick else [s for s in args.sizes.split(",") if s]
+        for size in sizes:
+            for framework in args.frameworks.split(","):
+                env = {"KERAS_BACKEND": "torch"} if framework == "keras" else {}
+                if framework == "lightning":
+                    env.update(zeus_env)
+                extra = ["--rounds", str(args.rounds)] if args.rounds else []
+                if size == "long":
+                    extra.append("--long-epochs")
+                key = framework if size == "full" else f"{framework}-long"
+                results["overhead"][key] = run_child("overhead.py", ["--framework", framework, *quick, *extra], env)
+                _progress(f"overhead {key}", results["overhead"][key])
     if "hooks" in parts:
         results["hooks"] = run_child("hooks.py", quick, {"KERAS_BACKEND": "torch"})
         _progress("hooks", results["hooks"])
@@ -144,15 +151,23 @@ def table(results: dict) -> str:
     lines = [f"greencallbacks benchmarks  {results['date']}  {m['cpu_model']}, {m['usable_cpus']} CPUs, "
              f"Python {m['python']}{'  (QUICK: smoke sizes, figures not meaningful)' if results['quick'] else ''}", ""]
     if "overhead" in results:
-        lines += ["Overhead (median of per-round ratios, with / without; target <= 1.01)",
-                  f"  {'framework':10s} {'tool':15s} {'ratio':>7s} {'min':>7s} {'max':>7s} {'rounds':>6s} {'base s':>7s} {'ms/step':>7s}"]
+        lines += ["Overhead (median of per-round ratios, with / without, and its 95 % interval; target <= 1.01).",
+                  "baseline_again is the baseline against itself: the noise floor. 'inside' is the time measured",
+                  "inside greencallbacks (hooks + meter thread CPU) over the baseline: the added work, without that noise.",
+                  f"  {'framework':15s} {'tool':22s} {'ratio':>7s} {'95 % interval':>15s} {'rounds':>6s} {'epoch s':>7s} {'ms/step':>7s}"]
         for framework, r in results["overhead"].items():
             if "error" in r:
-                lines.append(f"  {framework:10s} ERROR {r['error']}")
+                lines.append(f"  {framework:15s} ERROR {r['error']}")
                 continue
+            epoch_s = r["baseline_s_median"] / r["epochs"]
             for tool, s in r["tools"].items():
-                lines.append(f"  {framework:10s} {tool:15s} {s['ratio_median']:7.3f} {s['ratio_min']:7.3f} {s['ratio_max']:7.3f} "
-                             f"{s['pairs']:6d} {r['baseline_s_median']:7.2f} {r['baseline_ms_per_step']:7.2f}")
+                low, high = s["ratio_ci95"]
+                lines.append(f"  {framework:15s} {tool:22s} {s['ratio_median']:7.3f} {f'{low:.3f}-{high:.3f}':>15s} "
+                             f"{s['pairs']:6d} {epoch_s:7.2f} {r['baseline_ms_per_step']:7.2f}")
+            a = r.get("attribution")
+            if a:
+                lines.append(f"  {framework:15s} {'greencallbacks inside':22s} {a['attributed_ratio']:7.3f} "
+                             f"{'(' + format(a['inside_tool_s'] * 1e3, '.1f') + ' ms/run)':>15s}")
         lines.append("")
     h = results.get("hooks")
     if h and "error" not in h:
@@ -172,7 +187,7 @@ def table(results: dict) -> str:
             lines.append(f"  read {name:12s} ({s['method']:9s})       {s['median_us']:8.1f}")
         lines += [f"  Meter.snapshot                         {h['boundary']['snapshot_us']:8.1f}",
                   f"  one phase, in memory                   {h['boundary']['phase_begin_end_in_memory_us']:8.1f}",
-                  f"  one phase, record written (fsync)      {h['boundary']['phase_begin_end_records_written_us']:8.1f}",
+                  f"  one phase, record written             {h['boundary']['phase_begin_end_records_written_us']:8.1f}",
                   "Sensor reads per epoch (train + validation epoch)"]
         for framework, r in h["reads"].items():
             per = ", ".join(f"{k} {v:.2f}" for k, v in r["reads_per_epoch"].items())
@@ -196,10 +211,15 @@ def table(results: dict) -> str:
                   f"threads {c['threads_first']} -> {c['threads_last']} (max {c['threads_max']})",
                   f"    records held {c['records_held_at_end']} (cap {c['records_kept_in_memory_cap']}), "
                   f"{(c['bytes_per_record_held'] or 0):.0f} B/record; heap after cap: "
-                  f"{c['python_heap_bytes_per_phase_slope_second_half']:.0f} B/phase; {c['us_per_phase_records_fsynced']:.0f} us/phase",
+                  f"{c['python_heap_bytes_per_phase_slope_second_half']:.0f} B/phase; {c['us_per_phase_records_written']:.0f} us/phase",
                   f"  lightning, {lt['fits']} fits x {lt['epochs_per_fit']} epochs: RSS {lt['rss_mib_first']:.1f} -> "
                   f"{lt['rss_mib_last']:.1f} MiB (max {lt['rss_mib_max']:.1f}), threads during fit max {lt['threads_max']}, "
-                  f"after each fit {lt['threads_after_each_fit']} (before {lt['threads_before']})", ""]
+                  f"after each fit {lt['threads_after_each_fit']} (before {lt['threads_before']})"]
+        lb = mem.get("lightning_without_callback")
+        if lb:
+            lines.append(f"    growth over the second half: {lt['rss_kib_per_1000_epochs_slope_second_half']:.0f} KiB/1000 epochs "
+                         f"with the callback, {lb['rss_kib_per_1000_epochs_slope_second_half']:.0f} without (same fits, run first)")
+        lines.append("")
     z = results.get("zeus")
     if z:
         lines.append("Zeus: " + (f"{z.get('version')} importable; ZeusMonitor on this CPU machine: "
