@@ -161,6 +161,58 @@ def lightning_fits(fits: int, epochs: int, workdir: Path, with_callback: bool = 
     return out
 
 
+def lightning_heap_held_by_tool(epochs: int, workdir: Path) -> dict:
+    """Python heap still held by greencallbacks' own code (tracemalloc, by file) as a fit goes on.
+
+    RSS moves by tens of MiB with the allocator and Lightning's own buffers; this counts only the
+    live blocks allocated in ``src/greencallbacks``, at a quarter, half and the end of one fit.
+    """
+    import tracemalloc
+
+    import lightning.pytorch as L
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    import overhead
+    from greencallbacks.lightning import EnergyCallback
+
+    x, y, _, _ = overhead._data(2, 0)
+    loader = DataLoader(TensorDataset(x, y), batch_size=32)
+    package = str(Path(__import__("greencallbacks").__file__).parent)
+    held: dict[int, int] = {}
+
+    class Module(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = overhead._mlp()
+
+        def training_step(self, batch, batch_idx):
+            return torch.nn.functional.cross_entropy(self.net(batch[0]), batch[1])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    class Probe(L.Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            epoch = trainer.current_epoch + 1
+            if epoch in (epochs // 4, epochs // 2, epochs):
+                stats = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(True, package + "/*")])
+                held[epoch] = sum(stat.size for stat in stats.statistics("filename"))
+
+    tracemalloc.start()
+    try:
+        L.Trainer(max_epochs=epochs, callbacks=[EnergyCallback(country="FR"), Probe()],
+                  logger=L.loggers.CSVLogger(str(workdir / "heap")), enable_progress_bar=False,
+                  enable_checkpointing=False, enable_model_summary=False, accelerator="cpu",
+                  devices=1).fit(Module(), loader)
+    finally:
+        tracemalloc.stop()
+    quarter, half, end = (held[e] for e in (epochs // 4, epochs // 2, epochs))
+    return {"epochs": epochs, "held_bytes_by_epoch": held,
+            "bytes_per_epoch_second_half": (end - half) / (epochs - epochs // 2),
+            "bytes_per_epoch_second_quarter": (half - quarter) / (epochs // 2 - epochs // 4)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
@@ -176,6 +228,7 @@ def main() -> None:
         # every row), to set the callback's against.
         result["lightning_without_callback"] = lightning_fits(fits, epochs, Path(tmp), with_callback=False)
         result["lightning"] = lightning_fits(fits, epochs, Path(tmp))
+        result["lightning_heap_held_by_tool"] = lightning_heap_held_by_tool(40 if args.quick else 2000, Path(tmp))
     emit(result)
 
 

@@ -219,6 +219,11 @@ def table(results: dict) -> str:
         if lb:
             lines.append(f"    growth over the second half: {lt['rss_kib_per_1000_epochs_slope_second_half']:.0f} KiB/1000 epochs "
                          f"with the callback, {lb['rss_kib_per_1000_epochs_slope_second_half']:.0f} without (same fits, run first)")
+        heap = mem.get("lightning_heap_held_by_tool")
+        if heap:
+            held = ", ".join(f"epoch {e}: {b / 1024:.0f} KiB" for e, b in heap["held_bytes_by_epoch"].items())
+            lines.append(f"  Python heap held by greencallbacks code in one {heap['epochs']}-epoch fit (tracemalloc): {held}; "
+                         f"{heap['bytes_per_epoch_second_half']:.0f} B/epoch over the second half")
         lines.append("")
     z = results.get("zeus")
     if z:
