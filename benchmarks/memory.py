@@ -115,17 +115,12 @@ def core_tracker(phases: int, workdir: Path) -> dict:
     return out
 
 
-def lightning_fits(fits: int, epochs: int, workdir: Path, with_callback: bool = True) -> dict:
+def _training_only_module():
+    """The benchmark MLP as a LightningModule with a training step only."""
     import lightning.pytorch as L
-    import psutil
     import torch
-    from torch.utils.data import DataLoader, TensorDataset
 
     import overhead
-    from greencallbacks.lightning import EnergyCallback
-
-    x, y, _, _ = overhead._data(2, 0)
-    loader = DataLoader(TensorDataset(x, y), batch_size=32)
 
     class Module(L.LightningModule):
         def __init__(self):
@@ -137,6 +132,22 @@ def lightning_fits(fits: int, epochs: int, workdir: Path, with_callback: bool = 
 
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    return Module
+
+
+def lightning_fits(fits: int, epochs: int, workdir: Path, with_callback: bool = True) -> dict:
+    import lightning.pytorch as L
+    import psutil
+    from torch.utils.data import DataLoader, TensorDataset
+
+    import overhead
+    from greencallbacks.lightning import EnergyCallback
+
+    x, y, _, _ = overhead._data(2, 0)
+    loader = DataLoader(TensorDataset(x, y), batch_size=32)
+
+    Module = _training_only_module()
 
     process = psutil.Process()
     samples = []
@@ -170,7 +181,6 @@ def lightning_heap_held_by_tool(epochs: int, workdir: Path) -> dict:
     import tracemalloc
 
     import lightning.pytorch as L
-    import torch
     from torch.utils.data import DataLoader, TensorDataset
 
     import overhead
@@ -181,16 +191,7 @@ def lightning_heap_held_by_tool(epochs: int, workdir: Path) -> dict:
     package = str(Path(__import__("greencallbacks").__file__).parent)
     held: dict[int, int] = {}
 
-    class Module(L.LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.net = overhead._mlp()
-
-        def training_step(self, batch, batch_idx):
-            return torch.nn.functional.cross_entropy(self.net(batch[0]), batch[1])
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.01)
+    Module = _training_only_module()
 
     class Probe(L.Callback):
         def on_train_epoch_end(self, trainer, pl_module):

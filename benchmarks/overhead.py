@@ -78,6 +78,16 @@ def _offline_codecarbon():
     return functools.partial(codecarbon.OfflineEmissionsTracker, country_iso_code="FRA", save_to_file=False, log_level="error")
 
 
+def _within_codecarbon_tracker(fit) -> None:
+    """CodeCarbon's usual use: its tracker started before the training and stopped after it."""
+    tracker = _offline_codecarbon()()
+    tracker.start()
+    try:
+        fit([])
+    finally:
+        tracker.stop()
+
+
 def _zeus_available() -> bool:
     try:
         import zeus.monitor  # noqa: F401
@@ -136,12 +146,7 @@ def lightning_variants(epochs: int, steps: int, val_steps: int, workdir: Path):
         fit([EnergyCallback(country="FR")])
 
     def codecarbon():
-        tracker = _offline_codecarbon()()
-        tracker.start()
-        try:
-            fit([])
-        finally:
-            tracker.stop()
+        _within_codecarbon_tracker(fit)
 
     variants = {"baseline": baseline, "baseline_again": baseline, "greencallbacks": ours, "codecarbon": codecarbon}
     if _zeus_available():
@@ -197,12 +202,7 @@ def keras_variants(epochs: int, steps: int, val_steps: int, workdir: Path):
         fit([EnergyCallback(country="FR", output_dir=str(workdir / f"run{counter['n']}"))])
 
     def codecarbon():
-        tracker = _offline_codecarbon()()
-        tracker.start()
-        try:
-            fit([])
-        finally:
-            tracker.stop()
+        _within_codecarbon_tracker(fit)
 
     return {"baseline": baseline, "baseline_again": baseline, "greencallbacks": ours, "codecarbon": codecarbon}
 
@@ -277,12 +277,7 @@ def hf_variants(epochs: int, steps: int, val_steps: int, workdir: Path):
             codecarbon.EmissionsTracker = shipped
 
     def codecarbon_tracker():
-        tracker = offline()
-        tracker.start()
-        try:
-            fit([])
-        finally:
-            tracker.stop()
+        _within_codecarbon_tracker(fit)
 
     return {"baseline": baseline, "baseline_again": baseline, "greencallbacks": ours,
             "codecarbon": codecarbon_tracker, "codecarbon_hf_callback": codecarbon_callback}
