@@ -110,12 +110,8 @@ class RecordWriter:
         self._syncer: ThreadPoolExecutor | None = None
 
     def write(self, record: Record) -> bool:
-        with self._lock:
-            self.pending.append(record)
-            written = self._write_locked()
-        if written:
-            self._sync_soon()
-        return written
+        self.pending.append(record)
+        return self.flush()
 
     def flush(self) -> bool:
         """Write what is pending now (the fsync follows in the background)."""

@@ -49,7 +49,7 @@ def count_samples(batch: Any) -> int:
         shape = getattr(item, "shape", None)
         if shape is not None and len(shape) > 0:
             return int(shape[0])
-        if isinstance(item, dict) or isinstance(item, Mapping):  # the plain dict check is the cheap one
+        if isinstance(item, Mapping):
             stack.extend(item.values())
         elif isinstance(item, (list, tuple)):
             if item and all(isinstance(x, (int, float, str)) for x in item):
