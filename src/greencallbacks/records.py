@@ -54,6 +54,12 @@ class Record:
     ranks: int = 1
     hosts: int = 1
     partial: bool = False  # the phase was cut short (exception, interrupt)
+    # Training call of the run this record belongs to: 0 for the first, +1 at every resume from a
+    # checkpoint. An epoch an earlier attempt began and a later one redid appears once per attempt.
+    attempt: int = 0
+    # False when some batch of the phase could not be counted: ``samples`` is then a lower bound
+    # and the per-sample values are None rather than wrong.
+    samples_counted: bool = True
     framework: str = ""
     tool_version: str = ""
     schema: str = SCHEMA

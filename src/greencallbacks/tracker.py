@@ -78,6 +78,7 @@ class _Open:
     start_unix: float | None = None
     duration_s: float = 0.0
     samples: int = 0
+    samples_counted: bool = True
     tokens: int = 0
     components: dict[str, dict] = field(default_factory=dict)
     segments: list[tuple[float, float, float]] = field(default_factory=list)  # (t0, t1, joules)
@@ -211,11 +212,18 @@ class Tracker:
             self._stack.append(self._open("other", epoch))
         self._stack.append(self._open(phase, epoch))
 
-    def add_samples(self, samples: int, tokens: int = 0) -> None:
-        """Count samples for the innermost open phase. Cheap enough for every batch."""
+    def add_samples(self, samples: int | None, tokens: int = 0) -> None:
+        """Count samples for the innermost open phase. Cheap enough for every batch.
+
+        ``samples=None``: a batch that could not be counted; the phase's record then says
+        ``samples_counted: false`` and carries no per-sample values.
+        """
         if self._stack:
             top = self._stack[-1]
-            top.samples += samples
+            if samples is None:
+                top.samples_counted = False
+            else:
+                top.samples += samples
             top.tokens += tokens
 
     def end(self, phase: str, *, samples: int | None = None, step: int | None = None) -> Record | None:
@@ -473,6 +481,7 @@ class Tracker:
             start_time=utc_iso(opened.start_unix or 0.0),
             duration_s=opened.duration_s,
             samples=opened.samples,
+            samples_counted=opened.samples_counted,
             tokens=opened.tokens or None,
             it_energy_kwh=it_energy_j / J_PER_KWH,
             energy_kwh=facility_kwh,
@@ -550,7 +559,7 @@ def _nan_if_none(value: float | None) -> float:
 
 
 def _with_per_sample(record: Record) -> Record:
-    if record.samples > 0:
+    if record.samples > 0 and record.samples_counted:
         record.energy_j_per_sample = record.energy_kwh * J_PER_KWH / record.samples
         record.co2eq_g_per_sample = record.co2eq_g / record.samples
     else:
@@ -577,6 +586,7 @@ def _combine(per_rank: list[list[Record]]) -> list[Record]:
                 "start_time": min(r.start_time for r in parts),
                 "duration_s": max(r.duration_s for r in parts),
                 "samples": sum(r.samples for r in parts),
+                "samples_counted": all(r.samples_counted for r in parts),
                 "tokens": sum(r.tokens or 0 for r in parts) or None,
                 "it_energy_kwh": sum(r.it_energy_kwh for r in parts),
                 "energy_kwh": energy_kwh,
