@@ -80,10 +80,48 @@ class Record:
     @classmethod
     def from_dict(cls, data: dict) -> "Record":
         known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        given = {k: v for k, v in data.items() if k in known}
+        _check_types(given)  # a report must not die on "0.001" or null deep inside a sum
+        return cls(**given)
 
 
 _FIELD_NAMES = tuple(f.name for f in fields(Record) if f.name != "schema")
+
+# The JSON types each field must have when read back (None allowed only where listed).
+_NUMBERS = ("duration_s", "it_energy_kwh", "energy_kwh", "co2eq_g", "intensity_gco2eq_per_kwh", "pue", "uncertainty_kwh")
+_OPTIONAL_NUMBERS = ("energy_j_per_sample", "co2eq_g_per_sample")
+_INTEGERS = ("seq", "samples", "ranks", "hosts", "attempt")
+_OPTIONAL_INTEGERS = ("epoch", "intensity_year", "tokens", "step")
+_STRINGS = ("run_id", "phase", "start_time", "intensity_source", "intensity_zone", "intensity_licence", "pue_source",
+            "framework", "tool_version")
+_BOOLEANS = ("partial", "samples_counted", "intensity_is_default")
+
+
+def _check_types(data: dict) -> None:
+    """Raise ``TypeError`` naming the first field whose value has the wrong JSON type."""
+
+    def bad(name: str, wanted: str) -> TypeError:
+        return TypeError(f"field {name!r} must be {wanted}, got {data[name]!r}")
+
+    for name, value in data.items():
+        is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        # null: the writer's NaN or infinity (JSON has neither); reports refuse it where they sum.
+        if name in _NUMBERS + _OPTIONAL_NUMBERS and value is not None and not is_number:
+            raise bad(name, "a number")
+        if name in _INTEGERS and not (isinstance(value, int) and not isinstance(value, bool)):
+            raise bad(name, "an integer")
+        if name in _OPTIONAL_INTEGERS and value is not None and not (isinstance(value, int) and not isinstance(value, bool)):
+            raise bad(name, "an integer or null")
+        if name in _STRINGS and not isinstance(value, str):
+            raise bad(name, "a string")
+        if name in _BOOLEANS and not isinstance(value, bool):
+            raise bad(name, "true or false")
+    components = data.get("components", [])
+    if not isinstance(components, list) or not all(
+        isinstance(c, dict) and isinstance(c.get("energy_j", 0.0), (int, float)) and not isinstance(c.get("energy_j"), bool)
+        for c in components
+    ):
+        raise bad("components", "a list of objects with a numeric energy_j")
 
 
 class RecordWriter:
@@ -278,7 +316,9 @@ def read_records(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list
                     raise ValueError(f"schema is {data.get('schema')!r}, expected {SCHEMA!r}")
                 records.append(Record.from_dict(data))
             except (ValueError, TypeError, AttributeError) as error:
-                if number == len(lines):
+                # Torn: the writer died mid-line, so the JSON is cut short. A whole line with a
+                # wrong value is not torn, and is an error wherever it is.
+                if number == len(lines) and isinstance(error, json.JSONDecodeError):
                     warnings.warn(f"{path}:{number}: skipped a torn last line ({error})", stacklevel=2)
                     continue
                 raise ValueError(f"{path}:{number}: not a greencallbacks record: {error}") from None
