@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from greencallbacks._version import __version__
 
 if TYPE_CHECKING:
+    from greencallbacks.budget import Budget
     from greencallbacks.carbon import Carbon, Intensity
     from greencallbacks.meter import Measurement, Meter
     from greencallbacks.records import Record, read_records
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     from greencallbacks.tracker import Tracker
 
 _LAZY = {
+    "Budget": "greencallbacks.budget",
     "Carbon": "greencallbacks.carbon",
     "Intensity": "greencallbacks.carbon",
     "Meter": "greencallbacks.meter",

@@ -1,0 +1,188 @@
+"""Budget: validation that names the argument, thresholds given once, the prediction rule, resume."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import warnings
+
+import pytest
+
+from greencallbacks.budget import Budget, BudgetDecision
+
+NAN = math.nan
+NO_PREDICTION = {
+    "energy_kwh_predicted": NAN,
+    "energy_kwh_predicted_low": NAN,
+    "energy_kwh_predicted_high": NAN,
+    "co2eq_g_predicted": NAN,
+}
+
+
+def prediction(central: float, low: float, high: float, g_per_kwh: float = 100.0) -> dict[str, float]:
+    return {
+        "energy_kwh_predicted": central,
+        "energy_kwh_predicted_low": low,
+        "energy_kwh_predicted_high": high,
+        "co2eq_g_predicted": central * g_per_kwh,
+    }
+
+
+@pytest.mark.parametrize(
+    "kwargs, argument",
+    [
+        ({"kwh": -1.0}, "kwh"),
+        ({"kwh": 0}, "kwh"),
+        ({"kwh": NAN}, "kwh"),
+        ({"kwh": math.inf}, "kwh"),
+        ({"kwh": True}, "kwh"),
+        ({"kwh": "1"}, "kwh"),
+        ({"co2eq_g": -5}, "co2eq_g"),
+        ({"co2eq_g": NAN}, "co2eq_g"),
+        ({"co2eq_g": False}, "co2eq_g"),
+        ({}, "kwh= or co2eq_g="),
+        ({"kwh": None, "co2eq_g": None}, "kwh= or co2eq_g="),
+        ({"kwh": 1.0, "on_exceed": "halt"}, "on_exceed must be one of 'warn', 'stop'"),
+        ({"kwh": 1.0, "on_exceed": None}, "on_exceed"),
+        ({"kwh": 1.0, "warn_at": 1.0}, "warn_at"),
+        ({"kwh": 1.0, "warn_at": 0}, "warn_at"),
+        ({"kwh": 1.0, "warn_at": NAN}, "warn_at"),
+        ({"kwh": 1.0, "warn_at": True}, "warn_at"),
+    ],
+)
+def test_bad_configuration_fails_at_construction_naming_the_argument(kwargs, argument):
+    with pytest.raises(ValueError, match=argument):
+        Budget(**kwargs)
+
+
+def test_public_lazy_export_imports_nothing_heavy():
+    code = (
+        "import sys; from greencallbacks import Budget; Budget(kwh=1.0); "
+        "heavy = [m for m in ('torch', 'keras', 'transformers', 'pynvml', 'lightning', 'tensorflow') if m in sys.modules]; "
+        "assert not heavy, heavy"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_warns_once_at_80_and_once_at_100_percent_of_the_total():
+    budget = Budget(kwh=1.0)
+    assert budget.check(0.5, 50.0, NO_PREDICTION).messages == ()
+    first = budget.check(0.81, 81.0, NO_PREDICTION)
+    assert first.crossed == ("kwh:warn_at",)
+    assert first.messages == ("energy total 0.81 kWh is 81% of the budget of 1 kWh",)
+    assert budget.check(0.9, 90.0, NO_PREDICTION).messages == ()  # given once
+    reached = budget.check(1.02, 102.0, NO_PREDICTION)
+    assert reached.crossed == ("kwh:limit",)
+    assert reached.messages == ("energy total 1.02 kWh reached the budget of 1 kWh",)
+    assert reached.stop is False and reached.reason == reached.messages[0]  # on_exceed="warn"
+    assert budget.check(1.5, 150.0, NO_PREDICTION).messages == ()
+    assert budget.used_fraction == pytest.approx(1.5)
+
+
+def test_stop_on_the_co2eq_total_with_the_reason_and_metrics():
+    budget = Budget(co2eq_g=800, on_exceed="stop")
+    assert budget.check(1.0, 700.0).metrics() == {"budget_used_fraction": pytest.approx(0.875), "budget_stop": 0.0}
+    decision = budget.check(1.2, 812.3)
+    assert decision.stop and decision.newly_stopped
+    assert decision.reason == "co2eq_g total 812.3 g reached the budget of 800 g"
+    assert decision.messages == ("co2eq_g total 812.3 g reached the budget of 800 g; stopping training",)
+    assert decision.metrics() == {"budget_used_fraction": pytest.approx(812.3 / 800), "budget_stop": 1.0}
+    later = budget.check(1.3, 900.0)
+    assert later.stop and not later.newly_stopped and later.messages == ()
+    summary = budget.summary()
+    assert summary["stopped"] is True and summary["reason"] == decision.reason
+    assert summary["limits"] == {"co2eq_g": 800.0} and summary["used"]["co2eq_g"] == 900.0
+
+
+def test_a_jump_straight_past_the_limit_gives_only_the_limit_message():
+    budget = Budget(kwh=1.0)
+    assert budget.check(1.1, None).crossed == ("kwh:limit",)
+
+
+def test_the_prediction_stops_only_when_the_lower_end_of_its_interval_exceeds_the_limit():
+    budget = Budget(kwh=1.0, on_exceed="stop")
+    # Central above the limit, interval still includes it: one warning, no stop.
+    maybe = budget.check(0.3, 30.0, prediction(1.1, 0.95, 1.25))
+    assert maybe.crossed == ("kwh:predicted_central",) and not maybe.stop
+    assert "may exceed" in maybe.messages[0] and "(95 % interval 0.95-1.25)" in maybe.messages[0]
+    assert budget.check(0.35, 35.0, prediction(1.12, 0.97, 1.27)).messages == ()
+    sure = budget.check(0.4, 40.0, prediction(1.21, 1.10, 1.30))
+    assert sure.stop and sure.newly_stopped
+    assert sure.reason == "predicted energy 1.21 kWh (95 % interval 1.1-1.3) exceeds the budget of 1 kWh"
+
+
+def test_nan_prediction_and_missing_totals_are_ignored_not_errors():
+    budget = Budget(kwh=1.0, co2eq_g=100.0, on_exceed="stop")
+    decision = budget.check(NAN, None, NO_PREDICTION)
+    assert decision == BudgetDecision(messages=(), crossed=(), stop=False, newly_stopped=False, reason=None, used_fraction=0.0)
+    assert budget.check(0.1, 10.0, None).stop is False
+    assert budget.check(0.1, 10.0, {}).stop is False
+
+
+def test_the_co2eq_prediction_carries_the_energy_interval_over():
+    budget = Budget(co2eq_g=100.0, on_exceed="stop")
+    # 1.21 kWh at 100 g/kWh: 121 g, interval 110-130 g, all above 100 g.
+    decision = budget.check(0.4, 40.0, prediction(1.21, 1.10, 1.30, g_per_kwh=100.0))
+    assert decision.stop
+    assert decision.reason == "predicted co2eq_g 121 g (95 % interval 110-130) exceeds the budget of 100 g"
+
+
+def test_both_limits_the_larger_share_is_the_used_fraction():
+    budget = Budget(kwh=2.0, co2eq_g=100.0)
+    decision = budget.check(1.0, 85.0)
+    assert decision.used_fraction == pytest.approx(0.85)
+    assert decision.crossed == ("co2eq_g:warn_at",)
+
+
+def test_warn_at_none_gives_no_early_warning():
+    budget = Budget(kwh=1.0, warn_at=None)
+    assert budget.check(0.99, 0.0).messages == ()
+
+
+def test_emit_issues_each_message_as_an_energy_warning():
+    from greencallbacks.meter import EnergyWarning
+
+    decision = Budget(kwh=1.0).check(2.0, 0.0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        decision.emit()
+    assert [str(w.message) for w in caught] == ["energy total 2 kWh reached the budget of 1 kWh"]
+    assert caught[0].category is EnergyWarning
+
+
+def test_resume_continues_the_budget_instead_of_starting_fresh():
+    before = Budget(kwh=1.0, on_exceed="stop")
+    before.check(0.85, 85.0)  # the 80 % warning is given
+    state = before.state_dict()
+
+    resumed = Budget(kwh=1.0, on_exceed="stop")
+    assert resumed.load_state_dict(state) is True
+    assert resumed.check(0.9, 90.0).messages == ()  # not repeated after the resume
+    stop = resumed.check(1.05, 105.0)
+    assert stop.newly_stopped
+
+    again = Budget(kwh=1.0, on_exceed="stop")
+    again.load_state_dict(resumed.state_dict())
+    decision = again.check(1.05, 105.0)  # a resumed, already stopped run stops again at once
+    assert decision.stop and not decision.newly_stopped and decision.messages == ()
+    assert again.summary()["reason"] == "energy total 1.05 kWh reached the budget of 1 kWh"
+
+
+def test_resume_with_a_raised_budget_is_judged_afresh_on_the_run_totals():
+    old = Budget(kwh=1.0, on_exceed="stop")
+    old.check(1.05, 105.0)
+    raised = Budget(kwh=2.0, on_exceed="stop")
+    assert raised.load_state_dict(old.state_dict()) is False
+    assert raised.stopped is False and raised.used["kwh"] == 1.05
+    assert raised.check(1.1, 110.0).stop is False
+
+
+def test_state_round_trips_and_rejects_foreign_state():
+    budget = Budget(kwh=1.0, co2eq_g=50.0, on_exceed="stop", warn_at=0.5)
+    budget.check(0.6, 20.0)
+    copy = Budget(kwh=1.0, co2eq_g=50.0, on_exceed="stop", warn_at=0.5)
+    copy.load_state_dict(budget.state_dict())
+    assert copy.state_dict() == budget.state_dict()
+    with pytest.raises(ValueError, match="not a Budget state"):
+        copy.load_state_dict({"epoch": 3})
