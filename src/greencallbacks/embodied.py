@@ -1,0 +1,271 @@
+"""Embodied emissions (Scope 3): the hardware's manufacturing footprint, amortised over a run.
+
+The table ``data/embodied.csv`` holds cradle-to-gate footprints from published product carbon
+footprints and life-cycle studies, each row with its source, year, licence and a low-high range.
+A device without a published figure is left out, never guessed: looking it up returns ``None``
+and a reason, and ``embodied_for`` lists it under ``missing``.
+
+A run of ``duration_s`` seconds is billed its share of the hardware's life::
+
+    embodied_co2eq_g = footprint_g * duration_s / (lifetime_years * 365.25 * 86400) / utilisation
+
+Dividing by the utilisation bills the idle share of the hardware's life to the work that ran on
+it (a machine busy 85 % of its life costs each busy hour 1/0.85 of its calendar share), as in
+Luccioni et al. (2023) for BLOOM. Defaults:
+
+- ``DEFAULT_LIFETIME_YEARS = 5``: Amazon's Form 10-K for 2024 (filed February 2025) shortened the
+  useful life of a subset of its servers and networking equipment from six to five years from
+  1 January 2025, "due to an increased pace of technology development, particularly in the area
+  of artificial intelligence and machine learning". Microsoft and Alphabet depreciate servers over
+  six years; BLOOM's host IDRIS replaced hardware after six. Five is the shortest, and so the more
+  cautious, of these published schedules for AI hardware.
+- ``DEFAULT_UTILISATION = 0.85``: the average usage of the Jean Zay cluster that IDRIS gave for
+  the BLOOM estimate (Luccioni et al. 2023, section 4.1). One HPC centre's figure, not a law:
+  pass your fleet's own.
+
+Embodied CO2eq is kept apart from the operational ``co2eq_g`` (never summed silently).
+Plain Python; the table is read with the shared loader of ``greencallbacks.carbon.tables``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Iterable, Mapping, NamedTuple
+
+from greencallbacks.carbon.tables import parsed
+
+TABLE = "embodied.csv"
+SECONDS_PER_YEAR = 365.25 * 86400
+DEFAULT_LIFETIME_YEARS = 5.0
+DEFAULT_UTILISATION = 0.85
+LIFETIME_SOURCE = (
+    "Amazon.com, Inc. Form 10-K for 2024 (February 2025): useful life of a subset of servers and "
+    "networking equipment changed from six to five years from 1 January 2025 (pace of AI/ML)"
+)
+UTILISATION_SOURCE = (
+    "Luccioni, Viguier and Ligozat, Estimating the Carbon Footprint of BLOOM, JMLR 24(253), 2023, "
+    "section 4.1: 85 % average usage of the Jean Zay cluster (IDRIS)"
+)
+# The table's row for a host server (chassis, board, CPUs, memory, power supplies), if asked for.
+HOST_KEY = "server"
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """One row of the table: the manufacturing footprint of one unit (a device, a GB, a TB)."""
+
+    key: str
+    kind: str  # gpu | server | dram | ssd
+    unit: str  # device | GB | TB
+    kgco2eq: float
+    low_kgco2eq: float
+    high_kgco2eq: float
+    year: int
+    source: str
+    url: str
+    licence: str
+    range_basis: str
+
+    def cite(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "unit": self.unit,
+            "kgco2eq": self.kgco2eq,
+            "low_kgco2eq": self.low_kgco2eq,
+            "high_kgco2eq": self.high_kgco2eq,
+            "year": self.year,
+            "source": self.source,
+            "url": self.url,
+            "licence": self.licence,
+            "range_basis": self.range_basis,
+        }
+
+
+def _row(row: dict[str, str]) -> Footprint:
+    footprint = Footprint(
+        key=row["key"],
+        kind=row["kind"],
+        unit=row["unit"],
+        kgco2eq=float(row["kgco2eq"]),
+        low_kgco2eq=float(row["low_kgco2eq"]),
+        high_kgco2eq=float(row["high_kgco2eq"]),
+        year=int(row["year"]),
+        source=row["source"],
+        url=row["url"],
+        licence=row["licence"],
+        range_basis=row["range_basis"],
+    )
+    if not 0 < footprint.low_kgco2eq <= footprint.kgco2eq <= footprint.high_kgco2eq:
+        raise ValueError(f"{footprint.key}: range must hold 0 < low <= value <= high")
+    return footprint
+
+
+@lru_cache(maxsize=1)
+def footprints() -> dict[str, Footprint]:
+    """Every shipped row by its key (GPU rows use the model names of ``data/gpu_power.csv``)."""
+    return {row.key: row for row in parsed(TABLE, _row)}
+
+
+def lookup(name: str) -> tuple[Footprint | None, str]:
+    """The footprint of a device named as a sensor reports it (``"NVIDIA H100 80GB HBM3"``).
+
+    GPU names are matched like ``greencallbacks.estimate.gpu_power`` does (vendor words and
+    punctuation ignored, exact model or alias only, never a prefix). Returns ``(footprint, "")``
+    or ``(None, reason)`` when the model is unknown or has no published footprint.
+    """
+    from greencallbacks.estimate import gpu_power  # shares the GPU names of data/gpu_power.csv
+
+    if not isinstance(name, str) or not name.strip():
+        return None, f"no device model given ({name!r})"
+    table = footprints()
+    if name in table:
+        return table[name], ""
+    try:
+        model = gpu_power(name).model
+    except ValueError as error:
+        # The matcher's message names every known model; the first part (with any "did you
+        # mean") is what a record needs.
+        return None, f"{name!r}: model not recognised ({str(error).split(' (known:')[0]})"
+    if model in table:
+        return table[model], ""
+    return None, (
+        f"{name!r} ({model}): no published manufacturing footprint in greencallbacks/data/{TABLE}; "
+        "left out rather than guessed"
+    )
+
+
+def amortised_g(
+    kgco2eq: float,
+    duration_s: float,
+    *,
+    lifetime_years: float = DEFAULT_LIFETIME_YEARS,
+    utilisation: float = DEFAULT_UTILISATION,
+) -> float:
+    """The grams of a ``kgco2eq`` footprint billed to ``duration_s`` seconds of use."""
+    return kgco2eq * 1000.0 * duration_s / (lifetime_years * SECONDS_PER_YEAR) / utilisation
+
+
+class Embodied(NamedTuple):
+    """What ``embodied_for`` found: unpack as ``grams, (low_g, high_g), sources, missing``."""
+
+    grams: float
+    range_g: tuple[float, float]
+    sources: tuple[dict[str, Any], ...]
+    missing: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields a record or summary carries, apart from the operational ``co2eq_g``."""
+        return {
+            "embodied_co2eq_g": self.grams,
+            "embodied_co2eq_g_low": self.range_g[0],
+            "embodied_co2eq_g_high": self.range_g[1],
+            "embodied_sources": list(self.sources),
+            "embodied_missing": list(self.missing),
+        }
+
+
+def _field(component: Any, name: str) -> Any:
+    if isinstance(component, Mapping):
+        return component.get(name)
+    return getattr(component, name, None)
+
+
+def _positive(name: str, value: object, *, upper: float | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    if upper is not None and value > upper:
+        raise ValueError(f"{name} must be at most {upper:g}, got {value!r}")
+    return float(value)
+
+
+def embodied_for(
+    components: Iterable[Any],
+    duration_s: float,
+    *,
+    models: Mapping[str, str] | None = None,
+    host: str | None = None,
+    host_share: float = 1.0,
+    ram_gb: float | None = None,
+    lifetime_years: float = DEFAULT_LIFETIME_YEARS,
+    utilisation: float = DEFAULT_UTILISATION,
+) -> Embodied:
+    """The embodied CO2eq of the hardware behind ``components`` over ``duration_s`` seconds.
+
+    Args:
+        components: a record's components (``meter.Component`` objects or their dicts), each with
+            ``name`` and ``kind`` (gpu, cpu, dram, ram, other); a ``model`` field is used when present.
+        duration_s: the window the components were measured over (seconds, >= 0).
+        models: device model by component name, as the sensors report it
+            (``{"gpu0": "NVIDIA H100 80GB HBM3"}``, from ``sensor.describe()["model"]``).
+        host: the table key of the host machine (``"server"``) to bill its chassis, board, CPUs
+            and memory; None (default) leaves the host out and says so in ``missing``, because a
+            laptop is not a 2,500 kg server and the table cannot tell which it is.
+        host_share: the share of the host this run occupies, in (0, 1] (e.g. 2 of its 8 GPUs: 0.25).
+        ram_gb: memory to bill per GB (DRAM row) beyond what ``host`` already covers.
+        lifetime_years, utilisation: the amortisation (see the module docstring for the defaults).
+
+    Each GPU component is billed once; CPU and RAM components stand for the host. Devices whose
+    model is unknown or has no published footprint are left out and listed in ``missing``.
+    """
+    if isinstance(duration_s, bool) or not isinstance(duration_s, (int, float)) or not math.isfinite(duration_s) or duration_s < 0:
+        raise ValueError(f"duration_s must be a finite number >= 0, got {duration_s!r}")
+    lifetime_years = _positive("lifetime_years", lifetime_years)
+    utilisation = _positive("utilisation", utilisation, upper=1.0)
+    host_share = _positive("host_share", host_share, upper=1.0)
+    table = footprints()
+    if host is not None and (host not in table or table[host].kind != "server"):
+        servers = [k for k, row in table.items() if row.kind == "server"]
+        raise ValueError(f"host must be one of {servers} or None, got {host!r}")
+    if ram_gb is not None:
+        ram_gb = _positive("ram_gb", ram_gb)
+    models = dict(models or {})
+
+    def amortise(kg: float) -> float:
+        return amortised_g(kg, duration_s, lifetime_years=lifetime_years, utilisation=utilisation)
+
+    grams = low = high = 0.0
+    used: dict[str, dict[str, Any]] = {}
+    missing: list[str] = []
+
+    def bill(footprint: Footprint, amount: float, what: str) -> None:
+        nonlocal grams, low, high
+        grams += amortise(footprint.kgco2eq * amount)
+        low += amortise(footprint.low_kgco2eq * amount)
+        high += amortise(footprint.high_kgco2eq * amount)
+        entry = used.setdefault(footprint.key, {**footprint.cite(), "billed": []})
+        entry["billed"].append(what)
+
+    host_parts: list[str] = []
+    for component in components:
+        name = str(_field(component, "name") or "?")
+        kind = str(_field(component, "kind") or "")
+        if kind == "gpu":
+            model = models.get(name) or _field(component, "model")
+            if not model:
+                missing.append(f"{name}: GPU model not known (pass models={{{name!r}: <NVML name>}})")
+                continue
+            footprint, reason = lookup(model)
+            if footprint is None or footprint.kind != "gpu":
+                missing.append(f"{name}: {reason or f'{model!r} is not a GPU row'}")
+                continue
+            bill(footprint, 1.0, f"{name} ({model})")
+        elif kind in ("cpu", "dram", "ram"):
+            host_parts.append(name)
+        else:
+            missing.append(f"{name}: no manufacturing footprint for kind {kind!r}")
+    if host is not None:
+        bill(table[host], host_share, f"host x {host_share:g}" + (f" ({', '.join(host_parts)})" if host_parts else ""))
+    elif host_parts:
+        missing.append(
+            f"host machine of {', '.join(host_parts)} (chassis, board, CPUs, memory): not counted; "
+            f"pass host={HOST_KEY!r} and host_share= to bill it"
+        )
+    if ram_gb is not None:
+        bill(table["dram"], ram_gb, f"{ram_gb:g} GB of DRAM")
+    sources = list(used.values())
+    if sources:
+        sources.append({"key": "lifetime_years", "value": lifetime_years, "source": LIFETIME_SOURCE if lifetime_years == DEFAULT_LIFETIME_YEARS else "user-supplied"})
+        sources.append({"key": "utilisation", "value": utilisation, "source": UTILISATION_SOURCE if utilisation == DEFAULT_UTILISATION else "user-supplied"})
+    return Embodied(grams=grams, range_g=(low, high), sources=tuple(sources), missing=tuple(missing))

@@ -1,0 +1,170 @@
+"""Embodied emissions: every table row is cited with a range, unknown devices are left out with a
+reason, and the amortisation arithmetic by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from greencallbacks.carbon.tables import read_rows, table_comment
+from greencallbacks.embodied import (
+    DEFAULT_LIFETIME_YEARS,
+    DEFAULT_UTILISATION,
+    TABLE,
+    Embodied,
+    amortised_g,
+    embodied_for,
+    footprints,
+    lookup,
+)
+from greencallbacks.estimate import list_gpus
+from greencallbacks.meter import Component
+
+YEAR_S = 365.25 * 86400
+H100 = "NVIDIA H100 80GB HBM3"  # the name NVML reports for an H100 SXM
+
+
+def test_every_row_cites_a_source_url_year_licence_and_a_range():
+    rows = read_rows(TABLE)
+    assert len(rows) == len(footprints()) >= 6
+    assert "hand-transcribed" in table_comment(TABLE)
+    for row in footprints().values():
+        assert len(row.source) > 40 and row.url.startswith("https://"), row.key
+        assert 2015 <= row.year <= 2030, row.key
+        assert row.licence.strip() and row.range_basis.strip(), row.key
+        assert 0 < row.low_kgco2eq <= row.kgco2eq <= row.high_kgco2eq, row.key
+        assert row.unit in ("device", "GB", "TB") and row.kind in ("gpu", "server", "dram", "ssd")
+
+
+def test_gpu_rows_use_the_model_names_of_the_gpu_power_table():
+    gpu_keys = [key for key, row in footprints().items() if row.kind == "gpu"]
+    assert gpu_keys and set(gpu_keys) <= set(list_gpus())
+
+
+def test_published_figures_are_the_ones_shipped():
+    table = footprints()
+    assert table["H100 SXM"].kgco2eq * 8 == pytest.approx(1312)  # NVIDIA HGX H100 PCF, per baseboard
+    assert table["B200"].kgco2eq * 8 == pytest.approx(2274)  # NVIDIA HGX B200 PCF, per baseboard
+    assert table["server"].kgco2eq == 2500 and table["A100 SXM4 80GB"].kgco2eq == 150  # BLOOM paper
+
+
+@pytest.mark.parametrize(
+    "name, key",
+    [
+        (H100, "H100 SXM"),
+        ("NVIDIA A100-SXM4-40GB", "A100 SXM4 40GB"),
+        ("NVIDIA A100-SXM4-80GB", "A100 SXM4 80GB"),
+        ("NVIDIA B200", "B200"),
+        ("server", "server"),
+    ],
+)
+def test_lookup_by_the_names_sensors_report(name, key):
+    footprint, reason = lookup(name)
+    assert footprint is not None and footprint.key == key and reason == ""
+
+
+@pytest.mark.parametrize(
+    "name, says",
+    [
+        ("NVIDIA H200", "(H200 SXM): no published manufacturing footprint"),
+        ("NVIDIA H100 PCIe", "(H100 PCIe): no published manufacturing footprint"),
+        ("AMD Instinct MI300X", "(MI300X): no published manufacturing footprint"),
+        ("H100", "ambiguous"),  # a prefix is never taken as a model
+        ("Quadro K600", "model not recognised"),
+        ("", "no device model given"),
+    ],
+)
+def test_unknown_or_unpublished_devices_are_none_with_a_reason(name, says):
+    footprint, reason = lookup(name)
+    assert footprint is None and says in reason
+    assert "known:" not in reason  # the reason stays short enough for a record
+
+
+def test_amortisation_by_hand():
+    # 164 kg over one hour of a 5-year life at 85 % utilisation.
+    assert amortised_g(164, 3600) == pytest.approx(164_000 * 3600 / (5 * YEAR_S) / 0.85)
+    assert amortised_g(164, 3600) == pytest.approx(4.4020, rel=1e-4)
+    # Whole life at full utilisation bills the whole footprint.
+    assert amortised_g(2.5, 4 * YEAR_S, lifetime_years=4, utilisation=1.0) == pytest.approx(2500.0)
+    assert amortised_g(100, 0) == 0.0
+
+
+def test_gpus_are_billed_once_each_and_unknown_ones_listed_as_missing():
+    components = [
+        Component("gpu0", "gpu", "counter", 1.0),
+        Component("gpu1", "gpu", "counter", 1.0),
+        Component("gpu2", "gpu", "counter", 1.0),
+        Component("gpu3", "gpu", "counter", 1.0),
+    ]
+    models = {"gpu0": H100, "gpu1": H100, "gpu2": "NVIDIA H200"}
+    grams, (low, high), sources, missing = embodied_for(components, 3600, models=models)
+    one = amortised_g(164, 3600)
+    assert grams == pytest.approx(2 * one)
+    assert low == pytest.approx(2 * amortised_g(114.8, 3600)) and high == pytest.approx(2 * amortised_g(213.2, 3600))
+    assert [s["key"] for s in sources] == ["H100 SXM", "lifetime_years", "utilisation"]
+    assert sources[0]["billed"] == [f"gpu0 ({H100})", f"gpu1 ({H100})"]
+    assert "nvidia.com" in sources[0]["url"] and "10-K" in sources[1]["source"] and "BLOOM" in sources[2]["source"]
+    assert len(missing) == 2
+    assert missing[0].startswith("gpu2: 'NVIDIA H200' (H200 SXM): no published")
+    assert missing[1].startswith("gpu3: GPU model not known")
+
+
+def test_component_dicts_with_a_model_field_work_too():
+    record_components = [{"name": "gpu0", "kind": "gpu", "model": "NVIDIA A100-SXM4-40GB", "energy_j": 5.0}]
+    result = embodied_for(record_components, 7200, lifetime_years=4, utilisation=0.5)
+    assert result.grams == pytest.approx(127.6e3 * 7200 / (4 * YEAR_S) / 0.5)
+    assert result.missing == ()
+    assert [s["source"] for s in result.sources[1:]] == ["user-supplied", "user-supplied"]
+
+
+def test_the_host_is_left_out_by_default_and_billed_by_share_when_named():
+    components = [Component("cpu", "cpu", "estimated", 1.0), Component("ram", "ram", "estimated", 1.0)]
+    alone = embodied_for(components, 3600)
+    assert alone.grams == 0.0 and alone.sources == ()
+    assert alone.missing == (
+        "host machine of cpu, ram (chassis, board, CPUs, memory): not counted; pass host='server' and host_share= to bill it",
+    )
+    shared = embodied_for(components, 3600, host="server", host_share=0.25, ram_gb=64)
+    assert shared.grams == pytest.approx(amortised_g(2500 * 0.25, 3600) + amortised_g(0.4 * 64, 3600))
+    assert shared.missing == ()
+    assert [s["key"] for s in shared.sources[:2]] == ["server", "dram"]
+
+
+def test_result_dict_keeps_embodied_apart_from_operational_co2eq():
+    result = embodied_for([{"name": "gpu0", "kind": "gpu", "model": H100}], 3600)
+    fields = result.to_dict()
+    assert "co2eq_g" not in fields
+    assert fields["embodied_co2eq_g"] == pytest.approx(amortised_g(164, 3600))
+    assert fields["embodied_co2eq_g_low"] < fields["embodied_co2eq_g"] < fields["embodied_co2eq_g_high"]
+    assert isinstance(result, Embodied) and result.missing == ()
+
+
+def test_other_kinds_are_reported_missing_not_guessed():
+    result = embodied_for([{"name": "declared", "kind": "other"}], 60)
+    assert result.grams == 0.0 and "no manufacturing footprint for kind 'other'" in result.missing[0]
+
+
+@pytest.mark.parametrize(
+    "kwargs, argument",
+    [
+        ({"duration_s": -1}, "duration_s"),
+        ({"duration_s": math.nan}, "duration_s"),
+        ({"lifetime_years": 0}, "lifetime_years"),
+        ({"lifetime_years": True}, "lifetime_years"),
+        ({"utilisation": 1.5}, "utilisation"),
+        ({"utilisation": 0}, "utilisation"),
+        ({"host": "laptop"}, "host must be one of"),
+        ({"host": "dram"}, "host must be one of"),
+        ({"host": "server", "host_share": 0}, "host_share"),
+        ({"ram_gb": -8}, "ram_gb"),
+    ],
+)
+def test_bad_arguments_name_themselves(kwargs, argument):
+    call = {"duration_s": 60, **kwargs}
+    with pytest.raises(ValueError, match=argument):
+        embodied_for([], call.pop("duration_s"), **call)
+
+
+def test_defaults_are_the_documented_ones():
+    assert DEFAULT_LIFETIME_YEARS == 5.0 and DEFAULT_UTILISATION == 0.85
