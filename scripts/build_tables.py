@@ -15,6 +15,9 @@ Tables written (each row carries its own source, year and licence; line 1 is a '
 - cloud_regions.csv    GCP regions with Google's published grid intensity (via codecarbon),
                        AWS and Azure regions mapped to a country or US state of the grid tables
 - pue.csv              PUE defaults (published figures, see SOURCES.md)
+
+Not written here: embodied.csv (manufacturing footprints) is hand-transcribed from product
+carbon footprints and papers that have no machine-readable upstream; SOURCES.md cites each row.
 """
 
 from __future__ import annotations
