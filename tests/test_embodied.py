@@ -168,3 +168,24 @@ def test_bad_arguments_name_themselves(kwargs, argument):
 
 def test_defaults_are_the_documented_ones():
     assert DEFAULT_LIFETIME_YEARS == 5.0 and DEFAULT_UTILISATION == 0.85
+
+
+def test_estimate_embodied_and_its_text_show_both_parts_and_the_sum():
+    from greencallbacks.embodied import estimate_embodied, format_embodied
+
+    fields = estimate_embodied(hours=10, gpu="H100 SXM", gpus=8, host="server", host_share=1.0)
+    expected = amortised_g(8 * 164 + 2500, 36_000)
+    assert fields["embodied_co2eq_g"] == pytest.approx(expected)
+    assert fields["embodied_missing"] == [] and fields["hours"] == 10.0
+    lines = format_embodied(fields, operational_co2eq_g=1000.0)
+    assert lines[0].startswith(f"Embodied: {expected:.4g} g CO2eq (range ")
+    assert any("H100 SXM: 164 kg per device (NVIDIA" in line for line in lines)
+    assert lines[-1] == f"Operational 1000 g + embodied {expected:.4g} g = {1000 + expected:.4g} g CO2eq"
+
+    unpublished = estimate_embodied(hours=1, gpu="H200 SXM", gpus=2)
+    assert unpublished["embodied_co2eq_g"] == 0.0 and len(unpublished["embodied_missing"]) == 2
+    assert any(line.startswith("  not counted: gpu0: 'H200 SXM'") for line in format_embodied(unpublished))
+    with pytest.raises(ValueError, match="hours"):
+        estimate_embodied(hours=0, gpu="H100 SXM")
+    with pytest.raises(ValueError, match="gpus"):
+        estimate_embodied(hours=1, gpu="H100 SXM", gpus=0)

@@ -1,10 +1,14 @@
 """NVML GPU sensors against the fake pynvml: counter, sampled fallbacks, errors, device mapping."""
 
+import ctypes
+import inspect
 import sys
 import threading
 
 import pytest
 
+from greencallbacks.meter import EnergyWarning, Meter
+from greencallbacks.sensors import nvml as nvml_module
 from greencallbacks.sensors.base import Kind, Method, SensorError
 from greencallbacks.sensors.nvml import AVERAGED_POWER_NOTE, COUNTER_UPDATE_PERIOD_S, NvmlGpuSensor, find_nvml_gpus
 from tests.fakes import fake_pynvml as fp
@@ -269,23 +273,136 @@ def test_empty_or_minus_one_hides_every_gpu_without_touching_nvml(nvml, value):
     assert nvml.calls["nvmlInit"] == 0
 
 
-def test_mig_instance_measures_its_parent_gpu_and_says_so(nvml):
+@pytest.fixture(autouse=True)
+def fresh_warnings(monkeypatch):
+    # The MIG share is said once per process; each test is a process of its own here.
+    monkeypatch.setattr(nvml_module, "_warned_shares", set())
+
+
+MIG_A = "MIG-aaaaaaaa-0000-1111-2222-333333333333"
+MIG_B = "MIG-bbbbbbbb-0000-1111-2222-333333333333"
+
+
+def test_mig_instance_is_billed_its_share_of_the_parent_gpu(nvml, clock):
     parent = nvml.gpus[1]
-    first = parent.add_mig_instance("MIG-aaaaaaaa-0000-1111-2222-333333333333")
-    second = parent.add_mig_instance("MIG-bbbbbbbb-0000-1111-2222-333333333333")
-    found = find_nvml_gpus(environ={"CUDA_VISIBLE_DEVICES": f"{first.uuid},{second.uuid}"}, pynvml=nvml)
-    # Both instances share one physical GPU and one energy counter: one sensor, not two.
+    parent.set_power(700.0)
+    parent.add_mig_instance(MIG_A, slices=3)
+    with pytest.warns(EnergyWarning, match="billed 0.429 of it") as warned:
+        found = find_nvml_gpus(environ={"CUDA_VISIBLE_DEVICES": MIG_A}, pynvml=nvml, clock=clock)
+    assert len(warned) == 1
     assert scopes(found) == [("gpu0", gpu_uuid(1))]
     sensor = found.sensors[0]
-    assert sensor.method == Method.COUNTER
-    assert first.uuid in sensor.note and "whole physical GPU" in sensor.note
+    assert sensor.method == Method.APPORTIONED and sensor.measured_by == "counter"
+    assert sensor.share == pytest.approx(3 / 7)
+    assert sensor.relative_uncertainty == pytest.approx((4 / 7) / (3 / 7))
+    assert "3 of the GPU's 7 compute slices" in sensor.note and MIG_A in sensor.note
+    assert sensor.describe()["share"] == pytest.approx(3 / 7)
+    start = sensor.energy_j()
+    clock.advance(10.0)
+    assert sensor.energy_j() - start == pytest.approx(700.0 * 10.0 * 3 / 7, abs=1e-3)
 
 
-def test_old_style_mig_names_resolve_to_the_parent(nvml):
-    environ = {"CUDA_VISIBLE_DEVICES": f"MIG-{gpu_uuid(2)}/1/0"}
+def test_the_share_is_said_once_per_process(nvml, clock, recwarn):
+    nvml.gpus[0].add_mig_instance(MIG_A, slices=2)
+    for _ in range(3):
+        find_nvml_gpus(environ={"CUDA_VISIBLE_DEVICES": MIG_A}, pynvml=nvml, clock=clock)
+    assert sum("MIG instance" in str(w.message) for w in recwarn) <= 1
+
+
+def test_two_instances_of_one_gpu_are_one_sensor_billed_both_shares(nvml):
+    parent = nvml.gpus[1]
+    parent.add_mig_instance(MIG_A, slices=1)
+    parent.add_mig_instance(MIG_B, slices=2)
+    found = find_nvml_gpus(environ={"CUDA_VISIBLE_DEVICES": f"{MIG_A},{MIG_B}"}, pynvml=nvml)
+    # Both instances share one physical GPU and one energy counter: one sensor, not two.
+    assert scopes(found) == [("gpu0", gpu_uuid(1))]
+    assert found.sensors[0].share == pytest.approx(3 / 7)
+    # A process that trains on the second instance only is billed that instance's slices.
+    [sensor] = find_nvml_gpus([1], environ={"CUDA_VISIBLE_DEVICES": f"{MIG_A},{MIG_B}"}, pynvml=nvml).sensors
+    assert (sensor.name, sensor.share) == ("gpu1", pytest.approx(2 / 7))
+
+
+def test_compute_instance_smaller_than_its_gpu_instance_is_billed_its_compute_slices(nvml):
+    nvml.gpus[0].add_mig_instance(MIG_A, slices=4, compute_slices=2)
+    [sensor] = find_nvml_gpus(environ={"CUDA_VISIBLE_DEVICES": MIG_A}, pynvml=nvml).sensors
+    assert sensor.share == pytest.approx(2 / 7)
+
+
+def test_old_style_mig_names_resolve_to_the_parent_and_its_share(nvml):
+    nvml.gpus[2].add_mig_instance(MIG_A, slices=1)
+    nvml.gpus[2].add_mig_instance(MIG_B, slices=3)  # GPU instance 2, compute instance 0
+    environ = {"CUDA_VISIBLE_DEVICES": f"MIG-{gpu_uuid(2)}/2/0"}
     found = find_nvml_gpus(environ=environ, pynvml=nvml)
     assert scopes(found) == [("gpu0", gpu_uuid(2))]
+    assert found.sensors[0].share == pytest.approx(3 / 7)
     assert "MIG" in found.sensors[0].note
+
+
+def test_unreadable_slice_counts_bill_the_whole_gpu_and_say_so(nvml, monkeypatch):
+    nvml.gpus[0].add_mig_instance(MIG_A, slices=1)
+
+    def unsupported(handle):
+        raise fp.NVMLError(fp.NVML_ERROR_NOT_SUPPORTED)
+
+    monkeypatch.setattr(nvml, "nvmlDeviceGetAttributes", unsupported, raising=False)
+    [sensor] = find_nvml_gpus(environ={"CUDA_VISIBLE_DEVICES": MIG_A}, pynvml=nvml).sensors
+    assert sensor.method == Method.APPORTIONED and sensor.share == 1.0
+    assert sensor.relative_uncertainty == 1.0
+    assert "whole GPU is billed" in sensor.note and "Not Supported" in sensor.note
+
+
+def test_a_mig_handle_given_directly_is_refused_with_the_way_to_measure_it(nvml, clock):
+    instance = nvml.gpus[0].add_mig_instance(MIG_A, slices=1)
+    nvml.nvmlInit()
+    with pytest.raises(SensorError, match="MIG instance.*find_nvml_gpus"):
+        NvmlGpuSensor(instance.handle, index=0, pynvml=nvml, clock=clock)
+
+
+def test_meter_reports_the_apportioned_share_with_its_stated_bound(nvml, clock):
+    nvml.gpus[0].set_power(350.0)
+    nvml.gpus[0].add_mig_instance(MIG_A, slices=1)
+    found = find_nvml_gpus(environ={"CUDA_VISIBLE_DEVICES": MIG_A}, pynvml=nvml, clock=clock)
+    meter = Meter(found.sensors, clock=clock)
+    try:
+        start = meter.snapshot()
+        clock.advance(7.0)
+        [component] = meter.between(start, meter.snapshot()).components
+    finally:
+        meter.close()
+    assert component.method == "apportioned"
+    assert component.energy_j == pytest.approx(350.0 * 7.0 / 7, rel=0.02)
+    # The bound: billed 1/7 of the GPU, the truth lies between none and all of it.
+    assert component.uncertainty_j >= (6 / 7) * 350.0 * 7.0 * 0.98
+    assert "apportioned" in component.note
+
+
+def test_fake_mig_calls_have_the_names_and_parameters_of_the_installed_pynvml():
+    real = pytest.importorskip("pynvml", reason="nvidia-ml-py is not installed: nothing to compare the fake with")
+    calls = [
+        "nvmlDeviceIsMigDeviceHandle",
+        "nvmlDeviceGetDeviceHandleFromMigDeviceHandle",
+        "nvmlDeviceGetMigMode",
+        "nvmlDeviceGetMaxMigDeviceCount",
+        "nvmlDeviceGetMigDeviceHandleByIndex",
+        "nvmlDeviceGetGpuInstanceId",
+        "nvmlDeviceGetComputeInstanceId",
+        "nvmlDeviceGetAttributes",
+        "nvmlDeviceGetGpuInstanceProfileInfo",
+        "nvmlDeviceGetHandleByUUID",
+    ]
+    fake = FakeNvml()
+    for name in calls:
+        real_parameters = list(inspect.signature(getattr(real, name)).parameters.values())
+        fake_parameters = list(inspect.signature(getattr(fake, name)).parameters.values())
+        assert [p.default for p in fake_parameters] == [p.default for p in real_parameters], name
+        assert len(fake_parameters) == len(real_parameters), name
+    constants = [n for n in dir(fp) if n.startswith(("NVML_GPU_INSTANCE_PROFILE_", "NVML_DEVICE_MIG_"))]
+    assert constants and {n: getattr(fp, n) for n in constants} == {n: getattr(real, n) for n in constants}
+    assert fp.nvmlGpuInstanceProfileInfo_v2 == real.nvmlGpuInstanceProfileInfo_v2
+    for structure in ("c_nvmlDeviceAttributes", "c_nvmlGpuInstanceProfileInfo_v2_t"):
+        fake_fields = [(n, ctypes.sizeof(t)) for n, t in getattr(fp, structure)._fields_]
+        real_fields = [(n, ctypes.sizeof(t)) for n, t in getattr(real, structure)._fields_]
+        assert fake_fields == real_fields, structure
 
 
 def test_requested_index_beyond_the_visible_gpus_is_unavailable(nvml):

@@ -269,3 +269,62 @@ def embodied_for(
         sources.append({"key": "lifetime_years", "value": lifetime_years, "source": LIFETIME_SOURCE if lifetime_years == DEFAULT_LIFETIME_YEARS else "user-supplied"})
         sources.append({"key": "utilisation", "value": utilisation, "source": UTILISATION_SOURCE if utilisation == DEFAULT_UTILISATION else "user-supplied"})
     return Embodied(grams=grams, range_g=(low, high), sources=tuple(sources), missing=tuple(missing))
+
+
+def estimate_embodied(
+    *,
+    hours: float,
+    gpu: str | None = None,
+    gpus: int = 1,
+    host: str | None = None,
+    host_share: float = 1.0,
+    ram_gb: float | None = None,
+    lifetime_years: float = DEFAULT_LIFETIME_YEARS,
+    utilisation: float = DEFAULT_UTILISATION,
+) -> dict[str, Any]:
+    """Ex-ante embodied CO2eq of ``gpus`` x ``gpu`` (and optionally the host) for ``hours``.
+
+    For ``greencallbacks estimate``: the same table and amortisation as ``embodied_for``, from a
+    model name instead of measured components. Returns ``Embodied.to_dict()`` plus the inputs.
+    """
+    if isinstance(hours, bool) or not isinstance(hours, (int, float)) or not math.isfinite(hours) or hours <= 0:
+        raise ValueError(f"hours must be a finite number > 0, got {hours!r}")
+    if gpu is not None and (isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1):
+        raise ValueError(f"gpus must be an integer >= 1, got {gpus!r}")
+    components: list[dict[str, Any]] = [
+        {"name": f"gpu{i}", "kind": "gpu", "model": gpu} for i in range(gpus if gpu is not None else 0)
+    ]
+    if host is not None:
+        components.append({"name": "host", "kind": "cpu"})
+    result = embodied_for(
+        components,
+        hours * 3600.0,
+        host=host,
+        host_share=host_share,
+        ram_gb=ram_gb,
+        lifetime_years=lifetime_years,
+        utilisation=utilisation,
+    )
+    return {**result.to_dict(), "hours": float(hours), "lifetime_years": float(lifetime_years), "utilisation": float(utilisation)}
+
+
+def format_embodied(fields: Mapping[str, Any], operational_co2eq_g: float | None = None) -> list[str]:
+    """Plain-text lines for a report or the ``estimate`` output: the embodied part, what it is
+    made of, what was left out, and (given the operational CO2eq) both parts and their sum."""
+    grams = float(fields["embodied_co2eq_g"])
+    lines = [
+        f"Embodied: {grams:.4g} g CO2eq (range {fields['embodied_co2eq_g_low']:.4g}-"
+        f"{fields['embodied_co2eq_g_high']:.4g} g), manufacturing amortised over the hardware's life"
+    ]
+    for source in fields.get("embodied_sources", ()):
+        if "kgco2eq" in source:
+            lines.append(f"  {source['key']}: {source['kgco2eq']:g} kg per {source['unit']} ({source['source']}, {source['year']})")
+        else:
+            lines.append(f"  {source['key']} = {source['value']:g} ({source['source']})")
+    for reason in fields.get("embodied_missing", ()):
+        lines.append(f"  not counted: {reason}")
+    if operational_co2eq_g is not None:
+        lines.append(
+            f"Operational {operational_co2eq_g:.4g} g + embodied {grams:.4g} g = {operational_co2eq_g + grams:.4g} g CO2eq"
+        )
+    return lines

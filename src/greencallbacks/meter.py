@@ -173,15 +173,17 @@ class _Channel:
     def uncertainty_j(self, energy_j: float, duration_s: float) -> float:
         if self.method == Method.ESTIMATED.value:
             return ESTIMATE_RELATIVE_UNCERTAINTY * energy_j
+        # A stated share of a device (apportioned) errs in proportion to the energy, whatever the window.
+        stated_j = (getattr(self.sensor, "relative_uncertainty", 0.0) or 0.0) * energy_j
         period = getattr(self.sensor, "update_period_s", 0.0) or 0.0
         if self.method == Method.SAMPLED.value:
             period = max(period, self.sensor.poll_interval_s or 0.0)
         if period <= 0:
-            return 0.0
+            return stated_j
         # A quantised counter can be off by one update period at the window's end; use the
         # window's power, or the channel's long-run power when the window read 0 J.
         power_w = energy_j / duration_s if duration_s > 0 and energy_j > 0 else self.mean_power_w()
-        return period * power_w
+        return (stated_j**2 + (period * power_w) ** 2) ** 0.5
 
     def mean_power_w(self) -> float:
         elapsed = self._clock() - self._started

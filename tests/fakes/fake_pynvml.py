@@ -12,7 +12,9 @@ clock; the energy counter in mJ since "driver load", stepping only every 100 ms 
 ``nvmlDeviceGetPowerUsage`` as a 1-second average (Ampere and later); instantaneous power;
 init reference counting (calls before ``nvmlInit`` fail with Uninitialized). Switches: counter
 unsupported, instant field unsupported, power usage unsupported, an error on every call,
-GPU lost, counter reset (driver reload), init failing, library missing, MIG instances.
+GPU lost, counter reset (driver reload), init failing, library missing, MIG instances (each
+with its slices, on an H100's GPU-instance profiles; the MIG calls have pynvml's names and
+signatures, checked against the installed pynvml by tests/test_sensors_nvml.py).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import string
 import sys
 import threading
 from collections import Counter
-from ctypes import Structure, Union, c_double, c_int, c_int64, c_longlong, c_uint, c_uint32, c_ulong, c_ulonglong, c_ushort
+from ctypes import Structure, Union, c_char, c_double, c_int, c_int64, c_longlong, c_uint, c_uint32, c_ulong, c_ulonglong, c_ushort
 from typing import Callable
 
 from tests.fakes.scripted import FakeClock
@@ -64,6 +66,18 @@ NVML_FI_DEV_POWER_INSTANT = 186
 
 NVML_DEVICE_MIG_DISABLE = 0
 NVML_DEVICE_MIG_ENABLE = 1
+
+NVML_GPU_INSTANCE_PROFILE_1_SLICE = 0x0
+NVML_GPU_INSTANCE_PROFILE_2_SLICE = 0x1
+NVML_GPU_INSTANCE_PROFILE_3_SLICE = 0x2
+NVML_GPU_INSTANCE_PROFILE_4_SLICE = 0x3
+NVML_GPU_INSTANCE_PROFILE_7_SLICE = 0x4
+NVML_GPU_INSTANCE_PROFILE_8_SLICE = 0x5
+NVML_GPU_INSTANCE_PROFILE_6_SLICE = 0x6
+NVML_GPU_INSTANCE_PROFILE_1_SLICE_REV1 = 0x7
+NVML_GPU_INSTANCE_PROFILE_COUNT = 0x12
+NVML_DEVICE_NAME_V2_BUFFER_SIZE = 96
+nvmlGpuInstanceProfileInfo_v2 = 0x02000098
 
 
 class NVMLError(Exception):
@@ -155,6 +169,50 @@ class c_nvmlFieldValue_t(Structure):
     ]
 
 
+class c_nvmlDeviceAttributes(Structure):
+    _fields_ = [
+        ("multiprocessorCount", c_uint),
+        ("sharedCopyEngineCount", c_uint),
+        ("sharedDecoderCount", c_uint),
+        ("sharedEncoderCount", c_uint),
+        ("sharedJpegCount", c_uint),
+        ("sharedOfaCount", c_uint),
+        ("gpuInstanceSliceCount", c_uint),
+        ("computeInstanceSliceCount", c_uint),
+        ("memorySizeMB", c_ulonglong),
+    ]
+
+
+class c_nvmlGpuInstanceProfileInfo_v2_t(Structure):
+    _fields_ = [
+        ("version", c_uint),
+        ("id", c_uint),
+        ("isP2pSupported", c_uint),
+        ("sliceCount", c_uint),
+        ("instanceCount", c_uint),
+        ("multiprocessorCount", c_uint),
+        ("copyEngineCount", c_uint),
+        ("decoderCount", c_uint),
+        ("encoderCount", c_uint),
+        ("jpegCount", c_uint),
+        ("ofaCount", c_uint),
+        ("memorySizeMB", c_ulonglong),
+        ("name", c_char * NVML_DEVICE_NAME_V2_BUFFER_SIZE),
+    ]
+
+
+# GPU-instance profiles of an H100 80GB (nvidia-smi mig -lgip): profile -> slices. 7 slices in all;
+# 1g.20gb is the 1-slice REV1 profile.
+H100_MIG_PROFILES = {
+    NVML_GPU_INSTANCE_PROFILE_1_SLICE: 1,
+    NVML_GPU_INSTANCE_PROFILE_1_SLICE_REV1: 1,
+    NVML_GPU_INSTANCE_PROFILE_2_SLICE: 2,
+    NVML_GPU_INSTANCE_PROFILE_3_SLICE: 3,
+    NVML_GPU_INSTANCE_PROFILE_4_SLICE: 4,
+    NVML_GPU_INSTANCE_PROFILE_7_SLICE: 7,
+}
+H100_SMS_PER_SLICE = 16  # 1g.10gb has 16 of the MIG-enabled H100's 112 usable SMs
+
 PowerProfile = float | Callable[[float], float]
 
 COUNTER_UPDATE_PERIOD_S = 0.1
@@ -201,8 +259,12 @@ class FakeGpu:
         self._counter_origin_t = self.clock()
         self._counter_offset_mj = 0
 
-    def add_mig_instance(self, uuid: str) -> FakeMigDevice:
-        instance = FakeMigDevice(self, uuid)
+    def add_mig_instance(self, uuid: str, slices: int = 1, compute_slices: int | None = None) -> FakeMigDevice:
+        """A MIG device: a GPU instance of ``slices`` slices holding one compute instance of
+        ``compute_slices`` (default: all of them). GPU-instance ids count from 1 as NVML's do."""
+        if slices not in H100_MIG_PROFILES.values():
+            raise ValueError(f"no H100 GPU-instance profile has {slices} slices")
+        instance = FakeMigDevice(self, uuid, slices, compute_slices or slices, gpu_instance_id=len(self.mig_instances) + 1)
         self.mig_instances.append(instance)
         return instance
 
@@ -244,10 +306,14 @@ class FakeGpu:
 
 
 class FakeMigDevice:
-    def __init__(self, parent: FakeGpu, uuid: str) -> None:
+    def __init__(self, parent: FakeGpu, uuid: str, slices: int = 1, compute_slices: int = 1, gpu_instance_id: int = 1) -> None:
         self.parent = parent
         self.uuid = uuid
-        self.name = parent.name + " MIG 1g.10gb"
+        self.slices = slices
+        self.compute_slices = compute_slices
+        self.gpu_instance_id = gpu_instance_id
+        self.compute_instance_id = 0
+        self.name = f"{parent.name} MIG {slices}g.{10 * slices}gb"
         self.handle = FakeHandle(self)
 
 
@@ -358,6 +424,48 @@ class FakeNvml:
         mode = NVML_DEVICE_MIG_ENABLE if gpu.mig_instances else NVML_DEVICE_MIG_DISABLE
         return [mode, mode]
 
+    def nvmlDeviceGetMaxMigDeviceCount(self, handle: FakeHandle) -> int:
+        self._physical(handle, "nvmlDeviceGetMaxMigDeviceCount")
+        return max(H100_MIG_PROFILES.values())
+
+    def nvmlDeviceGetMigDeviceHandleByIndex(self, handle: FakeHandle, index: int) -> FakeHandle:
+        gpu = self._physical(handle, "nvmlDeviceGetMigDeviceHandleByIndex")
+        if not 0 <= index < self.nvmlDeviceGetMaxMigDeviceCount(handle):
+            raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)
+        if index >= len(gpu.mig_instances):
+            raise NVMLError(NVML_ERROR_NOT_FOUND)  # no MIG device in that slot
+        return gpu.mig_instances[index].handle
+
+    def nvmlDeviceGetGpuInstanceId(self, handle: FakeHandle) -> int:
+        return self._mig(handle, "nvmlDeviceGetGpuInstanceId").gpu_instance_id
+
+    def nvmlDeviceGetComputeInstanceId(self, handle: FakeHandle) -> int:
+        return self._mig(handle, "nvmlDeviceGetComputeInstanceId").compute_instance_id
+
+    def nvmlDeviceGetAttributes(self, handle: FakeHandle) -> c_nvmlDeviceAttributes:
+        # NVML documents this call for MIG device handles only.
+        instance = self._mig(handle, "nvmlDeviceGetAttributes")
+        attributes = c_nvmlDeviceAttributes()
+        attributes.multiprocessorCount = H100_SMS_PER_SLICE * instance.compute_slices
+        attributes.gpuInstanceSliceCount = instance.slices
+        attributes.computeInstanceSliceCount = instance.compute_slices
+        attributes.memorySizeMB = 10 * 1024 * instance.slices
+        return attributes
+
+    def nvmlDeviceGetGpuInstanceProfileInfo(self, handle: FakeHandle, profile: int, version: int = 2):
+        gpu = self._physical(handle, "nvmlDeviceGetGpuInstanceProfileInfo")
+        if version not in (1, 2):
+            raise NVMLError(NVML_ERROR_FUNCTION_NOT_FOUND)
+        if not gpu.mig_instances or profile not in H100_MIG_PROFILES:
+            raise NVMLError(NVML_ERROR_NOT_SUPPORTED)  # MIG disabled, or a profile this GPU lacks
+        slices = H100_MIG_PROFILES[profile]
+        info = c_nvmlGpuInstanceProfileInfo_v2_t(version=nvmlGpuInstanceProfileInfo_v2)
+        info.id, info.sliceCount, info.instanceCount = profile, slices, 7 // slices
+        info.multiprocessorCount = H100_SMS_PER_SLICE * slices
+        info.memorySizeMB = 10 * 1024 * slices
+        info.name = f"MIG {slices}g.{10 * slices}gb".encode()
+        return info
+
     def nvmlDeviceGetTotalEnergyConsumption(self, handle: FakeHandle) -> int:
         gpu = self._physical(handle, "nvmlDeviceGetTotalEnergyConsumption")
         if not gpu.counter_supported:
@@ -407,6 +515,12 @@ class FakeNvml:
         gpu = device.parent if isinstance(device, FakeMigDevice) else device
         if gpu.error_code is not None:
             raise NVMLError(gpu.error_code)
+        return device
+
+    def _mig(self, handle: FakeHandle, call: str) -> FakeMigDevice:
+        device = self._device(handle, call)
+        if not isinstance(device, FakeMigDevice):
+            raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)
         return device
 
     def _physical(self, handle: FakeHandle, call: str) -> FakeGpu:

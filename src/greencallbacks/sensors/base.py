@@ -20,6 +20,9 @@ class Method(str, enum.Enum):
     COUNTER = "counter"  # a hardware energy counter (NVML total energy, RAPL)
     SAMPLED = "sampled"  # instantaneous power sampled and integrated by the background thread
     ESTIMATED = "estimated"  # a model: TDP x utilisation, W/GB, a declared constant
+    # A stated share of a measured device that other work also uses (a MIG instance of an NVIDIA
+    # GPU, one die of a two-die AMD board): the device is measured, the share is a rule.
+    APPORTIONED = "apportioned"
 
     def __str__(self) -> str:
         return self.value
@@ -53,6 +56,9 @@ class Sensor:
         poll_interval_s: how often the background thread must call ``poll``; ``None`` if never.
         update_period_s: the counter's update period (quantisation of short windows); 0 if none.
         note: a short caveat to carry into records, e.g. ``"1-second averaged power"``; "" if none.
+        relative_uncertainty: a stated error as a fraction of the energy read, for sensors whose
+            error grows with the energy rather than sits at a window's boundaries (apportioned
+            shares); the meter adds it to the boundary error. 0 if none.
     """
 
     name: str = "sensor"
@@ -62,6 +68,7 @@ class Sensor:
     poll_interval_s: float | None = None
     update_period_s: float = 0.0
     note: str = ""
+    relative_uncertainty: float = 0.0
 
     def energy_j(self) -> float:
         """Cumulative joules since this sensor was created. Raises ``SensorError`` on failure."""

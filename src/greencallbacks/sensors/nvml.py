@@ -20,9 +20,12 @@ its UUID. Integers are taken as positions in NVML's (PCI) order, which is CUDA's
 whose GPUs are all the same model (CUDA orders fastest first and breaks ties by PCI bus id) and
 always with ``CUDA_DEVICE_ORDER=PCI_BUS_ID``.
 
-MIG: energy and power are only reported for a whole physical GPU. A process given a MIG instance
-measures the parent GPU, and the sensor's note says so (other tenants of that GPU are included).
-Two visible instances of one GPU give one sensor, not two.
+MIG: energy and power are only reported for a whole physical GPU. A process given MIG instances
+(``CUDA_VISIBLE_DEVICES=MIG-...``) measures the parent GPU and is billed its share by a stated
+rule: the instances' compute slices over the GPU's slices (the slice count of its full-GPU
+profile; 7 on an A100 or H100), labelled ``apportioned`` with the bound of ``sensors.share``.
+Two visible instances of one GPU give one sensor billed both shares, not two sensors. Checked
+against the fake ``pynvml`` only; no MIG GPU was available to verify it.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Callable
 
 from greencallbacks.sensors.base import Discovery, Integrator, Kind, Method, Sensor, SensorError, Unavailable
+from greencallbacks.sensors.share import Apportioned
 
 COUNTER_UPDATE_PERIOD_S = 0.1  # NVML's total-energy counter steps every 100 ms (measured on an H100)
 SAMPLE_INTERVAL_S = 0.05  # instantaneous power: 20 samples a second cost ~0.1 ms of a background thread
@@ -113,6 +117,11 @@ class NvmlGpuSensor(Sensor):
             self.model = _text(self._nvml.nvmlDeviceGetName(handle))
         except self._nvml.NVMLError as error:
             raise SensorError(f"{self.name}: NVML could not identify the GPU: {error}") from error
+        if _is_mig_handle(self._nvml, handle):
+            raise SensorError(
+                f"{self.name}: {self.scope} is a MIG instance, for which NVML reports no energy or power; "
+                "find_nvml_gpus measures its physical GPU and bills the instance's share"
+            )
 
         self._read_power_w = self._choose_power_reader()
         # use_counter=False integrates power even where a counter exists (to compare the two,
@@ -235,6 +244,14 @@ class NvmlGpuSensor(Sensor):
             raise SensorError(f"{self.name} ({self.scope}): NVML energy counter failed: {error}") from error
 
 
+def _is_mig_handle(nvml: Any, handle: Any) -> bool:
+    try:
+        is_mig = nvml.nvmlDeviceIsMigDeviceHandle(handle)  # a ctypes c_uint in the real binding
+    except (AttributeError, nvml.NVMLError):
+        return False  # a binding or GPU without MIG
+    return bool(int(getattr(is_mig, "value", is_mig)))
+
+
 def _is_unsupported(nvml: Any, error: BaseException) -> bool:
     """Errors that mean "this GPU or driver cannot do that", as opposed to a failure."""
     names = ("NVMLError_NotSupported", "NVMLError_FunctionNotFound", "NVMLError_InvalidArgument")
@@ -271,6 +288,68 @@ def _resolve_mig(nvml: Any, entry: str, devices: Sequence[_Device]) -> tuple[_De
     except nvml.NVMLError:
         return None
     return next(((d, entry) for d in devices if d.uuid == parent_uuid), None)
+
+
+def _mig_handle(nvml: Any, parent: _Device, entry: str) -> Any:
+    """The NVML handle of the MIG device ``entry`` names; raises ``NVMLError``."""
+    if not entry.startswith("MIG-GPU-"):
+        return nvml.nvmlDeviceGetHandleByUUID(entry)
+    # Old drivers name an instance MIG-GPU-<uuid>/<gpu instance id>/<compute instance id>.
+    try:
+        gi_id, ci_id = (int(part) for part in entry.split("/")[1:3])
+    except ValueError:
+        raise nvml.NVMLError(getattr(nvml, "NVML_ERROR_INVALID_ARGUMENT", 2)) from None
+    for position in range(nvml.nvmlDeviceGetMaxMigDeviceCount(parent.handle)):
+        try:
+            handle = nvml.nvmlDeviceGetMigDeviceHandleByIndex(parent.handle, position)
+        except nvml.NVMLError:
+            continue  # an empty MIG slot
+        if (nvml.nvmlDeviceGetGpuInstanceId(handle), nvml.nvmlDeviceGetComputeInstanceId(handle)) == (gi_id, ci_id):
+            return handle
+    raise nvml.NVMLError(getattr(nvml, "NVML_ERROR_NOT_FOUND", 6))
+
+
+def _gpu_slice_count(nvml: Any, handle: Any) -> int:
+    """A MIG-enabled GPU's compute slices: the largest slice count of its GPU-instance profiles."""
+    counts = []
+    for profile in range(getattr(nvml, "NVML_GPU_INSTANCE_PROFILE_COUNT", 0x12)):
+        try:
+            counts.append(int(nvml.nvmlDeviceGetGpuInstanceProfileInfo(handle, profile).sliceCount))
+        except nvml.NVMLError:
+            continue  # a profile this GPU does not offer
+    if not counts:
+        raise nvml.NVMLError(getattr(nvml, "NVML_ERROR_NOT_SUPPORTED", 3))
+    return max(counts)
+
+
+def mig_share(nvml: Any, parent: _Device, entries: Sequence[str]) -> tuple[float, str]:
+    """(share, rule): the MIG instances' compute slices over their GPU's. Raises ``NVMLError``."""
+    slices = 0
+    for entry in dict.fromkeys(entries):
+        handle = _mig_handle(nvml, parent, entry)
+        if not _is_mig_handle(nvml, handle):
+            raise nvml.NVMLError(getattr(nvml, "NVML_ERROR_INVALID_ARGUMENT", 2))
+        slices += int(nvml.nvmlDeviceGetAttributes(handle).computeInstanceSliceCount)
+    total = _gpu_slice_count(nvml, parent.handle)
+    names = ", ".join(dict.fromkeys(entries))
+    return min(1.0, slices / total), f"MIG {names}: {slices} of the GPU's {total} compute slices"
+
+
+_warned_shares: set[tuple[str, float]] = set()
+
+
+def _say_apportioned_once(sensor: Any, rule: str) -> None:
+    key = (sensor.scope, sensor.share)
+    if key in _warned_shares:
+        return
+    _warned_shares.add(key)
+    from greencallbacks.meter import warn
+
+    warn(
+        f"greencallbacks: {sensor.name} is a MIG instance of GPU {sensor.scope}; NVML measures only the "
+        f"whole GPU, so this process is billed {sensor.share:.3g} of it ({rule}), labelled 'apportioned' "
+        f"with an uncertainty of +/-{sensor.relative_uncertainty:.0%} of what it bills."
+    )
 
 
 def _resolve_entry(nvml: Any, entry: str, devices: Sequence[_Device]) -> tuple[_Device, str] | None:
@@ -378,6 +457,11 @@ def _find_visible(
 
     wanted = range(len(visible)) if device_indices is None else device_indices
     measured_uuids: set[str] = set()
+    # The MIG instances this process uses, per physical GPU: one sensor bills all of them.
+    mig_entries: dict[str, list[str]] = {}
+    for cuda_index in wanted:
+        if 0 <= cuda_index < len(visible) and visible[cuda_index][1]:
+            mig_entries.setdefault(visible[cuda_index][0].uuid, []).append(visible[cuda_index][1])
     for cuda_index in wanted:
         if not 0 <= cuda_index < len(visible):
             found.unavailable.append(
@@ -393,22 +477,22 @@ def _find_visible(
         device, mig_instance = visible[cuda_index]
         if device.uuid in measured_uuids:
             continue  # a second MIG instance of a GPU already measured
-        note = (
-            f"MIG instance {mig_instance}: measures the whole physical GPU {device.uuid} "
-            "(NVML reports energy per physical GPU; other instances' work is included)"
-            if mig_instance
-            else ""
-        )
         nvml.nvmlInit()  # one init per sensor, balanced by its close()
         try:
-            sensor = NvmlGpuSensor(
-                device.handle, index=cuda_index, pynvml=nvml, clock=clock, note=note, shutdown_on_close=True
-            )
+            sensor = NvmlGpuSensor(device.handle, index=cuda_index, pynvml=nvml, clock=clock, shutdown_on_close=True)
         except SensorError as error:
             nvml.nvmlShutdown()
             found.unavailable.append(Unavailable(f"gpu{cuda_index}", Kind.GPU, str(error)))
             continue
         measured_uuids.add(device.uuid)
+        if mig_instance:
+            try:
+                share, rule = mig_share(nvml, device, mig_entries[device.uuid])
+            except nvml.NVMLError as error:
+                # No share known: bill the whole GPU (an over-count when it has other tenants), and say so.
+                share, rule = 1.0, f"MIG slice counts unreadable ({error}): the whole GPU is billed"
+            sensor = Apportioned(sensor, share, rule)
+            _say_apportioned_once(sensor, rule)
         found.sensors.append(sensor)
 
 
