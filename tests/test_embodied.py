@@ -177,10 +177,11 @@ def test_estimate_embodied_and_its_text_show_both_parts_and_the_sum():
     expected = amortised_g(8 * 164 + 2500, 36_000)
     assert fields["embodied_co2eq_g"] == pytest.approx(expected)
     assert fields["embodied_missing"] == [] and fields["hours"] == 10.0
-    lines = format_embodied(fields, operational_co2eq_g=1000.0)
-    assert lines[0].startswith(f"Embodied: {expected:.4g} g CO2eq (range ")
+    assert 1000 < expected < 1100  # 3,812 kg over 10 h of a 5-year life at 85 %
+    lines = format_embodied(fields, operational_co2eq_g=500.0)
+    assert lines[0].startswith(f"Embodied: {expected / 1000:.4g} kg CO2eq (range ")
     assert any("H100 SXM: 164 kg per device (NVIDIA" in line for line in lines)
-    assert lines[-1] == f"Operational 1000 g + embodied {expected:.4g} g = {1000 + expected:.4g} g CO2eq"
+    assert lines[-1] == f"Operational 500 g + embodied {expected / 1000:.4g} kg = {(500 + expected) / 1000:.4g} kg CO2eq"
 
     unpublished = estimate_embodied(hours=1, gpu="H200 SXM", gpus=2)
     assert unpublished["embodied_co2eq_g"] == 0.0 and len(unpublished["embodied_missing"]) == 2

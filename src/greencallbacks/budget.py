@@ -103,7 +103,9 @@ class Budget:
 
     Args:
         kwh: the run's energy budget in kWh (the facility energy the tracker totals), or None.
-        co2eq_g: the run's CO2eq budget in grams, or None. At least one of the two.
+        co2eq_g: the run's CO2eq budget in grams (operational CO2eq, the tracker's ``co2eq_g``
+            total; embodied emissions are reported apart and not counted), or None. At least
+            one of the two.
         on_exceed: ``"warn"`` (warn once and go on) or ``"stop"`` (also end training cleanly).
         warn_at: the share of a limit at which to warn once beforehand, in (0, 1); None for no
             early warning.

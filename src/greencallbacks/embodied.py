@@ -308,13 +308,17 @@ def estimate_embodied(
     return {**result.to_dict(), "hours": float(hours), "lifetime_years": float(lifetime_years), "utilisation": float(utilisation)}
 
 
+def _mass(grams: float) -> str:
+    return f"{grams / 1000:.4g} kg" if abs(grams) >= 1000 else f"{grams:.4g} g"
+
+
 def format_embodied(fields: Mapping[str, Any], operational_co2eq_g: float | None = None) -> list[str]:
     """Plain-text lines for a report or the ``estimate`` output: the embodied part, what it is
     made of, what was left out, and (given the operational CO2eq) both parts and their sum."""
     grams = float(fields["embodied_co2eq_g"])
     lines = [
-        f"Embodied: {grams:.4g} g CO2eq (range {fields['embodied_co2eq_g_low']:.4g}-"
-        f"{fields['embodied_co2eq_g_high']:.4g} g), manufacturing amortised over the hardware's life"
+        f"Embodied: {_mass(grams)} CO2eq (range {_mass(fields['embodied_co2eq_g_low'])}-"
+        f"{_mass(fields['embodied_co2eq_g_high'])}), manufacturing amortised over the hardware's life"
     ]
     for source in fields.get("embodied_sources", ()):
         if "kgco2eq" in source:
@@ -325,6 +329,7 @@ def format_embodied(fields: Mapping[str, Any], operational_co2eq_g: float | None
         lines.append(f"  not counted: {reason}")
     if operational_co2eq_g is not None:
         lines.append(
-            f"Operational {operational_co2eq_g:.4g} g + embodied {grams:.4g} g = {operational_co2eq_g + grams:.4g} g CO2eq"
+            f"Operational {_mass(operational_co2eq_g)} + embodied {_mass(grams)} = "
+            f"{_mass(operational_co2eq_g + grams)} CO2eq"
         )
     return lines
