@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -65,41 +66,139 @@ def test_mean_and_standard_error_by_hand_for_three_runs():
 
 def test_markdown_has_the_records_numbers_hardware_provenance_and_statement():
     text = report.render(one_run(), "md")
-    assert "| 0 | 2.00 | 1.000e-02 | 5.000e+00 | 36 | 1.0e-04 | cpu:estimated, gpu0:counter |" in text
-    assert "| 1 | 2.00 | 2.000e-02 | 1.000e+01 | 72 |" in text
+    # 36 kJ = 10 Wh at 500 g/kWh = 5 g; 36 J/sample; 3.6 kJ validation = 1 Wh; 360 J sensors = 0.1 Wh
+    assert "| 0 | 2.00 | 10.0 | 5.00 | 36.0 | 1.00 | 0.10 | cpu:estimated, gpu0:counter |" in text
+    assert "| 1 | 2.00 | 20.0 | 10.0 | 72.0 | 1.00 |" in text
+    assert "training (Wh)" in text and "validation (Wh)" in text
     assert "Totals by phase" in text and "| test |" in text
     assert "| gpu0 | gpu | counter | 75% |" in text
-    assert "Training used 0.0325 kWh" in text  # (36 + 72 + 7.2 + 1.8) kJ
     assert "greencallbacks 9.9.9" in text and "GPU energy from NVML energy counters" in text
     assert "CPU energy estimated" in text
-    assert "(± 0.0002 kWh sensor uncertainty)" in text  # 2 x 360 J, added linearly
+    assert "±" not in text.split("## Totals by phase")[0]  # one run: no ± over runs in the table
+
+
+def test_statement_names_what_each_figure_covers():
+    text = report.statement(one_run())
+    # training alone: 36 + 72 kJ = 30 Wh; whole run: + 7.2 kJ validation + 1.8 kJ test = 32.5 Wh
+    assert text.startswith("The training (2 epochs of 1000 samples) used 30.0 Wh (sensor uncertainty ± 200 mWh)")
+    assert "and emitted 15.0 gCO2eq" in text
+    assert "the whole run, including validation and test, used 32.5 Wh" in text and "emitted 16.2 gCO2eq" in text
+    assert "Training used" not in text
 
 
 def test_markdown_of_several_runs_says_mean_and_se():
     text = report.render(three_runs(), "md")
     assert "mean ± standard error over the 3 runs" in text
-    se = 0.0025 / math.sqrt(3)
-    assert f"1.250e-02 ± {se:.3e}" in text
-    assert "Each of 3 training runs used" in text
+    # epoch 0: 10, 12.5, 15 Wh: mean 12.5, SE 2.5/sqrt(3) = 1.443 -> "12.5 ± 1.4"
+    assert "| 0 | 2.00 ± 0 | 12.5 ± 1.4 |" in text
+    assert "Over 3 runs of one configuration, training (2 epochs of 1000 samples) used 37.5 ± 4.3 Wh" in text
+    assert "Runs are grouped by configuration (framework, training epochs, samples per epoch" in text
+
+
+def test_runs_of_different_configurations_are_not_averaged():
+    six = one_run("six-epochs", train_j=(36000.0,) * 6)
+    records = six + one_run("two-a") + one_run("two-b", scale=1.5)
+    groups = report.group_runs(records)
+    assert [report.run_ids(g) for _, g in groups] == [["six-epochs"], ["two-a", "two-b"]]
+    assert [c["epochs"] for c, _ in groups] == [6, 2]
+    text = report.render(records, "md")
+    assert "## Configuration 1: unknown, 6 training epoch(s) of 1000 samples" in text
+    assert "## Configuration 2: unknown, 2 training epoch(s)" in text and "(2 runs: two-a, two-b)" in text
+    first, second = text.split("## Configuration 2")
+    assert "±" not in first.split("### Provenance")[0]  # n = 1: never ± over runs
+    assert "mean ± standard error over the 2 runs" in second
+    assert "over 3 runs" not in text
+    data = json.loads(report.render(records, "json"))
+    assert data["grouped_by"] == report.GROUPED_BY
+    assert [g["runs"] for g in data["configurations"]] == [["six-epochs"], ["two-a", "two-b"]]
+    assert data["configurations"][0]["total"]["energy_kwh"]["se"] is None
+    # A different sampler, or a different set of sensors, is another configuration too.
+    fewer = [dataclasses.replace(r, samples=500) for r in one_run("half-data")]
+    other_gpu = [dataclasses.replace(r, components=[dict(c, method="sampled") if c["name"] == "gpu0" else c
+                                                     for c in r.components]) for r in one_run("sampled")]
+    assert len(report.group_runs(one_run("x") + fewer + other_gpu)) == 3
+
+
+def test_an_epoch_cut_short_and_redone_after_a_resume_is_its_own_row():
+    records = one_run("resumed", train_j=(36000.0, 72000.0))[:-1]  # epochs 0, 1 of attempt 0
+    records.append(dataclasses.replace(rec("resumed", "train", 2, 18000.0, 400, 4), partial=True))  # crashed mid-epoch
+    records.append(dataclasses.replace(rec("resumed", "train", 2, 36000.0, 1000, 5), attempt=1))  # redone whole
+    records.append(dataclasses.replace(rec("resumed", "validation", 2, 3600.0, 100, 6), attempt=1))
+    rows = report.epoch_rows(records)
+    assert [(r["attempt"], r["epoch"], r["redone"]) for r in rows] == [(0, 0, False), (0, 1, False), (0, 2, True), (1, 2, False)]
+    assert rows[2]["j_per_sample"] == pytest.approx(18000.0 / 400)  # its own samples, not doubled
+    assert rows[3]["j_per_sample"] == pytest.approx(36.0)
+    text = report.render(records, "md")
+    assert "| 2 (attempt 0: cut short, redone) |" in text and "| 2 (attempt 1) |" in text
+    assert "(partial)" not in text
+    total = report.summary(records)["total"]
+    assert total["train_energy_kwh"]["mean"] == pytest.approx((36000 + 72000 + 18000 + 36000) / KWH)  # spent: counted
+    csv_rows = list(csv.DictReader(io.StringIO(report.render(records, "csv"))))
+    assert [(r["attempt"], r["epoch"], r["status"]) for r in csv_rows][2:] == [("0", "2", "cut short, redone"), ("1", "2", "complete")]
+    # A record of an older version has no attempt: read as 0.
+    data = records[0].to_dict()
+    del data["attempt"]
+    assert Record.from_dict(data).attempt == 0
+
+
+def test_uncounted_samples_show_na_not_zero():
+    records = one_run()
+    records[0] = dataclasses.replace(records[0], samples=0, samples_counted=False, energy_j_per_sample=None)
+    text = report.render(records, "md")
+    assert "| 0 | 2.00 | 10.0 | 5.00 | n/a |" in text
+    assert "| train | 4.00 | 30.0 | 15.0 | n/a |" in text
+    assert "J/sample is n/a" in text
+    assert report.summary(records)["epochs"][0]["j_per_sample"] is None
+    rows = list(csv.DictReader(io.StringIO(report.render(records, "csv"))))
+    assert rows[0]["train_samples"] == "" and rows[0]["j_per_sample"] == ""
+    assert report.configuration(records)["samples_per_epoch"] == 1000  # from the counted epoch
 
 
 def test_json_matches_the_records():
     data = json.loads(report.render(three_runs(), "json"))
-    assert data["runs"] == ["seed-1", "seed-2", "seed-3"]
-    assert data["epochs"][1]["energy_kwh"]["mean"] == pytest.approx(0.025)
-    assert data["phases"]["test"]["energy_kwh"]["mean"] == pytest.approx(1800 * 1.25 / KWH)
-    assert data["carbon"]["g_per_kwh"] == pytest.approx(500.0)
-    assert {h["method"] for h in data["hardware"]} == {"counter", "estimated"}
-    assert data["epochs"][0]["j_per_sample"]["mean"] == pytest.approx(45.0)
+    (group,) = data["configurations"]
+    assert group["runs"] == ["seed-1", "seed-2", "seed-3"]
+    assert group["epochs"][1]["energy_kwh"]["mean"] == pytest.approx(0.025)
+    assert group["phases"]["test"]["energy_kwh"]["mean"] == pytest.approx(1800 * 1.25 / KWH)
+    assert group["carbon"]["g_per_kwh"] == pytest.approx(500.0)
+    assert {h["method"] for h in group["hardware"]} == {"counter", "estimated"}
+    assert group["epochs"][0]["j_per_sample"]["mean"] == pytest.approx(45.0)
 
 
 def test_csv_has_one_row_per_run_and_epoch_with_the_records_values():
     rows = list(csv.DictReader(io.StringIO(report.render(one_run(), "csv"))))
-    assert [(r["run_id"], r["epoch"]) for r in rows] == [("run-a", "0"), ("run-a", "1")]
+    assert [(r["run_id"], r["attempt"], r["epoch"]) for r in rows] == [("run-a", "0", "0"), ("run-a", "0", "1")]
     assert float(rows[0]["energy_kwh"]) == pytest.approx(0.01)
     assert float(rows[1]["co2eq_g"]) == pytest.approx(10.0)
     assert float(rows[0]["uncertainty_kwh"]) == pytest.approx(360.0 / KWH)
-    assert rows[0]["intensity_source"] == "Grid_test 100% source"
+    assert rows[0]["intensity_source"] == "Grid_test 100% source; zone FRA, 2023"
+
+
+def test_csv_numbers_are_short_and_read_back_to_the_same_value():
+    # 0.1 + 0.2 style noise: the sum of the phases is 56.038999999999994 as a float
+    records = [rec("r", "train", 0, j, 10, i, g_per_kwh=1.0) for i, j in enumerate((20_000.1, 16_000.2, 20_000.7))]
+    records = [dataclasses.replace(r, epoch=0, co2eq_g=g) for r, g in zip(records, (18.68, 18.679, 18.68))]
+    assert sum(r.co2eq_g for r in records) == 56.038999999999994
+    (row,) = csv.DictReader(io.StringIO(report.render(records, "csv")))
+    assert row["co2eq_g"] == "56.039"
+    assert row["energy_kwh"] == format(sum(r.energy_kwh for r in records), ".12g")
+    assert float(row["energy_kwh"]) == pytest.approx(sum(r.energy_kwh for r in records), rel=1e-12)
+
+
+def test_provenance_says_each_source_once_without_nesting():
+    from greencallbacks.carbon import Carbon
+
+    france, pue = Carbon(country="FR").static_intensity, Carbon(country="FR")
+    records = [dataclasses.replace(r, intensity_source=france.source, intensity_year=france.year, intensity_zone=france.zone,
+                                   intensity_licence=france.licence, pue=pue.pue, pue_source=pue.pue_source)
+               for r in one_run()]
+    notes = "\n".join(report.provenance(records))
+    assert f"from {france.source}; licence CC-BY-4.0." in notes  # year and zone are in the source already
+    assert notes.count("2023") == 1 and "(2023" not in notes
+    assert "PUE: 1 (IT energy only (no PUE given and no cloud region))." in notes
+    assert "1 (1.0" not in notes
+    text = report.render(records, "md")
+    assert text.count(france.source) == 2  # provenance and statement, once each
 
 
 def _check_latex_structure(text: str) -> None:
@@ -120,14 +219,22 @@ def test_latex_is_booktabs_with_escaped_text_and_the_numbers():
     text = report.render(three_runs(), "latex", with_equivalents=True)
     _check_latex_structure(text)
     assert r"Grid\_test 100\% source" in text
-    assert r"1.250e-02 $\pm$" in text
+    assert r"& $12.5 \pm 1.4$ &" in text and "Energy (Wh)" in text  # 10, 12.5, 15 Wh
+    assert "e-0" not in text.split(r"\midrule")[1]  # no 1.250e-02 style cells
+    assert r"Training & $4.00 \pm 0$ & $37.5 \pm 4.3$" in text
+    assert r"Whole run (all phases) & $10.0 \pm 0$ & $40.6 \pm 4.7$" in text
     assert "Mean $\\pm$ standard error over 3 runs" in text
     assert "miles driven" in text and "EPA" in text
+    one = report.render(one_run(), "latex")
+    assert r"\pm" not in one.split(r"\end{tabular}")[0]  # one run: plain numbers
 
 
 @pytest.mark.skipif(shutil.which("pdflatex") is None, reason="no TeX engine installed")
 def test_latex_compiles(tmp_path):
-    body = report.render(three_runs(), "latex", with_equivalents=True, compare=["FR", "US-CA"])
+    resumed = one_run("resumed")[:2] + [dataclasses.replace(rec("resumed", "train", 1, 9.0, 0, 2), partial=True),
+                                        dataclasses.replace(rec("resumed", "train", 1, 0.5, 10, 3), attempt=1)]
+    body = report.render(three_runs() + resumed, "latex", with_equivalents=True, compare=["FR", "US-CA"])
+    assert body.count(r"\begin{tabular}") == 2 and "attempt 0: cut short, redone" in body
     document = "\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n" + body + "\\end{document}\n"
     (tmp_path / "report.tex").write_text(document, encoding="utf-8")
     done = subprocess.run(
@@ -164,6 +271,39 @@ def test_plot_is_a_png_of_nonzero_size(tmp_path):
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = struct.unpack(">II", data[16:24])  # IHDR
     assert width > 100 and height > 100
+
+
+def test_plot_format_follows_the_extension(tmp_path):
+    report.plot_epochs(one_run(), tmp_path / "energy.pdf")
+    report.plot_epochs(one_run(), tmp_path / "energy.SVG")
+    assert (tmp_path / "energy.pdf").read_bytes()[:5] == b"%PDF-"
+    assert b"<svg" in (tmp_path / "energy.SVG").read_bytes()[:2000]
+    with pytest.raises(ValueError, match=r"\.png, \.pdf or \.svg"):
+        report.plot_epochs(one_run(), tmp_path / "energy.jpg")
+    assert not (tmp_path / "energy.jpg").exists()
+
+
+def test_plot_has_integer_epochs_readable_units_validation_and_says_what_is_cumulative():
+    import matplotlib
+
+    backend = matplotlib.get_backend()
+    three = one_run("small", train_j=(0.5, 0.6, 0.7))  # 0.14 mWh: would read 0.0002 Wh
+    figure = report.epoch_figure(three)
+    axes, line_axes = figure.axes
+    figure.canvas.draw()
+    assert [t.get_text() for t in axes.get_xticklabels()] == ["0", "1", "2"]
+    assert axes.get_ylabel() == "energy per epoch (Wh)"  # validation 1 Wh on top of tiny training bars
+    labels = [t.get_text() for t in axes.get_legend().get_texts()]
+    assert labels == ["training (Wh)", "validation (Wh)", "cumulative CO2eq, training + validation (g)"]
+    tiny = report.epoch_figure([r for r in three if r.phase == "train"])
+    assert tiny.axes[0].get_ylabel() == "energy per epoch (mWh)"
+    assert "cumulative CO2eq, training (mg)" in [t.get_text() for t in tiny.axes[0].get_legend().get_texts()]
+    assert matplotlib.get_backend() == backend  # the caller's backend is left alone
+
+
+def test_plot_of_several_configurations_has_a_panel_each():
+    figure = report.epoch_figure(one_run("a") + one_run("b", train_j=(1.0, 2.0, 3.0)))
+    assert len([a for a in figure.axes if a.get_xlabel() == "epoch"]) == 2
 
 
 def test_unknown_format_and_empty_records():

@@ -1,7 +1,12 @@
 """Reports from records: per-epoch table, totals by phase, provenance and a citable statement.
 
-Formats: Markdown, LaTeX (booktabs), JSON, CSV, and a PNG plot. Several runs of the same
-configuration (several ``run_id``) are summarised as mean +/- standard error over runs.
+Formats: Markdown, LaTeX (booktabs), JSON, CSV, and a plot (PNG, PDF or SVG).
+
+Runs are grouped by configuration (``configuration``: framework, training epochs, samples per
+epoch, sensors and how they measure, ranks); the runs of one group are treated as repeats and
+summarised as mean ± standard error over runs; a group of one run shows no ± over runs.
+An epoch that an attempt began and a later attempt (a resume after a crash) redid is its own
+row; its energy stays in the run's total, since it was spent.
 
 Plain Python, no framework and no pandas: a report must be producible anywhere the records are.
 matplotlib is imported only when a plot is asked for.
@@ -14,11 +19,27 @@ import io
 import json
 import math
 import os
-from collections import defaultdict
+import re
+from collections import Counter, defaultdict
+from pathlib import Path
 from typing import Iterable, Sequence
 
 from greencallbacks.records import PHASES, Record
+from greencallbacks.textformat import (
+    ENERGY_UNITS,
+    JOULE_UNITS,
+    MASS_UNITS,
+    csv_number,
+    markdown_table,
+    number,
+    pick_unit,
+    plus_minus,
+    value_and_error,
+)
 from greencallbacks.units import J_PER_KWH
+
+GROUPED_BY = "framework, training epochs, samples per epoch, sensors (name and method) and ranks"
+_PHASE_WORDS = {"validation": "validation", "test": "test", "predict": "prediction", "other": "the time between phases"}
 
 
 def methods_of(record: Record) -> str:
@@ -30,87 +51,126 @@ def is_estimated(record: Record) -> bool:
     return any(c.get("method") == "estimated" for c in record.components)
 
 
+# ------------------------------------------------------------------------------- per epoch
 def epoch_rows(records: Iterable[Record]) -> list[dict]:
-    """One row per (run, epoch): training energy and its per-sample cost, validation alongside."""
-    rows: dict[tuple[str, int], dict] = {}
+    """One row per (run, attempt, epoch): training energy and its per-sample cost, validation alongside.
+
+    An epoch cut short in one attempt and redone by the next is two rows (``redone`` on the
+    first), never one row with the energy of both divided by one epoch's samples.
+    """
+    records = list(records)
+    rows: dict[tuple[str, int, int], dict] = {}
     for r in records:
         if r.epoch is None or r.phase not in ("train", "validation"):
             continue
         row = rows.setdefault(
-            (r.run_id, r.epoch),
-            {"run_id": r.run_id, "epoch": r.epoch, "seconds": 0.0, "energy_kwh": 0.0, "co2eq_g": 0.0,
-             "train_samples": 0, "train_j_per_sample": None, "val_energy_kwh": 0.0, "methods": "",
-             "estimated": False, "partial": False},
+            (r.run_id, r.attempt, r.epoch),
+            {"run_id": r.run_id, "attempt": r.attempt, "epoch": r.epoch, "seconds": 0.0, "energy_kwh": 0.0,
+             "co2eq_g": 0.0, "uncertainty_kwh": 0.0, "train_samples": 0, "samples_counted": True,
+             "j_per_sample": None, "val_energy_kwh": 0.0, "val_co2eq_g": 0.0, "methods": "", "estimated": False,
+             "partial": False, "redone": False, "has_train": False},
         )
-        row["partial"] |= r.partial
         row["estimated"] |= is_estimated(r)
         if r.phase == "train":
+            row["has_train"] = True
+            row["partial"] |= r.partial
             row["seconds"] += r.duration_s
             row["energy_kwh"] += r.energy_kwh
             row["co2eq_g"] += r.co2eq_g
+            row["uncertainty_kwh"] += r.uncertainty_kwh
             row["train_samples"] += r.samples
-            row["train_j_per_sample"] = r.energy_j_per_sample
-            row["methods"] = methods_of(r)
+            row["samples_counted"] &= r.samples_counted
+            row["methods"] = ", ".join(sorted(set(filter(None, (row["methods"] + ", " + methods_of(r)).split(", ")))))
         else:
             row["val_energy_kwh"] += r.energy_kwh
+            row["val_co2eq_g"] += r.co2eq_g
+    trained = {(run, attempt, epoch) for (run, attempt, epoch), row in rows.items() if row["has_train"]}
+    for (run, attempt, epoch), row in rows.items():
+        row["redone"] = row["partial"] and any(
+            k[0] == run and k[2] == epoch and k[1] > attempt for k in trained
+        )
+        if row["samples_counted"] and row["train_samples"] > 0:
+            row["j_per_sample"] = row["energy_kwh"] * J_PER_KWH / row["train_samples"]
+        del row["has_train"]
     return [rows[k] for k in sorted(rows)]
 
 
+def epoch_label(row: dict, with_attempt: bool) -> str:
+    """``2``, ``2 (partial)``, or ``2 (attempt 0: cut short, redone)`` when a run was resumed."""
+    state = "cut short, redone" if row["redone"] else "partial" if row["partial"] else ""
+    if with_attempt:
+        return f"{row['epoch']} (attempt {row['attempt']}{': ' + state if state else ''})"
+    return f"{row['epoch']}{' (' + state + ')' if state else ''}"
+
+
 def phase_totals(records: Iterable[Record]) -> dict[str, dict]:
-    totals: dict[str, dict] = defaultdict(lambda: {"seconds": 0.0, "energy_kwh": 0.0, "co2eq_g": 0.0, "samples": 0})
+    totals: dict[str, dict] = defaultdict(
+        lambda: {"seconds": 0.0, "energy_kwh": 0.0, "co2eq_g": 0.0, "samples": 0, "samples_counted": True}
+    )
     for r in records:
         t = totals[r.phase]
         t["seconds"] += r.duration_s
         t["energy_kwh"] += r.energy_kwh
         t["co2eq_g"] += r.co2eq_g
         t["samples"] += r.samples
+        t["samples_counted"] &= r.samples_counted
     return {p: dict(totals[p]) for p in PHASES if p in totals}
 
 
-def _fmt(value, digits=3) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:.{digits}g}" if abs(value) < 1e-3 or abs(value) >= 1e4 else f"{value:.{digits + 1}f}".rstrip("0").rstrip(".") or "0"
-    return str(value)
+# ------------------------------------------------------------------------------ provenance
+def _source_text(source: str, zone: str, year: int | None, licence: str) -> str:
+    """The source once, with zone, year and licence added only where it does not already say them."""
+    extras = []
+    if zone and zone not in source and zone != "user":
+        extras.append(f"zone {zone}")
+    if year and str(year) not in source:
+        extras.append(str(year))
+    if licence and licence not in source and licence != "user":
+        extras.append(f"licence {licence}")
+    return source + (f"; {', '.join(extras)}" if extras else "")
 
 
-def format_epoch_table(records: Sequence[Record]) -> str:
-    """A Markdown table: epoch, seconds, kWh, gCO2eq, J/sample, how each component was measured."""
-    lines = [
-        "| epoch | seconds | kWh | gCO2eq | J/sample | measured by |",
-        "|---:|---:|---:|---:|---:|---|",
-    ]
-    for row in epoch_rows(records):
-        mark = " (partial)" if row["partial"] else ""
-        lines.append(
-            f"| {row['epoch']}{mark} | {row['seconds']:.2f} | {row['energy_kwh']:.3e} | {row['co2eq_g']:.3e} "
-            f"| {_fmt(row['train_j_per_sample'])} | {row['methods']} |"
-        )
-    return "\n".join(lines)
+def _pue_text(pue: float, source: str) -> str:
+    # Sources may begin with the value itself ("1.0: IT energy only ..."): say it once.
+    source = re.sub(r"^\s*\d+(\.\d+)?\s*:\s*", "", source or "")
+    return f"{pue:g}" + (f" ({source})" if source else "")
 
 
-def format_totals(records: Sequence[Record]) -> str:
-    lines = ["| phase | seconds | kWh | gCO2eq | samples |", "|---|---:|---:|---:|---:|"]
-    totals = phase_totals(records)
-    for phase, t in totals.items():
-        lines.append(f"| {phase} | {t['seconds']:.2f} | {t['energy_kwh']:.3e} | {t['co2eq_g']:.3e} | {t['samples']} |")
-    all_kwh = sum(t["energy_kwh"] for t in totals.values())
-    all_g = sum(t["co2eq_g"] for t in totals.values())
-    all_s = sum(t["seconds"] for t in totals.values())
-    lines.append(f"| **total** | {all_s:.2f} | {all_kwh:.3e} | {all_g:.3e} | |")
-    return "\n".join(lines)
+def carbon_summary(records: Sequence[Record]) -> dict:
+    """The energy-weighted intensity over all records and the sources it came from."""
+    energy = sum(r.energy_kwh for r in records)
+    grams = sum(r.co2eq_g for r in records)
+    first = records[0]
+    sources = list(dict.fromkeys(
+        _source_text(r.intensity_source, r.intensity_zone, r.intensity_year, r.intensity_licence) for r in records
+    ))
+    return {
+        "g_per_kwh": grams / energy if energy > 0 else first.intensity_gco2eq_per_kwh,
+        "sources": sources,
+        "years": sorted({r.intensity_year for r in records if r.intensity_year}),
+        "licences": sorted({r.intensity_licence for r in records if r.intensity_licence}),
+        "zones": sorted({r.intensity_zone for r in records if r.intensity_zone}),
+        "is_default": any(r.intensity_is_default for r in records),
+        "pue": sorted({r.pue for r in records}),
+        "pue_sources": sorted({r.pue_source for r in records if r.pue_source}),
+        "pue_text": "; ".join(dict.fromkeys(_pue_text(r.pue, r.pue_source) for r in records)),
+    }
+
+
+def _sources_sentence(sources: Sequence[str], most: int = 3) -> str:
+    shown = "; ".join(sources[:most])
+    return shown + (f"; and {len(sources) - most} more" if len(sources) > most else "")
 
 
 def provenance(records: Sequence[Record]) -> list[str]:
     """Where the numbers come from, and a plain statement of what is estimated."""
-    first = records[0]
+    carbon = carbon_summary(records)
     notes = [
-        f"Carbon intensity: {first.intensity_gco2eq_per_kwh:.0f} gCO2eq/kWh, {first.intensity_source}"
-        + (f" ({first.intensity_year}, {first.intensity_licence})" if first.intensity_year else "")
-        + ("; no location was configured, so this is the world average" if first.intensity_is_default else "")
+        f"Carbon intensity: {carbon['g_per_kwh']:.0f} gCO2eq/kWh (energy-weighted), from "
+        + _sources_sentence(carbon["sources"])
+        + ("; no location was configured, so this is the world average" if carbon["is_default"] else "")
         + ".",
-        f"PUE: {first.pue:g}" + (f" ({first.pue_source})" if first.pue_source else "") + ".",
+        f"PUE: {carbon['pue_text']}.",
     ]
     estimated = sorted({c["name"] for r in records for c in r.components if c.get("method") == "estimated"})
     if estimated:
@@ -119,17 +179,66 @@ def provenance(records: Sequence[Record]) -> list[str]:
         ) / max(1e-12, sum(r.it_energy_kwh for r in records) * J_PER_KWH)
         notes.append(
             f"Estimated, not measured: {', '.join(estimated)} ({share:.0%} of IT energy); "
-            "estimates carry a +/-50 % uncertainty."
+            "estimates carry a ±50 % uncertainty."
         )
     else:
         notes.append("Every component was measured by a hardware counter or sampled power.")
     if any(r.partial for r in records):
-        notes.append("Phases marked partial were cut short by an exception or interrupt.")
-    notes.append(f"Tool: greencallbacks {first.tool_version}.")
+        notes.append("Phases marked partial were cut short by an exception or interrupt; their energy is in the totals.")
+    if any(not r.samples_counted for r in records):
+        notes.append("Some batches could not be counted: samples are a lower bound and J/sample is n/a there.")
+    if len({r.attempt for r in records}) > 1:
+        notes.append("A run was resumed from a checkpoint: each attempt's epochs are listed; an epoch cut short "
+                     "and redone counts in the total once per attempt, since its energy was spent twice.")
+    notes.append(f"Tool: greencallbacks {records[0].tool_version or '(unknown version)'}.")
     return notes
 
 
-# ------------------------------------------------------------------ several runs: mean +/- SE
+# ------------------------------------------------------------------------ configurations
+def configuration(records: Sequence[Record]) -> dict:
+    """What makes runs comparable, from what the records carry (one run's records)."""
+    per_epoch: dict[tuple[int, int], list[Record]] = defaultdict(list)
+    for r in records:
+        if r.phase == "train" and r.epoch is not None:
+            per_epoch[(r.attempt, r.epoch)].append(r)
+    complete = [
+        sum(r.samples for r in group) for group in per_epoch.values()
+        if all(r.samples_counted and not r.partial for r in group)
+    ]
+    return {
+        "framework": next((r.framework for r in records if r.framework), "unknown"),
+        "epochs": len({epoch for _, epoch in per_epoch}),
+        "samples_per_epoch": Counter(complete).most_common(1)[0][0] if complete else None,
+        "sensors": sorted({f"{c.get('name', '?')}:{c.get('method', '?')}" for r in records for c in r.components}),
+        "ranks": max((r.ranks for r in records), default=1),
+    }
+
+
+def describe_configuration(config: dict) -> str:
+    samples = "uncounted samples" if config["samples_per_epoch"] is None else f"{config['samples_per_epoch']} samples"
+    return (f"{config['framework']}, {config['epochs']} training epoch(s) of {samples}, "
+            f"sensors {', '.join(config['sensors']) or 'none'}, {config['ranks']} rank(s)")
+
+
+def run_ids(records: Iterable[Record]) -> list[str]:
+    """Run ids in the order their first record appears."""
+    return list(dict.fromkeys(r.run_id for r in records))
+
+
+def group_runs(records: Sequence[Record]) -> list[tuple[dict, list[Record]]]:
+    """Runs grouped by ``configuration``, in the order each group's first run appears."""
+    by_run: dict[str, list[Record]] = defaultdict(list)
+    for r in records:
+        by_run[r.run_id].append(r)
+    groups: dict[str, tuple[dict, list[Record]]] = {}
+    for run in run_ids(records):
+        config = configuration(by_run[run])
+        key = json.dumps(config, sort_keys=True)
+        groups.setdefault(key, (config, []))[1].extend(by_run[run])
+    return list(groups.values())
+
+
+# ------------------------------------------------------------------ several runs: mean ± SE
 
 # Everyday equivalents, each with its source. 8,887 g per gallon and ~400 g per mile (at ~22 mpg)
 # are the figures of the EPA fact sheet cited.
@@ -174,10 +283,6 @@ def mean_and_se(values: Sequence[float]) -> tuple[float, float | None]:
     return mean, math.sqrt(variance / n)
 
 
-def run_ids(records: Iterable[Record]) -> list[str]:
-    return sorted({r.run_id for r in records})
-
-
 def run_totals(records: Sequence[Record]) -> dict[str, dict]:
     """Per run: all phases (the whole job) and the training phases alone.
 
@@ -188,16 +293,19 @@ def run_totals(records: Sequence[Record]) -> dict[str, dict]:
     for run in run_ids(records):
         mine = [r for r in records if r.run_id == run]
         train = [r for r in mine if r.phase == "train"]
-        energy = sum(r.energy_kwh for r in mine)
         out[run] = {
             "seconds": sum(r.duration_s for r in mine),
-            "energy_kwh": energy,
+            "energy_kwh": sum(r.energy_kwh for r in mine),
             "it_energy_kwh": sum(r.it_energy_kwh for r in mine),
             "co2eq_g": sum(r.co2eq_g for r in mine),
             "uncertainty_kwh": sum(r.uncertainty_kwh for r in mine),
+            "train_seconds": sum(r.duration_s for r in train),
             "train_energy_kwh": sum(r.energy_kwh for r in train),
             "train_co2eq_g": sum(r.co2eq_g for r in train),
+            "train_uncertainty_kwh": sum(r.uncertainty_kwh for r in train),
             "epochs": len({r.epoch for r in train if r.epoch is not None}),
+            "attempts": len({r.attempt for r in mine}),
+            "phases": [p for p in PHASES if any(r.phase == p for r in mine)],
         }
     return out
 
@@ -208,36 +316,35 @@ def _stat(values: Sequence[float]) -> dict:
 
 
 def epoch_summary(records: Sequence[Record]) -> list[dict]:
-    """One row per epoch over runs: seconds, kWh, gCO2eq and J/sample as mean and SE.
+    """One row per (attempt, epoch) over the runs given: seconds, kWh, gCO2eq and J/sample as mean and SE.
 
     With one run the SE is None and ``uncertainty_kwh`` (from the sensors) is the error to quote.
     """
-    rows = epoch_rows(records)
-    uncertainty: dict[tuple[str, int], float] = defaultdict(float)
-    for r in records:
-        if r.phase == "train" and r.epoch is not None:
-            uncertainty[(r.run_id, r.epoch)] += r.uncertainty_kwh
-    by_epoch: dict[int, list[dict]] = defaultdict(list)
-    for row in rows:
-        by_epoch[row["epoch"]].append(row)
+    by_epoch: dict[tuple[int, int], list[dict]] = defaultdict(list)
+    for row in epoch_rows(records):
+        by_epoch[(row["attempt"], row["epoch"])].append(row)
+    with_attempt = len({attempt for attempt, _ in by_epoch}) > 1
     out = []
-    for epoch in sorted(by_epoch):
-        group = by_epoch[epoch]
-        per_sample = [
-            row["energy_kwh"] * J_PER_KWH / row["train_samples"] for row in group if row["train_samples"] > 0
-        ]
+    for key in sorted(by_epoch):
+        group = by_epoch[key]
+        per_sample = [row["j_per_sample"] for row in group if row["j_per_sample"] is not None]
+        merged = {"epoch": key[1], "attempt": key[0], "partial": any(r["partial"] for r in group),
+                  "redone": any(r["redone"] for r in group)}
         out.append(
             {
-                "epoch": epoch,
+                **merged,
+                "label": epoch_label(merged, with_attempt),
                 "runs": len(group),
                 "seconds": _stat([row["seconds"] for row in group]),
                 "energy_kwh": _stat([row["energy_kwh"] for row in group]),
                 "co2eq_g": _stat([row["co2eq_g"] for row in group]),
-                "j_per_sample": _stat(per_sample) if per_sample else None,
-                "uncertainty_kwh": _stat([uncertainty[(row["run_id"], epoch)] for row in group])["mean"],
+                "val_energy_kwh": _stat([row["val_energy_kwh"] for row in group]),
+                "val_co2eq_g": _stat([row["val_co2eq_g"] for row in group]),
+                # n/a when any run could not count its samples: a mean over the others would hide it
+                "j_per_sample": _stat(per_sample) if per_sample and len(per_sample) == len(group) else None,
+                "uncertainty_kwh": _stat([row["uncertainty_kwh"] for row in group])["mean"],
                 "methods": ", ".join(sorted({m for row in group for m in row["methods"].split(", ") if m})),
                 "estimated": any(row["estimated"] for row in group),
-                "partial": any(row["partial"] for row in group),
             }
         )
     return out
@@ -248,14 +355,15 @@ def phase_summary(records: Sequence[Record]) -> dict[str, dict]:
     runs = run_ids(records)
     per_run = {run: phase_totals([r for r in records if r.run_id == run]) for run in runs}
     phases = [p for p in PHASES if any(p in totals for totals in per_run.values())]
-    zero = {"seconds": 0.0, "energy_kwh": 0.0, "co2eq_g": 0.0, "samples": 0}
-    return {
-        phase: {
+    zero = {"seconds": 0.0, "energy_kwh": 0.0, "co2eq_g": 0.0, "samples": 0, "samples_counted": True}
+    out = {}
+    for phase in phases:
+        out[phase] = {
             key: _stat([per_run[run].get(phase, zero)[key] for run in runs])
             for key in ("seconds", "energy_kwh", "co2eq_g", "samples")
         }
-        for phase in phases
-    }
+        out[phase]["samples_counted"] = all(per_run[run].get(phase, zero)["samples_counted"] for run in runs)
+    return out
 
 
 def hardware(records: Sequence[Record]) -> list[dict]:
@@ -286,77 +394,78 @@ def method_sentence(records: Sequence[Record]) -> str:
     return "; ".join(seen) if seen else "no component recorded"
 
 
-def carbon_summary(records: Sequence[Record]) -> dict:
-    """The energy-weighted intensity over all records and the sources it came from."""
-    energy = sum(r.energy_kwh for r in records)
-    grams = sum(r.co2eq_g for r in records)
-    sources = list(dict.fromkeys(r.intensity_source for r in records))
-    years = sorted({r.intensity_year for r in records if r.intensity_year})
-    first = records[0]
-    return {
-        "g_per_kwh": grams / energy if energy > 0 else first.intensity_gco2eq_per_kwh,
-        "sources": sources,
-        "years": years,
-        "licences": sorted({r.intensity_licence for r in records if r.intensity_licence}),
-        "zones": sorted({r.intensity_zone for r in records if r.intensity_zone}),
-        "is_default": any(r.intensity_is_default for r in records),
-        "pue": sorted({r.pue for r in records}),
-        "pue_sources": sorted({r.pue_source for r in records if r.pue_source}),
-    }
-
-
 def equivalents(co2eq_g: float) -> list[dict]:
     return [{**e, "amount": co2eq_g / e["g_per_unit"]} for e in EQUIVALENTS]
 
 
 def compare_zones(records: Sequence[Record], zones: Sequence[str]) -> list[dict]:
-    """The run's facility energy (mean per run) priced at other zones: "had this run in X"."""
+    """The run's facility energy (mean per run, all phases) priced at other zones: "had this run in X"."""
     from greencallbacks.estimate import compare_places
 
     energy, _ = mean_and_se([t["energy_kwh"] for t in run_totals(records).values()])
     return compare_places(energy, zones)
 
 
-def _pm(stat: dict | None, fmt: str = "{:.3g}", plus_minus: str = " ± ") -> str:
-    if stat is None or stat["mean"] is None or (isinstance(stat["mean"], float) and math.isnan(stat["mean"])):
-        return "n/a"
-    text = fmt.format(stat["mean"])
-    return text + (plus_minus + fmt.format(stat["se"]) if stat["se"] is not None else "")
+def _energy(mean: float, se: float | None = None) -> str:
+    unit, factor = pick_unit([mean], ENERGY_UNITS)
+    return plus_minus(mean * factor, None if se is None else se * factor) + f" {unit}"
+
+
+def _mass(mean: float, se: float | None = None) -> str:
+    unit, factor = pick_unit([mean], MASS_UNITS)
+    return plus_minus(mean * factor, None if se is None else se * factor) + f" {unit}CO2eq"
+
+
+def _other_phases(phases: Sequence[str]) -> str:
+    words = [_PHASE_WORDS[p] for p in phases if p != "train"]
+    return ", ".join(words[:-1]) + (" and " if len(words) > 1 else "") + words[-1] if words else ""
 
 
 def statement(records: Sequence[Record]) -> str:
-    """A sentence a paper can cite: energy, its error, CO2eq, intensity and source, tool, methods."""
+    """A sentence a paper can cite, naming what each figure covers: training alone, then the whole run.
+
+    Records of several configurations give one sentence per configuration.
+    """
+    groups = group_runs(records)
+    if len(groups) > 1:
+        return " ".join(statement(group) for _, group in groups)
+    config = groups[0][0]
     totals = list(run_totals(records).values())
-    energy = _stat([t["energy_kwh"] for t in totals])
-    grams = _stat([t["co2eq_g"] for t in totals])
-    sensor = sum(t["uncertainty_kwh"] for t in totals) / len(totals)
-    carbon = carbon_summary(records)
-    year = "/".join(str(y) for y in carbon["years"])
-    source = "; ".join(carbon["sources"]) + (f", {year}" if year and year not in "; ".join(carbon["sources"]) else "")
-    version = records[0].tool_version or "(unknown version)"
-    pue = "/".join(f"{p:g}" for p in carbon["pue"])
-    if len(totals) == 1:
-        head = (
-            f"Training used {energy['mean']:.3g} kWh (± {sensor:.2g} kWh sensor uncertainty) "
-            f"and emitted {grams['mean']:.3g} gCO2eq"
-        )
+    n = len(totals)
+    train_kwh = _stat([t["train_energy_kwh"] for t in totals])
+    train_g = _stat([t["train_co2eq_g"] for t in totals])
+    all_kwh = _stat([t["energy_kwh"] for t in totals])
+    all_g = _stat([t["co2eq_g"] for t in totals])
+    train_sensor = sum(t["train_uncertainty_kwh"] for t in totals) / n
+    all_sensor = sum(t["uncertainty_kwh"] for t in totals) / n
+    others = _other_phases(sorted({p for t in totals for p in t["phases"]}, key=PHASES.index))
+    samples = f" of {config['samples_per_epoch']} samples" if config["samples_per_epoch"] else ""
+    training = f"training ({config['epochs']} epoch{'s' if config['epochs'] != 1 else ''}{samples})"
+    if n == 1:
+        text = (f"The {training} used {_energy(train_kwh['mean'])} (sensor uncertainty ± {_energy(train_sensor)}) "
+                f"and emitted {_mass(train_g['mean'])}")
+        if others:
+            text += (f"; the whole run, including {others}, used {_energy(all_kwh['mean'])} "
+                     f"(± {_energy(all_sensor)}) and emitted {_mass(all_g['mean'])}")
     else:
-        head = (
-            f"Each of {len(totals)} training runs used {energy['mean']:.3g} ± {energy['se']:.2g} kWh "
-            f"and emitted {grams['mean']:.3g} ± {grams['se']:.2g} gCO2eq (mean ± standard error over runs; "
-            f"sensor uncertainty ± {sensor:.2g} kWh per run)"
-        )
-    text = (
-        f"{head} at {carbon['g_per_kwh']:.0f} gCO2eq/kWh ({source}) with a PUE of {pue}, "
-        f"measured with greencallbacks {version}; {method_sentence(records)}."
-    )
+        text = (f"Over {n} runs of one configuration, {training} used {_energy(train_kwh['mean'], train_kwh['se'])} "
+                f"and emitted {_mass(train_g['mean'], train_g['se'])} per run")
+        if others:
+            text += (f"; the whole run, including {others}, used {_energy(all_kwh['mean'], all_kwh['se'])} "
+                     f"and emitted {_mass(all_g['mean'], all_g['se'])}")
+        text += f" (mean ± standard error over runs; sensor uncertainty ± {_energy(all_sensor)} per whole run)"
+    carbon = carbon_summary(records)
+    version = records[0].tool_version or "(unknown version)"
+    text += (f", at {carbon['g_per_kwh']:.0f} gCO2eq/kWh ({_sources_sentence(carbon['sources'])}) with a PUE of "
+             f"{'/'.join(f'{p:g}' for p in carbon['pue'])}, measured with greencallbacks {version}; "
+             f"{method_sentence(records)}.")
     if carbon["is_default"]:
         text += " No location was configured, so the world-average intensity was used."
-    return text
+    return text[0].upper() + text[1:]
 
 
 def summary(records: Sequence[Record], *, with_equivalents: bool = False, compare: Sequence[str] = ()) -> dict:
-    """Everything a report says, as one JSON-friendly dict."""
+    """Everything a report says about the runs given, as one JSON-friendly dict (they are taken as repeats)."""
     if not records:
         raise ValueError("no records to report")
     totals = run_totals(records)
@@ -364,6 +473,7 @@ def summary(records: Sequence[Record], *, with_equivalents: bool = False, compar
     grams_stat = _stat([t["co2eq_g"] for t in totals.values()])
     out = {
         "runs": list(totals),
+        "configuration": configuration(records) if len(totals) == 1 else group_runs(records)[0][0],
         "tool_version": records[0].tool_version,
         "epochs": epoch_summary(records),
         "epoch_rows": epoch_rows(records),
@@ -373,6 +483,7 @@ def summary(records: Sequence[Record], *, with_equivalents: bool = False, compar
             "energy_kwh": energy_stat,
             "co2eq_g": grams_stat,
             "train_energy_kwh": _stat([t["train_energy_kwh"] for t in totals.values()]),
+            "train_co2eq_g": _stat([t["train_co2eq_g"] for t in totals.values()]),
             "seconds": _stat([t["seconds"] for t in totals.values()]),
             "sensor_uncertainty_kwh": sum(t["uncertainty_kwh"] for t in totals.values()) / len(totals),
         },
@@ -388,122 +499,192 @@ def summary(records: Sequence[Record], *, with_equivalents: bool = False, compar
     return out
 
 
+def summaries(records: Sequence[Record], *, with_equivalents: bool = False, compare: Sequence[str] = ()) -> dict:
+    """One ``summary`` per configuration, and how runs were grouped."""
+    if not records:
+        raise ValueError("no records to report")
+    return {
+        "grouped_by": GROUPED_BY,
+        "configurations": [
+            {**summary(group, with_equivalents=with_equivalents, compare=compare), "description": describe_configuration(config)}
+            for config, group in group_runs(records)
+        ],
+    }
+
+
 # ---------------------------------------------------------------------------------- formats
+def _scaled(stat: dict | None, factor: float, sign: str = " ± ") -> str:
+    if stat is None:
+        return "n/a"
+    se = stat["se"]
+    return plus_minus(stat["mean"] * factor, None if se is None else se * factor, sign)
+
+
+def _units(rows: Sequence[dict]) -> dict[str, tuple[str, float]]:
+    """One unit per column, so that the column's largest value reads between 1 and 1000."""
+    return {
+        "energy": pick_unit([r["energy_kwh"]["mean"] for r in rows] + [r["val_energy_kwh"]["mean"] for r in rows],
+                            ENERGY_UNITS),
+        "mass": pick_unit([r["co2eq_g"]["mean"] for r in rows], MASS_UNITS),
+        "joule": pick_unit([r["j_per_sample"]["mean"] for r in rows if r["j_per_sample"]], JOULE_UNITS),
+    }
 
 
 def format_epoch_summary(data: dict) -> str:
     """Markdown per-epoch table; mean ± SE columns when there are several runs."""
-    several = len(data["runs"]) > 1
-    suffix = " (mean ± SE)" if several else ""
-    lines = [
-        f"| epoch | seconds{suffix} | kWh{suffix} | gCO2eq{suffix} | J/sample{suffix} | ± kWh (sensors) | measured by |",
-        "|---:|---:|---:|---:|---:|---:|---|",
+    rows = data["epochs"]
+    suffix = " (mean ± SE)" if len(data["runs"]) > 1 else ""
+    units = _units(rows) if rows else {"energy": ENERGY_UNITS[0], "mass": MASS_UNITS[1], "joule": JOULE_UNITS[1]}
+    (e_unit, e_f), (m_unit, m_f), (j_unit, j_f) = units["energy"], units["mass"], units["joule"]
+    header = ["epoch", f"seconds{suffix}", f"training ({e_unit}){suffix}", f"training CO2eq ({m_unit}){suffix}",
+              f"{j_unit}/sample{suffix}", f"validation ({e_unit}){suffix}", f"sensor uncertainty ({e_unit})", "measured by"]
+    body = [
+        [row["label"], _scaled(row["seconds"], 1.0), _scaled(row["energy_kwh"], e_f), _scaled(row["co2eq_g"], m_f),
+         _scaled(row["j_per_sample"], j_f), _scaled(row["val_energy_kwh"], e_f), number(row["uncertainty_kwh"] * e_f, 2),
+         row["methods"]]
+        for row in rows
     ]
-    for row in data["epochs"]:
-        mark = " (partial)" if row["partial"] else ""
-        lines.append(
-            f"| {row['epoch']}{mark} | {_pm(row['seconds'], '{:.2f}')} | {_pm(row['energy_kwh'], '{:.3e}')} "
-            f"| {_pm(row['co2eq_g'], '{:.3e}')} | {_pm(row['j_per_sample'], '{:.4g}')} "
-            f"| {row['uncertainty_kwh']:.1e} | {row['methods']} |"
-        )
-    return "\n".join(lines)
+    return markdown_table(header, body, "lrrrrrrl")
+
+
+def format_epoch_table(records: Sequence[Record]) -> str:
+    """The per-epoch Markdown table of the records given (taken as one configuration)."""
+    return format_epoch_summary(summary(records))
 
 
 def format_phase_summary(data: dict) -> str:
-    several = len(data["runs"]) > 1
-    suffix = " (mean ± SE)" if several else ""
-    lines = [f"| phase | seconds{suffix} | kWh{suffix} | gCO2eq{suffix} | samples |", "|---|---:|---:|---:|---:|"]
-    for phase, t in data["phases"].items():
-        lines.append(
-            f"| {phase} | {_pm(t['seconds'], '{:.2f}')} | {_pm(t['energy_kwh'], '{:.3e}')} "
-            f"| {_pm(t['co2eq_g'], '{:.3e}')} | {t['samples']['mean']:.0f} |"
-        )
+    suffix = " (mean ± SE)" if len(data["runs"]) > 1 else ""
+    energies = [t["energy_kwh"]["mean"] for t in data["phases"].values()] + [data["total"]["energy_kwh"]["mean"]]
+    e_unit, e_f = pick_unit(energies, ENERGY_UNITS)
+    m_unit, m_f = pick_unit([data["total"]["co2eq_g"]["mean"]], MASS_UNITS)
+    header = ["phase", f"seconds{suffix}", f"energy ({e_unit}){suffix}", f"CO2eq ({m_unit}){suffix}", "samples"]
+    body = [
+        [phase, _scaled(t["seconds"], 1.0), _scaled(t["energy_kwh"], e_f), _scaled(t["co2eq_g"], m_f),
+         number(t["samples"]["mean"]) if t["samples_counted"] else "n/a"]
+        for phase, t in data["phases"].items()
+    ]
     total = data["total"]
-    lines.append(
-        f"| **total** | {_pm(total['seconds'], '{:.2f}')} | {_pm(total['energy_kwh'], '{:.3e}')} "
-        f"| {_pm(total['co2eq_g'], '{:.3e}')} | |"
-    )
-    return "\n".join(lines)
+    body.append(["**whole run (all phases)**", _scaled(total["seconds"], 1.0), _scaled(total["energy_kwh"], e_f),
+                 _scaled(total["co2eq_g"], m_f), ""])
+    return markdown_table(header, body, "lrrrr")
+
+
+def _markdown_group(data: dict, level: str) -> list[str]:
+    runs = data["runs"]
+    parts = []
+    if len(runs) > 1:
+        parts += [f"Values are mean ± standard error over the {len(runs)} runs of this configuration.", ""]
+    parts += [f"{level} Per epoch (training, validation alongside)", "", format_epoch_summary(data), ""]
+    parts += [f"{level} Totals by phase", "", format_phase_summary(data), ""]
+    parts += [f"{level} Hardware", ""]
+    parts.append(markdown_table(
+        ["component", "kind", "method", "share of IT energy", "note"],
+        [[p["name"], p["kind"], p["method"], f"{p['energy_share']:.0%}" if p["energy_share"] is not None else "n/a",
+          p["note"]] for p in data["hardware"]],
+        "lllrl",
+    ))
+    parts += ["", f"{level} Provenance", ""] + [f"- {n}" for n in data["provenance"]]
+    parts += [
+        f"- Sensor uncertainty of the whole run: ± {_energy(data['total']['sensor_uncertainty_kwh'])} "
+        "(one standard uncertainty, added linearly over phases)."
+    ]
+    parts += ["", f"{level} Statement for a paper", "", data["statement"]]
+    if "equivalents" in data:
+        parts += ["", f"{level} Everyday equivalents (whole run)", ""]
+        for e in data["equivalents"]:
+            parts.append(f"- {number(e['amount'])} {e['what']} ({e['source']}, {e['year']})")
+    if "compare_zones" in data:
+        parts += ["", f"{level} Had this run been elsewhere (same energy, other grid)", ""]
+        parts.append(markdown_table(
+            ["zone", "gCO2eq/kWh", "gCO2eq", "source"],
+            [[row["zone"], number(row["g_per_kwh"], 4), number(row["co2eq_g"]), row["source"]]
+             for row in data["compare_zones"]],
+            "lrrl",
+        ))
+    return parts
 
 
 def render_markdown(records: Sequence[Record], *, with_equivalents: bool = False, compare: Sequence[str] = ()) -> str:
-    data = summary(records, with_equivalents=with_equivalents, compare=compare)
-    runs = data["runs"]
+    data = summaries(records, with_equivalents=with_equivalents, compare=compare)
+    groups = data["configurations"]
+    runs = [run for g in groups for run in g["runs"]]
     parts = [f"# Energy report ({len(runs)} run{'s' if len(runs) != 1 else ''}: {', '.join(runs)})", ""]
     if len(runs) > 1:
-        parts += [f"Values are mean ± standard error over the {len(runs)} runs.", ""]
-    parts += ["## Per epoch (training)", "", format_epoch_summary(data), ""]
-    parts += ["## Totals by phase", "", format_phase_summary(data), ""]
-    parts += ["## Hardware", "", "| component | kind | method | share of IT energy | note |", "|---|---|---|---:|---|"]
-    for part in data["hardware"]:
-        share = f"{part['energy_share']:.0%}" if part["energy_share"] is not None else "n/a"
-        parts.append(f"| {part['name']} | {part['kind']} | {part['method']} | {share} | {part['note']} |")
-    parts += ["", "## Provenance", ""] + [f"- {n}" for n in data["provenance"]]
-    parts += [
-        f"- Sensor uncertainty of the whole run: ± {data['total']['sensor_uncertainty_kwh']:.2e} kWh "
-        "(one standard uncertainty, added linearly over phases)."
-    ]
-    parts += ["", "## Statement for a paper", "", data["statement"]]
-    if "equivalents" in data:
-        parts += ["", "## Everyday equivalents", ""]
-        for e in data["equivalents"]:
-            parts.append(f"- {e['amount']:.3g} {e['what']} ({e['source']}, {e['year']})")
-    if "compare_zones" in data:
-        parts += [
-            "", "## Had this run been elsewhere (same energy, other grid)", "",
-            "| zone | gCO2eq/kWh | gCO2eq | source |", "|---|---:|---:|---|",
-        ]
-        for row in data["compare_zones"]:
-            parts.append(f"| {row['zone']} | {row['g_per_kwh']:.4g} | {row['co2eq_g']:.3e} | {row['source']} |")
-    return "\n".join(parts) + "\n"
+        parts += [f"Runs are grouped by configuration ({data['grouped_by']}); runs of one configuration are "
+                  "taken as repeats. To report one run alone, select it by its run id.", ""]
+    if len(groups) == 1:
+        if len(runs) > 1:
+            parts += [f"Configuration: {groups[0]['description']}.", ""]
+        parts += _markdown_group(groups[0], "##")
+    else:
+        for index, group in enumerate(groups, start=1):
+            n = len(group["runs"])
+            parts += [f"## Configuration {index}: {group['description']} ({n} run{'s' if n != 1 else ''}: "
+                      f"{', '.join(group['runs'])})", ""]
+            parts += _markdown_group(group, "###") + [""]
+    return "\n".join(parts).rstrip("\n") + "\n"
 
 
 _LATEX_SPECIAL = {
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
     "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-    "±": r"$\pm$", "×": r"$\times$", "→": r"$\rightarrow$",
+    "±": r"$\pm$", "×": r"$\times$", "→": r"$\rightarrow$", "µ": r"$\mu$",
 }
 
 
 def latex_escape(text: str) -> str:
-    """Text safe inside a LaTeX document (specials escaped; ±, ×, → as math)."""
+    """Text safe inside a LaTeX document (specials escaped; ±, ×, →, µ as math)."""
     return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(text))
 
 
-def _latex_pm(stat: dict | None, fmt: str) -> str:
+def _latex_cell(stat: dict | None, factor: float) -> str:
     if stat is None:
         return "n/a"
-    text = fmt.format(stat["mean"])
-    return text + (r" $\pm$ " + fmt.format(stat["se"]) if stat["se"] is not None else "")
+    value, error = value_and_error(stat["mean"] * factor, None if stat["se"] is None else stat["se"] * factor)
+    if error is None:
+        return _latex_number(value)
+    return f"${_latex_math(value)} \\pm {_latex_math(error)}$"
 
 
-def render_latex(records: Sequence[Record], *, with_equivalents: bool = False, compare: Sequence[str] = ()) -> str:
-    """A booktabs table (needs ``\\usepackage{booktabs}``) and the statement, ready to paste."""
-    data = summary(records, with_equivalents=with_equivalents, compare=compare)
+def _latex_math(text: str) -> str:
+    mantissa, _, exponent = text.partition("e")
+    return mantissa + (f" \\times 10^{{{int(exponent)}}}" if exponent else "")
+
+
+def _latex_number(text: str) -> str:
+    return f"${_latex_math(text)}$" if "e" in text else text
+
+
+def _latex_group(data: dict, caption_extra: str, label: str) -> list[str]:
     several = len(data["runs"]) > 1
     over = f" Mean $\\pm$ standard error over {len(data['runs'])} runs." if several else ""
+    rows = data["epochs"]
+    units = _units(rows)
+    (e_unit, e_f), (m_unit, m_f), (j_unit, j_f) = units["energy"], units["mass"], units["joule"]
+    total = data["total"]
     lines = [
-        f"% Generated by greencallbacks {latex_escape(data['tool_version'])}; needs \\usepackage{{booktabs}}",
         r"\begin{table}[t]",
         r"\centering",
-        r"\caption{Energy and emissions per training epoch." + over + "}",
-        r"\label{tab:greencallbacks-energy}",
-        r"\begin{tabular}{rrrrrl}",
+        r"\caption{Energy and emissions per training epoch" + latex_escape(caption_extra) + "." + over + "}",
+        f"\\label{{{label}}}",
+        r"\begin{tabular}{lrrrrl}",
         r"\toprule",
-        r"Epoch & Time (s) & Energy (kWh) & CO$_2$eq (g) & J/sample & Measured by \\",
+        f"Epoch & Time (s) & Energy ({e_unit}) & CO$_2$eq ({m_unit}) & {latex_escape(j_unit)}/sample & Measured by \\\\",
         r"\midrule",
     ]
-    for row in data["epochs"]:
+    for row in rows:
         lines.append(
-            f"{row['epoch']}{' (partial)' if row['partial'] else ''} & {_latex_pm(row['seconds'], '{:.2f}')} "
-            f"& {_latex_pm(row['energy_kwh'], '{:.3e}')} & {_latex_pm(row['co2eq_g'], '{:.3e}')} "
-            f"& {_latex_pm(row['j_per_sample'], '{:.4g}')} & {latex_escape(row['methods'])} \\\\"
+            f"{latex_escape(row['label'])} & {_latex_cell(row['seconds'], 1.0)} & {_latex_cell(row['energy_kwh'], e_f)} "
+            f"& {_latex_cell(row['co2eq_g'], m_f)} & {_latex_cell(row['j_per_sample'], j_f)} "
+            f"& {latex_escape(row['methods'])} \\\\"
         )
-    total = data["total"]
+    train_seconds = _stat([t["train_seconds"] for t in data["run_totals"].values()])
     lines += [
         r"\midrule",
-        f"Total (all phases) & {_latex_pm(total['seconds'], '{:.2f}')} & {_latex_pm(total['energy_kwh'], '{:.3e}')} "
-        f"& {_latex_pm(total['co2eq_g'], '{:.3e}')} & & \\\\",
+        f"Training & {_latex_cell(train_seconds, 1.0)} & {_latex_cell(total['train_energy_kwh'], e_f)} "
+        f"& {_latex_cell(total['train_co2eq_g'], m_f)} & & \\\\",
+        f"Whole run (all phases) & {_latex_cell(total['seconds'], 1.0)} & {_latex_cell(total['energy_kwh'], e_f)} "
+        f"& {_latex_cell(total['co2eq_g'], m_f)} & & \\\\",
         r"\bottomrule",
         r"\end{tabular}",
         r"\end{table}",
@@ -512,35 +693,60 @@ def render_latex(records: Sequence[Record], *, with_equivalents: bool = False, c
     ]
     if "equivalents" in data:
         lines += ["", "This is about " + " or ".join(
-            f"{e['amount']:.3g} {latex_escape(e['what'])} ({latex_escape(e['source'])}, {e['year']})"
+            f"{number(e['amount'])} {latex_escape(e['what'])} ({latex_escape(e['source'])}, {e['year']})"
             for e in data["equivalents"]
         ) + "."]
     if "compare_zones" in data:
         lines += ["", "The same energy would have emitted " + "; ".join(
-            f"{row['co2eq_g']:.3g} gCO2eq in {latex_escape(row['zone'])} ({row['g_per_kwh']:.0f} gCO2eq/kWh)"
+            f"{number(row['co2eq_g'])} gCO2eq in {latex_escape(row['zone'])} ({row['g_per_kwh']:.0f} gCO2eq/kWh)"
             for row in data["compare_zones"]
         ) + "."]
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def render_latex(records: Sequence[Record], *, with_equivalents: bool = False, compare: Sequence[str] = ()) -> str:
+    """A booktabs table per configuration (needs ``\\usepackage{booktabs}``) and the statement, ready to paste."""
+    data = summaries(records, with_equivalents=with_equivalents, compare=compare)
+    groups = data["configurations"]
+    lines = [f"% Generated by greencallbacks {latex_escape(groups[0]['tool_version'])}; needs \\usepackage{{booktabs}}"]
+    if len(groups) > 1:
+        lines.append(f"% Runs grouped by configuration ({data['grouped_by']}).")
+    for index, group in enumerate(groups, start=1):
+        extra = f" ({group['description']})" if len(groups) > 1 else ""
+        label = "tab:greencallbacks-energy" + (f"-{index}" if len(groups) > 1 else "")
+        lines += _latex_group(group, extra, label) + [""]
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+CSV_COLUMNS = ("configuration", "run_id", "attempt", "epoch", "status", "seconds", "energy_kwh", "co2eq_g",
+               "uncertainty_kwh", "train_samples", "j_per_sample", "val_energy_kwh", "val_co2eq_g",
+               "intensity_gco2eq_per_kwh", "intensity_source", "pue", "methods")
 
 
 def render_csv(records: Sequence[Record]) -> str:
-    """One row per (run, epoch), with the carbon settings beside the numbers."""
-    rows = epoch_rows(records)
-    carbon = {(r.run_id, r.epoch): r for r in records if r.phase == "train"}
-    sensor: dict[tuple[str, int], float] = defaultdict(float)
-    for r in records:
-        if r.phase == "train" and r.epoch is not None:
-            sensor[(r.run_id, r.epoch)] += r.uncertainty_kwh
-    for row in rows:
-        first = carbon.get((row["run_id"], row["epoch"]))
-        row["uncertainty_kwh"] = sensor[(row["run_id"], row["epoch"])]
-        row["intensity_gco2eq_per_kwh"] = first.intensity_gco2eq_per_kwh if first else None
-        row["intensity_source"] = first.intensity_source if first else ""
-        row["pue"] = first.pue if first else None
+    """One row per (run, attempt, epoch), with the carbon settings beside the numbers."""
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=list(rows[0]) if rows else ["run_id", "epoch"])
+    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, extrasaction="ignore")
     writer.writeheader()
-    writer.writerows(rows)
+    for index, (_, group) in enumerate(group_runs(records), start=1):
+        train = defaultdict(list)
+        for r in group:
+            if r.phase == "train" and r.epoch is not None:
+                train[(r.run_id, r.attempt, r.epoch)].append(r)
+        for row in epoch_rows(group):
+            mine = train.get((row["run_id"], row["attempt"], row["epoch"]), [])
+            energy = sum(r.energy_kwh for r in mine)
+            row.update(
+                configuration=index,
+                status="cut short, redone" if row["redone"] else "partial" if row["partial"] else "complete",
+                train_samples=row["train_samples"] if row["samples_counted"] else None,
+                intensity_gco2eq_per_kwh=sum(r.co2eq_g for r in mine) / energy if energy > 0 else None,
+                intensity_source="; ".join(dict.fromkeys(
+                    _source_text(r.intensity_source, r.intensity_zone, r.intensity_year, r.intensity_licence) for r in mine
+                )),
+                pue=mine[0].pue if mine else None,
+            )
+            writer.writerow({k: csv_number(v) for k, v in row.items()})
     return out.getvalue()
 
 
@@ -557,7 +763,7 @@ def render(records: Sequence[Record], fmt: str = "md", *, with_equivalents: bool
     if fmt == "latex":
         return render_latex(records, with_equivalents=with_equivalents, compare=compare)
     if fmt == "json":
-        data = summary(records, with_equivalents=with_equivalents, compare=compare)
+        data = summaries(records, with_equivalents=with_equivalents, compare=compare)
         return json.dumps(_finite_json(data), indent=2, allow_nan=False)
     return render_csv(records)
 
@@ -573,40 +779,86 @@ def _finite_json(value):
 
 
 # ------------------------------------------------------------------------------------- plot
+PLOT_FORMATS = ("png", "pdf", "svg")
 
 
-def plot_epochs(records: Sequence[Record], path: str | os.PathLike) -> None:
-    """PNG: per-epoch training energy (bars, SE error bars over runs) and cumulative CO2eq (line)."""
+def plot_format(path: str | os.PathLike) -> str:
+    """The figure format named by the file's extension (``png``, ``pdf`` or ``svg``)."""
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if suffix not in PLOT_FORMATS:
+        raise ValueError(f"plot file {os.fspath(path)!r} must end in .png, .pdf or .svg (the format is taken from it)")
+    return suffix
+
+
+def new_figure(width: float, height: float):
+    """A matplotlib Figure with its own canvas: no pyplot, no backend switch in the caller's session."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    rows = epoch_summary(records)
-    if not rows:
-        raise ValueError("no training epochs to plot")
-    epochs = [row["epoch"] for row in rows]
-    energy_kwh = [row["energy_kwh"]["mean"] for row in rows]
-    # Small runs read better in Wh than in 1e-5 kWh.
-    scale, unit = (1000.0, "Wh") if max(energy_kwh) < 0.1 else (1.0, "kWh")
-    errors = [(row["energy_kwh"]["se"] or 0.0) * scale for row in rows]
-    cumulative, running = [], 0.0
-    for row in rows:
-        running += row["co2eq_g"]["mean"]
-        cumulative.append(running)
-
-    figure = Figure(figsize=(6.4, 3.6), dpi=120)
+    figure = Figure(figsize=(width, height), dpi=120)
     FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
-    axes.bar(epochs, [e * scale for e in energy_kwh], yerr=errors if any(errors) else None, color="#4c9a6a",
-             label=f"training energy ({unit})")
-    axes.set_xlabel("epoch")
-    axes.set_ylabel(f"energy per epoch ({unit})")
-    line_axes = axes.twinx()
-    line_axes.plot(epochs, cumulative, color="#333333", marker="o", label="cumulative gCO2eq")
-    line_axes.set_ylabel("cumulative CO2eq (g)")
-    line_axes.set_ylim(bottom=0)
-    runs = len(run_ids(records))
-    axes.set_title("Energy per epoch and cumulative CO2eq" + (f" (mean of {runs} runs)" if runs > 1 else ""))
-    handles = axes.get_legend_handles_labels()[0] + line_axes.get_legend_handles_labels()[0]
-    axes.legend(handles, [h.get_label() for h in handles], loc="upper left", fontsize="small")
+    return figure
+
+
+def save_figure(figure, path: str | os.PathLike) -> Path:
+    fmt = plot_format(path)
+    figure.savefig(os.fspath(path), format=fmt)
+    return Path(path)
+
+
+def plot_epochs(records: Sequence[Record], path: str | os.PathLike) -> Path:
+    """Write ``epoch_figure``; the format (PNG, PDF, SVG) is taken from ``path``'s extension."""
+    plot_format(path)  # a wrong extension fails before any drawing
+    return save_figure(epoch_figure(records), path)
+
+
+def epoch_figure(records: Sequence[Record]):
+    """Per-epoch training and validation energy (stacked bars, SE error bars over runs) and cumulative CO2eq.
+
+    One panel per configuration; a matplotlib ``Figure`` with its own canvas.
+    """
+    from matplotlib.ticker import MaxNLocator
+
+    groups = [(config, group) for config, group in group_runs(records) if epoch_summary(group)]
+    if not groups:
+        raise ValueError("no training epochs to plot")
+    figure = new_figure(6.4, 3.4 * len(groups))
+    for index, (config, group) in enumerate(groups):
+        rows = epoch_summary(group)
+        positions = list(range(len(rows)))
+        train = [row["energy_kwh"]["mean"] for row in rows]
+        val = [row["val_energy_kwh"]["mean"] for row in rows]
+        unit, factor = pick_unit([t + v for t, v in zip(train, val)], ENERGY_UNITS)
+        errors = [(row["energy_kwh"]["se"] or 0.0) * factor for row in rows]
+        cumulative, running = [], 0.0
+        for row in rows:
+            running += row["co2eq_g"]["mean"] + row["val_co2eq_g"]["mean"]
+            cumulative.append(running)
+        m_unit, m_factor = pick_unit(cumulative, MASS_UNITS)
+
+        axes = figure.add_subplot(len(groups), 1, index + 1)
+        axes.bar(positions, [t * factor for t in train], yerr=errors if any(errors) else None, color="#4c9a6a",
+                 label=f"training ({unit})")
+        if any(val):
+            axes.bar(positions, [v * factor for v in val], bottom=[t * factor for t in train], color="#a9cfb4",
+                     label=f"validation ({unit})")
+        axes.set_xticks(positions, [row["label"] if row["attempt"] or row["partial"] else str(row["epoch"]) for row in rows],
+                        fontsize="small")
+        axes.set_xlabel("epoch")
+        axes.set_ylabel(f"energy per epoch ({unit})")
+        line_axes = axes.twinx()
+        covers = "training + validation" if any(val) else "training"
+        line_axes.plot(positions, [c * m_factor for c in cumulative], color="#333333", marker="o",
+                       label=f"cumulative CO2eq, {covers} ({m_unit})")
+        line_axes.set_ylabel(f"cumulative CO2eq ({m_unit})")
+        line_axes.set_ylim(bottom=0)
+        line_axes.yaxis.set_major_locator(MaxNLocator(nbins=6))
+        runs = len(run_ids(group))
+        title = "Energy per epoch and cumulative CO2eq" + (f" (mean of {runs} runs)" if runs > 1 else "")
+        if len(groups) > 1:
+            title += f"\n{describe_configuration(config)}"
+        axes.set_title(title, fontsize="medium")
+        handles = axes.get_legend_handles_labels()[0] + line_axes.get_legend_handles_labels()[0]
+        axes.legend(handles, [h.get_label() for h in handles], loc="upper left", fontsize="small")
     figure.tight_layout()
-    figure.savefig(os.fspath(path), format="png")
+    return figure

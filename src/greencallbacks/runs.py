@@ -1,0 +1,113 @@
+"""Finding and loading the records of runs, for the after-the-run tools and the command line.
+
+A directory given to ``report``, ``whatif`` or ``lifecycle`` may be a log root (``lightning_logs/``,
+an HF ``output_dir``, a TensorBoard ``log_dir``): its ``energy-records.jsonl`` files are found at
+any depth, like ``tensorboard --logdir`` finds event files. ``energy-records.rank<r>.jsonl``
+beside one (what ranks > 0 wrote when a distributed run failed) belongs to the same runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from greencallbacks.records import RECORDS_FILE, Record, read_records
+
+RANK_FILES = "energy-records.rank*.jsonl"
+# Fields every sum in a report needs; the writer turns a NaN into null, which a report cannot add.
+SUMMED_FIELDS = ("duration_s", "it_energy_kwh", "energy_kwh", "co2eq_g", "intensity_gco2eq_per_kwh", "pue",
+                 "uncertainty_kwh")
+
+
+def find_record_files(path: str | os.PathLike) -> list[Path]:
+    """The records files ``path`` names: itself if a file, else every one below the directory."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise FileNotFoundError(f"no such file or directory: {path}")
+    found = sorted({*path.rglob(RECORDS_FILE), *path.rglob(RANK_FILES)})
+    if not found:
+        raise ValueError(f"no {RECORDS_FILE} under {path} (looked in every subdirectory)")
+    return found
+
+
+@dataclass
+class Loaded:
+    records: list[Record]
+    files: list[Path]
+    run_files: dict[str, list[Path]]  # run id -> the files holding its records
+
+    @property
+    def runs(self) -> list[str]:
+        return list(self.run_files)
+
+
+def load(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> Loaded:
+    """Every record under ``paths`` (files or directories); a bad line raises ``ValueError`` naming file and line."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    files: list[Path] = []
+    for path in paths:
+        for found in find_record_files(path):
+            if found.resolve() not in {f.resolve() for f in files}:
+                files.append(found)
+    records: list[Record] = []
+    run_files: dict[str, list[Path]] = {}
+    for file in files:
+        mine = read_records(file)
+        _refuse_nulls(file, mine)
+        for record in mine:
+            holders = run_files.setdefault(record.run_id, [])
+            if file not in holders:
+                holders.append(file)
+        records += mine
+    return Loaded(records, files, run_files)
+
+
+def _refuse_nulls(file: Path, records: Sequence[Record]) -> None:
+    for record in records:
+        missing = [name for name in SUMMED_FIELDS if getattr(record, name) is None]
+        if missing:
+            raise ValueError(f"{file}:{_line_of(file, record.run_id, record.seq)}: field {missing[0]!r} is null "
+                             "(not a number); this record cannot be summed")
+
+
+def _line_of(file: Path, run_id: str, seq: int) -> int | str:
+    """The line of a record in its file (read again only on this error path)."""
+    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
+        try:
+            data = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(data, dict) and data.get("run_id") == run_id and data.get("seq") == seq:
+            return number
+    return "?"
+
+
+def select_run(records: Sequence[Record], run_id: str | None, *, how_to_choose: str = "run_id=") -> list[Record]:
+    """The records of ``run_id`` (all records when None); an unknown id names the runs there are."""
+    if run_id is None:
+        return list(records)
+    chosen = [r for r in records if r.run_id == run_id]
+    if not chosen:
+        present = sorted({r.run_id for r in records})
+        raise ValueError(f"{how_to_choose} {run_id!r} is not among the runs found: {', '.join(present)}")
+    return chosen
+
+
+def describe_runs(loaded: Loaded) -> list[str]:
+    """One line per run: its id, framework, training epochs, phases and where its records are."""
+    lines = []
+    for run, files in loaded.run_files.items():
+        mine = [r for r in loaded.records if r.run_id == run]
+        epochs = len({r.epoch for r in mine if r.phase == "train" and r.epoch is not None})
+        attempts = len({r.attempt for r in mine})
+        framework = next((r.framework for r in mine if r.framework), "unknown framework")
+        where = ", ".join(str(f.parent) for f in files)
+        lines.append(f"{run}: {framework}, {epochs} training epoch(s)"
+                     + (f" over {attempts} attempts" if attempts > 1 else "") + f", in {where}")
+    return lines

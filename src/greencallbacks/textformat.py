@@ -1,0 +1,98 @@
+"""Numbers and tables as people read them: one helper for every report, table and plot.
+
+- ``markdown_table``: the one Markdown table writer of ``report``, ``whatif`` and the CLI.
+- ``pick_unit``: kWh / Wh / mWh (and g / mg, J / mJ ...) so that a column reads 12.3, not 1.23e-05.
+- ``value_and_error``: a mean and its standard error rounded together (2 significant digits of
+  the error, the mean to the same decimal place), so "5.07 ± 0.50", never "5.070e-06 ± 5.023e-07".
+- ``csv_number``: 12 significant digits, enough to round-trip what a sensor can tell and short
+  enough to read (``56.039``, not ``56.038999999999994``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable, Sequence
+
+# (unit, factor from the base unit), largest unit first.
+ENERGY_UNITS = (("kWh", 1.0), ("Wh", 1e3), ("mWh", 1e6))  # base: kWh
+MASS_UNITS = (("kg", 1e-3), ("g", 1.0), ("mg", 1e3))  # base: g
+JOULE_UNITS = (("kJ", 1e-3), ("J", 1.0), ("mJ", 1e3), ("µJ", 1e6))  # base: J
+
+
+def pick_unit(values: Iterable[float | None], units: Sequence[tuple[str, float]]) -> tuple[str, float]:
+    """The largest unit in which the largest value is at least 1 (the smallest unit if none is)."""
+    finite = [abs(v) for v in values if v is not None and isinstance(v, (int, float)) and math.isfinite(v)]
+    largest = max(finite, default=0.0)
+    if largest == 0.0:
+        return units[0]
+    for unit, factor in units:
+        if largest * factor >= 1.0:
+            return unit, factor
+    return units[-1]
+
+
+def number(value: float | int | None, digits: int = 3) -> str:
+    """``digits`` significant digits, plain between 1e-3 and 1e6, scientific outside; None: n/a."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if isinstance(value, bool) or isinstance(value, int):
+        return str(value)
+    if value == 0:
+        return "0"
+    if not math.isfinite(value):
+        return str(value)
+    value = float(f"{value:.{digits - 1}e}")  # rounded first, so 0.99996 reads 1.00, not 1.000
+    magnitude = math.floor(math.log10(abs(value)))
+    if -3 <= magnitude < 6:
+        decimals = max(0, digits - 1 - magnitude)
+        return f"{value:.{decimals}f}"
+    return f"{value:.{digits - 1}e}"
+
+
+def value_and_error(mean: float | None, error: float | None, digits: int = 3) -> tuple[str, str | None]:
+    """The mean and its error as text, rounded together; ``error`` None (one run): the mean alone."""
+    if mean is None or (isinstance(mean, float) and not math.isfinite(mean)):
+        return "n/a", None
+    if error is None or not math.isfinite(error):
+        return number(mean, digits), None
+    if error == 0:
+        return number(mean, digits), "0"
+    decimals = 1 - math.floor(math.log10(abs(error)))  # two significant digits of the error
+    if decimals <= 0:
+        step = 10 ** (-decimals)
+        return f"{round(mean / step) * step:.0f}", f"{round(error / step) * step:.0f}"
+    if decimals > 6:  # tiny values: a shared exponent reads better than nine decimals
+        exponent = math.floor(math.log10(abs(mean))) if mean else math.floor(math.log10(abs(error)))
+        scale = 10.0**exponent
+        inner_mean, inner_error = value_and_error(mean / scale, error / scale)
+        return f"{inner_mean}e{exponent}", f"{inner_error}e{exponent}"
+    return f"{mean:.{decimals}f}", f"{error:.{decimals}f}"
+
+
+def plus_minus(mean: float | None, error: float | None, sign: str = " ± ", digits: int = 3) -> str:
+    value, err = value_and_error(mean, error, digits)
+    return value if err is None else f"{value}{sign}{err}"
+
+
+def csv_number(value: object) -> object:
+    """Floats at 12 significant digits (a float's last digits are noise, not data); the rest as is."""
+    if isinstance(value, float):
+        return "" if math.isnan(value) else format(value, ".12g")
+    return "" if value is None else value
+
+
+def cell(text: object) -> str:
+    """Text safe inside a Markdown table cell."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]], align: str = "") -> str:
+    """A Markdown table; ``align`` has one letter per column, ``l`` or ``r`` (default: first left, rest right)."""
+    align = align or "l" + "r" * (len(header) - 1)
+    if len(align) != len(header):
+        raise ValueError(f"align {align!r} has {len(align)} letters for {len(header)} columns")
+    marks = ["---:" if a == "r" else "---" for a in align]
+    lines = ["| " + " | ".join(cell(h) for h in header) + " |", "|" + "|".join(marks) + "|"]
+    for row in rows:
+        lines.append("| " + " | ".join(cell(c) for c in row) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,64 @@
+"""Numbers and tables as people read them: units, mean ± error, CSV numbers, Markdown tables."""
+
+from __future__ import annotations
+
+import pytest
+
+from greencallbacks.textformat import (
+    ENERGY_UNITS,
+    MASS_UNITS,
+    csv_number,
+    markdown_table,
+    number,
+    pick_unit,
+    plus_minus,
+    value_and_error,
+)
+
+
+@pytest.mark.parametrize(
+    "values, unit",
+    [([0.0325], "Wh"), ([2.0e-7, 1.4e-7], "mWh"), ([3.0], "kWh"), ([0.9], "Wh"), ([], "kWh"), ([None, 0.002], "Wh")],
+)
+def test_pick_unit_reads_between_1_and_1000(values, unit):
+    assert pick_unit(values, ENERGY_UNITS)[0] == unit
+
+
+def test_pick_unit_for_grams():
+    assert pick_unit([1500.0], MASS_UNITS) == ("kg", 1e-3)
+    assert pick_unit([0.02], MASS_UNITS) == ("mg", 1e3)
+
+
+@pytest.mark.parametrize(
+    "mean, error, text",
+    [
+        (5.07, 0.5023, "5.07 ± 0.50"),  # two significant digits of the error, the mean to match
+        (12.5, 1.443, "12.5 ± 1.4"),
+        (90.0, 10.4, "90 ± 10"),
+        (123456.0, 1543.0, "123500 ± 1500"),
+        (2.0, 0.0, "2.00 ± 0"),
+        (4.2, None, "4.20"),  # one run: no ±
+        (5.07e-9, 5.0e-10, "5.07e-9 ± 0.50e-9"),
+    ],
+)
+def test_value_and_error(mean, error, text):
+    assert plus_minus(mean, error) == text
+
+
+def test_number_keeps_three_significant_digits():
+    assert [number(v) for v in (0.99996, 36.0, 0.0325, 2.5e-7, 1234567.0, 0.0, None, 7)] == [
+        "1.00", "36.0", "0.0325", "2.50e-07", "1.23e+06", "0", "n/a", "7"]
+    assert value_and_error(float("nan"), 1.0) == ("n/a", None)
+
+
+def test_csv_number_is_short_and_round_trips_what_is_measured():
+    assert csv_number(56.038999999999994) == "56.039"
+    assert csv_number(1 / 3) == "0.333333333333" and float(csv_number(1 / 3)) == pytest.approx(1 / 3, rel=1e-12)
+    assert csv_number(None) == "" and csv_number(3) == 3 and csv_number("x") == "x"
+
+
+def test_markdown_table_aligns_and_escapes_pipes():
+    text = markdown_table(["a", "b"], [["x|y", 1.5]], "lr")
+    assert text.splitlines() == ["| a | b |", "|---|---:|", "| x\\|y | 1.5 |"]
+    with pytest.raises(ValueError, match="align"):
+        markdown_table(["a"], [], "lr")
