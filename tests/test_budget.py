@@ -186,3 +186,20 @@ def test_state_round_trips_and_rejects_foreign_state():
     assert copy.state_dict() == budget.state_dict()
     with pytest.raises(ValueError, match="not a Budget state"):
         copy.load_state_dict({"epoch": 3})
+
+
+def test_a_confident_prediction_is_not_followed_by_a_may_exceed_warning():
+    budget = Budget(kwh=1.0)
+    assert budget.check(0.3, 0.0, prediction(1.3, 1.1, 1.5)).crossed == ("kwh:predicted",)
+    assert budget.check(0.4, 0.0, prediction(1.05, 0.9, 1.2)).messages == ()
+
+
+def test_state_is_plain_json_for_every_framework_checkpoint():
+    import json
+
+    budget = Budget(kwh=1.0, co2eq_g=80.0, on_exceed="stop")
+    budget.check(0.9, 85.0, prediction(1.21, 1.10, 1.30))
+    restored = Budget(kwh=1.0, co2eq_g=80.0, on_exceed="stop")
+    assert restored.load_state_dict(json.loads(json.dumps(budget.state_dict()))) is True
+    assert restored.summary() == budget.summary()
+    assert restored.check(0.95, 86.0).stop

@@ -190,3 +190,18 @@ def test_estimate_embodied_and_its_text_show_both_parts_and_the_sum():
         estimate_embodied(hours=0, gpu="H100 SXM")
     with pytest.raises(ValueError, match="gpus"):
         estimate_embodied(hours=1, gpu="H100 SXM", gpus=0)
+
+
+def test_the_host_is_billed_once_per_host_and_only_with_its_components():
+    two_packages = [
+        Component("cpu-package-0", "cpu", "counter", 1.0),
+        Component("cpu-package-1", "cpu", "counter", 1.0),
+        Component("dram-0", "dram", "counter", 1.0),
+    ]
+    assert embodied_for(two_packages, 3600, host="server").grams == pytest.approx(amortised_g(2500, 3600))
+    # Another rank's record: its GPUs only; the host is billed by the rank that measures it.
+    gpu_rank = embodied_for([{"name": "gpu1", "kind": "gpu", "model": H100}], 3600, host="server")
+    assert gpu_rank.grams == pytest.approx(amortised_g(164, 3600))
+    assert gpu_rank.missing == (
+        "host 'server': not billed with these components (no cpu or ram among them); billed where the host is measured",
+    )

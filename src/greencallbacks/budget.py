@@ -207,6 +207,8 @@ class Budget:
                     text = f"predicted {words} {_number(central)} {unit}{interval} exceeds the budget of {_number(limit)} {unit}"
                     exceeded = exceeded or text
                     self._give(f"{key}:predicted", text, crossed, messages)
+                    # A "may exceed" after a confident "exceeds" would read as a retraction.
+                    self._given.add(f"{key}:predicted_central")
                 elif central > limit:
                     text = (
                         f"predicted {words} {_number(central)} {unit}{interval} may exceed the budget of "

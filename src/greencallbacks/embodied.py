@@ -206,8 +206,10 @@ def embodied_for(
         ram_gb: memory to bill per GB (DRAM row) beyond what ``host`` already covers.
         lifetime_years, utilisation: the amortisation (see the module docstring for the defaults).
 
-    Each GPU component is billed once; CPU and RAM components stand for the host. Devices whose
-    model is unknown or has no published footprint are left out and listed in ``missing``.
+    Each GPU component is billed once; CPU and RAM components stand for the host, which is billed
+    once (two CPU packages are one host) and only with them, so that in a distributed run the
+    ranks that measure only their GPUs do not bill the host again. Devices whose model is unknown
+    or has no published footprint are left out and listed in ``missing``.
     """
     if isinstance(duration_s, bool) or not isinstance(duration_s, (int, float)) or not math.isfinite(duration_s) or duration_s < 0:
         raise ValueError(f"duration_s must be a finite number >= 0, got {duration_s!r}")
@@ -255,8 +257,12 @@ def embodied_for(
             host_parts.append(name)
         else:
             missing.append(f"{name}: no manufacturing footprint for kind {kind!r}")
-    if host is not None:
-        bill(table[host], host_share, f"host x {host_share:g}" + (f" ({', '.join(host_parts)})" if host_parts else ""))
+    if host is not None and host_parts:
+        bill(table[host], host_share, f"host x {host_share:g} ({', '.join(host_parts)})")
+    elif host is not None:
+        # In distributed runs one rank per host measures CPU and RAM; the others' records
+        # (GPUs only) must not bill the same host again.
+        missing.append(f"host {host!r}: not billed with these components (no cpu or ram among them); billed where the host is measured")
     elif host_parts:
         missing.append(
             f"host machine of {', '.join(host_parts)} (chassis, board, CPUs, memory): not counted; "
