@@ -232,7 +232,8 @@ def test_latex_is_booktabs_with_escaped_text_and_the_numbers():
 @pytest.mark.skipif(shutil.which("pdflatex") is None, reason="no TeX engine installed")
 def test_latex_compiles(tmp_path):
     resumed = one_run("resumed")[:2] + [dataclasses.replace(rec("resumed", "train", 1, 9.0, 0, 2), partial=True),
-                                        dataclasses.replace(rec("resumed", "train", 1, 0.5, 10, 3), attempt=1)]
+                                        dataclasses.replace(rec("resumed", "train", 1, 0.5, 10, 3), attempt=1),
+                                        dataclasses.replace(rec("resumed", "train", 2, 0.5, 10, 4), attempt=1)]
     body = report.render(three_runs() + resumed, "latex", with_equivalents=True, compare=["FR", "US-CA"])
     assert body.count(r"\begin{tabular}") == 2 and "attempt 0: cut short, redone" in body
     document = "\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n" + body + "\\end{document}\n"
