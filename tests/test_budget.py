@@ -70,7 +70,7 @@ def test_warns_once_at_80_and_once_at_100_percent_of_the_total():
     assert budget.check(0.5, 50.0, NO_PREDICTION).messages == ()
     first = budget.check(0.81, 81.0, NO_PREDICTION)
     assert first.crossed == ("kwh:warn_at",)
-    assert first.messages == ("energy total 0.81 kWh is 81% of the budget of 1 kWh",)
+    assert first.messages == ("energy total 0.81 kWh is 81 % of the budget of 1 kWh",)
     assert budget.check(0.9, 90.0, NO_PREDICTION).messages == ()  # given once
     reached = budget.check(1.02, 102.0, NO_PREDICTION)
     assert reached.crossed == ("kwh:limit",)

@@ -191,7 +191,7 @@ class Budget:
                 self._give(f"{key}:limit", text, crossed, messages)
             elif self.warn_at is not None and fraction >= self.warn_at:
                 text = (
-                    f"{words} total {_number(total)} {unit} is {fraction:.0%} of the budget of "
+                    f"{words} total {_number(total)} {unit} is {fraction * 100:.0f} % of the budget of "
                     f"{_number(limit)} {unit}"
                 )
                 self._give(f"{key}:warn_at", text, crossed, messages)
