@@ -4,11 +4,21 @@ The series is a step function: each value holds from its timestamp until the nex
 intensity of an interval is the time-weighted mean over it. Before the first timestamp the first
 value is used, after the last timestamp the last one, and the result says it was extrapolated.
 
-File formats (timestamps ISO-8601, naive ones taken as UTC, or unix seconds; values gCO2eq/kWh):
-- CSV with a header naming a time column (timestamp, time, datetime) and a value column
-  (g_per_kwh, intensity, carbon_intensity, value); ``#`` lines are comments.
+File formats, detected from the header or the document's shape; the series says which it read
+(``IntensitySeries.format``). Timestamps ISO-8601 (naive ones taken as UTC) or unix seconds.
+- CSV with a header naming a time column (timestamp, time, datetime, start_time) and a value
+  column in gCO2eq/kWh (g_per_kwh, gco2eq_per_kwh, intensity_gco2eq_per_kwh, intensity,
+  carbon_intensity, value); ``#`` lines are comments.
+- Electricity Maps CSV exports: ``Datetime (UTC)`` and ``Carbon intensity gCO₂eq/kWh (...)``
+  columns; the life-cycle column is read where there is one (else the direct one), and the series
+  says which. Empty cells (hours without data) are skipped.
+- WattTime CSV: ``point_time`` (v3) or ``timestamp`` with ``MOER`` (historical v2 files), values
+  in lbs/MWh unless a ``units`` column says otherwise; converted to g/kWh.
 - JSON: a list of ``{"timestamp": ..., "g_per_kwh": ...}`` objects (same key choices as CSV) or
-  of ``[timestamp, value]`` pairs, optionally wrapped as ``{"data": [...]}``.
+  of ``[timestamp, value]`` pairs, optionally wrapped as ``{"data": [...]}``; and the answers of
+  the UK Carbon Intensity API (``{"data": [{"from", "to", "intensity": {"actual", "forecast"}}]}``),
+  WattTime (``{"data": [{"point_time", "value"}], "meta": {"units"}}``) and Electricity Maps
+  (``{"history" | "data": [{"datetime", "carbonIntensity"}]}``) saved to a file.
 """
 
 from __future__ import annotations
@@ -25,8 +35,9 @@ from typing import Protocol, runtime_checkable
 
 from greencallbacks.carbon.intensity import Intensity, validate_intensity
 
-TIME_COLUMNS = ("timestamp", "time", "datetime")
-VALUE_COLUMNS = ("g_per_kwh", "intensity", "carbon_intensity", "value")
+TIME_COLUMNS = ("timestamp", "time", "datetime", "start_time")
+VALUE_COLUMNS = ("g_per_kwh", "gco2eq_per_kwh", "intensity_gco2eq_per_kwh", "intensity", "carbon_intensity", "value")
+GENERIC_FORMAT = "CSV"
 SERIES_LICENCE = "user data"
 
 
@@ -78,37 +89,111 @@ def _pick_column(names: list[str], choices: tuple[str, ...]) -> str | None:
     return next((lowered[choice] for choice in choices if choice in lowered), None)
 
 
-def _csv_points(path: Path, text: str) -> list[tuple[int, object, object]]:
-    """(line number, raw timestamp, raw value) for each data row of a CSV series."""
+def _csv_layout(names: list[str]) -> tuple[str | None, str | None, str | None, str]:
+    """(time column, value column, units column, format read) for a CSV header."""
+    lowered = [name.strip().lower() for name in names]
+    carbon = [name for name, low in zip(names, lowered) if low.startswith("carbon intensity") and "kwh" in low]
+    if "datetime (utc)" in lowered and carbon:
+        life_cycle = [name for name in carbon if "lca" in name.lower() or "life" in name.lower()]
+        value = (life_cycle or carbon)[0]
+        which = "life-cycle" if life_cycle else "direct"
+        return names[lowered.index("datetime (utc)")], value, None, f"Electricity Maps CSV export ({which} intensity, {value!r})"
+    if "point_time" in lowered or "moer" in lowered:
+        time = _pick_column(names, ("point_time", "timestamp"))
+        value = _pick_column(names, ("value", "moer"))
+        return time, value, _pick_column(names, ("units", "unit")), "WattTime CSV"
+    return _pick_column(names, TIME_COLUMNS), _pick_column(names, VALUE_COLUMNS), None, GENERIC_FORMAT
+
+
+def _watttime_factor(units: str) -> float:
+    from greencallbacks.carbon.live import WATTTIME_UNITS
+
+    text = units.strip().lower() or "lbs_co2_per_mwh"  # WattTime's MOER unit when the file does not say
+    if text not in WATTTIME_UNITS:
+        raise ValueError(f"unknown units {units!r} ({', '.join(WATTTIME_UNITS)})")
+    return WATTTIME_UNITS[text]
+
+
+def _csv_points(path: Path, text: str) -> tuple[list[tuple[int, object, object]], str]:
+    """(line number, raw timestamp, value) for each data row of a CSV series, and the format read."""
     numbered = [(number, line) for number, line in enumerate(text.splitlines(), start=1)
                 if line.strip() and not line.lstrip().startswith("#")]
     if not numbered:
         raise _malformed(path, 1, "no header and no data")
     header_line, header = numbered[0]
     names = next(csv.reader([header]))
-    time_column = _pick_column(names, TIME_COLUMNS)
-    value_column = _pick_column(names, VALUE_COLUMNS)
+    time_column, value_column, units_column, form = _csv_layout(names)
     if time_column is None or value_column is None:
         raise _malformed(
             path, header_line,
             f"header {names} needs a time column ({', '.join(TIME_COLUMNS)}) "
-            f"and a value column ({', '.join(VALUE_COLUMNS)})",
+            f"and a value column ({', '.join(VALUE_COLUMNS)}), or to be an Electricity Maps or WattTime export",
         )
     time_index, value_index = names.index(time_column), names.index(value_column)
-    points = []
+    units_index = names.index(units_column) if units_column is not None else None
+    provider = form != GENERIC_FORMAT
+    points: list[tuple[int, object, object]] = []
     for number, line in numbered[1:]:
         cells = next(csv.reader(io.StringIO(line)))
         if len(cells) <= max(time_index, value_index):
             raise _malformed(path, number, f"expected {len(names)} columns, got {len(cells)}")
-        points.append((number, cells[time_index], cells[value_index]))
-    return points
+        raw = cells[value_index]
+        if provider and not raw.strip():
+            continue  # an hour the provider has no value for: the step before holds
+        if form == "WattTime CSV":
+            try:
+                factor = _watttime_factor(cells[units_index] if units_index is not None and units_index < len(cells) else "")
+                raw = _parse_number(raw) * factor
+            except ValueError as error:
+                raise _malformed(path, number, str(error)) from None
+        points.append((number, cells[time_index], raw))
+    if form == "WattTime CSV":
+        form += " (MOER, converted from lbs/MWh to g/kWh)" if units_column is None else " (converted to g/kWh)"
+    return points, form
 
 
-def _json_points(path: Path, text: str) -> list[tuple[int | str, object, object]]:
+def _parse_number(raw: str) -> float:
+    try:
+        return float(raw.strip())
+    except ValueError:
+        raise ValueError(f"value {raw!r} is not a number") from None
+
+
+def _provider_json_points(path: Path, document: object) -> tuple[list[tuple[int | str, object, object]], str] | None:
+    """Points of a provider's API answer saved to a file, or None when ``document`` is not one."""
+    from greencallbacks.carbon import live
+
+    if not isinstance(document, dict):
+        return None
+    items = document.get("data", document.get("history"))
+    if isinstance(items, dict):  # the UK regional answer: {"data": {"regionid": ..., "data": [...]}}
+        items = items.get("data")
+    elif isinstance(items, list) and len(items) == 1 and isinstance(items[0], dict) and "regionid" in items[0]:
+        items = items[0].get("data")
+    first = items[0] if isinstance(items, list) and items and isinstance(items[0], dict) else {}
+    if "from" in first and "intensity" in first:
+        parse, form = live.parse_uk_carbon_intensity, "UK Carbon Intensity API JSON (actual, forecast where no actual)"
+    elif "point_time" in first:
+        parse, form = live.parse_watttime, "WattTime API JSON (converted to g/kWh)"
+    elif "carbonIntensity" in first and "datetime" in first:
+        parse, form = live.parse_electricitymaps, "Electricity Maps API JSON"
+    else:
+        return None
+    try:
+        points = parse(document)
+    except live.LiveSourceError as error:
+        raise _malformed(path, 1, str(error)) from None
+    return [(f"point {index}", moment, value) for index, (moment, value) in enumerate(points)], form
+
+
+def _json_points(path: Path, text: str) -> tuple[list[tuple[int | str, object, object]], str]:
     try:
         document = json.loads(text)
     except json.JSONDecodeError as error:
         raise _malformed(path, error.lineno, f"invalid JSON: {error.msg}") from None
+    provider = _provider_json_points(path, document)
+    if provider is not None:
+        return provider
     if isinstance(document, dict) and "data" in document:
         document = document["data"]
     if not isinstance(document, list):
@@ -130,7 +215,7 @@ def _json_points(path: Path, text: str) -> list[tuple[int | str, object, object]
             points.append((where, item[0], item[1]))
         else:
             raise _malformed(path, where, f"expected an object or a [timestamp, value] pair, got {item!r}")
-    return points
+    return points, "JSON"
 
 
 @dataclass(frozen=True)
@@ -140,6 +225,11 @@ class IntensitySeries:
     times_unix: tuple[float, ...]
     values_g_per_kwh: tuple[float, ...]
     name: str
+    format: str = GENERIC_FORMAT  # which file format was read, said wherever the series is named
+
+    @property
+    def description(self) -> str:
+        return f"{self.name} ({self.format})"
 
     @property
     def zone(self) -> str:
@@ -153,7 +243,7 @@ class IntensitySeries:
         except (OSError, UnicodeDecodeError) as error:
             raise ValueError(f"series file {str(file_path)!r} cannot be read: {error}") from None
         is_json = file_path.suffix.lower() == ".json" or text.lstrip().startswith(("[", "{"))
-        raw_points = _json_points(file_path, text) if is_json else _csv_points(file_path, text)
+        raw_points, form = _json_points(file_path, text) if is_json else _csv_points(file_path, text)
         if not raw_points:
             raise _malformed(file_path, 1, "no data points")
         times: list[float] = []
@@ -170,7 +260,7 @@ class IntensitySeries:
                 raise _malformed(file_path, where, f"timestamp {raw_time!r} is earlier than the one before it")
             times.append(moment)
             values.append(value)
-        return cls(times_unix=tuple(times), values_g_per_kwh=tuple(values), name=file_path.name)
+        return cls(times_unix=tuple(times), values_g_per_kwh=tuple(values), name=file_path.name, format=form)
 
     def value_at(self, moment_unix: float) -> float:
         # The step in force at `moment`: the last timestamp <= moment (the first one before the series).
@@ -199,7 +289,7 @@ class IntensitySeries:
         year = datetime.fromtimestamp(start_unix, tz=timezone.utc).year
         return Intensity(
             g_per_kwh=g_per_kwh,
-            source=f"time series {self.name}, {how}{note}",
+            source=f"time series {self.description}, {how}{note}",
             zone=self.zone,
             year=year,
             licence=SERIES_LICENCE,

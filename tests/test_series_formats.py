@@ -1,0 +1,90 @@
+"""Intensity series files as people have them: the project's own names and the providers' exports."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from greencallbacks.carbon import Carbon
+from greencallbacks.carbon.series import IntensitySeries
+
+T0 = 1672531200  # 2023-01-01T00:00:00Z
+LB = 0.45359237  # g/kWh per lb/MWh
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_the_projects_own_column_names(tmp_path):
+    series = IntensitySeries.from_file(write(tmp_path / "own.csv", "timestamp,gco2eq_per_kwh\n0,100\n3600,300\n"))
+    assert series.values_g_per_kwh == (100.0, 300.0) and series.format == "CSV"
+    records_like = write(tmp_path / "rec.csv", "start_time,intensity_gco2eq_per_kwh\n2023-01-01T00:00:00Z,80\n")
+    assert IntensitySeries.from_file(records_like).times_unix == (T0,)
+
+
+@pytest.mark.parametrize(
+    "direct, life_cycle",
+    [("Carbon Intensity gCO₂eq/kWh (direct)", "Carbon Intensity gCO₂eq/kWh (LCA)"),
+     ("Carbon intensity gCO₂eq/kWh (direct)", "Carbon intensity gCO₂eq/kWh (Life cycle)")],
+)
+def test_electricity_maps_csv_export_reads_the_life_cycle_column(tmp_path, direct, life_cycle):
+    header = f"Datetime (UTC),Country,Zone Name,Zone Id,{direct},{life_cycle},Low Carbon Percentage,Renewable Percentage,Data Source,Data Estimated,Data Estimation Method"
+    rows = ["2023-01-01 00:00:00,France,France,FR,20.1,45.5,93.2,30.1,rte.fr,false,",
+            "2023-01-01 01:00:00,France,France,FR,22.3,,93.0,29.8,rte.fr,true,TIME_SLICER_AVERAGE",  # gap: skipped
+            "2023-01-01 02:00:00,France,France,FR,25.0,51.0,92.1,28.0,rte.fr,false,"]
+    path = write(tmp_path / "FR_2023_hourly.csv", header + "\n" + "\n".join(rows) + "\n")
+    series = IntensitySeries.from_file(path)
+    assert series.times_unix == (T0, T0 + 7200) and series.values_g_per_kwh == (45.5, 51.0)
+    assert series.format.startswith("Electricity Maps CSV export (life-cycle intensity")
+    source = Carbon(series=path).intensity_between(T0, T0 + 3600).source
+    assert "FR_2023_hourly.csv (Electricity Maps CSV export (life-cycle" in source
+
+
+def test_electricity_maps_csv_with_only_the_direct_column_says_so(tmp_path):
+    path = write(tmp_path / "em.csv", "Datetime (UTC),Zone Id,Carbon Intensity gCO₂eq/kWh (direct)\n2023-01-01 00:00:00,FR,20\n")
+    series = IntensitySeries.from_file(path)
+    assert series.values_g_per_kwh == (20.0,) and "direct intensity" in series.format
+
+
+def test_uk_carbon_intensity_api_json(tmp_path):
+    document = {"data": [
+        {"from": "2023-01-01T00:00Z", "to": "2023-01-01T00:30Z", "intensity": {"forecast": 180, "actual": 175, "index": "moderate"}},
+        {"from": "2023-01-01T00:30Z", "to": "2023-01-01T01:00Z", "intensity": {"forecast": 190, "actual": None, "index": "moderate"}},
+    ]}
+    series = IntensitySeries.from_file(write(tmp_path / "uk.json", json.dumps(document)))
+    assert series.times_unix == (T0, T0 + 1800) and series.values_g_per_kwh == (175.0, 190.0)  # forecast where no actual
+    assert series.format == "UK Carbon Intensity API JSON (actual, forecast where no actual)"
+
+
+def test_watttime_csv_in_lbs_per_mwh_is_converted(tmp_path):
+    v3 = write(tmp_path / "wt.csv", "point_time,value,region,signal_type\n2023-01-01T00:00:00+00:00,1000,CAISO_NORTH,co2_moer\n"
+                                    "2023-01-01T00:05:00+00:00,800,CAISO_NORTH,co2_moer\n")
+    series = IntensitySeries.from_file(v3)
+    assert series.values_g_per_kwh == pytest.approx((1000 * LB, 800 * LB))
+    assert series.times_unix == (T0, T0 + 300) and series.format.startswith("WattTime CSV")
+    v2 = write(tmp_path / "wt2.csv", "timestamp,MOER,frequency,market,ba,datatype,version\n"
+                                     "2023-01-01T00:00:00Z,900,300,RTM,CAISO_NORTH,MOER,3.0\n")
+    assert IntensitySeries.from_file(v2).values_g_per_kwh == pytest.approx((900 * LB,))
+    units = write(tmp_path / "wt3.csv", "point_time,value,units\n2023-01-01T00:00:00Z,400,kg_co2_per_mwh\n")
+    assert IntensitySeries.from_file(units).values_g_per_kwh == (400.0,)
+    bad = write(tmp_path / "wt4.csv", "point_time,value,units\n2023-01-01T00:00:00Z,400,furlongs\n")
+    with pytest.raises(ValueError, match=r"wt4.csv.*line 2.*unknown units 'furlongs'"):
+        IntensitySeries.from_file(bad)
+
+
+def test_watttime_and_electricity_maps_api_json_saved_to_a_file(tmp_path):
+    wt = {"data": [{"point_time": "2023-01-01T00:00:00+00:00", "value": 1000.0}], "meta": {"units": "lbs_co2_per_mwh"}}
+    series = IntensitySeries.from_file(write(tmp_path / "wt.json", json.dumps(wt)))
+    assert series.values_g_per_kwh == pytest.approx((1000 * LB,)) and series.format.startswith("WattTime API JSON")
+    em = {"zone": "DE", "history": [{"datetime": "2023-01-01T00:00:00.000Z", "carbonIntensity": 420}]}
+    series = IntensitySeries.from_file(write(tmp_path / "em.json", json.dumps(em)))
+    assert series.values_g_per_kwh == (420.0,) and series.format == "Electricity Maps API JSON"
+
+
+def test_an_unknown_header_names_the_accepted_columns_and_exports(tmp_path):
+    with pytest.raises(ValueError, match=r"gco2eq_per_kwh.*Electricity Maps or WattTime export"):
+        IntensitySeries.from_file(write(tmp_path / "x.csv", "when,how_much\n0,1\n"))
