@@ -1,5 +1,6 @@
 """Time-varying intensity through the real tracker, and the what-if analysis on hand-computed series."""
 
+import dataclasses
 import json
 from datetime import datetime, timezone
 
@@ -226,3 +227,77 @@ def test_main_reports_bad_input_without_a_traceback(recorded_run, tmp_path, caps
     run, _ = recorded_run
     assert main([str(run), "--intensity", str(tmp_path / "missing.csv")]) == 2
     assert "cannot be read" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------- series that do not cover the run
+def test_a_series_that_does_not_overlap_the_run_is_refused():
+    old = IntensitySeries(tuple(T0 - 400 * 24 * HOUR + i * HOUR for i in range(48)), (100.0,) * 48, "2020.csv")
+    with pytest.raises(ValueError, match=r"covers .* but the run ran .*Give a series that covers the run"):
+        whatif(TWO_HOUR_RUN, old)
+
+
+def test_a_run_reaching_past_the_series_is_marked_extrapolated_in_every_output():
+    short = hourly([400, 100])  # covers T0 .. T0 + 2 h; the run ends at T0 + 2 h, pause-and-resume beyond
+    run = [record(T0 + HOUR, HOUR, 1.0), record(T0 + 2 * HOUR, HOUR, 1.0, seq=1)]  # T0 + 1 h .. T0 + 3 h
+    result = whatif(run, short, threshold=300)
+    assert result.as_recorded.extrapolated and result.series_covers == (T0, T0 + 2 * HOUR)
+    assert "EXTRAPOLATED past the series" in result.to_markdown() and "Extrapolated:" in result.to_markdown()
+    assert result.to_dict()["as_recorded"]["extrapolated"] is True
+    inside = whatif(TWO_HOUR_RUN, SERIES, threshold=300)
+    assert not any(s.extrapolated for s in inside.scenarios) and "EXTRAPOLATED" not in inside.to_markdown()
+
+
+def test_flexible_start_stays_inside_the_series():
+    series = hourly([400, 400, 400, 100])  # a later start would run into the end of the series
+    result = whatif(TWO_HOUR_RUN, series, window_h=24, threshold=300)
+    assert result.flexible_start.start_unix == T0 + 2 * HOUR  # 400 + 100, the last window inside
+    assert not result.flexible_start.extrapolated and "window cut to 2 h" in result.flexible_start.detail
+
+
+def test_plot_draws_the_series_at_its_own_steps_on_its_own_figure(tmp_path, monkeypatch):
+    import matplotlib
+
+    from greencallbacks import report
+
+    backend = matplotlib.get_backend()
+    drawn = []
+    real_save = report.save_figure
+    monkeypatch.setattr(report, "save_figure", lambda figure, path: (drawn.append(figure), real_save(figure, path))[1])
+    run = [record(T0 + 1800, 2 * HOUR, 2.0)]  # starts half past: the steps are at 0.5 h, 1.5 h after it
+    result = whatif(run, SERIES, window_h=0, threshold=300)
+    result.plot(tmp_path / "w.pdf", SERIES)
+    assert (tmp_path / "w.pdf").read_bytes()[:5] == b"%PDF-"
+    line = drawn[0].axes[0].lines[0]
+    assert list(line.get_xdata())[:3] == [0.0, 0.5, 1.5]
+    assert list(line.get_ydata())[:3] == [400.0, 100.0, 400.0]
+    assert matplotlib.get_backend() == backend
+    with pytest.raises(ValueError, match="must end in"):
+        result.plot(tmp_path / "w.jpeg", SERIES)
+
+
+def test_main_finds_runs_under_a_log_root_and_reports_each(tmp_path, capsys):
+    for name, start in (("version_0", T0), ("version_1", T0 + 5 * HOUR)):
+        writer = RecordWriter(tmp_path / "logs" / name / "energy" / "energy-records.jsonl")
+        for r in (record(start, HOUR, 1.0), record(start + HOUR, HOUR, 1.0, seq=1)):
+            writer.write(dataclasses.replace(r, run_id=name))
+    series = write_series(tmp_path / "grid.csv", zip(SERIES.times_unix, SERIES.values_g_per_kwh))
+    assert main([str(tmp_path / "logs"), "--intensity", str(series), "--threshold", "300"]) == 0
+    out, err = capsys.readouterr()
+    assert "## Run version_0" in out and "## Run version_1" in out and "2 runs found" in err
+    assert main([str(tmp_path / "logs"), "--intensity", str(series), "--run-id", "version_1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["run_id"] == "version_1"
+    assert main([str(tmp_path / "logs"), "--intensity", str(series), "--run-id", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "--run-id 'nope' is not among the runs found: version_0, version_1" in err and "run_id=" not in err
+    assert main([str(tmp_path / "logs"), "--intensity", str(series), "--plot", str(tmp_path / "p.bmp")]) == 2
+    assert "must end in .png, .pdf or .svg" in capsys.readouterr().err
+    assert main([str(tmp_path / "logs"), "--intensity", str(series), "--window-h", "-1"]) == 2
+    assert "--window-h must be" in capsys.readouterr().err
+
+
+def test_main_refuses_a_series_of_another_year(recorded_run, tmp_path, capsys):
+    run, _ = recorded_run
+    old = write_series(tmp_path / "2020.csv", [(T0 - 2 * 365 * 24 * HOUR + i * HOUR, 100) for i in range(24)])
+    assert main([str(run), "--intensity", str(old)]) == 2
+    err = capsys.readouterr().err
+    assert "covers" in err and "Give a series that covers the run" in err and "Traceback" not in err

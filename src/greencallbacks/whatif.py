@@ -9,6 +9,11 @@ Strategies after "Measuring the Carbon Intensity of AI in Cloud Instances" (FAcc
   in a budget of the run's own duration (so it takes at most twice as long);
 * other regions: the same energy at the static intensity of other zones.
 
+A series must cover the recorded run: one that does not (a 2020 series for a 2026 run) would
+price every scenario at its last value, so it is refused. A scenario that reaches past the
+series' ends is priced at the nearest value and marked ``extrapolated`` in every output; Flexible
+Start only tries starts whose whole run lies inside the series.
+
 The energy profile is the records': each phase's energy spread evenly over its duration,
 starting at its ``start_time``. Records of nested phases (validation inside a training epoch)
 are billed separately by the tracker, and the outer one's span includes the inner one, so the
@@ -27,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence
 
 from greencallbacks.carbon.series import parse_timestamp
+from greencallbacks.textformat import markdown_table, number
 
 if TYPE_CHECKING:
     from greencallbacks.carbon.series import IntensitySource
@@ -56,6 +62,7 @@ class Scenario:
     end_unix: float | None = None
     detail: str = ""
     running: list[tuple[float, float]] = field(default_factory=list)  # wall-clock spans when the run runs
+    extrapolated: bool = False  # priced partly outside the series, at its nearest value
 
 
 @dataclass
@@ -71,58 +78,83 @@ class WhatIfResult:
     regions: list[Scenario]
     threshold_g_per_kwh: float | None
     threshold_note: str
+    series_covers: tuple[float, float] | None = None  # unix seconds; None for a source without timestamps
+
+    @property
+    def scenarios(self) -> list[Scenario]:
+        return [self.as_recorded, self.flexible_start, *([self.pause_resume] if self.pause_resume else []), *self.regions]
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def to_markdown(self) -> str:
         lines = [
-            f"What-if for a run of {self.energy_kwh:.4g} kWh over {_duration(self.run_duration_s)} "
+            f"What-if for a run of {number(self.energy_kwh, 4)} kWh over {_duration(self.run_duration_s)} "
             f"starting {_iso(self.run_start_unix)}, priced with {self.series_name}.",
-            f"Recorded CO2eq: {self.recorded_co2eq_g:.4g} g.",
+            f"Recorded CO2eq: {number(self.recorded_co2eq_g, 4)} g.",
             "",
-            "| scenario | CO2eq (g) | saving (g) | saving (%) | detail |",
-            "|---|---:|---:|---:|---|",
+            markdown_table(
+                ["scenario", "CO2eq (g)", "saving (g)", "saving (%)", "detail"],
+                [[s.name, number(s.co2eq_g, 4), number(s.saving_g, 4), f"{s.saving_pct:.1f}",
+                  s.detail + ("; EXTRAPOLATED past the series" if s.extrapolated else "")] for s in self.scenarios],
+                "lrrrl",
+            ),
         ]
-        scenarios = [self.as_recorded, self.flexible_start, *([self.pause_resume] if self.pause_resume else []), *self.regions]
-        for s in scenarios:
-            lines.append(f"| {s.name} | {s.co2eq_g:.4g} | {s.saving_g:.4g} | {s.saving_pct:.1f} | {s.detail} |")
+        if any(s.extrapolated for s in self.scenarios):
+            lines += ["", self.extrapolation_note]
         if self.threshold_note:
             lines += ["", self.threshold_note]
         return "\n".join(lines) + "\n"
 
+    @property
+    def extrapolation_note(self) -> str:
+        if not any(s.extrapolated for s in self.scenarios):
+            return ""
+        covers = self.series_covers
+        span = f" ({_iso(covers[0])} to {_iso(covers[1])})" if covers else ""
+        return (f"Extrapolated: scenarios marked so reach outside the intensity series{span} and are priced "
+                "at its nearest value there; their CO2eq and savings are not measured intensities.")
+
     def plot(self, path: str | Path, series: "IntensitySource") -> Path:
-        """A PNG of intensity over time with the run's placements (matplotlib imported here)."""
-        import matplotlib
+        """Intensity over time with the run's placements; PNG, PDF or SVG from ``path``'s extension.
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        Drawn on a Figure with its own canvas: a notebook's matplotlib backend is left as it is.
+        """
+        from greencallbacks.report import new_figure, plot_format, save_figure
 
+        plot_format(path)  # a wrong extension fails before any drawing
         start = self.run_start_unix
         end = max(s.end_unix or start for s in (self.as_recorded, self.flexible_start, self.pause_resume) if s)
-        step = max(_resolution_s(series, start, end), (end - start) / 5000)  # enough points for a figure
-        times = [start + i * step for i in range(int(math.ceil((end - start) / step)) + 1)]
-        values = [series.mean_between(t, t).g_per_kwh for t in times]
-        hours = [(t - start) / 3600 for t in times]
-        figure, axes = plt.subplots(figsize=(9, 4))
-        axes.step(hours, values, where="post", color="black", linewidth=1, label="intensity")
+        times = getattr(series, "times_unix", None)
+        if times:
+            # The series' own steps, where they are, not a grid laid from the run's start.
+            inside = [t for t in times if start < t < end]
+            edges = [start, *inside, end]
+        else:
+            step = max(_resolution_s(series, start, end), (end - start) / 5000)  # enough points for a figure
+            edges = [start + i * step for i in range(int(math.ceil((end - start) / step)))] + [end]
+        values = [series.mean_between(t, t).g_per_kwh for t in edges]
+        hours = [(t - start) / 3600 for t in edges]
+        figure = new_figure(9, 4)
+        axes = figure.add_subplot()
+        axes.step(hours, values, where="post", color="black", linewidth=1, label=f"intensity ({self.series_name})")
         lanes = [(self.as_recorded, "tab:gray"), (self.flexible_start, "tab:green")]
         if self.pause_resume is not None:
             lanes.append((self.pause_resume, "tab:blue"))
         for scenario, colour in lanes:
+            label = scenario.name + (" (extrapolated)" if scenario.extrapolated else "")
             for index, (left, right) in enumerate(scenario.running):
                 axes.axvspan((left - start) / 3600, (right - start) / 3600, alpha=0.25, color=colour,
-                             label=scenario.name if index == 0 else None)
+                             label=label if index == 0 else None)
+        if self.series_covers is not None and self.series_covers[1] < end:
+            axes.axvline((self.series_covers[1] - start) / 3600, color="tab:orange", linestyle=":", label="series ends")
         if self.threshold_g_per_kwh is not None:
             axes.axhline(self.threshold_g_per_kwh, color="tab:red", linestyle="--", linewidth=1, label="threshold")
         axes.set_xlabel(f"hours after {_iso(start)}")
         axes.set_ylabel("gCO2eq/kWh")
         axes.legend(loc="best", fontsize="small")
         figure.tight_layout()
-        out = Path(path)
-        figure.savefig(out, dpi=120)
-        plt.close(figure)
-        return out
+        return save_figure(figure, path)
 
 
 # ------------------------------------------------------------------------------------ profile
@@ -150,6 +182,18 @@ def _resolution_s(series: object, start_unix: float, end_unix: float) -> float:
     if times and len(times) > 1:
         return min(b - a for a, b in zip(times, times[1:]))
     return float(getattr(series, "bucket_s", DEFAULT_STEP_S))
+
+
+def series_coverage(series: object) -> tuple[float, float] | None:
+    """(first timestamp, end of the last step) of a series with timestamps; None for other sources.
+
+    The last value holds for one step (the series' resolution) after its timestamp.
+    """
+    times = getattr(series, "times_unix", None)
+    if not times:
+        return None
+    step = min((b - a for a, b in zip(times, times[1:])), default=0.0)
+    return times[0], times[-1] + step
 
 
 def _slot_edges(series: object, start_unix: float, end_unix: float, step_s: float) -> list[float]:
@@ -285,7 +329,17 @@ def whatif(
     step = step_s if step_s is not None else _resolution_s(series, run_start, run_end)
     if not (math.isfinite(step) and step > 0):
         raise ValueError(f"step_s must be a positive number of seconds, got {step_s!r}")
-    series_name = getattr(series, "name", type(series).__name__)
+    series_name = getattr(series, "description", None) or getattr(series, "name", type(series).__name__)
+    coverage = series_coverage(series)
+    if coverage is not None and (run_end <= coverage[0] or run_start >= coverage[1]):
+        raise ValueError(
+            f"the intensity series {series_name} covers {_iso(coverage[0])} to {_iso(coverage[1])}, but the run "
+            f"ran {_iso(run_start)} to {_iso(run_end)}: every scenario would be priced at the series' "
+            "nearest value. Give a series that covers the run."
+        )
+
+    def outside(left: float, right: float) -> bool:
+        return coverage is not None and (left < coverage[0] or right > coverage[1])
 
     baseline = co2_at(phases, run_start, series)
 
@@ -294,13 +348,20 @@ def whatif(
         return Scenario(name, co2, saving, 100.0 * saving / baseline if baseline > 0 else 0.0, **extra)
 
     as_recorded = scenario("as recorded", baseline, start_unix=run_start, end_unix=run_end,
-                           detail=f"start {_iso(run_start)}", running=[(run_start, run_end)])
+                           detail=f"start {_iso(run_start)}", running=[(run_start, run_end)],
+                           extrapolated=outside(run_start, run_end))
 
-    delay, best = flexible_start(phases, run_start, series, window_h * 3600.0, step)
+    window_s = window_h * 3600.0
+    cut = ""
+    if coverage is not None and run_end + window_s > coverage[1]:
+        # Later starts would be priced at the series' last value: not a forecast of anything.
+        window_s = max(0.0, coverage[1] - run_end)
+        cut = f"; window cut to {_duration(window_s)} where the series ends"
+    delay, best = flexible_start(phases, run_start, series, window_s, step)
     flexible = scenario(
         f"flexible start (window {window_h:g} h)", best, start_unix=run_start + delay, end_unix=run_end + delay,
-        detail=f"best start {_iso(run_start + delay)} (+{_duration(delay)})",
-        running=[(run_start + delay, run_end + delay)],
+        detail=f"best start {_iso(run_start + delay)} (+{_duration(delay)}){cut}",
+        running=[(run_start + delay, run_end + delay)], extrapolated=outside(run_start + delay, run_end + delay),
     )
 
     pause_resume = None
@@ -318,7 +379,7 @@ def whatif(
             start_unix=run_start, end_unix=spans[-1][1],
             detail=f"paused {_duration(paused_s)} in {_pause_count(run_start, spans)} pause(s), "
                    f"ends {_iso(spans[-1][1])}",
-            running=[(a, b) for a, b, _ in spans],
+            running=[(a, b) for a, b, _ in spans], extrapolated=outside(run_start, spans[-1][1]),
         )
 
     regions = []
@@ -343,6 +404,7 @@ def whatif(
         regions=regions,
         threshold_g_per_kwh=chosen_threshold,
         threshold_note=threshold_note,
+        series_covers=coverage,
     )
 
 
@@ -371,37 +433,71 @@ def build_parser(prog: str = "greencallbacks whatif") -> argparse.ArgumentParser
         prog=prog,
         description="What a recorded run would have emitted started later, paused while the grid is dirty, or elsewhere.",
     )
-    parser.add_argument("run", help="energy-records.jsonl, or the directory holding it")
-    parser.add_argument("--intensity", required=True, metavar="SERIES", help="CSV or JSON intensity series file")
+    parser.add_argument("run", help="energy-records.jsonl, or a directory searched for them at any depth (a log root)")
+    parser.add_argument("--run-id", help="the run to analyse (default: each run found)")
+    parser.add_argument("--intensity", required=True, metavar="SERIES",
+                        help="intensity series: CSV or JSON (own columns, Electricity Maps, UK Carbon Intensity, WattTime)")
     parser.add_argument("--window-h", type=float, default=24.0, help="latest delayed start to try, hours (default 24)")
     parser.add_argument("--threshold", type=float, metavar="G", help="pause above this gCO2eq/kWh (default: median)")
     parser.add_argument("--zones", default="", help="comma-separated zones or cloud regions to compare, e.g. FR,DE")
-    parser.add_argument("--plot", metavar="FILE", help="write a PNG of intensity and the run's placements")
+    parser.add_argument("--plot", metavar="FILE", help="write a plot of intensity and the run's placements (.png, .pdf, .svg)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a Markdown table")
     return parser
+
+
+# Python argument names in library messages, as the flags that set them here.
+_FLAGS = (("window_h", "--window-h"), ("threshold", "--threshold"), ("step_s", "the series' step"))
+
+
+def _plot_path(plot: str, run: str, several: bool) -> Path:
+    path = Path(plot)
+    return path.with_name(f"{path.stem}-{run}{path.suffix}") if several else path
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from greencallbacks.carbon.series import IntensitySeries
-    from greencallbacks.records import read_records
+    from greencallbacks.report import plot_format
+    from greencallbacks.runs import describe_runs, load, select_run
 
+    results: list[tuple[str, WhatIfResult]] = []
     try:
-        records = read_records(args.run)
-        series = IntensitySeries.from_file(args.intensity)
-        result = whatif(records, series, window_h=args.window_h, threshold=args.threshold,
-                        zones=[z for z in args.zones.split(",") if z.strip()])
         if args.plot:
-            result.plot(args.plot, series)
+            plot_format(args.plot)
+        loaded = load(args.run)
+        select_run(loaded.records, args.run_id, how_to_choose="--run-id")  # an unknown id names the runs found
+        runs = [args.run_id] if args.run_id else loaded.runs
+        if len(runs) > 1:
+            print(f"greencallbacks whatif: {len(runs)} runs found (choose one with --run-id):", file=sys.stderr)
+            for line in describe_runs(loaded):
+                print(f"  {line}", file=sys.stderr)
+        series = IntensitySeries.from_file(args.intensity)
+        zones = [z for z in args.zones.split(",") if z.strip()]
+        for run in runs:
+            mine = [r for r in loaded.records if r.run_id == run]
+            try:
+                result = whatif(mine, series, window_h=args.window_h, threshold=args.threshold, zones=zones)
+            except ValueError as error:
+                raise ValueError(f"run {run}: {error}") from None
+            results.append((run, result))
+            if args.plot:
+                result.plot(_plot_path(args.plot, run, len(runs) > 1), series)
     except (ValueError, OSError) as error:
-        print(f"greencallbacks whatif: {error}", file=sys.stderr)
+        message = str(error)
+        for name, flag in _FLAGS:
+            message = message.replace(f"{name} must", f"{flag} must")
+        print(f"greencallbacks whatif: error: {message}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
-    else:
-        print(result.to_markdown(), end="")
+        documents = [{"run_id": run, **result.to_dict()} for run, result in results]
+        print(json.dumps(documents[0] if len(documents) == 1 else documents, indent=2))
+        return 0
+    for run, result in results:
+        if len(results) > 1:
+            print(f"## Run {run}\n")
+        print(result.to_markdown())
         if args.plot:
-            print(f"\nPlot written to {args.plot}")
+            print(f"Plot written to {_plot_path(args.plot, run, len(results) > 1)}\n")
     return 0
 
 
