@@ -10,6 +10,7 @@ from greencallbacks.sensors.base import Kind, Method
 from greencallbacks.sensors.estimate import ConstantPowerSensor, CpuEstimateSensor, RamEstimateSensor, socket_count
 from greencallbacks.sensors.nvml import NvmlGpuSensor
 from greencallbacks.sensors.rapl import RaplSensor
+from tests.fakes.fake_amdsmi import FakeAmdSmi
 from tests.fakes.fake_powercap import FakePowercap
 from tests.fakes.fake_pynvml import FakeNvml, gpu_uuid
 from tests.fakes.scripted import FakeClock
@@ -97,9 +98,32 @@ def test_gpu_selection(tmp_path, nvml):
 def test_gpu_problems_are_listed_next_to_host_sensors(powercap, nvml):
     powercap.add_package(0)
     nvml.library_missing = True
-    found = discover_sensors(pynvml=nvml, environ={}, powercap_root=powercap.root)
+    amd = FakeAmdSmi()  # initialises, finds no AMD GPU
+    found = discover_sensors(pynvml=nvml, amdsmi=amd, environ={}, powercap_root=powercap.root)
     assert [s.name for s in found.sensors] == ["cpu-package-0", "ram"]
-    assert [u.kind for u in found.unavailable] == [Kind.GPU, Kind.DRAM]
+    assert [u.kind for u in found.unavailable] == [Kind.GPU, Kind.GPU, Kind.DRAM]
+    # Both vendors were looked for, and each says why it is not there.
+    nvidia, amd_gpu = found.unavailable[:2]
+    assert "no NVIDIA driver" in nvidia.reason and "found no AMD GPU" in amd_gpu.reason
+
+
+def test_an_amd_machine_measures_its_gpus_through_amdsmi_and_nvml_absence_is_no_news(tmp_path, nvml):
+    nvml.library_missing = True
+    amd = FakeAmdSmi()
+    amd.add_board()
+    amd.mi250x()
+    found = discover_sensors(gpus="auto", host=False, pynvml=nvml, amdsmi=amd, environ={"HIP_VISIBLE_DEVICES": "0,2"})
+    assert [(type(s).__name__, s.name) for s in found.sensors] == [("AmdGpuSensor", "gpu0"), ("Apportioned", "gpu1")]
+    assert found.unavailable == []
+    assert all(fallback_for(s) is None for s in found.sensors)  # no honest estimate for a GPU
+
+
+def test_nvidia_gpus_found_means_amdsmi_is_not_looked_for(tmp_path, nvml):
+    amd = FakeAmdSmi()
+    amd.add_board()
+    found = discover_sensors(host=False, pynvml=nvml, amdsmi=amd, environ={})
+    assert [type(s).__name__ for s in found.sensors] == ["NvmlGpuSensor", "NvmlGpuSensor"]
+    assert amd.calls["amdsmi_init"] == 0
 
 
 def test_extra_sensors_are_appended(tmp_path):

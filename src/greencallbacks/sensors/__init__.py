@@ -1,7 +1,7 @@
 """Energy sources. Each module holds one kind of sensor; ``discover_sensors`` finds the usable ones.
 
-The sensor modules load on first use, so ``import greencallbacks.sensors`` stays light (pynvml
-and psutil are imported only inside the functions that need them).
+The sensor modules load on first use, so ``import greencallbacks.sensors`` stays light (pynvml,
+amdsmi and psutil are imported only inside the functions that need them).
 """
 
 from __future__ import annotations
@@ -16,6 +16,9 @@ _LAZY = {
     "fallback_for": "greencallbacks.sensors.discover",
     "NvmlGpuSensor": "greencallbacks.sensors.nvml",
     "find_nvml_gpus": "greencallbacks.sensors.nvml",
+    "AmdGpuSensor": "greencallbacks.sensors.amd",
+    "find_amd_gpus": "greencallbacks.sensors.amd",
+    "Apportioned": "greencallbacks.sensors.share",
     "RaplSensor": "greencallbacks.sensors.rapl",
     "find_rapl": "greencallbacks.sensors.rapl",
     "CpuEstimateSensor": "greencallbacks.sensors.estimate",

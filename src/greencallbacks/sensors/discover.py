@@ -1,6 +1,7 @@
 """Which sensors this process should read, and what replaces one that fails.
 
-GPUs come from NVML (only the devices this process uses). The host (CPU and RAM) comes from RAPL
+GPUs come from NVML (only the devices this process uses), or from amdsmi where NVML finds no
+NVIDIA GPU (a process trains on one vendor's GPUs: a CUDA or a ROCm build). The host (CPU and RAM) comes from RAPL
 where its counters are readable, else from estimates; everything looked for and not usable is
 listed in ``Discovery.unavailable`` with the reason and the fix, so the user can be told once.
 With several processes per host, pass ``host=False`` to all but one of them.
@@ -27,31 +28,48 @@ def discover_sensors(
     extra: Iterable[Sensor] = (),
     powercap_root: str | os.PathLike = DEFAULT_POWERCAP_ROOT,
     pynvml: Any = None,
+    amdsmi: Any = None,
     environ: Mapping[str, str] = os.environ,
     clock: Callable[[], float] = time.monotonic,
 ) -> Discovery:
     """Find the sensors.
 
     Args:
-        gpus: ``"auto"`` every GPU visible to CUDA; a list of CUDA indices (the devices this
-            process trains on); None for no GPU.
+        gpus: ``"auto"`` every GPU visible to CUDA (or HIP); a list of CUDA indices (the devices
+            this process trains on; HIP indices on AMD); None for no GPU.
         host: measure CPU and RAM (one process per host should).
         cpu_tdp_w: TDP per CPU socket for the estimate (None: looked up from the CPU model).
         ram_w_per_gb: watts per GB for the RAM estimate.
         extra: sensors of the user's own (e.g. ``ConstantPowerSensor``), appended.
-        powercap_root, pynvml, environ, clock: for tests.
+        powercap_root, pynvml, amdsmi, environ, clock: for tests.
     """
     found = Discovery()
     if gpus is not None:
-        from greencallbacks.sensors.nvml import find_nvml_gpus
-
         device_indices = None if gpus == "auto" else list(gpus)
         if device_indices != []:
-            _merge(found, find_nvml_gpus(device_indices, environ=environ, pynvml=pynvml, clock=clock))
+            _merge(found, _gpu_sensors(device_indices, environ, pynvml, amdsmi, clock))
     if host:
         _merge(found, _host_sensors(cpu_tdp_w, ram_w_per_gb, powercap_root, clock))
     found.sensors.extend(extra)
     return found
+
+
+def _gpu_sensors(
+    device_indices: list[int] | None, environ: Mapping[str, str], pynvml: Any, amdsmi: Any, clock: Callable[[], float]
+) -> Discovery:
+    from greencallbacks.sensors.nvml import find_nvml_gpus
+
+    nvidia = find_nvml_gpus(device_indices, environ=environ, pynvml=pynvml, clock=clock)
+    if nvidia.sensors:
+        return nvidia
+    from greencallbacks.sensors.amd import find_amd_gpus
+
+    amd = find_amd_gpus(device_indices, environ=environ, amdsmi=amdsmi, clock=clock)
+    if amd.sensors:
+        # An AMD machine: that NVML found no NVIDIA driver or bindings is no news. Its
+        # machine-wide reasons are named "gpu"; per-device problems keep their own names.
+        nvidia.unavailable = [u for u in nvidia.unavailable if u.name != "gpu"]
+    return Discovery(nvidia.sensors + amd.sensors, nvidia.unavailable + amd.unavailable)
 
 
 def _host_sensors(

@@ -1,0 +1,528 @@
+"""AMD GPUs through amdsmi (the Python binding of ROCm's AMD SMI library).
+
+Two ways to know a GPU's energy, best first:
+
+1. ``amdsmi_get_energy_count``: the energy accumulator, a count of ``counter_resolution``
+   microjoules (15.3 uJ on MI200 and MI300) since the driver loaded. Read at phase boundaries,
+   and polled by the meter's background thread often enough that a 32-bit accumulator (older
+   firmware's GPU metrics, 65.7 kJ at 15.3 uJ: two minutes at 500 W) cannot wrap twice unseen.
+2. ``amdsmi_get_power_info``: socket power in watts, sampled by the background thread and
+   integrated (as for an NVIDIA GPU without a counter). ``current_socket_power`` is instantaneous
+   (MI300); where only ``average_socket_power`` exists (MI200) the average lags load changes and
+   the records say so. Used where the counter is unsupported (amdsmi documents it as not
+   supported in virtual-machine guests).
+
+``amdsmi`` is imported inside functions, never at module import. Without ROCm's
+``libamd_smi.so`` the binding prints to stdout and raises ``KeyError`` on import; both are
+caught and turned into a reason and a fix.
+
+Which GPUs: the HIP runtime numbers the GPUs a process sees (``cuda:N`` in a ROCm build of
+PyTorch) after ``ROCR_VISIBLE_DEVICES`` (indices or ``GPU-<id>`` UUIDs) and then
+``HIP_VISIBLE_DEVICES``, or ``CUDA_VISIBLE_DEVICES`` when that is unset, each counting within
+what the previous one left. HIP's base order is that of ``hip_id``
+(``amdsmi_get_gpu_enumeration_info``, ROCm 7), else of KFD node ids (``amdsmi_get_gpu_kfd_info``),
+which need not be amd-smi's PCI order.
+
+Two dies per board (MI250, MI250X): each die (GCD) is its own amdsmi processor and its own HIP
+device, but the board's energy and power are reported on its first die only; the second reports
+an accumulator of 0 (the test ROCm's own rocm-smi uses to name a "secondary die"). Such a die
+is measured through the die before it in amd-smi order. One sensor per board: a process that
+uses both dies is billed the board once; a process that uses one of its two dies is billed half
+the board, labelled ``apportioned`` with the bound of ``sensors.share``, so that two processes
+sharing a board never bill it twice.
+
+Verified against the fake ``amdsmi`` of the tests only: no AMD GPU was available to check it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from greencallbacks.sensors.base import Discovery, Integrator, Kind, Method, Sensor, SensorError, Unavailable
+from greencallbacks.sensors.share import Apportioned
+
+INSTALL_FIX = "install the AMD SMI bindings: pip install 'greencallbacks[amd]' (amdsmi, matching your ROCm version)"
+LIBRARY_FIX = "install ROCm's amd-smi-lib package (it provides libamd_smi.so), or set ROCM_PATH to the ROCm install"
+
+# amdsmi status codes (amdsmi_wrapper.AMDSMI_STATUS_*), by value: the binding exports them only in
+# its ctypes wrapper, which cannot load without the library. Checked against the binding's source.
+STATUS_INVAL = 1
+STATUS_NOT_SUPPORTED = 2
+STATUS_NOT_YET_IMPLEMENTED = 3
+STATUS_FAIL_LOAD_MODULE = 4
+STATUS_NO_PERM = 10
+STATUS_INIT_ERROR = 18
+STATUS_NOT_FOUND = 31
+STATUS_DRIVER_NOT_LOADED = 34
+STATUS_NO_DATA = 40
+INIT_AMD_GPUS = 2  # AmdSmiInitFlags.INIT_AMD_GPUS
+
+COUNTER_BITS_OLD = 32  # the accumulator of GPU metrics before v1 was 32 bits wide
+COUNTER_UPDATE_PERIOD_S = 0.1  # not documented by AMD: an assumed bound, as NVML's counter period
+SAMPLE_INTERVAL_S = 0.05  # socket power: 20 reads a second of a sysfs-backed value
+WRAP_POLL_MAX_S = 10.0
+DEFAULT_MAX_POWER_W = 1000.0  # above any Instinct board's limit (MI300X: 750 W), where none is reported
+AVERAGED_POWER_NOTE = "averaged socket power (no energy counter, no instantaneous power): lags load changes"
+
+
+class AmdSmiUnavailable(ImportError):
+    """amdsmi cannot be used here; ``reason`` and ``fix`` say why and what to do."""
+
+    def __init__(self, reason: str, fix: str) -> None:
+        super().__init__(f"{reason}; {fix}")
+        self.reason, self.fix = reason, fix
+
+
+def import_amdsmi() -> Any:
+    """The real ``amdsmi``; raises ``AmdSmiUnavailable`` with the reason and the fix."""
+    printed = io.StringIO()
+    try:
+        # The binding prints its library search failure to stdout on import: keep the user's
+        # output clean and put the message in the reason instead.
+        with contextlib.redirect_stdout(printed):
+            import amdsmi
+    except ImportError as error:
+        raise AmdSmiUnavailable(f"the AMD SMI Python bindings (amdsmi) are not installed ({error})", INSTALL_FIX) from error
+    except Exception as error:  # noqa: BLE001 - KeyError or OSError when libamd_smi.so is missing
+        said = " ".join(printed.getvalue().split()) or f"{type(error).__name__}: {error}"
+        raise AmdSmiUnavailable(f"amdsmi is installed but ROCm's libamd_smi.so could not be loaded ({said})", LIBRARY_FIX) from error
+    return amdsmi
+
+
+def error_code(error: BaseException) -> int | None:
+    """The status code of an ``AmdSmiLibraryException``; None for other errors."""
+    getter = getattr(error, "get_error_code", None)
+    if getter is not None:
+        try:
+            return int(getter())
+        except Exception:  # noqa: BLE001
+            return None
+    return getattr(error, "err_code", None)
+
+
+def _text(error: BaseException) -> str:
+    # AmdSmiLibraryException's text spans lines ("Error code:\n\t2 | AMDSMI_STATUS_..."): one line here.
+    return " ".join(str(error).split())
+
+
+def _is_unsupported(error: BaseException) -> bool:
+    return error_code(error) in (STATUS_NOT_SUPPORTED, STATUS_NOT_YET_IMPLEMENTED, STATUS_NO_DATA)
+
+
+def _watts(value: Any) -> float | None:
+    """A power field of ``amdsmi_get_power_info``: watts, or None for "N/A" (0xFFFF in the struct)."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def read_energy_count(smi: Any, handle: Any) -> tuple[int, float]:
+    """(accumulator, resolution in uJ). The accumulator's key was ``power`` before amdsmi 6.2.1."""
+    reading = smi.amdsmi_get_energy_count(handle)
+    raw = reading["energy_accumulator"] if "energy_accumulator" in reading else reading["power"]
+    return int(raw), float(reading["counter_resolution"])
+
+
+class AmdGpuSensor(Sensor):
+    """One AMD GPU (a board: for a two-die board, the handle of its first die).
+
+    ``method`` is ``counter`` with the energy accumulator, else ``sampled``.
+
+    Args:
+        handle: the amdsmi processor handle.
+        index: the HIP-visible index this process knows the GPU by; names it ``gpu<index>``.
+        amdsmi: the amdsmi module (default: the real one, already initialised by the caller).
+        clock: monotonic seconds; injectable for tests.
+        note: a caveat to carry into records.
+        shutdown_on_close: call ``amdsmi_shut_down`` once in ``close`` (balances one ``amdsmi_init``).
+        sample_interval_s: poll interval when power has to be sampled.
+        use_counter: False integrates power even where the accumulator exists.
+    """
+
+    kind = Kind.GPU
+
+    def __init__(
+        self,
+        handle: Any,
+        *,
+        index: int,
+        amdsmi: Any = None,
+        clock: Callable[[], float] = time.monotonic,
+        note: str = "",
+        shutdown_on_close: bool = False,
+        sample_interval_s: float = SAMPLE_INTERVAL_S,
+        use_counter: bool = True,
+    ) -> None:
+        self._smi = amdsmi if amdsmi is not None else import_amdsmi()
+        self._handle = handle
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._shutdown_on_close = shutdown_on_close
+        self._closed = False
+        self.index = index
+        self.name = f"gpu{index}"
+        try:
+            self.scope = str(self._smi.amdsmi_get_gpu_device_uuid(handle))
+            self.model = str(self._smi.amdsmi_get_gpu_asic_info(handle).get("market_name", "AMD GPU"))
+        except self._smi.AmdSmiException as error:
+            raise SensorError(f"{self.name}: amdsmi could not identify the GPU: {_text(error)}") from error
+
+        try:
+            power = self._smi.amdsmi_get_power_info(handle)
+        except self._smi.AmdSmiException as error:
+            if not _is_unsupported(error):
+                raise SensorError(f"{self.name} ({self.scope}): amdsmi power info failed: {_text(error)}") from error
+            power = {}
+        self._power_key = next((k for k in ("current_socket_power", "average_socket_power", "socket_power") if _watts(power.get(k)) is not None), None)
+        limit_w = _watts(power.get("power_limit")) or DEFAULT_MAX_POWER_W
+        counter = self._first_counter_reading() if use_counter else None
+        self._integrator: Integrator | None = None
+        self._cumulative_uj = 0.0
+        notes = [note] if note else []
+        if counter is not None:
+            self._last_raw, self._resolution_uj = counter
+            self.method = Method.COUNTER
+            self.update_period_s = COUNTER_UPDATE_PERIOD_S
+            # A 32-bit accumulator wraps after 2**32 counts: read it at least twice per wrap at the
+            # board's power limit so that no wrap passes unseen. A wider one needs no polling.
+            if self._last_raw < 2**COUNTER_BITS_OLD:
+                wrap_j = 2**COUNTER_BITS_OLD * self._resolution_uj / 1e6
+                self.poll_interval_s = min(WRAP_POLL_MAX_S, wrap_j / limit_w / 2)
+            else:
+                self.poll_interval_s = None
+        elif self._power_key is not None:
+            self.method = Method.SAMPLED
+            self.poll_interval_s = sample_interval_s
+            if self._power_key != "current_socket_power":
+                notes.append(AVERAGED_POWER_NOTE)
+                self.update_period_s = 1.0  # the average's window, as for NVML's averaged power
+            self._integrator = Integrator(clock)
+            self._sample()
+        else:
+            raise SensorError(
+                f"{self.name} ({self.model}, {self.scope}) reports neither an energy count nor socket power "
+                "through amdsmi; its energy cannot be measured"
+            )
+        self.note = "; ".join(notes)
+
+    # -- the Sensor interface -------------------------------------------------------------
+
+    def energy_j(self) -> float:
+        if self._integrator is not None:
+            return self._sample()
+        with self._lock:
+            self._advance()
+            return self._cumulative_uj / 1e6
+
+    def poll(self) -> None:
+        if self._integrator is not None:
+            self._sample()
+        else:
+            with self._lock:
+                self._advance()
+
+    def power_w(self) -> float:
+        """Socket power in watts (instantaneous where the GPU reports it, else averaged)."""
+        if self._power_key is None:
+            raise SensorError(f"{self.name}: amdsmi reports no socket power for this GPU")
+        return self._read_power_w()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        if self._shutdown_on_close:
+            try:
+                self._smi.amdsmi_shut_down()
+            except Exception:  # noqa: BLE001 - closing must never raise
+                pass
+
+    def describe(self) -> dict:
+        return {**super().describe(), "model": self.model}
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _call(self, what: str, read: Callable[[], Any]) -> Any:
+        try:
+            return read()
+        except self._smi.AmdSmiException as error:
+            raise SensorError(f"{self.name} ({self.scope}): amdsmi {what} failed: {_text(error)}") from error
+
+    def _advance(self) -> None:
+        """Add what the accumulator gathered since the last read (caller holds the lock)."""
+        raw, self._resolution_uj = self._call("energy count", lambda: read_energy_count(self._smi, self._handle))
+        if raw >= self._last_raw:
+            counts = raw - self._last_raw
+        elif self._last_raw < 2**COUNTER_BITS_OLD:
+            counts = raw + 2**COUNTER_BITS_OLD - self._last_raw  # a 32-bit accumulator wrapped
+        else:
+            counts = raw  # a wide accumulator went back: the driver reloaded and restarted it from 0
+        self._cumulative_uj += counts * self._resolution_uj
+        self._last_raw = raw
+
+    def _read_power_w(self) -> float:
+        power = self._call("power info", lambda: self._smi.amdsmi_get_power_info(self._handle))
+        watts = _watts(power.get(self._power_key))
+        if watts is None:
+            raise SensorError(f"{self.name} ({self.scope}): amdsmi {self._power_key} became N/A")
+        return watts
+
+    def _sample(self) -> float:
+        assert self._integrator is not None
+        with self._lock:
+            return self._integrator.add(self._read_power_w())
+
+    def _first_counter_reading(self) -> tuple[int, float] | None:
+        try:
+            raw, resolution = read_energy_count(self._smi, self._handle)
+        except self._smi.AmdSmiException as error:
+            if _is_unsupported(error):
+                return None
+            raise SensorError(f"{self.name} ({self.scope}): amdsmi energy count failed: {_text(error)}") from error
+        return (raw, resolution) if resolution > 0 else None
+
+
+# -- which GPUs this process uses -------------------------------------------------------------
+
+
+class _Die:
+    """One amdsmi GPU processor (a die, or a whole single-die GPU) as device mapping needs it."""
+
+    def __init__(self, smi: Any, handle: Any, smi_index: int) -> None:
+        self.handle, self.smi_index = handle, smi_index
+        self.uuid = str(smi.amdsmi_get_gpu_device_uuid(handle))
+        # Names a user may put in a *_VISIBLE_DEVICES list: ROCr's GPU-<unique id>, HIP's UUID.
+        self.names = {self.uuid.lower()}
+        asic = _optional(smi, "amdsmi_get_gpu_asic_info", handle) or {}
+        serial = str(asic.get("asic_serial", "")).lower()
+        if serial.startswith("0x"):
+            self.names.add("gpu-" + serial[2:])
+        enumeration = _optional(smi, "amdsmi_get_gpu_enumeration_info", handle) or {}
+        if enumeration.get("hip_uuid"):
+            self.names.add(str(enumeration["hip_uuid"]).lower())
+        self.hip_id = enumeration.get("hip_id") if isinstance(enumeration.get("hip_id"), int) else None
+        kfd = _optional(smi, "amdsmi_get_gpu_kfd_info", handle) or {}
+        self.node_id = kfd.get("node_id") if isinstance(kfd.get("node_id"), int) else None
+        try:
+            self.counter: int | None = read_energy_count(smi, handle)[0]
+        except smi.AmdSmiException:
+            self.counter = None
+        power = _optional(smi, "amdsmi_get_power_info", handle) or {}
+        reports_power = any((_watts(power.get(key)) or 0) > 0 for key in ("current_socket_power", "average_socket_power"))
+        # A second die of a board: an accumulator of 0 (rocm-smi's own test), or, where the
+        # accumulator is unsupported, no socket power at all (MI250X reports 0 W there).
+        self.secondary = self.counter == 0 or (self.counter is None and not reports_power)
+
+    def matches(self, entry: str) -> bool:
+        entry = entry.lower()
+        return any(name == entry or (entry.startswith("gpu-") and name.startswith(entry)) for name in self.names)
+
+
+def _optional(smi: Any, function: str, handle: Any) -> Any:
+    """A call that older bindings lack or some GPUs refuse: None instead of an error."""
+    call = getattr(smi, function, None)
+    if call is None:
+        return None
+    try:
+        return call(handle)
+    except smi.AmdSmiException:
+        return None
+
+
+def _hip_order(dies: list[_Die]) -> list[_Die]:
+    if all(d.hip_id is not None for d in dies):
+        return sorted(dies, key=lambda d: d.hip_id)
+    if all(d.node_id is not None for d in dies):
+        return sorted(dies, key=lambda d: d.node_id)
+    return list(dies)
+
+
+def _boards(dies: list[_Die]) -> dict[int, list[_Die]]:
+    """smi index of each die -> the dies of its board, first die first (amd-smi order)."""
+    boards: dict[int, list[_Die]] = {}
+    current: list[_Die] | None = None
+    for die in dies:
+        if die.secondary and current is not None:
+            current.append(die)  # a secondary die: its energy is on the die before it
+        else:
+            current = [die]
+        boards[die.smi_index] = current
+    return boards
+
+
+VISIBILITY_VARIABLES = ("ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "CUDA_VISIBLE_DEVICES")
+
+
+def _visibility_layers(environ: Mapping[str, str]) -> list[tuple[str, list[str]]]:
+    """The lists HIP applies, in order: ROCr's, then HIP's (or CUDA's when HIP's is unset)."""
+    layers = []
+    if environ.get("ROCR_VISIBLE_DEVICES") is not None:
+        layers.append(("ROCR_VISIBLE_DEVICES", environ["ROCR_VISIBLE_DEVICES"]))
+    for variable in ("HIP_VISIBLE_DEVICES", "CUDA_VISIBLE_DEVICES"):
+        if environ.get(variable) is not None:
+            layers.append((variable, environ[variable]))
+            break
+    return [(variable, [e.strip() for e in value.split(",") if e.strip()]) for variable, value in layers]
+
+
+def _apply_layer(variable: str, entries: list[str], dies: list[_Die], found: Discovery) -> list[_Die]:
+    visible: list[_Die] = []
+    for entry in entries:
+        try:
+            position = int(entry)
+            die = dies[position] if 0 <= position < len(dies) else None
+        except ValueError:
+            matches = [d for d in dies if d.matches(entry)]
+            die = matches[0] if len(matches) == 1 else None
+        if die is None:
+            found.unavailable.append(
+                Unavailable(
+                    f"gpu{len(visible)}",
+                    Kind.GPU,
+                    f"{variable} entry {entry!r} matches none of the {len(dies)} AMD GPU(s) it can name; "
+                    "it and every entry after it are ignored",
+                    "list indices, or GPU-<id> values from `rocminfo` / `amd-smi list`",
+                )
+            )
+            break
+        visible.append(die)
+    return visible
+
+
+def find_amd_gpus(
+    device_indices: Sequence[int] | None = None,
+    environ: Mapping[str, str] = os.environ,
+    amdsmi: Any = None,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+) -> Discovery:
+    """The AMD GPUs this process uses, as sensors, and those it could not use with the reason.
+
+    ``device_indices`` are HIP-visible indices (``cuda:1`` in a ROCm build of PyTorch); None means
+    every visible GPU.
+    """
+    found = Discovery()
+    layers = _visibility_layers(environ)
+    for variable, entries in layers:
+        if not entries or entries[0] == "-1":
+            found.unavailable.append(Unavailable("gpu", Kind.GPU, f"{variable}={environ.get(variable)!r} hides every GPU"))
+            return found
+    if amdsmi is None:
+        try:
+            amdsmi = import_amdsmi()
+        except AmdSmiUnavailable as missing:
+            found.unavailable.append(Unavailable("gpu", Kind.GPU, missing.reason, missing.fix))
+            return found
+    smi = amdsmi
+    try:
+        smi.amdsmi_init(INIT_AMD_GPUS)
+    except smi.AmdSmiException as error:
+        found.unavailable.append(_init_failure(error))
+        return found
+    try:
+        _find_visible(smi, layers, device_indices, clock, found)
+    except smi.AmdSmiException as error:
+        reason = f"amdsmi could not list the GPUs: {_text(error)}"
+        found.unavailable.append(Unavailable("gpu", Kind.GPU, reason, "check that `amd-smi list` works"))
+    finally:
+        try:
+            smi.amdsmi_shut_down()  # balances the init above; each sensor holds its own
+        except smi.AmdSmiException:
+            pass
+    return found
+
+
+def _find_visible(
+    smi: Any,
+    layers: list[tuple[str, list[str]]],
+    device_indices: Sequence[int] | None,
+    clock: Callable[[], float],
+    found: Discovery,
+) -> None:
+    dies = [_Die(smi, handle, n) for n, handle in enumerate(smi.amdsmi_get_processor_handles())]
+    if not dies:
+        found.unavailable.append(
+            Unavailable("gpu", Kind.GPU, "amdsmi initialised but found no AMD GPU", "check that `amd-smi list` shows the GPUs")
+        )
+        return
+    boards = _boards(dies)
+    visible = _hip_order(dies)
+    for variable, entries in layers:
+        visible = _apply_layer(variable, entries, visible, found)
+    wanted = [i for i in (range(len(visible)) if device_indices is None else device_indices)]
+    for cuda_index in wanted:
+        if not 0 <= cuda_index < len(visible):
+            found.unavailable.append(
+                Unavailable(
+                    f"gpu{cuda_index}",
+                    Kind.GPU,
+                    f"HIP device {cuda_index} does not exist: {len(visible)} AMD GPU(s) visible",
+                    "pass the indices of the devices this process trains on",
+                )
+            )
+    used = [(i, visible[i]) for i in wanted if 0 <= i < len(visible)]
+    measured: set[int] = set()
+    for cuda_index, die in used:
+        board = boards[die.smi_index]
+        primary = board[0]
+        if primary.smi_index in measured:
+            continue  # the other die of a board already measured
+        on_board = [i for i, d in used if boards[d.smi_index] is board]
+        note = ""
+        if len(board) > 1 and len(on_board) == len(board):
+            note = f"one {len(board)}-die board: its energy covers {', '.join(f'gpu{i}' for i in on_board)}"
+        smi.amdsmi_init(INIT_AMD_GPUS)  # one init per sensor, balanced by its close()
+        try:
+            sensor: Sensor = AmdGpuSensor(primary.handle, index=cuda_index, amdsmi=smi, clock=clock, note=note, shutdown_on_close=True)
+        except SensorError as error:
+            smi.amdsmi_shut_down()
+            found.unavailable.append(Unavailable(f"gpu{cuda_index}", Kind.GPU, str(error)))
+            continue
+        measured.add(primary.smi_index)
+        if len(on_board) < len(board):
+            rule = (
+                f"{len(on_board)} of the board's {len(board)} dies; the board's energy is reported on its first die "
+                f"(amd-smi GPU {primary.smi_index})"
+            )
+            sensor = Apportioned(sensor, len(on_board) / len(board), rule)
+            _say_apportioned_once(sensor, rule)
+        found.sensors.append(sensor)
+
+
+_warned_shares: set[tuple[str, float]] = set()
+
+
+def _say_apportioned_once(sensor: Apportioned, rule: str) -> None:
+    key = (sensor.scope, sensor.share)
+    if key in _warned_shares:
+        return
+    _warned_shares.add(key)
+    from greencallbacks.meter import warn
+
+    warn(
+        f"greencallbacks: {sensor.name} is one die of a multi-die AMD board whose energy is reported for the "
+        f"whole board; this process is billed {sensor.share:.3g} of it ({rule}), labelled 'apportioned' with an "
+        f"uncertainty of +/-{sensor.relative_uncertainty:.0%} of what it bills."
+    )
+
+
+def _init_failure(error: BaseException) -> Unavailable:
+    code, error = error_code(error), _text(error)
+    if code == STATUS_NO_PERM:
+        reason = f"no permission to use the AMD GPUs ({error})"
+        fix = "add the user to the 'render' and 'video' groups (access to /dev/kfd and /dev/dri)"
+    elif code == STATUS_DRIVER_NOT_LOADED:
+        reason = f"the amdgpu driver is not loaded ({error})"
+        fix = "load the amdgpu kernel module (amd-smi list should show the GPUs)"
+    elif code in (STATUS_INIT_ERROR, STATUS_FAIL_LOAD_MODULE, STATUS_NOT_FOUND):
+        reason = f"amdsmi_init failed: no usable AMD GPU or driver here ({error})"
+        fix = "on an AMD GPU machine, install the amdgpu driver and ROCm; in a container pass /dev/kfd and /dev/dri"
+    else:
+        reason = f"amdsmi_init failed: {error}"
+        fix = "check that `amd-smi list` works"
+    return Unavailable("gpu", Kind.GPU, reason, fix)

@@ -1,0 +1,326 @@
+"""A faithful fake of ``amdsmi`` (AMD SMI's Python binding, 7.0) for machines without an AMD GPU.
+
+Copied from the real binding, by name and value: the exception classes (``AmdSmiException``,
+``AmdSmiLibraryException(err_code)`` with ``get_error_code`` / ``get_error_info`` and its
+multi-line text, ``AmdSmiParameterException`` for a handle that is not one), the
+``AMDSMI_STATUS_*`` codes, ``AmdSmiInitFlags``, and the names, parameters and return shapes of
+the calls used: ``amdsmi_get_energy_count`` returns ``{'energy_accumulator', 'counter_resolution',
+'timestamp'}`` (``'power'`` instead of ``'energy_accumulator'`` before 6.2.1),
+``amdsmi_get_power_info`` returns watts as ints and the string ``"N/A"`` where the struct holds
+0xFFFF. ``tests/test_sensors_amd.py`` checks these names against the installed binding's source.
+
+What is simulated: boards whose power the test sets on a fake clock; the energy accumulator in
+counts of 15.3 uJ since "driver load", 64 bits wide or 32 bits (it wraps); two-die boards
+(MI250X) whose energy and power are reported on the first die while the second reports an
+accumulator of 0, ``current_socket_power`` "N/A" and ``average_socket_power`` 0; single-die MI300X
+boards with instantaneous power and no average. HIP enumeration (``hip_id``) can differ from
+amd-smi's order. Switches: counter unsupported, an error on every call, init failing, a binding
+older than ROCm 7 (no ``amdsmi_get_gpu_enumeration_info``).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections import Counter
+from typing import Callable
+
+from tests.fakes.scripted import FakeClock
+
+AMDSMI_STATUS_SUCCESS = 0
+AMDSMI_STATUS_INVAL = 1
+AMDSMI_STATUS_NOT_SUPPORTED = 2
+AMDSMI_STATUS_NOT_YET_IMPLEMENTED = 3
+AMDSMI_STATUS_FAIL_LOAD_MODULE = 4
+AMDSMI_STATUS_NO_PERM = 10
+AMDSMI_STATUS_INIT_ERROR = 18
+AMDSMI_STATUS_NOT_FOUND = 31
+AMDSMI_STATUS_NOT_INIT = 32
+AMDSMI_STATUS_DRIVER_NOT_LOADED = 34
+AMDSMI_STATUS_NO_DATA = 40
+AMDSMI_STATUS_UNKNOWN_ERROR = 4294967295
+
+_ERROR_INFO = {
+    AMDSMI_STATUS_INVAL: "AMDSMI_STATUS_INVAL - Invalid parameters",
+    AMDSMI_STATUS_NOT_SUPPORTED: "AMDSMI_STATUS_NOT_SUPPORTED - Feature not supported",
+    AMDSMI_STATUS_NOT_YET_IMPLEMENTED: "AMDSMI_STATUS_NOT_YET_IMPLEMENTED - Feature not yet implemented",
+    AMDSMI_STATUS_FAIL_LOAD_MODULE: "AMDSMI_STATUS_FAIL_LOAD_MODULE - Fail to load lib",
+    AMDSMI_STATUS_NO_PERM: "AMDSMI_STATUS_NO_PERM - Permission Denied",
+    AMDSMI_STATUS_INIT_ERROR: "AMDSMI_STATUS_INIT_ERROR - Initialization error",
+    AMDSMI_STATUS_NOT_FOUND: "AMDSMI_STATUS_NOT_FOUND - Device Not found",
+    AMDSMI_STATUS_NOT_INIT: "AMDSMI_STATUS_NOT_INIT - Device not initialized",
+    AMDSMI_STATUS_DRIVER_NOT_LOADED: "AMDSMI_STATUS_DRIVER_NOT_LOADED - Driver not loaded",
+    AMDSMI_STATUS_NO_DATA: "AMDSMI_STATUS_NO_DATA - No data was found for given input",
+}
+
+
+class AmdSmiException(Exception):
+    """Base smi exception class"""
+
+
+class AmdSmiLibraryException(AmdSmiException):
+    def __init__(self, err_code):
+        err_code = abs(err_code)
+        super().__init__(err_code)
+        self.err_code = err_code
+        self.set_err_info()
+
+    def __str__(self):
+        return "Error code:\n\t{err_code} | {err_info}".format(err_code=self.err_code, err_info=self.err_info)
+
+    def get_error_info(self, detailed=True):
+        return self.err_info if detailed else str(self.err_info).split(" - ")[0]
+
+    def get_error_code(self):
+        return self.err_code
+
+    def set_err_info(self):
+        self.err_info = _ERROR_INFO.get(self.err_code, "AMDSMI_STATUS_UNKNOWN_ERROR - An unknown error occurred")
+
+
+class AmdSmiParameterException(AmdSmiException):
+    def __init__(self, receivedValue, expectedType, msg=None):
+        super().__init__(msg)
+        self.err_code = None
+        self.err_msg = msg or f"Invalid parameter:\nActual type: {type(receivedValue)}\nExpected type: {expectedType}"
+
+    def __str__(self):
+        return self.err_msg
+
+
+class AmdSmiInitFlags(enum.IntEnum):
+    INIT_ALL_PROCESSORS = 4294967295
+    INIT_AMD_CPUS = 1
+    INIT_AMD_GPUS = 2
+    INIT_NON_AMD_CPUS = 4
+    INIT_NON_AMD_GPUS = 8
+    INIT_AMD_APUS = 3
+
+
+NA = "N/A"
+RESOLUTION_UJ = 15.3  # counter_resolution of MI200 and MI300 (uJ per count)
+PowerProfile = float | Callable[[float], float]
+
+
+class FakeBoard:
+    """One board (OAM module) with one die or two; its power is a constant or a function of time."""
+
+    def __init__(self, clock: FakeClock, serial: int, model: str, dies: int, power_w: PowerProfile, counter_bits: int) -> None:
+        self.clock = clock
+        self.model = model
+        self._pieces: list[tuple[float, PowerProfile]] = [(-math.inf, power_w)]
+        self.counter_bits = counter_bits
+        self._origin_t = clock()
+        # The accumulator's value when the test starts: a wide one has run for a while since the
+        # driver loaded (2**36 counts: 1.05 MJ, 35 min at 500 W); a 32-bit one is anywhere in its range.
+        self._origin_counts = 2**36 + 7_654_321 if counter_bits > 32 else 7_654_321
+        self.counter_supported = True
+        self.error_code: int | None = None  # every call on this board fails with this code while set
+        self.power_limit_w = 500 if dies == 2 else 750
+        self.dies = [FakeDie(self, serial * 16 + n, n) for n in range(dies)]
+
+    def set_power(self, power_w: PowerProfile) -> None:
+        self._pieces.append((self.clock(), power_w))
+
+    def power_at(self, t: float) -> float:
+        profile = [p for start, p in self._pieces if start <= t][-1]
+        return profile(t) if callable(profile) else float(profile)
+
+    def energy_between_j(self, t0: float, t1: float) -> float:
+        total = 0.0
+        bounds = [p[0] for p in self._pieces[1:]] + [math.inf]
+        for (start, profile), end in zip(self._pieces, bounds):
+            a, b = max(start, t0), min(end, t1)
+            if b > a:
+                # Simpson's rule: exact for the linear ramps the tests use.
+                total += (b - a) / 6.0 * (self._at(profile, a) + 4 * self._at(profile, (a + b) / 2) + self._at(profile, b))
+        return total
+
+    @staticmethod
+    def _at(profile: PowerProfile, t: float) -> float:
+        return profile(t) if callable(profile) else float(profile)
+
+    def counts(self) -> int:
+        total = self._origin_counts + int(1e6 * self.energy_between_j(self._origin_t, self.clock()) / RESOLUTION_UJ)
+        return total % (2**self.counter_bits)
+
+
+class FakeDie:
+    """One amdsmi GPU processor: a die (GCD) of a board."""
+
+    def __init__(self, board: FakeBoard, unique_id: int, position: int) -> None:
+        self.board = board
+        self.unique_id = unique_id
+        self.position = position  # 0: the die that reports the board's energy and power
+        self.hip_id = 0
+        self.node_id = 0
+        self.bdf = ""
+        self.handle = FakeProcessorHandle(self)
+
+    @property
+    def uuid(self) -> str:
+        return f"{self.unique_id:08x}-0000-1000-80ff-{self.unique_id:012x}"
+
+    @property
+    def rocr_uuid(self) -> str:
+        """The UUID that ROCr and rocminfo show: GPU-<unique id in hex>."""
+        return f"GPU-{self.unique_id:016x}"
+
+
+class FakeProcessorHandle:
+    """Stands in for ``amdsmi_processor_handle`` (a ctypes void pointer): opaque to callers."""
+
+    def __init__(self, die: FakeDie) -> None:
+        self._die = die
+
+    def __repr__(self) -> str:
+        return f"<amdsmi_processor_handle {self._die.uuid}>"
+
+
+class FakeAmdSmi:
+    """Use as the ``amdsmi`` module: ``find_amd_gpus(amdsmi=FakeAmdSmi(clock))``."""
+
+    AmdSmiException = AmdSmiException
+    AmdSmiLibraryException = AmdSmiLibraryException
+    AmdSmiParameterException = AmdSmiParameterException
+    AmdSmiInitFlags = AmdSmiInitFlags
+
+    def __init__(self, clock: FakeClock | None = None, *, version: str = "7.0.2") -> None:
+        self.clock = clock if clock is not None else FakeClock()
+        self.version = version
+        self.boards: list[FakeBoard] = []
+        self.init_error: int | None = None
+        self.init_count = 0
+        self.calls: Counter[str] = Counter()
+
+    def __getattribute__(self, name: str):
+        # ROCm 6 bindings lack the enumeration call (added with hip_id in ROCm 7).
+        if name == "amdsmi_get_gpu_enumeration_info" and not object.__getattribute__(self, "version").startswith("7"):
+            raise AttributeError(name)
+        return object.__getattribute__(self, name)
+
+    # -- the machine ------------------------------------------------------------------------
+
+    def add_board(
+        self, model: str = "AMD Instinct MI300X", dies: int = 1, power_w: PowerProfile = 300.0, counter_bits: int = 64
+    ) -> FakeBoard:
+        board = FakeBoard(self.clock, len(self.boards) + 1, model, dies, power_w, counter_bits)
+        self.boards.append(board)
+        self._renumber()
+        return board
+
+    def mi250x(self, power_w: PowerProfile = 400.0, counter_bits: int = 64) -> FakeBoard:
+        return self.add_board("AMD Instinct MI250X", dies=2, power_w=power_w, counter_bits=counter_bits)
+
+    @property
+    def dies(self) -> list[FakeDie]:
+        """In amd-smi (PCI) order."""
+        return [die for board in self.boards for die in board.dies]
+
+    def set_hip_order(self, smi_indices: list[int]) -> None:
+        """HIP's enumeration: ``smi_indices[h]`` is the amd-smi index of HIP device ``h``."""
+        for hip_id, smi_index in enumerate(smi_indices):
+            self.dies[smi_index].hip_id = hip_id
+            self.dies[smi_index].node_id = 2 + hip_id  # KFD nodes 0 and 1 are the CPU sockets
+
+    def _renumber(self) -> None:
+        for n, die in enumerate(self.dies):
+            die.hip_id, die.node_id, die.bdf = n, 2 + n, f"0000:{0x0c + 0x10 * n:02x}:00.0"
+
+    # -- library ------------------------------------------------------------------------------
+
+    def amdsmi_init(self, flag=AmdSmiInitFlags.INIT_AMD_GPUS):
+        self.calls["amdsmi_init"] += 1
+        if self.init_error is not None:
+            raise AmdSmiLibraryException(self.init_error)
+        self.init_count += 1
+
+    def amdsmi_shut_down(self):
+        self.calls["amdsmi_shut_down"] += 1
+        if self.init_count == 0:
+            raise AmdSmiLibraryException(AMDSMI_STATUS_NOT_INIT)
+        self.init_count -= 1
+
+    def amdsmi_get_processor_handles(self):
+        self._check_init()
+        return [die.handle for die in self.dies]
+
+    # -- identity -----------------------------------------------------------------------------
+
+    def amdsmi_get_gpu_device_uuid(self, processor_handle):
+        return self._die(processor_handle, "amdsmi_get_gpu_device_uuid").uuid
+
+    def amdsmi_get_gpu_device_bdf(self, processor_handle):
+        return self._die(processor_handle, "amdsmi_get_gpu_device_bdf").bdf
+
+    def amdsmi_get_gpu_asic_info(self, processor_handle):
+        die = self._die(processor_handle, "amdsmi_get_gpu_asic_info")
+        return {
+            "market_name": die.board.model,
+            "vendor_id": "0x1002",
+            "vendor_name": "Advanced Micro Devices Inc. [AMD/ATI]",
+            "subvendor_id": "0x1002",
+            "device_id": "0x740c" if len(die.board.dies) == 2 else "0x74a1",
+            "rev_id": "0x01",
+            "asic_serial": "0x{:016X}".format(die.unique_id),
+            "oam_id": self.boards.index(die.board),
+            "num_compute_units": 110 if len(die.board.dies) == 2 else 304,
+            "target_graphics_version": "gfx90a" if len(die.board.dies) == 2 else "gfx942",
+            "subsystem_id": "0x0c34",
+        }
+
+    def amdsmi_get_gpu_enumeration_info(self, processor_handle):
+        die = self._die(processor_handle, "amdsmi_get_gpu_enumeration_info")
+        return {"drm_render": 128 + die.hip_id, "drm_card": die.hip_id, "hsa_id": die.node_id, "hip_id": die.hip_id, "hip_uuid": die.rocr_uuid}
+
+    def amdsmi_get_gpu_kfd_info(self, processor_handle):
+        die = self._die(processor_handle, "amdsmi_get_gpu_kfd_info")
+        return {"kfd_id": 1000 + die.unique_id, "node_id": die.node_id, "current_partition_id": 0}
+
+    # -- energy and power -------------------------------------------------------------------------
+
+    def amdsmi_get_energy_count(self, processor_handle):
+        die = self._die(processor_handle, "amdsmi_get_energy_count")
+        if not die.board.counter_supported:
+            raise AmdSmiLibraryException(AMDSMI_STATUS_NOT_SUPPORTED)
+        counts = die.board.counts() if die.position == 0 else 0  # the second die reports nothing
+        key = "energy_accumulator" if self._at_least("6.2.1") else "power"
+        return {key: counts, "counter_resolution": RESOLUTION_UJ, "timestamp": int(self.clock() * 1e9)}
+
+    def amdsmi_get_power_info(self, processor_handle):
+        die = self._die(processor_handle, "amdsmi_get_power_info")
+        board, now = die.board, self.clock()
+        instant = int(round(board.power_at(now)))
+        average = int(round(board.energy_between_j(now - 1.0, now)))  # a 1-second average, as NVML's
+        if len(board.dies) == 2:  # MI250X: average only, and only on the first die
+            current, averaged = NA, average if die.position == 0 else 0
+        else:  # MI300X: instantaneous only
+            current, averaged = instant, NA
+        return {
+            "socket_power": current if current != NA else averaged,
+            "current_socket_power": current,
+            "average_socket_power": averaged,
+            "gfx_voltage": 806,
+            "soc_voltage": 731,
+            "mem_voltage": 1250,
+            "power_limit": board.power_limit_w,
+        }
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _at_least(self, version: str) -> bool:
+        return tuple(int(p) for p in self.version.split(".")[:3]) >= tuple(int(p) for p in version.split("."))
+
+    def _check_init(self) -> None:
+        if self.init_count == 0:
+            raise AmdSmiLibraryException(AMDSMI_STATUS_NOT_INIT)
+
+    def _die(self, processor_handle, call: str) -> FakeDie:
+        self.calls[call] += 1
+        if not isinstance(processor_handle, FakeProcessorHandle):
+            raise AmdSmiParameterException(processor_handle, "amdsmi_processor_handle")
+        self._check_init()
+        die = processor_handle._die
+        if die.board.error_code is not None:
+            raise AmdSmiLibraryException(die.board.error_code)
+        return die

@@ -1,0 +1,466 @@
+"""AMD GPU sensors against the fake amdsmi: accumulator, wrap, sampled fallback, device mapping,
+two-die boards, errors, and the fake's names against the real binding's source."""
+
+import ast
+import importlib.util
+import inspect
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from greencallbacks.meter import EnergyWarning, Meter
+from greencallbacks.sensors import amd as amd_module
+from greencallbacks.sensors.amd import AVERAGED_POWER_NOTE, AmdGpuSensor, find_amd_gpus, import_amdsmi
+from greencallbacks.sensors.base import Kind, Method, SensorError
+from tests.fakes import fake_amdsmi as fa
+from tests.fakes.fake_amdsmi import FakeAmdSmi
+from tests.fakes.scripted import FakeClock
+
+
+@pytest.fixture(autouse=True)
+def fresh_warnings(monkeypatch):
+    # The share of a board is said once per process; each test is a process of its own here.
+    monkeypatch.setattr(amd_module, "_warned_shares", set())
+
+
+@pytest.fixture
+def clock():
+    return FakeClock(start=500.0)
+
+
+@pytest.fixture
+def smi(clock):
+    return FakeAmdSmi(clock)
+
+
+def find(smi, indices=None, **environ):
+    return find_amd_gpus(indices, environ=environ, amdsmi=smi, clock=smi.clock)
+
+
+def scopes(found):
+    return [(s.name, s.scope) for s in found.sensors]
+
+
+def run_for(clock, seconds, step, sensor=None):
+    for _ in range(round(seconds / step)):
+        clock.advance(step)
+        if sensor is not None:
+            sensor.poll()
+
+
+# -- energy accumulator ---------------------------------------------------------------------
+
+
+def test_accumulator_counts_resolution_microjoules(smi, clock):
+    board = smi.add_board(power_w=600.0)
+    [sensor] = find(smi).sensors
+    assert (sensor.method, sensor.kind, sensor.name) == (Method.COUNTER, Kind.GPU, "gpu0")
+    assert sensor.scope == board.dies[0].uuid and sensor.model == "AMD Instinct MI300X"
+    assert sensor.poll_interval_s is None  # a 64-bit accumulator needs no wrap polling
+    start = sensor.energy_j()
+    clock.advance(12.5)
+    assert sensor.energy_j() - start == pytest.approx(600.0 * 12.5, abs=fa.RESOLUTION_UJ * 1e-6)
+
+
+def test_bindings_before_6_2_1_name_the_accumulator_power(clock):
+    smi = FakeAmdSmi(clock, version="6.1.2")
+    smi.add_board(power_w=200.0)
+    [sensor] = find(smi).sensors
+    clock.advance(3.0)
+    assert sensor.energy_j() == pytest.approx(600.0, abs=1e-3)
+    assert "energy_accumulator" not in smi.amdsmi_get_energy_count(smi.dies[0].handle)
+
+
+def test_a_32_bit_accumulator_is_polled_often_enough_that_no_wrap_passes_unseen(smi, clock):
+    board = smi.add_board(power_w=700.0, counter_bits=32)
+    [sensor] = find(smi).sensors
+    wrap_j = 2**32 * fa.RESOLUTION_UJ / 1e6  # 65.7 kJ: 94 s at 700 W
+    assert sensor.poll_interval_s <= wrap_j / board.power_limit_w / 2
+    start = sensor.energy_j()
+    run_for(clock, 400.0, sensor.poll_interval_s, sensor)  # four wraps
+    assert sensor.energy_j() - start == pytest.approx(700.0 * 400.0, rel=1e-6)
+
+
+def test_without_polls_a_32_bit_accumulator_loses_whole_wraps(smi, clock):
+    # Why the background thread reads it: two boundary reads 200 s apart at 700 W (2.1 wraps)
+    # see only the remainder.
+    smi.add_board(power_w=700.0, counter_bits=32)
+    [sensor] = find(smi).sensors
+    start = sensor.energy_j()
+    clock.advance(200.0)
+    lost = 700.0 * 200.0 - (sensor.energy_j() - start)
+    assert lost == pytest.approx(2 * 2**32 * fa.RESOLUTION_UJ / 1e6, rel=1e-6)
+
+
+def test_an_accumulator_still_below_32_bits_is_polled_as_if_it_could_wrap(smi):
+    # A wide accumulator soon after the driver loaded looks like a 32-bit one: polling costs a
+    # read every few seconds, missing a wrap would cost 65.7 kJ.
+    board = smi.add_board()
+    board._origin_counts = 1234
+    [sensor] = find(smi).sensors
+    assert sensor.poll_interval_s is not None and sensor.poll_interval_s <= amd_module.WRAP_POLL_MAX_S
+
+
+def test_a_wide_accumulator_going_back_is_a_driver_reload(smi, clock):
+    board = smi.add_board(power_w=100.0)  # a 64-bit accumulator past 32 bits
+    [sensor] = find(smi).sensors
+    clock.advance(1.0)
+    before = sensor.energy_j()
+    board._origin_t, board._origin_counts = clock(), 0  # reload: restarts from 0
+    clock.advance(2.0)
+    assert sensor.energy_j() - before == pytest.approx(200.0, abs=1e-3)
+
+
+# -- socket power, sampled --------------------------------------------------------------------
+
+
+def test_unsupported_accumulator_integrates_instantaneous_socket_power(smi, clock):
+    board = smi.add_board(power_w=300.0)
+    board.counter_supported = False
+    t0 = clock()
+    board.set_power(lambda t: 300.0 + 100.0 * (t - t0))  # a ramp: the trapezoid rule is exact
+    [sensor] = find(smi).sensors
+    assert sensor.method == Method.SAMPLED and sensor.note == ""
+    start = sensor.energy_j()
+    run_for(clock, 2.0, sensor.poll_interval_s, sensor)
+    assert sensor.energy_j() - start == pytest.approx(300.0 * 2 + 50.0 * 2**2, rel=1e-6)
+
+
+def test_a_meter_integrates_socket_power_on_its_background_thread(smi, clock):
+    board = smi.add_board(power_w=250.0)
+    board.counter_supported = False
+    meter = Meter(find(smi).sensors, clock=clock)
+    try:
+        start = meter.snapshot()
+        assert meter.sampling  # the sampled sensor started the one background thread
+        clock.advance(4.0)
+        [component] = meter.between(start, meter.snapshot()).components
+    finally:
+        meter.close()
+    assert component.method == "sampled"
+    assert component.energy_j == pytest.approx(1000.0, rel=1e-6)
+
+
+def test_where_only_averaged_power_exists_it_is_used_and_labelled(smi):
+    board = smi.mi250x()
+    board.counter_supported = False
+    [sensor] = find(smi).sensors
+    assert sensor.method == Method.SAMPLED
+    assert AVERAGED_POWER_NOTE in sensor.note and sensor.update_period_s == 1.0
+
+
+def test_gpu_with_neither_count_nor_power_is_unavailable_and_balances_init(smi, monkeypatch):
+    board = smi.add_board()
+    board.counter_supported = False
+    monkeypatch.setattr(smi, "amdsmi_get_power_info", lambda processor_handle: {"current_socket_power": "N/A"})
+    found = find(smi)
+    assert found.sensors == []
+    [missing] = found.unavailable
+    assert missing.name == "gpu0" and "neither an energy count nor socket power" in missing.reason
+    assert smi.init_count == 0
+
+
+def test_error_mid_run_raises_sensor_error_on_one_line(smi, clock):
+    board = smi.add_board()
+    [sensor] = find(smi).sensors
+    board.error_code = fa.AMDSMI_STATUS_UNKNOWN_ERROR
+    with pytest.raises(SensorError, match=r"energy count failed: Error code: 4294967295 \| AMDSMI_STATUS_UNKNOWN") as raised:
+        sensor.energy_j()
+    assert "\n" not in str(raised.value)
+    assert isinstance(raised.value.__cause__, fa.AmdSmiLibraryException)
+
+
+def test_a_failing_gpu_degrades_in_the_meter_and_training_goes_on(smi, clock):
+    board = smi.add_board(power_w=100.0)
+    meter = Meter(find(smi).sensors, clock=clock)
+    try:
+        start = meter.snapshot()
+        clock.advance(1.0)
+        board.error_code = fa.AMDSMI_STATUS_NOT_FOUND
+        with pytest.warns(EnergyWarning, match="no longer counted"):
+            end = meter.snapshot()
+        [component] = meter.between(start, end).components
+    finally:
+        meter.close()
+    assert "stopped counting" in component.note
+
+
+def test_each_sensor_balances_its_init(smi):
+    smi.add_board()
+    smi.add_board()
+    found = find(smi)
+    assert smi.init_count == 2
+    for sensor in found.sensors:
+        sensor.close()
+        sensor.close()
+    assert smi.init_count == 0
+
+
+# -- which GPUs: HIP order and the visibility variables ----------------------------------------
+
+
+@pytest.fixture
+def four(smi):
+    for power in (100.0, 101.0, 102.0, 103.0):
+        smi.add_board(power_w=power)
+    return smi
+
+
+def uuid(smi, smi_index):
+    return smi.dies[smi_index].uuid
+
+
+def test_hip_order_comes_from_hip_id_not_from_amd_smi_order(four):
+    four.set_hip_order([2, 0, 3, 1])
+    found = find(four)
+    assert scopes(found) == [(f"gpu{h}", uuid(four, s)) for h, s in enumerate([2, 0, 3, 1])]
+
+
+def test_without_enumeration_info_hip_order_comes_from_kfd_nodes(clock):
+    smi = FakeAmdSmi(clock, version="6.3.1")
+    for _ in range(3):
+        smi.add_board()
+    smi.set_hip_order([1, 2, 0])
+    assert not hasattr(smi, "amdsmi_get_gpu_enumeration_info")
+    assert [s.scope for s in find(smi).sensors] == [uuid(smi, 1), uuid(smi, 2), uuid(smi, 0)]
+
+
+def test_hip_visible_devices_picks_and_renumbers(four):
+    found = find(four, HIP_VISIBLE_DEVICES="3,1")
+    assert scopes(found) == [("gpu0", uuid(four, 3)), ("gpu1", uuid(four, 1))]
+    [sensor] = find(four, [1], HIP_VISIBLE_DEVICES="3,1").sensors
+    assert (sensor.name, sensor.scope) == ("gpu1", uuid(four, 1))
+
+
+def test_cuda_visible_devices_counts_when_hip_visible_devices_is_unset(four):
+    assert [s.scope for s in find(four, CUDA_VISIBLE_DEVICES="2").sensors] == [uuid(four, 2)]
+    # HIP's own variable wins where both are set.
+    assert [s.scope for s in find(four, CUDA_VISIBLE_DEVICES="2", HIP_VISIBLE_DEVICES="0").sensors] == [uuid(four, 0)]
+
+
+def test_rocr_visible_devices_applies_first_and_hip_counts_within_it(four):
+    found = find(four, ROCR_VISIBLE_DEVICES="1,2,3", HIP_VISIBLE_DEVICES="2,0")
+    assert [s.scope for s in found.sensors] == [uuid(four, 3), uuid(four, 1)]
+
+
+def test_rocr_uuids_and_their_prefixes_name_gpus(four):
+    rocr = four.dies[2].rocr_uuid
+    assert [s.scope for s in find(four, ROCR_VISIBLE_DEVICES=rocr.upper()).sensors] == [uuid(four, 2)]
+    assert [s.scope for s in find(four, ROCR_VISIBLE_DEVICES=rocr[:-1]).sensors] == [uuid(four, 2)]
+    assert [s.scope for s in find(four, HIP_VISIBLE_DEVICES=uuid(four, 3)).sensors] == [uuid(four, 3)]
+
+
+def test_an_invalid_entry_ends_the_list_and_says_why(four):
+    found = find(four, HIP_VISIBLE_DEVICES="1,9,0")
+    assert [s.scope for s in found.sensors] == [uuid(four, 1)]
+    [invalid] = found.unavailable
+    assert "HIP_VISIBLE_DEVICES entry '9'" in invalid.reason and invalid.fix
+
+
+@pytest.mark.parametrize("variable", ["ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "CUDA_VISIBLE_DEVICES"])
+@pytest.mark.parametrize("value", ["", "-1"])
+def test_an_empty_list_hides_every_gpu_without_touching_amdsmi(four, variable, value):
+    found = find(four, **{variable: value})
+    assert found.sensors == [] and "hides every GPU" in found.unavailable[0].reason
+    assert four.calls["amdsmi_init"] == 0
+
+
+def test_requested_index_beyond_the_visible_gpus_is_unavailable(four):
+    found = find(four, [0, 5], HIP_VISIBLE_DEVICES="0,1")
+    assert [s.name for s in found.sensors] == ["gpu0"]
+    assert [u.name for u in found.unavailable] == ["gpu5"]
+
+
+# -- two dies per board (MI250X) ------------------------------------------------------------
+
+
+def test_both_dies_of_a_board_are_one_sensor_billing_the_board_once(smi, clock):
+    smi.mi250x(power_w=500.0)
+    found = find(smi)
+    [sensor] = found.sensors
+    assert (sensor.name, sensor.method, sensor.scope) == ("gpu0", Method.COUNTER, smi.dies[0].uuid)
+    assert "gpu0, gpu1" in sensor.note
+    start = sensor.energy_j()
+    clock.advance(10.0)
+    assert sensor.energy_j() - start == pytest.approx(5000.0, abs=1e-3)  # the board, once
+
+
+def test_one_die_of_a_board_is_billed_half_of_it_apportioned(smi, clock):
+    smi.mi250x(power_w=500.0)
+    smi.mi250x(power_w=300.0)
+    # Two processes, one per die of the second board: each bills half; together the board once.
+    with pytest.warns(EnergyWarning, match="one die of a multi-die AMD board"):
+        [first] = find(smi, HIP_VISIBLE_DEVICES="2").sensors
+    [second] = find(smi, HIP_VISIBLE_DEVICES="3").sensors
+    for sensor in (first, second):
+        assert sensor.method == Method.APPORTIONED and sensor.share == 0.5
+        assert sensor.scope == smi.dies[2].uuid  # the second board's first die reports its energy
+        assert sensor.relative_uncertainty == pytest.approx(1.0)
+        assert "1 of the board's 2 dies" in sensor.note
+    starts = (first.energy_j(), second.energy_j())
+    clock.advance(10.0)
+    billed = (first.energy_j() - starts[0]) + (second.energy_j() - starts[1])
+    assert billed == pytest.approx(3000.0, abs=1e-3)
+
+
+def test_a_secondary_die_alone_is_measured_through_its_first_die(smi, clock):
+    smi.add_board()  # a single-die GPU before the board, so "the die before" is not index 0
+    smi.mi250x(power_w=400.0)
+    [sensor] = find(smi, HIP_VISIBLE_DEVICES="2").sensors
+    assert sensor.scope == smi.dies[1].uuid and sensor.share == 0.5
+    clock.advance(1.0)
+    assert sensor.energy_j() > 0
+
+
+def test_meter_records_the_apportioned_die_with_its_bound(smi, clock):
+    smi.mi250x(power_w=400.0)
+    meter = Meter(find(smi, HIP_VISIBLE_DEVICES="0").sensors, clock=clock)
+    try:
+        start = meter.snapshot()
+        clock.advance(5.0)
+        [component] = meter.between(start, meter.snapshot()).components
+    finally:
+        meter.close()
+    assert component.method == "apportioned"
+    assert component.energy_j == pytest.approx(1000.0, abs=1e-3)
+    assert component.uncertainty_j >= 1000.0  # +/-100 %: the die's true part lies in [0, 2000] J
+
+
+# -- amdsmi unusable: the reason and the fix ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("code", "reason", "fix"),
+    [
+        (fa.AMDSMI_STATUS_NO_PERM, "no permission", "'render' and 'video' groups"),
+        (fa.AMDSMI_STATUS_DRIVER_NOT_LOADED, "amdgpu driver is not loaded", "amdgpu kernel module"),
+        (fa.AMDSMI_STATUS_INIT_ERROR, "no usable AMD GPU or driver", "/dev/kfd"),
+    ],
+)
+def test_init_failures_are_unavailable_with_the_reason_and_the_fix(smi, code, reason, fix):
+    smi.init_error = code
+    [missing] = find(smi).unavailable
+    assert missing.kind == Kind.GPU and reason in missing.reason and fix in missing.fix
+    assert "\n" not in missing.reason
+
+
+def test_no_gpu_is_unavailable_with_a_fix(smi):
+    [missing] = find(smi).unavailable
+    assert "found no AMD GPU" in missing.reason and "amd-smi list" in missing.fix
+    assert smi.init_count == 0
+
+
+def test_missing_binding_is_unavailable_with_the_install_command(monkeypatch):
+    monkeypatch.setitem(sys.modules, "amdsmi", None)  # makes `import amdsmi` raise ImportError
+    [missing] = find_amd_gpus(environ={}).unavailable
+    assert "not installed" in missing.reason and "greencallbacks[amd]" in missing.fix
+
+
+def test_binding_without_its_library_says_so_and_prints_nothing(tmp_path, monkeypatch, capsys):
+    # What the real binding does without libamd_smi.so: prints, then fails with KeyError.
+    package = tmp_path / "amdsmi"
+    package.mkdir()
+    (package / "__init__.py").write_text(
+        "print('libamd_smi.so: cannot open shared object file')\n"
+        "print('Unable to find libamd_smi.so library try installing amd-smi-lib from your package manager')\n"
+        "_libraries = {}\n_libraries['libamd_smi.so'].amdsmi_init\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "amdsmi", raising=False)
+    [missing] = find_amd_gpus(environ={}).unavailable
+    assert "libamd_smi.so could not be loaded" in missing.reason and "Unable to find" in missing.reason
+    assert "amd-smi-lib" in missing.fix
+    assert capsys.readouterr().out == ""
+
+
+def test_a_handle_that_is_not_one_is_refused_like_the_binding(smi):
+    smi.add_board()
+    smi.amdsmi_init()
+    with pytest.raises(fa.AmdSmiParameterException):
+        smi.amdsmi_get_energy_count(object())
+    with pytest.raises(SensorError, match="could not identify"):
+        AmdGpuSensor(object(), index=0, amdsmi=smi)
+
+
+def test_import_greencallbacks_imports_no_amdsmi():
+    code = "import sys, greencallbacks, greencallbacks.sensors; print('amdsmi' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+# -- the fake against the real binding ------------------------------------------------------------
+
+
+def _installed_amdsmi_source() -> pathlib.Path:
+    # The binding cannot be imported without ROCm's library, so its source is read, not run.
+    spec = importlib.util.find_spec("amdsmi")
+    if spec is None or spec.origin is None:
+        pytest.skip("amdsmi is not installed: nothing to compare the fake with")
+    return pathlib.Path(spec.origin).parent
+
+
+def _functions(tree: ast.Module) -> dict[str, list[tuple[str, str | None]]]:
+    out = {}
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef):
+            args = node.args.args
+            defaults = [None] * (len(args) - len(node.args.defaults)) + [ast.unparse(d) for d in node.args.defaults]
+            out[node.name] = [(a.arg, d) for a, d in zip(args, defaults)]
+    return out
+
+
+def test_fake_calls_have_the_names_and_parameters_of_the_installed_amdsmi():
+    source = _installed_amdsmi_source()
+    exported = {
+        alias.asname or alias.name
+        for node in ast.walk(ast.parse((source / "__init__.py").read_text()))
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+    }
+    real = _functions(ast.parse((source / "amdsmi_interface.py").read_text()))
+    fake = FakeAmdSmi()
+    calls = [name for name in dir(FakeAmdSmi) if name.startswith("amdsmi_")]
+    assert "amdsmi_get_energy_count" in calls and "amdsmi_get_power_info" in calls
+    for name in calls:
+        assert name in exported, f"{name} is not exported by amdsmi"
+        fake_parameters = [(p.name, None if p.default is p.empty else p.default) for p in inspect.signature(getattr(fake, name)).parameters.values()]
+        real_parameters = [(n, None if d is None else d) for n, d in real[name]]
+        assert [n for n, _ in fake_parameters] == [n for n, _ in real_parameters], name
+    assert {"AmdSmiException", "AmdSmiLibraryException", "AmdSmiParameterException", "AmdSmiInitFlags"} <= exported
+    # Keys of the dictionaries the sensor reads: as the binding builds them.
+    interface = (source / "amdsmi_interface.py").read_text()
+    for key in ("'energy_accumulator'", "'counter_resolution'", '"current_socket_power"', '"average_socket_power"', '"power_limit"', '"hip_id"', '"node_id"', '"asic_serial"', '"market_name"'):
+        assert key in interface, key
+
+
+def test_fake_status_codes_and_exceptions_match_the_installed_amdsmi():
+    source = _installed_amdsmi_source()
+    wrapper = ast.parse((source / "amdsmi_wrapper.py").read_text())
+    real_codes = {
+        node.targets[0].id: node.value.value
+        for node in wrapper.body
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name) and isinstance(node.value, ast.Constant)
+        and node.targets[0].id.startswith(("AMDSMI_STATUS_", "AMDSMI_INIT_"))
+    }
+    for name in dir(fa):
+        if name.startswith("AMDSMI_STATUS_"):
+            assert getattr(fa, name) == real_codes[name], name
+    for flag in fa.AmdSmiInitFlags:
+        assert flag.value == real_codes[f"AMDSMI_{flag.name}"], flag
+    # The sensor's own copies of the codes it branches on.
+    for name in ("INVAL", "NOT_SUPPORTED", "NOT_YET_IMPLEMENTED", "FAIL_LOAD_MODULE", "NO_PERM", "INIT_ERROR", "NOT_FOUND", "DRIVER_NOT_LOADED", "NO_DATA"):
+        assert getattr(amd_module, f"STATUS_{name}") == real_codes[f"AMDSMI_STATUS_{name}"], name
+    assert amd_module.INIT_AMD_GPUS == real_codes["AMDSMI_INIT_AMD_GPUS"]
+    exceptions = {node.name: node for node in ast.parse((source / "amdsmi_exception.py").read_text()).body if isinstance(node, ast.ClassDef)}
+    for name in ("AmdSmiException", "AmdSmiLibraryException", "AmdSmiParameterException"):
+        real_class, fake_class = exceptions[name], getattr(fa, name)
+        assert [ast.unparse(b) for b in real_class.bases] == [b.__name__ for b in fake_class.__bases__], name
+        real_methods = {f.name: [a.arg for a in f.args.args] for f in real_class.body if isinstance(f, ast.FunctionDef)}
+        for method, args in real_methods.items():
+            if method in ("set_err_msg",):
+                continue
+            assert list(inspect.signature(getattr(fake_class, method)).parameters) == args, (name, method)
+    error = fa.AmdSmiLibraryException(fa.AMDSMI_STATUS_NO_PERM)
+    assert error.get_error_code() == 10 and str(error) == "Error code:\n\t10 | AMDSMI_STATUS_NO_PERM - Permission Denied"
