@@ -1,15 +1,19 @@
 """discover_sensors and fallback_for: what is measured, what is estimated, what replaces a failure."""
 
+import json
+import sys
 import warnings
 
 import pytest
 
+from greencallbacks import cli
 from greencallbacks.meter import EnergyWarning, Meter
 from greencallbacks.sensors import discover_sensors, fallback_for
 from greencallbacks.sensors.base import Kind, Method
 from greencallbacks.sensors.estimate import ConstantPowerSensor, CpuEstimateSensor, RamEstimateSensor, socket_count
 from greencallbacks.sensors.nvml import NvmlGpuSensor
 from greencallbacks.sensors.rapl import RaplSensor
+from tests.fakes import fake_amdsmi as fa
 from tests.fakes.fake_amdsmi import FakeAmdSmi
 from tests.fakes.fake_powercap import FakePowercap
 from tests.fakes.fake_pynvml import FakeNvml, gpu_uuid
@@ -175,3 +179,49 @@ def test_meter_replaces_a_failing_rapl_package_with_the_estimate(powercap):
         assert result.energy_j >= 5.0
     finally:
         meter.close()
+
+
+# -- `greencallbacks devices`: what was found, and why not ------------------------------------
+
+
+@pytest.fixture
+def machine(monkeypatch):
+    """The CLI imports pynvml and amdsmi itself: the fakes stand in for the modules."""
+    for variable in ("CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES"):
+        monkeypatch.delenv(variable, raising=False)
+    nvml, amd = FakeNvml(FakeClock()), FakeAmdSmi()
+    nvml.library_missing = True
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    monkeypatch.setitem(sys.modules, "amdsmi", amd)
+    return nvml, amd
+
+
+def test_devices_on_an_amd_machine_lists_the_die_and_its_share(machine, monkeypatch, capsys, recwarn):
+    _, amd = machine
+    amd.mi250x()
+    monkeypatch.setenv("HIP_VISIBLE_DEVICES", "1")
+    assert cli.main(["devices"]) == 0
+    out = capsys.readouterr().out
+    [gpu_line] = [line for line in out.splitlines() if line.strip().startswith("gpu0")]
+    assert "apportioned" in gpu_line and "1 of the board's 2 dies" in gpu_line
+    assert "NVIDIA" not in out.split("Not available:")[-1]  # NVML's absence is no news here
+    assert not [w for w in recwarn if issubclass(w.category, EnergyWarning)]  # the listing says it
+
+
+def test_devices_without_any_gpu_says_what_was_looked_for_and_how_to_enable_each(machine, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "amdsmi", None)  # the AMD binding is not installed
+    assert cli.main(["devices"]) == 0
+    out = capsys.readouterr().out
+    assert "no GPU: looked for NVIDIA GPUs through NVML and AMD GPUs through amdsmi" in out
+    assert "no NVIDIA driver" in out and "AMD SMI Python bindings (amdsmi) are not installed" in out
+    assert "fix: install the AMD SMI bindings: pip install 'greencallbacks[amd]'" in out
+
+
+def test_devices_json_says_when_amd_gpus_are_not_permitted(machine, capsys):
+    _, amd = machine
+    amd.add_board()
+    amd.init_error = fa.AMDSMI_STATUS_NO_PERM
+    assert cli.main(["devices", "--json"]) == 0
+    listing = json.loads(capsys.readouterr().out)
+    [denied] = [u for u in listing["unavailable"] if "no permission" in u["reason"]]
+    assert denied["kind"] == "gpu" and "'render' and 'video' groups" in denied["fix"]

@@ -28,9 +28,15 @@ def _carbon_kwargs(args: argparse.Namespace) -> dict:
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
+    import warnings
+
+    from greencallbacks.meter import EnergyWarning
     from greencallbacks.sensors.discover import discover_sensors
 
-    discovery = discover_sensors(gpus="auto", host=True)
+    with warnings.catch_warnings():
+        # What discovery would warn about (an apportioned share) is in the listing below.
+        warnings.simplefilter("ignore", EnergyWarning)
+        discovery = discover_sensors(gpus="auto", host=True)
     found = [
         {**sensor.describe(), **({"note": sensor.note} if getattr(sensor, "note", "") else {})}
         for sensor in discovery.sensors
@@ -46,7 +52,9 @@ def cmd_devices(args: argparse.Namespace) -> int:
     print("Sensors in use:")
     for s in found:
         note = f"  ({s['note']})" if s.get("note") else ""
-        print(f"  {s['name']:<16} {s['kind']:<6} {s['method']:<10} {s['scope']}{note}")
+        print(f"  {s['name']:<16} {s['kind']:<6} {s['method']:<11} {s['scope']}{note}")
+    if not any(s["kind"] == "gpu" for s in found):
+        print("  (no GPU: looked for NVIDIA GPUs through NVML and AMD GPUs through amdsmi; why not, below)")
     if missing:
         print("\nNot available:")
         for u in missing:
