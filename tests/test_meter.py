@@ -8,8 +8,8 @@ from greencallbacks.sensors.base import Kind, Method, SensorError
 from tests.fakes.scripted import FakeClock, ScriptedSensor
 
 
-def make_meter(clock, *sensors, fallback=None):
-    return Meter(sensors, fallback=fallback, clock=clock, wall_clock=lambda: clock() + 1.7e9)
+def make_meter(clock, *sensors, fallback=None, **kwargs):
+    return Meter(sensors, fallback=fallback, clock=clock, wall_clock=lambda: clock() + 1.7e9, **kwargs)
 
 
 def test_window_energy_is_power_times_time_per_component():
@@ -186,4 +186,178 @@ def test_dead_background_thread_is_restarted_with_a_warning():
     with pytest.warns(EnergyWarning, match="restarted"):
         meter.snapshot()
     assert meter.sampling and poller.restarts == 1
+    meter.close()
+
+
+# -- slow counters read off the training thread -------------------------------------------------
+
+
+class SlowSensor(ScriptedSensor):
+    """A counter too slow for the training thread (like NVML's), with cheap instantaneous power."""
+
+    off_thread = True
+
+    def __init__(self, *args, instant=True, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.instant = instant
+
+    def power_now_w(self):
+        return self.power_w if self.instant else None
+
+
+def reader_meter(clock, *sensors, **kwargs):
+    """Off-thread reading driven by the test: no thread, ``run_reader`` does the reader's work."""
+    meter = make_meter(clock, *sensors, off_thread=True, **kwargs)
+    meter._poller.manual = True
+    return meter
+
+
+def run_reader(meter, clock, seconds, dt=0.005):
+    for _ in range(round(seconds / dt)):
+        meter._poller.step()
+        clock.advance(dt)
+
+
+def test_slow_counter_is_not_read_at_boundaries_but_carried_forward_exactly():
+    clock = FakeClock()
+    gpu = SlowSensor("gpu0", clock, power_w=300.0)
+    meter = reader_meter(clock, gpu)
+    first = meter.snapshot()  # nothing read yet: this one reads in place
+    assert gpu.reads == 1
+    run_reader(meter, clock, 1.0)
+    reads = gpu.reads
+    second = meter.snapshot()
+    assert gpu.reads == reads  # the boundary read nothing
+    assert 0 < second.carried_s["gpu0"] <= 0.1  # at most one read interval after the last read
+    # Constant power: carrying the last read forward at the instantaneous power is exact.
+    assert meter.between(first, second).energy_j == pytest.approx(300.0 * (second.monotonic_s - first.monotonic_s))
+
+
+def test_cheap_sensors_stay_read_at_the_boundary_next_to_a_slow_one():
+    clock = FakeClock()
+    gpu, cpu = SlowSensor("gpu0", clock), ScriptedSensor("cpu", clock, kind=Kind.CPU)
+    meter = reader_meter(clock, gpu, cpu)
+    meter.snapshot()
+    run_reader(meter, clock, 0.5)
+    gpu_reads, cpu_reads = gpu.reads, cpu.reads
+    snapshot = meter.snapshot()
+    assert (gpu.reads, cpu.reads) == (gpu_reads, cpu_reads + 1)
+    assert "cpu" not in snapshot.carried_s
+
+
+def test_windows_share_boundaries_so_every_joule_is_billed_once():
+    clock = FakeClock()
+    gpu = SlowSensor("gpu0", clock, power_w=100.0, update_period_s=0.0)
+    meter = reader_meter(clock, gpu)
+    first = previous = meter.snapshot(exact=True)
+    windows = []
+    for power in (600.0, 250.0, 40.0, 700.0, 90.0) * 4:
+        gpu.set_power(power)
+        run_reader(meter, clock, 0.37)
+        current = meter.snapshot()
+        windows.append(meter.between(previous, current).energy_j)
+        previous = current
+    run_reader(meter, clock, 0.05)
+    last = meter.snapshot(exact=True)
+    windows.append(meter.between(previous, last).energy_j)
+    assert all(w >= 0 for w in windows)
+    assert sum(windows) == pytest.approx(meter.between(first, last).energy_j, rel=1e-12)
+    assert meter.between(first, last).energy_j == pytest.approx(gpu.energy_j(), rel=1e-9)  # created with `first`
+
+
+def test_exact_snapshot_reads_in_place():
+    clock = FakeClock()
+    gpu = SlowSensor("gpu0", clock)
+    meter = reader_meter(clock, gpu)
+    meter.snapshot()
+    run_reader(meter, clock, 0.3)
+    reads = gpu.reads
+    meter.snapshot(exact=True)
+    assert gpu.reads == reads + 1
+
+
+def test_a_stale_read_is_not_carried_forward_the_boundary_reads_instead():
+    clock = FakeClock()
+    gpu = SlowSensor("gpu0", clock, power_w=100.0)
+    meter = reader_meter(clock, gpu)
+    first = meter.snapshot()
+    run_reader(meter, clock, 0.3)
+    clock.advance(5.0)  # the reader stalled (or was stopped): its last read is 5 s old
+    reads = gpu.reads
+    second = meter.snapshot()
+    assert gpu.reads == reads + 1 and "gpu0" not in second.carried_s
+    assert meter.between(first, second).energy_j == pytest.approx(100.0 * 5.3, rel=1e-3)
+
+
+def test_without_instantaneous_power_the_counter_slope_carries_it():
+    clock = FakeClock()
+    gpu = SlowSensor("gpu0", clock, power_w=200.0, instant=False)
+    meter = reader_meter(clock, gpu)
+    first = meter.snapshot()
+    run_reader(meter, clock, 1.0)
+    second = meter.snapshot()
+    assert second.carried_s["gpu0"] > 0
+    assert meter.between(first, second).energy_j == pytest.approx(200.0 * (second.monotonic_s - first.monotonic_s))
+
+
+def test_a_boundary_carried_forward_states_that_span_in_its_uncertainty():
+    clock = FakeClock()
+    gpu = SlowSensor("gpu0", clock, power_w=500.0)
+    meter = reader_meter(clock, gpu)
+    first = meter.snapshot()
+    run_reader(meter, clock, 1.0)
+    clock.advance(0.6)  # no read for 0.6 s (still recent enough to carry)
+    second = meter.snapshot()
+    component = meter.between(first, second).components[0]
+    assert second.carried_s["gpu0"] == pytest.approx(0.6, abs=0.11)
+    assert component.uncertainty_j == pytest.approx(500.0 * second.carried_s["gpu0"])
+
+
+def test_slow_sensor_failing_on_the_reader_degrades_and_boundaries_stay_continuous():
+    clock = FakeClock()
+    gpu = SlowSensor("gpu0", clock, power_w=100.0)
+    estimate = ScriptedSensor("estimate", clock, power_w=50.0, method=Method.ESTIMATED)
+    meter = reader_meter(clock, gpu, fallback=lambda s: estimate)
+    first = meter.snapshot()
+    run_reader(meter, clock, 1.0)
+    middle = meter.snapshot()
+    gpu.fail_with = SensorError("GPU is lost")
+    with pytest.warns(EnergyWarning, match="GPU is lost"):
+        run_reader(meter, clock, 0.2)
+    assert not meter.channels[0].off_thread  # the fallback is read at boundaries
+    clock.advance(1.0)
+    last = meter.snapshot()
+    assert meter.between(first, middle).energy_j == pytest.approx(100.0, rel=0.01)
+    assert 0 <= meter.between(middle, last).energy_j <= 100.0 * 0.2 + 50.0 * 1.2
+    assert meter.between(middle, last).components[0].method == "estimated"
+
+
+def test_off_thread_defaults_to_the_real_clock_and_is_validated():
+    clock = FakeClock()
+    assert Meter([SlowSensor("gpu0", clock)], fallback=None).off_thread is True
+    assert Meter([SlowSensor("gpu0", clock)], fallback=None, clock=clock).off_thread is False
+    with pytest.raises(ValueError, match="off_thread must be True, False or None"):
+        Meter([], off_thread="yes")
+
+
+def test_an_injected_clock_reads_slow_sensors_at_the_boundary_as_before():
+    clock = FakeClock()
+    gpu = SlowSensor("gpu0", clock)
+    meter = make_meter(clock, gpu)
+    meter.snapshot()
+    meter.snapshot()
+    assert gpu.reads == 2 and not meter.sampling
+
+
+def test_reader_thread_reads_slow_counters_and_stops_cleanly():
+    sensor = SlowSensor("gpu0", time.monotonic, power_w=100.0)
+    meter = Meter([sensor], fallback=None)  # real clock: off-thread by default
+    meter.snapshot()
+    assert meter.sampling
+    deadline = time.monotonic() + 5
+    while sensor.reads < 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sensor.reads >= 4  # read by the thread, with no boundary
+    meter.stop_sampling()
+    assert not [t for t in threading.enumerate() if t.name == "greencallbacks-meter"]
     meter.close()

@@ -466,3 +466,107 @@ def test_use_counter_false_integrates_instant_power_even_where_a_counter_exists(
     run_for(clock, 1.0, sensor.poll_interval_s, sensor)
     assert sensor.energy_j() - start == pytest.approx(300.0 + 50.0, rel=1e-6)
     assert nvml.calls.get("nvmlDeviceGetTotalEnergyConsumption", 0) == 0
+
+
+# -- the counter's read latency, and reading it off the training thread -------------------------
+
+
+def test_fake_counter_latency_has_the_h100_median_and_p99():
+    draw = fp.h100_counter_latency(seed=1)
+    samples = sorted(draw() for _ in range(20000))
+    assert samples[10000] == pytest.approx(fp.H100_COUNTER_MEDIAN_S, rel=0.03)
+    assert samples[19800] == pytest.approx(fp.H100_COUNTER_P99_S, rel=0.1)
+
+
+def test_a_slow_counter_read_takes_its_latency_on_the_fake_clock(clock):
+    nvml = FakeNvml(clock, counter_latency=0.004)
+    gpu = nvml.add_gpu(gpu_uuid(0), power_w=100.0)
+    nvml.nvmlInit()
+    clock.advance(0.25)
+    before = clock()
+    value = nvml.nvmlDeviceGetTotalEnergyConsumption(gpu.handle)
+    assert clock() - before == pytest.approx(0.004)
+    assert value == gpu._counter_offset_mj + 20_000  # sampled mid-call (t = 0.252 s): the 0.2 s update
+    with pytest.raises(ValueError, match="sleep="):
+        FakeNvml(lambda: 0.0, counter_latency=0.004)
+
+
+def slow_gpu(clock, seed=0, power_w=100.0):
+    nvml = FakeNvml(clock, counter_latency=fp.h100_counter_latency(seed))
+    gpu = nvml.add_gpu(gpu_uuid(0), power_w=power_w)
+    nvml.nvmlInit()
+    return gpu, NvmlGpuSensor(gpu.handle, index=0, pynvml=nvml, clock=clock)
+
+
+def reader_meter(clock, sensor, off_thread=True):
+    meter = Meter([sensor], fallback=None, clock=clock, off_thread=off_thread)
+    meter._poller.manual = True  # the test runs the reader's steps on the fake clock
+    return meter
+
+
+def run_with_reader(meter, clock, seconds):
+    end = clock() + seconds
+    while clock() < end:
+        if meter.off_thread:
+            meter._poller.step()
+        clock.advance(0.001)
+
+
+def test_counter_sensor_is_read_off_the_training_thread_with_instant_power(clock):
+    _, sensor = slow_gpu(clock)
+    assert sensor.off_thread and sensor.power_now_w() == pytest.approx(100.0)
+    meter = reader_meter(clock, sensor)
+    meter.snapshot()
+    run_with_reader(meter, clock, 0.5)
+    before = clock()
+    meter.snapshot()
+    assert clock() == before  # no counter read at the boundary: no latency on the training thread
+    sync = reader_meter(clock, sensor, off_thread=False)
+    sync.snapshot()
+    assert clock() - before > 0.0005  # reading it in place costs its latency
+
+
+def test_averaged_power_is_not_used_to_carry_the_counter(nvml, clock):
+    nvml.gpus[0].instant_supported = False
+    assert only_sensor(nvml, device_indices=[0]).power_now_w() is None
+
+
+def test_reader_locks_onto_the_counter_update_phase(clock):
+    gpu, sensor = slow_gpu(clock, seed=3)
+    meter = reader_meter(clock, sensor)
+    meter.snapshot()
+    run_with_reader(meter, clock, 0.5)
+    phase = meter.channels[0]._phase
+    offset = (phase - gpu.created_at) % COUNTER_UPDATE_PERIOD_S
+    assert min(offset, COUNTER_UPDATE_PERIOD_S - offset) < 0.005  # the fake steps at creation + k x 100 ms
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_per_epoch_energy_off_the_training_thread_is_within_1_percent_of_the_physics(clock, seed):
+    """1-second epochs whose power steps at every boundary (the hardest case for a counter that
+    holds the energy of its last 100 ms update), H100 read latency on the reader thread."""
+    clock.advance(0.0373 * seed)  # a different phase between boundaries and counter updates
+    gpu, sensor = slow_gpu(clock, seed)
+    results = {}
+    for off_thread in (True, False):
+        meter = reader_meter(clock, sensor, off_thread)
+        first = previous = meter.snapshot(exact=True)
+        run_with_reader(meter, clock, 0.5)
+        previous = meter.snapshot()
+        errors = []
+        for _ in range(8):
+            for power, seconds in ((600.0, 1.0), (250.0, 0.3), (100.0, 0.05)):
+                gpu.set_power(power)
+                run_with_reader(meter, clock, seconds)
+                current = meter.snapshot()
+                truth = gpu.energy_between_j(previous.monotonic_s, current.monotonic_s)
+                if seconds >= 1.0:
+                    errors.append(abs(meter.between(previous, current).energy_j - truth) / truth)
+                previous = current
+        last = meter.snapshot(exact=True)
+        truth = gpu.energy_between_j(first.monotonic_s, last.monotonic_s)
+        results[off_thread] = (max(errors), abs(meter.between(first, last).energy_j - truth) / truth)
+    assert results[True][0] < 0.01
+    assert results[True][1] < 0.005
+    # Reading the counter at the boundary bills its last update, up to 100 ms old: worse here.
+    assert results[False][0] > results[True][0]

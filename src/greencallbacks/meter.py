@@ -1,8 +1,14 @@
 """The meter: composes sensors, takes cumulative snapshots and measures windows between them.
 
 Counters are never reset: a window is the difference of two snapshots, so windows may nest and
-overlap freely. Reads happen only when a snapshot is taken (phase boundaries), plus the one
-background thread that keeps sampled sensors integrated and counter wraparound tracked.
+overlap freely. Cheap sensors are read when a snapshot is taken (phase boundaries). The one
+background thread keeps sampled sensors integrated and counter wraparound tracked, and reads the
+slow counters (``Sensor.off_thread``, NVML's ~3 ms energy read) at their update cadence: a
+snapshot then only stamps the time and carries each slow counter's latest read forward to it with
+the instantaneous power sampled since (or the counter's last slope), so the training thread never
+waits for a slow read. That value is fixed when the snapshot is taken, and consecutive windows
+share their boundary, so every joule is still billed exactly once; ``snapshot(exact=True)`` (the
+run's first and last boundary) reads every counter on the spot.
 
 A sensor that fails is never allowed to break training: its channel warns once, switches to
 the fallback estimate if there is one (or stops counting), and labels what it reports.
@@ -10,11 +16,14 @@ the fallback estimate if there is one (or stops counting), and labels what it re
 
 from __future__ import annotations
 
+import bisect
+import math
 import os
 import sys
 import threading
 import time
 import warnings
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -23,6 +32,27 @@ from greencallbacks.sensors.base import Method, Sensor
 
 # Estimates are models, not measurements: report them with a wide, stated relative uncertainty.
 ESTIMATE_RELATIVE_UNCERTAINTY = 0.5
+# Off-thread counters: instantaneous power is sampled this often between two counter reads (a
+# ~4 us NVML field read: 0.04 % of a core), and a read older than STALE_READ_S (a stalled or
+# stopped reader) is not carried forward: the boundary reads the counter itself.
+POWER_SAMPLE_INTERVAL_S = 0.01
+DEFAULT_READ_INTERVAL_S = 0.1
+STALE_READ_S = 1.0
+POWER_HISTORY = 64  # samples kept: 0.64 s, more than the span between two counter reads
+
+
+def _integral_at(samples: Sequence[tuple[float, float, float]], t: float) -> float:
+    """Cumulative joules at ``t`` from (t, joules, watts) samples: interpolated inside them,
+    carried at the last power beyond the newest (and back from the oldest)."""
+    if t >= samples[-1][0]:
+        t_s, joules, power_w = samples[-1]
+        return joules + power_w * (t - t_s)
+    i = bisect.bisect_right(samples, t, key=lambda sample: sample[0])
+    if i == 0:
+        t_s, joules, power_w = samples[0]
+        return joules - power_w * (t_s - t)
+    (t0, j0, _), (t1, j1, _) = samples[i - 1], samples[i]
+    return j0 + (j1 - j0) * (t - t0) / (t1 - t0)
 
 
 class EnergyWarning(UserWarning):
@@ -73,6 +103,9 @@ class Snapshot:
     unix_s: float
     energy_j: dict[str, float]
     methods: dict[str, str]
+    # Off-thread channels: seconds their value was carried forward from the latest counter read
+    # (absent: read at the snapshot). Widens the window's stated uncertainty.
+    carried_s: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -96,7 +129,9 @@ class Measurement:
 class _Channel:
     """One sensor plus what replaces it if it fails; its reading never goes backwards."""
 
-    def __init__(self, sensor: Sensor, fallback: Callable[[], Sensor | None] | None, clock) -> None:
+    def __init__(
+        self, sensor: Sensor, fallback: Callable[[], Sensor | None] | None, clock, off_thread: bool = False
+    ) -> None:
         self.sensor = sensor
         self.name = sensor.name
         self.kind = str(sensor.kind)
@@ -109,6 +144,29 @@ class _Channel:
         self._started = clock()
         self.note = getattr(sensor, "note", "") or ""
         self.failed = False  # stopped counting altogether
+        # Off-thread reading. The reader thread writes these under _state_lock, which is never held
+        # across a sensor call, so a boundary on the training thread never waits for a slow read.
+        self._off_thread_allowed = off_thread
+        self._state_lock = threading.Lock()
+        self._anchor: tuple[float, float, float | None] | None = None  # (t, value_j, slope_w) of the latest read
+        # Instantaneous power integrated since the reader started: (t, cumulative J, W) samples.
+        self._power: deque[tuple[float, float, float]] = deque(maxlen=POWER_HISTORY)
+        self._power_ok = True
+        self._boundary_j = 0.0  # high-water of the values handed out at boundaries
+        # The counter's update phase: a time at which it stepped (None: not found yet; False: it
+        # does not step at its stated period). Reader thread only.
+        self._phase: float | None | bool = None
+        self._last_read: tuple[float, float] | None = None  # (sample instant, value)
+        self._last_step_t: float | None = None
+
+    @property
+    def off_thread(self) -> bool:
+        """Read by the background thread, not at boundaries (a fallback sensor is read in place)."""
+        return self._off_thread_allowed and not self.failed and bool(getattr(self.sensor, "off_thread", False))
+
+    @property
+    def read_interval_s(self) -> float:
+        return getattr(self.sensor, "update_period_s", 0.0) or DEFAULT_READ_INTERVAL_S
 
     @property
     def method(self) -> str:
@@ -129,6 +187,119 @@ class _Channel:
                     # A sensor must never make a window negative; hold the high-water mark.
                     self._last_j = max(self._last_j, value)
             return self._last_j
+
+    def refresh(self) -> float:
+        """Read the counter and make it the anchor that boundaries are carried forward from.
+
+        A quantised counter (NVML steps every 100 ms) holds the energy of its last update, not of
+        the read's time. Once the update phase is known the anchor is put at that update, so no
+        quantisation lag is carried into boundaries; until then, at the read's middle.
+        """
+        before = self._clock()
+        value = self.read()
+        after = self._clock()
+        t = 0.5 * (before + after)  # the counter is sampled somewhere inside a read of milliseconds
+        period = getattr(self.sensor, "update_period_s", 0.0) or 0.0
+        if period > 0 and self._phase is not False:
+            self._learn_phase(t, value, period)
+            if self._phase is not None and self._phase is not False:
+                k = math.floor((before - self._phase) / period)
+                if k == math.floor((after - self._phase) / period):
+                    t = self._phase + k * period  # else the read straddled an update: keep its middle
+        self._last_read = (0.5 * (before + after), value)
+        with self._state_lock:
+            previous = self._anchor
+            slope = previous[2] if previous is not None else None
+            # A slope over less than one update period is mostly quantisation: keep the last one.
+            if previous is not None and t - previous[0] >= max(period, 1e-3):
+                slope = (value - previous[1]) / (t - previous[0])
+            self._anchor = (t, value, slope)
+        return value
+
+    def _learn_phase(self, t: float, value: float, period: float) -> None:
+        last = self._last_read
+        if last is None or value == last[1]:
+            if last is not None and self._phase not in (None, False) and t - last[0] > 1.5 * period:
+                self._phase = None  # no step across a whole period: the phase was wrong; search again
+            return
+        step_t = 0.5 * (last[0] + t)
+        if self._phase is None and t - last[0] <= period / 4:
+            # Two close reads around a step: the update happened between their sample instants.
+            if self._last_step_t is not None and step_t - self._last_step_t < period / 2:
+                self._phase = False  # it steps more often than its period says: no phase to lock
+            else:
+                self._phase = step_t
+        self._last_step_t = step_t
+
+    def next_read_at(self, now: float) -> float:
+        """When the reader should read next: mid-way between two updates once the phase is known
+        (far from either update, so a read's latency cannot blur which update it saw); quickly
+        while searching for the phase; at the update period otherwise."""
+        period = getattr(self.sensor, "update_period_s", 0.0) or 0.0
+        if period <= 0 or self._phase is False:
+            return now + self.read_interval_s
+        if self._phase is None:
+            return now + period / 20
+        return self._phase + (math.floor((now - self._phase) / period) + 1.5) * period
+
+    def sample_power(self) -> None:
+        """One instantaneous-power sample, integrated (reader thread)."""
+        if not self._power_ok:
+            return
+        try:
+            power = self.sensor.power_now_w()
+        except Exception:  # noqa: BLE001 - power only refines the estimate; the counter still counts
+            power = None
+        if power is None:
+            self._power_ok = False
+            return
+        t = self._clock()
+        with self._state_lock:
+            if self._power and t > self._power[-1][0]:
+                t_p, joules, last_w = self._power[-1]
+                self._power.append((t, joules + 0.5 * (last_w + power) * (t - t_p), power))
+            elif not self._power:
+                self._power.append((t, 0.0, power))
+
+    @property
+    def samples_power(self) -> bool:
+        return self._power_ok
+
+    def estimate(self, now: float) -> tuple[float, float] | None:
+        """(value, seconds carried) at ``now`` from the latest read; None if there is none recent."""
+        with self._state_lock:
+            anchor = self._anchor
+            if anchor is None or abs(now - anchor[0]) > STALE_READ_S:
+                return None
+            t_a, value, slope = anchor
+            power = self._power
+            if power:  # (carried back at the oldest sample's power if the anchor predates it)
+                value += _integral_at(power, now) - _integral_at(power, t_a)
+            elif slope is not None:
+                value += slope * (now - t_a)
+        return value, abs(now - t_a)
+
+    def boundary(self, now: float, exact: bool = False) -> tuple[float, float]:
+        """The value a snapshot at ``now`` records, and how many seconds it was carried forward."""
+        if not self.off_thread:
+            value, carried = self.read(), 0.0
+        else:
+            estimate = None if exact else self.estimate(now)
+            if estimate is None:
+                # Read in place (the reader carries on from this read), then carry it from the
+                # update it holds to this boundary like any other read.
+                read = self.refresh()
+                estimate = self.estimate(now) or (read, 0.0)
+            value, carried = estimate
+        with self._state_lock:
+            # Never below a value already handed out: windows stay non-negative and telescoping.
+            self._boundary_j = max(self._boundary_j, value)
+            return self._boundary_j, carried
+
+    def forget(self) -> None:
+        with self._state_lock:
+            self._anchor = None
+            self._power.clear()
 
     def poll(self) -> None:
         with self._lock:
@@ -170,12 +341,13 @@ class _Channel:
                 "It is no longer counted (labelled in the records); training continues."
             )
 
-    def uncertainty_j(self, energy_j: float, duration_s: float) -> float:
+    def uncertainty_j(self, energy_j: float, duration_s: float, carried_s: float = 0.0) -> float:
         if self.method == Method.ESTIMATED.value:
             return ESTIMATE_RELATIVE_UNCERTAINTY * energy_j
         # A stated share of a device (apportioned) errs in proportion to the energy, whatever the window.
         stated_j = (getattr(self.sensor, "relative_uncertainty", 0.0) or 0.0) * energy_j
-        period = getattr(self.sensor, "update_period_s", 0.0) or 0.0
+        # A boundary carried forward from a read is off by at most the power change over that span.
+        period = max(getattr(self.sensor, "update_period_s", 0.0) or 0.0, carried_s)
         if self.method == Method.SAMPLED.value:
             period = max(period, self.sensor.poll_interval_s or 0.0)
         if period <= 0:
@@ -197,7 +369,10 @@ class _Channel:
 
 
 class _Poller:
-    """The one background daemon thread. Starts lazily, stops cleanly, can start again."""
+    """The one background daemon thread. Starts lazily, stops cleanly, can start again.
+
+    ``manual = True`` (tests on a fake clock) starts no thread: the caller runs ``step()``.
+    """
 
     def __init__(self, channels: Sequence[_Channel], clock) -> None:
         self._channels = channels
@@ -205,13 +380,42 @@ class _Poller:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._due: dict[tuple[str, int], float] = {}
         self.restarts = 0
+        self.manual = False
 
     def needed(self) -> bool:
-        return any(c.poll_interval_s for c in self._channels)
+        return any(c.poll_interval_s or c.off_thread for c in self._channels)
+
+    def step(self) -> float | None:
+        """Run whatever is due; returns the seconds until the next task (None: nothing to do)."""
+        waits = []
+        for channel in self._channels:
+            tasks = []
+            if channel.poll_interval_s:
+                tasks.append(("poll", channel.poll_interval_s, channel.poll))
+            if channel.off_thread:
+                tasks.append(("read", None, channel.refresh))
+                if channel.samples_power:
+                    tasks.append(("power", POWER_SAMPLE_INTERVAL_S, channel.sample_power))
+            for kind, interval, task in tasks:
+                key = (kind, id(channel))
+                now = self._clock()
+                due = self._due.get(key, now)
+                if now >= due:
+                    task()
+                    if interval is None:  # counter reads: timed against the counter's updates
+                        due = channel.next_read_at(self._clock())
+                    else:  # fixed cadence; resynchronised after a stall
+                        due = due + interval if due + interval > now else now + interval
+                    self._due[key] = due
+                waits.append(due - self._clock())
+        return min(waits) if waits else None
 
     def ensure_running(self) -> None:
         with self._lock:
+            if self.manual:
+                return
             if self._thread is not None and self._thread.is_alive():
                 return
             if self._thread is not None and not self._stop.is_set():
@@ -235,21 +439,12 @@ class _Poller:
         return self._thread is not None and self._thread.is_alive()
 
     def _run(self, stop: threading.Event) -> None:
-        due = {id(c): 0.0 for c in self._channels}
+        self._due = {}
         while not stop.is_set():
-            now = self._clock()
-            waits = []
-            for channel in self._channels:
-                interval = channel.poll_interval_s
-                if not interval:
-                    continue
-                if now >= due[id(channel)]:
-                    channel.poll()
-                    due[id(channel)] = now + interval
-                waits.append(due[id(channel)] - now)
-            if not waits:
+            wait = self.step()
+            if wait is None:
                 return
-            stop.wait(max(0.001, min(waits)))
+            stop.wait(max(0.001, wait))
 
 
 class Meter:
@@ -261,6 +456,10 @@ class Meter:
             sensors package's estimates; ``None`` means a failed sensor stops counting).
         sync: called before every snapshot so queued device work is billed to the right window
             (e.g. ``torch.cuda.synchronize``). Its failures are ignored.
+        off_thread: read slow counters (``Sensor.off_thread``) on the background thread and
+            carry them forward to each boundary (True), or read them at every boundary on the
+            caller's thread (False). Default: True on the real monotonic clock; False with an
+            injected clock, which a background thread cannot keep pace with.
         clock / wall_clock: injectable for tests.
     """
 
@@ -272,6 +471,7 @@ class Meter:
         sync: Callable[[], object] | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        off_thread: bool | None = None,
     ) -> None:
         if sensors is None or isinstance(sensors, (str, bytes)) or not isinstance(sensors, Iterable):
             raise ValueError(f"sensors must be a list of greencallbacks Sensor objects, got {sensors!r}")
@@ -284,6 +484,10 @@ class Meter:
         for argument, function in (("sync", sync), ("clock", clock), ("wall_clock", wall_clock)):
             if not (callable(function) or (argument == "sync" and function is None)):
                 raise ValueError(f"{argument} must be a function taking no argument, got {function!r}")
+        if off_thread not in (None, True, False):
+            raise ValueError(f"off_thread must be True, False or None (automatic), got {off_thread!r}")
+        if off_thread is None:
+            off_thread = clock is time.monotonic
         names = [s.name for s in sensors]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
@@ -294,8 +498,9 @@ class Meter:
         self._wall_clock = wall_clock
         self.sync = sync
         self.channels = [
-            _Channel(s, (lambda s=s: fallback(s)) if fallback else None, clock) for s in sensors
+            _Channel(s, (lambda s=s: fallback(s)) if fallback else None, clock, off_thread) for s in sensors
         ]
+        self.off_thread = off_thread
         self._poller = _Poller(self.channels, clock)
         self._closed = False
 
@@ -303,19 +508,29 @@ class Meter:
     def sensors(self) -> list[Sensor]:
         return [c.sensor for c in self.channels]
 
-    def snapshot(self) -> Snapshot:
-        """Cumulative energy of every channel now. Costs one read of each counter."""
-        if self._poller.needed() and not self._closed:
-            self._poller.ensure_running()
+    def snapshot(self, exact: bool = False) -> Snapshot:
+        """Cumulative energy of every channel now.
+
+        Cheap sensors are read; slow ones (``off_thread``) are carried forward from the background
+        thread's latest read, costing microseconds. ``exact=True`` reads every counter in place
+        (milliseconds on NVML): for the first and last boundary of a run.
+        """
         if self.sync is not None:
             try:
                 self.sync()
             except Exception:  # noqa: BLE001 - a failed sync only blurs a boundary
                 pass
         unix_s, mono_s = self._wall_clock(), self._clock()
-        energy = {c.name: c.read() for c in self.channels}
+        energy, carried = {}, {}
+        for channel in self.channels:
+            energy[channel.name], seconds = channel.boundary(mono_s, exact)
+            if seconds:
+                carried[channel.name] = seconds
         methods = {c.name: c.method for c in self.channels}
-        return Snapshot(monotonic_s=mono_s, unix_s=unix_s, energy_j=energy, methods=methods)
+        # Started after the reads, so the reader's first read does not queue behind this one.
+        if self._poller.needed() and not self._closed:
+            self._poller.ensure_running()
+        return Snapshot(monotonic_s=mono_s, unix_s=unix_s, energy_j=energy, methods=methods, carried_s=carried)
 
     def between(self, start: Snapshot, end: Snapshot) -> Measurement:
         duration_s = max(0.0, end.monotonic_s - start.monotonic_s)
@@ -332,7 +547,11 @@ class Meter:
                     kind=channel.kind,
                     method=method,
                     energy_j=energy_j,
-                    uncertainty_j=channel.uncertainty_j(energy_j, duration_s),
+                    uncertainty_j=channel.uncertainty_j(
+                        energy_j,
+                        duration_s,
+                        max(start.carried_s.get(channel.name, 0.0), end.carried_s.get(channel.name, 0.0)),
+                    ),
                     note=note,
                 )
             )
@@ -357,6 +576,8 @@ class Meter:
     def stop_sampling(self) -> None:
         """Stop the background thread; the next snapshot starts it again if needed."""
         self._poller.stop()
+        for channel in self.channels:
+            channel.forget()  # a read from before the stop is not carried across the pause
 
     def close(self) -> None:
         self._closed = True

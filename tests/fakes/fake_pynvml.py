@@ -15,11 +15,16 @@ unsupported, instant field unsupported, power usage unsupported, an error on eve
 GPU lost, counter reset (driver reload), init failing, library missing, MIG instances (each
 with its slices, on an H100's GPU-instance profiles; the MIG calls have pynvml's names and
 signatures, checked against the installed pynvml by tests/test_sensors_nvml.py).
+
+Latency (``counter_latency``): an energy-counter read can take as long as on a real GPU
+(``h100_counter_latency()``: 2.9 ms median, 15 ms p99). By default the read advances the fake clock
+by that much, so tests never sleep; a benchmark on the real clock passes ``sleep=time.sleep``.
 """
 
 from __future__ import annotations
 
 import math
+import random
 import string
 import sys
 import threading
@@ -215,6 +220,30 @@ H100_SMS_PER_SLICE = 16  # 1g.10gb has 16 of the MIG-enabled H100's 112 usable S
 
 PowerProfile = float | Callable[[float], float]
 
+
+class LognormalLatency:
+    """Seconds per call drawn from a log-normal with the given median and 99th percentile."""
+
+    Z99 = 2.3263478740408408  # standard normal 99th percentile
+
+    def __init__(self, median_s: float, p99_s: float, seed: int = 0) -> None:
+        self.median_s, self.p99_s = median_s, p99_s
+        self._mu, self._sigma = math.log(median_s), math.log(p99_s / median_s) / self.Z99
+        self._random = random.Random(seed)
+        self._lock = threading.Lock()
+
+    def __call__(self) -> float:
+        with self._lock:  # random.Random is not safe to share between threads
+            return self._random.lognormvariate(self._mu, self._sigma)
+
+
+# nvmlDeviceGetTotalEnergyConsumption measured on an H100 (benchmarks/RESULTS.md section 5).
+H100_COUNTER_MEDIAN_S, H100_COUNTER_P99_S = 0.0029, 0.015
+
+
+def h100_counter_latency(seed: int = 0) -> LognormalLatency:
+    return LognormalLatency(H100_COUNTER_MEDIAN_S, H100_COUNTER_P99_S, seed)
+
 COUNTER_UPDATE_PERIOD_S = 0.1
 
 
@@ -334,8 +363,20 @@ class FakeNvml:
     methods so that each test has its own devices and switches.
     """
 
-    def __init__(self, clock: FakeClock | None = None) -> None:
+    def __init__(
+        self,
+        clock: FakeClock | Callable[[], float] | None = None,
+        *,
+        counter_latency: float | Callable[[], float] | None = None,
+        sleep: Callable[[float], object] | None = None,
+    ) -> None:
+        """``counter_latency``: seconds each energy-counter read takes (a number or a draw, e.g.
+        ``h100_counter_latency()``); spent with ``sleep``, by default advancing the fake clock."""
         self.clock = clock if clock is not None else FakeClock()
+        self.counter_latency = counter_latency
+        self._sleep = sleep if sleep is not None else getattr(self.clock, "advance", None)
+        if counter_latency is not None and self._sleep is None:
+            raise ValueError("counter_latency needs sleep= when the clock is not a FakeClock")
         self.gpus: list[FakeGpu] = []  # in NVML (PCI) index order
         self.init_error: int | None = None  # nvmlInit fails with this code while set
         self.library_missing = False
@@ -470,7 +511,14 @@ class FakeNvml:
         gpu = self._physical(handle, "nvmlDeviceGetTotalEnergyConsumption")
         if not gpu.counter_supported:
             raise NVMLError(NVML_ERROR_NOT_SUPPORTED)
-        return gpu.counter_mj()
+        if self.counter_latency is None:
+            return gpu.counter_mj()
+        latency = self.counter_latency() if callable(self.counter_latency) else float(self.counter_latency)
+        # The value is taken somewhere inside the call: here, in its middle.
+        self._sleep(latency / 2)
+        value = gpu.counter_mj()
+        self._sleep(latency / 2)
+        return value
 
     def nvmlDeviceGetPowerUsage(self, handle: FakeHandle) -> int:
         gpu = self._physical(handle, "nvmlDeviceGetPowerUsage")

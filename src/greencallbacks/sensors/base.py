@@ -59,6 +59,9 @@ class Sensor:
         relative_uncertainty: a stated error as a fraction of the energy read, for sensors whose
             error grows with the energy rather than sits at a window's boundaries (apportioned
             shares); the meter adds it to the boundary error. 0 if none.
+        off_thread: ``energy_j`` is slow (milliseconds, like NVML's energy counter): the meter
+            reads it on its background thread every ``update_period_s`` and estimates each
+            boundary from the latest read, so the training thread never waits for it.
     """
 
     name: str = "sensor"
@@ -69,6 +72,7 @@ class Sensor:
     update_period_s: float = 0.0
     note: str = ""
     relative_uncertainty: float = 0.0
+    off_thread: bool = False
 
     def energy_j(self) -> float:
         """Cumulative joules since this sensor was created. Raises ``SensorError`` on failure."""
@@ -76,6 +80,11 @@ class Sensor:
 
     def poll(self) -> None:
         """Called from the background thread every ``poll_interval_s``. Must be cheap."""
+
+    def power_now_w(self) -> float | None:
+        """Instantaneous power if it is cheap to read (microseconds), else ``None``. The meter
+        uses it to carry an ``off_thread`` counter forward between two reads."""
+        return None
 
     def close(self) -> None:
         """Release resources. Idempotent."""
