@@ -40,9 +40,9 @@ def test_report_formats_plot_equivalents_and_zones(tmp_path, capsys):
     code, out, _ = run(["report", str(path), "--format", "latex"], capsys)
     assert code == 0 and r"\toprule" in out and r"\bottomrule" in out
     code, out, _ = run(["report", str(path), "--format", "json"], capsys)
-    assert json.loads(out)["epochs"][0]["energy_kwh"]["mean"] == pytest.approx(0.0125)
+    assert json.loads(out)["configurations"][0]["epochs"][0]["energy_kwh"]["mean"] == pytest.approx(0.0125)
     code, out, _ = run(["report", str(path), "--format", "csv"], capsys)
-    assert out.splitlines()[0].startswith("run_id,epoch") and len(out.splitlines()) == 1 + 6
+    assert out.splitlines()[0].startswith("configuration,run_id,attempt,epoch") and len(out.splitlines()) == 1 + 6
     png = tmp_path / "plot.png"
     code, _, err = run(["report", str(path), "--plot", str(png)], capsys)
     data = png.read_bytes()
@@ -76,8 +76,11 @@ def test_lifecycle_prints_every_quantity(tmp_path, capsys):
 
 def test_lifecycle_json_and_run_id(tmp_path, capsys):
     path = write(tmp_path / "runs.jsonl", three_runs())
-    code, err = exits(["lifecycle", str(path), "--inferences", "10"], capsys)
-    assert code == 2 and "run_id" in err
+    code, out, err = run(["lifecycle", str(path), "--inferences", "10"], capsys)  # each run, said on stderr
+    assert code == 0 and [line for line in out.splitlines() if line.startswith("run ")] == ["run seed-1", "run seed-2", "run seed-3"]
+    assert "3 runs found" in err and "--run-id" in err
+    code, err = exits(["lifecycle", str(path), "--inferences", "10", "--run-id", "seed-9"], capsys)
+    assert code == 2 and "--run-id 'seed-9' is not among the runs found: seed-1, seed-2, seed-3" in err and "run_id=" not in err
     code, out, _ = run(["lifecycle", str(path), "--inferences", "10", "--run-id", "seed-2", "--json"], capsys)
     data = json.loads(out)
     assert data["training_j"] == pytest.approx(108000 * 1.25) and data["inferences"] == 10
@@ -122,3 +125,98 @@ def test_whatif_is_reachable_from_the_main_command(capsys):
         main(["whatif", "--help"])
     assert exit_info.value.code == 0
     assert "--intensity" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------- log roots, bad input, zones
+def lightning_like_root(tmp_path):
+    """A log root as Lightning leaves it: records in version folders, a rank file beside one."""
+    root = tmp_path / "lightning_logs"
+    write(root / "version_0" / "energy" / "energy-records.jsonl", one_run("v0"))
+    write(root / "version_1" / "energy-records.jsonl", one_run("v1", scale=1.5))
+    write(root / "version_1" / "energy-records.rank1.jsonl", [rec("v1", "train", 1, 3600.0, 0, 99)])
+    (root / "version_1" / "events.out.tfevents.1").write_bytes(b"not ours")
+    return root
+
+
+def test_report_of_a_log_root_finds_every_run_and_the_rank_files(tmp_path, capsys):
+    root = lightning_like_root(tmp_path)
+    code, out, err = run(["report", str(root), "--format", "json"], capsys)
+    assert code == 0 and "2 runs found in 3 records file(s)" in err
+    assert "v0: unknown framework, 2 training epoch(s), in " in err and str(root / "version_0" / "energy") in err
+    totals = json.loads(out)["configurations"][0]["run_totals"]
+    assert totals["v1"]["energy_kwh"] == pytest.approx((1.5 * (108000 + 7200 + 1800) + 3600) / KWH)  # rank 1's part too
+    code, out, err = run(["report", str(root), "--run-id", "v0"], capsys)
+    assert code == 0 and "# Energy report (1 run: v0)" in out and err == ""
+    code, err = exits(["report", str(root), "--run-id", "v9"], capsys)
+    assert code == 2 and "--run-id 'v9' is not among the runs found: v0, v1" in err
+    code, err = exits(["report", str(tmp_path / "empty")], capsys)
+    assert code == 2 and "no such file or directory" in err
+    (tmp_path / "nothing").mkdir()
+    code, err = exits(["report", str(tmp_path / "nothing")], capsys)
+    assert code == 2 and "no energy-records.jsonl under" in err
+
+
+@pytest.mark.parametrize("bad", ['"0.001"', "null", "true", '[1]'])
+@pytest.mark.parametrize("command", [["report"], ["lifecycle", "--inferences", "10"], ["whatif", "--intensity", "SERIES"]])
+def test_a_record_of_the_wrong_type_is_one_line_naming_file_and_line(tmp_path, capsys, bad, command):
+    path = write(tmp_path / "energy-records.jsonl", one_run())
+    lines = path.read_text().splitlines()
+    lines[2] = lines[2].replace('"energy_kwh": ', f'"energy_kwh": {bad}, "was": ', 1)
+    path.write_text("\n".join(lines) + "\n")
+    series = tmp_path / "grid.csv"
+    series.write_text("timestamp,g_per_kwh\n2026-11-23T00:00:00Z,100\n2026-11-24T00:00:00Z,100\n")
+    argv = [command[0], str(tmp_path), *[str(series) if a == "SERIES" else a for a in command[1:]]]
+    if command[0] == "whatif":
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+    else:
+        code, err = exits(argv, capsys)
+        assert code == 2
+    assert f"{path}:3:" in err and "energy_kwh" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_report_plot_format_follows_the_extension(tmp_path, capsys):
+    path = write(tmp_path / "energy-records.jsonl", one_run())
+    for name, magic in (("p.pdf", b"%PDF-"), ("p.svg", b"<?xml"), ("p.png", b"\x89PNG")):
+        code, _, _ = run(["report", str(path), "--plot", str(tmp_path / name)], capsys)
+        assert code == 0 and (tmp_path / name).read_bytes()[:5].startswith(magic[:5])
+    code, err = exits(["report", str(path), "--plot", str(tmp_path / "p.gif")], capsys)
+    assert code == 2 and ".png, .pdf or .svg" in err
+
+
+def test_zones_lists_and_searches(capsys):
+    code, out, _ = run(["zones"], capsys)
+    lines = out.splitlines()
+    assert code == 0 and len(lines) > 200
+    assert any(line.startswith("--country FR ") and "France (FRA)" in line for line in lines)
+    assert any(line.startswith("--zone US-CA ") for line in lines)
+    assert any(line.startswith("--region gcp:europe-west1 ") for line in lines)
+    code, out, _ = run(["zones", "--search", "belgium"], capsys)
+    found = out.splitlines()
+    assert code == 0 and any("--country BE " in line for line in found) and any("gcp:europe-west1" in line for line in found)
+    assert all("belgium" in line.lower() for line in found)
+    code, out, _ = run(["zones", "--search", "US-C", "--json"], capsys)
+    assert {"flag": "--zone US-CA"}.items() <= next(z for z in json.loads(out) if z["flag"] == "--zone US-CA").items()
+    code, err = exits(["zones", "--search", "Atlantis"], capsys)
+    assert code == 2 and "no zone matches --search 'Atlantis'" in err
+
+
+@pytest.mark.parametrize(
+    "argv, says, not_said",
+    [
+        (["estimate", "--hours", "1", "--gpu", "T4", "--zone", "Atlantis"], "`greencallbacks zones --search TEXT` lists them",
+         "list_zones()"),
+        (["estimate", "--hours", "1", "--gpu", "Quantum 9000"], "or give --gpu-tdp)", "gpu_tdp_w"),
+        (["estimate", "--hours", "1", "--gpu", "T4", "--zone", "CAMX"], "(e.g. --zone US-CA)", "zone='"),
+        (["estimate", "--hours", "1", "--cpu-w-per-core", "5"], "--cpu-w-per-core needs --cpu-cores", "cpu_cores"),
+    ],
+)
+def test_cli_errors_name_flags_not_python_arguments(argv, says, not_said, capsys):
+    code, err = exits(argv, capsys)
+    assert code == 2 and says in err and not_said not in err
+
+
+def test_estimate_accepts_a_name_whose_matches_share_one_power(capsys):
+    code, out, _ = run(["estimate", "--hours", "1", "--gpu", "A100 SXM", "--intensity", "100"], capsys)
+    assert code == 0 and "400 W" in out and "A100 SXM" in out

@@ -80,3 +80,14 @@ def test_bad_arguments_name_the_argument(kwargs, argument):
 def test_nothing_to_estimate():
     with pytest.raises(ValueError, match="nothing to estimate"):
         estimate(hours=1.0)
+
+
+def test_a_prefix_whose_matches_share_one_power_is_accepted():
+    both = gpu_power("A100 SXM")  # 40 GB and 80 GB, both 400 W: the power is known without a guess
+    assert both.tdp_w == 400 and both.model == "A100 SXM4 40GB / A100 SXM4 80GB" and "datasheet" in both.source
+    with pytest.raises(ValueError, match=r"ambiguous.*\(250 W\).*\(300 W\)"):
+        gpu_power("A100 PCIe")  # 40 GB at 250 W, 80 GB at 300 W: the memory size matters here
+    with pytest.raises(ValueError, match="ambiguous"):
+        gpu_power("A100")  # SXM 400 W, PCIe 250 or 300 W
+    with pytest.raises(ValueError, match="unknown gpu 'V100S'"):
+        gpu_power("V100S")  # one prefix match is still not taken as that model

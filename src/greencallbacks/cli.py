@@ -1,4 +1,4 @@
-"""The ``greencallbacks`` command: devices, demo, report, lifecycle, estimate.
+"""The ``greencallbacks`` command: devices, demo, report, lifecycle, estimate, whatif, zones.
 
 Each sub-command imports what it needs when it runs, so ``greencallbacks --help`` is instant.
 """
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -78,14 +79,29 @@ def _comma_list(text: str) -> list[str]:
     return items
 
 
+def _load_runs(paths: Sequence[Path], run_id: str | None, command: str):
+    """Records under ``paths`` (log roots searched at any depth), the run chosen with --run-id, and its runs."""
+    from greencallbacks.runs import describe_runs, load, select_run
+
+    loaded = load(paths)
+    if not loaded.records:
+        raise ValueError(f"no records in {', '.join(str(f) for f in loaded.files)}")
+    records = select_run(loaded.records, run_id, how_to_choose="--run-id")
+    runs = [run_id] if run_id else loaded.runs
+    if len(runs) > 1:
+        print(f"greencallbacks {command}: {len(runs)} runs found in {len(loaded.files)} records file(s) "
+              "(choose one with --run-id):", file=sys.stderr)
+        for line in describe_runs(loaded):
+            print(f"  {line}", file=sys.stderr)
+    return records, runs
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from greencallbacks import report
-    from greencallbacks.records import read_records
 
-    records = read_records(args.paths)
-    if not records:
-        print("no records found", file=sys.stderr)
-        return 1
+    if args.plot is not None:
+        report.plot_format(args.plot)  # a wrong extension fails before the report is printed
+    records, _ = _load_runs(args.paths, args.run_id, "report")
     print(report.render(records, args.format, with_equivalents=args.equivalents, compare=args.compare_zones or ()), end="")
     if args.plot is not None:
         report.plot_epochs(records, args.plot)
@@ -95,38 +111,69 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_lifecycle(args: argparse.Namespace) -> int:
     from greencallbacks.lifecycle import lifecycle
-    from greencallbacks.records import read_records
+    from greencallbacks.runs import load
     from greencallbacks.units import J_PER_KWH
 
-    records = read_records(args.paths)
-    search = read_records(args.search) if args.search else []
-    lc = lifecycle(records, search=search, run_id=args.run_id)
+    records, runs = _load_runs(args.paths, args.run_id, "lifecycle")
+    search = load(args.search).records if args.search else []
+    cycles = [(run, lifecycle(records, search=search, run_id=run)) for run in runs]
     if args.json:
-        print(json.dumps(lc.to_dict(inferences=args.inferences), indent=2))
+        documents = [{"run_id": run, **lc.to_dict(inferences=args.inferences)} for run, lc in cycles]
+        print(json.dumps(documents[0] if len(documents) == 1 else documents, indent=2))
         return 0
 
     def num(value: float | None, unit: str = "") -> str:
         return "unknown" if value is None else f"{value:.4g}{unit}"
 
-    a, share = lc.overhead_factor, lc.overhead_share
-    per_epoch = ", ".join(f"{j:.4g}" for j in lc.training_j_per_epoch)
-    lines = [
-        f"I  inference:  {num(lc.inference_j_per_sample, ' J/sample')}, "
-        f"{num(lc.inference_co2eq_g_per_sample, ' gCO2eq/sample')}"
-        + (f" (measured in {lc.inference_phase})" if lc.inference_phase else ""),
-        f"T  training:   {lc.training_j:.4g} J = {lc.training_j / J_PER_KWH:.4g} kWh, {lc.training_co2eq_g:.4g} gCO2eq "
-        f"over {lc.epochs} epochs x {lc.samples_per_epoch:g} samples",
-        f"               per epoch: {per_epoch} J; per sample: {num(lc.training_j_per_sample, ' J')}",
-        f"a  overhead:   {num(a)} (training sample / inference); overhead share 1 - 1/a = "
-        + ("unknown" if share is None else f"{share:.1%}"),
-        f"CT search:     {lc.search_j:.4g} J = {lc.search_j / J_PER_KWH:.4g} kWh, {lc.search_co2eq_g:.4g} gCO2eq "
-        f"over {lc.search_trials} trials",
-        f"LC for {args.inferences:g} inferences: {lc.energy_j(args.inferences) / J_PER_KWH:.4g} kWh, "
-        f"{lc.co2eq_g(args.inferences):.4g} gCO2eq",
-        f"break-even e:  {num(lc.break_even_inferences, ' inferences')} (deployment then equals training + search)",
-    ]
-    lines += [f"note: {note}" for note in lc.notes]
-    print("\n".join(lines))
+    blocks = []
+    for run, lc in cycles:
+        a, share = lc.overhead_factor, lc.overhead_share
+        per_epoch = ", ".join(f"{j:.4g}" for j in lc.training_j_per_epoch)
+        lines = [f"run {run}"] if len(cycles) > 1 else []
+        lines += [
+            f"I  inference:  {num(lc.inference_j_per_sample, ' J/sample')}, "
+            f"{num(lc.inference_co2eq_g_per_sample, ' gCO2eq/sample')}"
+            + (f" (measured in {lc.inference_phase})" if lc.inference_phase else ""),
+            f"T  training:   {lc.training_j:.4g} J = {lc.training_j / J_PER_KWH:.4g} kWh, {lc.training_co2eq_g:.4g} gCO2eq "
+            f"over {lc.epochs} epochs x {num(lc.samples_per_epoch)} samples (training phases only)",
+            f"               per epoch: {per_epoch} J; per sample: {num(lc.training_j_per_sample, ' J')}",
+            f"               whole run (all phases): {lc.run_total_j:.4g} J = {lc.run_total_j / J_PER_KWH:.4g} kWh",
+            f"a  overhead:   {num(a)} (training sample / inference); overhead share 1 - 1/a = "
+            + ("unknown" if share is None else f"{share:.1%}"),
+            f"CT search:     {lc.search_j:.4g} J = {lc.search_j / J_PER_KWH:.4g} kWh, {lc.search_co2eq_g:.4g} gCO2eq "
+            f"over {lc.search_trials} trials",
+            f"LC for {args.inferences:g} inferences: {lc.energy_j(args.inferences) / J_PER_KWH:.4g} kWh, "
+            f"{lc.co2eq_g(args.inferences):.4g} gCO2eq",
+            f"break-even e:  {num(lc.break_even_inferences, ' inferences')} (deployment then equals training + search)",
+        ]
+        lines += [f"note: {note}" for note in lc.notes]
+        blocks.append("\n".join(lines))
+    print("\n\n".join(blocks))
+    return 0
+
+
+def cmd_zones(args: argparse.Namespace) -> int:
+    from greencallbacks.carbon import tables
+    from greencallbacks.carbon.intensity import WORLD_AVERAGE_ZONE, zone_intensity
+
+    world = zone_intensity(WORLD_AVERAGE_ZONE)
+    rows = [("--country " + WORLD_AVERAGE_ZONE, "world average", world.g_per_kwh, world.year)]
+    rows += [(f"--country {row.alpha2 or row.zone}", f"{row.name} ({row.zone})", row.g_per_kwh, row.year)
+             for row in sorted(tables.countries(), key=lambda r: r.zone)]
+    rows += [(f"--zone {row.zone}", row.name, row.g_per_kwh, row.year) for row in sorted(tables.us_states(), key=lambda r: r.zone)]
+    rows += [(f"--region {row.key}", row.location + ("" if row.g_per_kwh is not None else f" (grid of {row.zone})"),
+              row.g_per_kwh, row.year) for row in sorted(tables.cloud_regions(), key=lambda r: r.key)]
+    if args.search:
+        wanted = args.search.lower()
+        rows = [row for row in rows if wanted in row[0].lower() or wanted in row[1].lower()]
+        if not rows:
+            raise ValueError(f"no zone matches --search {args.search!r}")
+    if args.json:
+        print(json.dumps([{"flag": f, "name": n, "g_per_kwh": g, "year": y} for f, n, g, y in rows], indent=2))
+        return 0
+    for flag, name, g, year in rows:
+        value = f"{g:.0f} gCO2eq/kWh" if g is not None else "its grid's value"
+        print(f"{flag:<34} {value:>16}  {year or '':<4}  {name}")
     return 0
 
 
@@ -175,20 +222,23 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     rep = sub.add_parser("report", help="per-epoch table and totals of recorded runs")
-    rep.add_argument("paths", nargs="+", type=Path, help="energy-records.jsonl files or directories holding them")
+    rep.add_argument("paths", nargs="+", type=Path,
+                     help="energy-records.jsonl files, or directories (log roots) searched for them at any depth")
+    rep.add_argument("--run-id", help="report this run alone (default: every run found, grouped by configuration)")
     rep.add_argument("--format", choices=("md", "latex", "json", "csv"), default="md")
-    rep.add_argument("--plot", type=Path, metavar="FILE.png", help="also write a PNG: energy per epoch and cumulative CO2eq")
+    rep.add_argument("--plot", type=Path, metavar="FILE",
+                     help="also write a plot of energy per epoch and cumulative CO2eq (.png, .pdf or .svg)")
     rep.add_argument("--equivalents", action="store_true", help="add everyday equivalents (with their source)")
     rep.add_argument("--compare-zones", type=_comma_list, metavar="FR,DE,US-CA",
                      help="price the same energy at other zones or cloud regions")
     rep.set_defaults(func=cmd_report)
 
     life = sub.add_parser("lifecycle", help="life-cycle model: I, T, a, CT, LC and the break-even number of inferences")
-    life.add_argument("paths", nargs="+", type=Path, help="records of the trained model")
+    life.add_argument("paths", nargs="+", type=Path, help="records of the trained model (files or directories)")
     life.add_argument("--inferences", type=_non_negative_float, required=True, metavar="N",
                       help="expected inferences in deployment (e)")
     life.add_argument("--search", nargs="+", type=Path, metavar="PATH", help="records of the search trials (CT)")
-    life.add_argument("--run-id", help="which run in the records is the trained model")
+    life.add_argument("--run-id", help="which run in the records is the trained model (default: each run found)")
     life.add_argument("--json", action="store_true", help="machine-readable output")
     life.set_defaults(func=cmd_lifecycle)
 
@@ -214,7 +264,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     whatif.add_argument("whatif_args", nargs=argparse.REMAINDER)
     whatif.set_defaults(func=cmd_whatif)
+
+    zones = sub.add_parser("zones", help="the countries, US states and cloud regions with a shipped intensity")
+    zones.add_argument("--search", metavar="TEXT", help="only those whose flag or name contains TEXT (any case)")
+    zones.add_argument("--json", action="store_true", help="machine-readable output")
+    zones.set_defaults(func=cmd_zones)
     return parser
+
+
+# Python argument names that library messages use, as the flags that set them here.
+_FLAGS = {
+    "hours": "--hours", "gpu": "--gpu", "gpus": "--gpus", "gpu_tdp_w": "--gpu-tdp", "usage": "--usage",
+    "cpu_cores": "--cpu-cores", "cpu_w_per_core": "--cpu-w-per-core", "cpu_tdp_w": "--cpu-tdp",
+    "memory_gb": "--memory-gb", "country": "--country", "zone": "--zone", "region": "--region",
+    "intensity": "--intensity", "pue": "--pue", "run_id": "--run-id", "inferences": "--inferences",
+}
+
+
+def cli_message(text: str) -> str:
+    """A library message in the command line's words: flags for argument names, the zones command."""
+    text = text.replace("greencallbacks.carbon.list_zones() lists them all", "`greencallbacks zones --search TEXT` lists them")
+    text = text.replace("gpu_tdp_w= / --gpu-tdp", "--gpu-tdp")
+    text = re.sub(r"\b(\w+)='([^']*)'", lambda m: f"{_FLAGS[m.group(1)]} {m.group(2)}" if m.group(1) in _FLAGS else m.group(0), text)
+    text = re.sub(r"\b(\w+)=(\.\.\.)?", lambda m: _FLAGS.get(m.group(1), m.group(0)), text)
+    text = re.sub(r"(?<![-\w])(\w+)(?= must\b| needs\b| \(or\b)", lambda m: _FLAGS.get(m.group(1), m.group(0)), text)
+    return re.sub(r"(?<![-\w])(gpu_tdp_w|cpu_tdp_w|cpu_cores|cpu_w_per_core|memory_gb|run_id)\b",
+                  lambda m: _FLAGS[m.group(1)], text)
 
 
 def _positive_int(text: str) -> int:
@@ -254,10 +329,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except ValueError as error:  # bad configuration: say what is valid, no traceback
-        parser.exit(2, f"greencallbacks {args.command}: error: {error}\n")
-    except FileNotFoundError as error:
-        parser.exit(2, f"greencallbacks {args.command}: error: {error}\n")
+    except (ValueError, OSError) as error:  # bad input or configuration: one line, no traceback
+        parser.exit(2, f"greencallbacks {args.command}: error: {cli_message(str(error))}\n")
 
 
 if __name__ == "__main__":

@@ -73,9 +73,10 @@ def list_gpus() -> list[str]:
 def gpu_power(model: str) -> GpuPower:
     """The datasheet power of ``model`` (any case; ``NVIDIA``/``Tesla`` prefixes and punctuation ignored).
 
-    Only an exact model or alias is accepted: a prefix ("H100": SXM 700 W or PCIe 350 W; "V100S"
-    is not "V100 SXM2") would be a guess off by up to a factor of two. Unknown names raise
-    ``ValueError`` naming the close matches.
+    An exact model or alias is accepted, and so is a prefix whose every match has the same power
+    ("A100 SXM": 40 GB and 80 GB, both 400 W). A prefix whose matches differ ("H100": SXM 700 W or
+    PCIe 350 W) would be a guess off by up to a factor of two and raises ``ValueError`` naming them,
+    as do unknown names (with the close matches).
     """
     if not isinstance(model, str) or not _normalise(model):
         raise ValueError(f"gpu must be a GPU model name, got {model!r} (known: {', '.join(list_gpus())})")
@@ -84,6 +85,16 @@ def gpu_power(model: str) -> GpuPower:
         if wanted in names:
             return gpu
     fitting = [gpu for gpu, names in gpu_table() if any(n.startswith(wanted) for n in names)]
+    if len(fitting) > 1 and len({g.tdp_w for g in fitting}) == 1:
+        # Variants that differ only in what does not change the power (memory size): no guess is made.
+        years = {g.year for g in fitting}
+        return GpuPower(
+            model=" / ".join(g.model for g in fitting),
+            tdp_w=fitting[0].tdp_w,
+            vendor=fitting[0].vendor,
+            year=years.pop() if len(years) == 1 else None,
+            source="; ".join(dict.fromkeys(g.source for g in fitting)),
+        )
     if len(fitting) > 1:
         options = ", ".join(f"{g.model!r} ({g.tdp_w:g} W)" for g in fitting)
         raise ValueError(f"gpu {model!r} is ambiguous: {options}; name the form factor")
