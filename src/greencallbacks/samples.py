@@ -1,0 +1,289 @@
+"""How many samples a batch holds: one rule for every adapter, and one warning when there is no answer.
+
+``count_samples(batch)`` returns the number of samples, or ``None`` when the batch does not say
+(never a silent 0). It reads, in this order:
+
+* a tensor or array (torch, NumPy, TensorFlow, JAX, pandas): its leading dimension; a nested or
+  jagged tensor (``torch.nested``): its number of components;
+* an object exposing ``num_graphs`` (PyTorch Geometric's ``Batch``), else ``batch_size`` (DGL
+  graphs, TensorDict), else ``__len__``;
+* the fields of a batch, in order: a tuple or list (``(x, y)``), a mapping (dicts,
+  HF ``BatchEncoding`` from a data collator), a dataclass, a named tuple; nested to any depth;
+* a list or tuple whose items are samples rather than fields: its length. Items are samples when
+  they are strings or numbers (labels, texts); inside a batch, records (dicts, dataclasses,
+  tuples: detection targets) or tensors of different shapes; at the top, records of one shape
+  (dicts with the same keys, one dataclass type, or a *list* of equal-length tuples: what
+  ``collate_fn=list`` gives) or tensors of one kind that differ only in length (variable-length
+  sequences). A top-level *tuple* of tensors, ``(x, y)``, is always fields, as is the tuple
+  ``tuple(zip(*samples))`` gives.
+
+A list of same-shaped tensors inside a batch is ambiguous (collated fields, or same-sized
+samples such as images): its leading dimension counts only when no other field of the batch
+gives a certain count. A batch whose leading dimension is not the sample dimension (a
+sequence-first tensor) needs ``sample_counter=``.
+
+Imports no framework: the adapters for Lightning, HF and Keras all use it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import deque
+from collections.abc import Mapping
+from typing import Any, Callable
+
+from greencallbacks.meter import warn
+
+__all__ = ["count_samples", "BatchCounter"]
+
+_SCALARS = (str, bytes, int, float, complex, bool, type(None))
+
+
+def count_samples(batch: Any) -> int | None:
+    """Samples in ``batch`` (see the module's rules), or ``None`` when nothing in it says."""
+    # Fast paths for the usual batches, a tensor, ``(x, y)`` or a dict of tensors: this runs every
+    # step, with the caches cold from the step's own work, where the general walk costs several
+    # us. Exact type checks first: a failed getattr costs an exception, an ABC check a lookup.
+    try:
+        kind = type(batch)
+        if kind is list or kind is tuple:
+            if batch:
+                shape = getattr(batch[0], "shape", None)
+                if shape:
+                    # (x, y): the fields share the leading dimension. If the second disagrees, a
+                    # list may be ragged samples (collate_fn=list): the general walk decides. A
+                    # tuple of tensors is always fields (saves ~0.15 us a step).
+                    samples = shape[0]
+                    if kind is tuple or len(batch) == 1:
+                        return int(samples)
+                    second = getattr(batch[1], "shape", None)
+                    if not second or second[0] == samples:
+                        return int(samples)
+        elif kind is dict:
+            shape = getattr(next(iter(batch.values()), None), "shape", None)
+            if shape:
+                return int(shape[0])
+        else:
+            shape = getattr(batch, "shape", None)
+            if shape:
+                return int(shape[0])
+            if isinstance(batch, Mapping):  # HF BatchEncoding: the walk's getattrs each raise inside it
+                shape = getattr(next(iter(batch.values()), None), "shape", None)
+                if shape:
+                    return int(shape[0])
+    except Exception:  # noqa: BLE001 - a strided nested tensor raises on .shape; an unknown dim is None
+        pass
+    return _walk(batch)
+
+
+def _leading(item: Any) -> int | None:
+    """The leading dimension of a tensor-like ``item``; None if it is not one (or is 0-d)."""
+    if getattr(item, "is_nested", False):  # torch.nested, strided layout: `.shape` raises
+        return int(item.size(0))
+    try:
+        shape = getattr(item, "shape", None)
+    except Exception:  # noqa: BLE001
+        return None
+    if shape is None or isinstance(item, type):
+        return None
+    try:
+        if len(shape) == 0 or shape[0] is None:
+            return None
+        return int(shape[0])
+    except (TypeError, ValueError):  # an unknown dimension (a symbolic one in a traced graph)
+        return None
+
+
+def _shape(item: Any) -> tuple | None:
+    try:
+        return tuple(item.shape)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _is_record(item: Any) -> bool:
+    """One sample's worth of fields: a mapping, a dataclass instance or a tuple/list."""
+    return isinstance(item, (Mapping, list, tuple)) or (dataclasses.is_dataclass(item) and not isinstance(item, type))
+
+
+def _items_of_sequence(items: list | tuple, top: bool) -> tuple[int | None, bool]:
+    """A list/tuple: (its length, True) when its items are samples; (None, False) when they are fields.
+
+    ``(n, False)`` with ``n`` set: same-shaped tensors inside a batch, ambiguous (``n`` is their
+    leading dimension, a guess).
+    """
+    if not items:
+        return None, False
+    if all(isinstance(x, _SCALARS) for x in items):
+        return len(items), True  # labels, texts
+    if not top and all(_is_record(x) for x in items):
+        return len(items), True  # one record per sample inside a batch (detection targets)
+    if top and len(items) > 1 and _per_sample_records(items):
+        return len(items), True  # a list of samples (collate_fn=list)
+    leads = [_leading(x) for x in items]
+    if len(items) > 1 and all(n is not None for n in leads):
+        shapes = [_shape(x) for x in items]
+        ndims = {len(s) for s in shapes if s is not None}
+        if len(ndims) == 1:
+            if top:
+                # Top level: (x, y) shares the leading dimension; samples of one kind that differ
+                # only in length (variable-length sequences, collate_fn=list) do not.
+                if len(set(leads)) > 1 and len({s[1:] for s in shapes}) == 1:
+                    return len(items), True
+            elif len(set(shapes)) > 1:
+                return len(items), True  # ragged samples (images of different sizes)
+            elif not top:
+                return leads[0], False  # same-shaped tensors inside a batch: ambiguous
+    return None, False
+
+
+def _per_sample_records(items: list | tuple) -> bool:
+    """A top-level list of records: samples (``collate_fn=list``), or fields (``[inputs, targets]``)?
+
+    Samples are records of one shape: dicts with the same keys, dataclasses of one type, or (in a
+    list, not a tuple) tuples of one length. ``tuple(zip(*samples))`` (torchvision's detection
+    collate) is a tuple of fields; ``default_collate`` of ``(inputs, targets)`` gives fields with
+    different keys.
+    """
+    first = items[0]
+    if isinstance(first, Mapping):
+        keys = set(first.keys())
+        return all(isinstance(x, Mapping) and set(x.keys()) == keys for x in items)
+    if dataclasses.is_dataclass(first) and not isinstance(first, type):
+        return all(type(x) is type(first) for x in items)
+    if type(items) is list and isinstance(first, tuple):
+        return all(isinstance(x, tuple) and len(x) == len(first) for x in items)
+    return False
+
+
+def _walk(batch: Any) -> int | None:
+    """The general case: breadth first over the batch's fields; the first certain count wins."""
+    guess = None
+    queue: deque[tuple[Any, bool]] = deque([(batch, True)])
+    while queue:
+        item, top = queue.popleft()
+        if isinstance(item, _SCALARS):
+            continue
+        lead = _leading(item)
+        if lead is not None:
+            return lead
+        kind = type(item)
+        if kind is not list and kind is not tuple and kind is not dict:
+            # Batch objects of graph and tensor-dict libraries say how many samples they hold.
+            for name in ("num_graphs", "batch_size"):
+                value = getattr(item, name, None)
+                if isinstance(value, int) and not isinstance(value, bool):
+                    return value
+                if name == "batch_size" and value is not None and not callable(value):
+                    try:
+                        return int(value[0])  # TensorDict: a torch.Size
+                    except (TypeError, ValueError, IndexError, KeyError):
+                        pass
+        if isinstance(item, Mapping):
+            queue.extend((value, False) for value in item.values())
+        elif isinstance(item, tuple) and hasattr(item, "_fields"):  # a named tuple: its fields
+            queue.extend((value, False) for value in item)
+        elif dataclasses.is_dataclass(item) and not isinstance(item, type):
+            queue.extend((getattr(item, f.name), False) for f in dataclasses.fields(item))
+        elif isinstance(item, (list, tuple)):
+            count, certain = _items_of_sequence(item, top)
+            if certain:
+                return count
+            if count is not None:
+                guess = count if guess is None else guess
+            else:
+                queue.extend((value, False) for value in item)
+        elif hasattr(item, "__len__"):
+            try:
+                return len(item)
+            except TypeError:
+                pass
+    return guess
+
+
+# ------------------------------------------------------------------------------- per phase
+class BatchCounter:
+    """Counts each completed batch into a tracker's open phase: samples, and tokens if asked.
+
+    Args:
+        sample_counter: ``batch -> int``; default :func:`count_samples`. May return ``None`` for a
+            batch it cannot count.
+        token_counter: ``batch -> int`` tokens in the batch (e.g. ``lambda b: int(b["attention_mask"].sum())``),
+            giving ``energy_j_per_token``; default: no token count.
+        owner: the callback's name, for the warning.
+
+    A batch that cannot be counted (or a counter that raises or returns something other than a
+    non-negative int) is recorded as uncounted: the phase's record says ``samples_counted:
+    false`` and has no per-sample values. One warning per run names the batch's type and the fix.
+    """
+
+    def __init__(
+        self,
+        sample_counter: Callable[[Any], int | None] | None = None,
+        token_counter: Callable[[Any], int] | None = None,
+        owner: str = "EnergyCallback",
+    ) -> None:
+        check_counter("sample_counter", sample_counter)
+        check_counter("token_counter", token_counter)
+        self.sample_counter = sample_counter or count_samples
+        self.token_counter = token_counter
+        self.owner = owner
+        self._warned_runs: set[tuple[str, str]] = set()
+
+    def count(self, batch: Any, run_id: str = "") -> tuple[int | None, int]:
+        """(samples or None, tokens) in one batch; warns once per run (and counter) about an uncountable one."""
+        samples = self._apply("sample_counter", self.sample_counter, batch, run_id)
+        tokens = 0
+        if self.token_counter is not None:
+            tokens = self._apply("token_counter", self.token_counter, batch, run_id) or 0
+        return samples, tokens
+
+    def add(self, tracker: Any, batch: Any) -> None:
+        """Count one completed batch into ``tracker``'s innermost open phase."""
+        samples, tokens = self.count(batch, tracker.run_id)
+        tracker.add_samples(samples, tokens=tokens)
+
+    def _apply(self, name: str, counter: Callable, batch: Any, run_id: str) -> int | None:
+        error = None
+        try:
+            value = counter(batch)
+        except Exception as exc:  # noqa: BLE001 - a counter's bug must not stop training
+            value, error = None, exc
+        if type(value) is int and value >= 0:
+            return value
+        if value is not None and not isinstance(value, bool):
+            try:  # a 0-d tensor or NumPy integer from a user's counter
+                number = int(value)
+                if number == value and number >= 0:
+                    return number
+            except (TypeError, ValueError, RuntimeError):
+                pass
+        self._warn(name, counter, batch, value, error, run_id)
+        return None
+
+    def _warn(self, name: str, counter: Callable, batch: Any, value: Any, error: Exception | None, run_id: str) -> None:
+        if (run_id, name) in self._warned_runs:
+            return
+        self._warned_runs.add((run_id, name))
+        kind = f"{type(batch).__module__}.{type(batch).__qualname__}"
+        if counter is count_samples:
+            what = f"could not count the samples in a batch of type {kind}"
+        elif error is not None:
+            what = f"{name} raised {error!r} on a batch of type {kind}"
+        else:
+            what = f"{name} returned {value!r} (not a non-negative int) for a batch of type {kind}"
+        per = "per-sample" if name == "sample_counter" else "per-token"
+        warn(
+            f"greencallbacks: {self.owner} {what}; this phase's {per} values are left out of the records "
+            f"and loggers for this run. Pass {self.owner}(sample_counter=lambda batch: ...) returning the "
+            "number of samples in a batch."
+            if name == "sample_counter"
+            else f"greencallbacks: {self.owner} {what}; {per} values of this phase leave out that batch's tokens. "
+            f"Fix token_counter= (a function batch -> int)."
+        )
+
+
+def check_counter(name: str, counter: Any) -> None:
+    """Construction-time check shared by the adapters: a counter is a function or None."""
+    if counter is not None and not callable(counter):
+        raise ValueError(f"{name} must be a function batch -> int, or None; got {counter!r}")
