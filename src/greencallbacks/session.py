@@ -20,6 +20,10 @@ from greencallbacks.meter import Meter, warn
 from greencallbacks.sensors.base import Method, Sensor
 from greencallbacks.tracker import Tracker
 
+# Notices already given in this process: a notebook's every fit, evaluate and predict starts a
+# session, and the same two paragraphs each time would bury what is new.
+_SAID: set[str] = set()
+
 
 class EnergySession:
     """Settings plus the live tracker of one training run.
@@ -129,10 +133,17 @@ class EnergySession:
         self.tracker.start(meter, reducer=reducer, output_dir=output_dir if self.output_dir is None else None)
 
     def _tell_once(self, meter: Meter) -> None:
+        """Say what is estimated and what intensity is assumed, each message once per process."""
+
+        def warn_once(message: str) -> None:
+            if message not in _SAID:
+                _SAID.add(message)
+                warn(message)
+
         estimated = [s for s in meter.sensors if s.method == Method.ESTIMATED]
         if estimated:
             reasons = "; ".join(f"{u.name}: {u.reason}" + (f" (fix: {u.fix})" if u.fix else "") for u in self.unavailable)
-            warn(
+            warn_once(
                 "greencallbacks: "
                 + ", ".join(s.name for s in estimated)
                 + " energy is estimated, not measured"
@@ -141,7 +152,7 @@ class EnergySession:
             )
         if self.carbon.is_default:
             intensity = self.carbon.intensity_between(0.0, 0.0)
-            warn(
+            warn_once(
                 f"greencallbacks: no location configured, so CO2eq uses the world average "
                 f"{intensity.g_per_kwh:.0f} gCO2eq/kWh ({intensity.source}). Pass country=, zone=, region= "
                 "or intensity= for your grid."
