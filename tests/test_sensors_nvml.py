@@ -373,7 +373,16 @@ def test_meter_reports_the_apportioned_share_with_its_stated_bound(nvml, clock):
     assert component.energy_j == pytest.approx(350.0 * 7.0 / 7, rel=0.02)
     # The bound: billed 1/7 of the GPU, the truth lies between none and all of it.
     assert component.uncertainty_j >= (6 / 7) * 350.0 * 7.0 * 0.98
-    assert "apportioned" in component.note
+    assert "billed 0.1429 of the whole device, measured by its energy counter" in component.note
+
+
+def test_a_mig_gpu_with_no_instance_named_is_billed_whole_and_says_how_to_name_one(nvml):
+    nvml.gpus[0].add_mig_instance(MIG_A, slices=2)
+    found = find_nvml_gpus(environ={}, pynvml=nvml)
+    first, *others = found.sensors
+    assert first.method == Method.APPORTIONED and first.share == 1.0
+    assert "names no instance" in first.note and "CUDA_VISIBLE_DEVICES=MIG-" in first.note
+    assert [s.method for s in others] == [Method.COUNTER, Method.COUNTER]  # MIG mode off
 
 
 def test_fake_mig_calls_have_the_names_and_parameters_of_the_installed_pynvml():

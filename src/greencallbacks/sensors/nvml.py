@@ -25,8 +25,9 @@ MIG: energy and power are only reported for a whole physical GPU. A process give
 (``CUDA_VISIBLE_DEVICES=MIG-...``) measures the parent GPU and is billed its share by a stated
 rule: the instances' compute slices over the GPU's slices (the slice count of its full-GPU
 profile; 7 on an A100 or H100), labelled ``apportioned`` with the bound of ``sensors.share``.
-Two visible instances of one GPU give one sensor billed both shares, not two sensors. Checked
-against the fake ``pynvml`` only; no MIG GPU was available to verify it.
+Two visible instances of one GPU give one sensor billed both shares, not two sensors. A GPU in
+MIG mode with no instance named is billed whole, labelled ``apportioned``, with the way to name
+one. Checked against the fake ``pynvml`` only; no MIG GPU was available to verify it.
 """
 
 from __future__ import annotations
@@ -315,6 +316,14 @@ def _mig_handle(nvml: Any, parent: _Device, entry: str) -> Any:
     raise nvml.NVMLError(getattr(nvml, "NVML_ERROR_NOT_FOUND", 6))
 
 
+def _mig_enabled(nvml: Any, handle: Any) -> bool:
+    try:
+        current_mode = nvml.nvmlDeviceGetMigMode(handle)[0]
+    except (AttributeError, nvml.NVMLError):
+        return False  # a GPU or binding without MIG
+    return current_mode == getattr(nvml, "NVML_DEVICE_MIG_ENABLE", 1)
+
+
 def _gpu_slice_count(nvml: Any, handle: Any) -> int:
     """A MIG-enabled GPU's compute slices: the largest slice count of its GPU-instance profiles."""
     counts = []
@@ -498,6 +507,14 @@ def _find_visible(
                 # No share known: bill the whole GPU (an over-count when it has other tenants), and say so.
                 share, rule = 1.0, f"MIG slice counts unreadable ({error}): the whole GPU is billed"
             sensor = Apportioned(sensor, share, rule)
+            _say_apportioned_once(sensor, rule)
+        elif _mig_enabled(nvml, device.handle):
+            # CUDA runs this process on one of the GPU's MIG instances, which one is not named.
+            rule = (
+                "MIG mode is on and CUDA_VISIBLE_DEVICES names no instance: the whole GPU is billed; "
+                "set CUDA_VISIBLE_DEVICES=MIG-<uuid> (nvidia-smi -L) to bill the instance's share"
+            )
+            sensor = Apportioned(sensor, 1.0, rule)
             _say_apportioned_once(sensor, rule)
         found.sensors.append(sensor)
 
