@@ -72,3 +72,28 @@ def test_several_runs_need_a_run_id():
     assert lifecycle(records, run_id="model").training_j == pytest.approx(15000.0)
     with pytest.raises(ValueError, match="nope"):
         lifecycle(records, run_id="nope")
+
+
+def test_an_epoch_redone_after_a_resume_counts_in_t_but_not_in_d():
+    import dataclasses
+
+    records = trained_run()
+    # Attempt 0 crashed 400 samples into epoch 2 (2000 J); attempt 1 redid it whole.
+    crashed = dataclasses.replace(rec("model", "train", 2, 2000.0, 400, 90), partial=True)
+    records = [dataclasses.replace(r, attempt=1) if r.epoch == 2 else r for r in records] + [crashed]
+    lc = lifecycle(records)
+    assert lc.training_j == pytest.approx(3 * 5000 + 2000)  # spent, so counted
+    assert lc.epochs == 3 and lc.samples_per_epoch == pytest.approx(1000)  # not (3000 + 400) / 3
+    assert lc.training_j_per_sample == pytest.approx(17000 / 3000)
+    assert any("partial" in note and "in T" in note for note in lc.notes)
+
+
+def test_uncounted_samples_make_per_sample_figures_unknown_not_zero():
+    import dataclasses
+
+    records = [dataclasses.replace(r, samples=0, samples_counted=False) if r.phase in ("train", "test") else r
+               for r in trained_run()]
+    lc = lifecycle(records)
+    assert lc.samples_per_epoch is None and lc.training_j_per_sample is None and lc.overhead_factor is None
+    assert lc.inference_phase == "validation"  # the test phase's samples were not counted
+    assert any("no training epoch with counted samples" in note for note in lc.notes)

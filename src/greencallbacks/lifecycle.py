@@ -28,7 +28,7 @@ class LifeCycle:
     training_j: float  # T
     training_co2eq_g: float
     epochs: int  # E
-    samples_per_epoch: float  # D (mean over epochs)
+    samples_per_epoch: float | None  # D (mean over complete, counted epochs; None: never counted)
     training_j_per_epoch: tuple[float, ...]  # T_e
     inference_j_per_sample: float | None  # I
     inference_co2eq_g_per_sample: float | None
@@ -41,8 +41,9 @@ class LifeCycle:
 
     @property
     def training_j_per_sample(self) -> float | None:
-        seen = self.samples_per_epoch * self.epochs
-        return self.training_j / seen if seen > 0 else None
+        if not self.samples_per_epoch:
+            return None
+        return self.training_j / (self.samples_per_epoch * self.epochs)
 
     @property
     def overhead_factor(self) -> float | None:
@@ -95,7 +96,7 @@ def inference_cost(records: Iterable[Record]) -> tuple[float | None, float | Non
     """I in J/sample and gCO2eq/sample, from the most deployment-like inference phase present."""
     by_phase: dict[str, list[Record]] = defaultdict(list)
     for r in records:
-        if r.phase in INFERENCE_PHASES and r.samples > 0 and not r.partial:
+        if r.phase in INFERENCE_PHASES and r.samples > 0 and not r.partial and r.samples_counted:
             by_phase[r.phase].append(r)
     for phase in INFERENCE_PHASES:
         chosen = by_phase.get(phase)
@@ -136,8 +137,15 @@ def lifecycle(records: Sequence[Record], search: Iterable[Record] = (), run_id: 
     for r in train:
         per_epoch[r.epoch if r.epoch is not None else -1].append(r)
     epochs = sorted(per_epoch)
+    # T is every joule training spent, an epoch cut short and redone after a resume included; D
+    # is what one epoch sees, from the epochs that ran whole in one attempt and were counted.
     training_j = sum(r.energy_kwh for r in train) * J_PER_KWH
-    samples_per_epoch = sum(r.samples for r in train) / len(epochs)
+    by_attempt: dict[tuple[int, int], list[Record]] = defaultdict(list)
+    for r in train:
+        by_attempt[(r.attempt, r.epoch if r.epoch is not None else -1)].append(r)
+    whole = [sum(r.samples for r in group) for group in by_attempt.values()
+             if all(r.samples_counted and not r.partial for r in group)]
+    samples_per_epoch = sum(whole) / len(whole) if whole else None
     i_j, i_g, i_phase = inference_cost(mine)
     notes = []
     if i_phase is None:
@@ -145,7 +153,11 @@ def lifecycle(records: Sequence[Record], search: Iterable[Record] = (), run_id: 
     elif i_phase == "validation":
         notes.append("I measured in validation loops (no test or predict records)")
     if any(r.partial for r in train):
-        notes.append("some training phases were cut short (partial)")
+        notes.append("some training phases were cut short (partial); their energy is in T")
+    if samples_per_epoch is None:
+        notes.append("no training epoch with counted samples: D, T per sample and a are unknown")
+    elif any(not r.samples_counted for r in mine):
+        notes.append("some batches could not be counted; D and I come from the phases that were")
 
     trials: dict[str, list[Record]] = defaultdict(list)
     for r in search:
