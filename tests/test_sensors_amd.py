@@ -464,3 +464,25 @@ def test_fake_status_codes_and_exceptions_match_the_installed_amdsmi():
             assert list(inspect.signature(getattr(fake_class, method)).parameters) == args, (name, method)
     error = fa.AmdSmiLibraryException(fa.AMDSMI_STATUS_NO_PERM)
     assert error.get_error_code() == 10 and str(error) == "Error code:\n\t10 | AMDSMI_STATUS_NO_PERM - Permission Denied"
+
+
+def test_an_answer_without_the_documented_fields_is_unavailable_not_a_crash(smi, monkeypatch):
+    smi.add_board()
+    monkeypatch.setattr(smi, "amdsmi_get_energy_count", lambda processor_handle: {"energy": 1})
+    monkeypatch.setattr(smi, "amdsmi_get_power_info", lambda processor_handle: {})
+    found = find(smi)
+    assert found.sensors == []
+    [missing] = found.unavailable
+    assert missing.name == "gpu0" and "answered {'energy': 1}, not the documented fields" in missing.reason
+
+
+def test_an_unexpected_error_from_the_binding_is_unavailable_not_a_crash(smi, monkeypatch):
+    smi.add_board()
+
+    def broken():
+        raise TypeError("amdsmi_get_processor_handles() changed")
+
+    monkeypatch.setattr(smi, "amdsmi_get_processor_handles", broken)
+    [missing] = find(smi).unavailable
+    assert "could not list the GPUs: amdsmi_get_processor_handles() changed" in missing.reason
+    assert smi.init_count == 0

@@ -123,8 +123,11 @@ def _watts(value: Any) -> float | None:
 def read_energy_count(smi: Any, handle: Any) -> tuple[int, float]:
     """(accumulator, resolution in uJ). The accumulator's key was ``power`` before amdsmi 6.2.1."""
     reading = smi.amdsmi_get_energy_count(handle)
-    raw = reading["energy_accumulator"] if "energy_accumulator" in reading else reading["power"]
-    return int(raw), float(reading["counter_resolution"])
+    try:
+        raw = reading["energy_accumulator"] if "energy_accumulator" in reading else reading["power"]
+        return int(raw), float(reading["counter_resolution"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise SensorError(f"amdsmi_get_energy_count answered {reading!r}, not the documented fields") from error
 
 
 class AmdGpuSensor(Sensor):
@@ -310,7 +313,7 @@ class _Die:
         self.node_id = kfd.get("node_id") if isinstance(kfd.get("node_id"), int) else None
         try:
             self.counter: int | None = read_energy_count(smi, handle)[0]
-        except smi.AmdSmiException:
+        except (smi.AmdSmiException, SensorError):
             self.counter = None
         power = _optional(smi, "amdsmi_get_power_info", handle) or {}
         reports_power = any((_watts(power.get(key)) or 0) > 0 for key in ("current_socket_power", "average_socket_power"))
@@ -353,9 +356,6 @@ def _boards(dies: list[_Die]) -> dict[int, list[_Die]]:
             current = [die]
         boards[die.smi_index] = current
     return boards
-
-
-VISIBILITY_VARIABLES = ("ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "CUDA_VISIBLE_DEVICES")
 
 
 def _visibility_layers(environ: Mapping[str, str]) -> list[tuple[str, list[str]]]:
@@ -426,7 +426,7 @@ def find_amd_gpus(
         return found
     try:
         _find_visible(smi, layers, device_indices, clock, found)
-    except smi.AmdSmiException as error:
+    except Exception as error:  # noqa: BLE001 - an amdsmi of another version must not stop training
         reason = f"amdsmi could not list the GPUs: {_text(error)}"
         found.unavailable.append(Unavailable("gpu", Kind.GPU, reason, "check that `amd-smi list` works"))
     finally:
@@ -454,7 +454,7 @@ def _find_visible(
     visible = _hip_order(dies)
     for variable, entries in layers:
         visible = _apply_layer(variable, entries, visible, found)
-    wanted = [i for i in (range(len(visible)) if device_indices is None else device_indices)]
+    wanted = list(range(len(visible)) if device_indices is None else device_indices)
     for cuda_index in wanted:
         if not 0 <= cuda_index < len(visible):
             found.unavailable.append(
