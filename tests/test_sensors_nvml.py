@@ -351,6 +351,13 @@ def test_unreadable_slice_counts_bill_the_whole_gpu_and_say_so(nvml, monkeypatch
     assert "whole GPU is billed" in sensor.note and "Not Supported" in sensor.note
 
 
+def test_a_binding_without_the_mig_calls_bills_the_whole_gpu(nvml, monkeypatch):
+    nvml.gpus[0].add_mig_instance(MIG_A, slices=1)
+    monkeypatch.delattr(FakeNvml, "nvmlDeviceGetAttributes")  # as in nvidia-ml-py before MIG
+    [sensor] = find_nvml_gpus(environ={"CUDA_VISIBLE_DEVICES": MIG_A}, pynvml=nvml).sensors
+    assert sensor.share == 1.0 and "nvmlDeviceGetAttributes" in sensor.note
+
+
 def test_a_mig_handle_given_directly_is_refused_with_the_way_to_measure_it(nvml, clock):
     instance = nvml.gpus[0].add_mig_instance(MIG_A, slices=1)
     nvml.nvmlInit()

@@ -503,7 +503,7 @@ def _find_visible(
         if mig_instance:
             try:
                 share, rule = mig_share(nvml, device, mig_entries[device.uuid])
-            except nvml.NVMLError as error:
+            except (nvml.NVMLError, AttributeError) as error:  # AttributeError: a binding without MIG calls
                 # No share known: bill the whole GPU (an over-count when it has other tenants), and say so.
                 share, rule = 1.0, f"MIG slice counts unreadable ({error}): the whole GPU is billed"
             sensor = Apportioned(sensor, share, rule)
