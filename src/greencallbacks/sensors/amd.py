@@ -88,10 +88,12 @@ def import_amdsmi() -> Any:
         with contextlib.redirect_stdout(printed):
             import amdsmi
     except ImportError as error:
-        raise AmdSmiUnavailable(f"the AMD SMI Python bindings (amdsmi) are not installed ({error})", INSTALL_FIX) from error
+        reason = f"the AMD SMI Python bindings (amdsmi) are not installed ({error})"
+        raise AmdSmiUnavailable(reason, INSTALL_FIX) from error
     except Exception as error:  # noqa: BLE001 - KeyError or OSError when libamd_smi.so is missing
         said = " ".join(printed.getvalue().split()) or f"{type(error).__name__}: {error}"
-        raise AmdSmiUnavailable(f"amdsmi is installed but ROCm's libamd_smi.so could not be loaded ({said})", LIBRARY_FIX) from error
+        reason = f"amdsmi is installed but ROCm's libamd_smi.so could not be loaded ({said})"
+        raise AmdSmiUnavailable(reason, LIBRARY_FIX) from error
     return amdsmi
 
 
@@ -180,7 +182,10 @@ class AmdGpuSensor(Sensor):
             if not _is_unsupported(error):
                 raise SensorError(f"{self.name} ({self.scope}): amdsmi power info failed: {_text(error)}") from error
             power = {}
-        self._power_key = next((k for k in ("current_socket_power", "average_socket_power", "socket_power") if _watts(power.get(k)) is not None), None)
+        # Instantaneous power first; then the average (MI200), which lags; last socket_power
+        # (amdsmi 7), whose averaging is not documented: both labelled as averaged.
+        keys = ("current_socket_power", "average_socket_power", "socket_power")
+        self._power_key = next((k for k in keys if _watts(power.get(k)) is not None), None)
         limit_w = _watts(power.get("power_limit")) or DEFAULT_MAX_POWER_W
         counter = self._first_counter_reading() if use_counter else None
         self._integrator: Integrator | None = None
@@ -316,7 +321,7 @@ class _Die:
         except (smi.AmdSmiException, SensorError):
             self.counter = None
         power = _optional(smi, "amdsmi_get_power_info", handle) or {}
-        reports_power = any((_watts(power.get(key)) or 0) > 0 for key in ("current_socket_power", "average_socket_power"))
+        reports_power = any((_watts(power.get(k)) or 0) > 0 for k in ("current_socket_power", "average_socket_power"))
         # A second die of a board: an accumulator of 0 (rocm-smi's own test), or, where the
         # accumulator is unsupported, no socket power at all (MI250X reports 0 W there).
         self.secondary = self.counter == 0 or (self.counter is None and not reports_power)
@@ -410,7 +415,8 @@ def find_amd_gpus(
     layers = _visibility_layers(environ)
     for variable, entries in layers:
         if not entries or entries[0] == "-1":
-            found.unavailable.append(Unavailable("gpu", Kind.GPU, f"{variable}={environ.get(variable)!r} hides every GPU"))
+            reason = f"{variable}={environ.get(variable)!r} hides every GPU"
+            found.unavailable.append(Unavailable("gpu", Kind.GPU, reason))
             return found
     if amdsmi is None:
         try:
@@ -447,7 +453,9 @@ def _find_visible(
     dies = [_Die(smi, handle, n) for n, handle in enumerate(smi.amdsmi_get_processor_handles())]
     if not dies:
         found.unavailable.append(
-            Unavailable("gpu", Kind.GPU, "amdsmi initialised but found no AMD GPU", "check that `amd-smi list` shows the GPUs")
+            Unavailable(
+                "gpu", Kind.GPU, "amdsmi initialised but found no AMD GPU", "check that `amd-smi list` shows the GPUs"
+            )
         )
         return
     boards = _boards(dies)
@@ -478,7 +486,9 @@ def _find_visible(
             note = f"one {len(board)}-die board: its energy covers {', '.join(f'gpu{i}' for i in on_board)}"
         smi.amdsmi_init(INIT_AMD_GPUS)  # one init per sensor, balanced by its close()
         try:
-            sensor: Sensor = AmdGpuSensor(primary.handle, index=cuda_index, amdsmi=smi, clock=clock, note=note, shutdown_on_close=True)
+            sensor: Sensor = AmdGpuSensor(
+                primary.handle, index=cuda_index, amdsmi=smi, clock=clock, note=note, shutdown_on_close=True
+            )
         except SensorError as error:
             smi.amdsmi_shut_down()
             found.unavailable.append(Unavailable(f"gpu{cuda_index}", Kind.GPU, str(error)))

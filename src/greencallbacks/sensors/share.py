@@ -56,7 +56,8 @@ class Apportioned(Sensor):
         self.index = getattr(device, "index", None)
         self.relative_uncertainty = share_bound(self.share)
         self.measured_by = str(device.method)
-        measured = {"counter": "its energy counter", "sampled": "integrated power samples"}.get(self.measured_by, self.measured_by)
+        words = {"counter": "its energy counter", "sampled": "integrated power samples"}
+        measured = words.get(self.measured_by, self.measured_by)
         notes = [f"billed {self.share:.4g} of the whole device, measured by {measured} ({rule})"]
         if device.note:
             notes.append(device.note)
