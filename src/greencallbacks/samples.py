@@ -17,6 +17,10 @@
   sequences). A top-level *tuple* of tensors, ``(x, y)``, is always fields, as is the tuple
   ``tuple(zip(*samples))`` gives.
 
+A list of per-sample tensors (``collate_fn=list``) is told from ``[x, y]`` only when their
+lengths differ: a batch of one sample, or of equal lengths, reads as fields. Such batches take
+``sample_counter=len``; a nested tensor (``torch.nested``) is exact.
+
 A list of same-shaped tensors inside a batch is ambiguous (collated fields, or same-sized
 samples such as images): its leading dimension counts only when no other field of the batch
 gives a certain count. A batch whose leading dimension is not the sample dimension (a

@@ -25,7 +25,8 @@ from greencallbacks.distributed import torch_reducer_or_local
 from greencallbacks.guard import never_raises
 from greencallbacks.meter import warn
 from greencallbacks.session import EnergySession
-from greencallbacks.torch_support import count_samples, device_and_sync
+from greencallbacks.samples import BatchCounter
+from greencallbacks.torch_support import device_and_sync
 
 PREFIXES = {"train": "", "validation": "val_", "test": "test_", "predict": "predict_"}
 # The progress bar has little room: the running totals are what a user watches.
@@ -44,7 +45,13 @@ class EnergyCallbackBase:
         progress_bar: show the running totals in the progress bar.
         prefix: put before every logged name (e.g. ``"energy/"``); lets two callbacks (say, two
             grids) log side by side without mixing their values.
-        sample_counter: ``batch -> int``; default: the leading dimension of the batch's first tensor.
+        sample_counter: ``batch -> int`` samples in a completed batch; default
+            ``greencallbacks.samples.count_samples`` (tensors, arrays, tuples, dicts, ``BatchEncoding``,
+            dataclasses, named tuples, ``num_graphs`` / ``batch_size`` / ``len()``, string lists,
+            nested tensors). A batch it cannot count: one warning per run, and that phase's record
+            says ``samples_counted: false`` with no per-sample values (never a silent 0).
+        token_counter: ``batch -> int`` tokens in a completed batch (e.g.
+            ``lambda b: int(b["attention_mask"].sum())``), giving ``energy_j_per_token``.
         **session_kwargs: passed to ``EnergySession`` (``run_id``, ``gpus``, ``cpu_tdp_w``,
             ``extra_sensors``, ``sensors``, ``carbon_aware``).
 
@@ -67,14 +74,14 @@ class EnergyCallbackBase:
         output_dir: Any = None,
         progress_bar: bool = True,
         sample_counter: Callable[[Any], int] | None = None,
+        token_counter: Callable[[Any], int] | None = None,
         prefix: str = "",
         **session_kwargs: Any,
     ) -> None:
         super().__init__()
         if not isinstance(progress_bar, bool):
             raise ValueError(f"progress_bar must be True or False, got {progress_bar!r}")
-        if sample_counter is not None and not callable(sample_counter):
-            raise ValueError(f"sample_counter must be a function batch -> int, or None; got {sample_counter!r}")
+        self._counter = BatchCounter(sample_counter, token_counter)  # checks both are functions or None
         if not isinstance(prefix, str):
             raise ValueError(f"prefix must be a string, got {prefix!r}")
         session_kwargs.pop("framework", None)
@@ -85,7 +92,7 @@ class EnergyCallbackBase:
         self.session = EnergySession(**self._session_kwargs)  # bad settings fail here, before training
         self._session_used = False
         self.progress_bar = progress_bar
-        self.sample_counter = sample_counter or count_samples
+        self.sample_counter = self._counter.sample_counter
         self.prefix = prefix
         self._state_key: str | None = None
 
@@ -162,7 +169,7 @@ class EnergyCallbackBase:
 
     @never_raises
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self.tracker.add_samples(self.sample_counter(batch))
+        self._counter.add(self.tracker, batch)
 
     @never_raises
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
@@ -178,7 +185,7 @@ class EnergyCallbackBase:
     @never_raises
     def on_validation_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         if not trainer.sanity_checking:
-            self.tracker.add_samples(self.sample_counter(batch))
+            self._counter.add(self.tracker, batch)
 
     @never_raises
     def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
@@ -192,7 +199,7 @@ class EnergyCallbackBase:
 
     @never_raises
     def on_test_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self.tracker.add_samples(self.sample_counter(batch))
+        self._counter.add(self.tracker, batch)
 
     @never_raises
     def on_test_epoch_end(self, trainer: Any, pl_module: Any) -> None:
@@ -205,7 +212,7 @@ class EnergyCallbackBase:
 
     @never_raises
     def on_predict_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self.tracker.add_samples(self.sample_counter(batch))
+        self._counter.add(self.tracker, batch)
 
     @never_raises
     def on_predict_end(self, trainer: Any, pl_module: Any) -> None:

@@ -1,0 +1,219 @@
+"""Every sample counted, or a clear word why not: each batch kind through the real frameworks.
+
+Each test trains, validates, tests and predicts on data sets whose sizes leave a partial last
+batch, and compares each record's ``samples`` with the data set's length (computed from the data,
+not from the counter). A batch nothing can count gives ``samples_counted: false``, one warning per
+run, and no per-sample values in the records or the loggers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import subprocess
+import sys
+import warnings
+from collections import namedtuple
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from greencallbacks.meter import EnergyWarning  # noqa: E402
+from greencallbacks.records import read_records  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+TRAIN, VAL, TEST, PREDICT, BATCH = 23, 11, 7, 9, 5  # every split ends with a partial batch
+WORDS = ("a", "b", "c", "d")
+
+
+# ---------------------------------------------------------------------------- batch kinds
+@dataclasses.dataclass
+class Features:
+    pixels: torch.Tensor
+    label: torch.Tensor
+
+
+Pair = namedtuple("Pair", "inputs targets")
+
+
+class GraphBatch:
+    """A stand-in for PyTorch Geometric's ``Batch``: many nodes, ``num_graphs`` samples, ``len()`` its attributes."""
+
+    def __init__(self, graphs: list[torch.Tensor]) -> None:
+        self.x = torch.cat(graphs)
+        self.batch = torch.cat([torch.full((len(g),), i) for i, g in enumerate(graphs)])
+        self.num_graphs = len(graphs)
+
+    def __len__(self) -> int:
+        return 2
+
+
+class Opaque:
+    """A batch nothing can count."""
+
+
+def _tokens(i: int) -> list[int]:
+    return [2 + (i + k) % len(WORDS) for k in range(1 + i % 4)]  # 1..4 tokens: ragged
+
+
+def _texts(indices):
+    return [" ".join(WORDS[t - 2] for t in _tokens(i)) for i in indices]
+
+
+def collate(kind: str):
+    """``collate_fn`` turning a list of sample indices into a batch of ``kind``."""
+
+    def x(indices):
+        return torch.tensor([[float(i), 1.0] for i in indices])
+
+    def make(indices):
+        if kind == "tensor":
+            return x(indices)
+        if kind == "tuple":
+            return x(indices), torch.tensor(indices, dtype=torch.float32)
+        if kind == "nested dict":
+            return {"meta": {"source": "synthetic"}, "inputs": {"x": x(indices)}, "label": torch.tensor(indices)}
+        if kind == "dataclass":
+            return Features(torch.zeros(len(indices), 3, 2, 2), torch.tensor(indices))
+        if kind == "named tuple":
+            return Pair(x(indices), torch.tensor(indices))
+        if kind == "graph batch":
+            return GraphBatch([torch.zeros(1 + i % 3, 4) for i in indices])
+        if kind == "strings":
+            return {"text": _texts(indices), "label": torch.tensor(indices)}
+        if kind == "nested tensor":
+            return torch.nested.nested_tensor([torch.zeros(len(_tokens(i)), 2) for i in indices], layout=torch.jagged)
+        if kind == "ragged list":
+            return [torch.tensor(_tokens(i)) for i in indices]
+        if kind == "opaque":
+            return Opaque()
+        raise AssertionError(kind)
+
+    return make
+
+
+KINDS = ["tensor", "tuple", "nested dict", "dataclass", "named tuple", "graph batch", "strings", "nested tensor"]
+
+
+def loader(n: int, kind: str, offset: int = 0):
+    return torch.utils.data.DataLoader(list(range(offset, offset + n)), batch_size=BATCH, collate_fn=collate(kind))
+
+
+def energy_warnings(caught) -> list[str]:
+    return [str(w.message) for w in caught if issubclass(w.category, EnergyWarning)]
+
+
+def by_phase(records) -> dict[str, list]:
+    out: dict[str, list] = {}
+    for record in records:
+        out.setdefault(record.phase, []).append(record)
+    return out
+
+
+# ------------------------------------------------------------------------------ Lightning
+def lightning_module():
+    L = pytest.importorskip("lightning.pytorch")
+
+    class AnyBatch(L.LightningModule):
+        """Learns nothing from the batch: any batch kind goes through every loop."""
+
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(1))
+
+        def training_step(self, batch, batch_idx):
+            return (self.w ** 2).sum()
+
+        def validation_step(self, batch, batch_idx):
+            self.log("val_loss", (self.w ** 2).sum(), batch_size=1)
+
+        def test_step(self, batch, batch_idx):
+            self.log("test_loss", (self.w ** 2).sum(), batch_size=1)
+
+        def predict_step(self, batch, batch_idx, dataloader_idx=0):
+            return self.w.detach()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    return L, AnyBatch
+
+
+def lightning_run(tmp_path, kind: str, **callback_kwargs):
+    L, AnyBatch = lightning_module()
+    from greencallbacks.lightning import EnergyCallback
+
+    callback = EnergyCallback(output_dir=tmp_path / "energy", intensity=100.0, progress_bar=False, **callback_kwargs)
+    csv_logger = L.loggers.CSVLogger(tmp_path, name="csv")
+    trainer = L.Trainer(
+        max_epochs=2, accelerator="cpu", devices=1, logger=csv_logger, callbacks=[callback], num_sanity_val_steps=1,
+        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+    )
+    model = AnyBatch()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(model, loader(TRAIN, kind), loader(VAL, kind, offset=100))
+        trainer.test(model, loader(TEST, kind, offset=200), verbose=False)
+        trainer.predict(model, loader(PREDICT, kind, offset=300))
+    columns = set()
+    for path in (tmp_path / "csv").rglob("metrics.csv"):
+        columns |= set(path.read_text().splitlines()[0].split(","))
+    return by_phase(read_records(tmp_path / "energy")), energy_warnings(caught), columns
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("kind", KINDS)
+def test_lightning_counts_every_batch_kind_exactly(tmp_path, kind):
+    phases, messages, columns = lightning_run(tmp_path, kind)
+    assert [r.samples for r in phases["train"]] == [TRAIN, TRAIN]
+    assert [r.samples for r in phases["validation"]] == [VAL, VAL]  # the sanity check is not counted
+    assert [r.samples for r in phases["test"]] == [TEST]
+    assert [r.samples for r in phases["predict"]] == [PREDICT]
+    assert all(r.samples_counted and r.energy_j_per_sample > 0 for rs in phases.values() for r in rs if r.phase != "other")
+    assert not [m for m in messages if "count" in m], messages
+    assert {"energy_j_per_sample", "val_energy_j_per_sample", "test_energy_j_per_sample"} <= columns
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_lightning_uncountable_batches_say_so_once_and_log_no_per_sample_value(tmp_path):
+    phases, messages, columns = lightning_run(tmp_path, "opaque")
+    for phase in ("train", "validation", "test", "predict"):
+        for record in phases[phase]:
+            assert record.samples_counted is False and record.energy_j_per_sample is None, record
+            assert record.co2eq_g_per_sample is None and record.energy_kwh > 0
+    counting = [m for m in messages if "count the samples" in m]
+    assert len(counting) == 1, messages  # one per run, for all its phases
+    assert "Opaque" in counting[0] and "sample_counter=" in counting[0]
+    assert not {c for c in columns if "per_sample" in c}, columns
+    assert "energy_kwh" in columns
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_lightning_sample_and_token_counters(tmp_path):
+    phases, messages, columns = lightning_run(
+        tmp_path, "opaque",
+        sample_counter=lambda batch: BATCH,  # wrong for partial batches on purpose: the user's rule wins
+        token_counter=lambda batch: 3,
+    )
+    batches = {n: math.ceil(n / BATCH) for n in (TRAIN, VAL, TEST, PREDICT)}
+    assert [r.samples for r in phases["train"]] == [BATCH * batches[TRAIN]] * 2
+    assert [r.tokens for r in phases["train"]] == [3 * batches[TRAIN]] * 2
+    assert [r.tokens for r in phases["validation"]] == [3 * batches[VAL]] * 2
+    assert {"energy_j_per_token", "val_energy_j_per_token", "test_energy_j_per_token"} <= columns
+    assert not [m for m in messages if "count" in m], messages
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_lightning_token_counter_counts_real_tokens(tmp_path):
+    # A list of per-sample tensors (collate_fn=list): a batch of one, or of equal lengths, looks
+    # like [x, y] fields, so such batches take sample_counter=len (as the docs say).
+    phases, _, columns = lightning_run(
+        tmp_path, "ragged list", sample_counter=len, token_counter=lambda batch: sum(len(t) for t in batch)
+    )
+    assert [r.tokens for r in phases["train"]] == [sum(len(_tokens(i)) for i in range(TRAIN))] * 2
+    assert [r.tokens for r in phases["test"]] == [sum(len(_tokens(i)) for i in range(200, 200 + TEST))]
+    assert [r.samples for r in phases["train"]] == [TRAIN, TRAIN]
