@@ -486,3 +486,32 @@ def test_an_unexpected_error_from_the_binding_is_unavailable_not_a_crash(smi, mo
     [missing] = find(smi).unavailable
     assert "could not list the GPUs: amdsmi_get_processor_handles() changed" in missing.reason
     assert smi.init_count == 0
+
+
+def test_an_apportioned_die_reaches_the_records_and_the_report(smi, clock, tmp_path):
+    from greencallbacks import report
+    from greencallbacks.carbon import Carbon
+    from greencallbacks.records import read_records
+    from greencallbacks.tracker import Tracker
+
+    smi.mi250x(power_w=400.0)
+    [sensor] = find(smi, HIP_VISIBLE_DEVICES="1").sensors
+    meter = Meter([sensor], fallback=None, clock=clock, wall_clock=lambda: clock() + 1.7e9)
+    tracker = Tracker(carbon=Carbon(intensity=400.0, pue=1.0), output_dir=tmp_path)
+    tracker.start(meter)
+    start = clock()
+    for epoch in range(2):
+        tracker.begin("train", epoch)
+        clock.advance(30.0)
+        tracker.add_samples(64)
+        tracker.end("train")
+    tracker.finish()
+    records = read_records(tmp_path)
+    components = [c for r in records for c in r.components]
+    assert {c["method"] for c in components} == {"apportioned"}
+    # Half the board's 400 W for the whole run, billed once across the records.
+    assert sum(c["energy_j"] for c in components) == pytest.approx(200.0 * (clock() - start), rel=1e-6)
+    assert all(r.uncertainty_kwh > 0 for r in records if r.it_energy_kwh > 0)
+    text = report.render_markdown(records)
+    assert "Apportioned, not measured alone: gpu0" in text
+    assert "Every component was measured" not in text

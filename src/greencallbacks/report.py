@@ -181,7 +181,14 @@ def provenance(records: Sequence[Record]) -> list[str]:
             f"Estimated, not measured: {', '.join(estimated)} ({share:.0%} of IT energy); "
             "estimates carry a ±50 % uncertainty."
         )
-    else:
+    apportioned = sorted({c["name"] for r in records for c in r.components if c.get("method") == "apportioned"})
+    if apportioned:
+        notes.append(
+            f"Apportioned, not measured alone: {', '.join(apportioned)} (a stated share of a device that other work "
+            "also used, such as a MIG instance or one die of a two-die board; each record's note gives the rule, "
+            "and the uncertainty bounds the share)."
+        )
+    if not estimated and not apportioned:
         notes.append("Every component was measured by a hardware counter or sampled power.")
     if any(r.partial for r in records):
         notes.append("Phases marked partial were cut short by an exception or interrupt; their energy is in the totals.")
@@ -264,6 +271,7 @@ _METHOD_WORDS = {
     ("gpu", "counter"): "GPU energy from NVML energy counters",
     ("gpu", "sampled"): "GPU energy from integrated NVML power samples",
     ("gpu", "estimated"): "GPU energy estimated",
+    ("gpu", "apportioned"): "GPU energy apportioned from a shared device's measurement",
     ("cpu", "counter"): "CPU energy from RAPL counters",
     ("cpu", "estimated"): "CPU energy estimated from TDP x CPU utilisation",
     ("dram", "counter"): "DRAM energy from RAPL counters",
