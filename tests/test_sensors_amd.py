@@ -515,3 +515,28 @@ def test_an_apportioned_die_reaches_the_records_and_the_report(smi, clock, tmp_p
     text = report.render_markdown(records)
     assert "Apportioned, not measured alone: gpu0" in text
     assert "Every component was measured" not in text
+
+
+def test_energy_never_decreases_while_the_background_thread_polls_a_wrapping_accumulator(smi, clock):
+    import threading
+
+    smi.add_board(power_w=700.0, counter_bits=32)
+    [sensor] = find(smi).sensors
+    stop = threading.Event()
+
+    def background():
+        while not stop.is_set():
+            sensor.poll()
+
+    thread = threading.Thread(target=background)
+    thread.start()
+    try:
+        readings = []
+        for _ in range(3000):
+            clock.advance(0.1)  # 300 s at 700 W: three wraps, read by both threads
+            readings.append(sensor.energy_j())
+    finally:
+        stop.set()
+        thread.join()
+    assert all(b >= a for a, b in zip(readings, readings[1:]))
+    assert readings[-1] - readings[0] == pytest.approx(700.0 * 299.9, rel=1e-6)
