@@ -540,3 +540,16 @@ def test_energy_never_decreases_while_the_background_thread_polls_a_wrapping_acc
         thread.join()
     assert all(b >= a for a, b in zip(readings, readings[1:]))
     assert readings[-1] - readings[0] == pytest.approx(700.0 * 299.9, rel=1e-6)
+
+
+def test_an_implausible_power_limit_does_not_make_the_wrap_polling_spin(smi, monkeypatch):
+    board = smi.add_board(counter_bits=32)
+    real = smi.amdsmi_get_power_info
+
+    def microwatts(processor_handle):
+        return {**real(processor_handle), "power_limit": 750_000_000}  # not the documented watts
+
+    monkeypatch.setattr(smi, "amdsmi_get_power_info", microwatts)
+    [sensor] = find(smi).sensors
+    assert amd_module.WRAP_POLL_MIN_S <= sensor.poll_interval_s <= amd_module.WRAP_POLL_MAX_S
+    assert board.power_limit_w == 750

@@ -67,6 +67,8 @@ COUNTER_BITS_OLD = 32  # the accumulator of GPU metrics before v1 was 32 bits wi
 COUNTER_UPDATE_PERIOD_S = 0.1  # not documented by AMD: an assumed bound, as NVML's counter period
 SAMPLE_INTERVAL_S = 0.05  # socket power: 20 reads a second of a sysfs-backed value
 WRAP_POLL_MAX_S = 10.0
+WRAP_POLL_MIN_S = 1.0  # 2**32 counts of 15.3 uJ in 2 s would take 33 kW
+MAX_PLAUSIBLE_POWER_W = 5000.0
 DEFAULT_MAX_POWER_W = 1000.0  # above any Instinct board's limit (MI300X: 750 W), where none is reported
 AVERAGED_POWER_NOTE = "averaged socket power (no energy counter, no instantaneous power): lags load changes"
 
@@ -186,7 +188,9 @@ class AmdGpuSensor(Sensor):
         # (amdsmi 7), whose averaging is not documented: both labelled as averaged.
         keys = ("current_socket_power", "average_socket_power", "socket_power")
         self._power_key = next((k for k in keys if _watts(power.get(k)) is not None), None)
-        limit_w = _watts(power.get("power_limit")) or DEFAULT_MAX_POWER_W
+        limit_w = _watts(power.get("power_limit")) or 0.0
+        if not 0.0 < limit_w <= MAX_PLAUSIBLE_POWER_W:
+            limit_w = DEFAULT_MAX_POWER_W  # absent, or in a unit other than the documented watts
         counter = self._first_counter_reading() if use_counter else None
         self._integrator: Integrator | None = None
         self._cumulative_uj = 0.0
@@ -199,7 +203,7 @@ class AmdGpuSensor(Sensor):
             # board's power limit so that no wrap passes unseen. A wider one needs no polling.
             if self._last_raw < 2**COUNTER_BITS_OLD:
                 wrap_j = 2**COUNTER_BITS_OLD * self._resolution_uj / 1e6
-                self.poll_interval_s = min(WRAP_POLL_MAX_S, wrap_j / limit_w / 2)
+                self.poll_interval_s = max(WRAP_POLL_MIN_S, min(WRAP_POLL_MAX_S, wrap_j / limit_w / 2))
             else:
                 self.poll_interval_s = None
         elif self._power_key is not None:
