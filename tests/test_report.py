@@ -295,7 +295,7 @@ def test_plot_has_integer_epochs_readable_units_validation_and_says_what_is_cumu
     assert [t.get_text() for t in axes.get_xticklabels()] == ["0", "1", "2"]
     assert axes.get_ylabel() == "energy per epoch (Wh)"  # validation 1 Wh on top of tiny training bars
     labels = [t.get_text() for t in axes.get_legend().get_texts()]
-    assert labels == ["training (Wh)", "validation (Wh)", "cumulative CO2eq, training + validation (g)"]
+    assert labels == ["training (Wh)", "validation (Wh)", "cumulative CO2eq, training + validation (g)"]  # one run: no SE
     tiny = report.epoch_figure([r for r in three if r.phase == "train"])
     assert tiny.axes[0].get_ylabel() == "energy per epoch (mWh)"
     assert "cumulative CO2eq, training (mg)" in [t.get_text() for t in tiny.axes[0].get_legend().get_texts()]

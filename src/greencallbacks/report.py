@@ -521,6 +521,15 @@ def summaries(records: Sequence[Record], *, with_equivalents: bool = False, comp
 
 
 # ---------------------------------------------------------------------------------- formats
+def _heading(name: str, unit: str, several: bool) -> str:
+    return f"{name} ({unit}, mean ± SE)" if several else f"{name} ({unit})"
+
+
+def _count(value: float) -> str:
+    """A count (or a mean of counts) exactly, not to three significant digits."""
+    return str(int(value)) if float(value).is_integer() else number(value, 6)
+
+
 def _scaled(stat: dict | None, factor: float, sign: str = " ± ") -> str:
     if stat is None:
         return "n/a"
@@ -541,11 +550,12 @@ def _units(rows: Sequence[dict]) -> dict[str, tuple[str, float]]:
 def format_epoch_summary(data: dict) -> str:
     """Markdown per-epoch table; mean ± SE columns when there are several runs."""
     rows = data["epochs"]
-    suffix = " (mean ± SE)" if len(data["runs"]) > 1 else ""
+    several = len(data["runs"]) > 1
     units = _units(rows) if rows else {"energy": ENERGY_UNITS[0], "mass": MASS_UNITS[1], "joule": JOULE_UNITS[1]}
     (e_unit, e_f), (m_unit, m_f), (j_unit, j_f) = units["energy"], units["mass"], units["joule"]
-    header = ["epoch", f"seconds{suffix}", f"training ({e_unit}){suffix}", f"training CO2eq ({m_unit}){suffix}",
-              f"{j_unit}/sample{suffix}", f"validation ({e_unit}){suffix}", f"sensor uncertainty ({e_unit})", "measured by"]
+    header = ["epoch", _heading("time", "s", several), _heading("training", e_unit, several),
+              _heading("training CO2eq", m_unit, several), _heading("per sample", j_unit, several),
+              _heading("validation", e_unit, several), f"sensor uncertainty ({e_unit})", "measured by"]
     body = [
         [row["label"], _scaled(row["seconds"], 1.0), _scaled(row["energy_kwh"], e_f), _scaled(row["co2eq_g"], m_f),
          _scaled(row["j_per_sample"], j_f), _scaled(row["val_energy_kwh"], e_f), number(row["uncertainty_kwh"] * e_f, 2),
@@ -561,14 +571,15 @@ def format_epoch_table(records: Sequence[Record]) -> str:
 
 
 def format_phase_summary(data: dict) -> str:
-    suffix = " (mean ± SE)" if len(data["runs"]) > 1 else ""
+    several = len(data["runs"]) > 1
     energies = [t["energy_kwh"]["mean"] for t in data["phases"].values()] + [data["total"]["energy_kwh"]["mean"]]
     e_unit, e_f = pick_unit(energies, ENERGY_UNITS)
     m_unit, m_f = pick_unit([data["total"]["co2eq_g"]["mean"]], MASS_UNITS)
-    header = ["phase", f"seconds{suffix}", f"energy ({e_unit}){suffix}", f"CO2eq ({m_unit}){suffix}", "samples"]
+    header = ["phase", _heading("time", "s", several), _heading("energy", e_unit, several),
+              _heading("CO2eq", m_unit, several), "samples" + (" (mean)" if several else "")]
     body = [
         [phase, _scaled(t["seconds"], 1.0), _scaled(t["energy_kwh"], e_f), _scaled(t["co2eq_g"], m_f),
-         number(t["samples"]["mean"]) if t["samples_counted"] else "n/a"]
+         _count(t["samples"]["mean"]) if t["samples_counted"] else "n/a"]
         for phase, t in data["phases"].items()
     ]
     total = data["total"]
@@ -677,7 +688,7 @@ def _latex_group(data: dict, caption_extra: str, label: str) -> list[str]:
         f"\\label{{{label}}}",
         r"\begin{tabular}{lrrrrl}",
         r"\toprule",
-        f"Epoch & Time (s) & Energy ({e_unit}) & CO$_2$eq ({m_unit}) & {latex_escape(j_unit)}/sample & Measured by \\\\",
+        f"Epoch & Time (s) & Energy ({e_unit}) & CO$_2$eq ({m_unit}) & Per sample ({latex_escape(j_unit)}) & Measured by \\\\",
         r"\midrule",
     ]
     for row in rows:
@@ -830,7 +841,7 @@ def epoch_figure(records: Sequence[Record]):
     groups = [(config, group) for config, group in group_runs(records) if epoch_summary(group)]
     if not groups:
         raise ValueError("no training epochs to plot")
-    figure = new_figure(6.4, 3.4 * len(groups))
+    figure = new_figure(6.4, 4.0 * len(groups))
     for index, (config, group) in enumerate(groups):
         rows = epoch_summary(group)
         positions = list(range(len(rows)))
@@ -846,7 +857,8 @@ def epoch_figure(records: Sequence[Record]):
 
         axes = figure.add_subplot(len(groups), 1, index + 1)
         axes.bar(positions, [t * factor for t in train], yerr=errors if any(errors) else None, color="#4c9a6a",
-                 label=f"training ({unit})")
+                 error_kw={"ecolor": "#777777", "capsize": 4, "elinewidth": 1},
+                 label=f"training ({unit})" + (", ± SE over runs" if any(errors) else ""))
         if any(val):
             axes.bar(positions, [v * factor for v in val], bottom=[t * factor for t in train], color="#a9cfb4",
                      label=f"validation ({unit})")
@@ -867,6 +879,8 @@ def epoch_figure(records: Sequence[Record]):
             title += f"\n{describe_configuration(config)}"
         axes.set_title(title, fontsize="medium")
         handles = axes.get_legend_handles_labels()[0] + line_axes.get_legend_handles_labels()[0]
-        axes.legend(handles, [h.get_label() for h in handles], loc="upper left", fontsize="small")
+        # Below the axes: inside, it would hide the bars it explains.
+        axes.legend(handles, [h.get_label() for h in handles], loc="upper center", bbox_to_anchor=(0.5, -0.2),
+                    ncol=2, fontsize="small", frameon=False)
     figure.tight_layout()
     return figure
