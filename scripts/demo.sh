@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec greencallbacks demo "$@"
+. scripts/env.sh
+exec "$GC_PYTHON" -m greencallbacks demo "$@"
