@@ -62,6 +62,19 @@ def training_args(output_dir, **overrides):
     return TrainingArguments(**settings)
 
 
+def tensorboard_dir(monkeypatch, directory) -> dict:
+    """Send HF's TensorBoard logs to ``directory``: transformers 5 reads ``TENSORBOARD_LOGGING_DIR``,
+    4.x the ``logging_dir`` training argument (gone in 5). Returns the arguments to add."""
+    import inspect
+
+    from transformers import TrainingArguments
+
+    monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(directory))
+    if "logging_dir" in inspect.signature(TrainingArguments).parameters:
+        return {"logging_dir": str(directory)}
+    return {}
+
+
 def scripted_sensor(name: str = "device", power_w: float = POWER_W):
     """A constant-power sensor on the real clock: energy = power x real elapsed time, exactly."""
     from greencallbacks.sensors.base import Kind

@@ -21,8 +21,8 @@ from greencallbacks.meter import EnergyWarning  # noqa: E402
 from greencallbacks.records import read_records  # noqa: E402
 from greencallbacks.tracker import METRIC_STEMS  # noqa: E402
 from tests.hf_tiny import (  # noqa: E402
-    EVAL_SAMPLES, POWER_W, SEQ_LEN, TEST_SAMPLES, TRAIN_SAMPLES, TokenDataset, scripted_sensor, tiny_model,
-    training_args,
+    EVAL_SAMPLES, POWER_W, SEQ_LEN, TEST_SAMPLES, TRAIN_SAMPLES, TokenDataset, scripted_sensor, tensorboard_dir,
+    tiny_model, training_args,
 )
 
 pytestmark = pytest.mark.slow
@@ -77,10 +77,10 @@ def assert_consistent(entry, prefix, samples):
 def test_epoch_values_reach_tensorboard_and_log_history(tmp_path, monkeypatch, attach, logging_strategy, extra):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(tmp_path / "tb"))
     callback = make_callback()
     trainer = make_trainer(
-        tmp_path, callback, attach, report_to=["tensorboard"], logging_strategy=logging_strategy, **extra
+        tmp_path, callback, attach, report_to=["tensorboard"], logging_strategy=logging_strategy,
+        **tensorboard_dir(monkeypatch, tmp_path / "tb"), **extra,
     )
     trainer.train()
     history = trainer.state.log_history
