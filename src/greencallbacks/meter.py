@@ -39,6 +39,10 @@ POWER_SAMPLE_INTERVAL_S = 0.01
 DEFAULT_READ_INTERVAL_S = 0.1
 STALE_READ_S = 1.0
 POWER_HISTORY = 64  # samples kept: 0.64 s, more than the span between two counter reads
+# Finding a quantised counter's update phase: steps to observe (at most), the precision at which
+# to stop early, inconsistent steps tolerated before concluding it has no steady period, and how
+# often to search again (the GPU's clock and the host's drift apart slowly).
+PHASE_STEPS, PHASE_PRECISION_S, PHASE_MAX_CONFLICTS, PHASE_REFRESH_S = 20, 0.0015, 3, 60.0
 
 
 def _integral_at(samples: Sequence[tuple[float, float, float]], t: float) -> float:
@@ -157,7 +161,8 @@ class _Channel:
         # does not step at its stated period). Reader thread only.
         self._phase: float | None | bool = None
         self._last_read: tuple[float, float] | None = None  # (sample instant, value)
-        self._last_step_t: float | None = None
+        self._search: dict | None = None  # a phase search under way (see _learn_phase)
+        self._locked_at = 0.0
 
     @property
     def off_thread(self) -> bool:
@@ -205,7 +210,12 @@ class _Channel:
             if self._phase is not None and self._phase is not False:
                 k = math.floor((before - self._phase) / period)
                 if k == math.floor((after - self._phase) / period):
-                    t = self._phase + k * period  # else the read straddled an update: keep its middle
+                    t = self._phase + k * period
+                elif self._anchor is not None:
+                    # The read straddled an update: which one it holds is unknown. Keep carrying
+                    # the previous anchor rather than risk one period's lag.
+                    self._last_read = (t, value)
+                    return value
         self._last_read = (0.5 * (before + after), value)
         with self._state_lock:
             previous = self._anchor
@@ -217,29 +227,48 @@ class _Channel:
         return value
 
     def _learn_phase(self, t: float, value: float, period: float) -> None:
+        """Find when the counter steps. While searching, reads follow each other closely: each
+        step seen between two reads bounds an update time to the span between their sample
+        instants; the spans of several steps, taken modulo the period, are intersected down to a
+        millisecond or two (a few more where the training thread holds the GIL and reads slow down). The search runs first, again every PHASE_REFRESH_S (clock drift),
+        and again at once if a whole period passes without a step (the phase was wrong)."""
         last = self._last_read
+        locked = self._phase is not None and self._phase is not False
+        if self._search is None and (not locked or t - self._locked_at > PHASE_REFRESH_S):
+            self._search = {"window": None, "steps": 0, "conflicts": 0}
         if last is None or value == last[1]:
-            if last is not None and self._phase not in (None, False) and t - last[0] > 1.5 * period:
-                self._phase = None  # no step across a whole period: the phase was wrong; search again
+            if last is not None and locked and self._search is None and t - last[0] > 1.5 * period:
+                self._search = {"window": None, "steps": 0, "conflicts": 0}
             return
-        step_t = 0.5 * (last[0] + t)
-        if self._phase is None and t - last[0] <= period / 4:
-            # Two close reads around a step: the update happened between their sample instants.
-            if self._last_step_t is not None and step_t - self._last_step_t < period / 2:
-                self._phase = False  # it steps more often than its period says: no phase to lock
-            else:
-                self._phase = step_t
-        self._last_step_t = step_t
+        search = self._search
+        if search is None or t - last[0] >= 0.9 * period:  # (reads a period apart bound no single update)
+            return
+        lo, hi = last[0], t
+        if search["window"] is not None:
+            w_lo, w_hi = search["window"]
+            shift = round((lo + hi - w_lo - w_hi) / 2 / period) * period
+            lo, hi = max(w_lo, lo - shift), min(w_hi, hi - shift)
+            if lo > hi:  # no common update time: not a steady period, or a misread; start over
+                search["conflicts"] += 1
+                if search["conflicts"] > PHASE_MAX_CONFLICTS:
+                    self._phase, self._search = False, None  # it does not step at its period
+                    return
+                lo, hi, search["steps"] = last[0], t, 0
+        search["window"], search["steps"] = (lo, hi), search["steps"] + 1
+        # Provisional at once (a few ms off beats a whole period's lag), final when precise enough.
+        self._phase = 0.5 * (lo + hi)
+        if search["steps"] >= PHASE_STEPS or (search["steps"] >= 2 and hi - lo < PHASE_PRECISION_S):
+            self._search, self._locked_at = None, t
 
     def next_read_at(self, now: float) -> float:
-        """When the reader should read next: mid-way between two updates once the phase is known
-        (far from either update, so a read's latency cannot blur which update it saw); quickly
-        while searching for the phase; at the update period otherwise."""
+        """When the reader should read next: back to back while searching for the phase;
+        mid-way between two updates once it is known (far from either, so a read's latency
+        cannot blur which update it saw); at the update period otherwise."""
         period = getattr(self.sensor, "update_period_s", 0.0) or 0.0
         if period <= 0 or self._phase is False:
             return now + self.read_interval_s
-        if self._phase is None:
-            return now + period / 20
+        if self._search is not None or self._phase is None:
+            return now + period / 50
         return self._phase + (math.floor((now - self._phase) / period) + 1.5) * period
 
     def sample_power(self) -> None:
@@ -528,7 +557,7 @@ class Meter:
                 carried[channel.name] = seconds
         methods = {c.name: c.method for c in self.channels}
         # Started after the reads, so the reader's first read does not queue behind this one.
-        if self._poller.needed() and not self._closed:
+        if not self._poller.alive and not self._closed and self._poller.needed():
             self._poller.ensure_running()
         return Snapshot(monotonic_s=mono_s, unix_s=unix_s, energy_j=energy, methods=methods, carried_s=carried)
 
