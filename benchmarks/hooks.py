@@ -13,6 +13,15 @@
    (``begin`` + ``end``) in memory and with its record written (the fsync follows on the writer's thread).
 3. Reads of each sensor per epoch during a real fit of each framework (``energy_j`` wrapped
    with a counter), and the background thread's polls.
+4. On a simulated GPU host (the tests' fake NVML on the real clock, each energy-counter read
+   sleeping the H100's latency: 2.9 ms median, 15 ms p99): the training thread's time per phase
+   boundary (``Tracker.begin`` / ``end`` in memory, and the meter's part of it), median and p99,
+   with the counter read at the boundary (before) and off the training thread (now); and, in
+   the same runs, each 1-second epoch's GPU energy against the simulated GPU's exact energy.
+5. The share of a fit spent inside the callback, in real fits of all three frameworks with ~1 s
+   epochs, on this CPU host and on the simulated GPU host (``overhead.SelfTime``: the training
+   thread's time in the callback's hooks and core calls, and the meter thread's CPU time); and a
+   Lightning fit under ``SimpleProfiler``: time per hook call of ours against an empty callback.
 
 Usage: python benchmarks/hooks.py [--quick]
 """
@@ -31,7 +40,7 @@ from pathlib import Path
 os.environ.setdefault("KERAS_BACKEND", "torch")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import emit, pin_threads, quiet  # noqa: E402
+from _common import emit, percentile, pin_threads, quiet, simulated_gpu_sensor, simulated_nvml  # noqa: E402
 
 LIGHTNING_STEP_HOOKS = (
     ("on_train_batch_start", "batch_idx"),
@@ -136,8 +145,8 @@ def hf_per_step(calls: int, workdir: Path) -> dict:
     callback = EnergyCallback(country="FR", output_dir=str(workdir / "hf-hook"))
     callback.session.start(device_indices=[])
     try:
-        raw = types.SimpleNamespace(training_step=lambda model, batch: None)
-        wrapped = types.SimpleNamespace(training_step=lambda model, batch: None)
+        raw = types.SimpleNamespace(training_step=lambda model, batch: None, prediction_step=lambda *a, **k: None)
+        wrapped = types.SimpleNamespace(training_step=lambda model, batch: None, prediction_step=lambda *a, **k: None)
         wrapped.__dict__[hf_adapter._OWNERS] = [callback]
         hf_adapter._wrap_trainer(wrapped)
         wrapper_us = per_call_us(lambda: wrapped.training_step(None, inputs), calls) - per_call_us(
@@ -341,6 +350,144 @@ def _reads_summary(reads, polls, epochs: int, seconds: float) -> dict:
     }
 
 
+# ------------------------------------------------------------------ simulated GPU host
+def _busy(seconds: float) -> None:
+    """Stand-in for training: a pure-Python loop holds the GIL, the worst case for the meter's
+    thread (torch releases it inside its kernels)."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def simulated_gpu_boundaries(quick: bool) -> dict:
+    from greencallbacks.meter import Meter
+    from greencallbacks.tracker import Tracker
+
+    phases = 30 if quick else 400
+    epochs, epoch_s, val_s = (2, 0.3, 0.1) if quick else (8, 1.0, 0.3)
+    out = {"phases_timed": phases, "epoch_s": epoch_s}
+    for label, off_thread in (("cpu_host_control", None), ("counter_read_at_boundary", False), ("off_thread", True)):
+        nvml, gpu = simulated_nvml(300.0)
+        gpu_sensors = [] if off_thread is None else [simulated_gpu_sensor(nvml, gpu)]
+        meter = Meter([*gpu_sensors, *host_sensors()], off_thread=bool(off_thread))
+        snapshot, between = meter.snapshot, meter.between
+        meter_us: list[float] = []
+
+        def timed_snapshot(*args, **kwargs):  # the meter's share of a boundary (snapshot + window)
+            t0 = time.perf_counter()
+            try:
+                return snapshot(*args, **kwargs)
+            finally:
+                meter_us.append((time.perf_counter() - t0) * 1e6)
+
+        meter.snapshot = timed_snapshot
+        tracker = Tracker()  # records in memory: the tracker's own writing is timed in boundary_costs
+        tracker.start(meter)
+        boundary_us = []
+        for _ in range(phases):
+            _busy(0.01)
+            for call in (lambda: tracker.begin("train", 0), lambda: tracker.end("train")):
+                t0 = time.perf_counter()
+                call()
+                boundary_us.append((time.perf_counter() - t0) * 1e6)
+        # Accuracy: power steps at every boundary (the hardest case for a quantised counter).
+        errors, stamps = [], {}
+        for epoch in range(1, epochs + 1):  # epoch 0 holds the timed phases above
+            stamps[epoch] = []
+            for power, seconds, call in ((650.0, epoch_s, lambda: tracker.begin("train", epoch)),
+                                         (250.0, val_s, lambda: tracker.begin("validation", epoch)),
+                                         (650.0, 0.02, lambda: tracker.end("validation")),
+                                         (100.0, 0.05, lambda: tracker.end("train"))):
+                gpu.set_power(power)  # the load changes at the boundary's instant
+                stamps[epoch].append(time.monotonic())
+                call()
+                _busy(seconds)
+        tracker.finish()
+        for record in tracker.records if gpu_sensors else ():
+            if record.phase == "train" and record.epoch in stamps:
+                ours = sum(c["energy_j"] for c in record.components if c["kind"] == "gpu")
+                t0, t1, t2, t3 = stamps[record.epoch]  # the train record excludes its validation
+                truth = gpu.energy_between_j(t0, t1) + gpu.energy_between_j(t2, t3)
+                errors.append((ours - truth) / truth)
+        meter.close()
+        out[label] = {
+            "boundary_us_median": statistics.median(boundary_us),
+            "boundary_us_p99": percentile(boundary_us, 0.99),
+            "meter_us_median": statistics.median(meter_us),
+            "meter_us_p99": percentile(meter_us, 0.99),
+            "epoch_gpu_relative_errors": errors,
+            "epoch_gpu_max_abs_relative_error": max(abs(e) for e in errors) if errors else None,
+        }
+    return out
+
+
+def fit_shares(quick: bool, workdir: Path) -> dict:
+    import overhead
+
+    out = {}
+    for framework in ("lightning", "keras", "hf"):
+        epochs, steps, val_steps = overhead.SIZES[framework]["quick" if quick else "long"]
+        for host in ("cpu", "simulated_gpu"):
+            sensors = None if host == "cpu" else (lambda: [*host_sensors(), simulated_gpu_sensor(*simulated_nvml(300.0))])
+            variants = overhead.BUILDERS[framework](epochs, steps, val_steps, workdir / f"{framework}-{host}", sensors=sensors)
+            variants["greencallbacks"]()  # warm-up
+            run = overhead.attribute(framework, variants, 1 if quick else 3)["median_run"]
+            out[f"{framework}.{host}"] = {
+                "epochs": epochs,
+                "epoch_s": run["wall_s"] / epochs,
+                "training_thread_ms": run["training_thread_s"] * 1e3,
+                "meter_thread_cpu_ms": run["meter_thread_cpu_s"] * 1e3,
+                "training_thread_share": run["training_thread_s"] / run["wall_s"],
+                "ms_by_call": run["ms_by_call"],
+            }
+    out["lightning_profiled"] = lightning_profiled(quick, workdir)
+    return out
+
+
+def lightning_profiled(quick: bool, workdir: Path) -> dict:
+    """One Lightning fit each with our callback and an empty one, under ``SimpleProfiler``."""
+    import lightning.pytorch as L
+    import torch
+    from lightning.pytorch.profilers import SimpleProfiler
+    from torch.utils.data import DataLoader, TensorDataset
+
+    import overhead
+    from greencallbacks.lightning import EnergyCallback
+
+    epochs, steps, val_steps = overhead.SIZES["lightning"]["quick" if quick else "long"]
+    x, y, xv, yv = overhead._data(steps, val_steps)
+
+    class Module(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = overhead._mlp()
+
+        def training_step(self, batch, batch_idx):
+            return torch.nn.functional.cross_entropy(self.net(batch[0]), batch[1])
+
+        def validation_step(self, batch, batch_idx):
+            self.log("val_loss", torch.nn.functional.cross_entropy(self.net(batch[0]), batch[1]))
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    out = {}
+    for label, make in (("greencallbacks", lambda: EnergyCallback(country="FR")), ("empty_callback", L.Callback)):
+        callback, profiler = make(), SimpleProfiler()
+        t0 = time.perf_counter()
+        L.Trainer(max_epochs=epochs, callbacks=[callback], profiler=profiler, logger=L.loggers.CSVLogger(str(workdir / label)),
+                  enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
+                  num_sanity_val_steps=0, accelerator="cpu", devices=1).fit(
+            Module(), DataLoader(TensorDataset(x, y), batch_size=32), DataLoader(TensorDataset(xv, yv), batch_size=32))
+        wall = time.perf_counter() - t0
+        prefix = f"[Callback]{callback.state_key}."
+        durations = [d for name, ds in profiler.recorded_durations.items() if name.startswith(prefix) for d in ds]
+        out[label] = {"hook_calls": len(durations), "us_per_hook_call": sum(durations) / len(durations) * 1e6,
+                      "hooks_ms": sum(durations) * 1e3, "fit_s": wall, "share_of_fit": sum(durations) / wall}
+    out["us_per_call_over_empty"] = out["greencallbacks"]["us_per_hook_call"] - out["empty_callback"]["us_per_hook_call"]
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
@@ -357,6 +504,8 @@ def main() -> None:
             "keras": keras_per_step(calls, workdir),
             "boundary": boundary_costs(workdir, 20 if args.quick else 200),
             "reads": reads_per_epoch(3 if args.quick else 5, 5 if args.quick else 20, workdir),
+            "simulated_gpu_boundaries": simulated_gpu_boundaries(args.quick),
+            "fit_shares": fit_shares(args.quick, workdir),
         }
     emit(result)
 

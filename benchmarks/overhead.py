@@ -88,6 +88,11 @@ def _within_codecarbon_tracker(fit) -> None:
         tracker.stop()
 
 
+def _sensor_kwargs(sensors) -> dict:
+    """``sensors``: None (the callback discovers this machine's) or a factory of a fresh list."""
+    return {} if sensors is None else {"sensors": sensors()}
+
+
 def _zeus_available() -> bool:
     try:
         import zeus.monitor  # noqa: F401
@@ -97,7 +102,7 @@ def _zeus_available() -> bool:
 
 
 # ----------------------------------------------------------------------------------- lightning
-def lightning_variants(epochs: int, steps: int, val_steps: int, workdir: Path):
+def lightning_variants(epochs: int, steps: int, val_steps: int, workdir: Path, sensors=None, with_empty=False):
     import lightning.pytorch as L
     import torch
     from torch.utils.data import DataLoader, TensorDataset
@@ -143,12 +148,14 @@ def lightning_variants(epochs: int, steps: int, val_steps: int, workdir: Path):
         fit([])
 
     def ours():
-        fit([EnergyCallback(country="FR")])
+        fit([EnergyCallback(country="FR", **_sensor_kwargs(sensors))])
 
     def codecarbon():
         _within_codecarbon_tracker(fit)
 
     variants = {"baseline": baseline, "baseline_again": baseline, "greencallbacks": ours, "codecarbon": codecarbon}
+    if with_empty:
+        variants["empty_callback"] = lambda: fit([L.Callback()])
     if _zeus_available():
         from zeus.monitor import ZeusMonitor
 
@@ -173,7 +180,7 @@ def lightning_variants(epochs: int, steps: int, val_steps: int, workdir: Path):
 
 
 # --------------------------------------------------------------------------------------- keras
-def keras_variants(epochs: int, steps: int, val_steps: int, workdir: Path):
+def keras_variants(epochs: int, steps: int, val_steps: int, workdir: Path, sensors=None, with_empty=False):
     import keras
 
     from greencallbacks.keras import EnergyCallback
@@ -199,12 +206,15 @@ def keras_variants(epochs: int, steps: int, val_steps: int, workdir: Path):
 
     def ours():
         counter["n"] += 1
-        fit([EnergyCallback(country="FR", output_dir=str(workdir / f"run{counter['n']}"))])
+        fit([EnergyCallback(country="FR", output_dir=str(workdir / f"run{counter['n']}"), **_sensor_kwargs(sensors))])
 
     def codecarbon():
         _within_codecarbon_tracker(fit)
 
-    return {"baseline": baseline, "baseline_again": baseline, "greencallbacks": ours, "codecarbon": codecarbon}
+    variants = {"baseline": baseline, "baseline_again": baseline, "greencallbacks": ours, "codecarbon": codecarbon}
+    if with_empty:
+        variants["empty_callback"] = lambda: fit([keras.callbacks.Callback()])
+    return variants
 
 
 # ------------------------------------------------------------------------------------------ hf
@@ -235,7 +245,7 @@ def hf_dataset_and_model():
     return Rows, Model
 
 
-def hf_variants(epochs: int, steps: int, val_steps: int, workdir: Path):
+def hf_variants(epochs: int, steps: int, val_steps: int, workdir: Path, sensors=None, with_empty=False):
     import transformers
     from transformers import Trainer, TrainingArguments
 
@@ -262,7 +272,7 @@ def hf_variants(epochs: int, steps: int, val_steps: int, workdir: Path):
         fit([])
 
     def ours():
-        fit([EnergyCallback(country="FR")])
+        fit([EnergyCallback(country="FR", **_sensor_kwargs(sensors))])
 
     import codecarbon
 
@@ -279,8 +289,11 @@ def hf_variants(epochs: int, steps: int, val_steps: int, workdir: Path):
     def codecarbon_tracker():
         _within_codecarbon_tracker(fit)
 
-    return {"baseline": baseline, "baseline_again": baseline, "greencallbacks": ours,
-            "codecarbon": codecarbon_tracker, "codecarbon_hf_callback": codecarbon_callback}
+    variants = {"baseline": baseline, "baseline_again": baseline, "greencallbacks": ours,
+                "codecarbon": codecarbon_tracker, "codecarbon_hf_callback": codecarbon_callback}
+    if with_empty:
+        variants["empty_callback"] = lambda: fit([transformers.TrainerCallback()])
+    return variants
 
 
 # --------------------------------------------------------------------------------- attribution
@@ -342,7 +355,12 @@ class SelfTime:
             for name in names:
                 self._wrap(cls, name, f"{cls_name}.{name}")
         if self.framework == "hf":  # the per-step sample count inside the training_step wrapper
-            self._wrap(adapter, "count_samples", "hf.count_samples")
+            from greencallbacks import samples
+
+            if "count_samples" in vars(adapter):
+                self._wrap(adapter, "count_samples", "hf.count_samples")
+            elif hasattr(samples, "BatchCounter"):
+                self._wrap(samples.BatchCounter, "count", "BatchCounter.count")
         from greencallbacks import meter
 
         run = meter._Poller.__dict__["_run"]
