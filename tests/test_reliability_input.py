@@ -424,7 +424,7 @@ def cli_cases(out: Path, series: Path) -> list[tuple[list[str], str]]:
         (["whatif", records], "--intensity"),
         (["whatif", records, "--intensity", str(out / "missing.csv")], "missing.csv"),
         (["whatif", records, "--intensity", str(series), "--window-h", "soon"], "--window-h"),
-        (["whatif", records, "--intensity", str(series), "--window-h", "-5"], "window_h"),
+        (["whatif", records, "--intensity", str(series), "--window-h", "-5"], "--window-h"),  # the flag, not the Python argument
         (["whatif", records, "--intensity", str(series), "--threshold", "-1"], "threshold"),
         (["whatif", records, "--intensity", str(series), "--zones", "Atlantis"], "Atlantis"),
         (["whatif", missing, "--intensity", str(series)], "missing.jsonl"),
