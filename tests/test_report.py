@@ -92,7 +92,7 @@ def test_markdown_of_several_runs_says_mean_and_se():
     # epoch 0: 10, 12.5, 15 Wh: mean 12.5, SE 2.5/sqrt(3) = 1.443 -> "12.5 ± 1.4"
     assert "| 0 | 2.00 ± 0 | 12.5 ± 1.4 |" in text
     assert "Over 3 runs of one configuration, training (2 epochs of 1000 samples) used 37.5 ± 4.3 Wh" in text
-    assert "Runs are grouped by configuration (framework, training epochs, samples per epoch" in text
+    assert f"Runs are grouped by configuration ({report.GROUPED_BY})" in text and "samples per epoch" in text
 
 
 def test_runs_of_different_configurations_are_not_averaged():
@@ -117,6 +117,11 @@ def test_runs_of_different_configurations_are_not_averaged():
     other_gpu = [dataclasses.replace(r, components=[dict(c, method="sampled") if c["name"] == "gpu0" else c
                                                      for c in r.components]) for r in one_run("sampled")]
     assert len(report.group_runs(one_run("x") + fewer + other_gpu)) == 3
+    # A second fit that continues the first (epochs 2 and 3) is not a repeat of it.
+    continued = [dataclasses.replace(r, epoch=r.epoch + 2) if r.epoch is not None else r for r in one_run("fit-2")]
+    groups = report.group_runs(one_run("fit-1") + continued)
+    assert [report.run_ids(g) for _, g in groups] == [["fit-1"], ["fit-2"]]
+    assert "2 training epoch(s) from epoch 2 of 1000 samples" in report.describe_configuration(groups[1][0])
 
 
 def test_an_epoch_cut_short_and_redone_after_a_resume_is_its_own_row():

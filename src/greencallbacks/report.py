@@ -38,7 +38,7 @@ from greencallbacks.textformat import (
 )
 from greencallbacks.units import J_PER_KWH
 
-GROUPED_BY = "framework, training epochs, samples per epoch, sensors (name and method) and ranks"
+GROUPED_BY = "framework, training epochs and the first one, samples per epoch, sensors (name and method) and ranks"
 _PHASE_WORDS = {"validation": "validation", "test": "test", "predict": "prediction", "other": "the time between phases"}
 
 
@@ -215,6 +215,9 @@ def configuration(records: Sequence[Record]) -> dict:
     return {
         "framework": next((r.framework for r in records if r.framework), "unknown"),
         "epochs": len({epoch for _, epoch in per_epoch}),
+        # A run whose epochs start past 0 continues an earlier training (a notebook's second fit,
+        # Keras initial_epoch): not a repeat of one that starts at 0.
+        "first_epoch": min((epoch for _, epoch in per_epoch), default=0),
         "samples_per_epoch": Counter(complete).most_common(1)[0][0] if complete else None,
         "sensors": sorted({f"{c.get('name', '?')}:{c.get('method', '?')}" for r in records for c in r.components}),
         "ranks": max((r.ranks for r in records), default=1),
@@ -223,7 +226,8 @@ def configuration(records: Sequence[Record]) -> dict:
 
 def describe_configuration(config: dict) -> str:
     samples = "uncounted samples" if config["samples_per_epoch"] is None else f"{config['samples_per_epoch']} samples"
-    return (f"{config['framework']}, {config['epochs']} training epoch(s) of {samples}, "
+    start = f" from epoch {config['first_epoch']}" if config.get("first_epoch") else ""
+    return (f"{config['framework']}, {config['epochs']} training epoch(s){start} of {samples}, "
             f"sensors {', '.join(config['sensors']) or 'none'}, {config['ranks']} rank(s)")
 
 
