@@ -220,3 +220,44 @@ def test_cli_errors_name_flags_not_python_arguments(argv, says, not_said, capsys
 def test_estimate_accepts_a_name_whose_matches_share_one_power(capsys):
     code, out, _ = run(["estimate", "--hours", "1", "--gpu", "A100 SXM", "--intensity", "100"], capsys)
     assert code == 0 and "400 W" in out and "A100 SXM" in out
+
+
+@pytest.mark.slow
+def test_report_lifecycle_and_whatif_of_a_real_lightning_log_root(tmp_path, capsys):
+    """Three real fits logged by TensorBoard under one root: found, grouped, reported, priced."""
+    import sys
+    from datetime import datetime, timedelta, timezone
+    from pathlib import Path
+
+    pytest.importorskip("lightning")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from lightning_models import flavour, loaders, trainer_kwargs
+
+    L, EnergyCallback, TinyModel = flavour("lightning.pytorch")
+    for epochs in (2, 2, 3):
+        logger = L.loggers.TensorBoardLogger(tmp_path, name="lightning_logs")
+        trainer = L.Trainer(max_epochs=epochs, logger=logger, callbacks=[EnergyCallback(country="FR")], **trainer_kwargs())
+        trainer.fit(TinyModel(), *loaders())
+    root = tmp_path / "lightning_logs"
+    assert len(list(root.rglob("energy-records.jsonl"))) == 3 and list(root.rglob("events.out.tfevents.*"))
+
+    code, out, err = run(["report", str(root), "--plot", str(tmp_path / "energy.pdf")], capsys)
+    assert code == 0 and "3 runs found in 3 records file(s)" in err
+    assert "## Configuration 1: lightning.pytorch" in out and "2 training epoch(s) of 32 samples" in out
+    assert "## Configuration 2:" in out and "3 training epoch(s) of 32 samples" in out
+    assert "mean ± standard error over the 2 runs" in out and "over 3 runs" not in out
+    assert "The training (3 epochs of 32 samples) used" in out and "the whole run, including validation" in out
+    assert (tmp_path / "energy.pdf").read_bytes()[:5] == b"%PDF-"
+
+    code, out, err = run(["lifecycle", str(root), "--inferences", "100"], capsys)
+    assert code == 0 and out.count("T  training:") == 3 and "choose one with --run-id" in err
+
+    now = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
+    series = tmp_path / "grid.csv"
+    series.write_text("timestamp,gco2eq_per_kwh\n" + "".join(
+        f"{(now + timedelta(hours=h)).isoformat()},{100 + 50 * (h % 3)}\n" for h in range(-2, 30)))
+    run_id = json.loads((root / "version_2" / "energy-summary.json").read_text())["run_id"]
+    code, out, _ = run(["whatif", str(root), "--run-id", run_id, "--intensity", str(series), "--json"], capsys)
+    data = json.loads(out)
+    assert code == 0 and data["run_id"] == run_id and data["as_recorded"]["extrapolated"] is False
+    assert data["series_name"] == "grid.csv (CSV)"
