@@ -145,6 +145,9 @@ def test_report_of_a_log_root_finds_every_run_and_the_rank_files(tmp_path, capsy
     assert "v0: unknown framework, 2 training epoch(s), in " in err and str(root / "version_0" / "energy") in err
     totals = json.loads(out)["configurations"][0]["run_totals"]
     assert totals["v1"]["energy_kwh"] == pytest.approx((1.5 * (108000 + 7200 + 1800) + 3600) / KWH)  # rank 1's part too
+    code, out, _ = run(["report", str(root / "version_1" / "energy-records.jsonl"), "--format", "json"], capsys)
+    assert json.loads(out)["configurations"][0]["run_totals"]["v1"]["energy_kwh"] == pytest.approx(
+        totals["v1"]["energy_kwh"])  # the file named, and the rank file beside it
     code, out, err = run(["report", str(root), "--run-id", "v0"], capsys)
     assert code == 0 and "# Energy report (1 run: v0)" in out and err == ""
     code, err = exits(["report", str(root), "--run-id", "v9"], capsys)

@@ -23,10 +23,12 @@ SUMMED_FIELDS = ("duration_s", "it_energy_kwh", "energy_kwh", "co2eq_g", "intens
 
 
 def find_record_files(path: str | os.PathLike) -> list[Path]:
-    """The records files ``path`` names: itself if a file, else every one below the directory."""
+    """The records files ``path`` names: itself (with its rank files) if a file, else every one below the directory."""
     path = Path(path)
     if path.is_file():
-        return [path]
+        # What ranks > 0 wrote when a distributed run failed is part of the same runs' energy.
+        ranks = sorted(path.parent.glob(RANK_FILES)) if path.name == RECORDS_FILE else []
+        return [path, *ranks]
     if not path.is_dir():
         raise FileNotFoundError(f"no such file or directory: {path}")
     found = sorted({*path.rglob(RECORDS_FILE), *path.rglob(RANK_FILES)})

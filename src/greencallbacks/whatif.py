@@ -89,7 +89,7 @@ class WhatIfResult:
 
     def to_markdown(self) -> str:
         lines = [
-            f"What-if for a run of {number(self.energy_kwh, 4)} kWh over {_duration(self.run_duration_s)} "
+            f"What-if for a run of {_energy_text(self.energy_kwh)} over {_duration(self.run_duration_s)} "
             f"starting {_iso(self.run_start_unix)}, priced with {self.series_name}.",
             f"Recorded CO2eq: {number(self.recorded_co2eq_g, 4)} g.",
             "",
@@ -406,6 +406,13 @@ def whatif(
         threshold_note=threshold_note,
         series_covers=coverage,
     )
+
+
+def _energy_text(kwh: float) -> str:
+    from greencallbacks.textformat import ENERGY_UNITS, pick_unit
+
+    unit, factor = pick_unit([kwh], ENERGY_UNITS)
+    return f"{number(kwh * factor, 4)} {unit}"
 
 
 def _pause_count(run_start: float, spans: Sequence[tuple[float, float, float]]) -> int:
