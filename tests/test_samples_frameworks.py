@@ -9,6 +9,7 @@ run, and no per-sample values in the records or the loggers.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import subprocess
@@ -217,3 +218,105 @@ def test_lightning_token_counter_counts_real_tokens(tmp_path):
     assert [r.tokens for r in phases["train"]] == [sum(len(_tokens(i)) for i in range(TRAIN))] * 2
     assert [r.tokens for r in phases["test"]] == [sum(len(_tokens(i)) for i in range(200, 200 + TEST))]
     assert [r.samples for r in phases["train"]] == [TRAIN, TRAIN]
+
+
+# -------------------------------------------------------------------------------------- HF
+def hf_text_data(n: int, offset: int = 0) -> list[dict]:
+    """Tokenised sentences of 1..4 words for ``DataCollatorWithPadding`` (padded per batch)."""
+    from test_samples import tiny_tokenizer
+
+    tokenizer = tiny_tokenizer(WORDS)
+    return [{**tokenizer(text), "labels": i % 2} for i, text in zip(range(offset, offset + n), _texts(range(offset, offset + n)))]
+
+
+class FailingAt:
+    """Makes a model's forward raise at its ``at``-th call (a step that raised must not be counted)."""
+
+    def __init__(self, model, at: int) -> None:
+        self.calls, self.at = 0, at
+        forward = model.forward
+
+        @functools.wraps(forward)  # the Trainer picks the batch's columns by forward's signature
+        def failing_forward(*args, **kwargs):
+            self.calls += 1
+            if self.calls == self.at:
+                raise RuntimeError(f"forward {self.at} fails")
+            return forward(*args, **kwargs)
+
+        model.forward = failing_forward
+
+
+def hf_trainer(tmp_path, callback, **overrides):
+    pytest.importorskip("transformers")
+    from transformers import DataCollatorWithPadding, Trainer
+
+    from hf_tiny import tiny_model, training_args
+    from test_samples import tiny_tokenizer
+
+    overrides.setdefault("per_device_train_batch_size", BATCH)
+    overrides.setdefault("per_device_eval_batch_size", BATCH)
+    return Trainer(
+        model=tiny_model(), args=training_args(tmp_path / "out", **overrides),
+        train_dataset=hf_text_data(TRAIN), eval_dataset=hf_text_data(VAL, offset=100),
+        data_collator=DataCollatorWithPadding(tiny_tokenizer(WORDS)), callbacks=[callback],
+    )
+
+
+def hf_callback(**kwargs):
+    from greencallbacks.hf import EnergyCallback
+
+    return EnergyCallback(intensity=100.0, **kwargs)
+
+
+def test_hf_counts_collator_batches_exactly_with_tokens(tmp_path):
+    callback = hf_callback(token_counter=lambda batch: int(batch["attention_mask"].sum()))
+    trainer = hf_trainer(tmp_path, callback)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.train()
+        predicted = trainer.predict(hf_text_data(PREDICT, offset=300))
+    phases = by_phase(read_records(tmp_path / "out"))
+    assert [r.samples for r in phases["train"]] == [TRAIN, TRAIN]
+    assert [r.samples for r in phases["validation"]] == [VAL, VAL]
+    assert [r.samples for r in phases["predict"]] == [PREDICT]
+    words = {name: sum(len(_tokens(i)) for i in range(offset, offset + n))
+             for name, n, offset in (("train", TRAIN, 0), ("validation", VAL, 100), ("predict", PREDICT, 300))}
+    assert [r.tokens for r in phases["train"]] == [words["train"]] * 2  # padding excluded by the mask
+    assert [r.tokens for r in phases["validation"]] == [words["validation"]] * 2
+    assert phases["predict"][0].tokens == words["predict"]
+    assert all(r.samples_counted for rs in phases.values() for r in rs)
+    assert predicted.metrics["test_energy_j_per_token"] > 0
+    assert "energy_j_per_token" in [e for e in trainer.state.log_history if "energy_kwh" in e][0]
+    assert not [m for m in energy_warnings(caught) if "count" in m]
+
+
+def test_hf_sample_counter_and_validation(tmp_path):
+    with pytest.raises(ValueError, match="sample_counter"):
+        hf_callback(sample_counter=3)
+    with pytest.raises(ValueError, match="token_counter"):
+        hf_callback(token_counter="tokens")
+    trainer = hf_trainer(tmp_path, hf_callback(sample_counter=lambda batch: 2), num_train_epochs=1)
+    trainer.train()
+    phases = by_phase(read_records(tmp_path / "out"))
+    assert [r.samples for r in phases["train"]] == [2 * math.ceil(TRAIN / BATCH)]
+    assert [r.samples for r in phases["validation"]] == [2 * math.ceil(VAL / BATCH)]
+
+
+def test_hf_a_training_batch_that_raised_is_not_counted(tmp_path):
+    callback = hf_callback()
+    trainer = hf_trainer(tmp_path, callback, num_train_epochs=1, eval_strategy="no")
+    FailingAt(trainer.model, at=3)  # the third training step raises: two batches completed
+    with pytest.raises(RuntimeError, match="forward 3 fails"):
+        trainer.train()
+    callback._abort()  # what the watch does a moment later
+    (train,) = by_phase(read_records(tmp_path / "out"))["train"]
+    assert train.partial and train.samples == 2 * BATCH
+
+
+def test_hf_an_evaluation_that_raised_keeps_its_completed_batches(tmp_path):
+    trainer = hf_trainer(tmp_path, hf_callback(), num_train_epochs=1, eval_strategy="no")
+    FailingAt(trainer.model, at=3)  # the third evaluation batch raises
+    with pytest.raises(RuntimeError, match="forward 3 fails"):
+        trainer.evaluate()
+    (validation,) = by_phase(read_records(tmp_path / "out"))["validation"]
+    assert validation.partial and validation.samples == 2 * BATCH and validation.samples_counted

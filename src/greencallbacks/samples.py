@@ -230,6 +230,7 @@ class BatchCounter:
         check_counter("sample_counter", sample_counter)
         check_counter("token_counter", token_counter)
         self.sample_counter = sample_counter or count_samples
+        self.custom_samples = sample_counter is not None  # the user's rule wins over a framework's own count
         self.token_counter = token_counter
         self.owner = owner
         self._warned_runs: set[tuple[str, str]] = set()

@@ -29,7 +29,15 @@ How it fits the Trainer (read against transformers 5.23):
   accumulation, a shape lookup per batch). Ranks are summed, so the samples Accelerate repeats to
   keep ranks in step are counted: they cost energy. Tokens: HF's ``state.num_input_tokens_seen``
   (already summed over ranks) when ``include_num_input_tokens_seen`` is on, giving
-  ``energy_j_per_token``. Evaluation samples: the loop's own ``num_samples`` (the data set length).
+  ``energy_j_per_token``; or ``token_counter=`` (batch -> int) on each batch. Evaluation and
+  prediction samples: each completed ``prediction_step``'s batch is counted as the loop goes
+  (wrapped on the instance), so a loop that raises leaves a partial record with the batches it
+  finished; a loop that completes takes its own ``num_samples`` (the data set length, without
+  the samples Accelerate repeats to keep ranks in step). Batches are counted by
+  ``sample_counter=`` or ``greencallbacks.samples.count_samples`` (data collators'
+  ``BatchEncoding`` and dicts by their leading dimension), only once the step returned: a batch
+  that raised is not counted. A batch that cannot be counted: one warning per run and
+  ``samples_counted: false``.
 * **Runs.** ``train()`` is one run: the meter starts at ``on_train_begin`` and stops at
   ``on_train_end``. An ``evaluate()`` or ``predict()`` outside training is a short run of its own.
 * **Several processes.** The reducer is created at ``on_train_begin`` (all ranks); each rank
@@ -60,7 +68,8 @@ from greencallbacks.distributed import torch_reducer_or_local
 from greencallbacks.guard import never_raises
 from greencallbacks.meter import warn
 from greencallbacks.session import EnergySession
-from greencallbacks.torch_support import count_samples, device_and_sync
+from greencallbacks.samples import BatchCounter
+from greencallbacks.torch_support import device_and_sync
 
 __all__ = ["EnergyCallback"]
 
@@ -77,7 +86,16 @@ class EnergyCallback(TrainerCallback, ExportableState):
     and ``eval_*`` / ``test_*`` values for each evaluation and prediction loop.
 
     Arguments are those of :class:`greencallbacks.session.EnergySession`; records go to
-    ``output_dir`` (default: the Trainer's ``args.output_dir``).
+    ``output_dir`` (default: the Trainer's ``args.output_dir``). Besides:
+
+    Args:
+        sample_counter: ``batch -> int`` samples in a batch given to ``training_step`` /
+            ``prediction_step``; default ``greencallbacks.samples.count_samples`` (the leading
+            dimension of a collator's tensors). Given, it also replaces the evaluation loop's own
+            ``num_samples``.
+        token_counter: ``batch -> int`` tokens in a batch (e.g. ``lambda b: int(b["attention_mask"].sum())``),
+            giving ``energy_j_per_token`` for training, evaluation and prediction; replaces HF's
+            ``num_input_tokens_seen``.
     """
 
     def __init__(
@@ -96,7 +114,10 @@ class EnergyCallback(TrainerCallback, ExportableState):
         extra_sensors=(),
         sensors=None,
         carbon_aware=None,
+        sample_counter=None,
+        token_counter=None,
     ) -> None:
+        self._counter = BatchCounter(sample_counter, token_counter)  # checks both are functions or None
         output_dir = str(output_dir) if output_dir is not None else None
         settings = dict(country=country, zone=zone, region=region, intensity=intensity, series=series, pue=pue,
                         output_dir=output_dir, run_id=run_id, gpus=gpus, cpu_tdp_w=cpu_tdp_w)
@@ -158,7 +179,7 @@ class EnergyCallback(TrainerCallback, ExportableState):
     @never_raises
     def on_epoch_end(self, args, state, control, **kwargs):
         tokens = state.num_input_tokens_seen - self._tokens_at_epoch_begin
-        if tokens > 0 and self.tracker.reducer.rank == 0:  # HF's count is already summed over ranks
+        if tokens > 0 and self.tracker.reducer.rank == 0 and self._counter.token_counter is None:  # summed over ranks
             self.tracker.add_samples(0, tokens=tokens)
         record = self.tracker.end("train", step=state.global_step)
         if record is None:
@@ -253,7 +274,11 @@ class EnergyCallback(TrainerCallback, ExportableState):
     def _end_loop(self, num_samples: int | None, state) -> dict[str, float]:
         phase, prefix = self._loop
         self._loop = None
-        samples = num_samples if self.tracker.reducer.rank == 0 else 0  # HF's count covers all ranks
+        samples = num_samples  # HF's count at the loop's end; None: the batches counted as the loop went
+        if self._counter.custom_samples:
+            samples = None  # the user's sample_counter, applied to every prediction_step's batch
+        elif samples is not None and self.tracker.reducer.rank != 0:
+            samples = 0  # HF's count covers all ranks
         if self.tracker.end(phase, samples=samples, step=state.global_step) is None:
             return {}
         return self.tracker.metrics(phase, prefix=f"{prefix}_" if prefix else "")
@@ -297,14 +322,28 @@ def _wrap_trainer(trainer: Trainer) -> None:
 
     @functools.wraps(training_step)
     def counting_training_step(model, inputs, *args, **kwargs):
-        callbacks = owners()
-        if callbacks:
-            samples = count_samples(inputs)  # a shape lookup, no device sync
-            for callback in callbacks:
-                callback.tracker.add_samples(samples)
-        return training_step(model, inputs, *args, **kwargs)
+        # Counted before the step (a shape lookup, no device sync; the step may consume the
+        # batch), added after it returned: a batch that raised is not counted.
+        counts = [(c.tracker, c._counter.count(inputs, c.tracker.run_id)) for c in owners()]
+        loss = training_step(model, inputs, *args, **kwargs)
+        for tracker, (samples, tokens) in counts:
+            tracker.add_samples(samples, tokens=tokens)
+        return loss
 
     trainer.training_step = counting_training_step
+
+    prediction_step = trainer.prediction_step
+
+    @functools.wraps(prediction_step)
+    def counting_prediction_step(model, inputs, *args, **kwargs):
+        # Per batch, so that a loop that raises leaves the batches it completed in its partial record.
+        counts = [(c.tracker, c._counter.count(inputs, c.tracker.run_id)) for c in owners() if c._loop is not None]
+        output = prediction_step(model, inputs, *args, **kwargs)
+        for tracker, (samples, tokens) in counts:
+            tracker.add_samples(samples, tokens=tokens)
+        return output
+
+    trainer.prediction_step = counting_prediction_step
 
     if hasattr(trainer, "_run_epoch"):  # transformers >= 5: one call per epoch, no exception hook
         run_epoch = trainer._run_epoch
