@@ -198,7 +198,8 @@ class _Channel:
 
         A quantised counter (NVML steps every 100 ms) holds the energy of its last update, not of
         the read's time. Once the update phase is known the anchor is put at that update, so no
-        quantisation lag is carried into boundaries; until then, at the read's middle.
+        quantisation lag is carried into boundaries; until then (the first ~0.1-0.3 s of a run),
+        half a period before the read, the expected age of the update it holds.
         """
         before = self._clock()
         value = self.read()
@@ -207,7 +208,9 @@ class _Channel:
         period = getattr(self.sensor, "update_period_s", 0.0) or 0.0
         if period > 0 and self._phase is not False:
             self._learn_phase(t, value, period)
-            if self._phase is not None and self._phase is not False:
+            if self._phase is None:
+                t -= period / 2
+            else:
                 k = math.floor((before - self._phase) / period)
                 if k == math.floor((after - self._phase) / period):
                     t = self._phase + k * period
