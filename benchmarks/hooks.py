@@ -34,6 +34,7 @@ import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -383,6 +384,13 @@ def simulated_gpu_boundaries(quick: bool) -> dict:
         meter.snapshot = timed_snapshot
         tracker = Tracker()  # records in memory: the tracker's own writing is timed in boundary_costs
         tracker.start(meter)
+        read_counter, on_training_thread = nvml.nvmlDeviceGetTotalEnergyConsumption, [0]
+
+        def counted_read(handle):  # counter reads made by the training thread, a fact not a timing
+            on_training_thread[0] += threading.current_thread() is threading.main_thread()
+            return read_counter(handle)
+
+        nvml.nvmlDeviceGetTotalEnergyConsumption = counted_read
         boundary_us = []
         for _ in range(phases):
             _busy(0.01)
@@ -402,6 +410,7 @@ def simulated_gpu_boundaries(quick: bool) -> dict:
                 stamps[epoch].append(time.monotonic())
                 call()
                 _busy(seconds)
+        reads_while_timed = on_training_thread[0]
         tracker.finish()
         for record in tracker.records if gpu_sensors else ():
             if record.phase == "train" and record.epoch in stamps:
@@ -415,6 +424,7 @@ def simulated_gpu_boundaries(quick: bool) -> dict:
             "boundary_us_p99": percentile(boundary_us, 0.99),
             "meter_us_median": statistics.median(meter_us),
             "meter_us_p99": percentile(meter_us, 0.99),
+            "counter_reads_on_training_thread": reads_while_timed,
             "epoch_gpu_relative_errors": errors,
             "epoch_gpu_max_abs_relative_error": max(abs(e) for e in errors) if errors else None,
         }
@@ -481,9 +491,12 @@ def lightning_profiled(quick: bool, workdir: Path) -> dict:
             Module(), DataLoader(TensorDataset(x, y), batch_size=32), DataLoader(TensorDataset(xv, yv), batch_size=32))
         wall = time.perf_counter() - t0
         prefix = f"[Callback]{callback.state_key}."
-        durations = [d for name, ds in profiler.recorded_durations.items() if name.startswith(prefix) for d in ds]
+        by_hook = {name[len(prefix):]: ds for name, ds in profiler.recorded_durations.items() if name.startswith(prefix)}
+        durations = [d for ds in by_hook.values() for d in ds]
         out[label] = {"hook_calls": len(durations), "us_per_hook_call": sum(durations) / len(durations) * 1e6,
-                      "hooks_ms": sum(durations) * 1e3, "fit_s": wall, "share_of_fit": sum(durations) / wall}
+                      "us_per_hook_call_median": statistics.median(durations) * 1e6,
+                      "hooks_ms": sum(durations) * 1e3, "fit_s": wall, "share_of_fit": sum(durations) / wall,
+                      "us_per_call_by_hook": {h: (len(ds), sum(ds) / len(ds) * 1e6) for h, ds in by_hook.items()}}
     out["us_per_call_over_empty"] = out["greencallbacks"]["us_per_hook_call"] - out["empty_callback"]["us_per_hook_call"]
     return out
 

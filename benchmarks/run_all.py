@@ -4,8 +4,8 @@
                                  [--zeus-path DIR]
 
 Each part runs in a fresh interpreter (``_common.run_child``): overhead per framework (Keras with
-``KERAS_BACKEND=torch``), per-hook costs, import times, memory, a Zeus probe and the GPU accuracy
-script's ``--dry-run`` (the real GPU run is ``benchmarks/gpu_accuracy.py`` on a CUDA machine).
+``KERAS_BACKEND=torch``), per-hook costs, import times, memory, a Zeus probe and the GPU
+benchmark's ``--dry-run`` (the real GPU run is ``benchmarks/gpu.py`` on a CUDA machine).
 ``--quick`` shrinks every part to a smoke run (seconds): its figures are not meaningful.
 ``--zeus-path``: a directory holding the ``zeus`` package (e.g. ``pip install --no-deps --target DIR zeus``),
 added to the children's ``PYTHONPATH`` so Zeus joins the Lightning overhead comparison.
@@ -110,7 +110,7 @@ def main() -> int:
     if "zeus" in parts:
         results["zeus"] = zeus_probe(zeus_env)
     if "gpu" in parts:
-        results["gpu_accuracy_dry_run"] = _gpu_dry_run()
+        results["gpu_dry_run"] = _gpu_dry_run()
     results["wall_s"] = time.perf_counter() - t0
 
     print(table(results))
@@ -132,8 +132,8 @@ def _gpu_dry_run() -> dict:
 
     with tempfile.TemporaryDirectory(prefix="gcb-gpu-dry-") as tmp:
         out = Path(tmp) / "gpu.json"
-        proc = subprocess.run([sys.executable, str(BENCH_DIR / "gpu_accuracy.py"), "--dry-run", "--json", str(out)],
-                              capture_output=True, text=True, timeout=300)
+        proc = subprocess.run([sys.executable, str(BENCH_DIR / "gpu.py"), "--dry-run", "--json", str(out)],
+                              capture_output=True, text=True, timeout=600)
         if proc.returncode != 0 or not out.exists():
             return {"error": f"exit {proc.returncode}", "stderr_tail": proc.stderr[-2000:]}
         data = json.loads(out.read_text())
@@ -185,6 +185,26 @@ def table(results: dict) -> str:
                   "Per boundary (microseconds)"]
         for name, s in h["boundary"]["sensors"].items():
             lines.append(f"  read {name:12s} ({s['method']:9s})       {s['median_us']:8.1f}")
+        sim = h.get("simulated_gpu_boundaries")
+        if sim:
+            lines.append("Per boundary on a simulated GPU host (fake NVML, H100 read latency), training thread, us "
+                         "median / p99; max per-epoch GPU error against the exact energy")
+            for label in ("cpu_host_control", "counter_read_at_boundary", "off_thread"):
+                v = sim[label]
+                err = v["epoch_gpu_max_abs_relative_error"]
+                lines.append(f"  {label:26s} boundary {v['boundary_us_median']:8.1f} / {v['boundary_us_p99']:8.1f}   "
+                             f"meter {v['meter_us_median']:8.1f} / {v['meter_us_p99']:8.1f}"
+                             + (f"   epoch error {100 * err:.2f} %" if err is not None else ""))
+        shares = h.get("fit_shares")
+        if shares:
+            lines.append("Share of a fit inside the callback (training thread; meter thread CPU apart)")
+            for key, v in shares.items():
+                if key != "lightning_profiled":
+                    lines.append(f"  {key:24s} {100 * v['training_thread_share']:6.3f} %   ({v['training_thread_ms']:.1f} ms in "
+                                 f"{v['epochs']} epochs of {v['epoch_s']:.2f} s; meter thread {v['meter_thread_cpu_ms']:.1f} ms CPU)")
+            p = shares["lightning_profiled"]
+            lines.append(f"  Lightning SimpleProfiler, us per hook call: ours {p['greencallbacks']['us_per_hook_call']:.1f}, "
+                         f"empty callback {p['empty_callback']['us_per_hook_call']:.1f}")
         lines += [f"  Meter.snapshot                         {h['boundary']['snapshot_us']:8.1f}",
                   f"  one phase, in memory                   {h['boundary']['phase_begin_end_in_memory_us']:8.1f}",
                   f"  one phase, record written             {h['boundary']['phase_begin_end_records_written_us']:8.1f}",
@@ -231,10 +251,10 @@ def table(results: dict) -> str:
                                  + (f"gpus {z.get('gpu_indices')}, cpus {z.get('cpu_indices')}, measurement {z.get('measurement')}"
                                     if z.get("monitor_created") else f"refused: {z.get('reason')}")
                                  if z.get("importable") else f"not importable ({z.get('reason')})"))
-    g = results.get("gpu_accuracy_dry_run")
+    g = results.get("gpu_dry_run")
     if g:
-        lines.append("GPU accuracy: " + ("dry run OK (simulated counter; real run: benchmarks/gpu_accuracy.py on CUDA)"
-                                         if "error" not in g else f"dry run FAILED {g['error']}"))
+        lines.append("GPU benchmark: " + ("dry run OK (simulated GPU; real run: benchmarks/gpu.py on CUDA)"
+                                          if "error" not in g else f"dry run FAILED {g['error']}"))
     return "\n".join(lines)
 
 

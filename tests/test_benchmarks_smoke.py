@@ -2,7 +2,8 @@
 
 No timing assertions (figures from a loaded CI machine mean nothing); only shapes, signs and the
 facts that do not depend on speed (no Keras training batch hooks, sensors read a few times per
-epoch, no thread left behind, the GPU script's dry run works without CUDA).
+epoch, no slow counter read on the training thread, no thread left behind, the GPU benchmark's
+dry run works without CUDA, with and without the peers).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def quick_results(tmp_path_factory) -> dict:
     proc = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "run_all.py"), "--quick", "--json", str(out),
          "--parts", "overhead,hooks,startup,memory,zeus,gpu", "--frameworks", "lightning"],
-        capture_output=True, text=True, cwd=str(REPO), timeout=300,
+        capture_output=True, text=True, cwd=str(REPO), timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Overhead" in proc.stdout
@@ -78,19 +79,62 @@ def test_startup_and_memory(quick_results):
     assert all(t <= lightning["threads_before"] for t in lightning["threads_after_each_fit"])
 
 
+def test_simulated_gpu_host_reads_no_counter_on_the_training_thread(quick_results):
+    sim = quick_results["hooks"]["simulated_gpu_boundaries"]
+    timed_phases = sim["phases_timed"]
+    # Read at the boundary: one counter read per boundary (begin and end of each phase, at least).
+    assert sim["counter_read_at_boundary"]["counter_reads_on_training_thread"] >= 2 * timed_phases
+    assert sim["off_thread"]["counter_reads_on_training_thread"] == 0
+    for label in ("cpu_host_control", "counter_read_at_boundary", "off_thread"):
+        assert _positive(sim[label]["boundary_us_median"]) and _positive(sim[label]["meter_us_p99"])
+    for label in ("counter_read_at_boundary", "off_thread"):
+        assert sim[label]["epoch_gpu_relative_errors"]
+
+
+def test_fit_shares_in_all_three_frameworks(quick_results):
+    shares = quick_results["hooks"]["fit_shares"]
+    for framework in ("lightning", "keras", "hf"):
+        for host in ("cpu", "simulated_gpu"):
+            entry = shares[f"{framework}.{host}"]
+            assert 0 < entry["training_thread_share"] < 1 and entry["epochs"] >= 1
+    profiled = shares["lightning_profiled"]
+    assert profiled["greencallbacks"]["hook_calls"] > 0 and profiled["empty_callback"]["hook_calls"] > 0
+
+
 def test_zeus_probe_and_gpu_dry_run(quick_results):
     assert "importable" in quick_results["zeus"]
-    gpu = quick_results["gpu_accuracy_dry_run"]
+    gpu = quick_results["gpu_dry_run"]
     assert gpu["exit_code"] == 0
-    for case in ("lightning.short", "lightning.long", "hf.short", "hf.long"):
+    for case in ("lightning.short", "lightning.long", "hf.short", "hf.long", "keras.short", "keras.long"):
         assert gpu["summary"][case]["epochs"] >= 1
-        assert gpu["summary"][case]["max_abs_epoch_error"] is not None
+        for reference in ("counter", "instant"):
+            assert gpu["summary"][case][reference]["max_abs_epoch_error"] is not None
+    assert len(gpu["summary"]["core"]) == 2
+    snapshot = gpu["summary"]["sensor"]["snapshot_us"]
+    assert set(snapshot) == {"snapshot_counter_read_at_boundary", "snapshot_off_thread"}
 
 
-def test_gpu_accuracy_refuses_without_cuda_unless_dry_run():
+def test_gpu_dry_run_with_peers_stays_offline(tmp_path):
+    out = tmp_path / "peers.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu.py"), "--dry-run", "--parts", "peers",
+                           "--json", str(out)], capture_output=True, text=True, cwd=str(REPO), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["network_attempts"] == []
+    for length in ("short", "long"):
+        case = result["peers"][length]
+        assert case["epochs"] and case["peers"]["errors"] == []
+        if result["peers"]["versions"]["codecarbon"]["available"]:
+            assert "codecarbon_j" in case["peers"]["fit"]
+
+
+def test_gpu_benchmark_refuses_without_cuda_or_with_an_unknown_part():
     torch = pytest.importorskip("torch")
+    script = str(REPO / "benchmarks" / "gpu.py")
+    proc = subprocess.run([sys.executable, script, "--dry-run", "--parts", "lightning,nope"], capture_output=True,
+                          text=True, cwd=str(REPO), timeout=120)
+    assert proc.returncode == 2 and "nope" in proc.stderr and "Traceback" not in proc.stderr
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present")
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_accuracy.py")], capture_output=True,
-                          text=True, cwd=str(REPO), timeout=120)
+    proc = subprocess.run([sys.executable, script], capture_output=True, text=True, cwd=str(REPO), timeout=120)
     assert proc.returncode == 2 and "--dry-run" in proc.stderr
