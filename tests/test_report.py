@@ -317,3 +317,13 @@ def test_unknown_format_and_empty_records():
         report.render(one_run(), "docx")
     with pytest.raises(ValueError, match="no records"):
         report.render([], "md")
+
+
+def test_records_without_training_are_reported_as_what_they_are():
+    records = [rec("p", "predict", None, 3600.0, 100, 0), rec("p", "other", None, 36.0, 0, 1)]
+    text = report.render(records, "md")
+    assert "No training epochs in these records" in text and "| predict | 2.00 | 1.00 | 500 | 100 |" in text
+    assert "The run (no training; prediction and the time between phases) used 1.01 Wh and emitted 505 mgCO2eq" in text
+    assert "0 epochs" not in text and "kgCO2eq" not in text
+    latex = report.render(records, "latex")
+    assert "Training &" not in latex and r"Whole run (all phases) & 4.00 & 1.01 & 505 & & \\" in latex

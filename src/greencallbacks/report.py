@@ -453,7 +453,10 @@ def statement(records: Sequence[Record]) -> str:
     others = _other_phases(sorted({p for t in totals for p in t["phases"]}, key=PHASES.index))
     samples = f" of {config['samples_per_epoch']} samples" if config["samples_per_epoch"] else ""
     training = f"training ({config['epochs']} epoch{'s' if config['epochs'] != 1 else ''}{samples})"
-    if n == 1:
+    if not any("train" in t["phases"] for t in totals):  # evaluation or prediction alone
+        text = (f"The run (no training; {others}) used {_energy(all_kwh['mean'], all_kwh['se'])} and emitted "
+                f"{_mass(all_g['mean'], all_g['se'])}" + (" per run (mean ± standard error over runs)" if n > 1 else ""))
+    elif n == 1:
         text = (f"The {training} used {_energy(train_kwh['mean'])} (sensor uncertainty ± {_energy(train_sensor)}) "
                 f"and emitted {_mass(train_g['mean'])}")
         if others:
@@ -541,12 +544,16 @@ def _scaled(stat: dict | None, factor: float, sign: str = " ± ") -> str:
     return plus_minus(stat["mean"] * factor, None if se is None else se * factor, sign)
 
 
-def _units(rows: Sequence[dict]) -> dict[str, tuple[str, float]]:
-    """One unit per column, so that the column's largest value reads between 1 and 1000."""
+def _units(rows: Sequence[dict], total: dict | None = None) -> dict[str, tuple[str, float]]:
+    """One unit per column, so that the column's largest value (or the total under it) reads from 1 up."""
+    energies = [r["energy_kwh"]["mean"] for r in rows] + [r["val_energy_kwh"]["mean"] for r in rows]
+    masses = [r["co2eq_g"]["mean"] for r in rows]
+    if total is not None:
+        energies.append(total["energy_kwh"]["mean"])
+        masses.append(total["co2eq_g"]["mean"])
     return {
-        "energy": pick_unit([r["energy_kwh"]["mean"] for r in rows] + [r["val_energy_kwh"]["mean"] for r in rows],
-                            ENERGY_UNITS),
-        "mass": pick_unit([r["co2eq_g"]["mean"] for r in rows], MASS_UNITS),
+        "energy": pick_unit(energies, ENERGY_UNITS),
+        "mass": pick_unit(masses, MASS_UNITS),
         "joule": pick_unit([r["j_per_sample"]["mean"] for r in rows if r["j_per_sample"]], JOULE_UNITS),
     }
 
@@ -597,7 +604,10 @@ def _markdown_group(data: dict, level: str) -> list[str]:
     parts = []
     if len(runs) > 1:
         parts += [f"Values are mean ± standard error over the {len(runs)} runs of this configuration.", ""]
-    parts += [f"{level} Per epoch (training, validation alongside)", "", format_epoch_summary(data), ""]
+    if data["epochs"]:
+        parts += [f"{level} Per epoch (training, validation alongside)", "", format_epoch_summary(data), ""]
+    else:
+        parts += ["No training epochs in these records (evaluation or prediction alone).", ""]
     parts += [f"{level} Totals by phase", "", format_phase_summary(data), ""]
     parts += [f"{level} Hardware", ""]
     parts.append(markdown_table(
@@ -682,19 +692,21 @@ def _latex_group(data: dict, caption_extra: str, label: str) -> list[str]:
     several = len(data["runs"]) > 1
     over = f" Mean $\\pm$ standard error over {len(data['runs'])} runs." if several else ""
     rows = data["epochs"]
-    units = _units(rows)
-    (e_unit, e_f), (m_unit, m_f), (j_unit, j_f) = units["energy"], units["mass"], units["joule"]
     total = data["total"]
+    units = _units(rows, total)
+    (e_unit, e_f), (m_unit, m_f), (j_unit, j_f) = units["energy"], units["mass"], units["joule"]
     lines = [
         r"\begin{table}[t]",
         r"\centering",
-        r"\caption{Energy and emissions per training epoch" + latex_escape(caption_extra) + "." + over + "}",
+        r"\caption{Energy and emissions" + (" per training epoch" if rows else "") + latex_escape(caption_extra) + "."
+        + over + "}",
         f"\\label{{{label}}}",
         r"\begin{tabular}{lrrrrl}",
         r"\toprule",
         f"Epoch & Time (s) & Energy ({e_unit}) & CO$_2$eq ({m_unit}) & Per sample ({latex_escape(j_unit)}) & Measured by \\\\",
-        r"\midrule",
     ]
+    if rows:
+        lines.append(r"\midrule")
     for row in rows:
         lines.append(
             f"{latex_escape(row['label'])} & {_latex_cell(row['seconds'], 1.0)} & {_latex_cell(row['energy_kwh'], e_f)} "
@@ -702,10 +714,11 @@ def _latex_group(data: dict, caption_extra: str, label: str) -> list[str]:
             f"& {latex_escape(row['methods'])} \\\\"
         )
     train_seconds = _stat([t["train_seconds"] for t in data["run_totals"].values()])
+    lines.append(r"\midrule")
+    if rows:
+        lines.append(f"Training & {_latex_cell(train_seconds, 1.0)} & {_latex_cell(total['train_energy_kwh'], e_f)} "
+                     f"& {_latex_cell(total['train_co2eq_g'], m_f)} & & \\\\")
     lines += [
-        r"\midrule",
-        f"Training & {_latex_cell(train_seconds, 1.0)} & {_latex_cell(total['train_energy_kwh'], e_f)} "
-        f"& {_latex_cell(total['train_co2eq_g'], m_f)} & & \\\\",
         f"Whole run (all phases) & {_latex_cell(total['seconds'], 1.0)} & {_latex_cell(total['energy_kwh'], e_f)} "
         f"& {_latex_cell(total['co2eq_g'], m_f)} & & \\\\",
         r"\bottomrule",

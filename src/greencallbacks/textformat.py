@@ -20,11 +20,14 @@ JOULE_UNITS = (("kJ", 1e-3), ("J", 1.0), ("mJ", 1e3), ("µJ", 1e6))  # base: J
 
 
 def pick_unit(values: Iterable[float | None], units: Sequence[tuple[str, float]]) -> tuple[str, float]:
-    """The largest unit in which the largest value is at least 1 (the smallest unit if none is)."""
+    """The largest unit in which the largest value is at least 1 (the smallest unit if none is).
+
+    All zeros (or no value) read in the base unit, the one of factor 1.
+    """
     finite = [abs(v) for v in values if v is not None and isinstance(v, (int, float)) and math.isfinite(v)]
     largest = max(finite, default=0.0)
     if largest == 0.0:
-        return units[0]
+        return next((unit for unit in units if unit[1] == 1.0), units[0])
     for unit, factor in units:
         if largest * factor >= 1.0:
             return unit, factor
