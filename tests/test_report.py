@@ -136,6 +136,7 @@ def test_an_epoch_cut_short_and_redone_after_a_resume_is_its_own_row():
     text = report.render(records, "md")
     assert "| 2 (attempt 0: cut short, redone) |" in text and "| 2 (attempt 1) |" in text
     assert "(partial)" not in text
+    assert "The training (3 epochs of 1000 samples; 1 epoch cut short by a crash and redone, both counted) used" in text
     total = report.summary(records)["total"]
     assert total["train_energy_kwh"]["mean"] == pytest.approx((36000 + 72000 + 18000 + 36000) / KWH)  # spent: counted
     csv_rows = list(csv.DictReader(io.StringIO(report.render(records, "csv"))))

@@ -453,6 +453,9 @@ def statement(records: Sequence[Record]) -> str:
     others = _other_phases(sorted({p for t in totals for p in t["phases"]}, key=PHASES.index))
     samples = f" of {config['samples_per_epoch']} samples" if config["samples_per_epoch"] else ""
     training = f"training ({config['epochs']} epoch{'s' if config['epochs'] != 1 else ''}{samples})"
+    redone = sum(1 for row in epoch_rows(records) if row["redone"])
+    if redone:  # the energy of both tries was spent: say why training cost more than its epochs
+        training = training[:-1] + f"; {redone} epoch{'s' if redone != 1 else ''} cut short by a crash and redone, both counted)"
     if not any("train" in t["phases"] for t in totals):  # evaluation or prediction alone
         text = (f"The run (no training; {others}) used {_energy(all_kwh['mean'], all_kwh['se'])} and emitted "
                 f"{_mass(all_g['mean'], all_g['se'])}" + (" per run (mean ± standard error over runs)" if n > 1 else ""))
