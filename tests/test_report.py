@@ -328,3 +328,39 @@ def test_records_without_training_are_reported_as_what_they_are():
     assert "0 epochs" not in text and "kgCO2eq" not in text
     latex = report.render(records, "latex")
     assert "Training &" not in latex and r"Whole run (all phases) & 4.00 & 1.01 & 505 & & \\" in latex
+
+
+@pytest.mark.slow
+def test_a_real_crash_and_resume_reports_the_redone_epoch_per_attempt(tmp_path):
+    """Lightning: a fit crashes in epoch 2, a new process resumes from the end of epoch 1."""
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("lightning")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from lightning_models import Boom, flavour, loaders, trainer_kwargs
+
+    from greencallbacks.records import read_records
+
+    L, EnergyCallback, TinyModel = flavour("lightning.pytorch")
+    energy, ckpt = tmp_path / "energy", tmp_path / "ckpt"
+
+    def fit(model, ckpt_path=None):
+        checkpoint = L.callbacks.ModelCheckpoint(dirpath=ckpt, save_last=True, save_on_train_epoch_end=True)
+        trainer = L.Trainer(max_epochs=3, logger=False, callbacks=[EnergyCallback(output_dir=energy, country="FR"), checkpoint],
+                            **trainer_kwargs(enable_checkpointing=True))
+        trainer.fit(model, *loaders(), ckpt_path=ckpt_path)
+
+    with pytest.raises(Boom):
+        fit(TinyModel(fail_at=(2, 1)))
+    fit(TinyModel(), ckpt_path=ckpt / "last.ckpt")
+    records = read_records(energy)
+    assert len({r.run_id for r in records}) == 1 and {r.attempt for r in records} == {0, 1}
+    labels = [row["label"] for row in report.epoch_summary(records)]
+    assert labels == ["0 (attempt 0)", "1 (attempt 0)", "2 (attempt 0: cut short, redone)", "2 (attempt 1)"]
+    rows = report.epoch_rows(records)
+    assert rows[2]["train_samples"] == 8 and rows[3]["train_samples"] == 32  # one batch before the crash; all
+    text = report.render(records, "md")
+    assert "| 2 (attempt 0: cut short, redone) |" in text and "1 epoch cut short by a crash and redone" in text
+    total = report.summary(records)["total"]["energy_kwh"]["mean"]
+    assert total == pytest.approx(sum(r.energy_kwh for r in records), rel=1e-12)  # the crashed try included
