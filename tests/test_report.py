@@ -301,10 +301,10 @@ def test_plot_has_integer_epochs_readable_units_validation_and_says_what_is_cumu
     assert [t.get_text() for t in axes.get_xticklabels()] == ["0", "1", "2"]
     assert axes.get_ylabel() == "energy per epoch (Wh)"  # validation 1 Wh on top of tiny training bars
     labels = [t.get_text() for t in axes.get_legend().get_texts()]
-    assert labels == ["training (Wh)", "validation (Wh)", "cumulative CO2eq, training + validation (g)"]  # one run: no SE
+    assert labels == ["training (Wh)", "validation (Wh)", "cumulative CO2eq (g), training + validation"]  # one run: no SE
     tiny = report.epoch_figure([r for r in three if r.phase == "train"])
     assert tiny.axes[0].get_ylabel() == "energy per epoch (mWh)"
-    assert "cumulative CO2eq, training (mg)" in [t.get_text() for t in tiny.axes[0].get_legend().get_texts()]
+    assert "cumulative CO2eq (mg), training" in [t.get_text() for t in tiny.axes[0].get_legend().get_texts()]
     assert matplotlib.get_backend() == backend  # the caller's backend is left alone
 
 
@@ -364,3 +364,8 @@ def test_a_real_crash_and_resume_reports_the_redone_epoch_per_attempt(tmp_path):
     assert "| 2 (attempt 0: cut short, redone) |" in text and "1 epoch cut short by a crash and redone" in text
     total = report.summary(records)["total"]["energy_kwh"]["mean"]
     assert total == pytest.approx(sum(r.energy_kwh for r in records), rel=1e-12)  # the crashed try included
+    figure = report.epoch_figure(records)
+    figure.canvas.draw()
+    ticks = [t.get_text() for t in figure.axes[0].get_xticklabels()]
+    assert ticks == ["0\nattempt 0", "1\nattempt 0", "2\nattempt 0\ncut short", "2\nattempt 1"]
+    report.plot_epochs(records, tmp_path / "resumed.png")

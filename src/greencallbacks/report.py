@@ -851,6 +851,16 @@ def plot_epochs(records: Sequence[Record], path: str | os.PathLike) -> Path:
     return save_figure(epoch_figure(records), path)
 
 
+def _tick(row: dict, with_attempt: bool) -> str:
+    """A short, stacked tick label: the epoch, then its attempt and state on lines below."""
+    lines = [str(row["epoch"])]
+    if with_attempt:
+        lines.append(f"attempt {row['attempt']}")
+    if row["redone"] or row["partial"]:
+        lines.append("cut short" if row["redone"] else "partial")
+    return "\n".join(lines)
+
+
 def epoch_figure(records: Sequence[Record]):
     """Per-epoch training and validation energy (stacked bars, SE error bars over runs) and cumulative CO2eq.
 
@@ -861,7 +871,7 @@ def epoch_figure(records: Sequence[Record]):
     groups = [(config, group) for config, group in group_runs(records) if epoch_summary(group)]
     if not groups:
         raise ValueError("no training epochs to plot")
-    figure = new_figure(6.4, 4.0 * len(groups))
+    figure = new_figure(6.4, 3.8 * len(groups))
     for index, (config, group) in enumerate(groups):
         rows = epoch_summary(group)
         positions = list(range(len(rows)))
@@ -878,29 +888,28 @@ def epoch_figure(records: Sequence[Record]):
         axes = figure.add_subplot(len(groups), 1, index + 1)
         axes.bar(positions, [t * factor for t in train], yerr=errors if any(errors) else None, color="#4c9a6a",
                  error_kw={"ecolor": "#777777", "capsize": 4, "elinewidth": 1},
-                 label=f"training ({unit})" + (", ± SE over runs" if any(errors) else ""))
+                 label=f"training ({unit})")
         if any(val):
             axes.bar(positions, [v * factor for v in val], bottom=[t * factor for t in train], color="#a9cfb4",
                      label=f"validation ({unit})")
-        axes.set_xticks(positions, [row["label"] if row["attempt"] or row["partial"] else str(row["epoch"]) for row in rows],
-                        fontsize="small")
+        axes.set_xticks(positions, [_tick(row, len({r["attempt"] for r in rows}) > 1) for row in rows], fontsize="small")
         axes.set_xlabel("epoch")
         axes.set_ylabel(f"energy per epoch ({unit})")
         line_axes = axes.twinx()
         covers = "training + validation" if any(val) else "training"
         line_axes.plot(positions, [c * m_factor for c in cumulative], color="#333333", marker="o",
-                       label=f"cumulative CO2eq, {covers} ({m_unit})")
+                       label=f"cumulative CO2eq ({m_unit}), {covers}")
         line_axes.set_ylabel(f"cumulative CO2eq ({m_unit})")
-        line_axes.set_ylim(bottom=0)
+        # Headroom above bars and line for the legend, so it hides neither.
+        axes.set_ylim(0, 1.45 * max((t + v) * factor + e for t, v, e in zip(train, val, errors)) or 1.0)
+        line_axes.set_ylim(0, 1.45 * max(cumulative) * m_factor or 1.0)
         line_axes.yaxis.set_major_locator(MaxNLocator(nbins=6))
         runs = len(run_ids(group))
-        title = "Energy per epoch and cumulative CO2eq" + (f" (mean of {runs} runs)" if runs > 1 else "")
+        title = "Energy per epoch and cumulative CO2eq" + (f" (mean of {runs} runs, bars ± SE)" if runs > 1 else "")
         if len(groups) > 1:
             title += f"\n{describe_configuration(config)}"
         axes.set_title(title, fontsize="medium")
         handles = axes.get_legend_handles_labels()[0] + line_axes.get_legend_handles_labels()[0]
-        # Below the axes: inside, it would hide the bars it explains.
-        axes.legend(handles, [h.get_label() for h in handles], loc="upper center", bbox_to_anchor=(0.5, -0.2),
-                    ncol=2, fontsize="small", frameon=False)
+        axes.legend(handles, [h.get_label() for h in handles], loc="upper left", ncol=2, fontsize="small", frameon=False)
     figure.tight_layout()
     return figure
