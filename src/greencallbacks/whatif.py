@@ -79,6 +79,7 @@ class WhatIfResult:
     threshold_g_per_kwh: float | None
     threshold_note: str
     series_covers: tuple[float, float] | None = None  # unix seconds; None for a source without timestamps
+    window_end_unix: float | None = None  # the latest end Flexible Start tried
 
     @property
     def scenarios(self) -> list[Scenario]:
@@ -124,7 +125,8 @@ class WhatIfResult:
 
         plot_format(path)  # a wrong extension fails before any drawing
         start = self.run_start_unix
-        end = max(s.end_unix or start for s in (self.as_recorded, self.flexible_start, self.pause_resume) if s)
+        end = max([s.end_unix or start for s in (self.as_recorded, self.flexible_start, self.pause_resume) if s]
+                  + [self.window_end_unix or start])  # the whole span tried, not only the best placements
         times = getattr(series, "times_unix", None)
         if times:
             # The series' own steps, where they are, not a grid laid from the run's start.
@@ -137,7 +139,8 @@ class WhatIfResult:
         hours = [(t - start) / 3600 for t in edges]
         figure = new_figure(9, 4)
         axes = figure.add_subplot()
-        axes.step(hours, values, where="post", color="black", linewidth=1, label=f"intensity ({self.series_name})")
+        axes.step(hours, values, where="post", color="black", linewidth=1, label="intensity")
+        axes.set_title(f"What-if, intensity from {self.series_name}", fontsize="medium")
         lanes = [(self.as_recorded, "tab:gray"), (self.flexible_start, "tab:green")]
         if self.pause_resume is not None:
             lanes.append((self.pause_resume, "tab:blue"))
@@ -152,6 +155,7 @@ class WhatIfResult:
             axes.axhline(self.threshold_g_per_kwh, color="tab:red", linestyle="--", linewidth=1, label="threshold")
         axes.set_xlabel(f"hours after {_iso(start)}")
         axes.set_ylabel("gCO2eq/kWh")
+        axes.set_ylim(bottom=0)
         axes.legend(loc="best", fontsize="small")
         figure.tight_layout()
         return save_figure(figure, path)
@@ -405,6 +409,7 @@ def whatif(
         threshold_g_per_kwh=chosen_threshold,
         threshold_note=threshold_note,
         series_covers=coverage,
+        window_end_unix=run_end + window_s,
     )
 
 
