@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
 import os
 import subprocess
@@ -320,3 +321,79 @@ def test_hf_an_evaluation_that_raised_keeps_its_completed_batches(tmp_path):
         trainer.evaluate()
     (validation,) = by_phase(read_records(tmp_path / "out"))["validation"]
     assert validation.partial and validation.samples == 2 * BATCH and validation.samples_counted
+
+
+# ----------------------------------------------------------------------------------- Keras
+KERAS_RUNNER = Path(__file__).with_name("keras_samples_runner.py")
+
+
+@pytest.fixture(scope="module", params=["torch", "tensorflow", "jax"])
+def keras_results(request, tmp_path_factory):
+    import importlib.util
+
+    for module in ("keras", request.param):
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"{module} is not installed: the Keras {request.param}-backend scenarios need it")
+    out = tmp_path_factory.mktemp(f"keras-samples-{request.param}")
+    env = {**os.environ, "KERAS_BACKEND": request.param, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, str(KERAS_RUNNER), request.param, str(out)], cwd=out, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads((out / "results.json").read_text())
+
+
+def samples_by_phase(result) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    for record in result["records"]:
+        out.setdefault(record["phase"], []).append(record["samples"])
+    return out
+
+
+@pytest.mark.parametrize("model", ["single", "list", "tuple", "dict"])
+def test_keras_counts_single_and_multi_input_output_models(keras_results, model):
+    result = keras_results[model]
+    assert samples_by_phase(result) == {"train": [TRAIN, TRAIN], "validation": [VAL, VAL], "test": [TEST], "predict": [PREDICT]}
+    assert all(r["samples_counted"] and r["energy_j_per_sample"] > 0 for r in result["records"])
+    assert all(v > 0 for v in result["history"]["energy_j_per_sample"] + result["history"]["val_energy_j_per_sample"])
+    assert not [w for w in result["warnings"] if "count" in w], result["warnings"]
+
+
+def test_keras_token_counter_reads_a_token_metric(keras_results):
+    result = keras_results["dict"]
+    tokens = {}
+    for record in result["records"]:
+        tokens.setdefault(record["phase"], []).append(record["tokens"])
+    nonzero = result["nonzero"]
+    assert tokens == {"train": [nonzero["train"]] * 2, "validation": [nonzero["validation"]] * 2,
+                      "test": [nonzero["test"]], "predict": [None]}
+
+
+def test_keras_empty_validation_counts_zero_and_logs_nan(keras_results):
+    result = keras_results["empty_validation"]
+    assert samples_by_phase(result) == {"train": [TRAIN, TRAIN], "validation": [0, 0], "test": [TEST], "predict": [PREDICT]}
+    validation = [r for r in result["records"] if r["phase"] == "validation"]
+    assert all(r["energy_j_per_sample"] is None and r["energy_kwh"] > 0 for r in validation)
+    assert result["history"]["val_energy_j_per_sample"] == [None, None]  # NaN in History
+    assert all(v > 0 for v in result["history"]["energy_j_per_sample"])
+
+
+def test_keras_uncountable_predict_outputs_say_so(keras_results):
+    result = keras_results["uncounted_predict"]
+    (predict,) = [r for r in result["records"] if r["phase"] == "predict"]
+    assert predict["samples_counted"] is False and predict["energy_j_per_sample"] is None
+    counting = [w for w in result["warnings"] if "sample_counter" in w]
+    assert len(counting) == 1 and "numpy.ndarray" in counting[0], result["warnings"]
+
+
+def test_keras_bad_counters_fail_at_construction():
+    code = (
+        "from greencallbacks.keras import EnergyCallback\n"
+        "for kwargs, name in (({'sample_counter': 3}, 'sample_counter'), ({'token_counter': len}, 'token_counter')):\n"
+        "    try:\n        EnergyCallback(**kwargs)\n    except ValueError as error:\n        assert name in str(error), error\n"
+        "    else:\n        raise AssertionError(name)\n"
+    )
+    pytest.importorskip("keras")
+    env = {**os.environ, "KERAS_BACKEND": "torch"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]

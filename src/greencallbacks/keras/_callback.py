@@ -32,6 +32,7 @@ import keras
 from greencallbacks.keras._backend import devices_and_sync, reducer_for
 from greencallbacks.guard import never_raises
 from greencallbacks.meter import warn
+from greencallbacks.samples import BatchCounter
 from greencallbacks.session import EnergySession
 from greencallbacks.tracker import METRIC_STEMS, PREDICTION_STEMS
 
@@ -169,7 +170,21 @@ class EnergyCallback(_Callback):
         samples_per_epoch: training samples per epoch, for the per-sample values. Default: counted
             exactly by Keras's own loss tracker (the built-in ``train_step`` counts every sample it
             sees, whatever the input: arrays, ``tf.data``, ``PyDataset``, torch ``DataLoader``); pass
-            it when a custom ``train_step`` bypasses that tracker.
+            it when a custom ``train_step`` bypasses that tracker. Validation and ``evaluate`` are
+            counted the same way; a loop that ran no step (an empty validation set) counts 0 and
+            logs NaN per-sample values. A count that is not available (a custom step that leaves
+            the tracker at 0) is recorded as ``samples_counted: false``, with one warning.
+        sample_counter: ``outputs -> int`` samples in one ``predict`` batch. Keras hands callbacks
+            no input batches; the only per-batch values are ``predict``'s outputs, which
+            ``greencallbacks.samples.count_samples`` counts by default (one array, or a list,
+            tuple or dict of them for multi-output models). Training and evaluation are counted
+            by the loss tracker (above).
+        token_counter: the name of a metric in ``logs`` whose epoch value is the number of tokens
+            (e.g. a ``keras.metrics.Sum`` of the label mask, added in ``compile``), giving
+            ``energy_j_per_token`` for training (``name``), validation (``val_<name>`` is read
+            from the validation's own ``logs``) and ``evaluate``. A name, not a ``batch -> int``
+            function as in the Lightning and HF callbacks, because Keras runs batches inside
+            compiled functions that callbacks never see.
         **session_kwargs: passed to ``EnergySession`` (``run_id``, ``gpus``, ``cpu_tdp_w``,
             ``extra_sensors``, ``sensors``).
 
@@ -201,9 +216,18 @@ class EnergyCallback(_Callback):
         pue: float | None = None,
         output_dir: Any = None,
         samples_per_epoch: int | None = None,
+        sample_counter: Any = None,
+        token_counter: str | None = None,
         **session_kwargs: Any,
     ) -> None:
         super().__init__()
+        if token_counter is not None and not (isinstance(token_counter, str) and token_counter):
+            raise ValueError(
+                "token_counter must be the name of a metric in logs that counts tokens (Keras callbacks see no "
+                f"batches), or None; got {token_counter!r}"
+            )
+        self._counter = BatchCounter(sample_counter)  # checks it is a function or None
+        self.token_counter = token_counter
         if samples_per_epoch is not None and not (
             isinstance(samples_per_epoch, int) and not isinstance(samples_per_epoch, bool) and samples_per_epoch > 0
         ):
@@ -221,7 +245,7 @@ class EnergyCallback(_Callback):
         self._epoch: int | None = None
         self._train_samples: int | None = None
         self._validated = False
-        self._predicted = 0
+        self._predicted: int | None = 0  # None once a predicted batch could not be counted
         self._predicted_lock = threading.Lock()
         self._warned_samples = False
 
@@ -263,12 +287,10 @@ class EnergyCallback(_Callback):
             return
         self._phases.remove(("train", False))
         samples = self.samples_per_epoch or (self._train_samples if self._train_samples is not None else self._samples_seen())
-        if not samples and not self._warned_samples:
-            self._warned_samples = True
-            warn(
-                "greencallbacks: could not count this epoch's training samples (a custom train_step that does "
-                "not update the model's loss tracker?); per-sample energy is NaN. Pass samples_per_epoch=."
-            )
+        if not samples:  # an epoch runs at least one step: 0 means the tracker did not count
+            self._uncounted("training")
+            samples = None
+        self._add_tokens(logs)
         self.tracker.end("train", samples=samples, step=self._step())
         self._run.last_train_epoch = epoch
         self._run.save_state()
@@ -302,7 +324,14 @@ class EnergyCallback(_Callback):
         if not self._phases or self._phases[-1][0] not in ("validation", "test"):
             return
         phase, outermost = self._phases.pop()
-        self.tracker.end(phase, samples=self._samples_seen(), step=self._step())
+        # No step ran (an empty validation set) when Keras's logs are empty: then the loss tracker
+        # holds a stale count on TensorFlow and JAX (their loops sync metrics only after a step).
+        samples = self._samples_seen() if logs else 0
+        if not samples and logs:
+            self._uncounted(phase)
+            samples = None
+        self._add_tokens(logs)
+        self.tracker.end(phase, samples=samples, step=self._step())
         self._validated = self._validated or phase == "validation"
         if outermost:
             self._leave()
@@ -320,13 +349,16 @@ class EnergyCallback(_Callback):
 
     @never_raises
     def on_predict_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        # The leading dimension of the batch's outputs: shape metadata, no device sync.
-        for value in (logs or {}).values():
-            shape = getattr(value, "shape", None)
-            if shape:
-                with self._predicted_lock:
-                    self._predicted += int(shape[0])
-                return
+        # The leading dimension of the batch's outputs: shape metadata, no device sync. Keras
+        # passes {"outputs": array, list or tuple}, or a dict-output model's own dict.
+        logs = logs or {}
+        outputs = logs["outputs"] if len(logs) == 1 and "outputs" in logs else logs
+        samples, _ = self._counter.count(outputs, self.tracker.run_id)
+        with self._predicted_lock:
+            if samples is None or self._predicted is None:
+                self._predicted = None
+            else:
+                self._predicted += samples
 
     @never_raises
     def on_predict_end(self, logs: dict | None = None) -> None:
@@ -335,6 +367,8 @@ class EnergyCallback(_Callback):
         _, outermost = self._phases.pop()
         with self._predicted_lock:
             samples = self._predicted
+        if samples is None:
+            self.tracker.add_samples(None)  # the counter warned
         self.tracker.end("predict", samples=samples, step=self._step())
         if outermost:
             self._leave()
@@ -420,11 +454,34 @@ class EnergyCallback(_Callback):
         """Samples since Keras last reset its metrics: the loss tracker's count (exact, any input).
 
         A float32 counter: exact below 2**24 (16.7 M) samples per epoch, within ~1e-7 relative above.
+        0 when there is no loss tracker (a model compiled without a loss).
         """
         loss_tracker = getattr(self.model, "_loss_tracker", None)
         if loss_tracker is None:
             return 0
         return int(round(float(keras.ops.convert_to_numpy(loss_tracker.count))))
+
+    def _uncounted(self, phase: str) -> None:
+        """The open phase ran steps but its samples are unknown: recorded as uncounted, one warning per run."""
+        self.tracker.add_samples(None)
+        if self._warned_samples != self.tracker.run_id:
+            self._warned_samples = self.tracker.run_id
+            warn(
+                f"greencallbacks: could not count the {phase} samples (a custom train_step / test_step that does "
+                "not update the model's loss tracker?); the record says samples_counted: false and per-sample "
+                "values are left out. Pass samples_per_epoch= for training."
+            )
+
+    def _add_tokens(self, logs: dict | None) -> None:
+        """Tokens of the open phase from the ``token_counter`` metric in Keras's ``logs``."""
+        if self.token_counter is None or not logs or self.token_counter not in logs:
+            return
+        try:
+            tokens = int(round(float(logs[self.token_counter])))
+        except (TypeError, ValueError):
+            return
+        if tokens > 0:
+            self.tracker.add_samples(0, tokens=tokens)
 
     def _step(self) -> int | None:
         optimizer = getattr(self.model, "optimizer", None)
