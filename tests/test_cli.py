@@ -213,6 +213,8 @@ def test_zones_lists_and_searches(capsys):
         (["estimate", "--hours", "1", "--gpu", "Quantum 9000"], "or give --gpu-tdp)", "gpu_tdp_w"),
         (["estimate", "--hours", "1", "--gpu", "T4", "--zone", "CAMX"], "(e.g. --zone US-CA)", "zone='"),
         (["estimate", "--hours", "1", "--cpu-w-per-core", "5"], "--cpu-w-per-core needs --cpu-cores", "cpu_cores"),
+        (["estimate", "--hours", "1", "--gpu", "T4", "--country", "FR", "--zone", "US-CA"], "got --country and --zone",
+         "got country"),
     ],
 )
 def test_cli_errors_name_flags_not_python_arguments(argv, says, not_said, capsys):

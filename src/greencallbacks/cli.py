@@ -285,6 +285,8 @@ def cli_message(text: str) -> str:
     """A library message in the command line's words: flags for argument names, the zones command."""
     text = text.replace("greencallbacks.carbon.list_zones() lists them all", "`greencallbacks zones --search TEXT` lists them")
     text = text.replace("gpu_tdp_w= / --gpu-tdp", "--gpu-tdp")
+    text = re.sub(r"(?<=got )(\w+(?: and \w+)+)",  # "got country and zone": flags given together
+                  lambda m: " and ".join(_FLAGS.get(w, w) for w in m.group(1).split(" and ")), text)
     text = re.sub(r"\b(\w+)='([^']*)'", lambda m: f"{_FLAGS[m.group(1)]} {m.group(2)}" if m.group(1) in _FLAGS else m.group(0), text)
     text = re.sub(r"\b(\w+)=(\.\.\.)?", lambda m: _FLAGS.get(m.group(1), m.group(0)), text)
     text = re.sub(r"(?<![-\w])(\w+)(?= must\b| needs\b| \(or\b)", lambda m: _FLAGS.get(m.group(1), m.group(0)), text)
