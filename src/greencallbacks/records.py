@@ -87,7 +87,7 @@ class Record:
 
 _FIELD_NAMES = tuple(f.name for f in fields(Record) if f.name != "schema")
 
-# The JSON types each field must have when read back (None allowed only where listed).
+# The JSON types each field must have when read back (null: only where listed, and for numbers).
 _NUMBERS = ("duration_s", "it_energy_kwh", "energy_kwh", "co2eq_g", "intensity_gco2eq_per_kwh", "pue", "uncertainty_kwh")
 _OPTIONAL_NUMBERS = ("energy_j_per_sample", "co2eq_g_per_sample")
 _INTEGERS = ("seq", "samples", "ranks", "hosts", "attempt")
