@@ -23,7 +23,7 @@
    thread's time in the callback's hooks and core calls, and the meter thread's CPU time); and a
    Lightning fit under ``SimpleProfiler``: time per hook call of ours against an empty callback.
 
-Usage: python benchmarks/hooks.py [--quick]
+Usage: python benchmarks/hooks.py [--quick] [--only simulated_gpu_boundaries,fit_shares,...]
 """
 
 from __future__ import annotations
@@ -504,23 +504,29 @@ def lightning_profiled(quick: bool, workdir: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--only", default=None, help="comma-separated subset of: " + ",".join(SECTIONS))
     args = parser.parse_args()
+    only = SECTIONS if args.only is None else [s.strip() for s in args.only.split(",") if s.strip()]
+    if set(only) - set(SECTIONS):
+        parser.error(f"--only: unknown section(s) {sorted(set(only) - set(SECTIONS))}; choose from {','.join(SECTIONS)}")
     quiet()
     pin_threads(1)
     calls = 10_000 if args.quick else 100_000
+    sections = {
+        "lightning": lambda w: lightning_per_step(calls, w),
+        "hf": lambda w: hf_per_step(calls, w),
+        "keras": lambda w: keras_per_step(calls, w),
+        "boundary": lambda w: boundary_costs(w, 20 if args.quick else 200),
+        "reads": lambda w: reads_per_epoch(3 if args.quick else 5, 5 if args.quick else 20, w),
+        "simulated_gpu_boundaries": lambda w: simulated_gpu_boundaries(args.quick),
+        "fit_shares": lambda w: fit_shares(args.quick, w),
+    }
     with tempfile.TemporaryDirectory(prefix="gcb-hooks-") as tmp:
-        workdir = Path(tmp)
-        result = {
-            "calls": calls,
-            "lightning": lightning_per_step(calls, workdir),
-            "hf": hf_per_step(calls, workdir),
-            "keras": keras_per_step(calls, workdir),
-            "boundary": boundary_costs(workdir, 20 if args.quick else 200),
-            "reads": reads_per_epoch(3 if args.quick else 5, 5 if args.quick else 20, workdir),
-            "simulated_gpu_boundaries": simulated_gpu_boundaries(args.quick),
-            "fit_shares": fit_shares(args.quick, workdir),
-        }
+        result = {"calls": calls, **{name: sections[name](Path(tmp)) for name in only}}
     emit(result)
+
+
+SECTIONS = ("lightning", "hf", "keras", "boundary", "reads", "simulated_gpu_boundaries", "fit_shares")
 
 
 if __name__ == "__main__":

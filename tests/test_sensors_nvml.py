@@ -586,3 +586,21 @@ def test_per_epoch_energy_off_the_training_thread_is_within_1_percent_of_the_phy
     assert results[True][1] < 0.005
     # Reading the counter at the boundary bills its last update, up to 100 ms old: worse here.
     assert results[False][0] > results[True][0]
+
+
+def test_reader_finds_the_phase_again_after_the_counter_restarts(clock):
+    """A driver reload restarts the counter at another phase: the periodic search finds it."""
+    from greencallbacks.meter import PHASE_REFRESH_S
+
+    gpu, sensor = slow_gpu(clock, seed=4)
+    meter = reader_meter(clock, sensor)
+    meter.snapshot()
+    run_with_reader(meter, clock, 1.5)
+    clock.advance(0.0437)
+    gpu.reset_counter()  # steps now at reset time + k x 100 ms
+    end = clock() + PHASE_REFRESH_S + 3.0
+    while clock() < end:  # coarser steps than run_with_reader: a minute of fake time
+        meter._poller.step()
+        clock.advance(0.004)
+    offset = (meter.channels[0]._phase - gpu._counter_origin_t) % COUNTER_UPDATE_PERIOD_S
+    assert min(offset, COUNTER_UPDATE_PERIOD_S - offset) < 0.002

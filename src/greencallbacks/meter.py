@@ -238,10 +238,11 @@ class _Channel:
         last = self._last_read
         locked = self._phase is not None and self._phase is not False
         if self._search is None and (not locked or t - self._locked_at > PHASE_REFRESH_S):
-            self._search = {"window": None, "steps": 0, "conflicts": 0}
+            self._search = {"window": None, "steps": 0, "conflicts": 0, "provisional": not locked}
         if last is None or value == last[1]:
             if last is not None and locked and self._search is None and t - last[0] > 1.5 * period:
-                self._search = {"window": None, "steps": 0, "conflicts": 0}
+                self._phase = None  # wrong: until found again, reads are anchored as if unknown
+                self._search = {"window": None, "steps": 0, "conflicts": 0, "provisional": True}
             return
         search = self._search
         if search is None or t - last[0] >= 0.9 * period:  # (reads a period apart bound no single update)
@@ -258,9 +259,12 @@ class _Channel:
                     return
                 lo, hi, search["steps"] = last[0], t, 0
         search["window"], search["steps"] = (lo, hi), search["steps"] + 1
-        # Provisional at once (a few ms off beats a whole period's lag), final when precise enough.
-        self._phase = 0.5 * (lo + hi)
-        if search["steps"] >= PHASE_STEPS or (search["steps"] >= 2 and hi - lo < PHASE_PRECISION_S):
+        # Provisional at once when none is known (a few ms off beats a period's lag); a search
+        # that refreshes a known phase replaces it only once it is as precise.
+        done = search["steps"] >= PHASE_STEPS or (search["steps"] >= 2 and hi - lo < PHASE_PRECISION_S)
+        if done or search["provisional"]:
+            self._phase = 0.5 * (lo + hi)
+        if done:
             self._search, self._locked_at = None, t
 
     def next_read_at(self, now: float) -> float:
