@@ -54,3 +54,5 @@ def test_the_example_latex_compiles(tmp_path):
     done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "example.tex"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout[-2000:]
+    log = (tmp_path / "example.log").read_text(encoding="utf-8", errors="replace")
+    assert "Overfull \\hbox" not in log  # the table fits an article's text width

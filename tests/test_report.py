@@ -228,7 +228,12 @@ def test_latex_is_booktabs_with_escaped_text_and_the_numbers():
     assert r"& $12.5 \pm 1.4$ &" in text and "Energy (Wh)" in text  # 10, 12.5, 15 Wh
     assert "e-0" not in text.split(r"\midrule")[1]  # no 1.250e-02 style cells
     assert r"Training & $4.00 \pm 0$ & $37.5 \pm 4.3$" in text
-    assert r"Whole run (all phases) & $10.0 \pm 0$ & $40.6 \pm 4.7$" in text
+    assert r"Whole run & $10.0 \pm 0$ & $40.6 \pm 4.7$" in text and "Whole run: every phase" in text
+    # One way of measuring for every row: said once in the caption, not in a column that widens the table.
+    assert "Measured by: cpu:estimated, gpu0:counter." in text and r"{lrrrr}" in text
+    mixed = three_runs()[:2] + [dataclasses.replace(r, components=[dict(c, method="sampled") for c in r.components])
+                                for r in three_runs()[2:4]]
+    assert r"{lrrrrl}" in report.render(mixed[:4], "latex") and "& Measured by" in report.render(mixed[:4], "latex")
     assert "Mean $\\pm$ standard error over 3 runs" in text
     assert "miles driven" in text and "EPA" in text
     one = report.render(one_run(), "latex")
@@ -327,7 +332,7 @@ def test_records_without_training_are_reported_as_what_they_are():
     assert "The run (no training; prediction and the time between phases) used 1.01 Wh and emitted 505 mgCO2eq" in text
     assert "0 epochs" not in text and "kgCO2eq" not in text
     latex = report.render(records, "latex")
-    assert "Training &" not in latex and r"Whole run (all phases) & 4.00 & 1.01 & 505 & & \\" in latex
+    assert "Training &" not in latex and r"Whole run & 4.00 & 1.01 & 505 & \\" in latex
 
 
 @pytest.mark.slow

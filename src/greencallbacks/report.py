@@ -698,32 +698,42 @@ def _latex_group(data: dict, caption_extra: str, label: str) -> list[str]:
     total = data["total"]
     units = _units(rows, total)
     (e_unit, e_f), (m_unit, m_f), (j_unit, j_f) = units["energy"], units["mass"], units["joule"]
+    # One "measured by" for the whole table when every row shares it: a column repeating it would
+    # make the table wider than a paper's text.
+    methods = list(dict.fromkeys(row["methods"] for row in rows)) or [", ".join(
+        f"{h['name']}:{h['method']}" for h in data["hardware"])]
+    per_row = len(methods) > 1
+    caption = ("Energy and emissions" + (" per training epoch" if rows else "") + latex_escape(caption_extra) + "." + over
+               + (f" Measured by: {latex_escape(methods[0])}." if not per_row else "")
+               + " Whole run: every phase (training, evaluation and the time between phases).")
     lines = [
         r"\begin{table}[t]",
         r"\centering",
-        r"\caption{Energy and emissions" + (" per training epoch" if rows else "") + latex_escape(caption_extra) + "."
-        + over + "}",
+        r"\small",
+        r"\caption{" + caption + "}",
         f"\\label{{{label}}}",
-        r"\begin{tabular}{lrrrrl}",
+        r"\begin{tabular}{lrrrr" + ("l" if per_row else "") + "}",
         r"\toprule",
-        f"Epoch & Time (s) & Energy ({e_unit}) & CO$_2$eq ({m_unit}) & Per sample ({latex_escape(j_unit)}) & Measured by \\\\",
+        f"Epoch & Time (s) & Energy ({e_unit}) & CO$_2$eq ({m_unit}) & Per sample ({latex_escape(j_unit)})"
+        + (" & Measured by" if per_row else "") + " \\\\",
     ]
+    tail = " & \\\\" if per_row else " \\\\"
     if rows:
         lines.append(r"\midrule")
     for row in rows:
         lines.append(
             f"{latex_escape(row['label'])} & {_latex_cell(row['seconds'], 1.0)} & {_latex_cell(row['energy_kwh'], e_f)} "
-            f"& {_latex_cell(row['co2eq_g'], m_f)} & {_latex_cell(row['j_per_sample'], j_f)} "
-            f"& {latex_escape(row['methods'])} \\\\"
+            f"& {_latex_cell(row['co2eq_g'], m_f)} & {_latex_cell(row['j_per_sample'], j_f)}"
+            + (f" & {latex_escape(row['methods'])} \\\\" if per_row else " \\\\")
         )
     train_seconds = _stat([t["train_seconds"] for t in data["run_totals"].values()])
     lines.append(r"\midrule")
     if rows:
         lines.append(f"Training & {_latex_cell(train_seconds, 1.0)} & {_latex_cell(total['train_energy_kwh'], e_f)} "
-                     f"& {_latex_cell(total['train_co2eq_g'], m_f)} & & \\\\")
+                     f"& {_latex_cell(total['train_co2eq_g'], m_f)} &" + tail)
     lines += [
-        f"Whole run (all phases) & {_latex_cell(total['seconds'], 1.0)} & {_latex_cell(total['energy_kwh'], e_f)} "
-        f"& {_latex_cell(total['co2eq_g'], m_f)} & & \\\\",
+        f"Whole run & {_latex_cell(total['seconds'], 1.0)} & {_latex_cell(total['energy_kwh'], e_f)} "
+        f"& {_latex_cell(total['co2eq_g'], m_f)} &" + tail,
         r"\bottomrule",
         r"\end{tabular}",
         r"\end{table}",
