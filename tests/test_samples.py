@@ -48,6 +48,10 @@ class DglLikeGraph:
     batch_size = 6
 
 
+class TensorDictLike:
+    batch_size = torch.Size([4])
+
+
 def ragged(lengths):
     return [torch.zeros(n, 4) for n in lengths]
 
@@ -68,6 +72,7 @@ CASES = [
     ("named tuple", Pair(torch.zeros(5, 1), torch.zeros(5)), 5),
     ("graph batch (num_graphs)", GraphBatch(graphs=4, nodes=37), 4),
     ("object with batch_size", DglLikeGraph(), 6),
+    ("object with a batch_size shape (TensorDict)", TensorDictLike(), 4),
     ("object with __len__", SizedBatch(12), 12),
     ("ragged list (collate_fn=list)", ragged([5, 7, 2]), 3),
     ("ragged list of two (a partial last batch)", ragged([5, 2]), 2),

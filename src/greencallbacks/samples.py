@@ -136,7 +136,7 @@ def _items_of_sequence(items: list | tuple, top: bool) -> tuple[int | None, bool
                     return len(items), True
             elif len(set(shapes)) > 1:
                 return len(items), True  # ragged samples (images of different sizes)
-            elif not top:
+            else:
                 return leads[0], False  # same-shaped tensors inside a batch: ambiguous
     return None, False
 
