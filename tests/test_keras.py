@@ -13,6 +13,7 @@ discovered on this machine (their sampling thread is what must not leak).
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import math
 import os
@@ -34,8 +35,17 @@ TRAIN, VAL = 100, 30
 VAL_STEMS = tuple(f"val_{s}" for s in METRIC_STEMS)
 
 
+def require(*modules: str, purpose: str) -> None:
+    """Skip, naming what is missing. Found, not imported: importing Keras here would fix this
+    process's backend."""
+    for module in modules:
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"{module} is not installed: {purpose} need it")
+
+
 @pytest.fixture(scope="module", params=["torch", "tensorflow"])
 def run(request, tmp_path_factory):
+    require("keras", request.param, purpose=f"the Keras {request.param}-backend scenarios")
     out = tmp_path_factory.mktemp(f"keras-{request.param}")
     env = {**os.environ, "KERAS_BACKEND": request.param, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
     done = subprocess.run(
@@ -183,6 +193,8 @@ def test_evaluate_and_predict_are_recorded_with_their_sample_counts(run):
 def test_the_callback_keeps_keras_async_batch_dispatch(run):
     """No per-batch slow path: Keras dispatches batch hooks exactly as it would without the callback."""
     result, _ = run("inference")
+    if result["async_dispatch"]["without"] == [None, None, None]:
+        pytest.skip("this Keras has no asynchronous callback dispatch (CallbackList._async_train is newer than 3.3)")
     assert result["async_dispatch"]["with_energy"] == result["async_dispatch"]["without"]
     if run.backend == "torch":  # the tensorflow backend never dispatches asynchronously
         assert result["async_dispatch"]["without"] == [True, True, True]
@@ -232,11 +244,11 @@ def test_an_uncaught_exception_still_writes_the_unfinished_epoch_at_exit(run):
     )
 
 
-def test_using_the_callback_again_closes_a_fit_that_raised(run):
+def test_a_fit_that_raised_is_closed_while_the_exception_is_still_kept(run):
     result, out = run("crash_then_reuse")
-    # While the caller keeps the exception (and so fit's frames), the failed fit looks alive...
-    assert result["threads_while_kept"] == ["greencallbacks-meter"]
-    # ...until the callback's next use records it as partial and stops its thread.
+    # The caller keeps the exception (and so fit's frames, as a notebook's sys.last_traceback
+    # does): the watch still sees fit leave the stack, writes the partial epoch, stops the thread.
+    assert result["threads_while_kept"] == []
     assert result["threads_after_reuse"] == []
     records = read_records(out)
     assert [(r.epoch, r.partial) for r in records if r.phase == "train"] == [(0, True)]
@@ -271,6 +283,7 @@ def test_bad_configuration_fails_at_construction(run):
 @pytest.mark.distributed
 def test_torch_distributed_ranks_are_summed_and_the_host_counted_once(tmp_path):
     """Two real gloo ranks on one host, each fitting under Keras's torch backend."""
+    require("keras", "torch", purpose="the Keras distributed scenario")
     import socket
 
     with socket.socket() as probe:

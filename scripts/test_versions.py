@@ -1,0 +1,205 @@
+"""The adapter tests at the oldest supported version of each framework, each in its own venv.
+
+    python scripts/test_versions.py [--main-junit FILE] [--only NAME,...]
+
+The main test run (scripts/test.sh) covers the newest versions, in the project's venv; this
+covers the floors declared in pyproject.toml and the README's support table. Each entry of
+``MATRIX`` gets a virtual environment of its own, created on first use and reused after (under
+``$GC_OLDEST_DIR``, default /tmp/greencallbacks-oldest; the directory name carries a hash of the
+requirements, so changing them builds a new one). The package itself is not installed there:
+the tests run from this checkout with ``src`` on the path, so one venv serves any clone.
+
+Prints the versions each run tested and its pass counts, then one closing line for all runs
+(with the main run's counts when ``--main-junit`` names its JUnit XML). Exits non-zero when a
+run fails, errors, collects no test (pytest's exit 5), or its venv lacks the pinned versions.
+Standard library only: it runs before or without any venv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+# What every venv needs: the pinned torch of scripts/setup.sh (the CPU build on this machine) and
+# the test runner. The frameworks' own companions float to whatever pip picks for the pin.
+COMMON = ["torch==2.13.0", "pytest>=8", "pytest-timeout>=2.2", "hypothesis>=6.100", "psutil>=5.9"]
+
+# name -> the oldest supported versions (as pyproject.toml declares them), the test files that
+# exercise them, and the distributions whose versions are printed.
+MATRIX = {
+    "transformers": {
+        "requirements": ["transformers==4.47.1", "accelerate==1.2.1", "tensorboard", "mlflow", "wandb"],
+        "tests": ["tests/test_hf.py", "tests/test_hf_distributed.py"],
+        "report": ["transformers", "accelerate", "torch", "tensorboard", "mlflow", "wandb"],
+    },
+    "lightning": {
+        # Lightning 2.2 imports pkg_resources, which setuptools 81 removed.
+        "requirements": ["lightning==2.2.0", "pytorch-lightning==2.2.0", "setuptools<81", "tensorboard",
+                         "mlflow", "wandb", "pandas"],
+        "tests": ["tests/test_lightning.py", "tests/test_lightning_ddp.py"],
+        "report": ["lightning", "pytorch-lightning", "lightning-utilities", "torch", "setuptools"],
+    },
+    "keras": {
+        "requirements": ["keras==3.3.3", "tensorflow-cpu==2.16.2", "jax[cpu]==0.4.26", "tensorboard"],
+        "tests": ["tests/test_keras.py"],
+        "report": ["keras", "torch", "tensorflow-cpu", "jax", "jaxlib", "numpy"],
+    },
+}
+
+# The distributions whose versions the main (newest) run reports.
+MAIN_REPORT = ["transformers", "accelerate", "lightning", "pytorch-lightning", "keras", "torch", "tensorflow-cpu",
+               "jax"]
+
+
+def log(message: str) -> None:
+    print(f"[versions] {message}", flush=True)
+
+
+def venv_dir(name: str, spec: dict) -> Path:
+    key = hashlib.sha256(json.dumps([COMMON, spec["requirements"], sys.version_info[:2]]).encode()).hexdigest()[:10]
+    base = Path(os.environ.get("GC_OLDEST_DIR", "/tmp/greencallbacks-oldest"))
+    return base / f"{name}-{key}"
+
+
+def ensure_venv(name: str, spec: dict) -> Path:
+    """The venv's python, built if it is missing or its last install did not finish."""
+    directory = venv_dir(name, spec)
+    python = directory / "bin" / "python"
+    done = directory / ".installed"
+    if done.exists():
+        log(f"{name}: reusing {directory}")
+        return python
+    log(f"{name}: creating {directory} ({' '.join(spec['requirements'])})")
+    subprocess.run(["rm", "-rf", str(directory)], check=True)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    # The base interpreter, not a venv's: sys._base_executable is what `venv` itself would use.
+    base = getattr(sys, "_base_executable", sys.executable)
+    subprocess.run([base, "-m", "venv", str(directory)], check=True)
+    started = time.monotonic()
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *COMMON, *spec["requirements"]],
+        check=True,
+    )
+    done.write_text(json.dumps({"requirements": COMMON + spec["requirements"]}))
+    log(f"{name}: installed in {time.monotonic() - started:.0f} s")
+    return python
+
+
+def versions(python: Path | str, distributions: list[str]) -> dict[str, str]:
+    code = (
+        "import json, sys, importlib.metadata as m\n"
+        "out = {}\n"
+        "for d in sys.argv[1:]:\n"
+        "    try: out[d] = m.version(d)\n"
+        "    except m.PackageNotFoundError: pass\n"
+        "print(json.dumps(out))"
+    )
+    done = subprocess.run([str(python), "-c", code, *distributions], capture_output=True, text=True, check=True)
+    return json.loads(done.stdout)
+
+
+def counts(junit: Path) -> dict[str, int]:
+    """passed/failed/skipped from a pytest JUnit XML file (errors count as failed)."""
+    root = ET.parse(junit).getroot()
+    suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
+    total = {k: sum(int(s.get(k, 0)) for s in suites) for k in ("tests", "failures", "errors", "skipped")}
+    failed = total["failures"] + total["errors"]
+    return {"passed": total["tests"] - failed - total["skipped"], "failed": failed, "skipped": total["skipped"]}
+
+
+def pinned(spec: dict, found: dict[str, str]) -> list[str]:
+    """The exact pins (name==version) that the venv does not hold."""
+    missing = []
+    for requirement in spec["requirements"]:
+        if "==" in requirement:
+            name, version = requirement.split("==")
+            name = name.split("[")[0]
+            if found.get(name) != version:
+                missing.append(f"{requirement} (found {found.get(name)})")
+    return missing
+
+
+def run_one(name: str, spec: dict, out_dir: Path) -> dict:
+    python = ensure_venv(name, spec)
+    exact = [r.split("==")[0].split("[")[0] for r in spec["requirements"] if "==" in r]
+    found = versions(python, sorted(set(spec["report"] + exact)))
+    missing = pinned(spec, found)
+    junit = out_dir / f"junit-{name}.xml"
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)]),
+        "WANDB_MODE": "offline", "WANDB_SILENT": "true", "TF_CPP_MIN_LOG_LEVEL": "2", "HF_HUB_OFFLINE": "1",
+    }
+    env.pop("VIRTUAL_ENV", None)
+    log(f"{name}: {' '.join(f'{d} {v}' for d, v in found.items() if d in spec['report'])}: {' '.join(spec['tests'])}")
+    started = time.monotonic()
+    done = subprocess.run(
+        [str(python), "-m", "pytest", "-q", "-rfEs", "-p", "no:cacheprovider", f"--junitxml={junit}", *spec["tests"]],
+        cwd=REPO, env=env,
+    )
+    result = {"name": name, "versions": {d: found[d] for d in spec["report"] if d in found}, "rc": done.returncode,
+              "seconds": round(time.monotonic() - started), "missing": missing}
+    result.update(counts(junit) if junit.exists() else {"passed": 0, "failed": 0, "skipped": 0})
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default=None, help="comma-separated names from: " + ", ".join(MATRIX))
+    parser.add_argument("--main-junit", type=Path, default=None, help="the main run's JUnit XML, for its counts")
+    parser.add_argument("--main-python", default=None, help="the main venv's python, for its versions")
+    args = parser.parse_args()
+    names = args.only.split(",") if args.only else list(MATRIX)
+    unknown = [n for n in names if n not in MATRIX]
+    if unknown:
+        print(f"test_versions: unknown --only name(s) {', '.join(unknown)}; valid: {', '.join(MATRIX)}", file=sys.stderr)
+        return 2
+    out_dir = Path(os.environ.get("GC_OLDEST_DIR", "/tmp/greencallbacks-oldest")) / "reports"
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    results = []
+    for name in names:
+        try:
+            results.append(run_one(name, MATRIX[name], out_dir))
+        except subprocess.CalledProcessError as error:  # the venv could not be built
+            log(f"{name}: set-up failed: {error}")
+            results.append({"name": name, "versions": {}, "rc": 1, "seconds": 0, "missing": ["set-up failed"],
+                            "passed": 0, "failed": 1, "skipped": 0})
+
+    rows = []
+    if args.main_junit is not None:
+        main_counts = counts(args.main_junit) if args.main_junit.exists() else {"passed": 0, "failed": 1, "skipped": 0}
+        main_versions = versions(args.main_python or sys.executable, MAIN_REPORT) if args.main_python else {}
+        rows.append(("newest (whole suite)", main_versions, main_counts, []))
+    for r in results:
+        rows.append((f"oldest {r['name']}", r["versions"], r, r["missing"]))
+
+    print("\nframework versions tested:")
+    bad = False
+    for label, found, c, missing in rows:
+        shown = ", ".join(f"{d} {v}" for d, v in found.items())
+        note = f"  MISSING PINS: {'; '.join(missing)}" if missing else ""
+        print(f"  {label:<22} {c['passed']} passed, {c['failed']} failed, {c['skipped']} skipped   [{shown}]{note}")
+    for r in results:
+        # pytest exits 5 when it collected nothing: a run that tested nothing must not pass.
+        if r["rc"] != 0 or r["failed"] or r["passed"] == 0 or r["missing"]:
+            bad = True
+            print(f"  FAILED: oldest {r['name']} (pytest exit {r['rc']}, {r['passed']} passed)")
+    passed = sum(c["passed"] for _, _, c, _ in rows)
+    failed = sum(c["failed"] for _, _, c, _ in rows)
+    skipped = sum(c["skipped"] for _, _, c, _ in rows)
+    print(f"all: {passed} passed, {failed} failed, {skipped} skipped")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
