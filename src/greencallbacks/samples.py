@@ -237,6 +237,15 @@ class BatchCounter:
 
     def count(self, batch: Any, run_id: str = "") -> tuple[int | None, int]:
         """(samples or None, tokens) in one batch; warns once per run (and counter) about an uncountable one."""
+        if self.token_counter is None and not self.custom_samples:
+            # The default, on every step: no layers (they cost as much as the count itself).
+            try:
+                samples = count_samples(batch)
+            except Exception:  # noqa: BLE001 - a batch object whose attributes raise
+                samples = None
+            if samples is None:
+                self._warn("sample_counter", count_samples, batch, None, None, run_id)
+            return samples, 0
         samples = self._apply("sample_counter", self.sample_counter, batch, run_id)
         tokens = 0
         if self.token_counter is not None:
@@ -245,6 +254,15 @@ class BatchCounter:
 
     def add(self, tracker: Any, batch: Any) -> None:
         """Count one completed batch into ``tracker``'s innermost open phase."""
+        if self.token_counter is None and not self.custom_samples:
+            try:
+                samples = count_samples(batch)  # the per-step path, as in `count`, one call shorter
+            except Exception:  # noqa: BLE001
+                samples = None
+            if samples is None:
+                self._warn("sample_counter", count_samples, batch, None, None, tracker.run_id)
+            tracker.add_samples(samples)
+            return
         samples, tokens = self.count(batch, tracker.run_id)
         tracker.add_samples(samples, tokens=tokens)
 
