@@ -33,12 +33,12 @@ from greencallbacks.sensors.base import Method, Sensor
 # Estimates are models, not measurements: report them with a wide, stated relative uncertainty.
 ESTIMATE_RELATIVE_UNCERTAINTY = 0.5
 # Off-thread counters: instantaneous power is sampled this often between two counter reads (a
-# ~4 us NVML field read: 0.04 % of a core), and a read older than STALE_READ_S (a stalled or
-# stopped reader) is not carried forward: the boundary reads the counter itself.
-POWER_SAMPLE_INTERVAL_S = 0.01
+# ~4 us NVML field read plus the binding's Python, which holds the GIL), and a read older than
+# STALE_READ_S (a stalled or stopped reader) is not carried forward: the boundary reads in place.
+POWER_SAMPLE_INTERVAL_S = 0.02
 DEFAULT_READ_INTERVAL_S = 0.1
 STALE_READ_S = 1.0
-POWER_HISTORY = 64  # samples kept: 0.64 s, more than the span between two counter reads
+POWER_HISTORY = 64  # samples kept: ~1.3 s, more than the span between two counter reads
 # Finding a quantised counter's update phase: steps to observe (at most), the precision at which
 # to stop early, inconsistent steps tolerated before concluding it has no steady period, and how
 # often to search again (the GPU's clock and the host's drift apart slowly).
@@ -282,6 +282,9 @@ class _Channel:
         """One instantaneous-power sample, integrated (reader thread)."""
         if not self._power_ok:
             return
+        # Stamped before the call: the read itself takes microseconds, but getting the GIL back
+        # after it can take milliseconds while the training thread runs Python.
+        t = self._clock()
         try:
             power = self.sensor.power_now_w()
         except Exception:  # noqa: BLE001 - power only refines the estimate; the counter still counts
@@ -289,7 +292,6 @@ class _Channel:
         if power is None:
             self._power_ok = False
             return
-        t = self._clock()
         with self._state_lock:
             if self._power and t > self._power[-1][0]:
                 t_p, joules, last_w = self._power[-1]
