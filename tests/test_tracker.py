@@ -209,27 +209,35 @@ def test_two_ranks_sum_energy_and_samples_and_agree_on_metrics(tmp_path):
     assert len([r for r in records if r.phase == "train"]) == 1
 
 
-def test_prediction_is_nan_until_two_epochs_after_warmup_then_exact_for_constant_epochs():
+def test_prediction_is_nan_until_two_epochs_after_warmup_are_complete_then_exact_for_constant_epochs():
     tracker, clock, _ = setup()
     tracker.planned_epochs = 10
     keys = {"energy_kwh_predicted", "energy_kwh_predicted_low", "energy_kwh_predicted_high", "co2eq_g_predicted"}
     seen = []
-    for epoch in range(3):
+    for epoch in range(4):
         tracker.begin("train", epoch)
         clock.advance(30.0 if epoch == 0 else 10.0)  # a slow first epoch: warm-up
         tracker.end("train")
         metrics = tracker.metrics("train")
         assert keys <= set(metrics)
         seen.append(metrics["energy_kwh_predicted"])
-    assert math.isnan(seen[0]) and math.isnan(seen[1])
-    per_epoch_kwh = 100.0 * 10.0 * PUE / 3.6e6
-    so_far = tracker.total_energy_j / 3.6e6
-    assert seen[2] == pytest.approx(so_far + 7 * per_epoch_kwh)
-    m = tracker.metrics("train")
+        clock.advance(2.0)  # the gap after each epoch (its tail) is part of what an epoch costs
+    # Epoch 3's end: epochs 1 and 2 are complete (their tails are over), epoch 0 was the warm-up.
+    assert all(math.isnan(v) for v in seen[:3])
+    per_epoch_kwh = 100.0 * 12.0 * PUE / 3.6e6
+    tail_kwh = 100.0 * 2.0 * PUE / 3.6e6
+    so_far = tracker.total_energy_j / 3.6e6  # the gap after epoch 3 is still open: not yet billed
+    assert seen[3] == pytest.approx(so_far + tail_kwh + 6 * per_epoch_kwh)
     # identical post-warm-up epochs: no spread, so the interval collapses onto the prediction
-    assert m["energy_kwh_predicted_low"] == pytest.approx(seen[2])
-    assert m["energy_kwh_predicted_high"] == pytest.approx(seen[2])
-    assert m["co2eq_g_predicted"] == pytest.approx(seen[2] * INTENSITY)
+    tracker.begin("train", 4)
+    clock.advance(10.0)
+    tracker.end("train")
+    m = tracker.metrics("train")
+    so_far = tracker.total_energy_j / 3.6e6
+    assert m["energy_kwh_predicted"] == pytest.approx(so_far + tail_kwh + 5 * per_epoch_kwh)
+    assert m["energy_kwh_predicted_low"] == pytest.approx(m["energy_kwh_predicted"])
+    assert m["energy_kwh_predicted_high"] == pytest.approx(m["energy_kwh_predicted"])
+    assert m["co2eq_g_predicted"] == pytest.approx(m["energy_kwh_predicted"] * INTENSITY)
 
 
 def test_prediction_interval_widens_with_spread():
@@ -241,7 +249,9 @@ def test_prediction_interval_widens_with_spread():
         tracker.end("train")
     m = tracker.metrics("train")
     assert m["energy_kwh_predicted_low"] < m["energy_kwh_predicted"] < m["energy_kwh_predicted_high"]
-    mean_kwh = 100.0 * 10.0 * PUE / 3.6e6  # mean of 8, 12, 9, 11 s at 100 W
+    # Complete epochs (a later one has finished, so their tails are over): 1, 2 and 3; epoch 0 is
+    # the warm-up. No gaps here, so their tails are 0.
+    mean_kwh = 100.0 * (8.0 + 12.0 + 9.0) / 3 * PUE / 3.6e6
     assert m["energy_kwh_predicted"] == pytest.approx(tracker.total_energy_j / 3.6e6 + 15 * mean_kwh)
 
 
@@ -253,27 +263,37 @@ def test_no_prediction_keys_without_planned_epochs():
     assert set(tracker.metrics("train")) == set(METRIC_STEMS)
 
 
-def test_carbon_aware_pause_is_billed_to_the_gap_logged_and_its_budget_survives_resume(tmp_path):
+def session_with_pause(tmp_path, threshold, **pause_kwargs):
+    """A session whose tracker runs on the scripted meter (fake clock) with a carbon-aware pause."""
     from greencallbacks.carbon_aware import CarbonAwarePause
+    from greencallbacks.session import EnergySession
 
-    tracker, clock, _ = setup(tmp_path)  # static 400 g/kWh: always above a 300 g/kWh threshold
-    pause = CarbonAwarePause(300.0, max_delay_s=600.0, check_every_s=250.0, sleep=clock.advance, clock=clock)
-    tracker.carbon_aware = pause
+    clock = FakeClock()
+    meter = Meter([ScriptedSensor("gpu0", clock)], fallback=None, clock=clock, wall_clock=lambda: clock() + 1.7e9)
+    pause = CarbonAwarePause(threshold, sleep=clock.advance, clock=clock, **pause_kwargs)
+    session = EnergySession(intensity=INTENSITY, pue=PUE, output_dir=tmp_path, carbon_aware=pause)
+    session.tracker.start(meter)
+    return session, clock
+
+
+def test_carbon_aware_pause_is_billed_to_the_gap_logged_and_its_budget_survives_resume(tmp_path):
+    # static 400 g/kWh: always above a 300 g/kWh threshold
+    session, clock = session_with_pause(tmp_path, 300.0, max_delay_s=600.0, check_every_s=250.0)
+    tracker = session.tracker
     tracker.begin("train", 0)
     clock.advance(10.0)
     tracker.end("train")
-    assert tracker.metrics("train")["carbon_pause_s"] == 0.0
-    assert tracker.pause_between_epochs() == pytest.approx(600.0)  # 250 + 250 + the 100 s left
+    assert session.metrics("train")["carbon_pause_s"] == 0.0
+    assert session.pause_between_epochs() == pytest.approx(600.0)  # 250 + 250 + the 100 s left
     tracker.begin("train", 1)
     clock.advance(10.0)
     tracker.end("train")
-    assert tracker.metrics("train")["carbon_pause_s"] == pytest.approx(600.0)
+    assert session.metrics("train")["carbon_pause_s"] == pytest.approx(600.0)
     (gap,) = [r for r in tracker.records if r.phase == "other"]
     assert gap.duration_s == pytest.approx(600.0) and gap.it_energy_kwh * 3.6e6 == pytest.approx(100.0 * 600.0)
-    assert tracker.pause_between_epochs() == 0.0  # budget spent
-    resumed, clock2, _ = setup(tmp_path)
-    resumed.carbon_aware = CarbonAwarePause(300.0, max_delay_s=600.0, sleep=clock2.advance, clock=clock2)
-    resumed.load_state_dict(tracker.state_dict())
+    assert session.pause_between_epochs() == 0.0  # budget spent
+    resumed, _ = session_with_pause(tmp_path, 300.0, max_delay_s=600.0)
+    resumed.load_state_dict(session.state_dict())
     assert resumed.pause_between_epochs() == 0.0
 
 

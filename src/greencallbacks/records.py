@@ -293,6 +293,19 @@ def _json_line(data: dict) -> str:
         return json.dumps(_finite(data), allow_nan=False, default=str) + "\n"
 
 
+def write_json_atomic(path: Path, data: dict) -> bool:
+    """Replace ``path`` with ``data`` as JSON in one step: a reader never sees half a file, and a
+    crash mid-write leaves the previous version. False (no exception) when it cannot be written:
+    the records are what matters, and their writer already warned about the directory."""
+    try:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
+        os.replace(tmp, path)
+        return True
+    except OSError:
+        return False
+
+
 def read_records(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Record]:
     """Records from JSONL files (or directories holding ``energy-records.jsonl``).
 

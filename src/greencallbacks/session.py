@@ -91,7 +91,7 @@ class EnergySession:
         if carbon_aware is not None and not isinstance(carbon_aware, CarbonAwarePause):
             raise ValueError(f"carbon_aware must be a greencallbacks.carbon_aware.CarbonAwarePause, got {carbon_aware!r}")
         self.tracker = Tracker(carbon=self.carbon, output_dir=self.output_dir, run_id=run_id, framework=framework)
-        self.tracker.carbon_aware = carbon_aware
+        self.carbon_aware = carbon_aware
         self.unavailable: list = []
 
     @property
@@ -157,6 +157,36 @@ class EnergySession:
                 f"{intensity.g_per_kwh:.0f} gCO2eq/kWh ({intensity.source}). Pass country=, zone=, region= "
                 "or intensity= for your grid."
             )
+
+    # ---------------------------------------------------- what adapters log and checkpoint
+    def metrics(self, phase: str, prefix: str = "") -> dict[str, float]:
+        """The tracker's metrics for the last finished ``phase``, plus the policies' (carbon-aware pauses)."""
+        values = self.tracker.metrics(phase, prefix)
+        if values and phase == "train" and self.carbon_aware is not None:
+            values[prefix + "carbon_pause_s"] = float(self.carbon_aware.total_paused_s)
+        return values
+
+    def pause_between_epochs(self) -> float:
+        """Carbon-aware training: wait while the grid is dirtier than the configured threshold.
+
+        Adapters call this after an epoch's metrics are logged; the wait is billed to the gap
+        (``other``) like any time between epochs. Returns the seconds paused.
+        """
+        if self.carbon_aware is None or not self.running:
+            return 0.0
+        return self.carbon_aware.maybe_pause(self.carbon)
+
+    def state_dict(self) -> dict:
+        state = self.tracker.state_dict()
+        if self.carbon_aware is not None:
+            state["carbon_aware"] = self.carbon_aware.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue the checkpointed run of ``state`` (a new attempt of it)."""
+        if self.carbon_aware is not None and "carbon_aware" in state:
+            self.carbon_aware.load_state_dict(state["carbon_aware"])  # the delay budget spent stays spent
+        self.tracker.load_state_dict(state)
 
     def stop(self, failed: bool = False) -> None:
         """End the run: normally (a collective on several ranks) or after a failure (local only)."""

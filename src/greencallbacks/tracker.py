@@ -9,18 +9,17 @@ dict from ``metrics``. The tracker turns phase boundaries into records:
   validation, and the epoch's training record excludes it.
 * At the end of each phase, every rank's local records are gathered and summed (see
   ``distributed``), so all ranks report the same numbers; rank 0 writes them.
-* Totals are kept per phase and survive checkpoint and resume through ``state_dict``.
+* What the records add up to is the ledger's (``greencallbacks.ledger``): totals, ``seq``,
+  attempts, and the run's continuation after a resume, re-derived from its records on disk.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import math
 import os
 import socket
 import uuid
-import warnings
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,13 +27,16 @@ from typing import TYPE_CHECKING, Any
 
 from greencallbacks._version import __version__
 from greencallbacks.distributed import LocalReducer, Reducer
-from greencallbacks.records import PHASES, RECORDS_FILE, Record, RecordWriter, read_records
+from greencallbacks.ledger import Ledger, PhaseTotals, read_run_records
+from greencallbacks.prediction import PREDICTION_STEMS, predict
+from greencallbacks.records import PHASES, RECORDS_FILE, Record, RecordWriter, write_json_atomic
 from greencallbacks.units import J_PER_KWH
 
 if TYPE_CHECKING:
     from greencallbacks.carbon import Carbon
-    from greencallbacks.carbon_aware import CarbonAwarePause
     from greencallbacks.meter import Measurement, Meter, Snapshot
+
+__all__ = ["METRIC_STEMS", "PREDICTION_STEMS", "PhaseTotals", "SUMMARY_FILE", "Tracker"]
 
 SUMMARY_FILE = "energy-summary.json"
 
@@ -49,19 +51,7 @@ METRIC_STEMS = (
     "power_w",
 )
 
-# Logged with the training metrics once the planned number of epochs is known (NaN until the
-# prediction has enough epochs): the whole run's energy and CO2eq, with a 95 % interval.
-PREDICTION_STEMS = (
-    "energy_kwh_predicted",
-    "energy_kwh_predicted_low",
-    "energy_kwh_predicted_high",
-    "co2eq_g_predicted",
-)
 RECORDS_KEPT_IN_MEMORY = 1000
-WARMUP_EPOCHS = 1  # the first epoch pays for compilation, caches and allocator warm-up
-
-# Two-sided 95 % Student t quantiles by degrees of freedom (1..10); 1.96 beyond.
-_T95 = (12.71, 4.30, 3.18, 2.78, 2.57, 2.45, 2.36, 2.31, 2.26, 2.23)
 
 
 def utc_iso(unix_s: float) -> str:
@@ -102,24 +92,6 @@ class _Open:
         return self.start_unix is None or (self.duration_s == 0 and not self.samples)
 
 
-@dataclass
-class PhaseTotals:
-    energy_j: float = 0.0  # after PUE
-    it_energy_j: float = 0.0
-    co2eq_g: float = 0.0
-    samples: int = 0
-    duration_s: float = 0.0
-    count: int = 0
-
-    def add(self, record: Record) -> None:
-        self.energy_j += record.energy_kwh * J_PER_KWH
-        self.it_energy_j += record.it_energy_kwh * J_PER_KWH
-        self.co2eq_g += record.co2eq_g
-        self.samples += record.samples
-        self.duration_s += record.duration_s
-        self.count += 1
-
-
 class Tracker:
     """Phases, epochs, samples, ranks, records and totals for one run.
 
@@ -152,26 +124,34 @@ class Tracker:
             raise ValueError(f"run_id must be a non-empty string, got {run_id!r}")
         self.carbon = carbon
         self.output_dir = Path(output_dir) if output_dir is not None else None
-        self.run_id = run_id or uuid.uuid4().hex[:12]
+        # A directory the user chose is kept on resume; the default one follows the run's records.
+        self._output_dir_chosen = output_dir is not None
+        self.ledger = Ledger(run_id or uuid.uuid4().hex[:12])
         self.framework = framework
         self.meter: Meter | None = None
         self.reducer: Reducer = LocalReducer()
         # The most recent records (all of them are on disk); bounded so a run of any length
         # keeps a flat memory footprint. The prediction keeps one float per epoch instead.
         self.records: deque[Record] = deque(maxlen=RECORDS_KEPT_IN_MEMORY)
-        self._epoch_kwh: dict[int, float] = {}
-        self._finished_epochs: set[int] = set()
-        self.totals: dict[str, PhaseTotals] = {p: PhaseTotals() for p in PHASES}
-        self.last: dict[str, Record] = {}
         self._writer: RecordWriter | None = None
         self._stack: list[_Open] = []
         self._pending: list[Record] = []
         self._last_snapshot: Snapshot | None = None
-        self._seq = 0
         self.step: int | None = None
         self.planned_epochs: int | None = None  # set by adapters to enable the run prediction
-        self._resumed_from_seq: int | None = None
-        self.carbon_aware: CarbonAwarePause | None = None  # pauses between epochs, if configured
+        self._resume_state: dict[str, Any] | None = None  # loaded before start, applied at start
+
+    @property
+    def run_id(self) -> str:
+        return self.ledger.run_id
+
+    @property
+    def totals(self) -> dict[str, PhaseTotals]:
+        return self.ledger.totals
+
+    @property
+    def last(self) -> dict[str, Record]:
+        return self.ledger.last
 
     # ----------------------------------------------------------------------------- lifecycle
     @property
@@ -193,12 +173,11 @@ class Tracker:
         self.meter = meter
         self.reducer = reducer or LocalReducer()
         self._host = socket.gethostname()  # read once: a system call at every boundary adds up
-        if self.output_dir is not None:
-            self._writer = RecordWriter(self.output_dir / RECORDS_FILE)
         self._stack = [self._open("other", None)]
         self._last_snapshot = meter.snapshot()
-        if self._resumed_from_seq is not None:  # state loaded before start (Keras, HF)
-            self._count_work_after_checkpoint()
+        if self._resume_state is not None:  # state loaded before start (Keras, HF)
+            self._resume()
+        self._open_writer()
 
     def begin(self, phase: str, epoch: int | None = None) -> None:
         """A phase starts. Nested phases (validation inside a training epoch) are allowed."""
@@ -241,7 +220,7 @@ class Tracker:
         while True:
             closed = self._stack.pop()
             if samples is not None and closed.phase == phase:
-                closed.samples = samples
+                closed.samples, closed.samples_counted = samples, True  # the framework's own count
             self._close(closed, partial=closed.phase != phase)
             if closed.phase == phase:
                 break
@@ -321,8 +300,6 @@ class Tracker:
             "co2eq_g_per_sample": _nan_if_none(record.co2eq_g_per_sample),
             "power_w": record.it_energy_kwh * J_PER_KWH / record.duration_s if record.duration_s > 0 else 0.0,
         }
-        if phase == "train" and self.carbon_aware is not None:
-            values["carbon_pause_s"] = self.carbon_aware.total_paused_s
         if record.tokens:  # where the framework counts tokens (HF's num_input_tokens_seen)
             values["energy_j_per_token"] = record.energy_kwh * J_PER_KWH / record.tokens
         if phase == "train" and self.planned_epochs is not None:
@@ -330,112 +307,61 @@ class Tracker:
         return {prefix + k: float(v) for k, v in values.items()}
 
     def prediction(self) -> dict[str, float]:
-        """The whole run's energy and CO2eq if the remaining epochs cost what past ones did.
-
-        Each epoch's cost is everything billed to it (training, its validation, the gap after
-        it). The first ``WARMUP_EPOCHS`` are left out of the mean; the 95 % interval combines the
-        epoch-to-epoch spread with the uncertainty of the mean. NaN until two epochs after
-        warm-up are complete.
-        """
-        nan = {k: math.nan for k in PREDICTION_STEMS}
-        planned = self.planned_epochs
-        finished = sorted(self._finished_epochs)
-        costs = [self._epoch_kwh[e] for e in finished if e >= WARMUP_EPOCHS]
-        if planned is None or len(costs) < 2:
-            return nan
-        n = len(costs)
-        mean = sum(costs) / n
-        std = math.sqrt(sum((c - mean) ** 2 for c in costs) / (n - 1))
-        remaining = max(0, planned - len(finished))
-        so_far_kwh = self.total_energy_j / J_PER_KWH
-        predicted = so_far_kwh + remaining * mean
-        t = _T95[n - 2] if n - 1 <= len(_T95) else 1.96
-        half_width = t * std * math.sqrt(remaining + remaining**2 / n)
-        g_per_kwh = self.total_co2eq_g / so_far_kwh if so_far_kwh > 0 else 0.0
-        return {
-            "energy_kwh_predicted": predicted,
-            "energy_kwh_predicted_low": max(so_far_kwh, predicted - half_width),
-            "energy_kwh_predicted_high": predicted + half_width,
-            "co2eq_g_predicted": predicted * g_per_kwh,
-        }
+        """The whole run's energy and CO2eq with a 95 % interval (``greencallbacks.prediction``)."""
+        return predict(self.ledger, self.planned_epochs)
 
     @property
     def total_energy_j(self) -> float:
-        return sum(t.energy_j for t in self.totals.values())
+        return self.ledger.energy_j
 
     @property
     def total_co2eq_g(self) -> float:
-        return sum(t.co2eq_g for t in self.totals.values())
-
-    def pause_between_epochs(self) -> float:
-        """Carbon-aware training: wait while the grid is dirtier than the configured threshold.
-
-        Adapters call this after an epoch's metrics are logged; the wait is billed to the gap
-        (``other``) like any time between epochs. Returns the seconds paused.
-        """
-        if self.carbon_aware is None or not self.running:
-            return 0.0
-        return self.carbon_aware.maybe_pause(self.carbon)
+        return self.ledger.co2eq_g
 
     # ------------------------------------------------------------------- checkpoint / resume
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "run_id": self.run_id,
-            "seq": self._seq,
-            "totals": {p: vars(t).copy() for p, t in self.totals.items()},
-            **({"carbon_aware": self.carbon_aware.state_dict()} if self.carbon_aware is not None else {}),
-        }
+        """What a checkpoint needs to continue this run: its id, where its records are, and its
+        totals so far (phases open now included, as measured so far: the fallback for a resume
+        that cannot read the records)."""
+        open_records = []
+        if self.running:
+            self._boundary()
+            open_records = [self._local_record(o, partial=True) for o in self._stack if not o.empty]
+        records_path = (self.output_dir / RECORDS_FILE).resolve() if self.output_dir is not None else None
+        return {**self.ledger.state_dict(open_records), "records_path": str(records_path) if records_path else None}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue the totals of a checkpointed run (the records already on disk stay as they are)."""
-        self.run_id = state.get("run_id", self.run_id)
-        restored_seq = int(state.get("seq", 0))
-        if restored_seq > self._seq:
-            # Loaded after start (Lightning restores callbacks after setup): renumber what is
-            # already open so its records do not reuse a `seq` of the checkpointed run.
-            for opened in self._stack:
-                opened.seq += restored_seq
-            self._seq += restored_seq
-        for phase, values in state.get("totals", {}).items():
-            if phase in self.totals:
-                self.totals[phase] = PhaseTotals(**values)
-        if self.carbon_aware is not None and "carbon_aware" in state:
-            self.carbon_aware.load_state_dict(state["carbon_aware"])  # the delay budget spent stays spent
-        self._resumed_from_seq = restored_seq
+        """Continue the checkpointed run of ``state`` as its next attempt (before or after ``start``)."""
+        self._resume_state = dict(state)
+        if self.running:  # Lightning restores callbacks after setup
+            self._resume()
+
+    def _resume(self) -> None:
+        state, self._resume_state = self._resume_state, None
+        home = Path(state["records_path"]).parent if state.get("records_path") else None
+        # The run goes on in its own records file (one run, one ledger), even when the framework
+        # made a new log directory for this attempt (Lightning's version_N), unless the user chose
+        # a directory, or the run's is not on this machine (its parent is missing too).
+        if home is not None and (home.is_dir() or home.parent.is_dir()) and not self._output_dir_chosen:
+            self.output_dir = home
+        run_id = str(state.get("run_id", self.run_id))
+        self.ledger.resume(state, read_run_records(run_id, [home, self.output_dir]))
+        for opened in self._stack:  # numbered before the run was known
+            opened.seq = self.ledger.take_seq()
         if self.running:
-            self._count_work_after_checkpoint()
+            self._open_writer()
 
-    def _count_work_after_checkpoint(self) -> None:
-        """Count what the interrupted attempt measured after its checkpoint, once.
-
-        A run that crashes after its last checkpoint has records on disk that the checkpoint's
-        totals do not hold: that energy was spent, so the totals take it in (and the records
-        of a run still add up to its total), and numbering continues after it.
-        """
-        resumed_from, self._resumed_from_seq = self._resumed_from_seq, None
+    def _open_writer(self) -> None:
         path = self.output_dir / RECORDS_FILE if self.output_dir is not None else None
-        if resumed_from is None or path is None or not path.exists():
-            return
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # a torn last line of the crashed attempt is expected
-                after = [r for r in read_records(path) if r.run_id == self.run_id and r.seq >= resumed_from]
-        except (OSError, ValueError):
-            return
-        for record in after:
-            self.totals[record.phase].add(record)
-        if after:
-            shift = max(r.seq for r in after) + 1 - min(o.seq for o in self._stack) if self._stack else 0
-            if shift > 0:
-                for opened in self._stack:
-                    opened.seq += shift
-                self._seq += shift
+        if self._writer is not None and self._writer.path != path:
+            self._writer.close()
+            self._writer = None
+        if path is not None and self._writer is None:
+            self._writer = RecordWriter(path)
 
     # ------------------------------------------------------------------------------ internals
     def _open(self, phase: str, epoch: int | None) -> _Open:
-        opened = _Open(phase=phase, epoch=epoch, seq=self._seq)
-        self._seq += 1
-        return opened
+        return _Open(phase=phase, epoch=epoch, seq=self.ledger.take_seq())
 
     def _boundary(self) -> None:
         """Bill the interval since the last snapshot to the innermost open phase."""
@@ -500,6 +426,7 @@ class Tracker:
             uncertainty_kwh=uncertainty_j * pue / J_PER_KWH,
             step=self.step,
             partial=partial,
+            attempt=self.ledger.attempt,
             framework=self.framework,
             tool_version=__version__,
         )
@@ -522,12 +449,7 @@ class Tracker:
 
     def _accept(self, record: Record, write: bool) -> None:
         self.records.append(record)
-        if record.epoch is not None:
-            self._epoch_kwh[record.epoch] = self._epoch_kwh.get(record.epoch, 0.0) + record.energy_kwh
-            if record.phase == "train" and not record.partial:
-                self._finished_epochs.add(record.epoch)
-        self.totals[record.phase].add(record)
-        self.last[record.phase] = record
+        self.ledger.add(record)
         if write and self._writer is not None:
             self._writer.write(record)
 
@@ -544,14 +466,9 @@ class Tracker:
             "carbon": self.carbon.describe(),
             "sensors": self.meter.describe() if self.meter is not None else [],
             "ranks": self.reducer.world_size,
+            "attempts": self.ledger.attempt + 1,
         }
-        path = self.output_dir / SUMMARY_FILE
-        try:
-            tmp = path.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
-            os.replace(tmp, path)  # atomic: a reader never sees half a summary
-        except OSError:
-            pass  # the records are what matters; the writer already warned about this directory
+        write_json_atomic(self.output_dir / SUMMARY_FILE, summary)
 
 
 def _nan_if_none(value: float | None) -> float:

@@ -20,4 +20,5 @@ def co2eq_g(energy_j: float, intensity_g_per_kwh: float) -> float:
 
 
 def mean_power_w(energy_j: float, duration_s: float) -> float:
-    return energy_j / duration_s if duration_s > 0 else 0.0
+    # Below a nanosecond no meter resolves power; dividing by a subnormal duration gives inf.
+    return energy_j / duration_s if duration_s > 1e-9 else 0.0

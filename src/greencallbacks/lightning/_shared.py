@@ -113,11 +113,11 @@ class EnergyCallbackBase:
         return self._state_key
 
     def state_dict(self) -> dict[str, Any]:
-        return self.session.tracker.state_dict()
+        return self.session.state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # Called after `setup` on resume: the run continues with the checkpoint's run_id and totals.
-        self.session.tracker.load_state_dict(state_dict)
+        self.session.load_state_dict(state_dict)
 
     @property
     def tracker(self):
@@ -174,7 +174,7 @@ class EnergyCallbackBase:
     @never_raises
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         self._end_and_log("train", trainer, pl_module)
-        self.tracker.pause_between_epochs()  # carbon-aware, if configured; every rank waits alike
+        self.session.pause_between_epochs()  # carbon-aware, if configured; every rank waits alike
 
     # ---------------------------------------------------------------------------- validation
     @never_raises
@@ -219,7 +219,7 @@ class EnergyCallbackBase:
         if self.tracker.end("predict", step=trainer.global_step) is None:
             return
         # Lightning forbids `self.log` in predict hooks: write to the loggers directly.
-        metrics = _finite(self.tracker.metrics("predict", self.prefix + PREFIXES["predict"]))
+        metrics = _finite(self.session.metrics("predict", self.prefix + PREFIXES["predict"]))
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
             logger.save()
@@ -237,7 +237,7 @@ class EnergyCallbackBase:
         """
         if self.tracker.end(phase, step=trainer.global_step) is None:
             return
-        metrics = _finite(self.tracker.metrics(phase, self.prefix + PREFIXES[phase]))
+        metrics = _finite(self.session.metrics(phase, self.prefix + PREFIXES[phase]))
         if phase == "train" or (phase == "validation" and trainer.state.fn == "fit"):
             # Lightning writes a training epoch's metrics one step back (its loop has already
             # counted the next batch); validation at the current step. LearningRateMonitor reads

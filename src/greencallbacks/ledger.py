@@ -1,0 +1,191 @@
+"""The ledger of one run: every phase's record counted once, and how the run goes on after a resume.
+
+The tracker hands it each record (already summed over ranks) as its phase ends; the ledger keeps
+the per-phase totals, the run's next ``seq``, which attempt is running, and what each epoch cost
+(for the prediction). Nothing else changes a total.
+
+A resume does not trust the totals saved in the checkpoint: it re-derives them from the durable
+records of the run id. Those hold every phase the earlier attempts closed, including one that was
+open when the checkpoint was written and everything a crashed attempt measured after it; each
+is counted once because each is one line. The checkpoint's totals are only the fallback when the
+records file is gone (a checkpoint copied to another machine).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from greencallbacks.records import PHASES, RECORDS_FILE, Record, read_records
+from greencallbacks.units import J_PER_KWH
+
+
+@dataclass
+class PhaseTotals:
+    energy_j: float = 0.0  # after PUE
+    it_energy_j: float = 0.0
+    co2eq_g: float = 0.0
+    samples: int = 0
+    duration_s: float = 0.0
+    count: int = 0
+
+    def add(self, record: Record) -> None:
+        self.energy_j += record.energy_kwh * J_PER_KWH
+        self.it_energy_j += record.it_energy_kwh * J_PER_KWH
+        self.co2eq_g += record.co2eq_g
+        self.samples += record.samples
+        self.duration_s += record.duration_s
+        self.count += 1
+
+
+@dataclass
+class EpochCost:
+    """Everything billed to one epoch by its latest attempt: training, its validation, the gap after."""
+
+    attempt: int
+    warmup: bool  # the first epoch of an attempt: compilation, caches, or only the rest of an epoch
+    kwh: float = 0.0
+    kwh_at_train_end: float | None = None  # billed when its training phase ended; None: never ended
+    complete: bool = False  # a later epoch has finished, so this one's tail (gap, HF evaluation) is over too
+
+    @property
+    def finished(self) -> bool:
+        return self.kwh_at_train_end is not None
+
+
+class EpochStats:
+    """Running sums over the complete epochs after warm-up (what the prediction needs), so that a
+    prediction at every epoch end costs O(1) however long the run."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.cost = [0.0, 0.0]  # sum, sum of squares of whole-epoch kWh
+        self.tail = [0.0, 0.0]  # the same for the part billed after the training phase ended
+
+    def add(self, epoch: EpochCost, sign: int = 1) -> None:
+        if epoch.warmup or not epoch.complete:
+            return
+        tail = epoch.kwh - epoch.kwh_at_train_end
+        self.n += sign
+        for sums, value in ((self.cost, epoch.kwh), (self.tail, tail)):
+            sums[0] += sign * value
+            sums[1] += sign * value * value
+
+
+class Ledger:
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        self.attempt = 0
+        self.next_seq = 0
+        self.totals: dict[str, PhaseTotals] = {p: PhaseTotals() for p in PHASES}
+        self.epochs: dict[int, EpochCost] = {}
+        self.finished_epochs = 0
+        self.stats = EpochStats()
+        self._attempts_with_epochs: set[int] = set()
+        self._finished_not_complete: set[int] = set()
+        self.last: dict[str, Record] = {}
+
+    def take_seq(self) -> int:
+        seq, self.next_seq = self.next_seq, self.next_seq + 1
+        return seq
+
+    @property
+    def energy_j(self) -> float:
+        return sum(t.energy_j for t in self.totals.values())
+
+    @property
+    def co2eq_g(self) -> float:
+        return sum(t.co2eq_g for t in self.totals.values())
+
+    def add(self, record: Record) -> None:
+        """Count one phase's record (the only way totals grow)."""
+        self.totals[record.phase].add(record)
+        self.last[record.phase] = record
+        if record.epoch is None:
+            return
+        cost = self.epochs.get(record.epoch)
+        if cost is None or record.attempt > cost.attempt:
+            if cost is not None:  # a later attempt redoes this epoch: its earlier cost no longer describes it
+                self._forget(record.epoch, cost)
+            first_of_attempt = record.attempt not in self._attempts_with_epochs
+            self._attempts_with_epochs.add(record.attempt)
+            cost = self.epochs[record.epoch] = EpochCost(record.attempt, warmup=first_of_attempt)
+        elif record.attempt < cost.attempt:
+            return  # redone by a later attempt: in the totals, not in what an epoch costs
+        cost.kwh += record.energy_kwh
+        if record.phase == "train" and not record.partial and not cost.finished:
+            cost.kwh_at_train_end = cost.kwh
+            self.finished_epochs += 1
+            self._complete_before(record.epoch)
+            self._finished_not_complete.add(record.epoch)
+
+    def _complete_before(self, epoch: int) -> None:
+        for earlier in [e for e in self._finished_not_complete if e < epoch]:
+            self._finished_not_complete.discard(earlier)
+            self.epochs[earlier].complete = True
+            self.stats.add(self.epochs[earlier])
+
+    def _forget(self, epoch: int, cost: EpochCost) -> None:
+        self.stats.add(cost, sign=-1)
+        self.finished_epochs -= cost.finished
+        self._finished_not_complete.discard(epoch)
+
+    # ------------------------------------------------------------------- checkpoint / resume
+    def state_dict(self, open_records: Iterable[Record] = ()) -> dict[str, Any]:
+        """What a checkpoint carries. ``open_records``: the phases open now, as measured so far;
+        they go into the saved totals only, the fallback for a resume without the records file."""
+        totals = {p: PhaseTotals(**vars(t)) for p, t in self.totals.items()}
+        for record in open_records:
+            totals[record.phase].add(record)
+        return {
+            "run_id": self.run_id,
+            "seq": self.next_seq,
+            "attempt": self.attempt,
+            "totals": {p: vars(t) for p, t in totals.items()},
+            "epochs": {str(e): [c.attempt, c.warmup, c.kwh, c.kwh_at_train_end, c.complete] for e, c in self.epochs.items()},
+        }
+
+    def resume(self, state: dict[str, Any], records: list[Record]) -> None:
+        """Continue the run of ``state`` as a new attempt, from its ``records`` when there are any."""
+        self.__init__(str(state.get("run_id", self.run_id)))
+        saved_seq, saved_attempt = int(state.get("seq", 0)), int(state.get("attempt", 0))
+        if records:
+            for record in sorted(records, key=lambda r: (r.seq, r.attempt)):
+                self.add(record)
+            self.next_seq = max(saved_seq, max(r.seq for r in records) + 1)
+            self.attempt = max(saved_attempt, max(r.attempt for r in records)) + 1
+            return
+        for phase, values in state.get("totals", {}).items():
+            if phase in self.totals:
+                self.totals[phase] = PhaseTotals(**values)
+        for epoch, saved in state.get("epochs", {}).items():
+            cost = self.epochs[int(epoch)] = EpochCost(*saved)
+            self.finished_epochs += cost.finished
+            self.stats.add(cost)
+            if cost.finished and not cost.complete:
+                self._finished_not_complete.add(int(epoch))
+        self.next_seq, self.attempt = saved_seq, saved_attempt + 1
+
+
+def read_run_records(run_id: str, directories: Iterable[Path | None]) -> list[Record]:
+    """The records of ``run_id`` in these directories: the summed file and any rank's own file
+    (ranks other than 0 write their unsummed records there when a run fails)."""
+    seen: set[Path] = set()
+    found: list[Record] = []
+    for directory in directories:
+        if directory is None or not directory.is_dir():
+            continue
+        for path in sorted(directory.glob(RECORDS_FILE.replace(".jsonl", "*.jsonl"))):
+            resolved = path.resolve()
+            if resolved in seen:
+                continue
+            seen.add(resolved)
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # a torn last line of a crashed attempt is expected
+                    found.extend(r for r in read_records(path) if r.run_id == run_id)
+            except (OSError, ValueError):
+                continue  # not ours to judge here; the report says what is wrong with it
+    return found

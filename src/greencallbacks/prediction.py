@@ -1,0 +1,61 @@
+"""The whole run's energy, predicted at each epoch end from what the past epochs cost.
+
+An epoch costs everything billed to it: its training phase, its validation and the gap after it
+(checkpoints, logging). At the end of epoch ``e``'s training phase the rest of the run is the
+tail of epoch ``e`` (what usually follows a training phase: HF's evaluation and checkpoint, the
+gap) plus the epochs not yet run; both are estimated from the epochs that are complete. The
+first epoch of every attempt is left out of the means: it pays for compilation and warm-up, or,
+after a mid-epoch resume, holds only the rest of an epoch.
+
+The 95 % interval is a prediction interval for that sum: with ``n`` complete epochs of mean
+``c`` and standard deviation ``s_c`` (tails: ``t``, ``s_t``) and ``m`` epochs to go, the
+variance of the remaining cost around its estimate is
+``s_t^2 (1 + 1/n) + m s_c^2 + m^2 s_c^2 / n``, scaled by Student's t with ``n - 1`` degrees of
+freedom.
+"""
+
+from __future__ import annotations
+
+import math
+
+from greencallbacks.ledger import Ledger
+
+PREDICTION_STEMS = (
+    "energy_kwh_predicted",
+    "energy_kwh_predicted_low",
+    "energy_kwh_predicted_high",
+    "co2eq_g_predicted",
+)
+
+# Two-sided 95 % Student t quantiles by degrees of freedom (1..10); 1.96 beyond.
+_T95 = (12.71, 4.30, 3.18, 2.78, 2.57, 2.45, 2.36, 2.31, 2.26, 2.23)
+
+
+def predict(ledger: Ledger, planned_epochs: int | None) -> dict[str, float]:
+    """The run's predicted energy (kWh) and CO2eq (g) with a 95 % interval; NaN until two
+    complete epochs after warm-up are known."""
+    stats = ledger.stats
+    n = stats.n
+    if planned_epochs is None or n < 2:
+        return {k: math.nan for k in PREDICTION_STEMS}
+    mean_cost, s_cost = _mean_and_sd(n, *stats.cost)
+    mean_tail, s_tail = _mean_and_sd(n, *stats.tail)
+    remaining = max(0, planned_epochs - ledger.finished_epochs)
+    so_far_kwh = ledger.energy_j / 3.6e6
+    predicted = so_far_kwh + mean_tail + remaining * mean_cost
+    variance = s_tail**2 * (1 + 1 / n) + remaining * s_cost**2 + remaining**2 * s_cost**2 / n
+    t = _T95[n - 2] if n - 1 <= len(_T95) else 1.96
+    half_width = t * math.sqrt(variance)
+    g_per_kwh = ledger.co2eq_g / so_far_kwh if so_far_kwh > 0 else 0.0
+    return {
+        "energy_kwh_predicted": predicted,
+        "energy_kwh_predicted_low": max(so_far_kwh, predicted - half_width),
+        "energy_kwh_predicted_high": predicted + half_width,
+        "co2eq_g_predicted": predicted * g_per_kwh,
+    }
+
+
+def _mean_and_sd(n: int, total: float, total_of_squares: float) -> tuple[float, float]:
+    mean = total / n
+    # Clamped: rounding can leave a hair below zero when every epoch cost the same.
+    return mean, math.sqrt(max(0.0, (total_of_squares - n * mean * mean) / (n - 1)))
