@@ -38,17 +38,21 @@ How it fits the Trainer (read against transformers 5.23):
   ``BatchEncoding`` and dicts by their leading dimension), only once the step returned: a batch
   that raised is not counted. A batch that cannot be counted: one warning per run and
   ``samples_counted: false``.
-* **Runs.** ``train()`` is one run: the meter starts at ``on_train_begin`` and stops at
-  ``on_train_end``. An ``evaluate()`` or ``predict()`` outside training is a short run of its own.
+* **Runs.** Every ``train()`` starts a new run (new ``run_id``, totals from zero) unless it resumes
+  from a checkpoint (``resume_from_checkpoint=``), which continues that run as its next attempt.
+  The meter starts at ``on_train_begin`` and stops at ``on_train_end``. ``evaluate()`` /
+  ``predict()`` after training continue its run; before any training they are a short run of their own.
 * **Several processes.** The reducer is created at ``on_train_begin`` (all ranks); each rank
   measures its own GPU, the first rank of each host CPU and RAM; every rank logs the same sums.
 * **Resume.** ``state()`` (HF's ``ExportableState``) stores the totals in the checkpoint's
   ``trainer_state.json``; ``on_train_begin`` reads them back from ``state.stateful_callbacks``.
   With ``restore_callback_states_from_checkpoint=True`` the Trainer replaces the callback with a
   copy built from ``state()``; the copy hands its place back to the original instance it finds.
-* **Failures.** The Trainer has no exception hook: the callback wraps ``trainer._run_epoch`` and
-  the evaluation loop, so an exception there writes the unfinished phase as ``partial`` and stops
-  the meter thread before it propagates; an ``atexit`` handler covers anything else.
+* **Failures.** The Trainer has no exception hook in any version: ``greencallbacks.watch`` sees the
+  training loop's frame leave the stack without ``on_train_end`` and, within a fraction of a
+  second, writes the unfinished phase as ``partial`` and the summary and stops the meter thread,
+  whether or not the exception stays referenced. The wrapped evaluation loop does the same at
+  once for an exception inside it; an ``atexit`` handler covers the interpreter's exit.
 """
 
 from __future__ import annotations
@@ -64,6 +68,7 @@ from typing import Any
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import ExportableState
 
+from greencallbacks import watch
 from greencallbacks.distributed import torch_reducer_or_local
 from greencallbacks.guard import never_raises
 from greencallbacks.meter import warn
@@ -121,8 +126,11 @@ class EnergyCallback(TrainerCallback, ExportableState):
         output_dir = str(output_dir) if output_dir is not None else None
         settings = dict(country=country, zone=zone, region=region, intensity=intensity, series=series, pue=pue,
                         output_dir=output_dir, run_id=run_id, gpus=gpus, cpu_tdp_w=cpu_tdp_w)
-        self.session = EnergySession(**settings, extra_sensors=extra_sensors, sensors=sensors,
-                                     carbon_aware=carbon_aware, framework="transformers")
+        self._session_kwargs = dict(**settings, extra_sensors=extra_sensors, sensors=sensors,
+                                    carbon_aware=carbon_aware, framework="transformers")
+        self.session = EnergySession(**self._session_kwargs)  # bad settings fail here, before training
+        self._session_used = False
+        self._watch = None
         # What `state()` can put in trainer_state.json for the Trainer to rebuild a copy from.
         self._settings = {k: v for k, v in settings.items() if _jsonable(v)}
         self._trainer: Trainer | None = None
@@ -158,15 +166,25 @@ class EnergyCallback(TrainerCallback, ExportableState):
                  "settings saved there (not sensors=, extra_sensors= or series objects). Pass the callback "
                  "in Trainer(callbacks=[...]) to keep the original.")
         self._attach(trainer)
-        self._abort()  # a previous train() that raised outside an epoch left its run open
+        self._abort()  # a previous train() that raised before the watch saw it left its run open
+        # A train() is a new run unless it resumes from a checkpoint: then the Trainer has loaded
+        # the checkpoint's state, global step and our saved entry, and the run goes on.
         saved = state.stateful_callbacks.get(type(self).__name__)
-        if isinstance(saved, dict):  # from the checkpoint on resume; our own current state otherwise
-            self.tracker.load_state_dict(saved.get("attributes", {}).get("energy_state", {}))
+        resumed = state.global_step > 0 and isinstance(saved, dict)
+        if self._session_used or resumed:
+            self.session = EnergySession(**self._session_kwargs)
+        if resumed:
+            self.session.load_state_dict(saved.get("attributes", {}).get("energy_state", {}))
         # A checkpoint written without this callback has no entry, and `_save_checkpoint` indexes it.
         state.stateful_callbacks[type(self).__name__] = self.state()
         self._in_train = True
         self._epoch = None  # until the first epoch begins (an `eval_on_start` evaluation has none)
         self._start(args)
+        # No exception hook in any transformers version: when train() raises, its frame leaves the
+        # stack without on_train_end, and the watch writes the partial phase and stops the meter.
+        frame = _find_trainer()[1]
+        if frame is not None:
+            self._watch = watch.watch(frame, self._abort)
         if state.num_train_epochs:
             self.tracker.planned_epochs = math.ceil(state.num_train_epochs)  # enables the run prediction
 
@@ -184,12 +202,13 @@ class EnergyCallback(TrainerCallback, ExportableState):
         record = self.tracker.end("train", step=state.global_step)
         if record is None:
             return None
-        self._log(self.tracker.metrics("train"), control)
-        self.tracker.pause_between_epochs()  # carbon-aware, if configured: billed to the gap
+        self._log(self.session.metrics("train"), control)
+        self.session.pause_between_epochs()  # carbon-aware, if configured: billed to the gap
 
     @never_raises
     def on_train_end(self, args, state, control, **kwargs):
         self._in_train = False
+        self._cancel_watch()
         self._stop()
 
     # ------------------------------------------------------------------ evaluation, prediction
@@ -225,7 +244,7 @@ class EnergyCallback(TrainerCallback, ExportableState):
 
     # ------------------------------------------------------------------------ checkpointing
     def state(self) -> dict:
-        return {"args": self._settings, "attributes": {"energy_state": self.tracker.state_dict()}}
+        return {"args": self._settings, "attributes": {"energy_state": self.session.state_dict()}}
 
     # ---------------------------------------------------------------------------- internals
     def _attach(self, trainer: Trainer | None) -> None:
@@ -243,6 +262,7 @@ class EnergyCallback(TrainerCallback, ExportableState):
     def _start(self, args) -> None:
         if self.session.running:
             return
+        self._session_used = True
         device_indices, sync = device_and_sync(args.device)
         self.session.start(output_dir=args.output_dir, device_indices=device_indices,
                            reducer=torch_reducer_or_local(), sync=sync)
@@ -254,8 +274,14 @@ class EnergyCallback(TrainerCallback, ExportableState):
             atexit.unregister(self._abort)
             self.session.stop()
 
+    def _cancel_watch(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
+
     def _abort(self) -> None:
         """The run is failing: write what was measured (unfinished phases as partial), stop the thread."""
+        self._cancel_watch()
         self._in_train = False
         self._loop = None
         try:
@@ -281,7 +307,7 @@ class EnergyCallback(TrainerCallback, ExportableState):
             samples = 0  # HF's count covers all ranks
         if self.tracker.end(phase, samples=samples, step=state.global_step) is None:
             return {}
-        return self.tracker.metrics(phase, prefix=f"{prefix}_" if prefix else "")
+        return self.session.metrics(phase, prefix=f"{prefix}_" if prefix else "")
 
     def _finish_hooked_loop(self, metrics, eval_dataloader, state, control) -> bool:
         """End a loop begun at its first ``on_prediction_step``; its values go into HF's metrics and the log."""
@@ -344,20 +370,6 @@ def _wrap_trainer(trainer: Trainer) -> None:
         return output
 
     trainer.prediction_step = counting_prediction_step
-
-    if hasattr(trainer, "_run_epoch"):  # transformers >= 5: one call per epoch, no exception hook
-        run_epoch = trainer._run_epoch
-
-        @functools.wraps(run_epoch)
-        def guarded_run_epoch(*args, **kwargs):
-            try:
-                return run_epoch(*args, **kwargs)
-            except BaseException:
-                for callback in owners():
-                    callback._abort()
-                raise
-
-        trainer._run_epoch = guarded_run_epoch
 
     for name in _LOOPS:
         if hasattr(trainer, name):

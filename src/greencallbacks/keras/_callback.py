@@ -9,17 +9,18 @@ Hooks -> phases (the tracker bills everything in between to ``other``):
 
 Keras gives callbacks no exception hook and no handle on the ``CallbackList`` that calls them.
 This module finds that list by looking at its caller's frame (every Keras 3 backend calls
-callbacks from ``CallbackList`` methods) and uses it for three things: to move the callback to
-the front of the list (so loggers see the energy keys), to tell validation inside ``fit`` from a
-standalone ``evaluate``, and to notice that an earlier ``fit`` raised (its list is no longer on
-the stack).
+callbacks from ``CallbackList`` methods) and uses it for two things: to move the callback to
+the front of the list (so loggers see the energy keys) and to tell validation inside ``fit`` from
+a standalone ``evaluate``. Without it (a future Keras), the callback still logs every epoch, asks
+to be put first, and tells validation by the ``fit`` in progress. That a call raised is seen by
+``greencallbacks.watch``: its frame has left the stack.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
-import os
 import sys
 import threading
 import weakref
@@ -29,10 +30,12 @@ from typing import Any
 
 import keras
 
+from greencallbacks import watch
 from greencallbacks.keras._backend import devices_and_sync, reducer_for
 from greencallbacks.guard import never_raises
 from greencallbacks.meter import warn
 from greencallbacks.samples import BatchCounter
+from greencallbacks.records import write_json_atomic
 from greencallbacks.session import EnergySession
 from greencallbacks.tracker import METRIC_STEMS, PREDICTION_STEMS
 
@@ -58,18 +61,12 @@ def _calling_list(callback: _Callback) -> keras.callbacks.CallbackList | None:
         del frame  # frames in locals make reference cycles
 
 
-def _on_stack(callback_list: keras.callbacks.CallbackList) -> bool:
-    """Is a call that uses ``callback_list`` (``fit``, ``evaluate``, a list method) still running?"""
-    frame = sys._getframe(1)
-    try:
-        while frame is not None:
-            local = frame.f_locals
-            if local.get("self") is callback_list or local.get("callbacks") is callback_list:
-                return True
-            frame = frame.f_back
-        return False
-    finally:
-        del frame
+def _model_call_frame(model: Any):
+    """The frame of the ``fit`` / ``evaluate`` / ``predict`` of ``model`` that is calling us (public API names)."""
+    return watch.calling_frame(lambda f: f.f_code.co_name in _MODEL_CALLS and f.f_locals.get("self") is model)
+
+
+_MODEL_CALLS = ("fit", "evaluate", "predict")
 
 
 def _overrides_epoch_end(callback: _Callback) -> bool:
@@ -85,19 +82,14 @@ class _Run:
     session: EnergySession
     last_train_epoch: int | None = None
 
+    def state(self) -> dict:
+        return {"schema": "greencallbacks.keras-state/1", **self.session.state_dict(), "last_train_epoch": self.last_train_epoch}
+
     def save_state(self) -> None:
-        """Totals and run id next to the records, so a resumed ``fit`` (BackupAndRestore) continues them."""
+        """Run id, records path and totals next to the records, so a resumed ``fit`` (BackupAndRestore) continues the run."""
         tracker = self.session.tracker
-        if tracker.output_dir is None or tracker.reducer.rank != 0:
-            return
-        state = {"schema": "greencallbacks.keras-state/1", **tracker.state_dict(), "last_train_epoch": self.last_train_epoch}
-        path = tracker.output_dir / STATE_FILE
-        try:
-            tmp = path.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps(state), encoding="utf-8")
-            os.replace(tmp, path)  # atomic: a crash never leaves half a state file
-        except OSError:
-            pass  # the records are what matters; their writer already warned about this directory
+        if tracker.output_dir is not None and tracker.reducer.rank == 0:
+            write_json_atomic(tracker.output_dir / STATE_FILE, self.state())
 
 
 def _read_state(output_dir: Path) -> dict | None:
@@ -111,35 +103,56 @@ def _read_state(output_dir: Path) -> dict | None:
 class _Call:
     """One outermost Keras call (``fit``, ``evaluate`` or ``predict``) that uses the callback."""
 
-    def __init__(self, kind: str, callback_list: keras.callbacks.CallbackList | None) -> None:
+    def __init__(self, kind: str, callback_list: keras.callbacks.CallbackList | None, frame) -> None:
         self.kind = kind
         self._list = weakref.ref(callback_list) if callback_list is not None else None
         self.active = True
         self.run: _Run | None = None  # set when measuring starts
-        self.finalizer: weakref.finalize | None = None
+        # Fires `_abandon` once the call's frame has left the stack without the end hook (it
+        # raised), or at exit; `close` cancels it when the call ends normally.
+        self.watch = watch.watch(frame, functools.partial(_abandon, self)) if frame is not None else None
+        self._at_exit = weakref.finalize(self, _abandon, self)  # no frame found, or the process exits first
 
     @property
     def callback_list(self) -> keras.callbacks.CallbackList | None:
         return self._list() if self._list is not None else None
 
     def running(self) -> bool:
+        """Is the call still in progress? (On the calling thread: synchronous, unlike the watch.)"""
         if not self.active:
             return False
-        if self._list is None:
-            return True  # called by something other than a CallbackList: trust its begin/end pairs
-        callback_list = self._list()
-        return callback_list is not None and _on_stack(callback_list)
+        if self.watch is None:
+            return True  # no frame to look at: trust the begin/end pairs
+        return watch.on_stack(self.watch.frame, sys._getframe(1))
+
+    def abandon(self) -> None:
+        """Write what an ended call measured (at most once, whoever notices first)."""
+        if self.watch is not None:
+            self.watch.fire()
+        _abandon(self)
+
+    def close(self) -> None:
+        self.active = False
+        if self.watch is not None:
+            self.watch.cancel()
+        self._at_exit.detach()
+
+
+_ABANDON_LOCK = threading.RLock()
 
 
 def _abandon(call: _Call) -> None:
     """The call ended without its end hook (it raised): write the unfinished phases as partial.
 
-    Runs when the callback notices (its next call), when the call's ``CallbackList`` is garbage
-    collected (once the exception's traceback is released), or at interpreter exit; whichever is
-    first. Holds no reference to the callback, so the callback can be collected too.
+    Runs from the watch thread within ``watch.POLL_S`` of the call's end, when the callback
+    notices first (its next call), or at interpreter exit, whichever is first; once. Holds no
+    reference to the callback, so the callback can be collected.
     """
-    if call.active:
+    with _ABANDON_LOCK:
+        if not call.active:
+            return
         call.active = False
+        call._at_exit.detach()
         if call.run is not None:
             call.run.session.stop(failed=True)  # local only: no collectives when failing
             call.run.save_state()
@@ -193,12 +206,11 @@ class EnergyCallback(_Callback):
     the current run, or in a new process the run in ``output_dir/energy-state.json`` if that run
     reached the epoch before. ``evaluate`` / ``predict`` continue the current run.
 
-    Failures: each phase's record is on disk when the phase ends. Keras has no exception hook, so
-    when ``fit`` raises, the unfinished epoch is written as ``partial`` (without a sample count) and
-    the meter's sampling thread (a daemon) stops at the first of: the callback's next use; the
-    failed call's ``CallbackList`` being freed, which happens at Python's next cyclic garbage
-    collection once the exception is no longer referenced (typically just after the ``except``
-    block; at once with ``gc.collect()``); interpreter exit, even when the exception is uncaught.
+    Failures: each phase's record is on disk when the phase ends. Keras has no exception hook: when
+    ``fit``, ``evaluate`` or ``predict`` raises (an error, Ctrl-C in a notebook), a background watch
+    sees the call's frame leave the stack and, within a fraction of a second, writes the unfinished
+    phase as ``partial`` (without a sample count) and the run summary, and stops the meter's
+    thread, whether or not the exception stays referenced.
     """
 
     # The only batch hook here (counting predicted samples) is thread-safe, so Keras may keep
@@ -226,7 +238,7 @@ class EnergyCallback(_Callback):
                 "token_counter must be the name of a metric in logs that counts tokens (Keras callbacks see no "
                 f"batches), or None; got {token_counter!r}"
             )
-        self._counter = BatchCounter(sample_counter)  # checks it is a function or None
+        self._counter = BatchCounter(sample_counter, batch_name="predict output")  # checks it is a function or None
         self.token_counter = token_counter
         if samples_per_epoch is not None and not (
             isinstance(samples_per_epoch, int) and not isinstance(samples_per_epoch, bool) and samples_per_epoch > 0
@@ -259,7 +271,7 @@ class EnergyCallback(_Callback):
 
     def metrics(self, phase: str) -> dict[str, float]:
         """The last finished ``phase``'s metrics (``train``, ``validation``, ``test``, ``predict``), Keras-named."""
-        return self.tracker.metrics(phase, "val_" if phase == "validation" else "")
+        return self.session.metrics(phase, "val_" if phase == "validation" else "")
 
     # ------------------------------------------------------------------------------ training
     @never_raises
@@ -298,7 +310,7 @@ class EnergyCallback(_Callback):
             logs.update(self._keras_metrics("train", ""))
             if self._validated:
                 logs.update(self._keras_metrics("validation", "val_"))
-        self.tracker.pause_between_epochs()  # carbon-aware, if configured: billed to the gap
+        self.session.pause_between_epochs()  # carbon-aware, if configured: billed to the gap
 
     @never_raises
     def on_train_end(self, logs: dict | None = None) -> None:
@@ -380,20 +392,17 @@ class EnergyCallback(_Callback):
         if call is not None and call.active:
             if kind != "fit" and call.running():  # nothing runs a fit inside another call
                 return False
-            call.finalizer()  # the previous call raised: record what it measured (see `_abandon`)
+            call.abandon()  # the previous call raised: record what it measured, if the watch has not yet
             self._phases.clear()
-        self._call = call = _Call(kind, callback_list)
-        # If the call raises, this closes it once the list is collected, or at exit.
-        call.finalizer = weakref.finalize(callback_list if callback_list is not None else self, _abandon, call)
+        self._call = _Call(kind, callback_list, _model_call_frame(self.model))
         return True
 
     def _start(self, call: _Call, first_epoch: int | None = None) -> None:
         """Start measuring for ``call``: in a new run, the resumed run, or the current one."""
-        if first_epoch is not None:
-            if first_epoch == 0 and self._run_used:
-                self._run = _Run(EnergySession(**self._session_kwargs))  # a new fit is a new run
-            elif first_epoch > 0 and not self._run_used:
-                self._resume(first_epoch, call)
+        if first_epoch == 0 and self._run_used:
+            self._run = _Run(EnergySession(**self._session_kwargs))  # a new fit is a new run
+        elif first_epoch:
+            self._resume(first_epoch, call)
         self._run_used = True
         call.run = self._run
         session = self._run.session
@@ -405,17 +414,20 @@ class EnergyCallback(_Callback):
             session.tracker.planned_epochs = self.params["epochs"]  # enables the whole-run prediction
 
     def _resume(self, first_epoch: int, call: _Call) -> None:
-        state = _read_state(self._output_dir(call))
+        """A ``fit`` from ``first_epoch`` > 0 continues the run that reached the epoch before, as its
+        next attempt: this object's last run, or in a new process the one in ``energy-state.json``."""
+        state = self._run.state() if self._run_used else _read_state(self._output_dir(call))
         last = state.get("last_train_epoch") if state else None
         if isinstance(last, int) and last >= first_epoch - 1:
-            self.tracker.load_state_dict(state)
-            self._run.last_train_epoch = last
+            self._run = _Run(EnergySession(**self._session_kwargs), last_train_epoch=last)
+            self._run.session.load_state_dict(state)
+        elif self._run_used:
+            self._run = _Run(EnergySession(**self._session_kwargs))  # nothing to continue: a new run
 
     def _leave(self) -> None:
         """The outermost call ended normally: close the run's books for now (a collective)."""
         call = self._call
-        call.active = False
-        call.finalizer.detach()
+        call.close()
         self._phases.clear()
         if call.run is not None:
             call.run.session.stop()
@@ -491,9 +503,9 @@ class EnergyCallback(_Callback):
 
     def _keras_metrics(self, phase: str, prefix: str) -> dict[str, float]:
         # Every stem every epoch (NaN where unknown): CSVLogger fixes its columns at the first epoch.
-        values = self.tracker.metrics(phase, prefix)
+        values = self.session.metrics(phase, prefix)
         stems = METRIC_STEMS
         if phase == "train":
             stems += PREDICTION_STEMS if self.tracker.planned_epochs else ()
-            stems += ("carbon_pause_s",) if self.tracker.carbon_aware is not None else ()
+            stems += ("carbon_pause_s",) if self.session.carbon_aware is not None else ()
         return {prefix + stem: values.get(prefix + stem, math.nan) for stem in stems}

@@ -1,0 +1,136 @@
+"""Notice that a framework call has ended without its end hook, from a background thread.
+
+Keras and the HF Trainer give callbacks no exception hook: when ``fit`` / ``train`` raises (an
+error, Ctrl-C in a notebook) the callback is simply never called again, and the exception may
+stay referenced for as long as the notebook keeps ``sys.last_traceback``. Instead of relying on
+garbage collection or a private seam of each version, the adapter registers the frame of the
+framework call it is inside; a daemon thread looks at that thread's stack (``sys._current_frames``,
+identity checks only, never the frame's locals) every ``POLL_S`` and calls ``on_gone`` once the
+frame has left it. The end hook of a call that finishes normally cancels the watch first.
+
+The cost on the training thread is the GIL for a few microseconds, ``1 / POLL_S`` times a second.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from types import FrameType
+from typing import Callable
+
+POLL_S = 0.2  # the partial records and summary are on disk within ~this after the call ends
+
+
+class Watch:
+    def __init__(self, frame: FrameType, thread_id: int, on_gone: Callable[[], None]) -> None:
+        self.frame: FrameType | None = frame
+        self.thread_id = thread_id
+        self._on_gone: Callable[[], None] | None = on_gone
+        self._done = False  # fired (and finished) or cancelled
+        self._firing = False
+        # Reentrant: a garbage-collection finalizer may fire the watch while it is firing.
+        self._lock = threading.RLock()
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._on_gone = None
+            self.frame = None  # frames hold the call's locals (model, data): let them go
+            if not self._firing:  # on_gone cancelling its own watch: done when it returns
+                self._done = True
+
+    def fire(self) -> None:
+        """Run ``on_gone`` now if it has not run (idempotent; safe from any thread, waits for a run in progress)."""
+        with self._lock:
+            on_gone, self._on_gone, self.frame = self._on_gone, None, None
+            self._firing = True
+            try:
+                if on_gone is not None:
+                    on_gone()
+            finally:
+                self._firing, self._done = False, True
+
+    @property
+    def active(self) -> bool:
+        return not self._done
+
+
+_watches: list[Watch] = []
+_lock = threading.Lock()
+_wake = threading.Condition(_lock)
+_thread: threading.Thread | None = None
+
+
+def watch(frame: FrameType, on_gone: Callable[[], None]) -> Watch:
+    """Call ``on_gone`` (from a background thread) once ``frame`` is no longer on the current thread's stack."""
+    global _thread
+    handle = Watch(frame, threading.get_ident(), on_gone)
+    with _lock:
+        _watches.append(handle)
+        if _thread is None or not _thread.is_alive():
+            _thread = threading.Thread(target=_run, name="greencallbacks-watch", daemon=True)
+            _thread.start()
+        _wake.notify()
+    return handle
+
+
+def calling_frame(predicate: Callable[[FrameType], bool], depth: int = 60) -> FrameType | None:
+    """The innermost frame above the caller for which ``predicate`` holds."""
+    frame = sys._getframe(1)
+    try:
+        while frame is not None and depth > 0:
+            if predicate(frame):
+                return frame
+            frame, depth = frame.f_back, depth - 1
+        return None
+    finally:
+        del frame
+
+
+def settle(timeout_s: float = 5.0) -> bool:
+    """Wait until every watched call that has ended has been handled (its records written).
+
+    For code that reads the records right after catching a framework's exception (tests,
+    scripts); training never needs it. False if ``timeout_s`` passed first.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        stacks = sys._current_frames()
+        with _lock:
+            ended = [w for w in _watches if w.active and not on_stack(w.frame, stacks.get(w.thread_id))]
+        del stacks
+        if not ended:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+
+
+def on_stack(target: FrameType | None, top: FrameType | None) -> bool:
+    """Is ``target`` ``top`` or one of its callers?"""
+    while top is not None:
+        if top is target:
+            return True
+        top = top.f_back
+    return False
+
+
+def _run() -> None:
+    while True:
+        with _lock:
+            _watches[:] = [w for w in _watches if w.active]
+            while not _watches:
+                _wake.wait()
+                _watches[:] = [w for w in _watches if w.active]
+            current = list(_watches)
+        stacks = sys._current_frames()
+        for handle in current:
+            frame = handle.frame
+            if frame is not None and not on_stack(frame, stacks.get(handle.thread_id)):
+                try:
+                    handle.fire()
+                except Exception:  # noqa: BLE001 - the watched call already failed; keep watching the others
+                    pass
+        del stacks, current
+        with _lock:
+            _wake.wait(POLL_S)
