@@ -49,9 +49,12 @@ MATRIX = {
         "report": ["lightning", "pytorch-lightning", "lightning-utilities", "torch", "setuptools"],
     },
     "keras": {
-        "requirements": ["keras==3.3.3", "tensorflow-cpu==2.16.2", "jax[cpu]==0.4.26", "tensorboard"],
+        # No jax here: Keras 3.3.3 on jax 0.4.26 cannot fit a model again after a fit raised
+        # (its variables are left without an initializer), so the crash-and-resume scenarios fail
+        # inside Keras; the jax backend is tested at the newest versions only and skips here.
+        "requirements": ["keras==3.3.3", "tensorflow-cpu==2.16.2", "tensorboard"],
         "tests": ["tests/test_keras.py"],
-        "report": ["keras", "torch", "tensorflow-cpu", "jax", "jaxlib", "numpy"],
+        "report": ["keras", "torch", "tensorflow-cpu", "numpy"],
     },
 }
 

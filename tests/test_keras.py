@@ -1,9 +1,9 @@
-"""The Keras 3 adapter, on the torch and the tensorflow backends, with real ``model.fit`` runs.
+"""The Keras 3 adapter, on the torch, tensorflow and jax backends, with real ``model.fit`` runs.
 
 Keras fixes its backend at first import, so each backend runs ``keras_backend_runner.py`` once
 in its own process (all scenarios, ~10 s each); the tests here read what it wrote back with the
 loggers' own formats (CSV, TensorBoard event files, the records JSONL) and assert. This file
-never imports Keras itself. jax is not installed here: its code path is not run.
+never imports Keras itself. A backend that is not installed is skipped, saying so.
 
 Most scenarios use a scripted 100 W sensor on the real clock, so each record's energy must be
 100 W x its measured duration x PUE exactly; the crash and resume scenarios use the sensors
@@ -43,7 +43,7 @@ def require(*modules: str, purpose: str) -> None:
             pytest.skip(f"{module} is not installed: {purpose} need it")
 
 
-@pytest.fixture(scope="module", params=["torch", "tensorflow"])
+@pytest.fixture(scope="module", params=["torch", "tensorflow", "jax"])
 def run(request, tmp_path_factory):
     require("keras", request.param, purpose=f"the Keras {request.param}-backend scenarios")
     out = tmp_path_factory.mktemp(f"keras-{request.param}")
