@@ -95,6 +95,7 @@ def run(name: str, build, empty_validation: bool = False, **callback_kwargs) -> 
     return {
         "records": [
             {"phase": r.phase, "samples": r.samples, "samples_counted": r.samples_counted, "tokens": r.tokens,
+             "partial": r.partial,
              "energy_j_per_sample": r.energy_j_per_sample, "energy_kwh": r.energy_kwh}
             for r in records
         ],

@@ -397,3 +397,16 @@ def test_keras_bad_counters_fail_at_construction():
     env = {**os.environ, "KERAS_BACKEND": "torch"}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_hf_uncountable_batches_say_so_once(tmp_path):
+    trainer = hf_trainer(tmp_path, hf_callback(sample_counter=lambda batch: None), num_train_epochs=2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.train()
+    phases = by_phase(read_records(tmp_path / "out"))
+    assert all(not r.samples_counted and r.energy_j_per_sample is None for r in phases["train"] + phases["validation"])
+    counting = [m for m in energy_warnings(caught) if "sample_counter" in m]
+    assert len(counting) == 1 and "BatchEncoding" in counting[0], counting
+    logged = [e for e in trainer.state.log_history if "energy_kwh" in e or "eval_energy_kwh" in e]
+    assert logged and not [k for e in logged for k in e if "per_sample" in k]

@@ -215,6 +215,7 @@ class BatchCounter:
         token_counter: ``batch -> int`` tokens in the batch (e.g. ``lambda b: int(b["attention_mask"].sum())``),
             giving ``energy_j_per_token``; default: no token count.
         owner: the callback's name, for the warning.
+        batch_name: what the counters are given, for the warning (Keras: ``predict`` outputs).
 
     A batch that cannot be counted (or a counter that raises or returns something other than a
     non-negative int) is recorded as uncounted: the phase's record says ``samples_counted:
@@ -226,6 +227,7 @@ class BatchCounter:
         sample_counter: Callable[[Any], int | None] | None = None,
         token_counter: Callable[[Any], int] | None = None,
         owner: str = "EnergyCallback",
+        batch_name: str = "batch",
     ) -> None:
         check_counter("sample_counter", sample_counter)
         check_counter("token_counter", token_counter)
@@ -233,6 +235,7 @@ class BatchCounter:
         self.custom_samples = sample_counter is not None  # the user's rule wins over a framework's own count
         self.token_counter = token_counter
         self.owner = owner
+        self.batch_name = batch_name
         self._warned_runs: set[tuple[str, str]] = set()
 
     def count(self, batch: Any, run_id: str = "") -> tuple[int | None, int]:
@@ -288,22 +291,25 @@ class BatchCounter:
         if (run_id, name) in self._warned_runs:
             return
         self._warned_runs.add((run_id, name))
-        kind = f"{type(batch).__module__}.{type(batch).__qualname__}"
+        kind = f"a {self.batch_name} of type {type(batch).__module__}.{type(batch).__qualname__}"
         if counter is count_samples:
-            what = f"could not count the samples in a batch of type {kind}"
+            what = f"could not count the samples in {kind}"
         elif error is not None:
-            what = f"{name} raised {error!r} on a batch of type {kind}"
+            what = f"{name} raised {error!r} on {kind}"
         else:
-            what = f"{name} returned {value!r} (not a non-negative int) for a batch of type {kind}"
-        per = "per-sample" if name == "sample_counter" else "per-token"
-        warn(
-            f"greencallbacks: {self.owner} {what}; this phase's {per} values are left out of the records "
-            f"and loggers for this run. Pass {self.owner}(sample_counter=lambda batch: ...) returning the "
-            "number of samples in a batch."
-            if name == "sample_counter"
-            else f"greencallbacks: {self.owner} {what}; {per} values of this phase leave out that batch's tokens. "
-            f"Fix token_counter= (a function batch -> int)."
-        )
+            what = f"{name} returned {value!r} (not a non-negative int) for {kind}"
+        if name == "sample_counter":
+            warn(
+                f"greencallbacks: {self.owner} {what}. The records of the phases with such batches say "
+                "samples_counted: false and carry no per-sample values (this warning comes once per run). "
+                f"Pass {self.owner}(sample_counter=lambda {self.batch_name.split()[-1]}: ...) returning the "
+                f"number of samples in a {self.batch_name}."
+            )
+        else:
+            warn(
+                f"greencallbacks: {self.owner} {what}; its tokens are left out of energy_j_per_token (this "
+                f"warning comes once per run). Fix token_counter= (a function {self.batch_name.split()[-1]} -> int)."
+            )
 
 
 def check_counter(name: str, counter: Any) -> None:
