@@ -159,10 +159,11 @@ class _Channel:
         self._boundary_j = 0.0  # high-water of the values handed out at boundaries
         # The counter's update phase: a time at which it stepped (None: not found yet; False: it
         # does not step at its stated period). Reader thread only.
-        self._phase: float | None | bool = None
-        self._last_read: tuple[float, float] | None = None  # (sample instant, value)
+        self._phase: float | None = None
+        self._last_read: tuple[float, float, float] | None = None  # (before, after, value)
         self._search: dict | None = None  # a phase search under way (see _learn_phase)
         self._locked_at = 0.0
+        self._search_again_at = -math.inf  # after a search that found no steady period
 
     @property
     def off_thread(self) -> bool:
@@ -206,8 +207,8 @@ class _Channel:
         after = self._clock()
         t = 0.5 * (before + after)  # the counter is sampled somewhere inside a read of milliseconds
         period = getattr(self.sensor, "update_period_s", 0.0) or 0.0
-        if period > 0 and self._phase is not False:
-            self._learn_phase(t, value, period)
+        if period > 0:
+            self._learn_phase(before, after, value, period)
             if self._phase is None:
                 t -= period / 2
             else:
@@ -217,9 +218,9 @@ class _Channel:
                 elif self._anchor is not None:
                     # The read straddled an update: which one it holds is unknown. Keep carrying
                     # the previous anchor rather than risk one period's lag.
-                    self._last_read = (t, value)
+                    self._last_read = (before, after, value)
                     return value
-        self._last_read = (0.5 * (before + after), value)
+        self._last_read = (before, after, value)
         with self._state_lock:
             previous = self._anchor
             slope = previous[2] if previous is not None else None
@@ -229,35 +230,37 @@ class _Channel:
             self._anchor = (t, value, slope)
         return value
 
-    def _learn_phase(self, t: float, value: float, period: float) -> None:
-        """Find when the counter steps. While searching, reads follow each other closely: each
-        step seen between two reads bounds an update time to the span between their sample
-        instants; the spans of several steps, taken modulo the period, are intersected down to a
-        millisecond or two (a few more where the training thread holds the GIL and reads slow down). The search runs first, again every PHASE_REFRESH_S (clock drift),
-        and again at once if a whole period passes without a step (the phase was wrong)."""
-        last = self._last_read
-        locked = self._phase is not None and self._phase is not False
-        if self._search is None and (not locked or t - self._locked_at > PHASE_REFRESH_S):
+    def _learn_phase(self, before: float, after: float, value: float, period: float) -> None:
+        """Find when the counter steps. While searching, reads follow each other closely; a step
+        seen between two reads happened after the first began and before the second returned,
+        whatever the reads' latency or the GIL's delays. Those spans, taken modulo the period,
+        are intersected down to a few milliseconds. The search runs first, again every
+        PHASE_REFRESH_S (clock drift), and again at once if a period passes without a step."""
+        last, locked = self._last_read, self._phase is not None
+        if self._search is None and before >= self._search_again_at and (
+            not locked or before - self._locked_at > PHASE_REFRESH_S
+        ):
             self._search = {"window": None, "steps": 0, "conflicts": 0, "provisional": not locked}
-        if last is None or value == last[1]:
-            if last is not None and locked and self._search is None and t - last[0] > 1.5 * period:
+        if last is None or value == last[2]:
+            if last is not None and locked and self._search is None and before - last[1] > 1.5 * period:
                 self._phase = None  # wrong: until found again, reads are anchored as if unknown
                 self._search = {"window": None, "steps": 0, "conflicts": 0, "provisional": True}
             return
         search = self._search
-        if search is None or t - last[0] >= 0.9 * period:  # (reads a period apart bound no single update)
+        lo, hi = last[0], after
+        if search is None or hi - lo >= 0.9 * period:  # (a longer span might hold two updates)
             return
-        lo, hi = last[0], t
         if search["window"] is not None:
             w_lo, w_hi = search["window"]
             shift = round((lo + hi - w_lo - w_hi) / 2 / period) * period
             lo, hi = max(w_lo, lo - shift), min(w_hi, hi - shift)
-            if lo > hi:  # no common update time: not a steady period, or a misread; start over
+            if lo > hi:  # no common update time: it does not step at a steady period
                 search["conflicts"] += 1
                 if search["conflicts"] > PHASE_MAX_CONFLICTS:
-                    self._phase, self._search = False, None  # it does not step at its period
+                    self._phase, self._search = None, None
+                    self._search_again_at = before + PHASE_REFRESH_S
                     return
-                lo, hi, search["steps"] = last[0], t, 0
+                lo, hi, search["steps"] = last[0], after, 0
         search["window"], search["steps"] = (lo, hi), search["steps"] + 1
         # Provisional at once when none is known (a few ms off beats a period's lag); a search
         # that refreshes a known phase replaces it only once it is as precise.
@@ -265,17 +268,17 @@ class _Channel:
         if done or search["provisional"]:
             self._phase = 0.5 * (lo + hi)
         if done:
-            self._search, self._locked_at = None, t
+            self._search, self._locked_at = None, before
 
     def next_read_at(self, now: float) -> float:
         """When the reader should read next: back to back while searching for the phase;
         mid-way between two updates once it is known (far from either, so a read's latency
         cannot blur which update it saw); at the update period otherwise."""
         period = getattr(self.sensor, "update_period_s", 0.0) or 0.0
-        if period <= 0 or self._phase is False:
-            return now + self.read_interval_s
-        if self._search is not None or self._phase is None:
+        if period > 0 and self._search is not None:
             return now + period / 50
+        if period <= 0 or self._phase is None:
+            return now + self.read_interval_s
         return self._phase + (math.floor((now - self._phase) / period) + 1.5) * period
 
     def sample_power(self) -> None:
