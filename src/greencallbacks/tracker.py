@@ -173,6 +173,10 @@ class Tracker:
         self.meter = meter
         self.reducer = reducer or LocalReducer()
         self._host = socket.gethostname()  # read once: a system call at every boundary adds up
+        if self.reducer.world_size > 1:
+            # One run id on every rank (each drew its own), so that a rank's own records, written
+            # when a run fails, belong to the run. A collective: every rank starts here.
+            self.ledger.run_id = self.reducer.all_gather(self.run_id)[0]
         self._stack = [self._open("other", None)]
         self._last_snapshot = meter.snapshot()
         if self._resume_state is not None:  # state loaded before start (Keras, HF)

@@ -1,0 +1,136 @@
+"""Every joule once across ranks: two simulated hosts with two ranks each, in threads.
+
+Each rank measures its own device; the first rank of each host also measures the host's CPU.
+Ranks gather and sum at every phase end (a real collective over a barrier here), rank 0 writes.
+After a normal run, after a crash (each rank writes its own unsummed records) and after a resume
+of the crashed run, the records add up to exactly what all the sensors measured: each device
+once, each host once.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from greencallbacks.carbon import Carbon
+from greencallbacks.ledger import read_run_records
+from greencallbacks.meter import Meter
+from greencallbacks.sensors.base import Kind
+from greencallbacks.tracker import Tracker
+from tests.fakes.scripted import FakeClock, ScriptedSensor
+
+WORLD, GPU_W, CPU_W, PHASE_S = 4, 100.0, 30.0, 10.0
+HOSTS = ["host-a", "host-a", "host-b", "host-b"]
+
+
+class ThreadReducer:
+    """``all_gather`` over threads: what torch.distributed does over processes."""
+
+    def __init__(self, rank: int, shared: dict) -> None:
+        self.rank, self.world_size, self._shared = rank, WORLD, shared
+        self.measures_host = HOSTS.index(HOSTS[rank]) == rank
+        self.hosts = len(set(HOSTS))
+
+    def all_gather(self, obj):
+        shared = self._shared
+        shared["slots"][self.rank] = obj
+        shared["barrier"].wait()
+        out = list(shared["slots"])
+        shared["barrier"].wait()  # nobody overwrites a slot before everyone has read
+        return out
+
+
+def run_ranks(body) -> list:
+    shared = {"slots": [None] * WORLD, "barrier": threading.Barrier(WORLD, timeout=30)}
+    results, errors = [None] * WORLD, []
+
+    def target(rank):
+        try:
+            results[rank] = body(rank, ThreadReducer(rank, shared))
+        except BaseException as error:  # noqa: BLE001 - re-raised in the test thread
+            errors.append(error)
+            shared["barrier"].abort()
+
+    threads = [threading.Thread(target=target, args=(r,)) for r in range(WORLD)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    if errors:
+        raise errors[0]
+    return results
+
+
+def rank_tracker(rank, reducer, directory, state=None):
+    clock = FakeClock()
+    sensors = [ScriptedSensor(f"gpu{rank}", clock, power_w=GPU_W)]
+    if reducer.measures_host:
+        sensors.append(ScriptedSensor(f"cpu-{HOSTS[rank]}", clock, power_w=CPU_W, kind=Kind.CPU))
+    tracker = Tracker(carbon=Carbon(intensity=200.0))
+    if state is not None:
+        tracker.load_state_dict(state)
+    tracker.start(Meter(sensors, fallback=None, clock=clock, wall_clock=lambda: clock() + 1.7e9), reducer=reducer,
+                  output_dir=directory)
+    tracker._host = HOSTS[rank]  # one machine simulates two
+    return tracker, clock
+
+
+def expected_j(seconds: float) -> float:
+    return seconds * (WORLD * GPU_W + len(set(HOSTS)) * CPU_W)
+
+
+def test_each_device_and_each_host_is_billed_once(tmp_path):
+    def body(rank, reducer):
+        tracker, clock = rank_tracker(rank, reducer, tmp_path)
+        for epoch in range(2):
+            tracker.begin("train", epoch)
+            clock.advance(PHASE_S)
+            tracker.end("train")
+        tracker.finish()
+        return tracker
+
+    trackers = run_ranks(body)
+    records = read_run_records(trackers[0].run_id, [tmp_path])
+    assert sum(r.it_energy_kwh for r in records) * 3.6e6 == pytest.approx(expected_j(2 * PHASE_S), rel=1e-12)
+    for r in records:
+        assert r.ranks == WORLD and r.hosts == 2
+        names = sorted(c["name"] for c in r.components)
+        assert names == ["cpu-host-a", "cpu-host-b", "gpu0", "gpu1", "gpu2", "gpu3"]
+    # every rank logs the same summed totals
+    assert len({t.total_energy_j for t in trackers}) == 1
+
+
+def test_a_crash_on_every_rank_and_a_resume_keep_every_joule_once(tmp_path):
+    def crashing(rank, reducer):
+        tracker, clock = rank_tracker(rank, reducer, tmp_path)
+        tracker.begin("train", 0)
+        clock.advance(PHASE_S)
+        tracker.end("train")
+        state = tracker.state_dict()
+        tracker.begin("train", 1)
+        clock.advance(PHASE_S / 2)
+        tracker.abort()  # no collectives: rank r > 0 writes energy-records.rank{r}.jsonl
+        return tracker.run_id, state
+
+    crashed = run_ranks(crashing)
+    run_id = crashed[0][0]
+    assert (tmp_path / "energy-records.rank3.jsonl").exists()
+    records = read_run_records(run_id, [tmp_path])
+    assert sum(r.it_energy_kwh for r in records) * 3.6e6 == pytest.approx(expected_j(1.5 * PHASE_S), rel=1e-12)
+
+    def resumed(rank, reducer):
+        tracker, clock = rank_tracker(rank, reducer, tmp_path, state=crashed[rank][1])
+        tracker.begin("train", 1)
+        clock.advance(PHASE_S)
+        tracker.end("train")
+        tracker.finish()
+        return tracker
+
+    trackers = run_ranks(resumed)
+    records = read_run_records(run_id, [tmp_path])
+    assert sum(r.it_energy_kwh for r in records) * 3.6e6 == pytest.approx(expected_j(2.5 * PHASE_S), rel=1e-12)
+    assert trackers[0].total_energy_j == pytest.approx(sum(r.energy_j for r in records), rel=1e-12)
+    assert {r.attempt for r in records} == {0, 1}
+    partial = [r for r in records if r.partial]
+    assert len(partial) == WORLD  # the cut-short epoch 1, once per rank, unsummed
