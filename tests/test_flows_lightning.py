@@ -1,0 +1,137 @@
+"""Randomized user flows through the real Lightning Trainer, checking the ledger after every step.
+
+Each seed draws a sequence of what people do: a fit (new run) or a resume from any checkpoint
+saved so far, each maybe crashing (inside a training batch, inside validation, inside a
+checkpoint write, between epochs), with validation every epoch or every other epoch, once or
+twice per epoch; then validate / test / predict. A scripted constant-power sensor makes every
+record's energy follow its duration exactly. After every step: records sum to the summary and
+to the last logged total, seq and attempts are consistent, samples are exact, no thread is left.
+Run more seeds with GC_FLOW_SEEDS=20; a failure names its seed and step.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import random
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from flow_invariants import check_run, logged_total_matches, meter_threads
+from lightning_models import BATCH, TRAIN_SAMPLES, VAL_SAMPLES, Boom, flavour, loaders, trainer_kwargs
+from tests.fakes.scripted import ScriptedSensor
+
+pytestmark = pytest.mark.slow
+POWER_W = 50.0
+SEEDS = range(int(os.environ.get("GC_FLOW_SEEDS", "4")))
+
+
+def last_logged_total(log_dir: Path) -> float | None:
+    path = log_dir / "metrics.csv"
+    if not path.exists():
+        return None
+    values = [float(row["energy_kwh_total"]) for row in csv.DictReader(path.open()) if row.get("energy_kwh_total")]
+    return values[-1] if values else None
+
+
+def make_crash(L, where: str, epoch: int):
+    class Crash(L.Callback):
+        """Raises at one point of the fit: what a bug, an OOM or Ctrl-C would do."""
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if where == "train_batch" and trainer.current_epoch == epoch and batch_idx == 1:
+                raise Boom(f"in a training batch of epoch {epoch}")
+
+        def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+            if where == "validation" and trainer.current_epoch == epoch and not trainer.sanity_checking:
+                raise Boom(f"in validation of epoch {epoch}")
+
+        def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+            if where == "checkpoint" and trainer.current_epoch == epoch:
+                raise Boom(f"in the checkpoint write of epoch {epoch}")
+
+        def on_train_epoch_start(self, trainer, pl_module):
+            if where == "between_epochs" and trainer.current_epoch == epoch:
+                raise Boom(f"between epochs, before epoch {epoch}")
+
+    return Crash()
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_random_lightning_flows_keep_the_ledger(tmp_path, seed):
+    rng = random.Random(seed)
+    L, EnergyCallback, TinyModel = flavour("lightning.pytorch")
+    sensor = ScriptedSensor("gpu", time.monotonic, POWER_W)
+    checkpoints: list[Path] = []
+    runs: dict[str, list[Path]] = {}  # run id -> directories its fits logged to
+    dirs: list[Path] = []
+    callback = EnergyCallback(sensors=[sensor], intensity=300.0)  # one object reused, as in a notebook
+    trainer = model = None
+    steps = []
+    for step in range(4):
+        resume = bool(checkpoints) and rng.random() < 0.5
+        ckpt_path = rng.choice(checkpoints) if resume else None
+        max_epochs = rng.randint(2, 4)
+        crash = rng.choice([None, None, "train_batch", "validation", "checkpoint", "between_epochs"])
+        crash_epoch = rng.randrange(max_epochs)
+        val_every = rng.choice([1, 2])
+        val_interval = rng.choice([1.0, 0.5])
+        steps.append(f"fit(max_epochs={max_epochs}, resume={ckpt_path and ckpt_path.name}, crash={crash}@{crash_epoch}, "
+                     f"check_val_every_n_epoch={val_every}, val_check_interval={val_interval})")
+        context = f"seed {seed}, steps: " + "; ".join(steps)
+        ckpt_dir = tmp_path / f"ckpt{step}"
+        saver = L.callbacks.ModelCheckpoint(dirpath=ckpt_dir, save_top_k=-1, every_n_epochs=1, filename="{epoch}",
+                                            save_on_train_epoch_end=rng.random() < 0.5)
+        extra = [make_crash(L, crash, crash_epoch)] if crash else []
+        logger = L.loggers.CSVLogger(tmp_path / "logs", name="flow")
+        trainer = L.Trainer(
+            max_epochs=max_epochs, logger=logger, callbacks=[callback, saver, *extra],
+            **trainer_kwargs(enable_checkpointing=True, check_val_every_n_epoch=val_every, val_check_interval=val_interval),
+        )
+        model = TinyModel()
+        try:
+            trainer.fit(model, *loaders(), ckpt_path=ckpt_path)
+            crashed = False
+        except Boom:
+            crashed = True
+        assert not meter_threads(), context
+        checkpoints.extend(sorted(ckpt_dir.glob("*.ckpt")))
+        run_id = callback.tracker.run_id
+        dirs.append(Path(logger.log_dir))
+        runs.setdefault(run_id, []).append(Path(logger.log_dir))
+        if ckpt_path is None:
+            assert len(runs[run_id]) == 1, "a fit without ckpt_path is a new run " + context
+        records = check_run(run_id, dirs, power_w=POWER_W, context=context)
+        # Samples: every completed training epoch saw the whole data set, except the first epoch
+        # of a resumed attempt, which may start mid-epoch (a checkpoint at a validation end); a
+        # cut-short epoch counts the batches that finished.
+        first_of_attempt = {}
+        for r in records:
+            if r.phase == "train":
+                first_of_attempt.setdefault(r.attempt, r.seq)
+                assert r.samples % BATCH == 0 and r.samples <= TRAIN_SAMPLES, context
+                if not r.partial and (r.attempt == 0 or first_of_attempt[r.attempt] != r.seq):
+                    assert r.samples == TRAIN_SAMPLES, context
+            if r.phase == "validation" and not r.partial:
+                assert r.samples == VAL_SAMPLES, context
+        if ckpt_path is not None:
+            assert max(r.attempt for r in records) >= 1, "a resume is a new attempt " + context
+        logged = last_logged_total(Path(logger.log_dir))
+        this_attempt = [r for r in records if r.attempt == max(x.attempt for x in records)]
+        if logged is not None and any(r.phase == "train" and not r.partial for r in this_attempt):
+            logged_total_matches(records, logged, rel=1e-5, context=context)  # through Lightning's float32
+        if crashed:
+            assert any(r.partial for r in records) or crash == "between_epochs" or crash == "checkpoint", context
+    # Inference after the last fit continues its run, and stays exact.
+    trainer = L.Trainer(logger=False, callbacks=[callback], **trainer_kwargs())
+    trainer.validate(model, loaders()[1], verbose=False)
+    trainer.test(model, loaders()[1], verbose=False)
+    trainer.predict(model, loaders()[1])
+    assert not meter_threads()
+    records = check_run(callback.tracker.run_id, dirs, power_w=POWER_W, context=f"seed {seed}, inference")
+    for phase in ("validation", "test", "predict"):
+        last = [r for r in records if r.phase == phase][-1]
+        assert last.samples == VAL_SAMPLES and not last.partial, f"seed {seed}: {phase}"
