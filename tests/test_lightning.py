@@ -320,3 +320,37 @@ def test_fit_test_predict_and_a_second_fit(tmp_path):
     second = [r for r in read_records(tmp_path / "energy") if r.run_id == callback.tracker.run_id]
     assert callback.tracker.total_energy_j == pytest.approx(sum(r.energy_j for r in second), rel=1e-9)
     assert math.isclose(sum(r.energy_j for r in second if r.phase == "train"), callback.tracker.totals["train"].energy_j, rel_tol=1e-9)
+
+
+@pytest.mark.parametrize("at_validation_end", [False, True], ids=["epoch-end-checkpoint", "validation-end-checkpoint"])
+def test_resume_after_a_crash_bills_every_joule_of_both_attempts_once(tmp_path, at_validation_end):
+    """Regression: the resumed total was 5 % low (epoch-end checkpoints) and 19 % low (checkpoints
+    at a validation end, check_val_every_n_epoch=2): a phase open while the checkpoint was written
+    was neither in its totals nor in the catch-up from the records."""
+    L, EnergyCallback, TinyModel = flavour("lightning.pytorch")
+    ckpt_dir = tmp_path / "ckpt"
+
+    def fit(model, ckpt_path=None):
+        callback = EnergyCallback(intensity=300.0)  # default output: the logger's version_N
+        saver = L.callbacks.ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_on_train_epoch_end=not at_validation_end)
+        logger = L.loggers.CSVLogger(tmp_path, name="logs")
+        trainer = L.Trainer(max_epochs=4, logger=logger, callbacks=[callback, saver],
+                            **trainer_kwargs(enable_checkpointing=True, check_val_every_n_epoch=2))
+        trainer.fit(model, *loaders(), ckpt_path=ckpt_path)
+        return callback, Path(logger.log_dir)
+
+    with pytest.raises(Boom):
+        fit(TinyModel(fail_at=(3, 1)))
+    second, second_dir = fit(TinyModel(), ckpt_path=ckpt_dir / "last.ckpt")
+    home = second.tracker.output_dir
+    assert home == tmp_path / "logs" / "version_0" and second_dir.name == "version_1"  # the run stays in its file
+    records = read_records(home)
+    assert {r.attempt for r in records} == {0, 1} and {r.run_id for r in records} == {second.tracker.run_id}
+    summary = json.loads((home / "energy-summary.json").read_text())
+    assert summary["energy_kwh"] == pytest.approx(sum(r.energy_kwh for r in records), rel=1e-9)
+    logged = csv_scalars(second_dir / "metrics.csv")["energy_kwh_total"]
+    last_train = max(i for i, r in enumerate(records) if r.phase == "train")
+    assert logged[-1][1] == pytest.approx(sum(r.energy_kwh for r in records[: last_train + 1]), rel=REL)
+    # The crashed attempt's cut-short epoch and the redone one are two records of two attempts.
+    epoch3 = [(r.attempt, r.partial) for r in records if r.phase == "train" and r.epoch == 3]
+    assert epoch3 == [(0, True), (1, False)]
