@@ -361,3 +361,19 @@ def test_reader_thread_reads_slow_counters_and_stops_cleanly():
     meter.stop_sampling()
     assert not [t for t in threading.enumerate() if t.name == "greencallbacks-meter"]
     meter.close()
+
+
+def test_a_counter_that_moves_continuously_is_not_given_a_phase():
+    """A sensor whose stated update period is not real (its counter moves between any two reads):
+    the reader finds no phase to lock and carries each read from when it was taken."""
+    clock = FakeClock()
+    gpu = SlowSensor("gpu0", clock, power_w=300.0, update_period_s=0.1)
+    meter = reader_meter(clock, gpu)
+    previous = meter.snapshot()
+    for power in (200.0, 600.0) * 3:
+        gpu.set_power(power)
+        run_reader(meter, clock, 0.7)
+        current = meter.snapshot()
+        assert meter.between(previous, current).energy_j == pytest.approx(power * 0.7, rel=1e-6)
+        previous = current
+    assert meter.channels[0]._phase is None

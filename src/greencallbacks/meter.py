@@ -164,6 +164,7 @@ class _Channel:
         self._search: dict | None = None  # a phase search under way (see _learn_phase)
         self._locked_at = 0.0
         self._search_again_at = -math.inf  # after a search that found no steady period
+        self._continuous = False  # the last search found it moving between any two reads
 
     @property
     def off_thread(self) -> bool:
@@ -210,7 +211,8 @@ class _Channel:
         if period > 0:
             self._learn_phase(before, after, value, period)
             if self._phase is None:
-                t -= period / 2
+                if not self._continuous:
+                    t -= period / 2
             else:
                 k = math.floor((before - self._phase) / period)
                 if k == math.floor((after - self._phase) / period):
@@ -240,15 +242,26 @@ class _Channel:
         if self._search is None and before >= self._search_again_at and (
             not locked or before - self._locked_at > PHASE_REFRESH_S
         ):
-            self._search = {"window": None, "steps": 0, "conflicts": 0, "provisional": not locked}
+            self._search = {"window": None, "steps": 0, "conflicts": 0, "rests": 0, "provisional": not locked}
+        if (last is not None and value == last[2] and self._search is not None and before > last[1]
+                and after - last[0] < 0.9 * period):
+            self._search["rests"] += 1  # two close reads, no step between: it does not move continuously
         if last is None or value == last[2]:
             if last is not None and locked and self._search is None and before - last[1] > 1.5 * period:
                 self._phase = None  # wrong: until found again, reads are anchored as if unknown
-                self._search = {"window": None, "steps": 0, "conflicts": 0, "provisional": True}
+                self._search = {"window": None, "steps": 0, "conflicts": 0, "rests": 0, "provisional": True}
             return
         search = self._search
         lo, hi = last[0], after
         if search is None or hi - lo >= 0.9 * period:  # (a longer span might hold two updates)
+            return
+        if not search["rests"]:
+            # Steps between reads closer than its period, and never a rest: a counter that moves
+            # continuously (or reads too slow to tell), which has no phase to find.
+            search["conflicts"] += 1
+            if search["conflicts"] > PHASE_MAX_CONFLICTS:
+                self._phase, self._search, self._search_again_at = None, None, before + PHASE_REFRESH_S
+                self._continuous = True
             return
         if search["window"] is not None:
             w_lo, w_hi = search["window"]
@@ -268,7 +281,7 @@ class _Channel:
         if done or search["provisional"]:
             self._phase = 0.5 * (lo + hi)
         if done:
-            self._search, self._locked_at = None, before
+            self._search, self._locked_at, self._continuous = None, before, False
 
     def next_read_at(self, now: float) -> float:
         """When the reader should read next: back to back while searching for the phase;
