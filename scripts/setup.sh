@@ -17,6 +17,8 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$wanted" ] && [ -z "${GC_SETUP_FORC
 fi
 echo "greencallbacks: setting up in the virtual environment $GC_VENV" >&2
 rm -f "$stamp"
-"$GC_PYTHON" -m pip install --quiet --disable-pip-version-check torch==2.13.0
-"$GC_PYTHON" -m pip install --quiet --disable-pip-version-check -e ".[all,test,bench]"
+# -qq: errors still show; warnings (one per package for each configured index that lacks it)
+# would bury them.
+"$GC_PYTHON" -m pip install --quiet --quiet --disable-pip-version-check torch==2.13.0
+"$GC_PYTHON" -m pip install --quiet --quiet --disable-pip-version-check -e ".[all,test,bench]"
 echo "$wanted" > "$stamp"

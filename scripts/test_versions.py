@@ -89,7 +89,7 @@ def ensure_venv(name: str, spec: dict) -> Path:
     subprocess.run([base, "-m", "venv", str(directory)], check=True)
     started = time.monotonic()
     subprocess.run(
-        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *COMMON, *spec["requirements"]],
+        [str(python), "-m", "pip", "install", "--quiet", "--quiet", "--disable-pip-version-check", *COMMON, *spec["requirements"]],
         check=True,
     )
     done.write_text(json.dumps({"requirements": COMMON + spec["requirements"]}))
