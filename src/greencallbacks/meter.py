@@ -34,10 +34,11 @@ from greencallbacks.sensors.base import Method, Sensor
 ESTIMATE_RELATIVE_UNCERTAINTY = 0.5
 # Off-thread counters: instantaneous power is sampled this often between two counter reads (a
 # ~4 us NVML field read plus the binding's Python, which holds the GIL), and a read older than
-# STALE_READ_S (a stalled or stopped reader) is not carried forward: the boundary reads in place.
+# STALE_READ_S, or 2.5 read intervals if longer (a reader starved of CPU or stopped), is not
+# carried forward, since its power samples are as old: the boundary reads in place.
 POWER_SAMPLE_INTERVAL_S = 0.02
 DEFAULT_READ_INTERVAL_S = 0.1
-STALE_READ_S = 1.0
+STALE_READ_S = 0.25
 POWER_HISTORY = 64  # samples kept: ~1.3 s, more than the span between two counter reads
 # Finding a quantised counter's update phase: steps to observe (at most), the precision at which
 # to stop early, inconsistent steps tolerated before concluding it has no steady period, and how
@@ -323,7 +324,7 @@ class _Channel:
         """(value, seconds carried) at ``now`` from the latest read; None if there is none recent."""
         with self._state_lock:
             anchor = self._anchor
-            if anchor is None or abs(now - anchor[0]) > STALE_READ_S:
+            if anchor is None or abs(now - anchor[0]) > max(STALE_READ_S, 2.5 * self.read_interval_s):
                 return None
             t_a, value, slope = anchor
             power = self._power
