@@ -377,3 +377,21 @@ def test_a_counter_that_moves_continuously_is_not_given_a_phase():
         assert meter.between(previous, current).energy_j == pytest.approx(power * 0.7, rel=1e-6)
         previous = current
     assert meter.channels[0]._phase is None
+
+
+def test_peek_reads_no_slow_counter_and_does_not_synchronise():
+    clock = FakeClock()
+    gpu, cpu = SlowSensor("gpu0", clock, power_w=100.0), ScriptedSensor("cpu", clock, power_w=10.0, kind=Kind.CPU)
+    syncs = []
+    meter = reader_meter(clock, gpu, cpu, sync=lambda: syncs.append(1))
+    first = meter.snapshot()
+    run_reader(meter, clock, 0.5)
+    gpu_reads, sync_calls = gpu.reads, len(syncs)
+    live = meter.peek()
+    assert gpu.reads == gpu_reads and len(syncs) == sync_calls
+    assert meter.between(first, live).energy_j == pytest.approx(110.0 * 0.5)
+    clock.advance(1.0)  # no read for a second: the slow channel holds its last boundary value
+    held = meter.peek()
+    assert held.energy_j["gpu0"] == first.energy_j["gpu0"] and gpu.reads == gpu_reads
+    # Peeking bills nothing: the next window still starts at the last snapshot.
+    assert meter.between(first, meter.snapshot()).energy_j == pytest.approx(110.0 * 1.5)

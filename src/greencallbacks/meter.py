@@ -351,6 +351,17 @@ class _Channel:
             self._boundary_j = max(self._boundary_j, value)
             return self._boundary_j, carried
 
+    def peek(self, now: float) -> tuple[float, float]:
+        """Like ``boundary`` but never reads a slow counter and hands nothing out: a slow channel
+        with no recent read holds its last boundary value."""
+        if not self.off_thread:
+            return self.read(), 0.0
+        estimate = self.estimate(now)
+        with self._state_lock:
+            if estimate is None:
+                return self._boundary_j, 0.0
+            return max(self._boundary_j, estimate[0]), estimate[1]
+
     def forget(self) -> None:
         with self._state_lock:
             self._anchor = None
@@ -585,6 +596,19 @@ class Meter:
         # Started after the reads, so the reader's first read does not queue behind this one.
         if not self._poller.alive and not self._closed and self._poller.needed():
             self._poller.ensure_running()
+        return Snapshot(monotonic_s=mono_s, unix_s=unix_s, energy_j=energy, methods=methods, carried_s=carried)
+
+    def peek(self) -> Snapshot:
+        """Cumulative energy now for live figures (e.g. at a framework's logging steps): no device
+        synchronisation and no slow read, so it costs the training thread microseconds; queued
+        device work is not waited for. Boundaries still use ``snapshot``, which bills windows."""
+        unix_s, mono_s = self._wall_clock(), self._clock()
+        energy, carried = {}, {}
+        for channel in self.channels:
+            energy[channel.name], seconds = channel.peek(mono_s)
+            if seconds:
+                carried[channel.name] = seconds
+        methods = {c.name: c.method for c in self.channels}
         return Snapshot(monotonic_s=mono_s, unix_s=unix_s, energy_j=energy, methods=methods, carried_s=carried)
 
     def between(self, start: Snapshot, end: Snapshot) -> Measurement:
