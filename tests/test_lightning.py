@@ -11,13 +11,14 @@ import threading
 from pathlib import Path
 
 import pytest
-import torch
 
-from greencallbacks.meter import EnergyWarning
-from greencallbacks.records import read_records
-from greencallbacks.tracker import METRIC_STEMS
+torch = pytest.importorskip("torch", reason="torch is not installed: the Lightning adapter tests need it")
 
-from lightning_models import FLAVOURS, TRAIN_SAMPLES, VAL_SAMPLES, Boom, flavour, loaders, trainer_kwargs
+from greencallbacks.meter import EnergyWarning  # noqa: E402
+from greencallbacks.records import read_records  # noqa: E402
+from greencallbacks.tracker import METRIC_STEMS  # noqa: E402
+
+from lightning_models import FLAVOURS, TRAIN_SAMPLES, VAL_SAMPLES, Boom, flavour, loaders, trainer_kwargs  # noqa: E402
 
 pytestmark = pytest.mark.slow
 REL = 1e-5  # values pass through Lightning as float32 tensors
@@ -354,3 +355,23 @@ def test_resume_after_a_crash_bills_every_joule_of_both_attempts_once(tmp_path, 
     # The crashed attempt's cut-short epoch and the redone one are two records of two attempts.
     epoch3 = [(r.attempt, r.partial) for r in records if r.phase == "train" and r.epoch == 3]
     assert epoch3 == [(0, True), (1, False)]
+
+
+def test_without_lightnings_private_logging_seam_epoch_values_still_reach_the_loggers(tmp_path, monkeypatch):
+    """A future Lightning without ``_logger_connector`` / ``_batches_that_stepped``: per-epoch values
+    still flow through the public logger API, with one warning."""
+    import greencallbacks.lightning._shared as shared
+
+    monkeypatch.setattr(shared, "_logging_seams", lambda trainer: None)
+    L, EnergyCallback, TinyModel = flavour("lightning.pytorch")
+    logger = L.loggers.CSVLogger(tmp_path, name="run")
+    callback = EnergyCallback(intensity=300.0)
+    trainer = L.Trainer(max_epochs=3, logger=logger, callbacks=[callback], **trainer_kwargs())
+    with pytest.warns(EnergyWarning, match="_logger_connector") as caught:
+        trainer.fit(TinyModel(), *loaders())
+    assert sum("_logger_connector" in str(w.message) for w in caught) == 1
+    logged = csv_scalars(Path(logger.log_dir) / "metrics.csv")
+    records = read_records(callback.tracker.output_dir)
+    train = [r for r in records if r.phase == "train"]
+    assert [v for _, v in logged["energy_kwh"]] == pytest.approx([r.energy_kwh for r in train], rel=REL)
+    assert len(logged["val_energy_kwh"]) == 3

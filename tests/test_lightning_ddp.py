@@ -10,10 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from greencallbacks.records import read_records
-from greencallbacks.tracker import METRIC_STEMS
+pytest.importorskip("torch", reason="torch is not installed: the Lightning DDP test needs it")
+pytest.importorskip("lightning", reason="lightning is not installed: the Lightning DDP test needs it")
 
-from lightning_models import TRAIN_SAMPLES, VAL_SAMPLES
+from greencallbacks.records import read_records  # noqa: E402
+from greencallbacks.tracker import METRIC_STEMS  # noqa: E402
+
+from lightning_models import TRAIN_SAMPLES, VAL_SAMPLES  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 SCRIPT = Path(__file__).with_name("lightning_ddp_script.py")

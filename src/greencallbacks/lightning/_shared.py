@@ -95,6 +95,7 @@ class EnergyCallbackBase:
         self.sample_counter = self._counter.sample_counter
         self.prefix = prefix
         self._state_key: str | None = None
+        self._warned_seams = False
 
     # ------------------------------------------------------------------ identity in checkpoints
     @property
@@ -242,8 +243,7 @@ class EnergyCallbackBase:
             # Lightning writes a training epoch's metrics one step back (its loop has already
             # counted the next batch); validation at the current step. LearningRateMonitor reads
             # the same counter.
-            step = trainer.fit_loop.epoch_loop._batches_that_stepped - (phase == "train")
-            self._log_directly(metrics, trainer, step, progress_bar=phase == "train")
+            self._log_directly(metrics, trainer, phase)
             return
         # Every rank already holds the same summed values; syncing with `max` keeps them exact and
         # tells Lightning they are synchronised (it warns about unsynchronised epoch metrics).
@@ -259,16 +259,42 @@ class EnergyCallbackBase:
                 reduce_fx="max",
             )
 
-    def _log_directly(self, metrics: dict[str, float], trainer: Any, step: int, progress_bar: bool) -> None:
+    def _log_directly(self, metrics: dict[str, float], trainer: Any, phase: str) -> None:
         import torch
 
-        # Lightning's own path to every logger (rank 0 writes), with its `epoch` key.
-        trainer._logger_connector.log_metrics({**metrics, "epoch": trainer.current_epoch}, step=step)
-        tensors = {name: torch.tensor(value) for name, value in metrics.items()}
-        trainer.callback_metrics.update(tensors)
-        if self.progress_bar and progress_bar:
+        values = {**metrics, "epoch": trainer.current_epoch}
+        seams = _logging_seams(trainer)
+        if seams is not None:
+            # Lightning's own path to every logger (rank 0 writes), at the step its own epoch
+            # metrics use: one back for a training epoch (the loop has already counted the next
+            # batch), the current one for validation. LearningRateMonitor reads the same counter.
+            connector, batches_that_stepped = seams
+            connector.log_metrics(values, step=batches_that_stepped - (phase == "train"))
+        else:
+            # A Lightning without these internals: the public logger API, at the global step.
+            if not self._warned_seams:
+                self._warned_seams = True
+                warn(
+                    "greencallbacks: this Lightning version has no Trainer._logger_connector / "
+                    "fit_loop.epoch_loop._batches_that_stepped; energy goes to each logger at the global "
+                    "step instead (values unchanged, steps may differ by one from Lightning's own epoch metrics)."
+                )
+            for logger in trainer.loggers:
+                logger.log_metrics(values, step=trainer.global_step)
+                logger.save()
+        trainer.callback_metrics.update({name: torch.tensor(value) for name, value in metrics.items()})
+        if self.progress_bar and phase == "train":
             bar = {self.prefix + name for name in PROGRESS_BAR_METRICS}
             trainer.progress_bar_metrics.update({name: metrics[name] for name in bar if name in metrics})
+
+
+def _logging_seams(trainer: Any) -> tuple[Any, int] | None:
+    """Lightning internals for exact epoch logging (present in 2.2 to 2.6), or None when a release drops them."""
+    connector = getattr(trainer, "_logger_connector", None)
+    stepped = getattr(getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None), "_batches_that_stepped", None)
+    if connector is None or not callable(getattr(connector, "log_metrics", None)) or not isinstance(stepped, int):
+        return None
+    return connector, stepped
 
 
 def _finite(metrics: dict[str, float]) -> dict[str, float]:
