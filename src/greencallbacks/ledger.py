@@ -30,6 +30,11 @@ class PhaseTotals:
     samples: int = 0
     duration_s: float = 0.0
     count: int = 0
+    # Embodied CO2eq (apart from co2eq_g) of the records that carry it; ``embodied_count`` of them.
+    embodied_co2eq_g: float = 0.0
+    embodied_co2eq_g_low: float = 0.0
+    embodied_co2eq_g_high: float = 0.0
+    embodied_count: int = 0
 
     def add(self, record: Record) -> None:
         self.energy_j += record.energy_kwh * J_PER_KWH
@@ -38,6 +43,11 @@ class PhaseTotals:
         self.samples += record.samples
         self.duration_s += record.duration_s
         self.count += 1
+        if record.embodied_co2eq_g is not None:
+            self.embodied_co2eq_g += record.embodied_co2eq_g
+            self.embodied_co2eq_g_low += record.embodied_co2eq_g_low or record.embodied_co2eq_g
+            self.embodied_co2eq_g_high += record.embodied_co2eq_g_high or record.embodied_co2eq_g
+            self.embodied_count += 1
 
 
 @dataclass
@@ -98,6 +108,14 @@ class Ledger:
     @property
     def co2eq_g(self) -> float:
         return sum(t.co2eq_g for t in self.totals.values())
+
+    @property
+    def embodied(self) -> tuple[float, float, float] | None:
+        """The run's embodied CO2eq (g, low, high); None when no record carries one."""
+        if not any(t.embodied_count for t in self.totals.values()):
+            return None
+        return tuple(sum(getattr(t, f) for t in self.totals.values())
+                     for f in ("embodied_co2eq_g", "embodied_co2eq_g_low", "embodied_co2eq_g_high"))  # type: ignore[return-value]
 
     def add(self, record: Record) -> None:
         """Count one phase's record (the only way totals grow)."""

@@ -62,6 +62,13 @@ class Record:
     samples_counted: bool = True
     framework: str = ""
     tool_version: str = ""
+    # Embodied (manufacturing) CO2eq of the hardware behind ``components`` amortised over this
+    # phase (``greencallbacks.embodied``), kept apart from the operational ``co2eq_g`` and never
+    # added to it. None: no measured device has a published footprint (or records written before
+    # this field existed); 0 would claim the hardware cost nothing.
+    embodied_co2eq_g: float | None = None
+    embodied_co2eq_g_low: float | None = None
+    embodied_co2eq_g_high: float | None = None
     schema: str = SCHEMA
 
     @property
@@ -89,7 +96,8 @@ _FIELD_NAMES = tuple(f.name for f in fields(Record) if f.name != "schema")
 
 # The JSON types each field must have when read back (null: only where listed, and for numbers).
 _NUMBERS = ("duration_s", "it_energy_kwh", "energy_kwh", "co2eq_g", "intensity_gco2eq_per_kwh", "pue", "uncertainty_kwh")
-_OPTIONAL_NUMBERS = ("energy_j_per_sample", "co2eq_g_per_sample")
+_OPTIONAL_NUMBERS = ("energy_j_per_sample", "co2eq_g_per_sample", "embodied_co2eq_g", "embodied_co2eq_g_low",
+                     "embodied_co2eq_g_high")
 _INTEGERS = ("seq", "samples", "ranks", "hosts", "attempt")
 _OPTIONAL_INTEGERS = ("epoch", "intensity_year", "tokens", "step")
 _STRINGS = ("run_id", "phase", "start_time", "intensity_source", "intensity_zone", "intensity_licence", "pue_source",

@@ -13,12 +13,14 @@ import os
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
+from greencallbacks.budget import Budget
 from greencallbacks.carbon import Carbon
 from greencallbacks.carbon_aware import CarbonAwarePause
 from greencallbacks.distributed import LocalReducer, Reducer
 from greencallbacks.meter import Meter, warn
 from greencallbacks.sensors.base import Method, Sensor
 from greencallbacks.tracker import Tracker
+from greencallbacks.units import J_PER_KWH
 
 # Notices already given in this process: a notebook's every fit, evaluate and predict starts a
 # session, and the same two paragraphs each time would bury what is new.
@@ -40,6 +42,13 @@ class EnergySession:
         sensors: use exactly these sensors instead of discovering them (custom set-ups, tests).
         carbon_aware: a ``CarbonAwarePause``: wait between epochs while the grid's intensity is
             above its threshold, within its delay budget (logged as ``carbon_pause_s``).
+        budget: a ``greencallbacks.Budget``: checked after every training epoch (``check_budget``)
+            against the run's totals and prediction; warns once at ``warn_at`` and at 100 %, and
+            with ``on_exceed="stop"`` asks the adapter to end training. Each run gets a fresh copy
+            of it (``session.budget``); a resume continues the saved one.
+        embodied: how records bill the hardware's manufacturing footprint (see ``Tracker``):
+            None (GPUs with a published footprint), a dict of ``embodied_for`` arguments such as
+            ``{"host": "server", "host_share": 0.25}``, or False.
         framework: written into records.
     """
 
@@ -59,6 +68,8 @@ class EnergySession:
         extra_sensors: Iterable[Sensor] = (),
         sensors: Sequence[Sensor] | None = None,
         carbon_aware: CarbonAwarePause | None = None,
+        budget: Budget | None = None,
+        embodied: dict | bool | None = None,
         framework: str = "",
     ) -> None:
         self.carbon = Carbon(country=country, zone=zone, region=region, intensity=intensity, series=series, pue=pue)
@@ -90,8 +101,18 @@ class EnergySession:
         self.output_dir = Path(output_dir) if output_dir is not None else None
         if carbon_aware is not None and not isinstance(carbon_aware, CarbonAwarePause):
             raise ValueError(f"carbon_aware must be a greencallbacks.carbon_aware.CarbonAwarePause, got {carbon_aware!r}")
-        self.tracker = Tracker(carbon=self.carbon, output_dir=self.output_dir, run_id=run_id, framework=framework)
+        if budget is not None and not isinstance(budget, Budget):
+            raise ValueError(f"budget must be a greencallbacks.Budget (or None), got {budget!r}")
+        self.tracker = Tracker(
+            carbon=self.carbon, output_dir=self.output_dir, run_id=run_id, framework=framework, embodied=embodied
+        )
         self.carbon_aware = carbon_aware
+        # A fresh copy: the user's object may be handed to several runs (a second fit), and a
+        # budget's warnings and stop belong to one run.
+        self.budget = (
+            Budget(**budget.limits, on_exceed=budget.on_exceed, warn_at=budget.warn_at) if budget is not None else None
+        )
+        self._budget_metrics: dict[str, float] = {}
         self.unavailable: list = []
 
     @property
@@ -164,7 +185,32 @@ class EnergySession:
         values = self.tracker.metrics(phase, prefix)
         if values and phase == "train" and self.carbon_aware is not None:
             values[prefix + "carbon_pause_s"] = float(self.carbon_aware.total_paused_s)
+        if values and phase == "train" and self.budget is not None:
+            # As of the last check (adapters check right after the epoch ends, before logging).
+            values.update({prefix + k: v for k, v in (self._budget_metrics or self._budget_values()).items()})
         return values
+
+    def _budget_values(self) -> dict[str, float]:
+        assert self.budget is not None
+        return {"budget_used_fraction": self.budget.used_fraction, "budget_stop": 1.0 if self.budget.stopped else 0.0}
+
+    def check_budget(self) -> bool:
+        """Judge the run's totals and prediction against the budget; True when training must stop.
+
+        Adapters call it after each training epoch's record is in (and may at step logs), then
+        end training their framework's clean way when it returns True. Each warning is given
+        once per run (a resumed run does not repeat them); a stop keeps answering True.
+        """
+        if self.budget is None or not self.running:
+            return False
+        tracker = self.tracker
+        prediction = tracker.prediction() if tracker.planned_epochs is not None else None
+        decision = self.budget.check(tracker.total_energy_j / J_PER_KWH, tracker.total_co2eq_g, prediction)
+        if tracker.reducer.rank == 0:  # every rank holds the same sums and decides alike; one says so
+            decision.emit()
+        self._budget_metrics = decision.metrics()
+        tracker.summary_extra["budget"] = self.budget.summary()
+        return decision.stop and self.budget.on_exceed == "stop"
 
     def pause_between_epochs(self) -> float:
         """Carbon-aware training: wait while the grid is dirtier than the configured threshold.
@@ -180,12 +226,19 @@ class EnergySession:
         state = self.tracker.state_dict()
         if self.carbon_aware is not None:
             state["carbon_aware"] = self.carbon_aware.state_dict()
+        if self.budget is not None:
+            state["budget"] = self.budget.state_dict()
         return state
 
     def load_state_dict(self, state: dict) -> None:
         """Continue the checkpointed run of ``state`` (a new attempt of it)."""
         if self.carbon_aware is not None and "carbon_aware" in state:
             self.carbon_aware.load_state_dict(state["carbon_aware"])  # the delay budget spent stays spent
+        if self.budget is not None and isinstance(state.get("budget"), dict):
+            # Same limits: its warnings and stop go on (a stopped run resumed stops again at once).
+            # Changed limits (raised to go on): judged afresh against the whole run's totals.
+            self.budget.load_state_dict(state["budget"])
+            self.tracker.summary_extra["budget"] = self.budget.summary()
         self.tracker.load_state_dict(state)
 
     def stop(self, failed: bool = False) -> None:

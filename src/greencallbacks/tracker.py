@@ -34,6 +34,7 @@ from greencallbacks.units import J_PER_KWH
 
 if TYPE_CHECKING:
     from greencallbacks.carbon import Carbon
+    from greencallbacks.embodied import Embodied
     from greencallbacks.meter import Measurement, Meter, Snapshot
 
 __all__ = ["METRIC_STEMS", "PREDICTION_STEMS", "PhaseTotals", "SUMMARY_FILE", "Tracker"]
@@ -102,6 +103,11 @@ class Tracker:
             keeps records in memory only.
         run_id: names the run in records (default: a new random id; kept across resume).
         framework: written into records.
+        embodied: how to bill the hardware's manufacturing footprint (``greencallbacks.embodied``):
+            ``None`` for the defaults (each GPU with a published footprint; the host machine is
+            left out and said so), a dict of ``embodied_for`` arguments (``host="server"``,
+            ``host_share``, ``ram_gb``, ``lifetime_years``, ``utilisation``), or ``False`` for none.
+            Records carry ``embodied_co2eq_g`` only where some device has a footprint.
     """
 
     def __init__(
@@ -111,6 +117,7 @@ class Tracker:
         output_dir: str | os.PathLike | None = None,
         run_id: str | None = None,
         framework: str = "",
+        embodied: "dict[str, Any] | bool | None" = None,
     ) -> None:
         from greencallbacks.carbon import Carbon
 
@@ -123,6 +130,14 @@ class Tracker:
         if run_id is not None and (not isinstance(run_id, str) or not run_id.strip()):
             raise ValueError(f"run_id must be a non-empty string, got {run_id!r}")
         self.carbon = carbon
+        self.embodied_settings = _embodied_settings(embodied)
+        # Embodied CO2eq per second of this process's hardware (found at start from the sensors'
+        # device models); None: off, or no device with a published footprint.
+        self.embodied_rate: Embodied | None = None
+        self._embodied_found: Embodied | None = None
+        # Fields the session adds to energy-summary.json (its policies: the budget), so the
+        # tracker needs to know none of them.
+        self.summary_extra: dict[str, Any] = {}
         self.output_dir = Path(output_dir) if output_dir is not None else None
         # A directory the user chose is kept on resume; the default one follows the run's records.
         self._output_dir_chosen = output_dir is not None
@@ -177,6 +192,7 @@ class Tracker:
             # One run id on every rank (each drew its own), so that a rank's own records, written
             # when a run fails, belong to the run. A collective: every rank starts here.
             self.ledger.run_id = self.reducer.all_gather(self.run_id)[0]
+        self._find_embodied(meter)
         self._stack = [self._open("other", None)]
         self._last_snapshot = meter.snapshot()
         if self._resume_state is not None:  # state loaded before start (Keras, HF)
@@ -306,6 +322,8 @@ class Tracker:
         }
         if record.tokens:  # where the framework counts tokens (HF's num_input_tokens_seen)
             values["energy_j_per_token"] = record.energy_kwh * J_PER_KWH / record.tokens
+        if phase == "train" and self.ledger.embodied is not None:
+            values["embodied_co2eq_g_total"] = self.ledger.embodied[0]  # apart from co2eq_g_total
         if phase == "train" and self.planned_epochs is not None:
             values.update(self.prediction())
         return {prefix + k: float(v) for k, v in values.items()}
@@ -362,6 +380,40 @@ class Tracker:
             self._writer = None
         if path is not None and self._writer is None:
             self._writer = RecordWriter(path)
+
+    # ------------------------------------------------------------------------------ embodied
+    def _find_embodied(self, meter: "Meter") -> None:
+        """Embodied CO2eq per second of the measured hardware: linear in a record's duration, so
+        it is found once here and each record is only a multiplication (no table look-up per boundary)."""
+        self.embodied_rate = self._embodied_found = None
+        if self.embodied_settings is None:
+            return
+        from greencallbacks.embodied import embodied_for
+
+        described = meter.describe()
+        models = {d["name"]: d["model"] for d in described if d.get("model")}
+        try:
+            found = embodied_for(described, 1.0, models=models, **self.embodied_settings)
+        except Exception as error:  # noqa: BLE001 - embodied is extra; it must not stop a run
+            from greencallbacks.meter import warn
+
+            warn(f"greencallbacks: embodied emissions left out ({error!r}).")
+            return
+        self._embodied_found = found
+        # Billed only when some device had a footprint; otherwise the record says nothing rather than 0.
+        self.embodied_rate = found if any("kgco2eq" in s for s in found.sources) else None
+
+    def embodied_summary(self) -> dict[str, Any]:
+        """The run's embodied CO2eq (apart from the operational total) and how it was found."""
+        totals = self.ledger.embodied
+        found = self._embodied_found
+        return {
+            "embodied_co2eq_g": totals[0] if totals else None,
+            "embodied_co2eq_g_low": totals[1] if totals else None,
+            "embodied_co2eq_g_high": totals[2] if totals else None,
+            "embodied_sources": list(found.sources) if found else [],
+            "embodied_missing": list(found.missing) if found else (["turned off (embodied=False)"] if self.embodied_settings is None else []),
+        }
 
     # ------------------------------------------------------------------------------ internals
     def _open(self, phase: str, epoch: int | None) -> _Open:
@@ -434,6 +486,11 @@ class Tracker:
             framework=self.framework,
             tool_version=__version__,
         )
+        if self.embodied_rate is not None:
+            rate = self.embodied_rate
+            record.embodied_co2eq_g = rate.grams * opened.duration_s
+            record.embodied_co2eq_g_low = rate.range_g[0] * opened.duration_s
+            record.embodied_co2eq_g_high = rate.range_g[1] * opened.duration_s
         return _with_per_sample(record)
 
     def _publish(self, seq: int | None) -> Record | None:
@@ -466,13 +523,30 @@ class Tracker:
             "tool_version": __version__,
             "energy_kwh": self.total_energy_j / J_PER_KWH,
             "co2eq_g": self.total_co2eq_g,
+            **self.embodied_summary(),
             "phases": {p: vars(t) for p, t in self.totals.items() if t.count},
             "carbon": self.carbon.describe(),
             "sensors": self.meter.describe() if self.meter is not None else [],
             "ranks": self.reducer.world_size,
             "attempts": self.ledger.attempt + 1,
+            **self.summary_extra,
         }
         write_json_atomic(self.output_dir / SUMMARY_FILE, summary)
+
+
+def _embodied_settings(embodied: object) -> dict[str, Any] | None:
+    """Check ``embodied=`` at construction: None/True (defaults), False (off) or ``embodied_for`` arguments."""
+    if embodied is None or embodied is True:
+        return {}
+    if embodied is False:
+        return None
+    allowed = ("host", "host_share", "ram_gb", "lifetime_years", "utilisation")
+    if not isinstance(embodied, dict) or not all(k in allowed for k in embodied):
+        raise ValueError(f"embodied must be None, False or a dict with keys among {allowed}, got {embodied!r}")
+    from greencallbacks.embodied import embodied_for
+
+    embodied_for([], 0.0, **embodied)  # each value checked now, naming the argument
+    return dict(embodied)
 
 
 def _nan_if_none(value: float | None) -> float:
@@ -501,6 +575,8 @@ def _combine(per_rank: list[list[Record]]) -> list[Record]:
         energy_kwh = sum(r.energy_kwh for r in parts)
         co2eq_g = sum(r.co2eq_g for r in parts)
         components = [c for r in parts for c in r.components]
+        # Each rank bills its own devices (the host only where it is measured): a sum, like energy.
+        embodied = [r for r in parts if r.embodied_co2eq_g is not None]
         record = Record(
             **{
                 **first.__dict__,
@@ -518,6 +594,9 @@ def _combine(per_rank: list[list[Record]]) -> list[Record]:
                 "ranks": len(per_rank),
                 "hosts": len({c.get("host") for c in components}) or 1,
                 "partial": any(r.partial for r in parts),
+                "embodied_co2eq_g": sum(r.embodied_co2eq_g for r in embodied) if embodied else None,
+                "embodied_co2eq_g_low": sum(r.embodied_co2eq_g_low or 0.0 for r in embodied) if embodied else None,
+                "embodied_co2eq_g_high": sum(r.embodied_co2eq_g_high or 0.0 for r in embodied) if embodied else None,
                 "step": max((r.step for r in parts if r.step is not None), default=None),
             }
         )
