@@ -101,6 +101,11 @@ class EnergyCallback(TrainerCallback, ExportableState):
         token_counter: ``batch -> int`` tokens in a batch (e.g. ``lambda b: int(b["attention_mask"].sum())``),
             giving ``energy_j_per_token`` for training, evaluation and prediction; replaces HF's
             ``num_input_tokens_seen``.
+        budget: a ``greencallbacks.Budget``; with ``on_exceed="stop"`` a budget reached (or
+            confidently predicted) sets ``control.should_training_stop`` at that epoch's end, so
+            the epoch's evaluation and checkpoint still happen. A resumed run whose budget was
+            spent stops after one step (the Trainer reads the flag only after a step).
+        embodied: how records bill the hardware's manufacturing footprint (``EnergySession``).
     """
 
     def __init__(
@@ -119,6 +124,8 @@ class EnergyCallback(TrainerCallback, ExportableState):
         extra_sensors=(),
         sensors=None,
         carbon_aware=None,
+        budget=None,
+        embodied=None,
         sample_counter=None,
         token_counter=None,
     ) -> None:
@@ -127,7 +134,8 @@ class EnergyCallback(TrainerCallback, ExportableState):
         settings = dict(country=country, zone=zone, region=region, intensity=intensity, series=series, pue=pue,
                         output_dir=output_dir, run_id=run_id, gpus=gpus, cpu_tdp_w=cpu_tdp_w)
         self._session_kwargs = dict(**settings, extra_sensors=extra_sensors, sensors=sensors,
-                                    carbon_aware=carbon_aware, framework="transformers")
+                                    carbon_aware=carbon_aware, budget=budget, embodied=embodied,
+                                    framework="transformers")
         self.session = EnergySession(**self._session_kwargs)  # bad settings fail here, before training
         self._session_used = False
         self._watch = None
@@ -187,6 +195,8 @@ class EnergyCallback(TrainerCallback, ExportableState):
             self._watch = watch.watch(frame, self._abort)
         if state.num_train_epochs:
             self.tracker.planned_epochs = math.ceil(state.num_train_epochs)  # enables the run prediction
+        if resumed and self.session.check_budget():
+            control.should_training_stop = True  # the checkpoint's budget was already spent
 
     @never_raises
     def on_epoch_begin(self, args, state, control, **kwargs):
@@ -202,6 +212,8 @@ class EnergyCallback(TrainerCallback, ExportableState):
         record = self.tracker.end("train", step=state.global_step)
         if record is None:
             return None
+        if self.session.check_budget():
+            control.should_training_stop = True  # the Trainer still evaluates and saves this epoch, then ends
         self._log(self.session.metrics("train"), control)
         self.session.pause_between_epochs()  # carbon-aware, if configured: billed to the gap
 

@@ -37,7 +37,7 @@ from greencallbacks.meter import warn
 from greencallbacks.samples import BatchCounter
 from greencallbacks.records import write_json_atomic
 from greencallbacks.session import EnergySession
-from greencallbacks.tracker import METRIC_STEMS, PREDICTION_STEMS
+from greencallbacks.tracker import METRIC_STEMS
 
 STATE_FILE = "energy-state.json"
 DEFAULT_OUTPUT_DIR = "energy_logs"
@@ -199,7 +199,10 @@ class EnergyCallback(_Callback):
             function as in the Lightning and HF callbacks, because Keras runs batches inside
             compiled functions that callbacks never see.
         **session_kwargs: passed to ``EnergySession`` (``run_id``, ``gpus``, ``cpu_tdp_w``,
-            ``extra_sensors``, ``sensors``).
+            ``extra_sensors``, ``sensors``, ``carbon_aware``, ``budget``, ``embodied``). With
+            ``budget=Budget(..., on_exceed="stop")`` a budget reached (or confidently predicted)
+            sets ``model.stop_training`` at that epoch's end, so ``ModelCheckpoint`` and the
+            loggers still see the epoch; a resumed fit whose budget was spent stops after one batch.
 
     Runs: a ``fit`` that starts at epoch 0 starts a new run (new ``run_id``, totals from zero). A
     ``fit`` that starts later (``initial_epoch=``, or ``BackupAndRestore`` after a crash) continues
@@ -289,9 +292,14 @@ class EnergyCallback(_Callback):
             return
         self._epoch, self._train_samples, self._validated = epoch, None, False
         self._phases.append(("train", False))  # first: the epoch's keys reach `logs` even if starting fails
-        if call.run is None:
+        starting = call.run is None
+        if starting:
             self._start(call, first_epoch=epoch)
         self.tracker.begin("train", epoch)
+        if starting and self.session.check_budget():
+            # A resumed run whose budget was already spent. Keras reads stop_training only after a
+            # batch: this epoch ends after its first one, the earliest Keras allows.
+            self.model.stop_training = True
 
     @never_raises
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
@@ -304,6 +312,8 @@ class EnergyCallback(_Callback):
             samples = None
         self._add_tokens(logs)
         self.tracker.end("train", samples=samples, step=self._step())
+        if self.session.check_budget():
+            self.model.stop_training = True  # Keras ends fit after this epoch's callbacks (ModelCheckpoint too)
         self._run.last_train_epoch = epoch
         self._run.save_state()
         if logs is not None:
@@ -502,10 +512,11 @@ class EnergyCallback(_Callback):
         return int(keras.ops.convert_to_numpy(optimizer.iterations))
 
     def _keras_metrics(self, phase: str, prefix: str) -> dict[str, float]:
-        # Every stem every epoch (NaN where unknown): CSVLogger fixes its columns at the first epoch.
+        # The shared stems every epoch (NaN where unknown): CSVLogger fixes its columns at the
+        # first epoch. The rest (prediction, pauses, budget) only once it has a value: NaN columns
+        # on every early progress line help nobody. CSVLogger leaves those out; History,
+        # TensorBoard and the records have them.
         values = self.session.metrics(phase, prefix)
-        stems = METRIC_STEMS
-        if phase == "train":
-            stems += PREDICTION_STEMS if self.tracker.planned_epochs else ()
-            stems += ("carbon_pause_s",) if self.session.carbon_aware is not None else ()
-        return {prefix + stem: values.get(prefix + stem, math.nan) for stem in stems}
+        out = {prefix + stem: values.get(prefix + stem, math.nan) for stem in METRIC_STEMS}
+        out.update({k: v for k, v in values.items() if k not in out and math.isfinite(v)})
+        return out

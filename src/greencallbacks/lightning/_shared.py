@@ -53,7 +53,9 @@ class EnergyCallbackBase:
         token_counter: ``batch -> int`` tokens in a completed batch (e.g.
             ``lambda b: int(b["attention_mask"].sum())``), giving ``energy_j_per_token``.
         **session_kwargs: passed to ``EnergySession`` (``run_id``, ``gpus``, ``cpu_tdp_w``,
-            ``extra_sensors``, ``sensors``, ``carbon_aware``).
+            ``extra_sensors``, ``sensors``, ``carbon_aware``, ``budget``, ``embodied``). With
+            ``budget=Budget(..., on_exceed="stop")`` a budget reached (or confidently predicted) sets
+            ``trainer.should_stop`` after that epoch, so checkpoints and loggers finish normally.
 
     Runs: every ``trainer.fit`` starts a new run (new ``run_id``, totals from zero) unless it resumes
     from a checkpoint (``ckpt_path=``), which continues that run's totals. ``validate`` / ``test`` /
@@ -165,6 +167,12 @@ class EnergyCallbackBase:
 
     # ------------------------------------------------------------------------------ training
     @never_raises
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        # After a resume the checkpoint's budget is loaded: one already spent stops before an epoch.
+        if self.session.check_budget():
+            trainer.should_stop = True
+
+    @never_raises
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
         self.tracker.begin("train", trainer.current_epoch)
 
@@ -238,6 +246,8 @@ class EnergyCallbackBase:
         """
         if self.tracker.end(phase, step=trainer.global_step) is None:
             return
+        if phase == "train" and self.session.check_budget():  # before logging: its metrics go with the epoch's
+            trainer.should_stop = True  # Lightning ends after this epoch: checkpoints and loggers finish as usual
         metrics = _finite(self.session.metrics(phase, self.prefix + PREFIXES[phase]))
         if phase == "train" or (phase == "validation" and trainer.state.fn == "fit"):
             # Lightning writes a training epoch's metrics one step back (its loop has already
