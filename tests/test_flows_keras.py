@@ -1,0 +1,60 @@
+"""Randomized Keras flows (fit, crash anywhere, ``initial_epoch=`` / ``BackupAndRestore`` resume,
+a new or the same callback object, evaluate, predict) and the Keras regressions of issue 13.
+
+Keras fixes its backend at first import, so each backend runs ``keras_flow_runner.py`` in its
+own process, which checks the ledger invariants (``flow_invariants.py``) after every step and
+writes each seed's outcome; a failure here shows the runner's message with its seed and steps.
+The torch backend runs GC_FLOW_SEEDS seeds (default 3) and the regressions; tensorflow and jax
+one seed each when installed. This file never imports Keras itself.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+RUNNER = Path(__file__).with_name("keras_flow_runner.py")
+SEEDS = range(int(os.environ.get("GC_FLOW_SEEDS", "3")))
+
+
+def run_backend(backend: str, out: Path, seeds, regressions: bool) -> dict:
+    for module in ("keras", backend):
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"{module} is not installed: the Keras {backend}-backend flows need it")
+    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+    args = [sys.executable, str(RUNNER), backend, str(out), ",".join(map(str, seeds))] + (["regressions"] if regressions else [])
+    done = subprocess.run(args, cwd=out, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads((out / "results.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def torch_results(tmp_path_factory):
+    return run_backend("torch", tmp_path_factory.mktemp("keras-flows-torch"), SEEDS, regressions=True)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_random_keras_flows_keep_the_ledger_torch(torch_results, seed):
+    assert torch_results[f"seed {seed}"] == "ok", torch_results[f"seed {seed}"]
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_random_keras_flows_keep_the_ledger_other_backends(tmp_path, backend):
+    results = run_backend(backend, tmp_path, [0], regressions=False)
+    assert results["seed 0"] == "ok", results["seed 0"]
+
+
+def test_initial_epoch_in_a_new_callback_predicts_the_total_not_twice_it(torch_results):
+    assert torch_results["initial_epoch_prediction"] == "ok", torch_results["initial_epoch_prediction"]
+
+
+def test_exception_kept_in_a_notebook_is_written_up_and_threads_stop(torch_results):
+    assert torch_results["notebook_exception_kept"] == "ok", torch_results["notebook_exception_kept"]
