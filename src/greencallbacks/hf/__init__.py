@@ -91,7 +91,12 @@ class EnergyCallback(TrainerCallback, ExportableState):
     and ``eval_*`` / ``test_*`` values for each evaluation and prediction loop.
 
     Arguments are those of :class:`greencallbacks.session.EnergySession`; records go to
-    ``output_dir`` (default: the Trainer's ``args.output_dir``). Besides:
+    ``output_dir`` (default: the Trainer's ``args.output_dir``).
+
+    Runs: every ``train()`` starts a new run (new ``run_id``, totals from zero), even on the same
+    Trainer, unless it resumes from a checkpoint (``resume_from_checkpoint=``), which continues
+    that run as its next attempt with totals re-derived from its records. ``evaluate()`` /
+    ``predict()`` after training continue its run. Besides:
 
     Args:
         sample_counter: ``batch -> int`` samples in a batch given to ``training_step`` /
