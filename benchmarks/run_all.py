@@ -191,10 +191,10 @@ def table(results: dict) -> str:
                          "median / p99; max per-epoch GPU error against the exact energy")
             for label in ("cpu_host_control", "counter_read_at_boundary", "off_thread"):
                 v = sim[label]
-                err = v["epoch_gpu_max_abs_relative_error"]
+                err = {k: e for k, e in v["epoch_gpu_max_abs_relative_error"].items() if e is not None}
                 lines.append(f"  {label:26s} boundary {v['boundary_us_median']:8.1f} / {v['boundary_us_p99']:8.1f}   "
                              f"meter {v['meter_us_median']:8.1f} / {v['meter_us_p99']:8.1f}"
-                             + (f"   epoch error {100 * err:.2f} %" if err is not None else ""))
+                             + "".join(f"   epoch error ({k}) {100 * e:.2f} %" for k, e in err.items()))
         shares = h.get("fit_shares")
         if shares:
             lines.append("Share of a fit inside the callback (training thread; meter thread CPU apart)")
