@@ -158,8 +158,8 @@ class _Channel:
         self._power: deque[tuple[float, float, float]] = deque(maxlen=POWER_HISTORY)
         self._power_ok = True
         self._boundary_j = 0.0  # high-water of the values handed out at boundaries
-        # The counter's update phase: a time at which it stepped (None: not found yet; False: it
-        # does not step at its stated period). Reader thread only.
+        # The counter's update phase: a time at which it stepped (None: not known). Reader thread
+        # only, or a boundary reading in place.
         self._phase: float | None = None
         self._last_read: tuple[float, float, float] | None = None  # (before, after, value)
         self._search: dict | None = None  # a phase search under way (see _learn_phase)
