@@ -1,0 +1,159 @@
+"""Budgets and embodied emissions with the real frameworks (CPU).
+
+A scripted GPU sensor on a fake clock makes energy exact: every training batch advances the
+clock by one second at ``POWER_W``, so each epoch costs exactly ``EPOCH_KWH`` and validation,
+checkpoints and gaps cost nothing. The budgets' limits are then met at known epochs:
+
+* by the run total: ``TOTAL_KWH`` is passed during epoch 2 (80 % warning at epoch 1);
+* by the prediction: ``PREDICTED_KWH`` is below what four epochs use, but once the prediction
+  has two complete epochs after warm-up (at the end of epoch 3) its whole interval lies above it.
+
+Each run must stop at that epoch the framework's own way, with that epoch's checkpoint written,
+the reason in the summary and the logged ``budget_stop``; a resumed run stops again at once
+without repeating its warnings. The sensor reports an H100, so records carry embodied CO2eq.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from greencallbacks import Budget
+from greencallbacks.meter import EnergyWarning
+from greencallbacks.records import read_records
+from greencallbacks.sensors.base import Kind
+from tests.fakes.scripted import FakeClock, ScriptedSensor
+
+from lightning_models import BATCH, TRAIN_SAMPLES, flavour, loaders, trainer_kwargs
+
+pytestmark = pytest.mark.slow
+
+POWER_W = 3600.0  # one fake second per batch: 1 Wh per batch
+MODEL = "NVIDIA H100 80GB HBM3"
+EPOCHS = 10
+EPOCH_KWH = 0.001 * (TRAIN_SAMPLES // BATCH)  # Lightning: 4 batches per epoch
+
+
+class H100(ScriptedSensor):
+    """The scripted sensor, described like NVML describes an H100 (the embodied table's key)."""
+
+    def describe(self) -> dict:
+        return {**super().describe(), "model": MODEL}
+
+
+def sensor(clock) -> H100:
+    return H100("gpu0", clock, power_w=POWER_W, kind=Kind.GPU)
+
+
+def energy_warnings(caught) -> list[str]:
+    return [str(w.message) for w in caught if issubclass(w.category, EnergyWarning) and "budget" in str(w.message)]
+
+
+def read_csv(path) -> list[dict]:
+    import csv
+
+    if not Path(path).exists():  # a logger that was never given a value writes no file
+        return []
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+# ------------------------------------------------------------------------------------ Lightning
+def lightning_fit(tmp_path, budget, *, max_epochs=EPOCHS, ckpt_path=None, version="first"):
+    L, EnergyCallback, TinyModel = flavour("lightning.pytorch")
+    clock = FakeClock()
+
+    class Tick(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            clock.advance(1.0)
+
+    callback = EnergyCallback(output_dir=tmp_path / "energy", sensors=[sensor(clock)], intensity=100.0, budget=budget)
+    checkpoint = L.callbacks.ModelCheckpoint(
+        dirpath=tmp_path / "ckpt", filename="{epoch}", save_top_k=-1, save_last=True, save_on_train_epoch_end=True
+    )
+    logger = L.loggers.CSVLogger(tmp_path, name="csv", version=version)
+    trainer = L.Trainer(
+        max_epochs=max_epochs, logger=logger, callbacks=[callback, Tick(), checkpoint],
+        **trainer_kwargs(enable_checkpointing=True),
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(TinyModel(), *loaders(), ckpt_path=ckpt_path)
+    rows = [r for r in read_csv(Path(logger.log_dir) / "metrics.csv") if r.get("budget_stop")]
+    return trainer, callback, rows, energy_warnings(caught)
+
+
+def assert_stopped_at(tmp_path, trainer, rows, epoch: int, reason_word: str):
+    records = read_records(tmp_path / "energy")
+    assert [r.epoch for r in records if r.phase == "train"] == list(range(epoch + 1))
+    assert all(not r.partial for r in records)
+    assert trainer.should_stop and trainer.current_epoch == epoch + 1  # ended cleanly after that epoch
+    # That epoch's checkpoint is written and whole; no later one.
+    assert sorted(p.name for p in (tmp_path / "ckpt").glob("epoch=*.ckpt")) == [f"epoch={e}.ckpt" for e in range(epoch + 1)]
+    last = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
+    assert last["epoch"] == epoch and "state_dict" in last
+    summary = json.loads((tmp_path / "energy" / "energy-summary.json").read_text())
+    assert summary["budget"]["stopped"] is True and reason_word in summary["budget"]["reason"]
+    assert [float(r["budget_stop"]) for r in rows] == [0.0] * epoch + [1.0]  # the logged stop
+    return records, summary, last
+
+
+def test_lightning_budget_reached_by_the_total_stops_after_that_epoch_and_a_resume_stops_at_once(tmp_path):
+    budget = Budget(kwh=0.0095, on_exceed="stop")  # epoch 1: 0.008 kWh (84 %), epoch 2: 0.012 kWh
+    trainer, callback, rows, said = lightning_fit(tmp_path, budget)
+    records, summary, last = assert_stopped_at(tmp_path, trainer, rows, 2, "reached the budget")
+    assert len(said) == 2 and "84 %" in said[0] and said[1].endswith("stopping training")
+    assert [float(r["budget_used_fraction"]) for r in rows] == pytest.approx([e * EPOCH_KWH / 0.0095 for e in (1, 2, 3)])
+    assert summary["energy_kwh"] == pytest.approx(3 * EPOCH_KWH, rel=1e-9)
+    assert budget.stopped is False  # the user's object is a template; each run checks its own copy
+    # The checkpoint holds the stopped budget: resumed with more epochs to go, it stops before any.
+    assert last["callbacks"][callback.state_key]["budget"]["stopped"] is True
+    again, _, rows_again, said_again = lightning_fit(
+        tmp_path, budget, ckpt_path=tmp_path / "ckpt" / "last.ckpt", version="resumed"
+    )
+    assert said_again == []  # warnings are not repeated
+    assert rows_again == []  # no epoch ran, so none was logged
+    assert [r.epoch for r in read_records(tmp_path / "energy") if r.phase == "train"] == [0, 1, 2]
+    resumed_summary = json.loads((tmp_path / "energy" / "energy-summary.json").read_text())
+    assert resumed_summary["attempts"] == 2 and resumed_summary["budget"]["stopped"] is True
+    # Embodied CO2eq rides along, apart from the operational figure and never added to it.
+    assert summary["co2eq_g"] == pytest.approx(sum(r.co2eq_g for r in records), rel=1e-9)
+    assert summary["embodied_co2eq_g"] == pytest.approx(sum(r.embodied_co2eq_g for r in records), rel=1e-9)
+    assert summary["embodied_co2eq_g_low"] < summary["embodied_co2eq_g"] < summary["embodied_co2eq_g_high"]
+    assert summary["embodied_sources"][0]["key"] == "H100 SXM"
+
+
+def test_lightning_budget_exceeded_by_the_prediction_stops_at_the_first_confident_prediction(tmp_path):
+    # Ten epochs would use 0.04 kWh. The total never reaches 80 % of 0.03 before epoch 5, but at
+    # the end of epoch 3 epochs 1 and 2 are complete after warm-up and the prediction is 0.04.
+    budget = Budget(kwh=0.03, on_exceed="stop")
+    trainer, _, rows, said = lightning_fit(tmp_path, budget)
+    records, summary, _ = assert_stopped_at(tmp_path, trainer, rows, 3, "predicted energy 0.04 kWh")
+    assert summary["energy_kwh"] == pytest.approx(4 * EPOCH_KWH, rel=1e-9)
+    assert summary["energy_kwh"] < 0.8 * 0.03  # the total alone would have gone on
+    assert len(said) == 1 and "exceeds the budget" in said[0]
+
+
+def test_lightning_warn_only_budget_logs_and_trains_on(tmp_path):
+    trainer, _, rows, said = lightning_fit(tmp_path, Budget(kwh=0.0095), max_epochs=4)
+    assert not trainer.should_stop and len(rows) == 4
+    assert [float(r["budget_stop"]) for r in rows] == [0.0] * 4
+    assert len(said) == 2 and "84 %" in said[0] and "reached" in said[1]  # each once, no "stopping"
+    summary = json.loads((tmp_path / "energy" / "energy-summary.json").read_text())
+    assert summary["budget"]["stopped"] is False and summary["budget"]["reason"].startswith("energy total")
+
+
+def test_budget_and_embodied_settings_fail_at_construction():
+    _, EnergyCallback, _ = flavour("lightning.pytorch")
+    with pytest.raises(ValueError, match="budget must be a greencallbacks.Budget"):
+        EnergyCallback(budget={"kwh": 1})
+    with pytest.raises(ValueError, match="host_share"):
+        EnergyCallback(embodied={"host": "server", "host_share": 2})
+    with pytest.raises(ValueError, match="embodied must be"):
+        EnergyCallback(embodied={"lifetime": 4})
