@@ -153,6 +153,7 @@ class _Channel:
         # across a sensor call, so a boundary on the training thread never waits for a slow read.
         self._off_thread_allowed = off_thread
         self._state_lock = threading.Lock()
+        self._refresh_lock = threading.Lock()  # one read and phase update at a time (reader or in place)
         self._anchor: tuple[float, float, float | None] | None = None  # (t, value_j, slope_w) of the latest read
         # Instantaneous power integrated since the reader started: (t, cumulative J, W) samples.
         self._power: deque[tuple[float, float, float]] = deque(maxlen=POWER_HISTORY)
@@ -197,6 +198,10 @@ class _Channel:
             return self._last_j
 
     def refresh(self) -> float:
+        with self._refresh_lock:
+            return self._refresh()
+
+    def _refresh(self) -> float:
         """Read the counter and make it the anchor that boundaries are carried forward from.
 
         A quantised counter (NVML steps every 100 ms) holds the energy of its last update, not of
