@@ -157,3 +157,60 @@ def test_budget_and_embodied_settings_fail_at_construction():
         EnergyCallback(embodied={"host": "server", "host_share": 2})
     with pytest.raises(ValueError, match="embodied must be"):
         EnergyCallback(embodied={"lifetime": 4})
+
+
+# ---------------------------------------------------------------------------------- HF Trainer
+def hf_train(tmp_path, budget, *, resume=None):
+    from transformers import Trainer, TrainerCallback
+
+    from greencallbacks.hf import EnergyCallback
+    from hf_tiny import TokenDataset, tiny_model, training_args
+
+    clock = FakeClock()
+
+    class Tick(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            clock.advance(1.0)
+
+    callback = EnergyCallback(output_dir=tmp_path / "energy", sensors=[sensor(clock)], intensity=100.0, budget=budget)
+    args = training_args(tmp_path / "out", num_train_epochs=EPOCHS, save_strategy="epoch", eval_strategy="no")
+    trainer = Trainer(model=tiny_model(), args=args, train_dataset=TokenDataset(30), callbacks=[callback, Tick()])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.train(resume_from_checkpoint=resume)
+    logged = [entry for entry in trainer.state.log_history if "budget_stop" in entry]
+    return trainer, logged, energy_warnings(caught)
+
+
+HF_STEPS = 4  # 30 samples in batches of 8
+
+
+@pytest.mark.parametrize(
+    "limit, stop_epoch, reason",
+    [(0.0095, 2, "reached the budget"), (0.03, 3, "predicted energy 0.04 kWh")],
+    ids=["total", "prediction"],
+)
+def test_hf_budget_stops_after_the_epoch_with_its_checkpoint_and_a_resume_stops_again(tmp_path, limit, stop_epoch, reason):
+    trainer, logged, said = hf_train(tmp_path, Budget(kwh=limit, on_exceed="stop"))
+    steps = (stop_epoch + 1) * HF_STEPS
+    assert trainer.state.global_step == steps and trainer.control.should_training_stop
+    assert [entry["budget_stop"] for entry in logged] == [0.0] * stop_epoch + [1.0]
+    # That epoch's checkpoint is saved by the Trainer as usual (save_strategy="epoch"), and no later one.
+    checkpoints = sorted(int(p.name.split("-")[1]) for p in (tmp_path / "out").glob("checkpoint-*"))
+    assert checkpoints == [HF_STEPS * (e + 1) for e in range(stop_epoch + 1)]
+    saved = json.loads((tmp_path / "out" / f"checkpoint-{steps}" / "trainer_state.json").read_text())
+    assert saved["stateful_callbacks"]["EnergyCallback"]["attributes"]["energy_state"]["budget"]["stopped"] is True
+    summary = json.loads((tmp_path / "energy" / "energy-summary.json").read_text())
+    assert summary["budget"]["stopped"] and reason in summary["budget"]["reason"]
+    assert said[-1].endswith("stopping training")
+    records = read_records(tmp_path / "energy")
+    assert [r.epoch for r in records if r.phase == "train"] == list(range(stop_epoch + 1))
+    assert all(r.embodied_co2eq_g is not None and r.embodied_co2eq_g >= 0 for r in records)
+
+    # Resumed with the same budget: it stops after the one step the Trainer runs before reading
+    # the flag, and says nothing it said before.
+    again, _, said_again = hf_train(tmp_path, Budget(kwh=limit, on_exceed="stop"), resume=tmp_path / "out" / f"checkpoint-{steps}")
+    assert said_again == []
+    assert again.state.global_step == steps + 1
+    summary = json.loads((tmp_path / "energy" / "energy-summary.json").read_text())
+    assert summary["attempts"] == 2 and summary["budget"]["stopped"] is True
