@@ -214,3 +214,39 @@ def test_hf_budget_stops_after_the_epoch_with_its_checkpoint_and_a_resume_stops_
     assert again.state.global_step == steps + 1
     summary = json.loads((tmp_path / "energy" / "energy-summary.json").read_text())
     assert summary["attempts"] == 2 and summary["budget"]["stopped"] is True
+
+
+# ---------------------------------------------------------------------------------------- Keras
+KERAS_RUNNER = Path(__file__).with_name("keras_budget_runner.py")
+
+
+@pytest.fixture(scope="module")
+def keras_results(tmp_path_factory):
+    pytest.importorskip("keras", reason="Keras is not installed")
+    out = tmp_path_factory.mktemp("keras_budget")
+    done = subprocess.run(
+        [sys.executable, str(KERAS_RUNNER), "torch", str(out)], capture_output=True, text=True, timeout=600,
+        env={**__import__("os").environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads((out / "results.json").read_text()), out
+
+
+@pytest.mark.parametrize("scenario, stop_epoch, reason", [("total", 2, "reached the budget"), ("prediction", 3, "exceeds the budget")])
+def test_keras_budget_stops_after_the_epoch_with_its_checkpoint_and_a_resume_stops_again(keras_results, scenario, stop_epoch, reason):
+    results, out = keras_results
+    first, resumed = results[scenario]["first"], results[scenario]["resumed"]
+    assert first["epochs"] == list(range(stop_epoch + 1)) and first["stop_training"]
+    assert first["steps"] == 4 * (stop_epoch + 1)
+    assert first["budget_stop"] == [0.0] * stop_epoch + [1.0]
+    # ModelCheckpoint (after EnergyCallback) saved the stopping epoch too, and the file loads.
+    assert first["checkpoints"] == [f"epoch{e + 1}.keras" for e in range(stop_epoch + 1)]
+    assert reason in first["warnings"][-1] and first["warnings"][-1].endswith("stopping training")
+    assert len(first["embodied"]) == stop_epoch + 1 and first["embodied"] == sorted(first["embodied"])
+    # The resumed fit (energy-state.json) stops after its first batch and repeats no warning.
+    assert resumed["warnings"] == [] and resumed["steps"] == 1 and resumed["budget_stop"] == [1.0]
+    summary = json.loads((out / scenario / "energy" / "energy-summary.json").read_text())
+    assert summary["budget"]["stopped"] and summary["attempts"] == 2
+    assert summary["embodied_co2eq_g"] > 0 and summary["co2eq_g"] == pytest.approx(
+        sum(r.co2eq_g for r in read_records(out / scenario / "energy")), rel=1e-9
+    )
