@@ -91,3 +91,21 @@ def test_a_prefix_whose_matches_share_one_power_is_accepted():
         gpu_power("A100")  # SXM 400 W, PCIe 250 or 300 W
     with pytest.raises(ValueError, match="unknown gpu 'V100S'"):
         gpu_power("V100S")  # one prefix match is still not taken as that model
+
+
+def test_embodied_is_shown_apart_from_operational_and_summed_only_in_its_own_line():
+    from greencallbacks.embodied import amortised_g, footprints
+    from greencallbacks.estimate import format_estimate
+
+    result = estimate(gpu="H100 SXM", gpus=8, hours=100, intensity=50.0, embodied_host="server", host_share=0.5)
+    gpu_g = 8 * amortised_g(footprints()["H100 SXM"].kgco2eq, 100 * 3600)
+    host_g = amortised_g(0.5 * footprints()["server"].kgco2eq, 100 * 3600)
+    assert result["embodied"]["embodied_co2eq_g"] == pytest.approx(gpu_g + host_g)
+    assert result["co2eq_g"] == pytest.approx(560 * 50.0)  # operational alone, unchanged
+    text = format_estimate(result)
+    assert "Embodied:" in text and text.splitlines()[-1].startswith("Operational 28 kg + embodied")
+    # A GPU without a published footprint: said, not guessed, and no sum.
+    t4 = format_estimate(estimate(gpu="T4", hours=10, intensity=50.0))
+    assert "Embodied: not known" in t4 and "left out rather than guessed" in t4 and "Operational" not in t4
+    with pytest.raises(ValueError, match="host_share"):
+        estimate(gpu="H100 SXM", hours=1, embodied_host="server", host_share=2)

@@ -191,6 +191,8 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         cpu_tdp_w=args.cpu_tdp,
         memory_gb=args.memory_gb,
         compare=args.compare or (),
+        embodied_host=args.embodied_host,
+        host_share=args.host_share,
         **_carbon_kwargs(args),
     )
     print(json.dumps(result, indent=2) if args.json else format_estimate(result))
@@ -254,6 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
     est.add_argument("--memory-gb", type=_non_negative_float, default=0.0, help="memory in GB, at 0.37 W/GB")
     est.add_argument("--usage", type=float, default=1.0, help="mean share of GPU TDP drawn, in (0, 1] (default 1)")
     est.add_argument("--compare", type=_comma_list, metavar="FR,DE,...", help="the same energy at other zones")
+    est.add_argument("--embodied-host", choices=["server"], help="also bill the host server's manufacturing footprint")
+    est.add_argument("--host-share", type=_positive_float, default=1.0, metavar="SHARE",
+                     help="share of the host the job occupies, in (0, 1] (default 1)")
     est.add_argument("--json", action="store_true", help="machine-readable output")
     _add_carbon_arguments(est)
     est.set_defaults(func=cmd_estimate)

@@ -172,6 +172,8 @@ def estimate(
     intensity: float | None = None,
     pue: float | None = None,
     compare: Iterable[str] = (),
+    embodied_host: str | None = None,
+    host_share: float = 1.0,
 ) -> dict:
     """Energy (kWh) and CO2eq (g) of a job before it runs; see the module docstring for the model.
 
@@ -185,6 +187,9 @@ def estimate(
         memory_gb: RAM of the job, at ``memory_w_per_gb``.
         country / zone / region / intensity, pue: as in ``greencallbacks.carbon.Carbon``.
         compare: other zones or regions at which to price the same energy.
+        embodied_host, host_share: bill the host server's manufacturing footprint too (table key
+            ``"server"``, and the share of it the job occupies); the GPUs' is billed whenever their
+            model has a published footprint. The result's ``embodied`` is kept apart from ``co2eq_g``.
     """
     hours = _positive("hours", hours)
     usage = _share("usage", usage)
@@ -231,6 +236,14 @@ def estimate(
     if gpu_w + cpu_w + memory_w <= 0:
         raise ValueError("nothing to estimate: give gpu (or gpu_tdp_w), cpu_cores or cpu_tdp_w, or memory_gb")
 
+    embodied = None
+    if gpu is not None or embodied_host is not None:
+        from greencallbacks.embodied import estimate_embodied
+
+        embodied = estimate_embodied(
+            hours=hours, gpu=gpu_info["model"] if gpu is not None and gpu_info else None, gpus=gpus,
+            host=embodied_host, host_share=host_share,
+        )
     it_energy_j = hours * 3600.0 * (gpu_w + cpu_w + memory_w)
     energy_kwh = it_energy_j * carbon.pue / J_PER_KWH
     where = carbon.static_intensity
@@ -258,6 +271,7 @@ def estimate(
         },
         "co2eq_g": energy_kwh * where.g_per_kwh,
         "compare": compare_places(energy_kwh, compare),
+        "embodied": embodied,
     }
 
 
@@ -285,6 +299,14 @@ def format_estimate(result: dict) -> str:
         f"Energy:   {result['energy_kwh']:.4g} kWh (IT {result['it_energy_kwh']:.4g} kWh)",
         f"CO2eq:    {result['co2eq_g'] / 1000:.4g} kg at {intensity['g_per_kwh']:.4g} gCO2eq/kWh ({intensity['source']})",
     ]
+    embodied = result.get("embodied")
+    if embodied and embodied["embodied_sources"]:
+        from greencallbacks.embodied import format_embodied
+
+        lines += format_embodied(embodied, result["co2eq_g"])
+    elif embodied:  # no device with a published footprint: say so, never 0
+        lines.append("Embodied: not known")
+        lines += [f"  not counted: {reason}" for reason in embodied["embodied_missing"]]
     if result["compare"]:
         lines.append("Same energy elsewhere:")
         for row in result["compare"]:
