@@ -140,6 +140,8 @@ def flow(seed: int) -> None:
     steps: list[str] = []
     for step in range(4):
         op = rng.choice(["fit", "fit", "resume", "resume", "backup"])
+        if backup_epochs is not None and rng.random() < 0.6:
+            op = "backup"  # a BackupAndRestore fit crashed: most people rerun it
         if op == "resume" and not checkpoints:
             op = "fit"
         epochs = rng.randint(2, 3)
@@ -182,6 +184,8 @@ def flow(seed: int) -> None:
         if op == "backup":
             backup_epochs = epochs if history is None else None
         first = probe.first_epoch
+        steps[-1] += f" -> first epoch {first}, {'returned' if history is not None else 'raised'}"
+        context = f"{BACKEND} seed {seed}, steps: " + "; ".join(steps)
         run_id = callback.tracker.run_id
         if first is None:  # raised before any epoch began: nothing measured
             continue
@@ -196,7 +200,8 @@ def flow(seed: int) -> None:
         if expected is None:
             assert run_id not in runs, "a fit from epoch 0, or with nothing to continue, is a new run " + context
         else:
-            assert run_id == expected, f"a fit from epoch {first} continues run {expected} " + context
+            assert run_id == expected, (f"a fit from epoch {first} continues run {expected}, not {run_id} " + context
+                                        + "\nrecords: " + str([(r.run_id, r.attempt, r.phase, r.epoch, r.partial) for r in read_records(energy_dir)]))
         runs.add(run_id)
         object_run[id(callback)] = state_run = run_id
         for p in sorted(set(ckpt_dir.glob("*.weights.h5")) - before):
