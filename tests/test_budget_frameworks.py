@@ -127,6 +127,14 @@ def test_lightning_budget_reached_by_the_total_stops_after_that_epoch_and_a_resu
     assert summary["embodied_co2eq_g"] == pytest.approx(sum(r.embodied_co2eq_g for r in records), rel=1e-9)
     assert summary["embodied_co2eq_g_low"] < summary["embodied_co2eq_g"] < summary["embodied_co2eq_g_high"]
     assert summary["embodied_sources"][0]["key"] == "H100 SXM"
+    # The report states both parts and their sum, each apart.
+    from greencallbacks import report
+
+    text = report.render(records, "md")
+    assert "## Operational and embodied CO2eq" in text and "- Operational + embodied:" in text
+    assert "manufacturing footprint amortised over the run adds" in report.statement(records)
+    both = report.summary(records)["embodied"]["operational_plus_embodied_co2eq_g"]["mean"]
+    assert both == pytest.approx(summary["co2eq_g"] + summary["embodied_co2eq_g"], rel=1e-9)
 
 
 def test_lightning_budget_exceeded_by_the_prediction_stops_at_the_first_confident_prediction(tmp_path):

@@ -305,6 +305,7 @@ def run_totals(records: Sequence[Record]) -> dict[str, dict]:
     for run in run_ids(records):
         mine = [r for r in records if r.run_id == run]
         train = [r for r in mine if r.phase == "train"]
+        embodied = [r for r in mine if r.embodied_co2eq_g is not None]
         out[run] = {
             "seconds": sum(r.duration_s for r in mine),
             "energy_kwh": sum(r.energy_kwh for r in mine),
@@ -318,8 +319,27 @@ def run_totals(records: Sequence[Record]) -> dict[str, dict]:
             "epochs": len({r.epoch for r in train if r.epoch is not None}),
             "attempts": len({r.attempt for r in mine}),
             "phases": [p for p in PHASES if any(r.phase == p for r in mine)],
+            # Manufacturing footprint, apart from co2eq_g; None where no record knows it.
+            "embodied_co2eq_g": sum(r.embodied_co2eq_g for r in embodied) if embodied else None,
+            "embodied_co2eq_g_low": sum(r.embodied_co2eq_g_low or 0.0 for r in embodied) if embodied else None,
+            "embodied_co2eq_g_high": sum(r.embodied_co2eq_g_high or 0.0 for r in embodied) if embodied else None,
         }
     return out
+
+
+def embodied_total(totals: dict[str, dict]) -> dict | None:
+    """Embodied CO2eq per run (mean ± SE, mean low and high) and operational + embodied; None
+    unless every run knows its embodied part (a sum over some runs would mix two quantities)."""
+    runs = list(totals.values())
+    if not runs or any(t["embodied_co2eq_g"] is None for t in runs):
+        return None
+    n = len(runs)
+    return {
+        "embodied_co2eq_g": _stat([t["embodied_co2eq_g"] for t in runs]),
+        "embodied_co2eq_g_low": sum(t["embodied_co2eq_g_low"] for t in runs) / n,
+        "embodied_co2eq_g_high": sum(t["embodied_co2eq_g_high"] for t in runs) / n,
+        "operational_plus_embodied_co2eq_g": _stat([t["co2eq_g"] + t["embodied_co2eq_g"] for t in runs]),
+    }
 
 
 def _stat(values: Sequence[float]) -> dict:
@@ -479,6 +499,12 @@ def statement(records: Sequence[Record]) -> str:
              f"{method_sentence(records)}.")
     if carbon["is_default"]:
         text += " No location was configured, so the world-average intensity was used."
+    embodied = embodied_total(run_totals(records))
+    if embodied is not None:
+        e = embodied["embodied_co2eq_g"]
+        text += (f" Apart from these operational emissions, the hardware's manufacturing footprint amortised over "
+                 f"the run adds {_mass(e['mean'], e['se'])} (range {_mass(embodied['embodied_co2eq_g_low'])} to "
+                 f"{_mass(embodied['embodied_co2eq_g_high'])}; greencallbacks embodied table).")
     return text[0].upper() + text[1:]
 
 
@@ -505,6 +531,7 @@ def summary(records: Sequence[Record], *, with_equivalents: bool = False, compar
             "seconds": _stat([t["seconds"] for t in totals.values()]),
             "sensor_uncertainty_kwh": sum(t["uncertainty_kwh"] for t in totals.values()) / len(totals),
         },
+        "embodied": embodied_total(totals),
         "hardware": hardware(records),
         "carbon": carbon_summary(records),
         "provenance": provenance(records),
@@ -602,6 +629,18 @@ def format_phase_summary(data: dict) -> str:
     return markdown_table(header, body, "lrrrr")
 
 
+def _embodied_lines(data: dict) -> list[str]:
+    """Operational, embodied (with its range) and their sum, each stated apart."""
+    embodied, total = data["embodied"], data["total"]
+    e, both = embodied["embodied_co2eq_g"], embodied["operational_plus_embodied_co2eq_g"]
+    return [
+        f"- Operational (electricity): {_mass(total['co2eq_g']['mean'], total['co2eq_g']['se'])}",
+        f"- Embodied (manufacturing, amortised over the hardware's life): {_mass(e['mean'], e['se'])} "
+        f"(range {_mass(embodied['embodied_co2eq_g_low'])} to {_mass(embodied['embodied_co2eq_g_high'])})",
+        f"- Operational + embodied: {_mass(both['mean'], both['se'])}",
+    ]
+
+
 def _markdown_group(data: dict, level: str) -> list[str]:
     runs = data["runs"]
     parts = []
@@ -612,6 +651,8 @@ def _markdown_group(data: dict, level: str) -> list[str]:
     else:
         parts += ["No training epochs in these records (evaluation or prediction alone).", ""]
     parts += [f"{level} Totals by phase", "", format_phase_summary(data), ""]
+    if data.get("embodied"):
+        parts += [f"{level} Operational and embodied CO2eq", "", *_embodied_lines(data), ""]
     parts += [f"{level} Hardware", ""]
     parts.append(markdown_table(
         ["component", "kind", "method", "share of IT energy", "note"],
