@@ -220,8 +220,30 @@ def scenario_bad_configuration(out: Path) -> dict:
     return {"messages": messages}
 
 
+def scenario_no_callback_list_seam(out: Path) -> dict:
+    """A future Keras whose hooks are not called from a CallbackList method: the private seam is
+    gone, and the callback still logs every epoch and tells validation from a standalone evaluate."""
+    import greencallbacks.keras._callback as adapter
+
+    seam = adapter._calling_list
+    adapter._calling_list = lambda callback: None
+    try:
+        energy = scripted(output_dir=out)
+        model = tiny_model()
+        history = model.fit(X, Y, batch_size=BATCH, epochs=2, validation_data=(X[:VAL], Y[:VAL]),
+                            callbacks=[energy], verbose=0)
+        model.evaluate(X[:VAL], Y[:VAL], batch_size=BATCH, callbacks=[energy], verbose=0)
+    finally:
+        adapter._calling_list = seam
+    return {
+        "history": history.history,
+        "records": [[r.phase, r.epoch, r.partial, r.samples] for r in read_records(out)],
+        "threads_after": meter_threads(),
+    }
+
+
 SCENARIOS = [scenario_loggers, scenario_inference, scenario_crash_then_resume, scenario_crash_then_reuse, scenario_runs,
-             scenario_bad_configuration]
+             scenario_bad_configuration, scenario_no_callback_list_seam]
 
 if __name__ == "__main__":
     results = {"backend": BACKEND}

@@ -314,3 +314,13 @@ def test_torch_distributed_ranks_are_summed_and_the_host_counted_once(tmp_path):
     for key in ("energy_kwh", "val_energy_kwh", "energy_kwh_total", "energy_j_per_sample"):
         assert histories[0][key] == histories[1][key]
     assert histories[0]["energy_kwh"] == pytest.approx([r.energy_kwh for r in train], rel=1e-12)
+
+
+def test_without_the_callback_list_seam_every_epoch_is_still_logged_and_validation_told_apart(run):
+    result, _ = run("no_callback_list_seam")
+    history = result["history"]
+    assert len(history["energy_kwh"]) == 2 and len(history["val_energy_kwh"]) == 2
+    phases = [(phase, epoch, partial) for phase, epoch, partial, _ in result["records"] if phase != "other"]
+    assert phases == [("validation", 0, False), ("train", 0, False), ("validation", 1, False), ("train", 1, False),
+                      ("test", None, False)]
+    assert result["threads_after"] == []
