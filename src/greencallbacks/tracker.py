@@ -256,7 +256,7 @@ class Tracker:
         """
         if not self.running:
             return
-        self._boundary()
+        self._boundary(exact=True)
         while self._stack:
             top = self._stack.pop()
             self._close(top, partial=top.phase != "other")
@@ -272,7 +272,7 @@ class Tracker:
         if not self.running:
             return
         try:
-            self._boundary()
+            self._boundary(exact=True)
         except Exception:  # noqa: BLE001 - the run is already failing; keep what we have
             pass
         while self._stack:
@@ -419,10 +419,14 @@ class Tracker:
     def _open(self, phase: str, epoch: int | None) -> _Open:
         return _Open(phase=phase, epoch=epoch, seq=self.ledger.take_seq())
 
-    def _boundary(self) -> None:
-        """Bill the interval since the last snapshot to the innermost open phase."""
+    def _boundary(self, exact: bool = False) -> None:
+        """Bill the interval since the last snapshot to the innermost open phase.
+
+        ``exact``: read slow counters in place (the run's last boundary) instead of carrying the
+        background thread's latest read forward to now.
+        """
         assert self.meter is not None and self._last_snapshot is not None
-        snapshot = self.meter.snapshot()
+        snapshot = self.meter.snapshot(exact=exact)
         self._stack[-1].add(self.meter.between(self._last_snapshot, snapshot), snapshot.unix_s)
         self._last_snapshot = snapshot
 
