@@ -97,3 +97,21 @@ def test_uncounted_samples_make_per_sample_figures_unknown_not_zero():
     assert lc.samples_per_epoch is None and lc.training_j_per_sample is None and lc.overhead_factor is None
     assert lc.inference_phase == "validation"  # the test phase's samples were not counted
     assert any("no training epoch with counted samples" in note for note in lc.notes)
+
+
+def test_embodied_is_kept_apart_and_summed_only_in_its_own_field():
+    import dataclasses
+
+    records = [dataclasses.replace(r, embodied_co2eq_g=0.01 * r.duration_s * (r.phase != "other") + 0.001)
+               for r in trained_run()]
+    lc = lifecycle(records)
+    assert lc.training_embodied_co2eq_g == pytest.approx(3 * 0.011)
+    assert lc.inference_embodied_co2eq_g_per_sample == pytest.approx(0.011 / 500)  # from the test phase, like I
+    operational = lc.co2eq_g(1000)
+    out = lc.to_dict(inferences=1000)
+    assert out["lifecycle_co2eq_g"] == pytest.approx(operational)  # unchanged by embodied
+    assert out["lifecycle_embodied_co2eq_g"] == pytest.approx(3 * 0.011 + 1000 * 0.011 / 500)
+    assert out["lifecycle_operational_plus_embodied_co2eq_g"] == pytest.approx(operational + out["lifecycle_embodied_co2eq_g"])
+    # Records without it: unknown, and no sum is offered.
+    plain = lifecycle(trained_run())
+    assert plain.embodied_co2eq_g(1000) is None and "lifecycle_embodied_co2eq_g" not in plain.to_dict(inferences=1000)

@@ -146,6 +146,12 @@ def cmd_lifecycle(args: argparse.Namespace) -> int:
             f"{lc.co2eq_g(args.inferences):.4g} gCO2eq",
             f"break-even e:  {num(lc.break_even_inferences, ' inferences')} (deployment then equals training + search)",
         ]
+        embodied = lc.embodied_co2eq_g(args.inferences)
+        if embodied is not None:  # only where the records carry it: the hardware's manufacturing share
+            lines.append(
+                f"LC embodied:   {embodied:.4g} gCO2eq (manufacturing, apart from the operational "
+                f"{lc.co2eq_g(args.inferences):.4g} g); operational + embodied = {lc.co2eq_g(args.inferences) + embodied:.4g} gCO2eq"
+            )
         lines += [f"note: {note}" for note in lc.notes]
         blocks.append("\n".join(lines))
     print("\n\n".join(blocks))

@@ -7,6 +7,9 @@
     LC = CT + T + e * I      (e = expected inferences in deployment)
 
 Energies are facility energy (after PUE); CO2eq follows the intensity recorded with each phase.
+Embodied CO2eq (the hardware's manufacturing footprint, where the records carry it) is kept
+apart: ``embodied_co2eq_g(e)`` and ``to_dict``'s ``lifecycle_embodied_co2eq_g`` are the same sum
+over the embodied parts, and the two are added only in a field named as their sum.
 """
 
 from __future__ import annotations
@@ -38,6 +41,10 @@ class LifeCycle:
     search_trials: int = 0  # H
     run_total_j: float = 0.0  # the training run including evaluation and gaps
     notes: tuple[str, ...] = field(default_factory=tuple)
+    # Embodied CO2eq of training, per inference and of the search; None where no record carries it.
+    training_embodied_co2eq_g: float | None = None
+    inference_embodied_co2eq_g_per_sample: float | None = None
+    search_embodied_co2eq_g: float | None = None
 
     @property
     def training_j_per_sample(self) -> float | None:
@@ -66,6 +73,14 @@ class LifeCycle:
     def co2eq_g(self, inferences: float) -> float:
         return self.search_co2eq_g + self.training_co2eq_g + inferences * (self.inference_co2eq_g_per_sample or 0.0)
 
+    def embodied_co2eq_g(self, inferences: float) -> float | None:
+        """CT + T + e x I for the embodied part; None when training's is not known."""
+        if self.training_embodied_co2eq_g is None:
+            return None
+        return (self.search_embodied_co2eq_g or 0.0) + self.training_embodied_co2eq_g + inferences * (
+            self.inference_embodied_co2eq_g_per_sample or 0.0
+        )
+
     @property
     def break_even_inferences(self) -> float | None:
         """The e at which deployment has used as much energy as training plus search."""
@@ -89,7 +104,19 @@ class LifeCycle:
                 lifecycle_energy_kwh=self.energy_j(inferences) / J_PER_KWH,
                 lifecycle_co2eq_g=self.co2eq_g(inferences),
             )
+            embodied = self.embodied_co2eq_g(inferences)
+            if embodied is not None:
+                out.update(
+                    lifecycle_embodied_co2eq_g=embodied,
+                    lifecycle_operational_plus_embodied_co2eq_g=self.co2eq_g(inferences) + embodied,
+                )
         return out
+
+
+def embodied_sum(records: Iterable[Record]) -> float | None:
+    """The embodied CO2eq of ``records``; None when none of them carries it."""
+    known = [r.embodied_co2eq_g for r in records if r.embodied_co2eq_g is not None]
+    return sum(known) if known else None
 
 
 def inference_cost(records: Iterable[Record]) -> tuple[float | None, float | None, str | None]:
@@ -108,6 +135,13 @@ def inference_cost(records: Iterable[Record]) -> tuple[float | None, float | Non
                 phase,
             )
     return None, None, None
+
+
+def inference_records(records: Iterable[Record]) -> list[Record]:
+    """The records ``inference_cost`` takes I from (the most deployment-like inference phase)."""
+    records = list(records)
+    _, _, phase = inference_cost(records)
+    return [r for r in records if r.phase == phase and r.samples > 0 and not r.partial and r.samples_counted]
 
 
 def run_energy(records: Iterable[Record]) -> tuple[float, float]:
@@ -163,6 +197,9 @@ def lifecycle(records: Sequence[Record], search: Iterable[Record] = (), run_id: 
     for r in search:
         trials[r.run_id].append(r)
     search_j = search_g = 0.0
+    search_embodied = embodied_sum(r for trial in trials.values() for r in trial)
+    chosen = inference_records(mine)
+    inference_embodied = embodied_sum(chosen)
     for trial in trials.values():
         j, g = run_energy(trial)
         search_j += j
@@ -181,4 +218,9 @@ def lifecycle(records: Sequence[Record], search: Iterable[Record] = (), run_id: 
         search_trials=len(trials),
         run_total_j=run_energy(mine)[0],
         notes=tuple(notes),
+        training_embodied_co2eq_g=embodied_sum(train),
+        inference_embodied_co2eq_g_per_sample=(
+            inference_embodied / sum(r.samples for r in chosen) if inference_embodied is not None else None
+        ),
+        search_embodied_co2eq_g=search_embodied,
     )
