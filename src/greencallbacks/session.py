@@ -194,18 +194,24 @@ class EnergySession:
         assert self.budget is not None
         return {"budget_used_fraction": self.budget.used_fraction, "budget_stop": 1.0 if self.budget.stopped else 0.0}
 
-    def check_budget(self) -> bool:
+    def check_budget(self, *, energy_kwh: float | None = None, co2eq_g: float | None = None) -> bool:
         """Judge the run's totals and prediction against the budget; True when training must stop.
 
-        Adapters call it after each training epoch's record is in (and may at step logs), then
-        end training their framework's clean way when it returns True. Each warning is given
-        once per run (a resumed run does not repeat them); a stop keeps answering True.
+        Adapters call it after each training epoch's record is in, then end training their
+        framework's clean way when it returns True. At a step log, pass the live totals
+        (``energy_kwh``, ``co2eq_g``: the records' totals plus the open phase so far); by default
+        the totals of the closed phases are used. Each warning is given once per run (a resumed
+        run does not repeat them); a stop keeps answering True.
         """
         if self.budget is None or not self.running:
             return False
         tracker = self.tracker
         prediction = tracker.prediction() if tracker.planned_epochs is not None else None
-        decision = self.budget.check(tracker.total_energy_j / J_PER_KWH, tracker.total_co2eq_g, prediction)
+        decision = self.budget.check(
+            tracker.total_energy_j / J_PER_KWH if energy_kwh is None else energy_kwh,
+            tracker.total_co2eq_g if co2eq_g is None else co2eq_g,
+            prediction,
+        )
         if tracker.reducer.rank == 0:  # every rank holds the same sums and decides alike; one says so
             decision.emit()
         self._budget_metrics = decision.metrics()
