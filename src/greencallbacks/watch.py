@@ -13,6 +13,7 @@ The cost on the training thread is the GIL for a few microseconds, ``1 / POLL_S`
 
 from __future__ import annotations
 
+import inspect
 import sys
 import threading
 import time
@@ -115,6 +116,26 @@ def on_stack(target: FrameType | None, top: FrameType | None) -> bool:
     return False
 
 
+_GENERATOR_FLAGS = inspect.CO_GENERATOR | inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR
+
+
+def left_stack(target: FrameType | None, top: FrameType | None) -> bool:
+    """Has ``target`` surely left the stack whose top frame was ``top``?
+
+    ``top`` comes from ``sys._current_frames()`` of another thread, which keeps running while
+    this one walks: a generator frame there that yields (Keras's and HF's data iterators) loses
+    its ``f_back`` mid-walk, and the walk would end early and miss a call still in progress. A
+    walk that ends at a generator frame proves nothing; only one that reaches the thread's
+    bottom frame without meeting ``target`` does.
+    """
+    last = None
+    while top is not None:
+        if top is target:
+            return False
+        last, top = top, top.f_back
+    return last is None or not last.f_code.co_flags & _GENERATOR_FLAGS
+
+
 def _run() -> None:
     while True:
         with _lock:
@@ -126,7 +147,7 @@ def _run() -> None:
         stacks = sys._current_frames()
         for handle in current:
             frame = handle.frame
-            if frame is not None and not on_stack(frame, stacks.get(handle.thread_id)):
+            if frame is not None and left_stack(frame, stacks.get(handle.thread_id)):
                 try:
                     handle.fire()
                 except Exception:  # noqa: BLE001 - the watched call already failed; keep watching the others

@@ -1,0 +1,57 @@
+"""The watch's test that a framework call has left the stack, against a thread that keeps running."""
+
+from __future__ import annotations
+
+import sys
+import threading
+
+from greencallbacks import watch
+
+
+def _suspended_generator_frame():
+    def numbers():
+        yield sys._getframe()
+
+    iterator = numbers()
+    return next(iterator), iterator  # keep the generator alive: its frame is suspended, f_back None
+
+
+def test_a_walk_that_ends_at_a_yielding_generator_is_not_proof_the_call_ended():
+    # What the watch thread sees when the training thread's top frame (a data iterator) yields
+    # while it walks: the chain stops at the generator and the call below it is not met.
+    me = sys._getframe()
+    frame, _keep = _suspended_generator_frame()
+    assert frame.f_back is None and not watch.on_stack(me, frame)
+    assert not watch.left_stack(me, frame)
+    assert not watch.left_stack(me, sys._getframe())  # on the stack
+    assert watch.left_stack(object(), sys._getframe())  # walked to the bottom: surely gone
+    assert watch.left_stack(me, None)  # the thread has ended
+
+
+def test_a_call_in_progress_under_a_busy_generator_is_never_taken_for_ended():
+    """A thread iterating a generator inside a watched call, looked at from this thread 20 000 times."""
+    started, stop, seen = threading.Event(), threading.Event(), {}
+
+    def numbers():
+        while True:
+            yield sum(range(50))
+
+    def training():
+        seen["frame"], seen["thread"] = sys._getframe(), threading.get_ident()
+        started.set()
+        iterator = numbers()
+        while not stop.is_set():
+            next(iterator)
+
+    thread = threading.Thread(target=training)
+    thread.start()
+    started.wait()
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible: the walk races the yields
+    try:
+        ended = sum(watch.left_stack(seen["frame"], sys._current_frames().get(seen["thread"])) for _ in range(20_000))
+    finally:
+        sys.setswitchinterval(interval)
+        stop.set()
+        thread.join()
+    assert ended == 0
