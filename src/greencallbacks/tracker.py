@@ -152,6 +152,9 @@ class Tracker:
         self._stack: list[_Open] = []
         self._pending: list[Record] = []
         self._last_snapshot: Snapshot | None = None
+        # `live`: the previous call's peek (its power interval) and each open phase's billed sums.
+        self._live_previous: Snapshot | None = None
+        self._live_billed: dict[int, tuple[int, float, float]] = {}
         self.step: int | None = None
         self.planned_epochs: int | None = None  # set by adapters to enable the run prediction
         self._resume_state: dict[str, Any] | None = None  # loaded before start, applied at start
@@ -195,6 +198,7 @@ class Tracker:
         self._find_embodied(meter)
         self._stack = [self._open("other", None)]
         self._last_snapshot = meter.snapshot()
+        self._live_previous, self._live_billed = None, {}  # a new meter: its counters start afresh
         if self._resume_state is not None:  # state loaded before start (Keras, HF)
             self._resume()
         self._open_writer()
@@ -326,6 +330,52 @@ class Tracker:
             values["embodied_co2eq_g_total"] = self.ledger.embodied[0]  # apart from co2eq_g_total
         if phase == "train" and self.planned_epochs is not None:
             values.update(self.prediction())
+        return {prefix + k: float(v) for k, v in values.items()}
+
+    def live(self, prefix: str = "") -> dict[str, float]:
+        """The run's totals so far, the open phases included, for step-level logging.
+
+        ``energy_kwh_total`` / ``co2eq_g_total``: the ledger's totals, plus what the open phases
+        have been billed so far, plus the interval since the last boundary (``Meter.peek``: no
+        device sync, no slow read), times PUE; that interval's CO2eq at the intensity of its span.
+        ``power_w``: IT power between this call and the previous one (the run's start for the
+        first). Adds no record and never touches the ledger, so records and per-epoch values are
+        the same with or without it. On several ranks the open phases are this rank's own (the
+        closed ones are summed over ranks at their boundary): no collective on a logging step.
+        """
+        if not self.running or self._last_snapshot is None:
+            return {}
+        assert self.meter is not None
+        peeked = self.meter.peek()
+        pue = self.carbon.pue
+        since = self._last_snapshot
+        it_j = self.meter.between(since, peeked).energy_j
+        intensity = self.carbon.intensity_between(since.unix_s, max(peeked.unix_s, since.unix_s))
+        co2eq_g = it_j * pue / J_PER_KWH * intensity.g_per_kwh
+        # Each open phase's billed segments, summed once: a long epoch with many evaluations
+        # inside keeps adding segments, and this runs at every logging step.
+        billed = {}
+        for opened in self._stack:
+            count, joules, grams = self._live_billed.get(opened.seq, (0, 0.0, 0.0))
+            for t0, t1, energy_j in opened.segments[count:]:
+                joules += energy_j
+                grams += energy_j * pue / J_PER_KWH * self.carbon.intensity_between(t0, t1).g_per_kwh
+            billed[opened.seq] = (len(opened.segments), joules, grams)
+            it_j += joules
+            co2eq_g += grams
+        self._live_billed = billed
+        # Phases closed on this rank but not yet summed over ranks (a gap closes when a phase begins).
+        pending_j = sum(r.energy_kwh for r in self._pending) * J_PER_KWH
+        co2eq_g += sum(r.co2eq_g for r in self._pending)
+        previous = self._live_previous or self._last_snapshot
+        seconds = peeked.monotonic_s - previous.monotonic_s
+        power_w = self.meter.between(previous, peeked).energy_j / seconds if seconds > 0 else 0.0
+        self._live_previous = peeked
+        values = {
+            "energy_kwh_total": (self.total_energy_j + pending_j + it_j * pue) / J_PER_KWH,
+            "co2eq_g_total": self.total_co2eq_g + co2eq_g,
+            "power_w": power_w,
+        }
         return {prefix + k: float(v) for k, v in values.items()}
 
     def prediction(self) -> dict[str, float]:
