@@ -113,6 +113,8 @@ class EnergySession:
             Budget(**budget.limits, on_exceed=budget.on_exceed, warn_at=budget.warn_at) if budget is not None else None
         )
         self._budget_metrics: dict[str, float] = {}
+        if self.budget is not None:  # in the summary even if no epoch ends (evaluate alone, a crash)
+            self.tracker.summary_extra["budget"] = self.budget.summary()
         self.unavailable: list = []
 
     @property
