@@ -12,13 +12,11 @@ Plain Python; only the carbon tables are read.
 
 from __future__ import annotations
 
-import csv
 import difflib
 import math
 import re
 from dataclasses import dataclass
 from functools import lru_cache
-from importlib import resources
 from typing import Iterable
 
 from greencallbacks.carbon import Carbon, Intensity
@@ -50,10 +48,10 @@ def _normalise(name: str) -> str:
 @lru_cache(maxsize=1)
 def gpu_table() -> tuple[tuple[GpuPower, tuple[str, ...]], ...]:
     """Every shipped GPU with the normalised names (model and aliases) that select it."""
-    text = resources.files("greencallbacks").joinpath("data", GPU_TABLE).read_text(encoding="utf-8")
-    rows = csv.DictReader(line for line in text.splitlines() if not line.startswith("#"))
+    from greencallbacks.carbon.tables import read_rows
+
     table = []
-    for row in rows:
+    for row in read_rows(GPU_TABLE):
         gpu = GpuPower(
             model=row["model"],
             tdp_w=float(row["tdp_w"]),

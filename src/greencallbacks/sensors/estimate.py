@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import functools
 
-import csv
 import math
 import os
 import platform
@@ -30,7 +29,6 @@ import threading
 import time
 from collections.abc import Callable
 from functools import lru_cache
-from importlib import resources
 from typing import Any
 
 from greencallbacks.sensors.base import Integrator, Kind, Method, Sensor, SensorError
@@ -115,9 +113,9 @@ def _tokens(name: str) -> frozenset[str]:
 
 @lru_cache(maxsize=1)
 def _tdp_table() -> tuple[tuple[str, frozenset[str], float], ...]:
-    text = resources.files("greencallbacks").joinpath("data", TDP_TABLE).read_text(encoding="utf-8")
-    rows = csv.DictReader(line for line in text.splitlines() if not line.startswith("#"))
-    return tuple((row["model"], _tokens(row["model"]), float(row["tdp_w"])) for row in rows)
+    from greencallbacks.carbon.tables import read_rows
+
+    return tuple((row["model"], _tokens(row["model"]), float(row["tdp_w"])) for row in read_rows(TDP_TABLE))
 
 
 def lookup_tdp_w(cpu_model: str) -> tuple[str, float] | None:
