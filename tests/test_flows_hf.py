@@ -35,7 +35,7 @@ from tests.hf_tiny import (  # noqa: E402
 )
 
 pytestmark = pytest.mark.slow
-SEEDS = range(int(os.environ.get("GC_FLOW_SEEDS", "3")))
+SEEDS = range(int(os.environ.get("GC_FLOW_SEEDS", "2")))
 STEPS_PER_EPOCH = -(-TRAIN_SAMPLES // BATCH)  # 30 samples in batches of 8: 4 steps, the last of 6
 
 
@@ -149,30 +149,39 @@ def test_random_hf_flows_keep_the_ledger(tmp_path, seed):
                 callback = new_callback()  # a new process builds a new callback
             trainer = make_trainer(out, callback, num_train_epochs=epochs, **save)
         else:
-            out = Path(trainer.args.output_dir)
+            out, epochs = Path(trainer.args.output_dir), int(trainer.args.num_train_epochs)
+            crash_epoch = min(crash_epoch, epochs - 1)
+            strategy = getattr(trainer.args.save_strategy, "value", trainer.args.save_strategy)
+            steps[-1] = (f"repeat on the same Trainer (epochs={epochs}, save_strategy={strategy}, save_steps="
+                         f"{trainer.args.save_steps}, crash={crash}@{crash_epoch}.{crash_step} {error.__name__})")
         extra = Crash(crash, crash_epoch, crash_step, error) if crash and crash != "checkpoint" else None
         if extra:
             trainer.add_callback(extra)
         if crash == "checkpoint":
             crash_in_checkpoint_write(trainer, error, nth=rng.randint(1, 3))
-        before = set(complete_checkpoints(out))
+        before = {p: (p / "trainer_state.json").stat().st_mtime_ns for p in complete_checkpoints(out)}
+        crashed = False
         try:
             trainer.train(resume_from_checkpoint=str(ckpt[0]) if ckpt else None)
         except (Boom, KeyboardInterrupt):
-            pass
+            crashed = True
         finally:
             if extra:
                 trainer.remove_callback(extra)
             trainer.__dict__.pop("save_model", None)
         assert not meter_threads(), context
         assert not callback.session.running, context
+        steps[-1] += f" -> {'raised' if crashed else 'returned'}"
+        context = f"seed {seed}, steps: " + "; ".join(steps)
         run_id = callback.tracker.run_id
         if ckpt:
             assert run_id == ckpt[1], "a resume continues the checkpoint's run " + context
         else:
             assert run_id not in runs, "a train() without resume_from_checkpoint is a new run " + context
         run = runs.setdefault(run_id, {"resumed_steps": {}})
-        checkpoints.extend((p, run_id, epochs) for p in complete_checkpoints(out) if p not in before)
+        # Written by this call: new, or rewritten by a repeated train() in the same output_dir.
+        written = [p for p in complete_checkpoints(out) if before.get(p) != (p / "trainer_state.json").stat().st_mtime_ns]
+        checkpoints[:] = [c for c in checkpoints if c[0] not in written] + [(p, run_id, epochs) for p in written]
         if out not in dirs:
             dirs.append(out)
         records = check_run(run_id, dirs, power_w=POWER_W, context=context)
@@ -184,6 +193,7 @@ def test_random_hf_flows_keep_the_ledger(tmp_path, seed):
         logged = last_logged_total(trainer)
         if logged is not None and any(r.phase == "train" and not r.partial and r.attempt == attempt for r in records):
             logged_total_matches(records, logged, rel=1e-9, context=context)
+    print(f"seed {seed}: " + "; ".join(steps))  # what the seed covered (pytest -s shows it)
     # Inference after the last train() continues its run; on a Trainer that never trained it is a run of its own.
     context = f"seed {seed}, inference after: " + "; ".join(steps)
     run_id = callback.tracker.run_id
