@@ -52,6 +52,10 @@ class EnergyCallbackBase:
             says ``samples_counted: false`` with no per-sample values (never a silent 0).
         token_counter: ``batch -> int`` tokens in a completed batch (e.g.
             ``lambda b: int(b["attention_mask"].sum())``), giving ``energy_j_per_token``.
+        step_metrics: also log ``energy_kwh_total``, ``co2eq_g_total`` (so far, the epoch in
+            progress included) and ``power_w`` (since the previous such log) at the steps where
+            Lightning logs (``log_every_n_steps``), to every logger; no records are added. False: per
+            epoch only.
         **session_kwargs: passed to ``EnergySession`` (``run_id``, ``gpus``, ``cpu_tdp_w``,
             ``extra_sensors``, ``sensors``, ``carbon_aware``, ``budget``, ``embodied``). With
             ``budget=Budget(..., on_exceed="stop")`` a budget reached (or confidently predicted) sets
@@ -78,11 +82,17 @@ class EnergyCallbackBase:
         sample_counter: Callable[[Any], int] | None = None,
         token_counter: Callable[[Any], int] | None = None,
         prefix: str = "",
+        step_metrics: bool = True,
         **session_kwargs: Any,
     ) -> None:
         super().__init__()
         if not isinstance(progress_bar, bool):
             raise ValueError(f"progress_bar must be True or False, got {progress_bar!r}")
+        if not isinstance(step_metrics, bool):
+            raise ValueError(f"step_metrics must be True or False, got {step_metrics!r}")
+        self.step_metrics = step_metrics
+        self._live_every = 0  # log_every_n_steps during a fit with step metrics on; 0: off
+        self._live_step = -1  # the global step last logged (accumulation repeats a step over batches)
         self._counter = BatchCounter(sample_counter, token_counter)  # checks both are functions or None
         if not isinstance(prefix, str):
             raise ValueError(f"prefix must be a string, got {prefix!r}")
@@ -171,6 +181,9 @@ class EnergyCallbackBase:
         # After a resume the checkpoint's budget is loaded: one already spent stops before an epoch.
         if self.session.check_budget():
             trainer.should_stop = True
+        every = trainer.log_every_n_steps
+        self._live_every = every if self.step_metrics and isinstance(every, int) and every > 0 and trainer.is_global_zero else 0
+        self._live_step = -1
 
     @never_raises
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
@@ -179,6 +192,14 @@ class EnergyCallbackBase:
     @never_raises
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         self._counter.add(self.tracker, batch)
+        if self._live_every:
+            # Lightning logs a step when the optimizer steps it has taken reach a multiple of
+            # log_every_n_steps (`_LoggerConnector.should_update_logs`, 2.2 to 2.6); global_step is
+            # that count, public. Once per step: with gradient accumulation batches repeat it.
+            step = trainer.global_step
+            if step % self._live_every == 0 and step != self._live_step:
+                self._live_step = step
+                self._log_live(trainer)
 
     @never_raises
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
@@ -268,6 +289,28 @@ class EnergyCallbackBase:
                 sync_dist=trainer.world_size > 1,
                 reduce_fx="max",
             )
+
+    def _log_live(self, trainer: Any) -> None:
+        """The run's totals so far and the power since the last such log, at Lightning's logging step.
+
+        To every logger the way Lightning's own step metrics go (through its connector at
+        ``_batches_that_stepped``, the step they use), and into the progress bar; not into
+        ``callback_metrics``, which keep the epoch's values for checkpoints and early stopping.
+        """
+        values = _finite(self.tracker.live(self.prefix))
+        if not values:
+            return
+        seams = _logging_seams(trainer)
+        if seams is not None:
+            connector, batches_that_stepped = seams
+            connector.log_metrics(values, step=batches_that_stepped)
+        else:
+            for logger in trainer.loggers:
+                logger.log_metrics(values, step=trainer.global_step)
+                logger.save()
+        if self.progress_bar:
+            bar = {self.prefix + name for name in PROGRESS_BAR_METRICS}
+            trainer.progress_bar_metrics.update({name: values[name] for name in bar if name in values})
 
     def _log_directly(self, metrics: dict[str, float], trainer: Any, phase: str) -> None:
         import torch
