@@ -111,6 +111,10 @@ class EnergyCallback(TrainerCallback, ExportableState):
             the epoch's evaluation and checkpoint still happen. A resumed run whose budget was
             spent stops after one step (the Trainer reads the flag only after a step).
         embodied: how records bill the hardware's manufacturing footprint (``EnergySession``).
+        step_metrics: also log ``energy_kwh_total``, ``co2eq_g_total`` (so far, the epoch in
+            progress included) and ``power_w`` (since the previous such log) at every step where the
+            Trainer logs or evaluates (``logging_steps``, ``eval_steps``), through ``Trainer.log``;
+            no records are added. False: per epoch only.
     """
 
     def __init__(
@@ -133,8 +137,12 @@ class EnergyCallback(TrainerCallback, ExportableState):
         embodied=None,
         sample_counter=None,
         token_counter=None,
+        step_metrics: bool = True,
     ) -> None:
         self._counter = BatchCounter(sample_counter, token_counter)  # checks both are functions or None
+        if not isinstance(step_metrics, bool):
+            raise ValueError(f"step_metrics must be True or False, got {step_metrics!r}")
+        self.step_metrics = step_metrics
         output_dir = str(output_dir) if output_dir is not None else None
         settings = dict(country=country, zone=zone, region=region, intensity=intensity, series=series, pue=pue,
                         output_dir=output_dir, run_id=run_id, gpus=gpus, cpu_tdp_w=cpu_tdp_w)
@@ -208,6 +216,14 @@ class EnergyCallback(TrainerCallback, ExportableState):
         self._epoch = int(state.epoch or 0)
         self._tokens_at_epoch_begin = state.num_input_tokens_seen
         self.tracker.begin("train", epoch=self._epoch)
+
+    @never_raises
+    def on_step_end(self, args, state, control, **kwargs):
+        # DefaultFlowCallback (first in the handler) has just decided whether this step logs or
+        # evaluates (`logging_steps`, `eval_steps`): the values so far go out with it, before the
+        # evaluation, which gets its own record.
+        if self.step_metrics and (control.should_log or control.should_evaluate) and self.session.running:
+            self._log(self.tracker.live(), control)
 
     @never_raises
     def on_epoch_end(self, args, state, control, **kwargs):
