@@ -94,3 +94,123 @@ def test_a_restarted_tracker_measures_power_from_its_new_meter():
     clock.advance(2.0)
     assert tracker.live()["power_w"] == pytest.approx(40.0, rel=1e-12)
     tracker.finish()
+
+
+# -------------------------------------------------------------------------------- Lightning
+def lightning_fit(tmp_path, **callback_kwargs):
+    import time
+
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from tests.lightning_models import flavour, trainer_kwargs
+
+    L, EnergyCallback, TinyModel = flavour("lightning.pytorch")
+    sensor = ScriptedSensor("gpu", time.monotonic, 50.0)
+    callback = EnergyCallback(sensors=[sensor], intensity=300.0, pue=1.2, **callback_kwargs)
+    data = TensorDataset(torch.randn(100, 4), torch.randn(100, 1))
+    loggers = [L.loggers.TensorBoardLogger(tmp_path, name="tb"), L.loggers.CSVLogger(tmp_path, name="csv")]
+    trainer = L.Trainer(max_epochs=1, logger=loggers, callbacks=[callback], limit_val_batches=2,
+                        **trainer_kwargs(log_every_n_steps=10))
+    trainer.fit(TinyModel(), DataLoader(data, batch_size=1), DataLoader(data, batch_size=10))
+    return trainer, callback, loggers
+
+
+def split_points(scalars: dict, name: str) -> tuple[list[tuple[int, float]], list[float]]:
+    """``name``'s values logged at steps, and those logged with an epoch's values (which come
+    with ``energy_kwh``, after the step value of the same step)."""
+    points, epoch_values = list(scalars.get(name, [])), []
+    for step, _ in scalars.get("energy_kwh", []):
+        last = max((i for i, p in enumerate(points) if p[0] == step))
+        epoch_values.append(points.pop(last)[1])
+    return points, epoch_values
+
+
+def step_points(scalars: dict, name: str) -> list[tuple[int, float]]:
+    return split_points(scalars, name)[0]
+
+
+def test_lightning_logs_totals_so_far_at_its_logging_steps(tmp_path):
+    from tests.test_lightning import csv_scalars, tensorboard_scalars
+
+    trainer, callback, (tensorboard, csv_logger) = lightning_fit(tmp_path)
+    records = read_records(tensorboard.log_dir)
+    (train,) = [r for r in records if r.phase == "train"]
+    read_back = {"tensorboard": tensorboard_scalars(tensorboard.log_dir),
+                 "csv": csv_scalars(f"{csv_logger.log_dir}/metrics.csv")}
+    for where, scalars in read_back.items():
+        assert [v for _, v in scalars["energy_kwh"]] == pytest.approx([train.energy_kwh], rel=1e-6), where
+        points, (epoch_total,) = split_points(scalars, "energy_kwh_total")
+        assert [s for s, _ in points] == list(range(9, 100, 10)), where  # Lightning's own step numbering
+        values = [v for _, v in points]
+        assert len(values) >= 8 and values == sorted(values) and len(set(values)) == len(values), (where, values)
+        assert values[-1] <= epoch_total, where  # the step values only grow, up to the epoch's
+        co2 = [v for _, v in step_points(scalars, "co2eq_g_total")]
+        assert co2 == pytest.approx([v * 300.0 for v in values], rel=1e-5), where
+        power = [v for _, v in step_points(scalars, "power_w")]
+        assert len(power) == len(values) and all(p == pytest.approx(50.0, rel=0.2) for p in power[1:]), (where, power)
+    # The progress bar ends on the epoch's total (the last value it was given).
+    assert trainer.progress_bar_metrics["energy_kwh_total"] == pytest.approx(epoch_total, rel=1e-6)
+    assert len(records) == len({r.seq for r in records}) and {r.phase for r in records} == {"other", "train", "validation"}
+
+
+def test_lightning_step_metrics_off_logs_per_epoch_only(tmp_path):
+    from tests.lightning_models import flavour
+    from tests.test_lightning import csv_scalars
+
+    _, EnergyCallback, _ = flavour("lightning.pytorch")
+    with pytest.raises(ValueError, match="step_metrics"):
+        EnergyCallback(step_metrics="no")
+    _, _, (_, csv_logger) = lightning_fit(tmp_path, step_metrics=False)
+    scalars = csv_scalars(f"{csv_logger.log_dir}/metrics.csv")
+    assert len(scalars["energy_kwh_total"]) == len(scalars["energy_kwh"]) == 1
+
+
+# ------------------------------------------------------------------------------------------ HF
+def hf_train(tmp_path, monkeypatch, **callback_kwargs):
+    pytest.importorskip("transformers")
+    from transformers import Trainer
+
+    from greencallbacks.hf import EnergyCallback
+    from tests.hf_tiny import BATCH, TokenDataset, scripted_sensor, tensorboard_dir, tiny_model, training_args
+
+    callback = EnergyCallback(intensity=400.0, pue=1.5, sensors=[scripted_sensor()], **callback_kwargs)
+    args = training_args(tmp_path / "out", num_train_epochs=1, max_steps=40, logging_strategy="steps", logging_steps=5,
+                         eval_strategy="no", report_to=["tensorboard"], **tensorboard_dir(monkeypatch, tmp_path / "tb"))
+    trainer = Trainer(model=tiny_model(), args=args, train_dataset=TokenDataset(40 * BATCH), callbacks=[callback])
+    trainer.train()
+    return trainer
+
+
+def test_hf_logs_totals_so_far_at_its_logging_steps(tmp_path, monkeypatch):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    trainer = hf_train(tmp_path, monkeypatch)
+    history = trainer.state.log_history
+    steps = [e for e in history if "energy_kwh_total" in e and "energy_kwh" not in e]
+    (epoch,) = [e for e in history if "energy_kwh" in e]
+    assert [e["step"] for e in steps] == list(range(5, 41, 5))
+    values = [e["energy_kwh_total"] for e in steps]
+    assert len(values) >= 7 and values == sorted(values) and len(set(values)) == len(values), values
+    assert values[-1] <= epoch["energy_kwh_total"]  # the step values only grow, up to the epoch's
+    assert [e["co2eq_g_total"] for e in steps] == pytest.approx([v * 400.0 for v in values], rel=1e-9)
+    assert all(e["power_w"] == pytest.approx(50.0, rel=0.2) for e in steps[1:]), steps
+    assert len([e for e in history if "loss" in e]) == 8  # the Trainer's own step logs are untouched
+    records = read_records(tmp_path / "out")
+    assert [r.phase for r in records if r.phase == "train"] == ["train"]  # no record from a step log
+
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    logged = [(s.step, s.value) for s in events.Scalars("train/energy_kwh_total")]
+    assert logged[:-1] == [(e["step"], pytest.approx(e["energy_kwh_total"], rel=1e-6)) for e in steps]
+    assert logged[-1] == (40, pytest.approx(epoch["energy_kwh_total"], rel=1e-6))
+
+
+def test_hf_step_metrics_off_logs_per_epoch_only(tmp_path, monkeypatch):
+    pytest.importorskip("transformers")
+    from greencallbacks.hf import EnergyCallback
+
+    with pytest.raises(ValueError, match="step_metrics"):
+        EnergyCallback(step_metrics=1)
+    history = hf_train(tmp_path, monkeypatch, step_metrics=False).state.log_history
+    assert len([e for e in history if "energy_kwh_total" in e]) == 1
