@@ -110,6 +110,8 @@ def test_lightning_budget_reached_by_the_total_stops_after_that_epoch_and_a_resu
     records, summary, last = assert_stopped_at(tmp_path, trainer, rows, 2, "reached the budget")
     assert len(said) == 2 and "84 %" in said[0] and said[1].endswith("stopping training")
     assert [float(r["budget_used_fraction"]) for r in rows] == pytest.approx([e * EPOCH_KWH / 0.0095 for e in (1, 2, 3)])
+    logged_embodied = [float(r["embodied_co2eq_g_total"]) for r in rows]  # the loggers get it too
+    assert len(logged_embodied) == 3 and 0 < logged_embodied[0] < logged_embodied[1] < logged_embodied[2]
     assert summary["energy_kwh"] == pytest.approx(3 * EPOCH_KWH, rel=1e-9)
     assert budget.stopped is False  # the user's object is a template; each run checks its own copy
     # The checkpoint holds the stopped budget: resumed with more epochs to go, it stops before any.
