@@ -136,6 +136,11 @@ def test_lightning_budget_reached_by_the_total_stops_after_that_epoch_and_a_resu
     assert "## Operational and embodied CO2eq" in text and "- Operational + embodied:" in text
     assert "manufacturing footprint amortised over the run adds" in report.statement(records)
     both = report.summary(records)["embodied"]["operational_plus_embodied_co2eq_g"]["mean"]
+    import csv
+    import io
+
+    per_epoch = [float(row["embodied_co2eq_g"]) for row in csv.DictReader(io.StringIO(report.render(records, "csv")))]
+    assert per_epoch == pytest.approx([r.embodied_co2eq_g for r in records if r.phase == "train"], rel=1e-9)
     assert both == pytest.approx(summary["co2eq_g"] + summary["embodied_co2eq_g"], rel=1e-9)
 
 

@@ -68,7 +68,7 @@ def epoch_rows(records: Iterable[Record]) -> list[dict]:
             {"run_id": r.run_id, "attempt": r.attempt, "epoch": r.epoch, "seconds": 0.0, "energy_kwh": 0.0,
              "co2eq_g": 0.0, "uncertainty_kwh": 0.0, "train_samples": 0, "samples_counted": True,
              "j_per_sample": None, "val_energy_kwh": 0.0, "val_co2eq_g": 0.0, "methods": "", "estimated": False,
-             "partial": False, "redone": False, "has_train": False},
+             "partial": False, "redone": False, "has_train": False, "embodied_co2eq_g": None},
         )
         row["estimated"] |= is_estimated(r)
         if r.phase == "train":
@@ -77,6 +77,8 @@ def epoch_rows(records: Iterable[Record]) -> list[dict]:
             row["seconds"] += r.duration_s
             row["energy_kwh"] += r.energy_kwh
             row["co2eq_g"] += r.co2eq_g
+            if r.embodied_co2eq_g is not None:  # apart from co2eq_g; stays None (empty) where unknown
+                row["embodied_co2eq_g"] = (row["embodied_co2eq_g"] or 0.0) + r.embodied_co2eq_g
             row["uncertainty_kwh"] += r.uncertainty_kwh
             row["train_samples"] += r.samples
             row["samples_counted"] &= r.samples_counted
@@ -810,7 +812,7 @@ def render_latex(records: Sequence[Record], *, with_equivalents: bool = False, c
 
 CSV_COLUMNS = ("configuration", "run_id", "attempt", "epoch", "status", "seconds", "energy_kwh", "co2eq_g",
                "uncertainty_kwh", "train_samples", "j_per_sample", "val_energy_kwh", "val_co2eq_g",
-               "intensity_gco2eq_per_kwh", "intensity_source", "pue", "methods")
+               "intensity_gco2eq_per_kwh", "intensity_source", "pue", "methods", "embodied_co2eq_g")
 
 
 def render_csv(records: Sequence[Record]) -> str:
