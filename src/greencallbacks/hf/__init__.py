@@ -184,7 +184,7 @@ class EnergyCallback(TrainerCallback, ExportableState):
                 callbacks[callbacks.index(self)] = original
                 return original.on_train_begin(args, state, control, **kwargs)
             warn("greencallbacks: the Trainer rebuilt EnergyCallback from its checkpoint; it goes on with the "
-                 "settings saved there (not sensors=, extra_sensors= or series objects). Pass the callback "
+                 "settings saved there (not sensors=, extra_sensors=, budget=, embodied= or series objects). Pass the callback "
                  "in Trainer(callbacks=[...]) to keep the original.")
         self._attach(trainer)
         self._abort()  # a previous train() that raised before the watch saw it left its run open
