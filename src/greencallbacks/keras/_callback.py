@@ -203,6 +203,12 @@ class EnergyCallback(_Callback):
             ``budget=Budget(..., on_exceed="stop")`` a budget reached (or confidently predicted)
             sets ``model.stop_training`` at that epoch's end, so ``ModelCheckpoint`` and the
             loggers still see the epoch; a resumed fit whose budget was spent stops after one batch.
+        step_metrics: when a ``keras.callbacks.TensorBoard`` in the same list logs batches (an
+            integer ``update_freq``), also put ``energy_kwh_total``, ``co2eq_g_total`` (so far, the
+            epoch in progress included) and ``power_w`` (since the previous such batch) into the
+            batch ``logs`` every ``update_freq`` batches, so it writes them; no records are added.
+            Otherwise, or with False, the batch hook does nothing and Keras keeps dispatching batch
+            hooks asynchronously.
 
     Runs: a ``fit`` that starts at epoch 0 starts a new run (new ``run_id``, totals from zero). A
     ``fit`` that starts later (``initial_epoch=``, or ``BackupAndRestore`` after a crash) continues
@@ -216,8 +222,9 @@ class EnergyCallback(_Callback):
     thread, whether or not the exception stays referenced.
     """
 
-    # The only batch hook here (counting predicted samples) is thread-safe, so Keras may keep
-    # dispatching batch hooks asynchronously: this callback never slows the training loop down.
+    # The batch hooks here (counting predicted samples; the step values, only when a TensorBoard
+    # that logs batches makes Keras dispatch synchronously anyway) are thread-safe, so Keras may
+    # keep dispatching batch hooks asynchronously: this callback never slows the training loop down.
     async_safe = True
 
     def __init__(
@@ -233,9 +240,15 @@ class EnergyCallback(_Callback):
         samples_per_epoch: int | None = None,
         sample_counter: Any = None,
         token_counter: str | None = None,
+        step_metrics: bool = True,
         **session_kwargs: Any,
     ) -> None:
         super().__init__()
+        if not isinstance(step_metrics, bool):
+            raise ValueError(f"step_metrics must be True or False, got {step_metrics!r}")
+        self.step_metrics = step_metrics
+        self._live_every = 0  # a TensorBoard's per-batch update_freq during a fit; 0: off
+        self._live_batches = 0
         if token_counter is not None and not (isinstance(token_counter, str) and token_counter):
             raise ValueError(
                 "token_counter must be the name of a metric in logs that counts tokens (Keras callbacks see no "
@@ -284,6 +297,30 @@ class EnergyCallback(_Callback):
             return
         if callback_list is not None:
             self._go_first(callback_list)
+        self._live_every, self._live_batches = self._tensorboard_batch_every(callback_list), 0
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        if not self._live_every:
+            return
+        # TensorBoard writes a batch when its count since train begin is a multiple of update_freq.
+        self._live_batches += 1
+        if self._live_batches % self._live_every == 0 and logs is not None:
+            self._add_live(logs)
+
+    @never_raises
+    def _add_live(self, logs: dict) -> None:
+        if self._call is not None and self._call.run is not None and self.session.running:
+            logs.update(self.tracker.live())
+
+    def _tensorboard_batch_every(self, callback_list: keras.callbacks.CallbackList | None) -> int:
+        """The ``update_freq`` of a TensorBoard in the list that logs batches; 0 when none does."""
+        if not self.step_metrics:
+            return 0
+        for callback in getattr(callback_list, "callbacks", []):
+            every = getattr(callback, "update_freq", None) if isinstance(callback, keras.callbacks.TensorBoard) else None
+            if isinstance(every, int) and not isinstance(every, bool) and every > 0:
+                return every
+        return 0
 
     @never_raises
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
@@ -324,6 +361,7 @@ class EnergyCallback(_Callback):
 
     @never_raises
     def on_train_end(self, logs: dict | None = None) -> None:
+        self._live_every = 0
         if self._call is not None and self._call.kind == "fit" and self._call.active:
             self._leave()
 
