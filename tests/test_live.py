@@ -214,3 +214,69 @@ def test_hf_step_metrics_off_logs_per_epoch_only(tmp_path, monkeypatch):
         EnergyCallback(step_metrics=1)
     history = hf_train(tmp_path, monkeypatch, step_metrics=False).state.log_history
     assert len([e for e in history if "energy_kwh_total" in e]) == 1
+
+
+# --------------------------------------------------------------------------------------- Keras
+def keras_run(backend: str, tmp_path) -> dict:
+    import importlib.util
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    for module in ("keras", backend):
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"{module} is not installed: the Keras {backend}-backend step values need it")
+    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+    runner = Path(__file__).with_name("keras_live_runner.py")
+    done = subprocess.run([sys.executable, str(runner), backend, str(tmp_path)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    for name, result in results.items():
+        assert "error" not in result, (name, result["error"])
+    return results
+
+
+def tensorboard_tensors(log_dir) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.util.tensor_util import make_ndarray
+
+    events = EventAccumulator(str(log_dir), size_guidance={"tensors": 0})
+    events.Reload()
+    scalar_tags = [t for t in events.Tags()["tensors"] if t.startswith(("batch_", "epoch_"))]  # not the model's config
+    return {tag: [(e.step, float(make_ndarray(e.tensor_proto))) for e in events.Tensors(tag)] for tag in scalar_tags}
+
+
+def test_keras_tensorboard_logging_batches_gets_the_totals_so_far(tmp_path):
+    results = keras_run("tensorflow", tmp_path)
+    history = results["tensorboard"]["history"]
+    written = tensorboard_tensors(tmp_path / "tensorboard" / "tb" / "train")
+    points = written["batch_energy_kwh_total"]
+    # Every 5th batch of 2 epochs x 40, counted from the fit's start like TensorBoard does.
+    assert [step for step, _ in points] == list(range(5, 81, 5))
+    values = [v for _, v in points]
+    assert values == sorted(values) and len(set(values)) == len(values), values
+    # Each epoch's step values stay below the total logged at its end.
+    assert max(values[:8]) <= history["energy_kwh_total"][0] * (1 + 1e-6)  # float32 in the file
+    assert max(values[8:]) <= history["energy_kwh_total"][1] * (1 + 1e-6)
+    assert [v for _, v in written["batch_co2eq_g_total"]] == pytest.approx([v * 300.0 for v in values], rel=1e-5)
+    assert len(written["batch_power_w"]) == len(points)
+    assert len(history["energy_kwh_total"]) == 2  # History keeps epochs only
+    assert [v for _, v in written["epoch_energy_kwh_total"]] == pytest.approx(history["energy_kwh_total"], rel=1e-6)
+    off = tensorboard_tensors(tmp_path / "tensorboard_off" / "tb" / "train")
+    assert "batch_energy_kwh_total" not in off and "batch_loss" in off  # the switch: TensorBoard still logs batches
+
+
+def test_keras_without_step_values_keeps_async_batch_dispatch(tmp_path):
+    results = keras_run("torch", tmp_path)
+    for name in ("no_tensorboard", "off"):
+        result = results[name]
+        if result["async_train"]["none"] is None:
+            pytest.skip("this Keras has no asynchronous callback dispatch (CallbackList._async_train is newer than 3.3)")
+        assert result["async_train"]["energy"] == result["async_train"]["none"] is True, name
+        # In the fit itself the batch hooks ran off the training thread: Keras dispatched them asynchronously.
+        hooks = result["batch_hooks_on_main_thread"]
+        assert len(hooks) == 80 and not any(hooks), name
+        assert "energy_kwh_total" in result["history"] and len(result["history"]["energy_kwh_total"]) == 2
