@@ -7,8 +7,9 @@
      on every call), with the callback minus without.
    - HF: the ``training_step`` wrapper that counts samples (wrapped minus raw), the callback's
      ``on_step_end``, and the ``CallbackHandler``'s per-step events with the callback minus without.
-   - Keras: asserts the callback overrides no training or evaluation batch hook (Keras then
-     skips batch dispatch for it); times ``on_predict_batch_end``, its only batch hook.
+   - Keras: asserts the callback overrides no training or evaluation batch hook but
+     ``on_train_batch_end`` (step values) and is ``async_safe`` (Keras's dispatch is unchanged);
+     times ``on_predict_batch_end``.
 2. Per boundary: one read of each sensor found here, one ``Meter.snapshot``, one phase
    (``begin`` + ``end``) in memory and with its record written (the fsync follows on the writer's thread).
 3. Reads of each sensor per epoch during a real fit of each framework (``energy_j`` wrapped
@@ -22,6 +23,9 @@
    epochs, on this CPU host and on the simulated GPU host (``overhead.SelfTime``: the training
    thread's time in the callback's hooks and core calls, and the meter thread's CPU time); and a
    Lightning fit under ``SimpleProfiler``: time per hook call of ours against an empty callback.
+6. Step values at the frameworks' logging cadence: one ``Tracker.live`` (CPU host; simulated
+   GPU host with the counter off the thread), and each adapter's per-step hook with step values
+   on, at a step that does not log, minus the same with them off.
 
 Usage: python benchmarks/hooks.py [--quick] [--only simulated_gpu_boundaries,fit_shares,...]
 """
@@ -191,7 +195,8 @@ def keras_per_step(calls: int, workdir: Path) -> dict:
 
     base = keras.callbacks.Callback
     overridden = [h for h in KERAS_TRAINING_BATCH_HOOKS if getattr(EnergyCallback, h) is not getattr(base, h)]
-    assert not overridden, f"the Keras callback has per-batch training hooks: {overridden}"
+    # Step values need on_train_batch_end; async_safe keeps Keras dispatching asynchronously.
+    assert overridden == ["on_train_batch_end"] and EnergyCallback.async_safe, f"per-batch training hooks: {overridden}"
     callback = EnergyCallback(country="FR", output_dir=str(workdir / "keras-hook"))
     logs = {"outputs": np.zeros((32, 10), dtype="float32")}
     predict_us = per_call_us(lambda: callback.on_predict_batch_end(0, logs), calls) - loop_overhead_us(calls)
@@ -434,6 +439,54 @@ def simulated_gpu_boundaries(quick: bool) -> dict:
     return out
 
 
+def step_cadence(calls: int, workdir: Path) -> dict:
+    """What step values cost: one ``Tracker.live``, and the per-step hooks at a step that does not log."""
+    import types
+
+    from greencallbacks.meter import Meter
+    from greencallbacks.tracker import Tracker
+
+    out = {}
+    for label, gpu in (("cpu_host", False), ("simulated_gpu_host", True)):
+        meter = Meter([*host_sensors(), *([simulated_gpu_sensor(*simulated_nvml(300.0))] if gpu else [])])
+        tracker = Tracker()
+        tracker.start(meter)
+        tracker.begin("train", 0)
+        time.sleep(0.3)  # the reader has read the counter and found its phase
+        out[f"tracker_live_us.{label}"] = per_call_us(tracker.live, max(1000, calls // 20))
+        tracker.end("train")
+        tracker.finish()
+        meter.close()
+
+    from greencallbacks.hf import EnergyCallback as HFCallback
+    from greencallbacks.keras import EnergyCallback as KerasCallback
+    from greencallbacks.lightning import EnergyCallback as LightningCallback
+
+    batch = _batch()
+    trainer = types.SimpleNamespace(global_step=1)  # not a logging step (log_every_n_steps=50)
+    control = types.SimpleNamespace(should_log=False, should_evaluate=False)
+    logs = {"loss": 0.1}
+    hooks = {}
+    for on in (True, False):
+        lightning = LightningCallback(country="FR", output_dir=str(workdir / f"step-l{on}"), step_metrics=on)
+        lightning.session.start(device_indices=[])
+        lightning._live_every = 50 if on else 0  # what on_train_start sets in a fit
+        hf = HFCallback(country="FR", output_dir=str(workdir / f"step-h{on}"), step_metrics=on)
+        keras_cb = KerasCallback(country="FR", output_dir=str(workdir / f"step-k{on}"), step_metrics=on)
+        keras_cb._live_every = 10**9 if on else 0  # a TensorBoard with update_freq: a batch it does not write
+        try:
+            hooks[on] = {
+                "lightning.on_train_batch_end": per_call_us(lambda: lightning.on_train_batch_end(trainer, None, None, batch, 0), calls),
+                "hf.on_step_end": per_call_us(lambda: hf.on_step_end(None, None, control), calls),
+                "keras.on_train_batch_end": per_call_us(lambda: keras_cb.on_train_batch_end(0, logs), calls),
+            }
+        finally:
+            lightning.session.stop()
+    out.update({f"added_per_step_us.{name}": hooks[True][name] - hooks[False][name] for name in hooks[True]})
+    out.update({f"per_step_us_off.{name}": value - loop_overhead_us(calls) for name, value in hooks[False].items()})
+    return out
+
+
 def fit_shares(quick: bool, workdir: Path) -> dict:
     import overhead
 
@@ -523,13 +576,14 @@ def main() -> None:
         "reads": lambda w: reads_per_epoch(3 if args.quick else 5, 5 if args.quick else 20, w),
         "simulated_gpu_boundaries": lambda w: simulated_gpu_boundaries(args.quick),
         "fit_shares": lambda w: fit_shares(args.quick, w),
+        "step_cadence": lambda w: step_cadence(calls, w),
     }
     with tempfile.TemporaryDirectory(prefix="gcb-hooks-") as tmp:
         result = {"calls": calls, **{name: sections[name](Path(tmp)) for name in only}}
     emit(result)
 
 
-SECTIONS = ("lightning", "hf", "keras", "boundary", "reads", "simulated_gpu_boundaries", "fit_shares")
+SECTIONS = ("lightning", "hf", "keras", "boundary", "reads", "simulated_gpu_boundaries", "fit_shares", "step_cadence")
 
 
 if __name__ == "__main__":
