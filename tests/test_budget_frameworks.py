@@ -65,7 +65,7 @@ def read_csv(path) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------------ Lightning
-def lightning_fit(tmp_path, budget, *, max_epochs=EPOCHS, ckpt_path=None, version="first"):
+def lightning_fit(tmp_path, budget, *, max_epochs=EPOCHS, ckpt_path=None, version="first", log_every_n_steps=0):
     L, EnergyCallback, TinyModel = flavour("lightning.pytorch")
     clock = FakeClock()
 
@@ -80,7 +80,7 @@ def lightning_fit(tmp_path, budget, *, max_epochs=EPOCHS, ckpt_path=None, versio
     logger = L.loggers.CSVLogger(tmp_path, name="csv", version=version)
     trainer = L.Trainer(
         max_epochs=max_epochs, logger=logger, callbacks=[callback, Tick(), checkpoint],
-        **trainer_kwargs(enable_checkpointing=True),
+        **trainer_kwargs(enable_checkpointing=True, log_every_n_steps=log_every_n_steps),
     )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -153,6 +153,14 @@ def test_lightning_budget_exceeded_by_the_prediction_stops_at_the_first_confiden
     assert summary["energy_kwh"] == pytest.approx(4 * EPOCH_KWH, rel=1e-9)
     assert summary["energy_kwh"] < 0.8 * 0.03  # the total alone would have gone on
     assert len(said) == 1 and "exceeds the budget" in said[0]
+
+
+def test_lightning_step_logs_warn_mid_epoch_and_the_stop_waits_for_the_epoch_end(tmp_path):
+    # Logged every step, the live total passes 0.0095 kWh two batches into epoch 2 (the batch just
+    # ended is ticked after this callback): the warning comes then, at 0.01 kWh, not at 0.012.
+    trainer, _, rows, said = lightning_fit(tmp_path, Budget(kwh=0.0095, on_exceed="stop"), log_every_n_steps=1)
+    assert len(said) == 2 and said[1] == "energy total 0.01 kWh reached the budget of 0.0095 kWh; stopping training"
+    assert_stopped_at(tmp_path, trainer, rows, 2, "reached the budget")  # a whole epoch 2, then the stop
 
 
 def test_lightning_warn_only_budget_logs_and_trains_on(tmp_path):
