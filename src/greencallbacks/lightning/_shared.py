@@ -182,7 +182,9 @@ class EnergyCallbackBase:
         if self.session.check_budget():
             trainer.should_stop = True
         every = trainer.log_every_n_steps
-        self._live_every = every if self.step_metrics and isinstance(every, int) and every > 0 and trainer.is_global_zero else 0
+        # Loggers write on rank 0 only: the other ranks skip the step values altogether.
+        on = self.step_metrics and isinstance(every, int) and every > 0 and trainer.is_global_zero
+        self._live_every = every if on else 0
         self._live_step = -1
 
     @never_raises
