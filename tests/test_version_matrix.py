@@ -1,0 +1,49 @@
+"""scripts/test_versions.py, the old-version CI driver: its counting and its refusals (no venv built)."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def driver():
+    spec = importlib.util.spec_from_file_location("test_versions_driver", REPO / "scripts" / "test_versions.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_counts_read_pytest_junit_with_errors_as_failures(driver, tmp_path):
+    junit = tmp_path / "junit.xml"
+    junit.write_text(
+        '<?xml version="1.0"?><testsuites><testsuite name="pytest" errors="1" failures="2" skipped="3" tests="10">'
+        "</testsuite></testsuites>"
+    )
+    assert driver.counts(junit) == {"passed": 4, "failed": 3, "skipped": 3}
+
+
+def test_a_venv_without_the_pinned_version_is_reported(driver):
+    spec = {"requirements": ["keras==3.3.3", "jax[cpu]==0.4.26", "tensorboard"]}
+    assert driver.pinned(spec, {"keras": "3.3.3", "jax": "0.4.26"}) == []
+    assert driver.pinned(spec, {"keras": "3.15.1"}) == ["keras==3.3.3 (found 3.15.1)", "jax[cpu]==0.4.26 (found None)"]
+
+
+def test_every_floor_in_the_matrix_is_the_floor_pyproject_declares(driver):
+    """The README table and pyproject.toml say what CI tests: the pins here must be those floors."""
+    declared = dict(re.findall(r'"(transformers|keras|lightning|accelerate)>=([0-9.]+)"', (REPO / "pyproject.toml").read_text()))
+    pins = {r.split("==")[0]: r.split("==")[1] for spec in driver.MATRIX.values() for r in spec["requirements"] if "==" in r}
+    for name, floor in declared.items():
+        assert tuple(map(int, pins[name].split(".")))[: len(floor.split("."))] == tuple(map(int, floor.split("."))), name
+
+
+def test_an_unknown_name_is_refused_with_the_valid_ones(driver, capsys, monkeypatch):
+    monkeypatch.setattr("sys.argv", ["test_versions.py", "--only", "tensorflow"])
+    assert driver.main() == 2
+    err = capsys.readouterr().err
+    assert "tensorflow" in err and "transformers, lightning, keras" in err
