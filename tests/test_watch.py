@@ -29,7 +29,7 @@ def test_a_walk_that_ends_at_a_yielding_generator_is_not_proof_the_call_ended():
 
 
 def test_a_call_in_progress_under_a_busy_generator_is_never_taken_for_ended():
-    """A thread iterating a generator inside a watched call, looked at from this thread 20 000 times."""
+    """A thread iterating a generator inside a watched call, looked at from this thread 100 000 times (the old walk misfired about once in 60 000)."""
     started, stop, seen = threading.Event(), threading.Event(), {}
 
     def numbers():
@@ -49,9 +49,43 @@ def test_a_call_in_progress_under_a_busy_generator_is_never_taken_for_ended():
     interval = sys.getswitchinterval()
     sys.setswitchinterval(1e-6)  # switch threads as often as possible: the walk races the yields
     try:
-        ended = sum(watch.left_stack(seen["frame"], sys._current_frames().get(seen["thread"])) for _ in range(20_000))
+        ended = sum(watch.left_stack(seen["frame"], sys._current_frames().get(seen["thread"])) for _ in range(100_000))
     finally:
         sys.setswitchinterval(interval)
         stop.set()
         thread.join()
     assert ended == 0
+
+
+def test_a_call_in_progress_under_frames_that_return_mid_walk_is_never_taken_for_ended():
+    """A frame that returns while the walk is on it loses its f_back too: only a walk that reaches
+    the thread's own bottom frame proves the watched call has ended."""
+    started, stop, seen = threading.Event(), threading.Event(), {}
+
+    def step():
+        return sum(range(50))
+
+    def training():
+        seen["frame"], seen["thread"] = sys._getframe(), threading.get_ident()
+        seen["bottom"] = watch._bottom(seen["frame"])
+        started.set()
+        while not stop.is_set():
+            step()
+
+    thread = threading.Thread(target=training)
+    thread.start()
+    started.wait()
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        ended = sum(
+            watch.left_stack(seen["frame"], sys._current_frames().get(seen["thread"]), seen["bottom"])
+            for _ in range(20_000)
+        )
+    finally:
+        sys.setswitchinterval(interval)
+        stop.set()
+        thread.join()
+    assert ended == 0
+    gone = sys._current_frames().get(seen["thread"])
+    assert gone is None or watch.left_stack(seen["frame"], gone, seen["bottom"])

@@ -27,6 +27,9 @@ class Watch:
     def __init__(self, frame: FrameType, thread_id: int, on_gone: Callable[[], None]) -> None:
         self.frame: FrameType | None = frame
         self.thread_id = thread_id
+        # The thread's outermost frame (its script, notebook kernel or thread bootstrap): a walk
+        # from the top that reaches it without meeting `frame` proves the call has ended.
+        self.bottom = _bottom(frame)
         self._on_gone: Callable[[], None] | None = on_gone
         self._done = False  # fired (and finished) or cancelled
         self._firing = False
@@ -98,7 +101,7 @@ def settle(timeout_s: float = 5.0) -> bool:
     while True:
         stacks = sys._current_frames()
         with _lock:
-            ended = [w for w in _watches if w.active and not on_stack(w.frame, stacks.get(w.thread_id))]
+            ended = [w for w in _watches if w.active and left_stack(w.frame, stacks.get(w.thread_id), w.bottom)]
         del stacks
         if not ended:
             return True
@@ -116,24 +119,34 @@ def on_stack(target: FrameType | None, top: FrameType | None) -> bool:
     return False
 
 
-_GENERATOR_FLAGS = inspect.CO_GENERATOR | inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR
+def _bottom(frame: FrameType) -> FrameType:
+    while frame.f_back is not None:
+        frame = frame.f_back
+    return frame
 
 
-def left_stack(target: FrameType | None, top: FrameType | None) -> bool:
+def left_stack(target: FrameType | None, top: FrameType | None, bottom: FrameType | None = None) -> bool:
     """Has ``target`` surely left the stack whose top frame was ``top``?
 
     ``top`` comes from ``sys._current_frames()`` of another thread, which keeps running while
-    this one walks: a generator frame there that yields (Keras's and HF's data iterators) loses
-    its ``f_back`` mid-walk, and the walk would end early and miss a call still in progress. A
-    walk that ends at a generator frame proves nothing; only one that reaches the thread's
-    bottom frame without meeting ``target`` does.
+    this one walks: a frame there that returns, or a generator that yields (Keras's and HF's data
+    iterators), loses its ``f_back`` mid-walk, and the walk ends early, short of a call still in
+    progress. Such a walk proves nothing; only one that reaches the thread's ``bottom`` frame
+    without meeting ``target`` does (without ``bottom``: one that ends at a non-generator frame).
     """
     last = None
     while top is not None:
         if top is target:
             return False
         last, top = top, top.f_back
-    return last is None or not last.f_code.co_flags & _GENERATOR_FLAGS
+    if last is None:
+        return True  # the thread has no frames left: it ended
+    if bottom is not None:
+        return last is bottom
+    return not last.f_code.co_flags & _GENERATOR_FLAGS
+
+
+_GENERATOR_FLAGS = inspect.CO_GENERATOR | inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR
 
 
 def _run() -> None:
@@ -147,7 +160,7 @@ def _run() -> None:
         stacks = sys._current_frames()
         for handle in current:
             frame = handle.frame
-            if frame is not None and left_stack(frame, stacks.get(handle.thread_id)):
+            if frame is not None and left_stack(frame, stacks.get(handle.thread_id), handle.bottom):
                 try:
                     handle.fire()
                 except Exception:  # noqa: BLE001 - the watched call already failed; keep watching the others
