@@ -54,10 +54,16 @@ def check_run(run_id: str, directories, *, power_w: float | None = None, context
     attempts = sorted({r.attempt for r in records})
     assert attempts == list(range(len(attempts))), f"attempts {attempts}" + where
     if power_w is not None:  # a scripted constant-power sensor: energy follows time, nothing doubled
-        # The meter stamps its clock just before it reads the sensor's (milliseconds apart on a
-        # loaded machine): this catches a window billed twice or lost, not clock jitter.
+        # The meter stamps its clock just before it reads the sensor's; on a loaded machine the
+        # thread can be paused between the two for tens of ms. Consecutive windows share their
+        # boundaries, so that jitter cancels over a run: the run is checked tightly, each record
+        # loosely (a window billed twice or lost, not clock jitter). The exact proof that every
+        # joule is billed once is the core state machine's (test_ledger_machine.py, fake clock).
         for r in records:
-            assert r.it_energy_kwh * 3.6e6 == pytest.approx(power_w * r.duration_s, rel=0.05, abs=power_w * 0.02), repr(r) + where
+            assert r.it_energy_kwh * 3.6e6 == pytest.approx(power_w * r.duration_s, rel=0.05, abs=power_w * 0.1), repr(r) + where
+        total_j = sum(r.it_energy_kwh for r in records) * 3.6e6
+        meter_sessions = len({r.attempt for r in records}) + 3  # each attempt, and inference calls after it
+        assert total_j == pytest.approx(power_w * sum(r.duration_s for r in records), abs=power_w * 0.1 * meter_sessions), where
     for r in records:
         if not r.samples_counted or r.samples == 0:
             assert r.energy_j_per_sample is None, repr(r) + where

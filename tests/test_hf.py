@@ -135,11 +135,16 @@ def test_values_reach_mlflow_and_wandb(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_SILENT", "true")
+    # An earlier test in this process (Lightning's loggers) leaves MLflow's URI and W&B's global
+    # settings behind: HF's reporters would write there, not under tmp_path.
+    import wandb
+
+    mlflow.end_run()
+    mlflow.set_tracking_uri(uri)
+    wandb.teardown()
     callback = make_callback()
     trainer = make_trainer(tmp_path, callback, "add", report_to=["mlflow", "wandb"])
     trainer.train()
-    import wandb
-
     wandb.finish()
     mlflow.end_run()
     train = energy_entries(trainer.state.log_history)
