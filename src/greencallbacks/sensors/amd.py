@@ -39,12 +39,12 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from greencallbacks.sensors.base import Discovery, Integrator, Kind, Method, Sensor, SensorError, Unavailable
+from greencallbacks.sensors.base import Discovery, Kind, Method, Sensor, SensorError, Unavailable
+from greencallbacks.sensors.gpu import GpuSensor
 from greencallbacks.sensors.share import Apportioned
 
 INSTALL_FIX = "install the AMD SMI bindings: pip install 'greencallbacks[amd]' (amdsmi, matching your ROCm version)"
@@ -134,7 +134,7 @@ def read_energy_count(smi: Any, handle: Any) -> tuple[int, float]:
         raise SensorError(f"amdsmi_get_energy_count answered {reading!r}, not the documented fields") from error
 
 
-class AmdGpuSensor(Sensor):
+class AmdGpuSensor(GpuSensor):
     """One AMD GPU (a board: for a two-die board, the handle of its first die).
 
     ``method`` is ``counter`` with the energy accumulator, else ``sampled``.
@@ -150,7 +150,9 @@ class AmdGpuSensor(Sensor):
         use_counter: False integrates power even where the accumulator exists.
     """
 
-    kind = Kind.GPU
+    library = "amdsmi"
+    no_power = "reports no socket power for this GPU"
+    poll_reads_counter = True  # a 32-bit accumulator must be read at least twice per wrap
 
     def __init__(
         self,
@@ -165,34 +167,27 @@ class AmdGpuSensor(Sensor):
         use_counter: bool = True,
     ) -> None:
         self._smi = amdsmi if amdsmi is not None else import_amdsmi()
-        self._handle = handle
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._shutdown_on_close = shutdown_on_close
-        self._closed = False
-        self.index = index
-        self.name = f"gpu{index}"
-        try:
-            self.scope = str(self._smi.amdsmi_get_gpu_device_uuid(handle))
-            self.model = str(self._smi.amdsmi_get_gpu_asic_info(handle).get("market_name", "AMD GPU"))
-        except self._smi.AmdSmiException as error:
-            raise SensorError(f"{self.name}: amdsmi could not identify the GPU: {_text(error)}") from error
+        super().__init__(handle, index=index, clock=clock, shutdown_on_close=shutdown_on_close)
+        self._identify(
+            lambda: (
+                str(self._smi.amdsmi_get_gpu_device_uuid(handle)),
+                str(self._smi.amdsmi_get_gpu_asic_info(handle).get("market_name", "AMD GPU")),
+            )
+        )
 
-        try:
-            power = self._smi.amdsmi_get_power_info(handle)
-        except self._smi.AmdSmiException as error:
-            if not _is_unsupported(error):
-                raise SensorError(f"{self.name} ({self.scope}): amdsmi power info failed: {_text(error)}") from error
+        power = self._if_supported("power info", lambda: self._smi.amdsmi_get_power_info(handle))
+        if power is None:
             power = {}
         # Instantaneous power first; then the average (MI200), which lags; last socket_power
         # (amdsmi 7), whose averaging is not documented: both labelled as averaged.
         keys = ("current_socket_power", "average_socket_power", "socket_power")
         self._power_key = next((k for k in keys if _watts(power.get(k)) is not None), None)
+        if self._power_key is not None:
+            self._read_power_w = self._read_socket_power_w
         limit_w = _watts(power.get("power_limit")) or 0.0
         if not 0.0 < limit_w <= MAX_PLAUSIBLE_POWER_W:
             limit_w = DEFAULT_MAX_POWER_W  # absent, or in a unit other than the documented watts
         counter = self._first_counter_reading() if use_counter else None
-        self._integrator: Integrator | None = None
         self._cumulative_uj = 0.0
         notes = [note] if note else []
         if counter is not None:
@@ -207,13 +202,10 @@ class AmdGpuSensor(Sensor):
             else:
                 self.poll_interval_s = None
         elif self._power_key is not None:
-            self.method = Method.SAMPLED
-            self.poll_interval_s = sample_interval_s
             if self._power_key != "current_socket_power":
                 notes.append(AVERAGED_POWER_NOTE)
                 self.update_period_s = 1.0  # the average's window, as for NVML's averaged power
-            self._integrator = Integrator(clock)
-            self._sample()
+            self._use_sampled_power(sample_interval_s)
         else:
             raise SensorError(
                 f"{self.name} ({self.model}, {self.scope}) reports neither an energy count nor socket power "
@@ -221,51 +213,21 @@ class AmdGpuSensor(Sensor):
             )
         self.note = "; ".join(notes)
 
-    # -- the Sensor interface -------------------------------------------------------------
+    # -- what GpuSensor asks of a backend (the Sensor interface is GpuSensor's) ------------
 
-    def energy_j(self) -> float:
-        if self._integrator is not None:
-            return self._sample()
-        with self._lock:
-            self._advance()
-            return self._cumulative_uj / 1e6
+    def _binding_error(self) -> type[BaseException]:
+        return self._smi.AmdSmiException
 
-    def poll(self) -> None:
-        if self._integrator is not None:
-            self._sample()
-        else:
-            with self._lock:
-                self._advance()
+    def _is_unsupported(self, error: BaseException) -> bool:
+        return _is_unsupported(error)
 
-    def power_w(self) -> float:
-        """Socket power in watts (instantaneous where the GPU reports it, else averaged)."""
-        if self._power_key is None:
-            raise SensorError(f"{self.name}: amdsmi reports no socket power for this GPU")
-        return self._read_power_w()
+    def _error_text(self, error: BaseException) -> str:
+        return _text(error)
 
-    def close(self) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-        if self._shutdown_on_close:
-            try:
-                self._smi.amdsmi_shut_down()
-            except Exception:  # noqa: BLE001 - closing must never raise
-                pass
+    def _shut_down(self) -> None:
+        self._smi.amdsmi_shut_down()
 
-    def describe(self) -> dict:
-        return {**super().describe(), "model": self.model}
-
-    # -- internals --------------------------------------------------------------------------
-
-    def _call(self, what: str, read: Callable[[], Any]) -> Any:
-        try:
-            return read()
-        except self._smi.AmdSmiException as error:
-            raise SensorError(f"{self.name} ({self.scope}): amdsmi {what} failed: {_text(error)}") from error
-
-    def _advance(self) -> None:
+    def _counter_j(self) -> float:
         """Add what the accumulator gathered since the last read (caller holds the lock)."""
         raw, self._resolution_uj = self._call("energy count", lambda: read_energy_count(self._smi, self._handle))
         if raw >= self._last_raw:
@@ -276,27 +238,20 @@ class AmdGpuSensor(Sensor):
             counts = raw  # a wide accumulator went back: the driver reloaded and restarted it from 0
         self._cumulative_uj += counts * self._resolution_uj
         self._last_raw = raw
+        return self._cumulative_uj / 1e6
 
-    def _read_power_w(self) -> float:
+    # -- internals --------------------------------------------------------------------------
+
+    def _read_socket_power_w(self) -> float:
         power = self._call("power info", lambda: self._smi.amdsmi_get_power_info(self._handle))
         watts = _watts(power.get(self._power_key))
         if watts is None:
             raise SensorError(f"{self.name} ({self.scope}): amdsmi {self._power_key} became N/A")
         return watts
 
-    def _sample(self) -> float:
-        assert self._integrator is not None
-        with self._lock:
-            return self._integrator.add(self._read_power_w())
-
     def _first_counter_reading(self) -> tuple[int, float] | None:
-        try:
-            raw, resolution = read_energy_count(self._smi, self._handle)
-        except self._smi.AmdSmiException as error:
-            if _is_unsupported(error):
-                return None
-            raise SensorError(f"{self.name} ({self.scope}): amdsmi energy count failed: {_text(error)}") from error
-        return (raw, resolution) if resolution > 0 else None
+        counter = self._if_supported("energy count", lambda: read_energy_count(self._smi, self._handle))
+        return counter if counter is not None and counter[1] > 0 else None
 
 
 # -- which GPUs this process uses -------------------------------------------------------------

@@ -33,12 +33,12 @@ one. Checked against the fake ``pynvml`` only; no MIG GPU was available to verif
 from __future__ import annotations
 
 import os
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable
 
-from greencallbacks.sensors.base import Discovery, Integrator, Kind, Method, Sensor, SensorError, Unavailable
+from greencallbacks.sensors.base import Discovery, Kind, Method, SensorError, Unavailable
+from greencallbacks.sensors.gpu import GpuSensor
 from greencallbacks.sensors.share import Apportioned
 
 COUNTER_UPDATE_PERIOD_S = 0.1  # NVML's total-energy counter steps every 100 ms (measured on an H100)
@@ -76,7 +76,7 @@ def _field_number(field_value: Any) -> float:
     return float(getattr(field_value.value, member))
 
 
-class NvmlGpuSensor(Sensor):
+class NvmlGpuSensor(GpuSensor):
     """One physical NVIDIA GPU.
 
     ``method`` is ``counter`` when the energy counter is supported, else ``sampled`` (power
@@ -92,7 +92,8 @@ class NvmlGpuSensor(Sensor):
         sample_interval_s: poll interval when power has to be sampled.
     """
 
-    kind = Kind.GPU
+    library = "NVML"
+    no_power = "reports no power reading for this GPU"
 
     def __init__(
         self,
@@ -107,18 +108,10 @@ class NvmlGpuSensor(Sensor):
         use_counter: bool = True,
     ) -> None:
         self._nvml = pynvml if pynvml is not None else import_pynvml()
-        self._handle = handle
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._shutdown_on_close = shutdown_on_close
-        self._closed = False
-        self.index = index
-        self.name = f"gpu{index}"
-        try:
-            self.scope = _text(self._nvml.nvmlDeviceGetUUID(handle))
-            self.model = _text(self._nvml.nvmlDeviceGetName(handle))
-        except self._nvml.NVMLError as error:
-            raise SensorError(f"{self.name}: NVML could not identify the GPU: {error}") from error
+        super().__init__(handle, index=index, clock=clock, shutdown_on_close=shutdown_on_close)
+        self._identify(
+            lambda: (_text(self._nvml.nvmlDeviceGetUUID(handle)), _text(self._nvml.nvmlDeviceGetName(handle)))
+        )
         if _is_mig_handle(self._nvml, handle):
             raise SensorError(
                 f"{self.name}: {self.scope} is a MIG instance, for which NVML reports no energy or power; "
@@ -130,7 +123,6 @@ class NvmlGpuSensor(Sensor):
         # or where a driver's counter is known to be wrong).
         self._last_raw_mj = self._first_counter_reading() if use_counter else None
         self._cumulative_mj = 0
-        self._integrator: Integrator | None = None
         notes = [note] if note else []
         if self._last_raw_mj is not None:
             self.method = Method.COUNTER
@@ -138,14 +130,11 @@ class NvmlGpuSensor(Sensor):
             self.poll_interval_s = None
             self.off_thread = True  # a counter read costs ~3 ms (p99 ~15 ms): never on the training thread
         elif self._read_power_w is not None:
-            self.method = Method.SAMPLED
-            self.poll_interval_s = sample_interval_s
             if self._read_power_w == self._read_averaged_power_w:
                 # The average lags by up to its window: that is the uncertainty of a boundary.
                 self.update_period_s = AVERAGED_POWER_WINDOW_S
                 notes.append(AVERAGED_POWER_NOTE)
-            self._integrator = Integrator(clock)
-            self._sample()
+            self._use_sampled_power(sample_interval_s)
         else:
             raise SensorError(
                 f"{self.name} ({self.model}, {self.scope}) reports neither energy nor power through NVML "
@@ -153,64 +142,35 @@ class NvmlGpuSensor(Sensor):
             )
         self.note = "; ".join(notes)
 
-    # -- the Sensor interface -------------------------------------------------------------
-
-    def energy_j(self) -> float:
-        if self._integrator is not None:
-            return self._sample()
-        with self._lock:
-            raw_mj = int(
-                self._call("energy counter", lambda: self._nvml.nvmlDeviceGetTotalEnergyConsumption(self._handle))
-            )
-            if raw_mj >= self._last_raw_mj:
-                self._cumulative_mj += raw_mj - self._last_raw_mj
-            else:
-                # The counter went backwards: the driver reloaded and restarted it from 0. Count
-                # what it has gathered since, so the total stays continuous.
-                self._cumulative_mj += raw_mj
-            self._last_raw_mj = raw_mj
-            return self._cumulative_mj / 1000.0
-
-    def poll(self) -> None:
-        if self._integrator is not None:
-            self._sample()
+    # -- the Sensor interface (the rest is GpuSensor's) ------------------------------------
 
     def power_now_w(self) -> float | None:
         # Only the instantaneous field (~4 us) is cheap and current; the 1-second average lags.
         return self._read_instant_power_w() if self._read_power_w == self._read_instant_power_w else None
 
-    def power_w(self) -> float:
-        """Instantaneous power (or the 1-second average where that is all there is), in watts."""
-        if self._read_power_w is None:
-            raise SensorError(f"{self.name}: NVML reports no power reading for this GPU")
-        return self._read_power_w()
+    # -- what GpuSensor asks of a backend ---------------------------------------------------
 
-    def close(self) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-        if self._shutdown_on_close:
-            try:
-                self._nvml.nvmlShutdown()
-            except Exception:  # noqa: BLE001 - closing must never raise
-                pass
+    def _binding_error(self) -> type[BaseException]:
+        return self._nvml.NVMLError
 
-    def describe(self) -> dict:
-        return {**super().describe(), "model": self.model}
+    def _is_unsupported(self, error: BaseException) -> bool:
+        return _is_unsupported(self._nvml, error)
+
+    def _shut_down(self) -> None:
+        self._nvml.nvmlShutdown()
+
+    def _counter_j(self) -> float:
+        raw_mj = int(self._call("energy counter", lambda: self._nvml.nvmlDeviceGetTotalEnergyConsumption(self._handle)))
+        if raw_mj >= self._last_raw_mj:
+            self._cumulative_mj += raw_mj - self._last_raw_mj
+        else:
+            # The counter went backwards: the driver reloaded and restarted it from 0. Count
+            # what it has gathered since, so the total stays continuous.
+            self._cumulative_mj += raw_mj
+        self._last_raw_mj = raw_mj
+        return self._cumulative_mj / 1000.0
 
     # -- internals --------------------------------------------------------------------------
-
-    def _call(self, what: str, read: Callable[[], Any]) -> Any:
-        try:
-            return read()
-        except self._nvml.NVMLError as error:
-            raise SensorError(f"{self.name} ({self.scope}): NVML {what} failed: {error}") from error
-
-    def _sample(self) -> float:
-        assert self._integrator is not None and self._read_power_w is not None
-        with self._lock:
-            return self._integrator.add(self._read_power_w())
 
     def _instant_power_mw(self) -> float:
         """Raises ``NVMLError`` (the field's own return code included)."""
@@ -232,23 +192,13 @@ class NvmlGpuSensor(Sensor):
             (self._instant_power_mw, self._read_instant_power_w),
             (lambda: self._nvml.nvmlDeviceGetPowerUsage(self._handle), self._read_averaged_power_w),
         )
-        for probe, reader in candidates:
-            try:
-                probe()
-            except self._nvml.NVMLError as error:
-                if _is_unsupported(self._nvml, error):
-                    continue
-                raise SensorError(f"{self.name} ({self.scope}): NVML power reading failed: {error}") from error
-            return reader
-        return None
+        # A probe answers a number (never None) where the reading is supported.
+        supported = (reader for probe, reader in candidates if self._if_supported("power reading", probe) is not None)
+        return next(supported, None)
 
     def _first_counter_reading(self) -> int | None:
-        try:
-            return int(self._nvml.nvmlDeviceGetTotalEnergyConsumption(self._handle))
-        except self._nvml.NVMLError as error:
-            if _is_unsupported(self._nvml, error):
-                return None
-            raise SensorError(f"{self.name} ({self.scope}): NVML energy counter failed: {error}") from error
+        raw = self._if_supported("energy counter", lambda: self._nvml.nvmlDeviceGetTotalEnergyConsumption(self._handle))
+        return None if raw is None else int(raw)
 
 
 def _is_mig_handle(nvml: Any, handle: Any) -> bool:
