@@ -16,7 +16,7 @@ from greencallbacks.sensors.amd import AVERAGED_POWER_NOTE, AmdGpuSensor, find_a
 from greencallbacks.sensors.base import Kind, Method, SensorError
 from tests.fakes import fake_amdsmi as fa
 from tests.fakes.fake_amdsmi import FakeAmdSmi
-from tests.fakes.scripted import FakeClock
+from tests.fakes.scripted import FakeClock, read_while_polling
 
 
 @pytest.fixture(autouse=True)
@@ -518,26 +518,9 @@ def test_an_apportioned_die_reaches_the_records_and_the_report(smi, clock, tmp_p
 
 
 def test_energy_never_decreases_while_the_background_thread_polls_a_wrapping_accumulator(smi, clock):
-    import threading
-
     smi.add_board(power_w=700.0, counter_bits=32)
     [sensor] = find(smi).sensors
-    stop = threading.Event()
-
-    def background():
-        while not stop.is_set():
-            sensor.poll()
-
-    thread = threading.Thread(target=background)
-    thread.start()
-    try:
-        readings = []
-        for _ in range(3000):
-            clock.advance(0.1)  # 300 s at 700 W: three wraps, read by both threads
-            readings.append(sensor.energy_j())
-    finally:
-        stop.set()
-        thread.join()
+    readings = read_while_polling(sensor, clock, steps=3000, step_s=0.1)  # 300 s at 700 W: three wraps
     assert all(b >= a for a, b in zip(readings, readings[1:]))
     assert readings[-1] - readings[0] == pytest.approx(700.0 * 299.9, rel=1e-6)
 

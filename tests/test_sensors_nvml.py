@@ -3,7 +3,6 @@
 import ctypes
 import inspect
 import sys
-import threading
 
 import pytest
 
@@ -13,7 +12,7 @@ from greencallbacks.sensors.base import Kind, Method, SensorError
 from greencallbacks.sensors.nvml import AVERAGED_POWER_NOTE, COUNTER_UPDATE_PERIOD_S, NvmlGpuSensor, find_nvml_gpus
 from tests.fakes import fake_pynvml as fp
 from tests.fakes.fake_pynvml import FakeNvml, gpu_uuid
-from tests.fakes.scripted import FakeClock
+from tests.fakes.scripted import FakeClock, read_while_polling
 
 
 @pytest.fixture
@@ -199,22 +198,7 @@ def test_gpu_lost_raises_sensor_error(nvml, clock):
 def test_energy_never_decreases_while_the_background_thread_polls(nvml, clock):
     nvml.gpus[0].counter_supported = False
     sensor = only_sensor(nvml, device_indices=[0])
-    stop = threading.Event()
-
-    def background():
-        while not stop.is_set():
-            sensor.poll()
-
-    thread = threading.Thread(target=background)
-    thread.start()
-    try:
-        readings = []
-        for _ in range(2000):
-            clock.advance(0.001)
-            readings.append(sensor.energy_j())
-    finally:
-        stop.set()
-        thread.join()
+    readings = read_while_polling(sensor, clock, steps=2000, step_s=0.001)
     assert all(b >= a for a, b in zip(readings, readings[1:]))
     assert readings[-1] == pytest.approx(100.0 * 2.0, rel=1e-6)
 

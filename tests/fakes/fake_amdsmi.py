@@ -21,11 +21,9 @@ older than ROCm 7 (no ``amdsmi_get_gpu_enumeration_info``).
 from __future__ import annotations
 
 import enum
-import math
 from collections import Counter
-from typing import Callable
 
-from tests.fakes.scripted import FakeClock
+from tests.fakes.scripted import FakeClock, PiecewisePower, PowerProfile
 
 AMDSMI_STATUS_SUCCESS = 0
 AMDSMI_STATUS_INVAL = 1
@@ -99,16 +97,14 @@ class AmdSmiInitFlags(enum.IntEnum):
 
 NA = "N/A"
 RESOLUTION_UJ = 15.3  # counter_resolution of MI200 and MI300 (uJ per count)
-PowerProfile = float | Callable[[float], float]
 
 
-class FakeBoard:
+class FakeBoard(PiecewisePower):
     """One board (OAM module) with one die or two; its power is a constant or a function of time."""
 
     def __init__(self, clock: FakeClock, serial: int, model: str, dies: int, power_w: PowerProfile, counter_bits: int) -> None:
-        self.clock = clock
+        super().__init__(clock, power_w)
         self.model = model
-        self._pieces: list[tuple[float, PowerProfile]] = [(-math.inf, power_w)]
         self.counter_bits = counter_bits
         self._origin_t = clock()
         # The accumulator's value when the test starts: a wide one has run for a while since the
@@ -118,27 +114,6 @@ class FakeBoard:
         self.error_code: int | None = None  # every call on this board fails with this code while set
         self.power_limit_w = 500 if dies == 2 else 750
         self.dies = [FakeDie(self, serial * 16 + n, n) for n in range(dies)]
-
-    def set_power(self, power_w: PowerProfile) -> None:
-        self._pieces.append((self.clock(), power_w))
-
-    def power_at(self, t: float) -> float:
-        profile = [p for start, p in self._pieces if start <= t][-1]
-        return profile(t) if callable(profile) else float(profile)
-
-    def energy_between_j(self, t0: float, t1: float) -> float:
-        total = 0.0
-        bounds = [p[0] for p in self._pieces[1:]] + [math.inf]
-        for (start, profile), end in zip(self._pieces, bounds):
-            a, b = max(start, t0), min(end, t1)
-            if b > a:
-                # Simpson's rule: exact for the linear ramps the tests use.
-                total += (b - a) / 6.0 * (self._at(profile, a) + 4 * self._at(profile, (a + b) / 2) + self._at(profile, b))
-        return total
-
-    @staticmethod
-    def _at(profile: PowerProfile, t: float) -> float:
-        return profile(t) if callable(profile) else float(profile)
 
     def counts(self) -> int:
         total = self._origin_counts + int(1e6 * self.energy_between_j(self._origin_t, self.clock()) / RESOLUTION_UJ)

@@ -32,7 +32,7 @@ from collections import Counter
 from ctypes import Structure, Union, c_char, c_double, c_int, c_int64, c_longlong, c_uint, c_uint32, c_ulong, c_ulonglong, c_ushort
 from typing import Callable
 
-from tests.fakes.scripted import FakeClock
+from tests.fakes.scripted import FakeClock, PiecewisePower, PowerProfile
 
 NVML_SUCCESS = 0
 NVML_ERROR_UNINITIALIZED = 1
@@ -218,7 +218,6 @@ H100_MIG_PROFILES = {
 }
 H100_SMS_PER_SLICE = 16  # 1g.10gb has 16 of the MIG-enabled H100's 112 usable SMs
 
-PowerProfile = float | Callable[[float], float]
 
 
 class LognormalLatency:
@@ -247,7 +246,7 @@ def h100_counter_latency(seed: int = 0) -> LognormalLatency:
 COUNTER_UPDATE_PERIOD_S = 0.1
 
 
-class FakeGpu:
+class FakeGpu(PiecewisePower):
     """One simulated physical GPU. Power is piecewise: a constant or a function of time each piece."""
 
     def __init__(
@@ -258,12 +257,10 @@ class FakeGpu:
         power_w: PowerProfile = 100.0,
         energy_at_start_mj: int = 987_654_321,
     ) -> None:
-        self.clock = clock
+        super().__init__(clock, power_w)
         self.uuid = uuid
         self.name = name
         self.created_at = clock()
-        # (start time, power); the first piece extends to the past so 1-second averages exist at once.
-        self._pieces: list[tuple[float, PowerProfile]] = [(-math.inf, power_w)]
         self._counter_origin_t = self.created_at  # when the counter last started from _counter_offset_mj
         self._counter_offset_mj = energy_at_start_mj
         self.counter_supported = True
@@ -274,10 +271,6 @@ class FakeGpu:
         self.handle = FakeHandle(self)
 
     # -- what the test controls ----------------------------------------------------------
-
-    def set_power(self, power_w: PowerProfile) -> None:
-        """From now on the GPU draws ``power_w`` (watts, or a function of fake time)."""
-        self._pieces.append((self.clock(), power_w))
 
     def lose(self) -> None:
         """The GPU falls off the bus: every call now fails with GPU is lost."""
@@ -296,26 +289,6 @@ class FakeGpu:
         instance = FakeMigDevice(self, uuid, slices, compute_slices or slices, gpu_instance_id=len(self.mig_instances) + 1)
         self.mig_instances.append(instance)
         return instance
-
-    # -- exact physics, for the test to compare with -------------------------------------
-
-    def power_at(self, t: float) -> float:
-        profile = [p for start, p in self._pieces if start <= t][-1]
-        return profile(t) if callable(profile) else float(profile)
-
-    def energy_between_j(self, t0: float, t1: float) -> float:
-        """The exact integral of power over [t0, t1] (Simpson's rule is exact for the linear ramps used)."""
-        total = 0.0
-        bounds = [p[0] for p in self._pieces[1:]] + [math.inf]
-        for (start, profile), end in zip(self._pieces, bounds):
-            a, b = max(start, t0), min(end, t1)
-            if b <= a:
-                continue
-            if callable(profile):
-                total += (b - a) / 6.0 * (profile(a) + 4.0 * profile((a + b) / 2.0) + profile(b))
-            else:
-                total += float(profile) * (b - a)
-        return total
 
     # -- what NVML reports ----------------------------------------------------------------
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import math
+import threading
+from typing import Callable
+
 from greencallbacks.sensors.base import Kind, Method, Sensor, SensorError
 
 
@@ -14,6 +18,65 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+PowerProfile = float | Callable[[float], float]
+
+
+class PiecewisePower:
+    """A simulated device's power over fake time: a constant or a function of time per piece.
+
+    Shared by the fake GPUs of ``fake_pynvml`` and ``fake_amdsmi``; the first piece extends to the
+    past, so averages over the last second exist at once.
+    """
+
+    def __init__(self, clock: FakeClock, power_w: PowerProfile) -> None:
+        self.clock = clock
+        self._pieces: list[tuple[float, PowerProfile]] = [(-math.inf, power_w)]
+
+    def set_power(self, power_w: PowerProfile) -> None:
+        """From now on the device draws ``power_w`` (watts, or a function of fake time)."""
+        self._pieces.append((self.clock(), power_w))
+
+    def power_at(self, t: float) -> float:
+        profile = [p for start, p in self._pieces if start <= t][-1]
+        return profile(t) if callable(profile) else float(profile)
+
+    def energy_between_j(self, t0: float, t1: float) -> float:
+        """The exact integral of power over [t0, t1] (Simpson's rule is exact for the linear ramps used)."""
+        total = 0.0
+        bounds = [p[0] for p in self._pieces[1:]] + [math.inf]
+        for (start, profile), end in zip(self._pieces, bounds):
+            a, b = max(start, t0), min(end, t1)
+            if b <= a:
+                continue
+            if callable(profile):
+                total += (b - a) / 6.0 * (profile(a) + 4.0 * profile((a + b) / 2.0) + profile(b))
+            else:
+                total += float(profile) * (b - a)
+        return total
+
+
+def read_while_polling(sensor: Sensor, clock: FakeClock, steps: int, step_s: float) -> list[float]:
+    """``sensor.energy_j()`` after each of ``steps`` clock advances, while another thread calls
+    ``sensor.poll()`` without pause: boundary reads racing the meter's background thread."""
+    stop = threading.Event()
+
+    def background() -> None:
+        while not stop.is_set():
+            sensor.poll()
+
+    thread = threading.Thread(target=background)
+    thread.start()
+    try:
+        readings = []
+        for _ in range(steps):
+            clock.advance(step_s)
+            readings.append(sensor.energy_j())
+    finally:
+        stop.set()
+        thread.join()
+    return readings
 
 
 class ScriptedSensor(Sensor):
