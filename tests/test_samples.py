@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
-from collections import UserDict, namedtuple
+from collections import UserDict
 
 import numpy as np
 import pytest
 
 from greencallbacks.meter import EnergyWarning
 from greencallbacks.samples import BatchCounter, count_samples
+from tests.batch_kinds import Features, Pair
 
 torch = pytest.importorskip("torch")
-
-
-@dataclasses.dataclass
-class Features:
-    pixels: torch.Tensor
-    label: torch.Tensor
-
-
-Pair = namedtuple("Pair", "inputs targets")
 
 
 class GraphBatch:

@@ -8,7 +8,6 @@ run, and no per-sample values in the records or the loggers.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import math
@@ -16,7 +15,6 @@ import os
 import subprocess
 import sys
 import warnings
-from collections import namedtuple
 from pathlib import Path
 
 import pytest
@@ -25,6 +23,7 @@ torch = pytest.importorskip("torch")
 
 from greencallbacks.meter import EnergyWarning  # noqa: E402
 from greencallbacks.records import read_records  # noqa: E402
+from tests.batch_kinds import Features, Pair  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -33,15 +32,6 @@ WORDS = ("a", "b", "c", "d")
 
 
 # ---------------------------------------------------------------------------- batch kinds
-@dataclasses.dataclass
-class Features:
-    pixels: torch.Tensor
-    label: torch.Tensor
-
-
-Pair = namedtuple("Pair", "inputs targets")
-
-
 class GraphBatch:
     """A stand-in for PyTorch Geometric's ``Batch``: many nodes, ``num_graphs`` samples, ``len()`` its attributes."""
 
