@@ -358,14 +358,16 @@ class _Channel:
 
     def peek(self, now: float) -> tuple[float, float]:
         """Like ``boundary`` but never reads a slow counter and hands nothing out: a slow channel
-        with no recent read holds its last boundary value."""
+        gives its latest counter read, not carried forward to ``now``. The next boundary carries
+        that read forward, so it can only be higher: a live figure never exceeds the total the
+        next phase end logs (it lags by at most one update period instead)."""
         if not self.off_thread:
             return self.read(), 0.0
-        estimate = self.estimate(now)
         with self._state_lock:
-            if estimate is None:
+            anchor = self._anchor
+            if anchor is None:
                 return self._boundary_j, 0.0
-            return max(self._boundary_j, estimate[0]), estimate[1]
+            return max(self._boundary_j, anchor[1]), abs(now - anchor[0])
 
     def forget(self) -> None:
         with self._state_lock:
