@@ -172,6 +172,36 @@ def simulated_gpu_sensor(nvml, gpu):
     return NvmlGpuSensor(gpu.handle, index=0, pynvml=nvml)
 
 
+def mlp_module(validation: bool = True):
+    """The benchmark MLP (``overhead._mlp``) as a LightningModule class: a cross-entropy training
+    step and SGD, and with ``validation`` a validation step that logs ``val_loss``. Lightning is
+    imported here, on first call, to keep this module light."""
+    import lightning.pytorch as L
+    import torch
+
+    import overhead
+
+    class Module(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = overhead._mlp()
+
+        def training_step(self, batch, batch_idx):
+            return torch.nn.functional.cross_entropy(self.net(batch[0]), batch[1])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    if not validation:
+        return Module
+
+    class ValidatedModule(Module):
+        def validation_step(self, batch, batch_idx):
+            self.log("val_loss", torch.nn.functional.cross_entropy(self.net(batch[0]), batch[1]))
+
+    return ValidatedModule
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]

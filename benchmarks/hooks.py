@@ -45,7 +45,7 @@ from pathlib import Path
 os.environ.setdefault("KERAS_BACKEND", "torch")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import emit, percentile, pin_threads, quiet, simulated_gpu_sensor, simulated_nvml  # noqa: E402
+from _common import emit, mlp_module, percentile, pin_threads, quiet, simulated_gpu_sensor, simulated_nvml  # noqa: E402
 
 LIGHTNING_STEP_HOOKS = (
     ("on_train_batch_start", "batch_idx"),
@@ -275,8 +275,6 @@ def counted_sensors():
 
 
 def reads_per_epoch(epochs: int, steps: int, workdir: Path) -> dict:
-    import torch
-
     import overhead
 
     out = {}
@@ -288,19 +286,7 @@ def reads_per_epoch(epochs: int, steps: int, workdir: Path) -> dict:
 
     from greencallbacks.lightning import EnergyCallback as LightningCallback
 
-    class Module(L.LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.net = overhead._mlp()
-
-        def training_step(self, batch, batch_idx):
-            return torch.nn.functional.cross_entropy(self.net(batch[0]), batch[1])
-
-        def validation_step(self, batch, batch_idx):
-            self.log("val_loss", torch.nn.functional.cross_entropy(self.net(batch[0]), batch[1]))
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.01)
+    Module = mlp_module()
 
     sensors, reads, polls = counted_sensors()
     t0 = time.perf_counter()
@@ -513,7 +499,6 @@ def fit_shares(quick: bool, workdir: Path) -> dict:
 def lightning_profiled(quick: bool, workdir: Path) -> dict:
     """One Lightning fit each with our callback and an empty one, under ``SimpleProfiler``."""
     import lightning.pytorch as L
-    import torch
     from lightning.pytorch.profilers import SimpleProfiler
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -523,19 +508,7 @@ def lightning_profiled(quick: bool, workdir: Path) -> dict:
     epochs, steps, val_steps = overhead.SIZES["lightning"]["quick" if quick else "long"]
     x, y, xv, yv = overhead._data(steps, val_steps)
 
-    class Module(L.LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.net = overhead._mlp()
-
-        def training_step(self, batch, batch_idx):
-            return torch.nn.functional.cross_entropy(self.net(batch[0]), batch[1])
-
-        def validation_step(self, batch, batch_idx):
-            self.log("val_loss", torch.nn.functional.cross_entropy(self.net(batch[0]), batch[1]))
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.01)
+    Module = mlp_module()
 
     out = {}
     for label, make in (("greencallbacks", lambda: EnergyCallback(country="FR")), ("empty_callback", L.Callback)):

@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import REPO_ROOT, emit, pin_threads, quiet  # noqa: E402
+from _common import REPO_ROOT, emit, mlp_module, pin_threads, quiet  # noqa: E402
 
 
 def _slope(xs: list[float], ys: list[float]) -> float:
@@ -115,27 +115,6 @@ def core_tracker(phases: int, workdir: Path) -> dict:
     return out
 
 
-def _training_only_module():
-    """The benchmark MLP as a LightningModule with a training step only."""
-    import lightning.pytorch as L
-    import torch
-
-    import overhead
-
-    class Module(L.LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.net = overhead._mlp()
-
-        def training_step(self, batch, batch_idx):
-            return torch.nn.functional.cross_entropy(self.net(batch[0]), batch[1])
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.01)
-
-    return Module
-
-
 def lightning_fits(fits: int, epochs: int, workdir: Path, with_callback: bool = True) -> dict:
     import lightning.pytorch as L
     import psutil
@@ -147,7 +126,7 @@ def lightning_fits(fits: int, epochs: int, workdir: Path, with_callback: bool = 
     x, y, _, _ = overhead._data(2, 0)
     loader = DataLoader(TensorDataset(x, y), batch_size=32)
 
-    Module = _training_only_module()
+    Module = mlp_module(validation=False)
 
     process = psutil.Process()
     samples = []
@@ -191,7 +170,7 @@ def lightning_heap_held_by_tool(epochs: int, workdir: Path) -> dict:
     package = str(Path(__import__("greencallbacks").__file__).parent)
     held: dict[int, int] = {}
 
-    Module = _training_only_module()
+    Module = mlp_module(validation=False)
 
     class Probe(L.Callback):
         def on_train_epoch_end(self, trainer, pl_module):
