@@ -45,7 +45,7 @@ from typing import Any
 
 from greencallbacks.sensors.base import Discovery, Kind, Method, Sensor, SensorError, Unavailable
 from greencallbacks.sensors.gpu import GpuSensor
-from greencallbacks.sensors.share import Apportioned
+from greencallbacks.sensors.share import Apportioned, warn_once
 
 INSTALL_FIX = "install the AMD SMI bindings: pip install 'greencallbacks[amd]' (amdsmi, matching your ROCm version)"
 LIBRARY_FIX = "install ROCm's amd-smi-lib package (it provides libamd_smi.so), or set ROCM_PATH to the ROCm install"
@@ -467,16 +467,12 @@ _warned_shares: set[tuple[str, float]] = set()
 
 
 def _say_apportioned_once(sensor: Apportioned, rule: str) -> None:
-    key = (sensor.scope, sensor.share)
-    if key in _warned_shares:
-        return
-    _warned_shares.add(key)
-    from greencallbacks.meter import warn
-
-    warn(
+    warn_once(
+        _warned_shares,
+        sensor,
         f"greencallbacks: {sensor.name} is one die of a multi-die AMD board whose energy is reported for the "
         f"whole board; this process is billed {sensor.share:.3g} of it ({rule}), labelled 'apportioned' with an "
-        f"uncertainty of +/-{sensor.relative_uncertainty:.0%} of what it bills."
+        f"uncertainty of +/-{sensor.relative_uncertainty:.0%} of what it bills.",
     )
 
 

@@ -39,7 +39,7 @@ from typing import Any, Callable
 
 from greencallbacks.sensors.base import Discovery, Kind, Method, SensorError, Unavailable
 from greencallbacks.sensors.gpu import GpuSensor
-from greencallbacks.sensors.share import Apportioned
+from greencallbacks.sensors.share import Apportioned, warn_once
 
 COUNTER_UPDATE_PERIOD_S = 0.1  # NVML's total-energy counter steps every 100 ms (measured on an H100)
 SAMPLE_INTERVAL_S = 0.05  # instantaneous power: 20 samples a second cost ~0.1 ms of a background thread
@@ -303,17 +303,13 @@ def mig_share(nvml: Any, parent: _Device, entries: Sequence[str]) -> tuple[float
 _warned_shares: set[tuple[str, float]] = set()
 
 
-def _say_apportioned_once(sensor: Any, rule: str) -> None:
-    key = (sensor.scope, sensor.share)
-    if key in _warned_shares:
-        return
-    _warned_shares.add(key)
-    from greencallbacks.meter import warn
-
-    warn(
+def _say_apportioned_once(sensor: Apportioned, rule: str) -> None:
+    warn_once(
+        _warned_shares,
+        sensor,
         f"greencallbacks: {sensor.name} is a MIG instance of GPU {sensor.scope}; NVML measures only the "
         f"whole GPU, so this process is billed {sensor.share:.3g} of it ({rule}), labelled 'apportioned' "
-        f"with an uncertainty of +/-{sensor.relative_uncertainty:.0%} of what it bills."
+        f"with an uncertainty of +/-{sensor.relative_uncertainty:.0%} of what it bills.",
     )
 
 

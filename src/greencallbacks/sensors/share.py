@@ -24,6 +24,18 @@ def share_bound(share: float) -> float:
     return max(share, 1.0 - share) / share
 
 
+def warn_once(said: set[tuple[str, float]], sensor: Apportioned, message: str) -> None:
+    """Warn ``message`` the first time this process bills a device this share; ``said`` holds the
+    (scope, share) pairs already warned of (one set per backend, so tests can reset it)."""
+    key = (sensor.scope, sensor.share)
+    if key in said:
+        return
+    said.add(key)
+    from greencallbacks.meter import warn  # on first use: sensor modules load nothing beyond sensors.base
+
+    warn(message)
+
+
 class Apportioned(Sensor):
     """``share`` of ``device``'s energy, labelled ``apportioned``.
 
