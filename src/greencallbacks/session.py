@@ -220,6 +220,15 @@ class EnergySession:
         tracker.summary_extra["budget"] = self.budget.summary()
         return decision.stop and self.budget.on_exceed == "stop"
 
+    def live_metrics(self, prefix: str = "") -> dict[str, float]:
+        """The run so far at a framework's logging step (``Tracker.live``), with the budget judged
+        on it: a budget crossed mid-epoch warns now, and its stop waits for the epoch's end, where
+        every rank holds the same sums and the checkpoint a whole epoch."""
+        values = self.tracker.live(prefix)
+        if values:
+            self.check_budget(energy_kwh=values[prefix + "energy_kwh_total"], co2eq_g=values[prefix + "co2eq_g_total"])
+        return values
+
     def pause_between_epochs(self) -> float:
         """Carbon-aware training: wait while the grid is dirtier than the configured threshold.
 

@@ -223,11 +223,7 @@ class EnergyCallback(TrainerCallback, ExportableState):
         # evaluates (`logging_steps`, `eval_steps`): the values so far go out with it, before the
         # evaluation, which gets its own record.
         if self.step_metrics and (control.should_log or control.should_evaluate) and self.session.running:
-            values = self.tracker.live()
-            # A budget crossed mid-epoch warns now; the stop follows at the epoch's end (same sums
-            # on every rank, a whole epoch in the checkpoint).
-            self.session.check_budget(energy_kwh=values.get("energy_kwh_total"), co2eq_g=values.get("co2eq_g_total"))
-            self._log(values, control)
+            self._log(self.session.live_metrics(), control)
 
     @never_raises
     def on_epoch_end(self, args, state, control, **kwargs):

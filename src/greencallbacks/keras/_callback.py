@@ -310,7 +310,7 @@ class EnergyCallback(_Callback):
     @never_raises
     def _add_live(self, logs: dict) -> None:
         if self._call is not None and self._call.run is not None and self.session.running:
-            logs.update(self.tracker.live())
+            logs.update(self.session.live_metrics())
 
     def _tensorboard_batch_every(self, callback_list: keras.callbacks.CallbackList | None) -> int:
         """The ``update_freq`` of a TensorBoard in the list that logs batches; 0 when none does."""

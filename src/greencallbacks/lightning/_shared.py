@@ -299,15 +299,9 @@ class EnergyCallbackBase:
         ``_batches_that_stepped``, the step they use), and into the progress bar; not into
         ``callback_metrics``, which keep the epoch's values for checkpoints and early stopping.
         """
-        values = _finite(self.tracker.live(self.prefix))
+        values = _finite(self.session.live_metrics(self.prefix))
         if not values:
             return
-        # A budget crossed mid-epoch warns now; its stop comes at this epoch's end, where every
-        # rank holds the same sums (live totals are partly this rank's own) and the checkpoint a
-        # whole epoch.
-        self.session.check_budget(
-            energy_kwh=values.get(self.prefix + "energy_kwh_total"), co2eq_g=values.get(self.prefix + "co2eq_g_total")
-        )
         seams = _logging_seams(trainer)
         if seams is not None:
             connector, batches_that_stepped = seams
