@@ -35,7 +35,11 @@ class FakeZone:
         return self.path / "energy_uj"
 
     def _write(self) -> None:
-        self.energy_path.write_text(f"{self.total_uj % self.max_energy_range_uj}\n")
+        # The kernel serves a sysfs read whole; a plain write_text truncates first, so the meter's
+        # poller thread could read an empty file. Write beside it and rename over it atomically.
+        staged = self.path / ".energy_uj.new"
+        staged.write_text(f"{self.total_uj % self.max_energy_range_uj}\n")
+        os.replace(staged, self.energy_path)
 
     def add_joules(self, joules: float) -> None:
         """The zone consumes ``joules``; the file shows the counter modulo its range."""
