@@ -159,8 +159,9 @@ class LedgerMachine(RuleBasedStateMachine):
         if self.tracker is not None and self.tracker.running:
             # What the running tracker measured but has not closed into a record yet: the open
             # phases so far, and the interval since its last snapshot.
-            billed += sum(sum(c["energy_j"] for c in o.components.values()) for o in self.tracker._stack)
-            billed += sum(r.it_energy_kwh for r in self.tracker._pending) * 3.6e6  # closed, published at the next end
+            # The phases closed but not yet published (a gap, published at the next end) likewise.
+            unpublished = [closed[0] for closed in self.tracker._pending] + self.tracker._stack
+            billed += sum(sum(c["energy_j"] for c in o.components.values()) for o in unpublished)
             billed += self.sensor.energy_j() - self.tracker._last_snapshot.energy_j["gpu0"]
         assert billed == pytest.approx(self.measured_j, rel=REL, abs=1e-6)
 

@@ -39,6 +39,7 @@ ESTIMATE_RELATIVE_UNCERTAINTY = 0.5
 POWER_SAMPLE_INTERVAL_S = 0.02
 DEFAULT_READ_INTERVAL_S = 0.1
 STALE_READ_S = 0.25
+ESTIMATED, SAMPLED = Method.ESTIMATED.value, Method.SAMPLED.value  # plain str: compared at every boundary
 POWER_HISTORY = 64  # samples kept: ~1.3 s, more than the span between two counter reads
 # Finding a quantised counter's update phase: steps to observe (at most), the precision at which
 # to stop early, inconsistent steps tolerated before concluding it has no steady period, and how
@@ -58,6 +59,13 @@ def _integral_at(samples: Sequence[tuple[float, float, float]], t: float) -> flo
         return joules - power_w * (t_s - t)
     (t0, j0, _), (t1, j1, _) = samples[i - 1], samples[i]
     return j0 + (j1 - j0) * (t - t0) / (t1 - t0)
+
+
+def joules_between(start: "Snapshot", end: "Snapshot") -> float:
+    """IT energy between two snapshots of one meter, all channels: ``Meter.between(...).energy_j``
+    without the per-component detail (for live figures, at every logging step)."""
+    before = start.energy_j
+    return sum(max(0.0, joules - before.get(name, 0.0)) for name, joules in end.energy_j.items())
 
 
 class EnergyWarning(UserWarning):
@@ -149,6 +157,8 @@ class _Channel:
         self._started = clock()
         self.note = getattr(sensor, "note", "") or ""
         self.failed = False  # stopped counting altogether
+        self._method_seen: object = None
+        self._method_text = ""
         # Off-thread reading. The reader thread writes these under _state_lock, which is never held
         # across a sensor call, so a boundary on the training thread never waits for a slow read.
         self._off_thread_allowed = off_thread
@@ -179,7 +189,12 @@ class _Channel:
 
     @property
     def method(self) -> str:
-        return str(self.sensor.method)
+        # Read at every boundary: formatting the enum costs more than the rest of a cheap read,
+        # so keep its text until the sensor (or its method, e.g. counter -> sampled) changes.
+        method = self.sensor.method
+        if method is not self._method_seen:
+            self._method_seen, self._method_text = method, str(method)
+        return self._method_text
 
     @property
     def poll_interval_s(self) -> float | None:
@@ -415,13 +430,14 @@ class _Channel:
             )
 
     def uncertainty_j(self, energy_j: float, duration_s: float, carried_s: float = 0.0) -> float:
-        if self.method == Method.ESTIMATED.value:
+        method = self.method
+        if method == ESTIMATED:
             return ESTIMATE_RELATIVE_UNCERTAINTY * energy_j
         # A stated share of a device (apportioned) errs in proportion to the energy, whatever the window.
         stated_j = (getattr(self.sensor, "relative_uncertainty", 0.0) or 0.0) * energy_j
         # A boundary carried forward from a read is off by at most the power change over that span.
         period = max(getattr(self.sensor, "update_period_s", 0.0) or 0.0, carried_s)
-        if self.method == Method.SAMPLED.value:
+        if method == SAMPLED:
             period = max(period, self.sensor.poll_interval_s or 0.0)
         if period <= 0:
             return stated_j

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from greencallbacks._version import __version__
 from greencallbacks.distributed import LocalReducer, Reducer
 from greencallbacks.ledger import Ledger, PhaseTotals, read_run_records
+from greencallbacks.meter import joules_between
 from greencallbacks.prediction import PREDICTION_STEMS, predict
 from greencallbacks.records import PHASES, RECORDS_FILE, Record, RecordWriter, write_json_atomic
 from greencallbacks.units import J_PER_KWH
@@ -150,7 +151,9 @@ class Tracker:
         self.records: deque[Record] = deque(maxlen=RECORDS_KEPT_IN_MEMORY)
         self._writer: RecordWriter | None = None
         self._stack: list[_Open] = []
-        self._pending: list[Record] = []
+        # Phases closed on this rank, not yet published: (phase, partial, step). Their records are
+        # built when published, so a gap closed by `begin` costs the training thread no record.
+        self._pending: list[tuple[_Open, bool, int | None]] = []
         self._last_snapshot: Snapshot | None = None
         # `live`: the previous call's peek (its power interval) and each open phase's billed sums.
         self._live_previous: Snapshot | None = None
@@ -282,7 +285,7 @@ class Tracker:
         while self._stack:
             top = self._stack.pop()
             self._close(top, partial=top.phase != "other")
-        local, self._pending = self._pending, []
+        local = self._take_pending()
         if self.reducer.world_size > 1 and self.reducer.rank > 0 and self.output_dir is not None:
             if self._writer is not None:
                 self._writer.close()
@@ -349,13 +352,14 @@ class Tracker:
         peeked = self.meter.peek()
         pue = self.carbon.pue
         since = self._last_snapshot
-        it_j = self.meter.between(since, peeked).energy_j
+        it_j = joules_between(since, peeked)
         intensity = self.carbon.intensity_between(since.unix_s, max(peeked.unix_s, since.unix_s))
         co2eq_g = it_j * pue / J_PER_KWH * intensity.g_per_kwh
-        # Each open phase's billed segments, summed once: a long epoch with many evaluations
-        # inside keeps adding segments, and this runs at every logging step.
+        # Each phase's billed segments, summed once: a long epoch with many evaluations inside
+        # keeps adding segments, and this runs at every logging step. The phases closed on this
+        # rank but not yet published (a gap closes when a phase begins) count as well.
         billed = {}
-        for opened in self._stack:
+        for opened in [closed[0] for closed in self._pending] + self._stack:
             count, joules, grams = self._live_billed.get(opened.seq, (0, 0.0, 0.0))
             for t0, t1, energy_j in opened.segments[count:]:
                 joules += energy_j
@@ -364,15 +368,12 @@ class Tracker:
             it_j += joules
             co2eq_g += grams
         self._live_billed = billed
-        # Phases closed on this rank but not yet summed over ranks (a gap closes when a phase begins).
-        pending_j = sum(r.energy_kwh for r in self._pending) * J_PER_KWH
-        co2eq_g += sum(r.co2eq_g for r in self._pending)
         previous = self._live_previous or self._last_snapshot
         seconds = peeked.monotonic_s - previous.monotonic_s
-        power_w = self.meter.between(previous, peeked).energy_j / seconds if seconds > 0 else 0.0
+        power_w = joules_between(previous, peeked) / seconds if seconds > 0 else 0.0
         self._live_previous = peeked
         values = {
-            "energy_kwh_total": (self.total_energy_j + pending_j + it_j * pue) / J_PER_KWH,
+            "energy_kwh_total": (self.total_energy_j + it_j * pue) / J_PER_KWH,
             "co2eq_g_total": self.total_co2eq_g + co2eq_g,
             "power_w": power_w,
         }
@@ -398,7 +399,9 @@ class Tracker:
         open_records = []
         if self.running:
             self._boundary()
-            open_records = [self._local_record(o, partial=True) for o in self._stack if not o.empty]
+            # Closed but not yet published (a gap closed by `begin`), then the phases still open.
+            open_records = [self._local_record(*closed) for closed in self._pending]
+            open_records += [self._local_record(o, True, self.step) for o in self._stack if not o.empty]
         records_path = (self.output_dir / RECORDS_FILE).resolve() if self.output_dir is not None else None
         return {**self.ledger.state_dict(open_records), "records_path": str(records_path) if records_path else None}
 
@@ -483,9 +486,13 @@ class Tracker:
     def _close(self, opened: _Open, partial: bool = False) -> None:
         if opened.phase == "other" and opened.empty:
             return
-        self._pending.append(self._local_record(opened, partial))
+        self._pending.append((opened, partial, self.step))
 
-    def _local_record(self, opened: _Open, partial: bool) -> Record:
+    def _take_pending(self) -> list[Record]:
+        pending, self._pending = self._pending, []
+        return [self._local_record(*closed) for closed in pending]
+
+    def _local_record(self, opened: _Open, partial: bool, step: int | None) -> Record:
         pue = self.carbon.pue
         # Each segment's energy at the intensity of its own interval (sum of E_i x I_i); the
         # record keeps the energy-weighted mean and every source that contributed.
@@ -534,7 +541,7 @@ class Tracker:
             co2eq_g_per_sample=None,
             components=components,
             uncertainty_kwh=uncertainty_j * pue / J_PER_KWH,
-            step=self.step,
+            step=step,
             partial=partial,
             attempt=self.ledger.attempt,
             framework=self.framework,
@@ -549,7 +556,7 @@ class Tracker:
 
     def _publish(self, seq: int | None) -> Record | None:
         """Gather pending local records from all ranks, sum them, write, and update totals."""
-        local, self._pending = self._pending, []
+        local = self._take_pending()
         if self.reducer.world_size > 1:
             gathered = self.reducer.all_gather([r.to_dict() for r in local])
             combined = _combine([[Record.from_dict(d) for d in rank_records] for rank_records in gathered])
