@@ -67,14 +67,16 @@ def count_samples(batch: Any) -> int | None:
             shape = getattr(next(iter(batch.values()), None), "shape", None)
             if shape:
                 return int(shape[0])
-        else:
-            shape = getattr(batch, "shape", None)
+        elif hasattr(kind, "shape"):  # a tensor or array (asked of the class: see below)
+            shape = batch.shape
             if shape:
                 return int(shape[0])
-            if isinstance(batch, Mapping):  # HF BatchEncoding: the walk's getattrs each raise inside it
-                shape = getattr(next(iter(batch.values()), None), "shape", None)
-                if shape:
-                    return int(shape[0])
+        elif isinstance(batch, Mapping):
+            # HF BatchEncoding: asking the instance for a missing attribute costs ~6 us, its
+            # __getattr__ raising (and chaining) an exception each time.
+            shape = getattr(next(iter(batch.values()), None), "shape", None)
+            if shape:
+                return int(shape[0])
     except Exception:  # noqa: BLE001 - a strided nested tensor raises on .shape; an unknown dim is None
         pass
     return _walk(batch)
