@@ -16,9 +16,11 @@
    with a counter), and the background thread's polls.
 4. On a simulated GPU host (the tests' fake NVML on the real clock, each energy-counter read
    sleeping the H100's latency: 2.9 ms median, 15 ms p99): the training thread's time per phase
-   boundary (``Tracker.begin`` / ``end`` in memory, and the meter's part of it), median and p99,
-   with the counter read at the boundary (before) and off the training thread (now); and, in
-   the same runs, each 1-second epoch's GPU energy against the simulated GPU's exact energy.
+   boundary (``Tracker.begin`` / ``end`` in memory, each after 10 ms of other work, and the
+   meter's part of it), median and p99, with the counter read at the boundary (before) and off
+   the training thread (now), also with four idle worker processes in the process tree (whose
+   CPU time the CPU estimate reads), and as a multiple of a fixed bit of Python timed alike; and,
+   in the same runs, each 1-second epoch's GPU energy against the simulated GPU's exact energy.
 5. The share of a fit spent inside the callback, in real fits of all three frameworks with ~1 s
    epochs, on this CPU host and on the simulated GPU host (``overhead.SelfTime``: the training
    thread's time in the callback's hooks and core calls, and the meter thread's CPU time); and a
@@ -351,6 +353,23 @@ def _busy(seconds: float) -> None:
         pass
 
 
+def _reference_work() -> dict:
+    """A fixed bit of plain Python (a 10-item dict) timed like a boundary: on this VM such code
+    runs 10-100x slower right after other work than in a warm loop, so boundaries are also
+    given as a multiple of it."""
+    out = {}
+    for i in range(10):
+        out[i] = i * 2.0
+    return out
+
+
+def _worker_processes(count: int) -> list:
+    """Idle child processes, as DataLoader workers are: the CPU estimate reads each one's CPU time."""
+    import subprocess
+
+    return [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"]) for _ in range(count)]
+
+
 def simulated_gpu_boundaries(quick: bool) -> dict:
     from greencallbacks.meter import Meter
     from greencallbacks.tracker import Tracker
@@ -358,10 +377,21 @@ def simulated_gpu_boundaries(quick: bool) -> dict:
     phases = 30 if quick else 400
     epochs, epoch_s, val_s = (2, 0.3, 0.1) if quick else (8, 1.0, 0.3)
     out = {"phases_timed": phases, "epoch_s": epoch_s}
-    for label, off_thread in (("cpu_host_control", None), ("counter_read_at_boundary", False), ("off_thread", True)):
+    # (label, GPU counter off the thread (None: no GPU), worker processes, CPU time off the thread)
+    configs = [("cpu_host_control", None, 0, True), ("counter_read_at_boundary", False, 0, False),
+               ("off_thread", True, 0, True)]
+    if not quick:
+        configs += [("off_thread_4_workers_cpu_time_in_place", True, 4, False), ("off_thread_4_workers", True, 4, True)]
+    for label, off_thread, workers, cpu_off_thread in configs:
+        children = _worker_processes(workers)
+        time.sleep(2.5 if workers else 0)  # the process tree's children are listed every 2 s
         nvml, gpu = simulated_nvml(300.0)
         gpu_sensors = [] if off_thread is None else [simulated_gpu_sensor(nvml, gpu)]
-        meter = Meter([*gpu_sensors, *host_sensors()], off_thread=bool(off_thread))
+        sensors = host_sensors()
+        for sensor in sensors:
+            if sensor.name == "cpu":  # the process tree's CPU time: read in place before 2026-12-01
+                sensor.off_thread = cpu_off_thread
+        meter = Meter([*gpu_sensors, *sensors], off_thread=bool(off_thread) or cpu_off_thread)
         snapshot, between = meter.snapshot, meter.between
         meter_us: list[float] = []
 
@@ -382,13 +412,14 @@ def simulated_gpu_boundaries(quick: bool) -> dict:
             return read_counter(handle)
 
         nvml.nvmlDeviceGetTotalEnergyConsumption = counted_read
-        boundary_us = []
+        boundary_us, reference_us = [], []
         for _ in range(phases):
-            _busy(0.01)
-            for call in (lambda: tracker.begin("train", 0), lambda: tracker.end("train")):
+            for call, into in ((lambda: tracker.begin("train", 0), boundary_us), (lambda: tracker.end("train"), boundary_us),
+                               (_reference_work, reference_us)):
+                _busy(0.01)
                 t0 = time.perf_counter()
                 call()
-                boundary_us.append((time.perf_counter() - t0) * 1e6)
+                into.append((time.perf_counter() - t0) * 1e6)
         # Accuracy: power steps at every boundary (the hardest case for a quantised counter), with
         # training that holds the GIL (a pure-Python loop) and then training that releases it
         # (sleeping, as a thread waiting on the device does).
@@ -413,8 +444,14 @@ def simulated_gpu_boundaries(quick: bool) -> dict:
                 truth = gpu.energy_between_j(t0, t1) + gpu.energy_between_j(t2, t3)
                 errors["gil_held" if record.epoch <= epochs else "gil_released"].append((ours - truth) / truth)
         meter.close()
+        for child in children:
+            child.kill()
+            child.wait()
         out[label] = {
+            "worker_processes": workers,
             "boundary_us_median": statistics.median(boundary_us),
+            "reference_us_median": statistics.median(reference_us),
+            "boundary_over_reference": statistics.median(boundary_us) / statistics.median(reference_us),
             "boundary_us_p99": percentile(boundary_us, 0.99),
             "meter_us_median": statistics.median(meter_us),
             "meter_us_p99": percentile(meter_us, 0.99),
