@@ -154,6 +154,42 @@ def test_lightning_logs_totals_so_far_at_its_logging_steps(tmp_path):
     assert len(records) == len({r.seq for r in records}) and {r.phase for r in records} == {"other", "train", "validation"}
 
 
+@pytest.mark.parametrize("accumulate", [1, 3])
+def test_lightning_step_values_land_on_lightnings_own_logging_steps(tmp_path, accumulate):
+    """Over two epochs (global_step read only when a multiple can be reached), with and without
+    gradient accumulation: the step values sit at exactly the steps of a metric the model logs
+    per step, and nowhere else."""
+    import time
+
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from tests.lightning_models import flavour, trainer_kwargs
+    from tests.test_lightning import csv_scalars
+
+    L, EnergyCallback, TinyModel = flavour("lightning.pytorch")
+
+    class StepLogging(TinyModel):
+        def training_step(self, batch, batch_idx):
+            loss = super().training_step(batch, batch_idx)
+            self.log("step_loss", loss, on_step=True, on_epoch=False)
+            return loss
+
+    callback = EnergyCallback(sensors=[ScriptedSensor("gpu", time.monotonic, 50.0)], intensity=300.0)
+    data = TensorDataset(torch.randn(61, 4), torch.randn(61, 1))  # 61 batches: the last group is short
+    logger = L.loggers.CSVLogger(tmp_path, name="csv")
+    trainer = L.Trainer(max_epochs=2, logger=logger, callbacks=[callback], limit_val_batches=0,
+                        **trainer_kwargs(log_every_n_steps=4, accumulate_grad_batches=accumulate))
+    trainer.fit(StepLogging(), DataLoader(data, batch_size=1))
+    scalars = csv_scalars(f"{logger.log_dir}/metrics.csv")
+    lightning_steps = [s for s, _ in scalars["step_loss"]]
+    assert len(lightning_steps) >= 6
+    ours = step_points(scalars, "energy_kwh_total")
+    assert [s for s, _ in ours] == lightning_steps
+    values = [v for _, v in ours]
+    assert values == sorted(values)
+
+
 def test_lightning_step_metrics_off_logs_per_epoch_only(tmp_path):
     from tests.lightning_models import flavour
     from tests.test_lightning import csv_scalars
