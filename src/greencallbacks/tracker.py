@@ -509,11 +509,14 @@ class Tracker:
         mean_g_per_kwh = co2eq_g / facility_kwh if facility_kwh > 0 else intensity.g_per_kwh
         source = "; ".join(dict.fromkeys(i.source for i in intensities))
         components = []
+        rank, host = self.reducer.rank, self._host
         for c in opened.components.values():
-            out = {k: v for k, v in c.items() if k != "uncertainty_j2" and (k != "note" or v)}
+            out = {"name": c["name"], "kind": c["kind"], "energy_j": c["energy_j"], "method": c["method"]}
+            if c["note"]:
+                out["note"] = c["note"]
             out["uncertainty_j"] = math.sqrt(c["uncertainty_j2"])
-            out["rank"] = self.reducer.rank
-            out["host"] = self._host
+            out["rank"] = rank
+            out["host"] = host
             components.append(out)
         uncertainty_j = math.sqrt(sum(c["uncertainty_j2"] for c in opened.components.values()))
         record = Record(
