@@ -206,19 +206,30 @@ class EnergyCallbackBase:
                 self._maybe_log_live(trainer)
 
     def _maybe_log_live(self, trainer: Any) -> None:
-        """Log the step values if this batch completed a logging step.
+        """Log the step values if this batch completed one of Lightning's logging steps.
 
-        Lightning logs a step when the optimizer steps it has taken reach a multiple of
-        log_every_n_steps (`_LoggerConnector.should_update_logs`, 2.2 to 2.6); global_step is that
-        count, public. Once per step: with gradient accumulation batches repeat it. Reading it
-        walks five properties (~1 us warm, tens of us with a step's caches cold), so with at most
-        one optimizer step per batch it is next read only when the next multiple can be reached.
+        Lightning logs when the batches that stepped the optimizer reach a multiple of
+        log_every_n_steps (`_LoggerConnector.should_update_logs`, 2.2 to 2.6), once per such
+        batch. With automatic optimization that count is global_step, public: one optimizer step
+        per batch at most, so after reading it (a walk through five properties, ~1 us warm,
+        tens of us with a step's caches cold) the next multiple is at least `every - step %
+        every` batches away. Manual optimization may step several optimizers per batch, which
+        global_step counts each: there the count is read from the seam Lightning's own logs use.
         """
-        every, step = self._live_every, trainer.global_step
-        if step and step % every == 0 and step != self._live_step:  # (0: accumulating, none taken yet)
+        every = self._live_every
+        if self._live_at_most_one_step:
+            step = trainer.global_step  # 0 while the first batches accumulate: nothing to log yet
+            due = step > 0 and step % every == 0
+            self._live_wait = every - step % every
+        else:
+            seams = _logging_seams(trainer)
+            # (Lightning raises that count after this hook; without the seam, global_step.)
+            step = seams[1] + 1 if seams is not None else trainer.global_step
+            due = step % every == 0
+            self._live_wait = 1
+        if due and step != self._live_step:
             self._live_step = step
             self._log_live(trainer)
-        self._live_wait = every - step % every if self._live_at_most_one_step else 1
 
     @never_raises
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
