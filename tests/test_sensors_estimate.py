@@ -155,6 +155,37 @@ def test_ram_boundary_read_holds_the_last_sampled_power_without_reading_memory()
     assert len(reads) == 1  # the construction sample only
 
 
+def test_process_tree_cpu_time_is_read_by_the_meters_thread_not_at_boundaries(monkeypatch):
+    """The default CPU time costs a /proc read per child process: boundaries carry the meter
+    reader's latest read forward. A cpu_seconds the caller gives is read in place."""
+    from greencallbacks.meter import Meter
+    from greencallbacks.sensors import estimate
+
+    cpu = {"seconds": 0.0, "reads": 0}
+
+    def tree_cpu_seconds(process=None):
+        cpu["reads"] += 1
+        return cpu["seconds"]
+
+    monkeypatch.setattr(estimate, "process_tree_cpu_seconds", tree_cpu_seconds)
+    sensor = CpuEstimateSensor(tdp_w=100.0, logical_cpus=1)  # 100 J per CPU-second
+    assert sensor.off_thread and not CpuEstimateSensor(tdp_w=100.0, cpu_seconds=lambda: 0.0).off_thread
+    clock = FakeClock()
+    meter = Meter([sensor], fallback=None, clock=clock, wall_clock=clock, off_thread=True)
+    meter._poller.manual = True  # the test runs the reader's steps on the fake clock
+    meter.snapshot()  # the first boundary reads in place
+    for _ in range(3):  # one busy CPU: a CPU-second per second, read by the reader every 0.1 s
+        clock.advance(0.1)
+        cpu["seconds"] += 0.1
+        meter._poller.step()
+    reads = cpu["reads"]
+    clock.advance(0.05)
+    cpu["seconds"] += 0.05
+    assert meter.snapshot().energy_j["cpu"] == pytest.approx(35.0)  # carried forward at the read rate
+    assert cpu["reads"] == reads  # no read at the boundary
+    meter.close()
+
+
 # -- constant -----------------------------------------------------------------------------------
 
 

@@ -151,7 +151,7 @@ class Tracker:
         self.records: deque[Record] = deque(maxlen=RECORDS_KEPT_IN_MEMORY)
         self._writer: RecordWriter | None = None
         self._stack: list[_Open] = []
-        # Phases closed on this rank, not yet published: (phase, partial, step). Their records are
+        # Phases closed on this rank, not yet published: (the phase, partial, its step). Records are
         # built when published, so a gap closed by `begin` costs the training thread no record.
         self._pending: list[tuple[_Open, bool, int | None]] = []
         self._last_snapshot: Snapshot | None = None
