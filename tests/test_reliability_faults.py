@@ -199,39 +199,23 @@ def test_disk_full_or_read_only_keeps_training_and_writes_every_record_once_when
     )
 
 
-class _HalfWriter:
-    """A file whose write stores half of the text, then fails as a full disk does."""
-
-    def __init__(self, handle):
-        self._handle = handle
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self._handle.close()
-        return False
-
-    def write(self, text):
-        self._handle.write(text[: len(text) // 2])
-        self._handle.flush()
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    def __getattr__(self, name):
-        return getattr(self._handle, name)
-
-
 def test_a_write_cut_short_by_a_full_disk_leaves_no_torn_line_behind(tmp_path, monkeypatch):
     clock = FakeClock()
     tracker, _ = scripted_tracker(tmp_path, clock)
     run_epochs(tracker, clock, [0])
-    full = {"on": True}
+    full = {"on": True, "half_written": False}
+    real_write = os.write
 
-    def open_maybe_full(file, mode="r", *args, **kwargs):
-        handle = open(file, mode, *args, **kwargs)
-        return _HalfWriter(handle) if full["on"] and "a" in mode else handle
+    def write_maybe_full(fd, data):
+        """A nearly full disk: write(2) stores half of the bytes, and the next call fails."""
+        if not full["on"] or not os.readlink(f"/proc/self/fd/{fd}").endswith(RECORDS_FILE):
+            return real_write(fd, data)
+        full["half_written"] = not full["half_written"]
+        if full["half_written"]:
+            return real_write(fd, data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(records_module, "open", open_maybe_full, raising=False)
+    monkeypatch.setattr(records_module.os, "write", write_maybe_full)
     with pytest.warns(EnergyWarning, match="No space left"):
         run_epochs(tracker, clock, [1, 2])
     full["on"] = False  # space is freed

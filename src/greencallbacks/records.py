@@ -161,8 +161,9 @@ class RecordWriter:
         self._generation = 0  # bumped when unsynced lines are rewritten: a late fsync must not count them
         self._syncer: ThreadPoolExecutor | None = None
 
-    def write(self, record: Record) -> bool:
-        self.pending.append(record)
+    def write(self, *records: Record) -> bool:
+        """Append ``records`` in one write: a phase end and the gap before it cost one system call."""
+        self.pending.extend(records)
         return self.flush()
 
     def flush(self) -> bool:
@@ -204,15 +205,21 @@ class RecordWriter:
                 size_before = self._synced_size
             else:
                 size_before = self._written_size
+            # os.write on a descriptor, not open(): a text file object costs ~100 us more per
+            # write at a phase end on the training thread, and this path needs none of its buffering.
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
             try:
-                handle = open(self.path, "a", encoding="utf-8")
+                fd = os.open(self.path, flags, 0o666)
             except FileNotFoundError:  # its directory is not there (yet, or any more)
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                handle = open(self.path, "a", encoding="utf-8")
-            with handle:
-                handle.write(lines)
-                handle.flush()
-                size_after = handle.tell()
+                fd = os.open(self.path, flags, 0o666)
+            try:
+                data = lines.encode("utf-8")
+                while data:  # a short write (a signal, a nearly full disk) goes on where it stopped
+                    data = data[os.write(fd, data):]
+                size_after = os.lseek(fd, 0, os.SEEK_CUR)  # O_APPEND: the end of what was written
+            finally:
+                os.close(fd)
         except OSError as error:
             # Take back whatever part of the lines reached the file (a full disk can take half a
             # line): the retry writes them again, whole and once.

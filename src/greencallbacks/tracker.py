@@ -291,7 +291,9 @@ class Tracker:
                 self._writer.close()
             self._writer = RecordWriter(self.output_dir / f"energy-records.rank{self.reducer.rank}.jsonl")
         for record in local:
-            self._accept(record, write=True)
+            self._accept(record)
+        if local and self._writer is not None:
+            self._writer.write(*local)
         self._stop()
 
     def _stop(self) -> None:
@@ -567,16 +569,16 @@ class Tracker:
             combined = local
         result = None
         for record in combined:
-            self._accept(record, write=self.reducer.rank == 0)
+            self._accept(record)
             if record.seq == seq:
                 result = record
+        if combined and self.reducer.rank == 0 and self._writer is not None:
+            self._writer.write(*combined)  # the gap and the phase: one write
         return result
 
-    def _accept(self, record: Record, write: bool) -> None:
+    def _accept(self, record: Record) -> None:
         self.records.append(record)
         self.ledger.add(record)
-        if write and self._writer is not None:
-            self._writer.write(record)
 
     def _write_summary(self) -> None:
         assert self.output_dir is not None
