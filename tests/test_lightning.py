@@ -281,6 +281,26 @@ def test_two_callbacks_in_one_trainer(tmp_path):
     assert saved[low.state_key]["run_id"] != saved[high.state_key]["run_id"]
 
 
+def test_a_failing_batch_hook_warns_once_and_training_goes_on(tmp_path, monkeypatch):
+    """The per-batch hooks guard themselves (no @never_raises frame): a failure inside still
+    warns once for the callback, and the fit, its epochs and the other records carry on."""
+    from greencallbacks.tracker import Tracker
+
+    L, EnergyCallback, TinyModel = flavour("lightning.pytorch")
+
+    def broken(self, samples, tokens=0):
+        raise RuntimeError("counting exploded")
+
+    monkeypatch.setattr(Tracker, "add_samples", broken)
+    callback = EnergyCallback(output_dir=tmp_path / "energy")
+    trainer = L.Trainer(max_epochs=2, logger=L.loggers.CSVLogger(tmp_path), callbacks=[callback], **trainer_kwargs())
+    with pytest.warns(EnergyWarning, match=r"on_train_batch_end failed.*counting exploded.*training continues") as caught:
+        trainer.fit(TinyModel(), *loaders())
+    assert len([w for w in caught if "failed" in str(w.message)]) == 1  # once, though every batch failed
+    assert trainer.current_epoch == 2
+    assert [r.epoch for r in read_records(tmp_path / "energy") if r.phase == "train"] == [0, 1]
+
+
 def test_no_logger_warns_and_still_writes_records(tmp_path):
     L, EnergyCallback, TinyModel = flavour("lightning.pytorch")
     callback = EnergyCallback()

@@ -22,7 +22,7 @@ import math
 from typing import Any, Callable
 
 from greencallbacks.distributed import torch_reducer_or_local
-from greencallbacks.guard import never_raises
+from greencallbacks.guard import hook_failed, never_raises
 from greencallbacks.meter import warn
 from greencallbacks.session import EnergySession
 from greencallbacks.samples import BatchCounter
@@ -197,13 +197,15 @@ class EnergyCallbackBase:
         self.tracker.begin("train", trainer.current_epoch)
         self._live_wait = 0  # read global_step at the next batch end
 
-    @never_raises
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self._counter.add(self.tracker, batch)
-        if self._live_every:
-            self._live_wait -= 1
-            if self._live_wait <= 0:
-                self._maybe_log_live(trainer)
+        try:  # guarded here, not by @never_raises: one frame less at every step (see hook_failed)
+            self._counter.add(self.tracker, batch)
+            if self._live_every:
+                self._live_wait -= 1
+                if self._live_wait <= 0:
+                    self._maybe_log_live(trainer)
+        except Exception as error:  # noqa: BLE001 - measuring must never break training
+            hook_failed(self, "on_train_batch_end", error)
 
     def _maybe_log_live(self, trainer: Any) -> None:
         """Log the step values if this batch completed one of Lightning's logging steps.
@@ -242,10 +244,12 @@ class EnergyCallbackBase:
         if not trainer.sanity_checking:  # the sanity check is billed to `other`
             self.tracker.begin("validation", trainer.current_epoch)
 
-    @never_raises
     def on_validation_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        if not trainer.sanity_checking:
-            self._counter.add(self.tracker, batch)
+        try:  # guarded here, as on_train_batch_end
+            if not trainer.sanity_checking:
+                self._counter.add(self.tracker, batch)
+        except Exception as error:  # noqa: BLE001
+            hook_failed(self, "on_validation_batch_end", error)
 
     @never_raises
     def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
