@@ -23,8 +23,9 @@
    in the same runs, each 1-second epoch's GPU energy against the simulated GPU's exact energy.
 5. The share of a fit spent inside the callback, in real fits of all three frameworks with ~1 s
    epochs, on this CPU host and on the simulated GPU host (``overhead.SelfTime``: the training
-   thread's time in the callback's hooks and core calls, and the meter thread's CPU time); and a
-   Lightning fit under ``SimpleProfiler``: time per hook call of ours against an empty callback.
+   thread's time in the callback's hooks and core calls, and the meter thread's CPU time); the
+   same fits with an empty callback (the framework's base class), its hooks timed the same way,
+   for the time per hook call of ours against it; and a Lightning fit under ``SimpleProfiler``.
 6. Step values at the frameworks' logging cadence: one ``Tracker.live`` (CPU host; simulated
    GPU host with the counter off the thread), and each adapter's per-step hook with step values
    on, at a step that does not log, minus the same with them off.
@@ -227,9 +228,12 @@ def boundary_costs(workdir: Path, repeats: int) -> dict:
         reads[sensor.name] = {"method": str(sensor.method), "median_us": statistics.median(costs)}
     meter = Meter(sensors)
 
-    def timed(fn) -> float:
+    def timed(fn, after_work_s: float = 0.0, before=None) -> float:
         costs = []
         for _ in range(repeats):
+            if before is not None:
+                before()
+            _busy(after_work_s)
             t0 = time.perf_counter()
             fn()
             costs.append((time.perf_counter() - t0) * 1e6)
@@ -246,6 +250,9 @@ def boundary_costs(workdir: Path, repeats: int) -> dict:
             tracker.end("train")
 
         phase[label] = timed(one_phase)
+        if output_dir is not None:  # the end alone (the phase's record and the gap's written), after an epoch's work
+            phase["end_after_work"] = timed(lambda: tracker.end("train"), 0.01, before=lambda: tracker.begin("train", 0))
+            phase["reference_after_work"] = timed(_reference_work, 0.01)  # the yardstick of section 7
         tracker.finish()
     meter.close()
     return {
@@ -253,6 +260,8 @@ def boundary_costs(workdir: Path, repeats: int) -> dict:
         "snapshot_us": snapshot_us,
         "phase_begin_end_in_memory_us": phase["in_memory"],
         "phase_begin_end_records_written_us": phase["records_written"],
+        "phase_end_records_written_after_10ms_work_us": phase["end_after_work"],
+        "reference_after_10ms_work_us": phase["reference_after_work"],
     }
 
 
@@ -515,22 +524,39 @@ def fit_shares(quick: bool, workdir: Path) -> dict:
 
     out = {}
     for framework in ("lightning", "keras", "hf"):
-        epochs, steps, val_steps = overhead.SIZES[framework]["quick" if quick else "long"]
+        epochs, steps, val_steps = overhead.SIZES[framework]["quick" if quick else "second"]
         for host in ("cpu", "simulated_gpu"):
             sensors = None if host == "cpu" else (lambda: [*host_sensors(), simulated_gpu_sensor(*simulated_nvml(300.0))])
-            variants = overhead.BUILDERS[framework](epochs, steps, val_steps, workdir / f"{framework}-{host}", sensors=sensors)
+            variants = overhead.BUILDERS[framework](epochs, steps, val_steps, workdir / f"{framework}-{host}",
+                                                    sensors=sensors, with_empty=host == "cpu")
             variants["greencallbacks"]()  # warm-up
             run = overhead.attribute(framework, variants, 1 if quick else 3)["median_run"]
-            out[f"{framework}.{host}"] = {
-                "epochs": epochs,
-                "epoch_s": run["wall_s"] / epochs,
-                "training_thread_ms": run["training_thread_s"] * 1e3,
-                "meter_thread_cpu_ms": run["meter_thread_cpu_s"] * 1e3,
-                "training_thread_share": run["training_thread_s"] / run["wall_s"],
-                "ms_by_call": run["ms_by_call"],
-            }
+            out[f"{framework}.{host}"] = _share(run, epochs)
+            if host == "cpu":  # an empty callback in the same fit, its hooks timed the same way
+                empty = overhead.attribute(framework, variants, 1 if quick else 3, variant="empty_callback")["median_run"]
+                out[f"{framework}.empty_callback"] = _share(empty, epochs)
+                out[f"{framework}.us_per_hook_call_over_empty"] = run["us_per_hook_call"] - empty["us_per_hook_call"]
     out["lightning_profiled"] = lightning_profiled(quick, workdir)
     return out
+
+
+def _share(run: dict, epochs: int) -> dict:
+    # Calls made once per fit (set-up, start, teardown) do not recur with more epochs: the
+    # steady share leaves them out, which is what a long fit of such epochs would show.
+    once_s = sum(ms for label, ms in run["ms_by_call"].items() if run["calls"][label] == 1) / 1e3
+    return {
+        "epochs": epochs,
+        "epoch_s": run["wall_s"] / epochs,
+        "training_thread_ms": run["training_thread_s"] * 1e3,
+        "meter_thread_cpu_ms": run["meter_thread_cpu_s"] * 1e3,
+        "training_thread_share": run["training_thread_s"] / run["wall_s"],
+        "once_per_fit_ms": once_s * 1e3,
+        "steady_share": (run["training_thread_s"] - once_s) / run["wall_s"],
+        "hook_calls": run["hook_calls"],
+        "us_per_hook_call": run["us_per_hook_call"],
+        "us_per_hook_call_median": run["us_per_hook_call_median"],
+        "ms_by_call": run["ms_by_call"],
+    }
 
 
 def lightning_profiled(quick: bool, workdir: Path) -> dict:
@@ -542,7 +568,7 @@ def lightning_profiled(quick: bool, workdir: Path) -> dict:
     import overhead
     from greencallbacks.lightning import EnergyCallback
 
-    epochs, steps, val_steps = overhead.SIZES["lightning"]["quick" if quick else "long"]
+    epochs, steps, val_steps = overhead.SIZES["lightning"]["quick" if quick else "second"]
     x, y, xv, yv = overhead._data(steps, val_steps)
 
     Module = mlp_module()

@@ -310,21 +310,31 @@ class SelfTime:
 
     CORE = (("greencallbacks.tracker", "Tracker", ("start", "begin", "end", "finish", "abort")),
             ("greencallbacks.session", "EnergySession", ("__init__", "start", "stop")))
+    # The framework's callback base class, whose no-op hooks an empty callback consists of.
+    BASES = {"lightning": ("lightning.pytorch", "Callback"), "keras": ("keras.callbacks", "Callback"),
+             "hf": ("transformers", "TrainerCallback")}
 
-    def __init__(self, framework: str) -> None:
+    def __init__(self, framework: str, empty_callback: bool = False) -> None:
+        """``empty_callback``: time the base class's hooks on a plain instance of it instead of
+        ours, wrapped alike, so the two can be compared call for call."""
         self.framework = framework
+        self.empty_callback = empty_callback
         self.seconds = 0.0
         self.thread_cpu_s = 0.0
         self.calls: collections.Counter = collections.Counter()
         self.seconds_by: collections.Counter = collections.Counter()
+        self.hook_call_s: list[float] = []  # every outermost hook call, for medians
         self._depth = 0
         self._undo: list = []
 
-    def _wrap(self, owner, name: str, label: str) -> None:
+    def _wrap(self, owner, name: str, label: str, only_for: type | None = None) -> None:
         original = owner.__dict__[name]
+        is_hook = name.startswith("on_") or name in ("setup", "teardown")
 
         def timed(*args, **kwargs):
-            if self._depth:
+            # only_for: a base-class hook times only calls on that exact class's instances (the
+            # framework's own callbacks inherit the same no-op hooks).
+            if self._depth or (only_for is not None and type(args[0]) is not only_for):
                 return original(*args, **kwargs)
             self._depth += 1
             t0 = time.perf_counter()
@@ -336,6 +346,8 @@ class SelfTime:
                 self.seconds_by[label] += elapsed
                 self._depth -= 1
                 self.calls[label] += 1
+                if is_hook:
+                    self.hook_call_s.append(elapsed)
 
         setattr(owner, name, timed)
         self._undo.append((owner, name, original))
@@ -344,6 +356,13 @@ class SelfTime:
         import importlib
 
         adapter = importlib.import_module(f"greencallbacks.{self.framework}")
+        module, name = self.BASES[self.framework]
+        base = getattr(importlib.import_module(module), name)
+        # The hooks ours inherits from the base are called on it too: timed for either callback.
+        target = base if self.empty_callback else adapter.EnergyCallback
+        for name, value in list(vars(base).items()):
+            if callable(value) and (name.startswith("on_") or name in ("setup", "teardown")):
+                self._wrap(base, name, f"{base.__name__}.{name}", only_for=target)
         for cls in adapter.EnergyCallback.__mro__:
             if not cls.__module__.startswith("greencallbacks"):
                 continue
@@ -381,28 +400,33 @@ class SelfTime:
             setattr(owner, name, original)
 
 
-def attribute(framework: str, variants: dict, runs: int) -> dict:
-    """``runs`` instrumented fits of the ``greencallbacks`` variant: median time inside the tool."""
+def attribute(framework: str, variants: dict, runs: int, variant: str = "greencallbacks") -> dict:
+    """``runs`` instrumented fits of ``variant`` (ours, or ``empty_callback`` timed alike): median
+    time inside the callback."""
     per_run = []
     for _ in range(runs):
-        with SelfTime(framework) as selftime:
+        with SelfTime(framework, empty_callback=variant == "empty_callback") as selftime:
             t0 = time.perf_counter()
-            variants["greencallbacks"]()
+            variants[variant]()
             wall = time.perf_counter() - t0
+        hook_s = selftime.hook_call_s
         per_run.append({"wall_s": wall, "training_thread_s": selftime.seconds,
                         "meter_thread_cpu_s": selftime.thread_cpu_s, "calls": dict(selftime.calls),
-                        "ms_by_call": {k: v * 1e3 for k, v in selftime.seconds_by.most_common()}})
+                        "ms_by_call": {k: v * 1e3 for k, v in selftime.seconds_by.most_common()},
+                        "hook_calls": len(hook_s), "us_per_hook_call": statistics.fmean(hook_s) * 1e6,
+                        "us_per_hook_call_median": statistics.median(hook_s) * 1e6})
     middle = sorted(per_run, key=lambda r: r["training_thread_s"] + r["meter_thread_cpu_s"])[len(per_run) // 2]
     return {"runs": per_run, "median_run": middle}
 
 
 BUILDERS = {"lightning": lightning_variants, "keras": keras_variants, "hf": hf_variants}
 # (epochs, train steps per epoch, validation steps per epoch): full runs take ~2-5 s here.
-# "long": ~1 s epochs, to show how the fixed per-epoch cost shrinks with epoch length.
+# "long": 5x longer epochs, to show how the fixed per-epoch cost shrinks with epoch length.
+# "second": ~1 s epochs with steps of ~10 ms (this VM in late 2026), the case issue 17's share target names.
 SIZES = {
-    "lightning": {"full": (20, 100, 10), "long": (4, 500, 50), "quick": (2, 10, 2)},
-    "keras": {"full": (20, 100, 10), "long": (4, 500, 50), "quick": (2, 10, 2)},
-    "hf": {"full": (8, 80, 10), "long": (4, 500, 50), "quick": (2, 8, 2)},
+    "lightning": {"full": (20, 100, 10), "long": (4, 500, 50), "second": (4, 100, 10), "quick": (2, 10, 2)},
+    "keras": {"full": (20, 100, 10), "long": (4, 500, 50), "second": (4, 100, 10), "quick": (2, 10, 2)},
+    "hf": {"full": (8, 80, 10), "long": (4, 500, 50), "second": (4, 100, 10), "quick": (2, 8, 2)},
 }
 
 

@@ -199,15 +199,18 @@ def table(results: dict) -> str:
         if shares:
             lines.append("Share of a fit inside the callback (training thread; meter thread CPU apart)")
             for key, v in shares.items():
-                if key != "lightning_profiled":
-                    lines.append(f"  {key:24s} {100 * v['training_thread_share']:6.3f} %   ({v['training_thread_ms']:.1f} ms in "
-                                 f"{v['epochs']} epochs of {v['epoch_s']:.2f} s; meter thread {v['meter_thread_cpu_ms']:.1f} ms CPU)")
+                if isinstance(v, dict) and "training_thread_share" in v:
+                    lines.append(f"  {key:26s} {100 * v['training_thread_share']:6.3f} %   ({v['training_thread_ms']:.1f} ms in "
+                                 f"{v['epochs']} epochs of {v['epoch_s']:.2f} s; {v['us_per_hook_call']:.1f} us per hook call; "
+                                 f"meter thread {v['meter_thread_cpu_ms']:.1f} ms CPU)")
             p = shares["lightning_profiled"]
             lines.append(f"  Lightning SimpleProfiler, us per hook call: ours {p['greencallbacks']['us_per_hook_call']:.1f}, "
                          f"empty callback {p['empty_callback']['us_per_hook_call']:.1f}")
         lines += [f"  Meter.snapshot                         {h['boundary']['snapshot_us']:8.1f}",
                   f"  one phase, in memory                   {h['boundary']['phase_begin_end_in_memory_us']:8.1f}",
                   f"  one phase, record written             {h['boundary']['phase_begin_end_records_written_us']:8.1f}",
+                  f"  its end after 10 ms of work           {h['boundary']['phase_end_records_written_after_10ms_work_us']:8.1f}"
+                  f"   (a 10-item dict loop alike: {h['boundary']['reference_after_10ms_work_us']:.1f})",
                   "Sensor reads per epoch (train + validation epoch)"]
         for framework, r in h["reads"].items():
             per = ", ".join(f"{k} {v:.2f}" for k, v in r["reads_per_epoch"].items())

@@ -59,6 +59,8 @@ def test_hook_costs_and_reads(quick_results):
     assert math.isfinite(hooks["hf"]["training_step_wrapper_us"])
     assert hooks["keras"]["training_batch_hooks_overridden"] == ["on_train_batch_end"]  # step values; async_safe
     assert hooks["boundary"]["sensors"] and _positive(hooks["boundary"]["snapshot_us"])
+    for key in ("phase_end_records_written_after_10ms_work_us", "reference_after_10ms_work_us"):
+        assert _positive(hooks["boundary"][key]), key
     for framework in ("lightning", "keras", "hf"):
         reads = hooks["reads"][framework]["reads_per_epoch"]
         assert reads, framework
@@ -99,6 +101,11 @@ def test_fit_shares_in_all_three_frameworks(quick_results):
         for host in ("cpu", "simulated_gpu"):
             entry = shares[f"{framework}.{host}"]
             assert 0 < entry["training_thread_share"] < 1 and entry["epochs"] >= 1
+        # The empty callback in the same fit, its hooks timed alike: the framework calls the same
+        # hooks on both (ours adds only its core calls), so the counts agree exactly.
+        empty, ours = shares[f"{framework}.empty_callback"], shares[f"{framework}.cpu"]
+        assert empty["hook_calls"] == ours["hook_calls"] > 0, (framework, empty["hook_calls"], ours["hook_calls"])
+        assert _positive(empty["us_per_hook_call"]) and math.isfinite(shares[f"{framework}.us_per_hook_call_over_empty"])
     profiled = shares["lightning_profiled"]
     assert profiled["greencallbacks"]["hook_calls"] > 0 and profiled["empty_callback"]["hook_calls"] > 0
 
