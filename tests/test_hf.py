@@ -311,6 +311,22 @@ def test_a_failing_callback_warns_and_training_goes_on(tmp_path, monkeypatch):
     assert math.isfinite(output.training_loss)
 
 
+def test_a_failing_step_hook_warns_once_and_training_goes_on(tmp_path, monkeypatch):
+    """on_step_end guards itself (no @never_raises frame at every step): the same single warning."""
+    callback = make_callback()
+    trainer = make_trainer(tmp_path, callback, logging_steps=1, logging_strategy="steps")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("live values exploded")
+
+    monkeypatch.setattr(callback.session, "live_metrics", broken)
+    with pytest.warns(EnergyWarning, match=r"on_step_end failed.*live values exploded") as caught:
+        output = trainer.train()
+    assert len([w for w in caught if "failed" in str(w.message)]) == 1  # once, though every step logged
+    assert output.global_step == 8
+    assert [r.epoch for r in read_records(tmp_path / "out") if r.phase == "train"] == [0, 1]
+
+
 def test_bad_configuration_fails_before_training():
     with pytest.raises(ValueError, match="pue"):
         EnergyCallback(pue=0.5)

@@ -70,7 +70,7 @@ from transformers.trainer_callback import ExportableState
 
 from greencallbacks import watch
 from greencallbacks.distributed import torch_reducer_or_local
-from greencallbacks.guard import never_raises
+from greencallbacks.guard import hook_failed, never_raises
 from greencallbacks.meter import warn
 from greencallbacks.session import EnergySession
 from greencallbacks.samples import BatchCounter
@@ -217,13 +217,15 @@ class EnergyCallback(TrainerCallback, ExportableState):
         self._tokens_at_epoch_begin = state.num_input_tokens_seen
         self.tracker.begin("train", epoch=self._epoch)
 
-    @never_raises
     def on_step_end(self, args, state, control, **kwargs):
         # DefaultFlowCallback (first in the handler) has just decided whether this step logs or
         # evaluates (`logging_steps`, `eval_steps`): the values so far go out with it, before the
         # evaluation, which gets its own record.
-        if self.step_metrics and (control.should_log or control.should_evaluate) and self.session.running:
-            self._log(self.session.live_metrics(), control)
+        try:  # guarded here, not by @never_raises: one frame less at every step (see hook_failed)
+            if self.step_metrics and (control.should_log or control.should_evaluate) and self.session.running:
+                self._log(self.session.live_metrics(), control)
+        except Exception as error:  # noqa: BLE001 - measuring must never break training
+            hook_failed(self, "on_step_end", error)
 
     @never_raises
     def on_epoch_end(self, args, state, control, **kwargs):
