@@ -30,8 +30,8 @@ def hook_failed(callback: Any, hook_name: str, error: Exception) -> None:
     """What a guarded hook does with its failure: warn once per callback.
 
     The training loop's per-batch hooks call it from their own ``try``/``except`` instead of
-    being wrapped by ``never_raises``: they run at every step, where each Python frame on the way costs
-    several microseconds once the step's own work has evicted the caches.
+    being wrapped by ``never_raises``: they run at every step, where each Python frame on the
+    way costs several microseconds once the step's own work has evicted the caches.
     """
     if not getattr(callback, "_greencallbacks_failed", False):
         callback._greencallbacks_failed = True
