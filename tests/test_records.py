@@ -6,6 +6,7 @@ import pytest
 
 from greencallbacks import records as records_module
 from greencallbacks.records import RECORDS_FILE, SCHEMA, Record, RecordWriter, read_records
+from tests.fakes.disk import script_fsync
 
 
 def make_record(seq=0, phase="train", energy_kwh=0.001, **overrides):
@@ -47,8 +48,8 @@ def test_write_puts_the_line_in_the_file_at_once_and_fsyncs_it_off_the_training_
         synced.append((threading.current_thread().name, os.fstat(fd).st_size))
         real_fsync(fd)
 
-    monkeypatch.setattr(records_module.os, "fsync", slow_fsync)
     path = tmp_path / "r.jsonl"
+    script_fsync(monkeypatch, records_module, path, slow_fsync)
     writer = RecordWriter(path)
     assert writer.write(make_record(0))  # returns although the fsync is held back
     assert writer.write(make_record(1))
@@ -73,8 +74,8 @@ def test_a_failed_fsync_rewrites_the_lines_it_covered_once(tmp_path, monkeypatch
             raise failures.pop()
         real_fsync(fd)
 
-    monkeypatch.setattr(records_module.os, "fsync", flaky_fsync)
     path = tmp_path / "r.jsonl"
+    script_fsync(monkeypatch, records_module, path, flaky_fsync)
     writer = RecordWriter(path)
     with pytest.warns(UserWarning, match="Input/output error"):
         writer.write(make_record(0))
@@ -138,8 +139,8 @@ def test_a_write_at_interpreter_exit_is_fsynced_in_place(tmp_path, monkeypatch):
     monkeypatch.setattr(ThreadPoolExecutor, "submit", refuse)
     synced = []
     real_fsync = os.fsync
-    monkeypatch.setattr(records_module.os, "fsync", lambda fd: (synced.append(threading.current_thread().name), real_fsync(fd)))
     path = tmp_path / "r.jsonl"
+    script_fsync(monkeypatch, records_module, path, lambda fd: (synced.append(threading.current_thread().name), real_fsync(fd)))
     writer = RecordWriter(path)
     assert writer.write(make_record(0))
     assert synced == [threading.current_thread().name]

@@ -28,6 +28,7 @@ from greencallbacks.records import RECORDS_FILE, read_records
 from greencallbacks.sensors.base import Kind
 from greencallbacks.sensors.nvml import find_nvml_gpus
 from greencallbacks.sensors.rapl import RaplSensor
+from tests.fakes.disk import script_fsync
 from greencallbacks.tracker import SUMMARY_FILE, Tracker
 from tests.fakes import fake_pynvml as fp
 from tests.fakes.fake_powercap import FakePowercap
@@ -164,7 +165,8 @@ def test_rapl_two_wraps_between_reads_lose_whole_ranges_a_documented_limit(tmp_p
 
 
 # ----------------------------------------------------------------------- output directory
-def _fail_fsync(monkeypatch, code: int, times: int) -> list[int]:
+def _fail_fsync(monkeypatch, path, code: int, times: int) -> list[int]:
+    """The first ``times`` fsyncs of ``path`` fail with ``code``."""
     calls = []
     real = os.fsync
 
@@ -174,7 +176,7 @@ def _fail_fsync(monkeypatch, code: int, times: int) -> list[int]:
             raise OSError(code, os.strerror(code))
         return real(fd)
 
-    monkeypatch.setattr(records_module.os, "fsync", fsync)
+    script_fsync(monkeypatch, records_module, path, fsync)
     return calls
 
 
@@ -182,7 +184,7 @@ def _fail_fsync(monkeypatch, code: int, times: int) -> list[int]:
 def test_disk_full_or_read_only_keeps_training_and_writes_every_record_once_when_it_can(tmp_path, monkeypatch, code):
     clock = FakeClock()
     tracker, _ = scripted_tracker(tmp_path, clock)
-    _fail_fsync(monkeypatch, code, times=3)
+    _fail_fsync(monkeypatch, tmp_path / RECORDS_FILE, code, times=3)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         run_epochs(tracker, clock, range(4))
