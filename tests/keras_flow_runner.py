@@ -62,8 +62,8 @@ def tiny_model() -> keras.Model:
     return model
 
 
-def new_callback(out: Path, poll: bool = False) -> EnergyCallback:
-    sensor = ScriptedSensor("gpu", time.monotonic, POWER_W)
+def new_callback(out: Path, poll: bool = False, clock=time.monotonic) -> EnergyCallback:
+    sensor = ScriptedSensor("gpu", clock, POWER_W)
     if poll:
         sensor.poll_interval_s = 0.05  # a sampled sensor: the meter runs its background thread
     return EnergyCallback(sensors=[sensor], intensity=300.0, output_dir=out)
@@ -249,13 +249,9 @@ def regression_initial_epoch_prediction() -> None:
     # machine is. On real time a slow teardown once made the closing gap 12 % of this tiny run.
     clock = FakeClock()
     tick = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: clock.advance(1.0))
-
-    def callback() -> EnergyCallback:
-        return EnergyCallback(sensors=[ScriptedSensor("gpu", clock, POWER_W)], intensity=300.0, output_dir=out)
-
     model = tiny_model()
-    model.fit(X, Y, batch_size=BATCH, epochs=3, verbose=0, callbacks=[tick, callback()])
-    resumed = callback()
+    model.fit(X, Y, batch_size=BATCH, epochs=3, verbose=0, callbacks=[tick, new_callback(out, clock=clock)])
+    resumed = new_callback(out, clock=clock)
     history = model.fit(X, Y, batch_size=BATCH, epochs=6, initial_epoch=3, verbose=0, callbacks=[tick, resumed]).history
     records = check_run(resumed.tracker.run_id, [out], context="initial_epoch=3")  # fake time: no power check
     assert [(r.attempt, r.epoch) for r in records if r.phase == "train"] == [(0, 0), (0, 1), (0, 2), (1, 3), (1, 4), (1, 5)]

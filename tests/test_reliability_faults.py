@@ -28,7 +28,7 @@ from greencallbacks.records import RECORDS_FILE, read_records
 from greencallbacks.sensors.base import Kind
 from greencallbacks.sensors.nvml import find_nvml_gpus
 from greencallbacks.sensors.rapl import RaplSensor
-from tests.fakes.disk import script_fsync
+from tests.fakes.disk import is_descriptor_of, script_fsync
 from greencallbacks.tracker import SUMMARY_FILE, Tracker
 from tests.fakes import fake_pynvml as fp
 from tests.fakes.fake_powercap import FakePowercap
@@ -210,7 +210,7 @@ def test_a_write_cut_short_by_a_full_disk_leaves_no_torn_line_behind(tmp_path, m
 
     def write_maybe_full(fd, data):
         """A nearly full disk: write(2) stores half of the bytes, and the next call fails."""
-        if not full["on"] or not os.readlink(f"/proc/self/fd/{fd}").endswith(RECORDS_FILE):
+        if not full["on"] or not is_descriptor_of(fd, tmp_path / RECORDS_FILE):
             return real_write(fd, data)
         full["half_written"] = not full["half_written"]
         if full["half_written"]:

@@ -15,13 +15,16 @@ def script_fsync(monkeypatch, module, path: Path, fake: Callable[[int], None]) -
     failures nor be counted among its calls (a loaded CI machine ran one that late).
     """
     real = os.fsync
-    target = os.path.realpath(path)
 
     def fsync(fd: int) -> None:
-        try:
-            mine = os.path.realpath(f"/proc/self/fd/{fd}") == target
-        except OSError:
-            mine = False
-        return fake(fd) if mine else real(fd)
+        return fake(fd) if is_descriptor_of(fd, path) else real(fd)
 
     monkeypatch.setattr(module.os, "fsync", fsync)
+
+
+def is_descriptor_of(fd: int, path: Path) -> bool:
+    """Whether ``fd`` is open on ``path`` (Linux: through /proc/self/fd)."""
+    try:
+        return os.path.realpath(f"/proc/self/fd/{fd}") == os.path.realpath(path)
+    except OSError:
+        return False
