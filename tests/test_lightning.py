@@ -380,18 +380,18 @@ def test_resume_after_a_crash_bills_every_joule_of_both_attempts_once(tmp_path, 
 
 
 def test_without_lightnings_private_logging_seam_epoch_values_still_reach_the_loggers(tmp_path, monkeypatch):
-    """A future Lightning without ``_logger_connector`` / ``_batches_that_stepped``: per-epoch values
-    still flow through the public logger API, with one warning."""
+    """A future Lightning without ``_batches_that_stepped``: per-epoch values still reach every
+    logger, at the global step, with one warning."""
     import greencallbacks.lightning._shared as shared
 
-    monkeypatch.setattr(shared, "_logging_seams", lambda trainer: None)
+    monkeypatch.setattr(shared, "_batches_that_stepped", lambda trainer: None)
     L, EnergyCallback, TinyModel = flavour("lightning.pytorch")
     logger = L.loggers.CSVLogger(tmp_path, name="run")
     callback = EnergyCallback(intensity=300.0)
     trainer = L.Trainer(max_epochs=3, logger=logger, callbacks=[callback], **trainer_kwargs())
-    with pytest.warns(EnergyWarning, match="_logger_connector") as caught:
+    with pytest.warns(EnergyWarning, match="_batches_that_stepped") as caught:
         trainer.fit(TinyModel(), *loaders())
-    assert sum("_logger_connector" in str(w.message) for w in caught) == 1
+    assert sum("_batches_that_stepped" in str(w.message) for w in caught) == 1
     logged = csv_scalars(Path(logger.log_dir) / "metrics.csv")
     records = read_records(callback.tracker.output_dir)
     train = [r for r in records if r.phase == "train"]

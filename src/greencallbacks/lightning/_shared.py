@@ -224,9 +224,9 @@ class EnergyCallbackBase:
             due = step > 0 and step % every == 0
             self._live_wait = every - step % every
         else:
-            seams = _logging_seams(trainer)
+            stepped = _batches_that_stepped(trainer)
             # (Lightning raises that count after this hook; without the seam, global_step.)
-            step = seams[1] + 1 if seams is not None else trainer.global_step
+            step = stepped + 1 if stepped is not None else trainer.global_step
             due = step % every == 0
             self._live_wait = 1
         if due and step != self._live_step:
@@ -292,9 +292,9 @@ class EnergyCallbackBase:
     def _end_and_log(self, phase: str, trainer: Any, pl_module: Any) -> None:
         """End ``phase`` (a collective: every rank is in this hook) and log its metrics.
 
-        Training and in-fit validation go straight to Lightning's logger connector: every logger,
-        at the step and with the ``epoch`` key Lightning uses for the epoch's own metrics, in one
-        call. ``LightningModule.log`` would cost ~0.6 ms per value every epoch. The values are also
+        Training and in-fit validation go straight to every logger, at the step and with the
+        ``epoch`` key Lightning uses for the epoch's own metrics, one call per logger
+        (``_to_loggers``). ``LightningModule.log`` would cost ~0.6 ms per value every epoch. The values are also
         put in ``trainer.callback_metrics`` (so checkpointing and early stopping can monitor them)
         and the progress bar. ``test`` and standalone ``validate`` go through ``pl_module.log`` so
         that they are part of the results those calls return.
@@ -327,21 +327,14 @@ class EnergyCallbackBase:
     def _log_live(self, trainer: Any) -> None:
         """The run's totals so far and the power since the last such log, at Lightning's logging step.
 
-        To every logger the way Lightning's own step metrics go (through its connector at
-        ``_batches_that_stepped``, the step they use), and into the progress bar; not into
+        To every logger at the step Lightning's own step metrics use (see ``_to_loggers``), and
+        into the progress bar; not into
         ``callback_metrics``, which keep the epoch's values for checkpoints and early stopping.
         """
         values = _finite(self.session.live_metrics(self.prefix))
         if not values:
             return
-        seams = _logging_seams(trainer)
-        if seams is not None:
-            connector, batches_that_stepped = seams
-            connector.log_metrics(values, step=batches_that_stepped)
-        else:
-            for logger in trainer.loggers:
-                logger.log_metrics(values, step=trainer.global_step)
-                logger.save()
+        self._to_loggers(values, trainer)
         if self.progress_bar:
             bar = {self.prefix + name for name in PROGRESS_BAR_METRICS}
             trainer.progress_bar_metrics.update({name: values[name] for name in bar if name in values})
@@ -349,39 +342,48 @@ class EnergyCallbackBase:
     def _log_directly(self, metrics: dict[str, float], trainer: Any, phase: str) -> None:
         import torch
 
-        values = {**metrics, "epoch": trainer.current_epoch}
-        seams = _logging_seams(trainer)
-        if seams is not None:
-            # Lightning's own path to every logger (rank 0 writes), at the step its own epoch
-            # metrics use: one back for a training epoch (the loop has already counted the next
-            # batch), the current one for validation. LearningRateMonitor reads the same counter.
-            connector, batches_that_stepped = seams
-            connector.log_metrics(values, step=batches_that_stepped - (phase == "train"))
-        else:
-            # A Lightning without these internals: the public logger API, at the global step.
-            if not self._warned_seams:
-                self._warned_seams = True
-                warn(
-                    "greencallbacks: this Lightning version has no Trainer._logger_connector / "
-                    "fit_loop.epoch_loop._batches_that_stepped; energy goes to each logger at the global "
-                    "step instead (values unchanged, steps may differ by one from Lightning's own epoch metrics)."
-                )
-            for logger in trainer.loggers:
-                logger.log_metrics(values, step=trainer.global_step)
-                logger.save()
+        # Lightning writes a training epoch's metrics one step back (its loop has already counted
+        # the next batch), validation's at the current step. LearningRateMonitor reads the same counter.
+        self._to_loggers({**metrics, "epoch": trainer.current_epoch}, trainer, steps_back=int(phase == "train"))
         trainer.callback_metrics.update({name: torch.tensor(value) for name, value in metrics.items()})
         if self.progress_bar and phase == "train":
             bar = {self.prefix + name for name in PROGRESS_BAR_METRICS}
             trainer.progress_bar_metrics.update({name: metrics[name] for name in bar if name in metrics})
 
+    def _to_loggers(self, values: dict[str, float], trainer: Any, steps_back: int = 0) -> None:
+        """``values`` to every logger (each writes on rank 0 only), at the step Lightning's own metrics use.
 
-def _logging_seams(trainer: Any) -> tuple[Any, int] | None:
-    """Lightning internals for exact epoch logging (present in 2.2 to 2.6), or None when a release drops them."""
-    connector = getattr(trainer, "_logger_connector", None)
+        Each logger's public ``log_metrics``, without the ``save()`` that Lightning's connector adds
+        to every call: a save costs 0.4-1 ms on the training thread (the CSV logger appends to its
+        file, TensorBoard flushes its event file). The values are written at the logger's own
+        cadence instead: at Lightning's next log of its own metrics, which saves every logger, at
+        the CSV logger's ``flush_logs_every_n_steps``, and at ``finalize``, which Lightning calls
+        when a fit ends and when it fails.
+        """
+        stepped = _batches_that_stepped(trainer)
+        if stepped is not None:
+            step = stepped - steps_back
+        else:
+            step = trainer.global_step
+            if not self._warned_seams:
+                self._warned_seams = True
+                warn(
+                    "greencallbacks: this Lightning version has no fit_loop.epoch_loop._batches_that_stepped; "
+                    "energy goes to each logger at the global step instead (values unchanged, steps may "
+                    "differ by one from Lightning's own epoch metrics)."
+                )
+        for logger in trainer.loggers:
+            logger.log_metrics(values, step=step)
+        # What trainer.logged_metrics shows (its public property computes the module's metrics first).
+        logged = getattr(getattr(trainer, "_logger_connector", None), "_logged_metrics", None)
+        if isinstance(logged, dict):
+            logged.update(values)
+
+
+def _batches_that_stepped(trainer: Any) -> int | None:
+    """The step Lightning logs its own metrics at (a private counter in 2.2 to 2.6), or None when a release drops it."""
     stepped = getattr(getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None), "_batches_that_stepped", None)
-    if connector is None or not callable(getattr(connector, "log_metrics", None)) or not isinstance(stepped, int):
-        return None
-    return connector, stepped
+    return stepped if isinstance(stepped, int) else None
 
 
 def _finite(metrics: dict[str, float]) -> dict[str, float]:
