@@ -145,3 +145,52 @@ def test_a_write_at_interpreter_exit_is_fsynced_in_place(tmp_path, monkeypatch):
     assert writer.write(make_record(0))
     assert synced == [threading.current_thread().name]
     assert [r.seq for r in read_records(path)] == [0]
+
+
+def test_json_file_replacer_writes_off_the_callers_thread_in_order_from_a_snapshot(tmp_path, monkeypatch):
+    """The Keras resume state, every epoch: made into text on the caller's thread, written by the
+    worker, the file ending with the last data given; ``write_now`` comes after the queued ones."""
+    writers: list[str] = []
+    gate = threading.Event()
+    replace = records_module._replace_file
+
+    def slow_replace(path, text):
+        gate.wait(5)  # hold the worker until everything is queued
+        writers.append(threading.current_thread().name)
+        return replace(path, text)
+
+    monkeypatch.setattr(records_module, "_replace_file", slow_replace)
+    path = tmp_path / "state.json"
+    file = records_module.JsonFileReplacer(path)
+    data = {"epoch": 0, "totals": {"train": 1.0}}
+    for epoch in range(5):
+        data["epoch"] = epoch
+        data["totals"]["train"] = float(epoch)
+        file.write_soon(data)
+    data["totals"]["train"] = -1.0  # changed after the last write_soon: not what the file gets
+    assert not path.exists()  # nothing written on this thread
+    gate.set()
+    file.close()
+    assert json.loads(path.read_text()) == {"epoch": 4, "totals": {"train": 4.0}}
+    assert len(writers) == 5 and all(name.startswith("greencallbacks-state") for name in writers)
+
+    file.write_soon({"epoch": 5})
+    assert file.write_now({"epoch": 6}) is True
+    assert json.loads(path.read_text()) == {"epoch": 6}
+    assert writers[-1] == threading.current_thread().name
+
+
+def test_json_file_replacer_writes_in_place_when_no_thread_can_start(tmp_path, monkeypatch):
+    """At interpreter exit (an abandoned Keras fit's last state) no new thread may start."""
+    file = records_module.JsonFileReplacer(tmp_path / "state.json")
+
+    class Exiting:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def submit(self, *args):
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+
+    monkeypatch.setattr(records_module, "ThreadPoolExecutor", Exiting)
+    file.write_soon({"epoch": 3})
+    assert json.loads((tmp_path / "state.json").read_text()) == {"epoch": 3}

@@ -35,7 +35,7 @@ from greencallbacks.keras._backend import devices_and_sync, reducer_for
 from greencallbacks.guard import never_raises
 from greencallbacks.meter import warn
 from greencallbacks.samples import BatchCounter
-from greencallbacks.records import write_json_atomic
+from greencallbacks.records import JsonFileReplacer
 from greencallbacks.session import EnergySession
 from greencallbacks.tracker import METRIC_STEMS
 
@@ -81,15 +81,30 @@ class _Run:
 
     session: EnergySession
     last_train_epoch: int | None = None
+    _state_file: JsonFileReplacer | None = None
 
     def state(self) -> dict:
         return {"schema": "greencallbacks.keras-state/1", **self.session.state_dict(), "last_train_epoch": self.last_train_epoch}
 
-    def save_state(self) -> None:
-        """Run id, records path and totals next to the records, so a resumed ``fit`` (BackupAndRestore) continues the run."""
+    def save_state(self, wait: bool = True) -> None:
+        """Run id, records path and totals next to the records, so a resumed ``fit`` (BackupAndRestore) continues the run.
+
+        ``wait=False`` (every epoch end): written by a worker thread, in order. This callback runs
+        first, so the write is queued before BackupAndRestore starts saving the model's backup;
+        a run killed in between resumes as a new run, its records kept.
+        """
         tracker = self.session.tracker
-        if tracker.output_dir is not None and tracker.reducer.rank == 0:
-            write_json_atomic(tracker.output_dir / STATE_FILE, self.state())
+        if tracker.output_dir is None or tracker.reducer.rank != 0:
+            return
+        path = tracker.output_dir / STATE_FILE
+        if self._state_file is None or self._state_file.path != path:
+            if self._state_file is not None:
+                self._state_file.close()
+            self._state_file = JsonFileReplacer(path)
+        if wait:
+            self._state_file.write_now(self.state())
+        else:
+            self._state_file.write_soon(self.state())
 
 
 def _read_state(output_dir: Path) -> dict | None:
@@ -352,7 +367,7 @@ class EnergyCallback(_Callback):
         if self.session.check_budget():
             self.model.stop_training = True  # Keras ends fit after this epoch's callbacks (ModelCheckpoint too)
         self._run.last_train_epoch = epoch
-        self._run.save_state()
+        self._run.save_state(wait=False)
         if logs is not None:
             logs.update(self._keras_metrics("train", ""))
             if self._validated:
