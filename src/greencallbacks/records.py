@@ -312,11 +312,7 @@ def write_json_atomic(path: Path, data: dict) -> bool:
     """Replace ``path`` with ``data`` as JSON in one step: a reader never sees half a file, and a
     crash mid-write leaves the previous version. False (no exception) when it cannot be written:
     the records are what matters, and their writer already warned about the directory."""
-    return _replace_file(path, _json_text(data))
-
-
-def _json_text(data: dict) -> str:
-    return json.dumps(data, indent=2, default=str)
+    return _replace_file(path, json.dumps(data, indent=2, default=str))
 
 
 def _replace_file(path: Path, text: str) -> bool:
@@ -342,8 +338,7 @@ class JsonFileReplacer:
         self._worker: ThreadPoolExecutor | None = None
 
     def write_soon(self, data: dict) -> None:
-        # Compact: with an indent, json.dumps runs its pure-Python encoder (~270 us here, cold).
-        text = json.dumps(data, separators=(",", ":"), default=str)
+        text = self._text(data)
         try:
             if self._worker is None:
                 self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="greencallbacks-state")
@@ -354,13 +349,18 @@ class JsonFileReplacer:
     def write_now(self, data: dict) -> bool:
         """Write ``data`` on this thread, after the writes already queued, and stop the worker."""
         self.close()
-        return _replace_file(self.path, _json_text(data))
+        return _replace_file(self.path, self._text(data))
 
     def close(self) -> None:
         """Wait for the queued writes and stop the worker (a later write starts it again)."""
         worker, self._worker = self._worker, None
         if worker is not None:
             worker.shutdown(wait=True)
+
+    @staticmethod
+    def _text(data: dict) -> str:
+        # Compact: with an indent, json.dumps runs its pure-Python encoder (~270 us here, cold).
+        return json.dumps(data, separators=(",", ":"), default=str)
 
 
 def read_records(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Record]:

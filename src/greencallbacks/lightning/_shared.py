@@ -293,8 +293,8 @@ class EnergyCallbackBase:
         """End ``phase`` (a collective: every rank is in this hook) and log its metrics.
 
         Training and in-fit validation go straight to every logger, at the step and with the
-        ``epoch`` key Lightning uses for the epoch's own metrics, one call per logger
-        (``_to_loggers``). ``LightningModule.log`` would cost ~0.6 ms per value every epoch. The values are also
+        ``epoch`` key Lightning uses for the epoch's own metrics (``_to_loggers``):
+        ``LightningModule.log`` would cost ~0.6 ms per value every epoch. The values are also
         put in ``trainer.callback_metrics`` (so checkpointing and early stopping can monitor them)
         and the progress bar. ``test`` and standalone ``validate`` go through ``pl_module.log`` so
         that they are part of the results those calls return.
@@ -328,8 +328,8 @@ class EnergyCallbackBase:
         """The run's totals so far and the power since the last such log, at Lightning's logging step.
 
         To every logger at the step Lightning's own step metrics use (see ``_to_loggers``), and
-        into the progress bar; not into
-        ``callback_metrics``, which keep the epoch's values for checkpoints and early stopping.
+        into the progress bar; not into ``callback_metrics``, which keep the epoch's values for
+        checkpoints and early stopping.
         """
         values = _finite(self.session.live_metrics(self.prefix))
         if not values:
