@@ -5,7 +5,7 @@ import pytest
 
 from greencallbacks.carbon import Carbon
 from greencallbacks.meter import Meter
-from greencallbacks.records import read_records
+from greencallbacks.records import RECORDS_FILE, read_records
 from greencallbacks.sensors.base import Kind
 from greencallbacks.tracker import METRIC_STEMS, Tracker
 from tests.fakes.scripted import FakeClock, ScriptedSensor
@@ -355,3 +355,17 @@ def test_state_loaded_before_start_also_counts_the_crashed_attempt(tmp_path):
     records = read_records(tmp_path)
     assert len({r.seq for r in records}) == len(records)
     assert second.total_energy_j == pytest.approx(sum(r.energy_kwh for r in records) * 3.6e6)
+
+
+def test_a_relative_output_dir_is_resolved_again_when_the_working_directory_changes(tmp_path, monkeypatch):
+    """The checkpoint's records path is resolved once per directory (it is asked at every Keras
+    epoch end), but a relative one follows the working directory, as the records writer does."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    tracker = Tracker(output_dir="logs")
+    first = tracker.state_dict()["records_path"]
+    assert first == str(tmp_path.resolve() / "a" / "logs" / RECORDS_FILE)
+    assert tracker.state_dict()["records_path"] == first
+    monkeypatch.chdir(tmp_path / "b")
+    assert tracker.state_dict()["records_path"] == str(tmp_path.resolve() / "b" / "logs" / RECORDS_FILE)

@@ -142,7 +142,7 @@ class Tracker:
         self.output_dir = Path(output_dir) if output_dir is not None else None
         # A directory the user chose is kept on resume; the default one follows the run's records.
         self._output_dir_chosen = output_dir is not None
-        self._resolved_for: Path | None = None  # see _records_path
+        self._resolved_for: object = None  # see _records_path
         self._resolved = ""
         self.ledger = Ledger(run_id or uuid.uuid4().hex[:12])
         self.framework = framework
@@ -410,11 +410,13 @@ class Tracker:
 
     def _records_path(self) -> str | None:
         """The records file's absolute path, resolved once per output directory (resolving walks
-        the path with a system call per part: ~50 us, at every Keras epoch end)."""
+        the path with a system call per part: ~50 us, at every Keras epoch end). A relative
+        directory is resolved again when the working directory changes, as the writer's is."""
         if self.output_dir is None:
             return None
-        if self._resolved_for != self.output_dir:
-            self._resolved_for, self._resolved = self.output_dir, str((self.output_dir / RECORDS_FILE).resolve())
+        key = self.output_dir if self.output_dir.is_absolute() else (self.output_dir, os.getcwd())
+        if self._resolved_for != key:
+            self._resolved_for, self._resolved = key, str((self.output_dir / RECORDS_FILE).resolve())
         return self._resolved
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -24,7 +24,7 @@ import math
 import sys
 import threading
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +81,7 @@ class _Run:
 
     session: EnergySession
     last_train_epoch: int | None = None
-    _state_file: JsonFileReplacer | None = None
+    _state_file: JsonFileReplacer | None = field(default=None, repr=False, compare=False)
 
     def state(self) -> dict:
         return {"schema": "greencallbacks.keras-state/1", **self.session.state_dict(), "last_train_epoch": self.last_train_epoch}
