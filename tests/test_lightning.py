@@ -382,12 +382,14 @@ def test_resume_after_a_crash_bills_every_joule_of_both_attempts_once(tmp_path, 
 def test_energy_values_add_no_logger_save_and_still_reach_the_file(tmp_path):
     """A logger's ``save`` (the CSV logger appends to its file, TensorBoard flushes its events)
     costs 0.4-1 ms on the training thread; Lightning's connector adds one to every log call. Ours
-    go through ``log_metrics`` only: the fit makes as many saves as with an empty callback, and
-    the file still holds every epoch's values and the step values once the fit ends."""
+    go through ``log_metrics`` only, and to the CSV logger's writer, whose ``log_metrics`` also
+    saves at every ``flush_logs_every_n_steps`` (here 1: at every call): the fit makes as many
+    saves as with an empty callback, and the file still holds every epoch's values and the step
+    values once the fit ends."""
     L, EnergyCallback, TinyModel = flavour("lightning.pytorch")
     saves, loggers = {}, {}
     for name, callback in (("empty", L.Callback()), ("ours", EnergyCallback(intensity=300.0))):
-        logger = L.loggers.CSVLogger(tmp_path, name=name, flush_logs_every_n_steps=10**6)
+        logger = L.loggers.CSVLogger(tmp_path, name=name, flush_logs_every_n_steps=1)
         count = [0]
 
         def counting_save(save=logger.save, count=count):
@@ -405,6 +407,20 @@ def test_energy_values_add_no_logger_save_and_still_reach_the_file(tmp_path):
     assert [v for _, v in logged["energy_kwh"]] == pytest.approx([r.energy_kwh for r in train], rel=REL)
     assert len(logged["val_energy_kwh"]) == 3
     assert len(logged["energy_kwh_total"]) > len(train)  # the step values too
+
+
+def test_a_prefixed_csv_logger_gets_the_values_through_its_own_log_metrics(tmp_path):
+    """The writer shortcut skips the logger's prefix, so a prefixed CSV logger is given the values
+    through ``log_metrics``: every epoch's values reach the file under the prefixed names."""
+    L, EnergyCallback, TinyModel = flavour("lightning.pytorch")
+    logger = L.loggers.CSVLogger(tmp_path, name="run", prefix="p")
+    callback = EnergyCallback(intensity=300.0)
+    trainer = L.Trainer(max_epochs=2, logger=logger, callbacks=[callback], **trainer_kwargs())
+    trainer.fit(TinyModel(), *loaders())
+    logged = csv_scalars(Path(logger.log_dir) / "metrics.csv")
+    train = [r for r in read_records(callback.tracker.output_dir) if r.phase == "train"]
+    assert "energy_kwh" not in logged
+    assert [v for _, v in logged["p-energy_kwh"]] == pytest.approx([r.energy_kwh for r in train], rel=REL)
 
 
 def test_without_lightnings_private_logging_seam_epoch_values_still_reach_the_loggers(tmp_path, monkeypatch):

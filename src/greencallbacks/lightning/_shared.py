@@ -373,7 +373,13 @@ class EnergyCallbackBase:
                     "differ by one from Lightning's own epoch metrics)."
                 )
         for logger in trainer.loggers:
-            logger.log_metrics(values, step=step)
+            if _csv_writer_without_prefix(logger):
+                # Its log_metrics also saves when step + 1 is a multiple of its
+                # flush_logs_every_n_steps, which our epoch and step values often are (every
+                # 100-step epoch): a save Lightning's own log at that step makes anyway.
+                logger.experiment.log_metrics(values, step)
+            else:
+                logger.log_metrics(values, step=step)
         # What trainer.logged_metrics shows (its public property computes the module's metrics first).
         logged = getattr(getattr(trainer, "_logger_connector", None), "_logged_metrics", None)
         if isinstance(logged, dict):
@@ -384,6 +390,17 @@ def _batches_that_stepped(trainer: Any) -> int | None:
     """The step Lightning logs its own metrics at (a private counter in 2.2 to 2.6), or None when a release drops it."""
     stepped = getattr(getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None), "_batches_that_stepped", None)
     return stepped if isinstance(stepped, int) else None
+
+
+def _csv_writer_without_prefix(logger: Any) -> bool:
+    """Lightning's CSV logger, whose writer (its public ``experiment``) takes our values as they are.
+
+    Only with no ``prefix`` (a private attribute since 2.0, read with a default that says no): a
+    prefixed or unknown logger goes through ``log_metrics``, which costs at most a save more.
+    """
+    return getattr(logger, "_prefix", None) == "" and any(
+        cls.__name__ == "CSVLogger" and cls.__module__.endswith("fabric.loggers.csv_logs") for cls in type(logger).__mro__
+    )
 
 
 def _finite(metrics: dict[str, float]) -> dict[str, float]:
