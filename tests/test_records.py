@@ -38,7 +38,8 @@ def test_round_trip_keeps_every_field(tmp_path):
 
 def test_write_puts_the_line_in_the_file_at_once_and_fsyncs_it_off_the_training_thread(tmp_path, monkeypatch):
     """The record is in the file when ``write`` returns (a killed process keeps it); the fsync
-    runs on the writer's thread, and ``close`` returns only once the last line is on disk."""
+    runs on the writer's thread, a write soon after starts none (the thread's wake-up would take
+    the GIL from training again), and ``close`` returns only once the last line is on disk."""
     release = threading.Event()
     synced = []  # (thread, file size when fsync was called)
     real_fsync = os.fsync
@@ -57,9 +58,32 @@ def test_write_puts_the_line_in_the_file_at_once_and_fsyncs_it_off_the_training_
     assert synced == []
     release.set()
     assert writer.close()
-    assert synced and all(name.startswith("greencallbacks-fsync") for name, _ in synced)
+    assert [name.startswith("greencallbacks-fsync") for name, _ in synced] == [True, False]  # close's own
     assert synced[-1][1] == path.stat().st_size  # the last fsync covered every line
     assert not any(t.name.startswith("greencallbacks-fsync") for t in threading.enumerate())
+
+
+def test_phase_ends_within_the_sync_interval_share_one_background_fsync(tmp_path, monkeypatch):
+    """One background fsync per ``SYNC_INTERVAL_S`` however many phases end in it; a write after
+    the interval starts the next, which covers the lines written in between."""
+    now = [1000.0]
+    monkeypatch.setattr(records_module.time, "monotonic", lambda: now[0])
+    synced = []  # (thread, bytes in the file when fsync returned)
+    real_fsync = os.fsync
+    path = tmp_path / "r.jsonl"
+    script_fsync(monkeypatch, records_module, path, lambda fd: (real_fsync(fd), synced.append(
+        (threading.current_thread().name, os.fstat(fd).st_size))))
+    writer = RecordWriter(path)
+    for seq in range(5):
+        writer.write(make_record(seq))
+        now[0] += records_module.SYNC_INTERVAL_S / 10
+    assert len(synced) <= 1  # the first write's, however far its thread got
+    now[0] += records_module.SYNC_INTERVAL_S
+    writer.write(make_record(5))
+    assert writer.close() and [r.seq for r in read_records(path)] == list(range(6))
+    # Two background fsyncs; the second covered every line, so close had none left to sync.
+    assert len(synced) == 2 and all(name.startswith("greencallbacks-fsync") for name, _ in synced)
+    assert synced[-1][1] == path.stat().st_size
 
 
 def test_a_failed_fsync_rewrites_the_lines_it_covered_once(tmp_path, monkeypatch):
