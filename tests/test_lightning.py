@@ -423,6 +423,23 @@ def test_a_prefixed_csv_logger_gets_the_values_through_its_own_log_metrics(tmp_p
     assert [v for _, v in logged["p-energy_kwh"]] == pytest.approx([r.energy_kwh for r in train], rel=REL)
 
 
+def test_a_csv_logger_subclass_with_its_own_log_metrics_gets_every_value_through_it(tmp_path):
+    """A user's override of ``log_metrics`` (filtering, renaming) is theirs: the writer shortcut
+    is taken only with Lightning's own, so the override sees every epoch's values."""
+    L, EnergyCallback, TinyModel = flavour("lightning.pytorch")
+    seen = []
+
+    class FilteringCSVLogger(L.loggers.CSVLogger):
+        def log_metrics(self, metrics, step=None):
+            seen.append(dict(metrics))
+            super().log_metrics(metrics, step)
+
+    logger = FilteringCSVLogger(tmp_path, name="run")
+    trainer = L.Trainer(max_epochs=2, logger=logger, callbacks=[EnergyCallback(intensity=300.0)], **trainer_kwargs())
+    trainer.fit(TinyModel(), *loaders())
+    assert sum("energy_kwh" in m for m in seen) == 2 and sum("val_energy_kwh" in m for m in seen) == 2
+
+
 def test_without_lightnings_private_logging_seam_epoch_values_still_reach_the_loggers(tmp_path, monkeypatch):
     """A future Lightning without ``_batches_that_stepped``: per-epoch values still reach every
     logger, at the global step, with one warning."""

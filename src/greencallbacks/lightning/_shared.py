@@ -395,11 +395,15 @@ def _batches_that_stepped(trainer: Any) -> int | None:
 def _csv_writer_without_prefix(logger: Any) -> bool:
     """Lightning's CSV logger, whose writer (its public ``experiment``) takes our values as they are.
 
-    Only with no ``prefix`` (a private attribute since 2.0, read with a default that says no): a
-    prefixed or unknown logger goes through ``log_metrics``, which costs at most a save more.
+    Only with Lightning's own ``log_metrics`` (a subclass's override is the user's and runs) and
+    no ``prefix`` (a private attribute since 2.0, read with a default that says no): any other
+    logger goes through ``log_metrics``, which costs at most a save more.
     """
-    return getattr(logger, "_prefix", None) == "" and any(
-        cls.__name__ == "CSVLogger" and cls.__module__.endswith("fabric.loggers.csv_logs") for cls in type(logger).__mro__
+    log_metrics = getattr(type(logger), "log_metrics", None)
+    return (
+        getattr(log_metrics, "__qualname__", None) == "CSVLogger.log_metrics"
+        and getattr(log_metrics, "__module__", "").endswith("fabric.loggers.csv_logs")
+        and getattr(logger, "_prefix", None) == ""
     )
 
 
