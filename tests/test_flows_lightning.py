@@ -79,6 +79,10 @@ def test_random_lightning_flows_keep_the_ledger(tmp_path, seed):
         crash_epoch = rng.randrange(max_epochs)
         val_every = rng.choice([1, 2])
         val_interval = rng.choice([1.0, 0.5])
+        if ckpt_path is not None:
+            # Lightning refuses max_epochs below a checkpoint's epoch ("epoch=3.ckpt", "epoch=3-v1.ckpt"):
+            # continue it by at least its own epoch, as a user would.
+            max_epochs = max(max_epochs, int(ckpt_path.stem.split("=")[1].split("-")[0]) + 1)
         steps.append(f"fit(max_epochs={max_epochs}, resume={ckpt_path and ckpt_path.name}, crash={crash}@{crash_epoch}, "
                      f"check_val_every_n_epoch={val_every}, val_check_interval={val_interval})")
         context = f"seed {seed}, steps: " + "; ".join(steps)
