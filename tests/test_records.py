@@ -218,3 +218,21 @@ def test_json_file_replacer_writes_in_place_when_no_thread_can_start(tmp_path, m
     monkeypatch.setattr(records_module, "ThreadPoolExecutor", Exiting)
     file.write_soon({"epoch": 3})
     assert json.loads((tmp_path / "state.json").read_text()) == {"epoch": 3}
+
+
+def test_a_backlog_of_unsynced_lines_starts_an_fsync_before_the_interval(tmp_path, monkeypatch):
+    """The lines wait in memory until an fsync covers them: thousands of phase ends within the
+    interval start one as soon as ``SYNC_BACKLOG_BYTES`` wait, so memory stays bounded."""
+    monkeypatch.setattr(records_module.time, "monotonic", lambda: 1000.0)  # the interval never passes
+    monkeypatch.setattr(records_module, "SYNC_BACKLOG_BYTES", 4096)
+    synced = []
+    real_fsync = os.fsync
+    path = tmp_path / "r.jsonl"
+    script_fsync(monkeypatch, records_module, path, lambda fd: (real_fsync(fd), synced.append(fd)))
+    writer = RecordWriter(path)
+    for seq in range(40):  # ~1 kB a line
+        writer.write(make_record(seq))
+    writer._syncer.shutdown(wait=True)
+    assert len(synced) >= 5  # the first write's, then one per ~4 kB
+    assert len("".join(writer._unsynced)) < 2 * 4096
+    assert writer.close() and [r.seq for r in read_records(path)] == list(range(40))

@@ -29,6 +29,10 @@ RECORDS_FILE = "energy-records.jsonl"
 # cache, which survives the process; the kernel writes them back within ~30 s by itself (Linux
 # dirty_expire_centisecs), and ``close`` syncs everything when the run ends.
 SYNC_INTERVAL_S = 10.0
+# ...or sooner once this many bytes wait for one: the lines are kept until an fsync covers them
+# (to write them again if it fails), so phases ending by the thousand within the interval must
+# not pile up in memory.
+SYNC_BACKLOG_BYTES = 256 * 1024
 
 
 @dataclass
@@ -257,7 +261,8 @@ class RecordWriter:
             if self._sync_queued or not self._unsynced:
                 return  # the queued fsync will cover these lines too
             now = time.monotonic()
-            if now < self._next_sync_at:
+            backlog = self._written_size - (self._synced_size or 0)
+            if now < self._next_sync_at and backlog < SYNC_BACKLOG_BYTES:
                 return  # a later write, or close, syncs these lines (see SYNC_INTERVAL_S)
             self._next_sync_at = now + SYNC_INTERVAL_S
             self._sync_queued = True
