@@ -58,7 +58,10 @@ def test_write_puts_the_line_in_the_file_at_once_and_fsyncs_it_off_the_training_
     assert synced == []
     release.set()
     assert writer.close()
-    assert [name.startswith("greencallbacks-fsync") for name, _ in synced] == [True, False]  # close's own
+    # One background fsync (the second write, soon after, started none); close syncs in place
+    # whatever it did not cover, depending on when its thread began.
+    assert synced[0][0].startswith("greencallbacks-fsync")
+    assert sum(name.startswith("greencallbacks-fsync") for name, _ in synced) == 1
     assert synced[-1][1] == path.stat().st_size  # the last fsync covered every line
     assert not any(t.name.startswith("greencallbacks-fsync") for t in threading.enumerate())
 
@@ -69,15 +72,22 @@ def test_phase_ends_within_the_sync_interval_share_one_background_fsync(tmp_path
     now = [1000.0]
     monkeypatch.setattr(records_module.time, "monotonic", lambda: now[0])
     synced = []  # (thread, bytes in the file when fsync returned)
+    first_done = threading.Event()
     real_fsync = os.fsync
+
+    def fsync(fd):
+        real_fsync(fd)
+        synced.append((threading.current_thread().name, os.fstat(fd).st_size))
+        first_done.set()
+
     path = tmp_path / "r.jsonl"
-    script_fsync(monkeypatch, records_module, path, lambda fd: (real_fsync(fd), synced.append(
-        (threading.current_thread().name, os.fstat(fd).st_size))))
+    script_fsync(monkeypatch, records_module, path, fsync)
     writer = RecordWriter(path)
     for seq in range(5):
         writer.write(make_record(seq))
         now[0] += records_module.SYNC_INTERVAL_S / 10
-    assert len(synced) <= 1  # the first write's, however far its thread got
+    assert first_done.wait(10)  # the first write's fsync, before the interval passes
+    assert len(synced) == 1
     now[0] += records_module.SYNC_INTERVAL_S
     writer.write(make_record(5))
     assert writer.close() and [r.seq for r in read_records(path)] == list(range(6))
@@ -233,6 +243,7 @@ def test_a_backlog_of_unsynced_lines_starts_an_fsync_before_the_interval(tmp_pat
     for seq in range(40):  # ~1 kB a line
         writer.write(make_record(seq))
     writer._syncer.shutdown(wait=True)
-    assert len(synced) >= 5  # the first write's, then one per ~4 kB
-    assert len("".join(writer._unsynced)) < 2 * 4096
+    # However late the fsync thread ran, what waits for one stays near the limit (without it:
+    # every line after the first fsync, ~39 kB).
+    assert synced and len("".join(writer._unsynced)) < 2 * 4096
     assert writer.close() and [r.seq for r in read_records(path)] == list(range(40))

@@ -2,7 +2,8 @@
 
 Every framework writes the same fields. The writer puts each line in the file when its phase
 ends, so a record survives the process being killed right after its phase, and fsyncs it from a
-background thread (at most every ``SYNC_INTERVAL_S``, and when the run ends); the reader skips a
+background thread (at most every ``SYNC_INTERVAL_S`` unless ``SYNC_BACKLOG_BYTES`` wait, and when
+the run ends); the reader skips a
 torn last line (the process died while writing it) instead of failing.
 """
 
@@ -151,8 +152,8 @@ class RecordWriter:
     the process being killed right after its phase. The fsync that also makes it survive a
     machine crash runs on a background thread: on a local disk it costs ~0.1-0.5 ms, on a network
     file system tens of ms, and neither belongs in a training loop. A write starts one unless
-    one started less than ``SYNC_INTERVAL_S`` ago (a later write or ``close`` covers the lines);
-    ``close`` waits for it and syncs the rest.
+    one started less than ``SYNC_INTERVAL_S`` ago and fewer than ``SYNC_BACKLOG_BYTES`` wait (a
+    later write or ``close`` covers the lines); ``close`` waits for it and syncs the rest.
 
     A write that fails (read-only directory, full disk) warns once and keeps the record in
     ``pending``; the next write tries again, so nothing measured is dropped while the process
