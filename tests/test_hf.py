@@ -57,11 +57,13 @@ def assert_consistent(entry, prefix, samples):
     for stem in METRIC_STEMS:
         assert entry[prefix + stem] > 0, (prefix + stem, entry)
     energy_j = entry[prefix + "energy_kwh"] * 3.6e6
-    # IT power, before PUE. The sensor and the meter read the clock at slightly different moments
-    # (75 us apart was seen on a loaded machine), which matters only for phases of a few ms: allow
-    # 1 ms of the phase's duration, and 2 % for longer phases.
+    # IT power, before PUE. At each boundary the meter reads the clock, then the sensor reads it
+    # again: a thread that takes the GIL in between (its switch interval is 5 ms) or the OS
+    # preempting a loaded 2-core machine puts milliseconds between the two (CI once saw 72 W for
+    # a 9 ms predict). That matters only for phases of a few ms: allow 10 ms per boundary of the
+    # phase's duration, and 2 % for longer phases.
     duration_s = energy_j / PUE / entry[prefix + "power_w"]
-    assert entry[prefix + "power_w"] == pytest.approx(POWER_W, rel=max(0.02, 0.001 / duration_s))
+    assert entry[prefix + "power_w"] == pytest.approx(POWER_W, rel=max(0.02, 0.02 / duration_s))
     assert entry[prefix + "co2eq_g"] == pytest.approx(entry[prefix + "energy_kwh"] * INTENSITY, rel=1e-9)
     assert entry[prefix + "energy_j_per_sample"] == pytest.approx(energy_j / samples, rel=1e-9)
     assert entry[prefix + "co2eq_g_per_sample"] == pytest.approx(entry[prefix + "co2eq_g"] / samples, rel=1e-9)
@@ -219,10 +221,12 @@ def test_evaluation_inside_an_epoch_is_excluded_from_its_training_record(tmp_pat
     assert [r.epoch for r in validations] == [0, 0, 1, 1]
     train = [r for r in records if r.phase == "train"]
     assert [r.samples for r in train] == [TRAIN_SAMPLES, TRAIN_SAMPLES]  # evaluation samples are not training's
-    # The records partition the run: at constant power, energy follows their summed durations.
+    # The records partition the run: at constant power, energy follows their summed durations
+    # (inner boundaries cancel; the first and last may each put ms between clock and sensor, see
+    # assert_consistent).
     assert sum(r.energy_kwh for r in records) == pytest.approx(callback.tracker.total_energy_j / 3.6e6, rel=1e-9)
     assert sum(r.it_energy_kwh for r in records) * 3.6e6 == pytest.approx(
-        POWER_W * sum(r.duration_s for r in records), rel=1e-3
+        POWER_W * sum(r.duration_s for r in records), rel=1e-3, abs=POWER_W * 0.02
     )
 
 
