@@ -18,7 +18,7 @@ from greencallbacks.meter import EnergyWarning  # noqa: E402
 from greencallbacks.records import read_records  # noqa: E402
 from greencallbacks.tracker import METRIC_STEMS  # noqa: E402
 
-from lightning_models import FLAVOURS, TRAIN_SAMPLES, VAL_SAMPLES, Boom, flavour, loaders, trainer_kwargs  # noqa: E402
+from lightning_models import BATCH, FLAVOURS, TRAIN_SAMPLES, VAL_SAMPLES, Boom, flavour, loaders, trainer_kwargs  # noqa: E402
 
 pytestmark = pytest.mark.slow
 REL = 1e-5  # values pass through Lightning as float32 tensors
@@ -377,6 +377,51 @@ def test_resume_after_a_crash_bills_every_joule_of_both_attempts_once(tmp_path, 
     # The crashed attempt's cut-short epoch and the redone one are two records of two attempts.
     epoch3 = [(r.attempt, r.partial) for r in records if r.phase == "train" and r.epoch == 3]
     assert epoch3 == [(0, True), (1, False)]
+
+
+@pytest.mark.parametrize("checkpoint_step", [6, 8], ids=["inside-an-epoch", "at-the-last-batch"])
+def test_a_fit_resumed_inside_an_epoch_bills_the_rest_to_that_epoch(tmp_path, checkpoint_step):
+    """Regression: Lightning 2.5+ resumes an epoch that a checkpoint interrupted (here
+    every_n_train_steps) without calling on_train_epoch_start. The rest of the epoch was billed
+    to `other`, samples and all, and the epoch logged no values. A checkpoint at the fit's very
+    last batch (step 8 of 2 epochs of 4 batches) leaves nothing to run in 2.6: no empty training record."""
+    L, EnergyCallback, TinyModel = flavour("lightning.pytorch")
+    ckpt_dir = tmp_path / "ckpt"
+
+    class BatchesRun(L.Callback):
+        def __init__(self):
+            self.per_epoch: dict[int, int] = {}
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.per_epoch[trainer.current_epoch] = self.per_epoch.get(trainer.current_epoch, 0) + 1
+
+    def fit(ckpt_path=None):
+        callback, ran = EnergyCallback(intensity=300.0), BatchesRun()
+        saver = L.callbacks.ModelCheckpoint(dirpath=ckpt_dir, save_top_k=-1, every_n_train_steps=1, filename="{step}")
+        logger = L.loggers.CSVLogger(tmp_path, name="logs")
+        trainer = L.Trainer(max_epochs=2, logger=logger, callbacks=[callback, ran, saver],
+                            **trainer_kwargs(enable_checkpointing=True))
+        trainer.fit(TinyModel(), *loaders(), ckpt_path=ckpt_path)
+        return callback, ran, Path(logger.log_dir)
+
+    fit()
+    callback, ran, log_dir = fit(ckpt_dir / f"step={checkpoint_step}.ckpt")
+    records = read_records(callback.tracker.output_dir)
+    resumed = [r for r in records if r.attempt == 1]
+    assert [r.samples for r in resumed if r.phase == "other"] == [0] * sum(r.phase == "other" for r in resumed)
+    train = [r for r in resumed if r.phase == "train"]
+    # One record for each epoch that ran batches, and none for an epoch that ran none. How many
+    # batches a resumed epoch runs is Lightning's: at step 6, 2.6 runs the last 2 of epoch 1, 2.2
+    # the last 3; at step 8, 2.6 runs none.
+    assert {r.epoch: r.samples for r in train} == {epoch: n * BATCH for epoch, n in ran.per_epoch.items()}
+    assert not any(r.partial for r in train)
+    if checkpoint_step == 6:
+        assert 0 < ran.per_epoch[1] < TRAIN_SAMPLES // BATCH
+    metrics_csv = log_dir / "metrics.csv"  # not written by a fit with nothing to run
+    logged = csv_scalars(metrics_csv).get("energy_kwh", []) if metrics_csv.exists() else []
+    assert [v for _, v in logged] == pytest.approx([r.energy_kwh for r in train], rel=REL)
+    summary = json.loads((callback.tracker.output_dir / "energy-summary.json").read_text())
+    assert summary["energy_kwh"] == pytest.approx(sum(r.energy_kwh for r in records), rel=1e-9)
 
 
 def test_energy_values_add_no_logger_save_and_still_reach_the_file(tmp_path):

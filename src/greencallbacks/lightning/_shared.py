@@ -95,6 +95,7 @@ class EnergyCallbackBase:
         self._live_step = -1  # the global step last logged (accumulation repeats a step over batches)
         self._live_wait = 0  # batch ends before global_step is next read
         self._live_at_most_one_step = False
+        self._resume_epoch_at_batch = False  # begin the epoch Lightning resumed mid-way at its next batch
         self._counter = BatchCounter(sample_counter, token_counter)  # checks both are functions or None
         if not isinstance(prefix, str):
             raise ValueError(f"prefix must be a string, got {prefix!r}")
@@ -191,9 +192,28 @@ class EnergyCallbackBase:
         # Automatic optimization steps the optimizer at most once per batch (manual optimization
         # may step several optimizers), which lets most batches skip reading global_step.
         self._live_at_most_one_step = bool(getattr(pl_module, "automatic_optimization", False))
+        # Lightning 2.5+ resumes an epoch that a checkpoint interrupted (saved inside the epoch:
+        # every_n_train_steps, a mid-epoch validation) without calling on_train_epoch_start, and
+        # says so in the fit loop's public `restarted_mid_epoch` (2.2-2.4 have no such property
+        # and call the hook). That epoch begins at its first batch, or its batches would be
+        # billed to `other` and it would log no values. Not here: a fit resumed from its very
+        # last batch has no epoch left to run, and would leave an empty training record.
+        self._resume_epoch_at_batch = getattr(getattr(trainer, "fit_loop", None), "restarted_mid_epoch", False) is True
 
     @never_raises
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        self._resume_epoch_at_batch = False  # a release that calls both begins the epoch once
+        self._begin_train_epoch(trainer)
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        if self._resume_epoch_at_batch:  # one attribute test per step: see on_train_start
+            self._resume_epoch_at_batch = False
+            try:
+                self._begin_train_epoch(trainer)
+            except Exception as error:  # noqa: BLE001 - measuring must never break training
+                hook_failed(self, "on_train_batch_start", error)
+
+    def _begin_train_epoch(self, trainer: Any) -> None:
         self.tracker.begin("train", trainer.current_epoch)
         self._live_wait = 0  # read global_step at the next batch end
 
