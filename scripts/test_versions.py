@@ -39,14 +39,15 @@ COMMON = ["torch==2.13.0", "pytest>=8", "pytest-timeout>=2.2", "hypothesis>=6.10
 MATRIX = {
     "transformers": {
         "requirements": ["transformers==4.47.1", "accelerate==1.2.1", "tensorboard", "mlflow", "wandb"],
-        "tests": ["tests/test_hf.py", "tests/test_hf_distributed.py", "tests/test_live.py"],
+        "tests": ["tests/test_hf.py", "tests/test_flows_hf.py", "tests/test_hf_distributed.py", "tests/test_live.py"],
         "report": ["transformers", "accelerate", "torch", "tensorboard", "mlflow", "wandb"],
     },
     "lightning": {
         # Lightning 2.2 imports pkg_resources, which setuptools 81 removed.
         "requirements": ["lightning==2.2.0", "pytorch-lightning==2.2.0", "setuptools<81", "tensorboard",
                          "mlflow", "wandb", "pandas"],
-        "tests": ["tests/test_lightning.py", "tests/test_lightning_ddp.py", "tests/test_live.py"],
+        "tests": ["tests/test_lightning.py", "tests/test_flows_lightning.py", "tests/test_lightning_ddp.py",
+                  "tests/test_live.py"],
         "report": ["lightning", "pytorch-lightning", "lightning-utilities", "torch", "setuptools"],
     },
     "keras": {
@@ -54,7 +55,7 @@ MATRIX = {
         # (its variables are left without an initializer), so the crash-and-resume scenarios fail
         # inside Keras; the jax backend is tested at the newest versions only and skips here.
         "requirements": ["keras==3.3.3", "tensorflow-cpu==2.16.2", "tensorboard"],
-        "tests": ["tests/test_keras.py", "tests/test_live.py"],
+        "tests": ["tests/test_keras.py", "tests/test_flows_keras.py", "tests/test_live.py"],
         "report": ["keras", "torch", "tensorflow-cpu", "numpy"],
     },
 }

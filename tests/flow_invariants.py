@@ -67,6 +67,9 @@ def check_run(run_id: str, directories, *, power_w: float | None = None, context
     for r in records:
         if not r.samples_counted or r.samples == 0:
             assert r.energy_j_per_sample is None, repr(r) + where
+        # A batch counted into a gap means a phase the adapter failed to begin (Lightning 2.5+
+        # resuming an epoch without on_train_epoch_start did that).
+        assert r.phase != "other" or r.samples == 0, "samples billed to `other`: " + repr(r) + where
     return records
 
 
