@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import threading
+import warnings
 
 import pytest
 
@@ -299,6 +300,50 @@ def test_exception_mid_training_writes_the_unfinished_epoch_and_stops_the_thread
     trainer.train_dataset = TokenDataset(TRAIN_SAMPLES)
     trainer.train()
     assert [r.partial for r in read_records(tmp_path / "out") if r.phase == "train"][-2:] == [False, False]
+
+
+def test_auto_find_batch_size_retry_after_out_of_memory_trains_on_and_bills_both_tries(tmp_path, monkeypatch):
+    """Regression: with ``auto_find_batch_size`` an out-of-memory error makes Accelerate rerun the
+    training loop at once, after a ``gc.collect()`` long enough for the watch to notice the loop
+    left the stack and start writing it up on its thread. The rerun builds a ``TrainerState``,
+    which calls ``state()``: it read the session while the watch thread was stopping it and
+    raised (IndexError), breaking training. Here the watch's write-up is made to run inside that
+    read, where it ran by chance before; the fix finishes the write-up before the read."""
+    from greencallbacks.tracker import Tracker
+
+    class OutOfMemoryOnce(TrainerCallback):
+        raised = False
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if not OutOfMemoryOnce.raised:
+                OutOfMemoryOnce.raised = True
+                raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")  # Accelerate's words
+
+    boundary, injected = Tracker._boundary, []
+
+    def watch_writes_up_meanwhile(tracker, *args, **kwargs):
+        if OutOfMemoryOnce.raised and not injected and threading.current_thread() is threading.main_thread():
+            injected.append(True)
+            watch.settle()  # the watch thread writes the failed loop up now, if it is still open
+        return boundary(tracker, *args, **kwargs)
+
+    monkeypatch.setattr(Tracker, "_boundary", watch_writes_up_meanwhile)
+    callback = make_callback()
+    trainer = make_trainer(tmp_path, callback, auto_find_batch_size=True)
+    trainer.add_callback(OutOfMemoryOnce())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", EnergyWarning)  # nothing of ours may fail, even quietly
+        output = trainer.train()
+    assert output.global_step > 0 and injected
+    # The failed try is a run of its own, cut short after its one batch; the retry is a complete run.
+    records = read_records(tmp_path / "out")
+    failed, retried = list(dict.fromkeys(r.run_id for r in records))
+    assert [(r.epoch, r.samples, r.partial) for r in records if r.run_id == failed and r.phase == "train"] == [(0, 8, True)]
+    assert [(r.epoch, r.samples, r.partial) for r in records if r.run_id == retried and r.phase == "train"] == [
+        (0, TRAIN_SAMPLES, False), (1, TRAIN_SAMPLES, False)]
+    assert callback.tracker.run_id == retried and not callback.session.running
+    summary = json.loads((tmp_path / "out" / "energy-summary.json").read_text())
+    assert summary["energy_kwh"] == pytest.approx(sum(r.energy_kwh for r in records if r.run_id == retried), rel=1e-9)
 
 
 def test_a_failing_callback_warns_and_training_goes_on(tmp_path, monkeypatch):

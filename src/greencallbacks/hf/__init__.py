@@ -52,7 +52,10 @@ How it fits the Trainer (read against transformers 5.23):
   training loop's frame leave the stack without ``on_train_end`` and, within a fraction of a
   second, writes the unfinished phase as ``partial`` and the summary and stops the meter thread,
   whether or not the exception stays referenced. The wrapped evaluation loop does the same at
-  once for an exception inside it; an ``atexit`` handler covers the interpreter's exit.
+  once for an exception inside it; an ``atexit`` handler covers the interpreter's exit. When the
+  Trainer itself goes on first (``auto_find_batch_size`` rerunning the loop after an
+  out-of-memory error, whose failed try stays a run of its own), the write-up is finished before
+  the session is used again.
 """
 
 from __future__ import annotations
@@ -187,7 +190,8 @@ class EnergyCallback(TrainerCallback, ExportableState):
                  "settings saved there (not sensors=, extra_sensors=, budget=, embodied= or series objects). Pass the callback "
                  "in Trainer(callbacks=[...]) to keep the original.")
         self._attach(trainer)
-        self._abort()  # a previous train() that raised before the watch saw it left its run open
+        self._settle()
+        self._abort()  # a previous train() that raised without a watch (no frame found) left its run open
         # A train() is a new run unless it resumes from a checkpoint: then the Trainer has loaded
         # the checkpoint's state, global step and our saved entry, and the run goes on.
         saved = state.stateful_callbacks.get(type(self).__name__)
@@ -205,7 +209,7 @@ class EnergyCallback(TrainerCallback, ExportableState):
         # stack without on_train_end, and the watch writes the partial phase and stops the meter.
         frame = _find_trainer()[1]
         if frame is not None:
-            self._watch = watch.watch(frame, self._abort)
+            self._watch_loop(frame)
         if state.num_train_epochs:
             self.tracker.planned_epochs = math.ceil(state.num_train_epochs)  # enables the run prediction
         if resumed and self.session.check_budget():
@@ -279,7 +283,15 @@ class EnergyCallback(TrainerCallback, ExportableState):
 
     # ------------------------------------------------------------------------ checkpointing
     def state(self) -> dict:
-        return {"args": self._settings, "attributes": {"energy_state": self.session.state_dict()}}
+        # The Trainer calls this outside any hook: building its TrainerState (at every train(),
+        # and again when auto_find_batch_size retries after an out-of-memory error) and at every
+        # checkpoint. It must not raise either.
+        try:
+            self._settle()
+            return {"args": self._settings, "attributes": {"energy_state": self.session.state_dict()}}
+        except Exception as error:  # noqa: BLE001 - measuring must never break training
+            hook_failed(self, "state", error)
+            return {"args": self._settings, "attributes": {}}
 
     # ---------------------------------------------------------------------------- internals
     def _attach(self, trainer: Trainer | None) -> None:
@@ -314,9 +326,34 @@ class EnergyCallback(TrainerCallback, ExportableState):
             self._watch.cancel()
             self._watch = None
 
-    def _abort(self) -> None:
+    def _settle(self) -> None:
+        """Finish writing up a train() loop that raised before the session is used again.
+
+        The watch notices such a loop within ``watch.POLL_S``, from its own thread, and may be
+        stopping the session at this moment: the Trainer goes on at once when it retries the
+        loop itself (``auto_find_batch_size`` after an out-of-memory error), or the user calls
+        ``evaluate()``. Firing here runs the write-up on this thread, or waits for the watch
+        thread's to finish.
+        """
+        handle = self._watch
+        if handle is not None and not watch.on_stack(handle.frame, sys._getframe()):
+            handle.fire()
+
+    def _watch_loop(self, frame) -> None:
+        def loop_gone() -> None:
+            # On the watch thread, holding the watch's lock: `_settle` and `_cancel_watch` on the
+            # training thread wait for this write-up, so the watch is let go only once it is done.
+            self._abort(cancel_watch=False)
+            if self._watch is handle:
+                self._watch = None
+
+        handle = watch.watch(frame, loop_gone)
+        self._watch = handle
+
+    def _abort(self, cancel_watch: bool = True) -> None:
         """The run is failing: write what was measured (unfinished phases as partial), stop the thread."""
-        self._cancel_watch()
+        if cancel_watch:
+            self._cancel_watch()  # waits for a write-up the watch thread has begun, and stops a later one
         self._in_train = False
         self._loop = None
         try:
@@ -327,6 +364,7 @@ class EnergyCallback(TrainerCallback, ExportableState):
             warn(f"greencallbacks: could not write the energy of the failed run ({error!r}).")
 
     def _begin_loop(self, description: str | None, prefix: str | None, args) -> None:
+        self._settle()
         self._start(args)  # no-op inside train(); evaluate()/predict() alone make a run of their own
         phase = "predict" if description == "Prediction" else "validation"
         self.tracker.begin(phase, epoch=self._epoch)
