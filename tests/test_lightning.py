@@ -8,6 +8,7 @@ import math
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -422,6 +423,54 @@ def test_a_fit_resumed_inside_an_epoch_bills_the_rest_to_that_epoch(tmp_path, ch
     assert [v for _, v in logged] == pytest.approx([r.energy_kwh for r in train], rel=REL)
     summary = json.loads((callback.tracker.output_dir / "energy-summary.json").read_text())
     assert summary["energy_kwh"] == pytest.approx(sum(r.energy_kwh for r in records), rel=1e-9)
+
+
+@pytest.mark.parametrize("tune", ["lr_find", "scale_batch_size"])
+def test_tuning_before_fit_is_a_run_of_its_own_and_its_restore_is_no_resume(tmp_path, tune):
+    """Lightning's tuners save a checkpoint, run trial steps, then restore the checkpoint, our
+    callback's state included, inside one fit. That restore was taken for a resume: the tuning
+    run's one record said attempt 1, with no attempt 0. Now the run goes on as it is: attempt 0,
+    the trial steps' energy in it; the fit after it is a new run."""
+    import torch
+    from lightning.pytorch.tuner import Tuner
+
+    from flow_invariants import check_run
+    from tests.fakes.scripted import ScriptedSensor
+
+    L, EnergyCallback, TinyModel = flavour("lightning.pytorch")
+
+    class Tunable(TinyModel):
+        def __init__(self):
+            super().__init__()
+            self.batch_size, self.lr = 4, 0.05
+
+        def train_dataloader(self):
+            data = torch.utils.data.TensorDataset(torch.randn(64, 4), torch.randn(64, 1))
+            return torch.utils.data.DataLoader(data, batch_size=self.batch_size)
+
+        def val_dataloader(self):
+            return loaders()[1]
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+    callback = EnergyCallback(sensors=[ScriptedSensor("gpu", time.monotonic, 50.0)], intensity=300.0)
+    logger = L.loggers.CSVLogger(tmp_path, name="logs")
+    trainer = L.Trainer(max_epochs=1, logger=logger, callbacks=[callback], default_root_dir=tmp_path, **trainer_kwargs())
+    model = Tunable()
+    tuner = Tuner(trainer)
+    if tune == "lr_find":
+        tuner.lr_find(model, num_training=5, early_stop_threshold=None)
+    else:
+        tuner.scale_batch_size(model, mode="power", max_trials=2, steps_per_trial=2)
+    tuning_run = callback.tracker.run_id
+    trainer.fit(model)
+    assert callback.tracker.run_id != tuning_run
+    log_dir = Path(logger.log_dir)
+    tuning = check_run(tuning_run, [log_dir], power_w=50.0, context=tune)
+    assert {r.attempt for r in tuning} == {0}
+    fit = check_run(callback.tracker.run_id, [log_dir], power_w=50.0, context="fit after " + tune)
+    assert [(r.epoch, r.samples) for r in fit if r.phase == "train"] == [(0, 64)]
 
 
 def test_energy_values_add_no_logger_save_and_still_reach_the_file(tmp_path):

@@ -249,6 +249,8 @@ class EnergySession:
 
     def load_state_dict(self, state: dict) -> None:
         """Continue the checkpointed run of ``state`` (a new attempt of it)."""
+        if self.tracker.wrote(state):
+            return  # restored within the fit that saved it: budget and carbon-aware state go on too
         if self.carbon_aware is not None and "carbon_aware" in state:
             self.carbon_aware.load_state_dict(state["carbon_aware"])  # the delay budget spent stays spent
         if self.budget is not None and isinstance(state.get("budget"), dict):

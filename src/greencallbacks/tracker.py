@@ -163,6 +163,7 @@ class Tracker:
         self.step: int | None = None
         self.planned_epochs: int | None = None  # set by adapters to enable the run prediction
         self._resume_state: dict[str, Any] | None = None  # loaded before start, applied at start
+        self._session_id: str | None = None  # drawn at start: tells this tracker's own checkpoints apart
 
     @property
     def run_id(self) -> str:
@@ -196,10 +197,12 @@ class Tracker:
         self.meter = meter
         self.reducer = reducer or LocalReducer()
         self._host = socket.gethostname()  # read once: a system call at every boundary adds up
+        self._session_id = uuid.uuid4().hex
         if self.reducer.world_size > 1:
             # One run id on every rank (each drew its own), so that a rank's own records, written
-            # when a run fails, belong to the run. A collective: every rank starts here.
-            self.ledger.run_id = self.reducer.all_gather(self.run_id)[0]
+            # when a run fails, belong to the run; one session id, so that every rank knows a
+            # checkpoint of this session alike. A collective: every rank starts here.
+            self.ledger.run_id, self._session_id = self.reducer.all_gather((self.run_id, self._session_id))[0]
         self._find_embodied(meter)
         self._stack = [self._open("other", None)]
         self._last_snapshot = meter.snapshot()
@@ -406,7 +409,14 @@ class Tracker:
             # Closed but not yet published (a gap closed by `begin`), then the phases still open.
             open_records = [self._local_record(*closed) for closed in self._pending]
             open_records += [self._local_record(o, True, self.step) for o in self._stack if not o.empty]
-        return {**self.ledger.state_dict(open_records), "records_path": self._records_path()}
+        return {**self.ledger.state_dict(open_records), "records_path": self._records_path(), "session_id": self._session_id}
+
+    def wrote(self, state: dict[str, Any]) -> bool:
+        """Was ``state`` saved by this tracker since it started? Then loading it is the framework
+        restoring its own checkpoint within one fit (Lightning's learning-rate and batch-size
+        tuners undo their trial steps so), not a resume: the run goes on as it is, the trial's
+        joules in it."""
+        return self.running and self._session_id is not None and state.get("session_id") == self._session_id
 
     def _records_path(self) -> str | None:
         """The records file's absolute path, resolved once per output directory (resolving walks
@@ -420,7 +430,10 @@ class Tracker:
         return self._resolved
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue the checkpointed run of ``state`` as its next attempt (before or after ``start``)."""
+        """Continue the checkpointed run of ``state`` as its next attempt (before or after ``start``);
+        nothing to do for a state this tracker wrote (see ``wrote``)."""
+        if self.wrote(state):
+            return
         self._resume_state = dict(state)
         if self.running:  # Lightning restores callbacks after setup
             self._resume()
