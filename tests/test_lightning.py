@@ -473,6 +473,27 @@ def test_tuning_before_fit_is_a_run_of_its_own_and_its_restore_is_no_resume(tmp_
     assert [(r.epoch, r.samples) for r in fit if r.phase == "train"] == [(0, 64)]
 
 
+def test_a_second_fit_on_one_trainer_predicts_only_its_own_epochs(tmp_path):
+    """Regression: a second ``fit`` on the same Trainer goes on from epoch 3 to ``max_epochs`` 9:
+    a new run of 6 epochs, whose prediction at its last epoch still counted 3 epochs to come
+    (9 - 6 finished), 1.5 times its total. Now it is that total and the last epoch's short tail."""
+    L, EnergyCallback, TinyModel = flavour("lightning.pytorch")
+    callback = EnergyCallback(intensity=300.0)
+    logger = L.loggers.CSVLogger(tmp_path, name="logs")
+    trainer = L.Trainer(max_epochs=3, logger=logger, callbacks=[callback], **trainer_kwargs())
+    model = TinyModel()
+    trainer.fit(model, *loaders())
+    first = callback.tracker.run_id
+    trainer.fit_loop.max_epochs = 9
+    trainer.fit(model, *loaders())
+    assert callback.tracker.run_id != first
+    logged = csv_scalars(Path(logger.log_dir) / "metrics.csv")
+    total = dict(logged["energy_kwh_total"])
+    predicted = dict(logged["energy_kwh_predicted"])
+    last_step = max(predicted)
+    assert 1.0 <= predicted[last_step] / total[last_step] < 1.2
+
+
 def test_energy_values_add_no_logger_save_and_still_reach_the_file(tmp_path):
     """A logger's ``save`` (the CSV logger appends to its file, TensorBoard flushes its events)
     costs 0.4-1 ms on the training thread; Lightning's connector adds one to every log call. Ours

@@ -97,3 +97,61 @@ def test_a_resumed_run_predicts_from_its_records_not_twice_the_total(tmp_path):
         clock.advance(1.0)
     second.finish()
     assert last["energy_kwh_predicted"] == pytest.approx(second.total_energy_j / 3.6e6, rel=1e-9)
+
+
+def _constant_epochs(tracker, clock, epochs, epoch_s=10.0, gap_s=1.0):
+    """Train ``epochs`` at constant power; the predictions made at each epoch's end."""
+    predictions = []
+    for epoch in epochs:
+        tracker.begin("train", epoch)
+        clock.advance(epoch_s)
+        tracker.end("train")
+        predictions.append(tracker.metrics("train")["energy_kwh_predicted"])
+        clock.advance(gap_s)
+    return predictions
+
+
+def test_a_run_that_begins_at_a_later_epoch_predicts_only_the_epochs_it_will_run(tmp_path):
+    """Regression: a second fit on one Lightning Trainer (epochs 3-8 of max_epochs=9), or Keras'
+    ``initial_epoch=3`` with nothing to continue, is a new run of 6 epochs; the prediction counted
+    9 - 6 finished = 3 epochs still to come at its last epoch, 1.5 times its total."""
+    clock = FakeClock()
+    tracker = Tracker(carbon=Carbon(intensity=100.0), output_dir=tmp_path)
+    tracker.start(Meter([ScriptedSensor("gpu0", clock, power_w=100.0)], fallback=None, clock=clock,
+                        wall_clock=lambda: clock() + 1.7e9))
+    tracker.planned_epochs = 9
+    predictions = _constant_epochs(tracker, clock, range(3, 9))
+    tracker.finish()
+    truth_kwh = tracker.total_energy_j / 3.6e6  # 6 epochs of 1,100 J (training, then the gap after it)
+    assert truth_kwh == pytest.approx(6 * 1100.0 / 3.6e6, rel=1e-12)
+    # Known once two epochs after the first (warm-up) are complete, then exact: constant epochs.
+    assert predictions[3:] == pytest.approx([truth_kwh] * 3, rel=1e-9)
+
+
+def test_a_resume_from_an_older_checkpoint_predicts_the_epochs_it_goes_back_to_redo(tmp_path):
+    """Epochs 0-5 of 8 trained, then a resume from the checkpoint of epoch 2: epochs 3-7 run
+    again. Counting finished epochs (the first attempt's 4 and 5 among them) left 2 to come after
+    the redone epoch 3, where 4 remain."""
+    clock = FakeClock()
+    sensor = ScriptedSensor("gpu0", clock, power_w=100.0)
+
+    def start():
+        tracker = Tracker(carbon=Carbon(intensity=100.0), output_dir=tmp_path)
+        tracker.start(Meter([sensor], fallback=None, clock=clock, wall_clock=lambda: clock() + 1.7e9))
+        tracker.planned_epochs = 8
+        return tracker
+
+    first = start()
+    _constant_epochs(first, clock, range(3))
+    checkpoint = first.state_dict()  # at the end of epoch 2
+    _constant_epochs(first, clock, range(3, 6))
+    first.finish()
+    second = Tracker(carbon=Carbon(intensity=100.0), output_dir=tmp_path)
+    second.load_state_dict(checkpoint)
+    second.start(Meter([sensor], fallback=None, clock=clock, wall_clock=lambda: clock() + 1.7e9))
+    second.planned_epochs = 8
+    spent_kwh = second.total_energy_j / 3.6e6
+    (after_epoch_3,) = _constant_epochs(second, clock, [3])
+    epoch_kwh = 11.0 * 100.0 / 3.6e6
+    # So far: both attempts and epoch 3's training again; to come: its gap, then epochs 4-7.
+    assert after_epoch_3 == pytest.approx(spent_kwh + (1000.0 + 100.0) / 3.6e6 + 4 * epoch_kwh, rel=1e-9)

@@ -92,6 +92,9 @@ class Ledger:
         self.totals: dict[str, PhaseTotals] = {p: PhaseTotals() for p in PHASES}
         self.epochs: dict[int, EpochCost] = {}
         self.finished_epochs = 0
+        # The epoch whose training ended last (-1: none yet): the framework runs the epochs after
+        # it, whatever epoch the run began at or went back to on a resume.
+        self.last_finished_epoch = -1
         self.stats = EpochStats()
         self._attempts_with_epochs: set[int] = set()
         self._finished_not_complete: set[int] = set()
@@ -136,6 +139,7 @@ class Ledger:
         if record.phase == "train" and not record.partial and not cost.finished:
             cost.kwh_at_train_end = cost.kwh
             self.finished_epochs += 1
+            self.last_finished_epoch = record.epoch
             self._complete_before(record.epoch)
             self._finished_not_complete.add(record.epoch)
 
@@ -184,6 +188,7 @@ class Ledger:
             self.stats.add(cost)
             if cost.finished and not cost.complete:
                 self._finished_not_complete.add(int(epoch))
+        self.last_finished_epoch = max((e for e, c in self.epochs.items() if c.finished), default=-1)
         self.next_seq, self.attempt = saved_seq, saved_attempt + 1
 
 

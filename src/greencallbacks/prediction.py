@@ -40,7 +40,11 @@ def predict(ledger: Ledger, planned_epochs: int | None) -> dict[str, float]:
         return {k: math.nan for k in PREDICTION_STEMS}
     mean_cost, s_cost = _mean_and_sd(n, *stats.cost)
     mean_tail, s_tail = _mean_and_sd(n, *stats.tail)
-    remaining = max(0, planned_epochs - ledger.finished_epochs)
+    # planned_epochs is where the framework stops (max_epochs): the epochs left are those after
+    # the last one trained, not `planned_epochs` less the epochs counted, which a run that began
+    # at a later epoch (a second fit on one Trainer, Keras' initial_epoch) or went back to an
+    # earlier one (a resume from an older checkpoint) would get wrong.
+    remaining = max(0, planned_epochs - 1 - ledger.last_finished_epoch)
     so_far_kwh = ledger.energy_j / 3.6e6
     predicted = so_far_kwh + mean_tail + remaining * mean_cost
     variance = s_tail**2 * (1 + 1 / n) + remaining * s_cost**2 + remaining**2 * s_cost**2 / n

@@ -161,7 +161,8 @@ class Tracker:
         self._live_previous: Snapshot | None = None
         self._live_billed: dict[int, tuple[int, float, float]] = {}
         self.step: int | None = None
-        self.planned_epochs: int | None = None  # set by adapters to enable the run prediction
+        # The epoch the framework stops before (max_epochs): set by adapters to enable the run prediction.
+        self.planned_epochs: int | None = None
         self._resume_state: dict[str, Any] | None = None  # loaded before start, applied at start
         self._session_id: str | None = None  # drawn at start: tells this tracker's own checkpoints apart
 
