@@ -266,3 +266,14 @@ def test_report_lifecycle_and_whatif_of_a_real_lightning_log_root(tmp_path, caps
     data = json.loads(out)
     assert code == 0 and data["run_id"] == run_id and data["as_recorded"]["extrapolated"] is False
     assert data["series_name"] == "grid.csv (CSV)"
+
+
+@pytest.mark.parametrize("argv", [
+    [], ["nosuch"], ["report"], ["report", ".", "--format", "xml"], ["estimate"], ["estimate", "--hours", "-1"],
+    ["lifecycle", ".", "--inferences", "abc"], ["zones", "--filter"], ["whatif"], ["whatif", ".", "--delay-hours", "x"],
+])
+def test_bad_arguments_are_one_line_and_exit_2(argv, capsys):
+    """argparse's own usage block would come first: the one line says what is wrong and where help is."""
+    code, err = exits(argv, capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert ": error: " in err and "--help" in err and "usage:" not in err and "Traceback" not in err

@@ -15,6 +15,14 @@ from typing import Sequence
 from greencallbacks._version import __version__
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """Bad arguments give one line and exit 2, like every other input error of the command:
+    argparse's own usage block would bury the one line that says what is wrong."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _add_carbon_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("carbon intensity (default: world average, said in every output)")
     group.add_argument("--country", help="ISO 3166 alpha-2 or alpha-3 code, e.g. FR or FRA")
@@ -212,7 +220,7 @@ def cmd_whatif(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="greencallbacks",
         description="Energy and CO2eq of neural-network training, per epoch.",
     )

@@ -441,7 +441,9 @@ def _duration(seconds: float) -> str:
 
 # ------------------------------------------------------------------------------------------ CLI
 def build_parser(prog: str = "greencallbacks whatif") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from greencallbacks.cli import OneLineErrorParser
+
+    parser = OneLineErrorParser(
         prog=prog,
         description="What a recorded run would have emitted started later, paused while the grid is dirty, or elsewhere.",
     )
