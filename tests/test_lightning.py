@@ -494,6 +494,30 @@ def test_a_second_fit_on_one_trainer_predicts_only_its_own_epochs(tmp_path):
     assert 1.0 <= predicted[last_step] / total[last_step] < 1.2
 
 
+def test_a_damaged_energy_entry_in_a_checkpoint_does_not_stop_the_resume(tmp_path):
+    """Lightning restores callback states inside ``fit``: a raise there ended the fit before its
+    first epoch (ValueError for a ``seq`` that is no number). Now one warning, and the fit goes
+    on as a new run, measured."""
+    import torch
+
+    L, EnergyCallback, TinyModel = flavour("lightning.pytorch")
+    saver = L.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="last")
+    trainer = L.Trainer(max_epochs=1, default_root_dir=tmp_path, callbacks=[EnergyCallback(intensity=300.0), saver],
+                        **trainer_kwargs(enable_checkpointing=True))
+    trainer.fit(TinyModel(), *loaders())
+    checkpoint = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
+    (key,) = [k for k in checkpoint["callbacks"] if k.startswith("EnergyCallback")]
+    checkpoint["callbacks"][key]["seq"] = "abc"
+    torch.save(checkpoint, tmp_path / "damaged.ckpt")
+    callback = EnergyCallback(intensity=300.0)
+    trainer = L.Trainer(max_epochs=3, default_root_dir=tmp_path, callbacks=[callback], **trainer_kwargs())
+    with pytest.warns(EnergyWarning, match="unreadable"):
+        trainer.fit(TinyModel(), *loaders(), ckpt_path=tmp_path / "damaged.ckpt")
+    assert trainer.current_epoch == 3
+    records = [r for r in read_records(callback.tracker.output_dir) if r.run_id == callback.tracker.run_id]
+    assert [(r.epoch, r.attempt) for r in records if r.phase == "train"] == [(1, 0), (2, 0)]
+
+
 def test_energy_values_add_no_logger_save_and_still_reach_the_file(tmp_path):
     """A logger's ``save`` (the CSV logger appends to its file, TensorBoard flushes its events)
     costs 0.4-1 ms on the training thread; Lightning's connector adds one to every log call. Ours

@@ -369,3 +369,36 @@ def test_a_relative_output_dir_is_resolved_again_when_the_working_directory_chan
     assert tracker.state_dict()["records_path"] == first
     monkeypatch.chdir(tmp_path / "b")
     assert tracker.state_dict()["records_path"] == str(tmp_path.resolve() / "b" / "logs" / RECORDS_FILE)
+
+
+@pytest.mark.parametrize("damage", [
+    {"seq": "abc"}, {"attempt": None}, {"records_path": 5}, {"run_id": [1]}, {"run_id": ""}, None, "text",
+])
+@pytest.mark.parametrize("started_first", [True, False], ids=["restored-after-start", "loaded-before-start"])
+def test_an_unreadable_checkpoint_state_warns_and_measures_a_new_run(tmp_path, damage, started_first):
+    """A framework's restore must not fail on our entry in a checkpoint (edited, damaged, or from
+    an unknown version): one warning, the run measured as a new one, its records consistent."""
+    from greencallbacks.meter import EnergyWarning
+    from greencallbacks.session import EnergySession
+
+    first, clock, _ = setup(tmp_path / "first")
+    run_epochs(first, clock)
+    state = first.state_dict() if isinstance(damage, dict) else damage
+    if isinstance(damage, dict):
+        state.update(damage)
+    first.finish()
+    session = EnergySession(intensity=100.0, sensors=[ScriptedSensor("gpu0", clock, power_w=100.0)],
+                            output_dir=tmp_path / "second")
+    with pytest.warns(EnergyWarning, match="unreadable"):
+        if started_first:  # Lightning's order
+            session.start()
+        session.load_state_dict(state)
+        session.start()  # Keras' and HF's order: the state is read here
+    new_run = session.tracker.run_id
+    assert new_run != first.run_id and session.tracker.ledger.attempt == 0
+    run_epochs(session.tracker, clock)
+    session.stop()
+    records = [r for r in read_records(tmp_path / "second") if r.run_id == new_run]
+    assert [r.epoch for r in records if r.phase == "train"] == [0, 1]
+    assert len({r.seq for r in records}) == len(records)
+    assert sum(r.energy_j for r in records) == pytest.approx(session.tracker.total_energy_j, rel=1e-12)

@@ -248,16 +248,25 @@ class EnergySession:
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        """Continue the checkpointed run of ``state`` (a new attempt of it)."""
+        """Continue the checkpointed run of ``state`` (a new attempt of it). A state that cannot be
+        read warns and leaves this a new run: a framework's restore must not fail for it."""
+        if not isinstance(state, dict):
+            warn(f"greencallbacks: the energy state saved in the checkpoint is unreadable ({type(state).__name__}, "
+                 f"not a dict); this training is measured as a new run ({self.tracker.run_id}).")
+            return
         if self.tracker.wrote(state):
             return  # restored within the fit that saved it: budget and carbon-aware state go on too
-        if self.carbon_aware is not None and "carbon_aware" in state:
-            self.carbon_aware.load_state_dict(state["carbon_aware"])  # the delay budget spent stays spent
-        if self.budget is not None and isinstance(state.get("budget"), dict):
-            # Same limits: its warnings and stop go on (a stopped run resumed stops again at once).
-            # Changed limits (raised to go on): judged afresh against the whole run's totals.
-            self.budget.load_state_dict(state["budget"])
-            self.tracker.summary_extra["budget"] = self.budget.summary()
+        try:
+            if self.carbon_aware is not None and "carbon_aware" in state:
+                self.carbon_aware.load_state_dict(state["carbon_aware"])  # the delay budget spent stays spent
+            if self.budget is not None and isinstance(state.get("budget"), dict):
+                # Same limits: its warnings and stop go on (a stopped run resumed stops again at once).
+                # Changed limits (raised to go on): judged afresh against the whole run's totals.
+                self.budget.load_state_dict(state["budget"])
+                self.tracker.summary_extra["budget"] = self.budget.summary()
+        except (TypeError, ValueError, KeyError, AttributeError) as error:
+            warn(f"greencallbacks: the budget or carbon-aware state saved in the checkpoint is unreadable "
+                 f"({error!r}); they start afresh.")
         self.tracker.load_state_dict(state)
 
     def stop(self, failed: bool = False) -> None:

@@ -15,6 +15,7 @@ dict from ``metrics``. The tracker turns phase boundaries into records:
 
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 import math
 import os
@@ -441,14 +442,27 @@ class Tracker:
 
     def _resume(self) -> None:
         state, self._resume_state = self._resume_state, None
-        home = Path(state["records_path"]).parent if state.get("records_path") else None
-        # The run goes on in its own records file (one run, one ledger), even when the framework
-        # made a new log directory for this attempt (Lightning's version_N), unless the user chose
-        # a directory, or the run's is not on this machine (its parent is missing too).
-        if home is not None and (home.is_dir() or home.parent.is_dir()) and not self._output_dir_chosen:
-            self.output_dir = home
-        run_id = str(state.get("run_id", self.run_id))
-        self.ledger.resume(state, read_run_records(run_id, [home, self.output_dir]))
+        ledger, output_dir = copy.copy(self.ledger), self.output_dir  # `resume` rebinds, never mutates
+        try:
+            home = Path(state["records_path"]).parent if state.get("records_path") else None
+            # The run goes on in its own records file (one run, one ledger), even when the framework
+            # made a new log directory for this attempt (Lightning's version_N), unless the user chose
+            # a directory, or the run's is not on this machine (its parent is missing too).
+            if home is not None and (home.is_dir() or home.parent.is_dir()) and not self._output_dir_chosen:
+                self.output_dir = home
+            run_id = state.get("run_id", self.run_id)
+            if not isinstance(run_id, str) or not run_id:
+                raise ValueError(f"run_id {run_id!r}")
+            self.ledger.resume(state, read_run_records(run_id, [home, self.output_dir]))
+        except (TypeError, ValueError, KeyError, AttributeError, OSError) as error:
+            # A checkpoint's entry edited, damaged or from an unknown version: the framework's
+            # restore must not fail for it. This training is measured, as a run of its own.
+            self.ledger, self.output_dir = ledger, output_dir
+            from greencallbacks.meter import warn
+
+            warn(f"greencallbacks: the energy state saved in the checkpoint is unreadable ({error!r}); "
+                 f"this training is measured as a new run ({self.run_id}), without the checkpoint's totals.")
+            return
         for opened in self._stack:  # numbered before the run was known
             opened.seq = self.ledger.take_seq()
         if self.running:
