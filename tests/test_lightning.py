@@ -518,6 +518,29 @@ def test_a_damaged_energy_entry_in_a_checkpoint_does_not_stop_the_resume(tmp_pat
     assert [(r.epoch, r.attempt) for r in records if r.phase == "train"] == [(1, 0), (2, 0)]
 
 
+def test_a_failing_state_dict_warns_and_checkpoints_and_resumes_go_on(tmp_path, monkeypatch):
+    """Lightning calls ``state_dict`` when it saves a checkpoint, outside any hook: a failure
+    there ended the fit. Now one warning; the checkpoint is saved with an empty entry, and a
+    resume from it is a new run."""
+    L, EnergyCallback, TinyModel = flavour("lightning.pytorch")
+    callback = EnergyCallback(intensity=300.0)
+
+    def broken():
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(callback.session, "state_dict", broken)
+    saver = L.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="last")
+    trainer = L.Trainer(max_epochs=2, default_root_dir=tmp_path, callbacks=[callback, saver],
+                        **trainer_kwargs(enable_checkpointing=True))
+    with pytest.warns(EnergyWarning, match="state_dict failed"):
+        trainer.fit(TinyModel(), *loaders())
+    assert trainer.current_epoch == 2
+    resumed = EnergyCallback(intensity=300.0)
+    trainer = L.Trainer(max_epochs=3, default_root_dir=tmp_path, callbacks=[resumed], **trainer_kwargs())
+    trainer.fit(TinyModel(), *loaders(), ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+    assert resumed.tracker.run_id != callback.tracker.run_id and resumed.tracker.ledger.attempt == 0
+
+
 def test_energy_values_add_no_logger_save_and_still_reach_the_file(tmp_path):
     """A logger's ``save`` (the CSV logger appends to its file, TensorBoard flushes its events)
     costs 0.4-1 ms on the training thread; Lightning's connector adds one to every log call. Ours

@@ -254,8 +254,10 @@ class EnergySession:
             warn(f"greencallbacks: the energy state saved in the checkpoint is unreadable ({type(state).__name__}, "
                  f"not a dict); this training is measured as a new run ({self.tracker.run_id}).")
             return
-        if self.tracker.wrote(state):
-            return  # restored within the fit that saved it: budget and carbon-aware state go on too
+        if not state or self.tracker.wrote(state):
+            # Empty: saved when the state could not be taken, nothing to continue. Written by this
+            # session: restored within the fit that saved it, budget and carbon-aware state go on too.
+            return
         try:
             if self.carbon_aware is not None and "carbon_aware" in state:
                 self.carbon_aware.load_state_dict(state["carbon_aware"])  # the delay budget spent stays spent

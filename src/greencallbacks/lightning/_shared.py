@@ -129,11 +129,20 @@ class EnergyCallbackBase:
         return self._state_key
 
     def state_dict(self) -> dict[str, Any]:
-        return self.session.state_dict()
+        # Lightning calls these two outside any hook (saving and restoring checkpoints): they must
+        # not raise either. An empty state continues nothing: the resumed fit is a new run.
+        try:
+            return self.session.state_dict()
+        except Exception as error:  # noqa: BLE001 - measuring must never break training
+            hook_failed(self, "state_dict", error)
+            return {}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # Called after `setup` on resume: the run continues with the checkpoint's run_id and totals.
-        self.session.load_state_dict(state_dict)
+        try:
+            self.session.load_state_dict(state_dict)
+        except Exception as error:  # noqa: BLE001
+            hook_failed(self, "load_state_dict", error)
 
     @property
     def tracker(self):
