@@ -160,6 +160,7 @@ class EnergyCallback(TrainerCallback, ExportableState):
         self._trainer: Trainer | None = None
         self._in_train = False
         self._epoch: int | None = None
+        self._next_epoch: int | None = None
         self._tokens_at_epoch_begin = 0
         self._loop: tuple[str, str | None] | None = None  # (phase, metric prefix) of the open eval/predict loop
         self._loop_metrics: dict[str, float] = {}
@@ -204,20 +205,29 @@ class EnergyCallback(TrainerCallback, ExportableState):
         state.stateful_callbacks[type(self).__name__] = self.state()
         self._in_train = True
         self._epoch = None  # until the first epoch begins (an `eval_on_start` evaluation has none)
+        self._next_epoch = None  # the first epoch's number comes from the Trainer (0, or a resume's)
         self._start(args)
         # No exception hook in any transformers version: when train() raises, its frame leaves the
         # stack without on_train_end, and the watch writes the partial phase and stops the meter.
         frame = _find_trainer()[1]
         if frame is not None:
             self._watch_loop(frame)
-        if state.num_train_epochs:
-            self.tracker.planned_epochs = math.ceil(state.num_train_epochs)  # enables the run prediction
+        # Enables the run prediction; not for a data set without a length, for which the Trainer
+        # plans sys.maxsize passes and stops at max_steps.
+        if state.num_train_epochs and state.num_train_epochs < sys.maxsize:
+            self.tracker.planned_epochs = math.ceil(state.num_train_epochs)
         if resumed and self.session.check_budget():
             control.should_training_stop = True  # the checkpoint's budget was already spent
 
     @never_raises
     def on_epoch_begin(self, args, state, control, **kwargs):
-        self._epoch = int(state.epoch or 0)
+        # state.epoch is progress, not a count: over a data set without a length it runs
+        # max_steps to 1.0, so after a 4-step pass of 10 steps it reads 0.4 and the second pass
+        # would be epoch 0 again. Passes after the first count on from it.
+        epoch = int(state.epoch or 0)
+        if self._next_epoch is not None:
+            epoch = max(epoch, self._next_epoch)
+        self._epoch, self._next_epoch = epoch, epoch + 1
         self._tokens_at_epoch_begin = state.num_input_tokens_seen
         self.tracker.begin("train", epoch=self._epoch)
 
