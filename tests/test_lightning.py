@@ -541,6 +541,38 @@ def test_a_failing_state_dict_warns_and_checkpoints_and_resumes_go_on(tmp_path, 
     assert resumed.tracker.run_id != callback.tracker.run_id and resumed.tracker.ledger.attempt == 0
 
 
+@pytest.mark.parametrize("given, mode, samples", [
+    ("dict", None, 5 * 8 + 20),  # Lightning's default, max_size_cycle: the 4-batch loader cycles to 5 steps
+    ("list", None, 5 * 8 + 20),
+    ("combined", "max_size", 32 + 20),  # the exhausted loader's slot is None
+    ("combined", "min_size", 32 + 4 * 4),
+])
+def test_several_training_loaders_count_every_batch_of_each(tmp_path, given, mode, samples):
+    """Regression: with several training iterables each batch is ``{"a": [x, y], "b": [x, y]}``
+    (or a list of them), which counted as 2 samples a step as a whole. Each part is counted."""
+    import torch
+    from lightning.pytorch.utilities import CombinedLoader
+
+    L, EnergyCallback, TinyModel = flavour("lightning.pytorch")
+
+    class TwoStreams(TinyModel):
+        def training_step(self, batch, batch_idx):
+            parts = [p for p in (batch.values() if isinstance(batch, dict) else batch) if p is not None]
+            return sum(torch.nn.functional.mse_loss(self(x), y) for x, y in parts)
+
+    def loader(n, size):
+        data = torch.utils.data.TensorDataset(torch.randn(n, 4), torch.randn(n, 1))
+        return torch.utils.data.DataLoader(data, batch_size=size)
+
+    streams = {"a": loader(32, 8), "b": loader(20, 4)}  # 4 and 5 batches
+    train = {"dict": streams, "list": list(streams.values()),
+             "combined": CombinedLoader(streams, mode=mode) if mode else None}[given]
+    callback = EnergyCallback(intensity=300.0, output_dir=tmp_path)
+    L.Trainer(max_epochs=1, logger=False, callbacks=[callback], **trainer_kwargs()).fit(TwoStreams(), train)
+    (record,) = [r for r in read_records(tmp_path) if r.phase == "train"]
+    assert (record.samples, record.samples_counted) == (samples, True)
+
+
 def test_energy_values_add_no_logger_save_and_still_reach_the_file(tmp_path):
     """A logger's ``save`` (the CSV logger appends to its file, TensorBoard flushes its events)
     costs 0.4-1 ms on the training thread; Lightning's connector adds one to every log call. Ours

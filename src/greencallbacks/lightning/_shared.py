@@ -49,7 +49,9 @@ class EnergyCallbackBase:
             ``greencallbacks.samples.count_samples`` (tensors, arrays, tuples, dicts, ``BatchEncoding``,
             dataclasses, named tuples, ``num_graphs`` / ``batch_size`` / ``len()``, string lists,
             nested tensors). A batch it cannot count: one warning per run, and that phase's record
-            says ``samples_counted: false`` with no per-sample values (never a silent 0).
+            says ``samples_counted: false`` with no per-sample values (never a silent 0). With
+            several training iterables (a dict or list of loaders) the default counts each one's
+            batch and adds them; a ``sample_counter`` given is handed the whole combined batch.
         token_counter: ``batch -> int`` tokens in a completed batch (e.g.
             ``lambda b: int(b["attention_mask"].sum())``), giving ``energy_j_per_token``.
         step_metrics: also log ``energy_kwh_total``, ``co2eq_g_total`` (so far, the epoch in
@@ -96,6 +98,7 @@ class EnergyCallbackBase:
         self._live_wait = 0  # batch ends before global_step is next read
         self._live_at_most_one_step = False
         self._resume_epoch_at_batch = False  # begin the epoch Lightning resumed mid-way at its next batch
+        self._train_parts: str | None = None  # "dict" / "seq": several training iterables, counted apart
         self._counter = BatchCounter(sample_counter, token_counter)  # checks both are functions or None
         if not isinstance(prefix, str):
             raise ValueError(f"prefix must be a string, got {prefix!r}")
@@ -208,6 +211,12 @@ class EnergyCallbackBase:
         # billed to `other` and it would log no values. Not here: a fit resumed from its very
         # last batch has no epoch left to run, and would leave an empty training record.
         self._resume_epoch_at_batch = getattr(getattr(trainer, "fit_loop", None), "restarted_mid_epoch", False) is True
+        # Several training iterables (fit(model, {"a": loader_a, "b": loader_b}) or a list): each
+        # batch holds one batch of each, counted apart (as a whole, {"a": [x, y], "b": [x, y]}
+        # would read as 2 samples). The user's own counter is given the whole batch.
+        loaders = trainer.train_dataloader  # public: the iterables given to fit, combined
+        several = isinstance(loaders, (dict, list, tuple)) and not self._counter.custom_samples
+        self._train_parts = ("dict" if isinstance(loaders, dict) else "seq") if several else None
 
     @never_raises
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
@@ -228,7 +237,13 @@ class EnergyCallbackBase:
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         try:  # guarded here, not by @never_raises: one frame less at every step (see hook_failed)
-            self._counter.add(self.tracker, batch)
+            if self._train_parts is None:
+                self._counter.add(self.tracker, batch)
+            else:
+                parts = batch.values() if self._train_parts == "dict" and isinstance(batch, dict) else batch
+                for part in parts:
+                    if part is not None:  # an iterable already exhausted ("max_size" mode)
+                        self._counter.add(self.tracker, part)
             if self._live_every:
                 self._live_wait -= 1
                 if self._live_wait <= 0:
