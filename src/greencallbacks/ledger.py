@@ -91,7 +91,6 @@ class Ledger:
         self.next_seq = 0
         self.totals: dict[str, PhaseTotals] = {p: PhaseTotals() for p in PHASES}
         self.epochs: dict[int, EpochCost] = {}
-        self.finished_epochs = 0
         # The epoch whose training ended last (-1: none yet): the framework runs the epochs after
         # it, whatever epoch the run began at or went back to on a resume.
         self.last_finished_epoch = -1
@@ -138,7 +137,6 @@ class Ledger:
         cost.kwh += record.energy_kwh
         if record.phase == "train" and not record.partial and not cost.finished:
             cost.kwh_at_train_end = cost.kwh
-            self.finished_epochs += 1
             self.last_finished_epoch = record.epoch
             self._complete_before(record.epoch)
             self._finished_not_complete.add(record.epoch)
@@ -151,7 +149,6 @@ class Ledger:
 
     def _forget(self, epoch: int, cost: EpochCost) -> None:
         self.stats.add(cost, sign=-1)
-        self.finished_epochs -= cost.finished
         self._finished_not_complete.discard(epoch)
 
     # ------------------------------------------------------------------- checkpoint / resume
@@ -184,7 +181,6 @@ class Ledger:
                 self.totals[phase] = PhaseTotals(**values)
         for epoch, saved in state.get("epochs", {}).items():
             cost = self.epochs[int(epoch)] = EpochCost(*saved)
-            self.finished_epochs += cost.finished
             self.stats.add(cost)
             if cost.finished and not cost.complete:
                 self._finished_not_complete.add(int(epoch))

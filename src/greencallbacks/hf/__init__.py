@@ -24,9 +24,10 @@ How it fits the Trainer (read against transformers 5.23):
   Several evaluation data sets (``eval_dataset={"a": ..., "b": ...}``) each get their own
   ``eval_a_*`` / ``eval_b_*`` values; their ``_total`` is every evaluation of the run so far, all
   data sets together (the phase's total). Epochs: the first of a ``train()`` is the Trainer's
-  (0, or where a resume starts), each later one the one before plus one. Only a loop that starts before the callback has seen the trainer (``add_callback`` then
-  ``evaluate``/``predict`` without training) begins at its first ``on_prediction_step``: its
-  first batch is billed to the gap before it.
+  (0, or where a resume starts), each later one the one before plus one. Only a loop that
+  starts before the callback has seen the trainer (``add_callback`` then ``evaluate`` /
+  ``predict`` without training) begins at its first ``on_prediction_step``: its first batch is
+  billed to the gap before it.
 * **Counting.** Train samples: each rank counts the leading dimension of every micro-batch given
   to ``training_step`` (wrapped on the instance too: exact for partial last batches and gradient
   accumulation, a shape lookup per batch). Ranks are summed, so the samples Accelerate repeats to
