@@ -516,6 +516,9 @@ def test_a_damaged_energy_entry_in_a_checkpoint_does_not_stop_the_resume(tmp_pat
     assert trainer.current_epoch == 3
     records = [r for r in read_records(callback.tracker.output_dir) if r.run_id == callback.tracker.run_id]
     assert [(r.epoch, r.attempt) for r in records if r.phase == "train"] == [(1, 0), (2, 0)]
+    summary = json.loads((callback.tracker.output_dir / "energy-summary.json").read_text())
+    assert summary["run_id"] == callback.tracker.run_id
+    assert summary["energy_kwh"] == pytest.approx(sum(r.energy_kwh for r in records), rel=1e-9)
 
 
 def test_a_failing_state_dict_warns_and_checkpoints_and_resumes_go_on(tmp_path, monkeypatch):

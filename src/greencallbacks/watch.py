@@ -58,6 +58,11 @@ class Watch:
     def active(self) -> bool:
         return not self._done
 
+    def ended(self) -> bool:
+        """Has the watched call left the stack? Asked on the thread that made the call: exact at
+        once, where the watch thread notices within ``POLL_S``."""
+        return not on_stack(self.frame, sys._getframe(1))
+
 
 _watches: list[Watch] = []
 _lock = threading.Lock()

@@ -350,7 +350,7 @@ class EnergyCallback(TrainerCallback, ExportableState):
         thread's to finish.
         """
         handle = self._watch
-        if handle is not None and not watch.on_stack(handle.frame, sys._getframe()):
+        if handle is not None and handle.ended():
             handle.fire()
 
     def _watch_loop(self, frame) -> None:

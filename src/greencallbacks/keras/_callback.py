@@ -138,7 +138,7 @@ class _Call:
             return False
         if self.watch is None:
             return True  # no frame to look at: trust the begin/end pairs
-        return watch.on_stack(self.watch.frame, sys._getframe(1))
+        return not self.watch.ended()
 
     def abandon(self) -> None:
         """Write what an ended call measured (at most once, whoever notices first)."""
