@@ -494,6 +494,25 @@ def test_a_second_fit_on_one_trainer_predicts_only_its_own_epochs(tmp_path):
     assert 1.0 <= predicted[last_step] / total[last_step] < 1.2
 
 
+@pytest.mark.parametrize("max_epochs", [100, -1])
+def test_a_fit_that_max_steps_ends_predicts_the_steps_it_will_run(tmp_path, max_epochs):
+    """Regression: ``max_steps=18`` over 4-step epochs ends the fit inside epoch 4. With
+    ``max_epochs=100`` the prediction priced 95 epochs more (14 times the fit's total at its last
+    epoch: a budget's predicted stop would have ended it early); with ``max_epochs=-1`` it
+    predicted nothing. Now the steps left are priced at the steps an epoch takes."""
+    L, EnergyCallback, TinyModel = flavour("lightning.pytorch")
+    callback = EnergyCallback(intensity=300.0)
+    logger = L.loggers.CSVLogger(tmp_path, name="logs")
+    trainer = L.Trainer(max_epochs=max_epochs, max_steps=18, logger=logger, callbacks=[callback], **trainer_kwargs())
+    trainer.fit(TinyModel(), *loaders())
+    assert (trainer.global_step, trainer.current_epoch) == (18, 5)  # epochs 0-4, the last of 2 steps
+    logged = csv_scalars(Path(logger.log_dir) / "metrics.csv")
+    total, predicted = dict(logged["energy_kwh_total"]), dict(logged["energy_kwh_predicted"])
+    last_step = max(total)
+    assert max(predicted) == last_step  # predicted at the last epoch's end, with half an epoch to come before it
+    assert 1.0 <= predicted[last_step] / total[last_step] < 1.2
+
+
 def test_a_damaged_energy_entry_in_a_checkpoint_does_not_stop_the_resume(tmp_path):
     """Lightning restores callback states inside ``fit``: a raise there ended the fit before its
     first epoch (ValueError for a ``seq`` that is no number). Now one warning, and the fit goes

@@ -7,6 +7,7 @@ first epoch (warm-up). The truth is the run's total once its last epoch's tail i
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -155,3 +156,51 @@ def test_a_resume_from_an_older_checkpoint_predicts_the_epochs_it_goes_back_to_r
     epoch_kwh = 11.0 * 100.0 / 3.6e6
     # So far: both attempts and epoch 3's training again; to come: its gap, then epochs 4-7.
     assert after_epoch_3 == pytest.approx(spent_kwh + (1000.0 + 100.0) / 3.6e6 + 4 * epoch_kwh, rel=1e-9)
+
+
+@pytest.mark.parametrize("planned_epochs", [100, None])
+def test_a_step_limit_that_ends_the_run_inside_an_epoch_is_predicted_at_its_steps(tmp_path, planned_epochs):
+    """Regression: Lightning's ``max_steps`` (or HF's, which also plans the epochs rounded up)
+    ends the run inside an epoch, long before ``max_epochs``. With ``max_epochs=100`` the
+    prediction priced 96 more epochs (14 times a real fit's total); with no epoch limit
+    (``max_epochs=-1``, a data set without a length) it predicted nothing. The epochs left are
+    now the steps left over the steps the last epoch took: here half an epoch."""
+    clock = FakeClock()
+    tracker = Tracker(carbon=Carbon(intensity=100.0), output_dir=tmp_path)
+    tracker.start(Meter([ScriptedSensor("gpu0", clock, power_w=100.0)], fallback=None, clock=clock,
+                        wall_clock=lambda: clock() + 1.7e9))
+    tracker.planned_epochs, tracker.planned_steps = planned_epochs, 45
+    predictions = []
+    for epoch, steps in enumerate([10, 10, 10, 10, 5]):  # 10 steps of 1 s each epoch, then 1 s of gap
+        tracker.begin("train", epoch)
+        clock.advance(float(steps))
+        tracker.end("train", step=10 * epoch + steps)
+        predictions.append(tracker.metrics("train")["energy_kwh_predicted"])
+        clock.advance(1.0)
+    tracker.finish()
+    truth_kwh = tracker.total_energy_j / 3.6e6
+    assert truth_kwh == pytest.approx((4 * 1100.0 + 600.0) / 3.6e6, rel=1e-12)
+    # From epoch 3 on (two complete epochs after warm-up). At its end, 4,300 J so far, the gap to
+    # come (100 J) and half an epoch priced as half of a whole one, its gap included (550 J):
+    # 50 J short of the half epoch's whole gap. At the last epoch's end, exact.
+    assert all(math.isnan(p) for p in predictions[:3])  # not yet known
+    assert predictions[3:] == pytest.approx([4950.0 / 3.6e6, truth_kwh], rel=1e-9)
+
+
+def test_steps_per_epoch_survive_a_checkpoint_without_records(tmp_path):
+    """A resume whose records file is gone falls back on the checkpoint's epochs: their steps come with them."""
+    clock = FakeClock()
+    sensor = ScriptedSensor("gpu0", clock, power_w=100.0)
+    first = Tracker(carbon=Carbon(intensity=100.0), output_dir=tmp_path / "first")
+    first.start(Meter([sensor], fallback=None, clock=clock, wall_clock=lambda: clock() + 1.7e9))
+    for epoch in range(3):
+        first.begin("train", epoch)
+        clock.advance(10.0)
+        first.end("train", step=10 * (epoch + 1))
+    state = first.state_dict()
+    first.finish()
+    second = Tracker(carbon=Carbon(intensity=100.0), output_dir=tmp_path / "elsewhere")
+    second.load_state_dict(state)
+    second.start(Meter([sensor], fallback=None, clock=clock, wall_clock=lambda: clock() + 1.7e9))
+    assert (second.ledger.steps_per_epoch, second.ledger.last_finished_step) == (10, 30)
+    second.finish()

@@ -59,6 +59,7 @@ class EpochCost:
     kwh: float = 0.0
     kwh_at_train_end: float | None = None  # billed when its training phase ended; None: never ended
     complete: bool = False  # a later epoch has finished, so this one's tail (gap, HF evaluation) is over too
+    step_at_train_end: int | None = None  # the framework's global step when its training phase ended
 
     @property
     def finished(self) -> bool:
@@ -137,9 +138,28 @@ class Ledger:
         cost.kwh += record.energy_kwh
         if record.phase == "train" and not record.partial and not cost.finished:
             cost.kwh_at_train_end = cost.kwh
+            cost.step_at_train_end = record.step
             self.last_finished_epoch = record.epoch
             self._complete_before(record.epoch)
             self._finished_not_complete.add(record.epoch)
+
+    @property
+    def steps_per_epoch(self) -> int | None:
+        """Global steps between the last two training ends, None until two adjacent epochs finished.
+
+        The step is the framework's running count, so this holds after a mid-epoch resume too
+        (that epoch ends at the same step as it would have).
+        """
+        last, before = self.epochs.get(self.last_finished_epoch), self.epochs.get(self.last_finished_epoch - 1)
+        if last is None or before is None or last.step_at_train_end is None or before.step_at_train_end is None:
+            return None
+        steps = last.step_at_train_end - before.step_at_train_end
+        return steps if steps > 0 else None
+
+    @property
+    def last_finished_step(self) -> int | None:
+        last = self.epochs.get(self.last_finished_epoch)
+        return None if last is None else last.step_at_train_end
 
     def _complete_before(self, epoch: int) -> None:
         for earlier in [e for e in self._finished_not_complete if e < epoch]:
@@ -163,7 +183,7 @@ class Ledger:
             "seq": self.next_seq,
             "attempt": self.attempt,
             "totals": {p: vars(t) for p, t in totals.items()},
-            "epochs": {str(e): [c.attempt, c.warmup, c.kwh, c.kwh_at_train_end, c.complete] for e, c in self.epochs.items()},
+            "epochs": {str(e): [c.attempt, c.warmup, c.kwh, c.kwh_at_train_end, c.complete, c.step_at_train_end] for e, c in self.epochs.items()},
         }
 
     def resume(self, state: dict[str, Any], records: list[Record]) -> None:

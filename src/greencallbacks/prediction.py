@@ -31,20 +31,16 @@ PREDICTION_STEMS = (
 _T95 = (12.71, 4.30, 3.18, 2.78, 2.57, 2.45, 2.36, 2.31, 2.26, 2.23)
 
 
-def predict(ledger: Ledger, planned_epochs: int | None) -> dict[str, float]:
+def predict(ledger: Ledger, planned_epochs: int | None, planned_steps: int | None = None) -> dict[str, float]:
     """The run's predicted energy (kWh) and CO2eq (g) with a 95 % interval; NaN until two
-    complete epochs after warm-up are known."""
+    complete epochs after warm-up are known, or when neither limit is known."""
     stats = ledger.stats
     n = stats.n
-    if planned_epochs is None or n < 2:
+    remaining = epochs_left(ledger, planned_epochs, planned_steps)
+    if remaining is None or n < 2:
         return {k: math.nan for k in PREDICTION_STEMS}
     mean_cost, s_cost = _mean_and_sd(n, *stats.cost)
     mean_tail, s_tail = _mean_and_sd(n, *stats.tail)
-    # planned_epochs is where the framework stops (max_epochs): the epochs left are those after
-    # the last one trained, not `planned_epochs` less the epochs counted, which a run that began
-    # at a later epoch (a second fit on one Trainer, Keras' initial_epoch) or went back to an
-    # earlier one (a resume from an older checkpoint) would get wrong.
-    remaining = max(0, planned_epochs - 1 - ledger.last_finished_epoch)
     so_far_kwh = ledger.energy_j / 3.6e6
     predicted = so_far_kwh + mean_tail + remaining * mean_cost
     variance = s_tail**2 * (1 + 1 / n) + remaining * s_cost**2 + remaining**2 * s_cost**2 / n
@@ -57,6 +53,25 @@ def predict(ledger: Ledger, planned_epochs: int | None) -> dict[str, float]:
         "energy_kwh_predicted_high": predicted + half_width,
         "co2eq_g_predicted": predicted * g_per_kwh,
     }
+
+
+def epochs_left(ledger: Ledger, planned_epochs: int | None, planned_steps: int | None) -> float | None:
+    """Epochs the framework will still train after the last one finished; None when unknown.
+
+    ``planned_epochs`` is where the framework stops counting epochs (``max_epochs``), ``planned_steps``
+    where it stops counting optimizer steps (``max_steps``); the run ends at whichever comes
+    first, so the last epoch may be a fraction of one. The epochs left are those after the last
+    one trained, not ``planned_epochs`` less the epochs counted, which a run that began at a later
+    epoch (a second fit on one Trainer, Keras' ``initial_epoch``) or went back to an earlier one
+    (a resume from an older checkpoint) would get wrong. The steps left are priced at the steps
+    the last epoch took, once two adjacent epochs have finished.
+    """
+    left = None if planned_epochs is None else float(max(0, planned_epochs - 1 - ledger.last_finished_epoch))
+    steps_per_epoch, step = ledger.steps_per_epoch, ledger.last_finished_step
+    if planned_steps is not None and steps_per_epoch is not None and step is not None:
+        by_steps = max(0, planned_steps - step) / steps_per_epoch
+        left = by_steps if left is None else min(left, by_steps)
+    return left
 
 
 def _mean_and_sd(n: int, total: float, total_of_squares: float) -> tuple[float, float]:

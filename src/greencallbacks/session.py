@@ -208,7 +208,7 @@ class EnergySession:
         if self.budget is None or not self.running:
             return False
         tracker = self.tracker
-        prediction = tracker.prediction() if tracker.planned_epochs is not None else None
+        prediction = tracker.prediction() if tracker.plans_run else None
         decision = self.budget.check(
             tracker.total_energy_j / J_PER_KWH if energy_kwh is None else energy_kwh,
             tracker.total_co2eq_g if co2eq_g is None else co2eq_g,

@@ -162,8 +162,10 @@ class Tracker:
         self._live_previous: Snapshot | None = None
         self._live_billed: dict[int, tuple[int, float, float]] = {}
         self.step: int | None = None
-        # The epoch the framework stops before (max_epochs): set by adapters to enable the run prediction.
+        # Where the framework stops, set by adapters to enable the run prediction: the epoch it
+        # stops before (max_epochs) and the global step it stops at (max_steps), either or both.
         self.planned_epochs: int | None = None
+        self.planned_steps: int | None = None
         self._resume_state: dict[str, Any] | None = None  # loaded before start, applied at start
         self._session_id: str | None = None  # drawn at start: tells this tracker's own checkpoints apart
 
@@ -340,7 +342,7 @@ class Tracker:
             values["energy_j_per_token"] = record.energy_kwh * J_PER_KWH / record.tokens
         if phase == "train" and self.ledger.embodied is not None:
             values["embodied_co2eq_g_total"] = self.ledger.embodied[0]  # apart from co2eq_g_total
-        if phase == "train" and self.planned_epochs is not None:
+        if phase == "train" and self.plans_run:
             values.update(self.prediction())
         return {prefix + k: float(v) for k, v in values.items()}
 
@@ -390,7 +392,12 @@ class Tracker:
 
     def prediction(self) -> dict[str, float]:
         """The whole run's energy and CO2eq with a 95 % interval (``greencallbacks.prediction``)."""
-        return predict(self.ledger, self.planned_epochs)
+        return predict(self.ledger, self.planned_epochs, self.planned_steps)
+
+    @property
+    def plans_run(self) -> bool:
+        """Whether the adapter said where the framework stops, so the run can be predicted."""
+        return self.planned_epochs is not None or self.planned_steps is not None
 
     @property
     def total_energy_j(self) -> float:

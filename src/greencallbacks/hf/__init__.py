@@ -216,10 +216,13 @@ class EnergyCallback(TrainerCallback, ExportableState):
         frame = _find_trainer()[1]
         if frame is not None:
             self._watch_loop(frame)
-        # Enables the run prediction; not for a data set without a length, for which the Trainer
-        # plans sys.maxsize passes and stops at max_steps.
+        # Enables the run prediction. The Trainer stops at max_steps (which it derives from the
+        # epochs when none is given); the epochs it plans are max_steps over a pass, rounded up
+        # (the last may be a fraction of one), or sys.maxsize for a data set without a length.
         if state.num_train_epochs and state.num_train_epochs < sys.maxsize:
             self.tracker.planned_epochs = math.ceil(state.num_train_epochs)
+        if isinstance(state.max_steps, int) and state.max_steps > 0:
+            self.tracker.planned_steps = state.max_steps
         if resumed and self.session.check_budget():
             control.should_training_stop = True  # the checkpoint's budget was already spent
 

@@ -163,8 +163,11 @@ class EnergyCallbackBase:
         device_indices, sync = device_and_sync(trainer.strategy.root_device)
         reducer = torch_reducer_or_local()  # a collective on several ranks; setup runs on all of them
         self.session.start(output_dir=output_dir, device_indices=device_indices, reducer=reducer, sync=sync)
-        if stage == "fit" and trainer.max_epochs is not None and trainer.max_epochs > 0:
-            self.tracker.planned_epochs = trainer.max_epochs  # enables the whole-run prediction
+        if stage == "fit":  # where the fit stops, whichever comes first: enables the whole-run prediction
+            if trainer.max_epochs is not None and trainer.max_epochs > 0:
+                self.tracker.planned_epochs = trainer.max_epochs
+            if isinstance(trainer.max_steps, int) and trainer.max_steps > 0:  # -1: no step limit
+                self.tracker.planned_steps = trainer.max_steps
         if reducer.rank == 0:
             self._check_configuration(trainer)
 
