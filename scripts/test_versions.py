@@ -1,6 +1,8 @@
 """The adapter tests at the oldest supported version of each framework, each in its own venv.
 
     python scripts/test_versions.py [--main-junit FILE] [--only NAME,...]
+    python scripts/test_versions.py --at lightning=2.4.0 [--at keras=3.8.0 ...]
+
 
 The main test run (scripts/test.sh) covers the newest versions, in the project's venv; this
 covers the floors declared in pyproject.toml and the README's support table. Each entry of
@@ -13,6 +15,11 @@ Prints the versions each run tested and its pass counts, then one closing line f
 (with the main run's counts when ``--main-junit`` names its JUnit XML). Exits non-zero when a
 run fails, errors, collects no test (pytest's exit 5), or its venv lacks the pinned versions.
 Standard library only: it runs before or without any venv.
+
+``--at NAME=VERSION`` runs the same tests at any other release in the declared range (a
+version sweep; CI tests the floors): the framework's own pins become that version and its
+companions that are pinned to go with the floor (accelerate, TensorFlow) float to what pip
+picks for it.
 """
 
 from __future__ import annotations
@@ -59,6 +66,29 @@ MATRIX = {
         "report": ["keras", "torch", "tensorflow-cpu", "numpy"],
     },
 }
+
+# name -> the distributions pinned to the framework's version, and the companions pinned only to
+# go with the floor (unpinned for --at).
+FRAMEWORK_PINS = {
+    "transformers": (["transformers"], ["accelerate"]),
+    "lightning": (["lightning", "pytorch-lightning"], []),
+    "keras": (["keras"], ["tensorflow-cpu"]),
+}
+
+
+def at_version(name: str, version: str) -> dict:
+    """MATRIX[name] with the framework pinned at ``version`` and its floor's companions unpinned."""
+    own, companions = FRAMEWORK_PINS[name]
+    requirements = []
+    for requirement in MATRIX[name]["requirements"]:
+        base = requirement.split("==")[0].split("[")[0]
+        if base in own:
+            requirement = f"{base}=={version}"
+        elif base in companions:
+            requirement = requirement.split("==")[0]
+        requirements.append(requirement)
+    return {**MATRIX[name], "requirements": requirements}
+
 
 # The distributions whose versions the main (newest) run reports.
 MAIN_REPORT = ["transformers", "accelerate", "lightning", "pytorch-lightning", "keras", "torch", "tensorflow-cpu",
@@ -162,23 +192,36 @@ def main() -> int:
     parser.add_argument("--only", default=None, help="comma-separated names from: " + ", ".join(MATRIX))
     parser.add_argument("--main-junit", type=Path, default=None, help="the main run's JUnit XML, for its counts")
     parser.add_argument("--main-python", default=None, help="the main venv's python, for its versions")
+    parser.add_argument("--at", action="append", default=[], metavar="NAME=VERSION",
+                        help="test NAME at VERSION instead of its floor (repeatable); runs only the names given")
     args = parser.parse_args()
+    specs = {}
+    for item in args.at:
+        name, _, version = item.partition("=")
+        if name not in MATRIX or not version or not version[0].isdigit():
+            print(f"test_versions: --at wants NAME=VERSION with NAME one of {', '.join(MATRIX)}, got {item!r}",
+                  file=sys.stderr)
+            return 2
+        specs[f"{name}-{version}"] = at_version(name, version)
     names = args.only.split(",") if args.only else list(MATRIX)
     unknown = [n for n in names if n not in MATRIX]
     if unknown:
         print(f"test_versions: unknown --only name(s) {', '.join(unknown)}; valid: {', '.join(MATRIX)}", file=sys.stderr)
         return 2
+    if not specs:
+        specs = {name: MATRIX[name] for name in names}
+    kind = "at" if args.at else "oldest"
     out_dir = Path(os.environ.get("GC_OLDEST_DIR", "/tmp/greencallbacks-oldest")) / "reports"
     out_dir.mkdir(parents=True, exist_ok=True)
 
     # Build the venvs side by side (mostly downloads and unpacking), then test one at a time.
-    with ThreadPoolExecutor(max_workers=len(names)) as pool:
-        built = {name: pool.submit(ensure_venv, name, MATRIX[name]) for name in names}
+    with ThreadPoolExecutor(max_workers=min(3, len(specs))) as pool:
+        built = {name: pool.submit(ensure_venv, name, spec) for name, spec in specs.items()}
     results = []
-    for name in names:
+    for name, spec in specs.items():
         try:
             built[name].result()
-            results.append(run_one(name, MATRIX[name], out_dir))
+            results.append(run_one(name, spec, out_dir))
         except subprocess.CalledProcessError as error:  # the venv could not be built
             log(f"{name}: set-up failed: {error}")
             results.append({"name": name, "versions": {}, "rc": 1, "seconds": 0, "missing": ["set-up failed"],
@@ -190,7 +233,7 @@ def main() -> int:
         main_versions = versions(args.main_python or sys.executable, MAIN_REPORT) if args.main_python else {}
         rows.append(("newest (whole suite)", main_versions, main_counts, []))
     for r in results:
-        rows.append((f"oldest {r['name']}", r["versions"], r, r["missing"]))
+        rows.append((f"{kind} {r['name']}", r["versions"], r, r["missing"]))
 
     print("\nframework versions tested:")
     bad = False
@@ -202,7 +245,7 @@ def main() -> int:
         # pytest exits 5 when it collected nothing: a run that tested nothing must not pass.
         if r["rc"] != 0 or r["failed"] or r["passed"] == 0 or r["missing"]:
             bad = True
-            print(f"  FAILED: oldest {r['name']} (pytest exit {r['rc']}, {r['passed']} passed)")
+            print(f"  FAILED: {kind} {r['name']} (pytest exit {r['rc']}, {r['passed']} passed)")
     passed = sum(c["passed"] for _, _, c, _ in rows)
     failed = sum(c["failed"] for _, _, c, _ in rows)
     skipped = sum(c["skipped"] for _, _, c, _ in rows)

@@ -47,3 +47,20 @@ def test_an_unknown_name_is_refused_with_the_valid_ones(driver, capsys, monkeypa
     assert driver.main() == 2
     err = capsys.readouterr().err
     assert "tensorflow" in err and "transformers, lightning, keras" in err
+
+
+def test_at_pins_the_framework_and_frees_only_its_floor_companions(driver):
+    """--at runs the floor's tests at another release: accelerate and TensorFlow float with it."""
+    assert driver.at_version("lightning", "2.4.0")["requirements"][:3] == [
+        "lightning==2.4.0", "pytorch-lightning==2.4.0", "setuptools<81"]
+    assert driver.at_version("transformers", "4.53.3")["requirements"][:2] == ["transformers==4.53.3", "accelerate"]
+    assert driver.at_version("keras", "3.8.0")["requirements"] == ["keras==3.8.0", "tensorflow-cpu", "tensorboard"]
+    assert driver.at_version("keras", "3.8.0")["tests"] == driver.MATRIX["keras"]["tests"]
+
+
+@pytest.mark.parametrize("bad", ["tensorflow=2.16", "keras=", "keras", "keras=latest"])
+def test_a_bad_at_is_refused_in_one_line(driver, capsys, monkeypatch, bad):
+    monkeypatch.setattr("sys.argv", ["test_versions.py", "--at", bad])
+    assert driver.main() == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "NAME=VERSION" in err and bad in err
