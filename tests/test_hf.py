@@ -13,7 +13,7 @@ import warnings
 
 import pytest
 
-pytest.importorskip("transformers")
+transformers = pytest.importorskip("transformers")
 
 from transformers import Trainer, TrainerCallback  # noqa: E402
 
@@ -96,6 +96,8 @@ def test_epoch_values_reach_tensorboard_and_log_history(tmp_path, monkeypatch, a
     records = read_records(tmp_path / "out")
     train_records = [r for r in records if r.phase == "train"]
     assert [(r.epoch, r.samples) for r in train_records] == [(0, TRAIN_SAMPLES), (1, TRAIN_SAMPLES)]
+    # The version, as Lightning's and Keras's records say theirs: the report groups runs by it.
+    assert {r.framework for r in records} == {f"transformers {transformers.__version__}"}
     assert [e["energy_kwh"] for e in train] == [r.energy_kwh for r in train_records]
     # The running total covers every record up to the end of that epoch (gaps and validation too).
     for entry, record in zip(train, train_records):

@@ -72,6 +72,7 @@ import math
 import sys
 from typing import Any
 
+import transformers
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import ExportableState
 
@@ -155,7 +156,7 @@ class EnergyCallback(TrainerCallback, ExportableState):
                         output_dir=output_dir, run_id=run_id, gpus=gpus, cpu_tdp_w=cpu_tdp_w)
         self._session_kwargs = dict(**settings, extra_sensors=extra_sensors, sensors=sensors,
                                     carbon_aware=carbon_aware, budget=budget, embodied=embodied,
-                                    framework="transformers")
+                                    framework=f"transformers {transformers.__version__}")
         self.session = EnergySession(**self._session_kwargs)  # bad settings fail here, before training
         self._session_used = False
         self._watch = None
