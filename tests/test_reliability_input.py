@@ -271,7 +271,10 @@ def test_lightning_callback_rejects_an_unknown_keyword_by_name():
     pytest.importorskip("lightning")
     from greencallbacks.lightning import EnergyCallback
 
-    with pytest.raises(TypeError, match="contry"):
+    # Named as the user wrote it (EnergyCallback, not the EnergySession it passes keywords to),
+    # with the near miss and every valid name.
+    with pytest.raises(TypeError, match=r"EnergyCallback\(\) got an unexpected keyword argument 'contry'; "
+                                        r"did you mean 'country'\? \(valid: .*progress_bar.*run_id.*step_metrics"):
         EnergyCallback(contry="FR")
 
 
@@ -284,6 +287,7 @@ HF_CASES = [
     ({"run_id": ""}, "run_id"),
     ({"extra_sensors": [1]}, "extra_sensors"),
     ({"carbon_aware": 1}, "carbon_aware"),
+    ({"output_dir": 5}, "output_dir"),  # was made the directory "5"
 ]
 
 
@@ -307,6 +311,7 @@ KERAS_CASES = [
     ({"run_id": ""}, "run_id"),
     ({"extra_sensors": ["fan"]}, "extra_sensors"),
     ({"output_dir": 5}, "output_dir"),
+    ({"contry": "FR"}, "did you mean 'country'"),  # a TypeError that names the callback, as in Lightning
 ]
 
 KERAS_CHILD = textwrap.dedent(
@@ -321,6 +326,8 @@ KERAS_CHILD = textwrap.dedent(
             out.append(None)
         except ValueError as error:
             out.append(str(error))
+        except TypeError as error:
+            out.append(str(error) if str(error).startswith("EnergyCallback()") else "not a ValueError: " + repr(error))
         except Exception as error:
             out.append("not a ValueError: " + repr(error))
     print(json.dumps(out))

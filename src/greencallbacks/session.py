@@ -8,6 +8,7 @@ adapters hold one and only map hooks onto ``session.tracker``.
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 from pathlib import Path
@@ -277,3 +278,26 @@ class EnergySession:
             self.tracker.abort()
         else:
             self.tracker.finish()
+
+
+def reject_unknown_arguments(adapter: type, session_kwargs: dict) -> None:
+    """Fail at construction on a keyword that neither ``adapter`` nor ``EnergySession`` takes.
+
+    The adapters pass their extra keywords on to ``EnergySession``, whose own TypeError would name
+    the session rather than the callback the user built, and not say what is valid.
+    """
+    valid = set(_keyword_names(EnergySession.__init__)) | set(_keyword_names(adapter.__init__))
+    valid.discard("framework")  # the adapter's to set
+    unknown = [name for name in session_kwargs if name not in valid]
+    if not unknown:
+        return
+    name = unknown[0]
+    near = difflib.get_close_matches(name, sorted(valid), n=1, cutoff=0.8)
+    hint = f"; did you mean {near[0]!r}?" if near else ""
+    raise TypeError(f"{adapter.__name__}() got an unexpected keyword argument {name!r}{hint} "
+                    f"(valid: {', '.join(sorted(valid))})")
+
+
+def _keyword_names(function: Callable) -> tuple[str, ...]:
+    code = function.__code__
+    return code.co_varnames[code.co_argcount:code.co_argcount + code.co_kwonlyargcount]

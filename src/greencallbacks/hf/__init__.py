@@ -69,6 +69,7 @@ import functools
 import inspect
 import json
 import math
+import os
 import sys
 from typing import Any
 
@@ -151,7 +152,6 @@ class EnergyCallback(TrainerCallback, ExportableState):
         if not isinstance(step_metrics, bool):
             raise ValueError(f"step_metrics must be True or False, got {step_metrics!r}")
         self.step_metrics = step_metrics
-        output_dir = str(output_dir) if output_dir is not None else None
         settings = dict(country=country, zone=zone, region=region, intensity=intensity, series=series, pue=pue,
                         output_dir=output_dir, run_id=run_id, gpus=gpus, cpu_tdp_w=cpu_tdp_w)
         self._session_kwargs = dict(**settings, extra_sensors=extra_sensors, sensors=sensors,
@@ -161,6 +161,7 @@ class EnergyCallback(TrainerCallback, ExportableState):
         self._session_used = False
         self._watch = None
         # What `state()` can put in trainer_state.json for the Trainer to rebuild a copy from.
+        settings["output_dir"] = os.fspath(output_dir) if isinstance(output_dir, os.PathLike) else output_dir
         self._settings = {k: v for k, v in settings.items() if _jsonable(v)}
         self._trainer: Trainer | None = None
         self._in_train = False

@@ -24,7 +24,7 @@ from typing import Any, Callable
 from greencallbacks.distributed import torch_reducer_or_local
 from greencallbacks.guard import hook_failed, never_raises
 from greencallbacks.meter import warn
-from greencallbacks.session import EnergySession
+from greencallbacks.session import EnergySession, reject_unknown_arguments
 from greencallbacks.samples import BatchCounter
 from greencallbacks.torch_support import device_and_sync
 
@@ -103,6 +103,7 @@ class EnergyCallbackBase:
         if not isinstance(prefix, str):
             raise ValueError(f"prefix must be a string, got {prefix!r}")
         session_kwargs.pop("framework", None)
+        reject_unknown_arguments(type(self), session_kwargs)
         self._settings = dict(
             country=country, zone=zone, region=region, intensity=intensity, series=series, pue=pue, output_dir=output_dir
         )
