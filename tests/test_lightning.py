@@ -487,11 +487,7 @@ def test_a_second_fit_on_one_trainer_predicts_only_its_own_epochs(tmp_path):
     trainer.fit_loop.max_epochs = 9
     trainer.fit(model, *loaders())
     assert callback.tracker.run_id != first
-    logged = csv_scalars(Path(logger.log_dir) / "metrics.csv")
-    total = dict(logged["energy_kwh_total"])
-    predicted = dict(logged["energy_kwh_predicted"])
-    last_step = max(predicted)
-    assert 1.0 <= predicted[last_step] / total[last_step] < 1.2
+    assert_last_prediction_is_the_total_and_a_tail(logger, callback)
 
 
 @pytest.mark.parametrize("max_epochs", [100, -1])
@@ -506,11 +502,23 @@ def test_a_fit_that_max_steps_ends_predicts_the_steps_it_will_run(tmp_path, max_
     trainer = L.Trainer(max_epochs=max_epochs, max_steps=18, logger=logger, callbacks=[callback], **trainer_kwargs())
     trainer.fit(TinyModel(), *loaders())
     assert (trainer.global_step, trainer.current_epoch) == (18, 5)  # epochs 0-4, the last of 2 steps
+    assert_last_prediction_is_the_total_and_a_tail(logger, callback)
+
+
+def assert_last_prediction_is_the_total_and_a_tail(logger, callback):
+    """At the last epoch's end nothing is left to train: the prediction is the total so far plus the
+    mean tail of an epoch (what follows its training), which is part of that mean epoch's cost, so
+    it exceeds the total by less than the costliest epoch. Exact, whatever the machine's load
+    (a ratio bound of 1.2 failed at 1.31 under load); epochs still priced would exceed it."""
     logged = csv_scalars(Path(logger.log_dir) / "metrics.csv")
     total, predicted = dict(logged["energy_kwh_total"]), dict(logged["energy_kwh_predicted"])
     last_step = max(total)
-    assert max(predicted) == last_step  # predicted at the last epoch's end, with half an epoch to come before it
-    assert 1.0 <= predicted[last_step] / total[last_step] < 1.2
+    assert max(predicted) == last_step  # predicted at the last epoch's end
+    per_epoch = {}
+    for record in read_records(callback.tracker.output_dir):
+        if record.run_id == callback.tracker.run_id and record.epoch is not None:
+            per_epoch[record.epoch] = per_epoch.get(record.epoch, 0.0) + record.energy_kwh
+    assert 0.0 <= predicted[last_step] - total[last_step] <= max(per_epoch.values()) * (1 + 1e-6)
 
 
 def test_a_damaged_energy_entry_in_a_checkpoint_does_not_stop_the_resume(tmp_path):
