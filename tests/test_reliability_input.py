@@ -278,6 +278,25 @@ def test_lightning_callback_rejects_an_unknown_keyword_by_name():
         EnergyCallback(contry="FR")
 
 
+def test_the_keyword_check_survives_a_wrapped_constructor(monkeypatch):
+    """Profilers and decorators wrap methods in ``(*args, **kwargs)`` (the benchmarks' SelfTime
+    does): the valid names are read at import, so session keywords are still accepted."""
+    pytest.importorskip("lightning")
+    from greencallbacks.lightning import EnergyCallback
+    from greencallbacks.session import EnergySession
+
+    for owner in (EnergyCallback, EnergySession):
+        original = owner.__init__
+
+        def wrapped(*args, __original=original, **kwargs):
+            return __original(*args, **kwargs)
+
+        monkeypatch.setattr(owner, "__init__", wrapped)
+    EnergyCallback(run_id="wrapped", gpus=None, sensors=[])
+    with pytest.raises(TypeError, match="'contry'; did you mean 'country'"):
+        EnergyCallback(contry="FR")
+
+
 HF_CASES = [
     ({"pue": 0.5}, "pue"),
     ({"country": "XX"}, "country"),

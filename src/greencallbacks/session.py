@@ -280,24 +280,27 @@ class EnergySession:
             self.tracker.finish()
 
 
-def reject_unknown_arguments(adapter: type, session_kwargs: dict) -> None:
-    """Fail at construction on a keyword that neither ``adapter`` nor ``EnergySession`` takes.
+def keyword_names(function: Callable) -> tuple[str, ...]:
+    """The keyword-only parameters of ``function``, read once at import: a profiler or decorator
+    that later wraps the method in ``(*args, **kwargs)`` would hide them."""
+    code = function.__code__
+    return code.co_varnames[code.co_argcount:code.co_argcount + code.co_kwonlyargcount]
+
+
+SESSION_ARGUMENTS = frozenset(keyword_names(EnergySession.__init__)) - {"framework"}  # "framework": the adapter's to set
+
+
+def reject_unknown_arguments(owner: str, session_kwargs: dict, own_arguments: Iterable[str]) -> None:
+    """Fail at construction on a keyword that neither the adapter nor ``EnergySession`` takes.
 
     The adapters pass their extra keywords on to ``EnergySession``, whose own TypeError would name
     the session rather than the callback the user built, and not say what is valid.
     """
-    valid = set(_keyword_names(EnergySession.__init__)) | set(_keyword_names(adapter.__init__))
-    valid.discard("framework")  # the adapter's to set
-    unknown = [name for name in session_kwargs if name not in valid]
+    unknown = [name for name in session_kwargs if name not in SESSION_ARGUMENTS]
     if not unknown:
         return
+    valid = sorted(SESSION_ARGUMENTS | set(own_arguments))
     name = unknown[0]
-    near = difflib.get_close_matches(name, sorted(valid), n=1, cutoff=0.8)
+    near = difflib.get_close_matches(name, valid, n=1, cutoff=0.8)
     hint = f"; did you mean {near[0]!r}?" if near else ""
-    raise TypeError(f"{adapter.__name__}() got an unexpected keyword argument {name!r}{hint} "
-                    f"(valid: {', '.join(sorted(valid))})")
-
-
-def _keyword_names(function: Callable) -> tuple[str, ...]:
-    code = function.__code__
-    return code.co_varnames[code.co_argcount:code.co_argcount + code.co_kwonlyargcount]
+    raise TypeError(f"{owner}() got an unexpected keyword argument {name!r}{hint} (valid: {', '.join(valid)})")

@@ -36,7 +36,7 @@ from greencallbacks.guard import never_raises
 from greencallbacks.meter import warn
 from greencallbacks.samples import BatchCounter
 from greencallbacks.records import JsonFileReplacer
-from greencallbacks.session import EnergySession, reject_unknown_arguments
+from greencallbacks.session import EnergySession, keyword_names, reject_unknown_arguments
 from greencallbacks.tracker import METRIC_STEMS
 
 STATE_FILE = "energy-state.json"
@@ -276,7 +276,7 @@ class EnergyCallback(_Callback):
         ):
             raise ValueError(f"samples_per_epoch must be a positive int or None, got {samples_per_epoch!r}")
         session_kwargs.pop("framework", None)
-        reject_unknown_arguments(type(self), session_kwargs)
+        reject_unknown_arguments(type(self).__name__, session_kwargs, _OWN_ARGUMENTS)
         self._session_kwargs = dict(
             country=country, zone=zone, region=region, intensity=intensity, series=series, pue=pue,
             output_dir=output_dir, **session_kwargs, framework=f"keras {keras.__version__} ({keras.backend.backend()})",
@@ -574,3 +574,6 @@ class EnergyCallback(_Callback):
         out = {prefix + stem: values.get(prefix + stem, math.nan) for stem in METRIC_STEMS}
         out.update({k: v for k, v in values.items() if k not in out and math.isfinite(v)})
         return out
+
+
+_OWN_ARGUMENTS = keyword_names(EnergyCallback.__init__)

@@ -24,7 +24,7 @@ from typing import Any, Callable
 from greencallbacks.distributed import torch_reducer_or_local
 from greencallbacks.guard import hook_failed, never_raises
 from greencallbacks.meter import warn
-from greencallbacks.session import EnergySession, reject_unknown_arguments
+from greencallbacks.session import EnergySession, keyword_names, reject_unknown_arguments
 from greencallbacks.samples import BatchCounter
 from greencallbacks.torch_support import device_and_sync
 
@@ -103,7 +103,7 @@ class EnergyCallbackBase:
         if not isinstance(prefix, str):
             raise ValueError(f"prefix must be a string, got {prefix!r}")
         session_kwargs.pop("framework", None)
-        reject_unknown_arguments(type(self), session_kwargs)
+        reject_unknown_arguments(type(self).__name__, session_kwargs, _OWN_ARGUMENTS)
         self._settings = dict(
             country=country, zone=zone, region=region, intensity=intensity, series=series, pue=pue, output_dir=output_dir
         )
@@ -433,6 +433,8 @@ class EnergyCallbackBase:
         if isinstance(logged, dict):
             logged.update(values)
 
+
+_OWN_ARGUMENTS = keyword_names(EnergyCallbackBase.__init__)
 
 def _batches_that_stepped(trainer: Any) -> int | None:
     """The step Lightning logs its own metrics at (a private counter in 2.2 to 2.6), or None when a release drops it."""
