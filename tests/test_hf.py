@@ -383,6 +383,30 @@ def test_a_data_set_without_a_length_numbers_its_passes_and_predicts_at_max_step
     assert 0.9 <= predicted[-1] / total < 1.3, (predicted, total)
 
 
+def test_without_the_loop_seam_every_evaluation_and_prediction_is_still_measured(tmp_path, monkeypatch):
+    """The loops are wrapped by name (``evaluation_loop``; ``prediction_loop`` before transformers 5).
+    A release that renamed them left every evaluation unmeasured, silently: ``on_prediction_step``
+    deferred to a wrapper that did not exist. Now each loop is measured from its first batch (the
+    path of a loop begun before ``add_callback``), with one warning."""
+    import greencallbacks.hf as hf
+
+    monkeypatch.setattr(hf, "_LOOPS", ("a_loop_a_future_release_renamed",))
+    callback = make_callback()
+    with pytest.warns(EnergyWarning, match="no Trainer.a_loop_a_future_release_renamed") as caught:
+        trainer = make_trainer(tmp_path, callback)  # the callback finds the Trainer (and wraps it) here
+        trainer.train()
+        metrics = trainer.evaluate()
+        trainer.predict(TokenDataset(TEST_SAMPLES, seed=2))
+    assert len([w for w in caught if "a_loop_a_future_release_renamed" in str(w.message)]) == 1
+    records = read_records(tmp_path / "out")
+    assert [(r.phase, r.epoch, r.samples) for r in records if r.phase != "other"] == [
+        ("train", 0, TRAIN_SAMPLES), ("validation", 0, EVAL_SAMPLES), ("train", 1, TRAIN_SAMPLES),
+        ("validation", 1, EVAL_SAMPLES), ("validation", 1, EVAL_SAMPLES), ("predict", 1, TEST_SAMPLES)]
+    evaluations = [e for e in trainer.state.log_history if "eval_energy_kwh" in e]
+    assert [e["eval_energy_kwh"] for e in evaluations] == [r.energy_kwh for r in records if r.phase == "validation"]
+    assert metrics["eval_energy_kwh_total"] == pytest.approx(sum(r.energy_kwh for r in records if r.phase == "validation"), rel=1e-9)
+
+
 def test_a_failing_callback_warns_and_training_goes_on(tmp_path, monkeypatch):
     callback = make_callback()
     trainer = make_trainer(tmp_path, callback)

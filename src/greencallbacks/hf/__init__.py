@@ -24,10 +24,11 @@ How it fits the Trainer (read against transformers 5.23):
   Several evaluation data sets (``eval_dataset={"a": ..., "b": ...}``) each get their own
   ``eval_a_*`` / ``eval_b_*`` values; their ``_total`` is every evaluation of the run so far, all
   data sets together (the phase's total). Epochs: the first of a ``train()`` is the Trainer's
-  (0, or where a resume starts), each later one the one before plus one. Only a loop that
-  starts before the callback has seen the trainer (``add_callback`` then ``evaluate`` /
-  ``predict`` without training) begins at its first ``on_prediction_step``: its first batch is
-  billed to the gap before it.
+  (0, or where a resume starts), each later one the one before plus one. A loop that starts
+  before the callback has seen the trainer (``add_callback`` then ``evaluate`` / ``predict``
+  without training) begins at its first ``on_prediction_step``: its first batch is billed to the
+  gap before it. So does every loop, with one warning, in a release without
+  ``evaluation_loop`` (or, before 5, ``prediction_loop``) to wrap.
 * **Counting.** Train samples: each rank counts the leading dimension of every micro-batch given
   to ``training_step`` (wrapped on the instance too: exact for partial last batches and gradient
   accumulation, a shape lookup per batch). Ranks are summed, so the samples Accelerate repeats to
@@ -87,8 +88,10 @@ from greencallbacks.torch_support import device_and_sync
 
 __all__ = ["EnergyCallback"]
 
-# Attribute set on the Trainer instance: the callbacks its wrappers report to, in attach order.
+# Attributes set on the Trainer instance: the callbacks its wrappers report to, in attach order,
+# and whether an evaluation / prediction loop method was there to wrap.
 _OWNERS = "_greencallbacks_energy_callbacks"
+_LOOPS_WRAPPED = "_greencallbacks_loops_wrapped"
 
 
 def _owners(trainer) -> list:
@@ -279,11 +282,15 @@ class EnergyCallback(TrainerCallback, ExportableState):
         # before it), and wrap the loops that follow.
         trainer, frame = _find_trainer()
         if trainer is not None:
-            if self in _owners(trainer):
+            if self in _owners(trainer) and trainer.__dict__.get(_LOOPS_WRAPPED):
                 return  # its wrapper is in charge (and failed to begin; it warned)
             self._attach(trainer)
         loop_arguments = frame.f_locals if frame is not None and frame.f_code.co_name in _LOOPS else {}
-        self._begin_loop(loop_arguments.get("description"), loop_arguments.get("metric_key_prefix"), args)
+        description = loop_arguments.get("description")
+        if description is None and trainer is not None:  # no known loop method: is the public predict() running?
+            predicting = watch.calling_frame(lambda f: f.f_code.co_name == "predict" and f.f_locals.get("self") is trainer)
+            description = "Prediction" if predicting is not None else "Evaluation"
+        self._begin_loop(description, loop_arguments.get("metric_key_prefix"), args)
 
     @never_raises
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
@@ -463,9 +470,18 @@ def _wrap_trainer(trainer: Trainer) -> None:
 
     trainer.prediction_step = counting_prediction_step
 
-    for name in _LOOPS:
-        if hasattr(trainer, name):
-            setattr(trainer, name, _measured_loop(getattr(trainer, name), owners))
+    wrapped = [name for name in _LOOPS if hasattr(trainer, name)]
+    for name in wrapped:
+        setattr(trainer, name, _measured_loop(getattr(trainer, name), owners))
+    trainer.__dict__[_LOOPS_WRAPPED] = bool(wrapped)
+    if not wrapped:
+        # A release that renamed them: every loop is then measured from its first batch's
+        # on_prediction_step to on_evaluate / on_predict, as one begun before add_callback is.
+        warn(
+            f"greencallbacks: this transformers version has no Trainer.{' / '.join(_LOOPS)} to measure "
+            "evaluation and prediction exactly; each loop is measured from its first batch instead (that "
+            "batch is billed to the time before it). Values are logged as usual."
+        )
 
 
 def _measured_loop(loop, owners):
