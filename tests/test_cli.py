@@ -277,3 +277,15 @@ def test_bad_arguments_are_one_line_and_exit_2(argv, capsys):
     code, err = exits(argv, capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert ": error: " in err and "--help" in err and "usage:" not in err and "Traceback" not in err
+
+
+def test_a_metric_prefix_that_is_no_string_is_one_line(tmp_path, capsys):
+    """The optional ``metric_prefix`` (HF's eval_<data set>) is checked like every field: a string or null."""
+    path = write(tmp_path / "energy-records.jsonl", one_run())
+    lines = path.read_text().splitlines()
+    assert '"metric_prefix": null' in lines[2]
+    lines[2] = lines[2].replace('"metric_prefix": null', '"metric_prefix": 5', 1)
+    path.write_text("\n".join(lines) + "\n")
+    code, err = exits(["report", str(tmp_path)], capsys)
+    assert code == 2 and f"{path}:3:" in err and "metric_prefix" in err and "a string or null" in err
+    assert len(err.strip().splitlines()) == 1

@@ -187,9 +187,8 @@ def test_evaluate_and_predict_alone_report_per_sample_cost(tmp_path, attach):
 
     held_out = trainer.evaluate(TokenDataset(EVAL_SAMPLES, seed=3), metric_key_prefix="holdout")
     assert_consistent(held_out, "holdout_", EVAL_SAMPLES)
-    assert held_out["holdout_energy_kwh_total"] == pytest.approx(
-        evaluated["eval_energy_kwh"] + held_out["holdout_energy_kwh"], rel=1e-9
-    )
+    # Each metric prefix totals its own loops: the hold-out set's first, not the eval set's with it.
+    assert held_out["holdout_energy_kwh_total"] == held_out["holdout_energy_kwh"]
 
     records = read_records(tmp_path / "out")
     measured = [(r.phase, r.samples, r.partial) for r in records if r.phase != "other"]
@@ -274,6 +273,30 @@ class _SeeThread(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         self.alive_during_training = any(t.name == "greencallbacks-meter" for t in threading.enumerate())
+
+
+def test_several_evaluation_sets_each_total_their_own_loops_across_a_resume(tmp_path):
+    """``eval_dataset={"a": ..., "b": ...}`` logs ``eval_a_*`` and ``eval_b_*``; each ``_total``
+    was every evaluation of the run, both sets together. Now each prefix totals its own loops,
+    from the records (``metric_prefix``), so a resume from a checkpoint goes on from them."""
+    sets = {"a": TokenDataset(EVAL_SAMPLES, seed=1), "b": TokenDataset(6, seed=2)}
+
+    def trainer_for(callback, epochs):
+        return Trainer(model=tiny_model(), args=training_args(tmp_path / "out", num_train_epochs=epochs, save_strategy="epoch"),
+                       train_dataset=TokenDataset(TRAIN_SAMPLES), eval_dataset=sets, callbacks=[callback])
+
+    trainer_for(make_callback(), 2).train()  # checkpoints at steps 4 and 8
+    resumed = trainer_for(make_callback(), 3)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-4"))  # epochs 1 and 2 again
+    records = read_records(tmp_path / "out")
+    assert len({r.run_id for r in records}) == 1
+    for name, size in (("a", EVAL_SAMPLES), ("b", 6)):
+        mine = [r for r in records if r.metric_prefix == f"eval_{name}"]
+        assert [(r.attempt, r.epoch, r.samples) for r in mine] == [(0, 0, size), (0, 1, size), (1, 1, size), (1, 2, size)]
+        logged = [e[f"eval_{name}_energy_kwh_total"] for e in resumed.state.log_history if f"eval_{name}_energy_kwh_total" in e]
+        assert logged[-1] == pytest.approx(sum(r.energy_kwh for r in mine), rel=1e-9)
+    validation = [r for r in records if r.phase == "validation"]
+    assert {r.metric_prefix for r in validation} == {"eval_a", "eval_b"}
 
 
 def test_exception_mid_training_writes_the_unfinished_epoch_and_stops_the_thread(tmp_path):

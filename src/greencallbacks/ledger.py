@@ -91,6 +91,8 @@ class Ledger:
         self.attempt = 0
         self.next_seq = 0
         self.totals: dict[str, PhaseTotals] = {p: PhaseTotals() for p in PHASES}
+        # The same, for the records that carry a metric prefix (HF's eval_<data set>), by (phase, prefix).
+        self.prefix_totals: dict[tuple[str, str], PhaseTotals] = {}
         self.epochs: dict[int, EpochCost] = {}
         # The epoch whose training ended last (-1: none yet): the framework runs the epochs after
         # it, whatever epoch the run began at or went back to on a resume.
@@ -123,6 +125,8 @@ class Ledger:
     def add(self, record: Record) -> None:
         """Count one phase's record (the only way totals grow)."""
         self.totals[record.phase].add(record)
+        if record.metric_prefix is not None:
+            self.prefix_totals.setdefault((record.phase, record.metric_prefix), PhaseTotals()).add(record)
         self.last[record.phase] = record
         if record.epoch is None:
             return
@@ -176,13 +180,17 @@ class Ledger:
         """What a checkpoint carries. ``open_records``: the phases open now, as measured so far;
         they go into the saved totals only, the fallback for a resume without the records file."""
         totals = {p: PhaseTotals(**vars(t)) for p, t in self.totals.items()}
+        prefix_totals = {key: PhaseTotals(**vars(t)) for key, t in self.prefix_totals.items()}
         for record in open_records:
             totals[record.phase].add(record)
+            if record.metric_prefix is not None:
+                prefix_totals.setdefault((record.phase, record.metric_prefix), PhaseTotals()).add(record)
         return {
             "run_id": self.run_id,
             "seq": self.next_seq,
             "attempt": self.attempt,
             "totals": {p: vars(t) for p, t in totals.items()},
+            "prefix_totals": [[phase, prefix, vars(t)] for (phase, prefix), t in prefix_totals.items()],
             "epochs": {str(e): [c.attempt, c.warmup, c.kwh, c.kwh_at_train_end, c.complete, c.step_at_train_end] for e, c in self.epochs.items()},
         }
 
@@ -199,6 +207,8 @@ class Ledger:
         for phase, values in state.get("totals", {}).items():
             if phase in self.totals:
                 self.totals[phase] = PhaseTotals(**values)
+        for phase, prefix, values in state.get("prefix_totals", []):
+            self.prefix_totals[(phase, prefix)] = PhaseTotals(**values)
         for epoch, saved in state.get("epochs", {}).items():
             cost = self.epochs[int(epoch)] = EpochCost(*saved)
             self.stats.add(cost)

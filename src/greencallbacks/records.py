@@ -64,6 +64,10 @@ class Record:
     pue_source: str = ""
     tokens: int | None = None
     step: int | None = None  # the framework's global step at the end of the phase
+    # The prefix of the values this phase logged where one framework call logs several kinds
+    # (HF's metric_key_prefix: "eval", "eval_<data set>", "test"); the ``_total`` of that prefix
+    # sums the phase's records that carry it. None: the phase's own name and totals.
+    metric_prefix: str | None = None
     ranks: int = 1
     hosts: int = 1
     partial: bool = False  # the phase was cut short (exception, interrupt)
@@ -115,6 +119,7 @@ _INTEGERS = ("seq", "samples", "ranks", "hosts", "attempt")
 _OPTIONAL_INTEGERS = ("epoch", "intensity_year", "tokens", "step")
 _STRINGS = ("run_id", "phase", "start_time", "intensity_source", "intensity_zone", "intensity_licence", "pue_source",
             "framework", "tool_version")
+_OPTIONAL_STRINGS = ("metric_prefix",)
 _BOOLEANS = ("partial", "samples_counted", "intensity_is_default")
 
 
@@ -135,6 +140,8 @@ def _check_types(data: dict) -> None:
             raise bad(name, "an integer or null")
         if name in _STRINGS and not isinstance(value, str):
             raise bad(name, "a string")
+        if name in _OPTIONAL_STRINGS and value is not None and not isinstance(value, str):
+            raise bad(name, "a string or null")
         if name in _BOOLEANS and not isinstance(value, bool):
             raise bad(name, "true or false")
     components = data.get("components", [])

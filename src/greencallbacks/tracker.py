@@ -68,6 +68,7 @@ class _Open:
     phase: str
     epoch: int | None
     seq: int
+    metric_prefix: str | None = None
     start_unix: float | None = None
     duration_s: float = 0.0
     samples: int = 0
@@ -215,8 +216,13 @@ class Tracker:
             self._resume()
         self._open_writer()
 
-    def begin(self, phase: str, epoch: int | None = None) -> None:
-        """A phase starts. Nested phases (validation inside a training epoch) are allowed."""
+    def begin(self, phase: str, epoch: int | None = None, metric_prefix: str | None = None) -> None:
+        """A phase starts. Nested phases (validation inside a training epoch) are allowed.
+
+        ``metric_prefix``: where one framework call logs several kinds of this phase (HF's
+        ``eval_<data set>``), the prefix its values go under; their ``_total`` sums that prefix's
+        records only (``Record.metric_prefix``).
+        """
         if phase not in PHASES or phase == "other":
             raise ValueError(f"phase must be one of {PHASES[:-1]}, got {phase!r}")
         if not self.running:
@@ -226,6 +232,7 @@ class Tracker:
             self._close(self._stack.pop())
             self._stack.append(self._open("other", epoch))
         self._stack.append(self._open(phase, epoch))
+        self._stack[-1].metric_prefix = metric_prefix
 
     def add_samples(self, samples: int | None, tokens: int = 0) -> None:
         """Count samples for the innermost open phase. Cheap enough for every batch.
@@ -241,9 +248,12 @@ class Tracker:
                 top.samples += samples
             top.tokens += tokens
 
-    def end(self, phase: str, *, samples: int | None = None, step: int | None = None) -> Record | None:
+    def end(
+        self, phase: str, *, samples: int | None = None, step: int | None = None, metric_prefix: str | None = None
+    ) -> Record | None:
         """A phase ends: its record is summed over ranks, written, and returned.
 
+        ``metric_prefix``: as in ``begin``, for a phase whose prefix is known only at its end.
         A collective when several ranks run: every rank must call it.
         """
         if not self.running:
@@ -257,6 +267,8 @@ class Tracker:
             closed = self._stack.pop()
             if samples is not None and closed.phase == phase:
                 closed.samples, closed.samples_counted = samples, True  # the framework's own count
+            if metric_prefix is not None and closed.phase == phase:
+                closed.metric_prefix = metric_prefix
             self._close(closed, partial=closed.phase != phase)
             if closed.phase == phase:
                 break
@@ -328,7 +340,8 @@ class Tracker:
         if phase == "train":
             total_j, total_g = self.total_energy_j, self.total_co2eq_g
         else:
-            total_j, total_g = self.totals[phase].energy_j, self.totals[phase].co2eq_g
+            totals = self.totals[phase] if record.metric_prefix is None else self.ledger.prefix_totals[(phase, record.metric_prefix)]
+            total_j, total_g = totals.energy_j, totals.co2eq_g
         values = {
             "energy_kwh": record.energy_kwh,
             "co2eq_g": record.co2eq_g,
@@ -594,6 +607,7 @@ class Tracker:
             components=components,
             uncertainty_kwh=uncertainty_j * pue / J_PER_KWH,
             step=step,
+            metric_prefix=opened.metric_prefix,
             partial=partial,
             attempt=self.ledger.attempt,
             framework=self.framework,

@@ -22,8 +22,8 @@ How it fits the Trainer (read against transformers 5.23):
   exact and the ``eval_*`` / ``test_*`` values (HF's ``metric_key_prefix``) join HF's own metrics
   dict, which ``evaluate()`` logs and returns and ``predict()`` returns (and the callback logs).
   Several evaluation data sets (``eval_dataset={"a": ..., "b": ...}``) each get their own
-  ``eval_a_*`` / ``eval_b_*`` values; their ``_total`` is every evaluation of the run so far, all
-  data sets together (the phase's total). Epochs: the first of a ``train()`` is the Trainer's
+  ``eval_a_*`` / ``eval_b_*`` values, and each prefix's ``_total`` sums the loops logged under it
+  (the records carry it as ``metric_prefix``). Epochs: the first of a ``train()`` is the Trainer's
   (0, or where a resume starts), each later one the one before plus one. A loop that starts
   before the callback has seen the trainer (``add_callback`` then ``evaluate`` / ``predict``
   without training) begins at its first ``on_prediction_step``: its first batch is billed to the
@@ -393,7 +393,8 @@ class EnergyCallback(TrainerCallback, ExportableState):
         self._settle()
         self._start(args)  # no-op inside train(); evaluate()/predict() alone make a run of their own
         phase = "predict" if description == "Prediction" else "validation"
-        self.tracker.begin(phase, epoch=self._epoch)
+        # Each metric_key_prefix (eval, eval_<data set>, test) totals its own loops.
+        self.tracker.begin(phase, epoch=self._epoch, metric_prefix=prefix)
         self._loop = (phase, prefix)
 
     def _end_loop(self, num_samples: int | None, state) -> dict[str, float]:
@@ -404,7 +405,7 @@ class EnergyCallback(TrainerCallback, ExportableState):
             samples = None  # the user's sample_counter, applied to every prediction_step's batch
         elif samples is not None and self.tracker.reducer.rank != 0:
             samples = 0  # HF's count covers all ranks
-        if self.tracker.end(phase, samples=samples, step=state.global_step) is None:
+        if self.tracker.end(phase, samples=samples, step=state.global_step, metric_prefix=prefix) is None:
             return {}
         return self.session.metrics(phase, prefix=f"{prefix}_" if prefix else "")
 
