@@ -278,6 +278,15 @@ def test_lightning_callback_rejects_an_unknown_keyword_by_name():
         EnergyCallback(contry="FR")
 
 
+def test_hf_callback_rejects_an_unknown_keyword_like_the_others():
+    pytest.importorskip("transformers")
+    from greencallbacks.hf import EnergyCallback
+
+    with pytest.raises(TypeError, match=r"EnergyCallback\(\) got an unexpected keyword argument 'contry'; "
+                                        r"did you mean 'country'\? \(valid: .*run_id.*token_counter"):
+        EnergyCallback(contry="FR")
+
+
 def test_the_keyword_check_survives_a_wrapped_constructor(monkeypatch):
     """Profilers and decorators wrap methods in ``(*args, **kwargs)`` (the benchmarks' SelfTime
     does): the valid names are read at import, so session keywords are still accepted."""

@@ -82,7 +82,7 @@ from greencallbacks import watch
 from greencallbacks.distributed import torch_reducer_or_local
 from greencallbacks.guard import hook_failed, never_raises
 from greencallbacks.meter import warn
-from greencallbacks.session import EnergySession
+from greencallbacks.session import EnergySession, keyword_names, reject_unknown_arguments
 from greencallbacks.samples import BatchCounter
 from greencallbacks.torch_support import device_and_sync
 
@@ -150,7 +150,10 @@ class EnergyCallback(TrainerCallback, ExportableState):
         sample_counter=None,
         token_counter=None,
         step_metrics: bool = True,
+        **unknown: Any,
     ) -> None:
+        # Every session argument is named above: anything else is a mistake, said as in the other adapters.
+        reject_unknown_arguments(type(self).__name__, unknown, _OWN_ARGUMENTS)
         self._counter = BatchCounter(sample_counter, token_counter)  # checks both are functions or None
         if not isinstance(step_metrics, bool):
             raise ValueError(f"step_metrics must be True or False, got {step_metrics!r}")
@@ -433,6 +436,8 @@ class EnergyCallback(TrainerCallback, ExportableState):
             control.should_log = should_log  # `CallbackHandler.on_log` cleared it; the Trainer's own log is still due
         return control
 
+
+_OWN_ARGUMENTS = keyword_names(EnergyCallback.__init__)
 
 # The methods that run an evaluation or prediction loop (`prediction_loop`: transformers < 5).
 _LOOPS = ("evaluation_loop", "prediction_loop")
