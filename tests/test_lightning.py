@@ -505,6 +505,35 @@ def test_a_fit_that_max_steps_ends_predicts_the_steps_it_will_run(tmp_path, max_
     assert_last_prediction_is_the_total_and_a_tail(logger, callback)
 
 
+def test_a_fit_that_max_time_ends_predicts_the_time_it_has_left(tmp_path):
+    """Regression: ``max_time`` adds a Timer that ends the fit after the epochs that fit in it;
+    with ``max_epochs=1000`` the prediction priced them all (7 times the total in a probe). The
+    Timer's public ``time_remaining`` now bounds the epochs left. Here it says no time is left
+    at any epoch end (a duration that never stops the fit, so the test does not race the clock):
+    every prediction is the total so far and a tail, though 5 epochs of 6 remain at the first."""
+    L, EnergyCallback, TinyModel = flavour("lightning.pytorch")
+
+    class NoTimeLeft(L.callbacks.Timer):
+        def time_remaining(self, stage="train"):
+            return 0.0
+
+    callback = EnergyCallback(intensity=300.0)
+    logger = L.loggers.CSVLogger(tmp_path, name="logs")
+    trainer = L.Trainer(max_epochs=6, logger=logger, callbacks=[callback, NoTimeLeft(duration={"days": 1})],
+                        **trainer_kwargs())
+    trainer.fit(TinyModel(), *loaders())
+    assert trainer.current_epoch == 6
+    logged = csv_scalars(Path(logger.log_dir) / "metrics.csv")
+    total, predicted = dict(logged["energy_kwh_total"]), dict(logged["energy_kwh_predicted"])
+    per_epoch = {}
+    for record in read_records(callback.tracker.output_dir):
+        if record.epoch is not None:
+            per_epoch[record.epoch] = per_epoch.get(record.epoch, 0.0) + record.energy_kwh
+    assert len(predicted) == 3  # from epoch 3 on
+    for step, value in predicted.items():
+        assert 0.0 <= value - total[step] <= max(per_epoch.values()) * (1 + 1e-6)
+
+
 def assert_last_prediction_is_the_total_and_a_tail(logger, callback):
     """At the last epoch's end nothing is left to train: the prediction is the total so far plus the
     mean tail of an epoch (what follows its training), which is part of that mean epoch's cost, so

@@ -204,3 +204,21 @@ def test_steps_per_epoch_survive_a_checkpoint_without_records(tmp_path):
     second.start(Meter([sensor], fallback=None, clock=clock, wall_clock=lambda: clock() + 1.7e9))
     assert (second.ledger.steps_per_epoch, second.ledger.last_finished_step) == (10, 30)
     second.finish()
+
+
+def test_a_time_limit_bounds_the_epochs_left_at_the_mean_epoch_time(tmp_path):
+    """Regression: Lightning's ``max_time`` (a Timer) ends a fit of ``max_epochs=1000`` after the
+    epochs that fit in it; the prediction priced all 1000 (7 times a real fit's total), enough for
+    a budget's predicted stop. The seconds left are now priced at the mean wall time of an epoch."""
+    clock = FakeClock()
+    tracker = Tracker(carbon=Carbon(intensity=100.0), output_dir=tmp_path)
+    tracker.start(Meter([ScriptedSensor("gpu0", clock, power_w=100.0)], fallback=None, clock=clock,
+                        wall_clock=lambda: clock() + 1.7e9))
+    deadline = clock() + 49.5  # 4.5 epochs of 11 s (10 s of training, 1 s of gap)
+    tracker.planned_epochs, tracker.seconds_left = 1000, lambda: deadline - clock()
+    predictions = _constant_epochs(tracker, clock, range(4))
+    tracker.finish()
+    # At the end of epoch 3's training (43 s in): 6.5 s left, 0.59 of an 11-s epoch, plus the
+    # epoch's 1-s gap to come: 4,300 J + 100 J + 0.59 x 1,100 J.
+    assert all(math.isnan(p) for p in predictions[:3])
+    assert predictions[3] == pytest.approx((4300.0 + 100.0 + 6.5 / 11.0 * 1100.0) / 3.6e6, rel=1e-9)

@@ -60,6 +60,7 @@ class EpochCost:
     kwh_at_train_end: float | None = None  # billed when its training phase ended; None: never ended
     complete: bool = False  # a later epoch has finished, so this one's tail (gap, HF evaluation) is over too
     step_at_train_end: int | None = None  # the framework's global step when its training phase ended
+    seconds: float = 0.0  # the wall time billed to it (its records' durations)
 
     @property
     def finished(self) -> bool:
@@ -74,12 +75,14 @@ class EpochStats:
         self.n = 0
         self.cost = [0.0, 0.0]  # sum, sum of squares of whole-epoch kWh
         self.tail = [0.0, 0.0]  # the same for the part billed after the training phase ended
+        self.seconds = 0.0  # sum of whole-epoch wall time
 
     def add(self, epoch: EpochCost, sign: int = 1) -> None:
         if epoch.warmup or not epoch.complete:
             return
         tail = epoch.kwh - epoch.kwh_at_train_end
         self.n += sign
+        self.seconds += sign * epoch.seconds
         for sums, value in ((self.cost, epoch.kwh), (self.tail, tail)):
             sums[0] += sign * value
             sums[1] += sign * value * value
@@ -140,6 +143,7 @@ class Ledger:
         elif record.attempt < cost.attempt:
             return  # redone by a later attempt: in the totals, not in what an epoch costs
         cost.kwh += record.energy_kwh
+        cost.seconds += record.duration_s
         if record.phase == "train" and not record.partial and not cost.finished:
             cost.kwh_at_train_end = cost.kwh
             cost.step_at_train_end = record.step
@@ -191,7 +195,7 @@ class Ledger:
             "attempt": self.attempt,
             "totals": {p: vars(t) for p, t in totals.items()},
             "prefix_totals": [[phase, prefix, vars(t)] for (phase, prefix), t in prefix_totals.items()],
-            "epochs": {str(e): [c.attempt, c.warmup, c.kwh, c.kwh_at_train_end, c.complete, c.step_at_train_end] for e, c in self.epochs.items()},
+            "epochs": {str(e): [c.attempt, c.warmup, c.kwh, c.kwh_at_train_end, c.complete, c.step_at_train_end, c.seconds] for e, c in self.epochs.items()},
         }
 
     def resume(self, state: dict[str, Any], records: list[Record]) -> None:

@@ -31,12 +31,14 @@ PREDICTION_STEMS = (
 _T95 = (12.71, 4.30, 3.18, 2.78, 2.57, 2.45, 2.36, 2.31, 2.26, 2.23)
 
 
-def predict(ledger: Ledger, planned_epochs: int | None, planned_steps: int | None = None) -> dict[str, float]:
+def predict(
+    ledger: Ledger, planned_epochs: int | None, planned_steps: int | None = None, seconds_left: float | None = None
+) -> dict[str, float]:
     """The run's predicted energy (kWh) and CO2eq (g) with a 95 % interval; NaN until two
-    complete epochs after warm-up are known, or when neither limit is known."""
+    complete epochs after warm-up are known, or when no limit is known."""
     stats = ledger.stats
     n = stats.n
-    remaining = epochs_left(ledger, planned_epochs, planned_steps)
+    remaining = epochs_left(ledger, planned_epochs, planned_steps, seconds_left)
     if remaining is None or n < 2:
         return {k: math.nan for k in PREDICTION_STEMS}
     mean_cost, s_cost = _mean_and_sd(n, *stats.cost)
@@ -55,12 +57,15 @@ def predict(ledger: Ledger, planned_epochs: int | None, planned_steps: int | Non
     }
 
 
-def epochs_left(ledger: Ledger, planned_epochs: int | None, planned_steps: int | None) -> float | None:
+def epochs_left(
+    ledger: Ledger, planned_epochs: int | None, planned_steps: int | None, seconds_left: float | None = None
+) -> float | None:
     """Epochs the framework will still train after the last one finished; None when unknown.
 
     ``planned_epochs`` is where the framework stops counting epochs (``max_epochs``), ``planned_steps``
-    where it stops counting optimizer steps (``max_steps``); the run ends at whichever comes
-    first, so the last epoch may be a fraction of one. The epochs left are those after the last
+    where it stops counting optimizer steps (``max_steps``), ``seconds_left`` the time it has left
+    (Lightning's ``max_time``); the run ends at whichever comes first, so the last epoch may be a
+    fraction of one. Time left is priced at the mean wall time of the complete epochs. The epochs left are those after the last
     one trained, not ``planned_epochs`` less the epochs counted, which a run that began at a later
     epoch (a second fit on one Trainer, Keras' ``initial_epoch``) or went back to an earlier one
     (a resume from an older checkpoint) would get wrong. The steps left are priced at the steps
@@ -71,6 +76,9 @@ def epochs_left(ledger: Ledger, planned_epochs: int | None, planned_steps: int |
     if planned_steps is not None and steps_per_epoch is not None and step is not None:
         by_steps = max(0, planned_steps - step) / steps_per_epoch
         left = by_steps if left is None else min(left, by_steps)
+    if seconds_left is not None and ledger.stats.n > 0 and ledger.stats.seconds > 0:
+        by_time = max(0.0, seconds_left) / (ledger.stats.seconds / ledger.stats.n)
+        left = by_time if left is None else min(left, by_time)
     return left
 
 

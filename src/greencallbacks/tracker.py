@@ -24,7 +24,7 @@ import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from greencallbacks._version import __version__
 from greencallbacks.distributed import LocalReducer, Reducer
@@ -167,6 +167,8 @@ class Tracker:
         # stops before (max_epochs) and the global step it stops at (max_steps), either or both.
         self.planned_epochs: int | None = None
         self.planned_steps: int | None = None
+        # ...and the seconds it has left (Lightning's max_time), asked at each prediction.
+        self.seconds_left: Callable[[], float | None] | None = None
         self._resume_state: dict[str, Any] | None = None  # loaded before start, applied at start
         self._session_id: str | None = None  # drawn at start: tells this tracker's own checkpoints apart
 
@@ -405,12 +407,13 @@ class Tracker:
 
     def prediction(self) -> dict[str, float]:
         """The whole run's energy and CO2eq with a 95 % interval (``greencallbacks.prediction``)."""
-        return predict(self.ledger, self.planned_epochs, self.planned_steps)
+        return predict(self.ledger, self.planned_epochs, self.planned_steps,
+                       self.seconds_left() if self.seconds_left is not None else None)
 
     @property
     def plans_run(self) -> bool:
         """Whether the adapter said where the framework stops, so the run can be predicted."""
-        return self.planned_epochs is not None or self.planned_steps is not None
+        return self.planned_epochs is not None or self.planned_steps is not None or self.seconds_left is not None
 
     @property
     def total_energy_j(self) -> float:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import lightning
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, Timer
 
 from greencallbacks.lightning._shared import EnergyCallbackBase
 
 
 class EnergyCallback(EnergyCallbackBase, Callback):
     __doc__ = EnergyCallbackBase.__doc__
+    _timer_class = Timer  # max_time=, Timer(duration=): the time the fit has left
     _framework = f"lightning.pytorch {lightning.__version__}"
 
 

@@ -69,6 +69,7 @@ class EnergyCallbackBase:
     """
 
     _framework = "lightning"
+    _timer_class: type | None = None  # the flavour's Timer callback class
 
     def __init__(
         self,
@@ -169,6 +170,9 @@ class EnergyCallbackBase:
                 self.tracker.planned_epochs = trainer.max_epochs
             if isinstance(trainer.max_steps, int) and trainer.max_steps > 0:  # -1: no step limit
                 self.tracker.planned_steps = trainer.max_steps
+            timers = [cb for cb in trainer.callbacks if self._timer_class is not None and isinstance(cb, self._timer_class)]
+            if timers:
+                self.tracker.seconds_left = lambda: _seconds_left(timers)
         if reducer.rank == 0:
             self._check_configuration(trainer)
 
@@ -435,6 +439,19 @@ class EnergyCallbackBase:
 
 
 _OWN_ARGUMENTS = keyword_names(EnergyCallbackBase.__init__)
+
+def _seconds_left(timers: list) -> float | None:
+    """The least time any Timer callback leaves the fit (its public ``time_remaining``); None without a duration."""
+    left = []
+    for timer in timers:
+        try:
+            seconds = timer.time_remaining()
+        except Exception:  # noqa: BLE001 - a prediction without this bound, rather than none
+            continue
+        if isinstance(seconds, (int, float)) and math.isfinite(seconds):
+            left.append(float(seconds))
+    return min(left) if left else None
+
 
 def _batches_that_stepped(trainer: Any) -> int | None:
     """The step Lightning logs its own metrics at (a private counter in 2.2 to 2.6), or None when a release drops it."""

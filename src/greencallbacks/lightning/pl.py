@@ -7,13 +7,14 @@
 from __future__ import annotations
 
 import pytorch_lightning
-from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.callbacks import Callback, Timer
 
 from greencallbacks.lightning._shared import EnergyCallbackBase
 
 
 class EnergyCallback(EnergyCallbackBase, Callback):
     __doc__ = EnergyCallbackBase.__doc__
+    _timer_class = Timer  # max_time=, Timer(duration=): the time the fit has left
     _framework = f"pytorch_lightning {pytorch_lightning.__version__}"
 
 
