@@ -134,3 +134,28 @@ def test_a_crash_on_every_rank_and_a_resume_keep_every_joule_once(tmp_path):
     assert {r.attempt for r in records} == {0, 1}
     partial = [r for r in records if r.partial]
     assert len(partial) == WORLD  # the cut-short epoch 1, once per rank, unsummed
+
+
+def test_every_rank_predicts_alike_from_rank_0s_time_left(tmp_path):
+    """The time a fit has left (Lightning's Timer) is each rank's own clock, and ranks end an epoch
+    milliseconds apart; a budget judged on predictions that differ could stop one rank and not
+    another (a hang at the next collective). Rank 0's answer, read at the training end and shared
+    by the records' gather, is what every rank predicts from."""
+    def body(rank, reducer):
+        tracker, clock = rank_tracker(rank, reducer, tmp_path)
+        tracker.planned_epochs = 1000
+        start = clock()
+        tracker.seconds_left = lambda: 100.0 - (clock() - start) - rank  # each rank's clock a little later
+        predictions = []
+        for epoch in range(4):
+            tracker.begin("train", epoch)
+            clock.advance(PHASE_S)
+            tracker.end("train")
+            predictions.append(tracker.prediction()["energy_kwh_predicted"])
+        tracker.finish()
+        return predictions
+
+    per_rank = run_ranks(body)
+    assert all(p == per_rank[0] for p in per_rank)  # bit for bit
+    # At epoch 3's end (40 s in), rank 0 has 60 s left: 6 epochs of 10 s, not 996.
+    assert per_rank[0][3] == pytest.approx(expected_j(100.0) / 3.6e6, rel=1e-9)

@@ -167,8 +167,11 @@ class Tracker:
         # stops before (max_epochs) and the global step it stops at (max_steps), either or both.
         self.planned_epochs: int | None = None
         self.planned_steps: int | None = None
-        # ...and the seconds it has left (Lightning's max_time), asked at each prediction.
+        # ...and the seconds it has left (Lightning's max_time), asked when a training phase ends:
+        # the moment the epochs left are counted from. Rank 0's answer, shared by the records'
+        # gather, so every rank predicts (and judges a budget) alike.
         self.seconds_left: Callable[[], float | None] | None = None
+        self._seconds_left_at_train_end: float | None = None
         self._resume_state: dict[str, Any] | None = None  # loaded before start, applied at start
         self._session_id: str | None = None  # drawn at start: tells this tracker's own checkpoints apart
 
@@ -264,6 +267,8 @@ class Tracker:
             self.step = step
         if not any(o.phase == phase for o in self._stack[1:]):
             return None  # never begun (e.g. a framework calls end without begin): nothing to bill
+        if phase == "train" and self.seconds_left is not None:
+            self._seconds_left_at_train_end = self.seconds_left()  # made alike on every rank in _publish
         self._boundary()
         while True:
             closed = self._stack.pop()
@@ -407,8 +412,7 @@ class Tracker:
 
     def prediction(self) -> dict[str, float]:
         """The whole run's energy and CO2eq with a 95 % interval (``greencallbacks.prediction``)."""
-        return predict(self.ledger, self.planned_epochs, self.planned_steps,
-                       self.seconds_left() if self.seconds_left is not None else None)
+        return predict(self.ledger, self.planned_epochs, self.planned_steps, self._seconds_left_at_train_end)
 
     @property
     def plans_run(self) -> bool:
@@ -627,8 +631,9 @@ class Tracker:
         """Gather pending local records from all ranks, sum them, write, and update totals."""
         local = self._take_pending()
         if self.reducer.world_size > 1:
-            gathered = self.reducer.all_gather([r.to_dict() for r in local])
-            combined = _combine([[Record.from_dict(d) for d in rank_records] for rank_records in gathered])
+            gathered = self.reducer.all_gather(([r.to_dict() for r in local], self._seconds_left_at_train_end))
+            combined = _combine([[Record.from_dict(d) for d in rank_records] for rank_records, _ in gathered])
+            self._seconds_left_at_train_end = gathered[0][1]
         else:
             combined = local
         result = None
