@@ -62,14 +62,16 @@ def epochs_left(
 ) -> float | None:
     """Epochs the framework will still train after the last one finished; None when unknown.
 
-    ``planned_epochs`` is where the framework stops counting epochs (``max_epochs``), ``planned_steps``
-    where it stops counting optimizer steps (``max_steps``), ``seconds_left`` the time it has left
-    (Lightning's ``max_time``); the run ends at whichever comes first, so the last epoch may be a
-    fraction of one. Time left is priced at the mean wall time of the complete epochs. The epochs left are those after the last
-    one trained, not ``planned_epochs`` less the epochs counted, which a run that began at a later
-    epoch (a second fit on one Trainer, Keras' ``initial_epoch``) or went back to an earlier one
-    (a resume from an older checkpoint) would get wrong. The steps left are priced at the steps
-    the last epoch took, once two adjacent epochs have finished.
+    ``planned_epochs`` is where the framework stops counting epochs (``max_epochs``),
+    ``planned_steps`` where it stops counting optimizer steps (``max_steps``), ``seconds_left``
+    the time it had left when that epoch's training ended (Lightning's ``max_time``); the run ends
+    at whichever comes first, so the last epoch may be a fraction of one.
+
+    The epochs left are those after the last one trained, not ``planned_epochs`` less the epochs
+    counted, which a run that began at a later epoch (a second fit on one Trainer, Keras'
+    ``initial_epoch``) or went back to an earlier one (a resume from an older checkpoint) would
+    get wrong. Steps left are priced at the steps the last epoch took (once two adjacent epochs
+    have finished), time left at the mean wall time of the complete epochs.
     """
     left = None if planned_epochs is None else float(max(0, planned_epochs - 1 - ledger.last_finished_epoch))
     steps_per_epoch, step = ledger.steps_per_epoch, ledger.last_finished_step

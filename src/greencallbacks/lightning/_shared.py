@@ -440,6 +440,7 @@ class EnergyCallbackBase:
 
 _OWN_ARGUMENTS = keyword_names(EnergyCallbackBase.__init__)
 
+
 def _seconds_left(timers: list) -> float | None:
     """The least time any Timer callback leaves the fit (its public ``time_remaining``); None without a duration."""
     left = []
