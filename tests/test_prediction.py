@@ -218,7 +218,8 @@ def test_a_time_limit_bounds_the_epochs_left_at_the_mean_epoch_time(tmp_path):
     tracker.planned_epochs, tracker.seconds_left = 1000, lambda: deadline - clock()
     predictions = _constant_epochs(tracker, clock, range(4))
     tracker.finish()
-    # At the end of epoch 3's training (43 s in): 6.5 s left, 0.59 of an 11-s epoch, plus the
-    # epoch's 1-s gap to come: 4,300 J + 100 J + 0.59 x 1,100 J.
+    # At the end of epoch 3's training (43 s in): 6.5 s left, of which the epoch's 1-s gap (its
+    # tail, priced apart), then 5.5 s: half an 11-s epoch. 4,300 J + 100 J + 550 J, which is
+    # exactly what runs until the deadline (4 epochs and 5.5 s of training at 100 W).
     assert all(math.isnan(p) for p in predictions[:3])
-    assert predictions[3] == pytest.approx((4300.0 + 100.0 + 6.5 / 11.0 * 1100.0) / 3.6e6, rel=1e-9)
+    assert predictions[3] == pytest.approx((4 * 1100.0 + 550.0) / 3.6e6, rel=1e-9)

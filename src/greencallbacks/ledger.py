@@ -61,6 +61,7 @@ class EpochCost:
     complete: bool = False  # a later epoch has finished, so this one's tail (gap, HF evaluation) is over too
     step_at_train_end: int | None = None  # the framework's global step when its training phase ended
     seconds: float = 0.0  # the wall time billed to it (its records' durations)
+    seconds_at_train_end: float | None = None
 
     @property
     def finished(self) -> bool:
@@ -75,14 +76,15 @@ class EpochStats:
         self.n = 0
         self.cost = [0.0, 0.0]  # sum, sum of squares of whole-epoch kWh
         self.tail = [0.0, 0.0]  # the same for the part billed after the training phase ended
-        self.seconds = 0.0  # sum of whole-epoch wall time
+        self.seconds = [0.0, 0.0]  # sums of whole-epoch wall time and of its tail's
 
     def add(self, epoch: EpochCost, sign: int = 1) -> None:
         if epoch.warmup or not epoch.complete:
             return
         tail = epoch.kwh - epoch.kwh_at_train_end
         self.n += sign
-        self.seconds += sign * epoch.seconds
+        self.seconds[0] += sign * epoch.seconds
+        self.seconds[1] += sign * (epoch.seconds - (epoch.seconds_at_train_end or 0.0))
         for sums, value in ((self.cost, epoch.kwh), (self.tail, tail)):
             sums[0] += sign * value
             sums[1] += sign * value * value
@@ -147,6 +149,7 @@ class Ledger:
         if record.phase == "train" and not record.partial and not cost.finished:
             cost.kwh_at_train_end = cost.kwh
             cost.step_at_train_end = record.step
+            cost.seconds_at_train_end = cost.seconds
             self.last_finished_epoch = record.epoch
             self._complete_before(record.epoch)
             self._finished_not_complete.add(record.epoch)
@@ -195,7 +198,7 @@ class Ledger:
             "attempt": self.attempt,
             "totals": {p: vars(t) for p, t in totals.items()},
             "prefix_totals": [[phase, prefix, vars(t)] for (phase, prefix), t in prefix_totals.items()],
-            "epochs": {str(e): [c.attempt, c.warmup, c.kwh, c.kwh_at_train_end, c.complete, c.step_at_train_end, c.seconds] for e, c in self.epochs.items()},
+            "epochs": {str(e): [c.attempt, c.warmup, c.kwh, c.kwh_at_train_end, c.complete, c.step_at_train_end, c.seconds, c.seconds_at_train_end] for e, c in self.epochs.items()},
         }
 
     def resume(self, state: dict[str, Any], records: list[Record]) -> None:

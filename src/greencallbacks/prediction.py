@@ -71,15 +71,18 @@ def epochs_left(
     counted, which a run that began at a later epoch (a second fit on one Trainer, Keras'
     ``initial_epoch``) or went back to an earlier one (a resume from an older checkpoint) would
     get wrong. Steps left are priced at the steps the last epoch took (once two adjacent epochs
-    have finished), time left at the mean wall time of the complete epochs.
+    have finished), time left (less an epoch's mean tail) at the mean wall time of the complete
+    epochs.
     """
     left = None if planned_epochs is None else float(max(0, planned_epochs - 1 - ledger.last_finished_epoch))
     steps_per_epoch, step = ledger.steps_per_epoch, ledger.last_finished_step
     if planned_steps is not None and steps_per_epoch is not None and step is not None:
         by_steps = max(0, planned_steps - step) / steps_per_epoch
         left = by_steps if left is None else min(left, by_steps)
-    if seconds_left is not None and ledger.stats.n > 0 and ledger.stats.seconds > 0:
-        by_time = max(0.0, seconds_left) / (ledger.stats.seconds / ledger.stats.n)
+    n, (seconds, tail_seconds) = ledger.stats.n, ledger.stats.seconds
+    if seconds_left is not None and n > 0 and seconds > 0:
+        # The time left also runs through the ending epoch's tail, which is priced apart.
+        by_time = max(0.0, seconds_left - tail_seconds / n) / (seconds / n)
         left = by_time if left is None else min(left, by_time)
     return left
 
