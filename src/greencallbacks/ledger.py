@@ -129,9 +129,7 @@ class Ledger:
 
     def add(self, record: Record) -> None:
         """Count one phase's record (the only way totals grow)."""
-        self.totals[record.phase].add(record)
-        if record.metric_prefix is not None:
-            self.prefix_totals.setdefault((record.phase, record.metric_prefix), PhaseTotals()).add(record)
+        _count(record, self.totals, self.prefix_totals)
         self.last[record.phase] = record
         if record.epoch is None:
             return
@@ -189,9 +187,7 @@ class Ledger:
         totals = {p: PhaseTotals(**vars(t)) for p, t in self.totals.items()}
         prefix_totals = {key: PhaseTotals(**vars(t)) for key, t in self.prefix_totals.items()}
         for record in open_records:
-            totals[record.phase].add(record)
-            if record.metric_prefix is not None:
-                prefix_totals.setdefault((record.phase, record.metric_prefix), PhaseTotals()).add(record)
+            _count(record, totals, prefix_totals)
         return {
             "run_id": self.run_id,
             "seq": self.next_seq,
@@ -223,6 +219,13 @@ class Ledger:
                 self._finished_not_complete.add(int(epoch))
         self.last_finished_epoch = max((e for e, c in self.epochs.items() if c.finished), default=-1)
         self.next_seq, self.attempt = saved_seq, saved_attempt + 1
+
+
+def _count(record: Record, totals: dict[str, PhaseTotals], prefix_totals: dict[tuple[str, str], PhaseTotals]) -> None:
+    """Add ``record`` to its phase's totals, and to its metric prefix's when it carries one."""
+    totals[record.phase].add(record)
+    if record.metric_prefix is not None:
+        prefix_totals.setdefault((record.phase, record.metric_prefix), PhaseTotals()).add(record)
 
 
 def read_run_records(run_id: str, directories: Iterable[Path | None]) -> list[Record]:

@@ -236,8 +236,7 @@ class Tracker:
         if len(self._stack) == 1:  # leaving a gap: it becomes an `other` record
             self._close(self._stack.pop())
             self._stack.append(self._open("other", epoch))
-        self._stack.append(self._open(phase, epoch))
-        self._stack[-1].metric_prefix = metric_prefix
+        self._stack.append(self._open(phase, epoch, metric_prefix))
 
     def add_samples(self, samples: int | None, tokens: int = 0) -> None:
         """Count samples for the innermost open phase. Cheap enough for every batch.
@@ -538,8 +537,8 @@ class Tracker:
         }
 
     # ------------------------------------------------------------------------------ internals
-    def _open(self, phase: str, epoch: int | None) -> _Open:
-        return _Open(phase=phase, epoch=epoch, seq=self.ledger.take_seq())
+    def _open(self, phase: str, epoch: int | None, metric_prefix: str | None = None) -> _Open:
+        return _Open(phase=phase, epoch=epoch, seq=self.ledger.take_seq(), metric_prefix=metric_prefix)
 
     def _boundary(self, exact: bool = False) -> None:
         """Bill the interval since the last snapshot to the innermost open phase.
