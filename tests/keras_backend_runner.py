@@ -125,6 +125,15 @@ def scenario_loggers(out: Path) -> dict:
     }
 
 
+def scenario_two_callbacks(out: Path) -> dict:
+    """Two EnergyCallbacks in one fit write the same keys: the second says so, once."""
+    callbacks = [scripted(output_dir=out / "a"), scripted(output_dir=out / "b")]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tiny_model().fit(X, Y, batch_size=BATCH, epochs=2, callbacks=callbacks, verbose=0)
+    return {"warnings": energy_warnings(caught)}
+
+
 def scenario_inference(out: Path) -> dict:
     """EnergyCallback first (no order warning); then evaluate and predict on the same run."""
     energy = scripted(output_dir=out)
@@ -242,7 +251,7 @@ def scenario_no_callback_list_seam(out: Path) -> dict:
     }
 
 
-SCENARIOS = [scenario_loggers, scenario_inference, scenario_crash_then_resume, scenario_crash_then_reuse, scenario_runs,
+SCENARIOS = [scenario_loggers, scenario_two_callbacks, scenario_inference, scenario_crash_then_resume, scenario_crash_then_reuse, scenario_runs,
              scenario_bad_configuration, scenario_no_callback_list_seam]
 
 if __name__ == "__main__":

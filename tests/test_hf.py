@@ -42,7 +42,7 @@ def make_trainer(tmp_path, callback, attach="init", train=None, **overrides):
         args=training_args(tmp_path / "out", **overrides),
         train_dataset=train or TokenDataset(TRAIN_SAMPLES),
         eval_dataset=TokenDataset(EVAL_SAMPLES, seed=1),
-        callbacks=[callback] if attach == "init" else None,
+        callbacks=(callback if isinstance(callback, list) else [callback]) if attach == "init" else None,
     )
     if attach == "add":
         trainer.add_callback(callback)
@@ -458,6 +458,21 @@ def test_a_failing_step_hook_warns_once_and_training_goes_on(tmp_path, monkeypat
     assert len([w for w in caught if "failed" in str(w.message)]) == 1  # once, though every step logged
     assert output.global_step == 8
     assert [r.epoch for r in read_records(tmp_path / "out") if r.phase == "train"] == [0, 1]
+
+
+@pytest.mark.parametrize("attach", ["init", "add"])
+def test_two_callbacks_in_one_trainer_say_their_metric_names_collide(tmp_path, attach):
+    """Each measures everything into its own records, but HF merges a loop's metrics into one
+    dict, so one callback's eval values overwrite the other's: one warning says so."""
+    first, second = make_callback(output_dir=tmp_path / "a"), make_callback(output_dir=tmp_path / "b")
+    with pytest.warns(EnergyWarning, match="two EnergyCallbacks in one Trainer log the same metric names") as caught:
+        trainer = make_trainer(tmp_path, [first, second] if attach == "init" else first)
+        if attach == "add":
+            trainer.add_callback(second)
+        trainer.train()
+    assert len([w for w in caught if "two EnergyCallbacks" in str(w.message)]) == 1
+    for callback in (first, second):
+        assert [r.samples for r in read_records(callback.tracker.output_dir) if r.phase == "train"] == [TRAIN_SAMPLES] * 2
 
 
 def test_bad_configuration_fails_before_training():

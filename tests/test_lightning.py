@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import subprocess
 import sys
 import threading
@@ -280,6 +281,19 @@ def test_two_callbacks_in_one_trainer(tmp_path):
     saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["callbacks"]
     assert {low.state_key, high.state_key} <= set(saved)
     assert saved[low.state_key]["run_id"] != saved[high.state_key]["run_id"]
+
+
+def test_two_callbacks_whose_metric_names_collide_say_so(tmp_path):
+    """Two callbacks without their own prefix log the same names, and Lightning keeps one value
+    of each: one callback's numbers vanish from every logger. One warning says so."""
+    L, EnergyCallback, TinyModel = flavour("lightning.pytorch")
+    first = EnergyCallback(intensity=50, output_dir=tmp_path / "a")
+    second = EnergyCallback(intensity=500, output_dir=tmp_path / "b")
+    trainer = L.Trainer(max_epochs=1, logger=L.loggers.CSVLogger(tmp_path), callbacks=[first, second], **trainer_kwargs())
+    with pytest.warns(EnergyWarning) as caught:
+        trainer.fit(TinyModel(), *loaders())
+    collisions = [w for w in caught if re.search(r"same metric names \(prefix=''\).*own prefix", str(w.message))]
+    assert len(collisions) == 2  # one per callback
 
 
 def test_a_failing_batch_hook_warns_once_and_training_goes_on(tmp_path, monkeypatch):

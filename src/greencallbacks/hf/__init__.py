@@ -331,7 +331,12 @@ class EnergyCallback(TrainerCallback, ExportableState):
         first = _OWNERS not in trainer.__dict__
         owners = trainer.__dict__.setdefault(_OWNERS, [])
         if self not in owners:
-            owners.append(self)  # several callbacks (two grids, say) each measure everything
+            if any(owner in trainer.callback_handler.callbacks for owner in owners):
+                # HF merges each loop's metrics into one dict: one callback's eval values overwrite the other's.
+                warn("greencallbacks: two EnergyCallbacks in one Trainer log the same metric names, so one's "
+                     "evaluation values overwrite the other's; use one (price other grids afterwards with "
+                     "`greencallbacks report --compare-zones`).")
+            owners.append(self)  # each measures everything, into its own records
         if first:
             _wrap_trainer(trainer)
 

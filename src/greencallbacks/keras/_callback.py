@@ -514,6 +514,14 @@ class EnergyCallback(_Callback):
         """
         callbacks = callback_list.callbacks
         index = next(i for i, c in enumerate(callbacks) if c is self)
+        if any(isinstance(c, EnergyCallback) for c in callbacks[:index]):
+            # Each writes the same keys into the epoch's logs: the loggers see only one of them.
+            warn(
+                "greencallbacks: two EnergyCallbacks in one fit write the same metric names, so each "
+                "overwrites the other's values; use one (price other grids afterwards with "
+                "`greencallbacks report --compare-zones`)."
+            )
+            return
         if index == 0:
             return
         overtaken = [type(c).__name__ for c in callbacks[:index] if _overrides_epoch_end(c)]

@@ -182,11 +182,12 @@ class EnergyCallbackBase:
                 "greencallbacks: EnergyCallback found no logger in the Trainer (logger=False), so energy "
                 f"goes only to trainer.callback_metrics and the records in {self.session.tracker.output_dir}."
             )
-        twins = [cb for cb in trainer.callbacks if cb is not self and getattr(cb, "state_key", None) == self.state_key]
-        if twins:
+        # Same settings cannot get here: Lightning refuses two callbacks with one state_key.
+        others = [cb for cb in trainer.callbacks if cb is not self and isinstance(cb, EnergyCallbackBase)]
+        if any(cb.prefix == self.prefix for cb in others):  # Lightning keeps the last value logged
             warn(
-                "greencallbacks: two EnergyCallbacks with the same settings in one Trainer share a checkpoint "
-                "key, an output directory and metric names; give each a different output_dir and prefix."
+                f"greencallbacks: two EnergyCallbacks in one Trainer log the same metric names (prefix={self.prefix!r}), "
+                "so each overwrites the other's values; give each its own prefix (e.g. prefix='low/')."
             )
 
     @never_raises
