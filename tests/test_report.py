@@ -160,6 +160,33 @@ def test_uncounted_samples_show_na_not_zero():
     assert report.configuration(records)["samples_per_epoch"] == 1000  # from the counted epoch
 
 
+def test_validation_logged_under_several_prefixes_is_broken_down_by_prefix():
+    """HF with two evaluation sets logs eval_a_* and eval_b_*: the phase's total, then each set's."""
+    def runs(run_id, scale):
+        records = one_run(run_id, scale=scale)
+        for i, r in enumerate(list(records)):
+            if r.phase == "validation":
+                records[i] = dataclasses.replace(r, metric_prefix="eval_a")
+                records.append(dataclasses.replace(r, metric_prefix="eval_b", energy_kwh=r.energy_kwh / 2,
+                                                   samples=10, seq=100 + i))
+        return records
+
+    records = runs("seed-1", 1.0) + runs("seed-2", 1.5)
+    data = report.summary(records)
+    parts = data["phase_prefixes"]["validation"]
+    assert list(parts) == ["eval_a", "eval_b"] and list(data["phase_prefixes"]) == ["validation"]
+    # Two epochs of 3,600 J (eval_a) and 1,800 J (eval_b) per run, the second run 1.5 times.
+    assert parts["eval_a"]["energy_kwh"]["mean"] == pytest.approx(2 * 3600 * 1.25 / KWH)
+    assert parts["eval_b"]["energy_kwh"]["mean"] == pytest.approx(2 * 1800 * 1.25 / KWH)
+    assert parts["eval_b"]["samples"]["mean"] == 20
+    assert data["phases"]["validation"]["energy_kwh"]["mean"] == pytest.approx(
+        parts["eval_a"]["energy_kwh"]["mean"] + parts["eval_b"]["energy_kwh"]["mean"])
+    table = report.format_phase_summary(data).splitlines()
+    names = [line.split("|")[1].strip() for line in table[2:]]
+    assert names == ["train", "validation", "… eval_a", "… eval_b", "test", "**whole run (all phases)**"]
+    assert report.summary(one_run())["phase_prefixes"] == {}  # one prefix (or none): nothing to break down
+
+
 def test_json_matches_the_records():
     data = json.loads(report.render(three_runs(), "json"))
     (group,) = data["configurations"]

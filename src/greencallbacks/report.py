@@ -22,7 +22,7 @@ import os
 import re
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from greencallbacks.records import PHASES, Record
 from greencallbacks.textformat import (
@@ -106,17 +106,22 @@ def epoch_label(row: dict, with_attempt: bool) -> str:
 
 
 def phase_totals(records: Iterable[Record]) -> dict[str, dict]:
+    totals = _totals_by(records, lambda r: r.phase)
+    return {p: totals[p] for p in PHASES if p in totals}
+
+
+def _totals_by(records: Iterable[Record], key: Callable[[Record], str]) -> dict[str, dict]:
     totals: dict[str, dict] = defaultdict(
         lambda: {"seconds": 0.0, "energy_kwh": 0.0, "co2eq_g": 0.0, "samples": 0, "samples_counted": True}
     )
     for r in records:
-        t = totals[r.phase]
+        t = totals[key(r)]
         t["seconds"] += r.duration_s
         t["energy_kwh"] += r.energy_kwh
         t["co2eq_g"] += r.co2eq_g
         t["samples"] += r.samples
         t["samples_counted"] &= r.samples_counted
-    return {p: dict(totals[p]) for p in PHASES if p in totals}
+    return dict(totals)
 
 
 # ------------------------------------------------------------------------------ provenance
@@ -384,19 +389,38 @@ def epoch_summary(records: Sequence[Record]) -> list[dict]:
     return out
 
 
+def _summarise(per_run: dict[str, dict[str, dict]], runs: Sequence[str], names: Sequence[str]) -> dict[str, dict]:
+    """Mean and SE over runs of each name's totals (a run without it counts 0)."""
+    zero = {"seconds": 0.0, "energy_kwh": 0.0, "co2eq_g": 0.0, "samples": 0, "samples_counted": True}
+    out = {}
+    for name in names:
+        out[name] = {
+            key: _stat([per_run[run].get(name, zero)[key] for run in runs])
+            for key in ("seconds", "energy_kwh", "co2eq_g", "samples")
+        }
+        out[name]["samples_counted"] = all(per_run[run].get(name, zero)["samples_counted"] for run in runs)
+    return out
+
+
 def phase_summary(records: Sequence[Record]) -> dict[str, dict]:
     """Per phase, each run's sum, then mean and SE over runs (a run without the phase counts 0)."""
     runs = run_ids(records)
     per_run = {run: phase_totals([r for r in records if r.run_id == run]) for run in runs}
-    phases = [p for p in PHASES if any(p in totals for totals in per_run.values())]
-    zero = {"seconds": 0.0, "energy_kwh": 0.0, "co2eq_g": 0.0, "samples": 0, "samples_counted": True}
+    return _summarise(per_run, runs, [p for p in PHASES if any(p in totals for totals in per_run.values())])
+
+
+def prefix_summary(records: Sequence[Record]) -> dict[str, dict[str, dict]]:
+    """Per phase logged under several metric prefixes (HF's ``eval_a`` and ``eval_b`` of two
+    evaluation sets, a ``holdout`` evaluate), each prefix's totals, as ``phase_summary``'s."""
+    runs = run_ids(records)
     out = {}
-    for phase in phases:
-        out[phase] = {
-            key: _stat([per_run[run].get(phase, zero)[key] for run in runs])
-            for key in ("seconds", "energy_kwh", "co2eq_g", "samples")
-        }
-        out[phase]["samples_counted"] = all(per_run[run].get(phase, zero)["samples_counted"] for run in runs)
+    for phase in PHASES:
+        mine = [r for r in records if r.phase == phase]
+        prefixes = list(dict.fromkeys(r.metric_prefix or "" for r in mine))
+        if len(prefixes) < 2:
+            continue
+        per_run = {run: _totals_by([r for r in mine if r.run_id == run], lambda r: r.metric_prefix or "") for run in runs}
+        out[phase] = _summarise(per_run, runs, prefixes)
     return out
 
 
@@ -524,6 +548,7 @@ def summary(records: Sequence[Record], *, with_equivalents: bool = False, compar
         "epochs": epoch_summary(records),
         "epoch_rows": epoch_rows(records),
         "phases": phase_summary(records),
+        "phase_prefixes": prefix_summary(records),
         "run_totals": totals,
         "total": {
             "energy_kwh": energy_stat,
@@ -620,11 +645,15 @@ def format_phase_summary(data: dict) -> str:
     m_unit, m_f = pick_unit([data["total"]["co2eq_g"]["mean"]], MASS_UNITS)
     header = ["phase", _heading("time", "s", several), _heading("energy", e_unit, several),
               _heading("CO2eq", m_unit, several), "samples" + (" (mean)" if several else "")]
-    body = [
-        [phase, _scaled(t["seconds"], 1.0), _scaled(t["energy_kwh"], e_f), _scaled(t["co2eq_g"], m_f),
-         _count(t["samples"]["mean"]) if t["samples_counted"] else "n/a"]
-        for phase, t in data["phases"].items()
-    ]
+    def row(name: str, t: dict) -> list[str]:
+        return [name, _scaled(t["seconds"], 1.0), _scaled(t["energy_kwh"], e_f), _scaled(t["co2eq_g"], m_f),
+                _count(t["samples"]["mean"]) if t["samples_counted"] else "n/a"]
+
+    body = []
+    for phase, t in data["phases"].items():
+        body.append(row(phase, t))
+        for prefix, part in data.get("phase_prefixes", {}).get(phase, {}).items():  # its parts, when logged apart
+            body.append(row(f"… {prefix or '(no prefix)'}", part))
     total = data["total"]
     body.append(["**whole run (all phases)**", _scaled(total["seconds"], 1.0), _scaled(total["energy_kwh"], e_f),
                  _scaled(total["co2eq_g"], m_f), ""])
