@@ -22,7 +22,8 @@ import warnings
 from pathlib import Path
 
 import pytest
-import torch
+
+torch = pytest.importorskip("torch")
 
 from greencallbacks import Budget
 from greencallbacks.meter import EnergyWarning

@@ -33,6 +33,7 @@ def exits(argv, capsys):
 
 
 def test_report_formats_plot_equivalents_and_zones(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
     path = write(tmp_path / "energy-records.jsonl", three_runs())
     code, out, _ = run(["report", str(tmp_path), "--equivalents", "--compare-zones", "FR,US-CA"], capsys)
     assert code == 0 and "mean ± standard error over the 3 runs" in out
@@ -180,6 +181,7 @@ def test_a_record_of_the_wrong_type_is_one_line_naming_file_and_line(tmp_path, c
 
 
 def test_report_plot_format_follows_the_extension(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
     path = write(tmp_path / "energy-records.jsonl", one_run())
     for name, magic in (("p.pdf", b"%PDF-"), ("p.svg", b"<?xml"), ("p.png", b"\x89PNG")):
         code, _, _ = run(["report", str(path), "--plot", str(tmp_path / name)], capsys)

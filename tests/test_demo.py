@@ -7,6 +7,8 @@ import json
 
 import pytest
 
+pytest.importorskip("lightning", reason="the demo trains with Lightning")
+
 from greencallbacks.records import read_records
 from greencallbacks.report import format_epoch_table
 

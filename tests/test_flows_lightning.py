@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
+
+torch = pytest.importorskip("torch")
 
 from flow_invariants import check_run, logged_total_matches, meter_threads
 from lightning_models import VAL_SAMPLES, Boom, flavour, loaders, trainer_kwargs

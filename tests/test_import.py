@@ -7,6 +7,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 HEAVY = ["torch", "lightning", "pytorch_lightning", "keras", "tensorflow", "transformers", "pynvml", "jax", "pandas", "numpy"]
 
 
@@ -29,3 +31,28 @@ def test_lazy_attributes_resolve():
 
     assert greencallbacks.Tracker.__name__ == "Tracker"
     assert "energy_kwh" in greencallbacks.METRIC_STEMS
+
+
+@pytest.mark.parametrize("module, framework, install", [
+    ("greencallbacks.lightning", "lightning", "pip install 'greencallbacks[lightning]'"),
+    ("greencallbacks.lightning.pl", "pytorch_lightning", "pip install pytorch-lightning"),
+    ("greencallbacks.keras", "keras", "pip install 'greencallbacks[keras]'"),
+    ("greencallbacks.hf", "transformers", "pip install 'greencallbacks[hf]'"),
+])
+def test_an_adapter_without_its_framework_says_what_installs_it(module, framework, install):
+    code = (f"import importlib, sys; sys.modules[{framework!r}] = None; "  # as if it were not installed
+            f"importlib.import_module({module!r}).EnergyCallback")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    last = done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 1
+    assert last == f"ModuleNotFoundError: {module} needs {framework}, which is not installed: {install}"
+
+
+def test_what_the_extra_would_not_fix_is_raised_as_it_was():
+    """Keras on the torch backend without torch: installing the keras extra would not help."""
+    from greencallbacks import extras
+
+    backend = ModuleNotFoundError("No module named 'torch'", name="torch")
+    assert extras.missing(backend, "greencallbacks.keras", ("keras",), "pip install keras") is backend
+    broken = ImportError("cannot import name 'Callback' from 'keras'", name="keras")  # installed, but not as expected
+    assert extras.missing(broken, "greencallbacks.keras", ("keras",), "pip install keras") is broken

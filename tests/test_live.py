@@ -160,6 +160,7 @@ def test_lightning_step_values_land_on_lightnings_own_logging_steps(tmp_path, op
     gradient accumulation, and with manual optimization stepping two optimizers a batch (two
     global steps, one logging step): the step values sit at exactly the steps of a metric the
     model logs per step, and nowhere else."""
+    pytest.importorskip("lightning")
     import time
 
     import torch
@@ -212,6 +213,7 @@ def test_lightning_step_values_land_on_lightnings_own_logging_steps(tmp_path, op
 
 
 def test_lightning_step_metrics_off_logs_per_epoch_only(tmp_path):
+    pytest.importorskip("lightning")
     from tests.lightning_models import flavour
     from tests.test_lightning import csv_scalars
 

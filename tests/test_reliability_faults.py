@@ -302,6 +302,7 @@ LIGHTNING_CHILD = textwrap.dedent(
 
 @pytest.mark.slow
 def test_lightning_process_killed_mid_training_keeps_every_finished_epoch(tmp_path):
+    pytest.importorskip("lightning")
     script = tmp_path / "child.py"
     script.write_text(LIGHTNING_CHILD.format(tests=str(REPO / "tests"), repo=str(REPO)))
     out = tmp_path / "energy"
@@ -515,6 +516,7 @@ KERAS_CHILD = textwrap.dedent(
 
 @pytest.mark.slow
 def test_keras_keyboard_interrupt_and_two_fits_in_one_process(tmp_path):
+    pytest.importorskip("torch")  # its backend
     pytest.importorskip("keras")
     script = tmp_path / "child.py"
     script.write_text(KERAS_CHILD.format(repo=str(REPO)))

@@ -255,6 +255,7 @@ def test_flexible_start_stays_inside_the_series():
 
 
 def test_plot_draws_the_series_at_its_own_steps_on_its_own_figure(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
     import matplotlib
 
     from greencallbacks import report

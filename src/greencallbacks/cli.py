@@ -352,6 +352,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except (ValueError, OSError) as error:  # bad input or configuration: one line, no traceback
         parser.exit(2, f"greencallbacks {args.command}: error: {cli_message(str(error))}\n")
+    except ModuleNotFoundError as error:  # an optional dependency (extras.missing says which)
+        parser.exit(1, f"greencallbacks {args.command}: error: {error}\n")
 
 
 if __name__ == "__main__":

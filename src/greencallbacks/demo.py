@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from greencallbacks import report
+from greencallbacks import extras, report
 from greencallbacks.records import RECORDS_FILE, Record, read_records
+from greencallbacks.session import EnergySession
 
 REPORT_FILE = "energy-report.md"
 
@@ -48,6 +49,7 @@ def run_demo(
     """
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
+    EnergySession(**energy_settings)  # bad settings fail first, with or without the frameworks
     try:
         import torch
         from torch.utils.data import DataLoader, TensorDataset
@@ -55,9 +57,7 @@ def run_demo(
         import lightning.pytorch as L
         from lightning.pytorch.loggers import CSVLogger
     except ImportError as error:
-        raise ImportError(
-            f"the demo needs PyTorch and Lightning ({error}); install them with: pip install 'greencallbacks[lightning]'"
-        ) from None
+        raise extras.missing(error, "the demo", ("torch", "lightning"), extras.LIGHTNING) from None
     from greencallbacks.lightning import EnergyCallback
 
     output_dir = Path(output_dir)

@@ -24,6 +24,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
+from greencallbacks import extras
 from greencallbacks.records import PHASES, Record
 from greencallbacks.textformat import (
     ENERGY_UNITS,
@@ -913,9 +914,11 @@ def plot_format(path: str | os.PathLike) -> str:
 
 def new_figure(width: float, height: float):
     """A matplotlib Figure with its own canvas: no pyplot, no backend switch in the caller's session."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as error:
+        raise extras.missing(error, "plotting", ("matplotlib",), extras.PLOT) from None
     figure = Figure(figsize=(width, height), dpi=120)
     FigureCanvasAgg(figure)
     return figure
@@ -948,12 +951,11 @@ def epoch_figure(records: Sequence[Record]):
 
     One panel per configuration; a matplotlib ``Figure`` with its own canvas.
     """
-    from matplotlib.ticker import MaxNLocator
-
     groups = [(config, group) for config, group in group_runs(records) if epoch_summary(group)]
     if not groups:
         raise ValueError("no training epochs to plot")
     figure = new_figure(6.4, 3.8 * len(groups))
+    from matplotlib.ticker import MaxNLocator  # after new_figure, which says how to install matplotlib
     for index, (config, group) in enumerate(groups):
         rows = epoch_summary(group)
         positions = list(range(len(rows)))

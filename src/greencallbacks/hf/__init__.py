@@ -74,9 +74,14 @@ import os
 import sys
 from typing import Any
 
-import transformers
-from transformers import Trainer, TrainerCallback
-from transformers.trainer_callback import ExportableState
+from greencallbacks import extras
+
+try:
+    import transformers
+    from transformers import Trainer, TrainerCallback
+    from transformers.trainer_callback import ExportableState
+except ImportError as error:
+    raise extras.missing(error, "greencallbacks.hf", ("transformers",), "pip install 'greencallbacks[hf]'") from None
 
 from greencallbacks import watch
 from greencallbacks.distributed import torch_reducer_or_local

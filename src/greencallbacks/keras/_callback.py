@@ -28,7 +28,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import keras
+from greencallbacks import extras
+
+try:
+    import keras
+except ImportError as error:
+    raise extras.missing(error, "greencallbacks.keras", ("keras",), "pip install 'greencallbacks[keras]'") from None
 
 from greencallbacks import watch
 from greencallbacks.keras._backend import devices_and_sync, reducer_for

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-import lightning
-from lightning.pytorch.callbacks import Callback, Timer
+from greencallbacks import extras
+
+try:
+    import lightning
+    from lightning.pytorch.callbacks import Callback, Timer
+except ImportError as error:
+    raise extras.missing(error, "greencallbacks.lightning", ("lightning",), extras.LIGHTNING) from None
 
 from greencallbacks.lightning._shared import EnergyCallbackBase
 

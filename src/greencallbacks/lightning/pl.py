@@ -6,8 +6,13 @@
 
 from __future__ import annotations
 
-import pytorch_lightning
-from pytorch_lightning.callbacks import Callback, Timer
+from greencallbacks import extras
+
+try:
+    import pytorch_lightning
+    from pytorch_lightning.callbacks import Callback, Timer
+except ImportError as error:
+    raise extras.missing(error, "greencallbacks.lightning.pl", ("pytorch_lightning",), "pip install pytorch-lightning") from None
 
 from greencallbacks.lightning._shared import EnergyCallbackBase
 
