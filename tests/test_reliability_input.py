@@ -486,14 +486,16 @@ def test_cli_bad_demo_settings_fail_before_training(tmp_path, capsys):
     (["demo", "--epochs", "1"], ["torch", "lightning"], "greencallbacks[lightning]"),
     (["report", "{out}", "--plot", "{tmp}/energy.png"],
      ["matplotlib", "matplotlib.figure", "matplotlib.backends.backend_agg"], "greencallbacks[plot]"),
+    (["whatif", "{out}", "--intensity", "{series}", "--plot", "{tmp}/whatif.png"],
+     ["matplotlib", "matplotlib.figure", "matplotlib.backends.backend_agg"], "greencallbacks[plot]"),
 ])
 def test_cli_without_an_optional_dependency_names_what_installs_it_in_one_line(
         recorded, tmp_path, capsys, monkeypatch, argv, missing, extra):
     """A core install (no extras) running the demo or a plot: one line and exit 1, not a traceback."""
     for module in missing:
         monkeypatch.setitem(sys.modules, module, None)  # `import` of it raises ModuleNotFoundError
-    out, _ = recorded
-    code, err = run_cli([a.format(out=out, tmp=tmp_path) for a in argv], capsys)
+    out, series = recorded
+    code, err = run_cli([a.format(out=out, series=series, tmp=tmp_path) for a in argv], capsys)
     assert code == 1 and len(err.strip().splitlines()) == 1, err
     assert f"needs {missing[0]}, which is not installed: pip install '{extra}'" in err
 

@@ -502,6 +502,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             message = message.replace(f"{name} must", f"{flag} must")
         print(f"greencallbacks whatif: error: {message}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as error:  # matplotlib for --plot (extras.missing says how to install it)
+        print(f"greencallbacks whatif: error: {error}", file=sys.stderr)
+        return 1
     if args.json:
         documents = [{"run_id": run, **result.to_dict()} for run, result in results]
         print(json.dumps(documents[0] if len(documents) == 1 else documents, indent=2))
