@@ -111,10 +111,12 @@ def phase_totals(records: Iterable[Record]) -> dict[str, dict]:
     return {p: totals[p] for p in PHASES if p in totals}
 
 
+def _no_totals() -> dict:
+    return {"seconds": 0.0, "energy_kwh": 0.0, "co2eq_g": 0.0, "samples": 0, "samples_counted": True}
+
+
 def _totals_by(records: Iterable[Record], key: Callable[[Record], str]) -> dict[str, dict]:
-    totals: dict[str, dict] = defaultdict(
-        lambda: {"seconds": 0.0, "energy_kwh": 0.0, "co2eq_g": 0.0, "samples": 0, "samples_counted": True}
-    )
+    totals: dict[str, dict] = defaultdict(_no_totals)
     for r in records:
         t = totals[key(r)]
         t["seconds"] += r.duration_s
@@ -392,7 +394,7 @@ def epoch_summary(records: Sequence[Record]) -> list[dict]:
 
 def _summarise(per_run: dict[str, dict[str, dict]], runs: Sequence[str], names: Sequence[str]) -> dict[str, dict]:
     """Mean and SE over runs of each name's totals (a run without it counts 0)."""
-    zero = {"seconds": 0.0, "energy_kwh": 0.0, "co2eq_g": 0.0, "samples": 0, "samples_counted": True}
+    zero = _no_totals()
     out = {}
     for name in names:
         out[name] = {
