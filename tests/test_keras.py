@@ -150,7 +150,7 @@ def test_a_logger_before_the_callback_is_overtaken_loudly_and_every_hook_runs_on
 
 def test_two_callbacks_in_one_fit_say_their_metric_names_collide(run):
     result, _ = run("two_callbacks")
-    collisions = [w for w in result["warnings"] if "two EnergyCallbacks in one fit write the same metric names" in w]
+    collisions = [w for w in result["warnings"] if "two EnergyCallbacks in one fit log the same metric names" in w]
     assert len(collisions) == 1
     assert not [w for w in result["warnings"] if "moved itself" in w]  # not an order problem
 

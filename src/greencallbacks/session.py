@@ -304,3 +304,10 @@ def reject_unknown_arguments(owner: str, session_kwargs: dict, own_arguments: It
     near = difflib.get_close_matches(name, valid, n=1, cutoff=0.8)
     hint = f"; did you mean {near[0]!r}?" if near else ""
     raise TypeError(f"{owner}() got an unexpected keyword argument {name!r}{hint} (valid: {', '.join(valid)})")
+
+
+def warn_two_callbacks(training: str, effect: str) -> None:
+    """Two EnergyCallbacks in one ``training`` (Keras fit, HF Trainer) write the same metric names,
+    and the framework keeps one value of each: ``effect`` says whose. Each ledger stays exact."""
+    warn(f"greencallbacks: two EnergyCallbacks in one {training} log the same metric names, so {effect}; use one "
+         "(price other grids afterwards with `greencallbacks report --compare-zones`).")

@@ -87,7 +87,7 @@ from greencallbacks import watch
 from greencallbacks.distributed import torch_reducer_or_local
 from greencallbacks.guard import hook_failed, never_raises
 from greencallbacks.meter import warn
-from greencallbacks.session import EnergySession, keyword_names, reject_unknown_arguments
+from greencallbacks.session import EnergySession, keyword_names, reject_unknown_arguments, warn_two_callbacks
 from greencallbacks.samples import BatchCounter
 from greencallbacks.torch_support import device_and_sync
 
@@ -337,10 +337,8 @@ class EnergyCallback(TrainerCallback, ExportableState):
         owners = trainer.__dict__.setdefault(_OWNERS, [])
         if self not in owners:
             if any(owner in trainer.callback_handler.callbacks for owner in owners):
-                # HF merges each loop's metrics into one dict: one callback's eval values overwrite the other's.
-                warn("greencallbacks: two EnergyCallbacks in one Trainer log the same metric names, so one's "
-                     "evaluation values overwrite the other's; use one (price other grids afterwards with "
-                     "`greencallbacks report --compare-zones`).")
+                # HF merges each loop's metrics into one dict.
+                warn_two_callbacks("Trainer", "one's evaluation values overwrite the other's")
             owners.append(self)  # each measures everything, into its own records
         if first:
             _wrap_trainer(trainer)

@@ -41,7 +41,7 @@ from greencallbacks.guard import never_raises
 from greencallbacks.meter import warn
 from greencallbacks.samples import BatchCounter
 from greencallbacks.records import JsonFileReplacer
-from greencallbacks.session import EnergySession, keyword_names, reject_unknown_arguments
+from greencallbacks.session import EnergySession, keyword_names, reject_unknown_arguments, warn_two_callbacks
 from greencallbacks.tracker import METRIC_STEMS
 
 STATE_FILE = "energy-state.json"
@@ -521,11 +521,7 @@ class EnergyCallback(_Callback):
         index = next(i for i, c in enumerate(callbacks) if c is self)
         if any(isinstance(c, EnergyCallback) for c in callbacks[:index]):
             # Each writes the same keys into the epoch's logs: the loggers see only one of them.
-            warn(
-                "greencallbacks: two EnergyCallbacks in one fit write the same metric names, so each "
-                "overwrites the other's values; use one (price other grids afterwards with "
-                "`greencallbacks report --compare-zones`)."
-            )
+            warn_two_callbacks("fit", "each overwrites the other's values")
             return
         if index == 0:
             return
