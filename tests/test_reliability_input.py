@@ -488,7 +488,7 @@ def test_cli_bad_demo_settings_fail_before_training(tmp_path, capsys):
      ["matplotlib", "matplotlib.figure", "matplotlib.backends.backend_agg"], "greencallbacks[plot]"),
     (["whatif", "{out}", "--intensity", "{series}", "--plot", "{tmp}/whatif.png"],
      ["matplotlib", "matplotlib.figure", "matplotlib.backends.backend_agg"], "greencallbacks[plot]"),
-])
+], ids=["demo", "report --plot", "whatif --plot"])
 def test_cli_without_an_optional_dependency_names_what_installs_it_in_one_line(
         recorded, tmp_path, capsys, monkeypatch, argv, missing, extra):
     """A core install (no extras) running the demo or a plot: one line and exit 1, not a traceback."""
