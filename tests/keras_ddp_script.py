@@ -33,6 +33,9 @@ def main(out_dir: Path) -> None:
     energy = EnergyCallback(output_dir=out_dir / "energy", intensity=300.0)  # real sensors, discovered per rank
     history = model.fit(x, y, batch_size=16, epochs=2, validation_data=(x[:20], y[:20]), callbacks=[energy], verbose=0)
     (out_dir / f"history-rank{rank}.json").write_text(json.dumps(history.history))
+    # Leave together: under torch 2.2.2 rank 1 once waited forever in destroy_process_group after
+    # rank 0 had gone (its fit and history done; seen with py-spy).
+    dist.barrier()
     dist.destroy_process_group()
 
 
