@@ -258,12 +258,12 @@ def test_plot_draws_the_series_at_its_own_steps_on_its_own_figure(tmp_path, monk
     pytest.importorskip("matplotlib")
     import matplotlib
 
-    from greencallbacks import report
+    from greencallbacks import figures
 
     backend = matplotlib.get_backend()
     drawn = []
-    real_save = report.save_figure
-    monkeypatch.setattr(report, "save_figure", lambda figure, path: (drawn.append(figure), real_save(figure, path))[1])
+    real_save = figures.save_figure
+    monkeypatch.setattr(figures, "save_figure", lambda figure, path: (drawn.append(figure), real_save(figure, path))[1])
     run = [record(T0 + 1800, 2 * HOUR, 2.0)]  # starts half past: the steps are at 0.5 h, 1.5 h after it
     result = whatif(run, SERIES, window_h=0, threshold=300)
     result.plot(tmp_path / "w.pdf", SERIES)

@@ -121,7 +121,7 @@ class WhatIfResult:
 
         Drawn on a Figure with its own canvas: a notebook's matplotlib backend is left as it is.
         """
-        from greencallbacks.report import new_figure, plot_format, save_figure
+        from greencallbacks.figures import new_figure, plot_format, save_figure
 
         plot_format(path)  # a wrong extension fails before any drawing
         start = self.run_start_unix
@@ -471,7 +471,7 @@ def _plot_path(plot: str, run: str, several: bool) -> Path:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from greencallbacks.carbon.series import IntensitySeries
-    from greencallbacks.report import plot_format
+    from greencallbacks.figures import plot_format
     from greencallbacks.runs import describe_runs, load, select_run
 
     results: list[tuple[str, WhatIfResult]] = []

@@ -1,41 +1,20 @@
-"""Reports from records: per-epoch table, totals by phase, provenance and a citable statement.
-
-Formats: Markdown, LaTeX (booktabs), JSON, CSV, and a plot (PNG, PDF or SVG).
-
-Runs are grouped by configuration (``configuration``: framework, training epochs, samples per
-epoch, sensors and how they measure, ranks); the runs of one group are treated as repeats and
-summarised as mean ± standard error over runs; a group of one run shows no ± over runs.
-An epoch that an attempt began and a later attempt (a resume after a crash) redid is its own
-row; its energy stays in the run's total, since it was spent.
-
-Plain Python, no framework and no pandas: a report must be producible anywhere the records are.
-matplotlib is imported only when a plot is asked for.
-"""
+"""What a report says, as data: per-epoch rows, totals by phase and prefix, runs grouped by configuration
+(mean ± SE over repeats), provenance and the citable statement. The formats render these."""
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
-import os
 import re
 from collections import Counter, defaultdict
-from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from greencallbacks import extras
 from greencallbacks.records import PHASES, Record
 from greencallbacks.textformat import (
     ENERGY_UNITS,
-    JOULE_UNITS,
     MASS_UNITS,
-    csv_number,
-    markdown_table,
-    number,
     pick_unit,
     plus_minus,
-    value_and_error,
 )
 from greencallbacks.units import J_PER_KWH
 
@@ -128,7 +107,7 @@ def _totals_by(records: Iterable[Record], key: Callable[[Record], str]) -> dict[
 
 
 # ------------------------------------------------------------------------------ provenance
-def _source_text(source: str, zone: str, year: int | None, licence: str) -> str:
+def source_text(source: str, zone: str, year: int | None, licence: str) -> str:
     """The source once, with zone, year and licence added only where it does not already say them."""
     extras = []
     if zone and zone not in source and zone != "user":
@@ -152,7 +131,7 @@ def carbon_summary(records: Sequence[Record]) -> dict:
     grams = sum(r.co2eq_g for r in records)
     first = records[0]
     sources = list(dict.fromkeys(
-        _source_text(r.intensity_source, r.intensity_zone, r.intensity_year, r.intensity_licence) for r in records
+        source_text(r.intensity_source, r.intensity_zone, r.intensity_year, r.intensity_licence) for r in records
     ))
     return {
         "g_per_kwh": grams / energy if energy > 0 else first.intensity_gco2eq_per_kwh,
@@ -345,14 +324,14 @@ def embodied_total(totals: dict[str, dict]) -> dict | None:
         return None
     n = len(runs)
     return {
-        "embodied_co2eq_g": _stat([t["embodied_co2eq_g"] for t in runs]),
+        "embodied_co2eq_g": over_runs([t["embodied_co2eq_g"] for t in runs]),
         "embodied_co2eq_g_low": sum(t["embodied_co2eq_g_low"] for t in runs) / n,
         "embodied_co2eq_g_high": sum(t["embodied_co2eq_g_high"] for t in runs) / n,
-        "operational_plus_embodied_co2eq_g": _stat([t["co2eq_g"] + t["embodied_co2eq_g"] for t in runs]),
+        "operational_plus_embodied_co2eq_g": over_runs([t["co2eq_g"] + t["embodied_co2eq_g"] for t in runs]),
     }
 
 
-def _stat(values: Sequence[float]) -> dict:
+def over_runs(values: Sequence[float]) -> dict:
     mean, se = mean_and_se(values)
     return {"mean": mean, "se": se, "n": len(values)}
 
@@ -377,14 +356,14 @@ def epoch_summary(records: Sequence[Record]) -> list[dict]:
                 **merged,
                 "label": epoch_label(merged, with_attempt),
                 "runs": len(group),
-                "seconds": _stat([row["seconds"] for row in group]),
-                "energy_kwh": _stat([row["energy_kwh"] for row in group]),
-                "co2eq_g": _stat([row["co2eq_g"] for row in group]),
-                "val_energy_kwh": _stat([row["val_energy_kwh"] for row in group]),
-                "val_co2eq_g": _stat([row["val_co2eq_g"] for row in group]),
+                "seconds": over_runs([row["seconds"] for row in group]),
+                "energy_kwh": over_runs([row["energy_kwh"] for row in group]),
+                "co2eq_g": over_runs([row["co2eq_g"] for row in group]),
+                "val_energy_kwh": over_runs([row["val_energy_kwh"] for row in group]),
+                "val_co2eq_g": over_runs([row["val_co2eq_g"] for row in group]),
                 # n/a when any run could not count its samples: a mean over the others would hide it
-                "j_per_sample": _stat(per_sample) if per_sample and len(per_sample) == len(group) else None,
-                "uncertainty_kwh": _stat([row["uncertainty_kwh"] for row in group])["mean"],
+                "j_per_sample": over_runs(per_sample) if per_sample and len(per_sample) == len(group) else None,
+                "uncertainty_kwh": over_runs([row["uncertainty_kwh"] for row in group])["mean"],
                 "methods": ", ".join(sorted({m for row in group for m in row["methods"].split(", ") if m})),
                 "estimated": any(row["estimated"] for row in group),
             }
@@ -398,7 +377,7 @@ def _summarise(per_run: dict[str, dict[str, dict]], runs: Sequence[str], names: 
     out = {}
     for name in names:
         out[name] = {
-            key: _stat([per_run[run].get(name, zero)[key] for run in runs])
+            key: over_runs([per_run[run].get(name, zero)[key] for run in runs])
             for key in ("seconds", "energy_kwh", "co2eq_g", "samples")
         }
         out[name]["samples_counted"] = all(per_run[run].get(name, zero)["samples_counted"] for run in runs)
@@ -467,12 +446,12 @@ def compare_zones(records: Sequence[Record], zones: Sequence[str]) -> list[dict]
     return compare_places(energy, zones)
 
 
-def _energy(mean: float, se: float | None = None) -> str:
+def energy_text(mean: float, se: float | None = None) -> str:
     unit, factor = pick_unit([mean], ENERGY_UNITS)
     return plus_minus(mean * factor, None if se is None else se * factor) + f" {unit}"
 
 
-def _mass(mean: float, se: float | None = None) -> str:
+def mass_text(mean: float, se: float | None = None) -> str:
     unit, factor = pick_unit([mean], MASS_UNITS)
     return plus_minus(mean * factor, None if se is None else se * factor) + f" {unit}CO2eq"
 
@@ -493,10 +472,10 @@ def statement(records: Sequence[Record]) -> str:
     config = groups[0][0]
     totals = list(run_totals(records).values())
     n = len(totals)
-    train_kwh = _stat([t["train_energy_kwh"] for t in totals])
-    train_g = _stat([t["train_co2eq_g"] for t in totals])
-    all_kwh = _stat([t["energy_kwh"] for t in totals])
-    all_g = _stat([t["co2eq_g"] for t in totals])
+    train_kwh = over_runs([t["train_energy_kwh"] for t in totals])
+    train_g = over_runs([t["train_co2eq_g"] for t in totals])
+    all_kwh = over_runs([t["energy_kwh"] for t in totals])
+    all_g = over_runs([t["co2eq_g"] for t in totals])
     train_sensor = sum(t["train_uncertainty_kwh"] for t in totals) / n
     all_sensor = sum(t["uncertainty_kwh"] for t in totals) / n
     others = _other_phases(sorted({p for t in totals for p in t["phases"]}, key=PHASES.index))
@@ -506,21 +485,21 @@ def statement(records: Sequence[Record]) -> str:
     if redone:  # the energy of both tries was spent: say why training cost more than its epochs
         training = training[:-1] + f"; {redone} epoch{'s' if redone != 1 else ''} cut short by a crash and redone, both counted)"
     if not any("train" in t["phases"] for t in totals):  # evaluation or prediction alone
-        text = (f"The run (no training; {others}) used {_energy(all_kwh['mean'], all_kwh['se'])} and emitted "
-                f"{_mass(all_g['mean'], all_g['se'])}" + (" per run (mean ± standard error over runs)" if n > 1 else ""))
+        text = (f"The run (no training; {others}) used {energy_text(all_kwh['mean'], all_kwh['se'])} and emitted "
+                f"{mass_text(all_g['mean'], all_g['se'])}" + (" per run (mean ± standard error over runs)" if n > 1 else ""))
     elif n == 1:
-        text = (f"The {training} used {_energy(train_kwh['mean'])} (sensor uncertainty ± {_energy(train_sensor)}) "
-                f"and emitted {_mass(train_g['mean'])}")
+        text = (f"The {training} used {energy_text(train_kwh['mean'])} (sensor uncertainty ± {energy_text(train_sensor)}) "
+                f"and emitted {mass_text(train_g['mean'])}")
         if others:
-            text += (f"; the whole run, including {others}, used {_energy(all_kwh['mean'])} "
-                     f"(± {_energy(all_sensor)}) and emitted {_mass(all_g['mean'])}")
+            text += (f"; the whole run, including {others}, used {energy_text(all_kwh['mean'])} "
+                     f"(± {energy_text(all_sensor)}) and emitted {mass_text(all_g['mean'])}")
     else:
-        text = (f"Over {n} runs of one configuration, {training} used {_energy(train_kwh['mean'], train_kwh['se'])} "
-                f"and emitted {_mass(train_g['mean'], train_g['se'])} per run")
+        text = (f"Over {n} runs of one configuration, {training} used {energy_text(train_kwh['mean'], train_kwh['se'])} "
+                f"and emitted {mass_text(train_g['mean'], train_g['se'])} per run")
         if others:
-            text += (f"; the whole run, including {others}, used {_energy(all_kwh['mean'], all_kwh['se'])} "
-                     f"and emitted {_mass(all_g['mean'], all_g['se'])}")
-        text += f" (mean ± standard error over runs; sensor uncertainty ± {_energy(all_sensor)} per whole run)"
+            text += (f"; the whole run, including {others}, used {energy_text(all_kwh['mean'], all_kwh['se'])} "
+                     f"and emitted {mass_text(all_g['mean'], all_g['se'])}")
+        text += f" (mean ± standard error over runs; sensor uncertainty ± {energy_text(all_sensor)} per whole run)"
     carbon = carbon_summary(records)
     version = records[0].tool_version or "(unknown version)"
     text += (f", at {carbon['g_per_kwh']:.0f} gCO2eq/kWh ({_sources_sentence(carbon['sources'])}) with a PUE of "
@@ -532,8 +511,8 @@ def statement(records: Sequence[Record]) -> str:
     if embodied is not None:
         e = embodied["embodied_co2eq_g"]
         text += (f" Apart from these operational emissions, the hardware's manufacturing footprint amortised over "
-                 f"the run adds {_mass(e['mean'], e['se'])} (range {_mass(embodied['embodied_co2eq_g_low'])} to "
-                 f"{_mass(embodied['embodied_co2eq_g_high'])}; greencallbacks embodied table).")
+                 f"the run adds {mass_text(e['mean'], e['se'])} (range {mass_text(embodied['embodied_co2eq_g_low'])} to "
+                 f"{mass_text(embodied['embodied_co2eq_g_high'])}; greencallbacks embodied table).")
     return text[0].upper() + text[1:]
 
 
@@ -542,8 +521,8 @@ def summary(records: Sequence[Record], *, with_equivalents: bool = False, compar
     if not records:
         raise ValueError("no records to report")
     totals = run_totals(records)
-    energy_stat = _stat([t["energy_kwh"] for t in totals.values()])
-    grams_stat = _stat([t["co2eq_g"] for t in totals.values()])
+    energy_stat = over_runs([t["energy_kwh"] for t in totals.values()])
+    grams_stat = over_runs([t["co2eq_g"] for t in totals.values()])
     out = {
         "runs": list(totals),
         "configuration": configuration(records) if len(totals) == 1 else group_runs(records)[0][0],
@@ -556,9 +535,9 @@ def summary(records: Sequence[Record], *, with_equivalents: bool = False, compar
         "total": {
             "energy_kwh": energy_stat,
             "co2eq_g": grams_stat,
-            "train_energy_kwh": _stat([t["train_energy_kwh"] for t in totals.values()]),
-            "train_co2eq_g": _stat([t["train_co2eq_g"] for t in totals.values()]),
-            "seconds": _stat([t["seconds"] for t in totals.values()]),
+            "train_energy_kwh": over_runs([t["train_energy_kwh"] for t in totals.values()]),
+            "train_co2eq_g": over_runs([t["train_co2eq_g"] for t in totals.values()]),
+            "seconds": over_runs([t["seconds"] for t in totals.values()]),
             "sensor_uncertainty_kwh": sum(t["uncertainty_kwh"] for t in totals.values()) / len(totals),
         },
         "embodied": embodied_total(totals),
@@ -585,417 +564,3 @@ def summaries(records: Sequence[Record], *, with_equivalents: bool = False, comp
             for config, group in group_runs(records)
         ],
     }
-
-
-# ---------------------------------------------------------------------------------- formats
-def _heading(name: str, unit: str, several: bool) -> str:
-    return f"{name} ({unit}, mean ± SE)" if several else f"{name} ({unit})"
-
-
-def _count(value: float) -> str:
-    """A count (or a mean of counts) exactly, not to three significant digits."""
-    return str(int(value)) if float(value).is_integer() else number(value, 6)
-
-
-def _scaled(stat: dict | None, factor: float, sign: str = " ± ") -> str:
-    if stat is None:
-        return "n/a"
-    se = stat["se"]
-    return plus_minus(stat["mean"] * factor, None if se is None else se * factor, sign)
-
-
-def _units(rows: Sequence[dict], total: dict | None = None) -> dict[str, tuple[str, float]]:
-    """One unit per column, so that the column's largest value (or the total under it) reads from 1 up."""
-    energies = [r["energy_kwh"]["mean"] for r in rows] + [r["val_energy_kwh"]["mean"] for r in rows]
-    masses = [r["co2eq_g"]["mean"] for r in rows]
-    if total is not None:
-        energies.append(total["energy_kwh"]["mean"])
-        masses.append(total["co2eq_g"]["mean"])
-    return {
-        "energy": pick_unit(energies, ENERGY_UNITS),
-        "mass": pick_unit(masses, MASS_UNITS),
-        "joule": pick_unit([r["j_per_sample"]["mean"] for r in rows if r["j_per_sample"]], JOULE_UNITS),
-    }
-
-
-def format_epoch_summary(data: dict) -> str:
-    """Markdown per-epoch table; mean ± SE columns when there are several runs."""
-    rows = data["epochs"]
-    several = len(data["runs"]) > 1
-    units = _units(rows) if rows else {"energy": ENERGY_UNITS[0], "mass": MASS_UNITS[1], "joule": JOULE_UNITS[1]}
-    (e_unit, e_f), (m_unit, m_f), (j_unit, j_f) = units["energy"], units["mass"], units["joule"]
-    header = ["epoch", _heading("time", "s", several), _heading("training", e_unit, several),
-              _heading("training CO2eq", m_unit, several), _heading("per sample", j_unit, several),
-              _heading("validation", e_unit, several), f"sensor uncertainty ({e_unit})", "measured by"]
-    body = [
-        [row["label"], _scaled(row["seconds"], 1.0), _scaled(row["energy_kwh"], e_f), _scaled(row["co2eq_g"], m_f),
-         _scaled(row["j_per_sample"], j_f), _scaled(row["val_energy_kwh"], e_f), number(row["uncertainty_kwh"] * e_f, 2),
-         row["methods"]]
-        for row in rows
-    ]
-    return markdown_table(header, body, "lrrrrrrl")
-
-
-def format_epoch_table(records: Sequence[Record]) -> str:
-    """The per-epoch Markdown table of the records given (taken as one configuration)."""
-    return format_epoch_summary(summary(records))
-
-
-def format_phase_summary(data: dict) -> str:
-    several = len(data["runs"]) > 1
-    energies = [t["energy_kwh"]["mean"] for t in data["phases"].values()] + [data["total"]["energy_kwh"]["mean"]]
-    e_unit, e_f = pick_unit(energies, ENERGY_UNITS)
-    m_unit, m_f = pick_unit([data["total"]["co2eq_g"]["mean"]], MASS_UNITS)
-    header = ["phase", _heading("time", "s", several), _heading("energy", e_unit, several),
-              _heading("CO2eq", m_unit, several), "samples" + (" (mean)" if several else "")]
-    def row(name: str, t: dict) -> list[str]:
-        return [name, _scaled(t["seconds"], 1.0), _scaled(t["energy_kwh"], e_f), _scaled(t["co2eq_g"], m_f),
-                _count(t["samples"]["mean"]) if t["samples_counted"] else "n/a"]
-
-    body = []
-    for phase, t in data["phases"].items():
-        body.append(row(phase, t))
-        for prefix, part in data.get("phase_prefixes", {}).get(phase, {}).items():  # its parts, when logged apart
-            body.append(row(f"… {prefix or '(no prefix)'}", part))
-    total = data["total"]
-    body.append(["**whole run (all phases)**", _scaled(total["seconds"], 1.0), _scaled(total["energy_kwh"], e_f),
-                 _scaled(total["co2eq_g"], m_f), ""])
-    return markdown_table(header, body, "lrrrr")
-
-
-def _embodied_lines(data: dict) -> list[str]:
-    """Operational, embodied (with its range) and their sum, each stated apart."""
-    embodied, total = data["embodied"], data["total"]
-    e, both = embodied["embodied_co2eq_g"], embodied["operational_plus_embodied_co2eq_g"]
-    return [
-        f"- Operational (electricity): {_mass(total['co2eq_g']['mean'], total['co2eq_g']['se'])}",
-        f"- Embodied (manufacturing, amortised over the hardware's life): {_mass(e['mean'], e['se'])} "
-        f"(range {_mass(embodied['embodied_co2eq_g_low'])} to {_mass(embodied['embodied_co2eq_g_high'])})",
-        f"- Operational + embodied: {_mass(both['mean'], both['se'])}",
-    ]
-
-
-def _markdown_group(data: dict, level: str) -> list[str]:
-    runs = data["runs"]
-    parts = []
-    if len(runs) > 1:
-        parts += [f"Values are mean ± standard error over the {len(runs)} runs of this configuration.", ""]
-    if data["epochs"]:
-        parts += [f"{level} Per epoch (training, validation alongside)", "", format_epoch_summary(data), ""]
-    else:
-        parts += ["No training epochs in these records (evaluation or prediction alone).", ""]
-    parts += [f"{level} Totals by phase", "", format_phase_summary(data), ""]
-    if data.get("embodied"):
-        parts += [f"{level} Operational and embodied CO2eq", "", *_embodied_lines(data), ""]
-    parts += [f"{level} Hardware", ""]
-    parts.append(markdown_table(
-        ["component", "kind", "method", "share of IT energy", "note"],
-        [[p["name"], p["kind"], p["method"], f"{p['energy_share']:.0%}" if p["energy_share"] is not None else "n/a",
-          p["note"]] for p in data["hardware"]],
-        "lllrl",
-    ))
-    parts += ["", f"{level} Provenance", ""] + [f"- {n}" for n in data["provenance"]]
-    parts += [
-        f"- Sensor uncertainty of the whole run: ± {_energy(data['total']['sensor_uncertainty_kwh'])} "
-        "(one standard uncertainty, added linearly over phases)."
-    ]
-    parts += ["", f"{level} Statement for a paper", "", data["statement"]]
-    if "equivalents" in data:
-        parts += ["", f"{level} Everyday equivalents (whole run)", ""]
-        for e in data["equivalents"]:
-            parts.append(f"- {number(e['amount'])} {e['what']} ({e['source']}, {e['year']})")
-    if "compare_zones" in data:
-        parts += ["", f"{level} Had this run been elsewhere (same energy, other grid)", ""]
-        parts.append(markdown_table(
-            ["zone", "gCO2eq/kWh", "gCO2eq", "source"],
-            [[row["zone"], number(row["g_per_kwh"], 4), number(row["co2eq_g"]), row["source"]]
-             for row in data["compare_zones"]],
-            "lrrl",
-        ))
-    return parts
-
-
-def render_markdown(records: Sequence[Record], *, with_equivalents: bool = False, compare: Sequence[str] = ()) -> str:
-    data = summaries(records, with_equivalents=with_equivalents, compare=compare)
-    groups = data["configurations"]
-    runs = [run for g in groups for run in g["runs"]]
-    parts = [f"# Energy report ({len(runs)} run{'s' if len(runs) != 1 else ''}: {', '.join(runs)})", ""]
-    if len(runs) > 1:
-        parts += [f"Runs are grouped by configuration ({data['grouped_by']}); runs of one configuration are "
-                  "taken as repeats. To report one run alone, select it by its run id.", ""]
-    if len(groups) == 1:
-        if len(runs) > 1:
-            parts += [f"Configuration: {groups[0]['description']}.", ""]
-        parts += _markdown_group(groups[0], "##")
-    else:
-        for index, group in enumerate(groups, start=1):
-            n = len(group["runs"])
-            parts += [f"## Configuration {index}: {group['description']} ({n} run{'s' if n != 1 else ''}: "
-                      f"{', '.join(group['runs'])})", ""]
-            parts += _markdown_group(group, "###") + [""]
-    return "\n".join(parts).rstrip("\n") + "\n"
-
-
-_LATEX_SPECIAL = {
-    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-    "±": r"$\pm$", "×": r"$\times$", "→": r"$\rightarrow$", "µ": r"$\mu$",
-}
-
-
-def latex_escape(text: str) -> str:
-    """Text safe inside a LaTeX document (specials escaped; ±, ×, →, µ as math)."""
-    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(text))
-
-
-def _latex_cell(stat: dict | None, factor: float) -> str:
-    if stat is None:
-        return "n/a"
-    value, error = value_and_error(stat["mean"] * factor, None if stat["se"] is None else stat["se"] * factor)
-    if error is None:
-        return _latex_number(value)
-    return f"${_latex_math(value)} \\pm {_latex_math(error)}$"
-
-
-def _latex_math(text: str) -> str:
-    mantissa, _, exponent = text.partition("e")
-    return mantissa + (f" \\times 10^{{{int(exponent)}}}" if exponent else "")
-
-
-def _latex_number(text: str) -> str:
-    return f"${_latex_math(text)}$" if "e" in text else text
-
-
-def _latex_group(data: dict, caption_extra: str, label: str) -> list[str]:
-    several = len(data["runs"]) > 1
-    over = f" Mean $\\pm$ standard error over {len(data['runs'])} runs." if several else ""
-    rows = data["epochs"]
-    total = data["total"]
-    units = _units(rows, total)
-    (e_unit, e_f), (m_unit, m_f), (j_unit, j_f) = units["energy"], units["mass"], units["joule"]
-    # One "measured by" for the whole table when every row shares it: a column repeating it would
-    # make the table wider than a paper's text.
-    methods = list(dict.fromkeys(row["methods"] for row in rows)) or [", ".join(
-        f"{h['name']}:{h['method']}" for h in data["hardware"])]
-    per_row = len(methods) > 1
-    caption = ("Energy and emissions" + (" per training epoch" if rows else "") + latex_escape(caption_extra) + "." + over
-               + (f" Measured by: {latex_escape(methods[0])}." if not per_row else "")
-               + " Whole run: every phase (training, evaluation and the time between phases).")
-    lines = [
-        r"\begin{table}[t]",
-        r"\centering",
-        r"\small",
-        r"\caption{" + caption + "}",
-        f"\\label{{{label}}}",
-        r"\begin{tabular}{lrrrr" + ("l" if per_row else "") + "}",
-        r"\toprule",
-        f"Epoch & Time (s) & Energy ({e_unit}) & CO$_2$eq ({m_unit}) & Per sample ({latex_escape(j_unit)})"
-        + (" & Measured by" if per_row else "") + " \\\\",
-    ]
-    tail = " & \\\\" if per_row else " \\\\"
-    if rows:
-        lines.append(r"\midrule")
-    for row in rows:
-        lines.append(
-            f"{latex_escape(row['label'])} & {_latex_cell(row['seconds'], 1.0)} & {_latex_cell(row['energy_kwh'], e_f)} "
-            f"& {_latex_cell(row['co2eq_g'], m_f)} & {_latex_cell(row['j_per_sample'], j_f)}"
-            + (f" & {latex_escape(row['methods'])} \\\\" if per_row else " \\\\")
-        )
-    train_seconds = _stat([t["train_seconds"] for t in data["run_totals"].values()])
-    lines.append(r"\midrule")
-    if rows:
-        lines.append(f"Training & {_latex_cell(train_seconds, 1.0)} & {_latex_cell(total['train_energy_kwh'], e_f)} "
-                     f"& {_latex_cell(total['train_co2eq_g'], m_f)} &" + tail)
-    lines += [
-        f"Whole run & {_latex_cell(total['seconds'], 1.0)} & {_latex_cell(total['energy_kwh'], e_f)} "
-        f"& {_latex_cell(total['co2eq_g'], m_f)} &" + tail,
-        r"\bottomrule",
-        r"\end{tabular}",
-        r"\end{table}",
-        "",
-        latex_escape(data["statement"]),
-    ]
-    if "equivalents" in data:
-        lines += ["", "This is about " + " or ".join(
-            f"{number(e['amount'])} {latex_escape(e['what'])} ({latex_escape(e['source'])}, {e['year']})"
-            for e in data["equivalents"]
-        ) + "."]
-    if "compare_zones" in data:
-        lines += ["", "The same energy would have emitted " + "; ".join(
-            f"{number(row['co2eq_g'])} gCO2eq in {latex_escape(row['zone'])} ({row['g_per_kwh']:.0f} gCO2eq/kWh)"
-            for row in data["compare_zones"]
-        ) + "."]
-    return lines
-
-
-def render_latex(records: Sequence[Record], *, with_equivalents: bool = False, compare: Sequence[str] = ()) -> str:
-    """A booktabs table per configuration (needs ``\\usepackage{booktabs}``) and the statement, ready to paste."""
-    data = summaries(records, with_equivalents=with_equivalents, compare=compare)
-    groups = data["configurations"]
-    lines = [f"% Generated by greencallbacks {latex_escape(groups[0]['tool_version'])}; needs \\usepackage{{booktabs}}"]
-    if len(groups) > 1:
-        lines.append(f"% Runs grouped by configuration ({data['grouped_by']}).")
-    for index, group in enumerate(groups, start=1):
-        extra = f" ({group['description']})" if len(groups) > 1 else ""
-        label = "tab:greencallbacks-energy" + (f"-{index}" if len(groups) > 1 else "")
-        lines += _latex_group(group, extra, label) + [""]
-    return "\n".join(lines).rstrip("\n") + "\n"
-
-
-CSV_COLUMNS = ("configuration", "run_id", "attempt", "epoch", "status", "seconds", "energy_kwh", "co2eq_g",
-               "uncertainty_kwh", "train_samples", "j_per_sample", "val_energy_kwh", "val_co2eq_g",
-               "intensity_gco2eq_per_kwh", "intensity_source", "pue", "methods", "embodied_co2eq_g")
-
-
-def render_csv(records: Sequence[Record]) -> str:
-    """One row per (run, attempt, epoch), with the carbon settings beside the numbers."""
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, extrasaction="ignore")
-    writer.writeheader()
-    for index, (_, group) in enumerate(group_runs(records), start=1):
-        train = defaultdict(list)
-        for r in group:
-            if r.phase == "train" and r.epoch is not None:
-                train[(r.run_id, r.attempt, r.epoch)].append(r)
-        for row in epoch_rows(group):
-            mine = train.get((row["run_id"], row["attempt"], row["epoch"]), [])
-            energy = sum(r.energy_kwh for r in mine)
-            row.update(
-                configuration=index,
-                status="cut short, redone" if row["redone"] else "partial" if row["partial"] else "complete",
-                train_samples=row["train_samples"] if row["samples_counted"] else None,
-                intensity_gco2eq_per_kwh=sum(r.co2eq_g for r in mine) / energy if energy > 0 else None,
-                intensity_source="; ".join(dict.fromkeys(
-                    _source_text(r.intensity_source, r.intensity_zone, r.intensity_year, r.intensity_licence) for r in mine
-                )),
-                pue=mine[0].pue if mine else None,
-            )
-            writer.writerow({k: csv_number(v) for k, v in row.items()})
-    return out.getvalue()
-
-
-FORMATS = ("md", "latex", "json", "csv")
-
-
-def render(records: Sequence[Record], fmt: str = "md", *, with_equivalents: bool = False, compare: Sequence[str] = ()) -> str:
-    if fmt not in FORMATS:
-        raise ValueError(f"format must be one of {', '.join(FORMATS)}; got {fmt!r}")
-    if not records:
-        raise ValueError("no records to report")
-    if fmt == "md":
-        return render_markdown(records, with_equivalents=with_equivalents, compare=compare)
-    if fmt == "latex":
-        return render_latex(records, with_equivalents=with_equivalents, compare=compare)
-    if fmt == "json":
-        data = summaries(records, with_equivalents=with_equivalents, compare=compare)
-        return json.dumps(_finite_json(data), indent=2, allow_nan=False)
-    return render_csv(records)
-
-
-def _finite_json(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite_json(v) for v in value]
-    return value
-
-
-# ------------------------------------------------------------------------------------- plot
-PLOT_FORMATS = ("png", "pdf", "svg")
-
-
-def plot_format(path: str | os.PathLike) -> str:
-    """The figure format named by the file's extension (``png``, ``pdf`` or ``svg``)."""
-    suffix = Path(path).suffix.lower().lstrip(".")
-    if suffix not in PLOT_FORMATS:
-        raise ValueError(f"plot file {os.fspath(path)!r} must end in .png, .pdf or .svg (the format is taken from it)")
-    return suffix
-
-
-def new_figure(width: float, height: float):
-    """A matplotlib Figure with its own canvas: no pyplot, no backend switch in the caller's session."""
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError as error:
-        raise extras.missing(error, "plotting", ("matplotlib",), extras.PLOT) from None
-    figure = Figure(figsize=(width, height), dpi=120)
-    FigureCanvasAgg(figure)
-    return figure
-
-
-def save_figure(figure, path: str | os.PathLike) -> Path:
-    fmt = plot_format(path)
-    figure.savefig(os.fspath(path), format=fmt)
-    return Path(path)
-
-
-def plot_epochs(records: Sequence[Record], path: str | os.PathLike) -> Path:
-    """Write ``epoch_figure``; the format (PNG, PDF, SVG) is taken from ``path``'s extension."""
-    plot_format(path)  # a wrong extension fails before any drawing
-    return save_figure(epoch_figure(records), path)
-
-
-def _tick(row: dict, with_attempt: bool) -> str:
-    """A short, stacked tick label: the epoch, then its attempt and state on lines below."""
-    lines = [str(row["epoch"])]
-    if with_attempt:
-        lines.append(f"attempt {row['attempt']}")
-    if row["redone"] or row["partial"]:
-        lines.append("cut short" if row["redone"] else "partial")
-    return "\n".join(lines)
-
-
-def epoch_figure(records: Sequence[Record]):
-    """Per-epoch training and validation energy (stacked bars, SE error bars over runs) and cumulative CO2eq.
-
-    One panel per configuration; a matplotlib ``Figure`` with its own canvas.
-    """
-    groups = [(config, group) for config, group in group_runs(records) if epoch_summary(group)]
-    if not groups:
-        raise ValueError("no training epochs to plot")
-    figure = new_figure(6.4, 3.8 * len(groups))
-    from matplotlib.ticker import MaxNLocator  # after new_figure, which says how to install matplotlib
-    for index, (config, group) in enumerate(groups):
-        rows = epoch_summary(group)
-        positions = list(range(len(rows)))
-        train = [row["energy_kwh"]["mean"] for row in rows]
-        val = [row["val_energy_kwh"]["mean"] for row in rows]
-        unit, factor = pick_unit([t + v for t, v in zip(train, val)], ENERGY_UNITS)
-        errors = [(row["energy_kwh"]["se"] or 0.0) * factor for row in rows]
-        cumulative, running = [], 0.0
-        for row in rows:
-            running += row["co2eq_g"]["mean"] + row["val_co2eq_g"]["mean"]
-            cumulative.append(running)
-        m_unit, m_factor = pick_unit(cumulative, MASS_UNITS)
-
-        axes = figure.add_subplot(len(groups), 1, index + 1)
-        axes.bar(positions, [t * factor for t in train], yerr=errors if any(errors) else None, color="#4c9a6a",
-                 error_kw={"ecolor": "#777777", "capsize": 4, "elinewidth": 1},
-                 label=f"training ({unit})")
-        if any(val):
-            axes.bar(positions, [v * factor for v in val], bottom=[t * factor for t in train], color="#a9cfb4",
-                     label=f"validation ({unit})")
-        axes.set_xticks(positions, [_tick(row, len({r["attempt"] for r in rows}) > 1) for row in rows], fontsize="small")
-        axes.set_xlabel("epoch")
-        axes.set_ylabel(f"energy per epoch ({unit})")
-        line_axes = axes.twinx()
-        covers = "training + validation" if any(val) else "training"
-        line_axes.plot(positions, [c * m_factor for c in cumulative], color="#333333", marker="o",
-                       label=f"cumulative CO2eq ({m_unit}), {covers}")
-        line_axes.set_ylabel(f"cumulative CO2eq ({m_unit})")
-        # Headroom above bars and line for the legend, so it hides neither.
-        axes.set_ylim(0, 1.45 * max((t + v) * factor + e for t, v, e in zip(train, val, errors)) or 1.0)
-        line_axes.set_ylim(0, 1.45 * max(cumulative) * m_factor or 1.0)
-        line_axes.yaxis.set_major_locator(MaxNLocator(nbins=6))
-        runs = len(run_ids(group))
-        title = "Energy per epoch and cumulative CO2eq" + (f" (mean of {runs} runs, bars ± SE)" if runs > 1 else "")
-        if len(groups) > 1:
-            title += f"\n{describe_configuration(config)}"
-        axes.set_title(title, fontsize="medium")
-        handles = axes.get_legend_handles_labels()[0] + line_axes.get_legend_handles_labels()[0]
-        axes.legend(handles, [h.get_label() for h in handles], loc="upper left", ncol=2, fontsize="small", frameon=False)
-    figure.tight_layout()
-    return figure

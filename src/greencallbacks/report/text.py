@@ -1,0 +1,317 @@
+"""The report as text: Markdown, LaTeX (booktabs) and CSV, rendered from ``report.data``."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import defaultdict
+from typing import Sequence
+
+from greencallbacks.records import Record
+from greencallbacks.report.data import (
+    energy_text,
+    epoch_rows,
+    group_runs,
+    mass_text,
+    over_runs,
+    source_text,
+    summaries,
+    summary,
+)
+from greencallbacks.textformat import (
+    ENERGY_UNITS,
+    JOULE_UNITS,
+    MASS_UNITS,
+    csv_number,
+    markdown_table,
+    number,
+    pick_unit,
+    plus_minus,
+    value_and_error,
+)
+
+
+def _heading(name: str, unit: str, several: bool) -> str:
+    return f"{name} ({unit}, mean ± SE)" if several else f"{name} ({unit})"
+
+
+def _count(value: float) -> str:
+    """A count (or a mean of counts) exactly, not to three significant digits."""
+    return str(int(value)) if float(value).is_integer() else number(value, 6)
+
+
+def _scaled(stat: dict | None, factor: float, sign: str = " ± ") -> str:
+    if stat is None:
+        return "n/a"
+    se = stat["se"]
+    return plus_minus(stat["mean"] * factor, None if se is None else se * factor, sign)
+
+
+def _units(rows: Sequence[dict], total: dict | None = None) -> dict[str, tuple[str, float]]:
+    """One unit per column, so that the column's largest value (or the total under it) reads from 1 up."""
+    energies = [r["energy_kwh"]["mean"] for r in rows] + [r["val_energy_kwh"]["mean"] for r in rows]
+    masses = [r["co2eq_g"]["mean"] for r in rows]
+    if total is not None:
+        energies.append(total["energy_kwh"]["mean"])
+        masses.append(total["co2eq_g"]["mean"])
+    return {
+        "energy": pick_unit(energies, ENERGY_UNITS),
+        "mass": pick_unit(masses, MASS_UNITS),
+        "joule": pick_unit([r["j_per_sample"]["mean"] for r in rows if r["j_per_sample"]], JOULE_UNITS),
+    }
+
+
+def format_epoch_summary(data: dict) -> str:
+    """Markdown per-epoch table; mean ± SE columns when there are several runs."""
+    rows = data["epochs"]
+    several = len(data["runs"]) > 1
+    units = _units(rows) if rows else {"energy": ENERGY_UNITS[0], "mass": MASS_UNITS[1], "joule": JOULE_UNITS[1]}
+    (e_unit, e_f), (m_unit, m_f), (j_unit, j_f) = units["energy"], units["mass"], units["joule"]
+    header = ["epoch", _heading("time", "s", several), _heading("training", e_unit, several),
+              _heading("training CO2eq", m_unit, several), _heading("per sample", j_unit, several),
+              _heading("validation", e_unit, several), f"sensor uncertainty ({e_unit})", "measured by"]
+    body = [
+        [row["label"], _scaled(row["seconds"], 1.0), _scaled(row["energy_kwh"], e_f), _scaled(row["co2eq_g"], m_f),
+         _scaled(row["j_per_sample"], j_f), _scaled(row["val_energy_kwh"], e_f), number(row["uncertainty_kwh"] * e_f, 2),
+         row["methods"]]
+        for row in rows
+    ]
+    return markdown_table(header, body, "lrrrrrrl")
+
+
+def format_epoch_table(records: Sequence[Record]) -> str:
+    """The per-epoch Markdown table of the records given (taken as one configuration)."""
+    return format_epoch_summary(summary(records))
+
+
+def format_phase_summary(data: dict) -> str:
+    several = len(data["runs"]) > 1
+    energies = [t["energy_kwh"]["mean"] for t in data["phases"].values()] + [data["total"]["energy_kwh"]["mean"]]
+    e_unit, e_f = pick_unit(energies, ENERGY_UNITS)
+    m_unit, m_f = pick_unit([data["total"]["co2eq_g"]["mean"]], MASS_UNITS)
+    header = ["phase", _heading("time", "s", several), _heading("energy", e_unit, several),
+              _heading("CO2eq", m_unit, several), "samples" + (" (mean)" if several else "")]
+    def row(name: str, t: dict) -> list[str]:
+        return [name, _scaled(t["seconds"], 1.0), _scaled(t["energy_kwh"], e_f), _scaled(t["co2eq_g"], m_f),
+                _count(t["samples"]["mean"]) if t["samples_counted"] else "n/a"]
+
+    body = []
+    for phase, t in data["phases"].items():
+        body.append(row(phase, t))
+        for prefix, part in data.get("phase_prefixes", {}).get(phase, {}).items():  # its parts, when logged apart
+            body.append(row(f"… {prefix or '(no prefix)'}", part))
+    total = data["total"]
+    body.append(["**whole run (all phases)**", _scaled(total["seconds"], 1.0), _scaled(total["energy_kwh"], e_f),
+                 _scaled(total["co2eq_g"], m_f), ""])
+    return markdown_table(header, body, "lrrrr")
+
+
+def _embodied_lines(data: dict) -> list[str]:
+    """Operational, embodied (with its range) and their sum, each stated apart."""
+    embodied, total = data["embodied"], data["total"]
+    e, both = embodied["embodied_co2eq_g"], embodied["operational_plus_embodied_co2eq_g"]
+    return [
+        f"- Operational (electricity): {mass_text(total['co2eq_g']['mean'], total['co2eq_g']['se'])}",
+        f"- Embodied (manufacturing, amortised over the hardware's life): {mass_text(e['mean'], e['se'])} "
+        f"(range {mass_text(embodied['embodied_co2eq_g_low'])} to {mass_text(embodied['embodied_co2eq_g_high'])})",
+        f"- Operational + embodied: {mass_text(both['mean'], both['se'])}",
+    ]
+
+
+def _markdown_group(data: dict, level: str) -> list[str]:
+    runs = data["runs"]
+    parts = []
+    if len(runs) > 1:
+        parts += [f"Values are mean ± standard error over the {len(runs)} runs of this configuration.", ""]
+    if data["epochs"]:
+        parts += [f"{level} Per epoch (training, validation alongside)", "", format_epoch_summary(data), ""]
+    else:
+        parts += ["No training epochs in these records (evaluation or prediction alone).", ""]
+    parts += [f"{level} Totals by phase", "", format_phase_summary(data), ""]
+    if data.get("embodied"):
+        parts += [f"{level} Operational and embodied CO2eq", "", *_embodied_lines(data), ""]
+    parts += [f"{level} Hardware", ""]
+    parts.append(markdown_table(
+        ["component", "kind", "method", "share of IT energy", "note"],
+        [[p["name"], p["kind"], p["method"], f"{p['energy_share']:.0%}" if p["energy_share"] is not None else "n/a",
+          p["note"]] for p in data["hardware"]],
+        "lllrl",
+    ))
+    parts += ["", f"{level} Provenance", ""] + [f"- {n}" for n in data["provenance"]]
+    parts += [
+        f"- Sensor uncertainty of the whole run: ± {energy_text(data['total']['sensor_uncertainty_kwh'])} "
+        "(one standard uncertainty, added linearly over phases)."
+    ]
+    parts += ["", f"{level} Statement for a paper", "", data["statement"]]
+    if "equivalents" in data:
+        parts += ["", f"{level} Everyday equivalents (whole run)", ""]
+        for e in data["equivalents"]:
+            parts.append(f"- {number(e['amount'])} {e['what']} ({e['source']}, {e['year']})")
+    if "compare_zones" in data:
+        parts += ["", f"{level} Had this run been elsewhere (same energy, other grid)", ""]
+        parts.append(markdown_table(
+            ["zone", "gCO2eq/kWh", "gCO2eq", "source"],
+            [[row["zone"], number(row["g_per_kwh"], 4), number(row["co2eq_g"]), row["source"]]
+             for row in data["compare_zones"]],
+            "lrrl",
+        ))
+    return parts
+
+
+def render_markdown(records: Sequence[Record], *, with_equivalents: bool = False, compare: Sequence[str] = ()) -> str:
+    data = summaries(records, with_equivalents=with_equivalents, compare=compare)
+    groups = data["configurations"]
+    runs = [run for g in groups for run in g["runs"]]
+    parts = [f"# Energy report ({len(runs)} run{'s' if len(runs) != 1 else ''}: {', '.join(runs)})", ""]
+    if len(runs) > 1:
+        parts += [f"Runs are grouped by configuration ({data['grouped_by']}); runs of one configuration are "
+                  "taken as repeats. To report one run alone, select it by its run id.", ""]
+    if len(groups) == 1:
+        if len(runs) > 1:
+            parts += [f"Configuration: {groups[0]['description']}.", ""]
+        parts += _markdown_group(groups[0], "##")
+    else:
+        for index, group in enumerate(groups, start=1):
+            n = len(group["runs"])
+            parts += [f"## Configuration {index}: {group['description']} ({n} run{'s' if n != 1 else ''}: "
+                      f"{', '.join(group['runs'])})", ""]
+            parts += _markdown_group(group, "###") + [""]
+    return "\n".join(parts).rstrip("\n") + "\n"
+
+
+_LATEX_SPECIAL = {
+    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+    "±": r"$\pm$", "×": r"$\times$", "→": r"$\rightarrow$", "µ": r"$\mu$",
+}
+
+
+def latex_escape(text: str) -> str:
+    """Text safe inside a LaTeX document (specials escaped; ±, ×, →, µ as math)."""
+    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(text))
+
+
+def _latex_cell(stat: dict | None, factor: float) -> str:
+    if stat is None:
+        return "n/a"
+    value, error = value_and_error(stat["mean"] * factor, None if stat["se"] is None else stat["se"] * factor)
+    if error is None:
+        return _latex_number(value)
+    return f"${_latex_math(value)} \\pm {_latex_math(error)}$"
+
+
+def _latex_math(text: str) -> str:
+    mantissa, _, exponent = text.partition("e")
+    return mantissa + (f" \\times 10^{{{int(exponent)}}}" if exponent else "")
+
+
+def _latex_number(text: str) -> str:
+    return f"${_latex_math(text)}$" if "e" in text else text
+
+
+def _latex_group(data: dict, caption_extra: str, label: str) -> list[str]:
+    several = len(data["runs"]) > 1
+    over = f" Mean $\\pm$ standard error over {len(data['runs'])} runs." if several else ""
+    rows = data["epochs"]
+    total = data["total"]
+    units = _units(rows, total)
+    (e_unit, e_f), (m_unit, m_f), (j_unit, j_f) = units["energy"], units["mass"], units["joule"]
+    # One "measured by" for the whole table when every row shares it: a column repeating it would
+    # make the table wider than a paper's text.
+    methods = list(dict.fromkeys(row["methods"] for row in rows)) or [", ".join(
+        f"{h['name']}:{h['method']}" for h in data["hardware"])]
+    per_row = len(methods) > 1
+    caption = ("Energy and emissions" + (" per training epoch" if rows else "") + latex_escape(caption_extra) + "." + over
+               + (f" Measured by: {latex_escape(methods[0])}." if not per_row else "")
+               + " Whole run: every phase (training, evaluation and the time between phases).")
+    lines = [
+        r"\begin{table}[t]",
+        r"\centering",
+        r"\small",
+        r"\caption{" + caption + "}",
+        f"\\label{{{label}}}",
+        r"\begin{tabular}{lrrrr" + ("l" if per_row else "") + "}",
+        r"\toprule",
+        f"Epoch & Time (s) & Energy ({e_unit}) & CO$_2$eq ({m_unit}) & Per sample ({latex_escape(j_unit)})"
+        + (" & Measured by" if per_row else "") + " \\\\",
+    ]
+    tail = " & \\\\" if per_row else " \\\\"
+    if rows:
+        lines.append(r"\midrule")
+    for row in rows:
+        lines.append(
+            f"{latex_escape(row['label'])} & {_latex_cell(row['seconds'], 1.0)} & {_latex_cell(row['energy_kwh'], e_f)} "
+            f"& {_latex_cell(row['co2eq_g'], m_f)} & {_latex_cell(row['j_per_sample'], j_f)}"
+            + (f" & {latex_escape(row['methods'])} \\\\" if per_row else " \\\\")
+        )
+    train_seconds = over_runs([t["train_seconds"] for t in data["run_totals"].values()])
+    lines.append(r"\midrule")
+    if rows:
+        lines.append(f"Training & {_latex_cell(train_seconds, 1.0)} & {_latex_cell(total['train_energy_kwh'], e_f)} "
+                     f"& {_latex_cell(total['train_co2eq_g'], m_f)} &" + tail)
+    lines += [
+        f"Whole run & {_latex_cell(total['seconds'], 1.0)} & {_latex_cell(total['energy_kwh'], e_f)} "
+        f"& {_latex_cell(total['co2eq_g'], m_f)} &" + tail,
+        r"\bottomrule",
+        r"\end{tabular}",
+        r"\end{table}",
+        "",
+        latex_escape(data["statement"]),
+    ]
+    if "equivalents" in data:
+        lines += ["", "This is about " + " or ".join(
+            f"{number(e['amount'])} {latex_escape(e['what'])} ({latex_escape(e['source'])}, {e['year']})"
+            for e in data["equivalents"]
+        ) + "."]
+    if "compare_zones" in data:
+        lines += ["", "The same energy would have emitted " + "; ".join(
+            f"{number(row['co2eq_g'])} gCO2eq in {latex_escape(row['zone'])} ({row['g_per_kwh']:.0f} gCO2eq/kWh)"
+            for row in data["compare_zones"]
+        ) + "."]
+    return lines
+
+
+def render_latex(records: Sequence[Record], *, with_equivalents: bool = False, compare: Sequence[str] = ()) -> str:
+    """A booktabs table per configuration (needs ``\\usepackage{booktabs}``) and the statement, ready to paste."""
+    data = summaries(records, with_equivalents=with_equivalents, compare=compare)
+    groups = data["configurations"]
+    lines = [f"% Generated by greencallbacks {latex_escape(groups[0]['tool_version'])}; needs \\usepackage{{booktabs}}"]
+    if len(groups) > 1:
+        lines.append(f"% Runs grouped by configuration ({data['grouped_by']}).")
+    for index, group in enumerate(groups, start=1):
+        extra = f" ({group['description']})" if len(groups) > 1 else ""
+        label = "tab:greencallbacks-energy" + (f"-{index}" if len(groups) > 1 else "")
+        lines += _latex_group(group, extra, label) + [""]
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+CSV_COLUMNS = ("configuration", "run_id", "attempt", "epoch", "status", "seconds", "energy_kwh", "co2eq_g",
+               "uncertainty_kwh", "train_samples", "j_per_sample", "val_energy_kwh", "val_co2eq_g",
+               "intensity_gco2eq_per_kwh", "intensity_source", "pue", "methods", "embodied_co2eq_g")
+
+
+def render_csv(records: Sequence[Record]) -> str:
+    """One row per (run, attempt, epoch), with the carbon settings beside the numbers."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    for index, (_, group) in enumerate(group_runs(records), start=1):
+        train = defaultdict(list)
+        for r in group:
+            if r.phase == "train" and r.epoch is not None:
+                train[(r.run_id, r.attempt, r.epoch)].append(r)
+        for row in epoch_rows(group):
+            mine = train.get((row["run_id"], row["attempt"], row["epoch"]), [])
+            energy = sum(r.energy_kwh for r in mine)
+            row.update(
+                configuration=index,
+                status="cut short, redone" if row["redone"] else "partial" if row["partial"] else "complete",
+                train_samples=row["train_samples"] if row["samples_counted"] else None,
+                intensity_gco2eq_per_kwh=sum(r.co2eq_g for r in mine) / energy if energy > 0 else None,
+                intensity_source="; ".join(dict.fromkeys(
+                    source_text(r.intensity_source, r.intensity_zone, r.intensity_year, r.intensity_licence) for r in mine
+                )),
+                pue=mine[0].pue if mine else None,
+            )
+            writer.writerow({k: csv_number(v) for k, v in row.items()})
+    return out.getvalue()
