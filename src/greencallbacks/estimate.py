@@ -151,6 +151,41 @@ def _share(name: str, value: object) -> float:
     return share
 
 
+def _gpu_part(gpu: str | None, gpus: int, gpu_tdp_w: float | None, usage: float) -> tuple[dict | None, float]:
+    """The GPUs' description and mean power (W); none when neither a model nor a TDP is given."""
+    if gpu is None and gpu_tdp_w is None:
+        return None, 0.0
+    if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1:
+        raise ValueError(f"gpus must be an integer >= 1, got {gpus!r}")
+    if gpu_tdp_w is not None:
+        tdp = _positive("gpu_tdp_w", gpu_tdp_w)
+        info = {"model": gpu or "user-supplied", "tdp_w": tdp, "source": "user-supplied gpu_tdp_w", "year": None}
+    else:
+        found = gpu_power(gpu)  # type: ignore[arg-type]
+        info = {"model": found.model, "tdp_w": found.tdp_w, "source": found.source, "year": found.year}
+    info["count"] = gpus
+    return info, gpus * info["tdp_w"] * usage
+
+
+def _cpu_part(cpu_cores: int | None, cpu_w_per_core: float | None, cpu_tdp_w: float | None,
+              cpu_usage: float) -> tuple[dict | None, float]:
+    """The CPU's description and mean power (W), from its TDP or its cores; none when neither is given."""
+    if cpu_tdp_w is not None and (cpu_cores is not None or cpu_w_per_core is not None):
+        raise ValueError("give either cpu_tdp_w or cpu_cores (with cpu_w_per_core), not both")
+    if cpu_w_per_core is not None and cpu_cores is None:
+        raise ValueError("cpu_w_per_core needs cpu_cores")
+    if cpu_tdp_w is not None:
+        tdp = _positive("cpu_tdp_w", cpu_tdp_w)
+        return {"tdp_w": tdp, "source": "user-supplied cpu_tdp_w"}, tdp * cpu_usage
+    if cpu_cores is None:
+        return None, 0.0
+    if isinstance(cpu_cores, bool) or not isinstance(cpu_cores, int) or cpu_cores < 1:
+        raise ValueError(f"cpu_cores must be an integer >= 1, got {cpu_cores!r}")
+    per_core = DEFAULT_W_PER_CORE if cpu_w_per_core is None else _positive("cpu_w_per_core", cpu_w_per_core)
+    source = "user-supplied cpu_w_per_core" if cpu_w_per_core is not None else f"default {per_core:g} W/core"
+    return {"cores": cpu_cores, "w_per_core": per_core, "source": source}, cpu_cores * per_core * cpu_usage
+
+
 def estimate(
     *,
     hours: float,
@@ -197,39 +232,8 @@ def estimate(
     carbon = Carbon(country=country, zone=zone, region=region, intensity=intensity, pue=pue)
     compare = list(compare)
 
-    gpu_info: dict | None = None
-    gpu_w = 0.0
-    if gpu is not None or gpu_tdp_w is not None:
-        if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1:
-            raise ValueError(f"gpus must be an integer >= 1, got {gpus!r}")
-        if gpu_tdp_w is not None:
-            tdp = _positive("gpu_tdp_w", gpu_tdp_w)
-            gpu_info = {"model": gpu or "user-supplied", "tdp_w": tdp, "source": "user-supplied gpu_tdp_w", "year": None}
-        else:
-            found = gpu_power(gpu)  # type: ignore[arg-type]
-            gpu_info = {"model": found.model, "tdp_w": found.tdp_w, "source": found.source, "year": found.year}
-        gpu_info["count"] = gpus
-        gpu_w = gpus * gpu_info["tdp_w"] * usage
-
-    if cpu_tdp_w is not None and (cpu_cores is not None or cpu_w_per_core is not None):
-        raise ValueError("give either cpu_tdp_w or cpu_cores (with cpu_w_per_core), not both")
-    if cpu_w_per_core is not None and cpu_cores is None:
-        raise ValueError("cpu_w_per_core needs cpu_cores")
-    cpu_info: dict | None = None
-    cpu_w = 0.0
-    if cpu_tdp_w is not None:
-        cpu_info = {"tdp_w": _positive("cpu_tdp_w", cpu_tdp_w), "source": "user-supplied cpu_tdp_w"}
-        cpu_w = cpu_info["tdp_w"] * cpu_usage
-    elif cpu_cores is not None:
-        if isinstance(cpu_cores, bool) or not isinstance(cpu_cores, int) or cpu_cores < 1:
-            raise ValueError(f"cpu_cores must be an integer >= 1, got {cpu_cores!r}")
-        per_core = DEFAULT_W_PER_CORE if cpu_w_per_core is None else _positive("cpu_w_per_core", cpu_w_per_core)
-        cpu_info = {
-            "cores": cpu_cores,
-            "w_per_core": per_core,
-            "source": "user-supplied cpu_w_per_core" if cpu_w_per_core is not None else f"default {per_core:g} W/core",
-        }
-        cpu_w = cpu_cores * per_core * cpu_usage
+    gpu_info, gpu_w = _gpu_part(gpu, gpus, gpu_tdp_w, usage)
+    cpu_info, cpu_w = _cpu_part(cpu_cores, cpu_w_per_core, cpu_tdp_w, cpu_usage)
     memory_w = memory_gb * memory_w_per_gb
     if gpu_w + cpu_w + memory_w <= 0:
         raise ValueError("nothing to estimate: give gpu (or gpu_tdp_w), cpu_cores or cpu_tdp_w, or memory_gb")
