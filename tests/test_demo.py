@@ -11,6 +11,7 @@ pytest.importorskip("lightning", reason="the demo trains with Lightning")
 
 from greencallbacks.records import read_records
 from greencallbacks.report import format_epoch_table
+from greencallbacks.textformat import energy_text, mass_text
 
 pytestmark = pytest.mark.slow
 
@@ -38,6 +39,10 @@ def test_run_demo_prints_table_and_writes_records_and_report(tmp_path, capsys):
     assert all(any(f":{m}" in row for m in methods) for row in rows)
     if "estimated" in methods:  # said plainly, in the output and the report
         assert "Estimated, not measured" in printed
+    # The total in the units of the table, not in scientific notation.
+    total = energy_text(result.summary["energy_kwh"])
+    assert f"Total: {total}, {mass_text(result.summary['co2eq_g'])}" in printed
+    assert "e-0" not in printed.split("Total:")[1].splitlines()[0]
 
     # The report (its layout belongs to greencallbacks.report) names the run and says what is estimated.
     report = result.report_path.read_text()

@@ -230,7 +230,7 @@ def test_provenance_says_each_source_once_without_nesting():
     notes = "\n".join(report.provenance(records))
     assert f"from {france.source}; licence CC-BY-4.0." in notes  # year and zone are in the source already
     assert notes.count("2023") == 1 and "(2023" not in notes
-    assert "PUE: 1 (IT energy only (no PUE given and no cloud region))." in notes
+    assert "PUE: 1, IT energy only (no PUE given and no cloud region)." in notes
     assert "1 (1.0" not in notes
     text = report.render(records, "md")
     assert text.count(france.source) == 2  # provenance and statement, once each

@@ -8,10 +8,13 @@ from greencallbacks.textformat import (
     ENERGY_UNITS,
     MASS_UNITS,
     csv_number,
+    energy_text,
+    mass_text,
     markdown_table,
     number,
     pick_unit,
     plus_minus,
+    pue_text,
     value_and_error,
 )
 
@@ -62,3 +65,15 @@ def test_markdown_table_aligns_and_escapes_pipes():
     assert text.splitlines() == ["| a | b |", "|---|---:|", "| x\\|y | 1.5 |"]
     with pytest.raises(ValueError, match="align"):
         markdown_table(["a"], [], "lr")
+
+
+def test_energy_mass_and_pue_in_words():
+    assert energy_text(2.053e-05) == "20.5 mWh"
+    assert energy_text(1.2, 0.1) == "1.20 ± 0.10 kWh"
+    assert mass_text(7.82e-03) == "7.82 mgCO2eq"
+    assert mass_text(1234.0) == "1.23 kgCO2eq"
+    # The source is said once, without parentheses nested in parentheses.
+    assert pue_text(1.0, "1.0: IT energy only (no PUE given and no cloud region)") == (
+        "1, IT energy only (no PUE given and no cloud region)"
+    )
+    assert pue_text(1.09, "") == "1.09"

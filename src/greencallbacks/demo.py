@@ -17,6 +17,7 @@ from typing import Any, Iterator
 from greencallbacks import extras, report
 from greencallbacks.records import RECORDS_FILE, Record, read_records
 from greencallbacks.session import EnergySession
+from greencallbacks.textformat import energy_text, mass_text
 
 REPORT_FILE = "energy-report.md"
 
@@ -130,7 +131,7 @@ def run_demo(
         print()
         for note in report.provenance(records):
             print(f"- {note}")
-        print(f"\nTotal: {summary.get('energy_kwh', 0.0):.3e} kWh, {summary.get('co2eq_g', 0.0):.3e} gCO2eq")
+        print(f"\nTotal: {energy_text(summary.get('energy_kwh', 0.0))}, {mass_text(summary.get('co2eq_g', 0.0))}")
         print(f"Records: {output_dir / RECORDS_FILE}\nReport:  {report_path}\nLogged metrics: {trainer.logger.log_dir}/metrics.csv")
     return DemoResult(records=records, summary=summary, table=table, output_dir=output_dir, report_path=report_path)
 

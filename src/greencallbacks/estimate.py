@@ -22,6 +22,7 @@ from typing import Iterable
 from greencallbacks.carbon import Carbon, Intensity
 from greencallbacks.carbon.intensity import region_intensity, zone_intensity
 from greencallbacks.sensors.estimate import DEFAULT_RAM_W_PER_GB, DEFAULT_W_PER_CORE
+from greencallbacks.textformat import pue_text
 from greencallbacks.units import J_PER_KWH
 
 GPU_TABLE = "gpu_power.csv"
@@ -297,7 +298,7 @@ def format_estimate(result: dict) -> str:
     intensity = result["intensity"]
     lines += [
         f"  hours:  {result['hours']:g}",
-        f"  PUE:    {result['pue']:g} ({result['pue_source']})",
+        f"  PUE:    {pue_text(result['pue'], result['pue_source'])}",
         f"Energy:   {result['energy_kwh']:.4g} kWh (IT {result['it_energy_kwh']:.4g} kWh)",
         f"CO2eq:    {result['co2eq_g'] / 1000:.4g} kg at {intensity['g_per_kwh']:.4g} gCO2eq/kWh ({intensity['source']})",
     ]

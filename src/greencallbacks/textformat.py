@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Iterable, Sequence
 
 # (unit, factor from the base unit), largest unit first.
@@ -99,3 +100,22 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]], alig
     for row in rows:
         lines.append("| " + " | ".join(cell(c) for c in row) + " |")
     return "\n".join(lines)
+
+
+def energy_text(mean: float, se: float | None = None) -> str:
+    """kWh in a readable unit: ``18.5 mWh``, ``1.2 ± 0.1 kWh``."""
+    unit, factor = pick_unit([mean], ENERGY_UNITS)
+    return plus_minus(mean * factor, None if se is None else se * factor) + f" {unit}"
+
+
+def mass_text(mean: float, se: float | None = None) -> str:
+    """gCO2eq in a readable unit: ``7.06 mgCO2eq``."""
+    unit, factor = pick_unit([mean], MASS_UNITS)
+    return plus_minus(mean * factor, None if se is None else se * factor) + f" {unit}CO2eq"
+
+
+def pue_text(pue: float, source: str) -> str:
+    """``1.2, <where it comes from>``: the PUE and its source, in a sentence."""
+    # Sources may begin with the value itself ("1.0: IT energy only ..."): say it once.
+    source = re.sub(r"^\s*\d+(\.\d+)?\s*:\s*", "", source or "")
+    return f"{pue:g}" + (f", {source}" if source else "")

@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections import Counter, defaultdict
 from typing import Callable, Iterable, Sequence
 
 from greencallbacks.records import PHASES, Record
 from greencallbacks.textformat import (
-    ENERGY_UNITS,
-    MASS_UNITS,
-    pick_unit,
-    plus_minus,
+    energy_text,
+    mass_text,
+    pue_text,
 )
 from greencallbacks.units import J_PER_KWH
 
@@ -119,12 +117,6 @@ def source_text(source: str, zone: str, year: int | None, licence: str) -> str:
     return source + (f"; {', '.join(extras)}" if extras else "")
 
 
-def _pue_text(pue: float, source: str) -> str:
-    # Sources may begin with the value itself ("1.0: IT energy only ..."): say it once.
-    source = re.sub(r"^\s*\d+(\.\d+)?\s*:\s*", "", source or "")
-    return f"{pue:g}" + (f" ({source})" if source else "")
-
-
 def carbon_summary(records: Sequence[Record]) -> dict:
     """The energy-weighted intensity over all records and the sources it came from."""
     energy = sum(r.energy_kwh for r in records)
@@ -142,7 +134,7 @@ def carbon_summary(records: Sequence[Record]) -> dict:
         "is_default": any(r.intensity_is_default for r in records),
         "pue": sorted({r.pue for r in records}),
         "pue_sources": sorted({r.pue_source for r in records if r.pue_source}),
-        "pue_text": "; ".join(dict.fromkeys(_pue_text(r.pue, r.pue_source) for r in records)),
+        "pue_text": "; ".join(dict.fromkeys(pue_text(r.pue, r.pue_source) for r in records)),
     }
 
 
@@ -444,16 +436,6 @@ def compare_zones(records: Sequence[Record], zones: Sequence[str]) -> list[dict]
 
     energy, _ = mean_and_se([t["energy_kwh"] for t in run_totals(records).values()])
     return compare_places(energy, zones)
-
-
-def energy_text(mean: float, se: float | None = None) -> str:
-    unit, factor = pick_unit([mean], ENERGY_UNITS)
-    return plus_minus(mean * factor, None if se is None else se * factor) + f" {unit}"
-
-
-def mass_text(mean: float, se: float | None = None) -> str:
-    unit, factor = pick_unit([mean], MASS_UNITS)
-    return plus_minus(mean * factor, None if se is None else se * factor) + f" {unit}CO2eq"
 
 
 def _other_phases(phases: Sequence[str]) -> str:

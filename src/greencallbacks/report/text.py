@@ -9,16 +9,16 @@ from typing import Sequence
 
 from greencallbacks.records import Record
 from greencallbacks.report.data import (
-    energy_text,
     epoch_rows,
     group_runs,
-    mass_text,
     over_runs,
     source_text,
     summaries,
     summary,
 )
 from greencallbacks.textformat import (
+    energy_text,
+    mass_text,
     ENERGY_UNITS,
     JOULE_UNITS,
     MASS_UNITS,
