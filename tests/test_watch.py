@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import threading
 
@@ -89,3 +90,30 @@ def test_a_call_in_progress_under_frames_that_return_mid_walk_is_never_taken_for
     assert ended == 0
     gone = sys._current_frames().get(seen["thread"])
     assert gone is None or watch.left_stack(seen["frame"], gone, seen["bottom"])
+
+
+def test_a_write_up_the_watch_thread_has_begun_finishes_before_the_interpreter_exits(tmp_path):
+    # The watch thread is a daemon: once the exit handlers have run, the interpreter stops it
+    # wherever it is. A call that raised just before the exit (an uncaught exception in a script)
+    # may be half written up by then (records written, summary not), unless exit waits for it.
+    done = tmp_path / "done"
+    script = f"""
+import sys, threading, time
+from greencallbacks import watch
+
+began = threading.Event()
+
+def write_up():
+    began.set()
+    time.sleep(0.3)  # a write-up in progress when the main thread reaches the exit
+    open({str(done)!r}, "w").close()
+
+def call():
+    watch.watch(sys._getframe(), write_up)
+
+call()  # returns: the watch thread notices within POLL_S and begins the write-up
+began.wait(10)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert done.exists()

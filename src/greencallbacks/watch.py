@@ -13,6 +13,7 @@ The cost on the training thread is the GIL for a few microseconds, ``1 / POLL_S`
 
 from __future__ import annotations
 
+import atexit
 import inspect
 import sys
 import threading
@@ -81,6 +82,25 @@ def watch(frame: FrameType, on_gone: Callable[[], None]) -> Watch:
             _thread.start()
         _wake.notify()
     return handle
+
+
+@atexit.register
+def _finish_at_exit() -> None:
+    """Finish every write-up before the interpreter stops the (daemon) watch thread.
+
+    Once the exit handlers have run, the interpreter halts daemon threads wherever they are: a
+    write-up the watch thread has begun (a script's uncaught exception) would be left half done,
+    its records written and its summary not. ``fire`` waits for one in progress and runs one not
+    yet begun here, on the exiting thread. The adapters' own exit handlers cannot wait for it:
+    the write-up unregisters them as it begins.
+    """
+    with _lock:
+        pending = list(_watches)
+    for handle in pending:
+        try:
+            handle.fire()
+        except Exception:  # noqa: BLE001 - the watched call already failed; finish the others
+            pass
 
 
 def calling_frame(predicate: Callable[[FrameType], bool], depth: int = 60) -> FrameType | None:
