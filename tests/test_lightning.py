@@ -544,6 +544,35 @@ def test_a_fit_that_max_time_ends_predicts_the_time_it_has_left(tmp_path):
         assert 0.0 <= value - total[step] <= costliest_epoch_kwh(callback)
 
 
+def test_an_epoch_another_callback_adds_when_the_fit_starts_is_predicted(tmp_path):
+    """Regression: StochasticWeightAveraging on a model with BatchNorm adds an epoch to
+    ``max_epochs`` in its ``on_fit_start``, after the callback had read the limit at setup: at the
+    4th epoch of 5 the prediction was the total and a tail, as if the run ended there (14.7 % low
+    in a probe). Now the limit is read when training starts."""
+    import torch
+
+    from tests.fakes.scripted import ScriptedSensor
+
+    L, EnergyCallback, TinyModel = flavour("lightning.pytorch")
+
+    class WithBatchNorm(TinyModel):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 1))
+
+    callback = EnergyCallback(sensors=[ScriptedSensor("gpu", time.monotonic, 50.0)], intensity=300.0)
+    logger = L.loggers.CSVLogger(tmp_path, name="logs")
+    swa = L.callbacks.StochasticWeightAveraging(swa_lrs=0.01, swa_epoch_start=2)
+    trainer = L.Trainer(max_epochs=4, logger=logger, callbacks=[callback, swa], **trainer_kwargs())
+    trainer.fit(WithBatchNorm(), loaders()[0])
+    assert trainer.current_epoch == 5  # SWA's extra epoch ran
+    logged = csv_scalars(Path(logger.log_dir) / "metrics.csv")
+    total, predicted = logged["energy_kwh_total"], dict(logged["energy_kwh_predicted"])
+    epochs = [b - a for (_, a), (_, b) in zip([(0, 0.0)] + total[:-1], total)]
+    fourth_step = total[3][0]
+    assert predicted[fourth_step] - total[3][1] >= 0.5 * min(epochs[1:4])  # one epoch still to come
+
+
 def assert_last_prediction_is_the_total_and_a_tail(logger, callback):
     """At the last epoch's end nothing is left to train: the prediction is the total so far plus the
     mean tail of an epoch (what follows its training), which is part of that mean epoch's cost, so

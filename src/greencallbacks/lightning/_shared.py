@@ -165,14 +165,6 @@ class EnergyCallbackBase:
         device_indices, sync = device_and_sync(trainer.strategy.root_device)
         reducer = torch_reducer_or_local()  # a collective on several ranks; setup runs on all of them
         self.session.start(output_dir=output_dir, device_indices=device_indices, reducer=reducer, sync=sync)
-        if stage == "fit":  # where the fit stops, whichever comes first: enables the whole-run prediction
-            if trainer.max_epochs is not None and trainer.max_epochs > 0:
-                self.tracker.planned_epochs = trainer.max_epochs
-            if isinstance(trainer.max_steps, int) and trainer.max_steps > 0:  # -1: no step limit
-                self.tracker.planned_steps = trainer.max_steps
-            timers = [cb for cb in trainer.callbacks if self._timer_class is not None and isinstance(cb, self._timer_class)]
-            if timers:
-                self.tracker.seconds_left = lambda: _seconds_left(timers)
         if reducer.rank == 0:
             self._check_configuration(trainer)
 
@@ -200,8 +192,21 @@ class EnergyCallbackBase:
         self.session.stop(failed=True)
 
     # ------------------------------------------------------------------------------ training
+    def _plan(self, trainer: Any) -> None:
+        """Where the fit stops, whichever comes first: enables the whole-run prediction. Read when
+        training starts, not at setup: callbacks change the limits in on_fit_start
+        (StochasticWeightAveraging adds an epoch for a model with BatchNorm)."""
+        if trainer.max_epochs is not None and trainer.max_epochs > 0:
+            self.tracker.planned_epochs = trainer.max_epochs
+        if isinstance(trainer.max_steps, int) and trainer.max_steps > 0:  # -1: no step limit
+            self.tracker.planned_steps = trainer.max_steps
+        timers = [cb for cb in trainer.callbacks if self._timer_class is not None and isinstance(cb, self._timer_class)]
+        if timers:
+            self.tracker.seconds_left = lambda: _seconds_left(timers)
+
     @never_raises
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        self._plan(trainer)
         # After a resume the checkpoint's budget is loaded: one already spent stops before an epoch.
         if self.session.check_budget():
             trainer.should_stop = True
