@@ -252,6 +252,7 @@ def test_exception_writes_partial_record_and_stops_threads(tmp_path):
     train = [r for r in records if r.phase == "train"]
     assert [(r.epoch, r.partial) for r in train] == [(0, False), (1, True)]
     assert train[1].samples == 2 * 8  # the two batches finished before the failure
+    assert train[1].step == trainer.global_step == 4 + 2  # where it failed, not the last epoch end's step
     assert train[1].energy_kwh > 0
     assert not any(t.name == "greencallbacks-meter" and t.is_alive() for t in threading.enumerate())
     assert not callback.session.running

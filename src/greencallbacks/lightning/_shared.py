@@ -188,7 +188,9 @@ class EnergyCallbackBase:
 
     @never_raises
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
-        # No collectives here: the other ranks may be gone. Writes the unfinished phases as partial.
+        # No collectives here: the other ranks may be gone. Writes the unfinished phases as partial,
+        # at the step where the fit failed.
+        self.tracker.step = trainer.global_step
         self.session.stop(failed=True)
 
     # ------------------------------------------------------------------------------ training
