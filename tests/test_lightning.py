@@ -284,6 +284,45 @@ def test_two_callbacks_in_one_trainer(tmp_path):
     assert saved[low.state_key]["run_id"] != saved[high.state_key]["run_id"]
 
 
+def test_two_prefixed_callbacks_in_the_default_directory_keep_their_own_summary_through_a_resume(tmp_path):
+    """Regression: two callbacks with their own prefix (two grids) and no output_dir both wrote to
+    the logger's directory: one energy-summary.json, the last writer's, and a report there took
+    the two runs for repeats (a mean ± SE of a 50 and a 500 g/kWh pricing of one training). Now
+    each writes to its own energy-<prefix> subdirectory, through a crash and a resume."""
+    from greencallbacks import report
+    from greencallbacks.tracker import SUMMARY_FILE
+
+    L, EnergyCallback, TinyModel = flavour("lightning.pytorch")
+
+    def fit(model, ckpt_path=None):
+        low, high = EnergyCallback(intensity=50, prefix="low/"), EnergyCallback(intensity=500, prefix="high/")
+        checkpoint = L.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+        trainer = L.Trainer(max_epochs=3, logger=L.loggers.CSVLogger(tmp_path, name="run"),
+                            callbacks=[low, high, checkpoint], **trainer_kwargs(enable_checkpointing=True))
+        try:
+            trainer.fit(model, *loaders(), ckpt_path=ckpt_path)
+        except Boom:
+            pass
+        return low, high
+
+    first = fit(TinyModel(fail_at=(1, 2)))
+    second = fit(TinyModel(), ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+    version_0 = tmp_path / "run" / "version_0"
+    for before, after, name, intensity in zip(first, second, ("energy-low", "energy-high"), (50, 500)):
+        assert after.tracker.run_id == before.tracker.run_id  # the resume continues each run
+        assert before.tracker.output_dir == after.tracker.output_dir == version_0 / name
+        records = read_records(version_0 / name)
+        assert {r.run_id for r in records} == {before.tracker.run_id}
+        assert all(r.intensity_gco2eq_per_kwh == pytest.approx(intensity) for r in records)
+        summary = json.loads((version_0 / name / SUMMARY_FILE).read_text())
+        assert summary["run_id"] == before.tracker.run_id
+        assert summary["energy_kwh"] == pytest.approx(sum(r.energy_kwh for r in records), rel=1e-9)
+    assert not (version_0 / "energy-records.jsonl").exists()
+    # A report over the whole log directory shows two configurations, no mean over them.
+    everything = read_records(version_0 / "energy-low") + read_records(version_0 / "energy-high")
+    assert len(report.group_runs(everything)) == 2
+
+
 def test_two_callbacks_whose_metric_names_collide_say_so(tmp_path):
     """Two callbacks without their own prefix log the same names, and Lightning keeps one value
     of each: one callback's numbers vanish from every logger. One warning says so."""

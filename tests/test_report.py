@@ -124,6 +124,16 @@ def test_runs_of_different_configurations_are_not_averaged():
     groups = report.group_runs(one_run("fit-1") + continued)
     assert [report.run_ids(g) for _, g in groups] == [["fit-1"], ["fit-2"]]
     assert "2 training epoch(s) from epoch 2 of 1000 samples" in report.describe_configuration(groups[1][0])
+    # Priced on another grid or PUE: not a repeat either (two callbacks with two grids measure one
+    # training twice; a mean ± SE over them was reported as if over two seeds).
+    def priced(run_id, **changes):
+        return [dataclasses.replace(r, **changes) for r in one_run(run_id)]
+
+    groups = report.group_runs(one_run("fr") + priced("de", intensity_zone="DEU") + priced("fr-pue", pue=1.2)
+                               + priced("given-50", intensity_zone="user", intensity_gco2eq_per_kwh=50.0)
+                               + priced("given-500", intensity_zone="user", intensity_gco2eq_per_kwh=500.0))
+    assert [report.run_ids(g) for _, g in groups] == [["fr"], ["de"], ["fr-pue"], ["given-50"], ["given-500"]]
+    assert report.describe_configuration(groups[3][0]).endswith("grid 50 gCO2eq/kWh given, PUE 1")
 
 
 def test_an_epoch_cut_short_and_redone_after_a_resume_is_its_own_row():

@@ -19,6 +19,8 @@ validation logs ``val_<stem>``, test ``test_<stem>`` and predict ``predict_<stem
 from __future__ import annotations
 
 import math
+import os
+import re
 from typing import Any, Callable
 
 from greencallbacks.distributed import torch_reducer_or_local
@@ -41,7 +43,9 @@ class EnergyCallbackBase:
             ``greencallbacks.carbon.Carbon``). Nothing given: the world average, said in a warning
             and in every record.
         output_dir: where ``energy-records.jsonl`` and ``energy-summary.json`` go. Default: the
-            trainer's ``log_dir`` (or ``default_root_dir`` when there is no logger).
+            trainer's ``log_dir`` (or ``default_root_dir`` when there is no logger); for a callback
+            with a ``prefix`` beside another EnergyCallback there, its ``energy-<prefix>``
+            subdirectory, so that each has its own summary.
         progress_bar: show the running totals in the progress bar.
         prefix: put before every logged name (e.g. ``"energy/"``); lets two callbacks (say, two
             grids) log side by side without mixing their values.
@@ -162,11 +166,19 @@ class EnergyCallbackBase:
         output_dir = None
         if self.session.output_dir is None:
             output_dir = trainer.log_dir or trainer.default_root_dir  # log_dir is a collective: all ranks
+            if self.prefix and self._beside_another(trainer):
+                output_dir = os.path.join(output_dir, "energy-" + (re.sub(r"[^\w.-]+", "-", self.prefix).strip("-.") or "prefix"))
         device_indices, sync = device_and_sync(trainer.strategy.root_device)
         reducer = torch_reducer_or_local()  # a collective on several ranks; setup runs on all of them
         self.session.start(output_dir=output_dir, device_indices=device_indices, reducer=reducer, sync=sync)
         if reducer.rank == 0:
             self._check_configuration(trainer)
+
+    def _beside_another(self, trainer: Any) -> bool:
+        """Would another EnergyCallback of this Trainer write to the same default directory? Two
+        runs there would share one summary file, and a report would take them for repeats."""
+        return any(cb is not self and isinstance(cb, EnergyCallbackBase) and cb._settings["output_dir"] is None
+                   for cb in trainer.callbacks)
 
     def _check_configuration(self, trainer: Any) -> None:
         if not trainer.loggers:

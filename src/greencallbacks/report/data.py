@@ -8,6 +8,7 @@ import math
 from collections import Counter, defaultdict
 from typing import Callable, Iterable, Sequence
 
+from greencallbacks.carbon.intensity import USER_ZONE
 from greencallbacks.records import PHASES, Record
 from greencallbacks.textformat import (
     energy_text,
@@ -16,7 +17,8 @@ from greencallbacks.textformat import (
 )
 from greencallbacks.units import J_PER_KWH
 
-GROUPED_BY = "framework, training epochs and the first one, samples per epoch, sensors (name and method) and ranks"
+GROUPED_BY = ("framework, training epochs and the first one, samples per epoch, sensors (name and method), ranks, "
+              "and the grid (intensity zone, or the number given) and PUE")
 _PHASE_WORDS = {"validation": "validation", "test": "test", "predict": "prediction", "other": "the time between phases"}
 
 
@@ -202,14 +204,24 @@ def configuration(records: Sequence[Record]) -> dict:
         "samples_per_epoch": Counter(complete).most_common(1)[0][0] if complete else None,
         "sensors": sorted({f"{c.get('name', '?')}:{c.get('method', '?')}" for r in records for c in r.components}),
         "ranks": max((r.ranks for r in records), default=1),
+        # Runs priced on other grids or PUEs are no repeats (two callbacks with two grids measure
+        # one training twice); a number given as the intensity is its own grid.
+        "carbon": sorted({f"grid {_grid(r)}, PUE {r.pue:g}" for r in records}),
     }
+
+
+def _grid(record: Record) -> str:
+    if record.intensity_zone == USER_ZONE:
+        return f"{record.intensity_gco2eq_per_kwh:g} gCO2eq/kWh given"
+    return record.intensity_zone or record.intensity_source
 
 
 def describe_configuration(config: dict) -> str:
     samples = "uncounted samples" if config["samples_per_epoch"] is None else f"{config['samples_per_epoch']} samples"
     start = f" from epoch {config['first_epoch']}" if config.get("first_epoch") else ""
+    carbon = f", {'; '.join(config['carbon'])}" if config.get("carbon") else ""
     return (f"{config['framework']}, {config['epochs']} training epoch(s){start} of {samples}, "
-            f"sensors {', '.join(config['sensors']) or 'none'}, {config['ranks']} rank(s)")
+            f"sensors {', '.join(config['sensors']) or 'none'}, {config['ranks']} rank(s){carbon}")
 
 
 def run_ids(records: Iterable[Record]) -> list[str]:
