@@ -323,6 +323,38 @@ def test_two_prefixed_callbacks_in_the_default_directory_keep_their_own_summary_
     assert len(report.group_runs(everything)) == 2
 
 
+def test_a_resume_with_corrected_settings_continues_the_run_and_says_so(tmp_path):
+    """Regression: the settings are part of the state key, so a fit resumed after a crash with the
+    grid corrected (intensity=50 -> country="FR") got no state from Lightning and silently began a
+    new run: the crashed attempt left out of the totals, with only Lightning's own warning to add
+    an EnergyCallback, which was there. Now it continues the run and says the settings changed."""
+    from flow_invariants import check_run
+
+    L, EnergyCallback, TinyModel = flavour("lightning.pytorch")
+
+    def fit(model, callback, ckpt_path=None):
+        checkpoint = L.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+        trainer = L.Trainer(max_epochs=3, logger=L.loggers.CSVLogger(tmp_path, name="run"),
+                            callbacks=[callback, checkpoint], **trainer_kwargs(enable_checkpointing=True))
+        trainer.fit(model, *loaders(), ckpt_path=ckpt_path)
+
+    crashed = EnergyCallback(intensity=50)
+    with pytest.raises(Boom):
+        fit(TinyModel(fail_at=(2, 1)), crashed)
+    resumed = EnergyCallback(country="FR")
+    with pytest.warns(EnergyWarning, match="other settings than this callback's.*continues its run"):
+        fit(TinyModel(), resumed, ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+    assert resumed.tracker.run_id == crashed.tracker.run_id
+    records = check_run(resumed.tracker.run_id, [tmp_path / "run" / "version_0"])
+    train = [(r.epoch, r.attempt, r.partial, r.intensity_zone) for r in records if r.phase == "train"]
+    assert train == [(0, 0, False, "user"), (1, 0, False, "user"), (2, 0, True, "user"), (2, 1, False, "FRA")]
+    # Another prefix's entry is not taken: that callback's run is not this one's.
+    other = EnergyCallback(country="FR", prefix="other/")
+    with pytest.warns(UserWarning, match="Please add the following callbacks"):  # Lightning's own
+        fit(TinyModel(), other, ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+    assert other.tracker.run_id != crashed.tracker.run_id
+
+
 def test_two_callbacks_whose_metric_names_collide_say_so(tmp_path):
     """Two callbacks without their own prefix log the same names, and Lightning keeps one value
     of each: one callback's numbers vanish from every logger. One warning says so."""

@@ -18,9 +18,11 @@ validation logs ``val_<stem>``, test ``test_<stem>`` and predict ``predict_<stem
 
 from __future__ import annotations
 
+import ast
 import math
 import os
 import re
+from copy import deepcopy
 from typing import Any, Callable
 
 from greencallbacks.distributed import torch_reducer_or_local
@@ -152,6 +154,25 @@ class EnergyCallbackBase:
             self.session.load_state_dict(state_dict)
         except Exception as error:  # noqa: BLE001
             hook_failed(self, "load_state_dict", error)
+
+    @never_raises
+    def on_load_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        """A fit resumed with other settings (a grid corrected after a crash) changes the state
+        key, so Lightning hands this callback no state and the resume would silently start a new
+        run. Take the one entry of an EnergyCallback with this prefix that no callback here claims."""
+        states = checkpoint.get("callbacks") or {}
+        if self.state_key in states:
+            return
+        claimed = {cb.state_key for cb in trainer.callbacks}
+        orphans = [key for key in states if key not in claimed and _prefix_in_key(key, type(self).__qualname__) == self.prefix]
+        if len(orphans) == 1:
+            warn(f"greencallbacks: the checkpoint's energy state was saved by {orphans[0]}, with other settings than "
+                 f"this callback's ({self.state_key}); the fit continues its run, and the records from here on carry "
+                 "the new settings.")
+            self.load_state_dict(deepcopy(states[orphans[0]]))
+        elif orphans:
+            warn(f"greencallbacks: the checkpoint holds {len(orphans)} energy states with other settings than this "
+                 f"callback's ({', '.join(orphans)}), and no way to tell which to continue: this fit is a new run.")
 
     @property
     def tracker(self):
@@ -459,6 +480,18 @@ class EnergyCallbackBase:
 
 
 _OWN_ARGUMENTS = keyword_names(EnergyCallbackBase.__init__)
+
+
+def _prefix_in_key(key: Any, class_name: str) -> str | None:
+    """The prefix in a state key that Lightning's ``_generate_state_key`` made for ``class_name``
+    (``EnergyCallback{'intensity': 50, 'prefix': 'low/'}``); None for another callback's key."""
+    if not (isinstance(key, str) and key.startswith(class_name + "{")):
+        return None
+    try:
+        given = ast.literal_eval(key[len(class_name):])
+    except (ValueError, SyntaxError):
+        return None
+    return given.get("prefix", "") if isinstance(given, dict) else None
 
 
 def _seconds_left(timers: list) -> float | None:
