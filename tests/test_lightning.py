@@ -355,6 +355,30 @@ def test_a_resume_with_corrected_settings_continues_the_run_and_says_so(tmp_path
     assert other.tracker.run_id != crashed.tracker.run_id
 
 
+def test_testing_the_best_checkpoint_after_the_fit_continues_the_run_as_it_is(tmp_path):
+    """Regression: ``trainer.test(ckpt_path="best")``, Lightning's usual last line, restores the
+    callback's state from a checkpoint of the fit that just ran, which was taken for a resume: the
+    test record said attempt 1, and the report that the run was resumed from a checkpoint."""
+    from flow_invariants import check_run
+    from greencallbacks import report
+
+    L, EnergyCallback, TinyModel = flavour("lightning.pytorch")
+    callback = EnergyCallback(intensity=300.0)
+    checkpoint = L.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val_loss", save_top_k=1)
+    trainer = L.Trainer(max_epochs=3, logger=L.loggers.CSVLogger(tmp_path, name="run"),
+                        callbacks=[callback, checkpoint], **trainer_kwargs(enable_checkpointing=True))
+    model = TinyModel()
+    train_loader, val_loader = loaders()
+    trainer.fit(model, train_loader, val_loader)
+    run = callback.tracker.run_id
+    trainer.test(model, val_loader, ckpt_path="best", verbose=False)
+    assert callback.tracker.run_id == run
+    records = check_run(run, [tmp_path / "run" / "version_0"])
+    assert {r.attempt for r in records} == {0}
+    assert [r.samples for r in records if r.phase == "test"] == [VAL_SAMPLES]
+    assert "resumed" not in report.render(records, "md")
+
+
 def test_two_callbacks_whose_metric_names_collide_say_so(tmp_path):
     """Two callbacks without their own prefix log the same names, and Lightning keeps one value
     of each: one callback's numbers vanish from every logger. One warning says so."""

@@ -257,7 +257,8 @@ class EnergySession:
             return
         if not state or self.tracker.wrote(state):
             # Empty: saved when the state could not be taken, nothing to continue. Written by this
-            # session: restored within the fit that saved it, budget and carbon-aware state go on too.
+            # session's tracker: restored within the run that saved it, budget and carbon-aware state
+            # go on as they are.
             return
         try:
             if self.carbon_aware is not None and "carbon_aware" in state:

@@ -174,6 +174,7 @@ class Tracker:
         self._seconds_left_at_train_end: float | None = None
         self._resume_state: dict[str, Any] | None = None  # loaded before start, applied at start
         self._session_id: str | None = None  # drawn at start: tells this tracker's own checkpoints apart
+        self._own_sessions: set[str] = set()  # every session id this tracker drew (see `wrote`)
 
     @property
     def run_id(self) -> str:
@@ -213,6 +214,7 @@ class Tracker:
             # when a run fails, belong to the run; one session id, so that every rank knows a
             # checkpoint of this session alike. A collective: every rank starts here.
             self.ledger.run_id, self._session_id = self.reducer.all_gather((self.run_id, self._session_id))[0]
+        self._own_sessions.add(self._session_id)
         self._find_embodied(meter)
         self._stack = [self._open("other", None)]
         self._last_snapshot = meter.snapshot()
@@ -440,11 +442,11 @@ class Tracker:
         return {**self.ledger.state_dict(open_records), "records_path": self._records_path(), "session_id": self._session_id}
 
     def wrote(self, state: dict[str, Any]) -> bool:
-        """Was ``state`` saved by this tracker since it started? Then loading it is the framework
-        restoring its own checkpoint within one fit (Lightning's learning-rate and batch-size
-        tuners undo their trial steps so), not a resume: the run goes on as it is, the trial's
-        joules in it."""
-        return self.running and self._session_id is not None and state.get("session_id") == self._session_id
+        """Was ``state`` saved by this tracker? Then loading it is the framework restoring its own
+        checkpoint within one run (Lightning's learning-rate and batch-size tuners undo their trial
+        steps so; ``trainer.test(ckpt_path="best")`` after the fit), not a resume: the run goes on
+        as it is in memory, the trial's joules in it, and no new attempt begins."""
+        return state.get("session_id") in self._own_sessions
 
     def _records_path(self) -> str | None:
         """The records file's absolute path, resolved once per output directory (resolving walks
