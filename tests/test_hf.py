@@ -478,3 +478,32 @@ def test_two_callbacks_in_one_trainer_say_their_metric_names_collide(tmp_path, a
 def test_bad_configuration_fails_before_training():
     with pytest.raises(ValueError, match="pue"):
         EnergyCallback(pue=0.5)
+
+
+def test_a_padding_free_collator_counts_the_sequences_it_packs_into_one_row(tmp_path):
+    # DataCollatorWithFlattening gives each batch as one row, input_ids (1, tokens), with
+    # position_ids starting again at each sequence: the records count sequences, not rows.
+    import torch
+    from transformers import DataCollatorWithFlattening, GPT2Config, GPT2LMHeadModel
+
+    generator = torch.Generator().manual_seed(0)
+
+    def sequences(n):
+        return [{"input_ids": torch.randint(1, 64, (int(k),), generator=generator).tolist()}
+                for k in torch.randint(1, SEQ_LEN + 1, (n,), generator=generator)]
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=SEQ_LEN, n_embd=16, n_layer=1, n_head=2))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = Trainer(
+            model=model, args=training_args(tmp_path / "out", remove_unused_columns=False),
+            train_dataset=sequences(TRAIN_SAMPLES), eval_dataset=sequences(EVAL_SAMPLES),
+            data_collator=DataCollatorWithFlattening(), callbacks=[make_callback()],
+        )
+        trainer.train()
+    records = read_records(tmp_path / "out")
+    assert [r.samples for r in records if r.phase == "train"] == [TRAIN_SAMPLES, TRAIN_SAMPLES]
+    assert [r.samples for r in records if r.phase == "validation"] == [EVAL_SAMPLES, EVAL_SAMPLES]
+    assert all(r.samples_counted for r in records)
+    assert not [w for w in caught if issubclass(w.category, EnergyWarning) and "count" in str(w.message)]

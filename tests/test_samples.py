@@ -47,6 +47,17 @@ def ragged(lengths):
     return [torch.zeros(n, 4) for n in lengths]
 
 
+def packed(lengths, start=0, pad=0):
+    """A padding-free collator's batch: the sequences in one row, positions starting again at each."""
+    positions = [start + i for n in lengths for i in range(n)] + [0] * pad
+    return {"input_ids": torch.ones(1, len(positions), dtype=torch.long), "labels": torch.ones(1, len(positions)),
+            "position_ids": torch.tensor([positions])}
+
+
+class EncodingLike(UserDict):
+    """A Mapping that is not a dict, as HF's ``BatchEncoding`` (without importing transformers here)."""
+
+
 CASES = [
     ("tensor", torch.zeros(7, 3), 7),
     ("tuple (x, y)", (torch.zeros(5, 3), torch.zeros(5)), 5),
@@ -71,6 +82,25 @@ CASES = [
     ("list of per-sample dicts", [{"ids": torch.zeros(n)} for n in (3, 3, 5, 1)], 4),
     ("[inputs, targets] dicts are fields", [{"x": torch.zeros(6, 2)}, {"y": torch.zeros(6)}], 6),
     ("list of per-sample tuples", [(torch.zeros(3), 1) for _ in range(5)], 5),
+    # A batch of one from collate_fn=list (batch_size=1, or a last batch of one): a sample, not its fields.
+    ("list of one per-sample dict", [{"x": torch.zeros(4), "y": torch.zeros(1)}], 1),
+    ("list of one dict of scalars", [{"text": "hi", "label": 1}], 1),
+    ("list of one per-sample tuple", [(torch.zeros(4), torch.zeros(1))], 1),
+    ("list of one dataclass", [Features(torch.zeros(3, 2, 2), torch.zeros(1))], 1),
+    ("[x] of one collated tensor is fields", [torch.zeros(6, 2)], 6),
+    ("[[x, y]] of collated lists is fields", [[torch.zeros(6, 2), torch.zeros(6)]], 6),
+    # Padding-free packing (DataCollatorWithFlattening, TRL padding_free): one row, its sequences.
+    ("packed row: position_ids restart", packed([3, 2, 1, 1]), 4),
+    ("packed row: positions from 2 (RoBERTa)", packed([3, 2, 1], start=2), 3),
+    ("packed row: padding masked out", {**packed([3, 2], pad=3), "attention_mask": torch.tensor([[1] * 5 + [0] * 3])}, 2),
+    ("packed row: cu_seq_lens_q's shape", {"input_ids": torch.zeros(1, 6, dtype=torch.long),
+                                            "cu_seq_lens_q": torch.tensor([0, 3, 5, 6])}, 3),
+    ("packed row: a scalar first", {"max_length_q": 3, **packed([3, 2])}, 2),
+    ("packed row: a BatchEncoding", EncodingLike(packed([1, 1, 1])), 3),
+    ("batch of one with its positions", {"input_ids": torch.zeros(1, 5), "position_ids": torch.arange(5)[None]}, 1),
+    ("batch of one", {"input_ids": torch.zeros(1, 5), "attention_mask": torch.ones(1, 5)}, 1),
+    ("batch of one, one token, position 0", {"input_ids": torch.zeros(1, 1), "position_ids": torch.zeros(1, 1)}, 1),
+    ("batch of positions that are not a row", {"input_ids": torch.zeros(2, 5), "position_ids": torch.zeros(2, 5)}, 2),
     ("detection: tuple(zip(*samples))", (tuple(torch.zeros(3, 8, 8) for _ in range(5)),
                                          tuple({"boxes": torch.zeros(2, 4)} for _ in range(5))), 5),
     ("detection, images of different sizes", (tuple(torch.zeros(3, 8 + i, 8) for i in range(4)),), 4),
@@ -114,6 +144,26 @@ def test_hf_batch_encoding_from_a_data_collator():
     assert type(batch).__name__ == "BatchEncoding"
     assert count_samples(batch) == len(texts)
     assert count_samples(transformers.default_data_collator([{"x": [1, 2], "label": 0}] * 3)) == 3
+
+
+def test_padding_free_collator_batches_count_their_sequences():
+    transformers = pytest.importorskip("transformers")
+    import inspect
+
+    lengths = [3, 1, 4, 1, 5, 2]
+    features = [{"input_ids": list(range(1, n + 1))} for n in lengths]
+    options = [{}, {"return_tensors": "np"}]
+    parameters = inspect.signature(transformers.DataCollatorWithFlattening).parameters
+    if "return_flash_attn_kwargs" in parameters:  # transformers >= 4.50 or so
+        options += [{"return_flash_attn_kwargs": True}, {"return_flash_attn_kwargs": True, "return_position_ids": False}]
+    if "position_ids_start" in parameters:
+        options.append({"position_ids_start": 2})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the collator warns that it flattens the batch
+        for kwargs in options:
+            batch = transformers.DataCollatorWithFlattening(**kwargs)(features)
+            assert count_samples(batch) == len(lengths), kwargs
+            assert count_samples(transformers.DataCollatorWithFlattening(**kwargs)(features[:1])) == 1, kwargs
 
 
 def test_tensorflow_and_jax_arrays_count_by_their_leading_dimension():
@@ -170,3 +220,40 @@ def test_user_counters_and_their_failures():
 def test_a_counter_that_is_not_a_function_fails_at_construction(name):
     with pytest.raises(ValueError, match=name):
         BatchCounter(**{name: 3})
+
+
+class DeviceTensor:
+    """A tensor on a GPU, as far as the counter can tell: any read of its values is recorded."""
+
+    def __init__(self, shape, reads):
+        self.shape, self.device, self.reads = torch.Size(shape), torch.device("cuda", 0), reads
+
+    def __getattr__(self, name):
+        if name in ("sum", "item", "tolist", "cpu", "numpy", "__array__", "to", "nonzero", "any", "all", "eq"):
+            self.reads.append(name)
+            raise AssertionError(f"read {name} on the device")
+        raise AttributeError(name)
+
+    def __eq__(self, other):
+        self.reads.append("==")
+        raise AssertionError("compared on the device")
+
+    __getitem__ = __eq__
+
+
+def test_a_packed_row_on_a_device_is_uncounted_without_a_read_and_says_why():
+    reads = []
+    batch = {"input_ids": DeviceTensor((1, 9), reads), "labels": DeviceTensor((1, 9), reads),
+             "position_ids": DeviceTensor((1, 9), reads)}
+    assert count_samples(batch) is None and reads == []
+    # FlashAttention's offsets give the count by their shape alone, on any device.
+    assert count_samples({**batch, "cu_seq_lens_q": DeviceTensor((4,), reads)}) == 3 and reads == []
+    tracker = FakeTracker()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        counter = BatchCounter()
+        for _ in range(3):
+            counter.add(tracker, batch)
+    assert tracker.calls == [(None, 0)] * 3 and reads == []
+    (message,) = energy_warnings(caught)
+    assert "packed into one row, on cuda:0" in message and "cu_seq_lens_q" in message and "sample_counter=" in message

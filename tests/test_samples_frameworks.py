@@ -81,6 +81,10 @@ def collate(kind: str):
             return torch.nested.nested_tensor([torch.zeros(len(_tokens(i)), 2) for i in indices], layout=torch.jagged)
         if kind == "ragged list":
             return [torch.tensor(_tokens(i)) for i in indices]
+        if kind == "list of dicts":  # a collate returning its samples: VAL (11) ends with a batch of one
+            return [{"x": torch.tensor([float(i), 1.0]), "text": _texts([i])[0], "label": i} for i in indices]
+        if kind == "list of tuples":  # collate_fn=list on a TensorDataset
+            return [(torch.tensor([float(i), 1.0]), torch.tensor(float(i))) for i in indices]
         if kind == "opaque":
             return Opaque()
         raise AssertionError(kind)
@@ -88,7 +92,8 @@ def collate(kind: str):
     return make
 
 
-KINDS = ["tensor", "tuple", "nested dict", "dataclass", "named tuple", "graph batch", "strings", "nested tensor"]
+KINDS = ["tensor", "tuple", "nested dict", "dataclass", "named tuple", "graph batch", "strings", "nested tensor",
+         "list of dicts", "list of tuples"]
 
 
 def loader(n: int, kind: str, offset: int = 0):

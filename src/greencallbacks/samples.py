@@ -13,9 +13,21 @@
   they are strings or numbers (labels, texts); inside a batch, records (dicts, dataclasses,
   tuples: detection targets) or tensors of different shapes; at the top, records of one shape
   (dicts with the same keys, one dataclass type, or a *list* of equal-length tuples: what
-  ``collate_fn=list`` gives) or tensors of one kind that differ only in length (variable-length
+  ``collate_fn=list`` gives), a single record too (``[{...}]``, ``[(x, y)]``: a batch of one,
+  which ``default_collate`` never gives as fields: it returns a dict sample's fields as a dict and
+  a tuple sample's as a list), or tensors of one kind that differ only in length (variable-length
   sequences). A top-level *tuple* of tensors, ``(x, y)``, is always fields, as is the tuple
-  ``tuple(zip(*samples))`` gives.
+  ``tuple(zip(*samples))`` gives. (The one collated batch this reads as one sample is
+  ``default_collate`` of samples that are 1-tuples of dicts, ``[{"x": X}]``: ``sample_counter=``.)
+* a mapping whose leading dimension is 1 that is a padding-free collator's packed row
+  (transformers' ``DataCollatorWithFlattening``, TRL's ``padding_free``: ``input_ids`` and
+  ``position_ids`` both of shape (1, tokens), the positions starting again at each sequence): its
+  sequences. ``cu_seq_lens_q`` (FlashAttention's offsets, ``return_flash_attn_kwargs=True``) gives
+  them by its shape; else the positions equal to the row's first one are counted (within the
+  ``attention_mask``, if any) when the row is on the CPU. On a GPU that count would read the
+  device back, a synchronisation on every step: such a batch is uncounted, with the warning
+  (``sample_counter=``, or a collator returning ``cu_seq_lens_q``). Padding appended to the row
+  without an attention mask (``pad_to_multiple_of``) would count as sequences of its own.
 
 A list of per-sample tensors (``collate_fn=list``) is told from ``[x, y]`` only when their
 lengths differ: a batch of one sample, or of equal lengths, reads as fields. Such batches take
@@ -66,7 +78,8 @@ def count_samples(batch: Any) -> int | None:
         elif kind is dict:
             shape = getattr(next(iter(batch.values()), None), "shape", None)
             if shape:
-                return int(shape[0])
+                # A leading 1 may be a padding-free collator's packed row of several sequences.
+                return int(shape[0]) if shape[0] != 1 else _one_row(batch)
         elif hasattr(kind, "shape"):  # a tensor or array (asked of the class: see below)
             shape = batch.shape
             if shape:
@@ -76,10 +89,77 @@ def count_samples(batch: Any) -> int | None:
             # __getattr__ raising (and chaining) an exception each time.
             shape = getattr(next(iter(batch.values()), None), "shape", None)
             if shape:
-                return int(shape[0])
+                return int(shape[0]) if shape[0] != 1 else _one_row(batch)
     except Exception:  # noqa: BLE001 - a strided nested tensor raises on .shape; an unknown dim is None
         pass
-    return _walk(batch)
+    samples = _walk(batch)
+    if samples == 1 and isinstance(batch, Mapping):
+        return _one_row(batch)
+    return samples
+
+
+def _one_row(batch: Mapping) -> int | None:
+    """A mapping whose leading dimension is 1: one sample, or a packed row of several sequences.
+
+    Padding-free collators (transformers' ``DataCollatorWithFlattening``, TRL's ``padding_free``)
+    concatenate a batch's sequences into ``input_ids`` of shape (1, tokens), with ``position_ids``
+    of the same shape starting again at each sequence, and optionally FlashAttention's
+    ``cu_seq_lens_q`` (sequences + 1 offsets). None: packed, on a device, without ``cu_seq_lens_q``.
+    """
+    try:
+        # `in` first: the usual batch of one has neither key, and a missing key costs BatchEncoding
+        # a raised KeyError in `get`.
+        if "cu_seq_lens_q" in batch:
+            shape = getattr(batch["cu_seq_lens_q"], "shape", ())
+            if len(shape) == 1 and shape[0] > 0:
+                return int(shape[0]) - 1  # its shape says it, on any device
+        if "position_ids" not in batch:
+            return 1
+        positions = _packed_positions(batch)
+        if positions is None:
+            return 1  # an ordinary batch of one sample
+        if _off_cpu(positions):
+            # Counting there needs a read back, which waits for the device's queued work on every
+            # step: uncounted instead, and the warning says why (`_why_uncounted`).
+            return None
+        # Each sequence starts again at the row's first position (0, or the collator's
+        # position_ids_start); padding that the attention mask drops is no sequence.
+        starts = positions == positions[:, :1]
+        mask = batch.get("attention_mask")
+        if mask is not None and tuple(getattr(mask, "shape", ())) == tuple(positions.shape):
+            starts = starts & (mask != 0)
+        return int(starts.sum())
+    except Exception:  # noqa: BLE001 - an odd mapping or tensor type: uncounted, not a guess
+        return None
+
+
+def _packed_positions(batch: Mapping) -> Any:
+    """``position_ids`` of a packed row: (1, tokens), as ``input_ids``, over 2 tokens or more; else None."""
+    positions = batch.get("position_ids")
+    shape = getattr(positions, "shape", None)
+    ids = getattr(batch.get("input_ids"), "shape", None)
+    if shape is None or ids is None or len(shape) != 2 or shape[0] != 1 or shape[1] < 2 or tuple(ids) != tuple(shape):
+        return None
+    return positions
+
+
+def _off_cpu(tensor: Any) -> bool:
+    return getattr(getattr(tensor, "device", None), "type", "cpu") != "cpu"  # NumPy has no device (or "cpu")
+
+
+def _why_uncounted(batch: Any) -> str:
+    """What the warning adds for a batch that ``count_samples`` leaves uncounted on purpose."""
+    try:
+        positions = _packed_positions(batch) if isinstance(batch, Mapping) else None
+        if positions is None or not _off_cpu(positions):
+            return ""
+    except Exception:  # noqa: BLE001 - only a hint
+        return ""
+    return (
+        f" (its sequences are packed into one row, on {positions.device}, and counting its position_ids "
+        "there would synchronise the device on every step; a collator that also returns cu_seq_lens_q, "
+        "such as DataCollatorWithFlattening(return_flash_attn_kwargs=True), is counted by its shape)"
+    )
 
 
 def _leading(item: Any) -> int | None:
@@ -124,8 +204,9 @@ def _items_of_sequence(items: list | tuple, top: bool) -> tuple[int | None, bool
         return len(items), True  # labels, texts
     if not top and all(_is_record(x) for x in items):
         return len(items), True  # one record per sample inside a batch (detection targets)
-    if top and len(items) > 1 and _per_sample_records(items):
-        return len(items), True  # a list of samples (collate_fn=list)
+    if top and _per_sample_records(items):
+        # A list of samples (collate_fn=list), one too: batch_size=1, or a last batch of one.
+        return len(items), True
     leads = [_leading(x) for x in items]
     if len(items) > 1 and all(n is not None for n in leads):
         shapes = [_shape(x) for x in items]
@@ -149,7 +230,10 @@ def _per_sample_records(items: list | tuple) -> bool:
     Samples are records of one shape: dicts with the same keys, dataclasses of one type, or (in a
     list, not a tuple) tuples of one length. ``tuple(zip(*samples))`` (torchvision's detection
     collate) is a tuple of fields; ``default_collate`` of ``(inputs, targets)`` gives fields with
-    different keys.
+    different keys. A single record is a sample as well: ``default_collate`` wraps no collated
+    dict in a list (a dict sample gives a dict) and gives no tuples at all (a tuple sample gives
+    a list of fields), so ``[{...}]`` and ``[(x, y)]`` come from ``collate_fn=list`` (or a collate
+    returning its samples) with one sample.
     """
     first = items[0]
     if isinstance(first, Mapping):
@@ -295,7 +379,7 @@ class BatchCounter:
         self._warned_runs.add((run_id, name))
         kind = f"a {self.batch_name} of type {type(batch).__module__}.{type(batch).__qualname__}"
         if counter is count_samples:
-            what = f"could not count the samples in {kind}"
+            what = f"could not count the samples in {kind}{_why_uncounted(batch)}"
         elif error is not None:
             what = f"{name} raised {error!r} on {kind}"
         else:

@@ -40,8 +40,11 @@ How it fits the Trainer (read against transformers 5.23):
   finished; a loop that completes takes its own ``num_samples`` (the data set length, without
   the samples Accelerate repeats to keep ranks in step). Batches are counted by
   ``sample_counter=`` or ``greencallbacks.samples.count_samples`` (data collators'
-  ``BatchEncoding`` and dicts by their leading dimension), only once the step returned: a batch
-  that raised is not counted. A batch that cannot be counted: one warning per run and
+  ``BatchEncoding`` and dicts by their leading dimension; a padding-free collator's single row,
+  ``DataCollatorWithFlattening``, by the sequences packed into it: on a GPU only when it carries
+  ``cu_seq_lens_q``, as counting its ``position_ids`` there would synchronise every step, so
+  such a batch is uncounted and says so), only once the step returned: a batch that raised is
+  not counted. A batch that cannot be counted: one warning per run and
   ``samples_counted: false``.
 * **Runs.** Every ``train()`` starts a new run (new ``run_id``, totals from zero) unless it resumes
   from a checkpoint (``resume_from_checkpoint=``), which continues that run as its next attempt.
