@@ -3,7 +3,7 @@
 Keras fixes its backend at first import (``KERAS_BACKEND``), so ``test_keras.py`` starts this
 script once per backend:
 
-    python tests/keras_backend_runner.py <torch|tensorflow> <out_dir>
+    python tests/keras_backend_runner.py <torch|tensorflow|jax> <out_dir>
 
 Each scenario trains a tiny model for real and writes under ``<out_dir>/<scenario>/``; what can
 only be seen inside this process (History, warnings, live threads, exceptions) goes to
@@ -16,6 +16,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -35,6 +36,7 @@ from greencallbacks.keras import EnergyCallback  # noqa: E402
 from greencallbacks.meter import EnergyWarning  # noqa: E402
 from greencallbacks import watch
 from greencallbacks.records import read_records  # noqa: E402
+from greencallbacks.tracker import SUMMARY_FILE  # noqa: E402
 from tests.fakes.scripted import ScriptedSensor  # noqa: E402
 
 assert keras.backend.backend() == BACKEND, keras.backend.backend()
@@ -102,6 +104,51 @@ class RaiseAt(keras.callbacks.Callback):
         if (self.epoch, batch) == self.at:
             self.threads_seen = meter_threads()
             raise RuntimeError("boom")
+
+
+def guide_model(weighted: bool) -> keras.Model:
+    """A model with its own train_step / test_step, as in Keras's guide "Customizing what happens in
+    fit()" (torch and tensorflow versions): the loss tracker gets the batch's mean loss, once per
+    step (``weighted``: with sample_weight=<batch size>, as Keras's own steps do)."""
+
+    class Custom(keras.Model):
+        def train_step(self, data):
+            x, y = data
+            if BACKEND == "torch":
+                import torch
+
+                self.zero_grad()
+                y_pred = self(x, training=True)
+                loss = self.compute_loss(y=y, y_pred=y_pred)
+                loss.backward()
+                with torch.no_grad():
+                    self.optimizer.apply([v.value.grad for v in self.trainable_weights], self.trainable_weights)
+            else:
+                import tensorflow as tf
+
+                with tf.GradientTape() as tape:
+                    y_pred = self(x, training=True)
+                    loss = self.compute_loss(y=y, y_pred=y_pred)
+                self.optimizer.apply(tape.gradient(loss, self.trainable_weights), self.trainable_weights)
+            return self.update_metrics(loss, y, y_pred)
+
+        def test_step(self, data):
+            x, y = data
+            y_pred = self(x, training=False)
+            return self.update_metrics(self.compute_loss(y=y, y_pred=y_pred), y, y_pred)
+
+        def update_metrics(self, loss, y, y_pred):
+            for metric in self.metrics:
+                if metric.name == "loss":
+                    metric.update_state(loss, sample_weight=keras.ops.shape(y)[0] if weighted else None)
+                else:
+                    metric.update_state(y, y_pred)
+            return {m.name: m.result() for m in self.metrics}
+
+    inputs = keras.Input((8,))
+    model = Custom(inputs, keras.layers.Dense(1)(keras.layers.Dense(4, activation="relu")(inputs)))
+    model.compile(optimizer="sgd", loss="mse")
+    return model
 
 
 # ------------------------------------------------------------------------------------ scenarios
@@ -191,6 +238,92 @@ def scenario_crash_then_resume(out: Path) -> dict:
     }
 
 
+def scenario_custom_steps(out: Path) -> dict:
+    """Custom train_step / test_step: counting batches (the guide's way) is uncounted, never taken for
+    samples; weighting by the batch size counts where the steps are known; Keras's own step counts
+    batches of one."""
+    if BACKEND == "jax":
+        return {"skipped": "the guide's jax train_step is stateless (another signature); not written here"}
+    val = (X[:VAL], Y[:VAL])
+    fits = {  # name: (model, samples_per_epoch, batch size, training data)
+        "guide": (guide_model(weighted=False), None, BATCH, (X, Y)),
+        "guide_samples_per_epoch": (guide_model(weighted=False), TRAIN, BATCH, (X, Y)),
+        "weighted": (guide_model(weighted=True), None, BATCH, (X, Y)),
+        "builtin_batch_1": (tiny_model(), None, 1, (X[:20], Y[:20])),
+    }
+    results = {}
+    for name, (model, samples_per_epoch, batch_size, (x, y)) in fits.items():
+        energy = scripted(output_dir=out / name, samples_per_epoch=samples_per_epoch)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model.fit(x, y, batch_size=batch_size, epochs=2, validation_data=val, callbacks=[energy], verbose=0)
+            model.evaluate(X[:50], Y[:50], batch_size=batch_size, callbacks=[energy], verbose=0)
+        results[name] = {"warnings": [w for w in energy_warnings(caught) if "could not count" in w]}
+    return results
+
+
+def scenario_backup_inside_epoch_0(out: Path) -> dict:
+    """BackupAndRestore(save_freq=<steps>): a fit that raises inside epoch 0, after a backup, is
+    resumed by a new callback (as in a new process) inside epoch 0; then a new fit from epoch 0."""
+    energy_dir, backup = out / "energy", str(out / "backup")
+    model = tiny_model()
+    try:  # 4 batches an epoch: backed up after batch 1 (two steps), raises after batch 2
+        model.fit(X, Y, batch_size=BATCH, epochs=2, verbose=0, callbacks=[
+            EnergyCallback(output_dir=energy_dir), keras.callbacks.BackupAndRestore(backup, save_freq=2), RaiseAt(0, 2)])
+    except RuntimeError:
+        pass
+    first = Probe()
+    model.fit(X, Y, batch_size=BATCH, epochs=2, verbose=0, callbacks=[
+        EnergyCallback(output_dir=energy_dir), keras.callbacks.BackupAndRestore(backup, save_freq=2), first])
+    summary = json.loads((energy_dir / SUMMARY_FILE).read_text())
+    # The resumed fit deleted the backup: a fit after it is a new one, BackupAndRestore or not.
+    model.fit(X, Y, batch_size=BATCH, epochs=1, verbose=0, callbacks=[
+        EnergyCallback(output_dir=energy_dir), keras.callbacks.BackupAndRestore(backup, save_freq=2)])
+    result = {"restored_step": first.restored_step, "first_epoch": first.first_epoch, "summary_after_resume": summary,
+              "threads_after": meter_threads()}
+    if BACKEND == "torch":  # the same, killed (no exception to see) in a process of its own, after another run
+        preempted = out / "preempted"
+        done = subprocess.run([sys.executable, __file__, BACKEND, str(preempted), "preempt"], capture_output=True, text=True)
+        result["preempted_exit"] = [done.returncode, done.stderr[-3000:]]
+        resumed = Probe()
+        model.fit(X, Y, batch_size=BATCH, epochs=2, verbose=0, callbacks=[
+            EnergyCallback(output_dir=preempted / "energy"),
+            keras.callbacks.BackupAndRestore(str(preempted / "backup"), save_freq=2), resumed])
+        result["preempted_restored_step"] = resumed.restored_step
+    return result
+
+
+class Probe(keras.callbacks.Callback):
+    """The first epoch Keras runs and the optimizer's step then (BackupAndRestore restores both)."""
+
+    first_epoch = restored_step = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.first_epoch is None:
+            self.first_epoch, self.restored_step = epoch, int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+
+
+def preempt(out: Path) -> None:
+    """In a process of its own: a finished fit (another run, in energy-state.json), then a fit killed
+    inside epoch 0 after a backup, by os._exit, as a preemption would: no exception, no exit hook."""
+    energy_dir = out / "energy"
+    tiny_model().fit(X, Y, batch_size=BATCH, epochs=1, verbose=0, callbacks=[EnergyCallback(output_dir=energy_dir)])
+    energy = EnergyCallback(output_dir=energy_dir)
+
+    def kill(batch, logs):
+        if batch == 2:
+            # A preemption comes later than the state file's write, queued when the fit began.
+            state, deadline = energy_dir / "energy-state.json", time.monotonic() + 10
+            while time.monotonic() < deadline and energy.tracker.run_id not in (state.read_text() if state.exists() else ""):
+                time.sleep(0.01)
+            os._exit(0)
+
+    tiny_model().fit(X, Y, batch_size=BATCH, epochs=2, verbose=0, callbacks=[
+        energy, keras.callbacks.BackupAndRestore(str(out / "backup"), save_freq=2),
+        keras.callbacks.LambdaCallback(on_train_batch_end=kill)])
+    sys.exit("not killed")
+
+
 def scenario_crash_then_reuse(out: Path) -> dict:
     """The caught exception is kept (so fit's frames stay alive, as in a notebook): the run is closed all the same."""
     energy = EnergyCallback(output_dir=out)
@@ -252,9 +385,11 @@ def scenario_no_callback_list_seam(out: Path) -> dict:
 
 
 SCENARIOS = [scenario_loggers, scenario_two_callbacks, scenario_inference, scenario_crash_then_resume, scenario_crash_then_reuse, scenario_runs,
-             scenario_bad_configuration, scenario_no_callback_list_seam]
+             scenario_bad_configuration, scenario_no_callback_list_seam, scenario_custom_steps, scenario_backup_inside_epoch_0]
 
-if __name__ == "__main__":
+if __name__ == "__main__" and sys.argv[3:] == ["preempt"]:
+    preempt(OUT)
+elif __name__ == "__main__":
     results = {"backend": BACKEND}
     for scenario in SCENARIOS:
         name = scenario.__name__.removeprefix("scenario_")

@@ -197,6 +197,31 @@ def test_evaluate_and_predict_are_recorded_with_their_sample_counts(run):
     assert result["threads_after"] == []
 
 
+def test_a_custom_step_counting_batches_is_uncounted_and_one_weighting_by_the_batch_size_counts(run):
+    """A train_step / test_step as in Keras's guide gives the loss tracker one count per batch: never
+    taken for samples. Weighting by the batch size counts where the steps run are known (training,
+    evaluate; not fit's validation); Keras's own step counts, even with batches of one."""
+    result, out = run("custom_steps")
+    if "skipped" in result:
+        pytest.skip(result["skipped"])
+
+    def counted(name):
+        records = read_records(out / name)
+        return {phase: [r.samples if r.samples_counted else None for r in records if r.phase == phase]
+                for phase in ("train", "validation", "test")}
+
+    uncounted = {"train": [None, None], "validation": [None, None], "test": [None]}
+    assert counted("guide") == uncounted  # 4 and 1 (the batches), before the fix
+    assert counted("guide_samples_per_epoch") == {**uncounted, "train": [TRAIN, TRAIN]}
+    assert counted("weighted") == {"train": [TRAIN, TRAIN], "validation": [None, None], "test": [50]}
+    assert counted("builtin_batch_1") == {"train": [20, 20], "validation": [VAL, VAL], "test": [50]}
+    for record in read_records(out / "guide"):
+        assert record.phase not in ("train", "validation", "test") or record.energy_j_per_sample is None
+    for name in ("guide", "guide_samples_per_epoch", "weighted"):  # one warning, per run
+        assert len(result[name]["warnings"]) == 1 and "once per batch" in result[name]["warnings"][0], result[name]
+    assert result["builtin_batch_1"]["warnings"] == []
+
+
 def test_the_callback_keeps_keras_async_batch_dispatch(run):
     """No per-batch slow path: Keras dispatches batch hooks exactly as it would without the callback."""
     result, _ = run("inference")
@@ -240,6 +265,36 @@ def test_backup_and_restore_resume_continues_the_run_and_counts_everything_once(
     summary = json.loads((out / "energy" / SUMMARY_FILE).read_text())
     assert summary["energy_kwh"] == pytest.approx(sum(r.energy_kwh for r in records), rel=1e-9)
     assert result["threads_after_resume"] == []
+
+
+def test_backup_and_restore_inside_epoch_0_continues_the_run_and_a_new_fit_does_not(run):
+    result, out = run("backup_inside_epoch_0")
+    assert (result["first_epoch"], result["restored_step"]) == (0, 2)  # Keras resumed epoch 0 after its 2nd step
+    records = read_records(out / "energy")
+    runs = list(dict.fromkeys(r.run_id for r in records))
+    assert len(runs) == 2, [(r.run_id, r.attempt, r.phase, r.epoch) for r in records]  # 3 before the fix
+    resumed, new = ([r for r in records if r.run_id == run_id] for run_id in runs)
+    assert [(r.attempt, r.epoch, r.partial) for r in resumed if r.phase == "train"] == [(0, 0, True), (1, 0, False), (1, 1, False)]
+    assert len({r.seq for r in resumed}) == len(resumed)
+    # The resumed fit's summary covers both attempts (the crashed one's energy was in another run).
+    summary = result["summary_after_resume"]
+    assert summary["run_id"] == resumed[0].run_id
+    assert summary["energy_kwh"] == pytest.approx(sum(r.energy_kwh for r in resumed), rel=1e-9)
+    assert [(r.attempt, r.epoch) for r in new if r.phase == "train"] == [(0, 0)]
+    assert result["threads_after"] == []
+    if run.backend != "torch":
+        return
+    # Killed inside epoch 0 (no exception, no exit hook) after another run had written energy-state.json:
+    # the resume continues the killed run, not the one before it.
+    assert result["preempted_exit"][0] == 0, result["preempted_exit"][1]
+    assert result["preempted_restored_step"] == 2
+    records = read_records(out / "preempted" / "energy")
+    runs = list(dict.fromkeys(r.run_id for r in records))
+    assert len(runs) == 2, [(r.run_id, r.attempt, r.phase, r.epoch) for r in records]
+    before, killed = ([r for r in records if r.run_id == run_id] for run_id in runs)
+    assert [(r.attempt, r.epoch) for r in before if r.phase == "train"] == [(0, 0)]
+    assert {r.attempt for r in killed} == {1}  # attempt 0 was killed before it closed a phase
+    assert [(r.attempt, r.epoch, r.partial) for r in killed if r.phase == "train"] == [(1, 0, False), (1, 1, False)]
 
 
 def test_an_uncaught_exception_still_writes_the_unfinished_epoch_at_exit(run):

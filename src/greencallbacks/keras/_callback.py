@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import sys
 import threading
 import weakref
@@ -77,6 +78,32 @@ _MODEL_CALLS = ("fit", "evaluate", "predict")
 def _overrides_epoch_end(callback: _Callback) -> bool:
     method = callback.on_epoch_end
     return getattr(method, "__func__", method) is not _Callback.on_epoch_end
+
+
+def _custom_step(model: Any, loop: str) -> bool:
+    """Does ``model``'s class define its own ``train_step`` / ``test_step`` (``loop``: train, test)?
+
+    Keras 3 defines both on its backend's trainer, which ``keras.Model`` inherits from.
+    """
+    name = f"{loop}_step"
+    return getattr(type(model), name, None) is not getattr(keras.Model, name, None)
+
+
+def _restores_a_backup(callback_list: keras.callbacks.CallbackList | None) -> bool:
+    """Does a ``BackupAndRestore`` of this fit restore a backup (asked when its first epoch begins)?
+
+    Its ``training_metadata.json`` is written with every backup and deleted when a fit ends
+    normally, and this fit has saved none before its first epoch begins: one that is there was
+    left by a fit that did not end, and restored in ``on_train_begin``. The restored epoch itself
+    comes to us as the first epoch; this tells a restore inside epoch 0 (``save_freq=<steps>``)
+    from a new fit. The file name is the same in Keras 3.3 and 3.15 (read); a backup on a remote file
+    system (``gs://``) is not seen, and the fit is then measured as a new run.
+    """
+    for callback in getattr(callback_list, "callbacks", []):
+        if isinstance(callback, keras.callbacks.BackupAndRestore):
+            if os.path.isfile(os.path.join(os.fspath(callback.backup_dir), "training_metadata.json")):
+                return True
+    return False
 
 
 # ------------------------------------------------------------------------------- run and call
@@ -206,7 +233,11 @@ class EnergyCallback(_Callback):
             it when a custom ``train_step`` bypasses that tracker. Validation and ``evaluate`` are
             counted the same way; a loop that ran no step (an empty validation set) counts 0 and
             logs NaN per-sample values. A count that is not available (a custom step that leaves
-            the tracker at 0) is recorded as ``samples_counted: false``, with one warning.
+            the tracker at 0, or that updates it once per batch, as Keras's guide to customizing
+            ``fit()`` does: its count equals the steps run) is recorded as ``samples_counted:
+            false``, with one warning. A custom step that weights the loss by the batch size
+            (``update_state(loss, sample_weight=batch_size)``) is counted, where the steps it ran
+            are known: training, and an ``evaluate`` of known length; not in ``fit``'s validation.
         sample_counter: ``outputs -> int`` samples in one ``predict`` batch. Keras hands callbacks
             no input batches; the only per-batch values are ``predict``'s outputs, which
             ``greencallbacks.samples.count_samples`` counts by default (one array, or a list,
@@ -296,6 +327,11 @@ class EnergyCallback(_Callback):
         self._validated = False
         self._predicted: int | None = 0  # None once a predicted batch could not be counted
         self._predicted_lock = threading.Lock()
+        # Steps run in the open training epoch, from the batch hook (which Keras may run out of
+        # order on its worker threads; it waits for them before on_epoch_end).
+        self._train_steps = 0
+        self._count_steps = False
+        self._steps_lock = threading.Lock()
         self._warned_samples = False
 
     @property
@@ -319,8 +355,14 @@ class EnergyCallback(_Callback):
         if callback_list is not None:
             self._go_first(callback_list)
         self._live_every, self._live_batches = self._tensorboard_batch_every(callback_list), 0
+        # Only a custom train_step's loss-tracker count needs the steps to be told from samples:
+        # Keras's own step leaves the batch hook as cheap as it was.
+        self._count_steps = _custom_step(self.model, "train")
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        if self._count_steps:
+            with self._steps_lock:  # `batch`: the last step the hook covers (several with steps_per_execution)
+                self._train_steps = max(self._train_steps, batch + 1)
         if not self._live_every:
             return
         # TensorBoard writes a batch when its count since train begin is a multiple of update_freq.
@@ -349,6 +391,8 @@ class EnergyCallback(_Callback):
         if call is None or not call.active or call.kind != "fit":
             return
         self._epoch, self._train_samples, self._validated = epoch, None, False
+        with self._steps_lock:
+            self._train_steps = 0
         self._phases.append(("train", False))  # first: the epoch's keys reach `logs` even if starting fails
         starting = call.run is None
         if starting:
@@ -364,7 +408,12 @@ class EnergyCallback(_Callback):
         if ("train", False) not in self._phases:
             return
         self._phases.remove(("train", False))
-        samples = self.samples_per_epoch or (self._train_samples if self._train_samples is not None else self._samples_seen())
+        # The loss tracker was read before a validation reset it; the steps are complete only now
+        # (Keras waits for its asynchronous batch hooks before on_epoch_end, not before validation).
+        count = self._train_samples if self._train_samples is not None else self._samples_seen()
+        with self._steps_lock:
+            steps = self._train_steps
+        samples = self.samples_per_epoch or self._not_steps(count, "train", steps)
         if not samples:  # an epoch runs at least one step: 0 means the tracker did not count
             self._uncounted("training")
             samples = None
@@ -407,7 +456,10 @@ class EnergyCallback(_Callback):
         phase, outermost = self._phases.pop()
         # No step ran (an empty validation set) when Keras's logs are empty: then the loss tracker
         # holds a stale count on TensorFlow and JAX (their loops sync metrics only after a step).
-        samples = self._samples_seen() if logs else 0
+        # The steps: those of a standalone evaluate's CallbackList (its params); validation inside
+        # fit has fit's params, and this callback hooks no test batches (on_train_batch_end only).
+        steps = (self.params or {}).get("steps") if phase == "test" else None
+        samples = self._not_steps(self._samples_seen(), "test", steps) if logs else 0
         if not samples and logs:
             self._uncounted(phase)
             samples = None
@@ -468,10 +520,10 @@ class EnergyCallback(_Callback):
 
     def _start(self, call: _Call, first_epoch: int | None = None) -> None:
         """Start measuring for ``call``: in a new run, the resumed run, or the current one."""
-        if first_epoch == 0 and self._run_used:
-            self._run = _Run(EnergySession(**self._session_kwargs))  # a new fit is a new run
-        elif first_epoch:
+        if first_epoch is not None and (first_epoch > 0 or _restores_a_backup(call.callback_list)):
             self._resume(first_epoch, call)
+        elif first_epoch == 0 and self._run_used:
+            self._run = _Run(EnergySession(**self._session_kwargs))  # a new fit is a new run
         self._run_used = True
         call.run = self._run
         session = self._run.session
@@ -481,13 +533,26 @@ class EnergyCallback(_Callback):
         session.start(output_dir=self._output_dir(call), device_indices=device_indices, reducer=reducer, sync=sync)
         if call.kind == "fit" and isinstance(self.params.get("epochs"), int) and self.params["epochs"] > 0:
             session.tracker.planned_epochs = self.params["epochs"]  # enables the whole-run prediction
+        if call.kind == "fit":
+            # Names this run in energy-state.json now, not only at an epoch's end: a fit killed in
+            # its first epoch (preempted: no exception to see) that BackupAndRestore resumes from a
+            # backup inside that epoch continues this run, not the one that wrote the file before.
+            self._run.save_state(wait=False)
 
     def _resume(self, first_epoch: int, call: _Call) -> None:
-        """A ``fit`` from ``first_epoch`` > 0 continues the run that reached the epoch before, as its
-        next attempt: this object's last run, or in a new process the one in ``energy-state.json``."""
-        state = self._run.state() if self._run_used else _read_state(self._output_dir(call))
+        """A ``fit`` from ``first_epoch`` > 0, or restored by BackupAndRestore, continues the run that
+        reached the epoch before (any run, for epoch 0), as its next attempt: this object's last
+        run, or in a new process the one in ``energy-state.json``."""
+        if self._run_used:
+            state = self._run.state()
+        else:
+            # A fit of this process that just raised (a retry loop) has its run's state written
+            # by the watch thread, within a fraction of a second: wait for that before reading.
+            watch.settle()
+            state = _read_state(self._output_dir(call))
         last = state.get("last_train_epoch") if state else None
-        if isinstance(last, int) and last >= first_epoch - 1:
+        reached = last if isinstance(last, int) else -1  # None: no epoch finished yet
+        if state and reached >= first_epoch - 1:
             self._run = _Run(EnergySession(**self._session_kwargs), last_train_epoch=last)
             self._run.session.load_state_dict(state)
         elif self._run_used:
@@ -546,6 +611,19 @@ class EnergyCallback(_Callback):
             return 0
         return int(round(float(keras.ops.convert_to_numpy(loss_tracker.count))))
 
+    def _not_steps(self, count: int, loop: str, steps: Any) -> int:
+        """The loss tracker's ``count`` as samples; 0 (uncounted) where it may be the ``steps`` run.
+
+        Keras's own ``train_step`` / ``test_step`` (``loop``: train, test) weight the loss by the
+        batch size: their count is samples. A custom step written as in Keras's guide to
+        customizing ``fit()`` updates the tracker with the batch's loss alone, once per step. So a
+        custom step's count is samples only when it differs from the steps run, where those are
+        known (``steps`` None or 0: not known). Batches of one sample each: uncounted, never wrong.
+        """
+        if count and _custom_step(self.model, loop) and (not isinstance(steps, int) or steps <= 0 or count == steps):
+            return 0
+        return count
+
     def _uncounted(self, phase: str) -> None:
         """The open phase ran steps but its samples are unknown: recorded as uncounted, one warning per run."""
         self.tracker.add_samples(None)
@@ -553,8 +631,10 @@ class EnergyCallback(_Callback):
             self._warned_samples = self.tracker.run_id
             warn(
                 f"greencallbacks: could not count the {phase} samples (a custom train_step / test_step that does "
-                "not update the model's loss tracker?); the record says samples_counted: false and per-sample "
-                "values are left out. Pass samples_per_epoch= for training."
+                "not update the model's loss tracker, or updates it once per batch, without "
+                "sample_weight=<batch size>, or any custom test_step in fit's validation, whose steps are not "
+                "known?); the record says samples_counted: false and per-sample values are left out. Pass "
+                "samples_per_epoch= for training."
             )
 
     def _add_tokens(self, logs: dict | None) -> None:
