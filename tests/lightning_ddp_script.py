@@ -1,7 +1,9 @@
 """Two CPU ranks under Lightning's DDP (gloo), each dumping what it logged (run by test_lightning_ddp).
 
-Usage: python lightning_ddp_script.py OUT_DIR. Lightning's subprocess launcher starts rank 1 by
-running this script again with LOCAL_RANK set.
+Usage: python lightning_ddp_script.py OUT_DIR [STRATEGY]. With ``ddp`` (the default) Lightning's
+subprocess launcher starts rank 1 by running this script again with LOCAL_RANK set; with
+``ddp_spawn`` it pickles the Trainer, callbacks and model into two new processes, and only this
+process's rank-0 dump is written (by the parent).
 """
 
 from __future__ import annotations
@@ -41,18 +43,24 @@ class EveryRankLogger(Logger):
         self.logged.append({"step": step, **{k: float(v) for k, v in metrics.items()}})
 
 
-def main(out_dir: Path) -> None:
-    _, EnergyCallback, TinyModel = flavour("lightning.pytorch")
+_, EnergyCallback, TinyModel = flavour("lightning.pytorch")
+
+
+class SpawnableModel(TinyModel):
+    """TinyModel under a name a spawned process can import: ddp_spawn pickles the model."""
+
+
+def main(out_dir: Path, strategy: str) -> None:
     callback = EnergyCallback(output_dir=out_dir / "energy", country="DE")
     every_rank = EveryRankLogger()
     trainer = L.Trainer(
         max_epochs=2,
-        strategy="ddp",
+        strategy=strategy,
         logger=[CSVLogger(out_dir, name="csv"), every_rank],
         callbacks=[callback],
         **trainer_kwargs(devices=2),
     )
-    trainer.fit(TinyModel(), *loaders())
+    trainer.fit(SpawnableModel(), *loaders())
     rank = trainer.global_rank
     dump = {
         "rank": rank,
@@ -66,4 +74,4 @@ def main(out_dir: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else "ddp")

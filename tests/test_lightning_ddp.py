@@ -75,3 +75,21 @@ def test_host_energy_counted_once_and_ranks_summed(ddp_run):
     assert [r.samples for r in records if r.phase == "validation"] == [VAL_SAMPLES, VAL_SAMPLES]
     logged = [row["energy_kwh"] for row in energy_rows(rank0) if "energy_kwh" in row]
     assert logged == pytest.approx([r.energy_kwh for r in train], rel=1e-5)
+
+
+def test_ddp_spawn_pickles_the_callback_into_its_ranks_and_counts_alike(tmp_path):
+    """``strategy="ddp_spawn"`` pickles the Trainer, this callback included, into two new
+    processes: the callback must survive that, and they measure as the ``ddp`` ranks do."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    env.pop("LOCAL_RANK", None)
+    result = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path), "ddp_spawn"],
+                            capture_output=True, text=True, timeout=180, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    records = read_records(tmp_path / "energy")
+    assert records and all(r.ranks == 2 for r in records)
+    train = [r for r in records if r.phase == "train"]
+    assert [r.samples for r in train] == [TRAIN_SAMPLES, TRAIN_SAMPLES]
+    assert [r.samples for r in records if r.phase == "validation"] == [VAL_SAMPLES, VAL_SAMPLES]
+    # Lightning hands rank 0's callback_metrics back to this (parent) process.
+    parent = json.loads((tmp_path / "rank0.json").read_text())
+    assert parent["callback_metrics"]["energy_kwh"] == pytest.approx(train[-1].energy_kwh, rel=1e-6)

@@ -7,8 +7,14 @@ rank's local records and sums them, so all ranks log the same numbers.
 
 from __future__ import annotations
 
+import atexit
 import socket
+import time
 from typing import Any, Protocol
+
+# See `_let_gloo_workers_finish`.
+GLOO_EXIT_GRACE_S = 0.05
+_grace_registered = False
 
 
 class Reducer(Protocol):
@@ -45,6 +51,10 @@ class TorchReducer:
             raise RuntimeError("torch.distributed is not initialised; use LocalReducer")
         self._dist = dist
         self._group = None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+        global _grace_registered
+        if not _grace_registered:
+            _grace_registered = True
+            atexit.register(_let_gloo_workers_finish)
         self.rank = dist.get_rank()
         self.world_size = dist.get_world_size()
         hosts = self.all_gather(socket.gethostname())
@@ -55,6 +65,21 @@ class TorchReducer:
         out: list[Any] = [None] * self.world_size
         self._dist.all_gather_object(out, obj, group=self._group)
         return out
+
+
+def _let_gloo_workers_finish() -> None:
+    """At exit, give gloo's worker threads the GIL to let go of our gathers' tensors.
+
+    A gloo worker frees a finished collective's tensors on its own thread, and freeing a tensor
+    made in Python takes the GIL. When the interpreter is already finalizing, that thread is
+    stopped inside a C++ destructor and the process aborts (SIGABRT, "terminate called without an
+    active exception"), after the training has finished: a torch bug (gloo workers outliving the
+    interpreter's exit handlers), which our gathers set off on a rank that exits right after its
+    last one (Lightning ddp_spawn, torchrun ranks). Here, still inside the exit handlers, the
+    workers can take the GIL while this thread sleeps: 2 spawned ranks gathering then exiting
+    aborted in 16 of 38 runs without this and 0 of 33 with it.
+    """
+    time.sleep(GLOO_EXIT_GRACE_S)
 
 
 def torch_reducer_or_local() -> Reducer:
