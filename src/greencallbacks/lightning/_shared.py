@@ -188,7 +188,8 @@ class EnergyCallbackBase:
         if self.session.output_dir is None:
             output_dir = trainer.log_dir or trainer.default_root_dir  # log_dir is a collective: all ranks
             if self.prefix and self._beside_another(trainer):
-                output_dir = os.path.join(output_dir, "energy-" + (re.sub(r"[^\w.-]+", "-", self.prefix).strip("-.") or "prefix"))
+                name = re.sub(r"[^\w.-]+", "-", self.prefix).strip("-.") or "prefix"
+                output_dir = os.path.join(output_dir, f"energy-{name}")
         device_indices, sync = device_and_sync(trainer.strategy.root_device)
         reducer = torch_reducer_or_local()  # a collective on several ranks; setup runs on all of them
         self.session.start(output_dir=output_dir, device_indices=device_indices, reducer=reducer, sync=sync)
