@@ -159,6 +159,23 @@ def test_an_epoch_cut_short_and_redone_after_a_resume_is_its_own_row():
     assert Record.from_dict(data).attempt == 0
 
 
+def test_a_checkpoint_evaluated_in_a_later_session_adds_to_the_totals_not_to_the_epochs():
+    """Lightning's validate(ckpt_path=...) in a new process continues the run as an attempt that
+    trains nothing: its validation (at Lightning's epoch 0 there) is no epoch of the run."""
+    records = one_run("evaluated")[:-1]
+    records.append(dataclasses.replace(rec("evaluated", "validation", 0, 7200.0, 100, 4), attempt=1))
+    records.append(dataclasses.replace(rec("evaluated", "other", 0, 360.0, 0, 5), attempt=1))
+    labels = [row["label"] for row in report.epoch_summary(records)]
+    assert labels == ["0", "1"]
+    assert [row["val_energy_kwh"] for row in report.epoch_rows(records)] == pytest.approx([3600.0 / KWH] * 2)
+    text = report.render(records, "md")
+    assert "resumed from a checkpoint" not in text
+    assert "A checkpoint of the run was evaluated again in a later session (validation)" in text
+    total = report.summary(records)["total"]
+    assert total["energy_kwh"]["mean"] == pytest.approx(sum(r.energy_kwh for r in records), rel=1e-12)
+    assert report.phase_totals(records)["validation"]["energy_kwh"] == pytest.approx((3600.0 * 2 + 7200.0) / KWH)
+
+
 def test_uncounted_samples_show_na_not_zero():
     records = one_run()
     records[0] = dataclasses.replace(records[0], samples=0, samples_counted=False, energy_j_per_sample=None)
@@ -417,3 +434,18 @@ def test_a_real_crash_and_resume_reports_the_redone_epoch_per_attempt(tmp_path):
     ticks = [t.get_text() for t in figure.axes[0].get_xticklabels()]
     assert ticks == ["0\nattempt 0", "1\nattempt 0", "2\nattempt 0\ncut short", "2\nattempt 1"]
     report.plot_epochs(records, tmp_path / "resumed.png")
+
+    # Its last checkpoint validated in a later session (a new callback, as in a new process).
+    trainer = L.Trainer(logger=False, callbacks=[EnergyCallback(output_dir=energy, country="FR")], **trainer_kwargs())
+    trainer.validate(TinyModel(), loaders()[1], ckpt_path=ckpt / "last.ckpt")
+    after = read_records(energy)
+    from packaging.version import Version
+
+    if Version(L.__version__) >= Version("2.5"):
+        # Lightning restores callbacks in every stage: an attempt that trains nothing, in the
+        # totals, not among the epochs.
+        assert {r.attempt for r in after} == {0, 1, 2} and "validation" in {r.phase for r in after if r.attempt == 2}
+        assert [row["label"] for row in report.epoch_summary(after)] == labels
+        assert "evaluated again in a later session (validation)" in report.render(after, "md")
+    else:  # only in fit: the validation is a run of its own, the trained run's records untouched
+        assert len({r.run_id for r in after}) == 2 and after[:len(records)] == records

@@ -36,12 +36,15 @@ def epoch_rows(records: Iterable[Record]) -> list[dict]:
     """One row per (run, attempt, epoch): training energy and its per-sample cost, validation alongside.
 
     An epoch cut short in one attempt and redone by the next is two rows (``redone`` on the
-    first), never one row with the energy of both divided by one epoch's samples.
+    first), never one row with the energy of both divided by one epoch's samples. An attempt
+    that trained nothing (a checkpoint evaluated again in a later session: Lightning's
+    ``validate(ckpt_path=...)``) has no epochs of its own: its phases are in the totals only.
     """
     records = list(records)
+    trained_in = training_attempts(records)
     rows: dict[tuple[str, int, int], dict] = {}
     for r in records:
-        if r.epoch is None or r.phase not in ("train", "validation"):
+        if r.epoch is None or r.phase not in ("train", "validation") or (r.run_id, r.attempt) not in trained_in:
             continue
         row = rows.setdefault(
             (r.run_id, r.attempt, r.epoch),
@@ -75,6 +78,11 @@ def epoch_rows(records: Iterable[Record]) -> list[dict]:
             row["j_per_sample"] = row["energy_kwh"] * J_PER_KWH / row["train_samples"]
         del row["has_train"]
     return [rows[k] for k in sorted(rows)]
+
+
+def training_attempts(records: Iterable[Record]) -> set[tuple[str, int]]:
+    """The (run, attempt) pairs that trained: the others only evaluated a checkpoint."""
+    return {(r.run_id, r.attempt) for r in records if r.phase == "train"}
 
 
 def epoch_label(row: dict, with_attempt: bool) -> str:
@@ -177,9 +185,14 @@ def provenance(records: Sequence[Record]) -> list[str]:
         notes.append("Phases marked partial were cut short by an exception or interrupt; their energy is in the totals.")
     if any(not r.samples_counted for r in records):
         notes.append("Some batches could not be counted: samples are a lower bound and J/sample is n/a there.")
-    if len({r.attempt for r in records}) > 1:
+    trained_in = training_attempts(records)
+    if len(trained_in) > len({run for run, _ in trained_in}):
         notes.append("A run was resumed from a checkpoint: each attempt's epochs are listed; an epoch cut short "
                      "and redone counts in the total once per attempt, since its energy was spent twice.")
+    evaluated = sorted({r.phase for r in records if (r.run_id, r.attempt) not in trained_in and r.phase != "other"})
+    if evaluated and trained_in:
+        notes.append(f"A checkpoint of the run was evaluated again in a later session ({', '.join(evaluated)}): "
+                     "that energy is in the totals by phase and the whole run, not in the per-epoch table.")
     notes.append(f"Tool: greencallbacks {records[0].tool_version or '(unknown version)'}.")
     return notes
 
