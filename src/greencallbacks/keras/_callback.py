@@ -236,8 +236,7 @@ class EnergyCallback(_Callback):
             the tracker at 0, or that updates it once per batch, as Keras's guide to customizing
             ``fit()`` does: its count equals the steps run) is recorded as ``samples_counted:
             false``, with one warning. A custom step that weights the loss by the batch size
-            (``update_state(loss, sample_weight=batch_size)``) is counted, where the steps it ran
-            are known: training, and an ``evaluate`` of known length; not in ``fit``'s validation.
+            (``update_state(loss, sample_weight=batch_size)``) is counted.
         sample_counter: ``outputs -> int`` samples in one ``predict`` batch. Keras hands callbacks
             no input batches; the only per-batch values are ``predict``'s outputs, which
             ``greencallbacks.samples.count_samples`` counts by default (one array, or a list,
@@ -327,10 +326,11 @@ class EnergyCallback(_Callback):
         self._validated = False
         self._predicted: int | None = 0  # None once a predicted batch could not be counted
         self._predicted_lock = threading.Lock()
-        # Steps run in the open training epoch, from the batch hook (which Keras may run out of
-        # order on its worker threads; it waits for them before on_epoch_end).
-        self._train_steps = 0
-        self._count_steps = False
+        # Steps run in the open training epoch and evaluation loop, from the batch hooks (which
+        # Keras may run out of order on its worker threads; it waits for them before
+        # on_epoch_end and on_test_end). Counted only for a custom step (see _not_steps).
+        self._train_steps = self._test_steps = 0
+        self._count_steps = self._count_test_steps = False
         self._steps_lock = threading.Lock()
         self._warned_samples = False
 
@@ -447,7 +447,15 @@ class EnergyCallback(_Callback):
         if phase == "validation":
             self._train_samples = self._samples_seen()  # read before evaluate resets the metrics
         self._phases.append((phase, outermost))
+        with self._steps_lock:
+            self._test_steps = 0
+        self._count_test_steps = _custom_step(self.model, "test")
         self.tracker.begin(phase, self._epoch if phase == "validation" else None)
+
+    def on_test_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        if self._count_test_steps:
+            with self._steps_lock:
+                self._test_steps = max(self._test_steps, batch + 1)
 
     @never_raises
     def on_test_end(self, logs: dict | None = None) -> None:
@@ -456,9 +464,8 @@ class EnergyCallback(_Callback):
         phase, outermost = self._phases.pop()
         # No step ran (an empty validation set) when Keras's logs are empty: then the loss tracker
         # holds a stale count on TensorFlow and JAX (their loops sync metrics only after a step).
-        # The steps: those of a standalone evaluate's CallbackList (its params); validation inside
-        # fit has fit's params, and this callback hooks no test batches (on_train_batch_end only).
-        steps = (self.params or {}).get("steps") if phase == "test" else None
+        with self._steps_lock:
+            steps = self._test_steps
         samples = self._not_steps(self._samples_seen(), "test", steps) if logs else 0
         if not samples and logs:
             self._uncounted(phase)
@@ -632,8 +639,7 @@ class EnergyCallback(_Callback):
             warn(
                 f"greencallbacks: could not count the {phase} samples (a custom train_step / test_step that does "
                 "not update the model's loss tracker, or updates it once per batch, without "
-                "sample_weight=<batch size>, or any custom test_step in fit's validation, whose steps are not "
-                "known?); the record says samples_counted: false and per-sample values are left out. Pass "
+                "sample_weight=<batch size>?); the record says samples_counted: false and per-sample values are left out. Pass "
                 "samples_per_epoch= for training."
             )
 
