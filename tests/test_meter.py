@@ -332,6 +332,111 @@ def test_slow_sensor_failing_on_the_reader_degrades_and_boundaries_stay_continuo
     assert meter.between(middle, last).components[0].method == "estimated"
 
 
+def test_a_transient_fault_is_held_and_the_next_good_read_recovers_every_joule():
+    """An NVML timeout on one read: the cumulative counter's next read holds the energy of the
+    gap, so the GPU is not given up for the rest of the run (it was, at the first fault)."""
+    clock = FakeClock()
+    gpu = SlowSensor("gpu0", clock, power_w=300.0)
+    meter = reader_meter(clock, gpu)
+    first = meter.snapshot(exact=True)
+    run_reader(meter, clock, 1.0)
+    gpu.fail_with = SensorError("gpu0: NVML energy counter failed: Timeout", transient=True)
+    run_reader(meter, clock, 0.15)  # one or two reads fail, fewer than FAILURES_BEFORE_DEGRADE
+    gpu.fail_with = None
+    run_reader(meter, clock, 1.0)
+    last = meter.snapshot(exact=True)
+    window = meter.between(first, last)
+    assert window.energy_j == pytest.approx(300.0 * (last.monotonic_s - first.monotonic_s), rel=1e-9)
+    assert not meter.channels[0].failed and window.components[0].note == ""
+    # One that persists degrades, as any other fault does at once.
+    gpu.fail_with = SensorError("gpu0: NVML energy counter failed: Timeout", transient=True)
+    with pytest.warns(EnergyWarning, match="no longer counted"):
+        run_reader(meter, clock, 0.5)
+    assert meter.channels[0].failed
+
+
+def test_a_failed_power_sample_ends_the_samples_it_does_not_freeze_them():
+    """One instantaneous-power read fails while the GPU idles at 60 W, then it trains at 700 W:
+    boundaries were carried at the frozen 60 W for the rest of the run (13 % per phase off)."""
+    clock = FakeClock()
+    gpu = SlowSensor("gpu0", clock, power_w=60.0)
+    meter = reader_meter(clock, gpu)
+    meter.snapshot(exact=True)
+    run_reader(meter, clock, 1.0)
+    gpu.instant = False  # power_now_w fails once ...
+    gpu.power_now_w = lambda: (_ for _ in ()).throw(SensorError("field read failed"))
+    run_reader(meter, clock, 0.02)
+    del gpu.power_now_w  # ... then works again
+    gpu.instant = True
+    gpu.set_power(700.0)
+    run_reader(meter, clock, 1.0)
+    errors = []
+    for k in range(10):
+        a = meter.snapshot()
+        run_reader(meter, clock, 0.3 + 0.07 * k)
+        b = meter.snapshot()
+        errors.append(meter.between(a, b).energy_j / (700.0 * (b.monotonic_s - a.monotonic_s)) - 1)
+    assert max(map(abs, errors)) < 0.01, errors
+    assert meter.channels[0].samples_power  # one failure does not stop sampling
+
+
+def test_a_boundary_does_not_wait_for_a_read_in_progress_on_the_reader():
+    """The reader is inside a slow read (a GPU in an error state can take seconds) and its last
+    read has gone stale: the boundary carries that read forward instead of queueing behind it
+    and then reading again itself (3.7 s per boundary with a 2 s read)."""
+    clock = FakeClock()
+    gpu = SlowSensor("gpu0", clock, power_w=200.0)
+    meter = reader_meter(clock, gpu)
+    first = meter.snapshot(exact=True)
+    run_reader(meter, clock, 1.0)
+    channel = meter.channels[0]
+    assert channel._refresh_lock.acquire()  # the reader thread's read, in progress
+    try:
+        clock.advance(2.0)
+        reads = gpu.reads
+        done = []
+        boundary = threading.Thread(target=lambda: done.append(meter.snapshot()))
+        boundary.start()
+        boundary.join(timeout=5)
+        assert done, "the boundary waited for the reader's read"
+        assert gpu.reads == reads  # and read nothing itself
+        second = done[0]
+        assert second.carried_s["gpu0"] == pytest.approx(2.0, abs=0.1)
+        window = meter.between(first, second)
+        assert window.energy_j == pytest.approx(200.0 * (second.monotonic_s - first.monotonic_s), rel=1e-6)
+        assert window.components[0].uncertainty_j >= 200.0 * 2.0 * 0.99  # the carried span, stated
+    finally:
+        channel._refresh_lock.release()
+
+
+def test_reads_slower_than_the_update_period_still_move_the_anchor():
+    """Each NVML read takes 150 ms, longer than the counter's 100 ms update period, so every read
+    straddles an update: the anchor was never moved, went stale, and every boundary read the
+    counter in place on the training thread."""
+    from greencallbacks.sensors.nvml import find_nvml_gpus
+    from tests.fakes.fake_pynvml import FakeNvml, gpu_uuid
+
+    clock = FakeClock()
+    latency, reads = {"s": 0.003}, []
+    nvml = FakeNvml(clock, counter_latency=lambda: reads.append(1) or latency["s"])
+    nvml.add_gpu(gpu_uuid(0), power_w=200.0)
+    meter = reader_meter(clock, *find_nvml_gpus(pynvml=nvml, environ={}, clock=clock).sensors)
+    first = meter.snapshot(exact=True)
+    run_reader(meter, clock, 2.0)  # fast reads: the reader finds the update phase
+    channel = meter.channels[0]
+    assert channel._phase is not None
+    latency["s"] = 0.15
+    run_reader(meter, clock, 1.0)
+    calls = len(reads)
+    for _ in range(5):
+        assert channel.estimate(clock()) is not None  # a recent anchor: nothing to read in place
+        meter.snapshot()
+        run_reader(meter, clock, 0.3)
+    last = meter.snapshot(exact=True)
+    assert meter.between(first, last).energy_j == pytest.approx(200.0 * (last.monotonic_s - first.monotonic_s), rel=1e-3)
+    assert len(reads) - calls <= 5 * 0.3 / 0.15 + 2  # the reader's reads only, and the exact one
+
+
 def test_off_thread_defaults_to_the_real_clock_and_is_validated():
     clock = FakeClock()
     assert Meter([SlowSensor("gpu0", clock)], fallback=None).off_thread is True

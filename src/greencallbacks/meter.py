@@ -45,6 +45,12 @@ POWER_HISTORY = 64  # samples kept: ~1.3 s, more than the span between two count
 # to stop early, inconsistent steps tolerated before concluding it has no steady period, and how
 # often to search again (the GPU's clock and the host's drift apart slowly).
 PHASE_STEPS, PHASE_PRECISION_S, PHASE_MAX_CONFLICTS, PHASE_REFRESH_S = 20, 0.0015, 3, 60.0
+# A sensor call failing with a transient fault (``SensorError.transient``: an NVML timeout) this
+# many times in a row degrades its channel; fewer are held at the last value, since a cumulative
+# counter's next good read recovers every joule, where degrading at once would stop counting the
+# device for the rest of the run. Any other fault (GPU lost, permission denied) degrades at once.
+# Instantaneous power, which only refines the estimate, gets the same retries for any fault.
+FAILURES_BEFORE_DEGRADE = 3
 
 
 def _integral_at(samples: Sequence[tuple[float, float, float]], t: float) -> float:
@@ -157,6 +163,8 @@ class _Channel:
         self._started = clock()
         self.note = getattr(sensor, "note", "") or ""
         self.failed = False  # stopped counting altogether
+        self._failures = 0  # sensor calls failed in a row (see FAILURES_BEFORE_DEGRADE)
+        self._power_failures = 0
         self._method_seen: object = None
         self._method_text = ""
         # Off-thread reading. The reader thread writes these under _state_lock, which is never held
@@ -206,11 +214,20 @@ class _Channel:
                 try:
                     value = self._offset_j + self.sensor.energy_j() - self._base_j
                 except Exception as error:  # noqa: BLE001 - any sensor failure degrades, never raises
-                    self._degrade(error)
+                    self._failed_once(error)
                 else:
+                    self._failures = 0
                     # A sensor must never make a window negative; hold the high-water mark.
                     self._last_j = max(self._last_j, value)
             return self._last_j
+
+    def _failed_once(self, error: BaseException) -> None:
+        """A failed sensor call (under ``_lock``): a transient fault is held at its last value
+        until it keeps failing (FAILURES_BEFORE_DEGRADE); any other degrades the channel now."""
+        self._failures += 1
+        if not getattr(error, "transient", False) or self._failures >= FAILURES_BEFORE_DEGRADE:
+            self._failures = 0
+            self._degrade(error)
 
     def refresh(self) -> float:
         with self._refresh_lock:
@@ -236,13 +253,18 @@ class _Channel:
                     t -= period / 2
             else:
                 k = math.floor((before - self._phase) / period)
-                if k == math.floor((after - self._phase) / period):
+                k_after = math.floor((after - self._phase) / period)
+                if k == k_after:
                     t = self._phase + k * period
-                elif self._anchor is not None:
+                elif self._anchor is not None and before - self._anchor[0] < 2 * period:
                     # The read straddled an update: which one it holds is unknown. Keep carrying
                     # the previous anchor rather than risk one period's lag.
                     self._last_read = (before, after, value)
                     return value
+                else:
+                    # Reads slower than the period straddle every time: the middle of the updates
+                    # it may hold is at most half the span off, where an anchor never moved would age.
+                    t = self._phase + 0.5 * (k + k_after) * period
         self._last_read = (before, after, value)
         with self._state_lock:
             previous = self._anchor
@@ -326,8 +348,17 @@ class _Channel:
             power = self.sensor.power_now_w()
         except Exception:  # noqa: BLE001 - power only refines the estimate; the counter still counts
             power = None
+            self._power_failures += 1
+            unsupported = self._power_failures >= FAILURES_BEFORE_DEGRADE
+        else:
+            self._power_failures = 0
+            unsupported = power is None
         if power is None:
-            self._power_ok = False
+            # The samples end here: carrying the last one's watts over the gap would bill the power
+            # of a moment for seconds. Without them, boundaries carry the counter's slope.
+            with self._state_lock:
+                self._power.clear()
+            self._power_ok = not unsupported
             return
         with self._state_lock:
             if self._power and t > self._power[-1][0]:
@@ -340,11 +371,12 @@ class _Channel:
     def samples_power(self) -> bool:
         return self._power_ok
 
-    def estimate(self, now: float) -> tuple[float, float] | None:
-        """(value, seconds carried) at ``now`` from the latest read; None if there is none recent."""
+    def estimate(self, now: float, stale_ok: bool = False) -> tuple[float, float] | None:
+        """(value, seconds carried) at ``now`` from the latest read; None if there is none (or
+        none recent, unless ``stale_ok``)."""
         with self._state_lock:
             anchor = self._anchor
-            if anchor is None or abs(now - anchor[0]) > max(STALE_READ_S, 2.5 * self.read_interval_s):
+            if anchor is None or (not stale_ok and abs(now - anchor[0]) > max(STALE_READ_S, 2.5 * self.read_interval_s)):
                 return None
             t_a, value, slope = anchor
             power = self._power
@@ -361,15 +393,25 @@ class _Channel:
         else:
             estimate = None if exact else self.estimate(now)
             if estimate is None:
-                # Read in place (the reader carries on from this read), then carry it from the
-                # update it holds to this boundary like any other read.
-                read = self.refresh()
-                estimate = self.estimate(now) or (read, 0.0)
+                estimate = self._read_in_place(now, exact)
             value, carried = estimate
         with self._state_lock:
             # Never below a value already handed out: windows stay non-negative and telescoping.
             self._boundary_j = max(self._boundary_j, value)
             return self._boundary_j, carried
+
+    def _read_in_place(self, now: float, exact: bool) -> tuple[float, float]:
+        """Read the counter here (the reader carries on from this read), then carry it from the
+        update it holds to ``now`` like any other read. Where the reader is inside a read (a slow
+        or hung one: GPU in an error state), a boundary that need not be exact does not wait for
+        it: it carries the latest read forward, however old, and its uncertainty grows with that."""
+        if not self._refresh_lock.acquire(blocking=exact or self._anchor is None):
+            return self.estimate(now, stale_ok=True)
+        try:
+            read = self._refresh()
+        finally:
+            self._refresh_lock.release()
+        return self.estimate(now) or (read, 0.0)
 
     def peek(self, now: float) -> tuple[float, float]:
         """Like ``boundary`` but never reads a slow counter and hands nothing out: a slow channel
@@ -396,7 +438,7 @@ class _Channel:
             try:
                 self.sensor.poll()
             except Exception as error:  # noqa: BLE001
-                self._degrade(error)
+                self._failed_once(error)
 
     def _degrade(self, error: BaseException) -> None:
         broken = self.sensor

@@ -42,7 +42,12 @@ class Kind(str, enum.Enum):
 
 
 class SensorError(RuntimeError):
-    """A sensor could not be read. The meter catches it and degrades that sensor."""
+    """A sensor could not be read. The meter catches it and degrades that sensor, at once, or,
+    where ``transient`` (a fault the device recovers from: an NVML timeout), when it persists."""
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 class Sensor:

@@ -110,7 +110,12 @@ class GpuSensor(Sensor):
             ) from error
 
     def _failed(self, what: str, error: BaseException) -> SensorError:
-        return SensorError(f"{self.name} ({self.scope}): {self.library} {what} failed: {self._error_text(error)}")
+        return SensorError(f"{self.name} ({self.scope}): {self.library} {what} failed: {self._error_text(error)}",
+                           transient=self._is_transient(error))
+
+    def _is_transient(self, error: BaseException) -> bool:
+        """Is ``error`` a fault the device recovers from (retried before degrading)? A backend says."""
+        return False
 
     def _call(self, what: str, read: Callable[[], Any]) -> Any:
         try:
