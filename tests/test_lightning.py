@@ -379,6 +379,49 @@ def test_testing_the_best_checkpoint_after_the_fit_continues_the_run_as_it_is(tm
     assert "resumed" not in report.render(records, "md")
 
 
+def test_testing_a_checkpoint_of_an_earlier_attempt_after_a_resumed_fit_adds_no_attempt(tmp_path):
+    """The fit crashed, a new callback resumed it (attempt 1); then the test of a checkpoint the
+    crashed attempt wrote (Lightning's "best", often) opened attempt 2 of a run that trained twice."""
+    import shutil
+
+    from flow_invariants import check_run
+    from lightning_models import Boom
+
+    L, EnergyCallback, TinyModel = flavour("lightning.pytorch")
+    ckpt = tmp_path / "ckpt"
+
+    def trainer_with(callback):
+        checkpoint = L.callbacks.ModelCheckpoint(dirpath=ckpt, save_last=True)
+        return L.Trainer(max_epochs=3, logger=False, callbacks=[callback, checkpoint],
+                         **trainer_kwargs(enable_checkpointing=True))
+
+    with pytest.raises(Boom):
+        trainer_with(EnergyCallback(intensity=300.0, output_dir=tmp_path / "energy")).fit(TinyModel(fail_at=(2, 1)), *loaders())
+    shutil.copy(ckpt / "last.ckpt", tmp_path / "attempt0.ckpt")
+    callback = EnergyCallback(intensity=300.0, output_dir=tmp_path / "energy")
+    trainer = trainer_with(callback)
+    trainer.fit(TinyModel(), *loaders(), ckpt_path=ckpt / "last.ckpt")
+    trainer.test(TinyModel(), loaders()[1], ckpt_path=tmp_path / "attempt0.ckpt", verbose=False)
+    records = check_run(callback.tracker.run_id, [tmp_path / "energy"])
+    assert {r.attempt for r in records} == {0, 1}  # {0, 1, 2} before
+    assert [r.attempt for r in records if r.phase == "test"] == [1]
+
+
+def test_a_used_callback_can_be_pickled_and_copied(tmp_path):
+    """ddp_spawn pickles the Trainer with its callbacks: a callback already used in a fit (a smoke
+    test on one device first) held its records writer's lock, and the spawned fit never started."""
+    import copy
+    import pickle
+
+    L, EnergyCallback, TinyModel = flavour("lightning.pytorch")
+    callback = EnergyCallback(intensity=300.0, output_dir=tmp_path)
+    L.Trainer(max_epochs=1, logger=False, callbacks=[callback], **trainer_kwargs()).fit(TinyModel(), *loaders())
+    pickle.dumps(callback.session)  # (the callback itself holds Lightning's `log` of this test's local model class)
+    clone = copy.deepcopy(callback)
+    L.Trainer(max_epochs=1, logger=False, callbacks=[clone], **trainer_kwargs()).fit(TinyModel(), *loaders())
+    assert clone.tracker.run_id != callback.tracker.run_id and clone.tracker.ledger.totals["train"].samples > 0
+
+
 def test_two_callbacks_whose_metric_names_collide_say_so(tmp_path):
     """Two callbacks without their own prefix log the same names, and Lightning keeps one value
     of each: one callback's numbers vanish from every logger. One warning says so."""

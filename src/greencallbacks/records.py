@@ -183,6 +183,17 @@ class RecordWriter:
         self._syncer: ThreadPoolExecutor | None = None
         self._next_sync_at = float("-inf")  # time.monotonic() from which a write starts an fsync
 
+    def __getstate__(self) -> dict:
+        # A callback is pickled with its tracker's writer (Lightning's ddp_spawn pickles the
+        # Trainer; deepcopy): the lock and the fsync thread are this process's, made anew.
+        state = dict(self.__dict__)
+        state["_lock"], state["_syncer"] = None, None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     def write(self, *records: Record) -> bool:
         """Append ``records`` in one write: a phase end and the gap before it cost one system call."""
         self.pending.extend(records)

@@ -442,11 +442,18 @@ class Tracker:
         return {**self.ledger.state_dict(open_records), "records_path": self._records_path(), "session_id": self._session_id}
 
     def wrote(self, state: dict[str, Any]) -> bool:
-        """Was ``state`` saved by this tracker? Then loading it is the framework restoring its own
-        checkpoint within one run (Lightning's learning-rate and batch-size tuners undo their trial
-        steps so; ``trainer.test(ckpt_path="best")`` after the fit), not a resume: the run goes on
-        as it is in memory, the trial's joules in it, and no new attempt begins."""
-        return state.get("session_id") in self._own_sessions
+        """Was ``state`` saved by this tracker, or by an earlier attempt of the run it continues?
+        Then loading it is the framework restoring its own checkpoint within one run (Lightning's
+        learning-rate and batch-size tuners undo their trial steps so; ``trainer.test(ckpt_path=
+        "best")`` after the fit), not a resume: the run goes on as it is in memory, the trial's
+        joules in it, and no new attempt begins."""
+        if state.get("session_id") in self._own_sessions:
+            return True
+        # A checkpoint of an earlier attempt of the run this tracker already continues
+        # (test(ckpt_path="best") after a resumed fit, best saved by the attempt that crashed):
+        # its records are in the ledger already.
+        attempt = state.get("attempt")
+        return state.get("run_id") == self.run_id and isinstance(attempt, int) and attempt < self.ledger.attempt
 
     def _records_path(self) -> str | None:
         """The records file's absolute path, resolved once per output directory (resolving walks
