@@ -154,6 +154,21 @@ def test_fallback_for_rapl_zones_is_an_estimate_for_their_share(powercap):
     assert ram_estimate.share == 0.5 and ram_estimate.w_per_gb == 0.25
 
 
+def test_multi_die_sockets_are_measured_and_their_fallbacks_have_unique_names(powercap):
+    from tests.fakes.fake_powercap import DEFAULT_RANGE_UJ, FakeZone
+
+    for zone_index, (socket, die) in enumerate([(0, 0), (0, 1)]):
+        FakeZone(powercap.root / f"intel-rapl:{zone_index}", f"package-{socket}-die-{die}", DEFAULT_RANGE_UJ, 1000)
+        powercap.add_dram(zone_index)
+    found = discover_sensors(gpus=None, powercap_root=powercap.root)
+    names = [s.name for s in found.sensors]
+    assert names == ["cpu-package-0-die-0", "cpu-package-0-die-1", "dram-0-die-0", "dram-0-die-1"]
+    Meter(found.sensors).close()  # the meter refuses duplicate names: these are accepted
+    fallbacks = [fallback_for(s) for s in found.sensors]
+    assert [f.name for f in fallbacks] == [f"{name}-estimate" for name in names]
+    assert all(f.share == 0.5 for f in fallbacks)
+
+
 def test_fallback_for_a_gpu_or_an_estimate_is_none(nvml):
     [gpu] = discover_sensors(gpus=[0], host=False, pynvml=nvml, environ={}).sensors
     assert isinstance(gpu, NvmlGpuSensor)
@@ -225,3 +240,76 @@ def test_devices_json_says_when_amd_gpus_are_not_permitted(machine, capsys):
     listing = json.loads(capsys.readouterr().out)
     [denied] = [u for u in listing["unavailable"] if "no permission" in u["reason"]]
     assert denied["kind"] == "gpu" and "'render' and 'video' groups" in denied["fix"]
+
+
+# -- the devices the adapters ask discovery for ------------------------------------------------
+
+
+def test_keras_on_jax_asks_for_the_local_cuda_index_even_when_it_is_0(monkeypatch):
+    jax = pytest.importorskip("jax")
+    pytest.importorskip("keras")
+    from types import SimpleNamespace
+
+    from greencallbacks.keras._backend import devices_and_sync
+
+    # Process 1 of a jax.distributed job, one GPU per process (CUDA_VISIBLE_DEVICES=<rank>): its
+    # device is CUDA 0 locally and device 1 globally. A local id of 0 is not "unknown".
+    device = SimpleNamespace(platform="gpu", local_hardware_id=0, id=1, process_index=1)
+    monkeypatch.setattr(jax, "local_devices", lambda *args, **kwargs: [device])
+    assert devices_and_sync("jax") == ([0], None)
+    unknown = SimpleNamespace(platform="gpu", local_hardware_id=None, id=2)  # no local id: the device id
+    monkeypatch.setattr(jax, "local_devices", lambda *args, **kwargs: [unknown, SimpleNamespace(platform="cpu", id=0)])
+    assert devices_and_sync("jax") == ([2], None)
+
+
+@pytest.fixture
+def cuda_box(monkeypatch):
+    """torch believes CUDA is there (the GPUs themselves are the fake NVML's); synchronize is recorded."""
+    torch = pytest.importorskip("torch")
+    synced = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda index=None: synced.append(index))
+    return synced
+
+
+@pytest.mark.parametrize("n_gpu, expected", [(4, [0, 1, 2, 3]), (1, [0])])
+def test_hf_single_process_data_parallel_asks_for_every_gpu(cuda_box, n_gpu, expected):
+    pytest.importorskip("transformers")
+    from types import SimpleNamespace
+
+    import torch
+
+    from greencallbacks.hf import _devices_and_sync
+
+    # n_gpu > 1: one process, Trainer wraps the model in nn.DataParallel over cuda:0..n_gpu-1.
+    indices, sync = _devices_and_sync(SimpleNamespace(device=torch.device("cuda:0"), n_gpu=n_gpu))
+    assert indices == expected
+    sync()
+    assert cuda_box == expected  # every device's queued work is waited for at a boundary
+    cpu = SimpleNamespace(device=torch.device("cpu"), n_gpu=0)
+    assert _devices_and_sync(cpu) == ([], None)
+
+
+def test_hf_data_parallel_measures_every_gpu(cuda_box, monkeypatch, tmp_path):
+    pytest.importorskip("transformers")
+    import time
+    from types import SimpleNamespace
+
+    import torch
+
+    import greencallbacks.sensors.nvml as nvml_module
+    from greencallbacks.hf import EnergyCallback
+
+    nvml = FakeNvml(time.monotonic)
+    for n in range(4):
+        nvml.add_gpu(gpu_uuid(n))
+    monkeypatch.setattr(nvml_module, "import_pynvml", lambda: nvml)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr("greencallbacks.session._SAID", set())  # its notices stay out of other tests' way
+    callback = EnergyCallback(intensity=100.0)
+    callback._start(SimpleNamespace(device=torch.device("cuda:0"), n_gpu=4, output_dir=str(tmp_path)))
+    try:
+        names = [s.name for s in callback.session.tracker.meter.sensors]
+    finally:
+        callback._stop()
+    assert [n for n in names if n.startswith("gpu")] == ["gpu0", "gpu1", "gpu2", "gpu3"]

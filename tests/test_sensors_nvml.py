@@ -185,6 +185,48 @@ def test_nvml_error_mid_run_raises_sensor_error_with_the_nvml_message(nvml, cloc
             sensor.poll()
 
 
+def test_a_timeout_is_transient_and_a_lost_gpu_is_not(nvml, clock):
+    """The meter holds a channel through a transient fault (the next read of the cumulative
+    counter recovers the joules), and degrades it at once for any other."""
+    sensor = only_sensor(nvml, device_indices=[0])
+    for code, transient in ((fp.NVML_ERROR_TIMEOUT, True), (fp.NVML_ERROR_UNKNOWN, True),
+                            (fp.NVML_ERROR_GPU_IS_LOST, False), (fp.NVML_ERROR_NO_PERMISSION, False)):
+        nvml.gpus[0].error_code = code
+        with pytest.raises(SensorError) as raised:
+            sensor.energy_j()
+        assert raised.value.transient is transient, code
+    nvml.gpus[0].error_code = None
+    sensor.energy_j()
+
+
+def test_a_timeout_on_one_read_loses_no_joule_of_that_gpu(clock):
+    """Three GPUs at 300 W; one counter read of GPU 1 times out: it was given up for the rest of
+    the run (1,320 J counted of 3,648)."""
+    nvml = FakeNvml(clock, counter_latency=0.003)
+    for n in range(3):
+        nvml.add_gpu(fp.gpu_uuid(n), power_w=300.0)
+    meter = Meter(find_nvml_gpus(pynvml=nvml, environ={}, clock=clock).sensors, fallback=None, clock=clock,
+                  wall_clock=lambda: clock() + 1.7e9, off_thread=True)
+    meter._poller.manual = True
+
+    def run(seconds):
+        for _ in range(round(seconds / 0.005)):
+            meter._poller.step()
+            clock.advance(0.005)
+
+    first = meter.snapshot(exact=True)
+    run(3.0)
+    nvml.gpus[1].error_code = fp.NVML_ERROR_TIMEOUT
+    run(0.15)
+    nvml.gpus[1].error_code = None
+    run(3.0)
+    last = meter.snapshot(exact=True)
+    gpu1 = meter.between(first, last).components[1]
+    truth = nvml.gpus[1].energy_between_j(first.monotonic_s, last.monotonic_s)
+    assert gpu1.energy_j == pytest.approx(truth, abs=300.0 * COUNTER_UPDATE_PERIOD_S)  # the counter's quantum
+    assert gpu1.note == ""
+
+
 def test_gpu_lost_raises_sensor_error(nvml, clock):
     sensor = only_sensor(nvml, device_indices=[0])
     nvml.gpus[0].lose()
@@ -410,6 +452,73 @@ def test_requested_index_beyond_the_visible_gpus_is_unavailable(nvml):
     assert scopes(found) == [("gpu0", gpu_uuid(0))]
     [missing] = found.unavailable
     assert missing.name == "gpu3" and "2 GPU(s) visible" in missing.reason
+
+
+class NodeNvml(FakeNvml):
+    """A node where NVML refuses some GPUs' handles: {NVML index: error code}."""
+
+    def __init__(self, clock, refused):
+        super().__init__(clock)
+        self.refused = refused
+
+    def nvmlDeviceGetHandleByIndex(self, index):
+        self._check_init()
+        if index in self.refused:
+            raise fp.NVMLError(self.refused[index])
+        return super().nvmlDeviceGetHandleByIndex(index)
+
+
+def node(clock, refused, gpus=4):
+    nvml = NodeNvml(clock, refused)
+    for n in range(gpus):
+        nvml.add_gpu(gpu_uuid(n))
+    return nvml
+
+
+@pytest.mark.parametrize("environ", [{}, {"CUDA_VISIBLE_DEVICES": "0,1"}, {"CUDA_VISIBLE_DEVICES": gpu_uuid(1)}])
+def test_a_gpu_without_permission_is_left_out_and_the_others_are_measured(clock, environ):
+    # Another job's GPU behind a cgroup rule: NVML counts it, but refuses its handle (and so does CUDA).
+    nvml = node(clock, {3: fp.NVML_ERROR_NO_PERMISSION})
+    found = find_nvml_gpus(environ=environ, pynvml=nvml, clock=clock)
+    expected = {"0,1": [gpu_uuid(0), gpu_uuid(1)], gpu_uuid(1): [gpu_uuid(1)]}
+    assert [s.scope for s in found.sensors] == expected.get(environ.get("CUDA_VISIBLE_DEVICES"), [gpu_uuid(n) for n in range(3)])
+    assert found.unavailable == []  # not this process's GPU: nothing to report
+
+
+def test_positions_skip_gpus_without_permission_as_cuda_does(clock):
+    # Only GPUs 1 and 3 are this job's: CUDA numbers them 0 and 1, and so do the positions here.
+    nvml = node(clock, {0: fp.NVML_ERROR_NO_PERMISSION, 2: fp.NVML_ERROR_NO_PERMISSION})
+    assert scopes(find_nvml_gpus(environ={}, pynvml=nvml, clock=clock)) == [("gpu0", gpu_uuid(1)), ("gpu1", gpu_uuid(3))]
+    found = find_nvml_gpus([1], environ={"CUDA_VISIBLE_DEVICES": "1"}, pynvml=nvml, clock=clock)
+    assert found.sensors == []
+    [missing] = found.unavailable
+    assert "1 GPU(s) visible" in missing.reason and "2 more that this process has no permission to use" in missing.reason
+
+
+def test_a_lost_gpu_is_unavailable_with_its_reason_and_the_others_are_measured(clock):
+    nvml = node(clock, {1: fp.NVML_ERROR_GPU_IS_LOST})
+    found = find_nvml_gpus(environ={}, pynvml=nvml, clock=clock)
+    # A lost GPU keeps its position: CUDA still counts it.
+    assert scopes(found) == [("gpu0", gpu_uuid(0)), ("gpu2", gpu_uuid(2)), ("gpu3", gpu_uuid(3))]
+    [lost] = found.unavailable
+    assert (lost.name, lost.kind) == ("gpu1", Kind.GPU)
+    assert "GPU is lost" in lost.reason and "Xid" in lost.fix
+    found = find_nvml_gpus([0], environ={"CUDA_VISIBLE_DEVICES": "0"}, pynvml=nvml, clock=clock)
+    assert scopes(found) == [("gpu0", gpu_uuid(0))] and found.unavailable == []  # not wanted: not reported
+
+
+def test_a_gpu_lost_after_its_handle_is_unavailable_too(nvml, clock):
+    nvml.gpus[1].lose()  # the handle is given, its UUID is not
+    found = find_nvml_gpus(environ={}, pynvml=nvml, clock=clock)
+    assert [s.name for s in found.sensors] == ["gpu0", "gpu2"]
+    assert [(u.name, "GPU is lost" in u.reason) for u in found.unavailable] == [("gpu1", True)]
+
+
+def test_per_device_errors_use_the_installed_pynvml_names():
+    real = pytest.importorskip("pynvml")
+    for name in ("NVMLError_NoPermission", "NVMLError_GpuIsLost", "NVML_ERROR_NO_PERMISSION", "NVML_ERROR_GPU_IS_LOST"):
+        assert getattr(fp, name) is not None and hasattr(real, name), name
+    assert type(real.NVMLError(real.NVML_ERROR_NO_PERMISSION)) is real.NVMLError_NoPermission
 
 
 # -- NVML itself unusable ------------------------------------------------------------------

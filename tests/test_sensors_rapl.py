@@ -10,7 +10,7 @@ from greencallbacks.sensors.rapl import (
     find_rapl,
     wrap_safe_poll_interval_s,
 )
-from tests.fakes.fake_powercap import FakePowercap
+from tests.fakes.fake_powercap import DEFAULT_RANGE_UJ, FakePowercap, FakeZone
 
 
 @pytest.fixture
@@ -49,6 +49,35 @@ def test_two_sockets_each_with_dram(powercap):
     sensors = by_name(find_rapl(powercap.root))
     assert sorted(sensors) == ["cpu-package-0", "cpu-package-1", "dram-0", "dram-1"]
     assert {s.package_count for s in sensors.values()} == {2}
+
+
+def add_dies(powercap, dies):
+    """Sockets of several dies: the kernel names each die's zone package-N-die-M (one counter each)."""
+    zones = []
+    for zone_index, (socket, die) in enumerate(dies):
+        zones.append(FakeZone(powercap.root / f"intel-rapl:{zone_index}", f"package-{socket}-die-{die}", DEFAULT_RANGE_UJ, 1000))
+        zones.append(powercap.add_dram(zone_index))
+    return zones
+
+
+def test_multi_die_sockets_give_each_die_its_own_names(powercap):
+    zones = add_dies(powercap, [(0, 0), (0, 1), (1, 0), (1, 1)])
+    found = find_rapl(powercap.root)
+    sensors = by_name(found)
+    assert sorted(sensors) == [
+        "cpu-package-0-die-0", "cpu-package-0-die-1", "cpu-package-1-die-0", "cpu-package-1-die-1",
+        "dram-0-die-0", "dram-0-die-1", "dram-1-die-0", "dram-1-die-1",
+    ]  # fmt: skip
+    assert found.unavailable == []
+    die = sensors["cpu-package-0-die-1"]
+    assert (die.package_index, die.die_index, die.scope, die.package_count) == (0, 1, "package-0-die-1", 4)
+    assert sensors["dram-1-die-0"].scope == "package-1-die-0/dram"
+    zones[2].add_joules(3.0)  # die 1 of socket 0 counts to its own sensor only
+    assert die.energy_j() == pytest.approx(3.0)
+    assert sensors["cpu-package-0-die-0"].energy_j() == 0.0
+    # Built alone, a zone reads the same names from the zone (or its parent) name.
+    assert RaplSensor(zones[3].path).name == "dram-0-die-1"
+    assert RaplSensor(zones[2].path).name == "cpu-package-0-die-1"
 
 
 def test_psys_and_mmio_zones_are_skipped_to_avoid_double_counting(powercap):

@@ -19,7 +19,7 @@ from greencallbacks.carbon import Carbon
 from greencallbacks.carbon_aware import CarbonAwarePause
 from greencallbacks.distributed import LocalReducer, Reducer
 from greencallbacks.meter import Meter, warn
-from greencallbacks.sensors.base import Method, Sensor
+from greencallbacks.sensors.base import Kind, Method, Sensor
 from greencallbacks.tracker import Tracker
 from greencallbacks.units import J_PER_KWH
 
@@ -39,7 +39,8 @@ class EnergySession:
         run_id: names the run (default: random; restored on resume).
         gpus: ``"auto"`` (the device this process trains on), a list of CUDA indices, or ``None``.
         cpu_tdp_w: the CPU's TDP in watts, used when RAPL cannot be read.
-        extra_sensors: more sensors, e.g. ``ConstantPowerSensor("switch", 40)``.
+        extra_sensors: more sensors, e.g. ``ConstantPowerSensor("switch", 40)``, with unique names
+            none of which discovery may use (``sensors.discover.RESERVED_NAMES``: cpu, ram, gpu0, ...).
         sensors: use exactly these sensors instead of discovering them (custom set-ups, tests).
         carbon_aware: a ``CarbonAwarePause``: wait between epochs while the grid's intensity is
             above its threshold, within its delay budget (logged as ``carbon_pause_s``).
@@ -84,17 +85,24 @@ class EnergySession:
             gpus = list(gpus)
         if cpu_tdp_w is not None and not (isinstance(cpu_tdp_w, (int, float)) and math.isfinite(cpu_tdp_w) and cpu_tdp_w > 0):
             raise ValueError(f"cpu_tdp_w must be a positive number of watts, got {cpu_tdp_w!r}")
+        as_lists: dict[str, list] = {}  # (once: a generator is read only once)
         for argument, given in (("extra_sensors", extra_sensors), ("sensors", sensors)):
             if given is None:
                 continue
             if isinstance(given, (str, bytes)) or not isinstance(given, Iterable):
                 raise ValueError(f"{argument} must be a list of greencallbacks Sensor objects, got {given!r}")
-            given = list(given)
+            given = as_lists[argument] = list(given)
             for sensor in given:
                 if not isinstance(sensor, Sensor):
                     raise ValueError(f"{argument} must hold greencallbacks Sensor objects, got {sensor!r}")
-        self.extra_sensors = list(extra_sensors)
-        self.sensors = list(sensors) if sensors is not None else None
+            # The meter refuses clashing names at start, inside the framework's fit: say so here.
+            names = [sensor.name for sensor in given]
+            duplicates = sorted({name for name in names if names.count(name) > 1})
+            if duplicates:
+                raise ValueError(f"{argument}: sensor names must be unique, got duplicates {duplicates}")
+        self.extra_sensors = as_lists.get("extra_sensors", [])
+        _reject_reserved_names(self.extra_sensors)
+        self.sensors = as_lists.get("sensors")
         self.gpus = gpus
         self.cpu_tdp_w = cpu_tdp_w
         if output_dir is not None and not isinstance(output_dir, (str, os.PathLike)):
@@ -140,6 +148,7 @@ class EnergySession:
             return
         reducer = reducer or LocalReducer()
         sensors = self.sensors
+        gpus_wanted: list[int] = []
         if sensors is None:
             from greencallbacks.sensors.discover import discover_sensors
 
@@ -148,25 +157,37 @@ class EnergySession:
             gpus = self.gpus
             if gpus == "auto" and device_indices is not None:
                 gpus = list(device_indices) or None
+            # GPUs the process is known to train on (not "every visible GPU": on a CPU box, none).
+            gpus_wanted = list(gpus) if isinstance(gpus, list) else []
             discovery = discover_sensors(gpus=gpus, host=reducer.measures_host, cpu_tdp_w=self.cpu_tdp_w)
             sensors = [*discovery.sensors, *self.extra_sensors]
             self.unavailable = discovery.unavailable
         meter = Meter(sensors, sync=sync)
         if reducer.rank == 0:
-            self._tell_once(meter)
+            self._tell_once(meter, gpus_wanted=gpus_wanted)
         self.tracker.start(meter, reducer=reducer, output_dir=output_dir if self.output_dir is None else None)
 
-    def _tell_once(self, meter: Meter) -> None:
-        """Say what is estimated and what intensity is assumed, each message once per process."""
+    def _tell_once(self, meter: Meter, gpus_wanted: Sequence[int] = ()) -> None:
+        """Say what is estimated, which GPUs this process trains on go unmeasured, and what
+        intensity is assumed, each message once per process.
+
+        ``gpus_wanted``: the CUDA indices the process trains on, when known (an adapter's
+        ``device_indices`` or ``gpus=``). A GPU has no estimate to fall back on, so one that cannot be
+        measured is left out of the records: that must be said even when nothing is estimated.
+        """
 
         def warn_once(message: str) -> None:
             if message not in _SAID:
                 _SAID.add(message)
                 warn(message)
 
+        gpu_problems = [u for u in self.unavailable if u.kind == Kind.GPU]
+        gpu_measured = any(s.kind == Kind.GPU for s in meter.sensors)
+        tell_gpus = bool(gpus_wanted) and (not gpu_measured or bool(gpu_problems))
         estimated = [s for s in meter.sensors if s.method == Method.ESTIMATED]
         if estimated:
-            reasons = "; ".join(f"{u.name}: {u.reason}" + (f" (fix: {u.fix})" if u.fix else "") for u in self.unavailable)
+            # The GPU reasons go in the GPU notice when there is one: each said once.
+            reasons = _reasons([u for u in self.unavailable if not (tell_gpus and u.kind == Kind.GPU)])
             warn_once(
                 "greencallbacks: "
                 + ", ".join(s.name for s in estimated)
@@ -174,6 +195,15 @@ class EnergySession:
                 + (f" [{reasons}]" if reasons else "")
                 + ". Records label each component's method."
             )
+        if tell_gpus:
+            reasons = _reasons(gpu_problems)
+            if gpu_measured:
+                names = ", ".join(dict.fromkeys(u.name for u in gpu_problems))
+                what = f"{names} energy is not measured, so records leave it out"
+            else:
+                devices = ", ".join(str(i) for i in gpus_wanted)
+                what = f"no GPU energy is measured though this process trains on GPU {devices}, so records leave it out"
+            warn_once("greencallbacks: " + what + (f" [{reasons}]" if reasons else "") + ".")
         if self.carbon.is_default:
             intensity = self.carbon.intensity_between(0.0, 0.0)
             warn_once(
@@ -279,6 +309,36 @@ class EnergySession:
             self.tracker.abort()
         else:
             self.tracker.finish()
+
+
+def _reasons(unavailable: Sequence) -> str:
+    """``name: reason (fix: ...)`` for each; a fix shared by several (RAPL's chmod for every denied
+    zone, hundreds of characters) is given once, and the others point to it."""
+    parts = []
+    first_with_fix: dict[str, str] = {}
+    for u in unavailable:
+        part = f"{u.name}: {u.reason}"
+        if u.fix and u.fix in first_with_fix:
+            part += f" (fix: as for {first_with_fix[u.fix]})"
+        elif u.fix:
+            first_with_fix[u.fix] = u.name
+            part += f" (fix: {u.fix})"
+        parts.append(part)
+    return "; ".join(parts)
+
+
+def _reject_reserved_names(extra_sensors: Sequence[Sensor]) -> None:
+    """Extra sensors are added to what discovery finds: a name it may give its own sensors would
+    clash on some machine (gpu1 only where there are two GPUs), so every such name is refused."""
+    from greencallbacks.sensors.discover import RESERVED_NAMES, is_reserved_name
+
+    reserved = [s.name for s in extra_sensors if isinstance(s.name, str) and is_reserved_name(s.name)]
+    if reserved:
+        raise ValueError(
+            f"extra_sensors: {reserved} would clash with the sensors greencallbacks discovers, which it may name "
+            f"{RESERVED_NAMES}; give your sensors other names (e.g. 'switch', 'fan-0'), or pass sensors= to use "
+            "exactly your own set"
+        )
 
 
 def keyword_names(function: Callable) -> tuple[str, ...]:

@@ -41,10 +41,18 @@ def devices_and_sync(backend: str) -> tuple[list[int] | None, Callable[[], None]
         import jax
 
         gpus = [d for d in jax.local_devices() if d.platform == "gpu"]
-        indices = [int(getattr(d, "local_hardware_id", None) or d.id) for d in gpus]
+        indices = [_cuda_index(d) for d in gpus]
         # No sync: Keras turns the epoch's logs into Python floats before the hooks run, which waits.
         return (indices or None), None
     return None, None
+
+
+def _cuda_index(device: Any) -> int:
+    """A JAX GPU's CUDA index in this process: ``local_hardware_id`` (None on old jax or where
+    unknown, then the device id). Tested against None, not truthiness: 0 is a valid local id, and
+    with several processes the global ``id`` of that device is another number."""
+    local_id = getattr(device, "local_hardware_id", None)
+    return int(local_id if local_id is not None else device.id)
 
 
 def reducer_for(backend: str) -> Reducer:

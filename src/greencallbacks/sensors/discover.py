@@ -10,6 +10,7 @@ With several processes per host, pass ``host=False`` to all but one of them.
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
@@ -17,6 +18,21 @@ from typing import Any, Literal
 from greencallbacks.sensors.base import Discovery, Kind, Sensor, Unavailable
 from greencallbacks.sensors.estimate import DEFAULT_RAM_W_PER_GB, CpuEstimateSensor, RamEstimateSensor
 from greencallbacks.sensors.rapl import DEFAULT_POWERCAP_ROOT, RaplSensor, find_rapl
+
+
+# Every name discovery (and a fallback replacing a failed sensor) may give a sensor. Which of them
+# a run has depends on the hardware (gpu1 only with two GPUs), so a sensor of the user's own must
+# avoid all of them, or a fit on another machine would fail at start on a name clash.
+RESERVED_NAMES = (
+    "cpu, ram, gpu<N>, cpu-package-<N>, cpu-package-<N>-die-<M>, dram-<N>, dram-<N>-die-<M>, "
+    "and any of these ending in -estimate"
+)
+_RESERVED_NAME = re.compile(r"(cpu|ram|gpu\d+|(cpu-package|dram)-\d+(-die-\d+)?)(-estimate)?")
+
+
+def is_reserved_name(name: str) -> bool:
+    """True when discovery may name one of its sensors ``name`` (see ``RESERVED_NAMES``)."""
+    return _RESERVED_NAME.fullmatch(name) is not None
 
 
 def discover_sensors(
@@ -40,7 +56,8 @@ def discover_sensors(
         host: measure CPU and RAM (one process per host should).
         cpu_tdp_w: TDP per CPU socket for the estimate (None: looked up from the CPU model).
         ram_w_per_gb: watts per GB for the RAM estimate.
-        extra: sensors of the user's own (e.g. ``ConstantPowerSensor``), appended.
+        extra: sensors of the user's own (e.g. ``ConstantPowerSensor``), appended; their names
+            must differ from each other and from ``RESERVED_NAMES`` (``EnergySession`` checks).
         powercap_root, pynvml, amdsmi, environ, clock: for tests.
     """
     found = Discovery()

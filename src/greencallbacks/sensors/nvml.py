@@ -156,6 +156,12 @@ class NvmlGpuSensor(GpuSensor):
     def _is_unsupported(self, error: BaseException) -> bool:
         return _is_unsupported(self._nvml, error)
 
+    def _is_transient(self, error: BaseException) -> bool:
+        # A read that timed out or found the device busy: the next one usually works, and the
+        # counter lost nothing meanwhile. GPU is lost, no permission and the like stay.
+        codes = {getattr(self._nvml, name, None) for name in _TRANSIENT_ERRORS} - {None}
+        return getattr(error, "value", None) in codes
+
     def _shut_down(self) -> None:
         self._nvml.nvmlShutdown()
 
@@ -209,6 +215,10 @@ def _is_mig_handle(nvml: Any, handle: Any) -> bool:
     return bool(int(getattr(is_mig, "value", is_mig)))
 
 
+_TRANSIENT_ERRORS = ("NVML_ERROR_TIMEOUT", "NVML_ERROR_UNKNOWN", "NVML_ERROR_IN_USE", "NVML_ERROR_NOT_READY",
+                     "NVML_ERROR_INSUFFICIENT_RESOURCES")
+
+
 def _is_unsupported(nvml: Any, error: BaseException) -> bool:
     """Errors that mean "this GPU or driver cannot do that", as opposed to a failure."""
     names = ("NVMLError_NotSupported", "NVMLError_FunctionNotFound", "NVMLError_InvalidArgument")
@@ -219,18 +229,39 @@ def _is_unsupported(nvml: Any, error: BaseException) -> bool:
 
 
 class _Device:
-    """An NVML device as CUDA_VISIBLE_DEVICES resolution needs it."""
+    """An NVML device as CUDA_VISIBLE_DEVICES resolution needs it.
 
-    def __init__(self, handle: Any, uuid: str) -> None:
-        self.handle, self.uuid = handle, uuid
+    ``error``: why NVML cannot use it (e.g. GPU is lost); then ``handle`` is None and ``uuid`` "".
+    """
+
+    def __init__(self, handle: Any, uuid: str, nvml_index: int = -1, error: BaseException | None = None) -> None:
+        self.handle, self.uuid, self.nvml_index, self.error = handle, uuid, nvml_index, error
 
 
-def _all_devices(nvml: Any) -> list[_Device]:
+def _all_devices(nvml: Any) -> tuple[list[_Device], int]:
+    """(the devices this process may use, in NVML order; how many it has no permission to use).
+
+    ``nvmlDeviceGetCount`` counts every GPU of the node, also those ``nvmlDeviceGetHandleByIndex``
+    refuses with NO_PERMISSION (NVML's documentation says so): typically another job's GPUs behind
+    a cgroup device rule. CUDA cannot open those either and leaves them out of its enumeration, so
+    they are dropped here too, which keeps integer positions (CUDA_VISIBLE_DEVICES entries, CUDA
+    indices) pointing at the GPUs CUDA means. Any other per-device failure (a GPU that fell off the
+    bus) keeps its position, the cautious guess (its node is still there for CUDA to count; not
+    verified on a lost GPU), and is reported when this process wants it: one broken GPU must not
+    stop the others being measured.
+    """
     devices = []
+    denied = 0
+    no_permission = getattr(nvml, "NVMLError_NoPermission", ())
     for nvml_index in range(nvml.nvmlDeviceGetCount()):
-        handle = nvml.nvmlDeviceGetHandleByIndex(nvml_index)
-        devices.append(_Device(handle, _text(nvml.nvmlDeviceGetUUID(handle))))
-    return devices
+        try:
+            handle = nvml.nvmlDeviceGetHandleByIndex(nvml_index)
+            devices.append(_Device(handle, _text(nvml.nvmlDeviceGetUUID(handle)), nvml_index))
+        except no_permission:
+            denied += 1
+        except nvml.NVMLError as error:
+            devices.append(_Device(None, "", nvml_index, error))
+    return devices, denied
 
 
 def _resolve_mig(nvml: Any, entry: str, devices: Sequence[_Device]) -> tuple[_Device, str] | None:
@@ -395,7 +426,7 @@ def _find_visible(
     clock: Callable[[], float],
     found: Discovery,
 ) -> None:
-    devices = _all_devices(nvml)
+    devices, denied = _all_devices(nvml)
     if entries is None:
         visible: list[tuple[_Device, str]] = [(d, "") for d in devices]
     else:
@@ -430,12 +461,23 @@ def _find_visible(
                     f"gpu{cuda_index}",
                     Kind.GPU,
                     f"CUDA device {cuda_index} does not exist: {len(visible)} GPU(s) visible "
-                    f"(CUDA_VISIBLE_DEVICES={environ.get('CUDA_VISIBLE_DEVICES')!r})",
+                    f"(CUDA_VISIBLE_DEVICES={environ.get('CUDA_VISIBLE_DEVICES')!r})"
+                    + (f"; {denied} more that this process has no permission to use" if denied else ""),
                     "pass the indices of the devices this process trains on",
                 )
             )
             continue
         device, mig_instance = visible[cuda_index]
+        if device.error is not None:
+            found.unavailable.append(
+                Unavailable(
+                    f"gpu{cuda_index}",
+                    Kind.GPU,
+                    f"NVML cannot use GPU {device.nvml_index} (NVML index): {device.error}",
+                    _device_error_fix(nvml, device.error),
+                )
+            )
+            continue
         if device.uuid in measured_uuids:
             continue  # a second MIG instance of a GPU already measured
         nvml.nvmlInit()  # one init per sensor, balanced by its close()
@@ -463,6 +505,12 @@ def _find_visible(
             sensor = Apportioned(sensor, 1.0, rule)
             _say_apportioned_once(sensor, rule)
         found.sensors.append(sensor)
+
+
+def _device_error_fix(nvml: Any, error: BaseException) -> str:
+    if isinstance(error, getattr(nvml, "NVMLError_GpuIsLost", ())):
+        return "the GPU fell off the bus: see `nvidia-smi` and the kernel log (Xid errors); a GPU reset or reboot recovers it"
+    return "check that `nvidia-smi` lists this GPU"
 
 
 def _init_failure(nvml: Any, error: BaseException) -> Unavailable:

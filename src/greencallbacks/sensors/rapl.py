@@ -6,6 +6,10 @@ Layout (Intel, and AMD Zen through the same ``intel-rapl`` driver; ``amd-rapl`` 
     intel-rapl:0/intel-rapl:0:0/   name = core | uncore | dram
     intel-rapl:1/              name = package-1   (second socket) or psys
 
+On sockets with several dies (e.g. Xeon Platinum 9200) each die is a zone of its own, named
+``package-N-die-M`` (the kernel's ``rapl_add_package`` when a package has more than one die);
+its sensors are then named ``cpu-package-N-die-M`` and ``dram-N-die-M``.
+
 What is read, and why:
 
 - ``package-N``: the whole socket (cores, caches, uncore). ``core``/``uncore`` subzones are
@@ -81,6 +85,8 @@ class RaplSensor(Sensor):
     Args:
         zone_dir: the zone's folder, e.g. ``/sys/class/powercap/intel-rapl:0``.
         package_index: the socket number; read from the zone (or its parent) name when None.
+        die_index: the die of a multi-die socket (zone ``package-N-die-M``); None for a single-die
+            socket. Read with ``package_index`` when that is None.
 
     Raises ``PermissionError`` / ``OSError`` at construction when the counter cannot be read,
     ``SensorError`` when a later read fails.
@@ -88,25 +94,28 @@ class RaplSensor(Sensor):
 
     method = Method.COUNTER
 
-    def __init__(self, zone_dir: str | os.PathLike, *, package_index: int | None = None) -> None:
+    def __init__(
+        self, zone_dir: str | os.PathLike, *, package_index: int | None = None, die_index: int | None = None
+    ) -> None:
         self.zone_dir = Path(zone_dir)
         self._energy_path = self.zone_dir / "energy_uj"
         zone_name = _read_name(self.zone_dir / "name")
         if zone_name == "dram":
             self.kind = Kind.DRAM
             if package_index is None:
-                package_index = _package_index(_read_name(self.zone_dir.parent / "name"))
-            self.name = f"dram-{package_index}"
-            self.scope = f"package-{package_index}/dram"
+                package_index, die_index = _package_and_die(_read_name(self.zone_dir.parent / "name"))
+            self.name = f"dram-{_zone_label(package_index, die_index)}"
+            self.scope = f"package-{_zone_label(package_index, die_index)}/dram"
         elif zone_name.startswith("package"):
             self.kind = Kind.CPU
             if package_index is None:
-                package_index = _package_index(zone_name)
-            self.name = f"cpu-package-{package_index}"
+                package_index, die_index = _package_and_die(zone_name)
+            self.name = f"cpu-package-{_zone_label(package_index, die_index)}"
             self.scope = zone_name
         else:
             raise ValueError(f"zone_dir: {self.zone_dir} is a {zone_name!r} zone, not a package or dram zone")
         self.package_index = package_index
+        self.die_index = die_index  # None on a single-die socket (zone named package-N)
         # Zones of this kind on the host: an estimate replacing this one covers 1/count of the host.
         self.package_count = 1
         self.max_energy_range_uj = _read_int(self.zone_dir / "max_energy_range_uj")
@@ -137,9 +146,21 @@ class RaplSensor(Sensor):
         self._last_raw_uj = raw_uj
 
 
-def _package_index(zone_name: str) -> int:
-    match = re.fullmatch(r"package-(\d+)", zone_name)
-    return int(match.group(1)) if match else 0
+def _package_and_die(zone_name: str) -> tuple[int, int | None]:
+    """(socket, die) of a zone named ``package-N`` (die None) or ``package-N-die-M``.
+
+    The die matters: every die of a multi-die socket is a zone of its own, and naming them all
+    after the socket would give several sensors one name.
+    """
+    match = re.fullmatch(r"package-(\d+)(?:-die-(\d+))?", zone_name)
+    if not match:
+        return 0, None
+    return int(match.group(1)), (None if match.group(2) is None else int(match.group(2)))
+
+
+def _zone_label(package_index: int, die_index: int | None) -> str:
+    """``N`` for a single-die socket (names unchanged), ``N-die-M`` for one die of a multi-die socket."""
+    return f"{package_index}" if die_index is None else f"{package_index}-die-{die_index}"
 
 
 def find_rapl(root: str | os.PathLike = DEFAULT_POWERCAP_ROOT) -> Discovery:
@@ -153,7 +174,7 @@ def find_rapl(root: str | os.PathLike = DEFAULT_POWERCAP_ROOT) -> Discovery:
     packages = sorted(
         (root_path / e for e in entries if _PACKAGE_ZONE.match(e)), key=lambda p: int(p.name.rsplit(":", 1)[1])
     )
-    zones: list[tuple[Path, Kind, str, int]] = []
+    zones: list[tuple[Path, Kind, str, int, int | None]] = []
     for package_dir in packages:
         try:
             package_name = _read_name(package_dir / "name")
@@ -161,21 +182,22 @@ def find_rapl(root: str | os.PathLike = DEFAULT_POWERCAP_ROOT) -> Discovery:
             continue
         if not package_name.startswith("package"):
             continue  # psys and unknown domains: psys already includes the packages and DRAM
-        index = _package_index(package_name)
-        zones.append((package_dir, Kind.CPU, f"cpu-package-{index}", index))
+        index, die = _package_and_die(package_name)
+        label = _zone_label(index, die)
+        zones.append((package_dir, Kind.CPU, f"cpu-package-{label}", index, die))
         for sub_dir in sorted(p for p in package_dir.iterdir() if _SUBZONE.match(p.name)):
             try:
                 if _read_name(sub_dir / "name") == "dram":
-                    zones.append((sub_dir, Kind.DRAM, f"dram-{index}", index))
+                    zones.append((sub_dir, Kind.DRAM, f"dram-{label}", index, die))
             except OSError:
                 continue
-    if not any(kind == Kind.CPU for _, kind, _, _ in zones):
+    if not any(kind == Kind.CPU for _, kind, _, _, _ in zones):
         found.unavailable.append(Unavailable("rapl", Kind.CPU, ABSENT_REASON, ABSENT_FIX))
         return found
 
-    for zone_dir, kind, name, index in zones:
+    for zone_dir, kind, name, index, die in zones:
         try:
-            found.sensors.append(RaplSensor(zone_dir, package_index=index))
+            found.sensors.append(RaplSensor(zone_dir, package_index=index, die_index=die))
         except PermissionError:
             found.unavailable.append(
                 Unavailable(
@@ -189,5 +211,5 @@ def find_rapl(root: str | os.PathLike = DEFAULT_POWERCAP_ROOT) -> Discovery:
             found.unavailable.append(Unavailable(name, kind, f"cannot read {zone_dir}: {error}"))
     for sensor in found.sensors:
         assert isinstance(sensor, RaplSensor)
-        sensor.package_count = sum(1 for _, kind, _, _ in zones if kind == sensor.kind)
+        sensor.package_count = sum(1 for _, kind, _, _, _ in zones if kind == sensor.kind)
     return found
