@@ -73,6 +73,23 @@ def test_budget_limits_the_total_delay_across_calls():
     assert len(gate.pauses) == 1
 
 
+def test_each_run_has_its_own_delay_budget_and_a_resume_keeps_the_spent_one():
+    """Two fits with one callback are two runs: the second got no delay budget (the first had
+    spent it) and logged the first run's pause time."""
+    from greencallbacks.session import EnergySession
+
+    clock = Clock()
+    gate = pause(300, 600, clock)
+    dirty = Carbon(intensity=900)
+    first = EnergySession(intensity=900, carbon_aware=gate)
+    assert first.carbon_aware.maybe_pause(dirty) == 600.0
+    second = EnergySession(intensity=900, carbon_aware=gate)
+    assert second.carbon_aware.total_paused_s == 0.0 and second.carbon_aware.remaining_delay_s == 600.0
+    resumed = EnergySession(intensity=900, carbon_aware=gate)
+    resumed.carbon_aware.load_state_dict(first.carbon_aware.state_dict())
+    assert resumed.carbon_aware.remaining_delay_s == 0.0
+
+
 def test_zero_budget_never_sleeps():
     clock = Clock()
     assert pause(100, 0, clock).maybe_pause(Carbon(intensity=900)) == 0.0

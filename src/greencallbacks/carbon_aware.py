@@ -60,6 +60,12 @@ class CarbonAwarePause:
         self.total_paused_s = 0.0
         self.pauses: list[Pause] = []
 
+    def for_a_new_run(self) -> "CarbonAwarePause":
+        """The same settings with nothing paused yet: each run has its own delay budget (a second
+        fit with one callback is a new run; a resume restores the spent part from its state)."""
+        return CarbonAwarePause(self.threshold_g_per_kwh, self.max_delay_s, self.check_every_s,
+                                sleep=self._sleep, clock=self._clock)
+
     @property
     def remaining_delay_s(self) -> float:
         return max(0.0, self.max_delay_s - self.total_paused_s)

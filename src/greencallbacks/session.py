@@ -115,7 +115,9 @@ class EnergySession:
         self.tracker = Tracker(
             carbon=self.carbon, output_dir=self.output_dir, run_id=run_id, framework=framework, embodied=embodied
         )
-        self.carbon_aware = carbon_aware
+        # A copy per session, as for the budget below: a second fit with one callback is a new
+        # run, with its own delay budget (it inherited the first run's spent one, and its pauses).
+        self.carbon_aware = carbon_aware.for_a_new_run() if carbon_aware is not None else None
         # A fresh copy: the user's object may be handed to several runs (a second fit), and a
         # budget's warnings and stop belong to one run.
         self.budget = (
