@@ -402,3 +402,35 @@ def test_an_unreadable_checkpoint_state_warns_and_measures_a_new_run(tmp_path, d
     assert [r.epoch for r in records if r.phase == "train"] == [0, 1]
     assert len({r.seq for r in records}) == len(records)
     assert sum(r.energy_j for r in records) == pytest.approx(session.tracker.total_energy_j, rel=1e-12)
+
+
+def test_a_new_run_under_a_run_id_already_recorded_there_takes_a_free_one(tmp_path):
+    """A run_id given to a callback that fits twice (or a script run again): the second run added
+    its records to the first's, seq numbers repeated, and each summary covered half of them."""
+    import warnings
+
+    ids, said = [], []
+    for _ in range(3):
+        tracker, clock, _ = setup(tmp_path, run_id="resnet-seed1")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            run_epochs(tracker, clock, epochs=1)
+        ids.append(tracker.run_id)
+        said.append(sum("already has records" in str(w.message) for w in caught))
+    assert ids == ["resnet-seed1", "resnet-seed1-2", "resnet-seed1-3"] and said == [0, 1, 1]
+    for run_id in ids:
+        seqs = [r.seq for r in read_records(tmp_path) if r.run_id == run_id]
+        assert seqs and len(set(seqs)) == len(seqs)
+    # A resume continues the given run, whichever order the framework restores in; nothing said.
+    crashed, clock, _ = setup(tmp_path / "resumed", run_id="exp")
+    crashed.begin("train", 0)
+    clock.advance(1.0)
+    checkpoint = crashed.state_dict()
+    crashed.abort()
+    resumed, clock, _ = setup(tmp_path / "resumed", run_id="exp")  # started, then restored (Lightning)
+    resumed.load_state_dict(checkpoint)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_epochs(resumed, clock, epochs=1)
+    assert resumed.run_id == "exp" and resumed.ledger.attempt == 1
+    assert not [w for w in caught if "already has records" in str(w.message)]

@@ -231,6 +231,15 @@ def _count(record: Record, totals: dict[str, PhaseTotals], prefix_totals: dict[t
 def read_run_records(run_id: str, directories: Iterable[Path | None]) -> list[Record]:
     """The records of ``run_id`` in these directories: the summed file and any rank's own file
     (ranks other than 0 write their unsummed records there when a run fails)."""
+    return [r for r in _records_in(directories) if r.run_id == run_id]
+
+
+def run_ids_in(directory: Path | None) -> set[str]:
+    """The runs that have records in ``directory``."""
+    return {r.run_id for r in _records_in([directory])}
+
+
+def _records_in(directories: Iterable[Path | None]) -> list[Record]:
     seen: set[Path] = set()
     found: list[Record] = []
     for directory in directories:
@@ -244,7 +253,7 @@ def read_run_records(run_id: str, directories: Iterable[Path | None]) -> list[Re
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # a torn last line of a crashed attempt is expected
-                    found.extend(r for r in read_records(path) if r.run_id == run_id)
+                    found.extend(read_records(path))
             except (OSError, ValueError):
                 continue  # not ours to judge here; the report says what is wrong with it
     return found

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from greencallbacks._version import __version__
 from greencallbacks.distributed import LocalReducer, Reducer
-from greencallbacks.ledger import Ledger, PhaseTotals, read_run_records
+from greencallbacks.ledger import Ledger, PhaseTotals, read_run_records, run_ids_in
 from greencallbacks.meter import joules_between
 from greencallbacks.prediction import PREDICTION_STEMS, predict
 from greencallbacks.records import PHASES, RECORDS_FILE, Record, RecordWriter, write_json_atomic
@@ -147,6 +147,8 @@ class Tracker:
         self._resolved_for: object = None  # see _records_path
         self._resolved = ""
         self.ledger = Ledger(run_id or uuid.uuid4().hex[:12])
+        self._run_id_given = run_id is not None
+        self._renamed_from: str | None = None  # the run id given, taken by an earlier run (see start)
         self.framework = framework
         self.meter: Meter | None = None
         self.reducer: Reducer = LocalReducer()
@@ -209,6 +211,8 @@ class Tracker:
         self.reducer = reducer or LocalReducer()
         self._host = socket.gethostname()  # read once: a system call at every boundary adds up
         self._session_id = uuid.uuid4().hex
+        if self._run_id_given and self._resume_state is None and self.ledger.next_seq == 0 and self.ledger.attempt == 0:
+            self._avoid_a_run_id_taken()
         if self.reducer.world_size > 1:
             # One run id on every rank (each drew its own), so that a rank's own records, written
             # when a run fails, belong to the run; one session id, so that every rank knows a
@@ -223,6 +227,27 @@ class Tracker:
             self._resume()
         self._open_writer()
 
+    def _avoid_a_run_id_taken(self) -> None:
+        """A new run whose given id already has records where it writes (a second fit with one
+        callback; the script run again) would add to that run's records: its seq numbers repeat and
+        each summary covers half of them. It takes the first free ``<id>-N`` instead, said at its
+        first phase: a Lightning resume, restored after start, continues the given run after all."""
+        taken = run_ids_in(self.output_dir)
+        if self.run_id not in taken:
+            return
+        n = 2
+        while f"{self.run_id}-{n}" in taken:
+            n += 1
+        self._renamed_from, self.ledger.run_id = self.run_id, f"{self.run_id}-{n}"
+
+    def _say_renamed(self) -> None:
+        given, self._renamed_from = self._renamed_from, None
+        if self.reducer.rank == 0:
+            from greencallbacks.meter import warn
+
+            warn(f"greencallbacks: run_id {given!r} already has records in {self.output_dir}, and this training is a "
+                 f"new run (not a resume): it is recorded as {self.run_id!r}, so the two are not mixed.")
+
     def begin(self, phase: str, epoch: int | None = None, metric_prefix: str | None = None) -> None:
         """A phase starts. Nested phases (validation inside a training epoch) are allowed.
 
@@ -234,6 +259,8 @@ class Tracker:
             raise ValueError(f"phase must be one of {PHASES[:-1]}, got {phase!r}")
         if not self.running:
             return
+        if self._renamed_from is not None:
+            self._say_renamed()
         self._boundary()
         if len(self._stack) == 1:  # leaving a gap: it becomes an `other` record
             self._close(self._stack.pop())
@@ -477,6 +504,7 @@ class Tracker:
 
     def _resume(self) -> None:
         state, self._resume_state = self._resume_state, None
+        self._renamed_from = None  # the given run id continues after all
         ledger, output_dir = copy.copy(self.ledger), self.output_dir  # `resume` rebinds, never mutates
         try:
             home = Path(state["records_path"]).parent if state.get("records_path") else None
