@@ -434,3 +434,38 @@ def test_a_new_run_under_a_run_id_already_recorded_there_takes_a_free_one(tmp_pa
         run_epochs(resumed, clock, epochs=1)
     assert resumed.run_id == "exp" and resumed.ledger.attempt == 1
     assert not [w for w in caught if "already has records" in str(w.message)]
+
+
+def test_a_run_measured_by_another_session_now_is_not_taken_over(tmp_path):
+    """An evaluation job that continues a run from its checkpoint while the run still trains (or
+    two fits resumed from one checkpoint at once): each numbered records from its own view, seq
+    numbers repeated and neither summary covered the run. The second is a run of its own; once the
+    first has finished, the run is free to continue."""
+    import warnings
+
+    training, clock, _ = setup(tmp_path)
+    training.begin("train", 0)
+    clock.advance(1.0)
+    checkpoint = training.state_dict()
+    evaluation, clock2, _ = setup(tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        evaluation.load_state_dict(checkpoint)
+    assert evaluation.run_id != training.run_id and evaluation.ledger.attempt == 0
+    assert [w for w in caught if "being measured by another process" in str(w.message)]
+    evaluation.begin("validation", 0)
+    clock2.advance(1.0)
+    evaluation.end("validation")
+    evaluation.finish()
+    clock.advance(1.0)
+    training.end("train")
+    training.finish()
+    for tracker in (training, evaluation):
+        seqs = [r.seq for r in read_records(tmp_path) if r.run_id == tracker.run_id]
+        assert len(set(seqs)) == len(seqs)
+        assert tracker.total_energy_j == pytest.approx(
+            sum(r.energy_kwh for r in read_records(tmp_path) if r.run_id == tracker.run_id) * 3.6e6)
+    later, _, _ = setup(tmp_path)
+    later.load_state_dict(checkpoint)
+    assert later.run_id == training.run_id and later.ledger.attempt == 1
+    later.finish()

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from greencallbacks._version import __version__
 from greencallbacks.distributed import LocalReducer, Reducer
 from greencallbacks.ledger import Ledger, PhaseTotals, read_run_records, run_ids_in
+from greencallbacks.runlock import RunLock
 from greencallbacks.meter import joules_between
 from greencallbacks.prediction import PREDICTION_STEMS, predict
 from greencallbacks.records import PHASES, RECORDS_FILE, Record, RecordWriter, write_json_atomic
@@ -149,6 +150,7 @@ class Tracker:
         self.ledger = Ledger(run_id or uuid.uuid4().hex[:12])
         self._run_id_given = run_id is not None
         self._renamed_from: str | None = None  # the run id given, taken by an earlier run (see start)
+        self._run_lock: RunLock | None = None  # held by rank 0 while it measures the run (see runlock)
         self.framework = framework
         self.meter: Meter | None = None
         self.reducer: Reducer = LocalReducer()
@@ -219,6 +221,7 @@ class Tracker:
             # checkpoint of this session alike. A collective: every rank starts here.
             self.ledger.run_id, self._session_id = self.reducer.all_gather((self.run_id, self._session_id))[0]
         self._own_sessions.add(self._session_id)
+        self._hold_lock(self.output_dir, self.run_id)
         self._find_embodied(meter)
         self._stack = [self._open("other", None)]
         self._last_snapshot = meter.snapshot()
@@ -360,6 +363,21 @@ class Tracker:
             if self.reducer.rank == 0:
                 self._write_summary()
         self.meter = None
+        self._hold_lock(None, "")
+
+    def _hold_lock(self, directory: Path | None, run_id: str) -> bool:
+        """Hold the lock of ``run_id`` in ``directory`` instead of the one held (none for None);
+        False, keeping the one held, where another session holds it. Rank 0 only: it speaks for
+        the job, and a multi-rank job never asks (its ranks would have to agree)."""
+        lock = None
+        if directory is not None and self.reducer.rank == 0:
+            lock = RunLock(directory, run_id)
+            if not lock.acquire():
+                return False
+        if self._run_lock is not None:
+            self._run_lock.release()
+        self._run_lock = lock
+        return True
 
     # ------------------------------------------------------------------------------- metrics
     def metrics(self, phase: str, prefix: str = "") -> dict[str, float]:
@@ -516,6 +534,14 @@ class Tracker:
             run_id = state.get("run_id", self.run_id)
             if not isinstance(run_id, str) or not run_id:
                 raise ValueError(f"run_id {run_id!r}")
+            if self.reducer.world_size == 1 and not self._hold_lock(home if home is not None and home.is_dir() else self.output_dir, run_id):
+                self.output_dir = output_dir
+                from greencallbacks.meter import warn
+
+                warn(f"greencallbacks: run {run_id} is being measured by another process now (an evaluation job "
+                     "while it trains? two fits resumed from one checkpoint?); this one is measured as a run of its own "
+                     f"({self.run_id}), not as its next attempt, so that neither writes over the other's records.")
+                return
             self.ledger.resume(state, read_run_records(run_id, [home, self.output_dir]))
         except (TypeError, ValueError, KeyError, AttributeError, OSError) as error:
             # A checkpoint's entry edited, damaged or from an unknown version: the framework's
