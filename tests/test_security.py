@@ -49,7 +49,7 @@ def tree(root: Path) -> dict[str, float]:
 
 def scripted_run(output_dir: Path | None, carbon: Carbon | None = None) -> Tracker:
     clock = FakeClock(start=0.0)
-    tracker = Tracker(output_dir=output_dir, carbon=carbon or Carbon(intensity=250), run_id="security")
+    tracker = Tracker(output_dir=output_dir, carbon=carbon or Carbon(intensity=250), run_id=f"security-{output_dir.name if output_dir else None}")
     tracker.start(Meter([ScriptedSensor("gpu0", clock)], fallback=None, clock=clock, wall_clock=lambda: 1.7e9 + clock()))
     for epoch in range(3):
         tracker.begin("train", epoch)
