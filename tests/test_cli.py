@@ -291,3 +291,170 @@ def test_a_metric_prefix_that_is_no_string_is_one_line(tmp_path, capsys):
     code, err = exits(["report", str(tmp_path)], capsys)
     assert code == 2 and f"{path}:3:" in err and "metric_prefix" in err and "a string or null" in err
     assert len(err.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------- copies, life cycles, odd input, pipes
+def test_records_found_twice_are_counted_once_and_conflicting_copies_refused(tmp_path, capsys):
+    """A copied run directory (`cp -r` before an experiment) holds the same records: summed once, with a warning."""
+    import shutil
+    import warnings
+
+    from greencallbacks.runs import load
+
+    write(tmp_path / "logs" / "run" / "energy-records.jsonl", one_run("r1"))
+    shutil.copytree(tmp_path / "logs" / "run", tmp_path / "logs" / "run-backup")
+    code, out, err = run(["report", str(tmp_path / "logs"), "--format", "json"], capsys)
+    once = sum(r.energy_kwh for r in one_run("r1"))
+    assert code == 0 and json.loads(out)["configurations"][0]["total"]["energy_kwh"]["mean"] == pytest.approx(once)
+    assert len(err.strip().splitlines()) == 1 and "warning: records found more than once" in err and "run-backup" in err
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loaded = load(tmp_path / "logs")
+    assert len(loaded.records) == len(one_run("r1")) and len(caught) == 1
+    # A rank's own records of a failed distributed run share seq with rank 0's: parts, not copies.
+    (tmp_path / "logs" / "run" / "energy-records.rank1.jsonl").write_text(
+        json.dumps(rec("r1", "train", 1, 3600.0, 0, 2).to_dict()) + "\n")
+    assert sum(r.energy_kwh for r in load(tmp_path / "logs" / "run").records) == pytest.approx(once + 3600.0 / KWH)
+    # The same run, attempt and seq with other contents: two histories, not a copy; which one is meant?
+    (tmp_path / "logs" / "run" / "energy-records.rank1.jsonl").unlink()
+    (tmp_path / "logs" / "run-backup" / "energy-records.jsonl").unlink()
+    write(tmp_path / "logs" / "run-backup" / "energy-records.jsonl", one_run("r1", scale=2.0))
+    code, err = exits(["report", str(tmp_path / "logs")], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert str(tmp_path / "logs" / "run" / "energy-records.jsonl") in err and "run-backup" in err
+    assert "different contents" in err
+
+
+def test_lifecycle_of_a_log_root_skips_a_run_that_trained_nothing(tmp_path, capsys):
+    write(tmp_path / "trained" / "energy-records.jsonl", one_run("trained"))
+    write(tmp_path / "evaluated" / "energy-records.jsonl", [rec("e", "test", None, 1800.0, 500, 0)])
+    code, out, err = run(["lifecycle", str(tmp_path), "--inferences", "10"], capsys)
+    assert code == 0 and "run trained" in out and out.count("T  training:") == 1
+    assert "run e has no training records (evaluation or prediction alone): skipped" in err
+    code, out, _ = run(["lifecycle", str(tmp_path), "--inferences", "10", "--json"], capsys)
+    assert [d["run_id"] for d in json.loads(out)] == ["trained"]
+    code, err = exits(["lifecycle", str(tmp_path), "--inferences", "10", "--run-id", "e"], capsys)
+    assert code == 2 and "run 'e' has no training records" in err  # named: still an error
+    code, err = exits(["lifecycle", str(tmp_path / "evaluated"), "--inferences", "10"], capsys)
+    assert code == 2 and "no run with training records" in err
+
+
+def test_lifecycle_search_leaves_out_the_trained_run(tmp_path, capsys):
+    """The trained model is one of the sweep's trials, its records under the same root: T, not CT too."""
+    for trial, scale in (("t1", 1.0), ("t2", 2.0), ("best", 3.0)):
+        write(tmp_path / "sweep" / trial / "energy-records.jsonl", one_run(trial, scale=scale))
+    code, out, _ = run(["lifecycle", str(tmp_path / "sweep"), "--run-id", "best", "--search", str(tmp_path / "sweep"),
+                        "--inferences", "0", "--json"], capsys)
+    data = json.loads(out)
+    whole = sum(r.energy_kwh for r in one_run("x")) * KWH
+    assert data["search_trials"] == 2 and data["search_j"] == pytest.approx(3.0 * whole)
+    assert "the trained run best is among the search records: counted in T, left out of CT" in data["notes"]
+
+
+def test_zones_lists_the_world_average_with_the_flag_that_takes_it(capsys):
+    code, out, _ = run(["zones", "--search", "world"], capsys)
+    flag = out.splitlines()[0].split()[:2]
+    assert code == 0 and flag == ["--zone", "world"]
+    code, out, _ = run(["estimate", "--hours", "1", "--gpu", "T4", *flag], capsys)
+    assert code == 0 and "world average" in out
+
+
+def test_near_equal_repeats_are_reported(tmp_path, capsys):
+    """Two runs agreeing to 8 digits: the error's rounding recursed without end (RecursionError)."""
+    write(tmp_path / "a.jsonl", one_run("a"))
+    write(tmp_path / "b.jsonl", one_run("b", scale=1.0 + 1e-8))
+    code, out, _ = run(["report", str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")], capsys)
+    assert code == 0 and "| 0 | 2.00 ± 0 | 10.0 ± 5.0e-08 | 5.00 ± 2.5e-08 | 36.0 ± 1.8e-07 |" in out
+
+
+def test_an_internal_error_is_one_line_and_exit_1(monkeypatch, capsys):
+    import greencallbacks.cli as cli
+
+    def broken(args):
+        raise RuntimeError("something we did not foresee")
+
+    monkeypatch.setattr(cli, "cmd_zones", broken)
+    code, err = exits(["zones"], capsys)
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "greencallbacks zones: internal error: RuntimeError: something we did not foresee" in err
+
+
+@pytest.mark.parametrize("text", ["0", "0.00", "0e0", "-0", "2.5"])
+def test_zero_is_a_number_greater_or_equal_to_zero_however_written(text, tmp_path, capsys):
+    code, _, _ = run(["estimate", "--hours", "1", "--gpu", "T4", "--memory-gb", text], capsys)
+    assert code == 0
+    path = write(tmp_path / "energy-records.jsonl", one_run())
+    code, out, _ = run(["lifecycle", str(path), "--inferences", text, "--json"], capsys)
+    assert code == 0 and json.loads(out)["inferences"] == float(text)
+
+
+@pytest.mark.parametrize("text", ["-1", "nan", "inf", "x"])
+def test_a_negative_or_non_finite_count_is_refused(text, capsys):
+    code, err = exits(["estimate", "--hours", "1", "--gpu", "T4", "--memory-gb", text], capsys)
+    assert code == 2 and "--memory-gb: must be a number >= 0" in err
+
+
+def _bad_records(tmp_path, name):
+    good = one_run()[0].to_dict()
+    lines = {
+        "binary": bytes(range(128, 256)) * 4,
+        "no_run_id": json.dumps({k: v for k, v in good.items() if k != "run_id"}) + "\n",
+        "nameless_component": json.dumps(dict(good, components=[{"energy_j": 1.0, "method": "counter"}])) + "\n",
+        "one_garbage_line": '{"hello": [1, 2\n',
+        "nan": json.dumps(dict(good, energy_kwh=float("nan"))) + "\n",
+        "infinity": json.dumps(dict(good, co2eq_g=float("inf"))) + "\n",
+        "huge": json.dumps(good).replace('"duration_s": 2.0', '"duration_s": 1e999') + "\n",
+    }[name]
+    path = tmp_path / f"{name}.jsonl"
+    path.write_bytes(lines if isinstance(lines, bytes) else lines.encode())
+    return path
+
+
+@pytest.mark.parametrize("name, says", [
+    ("binary", "not a greencallbacks records file (not UTF-8 text"),
+    ("no_run_id", "field 'run_id' is missing"),
+    ("nameless_component", "component 0 of field 'components' needs a string 'name'"),
+    ("one_garbage_line", "not a greencallbacks record: Expecting"),
+    ("nan", "field 'energy_kwh' is nan, not a finite number"),
+    ("infinity", "field 'co2eq_g' is inf, not a finite number"),
+    ("huge", "field 'duration_s' is inf, not a finite number"),
+])
+def test_bad_records_are_one_line_naming_the_file(name, says, tmp_path, capsys):
+    path = _bad_records(tmp_path, name)
+    code, err = exits(["report", str(path)], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert str(path) in err and says in err and "--run-id" not in err
+
+
+def test_host_share_is_named_as_its_flag(capsys):
+    code, err = exits(["estimate", "--hours", "1", "--gpu", "T4", "--embodied-host", "server", "--host-share", "2"], capsys)
+    assert code == 2 and "--host-share must be at most 1" in err and "host_share" not in err
+
+
+def _into_a_closed_pipe(args):
+    """Run the command with its stdout a pipe nobody reads (`... | head` once head has exited)."""
+    import os
+    import subprocess
+    import sys
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run([sys.executable, "-m", "greencallbacks", *args], stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write_end)
+    return done.returncode, done.stderr
+
+
+def test_a_closed_pipe_ends_the_command_quietly(tmp_path):
+    from datetime import datetime, timedelta, timezone
+
+    path = write(tmp_path / "energy-records.jsonl", one_run())
+    start = datetime(2026, 11, 23, 8, tzinfo=timezone.utc)
+    series = tmp_path / "grid.csv"
+    series.write_text("timestamp,g_per_kwh\n" + "".join(f"{(start + timedelta(hours=h)).isoformat()},{100 + h}\n"
+                                                        for h in range(12)))
+    for args in (["report", str(path)], ["zones"], ["whatif", str(path), "--intensity", str(series)]):
+        code, err = _into_a_closed_pipe(args)
+        assert (code, err) == (141, ""), args  # as a shell reports cat or grep stopped by SIGPIPE

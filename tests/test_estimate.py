@@ -109,3 +109,21 @@ def test_embodied_is_shown_apart_from_operational_and_summed_only_in_its_own_lin
     assert "Embodied: not known" in t4 and "left out rather than guessed" in t4 and "Operational" not in t4
     with pytest.raises(ValueError, match="host_share"):
         estimate(gpu="H100 SXM", hours=1, embodied_host="server", host_share=2)
+
+
+def test_a_prefix_of_several_models_keeps_its_embodied_figure_and_an_unknown_one_is_null():
+    """ "A100 SXM" (40 and 80 GB, one power): billed the larger footprint, its range spanning both."""
+    import json
+
+    from greencallbacks.embodied import amortised_g, footprints
+
+    both = estimate(gpu="A100 SXM", hours=2, intensity=50.0)["embodied"]
+    small, large = footprints()["A100 SXM4 40GB"], footprints()["A100 SXM4 80GB"]
+    assert both["embodied_missing"] == []
+    assert both["embodied_co2eq_g"] == pytest.approx(amortised_g(max(small.kgco2eq, large.kgco2eq), 2 * 3600))
+    assert both["embodied_co2eq_g_low"] == pytest.approx(amortised_g(min(small.low_kgco2eq, large.low_kgco2eq), 2 * 3600))
+    assert both["embodied_co2eq_g_high"] == pytest.approx(amortised_g(max(small.high_kgco2eq, large.high_kgco2eq), 2 * 3600))
+    assert "either A100 SXM4 40GB or A100 SXM4 80GB" in both["embodied_sources"][0]["source"]
+    unknown = json.loads(json.dumps(estimate(gpu="T4", hours=2, intensity=50.0)))["embodied"]
+    assert unknown["embodied_co2eq_g"] is None and unknown["embodied_co2eq_g_low"] is None  # not 0 g
+    assert unknown["embodied_missing"]

@@ -115,3 +115,14 @@ def test_embodied_is_kept_apart_and_summed_only_in_its_own_field():
     # Records without it: unknown, and no sum is offered.
     plain = lifecycle(trained_run())
     assert plain.embodied_co2eq_g(1000) is None and "lifecycle_embodied_co2eq_g" not in plain.to_dict(inferences=1000)
+
+
+def test_the_trained_run_among_the_search_records_is_counted_once():
+    """A sweep's best trial trained as the model: its energy is T, and CT holds the other trials."""
+    best = trained_run()
+    trials = [rec("trial-a", "train", 0, 2000.0, 100, 0), rec("trial-b", "train", 0, 3000.0, 100, 0)]
+    lc = lifecycle(best, search=trials + best)
+    assert lc.search_trials == 2 and lc.search_j == pytest.approx(5000.0)
+    assert lc.energy_j(inferences=0) == pytest.approx(5000.0 + 15000.0)
+    assert "the trained run model is among the search records: counted in T, left out of CT" in lc.notes
+    assert not any("search records" in note for note in lifecycle(best, search=trials).notes)

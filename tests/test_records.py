@@ -247,3 +247,43 @@ def test_a_backlog_of_unsynced_lines_starts_an_fsync_before_the_interval(tmp_pat
     # every line after the first fsync, ~39 kB).
     assert synced and len("".join(writer._unsynced)) < 2 * 4096
     assert writer.close() and [r.seq for r in read_records(path)] == list(range(40))
+
+
+def test_a_file_of_one_malformed_line_is_no_records_file_but_a_lone_torn_record_is_torn(tmp_path):
+    garbage = tmp_path / "garbage.jsonl"
+    garbage.write_text('{"hello": [1, 2\n')
+    with pytest.raises(ValueError, match=r"garbage.jsonl:1: not a greencallbacks record"):
+        read_records(garbage)
+    torn = tmp_path / "torn.jsonl"  # killed while writing its first record
+    torn.write_text('{"schema": "greencallbacks.record/1", "run_id": "run1", "pha')
+    with pytest.warns(UserWarning, match="torn last line"):
+        assert read_records(torn) == []
+
+
+def test_a_binary_file_is_refused_naming_it(tmp_path):
+    path = tmp_path / "binary.jsonl"
+    path.write_bytes(bytes(range(128, 256)))
+    with pytest.raises(ValueError, match=r"binary.jsonl: not a greencallbacks records file \(not UTF-8 text"):
+        read_records(path)
+
+
+@pytest.mark.parametrize("field, text", [("energy_kwh", "NaN"), ("co2eq_g", "Infinity"), ("duration_s", "-Infinity"),
+                                         ("energy_j_per_sample", "1e999")])
+def test_nan_and_infinities_in_a_file_are_refused_like_null(tmp_path, field, text):
+    """JSON has neither; the writer writes them as null. Another writer's NaN would make every sum NaN."""
+    line = json.dumps(make_record(0).to_dict())
+    line = line.replace(f'"{field}": ', f'"{field}": {text}, "was": ', 1)
+    path = tmp_path / "r.jsonl"
+    path.write_text(line + "\n")
+    with pytest.raises(ValueError, match=rf"r.jsonl:1: .*field '{field}' is -?(nan|inf), not a finite number"):
+        read_records(path)
+
+
+def test_a_record_missing_a_field_or_a_component_name_says_which(tmp_path):
+    data = make_record(0).to_dict()
+    del data["run_id"]
+    with pytest.raises(TypeError, match=r"field 'run_id' is missing"):
+        Record.from_dict(data)
+    data = dict(make_record(0).to_dict(), components=[{"kind": "gpu", "method": "counter", "energy_j": 1.0}])
+    with pytest.raises(TypeError, match=r"component 0 of field 'components' needs a string 'name'"):
+        Record.from_dict(data)

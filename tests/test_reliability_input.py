@@ -455,6 +455,9 @@ def cli_cases(out: Path, series: Path) -> list[tuple[list[str], str]]:
         (["estimate", "--hours", "1", "--cpu-tdp", "65", "--cpu-cores", "8"], "--cpu-cores"),
         (["estimate", "--hours", "1", "--pue", "0"], "pue"),
         (["estimate", "--hours", "1", "--country", "XX"], "country"),
+        (["estimate", "--hours", "1", "--gpu", "T4", "--embodied-host", "server", "--host-share", "2"], "--host-share"),
+        (["estimate", "--hours", "1", "--memory-gb", "nan"], "--memory-gb"),
+        (["whatif", records, "--intensity", str(out / "ms.csv")], "looks like milliseconds"),
         (["whatif"], "--intensity"),
         (["whatif", records], "--intensity"),
         (["whatif", records, "--intensity", str(out / "missing.csv")], "missing.csv"),
@@ -468,6 +471,7 @@ def cli_cases(out: Path, series: Path) -> list[tuple[list[str], str]]:
 
 def test_cli_rejects_every_bad_argument_with_exit_2_naming_it_and_no_traceback(recorded, capsys):
     out, series = recorded
+    (out / "ms.csv").write_text("timestamp,g_per_kwh\n1700000000000,300\n")  # a pandas export in ms
     failures = []
     for argv, argument in cli_cases(out, series):
         code, err = run_cli(argv, capsys)
@@ -594,6 +598,10 @@ SERIES_CASES = [
     ("nulls.json", b"[[1700000000, null]]", "value"),
     ("bool.json", b"[[true, 300]]", "timestamp"),
     ("empty.json", b"[]", "no data"),
+    ("ms.csv", b"timestamp,g_per_kwh\n1700000000000,300\n", "line 2: timestamp '1700000000000' is after 2200 read "
+     "as unix seconds; it looks like milliseconds"),
+    ("ns.json", b"[[1700000000000000000, 300]]", "it looks like nanoseconds"),
+    ("far.csv", b"timestamp,g_per_kwh\n1e20,300\n", "outside 1970-2200"),
 ]
 
 
@@ -622,6 +630,7 @@ def test_a_directory_given_as_series_fails_naming_it(tmp_path):
         ("[1, 2, 3]\n{}\n", "not a greencallbacks record"),
         ("\x00\x01\x02\n{}\n", "not a greencallbacks record"),
         ('{"schema": "greencallbacks.record/1", "phase": "train"}\n{}\n', "not a greencallbacks record"),
+        ('{"hello": [1, 2\n', "not a greencallbacks record"),  # a lone malformed line: no torn record
     ],
 )
 def test_a_malformed_records_file_fails_naming_the_line(tmp_path, content, why):

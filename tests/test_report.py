@@ -395,6 +395,58 @@ def test_records_without_training_are_reported_as_what_they_are():
     assert "Training &" not in latex and r"Whole run & 4.00 & 1.01 & 505 & \\" in latex
 
 
+def crashed_and_clean():
+    """Two repeats: "clean" trains epochs 0-2; "crash" is cut short in epoch 1 (300 of 1000 samples)
+    and resumed, redoing epochs 1 and 2 as attempt 1."""
+    clean = [rec("clean", "train", epoch, 36000.0, 1000, epoch) for epoch in range(3)]
+    crash = [rec("crash", "train", 0, 36000.0, 1000, 0),
+             dataclasses.replace(rec("crash", "train", 1, 9000.0, 300, 1), partial=True),
+             dataclasses.replace(rec("crash", "train", 1, 36000.0, 1000, 2), attempt=1),
+             dataclasses.replace(rec("crash", "train", 2, 36000.0, 1000, 3), attempt=1)]
+    return clean + crash
+
+
+def test_a_cut_short_epoch_is_never_averaged_with_another_runs_complete_one():
+    records = crashed_and_clean()
+    rows = {row["label"]: row for row in report.epoch_summary(records)}
+    # The crashed run's 9 kJ partial epoch and the clean run's 36 kJ epoch 1 were one row, "22.5 ± 13.5 kJ".
+    cut = rows["1 (attempt 0: cut short, redone)"]
+    assert cut["run_ids"] == ["crash"] and cut["energy_kwh"]["mean"] == pytest.approx(9000.0 / KWH)
+    assert cut["status"] == "cut short, redone" and not cut["in_every_run"] and cut["of_runs"] == 2
+    complete = rows["1 (attempt 0)"]
+    assert complete["run_ids"] == ["clean"] and complete["energy_kwh"]["mean"] == pytest.approx(36000.0 / KWH)
+    assert rows["0 (attempt 0)"]["in_every_run"] and rows["0 (attempt 0)"]["runs"] == 2
+
+    # Markdown: only the epochs of every run under the mean ± SE heading; the others apart, naming their runs.
+    text = report.render(records, "md").split("## Totals")[0]
+    means, _, apart = text.partition("Epochs not in every run")
+    assert "| 0 (attempt 0) | 2.00 ± 0 | 10.0 ± 0 |" in means and "cut short" not in means
+    assert "| 1 (attempt 0: cut short, redone) | run crash | 2.00 | 2.50 |" in apart
+    assert "| 1 (attempt 0) | run clean | 2.00 | 10.0 |" in apart and "mean ± SE)" not in apart
+    # LaTeX: one table, each such row marked with its runs; JSON: the same rows.
+    latex = report.render(records, "latex")
+    assert r"1 (attempt 0: cut short, redone) [run crash] & 2.00 & 2.50 &" in latex and "covers those runs only" in latex
+    epochs = json.loads(report.render(records, "json"))["configurations"][0]["epochs"]
+    assert [(e["label"], e["run_ids"]) for e in epochs] == [(r["label"], r["run_ids"]) for r in rows.values()]
+    # A row that several but not all runs share is their mean, said as "2 of 3".
+    third = [dataclasses.replace(r, run_id="clean-2") for r in records if r.run_id == "clean"]
+    shared = next(r for r in report.epoch_summary(records + third) if r["label"] == "1 (attempt 0)")
+    assert report.covers_text(shared) == "runs clean, clean-2 (2 of 3)"
+
+
+def test_the_plot_marks_epochs_not_in_every_run_and_its_cumulative_is_per_run():
+    pytest.importorskip("matplotlib")
+    records = crashed_and_clean()
+    figure = report.epoch_figure(records)
+    figure.canvas.draw()
+    ticks = [t.get_text() for t in figure.axes[0].get_xticklabels()]
+    assert ticks[0] == "0\nattempt 0" and ticks[2] == "1\nattempt 0\ncut short\n1 of 2 runs"
+    line = figure.axes[1].get_lines()[0].get_ydata()
+    per_run = sum(r.co2eq_g for r in records) / 2  # the cumulative line ends at the mean run's CO2eq
+    unit_factor = 1.0 if max(line) > per_run * 0.5 else 1e3
+    assert line[-1] == pytest.approx(per_run * unit_factor)
+
+
 @pytest.mark.slow
 def test_a_real_crash_and_resume_reports_the_redone_epoch_per_attempt(tmp_path):
     """Lightning: a fit crashes in epoch 2, a new process resumes from the end of epoch 1."""

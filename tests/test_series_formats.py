@@ -88,3 +88,21 @@ def test_watttime_and_electricity_maps_api_json_saved_to_a_file(tmp_path):
 def test_an_unknown_header_names_the_accepted_columns_and_exports(tmp_path):
     with pytest.raises(ValueError, match=r"gco2eq_per_kwh.*Electricity Maps or WattTime export"):
         IntensitySeries.from_file(write(tmp_path / "x.csv", "when,how_much\n0,1\n"))
+
+
+@pytest.mark.parametrize("factor, unit", [(10**3, "milliseconds"), (10**6, "microseconds"), (10**9, "nanoseconds")])
+def test_unix_timestamps_in_a_smaller_unit_are_refused_naming_file_line_and_unit(tmp_path, factor, unit):
+    """A pandas or JavaScript export in ms or ns read as seconds lies centuries ahead: priced at one
+    extrapolated value (or overflowing the calendar), never an error naming the file."""
+    path = write(tmp_path / "ms.csv", f"timestamp,g_per_kwh\n{T0 * factor},100\n{(T0 + 3600) * factor},200\n")
+    with pytest.raises(ValueError, match=rf"ms.csv'?, line 2: .*looks like {unit} since 1970"):
+        IntensitySeries.from_file(path)
+    with pytest.raises(ValueError, match=rf"line 2: .*{unit}"):
+        Carbon(series=path)
+
+
+@pytest.mark.parametrize("stamp", ["1e20", "-3600", "2500-01-01T00:00:00Z"])
+def test_timestamps_outside_1970_to_2200_are_refused(tmp_path, stamp):
+    path = write(tmp_path / "far.csv", f"timestamp,g_per_kwh\n{stamp},100\n")
+    with pytest.raises(ValueError, match=r"far.csv'?, line 2: timestamp .* is outside 1970-2200"):
+        IntensitySeries.from_file(path)

@@ -42,6 +42,11 @@ def test_pick_unit_for_grams():
         (2.0, 0.0, "2.00 ± 0"),
         (4.2, None, "4.20"),  # one run: no ±
         (5.07e-9, 5.0e-10, "5.07e-9 ± 0.50e-9"),
+        # Repeats that agree to 7+ digits: the error is below the mean's last digit, so each is
+        # written to its own precision (this recursed without end for a mean in [1, 10)).
+        (5.0, 1e-7, "5.00 ± 1.0e-07"),
+        (1e-3, 1e-9, "0.00100 ± 1.0e-09"),
+        (0.0, 1e-7, "0.0e-7 ± 1.0e-7"),
     ],
 )
 def test_value_and_error(mean, error, text):

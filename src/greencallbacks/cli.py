@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -124,10 +126,22 @@ def cmd_lifecycle(args: argparse.Namespace) -> int:
 
     records, runs = _load_runs(args.paths, args.run_id, "lifecycle")
     search = load(args.search).records if args.search else []
+    several = len(runs) > 1
+    if args.run_id is None:
+        # A log root may hold runs that trained nothing (a separate test or evaluate session): they
+        # have no life cycle of their own, and must not stop the others'. --run-id naming one still fails.
+        trained = {r.run_id for r in records if r.phase == "train"}
+        skipped = [run for run in runs if run not in trained]
+        for run in skipped:
+            print(f"greencallbacks lifecycle: run {run} has no training records (evaluation or prediction alone): "
+                  "skipped", file=sys.stderr)
+        runs = [run for run in runs if run in trained]
+        if not runs:
+            raise ValueError(f"no run with training records among {', '.join(skipped)}")
     cycles = [(run, lifecycle(records, search=search, run_id=run)) for run in runs]
     if args.json:
         documents = [{"run_id": run, **lc.to_dict(inferences=args.inferences)} for run, lc in cycles]
-        print(json.dumps(documents[0] if len(documents) == 1 else documents, indent=2))
+        print(json.dumps(documents if several else documents[0], indent=2))
         return 0
 
     def num(value: float | None, unit: str = "") -> str:
@@ -137,7 +151,7 @@ def cmd_lifecycle(args: argparse.Namespace) -> int:
     for run, lc in cycles:
         a, share = lc.overhead_factor, lc.overhead_share
         per_epoch = ", ".join(f"{j:.4g}" for j in lc.training_j_per_epoch)
-        lines = [f"run {run}"] if len(cycles) > 1 else []
+        lines = [f"run {run}"] if several else []
         lines += [
             f"I  inference:  {num(lc.inference_j_per_sample, ' J/sample')}, "
             f"{num(lc.inference_co2eq_g_per_sample, ' gCO2eq/sample')}"
@@ -171,7 +185,8 @@ def cmd_zones(args: argparse.Namespace) -> int:
     from greencallbacks.carbon.intensity import WORLD_AVERAGE_ZONE, zone_intensity
 
     world = zone_intensity(WORLD_AVERAGE_ZONE)
-    rows = [("--country " + WORLD_AVERAGE_ZONE, "world average", world.g_per_kwh, world.year)]
+    # --zone, not --country: "world" is no country, and --country refuses it.
+    rows = [("--zone " + WORLD_AVERAGE_ZONE, "world average", world.g_per_kwh, world.year)]
     rows += [(f"--country {row.alpha2 or row.zone}", f"{row.name} ({row.zone})", row.g_per_kwh, row.year)
              for row in sorted(tables.countries(), key=lambda r: r.zone)]
     rows += [(f"--zone {row.zone}", row.name, row.g_per_kwh, row.year) for row in sorted(tables.us_states(), key=lambda r: r.zone)]
@@ -297,6 +312,7 @@ _FLAGS = {
     "cpu_cores": "--cpu-cores", "cpu_w_per_core": "--cpu-w-per-core", "cpu_tdp_w": "--cpu-tdp",
     "memory_gb": "--memory-gb", "country": "--country", "zone": "--zone", "region": "--region",
     "intensity": "--intensity", "pue": "--pue", "run_id": "--run-id", "inferences": "--inferences",
+    "host_share": "--host-share", "embodied_host": "--embodied-host",
 }
 
 
@@ -308,8 +324,9 @@ def cli_message(text: str) -> str:
                   lambda m: " and ".join(_FLAGS.get(w, w) for w in m.group(1).split(" and ")), text)
     text = re.sub(r"\b(\w+)='([^']*)'", lambda m: f"{_FLAGS[m.group(1)]} {m.group(2)}" if m.group(1) in _FLAGS else m.group(0), text)
     text = re.sub(r"\b(\w+)=(\.\.\.)?", lambda m: _FLAGS.get(m.group(1), m.group(0)), text)
-    text = re.sub(r"(?<![-\w])(\w+)(?= must\b| needs\b| \(or\b)", lambda m: _FLAGS.get(m.group(1), m.group(0)), text)
-    return re.sub(r"(?<![-\w])(gpu_tdp_w|cpu_tdp_w|cpu_cores|cpu_w_per_core|memory_gb|run_id)\b",
+    text = re.sub(r"(?<![-\w'])(\w+)(?= must\b| needs\b| \(or\b)", lambda m: _FLAGS.get(m.group(1), m.group(0)), text)
+    # Not a quoted name: "field 'run_id' is missing" is about a record's field, not a flag.
+    return re.sub(r"(?<![-\w'])(gpu_tdp_w|cpu_tdp_w|cpu_cores|cpu_w_per_core|memory_gb|run_id|host_share)\b(?!')",
                   lambda m: _FLAGS[m.group(1)], text)
 
 
@@ -334,26 +351,79 @@ def _positive_float(text: str) -> float:
 
 
 def _non_negative_float(text: str) -> float:
-    if text.strip() in ("0", "0.0"):
-        return 0.0
     try:
-        return _positive_float(text)
-    except argparse.ArgumentTypeError:
+        value = float(text)
+    except ValueError:
         raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}") from None
+    # Compared as a number, so 0.00 and 0e0 are zero too; NaN fails both comparisons.
+    if not (0 <= value < float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
+    return value + 0.0  # -0.0 reads as 0
+
+
+# The exit status of a command killed by SIGPIPE, as a shell reports it (128 + 13): what `cat` or
+# `grep` give when the reader of their output goes away (`greencallbacks report ... | head`).
+EXIT_BROKEN_PIPE = 141
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["whatif"]:  # its own parser, options and help
-        return cmd_whatif(argparse.Namespace(whatif_args=argv[1:]))
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    command = argv[0] if argv and not argv[0].startswith("-") else ""
     try:
-        return args.func(args)
+        with warnings.catch_warnings():
+            # A warning (a torn last line, records given twice) as one line, like the errors.
+            warnings.showwarning = _one_line_warning(command)
+            return _main(argv)
+    except BrokenPipeError:
+        # The reader of our output has gone (`| head`): stop quietly, as cat and grep do. Python
+        # would report the pipe again when it flushes stdout at exit, so stdout goes to devnull.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):  # no real stdout (a captured one): nothing to flush
+            pass
+        return EXIT_BROKEN_PIPE
+
+
+def _main(argv: list[str]) -> int:
+    if argv[:1] == ["whatif"]:  # its own parser, options and help
+        command, call = "whatif", lambda: cmd_whatif(argparse.Namespace(whatif_args=argv[1:]))
+    else:
+        args = build_parser().parse_args(argv)
+        command, call = args.command, lambda: args.func(args)
+    try:
+        return call()
+    except BrokenPipeError:
+        raise  # not bad input: main stops quietly
     except (ValueError, OSError) as error:  # bad input or configuration: one line, no traceback
-        parser.exit(2, f"greencallbacks {args.command}: error: {cli_message(str(error))}\n")
+        _exit(2, f"greencallbacks {command}: error: {cli_message(str(error))}")
     except ModuleNotFoundError as error:  # an optional dependency (extras.missing says which)
-        parser.exit(1, f"greencallbacks {args.command}: error: {error}\n")
+        _exit(1, f"greencallbacks {command}: error: {error}")
+    except Exception as error:  # noqa: BLE001 - a bug of ours: one line too, exit 1, not a traceback
+        _exit(1, f"greencallbacks {command}: internal error: {type(error).__name__}: {error} "
+                 "(a bug in greencallbacks; please report it with the command that gave it)")
+
+
+def _exit(status: int, message: str) -> None:
+    """Say ``message`` on stderr and exit with ``status``, as argparse's ``parser.exit`` does."""
+    print(message, file=sys.stderr)
+    raise SystemExit(status)
+
+
+def _one_line_warning(command: str):
+    """``warnings.showwarning`` for the command line: ``greencallbacks report: warning: ...``, one line."""
+    prefix = f"greencallbacks {command}: " if command else "greencallbacks: "
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        text = str(message)
+        if text.startswith("greencallbacks: "):  # the library's own warnings already say who speaks
+            text = text[len("greencallbacks: "):]
+        try:
+            print(f"{prefix}warning: {text}", file=file or sys.stderr)
+        except OSError:
+            pass
+
+    return show
 
 
 if __name__ == "__main__":

@@ -112,8 +112,10 @@ def lookup(name: str) -> tuple[Footprint | None, str]:
     """The footprint of a device named as a sensor reports it (``"NVIDIA H100 80GB HBM3"``).
 
     GPU names are matched like ``greencallbacks.estimate.gpu_power`` does (vendor words and
-    punctuation ignored, exact model or alias only, never a prefix). Returns ``(footprint, "")``
-    or ``(None, reason)`` when the model is unknown or has no published footprint.
+    punctuation ignored, exact model or alias; a prefix only where every model it fits has one
+    power, such as ``estimate --gpu "A100 SXM"``, and then billed the larger of their footprints,
+    the range spanning them all). Returns ``(footprint, "")`` or ``(None, reason)`` when the
+    model is unknown or has no published footprint.
     """
     from greencallbacks.estimate import gpu_power  # shares the GPU names of data/gpu_power.csv
 
@@ -123,17 +125,49 @@ def lookup(name: str) -> tuple[Footprint | None, str]:
     if name in table:
         return table[name], ""
     try:
-        model = gpu_power(name).model
+        # "A / B": the name ``gpu_power`` gives a prefix that fits several models (what an estimate
+        # passes on); each part is a model of the table.
+        model = " / ".join(gpu_power(part).model for part in name.split(" / "))
     except ValueError as error:
         # The matcher's message names every known model; the first part (with any "did you
         # mean") is what a record needs.
         return None, f"{name!r}: model not recognised ({str(error).split(' (known:')[0]})"
     if model in table:
         return table[model], ""
+    if " / " in model:  # a prefix that fits several models of one power ("A100 SXM")
+        return _variants_footprint(name, model.split(" / "), table)
     return None, (
         f"{name!r} ({model}): no published manufacturing footprint in greencallbacks/data/{TABLE}; "
         "left out rather than guessed"
     )
+
+
+def _variants_footprint(name: str, variants: list[str], table: dict[str, Footprint]) -> tuple[Footprint | None, str]:
+    """One footprint for a name that fits several models (the 40 GB and 80 GB A100 SXM4): the
+    larger of their figures, with a range from the lowest low to the highest high, so that it
+    covers whichever one it is. Left out, as any unknown, when one of them has no published figure."""
+    unknown = [v for v in variants if v not in table or table[v].kind != "gpu"]
+    if unknown:
+        return None, (
+            f"{name!r} fits {' and '.join(variants)}, and {', '.join(unknown)} has no published manufacturing "
+            f"footprint in greencallbacks/data/{TABLE}; name the model to bill it"
+        )
+    rows = [table[v] for v in variants]
+    central = max(rows, key=lambda row: row.kgco2eq)
+    return Footprint(
+        key=" / ".join(variants),
+        kind="gpu",
+        unit=central.unit,
+        kgco2eq=central.kgco2eq,
+        low_kgco2eq=min(row.low_kgco2eq for row in rows),
+        high_kgco2eq=max(row.high_kgco2eq for row in rows),
+        year=max(row.year for row in rows),
+        source=f"either {' or '.join(variants)}: the larger figure, {central.key}'s; "
+        + "; ".join(f"{row.key}: {row.source}" for row in rows),
+        url=" ".join(dict.fromkeys(row.url for row in rows)),
+        licence="; ".join(dict.fromkeys(row.licence for row in rows)),
+        range_basis=f"from the lowest low to the highest high of {' and '.join(variants)}",
+    ), ""
 
 
 def amortised_g(

@@ -247,6 +247,9 @@ def estimate(
             hours=hours, gpu=gpu_info["model"] if gpu is not None and gpu_info else None, gpus=gpus,
             host=embodied_host, host_share=host_share,
         )
+        if not embodied["embodied_sources"]:
+            # Nothing billed: not known, which 0 g would deny (as a record's null does).
+            embodied.update(embodied_co2eq_g=None, embodied_co2eq_g_low=None, embodied_co2eq_g_high=None)
     it_energy_j = hours * 3600.0 * (gpu_w + cpu_w + memory_w)
     energy_kwh = it_energy_j * carbon.pue / J_PER_KWH
     where = carbon.static_intensity

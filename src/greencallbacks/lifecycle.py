@@ -154,7 +154,7 @@ def lifecycle(records: Sequence[Record], search: Iterable[Record] = (), run_id: 
     """The life-cycle of the model trained in ``records`` (one run; ``run_id`` picks one of several).
 
     ``search``: the records of the sweep's trials; each ``run_id`` among them is one trial and
-    its whole energy counts towards CT.
+    its whole energy counts towards CT, except the trained run's own (it is T; a note says so).
     """
     runs = sorted({r.run_id for r in records})
     if run_id is None:
@@ -196,6 +196,10 @@ def lifecycle(records: Sequence[Record], search: Iterable[Record] = (), run_id: 
     trials: dict[str, list[Record]] = defaultdict(list)
     for r in search:
         trials[r.run_id].append(r)
+    if trials.pop(run_id, None) is not None:
+        # The trained model is often one of the sweep's trials (its records under the same root):
+        # its energy is T already, and LC = CT + T + e x I must not hold it twice.
+        notes.append(f"the trained run {run_id} is among the search records: counted in T, left out of CT")
     search_j = search_g = 0.0
     search_embodied = embodied_sum(r for trial in trials.values() for r in trial)
     chosen = inference_records(mine)

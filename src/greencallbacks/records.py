@@ -16,7 +16,7 @@ import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Iterable
 
@@ -106,10 +106,14 @@ class Record:
         known = {f for f in cls.__dataclass_fields__}
         given = {k: v for k, v in data.items() if k in known}
         _check_types(given)  # a report must not die on "0.001" or null deep inside a sum
+        missing = [name for name in _REQUIRED if name not in given]
+        if missing:  # said as the record's field, not as Python's "missing positional argument"
+            raise TypeError(f"field {missing[0]!r} is missing")
         return cls(**given)
 
 
 _FIELD_NAMES = tuple(f.name for f in fields(Record) if f.name != "schema")
+_REQUIRED = tuple(f.name for f in fields(Record) if f.default is MISSING and f.default_factory is MISSING)
 
 # The JSON types each field must have when read back (null: only where listed, and for numbers).
 _NUMBERS = ("duration_s", "it_energy_kwh", "energy_kwh", "co2eq_g", "intensity_gco2eq_per_kwh", "pue", "uncertainty_kwh")
@@ -150,6 +154,12 @@ def _check_types(data: dict) -> None:
         for c in components
     ):
         raise bad("components", "a list of objects with a numeric energy_j")
+    for index, component in enumerate(components):
+        # A report names each component by its name and method ("gpu0:counter").
+        for key in ("name", "method"):
+            if not isinstance(component.get(key), str):
+                raise TypeError(f"component {index} of field 'components' needs a string {key!r}, "
+                                f"got {component.get(key)!r}")
 
 
 class RecordWriter:
@@ -414,7 +424,12 @@ def read_records(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list
         path = Path(path)
         if path.is_dir():
             path = path / RECORDS_FILE
-        lines = path.read_text(encoding="utf-8").splitlines()
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as error:  # a binary file given by mistake: say which
+            raise ValueError(f"{path}: not a greencallbacks records file (not UTF-8 text: {error.reason} "
+                             f"at byte {error.start})") from None
+        read_before = len(records)
         for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
@@ -422,12 +437,35 @@ def read_records(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list
                 data = json.loads(line)
                 if data.get("schema") != SCHEMA:
                     raise ValueError(f"schema is {data.get('schema')!r}, expected {SCHEMA!r}")
-                records.append(Record.from_dict(data))
+                record = Record.from_dict(data)
+                _check_finite(data)
+                records.append(record)
             except (ValueError, TypeError, AttributeError) as error:
                 # Torn: the writer died mid-line, so the JSON is cut short. A whole line with a
-                # wrong value is not torn, and is an error wherever it is.
-                if number == len(lines) and isinstance(error, json.JSONDecodeError):
+                # wrong value is not torn, and is an error wherever it is; so is a lone line
+                # that is not the beginning of a record (a file that is no records file).
+                if number == len(lines) and isinstance(error, json.JSONDecodeError) and (
+                    len(records) > read_before or line.lstrip().startswith(_RECORD_START)
+                ):
                     warnings.warn(f"{path}:{number}: skipped a torn last line ({error})", stacklevel=2)
                     continue
                 raise ValueError(f"{path}:{number}: not a greencallbacks record: {error}") from None
     return records
+
+
+# How the writer begins every line (schema first): a lone cut-short line that begins so is torn.
+_RECORD_START = json.dumps({"schema": SCHEMA})[:-1]
+
+
+def _check_finite(data: dict) -> None:
+    """Refuse NaN and infinities that another writer put in a file (``NaN``, ``Infinity``, ``1e999``):
+    ours writes them as null, and a sum over them would be NaN. Only where files are read: records
+    passed between ranks in memory may carry a NaN, and training must not stop for it."""
+    for name in _NUMBERS + _OPTIONAL_NUMBERS:
+        value = data.get(name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"field {name!r} is {value!r}, not a finite number (JSON has no NaN or infinity)")
+    for index, component in enumerate(data.get("components") or []):
+        value = component.get("energy_j")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"component {index} of field 'components': energy_j is {value!r}, not a finite number")

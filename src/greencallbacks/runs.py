@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -59,15 +61,50 @@ def load(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> Loaded:
                 files.append(found)
     records: list[Record] = []
     run_files: dict[str, list[Path]] = {}
+    # Each record once: a copied run directory (a backup made with `cp -r`) or a file given with
+    # its directory under another name holds the same records, which would be summed twice.
+    first_seen: dict[tuple, tuple[Record, Path]] = {}
+    copies: dict[Path, Path] = {}  # file holding copies -> the file whose records they copy
     for file in files:
         mine = read_records(file)
         _refuse_nulls(file, mine)
+        kept = []
         for record in mine:
+            key = (record.run_id, record.attempt, record.seq, _rank_of(file))
+            seen = first_seen.get(key)
+            if seen is None:
+                first_seen[key] = (record, file)
+                kept.append(record)
+                continue
+            if seen[0] != record:
+                raise ValueError(
+                    f"{seen[1]} and {file} both hold record seq {record.seq} of run {record.run_id!r} "
+                    f"(attempt {record.attempt}) with different contents (two runs given one run_id, or two "
+                    "histories of one run): report them apart"
+                )
+            copies.setdefault(file, seen[1])
+        for record in kept:
             holders = run_files.setdefault(record.run_id, [])
             if file not in holders:
                 holders.append(file)
-        records += mine
+        records += kept
+    if copies:
+        warnings.warn(
+            "records found more than once (the same run, attempt and seq with the same contents) were "
+            "counted once: " + "; ".join(f"{copy} repeats {original}" for copy, original in copies.items()),
+            stacklevel=2,
+        )
     return Loaded(records, files, run_files)
+
+
+def _rank_of(file: Path) -> int | None:
+    """The rank whose own unsummed records ``file`` holds (``energy-records.rank<r>.jsonl``), else None.
+
+    Rank r's records of a failed distributed run share their seq with rank 0's in the summed
+    file: they are parts of one phase, not copies.
+    """
+    match = re.fullmatch(r"energy-records\.rank(\d+)\.jsonl", file.name)
+    return int(match.group(1)) if match else None
 
 
 def _refuse_nulls(file: Path, records: Sequence[Record]) -> None:

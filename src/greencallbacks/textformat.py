@@ -62,14 +62,25 @@ def value_and_error(mean: float | None, error: float | None, digits: int = 3) ->
     if error == 0:
         return number(mean, digits), "0"
     decimals = 1 - math.floor(math.log10(abs(error)))  # two significant digits of the error
+    if decimals <= 6:
+        return _rounded_together(mean, error, decimals)
+    # Tiny values: a shared exponent reads better than nine decimals ("5.07e-6 ± 0.50e-6").
+    exponent = math.floor(math.log10(abs(mean))) if mean else math.floor(math.log10(abs(error)))
+    decimals += exponent  # the same digits, counted after the mean's first one
+    if decimals > 6:
+        # The error is below the mean's last digit (repeats that agree to 7+ digits): no shared
+        # exponent helps, so each is written to its own precision, "5.00 ± 1.0e-07".
+        return number(mean, digits), number(error, 2)
+    scale = 10.0**exponent
+    inner_mean, inner_error = _rounded_together(mean / scale, error / scale, decimals)
+    return f"{inner_mean}e{exponent}", f"{inner_error}e{exponent}"
+
+
+def _rounded_together(mean: float, error: float, decimals: int) -> tuple[str, str]:
+    """Mean and error to ``decimals`` decimal places (to a power of ten when not positive)."""
     if decimals <= 0:
         step = 10 ** (-decimals)
         return f"{round(mean / step) * step:.0f}", f"{round(error / step) * step:.0f}"
-    if decimals > 6:  # tiny values: a shared exponent reads better than nine decimals
-        exponent = math.floor(math.log10(abs(mean))) if mean else math.floor(math.log10(abs(error)))
-        scale = 10.0**exponent
-        inner_mean, inner_error = value_and_error(mean / scale, error / scale)
-        return f"{inner_mean}e{exponent}", f"{inner_error}e{exponent}"
     return f"{mean:.{decimals}f}", f"{error:.{decimals}f}"
 
 

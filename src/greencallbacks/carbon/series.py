@@ -5,7 +5,8 @@ intensity of an interval is the time-weighted mean over it. Before the first tim
 value is used, after the last timestamp the last one, and the result says it was extrapolated.
 
 File formats, detected from the header or the document's shape; the series says which it read
-(``IntensitySeries.format``). Timestamps ISO-8601 (naive ones taken as UTC) or unix seconds.
+(``IntensitySeries.format``). Timestamps ISO-8601 (naive ones taken as UTC) or unix seconds,
+from 1970 to 2200 (one in milliseconds or nanoseconds is refused, saying so).
 - CSV with a header naming a time column (timestamp, time, datetime, start_time) and a value
   column in gCO2eq/kWh (g_per_kwh, gco2eq_per_kwh, intensity_gco2eq_per_kwh, intensity,
   carbon_intensity, value); ``#`` lines are comments.
@@ -73,6 +74,26 @@ def parse_timestamp(raw: object) -> float:
     if not math.isfinite(seconds):
         raise ValueError(f"not a finite timestamp: {raw!r}")
     return seconds
+
+
+# The years a series may cover: a unix timestamp outside them is in another unit (a pandas or
+# JavaScript export in milliseconds, nanoseconds), not a time, and would price the run at one
+# extrapolated value (or overflow the calendar) instead of failing.
+EARLIEST_UNIX = 0.0  # 1970-01-01
+LATEST_UNIX = 7258118400.0  # 2200-01-01
+_SMALLER_UNITS = ((1e3, "milliseconds"), (1e6, "microseconds"), (1e9, "nanoseconds"))
+
+
+def check_time_range(seconds: float, raw: object) -> float:
+    """``seconds`` when it lies in 1970-2200; else ``ValueError`` saying which unit it looks like."""
+    if EARLIEST_UNIX <= seconds < LATEST_UNIX:
+        return seconds
+    # The unit that puts it in 2000-2200, where a series of today's grid would be.
+    unit = next((name for factor, name in _SMALLER_UNITS if 946684800.0 <= seconds / factor < LATEST_UNIX), None)
+    if unit is not None:
+        raise ValueError(f"timestamp {raw!r} is after 2200 read as unix seconds; it looks like {unit} since 1970: "
+                         "give seconds or ISO 8601")
+    raise ValueError(f"timestamp {raw!r} is outside 1970-2200 (unix seconds or ISO 8601 expected)")
 
 
 def _parse_value(raw: object) -> float:
@@ -250,7 +271,7 @@ class IntensitySeries:
         values: list[float] = []
         for where, raw_time, raw_value in raw_points:
             try:
-                moment = parse_timestamp(raw_time)
+                moment = check_time_range(parse_timestamp(raw_time), raw_time)
                 value = _parse_value(raw_value)
             except ValueError as error:
                 raise _malformed(file_path, where, str(error)) from None

@@ -85,9 +85,17 @@ def training_attempts(records: Iterable[Record]) -> set[tuple[str, int]]:
     return {(r.run_id, r.attempt) for r in records if r.phase == "train"}
 
 
+EPOCH_STATES = ("complete", "partial", "cut short, redone")
+
+
+def epoch_status(row: dict) -> str:
+    """``complete``, ``partial`` (cut short, not redone) or ``cut short, redone``."""
+    return "cut short, redone" if row["redone"] else "partial" if row["partial"] else "complete"
+
+
 def epoch_label(row: dict, with_attempt: bool) -> str:
     """``2``, ``2 (partial)``, or ``2 (attempt 0: cut short, redone)`` when a run was resumed."""
-    state = "cut short, redone" if row["redone"] else "partial" if row["partial"] else ""
+    state = "" if epoch_status(row) == "complete" else epoch_status(row)
     if with_attempt:
         return f"{row['epoch']} (attempt {row['attempt']}{': ' + state if state else ''})"
     return f"{row['epoch']}{' (' + state + ')' if state else ''}"
@@ -354,25 +362,34 @@ def over_runs(values: Sequence[float]) -> dict:
 
 
 def epoch_summary(records: Sequence[Record]) -> list[dict]:
-    """One row per (attempt, epoch) over the runs given: seconds, kWh, gCO2eq and J/sample as mean and SE.
+    """One row per (attempt, epoch, status) over the runs given: seconds, kWh, gCO2eq and J/sample
+    as mean and SE over the runs the row covers.
 
-    With one run the SE is None and ``uncertainty_kwh`` (from the sensors) is the error to quote.
+    An epoch cut short in one run is never averaged with another run's complete epoch: each status
+    (``EPOCH_STATES``) is a row of its own. ``runs`` and ``run_ids`` say which runs a row covers,
+    ``in_every_run`` whether that is all of them (``of_runs``); a row covering fewer is no mean
+    over the repeats, and the formats show it apart. With one run the SE is None and
+    ``uncertainty_kwh`` (from the sensors) is the error to quote.
     """
-    by_epoch: dict[tuple[int, int], list[dict]] = defaultdict(list)
+    all_runs = run_ids(records)
+    by_epoch: dict[tuple[int, int, int], list[dict]] = defaultdict(list)
     for row in epoch_rows(records):
-        by_epoch[(row["attempt"], row["epoch"])].append(row)
-    with_attempt = len({attempt for attempt, _ in by_epoch}) > 1
+        by_epoch[(row["attempt"], row["epoch"], EPOCH_STATES.index(epoch_status(row)))].append(row)
+    with_attempt = len({attempt for attempt, _, _ in by_epoch}) > 1
     out = []
     for key in sorted(by_epoch):
         group = by_epoch[key]
         per_sample = [row["j_per_sample"] for row in group if row["j_per_sample"] is not None]
-        merged = {"epoch": key[1], "attempt": key[0], "partial": any(r["partial"] for r in group),
-                  "redone": any(r["redone"] for r in group)}
+        merged = {"epoch": key[1], "attempt": key[0], "partial": group[0]["partial"], "redone": group[0]["redone"]}
         out.append(
             {
                 **merged,
+                "status": epoch_status(merged),
                 "label": epoch_label(merged, with_attempt),
                 "runs": len(group),
+                "run_ids": [row["run_id"] for row in group],
+                "of_runs": len(all_runs),
+                "in_every_run": len(group) == len(all_runs),
                 "seconds": over_runs([row["seconds"] for row in group]),
                 "energy_kwh": over_runs([row["energy_kwh"] for row in group]),
                 "co2eq_g": over_runs([row["co2eq_g"] for row in group]),
@@ -386,6 +403,16 @@ def epoch_summary(records: Sequence[Record]) -> list[dict]:
             }
         )
     return out
+
+
+def covers_text(row: dict) -> str:
+    """Which runs an ``epoch_summary`` row covers, for one that is not in every run:
+    ``run b`` or ``runs a, b (2 of 3)``; empty when it is in every run."""
+    if row["in_every_run"]:
+        return ""
+    if row["runs"] == 1:
+        return f"run {row['run_ids'][0]}"
+    return f"runs {', '.join(row['run_ids'])} ({row['runs']} of {row['of_runs']})"
 
 
 def _summarise(per_run: dict[str, dict[str, dict]], runs: Sequence[str], names: Sequence[str]) -> dict[str, dict]:

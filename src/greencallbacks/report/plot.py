@@ -28,12 +28,14 @@ def plot_epochs(records: Sequence[Record], path: str | os.PathLike) -> Path:
 
 
 def _tick(row: dict, with_attempt: bool) -> str:
-    """A short, stacked tick label: the epoch, then its attempt and state on lines below."""
+    """A short, stacked tick label: the epoch, then its attempt, state and runs on lines below."""
     lines = [str(row["epoch"])]
     if with_attempt:
         lines.append(f"attempt {row['attempt']}")
     if row["redone"] or row["partial"]:
         lines.append("cut short" if row["redone"] else "partial")
+    if not row.get("in_every_run", True):  # a bar that is no mean over every run says so
+        lines.append(f"{row['runs']} of {row['of_runs']} runs")
     return "\n".join(lines)
 
 
@@ -58,7 +60,9 @@ def epoch_figure(records: Sequence[Record]):
         errors = [(row["energy_kwh"]["se"] or 0.0) * factor for row in rows]
         cumulative, running = [], 0.0
         for row in rows:
-            running += row["co2eq_g"]["mean"] + row["val_co2eq_g"]["mean"]
+            # Per run on average: a row that covers some of the runs adds its share to the mean.
+            share = row.get("runs", 1) / row.get("of_runs", 1)
+            running += (row["co2eq_g"]["mean"] + row["val_co2eq_g"]["mean"]) * share
             cumulative.append(running)
         m_unit, m_factor = pick_unit(cumulative, MASS_UNITS)
 

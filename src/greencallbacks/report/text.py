@@ -9,7 +9,9 @@ from typing import Sequence
 
 from greencallbacks.records import Record
 from greencallbacks.report.data import (
+    covers_text,
     epoch_rows,
+    epoch_status,
     group_runs,
     over_runs,
     source_text,
@@ -62,21 +64,37 @@ def _units(rows: Sequence[dict], total: dict | None = None) -> dict[str, tuple[s
 
 
 def format_epoch_summary(data: dict) -> str:
-    """Markdown per-epoch table; mean ± SE columns when there are several runs."""
+    """Markdown per-epoch table; mean ± SE columns when there are several runs.
+
+    Epochs that not every run has (one run cut short and resumed, the others not) are no mean
+    over the repeats: they follow in a table of their own that names the runs of each row.
+    """
     rows = data["epochs"]
     several = len(data["runs"]) > 1
     units = _units(rows) if rows else {"energy": ENERGY_UNITS[0], "mass": MASS_UNITS[1], "joule": JOULE_UNITS[1]}
     (e_unit, e_f), (m_unit, m_f), (j_unit, j_f) = units["energy"], units["mass"], units["joule"]
-    header = ["epoch", _heading("time", "s", several), _heading("training", e_unit, several),
-              _heading("training CO2eq", m_unit, several), _heading("per sample", j_unit, several),
-              _heading("validation", e_unit, several), f"sensor uncertainty ({e_unit})", "measured by"]
-    body = [
-        [row["label"], _scaled(row["seconds"], 1.0), _scaled(row["energy_kwh"], e_f), _scaled(row["co2eq_g"], m_f),
-         _scaled(row["j_per_sample"], j_f), _scaled(row["val_energy_kwh"], e_f), number(row["uncertainty_kwh"] * e_f, 2),
-         row["methods"]]
-        for row in rows
-    ]
-    return markdown_table(header, body, "lrrrrrrl")
+
+    def cells(row: dict) -> list[str]:
+        return [_scaled(row["seconds"], 1.0), _scaled(row["energy_kwh"], e_f), _scaled(row["co2eq_g"], m_f),
+                _scaled(row["j_per_sample"], j_f), _scaled(row["val_energy_kwh"], e_f),
+                number(row["uncertainty_kwh"] * e_f, 2), row["methods"]]
+
+    every = [row for row in rows if row.get("in_every_run", True)]
+    some = [row for row in rows if not row.get("in_every_run", True)]
+    parts = []
+    if every or not some:
+        header = ["epoch", _heading("time", "s", several), _heading("training", e_unit, several),
+                  _heading("training CO2eq", m_unit, several), _heading("per sample", j_unit, several),
+                  _heading("validation", e_unit, several), f"sensor uncertainty ({e_unit})", "measured by"]
+        parts.append(markdown_table(header, [[row["label"], *cells(row)] for row in every], "lrrrrrrl"))
+    if some:
+        parts.append("Epochs not in every run (a run cut short and resumed, or one that trained other epochs): each "
+                     "row covers only the runs it names, as mean ± SE where it names several.")
+        header = ["epoch", "runs", "time (s)", f"training ({e_unit})", f"training CO2eq ({m_unit})",
+                  f"per sample ({j_unit})", f"validation ({e_unit})", f"sensor uncertainty ({e_unit})", "measured by"]
+        parts.append(markdown_table(header, [[row["label"], covers_text(row), *cells(row)] for row in some],
+                                    "llrrrrrrl"))
+    return "\n\n".join(parts)
 
 
 def format_epoch_table(records: Sequence[Record]) -> str:
@@ -211,8 +229,10 @@ def _latex_number(text: str) -> str:
 
 def _latex_group(data: dict, caption_extra: str, label: str) -> list[str]:
     several = len(data["runs"]) > 1
-    over = f" Mean $\\pm$ standard error over {len(data['runs'])} runs." if several else ""
     rows = data["epochs"]
+    over = f" Mean $\\pm$ standard error over {len(data['runs'])} runs." if several else ""
+    if several and not all(row["in_every_run"] for row in rows):
+        over += " An epoch marked with runs in brackets covers those runs only."
     total = data["total"]
     units = _units(rows, total)
     (e_unit, e_f), (m_unit, m_f), (j_unit, j_f) = units["energy"], units["mass"], units["joule"]
@@ -239,8 +259,10 @@ def _latex_group(data: dict, caption_extra: str, label: str) -> list[str]:
     if rows:
         lines.append(r"\midrule")
     for row in rows:
+        covers = covers_text(row) if several else ""  # a row that is no mean over every run says whose it is
+        row_label = row["label"] + (f" [{covers}]" if covers else "")
         lines.append(
-            f"{latex_escape(row['label'])} & {_latex_cell(row['seconds'], 1.0)} & {_latex_cell(row['energy_kwh'], e_f)} "
+            f"{latex_escape(row_label)} & {_latex_cell(row['seconds'], 1.0)} & {_latex_cell(row['energy_kwh'], e_f)} "
             f"& {_latex_cell(row['co2eq_g'], m_f)} & {_latex_cell(row['j_per_sample'], j_f)}"
             + (f" & {latex_escape(row['methods'])} \\\\" if per_row else " \\\\")
         )
@@ -305,7 +327,7 @@ def render_csv(records: Sequence[Record]) -> str:
             energy = sum(r.energy_kwh for r in mine)
             row.update(
                 configuration=index,
-                status="cut short, redone" if row["redone"] else "partial" if row["partial"] else "complete",
+                status=epoch_status(row),
                 train_samples=row["train_samples"] if row["samples_counted"] else None,
                 intensity_gco2eq_per_kwh=sum(r.co2eq_g for r in mine) / energy if energy > 0 else None,
                 intensity_source="; ".join(dict.fromkeys(
