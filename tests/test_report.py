@@ -176,6 +176,23 @@ def test_a_checkpoint_evaluated_in_a_later_session_adds_to_the_totals_not_to_the
     assert report.phase_totals(records)["validation"]["energy_kwh"] == pytest.approx((3600.0 * 2 + 7200.0) / KWH)
 
 
+def test_the_whole_run_uncertainty_counts_a_counter_s_shared_boundaries_once():
+    """A counter's error sits at the boundaries its phases share: it cancels over a run but for the
+    first and last. Added linearly over nine phases (three of them 10 us gaps with 0 J, each said
+    +-30 J) a run exact to 0.01 % was given +-27 %. An estimate's bias still adds over the phases."""
+    records = []
+    for seq in range(9):
+        phase = ("train", "validation", "other")[seq % 3]
+        r = rec("r", phase, seq // 3, 0.0 if phase == "other" else 400.0, 10, seq, uncertainty_j=30.0 + seq)
+        r.components = [r.components[0]]  # the counter alone
+        records.append(r)
+    total = report.run_totals(records)["r"]
+    assert total["uncertainty_kwh"] == pytest.approx(2 * 38.0 / KWH)  # was 306 J (sum), now twice the largest
+    assert total["train_uncertainty_kwh"] == pytest.approx((30 + 33 + 36) / KWH)  # train phases share no boundary
+    estimated = [dataclasses.replace(r, components=[{**r.components[0], "method": "estimated"}]) for r in records]
+    assert report.run_totals(estimated)["r"]["uncertainty_kwh"] == pytest.approx(sum(30.0 + k for k in range(9)) / KWH)
+
+
 def test_uncounted_samples_show_na_not_zero():
     records = one_run()
     records[0] = dataclasses.replace(records[0], samples=0, samples_counted=False, energy_j_per_sample=None)

@@ -158,7 +158,8 @@ def _markdown_group(data: dict, level: str) -> list[str]:
     parts += ["", f"{level} Provenance", ""] + [f"- {n}" for n in data["provenance"]]
     parts += [
         f"- Sensor uncertainty of the whole run: ± {energy_text(data['total']['sensor_uncertainty_kwh'])} "
-        "(one standard uncertainty, added linearly over phases)."
+        "(one standard uncertainty: estimates' biases added over the phases, a counter's boundary errors "
+        "over the run's first and last boundaries, components in quadrature)."
     ]
     parts += ["", f"{level} Statement for a paper", "", data["statement"]]
     if "equivalents" in data:
