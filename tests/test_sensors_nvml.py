@@ -3,6 +3,7 @@
 import ctypes
 import inspect
 import sys
+import warnings
 
 import pytest
 
@@ -697,3 +698,22 @@ def test_reader_finds_the_phase_again_after_the_counter_restarts(clock):
         clock.advance(0.004)
     offset = (meter.channels[0]._phase - gpu._counter_origin_t) % COUNTER_UPDATE_PERIOD_S
     assert min(offset, COUNTER_UPDATE_PERIOD_S - offset) < 0.002
+
+
+@pytest.mark.parametrize("environ, said", [
+    ({}, True),
+    ({"CUDA_VISIBLE_DEVICES": "1,0"}, True),
+    ({"CUDA_DEVICE_ORDER": "PCI_BUS_ID"}, False),
+    ({"CUDA_VISIBLE_DEVICES": "GPU-00000001-1111-2222-3333-000000001eef"}, False),  # gpu_uuid(1)
+])
+def test_gpus_of_two_models_numbered_by_position_are_said_to_need_pci_order(clock, environ, said):
+    """CUDA numbers the fastest GPU first, NVML by PCI bus: on a workstation with two models,
+    cuda:0 may be NVML's second GPU, and the other one was measured without a word."""
+    nvml_module._ORDER_SAID.clear()
+    nvml = FakeNvml(clock)
+    nvml.add_gpu(gpu_uuid(0), name="NVIDIA GeForce GT 1030")
+    nvml.add_gpu(gpu_uuid(1), name="NVIDIA GeForce RTX 4090")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        find_nvml_gpus(pynvml=nvml, environ=environ, device_indices=[0], clock=clock)
+    assert any("CUDA_DEVICE_ORDER=PCI_BUS_ID" in str(w.message) for w in caught) is said

@@ -448,6 +448,7 @@ def _find_visible(
             visible.append(resolved)
 
     wanted = range(len(visible)) if device_indices is None else device_indices
+    _check_the_order(nvml, entries, visible, environ)
     measured_uuids: set[str] = set()
     # The MIG instances this process uses, per physical GPU: one sensor bills all of them.
     mig_entries: dict[str, list[str]] = {}
@@ -505,6 +506,33 @@ def _find_visible(
             sensor = Apportioned(sensor, 1.0, rule)
             _say_apportioned_once(sensor, rule)
         found.sensors.append(sensor)
+
+
+_ORDER_SAID: set[str] = set()  # the models warned of, once per process
+
+
+def _check_the_order(nvml: Any, entries: list[str] | None, visible: Sequence[tuple["_Device", str]],
+                     environ: Mapping[str, str]) -> None:
+    """Integer positions are NVML's (PCI) order, which is CUDA's only for GPUs of one model or with
+    CUDA_DEVICE_ORDER=PCI_BUS_ID: CUDA's default numbers the fastest first, so on a workstation with
+    two models cuda:0 may be NVML's second GPU, and the other one would be measured. Said once."""
+    if environ.get("CUDA_DEVICE_ORDER", "").upper() == "PCI_BUS_ID":
+        return
+    if entries is not None and not any(entry.strip().isdigit() for entry in entries):
+        return  # UUIDs name each GPU: no order involved
+    try:
+        models = sorted({_text(nvml.nvmlDeviceGetName(d.handle)) for d, _ in visible if d.handle is not None})
+    except nvml.NVMLError:
+        return
+    key = ", ".join(models)
+    if len(models) < 2 or key in _ORDER_SAID:
+        return
+    _ORDER_SAID.add(key)
+    from greencallbacks.meter import warn  # on first use: sensor modules load nothing beyond sensors.base
+
+    warn(f"greencallbacks: GPUs of different models ({key}) and CUDA_DEVICE_ORDER is not PCI_BUS_ID: CUDA numbers the "
+         "fastest first, NVML by PCI bus, so the GPU measured as gpuN may not be the one CUDA calls N. Set "
+         "CUDA_DEVICE_ORDER=PCI_BUS_ID (before CUDA starts), or CUDA_VISIBLE_DEVICES to GPU-<uuid> values.")
 
 
 def _device_error_fix(nvml: Any, error: BaseException) -> str:
