@@ -84,6 +84,22 @@ def test_unknown_cpu_uses_the_stated_default_per_core():
     assert "10 W per physical core" in sensor.note
 
 
+def test_an_arm_server_is_named_by_its_part_and_estimated_at_arm_core_power(tmp_path):
+    """Arm's /proc/cpuinfo has no model name, only part numbers: the 10 W/core default put a
+    64-core Graviton2 (Neoverse-N1) at 640 W."""
+    from greencallbacks.sensors.estimate import ARM_W_PER_CORE, cpu_model_name
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nBogoMIPS\t: 243.75\nFeatures\t: fp asimd\nCPU implementer\t: 0x41\n"
+                       "CPU architecture: 8\nCPU variant\t: 0x3\nCPU part\t: 0xd0c\nCPU revision\t: 1\n\n" * 2)
+    model = cpu_model_name(str(cpuinfo))
+    assert model == "Arm Neoverse-N1"
+    tdp_w, note = resolve_cpu_tdp_w(cpu_model=model, sockets=1, physical_cores=64)
+    assert tdp_w == pytest.approx(ARM_W_PER_CORE * 64) and "Arm Neoverse-N1" in note and "3 W per physical core" in note
+    cpuinfo.write_text("processor\t: 0\nCPU implementer\t: 0x41\nCPU part\t: 0xfff\n")
+    assert cpu_model_name(str(cpuinfo)) == "Arm core 0xfff"
+
+
 def test_process_tree_cpu_time_includes_children():
     before = process_tree_cpu_seconds()
     burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass"

@@ -34,6 +34,12 @@ from typing import Any
 from greencallbacks.sensors.base import Integrator, Kind, Method, Sensor, SensorError
 
 DEFAULT_W_PER_CORE = 10.0  # unknown CPU: desktop parts run ~10-15 W/core, servers ~4-7 W/core
+# Arm server cores (Neoverse), which /proc/cpuinfo names by part number only: Ampere Altra Q80-30
+# 210 W / 80 cores = 2.6 W, Altra Max M128-30 250 W / 128 = 2.0 W, NVIDIA Grace 500 W / 144 cores
+# with its LPDDR5X = 3.5 W. The x86 default would put a 64-core Graviton at 640 W.
+ARM_W_PER_CORE = 3.0
+_ARM_NEOVERSE_PARTS = {"0xd0c": "Neoverse-N1", "0xd40": "Neoverse-V1", "0xd49": "Neoverse-N2",
+                       "0xd4f": "Neoverse-V2", "0xd8e": "Neoverse-N3", "0xd84": "Neoverse-V3"}
 DEFAULT_RAM_W_PER_GB = 0.37
 BYTES_PER_GB = 2**30
 CPU_POLL_INTERVAL_S = 1.0  # only to see children's CPU time before they exit unreaped
@@ -76,15 +82,22 @@ def _check_share(share: float) -> float:
 
 
 def cpu_model_name(cpuinfo_path: str = "/proc/cpuinfo") -> str:
-    """The CPU's marketing name, e.g. ``"Intel(R) Xeon(R) Platinum 8480+"``; "" if unknown."""
+    """The CPU's marketing name, e.g. ``"Intel(R) Xeon(R) Platinum 8480+"``; for an Arm server,
+    which /proc/cpuinfo names by part number only, ``"Arm Neoverse-N1"``; "" if unknown."""
+    arm_part = None
     try:
         with open(cpuinfo_path, encoding="utf-8", errors="replace") as file:
             for line in file:
                 key, _, value = line.partition(":")
-                if key.strip() in ("model name", "Model") and value.strip():
-                    return value.strip()
+                key, value = key.strip(), value.strip()
+                if key in ("model name", "Model") and value:
+                    return value
+                if key == "CPU part" and arm_part is None:
+                    arm_part = value.lower()
     except OSError:
         pass
+    if arm_part is not None:
+        return f"Arm {_ARM_NEOVERSE_PARTS.get(arm_part, 'core ' + arm_part)}"
     return platform.processor() or ""
 
 
@@ -156,9 +169,10 @@ def resolve_cpu_tdp_w(
         import psutil
 
         physical_cores = psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    per_core = ARM_W_PER_CORE if cpu_model.startswith("Arm ") else DEFAULT_W_PER_CORE
     return (
-        DEFAULT_W_PER_CORE * physical_cores,
-        f"CPU {cpu_model or 'model unknown'!r} not in the TDP table: assumed {DEFAULT_W_PER_CORE:g} W per "
+        per_core * physical_cores,
+        f"CPU {cpu_model or 'model unknown'!r} not in the TDP table: assumed {per_core:g} W per "
         f"physical core x {physical_cores} cores; pass cpu_tdp_w= (per socket) for a better estimate",
     )
 
