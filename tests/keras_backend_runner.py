@@ -396,6 +396,122 @@ def scenario_runs(out: Path) -> dict:
     return {"totals": totals}
 
 
+def scenario_inference_before_resume(out: Path) -> dict:
+    """fit 3 epochs; then, as a sanity check, evaluate and predict before fit(initial_epoch=3):
+    with the callback that then resumes (a new one, as in a new process), or a new callback in each
+    call (inline). The resumed fit continues the run that trained, not the inference's."""
+    results = {}
+    for name in ("same_callback", "inline"):
+        energy_dir = out / name
+        model = tiny_model()
+        model.fit(X, Y, batch_size=BATCH, epochs=3, verbose=0, callbacks=[scripted(output_dir=energy_dir)])
+        later = scripted(output_dir=energy_dir)
+        pick = (lambda: later) if name == "same_callback" else (lambda: scripted(output_dir=energy_dir))  # noqa: E731
+        model.evaluate(X[:VAL], Y[:VAL], batch_size=BATCH, verbose=0, callbacks=[pick()])
+        model.predict(X[:VAL], batch_size=BATCH, verbose=0, callbacks=[pick()])
+        history = model.fit(X, Y, batch_size=BATCH, epochs=5, initial_epoch=3, verbose=0, callbacks=[pick()])
+        results[name] = {"logged_total": history.history["energy_kwh_total"][-1],
+                         "summary": json.loads((energy_dir / SUMMARY_FILE).read_text())}
+    return results
+
+
+def scenario_callback_list_without_params(out: Path) -> dict:
+    """A CallbackList built without training parameters (as Keras's docs build one for a custom
+    loop) given to fit: Keras uses it as it is and never calls set_params."""
+    energy, model = scripted(output_dir=out), tiny_model()
+    callbacks = keras.callbacks.CallbackList([energy], add_history=True, model=model)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        history = model.fit(X, Y, batch_size=BATCH, epochs=3, verbose=0, callbacks=callbacks)
+    return {"history": history.history, "warnings": energy_warnings(caught), "params": getattr(energy, "params", None)}
+
+
+class EvaluateAt(keras.callbacks.Callback):
+    """Evaluates in the middle of each training epoch, after the given batches, with ``callbacks``."""
+
+    def __init__(self, batches, callbacks) -> None:
+        super().__init__()
+        self.batches, self.callbacks = batches, callbacks
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch in self.batches:
+            self.model.evaluate(X[:VAL], Y[:VAL], batch_size=10, verbose=0, callbacks=self.callbacks)
+
+
+def scenario_evaluate_inside_an_epoch(out: Path) -> dict:
+    """A callback evaluates twice inside each training epoch (after batches 0 and 2), passing the
+    EnergyCallback on, and fit validates at each epoch's end: every loop resets Keras's metrics."""
+    energy = scripted(output_dir=out)
+    tiny_model().fit(X, Y, batch_size=BATCH, epochs=2, validation_data=(X[:VAL], Y[:VAL]), verbose=0,
+                     callbacks=[energy, EvaluateAt((0, 2), [energy])])
+    return {}
+
+
+def scenario_custom_loop(out: Path) -> dict:
+    """A loop of the user's that drives a CallbackList around train_on_batch / test_on_batch (which
+    reset the metrics every batch in Keras 3.15, never in 3.3): no loss-tracker count to take."""
+    results = {}
+    for name, samples_per_epoch in (("uncounted", None), ("samples_per_epoch", TRAIN)):
+        energy, model = scripted(output_dir=out / name, samples_per_epoch=samples_per_epoch), tiny_model()
+        callbacks = keras.callbacks.CallbackList([energy], add_history=True, model=model, epochs=2, steps=4)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            callbacks.on_train_begin()
+            for epoch in range(2):
+                callbacks.on_epoch_begin(epoch)
+                for batch in range(4):
+                    rows = slice(batch * BATCH, (batch + 1) * BATCH)
+                    logs = model.train_on_batch(X[rows], Y[rows], return_dict=True)
+                    callbacks.on_train_batch_end(batch, logs)
+                callbacks.on_epoch_end(epoch, dict(logs))
+            callbacks.on_train_end()
+            callbacks.on_test_begin()
+            for batch in range(3):
+                rows = slice(batch * 10, (batch + 1) * 10)
+                logs = model.test_on_batch(X[rows], Y[rows], return_dict=True)
+                callbacks.on_test_batch_end(batch, logs)
+            callbacks.on_test_end(dict(logs))
+        results[name] = {"warnings": [w for w in energy_warnings(caught) if "could not count" in w]}
+    return results
+
+
+class FailIn(keras.callbacks.Callback):
+    """Raises ``error`` after batch ``batch`` of a loop: ``validation`` (of epoch 1), ``evaluate`` or ``predict``."""
+
+    def __init__(self, loop: str, batch: int, error=RuntimeError) -> None:
+        super().__init__()
+        self.loop, self.batch, self.error, self.epoch = loop, batch, error, None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_test_batch_end(self, batch, logs=None):
+        if batch == self.batch and (self.loop == "evaluate" or (self.loop == "validation" and self.epoch == 1)):
+            raise self.error("boom")
+
+    def on_predict_batch_end(self, batch, logs=None):
+        if self.loop == "predict" and batch == self.batch:
+            raise self.error("boom")
+
+
+def scenario_partial_labels(out: Path) -> dict:
+    """What a failed call's unfinished phases say: the optimizer's step where it failed, training
+    and evaluation uncounted (Keras's count comes only at their end), predict's batches counted."""
+    model = tiny_model()
+    try:  # Ctrl-C in epoch 1's validation, after all 4 training batches: the optimizer is at step 8
+        model.fit(X, Y, batch_size=BATCH, epochs=3, validation_data=(X[:VAL], Y[:VAL]), verbose=0,
+                  callbacks=[scripted(output_dir=out / "validation"), FailIn("validation", 0, KeyboardInterrupt)])
+    except KeyboardInterrupt:
+        pass
+    for loop in ("evaluate", "predict"):
+        try:  # after batch 2 of 16 samples each: 48 samples
+            call = model.evaluate if loop == "evaluate" else (lambda x, y, **kw: model.predict(x, **kw))
+            call(X[:70], Y[:70], batch_size=16, verbose=0, callbacks=[scripted(output_dir=out / loop), FailIn(loop, 2)])
+        except RuntimeError:
+            pass
+    return {"threads_after": meter_threads()}
+
+
 def scenario_bad_configuration(out: Path) -> dict:
     messages = {}
     for name, kwargs in {"samples_per_epoch": {"samples_per_epoch": 0}, "pue": {"pue": 0.5}}.items():
@@ -430,7 +546,9 @@ def scenario_no_callback_list_seam(out: Path) -> dict:
 
 
 SCENARIOS = [scenario_loggers, scenario_two_callbacks, scenario_inference, scenario_crash_then_resume, scenario_crash_then_reuse, scenario_runs,
-             scenario_bad_configuration, scenario_no_callback_list_seam, scenario_custom_steps, scenario_backup_inside_epoch_0]
+             scenario_bad_configuration, scenario_no_callback_list_seam, scenario_custom_steps, scenario_backup_inside_epoch_0,
+             scenario_inference_before_resume, scenario_callback_list_without_params, scenario_evaluate_inside_an_epoch,
+             scenario_custom_loop, scenario_partial_labels]
 
 if __name__ == "__main__" and sys.argv[3:] == ["preempt"]:
     preempt(OUT)

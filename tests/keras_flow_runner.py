@@ -9,7 +9,8 @@ Each seed drives the real ``model.fit`` through a random sequence: a fit from ep
 ``fit(initial_epoch=k)`` after loading any ``ModelCheckpoint`` saved so far, a fit with
 ``BackupAndRestore``, each with the same or a new ``EnergyCallback`` and maybe crashing (an error
 or Ctrl-C inside a training batch, inside validation, inside a checkpoint write, between epochs);
-then ``evaluate`` / ``predict`` after training and alone. After every step the ledger invariants
+an ``evaluate`` / ``predict`` before some fits, as a sanity check (with the callback about to
+fit, or a new one); then ``evaluate`` / ``predict`` after training and alone. After every step the ledger invariants
 of ``flow_invariants.py`` are checked on what the run left on disk and in ``CSVLogger``/``History``.
 Each seed's outcome ("ok" or the failure with its steps) goes to ``<out_dir>/results.json``.
 """
@@ -126,6 +127,7 @@ def last_completed_epoch(records) -> int | None:
 
 def flow(seed: int) -> None:
     rng = random.Random(seed)
+    inference_rng = random.Random(f"{seed} inference")  # its own stream: each seed's fits stay as they were
     out = OUT / f"seed{seed}"
     out.mkdir(parents=True, exist_ok=True)
     energy_dir, ckpt_dir, backup_dir = out / "energy", out / "ckpt", out / "backup"
@@ -164,6 +166,24 @@ def flow(seed: int) -> None:
             alive.append(callback)  # keeps id(callback) unique
         if op == "resume":
             model.load_weights(str(path))
+        inference = inference_rng.choice([None, None, "evaluate", "predict", "evaluate with a new callback"])
+        if inference is not None:
+            # A run of its own unless this object has measured a fit: it names no run in
+            # energy-state.json, so the fit below resumes as if it had not happened.
+            steps[-1] += f" after {inference}"
+            context = f"{BACKEND} seed {seed}, steps: " + "; ".join(steps)
+            user = new_callback(energy_dir) if inference.endswith("new callback") else callback
+            alive.append(user)
+            if inference == "predict":
+                model.predict(XV, batch_size=BATCH, callbacks=[user], verbose=0)
+            else:
+                model.evaluate(XV, YV, batch_size=BATCH, callbacks=[user], verbose=0)
+            if id(user) in object_run:
+                assert user.tracker.run_id == object_run[id(user)], "inference continues the object's run " + context
+            else:
+                assert user.tracker.run_id not in runs, "inference alone is a run of its own " + context
+                runs.add(user.tracker.run_id)  # which no fit continues
+            check_run(user.tracker.run_id, [energy_dir], power_w=POWER_W, context=context)
         probe = Probe(crash if crash != "checkpoint" else None, crash_epoch, crash_batch, error)
         saver = FailingCheckpoint(str(ckpt_dir / f"s{step}-{{epoch}}.weights.h5"), save_weights_only=True,
                                   fail_epoch=crash_epoch if crash == "checkpoint" else None, error=error)

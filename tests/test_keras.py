@@ -222,6 +222,43 @@ def test_a_custom_step_counting_batches_is_uncounted_and_one_weighting_by_the_ba
     assert result["weighted"]["warnings"] == result["builtin_batch_1"]["warnings"] == []
 
 
+def test_an_evaluate_inside_a_training_epoch_leaves_the_epochs_count_exact(run):
+    """Each test loop inside the epoch (two evaluates a callback runs, fit's validation) resets
+    Keras's metrics; the count is banked before each (66, marked counted, before the fix)."""
+    _, out = run("evaluate_inside_an_epoch")
+    records = read_records(out)
+    counted = lambda phase: [r.samples if r.samples_counted else None for r in records if r.phase == phase]  # noqa: E731
+    assert counted("train") == [TRAIN, TRAIN]
+    assert counted("test") == [VAL] * 4 and counted("validation") == [VAL, VAL]
+
+
+def test_a_custom_loop_around_train_on_batch_is_uncounted_unless_samples_per_epoch_is_given(run):
+    """train_on_batch / test_on_batch reset the metrics every batch (Keras 3.15; 3.3 never does):
+    the loss tracker's count is one batch's, or everything since the model was built (4 and 10,
+    marked counted, before the fix)."""
+    result, out = run("custom_loop")
+
+    def phases(name):
+        records = read_records(out / name)
+        return {phase: [r.samples if r.samples_counted else None for r in records if r.phase == phase] for phase in ("train", "test")}
+
+    assert phases("uncounted") == {"train": [None, None], "test": [None]}
+    assert phases("samples_per_epoch") == {"train": [TRAIN, TRAIN], "test": [None]}
+    for name in ("uncounted", "samples_per_epoch"):  # one warning, per run, saying why
+        assert len(result[name]["warnings"]) == 1 and "train_on_batch" in result[name]["warnings"][0], result[name]
+
+
+def test_a_callback_list_without_training_parameters_measures_every_epoch(run):
+    """Keras never calls set_params on a CallbackList given to fit (params None): epoch 0 was lost
+    to an AttributeError, billed to `other` and logged NaN, before the fix."""
+    result, out = run("callback_list_without_params")
+    assert not result["params"]  # None, or never set (Keras 3.3): so the scenario can fail
+    train = [r for r in read_records(out) if r.phase == "train"]
+    assert [(r.epoch, r.samples) for r in train] == [(0, TRAIN), (1, TRAIN), (2, TRAIN)]
+    assert result["history"]["energy_kwh"] == pytest.approx([r.energy_kwh for r in train], rel=1e-12)
+    assert not [w for w in result["warnings"] if "failed" in w], result["warnings"]
+
+
 def test_the_callback_keeps_keras_async_batch_dispatch(run):
     """No per-batch slow path: Keras dispatches batch hooks exactly as it would without the callback."""
     result, _ = run("inference")
@@ -246,6 +283,24 @@ def test_a_fit_that_raises_keeps_finished_epochs_and_leaks_no_thread(run):
     assert train == [(0, False), (1, True)]
     partial = [r for r in result["after_crash"] if r["partial"]]
     assert partial and all(r["energy_kwh"] > 0 for r in partial)
+    # The cut-short epoch: at the optimizer's step where fit failed (4 + 2 batches; 4 before the
+    # fix), its count unknown (Keras's comes at the epoch's end; 0, counted, before the fix).
+    (cut,) = [r for r in partial if r["phase"] == "train"]
+    assert (cut["step"], cut["samples_counted"]) == (6, False)
+
+
+def test_a_failed_calls_unfinished_phases_say_their_step_and_what_was_counted(run):
+    result, out = run("partial_labels")
+    assert result["threads_after"] == []
+    # Ctrl-C in epoch 1's validation: training and validation partial, uncounted, at step 8.
+    labels = sorted((r.epoch, r.phase, r.partial, r.samples if r.samples_counted else None, r.step)
+                    for r in read_records(out / "validation") if r.phase != "other")
+    assert labels == [(0, "train", False, TRAIN, 4), (0, "validation", False, VAL, 4),
+                      (1, "train", True, None, 8), (1, "validation", True, None, 8)]
+    (test,) = [r for r in read_records(out / "evaluate") if r.phase == "test"]
+    assert test.partial and not test.samples_counted
+    (predict,) = [r for r in read_records(out / "predict") if r.phase == "predict"]
+    assert predict.partial and (predict.samples, predict.samples_counted) == (48, True)  # 3 batches of 16
 
 
 def test_backup_and_restore_resume_continues_the_run_and_counts_everything_once(run):
@@ -300,7 +355,7 @@ def test_backup_and_restore_inside_epoch_0_continues_the_run_and_a_new_fit_does_
 def test_an_uncaught_exception_still_writes_the_unfinished_epoch_at_exit(run):
     _, out = run("crash_then_reuse")  # any scenario: this checks the runner's last, uncaught fit
     records = read_records(out.parent / "uncaught")
-    assert [(r.epoch, r.partial) for r in records if r.phase == "train"] == [(0, False), (1, True)]
+    assert [(r.epoch, r.partial, r.step) for r in records if r.phase == "train"] == [(0, False, 4), (1, True, 6)]
     assert json.loads((out.parent / "uncaught" / SUMMARY_FILE).read_text())["energy_kwh"] == pytest.approx(
         sum(r.energy_kwh for r in records), rel=1e-9
     )
@@ -333,6 +388,27 @@ def test_a_fit_from_epoch_0_starts_a_new_run_and_a_later_initial_epoch_continues
     assert continued_total > result["totals"][0][0]
     train_new = next(r for r in second if r.phase == "train")
     assert result["totals"][2][0] == pytest.approx(sum(r.energy_kwh for r in second[: second.index(train_new) + 1]), rel=1e-9)
+
+
+def test_evaluate_and_predict_before_a_resumed_fit_leave_it_the_run_that_trained(run):
+    """An inference-only call wrote energy-state.json (and a callback that served one resumed from
+    its own run): the resumed fit was a new run, its logged total only the new epochs (3 runs)."""
+    result, out = run("inference_before_resume")
+    for name in ("same_callback", "inline"):
+        records = read_records(out / name)
+        runs = list(dict.fromkeys(r.run_id for r in records))
+        (trained,) = [run_id for run_id in runs if any(r.run_id == run_id and r.phase == "train" for r in records)]
+        mine = [r for r in records if r.run_id == trained]
+        assert [(r.epoch, r.attempt) for r in mine if r.phase == "train"] == [(0, 0), (1, 0), (2, 0), (3, 1), (4, 1)], name
+        assert len({r.seq for r in mine}) == len(mine)
+        # The inference is a run of its own, with no training (one run for both, with one callback).
+        others = [r for r in records if r.run_id != trained]
+        assert {r.phase for r in others} == {"test", "predict", "other"}, name
+        assert len(runs) == (2 if name == "same_callback" else 3), name
+        last_train = max(i for i, r in enumerate(mine) if r.phase == "train")
+        assert result[name]["logged_total"] == pytest.approx(sum(r.energy_kwh for r in mine[: last_train + 1]), rel=1e-9)
+        assert result[name]["summary"]["run_id"] == trained
+        assert result[name]["summary"]["energy_kwh"] == pytest.approx(sum(r.energy_kwh for r in mine), rel=1e-9)
 
 
 def test_bad_configuration_fails_at_construction(run):

@@ -89,6 +89,20 @@ def _custom_step(model: Any, loop: str) -> bool:
     return getattr(type(model), name, None) is not getattr(keras.Model, name, None)
 
 
+def _one_step_per_batch(model: Any) -> bool:
+    """Does the optimizer's step advance by exactly one each training batch? Keras's own
+    ``train_step`` applies the optimizer once per batch; a custom step may not, gradient
+    accumulation divides the step, and loss scaling skips the steps that overflowed."""
+    optimizer = getattr(model, "optimizer", None)
+    loss_scale = getattr(keras.optimizers, "LossScaleOptimizer", ())
+    return (
+        optimizer is not None
+        and not _custom_step(model, "train")
+        and not getattr(optimizer, "gradient_accumulation_steps", None)
+        and not isinstance(optimizer, loss_scale)
+    )
+
+
 def _restores_a_backup(callback_list: keras.callbacks.CallbackList | None) -> bool:
     """Does a ``BackupAndRestore`` of this fit restore a backup (asked when its first epoch begins)?
 
@@ -113,6 +127,10 @@ class _Run:
 
     session: EnergySession
     last_train_epoch: int | None = None
+    # A fit measured in this run. Only such a run is named in energy-state.json: an evaluate or
+    # predict alone (a sanity check before fit(initial_epoch=k)) must not replace the run that
+    # trained, or the resume would start a new run.
+    fitted: bool = False
     _state_file: JsonFileReplacer | None = field(default=None, repr=False, compare=False)
 
     def state(self) -> dict:
@@ -147,6 +165,34 @@ def _read_state(output_dir: Path) -> dict | None:
     return state if isinstance(state, dict) and state.get("schema") == "greencallbacks.keras-state/1" else None
 
 
+class _Progress:
+    """How far a call got, kept by the hooks (on the training thread and Keras's batch-hook
+    threads) for ``_abandon``, which labels the phases a failed call left open from the watch
+    thread: plain ints under a lock there, never the model's variables (reading those would
+    synchronise the device from another thread, and JAX keeps them out of date mid-epoch)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.step: int | None = None  # the optimizer's step, read on the training thread at the last epoch boundary
+        self.training = False  # a training epoch is open
+        self.one_step_per_batch = False  # the open epoch's batches each advance the step by one
+        self.train_steps = 0  # training batches run in the open epoch (the batch hooks' highest `batch` + 1)
+        self.predicting = False
+        self.predicted: int | None = 0  # samples of the open predict; None once a batch could not be counted
+
+    def label(self, tracker: Any) -> None:
+        """Give the failed call's open phases what is known: the step it reached, predict's count."""
+        with self.lock:
+            step, predicted = self.step, self.predicted
+            if step is not None and self.training and self.one_step_per_batch:
+                step += self.train_steps
+            predicting = self.predicting
+        if predicting:
+            tracker.add_samples(predicted)  # the innermost open phase; None: uncounted
+        if step is not None:
+            tracker.step = step
+
+
 class _Call:
     """One outermost Keras call (``fit``, ``evaluate`` or ``predict``) that uses the callback."""
 
@@ -155,6 +201,12 @@ class _Call:
         self._list = weakref.ref(callback_list) if callback_list is not None else None
         self.active = True
         self.run: _Run | None = None  # set when measuring starts
+        # Inside Keras's own fit / evaluate / predict: its loops reset the metrics when an epoch or
+        # evaluation begins, so the loss tracker counts its samples. A loop of the user's that
+        # drives a CallbackList by hand around train_on_batch / test_on_batch (which reset the
+        # metrics every batch in Keras 3.15, never in 3.3) gives no such count.
+        self.in_keras_loop = frame is not None
+        self.progress = _Progress()
         # Fires `_abandon` once the call's frame has left the stack without the end hook (it
         # raised), or at exit; `close` cancels it when the call ends normally.
         self.watch = watch.watch(frame, functools.partial(_abandon, self)) if frame is not None else None
@@ -201,8 +253,12 @@ def _abandon(call: _Call) -> None:
         call.active = False
         call._at_exit.detach()
         if call.run is not None:
+            # The open training and test phases were marked uncounted when they began (their
+            # count comes from the loss tracker at their end); the step and predict's count here.
+            call.progress.label(call.run.session.tracker)
             call.run.session.stop(failed=True)  # local only: no collectives when failing
-            call.run.save_state()
+            if call.run.fitted:
+                call.run.save_state()
 
 
 # ------------------------------------------------------------------------------- the callback
@@ -236,7 +292,11 @@ class EnergyCallback(_Callback):
             the tracker at 0, or that updates it once per batch, as Keras's guide to customizing
             ``fit()`` does: its count equals the steps run) is recorded as ``samples_counted:
             false``, with one warning. A custom step that weights the loss by the batch size
-            (``update_state(loss, sample_weight=batch_size)``) is counted.
+            (``update_state(loss, sample_weight=batch_size)``) is counted. An ``evaluate`` inside
+            a training epoch (a callback evaluating every N batches) resets the loss tracker: pass
+            this callback on in its ``callbacks`` and the count stays exact (without it, it is
+            wrong). A loop of your own that drives a ``CallbackList`` around ``train_on_batch`` /
+            ``test_on_batch`` gives no count (uncounted, unless this is given).
         sample_counter: ``outputs -> int`` samples in one ``predict`` batch. Keras hands callbacks
             no input batches; the only per-batch values are ``predict``'s outputs, which
             ``greencallbacks.samples.count_samples`` counts by default (one array, or a list,
@@ -263,18 +323,21 @@ class EnergyCallback(_Callback):
     Runs: a ``fit`` that starts at epoch 0 starts a new run (new ``run_id``, totals from zero). A
     ``fit`` that starts later (``initial_epoch=``, or ``BackupAndRestore`` after a crash) continues
     the current run, or in a new process the run in ``output_dir/energy-state.json`` if that run
-    reached the epoch before. ``evaluate`` / ``predict`` continue the current run.
+    reached the epoch before. ``evaluate`` / ``predict`` continue the current run; before any
+    ``fit`` they are a run of their own, which a later resumed ``fit`` does not continue.
 
     Failures: each phase's record is on disk when the phase ends. Keras has no exception hook: when
     ``fit``, ``evaluate`` or ``predict`` raises (an error, Ctrl-C in a notebook), a background watch
     sees the call's frame leave the stack and, within a fraction of a second, writes the unfinished
-    phase as ``partial`` (without a sample count) and the run summary, and stops the meter's
+    phase as ``partial`` (at the optimizer's step reached; training and evaluation without a
+    sample count, ``predict`` with the batches it finished) and the run summary, and stops the meter's
     thread, whether or not the exception stays referenced.
     """
 
-    # The batch hooks here (counting predicted samples; the step values, only when a TensorBoard
-    # that logs batches makes Keras dispatch synchronously anyway) are thread-safe, so Keras may
-    # keep dispatching batch hooks asynchronously: this callback never slows the training loop down.
+    # The batch hooks here (counting predicted samples and training steps, under a lock; the step
+    # values, only when a TensorBoard that logs batches makes Keras dispatch synchronously anyway)
+    # are thread-safe, so Keras may keep dispatching batch hooks asynchronously: this callback
+    # never slows the training loop down.
     async_safe = True
 
     def __init__(
@@ -322,15 +385,21 @@ class EnergyCallback(_Callback):
         self._call: _Call | None = None
         self._phases: list[tuple[str, bool]] = []  # open phases: (phase, started by an outermost call)
         self._epoch: int | None = None
+        # The open epoch's training samples counted so far by the loss tracker: banked before each
+        # test loop inside the epoch (fit's validation, an evaluate a callback runs between
+        # batches), which resets Keras's metrics; `_train_offset` is what that loop's count left
+        # in the tracker, which training then counts on from. None: not countable this epoch.
         self._train_samples: int | None = None
+        self._train_offset = 0
+        self._test_counted = True  # the open test loop is Keras's own (its loss tracker counts it)
         self._validated = False
-        self._predicted: int | None = 0  # None once a predicted batch could not be counted
-        self._predicted_lock = threading.Lock()
-        # Steps run in the open training epoch and evaluation loop, from the batch hooks (which
-        # Keras may run out of order on its worker threads; it waits for them before
-        # on_epoch_end and on_test_end). Counted only for a custom step (see _not_steps).
-        self._train_steps = self._test_steps = 0
-        self._count_steps = self._count_test_steps = False
+        # The current call's progress (training steps, predicted samples; see _Progress).
+        self._progress = _Progress()
+        # Steps run in the open evaluation loop, from the batch hooks (which Keras may run out of
+        # order on its worker threads; it waits for them before on_test_end). Counted only for a
+        # custom step (see _not_steps); training's are in _progress.
+        self._test_steps = 0
+        self._count_test_steps = False
         self._steps_lock = threading.Lock()
         self._warned_samples = False
 
@@ -355,14 +424,13 @@ class EnergyCallback(_Callback):
         if callback_list is not None:
             self._go_first(callback_list)
         self._live_every, self._live_batches = self._tensorboard_batch_every(callback_list), 0
-        # Only a custom train_step's loss-tracker count needs the steps to be told from samples:
-        # Keras's own step leaves the batch hook as cheap as it was.
-        self._count_steps = _custom_step(self.model, "train")
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        if self._count_steps:
-            with self._steps_lock:  # `batch`: the last step the hook covers (several with steps_per_execution)
-                self._train_steps = max(self._train_steps, batch + 1)
+        # The steps run: a custom train_step's loss-tracker count is told from samples by them, and
+        # a failed epoch's step is counted on from its start by them (an uncontended lock, no read).
+        progress = self._progress
+        with progress.lock:  # `batch`: the last step the hook covers (several with steps_per_execution)
+            progress.train_steps = max(progress.train_steps, batch + 1)
         if not self._live_every:
             return
         # TensorBoard writes a batch when its count since train begin is a multiple of update_freq.
@@ -390,35 +458,55 @@ class EnergyCallback(_Callback):
         call = self._call
         if call is None or not call.active or call.kind != "fit":
             return
-        self._epoch, self._train_samples, self._validated = epoch, None, False
-        with self._steps_lock:
-            self._train_steps = 0
+        # Keras's fit reset the metrics just before: the loss tracker counts this epoch from 0.
+        self._epoch, self._validated = epoch, False
+        self._train_samples = 0 if call.in_keras_loop else None
+        self._train_offset = 0
+        progress = self._progress
+        with progress.lock:
+            progress.train_steps, progress.training = 0, False
         self._phases.append(("train", False))  # first: the epoch's keys reach `logs` even if starting fails
         starting = call.run is None
         if starting:
             self._start(call, first_epoch=epoch)
         self.tracker.begin("train", epoch)
+        self.tracker.add_samples(None)  # uncounted until its end counts it: a failed epoch stays so
         if starting and self.session.check_budget():
             # A resumed run whose budget was already spent. Keras reads stop_training only after a
             # batch: this epoch ends after its first one, the earliest Keras allows.
             self.model.stop_training = True
+        # Where the optimizer's step starts this epoch (read here, on the training thread, where the
+        # model's variables are up to date on every backend): a failed epoch counts on from it.
+        step, one_step_per_batch = self._step(), _one_step_per_batch(self.model)
+        with progress.lock:
+            progress.step, progress.training, progress.one_step_per_batch = step, True, one_step_per_batch
 
     @never_raises
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if ("train", False) not in self._phases:
             return
         self._phases.remove(("train", False))
-        # The loss tracker was read before a validation reset it; the steps are complete only now
-        # (Keras waits for its asynchronous batch hooks before on_epoch_end, not before validation).
-        count = self._train_samples if self._train_samples is not None else self._samples_seen()
-        with self._steps_lock:
-            steps = self._train_steps
-        samples = self.samples_per_epoch or self._not_steps(count, "train", steps)
+        # What the loss tracker counted before the test loops inside the epoch reset it, plus what it
+        # counted since the last of them; the steps are complete only now (Keras waits for its
+        # asynchronous batch hooks before on_epoch_end, not before validation).
+        count = self._train_samples
+        if count is not None:
+            seen = self._samples_seen()
+            count = count + seen - self._train_offset if seen >= self._train_offset else None
+        progress = self._progress
+        with progress.lock:
+            steps = progress.train_steps
+        samples = self.samples_per_epoch or (self._not_steps(count, "train", steps) if count is not None else 0)
         if not samples:  # an epoch runs at least one step: 0 means the tracker did not count
             self._uncounted("training")
             samples = None
         self._add_tokens(logs)
-        self.tracker.end("train", samples=samples, step=self._step())
+        step = self._step()
+        self.tracker.end("train", samples=samples, step=step)
+        with progress.lock:
+            progress.training = False
+            if step is not None:
+                progress.step = step
         if self.session.check_budget():
             self.model.stop_training = True  # Keras ends fit after this epoch's callbacks (ModelCheckpoint too)
         self._run.last_train_epoch = epoch
@@ -444,13 +532,16 @@ class EnergyCallback(_Callback):
         phase = "validation" if in_fit and callback_list is self._call.callback_list else "test"
         if outermost:
             self._start(self._call)
-        if phase == "validation":
-            self._train_samples = self._samples_seen()  # read before evaluate resets the metrics
+        if not outermost and ("train", False) in self._phases:
+            self._bank_train_samples()  # read before evaluate resets the metrics
+        # Keras's own evaluate loop, which resets the metrics as it begins (see _Call.in_keras_loop).
+        self._test_counted = self._call.in_keras_loop or (not outermost and _model_call_frame(self.model) is not None)
         self._phases.append((phase, outermost))
         with self._steps_lock:
             self._test_steps = 0
         self._count_test_steps = _custom_step(self.model, "test")
         self.tracker.begin(phase, self._epoch if phase == "validation" else None)
+        self.tracker.add_samples(None)  # uncounted until its end counts it: a failed loop stays so
 
     def on_test_batch_end(self, batch: int, logs: dict | None = None) -> None:
         if self._count_test_steps:
@@ -466,8 +557,11 @@ class EnergyCallback(_Callback):
         # holds a stale count on TensorFlow and JAX (their loops sync metrics only after a step).
         with self._steps_lock:
             steps = self._test_steps
-        samples = self._not_steps(self._samples_seen(), "test", steps) if logs else 0
-        if not samples and logs:
+        seen = self._samples_seen()
+        if not outermost and ("train", False) in self._phases:
+            self._train_offset = seen  # left in the tracker: the epoch's training counts on from it
+        samples = self._not_steps(seen, "test", steps) if logs and self._test_counted else 0
+        if not samples and (logs or not self._test_counted):
             self._uncounted(phase)
             samples = None
         self._add_tokens(logs)
@@ -482,8 +576,9 @@ class EnergyCallback(_Callback):
         outermost = self._enter("predict", _calling_list(self))
         if outermost:
             self._start(self._call)
-        with self._predicted_lock:
-            self._predicted = 0
+        progress = self._progress
+        with progress.lock:
+            progress.predicted, progress.predicting = 0, True
         self._phases.append(("predict", outermost))
         self.tracker.begin("predict")
 
@@ -494,19 +589,21 @@ class EnergyCallback(_Callback):
         logs = logs or {}
         outputs = logs["outputs"] if len(logs) == 1 and "outputs" in logs else logs
         samples, _ = self._counter.count(outputs, self.tracker.run_id)
-        with self._predicted_lock:
-            if samples is None or self._predicted is None:
-                self._predicted = None
+        progress = self._progress
+        with progress.lock:
+            if samples is None or progress.predicted is None:
+                progress.predicted = None
             else:
-                self._predicted += samples
+                progress.predicted += samples
 
     @never_raises
     def on_predict_end(self, logs: dict | None = None) -> None:
         if not self._phases or self._phases[-1][0] != "predict":
             return
         _, outermost = self._phases.pop()
-        with self._predicted_lock:
-            samples = self._predicted
+        progress = self._progress
+        with progress.lock:
+            samples, progress.predicting = progress.predicted, False
         if samples is None:
             self.tracker.add_samples(None)  # the counter warned
         self.tracker.end("predict", samples=samples, step=self._step())
@@ -523,6 +620,7 @@ class EnergyCallback(_Callback):
             call.abandon()  # the previous call raised: record what it measured, if the watch has not yet
             self._phases.clear()
         self._call = _Call(kind, callback_list, _model_call_frame(self.model))
+        self._progress = self._call.progress
         return True
 
     def _start(self, call: _Call, first_epoch: int | None = None) -> None:
@@ -538,9 +636,13 @@ class EnergyCallback(_Callback):
         device_indices, sync = devices_and_sync(backend)
         reducer = reducer_for(backend)  # a collective on several processes; all run this hook
         session.start(output_dir=self._output_dir(call), device_indices=device_indices, reducer=reducer, sync=sync)
-        if call.kind == "fit" and isinstance(self.params.get("epochs"), int) and self.params["epochs"] > 0:
-            session.tracker.planned_epochs = self.params["epochs"]  # enables the whole-run prediction
+        # None (Keras 3.15), or not set at all (3.3), when fit is given a CallbackList built
+        # without training parameters: Keras uses it as it is, and never calls set_params.
+        params = getattr(self, "params", None) or {}
+        if call.kind == "fit" and isinstance(params.get("epochs"), int) and params["epochs"] > 0:
+            session.tracker.planned_epochs = params["epochs"]  # enables the whole-run prediction
         if call.kind == "fit":
+            self._run.fitted = True
             # Names this run in energy-state.json now, not only at an epoch's end: a fit killed in
             # its first epoch (preempted: no exception to see) that BackupAndRestore resumes from a
             # backup inside that epoch continues this run, not the one that wrote the file before.
@@ -549,8 +651,9 @@ class EnergyCallback(_Callback):
     def _resume(self, first_epoch: int, call: _Call) -> None:
         """A ``fit`` from ``first_epoch`` > 0, or restored by BackupAndRestore, continues the run that
         reached the epoch before (any run, for epoch 0), as its next attempt: this object's last
-        run, or in a new process the one in ``energy-state.json``."""
-        if self._run_used:
+        run if it trained, else (a new process, or only evaluate / predict so far) the one in
+        ``energy-state.json``."""
+        if self._run_used and self._run.fitted:
             state = self._run.state()
         else:
             # A fit of this process that just raised (a retry loop) has its run's state written
@@ -572,7 +675,8 @@ class EnergyCallback(_Callback):
         self._phases.clear()
         if call.run is not None:
             call.run.session.stop()
-            call.run.save_state()
+            if call.run.fitted:  # an evaluate / predict alone leaves energy-state.json to the run that trained
+                call.run.save_state()
 
     def _output_dir(self, call: _Call) -> Path:
         tracker = self.tracker
@@ -607,6 +711,16 @@ class EnergyCallback(_Callback):
                 "EnergyCallback first in callbacks=[...] to silence this warning."
             )
 
+    def _bank_train_samples(self) -> None:
+        """A test loop begins inside the open training epoch: add what the loss tracker counted for
+        training since the epoch began, or since the last such loop, before the loop resets it."""
+        if self._train_samples is None:
+            return
+        # On JAX, between batches the training state lives outside the model's variables:
+        # `Callback.model` writes it back (Keras 3.3 and 3.15) before _samples_seen reads it.
+        seen = self._samples_seen()
+        self._train_samples = self._train_samples + seen - self._train_offset if seen >= self._train_offset else None
+
     def _samples_seen(self) -> int:
         """Samples since Keras last reset its metrics: the loss tracker's count (exact, any input).
 
@@ -639,8 +753,8 @@ class EnergyCallback(_Callback):
             warn(
                 f"greencallbacks: could not count the {phase} samples (a custom train_step / test_step that does "
                 "not update the model's loss tracker, or updates it once per batch, without "
-                "sample_weight=<batch size>?); the record says samples_counted: false and per-sample values are left out. Pass "
-                "samples_per_epoch= for training."
+                "sample_weight=<batch size>? a loop of your own around train_on_batch / test_on_batch?); the record "
+                "says samples_counted: false and per-sample values are left out. Pass samples_per_epoch= for training."
             )
 
     def _add_tokens(self, logs: dict | None) -> None:
