@@ -523,6 +523,23 @@ def scenario_bad_configuration(out: Path) -> dict:
     return {"messages": messages}
 
 
+def scenario_copies(out: Path) -> dict:
+    """scikit-learn wrappers clone their estimators, callbacks and all (deepcopy): the callback's
+    locks made a fresh one uncopyable. A copy of a used one measures a run of its own."""
+    import copy
+    import pickle
+
+    energy = scripted(output_dir=out)
+    copies = [copy.deepcopy(energy), pickle.loads(pickle.dumps(energy))]
+    model = tiny_model()
+    model.fit(X, Y, batch_size=BATCH, epochs=1, callbacks=[energy], verbose=0)
+    energy._model = None  # (Keras's reference to the model it was used with)
+    used = copy.deepcopy(energy)
+    for callback in [*copies, used]:
+        model.fit(X, Y, batch_size=BATCH, epochs=1, callbacks=[callback], verbose=0)
+    return {"runs": [c.tracker.run_id for c in [energy, *copies, used]]}
+
+
 def scenario_no_callback_list_seam(out: Path) -> dict:
     """A future Keras whose hooks are not called from a CallbackList method: the private seam is
     gone, and the callback still logs every epoch and tells validation from a standalone evaluate."""
@@ -546,7 +563,7 @@ def scenario_no_callback_list_seam(out: Path) -> dict:
 
 
 SCENARIOS = [scenario_loggers, scenario_two_callbacks, scenario_inference, scenario_crash_then_resume, scenario_crash_then_reuse, scenario_runs,
-             scenario_bad_configuration, scenario_no_callback_list_seam, scenario_custom_steps, scenario_backup_inside_epoch_0,
+             scenario_bad_configuration, scenario_no_callback_list_seam, scenario_copies, scenario_custom_steps, scenario_backup_inside_epoch_0,
              scenario_inference_before_resume, scenario_callback_list_without_params, scenario_evaluate_inside_an_epoch,
              scenario_custom_loop, scenario_partial_labels]
 

@@ -417,6 +417,12 @@ def test_bad_configuration_fails_at_construction(run):
     assert "pue" in result["messages"]["pue"]
 
 
+def test_the_callback_can_be_copied_and_pickled_fresh_or_used(run):
+    result, out = run("copies")
+    assert len(set(result["runs"])) == 4  # each copy measured a run of its own
+    assert {r.run_id for r in read_records(out) if r.phase == "train"} == set(result["runs"])
+
+
 # -------------------------------------------------------------------------------- distributed
 @pytest.mark.distributed
 def test_torch_distributed_ranks_are_summed_and_the_host_counted_once(tmp_path):

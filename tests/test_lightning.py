@@ -415,7 +415,10 @@ def test_a_used_callback_can_be_pickled_and_copied(tmp_path):
 
     L, EnergyCallback, TinyModel = flavour("lightning.pytorch")
     callback = EnergyCallback(intensity=300.0, output_dir=tmp_path)
+    fresh_copy = copy.deepcopy(callback)  # (scikit-learn's clone, ddp_spawn): it shared the drawn run id
     L.Trainer(max_epochs=1, logger=False, callbacks=[callback], **trainer_kwargs()).fit(TinyModel(), *loaders())
+    L.Trainer(max_epochs=1, logger=False, callbacks=[fresh_copy], **trainer_kwargs()).fit(TinyModel(), *loaders())
+    assert fresh_copy.tracker.run_id != callback.tracker.run_id
     pickle.dumps(callback.session)  # (the callback itself holds Lightning's `log` of this test's local model class)
     clone = copy.deepcopy(callback)
     L.Trainer(max_epochs=1, logger=False, callbacks=[clone], **trainer_kwargs()).fit(TinyModel(), *loaders())

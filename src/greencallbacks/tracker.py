@@ -180,6 +180,14 @@ class Tracker:
         self._session_id: str | None = None  # drawn at start: tells this tracker's own checkpoints apart
         self._own_sessions: set[str] = set()  # every session id this tracker drew (see `wrote`)
 
+    def __setstate__(self, state: dict) -> None:
+        # A copy of a tracker that has measured nothing (a callback deep-copied or pickled before
+        # its fit: scikit-learn's clone, ddp_spawn) measures a run of its own: with the drawn id
+        # copied, two runs had one id, their records mixed.
+        self.__dict__.update(state)
+        if not self._run_id_given and self.meter is None and self.ledger.next_seq == 0 and self.ledger.attempt == 0:
+            self.ledger.run_id = uuid.uuid4().hex[:12]
+
     @property
     def run_id(self) -> str:
         return self.ledger.run_id

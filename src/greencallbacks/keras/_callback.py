@@ -171,6 +171,13 @@ class _Progress:
     thread: plain ints under a lock there, never the model's variables (reading those would
     synchronise the device from another thread, and JAX keeps them out of date mid-epoch)."""
 
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "lock": None}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.lock = threading.Lock()
+
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.step: int | None = None  # the optimizer's step, read on the training thread at the last epoch boundary
@@ -402,6 +409,17 @@ class EnergyCallback(_Callback):
         self._count_test_steps = False
         self._steps_lock = threading.Lock()
         self._warned_samples = False
+
+    def __getstate__(self) -> dict:
+        # Copied or pickled (scikit-learn wrappers clone their estimators' callbacks): the lock and
+        # a call in progress, with its watch, are this process's.
+        state = dict(self.__dict__)
+        state["_steps_lock"], state["_call"] = None, None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._steps_lock = threading.Lock()
 
     @property
     def session(self) -> EnergySession:
