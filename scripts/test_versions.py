@@ -46,7 +46,7 @@ COMMON = ["torch==2.13.0", "pytest>=8", "pytest-timeout>=2.2", "hypothesis>=6.10
 MATRIX = {
     "transformers": {
         "requirements": ["transformers==4.47.1", "accelerate==1.2.1", "tensorboard", "mlflow", "wandb"],
-        "tests": ["tests/test_hf.py", "tests/test_flows_hf.py", "tests/test_hf_distributed.py", "tests/test_live.py"],
+        "tests": ["tests/test_hf.py", "tests/test_hf_flows_more.py", "tests/test_flows_hf.py", "tests/test_hf_distributed.py", "tests/test_live.py"],
         "report": ["transformers", "accelerate", "torch", "tensorboard", "mlflow", "wandb"],
     },
     "lightning": {

@@ -20,7 +20,12 @@ How it fits the Trainer (read against transformers 5.23):
   evaluation and checkpoint, which get their own records). Evaluation and prediction have no
   begin hook, so the callback wraps ``trainer.evaluation_loop`` on the instance: the phase is
   exact and the ``eval_*`` / ``test_*`` values (HF's ``metric_key_prefix``) join HF's own metrics
-  dict, which ``evaluate()`` logs and returns and ``predict()`` returns (and the callback logs).
+  dict, which ``evaluate()`` logs and returns and ``predict()`` returns (and the callback logs,
+  to all but the reporters that log ``predict()``'s metrics in their own ``on_predict``: W&B,
+  Trackio, Comet, SwanLab). A subclass's override of the loop (``*args, **kwargs`` too) is
+  wrapped alike; one whose arguments cannot be read runs unmeasured, with one warning. The
+  wrappers measure for the callbacks still in the Trainer's handler (``remove_callback`` stops
+  one), each loop into the run of the Trainer it ran on (one callback given to two Trainers).
   Several evaluation data sets (``eval_dataset={"a": ..., "b": ...}``) each get their own
   ``eval_a_*`` / ``eval_b_*`` values, and each prefix's ``_total`` sums the loops logged under it
   (the records carry it as ``metric_prefix``). Epochs: the first of a ``train()`` is the Trainer's
@@ -38,7 +43,8 @@ How it fits the Trainer (read against transformers 5.23):
   prediction samples: each completed ``prediction_step``'s batch is counted as the loop goes
   (wrapped on the instance), so a loop that raises leaves a partial record with the batches it
   finished; a loop that completes takes its own ``num_samples`` (the data set length, without
-  the samples Accelerate repeats to keep ranks in step). Batches are counted by
+  the samples Accelerate repeats to keep ranks in step), but keeps the batches' count with
+  ``dataloader_drop_last``, which drops the partial last batch there too. Batches are counted by
   ``sample_counter=`` or ``greencallbacks.samples.count_samples`` (data collators'
   ``BatchEncoding`` and dicts by their leading dimension; a padding-free collator's single row,
   ``DataCollatorWithFlattening``, by the sequences packed into it: on a GPU only when it carries
@@ -53,14 +59,17 @@ How it fits the Trainer (read against transformers 5.23):
 * **Several processes.** The reducer is created at ``on_train_begin`` (all ranks); each rank
   measures its own GPU, the first rank of each host CPU and RAM; every rank logs the same sums.
 * **Resume.** ``state()`` (HF's ``ExportableState``) stores the totals in the checkpoint's
-  ``trainer_state.json``; ``on_train_begin`` reads them back from ``state.stateful_callbacks``.
+  ``trainer_state.json``; ``on_train_begin`` reads them back from ``state.stateful_callbacks``
+  (several callbacks of the class: HF's list, each taking the entry saved with its settings).
   With ``restore_callback_states_from_checkpoint=True`` the Trainer replaces the callback with a
   copy built from ``state()``; the copy hands its place back to the original instance it finds.
 * **Failures.** The Trainer has no exception hook in any version: ``greencallbacks.watch`` sees the
   training loop's frame leave the stack without ``on_train_end`` and, within a fraction of a
-  second, writes the unfinished phase as ``partial`` and the summary and stops the meter thread,
-  whether or not the exception stays referenced. The wrapped evaluation loop does the same at
-  once for an exception inside it; an ``atexit`` handler covers the interpreter's exit. When the
+  second, writes the unfinished phase as ``partial`` (at the step where it failed) and the summary
+  and stops the meter thread, whether or not the exception stays referenced; so for a standalone
+  ``evaluate()`` / ``predict()`` that raises after its loop (a reporter failing in ``on_log``).
+  The wrapped evaluation loop does the same at once for an exception inside it; an ``atexit``
+  handler covers the interpreter's exit. When the
   Trainer itself goes on first (``auto_find_batch_size`` rerunning the loop after an
   out-of-memory error, whose failed try stays a run of its own), the write-up is finished before
   the session is used again.
@@ -75,7 +84,7 @@ import json
 import math
 import os
 import sys
-from typing import Any
+from typing import Any, Callable
 
 from greencallbacks import extras
 
@@ -89,6 +98,7 @@ except ImportError as error:
 from greencallbacks import watch
 from greencallbacks.distributed import torch_reducer_or_local
 from greencallbacks.guard import hook_failed, never_raises
+from greencallbacks.hf._saved_state import complete_saved_entries, saved_alike, saved_entry
 from greencallbacks.meter import warn
 from greencallbacks.session import EnergySession, keyword_names, reject_unknown_arguments, warn_two_callbacks
 from greencallbacks.samples import BatchCounter
@@ -178,6 +188,7 @@ class EnergyCallback(TrainerCallback, ExportableState):
         settings["output_dir"] = os.fspath(output_dir) if isinstance(output_dir, os.PathLike) else output_dir
         self._settings = {k: v for k, v in settings.items() if _jsonable(v)}
         self._trainer: Trainer | None = None
+        self._run_trainer: Trainer | None = None  # whose train() / evaluate() / predict() the session measures
         self._in_train = False
         self._epoch: int | None = None
         self._next_epoch: int | None = None
@@ -200,11 +211,13 @@ class EnergyCallback(TrainerCallback, ExportableState):
         if "energy_state" in vars(self):
             # `restore_callback_states_from_checkpoint` swapped the user's instance for a copy of
             # `state()`: give the original (its sensors, the object the user holds) its place back.
-            originals = [cb for cb in _owners(trainer) if cb is not self and cb._settings == self._settings]
+            # (Two callbacks with the same settings: each copy takes an original not yet back.)
+            callbacks = trainer.callback_handler.callbacks if trainer is not None else []
+            originals = [cb for cb in _owners(trainer)
+                         if cb is not self and cb._settings == self._settings and cb not in callbacks]
             original = originals[0] if originals else None
             del self.energy_state
             if isinstance(original, EnergyCallback):
-                callbacks = trainer.callback_handler.callbacks
                 callbacks[callbacks.index(self)] = original
                 return original.on_train_begin(args, state, control, **kwargs)
             warn("greencallbacks: the Trainer rebuilt EnergyCallback from its checkpoint; it goes on with the "
@@ -215,14 +228,16 @@ class EnergyCallback(TrainerCallback, ExportableState):
         self._abort()  # a previous train() that raised without a watch (no frame found) left its run open
         # A train() is a new run unless it resumes from a checkpoint: then the Trainer has loaded
         # the checkpoint's state, global step and our saved entry, and the run goes on.
-        saved = state.stateful_callbacks.get(type(self).__name__)
-        resumed = state.global_step > 0 and isinstance(saved, dict)
+        siblings = saved_alike(trainer, self)
+        saved = saved_entry(self, siblings, state.stateful_callbacks.get(type(self).__name__), state.global_step > 0)
+        resumed = state.global_step > 0 and saved is not None
         if self._session_used or resumed:
             self.session = EnergySession(**self._session_kwargs)
         if resumed:
             self.session.load_state_dict(saved.get("attributes", {}).get("energy_state", {}))
-        # A checkpoint written without this callback has no entry, and `_save_checkpoint` indexes it.
-        state.stateful_callbacks[type(self).__name__] = self.state()
+        self._run_trainer = trainer
+        if siblings[-1] is self:  # the last of them: every one has read its entry
+            complete_saved_entries(state.stateful_callbacks, type(self).__name__, siblings)
         self._in_train = True
         self._epoch = None  # until the first epoch begins (an `eval_on_start` evaluation has none)
         self._next_epoch = None  # the first epoch's number comes from the Trainer (0, or a resume's)
@@ -231,7 +246,7 @@ class EnergyCallback(TrainerCallback, ExportableState):
         # stack without on_train_end, and the watch writes the partial phase and stops the meter.
         frame = _find_trainer()[1]
         if frame is not None:
-            self._watch_loop(frame)
+            self._watch_loop(frame, state)
         # Enables the run prediction. The Trainer stops at max_steps (which it derives from the
         # epochs when none is given); the epochs it plans are max_steps over a pass, rounded up
         # (the last may be a fraction of one), or sys.maxsize for a data set without a length.
@@ -301,21 +316,25 @@ class EnergyCallback(TrainerCallback, ExportableState):
         if description is None and trainer is not None:  # no known loop method: is the public predict() running?
             predicting = watch.calling_frame(lambda f: f.f_code.co_name == "predict" and f.f_locals.get("self") is trainer)
             description = "Prediction" if predicting is not None else "Evaluation"
-        self._begin_loop(description, loop_arguments.get("metric_key_prefix"), args)
+        self._begin_loop(description, loop_arguments.get("metric_key_prefix"), args, trainer)
 
     @never_raises
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         self._finish_hooked_loop(metrics, kwargs.get("eval_dataloader"), state, control)
         self._loop_metrics = {}
         if not self._in_train:
+            self._cancel_watch()  # evaluate() got this far: it no longer needs watching
             self._stop()
 
     @never_raises
     def on_predict(self, args, state, control, metrics=None, **kwargs):
-        if not self._finish_hooked_loop(metrics, kwargs.get("eval_dataloader"), state, control):
-            self._log(self._loop_metrics, control)  # HF returns predict metrics but logs none
+        # HF returns predict metrics but logs none. Reporters that log them in their own on_predict
+        # (W&B, Trackio, Comet, SwanLab) have them in `metrics` already: the log skips them.
+        if not self._finish_hooked_loop(metrics, kwargs.get("eval_dataloader"), state, control, predict=True):
+            self._log(self._loop_metrics, control, skip=self._logging_on_predict())
         self._loop_metrics = {}
         if not self._in_train:
+            self._cancel_watch()
             self._stop()
 
     # ------------------------------------------------------------------------ checkpointing
@@ -350,7 +369,7 @@ class EnergyCallback(TrainerCallback, ExportableState):
         if self.session.running:
             return
         self._session_used = True
-        device_indices, sync = device_and_sync(args.device)
+        device_indices, sync = _devices_and_sync(args)
         self.session.start(output_dir=args.output_dir, device_indices=device_indices,
                            reducer=torch_reducer_or_local(), sync=sync)
         atexit.register(self._abort)
@@ -379,19 +398,25 @@ class EnergyCallback(TrainerCallback, ExportableState):
         if handle is not None and handle.ended():
             handle.fire()
 
-    def _watch_loop(self, frame) -> None:
+    def _watch_loop(self, frame, state) -> None:
+        """Abort the run once ``frame`` (``train()``, or a standalone ``evaluate()`` / ``predict()``)
+        leaves the stack without its end hook; ``state``: that call's TrainerState (its step)."""
         def loop_gone() -> None:
             # On the watch thread, holding the watch's lock: `_settle` and `_cancel_watch` on the
             # training thread wait for this write-up, so the watch is let go only once it is done.
-            self._abort(cancel_watch=False)
+            self._abort(cancel_watch=False, state=state)
             if self._watch is handle:
                 self._watch = None
 
+        self._cancel_watch()
         handle = watch.watch(frame, loop_gone)
         self._watch = handle
 
-    def _abort(self, cancel_watch: bool = True) -> None:
-        """The run is failing: write what was measured (unfinished phases as partial), stop the thread."""
+    def _abort(self, cancel_watch: bool = True, state=None) -> None:
+        """The run is failing: write what was measured (unfinished phases as partial), stop the thread.
+
+        ``state``: the failing call's TrainerState, whose ``global_step`` the partial records carry
+        (the tracker's step is otherwise the last epoch end's)."""
         if cancel_watch:
             self._cancel_watch()  # waits for a write-up the watch thread has begun, and stops a later one
         self._in_train = False
@@ -399,22 +424,40 @@ class EnergyCallback(TrainerCallback, ExportableState):
         try:
             if self.session.running:
                 atexit.unregister(self._abort)
+                if state is not None:
+                    self.tracker.step = state.global_step
                 self.session.stop(failed=True)
         except Exception as error:  # noqa: BLE001 - the run is already failing
             warn(f"greencallbacks: could not write the energy of the failed run ({error!r}).")
 
-    def _begin_loop(self, description: str | None, prefix: str | None, args) -> None:
+    def _begin_loop(self, description: str | None, prefix: str | None, args, trainer: Trainer | None) -> None:
         self._settle()
+        if trainer is not None and not self.session.running:
+            if self._session_used and self._run_trainer not in (None, trainer):
+                # One callback in two Trainers: this one's evaluate() / predict() does not continue
+                # the other's run (in the other's output_dir); it is a run of its own.
+                self.session = EnergySession(**self._session_kwargs)
+            self._run_trainer = trainer
         self._start(args)  # no-op inside train(); evaluate()/predict() alone make a run of their own
         phase = "predict" if description == "Prediction" else "validation"
         # Each metric_key_prefix (eval, eval_<data set>, test) totals its own loops.
         self.tracker.begin(phase, epoch=self._epoch, metric_prefix=prefix)
         self._loop = (phase, prefix)
+        if not self._in_train and trainer is not None:
+            # A standalone evaluate() / predict() can raise after its loop (a reporter failing in
+            # on_log) and never reach on_evaluate / on_predict: stop the run when it leaves the stack,
+            # rather than billing the idle time until the next call as a gap of this run.
+            frame = watch.calling_frame(
+                lambda f: f.f_code.co_name in ("evaluate", "predict") and f.f_locals.get("self") is trainer)
+            if frame is not None:
+                self._watch_loop(frame, trainer.state)
 
     def _end_loop(self, num_samples: int | None, state) -> dict[str, float]:
+        """End the open loop; ``num_samples``: HF's count, all ranks together (None: the batches
+        counted as the loop went)."""
         phase, prefix = self._loop
         self._loop = None
-        samples = num_samples  # HF's count at the loop's end; None: the batches counted as the loop went
+        samples = num_samples
         if self._counter.custom_samples:
             samples = None  # the user's sample_counter, applied to every prediction_step's batch
         elif samples is not None and self.tracker.reducer.rank != 0:
@@ -423,8 +466,10 @@ class EnergyCallback(TrainerCallback, ExportableState):
             return {}
         return self.session.metrics(phase, prefix=f"{prefix}_" if prefix else "")
 
-    def _finish_hooked_loop(self, metrics, eval_dataloader, state, control) -> bool:
-        """End a loop begun at its first ``on_prediction_step``; its values go into HF's metrics and the log."""
+    def _finish_hooked_loop(self, metrics, eval_dataloader, state, control, predict: bool = False) -> bool:
+        """End a loop begun at its first ``on_prediction_step``; its values go into HF's metrics and the log.
+
+        (Its first batch was not counted: the data set's length stands for the samples.)"""
         if self._loop is None or metrics is None:
             return False
         if self._loop[1] is None:  # HF names every metric `{prefix}_...` and always adds `{prefix}_runtime`
@@ -432,18 +477,33 @@ class EnergyCallback(TrainerCallback, ExportableState):
         dataset = getattr(eval_dataloader, "dataset", None)
         values = _finite(self._end_loop(len(dataset) if hasattr(dataset, "__len__") else None, state))
         metrics.update(values)
-        self._log(values, control)
+        # on_predict: the callbacks after this one see `metrics` with the values in their own on_predict.
+        self._log(values, control, skip=self._logging_on_predict(after_self=True) if predict else ())
         return True
 
-    def _log(self, metrics: dict[str, float], control):
-        """Send ``metrics`` through ``Trainer.log``: every ``report_to`` reporter and ``log_history``."""
+    def _logging_on_predict(self, after_self: bool = False) -> list:
+        """The Trainer's callbacks with an ``on_predict`` of their own (reporters log predict()'s
+        metrics there; ``after_self``: only those HF calls after this one)."""
+        callbacks = self._trainer.callback_handler.callbacks if self._trainer is not None else []
+        if after_self and self in callbacks:
+            callbacks = callbacks[callbacks.index(self) + 1:]
+        return [cb for cb in callbacks if cb is not self and type(cb).on_predict is not TrainerCallback.on_predict]
+
+    def _log(self, metrics: dict[str, float], control, skip=()):
+        """Send ``metrics`` through ``Trainer.log``: every ``report_to`` reporter and ``log_history``
+        (but the callbacks in ``skip``, which receive them otherwise)."""
         values = _finite(metrics)
         if self._trainer is None or not values:
             return control
         should_log = control.should_log
+        handler = self._trainer.callback_handler
+        callbacks = handler.callbacks
         try:
+            if skip:
+                handler.callbacks = [cb for cb in callbacks if cb not in skip]
             self._trainer.log(values)
         finally:
+            handler.callbacks = callbacks
             control.should_log = should_log  # `CallbackHandler.on_log` cleared it; the Trainer's own log is still due
         return control
 
@@ -454,11 +514,37 @@ _OWN_ARGUMENTS = keyword_names(EnergyCallback.__init__)
 _LOOPS = ("evaluation_loop", "prediction_loop")
 
 
+def _devices_and_sync(args) -> tuple[list[int], Callable[[], None] | None]:
+    """The CUDA devices the Trainer trains on, and a function that waits for their work.
+
+    One process on a machine with several GPUs (``python train.py``, no launcher) makes Trainer
+    wrap the model in ``nn.DataParallel`` over all ``args.n_gpu`` visible GPUs, while
+    ``args.device`` names only the first (cuda:0): every one of them is measured. Distributed
+    (torchrun, DDP) processes have ``n_gpu`` 1 each and train on ``args.device`` alone.
+    """
+    import torch
+
+    device_indices, sync = device_and_sync(args.device)
+    n_gpu = getattr(args, "n_gpu", 1)
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if device_indices and isinstance(n_gpu, int) and n_gpu > 1 and not distributed:
+        # DataParallel's default device_ids: range(torch.cuda.device_count()), which n_gpu is.
+        device_indices = list(range(n_gpu))
+
+        def sync() -> None:
+            for index in device_indices:
+                torch.cuda.synchronize(index)
+
+    return device_indices, sync
+
+
 def _wrap_trainer(trainer: Trainer) -> None:
     """Wrap a few methods of this Trainer instance (not its class) to see what no hook shows."""
 
     def owners() -> list[EnergyCallback]:
-        return list(_owners(trainer))
+        # Only those still in the handler: one removed by remove_callback / pop_callback stops measuring.
+        callbacks = trainer.callback_handler.callbacks
+        return [c for c in _owners(trainer) if c in callbacks]
 
     training_step = trainer.training_step
 
@@ -489,7 +575,7 @@ def _wrap_trainer(trainer: Trainer) -> None:
 
     wrapped = [name for name in _LOOPS if hasattr(trainer, name)]
     for name in wrapped:
-        setattr(trainer, name, _measured_loop(getattr(trainer, name), owners))
+        setattr(trainer, name, _measured_loop(trainer, name, owners))
     trainer.__dict__[_LOOPS_WRAPPED] = bool(wrapped)
     if not wrapped:
         # A release that renamed them: every loop is then measured from its first batch's
@@ -501,30 +587,49 @@ def _wrap_trainer(trainer: Trainer) -> None:
         )
 
 
-def _measured_loop(loop, owners):
-    signature = inspect.signature(loop)
+def _measured_loop(trainer: Trainer, name: str, owners):
+    loop = getattr(trainer, name)
+    # The method called (maybe a subclass's override, `*args, **kwargs`) and Trainer's own, whose
+    # parameter names and defaults its callers (evaluate, predict) follow.
+    methods = [loop]
+    if getattr(Trainer, name, None) is not None:
+        methods.append(getattr(Trainer, name).__get__(trainer))
+    signatures = []
+    for method in methods:
+        try:
+            signatures.append(inspect.signature(method))
+        except (TypeError, ValueError):
+            pass  # none readable: every loop runs unmeasured, with the warning below
+    warned = []
 
     @functools.wraps(loop)
     def measured(*args, **kwargs):
         callbacks = owners()
         if not callbacks:
             return loop(*args, **kwargs)
-        arguments = signature.bind_partial(*args, **kwargs).arguments
-        prefix = arguments.get("metric_key_prefix", signature.parameters["metric_key_prefix"].default)
+        try:
+            description, prefix = _loop_arguments(signatures, args, kwargs)
+        except Exception as error:  # noqa: BLE001 - never break evaluation: run it unmeasured
+            if not warned:
+                warned.append(True)
+                warn(f"greencallbacks: could not read the arguments of {type(trainer).__name__}.{name} ({error!r}); "
+                     "its evaluation and prediction loops are not measured.")
+            return loop(*args, **kwargs)
         for callback in callbacks:
             try:
-                callback._begin_loop(arguments.get("description"), prefix, callback._trainer.args)
+                callback._trainer = trainer  # a callback shared by two Trainers: this loop is this one's
+                callback._begin_loop(description, prefix, trainer.args, trainer)
             except Exception as error:  # noqa: BLE001
                 warn(f"greencallbacks: could not begin measuring {prefix} ({error!r}).")
         try:
             output = loop(*args, **kwargs)
         except BaseException:
             for callback in callbacks:
-                callback._abort()
+                callback._abort(state=trainer.state)
             raise
         for callback in callbacks:
             try:
-                values = _finite(callback._end_loop(output.num_samples, callback._trainer.state))
+                values = _finite(callback._end_loop(_loop_samples(trainer.args, output), trainer.state))
                 output.metrics.update(values)  # evaluate() logs and returns them; predict() returns them
                 callback._loop_metrics = values
             except Exception as error:  # noqa: BLE001
@@ -532,6 +637,33 @@ def _measured_loop(loop, owners):
         return output
 
     return measured
+
+
+def _loop_samples(args, output) -> int | None:
+    """A completed loop's samples: HF's ``num_samples`` (the data set's length, without the
+    samples Accelerate repeats so that several ranks each have a last batch; right for a batch
+    whose leading dimension is not its samples, too), unless ``dataloader_drop_last`` drops the
+    partial last batch from evaluation as well: then None, the batches counted as the loop went."""
+    return None if args.dataloader_drop_last else output.num_samples
+
+
+def _loop_arguments(signatures: list, args: tuple, kwargs: dict) -> tuple[str | None, str]:
+    """A loop call's ``description`` and ``metric_key_prefix``: as the first signature that binds
+    them (in its ``**kwargs`` too) has them, else the last one's default prefix."""
+    found: dict[str, Any] = {}
+    for signature in signatures:
+        try:
+            arguments = dict(signature.bind_partial(*args, **kwargs).arguments)
+        except TypeError:
+            continue
+        for parameter in signature.parameters.values():
+            if parameter.kind is inspect.Parameter.VAR_KEYWORD:
+                arguments.update(arguments.pop(parameter.name, {}))
+        for key in ("description", "metric_key_prefix"):
+            if key in arguments:
+                found.setdefault(key, arguments[key])
+    prefix = found.get("metric_key_prefix", signatures[-1].parameters["metric_key_prefix"].default)
+    return found.get("description"), prefix
 
 
 def _find_trainer(depth: int = 40):
