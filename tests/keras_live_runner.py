@@ -68,7 +68,7 @@ for name, tensorboard, kwargs in (("tensorboard", True, {}), ("tensorboard_off",
         continue  # keras.callbacks.TensorBoard writes through tf.summary
     try:
         results[name] = fit(OUT / name, tensorboard, **kwargs)
-    except Exception as error:  # noqa: BLE001 - reported to the test
+    except Exception:  # noqa: BLE001 - reported to the test
         import traceback
 
         results[name] = {"error": traceback.format_exc()}

@@ -12,7 +12,7 @@ import pytest
 
 from greencallbacks.meter import EnergyWarning, Meter
 from greencallbacks.sensors import amd as amd_module
-from greencallbacks.sensors.amd import AVERAGED_POWER_NOTE, AmdGpuSensor, find_amd_gpus, import_amdsmi
+from greencallbacks.sensors.amd import AVERAGED_POWER_NOTE, AmdGpuSensor, find_amd_gpus
 from greencallbacks.sensors.base import Kind, Method, SensorError
 from tests.fakes import fake_amdsmi as fa
 from tests.fakes.fake_amdsmi import FakeAmdSmi
