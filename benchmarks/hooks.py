@@ -154,7 +154,8 @@ def hf_per_step(calls: int, workdir: Path) -> dict:
     callback.session.start(device_indices=[])
     try:
         raw = types.SimpleNamespace(training_step=lambda model, batch: None, prediction_step=lambda *a, **k: None)
-        wrapped = types.SimpleNamespace(training_step=lambda model, batch: None, prediction_step=lambda *a, **k: None)
+        wrapped = types.SimpleNamespace(training_step=lambda model, batch: None, prediction_step=lambda *a, **k: None,
+                                        callback_handler=types.SimpleNamespace(callbacks=[callback]))
         wrapped.__dict__[hf_adapter._OWNERS] = [callback]
         hf_adapter._wrap_trainer(wrapped)
         wrapper_us = per_call_us(lambda: wrapped.training_step(None, inputs), calls) - per_call_us(
@@ -198,15 +199,21 @@ def keras_per_step(calls: int, workdir: Path) -> dict:
 
     base = keras.callbacks.Callback
     overridden = [h for h in KERAS_TRAINING_BATCH_HOOKS if getattr(EnergyCallback, h) is not getattr(base, h)]
-    # Step values need on_train_batch_end; async_safe keeps Keras dispatching asynchronously.
-    assert overridden == ["on_train_batch_end"] and EnergyCallback.async_safe, f"per-batch training hooks: {overridden}"
+    # The batch hooks count steps (a failed epoch's step; a custom test_step's count) and give the
+    # step values; async_safe keeps Keras dispatching them asynchronously, off the training thread.
+    assert overridden == ["on_train_batch_end", "on_test_batch_end"] and EnergyCallback.async_safe, \
+        f"per-batch training hooks: {overridden}"
     callback = EnergyCallback(country="FR", output_dir=str(workdir / "keras-hook"))
     logs = {"outputs": np.zeros((32, 10), dtype="float32")}
     predict_us = per_call_us(lambda: callback.on_predict_batch_end(0, logs), calls) - loop_overhead_us(calls)
+    train_us = per_call_us(lambda: callback.on_train_batch_end(0, {}), calls) - loop_overhead_us(calls)
+    test_us = per_call_us(lambda: callback.on_test_batch_end(0, {}), calls) - loop_overhead_us(calls)
     return {
         "training_batch_hooks_overridden": overridden,
         "async_safe": bool(getattr(EnergyCallback, "async_safe", False)),
         "on_predict_batch_end_us": predict_us,
+        "on_train_batch_end_us": train_us,
+        "on_test_batch_end_us": test_us,
         "keras_version": keras.__version__,
         "backend": keras.backend.backend(),
     }
