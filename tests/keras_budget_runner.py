@@ -27,6 +27,7 @@ from greencallbacks import Budget  # noqa: E402
 from greencallbacks.keras import EnergyCallback  # noqa: E402
 from greencallbacks.meter import EnergyWarning  # noqa: E402
 from greencallbacks.sensors.base import Kind  # noqa: E402
+from greencallbacks.session import EnergySession  # noqa: E402
 from tests.fakes.scripted import FakeClock, ScriptedSensor  # noqa: E402
 
 EPOCHS = 10
@@ -58,6 +59,7 @@ def fit(directory: Path, limit: float, initial_epoch: int = 0) -> dict:
         intensity=100.0, budget=Budget(kwh=limit, on_exceed="stop"),
     )
     checkpoint = keras.callbacks.ModelCheckpoint(str(directory / "ckpt" / "epoch{epoch}.keras"))
+    pauses_before = len(PAUSES_ASKED)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         history = model.fit(
@@ -72,10 +74,16 @@ def fit(directory: Path, limit: float, initial_epoch: int = 0) -> dict:
         "budget_stop": history.history.get("budget_stop", []),
         "embodied": history.history.get("embodied_co2eq_g_total", []),
         "stop_training": bool(model.stop_training),
+        "pauses_asked": len(PAUSES_ASKED) - pauses_before,
         "steps": int(keras.ops.convert_to_numpy(model.optimizer.iterations)),
         "warnings": [str(w.message) for w in caught if issubclass(w.category, EnergyWarning) and "budget" in str(w.message)],
     }
 
+
+# Carbon-aware pauses are asked for before an epoch that follows another, never after the last.
+PAUSES_ASKED = []
+_pause = EnergySession.pause_between_epochs
+EnergySession.pause_between_epochs = lambda self: PAUSES_ASKED.append(1) or _pause(self)
 
 results = {}
 for name, limit, stop_epoch in (("total", 0.0095, 2), ("prediction", 0.03, 3)):

@@ -183,6 +183,26 @@ def test_budget_and_embodied_settings_fail_at_construction():
         EnergyCallback(embodied={"lifetime": 4})
 
 
+@pytest.fixture()
+def pauses_asked(monkeypatch):
+    """Counts the carbon-aware pauses the adapter asks for (a pause with none configured is 0 s)."""
+    from greencallbacks.session import EnergySession
+
+    asked = []
+    pause = EnergySession.pause_between_epochs
+    monkeypatch.setattr(EnergySession, "pause_between_epochs", lambda self: asked.append(1) or pause(self))
+    return asked
+
+
+def test_lightning_asks_for_no_carbon_aware_pause_after_its_last_epoch(tmp_path, pauses_asked):
+    """A pause after the epoch that stopped the run (the budget spent, max_epochs) idled up to the
+    pause's whole delay budget before the fit returned, billed beyond the budget."""
+    lightning_fit(tmp_path, Budget(kwh=0.0095, on_exceed="stop"))  # stops after epoch 2
+    assert len(pauses_asked) == 2  # before epochs 1 and 2; 3 before the fix
+    lightning_fit(tmp_path / "plain", None, max_epochs=2)
+    assert len(pauses_asked) == 3
+
+
 # ---------------------------------------------------------------------------------- HF Trainer
 def hf_train(tmp_path, budget, *, resume=None):
     from transformers import Trainer, TrainerCallback
@@ -214,9 +234,11 @@ HF_STEPS = 4  # 30 samples in batches of 8
     [(0.0095, 2, "reached the budget"), (0.03, 3, "predicted energy 0.04 kWh")],
     ids=["total", "prediction"],
 )
-def test_hf_budget_stops_after_the_epoch_with_its_checkpoint_and_a_resume_stops_again(tmp_path, limit, stop_epoch, reason):
+def test_hf_budget_stops_after_the_epoch_with_its_checkpoint_and_a_resume_stops_again(tmp_path, limit, stop_epoch, reason,
+                                                                                    pauses_asked):
     trainer, logged, said = hf_train(tmp_path, Budget(kwh=limit, on_exceed="stop"))
     steps = (stop_epoch + 1) * HF_STEPS
+    assert len(pauses_asked) == stop_epoch  # carbon-aware pauses: before each epoch that follows one
     assert trainer.state.global_step == steps and trainer.control.should_training_stop
     assert [entry["budget_stop"] for entry in logged] == [0.0] * stop_epoch + [1.0]
     # That epoch's checkpoint is saved by the Trainer as usual (save_strategy="epoch"), and no later one.
@@ -261,6 +283,7 @@ def test_keras_budget_stops_after_the_epoch_with_its_checkpoint_and_a_resume_sto
     results, out = keras_results
     first, resumed = results[scenario]["first"], results[scenario]["resumed"]
     assert first["epochs"] == list(range(stop_epoch + 1)) and first["stop_training"]
+    assert first["pauses_asked"] == stop_epoch and resumed["pauses_asked"] == 0  # none after the stop
     assert first["steps"] == 4 * (stop_epoch + 1)
     assert first["budget_stop"] == [0.0] * stop_epoch + [1.0]
     # ModelCheckpoint (after EnergyCallback) saved the stopping epoch too, and the file loads.

@@ -265,8 +265,10 @@ class EnergySession:
     def pause_between_epochs(self) -> float:
         """Carbon-aware training: wait while the grid is dirtier than the configured threshold.
 
-        Adapters call this after an epoch's metrics are logged; the wait is billed to the gap
-        (``other``) like any time between epochs. Returns the seconds paused.
+        Adapters call this when a training epoch begins that follows another of the same call,
+        never after the last one (a budget's stop, max_epochs, early stopping: no epoch follows,
+        nothing to wait for); the wait is billed to the gap (``other``) like any time between
+        epochs. Returns the seconds paused.
         """
         if self.carbon_aware is None or not self.running:
             return 0.0

@@ -192,6 +192,7 @@ class EnergyCallback(TrainerCallback, ExportableState):
         self._in_train = False
         self._epoch: int | None = None
         self._next_epoch: int | None = None
+        self._pause_due = False  # an epoch of this train() ended: a carbon-aware pause may precede the next
         self._tokens_at_epoch_begin = 0
         self._loop: tuple[str, str | None] | None = None  # (phase, metric prefix) of the open eval/predict loop
         self._loop_metrics: dict[str, float] = {}
@@ -241,6 +242,7 @@ class EnergyCallback(TrainerCallback, ExportableState):
         self._in_train = True
         self._epoch = None  # until the first epoch begins (an `eval_on_start` evaluation has none)
         self._next_epoch = None  # the first epoch's number comes from the Trainer (0, or a resume's)
+        self._pause_due = False
         self._start(args)
         # No exception hook in any transformers version: when train() raises, its frame leaves the
         # stack without on_train_end, and the watch writes the partial phase and stops the meter.
@@ -267,6 +269,9 @@ class EnergyCallback(TrainerCallback, ExportableState):
             epoch = max(epoch, self._next_epoch)
         self._epoch, self._next_epoch = epoch, epoch + 1
         self._tokens_at_epoch_begin = state.num_input_tokens_seen
+        if self._pause_due:  # before an epoch that follows one, never after the last: billed to the gap
+            self._pause_due = False
+            self.session.pause_between_epochs()
         self.tracker.begin("train", epoch=self._epoch)
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -290,7 +295,7 @@ class EnergyCallback(TrainerCallback, ExportableState):
         if self.session.check_budget():
             control.should_training_stop = True  # the Trainer still evaluates and saves this epoch, then ends
         self._log(self.session.metrics("train"), control)
-        self.session.pause_between_epochs()  # carbon-aware, if configured: billed to the gap
+        self._pause_due = True  # carbon-aware, if configured: before the next epoch, if one follows
 
     @never_raises
     def on_train_end(self, args, state, control, **kwargs):

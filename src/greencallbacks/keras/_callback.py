@@ -400,6 +400,7 @@ class EnergyCallback(_Callback):
         self._train_offset = 0
         self._test_counted = True  # the open test loop is Keras's own (its loss tracker counts it)
         self._validated = False
+        self._pause_due = False  # an epoch of this fit ended: a carbon-aware pause may precede the next
         # The current call's progress (training steps, predicted samples; see _Progress).
         self._progress = _Progress()
         # Steps run in the open evaluation loop, from the batch hooks (which Keras may run out of
@@ -442,6 +443,7 @@ class EnergyCallback(_Callback):
         if callback_list is not None:
             self._go_first(callback_list)
         self._live_every, self._live_batches = self._tensorboard_batch_every(callback_list), 0
+        self._pause_due = False
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         # The steps run: a custom train_step's loss-tracker count is told from samples by them, and
@@ -476,6 +478,9 @@ class EnergyCallback(_Callback):
         call = self._call
         if call is None or not call.active or call.kind != "fit":
             return
+        if self._pause_due:  # before an epoch that follows one, never after the last: billed to the gap
+            self._pause_due = False
+            self.session.pause_between_epochs()
         # Keras's fit reset the metrics just before: the loss tracker counts this epoch from 0.
         self._epoch, self._validated = epoch, False
         self._train_samples = 0 if call.in_keras_loop else None
@@ -533,7 +538,7 @@ class EnergyCallback(_Callback):
             logs.update(self._keras_metrics("train", ""))
             if self._validated:
                 logs.update(self._keras_metrics("validation", "val_"))
-        self.session.pause_between_epochs()  # carbon-aware, if configured: billed to the gap
+        self._pause_due = True  # carbon-aware, if configured: before the next epoch, if one follows
 
     @never_raises
     def on_train_end(self, logs: dict | None = None) -> None:

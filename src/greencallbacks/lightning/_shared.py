@@ -105,6 +105,7 @@ class EnergyCallbackBase:
         self._live_wait = 0  # batch ends before global_step is next read
         self._live_at_most_one_step = False
         self._resume_epoch_at_batch = False  # begin the epoch Lightning resumed mid-way at its next batch
+        self._pause_due = False  # an epoch of this fit ended (see _begin_train_epoch)
         self._train_parts: str | None = None  # "dict" / "seq": several training iterables, counted apart
         self._counter = BatchCounter(sample_counter, token_counter)  # checks both are functions or None
         if not isinstance(prefix, str):
@@ -243,6 +244,7 @@ class EnergyCallbackBase:
     @never_raises
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         self._plan(trainer)
+        self._pause_due = False  # an epoch of this fit ended (see _begin_train_epoch)
         # After a resume the checkpoint's budget is loaded: one already spent stops before an epoch.
         if self.session.check_budget():
             trainer.should_stop = True
@@ -250,7 +252,9 @@ class EnergyCallbackBase:
         # Loggers write on rank 0 only: the other ranks skip the step values altogether.
         on = self.step_metrics and isinstance(every, int) and every > 0 and trainer.is_global_zero
         self._live_every = every if on else 0
-        self._live_step = -1
+        # A resumed fit starts at the checkpoint's step, logged by the attempt before: its first
+        # batches, which may step no optimizer (accumulation), must not log it again.
+        self._live_step = trainer.global_step
         # Automatic optimization steps the optimizer at most once per batch (manual optimization
         # may step several optimizers), which lets most batches skip reading global_step.
         self._live_at_most_one_step = bool(getattr(pl_module, "automatic_optimization", False))
@@ -282,6 +286,9 @@ class EnergyCallbackBase:
                 hook_failed(self, "on_train_batch_start", error)
 
     def _begin_train_epoch(self, trainer: Any) -> None:
+        if self._pause_due:  # before an epoch that follows one, never after the last; every rank waits alike
+            self._pause_due = False
+            self.session.pause_between_epochs()
         self.tracker.begin("train", trainer.current_epoch)
         self._live_wait = 0  # read global_step at the next batch end
 
@@ -330,7 +337,7 @@ class EnergyCallbackBase:
     @never_raises
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         self._end_and_log("train", trainer, pl_module)
-        self.session.pause_between_epochs()  # carbon-aware, if configured; every rank waits alike
+        self._pause_due = True  # carbon-aware, if configured: before the next epoch, if one follows
 
     # ---------------------------------------------------------------------------- validation
     @never_raises
