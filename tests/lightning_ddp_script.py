@@ -70,6 +70,18 @@ def main(out_dir: Path, strategy: str) -> None:
         "records": [r.to_dict() for r in callback.tracker.records],
         "pid": os.getpid(),
     }
+    if strategy == "ddp":
+        # Lightning's advice for testing after DDP: one device, on rank 0 alone. The process group
+        # is still up; a collective in the callback's setup waited there for rank 1 (at the
+        # barrier below) until gloo's 30-minute timeout.
+        if rank == 0:
+            tester = L.Trainer(callbacks=[EnergyCallback(output_dir=out_dir / "test", country="DE")],
+                               **trainer_kwargs(devices=1))
+            tester.test(SpawnableModel(), loaders()[1], verbose=False)
+            dump["test_on_rank_0"] = float(tester.callback_metrics["test_energy_kwh"])
+        import torch.distributed
+
+        torch.distributed.barrier()
     (out_dir / f"rank{rank}.json").write_text(json.dumps(dump))
 
 

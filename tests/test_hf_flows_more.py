@@ -229,6 +229,37 @@ def test_a_crash_records_the_step_it_happened_at(tmp_path, at_step):
     assert partial == [("train", at_step // 4, at_step)]  # 4 steps an epoch
 
 
+def test_an_uncaught_crash_records_the_step_it_happened_at_when_the_interpreter_exits(tmp_path):
+    """The usual script crash: train() raises and nothing catches it. At exit the adapter's own
+    handler (registered after the watch's, so run first) cancelled the watch that held the failing
+    TrainerState, and the partial record said step 4, the previous epoch end's."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tests = Path(__file__).resolve().parent
+    script = (
+        "import sys\n"
+        f"sys.path[:0] = [{str(tests)!r}, {str(tests.parent)!r}]\n"
+        "from transformers import Trainer, TrainerCallback\n"
+        "from greencallbacks.hf import EnergyCallback\n"
+        "from hf_tiny import TokenDataset, tiny_model, training_args\n"
+        "class Crash(TrainerCallback):\n"
+        "    def on_step_end(self, args, state, control, **kwargs):\n"
+        "        if state.global_step == 6:\n"
+        "            raise RuntimeError('crash at step 6')\n"
+        "args = training_args(sys.argv[1], num_train_epochs=3, eval_strategy='no')\n"
+        "Trainer(model=tiny_model(), args=args, train_dataset=TokenDataset(30),\n"
+        "        callbacks=[EnergyCallback(intensity=400.0), Crash()]).train()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert "crash at step 6" in done.stderr, done.stderr[-3000:]
+    partial = [(r.phase, r.epoch, r.step) for r in read_records(tmp_path) if r.partial]
+    assert partial == [("train", 1, 6)]  # 4 steps an epoch
+
+
 def test_one_callback_in_two_trainers_records_each_trainers_evaluation_in_its_own_run(tmp_path):
     """Regression: a callback passed to a second Trainer (a notebook cell run again) recorded a later
     ``evaluate()`` of the first into the second's run and output directory, and logged it there."""

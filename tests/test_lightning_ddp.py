@@ -77,6 +77,12 @@ def test_host_energy_counted_once_and_ranks_summed(ddp_run):
     assert logged == pytest.approx([r.energy_kwh for r in train], rel=1e-5)
 
 
+def test_a_single_device_test_on_rank_0_after_the_fit_is_measured(ddp_run):
+    out, (rank0, _) = ddp_run
+    assert rank0["test_on_rank_0"] > 0
+    assert [r.phase for r in read_records(out / "test") if r.phase != "other"] == ["test"]
+
+
 def test_ddp_spawn_pickles_the_callback_into_its_ranks_and_counts_alike(tmp_path):
     """``strategy="ddp_spawn"`` pickles the Trainer, this callback included, into two new
     processes: the callback must survive that, and they measure as the ``ddp`` ranks do."""

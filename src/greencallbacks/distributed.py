@@ -82,10 +82,18 @@ def _let_gloo_workers_finish() -> None:
     time.sleep(GLOO_EXIT_GRACE_S)
 
 
-def torch_reducer_or_local() -> Reducer:
-    """The torch reducer when torch.distributed runs with several ranks, else a local one."""
+def torch_reducer_or_local(world_size: int | None = None) -> Reducer:
+    """The torch reducer when torch.distributed runs with several ranks, else a local one.
+
+    ``world_size``: the ranks the framework says this training runs on. A process group can
+    outlive the job that made it: after a DDP fit, a single-device Trainer on rank 0 alone
+    (Lightning's advice for testing) trains on 1, and a collective there would wait for ranks
+    that are not in it (until gloo's 30-minute timeout), or fail and leave it unmeasured.
+    """
     import sys
 
+    if world_size is not None and world_size <= 1:
+        return LocalReducer()
     dist = sys.modules.get("torch.distributed")
     if dist is not None and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         return TorchReducer()

@@ -376,13 +376,20 @@ class EnergyCallback(TrainerCallback, ExportableState):
         self._session_used = True
         device_indices, sync = _devices_and_sync(args)
         self.session.start(output_dir=args.output_dir, device_indices=device_indices,
-                           reducer=torch_reducer_or_local(), sync=sync)
-        atexit.register(self._abort)
+                           reducer=torch_reducer_or_local(args.world_size), sync=sync)
+        atexit.register(self._abort_at_exit)
+
+    def _abort_at_exit(self) -> None:
+        # The failing call's watch holds its TrainerState (the step it failed at): fire it rather
+        # than cancel it. (This handler was registered after watch's own, so it runs first.)
+        if self._watch is not None:
+            self._watch.fire()
+        self._abort()
 
     def _stop(self) -> None:
         self._loop = None
         if self.session.running:
-            atexit.unregister(self._abort)
+            atexit.unregister(self._abort_at_exit)
             self.session.stop()
 
     def _cancel_watch(self) -> None:
@@ -428,7 +435,7 @@ class EnergyCallback(TrainerCallback, ExportableState):
         self._loop = None
         try:
             if self.session.running:
-                atexit.unregister(self._abort)
+                atexit.unregister(self._abort_at_exit)
                 if state is not None:
                     self.tracker.step = state.global_step
                 self.session.stop(failed=True)

@@ -192,7 +192,7 @@ class EnergyCallbackBase:
                 name = re.sub(r"[^\w.-]+", "-", self.prefix).strip("-.") or "prefix"
                 output_dir = os.path.join(output_dir, f"energy-{name}")
         device_indices, sync = device_and_sync(trainer.strategy.root_device)
-        reducer = torch_reducer_or_local()  # a collective on several ranks; setup runs on all of them
+        reducer = torch_reducer_or_local(trainer.world_size)  # a collective on several ranks; setup runs on all of them
         self.session.start(output_dir=output_dir, device_indices=device_indices, reducer=reducer, sync=sync)
         if reducer.rank == 0:
             self._check_configuration(trainer)
