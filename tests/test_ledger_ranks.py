@@ -9,6 +9,7 @@ once, each host once.
 
 from __future__ import annotations
 
+import json
 import threading
 
 import pytest
@@ -17,7 +18,7 @@ from greencallbacks.carbon import Carbon
 from greencallbacks.ledger import read_run_records
 from greencallbacks.meter import Meter
 from greencallbacks.sensors.base import Kind
-from greencallbacks.tracker import Tracker
+from greencallbacks.tracker import SUMMARY_FILE, Tracker
 from tests.fakes.scripted import FakeClock, ScriptedSensor
 
 WORLD, GPU_W, CPU_W, PHASE_S = 4, 100.0, 30.0, 10.0
@@ -118,6 +119,9 @@ def test_a_crash_on_every_rank_and_a_resume_keep_every_joule_once(tmp_path):
     assert (tmp_path / "energy-records.rank3.jsonl").exists()
     records = read_run_records(run_id, [tmp_path])
     assert sum(r.it_energy_kwh for r in records) * 3.6e6 == pytest.approx(expected_j(1.5 * PHASE_S), rel=1e-12)
+    # The summary covers every rank's records (rank 0's alone lacked the others' cut-short epoch).
+    summary = json.loads((tmp_path / SUMMARY_FILE).read_text())
+    assert summary["energy_kwh"] == pytest.approx(sum(r.energy_kwh for r in records), rel=1e-12)
 
     def resumed(rank, reducer):
         tracker, clock = rank_tracker(rank, reducer, tmp_path, state=crashed[rank][1])

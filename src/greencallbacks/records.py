@@ -364,12 +364,18 @@ def write_json_atomic(path: Path, data: dict) -> bool:
 
 
 def _replace_file(path: Path, text: str) -> bool:
+    # A temporary file of its own per writer: the ranks of a failed run each write the summary,
+    # and two writers of one temporary name interleave their bytes (a summary of "Extra data").
+    tmp = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
     try:
-        tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
         return True
     except OSError:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
         return False
 
 

@@ -361,17 +361,45 @@ class Tracker:
             self._accept(record)
         if local and self._writer is not None:
             self._writer.write(*local)
-        self._stop()
+        self._stop(every_rank_on_disk=self.reducer.world_size > 1)
 
-    def _stop(self) -> None:
+    def _stop(self, every_rank_on_disk: bool = False) -> None:
+        """``every_rank_on_disk``: a failed multi-rank run, whose ranks each wrote their own records
+        (rank r > 0 beside rank 0's): the summary is made from all of them, by every rank."""
         if self.meter is not None:
             self.meter.stop_sampling()
         if self._writer is not None:
             self._writer.close()  # on disk (fsynced) before the run is reported finished
-            if self.reducer.rank == 0:
+            if every_rank_on_disk:
+                self._write_summary_of_every_rank()
+            elif self.reducer.rank == 0:
                 self._write_summary()
         self.meter = None
         self._hold_lock(None, "")
+
+    def _write_summary_of_every_rank(self) -> None:
+        """A failed multi-rank run's summary, from every rank's records on disk: rank 0's own
+        ledger lacks what the others measured after their last gather (their unfinished phases).
+        Every rank writes it after its own records, and again while the records changed meanwhile
+        (ranks failing at one instant): whichever rank replaces it last read every rank's records.
+        Only where rank 0's records are (a shared directory): a host of its own holds a part."""
+        if self.output_dir is None or not (self.output_dir / RECORDS_FILE).is_file():
+            return
+        own = self.ledger
+        records = read_run_records(self.run_id, [self.output_dir])
+        try:
+            for _ in range(5):
+                merged = Ledger(self.run_id)
+                merged.resume({"run_id": self.run_id}, records)
+                merged.attempt = own.attempt
+                self.ledger = merged
+                self._write_summary()
+                again = read_run_records(self.run_id, [self.output_dir])
+                if len(again) == len(records):
+                    break
+                records = again
+        finally:
+            self.ledger = own
 
     def _hold_lock(self, directory: Path | None, run_id: str) -> bool:
         """Hold the lock of ``run_id`` in ``directory`` instead of the one held (none for None);
