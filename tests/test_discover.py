@@ -307,7 +307,7 @@ def test_hf_data_parallel_measures_every_gpu(cuda_box, monkeypatch, tmp_path):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.setattr("greencallbacks.session._SAID", set())  # its notices stay out of other tests' way
     callback = EnergyCallback(intensity=100.0)
-    callback._start(SimpleNamespace(device=torch.device("cuda:0"), n_gpu=4, output_dir=str(tmp_path)))
+    callback._start(SimpleNamespace(device=torch.device("cuda:0"), n_gpu=4, world_size=1, output_dir=str(tmp_path)))
     try:
         names = [s.name for s in callback.session.tracker.meter.sensors]
     finally:
