@@ -184,6 +184,9 @@ class _Progress:
         self.training = False  # a training epoch is open
         self.one_step_per_batch = False  # the open epoch's batches each advance the step by one
         self.train_steps = 0  # training batches run in the open epoch (the batch hooks' highest `batch` + 1)
+        # The step read as a test loop began inside the open epoch (fit's validation): training
+        # waits there, and the last batch hooks, asynchronous, may not have run yet.
+        self.step_in_test: int | None = None
         self.predicting = False
         self.predicted: int | None = 0  # samples of the open predict; None once a batch could not be counted
 
@@ -191,7 +194,9 @@ class _Progress:
         """Give the failed call's open phases what is known: the step it reached, predict's count."""
         with self.lock:
             step, predicted = self.step, self.predicted
-            if step is not None and self.training and self.one_step_per_batch:
+            if self.step_in_test is not None:
+                step = self.step_in_test
+            elif step is not None and self.training and self.one_step_per_batch:
                 step += self.train_steps
             predicting = self.predicting
         if predicting:
@@ -557,6 +562,9 @@ class EnergyCallback(_Callback):
             self._start(self._call)
         if not outermost and ("train", False) in self._phases:
             self._bank_train_samples()  # read before evaluate resets the metrics
+            step = self._step()  # on the training thread, which waits while the loop runs
+            with self._progress.lock:
+                self._progress.step_in_test = step
         # Keras's own evaluate loop, which resets the metrics as it begins (see _Call.in_keras_loop).
         self._test_counted = self._call.in_keras_loop or (not outermost and _model_call_frame(self.model) is not None)
         self._phases.append((phase, outermost))
@@ -576,6 +584,8 @@ class EnergyCallback(_Callback):
         if not self._phases or self._phases[-1][0] not in ("validation", "test"):
             return
         phase, outermost = self._phases.pop()
+        with self._progress.lock:
+            self._progress.step_in_test = None
         # No step ran (an empty validation set) when Keras's logs are empty: then the loss tracker
         # holds a stale count on TensorFlow and JAX (their loops sync metrics only after a step).
         with self._steps_lock:
