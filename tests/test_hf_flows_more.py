@@ -277,3 +277,23 @@ def test_one_callback_in_two_trainers_records_each_trainers_evaluation_in_its_ow
     assert first.state.log_history[-1]["eval_energy_kwh"] == metrics["eval_energy_kwh"]
     assert not any("eval_energy_kwh" in e for e in second.state.log_history[-1:])
     assert not callback.session.running
+
+
+def test_a_resume_right_after_the_crash_in_the_same_process_continues_the_run(tmp_path):
+    """A script that catches the crash and resumes at once, with a new Trainer and callback: the
+    crashed train()'s watch had not yet written its partial records nor let its run go, so the
+    resume must wait for it (it read the records too early, or found the run still measured)."""
+    from flow_invariants import check_run
+
+    crashed = make_callback()
+    trainer = make_trainer(tmp_path / "out", [crashed, Crash(6)], num_train_epochs=3, eval_strategy="no",
+                           save_strategy="steps", save_steps=4)
+    with pytest.raises(RuntimeError, match="crash"):
+        trainer.train()
+    resumed = make_callback()  # no settle: at once
+    again = make_trainer(tmp_path / "out", [resumed], num_train_epochs=3, eval_strategy="no", save_strategy="steps",
+                         save_steps=4)
+    again.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-4"))
+    assert resumed.tracker.run_id == crashed.tracker.run_id
+    records = check_run(resumed.tracker.run_id, [tmp_path / "out"])
+    assert {r.attempt for r in records} == {0, 1} and any(r.partial for r in records)

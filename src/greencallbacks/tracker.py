@@ -557,6 +557,11 @@ class Tracker:
             self._resume()
 
     def _resume(self) -> None:
+        # A call that just failed (a script catching the exception and resuming at once) may still
+        # be writing up on the watch thread: its partial records, and letting its run go.
+        from greencallbacks import watch
+
+        watch.settle()
         state, self._resume_state = self._resume_state, None
         self._renamed_from = None  # the given run id continues after all
         ledger, output_dir = copy.copy(self.ledger), self.output_dir  # `resume` rebinds, never mutates
