@@ -517,10 +517,8 @@ class EnergyCallback(_Callback):
         # What the loss tracker counted before the test loops inside the epoch reset it, plus what it
         # counted since the last of them; the steps are complete only now (Keras waits for its
         # asynchronous batch hooks before on_epoch_end, not before validation).
+        self._bank_train_samples()
         count = self._train_samples
-        if count is not None:
-            seen = self._samples_seen()
-            count = count + seen - self._train_offset if seen >= self._train_offset else None
         progress = self._progress
         with progress.lock:
             steps = progress.train_steps
@@ -745,8 +743,8 @@ class EnergyCallback(_Callback):
             )
 
     def _bank_train_samples(self) -> None:
-        """A test loop begins inside the open training epoch: add what the loss tracker counted for
-        training since the epoch began, or since the last such loop, before the loop resets it."""
+        """Add what the loss tracker counted for training since the epoch began, or since the last
+        test loop inside it: before such a loop resets it, and at the epoch's end."""
         if self._train_samples is None:
             return
         # On JAX, between batches the training state lives outside the model's variables:
