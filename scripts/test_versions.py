@@ -37,9 +37,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-# What every venv needs: the pinned torch of scripts/setup.sh (the CPU build on this machine) and
-# the test runner. The frameworks' own companions float to whatever pip picks for the pin.
-COMMON = ["torch==2.13.0", "pytest>=8", "pytest-timeout>=2.2", "hypothesis>=6.100", "psutil>=5.9"]
+# What every venv needs: the test runner, and the pinned torch of scripts/setup.sh (the CPU build
+# on this machine) unless the entry pins its own. The frameworks' own companions float to whatever
+# pip picks for the pin.
+COMMON = ["pytest>=8", "pytest-timeout>=2.2", "hypothesis>=6.100", "psutil>=5.9"]
+NEWEST_TORCH = "torch==2.13.0"
 
 # name -> the oldest supported versions (as pyproject.toml declares them), the test files that
 # exercise them, and the distributions whose versions are printed.
@@ -50,12 +52,14 @@ MATRIX = {
         "report": ["transformers", "accelerate", "torch", "tensorboard", "mlflow", "wandb"],
     },
     "lightning": {
-        # Lightning 2.2 imports pkg_resources, which setuptools 81 removed.
-        "requirements": ["lightning==2.2.0", "pytorch-lightning==2.2.0", "setuptools<81", "tensorboard",
-                         "mlflow", "wandb", "pandas"],
+        # Lightning 2.2 imports pkg_resources, which setuptools 81 removed. With the oldest torch the
+        # extras allow (torch>=2.2), released with it: PyPI's only build of it is CUDA's (2.5 GB to
+        # download, 6 GB installed), and it runs on the CPU; built against NumPy 1.
+        "requirements": ["lightning==2.2.0", "pytorch-lightning==2.2.0", "torch==2.2.2", "numpy<2", "setuptools<81",
+                         "tensorboard", "mlflow", "wandb", "pandas"],
         "tests": ["tests/test_lightning.py", "tests/test_flows_lightning.py", "tests/test_lightning_ddp.py",
                   "tests/test_live.py"],
-        "report": ["lightning", "pytorch-lightning", "lightning-utilities", "torch", "setuptools"],
+        "report": ["lightning", "pytorch-lightning", "lightning-utilities", "torch", "numpy", "setuptools"],
     },
     "keras": {
         # No jax here: Keras 3.3.3 on jax 0.4.26 cannot fit a model again after a fit raised
@@ -81,7 +85,9 @@ def at_version(name: str, version: str) -> dict:
     own, companions = FRAMEWORK_PINS[name]
     requirements = []
     for requirement in MATRIX[name]["requirements"]:
-        base = requirement.split("==")[0].split("[")[0]
+        base = requirement.split("==")[0].split("<")[0].split("[")[0]
+        if base in ("torch", "numpy"):
+            continue  # the floor's torch (and the NumPy 1 it was built for) give way to the newest
         if base in own:
             requirement = f"{base}=={version}"
         elif base in companions:
@@ -99,8 +105,14 @@ def log(message: str) -> None:
     print(f"[versions] {message}", flush=True)
 
 
+def installed(spec: dict) -> list[str]:
+    """Everything pip installs into the entry's venv: COMMON, the newest torch unless it pins one, its own."""
+    own_torch = any(r.split("==")[0].split("<")[0].split(">")[0] == "torch" for r in spec["requirements"])
+    return COMMON + ([] if own_torch else [NEWEST_TORCH]) + spec["requirements"]
+
+
 def venv_dir(name: str, spec: dict) -> Path:
-    key = hashlib.sha256(json.dumps([COMMON, spec["requirements"], sys.version_info[:2]]).encode()).hexdigest()[:10]
+    key = hashlib.sha256(json.dumps([installed(spec), sys.version_info[:2]]).encode()).hexdigest()[:10]
     base = Path(os.environ.get("GC_OLDEST_DIR", "/tmp/greencallbacks-oldest"))
     return base / f"{name}-{key}"
 
@@ -121,10 +133,10 @@ def ensure_venv(name: str, spec: dict) -> Path:
     subprocess.run([base, "-m", "venv", str(directory)], check=True)
     started = time.monotonic()
     subprocess.run(
-        [str(python), "-m", "pip", "install", "--quiet", "--quiet", "--disable-pip-version-check", *COMMON, *spec["requirements"]],
+        [str(python), "-m", "pip", "install", "--quiet", "--quiet", "--disable-pip-version-check", *installed(spec)],
         check=True,
     )
-    done.write_text(json.dumps({"requirements": COMMON + spec["requirements"]}))
+    done.write_text(json.dumps({"requirements": installed(spec)}))
     log(f"{name}: installed in {time.monotonic() - started:.0f} s")
     return python
 

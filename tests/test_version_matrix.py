@@ -36,7 +36,7 @@ def test_a_venv_without_the_pinned_version_is_reported(driver):
 
 def test_every_floor_in_the_matrix_is_the_floor_pyproject_declares(driver):
     """The README table and pyproject.toml say what CI tests: the pins here must be those floors."""
-    declared = dict(re.findall(r'"(transformers|keras|lightning|accelerate)>=([0-9.]+)"', (REPO / "pyproject.toml").read_text()))
+    declared = dict(re.findall(r'"(transformers|keras|lightning|accelerate|torch)>=([0-9.]+)"', (REPO / "pyproject.toml").read_text()))
     pins = {r.split("==")[0]: r.split("==")[1] for spec in driver.MATRIX.values() for r in spec["requirements"] if "==" in r}
     for name, floor in declared.items():
         assert tuple(map(int, pins[name].split(".")))[: len(floor.split("."))] == tuple(map(int, floor.split("."))), name
@@ -56,6 +56,16 @@ def test_at_pins_the_framework_and_frees_only_its_floor_companions(driver):
     assert driver.at_version("transformers", "4.53.3")["requirements"][:2] == ["transformers==4.53.3", "accelerate"]
     assert driver.at_version("keras", "3.8.0")["requirements"] == ["keras==3.8.0", "tensorflow-cpu", "tensorboard"]
     assert driver.at_version("keras", "3.8.0")["tests"] == driver.MATRIX["keras"]["tests"]
+
+
+def test_the_oldest_torch_goes_with_lightnings_floor_and_the_newest_elsewhere(driver):
+    """torch's floor (a CUDA build from PyPI, NumPy 1) in Lightning's venv only; --at gives the newest back."""
+    lightning = driver.installed(driver.MATRIX["lightning"])
+    assert "torch==2.2.2" in lightning and "numpy<2" in lightning and driver.NEWEST_TORCH not in lightning
+    for name in ("transformers", "keras"):
+        assert driver.installed(driver.MATRIX[name]).count(driver.NEWEST_TORCH) == 1
+    swept = driver.installed(driver.at_version("lightning", "2.4.0"))
+    assert driver.NEWEST_TORCH in swept and "torch==2.2.2" not in swept and "numpy<2" not in swept
 
 
 @pytest.mark.parametrize("bad", ["tensorflow=2.16", "keras=", "keras", "keras=latest"])
