@@ -1,4 +1,5 @@
-"""The adapter tests at the oldest supported version of each framework, each in its own venv.
+"""The adapter tests at the oldest supported version of each framework, each in its own venv, and
+the whole suite without PyTorch at both ends of requires-python (3.10 and 3.13).
 
     python scripts/test_versions.py [--main-junit FILE] [--only NAME,...]
     python scripts/test_versions.py --at lightning=2.4.0 [--at keras=3.8.0 ...]
@@ -28,6 +29,7 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -71,6 +73,17 @@ MATRIX = {
     },
 }
 
+# Both ends of requires-python (CI's own interpreter is 3.11): the whole suite without PyTorch,
+# whose wheels for these Pythons on this registry are CUDA builds of several GB. The core, the
+# CLI, the reports, the sensors' fakes against the real NVML binding; what needs a framework skips.
+for _version in ("3.10", "3.13"):
+    MATRIX[f"python{_version}"] = {
+        "python": _version, "torch": False,
+        "requirements": ["nvidia-ml-py", "matplotlib", "pandas"],
+        "tests": ["tests"],
+        "report": ["psutil", "nvidia-ml-py", "matplotlib"],
+    }
+
 # name -> the distributions pinned to the framework's version, and the companions pinned only to
 # go with the floor (unpinned for --at).
 FRAMEWORK_PINS = {
@@ -106,13 +119,31 @@ def log(message: str) -> None:
 
 
 def installed(spec: dict) -> list[str]:
-    """Everything pip installs into the entry's venv: COMMON, the newest torch unless it pins one, its own."""
+    """Everything pip installs into the entry's venv: COMMON, the newest torch unless it pins one (or
+    wants none), its own."""
     own_torch = any(r.split("==")[0].split("<")[0].split(">")[0] == "torch" for r in spec["requirements"])
-    return COMMON + ([] if own_torch else [NEWEST_TORCH]) + spec["requirements"]
+    return COMMON + ([] if own_torch or spec.get("torch") is False else [NEWEST_TORCH]) + spec["requirements"]
+
+
+def interpreter(spec: dict) -> str | None:
+    """The entry's Python: this one's base interpreter, or ``pythonX.Y`` on PATH or under pyenv."""
+    version = spec.get("python")
+    if version is None:
+        # The base interpreter, not a venv's: sys._base_executable is what `venv` itself would use.
+        return getattr(sys, "_base_executable", sys.executable)
+    root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    candidates = sorted(root.glob(f"{version}.*/bin/python{version}"),
+                        key=lambda p: [int(n) if n.isdigit() else -1 for n in p.parts[-3].split(".")])
+    if candidates:
+        return str(candidates[-1])
+    found = shutil.which(f"python{version}")
+    # pyenv's shim for a version it does not select exits 127: only a real interpreter will do.
+    return found if found and "/shims/" not in found else None
 
 
 def venv_dir(name: str, spec: dict) -> Path:
-    key = hashlib.sha256(json.dumps([installed(spec), sys.version_info[:2]]).encode()).hexdigest()[:10]
+    python = spec.get("python") or f"{sys.version_info[0]}.{sys.version_info[1]}"
+    key = hashlib.sha256(json.dumps([installed(spec), python]).encode()).hexdigest()[:10]
     base = Path(os.environ.get("GC_OLDEST_DIR", "/tmp/greencallbacks-oldest"))
     return base / f"{name}-{key}"
 
@@ -128,9 +159,7 @@ def ensure_venv(name: str, spec: dict) -> Path:
     log(f"{name}: creating {directory} ({' '.join(spec['requirements'])})")
     subprocess.run(["rm", "-rf", str(directory)], check=True)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    # The base interpreter, not a venv's: sys._base_executable is what `venv` itself would use.
-    base = getattr(sys, "_base_executable", sys.executable)
-    subprocess.run([base, "-m", "venv", str(directory)], check=True)
+    subprocess.run([interpreter(spec), "-m", "venv", str(directory)], check=True)
     started = time.monotonic()
     subprocess.run(
         [str(python), "-m", "pip", "install", "--quiet", "--quiet", "--disable-pip-version-check", *installed(spec)],
@@ -210,8 +239,8 @@ def main() -> int:
     specs = {}
     for item in args.at:
         name, _, version = item.partition("=")
-        if name not in MATRIX or not version or not version[0].isdigit():
-            print(f"test_versions: --at wants NAME=VERSION with NAME one of {', '.join(MATRIX)}, got {item!r}",
+        if name not in FRAMEWORK_PINS or not version or not version[0].isdigit():
+            print(f"test_versions: --at wants NAME=VERSION with NAME one of {', '.join(FRAMEWORK_PINS)}, got {item!r}",
                   file=sys.stderr)
             return 2
         specs[f"{name}-{version}"] = at_version(name, version)
@@ -225,6 +254,10 @@ def main() -> int:
     kind = "at" if args.at else "oldest"
     out_dir = Path(os.environ.get("GC_OLDEST_DIR", "/tmp/greencallbacks-oldest")) / "reports"
     out_dir.mkdir(parents=True, exist_ok=True)
+    # A Python this machine lacks is said, loudly, but fails nothing: CI's machines carry pyenv's.
+    absent = [name for name, spec in specs.items() if interpreter(spec) is None]
+    for name in absent:
+        log(f"{name}: no Python {specs.pop(name)['python']} on PATH or under pyenv: NOT TESTED")
 
     # Build the venvs side by side (mostly downloads and unpacking), then test one at a time.
     with ThreadPoolExecutor(max_workers=min(3, len(specs))) as pool:
@@ -245,7 +278,8 @@ def main() -> int:
         main_versions = versions(args.main_python or sys.executable, MAIN_REPORT) if args.main_python else {}
         rows.append(("newest (whole suite)", main_versions, main_counts, []))
     for r in results:
-        rows.append((f"{kind} {r['name']}", r["versions"], r, r["missing"]))
+        r["label"] = f"core on {r['name']}" if "python" in specs[r["name"]] else f"{kind} {r['name']}"
+        rows.append((r["label"], r["versions"], r, r["missing"]))
 
     print("\nframework versions tested:")
     bad = False
@@ -257,7 +291,9 @@ def main() -> int:
         # pytest exits 5 when it collected nothing: a run that tested nothing must not pass.
         if r["rc"] != 0 or r["failed"] or r["passed"] == 0 or r["missing"]:
             bad = True
-            print(f"  FAILED: {kind} {r['name']} (pytest exit {r['rc']}, {r['passed']} passed)")
+            print(f"  FAILED: {r['label']} (pytest exit {r['rc']}, {r['passed']} passed)")
+    for name in absent:
+        print(f"  NOT TESTED: {name} (no such interpreter here)")
     passed = sum(c["passed"] for _, _, c, _ in rows)
     failed = sum(c["failed"] for _, _, c, _ in rows)
     skipped = sum(c["skipped"] for _, _, c, _ in rows)

@@ -8,6 +8,7 @@ dry run works without CUDA, with and without the peers).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import subprocess
@@ -17,7 +18,11 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.slow
+# The benchmarks drive Lightning (and torch) in every part: without them (the core-only runs on
+# other Pythons, scripts/test_versions.py) there is nothing to smoke-test.
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
+    importlib.util.find_spec("lightning") is None or importlib.util.find_spec("torch") is None,
+    reason="the benchmarks need torch and lightning (the project's set-up installs them)")]
 
 
 def _positive(value) -> bool:

@@ -242,9 +242,9 @@ def hf_train(tmp_path, monkeypatch, **callback_kwargs):
 
 
 def test_hf_logs_totals_so_far_at_its_logging_steps(tmp_path, monkeypatch):
+    trainer = hf_train(tmp_path, monkeypatch)  # skips without transformers
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    trainer = hf_train(tmp_path, monkeypatch)
     history = trainer.state.log_history
     steps = [e for e in history if "energy_kwh_total" in e and "energy_kwh" not in e]
     (epoch,) = [e for e in history if "energy_kwh" in e]

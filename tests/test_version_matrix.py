@@ -74,3 +74,18 @@ def test_a_bad_at_is_refused_in_one_line(driver, capsys, monkeypatch, bad):
     assert driver.main() == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "NAME=VERSION" in err and bad in err
+
+
+def test_the_python_entries_find_pyenvs_interpreters_and_never_its_shims(driver, tmp_path, monkeypatch):
+    """CI's core-only runs on Python 3.10 and 3.13 take pyenv's versions; a shim that would exit 127 is no Python."""
+    newest = tmp_path / "versions" / "3.10.13" / "bin" / "python3.10"
+    for path in (tmp_path / "versions" / "3.10.4" / "bin" / "python3.10", newest, tmp_path / "shims" / "python3.13"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("#!/bin/sh\n")
+        path.chmod(0o755)
+    monkeypatch.setenv("PYENV_ROOT", str(tmp_path))
+    monkeypatch.setenv("PATH", str(tmp_path / "shims"))
+    assert driver.interpreter({"python": "3.10"}) == str(newest)
+    assert driver.interpreter({"python": "3.13"}) is None
+    assert driver.interpreter({}) is not None  # the frameworks' floors: this interpreter's base
+    assert "torch==2.13.0" not in driver.installed(driver.MATRIX["python3.13"])
