@@ -451,6 +451,32 @@ def test_a_cut_short_epoch_is_never_averaged_with_another_runs_complete_one():
     assert report.covers_text(shared) == "runs clean, clean-2 (2 of 3)"
 
 
+def test_runs_cut_short_are_never_pooled_as_repeats():
+    """auto_find_batch_size gives up on a batch size after an OOM: each try is a run whose only record
+    is a cut-short epoch 0 with no sample counted. Those tries were pooled into "Over 4 runs of one
+    configuration, training (1 epoch) used ... per run", a citable figure of failures."""
+    def failed_try(run_id, energy_j):
+        return [dataclasses.replace(rec(run_id, "train", 0, energy_j, 0, 0), partial=True),
+                rec(run_id, "other", None, 36.0, 0, 1)]
+
+    records = failed_try("oom-8", 40.0) + failed_try("oom-7", 44.0) + one_run("ok-a") + one_run("ok-b", scale=1.5)
+    groups = report.group_runs(records)
+    assert [report.run_ids(g) for _, g in groups] == [["oom-8"], ["oom-7"], ["ok-a", "ok-b"]]
+    described = report.describe_configuration(groups[0][0])
+    assert "1 training epoch(s), cut short (none completed)" in described and "uncounted" not in described
+    assert "cut short" not in report.describe_configuration(groups[2][0])
+    text = report.render(records, "md")
+    assert "The training (1 epoch; cut short by an exception or interrupt, none completed) used" in text
+    assert "Over 2 runs of one configuration, training (2 epochs of 1000 samples)" in text
+    assert "Over 4 runs" not in text and "Over 3 runs" not in text
+    # A run cut short after completing epochs says how many; resumed to the end, it is complete again.
+    crashed = one_run("crash")[:2] + [dataclasses.replace(rec("crash", "train", 1, 9000.0, 300, 2), partial=True)]
+    config = report.configuration(crashed)
+    assert (config["epochs"], config["completed_epochs"]) == (2, 1) and report.cut_short(config)
+    assert "of 1000 samples, cut short (1 completed)" in report.describe_configuration(config)
+    assert not report.cut_short(report.configuration([r for r in crashed_and_clean() if r.run_id == "crash"]))
+
+
 def test_the_plot_marks_epochs_not_in_every_run_and_its_cumulative_is_per_run():
     pytest.importorskip("matplotlib")
     records = crashed_and_clean()

@@ -27,6 +27,7 @@ from greencallbacks.report.data import (
     compare_zones,
     configuration,
     covers_text,
+    cut_short,
     describe_configuration,
     embodied_total,
     epoch_label,
@@ -64,7 +65,7 @@ from greencallbacks.report.text import (
 
 __all__ = [
     "CSV_COLUMNS", "EQUIVALENTS", "FORMATS", "GROUPED_BY", "carbon_summary", "compare_zones", "configuration",
-    "covers_text", "describe_configuration", "embodied_total", "epoch_figure", "epoch_label", "epoch_rows",
+    "covers_text", "cut_short", "describe_configuration", "embodied_total", "epoch_figure", "epoch_label", "epoch_rows",
     "epoch_status", "epoch_summary", "equivalents", "format_epoch_summary", "format_epoch_table",
     "format_phase_summary", "group_runs", "hardware",
     "is_estimated", "latex_escape", "mean_and_se", "method_sentence", "methods_of", "phase_summary", "phase_totals",

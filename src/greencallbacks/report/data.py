@@ -18,7 +18,8 @@ from greencallbacks.textformat import (
 from greencallbacks.units import J_PER_KWH
 
 GROUPED_BY = ("framework, training epochs and the first one, samples per epoch, sensors (name and method), ranks, "
-              "and the grid (intensity zone, or the number given) and PUE")
+              "and the grid (intensity zone, or the number given) and PUE; a run whose training did not finish is "
+              "never pooled with another")
 _PHASE_WORDS = {"validation": "validation", "test": "test", "predict": "prediction", "other": "the time between phases"}
 
 
@@ -219,6 +220,9 @@ def configuration(records: Sequence[Record]) -> dict:
     return {
         "framework": next((r.framework for r in records if r.framework), "unknown"),
         "epochs": len({epoch for _, epoch in per_epoch}),
+        # Fewer than `epochs` when training ended cut short (a crash not resumed, an OOM retry of
+        # auto_find_batch_size): such a run is no repeat of anything (see group_runs).
+        "completed_epochs": len({epoch for (_, epoch), group in per_epoch.items() if not any(r.partial for r in group)}),
         # A run whose epochs start past 0 continues an earlier training (a notebook's second fit,
         # Keras initial_epoch): not a repeat of one that starts at 0.
         "first_epoch": min((epoch for _, epoch in per_epoch), default=0),
@@ -237,11 +241,20 @@ def _grid(record: Record) -> str:
     return record.intensity_zone or record.intensity_source
 
 
+def cut_short(config: dict) -> bool:
+    """Whether the run's training ended in an epoch cut short (never completed by a resume)."""
+    return config.get("completed_epochs", config["epochs"]) < config["epochs"]
+
+
 def describe_configuration(config: dict) -> str:
-    samples = "uncounted samples" if config["samples_per_epoch"] is None else f"{config['samples_per_epoch']} samples"
+    if config["samples_per_epoch"] is not None:
+        samples = f" of {config['samples_per_epoch']} samples"
+    else:
+        samples = " of uncounted samples" if config.get("completed_epochs", 1) else ""
     start = f" from epoch {config['first_epoch']}" if config.get("first_epoch") else ""
+    ended = f", cut short ({config['completed_epochs'] or 'none'} completed)" if cut_short(config) else ""
     carbon = f", {'; '.join(config['carbon'])}" if config.get("carbon") else ""
-    return (f"{config['framework']}, {config['epochs']} training epoch(s){start} of {samples}, "
+    return (f"{config['framework']}, {config['epochs']} training epoch(s){start}{samples}{ended}, "
             f"sensors {', '.join(config['sensors']) or 'none'}, {config['ranks']} rank(s){carbon}")
 
 
@@ -258,7 +271,9 @@ def group_runs(records: Sequence[Record]) -> list[tuple[dict, list[Record]]]:
     groups: dict[str, tuple[dict, list[Record]]] = {}
     for run in run_ids(records):
         config = configuration(by_run[run])
-        key = json.dumps(config, sort_keys=True)
+        # A run cut short is alone: the tries auto_find_batch_size gave up on, or two crashes, are
+        # no repeats to average into a citable "per run" figure.
+        key = json.dumps([config, run if cut_short(config) else None], sort_keys=True)
         groups.setdefault(key, (config, []))[1].extend(by_run[run])
     return list(groups.values())
 
@@ -551,6 +566,9 @@ def statement(records: Sequence[Record]) -> str:
     redone = sum(1 for row in epoch_rows(records) if row["redone"])
     if redone:  # the energy of both tries was spent: say why training cost more than its epochs
         training = training[:-1] + f"; {redone} epoch{'s' if redone != 1 else ''} cut short by a crash and redone, both counted)"
+    if cut_short(config):
+        training = (training[:-1] + f"; cut short by an exception or interrupt, "
+                    f"{config['completed_epochs'] or 'none'} completed)")
     if not any("train" in t["phases"] for t in totals):  # evaluation or prediction alone
         text = (f"The run (no training; {others}) used {energy_text(all_kwh['mean'], all_kwh['se'])} and emitted "
                 f"{mass_text(all_g['mean'], all_g['se'])}" + (" per run (mean ± standard error over runs)" if n > 1 else ""))
