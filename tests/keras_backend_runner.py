@@ -219,6 +219,17 @@ def scenario_loggers(out: Path) -> dict:
     }
 
 
+def scenario_csv_across_fits(out: Path) -> dict:
+    """A fit long enough for the prediction (from its 4th epoch), then one continuing it
+    (initial_epoch) appending to the same CSV, as Keras's resume recipes do."""
+    energy, model, path = scripted(output_dir=out / "energy"), tiny_model(), str(out / "log.csv")
+    first = model.fit(X, Y, batch_size=BATCH, epochs=4, callbacks=[energy, keras.callbacks.CSVLogger(path, append=True)],
+                      verbose=0)
+    model.fit(X, Y, batch_size=BATCH, epochs=6, initial_epoch=4, verbose=0,
+              callbacks=[energy, keras.callbacks.CSVLogger(path, append=True)])
+    return {"history": first.history}
+
+
 def scenario_two_callbacks(out: Path) -> dict:
     """Two EnergyCallbacks in one fit write the same keys: the second says so, once."""
     callbacks = [scripted(output_dir=out / "a"), scripted(output_dir=out / "b")]
@@ -562,7 +573,7 @@ def scenario_no_callback_list_seam(out: Path) -> dict:
     }
 
 
-SCENARIOS = [scenario_loggers, scenario_two_callbacks, scenario_inference, scenario_crash_then_resume, scenario_crash_then_reuse, scenario_runs,
+SCENARIOS = [scenario_loggers, scenario_csv_across_fits, scenario_two_callbacks, scenario_inference, scenario_crash_then_resume, scenario_crash_then_reuse, scenario_runs,
              scenario_bad_configuration, scenario_no_callback_list_seam, scenario_copies, scenario_custom_steps, scenario_backup_inside_epoch_0,
              scenario_inference_before_resume, scenario_callback_list_without_params, scenario_evaluate_inside_an_epoch,
              scenario_custom_loop, scenario_partial_labels]

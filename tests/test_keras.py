@@ -134,6 +134,26 @@ def test_csv_logger_placed_first_gets_all_columns_from_the_first_epoch(run):
     assert [float(row["val_energy_kwh"]) for row in rows] == pytest.approx(history["val_energy_kwh"], rel=1e-12)
 
 
+def test_every_epoch_carries_the_same_keys_so_history_and_an_appended_csv_stay_aligned(run):
+    """The prediction appears from a fit's 4th epoch. Its keys were added only then: History's
+    lists had unequal lengths (pandas.DataFrame(history.history) raised, and the predicted list
+    started at epoch 3 under index 0), and a second fit appending to the CSV wrote 25 fields
+    under a 17-column header. NaN until known, as the other stems."""
+    result, out = run("csv_across_fits")
+    history = result["history"]
+    assert {len(values) for values in history.values()} == {4}
+    predicted = history["energy_kwh_predicted"]
+    assert all(math.isnan(v) for v in predicted[:2]) and math.isfinite(predicted[3])
+    with open(out / "log.csv", newline="") as handle:
+        header, *rows = list(csv.reader(handle))
+    assert len(rows) == 6 and all(len(row) == len(header) for row in rows)
+    assert "energy_kwh_predicted" in header
+    epochs = [dict(zip(header, row)) for row in rows]
+    assert [int(e["epoch"]) for e in epochs] == list(range(6))
+    totals = [float(e["energy_kwh_total"]) for e in epochs]
+    assert totals == sorted(totals) and totals[:4] == pytest.approx(history["energy_kwh_total"], rel=1e-12)
+
+
 def test_a_logger_before_the_callback_is_overtaken_loudly_and_every_hook_runs_once(run):
     result, _ = run("loggers")
     order_warnings = [w for w in result["warnings"] if "moved itself to the front" in w]

@@ -806,13 +806,15 @@ class EnergyCallback(_Callback):
         return int(keras.ops.convert_to_numpy(optimizer.iterations))
 
     def _keras_metrics(self, phase: str, prefix: str) -> dict[str, float]:
-        # The shared stems every epoch (NaN where unknown): CSVLogger fixes its columns at the
-        # first epoch. The rest (prediction, pauses, budget) only once it has a value: NaN columns
-        # on every early progress line help nobody. CSVLogger leaves those out; History,
-        # TensorBoard and the records have them.
+        # The same keys at every epoch, NaN until known (the prediction, from a fit's 4th epoch):
+        # CSVLogger fixes its columns at a fit's first epoch and, appending, never checks them
+        # against the file's header, and History appends per key, so a key that appears later
+        # misaligns both (pandas.DataFrame(history.history) raises).
         values = self.session.metrics(phase, prefix)
         out = {prefix + stem: values.get(prefix + stem, math.nan) for stem in METRIC_STEMS}
-        out.update({k: v for k, v in values.items() if k not in out and math.isfinite(v)})
+        out.update({k: v for k, v in values.items() if k not in out})
+        if self.token_counter is not None:  # an epoch whose batches carried no token
+            out.setdefault(prefix + "energy_j_per_token", math.nan)
         return out
 
 
