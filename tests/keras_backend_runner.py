@@ -230,6 +230,15 @@ def scenario_csv_across_fits(out: Path) -> dict:
     return {"history": first.history}
 
 
+def scenario_resume_without_state(out: Path) -> dict:
+    """fit(initial_epoch=2) where no run is recorded (a TensorBoard log_dir per process): a new run, said."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tiny_model().fit(X, Y, batch_size=BATCH, epochs=3, initial_epoch=2, verbose=0,
+                         callbacks=[scripted(output_dir=out / "fresh")])
+    return {"warnings": energy_warnings(caught), "records": [[r.phase, r.epoch, r.attempt] for r in read_records(out / "fresh")]}
+
+
 def scenario_two_callbacks(out: Path) -> dict:
     """Two EnergyCallbacks in one fit write the same keys: the second says so, once."""
     callbacks = [scripted(output_dir=out / "a"), scripted(output_dir=out / "b")]
@@ -573,7 +582,7 @@ def scenario_no_callback_list_seam(out: Path) -> dict:
     }
 
 
-SCENARIOS = [scenario_loggers, scenario_csv_across_fits, scenario_two_callbacks, scenario_inference, scenario_crash_then_resume, scenario_crash_then_reuse, scenario_runs,
+SCENARIOS = [scenario_loggers, scenario_csv_across_fits, scenario_resume_without_state, scenario_two_callbacks, scenario_inference, scenario_crash_then_resume, scenario_crash_then_reuse, scenario_runs,
              scenario_bad_configuration, scenario_no_callback_list_seam, scenario_copies, scenario_custom_steps, scenario_backup_inside_epoch_0,
              scenario_inference_before_resume, scenario_callback_list_without_params, scenario_evaluate_inside_an_epoch,
              scenario_custom_loop, scenario_partial_labels]

@@ -154,6 +154,15 @@ def test_every_epoch_carries_the_same_keys_so_history_and_an_appended_csv_stay_a
     assert totals == sorted(totals) and totals[:4] == pytest.approx(history["energy_kwh_total"], rel=1e-12)
 
 
+def test_a_resume_that_finds_no_run_to_continue_says_so(run):
+    """A new process resuming with a TensorBoard log_dir of its own (logs/fit/<timestamp>) found no
+    state there and silently logged totals without the earlier attempts' energy."""
+    result, out = run("resume_without_state")
+    said = [w for w in result["warnings"] if "resumes at epoch 2" in w]
+    assert len(said) == 1 and str(out / "fresh") in said[0] and "output_dir" in said[0], result["warnings"]
+    assert [r for r in result["records"] if r[0] == "train"] == [["train", 2, 0]]  # measured, as a run of its own
+
+
 def test_a_logger_before_the_callback_is_overtaken_loudly_and_every_hook_runs_once(run):
     result, _ = run("loggers")
     order_warnings = [w for w in result["warnings"] if "moved itself to the front" in w]

@@ -696,7 +696,17 @@ class EnergyCallback(_Callback):
         if state and reached >= first_epoch - 1:
             self._run = _Run(EnergySession(**self._session_kwargs), last_train_epoch=last)
             self._run.session.load_state_dict(state)
-        elif self._run_used:
+            return
+        # Said, not silent: the logged totals will lack the earlier attempts' energy. The usual
+        # cause is a directory that differs per process (TensorBoard's logs/fit/<timestamp>).
+        found = (f"the run it would continue, {state.get('run_id')}, reached epoch {reached} only" if state
+                 else f"no earlier run is recorded in {self._output_dir(call)} (energy-state.json)")
+        warn(
+            f"greencallbacks: this fit resumes at epoch {first_epoch}, but {found}: it is measured as a new run, "
+            "without the energy of the epochs before it. To continue a run, give EnergyCallback(output_dir=...) the "
+            "same directory in every process (a TensorBoard log_dir such as logs/fit/<timestamp> differs each time)."
+        )
+        if self._run_used:
             self._run = _Run(EnergySession(**self._session_kwargs))  # nothing to continue: a new run
 
     def _leave(self) -> None:
