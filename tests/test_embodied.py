@@ -205,3 +205,48 @@ def test_the_host_is_billed_once_per_host_and_only_with_its_components():
     assert gpu_rank.missing == (
         "host 'server': not billed with these components (no cpu or ram among them); billed where the host is measured",
     )
+
+
+@pytest.mark.parametrize("name", ["NVIDIA H20", "H20", "B20", "AMD Instinct MI25"])
+def test_a_name_that_stops_inside_a_model_number_is_another_gpu_not_a_prefix(name):
+    # The H20 is a GPU of its own, not an H200 with its form factor left out.
+    footprint, reason = lookup(name)
+    assert footprint is None
+    assert "model not recognised (unknown gpu" in reason and "ambiguous" not in reason
+
+
+@pytest.mark.parametrize(
+    "name, says",
+    [
+        ("NVIDIA H100", "ambiguous: 'H100 SXM'"),  # a whole model number, still a prefix of its forms
+        ("V100", "ambiguous"),
+        ("A100 SXM", ""),  # billed as either A100 SXM4, as before
+        ("A100 SXM4", ""),
+        ("NVIDIA A10", "(A10): no published manufacturing footprint"),
+    ],
+)
+def test_prefixes_at_the_end_of_a_model_number_still_match_as_before(name, says):
+    footprint, reason = lookup(name)
+    assert says in reason
+    assert (footprint is not None) == (says == "")
+
+
+def test_a_shared_gpu_is_billed_the_share_of_its_footprint_its_sensor_declares():
+    from greencallbacks.sensors.base import Kind
+    from greencallbacks.sensors.share import Apportioned
+    from tests.fakes.scripted import FakeClock, ScriptedSensor
+
+    class Described(ScriptedSensor):
+        def describe(self) -> dict:
+            return {**super().describe(), "model": H100}
+
+    mig = Apportioned(Described("gpu0", FakeClock(), kind=Kind.GPU), 3 / 7, "MIG instance: 3 of the GPU's 7 compute slices")
+    result = embodied_for([mig.describe()], 3600)
+    h100 = footprints()["H100 SXM"]
+    assert result.grams == pytest.approx(3 / 7 * amortised_g(h100.kgco2eq, 3600))
+    assert result.range_g == pytest.approx((3 / 7 * amortised_g(h100.low_kgco2eq, 3600), 3 / 7 * amortised_g(h100.high_kgco2eq, 3600)))
+    assert result.sources[0]["billed"] == [f"gpu0 ({H100}) x 0.4286 (its share of the device)"]
+    # Without a share, the whole device, as before; a share out of (0, 1] is named.
+    assert embodied_for([{"name": "gpu0", "kind": "gpu", "model": H100}], 3600).grams == pytest.approx(amortised_g(h100.kgco2eq, 3600))
+    with pytest.raises(ValueError, match="gpu0: share"):
+        embodied_for([{"name": "gpu0", "kind": "gpu", "model": H100, "share": 1.5}], 3600)

@@ -126,3 +126,19 @@ def test_records_written_before_the_field_still_load_and_a_wrong_type_is_named()
     assert Record.from_dict(old).embodied_co2eq_g is None
     with pytest.raises(TypeError, match="embodied_co2eq_g"):
         Record.from_dict({**old, "embodied_co2eq_g": "0.1"})
+
+
+def test_a_mig_instance_bills_its_share_of_the_gpu_in_records_and_summary(tmp_path):
+    from greencallbacks.sensors.share import Apportioned
+
+    clock = FakeClock()
+    mig = Apportioned(Described("gpu0", clock, model=H100), 3 / 7, "MIG instance: 3 of the GPU's 7 compute slices")
+    tracker = start(tmp_path, [mig], clock)
+    run_epochs(tracker, clock, epochs=2)
+    records = read_records(tmp_path)
+    h100 = footprints()["H100 SXM"]
+    for r in records:
+        assert r.embodied_co2eq_g == pytest.approx(3 / 7 * amortised_g(h100.kgco2eq, r.duration_s))
+    summary = json.loads((tmp_path / "energy-summary.json").read_text())
+    assert summary["embodied_co2eq_g"] == pytest.approx(3 / 7 * amortised_g(h100.kgco2eq, sum(r.duration_s for r in records)))
+    assert summary["embodied_sources"][0]["billed"] == [f"gpu0 ({H100}) x 0.4286 (its share of the device)"]

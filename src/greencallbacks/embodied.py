@@ -114,7 +114,8 @@ def lookup(name: str) -> tuple[Footprint | None, str]:
     GPU names are matched like ``greencallbacks.estimate.gpu_power`` does (vendor words and
     punctuation ignored, exact model or alias; a prefix only where every model it fits has one
     power, such as ``estimate --gpu "A100 SXM"``, and then billed the larger of their footprints,
-    the range spanning them all). Returns ``(footprint, "")`` or ``(None, reason)`` when the
+    the range spanning them all; never one that stops inside a model number, such as ``"H20"``
+    of ``"H200 SXM"``, another GPU). Returns ``(footprint, "")`` or ``(None, reason)`` when the
     model is unknown or has no published footprint.
     """
     from greencallbacks.estimate import gpu_power  # shares the GPU names of data/gpu_power.csv
@@ -214,6 +215,15 @@ def _positive(name: str, value: object, *, upper: float | None = None) -> float:
     return float(value)
 
 
+def _gpu_share(component: Any, name: str) -> float:
+    """The share of a GPU this component stands for: a MIG instance or a die of a shared board
+    is billed the part of the device's energy its sensor declares (``share``, see
+    ``sensors.share``), and its manufacturing footprint in the same part, so that the processes
+    sharing one GPU bill it once between them rather than once each."""
+    share = _field(component, "share")
+    return 1.0 if share is None else _positive(f"{name}: share", share, upper=1.0)
+
+
 def embodied_for(
     components: Iterable[Any],
     duration_s: float,
@@ -229,7 +239,8 @@ def embodied_for(
 
     Args:
         components: a record's components (``meter.Component`` objects or their dicts), each with
-            ``name`` and ``kind`` (gpu, cpu, dram, ram, other); a ``model`` field is used when present.
+            ``name`` and ``kind`` (gpu, cpu, dram, ram, other); ``model`` and ``share`` fields
+            are used when present (``sensor.describe()`` gives both).
         duration_s: the window the components were measured over (seconds, >= 0).
         models: device model by component name, as the sensors report it
             (``{"gpu0": "NVIDIA H100 80GB HBM3"}``, from ``sensor.describe()["model"]``).
@@ -240,7 +251,8 @@ def embodied_for(
         ram_gb: memory to bill per GB (DRAM row) beyond what ``host`` already covers.
         lifetime_years, utilisation: the amortisation (see the module docstring for the defaults).
 
-    Each GPU component is billed once; CPU and RAM components stand for the host, which is billed
+    Each GPU component is billed once, in the ``share`` of the device it declares (a MIG
+    instance's 3 of 7 slices: 3/7; 1.0 when absent); CPU and RAM components stand for the host, which is billed
     once (two CPU packages are one host) and only with them, so that in a distributed run the
     ranks that measure only their GPUs do not bill the host again. Devices whose model is unknown
     or has no published footprint are left out and listed in ``missing``.
@@ -286,7 +298,8 @@ def embodied_for(
             if footprint is None or footprint.kind != "gpu":
                 missing.append(f"{name}: {reason or f'{model!r} is not a GPU row'}")
                 continue
-            bill(footprint, 1.0, f"{name} ({model})")
+            share = _gpu_share(component, name)
+            bill(footprint, share, f"{name} ({model})" + (f" x {share:.4g} (its share of the device)" if share != 1.0 else ""))
         elif kind in ("cpu", "dram", "ram"):
             host_parts.append(name)
         else:
