@@ -203,3 +203,40 @@ def test_state_is_plain_json_for_every_framework_checkpoint():
     assert restored.load_state_dict(json.loads(json.dumps(budget.state_dict()))) is True
     assert restored.summary() == budget.summary()
     assert restored.check(0.95, 86.0).stop
+
+
+def test_the_summary_counts_the_final_totals_without_warning_of_them():
+    budget = Budget(kwh=1.0)
+    budget.check(0.5, 50.0, NO_PREDICTION)
+    final = budget.summary(energy_kwh=0.9, co2eq_g=None)
+    assert final["used"] == {"kwh": 0.9} and final["used_fraction"] == pytest.approx(0.9)
+    assert final["warnings"] == [] and budget.used == {"kwh": 0.5}  # reported, not judged
+    assert budget.summary(energy_kwh=NAN)["used"] == {"kwh": 0.5}  # an unknown total changes nothing
+
+
+def test_after_a_crash_the_summary_budget_agrees_with_the_run_total(tmp_path):
+    # The last check is at an epoch's end; the crashed epoch after it must be in the summary's use.
+    import json
+
+    from greencallbacks.meter import Meter
+    from greencallbacks.session import EnergySession
+    from greencallbacks.sensors.base import Kind
+    from tests.fakes.scripted import FakeClock, ScriptedSensor
+
+    clock = FakeClock()
+    session = EnergySession(intensity=100.0, pue=1.0, output_dir=tmp_path, budget=Budget(kwh=0.01), embodied=False)
+    meter = Meter([ScriptedSensor("gpu0", clock, power_w=3600.0, kind=Kind.GPU)], fallback=None, clock=clock,
+                  wall_clock=lambda: clock() + 1.7e9)
+    session.tracker.start(meter)
+    session.tracker.begin("train", 0)
+    clock.advance(2.0)  # 2 Wh
+    session.tracker.end("train")
+    session.check_budget()
+    session.tracker.begin("train", 1)
+    clock.advance(3.0)  # 3 Wh, then the epoch fails
+    session.stop(failed=True)
+    summary = json.loads((tmp_path / "energy-summary.json").read_text())
+    assert summary["energy_kwh"] == pytest.approx(0.005)
+    assert summary["budget"]["used"]["kwh"] == pytest.approx(summary["energy_kwh"])
+    assert summary["budget"]["used_fraction"] == pytest.approx(0.5)
+    assert summary["budget"]["warnings"] == []  # the run is over: reported, not warned of

@@ -261,14 +261,22 @@ class Budget:
 
     # -- logging, summary and resume --------------------------------------------------------
 
-    def summary(self) -> dict[str, Any]:
-        """The ``budget`` field of the run summary."""
+    def summary(self, energy_kwh: float | None = None, co2eq_g: float | None = None) -> dict[str, Any]:
+        """The ``budget`` field of the run summary.
+
+        ``energy_kwh``, ``co2eq_g``: the run's final totals, written in the same summary. The last
+        check was at an epoch's end; what came after it (the rest of a crashed epoch, the last
+        gap, test, predict) is in the totals, so ``used`` must count it too, or the two disagree.
+        They only report: no warning or stop follows from them (the run is over).
+        """
+        final = {"kwh": _known(energy_kwh), "co2eq_g": _known(co2eq_g)}
+        used = {k: max(v, final[k]) if final[k] is not None else v for k, v in self.used.items()}
         return {
             "limits": dict(self.limits),
             "on_exceed": self.on_exceed,
             "warn_at": self.warn_at,
-            "used": dict(self.used),
-            "used_fraction": self.used_fraction,
+            "used": used,
+            "used_fraction": max((used[k] / limit for k, limit in self.limits.items()), default=0.0),
             "stopped": self.stopped,
             "reason": self.reason,
             "warnings": list(self._messages),

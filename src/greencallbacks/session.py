@@ -125,7 +125,7 @@ class EnergySession:
         )
         self._budget_metrics: dict[str, float] = {}
         if self.budget is not None:  # in the summary even if no epoch ends (evaluate alone, a crash)
-            self.tracker.summary_extra["budget"] = self.budget.summary()
+            self.tracker.summary_extra["budget"] = self._budget_summary
         self.unavailable: list = []
 
     @property
@@ -229,6 +229,12 @@ class EnergySession:
         assert self.budget is not None
         return {"budget_used_fraction": self.budget.used_fraction, "budget_stop": 1.0 if self.budget.stopped else 0.0}
 
+    def _budget_summary(self, summary: dict) -> dict:
+        """The summary's ``budget`` field, made when the summary is written: with the run's final
+        totals, which include what came after the last check (a crashed epoch, test, predict)."""
+        assert self.budget is not None
+        return self.budget.summary(energy_kwh=summary["energy_kwh"], co2eq_g=summary["co2eq_g"])
+
     def check_budget(self, *, energy_kwh: float | None = None, co2eq_g: float | None = None) -> bool:
         """Judge the run's totals and prediction against the budget; True when training must stop.
 
@@ -250,7 +256,6 @@ class EnergySession:
         if tracker.reducer.rank == 0:  # every rank holds the same sums and decides alike; one says so
             decision.emit()
         self._budget_metrics = decision.metrics()
-        tracker.summary_extra["budget"] = self.budget.summary()
         return decision.stop and self.budget.on_exceed == "stop"
 
     def live_metrics(self, prefix: str = "") -> dict[str, float]:
@@ -301,7 +306,6 @@ class EnergySession:
                 # Same limits: its warnings and stop go on (a stopped run resumed stops again at once).
                 # Changed limits (raised to go on): judged afresh against the whole run's totals.
                 self.budget.load_state_dict(state["budget"])
-                self.tracker.summary_extra["budget"] = self.budget.summary()
         except (TypeError, ValueError, KeyError, AttributeError) as error:
             warn(f"greencallbacks: the budget or carbon-aware state saved in the checkpoint is unreadable "
                  f"({error!r}); they start afresh.")

@@ -140,7 +140,8 @@ class Tracker:
         self.embodied_rate: Embodied | None = None
         self._embodied_found: Embodied | None = None
         # Fields the session adds to energy-summary.json (its policies: the budget), so the
-        # tracker needs to know none of them.
+        # tracker needs to know none of them. A callable value is called with the summary when
+        # it is written, and gives the field.
         self.summary_extra: dict[str, Any] = {}
         self.output_dir = Path(output_dir) if output_dir is not None else None
         # A directory the user chose is kept on resume; the default one follows the run's records.
@@ -767,8 +768,11 @@ class Tracker:
             "sensors": self.meter.describe() if self.meter is not None else [],
             "ranks": self.reducer.world_size,
             "attempts": self.ledger.attempt + 1,
-            **self.summary_extra,
         }
+        for key, value in self.summary_extra.items():
+            # A callable field is made from the totals being written (the budget's use), so that
+            # it agrees with them however the run ended.
+            summary[key] = value(summary) if callable(value) else value
         write_json_atomic(self.output_dir / SUMMARY_FILE, summary)
 
 
