@@ -127,3 +127,12 @@ def test_a_prefix_of_several_models_keeps_its_embodied_figure_and_an_unknown_one
     unknown = json.loads(json.dumps(estimate(gpu="T4", hours=2, intensity=50.0)))["embodied"]
     assert unknown["embodied_co2eq_g"] is None and unknown["embodied_co2eq_g_low"] is None  # not 0 g
     assert unknown["embodied_missing"]
+
+
+@pytest.mark.parametrize("name", ["H20", "NVIDIA H20", "MI25", "H1"])
+def test_a_name_cut_inside_a_model_number_is_unknown_not_ambiguous(name):
+    """The H20 is a GPU of its own: it was called an ambiguous prefix of the H200's forms."""
+    with pytest.raises(ValueError, match="unknown gpu") as raised:
+        gpu_power(name)
+    assert "ambiguous" not in str(raised.value)
+    assert gpu_power("A100 SXM4").tdp_w == 400  # a prefix ending at a word still fits its forms

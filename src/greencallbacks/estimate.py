@@ -13,6 +13,7 @@ Plain Python; only the carbon tables are read.
 from __future__ import annotations
 
 import difflib
+import itertools
 import math
 import re
 from dataclasses import dataclass
@@ -39,11 +40,38 @@ class GpuPower:
     source: str
 
 
-def _normalise(name: str) -> str:
+def _words(name: str) -> list[str]:
     text = name.lower()
     for word in _NOISE_WORDS:
         text = re.sub(rf"\b{word}\b", " ", text)
-    return re.sub(r"[^a-z0-9]", "", text)
+    return re.findall(r"[a-z0-9]+", text)
+
+
+def _normalise(name: str) -> str:
+    return "".join(_words(name))
+
+
+@lru_cache(maxsize=1)
+def _word_ends() -> dict[str, frozenset[int]]:
+    """For each normalised name of the table, where a word of its written form ends in it
+    ("A100 SXM4 40GB": after a100, sxm4 and 40gb)."""
+    from greencallbacks.carbon.tables import read_rows
+
+    ends = {}
+    for row in read_rows(GPU_TABLE):
+        for written in [row["model"], *(alias for alias in row["aliases"].split("|") if alias)]:
+            words = _words(written)
+            ends["".join(words)] = frozenset(itertools.accumulate(len(w) for w in words))
+    return ends
+
+
+def _begins(name: str, wanted: str) -> bool:
+    """``wanted`` is a prefix of the table's ``name`` that may mean it: never one cut inside a model
+    number, "H20" of "H200 SXM" or "MI25" of "MI250X", which name other GPUs."""
+    if not name.startswith(wanted):
+        return False
+    cut = len(wanted)
+    return cut in _word_ends().get(name, ()) or not (wanted[-1].isdigit() and name[cut].isdigit())
 
 
 @lru_cache(maxsize=1)
@@ -83,7 +111,7 @@ def gpu_power(model: str) -> GpuPower:
     for gpu, names in gpu_table():
         if wanted in names:
             return gpu
-    fitting = [gpu for gpu, names in gpu_table() if any(n.startswith(wanted) for n in names)]
+    fitting = [gpu for gpu, names in gpu_table() if any(_begins(n, wanted) for n in names)]
     if len(fitting) > 1 and len({g.tdp_w for g in fitting}) == 1:
         # Variants that differ only in what does not change the power (memory size): no guess is made.
         years = {g.year for g in fitting}
