@@ -1,3 +1,4 @@
+import json
 import math
 import threading
 
@@ -469,3 +470,26 @@ def test_a_run_measured_by_another_session_now_is_not_taken_over(tmp_path):
     later.load_state_dict(checkpoint)
     assert later.run_id == training.run_id and later.ledger.attempt == 1
     later.finish()
+
+
+def test_a_second_run_in_one_directory_keeps_the_first_runs_summary_beside_its_own(tmp_path):
+    """A notebook's fit run again on one Trainer writes a new run into the same directory: its
+    summary replaced the first run's, silently. The first is kept as energy-summary-<run id>.json;
+    when the first run continues (a resume) and writes the name again, its kept copy goes."""
+    from greencallbacks.tracker import SUMMARY_FILE
+
+    first, clock, _ = setup(tmp_path)
+    run_epochs(first, clock, epochs=1)
+    first_summary = json.loads((tmp_path / SUMMARY_FILE).read_text())
+    second, clock, _ = setup(tmp_path)
+    run_epochs(second, clock, epochs=2)
+    assert json.loads((tmp_path / SUMMARY_FILE).read_text())["run_id"] == second.run_id
+    kept = tmp_path / f"energy-summary-{first.run_id}.json"
+    assert json.loads(kept.read_text()) == first_summary
+    assert first_summary["energy_kwh"] == pytest.approx(
+        sum(r.energy_kwh for r in read_records(tmp_path) if r.run_id == first.run_id), rel=1e-12)
+    resumed, clock, _ = setup(tmp_path)
+    resumed.load_state_dict(first.state_dict())
+    run_epochs(resumed, clock, epochs=1)
+    assert json.loads((tmp_path / SUMMARY_FILE).read_text())["run_id"] == first.run_id
+    assert not kept.exists() and (tmp_path / f"energy-summary-{second.run_id}.json").exists()

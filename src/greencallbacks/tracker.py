@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import copy
 import datetime as _dt
+import json
 import math
 import os
+import re
 import socket
 import uuid
 from collections import deque
@@ -773,7 +775,30 @@ class Tracker:
             # A callable field is made from the totals being written (the budget's use), so that
             # it agrees with them however the run ended.
             summary[key] = value(summary) if callable(value) else value
-        write_json_atomic(self.output_dir / SUMMARY_FILE, summary)
+        path = self.output_dir / SUMMARY_FILE
+        _keep_another_runs_summary(path, self.run_id)
+        write_json_atomic(path, summary)
+
+
+def _keep_another_runs_summary(path: Path, run_id: str) -> None:
+    """``energy-summary.json`` is its directory's latest run's. An earlier run's there (a notebook's
+    fit run again on one Trainer, ``train()`` called twice, an out-of-memory retry) is kept beside
+    it as ``energy-summary-<run id>.json`` rather than lost; this run's own copy there, from before
+    another run took the name, is out of date and goes."""
+    try:
+        other = json.loads(path.read_text()).get("run_id")
+    except (OSError, ValueError, AttributeError):
+        other = None
+    try:
+        if isinstance(other, str) and other and other != run_id:
+            os.replace(path, _summary_of(path, other))
+        _summary_of(path, run_id).unlink(missing_ok=True)
+    except OSError:
+        pass  # the summary to write matters more than the one to keep
+
+
+def _summary_of(path: Path, run_id: str) -> Path:
+    return path.with_name(f"energy-summary-{re.sub(r'[^A-Za-z0-9_.-]', '-', run_id)}.json")
 
 
 def _embodied_settings(embodied: object) -> dict[str, Any] | None:
