@@ -581,6 +581,79 @@ def test_a_fit_resumed_inside_an_epoch_bills_the_rest_to_that_epoch(tmp_path, ch
     assert summary["energy_kwh"] == pytest.approx(sum(r.energy_kwh for r in records), rel=1e-9)
 
 
+def test_a_fit_stopped_by_max_steps_inside_an_epoch_and_resumed_bills_the_rest_to_that_epoch(tmp_path):
+    """max_steps ends a fit inside an epoch; its last checkpoint is saved at that epoch's end, so
+    Lightning 2.5+ resumes it as restarted_on_epoch_end, runs the epoch's other batches and does
+    not call on_train_epoch_start. Those batches were billed to `other`, samples and all, and the
+    epoch logged nothing in the resumed attempt."""
+    L, EnergyCallback, TinyModel = flavour("lightning.pytorch")
+    ckpt_dir = tmp_path / "ckpt"
+    per_epoch = TRAIN_SAMPLES // BATCH
+
+    class BatchesRun(L.Callback):
+        def __init__(self):
+            self.per_epoch: dict[int, int] = {}
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.per_epoch[trainer.current_epoch] = self.per_epoch.get(trainer.current_epoch, 0) + 1
+
+    def fit(max_steps, ckpt_path=None):
+        callback, ran = EnergyCallback(intensity=300.0), BatchesRun()
+        saver = L.callbacks.ModelCheckpoint(dirpath=ckpt_dir, save_last=True)
+        trainer = L.Trainer(max_epochs=3, max_steps=max_steps, logger=L.loggers.CSVLogger(tmp_path, name="logs"),
+                            callbacks=[callback, ran, saver], **trainer_kwargs(enable_checkpointing=True))
+        trainer.fit(TinyModel(), *loaders(), ckpt_path=ckpt_path)
+        return callback, ran
+
+    _, first = fit(per_epoch + 2)  # epoch 1 stops after 2 of its batches
+    callback, ran = fit(3 * per_epoch, ckpt_dir / "last.ckpt")
+    records = read_records(callback.tracker.output_dir)
+    assert sum(r.samples for r in records if r.phase == "other") == 0
+    trained = {}
+    for attempt in (first, ran):
+        for epoch, batches in attempt.per_epoch.items():
+            trained[epoch] = trained.get(epoch, 0) + batches * BATCH
+    billed = {}
+    for r in records:
+        if r.phase == "train":
+            billed[r.epoch] = billed.get(r.epoch, 0) + r.samples
+    assert billed == trained and trained[1] == per_epoch * BATCH
+    summary = json.loads((callback.tracker.output_dir / "energy-summary.json").read_text())
+    assert summary["energy_kwh"] == pytest.approx(sum(r.energy_kwh for r in records), rel=1e-9)
+
+
+def test_one_callback_in_two_trainers_records_each_trainers_test_in_that_trainers_run(tmp_path):
+    """tr1.fit, tr2.fit, tr1.test: the test of tr1's model went into tr2's run and directory, and
+    tr1's logger got test values whose totals were tr2's. A Trainer that never fitted with the
+    callback continues its latest run, as a test after fit does."""
+    import pickle
+
+    L, EnergyCallback, TinyModel = flavour("lightning.pytorch")
+    callback = EnergyCallback(intensity=300.0)
+    train, val = loaders()
+
+    def trainer(name):
+        return L.Trainer(max_epochs=1, logger=L.loggers.CSVLogger(tmp_path, name=name), callbacks=[callback],
+                         **trainer_kwargs())
+
+    tr1, tr2, tr3 = trainer("one"), trainer("two"), trainer("three")
+    m1 = TinyModel()
+    tr1.fit(m1, train)
+    run1, dir1 = callback.tracker.run_id, callback.tracker.output_dir
+    tr2.fit(TinyModel(), train)
+    run2, dir2 = callback.tracker.run_id, callback.tracker.output_dir
+    tr1.test(m1, val)
+    assert [r.phase for r in read_records(dir1) if r.phase == "test"] == ["test"]
+    assert {r.run_id for r in read_records(dir1)} == {run1} and "test" not in {r.phase for r in read_records(dir2)}
+    logged = csv_scalars(Path(tr1.logger.log_dir) / "metrics.csv")["test_energy_kwh_total"]
+    assert logged[-1][1] == pytest.approx(sum(r.energy_kwh for r in read_records(dir1) if r.phase == "test"), rel=REL)
+    tr3.test(m1, val)  # never fitted here: the latest run
+    assert callback.tracker.run_id == run1
+    unused = EnergyCallback(intensity=300.0)  # ddp_spawn pickles a callback the Trainer was given
+    unused._runs_by_trainer[tr3] = unused.session
+    assert len(pickle.loads(pickle.dumps(unused))._runs_by_trainer) == 0
+
+
 @pytest.mark.parametrize("tune", ["lr_find", "scale_batch_size"])
 def test_tuning_before_fit_is_a_run_of_its_own_and_its_restore_is_no_resume(tmp_path, tune):
     """Lightning's tuners save a checkpoint, run trial steps, then restore the checkpoint, our

@@ -22,6 +22,7 @@ import ast
 import math
 import os
 import re
+import weakref
 from copy import deepcopy
 from typing import Any, Callable
 
@@ -118,11 +119,24 @@ class EnergyCallbackBase:
         self._session_kwargs = {**self._settings, **session_kwargs, "framework": self._framework}
         self.session = EnergySession(**self._session_kwargs)  # bad settings fail here, before training
         self._session_used = False
+        # The run each Trainer fitted with this callback: its test / validate / predict belong there
+        # even after another Trainer's fit (one callback given to two Trainers).
+        self._runs_by_trainer: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self.progress_bar = progress_bar
         self.sample_counter = self._counter.sample_counter
         self.prefix = prefix
         self._state_key: str | None = None
         self._warned_seams = False
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickled with the Trainer (ddp_spawn) or deep-copied: the Trainers it ran in stay behind.
+        state = dict(self.__dict__)
+        state["_runs_by_trainer"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._runs_by_trainer = weakref.WeakKeyDictionary()
 
     # ------------------------------------------------------------------ identity in checkpoints
     @property
@@ -182,8 +196,12 @@ class EnergyCallbackBase:
     # ------------------------------------------------------------------------------ lifecycle
     @never_raises
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        if stage == "fit" and self._session_used:
-            self.session = EnergySession(**self._session_kwargs)  # a new fit is a new run
+        if stage == "fit":
+            if self._session_used:
+                self.session = EnergySession(**self._session_kwargs)  # a new fit is a new run
+            self._runs_by_trainer[trainer] = self.session
+        else:  # continues the run of this Trainer's fit, or else the latest run
+            self.session = self._runs_by_trainer.get(trainer, self.session)
         self._session_used = True
         output_dir = None
         if self.session.output_dir is None:
@@ -258,13 +276,16 @@ class EnergyCallbackBase:
         # Automatic optimization steps the optimizer at most once per batch (manual optimization
         # may step several optimizers), which lets most batches skip reading global_step.
         self._live_at_most_one_step = bool(getattr(pl_module, "automatic_optimization", False))
-        # Lightning 2.5+ resumes an epoch that a checkpoint interrupted (saved inside the epoch:
-        # every_n_train_steps, a mid-epoch validation) without calling on_train_epoch_start, and
-        # says so in the fit loop's public `restarted_mid_epoch` (2.2-2.4 have no such property
-        # and call the hook). That epoch begins at its first batch, or its batches would be
-        # billed to `other` and it would log no values. Not here: a fit resumed from its very
-        # last batch has no epoch left to run, and would leave an empty training record.
-        self._resume_epoch_at_batch = getattr(getattr(trainer, "fit_loop", None), "restarted_mid_epoch", False) is True
+        # Lightning 2.5+ resumes an epoch that a checkpoint interrupted without calling
+        # on_train_epoch_start, and says so in the fit loop's public `restarted_mid_epoch` (saved
+        # inside the epoch: every_n_train_steps, a mid-epoch validation) or `restarted_on_epoch_end`
+        # (saved at its end, which max_steps can bring inside it); 2.2-2.4 have neither and call
+        # the hook. That epoch begins at its first batch, or its batches would be billed to
+        # `other` and it would log no values. Not here: a fit resumed from its very last batch
+        # has no epoch left to run, and would leave an empty training record.
+        fit_loop = getattr(trainer, "fit_loop", None)
+        self._resume_epoch_at_batch = any(
+            getattr(fit_loop, stage, False) is True for stage in ("restarted_mid_epoch", "restarted_on_epoch_end"))
         # Several training iterables (fit(model, {"a": loader_a, "b": loader_b}) or a list): each
         # batch holds one batch of each, counted apart (as a whole, {"a": [x, y], "b": [x, y]}
         # would read as 2 samples). The user's own counter is given the whole batch.
