@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import struct
 
 import pytest
@@ -404,6 +405,11 @@ def _bad_records(tmp_path, name):
         "nan": json.dumps(dict(good, energy_kwh=float("nan"))) + "\n",
         "infinity": json.dumps(dict(good, co2eq_g=float("inf"))) + "\n",
         "huge": json.dumps(good).replace('"duration_s": 2.0', '"duration_s": 1e999') + "\n",
+        "negative_energy": json.dumps(dict(good, energy_kwh=-1.0)) + "\n",
+        "negative_samples": json.dumps(dict(good, samples=-5)) + "\n",
+        "array": "[1, 2, 3]\n",
+        "null": "null\n",
+        "string": '"energy"\n',
     }[name]
     path = tmp_path / f"{name}.jsonl"
     path.write_bytes(lines if isinstance(lines, bytes) else lines.encode())
@@ -418,12 +424,80 @@ def _bad_records(tmp_path, name):
     ("nan", "field 'energy_kwh' is nan, not a finite number"),
     ("infinity", "field 'co2eq_g' is inf, not a finite number"),
     ("huge", "field 'duration_s' is inf, not a finite number"),
+    ("negative_energy", ":1: not a greencallbacks record: field 'energy_kwh' is -1.0, not a number >= 0"),
+    ("negative_samples", ":1: not a greencallbacks record: field 'samples' is -5, not a number >= 0"),
+    ("array", ":1: not a greencallbacks record: not a JSON object (got an array)"),
+    ("null", ":1: not a greencallbacks record: not a JSON object (got null)"),
+    ("string", ":1: not a greencallbacks record: not a JSON object (got a string)"),
 ])
 def test_bad_records_are_one_line_naming_the_file(name, says, tmp_path, capsys):
     path = _bad_records(tmp_path, name)
     code, err = exits(["report", str(path)], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     assert str(path) in err and says in err and "--run-id" not in err
+
+
+def _series_covering_one_run(tmp_path):
+    series = tmp_path / "grid.csv"
+    series.write_text("timestamp,g_per_kwh\n2026-11-23T00:00:00Z,100\n2026-11-24T00:00:00Z,100\n")
+    return series
+
+
+def _exit_code_and_err(argv, capsys):
+    """whatif's own main returns its status; the other sub-commands exit through SystemExit."""
+    try:
+        code = main(argv)
+    except SystemExit as exit_:
+        code = exit_.code
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content", ["", "\n  \n\n"], ids=["empty", "blank lines"])
+@pytest.mark.parametrize("command", [
+    ["report"], ["lifecycle", "--inferences", "10"], ["whatif", "--intensity", "SERIES"],
+    ["whatif", "--intensity", "SERIES", "--json"], ["whatif", "--intensity", "SERIES", "--plot", "PLOT"],
+], ids=["report", "lifecycle", "whatif", "whatif --json", "whatif --plot"])
+def test_a_records_file_without_records_is_refused_by_every_command(tmp_path, capsys, content, command):
+    path = tmp_path / "energy-records.jsonl"
+    path.write_text(content)
+    plot = tmp_path / "whatif.png"
+    fill = {"SERIES": str(_series_covering_one_run(tmp_path)), "PLOT": str(plot)}
+    code, err = _exit_code_and_err([command[0], str(tmp_path), *[fill.get(a, a) for a in command[1:]]], capsys)
+    assert code == 2 and err == f"greencallbacks {command[0]}: error: no records in {path}\n", err
+    assert capsys.readouterr().out == "" and not plot.exists()
+
+
+def test_lifecycle_refuses_search_records_without_a_record(tmp_path, capsys):
+    write(tmp_path / "trained" / "energy-records.jsonl", one_run("trained"))
+    empty = tmp_path / "search" / "energy-records.jsonl"
+    empty.parent.mkdir()
+    empty.write_text("\n")
+    code, err = exits(["lifecycle", str(tmp_path / "trained"), "--inferences", "10", "--search", str(empty)], capsys)
+    assert code == 2 and err == f"greencallbacks lifecycle: error: no records in {empty}\n", err
+
+
+@pytest.mark.parametrize("command", [
+    ["report", "PATH"], ["lifecycle", "PATH", "--inferences", "10"],
+    ["lifecycle", "GOOD", "--inferences", "10", "--search", "PATH"], ["whatif", "PATH", "--intensity", "SERIES"],
+], ids=["report", "lifecycle", "lifecycle --search", "whatif"])
+@pytest.mark.parametrize("special, kind", [("fifo", "a named pipe"), ("/dev/null", "a character device")])
+def test_a_records_path_that_is_no_file_or_directory_is_said_as_what_it_is(tmp_path, capsys, command, special, kind):
+    if special == "fifo":
+        special = tmp_path / "energy-records.jsonl"
+        os.mkfifo(special)  # never opened: reading one would wait for a writer
+    good = write(tmp_path / "good" / "energy-records.jsonl", one_run())
+    fill = {"PATH": str(special), "GOOD": str(good), "SERIES": str(_series_covering_one_run(tmp_path))}
+    code, err = _exit_code_and_err([fill.get(a, a) for a in command], capsys)
+    assert code == 2 and err == f"greencallbacks {command[0]}: error: {special}: not a regular file or directory ({kind})\n"
+
+
+def test_host_share_without_embodied_host_is_refused_naming_both(capsys):
+    code, err = exits(["estimate", "--hours", "1", "--gpu", "T4", "--host-share", "0.5"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "--host-share needs --embodied-host" in err
+    code, out, _ = run(["estimate", "--hours", "1", "--gpu", "T4", "--embodied-host", "server", "--host-share", "0.5"],
+                       capsys)
+    assert code == 0 and "embodied" in out
 
 
 def test_host_share_is_named_as_its_flag(capsys):

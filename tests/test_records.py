@@ -287,3 +287,41 @@ def test_a_record_missing_a_field_or_a_component_name_says_which(tmp_path):
     data = dict(make_record(0).to_dict(), components=[{"kind": "gpu", "method": "counter", "energy_j": 1.0}])
     with pytest.raises(TypeError, match=r"component 0 of field 'components' needs a string 'name'"):
         Record.from_dict(data)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("energy_kwh", -1.0), ("it_energy_kwh", -0.5), ("co2eq_g", -3.0), ("duration_s", -2.0), ("samples", -5),
+    ("tokens", -1), ("uncertainty_kwh", -1e-6), ("energy_j_per_sample", -1.0), ("co2eq_g_per_sample", -1.0),
+    ("embodied_co2eq_g", -0.1), ("intensity_gco2eq_per_kwh", -100.0),
+])
+def test_a_negative_quantity_in_a_file_is_refused_naming_line_and_field(tmp_path, field, value):
+    """A report would sum it: "the training (2 epochs of -5 samples) used -995 Wh"."""
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps(make_record(0).to_dict()) + "\n" + json.dumps(dict(make_record(1).to_dict(), **{field: value})) + "\n")
+    with pytest.raises(ValueError, match=rf"r.jsonl:2: not a greencallbacks record: field '{field}' is {value!r}, not a number >= 0"):
+        read_records(path)
+
+
+def test_a_negative_component_energy_in_a_file_is_refused(tmp_path):
+    data = make_record(0).to_dict()
+    data["components"][0]["energy_j"] = -10.0
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps(data) + "\n")
+    with pytest.raises(ValueError, match=r"r.jsonl:1: .*component 0 of field 'components': energy_j is -10.0, not a number >= 0"):
+        read_records(path)
+
+
+def test_zero_is_no_negative_quantity(tmp_path):
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps(make_record(0, energy_kwh=0.0, samples=0, tokens=0, duration_s=-0.0).to_dict()) + "\n")
+    assert read_records(path)[0].energy_kwh == 0.0
+
+
+@pytest.mark.parametrize("line, kind", [("[1, 2, 3]", "an array"), ("null", "null"), ('"a string"', "a string"),
+                                        ("42", "a number"), ("true", "true or false")])
+def test_a_line_that_is_no_json_object_is_refused_naming_the_line(tmp_path, line, kind):
+    """Not "'list' object has no attribute 'get'": where, and what the line is. Last or not, it is not torn."""
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps(make_record(0).to_dict()) + "\n" + line + "\n")
+    with pytest.raises(ValueError, match=rf"r.jsonl:2: not a greencallbacks record: not a JSON object \(got {kind}\)$"):
+        read_records(path)

@@ -229,6 +229,21 @@ def test_main_reports_bad_input_without_a_traceback(recorded_run, tmp_path, caps
     assert "cannot be read" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("zone, says", [
+    ("Atlantis", "unknown zone 'Atlantis'; did you mean"),
+    ("aws:nowhere", "unknown region 'aws:nowhere'"),
+    ("CAMX", "use the US state (e.g. --zones US-CA)"),
+])
+def test_main_names_the_zones_command_and_its_own_flag_for_an_unknown_zone(recorded_run, capsys, zone, says):
+    """The command line's words, as the other sub-commands say them: no Python function to call."""
+    run, series = recorded_run
+    assert main([str(run), "--intensity", str(series), "--zones", f"FR,{zone}"]) == 2
+    err = capsys.readouterr().err
+    assert says in err and "list_zones()" not in err and "zone='" not in err, err
+    if zone != "CAMX":
+        assert "(`greencallbacks zones --search TEXT` lists them)" in err
+
+
 # ------------------------------------------------------------- series that do not cover the run
 def test_a_series_that_does_not_overlap_the_run_is_refused():
     old = IntensitySeries(tuple(T0 - 400 * 24 * HOUR + i * HOUR for i in range(48)), (100.0,) * 48, "2020.csv")

@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import re
+import stat
 import sys
 import warnings
 from pathlib import Path
@@ -89,13 +90,38 @@ def _comma_list(text: str) -> list[str]:
     return items
 
 
-def _load_runs(paths: Sequence[Path], run_id: str | None, command: str):
-    """Records under ``paths`` (log roots searched at any depth), the run chosen with --run-id, and its runs."""
-    from greencallbacks.runs import describe_runs, load, select_run
+def load_records(paths: Sequence[str | os.PathLike]):
+    """``runs.load`` for the sub-commands: a path that is neither file nor directory, or files
+    without a record, are refused. A report of nothing would print zeros (or nothing) and exit 0."""
+    from greencallbacks.runs import load
 
+    for path in paths:
+        _refuse_special_file(Path(path))
     loaded = load(paths)
     if not loaded.records:
         raise ValueError(f"no records in {', '.join(str(f) for f in loaded.files)}")
+    return loaded
+
+
+def _refuse_special_file(path: Path) -> None:
+    # Said as what it is: "no such file" would send the user looking for a path that is there.
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return  # missing (or unreadable): the loader says so
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return
+    kinds = ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+    kind = next((name for test, name in kinds if test(mode)), "a special file")
+    raise ValueError(f"{path}: not a regular file or directory ({kind})")
+
+
+def _load_runs(paths: Sequence[Path], run_id: str | None, command: str):
+    """Records under ``paths`` (log roots searched at any depth), the run chosen with --run-id, and its runs."""
+    from greencallbacks.runs import describe_runs, select_run
+
+    loaded = load_records(paths)
     records = select_run(loaded.records, run_id, how_to_choose="--run-id")
     runs = [run_id] if run_id else loaded.runs
     if len(runs) > 1:
@@ -121,11 +147,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_lifecycle(args: argparse.Namespace) -> int:
     from greencallbacks.lifecycle import lifecycle
-    from greencallbacks.runs import load
     from greencallbacks.units import J_PER_KWH
 
     records, runs = _load_runs(args.paths, args.run_id, "lifecycle")
-    search = load(args.search).records if args.search else []
+    search = load_records(args.search).records if args.search else []
     several = len(runs) > 1
     if args.run_id is None:
         # A log root may hold runs that trained nothing (a separate test or evaluate session): they
@@ -209,6 +234,9 @@ def cmd_zones(args: argparse.Namespace) -> int:
 def cmd_estimate(args: argparse.Namespace) -> int:
     from greencallbacks.estimate import estimate, format_estimate
 
+    if args.host_share is not None and args.embodied_host is None:
+        # The share divides the host's manufacturing footprint: without it, it would divide nothing.
+        raise ValueError("--host-share needs --embodied-host (it is the share of the host server's footprint billed)")
     result = estimate(
         hours=args.hours,
         gpu=args.gpu,
@@ -221,7 +249,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         memory_gb=args.memory_gb,
         compare=args.compare or (),
         embodied_host=args.embodied_host,
-        host_share=args.host_share,
+        host_share=1.0 if args.host_share is None else args.host_share,
         **_carbon_kwargs(args),
     )
     print(json.dumps(result, indent=2) if args.json else format_estimate(result))
@@ -286,8 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     est.add_argument("--usage", type=float, default=1.0, help="mean share of GPU TDP drawn, in (0, 1] (default 1)")
     est.add_argument("--compare", type=_comma_list, metavar="FR,DE,...", help="the same energy at other zones")
     est.add_argument("--embodied-host", choices=["server"], help="also bill the host server's manufacturing footprint")
-    est.add_argument("--host-share", type=_positive_float, default=1.0, metavar="SHARE",
-                     help="share of the host the job occupies, in (0, 1] (default 1)")
+    est.add_argument("--host-share", type=_positive_float, metavar="SHARE",
+                     help="with --embodied-host: share of the host the job occupies, in (0, 1] (default 1)")
     est.add_argument("--json", action="store_true", help="machine-readable output")
     _add_carbon_arguments(est)
     est.set_defaults(func=cmd_estimate)
@@ -316,18 +344,20 @@ _FLAGS = {
 }
 
 
-def cli_message(text: str) -> str:
-    """A library message in the command line's words: flags for argument names, the zones command."""
+def cli_message(text: str, flags: dict[str, str] | None = None) -> str:
+    """A library message in the command line's words: ``flags`` (default: this parser's) for
+    argument names, the zones command for the Python function that lists zones."""
+    flags = _FLAGS if flags is None else flags
     text = text.replace("greencallbacks.carbon.list_zones() lists them all", "`greencallbacks zones --search TEXT` lists them")
     text = text.replace("gpu_tdp_w= / --gpu-tdp", "--gpu-tdp")
     text = re.sub(r"(?<=got )(\w+(?: and \w+)+)",  # "got country and zone": flags given together
-                  lambda m: " and ".join(_FLAGS.get(w, w) for w in m.group(1).split(" and ")), text)
-    text = re.sub(r"\b(\w+)='([^']*)'", lambda m: f"{_FLAGS[m.group(1)]} {m.group(2)}" if m.group(1) in _FLAGS else m.group(0), text)
-    text = re.sub(r"\b(\w+)=(\.\.\.)?", lambda m: _FLAGS.get(m.group(1), m.group(0)), text)
-    text = re.sub(r"(?<![-\w'])(\w+)(?= must\b| needs\b| \(or\b)", lambda m: _FLAGS.get(m.group(1), m.group(0)), text)
+                  lambda m: " and ".join(flags.get(w, w) for w in m.group(1).split(" and ")), text)
+    text = re.sub(r"\b(\w+)='([^']*)'", lambda m: f"{flags[m.group(1)]} {m.group(2)}" if m.group(1) in flags else m.group(0), text)
+    text = re.sub(r"\b(\w+)=(\.\.\.)?", lambda m: flags.get(m.group(1), m.group(0)), text)
+    text = re.sub(r"(?<![-\w'])(\w+)(?= must\b| needs\b| \(or\b)", lambda m: flags.get(m.group(1), m.group(0)), text)
     # Not a quoted name: "field 'run_id' is missing" is about a record's field, not a flag.
     return re.sub(r"(?<![-\w'])(gpu_tdp_w|cpu_tdp_w|cpu_cores|cpu_w_per_core|memory_gb|run_id|host_share)\b(?!')",
-                  lambda m: _FLAGS[m.group(1)], text)
+                  lambda m: flags.get(m.group(1), m.group(0)), text)
 
 
 def _positive_int(text: str) -> int:

@@ -441,10 +441,13 @@ def read_records(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list
                 continue
             try:
                 data = json.loads(line)
+                if not isinstance(data, dict):
+                    raise ValueError(f"not a JSON object (got {_json_kind(data)})")
                 if data.get("schema") != SCHEMA:
                     raise ValueError(f"schema is {data.get('schema')!r}, expected {SCHEMA!r}")
                 record = Record.from_dict(data)
                 _check_finite(data)
+                _check_non_negative(data)
                 records.append(record)
             except (ValueError, TypeError, AttributeError) as error:
                 # Torn: the writer died mid-line, so the JSON is cut short. A whole line with a
@@ -475,3 +478,33 @@ def _check_finite(data: dict) -> None:
         value = component.get("energy_j")
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"component {index} of field 'components': energy_j is {value!r}, not a finite number")
+
+
+# Quantities no measurement makes negative (the meter never lets a window go below zero): one
+# read from a file would be summed into a report's totals, "the training used -995 Wh".
+_NON_NEGATIVE = ("duration_s", "it_energy_kwh", "energy_kwh", "co2eq_g", "intensity_gco2eq_per_kwh", "uncertainty_kwh",
+                 "energy_j_per_sample", "co2eq_g_per_sample", "embodied_co2eq_g", "embodied_co2eq_g_low",
+                 "embodied_co2eq_g_high", "samples", "tokens")
+
+
+def _check_non_negative(data: dict) -> None:
+    """Refuse negative energies, CO2eq, durations and counts in a file (types are already checked)."""
+    for name in _NON_NEGATIVE:
+        value = data.get(name)
+        if value is not None and value < 0:
+            raise ValueError(f"field {name!r} is {value!r}, not a number >= 0")
+    for index, component in enumerate(data.get("components") or []):
+        value = component.get("energy_j")
+        if value is not None and value < 0:
+            raise ValueError(f"component {index} of field 'components': energy_j is {value!r}, not a number >= 0")
+
+
+def _json_kind(value: object) -> str:
+    """What a JSON value is, in JSON's words (an array, not a Python list)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return {list: "an array", str: "a string"}.get(type(value), type(value).__name__)

@@ -459,8 +459,10 @@ def build_parser(prog: str = "greencallbacks whatif") -> argparse.ArgumentParser
     return parser
 
 
-# Python argument names in library messages, as the flags that set them here.
-_FLAGS = (("window_h", "--window-h"), ("threshold", "--threshold"), ("step_s", "the series' step"))
+# Python argument names in library messages, as the flags that set them here: a zone, country or
+# region of the library's messages ("use the US state (e.g. zone='US-CA')") is one of --zones.
+_FLAGS = {"window_h": "--window-h", "threshold": "--threshold", "step_s": "the series' step", "run_id": "--run-id",
+          "zone": "--zones", "country": "--zones", "region": "--zones"}
 
 
 def _plot_path(plot: str, run: str, several: bool) -> Path:
@@ -471,14 +473,15 @@ def _plot_path(plot: str, run: str, several: bool) -> Path:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from greencallbacks.carbon.series import IntensitySeries
+    from greencallbacks.cli import cli_message, load_records
     from greencallbacks.figures import plot_format
-    from greencallbacks.runs import describe_runs, load, select_run
+    from greencallbacks.runs import describe_runs, select_run
 
     results: list[tuple[str, WhatIfResult]] = []
     try:
         if args.plot:
             plot_format(args.plot)
-        loaded = load(args.run)
+        loaded = load_records([args.run])  # refuses files without records, as report and lifecycle do
         select_run(loaded.records, args.run_id, how_to_choose="--run-id")  # an unknown id names the runs found
         runs = [args.run_id] if args.run_id else loaded.runs
         if len(runs) > 1:
@@ -497,10 +500,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.plot:
                 result.plot(_plot_path(args.plot, run, len(runs) > 1), series)
     except (ValueError, OSError) as error:
-        message = str(error)
-        for name, flag in _FLAGS:
-            message = message.replace(f"{name} must", f"{flag} must")
-        print(f"greencallbacks whatif: error: {message}", file=sys.stderr)
+        print(f"greencallbacks whatif: error: {cli_message(str(error), _FLAGS)}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as error:  # matplotlib for --plot (extras.missing says how to install it)
         print(f"greencallbacks whatif: error: {error}", file=sys.stderr)
