@@ -1,6 +1,7 @@
 """Estimated sensors: CPU from TDP and CPU time, RAM from W/GB, declared constants."""
 
 import math
+import os
 import subprocess
 import sys
 
@@ -172,8 +173,8 @@ def test_ram_boundary_read_holds_the_last_sampled_power_without_reading_memory()
 
 
 def test_process_tree_cpu_time_is_read_by_the_meters_thread_not_at_boundaries(monkeypatch):
-    """The default CPU time costs a /proc read per child process: boundaries carry the meter
-    reader's latest read forward. A cpu_seconds the caller gives is read in place."""
+    """With child processes (DataLoader workers) the CPU time costs a /proc read each: boundaries
+    carry the meter reader's latest read forward. A cpu_seconds the caller gives is read in place."""
     from greencallbacks.meter import Meter
     from greencallbacks.sensors import estimate
 
@@ -184,6 +185,7 @@ def test_process_tree_cpu_time_is_read_by_the_meters_thread_not_at_boundaries(mo
         return cpu["seconds"]
 
     monkeypatch.setattr(estimate, "process_tree_cpu_seconds", tree_cpu_seconds)
+    monkeypatch.setattr(estimate._TREE, "has_live_children", lambda: True)
     sensor = CpuEstimateSensor(tdp_w=100.0, logical_cpus=1)  # 100 J per CPU-second
     assert sensor.off_thread and not CpuEstimateSensor(tdp_w=100.0, cpu_seconds=lambda: 0.0).off_thread
     clock = FakeClock()
@@ -200,6 +202,38 @@ def test_process_tree_cpu_time_is_read_by_the_meters_thread_not_at_boundaries(mo
     assert meter.snapshot().energy_j["cpu"] == pytest.approx(35.0)  # carried forward at the read rate
     assert cpu["reads"] == reads  # no read at the boundary
     meter.close()
+
+
+def test_without_child_processes_a_short_phase_gets_its_own_cpu_time(monkeypatch):
+    """Read off the thread every 0.1 s, a 20 ms test phase was billed the rate of the 0.1 s
+    before it (0 J after an idle spell) and the gap after it its energy: the demo's test phase
+    read 0 J, and the life-cycle model's per-sample inference cost from it was 100 x too low.
+    Without live child processes the tree's CPU time is read at the boundary (two getrusage calls)."""
+    from greencallbacks.meter import Meter
+    from greencallbacks.sensors import estimate
+
+    cpu = {"seconds": 0.0}
+    monkeypatch.setattr(estimate, "process_tree_cpu_seconds", lambda process=None: cpu["seconds"])
+    children = {"live": False}
+    monkeypatch.setattr(estimate._TREE, "has_live_children", lambda: children["live"])
+    sensor = CpuEstimateSensor(tdp_w=100.0, logical_cpus=1)  # 100 J per CPU-second
+    clock = FakeClock()
+    meter = Meter([sensor], fallback=None, clock=clock, wall_clock=clock, off_thread=True)
+    meter._poller.manual = True
+    before = meter.snapshot()
+    clock.advance(0.5)  # idle: no CPU time
+    meter._poller.step()
+    start = meter.snapshot()
+    clock.advance(0.02)  # a 20 ms test phase keeping one CPU busy
+    cpu["seconds"] += 0.02
+    end = meter.snapshot()
+    assert end.energy_j["cpu"] - start.energy_j["cpu"] == pytest.approx(2.0)  # 0.02 CPU-s x 100 J
+    assert start.energy_j["cpu"] == before.energy_j["cpu"]
+    children["live"] = True  # workers appear: the meter's thread reads it from here on
+    assert sensor.off_thread and meter.channels[0].off_thread
+    meter.close()
+    # getrusage: the same time os.times() counts in 10 ms ticks, waited-for children included
+    assert estimate._own_cpu_seconds_now() == pytest.approx(estimate._own_cpu_seconds(os.times()), abs=0.05)
 
 
 # -- constant -----------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ import math
 import os
 import platform
 import re
+import resource
 import threading
 import time
 from collections.abc import Callable
@@ -187,6 +188,13 @@ def _own_cpu_seconds(times: Any) -> float:
     )
 
 
+def _own_cpu_seconds_now() -> float:
+    """This process's CPU time and its children's already waited for, to the microsecond:
+    ``os.times()`` counts 10 ms clock ticks, too coarse for a test phase of 20 ms."""
+    own, waited = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + waited.ru_utime + waited.ru_stime
+
+
 class _ProcessTree:
     """This process and its descendants, for the estimates.
 
@@ -217,6 +225,11 @@ class _ProcessTree:
                 self._listed_at = now
             return self._process, list(self._children)
 
+    def has_live_children(self) -> bool:
+        """From the last listing, without walking /proc; True before the first one (or in a forked
+        child), as reading the tree may then be slow."""
+        return self._pid != os.getpid() or bool(self._children)
+
 
 _TREE = _ProcessTree()
 
@@ -227,9 +240,9 @@ def process_tree_cpu_seconds(process: Any = None) -> float:
 
     if process is None:
         _, children = _TREE.members()
-        # This process through one system call (the same clock-tick counters psutil parses out
-        # of /proc/self/stat, at a tenth of the cost: this runs at every phase boundary).
-        total = _own_cpu_seconds(os.times())
+        # This process through system calls (psutil parses /proc/self/stat, in clock ticks, at
+        # ten times the cost: this runs at every phase boundary of a process without children).
+        total = _own_cpu_seconds_now()
     else:
         children = process.children(recursive=True)
         total = _own_cpu_seconds(process.cpu_times())
@@ -312,15 +325,22 @@ class CpuEstimateSensor(Sensor):
         self.poll_interval_s = poll_interval_s
         self.note = how + (f"; {self.share:g} of the host" if self.share != 1 else "")
         self._cpu_seconds = cpu_seconds or process_tree_cpu_seconds
-        # The process tree's CPU time costs system calls and a /proc read per child process
-        # (~20-100 us on a training thread whose caches the step has just evicted): the meter's
-        # thread reads it every 0.1 s and a boundary carries the latest read forward at its rate,
-        # an error of at most 0.1 s of CPU time on an estimate stated to +/-50 %. A counter the
-        # caller gives is read in place.
-        self.off_thread = cpu_seconds is None
+        self._reads_tree = cpu_seconds is None
         self._lock = threading.Lock()
         self._base_cpu_s = self._read_cpu_seconds()
         self._high_water_cpu_s = self._base_cpu_s
+
+    @property
+    def off_thread(self) -> bool:
+        """Whether the meter's thread reads it. The process tree's CPU time costs a /proc read per
+        live child process (160 us for four DataLoader workers, on a training thread whose caches
+        the step has just evicted): with children, the meter's thread reads it every 0.1 s and a
+        boundary carries the latest read forward at its rate. Without (the tree last listed at
+        most 2 s ago by the poll), it is two getrusage calls, read at the boundary: a phase
+        shorter than those 0.1 s, a 20 ms test, gets its own CPU time, not the rate before it
+        (read off the thread, such a test was billed 0 J and the gap after it its energy).
+        A counter the caller gives is read in place."""
+        return self._reads_tree and _TREE.has_live_children()
 
     def _read_cpu_seconds(self) -> float:
         try:
