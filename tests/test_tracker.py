@@ -493,3 +493,16 @@ def test_a_second_run_in_one_directory_keeps_the_first_runs_summary_beside_its_o
     run_epochs(resumed, clock, epochs=1)
     assert json.loads((tmp_path / SUMMARY_FILE).read_text())["run_id"] == first.run_id
     assert not kept.exists() and (tmp_path / f"energy-summary-{second.run_id}.json").exists()
+
+
+def test_run_ids_alike_as_file_names_keep_two_summaries(tmp_path):
+    """exp/1 and exp-1 gave one kept name: the second run moved the first's summary there, then
+    deleted it as its own out-of-date copy."""
+    from greencallbacks.tracker import SUMMARY_FILE
+
+    for run_id in ("exp/1", "exp-1", "exp 1"):
+        tracker, clock, _ = setup(tmp_path, run_id=run_id)
+        run_epochs(tracker, clock, epochs=1)
+    kept = sorted(tmp_path.glob("energy-summary-*.json"))
+    assert len(kept) == 2 and json.loads((tmp_path / SUMMARY_FILE).read_text())["run_id"] == "exp 1"
+    assert {json.loads(p.read_text())["run_id"] for p in kept} == {"exp/1", "exp-1"}

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import datetime as _dt
+import hashlib
 import json
 import math
 import os
@@ -798,7 +799,12 @@ def _keep_another_runs_summary(path: Path, run_id: str) -> None:
 
 
 def _summary_of(path: Path, run_id: str) -> Path:
-    return path.with_name(f"energy-summary-{re.sub(r'[^A-Za-z0-9_.-]', '-', run_id)}.json")
+    """The kept summary's name: the run id where it is a safe file name, else its safe part and a
+    hash of the whole (``exp/1`` and ``exp-1`` are two runs: one name would lose a summary)."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "-", run_id)
+    if safe != run_id:
+        safe += "-" + hashlib.sha256(run_id.encode()).hexdigest()[:8]
+    return path.with_name(f"energy-summary-{safe}.json")
 
 
 def _embodied_settings(embodied: object) -> dict[str, Any] | None:
