@@ -477,6 +477,23 @@ def test_runs_cut_short_are_never_pooled_as_repeats():
     assert not report.cut_short(report.configuration([r for r in crashed_and_clean() if r.run_id == "crash"]))
 
 
+def test_a_run_that_max_steps_ended_inside_its_last_epoch_is_no_repeat_of_whole_epochs():
+    """max_steps=6 over epochs of 4 batches: epoch 1 trains 2 (16 samples), cleanly, not partial.
+    It was pooled with runs of two whole epochs: "Over 3 runs ... 2 epochs of 32 samples", its
+    epoch 1 averaged with theirs. Runs cut the same way are still repeats of each other."""
+    def run(run_id, last_samples):
+        return [rec(run_id, "train", 0, 3600.0, 32, 0), rec(run_id, "train", 1, 1800.0 * last_samples / 16, last_samples, 1)]
+
+    records = run("whole-a", 32) + run("whole-b", 32) + run("steps-a", 16) + run("steps-b", 16)
+    groups = report.group_runs(records)
+    assert [report.run_ids(g) for _, g in groups] == [["whole-a", "whole-b"], ["steps-a", "steps-b"]]
+    assert "2 training epoch(s) of 32 samples (epoch 1: 16)" in report.describe_configuration(groups[1][0])
+    assert "(epoch" not in report.describe_configuration(groups[0][0])
+    # Resumed where max_steps stopped it, the epoch's two parts add up to a whole one: a repeat.
+    resumed = run("resumed", 16) + [dataclasses.replace(rec("resumed", "train", 1, 1800.0, 16, 2), attempt=1)]
+    assert [report.run_ids(g) for _, g in report.group_runs(run("whole-a", 32) + resumed)] == [["whole-a", "resumed"]]
+
+
 def test_the_plot_marks_epochs_not_in_every_run_and_its_cumulative_is_per_run():
     pytest.importorskip("matplotlib")
     records = crashed_and_clean()

@@ -213,10 +213,8 @@ def configuration(records: Sequence[Record]) -> dict:
     for r in records:
         if r.phase == "train" and r.epoch is not None:
             per_epoch[(r.attempt, r.epoch)].append(r)
-    complete = [
-        sum(r.samples for r in group) for group in per_epoch.values()
-        if all(r.samples_counted and not r.partial for r in group)
-    ]
+    epoch_samples = _epoch_samples(records)
+    counted = [n for _, n in epoch_samples if n is not None]
     return {
         "framework": next((r.framework for r in records if r.framework), "unknown"),
         "epochs": len({epoch for _, epoch in per_epoch}),
@@ -226,13 +224,27 @@ def configuration(records: Sequence[Record]) -> dict:
         # A run whose epochs start past 0 continues an earlier training (a notebook's second fit,
         # Keras initial_epoch): not a repeat of one that starts at 0.
         "first_epoch": min((epoch for _, epoch in per_epoch), default=0),
-        "samples_per_epoch": Counter(complete).most_common(1)[0][0] if complete else None,
+        "samples_per_epoch": Counter(counted).most_common(1)[0][0] if counted else None,
+        # Each epoch's samples, from its records that were not cut short (over the attempts: one
+        # that max_steps ended inside the epoch and its resume): a run whose last epoch stopped
+        # half-way at max_steps, or whose data changed, is no repeat of one of whole epochs.
+        "epoch_samples": epoch_samples,
         "sensors": sorted({f"{c.get('name', '?')}:{c.get('method', '?')}" for r in records for c in r.components}),
         "ranks": max((r.ranks for r in records), default=1),
         # Runs priced on other grids or PUEs are no repeats (two callbacks with two grids measure
         # one training twice); a number given as the intensity is its own grid.
         "carbon": sorted({f"grid {_grid(r)}, PUE {r.pue:g}" for r in records}),
     }
+
+
+def _epoch_samples(records: Sequence[Record]) -> list[list]:
+    """[[epoch, samples or None (uncounted)], ...] in epoch order."""
+    counted: dict[int, int | None] = {}
+    for r in records:
+        if r.phase == "train" and r.epoch is not None and not r.partial:
+            so_far = counted.get(r.epoch, 0)
+            counted[r.epoch] = None if so_far is None or not r.samples_counted else so_far + r.samples
+    return [[epoch, counted[epoch]] for epoch in sorted(counted)]
 
 
 def _grid(record: Record) -> str:
@@ -251,6 +263,11 @@ def describe_configuration(config: dict) -> str:
         samples = f" of {config['samples_per_epoch']} samples"
     else:
         samples = " of uncounted samples" if config.get("completed_epochs", 1) else ""
+    usual = config["samples_per_epoch"]
+    others = [f"epoch {epoch}: {n}" for epoch, n in config.get("epoch_samples", ())
+              if usual is not None and n is not None and n != usual]
+    if others:
+        samples += f" ({', '.join(others)})"
     start = f" from epoch {config['first_epoch']}" if config.get("first_epoch") else ""
     ended = f", cut short ({config['completed_epochs'] or 'none'} completed)" if cut_short(config) else ""
     carbon = f", {'; '.join(config['carbon'])}" if config.get("carbon") else ""
