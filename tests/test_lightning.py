@@ -486,8 +486,9 @@ def test_fit_test_predict_and_a_second_fit(tmp_path):
     predict = [r for r in records if r.phase == "predict"]
     assert len(test) == 1 and len(predict) == 1
     assert test[0].samples == predict[0].samples == VAL_SAMPLES
-    assert results["test_energy_kwh"] == pytest.approx(test[0].energy_kwh, rel=REL)
+    assert results["test_energy_kwh"] == pytest.approx(test[0].energy_kwh, rel=1e-12)
     scalars = csv_scalars(Path(csv_logger.log_dir) / "metrics.csv")
+    assert [v for _, v in scalars["test_energy_kwh_total"]] == pytest.approx([test[0].energy_kwh], rel=1e-9)
     assert [v for _, v in scalars["predict_energy_kwh"]] == pytest.approx([predict[0].energy_kwh], rel=1e-9)
     assert callback.tracker.totals["test"].count == 1 and callback.tracker.totals["train"].count == 1
 
@@ -642,11 +643,14 @@ def test_one_callback_in_two_trainers_records_each_trainers_test_in_that_trainer
     run1, dir1 = callback.tracker.run_id, callback.tracker.output_dir
     tr2.fit(TinyModel(), train)
     run2, dir2 = callback.tracker.run_id, callback.tracker.output_dir
-    tr1.test(m1, val)
+    (results,) = tr1.test(m1, val)
     assert [r.phase for r in read_records(dir1) if r.phase == "test"] == ["test"]
+    (test,) = [r for r in read_records(dir1) if r.phase == "test"]
+    assert results["test_energy_kwh"] == pytest.approx(test.energy_kwh, rel=1e-12), (results, test.energy_kwh)  # float64, not float32
     assert {r.run_id for r in read_records(dir1)} == {run1} and "test" not in {r.phase for r in read_records(dir2)}
     logged = csv_scalars(Path(tr1.logger.log_dir) / "metrics.csv")["test_energy_kwh_total"]
-    assert logged[-1][1] == pytest.approx(sum(r.energy_kwh for r in read_records(dir1) if r.phase == "test"), rel=REL)
+    # Exact (DESIGN 2a: 1e-9), not float32's 3e-8: test values go through pl_module.log as float64.
+    assert logged[-1][1] == pytest.approx(sum(r.energy_kwh for r in read_records(dir1) if r.phase == "test"), rel=1e-9)
     tr3.test(m1, val)  # never fitted here: the latest run
     assert callback.tracker.run_id == run1
     unused = EnergyCallback(intensity=300.0)  # ddp_spawn pickles a callback the Trainer was given

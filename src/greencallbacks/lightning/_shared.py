@@ -434,10 +434,16 @@ class EnergyCallbackBase:
             return
         # Every rank already holds the same summed values; syncing with `max` keeps them exact and
         # tells Lightning they are synchronised (it warns about unsynchronised epoch metrics).
+        # As float64 tensors on the module's device: a float becomes float32 there (a relative
+        # 3e-8 off the records), and `max` keeps the wider type. MPS has no float64.
+        import torch
+
+        device = pl_module.device
+        dtype = torch.float32 if device.type == "mps" else torch.float64
         for name, value in metrics.items():
             pl_module.log(
                 name,
-                value,
+                torch.tensor(value, dtype=dtype, device=device),
                 on_step=False,
                 on_epoch=True,
                 logger=bool(trainer.loggers),  # without loggers we warned once in setup; Lightning would per name
