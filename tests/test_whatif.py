@@ -12,7 +12,7 @@ from greencallbacks.meter import Meter
 from greencallbacks.records import Record, RecordWriter, read_records
 from greencallbacks.tracker import Tracker, utc_iso
 from greencallbacks.units import J_PER_KWH
-from greencallbacks.whatif import main, whatif
+from greencallbacks.whatif import Phase, energy_profile, main, whatif
 from tests.fakes.scripted import FakeClock, ScriptedSensor
 
 T0 = datetime(2024, 1, 1, tzinfo=timezone.utc).timestamp()
@@ -87,6 +87,62 @@ def test_whatif_as_recorded_matches_the_tracker_for_sequential_phases(tmp_path, 
     result = whatif(records, steps_inside_phases, window_h=0)
     assert result.as_recorded.co2eq_g == pytest.approx(sum(r.co2eq_g for r in records), rel=1e-9)
     assert result.recorded_co2eq_g == pytest.approx(result.as_recorded.co2eq_g, rel=1e-9)
+
+
+def test_whatif_as_recorded_matches_the_tracker_with_validation_nested_in_training(tmp_path, steps_inside_phases):
+    """Validation in the middle of the epoch: the train record's 25 s are [5, 20] and [30, 40], not [5, 30]."""
+    records = list(run_with_nested_validation(tmp_path / "run", steps_inside_phases).values())
+    result = whatif(records, steps_inside_phases, window_h=0)
+    assert result.as_recorded.co2eq_g == pytest.approx(sum(r.co2eq_g for r in records), rel=1e-9)
+    assert result.recorded_co2eq_g == pytest.approx(result.as_recorded.co2eq_g, rel=1e-9)
+    assert result.run_duration_s == pytest.approx(40.0)
+
+
+def test_whatif_as_recorded_matches_the_tracker_for_validations_inside_every_epoch(tmp_path):
+    # 60 s steps alternating 100 / 700 g/kWh; each epoch: 20 s train, 40 s validation, 30 s train.
+    series = write_series(tmp_path / "alternating.csv", [(T0 + 60 * i, 100 if i % 2 == 0 else 700) for i in range(30)])
+    clock = FakeClock(0.0)
+    sensor = ScriptedSensor("gpu", clock, power_w=200.0)
+    tracker = Tracker(carbon=Carbon(series=series, pue=1.4), output_dir=tmp_path / "run", run_id="nested")
+    tracker.start(Meter([sensor], fallback=None, clock=clock, wall_clock=lambda: clock() + T0))
+    for epoch in range(4):
+        clock.advance(3)
+        tracker.begin("train", epoch)
+        clock.advance(20)
+        sensor.set_power(80.0)
+        tracker.begin("validation", epoch)
+        clock.advance(40)
+        sensor.set_power(200.0)
+        tracker.end("validation")
+        clock.advance(30)
+        tracker.end("train")
+    tracker.finish()
+    records = read_records(tmp_path / "run")
+    result = whatif(records, series, window_h=0)
+    assert result.as_recorded.co2eq_g == pytest.approx(sum(r.co2eq_g for r in records), rel=1e-9)
+    assert result.run_duration_s == pytest.approx(4 * 93.0)
+
+
+def test_profile_cuts_nested_records_out_of_the_outer_ones_time():
+    train = record(T0, 70.0, 7.0, seq=0)  # billed 70 s: [0, 20] and [50, 100]
+    validation = record(T0 + 20, 30.0, 3.0, phase="validation", seq=1)
+    gap = record(T0 + 100.0 - 0.0004, 5.0, 0.5, phase="other", seq=2)  # starts at train's end, to the millisecond
+    run_start, phases = energy_profile([gap, validation, train])
+    assert run_start == T0
+    assert sorted(phases, key=lambda p: p.offset_s) == [
+        Phase(0.0, 20.0, pytest.approx(2.0)), Phase(20.0, 30.0, 3.0),
+        Phase(50.0, 50.0, pytest.approx(5.0)), Phase(pytest.approx(100.0, abs=2e-3), 5.0, 0.5),
+    ]
+
+
+def test_flexible_start_moves_a_nested_profile_as_a_whole():
+    """Train billed 2 h around a nested 1 h validation: hours 0 and 2 for train, hour 1 for validation."""
+    run = [record(T0, 2 * HOUR, 2.0, seq=0), record(T0 + HOUR, HOUR, 0.5, phase="validation", seq=1)]
+    result = whatif(run, hourly([400, 100, 400, 100, 400, 100]), window_h=1, threshold=300)
+    assert result.as_recorded.co2eq_g == pytest.approx(1 * 400 + 0.5 * 100 + 1 * 400)
+    assert result.run_duration_s == pytest.approx(3 * HOUR)
+    best = result.flexible_start
+    assert best.start_unix == T0 + HOUR and best.co2eq_g == pytest.approx(1 * 100 + 0.5 * 400 + 1 * 100)
 
 
 # ------------------------------------------------------------------------------ 3. what-if

@@ -14,10 +14,11 @@ price every scenario at its last value, so it is refused. A scenario that reache
 series' ends is priced at the nearest value and marked ``extrapolated`` in every output; Flexible
 Start only tries starts whose whole run lies inside the series.
 
-The energy profile is the records': each phase's energy spread evenly over its duration,
-starting at its ``start_time``. Records of nested phases (validation inside a training epoch)
-are billed separately by the tracker, and the outer one's span includes the inner one, so the
-profile is exact in energy and approximate (to within one nested phase) in timing.
+The energy profile is the records': each phase's energy spread evenly over its own time, from
+its ``start_time``. A phase with another nested in it (validation in the middle of a training
+epoch) was billed before and after the nested one, which has its own record: the outer record's
+time skips the nested one's, so no time is counted twice and the run priced as recorded with the
+series the tracker used is what its records say.
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ if TYPE_CHECKING:
 DEFAULT_STEP_S = 900.0  # for a source that does not say its resolution (live APIs: 15 min buckets)
 MAX_CANDIDATE_STARTS = 20_000  # more than enough for 24 h at 5 min; bounds the work for odd inputs
 MAX_SLOWDOWN = 2.0  # Pause and Resume: the run may take at most twice as long
+# start_time is written to the millisecond: a record that follows another may seem to start up to
+# two roundings before the first one ends, and must not be taken for one nested in it.
+TIMESTAMP_SLACK_S = 0.002
 
 
 @dataclass(frozen=True)
@@ -163,12 +167,75 @@ class WhatIfResult:
 
 # ------------------------------------------------------------------------------------ profile
 def energy_profile(records: Iterable["Record"]) -> tuple[float, list[Phase]]:
-    """The run's start (unix seconds) and its phases as offsets from it."""
-    spans = [(parse_timestamp(r.start_time), max(0.0, r.duration_s), r.energy_kwh) for r in records]
-    if not spans:
+    """The run's start (unix seconds) and its phases as offsets from it.
+
+    A record's ``duration_s`` is the time billed to it, which leaves out the records nested in
+    it; each record becomes the pieces of its own time, so the pieces never overlap.
+    """
+    attempts: dict[tuple[str, int], list["Record"]] = {}
+    for record in records:
+        attempts.setdefault((record.run_id, record.attempt), []).append(record)
+    if not attempts:
         raise ValueError("records is empty: nothing to analyse")
-    run_start = min(start for start, _, _ in spans)
-    return run_start, [Phase(start - run_start, duration, energy) for start, duration, energy in spans]
+    pieces = [piece for attempt in attempts.values() for piece in _lay_out(attempt)]
+    run_start = min(start for start, _, _ in pieces)
+    return run_start, [Phase(start - run_start, duration, energy) for start, duration, energy in pieces]
+
+
+@dataclass
+class _Laying:
+    """A record being laid out: its time used so far, where it goes on, and how much is left."""
+
+    start_unix: float
+    duration_s: float
+    energy_kwh: float
+    cursor: float
+    left_s: float
+    spans: list[tuple[float, float]] = field(default_factory=list)  # (start, length)
+
+    @property
+    def end(self) -> float:
+        return self.cursor + self.left_s
+
+    def pieces(self) -> list[tuple[float, float, float]]:
+        if self.duration_s <= 0:  # all its energy at its instant
+            return [(self.start_unix, 0.0, self.energy_kwh)]
+        per_s = self.energy_kwh / self.duration_s
+        return [(start, length, per_s * length) for start, length in self.spans if length > 0]
+
+
+def _lay_out(records: Sequence["Record"]) -> list[tuple[float, float, float]]:
+    """Pieces ``(wall start, seconds, kWh)`` of one attempt's records.
+
+    As the tracker billed them: a record that starts while another still has time to go is
+    nested in it, and the outer one goes on where the nested one ends. Ties in start go to the
+    record opened first (the lower ``seq``), the outer one.
+    """
+    ordered = sorted(records, key=lambda r: (parse_timestamp(r.start_time), r.seq))
+    pieces: list[tuple[float, float, float]] = []
+    open_records: list[_Laying] = []
+
+    def close_ended_by(moment: float) -> None:
+        while open_records and open_records[-1].end <= moment + TIMESTAMP_SLACK_S:
+            ended = open_records.pop()
+            ended.spans.append((ended.cursor, ended.left_s))
+            pieces.extend(ended.pieces())
+            if open_records:  # the outer record goes on after the nested one
+                open_records[-1].cursor = max(open_records[-1].cursor, ended.end)
+
+    for record in ordered:
+        start = parse_timestamp(record.start_time)
+        close_ended_by(start)
+        if open_records:  # nested: the outer record's time so far ends here
+            outer = open_records[-1]
+            used = max(0.0, start - outer.cursor)
+            outer.spans.append((outer.cursor, used))
+            outer.left_s -= used
+            outer.cursor = start
+        duration = max(0.0, record.duration_s)
+        open_records.append(_Laying(start, duration, record.energy_kwh, cursor=start, left_s=duration))
+    close_ended_by(math.inf)
+    return pieces
 
 
 def co2_at(phases: Sequence[Phase], start_unix: float, series: "IntensitySource") -> float:
@@ -329,7 +396,7 @@ def whatif(
     run_start, phases = energy_profile(records)
     run_end = max(run_start + p.offset_s + p.duration_s for p in phases)
     run_duration = run_end - run_start
-    energy = sum(p.energy_kwh for p in phases)
+    energy = sum(r.energy_kwh for r in records)  # the records' own sum, not the pieces'
     step = step_s if step_s is not None else _resolution_s(series, run_start, run_end)
     if not (math.isfinite(step) and step > 0):
         raise ValueError(f"step_s must be a positive number of seconds, got {step_s!r}")
