@@ -6,8 +6,10 @@ import csv
 import io
 import json
 import math
+import random
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -321,7 +323,8 @@ def test_series_zero_length_interval_is_the_value_at_that_instant(tmp_path: Path
 
 def test_series_outside_its_range_uses_nearest_value_and_says_so(tmp_path: Path) -> None:
     carbon = Carbon(series=write_csv_series(tmp_path / "grid.csv"))
-    before = carbon.intensity_between(0, 500)
+    with pytest.warns(Warning, match="greencallbacks: the intensity series grid.csv"):
+        before = carbon.intensity_between(0, 500)
     assert before.g_per_kwh == 100.0 and "extrapolated" in before.source
     after = carbon.intensity_between(3000, 4000)
     assert after.g_per_kwh == 200.0 and "extrapolated" in after.source
@@ -438,6 +441,164 @@ def test_series_loaded_once_at_construction(tmp_path: Path) -> None:
 def test_intensity_series_direct_integral() -> None:
     series = IntensitySeries(times_unix=(0.0, 10.0), values_g_per_kwh=(1.0, 3.0), name="x")
     assert series.integral(5, 15) == pytest.approx(5 * 1 + 5 * 3)
+
+
+def scanned_integral(series: IntensitySeries, start: float, end: float) -> float:
+    """The plain definition: every step of the series, visited in turn (the reference)."""
+    total = 0.0
+    edges = [start, *(t for t in series.times_unix if start < t < end), end]
+    for left, right in zip(edges, edges[1:]):
+        total += series.value_at(left) * (right - left)
+    return total
+
+
+def test_series_integral_equals_the_full_scan_on_random_series() -> None:
+    rng = random.Random(7)
+    for _ in range(20):
+        times = sorted(rng.sample(range(0, 10_000_000), rng.randint(1, 3000)))
+        series = IntensitySeries(tuple(float(t) for t in times), tuple(rng.uniform(0, 900) for _ in times), "random")
+        for _ in range(50):
+            # Inside, across many steps, before the first and after the last timestamp, and instants.
+            start = rng.uniform(times[0] - 1e5, times[-1] + 1e5)
+            end = start + rng.choice([0.0, rng.uniform(0, 50), rng.uniform(0, 1e6), rng.uniform(0, 2e7)])
+            assert series.integral(start, end) == pytest.approx(scanned_integral(series, start, end), rel=1e-9, abs=1e-6)
+            if end > start:
+                mean = series.mean_between(start, end).g_per_kwh
+                assert mean == pytest.approx(scanned_integral(series, start, end) / (end - start), rel=1e-9)
+
+
+class CountingTuple(tuple):
+    """A tuple that counts how many of its items are read, by index or by iteration."""
+
+    reads = 0
+
+    def __getitem__(self, index):
+        CountingTuple.reads += 1
+        return super().__getitem__(index)
+
+    def __iter__(self):
+        for item in super().__iter__():
+            CountingTuple.reads += 1
+            yield item
+
+
+def test_series_mean_reads_a_logarithmic_number_of_points() -> None:
+    # One year at 5 minutes: asked at every logged step on the training thread, and thousands of
+    # times by whatif, a mean must not visit every point.
+    count = 105_120
+    times = CountingTuple(1.7e9 + 300.0 * i for i in range(count))
+    series = IntensitySeries(times, tuple(100.0 + i % 400 for i in range(count)), "year")
+    for start, end in [(1.7e9 + 1000, 1.7e9 + 1060), (1.7e9, 1.7e9 + 300.0 * count), (1.8e9, 1.9e9), (1.6e9, 1.6e9)]:
+        CountingTuple.reads = 0
+        series.mean_between(start, end)
+        assert CountingTuple.reads < 20 * math.log2(count), (start, end, CountingTuple.reads)
+
+
+HOUR = 3600.0
+# 2024-05-01T22:00Z and 23:00Z: an hourly series whose last row covers 23:00 to 24:00.
+EVENING = 1714600800.0
+
+
+def test_the_last_point_covers_one_step_as_whatif_counts_it(tmp_path: Path) -> None:
+    from greencallbacks.whatif import series_coverage
+
+    carbon = Carbon(series=write_csv_series(tmp_path / "hourly.csv", [(EVENING, 100.0), (EVENING + HOUR, 200.0)]))
+    assert carbon._series.coverage == (EVENING, EVENING + 2 * HOUR) == series_coverage(carbon._series)
+    inside_last_hour = carbon.intensity_between(EVENING + HOUR + 600, EVENING + HOUR + 1200)
+    assert inside_last_hour.g_per_kwh == 200.0 and "extrapolated" not in inside_last_hour.source
+    with pytest.warns(Warning, match="is after it"):
+        past_it = carbon.intensity_between(EVENING + 2 * HOUR - 60, EVENING + 2 * HOUR + 60)
+    assert past_it.g_per_kwh == 200.0 and "extrapolated" in past_it.source
+
+
+def scripted_run(tmp_path: Path, carbon: Carbon, epochs: int = 4, power_w: float = 100.0):
+    """A tracker on a scripted sensor and a fake clock (wall time 2023-11-14): ``epochs`` train
+    phases of 10 s with a logged step in each, then the records and the warnings."""
+    from greencallbacks.meter import Meter
+    from greencallbacks.records import read_records
+    from greencallbacks.tracker import Tracker
+    from tests.fakes.scripted import FakeClock, ScriptedSensor
+
+    clock = FakeClock(1000.0)
+    sensor = ScriptedSensor("gpu0", clock, power_w=power_w)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tracker = Tracker(carbon=carbon, output_dir=tmp_path, run_id="carbon")
+        tracker.start(Meter([sensor], fallback=None, clock=clock, wall_clock=lambda: clock() + 1.7e9))
+        for epoch in range(epochs):
+            tracker.begin("train", epoch)
+            clock.advance(5.0)
+            tracker.live()  # a logged step prices the open interval too
+            clock.advance(5.0)
+            tracker.end("train")
+        tracker.finish()
+    messages = [str(w.message) for w in caught if str(w.message).startswith("greencallbacks: ")]
+    return read_records(tmp_path), messages, sensor.energy_j()
+
+
+def test_a_series_that_raises_mid_run_loses_no_record(tmp_path: Path) -> None:
+    class Flaky:
+        name = "flaky feed"
+
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def mean_between(self, start_unix: float, end_unix: float) -> Intensity:
+            self.calls += 1
+            if self.calls > 2:
+                raise KeyError("feed went away")
+            return Intensity(g_per_kwh=300.0, source="flaky feed", zone="feed:x", year=2023, licence="test")
+
+    records, messages, sensor_j = scripted_run(tmp_path, Carbon(series=Flaky()))
+    assert [r.epoch for r in records if r.phase == "train"] == [0, 1, 2, 3]
+    assert sum(r.it_energy_kwh for r in records) * 3.6e6 == pytest.approx(sensor_j) == pytest.approx(4 * 10 * 100.0)
+    world = Carbon().static_intensity
+    assert world is not None
+    fell_back = [r for r in records if "flaky feed failed (KeyError: 'feed went away')" in r.intensity_source]
+    assert fell_back and all("fallback: static table" in r.intensity_source for r in fell_back)
+    assert records[-1].intensity_gco2eq_per_kwh == pytest.approx(world.g_per_kwh)
+    assert len([m for m in messages if "failed" in m]) == 1 and "flaky feed" in messages[0]
+
+
+@pytest.mark.parametrize("answer", [None, 12.5, Intensity(g_per_kwh=float("nan"), source="x", zone="x", year=None, licence="x")])
+def test_a_series_answering_no_valid_intensity_falls_back(answer) -> None:
+    class Odd:
+        def mean_between(self, start_unix: float, end_unix: float):
+            return answer
+
+    with pytest.warns(Warning, match="greencallbacks: the intensity series Odd failed"):
+        intensity = Carbon(series=Odd()).intensity_between(0, 60)
+    assert intensity.g_per_kwh == Carbon().static_intensity.g_per_kwh  # type: ignore[union-attr]
+    assert "fallback: static table" in intensity.source
+
+
+def test_a_series_in_the_past_warns_once_and_records_the_datas_year(tmp_path: Path) -> None:
+    path = write_csv_series(tmp_path / "grid2020.csv", [("2020-01-01T00:00:00Z", 50.0), ("2020-01-01T01:00:00Z", 800.0)])
+    records, messages, _ = scripted_run(tmp_path / "run", Carbon(series=path))
+    assert len(messages) == 1, messages
+    message = messages[0]
+    assert "grid2020.csv" in message and "covers 2020-01-01T00:00:00Z to 2020-01-01T02:00:00Z" in message
+    assert "2023-11-14T22:30:00Z to 2023-11-14T22:30:05Z is after it" in message and "last value, 800 g/kWh" in message
+    assert all(r.intensity_year == 2020 and "extrapolated" in r.intensity_source for r in records)
+
+
+def test_a_series_starting_after_the_run_begins_warns_naming_the_span(tmp_path: Path) -> None:
+    start = 1.7e9 + 1000.0  # the scripted run's wall clock at its start
+    path = write_csv_series(tmp_path / "late.csv", [(start + 15, 200.0), (start + 25, 600.0)])
+    records, messages, _ = scripted_run(tmp_path / "run", Carbon(series=path))
+    assert len(messages) == 1, messages
+    assert "late.csv" in messages[0] and "is before it and priced at its first value, 200 g/kWh" in messages[0]
+    assert "2023-11-14T22:30:00Z to 2023-11-14T22:30:05Z" in messages[0]
+    # The run also outlasts the series: that is in every record concerned, not in more warnings.
+    assert "extrapolated" in records[0].intensity_source and "extrapolated" in records[-1].intensity_source
+
+
+def test_a_series_covering_the_run_does_not_warn(tmp_path: Path) -> None:
+    start = 1.7e9 + 1000.0
+    path = write_csv_series(tmp_path / "covering.csv", [(start - 60, 200.0), (start + 20, 600.0), (start + 60, 100.0)])
+    records, messages, _ = scripted_run(tmp_path / "run", Carbon(series=path))
+    assert messages == [] and not any("extrapolated" in r.intensity_source for r in records)
+    assert {r.intensity_year for r in records} == {2023}
 
 
 # --- environment ----------------------------------------------------------------------------

@@ -360,3 +360,69 @@ def test_argument_validation():
         UkCarbonIntensitySource(base_url="ftp://x")
     with pytest.raises(ValueError, match="region"):
         WattTimeSource(" ")
+
+
+# ------------------------------------------------------------------------- malformed HTTP answers
+class RawAnswers(QuietHandler):
+    """Answers that http.client itself refuses, with errors that are not OSErrors."""
+
+    kind = "badstatus"
+
+    def do_GET(self):
+        try:
+            if self.kind == "badstatus":
+                self.wfile.write(b"GARBAGE\r\n\r\n")
+            elif self.kind == "incomplete":
+                self.wfile.write(b'HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n{"data":')
+            else:  # a header line past http.client's 64 KiB limit
+                self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Long: " + b"a" * 70_000 + b"\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up reading, as it should
+
+
+@pytest.mark.parametrize("kind, error", [("badstatus", "BadStatusLine"), ("incomplete", "IncompleteRead"),
+                                         ("linetoolong", "LineTooLong")])
+def test_a_malformed_http_answer_falls_back_like_a_timeout(monkeypatch, kind, error):
+    for variable in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(variable, raising=False)
+    server = LoopbackServer(type("Answers", (RawAnswers,), {"kind": kind}))
+    try:
+        source = UkCarbonIntensitySource(base_url=server.url, bucket_s=60.0, timeout_s=2.0)
+        carbon = Carbon(series=source)
+        with pytest.warns(Warning) as caught:
+            first = carbon.intensity_between(T0, T0 + 30)
+            second = carbon.intensity_between(T0 + 60, T0 + 90)  # another bucket, another failure
+    finally:
+        server.close()
+    for intensity in (first, second):
+        assert intensity.g_per_kwh == pytest.approx(country_intensity("GB").g_per_kwh)
+        assert "fallback: static table" in intensity.source and f"malformed HTTP answer from UK Carbon Intensity: {error}" in intensity.source
+        assert "\n" not in intensity.source and "\r" not in intensity.source
+    assert len([w for w in caught if str(w.message).startswith("greencallbacks: live carbon intensity")]) == 1
+    assert source.requests_made == 2
+
+
+def test_an_unforeseen_error_while_parsing_falls_back(api, monkeypatch):
+    from greencallbacks.carbon import live
+
+    def broken(document):
+        raise TypeError("unhashable answer")
+
+    monkeypatch.setattr(live, "parse_uk_carbon_intensity", broken)
+    api.routes["/intensity/"] = (200, {"data": []})
+    with pytest.warns(Warning, match="greencallbacks: live carbon intensity"):
+        intensity = UkCarbonIntensitySource(base_url=api.url).mean_between(T0, T0 + 60)
+    assert intensity.g_per_kwh == pytest.approx(country_intensity("GB").g_per_kwh)
+    assert "because: unexpected TypeError: unhashable answer" in intensity.source
+
+
+def test_a_live_source_that_raises_through_carbon_falls_back_to_its_own_zone_without_secrets():
+    class Broken(ElectricityMapsSource):
+        def mean_between(self, start_unix, end_unix):
+            raise RuntimeError(f"bug near token {TOKEN}")
+
+    with pytest.warns(Warning, match="greencallbacks: the intensity series Electricity Maps DE failed") as caught:
+        intensity = Carbon(series=Broken("DE", token=TOKEN)).intensity_between(T0, T0 + 60)
+    assert intensity.g_per_kwh == pytest.approx(country_intensity("DE").g_per_kwh)
+    assert "fallback: static table" in intensity.source and "RuntimeError" in intensity.source
+    assert not any(TOKEN in text for text in [intensity.source, *(str(w.message) for w in caught)])

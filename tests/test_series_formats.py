@@ -106,3 +106,30 @@ def test_timestamps_outside_1970_to_2200_are_refused(tmp_path, stamp):
     path = write(tmp_path / "far.csv", f"timestamp,g_per_kwh\n{stamp},100\n")
     with pytest.raises(ValueError, match=r"far.csv'?, line 2: timestamp .* is outside 1970-2200"):
         IntensitySeries.from_file(path)
+
+
+@pytest.mark.parametrize("document, place", [
+    ('[{"timestamp": 0, "g_per_kwh": 1}, {"timestamp": 0, "g_per_kwh": 2}]', "item 1"),
+    ('[[0, 1], [10]]', "item 1"),
+    (json.dumps({"data": [{"from": "1960-01-01T00:00Z", "to": "1960-01-01T00:30Z", "intensity": {"actual": 4}}]}), "point 0"),
+])
+def test_json_errors_name_the_item_without_calling_it_a_line(tmp_path, document, place):
+    with pytest.raises(ValueError) as error:
+        IntensitySeries.from_file(write(tmp_path / "bad.json", document))
+    assert f"bad.json', {place}: " in str(error.value) and "line item" not in str(error.value)
+
+
+def test_a_quoted_newline_inside_a_field_is_one_record(tmp_path):
+    text = ('timestamp,g_per_kwh,note\n'
+            '0,100,"maintenance\nwindow, see log"\n'
+            '3600,300,"a note\n# not a comment\nover three lines"\n'
+            '# a comment between records\n'
+            '7200,200,plain\n')
+    series = IntensitySeries.from_file(write(tmp_path / "notes.csv", text))
+    assert series.times_unix == (0.0, 3600.0, 7200.0) and series.values_g_per_kwh == (100.0, 300.0, 200.0)
+
+
+def test_a_row_after_a_multi_line_record_is_named_by_its_own_line(tmp_path):
+    text = 'timestamp,g_per_kwh,note\n0,100,"two\nlines"\n3600,lots,x\n'
+    with pytest.raises(ValueError, match=r"notes.csv'?, line 4: value 'lots' is not a number"):
+        IntensitySeries.from_file(write(tmp_path / "notes.csv", text))

@@ -163,8 +163,9 @@ class LiveIntensitySource:
                 if not points:
                     raise LiveSourceError("no data points for the interval")
                 self._cache[bucket] = sorted(points)
-            except LiveSourceError as error:
-                self._cache[bucket] = self._redact(str(error))
+            except Exception as error:  # any failure, ours or unforeseen, is a fallback: never a lost record
+                reason = str(error) if isinstance(error, LiveSourceError) else f"unexpected {_error_text(error)}"
+                self._cache[bucket] = self._redact(reason)
                 self._warn_once(self._cache[bucket])  # type: ignore[arg-type]
         return self._cache[bucket]
 
@@ -227,10 +228,19 @@ class LiveIntensitySource:
             raise LiveSourceError(self._redact(f"cannot reach {self.provider}: {error.reason}")) from None
         except OSError as error:
             raise LiveSourceError(self._redact(f"connection to {self.provider} failed: {error}")) from None
+        except Exception as error:
+            # http.client's own errors (a garbled status line, a body cut short, an overlong header)
+            # are not OSErrors.
+            raise LiveSourceError(self._redact(f"malformed HTTP answer from {self.provider}: {_error_text(error)}")) from None
         try:
             return json.loads(body.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise LiveSourceError(f"malformed JSON from {self.provider}: {error}") from None
+        except Exception as error:  # bad bytes, bad JSON, nesting too deep to parse
+            raise LiveSourceError(self._redact(f"malformed JSON from {self.provider}: {_error_text(error)}")) from None
+
+
+def _error_text(error: BaseException) -> str:
+    """``Type: message`` on one line (a status line quoted in the message brings its CR LF)."""
+    return " ".join(f"{type(error).__name__}: {error}".split())
 
 
 def _step_value(points: Points, moment_unix: float) -> float:

@@ -29,7 +29,8 @@ import csv
 import io
 import json
 import math
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -49,8 +50,10 @@ class IntensitySource(Protocol):
     def mean_between(self, start_unix: float, end_unix: float) -> Intensity: ...
 
 
-def _malformed(path: Path, line: int | str, why: str) -> ValueError:
-    return ValueError(f"series file {str(path)!r}, line {line}: {why}")
+def _malformed(path: Path, where: int | str, why: str) -> ValueError:
+    """``where``: a line number, or a place in a JSON document such as ``item 3``."""
+    place = f"line {where}" if isinstance(where, int) else where
+    return ValueError(f"series file {str(path)!r}, {place}: {why}")
 
 
 def parse_timestamp(raw: object) -> float:
@@ -135,14 +138,48 @@ def _watttime_factor(units: str) -> float:
     return WATTTIME_UNITS[text]
 
 
+class _CsvRecords:
+    """(first line number, cells) of each CSV record, skipping blank and ``#`` lines between records.
+
+    One reader over the whole text, so a quoted field may hold a newline (a notes column): the
+    record is reported at the line where it starts, and a ``#`` line inside such a field is data.
+    """
+
+    def __init__(self, text: str) -> None:
+        self._text = text
+        self._between_records = True
+        self.line = 0  # where the current record starts, for errors
+
+    def _lines(self) -> Iterator[str]:
+        for number, line in enumerate(io.StringIO(self._text, newline=""), start=1):
+            if self._between_records:
+                if not line.strip() or line.lstrip().startswith("#"):
+                    continue
+                self.line, self._between_records = number, False
+            yield line
+
+    def __iter__(self) -> Iterator[tuple[int, list[str]]]:
+        # The reader asks for another line before handing back a record only when a quoted
+        # field is still open, so a record boundary is exactly where it has just handed one back.
+        for cells in csv.reader(self._lines()):
+            yield self.line, cells
+            self._between_records = True
+
+
+def _csv_rows(path: Path, text: str) -> list[tuple[int, list[str]]]:
+    records = _CsvRecords(text)
+    try:
+        return list(records)
+    except csv.Error as error:
+        raise _malformed(path, records.line, f"not readable as CSV: {error}") from None
+
+
 def _csv_points(path: Path, text: str) -> tuple[list[tuple[int, object, object]], str]:
     """(line number, raw timestamp, value) for each data row of a CSV series, and the format read."""
-    numbered = [(number, line) for number, line in enumerate(text.splitlines(), start=1)
-                if line.strip() and not line.lstrip().startswith("#")]
+    numbered = _csv_rows(path, text)
     if not numbered:
         raise _malformed(path, 1, "no header and no data")
-    header_line, header = numbered[0]
-    names = next(csv.reader([header]))
+    header_line, names = numbered[0]
     time_column, value_column, units_column, form = _csv_layout(names)
     if time_column is None or value_column is None:
         raise _malformed(
@@ -154,8 +191,7 @@ def _csv_points(path: Path, text: str) -> tuple[list[tuple[int, object, object]]
     units_index = names.index(units_column) if units_column is not None else None
     provider = form != GENERIC_FORMAT
     points: list[tuple[int, object, object]] = []
-    for number, line in numbered[1:]:
-        cells = next(csv.reader(io.StringIO(line)))
+    for number, cells in numbered[1:]:
         if len(cells) <= max(time_index, value_index):
             raise _malformed(path, number, f"expected {len(names)} columns, got {len(cells)}")
         raw = cells[value_index]
@@ -239,14 +275,42 @@ def _json_points(path: Path, text: str) -> tuple[list[tuple[int | str, object, o
     return points, "JSON"
 
 
+# Up to this many steps inside an interval are summed one by one (exactly as a scan would); past
+# it, two lookups in the running integral, whose rounding is then negligible against the span.
+DIRECT_SUM_MAX_STEPS = 64
+
+
 @dataclass(frozen=True)
 class IntensitySeries:
-    """A step series of (unix seconds, gCO2eq/kWh), strictly increasing in time."""
+    """A step series of (unix seconds, gCO2eq/kWh), strictly increasing in time.
+
+    Each value holds until the next timestamp; the last one for one step (the smallest gap between
+    timestamps, the series' resolution), so an hourly series whose last row is 23:00 covers 23:00
+    to 24:00. Outside that the nearest value is used, and said to be extrapolated.
+    """
 
     times_unix: tuple[float, ...]
     values_g_per_kwh: tuple[float, ...]
     name: str
     format: str = GENERIC_FORMAT  # which file format was read, said wherever the series is named
+    step_s: float = field(init=False, repr=False, compare=False)
+    # Integral of the series from its first timestamp to each timestamp: a mean over any span is
+    # then two bisects, not a scan (it is asked on the training thread at every logged step).
+    _running_integral: tuple[float, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        times, values = self.times_unix, self.values_g_per_kwh
+        running, total = [0.0], 0.0
+        for left, right, value in zip(times, times[1:], values):
+            total += value * (right - left)
+            running.append(total)
+        object.__setattr__(self, "_running_integral", tuple(running))
+        object.__setattr__(self, "step_s", min((b - a for a, b in zip(times, times[1:])), default=0.0))
+
+    @property
+    def coverage(self) -> tuple[float, float]:
+        """(first timestamp, end of the last step): where the series has data."""
+        return self.times_unix[0], self.times_unix[-1] + self.step_s
 
     @property
     def description(self) -> str:
@@ -289,12 +353,32 @@ class IntensitySeries:
         return self.values_g_per_kwh[max(index, 0)]
 
     def integral(self, start_unix: float, end_unix: float) -> float:
-        """Integral of the step function over [start, end], in (g/kWh) x seconds."""
-        total = 0.0
-        boundaries = [start_unix, *(t for t in self.times_unix if start_unix < t < end_unix), end_unix]
-        for left, right in zip(boundaries, boundaries[1:]):
-            total += self.value_at(left) * (right - left)
+        """Integral of the step function over [start, end], in (g/kWh) x seconds. O(log N)."""
+        times, values = self.times_unix, self.values_g_per_kwh
+        if end_unix <= start_unix:
+            return self.value_at(start_unix) * (end_unix - start_unix)
+        # The timestamps strictly inside (start, end) are times[first:last].
+        first = bisect.bisect_right(times, start_unix)
+        last = bisect.bisect_left(times, end_unix, lo=first)
+        if last - first > DIRECT_SUM_MAX_STEPS:
+            return self._integral_to(end_unix) - self._integral_to(start_unix)
+        total = values[max(first - 1, 0)] * ((times[first] if first < last else end_unix) - start_unix)
+        for index in range(first, last):
+            right = times[index + 1] if index + 1 < last else end_unix
+            total += values[index] * (right - times[index])
         return total
+
+    def _integral_to(self, moment_unix: float) -> float:
+        """Integral from the first timestamp to ``moment`` (negative before it), the end values held."""
+        index = bisect.bisect_right(self.times_unix, moment_unix) - 1
+        if index < 0:
+            return self.values_g_per_kwh[0] * (moment_unix - self.times_unix[0])
+        return self._running_integral[index] + self.values_g_per_kwh[index] * (moment_unix - self.times_unix[index])
+
+    def data_year(self, moment_unix: float) -> int:
+        """The year of the data that prices ``moment``: a 2020 series pricing a 2026 run is 2020 data."""
+        nearest = min(max(moment_unix, self.times_unix[0]), self.times_unix[-1])
+        return datetime.fromtimestamp(nearest, tz=timezone.utc).year
 
     def mean_between(self, start_unix: float, end_unix: float) -> Intensity:
         if end_unix < start_unix:
@@ -305,13 +389,13 @@ class IntensitySeries:
         else:
             g_per_kwh = self.integral(start_unix, end_unix) / (end_unix - start_unix)
             how = "time-weighted mean"
-        extrapolated = start_unix < self.times_unix[0] or end_unix > self.times_unix[-1]
+        covered_from, covered_until = self.coverage
+        extrapolated = start_unix < covered_from or end_unix > covered_until
         note = " (extrapolated: interval outside the series range, nearest value used)" if extrapolated else ""
-        year = datetime.fromtimestamp(start_unix, tz=timezone.utc).year
         return Intensity(
             g_per_kwh=g_per_kwh,
             source=f"time series {self.description}, {how}{note}",
             zone=self.zone,
-            year=year,
+            year=self.data_year(start_unix),
             licence=SERIES_LICENCE,
         )

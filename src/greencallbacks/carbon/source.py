@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
+from datetime import datetime, timezone
 from pathlib import Path
 
 from greencallbacks.carbon.intensity import (
@@ -13,6 +14,7 @@ from greencallbacks.carbon.intensity import (
     region_intensity,
     region_row,
     user_intensity,
+    validate_intensity,
     world_average,
     zone_intensity,
 )
@@ -58,6 +60,7 @@ class Carbon:
 
         self._static: Intensity | None = None
         self._series: IntensitySource | None = None
+        self._warned: set[str] = set()  # each problem of the series is warned once per Carbon
         cloud_provider: str | None = None
 
         if intensity is not None:
@@ -94,7 +97,13 @@ class Carbon:
         return self._static is not None and self._static.is_default
 
     def intensity_between(self, start_unix: float, end_unix: float) -> Intensity:
-        """Intensity for the interval [start, end] (unix seconds): the constant, or the series' mean."""
+        """Intensity for the interval [start, end] (unix seconds): the constant, or the series' mean.
+
+        A series that raises, or answers something other than a valid :class:`Intensity`, is
+        replaced for that interval by a static value (its own fallback, else the world average),
+        labelled and warned once: the tracker calls this while building records, and a record
+        lost to a user's series would lose its energy too.
+        """
         if not (math.isfinite(start_unix) and math.isfinite(end_unix)):
             raise ValueError(f"interval bounds must be finite, got [{start_unix}, {end_unix}]")
         if end_unix < start_unix:
@@ -102,7 +111,81 @@ class Carbon:
         if self._static is not None:
             return self._static
         assert self._series is not None
-        return self._series.mean_between(start_unix, end_unix)
+        try:
+            intensity = _checked(self._series.mean_between(start_unix, end_unix))
+        except Exception as error:  # anything from user code: the record must still be written
+            return self._series_failed(error)
+        self._warn_if_outside_series(start_unix, end_unix)
+        return intensity
+
+    def _series_name(self, default: str | None = None) -> str:
+        default = default or type(self._series).__name__
+        try:
+            return str(getattr(self._series, "name", None) or default)
+        except Exception:  # a user's property that raises
+            return default
+
+    def _series_zone(self) -> str:
+        try:
+            return str(getattr(self._series, "zone", None) or f"series:{type(self._series).__name__}")
+        except Exception:
+            return f"series:{type(self._series).__name__}"
+
+    def _series_fallback(self) -> Intensity:
+        """The series' own static fallback (a live source's country), else the world average."""
+        try:
+            return _checked(self._series.fallback_intensity())  # type: ignore[union-attr]
+        except Exception:
+            return world_average(is_default=False)
+
+    def _series_failed(self, error: Exception) -> Intensity:
+        reason = " ".join(f"{type(error).__name__}: {error}".split())
+        redact = getattr(self._series, "_redact", None)  # a live source's secrets stay out of records
+        if callable(redact):
+            try:
+                reason = str(redact(reason))
+            except Exception:
+                reason = type(error).__name__
+        static = self._series_fallback()
+        name = self._series_name()
+        if "failed" not in self._warned:
+            self._warned.add("failed")
+            _warn(
+                f"greencallbacks: the intensity series {name} failed ({reason}); using the static value "
+                f"{static.g_per_kwh:g} g/kWh ({static.source}) for every interval it cannot price, and each "
+                "record says so."
+            )
+        return Intensity(
+            g_per_kwh=static.g_per_kwh,
+            source=f"time series {name} failed ({reason}); fallback: static table ({static.source})",
+            zone=self._series_zone(),
+            year=static.year,
+            licence=static.licence,
+        )
+
+    def _warn_if_outside_series(self, start_unix: float, end_unix: float) -> None:
+        """Warn once when the run reaches outside a file series: that time is priced at its nearest value."""
+        series = self._series
+        # An instant bills no energy, so its price cannot mislead.
+        if "outside" in self._warned or end_unix <= start_unix or not isinstance(series, IntensitySeries):
+            return
+        covered_from, covered_until = series.coverage
+        spans = []
+        if start_unix < covered_from:
+            spans.append(f"{_iso(start_unix)} to {_iso(min(end_unix, covered_from))} is before it and priced at its "
+                         f"first value, {series.values_g_per_kwh[0]:g} g/kWh")
+        if end_unix > covered_until:
+            spans.append(f"{_iso(max(start_unix, covered_until))} to {_iso(end_unix)} is after it and priced at its "
+                         f"last value, {series.values_g_per_kwh[-1]:g} g/kWh")
+        if not spans:
+            return
+        self._warned.add("outside")
+        _warn(
+            f"greencallbacks: the intensity series {series.description} covers {_iso(covered_from)} to "
+            f"{_iso(covered_until)}, but the run reaches outside it: {'; '.join(spans)}. Any other time outside "
+            "it is priced at its nearest value too (data of another time, not of the run), and each record so "
+            "priced says 'extrapolated'. Give a series that covers the run."
+        )
 
     def describe(self) -> dict:
         """JSON-friendly summary: zone, g_per_kwh (None for a series), source, year, licence, PUE."""
@@ -110,9 +193,9 @@ class Carbon:
             static = self._static
             zone, g_per_kwh, source, year, licence = static.zone, static.g_per_kwh, static.source, static.year, static.licence
         else:
-            zone = getattr(self._series, "zone", f"series:{type(self._series).__name__}")
+            zone = self._series_zone()
             g_per_kwh, year = None, None
-            source = f"time series {getattr(self._series, 'name', zone)}"
+            source = f"time series {self._series_name(default=zone)}"
             licence = "user data"
         return {
             "zone": zone,
@@ -160,6 +243,27 @@ def _env_number(variable: str, argument: str, text: str | None) -> float | None:
         return float(text)
     except ValueError:
         raise ValueError(f"{argument} from {ENV_PREFIX}{variable} must be a number, got {text!r}") from None
+
+
+def _checked(intensity: object) -> Intensity:
+    """``intensity`` when it is an :class:`Intensity` with a valid value, else ``TypeError``/``ValueError``."""
+    if not isinstance(intensity, Intensity):
+        raise TypeError(f"mean_between returned {type(intensity).__name__}, not an Intensity")
+    validate_intensity(intensity.g_per_kwh, argument="the series' g_per_kwh")
+    return intensity
+
+
+def _iso(unix_s: float) -> str:
+    try:
+        return datetime.fromtimestamp(unix_s, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (OverflowError, OSError, ValueError):  # past the calendar: still say where
+        return f"{unix_s:g} (unix seconds)"
+
+
+def _warn(message: str) -> None:
+    from greencallbacks.meter import warn  # lazily: importing the carbon package stays light
+
+    warn(message)
 
 
 def _series_source(series: object) -> IntensitySource:
