@@ -405,8 +405,10 @@ def simulated_gpu_boundaries(quick: bool) -> dict:
         gpu_sensors = [] if off_thread is None else [simulated_gpu_sensor(nvml, gpu)]
         sensors = host_sensors()
         for sensor in sensors:
-            if sensor.name == "cpu":  # the process tree's CPU time: read in place before 2026-12-01
-                sensor.off_thread = cpu_off_thread
+            # The process tree's CPU time: read in place before 2026-12-01; since 2026-12-03 off
+            # the thread only while the tree has live children (the library's own choice).
+            if sensor.name == "cpu" and not cpu_off_thread:
+                sensor._reads_tree = False
         meter = Meter([*gpu_sensors, *sensors], off_thread=bool(off_thread) or cpu_off_thread)
         snapshot, between = meter.snapshot, meter.between
         meter_us: list[float] = []

@@ -256,15 +256,9 @@ def _resolution_s(series: object, start_unix: float, end_unix: float) -> float:
 
 
 def series_coverage(series: object) -> tuple[float, float] | None:
-    """(first timestamp, end of the last step) of a series with timestamps; None for other sources.
-
-    The last value holds for one step (the series' resolution) after its timestamp.
-    """
-    times = getattr(series, "times_unix", None)
-    if not times:
-        return None
-    step = min((b - a for a, b in zip(times, times[1:])), default=0.0)
-    return times[0], times[-1] + step
+    """(first timestamp, end of the last step) of a series with timestamps (``IntensitySeries.coverage``,
+    the span the tracker prices without extrapolating); None for other sources."""
+    return getattr(series, "coverage", None) if getattr(series, "times_unix", None) else None
 
 
 def _slot_edges(series: object, start_unix: float, end_unix: float, step_s: float) -> list[float]:
