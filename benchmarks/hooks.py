@@ -410,7 +410,7 @@ def simulated_gpu_boundaries(quick: bool) -> dict:
             if sensor.name == "cpu" and not cpu_off_thread:
                 sensor._reads_tree = False
         meter = Meter([*gpu_sensors, *sensors], off_thread=bool(off_thread) or cpu_off_thread)
-        snapshot, between = meter.snapshot, meter.between
+        snapshot = meter.snapshot
         meter_us: list[float] = []
 
         def timed_snapshot(*args, **kwargs):  # the meter's share of a boundary (snapshot + window)

@@ -648,6 +648,7 @@ def test_one_callback_in_two_trainers_records_each_trainers_test_in_that_trainer
     (test,) = [r for r in read_records(dir1) if r.phase == "test"]
     assert results["test_energy_kwh"] == pytest.approx(test.energy_kwh, rel=1e-12), (results, test.energy_kwh)  # float64, not float32
     assert {r.run_id for r in read_records(dir1)} == {run1} and "test" not in {r.phase for r in read_records(dir2)}
+    assert {r.run_id for r in read_records(dir2)} == {run2}
     logged = csv_scalars(Path(tr1.logger.log_dir) / "metrics.csv")["test_energy_kwh_total"]
     # Exact (DESIGN 2a: 1e-9), not float32's 3e-8: test values go through pl_module.log as float64.
     assert logged[-1][1] == pytest.approx(sum(r.energy_kwh for r in read_records(dir1) if r.phase == "test"), rel=1e-9)
