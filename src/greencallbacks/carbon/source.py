@@ -139,7 +139,9 @@ class Carbon:
             return world_average(is_default=False)
 
     def _series_failed(self, error: Exception) -> Intensity:
-        reason = " ".join(f"{type(error).__name__}: {error}".split())
+        from greencallbacks.carbon.live import _error_text  # the failure path only: live imports urllib
+
+        reason = _error_text(error)
         redact = getattr(self._series, "_redact", None)  # a live source's secrets stay out of records
         if callable(redact):
             try:
