@@ -33,6 +33,7 @@ import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -324,7 +325,10 @@ class SelfTime:
         self.calls: collections.Counter = collections.Counter()
         self.seconds_by: collections.Counter = collections.Counter()
         self.hook_call_s: list[float] = []  # every outermost hook call, for medians
-        self._depth = 0
+        # Per thread: Keras dispatches an async-safe callback's batch hooks on a worker thread,
+        # where they may overlap a hook on the training thread; a shared depth took one for nested.
+        self._local = threading.local()
+        self._lock = threading.Lock()  # the totals are added to from both threads
         self._undo: list = []
 
     def _wrap(self, owner, name: str, label: str, only_for: type | None = None) -> None:
@@ -334,20 +338,22 @@ class SelfTime:
         def timed(*args, **kwargs):
             # only_for: a base-class hook times only calls on that exact class's instances (the
             # framework's own callbacks inherit the same no-op hooks).
-            if self._depth or (only_for is not None and type(args[0]) is not only_for):
+            depth = getattr(self._local, "depth", 0)
+            if depth or (only_for is not None and type(args[0]) is not only_for):
                 return original(*args, **kwargs)
-            self._depth += 1
+            self._local.depth = depth + 1
             t0 = time.perf_counter()
             try:
                 return original(*args, **kwargs)
             finally:
                 elapsed = time.perf_counter() - t0
-                self.seconds += elapsed
-                self.seconds_by[label] += elapsed
-                self._depth -= 1
-                self.calls[label] += 1
-                if is_hook:
-                    self.hook_call_s.append(elapsed)
+                self._local.depth = depth
+                with self._lock:
+                    self.seconds += elapsed
+                    self.seconds_by[label] += elapsed
+                    self.calls[label] += 1
+                    if is_hook:
+                        self.hook_call_s.append(elapsed)
 
         setattr(owner, name, timed)
         self._undo.append((owner, name, original))
