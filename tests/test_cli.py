@@ -532,3 +532,14 @@ def test_a_closed_pipe_ends_the_command_quietly(tmp_path):
     for args in (["report", str(path)], ["zones"], ["whatif", str(path), "--intensity", str(series)]):
         code, err = _into_a_closed_pipe(args)
         assert (code, err) == (141, ""), args  # as a shell reports cat or grep stopped by SIGPIPE
+
+
+def test_the_library_names_a_named_pipe_as_one_too(tmp_path):
+    from greencallbacks.runs import load
+
+    fifo = tmp_path / "energy-records.jsonl"
+    os.mkfifo(fifo)
+    with pytest.raises(ValueError, match=r"not a regular file or directory \(a named pipe\)"):
+        load(fifo)
+    with pytest.raises(FileNotFoundError, match="no such file or directory"):
+        load(tmp_path / "missing")

@@ -9,7 +9,6 @@ import argparse
 import json
 import os
 import re
-import stat
 import sys
 import warnings
 from pathlib import Path
@@ -95,26 +94,10 @@ def load_records(paths: Sequence[str | os.PathLike]):
     without a record, are refused. A report of nothing would print zeros (or nothing) and exit 0."""
     from greencallbacks.runs import load
 
-    for path in paths:
-        _refuse_special_file(Path(path))
-    loaded = load(paths)
+    loaded = load(paths)  # a named pipe or device is refused as what it is
     if not loaded.records:
         raise ValueError(f"no records in {', '.join(str(f) for f in loaded.files)}")
     return loaded
-
-
-def _refuse_special_file(path: Path) -> None:
-    # Said as what it is: "no such file" would send the user looking for a path that is there.
-    try:
-        mode = path.stat().st_mode
-    except OSError:
-        return  # missing (or unreadable): the loader says so
-    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
-        return
-    kinds = ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISCHR, "a character device"),
-             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
-    kind = next((name for test, name in kinds if test(mode)), "a special file")
-    raise ValueError(f"{path}: not a regular file or directory ({kind})")
 
 
 def _load_runs(paths: Sequence[Path], run_id: str | None, command: str):

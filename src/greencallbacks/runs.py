@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,11 +33,24 @@ def find_record_files(path: str | os.PathLike) -> list[Path]:
         ranks = sorted(path.parent.glob(RANK_FILES)) if path.name == RECORDS_FILE else []
         return [path, *ranks]
     if not path.is_dir():
+        _refuse_special_file(path)
         raise FileNotFoundError(f"no such file or directory: {path}")
     found = sorted({*path.rglob(RECORDS_FILE), *path.rglob(RANK_FILES)})
     if not found:
         raise ValueError(f"no {RECORDS_FILE} under {path} (looked in every subdirectory)")
     return found
+
+
+def _refuse_special_file(path: Path) -> None:
+    # Said as what it is: "no such file" would send the user looking for a path that is there.
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return  # missing (or unreadable): "no such file or directory"
+    kinds = ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+    kind = next((name for test, name in kinds if test(mode)), "a special file")
+    raise ValueError(f"{path}: not a regular file or directory ({kind})")
 
 
 @dataclass
