@@ -39,6 +39,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from flow_invariants import check_run, logged_total_matches, meter_threads, run_records  # noqa: E402
+from greencallbacks import report  # noqa: E402
 from greencallbacks.keras import EnergyCallback  # noqa: E402
 from greencallbacks.records import read_records  # noqa: E402
 from greencallbacks.tracker import SUMMARY_FILE  # noqa: E402
@@ -238,6 +239,8 @@ def flow(seed: int) -> None:
         logged = csv_totals(csv_path)
         if logged and any(r.phase == "train" and not r.partial and r.attempt == attempt for r in records):
             logged_total_matches(records, logged[-1], rel=1e-9, context=context + " (CSVLogger)")
+        if history is None and any(r.phase == "train" for r in records):  # never a repeat of a finished run
+            assert report.cut_short(report.configuration(records)), context
         if history is not None and history.history.get("energy_kwh_total"):
             logged_total_matches(records, history.history["energy_kwh_total"][-1], rel=1e-9, context=context + " (History)")
     print(f"seed {seed}: " + "; ".join(steps), file=sys.stderr)  # what the seed covered, for the curious

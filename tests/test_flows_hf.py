@@ -29,6 +29,7 @@ from transformers import Trainer, TrainerCallback  # noqa: E402
 from flow_invariants import check_run, logged_total_matches, meter_threads  # noqa: E402
 from greencallbacks.hf import EnergyCallback  # noqa: E402
 from greencallbacks.records import read_records  # noqa: E402
+from greencallbacks import report  # noqa: E402
 from greencallbacks.report import epoch_rows  # noqa: E402
 from tests.hf_tiny import (  # noqa: E402
     BATCH, EVAL_SAMPLES, POWER_W, TEST_SAMPLES, TRAIN_SAMPLES, TokenDataset, scripted_sensor, tiny_model, training_args,
@@ -193,6 +194,8 @@ def test_random_hf_flows_keep_the_ledger(tmp_path, seed):
         logged = last_logged_total(trainer)
         if logged is not None and any(r.phase == "train" and not r.partial and r.attempt == attempt for r in records):
             logged_total_matches(records, logged, rel=1e-9, context=context)
+        if crashed and any(r.phase == "train" for r in records):  # never a repeat of a finished run
+            assert report.cut_short(report.configuration(records)), context
     print(f"seed {seed}: " + "; ".join(steps))  # what the seed covered (pytest -s shows it)
     # Inference after the last train() continues its run; on a Trainer that never trained it is a run of its own.
     context = f"seed {seed}, inference after: " + "; ".join(steps)

@@ -561,3 +561,20 @@ def test_a_real_crash_and_resume_reports_the_redone_epoch_per_attempt(tmp_path):
         assert "evaluated again in a later session (validation)" in report.render(after, "md")
     else:  # only in fit: the validation is a run of its own, the trained run's records untouched
         assert len({r.run_id for r in after}) == 2 and after[:len(records)] == records
+
+
+def test_a_run_that_failed_between_two_epochs_is_no_repeat_of_one_that_finished():
+    """A crash after one epoch's record and before the next began (a callback's epoch start, a
+    checkpoint write) leaves every epoch complete: the partial gap record is the only mark, and the
+    run was pooled with a finished run of as many epochs."""
+    finished = one_run("finished")
+    failed = one_run("failed")[:-1] + [dataclasses.replace(rec("failed", "other", 1, 50.0, 0, 4), partial=True)]
+    assert report.cut_short(report.configuration(failed)) and not report.cut_short(report.configuration(finished))
+    groups = report.group_runs(finished + failed)
+    assert [report.run_ids(g) for _, g in groups] == [["finished"], ["failed"]]
+    assert "cut short (2 completed)" in report.describe_configuration(groups[1][0])
+    # Resumed and finished, it is complete again; an evaluation that failed after training is no mark.
+    resumed = failed + [dataclasses.replace(r, attempt=1, seq=r.seq + 10) for r in one_run("failed")[2:4]]
+    assert not report.cut_short(report.configuration(resumed))
+    test_failed = one_run("finished")[:-1] + [dataclasses.replace(rec("finished", "test", None, 9.0, 5, 9), partial=True)]
+    assert not report.cut_short(report.configuration(test_failed))

@@ -354,8 +354,9 @@ class Tracker:
         except Exception:  # noqa: BLE001 - the run is already failing; keep what we have
             pass
         while self._stack:
-            top = self._stack.pop()
-            self._close(top, partial=top.phase != "other")
+            # Every open phase is cut short, the gap between two epochs too: its partial record
+            # is the only mark that a failure there ended the training.
+            self._close(self._stack.pop(), partial=True)
         local = self._take_pending()
         if self.reducer.world_size > 1 and self.reducer.rank > 0 and self.output_dir is not None:
             if self._writer is not None:

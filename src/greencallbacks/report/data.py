@@ -221,6 +221,7 @@ def configuration(records: Sequence[Record]) -> dict:
         # Fewer than `epochs` when training ended cut short (a crash not resumed, an OOM retry of
         # auto_find_batch_size): such a run is no repeat of anything (see group_runs).
         "completed_epochs": len({epoch for (_, epoch), group in per_epoch.items() if not any(r.partial for r in group)}),
+        "training_failed": _training_failed(records),
         # A run whose epochs start past 0 continues an earlier training (a notebook's second fit,
         # Keras initial_epoch): not a repeat of one that starts at 0.
         "first_epoch": min((epoch for _, epoch in per_epoch), default=0),
@@ -235,6 +236,19 @@ def configuration(records: Sequence[Record]) -> dict:
         # one training twice); a number given as the intensity is its own grid.
         "carbon": sorted({f"grid {_grid(r)}, PUE {r.pue:g}" for r in records}),
     }
+
+
+def _training_failed(records: Sequence[Record]) -> bool:
+    """Whether the last attempt that trained ended failing: its last training, validation or gap
+    record is partial. Said by the gap's record when the failure came between two epochs, after one
+    epoch's record and before the next began (the epochs themselves are all complete)."""
+    trained = [r.attempt for r in records if r.phase == "train"]
+    if not trained:
+        return False
+    attempt = max(trained)
+    last = max((r for r in records if r.attempt == attempt and r.phase in ("train", "validation", "other")),
+               key=lambda r: r.seq)
+    return last.partial
 
 
 def _epoch_samples(records: Sequence[Record]) -> list[list]:
@@ -254,8 +268,8 @@ def _grid(record: Record) -> str:
 
 
 def cut_short(config: dict) -> bool:
-    """Whether the run's training ended in an epoch cut short (never completed by a resume)."""
-    return config.get("completed_epochs", config["epochs"]) < config["epochs"]
+    """Whether the run's training ended failing, in an epoch or between two, never resumed."""
+    return config.get("completed_epochs", config["epochs"]) < config["epochs"] or config.get("training_failed", False)
 
 
 def describe_configuration(config: dict) -> str:
