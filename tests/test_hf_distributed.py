@@ -68,3 +68,12 @@ def test_two_ranks_sum_their_devices_count_the_host_once_and_log_the_same_values
         assert by_kind.get("cpu") == [0] and by_kind.get("ram") == [0], record.components
         assert sorted(by_kind["gpu"]) == [0, 1]
         assert record.it_energy_kwh * 3.6e6 == pytest.approx(sum(c["energy_j"] for c in record.components), rel=1e-9)
+    # Rank 0's estimate of the host takes in rank 1, torchrun's sibling of it, not its child (it
+    # missed rank 1's 1 CPU-s of 1.5 before): the CPU energy is both ranks' CPU time at the
+    # estimate's watts per busy CPU, within what the two ranks' windows differ by.
+    from greencallbacks.sensors.estimate import CpuEstimateSensor
+
+    cpu_j = sum(c["energy_j"] for r in records for c in r.components if c["kind"] == "cpu")
+    cpu_s = sum(r["cpu_seconds_measured"] for r in ranks)
+    assert ranks[1]["cpu_seconds_measured"] >= 1.0
+    assert cpu_j / CpuEstimateSensor().joules_per_cpu_second == pytest.approx(cpu_s, rel=0.2), (cpu_j, cpu_s)

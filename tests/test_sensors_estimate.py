@@ -108,6 +108,41 @@ def test_process_tree_cpu_time_includes_children():
     assert process_tree_cpu_seconds() - before >= 0.29
 
 
+def test_process_tree_takes_in_the_other_ranks_processes_once_each(tmp_path, monkeypatch):
+    """torchrun's ranks are siblings: the rank that measures the host adds them (and what they
+    started) by pid. One that is already a child of this process is not counted twice."""
+    import os
+    import signal
+    import time
+
+    from greencallbacks.sensors import estimate
+
+    monkeypatch.setattr(estimate, "_TREE", estimate._ProcessTree())
+
+    def burner(name):  # burns 0.3 CPU-s, says so, then idles until killed
+        return (f"import time, pathlib\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\n"
+                f"pathlib.Path({str(tmp_path / name)!r}).touch()\ntime.sleep(60)")
+
+    child = subprocess.Popen([sys.executable, "-c", burner("child")])
+    # A sibling: started through a shell that exits at once, so it is no descendant of this process.
+    sibling = int(subprocess.run(["sh", "-c", f'"{sys.executable}" -c "$0" > /dev/null 2>&1 & echo $!', burner("sibling")],
+                                 check=True, capture_output=True, text=True).stdout)
+    try:
+        deadline = time.monotonic() + 30
+        while not ((tmp_path / "child").exists() and (tmp_path / "sibling").exists()) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        own = estimate._own_cpu_seconds_now()
+        without = process_tree_cpu_seconds() - own  # the child alone
+        estimate.measure_other_processes([sibling, child.pid])
+        with_others = process_tree_cpu_seconds() - own
+        assert 0.29 <= without < 0.5
+        assert 0.58 <= with_others < 0.8  # child and sibling, the child once
+    finally:
+        child.kill()
+        child.wait()
+        os.kill(sibling, signal.SIGKILL)
+
+
 def test_cpu_estimate_on_this_process_counts_real_work():
     sensor = CpuEstimateSensor(100.0, sockets=1, logical_cpus=4)
     total = 0

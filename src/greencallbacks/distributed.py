@@ -1,13 +1,14 @@
 """Summing across ranks: the seam between the tracker and whatever runs the processes.
 
 Each rank measures only its own devices; the first rank on each host also measures the host
-(CPU, RAM), so nothing is counted twice. At the end of each phase the tracker gathers every
+(CPU, RAM; an estimate covers every rank's processes on the host), so nothing is counted twice. At the end of each phase the tracker gathers every
 rank's local records and sums them, so all ranks log the same numbers.
 """
 
 from __future__ import annotations
 
 import atexit
+import os
 import socket
 import time
 from typing import Any, Protocol
@@ -21,6 +22,7 @@ class Reducer(Protocol):
     rank: int
     world_size: int
     measures_host: bool  # this rank measures CPU and RAM for its host
+    host_pids: list[int]  # the other ranks' processes on the host, when this rank measures it
 
     def all_gather(self, obj: Any) -> list[Any]:
         """Every rank's ``obj``, in rank order, on every rank. A collective: all ranks call it."""
@@ -32,6 +34,7 @@ class LocalReducer:
     rank = 0
     world_size = 1
     measures_host = True
+    host_pids: list[int] = []
 
     def all_gather(self, obj: Any) -> list[Any]:
         return [obj]
@@ -57,14 +60,38 @@ class TorchReducer:
             atexit.register(_let_gloo_workers_finish)
         self.rank = dist.get_rank()
         self.world_size = dist.get_world_size()
-        hosts = self.all_gather(socket.gethostname())
-        self.measures_host = hosts.index(hosts[self.rank]) == self.rank
-        self.hosts = len(set(hosts))
+        place_on_hosts(self)
 
     def all_gather(self, obj: Any) -> list[Any]:
         out: list[Any] = [None] * self.world_size
         self._dist.all_gather_object(out, obj, group=self._group)
         return out
+
+
+def place_on_hosts(reducer: Any) -> None:
+    """Set ``measures_host``, ``hosts`` and ``host_pids`` from every rank's host and process id.
+
+    A collective. The first rank of each host measures it. Its CPU and RAM estimates cover its own
+    process tree, so they also take in the other ranks' processes on the host: ranks that torchrun
+    or a spawn started are siblings of it, not children, and would go unmeasured. A pid means the
+    same process only within one kernel and pid namespace (containers sharing a host name).
+    """
+    ranks = reducer.all_gather([socket.gethostname(), _process_namespace(), os.getpid()])
+    names = [name for name, _, _ in ranks]
+    here, namespace = names[reducer.rank], ranks[reducer.rank][1]
+    reducer.measures_host = names.index(here) == reducer.rank
+    reducer.hosts = len(set(names))
+    reducer.host_pids = [pid for name, ns, pid in ranks if name == here and ns == namespace and pid != os.getpid()
+                         ] if reducer.measures_host and namespace else []
+
+
+def _process_namespace() -> str:
+    """This kernel's boot id and this process's pid namespace ("" where unknown: no pid shared)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as boot:
+            return f"{boot.read().strip()}:{os.readlink('/proc/self/ns/pid')}"
+    except OSError:
+        return ""
 
 
 def _let_gloo_workers_finish() -> None:

@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from typing import Any, Callable
 
-from greencallbacks.distributed import LocalReducer, Reducer
+from greencallbacks.distributed import LocalReducer, Reducer, place_on_hosts
 from greencallbacks.meter import warn
 
 
@@ -99,9 +98,7 @@ class JaxProcessReducer:
 
         self.rank = jax.process_index()
         self.world_size = jax.process_count()
-        hosts = self.all_gather(socket.gethostname())
-        self.measures_host = hosts.index(hosts[self.rank]) == self.rank
-        self.hosts = len(set(hosts))
+        place_on_hosts(self)
 
     def all_gather(self, obj: Any) -> list[Any]:
         import numpy as np

@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable
 from functools import lru_cache
-from typing import Any
+from typing import Any, Sequence
 
 from greencallbacks.sensors.base import Integrator, Kind, Method, Sensor, SensorError
 
@@ -211,7 +211,14 @@ class _ProcessTree:
         self._pid: int | None = None
         self._process: Any = None
         self._children: list[Any] = []
+        self._others: tuple[int, ...] = ()
         self._listed_at = -math.inf
+
+    def also(self, pids: Sequence[int]) -> None:
+        """Take in these processes and their descendants too (the other ranks on this host), once
+        each: under Lightning's own launcher they are this process's children already."""
+        with self._lock:
+            self._others, self._listed_at = tuple(pids), -math.inf
 
     def members(self) -> tuple[Any, list[Any]]:
         import psutil
@@ -222,6 +229,17 @@ class _ProcessTree:
             now = time.monotonic()
             if now - self._listed_at > self.max_age_s:
                 self._children = self._process.children(recursive=True)
+                seen = {self._pid, *(child.pid for child in self._children)}
+                for pid in self._others:
+                    if pid in seen:
+                        continue
+                    try:
+                        root = psutil.Process(pid)
+                        tree = [root, *root.children(recursive=True)]
+                    except psutil.Error:
+                        continue  # that rank has ended
+                    self._children.extend(p for p in tree if p.pid not in seen)
+                    seen.update(p.pid for p in tree)
                 self._listed_at = now
             return self._process, list(self._children)
 
@@ -232,6 +250,12 @@ class _ProcessTree:
 
 
 _TREE = _ProcessTree()
+
+
+def measure_other_processes(pids: Sequence[int]) -> None:
+    """Have the CPU and RAM estimates of this process tree take in ``pids`` and their descendants
+    as well (the host's other ranks, for the rank that measures the host); ``()`` to stop."""
+    _TREE.also(pids)
 
 
 def process_tree_cpu_seconds(process: Any = None) -> float:
