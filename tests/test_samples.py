@@ -78,7 +78,6 @@ CASES = [
     ("object with __len__", SizedBatch(12), 12),
     ("ragged list (collate_fn=list)", ragged([5, 7, 2]), 3),
     ("ragged list of two (a partial last batch)", ragged([5, 2]), 2),
-    ("(x, y) with flattened labels is fields", [torch.zeros(3, 4), torch.zeros(12)], 3),
     ("list of per-sample dicts", [{"ids": torch.zeros(n)} for n in (3, 3, 5, 1)], 4),
     ("[inputs, targets] dicts are fields", [{"x": torch.zeros(6, 2)}, {"y": torch.zeros(6)}], 6),
     ("list of per-sample tuples", [(torch.zeros(3), 1) for _ in range(5)], 5),
@@ -108,6 +107,16 @@ CASES = [
     ("nested tensor (jagged)", torch.nested.nested_tensor([torch.zeros(5, 3), torch.zeros(2, 3)], layout=torch.jagged), 2),
     ("(nested tensor, labels)", (torch.nested.nested_tensor([torch.zeros(5, 3), torch.zeros(2, 3)]), torch.zeros(2)), 2),
     ("nested tensor in a dict", {"x": torch.nested.nested_tensor([torch.zeros(4), torch.zeros(1)])}, 2),
+    # Fields that disagree on their leading dimension: a model's named input decides, or nothing does.
+    ("a VLM's patches beside its input_ids", {"input_ids": torch.zeros(2, 9), "pixel_values": torch.zeros(40, 8),
+                                              "image_grid_thw": torch.zeros(3, 3)}, 2),
+    ("input_ids after other fields", {"image_grid_thw": torch.zeros(3, 3), "input_ids": torch.zeros(2, 9)}, 2),
+    ("a PackedSequence of 4 sequences", torch.nn.utils.rnn.pack_sequence(
+        [torch.zeros(n, 3) for n in (5, 3, 2, 1)]), 4),
+    ("(PackedSequence, labels)", (torch.nn.utils.rnn.pack_sequence([torch.zeros(n, 3) for n in (4, 2)]), torch.zeros(2)), 2),
+    ("token-id lists (collate_fn=list)", [[1, 2, 3, 4, 5], [6, 7], [8], [9, 9]], 4),
+    ("token-id lists of one length", [[1, 2, 3], [4, 5, 6]], 2),
+    ("objects of one class with __len__", [SizedBatch(9), SizedBatch(3), SizedBatch(1), SizedBatch(2)], 4),
 ]
 
 
@@ -121,6 +130,23 @@ def test_count_samples(batch, samples):
                          ids=["None", "()", "[]", "{}", "0-d tensor", "int", "str", "object", "no tensor"])
 def test_a_batch_that_says_nothing_is_uncounted_not_zero(batch):
     assert count_samples(batch) is None
+
+
+@pytest.mark.parametrize("batch", [
+    [torch.zeros(3, 4), torch.zeros(12)],  # labels flattened to (B * T,)
+    (torch.zeros(7, 10, 3), torch.zeros(10)),  # sequence-first (T, B, F) beside its labels
+    {"x": torch.zeros(30, 3), "lengths": torch.zeros(10)},  # packed tokens beside per-sequence lengths
+    {"node_x": torch.zeros(17, 3), "batch": torch.zeros(17), "y": torch.zeros(4)},  # graph nodes, graph labels
+    {"input_ids": torch.zeros(107), "lengths": torch.zeros(22), "labels": torch.zeros(107)},  # 1-d packed ids
+    Pair(torch.zeros(30, 2), torch.zeros(10)),
+    Features(torch.zeros(30, 3, 2, 2), torch.zeros(10)),
+], ids=["flattened labels", "sequence-first", "packed tokens", "graph", "1-d input_ids", "named tuple", "dataclass"])
+def test_fields_that_disagree_on_their_leading_dimension_are_uncounted_not_the_first_ones(batch):
+    # The first field's dimension was taken (30 for 10 sequences, 7 time steps for 10 samples),
+    # counted and silent: a per-sample cost off by the sequence length. Now the warning says why.
+    assert count_samples(batch) is None
+    with pytest.warns(EnergyWarning, match="leading dimensions differ"):
+        BatchCounter().count(batch, run_id="r")
 
 
 def tiny_tokenizer(words=("a", "b", "c", "d")):

@@ -9,9 +9,15 @@
   graphs, TensorDict), else ``__len__``;
 * the fields of a batch, in order: a tuple or list (``(x, y)``), a mapping (dicts,
   HF ``BatchEncoding`` from a data collator), a dataclass, a named tuple; nested to any depth;
+* fields that disagree on their leading dimension (packed tokens beside per-sequence lengths,
+  graph nodes beside graph labels, a sequence-first tensor beside its labels, labels flattened to
+  (B * T,)): a model's named input of 2 dimensions or more (``input_ids``, ``pixel_values``, ...)
+  when there is one, else uncounted, with the warning; never the first field's by chance;
+* torch's ``PackedSequence``: its number of sequences;
 * a list or tuple whose items are samples rather than fields: its length. Items are samples when
   they are strings or numbers (labels, texts); inside a batch, records (dicts, dataclasses,
-  tuples: detection targets) or tensors of different shapes; at the top, records of one shape
+  tuples: detection targets) or tensors of different shapes; at the top, Python lists of scalars
+  (token ids before padding) or objects of one class that are no tensors, records of one shape
   (dicts with the same keys, one dataclass type, or a *list* of equal-length tuples: what
   ``collate_fn=list`` gives), a single record too (``[{...}]``, ``[(x, y)]``: a batch of one,
   which ``default_collate`` never gives as fields: it returns a dict sample's fields as a dict and
@@ -36,7 +42,7 @@ lengths differ: a batch of one sample, or of equal lengths, reads as fields. Suc
 A list of same-shaped tensors inside a batch is ambiguous (collated fields, or same-sized
 samples such as images): its leading dimension counts only when no other field of the batch
 gives a certain count. A batch whose leading dimension is not the sample dimension (a
-sequence-first tensor) needs ``sample_counter=``.
+sequence-first tensor) needs ``sample_counter=``: alone, its first dimension is taken.
 
 Imports no framework: the adapters for Lightning, HF and Keras all use it.
 """
@@ -66,20 +72,29 @@ def count_samples(batch: Any) -> int | None:
             if batch:
                 shape = getattr(batch[0], "shape", None)
                 if shape:
-                    # (x, y): the fields share the leading dimension. If the second disagrees, a
-                    # list may be ragged samples (collate_fn=list): the general walk decides. A
-                    # tuple of tensors is always fields (saves ~0.15 us a step).
+                    # (x, y): the fields share the leading dimension. If another disagrees, a list
+                    # may be ragged samples (collate_fn=list), or the fields are not batch-first:
+                    # the general walk decides.
                     samples = shape[0]
-                    if kind is tuple or len(batch) == 1:
-                        return int(samples)
-                    second = getattr(batch[1], "shape", None)
-                    if not second or second[0] == samples:
+                    for field in batch[1:]:
+                        other = getattr(field, "shape", None)
+                        if other and other[0] != samples:
+                            break
+                    else:
                         return int(samples)
         elif kind is dict:
-            shape = getattr(next(iter(batch.values()), None), "shape", None)
+            values = iter(batch.values())
+            shape = getattr(next(values, None), "shape", None)
             if shape:
-                # A leading 1 may be a padding-free collator's packed row of several sequences.
-                return int(shape[0]) if shape[0] != 1 else _one_row(batch)
+                samples = shape[0]
+                if samples == 1:  # maybe a padding-free collator's packed row of several sequences
+                    return _one_row(batch)
+                for value in values:
+                    other = getattr(value, "shape", None)
+                    if other and other[0] != samples:
+                        break
+                else:
+                    return int(samples)
         elif hasattr(kind, "shape"):  # a tensor or array (asked of the class: see below)
             shape = batch.shape
             if shape:
@@ -87,9 +102,9 @@ def count_samples(batch: Any) -> int | None:
         elif isinstance(batch, Mapping):
             # HF BatchEncoding: asking the instance for a missing attribute costs ~6 us, its
             # __getattr__ raising (and chaining) an exception each time.
-            shape = getattr(next(iter(batch.values()), None), "shape", None)
-            if shape:
-                return int(shape[0]) if shape[0] != 1 else _one_row(batch)
+            leads = [shape[0] for shape in (getattr(value, "shape", None) for value in batch.values()) if shape]
+            if leads and len(set(leads)) == 1:
+                return int(leads[0]) if leads[0] != 1 else _one_row(batch)
     except Exception:  # noqa: BLE001 - a strided nested tensor raises on .shape; an unknown dim is None
         pass
     samples = _walk(batch)
@@ -150,6 +165,19 @@ def _off_cpu(tensor: Any) -> bool:
 def _why_uncounted(batch: Any) -> str:
     """What the warning adds for a batch that ``count_samples`` leaves uncounted on purpose."""
     try:
+        if isinstance(batch, Mapping):
+            fields = list(batch.values())
+        elif dataclasses.is_dataclass(batch) and not isinstance(batch, type):
+            fields = [getattr(batch, f.name) for f in dataclasses.fields(batch)]
+        else:
+            fields = list(batch) if isinstance(batch, (list, tuple)) else []
+        leads = [lead for lead in map(_leading, fields) if lead is not None]
+        if len(set(leads)) > 1:
+            return (f" (its fields' leading dimensions differ: {', '.join(map(str, leads))}; which one, if any, "
+                    "is the number of samples is not certain: packed tokens, graph nodes, a sequence-first tensor)")
+    except Exception:  # noqa: BLE001 - only a hint
+        return ""
+    try:
         positions = _packed_positions(batch) if isinstance(batch, Mapping) else None
         if positions is None or not _off_cpu(positions):
             return ""
@@ -207,6 +235,8 @@ def _items_of_sequence(items: list | tuple, top: bool) -> tuple[int | None, bool
     if top and _per_sample_records(items):
         # A list of samples (collate_fn=list), one too: batch_size=1, or a last batch of one.
         return len(items), True
+    if top and type(items) is list and len(items) > 1 and _samples_of_one_kind(items):
+        return len(items), True  # token-id lists, or objects of one class: one per sample
     leads = [_leading(x) for x in items]
     if len(items) > 1 and all(n is not None for n in leads):
         shapes = [_shape(x) for x in items]
@@ -222,6 +252,18 @@ def _items_of_sequence(items: list | tuple, top: bool) -> tuple[int | None, bool
             else:
                 return leads[0], False  # same-shaped tensors inside a batch: ambiguous
     return None, False
+
+
+def _samples_of_one_kind(items: list) -> bool:
+    """A top-level list of Python lists of scalars (token ids before padding), or of objects of one
+    class that are neither tensors nor containers: samples, not fields (fields are tensors, or of
+    different kinds). Read as fields, the first item's length was taken for the batch's."""
+    first = items[0]
+    if type(first) is list:
+        return all(type(x) is list and all(isinstance(v, _SCALARS) for v in x) for x in items)
+    kind = type(first)
+    return (not isinstance(first, (Mapping, tuple, *_SCALARS)) and _leading(first) is None
+            and not dataclasses.is_dataclass(first) and all(type(x) is kind for x in items))
 
 
 def _per_sample_records(items: list | tuple) -> bool:
@@ -246,8 +288,33 @@ def _per_sample_records(items: list | tuple) -> bool:
     return False
 
 
+# Where a batch's tensor fields disagree on their leading dimension, these name the sample
+# dimension of a model's inputs in transformers (as 2-d or more: a 1-d input_ids is a packed row).
+_INPUT_KEYS = ("input_ids", "attention_mask", "inputs_embeds", "input_values", "input_features", "pixel_values")
+
+
+def _fields_disagree(fields: Any) -> bool:
+    """Whether a batch's tensor fields give different leading dimensions: packed tokens beside
+    per-sequence lengths, graph nodes beside graph labels, a sequence-first (T, B, F) tensor beside
+    its labels, labels flattened to (B * T,). Which one is the sample count is then a guess."""
+    leads = {lead for lead in map(_leading, fields) if lead is not None}
+    return len(leads) > 1
+
+
+def _disagreeing_mapping(batch: Mapping) -> int | None:
+    """A mapping whose fields disagree: a packed row, a model's named input, or uncounted."""
+    if "cu_seq_lens_q" in batch or _packed_positions(batch) is not None:
+        return _one_row(batch)
+    for key in _INPUT_KEYS:
+        shape = _shape(batch[key]) if key in batch else None
+        if shape is not None and len(shape) >= 2:
+            return int(shape[0])
+    return None
+
+
 def _walk(batch: Any) -> int | None:
-    """The general case: breadth first over the batch's fields; the first certain count wins."""
+    """The general case: breadth first over the batch's fields; the first certain count wins.
+    Top-level fields that disagree on their leading dimension leave the batch uncounted."""
     guess = None
     queue: deque[tuple[Any, bool]] = deque([(batch, True)])
     while queue:
@@ -257,6 +324,19 @@ def _walk(batch: Any) -> int | None:
         lead = _leading(item)
         if lead is not None:
             return lead
+        if isinstance(item, tuple) and hasattr(item, "batch_sizes") and hasattr(item, "unsorted_indices"):
+            # torch's PackedSequence: its data is every sequence's steps; batch_sizes[0] (a CPU
+            # tensor, no device read) is how many sequences are in the batch.
+            return int(item.batch_sizes[0])
+        if top:
+            if isinstance(item, Mapping):
+                if _fields_disagree(item.values()):
+                    return _disagreeing_mapping(item)
+            elif dataclasses.is_dataclass(item) and not isinstance(item, type):
+                if _fields_disagree(getattr(item, f.name) for f in dataclasses.fields(item)):
+                    return None
+            elif isinstance(item, tuple) and hasattr(item, "_fields") and _fields_disagree(item):
+                return None
         kind = type(item)
         if kind is not list and kind is not tuple and kind is not dict:
             # Batch objects of graph and tensor-dict libraries say how many samples they hold.
@@ -281,6 +361,8 @@ def _walk(batch: Any) -> int | None:
                 return count
             if count is not None:
                 guess = count if guess is None else guess
+            elif top and _fields_disagree(item):
+                return None
             else:
                 queue.extend((value, False) for value in item)
         elif hasattr(item, "__len__"):
