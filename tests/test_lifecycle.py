@@ -88,6 +88,20 @@ def test_an_epoch_redone_after_a_resume_counts_in_t_but_not_in_d():
     assert any("partial" in note and "in T" in note for note in lc.notes)
 
 
+def test_an_epoch_resumed_part_way_is_no_epoch_of_d():
+    """A checkpoint inside epoch 1 (after 600 of 1000 samples), a crash after 800, a resume that
+    trains the last 400: the resumed part is a whole record of its attempt, and was averaged into D
+    as an epoch (D 800 for 1000, training J per sample 25 % high)."""
+    import dataclasses
+
+    records = [r for r in trained_run() if r.epoch != 1 or r.phase != "train"]
+    records.append(rec("model", "train", 1, 4000.0, 800, 90, partial=True))
+    records.append(dataclasses.replace(rec("model", "train", 1, 2000.0, 400, 91), attempt=1))
+    lc = lifecycle(records)
+    assert lc.samples_per_epoch == pytest.approx(1000)  # from epochs 0 and 2, each whole in one attempt
+    assert lc.training_j == pytest.approx(5000 + 4000 + 2000 + 5000)
+
+
 def test_uncounted_samples_make_per_sample_figures_unknown_not_zero():
     import dataclasses
 
@@ -96,7 +110,7 @@ def test_uncounted_samples_make_per_sample_figures_unknown_not_zero():
     lc = lifecycle(records)
     assert lc.samples_per_epoch is None and lc.training_j_per_sample is None and lc.overhead_factor is None
     assert lc.inference_phase == "validation"  # the test phase's samples were not counted
-    assert any("no training epoch with counted samples" in note for note in lc.notes)
+    assert any("no training epoch ran whole in one attempt with counted samples" in note for note in lc.notes)
 
 
 def test_embodied_is_kept_apart_and_summed_only_in_its_own_field():
