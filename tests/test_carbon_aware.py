@@ -139,3 +139,64 @@ def test_state_dict_keeps_the_spent_budget():
 def test_arguments_are_validated(kwargs, argument):
     with pytest.raises(ValueError, match=argument):
         CarbonAwarePause(**kwargs)
+
+
+def test_an_exception_raised_into_the_sleep_ends_the_pause_counted_so_far():
+    clock = Clock()
+
+    def sleep_then_interrupt(seconds):
+        clock.now += 100.0  # a signal arrives 100 s into the sleep
+        raise KeyboardInterrupt
+
+    gate = CarbonAwarePause(300, 3600, check_every_s=300.0, sleep=sleep_then_interrupt, clock=clock)
+    with pytest.raises(KeyboardInterrupt):
+        gate.maybe_pause(Carbon(intensity=900))
+    assert gate.total_paused_s == 100.0  # not given back to the delay budget
+    (record,) = gate.pauses
+    assert record.duration_s == 100.0
+
+
+class TimeLimit(Exception):
+    """What a job's SIGALRM / SIGTERM handler raises: it lands where the training thread waits."""
+
+
+def _raising_pause():
+    def sleep(seconds):
+        raise TimeLimit("job time limit reached")
+
+    return CarbonAwarePause(300, 3600, check_every_s=1.0, sleep=sleep)
+
+
+def test_an_exception_raised_into_a_pause_stops_a_lightning_fit_and_is_no_hook_failure(tmp_path):
+    """It was swallowed by the hook's guard ("on_train_epoch_start failed ... training continues"):
+    the fit went on, and the epoch after the pause had no record, its samples billed to the gap."""
+    pytest.importorskip("lightning")
+    import warnings
+
+    from greencallbacks.records import read_records
+    from greencallbacks.report import configuration, cut_short
+    from tests.lightning_models import flavour, loaders, trainer_kwargs
+
+    L, EnergyCallback, TinyModel = flavour("lightning.pytorch")
+    callback = EnergyCallback(intensity=900.0, carbon_aware=_raising_pause(), output_dir=str(tmp_path))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(TimeLimit):
+            L.Trainer(max_epochs=3, logger=False, callbacks=[callback], **trainer_kwargs()).fit(TinyModel(), *loaders())
+    assert not [w for w in caught if "training continues" in str(w.message)]
+    records = read_records(tmp_path)
+    assert [(r.phase, r.epoch) for r in records if r.phase == "train"] == [("train", 0)]
+    assert all(r.samples == 0 for r in records if r.phase == "other")
+    assert records[-1].phase == "other" and records[-1].partial and cut_short(configuration(records))
+
+
+def test_numpy_numbers_are_numbers():
+    # Refused before with "must be a finite number > 0, got np.int64(300)".
+    np = pytest.importorskip("numpy")
+    from greencallbacks.budget import Budget
+
+    gate = CarbonAwarePause(np.int64(300), np.float32(3600.0))
+    assert (gate.threshold_g_per_kwh, gate.max_delay_s) == (300.0, 3600.0)
+    assert Budget(kwh=np.int64(5), warn_at=np.float64(0.5)).limits["kwh"] == 5.0
+    with pytest.raises(ValueError, match="threshold_g_per_kwh"):
+        CarbonAwarePause(np.float64("nan"), 10)

@@ -29,6 +29,7 @@ are the whole run's, not the new attempt's.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -51,14 +52,14 @@ def _number(value: float) -> str:
 def _limit(name: str, value: object) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a finite number > 0 (or None for no limit on it), got {value!r}")
     return float(value)
 
 
 def _known(value: object) -> float | None:
     """A total or predicted value, or None where it is not available (None, NaN, not a number)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         return None
     return float(value)
 
@@ -125,7 +126,7 @@ class Budget:
             raise ValueError(f"on_exceed must be one of {', '.join(repr(a) for a in ACTIONS)}, got {on_exceed!r}")
         if warn_at is not None and (
             isinstance(warn_at, bool)
-            or not isinstance(warn_at, (int, float))
+            or not isinstance(warn_at, numbers.Real)
             or not math.isfinite(warn_at)
             or not 0 < warn_at < 1
         ):

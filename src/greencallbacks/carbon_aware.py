@@ -9,6 +9,7 @@ between epochs (never inside one: a pause mid-step would hold GPU memory and gai
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
@@ -82,11 +83,18 @@ class CarbonAwarePause:
                 break
             reason = reason or intensity
             step = min(self.check_every_s, self.remaining_delay_s)
-            self._sleep(step)
-            # The clock, not the requested step, says how long we really waited.
-            waited = max(0.0, self._clock() - now)
-            paused_here += waited
-            self.total_paused_s += waited
+            interrupted = True
+            try:
+                self._sleep(step)
+                interrupted = False
+            finally:
+                # The clock, not the requested step, says how long we really waited, also when an
+                # exception raised into the sleep (Ctrl-C, a signal handler's) ends the pause.
+                waited = max(0.0, self._clock() - now)
+                paused_here += waited
+                self.total_paused_s += waited
+                if interrupted and paused_here > 0:
+                    self.pauses.append(Pause(started, self._clock(), reason.g_per_kwh, reason.source))
             if waited == 0.0:
                 break  # a clock that does not move would loop forever
         if paused_here > 0 and reason is not None:
@@ -102,6 +110,6 @@ class CarbonAwarePause:
 
 
 def _number(argument: str, value: object, valid: Callable[[float], bool], rule: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not valid(value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or not valid(value):
         raise ValueError(f"{argument} must be a finite number {rule}, got {value!r}")
     return float(value)

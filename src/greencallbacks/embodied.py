@@ -30,6 +30,7 @@ Plain Python; the table is read with the shared loader of ``greencallbacks.carbo
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Iterable, Mapping, NamedTuple
@@ -208,7 +209,7 @@ def _field(component: Any, name: str) -> Any:
 
 
 def _positive(name: str, value: object, *, upper: float | None = None) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
     if upper is not None and value > upper:
         raise ValueError(f"{name} must be at most {upper:g}, got {value!r}")
@@ -257,7 +258,7 @@ def embodied_for(
     ranks that measure only their GPUs do not bill the host again. Devices whose model is unknown
     or has no published footprint are left out and listed in ``missing``.
     """
-    if isinstance(duration_s, bool) or not isinstance(duration_s, (int, float)) or not math.isfinite(duration_s) or duration_s < 0:
+    if isinstance(duration_s, bool) or not isinstance(duration_s, numbers.Real) or not math.isfinite(duration_s) or duration_s < 0:
         raise ValueError(f"duration_s must be a finite number >= 0, got {duration_s!r}")
     lifetime_years = _positive("lifetime_years", lifetime_years)
     utilisation = _positive("utilisation", utilisation, upper=1.0)
@@ -340,7 +341,7 @@ def estimate_embodied(
     For ``greencallbacks estimate``: the same table and amortisation as ``embodied_for``, from a
     model name instead of measured components. Returns ``Embodied.to_dict()`` plus the inputs.
     """
-    if isinstance(hours, bool) or not isinstance(hours, (int, float)) or not math.isfinite(hours) or hours <= 0:
+    if isinstance(hours, bool) or not isinstance(hours, numbers.Real) or not math.isfinite(hours) or hours <= 0:
         raise ValueError(f"hours must be a finite number > 0, got {hours!r}")
     if gpu is not None and (isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1):
         raise ValueError(f"gpus must be an integer >= 1, got {gpus!r}")

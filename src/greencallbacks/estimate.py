@@ -15,6 +15,7 @@ from __future__ import annotations
 import difflib
 import itertools
 import math
+import numbers
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -166,7 +167,7 @@ def compare_places(energy_kwh: float, places: Iterable[str]) -> list[dict]:
 
 
 def _positive(name: str, value: object, *, allow_zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
     if value < 0 or (value == 0 and not allow_zero):
         raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")

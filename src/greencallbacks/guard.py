@@ -26,6 +26,20 @@ def never_raises(hook: Callable) -> Callable:
     return guarded
 
 
+_NOT_OURS = "_greencallbacks_not_ours"
+
+
+def not_ours(error: BaseException) -> BaseException:
+    """Mark an exception raised into a hook from outside, to pass through ``never_raises``: a
+    signal handler's (a job's time limit) lands where the training thread waits, and during a
+    carbon-aware pause that is inside our hook. Swallowed, it let training go on unmeasured."""
+    try:
+        setattr(error, _NOT_OURS, True)
+    except (AttributeError, TypeError):  # an exception type without attributes of its own
+        pass
+    return error
+
+
 def hook_failed(callback: Any, hook_name: str, error: Exception) -> None:
     """What a guarded hook does with its failure: warn once per callback.
 
@@ -33,6 +47,8 @@ def hook_failed(callback: Any, hook_name: str, error: Exception) -> None:
     being wrapped by ``never_raises``: they run at every step, where each Python frame on the
     way costs several microseconds once the step's own work has evicted the caches.
     """
+    if getattr(error, _NOT_OURS, False):
+        raise error  # the user's, raised into our hook (see `not_ours`): training must see it
     if not getattr(callback, "_greencallbacks_failed", False):
         callback._greencallbacks_failed = True
         warn(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import numbers
 import os
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -18,6 +19,7 @@ from greencallbacks.budget import Budget
 from greencallbacks.carbon import Carbon
 from greencallbacks.carbon_aware import CarbonAwarePause
 from greencallbacks.distributed import LocalReducer, Reducer
+from greencallbacks.guard import not_ours
 from greencallbacks.meter import Meter, warn
 from greencallbacks.sensors.base import Kind, Method, Sensor
 from greencallbacks.tracker import Tracker
@@ -83,7 +85,7 @@ class EnergySession:
             ):
                 raise ValueError(f"gpus must be 'auto', None or a list of CUDA device indices (ints >= 0), got {gpus!r}")
             gpus = list(gpus)
-        if cpu_tdp_w is not None and not (isinstance(cpu_tdp_w, (int, float)) and math.isfinite(cpu_tdp_w) and cpu_tdp_w > 0):
+        if cpu_tdp_w is not None and not (isinstance(cpu_tdp_w, numbers.Real) and math.isfinite(cpu_tdp_w) and cpu_tdp_w > 0):
             raise ValueError(f"cpu_tdp_w must be a positive number of watts, got {cpu_tdp_w!r}")
         as_lists: dict[str, list] = {}  # (once: a generator is read only once)
         for argument, given in (("extra_sensors", extra_sensors), ("sensors", sensors)):
@@ -282,7 +284,13 @@ class EnergySession:
         """
         if self.carbon_aware is None or not self.running:
             return 0.0
-        return self.carbon_aware.maybe_pause(self.carbon)
+        try:
+            return self.carbon_aware.maybe_pause(self.carbon)
+        except Exception as error:
+            # Raised into the pause's sleep from outside (a signal handler): the user's, and it
+            # must reach the training loop, not the hook's guard. (The lookups inside fall back.)
+            not_ours(error)
+            raise
 
     def state_dict(self) -> dict:
         state = self.tracker.state_dict()

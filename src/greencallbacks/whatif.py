@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import numbers
 import statistics
 import sys
 from dataclasses import asdict, dataclass, field
@@ -378,9 +379,9 @@ def whatif(
     """
     from greencallbacks.carbon import Carbon
 
-    if not (isinstance(window_h, (int, float)) and math.isfinite(window_h) and window_h >= 0):
+    if not (isinstance(window_h, numbers.Real) and math.isfinite(window_h) and window_h >= 0):
         raise ValueError(f"window_h must be a finite number of hours >= 0, got {window_h!r}")
-    if threshold is not None and not (isinstance(threshold, (int, float)) and math.isfinite(threshold) and threshold > 0):
+    if threshold is not None and not (isinstance(threshold, numbers.Real) and math.isfinite(threshold) and threshold > 0):
         raise ValueError(f"threshold must be a finite number of gCO2eq/kWh > 0, got {threshold!r}")
     if isinstance(series, (str, Path)):
         from greencallbacks.carbon.series import IntensitySeries

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import numbers
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -45,7 +46,7 @@ class Intensity:
 
 def validate_intensity(value: object, argument: str = "intensity") -> float:
     """``value`` as a float in [0, 2000] gCO2eq/kWh, else ``ValueError`` naming ``argument``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(f"{argument} must be a number of gCO2eq/kWh, got {value!r}")
     number = float(value)
     if not math.isfinite(number) or number < 0 or number > MAX_INTENSITY_G_PER_KWH:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import numbers
 import os
 import socket
 import urllib.error
@@ -86,9 +87,9 @@ class LiveIntensitySource:
         fallback_zone: str | None = None,
         clock: Callable[[], float] | None = None,
     ) -> None:
-        if not (isinstance(timeout_s, (int, float)) and math.isfinite(timeout_s) and timeout_s > 0):
+        if not (isinstance(timeout_s, numbers.Real) and math.isfinite(timeout_s) and timeout_s > 0):
             raise ValueError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
-        if not (isinstance(bucket_s, (int, float)) and math.isfinite(bucket_s) and bucket_s > 0):
+        if not (isinstance(bucket_s, numbers.Real) and math.isfinite(bucket_s) and bucket_s > 0):
             raise ValueError(f"bucket_s must be a positive number of seconds, got {bucket_s!r}")
         if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must be an http(s) URL, got {base_url!r}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 from greencallbacks.carbon import tables
@@ -21,7 +22,7 @@ class Pue:
 
 def validate_pue(value: object) -> float:
     """``value`` as a float in [1, 3], else ``ValueError`` naming ``pue``."""
-    number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+    number = float(value) if isinstance(value, numbers.Real) and not isinstance(value, bool) else math.nan
     if not (math.isfinite(number) and MIN_PUE <= number <= MAX_PUE):
         raise ValueError(
             f"pue must be a finite number between {MIN_PUE:g} (IT energy only) and {MAX_PUE:g}, got {value!r}"
