@@ -143,6 +143,45 @@ def test_process_tree_takes_in_the_other_ranks_processes_once_each(tmp_path, mon
         os.kill(sibling, signal.SIGKILL)
 
 
+def test_a_run_after_a_distributed_one_in_this_process_keeps_no_rank_of_it(tmp_path):
+    """The host's first rank measured a sibling rank; the single-process run after it (rank 0's
+    test() after a DDP fit) took its estimate's base with that sibling still in the tree, then
+    left it out: the sibling's CPU time dropped out of the sum and 1 CPU-s of work recorded 0."""
+    import os
+    import signal
+    import time
+
+    from greencallbacks.distributed import LocalReducer
+    from greencallbacks.records import read_records
+    from greencallbacks.session import EnergySession
+
+    code = (f"import time, pathlib\nt = time.process_time()\nwhile time.process_time() - t < 1.0: pass\n"
+            f"pathlib.Path({str(tmp_path / 'burnt')!r}).touch()\ntime.sleep(60)")
+    sibling = int(subprocess.run(["sh", "-c", f'"{sys.executable}" -c "$0" > /dev/null 2>&1 & echo $!', code],
+                                 check=True, capture_output=True, text=True).stdout)
+
+    class FirstRankOfTheHost(LocalReducer):  # as place_on_hosts leaves it, without collectives
+        host_pids = [sibling]
+
+    try:
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "burnt").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        distributed = EnergySession(intensity=100, run_id="distributed", output_dir=tmp_path)
+        distributed.start(reducer=FirstRankOfTheHost())
+        distributed.stop()
+        single = EnergySession(intensity=100, run_id="single", output_dir=tmp_path)
+        single.start()
+        start = time.process_time()
+        while time.process_time() - start < 0.5:
+            pass
+        single.stop()
+    finally:
+        os.kill(sibling, signal.SIGKILL)
+    cpu_j = sum(c["energy_j"] for r in read_records(tmp_path) if r.run_id == "single" for c in r.components if c["kind"] == "cpu")
+    assert cpu_j / CpuEstimateSensor().joules_per_cpu_second == pytest.approx(0.5, abs=0.15)
+
+
 def test_cpu_estimate_on_this_process_counts_real_work():
     sensor = CpuEstimateSensor(100.0, sockets=1, logical_cpus=4)
     total = 0

@@ -163,12 +163,14 @@ class EnergySession:
                 gpus = list(device_indices) or None
             # GPUs the process is known to train on (not "every visible GPU": on a CPU box, none).
             gpus_wanted = list(gpus) if isinstance(gpus, list) else []
-            discovery = discover_sensors(gpus=gpus, host=reducer.measures_host, cpu_tdp_w=self.cpu_tdp_w)
             if reducer.measures_host:
                 from greencallbacks.sensors.estimate import measure_other_processes
 
-                # An estimate of the host covers the other ranks on it (a RAPL counter already does).
+                # An estimate of the host covers the other ranks on it (a RAPL counter already does);
+                # set before the estimate takes its base, so a run after a distributed one in this
+                # process has no rank of that one left in its tree.
                 measure_other_processes(getattr(reducer, "host_pids", ()))
+            discovery = discover_sensors(gpus=gpus, host=reducer.measures_host, cpu_tdp_w=self.cpu_tdp_w)
             sensors = [*discovery.sensors, *self.extra_sensors]
             self.unavailable = discovery.unavailable
         meter = Meter(sensors, sync=sync)
