@@ -578,3 +578,40 @@ def test_a_run_that_failed_between_two_epochs_is_no_repeat_of_one_that_finished(
     assert not report.cut_short(report.configuration(resumed))
     test_failed = one_run("finished")[:-1] + [dataclasses.replace(rec("finished", "test", None, 9.0, 5, 9), partial=True)]
     assert not report.cut_short(report.configuration(test_failed))
+
+
+def test_a_failure_in_inference_after_training_or_a_finished_resume_is_no_cut_short_training():
+    def gap(run, epoch, seq, partial=False, attempt=0):
+        return dataclasses.replace(rec(run, "other", epoch, 10.0, 0, seq), partial=partial, attempt=attempt)
+
+    trained = one_run("r")[:-1] + [gap("r", 1, 4)]  # train/validation of epochs 0 and 1, the last gap
+    # test() after the fit, failing before its loop (its gap partial), or a standalone validate failing.
+    failed_test = trained + [gap("r", None, 5, partial=True)]
+    failed_validate = trained + [gap("r", None, 5), dataclasses.replace(rec("r", "validation", 2, 5.0, 3, 6), partial=True)]
+    # A crash after the last epoch (on_train_end), resumed: the resume trains nothing and ends well.
+    crashed_at_the_end = one_run("r")[:-1] + [gap("r", 1, 4, partial=True)]
+    resumed = crashed_at_the_end + [gap("r", None, 5, attempt=1), gap("r", 1, 6, attempt=1)]
+    for records in (failed_test, failed_validate, resumed):
+        assert not report.cut_short(report.configuration(records)), [(r.phase, r.epoch, r.partial) for r in records]
+    assert report.cut_short(report.configuration(crashed_at_the_end))
+
+
+def test_lightning_test_failing_after_a_fit_leaves_the_training_complete(tmp_path):
+    pytest.importorskip("lightning")
+    from greencallbacks.records import read_records
+    from tests.lightning_models import flavour, loaders, trainer_kwargs
+
+    L, EnergyCallback, TinyModel = flavour("lightning.pytorch")
+
+    class NoTestData(TinyModel):
+        def test_dataloader(self):
+            raise RuntimeError("no test data")
+
+    model, callback = NoTestData(), EnergyCallback(intensity=100.0, output_dir=str(tmp_path))
+    trainer = L.Trainer(max_epochs=2, logger=False, callbacks=[callback], **trainer_kwargs())
+    trainer.fit(model, *loaders())
+    with pytest.raises(RuntimeError, match="no test data"):
+        trainer.test(model)
+    records = read_records(tmp_path)
+    assert records[-1].partial  # the test's failure is in the records
+    assert not report.cut_short(report.configuration(records))

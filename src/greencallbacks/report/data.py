@@ -239,16 +239,27 @@ def configuration(records: Sequence[Record]) -> dict:
 
 
 def _training_failed(records: Sequence[Record]) -> bool:
-    """Whether the last attempt that trained ended failing: its last training, validation or gap
-    record is partial. Said by the gap's record when the failure came between two epochs, after one
-    epoch's record and before the next began (the epochs themselves are all complete)."""
+    """Whether the last attempt that trained ended failing: its training's last record is partial.
+    Said by the gap's record when the failure came between two epochs, after one epoch's record and
+    before the next began (the epochs themselves are all complete)."""
     trained = [r.attempt for r in records if r.phase == "train"]
     if not trained:
         return False
     attempt = max(trained)
-    last = max((r for r in records if r.attempt == attempt and r.phase in ("train", "validation", "other")),
-               key=lambda r: r.seq)
-    return last.partial
+    by_attempt: dict[int, list[Record]] = defaultdict(list)
+    for r in records:
+        by_attempt[r.attempt].append(r)
+    # A later attempt of nothing but whole gaps is a resume that found no epoch left and ended well.
+    if any(later > attempt and all(r.phase == "other" and not r.partial for r in group)
+           for later, group in by_attempt.items()):
+        return False
+    mine = by_attempt[attempt]
+    # Each evaluation or prediction after the training (test, predict, a standalone validate)
+    # begins with a gap of no epoch: what fails from there on is no failure of the training.
+    last_train = max(r.seq for r in mine if r.phase == "train")
+    inference = min((r.seq for r in mine if r.phase == "other" and r.epoch is None and r.seq > last_train), default=None)
+    training = [r for r in mine if r.phase in ("train", "validation", "other") and (inference is None or r.seq < inference)]
+    return max(training, key=lambda r: r.seq).partial
 
 
 def _epoch_samples(records: Sequence[Record]) -> list[list]:
