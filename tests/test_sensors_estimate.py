@@ -135,8 +135,9 @@ def test_process_tree_takes_in_the_other_ranks_processes_once_each(tmp_path, mon
         without = process_tree_cpu_seconds() - own  # the child alone
         estimate.measure_other_processes([sibling, child.pid])
         with_others = process_tree_cpu_seconds() - own
-        assert 0.29 <= without < 0.5
-        assert 0.58 <= with_others < 0.8  # child and sibling, the child once
+        # (Other live children of this test process, from earlier tests, may add to both.)
+        assert without >= 0.29
+        assert 0.29 <= with_others - without < 0.5  # the sibling's 0.3 CPU-s; the child not again
     finally:
         child.kill()
         child.wait()
