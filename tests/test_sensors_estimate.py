@@ -180,7 +180,8 @@ def test_a_run_after_a_distributed_one_in_this_process_keeps_no_rank_of_it(tmp_p
     finally:
         os.kill(sibling, signal.SIGKILL)
     cpu_j = sum(c["energy_j"] for r in read_records(tmp_path) if r.run_id == "single" for c in r.components if c["kind"] == "cpu")
-    assert cpu_j / CpuEstimateSensor().joules_per_cpu_second == pytest.approx(0.5, abs=0.15)
+    # 0.5 CPU-s of this process (plus whatever live children of the test process did meanwhile).
+    assert 0.35 <= cpu_j / CpuEstimateSensor().joules_per_cpu_second < 1.5
 
 
 def test_cpu_estimate_on_this_process_counts_real_work():
