@@ -140,3 +140,12 @@ def test_the_trained_run_among_the_search_records_is_counted_once():
     assert lc.energy_j(inferences=0) == pytest.approx(5000.0 + 15000.0)
     assert "the trained run model is among the search records: counted in T, left out of CT" in lc.notes
     assert not any("search records" in note for note in lifecycle(best, search=trials).notes)
+
+
+def test_a_training_that_failed_between_two_epochs_is_said():
+    import dataclasses
+
+    records = [r for r in trained_run() if r.phase != "test"]
+    records[-1] = dataclasses.replace(records[-1], partial=True)  # the gap after the last epoch
+    assert any("ended in a failure after an epoch" in note for note in lifecycle(records).notes)
+    assert not any("ended in a failure" in note for note in lifecycle(trained_run()).notes)

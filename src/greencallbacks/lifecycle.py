@@ -189,8 +189,12 @@ def lifecycle(records: Sequence[Record], search: Iterable[Record] = (), run_id: 
         notes.append("no inference phase with samples: I, a and the break-even are unknown")
     elif i_phase == "validation":
         notes.append("I measured in validation loops (no test or predict records)")
+    from greencallbacks.report.data import training_failed
+
     if any(r.partial for r in train):
         notes.append("some training phases were cut short (partial); their energy is in T")
+    elif training_failed(mine):
+        notes.append("the training ended in a failure after an epoch's record (the gap's record is partial); its energy is in T")
     if samples_per_epoch is None:
         notes.append("no training epoch ran whole in one attempt with counted samples: D, T per sample and a are unknown")
     elif any(not r.samples_counted for r in mine):

@@ -221,7 +221,7 @@ def configuration(records: Sequence[Record]) -> dict:
         # Fewer than `epochs` when training ended cut short (a crash not resumed, an OOM retry of
         # auto_find_batch_size): such a run is no repeat of anything (see group_runs).
         "completed_epochs": len({epoch for (_, epoch), group in per_epoch.items() if not any(r.partial for r in group)}),
-        "training_failed": _training_failed(records),
+        "training_failed": training_failed(records),
         # A run whose epochs start past 0 continues an earlier training (a notebook's second fit,
         # Keras initial_epoch): not a repeat of one that starts at 0.
         "first_epoch": min((epoch for _, epoch in per_epoch), default=0),
@@ -238,7 +238,7 @@ def configuration(records: Sequence[Record]) -> dict:
     }
 
 
-def _training_failed(records: Sequence[Record]) -> bool:
+def training_failed(records: Sequence[Record]) -> bool:
     """Whether the last attempt that trained ended failing: its training's last record is partial.
     Said by the gap's record when the failure came between two epochs, after one epoch's record and
     before the next began (the epochs themselves are all complete)."""
