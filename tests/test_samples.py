@@ -139,8 +139,10 @@ def test_a_batch_that_says_nothing_is_uncounted_not_zero(batch):
     {"node_x": torch.zeros(17, 3), "batch": torch.zeros(17), "y": torch.zeros(4)},  # graph nodes, graph labels
     {"input_ids": torch.zeros(107), "lengths": torch.zeros(22), "labels": torch.zeros(107)},  # 1-d packed ids
     Pair(torch.zeros(30, 2), torch.zeros(10)),
+    (torch.zeros(32, 16), torch.zeros(10, 16)),  # a tuple is fields, never ragged samples
     Features(torch.zeros(30, 3, 2, 2), torch.zeros(10)),
-], ids=["flattened labels", "sequence-first", "packed tokens", "graph", "1-d input_ids", "named tuple", "dataclass"])
+], ids=["flattened labels", "sequence-first", "packed tokens", "graph", "1-d input_ids", "named tuple", "tuple",
+                             "dataclass"])
 def test_fields_that_disagree_on_their_leading_dimension_are_uncounted_not_the_first_ones(batch):
     # The first field's dimension was taken (30 for 10 sequences, 7 time steps for 10 samples),
     # counted and silent: a per-sample cost off by the sequence length. Now the warning says why.

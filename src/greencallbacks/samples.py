@@ -244,8 +244,9 @@ def _items_of_sequence(items: list | tuple, top: bool) -> tuple[int | None, bool
         if len(ndims) == 1:
             if top:
                 # Top level: (x, y) shares the leading dimension; samples of one kind that differ
-                # only in length (variable-length sequences, collate_fn=list) do not.
-                if len(set(leads)) > 1 and len({s[1:] for s in shapes}) == 1:
+                # only in length (variable-length sequences, collate_fn=list) do not. A tuple is
+                # always fields (default_collate gives lists; a tuple of tensors is the user's).
+                if type(items) is list and len(set(leads)) > 1 and len({s[1:] for s in shapes}) == 1:
                     return len(items), True
             elif len(set(shapes)) > 1:
                 return len(items), True  # ragged samples (images of different sizes)
