@@ -200,3 +200,35 @@ def test_numpy_numbers_are_numbers():
     assert Budget(kwh=np.int64(5), warn_at=np.float64(0.5)).limits["kwh"] == 5.0
     with pytest.raises(ValueError, match="threshold_g_per_kwh"):
         CarbonAwarePause(np.float64("nan"), 10)
+
+
+def test_a_resume_does_not_pause_again_what_a_crashed_attempt_paused_after_its_checkpoint(tmp_path):
+    """The checkpoint (Lightning, HF) is written at an epoch's end, before the pause that follows;
+    a crash 1800 s into that pause left the checkpoint's figure at 0, and the resume paused a
+    fresh 3000 s of a 3000 s allowance. The gap's record now carries the pause, as the energy."""
+    from greencallbacks.records import read_records
+    from greencallbacks.session import EnergySession
+
+    clock = Clock()
+
+    def interrupted_sleep(seconds):
+        clock.now += 1800.0
+        raise KeyboardInterrupt
+
+    first = EnergySession(intensity=900, output_dir=tmp_path,
+                          carbon_aware=CarbonAwarePause(300, 3000, check_every_s=3000, sleep=interrupted_sleep, clock=clock))
+    first.start()
+    first.tracker.begin("train", 0)
+    first.tracker.end("train", samples=8)
+    checkpoint = first.state_dict()  # at the epoch's end, before the pause
+    with pytest.raises(KeyboardInterrupt):
+        first.pause_between_epochs()
+    first.stop(failed=True)
+    (gap,) = [r for r in read_records(tmp_path) if r.paused_s]
+    assert gap.phase == "other" and gap.partial and gap.paused_s == 1800.0
+
+    resumed = EnergySession(intensity=900, output_dir=tmp_path, carbon_aware=pause(300, 3000, Clock()))
+    resumed.load_state_dict(checkpoint)
+    resumed.start()
+    assert resumed.carbon_aware.remaining_delay_s == 1200.0
+    resumed.stop()

@@ -106,6 +106,7 @@ class Ledger:
         self._attempts_with_epochs: set[int] = set()
         self._finished_not_complete: set[int] = set()
         self.last: dict[str, Record] = {}
+        self.paused_s = 0.0  # carbon-aware pauses, every attempt's (a resume must not pause them again)
 
     def take_seq(self) -> int:
         seq, self.next_seq = self.next_seq, self.next_seq + 1
@@ -131,6 +132,7 @@ class Ledger:
         """Count one phase's record (the only way totals grow)."""
         _count(record, self.totals, self.prefix_totals)
         self.last[record.phase] = record
+        self.paused_s += record.paused_s or 0.0
         if record.epoch is None:
             return
         cost = self.epochs.get(record.epoch)

@@ -86,6 +86,9 @@ class Record:
     embodied_co2eq_g: float | None = None
     embodied_co2eq_g_low: float | None = None
     embodied_co2eq_g_high: float | None = None
+    # Seconds of carbon-aware pause inside this phase (the gap before the epoch it delayed); None:
+    # no pause. The run's delay spent is the sum, so a resume does not pause again what it paused.
+    paused_s: float | None = None
     schema: str = SCHEMA
 
     @property
@@ -118,7 +121,7 @@ _REQUIRED = tuple(f.name for f in fields(Record) if f.default is MISSING and f.d
 # The JSON types each field must have when read back (null: only where listed, and for numbers).
 _NUMBERS = ("duration_s", "it_energy_kwh", "energy_kwh", "co2eq_g", "intensity_gco2eq_per_kwh", "pue", "uncertainty_kwh")
 _OPTIONAL_NUMBERS = ("energy_j_per_sample", "co2eq_g_per_sample", "embodied_co2eq_g", "embodied_co2eq_g_low",
-                     "embodied_co2eq_g_high")
+                     "embodied_co2eq_g_high", "paused_s")
 _INTEGERS = ("seq", "samples", "ranks", "hosts", "attempt")
 _OPTIONAL_INTEGERS = ("epoch", "intensity_year", "tokens", "step")
 _STRINGS = ("run_id", "phase", "start_time", "intensity_source", "intensity_zone", "intensity_licence", "pue_source",
@@ -484,7 +487,7 @@ def _check_finite(data: dict) -> None:
 # read from a file would be summed into a report's totals, "the training used -995 Wh".
 _NON_NEGATIVE = ("duration_s", "it_energy_kwh", "energy_kwh", "co2eq_g", "intensity_gco2eq_per_kwh", "uncertainty_kwh",
                  "energy_j_per_sample", "co2eq_g_per_sample", "embodied_co2eq_g", "embodied_co2eq_g_low",
-                 "embodied_co2eq_g_high", "samples", "tokens")
+                 "embodied_co2eq_g_high", "samples", "tokens", "paused_s")
 
 
 def _check_non_negative(data: dict) -> None:

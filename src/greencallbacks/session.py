@@ -177,6 +177,7 @@ class EnergySession:
         if reducer.rank == 0:
             self._tell_once(meter, gpus_wanted=gpus_wanted)
         self.tracker.start(meter, reducer=reducer, output_dir=output_dir if self.output_dir is None else None)
+        self._delay_spent_from_records()
 
     def _tell_once(self, meter: Meter, gpus_wanted: Sequence[int] = ()) -> None:
         """Say what is estimated, which GPUs this process trains on go unmeasured, and what
@@ -286,6 +287,7 @@ class EnergySession:
         """
         if self.carbon_aware is None or not self.running:
             return 0.0
+        before = self.carbon_aware.total_paused_s
         try:
             return self.carbon_aware.maybe_pause(self.carbon)
         except Exception as error:
@@ -293,6 +295,8 @@ class EnergySession:
             # must reach the training loop, not the hook's guard. (The lookups inside fall back.)
             not_ours(error)
             raise
+        finally:  # in the gap's record, so that a resume knows the delay spent since its checkpoint
+            self.tracker.add_pause(self.carbon_aware.total_paused_s - before)
 
     def state_dict(self) -> dict:
         state = self.tracker.state_dict()
@@ -325,6 +329,13 @@ class EnergySession:
             warn(f"greencallbacks: the budget or carbon-aware state saved in the checkpoint is unreadable "
                  f"({error!r}); they start afresh.")
         self.tracker.load_state_dict(state)
+        self._delay_spent_from_records()
+
+    def _delay_spent_from_records(self) -> None:
+        """The checkpoint's carbon-aware delay misses pauses made after it and before a crash; the
+        run's records have them (once the tracker has resumed from them: at load, or at start)."""
+        if self.carbon_aware is not None:
+            self.carbon_aware.total_paused_s = max(self.carbon_aware.total_paused_s, self.tracker.ledger.paused_s)
 
     def stop(self, failed: bool = False) -> None:
         """End the run: normally (a collective on several ranks) or after a failure (local only)."""

@@ -78,6 +78,7 @@ class _Open:
     samples: int = 0
     samples_counted: bool = True
     tokens: int = 0
+    paused_s: float = 0.0
     components: dict[str, dict] = field(default_factory=dict)
     segments: list[tuple[float, float, float]] = field(default_factory=list)  # (t0, t1, joules)
 
@@ -281,6 +282,11 @@ class Tracker:
             self._close(self._stack.pop())
             self._stack.append(self._open("other", epoch))
         self._stack.append(self._open(phase, epoch, metric_prefix))
+
+    def add_pause(self, seconds: float) -> None:
+        """A carbon-aware pause of ``seconds`` in the innermost open phase (the gap between epochs)."""
+        if self._stack and seconds > 0:
+            self._stack[-1].paused_s += seconds
 
     def add_samples(self, samples: int | None, tokens: int = 0) -> None:
         """Count samples for the innermost open phase. Cheap enough for every batch.
@@ -727,6 +733,7 @@ class Tracker:
             attempt=self.ledger.attempt,
             framework=self.framework,
             tool_version=__version__,
+            paused_s=opened.paused_s or None,
         )
         if self.embodied_rate is not None:
             rate = self.embodied_rate
@@ -872,6 +879,7 @@ def _combine(per_rank: list[list[Record]]) -> list[Record]:
                 "embodied_co2eq_g_low": sum(r.embodied_co2eq_g_low or 0.0 for r in embodied) if embodied else None,
                 "embodied_co2eq_g_high": sum(r.embodied_co2eq_g_high or 0.0 for r in embodied) if embodied else None,
                 "step": max((r.step for r in parts if r.step is not None), default=None),
+                "paused_s": max((r.paused_s for r in parts if r.paused_s is not None), default=None),
             }
         )
         combined.append(_with_per_sample(record))
