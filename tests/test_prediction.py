@@ -223,3 +223,27 @@ def test_a_time_limit_bounds_the_epochs_left_at_the_mean_epoch_time(tmp_path):
     # exactly what runs until the deadline (4 epochs and 5.5 s of training at 100 W).
     assert all(math.isnan(p) for p in predictions[:3])
     assert predictions[3] == pytest.approx((4 * 1100.0 + 550.0) / 3.6e6, rel=1e-9)
+
+
+def test_carbon_aware_pauses_are_no_cost_of_the_epochs_left(tmp_path):
+    """A 600 s pause at 100 W before each of epochs 1-3 of 10, within its allowance: the forecast
+    priced every epoch left with a pause (0.167 kWh for a run that ended at 0.067), and a budget of
+    0.1 kWh stopped the run on it. An epoch's own cost is 1,100 J (10 s of training, a 1 s gap)."""
+    clock = FakeClock()
+    tracker = Tracker(carbon=Carbon(intensity=100.0), output_dir=tmp_path)
+    tracker.start(Meter([ScriptedSensor("gpu0", clock, power_w=100.0)], fallback=None, clock=clock,
+                        wall_clock=lambda: clock() + 1.7e9))
+    tracker.planned_epochs = 10
+    for epoch in range(4):
+        if epoch:
+            clock.advance(600.0)  # the pause, in the gap before this epoch
+            tracker.add_pause(600.0)
+        tracker.begin("train", epoch)
+        clock.advance(10.0)
+        tracker.end("train")
+        predicted = tracker.metrics("train")["energy_kwh_predicted"]
+        clock.advance(1.0)
+    so_far = 4 * 1000.0 + 3 * (100.0 + 60_000.0)  # what epoch 3's end had billed
+    # Its gap and the 6 epochs left at their own cost; the pauses made are in, none is assumed to come.
+    assert predicted * 3.6e6 == pytest.approx(so_far + 100.0 + 6 * 1100.0, rel=1e-9)
+    tracker.finish()

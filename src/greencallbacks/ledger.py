@@ -62,6 +62,7 @@ class EpochCost:
     step_at_train_end: int | None = None  # the framework's global step when its training phase ended
     seconds: float = 0.0  # the wall time billed to it (its records' durations)
     seconds_at_train_end: float | None = None
+    paused_kwh: float = 0.0  # carbon-aware pauses in its gap: no cost of training an epoch
 
     @property
     def finished(self) -> bool:
@@ -81,11 +82,14 @@ class EpochStats:
     def add(self, epoch: EpochCost, sign: int = 1) -> None:
         if epoch.warmup or not epoch.complete:
             return
-        tail = epoch.kwh - epoch.kwh_at_train_end
+        # A pause is billed to the gap before the epoch it delays: priced into every epoch left, it
+        # went on after the delay allowance ran out (a budget stopped a run on that forecast).
+        kwh = epoch.kwh - epoch.paused_kwh
+        tail = kwh - epoch.kwh_at_train_end
         self.n += sign
         self.seconds[0] += sign * epoch.seconds
         self.seconds[1] += sign * (epoch.seconds - (epoch.seconds_at_train_end or 0.0))
-        for sums, value in ((self.cost, epoch.kwh), (self.tail, tail)):
+        for sums, value in ((self.cost, kwh), (self.tail, tail)):
             sums[0] += sign * value
             sums[1] += sign * value * value
 
@@ -146,6 +150,8 @@ class Ledger:
             return  # redone by a later attempt: in the totals, not in what an epoch costs
         cost.kwh += record.energy_kwh
         cost.seconds += record.duration_s
+        if record.paused_s:  # the gap's energy is the pause's for the share of its time it paused
+            cost.paused_kwh += record.energy_kwh * min(1.0, record.paused_s / record.duration_s) if record.duration_s > 0 else record.energy_kwh
         if record.phase == "train" and not record.partial and not cost.finished:
             cost.kwh_at_train_end = cost.kwh
             cost.step_at_train_end = record.step
@@ -196,7 +202,7 @@ class Ledger:
             "attempt": self.attempt,
             "totals": {p: vars(t) for p, t in totals.items()},
             "prefix_totals": [[phase, prefix, vars(t)] for (phase, prefix), t in prefix_totals.items()],
-            "epochs": {str(e): [c.attempt, c.warmup, c.kwh, c.kwh_at_train_end, c.complete, c.step_at_train_end, c.seconds, c.seconds_at_train_end] for e, c in self.epochs.items()},
+            "epochs": {str(e): [c.attempt, c.warmup, c.kwh, c.kwh_at_train_end, c.complete, c.step_at_train_end, c.seconds, c.seconds_at_train_end, c.paused_kwh] for e, c in self.epochs.items()},
         }
 
     def resume(self, state: dict[str, Any], records: list[Record]) -> None:
