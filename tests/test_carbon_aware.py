@@ -232,3 +232,35 @@ def test_a_resume_does_not_pause_again_what_a_crashed_attempt_paused_after_its_c
     resumed.start()
     assert resumed.carbon_aware.remaining_delay_s == 1200.0
     resumed.stop()
+
+
+@pytest.mark.parametrize("dirty_on, paused", [((0,), 900.0), ((1,), 0.0), ((0, 1), 900.0)])
+def test_ranks_pause_as_rank_0_decides(dirty_on, paused):
+    """Each rank looked the intensity up and decided for itself; one whose view differed (a live
+    source fallen back to its table) paused while the other waited for it in a collective."""
+    import threading
+
+    barrier, slots = threading.Barrier(2, timeout=30), [None, None]
+
+    def agree_as(rank):
+        def agree(mine):
+            slots[rank] = mine
+            barrier.wait()
+            decided = slots[0]
+            barrier.wait()
+            return decided
+        return agree
+
+    results = [None, None]
+
+    def rank_body(rank):
+        clock = Clock()
+        gate = pause(300, 900, clock)
+        results[rank] = gate.maybe_pause(Carbon(intensity=900 if rank in dirty_on else 100), agree=agree_as(rank))
+
+    threads = [threading.Thread(target=rank_body, args=(r,)) for r in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert results == [paused, paused]

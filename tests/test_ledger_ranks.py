@@ -163,3 +163,30 @@ def test_every_rank_predicts_alike_from_rank_0s_time_left(tmp_path):
     assert all(p == per_rank[0] for p in per_rank)  # bit for bit
     # At epoch 3's end (40 s in), rank 0 has 60 s left: 6 epochs of 10 s, not 996.
     assert per_rank[0][3] == pytest.approx(expected_j(100.0) / 3.6e6, rel=1e-9)
+
+
+def test_ranks_pause_between_epochs_as_rank_0_decides(tmp_path):
+    """Rank 0 sees a dirty grid, the others a clean one (a live source fallen back to its table on
+    them): every rank pauses alike, so none waits for another in a collective, and the gap's
+    record says how long on every rank."""
+    from greencallbacks.carbon_aware import CarbonAwarePause
+    from greencallbacks.session import EnergySession
+
+    def body(rank, reducer):
+        clock = FakeClock()
+        gate = CarbonAwarePause(300.0, 600.0, check_every_s=300.0, sleep=clock.advance, clock=clock)
+        session = EnergySession(intensity=900.0 if rank == 0 else 100.0, carbon_aware=gate, output_dir=tmp_path,
+                                sensors=[ScriptedSensor(f"gpu{rank}", clock, power_w=GPU_W)])
+        session.start(reducer=reducer)
+        session.tracker.begin("train", 0)
+        session.tracker.end("train", samples=1)
+        paused = session.pause_between_epochs()
+        session.tracker.begin("train", 1)
+        session.tracker.end("train", samples=1)
+        session.stop()
+        return paused, session.tracker.run_id
+
+    results = run_ranks(body)
+    assert [paused for paused, _ in results] == [600.0] * WORLD
+    gaps = [r for r in read_run_records(results[0][1], [tmp_path]) if r.paused_s]
+    assert [g.paused_s for g in gaps] == [600.0]

@@ -71,15 +71,25 @@ class CarbonAwarePause:
     def remaining_delay_s(self) -> float:
         return max(0.0, self.max_delay_s - self.total_paused_s)
 
-    def maybe_pause(self, carbon: "Carbon") -> float:
-        """Sleep while the intensity is above the threshold and budget remains; the seconds paused."""
+    def maybe_pause(self, carbon: "Carbon", agree: Callable[[bool], bool] | None = None) -> float:
+        """Sleep while the intensity is above the threshold and budget remains; the seconds paused.
+
+        ``agree``: given this process's "pause on?", the one every rank follows (rank 0's), asked
+        before each sleep: ranks that decided apart (a live source fallen back on one of them, a
+        check either side of a step in the series) would have one pause while the others wait
+        for it in their next collective.
+        """
         started = self._clock()
         paused_here = 0.0
         reason = None
-        while self.remaining_delay_s > 0:
+        stuck = False  # a clock that does not move would loop forever
+        while True:
             now = self._clock()
             intensity = carbon.intensity_between(now, now)
-            if intensity.g_per_kwh <= self.threshold_g_per_kwh:
+            go = not stuck and self.remaining_delay_s > 0 and intensity.g_per_kwh > self.threshold_g_per_kwh
+            if agree is not None:
+                go = agree(go)
+            if not go:
                 break
             reason = reason or intensity
             step = min(self.check_every_s, self.remaining_delay_s)
@@ -95,8 +105,7 @@ class CarbonAwarePause:
                 self.total_paused_s += waited
                 if interrupted and paused_here > 0:
                     self.pauses.append(Pause(started, self._clock(), reason.g_per_kwh, reason.source))
-            if waited == 0.0:
-                break  # a clock that does not move would loop forever
+            stuck = waited == 0.0
         if paused_here > 0 and reason is not None:
             self.pauses.append(Pause(started, self._clock(), reason.g_per_kwh, reason.source))
         return paused_here

@@ -288,8 +288,10 @@ class EnergySession:
         if self.carbon_aware is None or not self.running:
             return 0.0
         before = self.carbon_aware.total_paused_s
+        reducer = self.tracker.reducer
+        agree = (lambda mine: bool(reducer.all_gather(mine)[0])) if reducer.world_size > 1 else None
         try:
-            return self.carbon_aware.maybe_pause(self.carbon)
+            return self.carbon_aware.maybe_pause(self.carbon, agree=agree)
         except Exception as error:
             # Raised into the pause's sleep from outside (a signal handler): the user's, and it
             # must reach the training loop, not the hook's guard. (The lookups inside fall back.)
