@@ -117,6 +117,13 @@ CASES = [
     ("token-id lists (collate_fn=list)", [[1, 2, 3, 4, 5], [6, 7], [8], [9, 9]], 4),
     ("token-id lists of one length", [[1, 2, 3], [4, 5, 6]], 2),
     ("objects of one class with __len__", [SizedBatch(9), SizedBatch(3), SizedBatch(1), SizedBatch(2)], 4),
+    # Lists of texts are fields, as before: [sources, targets], [texts, labels].
+    ("[sources, targets] as lists of texts", [["a b", "c", "d", "e"], ["w", "x", "y", "z"]], 4),
+    ("[texts, labels]", [["a", "b", "c", "d"], [0, 1, 0, 1]], 4),
+    # Fields that disagree, images among them: the images are the samples (YOLO-style collates).
+    ("(images, all boxes, paths)", (torch.zeros(4, 3, 8, 8), torch.zeros(11, 6), ("a", "b", "c", "d")), 4),
+    ("{img, cls, bboxes, batch_idx}", {"img": torch.zeros(4, 3, 8, 8), "cls": torch.zeros(11, 1),
+                                       "bboxes": torch.zeros(11, 4), "batch_idx": torch.zeros(11)}, 4),
 ]
 
 
@@ -140,7 +147,7 @@ def test_a_batch_that_says_nothing_is_uncounted_not_zero(batch):
     {"input_ids": torch.zeros(107), "lengths": torch.zeros(22), "labels": torch.zeros(107)},  # 1-d packed ids
     Pair(torch.zeros(30, 2), torch.zeros(10)),
     (torch.zeros(32, 16), torch.zeros(10, 16)),  # a tuple is fields, never ragged samples
-    Features(torch.zeros(30, 3, 2, 2), torch.zeros(10)),
+    Features(torch.zeros(30, 3), torch.zeros(10)),
 ], ids=["flattened labels", "sequence-first", "packed tokens", "graph", "1-d input_ids", "named tuple", "tuple",
                              "dataclass"])
 def test_fields_that_disagree_on_their_leading_dimension_are_uncounted_not_the_first_ones(batch):

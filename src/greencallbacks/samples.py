@@ -12,7 +12,8 @@
 * fields that disagree on their leading dimension (packed tokens beside per-sequence lengths,
   graph nodes beside graph labels, a sequence-first tensor beside its labels, labels flattened to
   (B * T,)): a model's named input of 2 dimensions or more (``input_ids``, ``pixel_values``, ...)
-  when there is one, else uncounted, with the warning; never the first field's by chance;
+  when there is one, else images or video (4 dimensions or more: a detection batch's images
+  beside all its boxes), else uncounted, with the warning; never the first field's by chance;
 * torch's ``PackedSequence``: its number of sequences;
 * a list or tuple whose items are samples rather than fields: its length. Items are samples when
   they are strings or numbers (labels, texts); inside a batch, records (dicts, dataclasses,
@@ -260,8 +261,8 @@ def _samples_of_one_kind(items: list) -> bool:
     class that are neither tensors nor containers: samples, not fields (fields are tensors, or of
     different kinds). Read as fields, the first item's length was taken for the batch's."""
     first = items[0]
-    if type(first) is list:
-        return all(type(x) is list and all(isinstance(v, _SCALARS) for v in x) for x in items)
+    if type(first) is list:  # token ids: integers (lists of texts are fields: [sources, targets])
+        return all(type(x) is list and all(type(v) is int for v in x) for x in items)
     kind = type(first)
     return (not isinstance(first, (Mapping, tuple, *_SCALARS)) and _leading(first) is None
             and not dataclasses.is_dataclass(first) and all(type(x) is kind for x in items))
@@ -303,14 +304,21 @@ def _fields_disagree(fields: Any) -> bool:
 
 
 def _disagreeing_mapping(batch: Mapping) -> int | None:
-    """A mapping whose fields disagree: a packed row, a model's named input, or uncounted."""
+    """A mapping whose fields disagree: a packed row, a model's named input, or as other fields."""
     if "cu_seq_lens_q" in batch or _packed_positions(batch) is not None:
         return _one_row(batch)
     for key in _INPUT_KEYS:
         shape = _shape(batch[key]) if key in batch else None
         if shape is not None and len(shape) >= 2:
             return int(shape[0])
-    return None
+    return _disagreeing(batch.values())
+
+
+def _disagreeing(fields: Any) -> int | None:
+    """Fields that disagree: images or video (tensors of 4 dimensions or more, agreeing) name the
+    samples, as in a detection batch (images beside all its boxes); else uncounted."""
+    leads = {shape[0] for shape in map(_shape, fields) if shape is not None and len(shape) >= 4}
+    return int(leads.pop()) if len(leads) == 1 else None
 
 
 def _walk(batch: Any) -> int | None:
@@ -334,10 +342,11 @@ def _walk(batch: Any) -> int | None:
                 if _fields_disagree(item.values()):
                     return _disagreeing_mapping(item)
             elif dataclasses.is_dataclass(item) and not isinstance(item, type):
-                if _fields_disagree(getattr(item, f.name) for f in dataclasses.fields(item)):
-                    return None
+                fields = [getattr(item, f.name) for f in dataclasses.fields(item)]
+                if _fields_disagree(fields):
+                    return _disagreeing(fields)
             elif isinstance(item, tuple) and hasattr(item, "_fields") and _fields_disagree(item):
-                return None
+                return _disagreeing(item)
         kind = type(item)
         if kind is not list and kind is not tuple and kind is not dict:
             # Batch objects of graph and tensor-dict libraries say how many samples they hold.
@@ -363,7 +372,7 @@ def _walk(batch: Any) -> int | None:
             if count is not None:
                 guess = count if guess is None else guess
             elif top and _fields_disagree(item):
-                return None
+                return _disagreeing(item)
             else:
                 queue.extend((value, False) for value in item)
         elif hasattr(item, "__len__"):
