@@ -17,7 +17,7 @@
 * torch's ``PackedSequence``: its number of sequences;
 * a list or tuple whose items are samples rather than fields: its length. Items are samples when
   they are strings or numbers (labels, texts); inside a batch, records (dicts, dataclasses,
-  tuples: detection targets) or tensors of different shapes; at the top, Python lists of scalars
+  tuples: detection targets) or tensors of different shapes; at the top, Python lists of integers
   (token ids before padding) or objects of one class that are no tensors, records of one shape
   (dicts with the same keys, one dataclass type, or a *list* of equal-length tuples: what
   ``collate_fn=list`` gives), a single record too (``[{...}]``, ``[(x, y)]``: a batch of one,
@@ -166,13 +166,7 @@ def _off_cpu(tensor: Any) -> bool:
 def _why_uncounted(batch: Any) -> str:
     """What the warning adds for a batch that ``count_samples`` leaves uncounted on purpose."""
     try:
-        if isinstance(batch, Mapping):
-            fields = list(batch.values())
-        elif dataclasses.is_dataclass(batch) and not isinstance(batch, type):
-            fields = [getattr(batch, f.name) for f in dataclasses.fields(batch)]
-        else:
-            fields = list(batch) if isinstance(batch, (list, tuple)) else []
-        leads = [lead for lead in map(_leading, fields) if lead is not None]
+        leads = [lead for lead in map(_leading, _fields_of(batch) or ()) if lead is not None]
         if len(set(leads)) > 1:
             return (f" (its fields' leading dimensions differ: {', '.join(map(str, leads))}; which one, if any, "
                     "is the number of samples is not certain: packed tokens, graph nodes, a sequence-first tensor)")
@@ -257,7 +251,7 @@ def _items_of_sequence(items: list | tuple, top: bool) -> tuple[int | None, bool
 
 
 def _samples_of_one_kind(items: list) -> bool:
-    """A top-level list of Python lists of scalars (token ids before padding), or of objects of one
+    """A top-level list of Python lists of integers (token ids before padding), or of objects of one
     class that are neither tensors nor containers: samples, not fields (fields are tensors, or of
     different kinds). Read as fields, the first item's length was taken for the batch's."""
     first = items[0]
@@ -295,6 +289,16 @@ def _per_sample_records(items: list | tuple) -> bool:
 _INPUT_KEYS = ("input_ids", "attention_mask", "inputs_embeds", "input_values", "input_features", "pixel_values")
 
 
+def _fields_of(batch: Any) -> list | None:
+    """A batch's own fields: a mapping's values, a dataclass's or named tuple's fields, a list's or
+    tuple's items; None for anything else."""
+    if isinstance(batch, Mapping):
+        return list(batch.values())
+    if dataclasses.is_dataclass(batch) and not isinstance(batch, type):
+        return [getattr(batch, f.name) for f in dataclasses.fields(batch)]
+    return list(batch) if isinstance(batch, (list, tuple)) else None
+
+
 def _fields_disagree(fields: Any) -> bool:
     """Whether a batch's tensor fields give different leading dimensions: packed tokens beside
     per-sequence lengths, graph nodes beside graph labels, a sequence-first (T, B, F) tensor beside
@@ -323,7 +327,7 @@ def _disagreeing(fields: Any) -> int | None:
 
 def _walk(batch: Any) -> int | None:
     """The general case: breadth first over the batch's fields; the first certain count wins.
-    Top-level fields that disagree on their leading dimension leave the batch uncounted."""
+    Top-level fields that disagree on their leading dimension are counted by ``_disagreeing``."""
     guess = None
     queue: deque[tuple[Any, bool]] = deque([(batch, True)])
     while queue:
@@ -341,12 +345,10 @@ def _walk(batch: Any) -> int | None:
             if isinstance(item, Mapping):
                 if _fields_disagree(item.values()):
                     return _disagreeing_mapping(item)
-            elif dataclasses.is_dataclass(item) and not isinstance(item, type):
-                fields = [getattr(item, f.name) for f in dataclasses.fields(item)]
-                if _fields_disagree(fields):
+            elif dataclasses.is_dataclass(item) or (isinstance(item, tuple) and hasattr(item, "_fields")):
+                fields = _fields_of(item)
+                if fields and _fields_disagree(fields):
                     return _disagreeing(fields)
-            elif isinstance(item, tuple) and hasattr(item, "_fields") and _fields_disagree(item):
-                return _disagreeing(item)
         kind = type(item)
         if kind is not list and kind is not tuple and kind is not dict:
             # Batch objects of graph and tensor-dict libraries say how many samples they hold.
