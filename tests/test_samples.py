@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from greencallbacks.meter import EnergyWarning
-from greencallbacks.samples import BatchCounter, count_samples
+from greencallbacks.samples import BatchCounter, count_collated, count_samples
 from tests.batch_kinds import Features, Pair
 
 torch = pytest.importorskip("torch")
@@ -131,6 +131,38 @@ CASES = [
 @pytest.mark.parametrize("batch, samples", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_count_samples(batch, samples):
     assert count_samples(batch) == samples
+
+
+def _default_collated(samples: list):
+    return torch.utils.data.default_collate(samples)
+
+
+# Batches from torch's default_collate itself, counted with the DataLoader's word that it made them.
+COLLATED = [
+    ("(source, target) text pairs", [("a b", "c"), ("d", "e f"), ("g", "h")], 3, 2),
+    ("1-tuples of dicts", [({"x": torch.zeros(2)},), ({"x": torch.ones(2)},)], 2, 1),
+    ("text pairs beside a label", [("a", "b", 0), ("c", "d", 1), ("e", "f", 2), ("g", "h", 3)], 4, 4),
+    ("(x, y) tensors", [(torch.zeros(3), torch.tensor(1.0))] * 5, 5, 5),
+    ("texts", ["a", "b", "c"], 3, 3),
+    ("dicts of tensors and texts", [{"x": torch.zeros(2), "text": "a"}] * 4, 4, 4),
+    ("token-id lists of one length", [[1, 2, 3], [4, 5, 6]], 2, 2),  # collated per position: 3 tensors of 2
+    ("nested tuples of texts", [(("a", "b"), torch.zeros(2))] * 3, 3, 2),
+]
+
+
+@pytest.mark.parametrize("samples, expected, without_the_word", [c[1:] for c in COLLATED], ids=[c[0] for c in COLLATED])
+def test_count_collated_reads_lists_as_fields(samples, expected, without_the_word):
+    batch = _default_collated(samples)
+    assert count_collated(batch) == expected
+    assert count_samples(batch) == without_the_word  # what the batch alone reads as
+
+
+def test_count_collated_keeps_the_general_rules_elsewhere():
+    assert count_collated(torch.zeros(7, 2)) == 7
+    assert count_collated({"input_ids": torch.zeros(3, 4)}) == 3
+    assert count_collated([torch.zeros(30, 2), torch.zeros(10)]) is None  # packed tokens beside lengths
+    assert count_collated([torch.zeros(4, 3, 8, 8), torch.zeros(11, 6)]) == 4  # images beside all boxes
+    assert count_collated([]) is None
 
 
 @pytest.mark.parametrize("batch", [None, (), [], {}, torch.tensor(2.0), 3, "abc", object(), {"meta": "x"}],

@@ -92,12 +92,24 @@ def collate(kind: str):
     return make
 
 
+# Samples batched by the DataLoader's own default_collate, which a batch alone cannot tell from a
+# collate_fn=list batch of samples: the data loader says it.
+DEFAULT_COLLATED = {
+    # (source, target) text pairs: a list of two tuples of BATCH strings
+    "default_collate of text pairs": lambda i: (_texts([i])[0], _texts([i + 1])[0]),
+    # 1-tuples of dicts: [{"x": X}]
+    "default_collate of 1-tuples of dicts": lambda i: ({"x": torch.tensor([float(i), 1.0])},),
+}
+
 KINDS = ["tensor", "tuple", "nested dict", "dataclass", "named tuple", "graph batch", "strings", "nested tensor",
-         "list of dicts", "list of tuples"]
+         "list of dicts", "list of tuples", *DEFAULT_COLLATED]
 
 
 def loader(n: int, kind: str, offset: int = 0):
-    return torch.utils.data.DataLoader(list(range(offset, offset + n)), batch_size=BATCH, collate_fn=collate(kind))
+    indices = list(range(offset, offset + n))
+    if kind in DEFAULT_COLLATED:
+        return torch.utils.data.DataLoader([DEFAULT_COLLATED[kind](i) for i in indices], batch_size=BATCH)
+    return torch.utils.data.DataLoader(indices, batch_size=BATCH, collate_fn=collate(kind))
 
 
 def energy_warnings(caught) -> list[str]:
@@ -173,6 +185,25 @@ def test_lightning_counts_every_batch_kind_exactly(tmp_path, kind):
     assert all(r.samples_counted and r.energy_j_per_sample > 0 for rs in phases.values() for r in rs if r.phase != "other")
     assert not [m for m in messages if "count" in m], messages
     assert {"energy_j_per_sample", "val_energy_j_per_sample", "test_energy_j_per_sample"} <= columns
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_lightning_counts_by_each_stages_own_loaders_across_a_validation_inside_an_epoch(tmp_path):
+    """Training batches of samples (collate_fn=list) around validations of default_collate text
+    pairs inside each epoch: each loop's batches are read by the rule its own loaders call for."""
+    L, AnyBatch = lightning_module()
+    from greencallbacks.lightning import EnergyCallback
+
+    callback = EnergyCallback(output_dir=tmp_path / "energy", intensity=100.0, progress_bar=False)
+    trainer = L.Trainer(
+        max_epochs=2, accelerator="cpu", devices=1, logger=False, callbacks=[callback], val_check_interval=2,
+        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+    )
+    model = AnyBatch()
+    trainer.fit(model, loader(TRAIN, "list of tuples"), loader(VAL, "default_collate of text pairs", offset=100))
+    phases = by_phase(read_records(tmp_path / "energy"))
+    assert [r.samples for r in phases["train"]] == [TRAIN, TRAIN]
+    assert [r.samples for r in phases["validation"]] == [VAL] * 4  # at batches 2 and 4 of each 5-batch epoch
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")

@@ -24,8 +24,10 @@
   which ``default_collate`` never gives as fields: it returns a dict sample's fields as a dict and
   a tuple sample's as a list), or tensors of one kind that differ only in length (variable-length
   sequences). A top-level *tuple* of tensors, ``(x, y)``, is always fields, as is the tuple
-  ``tuple(zip(*samples))`` gives. (The one collated batch this reads as one sample is
-  ``default_collate`` of samples that are 1-tuples of dicts, ``[{"x": X}]``: ``sample_counter=``.)
+  ``tuple(zip(*samples))`` gives. (Two ``default_collate`` batches read as samples here: of
+  samples that are 1-tuples of dicts, ``[{"x": X}]``, one; of samples made only of strings, a
+  list of tuples of strings, one per field. Where the DataLoader says it collates by default,
+  :func:`count_collated` counts both exactly: the Lightning callback uses it.)
 * a mapping whose leading dimension is 1 that is a padding-free collator's packed row
   (transformers' ``DataCollatorWithFlattening``, TRL's ``padding_free``: ``input_ids`` and
   ``position_ids`` both of shape (1, tokens), the positions starting again at each sequence): its
@@ -57,7 +59,7 @@ from typing import Any, Callable
 
 from greencallbacks.meter import warn
 
-__all__ = ["count_samples", "BatchCounter"]
+__all__ = ["count_samples", "count_collated", "BatchCounter"]
 
 _SCALARS = (str, bytes, int, float, complex, bool, type(None))
 
@@ -325,9 +327,25 @@ def _disagreeing(fields: Any) -> int | None:
     return int(leads.pop()) if len(leads) == 1 else None
 
 
-def _walk(batch: Any) -> int | None:
+def count_collated(batch: Any) -> int | None:
+    """Samples in a batch that torch's ``default_collate`` made (the DataLoader says so): there a
+    list or tuple is the batch's fields, or its samples only when they are strings or numbers, so
+    the batches that :func:`count_samples` cannot tell from ``collate_fn=list`` count exactly:
+    samples made only of strings (``(source, target)`` text pairs: a list of two tuples of B
+    strings) and 1-tuples of dicts (``[{"x": X}]``)."""
+    kind = type(batch)
+    if (kind is list or kind is tuple) and batch and getattr(batch[0], "shape", None) is None:
+        try:
+            return _walk(batch, collated=True)
+        except Exception:  # noqa: BLE001 - as in count_samples: an unknown dimension is None
+            return None
+    return count_samples(batch)
+
+
+def _walk(batch: Any, collated: bool = False) -> int | None:
     """The general case: breadth first over the batch's fields; the first certain count wins.
-    Top-level fields that disagree on their leading dimension are counted by ``_disagreeing``."""
+    Top-level fields that disagree on their leading dimension are counted by ``_disagreeing``.
+    ``collated``: the batch comes from ``default_collate`` (see :func:`count_collated`)."""
     guess = None
     queue: deque[tuple[Any, bool]] = deque([(batch, True)])
     while queue:
@@ -367,6 +385,10 @@ def _walk(batch: Any) -> int | None:
             queue.extend((value, False) for value in item)
         elif dataclasses.is_dataclass(item) and not isinstance(item, type):
             queue.extend((getattr(item, f.name), False) for f in dataclasses.fields(item))
+        elif collated and isinstance(item, (list, tuple)) and not all(isinstance(x, _SCALARS) for x in item):
+            if top and _fields_disagree(item):
+                return _disagreeing(item)
+            queue.extend((value, False) for value in item)
         elif isinstance(item, (list, tuple)):
             count, certain = _items_of_sequence(item, top)
             if certain:
@@ -413,6 +435,9 @@ class BatchCounter:
         check_counter("token_counter", token_counter)
         self.sample_counter = sample_counter or count_samples
         self.custom_samples = sample_counter is not None  # the user's rule wins over a framework's own count
+        # The default rule for the batches of the phase now running: count_collated where its
+        # data loaders collate with torch's default_collate (an adapter that sees them says so).
+        self.default_counter: Callable[[Any], int | None] = count_samples
         self.token_counter = token_counter
         self.owner = owner
         self.batch_name = batch_name
@@ -423,13 +448,14 @@ class BatchCounter:
         if self.token_counter is None and not self.custom_samples:
             # The default, on every step: no layers (they cost as much as the count itself).
             try:
-                samples = count_samples(batch)
+                samples = self.default_counter(batch)
             except Exception:  # noqa: BLE001 - a batch object whose attributes raise
                 samples = None
             if samples is None:
-                self._warn("sample_counter", count_samples, batch, None, None, run_id)
+                self._warn("sample_counter", self.default_counter, batch, None, None, run_id)
             return samples, 0
-        samples = self._apply("sample_counter", self.sample_counter, batch, run_id)
+        samples = self._apply("sample_counter", self.sample_counter if self.custom_samples else self.default_counter,
+                              batch, run_id)
         tokens = 0
         if self.token_counter is not None:
             tokens = self._apply("token_counter", self.token_counter, batch, run_id) or 0
@@ -439,11 +465,11 @@ class BatchCounter:
         """Count one completed batch into ``tracker``'s innermost open phase."""
         if self.token_counter is None and not self.custom_samples:
             try:
-                samples = count_samples(batch)  # the per-step path, as in `count`, one call shorter
+                samples = self.default_counter(batch)  # the per-step path, as in `count`, one call shorter
             except Exception:  # noqa: BLE001
                 samples = None
             if samples is None:
-                self._warn("sample_counter", count_samples, batch, None, None, tracker.run_id)
+                self._warn("sample_counter", self.default_counter, batch, None, None, tracker.run_id)
             tracker.add_samples(samples)
             return
         samples, tokens = self.count(batch, tracker.run_id)
@@ -472,7 +498,7 @@ class BatchCounter:
             return
         self._warned_runs.add((run_id, name))
         kind = f"a {self.batch_name} of type {type(batch).__module__}.{type(batch).__qualname__}"
-        if counter is count_samples:
+        if counter is count_samples or counter is count_collated:
             what = f"could not count the samples in {kind}{_why_uncounted(batch)}"
         elif error is not None:
             what = f"{name} raised {error!r} on {kind}"

@@ -30,7 +30,7 @@ from greencallbacks.distributed import torch_reducer_or_local
 from greencallbacks.guard import hook_failed, never_raises
 from greencallbacks.meter import warn
 from greencallbacks.session import EnergySession, keyword_names, reject_unknown_arguments
-from greencallbacks.samples import BatchCounter
+from greencallbacks.samples import BatchCounter, count_collated, count_samples
 from greencallbacks.torch_support import device_and_sync
 
 PREFIXES = {"train": "", "validation": "val_", "test": "test_", "predict": "predict_"}
@@ -55,7 +55,8 @@ class EnergyCallbackBase:
         sample_counter: ``batch -> int`` samples in a completed batch; default
             ``greencallbacks.samples.count_samples`` (tensors, arrays, tuples, dicts, ``BatchEncoding``,
             dataclasses, named tuples, ``num_graphs`` / ``batch_size`` / ``len()``, string lists,
-            nested tensors). A batch it cannot count: one warning per run, and that phase's record
+            nested tensors; ``count_collated`` where every loader of the loop collates with torch's
+            ``default_collate``). A batch it cannot count: one warning per run, and that phase's record
             says ``samples_counted: false`` with no per-sample values (never a silent 0). With
             several training iterables (a dict or list of loaders) the default counts each one's
             batch and adds them; a ``sample_counter`` given is handed the whole combined batch.
@@ -108,6 +109,7 @@ class EnergyCallbackBase:
         self._resume_epoch_at_batch = False  # begin the epoch Lightning resumed mid-way at its next batch
         self._pause_due = False  # an epoch of this fit ended (see _begin_train_epoch)
         self._train_parts: str | None = None  # "dict" / "seq": several training iterables, counted apart
+        self._train_rule: Callable[[Any], int | None] = count_samples  # counts training batches (see _counting_rule)
         self._counter = BatchCounter(sample_counter, token_counter)  # checks both are functions or None
         if not isinstance(prefix, str):
             raise ValueError(f"prefix must be a string, got {prefix!r}")
@@ -292,6 +294,7 @@ class EnergyCallbackBase:
         loaders = trainer.train_dataloader  # public: the iterables given to fit, combined
         several = isinstance(loaders, (dict, list, tuple)) and not self._counter.custom_samples
         self._train_parts = ("dict" if isinstance(loaders, dict) else "seq") if several else None
+        self._train_rule = self._counter.default_counter = _counting_rule(loaders)
 
     @never_raises
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
@@ -363,8 +366,13 @@ class EnergyCallbackBase:
     # ---------------------------------------------------------------------------- validation
     @never_raises
     def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
+        self._counter.default_counter = _counting_rule(trainer.val_dataloaders)
         if not trainer.sanity_checking:  # the sanity check is billed to `other`
             self.tracker.begin("validation", trainer.current_epoch)
+
+    @never_raises
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        self._counter.default_counter = self._train_rule  # a validation inside an epoch: training goes on
 
     def on_validation_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         try:  # guarded here, as on_train_batch_end
@@ -381,6 +389,7 @@ class EnergyCallbackBase:
     # ---------------------------------------------------------------------------------- test
     @never_raises
     def on_test_start(self, trainer: Any, pl_module: Any) -> None:
+        self._counter.default_counter = _counting_rule(trainer.test_dataloaders)
         self.tracker.begin("test", trainer.current_epoch)
 
     @never_raises
@@ -394,6 +403,7 @@ class EnergyCallbackBase:
     # ------------------------------------------------------------------------------- predict
     @never_raises
     def on_predict_start(self, trainer: Any, pl_module: Any) -> None:
+        self._counter.default_counter = _counting_rule(trainer.predict_dataloaders)
         self.tracker.begin("predict", trainer.current_epoch)
 
     @never_raises
@@ -527,6 +537,25 @@ def _prefix_in_key(key: Any, class_name: str) -> str | None:
     except (ValueError, SyntaxError):
         return None
     return given.get("prefix", "") if isinstance(given, dict) else None
+
+
+def _counting_rule(loaders: Any) -> Callable[[Any], int | None]:
+    """How to count a stage's batches: ``count_collated`` when every one of its data loaders
+    collates with torch's ``default_collate`` (a list in such a batch is its fields, never its
+    samples: text pairs count exactly), else ``count_samples``. ``loaders``: the trainer's public
+    ``*_dataloader(s)``, one loader or a list or dict of them."""
+    try:
+        from torch.utils.data import default_collate  # torch >= 1.11; Lightning imported torch already
+
+        if isinstance(loaders, dict):
+            loaders = list(loaders.values())
+        elif not isinstance(loaders, (list, tuple)):
+            loaders = [loaders]
+        collates = [getattr(loader, "collate_fn", None) for loader in loaders]
+        by_default = bool(collates) and all(c is default_collate for c in collates)
+    except Exception:  # noqa: BLE001 - the general rule never needs this
+        by_default = False
+    return count_collated if by_default else count_samples
 
 
 def _seconds_left(timers: list) -> float | None:
