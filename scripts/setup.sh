@@ -21,4 +21,8 @@ rm -f "$stamp"
 # would bury them.
 "$GC_PYTHON" -m pip install --quiet --quiet --disable-pip-version-check torch==2.13.0
 "$GC_PYTHON" -m pip install --quiet --quiet --disable-pip-version-check -e ".[all,test,bench]"
+# AMD SMI's Python binding, as source for the tests that hold the fake amdsmi to its names and
+# checks (tests/test_sensors_amd.py): kept apart, as importing it needs ROCm's library.
+"$GC_PYTHON" -m pip install --quiet --quiet --disable-pip-version-check --no-deps --upgrade \
+  --target "$GC_VENV/reference/amdsmi" "amdsmi==7.0.2"
 echo "$wanted" > "$stamp"

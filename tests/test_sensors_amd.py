@@ -151,6 +151,25 @@ def test_where_only_averaged_power_exists_it_is_used_and_labelled(smi):
     assert AVERAGED_POWER_NOTE in sensor.note and sensor.update_period_s == 1.0
 
 
+def test_a_gpu_reporting_only_amdsmi_7s_socket_power_is_measured_not_taken_for_a_second_die(smi, monkeypatch):
+    """A VM guest without the accumulator whose power info has only ``socket_power`` valid: one die
+    of its own, sampled, not the second die of the board before it."""
+    smi.add_board(power_w=300.0)
+    board = smi.add_board(power_w=200.0)
+    for b in smi.boards:
+        b.counter_supported = False
+    real = smi.amdsmi_get_power_info
+
+    def socket_power_only(processor_handle):
+        info = real(processor_handle)
+        return {**info, "current_socket_power": "N/A", "average_socket_power": "N/A"}
+
+    monkeypatch.setattr(smi, "amdsmi_get_power_info", socket_power_only)
+    sensors = find(smi).sensors
+    assert [s.method for s in sensors] == [Method.SAMPLED, Method.SAMPLED]
+    assert sensors[1].power_w() == pytest.approx(board.power_at(smi.clock()), abs=1.0)
+
+
 def test_gpu_with_neither_count_nor_power_is_unavailable_and_balances_init(smi, monkeypatch):
     board = smi.add_board()
     board.counter_supported = False
@@ -394,11 +413,15 @@ def test_import_greencallbacks_imports_no_amdsmi():
 
 
 def _installed_amdsmi_source() -> pathlib.Path:
-    # The binding cannot be imported without ROCm's library, so its source is read, not run.
+    # The binding cannot be imported without ROCm's library, so its source is read, not run: the
+    # installed one, or the copy scripts/setup.sh puts beside the environment.
     spec = importlib.util.find_spec("amdsmi")
-    if spec is None or spec.origin is None:
-        pytest.skip("amdsmi is not installed: nothing to compare the fake with")
-    return pathlib.Path(spec.origin).parent
+    if spec is not None and spec.origin is not None:
+        return pathlib.Path(spec.origin).parent
+    reference = pathlib.Path(sys.prefix) / "reference" / "amdsmi" / "amdsmi"
+    if (reference / "amdsmi_interface.py").is_file():
+        return reference
+    pytest.skip("amdsmi is not installed (scripts/setup.sh installs its source): nothing to compare the fake with")
 
 
 def _functions(tree: ast.Module) -> dict[str, list[tuple[str, str | None]]]:
@@ -452,7 +475,12 @@ def test_fake_status_codes_and_exceptions_match_the_installed_amdsmi():
     # The sensor's own copies of the codes it branches on.
     for name in ("INVAL", "NOT_SUPPORTED", "NOT_YET_IMPLEMENTED", "FAIL_LOAD_MODULE", "NO_PERM", "INIT_ERROR", "NOT_FOUND", "DRIVER_NOT_LOADED", "NO_DATA"):
         assert getattr(amd_module, f"STATUS_{name}") == real_codes[f"AMDSMI_STATUS_{name}"], name
-    assert amd_module.INIT_AMD_GPUS == real_codes["AMDSMI_INIT_AMD_GPUS"]
+    # The sensor calls amdsmi_init() with the binding's default flag, which must be AMD GPUs.
+    interface_source = (source / "amdsmi_interface.py").read_text()
+    init = next(node for node in ast.parse(interface_source).body
+                if isinstance(node, ast.FunctionDef) and node.name == "amdsmi_init")
+    assert [ast.unparse(d) for d in init.args.defaults] in (["AmdSmiInitFlags.INIT_AMD_GPUS"], ["AmdSmiInitFlags.AMD_GPUS"])
+    assert "isinstance(flag, AmdSmiInitFlags)" in interface_source  # what the fake checks too
     exceptions = {node.name: node for node in ast.parse((source / "amdsmi_exception.py").read_text()).body if isinstance(node, ast.ClassDef)}
     for name in ("AmdSmiException", "AmdSmiLibraryException", "AmdSmiParameterException"):
         real_class, fake_class = exceptions[name], getattr(fa, name)

@@ -206,6 +206,8 @@ class FakeAmdSmi:
 
     def amdsmi_init(self, flag=AmdSmiInitFlags.INIT_AMD_GPUS):
         self.calls["amdsmi_init"] += 1
+        if not isinstance(flag, AmdSmiInitFlags):  # as the binding: a plain int is refused
+            raise AmdSmiParameterException(flag, AmdSmiInitFlags)
         if self.init_error is not None:
             raise AmdSmiLibraryException(self.init_error)
         self.init_count += 1

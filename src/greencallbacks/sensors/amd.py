@@ -61,8 +61,9 @@ STATUS_INIT_ERROR = 18
 STATUS_NOT_FOUND = 31
 STATUS_DRIVER_NOT_LOADED = 34
 STATUS_NO_DATA = 40
-INIT_AMD_GPUS = 2  # AmdSmiInitFlags.INIT_AMD_GPUS
 
+# Socket power in amdsmi_get_power_info, in the order the sensor prefers them (see AmdGpuSensor).
+_POWER_KEYS = ("current_socket_power", "average_socket_power", "socket_power")
 COUNTER_BITS_OLD = 32  # the accumulator of GPU metrics before v1 was 32 bits wide
 COUNTER_UPDATE_PERIOD_S = 0.1  # not documented by AMD: an assumed bound, as NVML's counter period
 SAMPLE_INTERVAL_S = 0.05  # socket power: 20 reads a second of a sysfs-backed value
@@ -180,8 +181,7 @@ class AmdGpuSensor(GpuSensor):
             power = {}
         # Instantaneous power first; then the average (MI200), which lags; last socket_power
         # (amdsmi 7), whose averaging is not documented: both labelled as averaged.
-        keys = ("current_socket_power", "average_socket_power", "socket_power")
-        self._power_key = next((k for k in keys if _watts(power.get(k)) is not None), None)
+        self._power_key = next((k for k in _POWER_KEYS if _watts(power.get(k)) is not None), None)
         if self._power_key is not None:
             self._read_power_w = self._read_socket_power_w
         limit_w = _watts(power.get("power_limit")) or 0.0
@@ -280,7 +280,7 @@ class _Die:
         except (smi.AmdSmiException, SensorError):
             self.counter = None
         power = _optional(smi, "amdsmi_get_power_info", handle) or {}
-        reports_power = any((_watts(power.get(k)) or 0) > 0 for k in ("current_socket_power", "average_socket_power"))
+        reports_power = any((_watts(power.get(k)) or 0) > 0 for k in _POWER_KEYS)
         # A second die of a board: an accumulator of 0 (rocm-smi's own test), or, where the
         # accumulator is unsupported, no socket power at all (MI250X reports 0 W there).
         self.secondary = self.counter == 0 or (self.counter is None and not reports_power)
@@ -385,7 +385,9 @@ def find_amd_gpus(
             return found
     smi = amdsmi
     try:
-        smi.amdsmi_init(INIT_AMD_GPUS)
+        # The binding's default flag, AMD GPUs, in every release (`AmdSmiInitFlags.AMD_GPUS` in 5.5
+        # and 5.6, `INIT_AMD_GPUS` since): it refuses a plain int with AmdSmiParameterException.
+        smi.amdsmi_init()
     except smi.AmdSmiException as error:
         found.unavailable.append(_init_failure(error))
         return found
@@ -443,7 +445,7 @@ def _find_visible(
         note = ""
         if len(board) > 1 and len(on_board) == len(board):
             note = f"one {len(board)}-die board: its energy covers {', '.join(f'gpu{i}' for i in on_board)}"
-        smi.amdsmi_init(INIT_AMD_GPUS)  # one init per sensor, balanced by its close()
+        smi.amdsmi_init()  # one init per sensor, balanced by its close()
         try:
             sensor: Sensor = AmdGpuSensor(
                 primary.handle, index=cuda_index, amdsmi=smi, clock=clock, note=note, shutdown_on_close=True
