@@ -240,12 +240,21 @@ def scenario_resume_without_state(out: Path) -> dict:
 
 
 def scenario_two_callbacks(out: Path) -> dict:
-    """Two EnergyCallbacks in one fit write the same keys: the second says so, once."""
+    """Two EnergyCallbacks in one fit write the same keys: the second says so, once. Then one
+    EnergyCallback listed twice in fit, evaluate and predict: Keras would call each hook twice."""
     callbacks = [scripted(output_dir=out / "a"), scripted(output_dir=out / "b")]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         tiny_model().fit(X, Y, batch_size=BATCH, epochs=2, callbacks=callbacks, verbose=0)
-    return {"warnings": energy_warnings(caught)}
+    energy, model = scripted(output_dir=out / "twice"), tiny_model()
+    with warnings.catch_warnings(record=True) as twice:
+        warnings.simplefilter("always")
+        history = model.fit(X, Y, batch_size=BATCH, epochs=2, validation_data=(X[:20], Y[:20]), callbacks=[energy, energy], verbose=0)
+        model.evaluate(X[:50], Y[:50], batch_size=16, callbacks=[energy, energy], verbose=0)
+        model.predict(X[:30], batch_size=16, callbacks=[energy, energy], verbose=0)
+    return {"warnings": energy_warnings(caught), "twice_warnings": energy_warnings(twice),
+            "twice_history_epochs": len(history.history["energy_kwh"]),
+            "twice_records": [[r.phase, r.epoch, r.samples] for r in read_records(out / "twice")]}
 
 
 def scenario_inference(out: Path) -> dict:
@@ -355,6 +364,14 @@ def scenario_backup_inside_epoch_0(out: Path) -> dict:
             EnergyCallback(output_dir=preempted / "energy"),
             keras.callbacks.BackupAndRestore(str(preempted / "backup"), save_freq=2), resumed])
         result["preempted_restored_step"] = resumed.restored_step
+        fresh = out / "preempted_fresh"  # killed in the run's first epoch, before any phase ended
+        done = subprocess.run([sys.executable, __file__, BACKEND, str(fresh), "preempt_fresh"], capture_output=True, text=True)
+        result["preempted_fresh_exit"] = [done.returncode, done.stderr[-3000:]]
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model.fit(X, Y, batch_size=BATCH, epochs=2, verbose=0, callbacks=[
+                EnergyCallback(output_dir=fresh / "energy"), keras.callbacks.BackupAndRestore(str(fresh / "backup"), save_freq=2)])
+        result["preempted_fresh_warnings"] = energy_warnings(caught)
     return result
 
 
@@ -368,11 +385,13 @@ class Probe(keras.callbacks.Callback):
             self.first_epoch, self.restored_step = epoch, int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
 
 
-def preempt(out: Path) -> None:
-    """In a process of its own: a finished fit (another run, in energy-state.json), then a fit killed
-    inside epoch 0 after a backup, by os._exit, as a preemption would: no exception, no exit hook."""
+def preempt(out: Path, fresh: bool = False) -> None:
+    """In a process of its own: a finished fit (another run, in energy-state.json; none when
+    ``fresh``, so the fit begins in a directory that does not exist yet), then a fit killed inside
+    epoch 0 after a backup, by os._exit, as a preemption would: no exception, no exit hook."""
     energy_dir = out / "energy"
-    tiny_model().fit(X, Y, batch_size=BATCH, epochs=1, verbose=0, callbacks=[EnergyCallback(output_dir=energy_dir)])
+    if not fresh:
+        tiny_model().fit(X, Y, batch_size=BATCH, epochs=1, verbose=0, callbacks=[EnergyCallback(output_dir=energy_dir)])
     energy = EnergyCallback(output_dir=energy_dir)
 
     def kill(batch, logs):
@@ -587,8 +606,8 @@ SCENARIOS = [scenario_loggers, scenario_csv_across_fits, scenario_resume_without
              scenario_inference_before_resume, scenario_callback_list_without_params, scenario_evaluate_inside_an_epoch,
              scenario_custom_loop, scenario_partial_labels]
 
-if __name__ == "__main__" and sys.argv[3:] == ["preempt"]:
-    preempt(OUT)
+if __name__ == "__main__" and sys.argv[3:] in (["preempt"], ["preempt_fresh"]):
+    preempt(OUT, fresh=sys.argv[3] == "preempt_fresh")
 elif __name__ == "__main__":
     results = {"backend": BACKEND}
     for scenario in SCENARIOS:

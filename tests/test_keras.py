@@ -182,6 +182,13 @@ def test_two_callbacks_in_one_fit_say_their_metric_names_collide(run):
     collisions = [w for w in result["warnings"] if "two EnergyCallbacks in one fit log the same metric names" in w]
     assert len(collisions) == 1
     assert not [w for w in result["warnings"] if "moved itself" in w]  # not an order problem
+    # One EnergyCallback listed twice: each phase begun and counted once (was: twice, nested, 2x samples).
+    twice = [w for w in result["twice_warnings"] if "listed 2 times" in w]
+    assert len(twice) == 3 and not [w for w in result["twice_warnings"] if "two EnergyCallbacks" in w], result["twice_warnings"]
+    phases = [(phase, epoch, samples) for phase, epoch, samples in result["twice_records"] if phase != "other"]
+    assert phases == [("validation", 0, 20), ("train", 0, 100), ("validation", 1, 20), ("train", 1, 100),
+                      ("test", None, 50), ("predict", None, 30)], phases  # in the order they ended
+    assert result["twice_history_epochs"] == 2
 
 
 def test_tensorboard_event_files_hold_train_and_validation_energy(run):
@@ -379,6 +386,12 @@ def test_backup_and_restore_inside_epoch_0_continues_the_run_and_a_new_fit_does_
     assert [(r.attempt, r.epoch) for r in before if r.phase == "train"] == [(0, 0)]
     assert {r.attempt for r in killed} == {1}  # attempt 0 was killed before it closed a phase
     assert [(r.attempt, r.epoch, r.partial) for r in killed if r.phase == "train"] == [(1, 0, False), (1, 1, False)]
+    # The same, killed in the first fit ever made into its directory (energy-state.json's folder
+    # did not exist yet: the state was never written, and the resume began a run of its own).
+    assert result["preempted_fresh_exit"][0] == 0, result["preempted_fresh_exit"][1]
+    assert not [w for w in result["preempted_fresh_warnings"] if "no earlier run" in w], result["preempted_fresh_warnings"]
+    records = read_records(out / "preempted_fresh" / "energy")
+    assert {r.attempt for r in records} == {1} and len({r.run_id for r in records}) == 1
 
 
 def test_an_uncaught_exception_still_writes_the_unfinished_epoch_at_exit(run):

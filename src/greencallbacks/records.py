@@ -371,6 +371,9 @@ def _replace_file(path: Path, text: str) -> bool:
     # and two writers of one temporary name interleave their bytes (a summary of "Extra data").
     tmp = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
     try:
+        # The folder may not exist yet: Keras names its run in energy-state.json when a fit
+        # begins, before the first record's write creates it.
+        tmp.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
         return True

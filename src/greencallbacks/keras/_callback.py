@@ -67,6 +67,23 @@ def _calling_list(callback: _Callback) -> keras.callbacks.CallbackList | None:
         del frame  # frames in locals make reference cycles
 
 
+def _drop_repeats(callback: _Callback, callback_list: keras.callbacks.CallbackList, kind: str) -> None:
+    """``callbacks=[energy, energy]``: Keras would call each of its hooks twice, beginning every
+    phase twice (nested) and counting its samples twice. Its first place stays, for this call.
+
+    Called from its first place (the list's loop reaches it first): dropping later entries leaves
+    the loop's position, so every other callback is still called once."""
+    callbacks = callback_list.callbacks
+    places = [i for i, c in enumerate(callbacks) if c is callback]
+    if len(places) < 2:
+        return
+    for i in reversed(places[1:]):
+        del callbacks[i]
+    warn(f"greencallbacks: EnergyCallback is listed {len(places)} times in {kind}(callbacks=[...]), so Keras would "
+         "call each of its hooks that many times and count every phase's samples as often; it kept its first "
+         "place only. List it once to silence this warning.")
+
+
 def _model_call_frame(model: Any):
     """The frame of the ``fit`` / ``evaluate`` / ``predict`` of ``model`` that is calling us (public API names)."""
     return watch.calling_frame(lambda f: f.f_code.co_name in _MODEL_CALLS and f.f_locals.get("self") is model)
@@ -644,6 +661,8 @@ class EnergyCallback(_Callback):
     # ----------------------------------------------------------------------------- internals
     def _enter(self, kind: str, callback_list: keras.callbacks.CallbackList | None) -> bool:
         """A Keras call begins; True when it is an outermost call (not validation inside ``fit``)."""
+        if callback_list is not None:
+            _drop_repeats(self, callback_list, kind)
         call = self._call
         if call is not None and call.active:
             if kind != "fit" and call.running():  # nothing runs a fit inside another call
