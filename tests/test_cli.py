@@ -71,9 +71,10 @@ def test_lifecycle_prints_every_quantity(tmp_path, capsys):
     assert "T  training:   1.08e+05 J" in out and "per sample: 54 J" in out
     assert "a  overhead:   15" in out and "93.3%" in out
     assert "CT search:     1.08e+04 J" in out and "2 trials" in out
-    lc_kwh = (108000 + 10800 + 1e6 * 3.6) / KWH
-    assert f"LC for 1e+06 inferences: {lc_kwh:.4g} kWh" in out
-    assert f"break-even e:  {(108000 + 10800) / 3.6:.4g} inferences" in out
+    assert "V  rest of run: 9000 J" in out  # validation 2 x 3600 J and the test's 1800 J
+    lc_kwh = (10800 + 108000 + 9000 + 1e6 * 3.6) / KWH
+    assert f"LC for 1e+06 inferences: {lc_kwh:.4g} kWh" in out and "(LC = CT + T + V + e x I)" in out
+    assert f"break-even e:  {(10800 + 108000 + 9000) / 3.6:.4g} inferences" in out
 
 
 def test_lifecycle_json_and_run_id(tmp_path, capsys):
@@ -349,7 +350,9 @@ def test_lifecycle_search_leaves_out_the_trained_run(tmp_path, capsys):
     data = json.loads(out)
     whole = sum(r.energy_kwh for r in one_run("x")) * KWH
     assert data["search_trials"] == 2 and data["search_j"] == pytest.approx(3.0 * whole)
-    assert "the trained run best is among the search records: counted in T, left out of CT" in data["notes"]
+    assert ("the trained run best is among the search records: its training phases are T, the rest of it V, "
+            "none of it in CT") in data["notes"]
+    assert data["lifecycle_energy_kwh"] * KWH == pytest.approx((1.0 + 2.0 + 3.0) * whole)  # the sweep, each run whole
 
 
 def test_zones_lists_the_world_average_with_the_flag_that_takes_it(capsys):

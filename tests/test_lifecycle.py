@@ -45,11 +45,13 @@ def test_search_cost_lifecycle_energy_and_break_even():
               rec("trial-b", "train", 0, 3000.0, 100, 0)]
     lc = lifecycle(trained_run(), search=trials)
     assert lc.search_trials == 2 and lc.search_j == pytest.approx(5100.0)
-    assert lc.energy_j(inferences=1e6) == pytest.approx(5100 + 15000 + 1e6 * 0.5)
-    assert lc.break_even_inferences == pytest.approx((15000 + 5100) / 0.5)
-    assert lc.co2eq_g(inferences=0) == pytest.approx((15000 + 5100) / KWH * 500.0)
+    assert lc.run_other_j == pytest.approx(600 + 150 + 250)  # V: validation, gaps and the test
+    assert lc.energy_j(inferences=1e6) == pytest.approx(5100 + 15000 + 1000 + 1e6 * 0.5)
+    assert lc.break_even_inferences == pytest.approx((5100 + 15000 + 1000) / 0.5)
+    assert lc.co2eq_g(inferences=0) == pytest.approx((5100 + 15000 + 1000) / KWH * 500.0)
     d = lc.to_dict(inferences=1000)
-    assert d["lifecycle_energy_kwh"] == pytest.approx((20100 + 500) / KWH)
+    assert d["lifecycle_energy_kwh"] == pytest.approx((21100 + 500) / KWH)
+    assert d["run_other_j"] == pytest.approx(1000.0) and d["run_other_co2eq_g"] == pytest.approx(1000 / KWH * 500.0)
 
 
 def test_validation_is_used_for_inference_when_nothing_else_and_said_so():
@@ -124,7 +126,9 @@ def test_embodied_is_kept_apart_and_summed_only_in_its_own_field():
     operational = lc.co2eq_g(1000)
     out = lc.to_dict(inferences=1000)
     assert out["lifecycle_co2eq_g"] == pytest.approx(operational)  # unchanged by embodied
-    assert out["lifecycle_embodied_co2eq_g"] == pytest.approx(3 * 0.011 + 1000 * 0.011 / 500)
+    # V's embodied: 3 validations (0.011 each), 3 gaps (0.001 each) and the test (0.011).
+    assert lc.run_other_embodied_co2eq_g == pytest.approx(3 * 0.011 + 3 * 0.001 + 0.011)
+    assert out["lifecycle_embodied_co2eq_g"] == pytest.approx(3 * 0.011 + 0.047 + 1000 * 0.011 / 500)
     assert out["lifecycle_operational_plus_embodied_co2eq_g"] == pytest.approx(operational + out["lifecycle_embodied_co2eq_g"])
     # Records without it: unknown, and no sum is offered.
     plain = lifecycle(trained_run())
@@ -132,14 +136,81 @@ def test_embodied_is_kept_apart_and_summed_only_in_its_own_field():
 
 
 def test_the_trained_run_among_the_search_records_is_counted_once():
-    """A sweep's best trial trained as the model: its energy is T, and CT holds the other trials."""
+    """A sweep's best trial trained as the model: its training is T, the rest of it V, and CT holds the other trials."""
     best = trained_run()
     trials = [rec("trial-a", "train", 0, 2000.0, 100, 0), rec("trial-b", "train", 0, 3000.0, 100, 0)]
     lc = lifecycle(best, search=trials + best)
     assert lc.search_trials == 2 and lc.search_j == pytest.approx(5000.0)
-    assert lc.energy_j(inferences=0) == pytest.approx(5000.0 + 15000.0)
-    assert "the trained run model is among the search records: counted in T, left out of CT" in lc.notes
+    assert lc.energy_j(inferences=0) == pytest.approx(5000.0 + 15000.0 + 1000.0)
+    assert ("the trained run model is among the search records: its training phases are T, the rest of it V, "
+            "none of it in CT") in lc.notes
     assert not any("search records" in note for note in lifecycle(best, search=trials).notes)
+
+
+def with_embodied(records):
+    import dataclasses
+
+    return [dataclasses.replace(r, embodied_co2eq_g=r.energy_kwh * 7.0) for r in records]
+
+
+def sweep_trial(run_id, g_per_kwh):
+    """A trial as a sweep logs it: training, validation and a gap each epoch, then a test."""
+    records, seq = [], 0
+    for epoch in range(2):
+        for phase, energy_j, samples in (("train", 20.0, 10), ("validation", 20.0, 10), ("other", 0.3, 0)):
+            records.append(rec(run_id, phase, epoch, energy_j, samples, seq, g_per_kwh=g_per_kwh)); seq += 1
+    records.append(rec(run_id, "test", None, 5.0, 50, seq, g_per_kwh=g_per_kwh))
+    return with_embodied(records)
+
+
+def whole(records):
+    return (sum(r.energy_kwh for r in records) * KWH, sum(r.co2eq_g for r in records),
+            sum(r.embodied_co2eq_g for r in records))
+
+
+def test_a_sweep_that_holds_the_trained_run_is_its_records_whole_at_no_inference():
+    """Two trials of a sweep, the first trained as the model: its validation, gaps and test were in
+    neither CT (left out as the trained run) nor T (training phases alone), 40 % of the sweep lost."""
+    sweep = sweep_trial("trial_a", 100.0) + sweep_trial("trial_b", 300.0)
+    lc = lifecycle(sweep, search=sweep, run_id="trial_a")
+    energy, co2eq, embodied = whole(sweep)
+    assert lc.energy_j(inferences=0) == pytest.approx(energy, rel=1e-9)
+    assert lc.co2eq_g(inferences=0) == pytest.approx(co2eq, rel=1e-9)
+    assert lc.embodied_co2eq_g(inferences=0) == pytest.approx(embodied, rel=1e-9)
+    assert lc.training_j == pytest.approx(40.0)  # T is still the training phases alone
+    assert lc.run_other_j == pytest.approx(40.0 + 0.6 + 5.0)
+    assert lc.break_even_inferences == pytest.approx(energy / lc.inference_j_per_sample)
+
+
+def test_the_trained_run_outside_the_search_counts_whole_like_each_trial():
+    """Each trial's validation, gaps and test are in CT: the trained run's are in V, not left out."""
+    model, trials = with_embodied(trained_run()), sweep_trial("t1", 100.0) + sweep_trial("t2", 300.0)
+    lc = lifecycle(model, search=trials)
+    (model_j, model_g, model_embodied), (trials_j, trials_g, trials_embodied) = whole(model), whole(trials)
+    assert lc.search_j == pytest.approx(trials_j, rel=1e-9)
+    assert lc.energy_j(inferences=0) == pytest.approx(trials_j + model_j, rel=1e-9)
+    assert lc.co2eq_g(inferences=0) == pytest.approx(trials_g + model_g, rel=1e-9)
+    assert lc.embodied_co2eq_g(inferences=0) == pytest.approx(trials_embodied + model_embodied, rel=1e-9)
+    assert lc.training_j + lc.run_other_j == pytest.approx(lc.run_total_j, rel=1e-9)
+
+
+def test_the_lifecycle_command_shows_v_and_the_formula(tmp_path, capsys):
+    import json
+
+    from greencallbacks.cli import main
+    from greencallbacks.records import RecordWriter
+
+    writer = RecordWriter(tmp_path / "model" / "energy-records.jsonl")
+    for record in trained_run():
+        writer.write(record)
+    assert main(["lifecycle", str(tmp_path / "model"), "--inferences", "0", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["run_other_j"] == pytest.approx(1000.0)
+    assert data["lifecycle_energy_kwh"] * KWH == pytest.approx(16000.0)  # T + V, the run whole
+    assert main(["lifecycle", str(tmp_path / "model"), "--inferences", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "V  rest of run: 1000 J" in out and "(LC = CT + T + V + e x I)" in out
+    assert f"LC for 0 inferences: {16000 / KWH:.4g} kWh" in out
 
 
 def test_a_training_that_failed_between_two_epochs_is_said():
@@ -147,5 +218,7 @@ def test_a_training_that_failed_between_two_epochs_is_said():
 
     records = [r for r in trained_run() if r.phase != "test"]
     records[-1] = dataclasses.replace(records[-1], partial=True)  # the gap after the last epoch
-    assert any("ended in a failure after an epoch" in note for note in lifecycle(records).notes)
+    failed = lifecycle(records)
+    assert any("ended in a failure after an epoch" in note and "its energy is in V" in note for note in failed.notes)
+    assert failed.run_other_j == pytest.approx(3 * 200 + 3 * 50)  # the gap's record is V's, not T's
     assert not any("ended in a failure" in note for note in lifecycle(trained_run()).notes)

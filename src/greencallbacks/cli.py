@@ -167,14 +167,16 @@ def cmd_lifecycle(args: argparse.Namespace) -> int:
             f"T  training:   {lc.training_j:.4g} J = {lc.training_j / J_PER_KWH:.4g} kWh, {lc.training_co2eq_g:.4g} gCO2eq "
             f"over {lc.epochs} epochs x {num(lc.samples_per_epoch)} samples (training phases only)",
             f"               per epoch: {per_epoch} J; per sample: {num(lc.training_j_per_sample, ' J')}",
-            f"               whole run (all phases): {lc.run_total_j:.4g} J = {lc.run_total_j / J_PER_KWH:.4g} kWh",
+            f"               whole run (all phases, T + V): {lc.run_total_j:.4g} J = {lc.run_total_j / J_PER_KWH:.4g} kWh",
+            f"V  rest of run: {lc.run_other_j:.4g} J = {lc.run_other_j / J_PER_KWH:.4g} kWh, {lc.run_other_co2eq_g:.4g} gCO2eq "
+            "(the trained run's validation, gaps and own test / predict)",
             f"a  overhead:   {num(a)} (training sample / inference); overhead share 1 - 1/a = "
             + ("unknown" if share is None else f"{share:.1%}"),
             f"CT search:     {lc.search_j:.4g} J = {lc.search_j / J_PER_KWH:.4g} kWh, {lc.search_co2eq_g:.4g} gCO2eq "
             f"over {lc.search_trials} trials",
             f"LC for {args.inferences:g} inferences: {lc.energy_j(args.inferences) / J_PER_KWH:.4g} kWh, "
-            f"{lc.co2eq_g(args.inferences):.4g} gCO2eq",
-            f"break-even e:  {num(lc.break_even_inferences, ' inferences')} (deployment then equals training + search)",
+            f"{lc.co2eq_g(args.inferences):.4g} gCO2eq (LC = CT + T + V + e x I)",
+            f"break-even e:  {num(lc.break_even_inferences, ' inferences')} (deployment then equals CT + T + V)",
         ]
         embodied = lc.embodied_co2eq_g(args.inferences)
         if embodied is not None:  # only where the records carry it: the hardware's manufacturing share

@@ -1,10 +1,15 @@
 """The life-cycle model of a model, built from records.
 
     I  = energy of one inference (J/sample), from validation / test / predict phases
-    T  = energy of training; per epoch T_e, per sample T / (D * E)
+    T  = energy of the trained run's training phases; per epoch T_e, per sample T / (D * E)
     a  = training overhead factor  T / (I * D * E)
-    CT = search (architecture / hyper-parameters) = sum over H trials of their energy
-    LC = CT + T + e * I      (e = expected inferences in deployment)
+    V  = the rest of the trained run: its validation, gaps (checkpoints) and own test / predict
+    CT = search (architecture / hyper-parameters) = sum over H trials of their whole runs
+    LC = CT + T + V + e * I      (e = expected inferences in deployment)
+
+T stays the training phases alone, so that T per sample and a mean what the literature means; V
+holds the rest of the trained run, so that it counts whole, as each trial does in CT. A sweep whose
+best trial is the trained model thus has LC(e=0) equal to all its records' energy, nothing twice.
 
 Energies are facility energy (after PUE); CO2eq follows the intensity recorded with each phase.
 Embodied CO2eq (the hardware's manufacturing footprint, where the records carry it) is kept
@@ -39,12 +44,16 @@ class LifeCycle:
     search_j: float = 0.0  # CT
     search_co2eq_g: float = 0.0
     search_trials: int = 0  # H
-    run_total_j: float = 0.0  # the training run including evaluation and gaps
+    run_total_j: float = 0.0  # the training run including evaluation and gaps: T + V
+    # V: the trained run outside its training phases (validation, gaps, its own test / predict).
+    run_other_j: float = 0.0
+    run_other_co2eq_g: float = 0.0
     notes: tuple[str, ...] = field(default_factory=tuple)
-    # Embodied CO2eq of training, per inference and of the search; None where no record carries it.
+    # Embodied CO2eq of training, per inference, of the search and of V; None where no record carries it.
     training_embodied_co2eq_g: float | None = None
     inference_embodied_co2eq_g_per_sample: float | None = None
     search_embodied_co2eq_g: float | None = None
+    run_other_embodied_co2eq_g: float | None = None
 
     @property
     def training_j_per_sample(self) -> float | None:
@@ -66,27 +75,35 @@ class LifeCycle:
         a = self.overhead_factor
         return None if a is None or a <= 0 else 1.0 - 1.0 / a
 
+    @property
+    def development_j(self) -> float:
+        """CT + T + V: everything spent before deployment."""
+        return self.search_j + self.training_j + self.run_other_j
+
     def energy_j(self, inferences: float) -> float:
-        """LC = CT + T + e x I."""
-        return self.search_j + self.training_j + inferences * (self.inference_j_per_sample or 0.0)
+        """LC = CT + T + V + e x I."""
+        return self.development_j + inferences * (self.inference_j_per_sample or 0.0)
 
     def co2eq_g(self, inferences: float) -> float:
-        return self.search_co2eq_g + self.training_co2eq_g + inferences * (self.inference_co2eq_g_per_sample or 0.0)
+        """LC = CT + T + V + e x I in gCO2eq."""
+        return (self.search_co2eq_g + self.training_co2eq_g + self.run_other_co2eq_g
+                + inferences * (self.inference_co2eq_g_per_sample or 0.0))
 
     def embodied_co2eq_g(self, inferences: float) -> float | None:
-        """CT + T + e x I for the embodied part; None when training's is not known."""
+        """CT + T + V + e x I for the embodied part; None when training's is not known."""
         if self.training_embodied_co2eq_g is None:
             return None
-        return (self.search_embodied_co2eq_g or 0.0) + self.training_embodied_co2eq_g + inferences * (
-            self.inference_embodied_co2eq_g_per_sample or 0.0
+        return (
+            (self.search_embodied_co2eq_g or 0.0) + self.training_embodied_co2eq_g
+            + (self.run_other_embodied_co2eq_g or 0.0) + inferences * (self.inference_embodied_co2eq_g_per_sample or 0.0)
         )
 
     @property
     def break_even_inferences(self) -> float | None:
-        """The e at which deployment has used as much energy as training plus search."""
+        """The e at which deployment has used as much energy as the search and the trained run: (CT + T + V) / I."""
         if not self.inference_j_per_sample:
             return None
-        return (self.training_j + self.search_j) / self.inference_j_per_sample
+        return self.development_j / self.inference_j_per_sample
 
     def to_dict(self, inferences: float | None = None) -> dict:
         out = asdict(self)
@@ -154,7 +171,7 @@ def lifecycle(records: Sequence[Record], search: Iterable[Record] = (), run_id: 
     """The life-cycle of the model trained in ``records`` (one run; ``run_id`` picks one of several).
 
     ``search``: the records of the sweep's trials; each ``run_id`` among them is one trial and
-    its whole energy counts towards CT, except the trained run's own (it is T; a note says so).
+    its whole energy counts towards CT, except the trained run's own (it is T + V; a note says so).
     """
     runs = sorted({r.run_id for r in records})
     if run_id is None:
@@ -165,6 +182,7 @@ def lifecycle(records: Sequence[Record], search: Iterable[Record] = (), run_id: 
         raise ValueError(f"run_id {run_id!r} not in records; runs present: {runs}")
     mine = [r for r in records if r.run_id == run_id]
     train = [r for r in mine if r.phase == "train"]
+    other = [r for r in mine if r.phase != "train"]
     if not train:
         raise ValueError(f"run {run_id!r} has no training records")
     per_epoch: dict[int, list[Record]] = defaultdict(list)
@@ -194,7 +212,7 @@ def lifecycle(records: Sequence[Record], search: Iterable[Record] = (), run_id: 
     if any(r.partial for r in train):
         notes.append("some training phases were cut short (partial); their energy is in T")
     elif training_failed(mine):
-        notes.append("the training ended in a failure after an epoch's record (the gap's record is partial); its energy is in T")
+        notes.append("the training ended in a failure after an epoch's record (the gap's record is partial); its energy is in V")
     if samples_per_epoch is None:
         notes.append("no training epoch ran whole in one attempt with counted samples: D, T per sample and a are unknown")
     elif any(not r.samples_counted for r in mine):
@@ -205,8 +223,9 @@ def lifecycle(records: Sequence[Record], search: Iterable[Record] = (), run_id: 
         trials[r.run_id].append(r)
     if trials.pop(run_id, None) is not None:
         # The trained model is often one of the sweep's trials (its records under the same root):
-        # its energy is T already, and LC = CT + T + e x I must not hold it twice.
-        notes.append(f"the trained run {run_id} is among the search records: counted in T, left out of CT")
+        # its whole run is T + V already, and LC = CT + T + V + e x I must not hold it twice.
+        notes.append(f"the trained run {run_id} is among the search records: its training phases are T, "
+                     "the rest of it V, none of it in CT")
     search_j = search_g = 0.0
     search_embodied = embodied_sum(r for trial in trials.values() for r in trial)
     chosen = inference_records(mine)
@@ -215,6 +234,7 @@ def lifecycle(records: Sequence[Record], search: Iterable[Record] = (), run_id: 
         j, g = run_energy(trial)
         search_j += j
         search_g += g
+    other_j, other_g = run_energy(other)
     return LifeCycle(
         training_j=training_j,
         training_co2eq_g=sum(r.co2eq_g for r in train),
@@ -228,10 +248,13 @@ def lifecycle(records: Sequence[Record], search: Iterable[Record] = (), run_id: 
         search_co2eq_g=search_g,
         search_trials=len(trials),
         run_total_j=run_energy(mine)[0],
+        run_other_j=other_j,
+        run_other_co2eq_g=other_g,
         notes=tuple(notes),
         training_embodied_co2eq_g=embodied_sum(train),
         inference_embodied_co2eq_g_per_sample=(
             inference_embodied / sum(r.samples for r in chosen) if inference_embodied is not None else None
         ),
         search_embodied_co2eq_g=search_embodied,
+        run_other_embodied_co2eq_g=embodied_sum(other),
     )
