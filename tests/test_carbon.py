@@ -511,6 +511,69 @@ def test_the_last_point_covers_one_step_as_whatif_counts_it(tmp_path: Path) -> N
     assert past_it.g_per_kwh == 200.0 and "extrapolated" in past_it.source
 
 
+# An hourly series with 5 hours missing across New Year: 23:00's value covers its hour, then none
+# until 04:00.
+GAP_POINTS = [("2025-12-31T22:00:00Z", 100.0), ("2025-12-31T23:00:00Z", 120.0),
+              ("2026-01-01T04:00:00Z", 500.0), ("2026-01-01T05:00:00Z", 520.0)]
+NEW_YEAR = 1767225600.0  # 2026-01-01T00:00:00Z
+
+
+@pytest.mark.parametrize("points, start, end, missing, year", [
+    (GAP_POINTS, NEW_YEAR + HOUR, NEW_YEAR + 3 * HOUR, "2026-01-01T00:00:00Z to 2026-01-01T04:00:00Z", 2025),
+    # eleven months missing from an hourly series
+    ([("2025-01-01T00:00:00Z", 100.0), ("2025-01-01T01:00:00Z", 120.0),
+      ("2026-12-01T00:00:00Z", 500.0), ("2026-12-01T01:00:00Z", 520.0)],
+     NEW_YEAR + 151 * 24 * HOUR, NEW_YEAR + 151 * 24 * HOUR + HOUR, "2025-01-01T02:00:00Z to 2026-12-01T00:00:00Z", 2025),
+])
+def test_a_span_inside_a_gap_is_priced_at_the_value_before_it_and_says_so(tmp_path: Path, points, start, end,
+                                                                           missing, year) -> None:
+    carbon = Carbon(series=write_csv_series(tmp_path / "gappy.csv", points))
+    inside = carbon.intensity_between(start, end)
+    assert inside.g_per_kwh == 120.0  # held, as before: only the label is new
+    assert f"extrapolated: held over a gap in the series from {missing}, value before it used" in inside.source
+    assert inside.year == year  # the held value's year, not the span's
+
+
+def test_a_span_reaching_into_a_gap_is_flagged_and_regular_steps_are_not(tmp_path: Path) -> None:
+    carbon = Carbon(series=write_csv_series(tmp_path / "gappy.csv", GAP_POINTS))
+    across_a_step = carbon.intensity_between(NEW_YEAR - 1.5 * HOUR, NEW_YEAR - 0.5 * HOUR)
+    assert across_a_step.g_per_kwh == pytest.approx(110.0) and "extrapolated" not in across_a_step.source
+    before_the_gap = carbon.intensity_between(NEW_YEAR - 0.9 * HOUR, NEW_YEAR)  # 23:00's own hour
+    assert before_the_gap.g_per_kwh == 120.0 and "extrapolated" not in before_the_gap.source
+    after_the_gap = carbon.intensity_between(NEW_YEAR + 4 * HOUR, NEW_YEAR + 5.5 * HOUR)
+    assert after_the_gap.year == 2026 and "extrapolated" not in after_the_gap.source
+    into_it = carbon.intensity_between(NEW_YEAR + 3.5 * HOUR, NEW_YEAR + 4.5 * HOUR)
+    assert into_it.g_per_kwh == pytest.approx(310.0) and "held over a gap" in into_it.source
+    assert "held over a gap" in carbon.intensity_between(NEW_YEAR + 2 * HOUR, NEW_YEAR + 2 * HOUR).source
+    twice = IntensitySeries(times_unix=(0.0, 3600.0, 18000.0, 21600.0, 36000.0, 39600.0),
+                            values_g_per_kwh=(1.0,) * 6, name="two gaps")
+    assert "held over 2 gaps in the series, the first from 1970-01-01T02:00:00Z" in twice.mean_between(0, 39600).source
+
+
+@pytest.mark.parametrize("times", [
+    (0.0, 3600.0, 10800.0, 14400.0),  # one missed hourly row: a 2 h hold is the series' rhythm
+    (0.0, 3600.0, 3900.0, 7200.0, 10800.0, 14400.0),  # one stray 5-minute row does not make every hour a gap
+])
+def test_a_missed_row_or_an_irregular_step_is_no_gap(times) -> None:
+    series = IntensitySeries(times_unix=times, values_g_per_kwh=(100.0,) * len(times), name="hourly")
+    assert series.gaps == ()
+    assert "extrapolated" not in series.mean_between(times[0], times[-1]).source
+
+
+def test_records_priced_inside_a_gap_say_so_with_the_held_values_year(tmp_path: Path) -> None:
+    # The scripted run is on 2023-11-14, inside a year-long gap after 2022's last value.
+    path = write_csv_series(tmp_path / "gap2023.csv", [
+        ("2022-12-31T22:00:00Z", 50.0), ("2022-12-31T23:00:00Z", 800.0),
+        ("2024-01-01T00:00:00Z", 10.0), ("2024-01-01T01:00:00Z", 20.0)])
+    records, messages, _ = scripted_run(tmp_path / "run", Carbon(series=path))
+    assert records and all(r.intensity_gco2eq_per_kwh == 800.0 for r in records)
+    assert all(r.intensity_year == 2022 for r in records)
+    said = [m for m in messages if "has no data from 2023-01-01T00:00:00Z to 2024-01-01T00:00:00Z" in m]
+    assert len(said) == 1 and "800 g/kWh (data of 2022" in said[0], messages
+    assert all("held over a gap in the series from 2023-01-01T00:00:00Z to 2024-01-01T00:00:00Z" in r.intensity_source
+               for r in records)
+
+
 def scripted_run(tmp_path: Path, carbon: Carbon, epochs: int = 4, power_w: float = 100.0):
     """A tracker on a scripted sensor and a fake clock (wall time 2023-11-14): ``epochs`` train
     phases of 10 s with a logged step in each, then the records and the warnings."""

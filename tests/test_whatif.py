@@ -312,10 +312,21 @@ def test_a_run_reaching_past_the_series_is_marked_extrapolated_in_every_output()
     run = [record(T0 + HOUR, HOUR, 1.0), record(T0 + 2 * HOUR, HOUR, 1.0, seq=1)]  # T0 + 1 h .. T0 + 3 h
     result = whatif(run, short, threshold=300)
     assert result.as_recorded.extrapolated and result.series_covers == (T0, T0 + 2 * HOUR)
-    assert "EXTRAPOLATED past the series" in result.to_markdown() and "Extrapolated:" in result.to_markdown()
+    assert "EXTRAPOLATED beyond the series' data" in result.to_markdown() and "Extrapolated:" in result.to_markdown()
     assert result.to_dict()["as_recorded"]["extrapolated"] is True
     inside = whatif(TWO_HOUR_RUN, SERIES, threshold=300)
     assert not any(s.extrapolated for s in inside.scenarios) and "EXTRAPOLATED" not in inside.to_markdown()
+
+
+def test_a_run_inside_a_gap_of_the_series_is_marked_extrapolated():
+    # Hourly values, then none for 5 hours: the run (T0 + 1 h .. T0 + 3 h) lies in the gap after T0 + 1 h.
+    times = (T0 - HOUR, T0, T0 + 6 * HOUR, T0 + 7 * HOUR)
+    gappy = IntensitySeries(times, (300.0, 200.0, 100.0, 100.0), "gappy.csv")
+    run = [record(T0 + HOUR, HOUR, 1.0), record(T0 + 2 * HOUR, HOUR, 1.0, seq=1)]
+    result = whatif(run, gappy, threshold=300)
+    assert result.as_recorded.extrapolated and result.as_recorded.co2eq_g == pytest.approx(2 * 200.0)
+    assert "or into a gap" in result.to_markdown()
+    assert not whatif(run, hourly([400, 100, 200, 300, 100]), threshold=300).as_recorded.extrapolated
 
 
 def test_flexible_start_stays_inside_the_series():

@@ -102,7 +102,7 @@ class WhatIfResult:
             markdown_table(
                 ["scenario", "CO2eq (g)", "saving (g)", "saving (%)", "detail"],
                 [[s.name, number(s.co2eq_g, 4), number(s.saving_g, 4), f"{s.saving_pct:.1f}",
-                  s.detail + ("; EXTRAPOLATED past the series" if s.extrapolated else "")] for s in self.scenarios],
+                  s.detail + ("; EXTRAPOLATED beyond the series' data" if s.extrapolated else "")] for s in self.scenarios],
                 "lrrrl",
             ),
         ]
@@ -118,8 +118,9 @@ class WhatIfResult:
             return ""
         covers = self.series_covers
         span = f" ({_iso(covers[0])} to {_iso(covers[1])})" if covers else ""
-        return (f"Extrapolated: scenarios marked so reach outside the intensity series{span} and are priced "
-                "at its nearest value there; their CO2eq and savings are not measured intensities.")
+        return (f"Extrapolated: scenarios marked so reach outside the intensity series{span} or into a gap in "
+                "its data, and are priced at its nearest value there (the value before a gap); their CO2eq and "
+                "savings are not measured intensities.")
 
     def plot(self, path: str | Path, series: "IntensitySource") -> Path:
         """Intensity over time with the run's placements; PNG, PDF or SVG from ``path``'s extension.
@@ -405,7 +406,12 @@ def whatif(
         )
 
     def outside(left: float, right: float) -> bool:
-        return coverage is not None and (left < coverage[0] or right > coverage[1])
+        """Priced, somewhere in [left, right], by a value held from another time: past the series'
+        ends, or across a gap in its data."""
+        if coverage is not None and (left < coverage[0] or right > coverage[1]):
+            return True
+        gaps_between = getattr(series, "gaps_between", None)
+        return gaps_between is not None and bool(gaps_between(left, right))
 
     baseline = co2_at(phases, run_start, series)
 

@@ -3,6 +3,8 @@
 The series is a step function: each value holds from its timestamp until the next one. The
 intensity of an interval is the time-weighted mean over it. Before the first timestamp the first
 value is used, after the last timestamp the last one, and the result says it was extrapolated.
+Across a gap in the data (more than twice the series' usual step between two timestamps) the
+value before the gap holds, and the result says that too, with the year of that value.
 
 File formats, detected from the header or the document's shape; the series says which it read
 (``IntensitySeries.format``). Timestamps ISO-8601 (naive ones taken as UTC) or unix seconds,
@@ -29,6 +31,7 @@ import csv
 import io
 import json
 import math
+import statistics
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -279,6 +282,15 @@ def _json_points(path: Path, text: str) -> tuple[list[tuple[int | str, object, o
 # it, two lookups in the running integral, whose rounding is then negligible against the span.
 DIRECT_SUM_MAX_STEPS = 64
 
+# A distance between two timestamps larger than this many usual steps is a gap in the data, not
+# the series' rhythm: twice, so one missed row of a provider export (a 2 h hold in an hourly
+# series) or a slightly irregular step is not one, while 5 hours missing from an hourly series is.
+GAP_STEPS = 2.0
+
+
+def _iso(unix_s: float) -> str:
+    return datetime.fromtimestamp(unix_s, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
 
 @dataclass(frozen=True)
 class IntensitySeries:
@@ -286,7 +298,8 @@ class IntensitySeries:
 
     Each value holds until the next timestamp; the last one for one step (the smallest gap between
     timestamps, the series' resolution), so an hourly series whose last row is 23:00 covers 23:00
-    to 24:00. Outside that the nearest value is used, and said to be extrapolated.
+    to 24:00. Outside that the nearest value is used, and said to be extrapolated; so is the value
+    held over a gap (see ``gaps``).
     """
 
     times_unix: tuple[float, ...]
@@ -297,6 +310,12 @@ class IntensitySeries:
     # Integral of the series from its first timestamp to each timestamp: a mean over any span is
     # then two bisects, not a scan (it is asked on the training thread at every logged step).
     _running_integral: tuple[float, ...] = field(init=False, repr=False, compare=False)
+    usual_step_s: float = field(init=False, repr=False, compare=False)
+    # The stretches without data, (from, to), in time order and disjoint; their ends are bisected
+    # so a mean finds its gaps in O(log N) too.
+    gaps: tuple[tuple[float, float], ...] = field(init=False, repr=False, compare=False)
+    _gap_starts: tuple[float, ...] = field(init=False, repr=False, compare=False)
+    _gap_ends: tuple[float, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         times, values = self.times_unix, self.values_g_per_kwh
@@ -305,7 +324,17 @@ class IntensitySeries:
             total += value * (right - left)
             running.append(total)
         object.__setattr__(self, "_running_integral", tuple(running))
-        object.__setattr__(self, "step_s", min((b - a for a, b in zip(times, times[1:])), default=0.0))
+        steps = [b - a for a, b in zip(times, times[1:])]
+        object.__setattr__(self, "step_s", min(steps, default=0.0))
+        # The median, not the smallest step: one stray row (a 5-minute value in an hourly file)
+        # would otherwise make every regular hour a gap. The lower median is a step the file has.
+        usual = statistics.median_low(steps) if steps else 0.0
+        object.__setattr__(self, "usual_step_s", usual)
+        # The value before a gap covers its own usual step, as the last value does; the rest is missing.
+        gaps = tuple((a + usual, b) for a, b in zip(times, times[1:]) if b - a > GAP_STEPS * usual)
+        object.__setattr__(self, "gaps", gaps)
+        object.__setattr__(self, "_gap_starts", tuple(start for start, _ in gaps))
+        object.__setattr__(self, "_gap_ends", tuple(end for _, end in gaps))
 
     @property
     def coverage(self) -> tuple[float, float]:
@@ -376,9 +405,18 @@ class IntensitySeries:
         return self._running_integral[index] + self.values_g_per_kwh[index] * (moment_unix - self.times_unix[index])
 
     def data_year(self, moment_unix: float) -> int:
-        """The year of the data that prices ``moment``: a 2020 series pricing a 2026 run is 2020 data."""
-        nearest = min(max(moment_unix, self.times_unix[0]), self.times_unix[-1])
-        return datetime.fromtimestamp(nearest, tz=timezone.utc).year
+        """The year of the value that prices ``moment``: a 2020 series pricing a 2026 run is 2020
+        data, and so is a 2026 span inside a gap after the series' last 2025 value."""
+        index = bisect.bisect_right(self.times_unix, moment_unix) - 1
+        return datetime.fromtimestamp(self.times_unix[max(index, 0)], tz=timezone.utc).year
+
+    def gaps_between(self, start_unix: float, end_unix: float) -> tuple[tuple[float, float], ...]:
+        """The gaps (see ``gaps``) that [start, end] reaches into, where a held value prices it."""
+        first = bisect.bisect_right(self._gap_ends, start_unix)
+        # An instant is in a gap from the gap's first second on; a span only if it goes past it.
+        after = bisect.bisect_right if end_unix == start_unix else bisect.bisect_left
+        last = after(self._gap_starts, end_unix)
+        return self.gaps[first:max(first, last)]
 
     def mean_between(self, start_unix: float, end_unix: float) -> Intensity:
         if end_unix < start_unix:
@@ -389,13 +427,25 @@ class IntensitySeries:
         else:
             g_per_kwh = self.integral(start_unix, end_unix) / (end_unix - start_unix)
             how = "time-weighted mean"
-        covered_from, covered_until = self.coverage
-        extrapolated = start_unix < covered_from or end_unix > covered_until
-        note = " (extrapolated: interval outside the series range, nearest value used)" if extrapolated else ""
         return Intensity(
             g_per_kwh=g_per_kwh,
-            source=f"time series {self.description}, {how}{note}",
+            source=f"time series {self.description}, {how}{self._extrapolation_note(start_unix, end_unix)}",
             zone=self.zone,
             year=self.data_year(start_unix),
             licence=SERIES_LICENCE,
         )
+
+    def _extrapolation_note(self, start_unix: float, end_unix: float) -> str:
+        """What in [start, end] is priced by a value held from elsewhere, or "" when nothing is."""
+        covered_from, covered_until = self.coverage
+        held = []
+        if start_unix < covered_from or end_unix > covered_until:
+            held.append("interval outside the series range, nearest value used")
+        gaps = self.gaps_between(start_unix, end_unix)
+        if len(gaps) == 1:
+            held.append(f"held over a gap in the series from {_iso(gaps[0][0])} to {_iso(gaps[0][1])}, "
+                        "value before it used")
+        elif gaps:
+            held.append(f"held over {len(gaps)} gaps in the series, the first from {_iso(gaps[0][0])} to "
+                        f"{_iso(gaps[0][1])}, value before each used")
+        return f" (extrapolated: {'; '.join(held)})" if held else ""

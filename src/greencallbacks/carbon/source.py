@@ -116,6 +116,7 @@ class Carbon:
         except Exception as error:  # anything from user code: the record must still be written
             return self._series_failed(error)
         self._warn_if_outside_series(start_unix, end_unix)
+        self._warn_if_in_a_gap(start_unix, end_unix)
         return intensity
 
     def _series_name(self, default: str | None = None) -> str:
@@ -187,6 +188,24 @@ class Carbon:
             f"{_iso(covered_until)}, but the run reaches outside it: {'; '.join(spans)}. Any other time outside "
             "it is priced at its nearest value too (data of another time, not of the run), and each record so "
             "priced says 'extrapolated'. Give a series that covers the run."
+        )
+
+    def _warn_if_in_a_gap(self, start_unix: float, end_unix: float) -> None:
+        """Warn once when the run reaches into a gap of a file series: priced at the value before it."""
+        series = self._series
+        if "gap" in self._warned or end_unix <= start_unix or not isinstance(series, IntensitySeries):
+            return
+        gaps = series.gaps_between(start_unix, end_unix)
+        if not gaps:
+            return
+        self._warned.add("gap")
+        start, end = gaps[0]
+        _warn(
+            f"greencallbacks: the intensity series {series.description} has no data from {_iso(start)} to "
+            f"{_iso(end)}, and the run reaches into that gap: it is priced at the value before it, "
+            f"{series.value_at(start):g} g/kWh (data of {series.data_year(start)}, not of the run). Any other gap "
+            "is priced the same way, and each record so priced says 'extrapolated: held over a gap'. Give a "
+            "series without gaps over the run."
         )
 
     def describe(self) -> dict:
