@@ -332,7 +332,7 @@ def test_lifecycle_of_a_log_root_skips_a_run_that_trained_nothing(tmp_path, caps
     write(tmp_path / "evaluated" / "energy-records.jsonl", [rec("e", "test", None, 1800.0, 500, 0)])
     code, out, err = run(["lifecycle", str(tmp_path), "--inferences", "10"], capsys)
     assert code == 0 and "run trained" in out and out.count("T  training:") == 1
-    assert "run e has no training records (evaluation or prediction alone): skipped" in err
+    assert "run e has no training records (no training epoch: evaluation or prediction alone, or a tuner's trials): skipped" in err
     code, out, _ = run(["lifecycle", str(tmp_path), "--inferences", "10", "--json"], capsys)
     assert [d["run_id"] for d in json.loads(out)] == ["trained"]
     code, err = exits(["lifecycle", str(tmp_path), "--inferences", "10", "--run-id", "e"], capsys)

@@ -406,7 +406,7 @@ def test_records_without_training_are_reported_as_what_they_are():
     records = [rec("p", "predict", None, 3600.0, 100, 0), rec("p", "other", None, 36.0, 0, 1)]
     text = report.render(records, "md")
     assert "No training epochs in these records" in text and "| predict | 2.00 | 1.00 | 500 | 100 |" in text
-    assert "The run (no training; prediction and the time between phases) used 1.01 Wh and emitted 505 mgCO2eq" in text
+    assert "The run (no training epoch; prediction and the time between phases) used 1.01 Wh and emitted 505 mgCO2eq" in text
     assert "0 epochs" not in text and "kgCO2eq" not in text
     latex = report.render(records, "latex")
     assert "Training &" not in latex and r"Whole run & 4.00 & 1.01 & 505 & \\" in latex
@@ -489,6 +489,9 @@ def test_a_run_that_max_steps_ended_inside_its_last_epoch_is_no_repeat_of_whole_
     assert [report.run_ids(g) for _, g in groups] == [["whole-a", "whole-b"], ["steps-a", "steps-b"]]
     assert "2 training epoch(s) of 32 samples (epoch 1: 16)" in report.describe_configuration(groups[1][0])
     assert "(epoch" not in report.describe_configuration(groups[0][0])
+    # The paper's sentence says so too (it said "2 epochs of 32 samples" for 48 trained).
+    assert "training (2 epochs of 32 samples, epoch 1: 16)" in report.statement(groups[1][1])
+    assert "training (2 epochs of 32 samples)" in report.statement(groups[0][1])
     # Resumed where max_steps stopped it, the epoch's two parts add up to a whole one: a repeat.
     resumed = run("resumed", 16) + [dataclasses.replace(rec("resumed", "train", 1, 1800.0, 16, 2), attempt=1)]
     assert [report.run_ids(g) for _, g in report.group_runs(run("whole-a", 32) + resumed)] == [["whole-a", "resumed"]]

@@ -141,8 +141,8 @@ def cmd_lifecycle(args: argparse.Namespace) -> int:
         trained = {r.run_id for r in records if r.phase == "train"}
         skipped = [run for run in runs if run not in trained]
         for run in skipped:
-            print(f"greencallbacks lifecycle: run {run} has no training records (evaluation or prediction alone): "
-                  "skipped", file=sys.stderr)
+            print(f"greencallbacks lifecycle: run {run} has no training records (no training epoch: evaluation or "
+                  "prediction alone, or a tuner's trials): skipped", file=sys.stderr)
         runs = [run for run in runs if run in trained]
         if not runs:
             raise ValueError(f"no run with training records among {', '.join(skipped)}")

@@ -283,16 +283,20 @@ def cut_short(config: dict) -> bool:
     return config.get("completed_epochs", config["epochs"]) < config["epochs"] or config.get("training_failed", False)
 
 
-def describe_configuration(config: dict) -> str:
-    if config["samples_per_epoch"] is not None:
-        samples = f" of {config['samples_per_epoch']} samples"
-    else:
-        samples = " of uncounted samples" if config.get("completed_epochs", 1) else ""
+def samples_text(config: dict) -> str:
+    """`` of 32 samples``, with the epochs of another size (``max_steps`` ending inside the last,
+    data that changed): `` of 32 samples (epoch 1: 16)``; "" when uncounted."""
     usual = config["samples_per_epoch"]
-    others = [f"epoch {epoch}: {n}" for epoch, n in config.get("epoch_samples", ())
-              if usual is not None and n is not None and n != usual]
-    if others:
-        samples += f" ({', '.join(others)})"
+    if usual is None:
+        return ""
+    others = [f"epoch {epoch}: {n}" for epoch, n in config.get("epoch_samples", ()) if n is not None and n != usual]
+    return f" of {usual} samples" + (f" ({', '.join(others)})" if others else "")
+
+
+def describe_configuration(config: dict) -> str:
+    samples = samples_text(config)
+    if config["samples_per_epoch"] is None and config.get("completed_epochs", 1):
+        samples = " of uncounted samples"
     start = f" from epoch {config['first_epoch']}" if config.get("first_epoch") else ""
     ended = f", cut short ({config['completed_epochs'] or 'none'} completed)" if cut_short(config) else ""
     carbon = f", {'; '.join(config['carbon'])}" if config.get("carbon") else ""
@@ -603,7 +607,8 @@ def statement(records: Sequence[Record]) -> str:
     train_sensor = sum(t["train_uncertainty_kwh"] for t in totals) / n
     all_sensor = sum(t["uncertainty_kwh"] for t in totals) / n
     others = _other_phases(sorted({p for t in totals for p in t["phases"]}, key=PHASES.index))
-    samples = f" of {config['samples_per_epoch']} samples" if config["samples_per_epoch"] else ""
+    # Nested parentheses read badly in a sentence: the epochs of another size follow a comma.
+    samples = samples_text(config).replace(" (", ", ").rstrip(")") if config["samples_per_epoch"] else ""
     training = f"training ({config['epochs']} epoch{'s' if config['epochs'] != 1 else ''}{samples})"
     redone = sum(1 for row in epoch_rows(records) if row["redone"])
     if redone:  # the energy of both tries was spent: say why training cost more than its epochs
@@ -611,8 +616,8 @@ def statement(records: Sequence[Record]) -> str:
     if cut_short(config):
         training = (training[:-1] + f"; cut short by an exception or interrupt, "
                     f"{config['completed_epochs'] or 'none'} completed)")
-    if not any("train" in t["phases"] for t in totals):  # evaluation or prediction alone
-        text = (f"The run (no training; {others}) used {energy_text(all_kwh['mean'], all_kwh['se'])} and emitted "
+    if not any("train" in t["phases"] for t in totals):  # evaluation or prediction alone, or a tuner's trials
+        text = (f"The run (no training epoch; {others}) used {energy_text(all_kwh['mean'], all_kwh['se'])} and emitted "
                 f"{mass_text(all_g['mean'], all_g['se'])}" + (" per run (mean ± standard error over runs)" if n > 1 else ""))
     elif n == 1:
         text = (f"The {training} used {energy_text(train_kwh['mean'])} (sensor uncertainty ± {energy_text(train_sensor)}) "

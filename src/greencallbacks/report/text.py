@@ -144,7 +144,8 @@ def _markdown_group(data: dict, level: str) -> list[str]:
     if data["epochs"]:
         parts += [f"{level} Per epoch (training, validation alongside)", "", format_epoch_summary(data), ""]
     else:
-        parts += ["No training epochs in these records (evaluation or prediction alone).", ""]
+        parts += ["No training epochs in these records (evaluation or prediction alone, or steps outside any epoch, such as "
+                  "a tuner's trials).", ""]
     parts += [f"{level} Totals by phase", "", format_phase_summary(data), ""]
     if data.get("embodied"):
         parts += [f"{level} Operational and embodied CO2eq", "", *_embodied_lines(data), ""]
