@@ -274,6 +274,7 @@ def test_one_callback_in_two_trainers_records_each_trainers_evaluation_in_its_ow
     runs = {r.run_id for r in in_two}
     mine = [r for r in read_records(tmp_path / "one") if r.run_id not in runs and r.phase == "validation"]
     assert [r.energy_kwh for r in mine][-1] == metrics["eval_energy_kwh"]
+    assert mine[-1].epoch is None  # a run of its own: not labelled with the second Trainer's last epoch
     assert first.state.log_history[-1]["eval_energy_kwh"] == metrics["eval_energy_kwh"]
     assert not any("eval_energy_kwh" in e for e in second.state.log_history[-1:])
     assert not callback.session.running

@@ -468,6 +468,16 @@ def test_no_logger_warns_and_still_writes_records(tmp_path):
     assert [r.epoch for r in records if r.phase == "train"] == [0]
 
 
+def test_fast_dev_run_says_where_the_records_go_as_lightning_suppresses_its_loggers(tmp_path):
+    L, EnergyCallback, TinyModel = flavour("lightning.pytorch")
+    trainer = L.Trainer(fast_dev_run=2, logger=L.loggers.CSVLogger(tmp_path, name="csv"), default_root_dir=tmp_path,
+                        callbacks=[EnergyCallback()], **trainer_kwargs())
+    with pytest.warns(EnergyWarning, match=r"no logger in the Trainer \(fast_dev_run suppresses") as caught:
+        trainer.fit(TinyModel(), *loaders())
+    assert str(tmp_path) in str(next(w.message for w in caught if "fast_dev_run" in str(w.message)))
+    assert [r.samples > 0 for r in read_records(tmp_path) if r.phase == "train"] == [True]
+
+
 def test_fit_test_predict_and_a_second_fit(tmp_path):
     L, EnergyCallback, TinyModel = flavour("pytorch_lightning")
     callback = EnergyCallback(output_dir=tmp_path / "energy")

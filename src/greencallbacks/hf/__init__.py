@@ -449,6 +449,7 @@ class EnergyCallback(TrainerCallback, ExportableState):
                 # One callback in two Trainers: this one's evaluate() / predict() does not continue
                 # the other's run (in the other's output_dir); it is a run of its own.
                 self.session = EnergySession(**self._session_kwargs)
+                self._epoch = self._next_epoch = None  # the other Trainer's epochs are not this run's
             self._run_trainer = trainer
         self._start(args)  # no-op inside train(); evaluate()/predict() alone make a run of their own
         phase = "predict" if description == "Prediction" else "validation"

@@ -224,9 +224,11 @@ class EnergyCallbackBase:
                    for cb in trainer.callbacks)
 
     def _check_configuration(self, trainer: Any) -> None:
-        if not trainer.loggers:
+        # fast_dev_run swaps the loggers for a DummyLogger ("Logging and checkpointing is suppressed").
+        if not [logger for logger in trainer.loggers if type(logger).__name__ != "DummyLogger"]:
+            why = "fast_dev_run suppresses Lightning's loggers" if getattr(trainer, "fast_dev_run", False) else "logger=False"
             warn(
-                "greencallbacks: EnergyCallback found no logger in the Trainer (logger=False), so energy "
+                f"greencallbacks: EnergyCallback found no logger in the Trainer ({why}), so energy "
                 f"goes only to trainer.callback_metrics and the records in {self.session.tracker.output_dir}."
             )
         # Same settings cannot get here: Lightning refuses two callbacks with one state_key.
