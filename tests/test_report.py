@@ -30,11 +30,27 @@ def rec(run_id, phase, epoch, energy_j, samples, seq, *, g_per_kwh=500.0, second
         intensity_source="Grid_test 100% source", intensity_year=2023, intensity_zone="FRA", pue=1.0,
         energy_j_per_sample=energy_j / samples if samples else None, co2eq_g_per_sample=None,
         components=[
-            {"name": "gpu0", "kind": "gpu", "method": method, "energy_j": 0.75 * energy_j, "uncertainty_j": uncertainty_j},
-            {"name": "cpu", "kind": "cpu", "method": "estimated", "energy_j": 0.25 * energy_j, "uncertainty_j": 0.0},
+            {"name": "gpu0", "kind": "gpu", "method": method, "energy_j": 0.75 * energy_j, "uncertainty_j": uncertainty_j,
+             "source": "NVML energy counters" if method == "counter" else "integrated NVML power samples"},
+            {"name": "cpu", "kind": "cpu", "method": "estimated", "energy_j": 0.25 * energy_j, "uncertainty_j": 0.0,
+             "source": "TDP x CPU time"},
         ],
         uncertainty_kwh=uncertainty_j / KWH, tool_version="9.9.9",
     )
+
+
+def test_the_statement_says_what_each_sensor_read_and_no_more_where_the_record_does_not_say():
+    """An AMD GPU's counter is no NVML counter, a declared constant power no TDP estimate; records
+    that do not name their source (written before it, or a user's sensor) say only the method."""
+    amd = [dataclasses.replace(r, components=[
+        {"name": "gpu0", "kind": "gpu", "method": "counter", "energy_j": 1.0, "source": "amdsmi energy counters"},
+        {"name": "switch", "kind": "cpu", "method": "estimated", "energy_j": 1.0, "source": "a declared constant power"},
+    ]) for r in one_run()]
+    assert ("GPU energy from amdsmi energy counters; CPU energy estimated from a declared constant power"
+            in report.method_sentence(amd))
+    unsaid = [dataclasses.replace(r, components=[{k: v for k, v in c.items() if k != "source"} for c in r.components])
+              for r in one_run()]
+    assert report.method_sentence(unsaid) == "CPU energy estimated; GPU energy from energy counters"
 
 
 def one_run(run_id="run-a", train_j=(36000.0, 72000.0), scale=1.0):

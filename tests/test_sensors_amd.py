@@ -123,6 +123,7 @@ def test_unsupported_accumulator_integrates_instantaneous_socket_power(smi, cloc
     board.set_power(lambda t: 300.0 + 100.0 * (t - t0))  # a ramp: the trapezoid rule is exact
     [sensor] = find(smi).sensors
     assert sensor.method == Method.SAMPLED and sensor.note == ""
+    assert sensor.source == "integrated amdsmi power samples"  # the paper's words (report.method_sentence)
     start = sensor.energy_j()
     run_for(clock, 2.0, sensor.poll_interval_s, sensor)
     assert sensor.energy_j() - start == pytest.approx(300.0 * 2 + 50.0 * 2**2, rel=1e-6)
@@ -345,6 +346,8 @@ def test_meter_records_the_apportioned_die_with_its_bound(smi, clock):
     assert component.method == "apportioned"
     assert component.energy_j == pytest.approx(1000.0, abs=1e-3)
     assert component.uncertainty_j >= 1000.0  # +/-100 %: the die's true part lies in [0, 2000] J
+    # Into the records with what was read: "GPU energy apportioned from a shared device's amdsmi energy counters".
+    assert component.to_dict()["source"] == "amdsmi energy counters"
 
 
 # -- amdsmi unusable: the reason and the fix ----------------------------------------------------

@@ -506,3 +506,18 @@ def test_run_ids_alike_as_file_names_keep_two_summaries(tmp_path):
     kept = sorted(tmp_path.glob("energy-summary-*.json"))
     assert len(kept) == 2 and json.loads((tmp_path / SUMMARY_FILE).read_text())["run_id"] == "exp 1"
     assert {json.loads(p.read_text())["run_id"] for p in kept} == {"exp/1", "exp-1"}
+
+
+def test_records_name_what_each_component_was_read_from(tmp_path):
+    """The paper's sentence (report.method_sentence) takes each component's source from the records."""
+    from greencallbacks.sensors.estimate import ConstantPowerSensor
+
+    clock = FakeClock()
+    sensors = [ScriptedSensor("gpu0", clock, power_w=100.0), ConstantPowerSensor("switch", 20.0, kind=Kind.CPU, clock=clock)]
+    tracker = Tracker(carbon=Carbon(intensity=INTENSITY, pue=PUE), output_dir=tmp_path)
+    tracker.start(Meter(sensors, fallback=None, clock=clock, wall_clock=lambda: clock() + 1.7e9))
+    run_epochs(tracker, clock, epochs=1)
+    tracker.finish()
+    [train] = [r for r in read_records(tmp_path) if r.phase == "train"]
+    sources = {c["name"]: c.get("source") for c in train.components}
+    assert sources == {"gpu0": None, "switch": "a declared constant power"}  # the scripted sensor says none

@@ -100,6 +100,7 @@ class Component:
     energy_j: float
     uncertainty_j: float = 0.0
     note: str = ""
+    source: str = ""  # the sensor's (Sensor.source): what a paper says the energy came from
 
     def to_dict(self) -> dict:
         out = {
@@ -111,6 +112,8 @@ class Component:
         }
         if self.note:
             out["note"] = self.note
+        if self.source:
+            out["source"] = self.source
         return out
 
 
@@ -185,6 +188,14 @@ class _Channel:
         self._locked_at = 0.0
         self._search_again_at = -math.inf  # after a search that found no steady period
         self._continuous = False  # the last search found it moving between any two reads
+
+    @property
+    def source(self) -> str:
+        """What the energy comes from (the current sensor's: a replacement's after a failure)."""
+        try:
+            return str(getattr(self.sensor, "source", "") or "")
+        except Exception:  # noqa: BLE001 - a user's sensor whose property raises: only words
+            return ""
 
     @property
     def off_thread(self) -> bool:
@@ -697,6 +708,7 @@ class Meter:
                         max(start.carried_s.get(channel.name, 0.0), end.carried_s.get(channel.name, 0.0)),
                     ),
                     note=note,
+                    source=channel.source,
                 )
             )
         return Measurement(start_unix=start.unix_s, duration_s=duration_s, components=tuple(components))

@@ -94,6 +94,7 @@ class _Open:
             slot["uncertainty_j2"] += c.uncertainty_j**2
             slot["method"] = c.method
             slot["note"] = c.note
+            slot["source"] = c.source
         self.segments.append((measurement.start_unix, end_unix, measurement.energy_j))
 
     @property
@@ -697,6 +698,8 @@ class Tracker:
             out = {"name": c["name"], "kind": c["kind"], "energy_j": c["energy_j"], "method": c["method"]}
             if c["note"]:
                 out["note"] = c["note"]
+            if c.get("source"):
+                out["source"] = c["source"]
             out["uncertainty_j"] = math.sqrt(c["uncertainty_j2"])
             out["rank"] = rank
             out["host"] = host

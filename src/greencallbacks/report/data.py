@@ -345,17 +345,20 @@ EQUIVALENTS = (
     },
 )
 
-# How each (kind, method) was obtained, in words a paper can use.
-_METHOD_WORDS = {
-    ("gpu", "counter"): "GPU energy from NVML energy counters",
-    ("gpu", "sampled"): "GPU energy from integrated NVML power samples",
-    ("gpu", "estimated"): "GPU energy estimated",
-    ("gpu", "apportioned"): "GPU energy apportioned from a shared device's measurement",
-    ("cpu", "counter"): "CPU energy from RAPL counters",
-    ("cpu", "estimated"): "CPU energy estimated from TDP x CPU utilisation",
-    ("dram", "counter"): "DRAM energy from RAPL counters",
-    ("ram", "estimated"): "RAM energy estimated from resident memory x W/GB",
-}
+# How a component was obtained, in words a paper can use: the sensor's own source where the record
+# names it (Sensor.source: "NVML energy counters", "amdsmi energy accumulators", "TDP x CPU time");
+# for records without one (written before it, or by a user's sensor), only what the method says.
+_KIND_WORDS = {"gpu": "GPU", "cpu": "CPU", "dram": "DRAM", "ram": "RAM"}
+_METHOD_VERBS = {"estimated": "estimated from", "apportioned": "apportioned from a shared device's"}
+_METHOD_ALONE = {"counter": "from energy counters", "sampled": "from integrated power samples",
+                 "estimated": "estimated", "apportioned": "apportioned from a shared device's measurement"}
+
+
+def _method_words(kind: str, method: str, source: str) -> str:
+    what = f"{_KIND_WORDS.get(kind, kind)} energy"
+    if source:
+        return f"{what} {_METHOD_VERBS.get(method, 'from')} {source}"
+    return f"{what} {_METHOD_ALONE.get(method, method)}"
 
 
 def mean_and_se(values: Sequence[float]) -> tuple[float, float | None]:
@@ -548,16 +551,19 @@ def hardware(records: Sequence[Record]) -> list[dict]:
     """Each component measured: name, kind, method, its share of IT energy, and the sensor's note."""
     energy: dict[tuple[str, str, str], float] = defaultdict(float)
     notes: dict[tuple[str, str, str], str] = {}
+    sources: dict[tuple[str, str, str], str] = {}
     for r in records:
         for c in r.components:
             key = (c.get("name", "?"), c.get("kind", "?"), c.get("method", "?"))
             energy[key] += c.get("energy_j", 0.0)
             if c.get("note"):
                 notes[key] = c["note"]
+            if isinstance(c.get("source"), str) and c["source"]:
+                sources[key] = c["source"]
     total = sum(energy.values())
     return [
         {"name": name, "kind": kind, "method": method, "energy_share": e / total if total > 0 else None,
-         "note": notes.get((name, kind, method), "")}
+         "note": notes.get((name, kind, method), ""), "source": sources.get((name, kind, method), "")}
         for (name, kind, method), e in sorted(energy.items())
     ]
 
@@ -566,7 +572,7 @@ def method_sentence(records: Sequence[Record]) -> str:
     """How the energy was obtained, e.g. "GPU energy from NVML energy counters; CPU energy estimated ..."."""
     seen = []
     for part in hardware(records):
-        words = _METHOD_WORDS.get((part["kind"], part["method"]), f"{part['kind']} energy {part['method']}")
+        words = _method_words(part["kind"], part["method"], part["source"])
         if words not in seen:
             seen.append(words)
     return "; ".join(seen) if seen else "no component recorded"

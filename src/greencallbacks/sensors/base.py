@@ -61,6 +61,8 @@ class Sensor:
         poll_interval_s: how often the background thread must call ``poll``; ``None`` if never.
         update_period_s: the counter's update period (quantisation of short windows); 0 if none.
         note: a short caveat to carry into records, e.g. ``"1-second averaged power"``; "" if none.
+        source: where the energy comes from, in words a paper can use after "energy from" (or
+            "estimated from"), e.g. ``"NVML energy counters"``, ``"TDP x CPU time"``; "" if unsaid.
         relative_uncertainty: a stated error as a fraction of the energy read, for sensors whose
             error grows with the energy rather than sits at a window's boundaries (apportioned
             shares); the meter adds it to the boundary error. 0 if none.
@@ -76,6 +78,7 @@ class Sensor:
     poll_interval_s: float | None = None
     update_period_s: float = 0.0
     note: str = ""
+    source: str = ""
     relative_uncertainty: float = 0.0
     off_thread: bool = False
 

@@ -320,6 +320,7 @@ class CpuEstimateSensor(Sensor):
 
     kind = Kind.CPU
     method = Method.ESTIMATED
+    source = "TDP x CPU time"
 
     def __init__(
         self,
@@ -400,6 +401,7 @@ class RamEstimateSensor(Sensor):
 
     kind = Kind.RAM
     method = Method.ESTIMATED
+    source = "resident memory x W/GB"
 
     def __init__(
         self,
@@ -456,6 +458,7 @@ class ConstantPowerSensor(Sensor):
     """A power the user declares (a switch, a monitor, the rest of the node): watts x time."""
 
     method = Method.ESTIMATED
+    source = "a declared constant power"
 
     def __init__(
         self,

@@ -31,6 +31,12 @@ class GpuSensor(Sensor):
     # Whether the background thread reads the counter in ``poll`` (an accumulator that can wrap).
     poll_reads_counter = False
 
+    @property
+    def source(self) -> str:  # type: ignore[override]
+        if self.method == Method.SAMPLED:
+            return f"integrated {self.library} power samples"
+        return f"{self.library} energy counters"
+
     def __init__(
         self, handle: Any, *, index: int, clock: Callable[[], float], shutdown_on_close: bool
     ) -> None:

@@ -93,6 +93,7 @@ class RaplSensor(Sensor):
     """
 
     method = Method.COUNTER
+    source = "RAPL counters"
 
     def __init__(
         self, zone_dir: str | os.PathLike, *, package_index: int | None = None, die_index: int | None = None

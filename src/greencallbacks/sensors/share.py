@@ -68,6 +68,7 @@ class Apportioned(Sensor):
         self.index = getattr(device, "index", None)
         self.relative_uncertainty = share_bound(self.share)
         self.measured_by = str(device.method)
+        self.source = getattr(device, "source", "") or ""
         words = {"counter": "its energy counter", "sampled": "integrated power samples"}
         measured = words.get(self.measured_by, self.measured_by)
         notes = [f"billed {self.share:.4g} of the whole device, measured by {measured} ({rule})"]
