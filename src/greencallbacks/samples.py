@@ -64,8 +64,9 @@ __all__ = ["count_samples", "count_collated", "BatchCounter"]
 _SCALARS = (str, bytes, int, float, complex, bool, type(None))
 
 
-def count_samples(batch: Any) -> int | None:
-    """Samples in ``batch`` (see the module's rules), or ``None`` when nothing in it says."""
+def count_samples(batch: Any, collated: bool = False) -> int | None:
+    """Samples in ``batch`` (see the module's rules), or ``None`` when nothing in it says.
+    ``collated``: the DataLoader says torch's ``default_collate`` made it (see :func:`count_collated`)."""
     # Fast paths for the usual batches, a tensor, ``(x, y)`` or a dict of tensors: this runs every
     # step, with the caches cold from the step's own work, where the general walk costs several
     # us. Exact type checks first: a failed getattr costs an exception, an ABC check a lookup.
@@ -110,7 +111,7 @@ def count_samples(batch: Any) -> int | None:
                 return int(leads[0]) if leads[0] != 1 else _one_row(batch)
     except Exception:  # noqa: BLE001 - a strided nested tensor raises on .shape; an unknown dim is None
         pass
-    samples = _walk(batch)
+    samples = _walk(batch, collated)
     if samples == 1 and isinstance(batch, Mapping):
         return _one_row(batch)
     return samples
@@ -330,16 +331,10 @@ def _disagreeing(fields: Any) -> int | None:
 def count_collated(batch: Any) -> int | None:
     """Samples in a batch that torch's ``default_collate`` made (the DataLoader says so): there a
     list or tuple is the batch's fields, or its samples only when they are strings or numbers, so
-    the batches that :func:`count_samples` cannot tell from ``collate_fn=list`` count exactly:
-    samples made only of strings (``(source, target)`` text pairs: a list of two tuples of B
-    strings) and 1-tuples of dicts (``[{"x": X}]``)."""
-    kind = type(batch)
-    if (kind is list or kind is tuple) and batch and getattr(batch[0], "shape", None) is None:
-        try:
-            return _walk(batch, collated=True)
-        except Exception:  # noqa: BLE001 - as in count_samples: an unknown dimension is None
-            return None
-    return count_samples(batch)
+    the batches that :func:`count_samples` alone cannot tell from ``collate_fn=list`` count
+    exactly: samples made only of strings (``(source, target)`` text pairs: a list of two tuples
+    of B strings) and 1-tuples of dicts (``[{"x": X}]``)."""
+    return count_samples(batch, collated=True)
 
 
 def _walk(batch: Any, collated: bool = False) -> int | None:
@@ -435,9 +430,9 @@ class BatchCounter:
         check_counter("token_counter", token_counter)
         self.sample_counter = sample_counter or count_samples
         self.custom_samples = sample_counter is not None  # the user's rule wins over a framework's own count
-        # The default rule for the batches of the phase now running: count_collated where its
-        # data loaders collate with torch's default_collate (an adapter that sees them says so).
-        self.default_counter: Callable[[Any], int | None] = count_samples
+        # Whether the batches of the phase now running come from torch's default_collate: an
+        # adapter that sees the data loaders says so (see count_collated).
+        self.collated = False
         self.token_counter = token_counter
         self.owner = owner
         self.batch_name = batch_name
@@ -448,14 +443,14 @@ class BatchCounter:
         if self.token_counter is None and not self.custom_samples:
             # The default, on every step: no layers (they cost as much as the count itself).
             try:
-                samples = self.default_counter(batch)
+                samples = count_samples(batch, self.collated)
             except Exception:  # noqa: BLE001 - a batch object whose attributes raise
                 samples = None
             if samples is None:
-                self._warn("sample_counter", self.default_counter, batch, None, None, run_id)
+                self._warn("sample_counter", count_samples, batch, None, None, run_id)
             return samples, 0
-        samples = self._apply("sample_counter", self.sample_counter if self.custom_samples else self.default_counter,
-                              batch, run_id)
+        default = count_collated if self.collated else count_samples
+        samples = self._apply("sample_counter", self.sample_counter if self.custom_samples else default, batch, run_id)
         tokens = 0
         if self.token_counter is not None:
             tokens = self._apply("token_counter", self.token_counter, batch, run_id) or 0
@@ -465,11 +460,11 @@ class BatchCounter:
         """Count one completed batch into ``tracker``'s innermost open phase."""
         if self.token_counter is None and not self.custom_samples:
             try:
-                samples = self.default_counter(batch)  # the per-step path, as in `count`, one call shorter
+                samples = count_samples(batch, self.collated)  # the per-step path, as in `count`, one call shorter
             except Exception:  # noqa: BLE001
                 samples = None
             if samples is None:
-                self._warn("sample_counter", self.default_counter, batch, None, None, tracker.run_id)
+                self._warn("sample_counter", count_samples, batch, None, None, tracker.run_id)
             tracker.add_samples(samples)
             return
         samples, tokens = self.count(batch, tracker.run_id)

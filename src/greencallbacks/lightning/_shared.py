@@ -30,7 +30,7 @@ from greencallbacks.distributed import torch_reducer_or_local
 from greencallbacks.guard import hook_failed, never_raises
 from greencallbacks.meter import warn
 from greencallbacks.session import EnergySession, keyword_names, reject_unknown_arguments
-from greencallbacks.samples import BatchCounter, count_collated, count_samples
+from greencallbacks.samples import BatchCounter
 from greencallbacks.torch_support import device_and_sync
 
 PREFIXES = {"train": "", "validation": "val_", "test": "test_", "predict": "predict_"}
@@ -109,7 +109,7 @@ class EnergyCallbackBase:
         self._resume_epoch_at_batch = False  # begin the epoch Lightning resumed mid-way at its next batch
         self._pause_due = False  # an epoch of this fit ended (see _begin_train_epoch)
         self._train_parts: str | None = None  # "dict" / "seq": several training iterables, counted apart
-        self._train_rule: Callable[[Any], int | None] = count_samples  # counts training batches (see _counting_rule)
+        self._train_collated = False  # training batches come from default_collate (see _collated_by_default)
         self._counter = BatchCounter(sample_counter, token_counter)  # checks both are functions or None
         if not isinstance(prefix, str):
             raise ValueError(f"prefix must be a string, got {prefix!r}")
@@ -296,7 +296,7 @@ class EnergyCallbackBase:
         loaders = trainer.train_dataloader  # public: the iterables given to fit, combined
         several = isinstance(loaders, (dict, list, tuple)) and not self._counter.custom_samples
         self._train_parts = ("dict" if isinstance(loaders, dict) else "seq") if several else None
-        self._train_rule = self._counter.default_counter = _counting_rule(loaders)
+        self._train_collated = self._counter.collated = _collated_by_default(loaders)
 
     @never_raises
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
@@ -368,13 +368,13 @@ class EnergyCallbackBase:
     # ---------------------------------------------------------------------------- validation
     @never_raises
     def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
-        self._counter.default_counter = _counting_rule(trainer.val_dataloaders)
+        self._counter.collated = _collated_by_default(trainer.val_dataloaders)
         if not trainer.sanity_checking:  # the sanity check is billed to `other`
             self.tracker.begin("validation", trainer.current_epoch)
 
     @never_raises
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
-        self._counter.default_counter = self._train_rule  # a validation inside an epoch: training goes on
+        self._counter.collated = self._train_collated  # a validation inside an epoch: training goes on
 
     def on_validation_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         try:  # guarded here, as on_train_batch_end
@@ -391,7 +391,7 @@ class EnergyCallbackBase:
     # ---------------------------------------------------------------------------------- test
     @never_raises
     def on_test_start(self, trainer: Any, pl_module: Any) -> None:
-        self._counter.default_counter = _counting_rule(trainer.test_dataloaders)
+        self._counter.collated = _collated_by_default(trainer.test_dataloaders)
         self.tracker.begin("test", trainer.current_epoch)
 
     @never_raises
@@ -405,7 +405,7 @@ class EnergyCallbackBase:
     # ------------------------------------------------------------------------------- predict
     @never_raises
     def on_predict_start(self, trainer: Any, pl_module: Any) -> None:
-        self._counter.default_counter = _counting_rule(trainer.predict_dataloaders)
+        self._counter.collated = _collated_by_default(trainer.predict_dataloaders)
         self.tracker.begin("predict", trainer.current_epoch)
 
     @never_raises
@@ -541,10 +541,10 @@ def _prefix_in_key(key: Any, class_name: str) -> str | None:
     return given.get("prefix", "") if isinstance(given, dict) else None
 
 
-def _counting_rule(loaders: Any) -> Callable[[Any], int | None]:
-    """How to count a stage's batches: ``count_collated`` when every one of its data loaders
-    collates with torch's ``default_collate`` (a list in such a batch is its fields, never its
-    samples: text pairs count exactly), else ``count_samples``. ``loaders``: the trainer's public
+def _collated_by_default(loaders: Any) -> bool:
+    """Whether every data loader of a stage collates with torch's ``default_collate``: a list in
+    such a batch is its fields, never its samples, so text pairs count exactly (see
+    ``greencallbacks.samples.count_collated``). ``loaders``: the trainer's public
     ``*_dataloader(s)``, one loader or a list or dict of them."""
     try:
         from torch.utils.data import default_collate  # torch >= 1.11; Lightning imported torch already
@@ -554,10 +554,9 @@ def _counting_rule(loaders: Any) -> Callable[[Any], int | None]:
         elif not isinstance(loaders, (list, tuple)):
             loaders = [loaders]
         collates = [getattr(loader, "collate_fn", None) for loader in loaders]
-        by_default = bool(collates) and all(c is default_collate for c in collates)
+        return bool(collates) and all(c is default_collate for c in collates)
     except Exception:  # noqa: BLE001 - the general rule never needs this
-        by_default = False
-    return count_collated if by_default else count_samples
+        return False
 
 
 def _seconds_left(timers: list) -> float | None:
