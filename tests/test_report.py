@@ -493,6 +493,24 @@ def test_runs_cut_short_are_never_pooled_as_repeats():
     assert not report.cut_short(report.configuration([r for r in crashed_and_clean() if r.run_id == "crash"]))
 
 
+def test_an_epoch_redone_from_an_earlier_checkpoint_counts_its_samples_once_and_the_run_is_a_repeat():
+    """A crash while the checkpoint of epoch 1 was written (after its record): the resume from the
+    checkpoint of epoch 0 ran epoch 1 again, to the same step. Its samples were added to the first
+    try's (64 for an epoch of 32), so the run was no repeat of the clean ones. An epoch that
+    max_steps stopped at step 6 and a resume carried on to step 8 still adds up."""
+    def whole(run_id):
+        return [dataclasses.replace(rec(run_id, "train", e, 3600.0, 32, e), step=4 * (e + 1)) for e in (0, 1)]
+
+    redone = whole("redone") + [dataclasses.replace(rec("redone", "train", 1, 3600.0, 32, 2), step=8, attempt=1)]
+    continued = [dataclasses.replace(rec("continued", "train", 0, 3600.0, 32, 0), step=4),
+                 dataclasses.replace(rec("continued", "train", 1, 1800.0, 16, 1), step=6),
+                 dataclasses.replace(rec("continued", "train", 1, 1800.0, 16, 2), step=8, attempt=1)]
+    assert report.configuration(redone)["epoch_samples"] == [[0, 32], [1, 32]]
+    assert report.configuration(continued)["epoch_samples"] == [[0, 32], [1, 32]]
+    groups = report.group_runs(whole("clean") + redone + continued)
+    assert [report.run_ids(g) for _, g in groups] == [["clean", "redone", "continued"]]
+
+
 def test_a_run_that_max_steps_ended_inside_its_last_epoch_is_no_repeat_of_whole_epochs():
     """max_steps=6 over epochs of 4 batches: epoch 1 trains 2 (16 samples), cleanly, not partial.
     It was pooled with runs of two whole epochs: "Over 3 runs ... 2 epochs of 32 samples", its

@@ -263,12 +263,21 @@ def training_failed(records: Sequence[Record]) -> bool:
 
 
 def _epoch_samples(records: Sequence[Record]) -> list[list]:
-    """[[epoch, samples or None (uncounted)], ...] in epoch order."""
+    """[[epoch, samples or None (uncounted)], ...] in epoch order.
+
+    An epoch's complete records add up over the attempts (one that max_steps ended inside it, and
+    the resume that went on from that step), unless a later one ends at a step no later than the
+    count so far: that attempt redid the epoch from an earlier checkpoint (the epoch's checkpoint
+    failed to write), and its count replaces the one before rather than doubling it."""
     counted: dict[int, int | None] = {}
-    for r in records:
+    reached: dict[int, int | None] = {}
+    for r in sorted(records, key=lambda r: (r.attempt, r.seq)):
         if r.phase == "train" and r.epoch is not None and not r.partial:
-            so_far = counted.get(r.epoch, 0)
+            step = reached.get(r.epoch)
+            redone = r.epoch in counted and r.step is not None and step is not None and r.step <= step
+            so_far = 0 if redone else counted.get(r.epoch, 0)
             counted[r.epoch] = None if so_far is None or not r.samples_counted else so_far + r.samples
+            reached[r.epoch] = r.step
     return [[epoch, counted[epoch]] for epoch in sorted(counted)]
 
 
