@@ -409,6 +409,59 @@ def test_a_boundary_does_not_wait_for_a_read_in_progress_on_the_reader():
         channel._refresh_lock.release()
 
 
+def test_an_exact_boundary_does_not_wait_for_a_hung_read_beyond_its_limit(monkeypatch):
+    """The run's last boundary reads in place; the reader's read has hung (a GPU off the bus): it
+    waited for that read as long as it hung (12 s in a Lightning fit, for ever for a read that
+    never returns). Past EXACT_READ_WAIT_S it carries the latest read forward, and says so."""
+    import greencallbacks.meter as meter_module
+
+    monkeypatch.setattr(meter_module, "EXACT_READ_WAIT_S", 0.05, raising=False)
+    clock = FakeClock()
+    gpu = SlowSensor("gpu0", clock, power_w=200.0)
+    meter = reader_meter(clock, gpu)
+    first = meter.snapshot(exact=True)
+    run_reader(meter, clock, 1.0)
+    channel = meter.channels[0]
+    assert channel._refresh_lock.acquire()  # the reader's read, hung until the end of this test
+    try:
+        clock.advance(2.0)
+        done = []
+        boundary = threading.Thread(target=lambda: done.append(meter.snapshot(exact=True)))
+        boundary.start()
+        boundary.join(timeout=5)
+        assert done, "the last boundary waited for the hung read"
+        last = done[0]
+        assert last.carried_s["gpu0"] == pytest.approx(2.0, abs=0.1)
+        window = meter.between(first, last)
+        assert window.energy_j == pytest.approx(200.0 * (last.monotonic_s - first.monotonic_s), rel=1e-6)
+        assert window.components[0].uncertainty_j >= 200.0 * 2.0 * 0.99
+    finally:
+        channel._refresh_lock.release()
+
+
+def test_a_read_in_place_that_ends_after_the_boundary_is_carried_back_to_it():
+    """An exact boundary whose read finished 0.6 s after the boundary's instant (it queued behind
+    a slow read): the value is carried back to the instant with the power samples, not billed at
+    it whole (900 J for a 0.5 s window at 300 W)."""
+    clock = FakeClock()
+    gpu = SlowSensor("gpu0", clock, power_w=300.0)
+    meter = reader_meter(clock, gpu)
+    first = meter.snapshot(exact=True)
+    run_reader(meter, clock, 1.0)
+    channel = meter.channels[0]
+    real_refresh = channel._refresh
+
+    def late_refresh():  # the read completes 0.6 s after the boundary stamped its time
+        clock.advance(0.6)
+        return real_refresh()
+
+    channel._refresh = late_refresh
+    last = meter.snapshot(exact=True)
+    window = meter.between(first, last)
+    assert window.energy_j == pytest.approx(300.0 * (last.monotonic_s - first.monotonic_s), rel=1e-3)
+    assert last.carried_s["gpu0"] == pytest.approx(0.6, abs=0.05)
+
+
 def test_reads_slower_than_the_update_period_still_move_the_anchor():
     """Each NVML read takes 150 ms, longer than the counter's 100 ms update period, so every read
     straddles an update: the anchor was never moved, went stale, and every boundary read the

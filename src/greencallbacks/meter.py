@@ -39,6 +39,11 @@ ESTIMATE_RELATIVE_UNCERTAINTY = 0.5
 POWER_SAMPLE_INTERVAL_S = 0.02
 DEFAULT_READ_INTERVAL_S = 0.1
 STALE_READ_S = 0.25
+# A boundary that must read in place (a run's first and last, ``exact``) waits this long for a
+# read in progress on the reader (NVML: ~3 ms, p99 ~15 ms). A read that hangs (a GPU falling off
+# the bus) would hold the end of training for as long: past this the latest read is carried
+# forward instead, and its uncertainty grows with the span carried, as at any other boundary.
+EXACT_READ_WAIT_S = 0.5
 ESTIMATED, SAMPLED = Method.ESTIMATED.value, Method.SAMPLED.value  # plain str: compared at every boundary
 POWER_HISTORY = 64  # samples kept: ~1.3 s, more than the span between two counter reads
 # Finding a quantised counter's update phase: steps to observe (at most), the precision at which
@@ -65,6 +70,10 @@ def _integral_at(samples: Sequence[tuple[float, float, float]], t: float) -> flo
         return joules - power_w * (t_s - t)
     (t0, j0, _), (t1, j1, _) = samples[i - 1], samples[i]
     return j0 + (j1 - j0) * (t - t0) / (t1 - t0)
+
+
+def _read_last_if_slow(channel: "_Channel") -> bool:
+    return channel.off_thread
 
 
 def joules_between(start: "Snapshot", end: "Snapshot") -> float:
@@ -416,13 +425,18 @@ class _Channel:
         update it holds to ``now`` like any other read. Where the reader is inside a read (a slow
         or hung one: GPU in an error state), a boundary that need not be exact does not wait for
         it: it carries the latest read forward, however old, and its uncertainty grows with that."""
-        if not self._refresh_lock.acquire(blocking=exact or self._anchor is None):
-            return self.estimate(now, stale_ok=True)
+        if exact or self._anchor is None:
+            free = self._refresh_lock.acquire(timeout=EXACT_READ_WAIT_S)
+        else:
+            free = self._refresh_lock.acquire(blocking=False)
+        if not free:
+            return self.estimate(now, stale_ok=True) or (self._boundary_j, 0.0)
         try:
             read = self._refresh()
         finally:
             self._refresh_lock.release()
-        return self.estimate(now) or (read, 0.0)
+        # Carried to `now` from when the read was made: after a wait, later than `now`.
+        return self.estimate(now, stale_ok=True) or (read, 0.0)
 
     def peek(self, now: float) -> tuple[float, float]:
         """Like ``boundary`` but never reads a slow counter and hands nothing out: a slow channel
@@ -664,7 +678,9 @@ class Meter:
                 pass
         unix_s, mono_s = self._wall_clock(), self._clock()
         energy, carried = {}, {}
-        for channel in self.channels:
+        # Cheap sensors first, read at the stamped instant; an off-thread one carries its value to
+        # that instant from its read, however long an exact read of it waited.
+        for channel in sorted(self.channels, key=_read_last_if_slow):
             energy[channel.name], seconds = channel.boundary(mono_s, exact)
             if seconds:
                 carried[channel.name] = seconds
