@@ -137,7 +137,7 @@ def lightning_module():
         def training_step(self, batch, batch_idx):
             return (self.w ** 2).sum()
 
-        def validation_step(self, batch, batch_idx):
+        def validation_step(self, batch, batch_idx, dataloader_idx=0):
             self.log("val_loss", (self.w ** 2).sum(), batch_size=1)
 
         def test_step(self, batch, batch_idx):
@@ -204,6 +204,42 @@ def test_lightning_counts_by_each_stages_own_loaders_across_a_validation_inside_
     phases = by_phase(read_records(tmp_path / "energy"))
     assert [r.samples for r in phases["train"]] == [TRAIN, TRAIN]
     assert [r.samples for r in phases["validation"]] == [VAL] * 4  # at batches 2 and 4 of each 5-batch epoch
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_lightning_counts_each_loader_by_its_own_collate_and_a_remade_batch_as_it_arrives(tmp_path):
+    """Training from {default_collate text pairs, collate_fn=list samples}, validation from a list
+    of both: each loader's batches by its own rule (the text pairs counted 2 a batch when the rule
+    was the whole loop's). Then a model whose on_before_batch_transfer remakes each default_collate
+    batch into per-sample records (a detection model's input): counted as the list it became."""
+    L, AnyBatch = lightning_module()
+    from greencallbacks.lightning import EnergyCallback
+
+    def fit(model, train, val, out):
+        callback = EnergyCallback(output_dir=out, intensity=100.0, progress_bar=False)
+        trainer = L.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False, callbacks=[callback],
+                            enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
+        trainer.fit(model, train, val)
+        return by_phase(read_records(out))
+
+    pairs, samples = "default_collate of text pairs", "list of tuples"
+    phases = fit(AnyBatch(), {"a": loader(TRAIN, pairs), "b": loader(TRAIN, samples)},
+                 [loader(VAL, pairs, offset=100), loader(VAL, samples, offset=200)], tmp_path / "mixed")
+    assert [r.samples for r in phases["train"]] == [2 * TRAIN]
+    assert [r.samples for r in phases["validation"]] == [2 * VAL]
+
+    class Records(AnyBatch):
+        def on_before_batch_transfer(self, batch, dataloader_idx):
+            return [{"x": x} for x in batch[0]]  # (x, y) fields -> one record per sample
+
+    images = lambda i: (torch.zeros(3, 4, 4), i)  # noqa: E731
+    DEFAULT_COLLATED["images"] = images
+    try:
+        phases = fit(Records(), loader(TRAIN, "images"), loader(VAL, "images", offset=100), tmp_path / "remade")
+    finally:
+        del DEFAULT_COLLATED["images"]
+    assert [r.samples for r in phases["train"]] == [TRAIN]
+    assert [r.samples for r in phases["validation"]] == [VAL]
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
