@@ -18,6 +18,8 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
+
+from greencallbacks import interrupts
 from typing import Iterable
 
 SCHEMA = "greencallbacks.record/1"
@@ -213,8 +215,9 @@ class RecordWriter:
         return self.flush()
 
     def flush(self) -> bool:
-        """Write what is pending now (the fsync follows in the background)."""
-        with self._lock:
+        """Write what is pending now (the fsync follows in the background). Whole: a Ctrl-C right
+        after the lines reached the file, before they were taken off ``pending``, wrote them twice."""
+        with interrupts.held(), self._lock:
             written = self._write_locked()
         if written:
             self._sync_soon()

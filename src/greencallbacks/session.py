@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
+from greencallbacks import interrupts
 from greencallbacks.budget import Budget
 from greencallbacks.carbon import Carbon
 from greencallbacks.carbon_aware import CarbonAwarePause
@@ -340,11 +341,13 @@ class EnergySession:
             self.carbon_aware.total_paused_s = max(self.carbon_aware.total_paused_s, self.tracker.ledger.paused_s)
 
     def stop(self, failed: bool = False) -> None:
-        """End the run: normally (a collective on several ranks) or after a failure (local only)."""
-        if failed:
-            self.tracker.abort()
-        else:
-            self.tracker.finish()
+        """End the run: normally (a collective on several ranks) or after a failure (local only).
+        Whole: a Ctrl-C inside it left the meter thread running and the summary stale."""
+        with interrupts.held():
+            if failed:
+                self.tracker.abort()
+            else:
+                self.tracker.finish()
 
 
 def _reasons(unavailable: Sequence) -> str:

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from greencallbacks import interrupts
 from greencallbacks._version import __version__
 from greencallbacks.distributed import LocalReducer, Reducer
 from greencallbacks.ledger import Ledger, PhaseTotals, read_run_records, run_ids_in
@@ -746,7 +747,12 @@ class Tracker:
         return _with_per_sample(record)
 
     def _publish(self, seq: int | None) -> Record | None:
-        """Gather pending local records from all ranks, sum them, write, and update totals."""
+        """Gather pending local records from all ranks, sum them, write, and update totals: whole,
+        or not at all (a Ctrl-C between counting and writing a record lost it from the file)."""
+        with interrupts.held():
+            return self._publish_now(seq)
+
+    def _publish_now(self, seq: int | None) -> Record | None:
         local = self._take_pending()
         if self.reducer.world_size > 1:
             gathered = self.reducer.all_gather(([r.to_dict() for r in local], self._seconds_left_at_train_end))

@@ -95,7 +95,7 @@ try:
 except ImportError as error:
     raise extras.missing(error, "greencallbacks.hf", ("transformers",), "pip install 'greencallbacks[hf]'") from None
 
-from greencallbacks import watch
+from greencallbacks import interrupts, watch
 from greencallbacks.distributed import torch_reducer_or_local
 from greencallbacks.guard import hook_failed, never_raises
 from greencallbacks.hf._saved_state import complete_saved_entries, saved_alike, saved_entry
@@ -300,8 +300,7 @@ class EnergyCallback(TrainerCallback, ExportableState):
     @never_raises
     def on_train_end(self, args, state, control, **kwargs):
         self._in_train = False
-        self._cancel_watch()
-        self._stop()
+        self._end_call()
 
     # ------------------------------------------------------------------ evaluation, prediction
     @never_raises
@@ -328,8 +327,7 @@ class EnergyCallback(TrainerCallback, ExportableState):
         self._finish_hooked_loop(metrics, kwargs.get("eval_dataloader"), state, control)
         self._loop_metrics = {}
         if not self._in_train:
-            self._cancel_watch()  # evaluate() got this far: it no longer needs watching
-            self._stop()
+            self._end_call()  # evaluate() got this far: it no longer needs watching
 
     @never_raises
     def on_predict(self, args, state, control, metrics=None, **kwargs):
@@ -339,8 +337,7 @@ class EnergyCallback(TrainerCallback, ExportableState):
             self._log(self._loop_metrics, control, skip=self._logging_on_predict())
         self._loop_metrics = {}
         if not self._in_train:
-            self._cancel_watch()
-            self._stop()
+            self._end_call()
 
     # ------------------------------------------------------------------------ checkpointing
     def state(self) -> dict:
@@ -385,6 +382,14 @@ class EnergyCallback(TrainerCallback, ExportableState):
         if self._watch is not None:
             self._watch.fire()
         self._abort()
+
+    def _end_call(self) -> None:
+        """train(), or evaluate() / predict() alone, ended: stop watching it and stop its run.
+        Whole: a Ctrl-C after the watch was cancelled, before the run stopped, left the meter
+        thread running and the summary stale, with nothing left to write them up."""
+        with interrupts.held():
+            self._cancel_watch()
+            self._stop()
 
     def _stop(self) -> None:
         self._loop = None

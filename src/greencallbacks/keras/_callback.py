@@ -36,7 +36,7 @@ try:
 except ImportError as error:
     raise extras.missing(error, "greencallbacks.keras", ("keras",), "pip install 'greencallbacks[keras]'") from None
 
-from greencallbacks import watch
+from greencallbacks import interrupts, watch
 from greencallbacks.keras._backend import devices_and_sync, reducer_for
 from greencallbacks.guard import never_raises
 from greencallbacks.meter import warn
@@ -729,14 +729,16 @@ class EnergyCallback(_Callback):
             self._run = _Run(EnergySession(**self._session_kwargs))  # nothing to continue: a new run
 
     def _leave(self) -> None:
-        """The outermost call ended normally: close the run's books for now (a collective)."""
-        call = self._call
-        call.close()
-        self._phases.clear()
-        if call.run is not None:
-            call.run.session.stop()
-            if call.run.fitted:  # an evaluate / predict alone leaves energy-state.json to the run that trained
-                call.run.save_state()
+        """The outermost call ended normally: close the run's books for now (a collective). Whole:
+        a Ctrl-C after the call was closed and before its run stopped left the meter running."""
+        with interrupts.held():
+            call = self._call
+            call.close()
+            self._phases.clear()
+            if call.run is not None:
+                call.run.session.stop()
+                if call.run.fitted:  # an evaluate / predict alone leaves energy-state.json to the run that trained
+                    call.run.save_state()
 
     def _output_dir(self, call: _Call) -> Path:
         tracker = self.tracker
