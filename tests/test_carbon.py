@@ -560,6 +560,21 @@ def test_a_missed_row_or_an_irregular_step_is_no_gap(times) -> None:
     assert "extrapolated" not in series.mean_between(times[0], times[-1]).source
 
 
+def test_a_series_whose_resolution_changes_has_no_gaps_but_one_at_the_change_is_found() -> None:
+    """Hourly data, then 15-minute data (ENTSO-E's market time unit since October 2025): judged by
+    one step for the whole file, every hour of the hourly stretch was a gap (6552 in a year)."""
+    hourly = [i * HOUR for i in range(48)]
+    quarterly = [hourly[-1] + (i + 1) * 900.0 for i in range(96)]
+    series = IntensitySeries(tuple(hourly + quarterly), (100.0,) * 144, name="changing")
+    assert series.gaps == ()
+    assert "extrapolated" not in series.mean_between(3.25 * HOUR, 3.75 * HOUR).source
+    back = IntensitySeries(tuple(quarterly + [quarterly[-1] + (i + 1) * HOUR for i in range(48)]), (100.0,) * 144, name="back")
+    assert back.gaps == ()
+    late = quarterly[-1] + 10 * HOUR  # hourly data, 10 hours missing, then 15-minute data
+    gap = IntensitySeries(tuple(hourly + [late + i * 900.0 for i in range(96)]), (100.0,) * 144, name="gap")
+    assert gap.gaps == ((hourly[-1] + HOUR, late),)
+
+
 def test_records_priced_inside_a_gap_say_so_with_the_held_values_year(tmp_path: Path) -> None:
     # The scripted run is on 2023-11-14, inside a year-long gap after 2022's last value.
     path = write_csv_series(tmp_path / "gap2023.csv", [

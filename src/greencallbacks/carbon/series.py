@@ -3,7 +3,7 @@
 The series is a step function: each value holds from its timestamp until the next one. The
 intensity of an interval is the time-weighted mean over it. Before the first timestamp the first
 value is used, after the last timestamp the last one, and the result says it was extrapolated.
-Across a gap in the data (more than twice the series' usual step between two timestamps) the
+Across a gap in the data (a step more than twice the steps either side of it) the
 value before the gap holds, and the result says that too, with the year of that value.
 
 File formats, detected from the header or the document's shape; the series says which it read
@@ -31,7 +31,6 @@ import csv
 import io
 import json
 import math
-import statistics
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -282,10 +281,34 @@ def _json_points(path: Path, text: str) -> tuple[list[tuple[int | str, object, o
 # it, two lookups in the running integral, whose rounding is then negligible against the span.
 DIRECT_SUM_MAX_STEPS = 64
 
-# A distance between two timestamps larger than this many usual steps is a gap in the data, not
-# the series' rhythm: twice, so one missed row of a provider export (a 2 h hold in an hourly
-# series) or a slightly irregular step is not one, while 5 hours missing from an hourly series is.
+# A distance between two timestamps larger than this many times the series' rhythm around it is a
+# gap in the data: twice, so one missed row of a provider export (a 2 h hold in an hourly series)
+# or a slightly irregular step is not one, while 5 hours missing from an hourly series is. The
+# rhythm is local, not one step for the whole file (a file whose resolution changes, hourly data
+# then 15-minute data, has no gaps): the larger of the median steps just before and just after,
+# GAP_CONTEXT of each, so that one stray row or a second gap nearby does not set it.
 GAP_STEPS = 2.0
+GAP_CONTEXT = 3
+
+
+def _gaps(times: tuple[float, ...], steps: list[float]) -> tuple[tuple[float, float], ...]:
+    """The stretches without data: where a step is more than GAP_STEPS times the rhythm around it
+    (see GAP_CONTEXT). The value before a gap covers one step of that rhythm, as the last value
+    covers its own step; the rest, up to the next timestamp, is missing."""
+    def median(values: list[float]) -> float:
+        return sorted(values)[(len(values) - 1) // 2] if values else 0.0
+
+    gaps = []
+    # The rhythm is never below the smallest step: only a step past twice that can be a gap (the
+    # usual case, a regular series, then costs one comparison a step).
+    least = GAP_STEPS * min(steps, default=0.0)
+    for i, step in enumerate(steps):
+        if step <= least:
+            continue
+        rhythm = max(median(steps[max(0, i - GAP_CONTEXT):i]), median(steps[i + 1:i + 1 + GAP_CONTEXT]))
+        if rhythm > 0 and step > GAP_STEPS * rhythm:
+            gaps.append((times[i] + rhythm, times[i + 1]))
+    return tuple(gaps)
 
 
 def _iso(unix_s: float) -> str:
@@ -310,7 +333,6 @@ class IntensitySeries:
     # Integral of the series from its first timestamp to each timestamp: a mean over any span is
     # then two bisects, not a scan (it is asked on the training thread at every logged step).
     _running_integral: tuple[float, ...] = field(init=False, repr=False, compare=False)
-    usual_step_s: float = field(init=False, repr=False, compare=False)
     # The stretches without data, (from, to), in time order and disjoint; their ends are bisected
     # so a mean finds its gaps in O(log N) too.
     gaps: tuple[tuple[float, float], ...] = field(init=False, repr=False, compare=False)
@@ -326,12 +348,7 @@ class IntensitySeries:
         object.__setattr__(self, "_running_integral", tuple(running))
         steps = [b - a for a, b in zip(times, times[1:])]
         object.__setattr__(self, "step_s", min(steps, default=0.0))
-        # The median, not the smallest step: one stray row (a 5-minute value in an hourly file)
-        # would otherwise make every regular hour a gap. The lower median is a step the file has.
-        usual = statistics.median_low(steps) if steps else 0.0
-        object.__setattr__(self, "usual_step_s", usual)
-        # The value before a gap covers its own usual step, as the last value does; the rest is missing.
-        gaps = tuple((a + usual, b) for a, b in zip(times, times[1:]) if b - a > GAP_STEPS * usual)
+        gaps = _gaps(times, steps)
         object.__setattr__(self, "gaps", gaps)
         object.__setattr__(self, "_gap_starts", tuple(start for start, _ in gaps))
         object.__setattr__(self, "_gap_ends", tuple(end for _, end in gaps))
