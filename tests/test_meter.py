@@ -439,6 +439,38 @@ def test_an_exact_boundary_does_not_wait_for_a_hung_read_beyond_its_limit(monkey
         channel._refresh_lock.release()
 
 
+def test_stopping_does_not_wait_for_a_read_hung_on_the_background_thread(monkeypatch):
+    """The run's stop (where a Ctrl-C is held) waited 5 s for a meter thread stuck in a hung read.
+    It waits STOP_WAIT_S; the thread, a daemon, ends with its read."""
+    import greencallbacks.meter as meter_module
+
+    monkeypatch.setattr(meter_module, "STOP_WAIT_S", 0.05, raising=False)
+    reading, release = threading.Event(), threading.Event()
+
+    class Hanging(SlowSensor):
+        hang = False
+
+        def energy_j(self):
+            if self.hang and threading.current_thread().name == "greencallbacks-meter":
+                reading.set()
+                release.wait(30)
+            return super().energy_j()
+
+    gpu = Hanging("gpu0", time.monotonic, power_w=100.0)
+    meter = make_meter(time.monotonic, gpu, off_thread=True)
+    meter.snapshot(exact=True)  # starts the background thread
+    gpu.hang = True
+    try:
+        assert reading.wait(10), "the background thread never read"
+        stopping = threading.Thread(target=meter.stop_sampling)
+        stopping.start()
+        stopping.join(timeout=3)
+        assert not stopping.is_alive(), "stopping waited for the hung read"
+    finally:
+        release.set()
+        meter.close()
+
+
 def test_a_read_in_place_that_ends_after_the_boundary_is_carried_back_to_it():
     """An exact boundary whose read finished 0.6 s after the boundary's instant (it queued behind
     a slow read): the value is carried back to the instant with the power samples, not billed at

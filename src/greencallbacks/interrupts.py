@@ -47,5 +47,5 @@ def held() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
-        if arrived:
-            previous(*arrived[0])  # now that the block is whole: Python's own raises KeyboardInterrupt
+        for signum, frame in arrived:  # each press, now that the block is whole: Python's own
+            previous(signum, frame)    # handler raises KeyboardInterrupt at the first

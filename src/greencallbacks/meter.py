@@ -44,6 +44,7 @@ STALE_READ_S = 0.25
 # the bus) would hold the end of training for as long: past this the latest read is carried
 # forward instead, and its uncertainty grows with the span carried, as at any other boundary.
 EXACT_READ_WAIT_S = 0.5
+STOP_WAIT_S = 1.0  # how long stopping waits for the background thread (see _Poller.stop)
 ESTIMATED, SAMPLED = Method.ESTIMATED.value, Method.SAMPLED.value  # plain str: compared at every boundary
 POWER_HISTORY = 64  # samples kept: ~1.3 s, more than the span between two counter reads
 # Finding a quantised counter's update phase: steps to observe (at most), the precision at which
@@ -588,7 +589,10 @@ class _Poller:
             thread, self._thread = self._thread, None
             self._stop.set()
         if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=5)
+            # Between two reads it stops within a poll; inside a hung read (a GPU off the bus) it
+            # cannot, and the run's stop (where a Ctrl-C is held) must not wait for it: a daemon,
+            # it ends with its read or with the process.
+            thread.join(timeout=STOP_WAIT_S)
 
     @property
     def alive(self) -> bool:
