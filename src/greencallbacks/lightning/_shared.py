@@ -55,8 +55,8 @@ class EnergyCallbackBase:
         sample_counter: ``batch -> int`` samples in a completed batch; default
             ``greencallbacks.samples.count_samples`` (tensors, arrays, tuples, dicts, ``BatchEncoding``,
             dataclasses, named tuples, ``num_graphs`` / ``batch_size`` / ``len()``, string lists,
-            nested tensors; ``count_collated`` where every loader of the loop collates with torch's
-            ``default_collate``). A batch it cannot count: one warning per run, and that phase's record
+            nested tensors; ``count_collated`` for a loader that collates with torch's
+            ``default_collate``, each loader by its own). A batch it cannot count: one warning per run, and that phase's record
             says ``samples_counted: false`` with no per-sample values (never a silent 0). With
             several training iterables (a dict or list of loaders) the default counts each one's
             batch and adds them; a ``sample_counter`` given is handed the whole combined batch.
