@@ -494,6 +494,28 @@ def test_a_read_in_place_that_ends_after_the_boundary_is_carried_back_to_it():
     assert last.carried_s["gpu0"] == pytest.approx(0.6, abs=0.05)
 
 
+def test_a_window_cut_to_0_joules_in_the_first_update_period_states_the_devices_power():
+    """A measurement's first boundaries on a counter that steps every 100 ms: one carried forward
+    past the energy the next could show (the update phase not yet found), and the window after it
+    read 0 J, stated ± 0 J (its power taken from counter reads that had not moved yet) while the
+    GPU drew 200 W. It is stated at the sampled power, one update period's worth."""
+    from greencallbacks.sensors.nvml import find_nvml_gpus
+    from tests.fakes.fake_pynvml import FakeNvml, gpu_uuid
+
+    clock = FakeClock()
+    nvml = FakeNvml(clock)
+    nvml.add_gpu(gpu_uuid(0), power_w=200.0)
+    meter = reader_meter(clock, *find_nvml_gpus(pynvml=nvml, environ={}, clock=clock).sensors)
+    meter.snapshot(exact=True)
+    run_reader(meter, clock, 0.02)  # power sampled, the counter not yet stepped
+    meter.channels[0]._boundary_j += 5.0  # this boundary carried past what the next can show
+    start = meter.snapshot()
+    run_reader(meter, clock, 0.02)
+    [gpu] = meter.between(start, meter.snapshot()).components
+    assert gpu.energy_j == 0.0
+    assert gpu.uncertainty_j >= 0.1 * 200.0 * 0.99
+
+
 def test_reads_slower_than_the_update_period_still_move_the_anchor():
     """Each NVML read takes 150 ms, longer than the counter's 100 ms update period, so every read
     straddles an update: the anchor was never moved, went stale, and every boundary read the

@@ -60,6 +60,26 @@ def start_with(monkeypatch, tmp_path, sensors, unavailable, **start_kwargs):
     return [str(w.message) for w in caught]
 
 
+def test_another_rank_says_which_of_its_own_gpus_goes_unmeasured_and_nothing_else(monkeypatch, tmp_path):
+    """Rank 1's GPU, lost during a fit, was left out of the later validate's records unsaid: only
+    rank 0 spoke. Each rank now says its own GPUs; the host and the grid, rank 0 alone."""
+    from greencallbacks.distributed import LocalReducer
+
+    class Rank1(LocalReducer):
+        rank, world_size, measures_host = 1, 2, False
+
+        def all_gather(self, obj):
+            return [obj, obj]
+
+    lost = Unavailable("gpu1", Kind.GPU, "GPU is lost", "")
+    estimated = ScriptedSensor("cpu", FakeClock(), kind=Kind.CPU, method=Method.ESTIMATED)
+    messages = start_with(monkeypatch, tmp_path, [estimated], [lost], device_indices=[1], reducer=Rank1())
+    assert [m for m in messages if "gpu1" in m] == [
+        "greencallbacks: no GPU energy is measured though this process trains on GPU 1, so records leave it out "
+        "[gpu1: GPU is lost]."]
+    assert not [m for m in messages if "estimated" in m]
+
+
 NO_BINDINGS = Unavailable("gpu", Kind.GPU, "the NVML Python bindings (nvidia-ml-py) are not installed", INSTALL_FIX)
 
 

@@ -515,8 +515,15 @@ class _Channel:
         return (stated_j**2 + (period * power_w) ** 2) ** 0.5
 
     def mean_power_w(self) -> float:
+        """The power to state a 0 J window's uncertainty with: the latest instantaneous sample,
+        else the mean of what the channel read or handed out. (From the counter's reads alone it
+        was 0 W in a measurement's first update period, so a window that a boundary's overshoot
+        cut to 0 J said ± 0 J while the device drew hundreds of watts.)"""
+        with self._state_lock:
+            if self._power:
+                return self._power[-1][2]
         elapsed = self._clock() - self._started
-        return self._last_j / elapsed if elapsed > 0 else 0.0
+        return max(self._last_j, self._boundary_j) / elapsed if elapsed > 0 else 0.0
 
     def close(self) -> None:
         try:

@@ -175,14 +175,15 @@ class EnergySession:
             sensors = [*discovery.sensors, *self.extra_sensors]
             self.unavailable = discovery.unavailable
         meter = Meter(sensors, sync=sync)
-        if reducer.rank == 0:
-            self._tell_once(meter, gpus_wanted=gpus_wanted)
+        # Every rank says what of its own GPUs goes unmeasured (rank 1's lost GPU was left out of
+        # the records unsaid); the host and the intensity, the same for all, rank 0 alone.
+        self._tell_once(meter, gpus_wanted=gpus_wanted, own_gpus_only=reducer.rank != 0)
         self.tracker.start(meter, reducer=reducer, output_dir=output_dir if self.output_dir is None else None)
         self._delay_spent_from_records()
 
-    def _tell_once(self, meter: Meter, gpus_wanted: Sequence[int] = ()) -> None:
+    def _tell_once(self, meter: Meter, gpus_wanted: Sequence[int] = (), own_gpus_only: bool = False) -> None:
         """Say what is estimated, which GPUs this process trains on go unmeasured, and what
-        intensity is assumed, each message once per process.
+        intensity is assumed, each message once per process (``own_gpus_only``: only the GPUs).
 
         ``gpus_wanted``: the CUDA indices the process trains on, when known (an adapter's
         ``device_indices`` or ``gpus=``). A GPU has no estimate to fall back on, so one that cannot be
@@ -197,7 +198,7 @@ class EnergySession:
         gpu_problems = [u for u in self.unavailable if u.kind == Kind.GPU]
         gpu_measured = any(s.kind == Kind.GPU for s in meter.sensors)
         tell_gpus = bool(gpus_wanted) and (not gpu_measured or bool(gpu_problems))
-        estimated = [s for s in meter.sensors if s.method == Method.ESTIMATED]
+        estimated = [s for s in meter.sensors if s.method == Method.ESTIMATED and not own_gpus_only]
         if estimated:
             # The GPU reasons go in the GPU notice when there is one: each said once.
             reasons = _reasons([u for u in self.unavailable if not (tell_gpus and u.kind == Kind.GPU)])
@@ -217,7 +218,7 @@ class EnergySession:
                 devices = ", ".join(str(i) for i in gpus_wanted)
                 what = f"no GPU energy is measured though this process trains on GPU {devices}, so records leave it out"
             warn_once("greencallbacks: " + what + (f" [{reasons}]" if reasons else "") + ".")
-        if self.carbon.is_default:
+        if self.carbon.is_default and not own_gpus_only:
             intensity = self.carbon.intensity_between(0.0, 0.0)
             warn_once(
                 f"greencallbacks: no location configured, so CO2eq uses the world average "
