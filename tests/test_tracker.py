@@ -435,6 +435,25 @@ def test_a_new_run_under_a_run_id_already_recorded_there_takes_a_free_one(tmp_pa
         run_epochs(resumed, clock, epochs=1)
     assert resumed.run_id == "exp" and resumed.ledger.attempt == 1
     assert not [w for w in caught if "already has records" in str(w.message)]
+    # Restored before start (Keras, HF): start claimed the given run, and the resume took its own
+    # claim for another process's; a run of its own, seq numbers repeated, summary short.
+    checkpoint = resumed.state_dict()
+    resumed.abort()
+    clock = FakeClock()
+    again = Tracker(carbon=Carbon(intensity=INTENSITY, pue=PUE), output_dir=tmp_path / "resumed", run_id="exp")
+    again.load_state_dict(checkpoint)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        again.start(Meter([ScriptedSensor("gpu0", clock, power_w=100.0)], fallback=None, clock=clock,
+                          wall_clock=lambda: clock() + 1.7e9))
+        run_epochs(again, clock, epochs=1)
+        again.finish()
+    assert not [w for w in caught if "measured by another process" in str(w.message)]
+    assert again.run_id == "exp" and again.ledger.attempt == 2
+    records = [r for r in read_records(tmp_path / "resumed") if r.run_id == "exp"]
+    assert len({r.seq for r in records}) == len(records)
+    summary = json.loads((tmp_path / "resumed" / "energy-summary.json").read_text())
+    assert summary["energy_kwh"] == pytest.approx(sum(r.energy_kwh for r in records), rel=1e-9)
 
 
 def test_a_run_measured_by_another_session_now_is_not_taken_over(tmp_path):

@@ -47,6 +47,10 @@ class RunLock:
         self._socket = claim
         return True
 
+    def same_claim(self, other: "RunLock | None") -> bool:
+        """Whether ``other`` claims the same run of the same records."""
+        return other is not None and other._address == self._address
+
     def release(self) -> None:
         claim, self._socket = self._socket, None
         if claim is not None:

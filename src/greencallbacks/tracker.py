@@ -421,6 +421,8 @@ class Tracker:
         lock = None
         if directory is not None and self.reducer.rank == 0:
             lock = RunLock(directory, run_id)
+            if lock.same_claim(self._run_lock):
+                return True  # held already (a resume of the run id given, restored after start)
             if not lock.acquire():
                 return False
         if self._run_lock is not None:
