@@ -157,6 +157,13 @@ def test_count_collated_reads_lists_as_fields(samples, expected, without_the_wor
     assert count_samples(batch) == without_the_word  # what the batch alone reads as
 
 
+def test_a_batch_collate_fn_list_made_counts_its_items_where_the_loader_says_so():
+    vectors = [torch.zeros(4), torch.zeros(4)]  # two samples, or fields [x, y] of a batch of 4
+    assert count_samples(vectors) == 4
+    assert count_samples(vectors, collate="list") == 2
+    assert count_samples(torch.zeros(3, 4), collate="list") == 3  # a tensor stays a tensor
+
+
 def test_count_collated_keeps_the_general_rules_elsewhere():
     assert count_collated(torch.zeros(7, 2)) == 7
     assert count_collated({"input_ids": torch.zeros(3, 4)}) == 3

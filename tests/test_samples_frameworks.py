@@ -227,6 +227,12 @@ def test_lightning_counts_each_loader_by_its_own_collate_and_a_remade_batch_as_i
                  [loader(VAL, pairs, offset=100), loader(VAL, samples, offset=200)], tmp_path / "mixed")
     assert [r.samples for r in phases["train"]] == [2 * TRAIN]
     assert [r.samples for r in phases["validation"]] == [2 * VAL]
+    # collate_fn=list of equal-length vectors: alone, [tensor(4), tensor(4)] reads as fields [x, y].
+    vectors = torch.utils.data.DataLoader([torch.zeros(4)] * TRAIN, batch_size=BATCH, collate_fn=list)
+    phases = fit(AnyBatch(), vectors, torch.utils.data.DataLoader([torch.zeros(4)] * VAL, batch_size=2, collate_fn=list),
+                 tmp_path / "vectors")
+    assert [r.samples for r in phases["train"]] == [TRAIN]
+    assert [r.samples for r in phases["validation"]] == [VAL]
 
     class Records(AnyBatch):
         def on_before_batch_transfer(self, batch, dataloader_idx):

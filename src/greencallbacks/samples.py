@@ -39,8 +39,9 @@
   without an attention mask (``pad_to_multiple_of``) would count as sequences of its own.
 
 A list of per-sample tensors (``collate_fn=list``) is told from ``[x, y]`` only when their
-lengths differ: a batch of one sample, or of equal lengths, reads as fields. Such batches take
-``sample_counter=len``; a nested tensor (``torch.nested``) is exact.
+lengths differ: a batch of one sample, or of equal lengths, reads as fields. Where the adapter
+sees the DataLoader (Lightning), ``collate="list"`` says so and counts the list's items; else
+such batches take ``sample_counter=len``; a nested tensor (``torch.nested``) is exact.
 
 A list of same-shaped tensors inside a batch is ambiguous (collated fields, or same-sized
 samples such as images): its leading dimension counts only when no other field of the batch
@@ -53,6 +54,7 @@ Imports no framework: the adapters for Lightning, HF and Keras all use it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections import deque
 from collections.abc import Mapping
 from typing import Any, Callable
@@ -64,9 +66,16 @@ __all__ = ["count_samples", "count_collated", "BatchCounter"]
 _SCALARS = (str, bytes, int, float, complex, bool, type(None))
 
 
-def count_samples(batch: Any, collated: bool = False) -> int | None:
+def count_samples(batch: Any, collate: str | None = None) -> int | None:
     """Samples in ``batch`` (see the module's rules), or ``None`` when nothing in it says.
-    ``collated``: the DataLoader says torch's ``default_collate`` made it (see :func:`count_collated`)."""
+
+    ``collate``: what the DataLoader says made the batch, where the adapter can see it:
+    ``"default"``, torch's ``default_collate`` (see :func:`count_collated`); ``"list"``,
+    ``collate_fn=list``, whose batch is its samples (a list of equal-length tensors, which alone
+    reads as fields ``[x, y]``); None, unknown.
+    """
+    if collate == "list" and type(batch) is list:
+        return len(batch)
     # Fast paths for the usual batches, a tensor, ``(x, y)`` or a dict of tensors: this runs every
     # step, with the caches cold from the step's own work, where the general walk costs several
     # us. Exact type checks first: a failed getattr costs an exception, an ABC check a lookup.
@@ -111,7 +120,7 @@ def count_samples(batch: Any, collated: bool = False) -> int | None:
                 return int(leads[0]) if leads[0] != 1 else _one_row(batch)
     except Exception:  # noqa: BLE001 - a strided nested tensor raises on .shape; an unknown dim is None
         pass
-    samples = _walk(batch, collated)
+    samples = _walk(batch, collate == "default")
     if samples == 1 and isinstance(batch, Mapping):
         return _one_row(batch)
     return samples
@@ -334,7 +343,7 @@ def count_collated(batch: Any) -> int | None:
     the batches that :func:`count_samples` alone cannot tell from ``collate_fn=list`` count
     exactly: samples made only of strings (``(source, target)`` text pairs: a list of two tuples
     of B strings) and 1-tuples of dicts (``[{"x": X}]``)."""
-    return count_samples(batch, collated=True)
+    return count_samples(batch, "default")
 
 
 def _walk(batch: Any, collated: bool = False) -> int | None:
@@ -430,9 +439,9 @@ class BatchCounter:
         check_counter("token_counter", token_counter)
         self.sample_counter = sample_counter or count_samples
         self.custom_samples = sample_counter is not None  # the user's rule wins over a framework's own count
-        # Whether the batches of the phase now running come from torch's default_collate: an
-        # adapter that sees the data loaders says so (see count_collated).
-        self.collated = False
+        # What made the batches of the phase now running, where an adapter sees the data loaders
+        # ("default", "list" or None: see count_samples).
+        self.collate: str | None = None
         self.token_counter = token_counter
         self.owner = owner
         self.batch_name = batch_name
@@ -443,13 +452,13 @@ class BatchCounter:
         if self.token_counter is None and not self.custom_samples:
             # The default, on every step: no layers (they cost as much as the count itself).
             try:
-                samples = count_samples(batch, self.collated)
+                samples = count_samples(batch, self.collate)
             except Exception:  # noqa: BLE001 - a batch object whose attributes raise
                 samples = None
             if samples is None:
                 self._warn("sample_counter", count_samples, batch, None, None, run_id)
             return samples, 0
-        default = count_collated if self.collated else count_samples
+        default = functools.partial(count_samples, collate=self.collate) if self.collate else count_samples
         samples = self._apply("sample_counter", self.sample_counter if self.custom_samples else default, batch, run_id)
         tokens = 0
         if self.token_counter is not None:
@@ -460,7 +469,7 @@ class BatchCounter:
         """Count one completed batch into ``tracker``'s innermost open phase."""
         if self.token_counter is None and not self.custom_samples:
             try:
-                samples = count_samples(batch, self.collated)  # the per-step path, as in `count`, one call shorter
+                samples = count_samples(batch, self.collate)  # the per-step path, as in `count`, one call shorter
             except Exception:  # noqa: BLE001
                 samples = None
             if samples is None:
@@ -493,7 +502,7 @@ class BatchCounter:
             return
         self._warned_runs.add((run_id, name))
         kind = f"a {self.batch_name} of type {type(batch).__module__}.{type(batch).__qualname__}"
-        if counter is count_samples or counter is count_collated:
+        if getattr(counter, "func", counter) in (count_samples, count_collated):
             what = f"could not count the samples in {kind}{_why_uncounted(batch)}"
         elif error is not None:
             what = f"{name} raised {error!r} on {kind}"

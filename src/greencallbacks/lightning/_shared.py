@@ -109,9 +109,9 @@ class EnergyCallbackBase:
         self._resume_epoch_at_batch = False  # begin the epoch Lightning resumed mid-way at its next batch
         self._pause_due = False  # an epoch of this fit ended (see _begin_train_epoch)
         self._train_parts: str | None = None  # "dict" / "seq": several training iterables, counted apart
-        # Per data loader of the loop running: its batches come from default_collate (see _collated).
-        self._train_collated: list[bool] = []
-        self._eval_collated: list[bool] = []
+        # Per data loader of the loop running: what collates its batches (see _collates).
+        self._train_collates: list[str | None] = []
+        self._eval_collates: list[str | None] = []
         self._counter = BatchCounter(sample_counter, token_counter)  # checks both are functions or None
         if not isinstance(prefix, str):
             raise ValueError(f"prefix must be a string, got {prefix!r}")
@@ -298,8 +298,8 @@ class EnergyCallbackBase:
         loaders = trainer.train_dataloader  # public: the iterables given to fit, combined
         several = isinstance(loaders, (dict, list, tuple)) and not self._counter.custom_samples
         self._train_parts = ("dict" if isinstance(loaders, dict) else "seq") if several else None
-        self._train_collated = _collated(trainer, loaders)
-        self._counter.collated = self._train_collated[0]
+        self._train_collates = _collates(trainer, loaders)
+        self._counter.collate = self._train_collates[0]
 
     @never_raises
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
@@ -327,11 +327,11 @@ class EnergyCallbackBase:
                 self._counter.add(self.tracker, batch)
             else:
                 parts = batch.values() if self._train_parts == "dict" and isinstance(batch, dict) else batch
-                for part, collated in zip(parts, self._train_collated):
+                for part, collate in zip(parts, self._train_collates):
                     if part is not None:  # an iterable already exhausted ("max_size" mode)
-                        self._counter.collated = collated
+                        self._counter.collate = collate
                         self._counter.add(self.tracker, part)
-                self._counter.collated = self._train_collated[0]
+                self._counter.collate = self._train_collates[0]
             if self._live_every:
                 self._live_wait -= 1
                 if self._live_wait <= 0:
@@ -373,13 +373,13 @@ class EnergyCallbackBase:
     # ---------------------------------------------------------------------------- validation
     @never_raises
     def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
-        self._eval_collated = _collated(trainer, trainer.val_dataloaders)
+        self._eval_collates = _collates(trainer, trainer.val_dataloaders)
         if not trainer.sanity_checking:  # the sanity check is billed to `other`
             self.tracker.begin("validation", trainer.current_epoch)
 
     @never_raises
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
-        self._counter.collated = self._train_collated[0] if self._train_collated else False  # training goes on
+        self._counter.collate = self._train_collates[0] if self._train_collates else None  # training goes on
 
     def on_validation_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         try:  # guarded here, as on_train_batch_end
@@ -390,8 +390,8 @@ class EnergyCallbackBase:
 
     def _add_evaluated(self, batch: Any, dataloader_idx: int) -> None:
         """Count a validation, test or predict batch by the rule of the loader it came from."""
-        flags = self._eval_collated
-        self._counter.collated = flags[dataloader_idx] if dataloader_idx < len(flags) else False
+        collates = self._eval_collates
+        self._counter.collate = collates[dataloader_idx] if dataloader_idx < len(collates) else None
         self._counter.add(self.tracker, batch)
 
     @never_raises
@@ -402,7 +402,7 @@ class EnergyCallbackBase:
     # ---------------------------------------------------------------------------------- test
     @never_raises
     def on_test_start(self, trainer: Any, pl_module: Any) -> None:
-        self._eval_collated = _collated(trainer, trainer.test_dataloaders)
+        self._eval_collates = _collates(trainer, trainer.test_dataloaders)
         self.tracker.begin("test", trainer.current_epoch)
 
     @never_raises
@@ -416,7 +416,7 @@ class EnergyCallbackBase:
     # ------------------------------------------------------------------------------- predict
     @never_raises
     def on_predict_start(self, trainer: Any, pl_module: Any) -> None:
-        self._eval_collated = _collated(trainer, trainer.predict_dataloaders)
+        self._eval_collates = _collates(trainer, trainer.predict_dataloaders)
         self.tracker.begin("predict", trainer.current_epoch)
 
     @never_raises
@@ -555,13 +555,14 @@ def _prefix_in_key(key: Any, class_name: str) -> str | None:
 _BATCH_HOOKS = ("on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer")
 
 
-def _collated(trainer: Any, loaders: Any) -> list[bool]:
+def _collates(trainer: Any, loaders: Any) -> list[str | None]:
     """For each data loader of a stage (the trainer's public ``*_dataloader(s)``: one, or a list or
-    dict of them, in the order their batches are told apart), whether its batches reach the hooks
-    as torch's ``default_collate`` made them: a list in such a batch is its fields, never its
-    samples, so text pairs count exactly (``greencallbacks.samples.count_collated``). Never where
-    the model or data module overrides a hook that may remake the batch on its way (a list of
-    per-sample records for a detection model)."""
+    dict of them, in the order their batches are told apart), what collates the batches that reach
+    the hooks (``greencallbacks.samples.count_samples``' ``collate``): ``"default"``, torch's
+    ``default_collate`` (a list in such a batch is its fields: text pairs count exactly);
+    ``"list"``, ``collate_fn=list`` (the batch is its samples, equal-length tensors too); None,
+    another. None too where the model or data module overrides a hook that may remake the batch
+    on its way (a list of per-sample records for a detection model)."""
     if isinstance(loaders, dict):
         loaders = list(loaders.values())
     elif not isinstance(loaders, (list, tuple)):
@@ -572,9 +573,13 @@ def _collated(trainer: Any, loaders: Any) -> list[bool]:
         remade = any(getattr(getattr(type(owner), hook, None), "__qualname__", f"DataHooks.{hook}") != f"DataHooks.{hook}"
                      for owner in (trainer.lightning_module, getattr(trainer, "datamodule", None)) if owner is not None
                      for hook in _BATCH_HOOKS)
-        return [not remade and getattr(loader, "collate_fn", None) is default_collate for loader in loaders] or [False]
+        def collate(loader: Any) -> str | None:
+            given = getattr(loader, "collate_fn", None)
+            return None if remade else "default" if given is default_collate else "list" if given is list else None
+
+        return [collate(loader) for loader in loaders] or [None]
     except Exception:  # noqa: BLE001 - the general rule never needs this
-        return [False] * max(len(loaders), 1)
+        return [None] * max(len(loaders), 1)
 
 
 def _seconds_left(timers: list) -> float | None:
