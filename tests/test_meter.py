@@ -471,6 +471,65 @@ def test_stopping_does_not_wait_for_a_read_hung_on_the_background_thread(monkeyp
         meter.close()
 
 
+def test_an_exact_boundary_whose_own_read_hangs_carries_the_latest_read_forward(monkeypatch):
+    """The reader was not inside a read, so the run's last boundary read the counter itself, and
+    that read hung (3 s a read at the end of a fit): the training thread waited for all of it."""
+    import greencallbacks.meter as meter_module
+
+    monkeypatch.setattr(meter_module, "EXACT_READ_WAIT_S", 0.05, raising=False)
+    release = threading.Event()
+
+    class Hanging(SlowSensor):
+        hang = False
+
+        def energy_j(self):
+            if self.hang:
+                release.wait(30)
+            return super().energy_j()
+
+    clock = FakeClock()
+    gpu = Hanging("gpu0", clock, power_w=200.0)
+    meter = reader_meter(clock, gpu)
+    first = meter.snapshot(exact=True)
+    run_reader(meter, clock, 1.0)
+    gpu.hang = True
+    try:
+        clock.advance(0.5)
+        done = []
+        boundary = threading.Thread(target=lambda: done.append(meter.snapshot(exact=True)))
+        boundary.start()
+        boundary.join(timeout=5)
+        assert done, "the boundary waited for its own hung read"
+        last = done[0]
+        window = meter.between(first, last)
+        assert window.energy_j == pytest.approx(200.0 * (last.monotonic_s - first.monotonic_s), rel=1e-6)
+        assert last.carried_s["gpu0"] >= 0.5  # the span carried, in its uncertainty
+    finally:
+        release.set()
+
+
+def test_a_runs_first_read_made_after_its_instant_is_carried_back_to_it():
+    """NVML reads of 200 ms at the run's first boundary: its value held energy from after the
+    boundary's instant, with no power sample to carry it back, so the first window read 0 J and
+    the next one took its energy."""
+    from greencallbacks.sensors.nvml import find_nvml_gpus
+    from tests.fakes.fake_pynvml import FakeNvml, gpu_uuid
+
+    clock = FakeClock()
+    latency = {"s": 0.2}
+    nvml = FakeNvml(clock, counter_latency=lambda: latency["s"])
+    nvml.add_gpu(gpu_uuid(0), power_w=200.0)
+    meter = reader_meter(clock, *find_nvml_gpus(pynvml=nvml, environ={}, clock=clock).sensors)
+    first = meter.snapshot(exact=True)
+    latency["s"] = 0.003
+    run_reader(meter, clock, 1.0)
+    second = meter.snapshot()
+    [gpu] = meter.between(first, second).components
+    truth = 200.0 * (second.monotonic_s - first.monotonic_s)
+    assert abs(gpu.energy_j - truth) <= gpu.uncertainty_j
+    assert gpu.energy_j == pytest.approx(truth, rel=0.06)  # within half an update period of 200 W
+
+
 def test_a_read_in_place_that_ends_after_the_boundary_is_carried_back_to_it():
     """An exact boundary whose read finished 0.6 s after the boundary's instant (it queued behind
     a slow read): the value is carried back to the instant with the power samples, not billed at

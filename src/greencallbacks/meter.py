@@ -422,22 +422,40 @@ class _Channel:
             return self._boundary_j, carried
 
     def _read_in_place(self, now: float, exact: bool) -> tuple[float, float]:
-        """Read the counter here (the reader carries on from this read), then carry it from the
+        """Read the counter now (the reader carries on from this read), then carry it from the
         update it holds to ``now`` like any other read. Where the reader is inside a read (a slow
         or hung one: GPU in an error state), a boundary that need not be exact does not wait for
-        it: it carries the latest read forward, however old, and its uncertainty grows with that."""
+        it: it carries the latest read forward, however old, and its uncertainty grows with that.
+
+        The read runs on a thread of its own, waited for up to EXACT_READ_WAIT_S: one that hangs
+        held the training thread for as long (the end of a fit, 3 s a read), and is carried
+        forward from the latest read instead. A read that holds the energy of a time after ``now``
+        (50-300 ms reads) where no power was sampled yet (a run's first boundary) takes one sample
+        with it, so that it is carried back to ``now``: the run's first window read 0 J, and
+        epoch 0 had its energy."""
         if exact or self._anchor is None:
             free = self._refresh_lock.acquire(timeout=EXACT_READ_WAIT_S)
         else:
             free = self._refresh_lock.acquire(blocking=False)
         if not free:
             return self.estimate(now, stale_ok=True) or (self._boundary_j, 0.0)
-        try:
-            read = self._refresh()
-        finally:
-            self._refresh_lock.release()
+        done, read = threading.Event(), []
+
+        def read_and_sample() -> None:
+            try:
+                read.append(self._refresh())
+                anchor = self._anchor
+                if not self._power and anchor is not None and anchor[0] > now:
+                    self.sample_power()
+            finally:
+                self._refresh_lock.release()
+                done.set()
+
+        threading.Thread(target=read_and_sample, name="greencallbacks-read", daemon=True).start()
+        if not done.wait(EXACT_READ_WAIT_S) or not read:
+            return self.estimate(now, stale_ok=True) or (self._boundary_j, 0.0)
         # Carried to `now` from when the read was made: after a wait, later than `now`.
-        return self.estimate(now, stale_ok=True) or (read, 0.0)
+        return self.estimate(now, stale_ok=True) or (read[0], 0.0)
 
     def peek(self, now: float) -> tuple[float, float]:
         """Like ``boundary`` but never reads a slow counter and hands nothing out: a slow channel
