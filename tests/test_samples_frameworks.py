@@ -247,6 +247,16 @@ def test_lightning_counts_each_loader_by_its_own_collate_and_a_remade_batch_as_i
     assert [r.samples for r in phases["train"]] == [TRAIN]
     assert [r.samples for r in phases["validation"]] == [VAL]
 
+    class Merged(AnyBatch):
+        def on_before_batch_transfer(self, batch, dataloader_idx):
+            if isinstance(batch, dict):  # two training loaders' batches, stacked into one tensor
+                return torch.cat([batch["a"][0], batch["b"][0]])
+            return batch
+
+    phases = fit(Merged(), {"a": loader(TRAIN, "tuple"), "b": loader(TRAIN, "tuple", offset=50)},
+                 loader(VAL, "tuple", offset=100), tmp_path / "merged")
+    assert [r.samples for r in phases["train"]] == [2 * TRAIN]  # not its rows split as two loaders' batches
+
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_lightning_uncountable_batches_say_so_once_and_log_no_per_sample_value(tmp_path):

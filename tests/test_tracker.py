@@ -491,6 +491,49 @@ def test_a_run_measured_by_another_session_now_is_not_taken_over(tmp_path):
     later.finish()
 
 
+def test_two_sessions_on_one_given_run_id_at_once_each_get_a_run_of_their_own(tmp_path):
+    """Under a given run_id, the second of two fits started at once, or of two resumes of one
+    checkpoint (restored before start, as Keras and HF do), was told it was a run of its own but
+    kept the id: both numbered records of "exp" from 0, and neither summary covered them."""
+    import warnings
+
+    def started(state=None):
+        clock = FakeClock()
+        tracker = Tracker(carbon=Carbon(intensity=INTENSITY, pue=PUE), output_dir=tmp_path, run_id="exp")
+        if state is not None:
+            tracker.load_state_dict(state)
+        tracker.start(Meter([ScriptedSensor("gpu0", clock, power_w=100.0)], fallback=None, clock=clock,
+                            wall_clock=lambda: clock() + 1.7e9))
+        return tracker, clock
+
+    first, clock = started()
+    first.begin("train", 0)
+    clock.advance(1.0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        second, clock2 = started()  # a fresh fit, started while the first runs
+        run_epochs(second, clock2, epochs=1)
+        second.finish()
+    assert second.run_id == "exp-2"
+    assert [w for w in caught if "'exp' is being measured by another process now" in str(w.message)]
+    checkpoint = first.state_dict()
+    first.abort()
+    resumed, clock = started(checkpoint)  # resumes exp, and goes on measuring it
+    assert resumed.run_id == "exp" and resumed.ledger.attempt == 1
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        again, clock3 = started(checkpoint)  # the same checkpoint resumed at the same time
+        run_epochs(again, clock3, epochs=1)
+        again.finish()
+    assert again.run_id == "exp-3" and [w for w in caught if "being measured by another process" in str(w.message)]
+    run_epochs(resumed, clock, epochs=1)
+    resumed.finish()
+    for tracker in (second, resumed, again):
+        records = [r for r in read_records(tmp_path) if r.run_id == tracker.run_id]
+        assert len({(r.seq) for r in records}) == len(records), tracker.run_id
+        assert tracker.total_energy_j == pytest.approx(sum(r.energy_kwh for r in records) * 3.6e6)
+
+
 def test_a_second_run_in_one_directory_keeps_the_first_runs_summary_beside_its_own(tmp_path):
     """A notebook's fit run again on one Trainer writes a new run into the same directory: its
     summary replaced the first run's, silently. The first is kept as energy-summary-<run id>.json;

@@ -157,6 +157,7 @@ class Tracker:
         self.ledger = Ledger(run_id or uuid.uuid4().hex[:12])
         self._run_id_given = run_id is not None
         self._renamed_from: str | None = None  # the run id given, taken by an earlier run (see start)
+        self._renamed_why = ""
         self._run_lock: RunLock | None = None  # held by rank 0 while it measures the run (see runlock)
         self.framework = framework
         self.meter: Meter | None = None
@@ -236,7 +237,9 @@ class Tracker:
             # checkpoint of this session alike. A collective: every rank starts here.
             self.ledger.run_id, self._session_id = self.reducer.all_gather((self.run_id, self._session_id))[0]
         self._own_sessions.add(self._session_id)
-        self._hold_lock(self.output_dir, self.run_id)
+        if not self._hold_lock(self.output_dir, self.run_id) and self._run_id_given and self.reducer.world_size == 1:
+            # Two fits started at once with one run_id: each would number its records from 0.
+            self._take_a_free_run_id("is being measured by another process now")
         self._find_embodied(meter)
         self._stack = [self._open("other", None)]
         self._last_snapshot = meter.snapshot()
@@ -250,21 +253,26 @@ class Tracker:
         callback; the script run again) would add to that run's records: its seq numbers repeat and
         each summary covers half of them. It takes the first free ``<id>-N`` instead, said at its
         first phase: a Lightning resume, restored after start, continues the given run after all."""
-        taken = run_ids_in(self.output_dir)
-        if self.run_id not in taken:
-            return
+        if self.run_id in run_ids_in(self.output_dir):
+            self._take_a_free_run_id(f"already has records in {self.output_dir}, and this training is a new run "
+                                     "(not a resume)")
+
+    def _take_a_free_run_id(self, why: str) -> None:
+        """Record as the first ``<id>-N`` that has no records here and no session measuring it (the
+        claim is taken here), said at the first phase with ``why``."""
+        given, taken = self.run_id, run_ids_in(self.output_dir)
         n = 2
-        while f"{self.run_id}-{n}" in taken:
+        while f"{given}-{n}" in taken or not self._hold_lock(self.output_dir, f"{given}-{n}"):
             n += 1
-        self._renamed_from, self.ledger.run_id = self.run_id, f"{self.run_id}-{n}"
+        self._renamed_from, self._renamed_why, self.ledger.run_id = given, why, f"{given}-{n}"
 
     def _say_renamed(self) -> None:
         given, self._renamed_from = self._renamed_from, None
         if self.reducer.rank == 0:
             from greencallbacks.meter import warn
 
-            warn(f"greencallbacks: run_id {given!r} already has records in {self.output_dir}, and this training is a "
-                 f"new run (not a resume): it is recorded as {self.run_id!r}, so the two are not mixed.")
+            warn(f"greencallbacks: run_id {given!r} {self._renamed_why}: this training is recorded as "
+                 f"{self.run_id!r}, so the two are not mixed.")
 
     def begin(self, phase: str, epoch: int | None = None, metric_prefix: str | None = None) -> None:
         """A phase starts. Nested phases (validation inside a training epoch) are allowed.
@@ -592,6 +600,9 @@ class Tracker:
                 raise ValueError(f"run_id {run_id!r}")
             if self.reducer.world_size == 1 and not self._hold_lock(home if home is not None and home.is_dir() else self.output_dir, run_id):
                 self.output_dir = output_dir
+                if run_id == self.run_id:  # the id given: a run of its own needs an id of its own
+                    self._take_a_free_run_id("")
+                    self._renamed_from = None  # said here
                 from greencallbacks.meter import warn
 
                 warn(f"greencallbacks: run {run_id} is being measured by another process now (an evaluation job "

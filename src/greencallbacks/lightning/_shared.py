@@ -296,7 +296,8 @@ class EnergyCallbackBase:
         # batch holds one batch of each, counted apart (as a whole, {"a": [x, y], "b": [x, y]}
         # would read as 2 samples). The user's own counter is given the whole batch.
         loaders = trainer.train_dataloader  # public: the iterables given to fit, combined
-        several = isinstance(loaders, (dict, list, tuple)) and not self._counter.custom_samples
+        # Counted apart, unless a hook may remake the combined batch on its way (into one tensor).
+        several = isinstance(loaders, (dict, list, tuple)) and not self._counter.custom_samples and not _remade(trainer)
         self._train_parts = ("dict" if isinstance(loaders, dict) else "seq") if several else None
         self._train_collates = _collates(trainer, loaders)
         self._counter.collate = self._train_collates[0]
@@ -555,6 +556,18 @@ def _prefix_in_key(key: Any, class_name: str) -> str | None:
 _BATCH_HOOKS = ("on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer")
 
 
+def _remade(trainer: Any) -> bool:
+    """Whether the model or data module overrides a hook that may remake a batch on its way from
+    the loader to the step hooks (``on_before_batch_transfer``, ``transfer_batch_to_device``,
+    ``on_after_batch_transfer``): what the loaders made is then no guide to what is counted."""
+    try:
+        owners = [o for o in (trainer.lightning_module, getattr(trainer, "datamodule", None)) if o is not None]
+        return any(getattr(getattr(type(owner), hook, None), "__qualname__", f"DataHooks.{hook}") != f"DataHooks.{hook}"
+                   for owner in owners for hook in _BATCH_HOOKS)
+    except Exception:  # noqa: BLE001 - only a guide
+        return True
+
+
 def _collates(trainer: Any, loaders: Any) -> list[str | None]:
     """For each data loader of a stage (the trainer's public ``*_dataloader(s)``: one, or a list or
     dict of them, in the order their batches are told apart), what collates the batches that reach
@@ -570,9 +583,7 @@ def _collates(trainer: Any, loaders: Any) -> list[str | None]:
     try:
         from torch.utils.data import default_collate  # torch >= 1.11; Lightning imported torch already
 
-        remade = any(getattr(getattr(type(owner), hook, None), "__qualname__", f"DataHooks.{hook}") != f"DataHooks.{hook}"
-                     for owner in (trainer.lightning_module, getattr(trainer, "datamodule", None)) if owner is not None
-                     for hook in _BATCH_HOOKS)
+        remade = _remade(trainer)
         def collate(loader: Any) -> str | None:
             given = getattr(loader, "collate_fn", None)
             return None if remade else "default" if given is default_collate else "list" if given is list else None
