@@ -985,3 +985,53 @@ def test_without_lightnings_private_logging_seam_epoch_values_still_reach_the_lo
     train = [r for r in records if r.phase == "train"]
     assert [v for _, v in logged["energy_kwh"]] == pytest.approx([r.energy_kwh for r in train], rel=REL)
     assert len(logged["val_energy_kwh"]) == 3
+
+
+def test_every_option_can_be_set_from_lightning_cli_and_its_yaml(tmp_path):
+    """LightningCLI (jsonargparse) reads the callback's signature: the session's options hidden in
+    **kwargs (run_id, budget, carbon_aware, embodied, ...) were refused ("Option 'run_id' is not
+    accepted"), a Budget could not be built from its class_path, and a phantom `framework` was
+    offered and dropped."""
+    import inspect
+
+    from greencallbacks.session import SESSION_ARGUMENTS
+
+    L, EnergyCallback, TinyModel = flavour("lightning.pytorch")
+    named = inspect.signature(EnergyCallback.__init__).parameters
+    assert SESSION_ARGUMENTS <= set(named) and "framework" not in named
+    pytest.importorskip("jsonargparse", reason="LightningCLI needs jsonargparse")
+    from lightning.pytorch.cli import LightningCLI
+
+    class Data(L.LightningDataModule):
+        def train_dataloader(self):
+            return loaders()[0]
+
+        def val_dataloader(self):
+            return loaders()[1]
+
+    config = tmp_path / "config.yaml"
+    config.write_text(f"""
+trainer:
+  max_epochs: 3
+  logger: false
+  enable_progress_bar: false
+  enable_checkpointing: false
+  enable_model_summary: false
+  callbacks:
+    - class_path: greencallbacks.lightning.EnergyCallback
+      init_args:
+        output_dir: {tmp_path / "energy"}
+        run_id: from-yaml
+        intensity: 100.0
+        embodied: false
+        budget:
+          class_path: greencallbacks.Budget
+          init_args: {{kwh: 1.0e-15, on_exceed: stop}}
+""")
+    with pytest.warns(EnergyWarning, match="budget"):
+        LightningCLI(TinyModel, Data, args=["fit", "--config", str(config)], save_config_callback=None)
+    records = read_records(tmp_path / "energy")
+    assert {r.run_id for r in records} == {"from-yaml"}
+    assert [r.epoch for r in records if r.phase == "train"] == [0]  # the budget stopped the fit after epoch 0
+    summary = json.loads((tmp_path / "energy" / "energy-summary.json").read_text())
+    assert summary["budget"]["stopped"] is True

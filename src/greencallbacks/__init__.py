@@ -14,6 +14,7 @@ from greencallbacks._version import __version__
 if TYPE_CHECKING:
     from greencallbacks.budget import Budget
     from greencallbacks.carbon import Carbon, Intensity
+    from greencallbacks.carbon_aware import CarbonAwarePause
     from greencallbacks.meter import Measurement, Meter
     from greencallbacks.records import Record, read_records
     from greencallbacks.sensors.discover import discover_sensors
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 
 _LAZY = {
     "Budget": "greencallbacks.budget",
+    "CarbonAwarePause": "greencallbacks.carbon_aware",
     "Carbon": "greencallbacks.carbon",
     "Intensity": "greencallbacks.carbon",
     "Meter": "greencallbacks.meter",

@@ -24,13 +24,16 @@ import os
 import re
 import weakref
 from copy import deepcopy
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Sequence
 
+from greencallbacks.budget import Budget
+from greencallbacks.carbon_aware import CarbonAwarePause
 from greencallbacks.distributed import torch_reducer_or_local
 from greencallbacks.guard import hook_failed, never_raises
 from greencallbacks.meter import warn
 from greencallbacks.session import EnergySession, keyword_names, reject_unknown_arguments
 from greencallbacks.samples import BatchCounter
+from greencallbacks.sensors.base import Sensor
 from greencallbacks.torch_support import device_and_sync
 
 PREFIXES = {"train": "", "validation": "val_", "test": "test_", "predict": "predict_"}
@@ -66,8 +69,8 @@ class EnergyCallbackBase:
             progress included) and ``power_w`` (since the previous such log) at the steps where
             Lightning logs (``log_every_n_steps``), to every logger; no records are added. False: per
             epoch only.
-        **session_kwargs: passed to ``EnergySession`` (``run_id``, ``gpus``, ``cpu_tdp_w``,
-            ``extra_sensors``, ``sensors``, ``carbon_aware``, ``budget``, ``embodied``). With
+        run_id, gpus, cpu_tdp_w, extra_sensors, sensors, carbon_aware, budget, embodied: passed
+            to ``EnergySession`` (named here so that LightningCLI can set them). With
             ``budget=Budget(..., on_exceed="stop")`` a budget reached (or confidently predicted) sets
             ``trainer.should_stop`` after that epoch, so checkpoints and loggers finish normally.
 
@@ -94,7 +97,17 @@ class EnergyCallbackBase:
         token_counter: Callable[[Any], int] | None = None,
         prefix: str = "",
         step_metrics: bool = True,
-        **session_kwargs: Any,
+        # The session's own options, each named with its type so that LightningCLI (jsonargparse)
+        # can set them from a command line or a YAML file (a Budget from its class_path too).
+        run_id: str | None = None,
+        gpus: str | Sequence[int] | None = "auto",
+        cpu_tdp_w: float | None = None,
+        extra_sensors: Iterable[Sensor] = (),
+        sensors: Sequence[Sensor] | None = None,
+        carbon_aware: CarbonAwarePause | None = None,
+        budget: Budget | None = None,
+        embodied: dict | bool | None = None,
+        **unknown: Any,
     ) -> None:
         super().__init__()
         if not isinstance(progress_bar, bool):
@@ -115,11 +128,12 @@ class EnergyCallbackBase:
         self._counter = BatchCounter(sample_counter, token_counter)  # checks both are functions or None
         if not isinstance(prefix, str):
             raise ValueError(f"prefix must be a string, got {prefix!r}")
-        session_kwargs.pop("framework", None)
-        reject_unknown_arguments(type(self).__name__, session_kwargs, _OWN_ARGUMENTS)
+        reject_unknown_arguments(type(self).__name__, unknown, _OWN_ARGUMENTS)
         self._settings = dict(
             country=country, zone=zone, region=region, intensity=intensity, series=series, pue=pue, output_dir=output_dir
         )
+        session_kwargs = dict(run_id=run_id, gpus=gpus, cpu_tdp_w=cpu_tdp_w, extra_sensors=extra_sensors, sensors=sensors,
+                              carbon_aware=carbon_aware, budget=budget, embodied=embodied)
         self._session_kwargs = {**self._settings, **session_kwargs, "framework": self._framework}
         self.session = EnergySession(**self._session_kwargs)  # bad settings fail here, before training
         self._session_used = False
