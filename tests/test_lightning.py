@@ -1035,3 +1035,19 @@ trainer:
     assert [r.epoch for r in records if r.phase == "train"] == [0]  # the budget stopped the fit after epoch 0
     summary = json.loads((tmp_path / "energy" / "energy-summary.json").read_text())
     assert summary["budget"]["stopped"] is True
+
+
+def test_a_run_id_given_again_in_a_new_logger_version_is_a_run_of_its_own(tmp_path):
+    """Each fit opens a new version_N of the logger: a second fit with run_id="exp" was recorded
+    as "exp" again, one version beside the other, and `greencallbacks report` over both refused
+    them (two records seq 0 of run 'exp')."""
+    from greencallbacks.cli import main
+
+    L, EnergyCallback, TinyModel = flavour("lightning.pytorch")
+    for _ in range(2):
+        trainer = L.Trainer(max_epochs=1, logger=L.loggers.CSVLogger(tmp_path, name="csv"),
+                            callbacks=[EnergyCallback(run_id="exp", intensity=100.0)], **trainer_kwargs())
+        trainer.fit(TinyModel(), *loaders())
+    ids = [{r.run_id for r in read_records(tmp_path / "csv" / f"version_{n}")} for n in (0, 1)]
+    assert ids == [{"exp"}, {"exp-2"}]
+    assert main(["report", str(tmp_path / "csv"), "--format", "json"]) == 0

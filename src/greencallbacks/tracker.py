@@ -158,6 +158,9 @@ class Tracker:
         self._run_id_given = run_id is not None
         self._renamed_from: str | None = None  # the run id given, taken by an earlier run (see start)
         self._renamed_why = ""
+        # Directories of the same experiment beside output_dir (Lightning's other version_N), whose
+        # run ids a new run under a given run_id must not take either: `report` over them refuses two.
+        self.sibling_dirs: list[Path] = []
         self._run_lock: RunLock | None = None  # held by rank 0 while it measures the run (see runlock)
         self.framework = framework
         self.meter: Meter | None = None
@@ -253,18 +256,25 @@ class Tracker:
         callback; the script run again) would add to that run's records: its seq numbers repeat and
         each summary covers half of them. It takes the first free ``<id>-N`` instead, said at its
         first phase: a Lightning resume, restored after start, continues the given run after all."""
-        if self.run_id in run_ids_in(self.output_dir):
+        if self.run_id in self._run_ids_taken():
             self._take_a_free_run_id(f"already has records in {self.output_dir}, and this training is a new run "
                                      "(not a resume)")
 
     def _take_a_free_run_id(self, why: str) -> None:
         """Record as the first ``<id>-N`` that has no records here and no session measuring it (the
         claim is taken here), said at the first phase with ``why``."""
-        given, taken = self.run_id, run_ids_in(self.output_dir)
+        given, taken = self.run_id, self._run_ids_taken()
         n = 2
         while f"{given}-{n}" in taken or not self._hold_lock(self.output_dir, f"{given}-{n}"):
             n += 1
         self._renamed_from, self._renamed_why, self.ledger.run_id = given, why, f"{given}-{n}"
+
+    def _run_ids_taken(self) -> set[str]:
+        """The run ids with records where this run writes, and beside it (``sibling_dirs``)."""
+        taken = run_ids_in(self.output_dir)
+        for directory in self.sibling_dirs:
+            taken |= run_ids_in(directory)
+        return taken
 
     def _say_renamed(self) -> None:
         given, self._renamed_from = self._renamed_from, None

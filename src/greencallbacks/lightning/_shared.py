@@ -223,10 +223,15 @@ class EnergyCallbackBase:
         self._session_used = True
         output_dir = None
         if self.session.output_dir is None:
-            output_dir = trainer.log_dir or trainer.default_root_dir  # log_dir is a collective: all ranks
+            log_dir = trainer.log_dir  # a collective: all ranks
+            output_dir = log_dir or trainer.default_root_dir
             if self.prefix and self._beside_another(trainer):
                 name = re.sub(r"[^\w.-]+", "-", self.prefix).strip("-.") or "prefix"
                 output_dir = os.path.join(output_dir, f"energy-{name}")
+            if self._session_kwargs.get("run_id") and log_dir:
+                # A logger opens a new version_N at each fit: a run_id given again there must still
+                # become <id>-2, as in one directory.
+                self.session.tracker.sibling_dirs = _other_versions(log_dir)
         device_indices, sync = device_and_sync(trainer.strategy.root_device)
         reducer = torch_reducer_or_local(trainer.world_size)  # a collective on several ranks; setup runs on all of them
         self.session.start(output_dir=output_dir, device_indices=device_indices, reducer=reducer, sync=sync)
@@ -568,6 +573,17 @@ def _prefix_in_key(key: Any, class_name: str) -> str | None:
 
 
 _BATCH_HOOKS = ("on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer")
+
+
+def _other_versions(log_dir: str) -> list:
+    """The other directories beside a logger's ``version_N`` (its earlier versions)."""
+    from pathlib import Path
+
+    here = Path(log_dir)
+    try:
+        return [p for p in here.parent.iterdir() if p.is_dir() and p != here]
+    except OSError:
+        return []
 
 
 def _remade(trainer: Any) -> bool:
