@@ -119,6 +119,7 @@ class Ledger:
         self.stats = EpochStats()
         self._attempts_with_epochs: set[int] = set()
         self._finished_not_complete: set[int] = set()
+        self._latest_epoch = -1  # the highest epoch with a record (the one in progress, maybe)
         self.last: dict[str, Record] = {}
         self.paused_s = 0.0  # carbon-aware pauses, every attempt's (a resume must not pause them again)
 
@@ -156,6 +157,7 @@ class Ledger:
             first_of_attempt = record.attempt not in self._attempts_with_epochs
             self._attempts_with_epochs.add(record.attempt)
             cost = self.epochs[record.epoch] = EpochCost(record.attempt, warmup=first_of_attempt)
+            self._latest_epoch = max(self._latest_epoch, record.epoch)
         elif record.attempt < cost.attempt:
             return  # redone by a later attempt: in the totals, not in what an epoch costs
         cost.kwh += record.energy_kwh
@@ -210,7 +212,9 @@ class Ledger:
         # 3000-epoch Keras fit spent 69 % of its time writing them). The prediction's sums over the
         # complete epochs, and the epochs a resume can still change: the last two finished (steps
         # per epoch), and any not complete yet.
-        recent = {e: c for e, c in self.epochs.items() if e >= self.last_finished_epoch - 1 or not c.complete}
+        # Looked up, not searched: a scan of every epoch at each epoch end grew with the run too.
+        wanted = {self.last_finished_epoch - 1, self.last_finished_epoch, self._latest_epoch, *self._finished_not_complete}
+        recent = {e: self.epochs[e] for e in sorted(wanted) if e in self.epochs}
         return {
             "run_id": self.run_id,
             "seq": self.next_seq,
@@ -245,6 +249,7 @@ class Ledger:
                 self._finished_not_complete.add(int(epoch))
         if saved_stats is not None:
             self.stats = EpochStats.from_state(saved_stats)
+        self._latest_epoch = max(self.epochs, default=-1)
         self.last_finished_epoch = max((e for e, c in self.epochs.items() if c.finished), default=-1)
         self.next_seq, self.attempt = saved_seq, saved_attempt + 1
 
