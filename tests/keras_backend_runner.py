@@ -375,6 +375,26 @@ def scenario_backup_inside_epoch_0(out: Path) -> dict:
     return result
 
 
+def scenario_backup_after_another_fit(out: Path) -> dict:
+    """A fit with BackupAndRestore fails in epoch 1; another fit trains into the same output
+    directory; then the first resumes from its backup. It continued the other fit's run (named in
+    energy-state.json last), not its own."""
+    energy_dir, backup = out / "energy", str(out / "backup")
+    first = EnergyCallback(output_dir=energy_dir)
+    try:
+        tiny_model().fit(X, Y, batch_size=BATCH, epochs=3, verbose=0, callbacks=[
+            first, keras.callbacks.BackupAndRestore(backup), RaiseAt(1, 1)])
+    except RuntimeError:
+        pass
+    crashed = first.tracker.run_id
+    other = EnergyCallback(output_dir=energy_dir)
+    tiny_model().fit(X, Y, batch_size=BATCH, epochs=1, verbose=0, callbacks=[other])
+    resumed = EnergyCallback(output_dir=energy_dir)  # as in a new process
+    tiny_model().fit(X, Y, batch_size=BATCH, epochs=3, verbose=0, callbacks=[resumed, keras.callbacks.BackupAndRestore(backup)])
+    return {"crashed": crashed, "other": other.tracker.run_id, "resumed": resumed.tracker.run_id,
+            "attempt": resumed.tracker.ledger.attempt}
+
+
 class Probe(keras.callbacks.Callback):
     """The first epoch Keras runs and the optimizer's step then (BackupAndRestore restores both)."""
 
@@ -604,7 +624,7 @@ def scenario_no_callback_list_seam(out: Path) -> dict:
 SCENARIOS = [scenario_loggers, scenario_csv_across_fits, scenario_resume_without_state, scenario_two_callbacks, scenario_inference, scenario_crash_then_resume, scenario_crash_then_reuse, scenario_runs,
              scenario_bad_configuration, scenario_no_callback_list_seam, scenario_copies, scenario_custom_steps, scenario_backup_inside_epoch_0,
              scenario_inference_before_resume, scenario_callback_list_without_params, scenario_evaluate_inside_an_epoch,
-             scenario_custom_loop, scenario_partial_labels]
+             scenario_custom_loop, scenario_partial_labels, scenario_backup_after_another_fit]
 
 if __name__ == "__main__" and sys.argv[3:] in (["preempt"], ["preempt_fresh"]):
     preempt(OUT, fresh=sys.argv[3] == "preempt_fresh")

@@ -394,6 +394,11 @@ def test_backup_and_restore_inside_epoch_0_continues_the_run_and_a_new_fit_does_
     assert {r.attempt for r in records} == {1} and len({r.run_id for r in records}) == 1
 
 
+def test_a_backup_resumes_its_own_run_after_another_fit_wrote_the_directory(run):
+    result, _ = run("backup_after_another_fit")
+    assert result["resumed"] == result["crashed"] != result["other"] and result["attempt"] == 1
+
+
 def test_an_uncaught_exception_still_writes_the_unfinished_epoch_at_exit(run):
     _, out = run("crash_then_reuse")  # any scenario: this checks the runner's last, uncaught fit
     records = read_records(out.parent / "uncaught")

@@ -19,6 +19,7 @@ to be put first, and tells validation by the ``fit`` in progress. That a call ra
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import math
 import os
@@ -130,11 +131,28 @@ def _restores_a_backup(callback_list: keras.callbacks.CallbackList | None) -> bo
     from a new fit. The file name is the same in Keras 3.3 and 3.15 (read); a backup on a remote file
     system (``gs://``) is not seen, and the fit is then measured as a new run.
     """
+    backup_dir = _backup_dir(callback_list)
+    return backup_dir is not None and os.path.isfile(os.path.join(backup_dir, "training_metadata.json"))
+
+
+def _backup_dir(callback_list: keras.callbacks.CallbackList | None) -> str | None:
+    """The backup directory of this fit's ``BackupAndRestore``, if it has one."""
     for callback in getattr(callback_list, "callbacks", []):
         if isinstance(callback, keras.callbacks.BackupAndRestore):
-            if os.path.isfile(os.path.join(os.fspath(callback.backup_dir), "training_metadata.json")):
-                return True
-    return False
+            return os.fspath(callback.backup_dir)
+    return None
+
+
+def _state_paths(output_dir: Path, backup_dir: str | None) -> list[Path]:
+    """Where a run's state is kept: the directory's ``energy-state.json`` (the fit that ran last),
+    and, for a fit with a ``BackupAndRestore``, a file of that backup's own, which a resume from
+    the backup reads first: another fit trained into the same directory in between (the first
+    file is then that fit's) must not take the resume."""
+    paths = [output_dir / STATE_FILE]
+    if backup_dir is not None:
+        key = hashlib.sha256(os.path.realpath(backup_dir).encode("utf-8", "surrogateescape")).hexdigest()[:12]
+        paths.insert(0, output_dir / f"energy-state-backup-{key}.json")
+    return paths
 
 
 # ------------------------------------------------------------------------------- run and call
@@ -148,7 +166,8 @@ class _Run:
     # predict alone (a sanity check before fit(initial_epoch=k)) must not replace the run that
     # trained, or the resume would start a new run.
     fitted: bool = False
-    _state_file: JsonFileReplacer | None = field(default=None, repr=False, compare=False)
+    backup_dir: str | None = None  # the fit's BackupAndRestore's (see _state_paths)
+    _state_files: dict = field(default_factory=dict, repr=False, compare=False)  # path -> JsonFileReplacer
 
     def state(self) -> dict:
         return {"schema": "greencallbacks.keras-state/1", **self.session.state_dict(), "last_train_epoch": self.last_train_epoch}
@@ -163,23 +182,30 @@ class _Run:
         tracker = self.session.tracker
         if tracker.output_dir is None or tracker.reducer.rank != 0:
             return
-        path = tracker.output_dir / STATE_FILE
-        if self._state_file is None or self._state_file.path != path:
-            if self._state_file is not None:
-                self._state_file.close()
-            self._state_file = JsonFileReplacer(path)
-        if wait:
-            self._state_file.write_now(self.state())
-        else:
-            self._state_file.write_soon(self.state())
+        paths = _state_paths(tracker.output_dir, self.backup_dir)
+        for path in [p for p in self._state_files if p not in paths]:
+            self._state_files.pop(path).close()  # the output directory changed
+        state = self.state()
+        for path in paths:
+            writer = self._state_files.get(path)
+            if writer is None:
+                writer = self._state_files[path] = JsonFileReplacer(path)
+            if wait:
+                writer.write_now(state)
+            else:
+                writer.write_soon(state)
 
 
-def _read_state(output_dir: Path) -> dict | None:
-    try:
-        state = json.loads((output_dir / STATE_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return state if isinstance(state, dict) and state.get("schema") == "greencallbacks.keras-state/1" else None
+def _read_state(output_dir: Path, backup_dir: str | None = None) -> dict | None:
+    """The state a resume continues: the backup's own where it has one, else the directory's."""
+    for path in _state_paths(output_dir, backup_dir):
+        try:
+            state = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(state, dict) and state.get("schema") == "greencallbacks.keras-state/1":
+            return state
+    return None
 
 
 class _Progress:
@@ -693,6 +719,7 @@ class EnergyCallback(_Callback):
             session.tracker.planned_epochs = params["epochs"]  # enables the whole-run prediction
         if call.kind == "fit":
             self._run.fitted = True
+            self._run.backup_dir = _backup_dir(call.callback_list)
             # Names this run in energy-state.json now, not only at an epoch's end: a fit killed in
             # its first epoch (preempted: no exception to see) that BackupAndRestore resumes from a
             # backup inside that epoch continues this run, not the one that wrote the file before.
@@ -709,7 +736,8 @@ class EnergyCallback(_Callback):
             # A fit of this process that just raised (a retry loop) has its run's state written
             # by the watch thread, within a fraction of a second: wait for that before reading.
             watch.settle()
-            state = _read_state(self._output_dir(call))
+            restoring = _restores_a_backup(call.callback_list)  # its own state, not the last fit's
+            state = _read_state(self._output_dir(call), _backup_dir(call.callback_list) if restoring else None)
         last = state.get("last_train_epoch") if state else None
         reached = last if isinstance(last, int) else -1  # None: no epoch finished yet
         if state and reached >= first_epoch - 1:
