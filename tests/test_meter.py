@@ -205,6 +205,31 @@ class SlowSensor(ScriptedSensor):
         return self.power_w if self.instant else None
 
 
+class HangingSensor(SlowSensor):
+    """A slow counter whose reads hang, once ``hang`` is set, until ``release`` is (on the meter's
+    own thread only, with ``reader_only``); ``reading`` is set when one hangs."""
+
+    def __init__(self, *args, reader_only=False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.hang, self.reader_only = False, reader_only
+        self.reading, self.release = threading.Event(), threading.Event()
+
+    def energy_j(self):
+        if self.hang and (not self.reader_only or threading.current_thread().name == "greencallbacks-meter"):
+            self.reading.set()
+            self.release.wait(30)
+        return super().energy_j()
+
+
+def snapshot_from_another_thread(meter, exact=False):
+    """A boundary taken on a thread of its own, waited for 5 s: None if it was still waiting."""
+    done = []
+    boundary = threading.Thread(target=lambda: done.append(meter.snapshot(exact=exact)))
+    boundary.start()
+    boundary.join(timeout=5)
+    return done[0] if done else None
+
+
 def reader_meter(clock, *sensors, **kwargs):
     """Off-thread reading driven by the test: no thread, ``run_reader`` does the reader's work."""
     meter = make_meter(clock, *sensors, off_thread=True, **kwargs)
@@ -394,13 +419,9 @@ def test_a_boundary_does_not_wait_for_a_read_in_progress_on_the_reader():
     try:
         clock.advance(2.0)
         reads = gpu.reads
-        done = []
-        boundary = threading.Thread(target=lambda: done.append(meter.snapshot()))
-        boundary.start()
-        boundary.join(timeout=5)
-        assert done, "the boundary waited for the reader's read"
+        second = snapshot_from_another_thread(meter)
+        assert second is not None, "the boundary waited for the reader's read"
         assert gpu.reads == reads  # and read nothing itself
-        second = done[0]
         assert second.carried_s["gpu0"] == pytest.approx(2.0, abs=0.1)
         window = meter.between(first, second)
         assert window.energy_j == pytest.approx(200.0 * (second.monotonic_s - first.monotonic_s), rel=1e-6)
@@ -425,12 +446,8 @@ def test_an_exact_boundary_does_not_wait_for_a_hung_read_beyond_its_limit(monkey
     assert channel._refresh_lock.acquire()  # the reader's read, hung until the end of this test
     try:
         clock.advance(2.0)
-        done = []
-        boundary = threading.Thread(target=lambda: done.append(meter.snapshot(exact=True)))
-        boundary.start()
-        boundary.join(timeout=5)
-        assert done, "the last boundary waited for the hung read"
-        last = done[0]
+        last = snapshot_from_another_thread(meter, exact=True)
+        assert last is not None, "the last boundary waited for the hung read"
         assert last.carried_s["gpu0"] == pytest.approx(2.0, abs=0.1)
         window = meter.between(first, last)
         assert window.energy_j == pytest.approx(200.0 * (last.monotonic_s - first.monotonic_s), rel=1e-6)
@@ -445,29 +462,18 @@ def test_stopping_does_not_wait_for_a_read_hung_on_the_background_thread(monkeyp
     import greencallbacks.meter as meter_module
 
     monkeypatch.setattr(meter_module, "STOP_WAIT_S", 0.05, raising=False)
-    reading, release = threading.Event(), threading.Event()
-
-    class Hanging(SlowSensor):
-        hang = False
-
-        def energy_j(self):
-            if self.hang and threading.current_thread().name == "greencallbacks-meter":
-                reading.set()
-                release.wait(30)
-            return super().energy_j()
-
-    gpu = Hanging("gpu0", time.monotonic, power_w=100.0)
+    gpu = HangingSensor("gpu0", time.monotonic, power_w=100.0, reader_only=True)
     meter = make_meter(time.monotonic, gpu, off_thread=True)
     meter.snapshot(exact=True)  # starts the background thread
     gpu.hang = True
     try:
-        assert reading.wait(10), "the background thread never read"
+        assert gpu.reading.wait(10), "the background thread never read"
         stopping = threading.Thread(target=meter.stop_sampling)
         stopping.start()
         stopping.join(timeout=3)
         assert not stopping.is_alive(), "stopping waited for the hung read"
     finally:
-        release.set()
+        gpu.release.set()
         meter.close()
 
 
@@ -477,35 +483,21 @@ def test_an_exact_boundary_whose_own_read_hangs_carries_the_latest_read_forward(
     import greencallbacks.meter as meter_module
 
     monkeypatch.setattr(meter_module, "EXACT_READ_WAIT_S", 0.05, raising=False)
-    release = threading.Event()
-
-    class Hanging(SlowSensor):
-        hang = False
-
-        def energy_j(self):
-            if self.hang:
-                release.wait(30)
-            return super().energy_j()
-
     clock = FakeClock()
-    gpu = Hanging("gpu0", clock, power_w=200.0)
+    gpu = HangingSensor("gpu0", clock, power_w=200.0)
     meter = reader_meter(clock, gpu)
     first = meter.snapshot(exact=True)
     run_reader(meter, clock, 1.0)
     gpu.hang = True
     try:
         clock.advance(0.5)
-        done = []
-        boundary = threading.Thread(target=lambda: done.append(meter.snapshot(exact=True)))
-        boundary.start()
-        boundary.join(timeout=5)
-        assert done, "the boundary waited for its own hung read"
-        last = done[0]
+        last = snapshot_from_another_thread(meter, exact=True)
+        assert last is not None, "the boundary waited for its own hung read"
         window = meter.between(first, last)
         assert window.energy_j == pytest.approx(200.0 * (last.monotonic_s - first.monotonic_s), rel=1e-6)
         assert last.carried_s["gpu0"] >= 0.5  # the span carried, in its uncertainty
     finally:
-        release.set()
+        gpu.release.set()
 
 
 def test_a_runs_first_read_made_after_its_instant_is_carried_back_to_it():
