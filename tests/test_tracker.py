@@ -159,6 +159,25 @@ def test_resume_continues_totals_and_run_id(tmp_path):
     assert len(set(seqs)) == len(seqs)  # resumed sequence numbers do not collide
 
 
+def test_a_resume_from_a_copied_run_directory_counts_each_earlier_record_once(tmp_path):
+    """`cp -r A B`, then resume in B: the checkpoint names A's records, B holds a copy of them."""
+    import shutil
+
+    original, copy = tmp_path / "A", tmp_path / "B"
+    first, clock, _ = setup(original)
+    run_epochs(first, clock, epochs=2)
+    state = first.state_dict()
+    shutil.copytree(original, copy)
+    second, clock2, _ = setup(copy)  # the user's directory: the copy
+    second.load_state_dict(state)
+    before = sum(r.energy_kwh for r in read_records(copy)) * 3.6e6
+    assert second.total_energy_j == pytest.approx(before)  # was twice: A's records and B's copy
+    assert second.totals["train"].count == 2
+    run_epochs(second, clock2, epochs=1)
+    assert second.total_energy_j == pytest.approx(sum(r.energy_kwh for r in read_records(copy)) * 3.6e6)
+    assert read_records(original) == read_records(copy)[: len(read_records(original))]  # A untouched
+
+
 def test_bad_run_id_rejected():
     with pytest.raises(ValueError, match="run_id"):
         Tracker(run_id="  ")

@@ -619,7 +619,10 @@ class Tracker:
                      "while it trains? two fits resumed from one checkpoint?); this one is measured as a run of its own "
                      f"({self.run_id}), not as its next attempt, so that neither writes over the other's records.")
                 return
-            self.ledger.resume(state, read_run_records(run_id, [home, self.output_dir]))
+            # The directory this attempt writes in first: where it holds a copy of the run's
+            # records (the run's directory copied and resumed from the copy), that copy is the
+            # history it continues.
+            self.ledger.resume(state, read_run_records(run_id, [self.output_dir, home]))
         except (TypeError, ValueError, KeyError, AttributeError, OSError) as error:
             # A checkpoint's entry edited, damaged or from an unknown version: the framework's
             # restore must not fail for it. This training is measured, as a run of its own.
