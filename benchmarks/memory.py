@@ -9,6 +9,9 @@
    divided by the records held).
 2. Lightning: several ``fit`` calls in a row, each with many short epochs; threads after each fit
    show whether the meter's background thread is stopped and not leaked.
+3. ``greencallbacks report`` over a sweep (``--sweep-runs`` runs of 50 epochs in one records file,
+   as a hyper-parameter search leaves them): seconds and peak Python heap, to show it grows with the
+   records and not with records x runs.
 
 Usage: python benchmarks/memory.py [--quick]
 """
@@ -16,7 +19,9 @@ Usage: python benchmarks/memory.py [--quick]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
+import os
 import sys
 import tempfile
 import threading
@@ -193,10 +198,46 @@ def lightning_heap_held_by_tool(epochs: int, workdir: Path) -> dict:
             "bytes_per_epoch_second_quarter": (half - quarter) / (epochs // 2 - epochs // 4)}
 
 
+def report_of_a_sweep(runs: int, epochs: int, workdir: Path) -> dict:
+    """Time and peak traced heap of ``greencallbacks report`` (markdown) over ``runs`` runs."""
+    import json
+
+    from greencallbacks.cli import main as cli_main
+
+    one = workdir / "one-run"
+    core_tracker(2 * epochs, one)  # one run's records: train, validation and the gaps
+    lines = (one / "core" / "energy-records.jsonl").read_text().splitlines()
+    sweep = workdir / "sweep"
+    sweep.mkdir()
+    with open(sweep / "energy-records.jsonl", "w") as out:
+        for run in range(runs):  # the same run under other ids: repeats of one configuration
+            for line in lines:
+                out.write(json.dumps({**json.loads(line), "run_id": f"trial-{run:05d}"}) + "\n")
+    report = workdir / "report.md"
+
+    def run_report() -> int:
+        with open(report, "w") as stdout, open(os.devnull, "w") as stderr:
+            with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+                return cli_main(["report", str(sweep)])
+
+    gc.collect()
+    t0 = time.perf_counter()
+    code = run_report()
+    seconds = time.perf_counter() - t0
+    tracemalloc.start()  # a second run for the heap: tracing slows Python several-fold
+    run_report()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return {"runs": runs, "records": runs * len(lines), "exit_code": code, "seconds": seconds,
+            "us_per_record": seconds / (runs * len(lines)) * 1e6, "peak_python_heap_mib": peak / 2**20,
+            "report_bytes": report.stat().st_size}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--phases", type=int, default=None, help="core run length (default 20000; 2000 quick)")
+    parser.add_argument("--sweep-runs", type=int, default=None, help="runs in the report's sweep (default 1000; 20 quick)")
     args = parser.parse_args()
     quiet()
     pin_threads(1)
@@ -209,6 +250,7 @@ def main() -> None:
         result["lightning_without_callback"] = lightning_fits(fits, epochs, Path(tmp), with_callback=False)
         result["lightning"] = lightning_fits(fits, epochs, Path(tmp))
         result["lightning_heap_held_by_tool"] = lightning_heap_held_by_tool(40 if args.quick else 2000, Path(tmp))
+        result["report_of_a_sweep"] = report_of_a_sweep(args.sweep_runs or (20 if args.quick else 1000), 50, Path(tmp))
     emit(result)
 
 

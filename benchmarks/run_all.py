@@ -247,6 +247,10 @@ def table(results: dict) -> str:
             held = ", ".join(f"epoch {e}: {b / 1024:.0f} KiB" for e, b in heap["held_bytes_by_epoch"].items())
             lines.append(f"  Python heap held by greencallbacks code in one {heap['epochs']}-epoch fit (tracemalloc): {held}; "
                          f"{heap['bytes_per_epoch_second_half']:.0f} B/epoch over the second half")
+        sweep = mem.get("report_of_a_sweep")
+        if sweep:
+            lines.append(f"  report over a sweep of {sweep['runs']} runs ({sweep['records']} records): {sweep['seconds']:.1f} s, "
+                         f"{sweep['us_per_record']:.0f} us/record, peak Python heap {sweep['peak_python_heap_mib']:.0f} MiB")
         lines.append("")
     z = results.get("zeus")
     if z:

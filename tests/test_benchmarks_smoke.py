@@ -86,6 +86,8 @@ def test_startup_and_memory(quick_results):
     assert core["threads_last"] <= core["threads_first"] + 1
     lightning = memory["lightning"]
     assert all(t <= lightning["threads_before"] for t in lightning["threads_after_each_fit"])
+    sweep = memory["report_of_a_sweep"]
+    assert sweep["exit_code"] == 0 and sweep["runs"] == 20 and sweep["records"] >= 20 * 100 and sweep["report_bytes"] > 0
 
 
 def test_simulated_gpu_host_reads_no_counter_on_the_training_thread(quick_results):

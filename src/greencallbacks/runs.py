@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from greencallbacks.records import RECORDS_FILE, Record, read_records
+from greencallbacks.records import RECORDS_FILE, Record, by_run, read_records
 
 RANK_FILES = "energy-records.rank*.jsonl"
 # Fields every sum in a report needs; the writer turns a NaN into null, which a report cannot add.
@@ -155,8 +155,9 @@ def select_run(records: Sequence[Record], run_id: str | None, *, how_to_choose: 
 def describe_runs(loaded: Loaded) -> list[str]:
     """One line per run: its id, framework, training epochs, phases and where its records are."""
     lines = []
+    records = by_run(loaded.records)
     for run, files in loaded.run_files.items():
-        mine = [r for r in loaded.records if r.run_id == run]
+        mine = records.get(run, [])
         epochs = len({r.epoch for r in mine if r.phase == "train" and r.epoch is not None})
         attempts = len({r.attempt for r in mine})
         framework = next((r.framework for r in mine if r.framework), "unknown framework")

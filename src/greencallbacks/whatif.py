@@ -543,6 +543,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from greencallbacks.carbon.series import IntensitySeries
     from greencallbacks.cli import cli_message, load_records
     from greencallbacks.figures import plot_format
+    from greencallbacks.records import by_run
     from greencallbacks.runs import describe_runs, select_run
 
     results: list[tuple[str, WhatIfResult]] = []
@@ -558,8 +559,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"  {line}", file=sys.stderr)
         series = IntensitySeries.from_file(args.intensity)
         zones = [z for z in args.zones.split(",") if z.strip()]
+        records = by_run(loaded.records)
         for run in runs:
-            mine = [r for r in loaded.records if r.run_id == run]
+            mine = records[run]
             try:
                 result = whatif(mine, series, window_h=args.window_h, threshold=args.threshold, zones=zones)
             except ValueError as error:

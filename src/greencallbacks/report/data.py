@@ -9,7 +9,7 @@ from collections import Counter, defaultdict
 from typing import Callable, Iterable, Sequence
 
 from greencallbacks.carbon.intensity import USER_ZONE
-from greencallbacks.records import PHASES, Record
+from greencallbacks.records import PHASES, Record, by_run
 from greencallbacks.textformat import (
     energy_text,
     mass_text,
@@ -320,16 +320,13 @@ def run_ids(records: Iterable[Record]) -> list[str]:
 
 def group_runs(records: Sequence[Record]) -> list[tuple[dict, list[Record]]]:
     """Runs grouped by ``configuration``, in the order each group's first run appears."""
-    by_run: dict[str, list[Record]] = defaultdict(list)
-    for r in records:
-        by_run[r.run_id].append(r)
     groups: dict[str, tuple[dict, list[Record]]] = {}
-    for run in run_ids(records):
-        config = configuration(by_run[run])
+    for run, mine in by_run(records).items():
+        config = configuration(mine)
         # A run cut short is alone: the tries auto_find_batch_size gave up on, or two crashes, are
         # no repeats to average into a citable "per run" figure.
         key = json.dumps([config, run if cut_short(config) else None], sort_keys=True)
-        groups.setdefault(key, (config, []))[1].extend(by_run[run])
+        groups.setdefault(key, (config, []))[1].extend(mine)
     return list(groups.values())
 
 
@@ -422,8 +419,7 @@ def run_totals(records: Sequence[Record]) -> dict[str, dict]:
     which share no boundary with each other, add linearly.
     """
     out: dict[str, dict] = {}
-    for run in run_ids(records):
-        mine = [r for r in records if r.run_id == run]
+    for run, mine in by_run(records).items():
         train = [r for r in mine if r.phase == "train"]
         embodied = [r for r in mine if r.embodied_co2eq_g is not None]
         out[run] = {
@@ -536,9 +532,8 @@ def _summarise(per_run: dict[str, dict[str, dict]], runs: Sequence[str], names: 
 
 def phase_summary(records: Sequence[Record]) -> dict[str, dict]:
     """Per phase, each run's sum, then mean and SE over runs (a run without the phase counts 0)."""
-    runs = run_ids(records)
-    per_run = {run: phase_totals([r for r in records if r.run_id == run]) for run in runs}
-    return _summarise(per_run, runs, [p for p in PHASES if any(p in totals for totals in per_run.values())])
+    per_run = {run: phase_totals(mine) for run, mine in by_run(records).items()}
+    return _summarise(per_run, list(per_run), [p for p in PHASES if any(p in totals for totals in per_run.values())])
 
 
 def prefix_summary(records: Sequence[Record]) -> dict[str, dict[str, dict]]:
@@ -551,7 +546,8 @@ def prefix_summary(records: Sequence[Record]) -> dict[str, dict[str, dict]]:
         prefixes = list(dict.fromkeys(r.metric_prefix or "" for r in mine))
         if len(prefixes) < 2:
             continue
-        per_run = {run: _totals_by([r for r in mine if r.run_id == run], lambda r: r.metric_prefix or "") for run in runs}
+        grouped = by_run(mine)
+        per_run = {run: _totals_by(grouped.get(run, []), lambda r: r.metric_prefix or "") for run in runs}
         out[phase] = _summarise(per_run, runs, prefixes)
     return out
 
