@@ -279,6 +279,47 @@ def test_process_killed_between_records_keeps_every_finished_phase(tmp_path):
         assert [r.seq for r in read_records(torn)] == seqs
 
 
+LONG_GAP_CHILD = textwrap.dedent(
+    """
+    import sys, time
+    sys.path.insert(0, {repo!r})
+    from greencallbacks.meter import Meter
+    from greencallbacks.tracker import Tracker
+    from tests.fakes.scripted import FakeClock, ScriptedSensor
+
+    clock = FakeClock()
+    tracker = Tracker(output_dir=sys.argv[1], run_id="killed")
+    tracker.start(Meter([ScriptedSensor("gpu0", clock, power_w=100.0)], fallback=None, clock=clock,
+                        wall_clock=lambda: clock() + 1.7e9))
+    tracker.begin("train", 0)
+    clock.advance(1.0)
+    tracker.end("train")
+    clock.advance(2.0)  # the epoch's end: a checkpoint saved by a later callback
+    tracker.begin("train", 1)
+    print("begun", flush=True)
+    time.sleep(60)  # killed here, inside epoch 1
+    """
+)
+
+
+def test_process_killed_in_a_phase_keeps_the_long_gap_before_it(tmp_path):
+    """A gap closes when the next phase begins; a long one (Keras: every later callback's epoch
+    end) is written then, not with that phase's end, which a killed process never reaches."""
+    script = tmp_path / "child.py"
+    script.write_text(LONG_GAP_CHILD.format(repo=str(REPO)))
+    out = tmp_path / "out"
+    child = subprocess.Popen([sys.executable, str(script), str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline() == "begun\n"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+        child.stdout.close()
+    gaps = [r for r in read_records(out) if r.phase == "other"]
+    assert [round(r.duration_s, 6) for r in gaps if r.epoch == 0] == [2.0]
+    assert sum(r.energy_kwh for r in read_records(out)) * 3.6e6 == pytest.approx(300.0)  # 3 s at 100 W
+
+
 LIGHTNING_CHILD = textwrap.dedent(
     """
     import sys, time
