@@ -36,6 +36,8 @@ SYNC_INTERVAL_S = 10.0
 # (to write them again if it fails), so phases ending by the thousand within the interval must
 # not pile up in memory.
 SYNC_BACKLOG_BYTES = 256 * 1024
+# The longest ``close`` waits for the records' fsync at the end of a run before going on without it.
+CLOSE_SYNC_WAIT_S = 2.0
 
 
 @dataclass
@@ -234,10 +236,40 @@ class RecordWriter:
         return written
 
     def close(self) -> bool:
-        """Write everything and wait until it is on disk; the writer can still be used after."""
+        """Write everything, and wait until it is on disk, for at most ``CLOSE_SYNC_WAIT_S``; the
+        writer can still be used after. False: not written, or not yet confirmed on disk.
+
+        The lines reach the file (the kernel) before this returns, as at every write. Their fsync
+        may hang on a stalled disk or network file system: the end of a run, and a Ctrl-C there
+        (held until the run's write-up ends), must not wait for it, so a slow one goes on on its
+        own thread, with a warning."""
         syncer, self._syncer = self._syncer, None
+        with interrupts.held(), self._lock:
+            written = self._write_locked()
+        finished = threading.Event()
+        result = [False]
+
+        def sync_everything() -> None:
+            try:
+                result[0] = self._sync_everything(syncer)
+            finally:
+                finished.set()
+
+        thread = threading.Thread(target=sync_everything, name="greencallbacks-close", daemon=True)
+        thread.start()
+        if finished.wait(CLOSE_SYNC_WAIT_S):
+            thread.join()  # ending now: no thread of ours outlives a run that ended well
+            return written and result[0]
+        from greencallbacks.meter import warn
+
+        warn(f"greencallbacks: the disk has not confirmed the energy records in {self.path} after "
+             f"{CLOSE_SYNC_WAIT_S:g} s (a stalled disk or network file system?); they are in the file, and "
+             "their sync goes on in the background. A machine crash before it ends could lose them.")
+        return False
+
+    def _sync_everything(self, syncer: ThreadPoolExecutor | None) -> bool:
         if syncer is not None:
-            syncer.shutdown(wait=True)
+            syncer.shutdown(wait=True)  # a failed background fsync has the lines written again below
         with self._lock:
             if not self._write_locked():
                 return False
