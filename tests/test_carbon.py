@@ -656,7 +656,7 @@ def test_a_series_in_the_past_warns_once_and_records_the_datas_year(tmp_path: Pa
     assert len(messages) == 1, messages
     message = messages[0]
     assert "grid2020.csv" in message and "covers 2020-01-01T00:00:00Z to 2020-01-01T02:00:00Z" in message
-    assert "2023-11-14T22:30:00Z to 2023-11-14T22:30:05Z is after it" in message and "last value, 800 g/kWh" in message
+    assert "from 2023-11-14T22:30:00Z on, the run is after it" in message and "last value, 800 g/kWh" in message
     assert all(r.intensity_year == 2020 and "extrapolated" in r.intensity_source for r in records)
 
 
@@ -665,10 +665,47 @@ def test_a_series_starting_after_the_run_begins_warns_naming_the_span(tmp_path: 
     path = write_csv_series(tmp_path / "late.csv", [(start + 15, 200.0), (start + 25, 600.0)])
     records, messages, _ = scripted_run(tmp_path / "run", Carbon(series=path))
     assert len(messages) == 1, messages
-    assert "late.csv" in messages[0] and "is before it and priced at its first value, 200 g/kWh" in messages[0]
-    assert "2023-11-14T22:30:00Z to 2023-11-14T22:30:05Z" in messages[0]
+    assert "late.csv" in messages[0] and "the run is before it and priced at its first value, 200 g/kWh" in messages[0]
+    # The run is before the series until 22:30:15, not only over its first record (to 22:30:05).
+    assert "from 2023-11-14T22:30:00Z until the series begins" in messages[0]
+    assert "22:30:05" not in messages[0]
     # The run also outlasts the series: that is in every record concerned, not in more warnings.
     assert "extrapolated" in records[0].intensity_source and "extrapolated" in records[-1].intensity_source
+
+
+def outside_and_gap_warnings(carbon: Carbon, start: float, end: float) -> list[str]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        carbon.intensity_between(start, end)
+    return [str(w.message) for w in caught if str(w.message).startswith("greencallbacks: ")]
+
+
+@pytest.mark.parametrize("offset", [-3600.0, 3 * HOUR])
+def test_a_first_interval_outside_the_series_shorter_than_a_second_names_an_instant_not_an_empty_span(
+        tmp_path: Path, offset: float) -> None:
+    """The first interval priced outside is often one logged step: "13:25:20Z to 13:25:20Z is
+    after it" named a span of no length, and not the run's."""
+    carbon = Carbon(series=write_csv_series(tmp_path / "hourly.csv", [(EVENING, 100.0), (EVENING + HOUR, 200.0)]))
+    start = EVENING + offset + 20.1
+    (message,) = outside_and_gap_warnings(carbon, start, start + 0.4)
+    at = "2024-05-01T21:00:20Z" if offset < 0 else "2024-05-02T01:00:20Z"
+    assert f"{at} to {at}" not in message
+    assert (f"from {at} until the series begins (or the run ends), the run is before it" if offset < 0
+            else f"from {at} on, the run is after it") in message
+
+
+def test_the_gap_warning_names_the_held_values_year_only_when_it_is_not_the_runs(tmp_path: Path) -> None:
+    """A 2026 run in a gap of a 2026 series was told "(data of 2026, not of the run)"."""
+    same_year = [("2026-03-01T10:00:00Z", 100.0), ("2026-03-01T11:00:00Z", 120.0),
+                 ("2026-03-01T16:00:00Z", 500.0), ("2026-03-01T17:00:00Z", 520.0)]
+    inside_2026 = Carbon(series=write_csv_series(tmp_path / "gappy2026.csv", same_year))
+    march_first_1pm = NEW_YEAR + (31 + 28) * 24 * HOUR + 13 * HOUR
+    (message,) = outside_and_gap_warnings(inside_2026, march_first_1pm, march_first_1pm + HOUR)
+    assert "has no data from 2026-03-01T12:00:00Z to 2026-03-01T16:00:00Z" in message
+    assert "value before it, 120 g/kWh. Any other gap" in message and "data of" not in message
+    across_new_year = Carbon(series=write_csv_series(tmp_path / "gappy.csv", GAP_POINTS))
+    (message,) = outside_and_gap_warnings(across_new_year, NEW_YEAR + HOUR, NEW_YEAR + 2 * HOUR)
+    assert "120 g/kWh (data of 2025, not of the run's year, 2026)" in message
 
 
 def test_a_series_covering_the_run_does_not_warn(tmp_path: Path) -> None:

@@ -173,12 +173,15 @@ class Carbon:
         if "outside" in self._warned or end_unix <= start_unix or not isinstance(series, IntensitySeries):
             return
         covered_from, covered_until = series.coverage
+        # Warned at the first interval outside, which is one phase or one logged step of the run
+        # (a fraction of a second, often): its span is not the run's. Say from when on the run is
+        # outside, which stays true for the rest of the run.
         spans = []
         if start_unix < covered_from:
-            spans.append(f"{_iso(start_unix)} to {_iso(min(end_unix, covered_from))} is before it and priced at its "
-                         f"first value, {series.values_g_per_kwh[0]:g} g/kWh")
+            spans.append(f"from {_iso(start_unix)} until the series begins (or the run ends), the run is before it "
+                         f"and priced at its first value, {series.values_g_per_kwh[0]:g} g/kWh")
         if end_unix > covered_until:
-            spans.append(f"{_iso(max(start_unix, covered_until))} to {_iso(end_unix)} is after it and priced at its "
+            spans.append(f"from {_iso(max(start_unix, covered_until))} on, the run is after it and priced at its "
                          f"last value, {series.values_g_per_kwh[-1]:g} g/kWh")
         if not spans:
             return
@@ -203,7 +206,7 @@ class Carbon:
         _warn(
             f"greencallbacks: the intensity series {series.description} has no data from {_iso(start)} to "
             f"{_iso(end)}, and the run reaches into that gap: it is priced at the value before it, "
-            f"{series.value_at(start):g} g/kWh (data of {series.data_year(start)}, not of the run). Any other gap "
+            f"{series.value_at(start):g} g/kWh{_held_year_note(series, start, start_unix)}. Any other gap "
             "is priced the same way, and each record so priced says 'extrapolated: held over a gap'. Give a "
             "series without gaps over the run."
         )
@@ -272,6 +275,14 @@ def _checked(intensity: object) -> Intensity:
         raise TypeError(f"mean_between returned {type(intensity).__name__}, not an Intensity")
     validate_intensity(intensity.g_per_kwh, argument="the series' g_per_kwh")
     return intensity
+
+
+def _held_year_note(series: IntensitySeries, gap_start: float, start_unix: float) -> str:
+    """`` (data of 2025, not of the run's year, 2026)`` when the value held over a gap is of another
+    year than the run's time in the gap, else "": a value of the run's own year is no news."""
+    held = series.data_year(gap_start)
+    run = datetime.fromtimestamp(max(start_unix, gap_start), tz=timezone.utc).year
+    return f" (data of {held}, not of the run's year, {run})" if held != run else ""
 
 
 def _iso(unix_s: float) -> str:
