@@ -113,6 +113,51 @@ def test_markdown_of_several_runs_says_mean_and_se():
     assert f"Runs are grouped by configuration ({report.GROUPED_BY})" in text and "samples per epoch" in text
 
 
+def paused_run(run_id="run-a", paused_s=3.0):
+    """``one_run`` with a 4 s gap before epoch 1 of 4 kJ, ``paused_s`` of it a carbon-aware pause."""
+    gap = dataclasses.replace(rec(run_id, "other", 1, 4000.0, 0, 5, seconds=4.0), paused_s=paused_s)
+    return one_run(run_id) + [gap]
+
+
+def test_the_report_says_how_long_training_paused_for_carbon_and_what_that_time_cost():
+    """The pause's energy is in the ``other`` phase, where nothing said it was a pause."""
+    # 3 s of a 4 s, 4 kJ gap: 3 kJ = 833 mWh, at 500 g/kWh 417 mgCO2eq
+    said = ("Training was paused 3.00 s for a cleaner grid (carbon-aware pause); that time used 833 mWh and "
+            "emitted 417 mgCO2eq, counted in the time between phases (other).")
+    markdown = report.render(paused_run(), "md")
+    assert said in markdown.split("## Totals by phase")[1].split("##")[0]
+    latex = report.render(paused_run(), "latex")
+    _check_latex_structure(latex)
+    assert said in latex.split(r"\caption{")[1].splitlines()[0]
+    several = report.render(paused_run("a", 3.0) + paused_run("b", 5.0) + one_run("c"), "md")
+    assert "Training was paused 2.7 ± 1.5 s per run (mean ± SE)" in several  # 3, 5, 0 s
+    assert "paused" not in report.render(one_run(), "md") and "paused" not in report.render(one_run(), "latex")
+    pause = json.loads(report.render(paused_run(), "json"))["configurations"][0]["carbon_pause"]
+    assert pause["seconds"]["mean"] == 3.0 and pause["energy_kwh"]["mean"] == pytest.approx(3000.0 / KWH)
+    assert json.loads(report.render(one_run(), "json"))["configurations"][0]["carbon_pause"] is None
+
+
+def test_epochs_a_later_fit_trained_again_are_not_summed_into_one_epochs_samples():
+    """Keras fit(epochs=4), then fit(initial_epoch=2, epochs=4) with the same callback: epochs 2 and
+    3 trained twice, 100 samples each time; its optimizer's step keeps rising over the two fits."""
+    records, seq = [], 0
+    for attempt, epochs in ((0, range(4)), (1, range(2, 4))):
+        for epoch in epochs:
+            r = rec("keras", "train", epoch, 3600.0, 100, seq)
+            records.append(dataclasses.replace(r, attempt=attempt, step=10 * seq)); seq += 1
+    config = report.configuration(records)
+    assert config["epoch_samples"] == [[0, 100], [1, 100], [2, 100], [3, 100]]  # was 200 for epochs 2 and 3
+    assert report.statement(records).startswith(
+        "The training (4 epochs of 100 samples; 2 epochs trained again from an earlier checkpoint or epoch, both "
+        "counted) used 6.00 Wh")
+    # max_steps ended attempt 0 inside epoch 1 and the resume went on with it: its parts add up.
+    cut = [dataclasses.replace(rec("hf", "train", 0, 3600.0, 100, 0), step=10),
+           dataclasses.replace(rec("hf", "train", 1, 1800.0, 40, 1), step=14),
+           dataclasses.replace(rec("hf", "train", 1, 1800.0, 60, 2), step=20, attempt=1)]
+    assert report.configuration(cut)["epoch_samples"] == [[0, 100], [1, 100]]
+    assert "trained again" not in report.statement(cut)
+
+
 def test_runs_of_different_configurations_are_not_averaged():
     six = one_run("six-epochs", train_j=(36000.0,) * 6)
     records = six + one_run("two-a") + one_run("two-b", scale=1.5)

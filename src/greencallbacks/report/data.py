@@ -265,20 +265,56 @@ def training_failed(records: Sequence[Record]) -> bool:
 def _epoch_samples(records: Sequence[Record]) -> list[list]:
     """[[epoch, samples or None (uncounted)], ...] in epoch order.
 
-    An epoch's complete records add up over the attempts (one that max_steps ended inside it, and
-    the resume that went on from that step), unless a later one ends at a step no later than the
-    count so far: that attempt redid the epoch from an earlier checkpoint (the epoch's checkpoint
-    failed to write), and its count replaces the one before rather than doubling it."""
+    An epoch's complete records add up over the attempts where a later one went on with it (one
+    that max_steps ended inside it, and the resume that went on from that step); where a later one
+    trained it again (``_trained_again``), its count replaces the one before rather than doubling it."""
     counted: dict[int, int | None] = {}
-    reached: dict[int, int | None] = {}
-    for r in sorted(records, key=lambda r: (r.attempt, r.seq)):
-        if r.phase == "train" and r.epoch is not None and not r.partial:
-            step = reached.get(r.epoch)
-            redone = r.epoch in counted and r.step is not None and step is not None and r.step <= step
-            so_far = 0 if redone else counted.get(r.epoch, 0)
-            counted[r.epoch] = None if so_far is None or not r.samples_counted else so_far + r.samples
-            reached[r.epoch] = r.step
+    for r, again in _complete_training(records):
+        so_far = 0 if again else counted.get(r.epoch, 0)
+        counted[r.epoch] = None if so_far is None or not r.samples_counted else so_far + r.samples
     return [[epoch, counted[epoch]] for epoch in sorted(counted)]
+
+
+def epochs_trained_again(records: Sequence[Record]) -> int:
+    """How many times an attempt trained anew an epoch an earlier one had completed (a resume from
+    an older checkpoint, a Keras fit with ``initial_epoch`` before the last): energy spent twice."""
+    return sum(1 for _, again in _complete_training(records) if again)
+
+
+def _complete_training(records: Sequence[Record]) -> list[tuple[Record, bool]]:
+    """Each complete training record, in attempt order, with whether it trained its epoch again.
+
+    A later attempt went on with an epoch (rather than training it again) only where the epoch was
+    the first it trained, the earlier attempt trained no later epoch after it (it stopped inside
+    it: max_steps), and the later record ends at a later step: an attempt trains every other epoch
+    from its start, an earlier attempt that went past the epoch had finished it, and an end at a
+    step no later than before means a resume from an earlier checkpoint (the epoch's checkpoint
+    failed to write). Keras' optimizer step keeps rising over fits, so the step alone cannot say."""
+    return [pair for mine in by_run(records).values() for pair in _complete_training_of_one_run(mine)]
+
+
+def _complete_training_of_one_run(records: Sequence[Record]) -> list[tuple[Record, bool]]:
+    ordered = sorted((r for r in records if r.phase == "train" and r.epoch is not None), key=lambda r: (r.attempt, r.seq))
+    first_epoch: dict[int, int] = {}
+    last_epoch: dict[int, int] = {}
+    for r in ordered:
+        first_epoch.setdefault(r.attempt, r.epoch)
+        last_epoch[r.attempt] = max(last_epoch.get(r.attempt, r.epoch), r.epoch)
+    out: list[tuple[Record, bool]] = []
+    before: dict[int, Record] = {}  # each epoch's latest complete record
+    for r in ordered:
+        if r.partial:
+            continue
+        earlier = before.get(r.epoch)
+        # One attempt's records of one epoch add up (the ranks' own parts of a failed distributed run).
+        again = earlier is not None and r.attempt > earlier.attempt and (
+            r.epoch != first_epoch[r.attempt]
+            or last_epoch[earlier.attempt] > r.epoch
+            or (r.step is not None and earlier.step is not None and r.step <= earlier.step)
+        )
+        out.append((r, again))
+        before[r.epoch] = r
+    return out
 
 
 def _grid(record: Record) -> str:
@@ -624,6 +660,10 @@ def statement(records: Sequence[Record]) -> str:
     redone = sum(1 for row in epoch_rows(records) if row["redone"])
     if redone:  # the energy of both tries was spent: say why training cost more than its epochs
         training = training[:-1] + f"; {redone} epoch{'s' if redone != 1 else ''} cut short by a crash and redone, both counted)"
+    again = epochs_trained_again(records)
+    if again:
+        training = (training[:-1] + f"; {again} epoch{'s' if again != 1 else ''} trained again from an earlier "
+                    f"checkpoint or epoch{' over the runs' if n > 1 else ''}, both counted)")
     if cut_short(config):
         training = (training[:-1] + f"; cut short by an exception or interrupt, "
                     f"{config['completed_epochs'] or 'none'} completed)")
@@ -659,6 +699,28 @@ def statement(records: Sequence[Record]) -> str:
     return text[0].upper() + text[1:]
 
 
+def carbon_pause(records: Sequence[Record]) -> dict | None:
+    """Carbon-aware pause per run, mean ± SE over the runs: ``seconds`` paused, and the ``energy_kwh``
+    and ``co2eq_g`` of that time (each gap record's share of its time paused, as the ledger counts
+    it: the pause's energy is in the ``other`` phase, unseen there). None when no record paused."""
+    runs = by_run(records)
+    if not any(r.paused_s for mine in runs.values() for r in mine):
+        return None
+    per_run = [_paused_costs(mine) for mine in runs.values()]
+    return {key: over_runs([costs[key] for costs in per_run]) for key in ("seconds", "energy_kwh", "co2eq_g")}
+
+
+def _paused_costs(records: Sequence[Record]) -> dict[str, float]:
+    costs = {"seconds": 0.0, "energy_kwh": 0.0, "co2eq_g": 0.0}
+    for r in records:
+        if r.paused_s:
+            share = min(1.0, r.paused_s / r.duration_s) if r.duration_s > 0 else 1.0
+            costs["seconds"] += r.paused_s
+            costs["energy_kwh"] += r.energy_kwh * share
+            costs["co2eq_g"] += r.co2eq_g * share
+    return costs
+
+
 def summary(records: Sequence[Record], *, with_equivalents: bool = False, compare: Sequence[str] = ()) -> dict:
     """Everything a report says about the runs given, as one JSON-friendly dict (they are taken as repeats)."""
     if not records:
@@ -684,6 +746,7 @@ def summary(records: Sequence[Record], *, with_equivalents: bool = False, compar
             "sensor_uncertainty_kwh": sum(t["uncertainty_kwh"] for t in totals.values()) / len(totals),
         },
         "embodied": embodied_total(totals),
+        "carbon_pause": carbon_pause(records),
         "hardware": hardware(records),
         "carbon": carbon_summary(records),
         "provenance": provenance(records),

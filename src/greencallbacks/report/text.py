@@ -124,6 +124,15 @@ def format_phase_summary(data: dict) -> str:
     return markdown_table(header, body, "lrrrr")
 
 
+def pause_sentence(pause: dict, runs: int) -> str:
+    """One sentence: how long training waited for a cleaner grid, and what that time cost."""
+    seconds, energy, grams = pause["seconds"], pause["energy_kwh"], pause["co2eq_g"]
+    per_run = " per run (mean ± SE)" if runs > 1 else ""
+    return (f"Training was paused {_scaled(seconds, 1.0)} s{per_run} for a cleaner grid (carbon-aware pause); "
+            f"that time used {energy_text(energy['mean'], energy['se'])} and emitted "
+            f"{mass_text(grams['mean'], grams['se'])}, counted in the time between phases (other).")
+
+
 def _embodied_lines(data: dict) -> list[str]:
     """Operational, embodied (with its range) and their sum, each stated apart."""
     embodied, total = data["embodied"], data["total"]
@@ -147,6 +156,8 @@ def _markdown_group(data: dict, level: str) -> list[str]:
         parts += ["No training epochs in these records (evaluation or prediction alone, or steps outside any epoch, such as "
                   "a tuner's trials).", ""]
     parts += [f"{level} Totals by phase", "", format_phase_summary(data), ""]
+    if data.get("carbon_pause"):
+        parts += [pause_sentence(data["carbon_pause"], len(runs)), ""]
     if data.get("embodied"):
         parts += [f"{level} Operational and embodied CO2eq", "", *_embodied_lines(data), ""]
     parts += [f"{level} Hardware", ""]
@@ -245,7 +256,8 @@ def _latex_group(data: dict, caption_extra: str, label: str) -> list[str]:
     per_row = len(methods) > 1
     caption = ("Energy and emissions" + (" per training epoch" if rows else "") + latex_escape(caption_extra) + "." + over
                + (f" Measured by: {latex_escape(methods[0])}." if not per_row else "")
-               + " Whole run: every phase (training, evaluation and the time between phases).")
+               + " Whole run: every phase (training, evaluation and the time between phases)."
+               + (" " + latex_escape(pause_sentence(data["carbon_pause"], len(data["runs"]))) if data.get("carbon_pause") else ""))
     lines = [
         r"\begin{table}[t]",
         r"\centering",
