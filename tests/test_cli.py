@@ -546,3 +546,82 @@ def test_the_library_names_a_named_pipe_as_one_too(tmp_path):
         load(fifo)
     with pytest.raises(FileNotFoundError, match="no such file or directory"):
         load(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["report", "--compare-zones", "XX"], "greencallbacks report: error: unknown zone 'XX'"),
+    (["whatif", "--intensity", "MISSING"], "greencallbacks whatif: error: series file"),
+    (["whatif", "--intensity", "SERIES", "--window-h", "-3"], "greencallbacks whatif: error: --window-h must be"),
+    (["whatif", "--intensity", "SERIES", "--threshold", "0"], "greencallbacks whatif: error: --threshold must be"),
+    (["whatif", "--intensity", "SERIES", "--zones", "XX"], "greencallbacks whatif: error: unknown zone 'XX'"),
+    (["lifecycle", "--inferences", "5", "--search", "EMPTY"], "greencallbacks lifecycle: error: no energy-records"),
+], ids=["report zones", "whatif series", "whatif window", "whatif threshold", "whatif zones", "lifecycle search"])
+def test_a_bad_flag_is_one_line_even_where_several_runs_would_be_listed(tmp_path, capsys, flags, says):
+    write(tmp_path / "runs" / "energy-records.jsonl", three_runs())
+    (tmp_path / "empty").mkdir()
+    fill = {"SERIES": str(_series_covering_one_run(tmp_path)), "MISSING": str(tmp_path / "missing.csv"),
+            "EMPTY": str(tmp_path / "empty")}
+    code, err = _exit_code_and_err([flags[0], str(tmp_path / "runs"), *[fill.get(a, a) for a in flags[1:]]], capsys)
+    assert code == 2 and len(err.splitlines()) == 1 and err.startswith(says), err
+    assert "run seed-" not in err  # a flag's error is the flag's, not one run's
+
+
+def test_an_error_of_one_of_several_runs_is_one_line_and_success_lists_them(tmp_path, capsys):
+    evaluated = [rec("evaluated", "test", None, 1800.0, 500, 0), rec("predicted", "predict", None, 900.0, 500, 0)]
+    write(tmp_path / "untrained" / "energy-records.jsonl", evaluated)
+    code, err = _exit_code_and_err(["lifecycle", str(tmp_path / "untrained"), "--inferences", "5"], capsys)
+    assert code == 2 and err == "greencallbacks lifecycle: error: no run with training records among evaluated, predicted\n"
+    write(tmp_path / "energy-records.jsonl", three_runs() + evaluated[:1])
+    code, out, err = run(["lifecycle", str(tmp_path / "energy-records.jsonl"), "--inferences", "5"], capsys)
+    assert code == 0 and "4 runs found" in err and "run evaluated has no training records" in err and "run seed-1" in out
+
+
+def _warn_from(filename, category, text):
+    """A command that warns as if from code in ``filename`` (another library's, or greencallbacks')."""
+    import warnings
+
+    def command(args):
+        warnings.warn_explicit(text, category, filename, 1, module=os.path.basename(filename), registry={})
+        return 0
+
+    return command
+
+
+def test_only_greencallbacks_warnings_speak_as_greencallbacks(monkeypatch, capsys):
+    import sys as sys_
+    import warnings
+
+    from greencallbacks import cli
+    from greencallbacks.meter import EnergyWarning
+
+    monkeypatch.setattr(sys_, "warnoptions", [])
+    said = {}
+    for name, (filename, category, text) in {
+        "ours": (__file__, EnergyWarning, "greencallbacks: the sensor failed"),
+        "ours, plain": (cli.__file__, UserWarning, "skipped a torn last line"),
+        "theirs": (pytest.__file__, UserWarning, "a dependency's remark"),
+        "their deprecation": (pytest.__file__, FutureWarning, "`isinstance(treespec, LeafSpec)` is deprecated"),
+    }.items():
+        monkeypatch.setattr(cli, "cmd_zones", _warn_from(filename, category, text))
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            assert main(["zones"]) == 0
+        said[name] = capsys.readouterr().err
+    assert said["ours"] == "greencallbacks zones: warning: the sensor failed\n"
+    assert said["ours, plain"] == "greencallbacks zones: warning: skipped a torn last line\n"
+    assert said["theirs"] == "pytest: UserWarning: a dependency's remark\n"
+    assert said["their deprecation"] == ""  # addressed to the code that calls pytest, not to the command's user
+    monkeypatch.setattr(sys_, "warnoptions", ["default"])  # python -W default: every warning asked for
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        assert main(["zones"]) == 0
+    assert capsys.readouterr().err == "pytest: FutureWarning: `isinstance(treespec, LeafSpec)` is deprecated\n"
+
+
+def test_zone_help_offers_only_zones_that_work(capsys):
+    with pytest.raises(SystemExit):
+        main(["estimate", "--help"])
+    out = capsys.readouterr().out
+    assert "US-CA" in out and "CAMX" not in out and "eGRID subregion (" not in out
+    code, out, _ = run(["estimate", "--hours", "1", "--gpu", "T4", "--zone", "US-CA"], capsys)
+    assert code == 0 and "US-CA" in out

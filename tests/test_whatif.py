@@ -384,3 +384,52 @@ def test_main_refuses_a_series_of_another_year(recorded_run, tmp_path, capsys):
     assert main([str(run), "--intensity", str(old)]) == 2
     err = capsys.readouterr().err
     assert "covers" in err and "Give a series that covers the run" in err and "Traceback" not in err
+
+
+# --------------------------------------------------------------- pausing nothing, resumed runs
+def test_a_pause_scenario_that_pauses_nothing_saves_exactly_nothing():
+    # Odd durations on a per-second series: splitting the phases anew would round differently.
+    series = IntensitySeries(tuple(T0 + i for i in range(200)), tuple(100.0 + (i * 37) % 50 for i in range(200)), "s")
+    run, start = [], T0 + 0.3
+    for index in range(10):
+        run.append(record(start, 0.7 + index * 0.13, 1e-4 * (index + 1) / 3, seq=index))
+        start += 0.7 + index * 0.13
+    paused = whatif(run, series, threshold=1000, window_h=0).pause_resume
+    assert "paused 0 s in 0 pause(s)" in paused.detail
+    assert paused.saving_g == 0.0 and paused.saving_pct == 0.0
+
+
+def resumed_run():
+    """Attempt 0 ran hour 0, crashed; attempt 1 resumed at hour 3 and ran hour 3: 2 h idle between."""
+    return [record(T0, HOUR, 1.0), dataclasses.replace(record(T0 + 3 * HOUR, HOUR, 1.0, seq=1), attempt=1)]
+
+
+def test_a_resumed_run_is_timed_by_its_attempts_not_the_idle_time_between():
+    result = whatif(resumed_run(), hourly([100, 400, 400, 400, 100, 100, 100, 100, 100]), threshold=300)
+    assert result.run_duration_s == 2 * HOUR and result.idle_s == 2 * HOUR and result.attempts == 2
+    assert "over 2 h in 2 attempts (2 h idle between them, not counted)" in result.to_markdown()
+    assert result.as_recorded.co2eq_g == pytest.approx(100 + 400)
+    # Idle hours 1-2 are not paused (nothing runs then); hour 3 is, within a budget of the 2 h it ran.
+    paused = result.pause_resume
+    assert paused.co2eq_g == pytest.approx(100 + 100) and paused.detail.startswith("paused 1 h in 1 pause(s)")
+    assert paused.end_unix == T0 + 5 * HOUR
+
+
+def test_a_resumed_runs_pauses_are_budgeted_on_its_running_time():
+    # Every hour after the first is dirty: the run may pause 2 h (its running time), not 4 h (first start to last end).
+    series = hourly([100] + [400] * 5 + [100] * 6)
+    paused = whatif(resumed_run(), series, threshold=300).pause_resume
+    assert paused.detail.startswith("paused 2 h in 1 pause(s)") and paused.end_unix == T0 + 6 * HOUR
+    assert paused.co2eq_g == pytest.approx(100 + 400)  # the budget ran out at hour 5
+    # The default threshold's span: 4 h from first start to last end, and 2 h of pauses.
+    assert "the median over the 6 h the run may span" in whatif(resumed_run(), series).threshold_note
+
+
+def test_main_says_a_runs_error_in_one_line_when_several_runs_are_found(tmp_path, capsys):
+    for name, start in (("version_0", T0), ("version_1", T0 + 400 * 24 * HOUR)):  # the series covers only the first
+        writer = RecordWriter(tmp_path / "logs" / name / "energy" / "energy-records.jsonl")
+        writer.write(dataclasses.replace(record(start, HOUR, 1.0), run_id=name))
+    series = write_series(tmp_path / "grid.csv", zip(SERIES.times_unix, SERIES.values_g_per_kwh))
+    assert main([str(tmp_path / "logs"), "--intensity", str(series)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.startswith("greencallbacks whatif: error: run version_1: "), err

@@ -28,7 +28,7 @@ class OneLineErrorParser(argparse.ArgumentParser):
 def _add_carbon_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("carbon intensity (default: world average, said in every output)")
     group.add_argument("--country", help="ISO 3166 alpha-2 or alpha-3 code, e.g. FR or FRA")
-    group.add_argument("--zone", help="sub-national zone: US state (US-CA) or eGRID subregion (CAMX)")
+    group.add_argument("--zone", help="sub-national zone: a US state, e.g. US-CA (`greencallbacks zones` lists them)")
     group.add_argument("--region", help="cloud region, e.g. aws:us-east-1, gcp:europe-west1, azure:westeurope")
     group.add_argument("--intensity", type=float, help="gCO2eq/kWh, a number you know")
     group.add_argument("--pue", type=float, help="power usage effectiveness of the data centre (>= 1)")
@@ -100,28 +100,41 @@ def load_records(paths: Sequence[str | os.PathLike]):
     return loaded
 
 
-def _load_runs(paths: Sequence[Path], run_id: str | None, command: str):
-    """Records under ``paths`` (log roots searched at any depth), the run chosen with --run-id, and its runs."""
-    from greencallbacks.runs import describe_runs, select_run
+def _load_runs(paths: Sequence[Path], run_id: str | None):
+    """Records under ``paths`` (log roots searched at any depth), the run chosen with --run-id, its
+    runs, and what was loaded (for ``_say_runs``)."""
+    from greencallbacks.runs import select_run
 
     loaded = load_records(paths)
     records = select_run(loaded.records, run_id, how_to_choose="--run-id")
     runs = [run_id] if run_id else loaded.runs
+    return records, runs, loaded
+
+
+def _say_runs(loaded, runs: Sequence[str], command: str) -> None:
+    """The runs found, when there are several: said once the command has its output, so that an
+    error is the one line it prints."""
+    from greencallbacks.runs import describe_runs
+
     if len(runs) > 1:
         print(f"greencallbacks {command}: {len(runs)} runs found in {len(loaded.files)} records file(s) "
               "(choose one with --run-id):", file=sys.stderr)
         for line in describe_runs(loaded):
             print(f"  {line}", file=sys.stderr)
-    return records, runs
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from greencallbacks import report
+    from greencallbacks.estimate import intensity_for
 
     if args.plot is not None:
         report.plot_format(args.plot)  # a wrong extension fails before the report is printed
-    records, _ = _load_runs(args.paths, args.run_id, "report")
-    print(report.render(records, args.format, with_equivalents=args.equivalents, compare=args.compare_zones or ()), end="")
+    for zone in args.compare_zones or ():
+        intensity_for(zone)  # an unknown zone is the flag's error, before any records are read
+    records, runs, loaded = _load_runs(args.paths, args.run_id)
+    text = report.render(records, args.format, with_equivalents=args.equivalents, compare=args.compare_zones or ())
+    _say_runs(loaded, runs, "report")
+    print(text, end="")
     if args.plot is not None:
         report.plot_epochs(records, args.plot)
         print(f"plot: {args.plot}", file=sys.stderr)
@@ -132,21 +145,22 @@ def cmd_lifecycle(args: argparse.Namespace) -> int:
     from greencallbacks.lifecycle import lifecycle
     from greencallbacks.units import J_PER_KWH
 
-    records, runs = _load_runs(args.paths, args.run_id, "lifecycle")
-    search = load_records(args.search).records if args.search else []
+    search = load_records(args.search).records if args.search else []  # a flag's path, before the runs
+    records, runs, loaded = _load_runs(args.paths, args.run_id)
     several = len(runs) > 1
+    skipped: list[str] = []
     if args.run_id is None:
         # A log root may hold runs that trained nothing (a separate test or evaluate session): they
         # have no life cycle of their own, and must not stop the others'. --run-id naming one still fails.
         trained = {r.run_id for r in records if r.phase == "train"}
         skipped = [run for run in runs if run not in trained]
-        for run in skipped:
-            print(f"greencallbacks lifecycle: run {run} has no training records (no training epoch: evaluation or "
-                  "prediction alone, or a tuner's trials): skipped", file=sys.stderr)
-        runs = [run for run in runs if run in trained]
-        if not runs:
+        if len(skipped) == len(runs):
             raise ValueError(f"no run with training records among {', '.join(skipped)}")
-    cycles = [(run, lifecycle(records, search=search, run_id=run)) for run in runs]
+    cycles = [(run, lifecycle(records, search=search, run_id=run)) for run in runs if run not in skipped]
+    _say_runs(loaded, runs, "lifecycle")
+    for run in skipped:
+        print(f"greencallbacks lifecycle: run {run} has no training records (no training epoch: evaluation or "
+              "prediction alone, or a tuner's trials): skipped", file=sys.stderr)
     if args.json:
         documents = [{"run_id": run, **lc.to_dict(inferences=args.inferences)} for run, lc in cycles]
         print(json.dumps(documents if several else documents[0], indent=2))
@@ -425,16 +439,53 @@ def _exit(status: int, message: str) -> None:
     raise SystemExit(status)
 
 
+# What a dependency says of its own future (deprecations): addressed to whoever writes code
+# against it, here the command's own code, so nothing a user of the command can act on.
+_DEPRECATIONS = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _is_ours(message, category: type, filename: str) -> bool:
+    """A warning of greencallbacks: its own category, its own words, or raised at its own line
+    (a deprecation raised there is a dependency's, about the dependency)."""
+    return (
+        category.__module__.split(".")[0] == "greencallbacks"
+        or str(message).startswith("greencallbacks: ")
+        or (os.path.abspath(filename).startswith(_PACKAGE_DIR) and not issubclass(category, _DEPRECATIONS))
+    )
+
+
+def _origin(filename: str) -> str:
+    """The top-level package whose code raised a warning (``lightning``, ``torch``), else its file's name."""
+    path = os.path.abspath(filename)
+    for name, module in list(sys.modules.items()):
+        module_file = getattr(module, "__file__", None)
+        if module_file and os.path.abspath(module_file) == path:
+            return name.split(".")[0]
+    return os.path.basename(filename)
+
+
 def _one_line_warning(command: str):
-    """``warnings.showwarning`` for the command line: ``greencallbacks report: warning: ...``, one line."""
+    """``warnings.showwarning`` for the command line: ``greencallbacks report: warning: ...``, one line.
+
+    Only greencallbacks' own warnings speak as greencallbacks; another library's name it
+    (``lightning: UserWarning: ...``). Its deprecations are left out unless warnings were asked
+    for (``python -W``, ``PYTHONWARNINGS``).
+    """
     prefix = f"greencallbacks {command}: " if command else "greencallbacks: "
 
     def show(message, category, filename, lineno, file=None, line=None) -> None:
         text = str(message)
-        if text.startswith("greencallbacks: "):  # the library's own warnings already say who speaks
-            text = text[len("greencallbacks: "):]
+        if _is_ours(message, category, filename):
+            if text.startswith("greencallbacks: "):  # the library's own warnings already say who speaks
+                text = text[len("greencallbacks: "):]
+            said = f"{prefix}warning: {text}"
+        elif issubclass(category, _DEPRECATIONS) and not sys.warnoptions:
+            return
+        else:
+            said = f"{_origin(filename)}: {category.__name__}: {text}"
         try:
-            print(f"{prefix}warning: {text}", file=file or sys.stderr)
+            print(said, file=file or sys.stderr)
         except OSError:
             pass
 

@@ -85,6 +85,8 @@ class WhatIfResult:
     threshold_note: str
     series_covers: tuple[float, float] | None = None  # unix seconds; None for a source without timestamps
     window_end_unix: float | None = None  # the latest end Flexible Start tried
+    idle_s: float = 0.0  # between a crash and the resume: no part of run_duration_s
+    attempts: int = 1
 
     @property
     def scenarios(self) -> list[Scenario]:
@@ -94,8 +96,10 @@ class WhatIfResult:
         return asdict(self)
 
     def to_markdown(self) -> str:
+        resumed = (f" in {self.attempts} attempts ({_duration(self.idle_s)} idle between them, not counted)"
+                   if self.idle_s > 0 else "")
         lines = [
-            f"What-if for a run of {_energy_text(self.energy_kwh)} over {_duration(self.run_duration_s)} "
+            f"What-if for a run of {_energy_text(self.energy_kwh)} over {_duration(self.run_duration_s)}{resumed} "
             f"starting {_iso(self.run_start_unix)}, priced with {self.series_name}.",
             f"Recorded CO2eq: {number(self.recorded_co2eq_g, 4)} g.",
             "",
@@ -174,14 +178,37 @@ def energy_profile(records: Iterable["Record"]) -> tuple[float, list[Phase]]:
     A record's ``duration_s`` is the time billed to it, which leaves out the records nested in
     it; each record becomes the pieces of its own time, so the pieces never overlap.
     """
+    return _profile(_laid_out_attempts(records))
+
+
+def _laid_out_attempts(records: Iterable["Record"]) -> list[list[tuple[float, float, float]]]:
+    """The pieces ``(wall start, seconds, kWh)`` of each attempt (a run resumed after a crash has several)."""
     attempts: dict[tuple[str, int], list["Record"]] = {}
     for record in records:
         attempts.setdefault((record.run_id, record.attempt), []).append(record)
     if not attempts:
         raise ValueError("records is empty: nothing to analyse")
-    pieces = [piece for attempt in attempts.values() for piece in _lay_out(attempt)]
+    return [_lay_out(attempt) for attempt in attempts.values()]
+
+
+def _profile(attempts: Sequence[Sequence[tuple[float, float, float]]]) -> tuple[float, list[Phase]]:
+    pieces = [piece for attempt in attempts for piece in attempt]
     run_start = min(start for start, _, _ in pieces)
     return run_start, [Phase(start - run_start, duration, energy) for start, duration, energy in pieces]
+
+
+def idle_between_attempts(attempts: Sequence[Sequence[tuple[float, float, float]]],
+                          run_start: float) -> list[tuple[float, float]]:
+    """The spans ``(from, to)``, as offsets from the run's start, when no attempt of the run ran:
+    between a crash and the resume. Nothing ran then, so it is no part of the run's time."""
+    spans = sorted((min(s for s, _, _ in pieces), max(s + d for s, d, _ in pieces)) for pieces in attempts if pieces)
+    idle = []
+    reached = spans[0][1]
+    for start, end in spans[1:]:
+        if start > reached + TIMESTAMP_SLACK_S:
+            idle.append((reached - run_start, start - run_start))
+        reached = max(reached, end)
+    return idle
 
 
 @dataclass
@@ -296,16 +323,20 @@ def flexible_start(
 
 
 def pause_schedule(
-    run_start: float, run_duration_s: float, series: "IntensitySource", threshold: float, step_s: float
+    run_start: float, run_duration_s: float, series: "IntensitySource", threshold: float, step_s: float,
+    idle: Sequence[tuple[float, float]] = (),
 ) -> list[tuple[float, float, float]]:
     """Running spans ``(wall_start, wall_end, work_offset)`` for Pause and Resume.
 
     Walks the series' steps from the run's start: a step whose mean intensity is above the
     threshold is skipped whole while the pauses so far plus this step fit in the budget (the
-    run's own duration); otherwise the run works through it, until its work is done.
+    run's own running time); otherwise the run works through it, until its work is done.
+    ``run_duration_s`` is the profile's length from first start to last end; ``idle``, the
+    spans of it (offsets) when no attempt ran: they go along as recorded, are not paused (that
+    would save nothing) and are not part of the budget.
     """
-    budget = run_duration_s * (MAX_SLOWDOWN - 1.0)
-    horizon = run_start + run_duration_s * MAX_SLOWDOWN
+    budget = (run_duration_s - sum(end - start for start, end in idle)) * (MAX_SLOWDOWN - 1.0)
+    horizon = run_start + run_duration_s + budget
     edges = _slot_edges(series, run_start, horizon, step_s)
     running: list[tuple[float, float, float]] = []
     paused = work_done = 0.0
@@ -313,10 +344,11 @@ def pause_schedule(
         if work_done >= run_duration_s:
             break
         length = right - left
-        if paused + length <= budget and series.mean_between(left, right).g_per_kwh > threshold:
+        worked = min(length, run_duration_s - work_done)
+        idle_only = any(start <= work_done and work_done + worked <= end for start, end in idle)
+        if not idle_only and paused + length <= budget and series.mean_between(left, right).g_per_kwh > threshold:
             paused += length
             continue
-        worked = min(length, run_duration_s - work_done)
         if running and running[-1][1] == left:  # extend the span the run is already in
             w0, _, offset = running[-1]
             running[-1] = (w0, left + worked, offset)
@@ -332,17 +364,31 @@ def pause_schedule(
 def co2_with_schedule(
     phases: Sequence[Phase], running: Sequence[tuple[float, float, float]], series: "IntensitySource"
 ) -> float:
-    """Grams of CO2eq of the profile executed in the given running spans."""
+    """Grams of CO2eq of the profile executed in the given running spans.
+
+    A phase inside one span is priced as ``co2_at`` prices it (its own energy over its own
+    duration): a schedule that pauses nothing then costs exactly what the run cost as recorded,
+    not that plus the rounding of splitting it differently.
+    """
     total = 0.0
+    work_ends = [offset for _, _, offset in running[1:]]
+    if running:  # the last span runs to the end of the work, whatever the rounding of its wall times
+        wall_start, wall_end, offset = running[-1]
+        profile_end = max((p.offset_s + p.duration_s for p in phases), default=0.0)
+        work_ends.append(max(offset + (wall_end - wall_start), profile_end))
     for phase in phases:
         if phase.duration_s == 0:
             wall = _wall_time(running, phase.offset_s)
             total += phase.energy_kwh * series.mean_between(wall, wall).g_per_kwh
             continue
+        phase_end = phase.offset_s + phase.duration_s
         kwh_per_s = phase.energy_kwh / phase.duration_s
-        for wall_start, wall_end, work_offset in running:
-            work_end = work_offset + (wall_end - wall_start)
-            left, right = max(phase.offset_s, work_offset), min(phase.offset_s + phase.duration_s, work_end)
+        for (wall_start, _, work_offset), work_end in zip(running, work_ends):
+            if work_offset <= phase.offset_s and phase_end <= work_end:  # the whole phase in this span
+                w_left = wall_start + (phase.offset_s - work_offset)
+                total += phase.energy_kwh * series.mean_between(w_left, w_left + phase.duration_s).g_per_kwh
+                break
+            left, right = max(phase.offset_s, work_offset), min(phase_end, work_end)
             if right > left:
                 w_left = wall_start + (left - work_offset)
                 total += kwh_per_s * (right - left) * series.mean_between(w_left, w_left + right - left).g_per_kwh
@@ -356,13 +402,28 @@ def _wall_time(running: Sequence[tuple[float, float, float]], work_offset: float
     return running[-1][1]
 
 
-def default_threshold(series: "IntensitySource", run_start: float, run_duration_s: float, step_s: float) -> float:
-    """The median step intensity over the span the run may use (twice its duration)."""
-    edges = _slot_edges(series, run_start, run_start + run_duration_s * MAX_SLOWDOWN, step_s)
+def default_threshold(series: "IntensitySource", run_start: float, may_span_s: float, step_s: float) -> float:
+    """The median step intensity over the span the run may use (``may_span_s`` from its start)."""
+    edges = _slot_edges(series, run_start, run_start + may_span_s, step_s)
     return statistics.median(series.mean_between(a, b).g_per_kwh for a, b in zip(edges, edges[1:]))
 
 
 # ------------------------------------------------------------------------------------------ API
+def check_options(window_h: float = 24, threshold: float | None = None) -> None:
+    """Refuse a window or threshold that is no such number, before any run is read."""
+    if not (isinstance(window_h, numbers.Real) and math.isfinite(window_h) and window_h >= 0):
+        raise ValueError(f"window_h must be a finite number of hours >= 0, got {window_h!r}")
+    if threshold is not None and not (isinstance(threshold, numbers.Real) and math.isfinite(threshold) and threshold > 0):
+        raise ValueError(f"threshold must be a finite number of gCO2eq/kWh > 0, got {threshold!r}")
+
+
+def zone_carbon(zone: str):
+    """The static ``Carbon`` of a zone or cloud region (``provider:region``); an unknown one is refused."""
+    from greencallbacks.carbon import Carbon
+
+    return Carbon(region=zone) if ":" in zone else Carbon(zone=zone)
+
+
 def whatif(
     records: Sequence["Record"],
     series: "IntensitySource | str | Path",
@@ -378,20 +439,19 @@ def whatif(
     ``zones``: static zones or cloud regions to compare (``FR``, ``US-CA``, ``gcp:europe-west1``).
     ``step_s``: the Flexible Start step; default: the series' resolution.
     """
-    from greencallbacks.carbon import Carbon
-
-    if not (isinstance(window_h, numbers.Real) and math.isfinite(window_h) and window_h >= 0):
-        raise ValueError(f"window_h must be a finite number of hours >= 0, got {window_h!r}")
-    if threshold is not None and not (isinstance(threshold, numbers.Real) and math.isfinite(threshold) and threshold > 0):
-        raise ValueError(f"threshold must be a finite number of gCO2eq/kWh > 0, got {threshold!r}")
+    check_options(window_h, threshold)
     if isinstance(series, (str, Path)):
         from greencallbacks.carbon.series import IntensitySeries
 
         series = IntensitySeries.from_file(series)
     records = list(records)
-    run_start, phases = energy_profile(records)
+    attempts = _laid_out_attempts(records)
+    run_start, phases = _profile(attempts)
     run_end = max(run_start + p.offset_s + p.duration_s for p in phases)
-    run_duration = run_end - run_start
+    span = run_end - run_start  # first start to last end: a resumed run's idle time included
+    idle = idle_between_attempts(attempts, run_start)
+    idle_s = sum(end - start for start, end in idle)
+    run_duration = span - idle_s  # the time it ran
     energy = sum(r.energy_kwh for r in records)  # the records' own sum, not the pieces'
     step = step_s if step_s is not None else _resolution_s(series, run_start, run_end)
     if not (math.isfinite(step) and step > 0):
@@ -440,12 +500,13 @@ def whatif(
     threshold_note = ""
     chosen_threshold = threshold
     if run_duration > 0:
+        may_span = span + run_duration * (MAX_SLOWDOWN - 1.0)  # its pauses are budgeted on its running time
         if chosen_threshold is None:
-            chosen_threshold = default_threshold(series, run_start, run_duration, step)
+            chosen_threshold = default_threshold(series, run_start, may_span, step)
             threshold_note = (f"Pause-and-resume threshold: {chosen_threshold:.4g} gCO2eq/kWh, the median over the "
-                              f"{_duration(run_duration * MAX_SLOWDOWN)} the run may span (give --threshold to choose).")
-        spans = pause_schedule(run_start, run_duration, series, chosen_threshold, step)
-        paused_s = spans[-1][1] - run_start - run_duration
+                              f"{_duration(may_span)} the run may span (give --threshold to choose).")
+        spans = pause_schedule(run_start, span, series, chosen_threshold, step, idle=idle)
+        paused_s = spans[-1][1] - run_start - span
         pause_resume = scenario(
             f"pause and resume (> {chosen_threshold:.4g} g/kWh)", co2_with_schedule(phases, spans, series),
             start_unix=run_start, end_unix=spans[-1][1],
@@ -459,8 +520,7 @@ def whatif(
         zone = zone.strip()
         if not zone:
             continue
-        carbon = Carbon(region=zone) if ":" in zone else Carbon(zone=zone)
-        static = carbon.intensity_between(run_start, run_end)
+        static = zone_carbon(zone).intensity_between(run_start, run_end)
         regions.append(scenario(f"in {zone}", energy * static.g_per_kwh,
                                 detail=f"{static.g_per_kwh:.4g} g/kWh, {static.source}"))
 
@@ -469,6 +529,8 @@ def whatif(
         recorded_co2eq_g=sum(r.co2eq_g for r in records),
         run_start_unix=run_start,
         run_duration_s=run_duration,
+        idle_s=idle_s,
+        attempts=len(attempts),
         series_name=series_name,
         as_recorded=as_recorded,
         flexible_start=flexible,
@@ -550,20 +612,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.plot:
             plot_format(args.plot)
+        # The flags before the records: a bad flag is said as the flag's, alone, not after the
+        # listing of the runs found nor as one run's error.
+        check_options(args.window_h, args.threshold)
+        zones = [zone.strip() for zone in args.zones.split(",") if zone.strip()]
+        for zone in zones:
+            zone_carbon(zone)
+        series = IntensitySeries.from_file(args.intensity)
         loaded = load_records([args.run])  # refuses files without records, as report and lifecycle do
         select_run(loaded.records, args.run_id, how_to_choose="--run-id")  # an unknown id names the runs found
         runs = [args.run_id] if args.run_id else loaded.runs
-        if len(runs) > 1:
-            print(f"greencallbacks whatif: {len(runs)} runs found (choose one with --run-id):", file=sys.stderr)
-            for line in describe_runs(loaded):
-                print(f"  {line}", file=sys.stderr)
-        series = IntensitySeries.from_file(args.intensity)
-        zones = [z for z in args.zones.split(",") if z.strip()]
         records = by_run(loaded.records)
         for run in runs:
-            mine = records[run]
             try:
-                result = whatif(mine, series, window_h=args.window_h, threshold=args.threshold, zones=zones)
+                result = whatif(records[run], series, window_h=args.window_h, threshold=args.threshold, zones=zones)
             except ValueError as error:
                 raise ValueError(f"run {run}: {error}") from None
             results.append((run, result))
@@ -575,6 +637,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ModuleNotFoundError as error:  # matplotlib for --plot (extras.missing says how to install it)
         print(f"greencallbacks whatif: error: {error}", file=sys.stderr)
         return 1
+    if len(runs) > 1:  # said once every run is analysed: an error above is the only line
+        print(f"greencallbacks whatif: {len(runs)} runs found (choose one with --run-id):", file=sys.stderr)
+        for line in describe_runs(loaded):
+            print(f"  {line}", file=sys.stderr)
     if args.json:
         documents = [{"run_id": run, **result.to_dict()} for run, result in results]
         print(json.dumps(documents[0] if len(documents) == 1 else documents, indent=2))
