@@ -623,3 +623,20 @@ def test_a_checkpoint_keeps_what_the_forecast_needs_not_every_epoch_and_resumes_
     assert resumed.stats.seconds == pytest.approx(original.stats.seconds, rel=1e-12)
     assert resumed.steps_per_epoch == original.steps_per_epoch
     assert resumed.last_finished_epoch == original.last_finished_epoch == 299
+
+
+def test_the_run_ids_beside_a_run_are_read_from_each_line_as_json_would(tmp_path):
+    """Ids read without decoding whole records (a sweep's file is hundreds of MB) are the ids a full
+    read finds: escaped quotes and backslashes, other Unicode, key order and spacing of other writers."""
+    from greencallbacks.ledger import run_ids_in
+
+    first, clock, _ = setup(tmp_path, run_id='a "quoted" \\ id')
+    run_epochs(first, clock, epochs=1)
+    second, clock, _ = setup(tmp_path, run_id="essai-été-𝛼")
+    run_epochs(second, clock, epochs=1)
+    record = read_records(tmp_path)[0].to_dict()
+    reordered = {"seq": 0, **{k: v for k, v in record.items() if k != "run_id"}, "run_id": "other writer"}
+    with open(tmp_path / RECORDS_FILE, "a", encoding="utf-8") as out:
+        out.write(json.dumps(reordered, indent=None, separators=(", ", " : "), ensure_ascii=True) + "\n")
+    found = run_ids_in(tmp_path)
+    assert found == {r.run_id for r in read_records(tmp_path)} == {'a "quoted" \\ id', "essai-été-𝛼", "other writer"}
