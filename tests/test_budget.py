@@ -147,7 +147,8 @@ def test_emit_issues_each_message_as_an_energy_warning():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         decision.emit()
-    assert [str(w.message) for w in caught] == ["energy total 2 kWh reached the budget of 1 kWh"]
+    # Prefixed like every warning of the library; the summary keeps the bare text.
+    assert [str(w.message) for w in caught] == ["greencallbacks: energy total 2 kWh reached the budget of 1 kWh"]
     assert caught[0].category is EnergyWarning
 
 
@@ -240,3 +241,128 @@ def test_after_a_crash_the_summary_budget_agrees_with_the_run_total(tmp_path):
     assert summary["budget"]["used"]["kwh"] == pytest.approx(summary["energy_kwh"])
     assert summary["budget"]["used_fraction"] == pytest.approx(0.5)
     assert summary["budget"]["warnings"] == []  # the run is over: reported, not warned of
+
+
+# ------------------------------------------------- warnings given after the checkpoint, then a crash
+LIMIT_KWH = 0.01  # the scripted GPU draws 3600 W: 0.001 kWh per fake second
+
+
+def _session(tmp_path, clock, budget: Budget | None = None):
+    from greencallbacks.sensors.base import Kind
+    from greencallbacks.session import EnergySession
+    from tests.fakes.scripted import ScriptedSensor
+
+    sensor = ScriptedSensor("gpu0", clock, power_w=3600.0, kind=Kind.GPU)
+    return EnergySession(intensity=100.0, pue=1.0, output_dir=tmp_path, sensors=[sensor], embodied=False,
+                         budget=budget or Budget(kwh=LIMIT_KWH, warn_at=0.5))
+
+
+def _epoch(session, clock, epoch: int, seconds: float) -> None:
+    session.tracker.begin("train", epoch)
+    clock.advance(seconds)
+    session.tracker.end("train")
+
+
+def _budget_warnings(action) -> list[str]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        action()
+    return [str(w.message) for w in caught if "budget" in str(w.message)]
+
+
+def _crashed_after_a_warning_past_its_checkpoint(tmp_path, clock, *, warn_at_epoch_end: bool) -> dict:
+    """Epoch 0 (40 %), a checkpoint, then 60 % warned of in epoch 1 (at a step log, or at its end),
+    then a failure. Returns the checkpoint's state."""
+    session = _session(tmp_path, clock)
+    session.start()
+    _epoch(session, clock, 0, 4.0)
+    assert _budget_warnings(session.check_budget) == []
+    state = session.state_dict()
+    if warn_at_epoch_end:
+        _epoch(session, clock, 1, 2.0)
+        said = _budget_warnings(session.check_budget)
+        session.tracker.begin("train", 2)
+    else:
+        session.tracker.begin("train", 1)
+        clock.advance(2.0)
+        said = _budget_warnings(session.live_metrics)
+    assert said == ["greencallbacks: energy total 0.006 kWh is 60 % of the budget of 0.01 kWh"]
+    session.stop(failed=True)
+    return state
+
+
+def test_a_warning_given_after_the_checkpoint_is_not_repeated_after_a_crash_and_the_summary_keeps_it(tmp_path):
+    import json
+
+    from tests.fakes.scripted import FakeClock
+
+    clock = FakeClock()
+    state = _crashed_after_a_warning_past_its_checkpoint(tmp_path, clock, warn_at_epoch_end=False)
+    resumed = _session(tmp_path, clock)
+    resumed.start()
+    resumed.load_state_dict(state)  # Lightning's order: restored after the start
+    _epoch(resumed, clock, 1, 2.0)  # 0.008 kWh: past 50 %, which was warned of before the crash
+    assert _budget_warnings(resumed.check_budget) == []
+    _epoch(resumed, clock, 2, 3.0)
+    assert _budget_warnings(resumed.check_budget) == [
+        "greencallbacks: energy total 0.011 kWh reached the budget of 0.01 kWh"
+    ]
+    resumed.stop()
+    summary = json.loads((tmp_path / "energy-summary.json").read_text())
+    assert summary["attempts"] == 2
+    assert summary["budget"]["warnings"] == [
+        "energy total 0.006 kWh is 60 % of the budget of 0.01 kWh",
+        "energy total 0.011 kWh reached the budget of 0.01 kWh",
+    ]
+
+
+def test_a_process_killed_outright_leaves_its_epoch_end_warnings_in_the_records(tmp_path):
+    # Killed, it writes no summary: the totals of its records at each epoch end tell what was judged.
+    import json
+
+    from tests.fakes.scripted import FakeClock
+
+    clock = FakeClock()
+    state = _crashed_after_a_warning_past_its_checkpoint(tmp_path, clock, warn_at_epoch_end=True)
+    (tmp_path / "energy-summary.json").unlink()
+    resumed = _session(tmp_path, clock)
+    resumed.load_state_dict(state)  # Keras' and HF's order: restored before the start
+    resumed.start()
+    _epoch(resumed, clock, 1, 2.0)
+    assert _budget_warnings(resumed.check_budget) == []
+    resumed.stop()
+    summary = json.loads((tmp_path / "energy-summary.json").read_text())
+    assert summary["budget"]["warnings"] == ["energy total 0.006 kWh is 60 % of the budget of 0.01 kWh"]
+
+
+def test_warnings_of_other_limits_are_not_recalled(tmp_path):
+    # Raised to go on: the summary's warnings were of the old limit; the new one warns afresh.
+    from tests.fakes.scripted import FakeClock
+
+    clock = FakeClock()
+    state = _crashed_after_a_warning_past_its_checkpoint(tmp_path, clock, warn_at_epoch_end=False)
+    raised = _session(tmp_path, clock, Budget(kwh=0.012, warn_at=0.5))
+    raised.start()
+    raised.load_state_dict(state)
+    _epoch(raised, clock, 1, 2.0)
+    assert _budget_warnings(raised.check_budget) == [
+        "greencallbacks: energy total 0.008 kWh is 67 % of the budget of 0.012 kWh"
+    ]
+    raised.stop()
+
+
+def test_recall_knows_every_threshold_from_its_message():
+    given = Budget(kwh=1.0, co2eq_g=100.0)
+    given.check(0.85, 10.0, prediction(1.1, 0.95, 1.25))  # kwh: 80 % and "may exceed"
+    given.check(0.9, 101.0)  # co2eq_g: reached
+    recalled = Budget(kwh=1.0, co2eq_g=100.0)
+    recalled.recall([*given.summary()["warnings"], "not a budget's warning"])
+    assert recalled.state_dict()["given"] == given.state_dict()["given"]
+    assert recalled.summary()["warnings"] == given.summary()["warnings"]
+    assert recalled.check(0.95, 105.0, prediction(1.1, 0.95, 1.25)).messages == ()
+    sure = Budget(kwh=1.0)
+    sure.recall(["predicted energy 1.21 kWh (95 % interval 1.1-1.3) exceeds the budget of 1 kWh"])
+    assert sure.check(0.5, 0.0, prediction(1.1, 0.95, 1.25)).messages == ()  # no "may exceed" after it
+    energy_only = Budget(kwh=1.0)
+    energy_only.recall(["co2eq_g total 101 g reached the budget of 100 g"])  # no CO2eq limit here
+    assert energy_only.summary()["warnings"] == []

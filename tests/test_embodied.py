@@ -166,6 +166,22 @@ def test_bad_arguments_name_themselves(kwargs, argument):
         embodied_for([], call.pop("duration_s"), **call)
 
 
+def test_a_host_share_without_a_host_fails_at_construction_naming_both():
+    # It divides the host's footprint: without a host it was accepted and ignored, unsaid.
+    from greencallbacks.embodied import estimate_embodied
+    from greencallbacks.tracker import Tracker
+
+    with pytest.raises(ValueError, match=r"host_share needs host \(one of \['server'\]\).*host_share=0.25"):
+        embodied_for([], 60, host_share=0.25)
+    with pytest.raises(ValueError, match="host_share needs host"):
+        Tracker(embodied={"host_share": 0.25})  # what every callback's embodied= builds
+    with pytest.raises(ValueError, match="host_share needs host"):
+        estimate_embodied(hours=1, gpu="H100 SXM", host_share=0.5)
+    # The whole host (the default share) is what estimate and the CLI pass when none was given.
+    assert estimate_embodied(hours=1, gpu="H100 SXM", host_share=1.0)["embodied_missing"] == []
+    assert embodied_for([{"name": "cpu", "kind": "cpu"}], 3600, host="server").grams == pytest.approx(amortised_g(2500, 3600))
+
+
 def test_defaults_are_the_documented_ones():
     assert DEFAULT_LIFETIME_YEARS == 5.0 and DEFAULT_UTILISATION == 0.85
 

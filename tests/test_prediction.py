@@ -247,3 +247,140 @@ def test_carbon_aware_pauses_are_no_cost_of_the_epochs_left(tmp_path):
     # Its gap and the 6 epochs left at their own cost; the pauses made are in, none is assumed to come.
     assert predicted * 3.6e6 == pytest.approx(so_far + 100.0 + 6 * 1100.0, rel=1e-9)
     tracker.finish()
+
+
+# ----------------------------------------------- CO2eq priced at the intensity series ahead
+WALL = 1.7e9  # the fake wall clock: the scripted clock plus this
+
+
+def _series_file(tmp_path, pieces, step_s=1.0):
+    """A CSV series of (seconds from the run's start, g/kWh) pieces, one row a second up to the last piece's end."""
+    start = FakeClock()() + WALL
+    rows = ["timestamp,gco2eq_per_kwh"]
+    for (begin, end), value in pieces:
+        rows += [f"{start + t:.0f},{value}" for t in range(int(begin), int(end), int(step_s))]
+    path = tmp_path / "series.csv"
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def _series_run(tmp_path, series, budget, epochs=10, intensity=None):
+    """Epochs of 4 s at 3600 W (0.004 kWh) with a 1-s gap, judged and logged at each epoch end as
+    the adapters do. Returns the session, the logged values and the budget warnings."""
+    import warnings
+
+    from greencallbacks.session import EnergySession
+
+    clock = FakeClock()
+    session = EnergySession(series=series, intensity=intensity, pue=1.0, output_dir=tmp_path / "energy", budget=budget,
+                            embodied=False)
+    session.tracker.start(Meter([ScriptedSensor("gpu0", clock, power_w=3600.0)], fallback=None, clock=clock,
+                                wall_clock=lambda: clock() + WALL))
+    session.tracker.planned_epochs = epochs
+    logged, said = [], []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for epoch in range(epochs):
+            session.tracker.begin("train", epoch)
+            clock.advance(4.0)
+            session.tracker.end("train")
+            stop = session.check_budget()
+            logged.append(session.metrics("train"))
+            if stop:
+                break
+            clock.advance(1.0)
+    said = [str(w.message) for w in caught if "budget" in str(w.message)]
+    session.stop()
+    return session, logged, said
+
+
+def test_a_co2eq_budget_is_judged_on_the_series_ahead_not_on_the_past_mean_intensity(tmp_path):
+    """Regression: 1000 g/kWh for the first 17 s, then 10 g/kWh. At epoch 3's end (19 s in) the run
+    had used 17.0 g and would end at 17.3 g, but the rest was priced at its past mean intensity
+    (~900 g/kWh): 44.8 g, and a 20-g budget stopped it after 4 of 10 epochs."""
+    from greencallbacks.budget import Budget
+
+    series = _series_file(tmp_path, [((-60, 17), 1000), ((17, 600), 10)])
+    session, logged, said = _series_run(tmp_path, series, Budget(co2eq_g=20.0, on_exceed="stop", warn_at=None))
+    total = session.tracker.total_co2eq_g
+    assert len(logged) == 10 and said == [] and not session.budget.stopped
+    assert total == pytest.approx(0.017 * 1000 + 0.033 * 10)  # 17 Wh before the drop, 33 Wh after
+    first = next(i for i, values in enumerate(logged) if not math.isnan(values["co2eq_g_predicted"]))
+    assert first == 3
+    for values in logged[first:]:  # energy is exact here, so is the CO2eq ahead
+        assert values["co2eq_g_predicted"] == pytest.approx(total, rel=1e-9)
+    assert "co2eq_g_predicted_low" not in logged[-1]  # the logged keys are the documented ones
+
+
+def test_a_constant_intensity_keeps_the_past_mean_prediction(tmp_path):
+    from greencallbacks.budget import Budget
+
+    _, logged, _ = _series_run(tmp_path, None, Budget(co2eq_g=1000.0), epochs=5, intensity=100.0)
+    assert logged[-1]["co2eq_g_predicted"] == pytest.approx(logged[-1]["energy_kwh_predicted"] * 100.0, rel=1e-12)
+
+
+def test_past_the_series_end_the_forecast_is_said_to_be_extrapolated(tmp_path):
+    # The series ends 22 s in; the rest of the run is priced at its last value, held, and the
+    # budget's message says so.
+    from greencallbacks.budget import Budget
+
+    series = _series_file(tmp_path, [((-60, 17), 1000), ((17, 22), 10)])
+    _, _, said = _series_run(tmp_path, series, Budget(co2eq_g=17.2, on_exceed="stop", warn_at=None))
+    assert len(said) == 1 and "predicted co2eq_g 17.33 g" in said[0] and "exceeds the budget of 17.2 g" in said[0]
+    assert "priced at the intensity series ahead, extrapolated past its data" in said[0]
+    assert said[0].endswith("stopping training")
+
+
+def _uneven_run():
+    """Epochs of 3 and 5 s of training in turn, at 3600 W (1 Wh a second), each with a 1-s gap; 8
+    of 12 done. At the end of epoch 7's training (39 s in), what is ahead: its 1-s gap, then 4
+    epochs of a mean 5 Wh and 5 s, 21 Wh in 21 s; the energy's interval, about 14-28 Wh."""
+    clock = FakeClock()
+    tracker = Tracker(carbon=Carbon(intensity=100.0))
+    tracker.start(Meter([ScriptedSensor("gpu0", clock, power_w=3600.0)], fallback=None, clock=clock,
+                        wall_clock=lambda: clock() + WALL))
+    tracker.planned_epochs = 12
+    for epoch in range(8):
+        if epoch:
+            clock.advance(1.0)
+        tracker.begin("train", epoch)
+        clock.advance(3.0 if epoch % 2 == 0 else 5.0)
+        tracker.end("train")
+    assert clock() - FakeClock()() == 39.0
+    return tracker, tracker.prediction()
+
+
+def _two_step_series(drop_at_s: float):
+    from greencallbacks.carbon import IntensitySeries
+
+    start = FakeClock()() + WALL
+    return IntensitySeries(times_unix=(start - 60, start + drop_at_s, start + 600), values_g_per_kwh=(500.0, 50.0, 50.0),
+                           name="two-step")
+
+
+def test_the_time_the_rest_takes_is_uncertain_and_the_interval_says_so():
+    """A drop of the intensity from 500 to 50 g/kWh just after the expected end of the run (60 s):
+    the central forecast pays 500 throughout, but a run that takes as long as its energy's upper
+    bound reaches the cheap hours, so the interval's low end is below 500 g/kWh's."""
+    from greencallbacks.prediction import priced_by_series
+
+    tracker, prediction = _uneven_run()
+    so_far_kwh, so_far_g = tracker.total_energy_j / 3.6e6, tracker.total_co2eq_g
+    ahead = {end: prediction[f"energy_kwh_predicted{end}"] - so_far_kwh for end in ("", "_low", "_high")}
+    assert ahead[""] == pytest.approx(0.021) and 0.01 < ahead["_low"] < ahead["_high"] < 0.03
+
+    constant = priced_by_series(prediction, tracker.ledger, _two_step_series(300))  # 500 all along
+    for end in ("", "_low", "_high"):
+        assert constant[f"co2eq_g_predicted{end}"] == pytest.approx(so_far_g + ahead[end] * 500.0, rel=1e-9)
+
+    after = priced_by_series(prediction, tracker.ledger, _two_step_series(62))
+    assert after["co2eq_g_predicted"] == pytest.approx(so_far_g + ahead[""] * 500.0, rel=1e-9)
+    assert after["co2eq_g_predicted_high"] == pytest.approx(so_far_g + ahead["_high"] * 500.0, rel=1e-9)
+    assert after["co2eq_g_predicted_low"] < so_far_g + ahead["_low"] * 500.0 - 1e-3
+
+    before = priced_by_series(prediction, tracker.ledger, _two_step_series(58))  # inside the central 21 s
+    assert before["co2eq_g_predicted"] == pytest.approx(so_far_g + ahead[""] * (19 * 500.0 + 2 * 50.0) / 21, rel=1e-9)
+    assert before["co2eq_g_predicted_high"] == pytest.approx(so_far_g + ahead["_high"] * 500.0, rel=1e-9)
+    assert before["co2eq_g_predicted_extrapolated"] == 0.0
+    assert math.isnan(priced_by_series({k: math.nan for k in prediction}, tracker.ledger, _two_step_series(58))["co2eq_g_predicted"])
+    tracker.finish()

@@ -23,7 +23,9 @@ why. ``load_state_dict()`` restores them when the limits and action are the ones
 resumed run neither repeats its warnings nor trains on past a budget it already exhausted (a
 stopped budget keeps answering ``stop``). With different limits (the user raised the budget to
 go on) nothing is restored and the new limits are judged afresh against the run's totals, which
-are the whole run's, not the new attempt's.
+are the whole run's, not the new attempt's. A checkpoint misses the warnings given after it and
+before a crash; ``recall`` and ``recall_checks`` take them from the run's previous summary and its
+records, so that they are not given again and the summary keeps them.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 ACTIONS = ("warn", "stop")
 DEFAULT_WARN_AT = 0.8
@@ -55,6 +57,31 @@ def _limit(name: str, value: object) -> float | None:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a finite number > 0 (or None for no limit on it), got {value!r}")
     return float(value)
+
+
+def _threshold_of(message: str) -> str | None:
+    """The threshold (``"kwh:warn_at"``, ...) a message of ``Budget.check`` warned of; None for
+    any other text. The inverse of the message templates in ``check``."""
+    for key, (words, _, _) in _QUANTITIES.items():
+        if message.startswith(f"{words} total "):
+            if " reached the budget of " in message:
+                return f"{key}:limit"
+            if " % of the budget of " in message:
+                return f"{key}:warn_at"
+        elif message.startswith(f"predicted {words} "):
+            if " may exceed the budget of " in message:
+                return f"{key}:predicted_central"
+            if " exceeds the budget of " in message:
+                return f"{key}:predicted"
+    return None
+
+
+def _extrapolation_note(key: str, prediction: Mapping[str, float] | None) -> str:
+    """Said where the CO2eq to come is priced at an intensity series past its data (see
+    ``greencallbacks.prediction.priced_by_series``), as records so priced say it."""
+    if key == "co2eq_g" and prediction and prediction.get("co2eq_g_predicted_extrapolated") == 1.0:
+        return ", priced at the intensity series ahead, extrapolated past its data (its nearest value held)"
+    return ""
 
 
 def _known(value: object) -> float | None:
@@ -96,7 +123,7 @@ class BudgetDecision:
         from greencallbacks.meter import warn
 
         for message in self.messages:
-            warn(message)
+            warn("greencallbacks: " + message)
 
 
 class Budget:
@@ -170,8 +197,10 @@ class Budget:
             energy_kwh: the run's total energy so far (kWh, facility energy as logged).
             co2eq_g: the run's total CO2eq so far (g).
             prediction: the tracker's prediction (``energy_kwh_predicted``, ``_low``, ``_high``,
-                ``co2eq_g_predicted``; optionally ``co2eq_g_predicted_low``/``_high``), or None.
-                NaN values (no prediction yet) are ignored.
+                ``co2eq_g_predicted``; optionally ``co2eq_g_predicted_low``/``_high``, and
+                ``co2eq_g_predicted_extrapolated`` = 1.0 where they price past an intensity
+                series' data, which its messages then say), or None. NaN values (no prediction
+                yet) are ignored.
 
         Totals that are None or NaN are skipped, never an error: a budget must not break training.
         """
@@ -204,8 +233,12 @@ class Budget:
                 interval = (
                     f" (95 % interval {_number(low)}-{_number(high)})" if low is not None and high is not None else ""
                 )
+                note = _extrapolation_note(key, prediction)
                 if low is not None and low > limit:
-                    text = f"predicted {words} {_number(central)} {unit}{interval} exceeds the budget of {_number(limit)} {unit}"
+                    text = (
+                        f"predicted {words} {_number(central)} {unit}{interval} exceeds the budget of "
+                        f"{_number(limit)} {unit}{note}"
+                    )
                     exceeded = exceeded or text
                     self._give(f"{key}:predicted", text, crossed, messages)
                     # A "may exceed" after a confident "exceeds" would read as a retraction.
@@ -213,7 +246,7 @@ class Budget:
                 elif central > limit:
                     text = (
                         f"predicted {words} {_number(central)} {unit}{interval} may exceed the budget of "
-                        f"{_number(limit)} {unit} (the interval still includes it)"
+                        f"{_number(limit)} {unit} (the interval still includes it){note}"
                     )
                     self._give(f"{key}:predicted_central", text, crossed, messages)
         newly_stopped = False
@@ -250,7 +283,7 @@ class Budget:
             return None
         low, high = _known(prediction.get(stem + "_low")), _known(prediction.get(stem + "_high"))
         if key == "co2eq_g" and (low is None or high is None):
-            # The tracker gives the interval in kWh only; CO2eq is energy times the run's mean
+            # Given in kWh only (a constant intensity): CO2eq is energy times the run's mean
             # intensity, so the same ratio carries the interval over.
             energy = _known(prediction.get("energy_kwh_predicted"))
             e_low = _known(prediction.get("energy_kwh_predicted_low"))
@@ -296,6 +329,36 @@ class Budget:
             "used": dict(self.used),
         }
 
+    def same_settings(self, fields: Mapping[str, Any]) -> bool:
+        """Whether ``fields`` (a saved state, or a summary's ``budget``) hold these limits and action;
+        TypeError or ValueError where its limits are not numbers."""
+        limits = {k: float(v) for k, v in dict(fields.get("limits") or {}).items()}
+        return limits == self.limits and fields.get("on_exceed") == self.on_exceed and fields.get("warn_at") == self.warn_at
+
+    def recall(self, messages: Iterable[str]) -> None:
+        """Take as given the warnings in ``messages``: this run's, given after the checkpoint this
+        budget was loaded from and before a crash (the previous summary lists them). None of their
+        thresholds is warned of again, and the summary keeps them. A message of a threshold given
+        already, of a quantity without a limit here, or not a budget's, is skipped."""
+        for message in messages:
+            key = _threshold_of(message) if isinstance(message, str) else None
+            if key is None or key in self._given or key.split(":")[0] not in self.limits:
+                continue
+            self._given.add(key)
+            self._messages.append(message)
+            if key.endswith(":predicted"):  # as in ``check``: no "may exceed" after "exceeds"
+                self._given.add(key + "_central")
+
+    def recall_checks(self, totals: Iterable[tuple[float | None, float | None]]) -> None:
+        """Take as given what checks at ``totals`` (energy kWh, CO2eq g) warned of: the run's
+        totals at the epoch ends of its earlier attempts, from its records, for a process killed
+        outright, which wrote no summary. Only the totals are judged (a prediction is not in the
+        records)."""
+        replica = Budget(**self.limits, on_exceed=self.on_exceed, warn_at=self.warn_at)
+        for energy_kwh, co2eq_g in totals:
+            replica.check(energy_kwh, co2eq_g)
+        self.recall(replica._messages)
+
     def load_state_dict(self, state: Mapping[str, Any]) -> bool:
         """Continue a saved budget; returns whether the saved state applied (same limits and action).
 
@@ -307,12 +370,7 @@ class Budget:
         for key, value in dict(state.get("used") or {}).items():
             if key in self.used and _known(value) is not None:
                 self.used[key] = max(self.used[key], float(value))
-        same = (
-            {k: float(v) for k, v in dict(state.get("limits") or {}).items()} == self.limits
-            and state.get("on_exceed") == self.on_exceed
-            and state.get("warn_at") == self.warn_at
-        )
-        if not same:
+        if not self.same_settings(state):
             return False
         self._given = set(state.get("given") or ())
         self._messages = list(state.get("messages") or ())

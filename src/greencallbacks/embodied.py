@@ -231,7 +231,7 @@ def embodied_for(
     *,
     models: Mapping[str, str] | None = None,
     host: str | None = None,
-    host_share: float = 1.0,
+    host_share: float | None = None,
     ram_gb: float | None = None,
     lifetime_years: float = DEFAULT_LIFETIME_YEARS,
     utilisation: float = DEFAULT_UTILISATION,
@@ -248,7 +248,8 @@ def embodied_for(
         host: the table key of the host machine (``"server"``) to bill its chassis, board, CPUs
             and memory; None (default) leaves the host out and says so in ``missing``, because a
             laptop is not a 2,500 kg server and the table cannot tell which it is.
-        host_share: the share of the host this run occupies, in (0, 1] (e.g. 2 of its 8 GPUs: 0.25).
+        host_share: the share of the host this run occupies, in (0, 1] (e.g. 2 of its 8 GPUs: 0.25);
+            only with ``host``. None (default): the whole host.
         ram_gb: memory to bill per GB (DRAM row) beyond what ``host`` already covers.
         lifetime_years, utilisation: the amortisation (see the module docstring for the defaults).
 
@@ -262,11 +263,15 @@ def embodied_for(
         raise ValueError(f"duration_s must be a finite number >= 0, got {duration_s!r}")
     lifetime_years = _positive("lifetime_years", lifetime_years)
     utilisation = _positive("utilisation", utilisation, upper=1.0)
-    host_share = _positive("host_share", host_share, upper=1.0)
     table = footprints()
+    servers = [k for k, row in table.items() if row.kind == "server"]
     if host is not None and (host not in table or table[host].kind != "server"):
-        servers = [k for k, row in table.items() if row.kind == "server"]
         raise ValueError(f"host must be one of {servers} or None, got {host!r}")
+    if host_share is not None and host is None:
+        # The share divides the host's footprint: without a host it would divide nothing, unsaid.
+        raise ValueError(f"host_share needs host (one of {servers}): it is the share of the host's footprint billed, "
+                         f"got host_share={host_share!r} without host")
+    host_share = 1.0 if host_share is None else _positive("host_share", host_share, upper=1.0)
     if ram_gb is not None:
         ram_gb = _positive("ram_gb", ram_gb)
     models = dict(models or {})
@@ -354,7 +359,9 @@ def estimate_embodied(
         components,
         hours * 3600.0,
         host=host,
-        host_share=host_share,
+        # 1.0 is also what ``estimate`` and the CLI pass when no share was given (the CLI refuses
+        # a share without a host itself); any other share needs a host.
+        host_share=None if host is None and host_share == 1.0 else host_share,
         ram_gb=ram_gb,
         lifetime_years=lifetime_years,
         utilisation=utilisation,

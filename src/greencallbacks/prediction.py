@@ -12,13 +12,30 @@ The 95 % interval is a prediction interval for that sum: with ``n`` complete epo
 variance of the remaining cost around its estimate is
 ``s_t^2 (1 + 1/n) + m s_c^2 + m^2 s_c^2 / n``, scaled by Student's t with ``n - 1`` degrees of
 freedom.
+
+CO2eq: ``predict`` prices the energy to come at the run's mean intensity so far, which holds for
+a constant intensity. Where the intensity is a time series that already gives the values to come
+(a ``series=`` file), ``priced_by_series`` prices it at the series instead: at its mean over the
+time the rest of the run is expected to take from its last training end (an epoch's mean tail,
+then the epochs the prediction counts, each of the mean epoch's wall time). That time is as
+uncertain as the energy: an epoch's wall time varies as its energy does at a training loop's
+steady power, so the interval's ends take the lowest and the highest series mean over the
+windows that long, from the shortest to the longest. Where those windows reach past the series'
+data, it holds its nearest value, as it does for records, and the prediction says it is
+extrapolated (``co2eq_g_predicted_extrapolated``).
 """
 
 from __future__ import annotations
 
+import bisect
 import math
+from datetime import datetime
+from typing import TYPE_CHECKING
 
 from greencallbacks.ledger import Ledger
+
+if TYPE_CHECKING:
+    from greencallbacks.carbon.series import IntensitySeries
 
 PREDICTION_STEMS = (
     "energy_kwh_predicted",
@@ -26,6 +43,10 @@ PREDICTION_STEMS = (
     "energy_kwh_predicted_high",
     "co2eq_g_predicted",
 )
+
+# The series steps inside the windows looked at: the mean over a window turns only at one. Past
+# this many, every k-th (a remaining week of one-minute data would be ~10,000 at each epoch end).
+MAX_STEPS_LOOKED_AT = 512
 
 # Two-sided 95 % Student t quantiles by degrees of freedom (1..10); 1.96 beyond.
 _T95 = (12.71, 4.30, 3.18, 2.78, 2.57, 2.45, 2.36, 2.31, 2.26, 2.23)
@@ -91,3 +112,70 @@ def _mean_and_sd(n: int, total: float, total_of_squares: float) -> tuple[float, 
     mean = total / n
     # Clamped: rounding can leave a hair below zero when every epoch cost the same.
     return mean, math.sqrt(max(0.0, (total_of_squares - n * mean * mean) / (n - 1)))
+
+
+def priced_by_series(prediction: dict[str, float], ledger: Ledger, series: "IntensitySeries") -> dict[str, float]:
+    """``prediction`` (from ``predict``) with the CO2eq of the energy to come priced at ``series``
+    over the time the rest of the run is expected to take (see the module docstring), and with its
+    own interval, ``co2eq_g_predicted_low`` / ``_high``; ``co2eq_g_predicted_extrapolated`` is 1.0
+    where those windows reach past the series' data. Unchanged while there is no prediction."""
+    so_far_kwh = ledger.energy_j / 3.6e6
+    ahead_kwh = prediction["energy_kwh_predicted"] - so_far_kwh
+    start = _last_training_end_unix(ledger)
+    seconds = _seconds_ahead(ledger, ahead_kwh) if math.isfinite(ahead_kwh) and ahead_kwh > 0 else None
+    if start is None or seconds is None:
+        return prediction
+    low_kwh = prediction["energy_kwh_predicted_low"] - so_far_kwh
+    high_kwh = prediction["energy_kwh_predicted_high"] - so_far_kwh
+    shortest, longest = seconds * low_kwh / ahead_kwh, seconds * high_kwh / ahead_kwh
+    lowest, highest = _extreme_means(series, start, shortest, longest)
+    covered_from, covered_until = series.coverage
+    extrapolated = start < covered_from or start + longest > covered_until or bool(series.gaps_between(start, start + longest))
+    return {
+        **prediction,
+        "co2eq_g_predicted": ledger.co2eq_g + ahead_kwh * _mean(series, start, start + seconds),
+        "co2eq_g_predicted_low": ledger.co2eq_g + low_kwh * lowest,
+        "co2eq_g_predicted_high": ledger.co2eq_g + high_kwh * highest,
+        "co2eq_g_predicted_extrapolated": 1.0 if extrapolated else 0.0,
+    }
+
+
+def _last_training_end_unix(ledger: Ledger) -> float | None:
+    """When the last finished training phase ended (unix s): the moment the prediction is made
+    from. None where its record is not at hand."""
+    record = ledger.last.get("train")
+    if record is None or record.partial or record.epoch != ledger.last_finished_epoch:
+        return None
+    try:
+        return datetime.fromisoformat(record.start_time).timestamp() + record.duration_s
+    except (TypeError, ValueError):
+        return None
+
+
+def _seconds_ahead(ledger: Ledger, ahead_kwh: float) -> float | None:
+    """The wall time of ``ahead_kwh`` as ``predict`` counts it: the mean tail, then that many
+    epochs at the mean cost, each taking the mean epoch's time. None without a cost to count by."""
+    stats = ledger.stats
+    if stats.n < 1 or stats.cost[0] <= 0:
+        return None
+    mean_cost, mean_tail = stats.cost[0] / stats.n, stats.tail[0] / stats.n
+    epochs = max(0.0, (ahead_kwh - mean_tail) / mean_cost)
+    return stats.seconds[1] / stats.n + epochs * stats.seconds[0] / stats.n
+
+
+def _mean(series: "IntensitySeries", start: float, end: float) -> float:
+    if end <= start:
+        return series.value_at(start)
+    return series.integral(start, end) / (end - start)
+
+
+def _extreme_means(series: "IntensitySeries", start: float, shortest: float, longest: float) -> tuple[float, float]:
+    """The lowest and the highest mean of ``series`` over [start, start + T] for T from
+    ``shortest`` to ``longest``. The mean of a step series moves monotonically between its
+    steps, so it is extreme at the two ends or at a step between them."""
+    first, last = start + shortest, start + longest
+    times = series.times_unix
+    inside = times[bisect.bisect_right(times, first):bisect.bisect_left(times, last)]
+    stride = max(1, math.ceil(len(inside) / MAX_STEPS_LOOKED_AT))
+    means = [_mean(series, start, end) for end in (first, last, *inside[::stride])]
+    return min(means), max(means)

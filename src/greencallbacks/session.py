@@ -9,21 +9,26 @@ adapters hold one and only map hooks onto ``session.tracker``.
 from __future__ import annotations
 
 import difflib
+import json
 import math
 import numbers
 import os
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 from greencallbacks import interrupts
 from greencallbacks.budget import Budget
-from greencallbacks.carbon import Carbon
+from greencallbacks.carbon import Carbon, IntensitySeries
 from greencallbacks.carbon_aware import CarbonAwarePause
 from greencallbacks.distributed import LocalReducer, Reducer
 from greencallbacks.guard import not_ours
+from greencallbacks.ledger import read_run_records
 from greencallbacks.meter import Meter, warn
+from greencallbacks.prediction import priced_by_series
+from greencallbacks.records import Record
 from greencallbacks.sensors.base import Kind, Method, Sensor
-from greencallbacks.tracker import Tracker
+from greencallbacks.tracker import SUMMARY_FILE, Tracker
+from greencallbacks.tracker import _summary_of as summary_of
 from greencallbacks.units import J_PER_KWH
 
 # Notices already given in this process: a notebook's every fit, evaluate and predict starts a
@@ -37,7 +42,8 @@ class EnergySession:
     Args:
         country / zone / region / intensity / series / pue: where gCO2eq/kWh and PUE come from
             (see ``greencallbacks.carbon.Carbon``); nothing given means the world average, said
-            in every record and in one warning.
+            in every record and in one warning. A ``series`` file also prices the CO2eq still to
+            come in the prediction (``prediction.priced_by_series``).
         output_dir: where records go (adapters default it to the framework's log directory).
         run_id: names the run (default: random; restored on resume).
         gpus: ``"auto"`` (the device this process trains on), a list of CUDA indices, or ``None``.
@@ -77,6 +83,12 @@ class EnergySession:
         embodied: dict | bool | None = None,
         framework: str = "",
     ) -> None:
+        # A series file read here, once, and handed to Carbon as the object it would make of the
+        # path: the prediction looks ahead in it (a live source or an object of the user's gives
+        # no values to come that can be trusted, or asked for, at every epoch end).
+        if isinstance(series, (str, os.PathLike)) and all(v is None for v in (country, zone, region, intensity)):
+            series = IntensitySeries.from_file(series)
+        self._series_ahead = series if isinstance(series, IntensitySeries) else None
         self.carbon = Carbon(country=country, zone=zone, region=region, intensity=intensity, series=series, pue=pue)
         if gpus != "auto" and gpus is not None:
             if (
@@ -127,6 +139,7 @@ class EnergySession:
             Budget(**budget.limits, on_exceed=budget.on_exceed, warn_at=budget.warn_at) if budget is not None else None
         )
         self._budget_metrics: dict[str, float] = {}
+        self._budget_continued = False  # a checkpoint's budget state applied (same limits and action)
         if self.budget is not None:  # in the summary even if no epoch ends (evaluate alone, a crash)
             self.tracker.summary_extra["budget"] = self._budget_summary
         self.unavailable: list = []
@@ -180,6 +193,7 @@ class EnergySession:
         self._tell_once(meter, gpus_wanted=gpus_wanted, own_gpus_only=reducer.rank != 0)
         self.tracker.start(meter, reducer=reducer, output_dir=output_dir if self.output_dir is None else None)
         self._delay_spent_from_records()
+        self._budget_warnings_since_checkpoint()
 
     def _tell_once(self, meter: Meter, gpus_wanted: Sequence[int] = (), own_gpus_only: bool = False) -> None:
         """Say what is estimated, which GPUs this process trains on go unmeasured, and what
@@ -230,6 +244,9 @@ class EnergySession:
     def metrics(self, phase: str, prefix: str = "") -> dict[str, float]:
         """The tracker's metrics for the last finished ``phase``, plus the policies' (carbon-aware pauses)."""
         values = self.tracker.metrics(phase, prefix)
+        if prefix + "co2eq_g_predicted" in values and self._series_ahead is not None:
+            # Logged as the budget judges it: priced at the series ahead (only the logged keys).
+            values[prefix + "co2eq_g_predicted"] = float(self._prediction()["co2eq_g_predicted"])
         if values and phase == "train" and self.carbon_aware is not None:
             values[prefix + "carbon_pause_s"] = float(self.carbon_aware.total_paused_s)
         if values and phase == "train" and self.budget is not None:
@@ -259,7 +276,7 @@ class EnergySession:
         if self.budget is None or not self.running:
             return False
         tracker = self.tracker
-        prediction = tracker.prediction() if tracker.plans_run else None
+        prediction = self._prediction() if tracker.plans_run else None
         decision = self.budget.check(
             tracker.total_energy_j / J_PER_KWH if energy_kwh is None else energy_kwh,
             tracker.total_co2eq_g if co2eq_g is None else co2eq_g,
@@ -269,6 +286,13 @@ class EnergySession:
             decision.emit()
         self._budget_metrics = decision.metrics()
         return decision.stop and self.budget.on_exceed == "stop"
+
+    def _prediction(self) -> dict[str, float]:
+        """The tracker's prediction, its CO2eq priced at the intensity series ahead where there is one."""
+        prediction = self.tracker.prediction()
+        if self._series_ahead is None:
+            return prediction
+        return priced_by_series(prediction, self.tracker.ledger, self._series_ahead)
 
     def live_metrics(self, prefix: str = "") -> dict[str, float]:
         """The run so far at a framework's logging step (``Tracker.live``), with the budget judged
@@ -328,18 +352,33 @@ class EnergySession:
             if self.budget is not None and isinstance(state.get("budget"), dict):
                 # Same limits: its warnings and stop go on (a stopped run resumed stops again at once).
                 # Changed limits (raised to go on): judged afresh against the whole run's totals.
-                self.budget.load_state_dict(state["budget"])
+                self._budget_continued = self.budget.load_state_dict(state["budget"])
         except (TypeError, ValueError, KeyError, AttributeError) as error:
             warn(f"greencallbacks: the budget or carbon-aware state saved in the checkpoint is unreadable "
                  f"({error!r}); they start afresh.")
         self.tracker.load_state_dict(state)
         self._delay_spent_from_records()
+        self._budget_warnings_since_checkpoint()
 
     def _delay_spent_from_records(self) -> None:
         """The checkpoint's carbon-aware delay misses pauses made after it and before a crash; the
         run's records have them (once the tracker has resumed from them: at load, or at start)."""
         if self.carbon_aware is not None:
             self.carbon_aware.total_paused_s = max(self.carbon_aware.total_paused_s, self.tracker.ledger.paused_s)
+
+    def _budget_warnings_since_checkpoint(self) -> None:
+        """The checkpoint's budget misses the warnings given after it and before a crash. The run's
+        previous summary lists them (a failing run writes one); its records give the totals each
+        earlier epoch end was judged at (a process killed outright writes no summary). Once the
+        tracker has resumed the run (at load, or at start); only for a budget that continues the
+        checkpoint's: with changed limits the old warnings were of other limits."""
+        tracker = self.tracker
+        if self.budget is None or not self._budget_continued or tracker.ledger.attempt == 0 or tracker.output_dir is None:
+            return
+        self._budget_continued = False  # once per resume: load and start both come here
+        self.budget.recall(_previous_budget_warnings(tracker.output_dir, tracker.run_id, self.budget))
+        records = read_run_records(tracker.run_id, [tracker.output_dir])
+        self.budget.recall_checks(_totals_at_epoch_ends(records))
 
     def stop(self, failed: bool = False) -> None:
         """End the run: normally (a collective on several ranks) or after a failure (local only).
@@ -349,6 +388,33 @@ class EnergySession:
                 self.tracker.abort()
             else:
                 self.tracker.finish()
+
+
+def _previous_budget_warnings(directory: Path, run_id: str, budget: Budget) -> list[str]:
+    """The warnings in the run's last summary (``energy-summary.json``, or the copy kept under the
+    run's name when another run took that name) where it judged the same limits; none otherwise."""
+    path = directory / SUMMARY_FILE
+    for candidate in (path, summary_of(path, run_id)):
+        try:
+            summary = json.loads(candidate.read_text())
+            fields = summary.get("budget")
+            if summary.get("run_id") == run_id and isinstance(fields, dict) and budget.same_settings(fields):
+                return list(fields.get("warnings") or ())
+        except (OSError, ValueError, TypeError, AttributeError):
+            continue  # a summary unreadable or damaged: the records still say something
+    return []
+
+
+def _totals_at_epoch_ends(records: Iterable[Record]) -> Iterator[tuple[float, float]]:
+    """The run's totals (kWh, g) after each finished training phase of ``records``, in the order
+    the run wrote them. A check at that epoch's end saw these or more (its validation may come
+    first), so a threshold they reach was warned of then."""
+    energy_kwh = co2eq_g = 0.0
+    for record in sorted(records, key=lambda r: (r.seq, r.attempt)):  # the ledger's order
+        energy_kwh += record.energy_kwh
+        co2eq_g += record.co2eq_g
+        if record.phase == "train" and not record.partial:
+            yield energy_kwh, co2eq_g
 
 
 def _reasons(unavailable: Sequence) -> str:
