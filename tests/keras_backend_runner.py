@@ -395,6 +395,57 @@ def scenario_backup_after_another_fit(out: Path) -> dict:
             "attempt": resumed.tracker.ledger.attempt}
 
 
+def scenario_run_ids_in_one_directory(out: Path) -> dict:
+    """Fits given run_ids train into one directory; a new callback given run_id="a" resumes with
+    fit(initial_epoch=2) after "b" trained there: it continued "b" (named in energy-state.json last),
+    silently. Then "a" resumed where only "b" has trained: a new run, said."""
+    model = tiny_model()
+    model.fit(X, Y, batch_size=BATCH, epochs=2, verbose=0, callbacks=[scripted(output_dir=out / "both", run_id="a")])
+    model.fit(X, Y, batch_size=BATCH, epochs=4, verbose=0, callbacks=[scripted(output_dir=out / "both", run_id="b")])
+    resumed = scripted(output_dir=out / "both", run_id="a")  # as in a new process
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(X, Y, batch_size=BATCH, epochs=3, initial_epoch=2, verbose=0, callbacks=[resumed])
+    result = {"resumed": [resumed.tracker.run_id, resumed.tracker.ledger.attempt], "warnings": energy_warnings(caught)}
+    model.fit(X, Y, batch_size=BATCH, epochs=2, verbose=0, callbacks=[scripted(output_dir=out / "other", run_id="b")])
+    alone = scripted(output_dir=out / "other", run_id="a")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(X, Y, batch_size=BATCH, epochs=3, initial_epoch=2, verbose=0, callbacks=[alone])
+    result["alone"] = [alone.tracker.run_id, alone.tracker.ledger.attempt]
+    result["alone_warnings"] = energy_warnings(caught)
+    return result
+
+
+def scenario_two_callbacks_resume(out: Path) -> dict:
+    """Two EnergyCallbacks in one fit (two grids) write into one directory; the fit fails in epoch 1
+    and BackupAndRestore resumes it with two new callbacks (as in a new process). The first continued
+    the second's run (both wrote one state file) and the second began a new run, said to be
+    "measured by another process now". Without run_ids (their order tells them apart) and with."""
+    result = {}
+    for name, run_ids in (("by_order", (None, None)), ("by_run_id", ("grid-a", "grid-b"))):
+        energy_dir, backup = out / name, str(out / name / "backup")
+
+        def callbacks():
+            return [scripted(output_dir=energy_dir, **({"run_id": r} if r else {})) for r in run_ids]
+
+        crashed = callbacks()
+        try:
+            tiny_model().fit(X, Y, batch_size=BATCH, epochs=3, verbose=0,
+                             callbacks=[*crashed, keras.callbacks.BackupAndRestore(backup), RaiseAt(1, 1)])
+        except RuntimeError:
+            pass
+        resumed = callbacks()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            tiny_model().fit(X, Y, batch_size=BATCH, epochs=3, verbose=0,
+                             callbacks=[*resumed, keras.callbacks.BackupAndRestore(backup)])
+        result[name] = {"crashed": [c.tracker.run_id for c in crashed],
+                        "resumed": [[c.tracker.run_id, c.tracker.ledger.attempt] for c in resumed],
+                        "warnings": [w for w in energy_warnings(caught) if "two EnergyCallbacks" not in w]}
+    return result
+
+
 class Probe(keras.callbacks.Callback):
     """The first epoch Keras runs and the optimizer's step then (BackupAndRestore restores both)."""
 
@@ -624,7 +675,8 @@ def scenario_no_callback_list_seam(out: Path) -> dict:
 SCENARIOS = [scenario_loggers, scenario_csv_across_fits, scenario_resume_without_state, scenario_two_callbacks, scenario_inference, scenario_crash_then_resume, scenario_crash_then_reuse, scenario_runs,
              scenario_bad_configuration, scenario_no_callback_list_seam, scenario_copies, scenario_custom_steps, scenario_backup_inside_epoch_0,
              scenario_inference_before_resume, scenario_callback_list_without_params, scenario_evaluate_inside_an_epoch,
-             scenario_custom_loop, scenario_partial_labels, scenario_backup_after_another_fit]
+             scenario_custom_loop, scenario_partial_labels, scenario_backup_after_another_fit,
+             scenario_run_ids_in_one_directory, scenario_two_callbacks_resume]
 
 if __name__ == "__main__" and sys.argv[3:] in (["preempt"], ["preempt_fresh"]):
     preempt(OUT, fresh=sys.argv[3] == "preempt_fresh")

@@ -399,6 +399,36 @@ def test_a_backup_resumes_its_own_run_after_another_fit_wrote_the_directory(run)
     assert result["resumed"] == result["crashed"] != result["other"] and result["attempt"] == 1
 
 
+def test_a_callback_given_a_run_id_resumes_that_run_not_the_last_one_in_its_directory(run):
+    result, out = run("run_ids_in_one_directory")
+    assert result["resumed"] == ["a", 1], result  # ["b", 1] before the fix: it continued run b
+    records = read_records(out / "both")
+    trained = {run_id: [(r.epoch, r.attempt) for r in records if r.run_id == run_id and r.phase == "train"]
+               for run_id in ("a", "b")}
+    assert trained == {"a": [(0, 0), (1, 0), (2, 1)], "b": [(0, 0), (1, 0), (2, 0), (3, 0)]}
+    assert not [w for w in result["warnings"] if "resumes at epoch" in w], result["warnings"]
+    # Only another run's state there: not continued (it was, silently), a new run, said.
+    assert result["alone"] == ["a", 0], result
+    (said,) = [w for w in result["alone_warnings"] if "resumes at epoch 2" in w]
+    assert "run_id 'a'" in said and "only run b" in said, said
+
+
+def test_two_callbacks_in_one_fit_each_resume_their_own_run(run):
+    result, out = run("two_callbacks_resume")
+    for name in ("by_order", "by_run_id"):
+        crashed, resumed = result[name]["crashed"], result[name]["resumed"]
+        assert len(set(crashed)) == 2
+        # Before the fix the first continued the second's run and the second began a new one.
+        assert resumed == [[run_id, 1] for run_id in crashed], (name, result[name])
+        assert not [w for w in result[name]["warnings"] if "another process" in w], result[name]["warnings"]
+        records = read_records(out / name)
+        for run_id in crashed:
+            mine = [r for r in records if r.run_id == run_id]
+            assert [(r.epoch, r.attempt, r.partial) for r in mine if r.phase == "train"] == [
+                (0, 0, False), (1, 0, True), (1, 1, False), (2, 1, False)], (name, run_id)
+            assert len({r.seq for r in mine}) == len(mine)
+
+
 def test_an_uncaught_exception_still_writes_the_unfinished_epoch_at_exit(run):
     _, out = run("crash_then_reuse")  # any scenario: this checks the runner's last, uncaught fit
     records = read_records(out.parent / "uncaught")

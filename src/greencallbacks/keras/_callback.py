@@ -23,6 +23,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import sys
 import threading
 import weakref
@@ -143,16 +144,68 @@ def _backup_dir(callback_list: keras.callbacks.CallbackList | None) -> str | Non
     return None
 
 
-def _state_paths(output_dir: Path, backup_dir: str | None) -> list[Path]:
-    """Where a run's state is kept: the directory's ``energy-state.json`` (the fit that ran last),
-    and, for a fit with a ``BackupAndRestore``, a file of that backup's own, which a resume from
-    the backup reads first: another fit trained into the same directory in between (the first
-    file is then that fit's) must not take the resume."""
-    paths = [output_dir / STATE_FILE]
-    if backup_dir is not None:
-        key = hashlib.sha256(os.path.realpath(backup_dir).encode("utf-8", "surrogateescape")).hexdigest()[:12]
-        paths.insert(0, output_dir / f"energy-state-backup-{key}.json")
+@dataclass(frozen=True)
+class _Owner:
+    """Whose run a state file names: the callback's, told by the ``run_id`` it was given, else by
+    its place among the fit's EnergyCallbacks (the same again when the script builds the same
+    list). Two callbacks of one fit that write into one directory (two grids priced) each resume
+    their own run, and a fit given ``run_id="a"`` never continues the run of a fit given "b"."""
+
+    run_id: str | None = None  # given to the callback
+    place: int = 0  # among the fit's EnergyCallbacks, from 0
+
+    @property
+    def suffix(self) -> str:
+        """Its state files' own part of their names; "" for the first callback without a run_id,
+        whose files keep the names that older versions wrote."""
+        if self.run_id is not None:
+            return f"-run-{_digest(self.run_id)}"
+        return f"-callback-{self.place + 1}" if self.place else ""
+
+    def owns(self, state: dict) -> bool:
+        """Is ``state`` (read from a file another callback may have written) a state of this callback's run?"""
+        run_id = state.get("run_id")
+        if self.run_id is None or run_id == self.run_id:
+            return True  # its own files only; or that very run (a drawn id, given to resume it)
+        # The <id>-N that the tracker took for a new run when the id given already had records;
+        # a state of an older version does not say what it was given.
+        if "run_id_given" in state:
+            return state["run_id_given"] == self.run_id
+        return isinstance(run_id, str) and re.fullmatch(re.escape(self.run_id) + r"-\d+", run_id) is not None
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+
+
+def _backup_state_path(output_dir: Path, backup_dir: str, owner: _Owner) -> Path:
+    return output_dir / f"energy-state-backup-{_digest(os.path.realpath(backup_dir))}{owner.suffix}.json"
+
+
+def _own_state_path(output_dir: Path, owner: _Owner) -> Path:
+    return output_dir / f"energy-state{owner.suffix}.json"  # STATE_FILE for the first callback without a run_id
+
+
+def _state_paths(output_dir: Path, backup_dir: str | None, owner: _Owner) -> list[Path]:
+    """Where the run of ``owner`` keeps its state: a file of its own, and the directory's
+    ``energy-state.json`` (the fit that ran last, for a resume by a callback without a run_id;
+    written by the fit's first EnergyCallback only); and, for a fit with a ``BackupAndRestore``, a
+    file of that backup's own, which a resume from the backup reads first: another fit trained into
+    the same directory in between (the directory's file is then that fit's) must not take the resume."""
+    paths = [_backup_state_path(output_dir, backup_dir, owner)] if backup_dir is not None else []
+    paths.append(_own_state_path(output_dir, owner))
+    if owner.place == 0 and owner.suffix:
+        paths.append(output_dir / STATE_FILE)
     return paths
+
+
+def _state_paths_to_read(output_dir: Path, backup_dir: str | None, owner: _Owner) -> list[Path]:
+    """Where a resume of ``owner``'s run looks, in order: its own files, then, for a callback given
+    a run_id, the files of the fit's first callback, which older versions wrote for every callback
+    (its run is checked there: ``_Owner.owns``)."""
+    owners = [owner, _Owner()] if owner.run_id is not None else [owner]
+    backups = [_backup_state_path(output_dir, backup_dir, o) for o in owners] if backup_dir is not None else []
+    return backups + [_own_state_path(output_dir, o) for o in owners]
 
 
 # ------------------------------------------------------------------------------- run and call
@@ -167,10 +220,12 @@ class _Run:
     # trained, or the resume would start a new run.
     fitted: bool = False
     backup_dir: str | None = None  # the fit's BackupAndRestore's (see _state_paths)
+    owner: _Owner = field(default_factory=_Owner)  # the callback whose run it is (see _state_paths)
     _state_files: dict = field(default_factory=dict, repr=False, compare=False)  # path -> JsonFileReplacer
 
     def state(self) -> dict:
-        return {"schema": "greencallbacks.keras-state/1", **self.session.state_dict(), "last_train_epoch": self.last_train_epoch}
+        return {"schema": "greencallbacks.keras-state/1", **self.session.state_dict(),
+                "last_train_epoch": self.last_train_epoch, "run_id_given": self.owner.run_id}
 
     def save_state(self, wait: bool = True) -> None:
         """Run id, records path and totals next to the records, so a resumed ``fit`` (BackupAndRestore) continues the run.
@@ -182,7 +237,7 @@ class _Run:
         tracker = self.session.tracker
         if tracker.output_dir is None or tracker.reducer.rank != 0:
             return
-        paths = _state_paths(tracker.output_dir, self.backup_dir)
+        paths = _state_paths(tracker.output_dir, self.backup_dir, self.owner)
         for path in [p for p in self._state_files if p not in paths]:
             self._state_files.pop(path).close()  # the output directory changed
         state = self.state()
@@ -196,16 +251,20 @@ class _Run:
                 writer.write_soon(state)
 
 
-def _read_state(output_dir: Path, backup_dir: str | None = None) -> dict | None:
-    """The state a resume continues: the backup's own where it has one, else the directory's."""
-    for path in _state_paths(output_dir, backup_dir):
+def _read_state(output_dir: Path, backup_dir: str | None, owner: _Owner) -> tuple[dict | None, dict | None]:
+    """The state a resume of ``owner``'s run continues (the backup's own where it has one, else
+    the directory's), and, when there is none, the first state of another run found in its place."""
+    other = None
+    for path in _state_paths_to_read(output_dir, backup_dir, owner):
         try:
             state = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
         if isinstance(state, dict) and state.get("schema") == "greencallbacks.keras-state/1":
-            return state
-    return None
+            if owner.owns(state):
+                return state, None
+            other = other or state
+    return None, other
 
 
 class _Progress:
@@ -378,8 +437,11 @@ class EnergyCallback(_Callback):
     Runs: a ``fit`` that starts at epoch 0 starts a new run (new ``run_id``, totals from zero). A
     ``fit`` that starts later (``initial_epoch=``, or ``BackupAndRestore`` after a crash) continues
     the current run, or in a new process the run in ``output_dir/energy-state.json`` if that run
-    reached the epoch before. ``evaluate`` / ``predict`` continue the current run; before any
-    ``fit`` they are a run of their own, which a later resumed ``fit`` does not continue.
+    reached the epoch before; a callback given ``run_id=`` continues that run only (its state is
+    kept in a file of its own), and a second EnergyCallback in the same fit (two grids) continues
+    the run of the callback in its place in ``callbacks=[...]``. ``evaluate`` / ``predict``
+    continue the current run; before any ``fit`` they are a run of their own, which a later
+    resumed ``fit`` does not continue.
 
     Failures: each phase's record is on disk when the phase ends. Keras has no exception hook: when
     ``fit``, ``evaluate`` or ``predict`` raises (an error, Ctrl-C in a notebook), a background watch
@@ -720,6 +782,7 @@ class EnergyCallback(_Callback):
         if call.kind == "fit":
             self._run.fitted = True
             self._run.backup_dir = _backup_dir(call.callback_list)
+            self._run.owner = self._owner(call)
             # Names this run in energy-state.json now, not only at an epoch's end: a fit killed in
             # its first epoch (preempted: no exception to see) that BackupAndRestore resumes from a
             # backup inside that epoch continues this run, not the one that wrote the file before.
@@ -729,15 +792,17 @@ class EnergyCallback(_Callback):
         """A ``fit`` from ``first_epoch`` > 0, or restored by BackupAndRestore, continues the run that
         reached the epoch before (any run, for epoch 0), as its next attempt: this object's last
         run if it trained, else (a new process, or only evaluate / predict so far) the one in
-        ``energy-state.json``."""
+        ``energy-state.json``, or for a callback given a run_id (or not the fit's first
+        EnergyCallback) the run in its own state file (see ``_Owner``)."""
         if self._run_used and self._run.fitted:
-            state = self._run.state()
+            state, owner, other = self._run.state(), self._run.owner, None
         else:
             # A fit of this process that just raised (a retry loop) has its run's state written
             # by the watch thread, within a fraction of a second: wait for that before reading.
             watch.settle()
             restoring = _restores_a_backup(call.callback_list)  # its own state, not the last fit's
-            state = _read_state(self._output_dir(call), _backup_dir(call.callback_list) if restoring else None)
+            owner = self._owner(call)
+            state, other = _read_state(self._output_dir(call), _backup_dir(call.callback_list) if restoring else None, owner)
         last = state.get("last_train_epoch") if state else None
         reached = last if isinstance(last, int) else -1  # None: no epoch finished yet
         if state and reached >= first_epoch - 1:
@@ -746,8 +811,14 @@ class EnergyCallback(_Callback):
             return
         # Said, not silent: the logged totals will lack the earlier attempts' energy. The usual
         # cause is a directory that differs per process (TensorBoard's logs/fit/<timestamp>).
-        found = (f"the run it would continue, {state.get('run_id')}, reached epoch {reached} only" if state
-                 else f"no earlier run is recorded in {self._output_dir(call)} (energy-state.json)")
+        if state:
+            found = f"the run it would continue, {state.get('run_id')}, reached epoch {reached} only"
+        elif owner.run_id is not None:
+            found = (f"no earlier run of run_id {owner.run_id!r} is recorded in {self._output_dir(call)}"
+                     + (f" (only run {other.get('run_id')}, which a callback given another run_id does not continue)"
+                        if other else ""))
+        else:
+            found = f"no earlier run is recorded in {self._output_dir(call)} ({_own_state_path(Path(), owner)})"
         warn(
             f"greencallbacks: this fit resumes at epoch {first_epoch}, but {found}: it is measured as a new run, "
             "without the energy of the epochs before it. To continue a run, give EnergyCallback(output_dir=...) the "
@@ -755,6 +826,12 @@ class EnergyCallback(_Callback):
         )
         if self._run_used:
             self._run = _Run(EnergySession(**self._session_kwargs))  # nothing to continue: a new run
+
+    def _owner(self, call: _Call) -> _Owner:
+        """This callback as the owner of its run's state files in ``call`` (a fit)."""
+        mine = [c for c in getattr(call.callback_list, "callbacks", []) if isinstance(c, EnergyCallback)]
+        place = next((i for i, c in enumerate(mine) if c is self), 0)
+        return _Owner(self._session_kwargs.get("run_id"), place)
 
     def _leave(self) -> None:
         """The outermost call ended normally: close the run's books for now (a collective). Whole:
