@@ -40,7 +40,7 @@ SYNC_BACKLOG_BYTES = 256 * 1024
 CLOSE_SYNC_WAIT_S = 2.0
 
 
-@dataclass
+@dataclass(slots=True)
 class Record:
     """The energy of one phase of one run (summed over all ranks)."""
 

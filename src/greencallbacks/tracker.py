@@ -16,6 +16,7 @@ dict from ``metrics``. The tracker turns phase boundaries into records:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime as _dt
 import hashlib
 import json
@@ -902,9 +903,9 @@ def _combine(per_rank: list[list[Record]]) -> list[Record]:
         components = [c for r in parts for c in r.components]
         # Each rank bills its own devices (the host only where it is measured): a sum, like energy.
         embodied = [r for r in parts if r.embodied_co2eq_g is not None]
-        record = Record(
+        record = dataclasses.replace(
+            first,
             **{
-                **first.__dict__,
                 "start_time": min(r.start_time for r in parts),
                 "duration_s": max(r.duration_s for r in parts),
                 "samples": sum(r.samples for r in parts),
