@@ -156,6 +156,28 @@ def test_epochs_a_later_fit_trained_again_are_not_summed_into_one_epochs_samples
            dataclasses.replace(rec("hf", "train", 1, 1800.0, 60, 2), step=20, attempt=1)]
     assert report.configuration(cut)["epoch_samples"] == [[0, 100], [1, 100]]
     assert "trained again" not in report.statement(cut)
+    # The resume went back to the checkpoint of epoch 0's end instead: epoch 1 trained anew, whole.
+    back = cut[:2] + [dataclasses.replace(rec("hf", "train", 1, 3600.0, 100, 2), step=20, attempt=1)]
+    assert report.configuration(back)["epoch_samples"] == [[0, 100], [1, 100]]  # was 140
+    assert "1 epoch trained again" in report.statement(back)
+    # From a checkpoint inside the part done: they overlap by an amount not recorded.
+    overlap = cut[:2] + [dataclasses.replace(rec("hf", "train", 1, 3600.0, 70, 2), step=20, attempt=1)]
+    assert report.configuration(overlap)["epoch_samples"] == [[0, 100], [1, None]]  # was 110
+
+
+def test_an_epoch_resumed_inside_after_a_crash_is_not_said_to_be_its_rest_alone():
+    """A crash in epoch 1 after a mid-epoch checkpoint: the resume trains the epoch's rest (60 of
+    100). How much of the 70 the crashed attempt did the checkpoint kept is not recorded."""
+    records = [dataclasses.replace(rec("l", "train", 0, 3600.0, 100, 0), step=10),
+               dataclasses.replace(rec("l", "train", 1, 2500.0, 70, 1), step=17, partial=True),
+               dataclasses.replace(rec("l", "train", 1, 2100.0, 60, 2), step=20, attempt=1),
+               dataclasses.replace(rec("l", "train", 2, 3600.0, 100, 3), step=30, attempt=1)]
+    config = report.configuration(records)
+    assert config["epoch_samples"] == [[0, 100], [1, None], [2, 100]]  # was 60 for epoch 1
+    assert report.statement(records).startswith("The training (3 epochs of 100 samples; 1 epoch cut short")
+    # The resume went back to epoch 0's end instead: epoch 1 trained whole again, counted whole.
+    whole = records[:2] + [dataclasses.replace(r, samples=100) if r.epoch == 1 else r for r in records[2:]]
+    assert report.configuration(whole)["epoch_samples"] == [[0, 100], [1, 100], [2, 100]]
 
 
 def test_runs_of_different_configurations_are_not_averaged():

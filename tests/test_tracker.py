@@ -160,7 +160,8 @@ def test_resume_continues_totals_and_run_id(tmp_path):
 
 
 def test_a_resume_from_a_copied_run_directory_counts_each_earlier_record_once(tmp_path):
-    """`cp -r A B`, then resume in B: the checkpoint names A's records, B holds a copy of them."""
+    """`cp -r A B`, A resumed, then B resumed: the checkpoint names A's records, B holds a copy of
+    them and not A's later attempt."""
     import shutil
 
     original, copy = tmp_path / "A", tmp_path / "B"
@@ -168,6 +169,9 @@ def test_a_resume_from_a_copied_run_directory_counts_each_earlier_record_once(tm
     run_epochs(first, clock, epochs=2)
     state = first.state_dict()
     shutil.copytree(original, copy)
+    on_original, clock_a, _ = setup(original)  # the original resumed first: a history the copy lacks
+    on_original.load_state_dict(state)
+    run_epochs(on_original, clock_a, epochs=3)
     second, clock2, _ = setup(copy)  # the user's directory: the copy
     second.load_state_dict(state)
     before = sum(r.energy_kwh for r in read_records(copy)) * 3.6e6
@@ -175,7 +179,7 @@ def test_a_resume_from_a_copied_run_directory_counts_each_earlier_record_once(tm
     assert second.totals["train"].count == 2
     run_epochs(second, clock2, epochs=1)
     assert second.total_energy_j == pytest.approx(sum(r.energy_kwh for r in read_records(copy)) * 3.6e6)
-    assert read_records(original) == read_records(copy)[: len(read_records(original))]  # A untouched
+    assert [r.attempt for r in read_records(copy)][-1] == 1  # the copy's next attempt, not the original's
 
 
 def test_bad_run_id_rejected():

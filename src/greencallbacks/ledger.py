@@ -265,10 +265,7 @@ def _count(record: Record, totals: dict[str, PhaseTotals], prefix_totals: dict[t
 
 def read_run_records(run_id: str, directories: Iterable[Path | None]) -> list[Record]:
     """The records of ``run_id`` in these directories: the summed file and any rank's own file
-    (ranks other than 0 write their unsummed records there when a run fails). A record found
-    again in a file of the same name in a later directory (a run directory copied, then resumed
-    from the copy, whose checkpoint names the original) is the same phase: taken once, from the
-    first directory."""
+    (ranks other than 0 write their unsummed records there when a run fails)."""
     return [r for r in _records_in(directories) if r.run_id == run_id]
 
 
@@ -297,9 +294,6 @@ def run_ids_in(directory: Path | None) -> set[str]:
 
 def _records_in(directories: Iterable[Path | None]) -> list[Record]:
     seen: set[Path] = set()
-    # (file name, run, attempt, seq): rank r's own file shares seq with the summed one (parts of
-    # one phase), a file of the same name elsewhere repeats it.
-    taken: set[tuple[str, str, int, int]] = set()
     found: list[Record] = []
     for directory in directories:
         if directory is None or not directory.is_dir():
@@ -312,12 +306,7 @@ def _records_in(directories: Iterable[Path | None]) -> list[Record]:
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # a torn last line of a crashed attempt is expected
-                    records = read_records(path)
+                    found.extend(read_records(path))
             except (OSError, ValueError):
                 continue  # not ours to judge here; the report says what is wrong with it
-            for record in records:
-                key = (path.name, record.run_id, record.attempt, record.seq)
-                if key not in taken:
-                    taken.add(key)
-                    found.append(record)
     return found

@@ -629,10 +629,14 @@ class Tracker:
                      "while it trains? two fits resumed from one checkpoint?); this one is measured as a run of its own "
                      f"({self.run_id}), not as its next attempt, so that neither writes over the other's records.")
                 return
-            # The directory this attempt writes in first: where it holds a copy of the run's
-            # records (the run's directory copied and resumed from the copy), that copy is the
-            # history it continues.
-            self.ledger.resume(state, read_run_records(run_id, [self.output_dir, home]))
+            # The run's history is where this attempt writes, when the run has records there: a
+            # copy of its directory resumed from the copy continues the copy's history, not the
+            # original's (which may have gone on since: its later attempts are no part of this
+            # one's). Else where the checkpoint says it was written (a directory chosen anew).
+            records = read_run_records(run_id, [self.output_dir])
+            if not records:
+                records = read_run_records(run_id, [home])
+            self.ledger.resume(state, records)
         except (TypeError, ValueError, KeyError, AttributeError, OSError) as error:
             # A checkpoint's entry edited, damaged or from an unknown version: the framework's
             # restore must not fail for it. This training is measured, as a run of its own.

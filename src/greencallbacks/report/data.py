@@ -263,56 +263,75 @@ def training_failed(records: Sequence[Record]) -> bool:
 
 
 def _epoch_samples(records: Sequence[Record]) -> list[list]:
-    """[[epoch, samples or None (uncounted)], ...] in epoch order.
+    """[[epoch, samples or None (uncounted, or not known)], ...] in epoch order.
 
     An epoch's complete records add up over the attempts where a later one went on with it (one
     that max_steps ended inside it, and the resume that went on from that step); where a later one
-    trained it again (``_trained_again``), its count replaces the one before rather than doubling it."""
+    trained it again, its count replaces the one before rather than doubling it; where neither can
+    be told (``_complete_training``), the epoch's count is not known."""
     counted: dict[int, int | None] = {}
-    for r, again in _complete_training(records):
-        so_far = 0 if again else counted.get(r.epoch, 0)
-        counted[r.epoch] = None if so_far is None or not r.samples_counted else so_far + r.samples
+    for r, how in _complete_training(records):
+        so_far = 0 if how == AGAIN else counted.get(r.epoch, 0)
+        known = how != UNKNOWN and so_far is not None and r.samples_counted
+        counted[r.epoch] = so_far + r.samples if known else None
     return [[epoch, counted[epoch]] for epoch in sorted(counted)]
 
 
 def epochs_trained_again(records: Sequence[Record]) -> int:
     """How many times an attempt trained anew an epoch an earlier one had completed (a resume from
     an older checkpoint, a Keras fit with ``initial_epoch`` before the last): energy spent twice."""
-    return sum(1 for _, again in _complete_training(records) if again)
+    return sum(1 for _, how in _complete_training(records) if how == AGAIN)
 
 
-def _complete_training(records: Sequence[Record]) -> list[tuple[Record, bool]]:
-    """Each complete training record, in attempt order, with whether it trained its epoch again.
+# How a complete training record stands to the epoch's earlier attempts (``_complete_training``).
+FIRST, ON, AGAIN, UNKNOWN = "first", "went on", "trained again", "not known"
 
-    A later attempt went on with an epoch (rather than training it again) only where the epoch was
-    the first it trained, the earlier attempt trained no later epoch after it (it stopped inside
-    it: max_steps), and the later record ends at a later step: an attempt trains every other epoch
-    from its start, an earlier attempt that went past the epoch had finished it, and an end at a
-    step no later than before means a resume from an earlier checkpoint (the epoch's checkpoint
-    failed to write). Keras' optimizer step keeps rising over fits, so the step alone cannot say."""
+
+def _complete_training(records: Sequence[Record]) -> list[tuple[Record, str]]:
+    """Each complete training record, in attempt order, with how it stands to the epoch's earlier
+    attempts: FIRST, ON (went on with it), AGAIN (trained it anew) or UNKNOWN.
+
+    An attempt trains every epoch but its first from the epoch's start: AGAIN where an earlier
+    attempt had the epoch. Its first epoch is AGAIN where an earlier attempt finished that epoch
+    (it trained a later one), ended it at a step no later than this one's (a resume from an earlier
+    checkpoint), or saw fewer samples than this record alone has while this one has a whole
+    epoch's. It went ON from where an earlier attempt stopped inside the epoch (max_steps) where the
+    two add up to a whole epoch at most. A resume inside an epoch that an earlier attempt was cut
+    short in (a crash after a mid-epoch checkpoint) trained the epoch's rest, and how much of the
+    cut short part the checkpoint kept is not recorded: UNKNOWN, as where the two overlap. A
+    whole epoch is the most samples one record of the run has. Keras' optimizer step keeps
+    rising over fits, so the step alone cannot say."""
     return [pair for mine in by_run(records).values() for pair in _complete_training_of_one_run(mine)]
 
 
-def _complete_training_of_one_run(records: Sequence[Record]) -> list[tuple[Record, bool]]:
+def _complete_training_of_one_run(records: Sequence[Record]) -> list[tuple[Record, str]]:
     ordered = sorted((r for r in records if r.phase == "train" and r.epoch is not None), key=lambda r: (r.attempt, r.seq))
     first_epoch: dict[int, int] = {}
     last_epoch: dict[int, int] = {}
     for r in ordered:
         first_epoch.setdefault(r.attempt, r.epoch)
         last_epoch[r.attempt] = max(last_epoch.get(r.attempt, r.epoch), r.epoch)
-    out: list[tuple[Record, bool]] = []
+    whole = max((r.samples for r in ordered if not r.partial), default=0)
+    out: list[tuple[Record, str]] = []
     before: dict[int, Record] = {}  # each epoch's latest complete record
+    cut_short: dict[int, int] = {}  # epoch -> the last attempt it was cut short in
     for r in ordered:
         if r.partial:
+            cut_short[r.epoch] = r.attempt
             continue
         earlier = before.get(r.epoch)
-        # One attempt's records of one epoch add up (the ranks' own parts of a failed distributed run).
-        again = earlier is not None and r.attempt > earlier.attempt and (
-            r.epoch != first_epoch[r.attempt]
-            or last_epoch[earlier.attempt] > r.epoch
-            or (r.step is not None and earlier.step is not None and r.step <= earlier.step)
-        )
-        out.append((r, again))
+        resumed_inside = r.epoch == first_epoch[r.attempt] and cut_short.get(r.epoch, r.attempt) < r.attempt
+        if earlier is None or r.attempt == earlier.attempt:
+            # First complete record (or one attempt's parts: the ranks' own of a failed distributed run).
+            how = UNKNOWN if resumed_inside and r.samples < whole else FIRST if earlier is None else ON
+        elif (r.epoch != first_epoch[r.attempt] or last_epoch[earlier.attempt] > r.epoch
+              or (r.step is not None and earlier.step is not None and r.step <= earlier.step)):
+            how = AGAIN
+        elif earlier.samples + r.samples <= whole:
+            how = ON
+        else:
+            how = AGAIN if r.samples == whole else UNKNOWN
+        out.append((r, how))
         before[r.epoch] = r
     return out
 
