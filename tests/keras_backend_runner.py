@@ -414,6 +414,15 @@ def scenario_run_ids_in_one_directory(out: Path) -> dict:
         model.fit(X, Y, batch_size=BATCH, epochs=3, initial_epoch=2, verbose=0, callbacks=[alone])
     result["alone"] = [alone.tracker.run_id, alone.tracker.ledger.attempt]
     result["alone_warnings"] = energy_warnings(caught)
+    # A second session given the same id records as "j-2"; a resume given "j" continues "j" (it
+    # read the state "j-2" had written under the given id, and began "j-3").
+    model.fit(X, Y, batch_size=BATCH, epochs=2, verbose=0, callbacks=[scripted(output_dir=out / "renamed", run_id="j")])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the rename is said
+        model.fit(X, Y, batch_size=BATCH, epochs=1, verbose=0, callbacks=[scripted(output_dir=out / "renamed", run_id="j")])
+    again = scripted(output_dir=out / "renamed", run_id="j")
+    model.fit(X, Y, batch_size=BATCH, epochs=3, initial_epoch=2, verbose=0, callbacks=[again])
+    result["after_a_rename"] = [again.tracker.run_id, again.tracker.ledger.attempt]
     return result
 
 

@@ -411,6 +411,7 @@ def test_a_callback_given_a_run_id_resumes_that_run_not_the_last_one_in_its_dire
     assert result["alone"] == ["a", 0], result
     (said,) = [w for w in result["alone_warnings"] if "resumes at epoch 2" in w]
     assert "run_id 'a'" in said and "only run b" in said, said
+    assert result["after_a_rename"] == ["j", 1], result  # ["j-3", 0] before: "j-2" had written j's state
 
 
 def test_two_callbacks_in_one_fit_each_resume_their_own_run(run):

@@ -237,7 +237,11 @@ class _Run:
         tracker = self.session.tracker
         if tracker.output_dir is None or tracker.reducer.rank != 0:
             return
-        paths = _state_paths(tracker.output_dir, self.backup_dir, self.owner)
+        # A callback given run_id= keeps the state under the id its run was recorded as: a second
+        # session given the same id records as <id>-2, and must not take the first's file from it
+        # (a resume given the id continues the run of that very id; give <id>-2 to continue the other).
+        owner = self.owner if self.owner.run_id is None else _Owner(tracker.run_id, self.owner.place)
+        paths = _state_paths(tracker.output_dir, self.backup_dir, owner)
         for path in [p for p in self._state_files if p not in paths]:
             self._state_files.pop(path).close()  # the output directory changed
         state = self.state()
