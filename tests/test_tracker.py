@@ -644,3 +644,29 @@ def test_the_run_ids_beside_a_run_are_read_from_each_line_as_json_would(tmp_path
         out.write(json.dumps(reordered, indent=None, separators=(", ", " : "), ensure_ascii=True) + "\n")
     found = run_ids_in(tmp_path)
     assert found == {r.run_id for r in read_records(tmp_path)} == {'a "quoted" \\ id', "essai-été-𝛼", "other writer"}
+
+
+def test_an_estimate_keeps_its_stated_uncertainty_however_often_its_phase_is_cut(tmp_path):
+    """A training epoch cut by validations (or checkpoint writes) into segments: an estimate's
+    error is the model's, the same in each segment, so it adds up (+-50 %), where it said
+    50 %/sqrt(segments) (24 % with four)."""
+    from greencallbacks.sensors.base import Method
+
+    clock = FakeClock()
+    cpu = ScriptedSensor("cpu", clock, power_w=20.0, kind=Kind.CPU, method=Method.ESTIMATED)
+    gpu = ScriptedSensor("gpu0", clock, power_w=100.0, update_period_s=0.1)
+    tracker = Tracker(carbon=Carbon(intensity=INTENSITY), output_dir=tmp_path)
+    tracker.start(Meter([gpu, cpu], fallback=None, clock=clock, wall_clock=lambda: clock() + 1.7e9))
+    tracker.begin("train", 0)
+    for _ in range(3):  # three validations inside the epoch: four segments of training
+        clock.advance(1.0)
+        tracker.begin("validation", 0)
+        clock.advance(0.5)
+        tracker.end("validation")
+    clock.advance(1.0)
+    record = tracker.end("train")
+    tracker.finish()
+    (part,) = [c for c in record.components if c["name"] == "cpu"]
+    assert part["uncertainty_j"] == pytest.approx(0.5 * part["energy_j"])
+    (counter,) = [c for c in record.components if c["name"] == "gpu0"]
+    assert counter["uncertainty_j"] == pytest.approx(0.1 * 100.0 * 2)  # a counter's, at 4 segments: in quadrature

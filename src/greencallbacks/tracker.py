@@ -73,6 +73,16 @@ def utc_iso(unix_s: float) -> str:
     return _dt.datetime.fromtimestamp(unix_s, _dt.timezone.utc).isoformat(timespec="milliseconds")
 
 
+# Methods whose error is a bias, the same in every window (a TDP model, a MIG share): a phase's
+# segments add it linearly, where a counter's errors at its segments' boundaries add in quadrature.
+# A phase cut into n segments (a checkpoint every step) said 50 %/sqrt(n) for a +-50 % estimate.
+_BIASED = ("estimated", "apportioned")
+
+
+def _component_uncertainty_j(slot: dict) -> float:
+    return slot.get("bias_j", 0.0) + math.sqrt(slot["uncertainty_j2"])
+
+
 @dataclass
 class _Open:
     """A phase being measured: the sum of the intervals billed to it so far."""
@@ -96,10 +106,13 @@ class _Open:
         self.duration_s += measurement.duration_s
         for c in measurement.components:
             slot = self.components.setdefault(
-                c.name, {"name": c.name, "kind": c.kind, "energy_j": 0.0, "uncertainty_j2": 0.0}
+                c.name, {"name": c.name, "kind": c.kind, "energy_j": 0.0, "uncertainty_j2": 0.0, "bias_j": 0.0}
             )
             slot["energy_j"] += c.energy_j
-            slot["uncertainty_j2"] += c.uncertainty_j**2
+            if c.method in _BIASED:  # the same model's error in every segment: it adds up
+                slot["bias_j"] += c.uncertainty_j
+            else:  # a counter's or sampled power's, at each segment's boundaries
+                slot["uncertainty_j2"] += c.uncertainty_j**2
             slot["method"] = c.method
             slot["note"] = c.note
             slot["source"] = c.source
@@ -741,11 +754,11 @@ class Tracker:
                 out["note"] = c["note"]
             if c.get("source"):
                 out["source"] = c["source"]
-            out["uncertainty_j"] = math.sqrt(c["uncertainty_j2"])
+            out["uncertainty_j"] = _component_uncertainty_j(c)
             out["rank"] = rank
             out["host"] = host
             components.append(out)
-        uncertainty_j = math.sqrt(sum(c["uncertainty_j2"] for c in opened.components.values()))
+        uncertainty_j = math.sqrt(sum(_component_uncertainty_j(c) ** 2 for c in opened.components.values()))
         record = Record(
             run_id=self.run_id,
             phase=opened.phase,
