@@ -98,7 +98,8 @@ def test_markdown_has_the_records_numbers_hardware_provenance_and_statement():
 def test_statement_names_what_each_figure_covers():
     text = report.statement(one_run())
     # training alone: 36 + 72 kJ = 30 Wh; whole run: + 7.2 kJ validation + 1.8 kJ test = 32.5 Wh
-    assert text.startswith("The training (2 epochs of 1000 samples) used 30.0 Wh (sensor uncertainty ± 200 mWh)")
+    # 360 J of counter uncertainty in each epoch, independent: 509 J = 141 mWh (summed: 200 mWh)
+    assert text.startswith("The training (2 epochs of 1000 samples) used 30.0 Wh (sensor uncertainty ± 141 mWh)")
     assert "and emitted 15.0 gCO2eq" in text
     assert "the whole run, including validation and test, used 32.5 Wh" in text and "emitted 16.2 gCO2eq" in text
     assert "Training used" not in text
@@ -271,7 +272,9 @@ def test_the_whole_run_uncertainty_counts_a_counter_s_shared_boundaries_once():
         records.append(r)
     total = report.run_totals(records)["r"]
     assert total["uncertainty_kwh"] == pytest.approx(2 * 38.0 / KWH)  # was 306 J (sum), now twice the largest
-    assert total["train_uncertainty_kwh"] == pytest.approx((30 + 33 + 36) / KWH)  # train phases share no boundary
+    # The training phases share no boundary: their counter errors are independent (they were
+    # summed, 99 J, more than the whole run's 76 J that holds them).
+    assert total["train_uncertainty_kwh"] == pytest.approx(math.sqrt(30**2 + 33**2 + 36**2) / KWH)
     estimated = [dataclasses.replace(r, components=[{**r.components[0], "method": "estimated"}]) for r in records]
     assert report.run_totals(estimated)["r"]["uncertainty_kwh"] == pytest.approx(sum(30.0 + k for k in range(9)) / KWH)
 

@@ -434,7 +434,7 @@ def mean_and_se(values: Sequence[float]) -> tuple[float, float | None]:
     return mean, math.sqrt(variance / n)
 
 
-def whole_run_uncertainty_kwh(records: Sequence[Record]) -> float:
+def whole_run_uncertainty_kwh(records: Sequence[Record], *, shared_boundaries: bool = True) -> float:
     """One run's sensor uncertainty over all its phases (one standard uncertainty).
 
     Per component: an estimate's or a stated share's error is a bias (a TDP model, a MIG share),
@@ -445,9 +445,14 @@ def whole_run_uncertainty_kwh(records: Sequence[Record]) -> float:
     summed linearly, 10 us gaps each said +-30 J, and a run exact to 0.01 % was given +-27 %).
     Components (and attempts) err independently: they combine in quadrature. Records without
     their components' uncertainties (older files) add linearly, as they were.
+
+    ``shared_boundaries=False``: phases that share no boundary (the training epochs alone, the
+    gaps and evaluations between them left out): a counter's windows err independently, in
+    quadrature, where summed linearly the training was given +-23.5 mWh against +-7.85 mWh for
+    the whole run that holds it.
     """
     bias: dict[tuple[str, str], float] = defaultdict(float)
-    boundary: dict[tuple[int, str], list[float]] = {}  # (attempt, component): [largest, sum]
+    boundary: dict[tuple[int, str], list[float]] = {}  # (attempt, component): [largest, sum, sum of squares]
     older = 0.0
     for r in records:
         parts = [c for c in r.components if isinstance(c.get("uncertainty_j"), (int, float))]
@@ -460,18 +465,20 @@ def whole_run_uncertainty_kwh(records: Sequence[Record]) -> float:
             if c.get("method") in ("estimated", "apportioned"):
                 bias[(c["name"], c["method"])] += u
             else:
-                largest_and_sum = boundary.setdefault((r.attempt, c["name"]), [0.0, 0.0])
-                largest_and_sum[0] = max(largest_and_sum[0], u)
-                largest_and_sum[1] += u
-    terms = list(bias.values()) + [min(2 * largest, total) for largest, total in boundary.values()]
+                largest_sum_squares = boundary.setdefault((r.attempt, c["name"]), [0.0, 0.0, 0.0])
+                largest_sum_squares[0] = max(largest_sum_squares[0], u)
+                largest_sum_squares[1] += u
+                largest_sum_squares[2] += u * u
+    terms = list(bias.values()) + [min(2 * largest, total) if shared_boundaries else math.sqrt(squares)
+                                   for largest, total, squares in boundary.values()]
     return older + math.sqrt(sum(t * t for t in terms))
 
 
 def run_totals(records: Sequence[Record]) -> dict[str, dict]:
     """Per run: all phases (the whole job) and the training phases alone.
 
-    The whole run's sensor uncertainty: ``whole_run_uncertainty_kwh``. The training phases',
-    which share no boundary with each other, add linearly.
+    The whole run's sensor uncertainty: ``whole_run_uncertainty_kwh``; the training phases',
+    which share no boundary with each other, the same without the shared boundaries.
     """
     out: dict[str, dict] = {}
     for run, mine in by_run(records).items():
@@ -486,7 +493,7 @@ def run_totals(records: Sequence[Record]) -> dict[str, dict]:
             "train_seconds": sum(r.duration_s for r in train),
             "train_energy_kwh": sum(r.energy_kwh for r in train),
             "train_co2eq_g": sum(r.co2eq_g for r in train),
-            "train_uncertainty_kwh": sum(r.uncertainty_kwh for r in train),
+            "train_uncertainty_kwh": whole_run_uncertainty_kwh(train, shared_boundaries=False),
             "epochs": len({r.epoch for r in train if r.epoch is not None}),
             "attempts": len({r.attempt for r in mine}),
             "phases": [p for p in PHASES if any(r.phase == p for r in mine)],
