@@ -507,3 +507,113 @@ def test_a_padding_free_collator_counts_the_sequences_it_packs_into_one_row(tmp_
     assert [r.samples for r in records if r.phase == "validation"] == [EVAL_SAMPLES, EVAL_SAMPLES]
     assert all(r.samples_counted for r in records)
     assert not [w for w in caught if issubclass(w.category, EnergyWarning) and "count" in str(w.message)]
+
+
+class _Stream:
+    """A torch IterableDataset (no length) over ``items``."""
+
+    def __new__(cls, items):
+        import torch
+
+        class Stream(torch.utils.data.IterableDataset):
+            def __iter__(self):
+                return iter(items)
+
+        return Stream()
+
+
+def _tiny_causal_lm():
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=2 * SEQ_LEN, n_embd=16, n_layer=1, n_head=2))
+
+
+def test_evaluation_over_a_data_set_without_a_length_counts_its_batches_not_hfs_observed_count(tmp_path):
+    """Regression: without a length, HF's ``num_samples`` is the sum of each batch's first tensor's
+    leading dimension, which replaced the batches' own count: 2 for 10 sequences and 1 for 7 with
+    DataCollatorWithFlattening (one row per batch), the tokens of a collate that packs them beside
+    per-sample labels (38 and 27, counted). Now the sequences, or uncounted."""
+    import torch
+    from transformers import DataCollatorWithFlattening
+
+    generator = torch.Generator().manual_seed(0)
+    sequences = [{"input_ids": torch.randint(1, 64, (int(k),), generator=generator).tolist()}
+                 for k in torch.randint(2, SEQ_LEN + 1, (10,), generator=generator)]
+    trainer = Trainer(model=_tiny_causal_lm(), args=training_args(tmp_path / "flat", remove_unused_columns=False,
+                                                                  eval_strategy="no", max_steps=1),
+                      train_dataset=sequences, data_collator=DataCollatorWithFlattening(), callbacks=[make_callback()])
+    trainer.train()
+    trainer.evaluate(_Stream(sequences))  # batches of 8: two packed rows
+    trainer.predict(_Stream(sequences[:7]))  # one packed row
+    records = [r for r in read_records(tmp_path / "flat") if r.phase in ("validation", "predict")]
+    assert [(r.phase, r.samples, r.samples_counted) for r in records] == [("validation", 10, True), ("predict", 7, True)]
+
+    class Pooled(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(4, 2)
+
+        def forward(self, feats, lengths, labels=None):
+            logits = self.linear(torch.stack([part.mean(0) for part in torch.split(feats, lengths.tolist())]))
+            return {"loss": torch.nn.functional.cross_entropy(logits, labels), "logits": logits}
+
+    def pack(samples):  # the samples' rows end to end, beside their lengths and labels
+        return {"feats": torch.cat([s["feats"] for s in samples]), "lengths": torch.tensor([len(s["feats"]) for s in samples]),
+                "labels": torch.tensor([s["labels"] for s in samples])}
+
+    items = [{"feats": torch.randn(int(k), 4, generator=generator), "labels": i % 2}
+             for i, k in enumerate(torch.randint(2, 6, (10,), generator=generator))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", EnergyWarning)  # the packed rows cannot be counted: said once
+        trainer = Trainer(model=Pooled(), args=training_args(tmp_path / "packed", remove_unused_columns=False,
+                                                             eval_strategy="no", max_steps=1, per_device_eval_batch_size=4),
+                          train_dataset=items, data_collator=pack, callbacks=[make_callback()])
+        trainer.evaluate(items)  # a length: HF's count, right
+        trainer.evaluate(_Stream(items))
+    records = read_records(tmp_path / "packed")
+    assert [(r.samples, r.samples_counted) for r in records if r.phase == "validation"] == [(10, True), (0, False)]
+
+
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_pre_packed_rows_count_as_rows_at_every_batch_size(tmp_path, batch_size):
+    """Regression: a data set of pre-packed rows (two documents each, position_ids restarting) with
+    default_data_collator counted a batch of one row as its documents, batches of two as rows:
+    6 (2 + 2 + 2) at batch size 2, 10 at batch size 1, for 5 rows. Only a padding-free collator's
+    row counts its sequences: these count 5."""
+    import torch
+    from transformers import default_data_collator
+
+    generator = torch.Generator().manual_seed(0)
+    rows = []
+    for _ in range(5):
+        ids = torch.randint(1, 64, (2 * SEQ_LEN,), generator=generator)
+        rows.append({"input_ids": ids, "labels": ids.clone(),
+                     "position_ids": torch.cat([torch.arange(SEQ_LEN), torch.arange(SEQ_LEN)])})
+    trainer = Trainer(model=_tiny_causal_lm(),
+                      args=training_args(tmp_path / "out", num_train_epochs=1, per_device_train_batch_size=batch_size,
+                                         per_device_eval_batch_size=batch_size),
+                      train_dataset=rows, eval_dataset=_Stream(rows), data_collator=default_data_collator,
+                      callbacks=[make_callback()])
+    trainer.train()
+    records = read_records(tmp_path / "out")
+    assert [(r.phase, r.samples, r.samples_counted) for r in records if r.phase != "other"] == [
+        ("train", 5, True), ("validation", 5, True)]
+
+
+@pytest.mark.parametrize("case", ["no length", "drop last"])
+def test_a_loop_begun_before_the_callback_saw_the_trainer_counts_right(tmp_path, case):
+    """Regression: after add_callback, the first evaluate() (begun at its first on_prediction_step)
+    took the data set's length, or the batches after the first: 12 for 20 over an IterableDataset
+    (the first batch ran before the wrapper), 20 for 16 with dataloader_drop_last."""
+    data = TokenDataset(20, seed=1)
+    dataset = _Stream([data[i] for i in range(20)]) if case == "no length" else data
+    callback = make_callback()
+    trainer = make_trainer(tmp_path, callback, attach="add", eval_strategy="no",
+                           dataloader_drop_last=case == "drop last")
+    trainer.evaluate(dataset)
+    trainer.evaluate(dataset)
+    expected = 20 if case == "no length" else 16
+    records = [r for r in read_records(tmp_path / "out") if r.phase == "validation"]
+    assert [(r.samples, r.samples_counted) for r in records] == [(expected, True)] * 2

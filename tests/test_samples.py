@@ -164,6 +164,19 @@ def test_a_batch_collate_fn_list_made_counts_its_items_where_the_loader_says_so(
     assert count_samples(torch.zeros(3, 4), collate="list") == 3  # a tensor stays a tensor
 
 
+@pytest.mark.parametrize("collate", ["rows", "default"])
+def test_a_row_from_a_collator_known_to_pack_nothing_is_one_sample(collate):
+    # Pre-packed rows (documents end to end, position_ids restarting): a batch of two counts 2, so
+    # a batch of one counts 1, not its documents, where the collator is known; unknown, as before.
+    row = packed([3, 2, 1])
+    two_rows = {key: torch.cat([value, value]) for key, value in row.items()}
+    assert count_samples(two_rows, collate=collate) == 2
+    assert count_samples(row, collate=collate) == 1
+    assert count_samples(EncodingLike(row), collate=collate) == 1
+    assert count_samples({"max_length_q": 3, **row}, collate=collate) == 1
+    assert count_samples(row) == 3
+
+
 def test_count_collated_keeps_the_general_rules_elsewhere():
     assert count_collated(torch.zeros(7, 2)) == 7
     assert count_collated({"input_ids": torch.zeros(3, 4)}) == 3

@@ -36,7 +36,10 @@
   ``attention_mask``, if any) when the row is on the CPU. On a GPU that count would read the
   device back, a synchronisation on every step: such a batch is uncounted, with the warning
   (``sample_counter=``, or a collator returning ``cu_seq_lens_q``). Padding appended to the row
-  without an attention mask (``pad_to_multiple_of``) would count as sequences of its own.
+  without an attention mask (``pad_to_multiple_of``) would count as sequences of its own. Only
+  where the collator is unknown (``collate`` None) or is padding-free: a batch of one row from a
+  collator known to pack nothing (a data set of pre-packed rows) is one sample, as its rows are
+  in a batch of two.
 
 A list of per-sample tensors (``collate_fn=list``) is told from ``[x, y]`` only when their
 lengths differ: a batch of one sample, or of equal lengths, reads as fields. Where the adapter
@@ -72,7 +75,10 @@ def count_samples(batch: Any, collate: str | None = None) -> int | None:
     ``collate``: what the DataLoader says made the batch, where the adapter can see it:
     ``"default"``, torch's ``default_collate`` (see :func:`count_collated`); ``"list"``,
     ``collate_fn=list``, whose batch is its samples (a list of equal-length tensors, which alone
-    reads as fields ``[x, y]``); None, unknown.
+    reads as fields ``[x, y]``); ``"rows"``, a collator known not to pack sequences into one row
+    (HF's Trainer with any collator but a padding-free one); None, unknown. Known (any of the
+    three), a batch of one row is one sample: rows carrying restarting ``position_ids`` are
+    pre-packed rows, each one sample at every batch size, not a padding-free collator's sequences.
     """
     if collate == "list" and type(batch) is list:
         return len(batch)
@@ -101,7 +107,7 @@ def count_samples(batch: Any, collate: str | None = None) -> int | None:
             if shape:
                 samples = shape[0]
                 if samples == 1:  # maybe a padding-free collator's packed row of several sequences
-                    return _one_row(batch)
+                    return 1 if collate else _one_row(batch)
                 for value in values:
                     other = getattr(value, "shape", None)
                     if other and other[0] != samples:
@@ -117,11 +123,11 @@ def count_samples(batch: Any, collate: str | None = None) -> int | None:
             # __getattr__ raising (and chaining) an exception each time.
             leads = [shape[0] for shape in (getattr(value, "shape", None) for value in batch.values()) if shape]
             if leads and len(set(leads)) == 1:
-                return int(leads[0]) if leads[0] != 1 else _one_row(batch)
+                return int(leads[0]) if leads[0] != 1 or collate else _one_row(batch)
     except Exception:  # noqa: BLE001 - a strided nested tensor raises on .shape; an unknown dim is None
         pass
     samples = _walk(batch, collate == "default")
-    if samples == 1 and isinstance(batch, Mapping):
+    if samples == 1 and not collate and isinstance(batch, Mapping):
         return _one_row(batch)
     return samples
 

@@ -42,12 +42,15 @@ How it fits the Trainer (read against transformers 5.23):
   ``energy_j_per_token``; or ``token_counter=`` (batch -> int) on each batch. Evaluation and
   prediction samples: each completed ``prediction_step``'s batch is counted as the loop goes
   (wrapped on the instance), so a loop that raises leaves a partial record with the batches it
-  finished; a loop that completes takes its own ``num_samples`` (the data set length, without
-  the samples Accelerate repeats to keep ranks in step), but keeps the batches' count with
-  ``dataloader_drop_last``, which drops the partial last batch there too. Batches are counted by
+  finished; a loop that completes over a data set with a length takes its own ``num_samples``
+  (the data set length, without the samples Accelerate repeats to keep ranks in step), but keeps
+  the batches' count with ``dataloader_drop_last``, which drops the partial last batch there too,
+  and without a length (HF's count is then each batch's first tensor's leading dimension). A loop
+  begun at its first ``on_prediction_step`` counts that batch from the loop's frame. Batches are counted by
   ``sample_counter=`` or ``greencallbacks.samples.count_samples`` (data collators'
   ``BatchEncoding`` and dicts by their leading dimension; a padding-free collator's single row,
-  ``DataCollatorWithFlattening``, by the sequences packed into it: on a GPU only when it carries
+  ``DataCollatorWithFlattening`` or TRL's ``padding_free``, by the sequences packed into it (the
+  single row of any other collator is one sample: pre-packed rows count as rows at every batch size): on a GPU only when it carries
   ``cu_seq_lens_q``, as counting its ``position_ids`` there would synchronise every step, so
   such a batch is uncounted and says so), only once the step returned: a batch that raised is
   not counted. A batch that cannot be counted: one warning per run and
@@ -225,6 +228,7 @@ class EnergyCallback(TrainerCallback, ExportableState):
                  "settings saved there (not sensors=, extra_sensors=, budget=, embodied= or series objects). Pass the callback "
                  "in Trainer(callbacks=[...]) to keep the original.")
         self._attach(trainer)
+        self._counter.collate = _collate_kind(trainer)
         self._settle()
         self._abort()  # a previous train() that raised without a watch (no frame found) left its run open
         # A train() is a new run unless it resumes from a checkpoint: then the Trainer has loaded
@@ -321,10 +325,15 @@ class EnergyCallback(TrainerCallback, ExportableState):
             predicting = watch.calling_frame(lambda f: f.f_code.co_name == "predict" and f.f_locals.get("self") is trainer)
             description = "Prediction" if predicting is not None else "Evaluation"
         self._begin_loop(description, loop_arguments.get("metric_key_prefix"), args, trainer)
+        # The first batch ran before prediction_step was wrapped: count it from the loop's own
+        # variable (uncounted where there is none: a release whose loop names it otherwise).
+        batch = loop_arguments.get("inputs")
+        samples, tokens = self._counter.count(batch, self.tracker.run_id) if batch is not None else (None, 0)
+        self.tracker.add_samples(samples, tokens=tokens)
 
     @never_raises
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        self._finish_hooked_loop(metrics, kwargs.get("eval_dataloader"), state, control)
+        self._finish_hooked_loop(metrics, kwargs.get("eval_dataloader"), args, state, control)
         self._loop_metrics = {}
         if not self._in_train:
             self._end_call()  # evaluate() got this far: it no longer needs watching
@@ -333,7 +342,7 @@ class EnergyCallback(TrainerCallback, ExportableState):
     def on_predict(self, args, state, control, metrics=None, **kwargs):
         # HF returns predict metrics but logs none. Reporters that log them in their own on_predict
         # (W&B, Trackio, Comet, SwanLab) have them in `metrics` already: the log skips them.
-        if not self._finish_hooked_loop(metrics, kwargs.get("eval_dataloader"), state, control, predict=True):
+        if not self._finish_hooked_loop(metrics, kwargs.get("eval_dataloader"), args, state, control, predict=True):
             self._log(self._loop_metrics, control, skip=self._logging_on_predict())
         self._loop_metrics = {}
         if not self._in_train:
@@ -456,6 +465,8 @@ class EnergyCallback(TrainerCallback, ExportableState):
                 self.session = EnergySession(**self._session_kwargs)
                 self._epoch = self._next_epoch = None  # the other Trainer's epochs are not this run's
             self._run_trainer = trainer
+        if trainer is not None:
+            self._counter.collate = _collate_kind(trainer)
         self._start(args)  # no-op inside train(); evaluate()/predict() alone make a run of their own
         phase = "predict" if description == "Prediction" else "validation"
         # Each metric_key_prefix (eval, eval_<data set>, test) totals its own loops.
@@ -484,16 +495,18 @@ class EnergyCallback(TrainerCallback, ExportableState):
             return {}
         return self.session.metrics(phase, prefix=f"{prefix}_" if prefix else "")
 
-    def _finish_hooked_loop(self, metrics, eval_dataloader, state, control, predict: bool = False) -> bool:
+    def _finish_hooked_loop(self, metrics, eval_dataloader, args, state, control, predict: bool = False) -> bool:
         """End a loop begun at its first ``on_prediction_step``; its values go into HF's metrics and the log.
 
-        (Its first batch was not counted: the data set's length stands for the samples.)"""
+        Samples: the data set's length, as HF counts them, where it has one and no batch is
+        dropped; else the batches counted, the first one from the loop's frame."""
         if self._loop is None or metrics is None:
             return False
         if self._loop[1] is None:  # HF names every metric `{prefix}_...` and always adds `{prefix}_runtime`
             self._loop = (self._loop[0], next((k[: -len("_runtime")] for k in metrics if k.endswith("_runtime")), ""))
         dataset = getattr(eval_dataloader, "dataset", None)
-        values = _finite(self._end_loop(len(dataset) if hasattr(dataset, "__len__") else None, state))
+        samples = len(dataset) if _has_length(dataset) and not args.dataloader_drop_last else None
+        values = _finite(self._end_loop(samples, state))
         metrics.update(values)
         # on_predict: the callbacks after this one see `metrics` with the values in their own on_predict.
         self._log(values, control, skip=self._logging_on_predict(after_self=True) if predict else ())
@@ -626,7 +639,7 @@ def _measured_loop(trainer: Trainer, name: str, owners):
         if not callbacks:
             return loop(*args, **kwargs)
         try:
-            description, prefix = _loop_arguments(signatures, args, kwargs)
+            description, prefix, dataloader = _loop_arguments(signatures, args, kwargs)
         except Exception as error:  # noqa: BLE001 - never break evaluation: run it unmeasured
             if not warned:
                 warned.append(True)
@@ -647,7 +660,7 @@ def _measured_loop(trainer: Trainer, name: str, owners):
             raise
         for callback in callbacks:
             try:
-                values = _finite(callback._end_loop(_loop_samples(trainer.args, output), trainer.state))
+                values = _finite(callback._end_loop(_loop_samples(trainer.args, output, dataloader), trainer.state))
                 output.metrics.update(values)  # evaluate() logs and returns them; predict() returns them
                 callback._loop_metrics = values
             except Exception as error:  # noqa: BLE001
@@ -657,17 +670,42 @@ def _measured_loop(trainer: Trainer, name: str, owners):
     return measured
 
 
-def _loop_samples(args, output) -> int | None:
+def _loop_samples(args, output, dataloader) -> int | None:
     """A completed loop's samples: HF's ``num_samples`` (the data set's length, without the
     samples Accelerate repeats so that several ranks each have a last batch; right for a batch
     whose leading dimension is not its samples, too), unless ``dataloader_drop_last`` drops the
-    partial last batch from evaluation as well: then None, the batches counted as the loop went."""
-    return None if args.dataloader_drop_last else output.num_samples
+    partial last batch from evaluation as well, or the data set has no length: then None, the
+    batches counted as the loop went. (Without a length, HF's count is the sum of each batch's
+    first tensor's leading dimension: a padding-free row's 1, or packed tokens.)"""
+    if args.dataloader_drop_last or not _has_length(getattr(dataloader, "dataset", None)):
+        return None
+    return output.num_samples
 
 
-def _loop_arguments(signatures: list, args: tuple, kwargs: dict) -> tuple[str | None, str]:
-    """A loop call's ``description`` and ``metric_key_prefix``: as the first signature that binds
-    them (in its ``**kwargs`` too) has them, else the last one's default prefix."""
+def _has_length(dataset) -> bool:
+    """Whether ``len(dataset)`` answers (as HF's ``has_length``: a torch ``IterableDataset`` raises)."""
+    try:
+        return dataset is not None and len(dataset) is not None
+    except (TypeError, AttributeError, NotImplementedError):
+        return False
+
+
+def _collate_kind(trainer: Trainer) -> str | None:
+    """For ``count_samples``: None where the Trainer's collator packs sequences into one row
+    (``DataCollatorWithFlattening``, TRL's ``padding_free``), whose row is counted by its
+    sequences; else ``"rows"``: a batch of one row is one sample (a data set of pre-packed rows
+    counts its rows at every batch size)."""
+    collator = getattr(trainer, "data_collator", None)
+    flattening = getattr(transformers, "DataCollatorWithFlattening", None)
+    if (flattening is not None and isinstance(collator, flattening)) or getattr(collator, "padding_free", False):
+        return None
+    return "rows"
+
+
+def _loop_arguments(signatures: list, args: tuple, kwargs: dict) -> tuple[str | None, str, Any]:
+    """A loop call's ``description``, ``metric_key_prefix`` and ``dataloader``: as the first
+    signature that binds them (in its ``**kwargs`` too) has them, else the last one's default
+    prefix (and None)."""
     found: dict[str, Any] = {}
     for signature in signatures:
         try:
@@ -677,11 +715,11 @@ def _loop_arguments(signatures: list, args: tuple, kwargs: dict) -> tuple[str | 
         for parameter in signature.parameters.values():
             if parameter.kind is inspect.Parameter.VAR_KEYWORD:
                 arguments.update(arguments.pop(parameter.name, {}))
-        for key in ("description", "metric_key_prefix"):
+        for key in ("description", "metric_key_prefix", "dataloader"):
             if key in arguments:
                 found.setdefault(key, arguments[key])
     prefix = found.get("metric_key_prefix", signatures[-1].parameters["metric_key_prefix"].default)
-    return found.get("description"), prefix
+    return found.get("description"), prefix, found.get("dataloader")
 
 
 def _find_trainer(depth: int = 40):
