@@ -222,3 +222,26 @@ def test_a_training_that_failed_between_two_epochs_is_said():
     assert any("ended in a failure after an epoch" in note and "its energy is in V" in note for note in failed.notes)
     assert failed.run_other_j == pytest.approx(3 * 200 + 3 * 50)  # the gap's record is V's, not T's
     assert not any("ended in a failure" in note for note in lifecycle(trained_run()).notes)
+
+
+def test_epochs_trained_again_from_an_older_checkpoint_are_said_and_not_one_epochs_cost():
+    """A resume from epoch 0's checkpoint after 3 epochs trained epochs 1 and 2 again: T keeps both
+    trainings (the energy was spent), but each epoch's cost is one training's and T per sample is
+    over the 5 epochs' samples trained, not 3 (the report's rule, which says 2 trained again)."""
+    import dataclasses
+
+    from greencallbacks.report.data import epochs_trained_again
+
+    first = [dataclasses.replace(r, step=4 * (r.epoch + 1)) if r.epoch is not None else r
+             for r in trained_run() if r.phase != "test"]
+    again = [dataclasses.replace(r, attempt=1, seq=r.seq + 100, energy_kwh=4000.0 / KWH, co2eq_g=4000.0 / KWH * 500)
+             for r in first if r.phase == "train" and r.epoch in (1, 2)]
+    records = first + again
+    lc = lifecycle(records)
+    assert epochs_trained_again(records) == lc.epochs_trained_again == 2
+    assert lc.training_j == pytest.approx(3 * 5000 + 2 * 4000)  # spent, so counted
+    assert lc.training_j_per_epoch == pytest.approx((5000.0, 4000.0, 4000.0))  # each epoch's last training
+    assert lc.training_j_per_sample == pytest.approx(23000 / 5000)  # T over the samples trained
+    assert any(note.startswith("2 epochs trained again") and "T counts both" in note for note in lc.notes)
+    assert lc.to_dict()["epochs_trained_again"] == 2
+    assert not any("trained again" in note for note in lifecycle(first).notes)

@@ -247,7 +247,7 @@ def test_zero_duration_phase_is_billed_at_its_instant():
 
 def test_markdown_table_lists_every_scenario():
     table = whatif(TWO_HOUR_RUN, SERIES, threshold=300, zones=["FR"]).to_markdown()
-    for expected in ("| as recorded |", "flexible start", "pause and resume", "| in FR |", "| scenario |"):
+    for expected in ("| as recorded, priced at this series |", "flexible start", "pause and resume", "| in FR |", "| scenario |"):
         assert expected in table
 
 
@@ -276,7 +276,7 @@ def test_main_writes_a_plot_and_a_table(recorded_run, tmp_path, capsys):
     plot = tmp_path / "whatif.png"
     assert main([str(run), "--intensity", str(series), "--window-h", "12", "--plot", str(plot)]) == 0
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "| as recorded |" in capsys.readouterr().out
+    assert "| as recorded, priced at this series |" in capsys.readouterr().out
 
 
 def test_main_reports_bad_input_without_a_traceback(recorded_run, tmp_path, capsys):
@@ -433,3 +433,23 @@ def test_main_says_a_runs_error_in_one_line_when_several_runs_are_found(tmp_path
     assert main([str(tmp_path / "logs"), "--intensity", str(series)]) == 2
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and err.startswith("greencallbacks whatif: error: run version_1: "), err
+
+
+def test_recorded_co2eq_priced_with_another_intensity_is_told_apart_from_the_as_recorded_row():
+    """A run priced at a given 300 g/kWh when it ran, analysed with a series of 100-500 g/kWh: the
+    records' CO2eq and the as-recorded row differ, and the output says why (in text and json)."""
+    import dataclasses
+
+    run = [dataclasses.replace(r, co2eq_g=r.energy_kwh * 300.0, intensity_gco2eq_per_kwh=300.0,
+                               intensity_source="user-supplied intensity") for r in TWO_HOUR_RUN]
+    result = whatif(run, SERIES, threshold=300)
+    assert result.recorded_co2eq_g != pytest.approx(result.as_recorded.co2eq_g)
+    assert result.as_recorded.name == "as recorded, priced at this series"
+    assert result.recorded_g_per_kwh == pytest.approx(300.0)
+    text = result.to_markdown()
+    assert "Recorded CO2eq: " in text and "(priced when it ran at 300 gCO2eq/kWh on average" in text
+    assert "is the records' own, priced when the run ran" in text and f"with {result.series_name}" in text
+    assert result.to_dict()["recorded_note"] == result.recorded_note != ""
+    # Priced with the series itself, the two agree and no note is needed.
+    priced_by_series = [dataclasses.replace(r, co2eq_g=g) for r, g in zip(TWO_HOUR_RUN, (400.0, 100.0))]
+    assert whatif(priced_by_series, SERIES, threshold=300).recorded_note == ""

@@ -1,11 +1,19 @@
 """The life-cycle model of a model, built from records.
 
     I  = energy of one inference (J/sample), from validation / test / predict phases
-    T  = energy of the trained run's training phases; per epoch T_e, per sample T / (D * E)
-    a  = training overhead factor  T / (I * D * E)
+    T  = energy of the trained run's training phases; per epoch T_e, per sample T / (D * (E + A))
+    a  = training overhead factor  T / (I * D * (E + A))
+    A  = epochs trained again (a resume from an older checkpoint, a Keras fit with an earlier
+         ``initial_epoch``): each such epoch was trained twice, and T holds both trainings
     V  = the rest of the trained run: its validation, gaps (checkpoints) and own test / predict
     CT = search (architecture / hyper-parameters) = sum over H trials of their whole runs
     LC = CT + T + V + e * I      (e = expected inferences in deployment)
+
+T is the energy spent, so an epoch trained again counts twice in it (a note says how many); what
+cites one epoch or one sample does not: T_e is the epoch's last training (the one the model kept),
+and T per sample is T over the samples trained, D x (E + A), so that training an epoch again costs
+its samples and not twice the price of one. The epochs the report classes as trained again
+(``report.data.epochs_trained_again``) are the same here.
 
 T stays the training phases alone, so that T per sample and a mean what the literature means; V
 holds the rest of the trained run, so that it counts whole, as each trial does in CT. A sweep whose
@@ -54,16 +62,18 @@ class LifeCycle:
     inference_embodied_co2eq_g_per_sample: float | None = None
     search_embodied_co2eq_g: float | None = None
     run_other_embodied_co2eq_g: float | None = None
+    epochs_trained_again: int = 0  # A: complete epochs an attempt trained anew; T holds both trainings
 
     @property
     def training_j_per_sample(self) -> float | None:
+        """T / (D x (E + A)): J per sample trained, an epoch trained again counting its samples twice."""
         if not self.samples_per_epoch:
             return None
-        return self.training_j / (self.samples_per_epoch * self.epochs)
+        return self.training_j / (self.samples_per_epoch * (self.epochs + self.epochs_trained_again))
 
     @property
     def overhead_factor(self) -> float | None:
-        """a = T / (I x D x E): how many inferences' worth of energy one training sample costs."""
+        """a = T / (I x D x (E + A)): how many inferences' worth of energy one training sample costs."""
         per_sample = self.training_j_per_sample
         if per_sample is None or not self.inference_j_per_sample:
             return None
@@ -185,10 +195,13 @@ def lifecycle(records: Sequence[Record], search: Iterable[Record] = (), run_id: 
     other = [r for r in mine if r.phase != "train"]
     if not train:
         raise ValueError(f"run {run_id!r} has no training records")
+    from greencallbacks.report.data import epochs_trained_again, training_failed
+
     per_epoch: dict[int, list[Record]] = defaultdict(list)
-    for r in train:
+    for r in last_trainings(train):
         per_epoch[r.epoch if r.epoch is not None else -1].append(r)
     epochs = sorted(per_epoch)
+    again = epochs_trained_again(mine)
     # T is every joule training spent, an epoch cut short and redone after a resume included; D
     # is what one epoch sees, from the epochs that ran whole in one attempt and were counted.
     training_j = sum(r.energy_kwh for r in train) * J_PER_KWH
@@ -207,8 +220,10 @@ def lifecycle(records: Sequence[Record], search: Iterable[Record] = (), run_id: 
         notes.append("no inference phase with samples: I, a and the break-even are unknown")
     elif i_phase == "validation":
         notes.append("I measured in validation loops (no test or predict records)")
-    from greencallbacks.report.data import training_failed
-
+    if again:
+        notes.append(f"{again} epoch{'s' if again != 1 else ''} trained again from an earlier checkpoint or epoch: "
+                     "T counts both trainings; per epoch is each epoch's last training, and T per sample is "
+                     "T over the samples trained, D x (E + epochs trained again)")
     if any(r.partial for r in train):
         notes.append("some training phases were cut short (partial); their energy is in T")
     elif training_failed(mine):
@@ -257,4 +272,18 @@ def lifecycle(records: Sequence[Record], search: Iterable[Record] = (), run_id: 
         ),
         search_embodied_co2eq_g=search_embodied,
         run_other_embodied_co2eq_g=embodied_sum(other),
+        epochs_trained_again=again,
     )
+
+
+def last_trainings(train: Sequence[Record]) -> list[Record]:
+    """The training records of each epoch's last training: an epoch trained again (``report.data``'s
+    rule, as the report classes it) drops what the attempts before that training spent on it, so
+    that one epoch's cost is one training's, not the sum of two."""
+    from greencallbacks.report.data import AGAIN, complete_training
+
+    retrained_in: dict[int, int] = {}  # epoch -> the attempt of its last training anew
+    for r, how in complete_training(train):
+        if how == AGAIN:
+            retrained_in[r.epoch] = r.attempt
+    return [r for r in train if r.epoch not in retrained_in or r.attempt >= retrained_in[r.epoch]]

@@ -2,7 +2,9 @@
 
 Strategies after "Measuring the Carbon Intensity of AI in Cloud Instances" (FAccT 2022):
 
-* as recorded: the run's energy at the times it was used, priced with the given series;
+* as recorded: the run's energy at the times it was used, priced with the given series (not
+  the records' own CO2eq, which the intensity the tracker used when the run ran priced: where the
+  two differ, the output says so);
 * Flexible Start: the whole run shifted later by up to ``window_h`` hours, in steps of the
   series' resolution; the best start and its saving are reported;
 * Pause and Resume: the run pauses during series steps above a threshold while the pauses fit
@@ -57,6 +59,10 @@ class Phase:
     energy_kwh: float
 
 
+# The recorded timing priced with the series given, as every other scenario: not the records' CO2eq.
+AS_RECORDED = "as recorded, priced at this series"
+
+
 @dataclass
 class Scenario:
     name: str
@@ -87,13 +93,31 @@ class WhatIfResult:
     window_end_unix: float | None = None  # the latest end Flexible Start tried
     idle_s: float = 0.0  # between a crash and the resume: no part of run_duration_s
     attempts: int = 1
+    # What priced the records when the run ran: their CO2eq over their energy, and their sources.
+    recorded_g_per_kwh: float | None = None
+    recorded_sources: list[str] = field(default_factory=list)
 
     @property
     def scenarios(self) -> list[Scenario]:
         return [self.as_recorded, self.flexible_start, *([self.pause_resume] if self.pause_resume else []), *self.regions]
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "recorded_note": self.recorded_note}
+
+    @property
+    def recorded_note(self) -> str:
+        """Why "Recorded CO2eq" and the as-recorded row differ, where they do beyond rounding: the
+        run was priced with another intensity when it ran than the series given here."""
+        if number(self.recorded_co2eq_g, 4) == number(self.as_recorded.co2eq_g, 4):
+            return ""
+        return (f"Recorded CO2eq ({number(self.recorded_co2eq_g, 4)} g) is the records' own, priced when the run ran"
+                f"{self._recorded_pricing()}; the \"{self.as_recorded.name}\" row prices the same energy at the same "
+                f"times with {self.series_name} ({number(self.as_recorded.co2eq_g, 4)} g), as every scenario is.")
+
+    def _recorded_pricing(self) -> str:
+        mean = f" at {self.recorded_g_per_kwh:.4g} gCO2eq/kWh on average" if self.recorded_g_per_kwh else ""
+        sources = f", from {', '.join(self.recorded_sources)}" if self.recorded_sources else ""
+        return mean + sources
 
     def to_markdown(self) -> str:
         resumed = (f" in {self.attempts} attempts ({_duration(self.idle_s)} idle between them, not counted)"
@@ -101,7 +125,7 @@ class WhatIfResult:
         lines = [
             f"What-if for a run of {_energy_text(self.energy_kwh)} over {_duration(self.run_duration_s)}{resumed} "
             f"starting {_iso(self.run_start_unix)}, priced with {self.series_name}.",
-            f"Recorded CO2eq: {number(self.recorded_co2eq_g, 4)} g.",
+            f"Recorded CO2eq: {number(self.recorded_co2eq_g, 4)} g (priced when it ran{self._recorded_pricing()}).",
             "",
             markdown_table(
                 ["scenario", "CO2eq (g)", "saving (g)", "saving (%)", "detail"],
@@ -112,6 +136,8 @@ class WhatIfResult:
         ]
         if any(s.extrapolated for s in self.scenarios):
             lines += ["", self.extrapolation_note]
+        if self.recorded_note:
+            lines += ["", self.recorded_note]
         if self.threshold_note:
             lines += ["", self.threshold_note]
         return "\n".join(lines) + "\n"
@@ -479,7 +505,7 @@ def whatif(
         saving = baseline - co2
         return Scenario(name, co2, saving, 100.0 * saving / baseline if baseline > 0 else 0.0, **extra)
 
-    as_recorded = scenario("as recorded", baseline, start_unix=run_start, end_unix=run_end,
+    as_recorded = scenario(AS_RECORDED, baseline, start_unix=run_start, end_unix=run_end,
                            detail=f"start {_iso(run_start)}", running=[(run_start, run_end)],
                            extrapolated=outside(run_start, run_end))
 
@@ -527,6 +553,8 @@ def whatif(
     return WhatIfResult(
         energy_kwh=energy,
         recorded_co2eq_g=sum(r.co2eq_g for r in records),
+        recorded_g_per_kwh=recorded_g_per_kwh(records),
+        recorded_sources=sorted({r.intensity_source for r in records if r.intensity_source}),
         run_start_unix=run_start,
         run_duration_s=run_duration,
         idle_s=idle_s,
@@ -541,6 +569,12 @@ def whatif(
         series_covers=coverage,
         window_end_unix=run_end + window_s,
     )
+
+
+def recorded_g_per_kwh(records: Sequence["Record"]) -> float | None:
+    """The intensity the records were priced at when the run ran, energy-weighted."""
+    energy = sum(r.energy_kwh for r in records)
+    return sum(r.co2eq_g for r in records) / energy if energy > 0 else None
 
 
 def _energy_text(kwh: float) -> str:

@@ -268,9 +268,9 @@ def _epoch_samples(records: Sequence[Record]) -> list[list]:
     An epoch's complete records add up over the attempts where a later one went on with it (one
     that max_steps ended inside it, and the resume that went on from that step); where a later one
     trained it again, its count replaces the one before rather than doubling it; where neither can
-    be told (``_complete_training``), the epoch's count is not known."""
+    be told (``complete_training``), the epoch's count is not known."""
     counted: dict[int, int | None] = {}
-    for r, how in _complete_training(records):
+    for r, how in complete_training(records):
         so_far = 0 if how == AGAIN else counted.get(r.epoch, 0)
         known = how != UNKNOWN and so_far is not None and r.samples_counted
         counted[r.epoch] = so_far + r.samples if known else None
@@ -280,14 +280,14 @@ def _epoch_samples(records: Sequence[Record]) -> list[list]:
 def epochs_trained_again(records: Sequence[Record]) -> int:
     """How many times an attempt trained anew an epoch an earlier one had completed (a resume from
     an older checkpoint, a Keras fit with ``initial_epoch`` before the last): energy spent twice."""
-    return sum(1 for _, how in _complete_training(records) if how == AGAIN)
+    return sum(1 for _, how in complete_training(records) if how == AGAIN)
 
 
-# How a complete training record stands to the epoch's earlier attempts (``_complete_training``).
+# How a complete training record stands to the epoch's earlier attempts (``complete_training``).
 FIRST, ON, AGAIN, UNKNOWN = "first", "went on", "trained again", "not known"
 
 
-def _complete_training(records: Sequence[Record]) -> list[tuple[Record, str]]:
+def complete_training(records: Sequence[Record]) -> list[tuple[Record, str]]:
     """Each complete training record, in attempt order, with how it stands to the epoch's earlier
     attempts: FIRST, ON (went on with it), AGAIN (trained it anew) or UNKNOWN.
 

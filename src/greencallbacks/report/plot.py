@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import textwrap
 from pathlib import Path
 from typing import Sequence
 
@@ -19,6 +20,14 @@ from greencallbacks.textformat import (
     MASS_UNITS,
     pick_unit,
 )
+
+
+# Characters of a title line that fit the figure's width at the title's size, with a margin: a
+# configuration's description is longer, and cut at the image's edges it lost what tells panels apart.
+TITLE_WIDTH_CHARS = 70
+FIGURE_WIDTH_IN = 6.4
+PANEL_HEIGHT_IN = 3.8
+TITLE_LINE_IN = 0.2  # the room each further title line takes from the panel, given back
 
 
 def plot_epochs(records: Sequence[Record], path: str | os.PathLike) -> Path:
@@ -39,6 +48,15 @@ def _tick(row: dict, with_attempt: bool) -> str:
     return "\n".join(lines)
 
 
+def _panel_title(config: dict, group: Sequence[Record], several: bool) -> str:
+    """The panel's title; with several panels, the configuration below it, wrapped to the figure's width."""
+    runs = len(run_ids(group))
+    title = "Energy per epoch and cumulative CO2eq" + (f" (mean of {runs} runs, bars ± SE)" if runs > 1 else "")
+    if several:
+        title += "\n" + textwrap.fill(describe_configuration(config), TITLE_WIDTH_CHARS, break_on_hyphens=False)
+    return title
+
+
 def epoch_figure(records: Sequence[Record]):
     """Per-epoch training and validation energy (stacked bars, SE error bars over runs) and cumulative CO2eq.
 
@@ -47,7 +65,9 @@ def epoch_figure(records: Sequence[Record]):
     groups = [(config, group) for config, group in group_runs(records) if epoch_summary(group)]
     if not groups:
         raise ValueError("no training epochs to plot")
-    figure = new_figure(6.4, 3.8 * len(groups))
+    titles = [_panel_title(config, group, len(groups) > 1) for config, group in groups]
+    extra_lines = sum(title.count("\n") for title in titles)
+    figure = new_figure(FIGURE_WIDTH_IN, PANEL_HEIGHT_IN * len(groups) + TITLE_LINE_IN * extra_lines)
     from matplotlib.ticker import (
         MaxNLocator,  # after new_figure, which says how to install matplotlib
     )
@@ -85,11 +105,7 @@ def epoch_figure(records: Sequence[Record]):
         axes.set_ylim(0, 1.45 * max((t + v) * factor + e for t, v, e in zip(train, val, errors)) or 1.0)
         line_axes.set_ylim(0, 1.45 * max(cumulative) * m_factor or 1.0)
         line_axes.yaxis.set_major_locator(MaxNLocator(nbins=6))
-        runs = len(run_ids(group))
-        title = "Energy per epoch and cumulative CO2eq" + (f" (mean of {runs} runs, bars ± SE)" if runs > 1 else "")
-        if len(groups) > 1:
-            title += f"\n{describe_configuration(config)}"
-        axes.set_title(title, fontsize="medium")
+        axes.set_title(titles[index], fontsize="medium")
         handles = axes.get_legend_handles_labels()[0] + line_axes.get_legend_handles_labels()[0]
         axes.legend(handles, [h.get_label() for h in handles], loc="upper left", ncol=2, fontsize="small", frameon=False)
     figure.tight_layout()
