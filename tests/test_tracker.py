@@ -182,6 +182,38 @@ def test_a_resume_from_a_copied_run_directory_counts_each_earlier_record_once(tm
     assert [r.attempt for r in read_records(copy)][-1] == 1  # the copy's next attempt, not the original's
 
 
+@pytest.mark.parametrize("layout", ["same directory", "new version beside it"])
+def test_a_copy_resumed_in_the_frameworks_own_directory_goes_on_in_the_copy(tmp_path, layout):
+    """The adapters give the directory (HF's output_dir, Lightning's log dir: not the user's
+    choice), so a resume follows the checkpoint's records path to the run's own file: for a copy,
+    the original's. The resume wrote into A and took in A's later attempt; it goes on in B."""
+    import shutil
+
+    def started(directory):
+        clock = FakeClock()
+        meter = Meter([ScriptedSensor("gpu0", clock, power_w=100.0)], fallback=None, clock=clock,
+                      wall_clock=lambda: clock() + 1.7e9)
+        tracker = Tracker(carbon=Carbon(intensity=INTENSITY, pue=PUE))
+        tracker.start(meter, output_dir=directory)
+        return tracker, clock
+
+    first, clock = started(tmp_path / "A" / "v0")
+    run_epochs(first, clock, epochs=2)
+    state = first.state_dict()
+    shutil.copytree(tmp_path / "A", tmp_path / "B")
+    original, clock = started(tmp_path / "A" / "v1")  # the original went on first
+    original.load_state_dict(state)
+    run_epochs(original, clock, epochs=1)
+    a_before = read_records(tmp_path / "A" / "v0")
+    copy, clock = started(tmp_path / "B" / ("v0" if layout == "same directory" else "v1"))
+    copy.load_state_dict(state)
+    run_epochs(copy, clock, epochs=1)
+    assert read_records(tmp_path / "A" / "v0") == a_before  # the original untouched
+    mine = read_records(tmp_path / "B" / "v0")
+    assert [r.attempt for r in mine][-1] == 1 and copy.output_dir == tmp_path / "B" / "v0"
+    assert copy.total_energy_j == pytest.approx(sum(r.energy_kwh for r in mine) * 3.6e6)
+
+
 def test_bad_run_id_rejected():
     with pytest.raises(ValueError, match="run_id"):
         Tracker(run_id="  ")

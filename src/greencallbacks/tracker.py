@@ -69,6 +69,13 @@ RECORDS_KEPT_IN_MEMORY = 1000
 GAP_WRITTEN_AT_BEGIN_S = 0.5
 
 
+def _same_directory(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b)
+    except OSError:  # one of them is not there
+        return False
+
+
 def utc_iso(unix_s: float) -> str:
     return _dt.datetime.fromtimestamp(unix_s, _dt.timezone.utc).isoformat(timespec="milliseconds")
 
@@ -623,14 +630,17 @@ class Tracker:
         ledger, output_dir = copy.copy(self.ledger), self.output_dir  # `resume` rebinds, never mutates
         try:
             home = Path(state["records_path"]).parent if state.get("records_path") else None
-            # The run goes on in its own records file (one run, one ledger), even when the framework
-            # made a new log directory for this attempt (Lightning's version_N), unless the user chose
-            # a directory, or the run's is not on this machine (its parent is missing too).
-            if home is not None and (home.is_dir() or home.parent.is_dir()) and not self._output_dir_chosen:
-                self.output_dir = home
             run_id = state.get("run_id", self.run_id)
             if not isinstance(run_id, str) or not run_id:
                 raise ValueError(f"run_id {run_id!r}")
+            copied = self._copy_of(home, run_id)
+            if copied is not None:  # a copy of the run's directory, resumed from the copy: its own history
+                self.output_dir = home = copied
+            elif home is not None and (home.is_dir() or home.parent.is_dir()) and not self._output_dir_chosen:
+                # The run goes on in its own records file (one run, one ledger), even when the framework
+                # made a new log directory for this attempt (Lightning's version_N), unless the user chose
+                # a directory, or the run's is not on this machine (its parent is missing too).
+                self.output_dir = home
             if self.reducer.world_size == 1 and not self._hold_lock(home if home is not None and home.is_dir() else self.output_dir, run_id):
                 self.output_dir = output_dir
                 if run_id == self.run_id:  # the id given: a run of its own needs an id of its own
@@ -663,6 +673,19 @@ class Tracker:
             opened.seq = self.ledger.take_seq()
         if self.running:
             self._open_writer()
+
+    def _copy_of(self, home: Path | None, run_id: str) -> Path | None:
+        """Where this attempt's directory, or the one of the same name beside it (Lightning's
+        ``version_0`` beside the ``version_1`` it opened), holds records of ``run_id`` though the
+        checkpoint names another (``home``): a copy of the run's directory (``cp -r``), resumed
+        from the copy. Its history is the copy's, not the original's, which may have gone on
+        since; this attempt writes there, never into the original."""
+        if home is None or self.output_dir is None:
+            return None
+        for here in dict.fromkeys((self.output_dir, self.output_dir.parent / home.name)):
+            if here.is_dir() and not _same_directory(here, home) and run_id in run_ids_in(here):
+                return here
+        return None
 
     def _open_writer(self) -> None:
         path = self.output_dir / RECORDS_FILE if self.output_dir is not None else None
