@@ -722,3 +722,16 @@ def test_lightning_test_failing_after_a_fit_leaves_the_training_complete(tmp_pat
     records = read_records(tmp_path)
     assert records[-1].partial  # the test's failure is in the records
     assert not report.cut_short(report.configuration(records))
+
+
+def test_two_ranks_gpus_of_one_name_err_at_their_own_boundaries():
+    """Each rank names its GPU gpu0: the two counters' boundary errors are independent, each
+    counted at its own first and last boundary, not pooled into one device's."""
+    records = []
+    for seq in range(6):
+        r = rec("ddp", "train", seq, 7200.0, 100, seq, uncertainty_j=30.0)
+        parts = [{"name": "gpu0", "kind": "gpu", "method": "counter", "energy_j": 3600.0, "uncertainty_j": 30.0,
+                  "rank": rank, "host": "h"} for rank in (0, 1)]
+        records.append(dataclasses.replace(r, components=parts))
+    # 2 x 30 J per rank, in quadrature over the two ranks (pooled: 2 x 30 J for both)
+    assert report.run_totals(records)["ddp"]["uncertainty_kwh"] == pytest.approx(math.sqrt(2) * 60.0 / KWH)

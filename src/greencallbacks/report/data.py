@@ -452,7 +452,7 @@ def whole_run_uncertainty_kwh(records: Sequence[Record], *, shared_boundaries: b
     the whole run that holds it.
     """
     bias: dict[tuple[str, str], float] = defaultdict(float)
-    boundary: dict[tuple[int, str], list[float]] = {}  # (attempt, component): [largest, sum, sum of squares]
+    boundary: dict[tuple, list[float]] = {}  # (attempt, component, rank, host): [largest, sum, sum of squares]
     older = 0.0
     for r in records:
         parts = [c for c in r.components if isinstance(c.get("uncertainty_j"), (int, float))]
@@ -465,7 +465,9 @@ def whole_run_uncertainty_kwh(records: Sequence[Record], *, shared_boundaries: b
             if c.get("method") in ("estimated", "apportioned"):
                 bias[(c["name"], c["method"])] += u
             else:
-                largest_sum_squares = boundary.setdefault((r.attempt, c["name"]), [0.0, 0.0, 0.0])
+                # Each rank's device has its own boundaries (two ranks' GPUs may share a name).
+                key = (r.attempt, c["name"], c.get("rank"), c.get("host"))
+                largest_sum_squares = boundary.setdefault(key, [0.0, 0.0, 0.0])
                 largest_sum_squares[0] = max(largest_sum_squares[0], u)
                 largest_sum_squares[1] += u
                 largest_sum_squares[2] += u * u
