@@ -214,6 +214,32 @@ def test_a_copy_resumed_in_the_frameworks_own_directory_goes_on_in_the_copy(tmp_
     assert copy.total_energy_j == pytest.approx(sum(r.energy_kwh for r in mine) * 3.6e6)
 
 
+def test_another_run_under_the_same_given_id_is_no_copy_to_go_on_in(tmp_path):
+    """run_id="foo" trained in O, then another run given "foo" in N; N's run resumed while the
+    framework logs under O: O's "foo" is another run, not a copy of N's (same id, other records)."""
+
+    def started(directory, power_w):
+        clock = FakeClock()
+        meter = Meter([ScriptedSensor("gpu0", clock, power_w=power_w)], fallback=None, clock=clock,
+                      wall_clock=lambda: clock() + 1.7e9)
+        tracker = Tracker(carbon=Carbon(intensity=INTENSITY), run_id="foo")
+        tracker.start(meter, output_dir=directory)
+        return tracker, clock
+
+    older, clock = started(tmp_path / "O" / "v0", 50.0)
+    run_epochs(older, clock, epochs=1)
+    first, clock = started(tmp_path / "N" / "v0", 100.0)
+    run_epochs(first, clock, epochs=2)
+    state = first.state_dict()
+    o_before = read_records(tmp_path / "O" / "v0")
+    resumed, clock = started(tmp_path / "O" / "v1", 100.0)
+    resumed.load_state_dict(state)
+    run_epochs(resumed, clock, epochs=1)
+    assert read_records(tmp_path / "O" / "v0") == o_before  # the older run untouched
+    assert resumed.output_dir == tmp_path / "N" / "v0"
+    assert resumed.totals["train"].count == 3
+
+
 def test_bad_run_id_rejected():
     with pytest.raises(ValueError, match="run_id"):
         Tracker(run_id="  ")

@@ -69,6 +69,13 @@ RECORDS_KEPT_IN_MEMORY = 1000
 GAP_WRITTEN_AT_BEGIN_S = 0.5
 
 
+def _history_before(records: list[Record], state: dict[str, Any]) -> list[Record]:
+    """The records a checkpoint's state comes after: of its attempt's earlier seq, and of the
+    attempts before it."""
+    attempt, seq = int(state.get("attempt", 0)), int(state.get("seq", 0))
+    return sorted((r for r in records if (r.attempt, r.seq) < (attempt, seq)), key=lambda r: (r.attempt, r.seq))
+
+
 def _same_directory(a: Path, b: Path) -> bool:
     try:
         return a.samefile(b)
@@ -633,7 +640,7 @@ class Tracker:
             run_id = state.get("run_id", self.run_id)
             if not isinstance(run_id, str) or not run_id:
                 raise ValueError(f"run_id {run_id!r}")
-            copied = self._copy_of(home, run_id)
+            copied = self._copy_of(home, run_id, state)
             if copied is not None:  # a copy of the run's directory, resumed from the copy: its own history
                 self.output_dir = home = copied
             elif home is not None and (home.is_dir() or home.parent.is_dir()) and not self._output_dir_chosen:
@@ -674,17 +681,21 @@ class Tracker:
         if self.running:
             self._open_writer()
 
-    def _copy_of(self, home: Path | None, run_id: str) -> Path | None:
+    def _copy_of(self, home: Path | None, run_id: str, state: dict[str, Any]) -> Path | None:
         """Where this attempt's directory, or the one of the same name beside it (Lightning's
-        ``version_0`` beside the ``version_1`` it opened), holds records of ``run_id`` though the
-        checkpoint names another (``home``): a copy of the run's directory (``cp -r``), resumed
-        from the copy. Its history is the copy's, not the original's, which may have gone on
-        since; this attempt writes there, never into the original."""
+        ``version_0`` beside the ``version_1`` it opened), holds the run's history up to the
+        checkpoint though the checkpoint names another directory (``home``): a copy of the run's
+        directory (``cp -r``; or the run's directory moved), resumed from the copy. Its history
+        is the copy's, not the original's, which may have gone on since; this attempt writes
+        there, never into the original. The same records, not the same id: a run_id given is
+        unique only within a directory, and another directory may hold another run under it."""
         if home is None or self.output_dir is None:
             return None
         for here in dict.fromkeys((self.output_dir, self.output_dir.parent / home.name)):
             if here.is_dir() and not _same_directory(here, home) and run_id in run_ids_in(here):
-                return here
+                history = _history_before(read_run_records(run_id, [here]), state)
+                if history and (not home.is_dir() or history == _history_before(read_run_records(run_id, [home]), state)):
+                    return here
         return None
 
     def _open_writer(self) -> None:
