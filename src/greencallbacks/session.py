@@ -28,7 +28,7 @@ from greencallbacks.prediction import priced_by_series
 from greencallbacks.records import Record
 from greencallbacks.sensors.base import Kind, Method, Sensor
 from greencallbacks.tracker import SUMMARY_FILE, Tracker
-from greencallbacks.tracker import _summary_of as summary_of
+from greencallbacks.tracker import kept_summary_path
 from greencallbacks.units import J_PER_KWH
 
 # Notices already given in this process: a notebook's every fit, evaluate and predict starts a
@@ -394,7 +394,7 @@ def _previous_budget_warnings(directory: Path, run_id: str, budget: Budget) -> l
     """The warnings in the run's last summary (``energy-summary.json``, or the copy kept under the
     run's name when another run took that name) where it judged the same limits; none otherwise."""
     path = directory / SUMMARY_FILE
-    for candidate in (path, summary_of(path, run_id)):
+    for candidate in (path, kept_summary_path(path, run_id)):
         try:
             summary = json.loads(candidate.read_text())
             fields = summary.get("budget")

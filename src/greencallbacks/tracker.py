@@ -896,13 +896,13 @@ def _keep_another_runs_summary(path: Path, run_id: str) -> None:
         other = None
     try:
         if isinstance(other, str) and other and other != run_id:
-            os.replace(path, _summary_of(path, other))
-        _summary_of(path, run_id).unlink(missing_ok=True)
+            os.replace(path, kept_summary_path(path, other))
+        kept_summary_path(path, run_id).unlink(missing_ok=True)
     except OSError:
         pass  # the summary to write matters more than the one to keep
 
 
-def _summary_of(path: Path, run_id: str) -> Path:
+def kept_summary_path(path: Path, run_id: str) -> Path:
     """The kept summary's name: the run id where it is a safe file name, else its safe part and a
     hash of the whole (``exp/1`` and ``exp-1`` are two runs: one name would lose a summary)."""
     safe = re.sub(r"[^A-Za-z0-9_.-]", "-", run_id)
