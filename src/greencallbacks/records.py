@@ -246,19 +246,15 @@ class RecordWriter:
         syncer, self._syncer = self._syncer, None
         with interrupts.held(), self._lock:
             written = self._write_locked()
-        finished = threading.Event()
         result = [False]
 
         def sync_everything() -> None:
-            try:
-                result[0] = self._sync_everything(syncer)
-            finally:
-                finished.set()
+            result[0] = self._sync_everything(syncer)
 
         thread = threading.Thread(target=sync_everything, name="greencallbacks-close", daemon=True)
         thread.start()
-        if finished.wait(CLOSE_SYNC_WAIT_S):
-            thread.join()  # ending now: no thread of ours outlives a run that ended well
+        thread.join(CLOSE_SYNC_WAIT_S)
+        if not thread.is_alive():  # ended: no thread of ours outlives a run that ended well
             return written and result[0]
         from greencallbacks.meter import warn
 
