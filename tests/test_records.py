@@ -350,3 +350,153 @@ def test_close_does_not_wait_for_a_stalled_disk_beyond_its_bound(tmp_path, monke
         assert started.is_set() and [r.seq for r in read_records(path)] == [0, 1]  # in the file already
     finally:
         release.set()
+
+
+def cut_last_line_in_half(path):
+    """As a process killed while writing its last record leaves the file."""
+    text = path.read_text()
+    start = text.rstrip("\n").rfind("\n") + 1
+    path.write_text(text[: start + (len(text) - start) // 2])
+
+
+def test_a_write_after_a_torn_line_starts_a_line_of_its_own(tmp_path):
+    """A resume (or any run) appending to a file whose writer was killed mid-line: its records
+    used to join the torn bytes, and the file could not be read at all."""
+    path = tmp_path / RECORDS_FILE
+    RecordWriter(path).write(make_record(0), make_record(1))
+    cut_last_line_in_half(path)
+    torn = path.read_text()
+    writer = RecordWriter(path)
+    writer.write(make_record(2))
+    writer.write(make_record(3))
+    assert writer.close()
+    text = path.read_text()
+    assert text.startswith(torn)  # nothing cut off: another process may append to the file too
+    assert len(text.splitlines()) == 4  # one new line before the first record, none after
+    with pytest.warns(UserWarning, match=r"records.jsonl:2: skipped a torn line \("):
+        assert [r.seq for r in read_records(path)] == [0, 2, 3]
+
+
+def test_a_write_into_a_file_ending_in_a_newline_adds_no_blank_line(tmp_path):
+    path = tmp_path / RECORDS_FILE
+    RecordWriter(path).write(make_record(0))
+    RecordWriter(path).write(make_record(1))
+    assert [json.loads(line)["seq"] for line in path.read_text().splitlines()] == [0, 1]
+
+
+def test_every_cut_of_a_record_in_the_middle_of_a_file_is_a_torn_line(tmp_path):
+    """Wherever the writer was killed (in a string, a \\u escape, a number, true, false or null),
+    the line is torn: skipped with a warning naming it, and the records around it read."""
+    line = json.dumps(make_record(1, run_id="ré-\U0001f642", energy_kwh=1.5e-7, tokens=None, partial=True,
+                                  samples_counted=False).to_dict())
+    path = tmp_path / "r.jsonl"
+    first, last = json.dumps(make_record(0).to_dict()), json.dumps(make_record(2).to_dict())
+    for cut in range(1, len(line)):
+        path.write_text(f"{first}\n{line[:cut]}\n{last}\n")
+        with pytest.warns(UserWarning, match=r"r.jsonl:2: skipped a torn line"):
+            assert [r.seq for r in read_records(path)] == [0, 2], line[:cut]
+
+
+@pytest.mark.parametrize("line", [
+    '{"hello": [1, 2',  # cut short, but no record
+    '{"schema": "greencallbacks.record/1", "run_id": x',  # wrong before its end
+    '{"schema": "greencallbacks.record/1", "seq": 1.5.',
+    '{"schema": "greencallbacks.record/1", "partial": tx',
+    '{"schema": "greencallbacks.record/1", "run_id": "a\\x"',
+    '{"schema": "greencallbacks.record/1", "run_id": "a"}}',
+])
+def test_a_bad_line_that_is_no_torn_record_is_refused_wherever_it_is(tmp_path, line):
+    path = tmp_path / "r.jsonl"
+    for text in (f"{line}\n{json.dumps(make_record(0).to_dict())}\n", f"{json.dumps(make_record(0).to_dict())}\n{line}\n"):
+        path.write_text(text)
+        with pytest.raises(ValueError, match=r"r.jsonl:\d: not a greencallbacks record"):
+            read_records(path)
+
+
+def test_a_record_an_older_writer_appended_to_a_torn_one_is_read(tmp_path):
+    """Files written before a write began on a new line: the torn record and the next on one line.
+    Every record begins with its schema, and JSON escapes a quote inside a string, so the second
+    record begins where the line holds that beginning again."""
+    whole = json.dumps(make_record(1).to_dict())
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps(make_record(0).to_dict()) + "\n" + whole[:300] + whole + "\n")
+    with pytest.warns(UserWarning, match=r"r.jsonl:2: skipped a torn record before the one that follows it"):
+        assert read_records(path) == [make_record(0), make_record(1)]
+
+
+def test_a_resume_after_a_run_killed_mid_line_reads_the_whole_run(tmp_path):
+    """The tracker's resume reads the run's earlier records through ``read_records`` too, and skips
+    a file it cannot read: a tear anywhere in it must cost the torn record alone."""
+    from greencallbacks.carbon import Carbon
+    from greencallbacks.ledger import read_run_records
+    from greencallbacks.meter import Meter
+    from greencallbacks.tracker import Tracker
+    from tests.fakes.scripted import FakeClock, ScriptedSensor
+
+    def attempt(state=None):
+        clock = FakeClock()
+        meter = Meter([ScriptedSensor("gpu0", clock, power_w=100.0)], fallback=None, clock=clock,
+                      wall_clock=lambda: clock() + 1.7e9)
+        tracker = Tracker(carbon=Carbon(intensity=400.0, pue=1.5), output_dir=tmp_path)
+        tracker.start(meter)
+        if state is not None:
+            tracker.load_state_dict(state)
+        for epoch in range(2):
+            tracker.begin("train", epoch)
+            clock.advance(10.0)
+            tracker.end("train")
+        return tracker
+
+    first = attempt()
+    state = first.state_dict()
+    first.finish()
+    before = read_records(tmp_path)
+    cut_last_line_in_half(tmp_path / RECORDS_FILE)  # killed while writing its last record
+    second = attempt(state)
+    second.finish()
+    with pytest.warns(UserWarning, match=rf"records.jsonl:{len(before)}: skipped a torn line"):
+        records = read_records(tmp_path)
+    assert records[: len(before) - 1] == before[:-1]
+    assert [(r.attempt, r.epoch) for r in records[len(before) - 1:] if r.phase == "train"] == [(1, 0), (1, 1)]
+    assert read_run_records(first.run_id, [tmp_path]) == records  # what a third attempt resumes from
+
+
+@pytest.mark.parametrize("field, value, valid", [
+    ("phase", "bogus", "one of 'train', 'validation', 'test', 'predict', 'other'"),
+    ("epoch", -1, "null or an integer >= 0"),
+    ("attempt", -1, "an integer >= 0"),
+    ("seq", -1, "an integer >= 0"),
+    ("ranks", 0, "an integer >= 1"),
+    ("hosts", 0, "an integer >= 1"),
+    ("pue", 0.99, r"a number >= 1 \(facility energy / IT energy\)"),
+    ("run_id", "", "a non-empty string"),
+    ("run_id", "  ", "a non-empty string"),
+])
+def test_a_value_no_writer_puts_in_a_record_is_refused_naming_line_field_and_what_is_valid(tmp_path, field, value, valid):
+    """A phase the report has no row for dropped that epoch from its table, and the phases no
+    longer summed to the run; the others are as impossible."""
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps(make_record(0).to_dict()) + "\n" + json.dumps(dict(make_record(1).to_dict(), **{field: value})) + "\n")
+    with pytest.raises(ValueError, match=rf"r.jsonl:2: not a greencallbacks record: field '{field}' is {value!r}, not {valid}$"):
+        read_records(path)
+
+
+def test_every_value_a_writer_puts_in_a_record_is_read(tmp_path):
+    from greencallbacks.carbon.pue import MIN_PUE
+
+    records = [make_record(seq, phase=phase, epoch=None if phase == "predict" else 0, pue=MIN_PUE, ranks=1, hosts=1)
+               for seq, phase in enumerate(records_module.PHASES)]
+    records.append(make_record(len(records), pue=None))  # a NaN written as null: refused where summed
+    path = tmp_path / "r.jsonl"
+    RecordWriter(path).write(*records)
+    assert read_records(path) == records
+
+
+def test_zeros_where_a_crash_lost_the_end_of_the_file_are_a_torn_line(tmp_path):
+    """After a machine crash a file can end in zeros where its last writes had not reached the disk."""
+    whole = json.dumps(make_record(1).to_dict())
+    path = tmp_path / "r.jsonl"
+    for lost in ("\x00" * 600, whole[:300] + "\x00" * 300):
+        path.write_text(json.dumps(make_record(0).to_dict()) + "\n" + lost + "\n" + json.dumps(make_record(2).to_dict()) + "\n")
+        with pytest.warns(UserWarning, match=r"r.jsonl:2: skipped a torn line"):
+            assert [r.seq for r in read_records(path)] == [0, 2]

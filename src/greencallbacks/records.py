@@ -4,7 +4,8 @@ Every framework writes the same fields. The writer puts each line in the file wh
 ends, so a record survives the process being killed right after its phase, and fsyncs it from a
 background thread (at most every ``SYNC_INTERVAL_S`` unless ``SYNC_BACKLOG_BYTES`` wait, and when
 the run ends); the reader skips a
-torn last line (the process died while writing it) instead of failing.
+torn line (the process died while writing it) instead of failing, and a writer begins its first
+line after one on a line of its own.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import threading
 import time
 import warnings
@@ -209,6 +211,7 @@ class RecordWriter:
         self._generation = 0  # bumped when unsynced lines are rewritten: a late fsync must not count them
         self._syncer: ThreadPoolExecutor | None = None
         self._next_sync_at = float("-inf")  # time.monotonic() from which a write starts an fsync
+        self._joined_file = False  # a first write went in: the file's last line is one of ours
 
     def __getstate__(self) -> dict:
         # A callback is pickled with its tracker's writer (Lightning's ddp_spawn pickles the
@@ -292,6 +295,11 @@ class RecordWriter:
                 size_before = self._synced_size
             else:
                 size_before = self._written_size
+            if not self._joined_file and _ends_mid_line(self.path):
+                # A process killed mid-line left half a record (or something else) at the end: ours
+                # start on a line of their own, or the reader could not tell them from it. Never
+                # cut it off instead: another process may be appending to this file.
+                lines = "\n" + lines
             # os.write on a descriptor, not open(): a text file object costs ~100 us more per
             # write at a phase end on the training thread, and this path needs none of its buffering.
             flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
@@ -326,6 +334,7 @@ class RecordWriter:
         else:
             self._unsynced.append(lines)
         self._written_size = size_after
+        self._joined_file = True
         self.pending.clear()
         return True
 
@@ -380,6 +389,19 @@ class RecordWriter:
             f"greencallbacks: could not write energy records to {self.path}: {error}. "
             "They are kept in memory and written when the file can be written; training continues."
         )
+
+
+def _ends_mid_line(path: Path) -> bool:
+    """Does the file at ``path`` end in anything but a newline (a torn line)? False when it is
+    empty, missing or unreadable: the write that follows says what is wrong with it."""
+    try:
+        with open(path, "rb") as file:
+            if file.seek(0, os.SEEK_END) == 0:
+                return False
+            file.seek(-1, os.SEEK_END)
+            return file.read(1) != b"\n"
+    except OSError:
+        return False
 
 
 def _finite(value):
@@ -467,8 +489,9 @@ class JsonFileReplacer:
 def read_records(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Record]:
     """Records from JSONL files (or directories holding ``energy-records.jsonl``).
 
-    A torn last line (the writer was killed mid-line) is skipped with a warning; a bad line
-    anywhere else means the file is not a records file, and raises ``ValueError``.
+    A torn line (the writer was killed mid-line: the beginning of a record, cut short) is skipped
+    with a warning, wherever it is: a later run appends its records after it. Any other bad line
+    means the file is not a records file, and raises ``ValueError``.
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
@@ -482,35 +505,86 @@ def read_records(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list
         except UnicodeDecodeError as error:  # a binary file given by mistake: say which
             raise ValueError(f"{path}: not a greencallbacks records file (not UTF-8 text: {error.reason} "
                              f"at byte {error.start})") from None
-        read_before = len(records)
         for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
+            where = f"{path}:{number}"
             try:
-                data = json.loads(line)
-                if not isinstance(data, dict):
-                    raise ValueError(f"not a JSON object (got {_json_kind(data)})")
-                if data.get("schema") != SCHEMA:
-                    raise ValueError(f"schema is {data.get('schema')!r}, expected {SCHEMA!r}")
-                record = Record.from_dict(data)
-                _check_finite(data)
-                _check_non_negative(data)
-                records.append(record)
+                try:
+                    records.append(_record_of(line))
+                except json.JSONDecodeError as error:
+                    # Written before writers began their lines on a line of their own: a record
+                    # appended right after a torn one (a resume after a kill).
+                    after = _after_torn_record(line)
+                    if after is not None:
+                        warnings.warn(f"{where}: skipped a torn record before the one that follows it on "
+                                      "this line", stacklevel=2)
+                        records.append(_record_of(after))
+                        continue
+                    if not _is_torn(line):
+                        raise
+                    last = "last " if number == len(lines) else ""
+                    warnings.warn(f"{where}: skipped a torn {last}line ({error})", stacklevel=2)
             except (ValueError, TypeError, AttributeError) as error:
-                # Torn: the writer died mid-line, so the JSON is cut short. A whole line with a
-                # wrong value is not torn, and is an error wherever it is; so is a lone line
-                # that is not the beginning of a record (a file that is no records file).
-                if number == len(lines) and isinstance(error, json.JSONDecodeError) and (
-                    len(records) > read_before or line.lstrip().startswith(_RECORD_START)
-                ):
-                    warnings.warn(f"{path}:{number}: skipped a torn last line ({error})", stacklevel=2)
-                    continue
-                raise ValueError(f"{path}:{number}: not a greencallbacks record: {error}") from None
+                raise ValueError(f"{where}: not a greencallbacks record: {error}") from None
     return records
 
 
-# How the writer begins every line (schema first): a lone cut-short line that begins so is torn.
+def _record_of(line: str) -> Record:
+    data = json.loads(line)
+    if not isinstance(data, dict):
+        raise ValueError(f"not a JSON object (got {_json_kind(data)})")
+    if data.get("schema") != SCHEMA:
+        raise ValueError(f"schema is {data.get('schema')!r}, expected {SCHEMA!r}")
+    record = Record.from_dict(data)
+    _check_finite(data)
+    _check_non_negative(data)
+    _check_possible(data)
+    return record
+
+
+# How the writer begins every line (schema first, as it always has): a torn line begins so. JSON
+# escapes every quote inside a string, so it begins a line's record and is found nowhere else in it.
 _RECORD_START = json.dumps({"schema": SCHEMA})[:-1]
+
+
+def _is_torn(line: str) -> bool:
+    """Is ``line`` the beginning of a record, cut short? It fails to decode only because it ENDED
+    (more text would have made it whole), and it begins as every record does; or its end is zeros,
+    what a disk holds where a write had not reached it when the machine stopped. A line with
+    anything else wrong, or any other text, is no torn record."""
+    written = line.rstrip("\x00")
+    if not written.strip():
+        return True
+    begins = written.lstrip()
+    if not (begins.startswith(_RECORD_START) or _RECORD_START.startswith(begins)):
+        return False
+    try:
+        json.loads(written)
+    except json.JSONDecodeError as error:
+        return _ended_early(error)
+    return False  # whole, then zeros: a line of its own the disk lost
+
+
+def _ended_early(error: json.JSONDecodeError) -> bool:
+    """Did the decoder fail only because its text ended?"""
+    if error.msg.startswith("Unterminated string"):  # a string still open at the end
+        return True
+    tail = error.doc[error.pos:]  # what the decoder could not take, up to the end
+    if error.msg == "Expecting value":  # a value begun: true, false, null or a negative number
+        return tail == "" or tail == "-" or any(word.startswith(tail) for word in ("true", "false", "null"))
+    if error.msg == "Invalid \\uXXXX escape":  # a string cut inside a \u escape (JSON's non-ASCII)
+        return re.fullmatch(r"u[0-9a-fA-F]{0,4}", tail) is not None
+    if error.msg == "Expecting ',' delimiter" and tail:  # a number cut after "1." or "1e"
+        number = re.search(r"[-+.\deE]*$", error.doc[:error.pos]).group()
+        return re.fullmatch(r"-?(0|[1-9]\d*)(\.|(\.\d+)?[eE][-+]?)", number + tail) is not None
+    return tail == ""  # the next key, colon, comma or closing bracket never came
+
+
+def _after_torn_record(line: str) -> str | None:
+    """The record after a torn one on ``line`` (both on one line: see ``read_records``), else None."""
+    start = line.find(_RECORD_START, 1)
+    return line[start:] if start > 0 and _is_torn(line[:start]) else None
 
 
 def by_run(records: Iterable[Record]) -> dict[str, list[Record]]:
@@ -556,6 +630,32 @@ def _check_non_negative(data: dict) -> None:
         value = component.get("energy_j")
         if value is not None and value < 0:
             raise ValueError(f"component {index} of field 'components': energy_j is {value!r}, not a number >= 0")
+
+
+# The least PUE there is (facility energy / IT energy): ``carbon.pue.MIN_PUE``, not imported from
+# there, as that loads the whole carbon package (~25 ms) into every reader of records.
+_MIN_PUE = 1.0
+
+
+def _check_possible(data: dict) -> None:
+    """Refuse values no writer of ours puts in a record (types are already checked): a phase a
+    report has no row for, an epoch or attempt below 0, no rank, a PUE below 1, no run id."""
+
+    def refuse(name: str, valid: str) -> ValueError:
+        return ValueError(f"field {name!r} is {data[name]!r}, not {valid}")
+
+    if data["phase"] not in PHASES:
+        raise refuse("phase", "one of " + ", ".join(repr(p) for p in PHASES))
+    if not data["run_id"].strip():
+        raise refuse("run_id", "a non-empty string")
+    for name in ("seq", "attempt", "epoch"):
+        if data.get(name) is not None and data[name] < 0:
+            raise refuse(name, "an integer >= 0" if name != "epoch" else "null or an integer >= 0")
+    for name in ("ranks", "hosts"):
+        if name in data and data[name] < 1:
+            raise refuse(name, "an integer >= 1")
+    if data["pue"] is not None and data["pue"] < _MIN_PUE:  # null: a NaN written, refused where summed
+        raise refuse("pue", f"a number >= {_MIN_PUE:g} (facility energy / IT energy)")
 
 
 def _json_kind(value: object) -> str:
