@@ -212,6 +212,60 @@ def test_lightning_step_values_land_on_lightnings_own_logging_steps(tmp_path, op
     assert values == sorted(values)
 
 
+def test_lightning_manual_optimization_resumed_logs_its_first_logging_step(tmp_path):
+    """Two optimizers a batch: global_step counts 20 after 10 batches, Lightning logs by batches.
+    Resumed from that checkpoint, the first logging step (the 20th batch) was taken for the
+    checkpoint's own, already logged, and had no step value."""
+    pytest.importorskip("lightning")
+    import time
+
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from tests.lightning_models import flavour, trainer_kwargs
+    from tests.test_lightning import csv_scalars
+
+    L, EnergyCallback, TinyModel = flavour("lightning.pytorch")
+
+    class TwoOptimizers(TinyModel):
+        def __init__(self):
+            super().__init__()
+            self.automatic_optimization = False
+            self.other = torch.nn.Linear(4, 1)
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            for optimizer, layer in zip(self.optimizers(), (self.layer, self.other)):
+                loss = torch.nn.functional.mse_loss(layer(x), y)
+                optimizer.zero_grad()
+                self.manual_backward(loss)
+                optimizer.step()
+            self.log("step_loss", loss, on_step=True, on_epoch=False)
+
+        def configure_optimizers(self):
+            return [torch.optim.SGD(self.layer.parameters(), lr=0.05), torch.optim.SGD(self.other.parameters(), lr=0.05)]
+
+    data = DataLoader(TensorDataset(torch.randn(10, 4), torch.randn(10, 1)), batch_size=1)
+
+    def fit(epochs, **fit_kwargs):
+        callback = EnergyCallback(sensors=[ScriptedSensor("gpu", time.monotonic, 50.0)], intensity=300.0,
+                                  output_dir=tmp_path / "energy")
+        logger = L.loggers.CSVLogger(tmp_path, name="csv")
+        trainer = L.Trainer(max_epochs=epochs, logger=logger, callbacks=[callback], limit_val_batches=0,
+                            **trainer_kwargs(log_every_n_steps=20, enable_checkpointing=True,
+                                             default_root_dir=tmp_path))
+        trainer.fit(TwoOptimizers(), data, **fit_kwargs)
+        return trainer, csv_scalars(f"{logger.log_dir}/metrics.csv")
+
+    first, _ = fit(1)
+    assert first.global_step == 20
+    (checkpoint,) = (tmp_path / "csv" / "version_0" / "checkpoints").glob("*.ckpt")
+    _, scalars = fit(3, ckpt_path=str(checkpoint))
+    lightning_steps = [s for s, _ in scalars["step_loss"]]
+    assert lightning_steps == [19]
+    assert [s for s, _ in step_points(scalars, "energy_kwh_total")] == lightning_steps
+
+
 def test_lightning_step_metrics_off_logs_per_epoch_only(tmp_path):
     pytest.importorskip("lightning")
     from tests.lightning_models import flavour

@@ -295,12 +295,15 @@ class EnergyCallbackBase:
         # Loggers write on rank 0 only: the other ranks skip the step values altogether.
         on = self.step_metrics and isinstance(every, int) and every > 0 and trainer.is_global_zero
         self._live_every = every if on else 0
-        # A resumed fit starts at the checkpoint's step, logged by the attempt before: its first
-        # batches, which may step no optimizer (accumulation), must not log it again.
-        self._live_step = trainer.global_step
         # Automatic optimization steps the optimizer at most once per batch (manual optimization
         # may step several optimizers), which lets most batches skip reading global_step.
         self._live_at_most_one_step = bool(getattr(pl_module, "automatic_optimization", False))
+        # A resumed fit starts at the checkpoint's step, logged by the attempt before: its first
+        # batches, which may step no optimizer (accumulation), must not log it again. The count
+        # is the one _maybe_log_live compares: with manual optimization the batches that stepped,
+        # as global_step there counts every optimizer's steps (two per batch: twice as many).
+        stepped = None if self._live_at_most_one_step else _batches_that_stepped(trainer)
+        self._live_step = stepped if stepped is not None else trainer.global_step
         # Lightning 2.5+ resumes an epoch that a checkpoint interrupted without calling
         # on_train_epoch_start, and says so in the fit loop's public `restarted_mid_epoch` (saved
         # inside the epoch: every_n_train_steps, a mid-epoch validation) or `restarted_on_epoch_end`
