@@ -761,3 +761,82 @@ def test_from_env_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -
     for name in ("REGION", "INTENSITY", "SERIES", "PUE"):
         monkeypatch.delenv(f"GREENCALLBACKS_{name}", raising=False)
     assert Carbon.from_env().describe()["zone"] == "US-NY"
+
+
+# --- series files: rows, columns and spans that were taken silently --------------------------
+
+
+def test_a_row_longer_than_the_header_is_refused_naming_file_and_line(tmp_path: Path) -> None:
+    """A short row was refused; a long one was read with its extra cell dropped."""
+    path = tmp_path / "long.csv"
+    path.write_text("timestamp,gco2eq_per_kwh\n2024-01-01T00:00:00Z,100\n2024-01-01T01:00:00Z,100,extra\n")
+    with pytest.raises(ValueError, match=r"long.csv', line 3: expected 2 columns, got 3"):
+        IntensitySeries.from_file(path)
+
+
+@pytest.mark.parametrize("header, says", [
+    ("timestamp,value,gco2eq_per_kwh", "'value' and 'gco2eq_per_kwh' are each a value column"),
+    ("timestamp,timestamp,gco2eq_per_kwh", "'timestamp' and 'timestamp' are each a time column"),
+    ("point_time,value,moer", "'value' and 'moer' are each a value column"),
+])
+def test_two_columns_that_could_hold_the_series_are_refused_as_ambiguous(tmp_path: Path, header: str, says: str) -> None:
+    path = tmp_path / "two.csv"
+    path.write_text(f"{header}\n2024-01-01T00:00:00Z,1999,100\n2024-01-01T01:00:00Z,1999,100\n")
+    with pytest.raises(ValueError, match=rf"two.csv', line 1: {says}: which one holds the series is ambiguous"):
+        IntensitySeries.from_file(path)
+    objects = tmp_path / "two.json"
+    objects.write_text(json.dumps([{"timestamp": "2024-01-01T00:00:00Z", "value": 1999, "g_per_kwh": 100}]))
+    with pytest.raises(ValueError, match=r"item 0: 'value' and 'g_per_kwh' are each a value key"):
+        IntensitySeries.from_file(objects)
+
+
+def test_a_uk_answer_covers_up_to_its_own_to_and_a_single_row_says_it_covers_its_instant(tmp_path: Path) -> None:
+    """One period of the UK API covered 0 s although it says its end; one CSV row covers its instant
+    (the last row holds one step, and one row has none), and the series says so where it is named."""
+    uk = tmp_path / "uk.json"
+    uk.write_text(json.dumps({"data": [
+        {"from": "2024-01-01T00:00Z", "to": "2024-01-01T00:30Z", "intensity": {"actual": 120, "forecast": 100}},
+    ]}))
+    series = IntensitySeries.from_file(uk)
+    start = series.times_unix[0]
+    assert series.coverage == (start, start + 1800)
+    assert "extrapolated" not in series.mean_between(start, start + 1800).source
+    assert "extrapolated" in series.mean_between(start, start + 1801).source
+    single = tmp_path / "single.csv"
+    single.write_text("timestamp,gco2eq_per_kwh\n2024-01-01T00:00:00Z,100\n")
+    one = IntensitySeries.from_file(single)
+    assert one.coverage == (start, start)
+    assert one.description == "single.csv (CSV; one point: it covers its own instant only, having no step to hold for)"
+    assert "covers its own instant only" in one.mean_between(start, start + 60).source
+
+
+def test_a_uk_to_before_its_from_is_refused(tmp_path: Path) -> None:
+    uk = tmp_path / "uk.json"
+    uk.write_text(json.dumps({"data": [
+        {"from": "2024-01-01T00:30Z", "to": "2024-01-01T00:30Z", "intensity": {"actual": 120, "forecast": 100}},
+    ]}))
+    with pytest.raises(ValueError, match=r"uk.json', point 0: 'to' '2024-01-01T00:30Z' is not after the period's 'from'"):
+        IntensitySeries.from_file(uk)
+
+
+def test_a_watttime_value_out_of_range_is_said_as_written_in_its_unit(tmp_path: Path) -> None:
+    """It was "got -0.45359237": the -1 lbs/MWh of the file after conversion to g/kWh."""
+    path = tmp_path / "wt.csv"
+    path.write_text("point_time,value\n2024-01-01T00:00:00Z,-1\n")
+    with pytest.raises(ValueError, match=r"wt.csv', line 2: value must be a finite number of lbs_co2_per_mwh between "
+                                         r"0 and 4409.25 \(2000 gCO2eq/kWh\), got '-1'$"):
+        IntensitySeries.from_file(path)
+    saved = tmp_path / "wt.json"
+    saved.write_text(json.dumps({"data": [{"point_time": "2024-01-01T00:00:00Z", "value": -1}],
+                                 "meta": {"units": "lbs_co2_per_mwh"}}))
+    with pytest.raises(ValueError, match=r"lbs_co2_per_mwh between 0 and 4409.25 .*got -1$"):
+        IntensitySeries.from_file(saved)
+
+
+def test_an_empty_series_path_is_named_as_given_and_a_provider_must_be_a_name() -> None:
+    """series='' was reported as the directory '.'; provider=1 raised AttributeError on .strip()."""
+    with pytest.raises(ValueError, match=r"^series file '' is an empty path"):
+        Carbon(series="")
+    for region in ("us-east-1", "aws:us-east-1"):
+        with pytest.raises(ValueError, match=r"provider must be one of aws, azure, gcp \(a string\), got 1"):
+            Carbon(provider=1, region=region)  # type: ignore[arg-type]

@@ -387,6 +387,8 @@ def test_an_internal_error_is_one_line_and_exit_1(monkeypatch, capsys):
 def test_zero_is_a_number_greater_or_equal_to_zero_however_written(text, tmp_path, capsys):
     code, _, _ = run(["estimate", "--hours", "1", "--gpu", "T4", "--memory-gb", text], capsys)
     assert code == 0
+    if not float(text).is_integer():
+        return  # --inferences is a count: a fractional one is refused (see below)
     path = write(tmp_path / "energy-records.jsonl", one_run())
     code, out, _ = run(["lifecycle", str(path), "--inferences", text, "--json"], capsys)
     assert code == 0 and json.loads(out)["inferences"] == float(text)
@@ -625,3 +627,71 @@ def test_zone_help_offers_only_zones_that_work(capsys):
     assert "US-CA" in out and "CAMX" not in out and "eGRID subregion (" not in out
     code, out, _ = run(["estimate", "--hours", "1", "--gpu", "T4", "--zone", "US-CA"], capsys)
     assert code == 0 and "US-CA" in out
+
+
+@pytest.mark.parametrize("argv, says", [
+    # A billion GPUs hung the command (a dict built per GPU): refused at once, naming the flag.
+    (["--gpu", "H100 SXM", "--gpus", "1000000000"], "error: --gpus must be an integer from 1 to 1,000,000, got 1000000000"),
+    # inf kWh printed with exit 0, and Infinity in the JSON (no JSON at all).
+    (["--gpu-tdp", "1e308", "--gpus", "10"], "--hours, --gpus and --gpu-tdp are too large together"),
+    (["--gpu-tdp", "1e200", "--json"], "--hours and --gpu-tdp are too large together"),
+    (["--gpu", "H100 SXM", "--hours", "1e308"], "--hours is too large"),  # was the internal duration_s
+    # Said of no GPU, they were ignored: the estimate looked as if they counted.
+    (["--usage", "0.5", "--cpu-cores", "4"], "error: --usage needs --gpu or --gpu-tdp (they describe the GPUs)"),
+    (["--gpus", "4", "--cpu-cores", "4"], "error: --gpus needs --gpu or --gpu-tdp"),
+    (["--gpus", "1", "--usage", "1", "--memory-gb", "8"], "error: --gpus and --usage need --gpu or --gpu-tdp"),
+])
+def test_estimate_refuses_what_it_cannot_count_in_one_line_naming_the_flags(argv, says, capsys):
+    hours = [] if "--hours" in argv else ["--hours", "1e200" if "1e200" in argv else "1"]
+    code, err = exits(["estimate", *hours, *argv], capsys)
+    assert code == 2 and says in err and len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in err and "duration_s" not in err and capsys.readouterr().out == ""
+
+
+def _plot_cases(tmp_path):
+    (tmp_path / "taken.png").mkdir()
+    return [
+        (str(tmp_path / "missing" / "p.png"), "its directory"),
+        (str(tmp_path / "taken.png"), "is a directory"),
+        (str(tmp_path / "new.png") + "/", "ends in a slash"),  # was written as a file called new.png
+    ]
+
+
+@pytest.mark.parametrize("case", [0, 1, 2])
+@pytest.mark.parametrize("command", [["report"], ["whatif", "--intensity", "SERIES"]], ids=["report", "whatif"])
+def test_a_plot_file_that_cannot_be_written_is_refused_before_the_work(tmp_path, capsys, command, case):
+    """The whole report was printed, then '[Errno 2] ...' without the flag, exit 2; a trailing slash
+    wrote a file of that name."""
+    write(tmp_path / "energy-records.jsonl", one_run())
+    plot, says = _plot_cases(tmp_path)[case]
+    fill = {"SERIES": str(_series_covering_one_run(tmp_path))}
+    argv = [command[0], str(tmp_path / "energy-records.jsonl"), *[fill.get(a, a) for a in command[1:]], "--plot", plot]
+    code, err = _exit_code_and_err(argv, capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and f"error: --plot {plot!r}" in err and says in err, err
+    assert capsys.readouterr().out == "" and not (tmp_path / "new.png").exists()
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--zones", ",,"], "argument --zones: must be a comma-separated list of zones, got ',,'"),
+    (["--zones", ""], "argument --zones: must be a comma-separated list of zones, got ''"),
+    (["--threshold", "1e9"], "--threshold must be a number of gCO2eq/kWh > 0 and at most 2000, got 1000000000.0"),
+])
+def test_whatif_refuses_an_empty_zone_list_and_a_threshold_no_intensity_reaches(tmp_path, capsys, argv, says):
+    """As report's --compare-zones and every intensity (at most 2000 g/kWh) are: both were accepted."""
+    path = write(tmp_path / "energy-records.jsonl", one_run())
+    code, err = _exit_code_and_err(["whatif", str(path), "--intensity", str(_series_covering_one_run(tmp_path)), *argv],
+                                   capsys)
+    assert code == 2 and says in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("text, says", [
+    ("1.5", "argument --inferences: must be a whole number >= 0 (a count), got '1.5'"),
+    ("1e308", "--inferences 1e+308 is too large: the life cycle's energy or CO2eq overflows"),
+])
+def test_lifecycle_inferences_is_a_count_of_a_finite_cost(tmp_path, capsys, text, says):
+    """1.5 inferences were priced as given; a count past the largest float printed inf."""
+    path = write(tmp_path / "energy-records.jsonl", one_run())
+    code, err = exits(["lifecycle", str(path), "--inferences", text], capsys)
+    assert code == 2 and says in err and len(err.strip().splitlines()) == 1, err
+    code, out, _ = run(["lifecycle", str(path), "--inferences", "1e6", "--json"], capsys)
+    assert code == 0 and json.loads(out)["inferences"] == 1_000_000

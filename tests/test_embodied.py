@@ -200,8 +200,9 @@ def test_estimate_embodied_and_its_text_show_both_parts_and_the_sum():
     assert lines[-1] == f"Operational 500 g + embodied {expected / 1000:.4g} kg = {(500 + expected) / 1000:.4g} kg CO2eq"
 
     unpublished = estimate_embodied(hours=1, gpu="H200 SXM", gpus=2)
-    assert unpublished["embodied_co2eq_g"] == 0.0 and len(unpublished["embodied_missing"]) == 2
-    assert any(line.startswith("  not counted: gpu0: 'H200 SXM'") for line in format_embodied(unpublished))
+    # The two GPUs are one line, counted, as they are one entry.
+    assert unpublished["embodied_co2eq_g"] == 0.0 and len(unpublished["embodied_missing"]) == 1
+    assert any(line.startswith("  not counted: gpu0-gpu1: 'H200 SXM'") for line in format_embodied(unpublished))
     with pytest.raises(ValueError, match="hours"):
         estimate_embodied(hours=0, gpu="H100 SXM")
     with pytest.raises(ValueError, match="gpus"):
@@ -266,3 +267,17 @@ def test_a_shared_gpu_is_billed_the_share_of_its_footprint_its_sensor_declares()
     assert embodied_for([{"name": "gpu0", "kind": "gpu", "model": H100}], 3600).grams == pytest.approx(amortised_g(h100.kgco2eq, 3600))
     with pytest.raises(ValueError, match="gpu0: share"):
         embodied_for([{"name": "gpu0", "kind": "gpu", "model": H100, "share": 1.5}], 3600)
+
+
+def test_identical_gpus_are_one_counted_component_and_huge_hours_name_hours():
+    from greencallbacks.embodied import estimate_embodied
+
+    fields = estimate_embodied(hours=2, gpu="H100 SXM", gpus=3)
+    assert fields["embodied_co2eq_g"] == pytest.approx(amortised_g(3 * 164, 7200))
+    assert fields["embodied_sources"][0]["billed"] == ["gpu0-gpu2 (H100 SXM), 3 devices"]
+    # A count is a whole number of devices, at least one.
+    with pytest.raises(ValueError, match=r"gpu0: count must be an integer >= 1, got 2.5"):
+        embodied_for([{"name": "gpu0", "kind": "gpu", "model": H100, "count": 2.5}], 60)
+    # Its seconds past the largest float: said of hours, the argument given, not of duration_s.
+    with pytest.raises(ValueError, match=r"^hours must be small enough to count in seconds"):
+        estimate_embodied(hours=1e308, gpu="H100 SXM")

@@ -136,3 +136,51 @@ def test_a_name_cut_inside_a_model_number_is_unknown_not_ambiguous(name):
         gpu_power(name)
     assert "ambiguous" not in str(raised.value)
     assert gpu_power("A100 SXM4").tdp_w == 400  # a prefix ending at a word still fits its forms
+
+
+def test_many_identical_gpus_are_counted_not_built_one_by_one():
+    """A million GPUs were a million dicts (10 s, 363 MB) and a billion hung: one entry, counted."""
+    import time
+
+    from greencallbacks.embodied import amortised_g
+    from greencallbacks.estimate import MAX_GPUS
+
+    started = time.perf_counter()
+    result = estimate(gpu="H100 SXM", gpus=MAX_GPUS, hours=1, intensity=100.0)
+    assert time.perf_counter() - started < 2.0
+    sources = result["embodied"]["embodied_sources"]
+    assert sources[0]["billed"] == [f"gpu0-gpu{MAX_GPUS - 1} (H100 SXM), {MAX_GPUS} devices"]
+    assert result["embodied"]["embodied_co2eq_g"] == pytest.approx(amortised_g(164 * MAX_GPUS, 3600))
+    assert result["power_w"]["gpu"] == pytest.approx(700 * MAX_GPUS)
+    with pytest.raises(ValueError, match=r"gpus must be an integer from 1 to 1,000,000, got 1000000000"):
+        estimate(gpu="H100 SXM", gpus=1_000_000_000, hours=1)
+
+
+@pytest.mark.parametrize("kwargs, named", [
+    ({"gpu_tdp_w": 1e308, "gpus": 10, "hours": 1}, "hours, gpus and gpu_tdp_w are too large together"),
+    ({"gpu_tdp_w": 1e200, "hours": 1e200}, "hours and gpu_tdp_w are too large together"),
+    ({"gpu": "H100 SXM", "hours": 1e308}, "hours is too large"),
+    ({"memory_gb": 1e308, "hours": 1}, "hours and memory_gb are too large together"),
+])
+def test_a_result_that_overflows_is_refused_naming_the_inputs(kwargs, named):
+    """It was inf kWh, and Infinity in the JSON (no JSON at all); an hour past the calendar named
+    the internal duration_s."""
+    from greencallbacks.estimate import EstimateOverflowError
+
+    with pytest.raises(EstimateOverflowError, match=named) as raised:
+        estimate(intensity=100.0, **kwargs)
+    assert "duration_s" not in str(raised.value)
+
+
+@pytest.mark.parametrize("kwargs, named", [({"gpus": 4}, "gpus describe"), ({"usage": 0.5}, "usage describe"),
+                                           ({"gpus": 2, "usage": 0.5}, "gpus and usage describe")])
+def test_gpu_count_or_usage_without_a_gpu_is_refused_not_ignored(kwargs, named):
+    with pytest.raises(ValueError, match=rf"{named} the GPUs: give gpu or gpu_tdp_w"):
+        estimate(hours=1, cpu_cores=4, **kwargs)
+
+
+def test_a_core_count_past_any_float_is_an_overflow_not_an_internal_error():
+    from greencallbacks.estimate import EstimateOverflowError
+
+    with pytest.raises(EstimateOverflowError, match="cpu_cores is too large"):
+        estimate(hours=1, cpu_cores=10**400)

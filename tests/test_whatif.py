@@ -453,3 +453,13 @@ def test_recorded_co2eq_priced_with_another_intensity_is_told_apart_from_the_as_
     # Priced with the series itself, the two agree and no note is needed.
     priced_by_series = [dataclasses.replace(r, co2eq_g=g) for r, g in zip(TWO_HOUR_RUN, (400.0, 100.0))]
     assert whatif(priced_by_series, SERIES, threshold=300).recorded_note == ""
+
+
+@pytest.mark.parametrize("threshold", [2000.01, 1e9])
+def test_a_threshold_above_any_intensity_is_refused_as_every_intensity_is(threshold):
+    """Above 2000 g/kWh, the bound of every intensity here, the run would never pause: accepted before."""
+    from greencallbacks.whatif import check_options
+
+    with pytest.raises(ValueError, match=r"threshold must be a number of gCO2eq/kWh > 0 and at most 2000"):
+        check_options(24, threshold)
+    check_options(24, 2000)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import sys
@@ -128,7 +129,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     from greencallbacks.estimate import intensity_for
 
     if args.plot is not None:
-        report.plot_format(args.plot)  # a wrong extension fails before the report is printed
+        from greencallbacks.report.plot import check_plot_path
+
+        check_plot_path(args.plot, "--plot")  # a file that could not be written fails before the report is printed
     for zone in args.compare_zones or ():
         intensity_for(zone)  # an unknown zone is the flag's error, before any records are read
     records, runs, loaded = _load_runs(args.paths, args.run_id)
@@ -157,6 +160,11 @@ def cmd_lifecycle(args: argparse.Namespace) -> int:
         if len(skipped) == len(runs):
             raise ValueError(f"no run with training records among {', '.join(skipped)}")
     cycles = [(run, lifecycle(records, search=search, run_id=run)) for run in runs if run not in skipped]
+    for _, lc in cycles:
+        totals = (lc.energy_j(args.inferences), lc.co2eq_g(args.inferences), lc.embodied_co2eq_g(args.inferences) or 0.0)
+        if not all(math.isfinite(total) for total in totals):
+            raise ValueError(f"--inferences {args.inferences:g} is too large: the life cycle's energy or CO2eq "
+                             "overflows (is past the largest number)")
     _say_runs(loaded, runs, "lifecycle")
     for run in skipped:
         print(f"greencallbacks lifecycle: run {run} has no training records (no training epoch: evaluation or "
@@ -231,26 +239,34 @@ def cmd_zones(args: argparse.Namespace) -> int:
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:
-    from greencallbacks.estimate import estimate, format_estimate
+    from greencallbacks.estimate import EstimateOverflowError, estimate, format_estimate
 
     if args.host_share is not None and args.embodied_host is None:
         # The share divides the host's manufacturing footprint: without it, it would divide nothing.
         raise ValueError("--host-share needs --embodied-host (it is the share of the host server's footprint billed)")
-    result = estimate(
-        hours=args.hours,
-        gpu=args.gpu,
-        gpus=args.gpus,
-        gpu_tdp_w=args.gpu_tdp,
-        usage=args.usage,
-        cpu_cores=args.cpu_cores,
-        cpu_w_per_core=args.cpu_w_per_core,
-        cpu_tdp_w=args.cpu_tdp,
-        memory_gb=args.memory_gb,
-        compare=args.compare or (),
-        embodied_host=args.embodied_host,
-        host_share=1.0 if args.host_share is None else args.host_share,
-        **_carbon_kwargs(args),
-    )
+    gpu_only = [flag for flag, value in (("--gpus", args.gpus), ("--usage", args.usage)) if value is not None]
+    if gpu_only and args.gpu is None and args.gpu_tdp is None:
+        # They describe the GPUs: without one they were ignored, and the estimate said nothing of it.
+        raise ValueError(f"{' and '.join(gpu_only)} need{'s' if len(gpu_only) == 1 else ''} --gpu or --gpu-tdp "
+                         "(they describe the GPUs)")
+    try:
+        result = estimate(
+            hours=args.hours,
+            gpu=args.gpu,
+            gpus=1 if args.gpus is None else args.gpus,
+            gpu_tdp_w=args.gpu_tdp,
+            usage=1.0 if args.usage is None else args.usage,
+            cpu_cores=args.cpu_cores,
+            cpu_w_per_core=args.cpu_w_per_core,
+            cpu_tdp_w=args.cpu_tdp,
+            memory_gb=args.memory_gb,
+            compare=args.compare or (),
+            embodied_host=args.embodied_host,
+            host_share=1.0 if args.host_share is None else args.host_share,
+            **_carbon_kwargs(args),
+        )
+    except EstimateOverflowError as error:
+        raise ValueError(error.saying([_FLAGS.get(name, name) for name in error.arguments])) from None
     print(json.dumps(result, indent=2) if args.json else format_estimate(result))
     return 0
 
@@ -284,7 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="energy-records.jsonl files, or directories (log roots) searched for them at any depth")
     rep.add_argument("--run-id", help="report this run alone (default: every run found, grouped by configuration)")
     rep.add_argument("--format", choices=("md", "latex", "json", "csv"), default="md")
-    rep.add_argument("--plot", type=Path, metavar="FILE",
+    # Kept as written: Path would drop the trailing slash of "dir.png/", which names a directory.
+    rep.add_argument("--plot", metavar="FILE",
                      help="also write a plot of energy per epoch and cumulative CO2eq (.png, .pdf or .svg)")
     rep.add_argument("--equivalents", action="store_true", help="add everyday equivalents (with their source)")
     rep.add_argument("--compare-zones", type=_comma_list, metavar="FR,DE,US-CA",
@@ -293,8 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     life = sub.add_parser("lifecycle", help="life-cycle model: I, T, a, CT, LC and the break-even number of inferences")
     life.add_argument("paths", nargs="+", type=Path, help="records of the trained model (files or directories)")
-    life.add_argument("--inferences", type=_non_negative_float, required=True, metavar="N",
-                      help="expected inferences in deployment (e)")
+    life.add_argument("--inferences", type=_whole_number, required=True, metavar="N",
+                      help="expected inferences in deployment (e), a count: 1000000 or 1e6")
     life.add_argument("--search", nargs="+", type=Path, metavar="PATH", help="records of the search trials (CT)")
     life.add_argument("--run-id", help="which run in the records is the trained model (default: each run found)")
     life.add_argument("--json", action="store_true", help="machine-readable output")
@@ -303,14 +320,14 @@ def build_parser() -> argparse.ArgumentParser:
     est = sub.add_parser("estimate", help="ex-ante estimate from hardware and hours (nothing is measured)")
     est.add_argument("--gpu", help="GPU model, e.g. 'H100 SXM', 'A100 PCIe 40GB', T4 (datasheet TDP)")
     est.add_argument("--gpu-tdp", type=_positive_float, metavar="W", help="GPU power in watts, for a GPU not in the table")
-    est.add_argument("--gpus", type=_positive_int, default=1, help="number of GPUs (default 1)")
+    est.add_argument("--gpus", type=_positive_int, help="number of GPUs, up to 1,000,000 (default 1)")
     est.add_argument("--hours", type=_positive_float, required=True, help="wall-clock hours")
     cpu = est.add_mutually_exclusive_group()
     cpu.add_argument("--cpu-tdp", type=_positive_float, metavar="W", help="CPU TDP in watts (all sockets)")
     cpu.add_argument("--cpu-cores", type=_positive_int, help="CPU cores used")
     est.add_argument("--cpu-w-per-core", type=_positive_float, metavar="W", help="watts per core (default 10)")
     est.add_argument("--memory-gb", type=_non_negative_float, default=0.0, help="memory in GB, at 0.37 W/GB")
-    est.add_argument("--usage", type=float, default=1.0, help="mean share of GPU TDP drawn, in (0, 1] (default 1)")
+    est.add_argument("--usage", type=float, help="mean share of GPU TDP drawn, in (0, 1] (default 1)")
     est.add_argument("--compare", type=_comma_list, metavar="FR,DE,...", help="the same energy at other zones")
     est.add_argument("--embodied-host", choices=["server"], help="also bill the host server's manufacturing footprint")
     est.add_argument("--host-share", type=_positive_float, metavar="SHARE",
@@ -388,6 +405,14 @@ def _non_negative_float(text: str) -> float:
     if not (0 <= value < float("inf")):
         raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
     return value + 0.0  # -0.0 reads as 0
+
+
+def _whole_number(text: str) -> int:
+    """A count >= 0, written as an integer or in exponent form (1e6): a fractional one counts nothing."""
+    value = _non_negative_float(text)
+    if not value.is_integer():
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0 (a count), got {text!r}")
+    return int(value)
 
 
 # The exit status of a command killed by SIGPIPE, as a shell reports it (128 + 13): what `cat` or

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Iterable, Mapping, NamedTuple
@@ -216,6 +217,18 @@ def _positive(name: str, value: object, *, upper: float | None = None) -> float:
     return float(value)
 
 
+def _gpu_count(component: Any, name: str) -> int:
+    """How many identical devices this component stands for: an estimate of 8 H100s is one
+    component counted 8 times, not 8 components (a fleet of them would take its size in memory).
+    Read from a dict only: an object's ``count`` may be something else (a tuple's method)."""
+    count = component.get("count") if isinstance(component, Mapping) else None
+    if count is None:
+        return 1
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"{name}: count must be an integer >= 1, got {count!r}")
+    return count
+
+
 def _gpu_share(component: Any, name: str) -> float:
     """The share of a GPU this component stands for: a MIG instance or a die of a shared board
     is billed the part of the device's energy its sensor declares (``share``, see
@@ -254,7 +267,8 @@ def embodied_for(
         lifetime_years, utilisation: the amortisation (see the module docstring for the defaults).
 
     Each GPU component is billed once, in the ``share`` of the device it declares (a MIG
-    instance's 3 of 7 slices: 3/7; 1.0 when absent); CPU and RAM components stand for the host, which is billed
+    instance's 3 of 7 slices: 3/7; 1.0 when absent), times its ``count`` of identical devices
+    (a dict's ``count``, 1 when absent); CPU and RAM components stand for the host, which is billed
     once (two CPU packages are one host) and only with them, so that in a distributed run the
     ranks that measure only their GPUs do not bill the host again. Devices whose model is unknown
     or has no published footprint are left out and listed in ``missing``.
@@ -305,7 +319,9 @@ def embodied_for(
                 missing.append(f"{name}: {reason or f'{model!r} is not a GPU row'}")
                 continue
             share = _gpu_share(component, name)
-            bill(footprint, share, f"{name} ({model})" + (f" x {share:.4g} (its share of the device)" if share != 1.0 else ""))
+            count = _gpu_count(component, name)
+            bill(footprint, share * count, f"{name} ({model})" + (f", {count} devices" if count != 1 else "")
+                 + (f" x {share:.4g} (its share of the device)" if share != 1.0 else ""))
         elif kind in ("cpu", "dram", "ram"):
             host_parts.append(name)
         else:
@@ -348,10 +364,16 @@ def estimate_embodied(
     """
     if isinstance(hours, bool) or not isinstance(hours, numbers.Real) or not math.isfinite(hours) or hours <= 0:
         raise ValueError(f"hours must be a finite number > 0, got {hours!r}")
-    if gpu is not None and (isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1):
-        raise ValueError(f"gpus must be an integer >= 1, got {gpus!r}")
-    components: list[dict[str, Any]] = [
-        {"name": f"gpu{i}", "kind": "gpu", "model": gpu} for i in range(gpus if gpu is not None else 0)
+    if not math.isfinite(hours * 3600.0):  # its seconds past the largest float: no span of hardware life
+        raise ValueError(f"hours must be small enough to count in seconds (at most {sys.float_info.max / 3600:.4g}), "
+                         f"got {hours!r}")
+    if gpu is not None:
+        from greencallbacks.estimate import check_gpu_count
+
+        check_gpu_count(gpus)
+    # One component for the identical GPUs, counted: never one per GPU.
+    components: list[dict[str, Any]] = [] if gpu is None else [
+        {"name": "gpu0" if gpus == 1 else f"gpu0-gpu{gpus - 1}", "kind": "gpu", "model": gpu, "count": gpus}
     ]
     if host is not None:
         components.append({"name": "host", "kind": "cpu"})

@@ -19,15 +19,18 @@ import numbers
 import re
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from greencallbacks.carbon import Carbon, Intensity
-from greencallbacks.carbon.intensity import region_intensity, zone_intensity
+from greencallbacks.carbon.intensity import MAX_INTENSITY_G_PER_KWH, region_intensity, zone_intensity
 from greencallbacks.sensors.estimate import DEFAULT_RAM_W_PER_GB, DEFAULT_W_PER_CORE
 from greencallbacks.textformat import pue_text
 from greencallbacks.units import J_PER_KWH
 
 GPU_TABLE = "gpu_power.csv"
+# The largest AI clusters announced by 2025 hold a few hundred thousand GPUs: a million is above
+# any one job, and a count past it is a typo (a few digits too many), not a plan to estimate.
+MAX_GPUS = 1_000_000
 # Words that vendors and nvidia-smi put in front of model names and that carry no information.
 _NOISE_WORDS = ("nvidia", "tesla", "geforce", "amd", "instinct", "radeon")
 
@@ -181,12 +184,22 @@ def _share(name: str, value: object) -> float:
     return share
 
 
+def check_gpu_count(gpus: object) -> int:
+    """``gpus`` when it is a whole number of GPUs from 1 to ``MAX_GPUS``, else ``ValueError``."""
+    if isinstance(gpus, bool) or not isinstance(gpus, int) or not 1 <= gpus <= MAX_GPUS:
+        raise ValueError(f"gpus must be an integer from 1 to {MAX_GPUS:,}, got {gpus!r}")
+    return gpus
+
+
 def _gpu_part(gpu: str | None, gpus: int, gpu_tdp_w: float | None, usage: float) -> tuple[dict | None, float]:
     """The GPUs' description and mean power (W); none when neither a model nor a TDP is given."""
     if gpu is None and gpu_tdp_w is None:
+        # Said, not ignored: a count or a usage of no GPU would describe nothing.
+        given = [name for name, value, default in (("gpus", gpus, 1), ("usage", usage, 1.0)) if value != default]
+        if given:
+            raise ValueError(f"{' and '.join(given)} describe the GPUs: give gpu or gpu_tdp_w with them")
         return None, 0.0
-    if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1:
-        raise ValueError(f"gpus must be an integer >= 1, got {gpus!r}")
+    check_gpu_count(gpus)
     if gpu_tdp_w is not None:
         tdp = _positive("gpu_tdp_w", gpu_tdp_w)
         info = {"model": gpu or "user-supplied", "tdp_w": tdp, "source": "user-supplied gpu_tdp_w", "year": None}
@@ -213,7 +226,11 @@ def _cpu_part(cpu_cores: int | None, cpu_w_per_core: float | None, cpu_tdp_w: fl
         raise ValueError(f"cpu_cores must be an integer >= 1, got {cpu_cores!r}")
     per_core = DEFAULT_W_PER_CORE if cpu_w_per_core is None else _positive("cpu_w_per_core", cpu_w_per_core)
     source = "user-supplied cpu_w_per_core" if cpu_w_per_core is not None else f"default {per_core:g} W/core"
-    return {"cores": cpu_cores, "w_per_core": per_core, "source": source}, cpu_cores * per_core * cpu_usage
+    try:
+        watts = float(cpu_cores) * per_core * cpu_usage
+    except OverflowError:  # a count of more digits than a float holds
+        raise EstimateOverflowError(("cpu_cores",)) from None
+    return {"cores": cpu_cores, "w_per_core": per_core, "source": source}, watts
 
 
 def estimate(
@@ -267,6 +284,16 @@ def estimate(
     memory_w = memory_gb * memory_w_per_gb
     if gpu_w + cpu_w + memory_w <= 0:
         raise ValueError("nothing to estimate: give gpu (or gpu_tdp_w), cpu_cores or cpu_tdp_w, or memory_gb")
+    it_energy_j = hours * 3600.0 * (gpu_w + cpu_w + memory_w)
+    energy_kwh = it_energy_j * carbon.pue / J_PER_KWH
+    where = carbon.static_intensity
+    assert where is not None  # no series is accepted here
+    # The inputs given that multiply into the result, for a message when it overflows.
+    factors = {"hours": hours, "gpus": gpus if gpu_info and gpus != 1 else None, "gpu_tdp_w": gpu_tdp_w,
+               "cpu_cores": cpu_cores, "cpu_w_per_core": cpu_w_per_core, "cpu_tdp_w": cpu_tdp_w,
+               "memory_gb": memory_gb or None}
+    # At the highest intensity accepted anywhere, so that the compared zones' CO2eq is finite too.
+    _check_finite(energy_kwh * MAX_INTENSITY_G_PER_KWH, factors)
 
     embodied = None
     if gpu is not None or embodied_host is not None:
@@ -279,10 +306,8 @@ def estimate(
         if not embodied["embodied_sources"]:
             # Nothing billed: not known, which 0 g would deny (as a record's null does).
             embodied.update(embodied_co2eq_g=None, embodied_co2eq_g_low=None, embodied_co2eq_g_high=None)
-    it_energy_j = hours * 3600.0 * (gpu_w + cpu_w + memory_w)
-    energy_kwh = it_energy_j * carbon.pue / J_PER_KWH
-    where = carbon.static_intensity
-    assert where is not None  # no series is accepted here
+        else:
+            _check_finite(embodied["embodied_co2eq_g_high"], factors)
     return {
         "method": "estimated (ex ante, from TDP and hours; not measured)",
         "hours": hours,
@@ -308,6 +333,28 @@ def estimate(
         "compare": compare_places(energy_kwh, compare),
         "embodied": embodied,
     }
+
+
+class EstimateOverflowError(ValueError):
+    """The inputs multiply past the largest float: an ``inf`` kWh (and ``Infinity`` in JSON, which
+    is no JSON) would be printed as if it were an estimate. ``arguments``: the inputs given."""
+
+    def __init__(self, arguments: tuple[str, ...]) -> None:
+        self.arguments = arguments
+        super().__init__(self.saying(arguments))
+
+    @staticmethod
+    def saying(names: Sequence[str]) -> str:
+        """The message, with the inputs called ``names`` (the command line's flags, say)."""
+        listed = f"{', '.join(names[:-1])} and {names[-1]}" if len(names) > 1 else names[0]
+        too_large = f"{listed} {'are too large together' if len(names) > 1 else 'is too large'}"
+        return f"the estimate overflows (its energy or CO2eq is past the largest number): {too_large}"
+
+
+def _check_finite(amount: float, factors: dict[str, object]) -> None:
+    """Refuse a result that overflowed, naming the inputs given that multiply into it."""
+    if not math.isfinite(amount):
+        raise EstimateOverflowError(tuple(name for name, value in factors.items() if value is not None))
 
 
 def format_estimate(result: dict) -> str:

@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence
 
+from greencallbacks.carbon.intensity import MAX_INTENSITY_G_PER_KWH
 from greencallbacks.carbon.series import parse_timestamp
 from greencallbacks.textformat import markdown_table, number
 
@@ -303,11 +304,13 @@ def co2_at(phases: Sequence[Phase], start_unix: float, series: "IntensitySource"
 
 
 def _resolution_s(series: object, start_unix: float, end_unix: float) -> float:
-    """The series' step (smallest gap between its timestamps), else ``DEFAULT_STEP_S``."""
+    """The series' step (smallest gap between its timestamps; a one-point series' own span where
+    its file gives one), else ``DEFAULT_STEP_S``."""
     times = getattr(series, "times_unix", None)
     if times and len(times) > 1:
         return min(b - a for a, b in zip(times, times[1:]))
-    return float(getattr(series, "bucket_s", DEFAULT_STEP_S))
+    step = getattr(series, "step_s", 0.0)
+    return float(step) if step else float(getattr(series, "bucket_s", DEFAULT_STEP_S))
 
 
 def series_coverage(series: object) -> tuple[float, float] | None:
@@ -439,8 +442,11 @@ def check_options(window_h: float = 24, threshold: float | None = None) -> None:
     """Refuse a window or threshold that is no such number, before any run is read."""
     if not (isinstance(window_h, numbers.Real) and math.isfinite(window_h) and window_h >= 0):
         raise ValueError(f"window_h must be a finite number of hours >= 0, got {window_h!r}")
-    if threshold is not None and not (isinstance(threshold, numbers.Real) and math.isfinite(threshold) and threshold > 0):
-        raise ValueError(f"threshold must be a finite number of gCO2eq/kWh > 0, got {threshold!r}")
+    if threshold is not None and not (
+        isinstance(threshold, numbers.Real) and 0 < threshold <= MAX_INTENSITY_G_PER_KWH
+    ):  # the bound of every intensity: above it no series value can be, and the run never pauses
+        raise ValueError(f"threshold must be a number of gCO2eq/kWh > 0 and at most {MAX_INTENSITY_G_PER_KWH:g}, "
+                         f"got {threshold!r}")
 
 
 def zone_carbon(zone: str):
@@ -605,7 +611,7 @@ def _duration(seconds: float) -> str:
 
 # ------------------------------------------------------------------------------------------ CLI
 def build_parser(prog: str = "greencallbacks whatif") -> argparse.ArgumentParser:
-    from greencallbacks.cli import OneLineErrorParser
+    from greencallbacks.cli import OneLineErrorParser, _comma_list  # an empty list refused as report's is
 
     parser = OneLineErrorParser(
         prog=prog,
@@ -617,7 +623,8 @@ def build_parser(prog: str = "greencallbacks whatif") -> argparse.ArgumentParser
                         help="intensity series: CSV or JSON (own columns, Electricity Maps, UK Carbon Intensity, WattTime)")
     parser.add_argument("--window-h", type=float, default=24.0, help="latest delayed start to try, hours (default 24)")
     parser.add_argument("--threshold", type=float, metavar="G", help="pause above this gCO2eq/kWh (default: median)")
-    parser.add_argument("--zones", default="", help="comma-separated zones or cloud regions to compare, e.g. FR,DE")
+    parser.add_argument("--zones", type=_comma_list, default=[],
+                        help="comma-separated zones or cloud regions to compare, e.g. FR,DE")
     parser.add_argument("--plot", metavar="FILE", help="write a plot of intensity and the run's placements (.png, .pdf, .svg)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a Markdown table")
     return parser
@@ -638,18 +645,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from greencallbacks.carbon.series import IntensitySeries
     from greencallbacks.cli import cli_message, load_records
-    from greencallbacks.figures import plot_format
     from greencallbacks.records import by_run
+    from greencallbacks.report.plot import check_plot_path
     from greencallbacks.runs import describe_runs, select_run
 
     results: list[tuple[str, WhatIfResult]] = []
     try:
-        if args.plot:
-            plot_format(args.plot)
+        if args.plot is not None:
+            check_plot_path(args.plot, "--plot")  # a file that could not be written, before any run is read
         # The flags before the records: a bad flag is said as the flag's, alone, not after the
         # listing of the runs found nor as one run's error.
         check_options(args.window_h, args.threshold)
-        zones = [zone.strip() for zone in args.zones.split(",") if zone.strip()]
+        zones = args.zones
         for zone in zones:
             zone_carbon(zone)
         series = IntensitySeries.from_file(args.intensity)

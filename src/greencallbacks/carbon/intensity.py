@@ -146,6 +146,8 @@ def zone_intensity(zone: str) -> Intensity:
 
 def split_region(region: str, provider: str | None = None) -> str:
     """The canonical ``provider:region`` key for ``region``, from either form of input."""
+    if provider is not None and not isinstance(provider, str):
+        raise ValueError(f"provider must be one of {', '.join(CLOUD_PROVIDERS)} (a string), got {provider!r}")
     text = region.strip().lower()
     if ":" in text:
         prefix, _, name = text.partition(":")

@@ -27,6 +27,7 @@ from datetime import datetime, timezone
 from typing import Callable
 
 from greencallbacks.carbon.intensity import (
+    MAX_INTENSITY_G_PER_KWH,
     Intensity,
     country_intensity,
     validate_intensity,
@@ -493,6 +494,19 @@ class WattTimeSource(LiveIntensitySource):
 WATTTIME_UNITS = {"lbs_co2_per_mwh": LB_PER_MWH_TO_G_PER_KWH, "kg_co2_per_mwh": 1.0, "g_co2_per_kwh": 1.0}
 
 
+def watttime_g_per_kwh(value: float, units: str, written: object = None) -> float:
+    """``value`` in WattTime's ``units`` (a key of ``WATTTIME_UNITS``) as gCO2eq/kWh. One out of
+    range is said as ``written`` (default: ``value``) in its own unit: -1 lbs_co2_per_mwh, not the
+    -0.4536 g/kWh it became."""
+    factor = WATTTIME_UNITS[units]
+    try:
+        return validate_intensity(value * factor, argument="value")
+    except ValueError:
+        raise ValueError(f"value must be a finite number of {units} between 0 and "
+                         f"{MAX_INTENSITY_G_PER_KWH / factor:.6g} ({MAX_INTENSITY_G_PER_KWH:g} gCO2eq/kWh), "
+                         f"got {value if written is None else written!r}") from None
+
+
 def parse_watttime(document: object) -> Points:
     """Points from ``{"data": [{"point_time", "value"}], "meta": {"units"}}``, in g/kWh."""
     _require(isinstance(document, dict) and isinstance(document.get("data"), list), "no 'data' list")
@@ -500,7 +514,6 @@ def parse_watttime(document: object) -> Points:
     meta = document.get("meta") if isinstance(document.get("meta"), dict) else {}
     units = str(meta.get("units", "lbs_co2_per_mwh")).lower()  # type: ignore[union-attr]
     _require(units in WATTTIME_UNITS, f"unknown units {units!r}")
-    factor = WATTTIME_UNITS[units]
     points = []
     for item in document["data"]:
         _require(isinstance(item, dict) and "point_time" in item and "value" in item, f"entry without point_time/value: {item!r}")
@@ -513,5 +526,8 @@ def parse_watttime(document: object) -> Points:
             moment = parse_timestamp(item["point_time"])
         except ValueError as error:
             raise LiveSourceError(f"malformed answer: {error}") from None
-        points.append((moment, _checked_value(float(raw) * factor, "value")))
+        try:
+            points.append((moment, watttime_g_per_kwh(raw, units)))
+        except ValueError as error:
+            raise LiveSourceError(f"malformed answer: {error}") from None
     return points

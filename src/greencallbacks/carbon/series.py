@@ -31,6 +31,7 @@ import csv
 import io
 import json
 import math
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -52,8 +53,8 @@ class IntensitySource(Protocol):
     def mean_between(self, start_unix: float, end_unix: float) -> Intensity: ...
 
 
-def _malformed(path: Path, where: int | str, why: str) -> ValueError:
-    """``where``: a line number, or a place in a JSON document such as ``item 3``."""
+def _malformed(path: str | Path, where: int | str, why: str) -> ValueError:
+    """``path`` as the user gave it; ``where``: a line number, or a place in a JSON document such as ``item 3``."""
     place = f"line {where}" if isinstance(where, int) else where
     return ValueError(f"series file {str(path)!r}, {place}: {why}")
 
@@ -110,7 +111,14 @@ def _parse_value(raw: object) -> float:
     return validate_intensity(raw, argument="value")
 
 
-def _pick_column(names: list[str], choices: tuple[str, ...]) -> str | None:
+def _pick_column(names: list[str], choices: tuple[str, ...], what: str = "", kind: str = "column") -> str | None:
+    """The one name among ``names`` that is one of ``choices`` (any case), or None. With ``what``
+    (``time``, ``value``), two of them are refused as ambiguous: which one holds the series would
+    be a guess, and the other ``kind`` (column, key) silently dropped."""
+    found = [name for name in names if name.strip().lower() in choices]
+    if what and len(found) > 1:
+        raise ValueError(f"{' and '.join(repr(name) for name in found)} are each a {what} {kind}: "
+                         f"which one holds the series is ambiguous; keep one")
     lowered = {name.strip().lower(): name for name in names}
     return next((lowered[choice] for choice in choices if choice in lowered), None)
 
@@ -125,19 +133,20 @@ def _csv_layout(names: list[str]) -> tuple[str | None, str | None, str | None, s
         which = "life-cycle" if life_cycle else "direct"
         return names[lowered.index("datetime (utc)")], value, None, f"Electricity Maps CSV export ({which} intensity, {value!r})"
     if "point_time" in lowered or "moer" in lowered:
-        time = _pick_column(names, ("point_time", "timestamp"))
-        value = _pick_column(names, ("value", "moer"))
-        return time, value, _pick_column(names, ("units", "unit")), "WattTime CSV"
-    return _pick_column(names, TIME_COLUMNS), _pick_column(names, VALUE_COLUMNS), None, GENERIC_FORMAT
+        time = _pick_column(names, ("point_time", "timestamp"), "time")
+        value = _pick_column(names, ("value", "moer"), "value")
+        return time, value, _pick_column(names, ("units", "unit"), "units"), "WattTime CSV"
+    return _pick_column(names, TIME_COLUMNS, "time"), _pick_column(names, VALUE_COLUMNS, "value"), None, GENERIC_FORMAT
 
 
-def _watttime_factor(units: str) -> float:
-    from greencallbacks.carbon.live import WATTTIME_UNITS
+def _watttime_value(raw: str, units: str) -> float:
+    """A WattTime cell in g/kWh; one out of range is said as written, in the file's unit."""
+    from greencallbacks.carbon.live import WATTTIME_UNITS, watttime_g_per_kwh
 
     text = units.strip().lower() or "lbs_co2_per_mwh"  # WattTime's MOER unit when the file does not say
     if text not in WATTTIME_UNITS:
         raise ValueError(f"unknown units {units!r} ({', '.join(WATTTIME_UNITS)})")
-    return WATTTIME_UNITS[text]
+    return watttime_g_per_kwh(_parse_number(raw), text, written=raw.strip())
 
 
 class _CsvRecords:
@@ -168,7 +177,7 @@ class _CsvRecords:
             self._between_records = True
 
 
-def _csv_rows(path: Path, text: str) -> list[tuple[int, list[str]]]:
+def _csv_rows(path: str, text: str) -> list[tuple[int, list[str]]]:
     records = _CsvRecords(text)
     try:
         return list(records)
@@ -176,13 +185,16 @@ def _csv_rows(path: Path, text: str) -> list[tuple[int, list[str]]]:
         raise _malformed(path, records.line, f"not readable as CSV: {error}") from None
 
 
-def _csv_points(path: Path, text: str) -> tuple[list[tuple[int, object, object]], str]:
+def _csv_points(path: str, text: str) -> tuple[list[tuple[int, object, object]], str]:
     """(line number, raw timestamp, value) for each data row of a CSV series, and the format read."""
     numbered = _csv_rows(path, text)
     if not numbered:
         raise _malformed(path, 1, "no header and no data")
     header_line, names = numbered[0]
-    time_column, value_column, units_column, form = _csv_layout(names)
+    try:
+        time_column, value_column, units_column, form = _csv_layout(names)
+    except ValueError as error:
+        raise _malformed(path, header_line, str(error)) from None
     if time_column is None or value_column is None:
         raise _malformed(
             path, header_line,
@@ -194,15 +206,16 @@ def _csv_points(path: Path, text: str) -> tuple[list[tuple[int, object, object]]
     provider = form != GENERIC_FORMAT
     points: list[tuple[int, object, object]] = []
     for number, cells in numbered[1:]:
-        if len(cells) <= max(time_index, value_index):
+        # A longer row than the header has a cell of no column: a shifted row or a stray
+        # separator, whose values cannot be trusted to be in the columns they seem to be in.
+        if len(cells) <= max(time_index, value_index) or len(cells) > len(names):
             raise _malformed(path, number, f"expected {len(names)} columns, got {len(cells)}")
         raw = cells[value_index]
         if provider and not raw.strip():
             continue  # an hour the provider has no value for: the step before holds
         if form == "WattTime CSV":
             try:
-                factor = _watttime_factor(cells[units_index] if units_index is not None and units_index < len(cells) else "")
-                raw = _parse_number(raw) * factor
+                raw = _watttime_value(raw, cells[units_index] if units_index is not None and units_index < len(cells) else "")
             except ValueError as error:
                 raise _malformed(path, number, str(error)) from None
         points.append((number, cells[time_index], raw))
@@ -218,8 +231,9 @@ def _parse_number(raw: str) -> float:
         raise ValueError(f"value {raw!r} is not a number") from None
 
 
-def _provider_json_points(path: Path, document: object) -> tuple[list[tuple[int | str, object, object]], str] | None:
-    """Points of a provider's API answer saved to a file, or None when ``document`` is not one."""
+def _provider_json_points(path: str, document: object) -> tuple[list[tuple[int | str, object, object]], str, object] | None:
+    """Points of a provider's API answer saved to a file, the format, and the end of its last value
+    where the answer gives it (else None); None when ``document`` is not one."""
     from greencallbacks.carbon import live
 
     if not isinstance(document, dict):
@@ -242,10 +256,21 @@ def _provider_json_points(path: Path, document: object) -> tuple[list[tuple[int 
         points = parse(document)
     except live.LiveSourceError as error:
         raise _malformed(path, 1, str(error)) from None
-    return [(f"point {index}", moment, value) for index, (moment, value) in enumerate(points)], form
+    end = _uk_end(items) if parse is live.parse_uk_carbon_intensity else None
+    return [(f"point {index}", moment, value) for index, (moment, value) in enumerate(points)], form, end
 
 
-def _json_points(path: Path, text: str) -> tuple[list[tuple[int | str, object, object]], str]:
+def _uk_end(periods: list) -> object:
+    """The ``to`` of the last period with a value: where a UK Carbon Intensity series ends, which
+    the answer says (a one-period answer covers its half hour, not the instant it starts)."""
+    for period in reversed(periods):
+        intensity = period.get("intensity") if isinstance(period, dict) else None
+        if isinstance(intensity, dict) and (intensity.get("actual") is not None or intensity.get("forecast") is not None):
+            return period.get("to")
+    return None
+
+
+def _json_points(path: str, text: str) -> tuple[list[tuple[int | str, object, object]], str, object]:
     try:
         document = json.loads(text)
     except json.JSONDecodeError as error:
@@ -261,8 +286,11 @@ def _json_points(path: Path, text: str) -> tuple[list[tuple[int | str, object, o
     for index, item in enumerate(document):
         where = f"item {index}"
         if isinstance(item, dict):
-            time_key = _pick_column(list(item), TIME_COLUMNS)
-            value_key = _pick_column(list(item), VALUE_COLUMNS)
+            try:
+                time_key = _pick_column(list(item), TIME_COLUMNS, "time", "key")
+                value_key = _pick_column(list(item), VALUE_COLUMNS, "value", "key")
+            except ValueError as error:
+                raise _malformed(path, where, str(error)) from None
             if time_key is None or value_key is None:
                 raise _malformed(
                     path, where,
@@ -274,7 +302,20 @@ def _json_points(path: Path, text: str) -> tuple[list[tuple[int | str, object, o
             points.append((where, item[0], item[1]))
         else:
             raise _malformed(path, where, f"expected an object or a [timestamp, value] pair, got {item!r}")
-    return points, "JSON"
+    return points, "JSON", None
+
+
+def _series_end(path: str, where: int | str, raw_end: object, last: float) -> float | None:
+    """Where the last value ends, read from the file's own ``to`` (None when it has none)."""
+    if raw_end is None:
+        return None
+    try:
+        end = check_time_range(parse_timestamp(raw_end), raw_end)
+    except ValueError as error:
+        raise _malformed(path, where, f"'to': {error}") from None
+    if end <= last:
+        raise _malformed(path, where, f"'to' {raw_end!r} is not after the period's 'from'")
+    return end
 
 
 # Up to this many steps inside an interval are summed one by one (exactly as a scan would); past
@@ -319,16 +360,18 @@ def _iso(unix_s: float) -> str:
 class IntensitySeries:
     """A step series of (unix seconds, gCO2eq/kWh), strictly increasing in time.
 
-    Each value holds until the next timestamp; the last one for one step (the smallest gap between
+    Each value holds until the next timestamp; the last one until ``end_unix`` where the file says
+    it (a UK Carbon Intensity period's ``to``), else for one step (the smallest gap between
     timestamps, the series' resolution), so an hourly series whose last row is 23:00 covers 23:00
-    to 24:00. Outside that the nearest value is used, and said to be extrapolated; so is the value
-    held over a gap (see ``gaps``).
+    to 24:00, and a series of one row without an end covers its instant only. Outside that the
+    nearest value is used, and said to be extrapolated; so is the value held over a gap (see ``gaps``).
     """
 
     times_unix: tuple[float, ...]
     values_g_per_kwh: tuple[float, ...]
     name: str
     format: str = GENERIC_FORMAT  # which file format was read, said wherever the series is named
+    end_unix: float | None = None  # where the last value ends, when the file says it
     step_s: float = field(init=False, repr=False, compare=False)
     # Integral of the series from its first timestamp to each timestamp: a mean over any span is
     # then two bisects, not a scan (it is asked on the training thread at every logged step).
@@ -346,8 +389,12 @@ class IntensitySeries:
             total += value * (right - left)
             running.append(total)
         object.__setattr__(self, "_running_integral", tuple(running))
+        if self.end_unix is not None and not self.end_unix > times[-1]:
+            raise ValueError(f"end_unix ({self.end_unix}) must be after the last timestamp ({times[-1]})")
         steps = [b - a for a, b in zip(times, times[1:])]
-        object.__setattr__(self, "step_s", min(steps, default=0.0))
+        # One value has no step of its own to hold for: its end, where the file says it.
+        last_span = 0.0 if self.end_unix is None else self.end_unix - times[-1]
+        object.__setattr__(self, "step_s", min(steps, default=last_span))
         gaps = _gaps(times, steps)
         object.__setattr__(self, "gaps", gaps)
         object.__setattr__(self, "_gap_starts", tuple(start for start, _ in gaps))
@@ -355,11 +402,14 @@ class IntensitySeries:
 
     @property
     def coverage(self) -> tuple[float, float]:
-        """(first timestamp, end of the last step): where the series has data."""
-        return self.times_unix[0], self.times_unix[-1] + self.step_s
+        """(first timestamp, end of the last value): where the series has data."""
+        return self.times_unix[0], self.end_unix if self.end_unix is not None else self.times_unix[-1] + self.step_s
 
     @property
     def description(self) -> str:
+        """Its name and format; for one point without an end, what it covers, said wherever it is named."""
+        if len(self.times_unix) == 1 and self.end_unix is None:
+            return f"{self.name} ({self.format}; one point: it covers its own instant only, having no step to hold for)"
         return f"{self.name} ({self.format})"
 
     @property
@@ -367,16 +417,23 @@ class IntensitySeries:
         return f"series:{self.name}"
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "IntensitySeries":
+    def from_file(cls, path: str | os.PathLike[str]) -> "IntensitySeries":
+        given = os.fspath(path)  # as the user wrote it: Path("") reads ".", the directory
+        if not given:
+            raise ValueError("series file '' is an empty path: give the path of a CSV or JSON file")
         file_path = Path(path)
         try:
             text = file_path.read_text(encoding="utf-8-sig")
         except (OSError, UnicodeDecodeError) as error:
-            raise ValueError(f"series file {str(file_path)!r} cannot be read: {error}") from None
+            raise ValueError(f"series file {given!r} cannot be read: {error}") from None
         is_json = file_path.suffix.lower() == ".json" or text.lstrip().startswith(("[", "{"))
-        raw_points, form = _json_points(file_path, text) if is_json else _csv_points(file_path, text)
+        raw_end = None
+        if is_json:
+            raw_points, form, raw_end = _json_points(given, text)
+        else:
+            raw_points, form = _csv_points(given, text)
         if not raw_points:
-            raise _malformed(file_path, 1, "no data points")
+            raise _malformed(given, 1, "no data points")
         times: list[float] = []
         values: list[float] = []
         for where, raw_time, raw_value in raw_points:
@@ -384,14 +441,16 @@ class IntensitySeries:
                 moment = check_time_range(parse_timestamp(raw_time), raw_time)
                 value = _parse_value(raw_value)
             except ValueError as error:
-                raise _malformed(file_path, where, str(error)) from None
+                raise _malformed(given, where, str(error)) from None
             if times and moment == times[-1]:
-                raise _malformed(file_path, where, f"duplicate timestamp {raw_time!r}")
+                raise _malformed(given, where, f"duplicate timestamp {raw_time!r}")
             if times and moment < times[-1]:
-                raise _malformed(file_path, where, f"timestamp {raw_time!r} is earlier than the one before it")
+                raise _malformed(given, where, f"timestamp {raw_time!r} is earlier than the one before it")
             times.append(moment)
             values.append(value)
-        return cls(times_unix=tuple(times), values_g_per_kwh=tuple(values), name=file_path.name, format=form)
+        end = _series_end(given, raw_points[-1][0], raw_end, times[-1])
+        return cls(times_unix=tuple(times), values_g_per_kwh=tuple(values), name=file_path.name, format=form,
+                   end_unix=end)
 
     def value_at(self, moment_unix: float) -> float:
         # The step in force at `moment`: the last timestamp <= moment (the first one before the series).

@@ -6,7 +6,6 @@ import math
 import os
 from collections.abc import Mapping
 from datetime import datetime, timezone
-from pathlib import Path
 
 from greencallbacks.carbon.intensity import (
     Intensity,
@@ -300,7 +299,7 @@ def _warn(message: str) -> None:
 
 def _series_source(series: object) -> IntensitySource:
     if isinstance(series, (str, os.PathLike)):
-        return IntensitySeries.from_file(Path(series))
+        return IntensitySeries.from_file(series)  # as given, to be named as given
     if callable(getattr(series, "mean_between", None)):
         return series  # type: ignore[return-value]
     raise ValueError(

@@ -7,7 +7,7 @@ import textwrap
 from pathlib import Path
 from typing import Sequence
 
-from greencallbacks.figures import new_figure, plot_format, save_figure
+from greencallbacks.figures import PLOT_FORMATS, new_figure, save_figure
 from greencallbacks.records import Record
 from greencallbacks.report.data import (
     describe_configuration,
@@ -32,8 +32,29 @@ TITLE_LINE_IN = 0.2  # the room each further title line takes from the panel, gi
 
 def plot_epochs(records: Sequence[Record], path: str | os.PathLike) -> Path:
     """Write ``epoch_figure``; the format (PNG, PDF, SVG) is taken from ``path``'s extension."""
-    plot_format(path)  # a wrong extension fails before any drawing
+    check_plot_path(path)  # a wrong extension or place fails before any drawing
     return save_figure(epoch_figure(records), path)
+
+
+def check_plot_path(path: str | os.PathLike, name: str = "plot file") -> None:
+    """Refuse a plot file that could not be written, before the work that draws it: a wrong
+    extension, a directory (or a name ending in a slash, which names one), or a directory that does
+    not exist or cannot be written in. ``name``: what the message calls it (``--plot``)."""
+    text = os.fspath(path)
+    target = Path(text)
+    if target.suffix.lower().lstrip(".") not in PLOT_FORMATS:
+        raise ValueError(f"{name} {text!r} must end in {', '.join('.' + f for f in PLOT_FORMATS[:-1])} or "
+                         f".{PLOT_FORMATS[-1]} (the format is taken from it)")
+    folder = target.parent
+    # Path drops a trailing slash ("dir.png/" is Path("dir.png")): read it from the text.
+    if text.endswith(("/", os.sep)):
+        raise ValueError(f"{name} {text!r} ends in a slash, which names a directory: give a file to write the plot to")
+    if target.is_dir():
+        raise ValueError(f"{name} {text!r} is a directory: give a file to write the plot to")
+    if not folder.is_dir():
+        raise ValueError(f"{name} {text!r}: its directory {str(folder)!r} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"{name} {text!r}: its directory {str(folder)!r} is not writable")
 
 
 def _tick(row: dict, with_attempt: bool) -> str:
