@@ -1,5 +1,6 @@
 import json
 import math
+import os
 import threading
 
 import pytest
@@ -122,6 +123,24 @@ def test_unknown_phase_is_a_value_error_naming_valid_ones():
     tracker, _, _ = setup()
     with pytest.raises(ValueError, match="train.*validation.*test.*predict"):
         tracker.begin("training")
+
+
+@pytest.mark.parametrize("epoch", [-1, 1.5, "0", True])
+def test_an_epoch_no_reader_takes_is_refused_at_begin(epoch):
+    """Written as given before: a record with epoch -1 that report then refused, file and all."""
+    tracker, _, _ = setup()
+    with pytest.raises(ValueError, match="epoch must be None or an integer >= 0"):
+        tracker.begin("train", epoch)
+
+
+def test_a_numpy_epoch_is_written_as_a_number(tmp_path):
+    np = pytest.importorskip("numpy")
+    tracker, clock, _ = setup(tmp_path)
+    tracker.begin("train", np.int64(3))
+    clock.advance(1.0)
+    tracker.end("train")
+    tracker.finish()
+    assert [r.epoch for r in read_records(tmp_path) if r.phase == "train"] == [3]
 
 
 def test_end_without_begin_bills_nothing_and_returns_none():
@@ -728,3 +747,100 @@ def test_an_estimate_keeps_its_stated_uncertainty_however_often_its_phase_is_cut
     assert part["uncertainty_j"] == pytest.approx(0.5 * part["energy_j"])
     (counter,) = [c for c in record.components if c["name"] == "gpu0"]
     assert counter["uncertainty_j"] == pytest.approx(0.1 * 100.0 * 2)  # a counter's, at 4 segments: in quadrature
+
+
+def test_a_run_whose_records_could_not_be_written_says_so_at_its_end(tmp_path):
+    """output_dir became a file after construction: every write failed, the first warning said the
+    records would be written later, and the run ended saying nothing while they never were."""
+    from greencallbacks.meter import EnergyWarning
+
+    out = tmp_path / "out"
+    tracker, clock, _ = setup(out)
+    out.write_text("a file where the records were to go")
+    with pytest.warns(EnergyWarning) as caught:
+        run_epochs(tracker, clock, epochs=1)
+    said = [str(w.message) for w in caught]
+    assert any("kept in memory" in m for m in said)  # the writer's, at the first phase end
+    (ending,) = [m for m in said if "NOT written" in m]
+    assert tracker.run_id in ending and str(out / RECORDS_FILE) in ending and "nor its summary" in ending
+
+
+def test_records_in_the_file_but_not_yet_confirmed_on_disk_are_not_called_unwritten(tmp_path, monkeypatch):
+    """close() is False too while a slow fsync goes on in the background (it warns of that itself):
+    the lines are in the file, and the end of the run must not say they were not written."""
+    import warnings
+
+    from greencallbacks.records import RecordWriter
+
+    closed = RecordWriter.close
+    monkeypatch.setattr(RecordWriter, "close", lambda self: closed(self) and False)
+    tracker, clock, _ = setup(tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_epochs(tracker, clock, epochs=1)
+    assert not [w for w in caught if "NOT written" in str(w.message)]
+    assert len((tmp_path / RECORDS_FILE).read_text().splitlines()) == 4  # gap, validation, train, gap
+
+
+def test_an_overflowing_uncertainty_does_not_fail_the_boundary(tmp_path):
+    """A sensor gone wild (cpu_tdp_w=1e308 did it): the sum of squared uncertainties overflowed
+    (OverflowError at every boundary: no record, no summary). It is summed without overflow now."""
+    from greencallbacks.sensors.base import Method
+
+    clock = FakeClock()
+    cpu = ScriptedSensor("cpu", clock, power_w=1e300, kind=Kind.CPU, method=Method.ESTIMATED)
+    tracker = Tracker(carbon=Carbon(intensity=INTENSITY), output_dir=tmp_path)
+    tracker.start(Meter([cpu], fallback=None, clock=clock, wall_clock=lambda: clock() + 1.7e9))
+    run_epochs(tracker, clock, epochs=1)
+    train = tracker.last["train"]
+    assert math.isfinite(train.uncertainty_kwh) and train.uncertainty_kwh == pytest.approx(0.5 * train.it_energy_kwh)
+    assert (tmp_path / "energy-summary.json").exists()
+
+
+def test_a_long_run_ids_summary_is_kept_under_a_name_that_fits(tmp_path):
+    """A run id of ~240 characters made the kept summary's file name too long: the rename failed,
+    unsaid, and the next run's summary replaced the earlier run's. Long ids are cut, with a hash
+    of the whole, so two ids alike in their first characters keep two summaries."""
+    from greencallbacks.tracker import SUMMARY_FILE
+
+    long_ids = ["a" * 240 + "-one", "a" * 240 + "-two"]
+    for run_id in [*long_ids, "short"]:
+        tracker, clock, _ = setup(tmp_path, run_id=run_id)
+        run_epochs(tracker, clock, epochs=1)
+    kept = sorted(tmp_path.glob("energy-summary-*.json"))
+    assert {json.loads(p.read_text())["run_id"] for p in kept} == set(long_ids)
+    assert all(len(p.name) < 200 for p in kept)
+    assert json.loads((tmp_path / SUMMARY_FILE).read_text())["run_id"] == "short"
+
+
+def test_a_summary_that_cannot_be_kept_is_said_before_it_is_replaced(tmp_path, monkeypatch):
+    """Any other failure to keep the earlier run's summary replaced it silently."""
+    from greencallbacks.meter import EnergyWarning
+    from greencallbacks.tracker import SUMMARY_FILE
+
+    first, clock, _ = setup(tmp_path, run_id="first")
+    run_epochs(first, clock, epochs=1)
+    real_replace = os.replace
+
+    def refuse_to_keep(source, target):
+        if "energy-summary-" in str(target):
+            raise PermissionError(13, "denied", str(target))
+        return real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", refuse_to_keep)
+    second, clock, _ = setup(tmp_path, run_id="second")
+    with pytest.warns(EnergyWarning, match="could not keep run 'first'"):
+        run_epochs(second, clock, epochs=1)
+    assert json.loads((tmp_path / SUMMARY_FILE).read_text())["run_id"] == "second"
+
+
+@pytest.mark.parametrize("where", ["file", "under-file"])
+def test_an_output_dir_that_is_a_file_is_refused_at_construction(tmp_path, where):
+    """Accepted before: every write of the run failed, and its records and summary were lost."""
+    a_file = tmp_path / "taken"
+    a_file.write_text("")
+    output_dir = a_file if where == "file" else a_file / "logs"
+    with pytest.raises(ValueError, match=r"output_dir .*not a directory"):
+        Tracker(output_dir=output_dir)
+    Tracker(output_dir=tmp_path / "not" / "made" / "yet")  # made at the first record
+    assert not (tmp_path / "not").exists()

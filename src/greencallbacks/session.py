@@ -27,9 +27,10 @@ from greencallbacks.meter import Meter, warn
 from greencallbacks.prediction import priced_by_series
 from greencallbacks.records import Record
 from greencallbacks.sensors.base import Kind, Method, Sensor
-from greencallbacks.tracker import SUMMARY_FILE, Tracker
-from greencallbacks.tracker import kept_summary_path
+from greencallbacks.sensors.estimate import MAX_CPU_TDP_W
+from greencallbacks.tracker import SUMMARY_FILE, Tracker, check_output_dir, kept_summary_path
 from greencallbacks.units import J_PER_KWH
+
 
 # Notices already given in this process: a notebook's every fit, evaluate and predict starts a
 # session, and the same two paragraphs each time would bury what is new.
@@ -90,16 +91,8 @@ class EnergySession:
             series = IntensitySeries.from_file(series)
         self._series_ahead = series if isinstance(series, IntensitySeries) else None
         self.carbon = Carbon(country=country, zone=zone, region=region, intensity=intensity, series=series, pue=pue)
-        if gpus != "auto" and gpus is not None:
-            if (
-                isinstance(gpus, (str, bytes))
-                or not isinstance(gpus, Iterable)
-                or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in gpus)
-            ):
-                raise ValueError(f"gpus must be 'auto', None or a list of CUDA device indices (ints >= 0), got {gpus!r}")
-            gpus = list(gpus)
-        if cpu_tdp_w is not None and not (isinstance(cpu_tdp_w, numbers.Real) and math.isfinite(cpu_tdp_w) and cpu_tdp_w > 0):
-            raise ValueError(f"cpu_tdp_w must be a positive number of watts, got {cpu_tdp_w!r}")
+        gpus = _checked_gpus(gpus)
+        cpu_tdp_w = _checked_cpu_tdp_w(cpu_tdp_w)
         as_lists: dict[str, list] = {}  # (once: a generator is read only once)
         for argument, given in (("extra_sensors", extra_sensors), ("sensors", sensors)):
             if given is None:
@@ -120,8 +113,7 @@ class EnergySession:
         self.sensors = as_lists.get("sensors")
         self.gpus = gpus
         self.cpu_tdp_w = cpu_tdp_w
-        if output_dir is not None and not isinstance(output_dir, (str, os.PathLike)):
-            raise ValueError(f"output_dir must be a directory path (str or os.PathLike) or None, got {output_dir!r}")
+        check_output_dir(output_dir)
         self.output_dir = Path(output_dir) if output_dir is not None else None
         if carbon_aware is not None and not isinstance(carbon_aware, CarbonAwarePause):
             raise ValueError(f"carbon_aware must be a greencallbacks.carbon_aware.CarbonAwarePause, got {carbon_aware!r}")
@@ -431,6 +423,39 @@ def _reasons(unavailable: Sequence) -> str:
             part += f" (fix: {u.fix})"
         parts.append(part)
     return "; ".join(parts)
+
+
+def _is_integer(value: object) -> bool:
+    """An int, or NumPy's and other ``numbers.Integral`` (a NumPy array's elements), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _checked_gpus(gpus: object) -> "str | list[int] | None":
+    """``"auto"``, None, or the CUDA indices as plain ints (from a list, tuple, range or array)."""
+    if gpus is None or (isinstance(gpus, str) and gpus == "auto"):
+        return gpus
+    indices = None
+    if not isinstance(gpus, (str, bytes)) and isinstance(gpus, Iterable):
+        try:
+            indices = list(gpus)  # once: a generator is read only once
+        except TypeError:  # iterable in type only (a 0-d NumPy array)
+            pass
+    if indices is None or not all(_is_integer(i) and i >= 0 for i in indices):
+        raise ValueError(f"gpus must be 'auto', None or a list of CUDA device indices (ints >= 0), got {gpus!r}")
+    return [int(i) for i in indices]
+
+
+def _checked_cpu_tdp_w(cpu_tdp_w: object) -> float | None:
+    if cpu_tdp_w is None:
+        return None
+    if (
+        isinstance(cpu_tdp_w, bool)
+        or not isinstance(cpu_tdp_w, numbers.Real)
+        or not (math.isfinite(cpu_tdp_w) and 0 < cpu_tdp_w <= MAX_CPU_TDP_W)
+    ):
+        raise ValueError(f"cpu_tdp_w must be a positive number of watts (per CPU socket) up to {MAX_CPU_TDP_W:g}, "
+                         f"got {cpu_tdp_w!r}")
+    return float(cpu_tdp_w)
 
 
 def _reject_reserved_names(extra_sensors: Sequence[Sensor]) -> None:

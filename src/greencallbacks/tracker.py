@@ -21,6 +21,7 @@ import datetime as _dt
 import hashlib
 import json
 import math
+import numbers
 import os
 import re
 import socket
@@ -61,6 +62,9 @@ METRIC_STEMS = (
 )
 
 RECORDS_KEPT_IN_MEMORY = 1000
+# The run id's characters in a kept summary's file name (``kept_summary_path``): with its prefix,
+# suffix and hash, well under the 255 bytes a file name may have.
+KEPT_SUMMARY_ID_CHARS = 100
 # A gap is written with the next phase's record, at its end (one write per phase), unless it lasted
 # this long: the end of an epoch in Keras holds every later callback's epoch-end work (a checkpoint
 # save of seconds), and a process killed in the next phase must not lose it. Writing costs ~0.2-0.5
@@ -126,11 +130,14 @@ class _Open:
             if c.method in _BIASED:  # the same model's error in every segment: it adds up
                 slot["bias_j"] += c.uncertainty_j
             else:  # a counter's or sampled power's, at each segment's boundaries
-                slot["uncertainty_j2"] += c.uncertainty_j**2
+                slot["uncertainty_j2"] += c.uncertainty_j * c.uncertainty_j  # inf, never OverflowError as ** raises
             slot["method"] = c.method
             slot["note"] = c.note
             slot["source"] = c.source
-        self.segments.append((measurement.start_unix, end_unix, measurement.energy_j))
+        # A segment never ends before it begins: priced over [t0, t1], which a carbon source refuses
+        # the other way round, one bad stamp lost the whole phase's record. (The meter's stamps never
+        # go backwards; a meter of the user's, or a future one, must not undo that here.)
+        self.segments.append((measurement.start_unix, max(measurement.start_unix, end_unix), measurement.energy_j))
 
     @property
     def empty(self) -> bool:
@@ -169,8 +176,7 @@ class Tracker:
             carbon = Carbon()
         elif not isinstance(carbon, Carbon):
             raise ValueError(f"carbon must be a greencallbacks.carbon.Carbon (or None for the world average), got {carbon!r}")
-        if output_dir is not None and not isinstance(output_dir, (str, os.PathLike)):
-            raise ValueError(f"output_dir must be a directory path (str or os.PathLike) or None, got {output_dir!r}")
+        check_output_dir(output_dir)
         if run_id is not None and (not isinstance(run_id, str) or not run_id.strip()):
             raise ValueError(f"run_id must be a non-empty string, got {run_id!r}")
         self.carbon = carbon
@@ -327,6 +333,9 @@ class Tracker:
         """
         if phase not in PHASES or phase == "other":
             raise ValueError(f"phase must be one of {PHASES[:-1]}, got {phase!r}")
+        if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral) or epoch < 0):
+            # Written as it is given: a reader refuses a record with an impossible epoch (records.py).
+            raise ValueError(f"epoch must be None or an integer >= 0, got {epoch!r}")
         if not self.running:
             return
         if self._renamed_from is not None:
@@ -397,12 +406,15 @@ class Tracker:
         """
         if not self.running:
             return
-        self._boundary(exact=True)
-        while self._stack:
-            top = self._stack.pop()
-            self._close(top, partial=top.phase != "other")
-        self._publish(None)
-        self._stop()
+        try:
+            self._boundary(exact=True)
+            while self._stack:
+                top = self._stack.pop()
+                self._close(top, partial=top.phase != "other")
+            self._publish(None)
+        finally:
+            # Whatever failed in the write-up, the run stops: its thread, its writer, its lock.
+            self._stop()
 
     def abort(self) -> None:
         """The run is failing (exception, interrupt): write what was measured, without collectives.
@@ -416,20 +428,22 @@ class Tracker:
             self._boundary(exact=True)
         except Exception:  # noqa: BLE001 - the run is already failing; keep what we have
             pass
-        while self._stack:
-            # Every open phase is cut short, the gap between two epochs too: its partial record
-            # is the only mark that a failure there ended the training.
-            self._close(self._stack.pop(), partial=True)
-        local = self._take_pending()
-        if self.reducer.world_size > 1 and self.reducer.rank > 0 and self.output_dir is not None:
-            if self._writer is not None:
-                self._writer.close()
-            self._writer = RecordWriter(self.output_dir / f"energy-records.rank{self.reducer.rank}.jsonl")
-        for record in local:
-            self._accept(record)
-        if local and self._writer is not None:
-            self._writer.write(*local)
-        self._stop(every_rank_on_disk=self.reducer.world_size > 1)
+        try:
+            while self._stack:
+                # Every open phase is cut short, the gap between two epochs too: its partial record
+                # is the only mark that a failure there ended the training.
+                self._close(self._stack.pop(), partial=True)
+            local = self._take_pending()
+            if self.reducer.world_size > 1 and self.reducer.rank > 0 and self.output_dir is not None:
+                if self._writer is not None:
+                    self._writer.close()
+                self._writer = RecordWriter(self.output_dir / f"energy-records.rank{self.reducer.rank}.jsonl")
+            for record in local:
+                self._accept(record)
+            if local and self._writer is not None:
+                self._writer.write(*local)
+        finally:
+            self._stop(every_rank_on_disk=self.reducer.world_size > 1)
 
     def _stop(self, every_rank_on_disk: bool = False) -> None:
         """``every_rank_on_disk``: a failed multi-rank run, whose ranks each wrote their own records
@@ -438,12 +452,28 @@ class Tracker:
             self.meter.stop_sampling()
         if self._writer is not None:
             self._writer.close()  # on disk (fsynced) before the run is reported finished
+            summary_written = True
             if every_rank_on_disk:
                 self._write_summary_of_every_rank()
             elif self.reducer.rank == 0:
-                self._write_summary()
+                summary_written = self._write_summary()
+            # Lines still pending never reached the file (close is False too while a slow fsync goes
+            # on, with their lines in the file: that one has warned already). Said once more here:
+            # the warning at the first failure said they would be written later.
+            if self._writer.pending:
+                self._warn_records_not_written(summary_written)
         self.meter = None
         self._hold_lock(None, "")
+
+    def _warn_records_not_written(self, summary_written: bool) -> None:
+        from greencallbacks.meter import warn
+
+        assert self._writer is not None
+        count = len(self._writer.pending)
+        warn(f"greencallbacks: run {self.run_id!r} ended with {count} energy record(s) NOT written"
+             + ("" if summary_written else ", nor its summary")
+             + f": {self._writer.path} could not be written (see the warning above), so they are not on disk. "
+             "Check that output_dir is a directory this process can write to.")
 
     def _write_summary_of_every_rank(self) -> None:
         """A failed multi-rank run's summary, from every rank's records on disk: rank 0's own
@@ -742,6 +772,7 @@ class Tracker:
 
     # ------------------------------------------------------------------------------ internals
     def _open(self, phase: str, epoch: int | None, metric_prefix: str | None = None) -> _Open:
+        epoch = None if epoch is None else int(epoch)  # a NumPy integer would be written as a string
         return _Open(phase=phase, epoch=epoch, seq=self.ledger.take_seq(), metric_prefix=metric_prefix)
 
     def _boundary(self, exact: bool = False) -> None:
@@ -761,8 +792,11 @@ class Tracker:
         self._pending.append((opened, partial, self.step))
 
     def _take_pending(self) -> list[Record]:
-        pending, self._pending = self._pending, []
-        return [self._local_record(*closed) for closed in pending]
+        # Emptied once every record is built: a failure building one keeps them all for the next
+        # boundary (or the run's end) to write, where emptied first it lost them.
+        records = [self._local_record(*closed) for closed in self._pending]
+        self._pending = []
+        return records
 
     def _local_record(self, opened: _Open, partial: bool, step: int | None) -> Record:
         pue = self.carbon.pue
@@ -792,7 +826,8 @@ class Tracker:
             out["rank"] = rank
             out["host"] = host
             components.append(out)
-        uncertainty_j = math.sqrt(sum(_component_uncertainty_j(c) ** 2 for c in opened.components.values()))
+        # hypot: a sum of squares that overflows (a sensor gone wild) must not fail the boundary.
+        uncertainty_j = math.hypot(*(_component_uncertainty_j(c) for c in opened.components.values()))
         record = Record(
             run_id=self.run_id,
             phase=opened.phase,
@@ -860,7 +895,8 @@ class Tracker:
         self.records.append(record)
         self.ledger.add(record)
 
-    def _write_summary(self) -> None:
+    def _write_summary(self) -> bool:
+        """False where it could not be written (its directory is not writable)."""
         assert self.output_dir is not None
         summary = {
             "schema": "greencallbacks.summary/1",
@@ -882,7 +918,7 @@ class Tracker:
             summary[key] = value(summary) if callable(value) else value
         path = self.output_dir / SUMMARY_FILE
         _keep_another_runs_summary(path, self.run_id)
-        write_json_atomic(path, summary)
+        return write_json_atomic(path, summary)
 
 
 def _keep_another_runs_summary(path: Path, run_id: str) -> None:
@@ -894,21 +930,52 @@ def _keep_another_runs_summary(path: Path, run_id: str) -> None:
         other = json.loads(path.read_text()).get("run_id")
     except (OSError, ValueError, AttributeError):
         other = None
+    if isinstance(other, str) and other and other != run_id:
+        kept = kept_summary_path(path, other)
+        try:
+            os.replace(path, kept)
+        except OSError as error:  # the summary to write matters more than the one to keep: said, and replaced
+            from greencallbacks.meter import warn
+
+            warn(f"greencallbacks: could not keep run {other!r}'s summary as {kept} ({error}); this run's "
+                 f"summary replaces it in {path}.")
     try:
-        if isinstance(other, str) and other and other != run_id:
-            os.replace(path, kept_summary_path(path, other))
         kept_summary_path(path, run_id).unlink(missing_ok=True)
     except OSError:
-        pass  # the summary to write matters more than the one to keep
+        pass  # an out-of-date copy left behind: it names its run, and the records are what count
 
 
 def kept_summary_path(path: Path, run_id: str) -> Path:
     """The kept summary's name: the run id where it is a safe file name, else its safe part and a
-    hash of the whole (``exp/1`` and ``exp-1`` are two runs: one name would lose a summary)."""
+    hash of the whole (``exp/1`` and ``exp-1`` are two runs: one name would lose a summary). A long
+    id is cut to its first ``KEPT_SUMMARY_ID_CHARS`` characters, with the hash: a file name of over
+    255 bytes cannot be made, and the summary it should have kept was lost."""
     safe = re.sub(r"[^A-Za-z0-9_.-]", "-", run_id)
-    if safe != run_id:
-        safe += "-" + hashlib.sha256(run_id.encode()).hexdigest()[:8]
+    if safe != run_id or len(safe) > KEPT_SUMMARY_ID_CHARS:
+        safe = safe[:KEPT_SUMMARY_ID_CHARS] + "-" + hashlib.sha256(run_id.encode()).hexdigest()[:8]
     return path.with_name(f"energy-summary-{safe}.json")
+
+
+def check_output_dir(output_dir: object) -> None:
+    """Refuse, at construction, an ``output_dir`` that cannot hold the records: not a path, or a
+    path that is (or lies under) a file. A directory not there yet is made at the first record; a
+    file there failed every write of the run, and its records and summary were lost."""
+    if output_dir is None:
+        return
+    if not isinstance(output_dir, (str, os.PathLike)):
+        raise ValueError(f"output_dir must be a directory path (str or os.PathLike) or None, got {output_dir!r}")
+    path = Path(output_dir)
+    for place in (path, *path.parents):
+        try:
+            if not place.exists():
+                continue
+            is_dir = place.is_dir()
+        except OSError:  # not ours to read (a permission): the writer says so if it matters
+            return
+        if not is_dir:
+            where = "is a file" if place == path else f"lies under {str(place)!r}, which is a file"
+            raise ValueError(f"output_dir {str(output_dir)!r} {where}, not a directory: records could not be written there")
+        return
 
 
 def _embodied_settings(embodied: object) -> dict[str, Any] | None:
@@ -966,7 +1033,7 @@ def _combine(per_rank: list[list[Record]]) -> list[Record]:
                 "energy_kwh": energy_kwh,
                 "co2eq_g": co2eq_g,
                 "intensity_gco2eq_per_kwh": co2eq_g / energy_kwh if energy_kwh > 0 else first.intensity_gco2eq_per_kwh,
-                "uncertainty_kwh": math.sqrt(sum(r.uncertainty_kwh**2 for r in parts)),
+                "uncertainty_kwh": math.hypot(*(r.uncertainty_kwh for r in parts)),
                 "components": components,
                 "ranks": len(per_rank),
                 "hosts": len({c.get("host") for c in components}) or 1,

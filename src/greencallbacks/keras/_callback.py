@@ -22,6 +22,7 @@ import functools
 import hashlib
 import json
 import math
+import numbers
 import os
 import re
 import sys
@@ -490,11 +491,12 @@ class EnergyCallback(_Callback):
             )
         self._counter = BatchCounter(sample_counter, batch_name="predict output")  # checks it is a function or None
         self.token_counter = token_counter
-        if samples_per_epoch is not None and not (
-            isinstance(samples_per_epoch, int) and not isinstance(samples_per_epoch, bool) and samples_per_epoch > 0
-        ):
-            raise ValueError(f"samples_per_epoch must be a positive int or None, got {samples_per_epoch!r}")
-        session_kwargs.pop("framework", None)
+        if samples_per_epoch is not None:
+            if not (isinstance(samples_per_epoch, numbers.Integral) and not isinstance(samples_per_epoch, bool)
+                    and samples_per_epoch > 0):  # NumPy's integers too (a data set's len as np.int64)
+                raise ValueError(f"samples_per_epoch must be a positive int or None, got {samples_per_epoch!r}")
+            samples_per_epoch = int(samples_per_epoch)
+        # framework= is refused here too, as by the other adapters: the callback names its framework itself
         reject_unknown_arguments(type(self).__name__, session_kwargs, _OWN_ARGUMENTS)
         self._session_kwargs = dict(
             country=country, zone=zone, region=region, intensity=intensity, series=series, pue=pue,
