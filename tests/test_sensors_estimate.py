@@ -328,19 +328,20 @@ def test_constant_power_is_watts_times_time():
 # -- argument checks ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("tdp_w", [0, -5, math.nan, math.inf, "ninety"])
+# A flag, and values no socket or device draws (1e308 W overflowed every boundary's sums).
+@pytest.mark.parametrize("tdp_w", [0, -5, math.nan, math.inf, "ninety", True, 10_001.0, 1e308])
 def test_bad_tdp_is_rejected_by_name(tdp_w):
     with pytest.raises(ValueError, match="tdp_w"):
         CpuEstimateSensor(tdp_w, cpu_seconds=Counter())
 
 
-@pytest.mark.parametrize("watts", [-0.1, math.nan, math.inf, None])
+@pytest.mark.parametrize("watts", [-0.1, math.nan, math.inf, None, True, False, 1e308])
 def test_bad_constant_watts_is_rejected_by_name(watts):
     with pytest.raises(ValueError, match="watts"):
         ConstantPowerSensor("fan", watts)
 
 
-@pytest.mark.parametrize("w_per_gb", [-0.37, math.nan, math.inf])
+@pytest.mark.parametrize("w_per_gb", [-0.37, math.nan, math.inf, True, 1e308])
 def test_bad_w_per_gb_is_rejected_by_name(w_per_gb):
     with pytest.raises(ValueError, match="w_per_gb"):
         RamEstimateSensor(w_per_gb, memory_bytes=lambda: 0)
@@ -357,6 +358,14 @@ def test_other_bad_arguments_are_rejected_by_name():
         ConstantPowerSensor("", 5.0)
     with pytest.raises(ValueError, match="logical_cpus"):
         CpuEstimateSensor(10.0, logical_cpus=0, cpu_seconds=Counter())
+
+
+def test_the_largest_sane_values_are_accepted():
+    from greencallbacks.sensors.estimate import MAX_CPU_TDP_W, MAX_DECLARED_W
+
+    assert CpuEstimateSensor(MAX_CPU_TDP_W, cpu_seconds=Counter(), sockets=1).tdp_w == MAX_CPU_TDP_W
+    assert ConstantPowerSensor("hall", MAX_DECLARED_W).watts == MAX_DECLARED_W
+    assert ConstantPowerSensor("fan", 1).watts == 1.0  # an int is a number; a bool is not
 
 
 def test_zero_is_a_valid_constant_and_ram_rate():

@@ -14,13 +14,16 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
+from greencallbacks.meter import since_boot
+
 if TYPE_CHECKING:
     from greencallbacks.carbon import Carbon
 
 
 @dataclass(frozen=True)
 class Pause:
-    """One pause: wall-clock start and end (unix seconds) and the intensity that caused it."""
+    """One pause: start and end (unix seconds: the wall clock as it began, advanced by the steady
+    clock the wait was timed by, so never before the start) and the intensity that caused it."""
 
     start_unix: float
     end_unix: float
@@ -39,7 +42,11 @@ class CarbonAwarePause:
         threshold_g_per_kwh: pause while the intensity is above this (gCO2eq/kWh, > 0).
         max_delay_s: the most the whole run may be delayed by pauses, summed (>= 0; 0 disables).
         check_every_s: how long to sleep before looking at the intensity again.
-        sleep, clock: injectable for tests (default ``time.sleep`` and ``time.time``).
+        sleep, clock: injectable for tests (default ``time.sleep`` and ``time.time``). ``clock``
+            gives the wall time (unix seconds), read once as each pause begins.
+        steady_clock: what the waits are timed by, and the wall time advanced by within a pause.
+            Default: ``clock`` itself where it is injected (a test's fake clock, which its
+            ``sleep`` advances), else a clock that never steps (see ``meter.since_boot``).
     """
 
     def __init__(
@@ -49,15 +56,24 @@ class CarbonAwarePause:
         check_every_s: float = 300.0,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.time,
+        steady_clock: Callable[[], float] | None = None,
     ) -> None:
         self.threshold_g_per_kwh = _number("threshold_g_per_kwh", threshold_g_per_kwh, lambda v: v > 0, "> 0")
         self.max_delay_s = _number("max_delay_s", max_delay_s, lambda v: v >= 0, ">= 0")
         self.check_every_s = _number("check_every_s", check_every_s, lambda v: v > 0, "> 0")
-        for argument, function in (("sleep", sleep), ("clock", clock)):
-            if not callable(function):
+        for argument, function in (("sleep", sleep), ("clock", clock), ("steady_clock", steady_clock)):
+            if not callable(function) and not (argument == "steady_clock" and function is None):
                 raise ValueError(f"{argument} must be a function, got {function!r}")
         self._sleep = sleep
         self._clock = clock
+        # Timed by the wall clock, a step of it during a pause (NTP, a suspend's resync) was taken
+        # for the wait: 30 s forward in a 0.2 s pause spent 30 s of the delay budget, and a step
+        # back ended the pause at once with a negative duration. CLOCK_BOOTTIME (where there is
+        # one) also counts a suspend in the pause, which delayed the run as much.
+        self._given_steady_clock = steady_clock
+        if steady_clock is None:
+            steady_clock = since_boot if clock is time.time else clock
+        self._steady = steady_clock
         self.total_paused_s = 0.0
         self.pauses: list[Pause] = []
 
@@ -65,7 +81,7 @@ class CarbonAwarePause:
         """The same settings with nothing paused yet: each run has its own delay budget (a second
         fit with one callback is a new run; a resume restores the spent part from its state)."""
         return CarbonAwarePause(self.threshold_g_per_kwh, self.max_delay_s, self.check_every_s,
-                                sleep=self._sleep, clock=self._clock)
+                                sleep=self._sleep, clock=self._clock, steady_clock=self._given_steady_clock)
 
     @property
     def remaining_delay_s(self) -> float:
@@ -79,12 +95,17 @@ class CarbonAwarePause:
         check either side of a step in the series) would have one pause while the others wait
         for it in their next collective.
         """
-        started = self._clock()
+        started, steady_start = self._clock(), self._steady()
+
+        def wall_at(steady: float) -> float:
+            return started + max(0.0, steady - steady_start)
+
         paused_here = 0.0
         reason = None
         stuck = False  # a clock that does not move would loop forever
         while True:
-            now = self._clock()
+            before = self._steady()
+            now = wall_at(before)
             intensity = carbon.intensity_between(now, now)
             go = not stuck and self.remaining_delay_s > 0 and intensity.g_per_kwh > self.threshold_g_per_kwh
             if agree is not None:
@@ -100,14 +121,15 @@ class CarbonAwarePause:
             finally:
                 # The clock, not the requested step, says how long we really waited, also when an
                 # exception raised into the sleep (Ctrl-C, a signal handler's) ends the pause.
-                waited = max(0.0, self._clock() - now)
+                after = self._steady()
+                waited = max(0.0, after - before)
                 paused_here += waited
                 self.total_paused_s += waited
                 if interrupted and paused_here > 0:
-                    self.pauses.append(Pause(started, self._clock(), reason.g_per_kwh, reason.source))
+                    self.pauses.append(Pause(started, wall_at(after), reason.g_per_kwh, reason.source))
             stuck = waited == 0.0
         if paused_here > 0 and reason is not None:
-            self.pauses.append(Pause(started, self._clock(), reason.g_per_kwh, reason.source))
+            self.pauses.append(Pause(started, wall_at(self._steady()), reason.g_per_kwh, reason.source))
         return paused_here
 
     def state_dict(self) -> dict:

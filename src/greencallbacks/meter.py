@@ -17,7 +17,9 @@ the fallback estimate if there is one (or stops counting), and labels what it re
 from __future__ import annotations
 
 import bisect
+import datetime as _dt
 import math
+import numbers
 import os
 import sys
 import threading
@@ -57,6 +59,37 @@ PHASE_STEPS, PHASE_PRECISION_S, PHASE_MAX_CONFLICTS, PHASE_REFRESH_S = 20, 0.001
 # device for the rest of the run. Any other fault (GPU lost, permission denied) degrades at once.
 # Instantaneous power, which only refines the estimate, gets the same retries for any fault.
 FAILURES_BEFORE_DEGRADE = 3
+
+
+def _boottime_clock() -> int | None:
+    """CLOCK_BOOTTIME where this system has it (Linux since 2.6.39), else None."""
+    clock_id = getattr(time, "CLOCK_BOOTTIME", None)
+    if clock_id is None:
+        return None
+    try:
+        time.clock_gettime(clock_id)
+    except OSError:
+        return None
+    return clock_id
+
+
+_BOOTTIME = _boottime_clock()
+
+
+def since_boot() -> float:
+    """Seconds on a clock that never steps, for wall times advanced from one reading of the wall
+    clock (``Meter``'s stamps, carbon-aware pauses). CLOCK_BOOTTIME where there is one: unlike
+    CLOCK_MONOTONIC it counts the time suspended, so a laptop suspended mid-run still prices its
+    later phases at the hour they ran. Else the monotonic clock."""
+    return time.monotonic() if _BOOTTIME is None else time.clock_gettime(_BOOTTIME)
+
+
+def utc_text(unix_s: float) -> str:
+    """A wall time in notes: UTC with its date, as the records' ``start_time`` (never the local zone)."""
+    try:
+        return _dt.datetime.fromtimestamp(unix_s, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (OverflowError, OSError, ValueError):  # an injected clock's nonsense: words only
+        return f"{unix_s!r} (unix seconds)"
 
 
 def _integral_at(samples: Sequence[tuple[float, float, float]], t: float) -> float:
@@ -162,13 +195,19 @@ class _Channel:
     """One sensor plus what replaces it if it fails; its reading never goes backwards."""
 
     def __init__(
-        self, sensor: Sensor, fallback: Callable[[], Sensor | None] | None, clock, off_thread: bool = False
+        self,
+        sensor: Sensor,
+        fallback: Callable[[], Sensor | None] | None,
+        clock,
+        off_thread: bool = False,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.sensor = sensor
         self.name = sensor.name
         self.kind = str(sensor.kind)
         self._fallback = fallback
         self._clock = clock
+        self._wall_clock = wall_clock  # the meter's stamps: a failure's note names the time they use
         self._lock = threading.Lock()
         self._offset_j = 0.0  # energy counted by sensors this channel used before the current one
         self._base_j = 0.0  # the current sensor's reading when it took over
@@ -494,7 +533,10 @@ class _Channel:
                     self._base_j = replacement.energy_j()
             except Exception:  # noqa: BLE001
                 replacement = None
-        when = time.strftime("%H:%M:%S")
+        try:
+            when = utc_text(self._wall_clock())
+        except Exception:  # noqa: BLE001 - an injected clock failing: the note only loses its time
+            when = "an unknown time"
         try:
             broken.close()
         except Exception:  # noqa: BLE001
@@ -645,7 +687,10 @@ class Meter:
             carry them forward to each boundary (True), or read them at every boundary on the
             caller's thread (False). Default: True on the real monotonic clock; False with an
             injected clock, which a background thread cannot keep pace with.
-        clock / wall_clock: injectable for tests.
+        clock / wall_clock: injectable for tests. ``wall_clock`` (unix seconds) is read once, at
+            construction: every snapshot's ``unix_s`` is that reading advanced by a steady clock
+            (see ``_unix_now``), so a wall-clock step during a run (NTP, a user's ``date -s``)
+            moves no stamp.
     """
 
     def __init__(
@@ -680,10 +725,19 @@ class Meter:
         if fallback == "default":
             from greencallbacks.sensors.discover import fallback_for as fallback
         self._clock = clock
-        self._wall_clock = wall_clock
+        # Snapshots are stamped with the wall clock read once here and advanced by a steady clock.
+        # Stamped with each snapshot's own time.time(), a step back of the system clock mid-run
+        # (even NTP's 2 s) made a window end before it began: its phase's record was lost, and a
+        # step after the last epoch left the run unfinished. The steady clock is the durations'
+        # when injected (a test's fake clock moves both alike); by default CLOCK_BOOTTIME, which
+        # advances as CLOCK_MONOTONIC (the durations') does while the machine runs and also
+        # counts a suspend: durations leave out time suspended (nothing ran), stamps keep the hour.
+        self._stamp_clock = since_boot if clock is time.monotonic else clock
+        self._wall_anchor = (_unix_reading(wall_clock), self._stamp_clock())
         self.sync = sync
         self.channels = [
-            _Channel(s, (lambda s=s: fallback(s)) if fallback else None, clock, off_thread) for s in sensors
+            _Channel(s, (lambda s=s: fallback(s)) if fallback else None, clock, off_thread, self._unix_now)
+            for s in sensors
         ]
         self.off_thread = off_thread
         self._poller = _Poller(self.channels, clock)
@@ -692,6 +746,11 @@ class Meter:
     @property
     def sensors(self) -> list[Sensor]:
         return [c.sensor for c in self.channels]
+
+    def _unix_now(self) -> float:
+        """Wall time (unix seconds) that never goes backwards: see ``__init__``."""
+        wall, steady = self._wall_anchor
+        return wall + max(0.0, self._stamp_clock() - steady)
 
     def snapshot(self, exact: bool = False) -> Snapshot:
         """Cumulative energy of every channel now.
@@ -705,7 +764,7 @@ class Meter:
                 self.sync()
             except Exception:  # noqa: BLE001 - a failed sync only blurs a boundary
                 pass
-        unix_s, mono_s = self._wall_clock(), self._clock()
+        unix_s, mono_s = self._unix_now(), self._clock()
         energy, carried = {}, {}
         # Cheap sensors first, read at the stamped instant; an off-thread one carries its value to
         # that instant from its read, however long an exact read of it waited.
@@ -723,7 +782,7 @@ class Meter:
         """Cumulative energy now for live figures (e.g. at a framework's logging steps): no device
         synchronisation and no slow read, so it costs the training thread microseconds; queued
         device work is not waited for. Boundaries still use ``snapshot``, which bills windows."""
-        unix_s, mono_s = self._wall_clock(), self._clock()
+        unix_s, mono_s = self._unix_now(), self._clock()
         energy, carried = {}, {}
         for channel in self.channels:
             energy[channel.name], seconds = channel.peek(mono_s)
@@ -791,6 +850,13 @@ class Meter:
             {**c.sensor.describe(), "name": c.name, "method": c.method, **({"note": c.note} if c.note else {})}
             for c in self.channels
         ]
+
+
+def _unix_reading(wall_clock: Callable[[], float]) -> float:
+    reading = wall_clock()
+    if isinstance(reading, bool) or not isinstance(reading, numbers.Real) or not math.isfinite(reading):
+        raise ValueError(f"wall_clock must return unix seconds (a finite number), got {reading!r}")
+    return float(reading)
 
 
 @dataclass

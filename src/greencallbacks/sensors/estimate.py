@@ -45,17 +45,26 @@ DEFAULT_RAM_W_PER_GB = 0.37
 BYTES_PER_GB = 2**30
 CPU_POLL_INTERVAL_S = 1.0  # only to see children's CPU time before they exit unreaped
 RAM_POLL_INTERVAL_S = 1.0  # memory use changes slowly; each sample walks the process tree
+# Above any CPU socket's TDP (the largest are ~500 W), any declared device's power, any memory's
+# W/GB (0.37 by default): a larger value is a typo or a unit mistake, and 1e308 W overflowed every
+# boundary's sums (no record, no summary). MAX_CPU_TDP_W bounds the session's cpu_tdp_w too.
+MAX_CPU_TDP_W = 10_000.0
+MAX_DECLARED_W = 1_000_000.0  # a megawatt: more than a rack of GPUs
+MAX_RAM_W_PER_GB = 100.0
 TDP_TABLE = "cpu_tdp.csv"
 TDP_TABLE_SOURCE = "cpu_tdp.csv from CodeCarbon's cpu_power.csv, MIT licence"
 
 
-def _check_finite(name: str, value: float, *, positive: bool = False) -> float:
+def _check_finite(name: str, value: float, *, positive: bool = False, at_most: float = math.inf) -> float:
+    if isinstance(value, bool):  # a flag passed where a number belongs (True is 1.0 to float)
+        raise ValueError(f"{name} must be a number, got {value!r}")
     try:
         number = float(value)
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be a number, got {value!r}") from None
-    if not math.isfinite(number) or (number <= 0 if positive else number < 0):
-        raise ValueError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}")
+    if not math.isfinite(number) or (number <= 0 if positive else number < 0) or number > at_most:
+        bound = f" up to {at_most:g}" if math.isfinite(at_most) else ""
+        raise ValueError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}{bound}, got {value!r}")
     return number
 
 
@@ -155,7 +164,7 @@ def resolve_cpu_tdp_w(
     """The TDP of all CPU sockets of this host, in watts, and how it was found."""
     sockets = socket_count() if sockets is None else sockets
     if tdp_w is not None:
-        tdp_w = _check_finite("tdp_w", tdp_w, positive=True)
+        tdp_w = _check_finite("tdp_w", tdp_w, positive=True, at_most=MAX_CPU_TDP_W)
         return tdp_w * sockets, f"TDP {tdp_w:g} W per socket (given) x {sockets} socket(s)"
     cpu_model = cpu_model_name() if cpu_model is None else cpu_model
     match = lookup_tdp_w(cpu_model) if cpu_model else None
@@ -414,7 +423,7 @@ class RamEstimateSensor(Sensor):
         name: str = "ram",
         poll_interval_s: float | None = RAM_POLL_INTERVAL_S,
     ) -> None:
-        self.w_per_gb = _check_finite("w_per_gb", w_per_gb)
+        self.w_per_gb = _check_finite("w_per_gb", w_per_gb, at_most=MAX_RAM_W_PER_GB)
         if basis not in ("process", "host"):
             raise ValueError(f"basis must be 'process' or 'host', got {basis!r}")
         self.share = _check_share(share)
@@ -471,7 +480,7 @@ class ConstantPowerSensor(Sensor):
     ) -> None:
         if not isinstance(name, str) or not name:
             raise ValueError(f"name must be a non-empty string, got {name!r}")
-        self.watts = _check_finite("watts", watts)
+        self.watts = _check_finite("watts", watts, at_most=MAX_DECLARED_W)
         self.name = name
         try:
             self.kind = Kind(kind)
