@@ -492,6 +492,17 @@ def test_every_value_a_writer_puts_in_a_record_is_read(tmp_path):
     assert read_records(path) == records
 
 
+@pytest.mark.parametrize("zeros", [1, 37, 4096])
+def test_a_whole_record_followed_by_zeros_is_read_and_a_later_run_appends_after_it(tmp_path, zeros):
+    """A crash can leave zeros from a whole record's newline on: the next writer begins a line of
+    its own after them, and the whole file was refused ('Extra data')."""
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps(make_record(0).to_dict()) + "\n" + json.dumps(make_record(1).to_dict()) + "\x00" * zeros)
+    RecordWriter(path).write(make_record(2))
+    with pytest.warns(UserWarning, match=r"r.jsonl:2: skipped the zeros after a whole record"):
+        assert [r.seq for r in read_records(path)] == [0, 1, 2]
+
+
 def test_zeros_where_a_crash_lost_the_end_of_the_file_are_a_torn_line(tmp_path):
     """After a machine crash a file can end in zeros where its last writes had not reached the disk."""
     whole = json.dumps(make_record(1).to_dict())

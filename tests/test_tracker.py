@@ -813,6 +813,18 @@ def test_a_long_run_ids_summary_is_kept_under_a_name_that_fits(tmp_path):
     assert json.loads((tmp_path / SUMMARY_FILE).read_text())["run_id"] == "short"
 
 
+def test_a_name_that_could_be_made_before_is_kept_as_it_was():
+    """A 150-character id's summary kept by earlier versions under its whole name: a resume must
+    find it (its budget warnings) and replace it, not leave a stale copy under the old name."""
+    from pathlib import Path
+
+    from greencallbacks.tracker import kept_summary_path
+
+    run_id = "b" * 150
+    assert kept_summary_path(Path("d/energy-summary.json"), run_id).name == f"energy-summary-{run_id}.json"
+    assert len(kept_summary_path(Path("d/energy-summary.json"), "c" * 240).name) <= 255
+
+
 def test_a_summary_that_cannot_be_kept_is_said_before_it_is_replaced(tmp_path, monkeypatch):
     """Any other failure to keep the earlier run's summary replaced it silently."""
     from greencallbacks.meter import EnergyWarning

@@ -513,6 +513,12 @@ def read_records(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list
                 try:
                     records.append(_record_of(line))
                 except json.JSONDecodeError as error:
+                    whole = _whole_before_zeros(line)
+                    if whole is not None:  # a machine crash lost what followed it: its newline too
+                        warnings.warn(f"{where}: skipped the zeros after a whole record (a crash lost the "
+                                      "file's end there)", stacklevel=2)
+                        records.append(whole)
+                        continue
                     # Written before writers began their lines on a line of their own: a record
                     # appended right after a torn one (a resume after a kill).
                     after = _after_torn_record(line)
@@ -579,6 +585,19 @@ def _ended_early(error: json.JSONDecodeError) -> bool:
         number = re.search(r"[-+.\deE]*$", error.doc[:error.pos]).group()
         return re.fullmatch(r"-?(0|[1-9]\d*)(\.|(\.\d+)?[eE][-+]?)", number + tail) is not None
     return tail == ""  # the next key, colon, comma or closing bracket never came
+
+
+def _whole_before_zeros(line: str) -> Record | None:
+    """The whole record a line holds before zeros (what a disk holds where writes had not reached
+    it when the machine stopped), else None. The next writer begins on a line of its own after
+    them: refused, they made the whole file unreadable."""
+    written = line.rstrip("\x00")
+    if written == line or not written.strip():
+        return None
+    try:
+        return _record_of(written)
+    except json.JSONDecodeError:
+        return None  # cut short before the zeros: a torn line, said as one
 
 
 def _after_torn_record(line: str) -> str | None:

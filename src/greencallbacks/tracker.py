@@ -62,8 +62,9 @@ METRIC_STEMS = (
 )
 
 RECORDS_KEPT_IN_MEMORY = 1000
-# The run id's characters in a kept summary's file name (``kept_summary_path``): with its prefix,
-# suffix and hash, well under the 255 bytes a file name may have.
+# The longest file name most file systems take (NAME_MAX), and the run id's characters kept in a
+# kept summary's name that would be longer (``kept_summary_path``), with a hash of the whole id.
+NAME_MAX_BYTES = 255
 KEPT_SUMMARY_ID_CHARS = 100
 # A gap is written with the next phase's record, at its end (one write per phase), unless it lasted
 # this long: the end of an epoch in Keras holds every later callback's epoch-end work (a checkpoint
@@ -947,13 +948,16 @@ def _keep_another_runs_summary(path: Path, run_id: str) -> None:
 
 def kept_summary_path(path: Path, run_id: str) -> Path:
     """The kept summary's name: the run id where it is a safe file name, else its safe part and a
-    hash of the whole (``exp/1`` and ``exp-1`` are two runs: one name would lose a summary). A long
-    id is cut to its first ``KEPT_SUMMARY_ID_CHARS`` characters, with the hash: a file name of over
-    255 bytes cannot be made, and the summary it should have kept was lost."""
-    safe = re.sub(r"[^A-Za-z0-9_.-]", "-", run_id)
-    if safe != run_id or len(safe) > KEPT_SUMMARY_ID_CHARS:
-        safe = safe[:KEPT_SUMMARY_ID_CHARS] + "-" + hashlib.sha256(run_id.encode()).hexdigest()[:8]
-    return path.with_name(f"energy-summary-{safe}.json")
+    hash of the whole (``exp/1`` and ``exp-1`` are two runs: one name would lose a summary). An id
+    too long for a file name (over ``NAME_MAX_BYTES`` with the rest: the summary it should have kept
+    was lost) is cut to its first ``KEPT_SUMMARY_ID_CHARS`` characters, with the hash; every name
+    that could be made before is left as it was, so a resume finds a summary kept then."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "-", run_id)  # ASCII: as many bytes as characters
+    digest = "-" + hashlib.sha256(run_id.encode()).hexdigest()[:8]
+    name = f"energy-summary-{safe}{digest if safe != run_id else ''}.json"
+    if len(name) > NAME_MAX_BYTES:
+        name = f"energy-summary-{safe[:KEPT_SUMMARY_ID_CHARS]}{digest}.json"
+    return path.with_name(name)
 
 
 def check_output_dir(output_dir: object) -> None:
