@@ -109,6 +109,25 @@ def _custom_step(model: Any, loop: str) -> bool:
     return getattr(type(model), name, None) is not getattr(keras.Model, name, None)
 
 
+# Every integer below these is exact in the dtype (2 ** (mantissa bits + 1)); past them a float
+# count that Keras adds to batch by batch rounds each sum: bfloat16 stops growing at 256 plus a
+# batch or so, float16 overflows to inf past 65504, float32 drops or gains whole batches past 2**24.
+_EXACT_COUNT_BELOW = {"bfloat16": 2**8, "float16": 2**11, "float32": 2**24, "float64": 2**53}
+
+
+def _exact_count(value: float, dtype: str) -> int | None:
+    """A loss tracker's ``count`` (a sum of batch sizes kept in ``dtype``) as an int, when it is exact.
+
+    A sum of positive weights that passed the limit never rounds back below it, so a count read
+    below it is exact, every partial sum included. None past it, not finite, not an integer, or a
+    dtype not known here: the samples are uncounted, never a guess.
+    """
+    limit = _EXACT_COUNT_BELOW.get(dtype)
+    if limit is None or not math.isfinite(value) or value != math.floor(value) or not 0 <= value < limit:
+        return None
+    return int(value)
+
+
 def _one_step_per_batch(model: Any) -> bool:
     """Does the optimizer's step advance by exactly one each training batch? Keras's own
     ``train_step`` applies the optimizer once per batch; a custom step may not, gradient
@@ -405,7 +424,10 @@ class EnergyCallback(_Callback):
         samples_per_epoch: training samples per epoch, for the per-sample values. Default: counted
             exactly by Keras's own loss tracker (the built-in ``train_step`` counts every sample it
             sees, whatever the input: arrays, ``tf.data``, ``PyDataset``, torch ``DataLoader``); pass
-            it when a custom ``train_step`` bypasses that tracker. Validation and ``evaluate`` are
+            it when a custom ``train_step`` bypasses that tracker, or past what the tracker's count
+            (a float of ``keras.config.floatx()``) holds exactly: 2**24 (16.7 M) samples per epoch
+            in float32, 2048 in float16, 256 in bfloat16; past that a phase is recorded as
+            ``samples_counted: false``, with one warning. Validation and ``evaluate`` are
             counted the same way; a loop that ran no step (an empty validation set) counts 0 and
             logs NaN per-sample values. A count that is not available (a custom step that leaves
             the tracker at 0, or that updates it once per batch, as Keras's guide to customizing
@@ -513,7 +535,9 @@ class EnergyCallback(_Callback):
         # batches), which resets Keras's metrics; `_train_offset` is what that loop's count left
         # in the tracker, which training then counts on from. None: not countable this epoch.
         self._train_samples: int | None = None
-        self._train_offset = 0
+        # None: the test loop left the tracker past its exact count (see _exact_count).
+        self._train_offset: int | None = 0
+        self._train_past_exact = False  # why _train_samples is None: the tracker's count grew past exact
         self._test_counted = True  # the open test loop is Keras's own (its loss tracker counts it)
         self._validated = False
         self._pause_due = False  # an epoch of this fit ended: a carbon-aware pause may precede the next
@@ -600,7 +624,7 @@ class EnergyCallback(_Callback):
         # Keras's fit reset the metrics just before: the loss tracker counts this epoch from 0.
         self._epoch, self._validated = epoch, False
         self._train_samples = 0 if call.in_keras_loop else None
-        self._train_offset = 0
+        self._train_offset, self._train_past_exact = 0, False
         progress = self._progress
         with progress.lock:
             progress.train_steps, progress.training = 0, False
@@ -634,8 +658,12 @@ class EnergyCallback(_Callback):
         with progress.lock:
             steps = progress.train_steps
         samples = self.samples_per_epoch or (self._not_steps(count, "train", steps) if count is not None else 0)
-        if not samples:  # an epoch runs at least one step: 0 means the tracker did not count
-            self._uncounted("training")
+        if steps == 0 and not any(not key.startswith("val_") for key in logs or ()):
+            # No step ran (an empty data set): nothing was trained, whatever the loss tracker still
+            # holds (on TensorFlow a stale count, taken for 32 samples an epoch) or was declared.
+            samples = 0
+        elif not samples:  # a step ran: 0 means the tracker did not count
+            self._uncounted("training", past_exact=self._train_past_exact)
             samples = None
         self._add_tokens(logs)
         step = self._step()
@@ -702,8 +730,12 @@ class EnergyCallback(_Callback):
         seen = self._samples_seen()
         if not outermost and ("train", False) in self._phases:
             self._train_offset = seen  # left in the tracker: the epoch's training counts on from it
-        samples = self._not_steps(seen, "test", steps) if logs and self._test_counted else 0
-        if not samples and (logs or not self._test_counted):
+        counted = bool(logs) and self._test_counted
+        samples = self._not_steps(seen, "test", steps) if counted and seen is not None else 0
+        if counted and seen is None:
+            self._uncounted(phase, past_exact=True)
+            samples = None
+        elif not samples and (logs or not self._test_counted):
             self._uncounted(phase)
             samples = None
         self._add_tokens(logs)
@@ -892,18 +924,31 @@ class EnergyCallback(_Callback):
         # On JAX, between batches the training state lives outside the model's variables:
         # `Callback.model` writes it back (Keras 3.3 and 3.15) before _samples_seen reads it.
         seen = self._samples_seen()
+        if seen is None or self._train_offset is None:
+            # Past the count's exact range, or counting on from a test loop's count that was: a
+            # float count there has rounded away batches (or reached inf).
+            self._train_samples, self._train_past_exact = None, True
+            return
         self._train_samples = self._train_samples + seen - self._train_offset if seen >= self._train_offset else None
 
-    def _samples_seen(self) -> int:
+    def _samples_seen(self) -> int | None:
         """Samples since Keras last reset its metrics: the loss tracker's count (exact, any input).
 
-        A float32 counter: exact below 2**24 (16.7 M) samples per epoch, within ~1e-7 relative above.
+        Its ``count`` takes ``keras.config.floatx()`` and grows a batch at a time, so it is exact
+        only below its dtype's exact-integer range: 2**24 (16.7 M) samples per epoch in float32,
+        2048 in float16, 256 in bfloat16. None past that (see ``_exact_count``).
         0 when there is no loss tracker (a model compiled without a loss).
         """
         loss_tracker = getattr(self.model, "_loss_tracker", None)
         if loss_tracker is None:
             return 0
-        return int(round(float(keras.ops.convert_to_numpy(loss_tracker.count))))
+        count = loss_tracker.count
+        return _exact_count(float(keras.ops.convert_to_numpy(count)), keras.backend.standardize_dtype(count.dtype))
+
+    def _count_dtype(self) -> str:
+        """The dtype of the loss tracker's count, for the warning."""
+        count = getattr(getattr(self.model, "_loss_tracker", None), "count", None)
+        return keras.backend.standardize_dtype(count.dtype) if count is not None else "float"
 
     def _not_steps(self, count: int, loop: str, steps: Any) -> int:
         """The loss tracker's ``count`` as samples; 0 (uncounted) where it may be the ``steps`` run.
@@ -918,16 +963,23 @@ class EnergyCallback(_Callback):
             return 0
         return count
 
-    def _uncounted(self, phase: str) -> None:
-        """The open phase ran steps but its samples are unknown: recorded as uncounted, one warning per run."""
+    def _uncounted(self, phase: str, past_exact: bool = False) -> None:
+        """The open phase ran steps but its samples are unknown: recorded as uncounted, one warning per run.
+
+        ``past_exact``: the loss tracker counted, but past what its dtype counts exactly."""
         self.tracker.add_samples(None)
         if self._warned_samples != self.tracker.run_id:
             self._warned_samples = self.tracker.run_id
+            if past_exact:
+                why = (f": the loss tracker's {self._count_dtype()} count (keras.config.floatx()) cannot count this "
+                       "many exactly")
+            else:
+                why = (" (a custom train_step / test_step that does not update the model's loss tracker, or updates "
+                       "it once per batch, without sample_weight=<batch size>? a loop of your own around "
+                       "train_on_batch / test_on_batch?)")
             warn(
-                f"greencallbacks: could not count the {phase} samples (a custom train_step / test_step that does "
-                "not update the model's loss tracker, or updates it once per batch, without "
-                "sample_weight=<batch size>? a loop of your own around train_on_batch / test_on_batch?); the record "
-                "says samples_counted: false and per-sample values are left out. Pass samples_per_epoch= for training."
+                f"greencallbacks: could not count the {phase} samples{why}; the record says samples_counted: false "
+                "and per-sample values are left out. Pass samples_per_epoch= for training."
             )
 
     def _add_tokens(self, logs: dict | None) -> None:

@@ -1,0 +1,225 @@
+"""The Keras adapter's sample counts past what the loss tracker counts exactly.
+
+Keras counts training and evaluation samples in its loss tracker's ``count``, a float of
+``keras.config.floatx()`` that grows a batch at a time: exact below 2**24 in float32, 2048 in
+float16, 256 in bfloat16. Past that it stops growing, drops whole batches or reaches inf, and the
+adapter must record the phase as uncounted (one warning saying why), never a rounded count marked
+exact and never a failed hook. ``set_floatx`` is process-wide and Keras fixes its backend at first
+import, so each backend runs the script below in a process of its own, as ``test_keras.py`` does.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+TRAIN, VAL, TEST, BATCH = 300, 290, 270, 25  # each past bfloat16's 256; odd batches round there
+OVERFLOW, OVERFLOW_BATCH = 70_000, 2048  # past float16's largest finite value, 65504
+
+SCRIPT = r"""
+import json, math, os, sys, warnings
+from pathlib import Path
+import keras, numpy as np
+from greencallbacks.keras import EnergyCallback
+from greencallbacks.meter import EnergyWarning
+from greencallbacks.records import read_records
+
+OUT = Path(sys.argv[1])
+TRAIN, VAL, TEST, BATCH, OVERFLOW, OVERFLOW_BATCH = (int(a) for a in sys.argv[2:8])
+rng = np.random.default_rng(0)
+results = {}
+
+
+def model():
+    m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    m.compile(optimizer="sgd", loss="mse")
+    return m
+
+
+def data(n):
+    return rng.random((n, 4), dtype=np.float32), rng.random((n, 1), dtype=np.float32)
+
+
+def nan_to_none(values):
+    return [None if isinstance(v, float) and math.isnan(v) else v for v in values]
+
+
+def scenario(name, floatx, run):
+    keras.config.set_floatx(floatx)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            callback = EnergyCallback(output_dir=OUT / name, intensity=100.0)
+            history = run(model(), callback)
+    finally:
+        keras.config.set_floatx("float32")
+    results[name] = {
+        "records": [{"phase": r.phase, "epoch": r.epoch, "samples": r.samples, "counted": r.samples_counted,
+                     "per_sample": r.energy_j_per_sample} for r in read_records(OUT / name) if r.phase != "other"],
+        "history": {k: nan_to_none(v) for k, v in history.history.items() if "energy" in k},
+        "warnings": [str(w.message) for w in caught if issubclass(w.category, EnergyWarning)],
+    }
+
+
+def fit_validate_evaluate(m, callback):
+    x, y = data(TRAIN)
+    history = m.fit(x, y, batch_size=BATCH, epochs=2, verbose=0, validation_data=data(VAL), callbacks=[callback])
+    m.evaluate(*data(TEST), batch_size=BATCH, verbose=0, callbacks=[callback])
+    return history
+
+
+def overflow(validation):
+    def run(m, callback):
+        x, y = data(OVERFLOW)
+        return m.fit(x, y, batch_size=OVERFLOW_BATCH, epochs=1, verbose=0, callbacks=[callback],
+                     validation_data=data(VAL) if validation else None)
+    return run
+
+
+def empty(as_dataset):
+    def run(m, callback):
+        x, y = np.zeros((0, 4), np.float32), np.zeros((0, 1), np.float32)
+        if as_dataset:
+            import tensorflow as tf
+            return m.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(8), epochs=2, verbose=0, callbacks=[callback])
+        return m.fit(x, y, epochs=2, verbose=0, callbacks=[callback])
+    return run
+
+
+if keras.backend.backend() == "tensorflow":  # Keras raises on an empty fit on the other backends
+    scenario("empty_arrays", "float32", empty(as_dataset=False))
+    scenario("empty_dataset", "float32", empty(as_dataset=True))
+scenario("bfloat16", "bfloat16", fit_validate_evaluate)
+scenario("float16_overflow", "float16", overflow(validation=True))
+scenario("float16_overflow_no_validation", "float16", overflow(validation=False))
+
+(OUT / "results.json").write_text(json.dumps(results))
+"""
+
+
+RULE_SCRIPT = r"""
+import json, math
+import keras
+from greencallbacks.keras import EnergyCallback
+from greencallbacks.keras._callback import _exact_count
+
+
+def model():
+    m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    m.compile(optimizer="sgd", loss="mse")
+    return m
+
+
+# The rule itself, per dtype, and as read from a real loss tracker's count variable.
+rule = {}
+for dtype, limit in (("bfloat16", 2**8), ("float16", 2**11), ("float32", 2**24), ("float64", 2**53)):
+    rule[dtype] = [_exact_count(float(limit - 1), dtype), _exact_count(float(limit), dtype)]
+rule["odd"] = [_exact_count(math.inf, "float16"), _exact_count(math.nan, "float32"), _exact_count(2.5, "float32"),
+               _exact_count(-1.0, "float32"), _exact_count(10.0, "int32")]
+seen = {}
+for floatx, values in (("float32", (2**24 - 1, 2**24)), ("bfloat16", (255, 256)), ("float16", (2047, math.inf))):
+    keras.config.set_floatx(floatx)
+    try:
+        m, callback = model(), EnergyCallback(output_dir="unit-energy", intensity=100.0)
+        callback.set_model(m)
+        seen[floatx] = []
+        for value in values:
+            m._loss_tracker.count.assign(value)
+            seen[floatx].append(callback._samples_seen())
+    finally:
+        keras.config.set_floatx("float32")
+print(json.dumps({"rule": rule, "seen": seen}))
+"""
+
+
+@pytest.fixture(scope="module", params=["torch", "tensorflow", "jax"])
+def results(request, tmp_path_factory):
+    for module in ("keras", request.param):
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"{module} is not installed: the Keras {request.param}-backend count scenarios need it")
+    out = tmp_path_factory.mktemp(f"keras-counts-{request.param}")
+    env = {**os.environ, "KERAS_BACKEND": request.param, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
+    args = [str(out), *(str(n) for n in (TRAIN, VAL, TEST, BATCH, OVERFLOW, OVERFLOW_BATCH))]
+    done = subprocess.run([sys.executable, "-c", SCRIPT, *args], cwd=out, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads((out / "results.json").read_text())
+
+
+def phases(result) -> list[str]:
+    return [r["phase"] for r in result["records"]]
+
+
+def assert_uncounted_and_said_why(result, dtype: str, phases=("train", "validation", "test")) -> None:
+    for record in result["records"]:
+        if record["phase"] in phases:
+            assert record["counted"] is False and record["per_sample"] is None, record  # never a rounded count
+    assert not [w for w in result["warnings"] if "failed" in w], result["warnings"]  # no hook failed
+    counting = [w for w in result["warnings"] if "could not count" in w]
+    assert len(counting) == 1, result["warnings"]  # one per run
+    assert f"loss tracker's {dtype} count" in counting[0] and "samples_per_epoch=" in counting[0], counting
+
+
+def test_a_bfloat16_count_past_256_is_uncounted_not_stuck(results):
+    result = results["bfloat16"]
+    assert phases(result) == ["validation", "train", "validation", "train", "test"]  # validation kept apart
+    assert_uncounted_and_said_why(result, "bfloat16")
+    history = result["history"]
+    assert history["energy_j_per_sample"] == [None, None] and history["val_energy_j_per_sample"] == [None, None]
+    assert all(v > 0 for v in history["energy_kwh"] + history["val_energy_kwh"])
+
+
+def test_a_float16_count_that_overflows_keeps_validation_apart_and_the_train_record_its_own(results):
+    # The count reaches inf: reading it must not fail the hook that begins validation (its energy
+    # would go to training) nor let the training record take validation's count.
+    result = results["float16_overflow"]
+    assert phases(result) == ["validation", "train"]
+    assert_uncounted_and_said_why(result, "float16", phases=("train",))
+    (validation,) = [r for r in result["records"] if r["phase"] == "validation"]
+    assert validation["samples"] == VAL and validation["counted"]  # reset before it: below 2048, exact
+    assert result["history"]["energy_j_per_sample"] == [None] and result["history"]["energy_kwh"][0] > 0
+
+
+def test_a_float16_count_that_overflows_without_validation_still_logs_the_epoch(results):
+    result = results["float16_overflow_no_validation"]
+    assert phases(result) == ["train"]
+    assert_uncounted_and_said_why(result, "float16")
+    assert result["history"]["energy_j_per_sample"] == [None] and result["history"]["energy_kwh"][0] > 0
+
+
+def test_a_count_is_exact_only_below_its_dtypes_exact_integer_range(tmp_path):
+    for module in ("keras", "torch"):
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"{module} is not installed: the check of the counting rule runs on Keras's torch backend")
+    env = {**os.environ, "KERAS_BACKEND": "torch", "CUDA_VISIBLE_DEVICES": "",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", RULE_SCRIPT], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    results = json.loads(done.stdout.splitlines()[-1])
+    rule = results["rule"]
+    assert rule["bfloat16"] == [255, None] and rule["float16"] == [2047, None]
+    assert rule["float32"] == [2**24 - 1, None] and rule["float64"] == [2**53 - 1, None]
+    assert rule["odd"] == [None] * 5  # inf, NaN, a fraction, negative, a dtype not known
+    # Read from a real loss tracker, whose count takes floatx.
+    assert results["seen"] == {"float32": [2**24 - 1, None], "bfloat16": [255, None], "float16": [2047, None]}
+
+
+@pytest.mark.parametrize("scenario", ["empty_arrays", "empty_dataset"])
+def test_an_epoch_that_ran_no_step_trained_no_sample(results, scenario):
+    """An empty data set on TensorFlow: no step runs, yet the loss tracker still held a count of 32,
+    taken as 32 samples an epoch, counted (arrays); or the epoch was uncounted with a warning that
+    blamed a custom train_step (a data set)."""
+    if scenario not in results:
+        pytest.skip("Keras itself refuses an empty fit on this backend")
+    result = results[scenario]
+    assert [(r["phase"], r["samples"], r["counted"]) for r in result["records"]] == [("train", 0, True)] * 2
+    assert all(r["per_sample"] is None for r in result["records"])
+    assert not [w for w in result["warnings"] if "could not count" in w or "failed" in w], result["warnings"]
