@@ -617,3 +617,152 @@ def test_a_loop_begun_before_the_callback_saw_the_trainer_counts_right(tmp_path,
     expected = 20 if case == "no length" else 16
     records = [r for r in read_records(tmp_path / "out") if r.phase == "validation"]
     assert [(r.samples, r.samples_counted) for r in records] == [(expected, True)] * 2
+
+
+class _EvaluatesInsideALoop(TrainerCallback):
+    """At the first batch of each outer loop, runs evaluate() on another data set (a loop inside a loop)."""
+
+    def __init__(self):
+        self.trainer, self.busy, self.steps = None, False, set()
+
+    def on_prediction_step(self, args, state, control, **kwargs):
+        if self.busy or state.global_step in self.steps:
+            return
+        self.steps.add(state.global_step)
+        self.busy = True
+        try:
+            self.trainer.evaluate(TokenDataset(7, seed=5), metric_key_prefix="extra")
+        finally:
+            self.busy = False
+
+
+@pytest.mark.parametrize("inner", ["predict in compute_metrics", "evaluate in on_prediction_step", "standalone, add_callback"])
+def test_a_loop_run_inside_another_loop_is_measured_and_the_outer_one_closes(tmp_path, inner):
+    """Regression: the callback had one slot for the open loop. A predict() in compute_metrics (which
+    HF calls inside its evaluation loop), or an evaluate() from a callback's on_prediction_step,
+    overwrote it and cleared it on its end: the outer loop warned "could not measure eval
+    (TypeError(...))", logged no eval_* values, and its record stayed open (partial) until training
+    ended. Now loops nest: each closes its own record and logs its own values."""
+    holder = {}
+
+    def compute_metrics(prediction):
+        if holder.get("busy"):
+            return {}
+        holder["busy"] = True
+        try:
+            holder["trainer"].predict(TokenDataset(7, seed=5), metric_key_prefix="probe")
+        finally:
+            holder["busy"] = False
+        return {}
+
+    callback = make_callback()
+    nested = _EvaluatesInsideALoop()
+    training = inner != "standalone, add_callback"
+    trainer = Trainer(
+        model=tiny_model(), args=training_args(tmp_path / "out"), train_dataset=TokenDataset(TRAIN_SAMPLES),
+        eval_dataset=TokenDataset(EVAL_SAMPLES, seed=1),
+        callbacks=([callback] if training else []) + ([nested] if inner.startswith("evaluate") else []),
+        compute_metrics=None if inner.startswith("evaluate") else compute_metrics,
+    )
+    holder["trainer"] = nested.trainer = trainer
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if training:
+            trainer.train()
+        else:  # the outer loop begins at its first on_prediction_step; the inner one is wrapped
+            trainer.add_callback(callback)
+            evaluated = trainer.evaluate()
+            assert_consistent(evaluated, "eval_", EVAL_SAMPLES)
+    assert not [w for w in caught if issubclass(w.category, EnergyWarning) and "could not" in str(w.message)]
+    assert not callback.session.running
+
+    inner_prefix = "extra" if inner.startswith("evaluate") else "probe"
+    records = read_records(tmp_path / "out")
+    loops = [(r.metric_prefix, r.samples, r.partial) for r in records if r.phase in ("validation", "predict")]
+    epochs = 2 if training else 1
+    assert loops == [(inner_prefix, 7, False), ("eval", EVAL_SAMPLES, False)] * epochs  # the inner loop ends first
+    outer = [r for r in records if r.metric_prefix == "eval"]
+    logged = [e for e in trainer.state.log_history if "eval_energy_kwh" in e]
+    assert [e["eval_energy_kwh"] for e in logged] == pytest.approx([r.energy_kwh for r in outer], rel=1e-9)
+    assert logged[-1]["eval_energy_kwh_total"] == pytest.approx(sum(r.energy_kwh for r in outer), rel=1e-9)
+    assert len([e for e in trainer.state.log_history if f"{inner_prefix}_energy_kwh" in e]) == epochs
+    summary = json.loads((tmp_path / "out" / "energy-summary.json").read_text())
+    assert summary["energy_kwh"] == pytest.approx(sum(r.energy_kwh for r in records), rel=1e-9)
+    if training:  # the outer evaluation's end opened the gap after it, as without a loop inside
+        assert [r.phase for r in records if r.epoch == 0][-1] == "other"
+
+
+def test_a_metric_prefix_of_evaluate_and_predict_totals_every_loop_logged_under_it(tmp_path):
+    """Regression: ``evaluate(ds, metric_key_prefix="test")`` then ``predict(ds)`` (whose default
+    prefix is test) logged test_energy_kwh_total by phase and prefix: it went down at predict() (to
+    predict's own) and up at the next evaluate() (without predict's). Now each logged ``_total`` is
+    the running total of every record logged under its name, whatever the phase; a standalone
+    evaluate() after training continues the eval total, and a predict() under eval joins it."""
+    callback = make_callback()
+    trainer = make_trainer(tmp_path, callback, num_train_epochs=1)
+    trainer.train()
+    test = TokenDataset(TEST_SAMPLES, seed=4)
+    totals = [trainer.evaluate(test, metric_key_prefix="test")["test_energy_kwh_total"],
+              trainer.predict(test).metrics["test_energy_kwh_total"],
+              trainer.evaluate(test, metric_key_prefix="test")["test_energy_kwh_total"]]
+    eval_totals = [trainer.evaluate()["eval_energy_kwh_total"],
+                   trainer.predict(test, metric_key_prefix="eval").metrics["eval_energy_kwh_total"]]
+    records = read_records(tmp_path / "out")
+    test_records = [r for r in records if r.metric_prefix == "test"]
+    assert [r.phase for r in test_records] == ["validation", "predict", "validation"]
+    assert totals == pytest.approx([sum(r.energy_kwh for r in test_records[: i + 1]) for i in range(3)], rel=1e-9)
+    eval_records = [r for r in records if r.metric_prefix == "eval"]
+    assert [r.phase for r in eval_records] == ["validation", "validation", "predict"]  # training's, then the two alone
+    assert eval_totals == pytest.approx([sum(r.energy_kwh for r in eval_records[:i]) for i in (2, 3)], rel=1e-9)
+    logged = [e["test_energy_kwh_total"] for e in trainer.state.log_history if "test_energy_kwh_total" in e]
+    assert logged == pytest.approx(totals, rel=1e-9)
+
+
+def test_an_empty_metric_prefix_logs_under_hfs_names_not_the_training_ones(tmp_path):
+    """Regression: ``evaluate(metric_key_prefix="")`` (HF then names its metrics ``_loss``,
+    ``_runtime``) logged ours as energy_kwh, energy_kwh_total...: the training's names, so the run's
+    logged total fell from the training's to this evaluation's alone. Ours follow HF's: ``_energy_kwh``."""
+    callback = make_callback()
+    trainer = make_trainer(tmp_path, callback, num_train_epochs=1)
+    trainer.train()
+    training_total = [e["energy_kwh_total"] for e in trainer.state.log_history if "energy_kwh_total" in e]
+    evaluated = trainer.evaluate(metric_key_prefix="")
+    assert_consistent(evaluated, "_", EVAL_SAMPLES)
+    assert not any(key in evaluated for key in ("energy_kwh", "energy_kwh_total"))
+    assert [e["energy_kwh_total"] for e in trainer.state.log_history if "energy_kwh_total" in e] == training_total
+    empty = [r for r in read_records(tmp_path / "out") if r.metric_prefix == ""]
+    assert evaluated["_energy_kwh_total"] == pytest.approx(sum(r.energy_kwh for r in empty), rel=1e-9)
+
+
+@pytest.mark.parametrize("attach", ["init", "add"])
+def test_a_loop_over_a_sampled_subset_records_the_samples_it_ran(tmp_path, attach):
+    """Regression: a Trainer whose evaluation and test loaders sample a subset (SubsetRandomSampler
+    over 4 and 3 samples of 10 and 12) recorded HF's num_samples, the data sets' lengths: 10 and 12
+    samples, a per-sample cost 2.5-4x too low. A loop whose every batch was counted records that
+    count; the data set's length only stands in where the batches hold each of its samples once."""
+    from torch.utils.data import DataLoader, SubsetRandomSampler
+
+    class SubsetTrainer(Trainer):
+        def get_eval_dataloader(self, eval_dataset=None):
+            dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+            return DataLoader(dataset, batch_size=self.args.per_device_eval_batch_size,
+                              sampler=SubsetRandomSampler(range(4)), collate_fn=self.data_collator)
+
+        def get_test_dataloader(self, test_dataset):
+            return DataLoader(test_dataset, batch_size=self.args.per_device_eval_batch_size,
+                              sampler=SubsetRandomSampler(range(3)), collate_fn=self.data_collator)
+
+    callback = make_callback()
+    trainer = SubsetTrainer(model=tiny_model(), args=training_args(tmp_path / "out", eval_strategy="no"),
+                            train_dataset=TokenDataset(TRAIN_SAMPLES), eval_dataset=TokenDataset(EVAL_SAMPLES, seed=1),
+                            callbacks=[callback] if attach == "init" else None)
+    if attach == "add":
+        trainer.add_callback(callback)  # the first loop is begun at its first batch
+    evaluated = trainer.evaluate()
+    predicted = trainer.predict(TokenDataset(TEST_SAMPLES, seed=4))
+    assert len(predicted.predictions) == 3
+    assert_consistent(evaluated, "eval_", 4)
+    assert_consistent(predicted.metrics, "test_", 3)
+    records = read_records(tmp_path / "out")
+    assert [(r.phase, r.samples, r.samples_counted) for r in records if r.phase != "other"] == [
+        ("validation", 4, True), ("predict", 3, True)]

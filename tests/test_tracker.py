@@ -94,6 +94,33 @@ def test_metrics_use_the_shared_stems_and_totals(tmp_path):
     assert tracker.metrics("test") == {}
 
 
+def test_a_metric_prefix_totals_every_record_logged_under_it_whatever_its_phase(tmp_path):
+    """Regression: one prefix can name loops of two phases (HF's evaluate(ds, metric_key_prefix="test")
+    beside predict(ds), whose default is test). Its total was kept by phase and prefix, so the logged
+    test_energy_kwh_total went 2 s, 3 s, 7 s of energy: down at the predict. It is every record of
+    the prefix, in the checkpoint's fallback totals too; records without a prefix total by phase."""
+    from greencallbacks.ledger import Ledger
+
+    tracker, clock, _ = setup(tmp_path)
+    logged = []
+    for phase, seconds in (("validation", 2.0), ("predict", 3.0), ("validation", 5.0)):
+        tracker.begin(phase, metric_prefix="test")
+        clock.advance(seconds)
+        tracker.end(phase)
+        logged.append(tracker.metrics(phase, prefix="test_")["test_energy_kwh_total"])
+    joules_per_s = 100.0 * PUE
+    assert logged == pytest.approx([s * joules_per_s / 3.6e6 for s in (2.0, 5.0, 10.0)])
+    tracker.begin("predict")
+    clock.advance(1.0)
+    tracker.end("predict")
+    assert tracker.metrics("predict", prefix="p_")["p_energy_kwh_total"] == pytest.approx(4.0 * joules_per_s / 3.6e6)
+    resumed = Ledger("other")
+    resumed.resume(tracker.ledger.state_dict(), records=[])  # no records file: the saved totals
+    assert resumed.prefix_total("test").energy_j == pytest.approx(10.0 * joules_per_s)
+    assert resumed.prefix_total("test").count == 3
+    tracker.finish()
+
+
 def test_per_sample_is_nan_when_no_samples_were_counted():
     tracker, clock, _ = setup()
     tracker.begin("predict")

@@ -145,6 +145,23 @@ class Ledger:
         return tuple(sum(getattr(t, f) for t in self.totals.values())
                      for f in ("embodied_co2eq_g", "embodied_co2eq_g_low", "embodied_co2eq_g_high"))  # type: ignore[return-value]
 
+    def prefix_total(self, prefix: str) -> PhaseTotals:
+        """Every record of ``prefix``, whatever its phase.
+
+        The rule for a logged ``<prefix>_energy_kwh_total`` (and ``co2eq_g_total``): the running
+        total of every record logged under that same name. A framework's metric name carries the
+        prefix alone, and one prefix can name loops of several phases (HF: ``evaluate(ds,
+        metric_key_prefix="test")`` beside ``predict(ds)``, whose default is ``test``; a
+        standalone ``evaluate()`` after training continues ``eval`` as a validation). Records
+        without a prefix (Lightning's, Keras's: one prefix per phase) total by phase instead.
+        """
+        total = PhaseTotals()
+        for (_, own_prefix), totals in self.prefix_totals.items():
+            if own_prefix == prefix:
+                for name, value in vars(totals).items():
+                    setattr(total, name, getattr(total, name) + value)
+        return total
+
     def add(self, record: Record) -> None:
         """Count one phase's record (the only way totals grow)."""
         _count(record, self.totals, self.prefix_totals)

@@ -521,7 +521,8 @@ class Tracker:
         """The shared metric stems for the last finished ``phase``, with ``prefix`` prepended.
 
         ``energy_kwh_total`` / ``co2eq_g_total``: for ``train`` everything the run has used so far
-        (all phases and gaps); for other phases, the sum of that phase so far.
+        (all phases and gaps); for other phases, the sum of that phase so far, or for a record with a
+        ``metric_prefix``, of that prefix over every phase (the records logged under the same name).
         Per-sample values are NaN when no samples were counted.
         """
         record = self.last.get(phase)
@@ -530,7 +531,8 @@ class Tracker:
         if phase == "train":
             total_j, total_g = self.total_energy_j, self.total_co2eq_g
         else:
-            totals = self.totals[phase] if record.metric_prefix is None else self.ledger.prefix_totals[(phase, record.metric_prefix)]
+            # A prefixed record's total is its prefix's, whatever the phase: the metric's name (Ledger.prefix_total).
+            totals = self.totals[phase] if record.metric_prefix is None else self.ledger.prefix_total(record.metric_prefix)
             total_j, total_g = totals.energy_j, totals.co2eq_g
         values = {
             "energy_kwh": record.energy_kwh,

@@ -27,8 +27,12 @@ How it fits the Trainer (read against transformers 5.23):
   wrappers measure for the callbacks still in the Trainer's handler (``remove_callback`` stops
   one), each loop into the run of the Trainer it ran on (one callback given to two Trainers).
   Several evaluation data sets (``eval_dataset={"a": ..., "b": ...}``) each get their own
-  ``eval_a_*`` / ``eval_b_*`` values, and each prefix's ``_total`` sums the loops logged under it
-  (the records carry it as ``metric_prefix``). Epochs: the first of a ``train()`` is the Trainer's
+  ``eval_a_*`` / ``eval_b_*`` values, and each prefix's ``_total`` sums the loops logged under it,
+  evaluations and predictions alike (``evaluate(ds, metric_key_prefix="test")`` beside
+  ``predict(ds)``; the records carry it as ``metric_prefix``). An empty prefix names them
+  ``_energy_kwh``..., as HF names its ``_loss``. Loops nest (a ``predict()`` in
+  ``compute_metrics``, an ``evaluate()`` in a callback's ``on_prediction_step``): each has its
+  own record and values, the inner one's inside the outer's. Epochs: the first of a ``train()`` is the Trainer's
   (0, or where a resume starts), each later one the one before plus one. A loop that starts
   before the callback has seen the trainer (``add_callback`` then ``evaluate`` / ``predict``
   without training) begins at its first ``on_prediction_step``: its first batch is billed to the
@@ -42,10 +46,13 @@ How it fits the Trainer (read against transformers 5.23):
   ``energy_j_per_token``; or ``token_counter=`` (batch -> int) on each batch. Evaluation and
   prediction samples: each completed ``prediction_step``'s batch is counted as the loop goes
   (wrapped on the instance), so a loop that raises leaves a partial record with the batches it
-  finished; a loop that completes over a data set with a length takes its own ``num_samples``
-  (the data set length, without the samples Accelerate repeats to keep ranks in step), but keeps
-  the batches' count with ``dataloader_drop_last``, which drops the partial last batch there too,
-  and without a length (HF's count is then each batch's first tensor's leading dimension). A loop
+  finished; a loop that completes records those batches' count where every one was counted
+  (whatever its sampler, stream or ``dataloader_drop_last``). The data set's length (HF's
+  ``num_samples``) stands in only where the batches hold each of its samples once (torch's batch
+  sampler without ``drop_last`` over a sequential, random or length-grouped sampler of the whole
+  set) and the count is incomplete, or on several ranks, whose batches hold the samples
+  Accelerate repeats to keep them in step (elsewhere these are counted, as in training). Never
+  HF's count without a length, each batch's first tensor's leading dimension. A loop
   begun at its first ``on_prediction_step`` counts that batch from the loop's frame. Batches are counted by
   ``sample_counter=`` or ``greencallbacks.samples.count_samples`` (data collators'
   ``BatchEncoding`` and dicts by their leading dimension; a padding-free collator's single row,
@@ -117,6 +124,19 @@ _LOOPS_WRAPPED = "_greencallbacks_loops_wrapped"
 
 def _owners(trainer) -> list:
     return trainer.__dict__.get(_OWNERS, []) if trainer is not None else []
+
+
+class _Loop:
+    """An evaluation or prediction loop being measured."""
+
+    __slots__ = ("phase", "prefix", "batches", "all_counted", "hooked", "hooked_in", "dataloader")
+
+    def __init__(self, phase: str, prefix: str | None) -> None:
+        self.phase, self.prefix = phase, prefix  # prefix: HF's metric_key_prefix (None: read from its metrics)
+        self.batches, self.all_counted = 0, True  # its prediction_step batches counted, and whether each could be
+        # Begun at its first on_prediction_step (not by a wrapper): the loop's frame and its callers
+        # (none where not found), and its data loader.
+        self.hooked, self.hooked_in, self.dataloader = False, [], None
 
 
 class EnergyCallback(TrainerCallback, ExportableState):
@@ -197,7 +217,7 @@ class EnergyCallback(TrainerCallback, ExportableState):
         self._next_epoch: int | None = None
         self._pause_due = False  # an epoch of this train() ended: a carbon-aware pause may precede the next
         self._tokens_at_epoch_begin = 0
-        self._loop: tuple[str, str | None] | None = None  # (phase, metric prefix) of the open eval/predict loop
+        self._loops: list[_Loop] = []  # the open evaluation / prediction loops, innermost last
         self._loop_metrics: dict[str, float] = {}
 
     @property
@@ -309,7 +329,7 @@ class EnergyCallback(TrainerCallback, ExportableState):
     # ------------------------------------------------------------------ evaluation, prediction
     @never_raises
     def on_prediction_step(self, args, state, control, **kwargs):
-        if self._loop is not None:
+        if self._loops:
             return  # the loop wrapper measures this loop (the per-batch path: keep it cheap)
         # This loop began before the callback knew the trainer (add_callback, then evaluate or
         # predict without training): measure it from here (its first batch goes to the gap
@@ -324,28 +344,29 @@ class EnergyCallback(TrainerCallback, ExportableState):
         if description is None and trainer is not None:  # no known loop method: is the public predict() running?
             predicting = watch.calling_frame(lambda f: f.f_code.co_name == "predict" and f.f_locals.get("self") is trainer)
             description = "Prediction" if predicting is not None else "Evaluation"
-        self._begin_loop(description, loop_arguments.get("metric_key_prefix"), args, trainer)
+        loop = self._begin_loop(description, loop_arguments.get("metric_key_prefix"), args, trainer)
+        loop.hooked, loop.hooked_in, loop.dataloader = True, _frames_from(frame), kwargs.get("eval_dataloader")
         # The first batch ran before prediction_step was wrapped: count it from the loop's own
         # variable (uncounted where there is none: a release whose loop names it otherwise).
         batch = loop_arguments.get("inputs")
         samples, tokens = self._counter.count(batch, self.tracker.run_id) if batch is not None else (None, 0)
-        self.tracker.add_samples(samples, tokens=tokens)
+        self._count_batch(samples, tokens)
 
     @never_raises
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        self._finish_hooked_loop(metrics, kwargs.get("eval_dataloader"), args, state, control)
+        self._finish_hooked_loop(metrics, state, control)
         self._loop_metrics = {}
-        if not self._in_train:
-            self._end_call()  # evaluate() got this far: it no longer needs watching
+        if not self._in_train and not self._loops:
+            self._end_call()  # evaluate() got this far (and ran inside no other loop): it no longer needs watching
 
     @never_raises
     def on_predict(self, args, state, control, metrics=None, **kwargs):
         # HF returns predict metrics but logs none. Reporters that log them in their own on_predict
         # (W&B, Trackio, Comet, SwanLab) have them in `metrics` already: the log skips them.
-        if not self._finish_hooked_loop(metrics, kwargs.get("eval_dataloader"), args, state, control, predict=True):
+        if not self._finish_hooked_loop(metrics, state, control, predict=True):
             self._log(self._loop_metrics, control, skip=self._logging_on_predict())
         self._loop_metrics = {}
-        if not self._in_train:
+        if not self._in_train and not self._loops:
             self._end_call()
 
     # ------------------------------------------------------------------------ checkpointing
@@ -401,7 +422,7 @@ class EnergyCallback(TrainerCallback, ExportableState):
             self._stop()
 
     def _stop(self) -> None:
-        self._loop = None
+        self._loops = []
         if self.session.running:
             atexit.unregister(self._abort_at_exit)
             self.session.stop()
@@ -446,7 +467,7 @@ class EnergyCallback(TrainerCallback, ExportableState):
         if cancel_watch:
             self._cancel_watch()  # waits for a write-up the watch thread has begun, and stops a later one
         self._in_train = False
-        self._loop = None
+        self._loops = []
         try:
             if self.session.running:
                 atexit.unregister(self._abort_at_exit)
@@ -456,7 +477,7 @@ class EnergyCallback(TrainerCallback, ExportableState):
         except Exception as error:  # noqa: BLE001 - the run is already failing
             warn(f"greencallbacks: could not write the energy of the failed run ({error!r}).")
 
-    def _begin_loop(self, description: str | None, prefix: str | None, args, trainer: Trainer | None) -> None:
+    def _begin_loop(self, description: str | None, prefix: str | None, args, trainer: Trainer | None) -> _Loop:
         self._settle()
         if trainer is not None and not self.session.running:
             if self._session_used and self._run_trainer not in (None, trainer):
@@ -471,42 +492,76 @@ class EnergyCallback(TrainerCallback, ExportableState):
         phase = "predict" if description == "Prediction" else "validation"
         # Each metric_key_prefix (eval, eval_<data set>, test) totals its own loops.
         self.tracker.begin(phase, epoch=self._epoch, metric_prefix=prefix)
-        self._loop = (phase, prefix)
-        if not self._in_train and trainer is not None:
+        # Loops nest (compute_metrics, or a callback's on_prediction_step, calling evaluate() or
+        # predict()): the tracker nests their phases, each loop here ends its own.
+        loop = _Loop(phase, prefix)
+        self._loops.append(loop)
+        if not self._in_train and trainer is not None and len(self._loops) == 1:
             # A standalone evaluate() / predict() can raise after its loop (a reporter failing in
             # on_log) and never reach on_evaluate / on_predict: stop the run when it leaves the stack,
-            # rather than billing the idle time until the next call as a gap of this run.
+            # rather than billing the idle time until the next call as a gap of this run. (A loop
+            # inside it is covered by that watch: its own call would end the run with it.)
             frame = watch.calling_frame(
                 lambda f: f.f_code.co_name in ("evaluate", "predict") and f.f_locals.get("self") is trainer)
             if frame is not None:
                 self._watch_loop(frame, trainer.state)
+        return loop
 
-    def _end_loop(self, num_samples: int | None, state) -> dict[str, float]:
-        """End the open loop; ``num_samples``: HF's count, all ranks together (None: the batches
-        counted as the loop went)."""
-        phase, prefix = self._loop
-        self._loop = None
-        samples = num_samples
-        if self._counter.custom_samples:
-            samples = None  # the user's sample_counter, applied to every prediction_step's batch
-        elif samples is not None and self.tracker.reducer.rank != 0:
-            samples = 0  # HF's count covers all ranks
-        if self.tracker.end(phase, samples=samples, step=state.global_step, metric_prefix=prefix) is None:
+    def _count_batch(self, samples: int | None, tokens: int) -> None:
+        """One completed ``prediction_step``'s batch, for the innermost open loop."""
+        self.tracker.add_samples(samples, tokens=tokens)
+        if self._loops:
+            loop = self._loops[-1]
+            loop.batches += 1
+            loop.all_counted = loop.all_counted and samples is not None
+
+    def _end_loop(self, loop: _Loop, whole_data_set: int | None, state) -> dict[str, float]:
+        """End ``loop`` (and any loop left open inside it); ``whole_data_set``: HF's count, all
+        ranks together, where it is the samples the loop ran (see ``_samples_run``), else None."""
+        if not any(open_loop is loop for open_loop in self._loops):
+            return {}  # the run stopped or failed since it began
+        while self._loops.pop() is not loop:
+            pass
+        samples = self._loop_samples(loop, whole_data_set)
+        if self.tracker.end(loop.phase, samples=samples, step=state.global_step, metric_prefix=loop.prefix) is None:
             return {}
-        return self.session.metrics(phase, prefix=f"{prefix}_" if prefix else "")
+        # HF names a loop's metrics `{prefix}_...` whatever the prefix, "" included (`_loss`): ours
+        # follow, so an empty prefix never logs under the training names.
+        return self.session.metrics(loop.phase, prefix=f"{loop.prefix}_" if loop.prefix is not None else "")
 
-    def _finish_hooked_loop(self, metrics, eval_dataloader, args, state, control, predict: bool = False) -> bool:
+    def _loop_samples(self, loop: _Loop, whole_data_set: int | None) -> int | None:
+        """The samples to record for a completed loop; None: the batches counted as it went.
+
+        Those batches, where every one of them was counted: exactly what the model ran, whatever
+        the sampler, the stream or drop_last. HF's count (the data set's length) only where it is
+        known to be the samples run and the count is incomplete (a packed batch that cannot be
+        counted, a loop's first batch that was not seen), or on several ranks, where each rank's
+        batches hold the samples Accelerate repeats to keep them in step (HF's count leaves them
+        out; where it is unknown, the repeats are counted: they cost energy, as in training)."""
+        if self._counter.custom_samples:
+            return None  # the user's sample_counter, applied to every prediction_step's batch
+        if whole_data_set is None:
+            return None  # the batches counted are all there is
+        if self.tracker.reducer.world_size > 1:
+            return whole_data_set if self.tracker.reducer.rank == 0 else 0  # HF's count covers all ranks
+        return None if loop.batches and loop.all_counted else whole_data_set
+
+    def _finish_hooked_loop(self, metrics, state, control, predict: bool = False) -> bool:
         """End a loop begun at its first ``on_prediction_step``; its values go into HF's metrics and the log.
 
-        Samples: the data set's length, as HF counts them, where it has one and no batch is
-        dropped; else the batches counted, the first one from the loop's frame."""
-        if self._loop is None or metrics is None:
+        Samples: the batches counted, the first one from the loop's frame, or the data set's
+        length as ``_loop_samples`` says."""
+        loop = self._loops[-1] if self._loops else None
+        if loop is None or not loop.hooked or metrics is None:
+            return False  # a wrapped loop, ended in its wrapper
+        whose = _whose_hook(loop.hooked_in)
+        if whose != "this":
+            if whose == "gone":  # it returned without its hook (evaluation_loop called directly)
+                self._loops.pop()  # its record stays open, written as partial when the run stops
             return False
-        if self._loop[1] is None:  # HF names every metric `{prefix}_...` and always adds `{prefix}_runtime`
-            self._loop = (self._loop[0], next((k[: -len("_runtime")] for k in metrics if k.endswith("_runtime")), ""))
-        dataset = getattr(eval_dataloader, "dataset", None)
-        samples = len(dataset) if _has_length(dataset) and not args.dataloader_drop_last else None
-        values = _finite(self._end_loop(samples, state))
+        if loop.prefix is None:  # HF names every metric `{prefix}_...` and always adds `{prefix}_runtime`
+            loop.prefix = next((k[: -len("_runtime")] for k in metrics if k.endswith("_runtime")), "")
+        values = _finite(self._end_loop(loop, _samples_run(loop.dataloader), state))
         metrics.update(values)
         # on_predict: the callbacks after this one see `metrics` with the values in their own on_predict.
         self._log(values, control, skip=self._logging_on_predict(after_self=True) if predict else ())
@@ -596,10 +651,10 @@ def _wrap_trainer(trainer: Trainer) -> None:
     @functools.wraps(prediction_step)
     def counting_prediction_step(model, inputs, *args, **kwargs):
         # Per batch, so that a loop that raises leaves the batches it completed in its partial record.
-        counts = [(c.tracker, c._counter.count(inputs, c.tracker.run_id)) for c in owners() if c._loop is not None]
+        counts = [(c, c._counter.count(inputs, c.tracker.run_id)) for c in owners() if c._loops]
         output = prediction_step(model, inputs, *args, **kwargs)
-        for tracker, (samples, tokens) in counts:
-            tracker.add_samples(samples, tokens=tokens)
+        for callback, (samples, tokens) in counts:
+            callback._count_batch(samples, tokens)
         return output
 
     trainer.prediction_step = counting_prediction_step
@@ -646,10 +701,11 @@ def _measured_loop(trainer: Trainer, name: str, owners):
                 warn(f"greencallbacks: could not read the arguments of {type(trainer).__name__}.{name} ({error!r}); "
                      "its evaluation and prediction loops are not measured.")
             return loop(*args, **kwargs)
+        began = []
         for callback in callbacks:
             try:
                 callback._trainer = trainer  # a callback shared by two Trainers: this loop is this one's
-                callback._begin_loop(description, prefix, trainer.args, trainer)
+                began.append((callback, callback._begin_loop(description, prefix, trainer.args, trainer)))
             except Exception as error:  # noqa: BLE001
                 warn(f"greencallbacks: could not begin measuring {prefix} ({error!r}).")
         try:
@@ -658,9 +714,9 @@ def _measured_loop(trainer: Trainer, name: str, owners):
             for callback in callbacks:
                 callback._abort(state=trainer.state)
             raise
-        for callback in callbacks:
+        for callback, opened in began:
             try:
-                values = _finite(callback._end_loop(_loop_samples(trainer.args, output, dataloader), trainer.state))
+                values = _finite(callback._end_loop(opened, _samples_run(dataloader), trainer.state))
                 output.metrics.update(values)  # evaluate() logs and returns them; predict() returns them
                 callback._loop_metrics = values
             except Exception as error:  # noqa: BLE001
@@ -670,16 +726,27 @@ def _measured_loop(trainer: Trainer, name: str, owners):
     return measured
 
 
-def _loop_samples(args, output, dataloader) -> int | None:
-    """A completed loop's samples: HF's ``num_samples`` (the data set's length, without the
-    samples Accelerate repeats so that several ranks each have a last batch; right for a batch
-    whose leading dimension is not its samples, too), unless ``dataloader_drop_last`` drops the
-    partial last batch from evaluation as well, or the data set has no length: then None, the
-    batches counted as the loop went. (Without a length, HF's count is the sum of each batch's
-    first tensor's leading dimension: a padding-free row's 1, or packed tokens.)"""
-    if args.dataloader_drop_last or not _has_length(getattr(dataloader, "dataset", None)):
+def _samples_run(dataloader) -> int | None:
+    """The samples a loop over ``dataloader`` runs, from its data set's length (HF's own
+    ``num_samples``), where the batches hold each sample once: torch's ``BatchSampler`` without
+    ``drop_last`` (maybe in Accelerate's shard, whose repeats to keep ranks in step this count
+    leaves out) over a sequential, random or length-grouped sampler of the whole data set. Else
+    None: a subset's sampler, a batch sampler of its own, a stream, or dropped batches make the
+    length another number than the samples the model ran."""
+    from torch.utils.data import BatchSampler, RandomSampler, SequentialSampler
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    dataset = getattr(dataloader, "dataset", None)
+    if not _has_length(dataset):
         return None
-    return output.num_samples
+    batches = getattr(dataloader, "batch_sampler", None)
+    batches = getattr(batches, "batch_sampler", batches)  # Accelerate's BatchSamplerShard wraps the loader's own
+    if type(batches) is not BatchSampler or batches.drop_last:
+        return None
+    sampler = batches.sampler
+    if not isinstance(sampler, (SequentialSampler, RandomSampler, LengthGroupedSampler)) or len(sampler) != len(dataset):
+        return None  # RandomSampler(num_samples=...) draws another number
+    return len(dataset)
 
 
 def _has_length(dataset) -> bool:
@@ -720,6 +787,32 @@ def _loop_arguments(signatures: list, args: tuple, kwargs: dict) -> tuple[str | 
                 found.setdefault(key, arguments[key])
     prefix = found.get("metric_key_prefix", signatures[-1].parameters["metric_key_prefix"].default)
     return found.get("description"), prefix, found.get("dataloader")
+
+
+def _frames_from(frame) -> list:
+    """``frame`` and its callers, innermost first."""
+    frames = []
+    while frame is not None:
+        frames.append(frame)
+        frame = frame.f_back
+    return frames
+
+
+def _whose_hook(loop_frames: list) -> str:
+    """Whose end the ``on_evaluate`` / ``on_predict`` being called is, for a loop begun at its first
+    ``on_prediction_step`` in ``loop_frames`` (its frame, then its callers): ``"this"`` where the
+    Trainer method calling the hook encloses the loop (``evaluate()``; the loop itself in a release
+    that runs it inline), or nothing is known; ``"inner"`` where the loop still runs outside that
+    method (an ``evaluate()`` inside the loop); else ``"gone"``: the loop returned without its hook."""
+    caller = _find_trainer()[1]
+    if caller is None or not loop_frames or any(frame is caller for frame in loop_frames):
+        return "this"
+    outer = caller.f_back
+    while outer is not None:
+        if outer is loop_frames[0]:
+            return "inner"
+        outer = outer.f_back
+    return "gone"
 
 
 def _find_trainer(depth: int = 40):
