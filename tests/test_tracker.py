@@ -205,6 +205,58 @@ def test_resume_continues_totals_and_run_id(tmp_path):
     assert len(set(seqs)) == len(seqs)  # resumed sequence numbers do not collide
 
 
+def test_a_resume_reads_its_history_past_a_bad_line_of_another_run_and_says_so(tmp_path):
+    """One line the reader refuses (another run's, in the same file) hid the whole file from the
+    resume, silently: the summary fell back to the checkpoint's totals, leaving out the epoch the
+    crashed attempt finished after it (1.14e-7 kWh summary for 1.80e-7 of records)."""
+    from greencallbacks.meter import EnergyWarning
+
+    first, clock, _ = setup(tmp_path)
+    clock.advance(1.0)
+    first.begin("train", 0)
+    clock.advance(10.0)
+    first.end("train")
+    state = first.state_dict()  # the checkpoint, after epoch 0
+    run_epochs(first, clock, epochs=1)  # epoch "0" again stands for the epoch after the checkpoint
+    with open(tmp_path / RECORDS_FILE, "a") as file:
+        file.write(json.dumps({**read_records(tmp_path)[0].to_dict(), "run_id": "other", "phase": "bogus"}) + "\n")
+    second, clock2, _ = setup(tmp_path)
+    with pytest.warns(EnergyWarning, match="skipped .*:.*phase"):
+        second.load_state_dict(state)
+    run_epochs(second, clock2, epochs=1)
+    summary = json.loads((tmp_path / "energy-summary.json").read_text())
+    mine = [r for r in read_records(tmp_path, on_bad_line=lambda _: None) if r.run_id == first.run_id]
+    assert summary["energy_kwh"] == pytest.approx(sum(r.energy_kwh for r in mine), rel=1e-9)
+
+
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+def test_samples_of_any_integer_type_are_written_as_numbers(tmp_path, kind):
+    """np.count_nonzero(mask) or a torch scalar: written as the string "24" (or "tensor(14)"), which
+    made the whole records file unreadable to the tool's own reader."""
+    integer = pytest.importorskip(kind).int64 if kind == "numpy" else pytest.importorskip(kind).tensor
+    tracker, clock, _ = setup(tmp_path)
+    tracker.begin("train", 0)
+    tracker.add_samples(integer(4), tokens=integer(40))
+    clock.advance(1.0)
+    tracker.end("train")
+    tracker.begin("validation", 0)
+    clock.advance(1.0)
+    tracker.end("validation", samples=integer(3))
+    tracker.finish()
+    assert [(r.phase, r.samples) for r in read_records(tmp_path) if r.phase != "other"] == [("train", 4), ("validation", 3)]
+    json.dumps(tracker.state_dict())
+
+
+@pytest.mark.parametrize("samples", [-3, 2.5, "4", True, float("nan")])
+def test_a_sample_count_that_is_no_count_is_refused_naming_it(samples):
+    tracker, _, _ = setup()
+    tracker.begin("train", 0)
+    with pytest.raises(ValueError, match="samples must be an integer >= 0"):
+        tracker.add_samples(samples)
+    with pytest.raises(ValueError, match="samples must be an integer >= 0"):
+        tracker.end("train", samples=samples)
+
+
 def test_a_resume_from_a_copied_run_directory_counts_each_earlier_record_once(tmp_path):
     """`cp -r A B`, A resumed, then B resumed: the checkpoint names A's records, B holds a copy of
     them and not A's later attempt."""

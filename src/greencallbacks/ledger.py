@@ -320,10 +320,19 @@ def _records_in(directories: Iterable[Path | None]) -> list[Record]:
             if resolved in seen:
                 continue
             seen.add(resolved)
+            bad: list[str] = []
             try:
                 with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # a torn last line of a crashed attempt is expected
-                    found.extend(read_records(path))
-            except (OSError, ValueError):
-                continue  # not ours to judge here; the report says what is wrong with it
+                    warnings.simplefilter("ignore")  # a torn line of a crashed attempt is expected
+                    found.extend(read_records(path, on_bad_line=bad.append))
+            except (OSError, ValueError) as error:  # unreadable whole (not text): the report says more
+                bad.append(str(error))
+            if bad:
+                # Said: the run's totals then stand on what could be read (or on its checkpoint's, when
+                # none of its records could), which a summary would otherwise show as its records'.
+                from greencallbacks.meter import warn
+
+                more = f" (and {len(bad) - 1} more line(s))" if len(bad) > 1 else ""
+                warn(f"greencallbacks: reading this run's records back, skipped {bad[0]}{more}; its totals "
+                     "are from the records that could be read.")
     return found

@@ -22,7 +22,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
 from greencallbacks import interrupts
-from typing import Iterable
+from typing import Callable, Iterable
 
 SCHEMA = "greencallbacks.record/1"
 PHASES = ("train", "validation", "test", "predict", "other")
@@ -486,12 +486,16 @@ class JsonFileReplacer:
         return json.dumps(data, separators=(",", ":"), default=str)
 
 
-def read_records(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Record]:
+def read_records(
+    paths: str | os.PathLike | Iterable[str | os.PathLike], on_bad_line: Callable[[str], None] | None = None
+) -> list[Record]:
     """Records from JSONL files (or directories holding ``energy-records.jsonl``).
 
     A torn line (the writer was killed mid-line: the beginning of a record, cut short) is skipped
     with a warning, wherever it is: a later run appends its records after it. Any other bad line
-    means the file is not a records file, and raises ``ValueError``.
+    means the file is not a records file, and raises ``ValueError``; with ``on_bad_line``, it is
+    given the error's text and the line is skipped (a run reading its own history back, where one
+    bad line of another run must not hide the whole file).
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
@@ -532,7 +536,9 @@ def read_records(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list
                     last = "last " if number == len(lines) else ""
                     warnings.warn(f"{where}: skipped a torn {last}line ({error})", stacklevel=2)
             except (ValueError, TypeError, AttributeError) as error:
-                raise ValueError(f"{where}: not a greencallbacks record: {error}") from None
+                if on_bad_line is None:
+                    raise ValueError(f"{where}: not a greencallbacks record: {error}") from None
+                on_bad_line(f"{where}: not a greencallbacks record: {error}")
     return records
 
 

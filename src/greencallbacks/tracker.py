@@ -22,6 +22,7 @@ import hashlib
 import json
 import math
 import numbers
+import operator
 import os
 import re
 import socket
@@ -366,8 +367,8 @@ class Tracker:
             if samples is None:
                 top.samples_counted = False
             else:
-                top.samples += samples
-            top.tokens += tokens
+                top.samples += samples if type(samples) is int and samples >= 0 else _count("samples", samples)
+            top.tokens += tokens if type(tokens) is int and tokens >= 0 else _count("tokens", tokens)
 
     def end(
         self, phase: str, *, samples: int | None = None, step: int | None = None, metric_prefix: str | None = None
@@ -377,6 +378,8 @@ class Tracker:
         ``metric_prefix``: as in ``begin``, for a phase whose prefix is known only at its end.
         A collective when several ranks run: every rank must call it.
         """
+        if samples is not None:
+            samples = _count("samples", samples)  # before anything is closed: refused, nothing is lost
         if not self.running:
             return None
         if step is not None:
@@ -960,6 +963,18 @@ def kept_summary_path(path: Path, run_id: str) -> Path:
     if len(name) > NAME_MAX_BYTES:
         name = f"energy-summary-{safe[:KEPT_SUMMARY_ID_CHARS]}{digest}.json"
     return path.with_name(name)
+
+
+def _count(name: str, value: object) -> int:
+    """``value`` as a plain int >= 0: any integer (NumPy's, a torch scalar's), else ValueError. A
+    NumPy integer was written to the records as a string, which made the whole file unreadable."""
+    try:
+        count = operator.index(value) if not isinstance(value, bool) else None
+    except TypeError:
+        count = None
+    if count is None or count < 0:
+        raise ValueError(f"{name} must be an integer >= 0 (None: not counted), got {value!r}")
+    return count
 
 
 def check_output_dir(output_dir: object) -> None:
