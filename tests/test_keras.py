@@ -468,6 +468,86 @@ def test_a_fit_from_epoch_0_starts_a_new_run_and_a_later_initial_epoch_continues
     assert result["totals"][2][0] == pytest.approx(sum(r.energy_kwh for r in second[: second.index(train_new) + 1]), rel=1e-9)
 
 
+# A sweep's trials share one output_dir and give no run_id; each "new process" is a new callback.
+SWEEP_SCRIPT = """
+import json, sys, warnings
+import numpy as np, keras
+from greencallbacks import watch
+from greencallbacks.keras import EnergyCallback
+
+out = sys.argv[1]
+rng = np.random.default_rng(0)
+X, Y = rng.normal(size=(32, 4)).astype("float32"), rng.normal(size=(32, 1)).astype("float32")
+
+def model():
+    m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    m.compile("sgd", "mse")
+    return m
+
+class RaiseInEpoch1(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+    def on_train_batch_end(self, batch, logs=None):
+        if self.epoch == 1:
+            raise RuntimeError("boom")
+
+def fit(m, callback, **kwargs):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        m.fit(X, Y, batch_size=16, verbose=0, callbacks=[callback], **kwargs)
+    said = [str(w.message) for w in caught if "trained again" in str(w.message)]
+    return [callback.tracker.run_id, callback.tracker.ledger.attempt, said]
+
+def energy(**kwargs):
+    return EnergyCallback(intensity=100, **kwargs)
+
+result = {}
+trial_a = energy(output_dir=out + "/sweep")
+try:
+    model().fit(X, Y, batch_size=16, epochs=4, verbose=0, callbacks=[trial_a, RaiseInEpoch1()])
+except RuntimeError:
+    watch.settle()
+result["a"] = trial_a.tracker.run_id
+result["b"] = fit(model(), energy(output_dir=out + "/sweep"), epochs=4)
+result["a_again"] = fit(model(), energy(output_dir=out + "/sweep"), epochs=4, initial_epoch=1)
+# The same training, in one process: fit(epochs=3), then epochs 1 and 2 again. Said nothing.
+same, m = energy(output_dir=out + "/same"), model()
+result["same_first"] = fit(m, same, epochs=3)
+result["same_again"] = fit(m, same, epochs=3, initial_epoch=1)
+# One callback reused for the next trial's model.
+result["reused_again"] = fit(model(), same, epochs=3, initial_epoch=1)
+# A run_id names the trial: its state, in a file of its own, is surely its own.
+result["named_first"] = fit(model(), energy(output_dir=out + "/named", run_id="t1"), epochs=3)
+result["named_again"] = fit(model(), energy(output_dir=out + "/named", run_id="t1"), epochs=3, initial_epoch=1)
+json.dump(result, open(out + "/result.json", "w"))
+"""
+
+
+def test_a_resume_that_continues_a_run_which_went_past_its_epoch_says_so(tmp_path):
+    """A sweep's trials in one output_dir without a run_id: trial A failed in epoch 1, trial B
+    trained 4 epochs, A reran with fit(initial_epoch=1) and silently became attempt 1 of B's run
+    (B's records: epochs 0-3, then 1-3 again). No identity tells A from B there (see
+    ``_trained_again``): the continuation stays, said, with the way to keep trials apart."""
+    require("keras", "torch", purpose="the Keras sweep scenario")
+    env = {**os.environ, "KERAS_BACKEND": "torch", "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run([sys.executable, "-c", SWEEP_SCRIPT, str(tmp_path)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    result = json.loads((tmp_path / "result.json").read_text())
+    b_run, _, b_said = result["b"]
+    run_id, attempt, said = result["a_again"]
+    assert (run_id, attempt) == (b_run, 1) and b_run != result["a"] and not b_said
+    assert len(said) == 1, said  # nothing was said before the fix
+    said = said[0]
+    assert f"continues run {b_run}" in said and "reached epoch 3" in said and "epochs 1..3 are" in said, said
+    assert str(tmp_path / "sweep" / "energy-state.json") in said and "run_id=" in said and "output_dir=" in said, said
+    # Nothing said where the run surely is the one resuming.
+    assert result["same_again"][:2] == [result["same_first"][0], 1] and result["same_again"][2] == []
+    assert result["named_again"][:2] == ["t1", 1] and result["named_again"][2] == []
+    (said,) = result["reused_again"][2]
+    assert "this callback's last run, which trained another model" in said and "epochs 1..2 are" in said, said
+
+
 def test_evaluate_and_predict_before_a_resumed_fit_leave_it_the_run_that_trained(run):
     """An inference-only call wrote energy-state.json (and a callback that served one resumed from
     its own run): the resumed fit was a new run, its logged total only the new epochs (3 runs)."""

@@ -194,6 +194,13 @@ class _Owner:
         return isinstance(run_id, str) and re.fullmatch(re.escape(self.run_id) + r"-\d+", run_id) is not None
 
 
+def _weak(model: Any) -> Any:
+    try:
+        return weakref.ref(model)
+    except TypeError:
+        return None
+
+
 def _digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:12]
 
@@ -275,9 +282,10 @@ class _Run:
                 writer.write_soon(state)
 
 
-def _read_state(output_dir: Path, backup_dir: str | None, owner: _Owner) -> tuple[dict | None, dict | None]:
+def _read_state(output_dir: Path, backup_dir: str | None, owner: _Owner) -> tuple[dict | None, dict | None, Path | None]:
     """The state a resume of ``owner``'s run continues (the backup's own where it has one, else
-    the directory's), and, when there is none, the first state of another run found in its place."""
+    the directory's) and the file it was read from, and, when there is none, the first state of
+    another run found in its place."""
     other = None
     for path in _state_paths_to_read(output_dir, backup_dir, owner):
         try:
@@ -286,9 +294,29 @@ def _read_state(output_dir: Path, backup_dir: str | None, owner: _Owner) -> tupl
             continue
         if isinstance(state, dict) and state.get("schema") == "greencallbacks.keras-state/1":
             if owner.owns(state):
-                return state, None
+                return state, None, path
             other = other or state
-    return None, other
+    return None, other, None
+
+
+def _names_its_trial(path: Path, owner: _Owner) -> bool:
+    """Is a state read from ``path`` surely of the trial resuming (a run_id given, or its backup's
+    own file), not merely of the fit that trained into the directory last (``energy-state.json``,
+    which every trial of a sweep sharing the directory without a run_id writes)?"""
+    return owner.run_id is not None or path.name.startswith("energy-state-backup-")
+
+
+def _trained_again(run_id: Any, reached: int, first_epoch: int, where: str) -> None:
+    """Said, as the continued run may be another trial's: nothing tells a sweep's trials apart
+    without a run_id. The optimizer's step does not: trials with the same data and batch size
+    step alike, and a model rebuilt with load_weights starts from step 0 (its optimizer unbuilt)."""
+    again = f"epoch {first_epoch} is" if reached == first_epoch else f"epochs {first_epoch}..{reached} are"
+    warn(
+        f"greencallbacks: this fit starts at epoch {first_epoch} and continues run {run_id} ({where}), which "
+        f"reached epoch {reached}: {again} counted as trained again in that run. If that run is another trial's "
+        "(a sweep whose fits share one output directory), give each trial its own EnergyCallback(run_id=...) or "
+        "output_dir=...; the records already written stay in that run."
+    )
 
 
 class _Progress:
@@ -464,9 +492,12 @@ class EnergyCallback(_Callback):
     Runs: a ``fit`` that starts at epoch 0 starts a new run (new ``run_id``, totals from zero). A
     ``fit`` that starts later (``initial_epoch=``, or ``BackupAndRestore`` after a crash) continues
     the current run, or in a new process the run in ``output_dir/energy-state.json`` if that run
-    reached the epoch before; a callback given ``run_id=`` continues that run only (its state is
-    kept in a file of its own), and a second EnergyCallback in the same fit (two grids) continues
-    the run of the callback in its place in ``callbacks=[...]``. ``evaluate`` / ``predict``
+    reached the epoch before. A run that went past it is continued too, its later epochs counted as
+    trained again, with a warning unless a ``run_id=`` or the fit's ``BackupAndRestore`` names it
+    (or it is this object's run, on the same model): the trials of a sweep that share one
+    ``output_dir`` are not told apart otherwise. A callback given ``run_id=`` continues that run
+    only (its state is kept in a file of its own), and a second EnergyCallback in the same fit (two
+    grids) continues the run of the callback in its place in ``callbacks=[...]``. ``evaluate`` / ``predict``
     continue the current run; before any ``fit`` they are a run of their own, which a later
     resumed ``fit`` does not continue.
 
@@ -550,17 +581,19 @@ class EnergyCallback(_Callback):
         self._count_test_steps = False
         self._steps_lock = threading.Lock()
         self._warned_samples = False
+        self._trained_model: Any = None  # a weak reference to the model of this object's last fit
 
     def __getstate__(self) -> dict:
         # Copied or pickled (scikit-learn wrappers clone their estimators' callbacks): the lock and
         # a call in progress, with its watch, are this process's.
         state = dict(self.__dict__)
-        state["_steps_lock"], state["_call"] = None, None
+        state["_steps_lock"], state["_call"], state["_trained_model"] = None, None, None
         return state
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self._steps_lock = threading.Lock()
+        self.__dict__.setdefault("_trained_model", None)  # pickled by a version without it
 
     @property
     def session(self) -> EnergySession:
@@ -819,6 +852,7 @@ class EnergyCallback(_Callback):
             session.tracker.planned_epochs = params["epochs"]  # enables the whole-run prediction
         if call.kind == "fit":
             self._run.fitted = True
+            self._trained_model = _weak(self.model)
             self._run.backup_dir = _backup_dir(call.callback_list)
             self._run.owner = self._owner(call)
             # Names this run in energy-state.json now, not only at an epoch's end: a fit killed in
@@ -834,16 +868,25 @@ class EnergyCallback(_Callback):
         EnergyCallback) the run in its own state file (see ``_Owner``)."""
         if self._run_used and self._run.fitted:
             state, owner, other = self._run.state(), self._run.owner, None
+            # This object's run, trained on the model now fitting: the same training (fit(epochs=4),
+            # then fit(initial_epoch=2)). Another model: a callback reused across a sweep's trials.
+            same_model = self._trained_model is not None and self._trained_model() is self.model
+            identified = same_model or owner.run_id is not None
+            where = "this callback's last run" + ("" if same_model else ", which trained another model")
         else:
             # A fit of this process that just raised (a retry loop) has its run's state written
             # by the watch thread, within a fraction of a second: wait for that before reading.
             watch.settle()
             restoring = _restores_a_backup(call.callback_list)  # its own state, not the last fit's
             owner = self._owner(call)
-            state, other = _read_state(self._output_dir(call), _backup_dir(call.callback_list) if restoring else None, owner)
+            state, other, path = _read_state(self._output_dir(call), _backup_dir(call.callback_list) if restoring else None, owner)
+            identified = path is not None and _names_its_trial(path, owner)
+            where = f"named in {path}"
         last = state.get("last_train_epoch") if state else None
         reached = last if isinstance(last, int) else -1  # None: no epoch finished yet
         if state and reached >= first_epoch - 1:
+            if reached >= first_epoch and not identified:
+                _trained_again(state.get("run_id"), reached, first_epoch, where)
             self._run = _Run(EnergySession(**self._session_kwargs), last_train_epoch=last)
             self._run.session.load_state_dict(state)
             return
