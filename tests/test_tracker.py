@@ -935,3 +935,126 @@ def test_an_output_dir_that_is_a_file_is_refused_at_construction(tmp_path, where
         Tracker(output_dir=output_dir)
     Tracker(output_dir=tmp_path / "not" / "made" / "yet")  # made at the first record
     assert not (tmp_path / "not").exists()
+
+
+def _finish_runs_at_once(directory, trials, barrier, run_ids):
+    """One process's runs, trial after trial: each writes its summary into ``directory/<trial>``
+    the moment every process is ready to (``barrier``)."""
+    for trial in range(trials):
+        tracker, clock, _ = setup(directory / str(trial))
+        tracker.begin("train", 0)
+        clock.advance(5.0)
+        tracker.end("train")
+        clock.advance(1.0)
+        barrier.wait()
+        tracker.finish()
+        run_ids.put((trial, tracker.run_id))
+
+
+def test_runs_ending_at_once_in_one_directory_each_keep_their_summary_under_their_own_name(tmp_path):
+    """Keeping another run's summary is read, rename, write: two processes doing it at once moved
+    one's summary under the other's name, or replaced it, and a summary was lost (a sweep's runs
+    sharing a directory, ending together)."""
+    import multiprocessing
+
+    from greencallbacks.tracker import SUMMARY_FILE
+
+    processes, trials = 4, 8
+    context = multiprocessing.get_context("spawn")  # no copy of pytest's threads and state
+    barrier, run_ids = context.Barrier(processes), context.Queue()
+    workers = [context.Process(target=_finish_runs_at_once, args=(tmp_path, trials, barrier, run_ids))
+               for _ in range(processes)]
+    for worker in workers:
+        worker.start()
+    ended = [run_ids.get(timeout=120) for _ in range(processes * trials)]
+    for worker in workers:
+        worker.join(timeout=60)
+        assert worker.exitcode == 0
+    lost = []
+    for trial in range(trials):
+        directory = tmp_path / str(trial)
+        latest = json.loads((directory / SUMMARY_FILE).read_text())["run_id"]
+        for run_id in (r for t, r in ended if t == trial):
+            kept = directory / f"energy-summary-{run_id}.json"
+            if run_id != latest and not (kept.exists() and json.loads(kept.read_text())["run_id"] == run_id):
+                lost.append((trial, run_id))
+        misfiled = [p.name for p in directory.glob("energy-summary-*.json")
+                    if p.name != f"energy-summary-{json.loads(p.read_text())['run_id']}.json"]
+        assert not misfiled, misfiled
+    assert not lost, f"summaries lost or misfiled: {lost}"
+
+
+@pytest.mark.skipif(os.name != "posix", reason="flock: POSIX")
+def test_a_summary_lock_held_too_long_is_said_and_does_not_hold_up_the_runs_end(tmp_path, monkeypatch):
+    """A process stuck while it holds the directory's summaries must not hang every other run's end."""
+    import fcntl
+    import time
+
+    from greencallbacks import tracker as tracker_module
+    from greencallbacks.meter import EnergyWarning
+
+    monkeypatch.setattr(tracker_module, "SUMMARY_LOCK_WAIT_S", 0.2)
+    tracker, clock, _ = setup(tmp_path)
+    holder = os.open(tmp_path, os.O_RDONLY)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        started = time.monotonic()
+        with pytest.warns(EnergyWarning, match="writing its summary .* for over 0.2 s"):
+            run_epochs(tracker, clock, epochs=1)
+        assert time.monotonic() - started < 5.0
+    finally:
+        os.close(holder)
+    assert json.loads((tmp_path / "energy-summary.json").read_text())["run_id"] == tracker.run_id
+
+
+def _measured_in_threads(tmp_path, threads_per_run):
+    """Trackers started by each of ``len(threads_per_run)`` threads, all training at once; the
+    warnings said."""
+    import warnings
+
+    started = threading.Barrier(len(threads_per_run))
+    trackers = {}
+
+    def measure(name, count):
+        ones = [setup(tmp_path / name / str(i))[:2] for i in range(count)]
+        trackers[name] = [tracker for tracker, _ in ones]
+        started.wait()  # every tracker runs before any trains
+        for tracker, _ in ones:
+            tracker.begin("train", 0)
+        started.wait()  # and every one trains before any ends
+        for tracker, clock in ones:
+            clock.advance(1.0)
+            tracker.end("train")
+            tracker.finish()
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        threads = [threading.Thread(target=measure, args=(str(n), count)) for n, count in enumerate(threads_per_run)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    said = [str(w.message) for w in caught if "measured at once in this process" in str(w.message)]
+    return said, trackers
+
+
+def test_two_runs_measured_at_once_from_two_threads_are_said_to_count_the_process_twice(tmp_path):
+    """Two fits in a thread pool, each with its own callback: each billed the whole process's CPU
+    and memory, their sum ~1.9 times the energy spent, and nothing said so."""
+    said, trackers = _measured_in_threads(tmp_path, [1, 1])
+    assert len(said) == 1, said
+    assert said[0].startswith("greencallbacks: ") and "counts that energy twice" in said[0]
+    assert all(repr(one.run_id) in said[0] for ones in trackers.values() for one in ones)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # those runs have ended: a run now measures alone
+        later, _, _ = setup(tmp_path / "later")
+        later.begin("train", 0)
+    later.finish()
+
+
+def test_two_trackers_started_in_one_thread_are_one_training_and_not_said(tmp_path):
+    """Two callbacks in one Trainer price one training twice: documented, and no double count."""
+    said, _ = _measured_in_threads(tmp_path, [2])
+    assert said == []

@@ -15,6 +15,7 @@ dict from ``metrics``. The tracker turns phase boundaries into records:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import datetime as _dt
@@ -26,11 +27,14 @@ import operator
 import os
 import re
 import socket
+import threading
+import time
 import uuid
+import weakref
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from greencallbacks import interrupts
 from greencallbacks._version import __version__
@@ -41,6 +45,11 @@ from greencallbacks.meter import joules_between
 from greencallbacks.prediction import PREDICTION_STEMS, predict
 from greencallbacks.records import PHASES, RECORDS_FILE, Record, RecordWriter, write_json_atomic
 from greencallbacks.units import J_PER_KWH
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: summaries are written unlocked
+    fcntl = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:
     from greencallbacks.carbon import Carbon
@@ -73,6 +82,16 @@ KEPT_SUMMARY_ID_CHARS = 100
 # ms, under 0.1 % of such a gap. On several ranks writing is a collective that begin is not: there
 # a gap still waits for the next end.
 GAP_WRITTEN_AT_BEGIN_S = 0.5
+# The longest a run's end waits for another process writing its summary into the same directory
+# (~1 ms when all is well): a holder that hangs must not hang this run's end with it.
+SUMMARY_LOCK_WAIT_S = 2.0
+SUMMARY_LOCK_POLL_S = 0.005
+
+# The trackers measuring now in this process, each with the thread it started in: two trainings
+# measured from two threads at once each bill the whole process (see `_say_measured_at_once`).
+# Weak: a tracker dropped without its end measures nothing more.
+_running: "weakref.WeakKeyDictionary[Tracker, threading.Thread]" = weakref.WeakKeyDictionary()
+_running_lock = threading.Lock()
 
 
 def _history_before(records: list[Record], state: dict[str, Any]) -> list[Record]:
@@ -232,6 +251,7 @@ class Tracker:
         self._resume_state: dict[str, Any] | None = None  # loaded before start, applied at start
         self._session_id: str | None = None  # drawn at start: tells this tracker's own checkpoints apart
         self._own_sessions: set[str] = set()  # every session id this tracker drew (see `wrote`)
+        self._concurrency_checked = True  # False from start to the first phase (see _say_measured_at_once)
 
     def __setstate__(self, state: dict) -> None:
         # A copy of a tracker that has measured nothing (a callback deep-copied or pickled before
@@ -285,6 +305,7 @@ class Tracker:
         if not self._hold_lock(self.output_dir, self.run_id) and self._run_id_given and self.reducer.world_size == 1:
             # Two fits started at once with one run_id: each would number its records from 0.
             self._take_a_free_run_id("is being measured by another process now")
+        self._register_running()
         self._find_embodied(meter)
         self._stack = [self._open("other", None)]
         self._last_snapshot = meter.snapshot()
@@ -292,6 +313,35 @@ class Tracker:
         if self._resume_state is not None:  # state loaded before start (Keras, HF)
             self._resume()
         self._open_writer()
+
+    def _register_running(self) -> None:
+        with _running_lock:
+            _running[self] = threading.current_thread()
+            self._concurrency_checked = False
+
+    def _say_measured_at_once(self) -> None:
+        """Warn where a tracker started in another thread of this process measures now (two fits
+        in a thread pool): the process's CPU and memory sensors measure the process, the GPU's the
+        whole device, so each run is billed both trainings, and nothing here can split them by
+        thread. Said at the first phase, when a resume has named the run (Lightning restores after
+        start), by the later of the two to get there: once per pair. Trackers started in one thread
+        (two callbacks in one Trainer: two pricings of one training) measure one training, and
+        ranks of one run (one run id) run as threads are one job: neither is said."""
+        with _running_lock:
+            here, self._concurrency_checked = _running.get(self), True
+            if here is None:  # a copy of a running tracker, never started itself
+                return
+            others = [tracker.run_id for tracker, thread in list(_running.items())
+                      if thread is not here and thread.is_alive() and tracker.running
+                      and tracker._concurrency_checked and tracker.run_id != self.run_id]
+        if others:
+            from greencallbacks.meter import warn
+
+            names = ", ".join(repr(run_id) for run_id in others)
+            warn(f"greencallbacks: runs {names} and {self.run_id!r} are measured at once in this process, from "
+                 "different threads: each bills the whole process's CPU time and memory and the whole devices "
+                 "(no sensor tells a process's threads apart), so each run's figures are both trainings' "
+                 "and their sum counts that energy twice.")
 
     def _avoid_a_run_id_taken(self) -> None:
         """A new run whose given id already has records where it writes (a second fit with one
@@ -342,6 +392,8 @@ class Tracker:
             return
         if self._renamed_from is not None:
             self._say_renamed()
+        if not self._concurrency_checked:
+            self._say_measured_at_once()
         self._boundary()
         if len(self._stack) == 1:  # leaving a gap: it becomes an `other` record
             gap = self._stack.pop()
@@ -467,6 +519,8 @@ class Tracker:
             if self._writer.pending:
                 self._warn_records_not_written(summary_written)
         self.meter = None
+        with _running_lock:
+            _running.pop(self, None)
         self._hold_lock(None, "")
 
     def _warn_records_not_written(self, summary_written: bool) -> None:
@@ -923,8 +977,11 @@ class Tracker:
             # it agrees with them however the run ended.
             summary[key] = value(summary) if callable(value) else value
         path = self.output_dir / SUMMARY_FILE
-        _keep_another_runs_summary(path, self.run_id)
-        return write_json_atomic(path, summary)
+        # Read, keep, write: another run ending in this directory at the same moment, between
+        # two of them, moved this run's summary under its own name or lost one of the two.
+        with _summaries_held(self.output_dir, self.run_id):
+            _keep_another_runs_summary(path, self.run_id)
+            return write_json_atomic(path, summary)
 
 
 def _keep_another_runs_summary(path: Path, run_id: str) -> None:
@@ -949,6 +1006,50 @@ def _keep_another_runs_summary(path: Path, run_id: str) -> None:
         kept_summary_path(path, run_id).unlink(missing_ok=True)
     except OSError:
         pass  # an out-of-date copy left behind: it names its run, and the records are what count
+
+
+@contextlib.contextmanager
+def _summaries_held(directory: Path, run_id: str) -> Iterator[None]:
+    """Hold ``directory``'s summaries for one run's end, against every other process and thread:
+    an advisory ``flock`` on the directory itself, so no lock file is left behind. Unlocked where
+    there is no ``flock`` (not POSIX, a file system without it), and, said, after
+    ``SUMMARY_LOCK_WAIT_S`` of waiting."""
+    descriptor = _lock_directory(directory, run_id)
+    try:
+        yield
+    finally:
+        if descriptor is not None:
+            os.close(descriptor)  # releases the lock
+
+
+def _lock_directory(directory: Path, run_id: str) -> int | None:
+    """A descriptor of ``directory`` holding its exclusive lock; None where it is not held."""
+    if fcntl is None:
+        return None
+    try:
+        directory.mkdir(parents=True, exist_ok=True)  # made by the summary's write otherwise
+        descriptor = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return None  # the summary's write says what is wrong with the directory, if anything
+    deadline = time.monotonic() + SUMMARY_LOCK_WAIT_S
+    while True:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return descriptor
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(SUMMARY_LOCK_POLL_S)
+        except OSError:  # no flock on this file system: as before
+            os.close(descriptor)
+            return None
+    os.close(descriptor)
+    from greencallbacks.meter import warn
+
+    warn(f"greencallbacks: another run has been writing its summary in {directory} for over "
+         f"{SUMMARY_LOCK_WAIT_S:g} s; run {run_id!r} writes its own without waiting longer, so one of "
+         "the two summaries may be lost (the records are complete: `greencallbacks report --run-id` reads them).")
+    return None
 
 
 def kept_summary_path(path: Path, run_id: str) -> Path:
