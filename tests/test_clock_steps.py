@@ -126,15 +126,21 @@ def test_a_stamp_that_goes_back_at_a_boundary_never_loses_the_phase(tmp_path):
     assert all(r.co2eq_g >= 0 for r in records)
 
 
-def test_finish_stops_the_run_even_when_its_write_up_fails(tmp_path):
-    """A failure while writing up the run's end left it "running": the meter's thread alive, the
-    records file open, the run's claim held, no summary."""
+def training_started(tmp_path, run_id):
+    """A tracker 5 s into epoch 0's training, on a scripted sensor and a fake clock."""
     clock = FakeClock()
     meter = Meter([ScriptedSensor("gpu0", clock)], fallback=None, clock=clock, wall_clock=lambda: clock() + T0)
-    tracker = Tracker(carbon=Carbon(intensity=400), output_dir=tmp_path, run_id="ends")
+    tracker = Tracker(carbon=Carbon(intensity=400), output_dir=tmp_path, run_id=run_id)
     tracker.start(meter)
     tracker.begin("train", 0)
     clock.advance(5)
+    return tracker, clock
+
+
+def test_finish_stops_the_run_even_when_its_write_up_fails(tmp_path):
+    """A failure while writing up the run's end left it "running": the meter's thread alive, the
+    records file open, the run's claim held, no summary."""
+    tracker, clock = training_started(tmp_path, "ends")
     tracker.end("train")
 
     def fails(seq):
@@ -177,12 +183,7 @@ def test_a_record_that_fails_to_build_keeps_the_pending_ones_for_the_next_bounda
 
 
 def test_abort_stops_the_run_even_when_its_records_fail_to_build(tmp_path):
-    clock = FakeClock()
-    meter = Meter([ScriptedSensor("gpu0", clock)], fallback=None, clock=clock, wall_clock=lambda: clock() + T0)
-    tracker = Tracker(carbon=Carbon(intensity=400), output_dir=tmp_path, run_id="aborts")
-    tracker.start(meter)
-    tracker.begin("train", 0)
-    clock.advance(5)
+    tracker, clock = training_started(tmp_path, "aborts")
 
     def fails(*closed):
         raise RuntimeError("could not build the record")

@@ -154,6 +154,32 @@ def test_lightning_logs_totals_so_far_at_its_logging_steps(tmp_path):
     assert len(records) == len({r.seq for r in records}) and {r.phase for r in records} == {"other", "train", "validation"}
 
 
+def two_optimizers(TinyModel):
+    """TinyModel with manual optimization stepping two optimizers a batch: two global steps per
+    batch, one logging step, as Lightning counts them."""
+    import torch
+
+    class TwoOptimizers(TinyModel):
+        def __init__(self):
+            super().__init__()
+            self.automatic_optimization = False
+            self.other = torch.nn.Linear(4, 1)
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            for optimizer, layer in zip(self.optimizers(), (self.layer, self.other)):
+                loss = torch.nn.functional.mse_loss(layer(x), y)
+                optimizer.zero_grad()
+                self.manual_backward(loss)
+                optimizer.step()
+            self.log("step_loss", loss, on_step=True, on_epoch=False)
+
+        def configure_optimizers(self):
+            return [torch.optim.SGD(self.layer.parameters(), lr=0.05), torch.optim.SGD(self.other.parameters(), lr=0.05)]
+
+    return TwoOptimizers
+
+
 @pytest.mark.parametrize("optimization, accumulate", [("automatic", 1), ("automatic", 3), ("manual, two optimizers", 1)])
 def test_lightning_step_values_land_on_lightnings_own_logging_steps(tmp_path, optimization, accumulate):
     """Over two epochs (global_step read only when a multiple can be reached), with and without
@@ -177,23 +203,7 @@ def test_lightning_step_values_land_on_lightnings_own_logging_steps(tmp_path, op
             self.log("step_loss", loss, on_step=True, on_epoch=False)
             return loss
 
-    class TwoOptimizers(TinyModel):
-        def __init__(self):
-            super().__init__()
-            self.automatic_optimization = False
-            self.other = torch.nn.Linear(4, 1)
-
-        def training_step(self, batch, batch_idx):
-            x, y = batch
-            for optimizer, layer in zip(self.optimizers(), (self.layer, self.other)):
-                loss = torch.nn.functional.mse_loss(layer(x), y)
-                optimizer.zero_grad()
-                self.manual_backward(loss)
-                optimizer.step()
-            self.log("step_loss", loss, on_step=True, on_epoch=False)
-
-        def configure_optimizers(self):
-            return [torch.optim.SGD(self.layer.parameters(), lr=0.05), torch.optim.SGD(self.other.parameters(), lr=0.05)]
+    TwoOptimizers = two_optimizers(TinyModel)
 
     callback = EnergyCallback(sensors=[ScriptedSensor("gpu", time.monotonic, 50.0)], intensity=300.0)
     data = TensorDataset(torch.randn(61, 4), torch.randn(61, 1))  # 61 batches: the last group is short
@@ -227,23 +237,7 @@ def test_lightning_manual_optimization_resumed_logs_its_first_logging_step(tmp_p
 
     L, EnergyCallback, TinyModel = flavour("lightning.pytorch")
 
-    class TwoOptimizers(TinyModel):
-        def __init__(self):
-            super().__init__()
-            self.automatic_optimization = False
-            self.other = torch.nn.Linear(4, 1)
-
-        def training_step(self, batch, batch_idx):
-            x, y = batch
-            for optimizer, layer in zip(self.optimizers(), (self.layer, self.other)):
-                loss = torch.nn.functional.mse_loss(layer(x), y)
-                optimizer.zero_grad()
-                self.manual_backward(loss)
-                optimizer.step()
-            self.log("step_loss", loss, on_step=True, on_epoch=False)
-
-        def configure_optimizers(self):
-            return [torch.optim.SGD(self.layer.parameters(), lr=0.05), torch.optim.SGD(self.other.parameters(), lr=0.05)]
+    TwoOptimizers = two_optimizers(TinyModel)
 
     data = DataLoader(TensorDataset(torch.randn(10, 4), torch.randn(10, 1)), batch_size=1)
 
