@@ -516,6 +516,10 @@ result["same_first"] = fit(m, same, epochs=3)
 result["same_again"] = fit(m, same, epochs=3, initial_epoch=1)
 # One callback reused for the next trial's model.
 result["reused_again"] = fit(model(), same, epochs=3, initial_epoch=1)
+# The same model refitted with a new callback each time (callbacks=[EnergyCallback(...)] inline).
+m = model()
+result["inline_first"] = fit(m, energy(output_dir=out + "/inline"), epochs=3)
+result["inline_again"] = fit(m, energy(output_dir=out + "/inline"), epochs=3, initial_epoch=1)
 # A run_id names the trial: its state, in a file of its own, is surely its own.
 result["named_first"] = fit(model(), energy(output_dir=out + "/named", run_id="t1"), epochs=3)
 result["named_again"] = fit(model(), energy(output_dir=out + "/named", run_id="t1"), epochs=3, initial_epoch=1)
@@ -544,6 +548,7 @@ def test_a_resume_that_continues_a_run_which_went_past_its_epoch_says_so(tmp_pat
     # Nothing said where the run surely is the one resuming.
     assert result["same_again"][:2] == [result["same_first"][0], 1] and result["same_again"][2] == []
     assert result["named_again"][:2] == ["t1", 1] and result["named_again"][2] == []
+    assert result["inline_again"][:2] == [result["inline_first"][0], 1] and result["inline_again"][2] == []
     (said,) = result["reused_again"][2]
     assert "this callback's last run, which trained another model" in said and "epochs 1..2 are" in said, said
 

@@ -194,6 +194,25 @@ class _Owner:
         return isinstance(run_id, str) and re.fullmatch(re.escape(self.run_id) + r"-\d+", run_id) is not None
 
 
+# The run each model of this process last trained an epoch of (by id, with a weak reference that
+# says the id is still that model's): a new EnergyCallback resuming the same model (callbacks=
+# [EnergyCallback(...)] written inline at each fit) continues its own run, which needs no warning.
+_LAST_RUN_OF_MODEL: dict[int, tuple[Any, Any]] = {}
+
+
+def _remember_run_of(model: Any, run_id: Any) -> None:
+    reference = _weak(model)
+    if reference is not None:
+        for key in [k for k, (ref, _) in _LAST_RUN_OF_MODEL.items() if ref() is None]:
+            del _LAST_RUN_OF_MODEL[key]  # models gone: their ids may be reused
+        _LAST_RUN_OF_MODEL[id(model)] = (reference, run_id)
+
+
+def _last_run_of(model: Any) -> Any:
+    reference, run_id = _LAST_RUN_OF_MODEL.get(id(model), (None, None))
+    return run_id if reference is not None and reference() is model else None
+
+
 def _weak(model: Any) -> Any:
     try:
         return weakref.ref(model)
@@ -708,6 +727,7 @@ class EnergyCallback(_Callback):
         if self.session.check_budget():
             self.model.stop_training = True  # Keras ends fit after this epoch's callbacks (ModelCheckpoint too)
         self._run.last_train_epoch = epoch
+        _remember_run_of(self.model, self.tracker.run_id)
         self._run.save_state(wait=False)
         if logs is not None:
             logs.update(self._keras_metrics("train", ""))
@@ -880,7 +900,11 @@ class EnergyCallback(_Callback):
             restoring = _restores_a_backup(call.callback_list)  # its own state, not the last fit's
             owner = self._owner(call)
             state, other, path = _read_state(self._output_dir(call), _backup_dir(call.callback_list) if restoring else None, owner)
-            identified = path is not None and _names_its_trial(path, owner)
+            # Or the run this model trained last in this process: the same training, resumed with a
+            # new callback (callbacks=[EnergyCallback(...)] written inline at each fit).
+            identified = path is not None and (
+                _names_its_trial(path, owner) or (state is not None and _last_run_of(self.model) == state.get("run_id"))
+            )
             where = f"named in {path}"
         last = state.get("last_train_epoch") if state else None
         reached = last if isinstance(last, int) else -1  # None: no epoch finished yet
