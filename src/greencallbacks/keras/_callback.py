@@ -201,23 +201,18 @@ _LAST_RUN_OF_MODEL: dict[int, tuple[Any, Any]] = {}
 
 
 def _remember_run_of(model: Any, run_id: Any) -> None:
-    reference = _weak(model)
-    if reference is not None:
-        for key in [k for k, (ref, _) in _LAST_RUN_OF_MODEL.items() if ref() is None]:
-            del _LAST_RUN_OF_MODEL[key]  # models gone: their ids may be reused
-        _LAST_RUN_OF_MODEL[id(model)] = (reference, run_id)
+    try:
+        reference = weakref.ref(model)
+    except TypeError:  # not weakly referable: never taken for the same model
+        return
+    for key in [k for k, (ref, _) in _LAST_RUN_OF_MODEL.items() if ref() is None]:
+        del _LAST_RUN_OF_MODEL[key]  # models gone: their ids may be reused
+    _LAST_RUN_OF_MODEL[id(model)] = (reference, run_id)
 
 
 def _last_run_of(model: Any) -> Any:
     reference, run_id = _LAST_RUN_OF_MODEL.get(id(model), (None, None))
     return run_id if reference is not None and reference() is model else None
-
-
-def _weak(model: Any) -> Any:
-    try:
-        return weakref.ref(model)
-    except TypeError:
-        return None
 
 
 def _digest(text: str) -> str:
@@ -600,19 +595,17 @@ class EnergyCallback(_Callback):
         self._count_test_steps = False
         self._steps_lock = threading.Lock()
         self._warned_samples = False
-        self._trained_model: Any = None  # a weak reference to the model of this object's last fit
 
     def __getstate__(self) -> dict:
         # Copied or pickled (scikit-learn wrappers clone their estimators' callbacks): the lock and
         # a call in progress, with its watch, are this process's.
         state = dict(self.__dict__)
-        state["_steps_lock"], state["_call"], state["_trained_model"] = None, None, None
+        state["_steps_lock"], state["_call"] = None, None
         return state
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self._steps_lock = threading.Lock()
-        self.__dict__.setdefault("_trained_model", None)  # pickled by a version without it
 
     @property
     def session(self) -> EnergySession:
@@ -872,7 +865,6 @@ class EnergyCallback(_Callback):
             session.tracker.planned_epochs = params["epochs"]  # enables the whole-run prediction
         if call.kind == "fit":
             self._run.fitted = True
-            self._trained_model = _weak(self.model)
             self._run.backup_dir = _backup_dir(call.callback_list)
             self._run.owner = self._owner(call)
             # Names this run in energy-state.json now, not only at an epoch's end: a fit killed in
@@ -890,7 +882,7 @@ class EnergyCallback(_Callback):
             state, owner, other = self._run.state(), self._run.owner, None
             # This object's run, trained on the model now fitting: the same training (fit(epochs=4),
             # then fit(initial_epoch=2)). Another model: a callback reused across a sweep's trials.
-            same_model = self._trained_model is not None and self._trained_model() is self.model
+            same_model = bool(state) and _last_run_of(self.model) == state.get("run_id")
             identified = same_model or owner.run_id is not None
             where = "this callback's last run" + ("" if same_model else ", which trained another model")
         else:
