@@ -735,3 +735,25 @@ def test_two_ranks_gpus_of_one_name_err_at_their_own_boundaries():
         records.append(dataclasses.replace(r, components=parts))
     # 2 x 30 J per rank, in quadrature over the two ranks (pooled: 2 x 30 J for both)
     assert report.run_totals(records)["ddp"]["uncertainty_kwh"] == pytest.approx(math.sqrt(2) * 60.0 / KWH)
+
+
+def test_an_epoch_without_validation_shows_none_not_a_validation_that_cost_nothing():
+    """check_val_every_n_epoch=2: epoch 0 ran no validation. Its validation cell is n/a (empty in
+    CSV, null in JSON), not 0, while the epochs that did validate keep their energy and the figure
+    stacks what there is."""
+    records = [r for r in one_run("every-other") if not (r.phase == "validation" and r.epoch == 0)]
+    rows = report.epoch_rows(records)
+    assert [row["val_energy_kwh"] for row in rows] == [None, pytest.approx(3600.0 / KWH)]
+    assert [row["val_co2eq_g"] for row in rows] == [None, pytest.approx(3600.0 / KWH * 500.0)]
+    table = report.render(records, "md")
+    epoch0 = next(line for line in table.splitlines() if line.startswith("| 0 "))
+    epoch1 = next(line for line in table.splitlines() if line.startswith("| 1 "))
+    assert [c.strip() for c in epoch0.split("|")][6] == "n/a"
+    assert [c.strip() for c in epoch1.split("|")][6] not in ("n/a", "0")
+    csv_rows = list(csv.DictReader(io.StringIO(report.render(records, "csv"))))
+    assert [r["val_energy_kwh"] for r in csv_rows][0] == "" and float(csv_rows[1]["val_energy_kwh"]) > 0
+    assert json.loads(report.render(records, "json"))["configurations"][0]["epochs"][0]["val_energy_kwh"] is None
+    # Two seeds, one of which validated at epoch 0: a mean per run, 0 for the one that did not.
+    mixed = records + one_run("seed-2")
+    epoch0 = report.epoch_summary(mixed)[0]
+    assert epoch0["val_energy_kwh"]["mean"] == pytest.approx(3600.0 / KWH / 2)

@@ -36,6 +36,9 @@ def is_estimated(record: Record) -> bool:
 def epoch_rows(records: Iterable[Record]) -> list[dict]:
     """One row per (run, attempt, epoch): training energy and its per-sample cost, validation alongside.
 
+    ``val_energy_kwh`` and ``val_co2eq_g`` are None for an epoch that ran no validation
+    (``check_val_every_n_epoch``, ``validation_freq``): no validation is not validation that cost 0.
+
     An epoch cut short in one attempt and redone by the next is two rows (``redone`` on the
     first), never one row with the energy of both divided by one epoch's samples. An attempt
     that trained nothing (a checkpoint evaluated again in a later session: Lightning's
@@ -51,7 +54,7 @@ def epoch_rows(records: Iterable[Record]) -> list[dict]:
             (r.run_id, r.attempt, r.epoch),
             {"run_id": r.run_id, "attempt": r.attempt, "epoch": r.epoch, "seconds": 0.0, "energy_kwh": 0.0,
              "co2eq_g": 0.0, "uncertainty_kwh": 0.0, "train_samples": 0, "samples_counted": True,
-             "j_per_sample": None, "val_energy_kwh": 0.0, "val_co2eq_g": 0.0, "methods": "", "estimated": False,
+             "j_per_sample": None, "val_energy_kwh": None, "val_co2eq_g": None, "methods": "", "estimated": False,
              "partial": False, "redone": False, "has_train": False, "embodied_co2eq_g": None},
         )
         row["estimated"] |= is_estimated(r)
@@ -68,8 +71,8 @@ def epoch_rows(records: Iterable[Record]) -> list[dict]:
             row["samples_counted"] &= r.samples_counted
             row["methods"] = ", ".join(sorted(set(filter(None, (row["methods"] + ", " + methods_of(r)).split(", ")))))
         else:
-            row["val_energy_kwh"] += r.energy_kwh
-            row["val_co2eq_g"] += r.co2eq_g
+            row["val_energy_kwh"] = (row["val_energy_kwh"] or 0.0) + r.energy_kwh
+            row["val_co2eq_g"] = (row["val_co2eq_g"] or 0.0) + r.co2eq_g
     trained = {(run, attempt, epoch) for (run, attempt, epoch), row in rows.items() if row["has_train"]}
     for (run, attempt, epoch), row in rows.items():
         row["redone"] = row["partial"] and any(
@@ -559,8 +562,8 @@ def epoch_summary(records: Sequence[Record]) -> list[dict]:
                 "seconds": over_runs([row["seconds"] for row in group]),
                 "energy_kwh": over_runs([row["energy_kwh"] for row in group]),
                 "co2eq_g": over_runs([row["co2eq_g"] for row in group]),
-                "val_energy_kwh": over_runs([row["val_energy_kwh"] for row in group]),
-                "val_co2eq_g": over_runs([row["val_co2eq_g"] for row in group]),
+                "val_energy_kwh": _validation_over_runs(group, "val_energy_kwh"),
+                "val_co2eq_g": _validation_over_runs(group, "val_co2eq_g"),
                 # n/a when any run could not count its samples: a mean over the others would hide it
                 "j_per_sample": over_runs(per_sample) if per_sample and len(per_sample) == len(group) else None,
                 "uncertainty_kwh": over_runs([row["uncertainty_kwh"] for row in group])["mean"],
@@ -569,6 +572,14 @@ def epoch_summary(records: Sequence[Record]) -> list[dict]:
             }
         )
     return out
+
+
+def _validation_over_runs(group: list[dict], key: str) -> dict | None:
+    """None where no run validated in this epoch (n/a in the tables); else a mean per run, 0 for a
+    run that did not validate, as the runs' totals count it."""
+    if all(row[key] is None for row in group):
+        return None
+    return over_runs([row[key] or 0.0 for row in group])
 
 
 def covers_text(row: dict) -> str:

@@ -96,14 +96,14 @@ def epoch_figure(records: Sequence[Record]):
         rows = epoch_summary(group)
         positions = list(range(len(rows)))
         train = [row["energy_kwh"]["mean"] for row in rows]
-        val = [row["val_energy_kwh"]["mean"] for row in rows]
+        val = [row["val_energy_kwh"]["mean"] if row["val_energy_kwh"] else 0.0 for row in rows]
         unit, factor = pick_unit([t + v for t, v in zip(train, val)], ENERGY_UNITS)
         errors = [(row["energy_kwh"]["se"] or 0.0) * factor for row in rows]
         cumulative, running = [], 0.0
         for row in rows:
             # Per run on average: a row that covers some of the runs adds its share to the mean.
             share = row.get("runs", 1) / row.get("of_runs", 1)
-            running += (row["co2eq_g"]["mean"] + row["val_co2eq_g"]["mean"]) * share
+            running += (row["co2eq_g"]["mean"] + (row["val_co2eq_g"]["mean"] if row["val_co2eq_g"] else 0.0)) * share
             cumulative.append(running)
         m_unit, m_factor = pick_unit(cumulative, MASS_UNITS)
 

@@ -51,7 +51,7 @@ def _scaled(stat: dict | None, factor: float, sign: str = " ± ") -> str:
 
 def _units(rows: Sequence[dict], total: dict | None = None) -> dict[str, tuple[str, float]]:
     """One unit per column, so that the column's largest value (or the total under it) reads from 1 up."""
-    energies = [r["energy_kwh"]["mean"] for r in rows] + [r["val_energy_kwh"]["mean"] for r in rows]
+    energies = [r["energy_kwh"]["mean"] for r in rows] + [r["val_energy_kwh"]["mean"] for r in rows if r["val_energy_kwh"]]
     masses = [r["co2eq_g"]["mean"] for r in rows]
     if total is not None:
         energies.append(total["energy_kwh"]["mean"])
