@@ -100,28 +100,25 @@ class Study:
         self._warm_up(model, inputs)
 
         tracker = Tracker(carbon=self.carbon, output_dir=self.out / "runs" / run_id, run_id=run_id, framework="torch")
-        tracker.start(self.meter)
-        for epoch in range(epochs):
-            tracker.begin("train", epoch)
-            model.train()
-            order = torch.randperm(samples, device=self.device)
-            for start in range(0, samples, self.batch_size):
-                batch = order[start : start + self.batch_size]
-                optimizer.zero_grad(set_to_none=True)
-                loss = loss_fn(model(inputs[batch]), labels[batch])
-                loss.backward()
-                optimizer.step()
-                tracker.add_samples(len(batch))
-            tracker.end("train")
-        if predict:
-            tracker.begin("predict")
-            model.eval()
-            with torch.inference_mode():
-                for start in range(0, samples, self.batch_size):
-                    model(inputs[start : start + self.batch_size])
-                    tracker.add_samples(min(self.batch_size, samples - start))
-            tracker.end("predict")
-        tracker.finish()
+        with tracker.start(self.meter):  # finished at the end; written up as cut short on an exception
+            for epoch in range(epochs):
+                with tracker.phase("train", epoch):
+                    model.train()
+                    order = torch.randperm(samples, device=self.device)
+                    for start in range(0, samples, self.batch_size):
+                        batch = order[start : start + self.batch_size]
+                        optimizer.zero_grad(set_to_none=True)
+                        loss = loss_fn(model(inputs[batch]), labels[batch])
+                        loss.backward()
+                        optimizer.step()
+                        tracker.add_samples(len(batch))
+            if predict:
+                with tracker.phase("predict"):
+                    model.eval()
+                    with torch.inference_mode():
+                        for start in range(0, samples, self.batch_size):
+                            model(inputs[start : start + self.batch_size])
+                            tracker.add_samples(min(self.batch_size, samples - start))
         return tracker.records
 
     def _warm_up(self, model, inputs) -> None:

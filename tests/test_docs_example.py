@@ -56,3 +56,19 @@ def test_the_example_latex_compiles(tmp_path):
     assert done.returncode == 0, done.stdout[-2000:]
     log = (tmp_path / "example.log").read_text(encoding="utf-8", errors="replace")
     assert "Overfull \\hbox" not in log  # the table fits an article's text width
+
+
+def test_the_readme_loop_of_ones_own_runs_as_written(tmp_path, monkeypatch):
+    """The README's snippet for a training loop without a framework, run as it is printed there."""
+    import json
+    import re
+
+    readme = (DOCS.parent / "README.md").read_text(encoding="utf-8")
+    snippet, = [block for block in re.findall(r"```python\n(.*?)```", readme, re.S) if "tracker.phase" in block]
+    monkeypatch.chdir(tmp_path)
+    scope = {"epochs": 2, "loader": [[0.0] * 4] * 3}
+    exec(compile(snippet, "README.md", "exec"), scope)
+    records = read_records(tmp_path / "energy" / "energy-records.jsonl")
+    assert [(r.phase, r.epoch, r.samples) for r in records if r.phase == "train"] == [("train", 0, 12), ("train", 1, 12)]
+    summary = json.loads((tmp_path / "energy" / "energy-summary.json").read_text())
+    assert summary["energy_kwh"] == pytest.approx(sum(r.energy_kwh for r in records), rel=1e-9)

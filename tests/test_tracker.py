@@ -1058,3 +1058,52 @@ def test_two_trackers_started_in_one_thread_are_one_training_and_not_said(tmp_pa
     """Two callbacks in one Trainer price one training twice: documented, and no double count."""
     said, _ = _measured_in_threads(tmp_path, [2])
     assert said == []
+
+
+def test_a_loop_of_ones_own_in_with_blocks_finishes_the_run_or_writes_it_up_as_cut_short(tmp_path):
+    """`with tracker.start(meter)` and `with tracker.phase(...)`: a normal exit finishes the run
+    (summary written, meter stopped); an exception inside a phase writes that phase as partial and
+    the run's summary, and the exception goes on."""
+    clock = FakeClock()
+    meter = Meter([ScriptedSensor("gpu0", clock, power_w=100.0)], fallback=None, clock=clock,
+                  wall_clock=lambda: clock() + 1.7e9)
+    with Tracker(output_dir=tmp_path / "ok", run_id="ok").start(meter) as tracker:
+        for epoch in range(2):
+            with tracker.phase("train", epoch):
+                clock.advance(10.0)
+                tracker.add_samples(32)
+    assert not tracker.running
+    records = read_records(tmp_path / "ok" / RECORDS_FILE)
+    assert [(r.phase, r.epoch, r.samples, r.partial) for r in records if r.phase == "train"] == \
+        [("train", 0, 32, False), ("train", 1, 32, False)]
+    summary = json.loads((tmp_path / "ok" / "energy-summary.json").read_text())
+    assert summary["energy_kwh"] == pytest.approx(sum(r.energy_kwh for r in records), rel=1e-12)
+
+    clock2 = FakeClock()
+    meter2 = Meter([ScriptedSensor("gpu0", clock2, power_w=100.0)], fallback=None, clock=clock2,
+                   wall_clock=lambda: clock2() + 1.7e9)
+    with pytest.raises(KeyboardInterrupt):
+        with Tracker(output_dir=tmp_path / "cut", run_id="cut").start(meter2) as tracker:
+            with tracker.phase("train", 0):
+                clock2.advance(4.0)
+                tracker.add_samples(8)
+                raise KeyboardInterrupt
+    assert not tracker.running
+    records = read_records(tmp_path / "cut" / RECORDS_FILE)
+    train = [r for r in records if r.phase == "train"]
+    assert [(r.samples, r.partial) for r in train] == [(8, True)]
+    assert train[0].energy_kwh == pytest.approx(4.0 * 100.0 / 3.6e6, rel=1e-9)
+    assert (tmp_path / "cut" / "energy-summary.json").exists()
+
+
+def test_a_phase_begun_before_the_tracker_started_is_said_once_not_lost_silently(tmp_path):
+    tracker = Tracker(output_dir=tmp_path)
+    with pytest.warns(UserWarning, match=r"Tracker.begin\('train'\) before start\(meter\)"):
+        tracker.begin("train", 0)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tracker.begin("train", 1)  # once per tracker
+        with pytest.raises(RuntimeError, match="start"):
+            with tracker:
+                pass

@@ -252,6 +252,7 @@ class Tracker:
         self._session_id: str | None = None  # drawn at start: tells this tracker's own checkpoints apart
         self._own_sessions: set[str] = set()  # every session id this tracker drew (see `wrote`)
         self._concurrency_checked = True  # False from start to the first phase (see _say_measured_at_once)
+        self._said_not_started = False
 
     def __setstate__(self, state: dict) -> None:
         # A copy of a tracker that has measured nothing (a callback deep-copied or pickled before
@@ -284,10 +285,19 @@ class Tracker:
         *,
         reducer: Reducer | None = None,
         output_dir: str | os.PathLike | None = None,
-    ) -> None:
-        """Begin measuring: everything from now until ``finish`` is billed to some phase."""
+    ) -> "Tracker":
+        """Begin measuring: everything from now until ``finish`` is billed to some phase.
+
+        Returns the tracker, so that a loop of your own can be measured in a ``with`` block that
+        finishes the run, or writes it up as failed (``abort``) on any exception, Ctrl-C included::
+
+            with Tracker(output_dir="energy").start(Meter(discover_sensors().sensors)) as tracker:
+                for epoch in range(epochs):
+                    with tracker.phase("train", epoch):
+                        ...  # tracker.add_samples(len(batch)) per batch
+        """
         if self.running:
-            return
+            return self
         if output_dir is not None and self.output_dir is None:
             self.output_dir = Path(output_dir)
         self.meter = meter
@@ -313,6 +323,26 @@ class Tracker:
         if self._resume_state is not None:  # state loaded before start (Keras, HF)
             self._resume()
         self._open_writer()
+        return self
+
+    def __enter__(self) -> "Tracker":
+        if not self.running:
+            raise RuntimeError("a Tracker measures from start(meter): use `with tracker.start(meter):`")
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, traceback: object) -> None:
+        if kind is None:
+            self.finish()
+        else:  # the loop failed or was interrupted: its open phases are written as partial
+            self.abort()
+
+    @contextlib.contextmanager
+    def phase(self, phase: str, epoch: int | None = None) -> Iterator["Tracker"]:
+        """``begin`` on entry, ``end`` on a normal exit. An exception leaves the phase open, so
+        that ``abort`` (the ``with`` block of ``start``) writes it as cut short, not as whole."""
+        self.begin(phase, epoch)
+        yield self
+        self.end(phase)
 
     def _register_running(self) -> None:
         with _running_lock:
@@ -389,6 +419,13 @@ class Tracker:
             # Written as it is given: a reader refuses a record with an impossible epoch (records.py).
             raise ValueError(f"epoch must be None or an integer >= 0, got {epoch!r}")
         if not self.running:
+            if self._session_id is None and not self._said_not_started:
+                # A loop of the user's own calling begin before start: every phase would be lost unsaid.
+                from greencallbacks.meter import warn
+
+                self._said_not_started = True
+                warn(f"greencallbacks: Tracker.begin({phase!r}) before start(meter): nothing is measured until "
+                     "the tracker is started.")
             return
         if self._renamed_from is not None:
             self._say_renamed()
