@@ -23,7 +23,7 @@ from greencallbacks import units
 from greencallbacks.meter import Meter
 from greencallbacks.records import PHASES
 from greencallbacks.sensors.base import Kind, Method, Sensor, SensorError
-from greencallbacks.sensors.rapl import RaplSensor
+from greencallbacks.sensors.rapl import MAX_PLAUSIBLE_POWER_W, RaplSensor
 from greencallbacks.tracker import Tracker
 from tests.fakes.fake_powercap import FakePowercap
 from tests.fakes.scripted import FakeClock, ScriptedSensor
@@ -164,10 +164,12 @@ def test_rapl_wraparound_arithmetic_is_exact(range_uj, start_fraction, increment
     with tempfile.TemporaryDirectory() as root:
         powercap = FakePowercap(Path(root))
         zone = powercap.add_package(0, max_energy_range_uj=range_uj, energy_uj=int(start_fraction * range_uj))
-        sensor = RaplSensor(zone.path)
+        clock = FakeClock()
+        sensor = RaplSensor(zone.path, clock=clock)
         consumed_uj = 0
         for i, fraction in enumerate(increments):
             step_uj = int(fraction * (range_uj - 1))  # below the range: at most one wrap between reads
+            clock.advance(step_uj / 1e6 / MAX_PLAUSIBLE_POWER_W)  # drawn at the most a zone can draw
             consumed_uj += step_uj
             zone.total_uj += step_uj
             zone._write()

@@ -58,10 +58,34 @@ def test_accumulator_counts_resolution_microjoules(smi, clock):
     [sensor] = find(smi).sensors
     assert (sensor.method, sensor.kind, sensor.name) == (Method.COUNTER, Kind.GPU, "gpu0")
     assert sensor.scope == board.dies[0].uuid and sensor.model == "AMD Instinct MI300X"
-    assert sensor.poll_interval_s is None  # a 64-bit accumulator needs no wrap polling
+    assert sensor.poll_interval_s == 1.0  # no wrap to catch: read each second so a board lost mid-epoch loses at most that
     start = sensor.energy_j()
     clock.advance(12.5)
     assert sensor.energy_j() - start == pytest.approx(600.0 * 12.5, abs=fa.RESOLUTION_UJ * 1e-6)
+
+
+@pytest.mark.parametrize("bits", [64, 32])
+def test_an_accumulator_read_stepping_back_is_a_misread_not_a_restart_or_a_wrap(smi, clock, bits):
+    """One read 14e6 counts (214 J) low billed a 64-bit accumulator's whole value (1.05 MJ) as a
+    driver restart; one 30e6 low (459 J, below the 32-bit accumulator's 0 here), a whole wrap
+    (65.6 kJ), in half a second at 300 W. Skipped now, with one warning, and the next reads count
+    on from the last good one; a real wrap still counts. (A read back to a value that a restart
+    could give is counted as a restart: nothing tells them apart.)"""
+    board = smi.add_board(power_w=300.0, counter_bits=bits)
+    [sensor] = find(smi).sensors
+    start = sensor.energy_j()
+    with pytest.warns(UserWarning, match="misread"):
+        for step in range(4):
+            if step == 1:
+                board.misread(-14_000_000 if bits == 64 else -30_000_000)
+            clock.advance(0.5)
+            sensor.energy_j()
+    assert sensor.energy_j() - start == pytest.approx(4 * 0.5 * 300.0, abs=1e-3)
+    if bits == 32:  # a wrap: 94 s of 700 W fill 2**32 counts; one at 300 W over 100 s of polls
+        for _ in range(200):
+            clock.advance(sensor.poll_interval_s / 2)
+            sensor.poll()
+        assert sensor.energy_j() - start == pytest.approx(2 * 300.0 + 100 * sensor.poll_interval_s * 300.0, rel=1e-6)
 
 
 def test_bindings_before_6_2_1_name_the_accumulator_power(clock):

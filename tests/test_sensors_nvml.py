@@ -108,6 +108,31 @@ def test_counter_going_backwards_is_a_reset_and_the_total_stays_continuous(nvml,
     assert sensor.energy_j() == pytest.approx(750.0, abs=1e-3)
 
 
+def test_a_misread_counter_is_skipped_not_billed_as_a_restart(nvml, clock):
+    """One read 5 kJ low at 300 W was taken for a driver reload: the whole counter value (987 kJ)
+    billed to one second, and a budget stopped training on it. Reads that imply more than any
+    GPU draws are skipped, with one warning; a high one too; a real restart still counts."""
+    gpu = nvml.gpus[0]
+    gpu.set_power(300.0)
+    sensor = only_sensor(nvml, device_indices=[0])
+    totals = []
+    with pytest.warns(UserWarning, match="misread") as said:
+        for misread in (0, -5_000_000, 0, +20_000_000, 0, 0):
+            gpu.misread(misread)
+            clock.advance(1.0)
+            totals.append(sensor.energy_j())
+    assert len([w for w in said if "misread" in str(w.message)]) == 1
+    steps = [b - a for a, b in zip([0.0] + totals, totals)]
+    assert steps == pytest.approx([300.0, 0.0, 600.0, 0.0, 600.0, 300.0], abs=1e-3)  # held, then caught up
+    assert totals[-1] == pytest.approx(6 * 300.0, abs=1e-3)
+    gpu.step_back(50_000)  # the counter itself falls back 50 J: not counted until it is past its old value
+    clock.advance(1.0)
+    assert sensor.energy_j() == pytest.approx(7 * 300.0 - 50.0, abs=1e-3)
+    gpu.reset_counter()  # a driver reload: from 0 again, counted
+    clock.advance(1.0)
+    assert sensor.energy_j() == pytest.approx(8 * 300.0 - 50.0, abs=1e-3)
+
+
 def test_power_w_is_instantaneous(nvml, clock):
     sensor = only_sensor(nvml, device_indices=[0])
     nvml.gpus[0].set_power(650.0)

@@ -11,6 +11,7 @@ from greencallbacks.sensors.rapl import (
     wrap_safe_poll_interval_s,
 )
 from tests.fakes.fake_powercap import DEFAULT_RANGE_UJ, FakePowercap, FakeZone
+from tests.fakes.scripted import FakeClock
 
 
 @pytest.fixture
@@ -191,3 +192,26 @@ def test_non_package_zone_is_rejected(powercap):
     psys = powercap.add_psys(0)
     with pytest.raises(ValueError, match="zone_dir"):
         RaplSensor(psys.path)
+
+
+def test_a_counter_read_below_the_last_that_is_no_wrap_is_skipped_as_a_misread(tmp_path):
+    """A read 5 kJ low in a 262 kJ range was taken for a wrap: 257 kJ billed to one second.
+    Only a wrap (or a step) that a package could draw in the time between reads is counted."""
+    zone = FakePowercap(tmp_path).add_package(0, energy_uj=100_000_000_000)
+    clock = FakeClock()
+    sensor = RaplSensor(zone.path, clock=clock)
+    with pytest.warns(UserWarning, match="misread"):
+        for second in range(4):
+            clock.advance(1.0)
+            zone.add_joules(100.0)
+            if second == 1:  # this one read is 5 kJ low
+                zone.energy_path.write_text(f"{zone.total_uj - 5_000_000_000}\n")
+            sensor.energy_j()
+    assert sensor.energy_j() == pytest.approx(400.0)
+    # A real wrap, from near the top of the range, is still counted.
+    zone.add_joules(DEFAULT_RANGE_UJ / 1e6 - 100_000.0 - 400.0 - 20.0)  # jump the truth close to the top
+    clock.advance(1000.0)
+    before = sensor.energy_j()
+    clock.advance(1.0)
+    zone.add_joules(150.0)  # wraps
+    assert sensor.energy_j() - before == pytest.approx(150.0)

@@ -112,11 +112,18 @@ class FakeBoard(PiecewisePower):
         self._origin_counts = 2**36 + 7_654_321 if counter_bits > 32 else 7_654_321
         self.counter_supported = True
         self.error_code: int | None = None  # every call on this board fails with this code while set
+        self._misreads: list[int] = []
         self.power_limit_w = 500 if dies == 2 else 750
         self.dies = [FakeDie(self, serial * 16 + n, n) for n in range(dies)]
 
+    def misread(self, off_by_counts: int) -> None:
+        """The next count read alone is off by ``off_by_counts`` (amdsmi has been seen to step an
+        accumulator back by ~14e6 counts, ROCm/amdsmi#115); the accumulator is not."""
+        self._misreads.append(off_by_counts)
+
     def counts(self) -> int:
         total = self._origin_counts + int(1e6 * self.energy_between_j(self._origin_t, self.clock()) / RESOLUTION_UJ)
+        total += self._misreads.pop(0) if self._misreads else 0
         return total % (2**self.counter_bits)
 
 

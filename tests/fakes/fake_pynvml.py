@@ -267,6 +267,7 @@ class FakeGpu(PiecewisePower):
         self.instant_supported = True
         self.power_usage_supported = True
         self.error_code: int | None = None  # every device call fails with this code while set
+        self._misreads: list[int] = []
         self.mig_instances: list[FakeMigDevice] = []
         self.handle = FakeHandle(self)
 
@@ -280,6 +281,14 @@ class FakeGpu(PiecewisePower):
         """The driver reloads: the energy counter restarts from 0 now."""
         self._counter_origin_t = self.clock()
         self._counter_offset_mj = 0
+
+    def misread(self, off_by_mj: int) -> None:
+        """The next counter read alone is off by ``off_by_mj`` (a glitch); the counter is not."""
+        self._misreads.append(off_by_mj)
+
+    def step_back(self, mj: int) -> None:
+        """The counter itself falls back by ``mj`` and counts on from there (no restart)."""
+        self._counter_offset_mj -= mj
 
     def add_mig_instance(self, uuid: str, slices: int = 1, compute_slices: int | None = None) -> FakeMigDevice:
         """A MIG device: a GPU instance of ``slices`` slices holding one compute instance of
@@ -297,7 +306,8 @@ class FakeGpu(PiecewisePower):
         # The counter steps every 100 ms after it started; between steps it holds its value.
         steps = math.floor((now - self._counter_origin_t) / COUNTER_UPDATE_PERIOD_S + 1e-9)
         last_update = self._counter_origin_t + steps * COUNTER_UPDATE_PERIOD_S
-        return self._counter_offset_mj + int(1000.0 * self.energy_between_j(self._counter_origin_t, last_update))
+        misread = self._misreads.pop(0) if self._misreads else 0
+        return self._counter_offset_mj + int(1000.0 * self.energy_between_j(self._counter_origin_t, last_update)) + misread
 
     def instant_power_mw(self) -> int:
         return int(round(1000.0 * self.power_at(self.clock())))

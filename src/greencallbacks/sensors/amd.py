@@ -43,8 +43,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from greencallbacks.sensors.base import Discovery, Kind, Method, Sensor, SensorError, Unavailable
-from greencallbacks.sensors.gpu import GpuSensor
+from greencallbacks.sensors.base import Counter, Discovery, Kind, Method, Sensor, SensorError, Unavailable
+from greencallbacks.sensors.gpu import MAX_GPU_POWER_W, GpuSensor
 from greencallbacks.sensors.share import Apportioned, warn_once
 
 INSTALL_FIX = "install the AMD SMI bindings: pip install 'greencallbacks[amd]' (amdsmi, matching your ROCm version)"
@@ -69,7 +69,6 @@ COUNTER_UPDATE_PERIOD_S = 0.1  # not documented by AMD: an assumed bound, as NVM
 SAMPLE_INTERVAL_S = 0.05  # socket power: 20 reads a second of a sysfs-backed value
 WRAP_POLL_MAX_S = 10.0
 WRAP_POLL_MIN_S = 1.0  # 2**32 counts of 15.3 uJ in 2 s would take 33 kW
-MAX_PLAUSIBLE_POWER_W = 5000.0
 DEFAULT_MAX_POWER_W = 1000.0  # above any Instinct board's limit (MI300X: 750 W), where none is reported
 AVERAGED_POWER_NOTE = "averaged socket power (no energy counter, no instantaneous power): lags load changes"
 
@@ -185,22 +184,26 @@ class AmdGpuSensor(GpuSensor):
         if self._power_key is not None:
             self._read_power_w = self._read_socket_power_w
         limit_w = _watts(power.get("power_limit")) or 0.0
-        if not 0.0 < limit_w <= MAX_PLAUSIBLE_POWER_W:
+        if not 0.0 < limit_w <= MAX_GPU_POWER_W:
             limit_w = DEFAULT_MAX_POWER_W  # absent, or in a unit other than the documented watts
         counter = self._first_counter_reading() if use_counter else None
-        self._cumulative_uj = 0.0
         notes = [note] if note else []
         if counter is not None:
-            self._last_raw, self._resolution_uj = counter
+            first, resolution_uj = counter
             self.method = Method.COUNTER
             self.update_period_s = COUNTER_UPDATE_PERIOD_S
             # A 32-bit accumulator wraps after 2**32 counts: read it at least twice per wrap at the
-            # board's power limit so that no wrap passes unseen. A wider one needs no polling.
-            if self._last_raw < 2**COUNTER_BITS_OLD:
-                wrap_j = 2**COUNTER_BITS_OLD * self._resolution_uj / 1e6
+            # board's power limit so that no wrap passes unseen. A wider one is read every
+            # WRAP_POLL_MIN_S all the same: a board lost mid-epoch then loses at most that much.
+            wraps = first < 2**COUNTER_BITS_OLD
+            if wraps:
+                wrap_j = 2**COUNTER_BITS_OLD * resolution_uj / 1e6
                 self.poll_interval_s = max(WRAP_POLL_MIN_S, min(WRAP_POLL_MAX_S, wrap_j / limit_w / 2))
             else:
-                self.poll_interval_s = None
+                self.poll_interval_s = WRAP_POLL_MIN_S
+            self._counter = Counter(first, unit_j=resolution_uj / 1e6, max_power_w=MAX_GPU_POWER_W,
+                                    wrap_at=2**COUNTER_BITS_OLD if wraps else None, clock=clock,
+                                    name=f"{self.name} ({self.scope})")
         elif self._power_key is not None:
             if self._power_key != "current_socket_power":
                 notes.append(AVERAGED_POWER_NOTE)
@@ -228,17 +231,11 @@ class AmdGpuSensor(GpuSensor):
         self._smi.amdsmi_shut_down()
 
     def _counter_j(self) -> float:
-        """Add what the accumulator gathered since the last read (caller holds the lock)."""
-        raw, self._resolution_uj = self._call("energy count", lambda: read_energy_count(self._smi, self._handle))
-        if raw >= self._last_raw:
-            counts = raw - self._last_raw
-        elif self._last_raw < 2**COUNTER_BITS_OLD:
-            counts = raw + 2**COUNTER_BITS_OLD - self._last_raw  # a 32-bit accumulator wrapped
-        else:
-            counts = raw  # a wide accumulator went back: the driver reloaded and restarted it from 0
-        self._cumulative_uj += counts * self._resolution_uj
-        self._last_raw = raw
-        return self._cumulative_uj / 1e6
+        """Add what the accumulator gathered since the last read (caller holds the lock): a step
+        back is a 32-bit accumulator's wrap, or a driver reload restarting it (sensors.base.Counter).
+        Its resolution is the device's, read with the first count."""
+        raw, _ = self._call("energy count", lambda: read_energy_count(self._smi, self._handle))
+        return self._counter.add(raw)
 
     # -- internals --------------------------------------------------------------------------
 

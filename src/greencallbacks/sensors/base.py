@@ -12,6 +12,7 @@ import enum
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 
 class Method(str, enum.Enum):
@@ -120,6 +121,70 @@ class Discovery:
 
     sensors: list[Sensor] = field(default_factory=list)
     unavailable: list[Unavailable] = field(default_factory=list)
+
+
+class Counter:
+    """A hardware energy counter's raw reads turned into a continuous total: one owner for the
+    rule every counter sensor shares (NVML, amdsmi, RAPL).
+
+    A read below the previous one is a wrap (a counter of known width: ``wrap_at``) or a restart
+    from 0 (a driver reload); either is taken only where the energy it implies fits the time since
+    the last read taken at ``max_power_w``. A read that fits neither, or a forward step too large for
+    that time, is a misread (amdsmi's accumulator has been seen to step back by a few hundred joules;
+    a glitch of a few kJ read as a restart billed a whole counter's value, a megajoule, to one epoch):
+    it is skipped with one warning and the total is held until a read fits again. Where the counter
+    itself went back by a little, the energy until it is above its old value again is not counted;
+    where one read spiked high and the next came back, nothing is lost.
+
+    ``add(raw)`` returns the total in joules; ``raw`` in units of ``unit_j`` joules.
+    """
+
+    # A read within this of the previous one is taken as long as it fits `max_power_w` over the time
+    # between them plus this: reads are stamped when they return, the counter updated earlier.
+    SLACK_S = 0.5
+
+    def __init__(self, first_raw: int, *, unit_j: float, max_power_w: float, wrap_at: int | None = None,
+                 clock: Callable[[], float] = time.monotonic, name: str = "sensor") -> None:
+        self.unit_j = unit_j
+        self.max_power_w = max_power_w
+        self.wrap_at = wrap_at
+        self.name = name
+        self._clock = clock
+        self._last_raw = first_raw
+        self._last_t = clock()
+        self._total = 0  # in counts, an int: no rounding however long the run
+        self._said = False
+
+    @property
+    def total_j(self) -> float:
+        return self._total * self.unit_j
+
+    def add(self, raw: int) -> float:
+        now = self._clock()
+        most = self.max_power_w * (max(0.0, now - self._last_t) + self.SLACK_S) / self.unit_j
+        if raw >= self._last_raw:
+            gains = [raw - self._last_raw]
+        else:
+            gains = ([raw + self.wrap_at - self._last_raw] if self.wrap_at else []) + [raw]  # wrapped, or restarted
+        gain = next((g for g in gains if g <= most), None)
+        if gain is None:
+            self._say_misread(raw, now - self._last_t)
+            return self.total_j
+        self._total += gain
+        self._last_raw, self._last_t = raw, now
+        return self.total_j
+
+    def _say_misread(self, raw: int, seconds: float) -> None:
+        if self._said:
+            return
+        self._said = True
+        from greencallbacks.meter import warn  # on first use: sensor modules load nothing beyond base
+
+        step = "back" if raw < self._last_raw else "forward"
+        explains = "a restart or a wrap" if raw < self._last_raw and self.wrap_at else "a restart" if raw < self._last_raw else "the device"
+        warn(f"greencallbacks: {self.name}'s energy counter stepped {step} by {abs(raw - self._last_raw) * self.unit_j:.4g} J "
+             f"in {seconds:.3g} s, which {explains} at up to {self.max_power_w:g} W cannot explain: taken as a misread and "
+             "skipped; the total is held until a read fits again.")
 
 
 class Integrator:

@@ -14,6 +14,10 @@ from typing import Any
 
 from greencallbacks.sensors.base import Integrator, Kind, Method, Sensor, SensorError
 
+# No GPU board draws this: a counter step implying more is a misread (sensors.base.Counter), and a
+# power limit reported above it is in some other unit.
+MAX_GPU_POWER_W = 5000.0
+
 
 class GpuSensor(Sensor):
     """Base of ``NvmlGpuSensor`` and ``AmdGpuSensor``.

@@ -37,8 +37,8 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable
 
-from greencallbacks.sensors.base import Discovery, Kind, Method, SensorError, Unavailable
-from greencallbacks.sensors.gpu import GpuSensor
+from greencallbacks.sensors.base import Counter, Discovery, Kind, Method, SensorError, Unavailable
+from greencallbacks.sensors.gpu import MAX_GPU_POWER_W, GpuSensor
 from greencallbacks.sensors.share import Apportioned, warn_once
 
 COUNTER_UPDATE_PERIOD_S = 0.1  # NVML's total-energy counter steps every 100 ms (measured on an H100)
@@ -121,10 +121,12 @@ class NvmlGpuSensor(GpuSensor):
         self._read_power_w = self._choose_power_reader()
         # use_counter=False integrates power even where a counter exists (to compare the two,
         # or where a driver's counter is known to be wrong).
-        self._last_raw_mj = self._first_counter_reading() if use_counter else None
-        self._cumulative_mj = 0
+        first_mj = self._first_counter_reading() if use_counter else None
         notes = [note] if note else []
-        if self._last_raw_mj is not None:
+        if first_mj is not None:
+            # Millijoules; a step back is a driver reload restarting it from 0 (sensors.base.Counter).
+            self._counter = Counter(first_mj, unit_j=1e-3, max_power_w=MAX_GPU_POWER_W, clock=clock,
+                                    name=f"{self.name} ({self.scope})")
             self.method = Method.COUNTER
             self.update_period_s = COUNTER_UPDATE_PERIOD_S
             self.poll_interval_s = None
@@ -167,14 +169,7 @@ class NvmlGpuSensor(GpuSensor):
 
     def _counter_j(self) -> float:
         raw_mj = int(self._call("energy counter", lambda: self._nvml.nvmlDeviceGetTotalEnergyConsumption(self._handle)))
-        if raw_mj >= self._last_raw_mj:
-            self._cumulative_mj += raw_mj - self._last_raw_mj
-        else:
-            # The counter went backwards: the driver reloaded and restarted it from 0. Count
-            # what it has gathered since, so the total stays continuous.
-            self._cumulative_mj += raw_mj
-        self._last_raw_mj = raw_mj
-        return self._cumulative_mj / 1000.0
+        return self._counter.add(raw_mj)
 
     # -- internals --------------------------------------------------------------------------
 

@@ -33,9 +33,11 @@ from __future__ import annotations
 import os
 import re
 import threading
+import time
 from pathlib import Path
+from typing import Callable
 
-from greencallbacks.sensors.base import Discovery, Kind, Method, Sensor, SensorError, Unavailable
+from greencallbacks.sensors.base import Counter, Discovery, Kind, Method, Sensor, SensorError, Unavailable
 
 DEFAULT_POWERCAP_ROOT = "/sys/class/powercap"
 # Generous upper bound on a zone's power: no CPU socket or its DRAM draws a kilowatt today.
@@ -96,7 +98,8 @@ class RaplSensor(Sensor):
     source = "RAPL counters"
 
     def __init__(
-        self, zone_dir: str | os.PathLike, *, package_index: int | None = None, die_index: int | None = None
+        self, zone_dir: str | os.PathLike, *, package_index: int | None = None, die_index: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.zone_dir = Path(zone_dir)
         self._energy_path = self.zone_dir / "energy_uj"
@@ -122,29 +125,25 @@ class RaplSensor(Sensor):
         self.max_energy_range_uj = _read_int(self.zone_dir / "max_energy_range_uj")
         self.poll_interval_s = wrap_safe_poll_interval_s(self.max_energy_range_uj)
         self._lock = threading.Lock()
-        self._last_raw_uj = _read_int(self._energy_path)  # PermissionError here: root-only counter
-        self._cumulative_uj = 0
+        first_uj = _read_int(self._energy_path)  # PermissionError here: root-only counter
+        # Microjoules, wrapping at the zone's range (the poll interval rules out two wraps unseen).
+        self._counter = Counter(first_uj, unit_j=1e-6, max_power_w=MAX_PLAUSIBLE_POWER_W,
+                                wrap_at=self.max_energy_range_uj, clock=clock, name=self.name)
 
     def energy_j(self) -> float:
         with self._lock:
-            self._update()
-            return self._cumulative_uj / 1e6
+            return self._update()
 
     def poll(self) -> None:
         with self._lock:
             self._update()
 
-    def _update(self) -> None:
+    def _update(self) -> float:
         try:
             raw_uj = _read_int(self._energy_path)
         except (OSError, ValueError) as error:
             raise SensorError(f"{self.name}: cannot read {self._energy_path}: {error}") from error
-        if raw_uj >= self._last_raw_uj:
-            self._cumulative_uj += raw_uj - self._last_raw_uj
-        else:
-            # The counter wrapped once since the last read (the poll interval rules out twice).
-            self._cumulative_uj += raw_uj + self.max_energy_range_uj - self._last_raw_uj
-        self._last_raw_uj = raw_uj
+        return self._counter.add(raw_uj)
 
 
 def _package_and_die(zone_name: str) -> tuple[int, int | None]:
