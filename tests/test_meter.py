@@ -665,3 +665,34 @@ def test_peek_reads_no_slow_counter_and_does_not_synchronise():
     after = meter.snapshot()
     assert after.energy_j["gpu0"] >= held.energy_j["gpu0"]
     assert meter.between(first, after).energy_j == pytest.approx(110.0 * 1.5)
+
+
+class PolledSensor(ScriptedSensor):
+    """A counter the meter's thread polls (a RAPL zone, a sampled GPU), returning what it read."""
+
+    poll_interval_s = 1.0
+
+    def poll(self):
+        super().poll()  # raises while told to fail
+        self._advance()
+        return self._energy
+
+
+def test_a_polled_sensor_failing_mid_phase_keeps_the_energy_to_its_last_poll():
+    """A RAPL package (or a sampled GPU) failing 50 s into a 60 s epoch recorded 0 J for that
+    epoch: the meter kept the energy of the last boundary, not of the polls since."""
+    clock = FakeClock()
+    zone = PolledSensor("cpu-package-0", clock, power_w=300.0, kind=Kind.CPU)
+    meter = make_meter(clock, zone)
+    meter._poller.manual = True
+    first = meter.snapshot()
+    for _ in range(50):
+        clock.advance(1.0)
+        meter._poller.step()
+    zone.fail_with = SensorError("cpu-package-0: cannot read energy_uj: [Errno 5] Input/output error")
+    with pytest.warns(EnergyWarning, match="no longer counted"):
+        for _ in range(10):
+            clock.advance(1.0)
+            meter._poller.step()
+        second = meter.snapshot()
+    assert meter.between(first, second).energy_j == pytest.approx(300.0 * 50, rel=1e-9)

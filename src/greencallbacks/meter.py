@@ -519,9 +519,15 @@ class _Channel:
             if self.failed:
                 return
             try:
-                self.sensor.poll()
+                value = self.sensor.poll()
             except Exception as error:  # noqa: BLE001
                 self._failed_once(error)
+                return
+            self._failures = 0
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                # What a failure keeps (_degrade): the energy to this poll. Kept only at boundaries,
+                # a RAPL zone or a sampled GPU failing 50 s into an epoch recorded 0 J for it.
+                self._last_j = max(self._last_j, self._offset_j + value - self._base_j)
 
     def _degrade(self, error: BaseException) -> None:
         broken = self.sensor

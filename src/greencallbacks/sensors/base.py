@@ -87,8 +87,13 @@ class Sensor:
         """Cumulative joules since this sensor was created. Raises ``SensorError`` on failure."""
         raise NotImplementedError
 
-    def poll(self) -> None:
-        """Called from the background thread every ``poll_interval_s``. Must be cheap."""
+    def poll(self) -> float | None:
+        """Called from the background thread every ``poll_interval_s``. Must be cheap.
+
+        Returns the cumulative joules it read (as ``energy_j`` would), or None: where the sensor
+        fails later, the meter keeps the energy up to its last poll rather than its last boundary.
+        """
+        return None
 
     def power_now_w(self) -> float | None:
         """Instantaneous power if it is cheap to read (microseconds), else ``None``. The meter

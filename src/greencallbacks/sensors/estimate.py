@@ -392,8 +392,8 @@ class CpuEstimateSensor(Sensor):
     def energy_j(self) -> float:
         return self._update()
 
-    def poll(self) -> None:
-        self._update()
+    def poll(self) -> float:
+        return self._update()
 
 
 class RamEstimateSensor(Sensor):
@@ -459,8 +459,8 @@ class RamEstimateSensor(Sensor):
         # boundary integrates up to now at the last sampled power, with no system call.
         return self._integrator.add(self._last_power_w)
 
-    def poll(self) -> None:
-        self._sample()
+    def poll(self) -> float:
+        return self._sample()
 
 
 class ConstantPowerSensor(Sensor):

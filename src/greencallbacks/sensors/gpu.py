@@ -81,12 +81,13 @@ class GpuSensor(Sensor):
         with self._lock:
             return self._counter_j()
 
-    def poll(self) -> None:
+    def poll(self) -> float | None:
         if self._integrator is not None:
-            self._sample()
-        elif self.poll_reads_counter:
+            return self._sample()
+        if self.poll_reads_counter:
             with self._lock:
-                self._counter_j()
+                return self._counter_j()
+        return None
 
     def power_w(self) -> float:
         """Power in watts: instantaneous where the GPU reports it, else its averaged power."""

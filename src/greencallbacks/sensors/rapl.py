@@ -134,9 +134,9 @@ class RaplSensor(Sensor):
         with self._lock:
             return self._update()
 
-    def poll(self) -> None:
+    def poll(self) -> float:
         with self._lock:
-            self._update()
+            return self._update()
 
     def _update(self) -> float:
         try:
@@ -163,8 +163,10 @@ def _zone_label(package_index: int, die_index: int | None) -> str:
     return f"{package_index}" if die_index is None else f"{package_index}-die-{die_index}"
 
 
-def find_rapl(root: str | os.PathLike = DEFAULT_POWERCAP_ROOT) -> Discovery:
-    """Every readable RAPL package and DRAM zone, and the unreadable ones with the reason and fix."""
+def find_rapl(root: str | os.PathLike = DEFAULT_POWERCAP_ROOT, *, clock: Callable[[], float] = time.monotonic) -> Discovery:
+    """Every readable RAPL package and DRAM zone, and the unreadable ones with the reason and fix.
+
+    ``clock``: monotonic seconds, which a counter step is checked against (``sensors.base.Counter``)."""
     found = Discovery()
     root_path = Path(root)
     try:
@@ -197,7 +199,7 @@ def find_rapl(root: str | os.PathLike = DEFAULT_POWERCAP_ROOT) -> Discovery:
 
     for zone_dir, kind, name, index, die in zones:
         try:
-            found.sensors.append(RaplSensor(zone_dir, package_index=index, die_index=die))
+            found.sensors.append(RaplSensor(zone_dir, package_index=index, die_index=die, clock=clock))
         except PermissionError:
             found.unavailable.append(
                 Unavailable(

@@ -79,8 +79,9 @@ class Apportioned(Sensor):
     def energy_j(self) -> float:
         return self.share * self.device.energy_j()
 
-    def poll(self) -> None:
-        self.device.poll()
+    def poll(self) -> float | None:
+        device_j = self.device.poll()
+        return None if device_j is None else self.share * device_j
 
     def power_now_w(self) -> float | None:
         power = self.device.power_now_w() if hasattr(self.device, "power_now_w") else None
