@@ -757,3 +757,30 @@ def test_an_epoch_without_validation_shows_none_not_a_validation_that_cost_nothi
     mixed = records + one_run("seed-2")
     epoch0 = report.epoch_summary(mixed)[0]
     assert epoch0["val_energy_kwh"]["mean"] == pytest.approx(3600.0 / KWH / 2)
+
+
+def test_a_component_that_stopped_counting_is_not_reported_as_measured():
+    """A GPU lost in epoch 1: its later records keep `method: counter` with the meter's
+    `stopped counting at ...` note and 0 J. The report said every component was measured, the
+    paper sentence only 'GPU energy from NVML energy counters', the epochs 'gpu0:counter'."""
+    note = "stopped counting at 2026-12-03T10:00:05Z (gpu0 (GPU-1): NVML energy counter failed: GPU is lost)"
+    records = []
+    for seq, epoch in enumerate(range(3)):
+        r = rec("lost", "train", epoch, 3600.0, 100, seq)
+        parts = [{**c, "method": "counter"} for c in r.components]
+        parts[1] = {**parts[1], "kind": "cpu", "method": "counter", "source": "RAPL counters"}
+        if epoch >= 1:
+            parts[0] = {**parts[0], "energy_j": 0.0, "note": note}
+        records.append(dataclasses.replace(r, components=parts))
+    text = report.render(records, "md")
+    assert "Every component was measured" not in text
+    assert "Not counted after a sensor failed: gpu0" in text and "lower bound" in text
+    assert "gpu0 not counted after its sensor failed" in report.statement(records)
+    assert [row["methods"] for row in report.epoch_rows(records)] == [
+        "cpu:counter, gpu0:counter", "cpu:counter, gpu0:stopped", "cpu:counter, gpu0:stopped"]
+    # Two attempts that each lost it: both notes are kept, not the last one alone.
+    second = "stopped counting at 2026-12-03T11:00:00Z (gpu0 (GPU-1): NVML energy counter failed: Unknown Error)"
+    again = dataclasses.replace(records[-1], attempt=1, seq=9,
+                                components=[{**records[-1].components[0], "note": second}, records[-1].components[1]])
+    [gpu] = [h for h in report.hardware(records + [again]) if h["name"] == "gpu0"]
+    assert note in gpu["note"] and second in gpu["note"]

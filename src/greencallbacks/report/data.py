@@ -24,8 +24,13 @@ _PHASE_WORDS = {"validation": "validation", "test": "test", "predict": "predicti
 
 
 def methods_of(record: Record) -> str:
-    """How each component was measured, e.g. ``gpu0:counter, cpu:estimated``."""
-    return ", ".join(f"{c['name']}:{c['method']}" for c in record.components)
+    """How each component was measured, e.g. ``gpu0:counter, cpu:estimated``; ``gpu0:stopped``
+    where a failure left it uncounted (the record's note says since when)."""
+    return ", ".join(f"{c['name']}:{'stopped' if _stopped(c) else c['method']}" for c in record.components)
+
+
+def _stopped(component: dict) -> bool:
+    return str(component.get("note", "")).startswith("stopped counting")
 
 
 def is_estimated(record: Record) -> bool:
@@ -191,7 +196,13 @@ def provenance(records: Sequence[Record]) -> list[str]:
             "also used, such as a MIG instance or one die of a two-die board; each record's note gives the rule, "
             "and the uncertainty bounds the share)."
         )
-    if not estimated and not apportioned:
+    stopped = stopped_components(records)
+    if stopped:
+        notes.append(
+            f"Not counted after a sensor failed: {', '.join(stopped)} (each record's note says when); the energy "
+            "it used after that is in no total, so the totals are a lower bound."
+        )
+    if not estimated and not apportioned and not stopped:
         notes.append("Every component was measured by a hardware counter or sampled power.")
     if any(r.partial for r in records):
         notes.append("Phases marked partial were cut short by an exception or interrupt; their energy is in the totals.")
@@ -627,23 +638,30 @@ def prefix_summary(records: Sequence[Record]) -> dict[str, dict[str, dict]]:
     return out
 
 
+def stopped_components(records: Iterable[Record]) -> list[str]:
+    """Components that a sensor failure left uncounted for the rest of an attempt (the meter's
+    ``stopped counting at ...`` note), though their method still says how they were read before."""
+    return sorted({c.get("name", "?") for r in records for c in r.components if _stopped(c)})
+
+
 def hardware(records: Sequence[Record]) -> list[dict]:
-    """Each component measured: name, kind, method, its share of IT energy, and the sensor's note."""
+    """Each component measured: name, kind, method, its share of IT energy, and the sensor's notes
+    (every distinct one, in order: a failure in each of two attempts is two notes)."""
     energy: dict[tuple[str, str, str], float] = defaultdict(float)
-    notes: dict[tuple[str, str, str], str] = {}
+    notes: dict[tuple[str, str, str], dict[str, None]] = defaultdict(dict)
     sources: dict[tuple[str, str, str], str] = {}
     for r in records:
         for c in r.components:
             key = (c.get("name", "?"), c.get("kind", "?"), c.get("method", "?"))
             energy[key] += c.get("energy_j", 0.0)
             if c.get("note"):
-                notes[key] = c["note"]
+                notes[key][c["note"]] = None
             if isinstance(c.get("source"), str) and c["source"]:
                 sources[key] = c["source"]
     total = sum(energy.values())
     return [
         {"name": name, "kind": kind, "method": method, "energy_share": e / total if total > 0 else None,
-         "note": notes.get((name, kind, method), ""), "source": sources.get((name, kind, method), "")}
+         "note": "; ".join(notes.get((name, kind, method), ())), "source": sources.get((name, kind, method), "")}
         for (name, kind, method), e in sorted(energy.items())
     ]
 
@@ -655,6 +673,9 @@ def method_sentence(records: Sequence[Record]) -> str:
         words = _method_words(part["kind"], part["method"], part["source"])
         if words not in seen:
             seen.append(words)
+    stopped = stopped_components(records)
+    if stopped:
+        seen.append(f"{', '.join(stopped)} not counted after its sensor failed")
     return "; ".join(seen) if seen else "no component recorded"
 
 
