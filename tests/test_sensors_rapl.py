@@ -215,3 +215,43 @@ def test_a_counter_read_below_the_last_that_is_no_wrap_is_skipped_as_a_misread(t
     clock.advance(1.0)
     zone.add_joules(150.0)  # wraps
     assert sensor.energy_j() - before == pytest.approx(150.0)
+
+
+def test_one_io_error_is_held_and_the_next_read_recovers_every_joule(tmp_path, monkeypatch):
+    """A single EIO on energy_uj switched the zone to its estimate for the rest of the run (12 J
+    an epoch measured became 0.6 J estimated). An I/O error is transient now, as an NVML timeout is;
+    a file gone is not."""
+    import builtins
+    import errno
+
+    from greencallbacks.meter import Meter
+
+    zone = FakePowercap(tmp_path).add_package(0)
+    clock = FakeClock()
+    sensor = RaplSensor(zone.path, clock=clock)
+    meter = Meter([sensor], fallback=None, clock=clock, wall_clock=lambda: clock() + 1.7e9)
+    meter._poller.manual = True  # no background poll takes the failing read
+    first = meter.snapshot()
+    real_open, fail = builtins.open, [1]
+
+    def open_failing_once(file, *args, **kwargs):
+        if str(file) == str(zone.energy_path) and fail:
+            fail.pop()
+            raise OSError(errno.EIO, "Input/output error")
+        return real_open(file, *args, **kwargs)
+
+    clock.advance(1.0)
+    zone.add_joules(12.0)
+    monkeypatch.setattr(builtins, "open", open_failing_once)
+    held = meter.snapshot()  # the failed read: held at its last value, no warning
+    clock.advance(1.0)
+    zone.add_joules(12.0)
+    last = meter.snapshot()
+    assert not meter.channels[0].failed
+    assert meter.between(first, held).energy_j == 0.0
+    assert meter.between(first, last).energy_j == pytest.approx(24.0)
+    meter.close()
+    zone.energy_path.unlink()
+    with pytest.raises(SensorError) as gone:
+        sensor.energy_j()
+    assert not gone.value.transient

@@ -548,6 +548,11 @@ class _Channel:
         except Exception:  # noqa: BLE001
             pass
         self._offset_j = self._last_j
+        # The sensor's message names it already ("gpu0 (GPU-...): NVML ... failed"): say it once.
+        for prefix in (f"{broken.name} ({broken.scope}): ", f"{broken.name}: "):
+            if str(error).startswith(prefix):
+                error = str(error)[len(prefix):]
+                break
         if replacement is not None:
             self.sensor = replacement
             self.note = f"{broken.method} until {when} ({error}); {replacement.method} since"

@@ -30,6 +30,7 @@ reports the zones as unavailable, with the fix, and the caller estimates instead
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import threading
@@ -45,6 +46,7 @@ MAX_PLAUSIBLE_POWER_W = 1000.0
 MAX_POLL_INTERVAL_S = 30.0  # poll at least this often even when a wrap takes hours
 MIN_POLL_INTERVAL_S = 0.1
 
+_TRANSIENT_ERRNOS = {errno.EIO, errno.EAGAIN, errno.EBUSY, errno.EINTR}
 _PACKAGE_ZONE = re.compile(r"^(intel-rapl|amd-rapl):(\d+)$")
 _SUBZONE = re.compile(r"^(intel-rapl|amd-rapl):(\d+):(\d+)$")
 
@@ -142,7 +144,10 @@ class RaplSensor(Sensor):
         try:
             raw_uj = _read_int(self._energy_path)
         except (OSError, ValueError) as error:
-            raise SensorError(f"{self.name}: cannot read {self._energy_path}: {error}") from error
+            # An I/O error or a torn read can clear at the next read (the counter loses nothing
+            # meanwhile): held, as an NVML timeout is; a file gone or denied is not.
+            transient = isinstance(error, ValueError) or getattr(error, "errno", None) in _TRANSIENT_ERRNOS
+            raise SensorError(f"{self.name}: cannot read {self._energy_path}: {error}", transient=transient) from error
         return self._counter.add(raw_uj)
 
 
