@@ -83,6 +83,15 @@ How it fits the Trainer (read against transformers 5.23):
   Trainer itself goes on first (``auto_find_batch_size`` rerunning the loop after an
   out-of-memory error, whose failed try stays a run of its own), the write-up is finished before
   the session is used again.
+* **Hyperparameter search.** ``hyperparameter_search`` without ``compute_objective`` scores each
+  trial with HF's ``default_compute_objective``: ``eval_loss`` only when the evaluation's metrics
+  hold nothing else, else the sum of them all, which the ``eval_*`` energy values would join
+  (50 W of ``eval_power_w`` outweighing a loss of 0.7). The Trainer calls its instance attribute
+  ``compute_objective`` on ``evaluate()``'s metrics (its report to the search, and the backends'
+  own call after a trial without evaluation); where that is HF's default when a ``train()``
+  begins, the callback wraps it to leave out the names it merged. The metrics keep them (returned,
+  logged, reported to Ray). A ``compute_objective`` of the user's own sees them all: energy may be
+  the objective.
 """
 
 from __future__ import annotations
@@ -120,6 +129,8 @@ __all__ = ["EnergyCallback"]
 # and whether an evaluation / prediction loop method was there to wrap.
 _OWNERS = "_greencallbacks_energy_callbacks"
 _LOOPS_WRAPPED = "_greencallbacks_loops_wrapped"
+# The metric names the callbacks merged into the Trainer's loop metrics, which HF's default objective leaves out.
+_MERGED = "_greencallbacks_merged_metrics"
 
 
 def _owners(trainer) -> list:
@@ -396,6 +407,7 @@ class EnergyCallback(TrainerCallback, ExportableState):
             owners.append(self)  # each measures everything, into its own records
         if first:
             _wrap_trainer(trainer)
+        _keep_out_of_default_objective(trainer)  # hyperparameter_search sets it before each trial's train()
 
     def _start(self, args) -> None:
         if self.session.running:
@@ -562,7 +574,7 @@ class EnergyCallback(TrainerCallback, ExportableState):
         if loop.prefix is None:  # HF names every metric `{prefix}_...` and always adds `{prefix}_runtime`
             loop.prefix = next((k[: -len("_runtime")] for k in metrics if k.endswith("_runtime")), "")
         values = _finite(self._end_loop(loop, _samples_run(loop.dataloader), state))
-        metrics.update(values)
+        _merge(self._trainer, metrics, values)
         # on_predict: the callbacks after this one see `metrics` with the values in their own on_predict.
         self._log(values, control, skip=self._logging_on_predict(after_self=True) if predict else ())
         return True
@@ -673,6 +685,31 @@ def _wrap_trainer(trainer: Trainer) -> None:
         )
 
 
+def _merge(trainer: Trainer | None, metrics: dict, values: dict[str, float]) -> None:
+    """Put a loop's values into HF's metrics dict, noting their names on the Trainer."""
+    metrics.update(values)
+    if trainer is not None:
+        trainer.__dict__.setdefault(_MERGED, set()).update(values)
+
+
+def _keep_out_of_default_objective(trainer: Trainer) -> None:
+    """Where the Trainer's ``compute_objective`` is HF's ``default_compute_objective`` (set by
+    ``hyperparameter_search`` when given none), wrap it on the instance to score the metrics
+    without the names the callbacks merged: that default sums every metric but the loss."""
+    # The name hyperparameter_search assigns from (transformers.trainer's import of it).
+    default = getattr(sys.modules.get(Trainer.__module__), "default_compute_objective", None)
+    objective = trainer.__dict__.get("compute_objective")
+    if default is None or objective is not default:
+        return  # no search, the user's own objective, or already wrapped
+    merged = trainer.__dict__.setdefault(_MERGED, set())
+
+    @functools.wraps(objective)
+    def objective_without_energy(metrics):
+        return objective({k: v for k, v in metrics.items() if k not in merged})
+
+    trainer.compute_objective = objective_without_energy
+
+
 def _measured_loop(trainer: Trainer, name: str, owners):
     loop = getattr(trainer, name)
     # The method called (maybe a subclass's override, `*args, **kwargs`) and Trainer's own, whose
@@ -717,7 +754,7 @@ def _measured_loop(trainer: Trainer, name: str, owners):
         for callback, opened in began:
             try:
                 values = _finite(callback._end_loop(opened, _samples_run(dataloader), trainer.state))
-                output.metrics.update(values)  # evaluate() logs and returns them; predict() returns them
+                _merge(trainer, output.metrics, values)  # evaluate() logs and returns them; predict() returns them
                 callback._loop_metrics = values
             except Exception as error:  # noqa: BLE001
                 warn(f"greencallbacks: could not measure {prefix} ({error!r}).")
