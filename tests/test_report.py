@@ -111,7 +111,7 @@ def test_markdown_of_several_runs_says_mean_and_se():
     # epoch 0: 10, 12.5, 15 Wh: mean 12.5, SE 2.5/sqrt(3) = 1.443 -> "12.5 ± 1.4"
     assert "| 0 | 2.00 ± 0 | 12.5 ± 1.4 |" in text
     assert "Over 3 runs of one configuration, training (2 epochs of 1000 samples) used 37.5 ± 4.3 Wh" in text
-    assert f"Runs are grouped by configuration ({report.GROUPED_BY})" in text and "samples per epoch" in text
+    assert f"Runs are grouped by configuration ({report.GROUPED_BY})" in text and "samples and steps per epoch" in text
 
 
 def paused_run(run_id="run-a", paused_s=3.0):
@@ -784,3 +784,17 @@ def test_a_component_that_stopped_counting_is_not_reported_as_measured():
                                 components=[{**records[-1].components[0], "note": second}, records[-1].components[1]])
     [gpu] = [h for h in report.hardware(records + [again]) if h["name"] == "gpu0"]
     assert note in gpu["note"] and second in gpu["note"]
+
+
+def test_trainings_at_other_batch_sizes_are_no_repeats_of_each_other():
+    """Two trials of a sweep, batch 4 and batch 8 over one data set: the same samples per epoch,
+    the same epochs, so they were pooled as repeats (mean ± SE over 2 runs). Their steps per epoch
+    (the global step at each epoch's end) tell them apart; seeds of one batch size still pool."""
+    def run(run_id, steps):
+        return [dataclasses.replace(r, step=steps * (r.epoch + 1)) if r.phase == "train" else r for r in one_run(run_id)]
+
+    groups = report.group_runs(run("batch-8", 4) + run("batch-4", 8))
+    assert [sorted({r.run_id for r in group}) for _, group in groups] == [["batch-8"], ["batch-4"]]
+    assert [config["steps_per_epoch"] for config, _ in groups] == [4, 8]
+    (config, group), = report.group_runs(run("seed-1", 8) + run("seed-2", 8))
+    assert sorted({r.run_id for r in group}) == ["seed-1", "seed-2"]

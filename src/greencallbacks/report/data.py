@@ -17,7 +17,7 @@ from greencallbacks.textformat import (
 )
 from greencallbacks.units import J_PER_KWH
 
-GROUPED_BY = ("framework, training epochs and the first one, samples per epoch, sensors (name and method), ranks, "
+GROUPED_BY = ("framework, training epochs and the first one, samples and steps per epoch, sensors (name and method), ranks, "
               "and the grid (intensity zone, or the number given) and PUE; a run whose training did not finish is "
               "never pooled with another")
 _PHASE_WORDS = {"validation": "validation", "test": "test", "predict": "prediction", "other": "the time between phases"}
@@ -244,6 +244,9 @@ def configuration(records: Sequence[Record]) -> dict:
         # that max_steps ended inside the epoch and its resume): a run whose last epoch stopped
         # half-way at max_steps, or whose data changed, is no repeat of one of whole epochs.
         "epoch_samples": epoch_samples,
+        # Two trainings of one data set at other batch sizes (a sweep's trials) count the same
+        # samples in other numbers of steps: no repeats of each other.
+        "steps_per_epoch": _steps_per_epoch(records),
         "sensors": sorted({f"{c.get('name', '?')}:{c.get('method', '?')}" for r in records for c in r.components}),
         "ranks": max((r.ranks for r in records), default=1),
         # Runs priced on other grids or PUEs are no repeats (two callbacks with two grids measure
@@ -289,6 +292,14 @@ def _epoch_samples(records: Sequence[Record]) -> list[list]:
         known = how != UNKNOWN and so_far is not None and r.samples_counted
         counted[r.epoch] = so_far + r.samples if known else None
     return [[epoch, counted[epoch]] for epoch in sorted(counted)]
+
+
+def _steps_per_epoch(records: Sequence[Record]) -> int | None:
+    """The optimizer steps of a whole epoch, the most common between consecutive complete epochs'
+    ends (the framework's global step in each train record); None where the records carry none."""
+    ends = {r.epoch: r.step for r, _ in complete_training(records) if r.step is not None}
+    deltas = [ends[e] - (ends[e - 1] if e else 0) for e in ends if e == 0 or e - 1 in ends]
+    return Counter(deltas).most_common(1)[0][0] if deltas else None
 
 
 def epochs_trained_again(records: Sequence[Record]) -> int:
