@@ -1107,3 +1107,26 @@ def test_a_phase_begun_before_the_tracker_started_is_said_once_not_lost_silently
         with pytest.raises(RuntimeError, match="start"):
             with tracker:
                 pass
+
+
+def test_a_resume_into_another_output_dir_says_where_the_earlier_records_are(tmp_path):
+    """fit(ckpt_path=...) with a callback given another output_dir (one directory per job): the
+    attempt writes there, its earlier records stay where the run began, and the summary there is
+    the whole run's. That summary said 2.84e-7 kWh beside records of 0.90e-7, and `report` of that
+    directory gave 0.90e-7 as the whole run, unsaid. Said at the resume, in the summary, in the report."""
+    from greencallbacks import report
+
+    first, clock, _ = setup(tmp_path / "X")
+    run_epochs(first, clock, epochs=2)
+    state = first.state_dict()
+    second, clock2, _ = setup(tmp_path / "Y")
+    with pytest.warns(UserWarning, match=r"earlier attempts' records stay in .*X.*greencallbacks report"):
+        second.load_state_dict(state)
+    run_epochs(second, clock2, epochs=1)
+    x_records, y_records = read_records(tmp_path / "X" / RECORDS_FILE), read_records(tmp_path / "Y" / RECORDS_FILE)
+    summary = json.loads((tmp_path / "Y" / "energy-summary.json").read_text())
+    assert summary["energy_kwh"] == pytest.approx(sum(r.energy_kwh for r in x_records + y_records), rel=1e-12)
+    assert summary["earlier_records"] == [str(tmp_path / "X" / RECORDS_FILE)]
+    assert {r.attempt for r in y_records} == {1}
+    assert f"Only later attempts of run {second.run_id} (from attempt 1)" in report.render(y_records, "md")
+    assert "Only later attempts" not in report.render(x_records + y_records, "md")

@@ -253,6 +253,7 @@ class Tracker:
         self._own_sessions: set[str] = set()  # every session id this tracker drew (see `wrote`)
         self._concurrency_checked = True  # False from start to the first phase (see _say_measured_at_once)
         self._said_not_started = False
+        self._records_elsewhere: list[str] = []  # the run's earlier records, where not in output_dir
 
     def __setstate__(self, state: dict) -> None:
         # A copy of a tracker that has measured nothing (a callback deep-copied or pickled before
@@ -791,8 +792,11 @@ class Tracker:
             # original's (which may have gone on since: its later attempts are no part of this
             # one's). Else where the checkpoint says it was written (a directory chosen anew).
             records = read_run_records(run_id, [self.output_dir])
-            if not records:
+            if not records and home is not None:
                 records = read_run_records(run_id, [home])
+                if records and self.output_dir is not None and not _same_directory(home, self.output_dir):
+                    self._records_elsewhere = [str(home / RECORDS_FILE)]
+                    self._say_records_elsewhere(run_id, home)
             self.ledger.resume(state, records)
         except (TypeError, ValueError, KeyError, AttributeError, OSError) as error:
             # A checkpoint's entry edited, damaged or from an unknown version: the framework's
@@ -807,6 +811,18 @@ class Tracker:
             opened.seq = self.ledger.take_seq()
         if self.running:
             self._open_writer()
+
+    def _say_records_elsewhere(self, run_id: str, home: Path) -> None:
+        """A resume into an ``output_dir`` chosen anew: this attempt's records go there, the
+        earlier ones stay in the run's first directory, and the summary (of the whole run) is
+        more than the records beside it. Said, and named in the summary, so that neither place
+        is read as the whole run."""
+        if self.reducer.rank == 0:
+            from greencallbacks.meter import warn
+
+            warn(f"greencallbacks: run {run_id} continues in {self.output_dir} (the output_dir given), and its "
+                 f"earlier attempts' records stay in {home}: its energy-summary.json here covers the whole run, the "
+                 f"records here this attempt on. For the whole run: greencallbacks report {home} {self.output_dir}")
 
     def _copy_of(self, home: Path | None, run_id: str, state: dict[str, Any]) -> Path | None:
         """Where this attempt's directory, or the one of the same name beside it (Lightning's
@@ -1009,6 +1025,8 @@ class Tracker:
             "ranks": self.reducer.world_size,
             "attempts": self.ledger.attempt + 1,
         }
+        if self._records_elsewhere:  # earlier attempts written in another directory (see _say_records_elsewhere)
+            summary["earlier_records"] = self._records_elsewhere
         for key, value in self.summary_extra.items():
             # A callable field is made from the totals being written (the budget's use), so that
             # it agrees with them however the run ended.

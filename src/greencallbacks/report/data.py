@@ -204,6 +204,15 @@ def provenance(records: Sequence[Record]) -> list[str]:
         )
     if not estimated and not apportioned and not stopped:
         notes.append("Every component was measured by a hardware counter or sampled power.")
+    elsewhere = {run: min(r.attempt for r in mine) for run, mine in by_run(records).items()}
+    elsewhere = {run: first for run, first in elsewhere.items() if first > 0}
+    if elsewhere:
+        notes.append(
+            "Only later attempts of " + ", ".join(f"run {run} (from attempt {first})" for run, first in elsewhere.items())
+            + " are in these records: it was resumed into another directory, and the earlier attempts' records "
+            "are where it began (its energy-summary.json names them); the figures here leave them out. Pass both "
+            "directories for the whole run."
+        )
     if any(r.partial for r in records):
         notes.append("Phases marked partial were cut short by an exception or interrupt; their energy is in the totals.")
     if any(not r.samples_counted for r in records):
