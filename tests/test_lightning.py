@@ -715,6 +715,18 @@ def test_tuning_before_fit_is_a_run_of_its_own_and_its_restore_is_no_resume(tmp_
     assert {r.attempt for r in tuning} == {0}
     fit = check_run(callback.tracker.run_id, [log_dir], power_w=50.0, context="fit after " + tune)
     assert [(r.epoch, r.samples) for r in fit if r.phase == "train"] == [(0, 64)]
+    # Tuned again after the fit, then tested: the test goes on with the run that trained, not the
+    # tuning run (it went to the tuning run, of no training epoch, in 3 of 3 tries).
+    trained = callback.tracker.run_id
+    if tune == "lr_find":
+        tuner.lr_find(model, num_training=5, early_stop_threshold=None)
+    else:
+        tuner.scale_batch_size(model, mode="power", max_trials=2, steps_per_trial=2)
+    assert callback.tracker.run_id != trained
+    trainer.test(model, loaders()[1])
+    assert callback.tracker.run_id == trained
+    tested = check_run(trained, [log_dir], power_w=50.0, context=f"test after {tune} after fit")
+    assert [r.samples for r in tested if r.phase == "test"] == [16]
 
 
 def test_a_second_fit_on_one_trainer_predicts_only_its_own_epochs(tmp_path):

@@ -217,7 +217,8 @@ class EnergyCallbackBase:
         if stage == "fit":
             if self._session_used:
                 self.session = EnergySession(**self._session_kwargs)  # a new fit is a new run
-            self._runs_by_trainer[trainer] = self.session
+            if not _tuning(trainer):  # a Tuner's trial fit trains nothing that a later test goes on from
+                self._runs_by_trainer[trainer] = self.session
         else:  # continues the run of this Trainer's fit, or else the latest run
             self.session = self._runs_by_trainer.get(trainer, self.session)
         self._session_used = True
@@ -576,6 +577,15 @@ def _prefix_in_key(key: Any, class_name: str) -> str | None:
 
 
 _BATCH_HOOKS = ("on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer")
+
+
+def _tuning(trainer: Any) -> bool:
+    """Whether this fit is a ``Tuner``'s (``lr_find``, ``scale_batch_size``): the Tuner adds its
+    finder with ``_early_exit`` set (Lightning 2.0 on), so that the fit ends once it has tuned. A
+    finder the user passes (tuning at the start of a real fit) leaves it unset. Private: where a
+    version lacks it, every fit counts as a training, as before."""
+    return any(type(cb).__name__ in ("BatchSizeFinder", "LearningRateFinder") and getattr(cb, "_early_exit", False) is True
+               for cb in trainer.callbacks)
 
 
 def _other_versions(log_dir: str) -> list:
