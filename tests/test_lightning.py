@@ -342,7 +342,7 @@ def test_a_resume_with_corrected_settings_continues_the_run_and_says_so(tmp_path
     with pytest.raises(Boom):
         fit(TinyModel(fail_at=(2, 1)), crashed)
     resumed = EnergyCallback(country="FR")
-    with pytest.warns(EnergyWarning, match="other settings than this callback's.*continues its run"):
+    with pytest.warns(EnergyWarning, match="other settings than this callback.s.*this fit continues its run"):
         fit(TinyModel(), resumed, ckpt_path=tmp_path / "ckpt" / "last.ckpt")
     assert resumed.tracker.run_id == crashed.tracker.run_id
     records = check_run(resumed.tracker.run_id, [tmp_path / "run" / "version_0"])

@@ -199,9 +199,10 @@ class EnergyCallbackBase:
         claimed = {cb.state_key for cb in trainer.callbacks}
         orphans = [key for key in states if key not in claimed and _prefix_in_key(key, type(self).__qualname__) == self.prefix]
         if len(orphans) == 1:
+            call = getattr(getattr(trainer.state, "fn", None), "value", None) or "fit"  # or validate, test, predict
             warn(f"greencallbacks: the checkpoint's energy state was saved by {orphans[0]}, with other settings than "
-                 f"this callback's ({self.state_key}); the fit continues its run, and the records from here on carry "
-                 "the new settings.")
+                 f"this callback's ({self.state_key}); this {call} continues its run, and the records from here on "
+                 "carry the new settings.")
             self.load_state_dict(deepcopy(states[orphans[0]]))
         elif orphans:
             warn(f"greencallbacks: the checkpoint holds {len(orphans)} energy states with other settings than this "
