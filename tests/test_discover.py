@@ -9,7 +9,7 @@ import pytest
 from greencallbacks import cli
 from greencallbacks.meter import EnergyWarning, Meter
 from greencallbacks.sensors import discover_sensors, fallback_for
-from greencallbacks.sensors.base import Kind, Method
+from greencallbacks.sensors.base import Kind, Method, SensorError
 from greencallbacks.sensors.estimate import ConstantPowerSensor, CpuEstimateSensor, RamEstimateSensor, socket_count
 from greencallbacks.sensors.nvml import NvmlGpuSensor
 from greencallbacks.sensors.rapl import RaplSensor
@@ -119,7 +119,8 @@ def test_an_amd_machine_measures_its_gpus_through_amdsmi_and_nvml_absence_is_no_
     found = discover_sensors(gpus="auto", host=False, pynvml=nvml, amdsmi=amd, environ={"HIP_VISIBLE_DEVICES": "0,2"})
     assert [(type(s).__name__, s.name) for s in found.sensors] == [("AmdGpuSensor", "gpu0"), ("Apportioned", "gpu1")]
     assert found.unavailable == []
-    assert all(fallback_for(s) is None for s in found.sensors)  # no honest estimate for a GPU
+    # No estimate for a GPU: the same board's power integrated, or (a share of a board) nothing.
+    assert [getattr(fallback_for(s), "method", None) for s in found.sensors] == [Method.SAMPLED, None]
 
 
 def test_nvidia_gpus_found_means_amdsmi_is_not_looked_for(tmp_path, nvml):
@@ -169,10 +170,15 @@ def test_multi_die_sockets_are_measured_and_their_fallbacks_have_unique_names(po
     assert all(f.share == 0.5 for f in fallbacks)
 
 
-def test_fallback_for_a_gpu_or_an_estimate_is_none(nvml):
+def test_fallback_for_a_gpu_is_its_power_sampled_and_for_an_estimate_none(nvml):
     [gpu] = discover_sensors(gpus=[0], host=False, pynvml=nvml, environ={}).sensors
     assert isinstance(gpu, NvmlGpuSensor)
-    assert fallback_for(gpu) is None
+    sampled = fallback_for(gpu)
+    assert (sampled.method, sampled.scope, sampled.off_thread) == (Method.SAMPLED, gpu.scope, False)
+    assert fallback_for(sampled) is None  # already sampled: nothing more to fall back to
+    nvml.gpus[0].lose()
+    with pytest.raises(SensorError):  # nothing measures a lost GPU
+        fallback_for(gpu)
     assert fallback_for(ConstantPowerSensor("x", 1.0)) is None
     assert fallback_for(CpuEstimateSensor(10.0, cpu_seconds=lambda: 0.0)) is None
 

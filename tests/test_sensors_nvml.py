@@ -742,3 +742,34 @@ def test_gpus_of_two_models_numbered_by_position_are_said_to_need_pci_order(cloc
         warnings.simplefilter("always")
         find_nvml_gpus(pynvml=nvml, environ=environ, device_indices=[0], clock=clock)
     assert any("CUDA_DEVICE_ORDER=PCI_BUS_ID" in str(w.message) for w in caught) is said
+
+
+def test_a_counter_that_fails_while_power_reads_work_is_read_on_by_sampling(nvml, clock):
+    """The energy counter starts answering NOT_SUPPORTED mid-run (a driver update) while the
+    GPU's power reads work: it was no longer counted (4.5 s of 6 at 300 W lost). The meter's
+    thread now integrates its power from then on, labelled `sampled`; a lost GPU still stops."""
+    gpu = nvml.gpus[0]
+    gpu.set_power(300.0)
+    meter = Meter([only_sensor(nvml, device_indices=[0])], clock=clock, wall_clock=lambda: clock() + 1.7e9,
+                  off_thread=True)
+    meter._poller.manual = True
+    first = meter.snapshot(exact=True)
+
+    def run(seconds):
+        for _ in range(round(seconds / 0.01)):
+            clock.advance(0.01)
+            meter._poller.step()
+
+    run(1.5)
+    gpu.counter_supported = False
+    with pytest.warns(EnergyWarning, match="sampled from now on"):
+        run(4.5)
+    last = meter.snapshot()
+    window = meter.between(first, last)
+    assert window.energy_j == pytest.approx(300.0 * 6.0, rel=0.02)  # at most one 100 ms read lost at the switch
+    assert window.components[0].method == "sampled" and "counter until" in window.components[0].note
+    gpu.lose()
+    with pytest.warns(EnergyWarning, match="no longer counted"):
+        run(0.5)
+        meter.snapshot()
+    meter.close()

@@ -188,6 +188,7 @@ class AmdGpuSensor(GpuSensor):
             limit_w = DEFAULT_MAX_POWER_W  # absent, or in a unit other than the documented watts
         counter = self._first_counter_reading() if use_counter else None
         notes = [note] if note else []
+        self.sample_interval_s = sample_interval_s
         if counter is not None:
             first, resolution_uj = counter
             self.method = Method.COUNTER
@@ -205,9 +206,9 @@ class AmdGpuSensor(GpuSensor):
                                     wrap_at=2**COUNTER_BITS_OLD if wraps else None, clock=clock,
                                     name=f"{self.name} ({self.scope})")
         elif self._power_key is not None:
-            if self._power_key != "current_socket_power":
+            self.update_period_s = self._power_window_s()
+            if self.update_period_s:
                 notes.append(AVERAGED_POWER_NOTE)
-                self.update_period_s = 1.0  # the average's window, as for NVML's averaged power
             self._use_sampled_power(sample_interval_s)
         else:
             raise SensorError(
@@ -220,6 +221,10 @@ class AmdGpuSensor(GpuSensor):
 
     def _binding_error(self) -> type[BaseException]:
         return self._smi.AmdSmiException
+
+    def _power_window_s(self) -> float:
+        # Socket power other than the current one is an average (MI200), taken as NVML's 1 s one.
+        return 0.0 if self._power_key in (None, "current_socket_power") else 1.0
 
     def _is_unsupported(self, error: BaseException) -> bool:
         return _is_unsupported(error)

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from greencallbacks.sensors.base import Discovery, Kind, Sensor, Unavailable
 from greencallbacks.sensors.estimate import DEFAULT_RAM_W_PER_GB, CpuEstimateSensor, RamEstimateSensor
+from greencallbacks.sensors.gpu import GpuSensor
 from greencallbacks.sensors.rapl import DEFAULT_POWERCAP_ROOT, RaplSensor, find_rapl
 
 
@@ -130,8 +131,12 @@ def fallback_for(sensor: Sensor) -> Sensor | None:
     """The estimate that takes over when ``sensor`` fails mid-run; None when nothing can.
 
     A RAPL package becomes a CPU estimate, a RAPL dram zone a RAM estimate, each for its share
-    of the host. A GPU has no honest replacement: the meter stops counting it and says so.
+    of the host. A GPU whose energy counter fails while its power reads work is read on by
+    integrating its power (``sampled``); one whose power fails too (lost) has no honest
+    replacement: the meter stops counting it and says so.
     """
+    if isinstance(sensor, GpuSensor):
+        return sensor.sampled_copy()
     if isinstance(sensor, RaplSensor):
         settings = getattr(sensor, "estimate_settings", {})
         share = 1.0 / max(1, sensor.package_count)

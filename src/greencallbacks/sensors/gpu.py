@@ -8,6 +8,7 @@ A backend supplies only its binding's calls, its error class and its counter ari
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -34,6 +35,7 @@ class GpuSensor(Sensor):
     no_power = "reports no power reading for this GPU"
     # Whether the background thread reads the counter in ``poll`` (an accumulator that can wrap).
     poll_reads_counter = False
+    sample_interval_s = 0.05  # power polled every 50 ms where it is integrated (set by the constructor)
 
     @property
     def source(self) -> str:  # type: ignore[override]
@@ -142,6 +144,24 @@ class GpuSensor(Sensor):
             if self._is_unsupported(error):
                 return None
             raise self._failed(what, error) from error
+
+    def sampled_copy(self) -> "GpuSensor | None":
+        """This GPU read on by integrating its power: the meter's replacement where its energy
+        counter fails for good (NOT_SUPPORTED or an unknown error after a driver update) while
+        its power reads still work. None where it is sampled already or reports no power; raises
+        ``SensorError`` where the power read fails too (a GPU lost): nothing can measure it then."""
+        if self._integrator is not None or self._read_power_w is None:
+            return None
+        replacement = copy.copy(self)
+        replacement.off_thread = False
+        replacement.update_period_s = self._power_window_s()
+        replacement._use_sampled_power(self.sample_interval_s)
+        self._shutdown_on_close = False  # the library stays open for the replacement, which closes it
+        return replacement
+
+    def _power_window_s(self) -> float:
+        """The window the power reading averages over (a backend's averaged reading); 0 if instantaneous."""
+        return 0.0
 
     def _use_sampled_power(self, interval_s: float) -> None:
         """Integrate power polled every ``interval_s``; the first sample starts the integral."""

@@ -123,6 +123,7 @@ class NvmlGpuSensor(GpuSensor):
         # or where a driver's counter is known to be wrong).
         first_mj = self._first_counter_reading() if use_counter else None
         notes = [note] if note else []
+        self.sample_interval_s = sample_interval_s
         if first_mj is not None:
             # Millijoules; a step back is a driver reload restarting it from 0 (sensors.base.Counter).
             self._counter = Counter(first_mj, unit_j=1e-3, max_power_w=MAX_GPU_POWER_W, clock=clock,
@@ -132,9 +133,9 @@ class NvmlGpuSensor(GpuSensor):
             self.poll_interval_s = None
             self.off_thread = True  # a counter read costs ~3 ms (p99 ~15 ms): never on the training thread
         elif self._read_power_w is not None:
-            if self._read_power_w == self._read_averaged_power_w:
-                # The average lags by up to its window: that is the uncertainty of a boundary.
-                self.update_period_s = AVERAGED_POWER_WINDOW_S
+            # An averaged power lags by up to its window: that is the uncertainty of a boundary.
+            self.update_period_s = self._power_window_s()
+            if self.update_period_s:
                 notes.append(AVERAGED_POWER_NOTE)
             self._use_sampled_power(sample_interval_s)
         else:
@@ -145,6 +146,9 @@ class NvmlGpuSensor(GpuSensor):
         self.note = "; ".join(notes)
 
     # -- the Sensor interface (the rest is GpuSensor's) ------------------------------------
+
+    def _power_window_s(self) -> float:
+        return AVERAGED_POWER_WINDOW_S if self._read_power_w == self._read_averaged_power_w else 0.0
 
     def power_now_w(self) -> float | None:
         # Only the instantaneous field (~4 us) is cheap and current; the 1-second average lags.
