@@ -667,7 +667,7 @@ def test_peek_reads_no_slow_counter_and_does_not_synchronise():
     assert meter.between(first, after).energy_j == pytest.approx(110.0 * 1.5)
 
 
-class PolledSensor(ScriptedSensor):
+class ZoneReadByPolls(ScriptedSensor):
     """A counter the meter's thread polls (a RAPL zone, a sampled GPU), returning what it read."""
 
     poll_interval_s = 1.0
@@ -682,7 +682,7 @@ def test_a_polled_sensor_failing_mid_phase_keeps_the_energy_to_its_last_poll():
     """A RAPL package (or a sampled GPU) failing 50 s into a 60 s epoch recorded 0 J for that
     epoch: the meter kept the energy of the last boundary, not of the polls since."""
     clock = FakeClock()
-    zone = PolledSensor("cpu-package-0", clock, power_w=300.0, kind=Kind.CPU)
+    zone = ZoneReadByPolls("cpu-package-0", clock, power_w=300.0, kind=Kind.CPU)
     meter = make_meter(clock, zone)
     meter._poller.manual = True
     first = meter.snapshot()
