@@ -88,6 +88,25 @@ def test_an_accumulator_read_stepping_back_is_a_misread_not_a_restart_or_a_wrap(
         assert sensor.energy_j() - start == pytest.approx(2 * 300.0 + 100 * sensor.poll_interval_s * 300.0, rel=1e-6)
 
 
+def test_a_wide_accumulator_first_read_below_2_32_restarts_past_it_without_losing_energy(smi, clock):
+    """A 64-bit accumulator read first within a minute of a driver load (below 2**32 counts) was
+    taken for a 32-bit one for the whole run: past 2**32, a driver reload read as a wrap of negative
+    gain, and the 100 s after it recorded 0 J of 75 kJ. A read past 2**32 proves it wide."""
+    board = smi.add_board(power_w=750.0)
+    board._origin_counts = 1_000  # just after the driver loaded
+    [sensor] = find(smi).sensors
+    start = sensor.energy_j()
+    for _ in range(120):  # 120 s at 750 W: 90 kJ, past 2**32 counts (65.7 kJ)
+        clock.advance(1.0)
+        sensor.poll()
+    assert sensor.poll_interval_s == 1.0
+    board._origin_t, board._origin_counts = clock(), 0  # the driver reloads: the count starts at 0
+    for _ in range(100):
+        clock.advance(1.0)
+        sensor.poll()
+    assert sensor.energy_j() - start == pytest.approx(750.0 * 220, rel=1e-6)
+
+
 def test_bindings_before_6_2_1_name_the_accumulator_power(clock):
     smi = FakeAmdSmi(clock, version="6.1.2")
     smi.add_board(power_w=200.0)

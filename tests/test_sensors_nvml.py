@@ -133,6 +133,23 @@ def test_a_misread_counter_is_skipped_not_billed_as_a_restart(nvml, clock):
     assert sensor.energy_j() == pytest.approx(8 * 300.0 - 50.0, abs=1e-3)
 
 
+def test_a_read_of_zero_is_a_restart_until_the_counter_goes_on_from_before_it(nvml, clock):
+    """One read of 0 at 700 W fits a driver restart and was taken for one; the true reads after it
+    (988 kJ on) were then skipped as too far forward until the time since allowed the whole counter
+    in one step: 0 J for 230 s, then 1.18 MJ in one epoch. The series before the restart going on
+    proves the 0 a misread: counted from there, nothing lost, nothing doubled."""
+    gpu = nvml.gpus[0]
+    gpu.set_power(700.0)
+    sensor = only_sensor(nvml, device_indices=[0])
+    with pytest.warns(UserWarning, match="misread"):
+        for step in range(100):
+            clock.advance(0.1)
+            if step == 30:
+                gpu.misread(-gpu.counter_mj())
+            sensor.energy_j()
+    assert sensor.energy_j() == pytest.approx(700.0 * 10.0, abs=1.0)
+
+
 def test_power_w_is_instantaneous(nvml, clock):
     sensor = only_sensor(nvml, device_indices=[0])
     nvml.gpus[0].set_power(650.0)

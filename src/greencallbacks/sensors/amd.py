@@ -240,7 +240,10 @@ class AmdGpuSensor(GpuSensor):
         back is a 32-bit accumulator's wrap, or a driver reload restarting it (sensors.base.Counter).
         Its resolution is the device's, read with the first count."""
         raw, _ = self._call("energy count", lambda: read_energy_count(self._smi, self._handle))
-        return self._counter.add(raw)
+        total = self._counter.add(raw)
+        if self._counter.wrap_at is None and (self.poll_interval_s or 0) > WRAP_POLL_MIN_S:
+            self.poll_interval_s = WRAP_POLL_MIN_S  # past 2**32 counts: a wide accumulator after all
+        return total
 
     # -- internals --------------------------------------------------------------------------
 

@@ -141,6 +141,12 @@ class Counter:
     itself went back by a little, the energy until it is above its old value again is not counted;
     where one read spiked high and the next came back, nothing is lost.
 
+    A low read that a restart could give (0 J, one read) is taken as one, but the series before it
+    is kept: a later read that continues that series, not the restart's, proves the low read a
+    misread, and the total goes on from the series (rather than hold until the time since the
+    restart allowed the counter's whole value, a megajoule, as one step). A read at or past
+    ``wrap_at`` proves the counter wider than that: it wraps no more there.
+
     ``add(raw)`` returns the total in joules; ``raw`` in units of ``unit_j`` joules.
     """
 
@@ -152,29 +158,48 @@ class Counter:
                  clock: Callable[[], float] = time.monotonic, name: str = "sensor") -> None:
         self.unit_j = unit_j
         self.max_power_w = max_power_w
-        self.wrap_at = wrap_at
+        self.wrap_at = wrap_at if wrap_at and first_raw < wrap_at else None
         self.name = name
         self._clock = clock
         self._last_raw = first_raw
         self._last_t = clock()
         self._total = 0  # in counts, an int: no rounding however long the run
+        self._before_restart: tuple[int, float, int] | None = None  # (raw, t, total) of the series a restart cut
         self._said = False
 
     @property
     def total_j(self) -> float:
         return self._total * self.unit_j
 
+    def _most(self, since: float, now: float) -> float:
+        """The most counts the device can add between ``since`` and ``now``."""
+        return self.max_power_w * (max(0.0, now - since) + self.SLACK_S) / self.unit_j
+
     def add(self, raw: int) -> float:
         now = self._clock()
-        most = self.max_power_w * (max(0.0, now - self._last_t) + self.SLACK_S) / self.unit_j
+        if self.wrap_at is not None and raw >= self.wrap_at:
+            self.wrap_at = None
+        before = self._before_restart
+        if before is not None and before[0] <= raw and raw - before[0] <= self._most(before[1], now) and (
+            raw < self._last_raw or raw - self._last_raw > self._most(self._last_t, now)
+        ):
+            # The series before the "restart" goes on: that low read was a misread.
+            self._say_misread(raw, now - self._last_t)
+            self._last_raw, self._last_t, self._total = before
+            self._before_restart = None
+        most = self._most(self._last_t, now)
         if raw >= self._last_raw:
             gains = [raw - self._last_raw]
         else:
             gains = ([raw + self.wrap_at - self._last_raw] if self.wrap_at else []) + [raw]  # wrapped, or restarted
-        gain = next((g for g in gains if g <= most), None)
+        gain = next((g for g in gains if 0 <= g <= most), None)
         if gain is None:
             self._say_misread(raw, now - self._last_t)
             return self.total_j
+        if raw < self._last_raw and gain == raw:
+            self._before_restart = (self._last_raw, self._last_t, self._total)
+        elif self._before_restart is not None and raw >= self._last_raw:
+            self._before_restart = None  # the restart's series goes on: it was one
         self._total += gain
         self._last_raw, self._last_t = raw, now
         return self.total_j
