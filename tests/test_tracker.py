@@ -1130,3 +1130,30 @@ def test_a_resume_into_another_output_dir_says_where_the_earlier_records_are(tmp
     assert {r.attempt for r in y_records} == {1}
     assert f"Only later attempts of run {second.run_id} (from attempt 1)" in report.render(y_records, "md")
     assert "Only later attempts" not in report.render(x_records + y_records, "md")
+
+
+def test_a_phase_whose_exception_the_loop_catches_ends_there_as_cut_short(tmp_path):
+    """The README loop retrying an epoch after running out of memory: the failed try stayed open
+    around the retry and every later epoch (one 'partial' record of 1.6 s for a 0.1 s try, no gaps).
+    It ends where the exception left it, partial; the retry and the gaps are records of their own."""
+    tracker, clock, _ = setup(tmp_path)
+    for epoch in range(2):
+        clock.advance(0.5)
+        try:
+            with tracker.phase("train", epoch):
+                clock.advance(0.1)
+                tracker.add_samples(8)
+                if epoch == 0:
+                    raise MemoryError("out of memory")
+        except MemoryError:
+            with tracker.phase("train", epoch):  # tried again with a smaller batch
+                clock.advance(0.2)
+                tracker.add_samples(16)
+    clock.advance(0.5)
+    tracker.finish()
+    records = read_records(tmp_path / RECORDS_FILE)
+    assert [(r.phase, r.epoch, r.samples, r.partial, round(r.duration_s, 6)) for r in records] == [
+        ("other", None, 0, False, 0.5), ("train", 0, 8, True, 0.1),  # (no time between: no gap)
+        ("train", 0, 16, False, 0.2), ("other", 0, 0, False, 0.5), ("train", 1, 8, False, 0.1),
+        ("other", 1, 0, False, 0.5),
+    ]

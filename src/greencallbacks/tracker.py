@@ -339,10 +339,16 @@ class Tracker:
 
     @contextlib.contextmanager
     def phase(self, phase: str, epoch: int | None = None) -> Iterator["Tracker"]:
-        """``begin`` on entry, ``end`` on a normal exit. An exception leaves the phase open, so
-        that ``abort`` (the ``with`` block of ``start``) writes it as cut short, not as whole."""
+        """``begin`` on entry, ``end`` on exit: on an exception (or a generator closed inside it)
+        the phase ends there as cut short (``partial``) and the exception goes on, so that a loop
+        that catches it and tries again (a smaller batch after running out of memory) records the
+        failed try as one short partial phase, not one open around everything after it."""
         self.begin(phase, epoch)
-        yield self
+        try:
+            yield self
+        except BaseException:
+            self.end(phase, partial=True)
+            raise
         self.end(phase)
 
     def _register_running(self) -> None:
@@ -461,11 +467,14 @@ class Tracker:
             top.tokens += tokens if type(tokens) is int and tokens >= 0 else _count("tokens", tokens)
 
     def end(
-        self, phase: str, *, samples: int | None = None, step: int | None = None, metric_prefix: str | None = None
+        self, phase: str, *, samples: int | None = None, step: int | None = None, metric_prefix: str | None = None,
+        partial: bool = False,
     ) -> Record | None:
         """A phase ends: its record is summed over ranks, written, and returned.
 
         ``metric_prefix``: as in ``begin``, for a phase whose prefix is known only at its end.
+        ``partial``: it was cut short (an exception the loop goes on from), as the phases inside
+        it that had not ended are.
         A collective when several ranks run: every rank must call it.
         """
         if samples is not None:
@@ -485,7 +494,7 @@ class Tracker:
                 closed.samples, closed.samples_counted = samples, True  # the framework's own count
             if metric_prefix is not None and closed.phase == phase:
                 closed.metric_prefix = metric_prefix
-            self._close(closed, partial=closed.phase != phase)
+            self._close(closed, partial=partial or closed.phase != phase)
             if closed.phase == phase:
                 break
         if len(self._stack) == 1:
