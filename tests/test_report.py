@@ -149,7 +149,7 @@ def test_epochs_a_later_fit_trained_again_are_not_summed_into_one_epochs_samples
     config = report.configuration(records)
     assert config["epoch_samples"] == [[0, 100], [1, 100], [2, 100], [3, 100]]  # was 200 for epochs 2 and 3
     assert report.statement(records).startswith(
-        "The training (4 epochs of 100 samples; 2 epochs trained again from an earlier checkpoint or epoch, both "
+        "The training (4 epochs of 100 samples in 10 steps; 2 epochs trained again from an earlier checkpoint or epoch, both "
         "counted) used 6.00 Wh")
     # max_steps ended attempt 0 inside epoch 1 and the resume went on with it: its parts add up.
     cut = [dataclasses.replace(rec("hf", "train", 0, 3600.0, 100, 0), step=10),
@@ -175,7 +175,7 @@ def test_an_epoch_resumed_inside_after_a_crash_is_not_said_to_be_its_rest_alone(
                dataclasses.replace(rec("l", "train", 2, 3600.0, 100, 3), step=30, attempt=1)]
     config = report.configuration(records)
     assert config["epoch_samples"] == [[0, 100], [1, None], [2, 100]]  # was 60 for epoch 1
-    assert report.statement(records).startswith("The training (3 epochs of 100 samples; 1 epoch cut short")
+    assert report.statement(records).startswith("The training (3 epochs of 100 samples in 10 steps; 1 epoch cut short")
     # The resume went back to epoch 0's end instead: epoch 1 trained whole again, counted whole.
     whole = records[:2] + [dataclasses.replace(r, samples=100) if r.epoch == 1 else r for r in records[2:]]
     assert report.configuration(whole)["epoch_samples"] == [[0, 100], [1, 100], [2, 100]]
@@ -798,3 +798,14 @@ def test_trainings_at_other_batch_sizes_are_no_repeats_of_each_other():
     assert [config["steps_per_epoch"] for config, _ in groups] == [4, 8]
     (config, group), = report.group_runs(run("seed-1", 8) + run("seed-2", 8))
     assert sorted({r.run_id for r in group}) == ["seed-1", "seed-2"]
+
+
+def test_a_run_whose_gpu_stopped_counting_is_no_repeat_of_runs_that_counted_it_throughout():
+    """Three seeds, the GPU lost at epoch 1 in one: the epoch's mean pooled a lower bound with
+    full values (2.1 ± 1.4 mWh). That run is a configuration of its own now, named as such."""
+    note = "stopped counting at 2026-12-03T10:00:05Z (gpu0 (GPU-1): NVML energy counter failed: GPU is lost)"
+    lost = [dataclasses.replace(r, components=[{**r.components[0], "energy_j": 0.0, "note": note}, r.components[1]])
+            if r.epoch == 1 else r for r in one_run("lost")]
+    groups = report.group_runs(lost + one_run("seed-2") + one_run("seed-3"))
+    assert [sorted({r.run_id for r in group}) for _, group in groups] == [["lost"], ["seed-2", "seed-3"]]
+    assert "gpu0:stopped" in report.describe_configuration(groups[0][0])

@@ -256,7 +256,9 @@ def configuration(records: Sequence[Record]) -> dict:
         # Two trainings of one data set at other batch sizes (a sweep's trials) count the same
         # samples in other numbers of steps: no repeats of each other.
         "steps_per_epoch": _steps_per_epoch(records),
-        "sensors": sorted({f"{c.get('name', '?')}:{c.get('method', '?')}" for r in records for c in r.components}),
+        # (A component that stopped counting after a failure is no repeat of one that counted throughout.)
+        "sensors": sorted({f"{c.get('name', '?')}:{'stopped' if _stopped(c) else c.get('method', '?')}"
+                           for r in records for c in r.components}),
         "ranks": max((r.ranks for r in records), default=1),
         # Runs priced on other grids or PUEs are no repeats (two callbacks with two grids measure
         # one training twice); a number given as the intensity is its own grid.
@@ -382,13 +384,16 @@ def cut_short(config: dict) -> bool:
 
 
 def samples_text(config: dict) -> str:
-    """`` of 32 samples``, with the epochs of another size (``max_steps`` ending inside the last,
-    data that changed): `` of 32 samples (epoch 1: 16)``; "" when uncounted."""
+    """`` of 32 samples in 4 steps`` (the steps where the records give them: what tells a sweep's
+    batch sizes apart), with the epochs of another size (``max_steps`` ending inside the last, data
+    that changed): `` of 32 samples in 4 steps (epoch 1: 16)``; "" when uncounted."""
     usual = config["samples_per_epoch"]
     if usual is None:
         return ""
+    steps = config.get("steps_per_epoch")
     others = [f"epoch {epoch}: {n}" for epoch, n in config.get("epoch_samples", ()) if n is not None and n != usual]
-    return f" of {usual} samples" + (f" ({', '.join(others)})" if others else "")
+    return (f" of {usual} samples" + (f" in {steps} steps" if steps else "")
+            + (f" ({', '.join(others)})" if others else ""))
 
 
 def describe_configuration(config: dict) -> str:

@@ -93,7 +93,7 @@ def _gpu_sensors(
 def _host_sensors(
     cpu_tdp_w: float | None, ram_w_per_gb: float, powercap_root: str | os.PathLike, clock: Callable[[], float]
 ) -> Discovery:
-    rapl = find_rapl(powercap_root)
+    rapl = find_rapl(powercap_root, clock=clock)
     found = Discovery(unavailable=list(rapl.unavailable))
     packages = [s for s in rapl.sensors if s.kind == Kind.CPU]
     drams = [s for s in rapl.sensors if s.kind == Kind.DRAM]
