@@ -516,14 +516,16 @@ def scenario_runs(out: Path) -> dict:
 
 
 def scenario_inference_before_resume(out: Path) -> dict:
-    """fit 3 epochs; then, as a sanity check, evaluate and predict before fit(initial_epoch=3):
-    with the callback that then resumes (a new one, as in a new process), or a new callback in each
-    call (inline). The resumed fit continues the run that trained, not the inference's."""
+    """fit 3 epochs; then, as a sanity check, evaluate and predict a model loaded anew (as in a new
+    process) before fit(initial_epoch=3): with the callback that then resumes (a new one), or a new
+    callback in each call (inline). The resumed fit continues the run that trained, not the inference's."""
     results = {}
     for name in ("same_callback", "inline"):
         energy_dir = out / name
-        model = tiny_model()
-        model.fit(X, Y, batch_size=BATCH, epochs=3, verbose=0, callbacks=[scripted(output_dir=energy_dir)])
+        trained = tiny_model()
+        trained.fit(X, Y, batch_size=BATCH, epochs=3, verbose=0, callbacks=[scripted(output_dir=energy_dir)])
+        model = tiny_model()  # loaded anew: this process never trained this object
+        model.set_weights(trained.get_weights())
         later = scripted(output_dir=energy_dir)
         pick = (lambda: later) if name == "same_callback" else (lambda: scripted(output_dir=energy_dir))  # noqa: E731
         model.evaluate(X[:VAL], Y[:VAL], batch_size=BATCH, verbose=0, callbacks=[pick()])
@@ -532,6 +534,48 @@ def scenario_inference_before_resume(out: Path) -> dict:
         results[name] = {"logged_total": history.history["energy_kwh_total"][-1],
                          "summary": json.loads((energy_dir / SUMMARY_FILE).read_text())}
     return results
+
+
+def scenario_loop_run_again(out: Path) -> dict:
+    """A script fitting in a loop, fit(epochs=e + 1, initial_epoch=e) with a new callback given
+    run_id="loop" each time, run twice into one directory (a new model each time, as a new process
+    builds). The second run's first fit is recorded as "loop-2" (the id has records); its later fits
+    continued "loop" (the given id's state), silently: one training split across two runs."""
+    result = {}
+    for execution in ("first", "again"):
+        model, totals = tiny_model(), []
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for epoch in range(3):
+                history = model.fit(X, Y, batch_size=BATCH, epochs=epoch + 1, initial_epoch=epoch, verbose=0,
+                                    callbacks=[scripted(output_dir=out, run_id="loop")])
+                totals.append(history.history["energy_kwh_total"][-1])
+        result[execution] = {"totals": totals, "warnings": energy_warnings(caught)}
+    return result
+
+
+def scenario_inline_calls(out: Path) -> dict:
+    """fit, evaluate, fit(initial_epoch=2), predict on one model, each with a new EnergyCallback
+    written inline: evaluate and predict were each a run of their own. Then a callback whose run an
+    inline one continued goes on with it (evaluate, fit(initial_epoch=3)): it numbered its records
+    again from where it had stopped, and its resume took the run for one that reached epoch 1 only."""
+    inline, model = out / "inline", tiny_model()
+    model.fit(X, Y, batch_size=BATCH, epochs=2, verbose=0, callbacks=[scripted(output_dir=inline)])
+    model.evaluate(X[:VAL], Y[:VAL], batch_size=BATCH, verbose=0, callbacks=[scripted(output_dir=inline)])
+    history = model.fit(X, Y, batch_size=BATCH, epochs=4, initial_epoch=2, verbose=0, callbacks=[scripted(output_dir=inline)])
+    model.predict(X[:VAL], batch_size=BATCH, verbose=0, callbacks=[scripted(output_dir=inline)])
+    other = scripted(output_dir=inline, run_id="other")  # another run_id given: not that run
+    model.evaluate(X[:VAL], Y[:VAL], batch_size=BATCH, verbose=0, callbacks=[other])
+    result = {"inline": {"logged_total": history.history["energy_kwh_total"][-1], "other": other.tracker.run_id}}
+    kept, model = scripted(output_dir=out / "kept"), tiny_model()
+    model.fit(X, Y, batch_size=BATCH, epochs=2, verbose=0, callbacks=[kept])
+    model.fit(X, Y, batch_size=BATCH, epochs=3, initial_epoch=2, verbose=0, callbacks=[scripted(output_dir=out / "kept")])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.evaluate(X[:VAL], Y[:VAL], batch_size=BATCH, verbose=0, callbacks=[kept])
+        history = model.fit(X, Y, batch_size=BATCH, epochs=4, initial_epoch=3, verbose=0, callbacks=[kept])
+    result["kept"] = {"logged_total": history.history["energy_kwh_total"][-1], "warnings": energy_warnings(caught)}
+    return result
 
 
 def scenario_callback_list_without_params(out: Path) -> dict:
@@ -685,7 +729,8 @@ SCENARIOS = [scenario_loggers, scenario_csv_across_fits, scenario_resume_without
              scenario_bad_configuration, scenario_no_callback_list_seam, scenario_copies, scenario_custom_steps, scenario_backup_inside_epoch_0,
              scenario_inference_before_resume, scenario_callback_list_without_params, scenario_evaluate_inside_an_epoch,
              scenario_custom_loop, scenario_partial_labels, scenario_backup_after_another_fit,
-             scenario_run_ids_in_one_directory, scenario_two_callbacks_resume]
+             scenario_run_ids_in_one_directory, scenario_two_callbacks_resume, scenario_loop_run_again,
+             scenario_inline_calls]
 
 if __name__ == "__main__" and sys.argv[3:] in (["preempt"], ["preempt_fresh"]):
     preempt(OUT, fresh=sys.argv[3] == "preempt_fresh")

@@ -10,7 +10,7 @@ Each seed drives the real ``model.fit`` through a random sequence: a fit from ep
 ``BackupAndRestore``, each with the same or a new ``EnergyCallback`` and maybe crashing (an error
 or Ctrl-C inside a training batch, inside validation, inside a checkpoint write, between epochs);
 an ``evaluate`` / ``predict`` before some fits, as a sanity check (with the callback about to
-fit, or a new one); then ``evaluate`` / ``predict`` after training and alone. After every step the ledger invariants
+fit, or a new one, which continues the run the model last trained); then ``evaluate`` / ``predict`` after training and alone. After every step the ledger invariants
 of ``flow_invariants.py`` are checked on what the run left on disk and in ``CSVLogger``/``History``.
 Each seed's outcome ("ok" or the failure with its steps) goes to ``<out_dir>/results.json``.
 """
@@ -136,6 +136,7 @@ def flow(seed: int) -> None:
     callback = new_callback(energy_dir)
     object_run: dict[int, str] = {}  # id(callback) -> its current run (once it measured)
     state_run: str | None = None  # the run in energy-state.json: the last one that measured
+    model_run: str | None = None  # the run the model last finished a training epoch of
     runs: set[str] = set()
     alive = [callback]
     checkpoints: list[tuple[Path, int]] = []  # (weights file, epochs done)
@@ -169,8 +170,10 @@ def flow(seed: int) -> None:
             model.load_weights(str(path))
         inference = inference_rng.choice([None, None, "evaluate", "predict", "evaluate with a new callback"])
         if inference is not None:
-            # A run of its own unless this object has measured a fit: it names no run in
-            # energy-state.json, so the fit below resumes as if it had not happened.
+            # This object's run once it measured; else the run the model last trained, where
+            # energy-state.json names it (a callback written inline after training); else a run
+            # of its own, which names no run in energy-state.json: the fit below resumes as if it
+            # had not happened.
             steps[-1] += f" after {inference}"
             context = f"{BACKEND} seed {seed}, steps: " + "; ".join(steps)
             user = new_callback(energy_dir) if inference.endswith("new callback") else callback
@@ -181,6 +184,9 @@ def flow(seed: int) -> None:
                 model.evaluate(XV, YV, batch_size=BATCH, callbacks=[user], verbose=0)
             if id(user) in object_run:
                 assert user.tracker.run_id == object_run[id(user)], "inference continues the object's run " + context
+            elif model_run is not None and model_run == state_run:
+                assert user.tracker.run_id == model_run, "inference continues the model's run " + context
+                object_run[id(user)] = model_run
             else:
                 assert user.tracker.run_id not in runs, "inference alone is a run of its own " + context
                 runs.add(user.tracker.run_id)  # which no fit continues
@@ -236,6 +242,8 @@ def flow(seed: int) -> None:
             if r.phase == "validation" and not r.partial:
                 assert r.samples == VAL, (repr(r), context)
         attempt = max(r.attempt for r in records)
+        if any(r.phase == "train" and not r.partial and r.attempt == attempt for r in records):
+            model_run = run_id
         logged = csv_totals(csv_path)
         if logged and any(r.phase == "train" and not r.partial and r.attempt == attempt for r in records):
             logged_total_matches(records, logged[-1], rel=1e-9, context=context + " (CSVLogger)")

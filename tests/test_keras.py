@@ -414,6 +414,27 @@ def test_a_callback_given_a_run_id_resumes_that_run_not_the_last_one_in_its_dire
     assert result["after_a_rename"] == ["j", 1], result  # ["j-3", 0] before: "j-2" had written j's state
 
 
+def test_a_loop_of_fits_given_a_run_id_run_again_is_one_run(run):
+    """for e in range(3): fit(epochs=e + 1, initial_epoch=e) with a new EnergyCallback(run_id="loop"),
+    the script run twice into one directory. The second's first fit is "loop-2" (the id had
+    records); its later fits continued "loop" silently (loop: epochs 0, 1, 2, 1, 2; loop-2: epoch 0
+    only) before the fix: the same model last trained "loop-2", which is continued."""
+    result, out = run("loop_run_again")
+    records = read_records(out)
+    trained = {run_id: [(r.epoch, r.attempt) for r in records if r.run_id == run_id and r.phase == "train"]
+               for run_id in ("loop", "loop-2")}
+    assert trained == {"loop": [(0, 0), (1, 1), (2, 2)], "loop-2": [(0, 0), (1, 1), (2, 2)]}, trained
+    assert {r.run_id for r in records} == {"loop", "loop-2"}
+    assert result["first"]["warnings"] == []
+    (renamed,) = result["again"]["warnings"]  # the rename, said once; no epoch "trained again"
+    assert "recorded as 'loop-2'" in renamed, renamed
+    for run_id, execution in (("loop", "first"), ("loop-2", "again")):
+        mine = [r for r in records if r.run_id == run_id]
+        assert len({r.seq for r in mine}) == len(mine)
+        last_train = max(i for i, r in enumerate(mine) if r.phase == "train")
+        assert result[execution]["totals"][-1] == pytest.approx(sum(r.energy_kwh for r in mine[: last_train + 1]), rel=1e-9)
+
+
 def test_two_callbacks_in_one_fit_each_resume_their_own_run(run):
     result, out = run("two_callbacks_resume")
     for name in ("by_order", "by_run_id"):
@@ -572,6 +593,39 @@ def test_evaluate_and_predict_before_a_resumed_fit_leave_it_the_run_that_trained
         assert result[name]["logged_total"] == pytest.approx(sum(r.energy_kwh for r in mine[: last_train + 1]), rel=1e-9)
         assert result[name]["summary"]["run_id"] == trained
         assert result[name]["summary"]["energy_kwh"] == pytest.approx(sum(r.energy_kwh for r in mine), rel=1e-9)
+
+
+def test_inline_callbacks_on_one_model_measure_one_run(run):
+    """fit, evaluate, fit(initial_epoch=2), predict, each with a new EnergyCallback written inline:
+    evaluate and predict continue the run the model trained, as the resumed fit does (each was a
+    run of its own before the fix: 3 runs); a callback given another run_id does not."""
+    result, out = run("inline_calls")
+    records = read_records(out / "inline")
+    runs = list(dict.fromkeys(r.run_id for r in records))
+    assert len(runs) == 2 and runs[1] == result["inline"]["other"] == "other", runs
+    mine = [r for r in records if r.run_id == runs[0]]
+    assert [(r.phase, r.epoch, r.attempt, r.samples) for r in mine if r.phase != "other"] == [
+        ("train", 0, 0, TRAIN), ("train", 1, 0, TRAIN), ("test", None, 1, VAL), ("train", 2, 2, TRAIN),
+        ("train", 3, 2, TRAIN), ("predict", None, 3, VAL)]
+    assert len({r.seq for r in mine}) == len(mine)
+    last_train = max(i for i, r in enumerate(mine) if r.phase == "train")
+    assert result["inline"]["logged_total"] == pytest.approx(sum(r.energy_kwh for r in mine[: last_train + 1]), rel=1e-9)
+    assert [(r.phase, r.samples) for r in records if r.run_id == "other" and r.phase != "other"] == [("test", VAL)]
+
+
+def test_a_callback_goes_on_with_its_run_after_an_inline_one_continued_it(run):
+    """fit with a kept callback, fit(initial_epoch=2) with an inline one (same run), then evaluate
+    and fit(initial_epoch=3) with the kept one: it went on from its own out-of-date ledger (seq
+    numbers repeated) and took the run for one that reached epoch 1 only (a new run, said)."""
+    result, out = run("inline_calls")
+    records = read_records(out / "kept")
+    assert len({r.run_id for r in records}) == 1
+    assert len({r.seq for r in records}) == len(records)
+    assert [(r.phase, r.epoch, r.attempt) for r in records if r.phase != "other"] == [
+        ("train", 0, 0), ("train", 1, 0), ("train", 2, 1), ("test", None, 2), ("train", 3, 3)]
+    assert result["kept"]["warnings"] == []
+    last_train = max(i for i, r in enumerate(records) if r.phase == "train")
+    assert result["kept"]["logged_total"] == pytest.approx(sum(r.energy_kwh for r in records[: last_train + 1]), rel=1e-9)
 
 
 def test_bad_configuration_fails_at_construction(run):

@@ -52,13 +52,13 @@ def nan_to_none(values):
     return [None if isinstance(v, float) and math.isnan(v) else v for v in values]
 
 
-def scenario(name, floatx, run):
+def scenario(name, floatx, run, build=model):
     keras.config.set_floatx(floatx)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             callback = EnergyCallback(output_dir=OUT / name, intensity=100.0)
-            history = run(model(), callback)
+            history = run(build(), callback)
     finally:
         keras.config.set_floatx("float32")
     results[name] = {
@@ -94,6 +94,64 @@ def empty(as_dataset):
     return run
 
 
+class OwnMetrics(keras.Model):  # its `metrics` lists its own metric only: Keras never resets its loss tracker
+
+    def __init__(self):
+        super().__init__()
+        self.dense = keras.layers.Dense(1)
+        self.extra = keras.metrics.Mean(name="extra")
+
+    def call(self, x):
+        return self.dense(x)
+
+    @property
+    def metrics(self):
+        return [self.extra]
+
+
+def own_metrics():
+    m = OwnMetrics()
+    m.compile(optimizer="sgd", loss="mse")
+    return m
+
+
+class ResetEvery3(keras.callbacks.Callback):  # model.reset_metrics() after every third batch of one loop
+
+    def __init__(self, loop):
+        super().__init__()
+        self.loop = loop
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.loop == "train" and batch % 3 == 2:
+            self.model.reset_metrics()
+
+    def on_test_batch_end(self, batch, logs=None):
+        if self.loop == "test" and batch % 3 == 2:
+            self.model.reset_metrics()
+
+
+def resets(m, callback):
+    x, y = data(97)  # 7 batches of 16, the last of 1: 1 sample counted after the last reset
+    history = m.fit(x, y, batch_size=16, epochs=2, verbose=0, validation_data=data(VAL),
+                    callbacks=[callback, ResetEvery3("train")])
+    m.evaluate(x, y, batch_size=16, verbose=0, callbacks=[callback, ResetEvery3("test")])
+    return history
+
+
+def batches_of_one(m, callback):
+    return m.fit(*data(10), batch_size=1, epochs=2, verbose=0, validation_data=data(6), callbacks=[callback])
+
+
+def executing_4_steps():
+    m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    m.compile(optimizer="sgd", loss="mse", steps_per_execution=4)
+    return m
+
+
+scenario("own_metrics", "float32", fit_validate_evaluate, build=own_metrics)
+scenario("resets", "float32", resets)
+if keras.backend.backend() != "torch":  # steps_per_execution must be 1 on torch
+    scenario("steps_per_execution", "float32", batches_of_one, build=executing_4_steps)
 if keras.backend.backend() == "tensorflow":  # Keras raises on an empty fit on the other backends
     scenario("empty_arrays", "float32", empty(as_dataset=False))
     scenario("empty_dataset", "float32", empty(as_dataset=True))
@@ -210,6 +268,38 @@ def test_a_count_is_exact_only_below_its_dtypes_exact_integer_range(tmp_path):
     assert rule["odd"] == [None] * 5  # inf, NaN, a fraction, negative, a dtype not known
     # Read from a real loss tracker, whose count takes floatx.
     assert results["seen"] == {"float32": [2**24 - 1, None], "bfloat16": [255, None], "float16": [2047, None]}
+
+
+def test_a_loss_tracker_left_out_of_the_models_metrics_is_uncounted_not_a_growing_count(results):
+    """A subclass whose `metrics` lists its own metrics only: Keras resets just those, so the loss
+    tracker counted on across epochs and evaluations (train 300, 890, validation 590, 1180, test
+    1450, marked counted, before the fix; on JAX its count stayed 0, uncounted, blamed on a custom step)."""
+    result = results["own_metrics"]
+    assert phases(result) == ["validation", "train", "validation", "train", "test"]
+    assert all(r["counted"] is False and r["per_sample"] is None for r in result["records"]), result["records"]
+    (said,) = [w for w in result["warnings"] if "could not count" in w]
+    assert "leaves out its loss tracker" in said and "samples_per_epoch=" in said, said
+    assert not [w for w in result["warnings"] if "failed" in w], result["warnings"]
+
+
+def test_a_count_below_the_steps_run_is_uncounted(results):
+    """A callback calling model.reset_metrics() every 3 batches: 97 samples in 7 steps counted 1
+    (the last batch), marked exact, before the fix. Validation, not reset, stays exact."""
+    result = results["resets"]
+    counted = [(r["phase"], r["samples"] if r["counted"] else None) for r in result["records"]]
+    assert counted == [("validation", VAL), ("train", None), ("validation", VAL), ("train", None), ("test", None)], counted
+    (said,) = [w for w in result["warnings"] if "could not count" in w]
+    assert "fewer samples than the 7 steps" in said and "reset_metrics()" in said, said
+
+
+def test_batches_of_one_sample_stay_counted_with_several_steps_per_execution(results):
+    """The count equals the steps run there: no reset for the guard above to find."""
+    if "steps_per_execution" not in results:
+        pytest.skip("steps_per_execution must be 1 on the torch backend")
+    result = results["steps_per_execution"]
+    counted = [(r["phase"], r["samples"] if r["counted"] else None) for r in result["records"]]
+    assert counted == [("validation", 6), ("train", 10)] * 2, counted
+    assert result["warnings"] == [], result["warnings"]
 
 
 @pytest.mark.parametrize("scenario", ["empty_arrays", "empty_dataset"])

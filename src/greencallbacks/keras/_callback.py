@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import json
 import math
 import numbers
@@ -128,6 +129,15 @@ def _exact_count(value: float, dtype: str) -> int | None:
     return int(value)
 
 
+def _resets_loss_tracker(model: Any) -> bool:
+    """Does Keras reset ``model``'s loss tracker as an epoch or an evaluation begins? It resets the
+    metrics that ``model.metrics`` lists: a subclass whose ``metrics`` property lists only its own
+    leaves the tracker counting on from every epoch and evaluation before (its count grows each
+    epoch). A model without one (compiled without a loss) counts nothing, which is said elsewhere."""
+    loss_tracker = getattr(model, "_loss_tracker", None)
+    return loss_tracker is None or any(m is loss_tracker for m in model.metrics)
+
+
 def _one_step_per_batch(model: Any) -> bool:
     """Does the optimizer's step advance by exactly one each training batch? Keras's own
     ``train_step`` applies the optimizer once per batch; a custom step may not, gradient
@@ -215,6 +225,14 @@ def _last_run_of(model: Any) -> Any:
     return run_id if reference is not None and reference() is model else None
 
 
+# Which `_Run` of this process measured each run last (by output directory and run id), and the
+# last training epoch it had finished: a callback whose run another callback has continued since
+# (callbacks=[EnergyCallback(...)] written inline at a later call on the same model) must not go
+# on from its own ledger, which would number its records again from where it stopped.
+_RUN_CLAIMS: dict[tuple[str, str], tuple[int, int | None]] = {}
+_RUN_TOKENS = itertools.count()
+
+
 def _digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:12]
 
@@ -263,10 +281,39 @@ class _Run:
     backup_dir: str | None = None  # the fit's BackupAndRestore's (see _state_paths)
     owner: _Owner = field(default_factory=_Owner)  # the callback whose run it is (see _state_paths)
     _state_files: dict = field(default_factory=dict, repr=False, compare=False)  # path -> JsonFileReplacer
+    _token: int = field(default_factory=lambda: next(_RUN_TOKENS), repr=False, compare=False)  # see _RUN_CLAIMS
+
+    def __setstate__(self, state: dict) -> None:
+        # A copy (a callback deep-copied or pickled) is another measurer of the run: its own token.
+        self.__dict__.update(state, _token=next(_RUN_TOKENS))
+
+    def _key(self) -> tuple[str, str]:
+        tracker = self.session.tracker
+        return os.path.abspath(tracker.output_dir) if tracker.output_dir is not None else "", tracker.run_id
+
+    def claim(self) -> None:
+        """This object measures its run now (and has finished ``last_train_epoch``)."""
+        _RUN_CLAIMS[self._key()] = (self._token, self.last_train_epoch)
+
+    def continued_elsewhere(self) -> bool:
+        """Has another ``_Run`` of this process measured this run since this one did?"""
+        claim = _RUN_CLAIMS.get(self._key())
+        return claim is not None and claim[0] != self._token
 
     def state(self) -> dict:
+        last = self.last_train_epoch
+        if self.continued_elsewhere():  # the epochs it trained since (the records say the rest)
+            last = _RUN_CLAIMS[self._key()][1]
         return {"schema": "greencallbacks.keras-state/1", **self.session.state_dict(),
-                "last_train_epoch": self.last_train_epoch, "run_id_given": self.owner.run_id}
+                "last_train_epoch": last, "run_id_given": self.owner.run_id}
+
+    def reloaded(self, session_kwargs: dict) -> "_Run":
+        """The run as its next attempt, from its records: another callback continued it since."""
+        state = self.state()
+        run = _Run(EnergySession(**session_kwargs), last_train_epoch=state["last_train_epoch"], fitted=self.fitted,
+                   backup_dir=self.backup_dir, owner=self.owner)
+        run.session.load_state_dict(state)
+        return run
 
     def save_state(self, wait: bool = True) -> None:
         """Run id, records path and totals next to the records, so a resumed ``fit`` (BackupAndRestore) continues the run.
@@ -386,6 +433,7 @@ class _Call:
         # drives a CallbackList by hand around train_on_batch / test_on_batch (which reset the
         # metrics every batch in Keras 3.15, never in 3.3) gives no such count.
         self.in_keras_loop = frame is not None
+        self.resets_loss_tracker = True  # Keras resets the model's loss tracker with its metrics (see _enter)
         self.progress = _Progress()
         # Fires `_abandon` once the call's frame has left the stack without the end hook (it
         # raised), or at exit; `close` cancels it when the call ends normally.
@@ -479,7 +527,9 @@ class EnergyCallback(_Callback):
             a training epoch (a callback evaluating every N batches) resets the loss tracker: pass
             this callback on in its ``callbacks`` and the count stays exact (without it, it is
             wrong). A loop of your own that drives a ``CallbackList`` around ``train_on_batch`` /
-            ``test_on_batch`` gives no count (uncounted, unless this is given).
+            ``test_on_batch`` gives no count (uncounted, unless this is given), and so do a model
+            whose ``metrics`` property leaves out its loss tracker (Keras never resets it) and a
+            count below the steps run (a callback calling ``model.reset_metrics()`` mid-loop).
         sample_counter: ``outputs -> int`` samples in one ``predict`` batch. Keras hands callbacks
             no input batches; the only per-batch values are ``predict``'s outputs, which
             ``greencallbacks.samples.count_samples`` counts by default (one array, or a list,
@@ -511,9 +561,12 @@ class EnergyCallback(_Callback):
     (or it is this object's run, on the same model): the trials of a sweep that share one
     ``output_dir`` are not told apart otherwise. A callback given ``run_id=`` continues that run
     only (its state is kept in a file of its own), and a second EnergyCallback in the same fit (two
-    grids) continues the run of the callback in its place in ``callbacks=[...]``. ``evaluate`` / ``predict``
-    continue the current run; before any ``fit`` they are a run of their own, which a later
-    resumed ``fit`` does not continue.
+    grids) continues the run of the callback in its place in ``callbacks=[...]``. A loop of
+    ``fit(initial_epoch=e)`` with a new callback given ``run_id=`` each, run again into the same
+    directory, stays in the ``<id>-N`` its first fit was recorded as (the same model trained it
+    last). ``evaluate`` / ``predict`` continue the current run, and with a new callback the run
+    the same model last trained in this process (unless another ``run_id=`` is given); before any
+    ``fit`` they are a run of their own, which a later resumed ``fit`` does not continue.
 
     Failures: each phase's record is on disk when the phase ends. Keras has no exception hook: when
     ``fit``, ``evaluate`` or ``predict`` raises (an error, Ctrl-C in a notebook), a background watch
@@ -582,17 +635,17 @@ class EnergyCallback(_Callback):
         self._train_samples: int | None = None
         # None: the test loop left the tracker past its exact count (see _exact_count).
         self._train_offset: int | None = 0
-        self._train_past_exact = False  # why _train_samples is None: the tracker's count grew past exact
+        self._train_why: str | None = None  # why _train_samples is None, for _uncounted's warning
         self._test_counted = True  # the open test loop is Keras's own (its loss tracker counts it)
         self._validated = False
         self._pause_due = False  # an epoch of this fit ended: a carbon-aware pause may precede the next
         # The current call's progress (training steps, predicted samples; see _Progress).
         self._progress = _Progress()
         # Steps run in the open evaluation loop, from the batch hooks (which Keras may run out of
-        # order on its worker threads; it waits for them before on_test_end). Counted only for a
-        # custom step (see _not_steps); training's are in _progress.
+        # order on its worker threads; it waits for them before on_test_end): a count below them is
+        # not samples, nor, for a custom step, one equal to them (see _not_steps). Training's are
+        # in _progress.
         self._test_steps = 0
-        self._count_test_steps = False
         self._steps_lock = threading.Lock()
         self._warned_samples = False
 
@@ -668,8 +721,8 @@ class EnergyCallback(_Callback):
             self.session.pause_between_epochs()
         # Keras's fit reset the metrics just before: the loss tracker counts this epoch from 0.
         self._epoch, self._validated = epoch, False
-        self._train_samples = 0 if call.in_keras_loop else None
-        self._train_offset, self._train_past_exact = 0, False
+        self._train_samples = 0 if call.in_keras_loop and call.resets_loss_tracker else None
+        self._train_offset, self._train_why = 0, None if call.resets_loss_tracker else "not_reset"
         progress = self._progress
         with progress.lock:
             progress.train_steps, progress.training = 0, False
@@ -702,13 +755,18 @@ class EnergyCallback(_Callback):
         progress = self._progress
         with progress.lock:
             steps = progress.train_steps
+        why, fewest = self._train_why, self._fewest_steps(steps)
+        if count is not None and 0 < count < fewest:
+            # Every step counts a sample at least (Keras's own step counts its batch): the count was
+            # reset during the epoch, unseen (a callback calling model.reset_metrics()).
+            count, why = None, "reset"
         samples = self.samples_per_epoch or (self._not_steps(count, "train", steps) if count is not None else 0)
         if steps == 0 and not any(not key.startswith("val_") for key in logs or ()):
             # No step ran (an empty data set): nothing was trained, whatever the loss tracker still
             # holds (on TensorFlow a stale count, taken for 32 samples an epoch) or was declared.
             samples = 0
         elif not samples:  # a step ran: 0 means the tracker did not count
-            self._uncounted("training", past_exact=self._train_past_exact)
+            self._uncounted("training", why, fewest)
             samples = None
         self._add_tokens(logs)
         step = self._step()
@@ -720,6 +778,7 @@ class EnergyCallback(_Callback):
         if self.session.check_budget():
             self.model.stop_training = True  # Keras ends fit after this epoch's callbacks (ModelCheckpoint too)
         self._run.last_train_epoch = epoch
+        self._run.claim()
         _remember_run_of(self.model, self.tracker.run_id)
         self._run.save_state(wait=False)
         if logs is not None:
@@ -753,14 +812,12 @@ class EnergyCallback(_Callback):
         self._phases.append((phase, outermost))
         with self._steps_lock:
             self._test_steps = 0
-        self._count_test_steps = _custom_step(self.model, "test")
         self.tracker.begin(phase, self._epoch if phase == "validation" else None)
         self.tracker.add_samples(None)  # uncounted until its end counts it: a failed loop stays so
 
     def on_test_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        if self._count_test_steps:
-            with self._steps_lock:
-                self._test_steps = max(self._test_steps, batch + 1)
+        with self._steps_lock:  # `batch`: the last step the hook covers (several with steps_per_execution)
+            self._test_steps = max(self._test_steps, batch + 1)
 
     @never_raises
     def on_test_end(self, logs: dict | None = None) -> None:
@@ -777,9 +834,16 @@ class EnergyCallback(_Callback):
         if not outermost and ("train", False) in self._phases:
             self._train_offset = seen  # left in the tracker: the epoch's training counts on from it
         counted = bool(logs) and self._test_counted
-        samples = self._not_steps(seen, "test", steps) if counted and seen is not None else 0
+        why, fewest = None, self._fewest_steps(steps)
         if counted and seen is None:
-            self._uncounted(phase, past_exact=True)
+            why = "past_exact"
+        elif counted and not self._call.resets_loss_tracker:
+            why = "not_reset"
+        elif counted and 0 < seen < fewest:  # reset during the loop, unseen (see on_epoch_end)
+            why = "reset"
+        samples = self._not_steps(seen, "test", steps) if counted and why is None else 0
+        if why is not None:
+            self._uncounted(phase, why, fewest)
             samples = None
         elif not samples and (logs or not self._test_counted):
             self._uncounted(phase)
@@ -842,6 +906,7 @@ class EnergyCallback(_Callback):
             call.abandon()  # the previous call raised: record what it measured, if the watch has not yet
             self._phases.clear()
         self._call = _Call(kind, callback_list, _model_call_frame(self.model))
+        self._call.resets_loss_tracker = kind == "predict" or _resets_loss_tracker(self.model)
         self._progress = self._call.progress
         return True
 
@@ -851,6 +916,12 @@ class EnergyCallback(_Callback):
             self._resume(first_epoch, call)
         elif first_epoch == 0 and self._run_used:
             self._run = _Run(EnergySession(**self._session_kwargs))  # a new fit is a new run
+        elif first_epoch is None and not self._run_used:
+            self._join_the_models_run(call)
+        elif first_epoch is None and self._run.continued_elsewhere():
+            # evaluate / predict going on with this object's run, which a callback written inline at
+            # a later call on the same model continued since: from the records, as its next attempt.
+            self._run = self._run.reloaded(self._session_kwargs)
         self._run_used = True
         call.run = self._run
         session = self._run.session
@@ -858,6 +929,7 @@ class EnergyCallback(_Callback):
         device_indices, sync = devices_and_sync(backend)
         reducer = reducer_for(backend)  # a collective on several processes; all run this hook
         session.start(output_dir=self._output_dir(call), device_indices=device_indices, reducer=reducer, sync=sync)
+        self._run.claim()
         # None (Keras 3.15), or not set at all (3.3), when fit is given a CallbackList built
         # without training parameters: Keras uses it as it is, and never calls set_params.
         params = getattr(self, "params", None) or {}
@@ -891,7 +963,10 @@ class EnergyCallback(_Callback):
             watch.settle()
             restoring = _restores_a_backup(call.callback_list)  # its own state, not the last fit's
             owner = self._owner(call)
-            state, other, path = _read_state(self._output_dir(call), _backup_dir(call.callback_list) if restoring else None, owner)
+            output_dir, backup_dir = self._output_dir(call), _backup_dir(call.callback_list) if restoring else None
+            state, other, path = self._renamed_run_of_the_model(output_dir, backup_dir, owner, first_epoch)
+            if state is None:
+                state, other, path = _read_state(output_dir, backup_dir, owner)
             # Or the run this model trained last in this process: the same training, resumed with a
             # new callback (callbacks=[EnergyCallback(...)] written inline at each fit).
             identified = path is not None and (
@@ -923,6 +998,41 @@ class EnergyCallback(_Callback):
         )
         if self._run_used:
             self._run = _Run(EnergySession(**self._session_kwargs))  # nothing to continue: a new run
+
+    def _renamed_run_of_the_model(
+        self, output_dir: Path, backup_dir: str | None, owner: _Owner, first_epoch: int
+    ) -> tuple[dict | None, None, Path | None]:
+        """For a callback given a run_id: the state of the run this model last trained in this
+        process where the tracker recorded it as ``<id>-N`` (the given id had records already: the
+        script run again into its directory) and it reached the epoch before. The given id's own
+        state is the earlier run's: a loop of ``fit(initial_epoch=e)`` with a new callback each,
+        run again, continued that run from its second fit on, one training split across two runs."""
+        last = _last_run_of(self.model)
+        if owner.run_id is None or last is None or last == owner.run_id:
+            return None, None, None
+        state, _, path = _read_state(output_dir, backup_dir, _Owner(last, owner.place))
+        reached = state.get("last_train_epoch") if state else None
+        if state and state.get("run_id") == last and owner.owns(state) and isinstance(reached, int) and reached >= first_epoch - 1:
+            return state, None, path
+        return None, None, None
+
+    def _join_the_models_run(self, call: _Call) -> None:
+        """``evaluate`` / ``predict`` with a callback that has measured nothing yet, on a model this
+        process trained last in a run named in this output directory: that run, as its next attempt
+        (as a ``fit(initial_epoch=N)`` with a new callback continues it), unless another run_id is
+        given. Else (a model loaded or built anew; a sanity check before a resume) a run of its own,
+        which leaves ``energy-state.json`` to the run that trained."""
+        last = _last_run_of(self.model)
+        if last is None:
+            return
+        watch.settle()  # a fit that just raised has its state written by the watch thread
+        owner = self._owner(call)
+        state, _, _ = _read_state(self._output_dir(call), None, _Owner(last, owner.place))
+        if not state or state.get("run_id") != last or not owner.owns(state):
+            return
+        self._run = _Run(EnergySession(**self._session_kwargs), last_train_epoch=state.get("last_train_epoch"),
+                         fitted=True, owner=_Owner(state.get("run_id_given"), owner.place))
+        self._run.session.load_state_dict(state)
 
     def _owner(self, call: _Call) -> _Owner:
         """This callback as the owner of its run's state files in ``call`` (a fit)."""
@@ -986,7 +1096,7 @@ class EnergyCallback(_Callback):
         if seen is None or self._train_offset is None:
             # Past the count's exact range, or counting on from a test loop's count that was: a
             # float count there has rounded away batches (or reached inf).
-            self._train_samples, self._train_past_exact = None, True
+            self._train_samples, self._train_why = None, "past_exact"
             return
         self._train_samples = self._train_samples + seen - self._train_offset if seen >= self._train_offset else None
 
@@ -1022,16 +1132,34 @@ class EnergyCallback(_Callback):
             return 0
         return count
 
-    def _uncounted(self, phase: str, past_exact: bool = False) -> None:
+    def _fewest_steps(self, steps: int) -> int:
+        """The steps a loop ran at least, from the highest step its batch hooks reported (``steps``):
+        with ``steps_per_execution=k`` Keras reports each execution's last step as its first + k - 1,
+        also for a last execution that ran fewer (10 steps, 4 per execution: step 11 reported)."""
+        per_execution = getattr(self.model, "steps_per_execution", 1)
+        if not isinstance(per_execution, int) or per_execution < 1:
+            per_execution = 1
+        return max(0, steps - per_execution + 1)
+
+    def _uncounted(self, phase: str, reason: str | None = None, steps: int = 0) -> None:
         """The open phase ran steps but its samples are unknown: recorded as uncounted, one warning per run.
 
-        ``past_exact``: the loss tracker counted, but past what its dtype counts exactly."""
+        ``reason``: None, the tracker did not count (a custom step, a loop of the user's); "past_exact",
+        it counted past what its dtype counts exactly; "not_reset", Keras never resets it (see
+        ``_resets_loss_tracker``); "reset", it counted fewer samples than the ``steps`` run."""
         self.tracker.add_samples(None)
         if self._warned_samples != self.tracker.run_id:
             self._warned_samples = self.tracker.run_id
-            if past_exact:
+            if reason == "past_exact":
                 why = (f": the loss tracker's {self._count_dtype()} count (keras.config.floatx()) cannot count this "
                        "many exactly")
+            elif reason == "not_reset":
+                why = (": the model's `metrics` leaves out its loss tracker (model._loss_tracker), so Keras never "
+                       "resets it and its count runs on across epochs and evaluations; list it in `metrics` to "
+                       "count them")
+            elif reason == "reset":
+                why = (f": the loss tracker counted fewer samples than the {steps} steps run, so the model's metrics "
+                       "were reset during the loop (a callback calling model.reset_metrics()?)")
             else:
                 why = (" (a custom train_step / test_step that does not update the model's loss tracker, or updates "
                        "it once per batch, without sample_weight=<batch size>? a loop of your own around "
