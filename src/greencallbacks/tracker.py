@@ -727,7 +727,10 @@ class Tracker:
             # Closed but not yet published (a gap closed by `begin`), then the phases still open.
             open_records = [self._local_record(*closed) for closed in self._pending]
             open_records += [self._local_record(o, True, self.step) for o in self._stack if not o.empty]
-        return {**self.ledger.state_dict(open_records), "records_path": self._records_path(), "session_id": self._session_id}
+        state = {**self.ledger.state_dict(open_records), "records_path": self._records_path(), "session_id": self._session_id}
+        if self._records_elsewhere:  # the run's earlier attempts, written in other directories (see _resume)
+            state["earlier_records"] = self._records_elsewhere
+        return state
 
     def wrote(self, state: dict[str, Any]) -> bool:
         """Was ``state`` saved by this tracker, or by an earlier attempt of the run it continues?
@@ -801,11 +804,20 @@ class Tracker:
             # original's (which may have gone on since: its later attempts are no part of this
             # one's). Else where the checkpoint says it was written (a directory chosen anew).
             records = read_run_records(run_id, [self.output_dir])
-            if not records and home is not None:
+            # Attempts written in other directories (a resume into an output_dir chosen anew, and
+            # the resumes after it): the history is theirs and this one's, or the third attempt
+            # lost the first's energy.
+            earlier = [Path(p).parent for p in state.get("earlier_records") or () if isinstance(p, str)]
+            moved = not records and home is not None and self.output_dir is not None and not _same_directory(home, self.output_dir)
+            if moved and read_run_records(run_id, [home]):
+                earlier.append(home)
+                self._say_records_elsewhere(run_id, home)
+            elif not records and home is not None:
                 records = read_run_records(run_id, [home])
-                if records and self.output_dir is not None and not _same_directory(home, self.output_dir):
-                    self._records_elsewhere = [str(home / RECORDS_FILE)]
-                    self._say_records_elsewhere(run_id, home)
+            earlier = [d for d in dict.fromkeys(earlier) if self.output_dir is None or not _same_directory(d, self.output_dir)]
+            if earlier:
+                records = read_run_records(run_id, [*earlier, self.output_dir])
+                self._records_elsewhere = [str(d / RECORDS_FILE) for d in earlier]
             self.ledger.resume(state, records)
         except (TypeError, ValueError, KeyError, AttributeError, OSError) as error:
             # A checkpoint's entry edited, damaged or from an unknown version: the framework's
