@@ -101,6 +101,15 @@ def _history_before(records: list[Record], state: dict[str, Any]) -> list[Record
     return sorted((r for r in records if (r.attempt, r.seq) < (attempt, seq)), key=lambda r: (r.attempt, r.seq))
 
 
+def _distinct(directories: list[Path], excluding: Path | None) -> list[Path]:
+    """``directories`` in order, each once however it is spelled (a symlink, a relative path), without ``excluding``."""
+    kept: list[Path] = []
+    for directory in directories:
+        if not any(_same_directory(directory, other) for other in [*kept, *([excluding] if excluding else [])]):
+            kept.append(directory)
+    return kept
+
+
 def _same_directory(a: Path, b: Path) -> bool:
     try:
         return a.samefile(b)
@@ -808,16 +817,27 @@ class Tracker:
             # the resumes after it): the history is theirs and this one's, or the third attempt
             # lost the first's energy.
             earlier = [Path(p).parent for p in state.get("earlier_records") or () if isinstance(p, str)]
-            moved = not records and home is not None and self.output_dir is not None and not _same_directory(home, self.output_dir)
+            moved = home is not None and self.output_dir is not None and not _same_directory(home, self.output_dir)
             if moved and read_run_records(run_id, [home]):
-                earlier.append(home)
-                self._say_records_elsewhere(run_id, home)
+                earlier.append(home)  # (also where this directory holds some of the run: A, then B, then A)
             elif not records and home is not None:
                 records = read_run_records(run_id, [home])
-            earlier = [d for d in dict.fromkeys(earlier) if self.output_dir is None or not _same_directory(d, self.output_dir)]
-            if earlier:
+            earlier = _distinct(earlier, self.output_dir)
+            gone = [d for d in earlier if not (d / RECORDS_FILE).is_file()]
+            if gone:
+                # The run's history is not all here to read: the checkpoint's totals are (the
+                # records found would leave the missing directories' energy out of the run).
+                records = []
+                from greencallbacks.meter import warn
+
+                warn(f"greencallbacks: the records of run {run_id} in {', '.join(map(str, gone))} are gone; its totals go "
+                     "on from the checkpoint's, and a report of the directories left covers only their attempts.")
+            elif earlier:
                 records = read_run_records(run_id, [*earlier, self.output_dir])
+            if earlier:
                 self._records_elsewhere = [str(d / RECORDS_FILE) for d in earlier]
+                if moved:
+                    self._say_records_elsewhere(run_id, earlier)
             self.ledger.resume(state, records)
         except (TypeError, ValueError, KeyError, AttributeError, OSError) as error:
             # A checkpoint's entry edited, damaged or from an unknown version: the framework's
@@ -833,17 +853,18 @@ class Tracker:
         if self.running:
             self._open_writer()
 
-    def _say_records_elsewhere(self, run_id: str, home: Path) -> None:
+    def _say_records_elsewhere(self, run_id: str, earlier: list[Path]) -> None:
         """A resume into an ``output_dir`` chosen anew: this attempt's records go there, the
-        earlier ones stay in the run's first directory, and the summary (of the whole run) is
-        more than the records beside it. Said, and named in the summary, so that neither place
-        is read as the whole run."""
+        earlier ones stay where they were written, and the summary (of the whole run) is more
+        than the records beside it. Said, and named in the summary, so that neither place is
+        read as the whole run."""
         if self.reducer.rank == 0:
             from greencallbacks.meter import warn
 
+            places = " ".join(map(str, earlier))
             warn(f"greencallbacks: run {run_id} continues in {self.output_dir} (the output_dir given), and its "
-                 f"earlier attempts' records stay in {home}: its energy-summary.json here covers the whole run, the "
-                 f"records here this attempt on. For the whole run: greencallbacks report {home} {self.output_dir}")
+                 f"earlier attempts' records stay in {', '.join(map(str, earlier))}: its energy-summary.json here covers "
+                 f"the whole run. For the whole run: greencallbacks report {places} {self.output_dir}")
 
     def _copy_of(self, home: Path | None, run_id: str, state: dict[str, Any]) -> Path | None:
         """Where this attempt's directory, or the one of the same name beside it (Lightning's

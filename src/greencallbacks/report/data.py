@@ -204,14 +204,15 @@ def provenance(records: Sequence[Record]) -> list[str]:
         )
     if not estimated and not apportioned and not stopped:
         notes.append("Every component was measured by a hardware counter or sampled power.")
-    elsewhere = {run: min(r.attempt for r in mine) for run, mine in by_run(records).items()}
-    elsewhere = {run: first for run, first in elsewhere.items() if first > 0}
-    if elsewhere:
+    missing = {run: sorted(set(range(max(r.attempt for r in mine) + 1)) - {r.attempt for r in mine})
+               for run, mine in by_run(records).items()}
+    missing = {run: attempts for run, attempts in missing.items() if attempts}
+    if missing:
         notes.append(
-            "Only later attempts of " + ", ".join(f"run {run} (from attempt {first})" for run, first in elsewhere.items())
-            + " are in these records: it was resumed into another directory, and the earlier attempts' records "
-            "are where it began (its energy-summary.json names them); the figures here leave them out. Pass both "
-            "directories for the whole run."
+            "Not in these records: " + "; ".join(f"attempt(s) {', '.join(map(str, a))} of run {run}" for run, a in missing.items())
+            + ". A run resumed into another directory leaves its earlier attempts' records where they were written "
+            "(its energy-summary.json names them, as earlier_records); the figures here leave them out. Pass every "
+            "directory the run wrote in for the whole run."
         )
     if any(r.partial for r in records):
         notes.append("Phases marked partial were cut short by an exception or interrupt; their energy is in the totals.")
