@@ -211,8 +211,8 @@ def provenance(records: Sequence[Record]) -> list[str]:
         notes.append(
             "Not in these records: " + "; ".join(f"attempt(s) {', '.join(map(str, a))} of run {run}" for run, a in missing.items())
             + ". A run resumed into another directory leaves its earlier attempts' records where they were written "
-            "(its energy-summary.json names them, as earlier_records); the figures here leave them out. Pass every "
-            "directory the run wrote in for the whole run."
+            "(its energy-summary.json names them, as earlier_records), and an attempt killed before its first "
+            "record has none; the figures here leave them out. Pass every directory the run wrote in for the whole run."
         )
     if any(r.partial for r in records):
         notes.append("Phases marked partial were cut short by an exception or interrupt; their energy is in the totals.")
