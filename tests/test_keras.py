@@ -685,3 +685,58 @@ def test_without_the_callback_list_seam_every_epoch_is_still_logged_and_validati
     assert phases == [("validation", 0, False), ("train", 0, False), ("validation", 1, False), ("train", 1, False),
                       ("test", None, False)]
     assert result["threads_after"] == []
+
+
+FIRST_EPOCH_CRASH_SCRIPT = """
+import json, sys, warnings
+import numpy as np, keras
+from greencallbacks.keras import EnergyCallback
+
+out, crash = sys.argv[1], sys.argv[2] == "crash"
+rng = np.random.default_rng(0)
+X, Y = rng.normal(size=(32, 4)).astype("float32"), rng.normal(size=(32, 1)).astype("float32")
+m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+m.compile("sgd", "mse")
+
+class RaiseInBatch1(keras.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == 1:
+            raise RuntimeError("boom")
+
+callback = EnergyCallback(output_dir=out, intensity=100)
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    try:
+        m.fit(X, Y, batch_size=8, epochs=4, initial_epoch=2, verbose=0,
+              callbacks=[callback] + ([RaiseInBatch1()] if crash else []))
+    except RuntimeError:
+        pass
+said = [str(w.message) for w in caught if "measured as a new run" in str(w.message)]
+json.dump([callback.tracker.run_id, callback.tracker.ledger.attempt, said], sys.stdout)
+"""
+
+
+def test_a_run_begun_at_a_later_epoch_that_crashed_in_it_is_continued_by_its_resume(tmp_path):
+    """fit(initial_epoch=2) in a new process (its earlier epochs' records elsewhere), killed inside
+    epoch 2, then resumed at epoch 2: its state said it had reached no epoch (read as -1, below
+    the 1 a resume at 2 needs), so the resume was a new run, the crashed attempt's energy left out."""
+    require("keras", "torch", purpose="the Keras first-epoch crash scenario")
+    env = {**os.environ, "KERAS_BACKEND": "torch", "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+
+    def attempt(mode):
+        done = subprocess.run([sys.executable, "-c", FIRST_EPOCH_CRASH_SCRIPT, str(tmp_path), mode], cwd=tmp_path,
+                              env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-4000:]
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    first_run, first_attempt, first_said = attempt("crash")
+    assert first_attempt == 0 and len(first_said) == 1  # nothing before epoch 2 here: said once
+    run_id, resumed_attempt, said = attempt("resume")
+    assert (run_id, resumed_attempt, said) == (first_run, 1, [])
+    records = read_records(tmp_path / "energy-records.jsonl")
+    assert {r.run_id for r in records} == {first_run}
+    trains = [(r.attempt, r.epoch, r.partial) for r in records if r.phase == "train"]
+    assert trains == [(0, 2, True), (1, 2, False), (1, 3, False)], trains
+    summary = json.loads((tmp_path / SUMMARY_FILE).read_text())
+    assert summary["run_id"] == first_run and summary["energy_kwh"] == pytest.approx(
+        sum(r.energy_kwh for r in records), rel=1e-9)

@@ -922,6 +922,10 @@ class EnergyCallback(_Callback):
             # evaluate / predict going on with this object's run, which a callback written inline at
             # a later call on the same model continued since: from the records, as its next attempt.
             self._run = self._run.reloaded(self._session_kwargs)
+        if first_epoch and self._run.last_train_epoch is None:
+            # A run begun at initial_epoch=k has reached epoch k - 1 as far as a resume can tell:
+            # crashed inside epoch k, its resume at k continues it (read as -1, it was a new run).
+            self._run.last_train_epoch = first_epoch - 1
         self._run_used = True
         call.run = self._run
         session = self._run.session
