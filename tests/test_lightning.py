@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -353,6 +354,34 @@ def test_a_resume_with_corrected_settings_continues_the_run_and_says_so(tmp_path
     with pytest.warns(UserWarning, match="Please add the following callbacks"):  # Lightning's own
         fit(TinyModel(), other, ckpt_path=tmp_path / "ckpt" / "last.ckpt")
     assert other.tracker.run_id != crashed.tracker.run_id
+
+
+def test_a_resume_into_another_output_dir_says_where_the_records_are_and_no_more(tmp_path):
+    """One directory per job: the output_dir given is in the state key, so a resume into another
+    one also warned that the checkpoint's state had "other settings than this callback's"."""
+    L, EnergyCallback, TinyModel = flavour("lightning.pytorch")
+
+    def fit(model, callback, ckpt_path=None):
+        checkpoint = L.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+        trainer = L.Trainer(max_epochs=3, logger=False, callbacks=[callback, checkpoint],
+                            **trainer_kwargs(enable_checkpointing=True))
+        trainer.fit(model, *loaders(), ckpt_path=ckpt_path)
+
+    crashed = EnergyCallback(output_dir=tmp_path / "job1", intensity=50)
+    with pytest.raises(Boom):
+        fit(TinyModel(fail_at=(2, 1)), crashed)
+    resumed = EnergyCallback(output_dir=tmp_path / "job2", intensity=50)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit(TinyModel(), resumed, ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+    said = [str(w.message) for w in caught if issubclass(w.category, EnergyWarning)]
+    assert resumed.tracker.run_id == crashed.tracker.run_id
+    assert not [w for w in said if "other settings" in w], said
+    assert len([w for w in said if "continues in" in w and str(tmp_path / "job1") in w]) == 1, said
+    records = [r for d in ("job1", "job2") for r in read_records(tmp_path / d / "energy-records.jsonl")]
+    assert [(r.epoch, r.attempt) for r in records if r.phase == "train"] == [(0, 0), (1, 0), (2, 0), (2, 1)]
+    summary = json.loads((tmp_path / "job2" / "energy-summary.json").read_text())
+    assert summary["energy_kwh"] == pytest.approx(sum(r.energy_kwh for r in records), rel=1e-12)
 
 
 def test_testing_the_best_checkpoint_after_the_fit_continues_the_run_as_it_is(tmp_path):

@@ -162,15 +162,18 @@ class EnergyCallbackBase:
         # Lightning reads this on every hook call (profiler names): computed once.
         if self._state_key is None:
             # Stable across processes (a resumed run must find its state), distinct for callbacks
-            # with different settings in one Trainer. Only the settings given, so the default key
-            # is short.
-            given = {k: (v if isinstance(v, (str, int, float)) else str(v)) for k, v in self._settings.items() if v is not None}
-            if self._session_kwargs.get("run_id"):
-                given["run_id"] = self._session_kwargs["run_id"]
-            if self.prefix:
-                given["prefix"] = self.prefix
-            self._state_key = self._generate_state_key(**given)  # type: ignore[attr-defined]
+            # with different settings in one Trainer.
+            self._state_key = self._generate_state_key(**self._settings_given())  # type: ignore[attr-defined]
         return self._state_key
+
+    def _settings_given(self) -> dict[str, Any]:
+        """The settings the state key holds: only those given, so that the default key is short."""
+        given = {k: (v if isinstance(v, (str, int, float)) else str(v)) for k, v in self._settings.items() if v is not None}
+        if self._session_kwargs.get("run_id"):
+            given["run_id"] = self._session_kwargs["run_id"]
+        if self.prefix:
+            given["prefix"] = self.prefix
+        return given
 
     def state_dict(self) -> dict[str, Any]:
         # Lightning calls these two outside any hook (saving and restoring checkpoints): they must
@@ -197,12 +200,17 @@ class EnergyCallbackBase:
         if self.state_key in states:
             return
         claimed = {cb.state_key for cb in trainer.callbacks}
-        orphans = [key for key in states if key not in claimed and _prefix_in_key(key, type(self).__qualname__) == self.prefix]
+        name = type(self).__qualname__
+        keyed = {key: _settings_in_key(key, name) for key in states if key not in claimed}
+        orphans = [key for key, given in keyed.items() if given is not None and given.get("prefix", "") == self.prefix]
         if len(orphans) == 1:
-            call = getattr(getattr(trainer.state, "fn", None), "value", None) or "fit"  # or validate, test, predict
-            warn(f"greencallbacks: the checkpoint's energy state was saved by {orphans[0]}, with other settings than "
-                 f"this callback's ({self.state_key}); this {call} continues its run, and the records from here on "
-                 "carry the new settings.")
+            # Only output_dir changed (one directory per job): the resume's own warning names the
+            # directories; nothing else to say.
+            if _without_output_dir(keyed[orphans[0]]) != _without_output_dir(self._settings_given()):
+                call = getattr(getattr(trainer.state, "fn", None), "value", None) or "fit"  # or validate, test, predict
+                warn(f"greencallbacks: the checkpoint's energy state was saved by {orphans[0]}, with other settings "
+                     f"than this callback's ({self.state_key}); this {call} continues its run, and the records from "
+                     "here on carry the new settings.")
             self.load_state_dict(deepcopy(states[orphans[0]]))
         elif orphans:
             warn(f"greencallbacks: the checkpoint holds {len(orphans)} energy states with other settings than this "
@@ -565,8 +573,8 @@ class EnergyCallbackBase:
 _OWN_ARGUMENTS = keyword_names(EnergyCallbackBase.__init__)
 
 
-def _prefix_in_key(key: Any, class_name: str) -> str | None:
-    """The prefix in a state key that Lightning's ``_generate_state_key`` made for ``class_name``
+def _settings_in_key(key: Any, class_name: str) -> dict | None:
+    """The settings in a state key that Lightning's ``_generate_state_key`` made for ``class_name``
     (``EnergyCallback{'intensity': 50, 'prefix': 'low/'}``); None for another callback's key."""
     if not (isinstance(key, str) and key.startswith(class_name + "{")):
         return None
@@ -574,7 +582,11 @@ def _prefix_in_key(key: Any, class_name: str) -> str | None:
         given = ast.literal_eval(key[len(class_name):])
     except (ValueError, SyntaxError):
         return None
-    return given.get("prefix", "") if isinstance(given, dict) else None
+    return given if isinstance(given, dict) else None
+
+
+def _without_output_dir(settings: dict) -> dict:
+    return {k: v for k, v in settings.items() if k != "output_dir"}
 
 
 _BATCH_HOOKS = ("on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer")
