@@ -1197,3 +1197,33 @@ def test_a_run_resumed_across_three_directories_and_back_keeps_every_attempt(tmp
     with pytest.warns(UserWarning, match="are gone; its totals go on from the checkpoint's"):
         again.load_state_dict(states[-1])
     assert again.total_energy_j == pytest.approx(sum(r.energy_kwh for r in every) * 3.6e6, rel=1e-9)
+
+
+def test_a_checkpoint_saved_by_a_signal_handler_inside_a_boundary_bills_nothing_twice(tmp_path):
+    """Lightning's SLURM requeue handler (SIGUSR1) saves a checkpoint wherever the signal lands,
+    also inside the tracker's own boundary: the handler's ``state_dict`` billed the interval since
+    the last snapshot, then the interrupted boundary billed it again (an epoch counted twice: 12.4 s
+    of records for a 5 s epoch)."""
+    tracker, clock, _ = setup(tmp_path)
+    start = clock()
+    meter, real_between = tracker.meter, tracker.meter.between
+    saved = []
+
+    def between_interrupted(*args, **kwargs):  # the signal lands while the boundary bills
+        if not saved:
+            saved.append(None)
+            saved[0] = tracker.state_dict()
+        return real_between(*args, **kwargs)
+
+    meter.between = between_interrupted
+    clock.advance(1.0)
+    tracker.begin("train", 0)
+    clock.advance(5.0)
+    tracker.end("train")
+    meter.between = real_between
+    clock.advance(1.0)
+    tracker.finish()
+    records = read_records(tmp_path)
+    assert saved and saved[0]["run_id"] == tracker.run_id
+    assert sum(r.duration_s for r in records) == pytest.approx(clock() - start)
+    assert sum(r.it_energy_kwh for r in records) * 3.6e6 == pytest.approx(100.0 * (clock() - start))

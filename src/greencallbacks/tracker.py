@@ -244,6 +244,7 @@ class Tracker:
         # built when published, so a gap closed by `begin` costs the training thread no record.
         self._pending: list[tuple[_Open, bool, int | None]] = []
         self._last_snapshot: Snapshot | None = None
+        self._in_boundary = False  # see state_dict
         # `live`: the previous call's peek (its power interval) and each open phase's billed sums.
         self._live_previous: Snapshot | None = None
         self._live_billed: dict[int, tuple[int, float, float]] = {}
@@ -731,7 +732,9 @@ class Tracker:
         totals so far (phases open now included, as measured so far: the fallback for a resume
         that cannot read the records)."""
         open_records = []
-        if self.running:
+        if self.running and not self._in_boundary:
+            # Inside a boundary when a signal handler saves a checkpoint (Lightning's SLURM requeue
+            # on SIGUSR1): that boundary bills the interval; billing it here too counted it twice.
             self._boundary()
             # Closed but not yet published (a gap closed by `begin`), then the phases still open.
             open_records = [self._local_record(*closed) for closed in self._pending]
@@ -937,9 +940,13 @@ class Tracker:
         background thread's latest read forward to now.
         """
         assert self.meter is not None and self._last_snapshot is not None
-        snapshot = self.meter.snapshot(exact=exact)
-        self._stack[-1].add(self.meter.between(self._last_snapshot, snapshot), snapshot.unix_s)
-        self._last_snapshot = snapshot
+        self._in_boundary = True
+        try:
+            snapshot = self.meter.snapshot(exact=exact)
+            self._stack[-1].add(self.meter.between(self._last_snapshot, snapshot), snapshot.unix_s)
+            self._last_snapshot = snapshot
+        finally:
+            self._in_boundary = False
 
     def _close(self, opened: _Open, partial: bool = False) -> None:
         if opened.phase == "other" and opened.empty:
