@@ -1227,3 +1227,75 @@ def test_a_checkpoint_saved_by_a_signal_handler_inside_a_boundary_bills_nothing_
     assert saved and saved[0]["run_id"] == tracker.run_id
     assert sum(r.duration_s for r in records) == pytest.approx(clock() - start)
     assert sum(r.it_energy_kwh for r in records) * 3.6e6 == pytest.approx(100.0 * (clock() - start))
+
+
+@pytest.mark.parametrize("restored_before_start", [False, True])
+@pytest.mark.parametrize("gap_s", [0.1, 1.0])  # the gap before the epoch: unwritten / written at its begin
+def test_a_resume_of_an_attempt_killed_inside_a_phase_writes_what_the_checkpoint_counted_of_it(tmp_path, restored_before_start, gap_s):
+    """Preempted inside an epoch (a checkpoint every N steps, SIGKILL: no handler runs). Where no
+    record of the run existed, the resume went on from the checkpoint's totals, and the summary
+    and logged totals held energy that no record did (report: 1.59e-6 of 2.15e-6 kWh); where one
+    did (a sanity validation, a gap written), the epoch's energy up to the checkpoint was lost."""
+    first, clock, _ = setup(tmp_path)
+    clock.advance(gap_s)
+    first.begin("train", 0)
+    clock.advance(10.0)
+    first.add_samples(640)
+    checkpoint = first.state_dict()  # saved at a step inside epoch 0
+    clock.advance(3.0)
+    first._stop()  # killed: nothing more written
+    if restored_before_start:
+        clock2 = FakeClock()
+        meter = Meter([ScriptedSensor("gpu0", clock2, power_w=100.0)], fallback=None, clock=clock2,
+                      wall_clock=lambda: clock2() + 1.7e9 + 100)
+        second = Tracker(carbon=Carbon(intensity=INTENSITY, pue=PUE), output_dir=tmp_path)
+        second.load_state_dict(checkpoint)
+        second.start(meter)
+    else:
+        second, clock2, _ = setup(tmp_path)
+        second.load_state_dict(checkpoint)
+    second.begin("train", 0)
+    clock2.advance(5.0)
+    second.add_samples(360)
+    second.end("train")
+    second.finish()
+    records = read_records(tmp_path)
+    assert {r.run_id for r in records} == {first.run_id}
+    before = [r for r in records if r.attempt == 0]
+    assert [(r.phase, r.epoch, r.partial, r.samples) for r in before] == [("other", None, False, 0), ("train", 0, True, 640)]
+    assert sum(r.duration_s for r in before) == pytest.approx(gap_s + 10.0)
+    assert sum(r.it_energy_kwh for r in before) * 3.6e6 == pytest.approx(100.0 * (gap_s + 10.0))
+    assert before[1].energy_j_per_sample == pytest.approx(1000.0 * PUE / 640)
+    assert len({r.seq for r in records}) == len(records)
+    summary = json.loads((tmp_path / "energy-summary.json").read_text())
+    assert summary["energy_kwh"] == pytest.approx(sum(r.energy_kwh for r in records), rel=1e-12)
+    assert summary["phases"]["train"]["samples"] == sum(r.samples for r in records if r.phase == "train") == 1000
+    # A later resume reads these records, as any other: the same totals, nothing carried again.
+    third, _, _ = setup(tmp_path)
+    third.load_state_dict(second.state_dict())
+    assert third.total_energy_j == pytest.approx(second.total_energy_j)
+    third.finish()
+    assert [r for r in read_records(tmp_path) if r.attempt < 2] == records
+
+
+@pytest.mark.parametrize("arguments, refused", [
+    ((None,), "meter must be a greencallbacks.Meter"),
+    ((5,), "meter must be a greencallbacks.Meter"),
+    (("meter", {"reducer": 5}), "reducer"),
+    (("meter", {"output_dir": 5}), "output_dir must be a directory path"),
+    (("meter", {"output_dir": "file"}), "is a file"),
+])
+def test_start_refuses_a_wrong_meter_reducer_or_output_dir_naming_it(tmp_path, arguments, refused):
+    """Tracker() refused an output_dir that is a file, but start(meter, output_dir=<file>) took it,
+    trained, and lost every record at the end; a wrong meter or reducer failed deep inside."""
+    (tmp_path / "file").write_text("")
+    clock = FakeClock()
+    meter = Meter([ScriptedSensor("gpu0", clock)], fallback=None, clock=clock)
+    given, *rest = arguments
+    kwargs = dict(rest[0]) if rest else {}
+    if kwargs.get("output_dir") == "file":
+        kwargs["output_dir"] = tmp_path / "file"
+    tracker = Tracker()
+    with pytest.raises((TypeError, ValueError), match=refused):
+        tracker.start(meter if given == "meter" else given, **kwargs)
+    assert not tracker.running

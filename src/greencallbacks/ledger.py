@@ -8,7 +8,8 @@ A resume does not trust the totals saved in the checkpoint: it re-derives them f
 records of the run id. Those hold every phase the earlier attempts closed, including one that was
 open when the checkpoint was written and everything a crashed attempt measured after it; each
 is counted once because each is one line. The checkpoint's totals are only the fallback when the
-records file is gone (a checkpoint copied to another machine).
+records file is gone (a checkpoint copied to another machine); the phases it saved open that no
+record holds (their attempt was killed) are written by the tracker as records (``Tracker._carry``).
 """
 
 from __future__ import annotations
