@@ -335,6 +335,29 @@ def test_a_process_killed_outright_leaves_its_epoch_end_warnings_in_the_records(
     assert summary["budget"]["warnings"] == ["energy total 0.006 kWh is 60 % of the budget of 0.01 kWh"]
 
 
+@pytest.mark.parametrize("killed", [False, True])
+def test_a_resume_into_another_output_dir_recalls_the_warnings_given_where_the_run_was(tmp_path, killed):
+    """One directory per job: the earlier attempt's summary and records are in its own directory,
+    and the resume read only the new one: a warning already given came again, and the summary,
+    which covers the whole run, lost the earlier attempt's warnings."""
+    import json
+
+    from tests.fakes.scripted import FakeClock
+
+    clock = FakeClock()
+    state = _crashed_after_a_warning_past_its_checkpoint(tmp_path, clock, warn_at_epoch_end=killed)
+    if killed:
+        (tmp_path / "energy-summary.json").unlink()
+    resumed = _session(tmp_path / "next", clock)
+    resumed.start()
+    resumed.load_state_dict(state)
+    _epoch(resumed, clock, 1, 2.0)
+    assert _budget_warnings(resumed.check_budget) == []
+    resumed.stop()
+    summary = json.loads((tmp_path / "next" / "energy-summary.json").read_text())
+    assert summary["budget"]["warnings"] == ["energy total 0.006 kWh is 60 % of the budget of 0.01 kWh"]
+
+
 def test_warnings_of_other_limits_are_not_recalled(tmp_path):
     # Raised to go on: the summary's warnings were of the old limit; the new one warns afresh.
     from tests.fakes.scripted import FakeClock

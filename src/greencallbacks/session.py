@@ -368,8 +368,12 @@ class EnergySession:
         if self.budget is None or not self._budget_continued or tracker.ledger.attempt == 0 or tracker.output_dir is None:
             return
         self._budget_continued = False  # once per resume: load and start both come here
-        self.budget.recall(_previous_budget_warnings(tracker.output_dir, tracker.run_id, self.budget))
-        records = read_run_records(tracker.run_id, [tracker.output_dir])
+        # Every directory the run wrote in (a resume into another output_dir: the earlier attempts'
+        # summaries and records stay where they were written), oldest first.
+        directories = tracker.run_directories
+        for directory in directories:
+            self.budget.recall(_previous_budget_warnings(directory, tracker.run_id, self.budget))
+        records = read_run_records(tracker.run_id, directories)
         self.budget.recall_checks(_totals_at_epoch_ends(records))
 
     def stop(self, failed: bool = False) -> None:
