@@ -29,11 +29,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
+import re
 import time
 from pathlib import Path
 
 from greencallbacks.carbon import Carbon
+from greencallbacks.cli import OneLineErrorParser
 from greencallbacks.lifecycle import lifecycle
 from greencallbacks.meter import Meter
 from greencallbacks.sensors.discover import discover_sensors
@@ -289,39 +290,99 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
+def _sizes(text: str) -> list[int]:
+    values = _int_list(text)
+    if len(set(values)) < 2:  # (b) fits a line through them
+        raise argparse.ArgumentTypeError(f"must be at least two different data-set sizes (a line is fitted), got {text!r}")
+    return values
+
+
+def _count(least: int, why: str = ""):
+    """An integer >= ``least``, else the flag's one-line error (not a traceback once training runs)."""
+
+    def count(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = least - 1
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {least}{why}, got {text!r}")
+        return value
+
+    return count
+
+
+def _device(text: str) -> str:
+    if re.fullmatch(r"cpu|cuda(:\d+)?", text) is None:
+        raise argparse.ArgumentTypeError(f"must be cpu, cuda or cuda:<index>, got {text!r}")
+    return text
+
+
+def _carbon_flag(argument: str):
+    """A location checked as ``Carbon`` checks it, so that a wrong one fails before any training."""
+
+    def location(text: str):
+        value: str | float = text
+        if argument == "intensity":
+            try:
+                value = float(text)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"must be a number of gCO2eq/kWh, got {text!r}") from None
+        try:
+            Carbon(**{argument: value})
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+        return value
+
+    return location
+
+
+# Sizes of the full study and of --quick: each applies only to what was not given on the command line.
+FULL = {"depths": [2, 4, 8], "width": 256, "samples": 8192, "epochs": 6, "sizes": [2048, 4096, 6144, 8192],
+        "size_epochs": 2, "batch_size": 128}
+QUICK = {"depths": [2, 4], "width": 128, "samples": 2048, "epochs": 3, "sizes": [512, 1024, 1536, 2048],
+         "size_epochs": 1, "batch_size": 128}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    # One line and exit 2 for a bad flag, as the greencallbacks command gives.
+    parser = OneLineErrorParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", type=_device, default="cpu", help="cpu, cuda or cuda:<index> (default cpu)")
     parser.add_argument("--out", type=Path, default=Path("seed-study-out"), help="output directory")
-    parser.add_argument("--depths", type=_int_list, default=[2, 4, 8], help="hidden layers, e.g. 2,4,8")
-    parser.add_argument("--width", type=int, default=256, help="units per hidden layer")
-    parser.add_argument("--samples", type=int, default=8192, help="training samples for (a) and (c)")
-    parser.add_argument("--epochs", type=int, default=6, help="epochs for (a) and (c)")
-    parser.add_argument("--sizes", type=_int_list, default=[2048, 4096, 6144, 8192], help="data-set sizes for (b)")
-    parser.add_argument("--size-epochs", type=int, default=2, help="epochs per run in (b)")
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--depths", type=_int_list, help=f"hidden layers, e.g. 2,4,8 (default {FULL['depths']})")
+    parser.add_argument("--width", type=_count(1), help=f"units per hidden layer (default {FULL['width']})")
+    parser.add_argument("--samples", type=_count(1), help=f"training samples for (a) and (c) (default {FULL['samples']})")
+    parser.add_argument("--epochs", type=_count(2, " (a line is fitted through the epochs)"),
+                        help=f"epochs for (a) and (c), at least 2 (default {FULL['epochs']})")
+    parser.add_argument("--sizes", type=_sizes, help=f"data-set sizes for (b) (default {FULL['sizes']})")
+    parser.add_argument("--size-epochs", type=_count(1), help=f"epochs per run in (b) (default {FULL['size_epochs']})")
+    parser.add_argument("--batch-size", type=_count(1), help=f"default {FULL['batch_size']}")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1; 0 leaves torch's default)")
-    parser.add_argument("--quick", action="store_true", help="a small version that runs in seconds")
+    parser.add_argument("--threads", type=_count(0), default=1, help="torch CPU threads (default 1; 0 leaves torch's default)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a small version that runs in seconds (sizes given on the command line are kept)")
     where = parser.add_mutually_exclusive_group()
-    where.add_argument("--country", help="grid of this country (ISO code)")
-    where.add_argument("--zone", help="grid zone, e.g. US-CA (default: world average)")
-    where.add_argument("--intensity", type=float, help="gCO2eq/kWh")
+    where.add_argument("--country", type=_carbon_flag("country"), help="grid of this country (ISO code)")
+    where.add_argument("--zone", type=_carbon_flag("zone"), help="grid zone, e.g. US-CA (default: world average)")
+    where.add_argument("--intensity", type=_carbon_flag("intensity"), help="gCO2eq/kWh")
     return parser
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = build_parser().parse_args(argv)
-    if args.quick:
-        args.depths, args.width, args.samples, args.epochs = [2, 4], 128, 2048, 3
-        args.sizes, args.size_epochs, args.batch_size = [512, 1024, 1536, 2048], 1, 128
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for name, value in (QUICK if args.quick else FULL).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     if args.country is None and args.zone is None and args.intensity is None:
         args.zone = "world"  # said in the output; the study is about ratios, not a location
     if args.device.startswith("cuda"):
         import torch
 
-        if not torch.cuda.is_available():
-            sys.exit("seed_study: --device cuda asked for, but torch sees no CUDA device")
+        index = int(args.device.partition(":")[2] or 0)
+        if not torch.cuda.is_available() or index >= torch.cuda.device_count():
+            parser.error(f"argument --device: {args.device} asked for, but torch sees "
+                         f"{torch.cuda.device_count()} CUDA device(s)")
     results = run_study(args)
     print(format_tables(results))
     (args.out / "seed-study.json").write_text(json.dumps(results, indent=2, default=_json_default), encoding="utf-8")

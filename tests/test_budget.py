@@ -80,6 +80,20 @@ def test_warns_once_at_80_and_once_at_100_percent_of_the_total():
     assert budget.used_fraction == pytest.approx(1.5)
 
 
+def test_the_early_warning_never_says_100_percent_below_the_limit():
+    """0.999 kWh of 1 was 'is 100 % of the budget' (rounded), while under it: read as reached."""
+    nearly = Budget(kwh=1.0, warn_at=0.9).check(0.999, None)
+    assert nearly.crossed == ("kwh:warn_at",) and not nearly.stop
+    assert nearly.messages == ("energy total 0.999 kWh is 99 % of the budget of 1 kWh",)
+    assert Budget(co2eq_g=10.0).check(None, 8.46).messages == ("co2eq_g total 8.46 g is 85 % of the budget of 10 g",)
+    assert Budget(kwh=1.0).check(0.9951, None).messages[0].endswith(" is 99 % of the budget of 1 kWh")
+
+
+def test_a_total_no_float_can_hold_is_ignored_like_nan_not_an_error():
+    """A budget must not break training: an integer past a float's range raised OverflowError."""
+    assert Budget(kwh=1.0).check(10**400, None, {"energy_kwh_predicted": 10**400}).messages == ()
+
+
 def test_stop_on_the_co2eq_total_with_the_reason_and_metrics():
     budget = Budget(co2eq_g=800, on_exceed="stop")
     assert budget.check(1.0, 700.0).metrics() == {"budget_used_fraction": pytest.approx(0.875), "budget_stop": 0.0}

@@ -634,8 +634,9 @@ def test_zone_help_offers_only_zones_that_work(capsys):
     # A billion GPUs hung the command (a dict built per GPU): refused at once, naming the flag.
     (["--gpu", "H100 SXM", "--gpus", "1000000000"], "error: --gpus must be an integer from 1 to 1,000,000, got 1000000000"),
     # inf kWh printed with exit 0, and Infinity in the JSON (no JSON at all).
-    (["--gpu-tdp", "1e308", "--gpus", "10"], "--hours, --gpus and --gpu-tdp are too large together"),
-    (["--gpu-tdp", "1e200", "--json"], "--hours and --gpu-tdp are too large together"),
+    # (--gpu-tdp is capped at 1e6 W: the hours carry the rest of the overflow.)
+    (["--gpu-tdp", "1e6", "--gpus", "10", "--hours", "1e302"], "--hours, --gpus and --gpu-tdp are too large together"),
+    (["--gpu-tdp", "1e6", "--hours", "1e303", "--json"], "--hours and --gpu-tdp are too large together"),
     (["--gpu", "H100 SXM", "--hours", "1e308"], "--hours is too large"),  # was the internal duration_s
     # Said of no GPU, they were ignored: the estimate looked as if they counted.
     (["--usage", "0.5", "--cpu-cores", "4"], "error: --usage needs --gpu or --gpu-tdp (they describe the GPUs)"),
@@ -643,7 +644,7 @@ def test_zone_help_offers_only_zones_that_work(capsys):
     (["--gpus", "1", "--usage", "1", "--memory-gb", "8"], "error: --gpus and --usage need --gpu or --gpu-tdp"),
 ])
 def test_estimate_refuses_what_it_cannot_count_in_one_line_naming_the_flags(argv, says, capsys):
-    hours = [] if "--hours" in argv else ["--hours", "1e200" if "1e200" in argv else "1"]
+    hours = [] if "--hours" in argv else ["--hours", "1"]
     code, err = exits(["estimate", *hours, *argv], capsys)
     assert code == 2 and says in err and len(err.strip().splitlines()) == 1, err
     assert "Traceback" not in err and "duration_s" not in err and capsys.readouterr().out == ""
@@ -696,3 +697,79 @@ def test_lifecycle_inferences_is_a_count_of_a_finite_cost(tmp_path, capsys, text
     assert code == 2 and says in err and len(err.strip().splitlines()) == 1, err
     code, out, _ = run(["lifecycle", str(path), "--inferences", "1e6", "--json"], capsys)
     assert code == 0 and json.loads(out)["inferences"] == 1_000_000
+
+
+# A path even root cannot write: /sys refuses to make files or directories (EPERM/EACCES), and
+# permission bits would not tell (root passes them).
+UNWRITABLE = "/sys/greencallbacks-test"
+needs_sys = pytest.mark.skipif(not os.path.isdir("/sys/kernel"), reason="needs Linux's /sys")
+
+
+@needs_sys
+@pytest.mark.parametrize("argv, flag", [
+    (["demo", "--epochs", "1", "--out", UNWRITABLE], "--out"),
+    (["demo", "--epochs", "1", "--out", UNWRITABLE + "/a/b"], "--out"),
+    (["report", "RECORDS", "--plot", UNWRITABLE + ".png"], "--plot"),
+])
+def test_a_path_that_cannot_be_written_is_refused_naming_its_flag(tmp_path, capsys, argv, flag):
+    """Said '[Errno 1] Operation not permitted' and named no flag (demo after building its model,
+    report after printing the whole report)."""
+    records = write(tmp_path / "energy-records.jsonl", one_run())
+    argv = [str(records) if a == "RECORDS" else a for a in argv]
+    code, err = exits(argv, capsys)
+    path = argv[argv.index(flag) + 1]
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"error: {flag} {path!r} cannot be written" in err and "Errno" not in err, err
+    assert capsys.readouterr().out == ""
+
+
+def test_demo_out_that_is_a_file_names_the_flag(tmp_path, capsys):
+    (tmp_path / "taken").write_text("")
+    code, err = exits(["demo", "--epochs", "1", "--out", str(tmp_path / "taken")], capsys)
+    assert code == 2 and f"error: --out {str(tmp_path / 'taken')!r} is a file, not a directory" in err, err
+    assert "output_dir" not in err
+
+
+def test_the_writable_check_leaves_nothing_behind(tmp_path):
+    """demo --out is tried by making it (and its parents) and a file in it, then undone: a run
+    refused for another setting afterwards must leave no empty directory."""
+    from greencallbacks.cli import _check_writable
+
+    _check_writable("--out", tmp_path / "a" / "b", directory=True)
+    _check_writable("--plot", tmp_path / "p.png", directory=False)
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "kept.png").write_bytes(b"old")
+    _check_writable("--plot", tmp_path / "kept.png", directory=False)
+    assert (tmp_path / "kept.png").read_bytes() == b"old"  # a file there is neither emptied nor removed
+
+
+@pytest.mark.parametrize("command", ["demo", "estimate"])
+def test_pue_help_says_the_range_that_is_accepted(command, capsys):
+    """It said '(>= 1)' while 3.5 was refused (pue is in [1, 3])."""
+    from greencallbacks.carbon.pue import MAX_PUE, MIN_PUE
+
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"from {MIN_PUE:g} (IT energy only) to {MAX_PUE:g}" in text and "(>= 1)" not in text
+    code, err = exits(["estimate", "--hours", "1", "--gpu", "T4", "--pue", "3.5"], capsys)
+    assert code == 2 and "pue" in err
+
+
+@pytest.mark.parametrize("flag, bound", [("--cpu-tdp", "10,000"), ("--gpu-tdp", "1,000,000")])
+def test_estimate_caps_watts_as_the_callbacks_do(flag, bound, capsys):
+    """--cpu-tdp 1e9 was accepted (the callbacks' cpu_tdp_w stops at 10,000 W; a declared device's
+    power at 1,000,000 W)."""
+    code, err = exits(["estimate", "--hours", "1", flag, "1e9"], capsys)
+    assert code == 2 and f"argument {flag}: must be a positive number of watts up to {bound}, got '1e9'" in err, err
+    code, out, _ = run(["estimate", "--hours", "1", flag, bound.replace(",", ""), "--json"], capsys)
+    assert code == 0 and json.loads(out)["energy_kwh"] > 0
+
+
+def test_records_clashing_in_content_name_the_records_field_not_the_flag(tmp_path, capsys):
+    """'(two runs given one --run-id, ...)' blamed a flag nobody passed: the records' run_id did it."""
+    write(tmp_path / "a" / "energy-records.jsonl", one_run("r1"))
+    write(tmp_path / "b" / "energy-records.jsonl", one_run("r1", scale=2.0))
+    code, err = exits(["report", str(tmp_path)], capsys)
+    assert code == 2 and "different contents" in err and "records carry the same 'run_id'" in err
+    assert "--run-id" not in err.split("(see")[0], err

@@ -1,6 +1,7 @@
 """discover_sensors and fallback_for: what is measured, what is estimated, what replaces a failure."""
 
 import json
+import re
 import sys
 import warnings
 
@@ -97,6 +98,39 @@ def test_gpu_selection(tmp_path, nvml):
     found = discover_sensors(gpus=None, host=False, pynvml=nvml, environ={})
     assert found.sensors == []
     assert nvml.calls["nvmlInit"] == 2  # discovery + one sensor; never for [] or None
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"gpus": "all"}, {"gpus": "0"}, {"gpus": ["0"]}, {"gpus": 5}, {"gpus": [0.5]}, {"gpus": [-1]},
+    {"cpu_tdp_w": "65"}, {"cpu_tdp_w": -1}, {"cpu_tdp_w": 1e9},
+], ids=str)
+def test_arguments_are_checked_as_the_callbacks_check_them(tmp_path, nvml, kwargs):
+    """discover_sensors is public (a loop of one's own): gpus="all" raised a TypeError about '<=',
+    gpus=5 'not iterable', cpu_tdp_w="65" was taken, -1 was refused naming tdp_w."""
+    from greencallbacks.session import EnergySession
+
+    (argument,) = kwargs
+    with pytest.raises(ValueError) as by_discovery:
+        discover_sensors(**kwargs, pynvml=nvml, environ={}, powercap_root=tmp_path)
+    with pytest.raises(ValueError) as by_callbacks:
+        EnergySession(**kwargs)
+    assert str(by_discovery.value) == str(by_callbacks.value) and str(by_discovery.value).startswith(f"{argument} must be")
+
+
+@pytest.mark.parametrize("kwargs, says", [
+    ({"ram_w_per_gb": -1}, "ram_w_per_gb must be a finite number >= 0 up to 100, got -1"),
+    ({"ram_w_per_gb": "0.37"}, "ram_w_per_gb must be a finite number >= 0 up to 100, got '0.37'"),
+    ({"powercap_root": 5}, "powercap_root must be a directory path (str or os.PathLike), got 5"),
+])
+def test_the_estimate_settings_are_refused_by_their_own_names(tmp_path, kwargs, says):
+    """ram_w_per_gb=-1 was refused naming 'w_per_gb', powercap_root=5 raised a bare TypeError."""
+    with pytest.raises(ValueError, match=f"^{re.escape(says)}$"):
+        discover_sensors(gpus=None, **kwargs)
+
+
+def test_gpus_from_any_iterable_of_indices_are_taken(tmp_path, nvml):
+    found = discover_sensors(gpus=(i for i in [1]), host=False, pynvml=nvml, environ={})
+    assert [s.name for s in found.sensors] == ["gpu1"]
 
 
 def test_gpu_problems_are_listed_next_to_host_sensors(powercap, nvml):

@@ -313,3 +313,62 @@ def test_an_epoch_that_ran_no_step_trained_no_sample(results, scenario):
     assert [(r["phase"], r["samples"], r["counted"]) for r in result["records"]] == [("train", 0, True)] * 2
     assert all(r["per_sample"] is None for r in result["records"])
     assert not [w for w in result["warnings"] if "could not count" in w or "failed" in w], result["warnings"]
+
+
+TOKEN_SCRIPT = r"""
+import json, math, sys, warnings
+import keras, numpy as np
+from greencallbacks.keras import EnergyCallback
+from greencallbacks.meter import EnergyWarning
+
+
+class Ones(keras.metrics.Metric):  # counts the labels seen: a token count named "tokens"
+    def __init__(self, name="tokens", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.total = self.add_variable(shape=(), initializer="zeros", name="total")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        self.total.assign_add(keras.ops.cast(keras.ops.size(y_true), "float32"))
+
+    def result(self):
+        return self.total * 1.0
+
+
+rng = np.random.default_rng(0)
+data = lambda n: (rng.random((n, 4), dtype=np.float32), rng.random((n, 1), dtype=np.float32))
+out = {}
+for name in ("tokens_seen", "tokens"):  # absent from the logs; present
+    m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    m.compile(optimizer="sgd", loss="mse", metrics=[Ones()])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        callback = EnergyCallback(output_dir=sys.argv[1] + "/" + name, intensity=100.0, token_counter=name)
+        history = m.fit(*data(32), batch_size=8, epochs=2, verbose=0, validation_data=data(16), callbacks=[callback])
+        m.evaluate(*data(16), batch_size=8, verbose=0, callbacks=[callback])
+    out[name] = {
+        "per_token": [None if math.isnan(v) else v for v in history.history["energy_j_per_token"]],
+        "warnings": [str(w.message) for w in caught if issubclass(w.category, EnergyWarning) and "token" in str(w.message)],
+    }
+print(json.dumps(out))
+"""
+
+
+def test_a_token_counter_naming_no_metric_in_the_logs_is_warned_of_once_naming_the_keys(tmp_path):
+    """token_counter="tokens_seen" with no such metric gave energy_j_per_token NaN, silently; the
+    Lightning and HF callbacks warn of an unusable counter, once per run, in these words."""
+    for module in ("keras", "torch"):
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"{module} is not installed: the token check runs on Keras's torch backend")
+    env = {**os.environ, "KERAS_BACKEND": "torch", "CUDA_VISIBLE_DEVICES": "",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", TOKEN_SCRIPT, str(tmp_path)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    results = json.loads(done.stdout.splitlines()[-1])
+    missing = results["tokens_seen"]
+    assert missing["per_token"] == [None, None]
+    (said,) = missing["warnings"]  # once for the run: two epochs, two validations and an evaluate
+    assert "EnergyCallback token_counter 'tokens_seen' is not among the metrics in logs (loss, tokens" in said, said
+    assert "its tokens are left out of energy_j_per_token (this warning comes once per run). Fix token_counter=" in said
+    present = results["tokens"]
+    assert present["warnings"] == [] and all(v > 0 for v in present["per_token"]), present

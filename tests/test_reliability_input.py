@@ -63,6 +63,8 @@ CARBON_CASES = [
     ({"region": "aws:nowhere-1"}, "region"),
     ({"region": 1.5}, "region"),
     ({"region": "us-east-1", "provider": "ibm"}, "provider"),
+    # Said "provider needs region": an unknown provider is named as such, with the valid ones.
+    ({"provider": "nope"}, "unknown provider 'nope'; expected one of aws, azure, gcp"),
     ({"provider": "aws"}, "region"),
     ({"series": 42}, "series"),
     ({"series": "/no/such/series.csv"}, "series"),
@@ -203,6 +205,59 @@ PAUSE_CASES = [
 @pytest.mark.parametrize("kwargs, argument", PAUSE_CASES, ids=[str(c[0]) for c in PAUSE_CASES])
 def test_carbon_aware_pause_rejects_bad_arguments_by_name(kwargs, argument):
     raises_naming(argument, lambda: CarbonAwarePause(**kwargs))
+
+
+def test_carbon_aware_pause_caps_its_threshold_as_every_intensity_is_capped():
+    """5000 g/kWh was accepted: no grid reaches it, so the pause never paused (a unit mistake,
+    g/MWh or lb/MWh), while intensity=5000 is refused everywhere else."""
+    from greencallbacks.carbon.intensity import MAX_INTENSITY_G_PER_KWH
+
+    message = raises_naming("threshold_g_per_kwh", lambda: CarbonAwarePause(5000, 60))
+    assert f"at most {MAX_INTENSITY_G_PER_KWH:g} gCO2eq/kWh, got 5000" in message
+    assert CarbonAwarePause(MAX_INTENSITY_G_PER_KWH, 60).threshold_g_per_kwh == MAX_INTENSITY_G_PER_KWH
+
+
+# An integer no float can hold: math.isfinite and float() raised a bare OverflowError naming nothing.
+HUGE = 10**400
+
+
+def _huge_cases():
+    from greencallbacks.budget import Budget
+    from greencallbacks.embodied import embodied_for, estimate_embodied
+
+    return [
+        ("kwh", lambda: Budget(kwh=HUGE)),
+        ("co2eq_g", lambda: Budget(co2eq_g=-HUGE)),
+        ("warn_at", lambda: Budget(kwh=1, warn_at=HUGE)),
+        ("pue", lambda: EnergySession(pue=HUGE)),
+        ("intensity", lambda: EnergySession(intensity=HUGE)),
+        ("lifetime_years", lambda: EnergySession(embodied={"lifetime_years": HUGE})),
+        ("host_share", lambda: EnergySession(embodied={"host": "server", "host_share": HUGE})),
+        ("duration_s", lambda: embodied_for([], HUGE)),
+        ("hours", lambda: estimate_embodied(hours=HUGE)),
+        ("threshold_g_per_kwh", lambda: CarbonAwarePause(HUGE, 60)),
+        ("max_delay_s", lambda: CarbonAwarePause(300, HUGE)),
+    ]
+
+
+@pytest.mark.parametrize("case", range(len(_huge_cases())), ids=[c[0] for c in _huge_cases()])
+def test_an_integer_past_a_float_is_refused_naming_the_argument(case):
+    argument, build = _huge_cases()[case]
+    message = raises_naming(argument, build)
+    assert "must be" in message and "an integer of about " in message and "10**400" in message, message
+    assert len(message) < 300  # its 401 digits are not printed
+
+
+def test_the_number_check_reads_what_a_float_cannot_hold_as_nan():
+    from fractions import Fraction
+
+    from greencallbacks.checks import as_float, shown
+
+    assert math.isnan(as_float(HUGE)) and math.isnan(as_float(-HUGE)) and math.isnan(as_float(Fraction(HUGE, 3)))
+    assert math.isnan(as_float(True)) and math.isnan(as_float("1")) and math.isnan(as_float(None))
+    assert as_float(3) == 3.0 and as_float(math.inf) == math.inf
+    assert shown(-HUGE) == "an integer of about -10**400" and shown(10**5000).endswith("10**5000")  # no repr past 4300 digits
+    assert shown(2.5) == "2.5" and shown("x") == "'x'"
 
 
 LIVE_CASES = [
@@ -639,3 +694,12 @@ def test_a_malformed_records_file_fails_naming_the_line(tmp_path, content, why):
     with pytest.raises(ValueError, match=why) as raised:
         read_records(path)
     assert "energy-records.jsonl:1" in str(raised.value)
+
+
+@pytest.mark.parametrize("kwargs, argument", [({"cpu_tdp_w": 10**400}, "cpu_tdp_w"), ({"ram_w_per_gb": 10**400}, "ram_w_per_gb")])
+def test_an_estimate_setting_past_a_float_is_refused_naming_it(kwargs, argument):
+    """cpu_tdp_w=10**400 raised a bare OverflowError in the callbacks and in discover_sensors."""
+    from greencallbacks.sensors.discover import discover_sensors
+
+    with pytest.raises(ValueError, match=f"^{argument} must be .*got an integer of about 10\\*\\*400$"):
+        discover_sensors(gpus=None, **kwargs)

@@ -31,9 +31,10 @@ records, so that they are not given again and the summary keeps them.
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
+
+from greencallbacks.checks import as_float, shown
 
 ACTIONS = ("warn", "stop")
 DEFAULT_WARN_AT = 0.8
@@ -54,9 +55,10 @@ def _number(value: float) -> str:
 def _limit(name: str, value: object) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0 (or None for no limit on it), got {value!r}")
-    return float(value)
+    number = as_float(value)
+    if not (math.isfinite(number) and number > 0):
+        raise ValueError(f"{name} must be a finite number > 0 (or None for no limit on it), got {shown(value)}")
+    return number
 
 
 def _threshold_of(message: str) -> str | None:
@@ -86,9 +88,8 @@ def _extrapolation_note(key: str, prediction: Mapping[str, float] | None) -> str
 
 def _known(value: object) -> float | None:
     """A total or predicted value, or None where it is not available (None, NaN, not a number)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        return None
-    return float(value)
+    number = as_float(value)
+    return number if math.isfinite(number) else None
 
 
 @dataclass(frozen=True)
@@ -151,13 +152,8 @@ class Budget:
             raise ValueError("Budget needs kwh= or co2eq_g= (or both): a budget with no limit checks nothing")
         if not isinstance(on_exceed, str) or on_exceed not in ACTIONS:
             raise ValueError(f"on_exceed must be one of {', '.join(repr(a) for a in ACTIONS)}, got {on_exceed!r}")
-        if warn_at is not None and (
-            isinstance(warn_at, bool)
-            or not isinstance(warn_at, numbers.Real)
-            or not math.isfinite(warn_at)
-            or not 0 < warn_at < 1
-        ):
-            raise ValueError(f"warn_at must be a number in (0, 1) (share of the limit) or None, got {warn_at!r}")
+        if warn_at is not None and not 0 < as_float(warn_at) < 1:  # NaN: not a number, or none a float holds
+            raise ValueError(f"warn_at must be a number in (0, 1) (share of the limit) or None, got {shown(warn_at)}")
         self.limits: dict[str, float] = {k: v for k, v in limits.items() if v is not None}
         self.on_exceed = on_exceed
         self.warn_at = None if warn_at is None else float(warn_at)
@@ -220,10 +216,9 @@ class Budget:
                 exceeded = exceeded or text
                 self._give(f"{key}:limit", text, crossed, messages)
             elif self.warn_at is not None and fraction >= self.warn_at:
-                text = (
-                    f"{words} total {_number(total)} {unit} is {fraction * 100:.0f} % of the budget of "
-                    f"{_number(limit)} {unit}"
-                )
+                # Below the limit, never "100 %": 99.9 % rounded would say the budget is reached.
+                percent = min(round(fraction * 100), 99)
+                text = f"{words} total {_number(total)} {unit} is {percent} % of the budget of {_number(limit)} {unit}"
                 self._give(f"{key}:warn_at", text, crossed, messages)
             if fraction < 1.0:
                 predicted = self._predicted(key, prediction)

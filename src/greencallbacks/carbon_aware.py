@@ -9,11 +9,12 @@ between epochs (never inside one: a pause mid-step would hold GPU memory and gai
 from __future__ import annotations
 
 import math
-import numbers
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
+from greencallbacks.carbon.intensity import MAX_INTENSITY_G_PER_KWH
+from greencallbacks.checks import as_float, shown
 from greencallbacks.meter import since_boot
 
 if TYPE_CHECKING:
@@ -58,7 +59,10 @@ class CarbonAwarePause:
         clock: Callable[[], float] = time.time,
         steady_clock: Callable[[], float] | None = None,
     ) -> None:
-        self.threshold_g_per_kwh = _number("threshold_g_per_kwh", threshold_g_per_kwh, lambda v: v > 0, "> 0")
+        # Capped as every intensity is: a threshold no grid reaches would never pause (a unit mistake).
+        self.threshold_g_per_kwh = _number("threshold_g_per_kwh", threshold_g_per_kwh,
+                                           lambda v: 0 < v <= MAX_INTENSITY_G_PER_KWH,
+                                           f"> 0 and at most {MAX_INTENSITY_G_PER_KWH:g} gCO2eq/kWh")
         self.max_delay_s = _number("max_delay_s", max_delay_s, lambda v: v >= 0, ">= 0")
         self.check_every_s = _number("check_every_s", check_every_s, lambda v: v > 0, "> 0")
         for argument, function in (("sleep", sleep), ("clock", clock), ("steady_clock", steady_clock)):
@@ -141,6 +145,7 @@ class CarbonAwarePause:
 
 
 def _number(argument: str, value: object, valid: Callable[[float], bool], rule: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or not valid(value):
-        raise ValueError(f"{argument} must be a finite number {rule}, got {value!r}")
-    return float(value)
+    number = as_float(value)
+    if not (math.isfinite(number) and valid(number)):
+        raise ValueError(f"{argument} must be a finite number {rule}, got {shown(value)}")
+    return number

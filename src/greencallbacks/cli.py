@@ -11,6 +11,7 @@ import math
 import os
 import re
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -32,7 +33,9 @@ def _add_carbon_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--zone", help="sub-national zone: a US state, e.g. US-CA (`greencallbacks zones` lists them)")
     group.add_argument("--region", help="cloud region, e.g. aws:us-east-1, gcp:europe-west1, azure:westeurope")
     group.add_argument("--intensity", type=float, help="gCO2eq/kWh, a number you know")
-    group.add_argument("--pue", type=float, help="power usage effectiveness of the data centre (>= 1)")
+    # The range validate_pue accepts (greencallbacks.carbon.pue's MIN_PUE, MAX_PUE), not imported: --help stays instant.
+    group.add_argument("--pue", type=float, help="power usage effectiveness of the data centre, from 1 (IT energy "
+                                                 "only) to 3")
 
 
 def _carbon_kwargs(args: argparse.Namespace) -> dict:
@@ -79,8 +82,37 @@ def cmd_devices(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from greencallbacks.demo import run_demo
 
+    _check_writable("--out", args.out, directory=True)
     run_demo(args.out, epochs=args.epochs, **_carbon_kwargs(args))
     return 0
+
+
+def _check_writable(flag: str, path: Path, *, directory: bool) -> None:
+    """Refuse, naming ``flag``, a ``path`` that cannot be written, before any work: by trying it
+    (making the directories or the file, then undoing what was made), since permission bits do
+    not tell (root passes them, and /sys refuses root). A bare OSError would name no flag."""
+    made: list[Path] = []
+    try:
+        if directory and path.exists() and not path.is_dir():
+            raise ValueError(f"{flag} {str(path)!r} is a file, not a directory")
+        for place in (*reversed(path.parents), path) if directory else ():
+            if not place.exists():
+                place.mkdir()
+                made.append(place)
+        if directory:
+            with tempfile.TemporaryFile(dir=path):
+                pass
+        elif not path.exists():
+            path.touch()
+            made.append(path)
+    except OSError as error:
+        raise ValueError(f"{flag} {str(path)!r} cannot be written: {error.strerror or error}") from None
+    finally:
+        for place in reversed(made):
+            try:
+                place.unlink() if place.is_file() else place.rmdir()
+            except OSError:
+                pass
 
 
 def _comma_list(text: str) -> list[str]:
@@ -132,6 +164,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         from greencallbacks.report.plot import check_plot_path
 
         check_plot_path(args.plot, "--plot")  # a file that could not be written fails before the report is printed
+        _check_writable("--plot", Path(args.plot), directory=False)
     for zone in args.compare_zones or ():
         intensity_for(zone)  # an unknown zone is the flag's error, before any records are read
     records, runs, loaded = _load_runs(args.paths, args.run_id)
@@ -319,11 +352,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     est = sub.add_parser("estimate", help="ex-ante estimate from hardware and hours (nothing is measured)")
     est.add_argument("--gpu", help="GPU model, e.g. 'H100 SXM', 'A100 PCIe 40GB', T4 (datasheet TDP)")
-    est.add_argument("--gpu-tdp", type=_positive_float, metavar="W", help="GPU power in watts, for a GPU not in the table")
+    est.add_argument("--gpu-tdp", type=_watts("MAX_DECLARED_W"), metavar="W",
+                     help="GPU power in watts, for a GPU not in the table (up to 1,000,000)")
     est.add_argument("--gpus", type=_positive_int, help="number of GPUs, up to 1,000,000 (default 1)")
     est.add_argument("--hours", type=_positive_float, required=True, help="wall-clock hours")
     cpu = est.add_mutually_exclusive_group()
-    cpu.add_argument("--cpu-tdp", type=_positive_float, metavar="W", help="CPU TDP in watts (all sockets)")
+    cpu.add_argument("--cpu-tdp", type=_watts("MAX_CPU_TDP_W"), metavar="W",
+                     help="CPU TDP in watts (all sockets, up to 10,000)")
     cpu.add_argument("--cpu-cores", type=_positive_int, help="CPU cores used")
     est.add_argument("--cpu-w-per-core", type=_positive_float, metavar="W", help="watts per core (default 10)")
     est.add_argument("--memory-gb", type=_non_negative_float, default=0.0, help="memory in GB, at 0.37 W/GB")
@@ -394,6 +429,21 @@ def _positive_float(text: str) -> float:
     if not (value > 0 and value != float("inf")):
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
     return value
+
+
+def _watts(bound: str):
+    """A positive number of watts up to ``greencallbacks.sensors.estimate``'s ``bound``, the
+    callbacks' own cap (looked up when the flag is given, so that --help imports nothing)."""
+
+    def watts(text: str) -> float:
+        import greencallbacks.sensors.estimate as sensor_estimates
+
+        value, at_most = _positive_float(text), getattr(sensor_estimates, bound)
+        if value > at_most:
+            raise argparse.ArgumentTypeError(f"must be a positive number of watts up to {at_most:,.0f}, got {text!r}")
+        return value
+
+    return watts
 
 
 def _non_negative_float(text: str) -> float:

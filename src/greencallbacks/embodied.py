@@ -30,13 +30,13 @@ Plain Python; the table is read with the shared loader of ``greencallbacks.carbo
 from __future__ import annotations
 
 import math
-import numbers
 import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Iterable, Mapping, NamedTuple
 
 from greencallbacks.carbon.tables import parsed
+from greencallbacks.checks import as_float, shown
 
 TABLE = "embodied.csv"
 SECONDS_PER_YEAR = 365.25 * 86400
@@ -210,11 +210,12 @@ def _field(component: Any, name: str) -> Any:
 
 
 def _positive(name: str, value: object, *, upper: float | None = None) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    if upper is not None and value > upper:
+    number = as_float(value)
+    if not (math.isfinite(number) and number > 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {shown(value)}")
+    if upper is not None and number > upper:
         raise ValueError(f"{name} must be at most {upper:g}, got {value!r}")
-    return float(value)
+    return number
 
 
 def _gpu_count(component: Any, name: str) -> int:
@@ -273,8 +274,8 @@ def embodied_for(
     ranks that measure only their GPUs do not bill the host again. Devices whose model is unknown
     or has no published footprint are left out and listed in ``missing``.
     """
-    if isinstance(duration_s, bool) or not isinstance(duration_s, numbers.Real) or not math.isfinite(duration_s) or duration_s < 0:
-        raise ValueError(f"duration_s must be a finite number >= 0, got {duration_s!r}")
+    if not (math.isfinite(as_float(duration_s)) and duration_s >= 0):
+        raise ValueError(f"duration_s must be a finite number >= 0, got {shown(duration_s)}")
     lifetime_years = _positive("lifetime_years", lifetime_years)
     utilisation = _positive("utilisation", utilisation, upper=1.0)
     table = footprints()
@@ -362,8 +363,8 @@ def estimate_embodied(
     For ``greencallbacks estimate``: the same table and amortisation as ``embodied_for``, from a
     model name instead of measured components. Returns ``Embodied.to_dict()`` plus the inputs.
     """
-    if isinstance(hours, bool) or not isinstance(hours, numbers.Real) or not math.isfinite(hours) or hours <= 0:
-        raise ValueError(f"hours must be a finite number > 0, got {hours!r}")
+    if not (math.isfinite(as_float(hours)) and hours > 0):
+        raise ValueError(f"hours must be a finite number > 0, got {shown(hours)}")
     if not math.isfinite(hours * 3600.0):  # its seconds past the largest float: no span of hardware life
         raise ValueError(f"hours must be small enough to count in seconds (at most {sys.float_info.max / 3600:.4g}), "
                          f"got {hours!r}")

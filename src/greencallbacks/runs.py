@@ -93,8 +93,8 @@ def load(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> Loaded:
             if seen[0] != record:
                 raise ValueError(
                     f"{seen[1]} and {file} both hold record seq {record.seq} of run {record.run_id!r} "
-                    f"(attempt {record.attempt}) with different contents (two runs given one run_id, or two "
-                    "histories of one run): report them apart"
+                    f"(attempt {record.attempt}) with different contents (two runs whose records carry the same "
+                    "'run_id', or two histories of one run): report them apart"
                 )
             copies.setdefault(file, seen[1])
         for record in kept:

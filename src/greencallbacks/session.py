@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import math
-import numbers
 import os
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
@@ -27,7 +25,7 @@ from greencallbacks.meter import Meter, warn
 from greencallbacks.prediction import priced_by_series
 from greencallbacks.records import Record
 from greencallbacks.sensors.base import Kind, Method, Sensor
-from greencallbacks.sensors.estimate import MAX_CPU_TDP_W
+from greencallbacks.sensors.discover import check_cpu_tdp_w, check_gpus
 from greencallbacks.tracker import SUMMARY_FILE, Tracker, check_output_dir, kept_summary_path
 from greencallbacks.units import J_PER_KWH
 
@@ -91,8 +89,8 @@ class EnergySession:
             series = IntensitySeries.from_file(series)
         self._series_ahead = series if isinstance(series, IntensitySeries) else None
         self.carbon = Carbon(country=country, zone=zone, region=region, intensity=intensity, series=series, pue=pue)
-        gpus = _checked_gpus(gpus)
-        cpu_tdp_w = _checked_cpu_tdp_w(cpu_tdp_w)
+        gpus = check_gpus(gpus)
+        cpu_tdp_w = check_cpu_tdp_w(cpu_tdp_w)
         as_lists: dict[str, list] = {}  # (once: a generator is read only once)
         for argument, given in (("extra_sensors", extra_sensors), ("sensors", sensors)):
             if given is None:
@@ -427,39 +425,6 @@ def _reasons(unavailable: Sequence) -> str:
             part += f" (fix: {u.fix})"
         parts.append(part)
     return "; ".join(parts)
-
-
-def _is_integer(value: object) -> bool:
-    """An int, or NumPy's and other ``numbers.Integral`` (a NumPy array's elements), not a bool."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _checked_gpus(gpus: object) -> "str | list[int] | None":
-    """``"auto"``, None, or the CUDA indices as plain ints (from a list, tuple, range or array)."""
-    if gpus is None or (isinstance(gpus, str) and gpus == "auto"):
-        return gpus
-    indices = None
-    if not isinstance(gpus, (str, bytes)) and isinstance(gpus, Iterable):
-        try:
-            indices = list(gpus)  # once: a generator is read only once
-        except TypeError:  # iterable in type only (a 0-d NumPy array)
-            pass
-    if indices is None or not all(_is_integer(i) and i >= 0 for i in indices):
-        raise ValueError(f"gpus must be 'auto', None or a list of CUDA device indices (ints >= 0), got {gpus!r}")
-    return [int(i) for i in indices]
-
-
-def _checked_cpu_tdp_w(cpu_tdp_w: object) -> float | None:
-    if cpu_tdp_w is None:
-        return None
-    if (
-        isinstance(cpu_tdp_w, bool)
-        or not isinstance(cpu_tdp_w, numbers.Real)
-        or not (math.isfinite(cpu_tdp_w) and 0 < cpu_tdp_w <= MAX_CPU_TDP_W)
-    ):
-        raise ValueError(f"cpu_tdp_w must be a positive number of watts (per CPU socket) up to {MAX_CPU_TDP_W:g}, "
-                         f"got {cpu_tdp_w!r}")
-    return float(cpu_tdp_w)
 
 
 def _reject_reserved_names(extra_sensors: Sequence[Sensor]) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from greencallbacks.carbon import tables
+from greencallbacks.checks import as_float, shown
 
 WORLD_AVERAGE_ZONE = "world"
 USER_ZONE = "user"
@@ -48,11 +49,11 @@ def validate_intensity(value: object, argument: str = "intensity") -> float:
     """``value`` as a float in [0, 2000] gCO2eq/kWh, else ``ValueError`` naming ``argument``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(f"{argument} must be a number of gCO2eq/kWh, got {value!r}")
-    number = float(value)
+    number = as_float(value)
     if not math.isfinite(number) or number < 0 or number > MAX_INTENSITY_G_PER_KWH:
         raise ValueError(
             f"{argument} must be a finite number of gCO2eq/kWh between 0 and {MAX_INTENSITY_G_PER_KWH:g}, "
-            f"got {value!r}"
+            f"got {shown(value)}"
         )
     return number
 
@@ -144,20 +145,26 @@ def zone_intensity(zone: str) -> Intensity:
     raise ValueError(_close_matches_message("zone", zone, candidates))
 
 
+def check_provider(provider: object) -> str:
+    """``provider`` as its key in ``CLOUD_PROVIDERS``, else ``ValueError`` naming it and the valid ones."""
+    if not isinstance(provider, str):
+        raise ValueError(f"provider must be one of {', '.join(CLOUD_PROVIDERS)} (a string), got {provider!r}")
+    key = provider.strip().lower()
+    if key not in CLOUD_PROVIDERS:
+        raise ValueError(f"unknown provider {provider!r}; expected one of {', '.join(CLOUD_PROVIDERS)}")
+    return key
+
+
 def split_region(region: str, provider: str | None = None) -> str:
     """The canonical ``provider:region`` key for ``region``, from either form of input."""
-    if provider is not None and not isinstance(provider, str):
-        raise ValueError(f"provider must be one of {', '.join(CLOUD_PROVIDERS)} (a string), got {provider!r}")
+    provider_key = None if provider is None else check_provider(provider)
     text = region.strip().lower()
     if ":" in text:
         prefix, _, name = text.partition(":")
-        if provider is not None and provider.strip().lower() != prefix:
+        if provider_key is not None and provider_key != prefix:
             raise ValueError(f"region {region!r} conflicts with provider {provider!r}")
         return f"{prefix}:{name}"
-    if provider is not None:
-        provider_key = provider.strip().lower()
-        if provider_key not in CLOUD_PROVIDERS:
-            raise ValueError(f"unknown provider {provider!r}; expected one of {', '.join(CLOUD_PROVIDERS)}")
+    if provider_key is not None:
         return f"{provider_key}:{text}"
     # A bare region name is accepted only when exactly one provider has it.
     owners = [key for key in _region_index() if key.split(":", 1)[1] == text]

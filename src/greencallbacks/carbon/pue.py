@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 
 from greencallbacks.carbon import tables
+from greencallbacks.checks import as_float, shown
 
 MIN_PUE = 1.0
 # The worst data centres surveyed are ~2.5; above 3 is almost surely a typo.
@@ -22,10 +22,10 @@ class Pue:
 
 def validate_pue(value: object) -> float:
     """``value`` as a float in [1, 3], else ``ValueError`` naming ``pue``."""
-    number = float(value) if isinstance(value, numbers.Real) and not isinstance(value, bool) else math.nan
+    number = as_float(value)
     if not (math.isfinite(number) and MIN_PUE <= number <= MAX_PUE):
         raise ValueError(
-            f"pue must be a finite number between {MIN_PUE:g} (IT energy only) and {MAX_PUE:g}, got {value!r}"
+            f"pue must be a finite number between {MIN_PUE:g} (IT energy only) and {MAX_PUE:g}, got {shown(value)}"
         )
     return number
 

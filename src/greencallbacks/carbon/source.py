@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 
 from greencallbacks.carbon.intensity import (
     Intensity,
+    check_provider,
     country_intensity,
     region_intensity,
     region_row,
@@ -54,8 +55,10 @@ class Carbon:
         }
         if len(given) > 1:
             raise ValueError(f"give at most one carbon location, got {' and '.join(given)}")
-        if provider is not None and region is None:
-            raise ValueError("provider needs region (e.g. provider='aws', region='us-east-1')")
+        if provider is not None:
+            check_provider(provider)  # an unknown one is named as such, with or without a region
+            if region is None:
+                raise ValueError("provider needs region (e.g. provider='aws', region='us-east-1')")
 
         self._static: Intensity | None = None
         self._series: IntensitySource | None = None

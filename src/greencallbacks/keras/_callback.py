@@ -1174,15 +1174,35 @@ class EnergyCallback(_Callback):
             )
 
     def _add_tokens(self, logs: dict | None) -> None:
-        """Tokens of the open phase from the ``token_counter`` metric in Keras's ``logs``."""
-        if self.token_counter is None or not logs or self.token_counter not in logs:
+        """Tokens of the open phase from the ``token_counter`` metric in Keras's ``logs``; a metric
+        missing or not a count is warned of once per run, as the other callbacks warn of an
+        unusable ``token_counter``."""
+        if self.token_counter is None or not logs:  # no logs: no step ran, so no token either
             return
+        name = self.token_counter
+        if name not in logs:
+            present = ", ".join(sorted(map(str, logs)))
+            self._unusable_tokens(f"token_counter {name!r} is not among the metrics in logs ({present})")
+            return
+        value = logs[name]
         try:
-            tokens = int(round(float(logs[self.token_counter])))
-        except (TypeError, ValueError):
-            return
-        if tokens > 0:
+            tokens = int(round(float(value)))
+        except (TypeError, ValueError, OverflowError):  # not a number, NaN, inf
+            tokens = -1
+        if tokens < 0:
+            self._unusable_tokens(f"token_counter {name!r} logged {value!r} (not a non-negative count)")
+        elif tokens > 0:
             self.tracker.add_samples(0, tokens=tokens)
+
+    def _unusable_tokens(self, what: str) -> None:
+        if getattr(self, "_warned_tokens", None) == self.tracker.run_id:
+            return
+        self._warned_tokens = self.tracker.run_id
+        warn(
+            f"greencallbacks: EnergyCallback {what}; its tokens are left out of energy_j_per_token (this warning "
+            "comes once per run). Fix token_counter= (the name of a metric in logs that counts tokens, e.g. a "
+            "keras.metrics.Sum of the label mask added in compile)."
+        )
 
     def _step(self) -> int | None:
         optimizer = getattr(self.model, "optimizer", None)

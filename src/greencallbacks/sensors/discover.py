@@ -9,14 +9,23 @@ With several processes per host, pass ``host=False`` to all but one of them.
 
 from __future__ import annotations
 
+import numbers
 import os
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
+from greencallbacks.checks import as_float, shown
 from greencallbacks.sensors.base import Discovery, Kind, Sensor, Unavailable
-from greencallbacks.sensors.estimate import DEFAULT_RAM_W_PER_GB, CpuEstimateSensor, RamEstimateSensor
+from greencallbacks.sensors.estimate import (
+    DEFAULT_RAM_W_PER_GB,
+    MAX_CPU_TDP_W,
+    MAX_RAM_W_PER_GB,
+    CpuEstimateSensor,
+    RamEstimateSensor,
+    _check_finite,
+)
 from greencallbacks.sensors.gpu import GpuSensor
 from greencallbacks.sensors.rapl import DEFAULT_POWERCAP_ROOT, RaplSensor, find_rapl
 
@@ -61,15 +70,54 @@ def discover_sensors(
             must differ from each other and from ``RESERVED_NAMES`` (``EnergySession`` checks).
         powercap_root, pynvml, amdsmi, environ, clock: for tests.
     """
+    gpus, cpu_tdp_w, ram_w_per_gb = _checked(gpus, cpu_tdp_w, ram_w_per_gb, powercap_root)
     found = Discovery()
     if gpus is not None:
-        device_indices = None if gpus == "auto" else list(gpus)
+        device_indices = None if gpus == "auto" else gpus
         if device_indices != []:
             _merge(found, _gpu_sensors(device_indices, environ, pynvml, amdsmi, clock))
     if host:
         _merge(found, _host_sensors(cpu_tdp_w, ram_w_per_gb, powercap_root, clock))
     found.sensors.extend(extra)
     return found
+
+
+def _checked(
+    gpus: object, cpu_tdp_w: object, ram_w_per_gb: object, powercap_root: object
+) -> tuple[Any, float | None, float]:
+    """The arguments checked as the callbacks check theirs (the same functions and messages), each
+    refused naming it: a user's own loop calls this directly."""
+    if not isinstance(powercap_root, (str, os.PathLike)):
+        raise ValueError(f"powercap_root must be a directory path (str or os.PathLike), got {powercap_root!r}")
+    ram_w_per_gb = _check_finite("ram_w_per_gb", ram_w_per_gb, at_most=MAX_RAM_W_PER_GB)
+    return check_gpus(gpus), check_cpu_tdp_w(cpu_tdp_w), ram_w_per_gb
+
+
+def check_gpus(gpus: object) -> "str | list[int] | None":
+    """``gpus=``: ``"auto"``, None, or the CUDA indices as plain ints (from a list, tuple, range or array)."""
+    if gpus is None or (isinstance(gpus, str) and gpus == "auto"):
+        return gpus
+    indices = None
+    if not isinstance(gpus, (str, bytes)) and isinstance(gpus, Iterable):
+        try:
+            indices = list(gpus)  # once: a generator is read only once
+        except TypeError:  # iterable in type only (a 0-d NumPy array)
+            pass
+    # numbers.Integral: an int, or NumPy's (a NumPy array's elements); never a bool.
+    if indices is None or not all(isinstance(i, numbers.Integral) and not isinstance(i, bool) and i >= 0 for i in indices):
+        raise ValueError(f"gpus must be 'auto', None or a list of CUDA device indices (ints >= 0), got {shown(gpus)}")
+    return [int(i) for i in indices]
+
+
+def check_cpu_tdp_w(cpu_tdp_w: object) -> float | None:
+    """``cpu_tdp_w=``: None (a table's or the default TDP) or watts per CPU socket."""
+    if cpu_tdp_w is None:
+        return None
+    watts = as_float(cpu_tdp_w)
+    if not (0 < watts <= MAX_CPU_TDP_W):  # NaN (not a number, or none a float holds) fails too
+        raise ValueError(f"cpu_tdp_w must be a positive number of watts (per CPU socket) up to {MAX_CPU_TDP_W:g}, "
+                         f"got {shown(cpu_tdp_w)}")
+    return watts
 
 
 def _gpu_sensors(

@@ -32,6 +32,7 @@ from collections.abc import Callable
 from functools import lru_cache
 from typing import Any, Sequence
 
+from greencallbacks.checks import as_float, shown
 from greencallbacks.sensors.base import Integrator, Kind, Method, Sensor, SensorError
 
 DEFAULT_W_PER_CORE = 10.0  # unknown CPU: desktop parts run ~10-15 W/core, servers ~4-7 W/core
@@ -56,15 +57,11 @@ TDP_TABLE_SOURCE = "cpu_tdp.csv from CodeCarbon's cpu_power.csv, MIT licence"
 
 
 def _check_finite(name: str, value: float, *, positive: bool = False, at_most: float = math.inf) -> float:
-    if isinstance(value, bool):  # a flag passed where a number belongs (True is 1.0 to float)
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    # as_float: a bool, a string ("0.37") and an integer no float holds (10**400) are refused too.
+    number = as_float(value)
     if not math.isfinite(number) or (number <= 0 if positive else number < 0) or number > at_most:
         bound = f" up to {at_most:g}" if math.isfinite(at_most) else ""
-        raise ValueError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}{bound}, got {value!r}")
+        raise ValueError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}{bound}, got {shown(value)}")
     return number
 
 
