@@ -86,7 +86,8 @@ def test_an_epoch_redone_after_a_resume_counts_in_t_but_not_in_d():
     lc = lifecycle(records)
     assert lc.training_j == pytest.approx(3 * 5000 + 2000)  # spent, so counted
     assert lc.epochs == 3 and lc.samples_per_epoch == pytest.approx(1000)  # not (3000 + 400) / 3
-    assert lc.training_j_per_sample == pytest.approx(17000 / 3000)
+    # T over the samples trained: the crashed try's 400 too, whose joules are in T (5 J each throughout).
+    assert lc.samples_trained == 3400 and lc.training_j_per_sample == pytest.approx(17000 / 3400)
     assert any("partial" in note and "in T" in note for note in lc.notes)
 
 
@@ -104,6 +105,53 @@ def test_an_epoch_resumed_part_way_is_no_epoch_of_d():
     assert lc.training_j == pytest.approx(5000 + 4000 + 2000 + 5000)
 
 
+def test_d_after_a_kill_inside_an_epoch_is_the_reports_whole_epoch_not_a_mean():
+    """Killed inside epoch 2 after a mid-epoch checkpoint (no record), resumed from it: attempt 1
+    trains the last 32 of its 64 samples. D was the mean 56 of 64, 64, 32, 64; the report says 64
+    (epoch 2: 32). T per sample is over the 224 samples the records trained."""
+    import dataclasses
+
+    from greencallbacks.report.data import configuration
+
+    def step(r, n):
+        return dataclasses.replace(r, step=n)
+
+    records = [step(rec("k", "train", 0, 640.0, 64, 0), 4), step(rec("k", "train", 1, 640.0, 64, 1), 8),
+               dataclasses.replace(rec("k", "train", 2, 320.0, 32, 0), step=12, attempt=1),
+               dataclasses.replace(rec("k", "train", 3, 640.0, 64, 1), step=16, attempt=1),
+               dataclasses.replace(rec("k", "test", None, 50.0, 100, 2), attempt=1)]
+    lc = lifecycle(records)
+    assert lc.samples_per_epoch == configuration(records)["samples_per_epoch"] == 64  # was 56
+    assert lc.samples_trained == 224 and lc.training_j_per_sample == pytest.approx(2240.0 / 224)
+    assert lc.overhead_factor == pytest.approx(10.0 / 0.5)
+
+
+def test_a_training_again_stopped_after_a_batch_is_no_epochs_cost():
+    """A budget spent stops a resume after one batch (HF, Keras): the resume from epoch 0's
+    checkpoint trained 8 samples of epoch 1 again, a complete record (no exception). It was billed
+    as a whole epoch trained again: T per sample over D x (E + A) = 120 samples for the 88 trained
+    (a < 1, an "overhead share" of -21 %), and epoch 1's cost the stub's."""
+    import dataclasses
+
+    def step(r, n, **more):
+        return dataclasses.replace(r, step=n, **more)
+
+    records = [step(rec("h", "train", 0, 200.0, 40, 0), 5), step(rec("h", "train", 1, 200.0, 40, 1), 10),
+               step(rec("h", "validation", 1, 8.0, 16, 2), 10),
+               step(rec("h", "train", 1, 40.0, 8, 3), 6, attempt=1), step(rec("h", "validation", 1, 8.0, 16, 4), 6, attempt=1)]
+    lc = lifecycle(records)
+    assert lc.training_j == pytest.approx(440.0) and lc.samples_trained == 88
+    assert lc.training_j_per_sample == pytest.approx(5.0)  # was 440 / 120
+    assert lc.training_j_per_epoch == pytest.approx((200.0, 200.0))  # was (200, 40): the stub's
+    assert lc.overhead_factor == pytest.approx(10.0) and lc.overhead_share == pytest.approx(0.9)
+    assert lc.samples_per_epoch == 40 and lc.epochs_trained_again == 1  # its energy was spent twice
+    from greencallbacks.report import data
+
+    config = data.configuration(records)
+    assert config["epoch_samples"] == [[0, 40], [1, 40]] and config["steps_per_epoch"] == 5  # was epoch 1: 8
+    assert "epoch 1: 8" not in data.statement(records)
+
+
 def test_uncounted_samples_make_per_sample_figures_unknown_not_zero():
     import dataclasses
 
@@ -112,7 +160,8 @@ def test_uncounted_samples_make_per_sample_figures_unknown_not_zero():
     lc = lifecycle(records)
     assert lc.samples_per_epoch is None and lc.training_j_per_sample is None and lc.overhead_factor is None
     assert lc.inference_phase == "validation"  # the test phase's samples were not counted
-    assert any("no training epoch ran whole in one attempt with counted samples" in note for note in lc.notes)
+    assert any("no training epoch's samples were counted whole: D is unknown" in note for note in lc.notes)
+    assert any("training batches could not be counted: T per sample and a are unknown" in note for note in lc.notes)
 
 
 def test_embodied_is_kept_apart_and_summed_only_in_its_own_field():

@@ -175,7 +175,8 @@ def test_an_epoch_resumed_inside_after_a_crash_is_not_said_to_be_its_rest_alone(
                dataclasses.replace(rec("l", "train", 2, 3600.0, 100, 3), step=30, attempt=1)]
     config = report.configuration(records)
     assert config["epoch_samples"] == [[0, 100], [1, None], [2, 100]]  # was 60 for epoch 1
-    assert report.statement(records).startswith("The training (3 epochs of 100 samples in 10 steps; 1 epoch cut short")
+    assert report.statement(records).startswith(
+        "The training (3 epochs of 100 samples in 10 steps, epoch 1: not known; 1 epoch cut short")
     # The resume went back to epoch 0's end instead: epoch 1 trained whole again, counted whole.
     whole = records[:2] + [dataclasses.replace(r, samples=100) if r.epoch == 1 else r for r in records[2:]]
     assert report.configuration(whole)["epoch_samples"] == [[0, 100], [1, 100], [2, 100]]
@@ -230,7 +231,7 @@ def test_an_epoch_cut_short_and_redone_after_a_resume_is_its_own_row():
     assert rows[2]["j_per_sample"] == pytest.approx(18000.0 / 400)  # its own samples, not doubled
     assert rows[3]["j_per_sample"] == pytest.approx(36.0)
     text = report.render(records, "md")
-    assert "| 2 (attempt 0: cut short, redone) |" in text and "| 2 (attempt 1) |" in text
+    assert "| 2 (attempt 0: cut short, redone) |" in text and "| 2 |" in text  # redone whole: an epoch as any
     assert "(partial)" not in text
     assert "The training (3 epochs of 1000 samples; 1 epoch cut short by a crash and redone, both counted) used" in text
     total = report.summary(records)["total"]
@@ -516,25 +517,65 @@ def test_a_cut_short_epoch_is_never_averaged_with_another_runs_complete_one():
     cut = rows["1 (attempt 0: cut short, redone)"]
     assert cut["run_ids"] == ["crash"] and cut["energy_kwh"]["mean"] == pytest.approx(9000.0 / KWH)
     assert cut["status"] == "cut short, redone" and not cut["in_every_run"] and cut["of_runs"] == 2
-    complete = rows["1 (attempt 0)"]
-    assert complete["run_ids"] == ["clean"] and complete["energy_kwh"]["mean"] == pytest.approx(36000.0 / KWH)
-    assert rows["0 (attempt 0)"]["in_every_run"] and rows["0 (attempt 0)"]["runs"] == 2
+    # Epoch 1 trained whole, by attempt 0 of one run and attempt 1 of the other: one row over both.
+    complete = rows["1"]
+    assert complete["run_ids"] == ["clean", "crash"] and complete["in_every_run"] and complete["attempts"] == [0, 1]
+    assert complete["attempt"] is None and complete["energy_kwh"]["mean"] == pytest.approx(36000.0 / KWH)
+    assert list(rows) == ["0", "1", "1 (attempt 0: cut short, redone)", "2"]
 
     # Markdown: only the epochs of every run under the mean ± SE heading; the others apart, naming their runs.
     text = report.render(records, "md").split("## Totals")[0]
     means, _, apart = text.partition("Epochs not in every run")
-    assert "| 0 (attempt 0) | 2.00 ± 0 | 10.0 ± 0 |" in means and "cut short" not in means
+    assert "| 0 | 2.00 ± 0 | 10.0 ± 0 |" in means and "| 1 | 2.00 ± 0 | 10.0 ± 0 |" in means and "cut short" not in means
     assert "| 1 (attempt 0: cut short, redone) | run crash | 2.00 | 2.50 |" in apart
-    assert "| 1 (attempt 0) | run clean | 2.00 | 10.0 |" in apart and "mean ± SE)" not in apart
+    assert apart.count(" | run ") == 1 and "mean ± SE)" not in apart
     # LaTeX: one table, each such row marked with its runs; JSON: the same rows.
     latex = report.render(records, "latex")
     assert r"1 (attempt 0: cut short, redone) [run crash] & 2.00 & 2.50 &" in latex and "covers those runs only" in latex
     epochs = json.loads(report.render(records, "json"))["configurations"][0]["epochs"]
     assert [(e["label"], e["run_ids"]) for e in epochs] == [(r["label"], r["run_ids"]) for r in rows.values()]
     # A row that several but not all runs share is their mean, said as "2 of 3".
-    third = [dataclasses.replace(r, run_id="clean-2") for r in records if r.run_id == "clean"]
-    shared = next(r for r in report.epoch_summary(records + third) if r["label"] == "1 (attempt 0)")
-    assert report.covers_text(shared) == "runs clean, clean-2 (2 of 3)"
+    third = [dataclasses.replace(r, run_id="crash-2") for r in records if r.run_id == "crash"]
+    shared = next(r for r in report.epoch_summary(records + third) if r["label"] == "1 (attempt 0: cut short, redone)")
+    assert report.covers_text(shared) == "runs crash, crash-2 (2 of 3)"
+
+
+def test_a_run_resumed_at_an_epochs_end_is_pooled_epoch_by_epoch_with_its_repeats():
+    """Two clean runs, and one resumed from epoch 1's end (attempt 1 trains epochs 2 and 3 whole).
+    Its later epochs were rows of their own ("2 (attempt 1)", run c) and the clean runs' "2 of 3",
+    though every run trained them whole: the per-epoch means covered 2 runs, the totals 3."""
+    def run_of(run_id, resumed_at=None, scale=1.0):
+        return [dataclasses.replace(rec(run_id, "train", epoch, 3600.0 * scale, 64, epoch), step=4 * (epoch + 1),
+                                    attempt=int(resumed_at is not None and epoch >= resumed_at))
+                for epoch in range(4)]
+
+    records = run_of("a") + run_of("b", scale=1.5) + run_of("c", resumed_at=2, scale=2.0)
+    rows = report.epoch_summary(records)
+    assert [(row["label"], row["runs"], row["in_every_run"]) for row in rows] == [(str(e), 3, True) for e in range(4)]
+    assert rows[2]["attempts"] == [0, 1] and rows[2]["attempt"] is None
+    per_epoch = sum(row["energy_kwh"]["mean"] for row in rows)
+    assert per_epoch == pytest.approx(report.summary(records)["total"]["train_energy_kwh"]["mean"])
+    text = report.render(records, "md")
+    assert "Epochs not in every run" not in text and "| 2 | 2.00 ± 0 | 1.50 ± 0.29 |" in text
+    # An epoch cut short and redone stays a row of its attempt; its whole retraining is an epoch as any.
+    crash = run_of("d", resumed_at=2) + [dataclasses.replace(rec("d", "train", 2, 900.0, 16, 9), partial=True)]
+    rows = {row["label"]: row for row in report.epoch_summary(run_of("a") + crash)}
+    assert rows["2"]["runs"] == 2 and rows["2 (attempt 0: cut short, redone)"]["run_ids"] == ["d"]
+
+
+def test_an_epoch_whose_samples_are_not_known_is_said_in_the_configuration():
+    """A resume inside an epoch after a crash leaves its count unknown: the configuration left it out
+    and read as one of whole epochs, two configurations with one description (headings, LaTeX
+    captions and JSON all alike)."""
+    clean = [dataclasses.replace(rec("clean", "train", e, 3600.0, 100, e), step=10 * (e + 1)) for e in range(3)]
+    resumed = [dataclasses.replace(rec("l", "train", 0, 3600.0, 100, 0), step=10),
+               dataclasses.replace(rec("l", "train", 1, 2500.0, 70, 1), step=17, partial=True),
+               dataclasses.replace(rec("l", "train", 1, 2100.0, 60, 2), step=20, attempt=1),
+               dataclasses.replace(rec("l", "train", 2, 3600.0, 100, 3), step=30, attempt=1)]
+    descriptions = [g["description"] for g in json.loads(report.render(clean + resumed, "json"))["configurations"]]
+    assert "3 training epoch(s) of 100 samples in 10 steps, sensors" in descriptions[0]
+    assert "3 training epoch(s) of 100 samples in 10 steps (epoch 1: not known), sensors" in descriptions[1]
+    assert "(epoch 1: not known)" in report.render(clean + resumed, "latex")
 
 
 def test_runs_cut_short_are_never_pooled_as_repeats():
@@ -607,7 +648,7 @@ def test_the_plot_marks_epochs_not_in_every_run_and_its_cumulative_is_per_run():
     figure = report.epoch_figure(records)
     figure.canvas.draw()
     ticks = [t.get_text() for t in figure.axes[0].get_xticklabels()]
-    assert ticks[0] == "0\nattempt 0" and ticks[2] == "1\nattempt 0\ncut short\n1 of 2 runs"
+    assert ticks[0] == "0" and ticks[2] == "1\nattempt 0\ncut short\n1 of 2 runs"  # whole epochs: any attempt
     line = figure.axes[1].get_lines()[0].get_ydata()
     per_run = sum(r.co2eq_g for r in records) / 2  # the cumulative line ends at the mean run's CO2eq
     unit_factor = 1.0 if max(line) > per_run * 0.5 else 1e3
@@ -641,7 +682,7 @@ def test_a_real_crash_and_resume_reports_the_redone_epoch_per_attempt(tmp_path):
     records = read_records(energy)
     assert len({r.run_id for r in records}) == 1 and {r.attempt for r in records} == {0, 1}
     labels = [row["label"] for row in report.epoch_summary(records)]
-    assert labels == ["0 (attempt 0)", "1 (attempt 0)", "2 (attempt 0: cut short, redone)", "2 (attempt 1)"]
+    assert labels == ["0", "1", "2 (attempt 0: cut short, redone)", "2"]
     rows = report.epoch_rows(records)
     assert rows[2]["train_samples"] == 8 and rows[3]["train_samples"] == 32  # one batch before the crash; all
     text = report.render(records, "md")
@@ -651,7 +692,7 @@ def test_a_real_crash_and_resume_reports_the_redone_epoch_per_attempt(tmp_path):
     figure = report.epoch_figure(records)
     figure.canvas.draw()
     ticks = [t.get_text() for t in figure.axes[0].get_xticklabels()]
-    assert ticks == ["0\nattempt 0", "1\nattempt 0", "2\nattempt 0\ncut short", "2\nattempt 1"]
+    assert ticks == ["0", "1", "2\nattempt 0\ncut short", "2"]
     report.plot_epochs(records, tmp_path / "resumed.png")
 
     # Its last checkpoint validated in a later session (a new callback, as in a new process).

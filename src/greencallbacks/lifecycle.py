@@ -1,8 +1,10 @@
 """The life-cycle model of a model, built from records.
 
     I  = energy of one inference (J/sample), from validation / test / predict phases
-    T  = energy of the trained run's training phases; per epoch T_e, per sample T / (D * (E + A))
-    a  = training overhead factor  T / (I * D * (E + A))
+    T  = energy of the trained run's training phases; per epoch T_e, per sample T / S
+    D  = samples of a whole epoch (the report's count: the epochs' most common one)
+    S  = samples trained: every training record's, each try of an epoch counted
+    a  = training overhead factor  T / (I * S)
     A  = epochs trained again (a resume from an older checkpoint, a Keras fit with an earlier
          ``initial_epoch``): each such epoch was trained twice, and T holds both trainings
     V  = the rest of the trained run: its validation, gaps (checkpoints) and own test / predict
@@ -10,9 +12,10 @@
     LC = CT + T + V + e * I      (e = expected inferences in deployment)
 
 T is the energy spent, so an epoch trained again counts twice in it (a note says how many); what
-cites one epoch or one sample does not: T_e is the epoch's last training (the one the model kept),
-and T per sample is T over the samples trained, D x (E + A), so that training an epoch again costs
-its samples and not twice the price of one. The epochs the report classes as trained again
+cites one epoch or one sample does not: T_e is the epoch's last whole training (the one the model
+kept; a training again that a budget stopped after a batch replaces nothing), and T per sample is T
+over the samples trained, S, so that training an epoch again, or a part of it, costs its samples
+and not twice the price of one. The epochs the report classes as trained again
 (``report.data.epochs_trained_again``) are the same here.
 
 T stays the training phases alone, so that T per sample and a mean what the literature means; V
@@ -27,7 +30,7 @@ over the embodied parts, and the two are added only in a field named as their su
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Iterable, Sequence
 
@@ -44,7 +47,7 @@ class LifeCycle:
     training_j: float  # T
     training_co2eq_g: float
     epochs: int  # E
-    samples_per_epoch: float | None  # D (mean over complete, counted epochs; None: never counted)
+    samples_per_epoch: float | None  # D (the report's whole epoch; None: never counted)
     training_j_per_epoch: tuple[float, ...]  # T_e
     inference_j_per_sample: float | None  # I
     inference_co2eq_g_per_sample: float | None
@@ -62,18 +65,19 @@ class LifeCycle:
     inference_embodied_co2eq_g_per_sample: float | None = None
     search_embodied_co2eq_g: float | None = None
     run_other_embodied_co2eq_g: float | None = None
-    epochs_trained_again: int = 0  # A: complete epochs an attempt trained anew; T holds both trainings
+    epochs_trained_again: int = 0  # A: epochs an attempt trained anew; T holds both trainings
+    samples_trained: int | None = None  # S: every training record's samples; None where some were not counted
 
     @property
     def training_j_per_sample(self) -> float | None:
-        """T / (D x (E + A)): J per sample trained, an epoch trained again counting its samples twice."""
-        if not self.samples_per_epoch:
+        """T / S: J per sample trained, an epoch trained again counting its samples twice."""
+        if not self.samples_trained:
             return None
-        return self.training_j / (self.samples_per_epoch * (self.epochs + self.epochs_trained_again))
+        return self.training_j / self.samples_trained
 
     @property
     def overhead_factor(self) -> float | None:
-        """a = T / (I x D x (E + A)): how many inferences' worth of energy one training sample costs."""
+        """a = T / (I x S): how many inferences' worth of energy one training sample costs."""
         per_sample = self.training_j_per_sample
         if per_sample is None or not self.inference_j_per_sample:
             return None
@@ -195,25 +199,19 @@ def lifecycle(records: Sequence[Record], search: Iterable[Record] = (), run_id: 
     other = [r for r in mine if r.phase != "train"]
     if not train:
         raise ValueError(f"run {run_id!r} has no training records")
-    from greencallbacks.report.data import epochs_trained_again, training_failed
+    from greencallbacks.report.data import epochs_trained_again, training_failed, whole_epoch_samples
 
     per_epoch: dict[int, list[Record]] = defaultdict(list)
     for r in last_trainings(train):
         per_epoch[r.epoch if r.epoch is not None else -1].append(r)
     epochs = sorted(per_epoch)
     again = epochs_trained_again(mine)
-    # T is every joule training spent, an epoch cut short and redone after a resume included; D
-    # is what one epoch sees, from the epochs that ran whole in one attempt and were counted.
+    # T is every joule training spent, an epoch cut short and redone after a resume included, and
+    # S every sample those joules trained. D is what one epoch sees, as the report counts it: a
+    # mean over the epochs took the resumed half of one for an epoch (56 for 64).
     training_j = sum(r.energy_kwh for r in train) * J_PER_KWH
-    by_attempt: dict[tuple[int, int], list[Record]] = defaultdict(list)
-    for r in train:
-        by_attempt[(r.attempt, r.epoch if r.epoch is not None else -1)].append(r)
-    # An epoch that a resume continued is in two attempts, each holding a part of it: neither
-    # part is an epoch's samples (the resumed part alone made D 27 % low).
-    attempts_of = Counter(epoch for _, epoch in by_attempt)
-    whole = [sum(r.samples for r in group) for (_, epoch), group in by_attempt.items()
-             if attempts_of[epoch] == 1 and all(r.samples_counted and not r.partial for r in group)]
-    samples_per_epoch = sum(whole) / len(whole) if whole else None
+    samples_trained = sum(r.samples for r in train) if all(r.samples_counted for r in train) else None
+    samples_per_epoch = whole_epoch_samples(mine)
     i_j, i_g, i_phase = inference_cost(mine)
     notes = []
     if i_phase is None:
@@ -223,13 +221,15 @@ def lifecycle(records: Sequence[Record], search: Iterable[Record] = (), run_id: 
     if again:
         notes.append(f"{again} epoch{'s' if again != 1 else ''} trained again from an earlier checkpoint or epoch: "
                      "T counts both trainings; per epoch is each epoch's last training, and T per sample is "
-                     "T over the samples trained, D x (E + epochs trained again)")
+                     "T over the samples trained")
     if any(r.partial for r in train):
         notes.append("some training phases were cut short (partial); their energy is in T")
     elif training_failed(mine):
         notes.append("the training ended in a failure after an epoch's record (the gap's record is partial); its energy is in V")
+    if samples_trained is None:
+        notes.append("some training batches could not be counted: T per sample and a are unknown")
     if samples_per_epoch is None:
-        notes.append("no training epoch ran whole in one attempt with counted samples: D, T per sample and a are unknown")
+        notes.append("no training epoch's samples were counted whole: D is unknown")
     elif any(not r.samples_counted for r in mine):
         notes.append("some batches could not be counted; D and I come from the phases that were")
 
@@ -273,17 +273,23 @@ def lifecycle(records: Sequence[Record], search: Iterable[Record] = (), run_id: 
         search_embodied_co2eq_g=search_embodied,
         run_other_embodied_co2eq_g=embodied_sum(other),
         epochs_trained_again=again,
+        samples_trained=samples_trained,
     )
 
 
 def last_trainings(train: Sequence[Record]) -> list[Record]:
-    """The training records of each epoch's last training: an epoch trained again (``report.data``'s
-    rule, as the report classes it) drops what the attempts before that training spent on it, so
-    that one epoch's cost is one training's, not the sum of two."""
-    from greencallbacks.report.data import AGAIN, complete_training
+    """The training records of each epoch's last whole training: an epoch trained again
+    (``report.data``'s rule, as the report classes it) drops what the attempts before that training
+    spent on it, so that one epoch's cost is one training's, not the sum of two. A training again
+    stopped early (a budget's stop a batch after the resume) is left out: it is no epoch's cost."""
+    from greencallbacks.report.data import AGAIN, STOPPED, complete_training
 
     retrained_in: dict[int, int] = {}  # epoch -> the attempt of its last training anew
+    stopped = set()
     for r, how in complete_training(train):
         if how == AGAIN:
             retrained_in[r.epoch] = r.attempt
-    return [r for r in train if r.epoch not in retrained_in or r.attempt >= retrained_in[r.epoch]]
+        elif how == STOPPED:
+            stopped.add(id(r))
+    return [r for r in train if id(r) not in stopped
+            and (r.epoch not in retrained_in or r.attempt >= retrained_in[r.epoch])]

@@ -22,7 +22,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
 from greencallbacks import interrupts
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 SCHEMA = "greencallbacks.record/1"
 PHASES = ("train", "validation", "test", "predict", "other")
@@ -492,10 +492,12 @@ def read_records(
     """Records from JSONL files (or directories holding ``energy-records.jsonl``).
 
     A torn line (the writer was killed mid-line: the beginning of a record, cut short) is skipped
-    with a warning, wherever it is: a later run appends its records after it. Any other bad line
-    means the file is not a records file, and raises ``ValueError``; with ``on_bad_line``, it is
-    given the error's text and the line is skipped (a run reading its own history back, where one
-    bad line of another run must not hide the whole file).
+    with a warning, wherever it is: a later run appends its records after it. One between two
+    records of one run's attempt is no kill (its writer would not have gone on) but damage to the
+    file: a record lost from the middle, which would leave totals low without a word, raises
+    ``ValueError``. Any other bad line means the file is not a records file, and raises
+    ``ValueError`` too; with ``on_bad_line``, it is given the error's text and the line is skipped
+    (a run reading its own history back, where one bad line of another run must not hide the whole file).
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
@@ -509,6 +511,8 @@ def read_records(
         except UnicodeDecodeError as error:  # a binary file given by mistake: say which
             raise ValueError(f"{path}: not a greencallbacks records file (not UTF-8 text: {error.reason} "
                              f"at byte {error.start})") from None
+        first = len(records)  # this file's first record
+        torn: list[tuple[int, int, str, str]] = []  # (line number, records before it, the line, what was wrong)
         for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
@@ -533,13 +537,46 @@ def read_records(
                         continue
                     if not _is_torn(line):
                         raise
-                    last = "last " if number == len(lines) else ""
-                    warnings.warn(f"{where}: skipped a torn {last}line ({error})", stacklevel=2)
+                    torn.append((number, len(records), line, str(error)))
             except (ValueError, TypeError, AttributeError) as error:
                 if on_bad_line is None:
                     raise ValueError(f"{where}: not a greencallbacks record: {error}") from None
                 on_bad_line(f"{where}: not a greencallbacks record: {error}")
+        for number, before, line, error in torn:
+            where = f"{path}:{number}"
+            mine = records[first:]
+            inside = _attempt_around(mine, before - first)
+            if inside is None or _written_again(line, inside, mine):  # the end of a writer killed mid-line
+                last = "last " if number == len(lines) else ""
+                warnings.warn(f"{where}: skipped a torn {last}line ({error})", stacklevel=2)
+                continue
+            damaged = (f"{where}: a torn line between two records of attempt {inside[1]} of run {inside[0]!r}: its "
+                       "writer went on after it, which a writer killed mid-line does not, so the file was damaged "
+                       "and a record is lost; totals without it would be low. Restore the file, or delete the "
+                       "line to report without that record")
+            if on_bad_line is None:
+                raise ValueError(damaged)
+            on_bad_line(damaged)
     return records
+
+
+def _written_again(line: str, attempt: tuple[str, int], records: Sequence[Record]) -> bool:
+    """Is the torn ``line`` a record of ``attempt`` that ``records`` hold whole? (A writer that could
+    not take back a write the disk cut short writes it again, whole, after it: nothing is lost.)"""
+    seq = re.search(r'"seq": (\d+),', line)
+    return seq is not None and any(
+        (r.run_id, r.attempt, r.seq) == (*attempt, int(seq.group(1))) for r in records
+    )
+
+
+def _attempt_around(records: Sequence[Record], index: int) -> tuple[str, int] | None:
+    """The (run, attempt) of the records both before and after position ``index`` of one file's
+    ``records``, when they are of one attempt; else None."""
+    if 0 < index < len(records):
+        before, after = records[index - 1], records[index]
+        if (before.run_id, before.attempt) == (after.run_id, after.attempt):
+            return before.run_id, before.attempt
+    return None
 
 
 def _record_of(line: str) -> Record:

@@ -103,9 +103,10 @@ def epoch_status(row: dict) -> str:
 
 
 def epoch_label(row: dict, with_attempt: bool) -> str:
-    """``2``, ``2 (partial)``, or ``2 (attempt 0: cut short, redone)`` when a run was resumed."""
+    """``2``, ``2 (partial)``, or ``2 (attempt 0: cut short, redone)`` when a run was resumed (an
+    ``epoch_summary`` row of whole epochs, whatever attempt trained them, has no attempt: ``2``)."""
     state = "" if epoch_status(row) == "complete" else epoch_status(row)
-    if with_attempt:
+    if with_attempt and row["attempt"] is not None:
         return f"{row['epoch']} (attempt {row['attempt']}{': ' + state if state else ''})"
     return f"{row['epoch']}{' (' + state + ')' if state else ''}"
 
@@ -220,8 +221,10 @@ def provenance(records: Sequence[Record]) -> list[str]:
         notes.append("Some batches could not be counted: samples are a lower bound and J/sample is n/a there.")
     trained_in = training_attempts(records)
     if len(trained_in) > len({run for run, _ in trained_in}):
-        notes.append("A run was resumed from a checkpoint: each attempt's epochs are listed; an epoch cut short "
-                     "and redone counts in the total once per attempt, since its energy was spent twice.")
+        notes.append("A run was resumed from a checkpoint: an epoch trained whole is one row whatever attempt "
+                     "trained it, and each attempt's other trainings of an epoch (cut short, or trained again) a row "
+                     "of their own; an epoch cut short and redone counts in the total once per attempt, since its "
+                     "energy was spent twice.")
     evaluated = sorted({r.phase for r in records if (r.run_id, r.attempt) not in trained_in and r.phase != "other"})
     if evaluated and trained_in:
         notes.append(f"A checkpoint of the run was evaluated again in a later session ({', '.join(evaluated)}): "
@@ -238,7 +241,6 @@ def configuration(records: Sequence[Record]) -> dict:
         if r.phase == "train" and r.epoch is not None:
             per_epoch[(r.attempt, r.epoch)].append(r)
     epoch_samples = _epoch_samples(records)
-    counted = [n for _, n in epoch_samples if n is not None]
     return {
         "framework": next((r.framework for r in records if r.framework), "unknown"),
         "epochs": len({epoch for _, epoch in per_epoch}),
@@ -249,7 +251,7 @@ def configuration(records: Sequence[Record]) -> dict:
         # A run whose epochs start past 0 continues an earlier training (a notebook's second fit,
         # Keras initial_epoch): not a repeat of one that starts at 0.
         "first_epoch": min((epoch for _, epoch in per_epoch), default=0),
-        "samples_per_epoch": Counter(counted).most_common(1)[0][0] if counted else None,
+        "samples_per_epoch": usual_samples(epoch_samples),
         # Each epoch's samples, from its records that were not cut short (over the attempts: one
         # that max_steps ended inside the epoch and its resume): a run whose last epoch stopped
         # half-way at max_steps, or whose data changed, is no repeat of one of whole epochs.
@@ -296,20 +298,34 @@ def _epoch_samples(records: Sequence[Record]) -> list[list]:
 
     An epoch's complete records add up over the attempts where a later one went on with it (one
     that max_steps ended inside it, and the resume that went on from that step); where a later one
-    trained it again, its count replaces the one before rather than doubling it; where neither can
-    be told (``complete_training``), the epoch's count is not known."""
+    trained it again, its count replaces the one before rather than doubling it (unless that training
+    stopped early: the epoch is still the one before); where neither can be told
+    (``complete_training``), the epoch's count is not known."""
     counted: dict[int, int | None] = {}
     for r, how in complete_training(records):
+        if how == STOPPED:  # a training again stopped early is no smaller epoch
+            continue
         so_far = 0 if how == AGAIN else counted.get(r.epoch, 0)
         known = how != UNKNOWN and so_far is not None and r.samples_counted
         counted[r.epoch] = so_far + r.samples if known else None
     return [[epoch, counted[epoch]] for epoch in sorted(counted)]
 
 
+def usual_samples(epoch_samples: Sequence[Sequence]) -> int | None:
+    """The samples most epochs of ``_epoch_samples`` saw (D, a whole epoch's); None when none was counted."""
+    counted = [n for _, n in epoch_samples if n is not None]
+    return Counter(counted).most_common(1)[0][0] if counted else None
+
+
+def whole_epoch_samples(records: Sequence[Record]) -> int | None:
+    """The samples of one whole epoch of a run, as its configuration says them."""
+    return usual_samples(_epoch_samples(records))
+
+
 def _steps_per_epoch(records: Sequence[Record]) -> int | None:
     """The optimizer steps of a whole epoch, the most common between consecutive complete epochs'
     ends (the framework's global step in each train record); None where the records carry none."""
-    ends = {r.epoch: r.step for r, _ in complete_training(records) if r.step is not None}
+    ends = {r.epoch: r.step for r, how in complete_training(records) if r.step is not None and how != STOPPED}
     deltas = [ends[e] - (ends[e - 1] if e else 0) for e in ends if e == 0 or e - 1 in ends]
     return Counter(deltas).most_common(1)[0][0] if deltas else None
 
@@ -317,16 +333,18 @@ def _steps_per_epoch(records: Sequence[Record]) -> int | None:
 def epochs_trained_again(records: Sequence[Record]) -> int:
     """How many times an attempt trained anew an epoch an earlier one had completed (a resume from
     an older checkpoint, a Keras fit with ``initial_epoch`` before the last): energy spent twice."""
-    return sum(1 for _, how in complete_training(records) if how == AGAIN)
+    return sum(1 for _, how in complete_training(records) if how in (AGAIN, STOPPED))
 
 
 # How a complete training record stands to the epoch's earlier attempts (``complete_training``).
 FIRST, ON, AGAIN, UNKNOWN = "first", "went on", "trained again", "not known"
+STOPPED = "trained again, stopped early"
 
 
 def complete_training(records: Sequence[Record]) -> list[tuple[Record, str]]:
     """Each complete training record, in attempt order, with how it stands to the epoch's earlier
-    attempts: FIRST, ON (went on with it), AGAIN (trained it anew) or UNKNOWN.
+    attempts: FIRST, ON (went on with it), AGAIN (trained it anew), STOPPED (trained it anew but
+    stopped before a whole epoch's samples) or UNKNOWN.
 
     An attempt trains every epoch but its first from the epoch's start: AGAIN where an earlier
     attempt had the epoch. Its first epoch is AGAIN where an earlier attempt finished that epoch
@@ -337,7 +355,9 @@ def complete_training(records: Sequence[Record]) -> list[tuple[Record, str]]:
     short in (a crash after a mid-epoch checkpoint) trained the epoch's rest, and how much of the
     cut short part the checkpoint kept is not recorded: UNKNOWN, as where the two overlap. A
     whole epoch is the most samples one record of the run has. Keras' optimizer step keeps
-    rising over fits, so the step alone cannot say."""
+    rising over fits, so the step alone cannot say. A training anew with fewer counted samples than
+    that is STOPPED: a budget or max_steps stop right after the resume (HF and Keras stop after a
+    batch) ended it, and it is no epoch of another size nor the epoch's last whole training."""
     return [pair for mine in by_run(records).values() for pair in _complete_training_of_one_run(mine)]
 
 
@@ -363,7 +383,7 @@ def _complete_training_of_one_run(records: Sequence[Record]) -> list[tuple[Recor
             how = UNKNOWN if resumed_inside and r.samples < whole else FIRST if earlier is None else ON
         elif (r.epoch != first_epoch[r.attempt] or last_epoch[earlier.attempt] > r.epoch
               or (r.step is not None and earlier.step is not None and r.step <= earlier.step)):
-            how = AGAIN
+            how = STOPPED if r.samples_counted and r.samples < whole else AGAIN
         elif earlier.samples + r.samples <= whole:
             how = ON
         else:
@@ -387,12 +407,15 @@ def cut_short(config: dict) -> bool:
 def samples_text(config: dict) -> str:
     """`` of 32 samples in 4 steps`` (the steps where the records give them: what tells a sweep's
     batch sizes apart), with the epochs of another size (``max_steps`` ending inside the last, data
-    that changed): `` of 32 samples in 4 steps (epoch 1: 16)``; "" when uncounted."""
+    that changed) and those whose count is not known (a resume inside an epoch): `` of 32 samples in 4
+    steps (epoch 1: 16, epoch 2: not known)``; "" when uncounted. Configurations grouped apart by
+    their epochs' samples are so told apart."""
     usual = config["samples_per_epoch"]
     if usual is None:
         return ""
     steps = config.get("steps_per_epoch")
-    others = [f"epoch {epoch}: {n}" for epoch, n in config.get("epoch_samples", ()) if n is not None and n != usual]
+    others = [f"epoch {epoch}: {'not known' if n is None else n}"
+              for epoch, n in config.get("epoch_samples", ()) if n != usual]
     return (f" of {usual} samples" + (f" in {steps} steps" if steps else "")
             + (f" ({', '.join(others)})" if others else ""))
 
@@ -568,28 +591,42 @@ def over_runs(values: Sequence[float]) -> dict:
 
 
 def epoch_summary(records: Sequence[Record]) -> list[dict]:
-    """One row per (attempt, epoch, status) over the runs given: seconds, kWh, gCO2eq and J/sample
-    as mean and SE over the runs the row covers.
+    """One row per epoch and status over the runs given: seconds, kWh, gCO2eq and J/sample as mean
+    and SE over the runs the row covers.
 
-    An epoch cut short in one run is never averaged with another run's complete epoch: each status
-    (``EPOCH_STATES``) is a row of its own. ``runs`` and ``run_ids`` say which runs a row covers,
+    A run's first whole training of an epoch is one row with the other runs', whatever attempt
+    trained it (a resume at an epoch's end trains the next ones whole): its ``attempt`` is None and
+    ``attempts`` lists the runs' attempts. Any other training of it (cut short, a part that a later
+    attempt went on with, trained again) is a row per attempt. An epoch cut short in one run is
+    never averaged with another run's complete epoch: each status (``EPOCH_STATES``) is a row of
+    its own. ``runs`` and ``run_ids`` say which runs a row covers,
     ``in_every_run`` whether that is all of them (``of_runs``); a row covering fewer is no mean
     over the repeats, and the formats show it apart. With one run the SE is None and
     ``uncertainty_kwh`` (from the sensors) is the error to quote.
     """
     all_runs = run_ids(records)
-    by_epoch: dict[tuple[int, int, int], list[dict]] = defaultdict(list)
-    for row in epoch_rows(records):
-        by_epoch[(row["attempt"], row["epoch"], EPOCH_STATES.index(epoch_status(row)))].append(row)
-    with_attempt = len({attempt for attempt, _, _ in by_epoch}) > 1
+    whole = first_whole_trainings(records)
+    per_run = epoch_rows(records)
+    by_epoch: dict[tuple[int, int, int | None], list[dict]] = defaultdict(list)
+    for row in per_run:
+        status = EPOCH_STATES.index(epoch_status(row))
+        pooled = status == 0 and (row["run_id"], row["attempt"], row["epoch"]) in whole
+        by_epoch[(row["epoch"], status, None if pooled else row["attempt"])].append(row)
+    with_attempt = len({row["attempt"] for row in per_run}) > 1
+
+    def in_order(key: tuple) -> tuple:  # as trained: by the first attempt that trained the row
+        epoch, status, attempt = key
+        return min(row["attempt"] for row in by_epoch[key]), epoch, status, attempt is not None, attempt or 0
+
     out = []
-    for key in sorted(by_epoch):
+    for key in sorted(by_epoch, key=in_order):
         group = by_epoch[key]
         per_sample = [row["j_per_sample"] for row in group if row["j_per_sample"] is not None]
-        merged = {"epoch": key[1], "attempt": key[0], "partial": group[0]["partial"], "redone": group[0]["redone"]}
+        merged = {"epoch": key[0], "attempt": key[2], "partial": group[0]["partial"], "redone": group[0]["redone"]}
         out.append(
             {
                 **merged,
+                "attempts": sorted({row["attempt"] for row in group}),
                 "status": epoch_status(merged),
                 "label": epoch_label(merged, with_attempt),
                 "runs": len(group),
@@ -609,6 +646,19 @@ def epoch_summary(records: Sequence[Record]) -> list[dict]:
             }
         )
     return out
+
+
+def first_whole_trainings(records: Iterable[Record]) -> set[tuple[str, int, int]]:
+    """(run, attempt, epoch) of each run's first whole training of an epoch: FIRST in
+    ``complete_training``, and no later attempt went on with it (max_steps ended it inside)."""
+    first: dict[tuple[str, int], int] = {}
+    went_on: set[tuple[str, int]] = set()
+    for r, how in complete_training(list(records)):
+        if how == FIRST:
+            first[(r.run_id, r.epoch)] = r.attempt
+        elif how in (ON, UNKNOWN) and first.get((r.run_id, r.epoch)) != r.attempt:
+            went_on.add((r.run_id, r.epoch))
+    return {(run, attempt, epoch) for (run, epoch), attempt in first.items() if (run, epoch) not in went_on}
 
 
 def _validation_over_runs(group: list[dict], key: str) -> dict | None:

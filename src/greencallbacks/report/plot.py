@@ -60,7 +60,7 @@ def check_plot_path(path: str | os.PathLike, name: str = "plot file") -> None:
 def _tick(row: dict, with_attempt: bool) -> str:
     """A short, stacked tick label: the epoch, then its attempt, state and runs on lines below."""
     lines = [str(row["epoch"])]
-    if with_attempt:
+    if with_attempt and row["attempt"] is not None:  # None: whole epochs, whatever attempt trained them
         lines.append(f"attempt {row['attempt']}")
     if row["redone"] or row["partial"]:
         lines.append("cut short" if row["redone"] else "partial")
@@ -114,7 +114,7 @@ def epoch_figure(records: Sequence[Record]):
         if any(val):
             axes.bar(positions, [v * factor for v in val], bottom=[t * factor for t in train], color="#a9cfb4",
                      label=f"validation ({unit})")
-        axes.set_xticks(positions, [_tick(row, len({r["attempt"] for r in rows}) > 1) for row in rows], fontsize="small")
+        axes.set_xticks(positions, [_tick(row, len({a for r in rows for a in r["attempts"]}) > 1) for row in rows], fontsize="small")
         axes.set_xlabel("epoch")
         axes.set_ylabel(f"energy per epoch ({unit})")
         line_axes = axes.twinx()
