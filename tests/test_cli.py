@@ -723,6 +723,18 @@ def test_a_path_that_cannot_be_written_is_refused_naming_its_flag(tmp_path, caps
     assert capsys.readouterr().out == ""
 
 
+@needs_sys
+def test_whatif_plot_that_cannot_be_written_is_refused_naming_its_flag(tmp_path, capsys):
+    """whatif --plot read permission bits (root passes them): '[Errno 13] Permission denied' at the end."""
+    write(tmp_path / "energy-records.jsonl", one_run())
+    series = tmp_path / "grid.csv"
+    series.write_text("timestamp,g_per_kwh\n2026-11-23T00:00:00Z,100\n2026-11-24T00:00:00Z,100\n")
+    assert main(["whatif", str(tmp_path), "--intensity", str(series), "--plot", UNWRITABLE + ".png"]) == 2
+    captured = capsys.readouterr()
+    assert f"--plot {UNWRITABLE + '.png'!r} cannot be written" in captured.err and "Errno" not in captured.err
+    assert len(captured.err.strip().splitlines()) == 1 and captured.out == ""
+
+
 def test_demo_out_that_is_a_file_names_the_flag(tmp_path, capsys):
     (tmp_path / "taken").write_text("")
     code, err = exits(["demo", "--epochs", "1", "--out", str(tmp_path / "taken")], capsys)
@@ -733,13 +745,14 @@ def test_demo_out_that_is_a_file_names_the_flag(tmp_path, capsys):
 def test_the_writable_check_leaves_nothing_behind(tmp_path):
     """demo --out is tried by making it (and its parents) and a file in it, then undone: a run
     refused for another setting afterwards must leave no empty directory."""
-    from greencallbacks.cli import _check_writable
+    from greencallbacks.cli import _check_writable_directory
+    from greencallbacks.report.plot import check_plot_path
 
-    _check_writable("--out", tmp_path / "a" / "b", directory=True)
-    _check_writable("--plot", tmp_path / "p.png", directory=False)
+    _check_writable_directory("--out", tmp_path / "a" / "b")
+    check_plot_path(tmp_path / "p.png", "--plot")
     assert list(tmp_path.iterdir()) == []
     (tmp_path / "kept.png").write_bytes(b"old")
-    _check_writable("--plot", tmp_path / "kept.png", directory=False)
+    check_plot_path(tmp_path / "kept.png", "--plot")
     assert (tmp_path / "kept.png").read_bytes() == b"old"  # a file there is neither emptied nor removed
 
 

@@ -82,35 +82,31 @@ def cmd_devices(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from greencallbacks.demo import run_demo
 
-    _check_writable("--out", args.out, directory=True)
+    _check_writable_directory("--out", args.out)
     run_demo(args.out, epochs=args.epochs, **_carbon_kwargs(args))
     return 0
 
 
-def _check_writable(flag: str, path: Path, *, directory: bool) -> None:
-    """Refuse, naming ``flag``, a ``path`` that cannot be written, before any work: by trying it
-    (making the directories or the file, then undoing what was made), since permission bits do
-    not tell (root passes them, and /sys refuses root). A bare OSError would name no flag."""
+def _check_writable_directory(flag: str, path: Path) -> None:
+    """Refuse, naming ``flag``, a directory ``path`` that cannot be written, before any work: by
+    trying it (making the directories and a file, then undoing what was made), since permission
+    bits do not tell (root passes them, and /sys refuses root). A bare OSError would name no flag."""
     made: list[Path] = []
     try:
-        if directory and path.exists() and not path.is_dir():
+        if path.exists() and not path.is_dir():
             raise ValueError(f"{flag} {str(path)!r} is a file, not a directory")
-        for place in (*reversed(path.parents), path) if directory else ():
+        for place in (*reversed(path.parents), path):
             if not place.exists():
                 place.mkdir()
                 made.append(place)
-        if directory:
-            with tempfile.TemporaryFile(dir=path):
-                pass
-        elif not path.exists():
-            path.touch()
-            made.append(path)
+        with tempfile.TemporaryFile(dir=path):
+            pass
     except OSError as error:
         raise ValueError(f"{flag} {str(path)!r} cannot be written: {error.strerror or error}") from None
     finally:
         for place in reversed(made):
             try:
-                place.unlink() if place.is_file() else place.rmdir()
+                place.rmdir()
             except OSError:
                 pass
 
@@ -164,7 +160,6 @@ def cmd_report(args: argparse.Namespace) -> int:
         from greencallbacks.report.plot import check_plot_path
 
         check_plot_path(args.plot, "--plot")  # a file that could not be written fails before the report is printed
-        _check_writable("--plot", Path(args.plot), directory=False)
     for zone in args.compare_zones or ():
         intensity_for(zone)  # an unknown zone is the flag's error, before any records are read
     records, runs, loaded = _load_runs(args.paths, args.run_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import textwrap
 from pathlib import Path
@@ -53,8 +54,17 @@ def check_plot_path(path: str | os.PathLike, name: str = "plot file") -> None:
         raise ValueError(f"{name} {text!r} is a directory: give a file to write the plot to")
     if not folder.is_dir():
         raise ValueError(f"{name} {text!r}: its directory {str(folder)!r} does not exist")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise ValueError(f"{name} {text!r}: its directory {str(folder)!r} is not writable")
+    # Tried, not read from permission bits: root passes them, and /sys refuses root.
+    existed = target.exists()
+    try:
+        with open(target, "a"):
+            pass
+    except OSError as error:
+        raise ValueError(f"{name} {text!r} cannot be written: {error.strerror or error}") from None
+    finally:
+        if not existed:
+            with contextlib.suppress(OSError):
+                target.unlink()
 
 
 def _tick(row: dict, with_attempt: bool) -> str:
