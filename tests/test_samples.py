@@ -102,7 +102,20 @@ CASES = [
     ("batch of positions that are not a row", {"input_ids": torch.zeros(2, 5), "position_ids": torch.zeros(2, 5)}, 2),
     ("detection: tuple(zip(*samples))", (tuple(torch.zeros(3, 8, 8) for _ in range(5)),
                                          tuple({"boxes": torch.zeros(2, 4)} for _ in range(5))), 5),
-    ("detection, images of different sizes", (tuple(torch.zeros(3, 8 + i, 8) for i in range(4)),), 4),
+    # Images of different sizes agree on their leading dimension (channels) as per-input fields do:
+    # the targets or labels beside them say they are samples.
+    ("detection, images of different sizes", (tuple(torch.zeros(3, 8 + i, 8) for i in range(4)),
+                                              tuple({"boxes": torch.zeros(2, 4)} for _ in range(4))), 4),
+    ("images of different sizes, labels", [[torch.zeros(3, 8 + i, 8) for i in range(4)], torch.zeros(4)], 4),
+    # Several inputs of one batch (a multi-input model): they agree on the leading dimension, 8.
+    ("((x_a, x_b), y)", ((torch.zeros(8, 4), torch.zeros(8, 10)), torch.zeros(8, 1)), 8),
+    ("[[x_a, x_b], y]", [[torch.zeros(8, 4), torch.zeros(8, 10)], torch.zeros(8, 1)], 8),
+    ('{"inputs": [x_a, x_b], "y": y}', {"inputs": [torch.zeros(8, 4), torch.zeros(8, 10)], "y": torch.zeros(8)}, 8),
+    ("nested outputs [[o1, o2], o3]", [[torch.zeros(23, 4), torch.zeros(23, 2)], torch.zeros(23, 1)], 23),
+    ("two inputs, a batch of two: both readings agree", {"inputs": [torch.zeros(2, 4), torch.zeros(2, 10)]}, 2),
+    # A 0-d tensor first in a list: a field without a batch dimension, not one of the list's samples.
+    ("[0-d tensor, x, y]", [torch.tensor(1.0), torch.zeros(4, 4), torch.zeros(4, 1)], 4),
+    ("[0-d int tensor, x]", [torch.tensor(7), torch.zeros(32, 10)], 32),
     ("nested tensor (strided)", torch.nested.nested_tensor([torch.zeros(5, 3), torch.zeros(2, 3), torch.zeros(1, 3)]), 3),
     ("nested tensor (jagged)", torch.nested.nested_tensor([torch.zeros(5, 3), torch.zeros(2, 3)], layout=torch.jagged), 2),
     ("(nested tensor, labels)", (torch.nested.nested_tensor([torch.zeros(5, 3), torch.zeros(2, 3)]), torch.zeros(2)), 2),
@@ -207,6 +220,19 @@ def test_fields_that_disagree_on_their_leading_dimension_are_uncounted_not_the_f
     # counted and silent: a per-sample cost off by the sequence length. Now the warning says why.
     assert count_samples(batch) is None
     with pytest.warns(EnergyWarning, match="leading dimensions differ"):
+        BatchCounter().count(batch, run_id="r")
+
+
+@pytest.mark.parametrize("batch", [
+    (tuple(torch.zeros(3, 8 + i, 8) for i in range(4)),),  # 4 images of 3 channels, or inputs of 3?
+    {"inputs": [torch.zeros(8, 4), torch.zeros(8, 10)]},  # 2 images of 8 channels, or inputs of 8?
+    ((torch.zeros(8, 4), torch.zeros(8, 10)), torch.zeros(5)),  # labels giving neither reading
+], ids=["images alone", "inputs alone", "neither reading"])
+def test_a_list_of_tensors_agreeing_only_on_their_leading_dimension_is_uncounted_where_nothing_says_which(batch):
+    # Per-input fields were taken for ragged samples (2 for a batch of 8), counted and silent;
+    # without a field that says which, it is uncounted, and the warning says why.
+    assert count_samples(batch) is None
+    with pytest.warns(EnergyWarning, match="agrees on their leading dimension but not on their shapes"):
         BatchCounter().count(batch, run_id="r")
 
 

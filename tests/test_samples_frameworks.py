@@ -258,6 +258,69 @@ def test_lightning_counts_each_loader_by_its_own_collate_and_a_remade_batch_as_i
     assert [r.samples for r in phases["train"]] == [2 * TRAIN]  # not its rows split as two loaders' batches
 
 
+def _pairs(n: int, size: int):
+    data = torch.utils.data.TensorDataset(torch.randn(n, 4), torch.randn(n, 1))
+    return torch.utils.data.DataLoader(data, batch_size=size)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("mode, sizes, samples", [
+    ("max_size_cycle", (30, 10), 30 + 14),  # b's batches (4, 4, 2) cycle to a's 4 steps: 4 + 4 + 2 + 4
+    ("min_size", (30, 10), 24 + 10),  # 3 steps
+    ("max_size", (30, 10), 30 + 10),  # b's part is None once it is exhausted
+    ("max_size", (10, 30), 10 + 30),  # a's part is None: {"a": None, "b": [x, y]}
+    ("sequential", (30, 10), 30 + 10),  # one loader's batch at a time
+])
+def test_lightning_counts_each_loader_of_a_combined_batch_in_every_loop(tmp_path, mode, sizes, samples):
+    """Regression: validation and test from a CombinedLoader in a mode other than "sequential"
+    counted each batch {"a": [x, y], "b": [x, y]} as a whole by loader a's rule, which reads a's
+    part alone (30 samples for 44). Training from nested iterables {"a": [loader, loader], "b":
+    loader} read each [x, y] of "a" as 2 samples (30 for 80). Each loader's batch is counted."""
+    L, AnyBatch = lightning_module()
+    from lightning.pytorch.utilities import CombinedLoader
+
+    from greencallbacks.lightning import EnergyCallback
+
+    class EveryLoader(AnyBatch):
+        def test_step(self, batch, batch_idx, dataloader_idx=0):
+            self.log("test_loss", (self.w ** 2).sum(), batch_size=1)
+
+    def combined():
+        return CombinedLoader({"a": _pairs(sizes[0], 8), "b": _pairs(sizes[1], 4)}, mode=mode)
+
+    # Training: "a" holds two loaders of 2 and 3 batches, "b" one of 5: 5 steps of 8 + 4 + 4.
+    train = CombinedLoader({"a": [_pairs(16, 8), _pairs(12, 4)], "b": _pairs(20, 4)}, mode="max_size_cycle")
+    callback = EnergyCallback(output_dir=tmp_path, intensity=100.0, progress_bar=False)
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False, callbacks=[callback],
+                        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
+    model = EveryLoader()
+    trainer.fit(model, train, combined())
+    trainer.test(model, combined(), verbose=False)
+    phases = by_phase(read_records(tmp_path))
+    assert [(r.samples, r.samples_counted) for r in phases["train"]] == [(80, True)]
+    assert [(r.samples, r.samples_counted) for r in phases["validation"]] == [(samples, True)]
+    assert [(r.samples, r.samples_counted) for r in phases["test"]] == [(samples, True)]
+
+
+def test_lightning_a_combined_loaders_mode_it_cannot_read_leaves_batches_counted_whole():
+    """The guard on the private seam: CombinedLoader's mode is read from ``_mode`` on the loop's
+    ``_combined_loader`` (Lightning 2.2 to 2.6). A release without them: each batch is counted
+    whole by the general rule, as before the seam was used, and nothing raises."""
+    from types import SimpleNamespace
+
+    from greencallbacks.lightning import EnergyCallback
+
+    callback = EnergyCallback(progress_bar=False)
+    no_loops = SimpleNamespace(state=SimpleNamespace(fn="fit"), lightning_module=None, datamodule=None)
+    loaders = {"a": _pairs(16, 8), "b": _pairs(8, 4)}
+    callback._plan_evaluation(no_loops, loaders, "validation")
+    assert callback._eval_parts is None and len(callback._eval_collates) == 2
+    with_mode = SimpleNamespace(state=SimpleNamespace(fn="validate"), lightning_module=None, datamodule=None,
+                                validate_loop=SimpleNamespace(_combined_loader=SimpleNamespace(_mode="min_size")))
+    callback._plan_evaluation(with_mode, loaders, "validation")
+    assert callback._eval_parts is not None  # read: counted loader by loader
+
+
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_lightning_uncountable_batches_say_so_once_and_log_no_per_sample_value(tmp_path):
     phases, messages, columns = lightning_run(tmp_path, "opaque")

@@ -4,7 +4,8 @@
 (never a silent 0). It reads, in this order:
 
 * a tensor or array (torch, NumPy, TensorFlow, JAX, pandas): its leading dimension; a nested or
-  jagged tensor (``torch.nested``): its number of components;
+  jagged tensor (``torch.nested``): its number of components; a 0-d tensor has no batch
+  dimension and is skipped, as numbers are (``[loss_weight, x, y]`` counts ``x``);
 * an object exposing ``num_graphs`` (PyTorch Geometric's ``Batch``), else ``batch_size`` (DGL
   graphs, TensorDict), else ``__len__``;
 * the fields of a batch, in order: a tuple or list (``(x, y)``), a mapping (dicts,
@@ -17,7 +18,8 @@
 * torch's ``PackedSequence``: its number of sequences;
 * a list or tuple whose items are samples rather than fields: its length. Items are samples when
   they are strings or numbers (labels, texts); inside a batch, records (dicts, dataclasses,
-  tuples: detection targets) or tensors of different shapes; at the top, Python lists of integers
+  tuples: detection targets) or tensors of different leading dimensions (sequences of different
+  lengths); at the top, Python lists of integers
   (token ids before padding) or objects of one class that are no tensors, records of one shape
   (dicts with the same keys, one dataclass type, or a *list* of equal-length tuples: what
   ``collate_fn=list`` gives), a single record too (``[{...}]``, ``[(x, y)]``: a batch of one,
@@ -41,15 +43,23 @@
   collator known to pack nothing (a data set of pre-packed rows) is one sample, as its rows are
   in a batch of two.
 
-A list of per-sample tensors (``collate_fn=list``) is told from ``[x, y]`` only when their
-lengths differ: a batch of one sample, or of equal lengths, reads as fields. Where the adapter
-sees the DataLoader (Lightning), ``collate="list"`` says so and counts the list's items; else
-such batches take ``sample_counter=len``; a nested tensor (``torch.nested``) is exact.
+A list of per-sample tensors (``collate_fn=list``, or a collate returning its samples as they
+are, ``lambda b: b``) is told from ``[x, y]`` only when their lengths differ: a batch of one
+sample, or of equal shapes (4 images of (3, 32, 32) count 3), reads as fields. Where the adapter
+sees the DataLoader (Lightning) and its ``collate_fn`` is ``list``, ``collate="list"`` says so
+and counts the list's items; else such batches take ``sample_counter=len``; a nested tensor
+(``torch.nested``) is exact.
 
-A list of same-shaped tensors inside a batch is ambiguous (collated fields, or same-sized
-samples such as images): its leading dimension counts only when no other field of the batch
-gives a certain count. A batch whose leading dimension is not the sample dimension (a
-sequence-first tensor) needs ``sample_counter=``: alone, its first dimension is taken.
+A list of tensors inside a batch that agree on their leading dimension but not on their shapes
+is ambiguous: per-input fields (``((x_a, x_b), y)``, ``{"inputs": [x_a, x_b], ...}``: the
+leading dimension) or per-sample items (images of different sizes, channels first: the list's
+length). The rest of the batch says which (``y``, or a detection batch's targets): a certain
+count elsewhere that neither reading gives, or none at all where the two readings differ, leaves
+the batch uncounted, with the warning. A list of same-shaped tensors inside a batch is ambiguous
+too (collated fields, or same-sized samples such as images): its leading dimension counts only
+when no other field of the batch gives a certain count. A batch whose leading dimension is not
+the sample dimension (a sequence-first tensor) needs ``sample_counter=``: alone, its first
+dimension is taken.
 
 Imports no framework: the adapters for Lightning, HF and Keras all use it.
 """
@@ -191,6 +201,16 @@ def _why_uncounted(batch: Any) -> str:
     except Exception:  # noqa: BLE001 - only a hint
         return ""
     try:
+        allowed: list = []
+        _first_certain(batch, False, allowed)
+        readings = sorted(next((a for a in allowed if isinstance(a, set) and len(a) > 1), ()))
+        if readings:
+            return (" (a list of tensors in it agrees on their leading dimension but not on their shapes: per-input "
+                    "fields, or per-sample items such as images of different sizes, giving "
+                    f"{readings[0]} or {readings[1]} samples; nothing else in the batch says which)")
+    except Exception:  # noqa: BLE001 - only a hint
+        return ""
+    try:
         positions = _packed_positions(batch) if isinstance(batch, Mapping) else None
         if positions is None or not _off_cpu(positions):
             return ""
@@ -233,11 +253,14 @@ def _is_record(item: Any) -> bool:
     return isinstance(item, (Mapping, list, tuple)) or (dataclasses.is_dataclass(item) and not isinstance(item, type))
 
 
-def _items_of_sequence(items: list | tuple, top: bool) -> tuple[int | None, bool]:
+def _items_of_sequence(items: list | tuple, top: bool) -> tuple[Any, bool]:
     """A list/tuple: (its length, True) when its items are samples; (None, False) when they are fields.
 
     ``(n, False)`` with ``n`` set: same-shaped tensors inside a batch, ambiguous (``n`` is their
-    leading dimension, a guess).
+    leading dimension, a guess). ``({lead, length}, False)``: tensors inside a batch that agree
+    on their leading dimension but not their shapes: per-input fields (``((x_a, x_b), y)``: the
+    leading dimension) or per-sample items (images of different sizes, channels first: the
+    length); only the rest of the batch can say which.
     """
     if not items:
         return None, False
@@ -262,7 +285,9 @@ def _items_of_sequence(items: list | tuple, top: bool) -> tuple[int | None, bool
                 if type(items) is list and len(set(leads)) > 1 and len({s[1:] for s in shapes}) == 1:
                     return len(items), True
             elif len(set(shapes)) > 1:
-                return len(items), True  # ragged samples (images of different sizes)
+                if len(set(leads)) > 1:
+                    return len(items), True  # ragged samples (sequences of different lengths)
+                return {leads[0], len(items)}, False  # per-input fields, or images of different sizes
             else:
                 return leads[0], False  # same-shaped tensors inside a batch: ambiguous
     return None, False
@@ -276,7 +301,9 @@ def _samples_of_one_kind(items: list) -> bool:
     if type(first) is list:  # token ids: integers (lists of texts are fields: [sources, targets])
         return all(type(x) is list and all(type(v) is int for v in x) for x in items)
     kind = type(first)
-    return (not isinstance(first, (Mapping, tuple, *_SCALARS)) and _leading(first) is None
+    # No tensor-like at all (asked of the class): a 0-d tensor has no leading dimension, yet is a
+    # field ([loss_weight, x, y]), not one sample of a list of them.
+    return (not isinstance(first, (Mapping, tuple, *_SCALARS)) and not hasattr(kind, "shape")
             and not dataclasses.is_dataclass(first) and all(type(x) is kind for x in items))
 
 
@@ -353,10 +380,31 @@ def count_collated(batch: Any) -> int | None:
 
 
 def _walk(batch: Any, collated: bool = False) -> int | None:
-    """The general case: breadth first over the batch's fields; the first certain count wins.
-    Top-level fields that disagree on their leading dimension are counted by ``_disagreeing``.
-    ``collated``: the batch comes from ``default_collate`` (see :func:`count_collated`)."""
-    guess = None
+    """The general case: breadth first over the batch's fields; the first certain count wins, if
+    every list of tensors that allows two readings (see ``_items_of_sequence``) allows it. Else the
+    one count those lists allow together, or a list of same-shaped tensors' leading dimension
+    (a guess) where nothing else says. ``collated``: see :func:`count_collated`."""
+    allowed: list = []  # each such list's two readings (a set); a guess (an int)
+    count = _first_certain(batch, collated, allowed)
+    readings = [a for a in allowed if isinstance(a, set)]
+    guess = next((a for a in allowed if not isinstance(a, set)), None)
+    if not readings:
+        return guess if count is _UNSEEN else count
+    either = set.intersection(*readings)
+    if count is not _UNSEEN:
+        return count if count in either else None  # the rest of the batch says which reading
+    if guess is not None:
+        return guess if guess in either else None
+    return either.pop() if len(either) == 1 else None  # both readings agree; else nothing says
+
+
+_UNSEEN = object()  # no certain count in the batch
+
+
+def _first_certain(batch: Any, collated: bool, allowed: list) -> Any:
+    """The first certain count of a breadth-first walk over the batch's fields (may be None: fields
+    that disagree); ``_UNSEEN`` if none. What lists of tensors allow without certainty goes to
+    ``allowed``. Top-level fields that disagree on their leading dimension: ``_disagreeing``."""
     queue: deque[tuple[Any, bool]] = deque([(batch, True)])
     while queue:
         item, top = queue.popleft()
@@ -404,7 +452,7 @@ def _walk(batch: Any, collated: bool = False) -> int | None:
             if certain:
                 return count
             if count is not None:
-                guess = count if guess is None else guess
+                allowed.append(count)
             elif top and _fields_disagree(item):
                 return _disagreeing(item)
             else:
@@ -414,7 +462,7 @@ def _walk(batch: Any, collated: bool = False) -> int | None:
                 return len(item)
             except TypeError:
                 pass
-    return guess
+    return _UNSEEN
 
 
 # ------------------------------------------------------------------------------- per phase

@@ -61,8 +61,9 @@ class EnergyCallbackBase:
             nested tensors; ``count_collated`` for a loader that collates with torch's
             ``default_collate``, each loader by its own). A batch it cannot count: one warning per run, and that phase's record
             says ``samples_counted: false`` with no per-sample values (never a silent 0). With
-            several training iterables (a dict or list of loaders) the default counts each one's
-            batch and adds them; a ``sample_counter`` given is handed the whole combined batch.
+            several training iterables (a dict or list of loaders, nested too), or a validation or
+            test ``CombinedLoader`` in a mode other than ``"sequential"``, the default counts each
+            one's batch and adds them; a ``sample_counter`` given is handed the whole combined batch.
         token_counter: ``batch -> int`` tokens in a completed batch (e.g.
             ``lambda b: int(b["attention_mask"].sum())``), giving ``energy_j_per_token``.
         step_metrics: also log ``energy_kwh_total``, ``co2eq_g_total`` (so far, the epoch in
@@ -121,7 +122,10 @@ class EnergyCallbackBase:
         self._live_at_most_one_step = False
         self._resume_epoch_at_batch = False  # begin the epoch Lightning resumed mid-way at its next batch
         self._pause_due = False  # an epoch of this fit ended (see _begin_train_epoch)
-        self._train_parts: str | None = None  # "dict" / "seq": several training iterables, counted apart
+        # Several iterables whose batches hold one batch of each, counted apart: their collates (see
+        # _collate_tree), nested as the iterables are; None: each batch counted whole.
+        self._train_parts: Any = None
+        self._eval_parts: Any = None
         # Per data loader of the loop running: what collates its batches (see _collates).
         self._train_collates: list[str | None] = []
         self._eval_collates: list[str | None] = []
@@ -324,13 +328,10 @@ class EnergyCallbackBase:
         fit_loop = getattr(trainer, "fit_loop", None)
         self._resume_epoch_at_batch = any(
             getattr(fit_loop, stage, False) is True for stage in ("restarted_mid_epoch", "restarted_on_epoch_end"))
-        # Several training iterables (fit(model, {"a": loader_a, "b": loader_b}) or a list): each
-        # batch holds one batch of each, counted apart (as a whole, {"a": [x, y], "b": [x, y]}
-        # would read as 2 samples). The user's own counter is given the whole batch.
+        # Several training iterables (fit(model, {"a": loader_a, "b": loader_b}) or a list, nested
+        # too): each batch holds one batch of each (fit has no "sequential" mode), counted apart.
         loaders = trainer.train_dataloader  # public: the iterables given to fit, combined
-        # Counted apart, unless a hook may remake the combined batch on its way (into one tensor).
-        several = isinstance(loaders, (dict, list, tuple)) and not self._counter.custom_samples and not _remade(trainer)
-        self._train_parts = ("dict" if isinstance(loaders, dict) else "seq") if several else None
+        self._train_parts = self._parts_of(trainer, loaders)
         self._train_collates = _collates(trainer, loaders)
         self._counter.collate = self._train_collates[0]
 
@@ -359,11 +360,7 @@ class EnergyCallbackBase:
             if self._train_parts is None:
                 self._counter.add(self.tracker, batch)
             else:
-                parts = batch.values() if self._train_parts == "dict" and isinstance(batch, dict) else batch
-                for part, collate in zip(parts, self._train_collates):
-                    if part is not None:  # an iterable already exhausted ("max_size" mode)
-                        self._counter.collate = collate
-                        self._counter.add(self.tracker, part)
+                self._add_parts(batch, self._train_parts)
                 self._counter.collate = self._train_collates[0]
             if self._live_every:
                 self._live_wait -= 1
@@ -406,7 +403,7 @@ class EnergyCallbackBase:
     # ---------------------------------------------------------------------------- validation
     @never_raises
     def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
-        self._eval_collates = _collates(trainer, trainer.val_dataloaders)
+        self._plan_evaluation(trainer, trainer.val_dataloaders, "validation")
         if not trainer.sanity_checking:  # the sanity check is billed to `other`
             self.tracker.begin("validation", trainer.current_epoch)
 
@@ -422,9 +419,66 @@ class EnergyCallbackBase:
             hook_failed(self, "on_validation_batch_end", error)
 
     def _add_evaluated(self, batch: Any, dataloader_idx: int) -> None:
-        """Count a validation, test or predict batch by the rule of the loader it came from."""
+        """Count a validation, test or predict batch by the rule of the loader it came from, or,
+        from a CombinedLoader in another mode than "sequential", of each loader apart."""
+        if self._eval_parts is not None:
+            self._add_parts(batch, self._eval_parts)
+            return
         collates = self._eval_collates
         self._counter.collate = collates[dataloader_idx] if dataloader_idx < len(collates) else None
+        self._counter.add(self.tracker, batch)
+
+    def _plan_evaluation(self, trainer: Any, loaders: Any, stage: str) -> None:
+        """How the batches of the evaluation starting are counted. Lightning runs a dict or list of
+        evaluation loaders one after the other ("sequential": a batch is one loader's, told by its
+        dataloader_idx; predict knows no other mode), unless given a CombinedLoader in another
+        mode, whose batches hold one batch of each loader (None where one is exhausted): the mode
+        is private (``_mode``, 2.2 to 2.6); unread, each batch is counted whole, by the general rule."""
+        self._eval_collates = _collates(trainer, loaders)
+        self._eval_parts = None
+        if stage == "predict":
+            return
+        try:
+            if stage == "test":
+                loop = trainer.test_loop
+            else:  # fit's own validation loop, or validate()'s
+                loop = trainer.validate_loop if trainer.state.fn == "validate" else trainer.fit_loop.epoch_loop.val_loop
+            mode = getattr(getattr(loop, "_combined_loader", None), "_mode", "sequential")
+        except Exception:  # noqa: BLE001 - a release without these loops: counted whole
+            mode = "sequential"
+        if mode != "sequential":
+            self._eval_parts = self._parts_of(trainer, loaders)
+
+    def _parts_of(self, trainer: Any, loaders: Any) -> Any:
+        """For iterables whose batches hold one batch of each (several loaders, combined), the
+        collate of each (``_collate_tree``), to count each one's batch apart: as a whole,
+        ``{"a": [x, y], "b": [x, y]}`` reads as 2 samples. None, the batch is counted whole: one
+        loader; the user's own counter, given the whole batch; or a hook that may remake the
+        combined batch on its way (into one tensor)."""
+        if isinstance(loaders, (dict, list, tuple)) and not self._counter.custom_samples and not _remade(trainer):
+            return _collate_tree(trainer, loaders)
+        return None
+
+    def _add_parts(self, batch: Any, parts: Any) -> None:
+        """Count a combined batch loader by loader, each by its own collate, as ``parts`` (nested
+        as the iterables are) says. A batch not shaped as they are is counted whole."""
+        if isinstance(parts, dict):
+            if isinstance(batch, dict) and batch.keys() == parts.keys():
+                for key, collate in parts.items():
+                    self._add_parts(batch[key], collate)
+                return
+        elif isinstance(parts, list):
+            if isinstance(batch, (list, tuple)) and len(batch) == len(parts):
+                for part, collate in zip(batch, parts):
+                    self._add_parts(part, collate)
+                return
+        elif batch is None:  # an iterable already exhausted ("max_size" mode)
+            return
+        else:
+            self._counter.collate = parts
+            self._counter.add(self.tracker, batch)
+            return
+        self._counter.collate = None
         self._counter.add(self.tracker, batch)
 
     @never_raises
@@ -435,7 +489,7 @@ class EnergyCallbackBase:
     # ---------------------------------------------------------------------------------- test
     @never_raises
     def on_test_start(self, trainer: Any, pl_module: Any) -> None:
-        self._eval_collates = _collates(trainer, trainer.test_dataloaders)
+        self._plan_evaluation(trainer, trainer.test_dataloaders, "test")
         self.tracker.begin("test", trainer.current_epoch)
 
     @never_raises
@@ -449,7 +503,7 @@ class EnergyCallbackBase:
     # ------------------------------------------------------------------------------- predict
     @never_raises
     def on_predict_start(self, trainer: Any, pl_module: Any) -> None:
-        self._eval_collates = _collates(trainer, trainer.predict_dataloaders)
+        self._plan_evaluation(trainer, trainer.predict_dataloaders, "predict")
         self.tracker.begin("predict", trainer.current_epoch)
 
     @never_raises
@@ -626,27 +680,47 @@ def _remade(trainer: Any) -> bool:
 
 def _collates(trainer: Any, loaders: Any) -> list[str | None]:
     """For each data loader of a stage (the trainer's public ``*_dataloader(s)``: one, or a list or
-    dict of them, in the order their batches are told apart), what collates the batches that reach
-    the hooks (``greencallbacks.samples.count_samples``' ``collate``): ``"default"``, torch's
+    dict of them, nested too), in the order of their ``dataloader_idx`` (Lightning's flattening:
+    a dict's values in order, a list's items), what collates its batches (``_collate_tree``)."""
+    def leaves(node: Any) -> Iterable[str | None]:
+        if isinstance(node, dict):
+            node = list(node.values())
+        if isinstance(node, list):
+            for item in node:
+                yield from leaves(item)
+        else:
+            yield node
+
+    return list(leaves(_collate_tree(trainer, loaders))) or [None]
+
+
+def _collate_tree(trainer: Any, loaders: Any) -> Any:
+    """``loaders`` (one, or a dict or list or tuple of them, nested as a CombinedLoader allows; a
+    tuple as a list) with each loader replaced by what collates the batches that reach the hooks
+    (``greencallbacks.samples.count_samples``' ``collate``): ``"default"``, torch's
     ``default_collate`` (a list in such a batch is its fields: text pairs count exactly);
     ``"list"``, ``collate_fn=list`` (the batch is its samples, equal-length tensors too); None,
     another. None too where the model or data module overrides a hook that may remake the batch
     on its way (a list of per-sample records for a detection model)."""
-    if isinstance(loaders, dict):
-        loaders = list(loaders.values())
-    elif not isinstance(loaders, (list, tuple)):
-        loaders = [loaders]
     try:
         from torch.utils.data import default_collate  # torch >= 1.11; Lightning imported torch already
 
         remade = _remade(trainer)
-        def collate(loader: Any) -> str | None:
-            given = getattr(loader, "collate_fn", None)
-            return None if remade else "default" if given is default_collate else "list" if given is list else None
-
-        return [collate(loader) for loader in loaders] or [None]
     except Exception:  # noqa: BLE001 - the general rule never needs this
-        return [None] * max(len(loaders), 1)
+        default_collate, remade = None, True
+
+    def tree(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {key: tree(value) for key, value in node.items()}
+        if isinstance(node, (list, tuple)):
+            return [tree(item) for item in node]
+        given = getattr(node, "collate_fn", None)
+        return None if remade else "default" if given is default_collate else "list" if given is list else None
+
+    try:
+        return tree(loaders)
+    except Exception:  # noqa: BLE001 - an odd loader: the general rule
+        return None
 
 
 def _seconds_left(timers: list) -> float | None:
