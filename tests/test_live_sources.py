@@ -14,6 +14,7 @@ from greencallbacks.carbon import Carbon
 from greencallbacks.carbon.intensity import country_intensity, world_average
 from greencallbacks.carbon.live import (
     LB_PER_MWH_TO_G_PER_KWH,
+    WAIT_AT_BOUNDARY_S,
     ElectricityMapsSource,
     UkCarbonIntensitySource,
     WattTimeSource,
@@ -426,3 +427,57 @@ def test_a_live_source_that_raises_through_carbon_falls_back_to_its_own_zone_wit
     assert intensity.g_per_kwh == pytest.approx(country_intensity("DE").g_per_kwh)
     assert "fallback: static table" in intensity.source and "RuntimeError" in intensity.source
     assert not any(TOKEN in text for text in [intensity.source, *(str(w.message) for w in caught)])
+
+
+def _join_requests():
+    for thread in threading.enumerate():
+        if thread.name == "greencallbacks-live-intensity":
+            thread.join(10)
+
+
+def test_a_slow_answer_does_not_hold_the_boundary_and_prices_the_rest_of_its_bucket(api):
+    """The request ran on the caller's thread (the training thread, inside a hook) for up to
+    timeout_s at the first boundary of every bucket: 5 s each 15 minutes with an API down."""
+    api.routes["/v3/carbon-intensity/history"] = (200, em_history([(0, 300)]), HANG)
+    source = em_source(api, timeout_s=30.0)
+    with pytest.warns(Warning, match="no answer within"):
+        first = source.mean_between(T0, T0 + 60)  # the answer comes only when released below
+    assert first.g_per_kwh == pytest.approx(country_intensity("DE").g_per_kwh)
+    assert f"because: no answer within {WAIT_AT_BOUNDARY_S:g} s" in first.source
+    api.released.set()
+    _join_requests()
+    later = source.mean_between(T0 + 60, T0 + 120)  # the same bucket: its answer, asked once
+    assert later.g_per_kwh == pytest.approx(300) and "live API" in later.source and "fallback" not in later.source
+    assert len(api.requests) == 1
+
+
+class Trickle(QuietHandler):
+    """A valid answer sent a byte at a time, for longer than the client's timeout."""
+
+    def do_GET(self):
+        body = json.dumps({"data": [{"intensity": {"actual": 200}}] * 20}).encode()
+        try:
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                             + f"Content-Length: {len(body)}\r\n\r\n".encode())
+            for byte in body:
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+                threading.Event().wait(0.02)  # 20 ms a byte: well within each read's timeout
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up, as it should
+
+
+def test_an_answer_sent_slowly_is_cut_off_at_the_timeout(monkeypatch):
+    """timeout_s bounded each socket read, not the request: a server sending a byte a second
+    held it as long as it sent (20 s with a 5 s timeout), and its answer was then taken as live."""
+    for variable in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(variable, raising=False)
+    server = LoopbackServer(Trickle)
+    try:
+        source = UkCarbonIntensitySource(base_url=server.url, bucket_s=60.0, timeout_s=0.2)
+        with pytest.warns(Warning, match="timeout after 0.2 s"):
+            intensity = source.mean_between(T0, T0 + 30)
+    finally:
+        _join_requests()
+        server.close()
+    assert "fallback: static table" in intensity.source and "because: timeout after 0.2 s" in intensity.source

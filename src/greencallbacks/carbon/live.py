@@ -4,8 +4,9 @@ Each source has ``mean_between(start_unix, end_unix) -> Intensity``, so it plugs
 ``Carbon(series=source)`` and the tracker bills every segment at the intensity of its time.
 
 Nothing here touches the network at import or construction. A request is made the first time an
-interval falls in a time bucket (default 15 minutes) and its answer, or its failure, is cached for
-that bucket: a run with many short phases makes at most one request per bucket. When a request
+interval falls in a time bucket (default 15 minutes), on a thread of its own that the caller (the
+training thread, at a boundary) waits for ``WAIT_AT_BOUNDARY_S`` at most, and its answer, or its
+failure, is cached for that bucket: a run with many short phases makes at most one request per bucket. When a request
 fails (timeout, HTTP error, malformed answer) the static table value for the zone's country (or
 the world average) is used instead, and the ``Intensity.source`` of every affected result says
 so and why. Secrets (tokens, passwords) are sent in headers only and are redacted from every
@@ -15,11 +16,14 @@ text this module produces: sources, warnings and exceptions.
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import math
 import numbers
 import os
 import socket
+import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -37,6 +41,10 @@ from greencallbacks.carbon.intensity import (
 from greencallbacks.carbon.series import parse_timestamp
 
 DEFAULT_TIMEOUT_S = 5.0
+# The longest a boundary waits for a bucket's answer; the request goes on, on a thread of its own,
+# and the later intervals of the bucket use its answer. A slow API stalled each hook for up to
+# timeout_s at every bucket (5 s every 15 minutes); a server sending slowly, for as long as it sent.
+WAIT_AT_BOUNDARY_S = 0.5
 DEFAULT_BUCKET_S = 900.0  # 15 minutes: finer than the hourly / half-hourly data of the providers
 REDACTED = "***"
 MIN_SECRET_LENGTH = 4
@@ -102,6 +110,8 @@ class LiveIntensitySource:
         self._fallback_zone = fallback_zone
         self._clock = clock
         self._cache: dict[int, Points | str] = {}  # bucket index -> points, or the failure reason
+        self._requests: dict[int, threading.Thread] = {}  # bucket index -> its request, while in flight
+        self._lock = threading.Lock()
         self.requests_made = 0
         self._warned = False
 
@@ -158,18 +168,34 @@ class LiveIntensitySource:
         return math.floor(moment_unix / self.bucket_s)
 
     def _points_for(self, bucket: int) -> Points | str:
-        if bucket not in self._cache:
-            bucket_start = bucket * self.bucket_s
-            try:
-                points = self._fetch_points(bucket_start, bucket_start + self.bucket_s)
-                if not points:
-                    raise LiveSourceError("no data points for the interval")
-                self._cache[bucket] = sorted(points)
-            except Exception as error:  # any failure, ours or unforeseen, is a fallback: never a lost record
-                reason = str(error) if isinstance(error, LiveSourceError) else f"unexpected {_error_text(error)}"
-                self._cache[bucket] = self._redact(reason)
-                self._warn_once(self._cache[bucket])  # type: ignore[arg-type]
-        return self._cache[bucket]
+        """The bucket's points, or why there are none: asked once, on a thread of its own, and waited
+        for at most ``WAIT_AT_BOUNDARY_S`` (the caller is the training thread, at a boundary)."""
+        with self._lock:
+            request = None if bucket in self._cache else self._requests.get(bucket)
+            if bucket not in self._cache and request is None:
+                request = self._requests[bucket] = threading.Thread(
+                    target=self._fetch_into_cache, args=(bucket,), name="greencallbacks-live-intensity", daemon=True)
+                request.start()
+        if request is not None:
+            request.join(WAIT_AT_BOUNDARY_S)
+        answer = self._cache.get(bucket, f"no answer within {WAIT_AT_BOUNDARY_S:g} s (asked; later intervals of this "
+                                         "bucket use the answer)")
+        if isinstance(answer, str):
+            self._warn_once(answer)  # here: a warning belongs to the thread that trains
+        return answer
+
+    def _fetch_into_cache(self, bucket: int) -> None:
+        bucket_start = bucket * self.bucket_s
+        try:
+            points = self._fetch_points(bucket_start, bucket_start + self.bucket_s)
+            if not points:
+                raise LiveSourceError("no data points for the interval")
+            answer: Points | str = sorted(points)
+        except Exception as error:  # any failure, ours or unforeseen, is a fallback: never a lost record
+            answer = self._redact(str(error) if isinstance(error, LiveSourceError) else f"unexpected {_error_text(error)}")
+        with self._lock:
+            self._cache[bucket] = answer
+            self._requests.pop(bucket, None)
 
     def _intensity(self, g_per_kwh: float, start_unix: float, end_unix: float, failures: list[str], buckets: int) -> Intensity:
         how = "value at instant" if end_unix == start_unix else "time-weighted mean"
@@ -219,7 +245,7 @@ class LiveIntensitySource:
         self.requests_made += 1
         try:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                body = response.read()
+                body = _read_within(response, time.monotonic() + self.timeout_s)
         except urllib.error.HTTPError as error:
             raise LiveSourceError(self._redact(f"HTTP {error.code} {error.reason} from {self.provider}")) from None
         except (TimeoutError, socket.timeout):
@@ -238,6 +264,20 @@ class LiveIntensitySource:
             return json.loads(body.decode("utf-8"))
         except Exception as error:  # bad bytes, bad JSON, nesting too deep to parse
             raise LiveSourceError(self._redact(f"malformed JSON from {self.provider}: {_error_text(error)}")) from None
+
+
+def _read_within(response, deadline: float) -> bytes:
+    """The whole body by ``deadline``: ``timeout_s`` bounds each socket read, so a server sending a
+    byte a second held the request for as long as it sent (20 s with a 5 s timeout)."""
+    chunks = []
+    while chunk := response.read1(65536):
+        chunks.append(chunk)
+        if time.monotonic() > deadline:
+            raise TimeoutError
+    body = b"".join(chunks)
+    if getattr(response, "length", None):  # read1 ends quietly where read() says the body was cut short
+        raise http.client.IncompleteRead(body, response.length)
+    return body
 
 
 def _error_text(error: BaseException) -> str:
