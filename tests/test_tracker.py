@@ -1215,16 +1215,22 @@ def test_a_checkpoint_saved_by_a_signal_handler_inside_a_boundary_bills_nothing_
             saved[0] = tracker.state_dict()
         return real_between(*args, **kwargs)
 
-    meter.between = between_interrupted
     clock.advance(1.0)
     tracker.begin("train", 0)
     clock.advance(5.0)
-    tracker.end("train")
+    tracker.begin("validation", 0)
+    clock.advance(2.0)
+    meter.between = between_interrupted
+    tracker.end("validation")
     meter.between = real_between
+    clock.advance(1.0)
+    tracker.end("train")
     clock.advance(1.0)
     tracker.finish()
     records = read_records(tmp_path)
     assert saved and saved[0]["run_id"] == tracker.run_id
+    # ... and still saves the phases open then, as billed so far, for a resume after a kill.
+    assert [(r["phase"], r["duration_s"]) for r in saved[0]["open_records"]] == [("train", 5.0)]
     assert sum(r.duration_s for r in records) == pytest.approx(clock() - start)
     assert sum(r.it_energy_kwh for r in records) * 3.6e6 == pytest.approx(100.0 * (clock() - start))
 
@@ -1299,3 +1305,32 @@ def test_start_refuses_a_wrong_meter_reducer_or_output_dir_naming_it(tmp_path, a
     with pytest.raises((TypeError, ValueError), match=refused):
         tracker.start(meter if given == "meter" else given, **kwargs)
     assert not tracker.running
+
+
+def test_the_phases_carried_after_a_killed_attempts_torn_line_leave_the_file_readable(tmp_path):
+    """Killed while writing a record (its last line torn), then resumed: the resume writes the
+    attempt's open phases after the torn line, and the reader took that for a torn line inside
+    one attempt (damage) and refused the file."""
+    first, clock, _ = setup(tmp_path)
+    first.begin("train", 0)
+    clock.advance(10.0)
+    first.end("train")
+    first.begin("train", 1)
+    clock.advance(5.0)
+    checkpoint = first.state_dict()
+    clock.advance(1.0)
+    first._stop()
+    with open(tmp_path / RECORDS_FILE, "a") as file:  # the kill came mid-write
+        file.write(json.dumps(read_records(tmp_path)[-1].to_dict())[:80])
+    second, clock2, _ = setup(tmp_path)
+    second.load_state_dict(checkpoint)
+    second.begin("train", 1)
+    clock2.advance(5.0)
+    second.end("train")
+    second.finish()
+    with pytest.warns(UserWarning, match="skipped a torn line"):
+        records = read_records(tmp_path)
+    carried = [(r.attempt, r.phase, r.epoch, r.partial, r.carried) for r in records if r.carried]
+    assert carried == [(0, "train", 1, True, True)]
+    summary = json.loads((tmp_path / "energy-summary.json").read_text())
+    assert summary["energy_kwh"] == pytest.approx(sum(r.energy_kwh for r in records), rel=1e-12)

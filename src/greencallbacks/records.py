@@ -77,6 +77,9 @@ class Record:
     ranks: int = 1
     hosts: int = 1
     partial: bool = False  # the phase was cut short (exception, interrupt)
+    # Written by the resume, from the checkpoint: its attempt was killed before writing it (see
+    # ``Tracker._carry``), so it may follow that attempt's torn last line.
+    carried: bool = False
     # Training call of the run this record belongs to: 0 for the first, +1 at every resume from a
     # checkpoint. An epoch an earlier attempt began and a later one redid appears once per attempt.
     attempt: int = 0
@@ -133,7 +136,7 @@ _OPTIONAL_INTEGERS = ("epoch", "intensity_year", "tokens", "step")
 _STRINGS = ("run_id", "phase", "start_time", "intensity_source", "intensity_zone", "intensity_licence", "pue_source",
             "framework", "tool_version")
 _OPTIONAL_STRINGS = ("metric_prefix",)
-_BOOLEANS = ("partial", "samples_counted", "intensity_is_default")
+_BOOLEANS = ("partial", "samples_counted", "intensity_is_default", "carried")
 
 
 _NONE = type(None)
@@ -573,8 +576,10 @@ def _attempt_around(records: Sequence[Record], index: int) -> tuple[str, int] | 
     """The (run, attempt) of the records both before and after position ``index`` of one file's
     ``records``, when they are of one attempt; else None."""
     if 0 < index < len(records):
-        before, after = records[index - 1], records[index]
-        if (before.run_id, before.attempt) == (after.run_id, after.attempt):
+        before = records[index - 1]
+        # A resume writes its killed attempt's open phases (carried) after that attempt's torn line.
+        after = next((r for r in records[index:] if not r.carried), None)
+        if after is not None and (before.run_id, before.attempt) == (after.run_id, after.attempt):
             return before.run_id, before.attempt
     return None
 

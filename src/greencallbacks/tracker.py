@@ -746,10 +746,12 @@ class Tracker:
         totals so far (phases open now included, as measured so far: the fallback for a resume
         that cannot read the records)."""
         open_records = []
-        if self.running and not self._in_boundary:
-            # Inside a boundary when a signal handler saves a checkpoint (Lightning's SLURM requeue
-            # on SIGUSR1): that boundary bills the interval; billing it here too counted it twice.
-            self._boundary()
+        if self.running:
+            if not self._in_boundary:
+                # Inside a boundary when a signal handler saves a checkpoint (Lightning's SLURM
+                # requeue on SIGUSR1): that boundary bills the interval; billing it here too counted
+                # it twice. The open phases are saved either way, as billed so far (see _carry).
+                self._boundary()
             # Closed but not yet published (a gap closed by `begin`), then the phases still open.
             open_records = [self._local_record(*closed) for closed in self._pending]
             open_records += [self._local_record(o, True, self.step) for o in self._stack if not o.empty]
@@ -884,7 +886,10 @@ class Tracker:
         record before, the totals lost them too."""
         written = {(r.seq, r.attempt) for r in records}
         carried = [Record.from_dict(saved) for saved in state.get("open_records") or ()]
-        return [r for r in carried if r.run_id == self.run_id and (r.seq, r.attempt) not in written]
+        carried = [r for r in carried if r.run_id == self.run_id and (r.seq, r.attempt) not in written]
+        for record in carried:
+            record.carried = True
+        return carried
 
     def _say_records_elsewhere(self, run_id: str, earlier: list[Path]) -> None:
         """A resume into an ``output_dir`` chosen anew: this attempt's records go there, the
@@ -924,7 +929,7 @@ class Tracker:
         if path is not None and self._writer is None:
             self._writer = RecordWriter(path)
         if self._carried and self._writer is not None:
-            if self.reducer.rank == 0:  # the checkpoint's totals are every rank's
+            if self.reducer.rank == 0:  # one copy (of rank 0's share: the state a checkpoint saves is rank 0's)
                 self._writer.write(*self._carried)
             self.records.extend(self._carried)  # in the ledger already (its totals)
             self._carried = []
