@@ -152,6 +152,22 @@ def test_a_training_again_stopped_after_a_batch_is_no_epochs_cost():
     assert "epoch 1: 8" not in data.statement(records)
 
 
+def test_a_resume_from_an_older_checkpoint_inside_an_epoch_is_no_stop():
+    """Killed after checkpoints at steps 9 and 12 of epoch 1; resumed from step 12, then again
+    from step 9: the second resume trains the rest of epoch 1 (56 of 64 samples) and goes on. It
+    was taken for a budget stop, and epoch 1's T summed both trainings of it (1050 J for 750)."""
+    import dataclasses
+
+    def at(r, step, attempt):
+        return dataclasses.replace(r, step=step, attempt=attempt)
+
+    records = [at(rec("o", "train", 0, 1200.0, 64, 0), 8, 0), at(rec("o", "train", 1, 600.0, 32, 1, partial=True), 12, 0),
+               at(rec("o", "train", 1, 450.0, 32, 2), 16, 1), at(rec("o", "train", 2, 1200.0, 64, 3), 24, 1),
+               at(rec("o", "train", 1, 750.0, 56, 4), 16, 2), at(rec("o", "train", 2, 1200.0, 64, 5), 24, 2)]
+    lc = lifecycle(records)
+    assert lc.training_j_per_epoch == pytest.approx((1200.0, 750.0, 1200.0))
+
+
 def test_uncounted_samples_make_per_sample_figures_unknown_not_zero():
     import dataclasses
 

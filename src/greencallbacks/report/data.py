@@ -383,7 +383,10 @@ def _complete_training_of_one_run(records: Sequence[Record]) -> list[tuple[Recor
             how = UNKNOWN if resumed_inside and r.samples < whole else FIRST if earlier is None else ON
         elif (r.epoch != first_epoch[r.attempt] or last_epoch[earlier.attempt] > r.epoch
               or (r.step is not None and earlier.step is not None and r.step <= earlier.step)):
-            how = STOPPED if r.samples_counted and r.samples < whole else AGAIN
+            # A stop: the attempt ended in this epoch (a resume from an older checkpoint inside the
+            # epoch trains its rest and goes on: no stop, its epoch trained again).
+            stopped = r.samples_counted and r.samples < whole and r.epoch == last_epoch[r.attempt]
+            how = STOPPED if stopped else AGAIN
         elif earlier.samples + r.samples <= whole:
             how = ON
         else:
