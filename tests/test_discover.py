@@ -353,3 +353,11 @@ def test_hf_data_parallel_measures_every_gpu(cuda_box, monkeypatch, tmp_path):
     finally:
         callback._stop()
     assert [n for n in names if n.startswith("gpu")] == ["gpu0", "gpu1", "gpu2", "gpu3"]
+
+
+@pytest.mark.parametrize("gpus", [[10**5000, -1], [4096], (i for i in [0, 10**400])])
+def test_gpu_indices_out_of_range_are_refused_naming_gpus(gpus):
+    """[10**5000, -1] raised Python's own 'Exceeds the limit (4300 digits)', naming nothing, and
+    [10**400] was taken."""
+    with pytest.raises(ValueError, match=r"^gpus must be .*ints from 0 to 1023.*, got \["):
+        discover_sensors(gpus=gpus, host=False)

@@ -48,3 +48,20 @@ def test_one_configuration_has_no_description_in_its_title():
     pytest.importorskip("matplotlib")
     figure = epoch_figure(run("a", 3, 32))
     assert figure.axes[0].get_title() == "Energy per epoch and cumulative CO2eq"
+
+
+def test_checking_a_plot_path_leaves_a_link_and_refuses_a_fifo_without_blocking(tmp_path):
+    """The write test opened the path for appending: a link whose target was missing became a
+    plain file (its target made empty, the link removed), and a FIFO blocked for ever."""
+    import os
+
+    from greencallbacks.report.plot import check_plot_path
+
+    link = tmp_path / "link.png"
+    link.symlink_to(tmp_path / "target.png")
+    check_plot_path(link)
+    assert link.is_symlink() and os.readlink(link) == str(tmp_path / "target.png")
+    fifo = tmp_path / "fifo.png"
+    os.mkfifo(fifo)
+    with pytest.raises(ValueError, match="cannot be written"):
+        check_plot_path(fifo)

@@ -54,17 +54,17 @@ def check_plot_path(path: str | os.PathLike, name: str = "plot file") -> None:
         raise ValueError(f"{name} {text!r} is a directory: give a file to write the plot to")
     if not folder.is_dir():
         raise ValueError(f"{name} {text!r}: its directory {str(folder)!r} does not exist")
-    # Tried, not read from permission bits: root passes them, and /sys refuses root.
-    existed = target.exists()
+    # Tried, not read from permission bits: root passes them, and /sys refuses root. Without
+    # blocking (a FIFO without a reader refuses), and removing only a file made here (a link
+    # whose target is missing stays, and the plot is written through it).
+    made = not os.path.lexists(target)
     try:
-        with open(target, "a"):
-            pass
+        os.close(os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK))
     except OSError as error:
         raise ValueError(f"{name} {text!r} cannot be written: {error.strerror or error}") from None
-    finally:
-        if not existed:
-            with contextlib.suppress(OSError):
-                target.unlink()
+    if made:
+        with contextlib.suppress(OSError):
+            target.unlink()
 
 
 def _tick(row: dict, with_attempt: bool) -> str:

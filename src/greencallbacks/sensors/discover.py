@@ -93,6 +93,9 @@ def _checked(
     return check_gpus(gpus), check_cpu_tdp_w(cpu_tdp_w), ram_w_per_gb
 
 
+MAX_GPU_INDEX = 1023  # far above any host's; an index past it is a mistake (10**400 failed deep inside)
+
+
 def check_gpus(gpus: object) -> "str | list[int] | None":
     """``gpus=``: ``"auto"``, None, or the CUDA indices as plain ints (from a list, tuple, range or array)."""
     if gpus is None or (isinstance(gpus, str) and gpus == "auto"):
@@ -104,8 +107,11 @@ def check_gpus(gpus: object) -> "str | list[int] | None":
         except TypeError:  # iterable in type only (a 0-d NumPy array)
             pass
     # numbers.Integral: an int, or NumPy's (a NumPy array's elements); never a bool.
-    if indices is None or not all(isinstance(i, numbers.Integral) and not isinstance(i, bool) and i >= 0 for i in indices):
-        raise ValueError(f"gpus must be 'auto', None or a list of CUDA device indices (ints >= 0), got {shown(gpus)}")
+    if indices is None or not all(isinstance(i, numbers.Integral) and not isinstance(i, bool) and 0 <= i <= MAX_GPU_INDEX
+                                  for i in indices):
+        given = shown(gpus) if indices is None else f"[{', '.join(map(shown, indices))}]"
+        raise ValueError(f"gpus must be 'auto', None or a list of CUDA device indices (ints from 0 to {MAX_GPU_INDEX}), "
+                         f"got {given}")
     return [int(i) for i in indices]
 
 
