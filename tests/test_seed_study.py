@@ -58,7 +58,6 @@ def test_quick_run_prints_three_tables_and_writes_json_and_png(tmp_path, capsys)
     assert sum(1 for r in records if r.phase == "train") == 3
     png = (tmp_path / "seed-study.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", png[16:24])[0] > 100
-    assert results["wall_s"] < 60
 
 
 @pytest.mark.parametrize("argv, says", [
