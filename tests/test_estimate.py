@@ -140,14 +140,10 @@ def test_a_name_cut_inside_a_model_number_is_unknown_not_ambiguous(name):
 
 def test_many_identical_gpus_are_counted_not_built_one_by_one():
     """A million GPUs were a million dicts (10 s, 363 MB) and a billion hung: one entry, counted."""
-    import time
-
     from greencallbacks.embodied import amortised_g
     from greencallbacks.estimate import MAX_GPUS
 
-    started = time.perf_counter()
-    result = estimate(gpu="H100 SXM", gpus=MAX_GPUS, hours=1, intensity=100.0)
-    assert time.perf_counter() - started < 2.0
+    result = estimate(gpu="H100 SXM", gpus=MAX_GPUS, hours=1, intensity=100.0)  # a hang: pytest-timeout's
     sources = result["embodied"]["embodied_sources"]
     assert sources[0]["billed"] == [f"gpu0-gpu{MAX_GPUS - 1} (H100 SXM), {MAX_GPUS} devices"]
     assert result["embodied"]["embodied_co2eq_g"] == pytest.approx(amortised_g(164 * MAX_GPUS, 3600))

@@ -988,7 +988,6 @@ def test_runs_ending_at_once_in_one_directory_each_keep_their_summary_under_thei
 def test_a_summary_lock_held_too_long_is_said_and_does_not_hold_up_the_runs_end(tmp_path, monkeypatch):
     """A process stuck while it holds the directory's summaries must not hang every other run's end."""
     import fcntl
-    import time
 
     from greencallbacks import tracker as tracker_module
     from greencallbacks.meter import EnergyWarning
@@ -998,10 +997,8 @@ def test_a_summary_lock_held_too_long_is_said_and_does_not_hold_up_the_runs_end(
     holder = os.open(tmp_path, os.O_RDONLY)
     try:
         fcntl.flock(holder, fcntl.LOCK_EX)
-        started = time.monotonic()
         with pytest.warns(EnergyWarning, match="writing its summary .* for over 0.2 s"):
-            run_epochs(tracker, clock, epochs=1)
-        assert time.monotonic() - started < 5.0
+            run_epochs(tracker, clock, epochs=1)  # waiting for ever instead: pytest-timeout's
     finally:
         os.close(holder)
     assert json.loads((tmp_path / "energy-summary.json").read_text())["run_id"] == tracker.run_id
