@@ -32,7 +32,7 @@ def test_linear_fit_by_hand():
 @pytest.mark.slow
 def test_quick_run_prints_three_tables_and_writes_json_and_png(tmp_path, capsys):
     study = load_example()
-    results = study.main(["--quick", "--out", str(tmp_path), "--intensity", "100"])
+    study.main(["--quick", "--out", str(tmp_path), "--intensity", "100"])
     printed = capsys.readouterr().out
     for heading in ("## (a) Training energy vs epochs", "## (b) Training energy vs data-set size", "## (c) Training overhead"):
         assert heading in printed
