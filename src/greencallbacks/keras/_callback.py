@@ -648,6 +648,7 @@ class EnergyCallback(_Callback):
         self._test_steps = 0
         self._steps_lock = threading.Lock()
         self._warned_samples = False
+        self._warned_tokens = None  # the run the token_counter was last warned of (see _unusable_tokens)
 
     def __getstate__(self) -> dict:
         # Copied or pickled (scikit-learn wrappers clone their estimators' callbacks): the lock and
@@ -1195,7 +1196,7 @@ class EnergyCallback(_Callback):
             self.tracker.add_samples(0, tokens=tokens)
 
     def _unusable_tokens(self, what: str) -> None:
-        if getattr(self, "_warned_tokens", None) == self.tracker.run_id:
+        if self._warned_tokens == self.tracker.run_id:
             return
         self._warned_tokens = self.tracker.run_id
         warn(

@@ -24,7 +24,7 @@ from greencallbacks.sensors.estimate import (
     MAX_RAM_W_PER_GB,
     CpuEstimateSensor,
     RamEstimateSensor,
-    _check_finite,
+    check_finite,
 )
 from greencallbacks.sensors.gpu import GpuSensor
 from greencallbacks.sensors.rapl import DEFAULT_POWERCAP_ROOT, RaplSensor, find_rapl
@@ -89,7 +89,7 @@ def _checked(
     refused naming it: a user's own loop calls this directly."""
     if not isinstance(powercap_root, (str, os.PathLike)):
         raise ValueError(f"powercap_root must be a directory path (str or os.PathLike), got {powercap_root!r}")
-    ram_w_per_gb = _check_finite("ram_w_per_gb", ram_w_per_gb, at_most=MAX_RAM_W_PER_GB)
+    ram_w_per_gb = check_finite("ram_w_per_gb", ram_w_per_gb, at_most=MAX_RAM_W_PER_GB)
     return check_gpus(gpus), check_cpu_tdp_w(cpu_tdp_w), ram_w_per_gb
 
 

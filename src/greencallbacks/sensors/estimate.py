@@ -56,7 +56,7 @@ TDP_TABLE = "cpu_tdp.csv"
 TDP_TABLE_SOURCE = "cpu_tdp.csv from CodeCarbon's cpu_power.csv, MIT licence"
 
 
-def _check_finite(name: str, value: float, *, positive: bool = False, at_most: float = math.inf) -> float:
+def check_finite(name: str, value: float, *, positive: bool = False, at_most: float = math.inf) -> float:
     # as_float: a bool, a string ("0.37") and an integer no float holds (10**400) are refused too.
     number = as_float(value)
     if not math.isfinite(number) or (number <= 0 if positive else number < 0) or number > at_most:
@@ -79,7 +79,7 @@ def _check_callable(name: str, value: object) -> None:
 
 
 def _check_share(share: float) -> float:
-    share = _check_finite("share", share, positive=True)
+    share = check_finite("share", share, positive=True)
     if share > 1:
         raise ValueError(f"share must be in (0, 1], got {share!r}")
     return share
@@ -161,7 +161,7 @@ def resolve_cpu_tdp_w(
     """The TDP of all CPU sockets of this host, in watts, and how it was found."""
     sockets = socket_count() if sockets is None else sockets
     if tdp_w is not None:
-        tdp_w = _check_finite("tdp_w", tdp_w, positive=True, at_most=MAX_CPU_TDP_W)
+        tdp_w = check_finite("tdp_w", tdp_w, positive=True, at_most=MAX_CPU_TDP_W)
         return tdp_w * sockets, f"TDP {tdp_w:g} W per socket (given) x {sockets} socket(s)"
     cpu_model = cpu_model_name() if cpu_model is None else cpu_model
     match = lookup_tdp_w(cpu_model) if cpu_model else None
@@ -420,7 +420,7 @@ class RamEstimateSensor(Sensor):
         name: str = "ram",
         poll_interval_s: float | None = RAM_POLL_INTERVAL_S,
     ) -> None:
-        self.w_per_gb = _check_finite("w_per_gb", w_per_gb, at_most=MAX_RAM_W_PER_GB)
+        self.w_per_gb = check_finite("w_per_gb", w_per_gb, at_most=MAX_RAM_W_PER_GB)
         if basis not in ("process", "host"):
             raise ValueError(f"basis must be 'process' or 'host', got {basis!r}")
         self.share = _check_share(share)
@@ -477,7 +477,7 @@ class ConstantPowerSensor(Sensor):
     ) -> None:
         if not isinstance(name, str) or not name:
             raise ValueError(f"name must be a non-empty string, got {name!r}")
-        self.watts = _check_finite("watts", watts, at_most=MAX_DECLARED_W)
+        self.watts = check_finite("watts", watts, at_most=MAX_DECLARED_W)
         self.name = name
         try:
             self.kind = Kind(kind)
