@@ -4,6 +4,8 @@ import pytest
 
 from greencallbacks.carbon import Carbon, Intensity
 from greencallbacks.carbon_aware import CarbonAwarePause
+from greencallbacks.meter import Meter
+from tests.fakes.system_clock import SystemClock
 
 T0 = 1_700_000_000.0
 
@@ -264,3 +266,23 @@ def test_ranks_pause_as_rank_0_decides(dirty_on, paused):
     for t in threads:
         t.join(30)
     assert results == [paused, paused]
+
+
+def test_a_pause_is_decided_and_stamped_on_the_records_clock(monkeypatch):
+    """A pause read time.time itself, the records the meter's stamps: after a step of the system
+    clock a day forward, the run paused 2 s for the intensity a day ahead (900 g/kWh) while the
+    gap that held the pause was recorded, and priced, at 100."""
+    system = SystemClock(monkeypatch, unix_s=T0)
+    meter = Meter([], fallback=None)  # default clocks, as the session builds it
+    system.step(86400.0)
+    series = StepSeries([(0, 100), (T0 + 43200, 900)])
+    gate = CarbonAwarePause(500, 2.0, check_every_s=1.0, sleep=system.advance)
+    assert gate.maybe_pause(Carbon(series=series)) == 0.0
+    assert series.asked == [(meter.snapshot().unix_s,) * 2] == [(T0, T0)]
+    # Dirtier than its threshold: the pause is stamped where the gap's record is.
+    gate = CarbonAwarePause(50, 2.0, check_every_s=1.0, sleep=system.advance)
+    assert gate.maybe_pause(Carbon(series=series)) == 2.0
+    (record,) = gate.pauses
+    assert (record.start_unix, record.end_unix, record.intensity_g_per_kwh) == (T0, T0 + 2.0, 100)
+    assert meter.snapshot().unix_s == T0 + 2.0
+    meter.close()

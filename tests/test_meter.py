@@ -3,9 +3,11 @@ import time
 
 import pytest
 
+import greencallbacks.meter as meter_module
 from greencallbacks.meter import EnergyWarning, Meter
 from greencallbacks.sensors.base import Kind, Method, SensorError
 from tests.fakes.scripted import FakeClock, ScriptedSensor
+from tests.fakes.system_clock import SystemClock
 
 
 def make_meter(clock, *sensors, fallback=None, **kwargs):
@@ -696,3 +698,33 @@ def test_a_polled_sensor_failing_mid_phase_keeps_the_energy_to_its_last_poll():
             meter._poller.step()
         second = meter.snapshot()
     assert meter.between(first, second).energy_j == pytest.approx(300.0 * 50, rel=1e-9)
+
+
+# ----------------------------------------------------------------- the process's wall clock
+@pytest.mark.parametrize("step_s", [-3600.0, 86400.0])
+def test_the_meters_of_one_process_stamp_alike_across_a_wall_clock_step(monkeypatch, step_s):
+    """``fit`` then ``test`` of one run build a meter each. Each read the wall clock anew: a step
+    back of an hour between them stamped the test an hour before the fit's end (and priced it at
+    that hour), a day forward a day ahead."""
+    system = SystemClock(monkeypatch, unix_s=1.7e9)
+    fit = Meter([], fallback=None)  # default clocks, as the adapters build it
+    system.advance(5.0)
+    fit_end = fit.snapshot().unix_s
+    fit.close()
+    system.step(step_s)
+    system.advance(1.0)
+    test = Meter([], fallback=None)
+    assert test.snapshot().unix_s == pytest.approx(fit_end + 1.0, abs=1e-6)
+    assert fit_end == pytest.approx(1.7e9 + 5.0, abs=1e-6)  # the wall clock as first read, advanced
+    assert test.snapshot().unix_s == meter_module.unix_now()  # one clock for all of the process
+    test.close()
+
+
+def test_the_process_clock_can_be_anchored_at_a_given_time(monkeypatch):
+    SystemClock(monkeypatch)
+    meter_module.reset_unix_clock(1.8e9)
+    meter = Meter([], fallback=None)
+    assert meter.snapshot().unix_s == meter_module.unix_now() == 1.8e9
+    meter.close()
+    with pytest.raises(ValueError, match="unix seconds"):
+        meter_module.reset_unix_clock(float("nan"))

@@ -3,20 +3,27 @@ and then failed or was lost during the run, or refused though valid."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from greencallbacks.carbon import IntensitySeries
+from greencallbacks.records import read_records
 from greencallbacks.sensors.estimate import MAX_CPU_TDP_W  # the bound the message names
 from greencallbacks.session import EnergySession
+from tests.fakes.scripted import ScriptedSensor
+from tests.fakes.system_clock import SystemClock
 
 REPO = Path(__file__).resolve().parents[1]
+T0 = 1.7e9
 
 
 @pytest.mark.parametrize("where", ["file", "under-file"])
@@ -95,3 +102,29 @@ def test_keras_callback_takes_numpy_samples_and_refuses_framework_by_name(tmp_pa
     assert out["samples_per_epoch"] == "int"
     assert out["framework"] is not None
     assert "unexpected keyword argument 'framework'" in out["framework"] and "samples_per_epoch" in out["framework"]
+
+
+def test_a_runs_later_call_is_stamped_and_priced_on_its_first_calls_clock(tmp_path, monkeypatch):
+    """``fit`` then ``test`` (a new meter each) with the system clock stepped an hour back
+    between them: the test was stamped an hour before the fit's end and priced at that hour's
+    intensity (50 g/kWh where the run's hour has 100)."""
+    system = SystemClock(monkeypatch, unix_s=T0)
+    hours = [T0 + 3600 * k for k in range(-3, 4)]
+    series = IntensitySeries(tuple(hours), tuple(50.0 if t < T0 else 100.0 for t in hours), "test hours")
+    gpu = ScriptedSensor("gpu0", system.steady, power_w=100.0)
+    session = EnergySession(series=series, sensors=[gpu], output_dir=tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # what is estimated, what is assumed: not this test's
+        for phase, step_s in (("train", 0.0), ("test", -3600.0)):
+            system.step(step_s)
+            session.start()
+            session.tracker.begin(phase, 0)
+            system.advance(10.0)
+            session.tracker.end(phase)
+            system.advance(1.0)
+            session.stop()
+    records = sorted(read_records(tmp_path), key=lambda r: r.seq)
+    starts = [dt.datetime.fromisoformat(r.start_time.replace("Z", "+00:00")).timestamp() for r in records]
+    assert [r.phase for r in records if r.phase in ("train", "test")] == ["train", "test"]
+    assert starts == sorted(starts) and T0 <= starts[0] and starts[-1] < T0 + 60
+    assert {r.intensity_gco2eq_per_kwh for r in records} == {100.0}

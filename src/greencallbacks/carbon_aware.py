@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Callable
 
 from greencallbacks.carbon.intensity import MAX_INTENSITY_G_PER_KWH
 from greencallbacks.checks import as_float, shown
-from greencallbacks.meter import since_boot
+from greencallbacks.meter import since_boot, unix_now
 
 if TYPE_CHECKING:
     from greencallbacks.carbon import Carbon
@@ -43,8 +43,9 @@ class CarbonAwarePause:
         threshold_g_per_kwh: pause while the intensity is above this (gCO2eq/kWh, > 0).
         max_delay_s: the most the whole run may be delayed by pauses, summed (>= 0; 0 disables).
         check_every_s: how long to sleep before looking at the intensity again.
-        sleep, clock: injectable for tests (default ``time.sleep`` and ``time.time``). ``clock``
-            gives the wall time (unix seconds), read once as each pause begins.
+        sleep, clock: injectable for tests (default ``time.sleep`` and ``meter.unix_now``, the
+            records' clock). ``clock`` gives the wall time (unix seconds), read once as each pause
+            begins.
         steady_clock: what the waits are timed by, and the wall time advanced by within a pause.
             Default: ``clock`` itself where it is injected (a test's fake clock, which its
             ``sleep`` advances), else a clock that never steps (see ``meter.since_boot``).
@@ -56,7 +57,7 @@ class CarbonAwarePause:
         max_delay_s: float,
         check_every_s: float = 300.0,
         sleep: Callable[[float], None] = time.sleep,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = unix_now,
         steady_clock: Callable[[], float] | None = None,
     ) -> None:
         # Capped as every intensity is: a threshold no grid reaches would never pause (a unit mistake).
@@ -73,10 +74,12 @@ class CarbonAwarePause:
         # Timed by the wall clock, a step of it during a pause (NTP, a suspend's resync) was taken
         # for the wait: 30 s forward in a 0.2 s pause spent 30 s of the delay budget, and a step
         # back ended the pause at once with a negative duration. CLOCK_BOOTTIME (where there is
-        # one) also counts a suspend in the pause, which delayed the run as much.
+        # one) also counts a suspend in the pause, which delayed the run as much. The wall time is
+        # the records' (unix_now): on time.time, a step of the system clock since the meter was
+        # built had a pause decided by the intensity of another hour than its gap was priced at.
         self._given_steady_clock = steady_clock
         if steady_clock is None:
-            steady_clock = since_boot if clock is time.time else clock
+            steady_clock = since_boot if clock is unix_now else clock
         self._steady = steady_clock
         self.total_paused_s = 0.0
         self.pauses: list[Pause] = []

@@ -84,6 +84,38 @@ def since_boot() -> float:
     return time.monotonic() if _BOOTTIME is None else time.clock_gettime(_BOOTTIME)
 
 
+# The wall clock, read once per process, and ``since_boot()`` at that reading (see ``unix_now``).
+_anchor: tuple[float, float] | None = None
+_anchor_lock = threading.Lock()
+
+
+def unix_now() -> float:
+    """Now on the records' clock (unix seconds): the wall clock read once per process, advanced by
+    ``since_boot``. Every meter's stamps and every carbon-aware pause use it. Read once per meter
+    instead, ``fit`` then ``test`` of one run (a new meter each) stamped either side of a wall-clock
+    step (NTP, a user's ``date -s``): a later phase stamped an hour before an earlier one and
+    priced at that hour's intensity, or a pause decided at another hour than its gap was priced.
+    So a wall clock that is wrong when first read stays as wrong for the rest of the process."""
+    anchor = _anchor or _read_anchor()
+    return anchor[0] + max(0.0, since_boot() - anchor[1])
+
+
+def _read_anchor() -> tuple[float, float]:
+    global _anchor
+    with _anchor_lock:  # two threads' first reads: one anchor
+        if _anchor is None:
+            _anchor = (_unix_reading(time.time), since_boot())
+        return _anchor
+
+
+def reset_unix_clock(unix_s: float | None = None) -> None:
+    """Anchor ``unix_now`` again: at ``unix_s`` now (a test's fixed time), or at the wall clock's
+    next reading (``None``: a test that steps ``time.time``, or ``since_boot``, starts afresh)."""
+    global _anchor
+    with _anchor_lock:
+        _anchor = None if unix_s is None else (_unix_reading(lambda: unix_s), since_boot())
+
+
 def utc_text(unix_s: float) -> str:
     """A wall time in notes: UTC with its date, as the records' ``start_time`` (never the local zone)."""
     try:
@@ -200,7 +232,7 @@ class _Channel:
         fallback: Callable[[], Sensor | None] | None,
         clock,
         off_thread: bool = False,
-        wall_clock: Callable[[], float] = time.time,
+        wall_clock: Callable[[], float] = unix_now,
     ) -> None:
         self.sensor = sensor
         self.name = sensor.name
@@ -701,7 +733,8 @@ class Meter:
         clock / wall_clock: injectable for tests. ``wall_clock`` (unix seconds) is read once, at
             construction: every snapshot's ``unix_s`` is that reading advanced by a steady clock
             (see ``_unix_now``), so a wall-clock step during a run (NTP, a user's ``date -s``)
-            moves no stamp.
+            moves no stamp. By default it is ``unix_now``, read once per process, so the meters
+            of one process (``fit`` then ``test`` of one run) stamp alike across such a step.
     """
 
     def __init__(
@@ -711,7 +744,7 @@ class Meter:
         fallback: Callable[[Sensor], Sensor | None] | None | str = "default",
         sync: Callable[[], object] | None = None,
         clock: Callable[[], float] = time.monotonic,
-        wall_clock: Callable[[], float] = time.time,
+        wall_clock: Callable[[], float] = unix_now,
         off_thread: bool | None = None,
     ) -> None:
         if sensors is None or isinstance(sensors, (str, bytes)) or not isinstance(sensors, Iterable):
@@ -736,7 +769,8 @@ class Meter:
         if fallback == "default":
             from greencallbacks.sensors.discover import fallback_for as fallback
         self._clock = clock
-        # Snapshots are stamped with the wall clock read once here and advanced by a steady clock.
+        # Snapshots are stamped with the wall clock read once (by default once per process, see
+        # ``unix_now``; an injected one here) and advanced by a steady clock.
         # Stamped with each snapshot's own time.time(), a step back of the system clock mid-run
         # (even NTP's 2 s) made a window end before it began: its phase's record was lost, and a
         # step after the last epoch left the run unfinished. The steady clock is the durations'
@@ -744,7 +778,10 @@ class Meter:
         # advances as CLOCK_MONOTONIC (the durations') does while the machine runs and also
         # counts a suspend: durations leave out time suspended (nothing ran), stamps keep the hour.
         self._stamp_clock = since_boot if clock is time.monotonic else clock
-        self._wall_anchor = (_unix_reading(wall_clock), self._stamp_clock())
+        if wall_clock is unix_now and self._stamp_clock is since_boot:
+            self._wall_anchor = _anchor or _read_anchor()  # the process's own: stamps equal unix_now()
+        else:
+            self._wall_anchor = (_unix_reading(wall_clock), self._stamp_clock())
         self.sync = sync
         self.channels = [
             _Channel(s, (lambda s=s: fallback(s)) if fallback else None, clock, off_thread, self._unix_now)

@@ -177,6 +177,8 @@ class EnergySession:
             discovery = discover_sensors(gpus=gpus, host=reducer.measures_host, cpu_tdp_w=self.cpu_tdp_w)
             sensors = [*discovery.sensors, *self.extra_sensors]
             self.unavailable = discovery.unavailable
+        # Stamped on the process's clock (meter.unix_now): the meters of one run's calls (fit,
+        # then test) agree across a wall-clock step between them.
         meter = Meter(sensors, sync=sync)
         # Every rank says what of its own GPUs goes unmeasured (rank 1's lost GPU was left out of
         # the records unsaid); the host and the intensity, the same for all, rank 0 alone.
