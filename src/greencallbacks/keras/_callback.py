@@ -225,6 +225,11 @@ def _last_run_of(model: Any) -> Any:
     return run_id if reference is not None and reference() is model else None
 
 
+def _runs_of_live_models() -> set:
+    """The runs that models still alive in this process last trained in."""
+    return {run_id for reference, run_id in _LAST_RUN_OF_MODEL.values() if reference() is not None}
+
+
 # Which `_Run` of this process measured each run last (by output directory and run id), and the
 # last training epoch it had finished: a callback whose run another callback has continued since
 # (callbacks=[EnergyCallback(...)] written inline at a later call on the same model) must not go
@@ -564,9 +569,13 @@ class EnergyCallback(_Callback):
     grids) continues the run of the callback in its place in ``callbacks=[...]``. A loop of
     ``fit(initial_epoch=e)`` with a new callback given ``run_id=`` each, run again into the same
     directory, stays in the ``<id>-N`` its first fit was recorded as (the same model trained it
-    last). ``evaluate`` / ``predict`` continue the current run, and with a new callback the run
-    the same model last trained in this process (unless another ``run_id=`` is given); before any
-    ``fit`` they are a run of their own, which a later resumed ``fit`` does not continue.
+    last). ``evaluate`` / ``predict`` continue the run of the model they are called on: the run it
+    last trained in with this callback (a callback given to two models keeps each model's inference
+    in that model's run), or the one it last trained in with another callback in this process (a
+    new callback each call), unless another ``run_id=`` is given. For a model this process did not
+    train they continue the current run; before any ``fit`` they are a run of their own, which a
+    later resumed ``fit`` does not continue. A copy (``copy.deepcopy``, ``pickle``) taken while a
+    call runs is the callback as it was before measuring anything; the original goes on.
 
     Failures: each phase's record is on disk when the phase ends. Keras has no exception hook: when
     ``fit``, ``evaluate`` or ``predict`` raises (an error, Ctrl-C in a notebook), a background watch
@@ -602,8 +611,6 @@ class EnergyCallback(_Callback):
         if not isinstance(step_metrics, bool):
             raise ValueError(f"step_metrics must be True or False, got {step_metrics!r}")
         self.step_metrics = step_metrics
-        self._live_every = 0  # a TensorBoard's per-batch update_freq during a fit; 0: off
-        self._live_batches = 0
         if token_counter is not None and not (isinstance(token_counter, str) and token_counter):
             raise ValueError(
                 "token_counter must be the name of a metric in logs that counts tokens (Keras callbacks see no "
@@ -622,9 +629,20 @@ class EnergyCallback(_Callback):
             country=country, zone=zone, region=region, intensity=intensity, series=series, pue=pue,
             output_dir=output_dir, **session_kwargs, framework=f"keras {keras.__version__} ({keras.backend.backend()})",
         )
-        self._run = _Run(EnergySession(**self._session_kwargs))  # bad settings fail here, before training
-        self._run_used = False
         self.samples_per_epoch = samples_per_epoch
+        self._unused()  # bad settings fail here (the session), before training
+
+    def _unused(self) -> None:
+        """The state of a callback that has measured nothing yet: set by ``__init__``, and in a copy
+        taken while a call is in progress (see ``__getstate__``)."""
+        self._live_every = 0  # a TensorBoard's per-batch update_freq during a fit; 0: off
+        self._live_batches = 0
+        self._run = _Run(EnergySession(**self._session_kwargs))
+        self._run_used = False
+        # The runs this callback measured, by run id, that a model still alive trained last (and the
+        # current one): an evaluate / predict continues the run of the model it is called on, not the
+        # run of another model fitted with this callback since.
+        self._runs: dict[Any, _Run] = {}
         self._call: _Call | None = None
         self._phases: list[tuple[str, bool]] = []  # open phases: (phase, started by an outermost call)
         self._epoch: int | None = None
@@ -654,6 +672,15 @@ class EnergyCallback(_Callback):
         # Copied or pickled (scikit-learn wrappers clone their estimators' callbacks): the lock and
         # a call in progress, with its watch, are this process's.
         state = dict(self.__dict__)
+        if (self._call is not None and self._call.active) or self.session.running:
+            # Mid-call (another callback copying it at an epoch end): the run in progress, its meter
+            # thread and the model stay with this callback, which goes on unaffected; the copy is
+            # this callback as it was before measuring anything, as a copy taken before the fit is.
+            fresh = object.__new__(type(self))
+            fresh.__dict__.update(state)
+            fresh._unused()
+            fresh._model, fresh.params = None, None  # (Keras's, set as each call begins)
+            state = fresh.__dict__
         state["_steps_lock"], state["_call"] = None, None
         return state
 
@@ -917,12 +944,8 @@ class EnergyCallback(_Callback):
             self._resume(first_epoch, call)
         elif first_epoch == 0 and self._run_used:
             self._run = _Run(EnergySession(**self._session_kwargs))  # a new fit is a new run
-        elif first_epoch is None and not self._run_used:
-            self._join_the_models_run(call)
-        elif first_epoch is None and self._run.continued_elsewhere():
-            # evaluate / predict going on with this object's run, which a callback written inline at
-            # a later call on the same model continued since: from the records, as its next attempt.
-            self._run = self._run.reloaded(self._session_kwargs)
+        elif first_epoch is None:
+            self._continue_the_models_run(call)
         if first_epoch and self._run.last_train_epoch is None:
             # A run begun at initial_epoch=k has reached epoch k - 1 as far as a resume can tell:
             # crashed inside epoch k, its resume at k continues it (read as -1, it was a new run).
@@ -935,6 +958,9 @@ class EnergyCallback(_Callback):
         reducer = reducer_for(backend)  # a collective on several processes; all run this hook
         session.start(output_dir=self._output_dir(call), device_indices=device_indices, reducer=reducer, sync=sync)
         self._run.claim()
+        live = _runs_of_live_models()
+        self._runs = {run_id: run for run_id, run in self._runs.items() if run_id in live}
+        self._runs[session.tracker.run_id] = self._run
         # None (Keras 3.15), or not set at all (3.3), when fit is given a CallbackList built
         # without training parameters: Keras uses it as it is, and never calls set_params.
         params = getattr(self, "params", None) or {}
@@ -1021,23 +1047,39 @@ class EnergyCallback(_Callback):
             return state, None, path
         return None, None, None
 
-    def _join_the_models_run(self, call: _Call) -> None:
-        """``evaluate`` / ``predict`` with a callback that has measured nothing yet, on a model this
-        process trained last in a run named in this output directory: that run, as its next attempt
-        (as a ``fit(initial_epoch=N)`` with a new callback continues it), unless another run_id is
-        given. Else (a model loaded or built anew; a sanity check before a resume) a run of its own,
-        which leaves ``energy-state.json`` to the run that trained."""
+    def _continue_the_models_run(self, call: _Call) -> None:
+        """``evaluate`` / ``predict``: the run of the model called. The run it last trained in with
+        this callback, though another model's fit with it came since; else one it last trained in
+        with another callback (see ``_join_the_models_run``); else (a model this process never
+        trained, or one whose run cannot be continued) the current run, or for a callback that has
+        measured nothing yet a run of its own."""
         last = _last_run_of(self.model)
-        if last is None:
+        if last is not None and last in self._runs:
+            self._run = self._runs[last]
+        elif (last is not None or not self._run_used) and self._join_the_models_run(call, last):
             return
+        if self._run_used and self._run.continued_elsewhere():
+            # Going on with this object's run, which a callback written inline at a later call on
+            # the same model continued since: from the records, as its next attempt.
+            self._run = self._run.reloaded(self._session_kwargs)
+
+    def _join_the_models_run(self, call: _Call, last: Any) -> bool:
+        """The model called, trained last in this process in run ``last``, named in this output
+        directory, by another callback (or by a callback written inline at each call): that run, as
+        its next attempt (as a ``fit(initial_epoch=N)`` with a new callback continues it), unless
+        another run_id is given. False where there is none (a model loaded or built anew; a sanity
+        check before a resume), which leaves ``energy-state.json`` to the run that trained."""
+        if last is None:
+            return False
         watch.settle()  # a fit that just raised has its state written by the watch thread
         owner = self._owner(call)
         state, _, _ = _read_state(self._output_dir(call), None, _Owner(last, owner.place))
         if not state or state.get("run_id") != last or not owner.owns(state):
-            return
+            return False
         self._run = _Run(EnergySession(**self._session_kwargs), last_train_epoch=state.get("last_train_epoch"),
                          fitted=True, owner=_Owner(state.get("run_id_given"), owner.place))
         self._run.session.load_state_dict(state)
+        return True
 
     def _owner(self, call: _Call) -> _Owner:
         """This callback as the owner of its run's state files in ``call`` (a fit)."""

@@ -1,0 +1,178 @@
+"""The Keras adapter with one callback across models and copied while it measures, on the torch backend.
+
+Keras fixes its backend at first import, so the script below runs in a process of its own (as in
+``test_keras.py``); the tests read its records, summaries and results back. Every data set has its
+own size, so each record's sample count says whose data it measured.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from greencallbacks.records import read_records
+
+pytestmark = pytest.mark.slow
+
+TRAIN, VAL, TEST_A, TEST_B, PREDICT_C = 37, 23, 13, 7, 5
+
+SCRIPT = r"""
+import copy, json, pickle, sys
+from pathlib import Path
+import keras, numpy as np
+from greencallbacks.keras import EnergyCallback
+
+OUT = Path(sys.argv[1])
+TRAIN, VAL, TEST_A, TEST_B, PREDICT_C = (int(a) for a in sys.argv[2:7])
+rng = np.random.default_rng(0)
+
+
+def data(n):
+    return rng.normal(size=(n, 3)).astype("float32"), rng.normal(size=(n, 1)).astype("float32")
+
+
+X, Y = data(TRAIN)
+XV, YV = data(VAL)
+XA, YA = data(TEST_A)
+XB, YB = data(TEST_B)
+XC, _ = data(PREDICT_C)
+
+
+def model():
+    m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    m.compile(optimizer="sgd", loss="mse")
+    return m
+
+
+def fit(m, callbacks):
+    return m.fit(X, Y, batch_size=8, epochs=2, validation_data=(XV, YV), verbose=0, callbacks=callbacks)
+
+
+def summary_of(directory, run_id):
+    # energy-summary.json is the latest run's; earlier runs' are kept beside it under their id.
+    for path in sorted(directory.glob("energy-summary*.json")):
+        summary = json.loads(path.read_text())
+        if summary.get("run_id") == run_id:
+            return summary
+    return None
+
+
+results = {}
+
+# One callback given to two models: each model's inference goes into its own run.
+two = OUT / "two"
+energy, a, b, c = EnergyCallback(intensity=100, output_dir=two), model(), model(), model()
+fit(a, [energy])
+results["a"] = energy.tracker.run_id
+fit(b, [energy])
+results["b"] = energy.tracker.run_id
+results["b_summary_after_fit"] = summary_of(two, results["b"])
+a.evaluate(XA, YA, batch_size=4, verbose=0, callbacks=[energy])
+results["b_summary_after_a_evaluate"] = summary_of(two, results["b"])
+b.evaluate(XB, YB, batch_size=4, verbose=0, callbacks=[energy])
+a.predict(XA, batch_size=4, verbose=0, callbacks=[energy])
+c.predict(XC, batch_size=4, verbose=0, callbacks=[energy])  # a model never trained: the current run (A's)
+results["summaries"] = {name: summary_of(two, results[name]) for name in ("a", "b")}
+
+
+# Copied (deepcopy and pickle) by another callback at the end of the fit's first epoch.
+class Copier(keras.callbacks.Callback):
+    def __init__(self, target):
+        super().__init__()
+        self.target, self.copies, self.error = target, [], None
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 0:
+            try:
+                self.copies = [copy.deepcopy(self.target), pickle.loads(pickle.dumps(self.target))]
+            except Exception as error:
+                self.error = repr(error)
+
+
+energy = EnergyCallback(intensity=100, output_dir=OUT / "copies")
+copier = Copier(energy)
+history = fit(model(), [energy, copier])
+results["copy_error"] = copier.error
+results["original"] = energy.tracker.run_id
+results["original_history"] = history.history["energy_kwh_total"]
+results["copies"] = []
+for duplicate in copier.copies:
+    without_model = duplicate.model is None
+    fit(model(), [duplicate])
+    results["copies"].append([without_model, duplicate.tracker.run_id])
+json.dump(results, open(OUT / "results.json", "w"))
+"""
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    for module in ("keras", "torch"):
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"{module} is not installed: the Keras torch-backend scenarios need it")
+    out = tmp_path_factory.mktemp("keras-models")
+    env = {**os.environ, "KERAS_BACKEND": "torch", "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+    sizes = [str(n) for n in (TRAIN, VAL, TEST_A, TEST_B, PREDICT_C)]
+    done = subprocess.run([sys.executable, "-c", SCRIPT, str(out), *sizes], cwd=out, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads((out / "results.json").read_text()), out
+
+
+def samples(records, run_id, phase):
+    return [r.samples for r in records if r.run_id == run_id and r.phase == phase]
+
+
+def test_one_callback_given_two_models_keeps_each_models_inference_in_its_run(results):
+    """fit(A), fit(B), then A.evaluate with the same callback: A's 13 test samples went into B's
+    run (the callback's current one), and B's summary counted them."""
+    result, out = results
+    a, b = result["a"], result["b"]
+    records = read_records(out / "two")
+    assert a != b and {r.run_id for r in records} == {a, b}
+    for run_id in (a, b):
+        assert samples(records, run_id, "train") == [TRAIN, TRAIN]
+        assert samples(records, run_id, "validation") == [VAL, VAL]
+        mine = [r for r in records if r.run_id == run_id]
+        assert len({r.seq for r in mine}) == len(mine)
+    assert samples(records, a, "test") == [TEST_A] and samples(records, b, "test") == [TEST_B]
+    # A model this process never trained continues the current run: A's, which A's predict used last.
+    assert samples(records, a, "predict") == [TEST_A, PREDICT_C] and samples(records, b, "predict") == []
+    # B's summary, written as its fit ended, is not rewritten by A's evaluate.
+    assert result["b_summary_after_fit"] is not None
+    assert result["b_summary_after_a_evaluate"] == result["b_summary_after_fit"]
+    for name, run_id in (("a", a), ("b", b)):
+        summary = result["summaries"][name]
+        assert summary["energy_kwh"] == pytest.approx(sum(r.energy_kwh for r in records if r.run_id == run_id), rel=1e-9)
+    phases = {name: result["summaries"][name]["phases"] for name in ("a", "b")}
+    assert phases["a"]["test"]["samples"] == TEST_A and phases["a"]["predict"]["samples"] == TEST_A + PREDICT_C
+    assert phases["b"]["test"]["samples"] == TEST_B and "predict" not in phases["b"]
+
+
+def test_a_copy_taken_mid_fit_is_a_fresh_callback_and_the_original_goes_on(results):
+    """copy.deepcopy / pickle from another callback's on_epoch_end raised "cannot pickle
+    '_thread.lock' object" (the running session was copied), failing the fit."""
+    result, out = results
+    assert result["copy_error"] is None
+    original = result["original"]
+    records = read_records(out / "copies")
+    # The original measured its whole fit, in one attempt, unaffected.
+    assert len(result["original_history"]) == 2
+    mine = [r for r in records if r.run_id == original]
+    assert [(r.epoch, r.samples, r.attempt, r.partial) for r in mine if r.phase == "train"] == [
+        (0, TRAIN, 0, False), (1, TRAIN, 0, False)]
+    assert samples(records, original, "validation") == [VAL, VAL]
+    # Each copy came without the model and, given to a fit, measured a run of its own.
+    assert len(result["copies"]) == 2
+    runs = {original}
+    for without_model, run_id in result["copies"]:
+        assert without_model and run_id not in runs
+        runs.add(run_id)
+        assert samples(records, run_id, "train") == [TRAIN, TRAIN]
+        assert samples(records, run_id, "validation") == [VAL, VAL]
+    assert {r.run_id for r in records} == runs
