@@ -621,6 +621,21 @@ def test_a_fit_resumed_inside_an_epoch_bills_the_rest_to_that_epoch(tmp_path, ch
     assert summary["energy_kwh"] == pytest.approx(sum(r.energy_kwh for r in records), rel=1e-9)
 
 
+def test_the_open_phases_a_checkpoint_saves_end_at_its_step(tmp_path):
+    """A resume after a kill writes the phases open at the checkpoint as carried records; they
+    were saved at the last boundary's step (step 4 for a checkpoint at step 6)."""
+    L, EnergyCallback, TinyModel = flavour("lightning.pytorch")
+    ckpt_dir = tmp_path / "ckpt"
+    saver = L.callbacks.ModelCheckpoint(dirpath=ckpt_dir, save_top_k=-1, every_n_train_steps=1, filename="{step}")
+    callback = EnergyCallback(intensity=300.0, output_dir=tmp_path / "energy")
+    trainer = L.Trainer(max_epochs=2, logger=False, callbacks=[callback, saver], **trainer_kwargs(enable_checkpointing=True))
+    trainer.fit(TinyModel(), *loaders())
+    for step in (2, 6):
+        checkpoint = torch.load(ckpt_dir / f"step={step}.ckpt", weights_only=False)
+        state = checkpoint["callbacks"][callback.state_key]
+        assert [r["step"] for r in state["open_records"] if r["phase"] == "train"] == [step]
+
+
 def test_a_fit_stopped_by_max_steps_inside_an_epoch_and_resumed_bills_the_rest_to_that_epoch(tmp_path):
     """max_steps ends a fit inside an epoch; its last checkpoint is saved at that epoch's end, so
     Lightning 2.5+ resumes it as restarted_on_epoch_end, runs the epoch's other batches and does

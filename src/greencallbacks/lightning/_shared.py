@@ -144,6 +144,7 @@ class EnergyCallbackBase:
         # The run each Trainer fitted with this callback: its test / validate / predict belong there
         # even after another Trainer's fit (one callback given to two Trainers).
         self._runs_by_trainer: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._trainer_in_use: weakref.ref | None = None  # the Trainer of the latest setup (see state_dict)
         self.progress_bar = progress_bar
         self.sample_counter = self._counter.sample_counter
         self.prefix = prefix
@@ -154,6 +155,7 @@ class EnergyCallbackBase:
         # Pickled with the Trainer (ddp_spawn) or deep-copied: the Trainers it ran in stay behind.
         state = dict(self.__dict__)
         state["_runs_by_trainer"] = None
+        state["_trainer_in_use"] = None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -183,6 +185,11 @@ class EnergyCallbackBase:
         # Lightning calls these two outside any hook (saving and restoring checkpoints): they must
         # not raise either. An empty state continues nothing: the resumed fit is a new run.
         try:
+            trainer = self._trainer_in_use() if self._trainer_in_use else None
+            if trainer is not None and self.tracker.running:
+                # The phases open now are saved to be carried by a resume after a kill: they end
+                # at this checkpoint's step, not at the last boundary's.
+                self.tracker.step = trainer.global_step
             return self.session.state_dict()
         except Exception as error:  # noqa: BLE001 - measuring must never break training
             hook_failed(self, "state_dict", error)
@@ -235,6 +242,7 @@ class EnergyCallbackBase:
         else:  # continues the run of this Trainer's fit, or else the latest run
             self.session = self._runs_by_trainer.get(trainer, self.session)
         self._session_used = True
+        self._trainer_in_use = weakref.ref(trainer)
         output_dir = None
         if self.session.output_dir is None:
             log_dir = trainer.log_dir  # a collective: all ranks
