@@ -861,6 +861,35 @@ def test_records_in_the_file_but_not_yet_confirmed_on_disk_are_not_called_unwrit
     assert len((tmp_path / RECORDS_FILE).read_text().splitlines()) == 4  # gap, validation, train, gap
 
 
+def test_a_summary_that_could_not_be_written_is_said_once_with_the_records_complete(tmp_path, monkeypatch):
+    """A full disk took the records' last lines (the file's last block had room) but not the
+    summary, a new file: the run ended without a word, its summary missing."""
+    import errno
+    import warnings
+
+    from greencallbacks import records as records_module
+    from greencallbacks.tracker import SUMMARY_FILE
+
+    real_replace = os.replace
+
+    def full_disk(source, target, *args, **kwargs):
+        if os.path.basename(target) == SUMMARY_FILE:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_replace(source, target, *args, **kwargs)
+
+    monkeypatch.setattr(records_module.os, "replace", full_disk)
+    tracker, clock, _ = setup(tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_epochs(tracker, clock, epochs=1)
+    said = [str(w.message) for w in caught if "greencallbacks" in str(w.message)]
+    (ending,) = [m for m in said if "summary" in m]
+    assert "NOT written" in ending and str(tmp_path / SUMMARY_FILE) in ending and tracker.run_id in ending
+    assert f"records are complete in {tmp_path / RECORDS_FILE}" in ending
+    assert not (tmp_path / SUMMARY_FILE).exists() and not list(tmp_path.glob("*.tmp"))
+    assert len(read_records(tmp_path)) == 4  # gap, validation, train, gap
+
+
 def test_an_overflowing_uncertainty_does_not_fail_the_boundary(tmp_path):
     """A sensor gone wild (cpu_tdp_w=1e308 did it): the sum of squared uncertainties overflowed
     (OverflowError at every boundary: no record, no summary). It is summed without overflow now."""

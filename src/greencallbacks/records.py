@@ -24,6 +24,11 @@ from pathlib import Path
 from greencallbacks import interrupts
 from typing import Callable, Iterable, Sequence
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: writers of one file are not serialised, nor lines written in place
+    fcntl = None  # type: ignore[assignment]
+
 SCHEMA = "greencallbacks.record/1"
 PHASES = ("train", "validation", "test", "predict", "other")
 RECORDS_FILE = "energy-records.jsonl"
@@ -34,9 +39,8 @@ RECORDS_FILE = "energy-records.jsonl"
 # cache, which survives the process; the kernel writes them back within ~30 s by itself (Linux
 # dirty_expire_centisecs), and ``close`` syncs everything when the run ends.
 SYNC_INTERVAL_S = 10.0
-# ...or sooner once this many bytes wait for one: the lines are kept until an fsync covers them
-# (to write them again if it fails), so phases ending by the thousand within the interval must
-# not pile up in memory.
+# ...or sooner once this many bytes wait for one: phases ending by the thousand within the
+# interval must not leave that many records to a machine crash.
 SYNC_BACKLOG_BYTES = 256 * 1024
 # The longest ``close`` waits for the records' fsync at the end of a run before going on without it.
 CLOSE_SYNC_WAIT_S = 2.0
@@ -194,27 +198,41 @@ class RecordWriter:
     one started less than ``SYNC_INTERVAL_S`` ago and fewer than ``SYNC_BACKLOG_BYTES`` wait (a
     later write or ``close`` covers the lines); ``close`` waits for it and syncs the rest.
 
-    A write that fails (read-only directory, full disk) warns once and keeps the record in
-    ``pending``; the next write tries again, so nothing measured is dropped while the process
-    lives, and training is never stopped by it. An fsync that fails means the kernel may have
-    dropped those lines: they are cut off and written again, whole and once, by the next write
-    or by ``close``.
+    Several writers may append to one file (two callbacks in one fit, a sweep's processes in one
+    directory): each write holds an advisory ``flock`` on the file, and a writer only ever removes
+    bytes of its own write. A write that fails (read-only directory, full disk) takes back what
+    part of it went in, warns once and keeps the record in ``pending``; the next write tries
+    again, so nothing measured is dropped while the process lives, and training is never stopped
+    by it. An fsync that fails means the kernel may have dropped the lines it covered: the next
+    write (or ``close``) writes them again where they are. A file that lost lines of this writer
+    (deleted, emptied or replaced while the run went on) is found at the next write, said once,
+    and given them again, so it holds every record the writer wrote.
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         self.pending: list[Record] = []
         self._warned = False
+        self._lost_warned = False
+        self._lock_timed_out = False  # another writer held the file's lock too long: no more waits
         self._lock = threading.Lock()
-        self._synced_size: int | None = None  # bytes known to be on disk (None: not read yet)
-        self._written_size = 0
-        self._unsynced: list[str] = []  # lines in the file since the last good fsync
+        # Every line this writer put in the file and where: what the file loses is written again
+        # from here. One line per phase.
+        self._lines: list[bytes] = []
+        self._offsets: list[int] = []
+        self._bytes = 0  # their total size
+        self._synced = 0  # how many of them (the first ones) an fsync covered
+        self._synced_bytes = 0
         self._sync_failed = False
+        # The file may lack lines of this writer (a repair's write failed, the file was gone at an
+        # fsync): the next write checks every line.
+        self._recheck = False
         self._sync_queued = False
-        self._generation = 0  # bumped when unsynced lines are rewritten: a late fsync must not count them
+        self._generation = 0  # bumped when lines are written again: a late fsync must not count them
         self._syncer: ThreadPoolExecutor | None = None
         self._next_sync_at = float("-inf")  # time.monotonic() from which a write starts an fsync
-        self._joined_file = False  # a first write went in: the file's last line is one of ours
+        self._check_end = True  # the next write checks that the file ends in a whole line
+        self._confirmed = 0  # lines whose write went in without error (a failed close: doubtful)
 
     def __getstate__(self) -> dict:
         # A callback is pickled with its tracker's writer (Lightning's ddp_spawn pickles the
@@ -275,78 +293,150 @@ class RecordWriter:
         with self._lock:
             if not self._write_locked():
                 return False
-            if not self._unsynced:
+            if self._synced == len(self._lines):
                 return True
             generation = self._generation
         return self._sync(generation)
 
     # -- the training thread's part -----------------------------------------------------------
     def _write_locked(self) -> bool:
-        if not self.pending and not self._sync_failed:
+        if not self.pending and not self._sync_failed and not self._recheck:
             return True
-        lines = "".join(_json_line(r.to_dict()) for r in self.pending)
-        rewrite = self._sync_failed
-        size_before: int | None = None
+        new = [_json_line(r.to_dict()).encode("utf-8") for r in self.pending]
         try:
-            if self._synced_size is None:
-                self._synced_size = self._written_size = self.path.stat().st_size if self.path.exists() else 0
-            if rewrite:
-                # The kernel may have dropped the lines whose fsync failed: cut them off and write
-                # them again with the new ones.
-                os.truncate(self.path, self._synced_size)
-                lines = "".join(self._unsynced) + lines
-                size_before = self._synced_size
-            else:
-                size_before = self._written_size
-            if not self._joined_file and _ends_mid_line(self.path):
-                # A process killed mid-line left half a record (or something else) at the end: ours
-                # start on a line of their own, or the reader could not tell them from it. Never
-                # cut it off instead: another process may be appending to this file.
-                lines = "\n" + lines
-            # os.write on a descriptor, not open(): a text file object costs ~100 us more per
-            # write at a phase end on the training thread, and this path needs none of its buffering.
-            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
-            try:
-                fd = os.open(self.path, flags, 0o666)
-            except FileNotFoundError:  # its directory is not there (yet, or any more)
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                fd = os.open(self.path, flags, 0o666)
-            try:
-                data = lines.encode("utf-8")
-                while data:  # a short write (a signal, a nearly full disk) goes on where it stopped
-                    data = data[os.write(fd, data):]
-                size_after = os.lseek(fd, 0, os.SEEK_CUR)  # O_APPEND: the end of what was written
-            finally:
-                os.close(fd)
+            fd = self._open()
         except OSError as error:
-            # Take back whatever part of the lines reached the file (a full disk can take half a
-            # line): the retry writes them again, whole and once.
-            if size_before is not None:
-                try:
-                    os.truncate(self.path, size_before)
-                except OSError:
-                    pass
-                if rewrite:
-                    self._written_size = size_before
             self._warn(error)
             return False
-        if rewrite:
-            self._unsynced = [lines]
-            self._sync_failed = False
-            self._generation += 1
-        else:
-            self._unsynced.append(lines)
-        self._written_size = size_after
-        self._joined_file = True
+        try:
+            lost, start = self._append(fd, new)
+        except BaseException as error:
+            _close_quietly(fd)
+            if not isinstance(error, OSError):
+                raise
+            self._warn(error)
+            return False
+        try:
+            os.close(fd)  # releases the lock
+            closed = None
+        except OSError as error:  # a network file system can say here that the write did not reach it
+            closed = error
+        for i in lost:
+            self._offsets[i] = start
+            start += len(self._lines[i])
+        for line in new:
+            self._lines.append(line)
+            self._offsets.append(start)
+            start += len(line)
+            self._bytes += len(line)
         self.pending.clear()
+        if closed is not None:
+            # In the file or not: the next write (or close) checks each line, as after a failed
+            # fsync, and gives the file those it lacks.
+            self._sync_failed = True
+            self._warn(closed)
+            return False
+        self._sync_failed = self._recheck = self._check_end = False
+        self._confirmed = len(self._lines)
         return True
+
+    def _append(self, fd: int, new: list[bytes]) -> tuple[list[int], int]:
+        """Append the ``new`` lines, after those of this writer the file lost; return the lost ones
+        (indices) and where the first line written begins. A write that fails is taken back."""
+        # Other writers wait while this one appends, and while it takes back a failed write:
+        # what it cuts off is then its own. Released when ``fd`` is closed.
+        locked = not self._lock_timed_out and _lock_file(fd)
+        if locked is None:
+            self._lock_timed_out = True
+            locked = False
+        repairing = False
+        begin: int | None = None
+        written = 0
+        try:
+            # One read checks that the file still holds this writer's last line where it put it
+            # (deleted, emptied or replaced: it does not); on any doubt, a failed fsync too, every
+            # line of its own is checked.
+            repairing = self._sync_failed or self._recheck or not self._holds_last_line(fd)
+            lost = self._repair(fd) if repairing else []
+            begin = os.lseek(fd, 0, os.SEEK_END)
+            # A process killed mid-line left half a record (or something else) at the end: ours
+            # start on a line of their own, or the reader could not tell them from it. Never cut it
+            # off instead: it is not this writer's.
+            prefix = b"\n" if self._check_end and begin and _read_at(fd, 1, begin - 1) != b"\n" else b""
+            data = prefix + b"".join([self._lines[i] for i in lost] + new)
+            view = memoryview(data)
+            while written < len(data):  # a short write (a signal, a nearly full disk) goes on where it stopped
+                written += os.write(fd, view[written:])
+            end = os.lseek(fd, 0, os.SEEK_CUR)  # O_APPEND: the end of what was written
+        except OSError:
+            # A full disk can take half a line: take it back, and the retry writes it whole and once.
+            if not _take_back(fd, begin, written, locked):
+                self._check_end = True  # a part may be left: the retry begins on a line of its own
+            self._recheck = self._recheck or repairing
+            raise
+        return lost, end - len(data) + len(prefix)
+
+    def _open(self) -> int:
+        # os.write on a descriptor, not open(): a text file object costs ~100 us more per
+        # write at a phase end on the training thread, and this path needs none of its buffering.
+        # Read too: the write checks that the file still holds this writer's lines.
+        flags = os.O_RDWR | os.O_APPEND | os.O_CREAT
+        try:
+            return os.open(self.path, flags, 0o666)
+        except FileNotFoundError:  # its directory is not there (yet, or any more)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            return os.open(self.path, flags, 0o666)
+
+    def _holds_last_line(self, fd: int) -> bool:
+        """Does the file still hold the last line this writer wrote, where it wrote it? Not when it
+        was deleted, emptied or replaced since (other writers only ever add after it)."""
+        if not self._lines:
+            return True
+        return _read_at(fd, len(self._lines[-1]), self._offsets[-1]) == self._lines[-1]
+
+    def _repair(self, fd: int) -> list[int]:
+        """Check every line this writer wrote against the file (under its lock) and return those
+        it lost, to be appended again. Lines the file holds whose fsync failed are written again in
+        place: the kernel may have dropped them (zeros on disk), and an fsync after an error
+        reports success without having written them. Nothing of another writer is touched."""
+        size = os.lseek(fd, 0, os.SEEK_END)
+        content = _read_at(fd, size, 0)
+        found: dict[bytes, int] = {}  # each whole line of the file (with its newline) -> where it begins
+        start = 0
+        for piece in content.split(b"\n")[:-1]:
+            found.setdefault(piece + b"\n", start)
+            start += len(piece) + 1
+        lost = []
+        for i, (line, offset) in enumerate(zip(self._lines, self._offsets)):
+            there = content[offset:offset + len(line)]
+            if _ours_or_zeros(there, line):
+                if there != line or (self._sync_failed and i >= self._synced):
+                    _write_at(fd, line, offset)
+            elif line in found:  # the file was written anew with it elsewhere (an editor)
+                self._offsets[i] = found[line]
+            else:
+                lost.append(i)
+        if lost:
+            # Cut short inside a line of ours (truncate -s): that part is ours, and goes.
+            for i in lost:
+                offset, line = self._offsets[i], self._lines[i]
+                if offset < size < offset + len(line) and content[offset:] == line[:size - offset]:
+                    os.ftruncate(fd, offset)
+                    break
+            confirmed = sum(i < self._confirmed for i in lost)
+            if confirmed:  # the others were not known to be in it: their failure has been said
+                self._warn_lost(confirmed)
+        self._synced = self._synced_bytes = 0  # synced again, all of them
+        self._generation += 1
+        self._check_end = True
+        return lost
 
     def _sync_soon(self) -> None:
         with self._lock:
-            if self._sync_queued or not self._unsynced:
+            if self._sync_queued or self._synced == len(self._lines):
                 return  # the queued fsync will cover these lines too
             now = time.monotonic()
-            backlog = self._written_size - (self._synced_size or 0)
+            backlog = self._bytes - self._synced_bytes
             if now < self._next_sync_at and backlog < SYNC_BACKLOG_BYTES:
                 return  # a later write, or close, syncs these lines (see SYNC_INTERVAL_S)
             self._next_sync_at = now + SYNC_INTERVAL_S
@@ -363,23 +453,25 @@ class RecordWriter:
     def _sync(self, generation: int) -> bool:
         with self._lock:
             self._sync_queued = False
-            covered, size = len(self._unsynced), self._written_size
+            covered, size = len(self._lines), self._bytes
         try:
             fd = os.open(self.path, os.O_RDONLY)  # fsync is per file, not per descriptor
             try:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+        except FileNotFoundError:  # deleted: the next write (or close) finds what it lost, and says so
+            with self._lock:
+                self._recheck = True
+            return False
         except OSError as error:
             with self._lock:
-                if generation == self._generation:
-                    self._sync_failed = True
+                self._sync_failed = True  # whatever it covered is written again, however late it failed
             self._warn(error)
             return False
         with self._lock:
-            if generation == self._generation:
-                del self._unsynced[:covered]
-                self._synced_size = size
+            if generation == self._generation and covered > self._synced:
+                self._synced, self._synced_bytes = covered, size
         return True
 
     def _warn(self, error: OSError) -> None:
@@ -393,18 +485,104 @@ class RecordWriter:
             "They are kept in memory and written when the file can be written; training continues."
         )
 
+    def _warn_lost(self, count: int) -> None:
+        if self._lost_warned:
+            return
+        self._lost_warned = True
+        from greencallbacks.meter import warn
 
-def _ends_mid_line(path: Path) -> bool:
-    """Does the file at ``path`` end in anything but a newline (a torn line)? False when it is
-    empty, missing or unreadable: the write that follows says what is wrong with it."""
+        warn(f"greencallbacks: {self.path} lost {count} energy record(s) written there earlier in this run "
+             "(the file or its directory was deleted, emptied or replaced while the run went on). They are "
+             "written again, so that the file holds every record of the run.")
+
+
+# The longest a write waits for another writer's lock. Writers hold it for a write's few system
+# calls; a lock held longer (a stuck process, a network file system's lock server) must not hold
+# training: that writer goes on unserialised for the rest of its run, as without flock.
+LOCK_WAIT_S = 1.0
+
+
+def _lock_file(fd: int) -> bool | None:
+    """Hold the file's advisory lock until ``fd`` is closed. False: no lock to be had (not POSIX, a
+    file system without flock); None: not free within ``LOCK_WAIT_S``. Either way the writers go
+    unserialised."""
+    if fcntl is None:
+        return False
+    deadline = None
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            now = time.monotonic()
+            deadline = deadline or now + LOCK_WAIT_S
+            if now >= deadline:
+                return None
+            time.sleep(0.0005)
+        except OSError:
+            return False
+
+
+def _take_back(fd: int, begin: int | None, written: int, locked: bool) -> bool:
+    """Cut off what a failed write put at the end of the file from ``begin`` (``written`` bytes,
+    as far as it was told), never another writer's line. False: a part may be left."""
+    if begin is None:
+        return True  # it failed before writing
     try:
-        with open(path, "rb") as file:
-            if file.seek(0, os.SEEK_END) == 0:
-                return False
-            file.seek(-1, os.SEEK_END)
-            return file.read(1) != b"\n"
+        size = os.fstat(fd).st_size
+        if locked:  # what follows ``begin`` is this write's: every other writer waits for the lock
+            if size > begin:
+                os.ftruncate(fd, begin)
+            return True
+        if size == begin:
+            return True
+        end = os.lseek(fd, 0, os.SEEK_CUR)  # O_APPEND: the end of the part written
+        if not written or size != end:
+            return False  # not told of a part, or another writer's line follows it
+        os.ftruncate(fd, end - written)
+        return True
     except OSError:
         return False
+
+
+def _close_quietly(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def _read_at(fd: int, count: int, offset: int) -> bytes:
+    chunks = []
+    while count > 0:
+        chunk = os.pread(fd, count, offset)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        count -= len(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
+
+
+def _write_at(fd: int, data: bytes, offset: int) -> None:
+    """Write ``data`` at ``offset`` of ``fd``, opened to append (where Linux's pwrite appends too)."""
+    if fcntl is None:
+        return
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_APPEND)
+    try:
+        done = 0
+        while done < len(data):
+            done += os.pwrite(fd, data[done:], offset + done)
+    finally:
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags)
+
+
+def _ours_or_zeros(there: bytes, line: bytes) -> bool:
+    """Is ``there`` this writer's ``line``, or it where the disk lost bytes of it (zeros)?"""
+    if there == line:
+        return True
+    return len(there) == len(line) and all(a == b or a == 0 for a, b in zip(there, line))
 
 
 def _finite(value):

@@ -574,7 +574,7 @@ class Tracker:
             self._writer.close()  # on disk (fsynced) before the run is reported finished
             summary_written = True
             if every_rank_on_disk:
-                self._write_summary_of_every_rank()
+                summary_written = self._write_summary_of_every_rank()
             elif self.reducer.rank == 0:
                 summary_written = self._write_summary()
             # Lines still pending never reached the file (close is False too while a slow fsync goes
@@ -582,6 +582,8 @@ class Tracker:
             # the warning at the first failure said they would be written later.
             if self._writer.pending:
                 self._warn_records_not_written(summary_written)
+            elif not summary_written:  # a full disk can take the records' last lines, not a new file
+                self._warn_summary_not_written()
         self.meter = None
         with _running_lock:
             _running.pop(self, None)
@@ -597,15 +599,25 @@ class Tracker:
              + f": {self._writer.path} could not be written (see the warning above), so they are not on disk. "
              "Check that output_dir is a directory this process can write to.")
 
-    def _write_summary_of_every_rank(self) -> None:
+    def _warn_summary_not_written(self) -> None:
+        from greencallbacks.meter import warn
+
+        assert self._writer is not None and self.output_dir is not None
+        warn(f"greencallbacks: the summary of run {self.run_id!r} was NOT written: {self.output_dir / SUMMARY_FILE} "
+             "could not be written (a full disk, or a directory this process cannot write to?). Its energy records "
+             f"are complete in {self._writer.path}: `greencallbacks report {self.output_dir}` reads them.")
+
+    def _write_summary_of_every_rank(self) -> bool:
         """A failed multi-rank run's summary, from every rank's records on disk: rank 0's own
         ledger lacks what the others measured after their last gather (their unfinished phases).
         Every rank writes it after its own records, and again while the records changed meanwhile
         (ranks failing at one instant): whichever rank replaces it last read every rank's records.
-        Only where rank 0's records are (a shared directory): a host of its own holds a part."""
+        Only where rank 0's records are (a shared directory): a host of its own holds a part.
+        False where the summary could not be written."""
         if self.output_dir is None or not (self.output_dir / RECORDS_FILE).is_file():
-            return
+            return True
         own = self.ledger
+        written = False
         records = read_run_records(self.run_id, [self.output_dir])
         try:
             for _ in range(5):
@@ -613,13 +625,14 @@ class Tracker:
                 merged.resume({"run_id": self.run_id}, records)
                 merged.attempt = own.attempt
                 self.ledger = merged
-                self._write_summary()
+                written = self._write_summary()
                 again = read_run_records(self.run_id, [self.output_dir])
                 if len(again) == len(records):
                     break
                 records = again
         finally:
             self.ledger = own
+        return written
 
     def _hold_lock(self, directory: Path | None, run_id: str) -> bool:
         """Hold the lock of ``run_id`` in ``directory`` instead of the one held (none for None);
