@@ -260,23 +260,33 @@ def test_an_uncaught_crash_records_the_step_it_happened_at_when_the_interpreter_
     assert partial == [("train", 1, 6)]  # 4 steps an epoch
 
 
-def test_one_callback_in_two_trainers_records_each_trainers_evaluation_in_its_own_run(tmp_path):
+def test_one_callback_in_two_trainers_continues_each_trainers_own_run_in_its_evaluation(tmp_path):
     """Regression: a callback passed to a second Trainer (a notebook cell run again) recorded a later
-    ``evaluate()`` of the first into the second's run and output directory, and logged it there."""
+    ``evaluate()`` of the first into the second's run and output directory, and logged it there.
+    Then, with one slot for "the Trainer of the last run", each Trainer's ``evaluate()`` after the
+    other's ``train()`` became a run of its own. Each now continues its own Trainer's last run, as
+    an ``evaluate()`` after a Trainer's only ``train()`` does (and Lightning's, per Trainer)."""
     callback = make_callback()
-    first = make_trainer(tmp_path / "one", [callback], num_train_epochs=1)
+    first = make_trainer(tmp_path / "one", [callback], num_train_epochs=2)
     first.train()
+    first_run = callback.tracker.run_id
     second = make_trainer(tmp_path / "two", [callback], num_train_epochs=1)
     second.train()
+    second_run = callback.tracker.run_id
     in_two = read_records(tmp_path / "two")
     metrics = first.evaluate()
     assert read_records(tmp_path / "two") == in_two
-    runs = {r.run_id for r in in_two}
-    mine = [r for r in read_records(tmp_path / "one") if r.run_id not in runs and r.phase == "validation"]
-    assert [r.energy_kwh for r in mine][-1] == metrics["eval_energy_kwh"]
-    assert mine[-1].epoch is None  # a run of its own: not labelled with the second Trainer's last epoch
+    mine = [r for r in read_records(tmp_path / "one") if r.phase == "validation"]
+    # In the first's run, labelled with its own last epoch (1; the second's was 0), totalled with its evaluations.
+    assert [(r.run_id, r.epoch) for r in mine] == [(first_run, 0), (first_run, 1), (first_run, 1)]
+    assert mine[-1].energy_kwh == metrics["eval_energy_kwh"]
+    assert metrics["eval_energy_kwh_total"] == pytest.approx(sum(r.energy_kwh for r in mine), rel=1e-9)
     assert first.state.log_history[-1]["eval_energy_kwh"] == metrics["eval_energy_kwh"]
     assert not any("eval_energy_kwh" in e for e in second.state.log_history[-1:])
+    second.evaluate()  # and back to the second's run
+    theirs = [(r.run_id, r.epoch) for r in read_records(tmp_path / "two") if r.phase == "validation"]
+    assert theirs == [(second_run, 0), (second_run, 0)]
+    assert {r.run_id for r in read_records(tmp_path / "one")} == {first_run}
     assert not callback.session.running
 
 

@@ -190,6 +190,8 @@ def _run() -> None:
                     handle.fire()
                 except Exception:  # noqa: BLE001 - the watched call already failed; keep watching the others
                     pass
-        del stacks, current
+        # Nothing of a watched call may stay referenced while this thread waits: a cancelled
+        # watch's frame would keep that call's Trainer, model and data alive until the next watch.
+        stacks = current = handle = frame = None
         with _lock:
             _wake.wait(POLL_S)

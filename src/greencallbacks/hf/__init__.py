@@ -66,6 +66,14 @@ How it fits the Trainer (read against transformers 5.23):
   from a checkpoint (``resume_from_checkpoint=``), which continues that run as its next attempt.
   The meter starts at ``on_train_begin`` and stops at ``on_train_end``. ``evaluate()`` /
   ``predict()`` after training continue its run; before any training they are a short run of their own.
+  One callback given to several Trainers keeps each one's last run (held weakly: a Trainer dropped
+  is not kept alive): each Trainer's ``evaluate()`` / ``predict()`` continue its own, in its
+  ``output_dir``, whichever trained last. A copy of the callback (``copy.deepcopy``, ``pickle``,
+  alone or with its Trainer) has the settings alone: no Trainer, no run; the Trainer's wrappers
+  are objects, not closures, so a Trainer that pickled before the callback saw it still does. A
+  callback removed mid-train (``remove_callback``) and added back counts none of the batches run
+  meanwhile: that epoch's record says ``samples_counted: false``, and an epoch that ended unseen
+  is cut short (``partial``) where it came back.
 * **Several processes.** The reducer is created at ``on_train_begin`` (all ranks); each rank
   measures its own GPU, the first rank of each host CPU and RAM; every rank logs the same sums.
 * **Resume.** ``state()`` (HF's ``ExportableState``) stores the totals in the checkpoint's
@@ -97,12 +105,12 @@ How it fits the Trainer (read against transformers 5.23):
 from __future__ import annotations
 
 import atexit
-import functools
 import inspect
 import json
 import math
 import os
 import sys
+import weakref
 from typing import Any, Callable
 
 from greencallbacks import extras
@@ -148,6 +156,15 @@ class _Loop:
         # Begun at its first on_prediction_step (not by a wrapper): the loop's frame and its callers
         # (none where not found), and its data loader.
         self.hooked, self.hooked_in, self.dataloader = False, [], None
+
+
+class _Run:
+    """The last run a callback measured on one Trainer, and the epoch its records are at."""
+
+    __slots__ = ("session", "epoch")
+
+    def __init__(self, session: EnergySession) -> None:
+        self.session, self.epoch = session, None
 
 
 class EnergyCallback(TrainerCallback, ExportableState):
@@ -216,20 +233,51 @@ class EnergyCallback(TrainerCallback, ExportableState):
                                     carbon_aware=carbon_aware, budget=budget, embodied=embodied,
                                     framework=f"transformers {transformers.__version__}")
         self.session = EnergySession(**self._session_kwargs)  # bad settings fail here, before training
-        self._session_used = False
-        self._watch = None
         # What `state()` can put in trainer_state.json for the Trainer to rebuild a copy from.
         settings["output_dir"] = os.fspath(output_dir) if isinstance(output_dir, os.PathLike) else output_dir
         self._settings = {k: v for k, v in settings.items() if _jsonable(v)}
-        self._trainer: Trainer | None = None
-        self._run_trainer: Trainer | None = None  # whose train() / evaluate() / predict() the session measures
+        self._forget_runs()
+
+    def _forget_runs(self) -> None:
+        """No Trainer, run or call in progress: a new callback, or a copy of one."""
+        self._session_used = False
+        self._watch = None
+        self._trainer_ref: weakref.ref | None = None  # the Trainer whose hooks run now (weak: see `_trainer`)
+        # The last run this callback measured on each Trainer (train(), or evaluate() / predict()
+        # alone), which that Trainer's evaluate() / predict() continue, even after another
+        # Trainer's (one callback given to two). Weak: a Trainer dropped is not kept alive.
+        self._runs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._run: _Run | None = None  # the session's entry in `_runs`
         self._in_train = False
+        self._missed_steps = False  # removed from the Trainer's callbacks mid-train: batches went uncounted
         self._epoch: int | None = None
         self._next_epoch: int | None = None
         self._pause_due = False  # an epoch of this train() ended: a carbon-aware pause may precede the next
         self._tokens_at_epoch_begin = 0
         self._loops: list[_Loop] = []  # the open evaluation / prediction loops, innermost last
         self._loop_metrics: dict[str, float] = {}
+
+    def __getstate__(self) -> dict:
+        # Copied or pickled (another callback's deepcopy, a Trainer pickled whole): the copy has the
+        # settings alone. The Trainers, their runs and a call in progress (its meter thread, its
+        # watch, its loops' frames) stay with this one, which goes on unaffected.
+        blank = object.__new__(type(self))
+        EnergyCallback._forget_runs(blank)  # the names of what a copy starts afresh
+        return {k: v for k, v in self.__dict__.items() if k != "session" and k not in vars(blank)}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.session = EnergySession(**self._session_kwargs)
+        self._forget_runs()
+
+    @property
+    def _trainer(self) -> Trainer | None:
+        # Held weakly: a callback kept after its Trainer is dropped must not keep the model alive.
+        return self._trainer_ref() if self._trainer_ref is not None else None
+
+    @_trainer.setter
+    def _trainer(self, trainer: Trainer | None) -> None:
+        self._trainer_ref = weakref.ref(trainer) if trainer is not None else None
 
     @property
     def tracker(self):
@@ -271,10 +319,13 @@ class EnergyCallback(TrainerCallback, ExportableState):
             self.session = EnergySession(**self._session_kwargs)
         if resumed:
             self.session.load_state_dict(saved.get("attributes", {}).get("energy_state", {}))
-        self._run_trainer = trainer
+        self._run = _Run(self.session)
+        if trainer is not None:
+            self._runs[trainer] = self._run  # this Trainer's evaluate() / predict() continue it
         if siblings[-1] is self:  # the last of them: every one has read its entry
             complete_saved_entries(state.stateful_callbacks, type(self).__name__, siblings)
         self._in_train = True
+        self._missed_steps = False
         self._epoch = None  # until the first epoch begins (an `eval_on_start` evaluation has none)
         self._next_epoch = None  # the first epoch's number comes from the Trainer (0, or a resume's)
         self._pause_due = False
@@ -302,12 +353,17 @@ class EnergyCallback(TrainerCallback, ExportableState):
         epoch = int(state.epoch or 0)
         if self._next_epoch is not None:
             epoch = max(epoch, self._next_epoch)
-        self._epoch, self._next_epoch = epoch, epoch + 1
-        self._tokens_at_epoch_begin = state.num_input_tokens_seen
         if self._pause_due:  # before an epoch that follows one, never after the last: billed to the gap
             self._pause_due = False
             self.session.pause_between_epochs()
-        self.tracker.begin("train", epoch=self._epoch)
+        self._begin_epoch(epoch, state)
+
+    def _begin_epoch(self, epoch: int, state) -> None:
+        self._epoch, self._next_epoch = epoch, epoch + 1
+        if self._run is not None:
+            self._run.epoch = epoch
+        self._tokens_at_epoch_begin = state.num_input_tokens_seen
+        self.tracker.begin("train", epoch=epoch)
 
     def on_step_end(self, args, state, control, **kwargs):
         # DefaultFlowCallback (first in the handler) has just decided whether this step logs or
@@ -321,9 +377,9 @@ class EnergyCallback(TrainerCallback, ExportableState):
 
     @never_raises
     def on_epoch_end(self, args, state, control, **kwargs):
-        tokens = state.num_input_tokens_seen - self._tokens_at_epoch_begin
-        if tokens > 0 and self.tracker.reducer.rank == 0 and self._counter.token_counter is None:  # summed over ranks
-            self.tracker.add_samples(0, tokens=tokens)
+        if self._missed_steps:  # added back at this epoch's last step: it ends as it was seen to
+            self._back_in(state, epoch_ended=False)
+        self._add_epoch_tokens(state)
         record = self.tracker.end("train", step=state.global_step)
         if record is None:
             return None
@@ -331,6 +387,25 @@ class EnergyCallback(TrainerCallback, ExportableState):
             control.should_training_stop = True  # the Trainer still evaluates and saves this epoch, then ends
         self._log(self.session.metrics("train"), control)
         self._pause_due = True  # carbon-aware, if configured: before the next epoch, if one follows
+
+    def _add_epoch_tokens(self, state) -> None:
+        tokens = state.num_input_tokens_seen - self._tokens_at_epoch_begin
+        if tokens > 0 and self.tracker.reducer.rank == 0 and self._counter.token_counter is None:  # summed over ranks
+            self.tracker.add_samples(0, tokens=tokens)
+
+    @never_raises
+    def _back_in(self, state, epoch_ended: bool) -> None:
+        """Removed from the Trainer's callbacks mid-train (``remove_callback``) and added back: the
+        batches run meanwhile went uncounted, and where the epoch it began has ended unseen
+        (``epoch_ended``), that epoch's record is cut short there (partial) and the epoch now
+        running is measured from here."""
+        self._missed_steps = False
+        self.tracker.add_samples(None)  # this epoch's count misses the batches run while it was out
+        if epoch_ended:
+            self._add_epoch_tokens(state)
+            self.tracker.end("train", step=state.global_step, partial=True)
+            self._begin_epoch(int(state.epoch), state)
+            self.tracker.add_samples(None)  # its first batches ran unseen
 
     @never_raises
     def on_train_end(self, args, state, control, **kwargs):
@@ -492,12 +567,16 @@ class EnergyCallback(TrainerCallback, ExportableState):
     def _begin_loop(self, description: str | None, prefix: str | None, args, trainer: Trainer | None) -> _Loop:
         self._settle()
         if trainer is not None and not self.session.running:
-            if self._session_used and self._run_trainer not in (None, trainer):
-                # One callback in two Trainers: this one's evaluate() / predict() does not continue
-                # the other's run (in the other's output_dir); it is a run of its own.
-                self.session = EnergySession(**self._session_kwargs)
-                self._epoch = self._next_epoch = None  # the other Trainer's epochs are not this run's
-            self._run_trainer = trainer
+            # evaluate() / predict() alone continue this Trainer's last run with this callback, even
+            # after another Trainer's (one callback given to two); on a Trainer it measured nothing
+            # on, they are a run of their own (not the other's, in the other's output_dir).
+            run = self._runs.get(trainer)
+            if run is None:
+                if self._session_used:
+                    self.session = EnergySession(**self._session_kwargs)
+                run = self._runs[trainer] = _Run(self.session)
+            self._run, self.session, self._epoch = run, run.session, run.epoch
+            self._next_epoch = None
         if trainer is not None:
             self._counter.collate = _collate_kind(trainer)
         self._start(args)  # no-op inside train(); evaluate()/predict() alone make a run of their own
@@ -637,43 +716,15 @@ def _devices_and_sync(args) -> tuple[list[int], Callable[[], None] | None]:
 
 
 def _wrap_trainer(trainer: Trainer) -> None:
-    """Wrap a few methods of this Trainer instance (not its class) to see what no hook shows."""
+    """Wrap a few methods of this Trainer instance (not its class) to see what no hook shows.
 
-    def owners() -> list[EnergyCallback]:
-        # Only those still in the handler: one removed by remove_callback / pop_callback stops measuring.
-        callbacks = trainer.callback_handler.callbacks
-        return [c for c in _owners(trainer) if c in callbacks]
-
-    training_step = trainer.training_step
-
-    @functools.wraps(training_step)
-    def counting_training_step(model, inputs, *args, **kwargs):
-        # Counted before the step (a shape lookup, no device sync; the step may consume the
-        # batch), added after it returned: a batch that raised is not counted.
-        counts = [(c.tracker, c._counter.count(inputs, c.tracker.run_id)) for c in owners()]
-        loss = training_step(model, inputs, *args, **kwargs)
-        for tracker, (samples, tokens) in counts:
-            tracker.add_samples(samples, tokens=tokens)
-        return loss
-
-    trainer.training_step = counting_training_step
-
-    prediction_step = trainer.prediction_step
-
-    @functools.wraps(prediction_step)
-    def counting_prediction_step(model, inputs, *args, **kwargs):
-        # Per batch, so that a loop that raises leaves the batches it completed in its partial record.
-        counts = [(c, c._counter.count(inputs, c.tracker.run_id)) for c in owners() if c._loops]
-        output = prediction_step(model, inputs, *args, **kwargs)
-        for callback, (samples, tokens) in counts:
-            callback._count_batch(samples, tokens)
-        return output
-
-    trainer.prediction_step = counting_prediction_step
-
+    The wrappers are objects of the classes below, not closures, so that a Trainer that pickled
+    before the callback saw it still pickles (and a deep copy's wrappers run the copy)."""
+    trainer.training_step = _CountingTrainingStep(trainer, "training_step")
+    trainer.prediction_step = _CountingPredictionStep(trainer, "prediction_step")
     wrapped = [name for name in _LOOPS if hasattr(trainer, name)]
     for name in wrapped:
-        setattr(trainer, name, _measured_loop(trainer, name, owners))
+        setattr(trainer, name, _MeasuredLoop(trainer, name))
     trainer.__dict__[_LOOPS_WRAPPED] = bool(wrapped)
     if not wrapped:
         # A release that renamed them: every loop is then measured from its first batch's
@@ -683,6 +734,63 @@ def _wrap_trainer(trainer: Trainer) -> None:
             "evaluation and prediction exactly; each loop is measured from its first batch instead (that "
             "batch is billed to the time before it). Values are logged as usual."
         )
+
+
+class _Wrapper:
+    """Stands for a method of one Trainer instance, set on that instance under the method's name."""
+
+    def __init__(self, trainer: Trainer, name: str) -> None:
+        method = getattr(trainer, name)
+        self.trainer = trainer
+        # The Trainer's own method is kept as its function: pickled by name (a bound method pickles
+        # as getattr(trainer, name), which a Trainer rebuilt from its pickle answers with this wrapper).
+        self.bound = getattr(method, "__self__", None) is trainer and hasattr(method, "__func__")
+        self.inner = method.__func__ if self.bound else method
+        for attribute in ("__module__", "__name__", "__qualname__", "__doc__"):  # as functools.wraps
+            if hasattr(method, attribute):
+                setattr(self, attribute, getattr(method, attribute))
+
+    @property
+    def __wrapped__(self):  # inspect.signature follows it, as it did functools.wraps'
+        return self.inner.__get__(self.trainer) if self.bound else self.inner
+
+    def _inner(self, *args, **kwargs):
+        return self.inner(self.trainer, *args, **kwargs) if self.bound else self.inner(*args, **kwargs)
+
+    def _owners(self) -> list[EnergyCallback]:
+        # Only those still in the handler: one removed by remove_callback / pop_callback stops measuring.
+        callbacks = self.trainer.callback_handler.callbacks
+        return [c for c in _owners(self.trainer) if c in callbacks]
+
+
+class _CountingTrainingStep(_Wrapper):
+    def __call__(self, model, inputs, *args, **kwargs):
+        # Counted before the step (a shape lookup, no device sync; the step may consume the
+        # batch), added after it returned: a batch that raised is not counted.
+        callbacks = self.trainer.callback_handler.callbacks
+        counts = []
+        for c in _owners(self.trainer):
+            if c not in callbacks:
+                c._missed_steps = c._in_train  # removed mid-train (remove_callback): this batch goes uncounted
+            else:
+                if c._missed_steps:  # added back: the Trainer's epoch may have moved on meanwhile
+                    c._back_in(self.trainer.state, epoch_ended=c._epoch is not None
+                               and int(self.trainer.state.epoch or 0) > c._epoch)
+                counts.append((c.tracker, c._counter.count(inputs, c.tracker.run_id)))
+        loss = self._inner(model, inputs, *args, **kwargs)
+        for tracker, (samples, tokens) in counts:
+            tracker.add_samples(samples, tokens=tokens)
+        return loss
+
+
+class _CountingPredictionStep(_Wrapper):
+    def __call__(self, model, inputs, *args, **kwargs):
+        # Per batch, so that a loop that raises leaves the batches it completed in its partial record.
+        counts = [(c, c._counter.count(inputs, c.tracker.run_id)) for c in self._owners() if c._loops]
+        output = self._inner(model, inputs, *args, **kwargs)
+        for callback, (samples, tokens) in counts:
+            callback._count_batch(samples, tokens)
+        return output
 
 
 def _merge(trainer: Trainer | None, metrics: dict, values: dict[str, float]) -> None:
@@ -701,43 +809,52 @@ def _keep_out_of_default_objective(trainer: Trainer) -> None:
     objective = trainer.__dict__.get("compute_objective")
     if default is None or objective is not default:
         return  # no search, the user's own objective, or already wrapped
-    merged = trainer.__dict__.setdefault(_MERGED, set())
-
-    @functools.wraps(objective)
-    def objective_without_energy(metrics):
-        return objective({k: v for k, v in metrics.items() if k not in merged})
-
-    trainer.compute_objective = objective_without_energy
+    trainer.__dict__.setdefault(_MERGED, set())
+    trainer.compute_objective = _ObjectiveWithoutEnergy(trainer, "compute_objective")
 
 
-def _measured_loop(trainer: Trainer, name: str, owners):
-    loop = getattr(trainer, name)
-    # The method called (maybe a subclass's override, `*args, **kwargs`) and Trainer's own, whose
-    # parameter names and defaults its callers (evaluate, predict) follow.
-    methods = [loop]
-    if getattr(Trainer, name, None) is not None:
-        methods.append(getattr(Trainer, name).__get__(trainer))
-    signatures = []
-    for method in methods:
-        try:
-            signatures.append(inspect.signature(method))
-        except (TypeError, ValueError):
-            pass  # none readable: every loop runs unmeasured, with the warning below
-    warned = []
+class _ObjectiveWithoutEnergy(_Wrapper):
+    def __call__(self, metrics):
+        merged = self.trainer.__dict__.get(_MERGED, ())
+        return self._inner({k: v for k, v in metrics.items() if k not in merged})
 
-    @functools.wraps(loop)
-    def measured(*args, **kwargs):
-        callbacks = owners()
+
+class _MeasuredLoop(_Wrapper):
+    """An evaluation or prediction loop method, measured for the Trainer's callbacks."""
+
+    def __init__(self, trainer: Trainer, name: str) -> None:
+        super().__init__(trainer, name)
+        self.name = name
+        self.warned = False
+
+    def signatures(self) -> list:
+        """Those of the method called (maybe a subclass's override, ``*args, **kwargs``) and of
+        Trainer's own, whose parameter names and defaults its callers (evaluate, predict) follow.
+        Read at each loop (tens of microseconds), not kept: the wrapper pickles with its Trainer."""
+        methods = [self.__wrapped__]
+        if getattr(Trainer, self.name, None) is not None:
+            methods.append(getattr(Trainer, self.name).__get__(self.trainer))
+        signatures = []
+        for method in methods:
+            try:
+                signatures.append(inspect.signature(method))
+            except (TypeError, ValueError):
+                pass  # none readable: every loop runs unmeasured, with the warning below
+        return signatures
+
+    def __call__(self, *args, **kwargs):
+        trainer = self.trainer
+        callbacks = self._owners()
         if not callbacks:
-            return loop(*args, **kwargs)
+            return self._inner(*args, **kwargs)
         try:
-            description, prefix, dataloader = _loop_arguments(signatures, args, kwargs)
+            description, prefix, dataloader = _loop_arguments(self.signatures(), args, kwargs)
         except Exception as error:  # noqa: BLE001 - never break evaluation: run it unmeasured
-            if not warned:
-                warned.append(True)
-                warn(f"greencallbacks: could not read the arguments of {type(trainer).__name__}.{name} ({error!r}); "
-                     "its evaluation and prediction loops are not measured.")
-            return loop(*args, **kwargs)
+            if not self.warned:
+                self.warned = True
+                warn(f"greencallbacks: could not read the arguments of {type(trainer).__name__}.{self.name} "
+                     f"({error!r}); its evaluation and prediction loops are not measured.")
+            return self._inner(*args, **kwargs)
         began = []
         for callback in callbacks:
             try:
@@ -746,7 +863,7 @@ def _measured_loop(trainer: Trainer, name: str, owners):
             except Exception as error:  # noqa: BLE001
                 warn(f"greencallbacks: could not begin measuring {prefix} ({error!r}).")
         try:
-            output = loop(*args, **kwargs)
+            output = self._inner(*args, **kwargs)
         except BaseException:
             for callback in callbacks:
                 callback._abort(state=trainer.state)
@@ -759,8 +876,6 @@ def _measured_loop(trainer: Trainer, name: str, owners):
             except Exception as error:  # noqa: BLE001
                 warn(f"greencallbacks: could not measure {prefix} ({error!r}).")
         return output
-
-    return measured
 
 
 def _samples_run(dataloader) -> int | None:
