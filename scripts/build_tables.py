@@ -7,7 +7,7 @@ temporary folder; nothing is installed. Pin the versions below to refresh the nu
     python scripts/build_tables.py                 # writes src/greencallbacks/data/*.csv
     python scripts/build_tables.py --work /tmp/x   # keep the downloads for inspection
 
-Tables written (each row carries its own source, year and licence; line 1 is a '#' comment):
+Tables written (each row carries its own source, year, licence and basis; line 1 is a '#' comment):
 - grid_countries.csv   country grid intensity (Our World in Data `carbon_intensity_elec`, from
                        Ember and the Energy Institute), as copied into the codecarbon wheel
 - grid_world.csv       world average (Ember), as carried by the npm package @tgwf/co2
@@ -54,7 +54,16 @@ GCP_SOURCE = "Google Cloud region carbon data (grid carbon intensity)"
 GCP_YEAR = 2023
 GCP_LICENCE = "Apache-2.0"
 
-# Kosovo has no ISO 3166-1 entry; XK/XKX are the codes in common use.
+# What each source counts, written in every row's `basis` column (SOURCES.md says more). Ember's
+# figures are life-cycle: fuel supply chains (upstream methane) and the plants' construction
+# included. eGRID's are the plants' own stack emissions, and Google calls its figure "operational
+# gross emissions": direct. For one grid the direct figure is the lower one, so figures of
+# different bases do not compare; no factor between them is applied here.
+LIFECYCLE = "life-cycle"
+DIRECT = "direct"
+
+# Kosovo has no ISO 3166-1 entry; XK/XKX are the codes in common use. The codecarbon 3.3.2 data has
+# no Kosovo row, so this applies only if a later version adds one.
 EXTRA_ALPHA2 = {"XKX": "XK"}
 
 # Upstream typos fixed on the way in.
@@ -222,7 +231,7 @@ def build_countries(paths: dict[str, Path]) -> list[list[object]]:
         )
         rows.append([
             alpha3, alpha2, name, "|".join(aliases), round(float(entry["carbon_intensity"]), 3),
-            int(entry["year"]), OWID_SOURCE, OWID_LICENCE,
+            int(entry["year"]), LIFECYCLE, OWID_SOURCE, OWID_LICENCE,
         ])
     return rows
 
@@ -232,7 +241,7 @@ def build_world(paths: dict[str, Path]) -> list[list[object]]:
     match = re.search(r'"WORLD":\s*([0-9.eE+]+)', text)
     if not match:
         raise SystemExit("no WORLD value in @tgwf/co2 average intensities")
-    return [["world", float(match.group(1)), EMBER_WORLD_YEAR, EMBER_WORLD_SOURCE, "CC-BY-4.0"]]
+    return [["world", float(match.group(1)), EMBER_WORLD_YEAR, LIFECYCLE, EMBER_WORLD_SOURCE, "CC-BY-4.0"]]
 
 
 def build_us_states(paths: dict[str, Path]) -> list[list[object]]:
@@ -245,7 +254,8 @@ def build_us_states(paths: dict[str, Path]) -> list[list[object]]:
         if state_name.startswith("_") or entry["regionCode"] == "usa":
             continue
         g_per_kwh = round(entry["emissions"] * G_PER_KWH_PER_LB_PER_MWH, 3)
-        rows.append([f"US-{entry['regionCode']}", string.capwords(state_name).replace(" Of ", " of "), g_per_kwh, int(about["year"]), source, EGRID_LICENCE])
+        rows.append([f"US-{entry['regionCode']}", string.capwords(state_name).replace(" Of ", " of "), g_per_kwh,
+                     int(about["year"]), DIRECT, source, EGRID_LICENCE])
     return rows
 
 
@@ -257,14 +267,15 @@ def build_cloud_regions(paths: dict[str, Path], grid_zones: set[str]) -> list[li
             continue
         region = GCP_REGION_FIXES.get(entry["region"], entry["region"])
         location = ", ".join(part for part in (entry["city"], entry["state"], entry["country_name"]) if part)
-        rows.append(["gcp", region, location, entry["countryIsoCode"], float(entry["impact"]), GCP_YEAR, GCP_SOURCE, GCP_LICENCE])
+        rows.append(["gcp", region, location, entry["countryIsoCode"], float(entry["impact"]), GCP_YEAR, DIRECT,
+                     GCP_SOURCE, GCP_LICENCE])
     for provider, mapping in (("aws", AWS_REGION_ZONES), ("azure", AZURE_REGION_ZONES)):
         for region, (location, zone) in sorted(mapping.items()):
             if zone not in grid_zones:
                 raise SystemExit(f"{provider}:{region} maps to {zone}, which no grid table has")
-            # No own value: the intensity is the grid table's value for `zone`.
+            # No own value: the intensity (and its basis) is the grid table's for `zone`.
             rows.append([
-                provider, region, location, zone, "", "",
+                provider, region, location, zone, "", "", "",
                 f"{PROVIDER_NAMES[provider]} public region list (location only)", "location only",
             ])
     return rows
@@ -290,31 +301,33 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out
     write_table(
         out / "grid_countries.csv",
-        f"Country grid carbon intensity, gCO2eq/kWh, latest year per country; {OWID_SOURCE}; "
+        f"Country grid carbon intensity, gCO2eq/kWh, latest year per country, life-cycle; {OWID_SOURCE}; "
         f"{OWID_LICENCE}; copied from codecarbon {CODECARBON_VERSION} (MIT); ISO codes from pycountry "
         f"{PYCOUNTRY_VERSION}; {built}",
-        ["alpha3", "alpha2", "name", "aliases", "g_per_kwh", "year", "source", "licence"],
+        ["alpha3", "alpha2", "name", "aliases", "g_per_kwh", "year", "basis", "source", "licence"],
         countries,
     )
     write_table(
         out / "grid_world.csv",
-        f"World average grid carbon intensity, gCO2eq/kWh; Ember (CC-BY-4.0) via @tgwf/co2 {CO2JS_VERSION} "
+        f"World average grid carbon intensity, gCO2eq/kWh, life-cycle; Ember (CC-BY-4.0) via @tgwf/co2 {CO2JS_VERSION} "
         f"(Apache-2.0 code); {built}",
-        ["zone", "g_per_kwh", "year", "source", "licence"],
+        ["zone", "g_per_kwh", "year", "basis", "source", "licence"],
         world,
     )
     write_table(
         out / "grid_us_states.csv",
-        f"US state grid carbon intensity, gCO2eq/kWh (eGRID lb/MWh x {G_PER_KWH_PER_LB_PER_MWH}); EPA eGRID, "
+        f"US state grid carbon intensity, gCO2eq/kWh (eGRID lb/MWh x {G_PER_KWH_PER_LB_PER_MWH}), direct emissions of "
+        f"the plants only (not life-cycle: not comparable with the country table); EPA eGRID, "
         f"public domain; copied from codecarbon {CODECARBON_VERSION} (MIT); {built}",
-        ["zone", "name", "g_per_kwh", "year", "source", "licence"],
+        ["zone", "name", "g_per_kwh", "year", "basis", "source", "licence"],
         states,
     )
     write_table(
         out / "cloud_regions.csv",
-        f"Cloud regions: GCP rows carry Google's grid intensity (Apache-2.0, via codecarbon {CODECARBON_VERSION}); "
+        f"Cloud regions: GCP rows carry Google's grid intensity, operational (direct) emissions (Apache-2.0, via "
+        f"codecarbon {CODECARBON_VERSION}); "
         f"AWS/Azure rows name the grid-table zone they resolve to; {built}",
-        ["provider", "region", "location", "zone", "g_per_kwh", "year", "source", "licence"],
+        ["provider", "region", "location", "zone", "g_per_kwh", "year", "basis", "source", "licence"],
         regions,
     )
     write_table(

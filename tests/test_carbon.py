@@ -840,3 +840,100 @@ def test_an_empty_series_path_is_named_as_given_and_a_provider_must_be_a_name() 
     for region in ("us-east-1", "aws:us-east-1"):
         with pytest.raises(ValueError, match=r"provider must be one of aws, azure, gcp \(a string\), got 1"):
             Carbon(provider=1, region=region)  # type: ignore[arg-type]
+
+
+# --- bases, common names, ambiguity -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "basis", "label"),
+    [
+        ({"country": "FR"}, "life-cycle", "life-cycle emissions"),
+        ({"zone": "world"}, "life-cycle", "life-cycle emissions"),
+        ({}, "life-cycle", "life-cycle emissions"),  # the default world average
+        ({"zone": "US-CA"}, "direct", "direct (combustion) emissions only"),
+        ({"region": "gcp:europe-west1"}, "direct", "direct (combustion) emissions only"),
+        ({"region": "aws:us-east-1"}, "direct", "direct (combustion) emissions only"),  # via US-VA
+        ({"region": "azure:westeurope"}, "life-cycle", "life-cycle emissions"),  # via NLD
+    ],
+)
+def test_every_intensity_says_whether_it_is_life_cycle_or_direct(kwargs, basis, label) -> None:
+    """Countries and the world average are Ember's life-cycle figures, US states eGRID's direct
+    ones: the label says which, so a comparison across them shows it mixes bases."""
+    intensity = Carbon(**kwargs).intensity_between(0, 1)
+    assert intensity.basis == basis
+    assert intensity.source.endswith(label)
+
+
+def test_every_grid_row_has_a_basis_and_the_tables_keep_theirs_apart() -> None:
+    for file_name in ("grid_countries.csv", "grid_world.csv", "grid_us_states.csv"):
+        assert {row["basis"] for row in table_rows(file_name)} == (
+            {"direct"} if file_name == "grid_us_states.csv" else {"life-cycle"})
+    for row in table_rows("cloud_regions.csv"):
+        # GCP carries Google's own (operational, direct) figure; AWS/Azure take their zone's basis.
+        assert row["basis"] == ("direct" if row["provider"] == "gcp" else "")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "zone"),
+    [
+        ({"country": "UK"}, "GBR"),
+        ({"country": "Great Britain"}, "GBR"),
+        ({"country": "Holland"}, "NLD"),
+        ({"country": "The Netherlands"}, "NLD"),
+        ({"country": "Ivory Coast"}, "CIV"),
+        ({"country": "UAE"}, "ARE"),
+        ({"country": "Turkiye"}, "TUR"),
+        ({"zone": "California"}, "US-CA"),
+        ({"zone": "new york"}, "US-NY"),
+        ({"zone": "Holland"}, "NLD"),
+        ({"region": "West Europe"}, "azure:westeurope"),
+        ({"region": "East US"}, "azure:eastus"),
+        ({"region": "azure:East US 2"}, "azure:eastus2"),
+        ({"region": "aws: us-east-1"}, "aws:us-east-1"),
+        ({"region": "West Europe", "provider": "azure"}, "azure:westeurope"),
+    ],
+)
+def test_common_names_and_display_names_resolve(kwargs, zone) -> None:
+    assert Carbon(**kwargs).describe()["zone"] == zone
+
+
+def test_a_providers_own_region_name_wins_over_a_respelling() -> None:
+    # GCP's us-east1 is a region of its own (South Carolina), not AWS's us-east-1 without a hyphen.
+    assert Carbon(region="us-east1").describe()["zone"] == "gcp:us-east1"
+    assert Carbon(region="us-east-1").describe()["zone"] == "aws:us-east-1"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "says"),
+    [
+        ({"country": "Korea"}, ["country 'Korea' is ambiguous", "South Korea", "KOR", "North Korea", "PRK"]),
+        ({"zone": "Korea"}, ["zone 'Korea' is ambiguous", "KOR", "PRK"]),
+        ({"zone": "Georgia"}, ["zone 'Georgia' is ambiguous", "GEO", "US-GA"]),
+        ({"region": "useast1"}, ["region 'useast1' is ambiguous", "aws:us-east-1", "gcp:us-east1"]),
+    ],
+)
+def test_a_name_of_several_places_is_refused_naming_each(kwargs, says) -> None:
+    with pytest.raises(ValueError) as error:
+        Carbon(**kwargs)
+    for text in says:
+        assert text in str(error.value)
+
+
+def test_georgia_the_country_is_a_country() -> None:
+    assert Carbon(country="Georgia").describe()["zone"] == "GEO"
+
+
+def test_a_us_state_given_as_a_country_points_to_its_zone() -> None:
+    with pytest.raises(ValueError) as error:
+        Carbon(country="California")
+    message = str(error.value)
+    assert message.startswith("unknown country 'California'") and "zone='US-CA'" in message
+    assert "New Caledonia" not in message
+
+
+def test_sources_md_claims_no_row_the_country_table_lacks() -> None:
+    """SOURCES.md said Kosovo was added by hand; no row was. The upstream data has none."""
+    sources = (DATA_DIR / "SOURCES.md").read_text(encoding="utf-8")
+    has_kosovo = any(row["alpha3"] == "XKX" for row in table_rows("grid_countries.csv"))
+    assert has_kosovo or ("Kosovo has no row" in sources and "added by hand" not in sources.split("## Embodied")[0])

@@ -281,3 +281,22 @@ def test_identical_gpus_are_one_counted_component_and_huge_hours_name_hours():
     # Its seconds past the largest float: said of hours, the argument given, not of duration_s.
     with pytest.raises(ValueError, match=r"^hours must be small enough to count in seconds"):
         estimate_embodied(hours=1e308, gpu="H100 SXM")
+
+
+def test_a_device_of_a_two_die_board_is_billed_half_the_boards_footprint(monkeypatch):
+    """An estimate counts devices (8 MI250X devices = 4 boards); a footprint would be the board's.
+    No MI250X footprint is published, so a made-up per-board row stands in for one here."""
+    from dataclasses import replace
+
+    import greencallbacks.embodied as embodied
+    from greencallbacks.embodied import estimate_embodied
+
+    board = replace(footprints()["H100 SXM"], key="MI250X", kgco2eq=200.0, low_kgco2eq=100.0, high_kgco2eq=300.0)
+    monkeypatch.setattr(embodied, "footprints", lambda: {**footprints(), "MI250X": board})
+    result = estimate_embodied(hours=10, gpu="AMD Instinct MI250X", gpus=8)
+    assert result["embodied_co2eq_g"] == pytest.approx(amortised_g(4 * 200.0, 10 * 3600))
+    assert result["embodied_co2eq_g_high"] == pytest.approx(amortised_g(4 * 300.0, 10 * 3600))
+    assert "x 0.5 (a device's share of its board of 2)" in result["embodied_sources"][0]["billed"][0]
+    # A one-device board is billed whole, as before.
+    h100 = estimate_embodied(hours=10, gpu="H100 SXM", gpus=8)
+    assert h100["embodied_co2eq_g"] == pytest.approx(amortised_g(8 * footprints()["H100 SXM"].kgco2eq, 10 * 3600))

@@ -180,3 +180,74 @@ def test_a_core_count_past_any_float_is_an_overflow_not_an_internal_error():
 
     with pytest.raises(EstimateOverflowError, match="cpu_cores is too large"):
         estimate(hours=1, cpu_cores=10**400)
+
+
+@pytest.mark.parametrize(
+    "place, zone",
+    [("us-east-1", "aws:us-east-1"), ("westeurope", "azure:westeurope"), ("West Europe", "azure:westeurope"),
+     ("California", "US-CA"), ("UK", "GBR")],
+)
+def test_compare_takes_every_name_the_location_arguments_take(place, zone):
+    """--compare refused the bare region names --region accepts (it took only names with ':')."""
+    from greencallbacks.carbon import Carbon
+
+    kind = "region" if ":" in zone else "zone"
+    (row,) = estimate(gpu="T4", hours=1, intensity=100.0, compare=[place])["compare"]
+    expected = Carbon(**{kind: place}).intensity_between(0, 1)
+    assert row["zone"] == place and row["g_per_kwh"] == expected.g_per_kwh and zone in row["source"]
+
+
+def test_a_comparison_across_bases_says_so_and_one_of_one_basis_does_not():
+    from greencallbacks.estimate import format_estimate
+
+    mixed = format_estimate(estimate(gpu="T4", hours=1, country="FR", compare=["US-CA", "aws:us-east-1"]))
+    assert "note: these figures mix bases" in mixed and "life-cycle" in mixed and "direct (combustion)" in mixed
+    same = format_estimate(estimate(gpu="T4", hours=1, country="FR", compare=["DE", "PL"]))
+    assert "mix bases" not in same
+
+
+@pytest.mark.parametrize("name, board_w", [("AMD Instinct MI250X", 560), ("MI250", 560), ("Tesla K80", 300)])
+def test_a_two_die_board_is_estimated_per_device(name, board_w):
+    """rocm-smi / nvidia-smi list each die as a device: 8 MI250X devices are 4 boards, 2,240 W."""
+    gpu = gpu_power(name)
+    assert gpu.tdp_w == board_w / 2 and gpu.devices_per_board == 2
+    assert f"{board_w // 2} W per device" in gpu.source
+    result = estimate(gpu=name, gpus=8, hours=1, intensity=100.0)
+    assert result["power_w"]["gpu"] == pytest.approx(4 * board_w)
+    assert gpu_power("MI300X").tdp_w == 750 and gpu_power("MI300X").devices_per_board == 1
+
+
+def test_the_command_line_counts_devices(capsys):
+    from greencallbacks.cli import main
+
+    assert main(["estimate", "--gpu", "AMD Instinct MI250X", "--gpus", "8", "--hours", "1", "--intensity", "100"]) == 0
+    out = capsys.readouterr().out
+    assert "= 2240 W" in out and "4480" not in out
+    with pytest.raises(SystemExit):
+        main(["estimate", "--help"])
+    gpus_help = " ".join(capsys.readouterr().out.split("\n  --gpus GPUS")[1].split("--hours")[0].split())
+    assert gpus_help.startswith("number of GPU devices as nvidia-smi / rocm-smi list them")
+
+
+@pytest.mark.parametrize(
+    "model, year",
+    [("A100 SXM4 40GB", 2020), ("A100 SXM4 80GB", 2020), ("A100 PCIe 40GB", 2020), ("A100 PCIe 80GB", 2021),
+     ("H100 SXM", 2022), ("H100 PCIe", 2022), ("V100 SXM2", 2017), ("V100 PCIe", 2017), ("H200 SXM", 2023)],
+)
+def test_the_year_column_is_the_year_the_product_was_announced(model, year):
+    from greencallbacks.carbon.tables import table_comment
+
+    assert "the year the product was announced" in table_comment("gpu_power.csv")
+    assert gpu_power(model).year == year
+
+
+def test_a100_sxm4_without_its_memory_size_is_either_variant():
+    """ "A100 SXM4" was an alias of the 40 GB row: its smaller footprint was taken silently."""
+    from greencallbacks.embodied import lookup
+
+    assert gpu_power("A100 SXM4").model == "A100 SXM4 40GB / A100 SXM4 80GB"
+    footprint, _ = lookup("A100 SXM4")
+    assert footprint is not None and footprint.key == "A100 SXM4 40GB / A100 SXM4 80GB" and footprint.kgco2eq == 150
+    assert estimate(gpu="A100 SXM4", hours=1, intensity=1.0)["embodied"] == estimate(
+        gpu="A100 SXM", hours=1, intensity=1.0)["embodied"]
+    assert lookup("NVIDIA A100-SXM4-40GB")[0].kgco2eq == 127.6  # the memory size given: that row

@@ -481,3 +481,22 @@ def test_an_answer_sent_slowly_is_cut_off_at_the_timeout(monkeypatch):
         _join_requests()
         server.close()
     assert "fallback: static table" in intensity.source and "because: timeout after 0.2 s" in intensity.source
+
+
+@pytest.mark.parametrize(
+    "zone, fallback",
+    [("US-NY-NYIS", "US-NY"), ("US-CAL-CISO", "US-CA"), ("US-TEX-ERCO", "US-TX"), ("US-FLA-FPL", "US-FL"),
+     ("US-NE-ISNE", "USA"),  # New England, not Nebraska (NE)
+     ("US-MIDA-PJM", "USA")],  # thirteen states: the national row
+)
+def test_an_offline_us_zone_falls_back_to_its_state_when_it_lies_in_one(api, monkeypatch, zone, fallback):
+    """US-NY-NYIS fell back to the national (life-cycle) value though the table has New York."""
+    from greencallbacks.carbon.intensity import zone_intensity
+
+    monkeypatch.delenv("ELECTRICITYMAPS_TOKEN", raising=False)
+    source = ElectricityMapsSource(zone, base_url=api.url + "/v3")
+    with pytest.warns(Warning):
+        intensity = source.mean_between(T0, T0 + 60)
+    expected = zone_intensity(fallback)
+    assert intensity.g_per_kwh == pytest.approx(expected.g_per_kwh)
+    assert f", {fallback}; " in intensity.source and api.requests == []

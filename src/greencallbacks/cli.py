@@ -349,7 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
     est.add_argument("--gpu", help="GPU model, e.g. 'H100 SXM', 'A100 PCIe 40GB', T4 (datasheet TDP)")
     est.add_argument("--gpu-tdp", type=_watts("MAX_DECLARED_W"), metavar="W",
                      help="GPU power in watts, for a GPU not in the table (up to 1,000,000)")
-    est.add_argument("--gpus", type=_positive_int, help="number of GPUs, up to 1,000,000 (default 1)")
+    est.add_argument("--gpus", type=_positive_int,
+                     help="number of GPU devices as nvidia-smi / rocm-smi list them (a two-die MI250X or K80 board "
+                          "is two), up to 1,000,000 (default 1)")
     est.add_argument("--hours", type=_positive_float, required=True, help="wall-clock hours")
     cpu = est.add_mutually_exclusive_group()
     cpu.add_argument("--cpu-tdp", type=_watts("MAX_CPU_TDP_W"), metavar="W",
@@ -358,7 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
     est.add_argument("--cpu-w-per-core", type=_positive_float, metavar="W", help="watts per core (default 10)")
     est.add_argument("--memory-gb", type=_non_negative_float, default=0.0, help="memory in GB, at 0.37 W/GB")
     est.add_argument("--usage", type=float, help="mean share of GPU TDP drawn, in (0, 1] (default 1)")
-    est.add_argument("--compare", type=_comma_list, metavar="FR,DE,...", help="the same energy at other zones")
+    est.add_argument("--compare", type=_comma_list, metavar="FR,DE,...",
+                     help="the same energy at other zones or cloud regions")
     est.add_argument("--embodied-host", choices=["server"], help="also bill the host server's manufacturing footprint")
     est.add_argument("--host-share", type=_positive_float, metavar="SHARE",
                      help="with --embodied-host: share of the host the job occupies, in (0, 1] (default 1)")

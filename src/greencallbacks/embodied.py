@@ -321,8 +321,9 @@ def embodied_for(
                 continue
             share = _gpu_share(component, name)
             count = _gpu_count(component, name)
+            share_of = _field(component, "share_of") or "its share of the device"
             bill(footprint, share * count, f"{name} ({model})" + (f", {count} devices" if count != 1 else "")
-                 + (f" x {share:.4g} (its share of the device)" if share != 1.0 else ""))
+                 + (f" x {share:.4g} ({share_of})" if share != 1.0 else ""))
         elif kind in ("cpu", "dram", "ram"):
             host_parts.append(name)
         else:
@@ -361,7 +362,10 @@ def estimate_embodied(
     """Ex-ante embodied CO2eq of ``gpus`` x ``gpu`` (and optionally the host) for ``hours``.
 
     For ``greencallbacks estimate``: the same table and amortisation as ``embodied_for``, from a
-    model name instead of measured components. Returns ``Embodied.to_dict()`` plus the inputs.
+    model name instead of measured components. ``gpus`` counts devices, as the power estimate does:
+    a device of a two-die board (K80, MI250, MI250X) is billed half the board's footprint (a
+    footprint is per board, as a product carbon footprint would give it). Returns
+    ``Embodied.to_dict()`` plus the inputs.
     """
     if not (math.isfinite(as_float(hours)) and hours > 0):
         raise ValueError(f"hours must be a finite number > 0, got {shown(hours)}")
@@ -376,6 +380,9 @@ def estimate_embodied(
     components: list[dict[str, Any]] = [] if gpu is None else [
         {"name": "gpu0" if gpus == 1 else f"gpu0-gpu{gpus - 1}", "kind": "gpu", "model": gpu, "count": gpus}
     ]
+    per_board = 1 if gpu is None else _devices_per_board(gpu)
+    if per_board > 1:
+        components[0].update(share=1.0 / per_board, share_of=f"a device's share of its board of {per_board}")
     if host is not None:
         components.append({"name": "host", "kind": "cpu"})
     result = embodied_for(
@@ -390,6 +397,17 @@ def estimate_embodied(
         utilisation=utilisation,
     )
     return {**result.to_dict(), "hours": float(hours), "lifetime_years": float(lifetime_years), "utilisation": float(utilisation)}
+
+
+def _devices_per_board(model: str) -> int:
+    """How many devices (dies that nvidia-smi / rocm-smi list) one board of ``model`` holds; 1 for
+    an unknown model, which ``lookup`` leaves out and says why."""
+    from greencallbacks.estimate import gpu_power
+
+    try:
+        return gpu_power(model.split(" / ")[0]).devices_per_board
+    except ValueError:
+        return 1
 
 
 def _mass(grams: float) -> str:

@@ -5,7 +5,9 @@ The model of the ML Emissions Calculator and Green Algorithms:
     energy = hours x (gpus x gpu_tdp x usage + cpu_w x cpu_usage + memory_gb x 0.37 W/GB) x PUE
     CO2eq  = energy x carbon intensity
 
-GPU power comes from ``data/gpu_power.csv`` (vendor datasheets), CPU power from cores x W/core or
+GPUs are counted as devices, as nvidia-smi, rocm-smi and torch list them: a two-die board (K80,
+MI250, MI250X) is two devices, each half the board's power. GPU power comes from
+``data/gpu_power.csv`` (vendor datasheets), CPU power from cores x W/core or
 a TDP, memory from W/GB. Everything here is estimated, never measured, and every result says so.
 Plain Python; only the carbon tables are read.
 """
@@ -22,7 +24,7 @@ from functools import lru_cache
 from typing import Iterable, Sequence
 
 from greencallbacks.carbon import Carbon, Intensity
-from greencallbacks.carbon.intensity import MAX_INTENSITY_G_PER_KWH, region_intensity, zone_intensity
+from greencallbacks.carbon.intensity import BASIS_LABELS, MAX_INTENSITY_G_PER_KWH, place_intensity
 from greencallbacks.sensors.estimate import DEFAULT_RAM_W_PER_GB, DEFAULT_W_PER_CORE
 from greencallbacks.textformat import pue_text
 from greencallbacks.units import J_PER_KWH
@@ -38,10 +40,11 @@ _NOISE_WORDS = ("nvidia", "tesla", "geforce", "amd", "instinct", "radeon")
 @dataclass(frozen=True)
 class GpuPower:
     model: str
-    tdp_w: float
+    tdp_w: float  # per device: the board's power shared among its devices_per_board
     vendor: str
     year: int | None
     source: str
+    devices_per_board: int = 1
 
 
 def _words(name: str) -> list[str]:
@@ -85,12 +88,17 @@ def gpu_table() -> tuple[tuple[GpuPower, tuple[str, ...]], ...]:
 
     table = []
     for row in read_rows(GPU_TABLE):
+        board_w, devices = float(row["tdp_w"]), int(row["devices"])
+        source = row["source"]
+        if devices > 1:  # each die is a device of its own to nvidia-smi / rocm-smi, and is counted so
+            source += f"; {devices} devices per board, {board_w / devices:g} W per device"
         gpu = GpuPower(
             model=row["model"],
-            tdp_w=float(row["tdp_w"]),
+            tdp_w=board_w / devices,
             vendor=row["vendor"],
             year=int(row["year"]) if row["year"].strip() else None,
-            source=row["source"],
+            source=source,
+            devices_per_board=devices,
         )
         names = [row["model"], *(alias for alias in row["aliases"].split("|") if alias)]
         table.append((gpu, tuple(_normalise(n) for n in names)))
@@ -102,7 +110,8 @@ def list_gpus() -> list[str]:
 
 
 def gpu_power(model: str) -> GpuPower:
-    """The datasheet power of ``model`` (any case; ``NVIDIA``/``Tesla`` prefixes and punctuation ignored).
+    """The datasheet power of one device of ``model`` (any case; ``NVIDIA``/``Tesla`` prefixes and
+    punctuation ignored): the board's, or its share of a board of two devices (``MI250X``: 280 W).
 
     An exact model or alias is accepted, and so is a prefix whose every match has the same power
     ("A100 SXM": 40 GB and 80 GB, both 400 W). A prefix whose matches differ ("H100": SXM 700 W or
@@ -116,7 +125,7 @@ def gpu_power(model: str) -> GpuPower:
         if wanted in names:
             return gpu
     fitting = [gpu for gpu, names in gpu_table() if any(_begins(n, wanted) for n in names)]
-    if len(fitting) > 1 and len({g.tdp_w for g in fitting}) == 1:
+    if len(fitting) > 1 and len({(g.tdp_w, g.devices_per_board) for g in fitting}) == 1:
         # Variants that differ only in what does not change the power (memory size): no guess is made.
         years = {g.year for g in fitting}
         return GpuPower(
@@ -125,6 +134,7 @@ def gpu_power(model: str) -> GpuPower:
             vendor=fitting[0].vendor,
             year=years.pop() if len(years) == 1 else None,
             source="; ".join(dict.fromkeys(g.source for g in fitting)),
+            devices_per_board=fitting[0].devices_per_board,
         )
     if len(fitting) > 1:
         options = ", ".join(f"{g.model!r} ({g.tdp_w:g} W)" for g in fitting)
@@ -146,10 +156,11 @@ def gpu_power(model: str) -> GpuPower:
 
 
 def intensity_for(place: str) -> Intensity:
-    """The intensity of a zone (``FR``, ``DEU``, ``US-CA``, ``world``) or a cloud region (``gcp:europe-west1``)."""
+    """The intensity of a zone (``FR``, ``DEU``, ``US-CA``, ``world``) or a cloud region, named in
+    any form ``--region`` accepts (``gcp:europe-west1``, ``us-east-1``, ``West Europe``)."""
     if not isinstance(place, str) or not place.strip():
         raise ValueError(f"zone must be a non-empty string, got {place!r}")
-    return region_intensity(place) if ":" in place else zone_intensity(place)
+    return place_intensity(place)
 
 
 def compare_places(energy_kwh: float, places: Iterable[str]) -> list[dict]:
@@ -163,10 +174,20 @@ def compare_places(energy_kwh: float, places: Iterable[str]) -> list[dict]:
                 "g_per_kwh": intensity.g_per_kwh,
                 "source": intensity.source,
                 "year": intensity.year,
+                "basis": intensity.basis,
                 "co2eq_g": energy_kwh * intensity.g_per_kwh,
             }
         )
     return rows
+
+
+def mixed_bases_note(bases: Iterable[str | None]) -> str | None:
+    """A warning when figures of different bases (life-cycle, direct) stand side by side, else None."""
+    known = sorted({basis for basis in bases if basis})
+    if len(known) < 2:
+        return None
+    return (f"these figures mix bases ({' and '.join(BASIS_LABELS[b] for b in known)}): a grid's direct figure "
+            "is lower than its life-cycle one, so part of a difference between them is the basis, not the grid")
 
 
 def _positive(name: str, value: object, *, allow_zero: bool = False) -> float:
@@ -260,7 +281,8 @@ def estimate(
     Args:
         hours: wall-clock hours of the job.
         gpu: a model from ``list_gpus()`` (its datasheet TDP is used), or give ``gpu_tdp_w``.
-        gpus: how many GPUs (>= 1 when a GPU is given).
+        gpus: how many GPU devices, as nvidia-smi / rocm-smi list them (>= 1 when a GPU is given):
+            a two-die board (MI250X, K80) is two.
         usage: mean share of the GPU TDP drawn (1.0: at TDP, the usual upper bound).
         cpu_cores + cpu_w_per_core (default 10 W/core), or cpu_tdp_w (all sockets): the CPU;
         cpu_usage: share of it drawn.
@@ -328,6 +350,7 @@ def estimate(
             "year": where.year,
             "licence": where.licence,
             "is_default": where.is_default,
+            "basis": where.basis,
         },
         "co2eq_g": energy_kwh * where.g_per_kwh,
         "compare": compare_places(energy_kwh, compare),
@@ -393,4 +416,7 @@ def format_estimate(result: dict) -> str:
         lines.append("Same energy elsewhere:")
         for row in result["compare"]:
             lines.append(f"  {row['zone']:<18} {row['g_per_kwh']:>8.4g} g/kWh  {row['co2eq_g'] / 1000:>10.4g} kg  ({row['source']})")
+        note = mixed_bases_note([intensity.get("basis")] + [row.get("basis") for row in result["compare"]])
+        if note:
+            lines.append(f"  note: {note}")
     return "\n".join(lines)

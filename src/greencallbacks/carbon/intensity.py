@@ -1,7 +1,11 @@
 """Static carbon-intensity sources: a number, a country, a US state, a cloud region, the world average.
 
-Every lookup returns an :class:`Intensity` that says where its number came from. Unknown names
-raise ``ValueError`` naming the argument and the closest known names; nothing is guessed.
+Every lookup returns an :class:`Intensity` that says where its number came from and what it counts
+(its ``basis``: life-cycle or direct emissions; the tables mix both, see ``data/SOURCES.md``).
+Names are matched in any case, accents and spacing; common names ISO does not list (``UK``,
+``Holland``) and US state names (``California``) are accepted. Unknown names raise ``ValueError``
+naming the argument and the closest known names, and a name that fits two places (``Korea``,
+``Georgia`` as a zone) names both; nothing is guessed.
 """
 
 from __future__ import annotations
@@ -9,6 +13,8 @@ from __future__ import annotations
 import difflib
 import math
 import numbers
+import re
+import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -23,6 +29,26 @@ USER_ZONE = "user"
 MAX_INTENSITY_G_PER_KWH = 2000.0
 
 CLOUD_PROVIDERS = ("aws", "azure", "gcp")
+
+# How a source label says what its figure counts (tables.BASES). The same grid's direct figure is
+# lower than its life-cycle one, so the label travels into every record, report and comparison.
+BASIS_LABELS = {
+    "life-cycle": "life-cycle emissions",
+    "direct": "direct (combustion) emissions only",
+}
+
+# Common English names that ISO 3166 (the tables' names and aliases) does not list, by alpha-3.
+COMMON_COUNTRY_NAMES = {
+    "UK": "GBR",  # ISO reserves UK for the United Kingdom; its code is GB
+    "GREAT BRITAIN": "GBR",
+    "BRITAIN": "GBR",
+    "HOLLAND": "NLD",
+    "IVORY COAST": "CIV",
+    "UAE": "ARE",
+    "REPUBLIC OF KOREA": "KOR",
+}
+# Names that fit more than one country: refused, naming each (alpha-3 codes).
+AMBIGUOUS_COUNTRY_NAMES = {"KOREA": ("KOR", "PRK")}
 
 # eGRID subregion acronyms. The shipped tables have no subregion values (no registry package
 # carries them), so these are only recognised to give a useful error.
@@ -43,6 +69,7 @@ class Intensity:
     year: int | None
     licence: str
     is_default: bool = False
+    basis: str | None = None  # "life-cycle" or "direct" (tables.BASES); None when not known
 
 
 def validate_intensity(value: object, argument: str = "intensity") -> float:
@@ -68,42 +95,66 @@ def world_average(*, is_default: bool) -> Intensity:
     label = "world average (no location configured)" if is_default else "world average"
     return Intensity(
         g_per_kwh=row.g_per_kwh,
-        source=f"{label}: {row.source} {row.year}",
+        source=f"{label}: {row.source} {row.year}; {BASIS_LABELS[row.basis]}",
         zone=WORLD_AVERAGE_ZONE,
         year=row.year,
         licence=row.licence,
         is_default=is_default,
+        basis=row.basis,
     )
 
 
 def _from_grid_row(row: tables.GridRow) -> Intensity:
     return Intensity(
         g_per_kwh=row.g_per_kwh,
-        source=f"{row.source} {row.year}, {row.zone}",
+        source=f"{row.source} {row.year}, {row.zone}; {BASIS_LABELS[row.basis]}",
         zone=row.zone,
         year=row.year,
         licence=row.licence,
+        basis=row.basis,
     )
+
+
+def _fold(name: str) -> str:
+    """A place name as typed, for lookup: case, accents, spacing and a leading "the" ignored
+    ("the netherlands", "Turkiye" for "Türkiye")."""
+    text = "".join(c for c in unicodedata.normalize("NFKD", name) if not unicodedata.combining(c))
+    words = text.replace("\u2019", "'").upper().split()
+    if len(words) > 1 and words[0] == "THE":
+        words = words[1:]
+    return " ".join(words)
 
 
 @lru_cache(maxsize=None)
 def _country_index() -> dict[str, tables.CountryRow]:
-    """Upper-cased alpha-2, alpha-3, name and aliases -> row."""
+    """Folded alpha-2, alpha-3, name, aliases and common names -> row."""
     index: dict[str, tables.CountryRow] = {}
     for row in tables.countries():
         for key in (row.zone, row.alpha2, row.name, *row.aliases):
-            index.setdefault(key.upper(), row)
+            index.setdefault(_fold(key), row)
+    by_alpha3 = {row.zone: row for row in tables.countries()}
+    for name, alpha3 in COMMON_COUNTRY_NAMES.items():
+        index.setdefault(name, by_alpha3[alpha3])
     return index
 
 
 @lru_cache(maxsize=None)
 def _state_index() -> dict[str, tables.GridRow]:
-    return {row.zone.upper(): row for row in tables.us_states()}
+    """Folded zone (``US-CA``) and name (``California``) -> row."""
+    index = {row.zone.upper(): row for row in tables.us_states()}
+    index.update({_fold(row.name): row for row in tables.us_states()})
+    return index
 
 
 @lru_cache(maxsize=None)
 def _region_index() -> dict[str, tables.CloudRegionRow]:
     return {row.key.lower(): row for row in tables.cloud_regions()}
+
+
+def _squash(name: str) -> str:
+    """A region name with case, spaces, hyphens and underscores ignored: Azure's display names
+    ("West Europe") are its region names ("westeurope") written for people."""
+    return re.sub(r"[\s_-]+", "", name.lower())
 
 
 def _close_matches_message(argument: str, given: str, candidates: list[str]) -> str:
@@ -117,32 +168,59 @@ def _country_candidates() -> list[str]:
     return [name for row in tables.countries() for name in (row.zone, row.alpha2, row.name)]
 
 
+def _zone_candidates() -> list[str]:
+    return [name for row in tables.us_states() for name in (row.zone, row.name)] + _country_candidates()
+
+
+def _country_row(argument: str, given: str) -> tables.CountryRow | None:
+    """The country ``given`` names, None if none; ``ValueError`` naming ``argument`` if it names several."""
+    key = _fold(given)
+    if key in AMBIGUOUS_COUNTRY_NAMES:
+        rows = [row for row in tables.countries() if row.zone in AMBIGUOUS_COUNTRY_NAMES[key]]
+        options = " or ".join(f"{row.name!r} ({row.zone})" for row in rows)
+        raise ValueError(f"{argument} {given!r} is ambiguous: {options}; name the one meant")
+    return _country_index().get(key)
+
+
 def country_intensity(country: str) -> Intensity:
-    """A country by ISO alpha-2, alpha-3 (any case) or name."""
-    row = _country_index().get(country.strip().upper())
-    if row is None:
-        raise ValueError(_close_matches_message("country", country, _country_candidates()))
-    return _from_grid_row(row)
+    """A country by ISO alpha-2, alpha-3 or name (any case), or a common name (``UK``)."""
+    row = _country_row("country", country)
+    if row is not None:
+        return _from_grid_row(row)
+    state = _state_index().get(_fold(country))
+    if state is not None:  # "California": a zone, not a country
+        raise ValueError(f"unknown country {country!r}: it is a US state; give zone={state.zone!r} "
+                         f"(greencallbacks.carbon.list_zones() lists them all)")
+    raise ValueError(_close_matches_message("country", country, _country_candidates()))
 
 
-def zone_intensity(zone: str) -> Intensity:
-    """A US state (``US-CA``), a country code or name, or ``world``."""
-    key = zone.strip().upper()
+def _known_zone(zone: str) -> Intensity | None:
+    """The zone's intensity, None when no zone has the name; ``ValueError`` when it fits two
+    (``Georgia``) or is an eGRID subregion."""
+    key = _fold(zone)
     if key == WORLD_AVERAGE_ZONE.upper():
         return world_average(is_default=False)
     state = _state_index().get(key)
-    if state is not None:
-        return _from_grid_row(state)
-    country = _country_index().get(key)
-    if country is not None:
-        return _from_grid_row(country)
+    country = _country_row("zone", zone)
+    if state is not None and country is not None:  # "Georgia"
+        raise ValueError(f"zone {zone!r} is ambiguous: the country {country.name!r} ({country.zone}) or the "
+                         f"US state {state.name!r} ({state.zone}); give its code")
+    if state is not None or country is not None:
+        return _from_grid_row(state or country)  # type: ignore[arg-type]
     if key in EGRID_SUBREGIONS:
         raise ValueError(
             f"zone {zone!r} is an eGRID subregion, and no subregion table is shipped yet; use the US state "
             f"(e.g. zone='US-CA') or pass the subregion's eGRID value as intensity=..."
         )
-    candidates = [row.zone for row in tables.us_states()] + _country_candidates()
-    raise ValueError(_close_matches_message("zone", zone, candidates))
+    return None
+
+
+def zone_intensity(zone: str) -> Intensity:
+    """A US state (``US-CA`` or ``California``), a country code or name, or ``world``."""
+    found = _known_zone(zone)
+    if found is None:
+        raise ValueError(_close_matches_message("zone", zone, _zone_candidates()))
+    return found
 
 
 def check_provider(provider: object) -> str:
@@ -155,30 +233,41 @@ def check_provider(provider: object) -> str:
     return key
 
 
-def split_region(region: str, provider: str | None = None) -> str:
-    """The canonical ``provider:region`` key for ``region``, from either form of input."""
+def _region_key(region: str, provider: str | None = None) -> str | None:
+    """The ``provider:region`` key of a shipped region that ``region`` names, None if none.
+
+    The provider's own name is matched first (any case), so ``us-east1`` stays GCP's region; then
+    one written with other spaces and hyphens (``West Europe``, ``aws: us-east-1``). A bare name is
+    taken when exactly one provider has it; when several do, ``ValueError`` names them.
+    """
     provider_key = None if provider is None else check_provider(provider)
     text = region.strip().lower()
+    prefix = provider_key
     if ":" in text:
-        prefix, _, name = text.partition(":")
+        prefix, _, text = (part.strip() for part in text.partition(":"))
         if provider_key is not None and provider_key != prefix:
             raise ValueError(f"region {region!r} conflicts with provider {provider!r}")
-        return f"{prefix}:{name}"
-    if provider_key is not None:
-        return f"{provider_key}:{text}"
-    # A bare region name is accepted only when exactly one provider has it.
-    owners = [key for key in _region_index() if key.split(":", 1)[1] == text]
-    if len(owners) == 1:
-        return owners[0]
-    return text
+    keys = [key for key in _region_index() if prefix is None or key.split(":", 1)[0] == prefix]
+    for same in (lambda name: name == text, lambda name: _squash(name) == _squash(text)):
+        found = [key for key in keys if same(key.split(":", 1)[1])]
+        if len(found) > 1:
+            raise ValueError(f"region {region!r} is ambiguous: {', '.join(map(repr, found))}; name the provider's "
+                             f"region as it writes it, or prefix the provider")
+        if found:
+            return found[0]
+    return None
+
+
+def split_region(region: str, provider: str | None = None) -> str:
+    """The canonical ``provider:region`` key for ``region``, from any form of input it accepts."""
+    key = _region_key(region, provider)
+    if key is None:
+        raise ValueError(_close_matches_message("region", region, [row.key for row in tables.cloud_regions()]))
+    return key
 
 
 def region_row(region: str, provider: str | None = None) -> tables.CloudRegionRow:
-    key = split_region(region, provider)
-    row = _region_index().get(key)
-    if row is None:
-        raise ValueError(_close_matches_message("region", region, [row.key for row in tables.cloud_regions()]))
-    return row
+    return _region_index()[split_region(region, provider)]
 
 
 def region_intensity(region: str, provider: str | None = None) -> Intensity:
@@ -187,10 +276,11 @@ def region_intensity(region: str, provider: str | None = None) -> Intensity:
     if row.g_per_kwh is not None:
         return Intensity(
             g_per_kwh=row.g_per_kwh,
-            source=f"{row.source} {row.year}, {row.key} ({row.location})",
+            source=f"{row.source} {row.year}, {row.key} ({row.location}); {BASIS_LABELS[row.basis]}",
             zone=row.key,
             year=row.year,
             licence=row.licence,
+            basis=row.basis,
         )
     grid = zone_intensity(row.zone)
     return Intensity(
@@ -199,7 +289,23 @@ def region_intensity(region: str, provider: str | None = None) -> Intensity:
         zone=row.key,
         year=grid.year,
         licence=grid.licence,
+        basis=grid.basis,
     )
+
+
+def place_intensity(place: str) -> Intensity:
+    """A zone or a cloud region, in any form ``zone=`` or ``region=`` accepts (``FR``, ``US-CA``,
+    ``aws:us-east-1``, ``us-east-1``, ``West Europe``): for lists of places to compare."""
+    if ":" in place:
+        return region_intensity(place)
+    found = _known_zone(place)
+    if found is not None:
+        return found
+    key = _region_key(place)  # a name that several providers' regions fit says so
+    if key is None:
+        candidates = _zone_candidates() + [row.key for row in tables.cloud_regions()]
+        raise ValueError(_close_matches_message("zone", place, candidates))
+    return region_intensity(key)
 
 
 def list_zones() -> list[str]:

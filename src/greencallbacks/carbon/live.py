@@ -7,8 +7,8 @@ Nothing here touches the network at import or construction. A request is made th
 interval falls in a time bucket (default 15 minutes), on a thread of its own that the caller (the
 training thread, at a boundary) waits for ``WAIT_AT_BOUNDARY_S`` at most, and its answer, or its
 failure, is cached for that bucket: a run with many short phases makes at most one request per bucket. When a request
-fails (timeout, HTTP error, malformed answer) the static table value for the zone's country (or
-the world average) is used instead, and the ``Intensity.source`` of every affected result says
+fails (timeout, HTTP error, malformed answer) the static table value for the zone's US state or
+country (or the world average) is used instead, and the ``Intensity.source`` of every affected result says
 so and why. Secrets (tokens, passwords) are sent in headers only and are redacted from every
 text this module produces: sources, warnings and exceptions.
 """
@@ -66,10 +66,21 @@ def _iso_seconds(unix_s: float) -> str:
     return datetime.fromtimestamp(unix_s, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+# Electricity Maps names US zones US-<region>-<balancing authority>. A region that lies in one state
+# falls back to that state's row; the others span several states (US-NE is New England, not
+# Nebraska; US-MIDA-PJM, all or part of thirteen states) and fall back to the national row.
+_US_REGION_STATES = {"CAL": "US-CA", "FLA": "US-FL", "NY": "US-NY", "TEX": "US-TX"}
+
+
 def static_fallback(zone: str | None) -> Intensity:
-    """The static table value for a provider zone (``DE``, ``US-CAL-CISO``, ``GB``), else the world average."""
+    """The static table value for a provider zone (``DE``, ``US-CAL-CISO``, ``GB``): the zone itself,
+    else its US state (``US-NY-NYIS``: ``US-NY``), else its country, else the world average."""
     if zone:
-        for candidate in (zone, zone.split("-")[0], zone.split("_")[0]):
+        parts = zone.upper().split("-")
+        state = _US_REGION_STATES.get(parts[1], "") if len(parts) > 2 and parts[0] == "US" else ""
+        for candidate in (zone, state, zone.split("-")[0], zone.split("_")[0]):
+            if not candidate:
+                continue
             try:
                 if "-" in candidate:
                     return zone_intensity(candidate)

@@ -1,7 +1,8 @@
 """The carbon tables shipped in ``greencallbacks/data``: loaded on first use with ``csv``, then cached.
 
 Each CSV starts with one ``#`` comment line (what the table is, where it came from) and every row
-carries its own ``source``, ``year`` and ``licence``. ``scripts/build_tables.py`` rebuilds them.
+carries its own ``source``, ``year`` and ``licence``, and a grid row its ``basis`` (``life-cycle`` or
+``direct``, see ``BASES``). ``scripts/build_tables.py`` rebuilds them.
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ DATA_FOLDER = "data"
 
 TABLE_FILES = ("grid_countries.csv", "grid_world.csv", "grid_us_states.csv", "cloud_regions.csv", "pue.csv")
 
+# What a grid figure counts: "life-cycle" (Ember: fuel supply chains and plant construction
+# included) or "direct" (eGRID, Google: what the plants emit). See data/SOURCES.md.
+BASES = ("life-cycle", "direct")
+
 
 @dataclass(frozen=True)
 class GridRow:
@@ -29,6 +34,7 @@ class GridRow:
     year: int | None
     source: str
     licence: str
+    basis: str  # what the figure counts: "life-cycle" or "direct"
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,7 @@ class CloudRegionRow:
     year: int | None
     source: str
     licence: str
+    basis: str  # of its own figure (GCP); "" when it uses its zone's grid row (AWS, Azure)
 
     @property
     def key(self) -> str:
@@ -106,6 +113,12 @@ def _optional_float(text: str) -> float | None:
     return float(text) if text.strip() else None
 
 
+def _basis(text: str, *, optional: bool = False) -> str:
+    if text in BASES or (optional and not text):
+        return text
+    raise ValueError(f"basis must be one of {', '.join(BASES)}, got {text!r}")
+
+
 def _grid_fields(row: dict[str, str]) -> dict:
     """The columns every grid table shares."""
     return dict(
@@ -113,6 +126,7 @@ def _grid_fields(row: dict[str, str]) -> dict:
         year=_optional_int(row["year"]),
         source=row["source"],
         licence=row["licence"],
+        basis=_basis(row["basis"]),
     )
 
 
@@ -149,6 +163,7 @@ def cloud_regions() -> tuple[CloudRegionRow, ...]:
             year=_optional_int(row["year"]),
             source=row["source"],
             licence=row["licence"],
+            basis=_basis(row["basis"], optional=not row["g_per_kwh"].strip()),
         )
     )
 
