@@ -300,3 +300,16 @@ def test_a_device_of_a_two_die_board_is_billed_half_the_boards_footprint(monkeyp
     # A one-device board is billed whole, as before.
     h100 = estimate_embodied(hours=10, gpu="H100 SXM", gpus=8)
     assert h100["embodied_co2eq_g"] == pytest.approx(amortised_g(8 * footprints()["H100 SXM"].kgco2eq, 10 * 3600))
+
+
+def test_embodied_settings_may_be_any_mapping():
+    """Hydra's instantiate hands a config's dict over as a DictConfig, a Mapping: it was refused
+    with "embodied must be ... a dict", showing what looked like one."""
+    from types import MappingProxyType
+
+    from greencallbacks.tracker import _embodied_settings
+
+    settings = MappingProxyType({"host": "server", "host_share": 0.25})
+    assert _embodied_settings(settings) == {"host": "server", "host_share": 0.25}
+    with pytest.raises(ValueError, match="embodied must be"):
+        _embodied_settings(MappingProxyType({"hots": "server"}))

@@ -32,6 +32,7 @@ import time
 import uuid
 import weakref
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
@@ -1264,7 +1265,8 @@ def _embodied_settings(embodied: object) -> dict[str, Any] | None:
     if embodied is False:
         return None
     allowed = ("host", "host_share", "ram_gb", "lifetime_years", "utilisation")
-    if not isinstance(embodied, dict) or not all(k in allowed for k in embodied):
+    # Any mapping: Hydra's instantiate hands a config's dict over as a DictConfig.
+    if not isinstance(embodied, Mapping) or not all(k in allowed for k in embodied):
         raise ValueError(f"embodied must be None, False or a dict with keys among {allowed}, got {embodied!r}")
     from greencallbacks.embodied import embodied_for
 
