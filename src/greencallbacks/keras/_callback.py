@@ -152,6 +152,20 @@ def _one_step_per_batch(model: Any) -> bool:
     )
 
 
+def _at_most(steps: int, planned: int | None) -> int:
+    """The steps a loop ran at most: the highest its batch hooks reported, capped by the steps Keras
+    planned, where it knows them (``steps_per_execution=k`` reports a short last execution as k)."""
+    return min(steps, planned) if planned is not None else steps
+
+
+def _planned_steps(callback: _Callback, callback_list: keras.callbacks.CallbackList | None) -> int | None:
+    """The ``steps`` that the call's ``CallbackList`` was given, where Keras knows them: a list built
+    without them (Keras never sets them then) leaves the callback the ``params`` of an earlier call."""
+    params = getattr(callback_list, "params", None) if callback_list is not None else getattr(callback, "params", None)
+    steps = params.get("steps") if isinstance(params, dict) else None
+    return steps if isinstance(steps, int) and not isinstance(steps, bool) and steps > 0 else None
+
+
 def _restores_a_backup(callback_list: keras.callbacks.CallbackList | None) -> bool:
     """Does a ``BackupAndRestore`` of this fit restore a backup (asked when its first epoch begins)?
 
@@ -404,6 +418,10 @@ class _Progress:
         self.training = False  # a training epoch is open
         self.one_step_per_batch = False  # the open epoch's batches each advance the step by one
         self.train_steps = 0  # training batches run in the open epoch (the batch hooks' highest `batch` + 1)
+        # The steps Keras planned per epoch (fit) or for the loop (evaluate), read as the call began
+        # (an evaluate inside the fit given this callback replaces its params); None: not known.
+        # With steps_per_execution=k a short last execution is reported as k steps: capped by it.
+        self.planned_steps: int | None = None
         # The step read as a test loop began inside the open epoch (fit's validation): training
         # waits there, and the last batch hooks, asynchronous, may not have run yet.
         self.step_in_test: int | None = None
@@ -417,7 +435,7 @@ class _Progress:
             if self.step_in_test is not None:
                 step = self.step_in_test
             elif step is not None and self.training and self.one_step_per_batch:
-                step += self.train_steps
+                step += _at_most(self.train_steps, self.planned_steps)
             predicting = self.predicting
         if predicting:
             tracker.add_samples(predicted)  # the innermost open phase; None: uncounted
@@ -526,9 +544,11 @@ class EnergyCallback(_Callback):
             counted the same way; a loop that ran no step (an empty validation set) counts 0 and
             logs NaN per-sample values. A count that is not available (a custom step that leaves
             the tracker at 0, or that updates it once per batch, as Keras's guide to customizing
-            ``fit()`` does: its count equals the steps run) is recorded as ``samples_counted:
-            false``, with one warning. A custom step that weights the loss by the batch size
-            (``update_state(loss, sample_weight=batch_size)``) is counted. An ``evaluate`` inside
+            ``fit()`` does: its count is the steps run, times the replicas of a ``tf.distribute``
+            strategy) is recorded as ``samples_counted: false``, with one warning (any count the
+            steps could be, with ``steps_per_execution`` > 1 not dividing them). A custom step
+            that weights the loss by the batch size (``update_state(loss,
+            sample_weight=batch_size)``) is counted. An ``evaluate`` inside
             a training epoch (a callback evaluating every N batches) resets the loss tracker: pass
             this callback on in its ``callbacks`` and the count stays exact (without it, it is
             wrong). A loop of your own that drives a ``CallbackList`` around ``train_on_batch`` /
@@ -706,6 +726,7 @@ class EnergyCallback(_Callback):
         callback_list = _calling_list(self)
         if not self._enter("fit", callback_list):
             return
+        self._progress.planned_steps = _planned_steps(self, callback_list)  # per epoch
         if callback_list is not None:
             self._go_first(callback_list)
         self._live_every, self._live_batches = self._tensorboard_batch_every(callback_list), 0
@@ -783,12 +804,14 @@ class EnergyCallback(_Callback):
         progress = self._progress
         with progress.lock:
             steps = progress.train_steps
+            planned = progress.planned_steps
         why, fewest = self._train_why, self._fewest_steps(steps)
         if count is not None and 0 < count < fewest:
             # Every step counts a sample at least (Keras's own step counts its batch): the count was
             # reset during the epoch, unseen (a callback calling model.reset_metrics()).
             count, why = None, "reset"
-        samples = self.samples_per_epoch or (self._not_steps(count, "train", steps) if count is not None else 0)
+        samples = self.samples_per_epoch or (
+            self._not_steps(count, "train", fewest, _at_most(steps, planned)) if count is not None else 0)
         if steps == 0 and not any(not key.startswith("val_") for key in logs or ()):
             # No step ran (an empty data set): nothing was trained, whatever the loss tracker still
             # holds (on TensorFlow a stale count, taken for 32 samples an epoch) or was declared.
@@ -829,6 +852,7 @@ class EnergyCallback(_Callback):
         in_fit = not outermost and self._call.kind == "fit" and ("train", False) in self._phases
         phase = "validation" if in_fit and callback_list is self._call.callback_list else "test"
         if outermost:
+            self._progress.planned_steps = _planned_steps(self, callback_list)  # evaluate's own
             self._start(self._call)
         if not outermost and ("train", False) in self._phases:
             self._bank_train_samples()  # read before evaluate resets the metrics
@@ -869,7 +893,9 @@ class EnergyCallback(_Callback):
             why = "not_reset"
         elif counted and 0 < seen < fewest:  # reset during the loop, unseen (see on_epoch_end)
             why = "reset"
-        samples = self._not_steps(seen, "test", steps) if counted and why is None else 0
+        # Validation's planned steps are not known here (the fit's params are training's).
+        most = _at_most(steps, self._progress.planned_steps) if outermost else steps
+        samples = self._not_steps(seen, "test", fewest, most) if counted and why is None else 0
         if why is not None:
             self._uncounted(phase, why, fewest)
             samples = None
@@ -1166,18 +1192,31 @@ class EnergyCallback(_Callback):
         count = getattr(getattr(self.model, "_loss_tracker", None), "count", None)
         return keras.backend.standardize_dtype(count.dtype) if count is not None else "float"
 
-    def _not_steps(self, count: int, loop: str, steps: Any) -> int:
-        """The loss tracker's ``count`` as samples; 0 (uncounted) where it may be the ``steps`` run.
+    def _not_steps(self, count: int, loop: str, fewest: int, most: int) -> int:
+        """The loss tracker's ``count`` as samples; 0 (uncounted) where it may be the steps run.
 
         Keras's own ``train_step`` / ``test_step`` (``loop``: train, test) weight the loss by the
         batch size: their count is samples. A custom step written as in Keras's guide to
-        customizing ``fit()`` updates the tracker with the batch's loss alone, once per step. So a
-        custom step's count is samples only when it differs from the steps run, where those are
-        known (``steps`` None or 0: not known). Batches of one sample each: uncounted, never wrong.
+        customizing ``fit()`` updates the tracker with the batch's loss alone, once per step and
+        replica (``tf.distribute``: each replica adds its own). So a custom step's count is samples
+        only when it cannot be the steps run, ``fewest`` to ``most`` (a range with
+        ``steps_per_execution`` > 1, see ``_fewest_steps``), times 1 or the replicas, where those
+        are known (``most`` 0: not known). Batches of one sample each: uncounted, never wrong.
         """
-        if count and _custom_step(self.model, loop) and (not isinstance(steps, int) or steps <= 0 or count == steps):
+        if not count or not _custom_step(self.model, loop):
+            return count
+        if most <= 0:
             return 0
+        fewest = min(fewest, most)
+        for replicas in {1, self._replicas()}:
+            if count % replicas == 0 and fewest <= count // replicas <= most:
+                return 0
         return count
+
+    def _replicas(self) -> int:
+        """Replicas a step runs on in sync (a ``tf.distribute`` strategy's); 1 without one."""
+        replicas = getattr(getattr(self.model, "distribute_strategy", None), "num_replicas_in_sync", 1)
+        return replicas if isinstance(replicas, int) and replicas > 0 else 1
 
     def _fewest_steps(self, steps: int) -> int:
         """The steps a loop ran at least, from the highest step its batch hooks reported (``steps``):
@@ -1189,7 +1228,8 @@ class EnergyCallback(_Callback):
         return max(0, steps - per_execution + 1)
 
     def _uncounted(self, phase: str, reason: str | None = None, steps: int = 0) -> None:
-        """The open phase ran steps but its samples are unknown: recorded as uncounted, one warning per run.
+        """The open phase ran steps but its samples are unknown: recorded as uncounted, one warning per run,
+        which names the phase found first (fit's validation ends before its training epoch does).
 
         ``reason``: None, the tracker did not count (a custom step, a loop of the user's); "past_exact",
         it counted past what its dtype counts exactly; "not_reset", Keras never resets it (see
@@ -1212,8 +1252,10 @@ class EnergyCallback(_Callback):
                        "it once per batch, without sample_weight=<batch size>? a loop of your own around "
                        "train_on_batch / test_on_batch?)")
             warn(
-                f"greencallbacks: could not count the {phase} samples{why}; the record says samples_counted: false "
-                "and per-sample values are left out. Pass samples_per_epoch= for training."
+                f"greencallbacks: could not count the {phase} samples{why}; its record says samples_counted: false "
+                "and leaves out per-sample values, as does that of every later phase of this run (training, "
+                "validation, test) that cannot be counted: this warning comes once per run. Pass "
+                "samples_per_epoch= for training."
             )
 
     def _add_tokens(self, logs: dict | None) -> None:

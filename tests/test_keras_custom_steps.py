@@ -1,0 +1,224 @@
+"""The Keras adapter with a custom ``train_step`` / ``test_step`` written as in Keras's guide to
+customizing ``fit()``: the loss tracker gets the batch's loss once per step (and replica), so its
+count is the steps run, never samples. The steps are known only to within a range when
+``steps_per_execution`` does not divide them (Keras reports a short last execution as a whole one),
+and a ``tf.distribute`` step counts once per replica: both must stay uncounted. A fit that fails in
+such a last execution is labelled with the steps it ran, and the one warning per run must not say
+that only the first phase found was uncounted.
+
+``steps_per_execution`` must be 1 on the torch backend and ``MirroredStrategy`` is TensorFlow's:
+those run on TensorFlow; the warning's wording on torch. Each backend runs in a process of its own
+(Keras fixes its backend at first import), as in ``test_keras.py``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+TRAIN, VAL, BATCH = 154, 70, 16  # 10 training steps (the last of 10 samples), 5 validation steps
+
+SCRIPT = r"""
+import json, sys, warnings
+from pathlib import Path
+import numpy as np
+
+BACKEND = sys.argv[2]
+if BACKEND == "tensorflow":  # two logical CPUs for MirroredStrategy, before TensorFlow starts
+    import tensorflow as tf
+    cpus = tf.config.list_physical_devices("CPU")
+    tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+from greencallbacks import watch
+from greencallbacks.keras import EnergyCallback
+from greencallbacks.meter import EnergyWarning
+from greencallbacks.records import read_records
+
+OUT = Path(sys.argv[1])
+TRAIN, VAL, BATCH = (int(a) for a in sys.argv[3:6])
+rng = np.random.default_rng(0)
+data = lambda n: (rng.random((n, 4), dtype=np.float32), rng.random((n, 1), dtype=np.float32))
+results = {}
+
+
+class Guide(keras.Model):
+    # keras.io "Customizing what happens in fit()": the loss tracker gets the batch's loss once per
+    # step; `weighted` gives it sample_weight=<batch size>, as Keras's own steps do (a count of samples).
+    def __init__(self, weighted=False):
+        super().__init__()
+        self.dense, self.weighted = keras.layers.Dense(1), weighted
+
+    def call(self, x):
+        return self.dense(x)
+
+    def train_step(self, data):
+        x, y = data
+        if BACKEND == "torch":
+            import torch
+            self.zero_grad()
+            loss = self.compute_loss(y=y, y_pred=self(x, training=True))
+            loss.backward()
+            with torch.no_grad():
+                self.optimizer.apply([v.value.grad for v in self.trainable_weights], self.trainable_weights)
+        else:
+            with tf.GradientTape() as tape:
+                loss = self.compute_loss(y=y, y_pred=self(x, training=True))
+            self.optimizer.apply(tape.gradient(loss, self.trainable_weights), self.trainable_weights)
+        return self.update(loss, y)
+
+    def test_step(self, data):
+        x, y = data
+        return self.update(self.compute_loss(y=y, y_pred=self(x, training=False)), y)
+
+    def update(self, loss, y):
+        for metric in self.metrics:
+            if metric.name == "loss":
+                metric.update_state(loss, sample_weight=keras.ops.shape(y)[0] if self.weighted else None)
+        return {m.name: m.result() for m in self.metrics}
+
+
+def guide(weighted=False, steps_per_execution=1):
+    m = Guide(weighted)
+    m.compile(optimizer="sgd", loss="mse", steps_per_execution=steps_per_execution)
+    return m
+
+
+def measure(name, build, scope=None):
+    # fit (2 epochs, validated) and evaluate: each phase's samples (None: uncounted), and the warnings.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        callback = EnergyCallback(output_dir=OUT / name, intensity=100.0)
+        if scope is None:
+            m = build()
+        else:
+            with scope:
+                m = build()
+        m.fit(*data(TRAIN), batch_size=BATCH, epochs=2, verbose=0, validation_data=data(VAL), callbacks=[callback])
+        m.evaluate(*data(VAL), batch_size=BATCH, verbose=0, callbacks=[callback])
+    results[name] = {
+        "samples": [[r.phase, r.samples if r.samples_counted else None] for r in read_records(OUT / name)
+                    if r.phase != "other"],
+        "warnings": [str(w.message) for w in caught if issubclass(w.category, EnergyWarning)],
+    }
+
+
+class Raise(keras.callbacks.Callback):
+    def __init__(self, at):
+        super().__init__()
+        self.at = at
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch >= self.at:
+            raise RuntimeError("boom")
+
+
+def crash(name, at):
+    # Keras's own step, 3 steps per execution: the last execution runs 1 step (the 10th) and is
+    # reported as batch 11; a callback raises in that hook.
+    m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    m.compile(optimizer="sgd", loss="mse", steps_per_execution=3)
+    try:
+        m.fit(*data(TRAIN), batch_size=BATCH, epochs=1, verbose=0,
+              callbacks=[EnergyCallback(output_dir=OUT / name, intensity=100.0), Raise(at)])
+    except RuntimeError:
+        pass
+    watch.settle()
+    (record,) = [r for r in read_records(OUT / name) if r.phase == "train"]
+    results[name] = {"partial": record.partial, "step": record.step,
+                     "iterations": int(keras.ops.convert_to_numpy(m.optimizer.iterations))}
+
+
+if BACKEND == "tensorflow":
+    for spe in (3, 4):
+        measure(f"guide_spe{spe}", lambda: guide(steps_per_execution=spe))
+    measure("weighted_spe3", lambda: guide(weighted=True, steps_per_execution=3))
+    mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    measure("guide_mirrored", guide, scope=mirrored.scope())
+    measure("weighted_mirrored", lambda: guide(weighted=True), scope=mirrored.scope())
+    crash("crash_in_short_execution", at=11)
+    crash("crash_in_full_execution", at=5)
+else:
+    measure("guide", guide)
+(OUT / "results.json").write_text(json.dumps(results))
+"""
+
+
+def run_script(backend: str, out: Path) -> dict:
+    for module in ("keras", backend):
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"{module} is not installed: the Keras {backend}-backend custom-step scenarios need it")
+    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "",
+           "PYTHONPATH": os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")])}
+    args = [str(out), backend, str(TRAIN), str(VAL), str(BATCH)]
+    done = subprocess.run([sys.executable, "-c", SCRIPT, *args], cwd=out, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads((out / "results.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def tf_results(tmp_path_factory):
+    return run_script("tensorflow", tmp_path_factory.mktemp("keras-custom-steps-tensorflow"))
+
+
+UNCOUNTED = [["validation", None], ["train", None]] * 2 + [["test", None]]
+COUNTED = [["validation", VAL], ["train", TRAIN]] * 2 + [["test", VAL]]
+
+
+def assert_uncounted_once(result) -> None:
+    assert result["samples"] == UNCOUNTED, result["samples"]
+    (said,) = [w for w in result["warnings"] if "could not count" in w]  # one per run
+    assert "once per batch" in said, said
+    assert not [w for w in result["warnings"] if "failed" in w], result["warnings"]
+
+
+@pytest.mark.parametrize("steps_per_execution", [3, 4])
+def test_a_guide_step_with_a_short_last_execution_is_uncounted(tf_results, steps_per_execution):
+    """10 training steps, 3 or 4 per execution: Keras reports 12 steps, and the count of 10 was
+    recorded as 10 exact samples (validation and evaluate: 5 of 70) before the fix."""
+    assert_uncounted_once(tf_results[f"guide_spe{steps_per_execution}"])
+
+
+def test_a_step_weighting_by_the_batch_size_still_counts_with_a_short_last_execution(tf_results):
+    result = tf_results["weighted_spe3"]
+    assert result["samples"] == COUNTED, result["samples"]
+    assert not [w for w in result["warnings"] if "could not count" in w], result["warnings"]
+
+
+def test_a_guide_step_on_two_replicas_is_uncounted(tf_results):
+    """MirroredStrategy on 2 replicas: each adds the step's loss, so the count is the steps times 2
+    (20 for training, 10 for validation and evaluate), recorded as exact samples before the fix."""
+    assert_uncounted_once(tf_results["guide_mirrored"])
+
+
+def test_a_step_weighting_by_the_batch_size_on_two_replicas_still_counts(tf_results):
+    result = tf_results["weighted_mirrored"]
+    assert result["samples"] == COUNTED, result["samples"]
+
+
+def test_a_fit_failing_in_a_short_last_execution_is_labelled_with_the_steps_it_ran(tf_results):
+    """The record said step 12 (the batch reported) while the optimizer had taken 10 steps."""
+    short, full = tf_results["crash_in_short_execution"], tf_results["crash_in_full_execution"]
+    assert short == {"partial": True, "step": 10, "iterations": 10}, short
+    assert full == {"partial": True, "step": 6, "iterations": 6}, full  # a whole execution: as reported
+
+
+def test_the_one_warning_of_a_run_does_not_say_only_its_first_phase_was_uncounted(tmp_path):
+    """Validation ends before its training epoch, so the warning names validation; training and
+    evaluate are uncounted too. It said "the record says samples_counted: false" before the fix,
+    as if validation's alone did."""
+    result = run_script("torch", tmp_path)["guide"]
+    assert_uncounted_once(result)
+    (said,) = [w for w in result["warnings"] if "could not count" in w]
+    assert said.startswith("greencallbacks: could not count the validation samples"), said
+    assert "as does that of every later phase of this run (training, validation, test) that cannot be counted" in said
+    assert "this warning comes once per run" in said and "samples_per_epoch=" in said, said
