@@ -9,8 +9,11 @@ temporary folder; nothing is installed. Pin the version below to refresh the num
     python scripts/build_cpu_tdp.py --wheel codecarbon.whl   # use a wheel you already have
 
 Derivation: names with their whitespace collapsed, rows with a non-positive or unreadable TDP
-dropped, duplicate names kept once (the first), sorted by name. Line 1 is a '#' comment with the
-source, version, licence and build date.
+dropped, duplicate names kept once (the first), then the rows of ADDED (custom cloud SKUs CodeCarbon
+lacks), sorted by name. THREADS gives the hardware threads per socket of server parts whose names
+carry no core count, so that a VM can be billed its vCPUs' share of its host's socket. Columns:
+model, tdp_w, tdp_source (blank: CodeCarbon's), threads (blank: unknown), threads_source;
+data/SOURCES.md cites each added fact. Line 1 is a '#' comment with the source, version, licence and build date.
 """
 
 from __future__ import annotations
@@ -29,6 +32,30 @@ CODECARBON_VERSION = "3.3.2"
 UPSTREAM_PATH = "codecarbon/data/hardware/cpu_power.csv"
 OUTPUT = Path(__file__).resolve().parent.parent / "src" / "greencallbacks" / "data" / "cpu_tdp.csv"
 
+INTEL_ARK = "Intel ARK"  # Intel's product specification pages, ark.intel.com
+RETAIL_8480 = f"as Xeon Platinum 8480+ ({INTEL_ARK}: 56 cores, 112 threads, 2.0/3.8 GHz, 350 W)"
+# Custom SKUs CodeCarbon lacks, given the figures of the retail part whose cores and clocks they
+# have: (TDP per socket in watts, its source, hardware threads per socket, their source).
+ADDED = {
+    "Intel Xeon Platinum 8480C": (
+        350.0, f"{RETAIL_8480}, whose cores and clocks the NVIDIA DGX H100 User Guide gives it",
+        112, f"as Xeon Platinum 8480+ ({INTEL_ARK})",
+    ),
+    "Intel Xeon Platinum 8480CL": (
+        350.0, f"{RETAIL_8480}, whose cores and clocks NVIDIA's DGX Cloud Benchmarking README gives it",
+        112, f"as Xeon Platinum 8480+ ({INTEL_ARK})",
+    ),
+}
+# Hardware threads per socket (Intel ARK) of GPU-server parts whose names carry no core count.
+THREADS = {
+    "Intel Xeon Platinum 8358": 64,
+    "Intel Xeon Platinum 8380": 80,
+    "Intel Xeon Platinum 8462Y+": 64,
+    "Intel Xeon Platinum 8468": 96,
+    "Intel Xeon Platinum 8470": 104,
+    "Intel Xeon Platinum 8480+": 112,
+}
+
 
 def download_wheel(work: Path) -> Path:
     subprocess.run(
@@ -38,8 +65,9 @@ def download_wheel(work: Path) -> Path:
     return next(work.glob("codecarbon-*.whl"))
 
 
-def derive_rows(upstream_csv: str) -> list[tuple[str, float]]:
-    rows: dict[str, float] = {}
+def derive_rows(upstream_csv: str) -> list[tuple[str, float, str, int | None, str]]:
+    """(model, TDP per socket, its source if not CodeCarbon's, threads per socket or None, their source)."""
+    rows: dict[str, tuple[float, str, int | None, str]] = {}
     for record in csv.DictReader(io.StringIO(upstream_csv)):
         name = " ".join((record.get("Name") or "").split())
         try:
@@ -47,8 +75,16 @@ def derive_rows(upstream_csv: str) -> list[tuple[str, float]]:
         except ValueError:
             continue
         if name and tdp_w > 0 and name not in rows:
-            rows[name] = tdp_w
-    return sorted(rows.items())
+            threads = THREADS.get(name)
+            rows[name] = (tdp_w, "", threads, INTEL_ARK if threads else "")
+    for name, row in ADDED.items():
+        if name in rows:
+            raise SystemExit(f"{name} is in CodeCarbon's table now: drop it from ADDED")
+        rows[name] = row
+    missing = set(THREADS) - set(rows)
+    if missing:
+        raise SystemExit(f"THREADS names CPUs CodeCarbon's table lacks: {sorted(missing)}")
+    return [(name, *row) for name, row in sorted(rows.items())]
 
 
 def main() -> int:
@@ -66,12 +102,14 @@ def main() -> int:
         out.write(
             f"# CPU thermal design power per socket, watts; from CodeCarbon {version} {UPSTREAM_PATH} "
             "(https://github.com/mlco2/codecarbon), MIT licence, Copyright (c) 2019 Mila, BCG Gamma, "
-            f"CometML, Haverford College; built {date.today().isoformat()} by scripts/build_cpu_tdp.py\n"
+            f"CometML, Haverford College; with {len(ADDED)} custom cloud SKUs and the threads per socket of "
+            f"{len(THREADS)} server parts added (their source columns; data/SOURCES.md); built "
+            f"{date.today().isoformat()} by scripts/build_cpu_tdp.py\n"
         )
         writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(["model", "tdp_w"])
-        for name, tdp_w in rows:
-            writer.writerow([name, f"{tdp_w:g}"])
+        writer.writerow(["model", "tdp_w", "tdp_source", "threads", "threads_source"])
+        for name, tdp_w, tdp_source, threads, threads_source in rows:
+            writer.writerow([name, f"{tdp_w:g}", tdp_source, threads or "", threads_source])
     print(f"wrote {len(rows)} CPUs to {args.output}")
     return 0
 

@@ -14,10 +14,12 @@ from greencallbacks.sensors.estimate import (
     ConstantPowerSensor,
     CpuEstimateSensor,
     RamEstimateSensor,
+    is_virtual_machine,
     lookup_tdp_w,
     process_tree_cpu_seconds,
     resolve_cpu_tdp_w,
 )
+from tests.fakes.cpuinfo import write_cpuinfo
 from tests.fakes.scripted import FakeClock
 
 
@@ -65,13 +67,99 @@ def test_cpu_share_scales_the_estimate():
     assert sensor.tdp_w == pytest.approx(50.0)
 
 
-def test_tdp_is_looked_up_from_the_cpu_model():
-    tdp_w, note = resolve_cpu_tdp_w(cpu_model="Intel(R) Xeon(R) Platinum 8480+", sockets=2)
+def test_tdp_is_looked_up_from_the_cpu_model(tmp_path):
+    metal = write_cpuinfo(tmp_path, "Intel(R) Xeon(R) Platinum 8480+", sockets=2, cores=56, vm=False)
+    tdp_w, note = resolve_cpu_tdp_w(cpuinfo_path=metal)
     assert tdp_w == 700.0
     assert "Intel Xeon Platinum 8480+" in note and "CodeCarbon" in note and "MIT" in note
     assert lookup_tdp_w("AMD EPYC 7763 64-Core Processor") == ("AMD EPYC 7763", 280.0)
     assert lookup_tdp_w("Intel(R) Xeon(R) CPU E5-2680 v4 @ 2.40GHz") == ("Intel Xeon E5-2680 v4", 120.0)
     assert lookup_tdp_w("Apple M2 Pro") == ("Apple M2 Pro", 35.0)  # the most specific entry wins
+
+
+def busy_for_an_hour(sensor, cpu_seconds, busy_cpus):
+    """Mean watts billed for ``busy_cpus`` logical CPUs kept busy for an hour."""
+    cpu_seconds.value += busy_cpus * 3600.0
+    return sensor.energy_j() / 3600.0
+
+
+def test_a_vm_is_billed_its_vcpus_share_of_the_host_socket_not_the_whole_socket(tmp_path):
+    """A cloud VM's /proc/cpuinfo names the host's CPU but shows only the VM: 8 vCPUs on one
+    'socket'. 8 busy vCPUs of a 360 W, 96-core (192-thread) EPYC 9654 were billed 360 W, the
+    whole socket; their share is 8/192 of it, 15 W."""
+    vm = write_cpuinfo(tmp_path, "AMD EPYC 9654 96-Core Processor", cores=4, vm=True)
+    assert is_virtual_machine(vm)
+    cpu_seconds = Counter()
+    sensor = CpuEstimateSensor(cpuinfo_path=vm, logical_cpus=8, physical_cores=4, cpu_seconds=cpu_seconds)
+    assert sensor.joules_per_cpu_second == pytest.approx(360.0 / 192)  # 1.875 W per busy vCPU
+    assert busy_for_an_hour(sensor, cpu_seconds, 8) == pytest.approx(15.0)
+    assert sensor.tdp_w == pytest.approx(15.0)  # what the VM's CPUs draw, all busy
+    assert sensor.note.startswith("VM: TDP 360 W per host socket") and "192 hardware threads" in sensor.note
+    # A name without a core count: the table's threads (a custom cloud SKU, as the retail 8480+).
+    vm = write_cpuinfo(tmp_path, "Intel(R) Xeon(R) Platinum 8480C", cores=48, threads_per_core=1, vm=True)
+    cpu_seconds = Counter()
+    sensor = CpuEstimateSensor(cpuinfo_path=vm, logical_cpus=48, physical_cores=48, cpu_seconds=cpu_seconds)
+    assert sensor.joules_per_cpu_second == pytest.approx(350.0 / 112)  # 3.125 W per busy vCPU
+    assert busy_for_an_hour(sensor, cpu_seconds, 48) == pytest.approx(150.0)
+
+
+def test_bare_metal_is_billed_the_tdp_per_hardware_thread_as_before(tmp_path):
+    """No hypervisor flag: all sockets' TDP over all logical CPUs, which is the same per busy CPU."""
+    metal = write_cpuinfo(tmp_path, "AMD EPYC 9654 96-Core Processor", sockets=2, cores=96, vm=False)
+    assert not is_virtual_machine(metal)
+    cpu_seconds = Counter()
+    sensor = CpuEstimateSensor(cpuinfo_path=metal, logical_cpus=384, physical_cores=192, cpu_seconds=cpu_seconds)
+    assert sensor.tdp_w == 720.0 and sensor.joules_per_cpu_second == pytest.approx(720.0 / 384)  # 1.875 W
+    assert busy_for_an_hour(sensor, cpu_seconds, 384) == pytest.approx(720.0)
+    assert sensor.note.startswith("TDP 360 W per socket x 2 socket(s)")
+    metal = write_cpuinfo(tmp_path, "Intel(R) Xeon(R) Platinum 8480+", sockets=2, cores=56, vm=False)
+    sensor = CpuEstimateSensor(cpuinfo_path=metal, logical_cpus=224, physical_cores=112, cpu_seconds=Counter())
+    assert sensor.tdp_w == 700.0 and sensor.joules_per_cpu_second == pytest.approx(350.0 / 112)  # 3.125 W
+
+
+def test_a_vm_whose_host_socket_size_is_unknown_gets_the_per_core_default_not_the_socket(tmp_path):
+    """The 8275CL's TDP is known (240 W), its threads per socket are not: 4 busy vCPUs were billed
+    the whole socket, 240 W; the per-core default bills the VM's 2 cores, 20 W."""
+    vm = write_cpuinfo(tmp_path, "Intel(R) Xeon(R) Platinum 8275CL CPU @ 3.00GHz", cores=2, vm=True)
+    cpu_seconds = Counter()
+    sensor = CpuEstimateSensor(cpuinfo_path=vm, logical_cpus=4, physical_cores=2, cpu_seconds=cpu_seconds)
+    assert sensor.joules_per_cpu_second == pytest.approx(DEFAULT_W_PER_CORE * 2 / 4)  # 5 W per busy vCPU
+    assert busy_for_an_hour(sensor, cpu_seconds, 4) == pytest.approx(20.0)
+    assert sensor.note.startswith("VM: host socket size unknown") and "240 W per host socket" in sensor.note
+    assert sensor.source.startswith("a default of 10 W per physical core x CPU time (a VM")
+
+
+def test_a_tdp_the_user_gives_is_per_socket_cpuinfo_shows_in_a_vm_too(tmp_path):
+    """In a VM, cpu_tdp_w= is the VM's share (documented): 15 W over its 8 vCPUs, not looked up."""
+    vm = write_cpuinfo(tmp_path, "AMD EPYC 9654 96-Core Processor", cores=4, vm=True)
+    sensor = CpuEstimateSensor(15.0, cpuinfo_path=vm, logical_cpus=8, cpu_seconds=Counter())
+    assert sensor.tdp_w == 15.0 and sensor.joules_per_cpu_second == pytest.approx(15.0 / 8)
+    assert sensor.source == "TDP x CPU time (TDP 15 W per socket, given by the user)"
+
+
+def test_the_source_a_paper_cites_says_which_tdp_or_which_default(tmp_path):
+    metal = write_cpuinfo(tmp_path, "Intel(R) Xeon(R) Platinum 8480+", sockets=2, cores=56, vm=False)
+    assert CpuEstimateSensor(cpuinfo_path=metal, logical_cpus=224, cpu_seconds=Counter()).source == (
+        "TDP x CPU time (TDP 350 W per socket of Intel Xeon Platinum 8480+, from CodeCarbon's CPU table)")
+    vm = write_cpuinfo(tmp_path, "AMD EPYC 9654 96-Core Processor", cores=4, vm=True)
+    assert CpuEstimateSensor(cpuinfo_path=vm, logical_cpus=8, cpu_seconds=Counter()).source == (
+        "TDP x CPU time, a VM's share of its host's (1.875 W per busy vCPU: TDP 360 W per socket of AMD EPYC 9654, "
+        "from CodeCarbon's CPU table, over 192 hardware threads)")
+    unknown = write_cpuinfo(tmp_path, "AMD EPYC", cores=2, threads_per_core=1, vm=True)  # as a small cloud VM shows
+    assert CpuEstimateSensor(cpuinfo_path=unknown, logical_cpus=2, physical_cores=2, cpu_seconds=Counter()).source == (
+        "a default of 10 W per physical core x CPU time (no TDP found for CPU 'AMD EPYC'; the default is "
+        "greencallbacks' assumption, see its data/SOURCES.md)")
+    assert RamEstimateSensor().source == (
+        "resident memory x 0.37 W/GB (the default, after Green Algorithms' 0.3725 W/GB, Lannelongue et al. 2021)")
+    assert RamEstimateSensor(0.5, basis="host").source == "installed RAM x 0.5 W/GB"
+
+
+def test_cloud_gpu_hosts_custom_xeons_are_in_the_table_at_their_retail_parts_tdp():
+    """The 8480C (DGX H100, Azure ND H100 v5) and 8480CL have the 8480+'s cores and clocks: 350 W,
+    not the 10 W per core of an unknown CPU (2 x 56 cores billed 1120 W)."""
+    assert lookup_tdp_w("Intel(R) Xeon(R) Platinum 8480C") == ("Intel Xeon Platinum 8480C", 350.0)
+    assert lookup_tdp_w("Intel(R) Xeon(R) Platinum 8480CL") == ("Intel Xeon Platinum 8480CL", 350.0)
+    assert lookup_tdp_w("Intel(R) Xeon(R) Platinum 8480+") == ("Intel Xeon Platinum 8480+", 350.0)
 
 
 def test_unknown_cpu_uses_the_stated_default_per_core():
@@ -262,9 +350,9 @@ def test_process_tree_cpu_time_is_read_by_the_meters_thread_not_at_boundaries(mo
 
     monkeypatch.setattr(estimate, "process_tree_cpu_seconds", tree_cpu_seconds)
     monkeypatch.setattr(estimate._TREE, "has_live_children", lambda: True)
-    sensor = CpuEstimateSensor(tdp_w=100.0, logical_cpus=1)  # 100 J per CPU-second
-    assert sensor.off_thread and not CpuEstimateSensor(tdp_w=100.0, cpu_seconds=lambda: 0.0).off_thread
     clock = FakeClock()
+    sensor = CpuEstimateSensor(tdp_w=100.0, logical_cpus=1, clock=clock)  # 100 J per CPU-second
+    assert sensor.off_thread and not CpuEstimateSensor(tdp_w=100.0, cpu_seconds=lambda: 0.0).off_thread
     meter = Meter([sensor], fallback=None, clock=clock, wall_clock=clock, off_thread=True)
     meter._poller.manual = True  # the test runs the reader's steps on the fake clock
     meter.snapshot()  # the first boundary reads in place
@@ -292,8 +380,8 @@ def test_without_child_processes_a_short_phase_gets_its_own_cpu_time(monkeypatch
     monkeypatch.setattr(estimate, "process_tree_cpu_seconds", lambda process=None: cpu["seconds"])
     children = {"live": False}
     monkeypatch.setattr(estimate._TREE, "has_live_children", lambda: children["live"])
-    sensor = CpuEstimateSensor(tdp_w=100.0, logical_cpus=1)  # 100 J per CPU-second
     clock = FakeClock()
+    sensor = CpuEstimateSensor(tdp_w=100.0, logical_cpus=1, clock=clock)  # 100 J per CPU-second
     meter = Meter([sensor], fallback=None, clock=clock, wall_clock=clock, off_thread=True)
     meter._poller.manual = True
     before = meter.snapshot()

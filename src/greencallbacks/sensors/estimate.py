@@ -2,15 +2,21 @@
 
 All three have ``method`` ``estimated``; records say so.
 
-CPU model: the CPUs draw their TDP when every logical CPU is busy, so each CPU-second this process
-tree uses costs ``TDP x sockets / logical CPUs`` joules. CPU-seconds come from the kernel
-(``psutil``: this process, its children, and the children they have already reaped), so the
+CPU model: a socket draws its TDP when every hardware thread on it is busy, so each CPU-second this
+process tree uses costs ``TDP per socket / hardware threads per socket`` joules: on bare metal
+``TDP x sockets / logical CPUs``. In a virtual machine (``hypervisor`` among /proc/cpuinfo's flags)
+/proc/cpuinfo describes the VM, not its host, while the model name and its TDP are the host
+socket's: the host's threads per socket come from the model name (``96-Core`` on AMD EPYC, two
+threads per core) or the table's ``threads`` column, and where neither knows them the per-core
+default below is used rather than billing a whole socket to a few vCPUs. CPU-seconds come from the
+kernel (``psutil``: this process, its children, and the children they have already reaped), so the
 estimate is exact *within the model*: no sampling error, and DataLoader workers are included.
 Idle power and other processes are not counted. TDP comes from ``cpu_tdp_w`` when given (per
-socket, as datasheets state it), else from the shipped table (CodeCarbon's, MIT) matched against
-the CPU model name, else ``DEFAULT_W_PER_CORE`` per physical core. The ``note`` says which.
+socket, as datasheets state it), else from the shipped table (CodeCarbon's, MIT, with a few rows
+added) matched against the CPU model name, else ``DEFAULT_W_PER_CORE`` per physical core. The
+``note`` says which, and the ``source`` (what a paper's statement says) too.
 
-RAM model: ``w_per_gb`` (0.37 W/GB by default, ~3 W per 8 GB module) times the resident memory
+RAM model: ``w_per_gb`` (0.37 W/GB by default, see ``DEFAULT_RAM_W_PER_GB``) times the resident memory
 of this process tree (``basis="process"``, the default), sampled by the background thread and
 integrated. The process basis attributes memory to the run that uses it and stays sensible on
 hosts with terabytes of RAM; ``basis="host"`` charges all installed RAM, which is closer to what a
@@ -30,21 +36,33 @@ import threading
 import time
 from collections.abc import Callable
 from functools import lru_cache
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 from greencallbacks.checks import as_float, shown
 from greencallbacks.sensors.base import Integrator, Kind, Method, Sensor, SensorError
 
-DEFAULT_W_PER_CORE = 10.0  # unknown CPU: desktop parts run ~10-15 W/core, servers ~4-7 W/core
+# Unknown CPU: an assumption of this project, not a published figure. The shipped table's desktop
+# parts run ~10-15 W per core, its server parts ~4-7 W (Xeon 8480+ 350 W / 56 cores, EPYC 9654
+# 360 W / 96); the Green Algorithms calculator assumes 12 W per core for an unknown CPU
+# (Lannelongue et al. 2021, its data/TDP_cpu.csv "Any"). data/SOURCES.md says the same.
+DEFAULT_W_PER_CORE = 10.0
+DEFAULT_W_PER_CORE_SOURCE = "greencallbacks' assumption, see its data/SOURCES.md"
 # Arm server cores (Neoverse), which /proc/cpuinfo names by part number only: Ampere Altra Q80-30
 # 210 W / 80 cores = 2.6 W, Altra Max M128-30 250 W / 128 = 2.0 W, NVIDIA Grace 500 W / 144 cores
 # with its LPDDR5X = 3.5 W. The x86 default would put a 64-core Graviton at 640 W.
 ARM_W_PER_CORE = 3.0
 _ARM_NEOVERSE_PARTS = {"0xd0c": "Neoverse-N1", "0xd40": "Neoverse-V1", "0xd49": "Neoverse-N2",
                        "0xd4f": "Neoverse-V2", "0xd8e": "Neoverse-N3", "0xd84": "Neoverse-V3"}
+# Green Algorithms' 0.3725 W/GB (Lannelongue, Grealey, Inouye 2021, its referenceValues.csv
+# memoryPower, from Karyakin & Salem 2017 and Tom's Hardware's measurements), which is Crucial's
+# "3 W per 8 GB of DDR3 or DDR4" (0.375 W/GB) that CodeCarbon's ram.py cites. data/SOURCES.md.
 DEFAULT_RAM_W_PER_GB = 0.37
+DEFAULT_RAM_W_PER_GB_SOURCE = "Green Algorithms' 0.3725 W/GB, Lannelongue et al. 2021"
 BYTES_PER_GB = 2**30
-CPU_POLL_INTERVAL_S = 1.0  # only to see children's CPU time before they exit unreaped
+# The CPU estimate's poll looks for processes born in the tree this often (``_ProcessTree.watch``):
+# a child's CPU time is read, and billed as it runs, from within this of its start.
+CPU_POLL_INTERVAL_S = 0.1
+CPU_POLL_READ_S = 1.0  # ... and reads the tree's CPU time where nothing else has for this long
 RAM_POLL_INTERVAL_S = 1.0  # memory use changes slowly; each sample walks the process tree
 # Above any CPU socket's TDP (the largest are ~500 W), any declared device's power, any memory's
 # W/GB (0.37 by default): a larger value is a typo or a unit mistake, and 1e308 W overflowed every
@@ -54,6 +72,7 @@ MAX_DECLARED_W = 1_000_000.0  # a megawatt: more than a rack of GPUs
 MAX_RAM_W_PER_GB = 100.0
 TDP_TABLE = "cpu_tdp.csv"
 TDP_TABLE_SOURCE = "cpu_tdp.csv from CodeCarbon's cpu_power.csv, MIT licence"
+CPUINFO_PATH = "/proc/cpuinfo"
 
 
 def check_finite(name: str, value: float, *, positive: bool = False, at_most: float = math.inf) -> float:
@@ -88,7 +107,7 @@ def _check_share(share: float) -> float:
 # -- what this machine is ------------------------------------------------------------------------
 
 
-def cpu_model_name(cpuinfo_path: str = "/proc/cpuinfo") -> str:
+def cpu_model_name(cpuinfo_path: str = CPUINFO_PATH) -> str:
     """The CPU's marketing name, e.g. ``"Intel(R) Xeon(R) Platinum 8480+"``; for an Arm server,
     which /proc/cpuinfo names by part number only, ``"Arm Neoverse-N1"``; "" if unknown."""
     arm_part = None
@@ -108,7 +127,7 @@ def cpu_model_name(cpuinfo_path: str = "/proc/cpuinfo") -> str:
     return platform.processor() or ""
 
 
-def socket_count(cpuinfo_path: str = "/proc/cpuinfo") -> int:
+def socket_count(cpuinfo_path: str = CPUINFO_PATH) -> int:
     """Distinct ``physical id`` values in /proc/cpuinfo; 1 where the file does not say."""
     ids = set()
     try:
@@ -122,6 +141,20 @@ def socket_count(cpuinfo_path: str = "/proc/cpuinfo") -> int:
     return max(1, len(ids))
 
 
+def is_virtual_machine(cpuinfo_path: str = CPUINFO_PATH) -> bool:
+    """Whether /proc/cpuinfo's ``flags`` include ``hypervisor`` (an x86 guest: the CPUID bit every
+    hypervisor sets); False on bare metal, where the file does not say, and on Arm."""
+    try:
+        with open(cpuinfo_path, encoding="utf-8", errors="replace") as file:
+            for line in file:
+                key, _, value = line.partition(":")
+                if key.strip() == "flags":
+                    return "hypervisor" in value.split()
+    except OSError:
+        pass
+    return False
+
+
 def _tokens(name: str) -> frozenset[str]:
     text = name.lower()
     text = re.sub(r"\((r|tm|c)\)|®|™", " ", text)
@@ -131,24 +164,151 @@ def _tokens(name: str) -> frozenset[str]:
     return frozenset(w for w in words if w not in ("cpu", "processor"))
 
 
+class TdpRow(NamedTuple):
+    """One row of the shipped CPU table."""
+
+    model: str
+    tdp_w: float  # per socket
+    tdp_source: str  # "" for CodeCarbon's figure; else where the added row's figure comes from
+    threads: int | None  # hardware threads per socket, where the table knows them
+    threads_source: str
+
+
 @lru_cache(maxsize=1)
-def _tdp_table() -> tuple[tuple[str, frozenset[str], float], ...]:
+def _tdp_table() -> tuple[tuple[frozenset[str], TdpRow], ...]:
     from greencallbacks.carbon.tables import read_rows
 
-    return tuple((row["model"], _tokens(row["model"]), float(row["tdp_w"])) for row in read_rows(TDP_TABLE))
+    return tuple(
+        (_tokens(row["model"]),
+         TdpRow(row["model"], float(row["tdp_w"]), row["tdp_source"], int(row["threads"]) if row["threads"] else None,
+                row["threads_source"]))
+        for row in read_rows(TDP_TABLE)
+    )
+
+
+def _lookup_row(cpu_model: str) -> TdpRow | None:
+    """The most specific table entry whose words all occur in ``cpu_model`` (see ``lookup_tdp_w``)."""
+    wanted = _tokens(cpu_model)
+    best: tuple[int, int] | None = None
+    found = None
+    for tokens, row in _tdp_table():
+        if tokens and tokens <= wanted and any(ch.isdigit() for ch in "".join(tokens)):
+            key = (len(tokens), len(row.model))
+            if best is None or key > best:
+                best, found = key, row
+    return found
 
 
 def lookup_tdp_w(cpu_model: str) -> tuple[str, float] | None:
     """(table name, TDP per socket) of the most specific table entry whose words all occur in
     ``cpu_model``; entries must contain a model number, so "AMD EPYC" alone matches nothing."""
-    wanted = _tokens(cpu_model)
-    best: tuple[int, int, str, float] | None = None
-    for name, tokens, tdp_w in _tdp_table():
-        if tokens and tokens <= wanted and any(ch.isdigit() for ch in "".join(tokens)):
-            key = (len(tokens), len(name), name, tdp_w)
-            if best is None or key[:2] > best[:2]:
-                best = key
-    return (best[2], best[3]) if best else None
+    row = _lookup_row(cpu_model)
+    return (row.model, row.tdp_w) if row else None
+
+
+_CORES_IN_NAME = re.compile(r"\b(\d+)-Core\b", re.IGNORECASE)
+
+
+def host_threads_per_socket(cpu_model: str) -> tuple[int, str] | None:
+    """Hardware threads per socket of the CPU named ``cpu_model``, and where that came from: the
+    table's ``threads`` column, else an AMD EPYC name's core count ("AMD EPYC 9654 96-Core
+    Processor") times the two threads per core (SMT) every EPYC has; None where neither says."""
+    row = _lookup_row(cpu_model)
+    if row is not None and row.threads:
+        return row.threads, f"{TDP_TABLE}: {row.threads_source}"
+    cores = _CORES_IN_NAME.search(cpu_model)
+    if cores and "epyc" in cpu_model.lower():
+        return 2 * int(cores.group(1)), f"{cores.group(1)} cores in its name x 2 threads per core, as on every EPYC"
+    return None
+
+
+def _matched(row: TdpRow) -> str:
+    return f"matched {row.model!r} in " + (f"{TDP_TABLE}: {row.tdp_source}" if row.tdp_source else TDP_TABLE_SOURCE)
+
+
+def _table_words(row: TdpRow) -> str:
+    """Where a row's TDP comes from, for a paper's statement."""
+    return "greencallbacks' additions to CodeCarbon's CPU table" if row.tdp_source else "CodeCarbon's CPU table"
+
+
+class CpuPower(NamedTuple):
+    """What the CPU estimate bills: ``watts`` when every logical CPU this machine shows is busy
+    (on bare metal all sockets' TDP; in a VM its vCPUs' share of the host's), and in words."""
+
+    watts: float
+    note: str  # how it was found, with the figures (the record's note)
+    source: str  # what a paper says the energy is "estimated from" (Sensor.source)
+
+
+def resolve_cpu_power(
+    tdp_w: float | None = None,
+    *,
+    cpu_model: str | None = None,
+    sockets: int | None = None,
+    physical_cores: int | None = None,
+    logical_cpus: int | None = None,
+    cpuinfo_path: str = CPUINFO_PATH,
+) -> CpuPower:
+    """The power of this machine's CPUs with all of them busy, and how it was found.
+
+    ``tdp_w`` (the user's ``cpu_tdp_w=``) is per socket that /proc/cpuinfo shows, on bare metal
+    and in a VM alike: in a VM, which shows its vCPUs as its own socket(s), give the VM's share
+    (the host socket's TDP x vCPUs / the host's threads per socket), or the whole host socket's
+    TDP is billed to the VM's vCPUs. Host facts left None are read from ``cpuinfo_path`` (model,
+    sockets, whether a VM) or from the OS (logical and physical CPUs).
+    """
+    sockets = socket_count(cpuinfo_path) if sockets is None else sockets
+    if tdp_w is not None:
+        tdp_w = check_finite("tdp_w", tdp_w, positive=True, at_most=MAX_CPU_TDP_W)
+        return CpuPower(tdp_w * sockets, f"TDP {tdp_w:g} W per socket (given) x {sockets} socket(s)",
+                        f"TDP x CPU time (TDP {tdp_w:g} W per socket, given by the user)")
+    cpu_model = cpu_model_name(cpuinfo_path) if cpu_model is None else cpu_model
+    row = _lookup_row(cpu_model) if cpu_model else None
+    virtual = is_virtual_machine(cpuinfo_path)
+    if row is not None and not virtual:
+        return CpuPower(
+            row.tdp_w * sockets,
+            f"TDP {row.tdp_w:g} W per socket x {sockets} socket(s) for {cpu_model!r} ({_matched(row)})",
+            f"TDP x CPU time (TDP {row.tdp_w:g} W per socket of {row.model}, from {_table_words(row)})",
+        )
+    if logical_cpus is None:
+        logical_cpus = os.cpu_count() or 1
+    host = host_threads_per_socket(cpu_model) if row is not None else None
+    if row is not None and host is not None:  # a VM: its vCPUs' share of the host's socket
+        threads, where = host
+        per_cpu = row.tdp_w / threads
+        return CpuPower(
+            per_cpu * logical_cpus,
+            f"VM: TDP {row.tdp_w:g} W per host socket for {cpu_model!r} ({_matched(row)}) / {threads} hardware "
+            f"threads per socket ({where}) = {per_cpu:.4g} W per busy vCPU x {logical_cpus} vCPU(s)",
+            f"TDP x CPU time, a VM's share of its host's ({per_cpu:.4g} W per busy vCPU: TDP {row.tdp_w:g} W per "
+            f"socket of {row.model}, from {_table_words(row)}, over {threads} hardware threads)",
+        )
+    if physical_cores is None:
+        import psutil
+
+        physical_cores = psutil.cpu_count(logical=False) or logical_cpus
+    arm = cpu_model.startswith("Arm ")
+    per_core = ARM_W_PER_CORE if arm else DEFAULT_W_PER_CORE
+    per_core_source = "Arm server cores' TDP per core, from Ampere's and NVIDIA's datasheets" if arm else (
+        DEFAULT_W_PER_CORE_SOURCE)
+    assumed = f"assumed {per_core:g} W per physical core x {physical_cores} cores"
+    if row is not None:  # a VM on a host socket of known TDP but unknown size: not the whole socket
+        return CpuPower(
+            per_core * physical_cores,
+            f"VM: host socket size unknown: TDP {row.tdp_w:g} W per host socket for {cpu_model!r} "
+            f"({_matched(row)}), but not its hardware threads, and the whole socket is not this VM's: {assumed}; "
+            "pass cpu_tdp_w= (the VM's share: TDP x vCPUs / the host's threads per socket) for a better estimate",
+            f"a default of {per_core:g} W per physical core x CPU time (a VM whose host socket's size is unknown; "
+            f"the default is {per_core_source})",
+        )
+    return CpuPower(
+        per_core * physical_cores,
+        f"CPU {cpu_model or 'model unknown'!r} not in the TDP table: {assumed}; "
+        "pass cpu_tdp_w= (per socket) for a better estimate",
+        f"a default of {per_core:g} W per physical core x CPU time (no TDP found for CPU "
+        f"{cpu_model or 'model unknown'!r}; the default is {per_core_source})",
+    )
 
 
 def resolve_cpu_tdp_w(
@@ -157,31 +317,14 @@ def resolve_cpu_tdp_w(
     cpu_model: str | None = None,
     sockets: int | None = None,
     physical_cores: int | None = None,
+    logical_cpus: int | None = None,
+    cpuinfo_path: str = CPUINFO_PATH,
 ) -> tuple[float, str]:
-    """The TDP of all CPU sockets of this host, in watts, and how it was found."""
-    sockets = socket_count() if sockets is None else sockets
-    if tdp_w is not None:
-        tdp_w = check_finite("tdp_w", tdp_w, positive=True, at_most=MAX_CPU_TDP_W)
-        return tdp_w * sockets, f"TDP {tdp_w:g} W per socket (given) x {sockets} socket(s)"
-    cpu_model = cpu_model_name() if cpu_model is None else cpu_model
-    match = lookup_tdp_w(cpu_model) if cpu_model else None
-    if match is not None:
-        name, table_tdp_w = match
-        return (
-            table_tdp_w * sockets,
-            f"TDP {table_tdp_w:g} W per socket x {sockets} socket(s) for {cpu_model!r} "
-            f"(matched {name!r} in {TDP_TABLE_SOURCE})",
-        )
-    if physical_cores is None:
-        import psutil
-
-        physical_cores = psutil.cpu_count(logical=False) or os.cpu_count() or 1
-    per_core = ARM_W_PER_CORE if cpu_model.startswith("Arm ") else DEFAULT_W_PER_CORE
-    return (
-        per_core * physical_cores,
-        f"CPU {cpu_model or 'model unknown'!r} not in the TDP table: assumed {per_core:g} W per "
-        f"physical core x {physical_cores} cores; pass cpu_tdp_w= (per socket) for a better estimate",
-    )
+    """``resolve_cpu_power`` as (watts, note): the TDP of all CPU sockets of this host (in a VM,
+    its vCPUs' share of the host's socket)."""
+    power = resolve_cpu_power(tdp_w, cpu_model=cpu_model, sockets=sockets, physical_cores=physical_cores,
+                              logical_cpus=logical_cpus, cpuinfo_path=cpuinfo_path)
+    return power.watts, power.note
 
 
 # -- what this process uses ----------------------------------------------------------------------
@@ -201,24 +344,63 @@ def _own_cpu_seconds_now() -> float:
     return own.ru_utime + own.ru_stime + waited.ru_utime + waited.ru_stime
 
 
+def _newest_pid() -> int | None:
+    """The pid last handed out in this pid namespace (/proc/loadavg's last field; a new thread
+    takes one too): one small read. None where it is not known (not Linux)."""
+    try:
+        with open("/proc/loadavg", "rb") as file:
+            return int(file.read().split()[-1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _parent_pid(pid: int) -> int | None:
+    """The parent of process ``pid`` (/proc/<pid>/status); None for a process gone, or a thread:
+    threads take pids from the same numbering, and /proc/<tid> shows their whole process."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as file:
+            head = file.read(1024)
+    except OSError:
+        return None
+    fields = dict(line.split(b":", 1) for line in head.splitlines() if b":" in line)
+    try:
+        return int(fields[b"PPid"]) if int(fields[b"Tgid"]) == pid else None
+    except (KeyError, ValueError):
+        return None
+
+
 class _ProcessTree:
     """This process and its descendants, for the estimates.
 
-    Listing descendants walks all of /proc (about 1 ms), too slow for a phase boundary, so the
-    list is kept for ``max_age_s`` and renewed by whichever read finds it stale: normally the
-    meter's background thread, which polls the estimates every second. A child that starts in
-    between is seen at the next listing with all its CPU time; children already waited for are
-    in the parent's own ``children_*`` times.
+    Listing descendants walks all of /proc (psutil reads every process's stat file: 11-20 ms for
+    the 120-160 processes of the 2-CPU VM of benchmarks/RESULTS.md, 180 ms once while training
+    held the GIL), too slow for a phase boundary and for every 0.1 s. So the meter's thread lists it
+    every ``max_age_s`` and, at each CPU poll (0.1 s), takes in the processes born in it since
+    (``watch``): the pids handed out since (/proc/loadavg), each one's parent read from /proc. A
+    child is then read from within a poll of its start, and its CPU time billed as it runs: seen
+    only at a listing or when reaped, a fire-and-forget ``Popen`` of epoch 1 had its 0.3 CPU-s
+    billed to epoch 4. Other callers list it only where the meter's thread has not for twice
+    ``max_age_s``. Children already waited for are in the parent's own ``children_*`` times.
     """
 
-    def __init__(self, max_age_s: float = 2.0) -> None:
+    MAX_BORN = 64  # pids to look at per poll; past that (or where pids wrapped) the tree is listed
+    LISTING_SHARE = 0.01  # ... at most that share of the time
+
+    def __init__(self, max_age_s: float = 2.0, newest_pid: Callable[[], int | None] = _newest_pid,
+                 parent_pid: Callable[[int], int | None] = _parent_pid,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.max_age_s = max_age_s
+        self._newest_pid = newest_pid
+        self._parent_pid = parent_pid
+        self._clock = clock
         self._lock = threading.Lock()
         self._pid: int | None = None
         self._process: Any = None
         self._children: list[Any] = []
         self._others: tuple[int, ...] = ()
         self._listed_at = -math.inf
+        self._listing_s = 0.0  # how long the last listing took
+        self._seen_pid: int | None = None  # the newest pid when the tree was last listed or watched
 
     def also(self, pids: Sequence[int]) -> None:
         """Take in these processes and their descendants too (the other ranks on this host), once
@@ -226,28 +408,71 @@ class _ProcessTree:
         with self._lock:
             self._others, self._listed_at = tuple(pids), -math.inf
 
-    def members(self) -> tuple[Any, list[Any]]:
+    def members(self, max_age_s: float | None = None) -> tuple[Any, list[Any]]:
+        """This process and its descendants, listed again if older than ``max_age_s`` (default:
+        twice ``self.max_age_s``, which only a tree the meter's thread does not watch reaches)."""
         import psutil
 
         with self._lock:
             if self._pid != os.getpid():  # first use, or a forked child: start afresh
                 self._pid, self._process, self._listed_at = os.getpid(), psutil.Process(), -math.inf
-            now = time.monotonic()
-            if now - self._listed_at > self.max_age_s:
-                self._children = self._process.children(recursive=True)
-                seen = {self._pid, *(child.pid for child in self._children)}
-                for pid in self._others:
-                    if pid in seen:
-                        continue
-                    try:
-                        root = psutil.Process(pid)
-                        tree = [root, *root.children(recursive=True)]
-                    except psutil.Error:
-                        continue  # that rank has ended
-                    self._children.extend(p for p in tree if p.pid not in seen)
-                    seen.update(p.pid for p in tree)
-                self._listed_at = now
+            max_age_s = 2 * self.max_age_s if max_age_s is None else max_age_s
+            if self._clock() - self._listed_at > max_age_s:
+                self._list()
             return self._process, list(self._children)
+
+    def _list(self) -> None:
+        import psutil
+
+        self._seen_pid = self._newest_pid()  # before: what is born meanwhile is watched for next
+        self._listed_at = now = self._clock()
+        self._children = self._process.children(recursive=True)
+        seen = {self._pid, *(child.pid for child in self._children)}
+        for pid in self._others:
+            if pid in seen:
+                continue
+            try:
+                root = psutil.Process(pid)
+                tree = [root, *root.children(recursive=True)]
+            except psutil.Error:
+                continue  # that rank has ended
+            self._children.extend(p for p in tree if p.pid not in seen)
+            seen.update(p.pid for p in tree)
+        self._listing_s = self._clock() - now
+
+    def watch(self) -> None:
+        """On the meter's thread: take in the processes born in the tree since it was last looked
+        at, or list it (every ``max_age_s``; where the pids born cannot be looked at one by one,
+        at most every ``_listing_s / LISTING_SHARE``)."""
+        import psutil
+
+        newest, age = self._newest_pid(), self._clock() - self._listed_at
+        if self._pid != os.getpid() or age > self.max_age_s:
+            self.members(max_age_s=0.0)
+            return
+        seen = self._seen_pid
+        if newest is not None and newest == seen:
+            return  # nothing was born
+        if newest is None or seen is None or not 0 < newest - seen <= self.MAX_BORN:
+            if age > self._listing_s / self.LISTING_SHARE:
+                self.members(max_age_s=0.0)
+            return
+        tree = {self._pid, *(child.pid for child in self._children)}
+        born = []
+        for pid in range(seen + 1, newest + 1):  # in order: a child's own children come after it
+            if self._parent_pid(pid) in tree:
+                tree.add(pid)
+                born.append(pid)
+        found = []
+        for pid in born:
+            try:
+                found.append(psutil.Process(pid))
+            except psutil.Error:
+                pass  # gone already: its time is in its parent's children_* times once reaped
+        with self._lock:
+            if self._seen_pid == seen:  # (not listed meanwhile)
+                self._children = self._children + found
+                self._seen_pid = newest
 
     def has_live_children(self) -> bool:
         """From the last listing, without walking /proc; True before the first one (or in a forked
@@ -265,7 +490,8 @@ def measure_other_processes(pids: Sequence[int]) -> None:
 
 
 def process_tree_cpu_seconds(process: Any = None) -> float:
-    """CPU-seconds used by this process and all its descendants, live or already reaped."""
+    """CPU-seconds used by this process and all its descendants, live or already reaped: those
+    live as of the tree's latest listing (see ``_ProcessTree``)."""
     import psutil
 
     if process is None:
@@ -280,7 +506,7 @@ def process_tree_cpu_seconds(process: Any = None) -> float:
         try:
             total += _own_cpu_seconds(child.cpu_times())
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            pass  # it exited between listing and reading; its time reappears once reaped
+            pass  # reaped since the listing: its time is in its parent's children_* times now
     return total
 
 
@@ -315,18 +541,27 @@ def host_ram_bytes() -> float:
 class CpuEstimateSensor(Sensor):
     """CPU energy as TDP x the share of the host's logical CPUs this process tree keeps busy.
 
+    Each busy CPU-second costs ``TDP per socket / hardware threads per socket`` joules; in a VM,
+    the host's socket and threads (see the module's docstring), or the per-core default where the
+    host's size is unknown. ``tdp_w`` is what all the CPUs this machine shows draw when busy (a
+    VM: its vCPUs' share of the host's TDP), times ``share``.
+
     Args:
-        tdp_w: TDP per socket in watts (None: look the CPU up, or 10 W per physical core).
+        tdp_w: TDP per socket in watts (None: look the CPU up, or 10 W per physical core), per
+            socket that /proc/cpuinfo shows: in a VM, which shows the VM, give the VM's share of
+            the host socket's TDP (TDP x vCPUs / the host's threads per socket).
         share: the fraction of the host's CPU power this sensor stands for (1/N when it replaces
             one of N RAPL packages).
         cpu_seconds: cumulative CPU-seconds of what is measured (default: this process tree).
         logical_cpus, cpu_model, sockets, physical_cores: the host (default: detected).
+        cpuinfo_path: where the model, the sockets and whether this is a VM are read from.
+        clock: monotonic seconds, for pacing the process tree's CPU time; injectable for tests.
         name, poll_interval_s: as for every sensor.
     """
 
     kind = Kind.CPU
     method = Method.ESTIMATED
-    source = "TDP x CPU time"
+    source = "TDP x CPU time"  # each instance says which TDP, or which default
 
     def __init__(
         self,
@@ -338,36 +573,43 @@ class CpuEstimateSensor(Sensor):
         cpu_model: str | None = None,
         sockets: int | None = None,
         physical_cores: int | None = None,
+        cpuinfo_path: str = CPUINFO_PATH,
+        clock: Callable[[], float] = time.monotonic,
         name: str = "cpu",
         poll_interval_s: float | None = CPU_POLL_INTERVAL_S,
     ) -> None:
         self.share = _check_share(share)
         _check_callable("cpu_seconds", cpu_seconds)
         poll_interval_s = _check_poll_interval(poll_interval_s)
-        host_tdp_w, how = resolve_cpu_tdp_w(tdp_w, cpu_model=cpu_model, sockets=sockets, physical_cores=physical_cores)
         if logical_cpus is None:
             logical_cpus = os.cpu_count() or 1
         if isinstance(logical_cpus, bool) or not isinstance(logical_cpus, int) or logical_cpus < 1:
             raise ValueError(f"logical_cpus must be >= 1, got {logical_cpus!r}")
-        self.tdp_w = host_tdp_w * self.share
-        self.joules_per_cpu_second = host_tdp_w / logical_cpus
+        power = resolve_cpu_power(tdp_w, cpu_model=cpu_model, sockets=sockets, physical_cores=physical_cores,
+                                  logical_cpus=logical_cpus, cpuinfo_path=cpuinfo_path)
+        self.tdp_w = power.watts * self.share
+        self.joules_per_cpu_second = power.watts / logical_cpus
+        self.logical_cpus = logical_cpus
         self.name = name
         self.scope = "process tree" if cpu_seconds is None else "cpu"
         self.poll_interval_s = poll_interval_s
-        self.note = how + (f"; {self.share:g} of the host" if self.share != 1 else "")
+        self.note = power.note + (f"; {self.share:g} of the host" if self.share != 1 else "")
+        self.source = power.source
         self._cpu_seconds = cpu_seconds or process_tree_cpu_seconds
         self._reads_tree = cpu_seconds is None
+        self._clock = clock
         self._lock = threading.Lock()
         self._base_cpu_s = self._read_cpu_seconds()
         self._high_water_cpu_s = self._base_cpu_s
+        self._billed_cpu_s, self._billed_at = self._base_cpu_s, clock()
 
     @property
     def off_thread(self) -> bool:
         """Whether the meter's thread reads it. The process tree's CPU time costs a /proc read per
         live child process (160 us for four DataLoader workers, on a training thread whose caches
         the step has just evicted): with children, the meter's thread reads it every 0.1 s and a
-        boundary carries the latest read forward at its rate. Without (the tree last listed at
-        most 2 s ago by the poll), it is two getrusage calls, read at the boundary: a phase
+        boundary carries the latest read forward at its rate. Without (none found by the poll,
+        which looks for them every 0.1 s), it is two getrusage calls, read at the boundary: a phase
         shorter than those 0.1 s, a 20 ms test, gets its own CPU time, not the rate before it
         (read off the thread, such a test was billed 0 J and the gap after it its energy).
         A counter the caller gives is read in place."""
@@ -381,15 +623,27 @@ class CpuEstimateSensor(Sensor):
 
     def _update(self) -> float:
         with self._lock:
-            # A child that exits unreaped drops out for a moment; holding the high-water mark
-            # keeps the total from dipping and its time from being counted twice.
+            # A child reaped between the tree's listing and its read drops out for a moment;
+            # holding the high-water mark keeps the total from dipping and its time from being
+            # counted twice.
             self._high_water_cpu_s = max(self._high_water_cpu_s, self._read_cpu_seconds())
-            return (self._high_water_cpu_s - self._base_cpu_s) * self.joules_per_cpu_second * self.share
+            # All of it, at once: a child born and reaped between two polls shows up when reaped,
+            # in whatever phase that is (rare since the tree's new processes are taken in at each
+            # poll); capping the pace instead left what the run's last read still held unbilled.
+            self._billed_cpu_s, self._billed_at = self._high_water_cpu_s, self._clock()
+            return self._joules()
+
+    def _joules(self) -> float:
+        return (self._billed_cpu_s - self._base_cpu_s) * self.joules_per_cpu_second * self.share
 
     def energy_j(self) -> float:
         return self._update()
 
     def poll(self) -> float:
+        if self._reads_tree:
+            _TREE.watch()  # on the meter's thread: take in the processes born in the tree
+            if self._clock() - self._billed_at < CPU_POLL_READ_S:
+                return self._joules()  # read lately: by the reader (a /proc read per child), or a boundary
         return self._update()
 
 
@@ -432,6 +686,8 @@ class RamEstimateSensor(Sensor):
         self.poll_interval_s = poll_interval_s
         memory = "resident memory of this process tree" if basis == "process" else "installed RAM"
         self.note = f"{self.w_per_gb:g} W/GB x {memory}"
+        self.source = f"{'resident memory' if basis == 'process' else 'installed RAM'} x {self.w_per_gb:g} W/GB" + (
+            f" (the default, after {DEFAULT_RAM_W_PER_GB_SOURCE})" if self.w_per_gb == DEFAULT_RAM_W_PER_GB else "")
         if self.share != 1:
             self.note += f"; {self.share:g} of it"
         if memory_bytes is None:
