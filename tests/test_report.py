@@ -53,6 +53,39 @@ def test_the_statement_says_what_each_sensor_read_and_no_more_where_the_record_d
     assert report.method_sentence(unsaid) == "CPU energy estimated; GPU energy from energy counters"
 
 
+def test_the_statement_says_which_cpu_estimate_and_where_its_defaults_come_from(tmp_path):
+    """A real session on a VM whose CPU no table knows (this demo's 'AMD EPYC'), one on a VM of a
+    known host: the statement said "CPU energy estimated from TDP x CPU time" for both, though the
+    first used no TDP; now it says which, and cites the defaults as the records carry them."""
+    import time
+
+    from greencallbacks.records import read_records
+    from greencallbacks.sensors.estimate import CpuEstimateSensor, RamEstimateSensor
+    from greencallbacks.session import EnergySession
+    from tests.fakes.cpuinfo import write_cpuinfo
+
+    def statement_on(cpuinfo, run_id):
+        cpu = CpuEstimateSensor(cpuinfo_path=cpuinfo, logical_cpus=2, physical_cores=2)
+        session = EnergySession(intensity=100, run_id=run_id, output_dir=tmp_path / run_id,
+                                sensors=[cpu, RamEstimateSensor()])
+        session.start()
+        start = time.process_time()
+        while time.process_time() - start < 0.05:
+            pass
+        session.stop()
+        return report.statement(read_records(tmp_path / run_id))
+
+    unknown = statement_on(write_cpuinfo(tmp_path, "AMD EPYC", cores=2, threads_per_core=1, vm=True), "unknown")
+    assert ("CPU energy estimated from a default of 10 W per physical core x CPU time (no TDP found for CPU "
+            "'AMD EPYC'; the default is greencallbacks' assumption, see its data/SOURCES.md)") in unknown
+    assert ("RAM energy estimated from resident memory x 0.37 W/GB (the default, after Green Algorithms' "
+            "0.3725 W/GB, Lannelongue et al. 2021)") in unknown
+    assert "TDP x CPU time" not in unknown
+    share = statement_on(write_cpuinfo(tmp_path, "AMD EPYC 9654 96-Core Processor", cores=1, vm=True), "share")
+    assert ("CPU energy estimated from TDP x CPU time, a VM's share of its host's (1.875 W per busy vCPU: TDP 360 W "
+            "per socket of AMD EPYC 9654, from CodeCarbon's CPU table, over 192 hardware threads)") in share
+
+
 def one_run(run_id="run-a", train_j=(36000.0, 72000.0), scale=1.0):
     records, seq = [], 0
     for epoch, energy in enumerate(train_j):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections import Counter, defaultdict
 from typing import Callable, Iterable, Sequence
 
@@ -47,13 +48,17 @@ def epoch_rows(records: Iterable[Record]) -> list[dict]:
     An epoch cut short in one attempt and redone by the next is two rows (``redone`` on the
     first), never one row with the energy of both divided by one epoch's samples. An attempt
     that trained nothing (a checkpoint evaluated again in a later session: Lightning's
-    ``validate(ckpt_path=...)``) has no epochs of its own: its phases are in the totals only.
+    ``validate(ckpt_path=...)``) has no epochs of its own: its phases are in the totals only, as
+    are those of a validation after the training (``inference_after_training``).
     """
     records = list(records)
     trained_in = training_attempts(records)
+    after = inference_after_training(records)
     rows: dict[tuple[str, int, int], dict] = {}
     for r in records:
         if r.epoch is None or r.phase not in ("train", "validation") or (r.run_id, r.attempt) not in trained_in:
+            continue
+        if (r.run_id, r.attempt, r.seq) in after:
             continue
         row = rows.setdefault(
             (r.run_id, r.attempt, r.epoch),
@@ -92,6 +97,29 @@ def epoch_rows(records: Iterable[Record]) -> list[dict]:
 def training_attempts(records: Iterable[Record]) -> set[tuple[str, int]]:
     """The (run, attempt) pairs that trained: the others only evaluated a checkpoint."""
     return {(r.run_id, r.attempt) for r in records if r.phase == "train"}
+
+
+def inference_after_training(records: Iterable[Record]) -> set[tuple[str, int, int]]:
+    """(run, attempt, seq) of each record of an evaluation or prediction after its attempt's
+    training (a ``validate`` / ``evaluate`` / ``test`` / ``predict`` call after ``fit`` / ``train``
+    in one session): the first gap of no epoch after the attempt's last train record, and all that
+    follows it. Each such call begins with that gap; the gaps between epochs carry their epoch, and
+    the validation inside the training loop comes before it. The frameworks stamp such a validation
+    with an epoch (Lightning's ``max_epochs``, HF's last epoch) that it did not train in: it counts
+    in the run's totals, not among its epochs."""
+    records = list(records)
+    last_train: dict[tuple[str, int], int] = {}
+    for r in records:
+        if r.phase == "train":
+            key = (r.run_id, r.attempt)
+            last_train[key] = max(last_train.get(key, r.seq), r.seq)
+    starts: dict[tuple[str, int], int] = {}
+    for r in records:
+        key = (r.run_id, r.attempt)
+        if r.phase == "other" and r.epoch is None and key in last_train and r.seq > last_train[key]:
+            starts[key] = min(starts.get(key, r.seq), r.seq)
+    return {(r.run_id, r.attempt, r.seq) for r in records
+            if (r.run_id, r.attempt) in starts and r.seq >= starts[(r.run_id, r.attempt)]}
 
 
 EPOCH_STATES = ("complete", "partial", "cut short, redone")
@@ -229,6 +257,10 @@ def provenance(records: Sequence[Record]) -> list[str]:
     if evaluated and trained_in:
         notes.append(f"A checkpoint of the run was evaluated again in a later session ({', '.join(evaluated)}): "
                      "that energy is in the totals by phase and the whole run, not in the per-epoch table.")
+    after = inference_after_training(records)
+    if any(r.phase == "validation" and (r.run_id, r.attempt, r.seq) in after for r in records):
+        notes.append("Validation run after the training (a validate or evaluate call after fit or train) is in the "
+                     "totals by phase and the whole run, not in the per-epoch table: it trained no epoch.")
     notes.append(f"Tool: greencallbacks {records[0].tool_version or '(unknown version)'}.")
     return notes
 
@@ -285,11 +317,9 @@ def training_failed(records: Sequence[Record]) -> bool:
            for later, group in by_attempt.items()):
         return False
     mine = by_attempt[attempt]
-    # Each evaluation or prediction after the training (test, predict, a standalone validate)
-    # begins with a gap of no epoch: what fails from there on is no failure of the training.
-    last_train = max(r.seq for r in mine if r.phase == "train")
-    inference = min((r.seq for r in mine if r.phase == "other" and r.epoch is None and r.seq > last_train), default=None)
-    training = [r for r in mine if r.phase in ("train", "validation", "other") and (inference is None or r.seq < inference)]
+    # What fails in an evaluation or prediction after the training is no failure of the training.
+    after = inference_after_training(mine)
+    training = [r for r in mine if r.phase in ("train", "validation", "other") and (r.run_id, r.attempt, r.seq) not in after]
     return max(training, key=lambda r: r.seq).partial
 
 
@@ -479,6 +509,26 @@ _KIND_WORDS = {"gpu": "GPU", "cpu": "CPU", "dram": "DRAM", "ram": "RAM"}
 _METHOD_VERBS = {"estimated": "estimated from", "apportioned": "apportioned from a shared device's"}
 _METHOD_ALONE = {"counter": "from energy counters", "sampled": "from integrated power samples",
                  "estimated": "estimated", "apportioned": "apportioned from a shared device's measurement"}
+
+
+# Records written before the CPU estimate named its per-core default in its source say "TDP x CPU
+# time" for every CPU, though their note says no TDP was found and a default per core was used.
+_OLDER_CPU_SOURCE = "TDP x CPU time"
+_PER_CORE_NOTE = re.compile(r"CPU (.+?) not in the TDP table: assumed ([0-9.]+) W per physical core")
+
+
+def _source_of(part: dict) -> str:
+    """What a ``hardware`` part's energy is estimated from: its records' source; for an older CPU
+    record whose note says it used the per-core default, that default, not a TDP it never had."""
+    used = _PER_CORE_NOTE.search(part["note"]) if part["source"] == _OLDER_CPU_SOURCE else None
+    if used is None:
+        return part["source"]
+    from greencallbacks.sensors.estimate import DEFAULT_W_PER_CORE, DEFAULT_W_PER_CORE_SOURCE
+
+    watts = float(used.group(2))
+    # Where the default comes from, as newer records say it (an Arm core's default is another's).
+    cited = f"; the default is {DEFAULT_W_PER_CORE_SOURCE}" if watts == DEFAULT_W_PER_CORE else ""
+    return f"a default of {watts:g} W per physical core x CPU time (no TDP found for CPU {used.group(1)}{cited})"
 
 
 def _method_words(kind: str, method: str, source: str) -> str:
@@ -749,7 +799,7 @@ def method_sentence(records: Sequence[Record]) -> str:
     """How the energy was obtained, e.g. "GPU energy from NVML energy counters; CPU energy estimated ..."."""
     seen = []
     for part in hardware(records):
-        words = _method_words(part["kind"], part["method"], part["source"])
+        words = _method_words(part["kind"], part["method"], _source_of(part))
         if words not in seen:
             seen.append(words)
     stopped = stopped_components(records)
