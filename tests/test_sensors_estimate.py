@@ -17,7 +17,7 @@ from greencallbacks.sensors.estimate import (
     is_virtual_machine,
     lookup_tdp_w,
     process_tree_cpu_seconds,
-    resolve_cpu_tdp_w,
+    resolve_cpu_power,
 )
 from tests.fakes.cpuinfo import write_cpuinfo
 from tests.fakes.scripted import FakeClock
@@ -69,7 +69,7 @@ def test_cpu_share_scales_the_estimate():
 
 def test_tdp_is_looked_up_from_the_cpu_model(tmp_path):
     metal = write_cpuinfo(tmp_path, "Intel(R) Xeon(R) Platinum 8480+", sockets=2, cores=56, vm=False)
-    tdp_w, note = resolve_cpu_tdp_w(cpuinfo_path=metal)
+    tdp_w, note, _ = resolve_cpu_power(cpuinfo_path=metal)
     assert tdp_w == 700.0
     assert "Intel Xeon Platinum 8480+" in note and "CodeCarbon" in note and "MIT" in note
     assert lookup_tdp_w("AMD EPYC 7763 64-Core Processor") == ("AMD EPYC 7763", 280.0)
@@ -164,7 +164,7 @@ def test_cloud_gpu_hosts_custom_xeons_are_in_the_table_at_their_retail_parts_tdp
 
 def test_unknown_cpu_uses_the_stated_default_per_core():
     assert lookup_tdp_w("AMD EPYC") is None  # a family name is not a model
-    tdp_w, note = resolve_cpu_tdp_w(cpu_model="Some Future CPU 9000", sockets=1, physical_cores=12)
+    tdp_w, note, _ = resolve_cpu_power(cpu_model="Some Future CPU 9000", sockets=1, physical_cores=12)
     assert tdp_w == pytest.approx(DEFAULT_W_PER_CORE * 12) and DEFAULT_W_PER_CORE == 10.0
     assert "not in the TDP table" in note and "cpu_tdp_w" in note
     sensor = CpuEstimateSensor(
@@ -183,7 +183,7 @@ def test_an_arm_server_is_named_by_its_part_and_estimated_at_arm_core_power(tmp_
                        "CPU architecture: 8\nCPU variant\t: 0x3\nCPU part\t: 0xd0c\nCPU revision\t: 1\n\n" * 2)
     model = cpu_model_name(str(cpuinfo))
     assert model == "Arm Neoverse-N1"
-    tdp_w, note = resolve_cpu_tdp_w(cpu_model=model, sockets=1, physical_cores=64)
+    tdp_w, note, _ = resolve_cpu_power(cpu_model=model, sockets=1, physical_cores=64)
     assert tdp_w == pytest.approx(ARM_W_PER_CORE * 64) and "Arm Neoverse-N1" in note and "3 W per physical core" in note
     cpuinfo.write_text("processor\t: 0\nCPU implementer\t: 0x41\nCPU part\t: 0xfff\n")
     assert cpu_model_name(str(cpuinfo)) == "Arm core 0xfff"

@@ -311,22 +311,6 @@ def resolve_cpu_power(
     )
 
 
-def resolve_cpu_tdp_w(
-    tdp_w: float | None = None,
-    *,
-    cpu_model: str | None = None,
-    sockets: int | None = None,
-    physical_cores: int | None = None,
-    logical_cpus: int | None = None,
-    cpuinfo_path: str = CPUINFO_PATH,
-) -> tuple[float, str]:
-    """``resolve_cpu_power`` as (watts, note): the TDP of all CPU sockets of this host (in a VM,
-    its vCPUs' share of the host's socket)."""
-    power = resolve_cpu_power(tdp_w, cpu_model=cpu_model, sockets=sockets, physical_cores=physical_cores,
-                              logical_cpus=logical_cpus, cpuinfo_path=cpuinfo_path)
-    return power.watts, power.note
-
-
 # -- what this process uses ----------------------------------------------------------------------
 
 
