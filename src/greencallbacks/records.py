@@ -42,6 +42,9 @@ SYNC_INTERVAL_S = 10.0
 # ...or sooner once this many bytes wait for one: phases ending by the thousand within the
 # interval must not leave that many records to a machine crash.
 SYNC_BACKLOG_BYTES = 256 * 1024
+# The most of its written lines a writer keeps (synced ones are forgotten, oldest first, past it):
+# what a records file deleted or emptied mid-run is given back (about 500 records).
+LINES_KEPT_BYTES = 1024 * 1024
 # The longest ``close`` waits for the records' fsync at the end of a run before going on without it.
 CLOSE_SYNC_WAIT_S = 2.0
 
@@ -220,6 +223,7 @@ class RecordWriter:
         # from here. One line per phase.
         self._lines: list[bytes] = []
         self._offsets: list[int] = []
+        self._forgotten = 0  # lines written before those kept (see _forget_synced_lines)
         self._bytes = 0  # their total size
         self._synced = 0  # how many of them (the first ones) an fsync covered
         self._synced_bytes = 0
@@ -425,7 +429,7 @@ class RecordWriter:
                     break
             confirmed = sum(i < self._confirmed for i in lost)
             if confirmed:  # the others were not known to be in it: their failure has been said
-                self._warn_lost(confirmed)
+                self._warn_lost(confirmed, self._forgotten if 0 in lost else 0)
         self._synced = self._synced_bytes = 0  # synced again, all of them
         self._generation += 1
         self._check_end = True
@@ -472,7 +476,26 @@ class RecordWriter:
         with self._lock:
             if generation == self._generation and covered > self._synced:
                 self._synced, self._synced_bytes = covered, size
+                self._forget_synced_lines()
         return True
+
+    def _forget_synced_lines(self) -> None:
+        """Keep at most ``LINES_KEPT_BYTES`` of lines in memory, forgetting the oldest synced ones:
+        a run of any length keeps a flat footprint (every line kept grew by ~2 kB a record). A file
+        lost later can be given back only the lines still kept; the warning says how many not."""
+        drop = dropped_bytes = 0
+        while drop < self._synced and self._bytes - dropped_bytes > LINES_KEPT_BYTES:
+            dropped_bytes += len(self._lines[drop])
+            drop += 1
+        if not drop:
+            return
+        del self._lines[:drop], self._offsets[:drop]
+        self._bytes -= dropped_bytes
+        self._synced -= drop
+        self._synced_bytes -= dropped_bytes
+        self._confirmed = max(0, self._confirmed - drop)
+        self._forgotten += drop
+        self._generation += 1  # a sync in flight counted lines by their old places
 
     def _warn(self, error: OSError) -> None:
         if self._warned:
@@ -485,15 +508,20 @@ class RecordWriter:
             "They are kept in memory and written when the file can be written; training continues."
         )
 
-    def _warn_lost(self, count: int) -> None:
+    def _warn_lost(self, count: int, forgotten: int = 0) -> None:
         if self._lost_warned:
             return
         self._lost_warned = True
         from greencallbacks.meter import warn
 
-        warn(f"greencallbacks: {self.path} lost {count} energy record(s) written there earlier in this run "
-             "(the file or its directory was deleted, emptied or replaced while the run went on). They are "
-             "written again, so that the file holds every record of the run.")
+        cause = "(the file or its directory was deleted, emptied or replaced while the run went on)"
+        if forgotten:
+            warn(f"greencallbacks: {self.path} lost {count} energy record(s) written there earlier in this run {cause}, "
+                 f"and perhaps the {forgotten} before them, which are no longer kept in memory. The {count} are written "
+                 "again; the run's summary still holds its totals.")
+            return
+        warn(f"greencallbacks: {self.path} lost {count} energy record(s) written there earlier in this run {cause}. "
+             "They are written again, so that the file holds every record of the run.")
 
 
 # The longest a write waits for another writer's lock. Writers hold it for a write's few system
