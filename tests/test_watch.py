@@ -117,3 +117,24 @@ began.wait(10)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert done.exists()
+
+
+def test_a_walk_that_raises_leaves_the_watch_thread_watching(monkeypatch):
+    """A walk racing the other thread raised once (AttributeError in a long Keras run): the
+    thread ended, and no call was written up until the next watch. It now walks again next poll."""
+    real, failures = watch.left_stack, [AttributeError("'str' object has no attribute 'f_back'")]
+
+    def flaky(*args):
+        if failures:
+            raise failures.pop()
+        return real(*args)
+
+    monkeypatch.setattr(watch, "left_stack", flaky)
+    gone = threading.Event()
+
+    def call():
+        watch.watch(sys._getframe(), gone.set)
+
+    call()  # returns at once: the first walk raises, a later one finds the call ended
+    assert gone.wait(50 * watch.POLL_S)
+    assert not failures
