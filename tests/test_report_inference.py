@@ -18,6 +18,7 @@ DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 
 def _lightning():
+    pytest.importorskip("torch")  # the core's own runs have no torch
     pytest.importorskip("lightning")
     from tests.lightning_models import flavour
 
@@ -41,9 +42,9 @@ def _assert_totals_hold_everything(records):
 def test_lightning_validate_after_fit_is_in_the_totals_not_an_epoch_that_never_trained(tmp_path):
     """A 2-epoch fit, then ``trainer.validate``: Lightning stamps that validation with epoch 2
     (max_epochs). The report showed an epoch 2 of 0 samples, 0 kWh, "complete" (md, CSV, JSON)."""
+    L, EnergyCallback, TinyModel = _lightning()  # skips where torch or Lightning is missing
     from tests.lightning_models import loaders, trainer_kwargs
 
-    L, EnergyCallback, TinyModel = _lightning()
     model = TinyModel()
     trainer = L.Trainer(max_epochs=2, logger=False, callbacks=[EnergyCallback(output_dir=tmp_path, intensity=100.0)],
                         **trainer_kwargs())
@@ -72,9 +73,9 @@ def test_lightning_validate_after_fit_is_in_the_totals_not_an_epoch_that_never_t
 def test_lightning_validate_after_a_resumed_fit_keeps_the_resumed_validation_in_its_epoch(tmp_path):
     """A fit crashes in epoch 1, a new trainer resumes it from the end of epoch 0 and validates
     after: the report had a row ``2 (attempt 1)``; the resume's own validation of epoch 1 stays."""
+    L, EnergyCallback, TinyModel = _lightning()  # skips where torch or Lightning is missing
     from tests.lightning_models import Boom, loaders, trainer_kwargs
 
-    L, EnergyCallback, TinyModel = _lightning()
     energy, ckpt = tmp_path / "energy", tmp_path / "ckpt"
 
     def trainer():
