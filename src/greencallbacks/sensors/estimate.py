@@ -573,7 +573,6 @@ class CpuEstimateSensor(Sensor):
                                   logical_cpus=logical_cpus, cpuinfo_path=cpuinfo_path)
         self.tdp_w = power.watts * self.share
         self.joules_per_cpu_second = power.watts / logical_cpus
-        self.logical_cpus = logical_cpus
         self.name = name
         self.scope = "process tree" if cpu_seconds is None else "cpu"
         self.poll_interval_s = poll_interval_s
@@ -585,7 +584,7 @@ class CpuEstimateSensor(Sensor):
         self._lock = threading.Lock()
         self._base_cpu_s = self._read_cpu_seconds()
         self._high_water_cpu_s = self._base_cpu_s
-        self._billed_cpu_s, self._billed_at = self._base_cpu_s, clock()
+        self._read_at = clock()  # when the CPU time was last read (see poll)
 
     @property
     def off_thread(self) -> bool:
@@ -614,11 +613,11 @@ class CpuEstimateSensor(Sensor):
             # All of it, at once: a child born and reaped between two polls shows up when reaped,
             # in whatever phase that is (rare since the tree's new processes are taken in at each
             # poll); capping the pace instead left what the run's last read still held unbilled.
-            self._billed_cpu_s, self._billed_at = self._high_water_cpu_s, self._clock()
+            self._read_at = self._clock()
             return self._joules()
 
     def _joules(self) -> float:
-        return (self._billed_cpu_s - self._base_cpu_s) * self.joules_per_cpu_second * self.share
+        return (self._high_water_cpu_s - self._base_cpu_s) * self.joules_per_cpu_second * self.share
 
     def energy_j(self) -> float:
         return self._update()
@@ -626,7 +625,7 @@ class CpuEstimateSensor(Sensor):
     def poll(self) -> float:
         if self._reads_tree:
             _TREE.watch()  # on the meter's thread: take in the processes born in the tree
-            if self._clock() - self._billed_at < CPU_POLL_READ_S:
+            if self._clock() - self._read_at < CPU_POLL_READ_S:
                 return self._joules()  # read lately: by the reader (a /proc read per child), or a boundary
         return self._update()
 
