@@ -462,3 +462,28 @@ def test_zero_is_a_valid_constant_and_ram_rate():
     sensor = RamEstimateSensor(0.0, memory_bytes=lambda: BYTES_PER_GB, clock=clock)
     clock.advance(3.0)
     assert sensor.energy_j() == 0.0
+
+
+def test_the_estimates_of_a_hosts_first_rank_say_they_cover_the_other_ranks(tmp_path, monkeypatch):
+    """The host's first rank measures the other ranks' CPU and RAM too; its records said "process
+    tree", as if the figures were its own."""
+    from greencallbacks.distributed import LocalReducer
+    from greencallbacks.records import read_records
+    from greencallbacks.sensors import estimate
+    from greencallbacks.session import EnergySession
+
+    monkeypatch.setattr(estimate, "_TREE", estimate._ProcessTree())
+
+    class FirstRankOfAHostOfThree(LocalReducer):  # as place_on_hosts leaves it, without collectives
+        host_pids = [2**22 - 1, 2**22 - 2]  # (ended ranks: nothing to add, the label is the point)
+
+    for run_id, reducer in (("ranks", FirstRankOfAHostOfThree()), ("alone", LocalReducer())):
+        session = EnergySession(intensity=100, run_id=run_id, output_dir=tmp_path, gpus=[])
+        session.start(reducer=reducer)
+        session.stop()
+    notes = {(r.run_id, c["kind"]): c.get("note", "") for r in read_records(tmp_path)
+             for c in r.components if c["kind"] in ("cpu", "ram")}
+    assert notes[("ranks", "cpu")].endswith("; CPU time of the process trees of this host's 3 ranks")
+    assert "resident memory of the process trees of this host's 3 ranks" in notes[("ranks", "ram")]
+    assert "ranks" not in notes[("alone", "cpu")]
+    assert "resident memory of this process tree" in notes[("alone", "ram")]

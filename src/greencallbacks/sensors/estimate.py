@@ -392,6 +392,12 @@ class _ProcessTree:
         with self._lock:
             self._others, self._listed_at = tuple(pids), -math.inf
 
+    def scope(self) -> str:
+        """What the estimates measure, for their records: the host's first rank also measures the
+        other ranks on it (a note saying "this process tree" hid that it covers them)."""
+        ranks = len(self._others) + 1
+        return "process tree" if ranks == 1 else f"process trees of this host's {ranks} ranks"
+
     def members(self, max_age_s: float | None = None) -> tuple[Any, list[Any]]:
         """This process and its descendants, listed again if older than ``max_age_s`` (default:
         twice ``self.max_age_s``, which only a tree the meter's thread does not watch reaches)."""
@@ -574,9 +580,11 @@ class CpuEstimateSensor(Sensor):
         self.tdp_w = power.watts * self.share
         self.joules_per_cpu_second = power.watts / logical_cpus
         self.name = name
-        self.scope = "process tree" if cpu_seconds is None else "cpu"
+        self.scope = _TREE.scope() if cpu_seconds is None else "cpu"
         self.poll_interval_s = poll_interval_s
         self.note = power.note + (f"; {self.share:g} of the host" if self.share != 1 else "")
+        if self.scope not in ("process tree", "cpu"):
+            self.note += f"; CPU time of the {self.scope}"
         self.source = power.source
         self._cpu_seconds = cpu_seconds or process_tree_cpu_seconds
         self._reads_tree = cpu_seconds is None
@@ -665,9 +673,10 @@ class RamEstimateSensor(Sensor):
         poll_interval_s = _check_poll_interval(poll_interval_s)
         self.basis = basis
         self.name = name
-        self.scope = "process tree" if basis == "process" else "host"
+        self.scope = _TREE.scope() if basis == "process" else "host"
         self.poll_interval_s = poll_interval_s
-        memory = "resident memory of this process tree" if basis == "process" else "installed RAM"
+        memory = ("installed RAM" if basis == "host" else "resident memory of this process tree"
+                  if self.scope == "process tree" else f"resident memory of the {self.scope}")
         self.note = f"{self.w_per_gb:g} W/GB x {memory}"
         self.source = f"{'resident memory' if basis == 'process' else 'installed RAM'} x {self.w_per_gb:g} W/GB" + (
             f" (the default, after {DEFAULT_RAM_W_PER_GB_SOURCE})" if self.w_per_gb == DEFAULT_RAM_W_PER_GB else "")
