@@ -1,6 +1,7 @@
 import json
 import os
 import threading
+import warnings
 
 import pytest
 
@@ -343,6 +344,7 @@ def test_a_write_whose_close_fails_is_checked_and_written_once(tmp_path, monkeyp
     path = tmp_path / RECORDS_FILE
     writer = RecordWriter(path)
     writer.write(make_record(0))
+    writer.close()  # its fsync, on the worker thread, closes a descriptor too: not the one to fail
     real_close, failing = os.close, [True]
 
     def close(fd):
@@ -645,6 +647,31 @@ def test_a_torn_line_inside_one_attempt_is_damage_and_refused(tmp_path):
     with pytest.raises(SystemExit) as raised:
         main(["report", str(tmp_path)])
     assert raised.value.code == 2
+
+
+def test_one_runs_records_are_read_without_judging_the_other_runs_lines(tmp_path):
+    """A resume in a sweep's shared directory decoded every run's records for its own (9 s for
+    100k records of other runs): with ``run_id`` only that run's lines are decoded, and a torn
+    line is still judged by its neighbours, other runs' included."""
+    path = tmp_path / RECORDS_FILE
+    mine = [json.dumps(make_record(seq).to_dict()) for seq in range(4)]
+    other = [json.dumps(make_record(seq, run_id="other").to_dict()) for seq in range(3)]
+    bad_other = other[2].replace('"phase": "train"', '"phase": "bogus"')  # refused when decoded
+    path.write_text("\n".join([mine[0], other[0], mine[1], other[1], bad_other, mine[2][:120], other[2], mine[3]]) + "\n")
+    with pytest.raises(ValueError, match="phase"):
+        read_records(path)
+    # Mine at 5 sits between another run's records: a writer killed mid-line, skipped with a warning.
+    with pytest.warns(UserWarning, match=r"records.jsonl:6: skipped a torn line"):
+        assert [r.seq for r in read_records(path, run_id="run1")] == [0, 1, 3]
+    # Torn between two of one attempt's records, with other runs' lines around them: damage.
+    path.write_text("\n".join([other[0], mine[0], mine[1][:120], mine[2], other[1]]) + "\n")
+    with pytest.raises(ValueError, match=r"records.jsonl:3: a torn line between two records of attempt 0"):
+        read_records(path, run_id="run1")
+    # Another run's torn line between mine is that run's business.
+    path.write_text("\n".join([mine[0], other[0][:120], mine[1]]) + "\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert [r.seq for r in read_records(path, run_id="run1")] == [0, 1]
 
 
 def test_a_write_into_a_file_ending_in_a_newline_adds_no_blank_line(tmp_path):

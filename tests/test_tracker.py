@@ -2,6 +2,7 @@ import json
 import math
 import os
 import threading
+import warnings
 
 import pytest
 
@@ -205,11 +206,11 @@ def test_resume_continues_totals_and_run_id(tmp_path):
     assert len(set(seqs)) == len(seqs)  # resumed sequence numbers do not collide
 
 
-def test_a_resume_reads_its_history_past_a_bad_line_of_another_run_and_says_so(tmp_path):
+def test_a_resume_reads_its_history_past_a_bad_line_of_another_run(tmp_path):
     """One line the reader refuses (another run's, in the same file) hid the whole file from the
     resume, silently: the summary fell back to the checkpoint's totals, leaving out the epoch the
-    crashed attempt finished after it (1.14e-7 kWh summary for 1.80e-7 of records)."""
-    from greencallbacks.meter import EnergyWarning
+    crashed attempt finished after it (1.14e-7 kWh summary for 1.80e-7 of records). Another run's
+    lines are not this run's to judge: no word about them."""
 
     first, clock, _ = setup(tmp_path)
     clock.advance(1.0)
@@ -221,12 +222,26 @@ def test_a_resume_reads_its_history_past_a_bad_line_of_another_run_and_says_so(t
     with open(tmp_path / RECORDS_FILE, "a") as file:
         file.write(json.dumps({**read_records(tmp_path)[0].to_dict(), "run_id": "other", "phase": "bogus"}) + "\n")
     second, clock2, _ = setup(tmp_path)
-    with pytest.warns(EnergyWarning, match="skipped .*:.*phase"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         second.load_state_dict(state)
     run_epochs(second, clock2, epochs=1)
     summary = json.loads((tmp_path / "energy-summary.json").read_text())
     mine = [r for r in read_records(tmp_path, on_bad_line=lambda _: None) if r.run_id == first.run_id]
     assert summary["energy_kwh"] == pytest.approx(sum(r.energy_kwh for r in mine), rel=1e-9)
+
+
+def test_a_resume_says_it_skipped_a_bad_line_of_its_own_run(tmp_path):
+    from greencallbacks.meter import EnergyWarning
+
+    first, clock, _ = setup(tmp_path)
+    run_epochs(first, clock, epochs=1)
+    state = first.state_dict()
+    with open(tmp_path / RECORDS_FILE, "a") as file:
+        file.write(json.dumps({**read_records(tmp_path)[0].to_dict(), "phase": "bogus"}) + "\n")
+    second, _, _ = setup(tmp_path)
+    with pytest.warns(EnergyWarning, match="skipped .*:.*phase"):
+        second.load_state_dict(state)
 
 
 @pytest.mark.parametrize("kind", ["numpy", "torch"])

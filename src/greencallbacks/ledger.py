@@ -14,14 +14,12 @@ record holds (their attempt was killed) are written by the tracker as records (`
 
 from __future__ import annotations
 
-import json
-import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from greencallbacks.records import PHASES, RECORDS_FILE, Record, read_records
+from greencallbacks.records import PHASES, RECORDS_FILE, Record, read_records, run_id_of_line
 from greencallbacks.units import J_PER_KWH
 
 
@@ -284,12 +282,7 @@ def _count(record: Record, totals: dict[str, PhaseTotals], prefix_totals: dict[t
 def read_run_records(run_id: str, directories: Iterable[Path | None]) -> list[Record]:
     """The records of ``run_id`` in these directories: the summed file and any rank's own file
     (ranks other than 0 write their unsummed records there when a run fails)."""
-    return [r for r in _records_in(directories) if r.run_id == run_id]
-
-
-# A record's run id, found without decoding the rest of its line: JSON escapes every quote inside a
-# string, so the first `"run_id":` of a line is the key (a component has none).
-_RUN_ID = re.compile(r'"run_id"\s*:\s*("(?:[^"\\]|\\.)*")')
+    return _records_in(directories, run_id)
 
 
 def run_ids_in(directory: Path | None) -> set[str]:
@@ -302,15 +295,15 @@ def run_ids_in(directory: Path | None) -> set[str]:
         try:
             with open(path, encoding="utf-8", errors="replace") as lines:
                 for line in lines:
-                    found = _RUN_ID.search(line)
+                    found = run_id_of_line(line)
                     if found is not None:
-                        ids.add(json.loads(found.group(1)))
+                        ids.add(found)
         except (OSError, ValueError):
             continue  # not ours to judge here; the report says what is wrong with it
     return ids
 
 
-def _records_in(directories: Iterable[Path | None]) -> list[Record]:
+def _records_in(directories: Iterable[Path | None], run_id: str) -> list[Record]:
     seen: set[Path] = set()
     found: list[Record] = []
     for directory in directories:
@@ -325,7 +318,7 @@ def _records_in(directories: Iterable[Path | None]) -> list[Record]:
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # a torn line of a crashed attempt is expected
-                    found.extend(read_records(path, on_bad_line=bad.append))
+                    found.extend(read_records(path, on_bad_line=bad.append, run_id=run_id))
             except (OSError, ValueError) as error:  # unreadable whole (not text): the report says more
                 bad.append(str(error))
             if bad:

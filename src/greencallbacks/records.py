@@ -696,7 +696,10 @@ class JsonFileReplacer:
 
 
 def read_records(
-    paths: str | os.PathLike | Iterable[str | os.PathLike], on_bad_line: Callable[[str], None] | None = None
+    paths: str | os.PathLike | Iterable[str | os.PathLike],
+    on_bad_line: Callable[[str], None] | None = None,
+    *,
+    run_id: str | None = None,
 ) -> list[Record]:
     """Records from JSONL files (or directories holding ``energy-records.jsonl``).
 
@@ -707,6 +710,9 @@ def read_records(
     ``ValueError``. Any other bad line means the file is not a records file, and raises
     ``ValueError`` too; with ``on_bad_line``, it is given the error's text and the line is skipped
     (a run reading its own history back, where one bad line of another run must not hide the whole file).
+
+    ``run_id``: only that run's records; other runs' lines are not decoded or checked (a resume in
+    a sweep's shared directory read 100k records of other runs for its own: 9 s).
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
@@ -720,42 +726,53 @@ def read_records(
         except UnicodeDecodeError as error:  # a binary file given by mistake: say which
             raise ValueError(f"{path}: not a greencallbacks records file (not UTF-8 text: {error.reason} "
                              f"at byte {error.start})") from None
+        # (run, attempt, carried) of each record of this file in order, other runs' too: a torn
+        # line is judged by its neighbours.
+        order: list[tuple[str, int | None, bool]] = []
         first = len(records)  # this file's first record
         torn: list[tuple[int, int, str, str]] = []  # (line number, records before it, the line, what was wrong)
         for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
+            if run_id is not None:
+                other = run_id_of_line(line)
+                if other is not None and other != run_id:
+                    order.append((other, None, False))
+                    continue
             where = f"{path}:{number}"
             try:
                 try:
-                    records.append(_record_of(line))
+                    record = _record_of(line)
                 except json.JSONDecodeError as error:
-                    whole = _whole_before_zeros(line)
-                    if whole is not None:  # a machine crash lost what followed it: its newline too
+                    record = _whole_before_zeros(line)
+                    if record is not None:  # a machine crash lost what followed it: its newline too
                         warnings.warn(f"{where}: skipped the zeros after a whole record (a crash lost the "
                                       "file's end there)", stacklevel=2)
-                        records.append(whole)
-                        continue
-                    # Written before writers began their lines on a line of their own: a record
-                    # appended right after a torn one (a resume after a kill).
-                    after = _after_torn_record(line)
-                    if after is not None:
+                    else:
+                        # Written before writers began their lines on a line of their own: a record
+                        # appended right after a torn one (a resume after a kill).
+                        after = _after_torn_record(line)
+                        if after is None:
+                            if not _is_torn(line):
+                                raise
+                            torn.append((number, len(order), line, str(error)))
+                            continue
                         warnings.warn(f"{where}: skipped a torn record before the one that follows it on "
                                       "this line", stacklevel=2)
-                        records.append(_record_of(after))
-                        continue
-                    if not _is_torn(line):
-                        raise
-                    torn.append((number, len(records), line, str(error)))
+                        record = _record_of(after)
+                if run_id is not None and record.run_id != run_id:
+                    order.append((record.run_id, None, False))
+                    continue
+                records.append(record)
+                order.append((record.run_id, record.attempt, record.carried))
             except (ValueError, TypeError, AttributeError) as error:
                 if on_bad_line is None:
                     raise ValueError(f"{where}: not a greencallbacks record: {error}") from None
                 on_bad_line(f"{where}: not a greencallbacks record: {error}")
         for number, before, line, error in torn:
             where = f"{path}:{number}"
-            mine = records[first:]
-            inside = _attempt_around(mine, before - first)
-            if inside is None or _written_again(line, inside, mine):  # the end of a writer killed mid-line
+            inside = _attempt_around(order, before)
+            if inside is None or _written_again(line, inside, records[first:]):  # the end of a writer killed mid-line
                 last = "last " if number == len(lines) else ""
                 warnings.warn(f"{where}: skipped a torn {last}line ({error})", stacklevel=2)
                 continue
@@ -769,6 +786,24 @@ def read_records(
     return records
 
 
+# A record's run id, found without decoding the rest of its line: JSON escapes every quote inside a
+# string, so the first `"run_id":` of a line is the key (a component has none).
+_RUN_ID = re.compile(r'"run_id"\s*:\s*("(?:[^"\\]|\\.)*")')
+
+
+def run_id_of_line(line: str) -> str | None:
+    """The run id of a records line, without decoding the rest of it; None where none is found
+    (a line torn before its end, or no record)."""
+    found = _RUN_ID.search(line)
+    if found is None:
+        return None
+    try:
+        run_id = json.loads(found.group(1))
+    except ValueError:
+        return None
+    return run_id if isinstance(run_id, str) else None
+
+
 def _written_again(line: str, attempt: tuple[str, int], records: Sequence[Record]) -> bool:
     """Is the torn ``line`` a record of ``attempt`` that ``records`` hold whole? (A writer that could
     not take back a write the disk cut short writes it again, whole, after it: nothing is lost.)"""
@@ -778,15 +813,15 @@ def _written_again(line: str, attempt: tuple[str, int], records: Sequence[Record
     )
 
 
-def _attempt_around(records: Sequence[Record], index: int) -> tuple[str, int] | None:
+def _attempt_around(order: Sequence[tuple[str, int | None, bool]], index: int) -> tuple[str, int] | None:
     """The (run, attempt) of the records both before and after position ``index`` of one file's
-    ``records``, when they are of one attempt; else None."""
-    if 0 < index < len(records):
-        before = records[index - 1]
+    records (their ``(run, attempt, carried)`` in ``order``), when they are of one attempt; else None."""
+    if 0 < index < len(order):
+        before = order[index - 1]
         # A resume writes its killed attempt's open phases (carried) after that attempt's torn line.
-        after = next((r for r in records[index:] if not r.carried), None)
-        if after is not None and (before.run_id, before.attempt) == (after.run_id, after.attempt):
-            return before.run_id, before.attempt
+        after = next((key for key in order[index:] if not key[2]), None)
+        if after is not None and before[1] is not None and before[:2] == after[:2]:
+            return before[0], before[1]
     return None
 
 
