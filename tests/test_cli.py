@@ -786,3 +786,22 @@ def test_records_clashing_in_content_name_the_records_field_not_the_flag(tmp_pat
     code, err = exits(["report", str(tmp_path)], capsys)
     assert code == 2 and "different contents" in err and "records carry the same 'run_id'" in err
     assert "--run-id" not in err.split("(see")[0], err
+
+
+def test_one_run_of_a_shared_file_is_reported_past_another_runs_bad_line(tmp_path, capsys):
+    """--run-id decodes that run's lines alone: another run's damaged line, which refuses the whole
+    file to a report of every run, does not stand in the way of this one's (nor its cost, in a
+    sweep's directory)."""
+    path = write(tmp_path / "runs.jsonl", three_runs())
+    with open(path, "a") as file:
+        line = json.dumps({**rec("seed-3", "train", 5, 100.0, 10, 99).to_dict(), "phase": "bogus"})
+        file.write(line + "\n")
+    code, err = exits(["report", str(path)], capsys)
+    assert code == 2 and "phase" in err
+    series = tmp_path / "grid.csv"
+    series.write_text("timestamp,g_per_kwh\n2026-11-23T00:00:00Z,100\n2026-11-24T00:00:00Z,100\n")
+    for command in (["report"], ["lifecycle", "--inferences", "10"], ["whatif", "--intensity", str(series)]):
+        code, out, _ = run([command[0], str(path), *command[1:], "--run-id", "seed-2"], capsys)
+        assert code == 0 and out.strip()
+    code, err = exits(["report", str(path), "--run-id", "seed-9"], capsys)
+    assert code == 2 and "--run-id 'seed-9' is not among the runs found: seed-1, seed-2, seed-3" in err

@@ -118,26 +118,30 @@ def _comma_list(text: str) -> list[str]:
     return items
 
 
-def load_records(paths: Sequence[str | os.PathLike]):
+def load_records(paths: Sequence[str | os.PathLike], run_id: str | None = None):
     """``runs.load`` for the sub-commands: a path that is neither file nor directory, or files
-    without a record, are refused. A report of nothing would print zeros (or nothing) and exit 0."""
+    without a record (of ``run_id``, when given), are refused. A report of nothing would print
+    zeros (or nothing) and exit 0."""
+    from greencallbacks.records import run_ids_in_file
     from greencallbacks.runs import load
 
-    loaded = load(paths)  # a named pipe or device is refused as what it is
+    loaded = load(paths, run_id=run_id)  # a named pipe or device is refused as what it is
+    if run_id is not None and not loaded.records:
+        present = sorted({run for file in loaded.files for run in run_ids_in_file(file)})
+        if present:
+            raise ValueError(f"--run-id {run_id!r} is not among the runs found: {', '.join(present)}")
     if not loaded.records:
         raise ValueError(f"no records in {', '.join(str(f) for f in loaded.files)}")
     return loaded
 
 
 def _load_runs(paths: Sequence[Path], run_id: str | None):
-    """Records under ``paths`` (log roots searched at any depth), the run chosen with --run-id, its
-    runs, and what was loaded (for ``_say_runs``)."""
-    from greencallbacks.runs import select_run
-
-    loaded = load_records(paths)
-    records = select_run(loaded.records, run_id, how_to_choose="--run-id")
+    """Records under ``paths`` (log roots searched at any depth), the run chosen with --run-id
+    (only its lines decoded: one run of a sweep's directory), its runs, and what was loaded (for
+    ``_say_runs``)."""
+    loaded = load_records(paths, run_id)
     runs = [run_id] if run_id else loaded.runs
-    return records, runs, loaded
+    return loaded.records, runs, loaded
 
 
 def _say_runs(loaded, runs: Sequence[str], command: str) -> None:

@@ -64,8 +64,9 @@ class Loaded:
         return list(self.run_files)
 
 
-def load(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> Loaded:
-    """Every record under ``paths`` (files or directories); a bad line raises ``ValueError`` naming file and line."""
+def load(paths: str | os.PathLike | Iterable[str | os.PathLike], run_id: str | None = None) -> Loaded:
+    """Every record under ``paths`` (files or directories), or ``run_id``'s alone (other runs' lines
+    are then not decoded); a bad line raises ``ValueError`` naming file and line."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     files: list[Path] = []
@@ -80,7 +81,7 @@ def load(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> Loaded:
     first_seen: dict[tuple, tuple[Record, Path]] = {}
     copies: dict[Path, Path] = {}  # file holding copies -> the file whose records they copy
     for file in files:
-        mine = read_records(file)
+        mine = read_records(file, run_id=run_id)
         _refuse_nulls(file, mine)
         kept = []
         for record in mine:

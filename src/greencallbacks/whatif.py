@@ -653,7 +653,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from greencallbacks.cli import cli_message, load_records
     from greencallbacks.records import by_run
     from greencallbacks.report.plot import check_plot_path
-    from greencallbacks.runs import describe_runs, select_run
+    from greencallbacks.runs import describe_runs
 
     results: list[tuple[str, WhatIfResult]] = []
     try:
@@ -666,8 +666,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for zone in zones:
             zone_carbon(zone)
         series = IntensitySeries.from_file(args.intensity)
-        loaded = load_records([args.run])  # refuses files without records, as report and lifecycle do
-        select_run(loaded.records, args.run_id, how_to_choose="--run-id")  # an unknown id names the runs found
+        # Refuses files without records, as report and lifecycle do; an unknown id names the runs found.
+        loaded = load_records([args.run], args.run_id)
         runs = [args.run_id] if args.run_id else loaded.runs
         records = by_run(loaded.records)
         for run in runs:
