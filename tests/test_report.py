@@ -509,6 +509,18 @@ def test_plot_has_integer_epochs_readable_units_validation_and_says_what_is_cumu
     assert matplotlib.get_backend() == backend  # the caller's backend is left alone
 
 
+def test_a_plot_shows_as_an_image_in_a_notebook_and_pickles():
+    """A bare Figure shows in a notebook without pyplot's inline backend as the text "<Figure size
+    768x456 with 2 Axes>": IPython takes a figure's image from its _repr_png_."""
+    pytest.importorskip("matplotlib")
+    import pickle
+
+    figure = report.epoch_figure(one_run())
+    assert figure._repr_png_().startswith(b"\x89PNG")
+    again = pickle.loads(pickle.dumps(figure))
+    assert again._repr_png_().startswith(b"\x89PNG") and len(again.axes) == len(figure.axes)
+
+
 def test_plot_of_several_configurations_has_a_panel_each():
     pytest.importorskip("matplotlib")
     figure = report.epoch_figure(one_run("a") + one_run("b", train_j=(1.0, 2.0, 3.0)))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import io
 import os
 from pathlib import Path
 
@@ -22,12 +24,35 @@ def new_figure(width: float, height: float):
     """A matplotlib Figure with its own canvas: no pyplot, no backend switch in the caller's session."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
     except ImportError as error:
         raise extras.missing(error, "plotting", ("matplotlib",), extras.PLOT) from None
-    figure = Figure(figsize=(width, height), dpi=120)
+    figure = _figure_class()(figsize=(width, height), dpi=120)
     FigureCanvasAgg(figure)
     return figure
+
+
+@functools.lru_cache(maxsize=1)
+def _figure_class():
+    from matplotlib.figure import Figure
+
+    class ReportFigure(Figure):
+        """A Figure a notebook shows as an image: IPython draws a bare Figure only once pyplot's
+        inline backend is on, and showed ours as "<Figure size 768x456 with 2 Axes>" before."""
+
+        def _repr_png_(self) -> bytes:
+            buffer = io.BytesIO()
+            self.savefig(buffer, format="png")
+            return buffer.getvalue()
+
+    # Pickled by name: found through the module's __getattr__.
+    ReportFigure.__module__, ReportFigure.__qualname__ = __name__, "ReportFigure"
+    return ReportFigure
+
+
+def __getattr__(name: str):
+    if name == "ReportFigure":
+        return _figure_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def save_figure(figure, path: str | os.PathLike) -> Path:
