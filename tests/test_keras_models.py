@@ -79,6 +79,17 @@ a.predict(XA, batch_size=4, verbose=0, callbacks=[energy])
 c.predict(XC, batch_size=4, verbose=0, callbacks=[energy])  # a model never trained: the current run (A's)
 results["summaries"] = {name: summary_of(two, results[name]) for name in ("a", "b")}
 
+# fit(A), fit(B), A.evaluate, then B resumed: B's later epochs go on in B's run.
+switch = OUT / "switch"
+energy, a, b = EnergyCallback(intensity=100, output_dir=switch), model(), model()
+fit(a, [energy])
+results["switch_a"] = energy.tracker.run_id
+fit(b, [energy])
+results["switch_b"] = energy.tracker.run_id
+a.evaluate(XA, YA, batch_size=4, verbose=0, callbacks=[energy])
+b.fit(X, Y, batch_size=8, epochs=4, initial_epoch=2, verbose=0, callbacks=[energy])
+results["switch_resumed"] = energy.tracker.run_id
+
 
 # Copied (deepcopy and pickle) by another callback at the end of the fit's first epoch.
 class Copier(keras.callbacks.Callback):
@@ -151,6 +162,19 @@ def test_one_callback_given_two_models_keeps_each_models_inference_in_its_run(re
     phases = {name: result["summaries"][name]["phases"] for name in ("a", "b")}
     assert phases["a"]["test"]["samples"] == TEST_A and phases["a"]["predict"]["samples"] == TEST_A + PREDICT_C
     assert phases["b"]["test"]["samples"] == TEST_B and "predict" not in phases["b"]
+
+
+def test_a_model_resumed_after_another_models_evaluate_goes_on_in_its_own_run(results):
+    """fit(A), fit(B), A.evaluate, B.fit(initial_epoch=2): the evaluate left A's run current, and
+    B's epochs 2-3 went into A's run, without a word."""
+    result, out = results
+    a, b = result["switch_a"], result["switch_b"]
+    records = read_records(out / "switch")
+    train = {run: [(r.epoch, r.attempt) for r in records if r.run_id == run and r.phase == "train"] for run in (a, b)}
+    assert result["switch_resumed"] == b
+    assert train[a] == [(0, 0), (1, 0)]
+    assert train[b] == [(0, 0), (1, 0), (2, 1), (3, 1)]
+    assert samples(records, a, "test") == [TEST_A] and samples(records, b, "test") == []
 
 
 def test_a_copy_taken_mid_fit_is_a_fresh_callback_and_the_original_goes_on(results):

@@ -1007,6 +1007,11 @@ class EnergyCallback(_Callback):
         run if it trained, else (a new process, or only evaluate / predict so far) the one in
         ``energy-state.json``, or for a callback given a run_id (or not the fit's first
         EnergyCallback) the run in its own state file (see ``_Owner``)."""
+        mine = self._runs.get(_last_run_of(self.model))
+        if mine is not None:
+            # The model's own run with this callback: another model's evaluate / predict since made
+            # that one's run current, and B's resumed epochs went into A's run.
+            self._run = mine
         if self._run_used and self._run.fitted:
             state, owner, other = self._run.state(), self._run.owner, None
             # This object's run, trained on the model now fitting: the same training (fit(epochs=4),
