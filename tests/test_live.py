@@ -84,6 +84,26 @@ def test_live_values_only_grow_and_never_pass_the_next_boundary():
     tracker.finish()
 
 
+def test_live_power_is_steady_when_logging_steps_come_faster_than_a_slow_counters_updates():
+    """A counter read off the training thread moves in steps of its update period (0.1 s): steps
+    logged 20 ms apart read 0.42 W, then 10 W, for a mean of 3.5 W."""
+    from tests.test_meter import SlowSensor, reader_meter, run_reader
+
+    clock = FakeClock()
+    meter = reader_meter(clock, SlowSensor("gpu0", clock, power_w=300.0, instant=False))
+    tracker = Tracker(carbon=Carbon(intensity=300.0))
+    tracker.start(meter)
+    tracker.begin("train", 0)
+    powers = []
+    for _ in range(150):  # 3 s of logging steps 20 ms apart
+        run_reader(meter, clock, 0.02)
+        powers.append(tracker.live()["power_w"])
+    steady = powers[60:]  # once a whole window has passed
+    assert min(steady) >= 300.0 * 0.88 and max(steady) <= 300.0 * 1.12
+    tracker.end("train")
+    tracker.finish()
+
+
 def test_a_restarted_tracker_measures_power_from_its_new_meter():
     tracker, _, advance = started()
     advance(1.0)
