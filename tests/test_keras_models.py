@@ -91,6 +91,32 @@ b.fit(X, Y, batch_size=8, epochs=4, initial_epoch=2, verbose=0, callbacks=[energ
 results["switch_resumed"] = energy.tracker.run_id
 
 
+# Keras 3.7 to 3.11 hand predict's logs through float(), so a batch of one sample's outputs
+# arrive as plain numbers (3.12+ too, with NumPy before 2.4): as Keras 3.8 does it, on any version.
+def pythonify_logs_of_keras_3_8(logs):
+    result = {}
+    for key, value in sorted((logs or {}).items()):
+        if isinstance(value, dict):
+            result.update(pythonify_logs_of_keras_3_8(value))
+        else:
+            try:
+                value = float(value)
+            except Exception:
+                pass
+            result[key] = value
+    return result
+
+
+CallbackList = keras.callbacks.CallbackList
+newest = CallbackList.on_predict_batch_end
+CallbackList.on_predict_batch_end = lambda self, batch, logs=None: newest(self, batch, pythonify_logs_of_keras_3_8(logs))
+energy, a = EnergyCallback(intensity=100, output_dir=OUT / "ones"), model()
+fit(a, [energy])
+a.predict(XA, batch_size=4, verbose=0, callbacks=[energy])  # 13: 4 + 4 + 4 + 1
+a.predict(XC, batch_size=1, verbose=0, callbacks=[energy])
+CallbackList.on_predict_batch_end = newest
+results["ones"] = energy.tracker.run_id
+
 # Copied (deepcopy and pickle) by another callback at the end of the fit's first epoch.
 class Copier(keras.callbacks.Callback):
     def __init__(self, target):
@@ -175,6 +201,14 @@ def test_a_model_resumed_after_another_models_evaluate_goes_on_in_its_own_run(re
     assert train[a] == [(0, 0), (1, 0)]
     assert train[b] == [(0, 0), (1, 0), (2, 1), (3, 1)]
     assert samples(records, a, "test") == [TEST_A] and samples(records, b, "test") == []
+
+
+def test_a_predict_batch_of_one_sample_is_counted_where_keras_makes_its_outputs_plain_numbers(results):
+    """Keras 3.7+ passes predict's logs through float(): a batch of one sample's outputs came as a
+    plain float, which no counter can size, and the whole predict was recorded uncounted."""
+    result, out = results
+    predicts = [r for r in read_records(out / "ones") if r.run_id == result["ones"] and r.phase == "predict"]
+    assert [(r.samples, r.samples_counted) for r in predicts] == [(TEST_A, True), (PREDICT_C, True)]
 
 
 def test_a_copy_taken_mid_fit_is_a_fresh_callback_and_the_original_goes_on(results):

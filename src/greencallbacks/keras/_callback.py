@@ -512,6 +512,11 @@ def _abandon(call: _Call) -> None:
                 call.run.save_state()
 
 
+def _a_number(value: Any) -> bool:
+    """A plain Python number, as Keras makes of a one-element output (not a bool)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 # ------------------------------------------------------------------------------- the callback
 class EnergyCallback(_Callback):
     """Per-epoch energy (kWh) and CO2eq (g) of ``fit``, ``evaluate`` and ``predict``, in the epoch's ``logs``.
@@ -926,7 +931,13 @@ class EnergyCallback(_Callback):
         # passes {"outputs": array, list or tuple}, or a dict-output model's own dict.
         logs = logs or {}
         outputs = logs["outputs"] if len(logs) == 1 and "outputs" in logs else logs
-        samples, _ = self._counter.count(outputs, self.tracker.run_id)
+        if _a_number(outputs) or (isinstance(outputs, dict) and outputs and all(map(_a_number, outputs.values()))):
+            # Keras 3.7+ hands the logs through float() (pythonify_logs): a batch of one sample's
+            # outputs arrive as plain numbers (on torch, or where NumPy is older than 2.4), and
+            # left the whole predict uncounted.
+            samples = 1
+        else:
+            samples, _ = self._counter.count(outputs, self.tracker.run_id)
         progress = self._progress
         with progress.lock:
             if samples is None or progress.predicted is None:
