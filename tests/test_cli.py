@@ -256,7 +256,7 @@ def test_report_lifecycle_and_whatif_of_a_real_lightning_log_root(tmp_path, caps
     assert "## Configuration 1: lightning.pytorch" in out and "2 training epoch(s) of 32 samples" in out
     assert "## Configuration 2:" in out and "3 training epoch(s) of 32 samples" in out
     assert "mean ± standard error over the 2 runs" in out and "over 3 runs" not in out
-    assert re.search(r"The training \(3 epochs of 32 samples in \d+ steps\) used", out) and "the whole run, including validation" in out
+    assert re.search(r"The training \(3 epochs of 32 samples in \d+ steps each\) used", out) and "the whole run, including validation" in out
     assert (tmp_path / "energy.pdf").read_bytes()[:5] == b"%PDF-"
 
     code, out, err = run(["lifecycle", str(root), "--inferences", "100"], capsys)
@@ -805,3 +805,132 @@ def test_one_run_of_a_shared_file_is_reported_past_another_runs_bad_line(tmp_pat
         assert code == 0 and out.strip()
     code, err = exits(["report", str(path), "--run-id", "seed-9"], capsys)
     assert code == 2 and "--run-id 'seed-9' is not among the runs found: seed-1, seed-2, seed-3" in err
+
+
+def test_a_special_file_given_as_a_series_is_refused_in_one_line(tmp_path, capsys):
+    """whatif read /dev/zero whole until the kernel killed it (21.6 GB); a device is said as one."""
+    path = write(tmp_path / "energy-records.jsonl", one_run())
+    code, err = _exit_code_and_err(["whatif", str(path), "--intensity", "/dev/null"], capsys)
+    assert (code, err) == (2, "greencallbacks whatif: error: series file '/dev/null': not a regular file "
+                              "(a character device)\n")
+
+
+def test_a_log_root_follows_symlinked_run_directories_once(tmp_path, capsys):
+    """Path.rglob (Python < 3.13) left out a run directory linked into the root, and found nothing
+    under a root that is itself a link to the logs ("no energy-records.jsonl under ..."), exit 0."""
+    write(tmp_path / "logs" / "a" / "energy-records.jsonl", one_run("run-a"))
+    write(tmp_path / "elsewhere" / "b" / "energy-records.jsonl", one_run("run-b"))
+    (tmp_path / "logs" / "b").symlink_to(tmp_path / "elsewhere" / "b")
+    (tmp_path / "logs" / "a" / "up").symlink_to(tmp_path / "logs")  # a loop: each directory is read once
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "logs").symlink_to(tmp_path / "logs")
+    for root in (tmp_path / "logs", tmp_path / "root"):
+        code, out, err = run(["report", str(root), "--format", "json"], capsys)
+        assert code == 0 and "2 runs found in 2 records file(s)" in err, err
+        assert sorted(run for group in json.loads(out)["configurations"] for run in group["runs"]) == ["run-a", "run-b"]
+
+
+def test_an_unreadable_directory_under_a_log_root_is_warned_of_by_name(tmp_path, capsys):
+    write(tmp_path / "logs" / "a" / "energy-records.jsonl", one_run("run-a"))
+    hidden = tmp_path / "logs" / "b"
+    write(hidden / "energy-records.jsonl", one_run("run-b"))
+    hidden.chmod(0)
+    try:
+        if os.access(hidden, os.R_OK):
+            pytest.skip("this user reads a directory whatever its mode (root)")
+        code, out, err = run(["report", str(tmp_path / "logs")], capsys)
+    finally:
+        hidden.chmod(0o755)
+    assert code == 0 and "run-a" in out
+    assert err == (f"greencallbacks report: warning: could not read 1 directory under {tmp_path / 'logs'}, so any "
+                   f"records there are left out: {hidden}\n"), err
+
+
+def _series_of(tmp_path, g_per_kwh):
+    series = tmp_path / "grid.csv"
+    series.write_text(f"timestamp,g_per_kwh\n2026-11-23T00:00:00Z,{g_per_kwh}\n2026-11-24T00:00:00Z,{g_per_kwh}\n")
+    return series
+
+
+def test_whatif_json_writes_null_for_what_is_no_finite_number(tmp_path, capsys):
+    """A saving of -inf % (the run priced at a subnormal intensity here, at 56 g/kWh in FR) was
+    written as -Infinity, which no standard JSON reader takes."""
+    path = write(tmp_path / "energy-records.jsonl", one_run())
+    code, out, _ = run(["whatif", str(path), "--intensity", str(_series_of(tmp_path, "1e-310")), "--zones", "FR",
+                        "--json"], capsys)
+
+    def refuse(constant):
+        raise AssertionError(f"{constant} is not JSON")
+
+    document = json.loads(out, parse_constant=refuse)
+    assert code == 0 and document["regions"][0]["saving_pct"] is None
+
+
+def test_a_run_id_whose_lines_are_all_torn_is_said_so(tmp_path, capsys):
+    """It was "--run-id 'X' is not among the runs found: X, ...": the ids are read without decoding
+    the lines, so a torn line's id was among them."""
+    write(tmp_path / "a" / "energy-records.jsonl", one_run("whole"))
+    torn = tmp_path / "torn.jsonl"
+    torn.write_text(json.dumps(one_run("cut")[0].to_dict())[:100])
+    code, err = exits(["report", str(tmp_path / "a"), str(torn), "--run-id", "cut"], capsys)
+    assert code == 2 and err.splitlines()[-1] == (
+        f"greencallbacks report: error: --run-id 'cut': none of its records could be read (its lines in {torn} are "
+        "torn, skipped)"), err
+    code, err = exits(["report", str(tmp_path / "a"), str(torn), "--run-id", "other"], capsys)
+    assert code == 2 and "--run-id 'other' is not among the runs found: cut, whole" in err
+
+
+@pytest.mark.parametrize("argv", [
+    ["report", ""], ["report", "GOOD", ""], ["report", "GOOD", "--plot", ""], ["demo", "--out", ""],
+    ["lifecycle", "", "--inferences", "1"], ["lifecycle", "GOOD", "--inferences", "1", "--search", ""],
+    ["whatif", "", "--intensity", "SERIES"], ["whatif", "GOOD", "--intensity", ""],
+    ["whatif", "GOOD", "--intensity", "SERIES", "--plot", ""],
+], ids=["report", "report 2nd", "report --plot", "demo --out", "lifecycle", "lifecycle --search", "whatif",
+        "whatif --intensity", "whatif --plot"])
+def test_an_empty_path_is_refused_by_every_path_argument(tmp_path, capsys, monkeypatch, argv):
+    """Path("") is Path("."): `report ""` reported the current directory, `demo --out ""` trained
+    into it, while `whatif --intensity ""` was refused."""
+    monkeypatch.chdir(write(tmp_path / "energy-records.jsonl", one_run()).parent)
+    fill = {"GOOD": str(tmp_path), "SERIES": str(_series_covering_one_run(tmp_path))}
+    before = sorted(os.listdir(tmp_path))
+    code, err = _exit_code_and_err([fill.get(a, a) for a in argv], capsys)
+    assert code == 2 and len(err.splitlines()) == 1 and "must be a path, got '' (an empty path)" in err, err
+    assert sorted(os.listdir(tmp_path)) == before  # nothing written
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--equivalents"], "--equivalents is not in --format csv"),
+    (["--compare-zones", "FR"], "--compare-zones is not in --format csv"),
+    (["--compare-zones", "FR", "--equivalents"], "--compare-zones and --equivalents are not in --format csv"),
+])
+def test_report_csv_refuses_what_it_has_no_place_for(tmp_path, capsys, flags, says):
+    """They were dropped in silence: the CSV is the table of epochs alone."""
+    path = write(tmp_path / "energy-records.jsonl", one_run())
+    code, err = exits(["report", str(path), "--format", "csv", *flags], capsys)
+    assert code == 2 and err == (f"greencallbacks report: error: {says} (the table of epochs alone): use md, "
+                                 "latex or json\n")
+    from greencallbacks import report
+
+    with pytest.raises(ValueError, match="with_equivalents and compare are not in the csv format"):
+        report.render(one_run(), "csv", with_equivalents="--equivalents" in flags, compare=flags[1:2])
+
+
+def test_an_intensity_of_minus_zero_is_zero(capsys):
+    code, out, _ = run(["estimate", "--hours", "1", "--gpu", "T4", "--intensity", "-0"], capsys)
+    assert code == 0 and "CO2eq:    0 kg at 0 gCO2eq/kWh" in out and "-0" not in out
+
+
+def test_a_closed_standard_output_is_an_error_not_silence(monkeypatch, capsys):
+    """With stdout closed (`>&-`) Python makes sys.stdout None and print() writes nowhere: the
+    report was lost with exit 0. cat says 'write error' and fails."""
+    import subprocess
+    import sys
+
+    monkeypatch.setattr(sys, "stdout", None)
+    code, err = exits(["zones"], capsys)
+    assert code == 2 and err == ("greencallbacks zones: error: [Errno 9] standard output is closed: nowhere to "
+                                 "write the output\n")
+    assert sys.stdout is None  # as it was
+    done = subprocess.run(["sh", "-c", 'exec "$0" -m greencallbacks zones >&-', sys.executable],
+                          stderr=subprocess.PIPE, text=True, timeout=120)
+    assert (done.returncode, done.stderr) == (2, err)

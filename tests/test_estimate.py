@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from greencallbacks.carbon.intensity import country_intensity, zone_intensity
-from greencallbacks.estimate import estimate, gpu_power, gpu_table, list_gpus
+from greencallbacks.estimate import estimate, format_estimate, gpu_power, gpu_table, list_gpus
 
 
 def test_one_h100_for_ten_hours_in_france_by_hand():
@@ -251,3 +253,11 @@ def test_a100_sxm4_without_its_memory_size_is_either_variant():
     assert estimate(gpu="A100 SXM4", hours=1, intensity=1.0)["embodied"] == estimate(
         gpu="A100 SXM", hours=1, intensity=1.0)["embodied"]
     assert lookup("NVIDIA A100-SXM4-40GB")[0].kgco2eq == 127.6  # the memory size given: that row
+
+
+def test_an_intensity_of_minus_zero_prices_at_zero():
+    """-0.0 passes every check of an intensity >= 0 and was printed "-0 kg at -0 gCO2eq/kWh"."""
+    result = estimate(hours=1, gpu="T4", intensity=-0.0)
+    assert math.copysign(1.0, result["co2eq_g"]) == 1.0
+    assert math.copysign(1.0, result["intensity"]["g_per_kwh"]) == 1.0
+    assert "-0" not in format_estimate(result)

@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import threading
 import warnings
 
@@ -831,3 +832,47 @@ def test_a_long_run_keeps_a_flat_memory_of_the_lines_it_wrote(tmp_path, monkeypa
         writer.write(make_record(200))
     assert [r.seq for r in read_records(tmp_path)] == list(range(200 - kept, 201))
     assert writer.close()
+
+
+@pytest.mark.parametrize("field, value, valid", [
+    ("energy_kwh", 1e308, r"a number of kWh up to 3e\+13 \(more than the world's electricity in a year\)"),
+    ("it_energy_kwh", 3.1e13, r"a number of kWh up to 3e\+13"),
+    ("uncertainty_kwh", 1e20, r"a number of kWh up to 3e\+13"),
+    ("energy_j_per_sample", 1e300, r"a number of J up to 1.08e\+20"),
+    ("co2eq_g", 1e308, r"a number of g up to 6e\+16 \(more than the world's emissions in a year\)"),
+    ("co2eq_g_per_sample", 1e17, r"a number of g up to 6e\+16"),
+    ("embodied_co2eq_g", 1e300, r"a number of g up to 6e\+16"),
+    ("duration_s", 1e300, r"a number of seconds up to 3.16e\+09 \(more than a century\)"),
+    ("paused_s", 4e9, r"a number of seconds up to 3.16e\+09"),
+])
+def test_a_quantity_past_any_phase_is_refused_naming_line_and_field(tmp_path, field, value, valid):
+    """Each finite, their sums were not: a report of records at 1e308 kWh said "n/a kWh" and
+    "nan gCO2eq/kWh" with exit 0, and whatif printed inf."""
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps(make_record(0).to_dict()) + "\n"
+                    + json.dumps(dict(make_record(1).to_dict(), **{field: value})) + "\n")
+    said = rf"r.jsonl:2: not a greencallbacks record: field '{field}' is {re.escape(repr(value))}, not {valid}"
+    with pytest.raises(ValueError, match=said):
+        read_records(path)
+
+
+def test_a_component_energy_past_any_phase_is_refused(tmp_path):
+    data = make_record(0).to_dict()
+    data["components"][0]["energy_j"] = 1e308
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps(data) + "\n")
+    with pytest.raises(ValueError, match=r"r.jsonl:1: .*component 0 of field 'components': energy_j is 1e\+308, not a "
+                                         r"number of J up to 1.08e\+20"):
+        read_records(path)
+
+
+def test_the_largest_quantities_of_a_phase_are_read(tmp_path):
+    """The bounds themselves are possible, and their sums over many records stay finite."""
+    import math
+
+    most = dict(energy_kwh=3e13, it_energy_kwh=2e13, co2eq_g=6e16, duration_s=100 * 365.25 * 86400, paused_s=1.0)
+    records = [make_record(seq, **most) for seq in range(3)]
+    path = tmp_path / "r.jsonl"
+    RecordWriter(path).write(*records)
+    read = read_records(path)
+    assert read == records and math.isfinite(sum(r.energy_kwh for r in read) * 1e6)

@@ -182,7 +182,7 @@ def test_epochs_a_later_fit_trained_again_are_not_summed_into_one_epochs_samples
     config = report.configuration(records)
     assert config["epoch_samples"] == [[0, 100], [1, 100], [2, 100], [3, 100]]  # was 200 for epochs 2 and 3
     assert report.statement(records).startswith(
-        "The training (4 epochs of 100 samples in 10 steps; 2 epochs trained again from an earlier checkpoint or epoch, both "
+        "The training (4 epochs of 100 samples in 10 steps each; 2 epochs trained again from an earlier checkpoint or epoch, both "
         "counted) used 6.00 Wh")
     # max_steps ended attempt 0 inside epoch 1 and the resume went on with it: its parts add up.
     cut = [dataclasses.replace(rec("hf", "train", 0, 3600.0, 100, 0), step=10),
@@ -209,7 +209,7 @@ def test_an_epoch_resumed_inside_after_a_crash_is_not_said_to_be_its_rest_alone(
     config = report.configuration(records)
     assert config["epoch_samples"] == [[0, 100], [1, None], [2, 100]]  # was 60 for epoch 1
     assert report.statement(records).startswith(
-        "The training (3 epochs of 100 samples in 10 steps, epoch 1: not known; 1 epoch cut short")
+        "The training (3 epochs of 100 samples in 10 steps each, epoch 1: not known; 1 epoch cut short")
     # The resume went back to epoch 0's end instead: epoch 1 trained whole again, counted whole.
     whole = records[:2] + [dataclasses.replace(r, samples=100) if r.epoch == 1 else r for r in records[2:]]
     assert report.configuration(whole)["epoch_samples"] == [[0, 100], [1, 100], [2, 100]]
@@ -288,7 +288,7 @@ def test_a_checkpoint_evaluated_in_a_later_session_adds_to_the_totals_not_to_the
     assert [row["val_energy_kwh"] for row in report.epoch_rows(records)] == pytest.approx([3600.0 / KWH] * 2)
     text = report.render(records, "md")
     assert "resumed from a checkpoint" not in text
-    assert "A checkpoint of the run was evaluated again in a later session (validation)" in text
+    assert "The run also has calls that trained nothing (validation: an evaluation or prediction after its training, or a checkpoint of it evaluated in a later session)" in text
     total = report.summary(records)["total"]
     assert total["energy_kwh"]["mean"] == pytest.approx(sum(r.energy_kwh for r in records), rel=1e-12)
     assert report.phase_totals(records)["validation"]["energy_kwh"] == pytest.approx((3600.0 * 2 + 7200.0) / KWH)
@@ -618,8 +618,8 @@ def test_an_epoch_whose_samples_are_not_known_is_said_in_the_configuration():
                dataclasses.replace(rec("l", "train", 1, 2100.0, 60, 2), step=20, attempt=1),
                dataclasses.replace(rec("l", "train", 2, 3600.0, 100, 3), step=30, attempt=1)]
     descriptions = [g["description"] for g in json.loads(report.render(clean + resumed, "json"))["configurations"]]
-    assert "3 training epoch(s) of 100 samples in 10 steps, sensors" in descriptions[0]
-    assert "3 training epoch(s) of 100 samples in 10 steps (epoch 1: not known), sensors" in descriptions[1]
+    assert "3 training epoch(s) of 100 samples in 10 steps each, sensors" in descriptions[0]
+    assert "3 training epoch(s) of 100 samples in 10 steps each (epoch 1: not known), sensors" in descriptions[1]
     assert "(epoch 1: not known)" in report.render(clean + resumed, "latex")
 
 
@@ -751,7 +751,7 @@ def test_a_real_crash_and_resume_reports_the_redone_epoch_per_attempt(tmp_path):
         # totals, not among the epochs.
         assert {r.attempt for r in after} == {0, 1, 2} and "validation" in {r.phase for r in after if r.attempt == 2}
         assert [row["label"] for row in report.epoch_summary(after)] == labels
-        assert "evaluated again in a later session (validation)" in report.render(after, "md")
+        assert "calls that trained nothing (validation: " in report.render(after, "md")
     else:  # only in fit: the validation is a run of its own, the trained run's records untouched
         assert len({r.run_id for r in after}) == 2 and after[:len(records)] == records
 

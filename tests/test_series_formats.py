@@ -133,3 +133,66 @@ def test_a_row_after_a_multi_line_record_is_named_by_its_own_line(tmp_path):
     text = 'timestamp,g_per_kwh,note\n0,100,"two\nlines"\n3600,lots,x\n'
     with pytest.raises(ValueError, match=r"notes.csv'?, line 4: value 'lots' is not a number"):
         IntensitySeries.from_file(write(tmp_path / "notes.csv", text))
+
+
+def _feed_when_opened(fifo: Path, text: str):
+    """A writer of ``text`` into ``fifo`` once a reader opens it (what a reader that reads it whole
+    gets); ``done()`` wakes the writer if no reader came, and waits for it."""
+    import os
+    import threading
+
+    def feed():
+        try:
+            with open(fifo, "w") as file:  # blocks until a reader opens the pipe
+                file.write(text)
+        except OSError:  # the reader went away first (BrokenPipeError): what a refusal does
+            pass
+
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+
+    def done():
+        reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # wakes a writer still waiting for one
+        writer.join()
+        os.close(reader)
+
+    return done
+
+
+@pytest.mark.parametrize("how", ["file", "Carbon", "GREENCALLBACKS_SERIES"])
+def test_a_named_pipe_is_refused_not_read(tmp_path, monkeypatch, how):
+    """A named pipe blocked its reader until a writer came (forever, with none), and /dev/zero was
+    read until the memory ran out (21.6 GB): what is no regular file is refused, unopened for reading."""
+    import os
+
+    fifo = tmp_path / "series.csv"
+    os.mkfifo(fifo)
+    done = _feed_when_opened(fifo, "timestamp,g_per_kwh\n0,100\n3600,300\n")  # the old reader read it whole
+    try:
+        with pytest.raises(ValueError, match=r"series file '.*series.csv': not a regular file \(a named pipe\)"):
+            if how == "file":
+                IntensitySeries.from_file(fifo)
+            elif how == "Carbon":
+                Carbon(series=str(fifo))
+            else:
+                monkeypatch.setenv("GREENCALLBACKS_SERIES", str(fifo))
+                Carbon.from_env()
+    finally:
+        done()
+
+
+def test_a_device_is_refused_as_what_it_is():
+    with pytest.raises(ValueError, match=r"series file '/dev/null': not a regular file \(a character device\)"):
+        IntensitySeries.from_file("/dev/null")
+
+
+def test_a_series_file_past_the_size_cap_is_refused_unread(tmp_path, monkeypatch):
+    import greencallbacks.carbon.series as series_module
+
+    path = write(tmp_path / "big.csv", "timestamp,g_per_kwh\n0,100\n3600,300\n")
+    size = path.stat().st_size
+    monkeypatch.setattr(series_module, "MAX_SERIES_BYTES", size - 1, raising=False)
+    with pytest.raises(ValueError, match=rf"series file '.*big.csv' is larger than {size - 1} bytes"):
+        IntensitySeries.from_file(path)
+    monkeypatch.setattr(series_module, "MAX_SERIES_BYTES", size)
+    assert IntensitySeries.from_file(path).values_g_per_kwh == (100.0, 300.0)

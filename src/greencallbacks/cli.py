@@ -6,6 +6,7 @@ Each sub-command imports what it needs when it runs, so ``greencallbacks --help`
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import math
 import os
@@ -32,7 +33,7 @@ def _add_carbon_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--country", help="ISO 3166 alpha-2 or alpha-3 code, e.g. FR or FRA")
     group.add_argument("--zone", help="sub-national zone: a US state, e.g. US-CA (`greencallbacks zones` lists them)")
     group.add_argument("--region", help="cloud region, e.g. aws:us-east-1, gcp:europe-west1, azure:westeurope")
-    group.add_argument("--intensity", type=float, help="gCO2eq/kWh, a number you know")
+    group.add_argument("--intensity", type=_number, help="gCO2eq/kWh, a number you know")
     # The range validate_pue accepts (greencallbacks.carbon.pue's MIN_PUE, MAX_PUE), not imported: --help stays instant.
     group.add_argument("--pue", type=float, help="power usage effectiveness of the data centre, from 1 (IT energy "
                                                  "only) to 3")
@@ -82,8 +83,9 @@ def cmd_devices(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from greencallbacks.demo import run_demo
 
-    _check_writable_directory("--out", args.out)
-    run_demo(args.out, epochs=args.epochs, **_carbon_kwargs(args))
+    out = Path(args.out)
+    _check_writable_directory("--out", out)
+    run_demo(out, epochs=args.epochs, **_carbon_kwargs(args))
     return 0
 
 
@@ -127,7 +129,12 @@ def load_records(paths: Sequence[str | os.PathLike], run_id: str | None = None):
 
     loaded = load(paths, run_id=run_id)  # a named pipe or device is refused as what it is
     if run_id is not None and not loaded.records:
-        present = sorted({run for file in loaded.files for run in run_ids_in_file(file)})
+        ids = {file: run_ids_in_file(file) for file in loaded.files}  # read for the ids alone, torn lines too
+        torn = [str(file) for file, runs in ids.items() if run_id in runs]
+        if torn:  # its lines are there, and every one was skipped: a line cut short has no record
+            raise ValueError(f"--run-id {run_id!r}: none of its records could be read (its lines in "
+                             f"{', '.join(torn)} are torn, skipped)")
+        present = sorted(set().union(*ids.values()))
         if present:
             raise ValueError(f"--run-id {run_id!r} is not among the runs found: {', '.join(present)}")
     if not loaded.records:
@@ -135,7 +142,7 @@ def load_records(paths: Sequence[str | os.PathLike], run_id: str | None = None):
     return loaded
 
 
-def _load_runs(paths: Sequence[Path], run_id: str | None):
+def _load_runs(paths: Sequence[str | os.PathLike], run_id: str | None):
     """Records under ``paths`` (log roots searched at any depth), the run chosen with --run-id
     (only its lines decoded: one run of a sweep's directory), its runs, and what was loaded (for
     ``_say_runs``)."""
@@ -164,10 +171,17 @@ def cmd_report(args: argparse.Namespace) -> int:
         from greencallbacks.report.plot import check_plot_path
 
         check_plot_path(args.plot, "--plot")  # a file that could not be written fails before the report is printed
+    if args.format == "csv" and (args.compare_zones or args.equivalents):
+        # CSV is the per-epoch table alone: they would be dropped in silence.
+        given = [flag for flag, value in (("--compare-zones", args.compare_zones), ("--equivalents", args.equivalents))
+                 if value]
+        raise ValueError(f"{' and '.join(given)} {'are' if len(given) > 1 else 'is'} not in --format csv (the "
+                         "table of epochs alone): use md, latex or json")
     for zone in args.compare_zones or ():
         intensity_for(zone)  # an unknown zone is the flag's error, before any records are read
     records, runs, loaded = _load_runs(args.paths, args.run_id)
-    text = report.render(records, args.format, with_equivalents=args.equivalents, compare=args.compare_zones or ())
+    text = report.render(records, args.format, with_equivalents=args.equivalents, compare=args.compare_zones or (),
+                         run_summaries=loaded.summaries)
     _say_runs(loaded, runs, "report")
     print(text, end="")
     if args.plot is not None:
@@ -322,18 +336,18 @@ def build_parser() -> argparse.ArgumentParser:
     devices.set_defaults(func=cmd_devices)
 
     demo = sub.add_parser("demo", help="train a small model on synthetic data with the Lightning callback and report")
-    demo.add_argument("--out", type=Path, default=Path("greencallbacks-out"), help="output directory")
+    demo.add_argument("--out", type=path_argument, default="greencallbacks-out", help="output directory")
     demo.add_argument("--epochs", type=_positive_int, default=5, help="epochs to train (default 5)")
     _add_carbon_arguments(demo)
     demo.set_defaults(func=cmd_demo)
 
     rep = sub.add_parser("report", help="per-epoch table and totals of recorded runs")
-    rep.add_argument("paths", nargs="+", type=Path,
+    rep.add_argument("paths", nargs="+", type=path_argument,
                      help="energy-records.jsonl files, or directories (log roots) searched for them at any depth")
     rep.add_argument("--run-id", help="report this run alone (default: every run found, grouped by configuration)")
     rep.add_argument("--format", choices=("md", "latex", "json", "csv"), default="md")
     # Kept as written: Path would drop the trailing slash of "dir.png/", which names a directory.
-    rep.add_argument("--plot", metavar="FILE",
+    rep.add_argument("--plot", metavar="FILE", type=path_argument,
                      help="also write a plot of energy per epoch and cumulative CO2eq (.png, .pdf or .svg)")
     rep.add_argument("--equivalents", action="store_true", help="add everyday equivalents (with their source)")
     rep.add_argument("--compare-zones", type=_comma_list, metavar="FR,DE,US-CA",
@@ -341,10 +355,10 @@ def build_parser() -> argparse.ArgumentParser:
     rep.set_defaults(func=cmd_report)
 
     life = sub.add_parser("lifecycle", help="life-cycle model: I, T, a, CT, LC and the break-even number of inferences")
-    life.add_argument("paths", nargs="+", type=Path, help="records of the trained model (files or directories)")
+    life.add_argument("paths", nargs="+", type=path_argument, help="records of the trained model (files or directories)")
     life.add_argument("--inferences", type=_whole_number, required=True, metavar="N",
                       help="expected inferences in deployment (e), a count: 1000000 or 1e6")
-    life.add_argument("--search", nargs="+", type=Path, metavar="PATH", help="records of the search trials (CT)")
+    life.add_argument("--search", nargs="+", type=path_argument, metavar="PATH", help="records of the search trials (CT)")
     life.add_argument("--run-id", help="which run in the records is the trained model (default: each run found)")
     life.add_argument("--json", action="store_true", help="machine-readable output")
     life.set_defaults(func=cmd_lifecycle)
@@ -413,6 +427,20 @@ def cli_message(text: str, flags: dict[str, str] | None = None) -> str:
                   lambda m: flags.get(m.group(1), m.group(0)), text)
 
 
+def path_argument(text: str) -> str:
+    """A path argument, kept as written (a trailing slash names a directory): the empty one is
+    refused, as Path("") is Path("."), and `report ""` would read the current directory, `demo --out ""`
+    write into it."""
+    if not text:
+        raise argparse.ArgumentTypeError("must be a path, got '' (an empty path)")
+    return text
+
+
+def _number(text: str) -> float:
+    """A number as float reads it, -0 as 0: "-0 gCO2eq/kWh" is no intensity anyone means."""
+    return float(text) + 0.0
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -472,9 +500,24 @@ def _whole_number(text: str) -> int:
 EXIT_BROKEN_PIPE = 141
 
 
+class _ClosedStdout:
+    """Standard output when it was closed (`greencallbacks report ... >&-`): Python then makes
+    ``sys.stdout`` None and print() writes nowhere, so the output vanished with exit 0. Writing to
+    this fails instead, said in one line as any error of writing it (a full disk) is, as cat does."""
+
+    def write(self, text: str) -> int:
+        raise OSError(errno.EBADF, "standard output is closed: nowhere to write the output")
+
+    def flush(self) -> None:
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv and not argv[0].startswith("-") else ""
+    closed = sys.stdout is None
+    if closed:
+        sys.stdout = _ClosedStdout()
     try:
         with warnings.catch_warnings():
             # A warning (a torn last line, records given twice) as one line, like the errors.
@@ -489,6 +532,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (OSError, ValueError, AttributeError):  # no real stdout (a captured one): nothing to flush
             pass
         return EXIT_BROKEN_PIPE
+    finally:
+        if closed:
+            sys.stdout = None
 
 
 def _main(argv: list[str]) -> int:

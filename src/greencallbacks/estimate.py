@@ -310,6 +310,7 @@ def estimate(
     energy_kwh = it_energy_j * carbon.pue / J_PER_KWH
     where = carbon.static_intensity
     assert where is not None  # no series is accepted here
+    g_per_kwh = where.g_per_kwh + 0.0  # an intensity of -0 given is 0: "-0 kg" is no estimate
     # The inputs given that multiply into the result, for a message when it overflows.
     factors = {"hours": hours, "gpus": gpus if gpu_info and gpus != 1 else None, "gpu_tdp_w": gpu_tdp_w,
                "cpu_cores": cpu_cores, "cpu_w_per_core": cpu_w_per_core, "cpu_tdp_w": cpu_tdp_w,
@@ -345,14 +346,14 @@ def estimate(
         "pue_source": carbon.pue_source,
         "intensity": {
             "zone": where.zone,
-            "g_per_kwh": where.g_per_kwh,
+            "g_per_kwh": g_per_kwh,
             "source": where.source,
             "year": where.year,
             "licence": where.licence,
             "is_default": where.is_default,
             "basis": where.basis,
         },
-        "co2eq_g": energy_kwh * where.g_per_kwh,
+        "co2eq_g": energy_kwh * g_per_kwh,
         "compare": compare_places(energy_kwh, compare),
         "embodied": embodied,
     }

@@ -960,9 +960,29 @@ def _check_non_negative(data: dict) -> None:
 _MIN_PUE = 1.0
 
 
+# The most one record may hold: past these no phase of any run can be, and a report summing
+# records near the largest float (1e308, each finite) would overflow to inf and print "nan".
+# Energy: the world's electricity in a year (~30,000 TWh = 3e13 kWh). CO2eq: that energy at the
+# highest intensity accepted anywhere (``carbon.intensity.MAX_INTENSITY_G_PER_KWH``, 2000 g/kWh,
+# not imported, as for _MIN_PUE), about the world's yearly emissions. Time: a century. Sums of a
+# billion records at these bounds stay far below overflow.
+_MAX_KWH = 3e13
+_MAX_CO2EQ_G = _MAX_KWH * 2000.0
+_MAX_SECONDS = 100 * 365.25 * 86400
+_BOUNDED = (
+    *((name, _MAX_KWH, "kWh", "the world's electricity in a year")
+      for name in ("it_energy_kwh", "energy_kwh", "uncertainty_kwh")),
+    ("energy_j_per_sample", _MAX_KWH * 3.6e6, "J", "the world's electricity in a year"),
+    *((name, _MAX_CO2EQ_G, "g", "the world's emissions in a year") for name in (
+        "co2eq_g", "co2eq_g_per_sample", "embodied_co2eq_g", "embodied_co2eq_g_low", "embodied_co2eq_g_high")),
+    *((name, _MAX_SECONDS, "seconds", "a century") for name in ("duration_s", "paused_s")),
+)
+
+
 def _check_possible(data: dict) -> None:
     """Refuse values no writer of ours puts in a record (types are already checked): a phase a
-    report has no row for, an epoch or attempt below 0, no rank, a PUE below 1, no run id."""
+    report has no row for, an epoch or attempt below 0, no rank, a PUE below 1, no run id, an
+    energy, CO2eq or time past any phase's (``_BOUNDED``)."""
 
     def refuse(name: str, valid: str) -> ValueError:
         return ValueError(f"field {name!r} is {data[name]!r}, not {valid}")
@@ -979,6 +999,14 @@ def _check_possible(data: dict) -> None:
             raise refuse(name, "an integer >= 1")
     if data["pue"] is not None and data["pue"] < _MIN_PUE:  # null: a NaN written, refused where summed
         raise refuse("pue", f"a number >= {_MIN_PUE:g} (facility energy / IT energy)")
+    for name, most, unit, bound in _BOUNDED:
+        if data.get(name) is not None and data[name] > most:
+            raise refuse(name, f"a number of {unit} up to {most:.3g} (more than {bound})")
+    for index, component in enumerate(data.get("components") or []):
+        value = component.get("energy_j")
+        if value is not None and value > _MAX_KWH * 3.6e6:
+            raise ValueError(f"component {index} of field 'components': energy_j is {value!r}, not a number of J "
+                             f"up to {_MAX_KWH * 3.6e6:.3g} (more than the world's electricity in a year)")
 
 
 def _json_kind(value: object) -> str:

@@ -8,12 +8,14 @@ beside one (what ranks > 0 wrote when a distributed run failed) belongs to the s
 
 from __future__ import annotations
 
+import fnmatch
 import json
+import math
 import os
 import re
 import stat
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -33,24 +35,50 @@ def find_record_files(path: str | os.PathLike) -> list[Path]:
         ranks = sorted(path.parent.glob(RANK_FILES)) if path.name == RECORDS_FILE else []
         return [path, *ranks]
     if not path.is_dir():
-        _refuse_special_file(path)
+        refuse_special_file(path)
         raise FileNotFoundError(f"no such file or directory: {path}")
-    found = sorted({*path.rglob(RECORDS_FILE), *path.rglob(RANK_FILES)})
+    found = sorted(_walk(path))
     if not found:
         raise ValueError(f"no {RECORDS_FILE} under {path} (looked in every subdirectory)")
     return found
 
 
-def _refuse_special_file(path: Path) -> None:
-    # Said as what it is: "no such file" would send the user looking for a path that is there.
+def _walk(root: Path) -> list[Path]:
+    """The records files at any depth under ``root``, through symlinked directories (a run directory
+    linked into a log root, or a root that is a link to the logs), each directory once: a link to a
+    directory above it would loop. One that cannot be read is warned of, naming it: left out in
+    silence, its runs would be missing from totals that look whole. (Path.rglob, before Python
+    3.13, neither follows links to directories nor says what it could not read.)"""
+    unreadable: list[str] = []
+    seen: set[str] = set()
+    found: list[Path] = []
+    for directory, subdirectories, names in os.walk(root, followlinks=True,
+                                                    onerror=lambda error: unreadable.append(error.filename)):
+        real = os.path.realpath(directory)
+        if real in seen:
+            subdirectories[:] = []  # reached again through a link: its files are already counted
+            continue
+        seen.add(real)
+        found += [Path(directory, name) for name in names
+                  if name == RECORDS_FILE or fnmatch.fnmatchcase(name, RANK_FILES)]
+    if unreadable:
+        warnings.warn(f"could not read {len(unreadable)} director{'y' if len(unreadable) == 1 else 'ies'} under "
+                      f"{root}, so any records there are left out: {', '.join(unreadable)}", stacklevel=3)
+    return found
+
+
+def refuse_special_file(path: Path, wanted: str = "a regular file or directory", name: str | None = None) -> None:
+    """Refuse ``path`` as what it is, not ``wanted``: a named pipe would block its reader forever and
+    a device (/dev/zero) never ends. ``name``: how the message names it (default: the path).
+    Said as what it is: "no such file" would send the user looking for a path that is there."""
     try:
         mode = path.stat().st_mode
     except OSError:
         return  # missing (or unreadable): "no such file or directory"
     kinds = ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISCHR, "a character device"),
-             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
-    kind = next((name for test, name in kinds if test(mode)), "a special file")
-    raise ValueError(f"{path}: not a regular file or directory ({kind})")
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory"))
+    kind = next((kind for test, kind in kinds if test(mode)), "a special file")
+    raise ValueError(f"{path if name is None else name}: not {wanted} ({kind})")
 
 
 @dataclass
@@ -58,6 +86,9 @@ class Loaded:
     records: list[Record]
     files: list[Path]
     run_files: dict[str, list[Path]]  # run id -> the files holding its records
+    # run id -> the energy-summary.json of that run beside its records (the largest, where several
+    # directories hold one: a resume into another directory wrote the whole run's there).
+    summaries: dict[str, dict] = field(default_factory=dict)
 
     @property
     def runs(self) -> list[str]:
@@ -109,7 +140,30 @@ def load(paths: str | os.PathLike | Iterable[str | os.PathLike], run_id: str | N
             "counted once: " + "; ".join(f"{copy} repeats {original}" for copy, original in copies.items()),
             stacklevel=2,
         )
-    return Loaded(records, files, run_files)
+    return Loaded(records, files, run_files, _summaries_beside(run_files))
+
+
+def _summaries_beside(run_files: dict[str, list[Path]]) -> dict[str, dict]:
+    """Each run's summary in a directory holding its records: one small file read per directory."""
+    from greencallbacks.tracker import SUMMARY_FILE
+
+    read: dict[Path, dict | None] = {}
+    found: dict[str, dict] = {}
+    for run, files in run_files.items():
+        for directory in dict.fromkeys(f.parent for f in files):
+            if directory not in read:
+                try:
+                    read[directory] = json.loads((directory / SUMMARY_FILE).read_text(encoding="utf-8"))
+                except (OSError, ValueError):  # none there, or being written: the report goes on without it
+                    read[directory] = None
+            summary = read[directory]
+            if not isinstance(summary, dict) or summary.get("run_id") != run:
+                continue
+            energy = summary.get("energy_kwh")
+            if isinstance(energy, (int, float)) and not isinstance(energy, bool) and math.isfinite(energy):
+                if run not in found or energy > found[run]["energy_kwh"]:
+                    found[run] = summary
+    return found
 
 
 def _rank_of(file: Path) -> int | None:

@@ -617,21 +617,24 @@ def _duration(seconds: float) -> str:
 
 # ------------------------------------------------------------------------------------------ CLI
 def build_parser(prog: str = "greencallbacks whatif") -> argparse.ArgumentParser:
-    from greencallbacks.cli import OneLineErrorParser, _comma_list  # an empty list refused as report's is
+    # An empty list or path refused as report's are.
+    from greencallbacks.cli import OneLineErrorParser, _comma_list, path_argument
 
     parser = OneLineErrorParser(
         prog=prog,
         description="What a recorded run would have emitted started later, paused while the grid is dirty, or elsewhere.",
     )
-    parser.add_argument("run", help="energy-records.jsonl, or a directory searched for them at any depth (a log root)")
+    parser.add_argument("run", type=path_argument,
+                        help="energy-records.jsonl, or a directory searched for them at any depth (a log root)")
     parser.add_argument("--run-id", help="the run to analyse (default: each run found)")
-    parser.add_argument("--intensity", required=True, metavar="SERIES",
+    parser.add_argument("--intensity", required=True, metavar="SERIES", type=path_argument,
                         help="intensity series: CSV or JSON (own columns, Electricity Maps, UK Carbon Intensity, WattTime)")
     parser.add_argument("--window-h", type=float, default=24.0, help="latest delayed start to try, hours (default 24)")
     parser.add_argument("--threshold", type=float, metavar="G", help="pause above this gCO2eq/kWh (default: median)")
     parser.add_argument("--zones", type=_comma_list, default=[],
                         help="comma-separated zones or cloud regions to compare, e.g. FR,DE")
-    parser.add_argument("--plot", metavar="FILE", help="write a plot of intensity and the run's placements (.png, .pdf, .svg)")
+    parser.add_argument("--plot", metavar="FILE", type=path_argument,
+                        help="write a plot of intensity and the run's placements (.png, .pdf, .svg)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a Markdown table")
     return parser
 
@@ -652,6 +655,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from greencallbacks.carbon.series import IntensitySeries
     from greencallbacks.cli import cli_message, load_records
     from greencallbacks.records import by_run
+    from greencallbacks.report import _finite_json
     from greencallbacks.report.plot import check_plot_path
     from greencallbacks.runs import describe_runs
 
@@ -690,7 +694,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  {line}", file=sys.stderr)
     if args.json:
         documents = [{"run_id": run, **result.to_dict()} for run, result in results]
-        print(json.dumps(documents[0] if len(documents) == 1 else documents, indent=2))
+        # null for an infinity or NaN, as report's JSON: a reader of standard JSON fails on Infinity.
+        print(json.dumps(_finite_json(documents[0] if len(documents) == 1 else documents), indent=2, allow_nan=False))
         return 0
     for run, result in results:
         if len(results) > 1:

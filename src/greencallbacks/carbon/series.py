@@ -32,6 +32,7 @@ import io
 import json
 import math
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -57,6 +58,37 @@ def _malformed(path: str | Path, where: int | str, why: str) -> ValueError:
     """``path`` as the user gave it; ``where``: a line number, or a place in a JSON document such as ``item 3``."""
     place = f"line {where}" if isinstance(where, int) else where
     return ValueError(f"series file {str(path)!r}, {place}: {why}")
+
+
+# The largest series file read. An hourly series of a century in the widest export read here
+# (Electricity Maps' CSV, ~200 bytes a row) is ~175 MB, 5-minute WattTime data of a decade ~100 MB:
+# a larger file is no series but something else (a disk image, a file that never ends), and read
+# whole it would take the memory of the machine before any line is judged.
+MAX_SERIES_BYTES = 1 << 30
+
+
+def _read_series_text(given: str, file_path: Path) -> str:
+    """The text of the series file; one that is not a regular file (a named pipe would block its
+    reader forever, /dev/zero never ends) or is past ``MAX_SERIES_BYTES`` is refused."""
+    from greencallbacks.runs import refuse_special_file  # its one owner; lazily: it loads the records reader
+
+    try:
+        with open(file_path, "rb", opener=_open_without_blocking) as file:
+            if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+                refuse_special_file(file_path, "a regular file", f"series file {given!r}")
+            data = file.read(MAX_SERIES_BYTES + 1)  # a file that lies about its size is cut here too
+        if len(data) > MAX_SERIES_BYTES:
+            raise ValueError(f"series file {given!r} is larger than {MAX_SERIES_BYTES:,} bytes: no intensity "
+                             "series is that long")
+        return data.decode("utf-8-sig")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"series file {given!r} cannot be read: {error}") from None
+
+
+def _open_without_blocking(path: str, flags: int) -> int:
+    # Opening a named pipe blocks until a writer comes; O_NONBLOCK opens it at once (to be refused
+    # above) and changes nothing for a regular file.
+    return os.open(path, flags | getattr(os, "O_NONBLOCK", 0))
 
 
 def parse_timestamp(raw: object) -> float:
@@ -422,10 +454,7 @@ class IntensitySeries:
         if not given:
             raise ValueError("series file '' is an empty path: give the path of a CSV or JSON file")
         file_path = Path(path)
-        try:
-            text = file_path.read_text(encoding="utf-8-sig")
-        except (OSError, UnicodeDecodeError) as error:
-            raise ValueError(f"series file {given!r} cannot be read: {error}") from None
+        text = _read_series_text(given, file_path)
         is_json = file_path.suffix.lower() == ".json" or text.lstrip().startswith(("[", "{"))
         raw_end = None
         if is_json:

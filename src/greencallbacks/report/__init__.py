@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from greencallbacks.figures import plot_format
 from greencallbacks.records import Record
@@ -76,17 +76,21 @@ __all__ = [
 FORMATS = ("md", "latex", "json", "csv")
 
 
-def render(records: Sequence[Record], fmt: str = "md", *, with_equivalents: bool = False, compare: Sequence[str] = ()) -> str:
+def render(records: Sequence[Record], fmt: str = "md", *, with_equivalents: bool = False, compare: Sequence[str] = (),
+           run_summaries: Mapping[str, dict] | None = None) -> str:
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}; got {fmt!r}")
     if not records:
         raise ValueError("no records to report")
+    if fmt == "csv" and (with_equivalents or compare):  # the table of epochs alone: they would be dropped
+        raise ValueError("with_equivalents and compare are not in the csv format (the table of epochs alone): "
+                         "use md, latex or json")
     if fmt == "md":
-        return render_markdown(records, with_equivalents=with_equivalents, compare=compare)
+        return render_markdown(records, with_equivalents=with_equivalents, compare=compare, run_summaries=run_summaries)
     if fmt == "latex":
-        return render_latex(records, with_equivalents=with_equivalents, compare=compare)
+        return render_latex(records, with_equivalents=with_equivalents, compare=compare, run_summaries=run_summaries)
     if fmt == "json":
-        data = summaries(records, with_equivalents=with_equivalents, compare=compare)
+        data = summaries(records, with_equivalents=with_equivalents, compare=compare, run_summaries=run_summaries)
         return json.dumps(_finite_json(data), indent=2, allow_nan=False)
     return render_csv(records)
 

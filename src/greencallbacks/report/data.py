@@ -7,13 +7,16 @@ import json
 import math
 import re
 from collections import Counter, defaultdict
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 from greencallbacks.carbon.intensity import USER_ZONE
 from greencallbacks.records import PHASES, Record, by_run
 from greencallbacks.textformat import (
+    ENERGY_UNITS,
     energy_text,
     mass_text,
+    number,
+    pick_unit,
     pue_text,
 )
 from greencallbacks.units import J_PER_KWH
@@ -199,7 +202,7 @@ def _sources_sentence(sources: Sequence[str], most: int = 3) -> str:
     return shown + (f"; and {len(sources) - most} more" if len(sources) > most else "")
 
 
-def provenance(records: Sequence[Record]) -> list[str]:
+def provenance(records: Sequence[Record], run_summaries: Mapping[str, dict] | None = None) -> list[str]:
     """Where the numbers come from, and a plain statement of what is estimated."""
     carbon = carbon_summary(records)
     notes = [
@@ -243,6 +246,7 @@ def provenance(records: Sequence[Record]) -> list[str]:
             "(its energy-summary.json names them, as earlier_records), and an attempt killed before its first "
             "record has none; the figures here leave them out. Pass every directory the run wrote in for the whole run."
         )
+    notes += incomplete_records(records, run_summaries)
     if any(r.partial for r in records):
         notes.append("Phases marked partial were cut short by an exception or interrupt; their energy is in the totals.")
     if any(not r.samples_counted for r in records):
@@ -255,14 +259,110 @@ def provenance(records: Sequence[Record]) -> list[str]:
                      "energy was spent twice.")
     evaluated = sorted({r.phase for r in records if (r.run_id, r.attempt) not in trained_in and r.phase != "other"})
     if evaluated and trained_in:
-        notes.append(f"A checkpoint of the run was evaluated again in a later session ({', '.join(evaluated)}): "
-                     "that energy is in the totals by phase and the whole run, not in the per-epoch table.")
+        # (A Keras predict after fit is an attempt of its own: "a later session" said what was not so.)
+        notes.append(f"The run also has calls that trained nothing ({', '.join(evaluated)}: an evaluation or "
+                     "prediction after its training, or a checkpoint of it evaluated in a later session): that "
+                     "energy is in the totals by phase and the whole run, not in the per-epoch table.")
     after = inference_after_training(records)
     if any(r.phase == "validation" and (r.run_id, r.attempt, r.seq) in after for r in records):
         notes.append("Validation run after the training (a validate or evaluate call after fit or train) is in the "
                      "totals by phase and the whole run, not in the per-epoch table: it trained no epoch.")
     notes.append(f"Tool: greencallbacks {records[0].tool_version or '(unknown version)'}.")
     return notes
+
+
+def incomplete_records(records: Sequence[Record], run_summaries: Mapping[str, dict] | None = None) -> list[str]:
+    """One sentence per run whose records visibly lack some of its energy: seq numbers no run
+    leaves out (``missing_seqs``), or less energy than its energy-summary.json beside them counts
+    (``run_summaries``: each run's, as ``runs.load`` found them)."""
+    notes = []
+    for run, mine in by_run(records).items():
+        gaps = missing_seqs(mine)
+        parts = [f"seq {_seq_span(first, last)} of attempt {attempt}{_epoch_span(before, after)}"
+                 for attempt, first, last, before, after in gaps[:SPANS_SHOWN]]
+        if len(gaps) > SPANS_SHOWN:  # a file with holes all through: the sentence stays one
+            parts.append(f"and {len(gaps) - SPANS_SHOWN} more gap(s) of "
+                         f"{sum(last - first + 1 for _, first, last, _, _ in gaps[SPANS_SHOWN:])} seq(s)")
+        missing = "; ".join(parts) + (" are not in these records, though no run leaves such a gap (written in a "
+                                      "directory not given here, or lost from a records file deleted, cut or edited "
+                                      "while the run went on)" if parts else "")
+        summary = (run_summaries or {}).get(run)
+        held = sum(r.energy_kwh for r in mine)
+        counted = summary["energy_kwh"] if summary else 0.0
+        if counted > 0 and counted - held > SUMMARY_REL * counted:
+            unit, factor = pick_unit([held, counted], ENERGY_UNITS)
+            missing += (", and " if missing else "") + (
+                f"its records hold {number(held * factor)} {unit} of the {number(counted * factor)} {unit} "
+                f"its energy-summary.json counts ({held / counted:.0%})")
+        if missing:
+            notes.append(f"Records missing from run {run}: {missing}; the totals shown are only what its records hold.")
+    return notes
+
+
+SUMMARY_REL = 1e-6  # a summary above its records by more than float rounding counts energy they lack
+SPANS_SHOWN = 3
+
+
+def missing_seqs(records: Sequence[Record]) -> list[tuple[int, int, int, int | None, int | None]]:
+    """(attempt, first seq, last seq, epoch before, epoch after) of each run of seq numbers that one
+    run's attempt lacks though no run leaves them out: records lost from the file.
+
+    ``seq`` numbers a run's phases as they begin, over its attempts (``Ledger.take_seq``). Within one
+    attempt, from seq 0 in the first, these are left out in a normal run:
+    * the placeholder taken when a phase begins between phases (``Tracker.begin``), never written:
+      one seq, after the gap's ``other`` record and before the phase's;
+    * a gap of no duration (not written), then that placeholder: two seqs after a phase's record (or
+      at the start), before the next phase's;
+    * what a killed attempt had open (SIGKILL, preemption: no handler writes them) and its
+      checkpoint did not carry: the phases begun last, so every record after them is of a phase
+      inside them, never a gap between phases (``other``);
+    * the tail of an attempt, and where a later attempt begins (a resume continues from its
+      checkpoint's seq): never looked at.
+    A rank's own unsummed records (``energy-records.rank<r>.jsonl`` of a failed distributed run)
+    are its last phases alone: not looked at either.
+    """
+    out = []
+    attempts: dict[int, dict[int, Record]] = defaultdict(dict)
+    for r in records:
+        if not _rank_part(r):
+            attempts[r.attempt].setdefault(r.seq, r)
+    for attempt in sorted(attempts):
+        by_seq = attempts[attempt]
+        seqs = sorted(by_seq)
+        last_gap = max((s for s, r in by_seq.items() if r.phase == "other"), default=-1)
+        held = [-1] + seqs if attempt == 0 else seqs
+        for before, after in zip(held, held[1:]):
+            first, last = before + 1, after - 1
+            if first > last:
+                continue
+            prev, nxt = by_seq.get(before), by_seq[after]
+            if nxt.phase != "other":
+                if last_gap < first:  # killed with these open (or their placeholders)
+                    continue
+                if last == first and prev is not None and prev.phase == "other":  # a placeholder
+                    continue
+                if last == first + 1 and (prev is None or prev.phase != "other"):  # an empty gap, a placeholder
+                    continue
+            out.append((attempt, first, last, None if prev is None else prev.epoch, nxt.epoch))
+    return out
+
+
+def _rank_part(record: Record) -> bool:
+    """A rank's own record of a failed distributed run (rank > 0, not summed over the ranks)."""
+    return record.ranks == 1 and bool(record.components) and all(c.get("rank", 0) > 0 for c in record.components)
+
+
+def _seq_span(first: int, last: int) -> str:
+    return str(first) if first == last else f"{first}-{last}"
+
+
+def _epoch_span(before: int | None, after: int | None) -> str:
+    """Where the missing records were, by the epochs of those around them."""
+    if after is None:
+        return ""
+    if before is None:
+        return f" (up to epoch {after})"
+    return f" (epoch {after})" if before == after else f" (epochs {before}-{after})"
 
 
 # ------------------------------------------------------------------------ configurations
@@ -449,7 +549,7 @@ def samples_text(config: dict) -> str:
     steps = config.get("steps_per_epoch")
     others = [f"epoch {epoch}: {'not known' if n is None else n}"
               for epoch, n in config.get("epoch_samples", ()) if n != usual]
-    return (f" of {usual} samples" + (f" in {steps} steps" if steps else "")
+    return (f" of {usual} samples" + (f" in {steps} steps each" if steps else "")
             + (f" ({', '.join(others)})" if others else ""))
 
 
@@ -910,7 +1010,8 @@ def _paused_costs(records: Sequence[Record]) -> dict[str, float]:
     return costs
 
 
-def summary(records: Sequence[Record], *, with_equivalents: bool = False, compare: Sequence[str] = ()) -> dict:
+def summary(records: Sequence[Record], *, with_equivalents: bool = False, compare: Sequence[str] = (),
+            run_summaries: Mapping[str, dict] | None = None) -> dict:
     """Everything a report says about the runs given, as one JSON-friendly dict (they are taken as repeats)."""
     if not records:
         raise ValueError("no records to report")
@@ -938,7 +1039,9 @@ def summary(records: Sequence[Record], *, with_equivalents: bool = False, compar
         "carbon_pause": carbon_pause(records),
         "hardware": hardware(records),
         "carbon": carbon_summary(records),
-        "provenance": provenance(records),
+        "provenance": provenance(records, run_summaries),
+        # Also among the provenance notes; apart, for the formats that show no notes (LaTeX).
+        "records_missing": incomplete_records(records, run_summaries),
         "statement": statement(records),
     }
     if with_equivalents:
@@ -948,14 +1051,16 @@ def summary(records: Sequence[Record], *, with_equivalents: bool = False, compar
     return out
 
 
-def summaries(records: Sequence[Record], *, with_equivalents: bool = False, compare: Sequence[str] = ()) -> dict:
+def summaries(records: Sequence[Record], *, with_equivalents: bool = False, compare: Sequence[str] = (),
+              run_summaries: Mapping[str, dict] | None = None) -> dict:
     """One ``summary`` per configuration, and how runs were grouped."""
     if not records:
         raise ValueError("no records to report")
     return {
         "grouped_by": GROUPED_BY,
         "configurations": [
-            {**summary(group, with_equivalents=with_equivalents, compare=compare), "description": describe_configuration(config)}
+            {**summary(group, with_equivalents=with_equivalents, compare=compare, run_summaries=run_summaries),
+             "description": describe_configuration(config)}
             for config, group in group_runs(records)
         ],
     }

@@ -1,0 +1,240 @@
+"""A report of records that visibly lack some of their run says so: seq numbers that no run leaves
+out, or less energy than the run's energy-summary.json beside them counts. A run's normal gaps
+(the placeholder seq of each phase begun between phases, a resume, a killed attempt, carried
+records) are no such thing.
+
+Found by a probe: the records file deleted mid-run, the writer (keeping only its last lines)
+refilled 13 of 33 records; ``greencallbacks report`` showed them as the whole run (epochs 5-7,
+"The training (3 epochs ...)"), 2.09e-7 kWh against the summary's 1.81e-6, without a word.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+
+import pytest
+
+from greencallbacks import records as records_module
+from greencallbacks import report
+from greencallbacks.cli import main
+from greencallbacks.records import RECORDS_FILE, read_records
+from greencallbacks.runs import load
+from tests.test_tracker import run_epochs, setup
+
+NOTE = "Records missing from run"
+
+
+def _lightning():
+    pytest.importorskip("torch")  # the core's own runs have no torch
+    pytest.importorskip("lightning")
+    from tests.lightning_models import flavour
+
+    return flavour("lightning.pytorch")
+
+
+def notes_of(directory) -> dict:
+    """What a report of ``directory`` says of missing records, in each format that shows notes."""
+    loaded = load(directory)
+    records, summaries = loaded.records, loaded.summaries
+    (group,) = json.loads(report.render(records, "json", run_summaries=summaries))["configurations"]
+    markdown = report.render(records, "md", run_summaries=summaries)
+    latex = report.render(records, "latex", run_summaries=summaries)
+    return {"json": group["records_missing"],
+            "provenance": [n for n in group["provenance"] if n.startswith(NOTE)],
+            "md": [line[2:] for line in markdown.splitlines() if line.startswith(f"- {NOTE}")],
+            "latex": [line[2:] for line in latex.splitlines() if line.startswith(f"% {NOTE}")]}
+
+
+def the_note(directory) -> str:
+    said = notes_of(directory)
+    assert len(said["json"]) == 1, said
+    assert said["provenance"] == said["md"] == said["latex"] == said["json"], said
+    return said["json"][0]
+
+
+def lightning_fit(tmp_path, epochs=3, callbacks=(), **kwargs):
+    L, EnergyCallback, TinyModel = _lightning()
+    from tests.lightning_models import loaders, trainer_kwargs
+
+    energy = EnergyCallback(output_dir=tmp_path, intensity=100.0, progress_bar=False)
+    trainer = L.Trainer(max_epochs=epochs, logger=False, callbacks=[energy, *callbacks], **trainer_kwargs(**kwargs))
+    trainer.fit(TinyModel(), *loaders())
+    return energy.tracker.run_id
+
+
+def test_a_records_file_deleted_mid_run_is_said_with_what_its_remnant_lacks(tmp_path, monkeypatch, capsys):
+    """The probe's case, in a real fit: the writer keeps 4 kB of synced lines; the file is
+    deleted at the end of epoch 4 of 6, and the next write refills only the lines kept."""
+    L, _, _ = _lightning()
+    monkeypatch.setattr(records_module, "LINES_KEPT_BYTES", 4096)
+
+    class Vandal(L.Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            writer = trainer.callbacks[0].tracker._writer
+            assert writer.flush() and writer._sync(writer._generation)  # synced: the oldest lines forgotten
+            if trainer.current_epoch == 3:
+                (tmp_path / RECORDS_FILE).unlink()
+
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        run = lightning_fit(tmp_path, epochs=6, callbacks=[Vandal()])
+    assert any("lost" in str(w.message) for w in said)  # said at run time, as before
+    records = read_records(tmp_path)
+    held = sum(r.energy_kwh for r in records)
+    counted = json.loads((tmp_path / "energy-summary.json").read_text())["energy_kwh"]
+    first = min(r.seq for r in records)
+    assert first > 2 and held < 0.9 * counted  # a remnant: the first epochs' records are gone
+    note = the_note(tmp_path)
+    assert note.startswith(f"{NOTE} {run}: seq 0-{first - 1} of attempt 0 (up to epoch ")
+    share = re.search(r"its records hold ([\d.]+) (\w+) of the ([\d.]+) (\w+) its energy-summary.json counts \((\d+)%\)", note)
+    assert share and share.group(2) == share.group(4), note
+    assert int(share.group(5)) == round(100 * held / counted)
+    assert note.endswith("the totals shown are only what its records hold.")
+    # The command line reads the summary beside the records, and still reports (exit 0).
+    assert main(["report", str(tmp_path)]) == 0
+    assert f"- {note}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("phase, epoch, missing", [
+    ("train", 1, "seq 5-6 of attempt 0 (epochs 0-1)"),  # with its placeholder, after the gap of epoch 0
+    ("validation", 1, "seq 7 of attempt 0 (epoch 1)"),  # inside its training, before the gap after
+])
+def test_a_record_removed_from_inside_an_attempt_is_named_by_seq_and_epoch(tmp_path, phase, epoch, missing):
+    """A finished 3-epoch fit (one attempt) with one line removed from the middle of its file.
+    The summary is removed too: the seq numbers alone tell it."""
+    run = lightning_fit(tmp_path)
+    path = tmp_path / RECORDS_FILE
+    lines = path.read_text().splitlines(keepends=True)
+    cut = [line for line in lines if (json.loads(line)["phase"], json.loads(line)["epoch"]) == (phase, epoch)]
+    assert len(cut) == 1
+    path.write_text("".join(line for line in lines if line not in cut))
+    (tmp_path / "energy-summary.json").unlink()
+    note = the_note(tmp_path)
+    assert note.startswith(f"{NOTE} {run}: {missing} are not in these records, though no run leaves such a gap")
+    assert "energy-summary.json" not in note
+
+
+def test_records_removed_all_through_a_file_are_said_in_one_sentence(tmp_path):
+    """Every validation line of a 5-epoch run gone: three gaps named, the rest counted."""
+    tracker, clock, _ = setup(tmp_path)
+    run_epochs(tracker, clock, epochs=5)
+    path = tmp_path / RECORDS_FILE
+    path.write_text("".join(line for line in path.read_text().splitlines(keepends=True)
+                            if json.loads(line)["phase"] != "validation"))
+    (tmp_path / "energy-summary.json").unlink()
+    assert the_note(tmp_path).startswith(
+        f"{NOTE} {tracker.run_id}: seq 3 of attempt 0 (epoch 0); seq 7 of attempt 0 (epoch 1); seq 11 of attempt 0 "
+        "(epoch 2); and 2 more gap(s) of 2 seq(s) are not in these records")
+
+
+def test_a_gap_record_removed_is_said_by_the_summary_it_falls_short_of(tmp_path):
+    """A gap between epochs and the placeholder after it leave the seq numbers a run of zero-length
+    gaps leaves: the summary tells what is missing (a gap's kWh, rounded away by the formats)."""
+    run = lightning_fit(tmp_path)
+    path = tmp_path / RECORDS_FILE
+    lines = path.read_text().splitlines(keepends=True)
+    gaps = [line for line in lines if json.loads(line)["phase"] == "other" and json.loads(line)["epoch"] == 0]
+    path.write_text("".join(line for line in lines if line not in gaps[:1]))
+    note = the_note(tmp_path)
+    assert note.startswith(f"{NOTE} {run}: its records hold ")
+    assert "seq" not in note
+    # The summary alone: reported without it (the records are read as they are), no note.
+    (tmp_path / "energy-summary.json").unlink()
+    assert notes_of(tmp_path)["json"] == []
+
+
+def assert_no_note(directory, attempts: int):
+    records = load(directory).records
+    assert len({r.attempt for r in records}) == attempts
+    seqs = {(r.attempt, r.seq) for r in records}
+    skipped = [(a, s) for a, s in {(r.attempt, r.seq - 1) for r in records} if s >= 0 and (a, s) not in seqs]
+    assert skipped  # the run has gaps in its seq numbers, all of them normal ones
+    said = notes_of(directory)
+    assert said == {"json": [], "provenance": [], "md": [], "latex": []}
+    summary = json.loads((directory / "energy-summary.json").read_text())
+    assert summary["energy_kwh"] == pytest.approx(sum(r.energy_kwh for r in records), rel=1e-9)
+
+
+def test_a_fit_resumed_from_an_earlier_checkpoint_after_a_crash_has_no_note(tmp_path):
+    """Crashed in epoch 2, resumed from the checkpoint of epoch 0 (epochs 1 and 2 trained again),
+    then validated: two attempts whose seq numbers skip the placeholders and jump at the resume."""
+    L, EnergyCallback, TinyModel = _lightning()
+    from tests.lightning_models import Boom, loaders, trainer_kwargs
+
+    energy, ckpt = tmp_path / "energy", tmp_path / "ckpt"
+
+    def trainer():
+        checkpoint = L.callbacks.ModelCheckpoint(dirpath=ckpt, save_top_k=-1, filename="{epoch}", save_on_train_epoch_end=True)
+        return L.Trainer(max_epochs=3, logger=False, callbacks=[EnergyCallback(output_dir=energy, intensity=100.0),
+                                                                checkpoint], **trainer_kwargs(enable_checkpointing=True))
+
+    with pytest.raises(Boom):
+        trainer().fit(TinyModel(fail_at=(2, 1)), *loaders())
+    resumed, model = trainer(), TinyModel()
+    resumed.fit(model, *loaders(), ckpt_path=ckpt / "epoch=0.ckpt")
+    resumed.validate(model, loaders()[1], verbose=False)
+    assert_no_note(energy, attempts=2)
+
+
+def test_an_attempt_killed_inside_an_epoch_after_its_validation_has_no_note(tmp_path):
+    """SIGKILL (no handler runs) inside epoch 1's training, after its validation was written: the
+    training's record and its placeholder are lost, the checkpoint (in the gap before) carries
+    nothing of them, and the resume goes on. Every record after them is inside that training."""
+    first, clock, _ = setup(tmp_path)
+    for epoch in range(2):
+        clock.advance(1.0)
+        first.begin("train", epoch)
+        clock.advance(5.0)
+        first.begin("validation", epoch)
+        clock.advance(2.0)
+        first.end("validation")
+        if epoch == 1:
+            break
+        clock.advance(5.0)
+        first.end("train")
+        clock.advance(1.0)
+        checkpoint = first.state_dict()  # at epoch 0's end, in the gap after it
+    first._stop()  # killed: nothing more written
+    second, clock2, _ = setup(tmp_path)
+    second.load_state_dict(checkpoint)
+    clock2.advance(1.0)
+    second.begin("train", 1)
+    clock2.advance(10.0)
+    second.end("train")
+    clock2.advance(1.0)
+    second.finish()
+    records = read_records(tmp_path)
+    assert [(r.attempt, r.phase, r.epoch) for r in records if r.attempt == 0][-1] == (0, "validation", 1)
+    assert not any(r.carried for r in records)
+    assert_no_note(tmp_path, attempts=2)
+
+
+def test_a_resume_that_writes_the_killed_attempts_carried_phase_has_no_note(tmp_path):
+    """Killed inside an epoch after a checkpoint saved in it: the resume writes the phase the
+    checkpoint counted as a carried record of attempt 0, in the seq it had. The gaps before
+    epochs 0 and 1 took no time (not written): with their placeholders, two seqs each."""
+    first, clock, _ = setup(tmp_path)
+    for epoch in range(2):
+        first.begin("train", epoch)
+        clock.advance(10.0)
+        first.end("train")
+    clock.advance(1.0)
+    first.begin("train", 2)
+    clock.advance(5.0)
+    checkpoint = first.state_dict()  # inside epoch 2
+    clock.advance(3.0)
+    first._stop()  # killed
+    second, clock2, _ = setup(tmp_path)
+    second.load_state_dict(checkpoint)
+    clock2.advance(1.0)
+    second.begin("train", 2)
+    clock2.advance(10.0)
+    second.end("train")
+    clock2.advance(1.0)
+    second.finish()
+    records = read_records(tmp_path)
+    assert [(r.attempt, r.epoch) for r in records if r.carried] == [(0, 2)]
+    assert [(r.seq, r.phase) for r in records if r.attempt == 0] == [(2, "train"), (5, "train"), (6, "other"), (8, "train")]
+    assert_no_note(tmp_path, attempts=2)
