@@ -145,6 +145,19 @@ def test_a_gap_record_removed_is_said_by_the_summary_it_falls_short_of(tmp_path)
     assert notes_of(tmp_path)["json"] == []
 
 
+def resume_and_train(directory, checkpoint: dict, epoch: int) -> list:
+    """A new process resumed from ``checkpoint`` trains ``epoch`` and ends: the records then."""
+    resumed, clock, _ = setup(directory)
+    resumed.load_state_dict(checkpoint)
+    clock.advance(1.0)
+    resumed.begin("train", epoch)
+    clock.advance(10.0)
+    resumed.end("train")
+    clock.advance(1.0)
+    resumed.finish()
+    return read_records(directory)
+
+
 def assert_no_note(directory, attempts: int):
     records = load(directory).records
     assert len({r.attempt for r in records}) == attempts
@@ -197,15 +210,7 @@ def test_an_attempt_killed_inside_an_epoch_after_its_validation_has_no_note(tmp_
         clock.advance(1.0)
         checkpoint = first.state_dict()  # at epoch 0's end, in the gap after it
     first._stop()  # killed: nothing more written
-    second, clock2, _ = setup(tmp_path)
-    second.load_state_dict(checkpoint)
-    clock2.advance(1.0)
-    second.begin("train", 1)
-    clock2.advance(10.0)
-    second.end("train")
-    clock2.advance(1.0)
-    second.finish()
-    records = read_records(tmp_path)
+    records = resume_and_train(tmp_path, checkpoint, epoch=1)
     assert [(r.attempt, r.phase, r.epoch) for r in records if r.attempt == 0][-1] == (0, "validation", 1)
     assert not any(r.carried for r in records)
     assert_no_note(tmp_path, attempts=2)
@@ -226,15 +231,7 @@ def test_a_resume_that_writes_the_killed_attempts_carried_phase_has_no_note(tmp_
     checkpoint = first.state_dict()  # inside epoch 2
     clock.advance(3.0)
     first._stop()  # killed
-    second, clock2, _ = setup(tmp_path)
-    second.load_state_dict(checkpoint)
-    clock2.advance(1.0)
-    second.begin("train", 2)
-    clock2.advance(10.0)
-    second.end("train")
-    clock2.advance(1.0)
-    second.finish()
-    records = read_records(tmp_path)
+    records = resume_and_train(tmp_path, checkpoint, epoch=2)
     assert [(r.attempt, r.epoch) for r in records if r.carried] == [(0, 2)]
     assert [(r.seq, r.phase) for r in records if r.attempt == 0] == [(2, "train"), (5, "train"), (6, "other"), (8, "train")]
     assert_no_note(tmp_path, attempts=2)
