@@ -50,7 +50,8 @@ NEWEST_TORCH = "torch==2.13.0"
 MATRIX = {
     "transformers": {
         "requirements": ["transformers==4.47.1", "accelerate==1.2.1", "tensorboard", "mlflow", "wandb"],
-        "tests": ["tests/test_hf.py", "tests/test_hf_hpsearch.py", "tests/test_hf_flows_more.py", "tests/test_flows_hf.py", "tests/test_hf_distributed.py", "tests/test_live.py"],
+        "tests": ["tests/test_hf.py", "tests/test_hf_hpsearch.py", "tests/test_hf_flows_more.py", "tests/test_flows_hf.py", "tests/test_hf_distributed.py", "tests/test_live.py",
+                  "tests/test_hf_callbacks.py"],
         "report": ["transformers", "accelerate", "torch", "tensorboard", "mlflow", "wandb"],
     },
     "lightning": {
@@ -71,7 +72,15 @@ MATRIX = {
         # (its variables are left without an initializer), so the crash-and-resume scenarios fail
         # inside Keras; the jax backend is tested at the newest versions only and skips here.
         "requirements": ["keras==3.3.3", "tensorflow-cpu==2.16.2", "tensorboard"],
-        "tests": ["tests/test_keras.py", "tests/test_flows_keras.py", "tests/test_live.py"],
+        "tests": ["tests/test_keras.py", "tests/test_flows_keras.py", "tests/test_live.py", "tests/test_keras_models.py",
+                  "tests/test_keras_counts.py", "tests/test_keras_custom_steps.py"],
+        "report": ["keras", "torch", "tensorflow-cpu", "numpy"],
+    },
+    # A middle release, for the sample counts: batch hooks at an execution's first step (before
+    # 3.11), a tf.distribute count that sums no replicas (3.7 to 3.9), predict logs made floats (3.7+).
+    "keras3.8": {
+        "requirements": ["keras==3.8.0", "tensorflow-cpu==2.19.1", "tensorboard"],
+        "tests": ["tests/test_keras_counts.py", "tests/test_keras_custom_steps.py", "tests/test_keras_models.py"],
         "report": ["keras", "torch", "tensorflow-cpu", "numpy"],
     },
 }

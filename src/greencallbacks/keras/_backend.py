@@ -17,10 +17,64 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Any, Callable
 
 from greencallbacks.distributed import LocalReducer, Reducer, place_on_hosts
 from greencallbacks.meter import warn
+
+
+def keras_version(version: str) -> tuple[int, int]:
+    """(major, minor) of a Keras version string; a string that does not start with them (a build of
+    unknown origin) counts as the newest Keras, whose behaviour this module is written against."""
+    match = re.match(r"(\d+)\.(\d+)", version)
+    return (int(match[1]), int(match[2])) if match else (10**6, 0)
+
+
+def hooks_report_last_step(version: tuple[int, int]) -> bool:
+    """Does Keras call the batch hooks of an execution of k steps (``steps_per_execution=k``) with
+    its last step, first + k - 1 (Keras 3.11+, keras-team/keras#21422), or with its first (before)?"""
+    return version >= (3, 11)
+
+
+def may_run_past_the_data(backend: str, version: tuple[int, int], per_execution: int, eager: bool) -> bool:
+    """Can Keras's compiled step update the model's variables for a step that had no data?
+
+    On TensorFlow a compiled ``train_function`` / ``test_function`` that runs out of data raises
+    from inside the graph, and the ops that do not wait for the data (a loss tracker's count
+    grown by a static batch size, or by 1 in a custom step; the optimizer's step) may already
+    have run: 10 batches of one sample counted 11 (Keras 3.3.3, 4 steps per execution) or 12
+    (Keras 3.15.1, 5 batches of 2 of a data set of unknown length). It fetches its data that way
+    for ``steps_per_execution=1`` in every release up to 3.15 (keras-team/keras#23179 fixed it
+    after 3.15.1, in no release known here) and for several steps per execution before 3.7,
+    which then always ends a loop whose batches do not fill the last execution so. Run eagerly,
+    the fetch raises before any update. Read in the sources of Keras 3.3.3, 3.7 and 3.15.1.
+    """
+    return backend == "tensorflow" and not eager and (per_execution == 1 or version < (3, 7))
+
+
+def count_value(variable: Any, strategy: Any) -> float | None:
+    """A metric's count variable as one number: its sum over a ``tf.distribute`` strategy's
+    replicas; None where this Keras keeps no such sum.
+
+    Keras before 3.7 (keras-team/keras#20541) creates its TensorFlow variables without the
+    metric's ``aggregation="sum"``: under a ``MirroredStrategy`` each replica adds its own
+    batches to its own copy (``VariableAggregation.NONE``) and a plain read gives the first
+    replica's (77 of 155 samples on two replicas): summed here. Keras 3.7 to 3.9 mirror it on
+    write with a sum, which gave 16363 for 155 samples: None. Since 3.10 (keras-team/keras#21072)
+    a metric's variable sums its replicas on read. Any variable on one replica reads as it is.
+    """
+    value = getattr(variable, "value", None)
+    local_results = getattr(strategy, "experimental_local_results", None)
+    parts = local_results(value) if local_results is not None and hasattr(value, "aggregation") else ()
+    if len(parts) > 1:
+        if getattr(value.aggregation, "name", None) == "NONE":
+            return float(sum(float(part) for part in parts))
+        if getattr(getattr(value, "synchronization", None), "name", None) != "ON_READ":
+            return None
+    import keras
+
+    return float(keras.ops.convert_to_numpy(variable))
 
 
 def devices_and_sync(backend: str) -> tuple[list[int] | None, Callable[[], None] | None]:

@@ -41,7 +41,9 @@ except ImportError as error:
     raise extras.missing(error, "greencallbacks.keras", ("keras",), "pip install 'greencallbacks[keras]'") from None
 
 from greencallbacks import interrupts, watch
-from greencallbacks.keras._backend import devices_and_sync, reducer_for
+from greencallbacks.keras._backend import (
+    count_value, devices_and_sync, hooks_report_last_step, keras_version, may_run_past_the_data, reducer_for,
+)
 from greencallbacks.guard import never_raises
 from greencallbacks.meter import warn
 from greencallbacks.samples import BatchCounter
@@ -49,6 +51,7 @@ from greencallbacks.records import JsonFileReplacer
 from greencallbacks.session import EnergySession, keyword_names, reject_unknown_arguments, warn_two_callbacks
 from greencallbacks.tracker import METRIC_STEMS
 
+_KERAS_VERSION = keras_version(keras.__version__)
 STATE_FILE = "energy-state.json"
 DEFAULT_OUTPUT_DIR = "energy_logs"
 _Callback = keras.callbacks.Callback
@@ -152,10 +155,35 @@ def _one_step_per_batch(model: Any) -> bool:
     )
 
 
-def _at_most(steps: int, planned: int | None) -> int:
-    """The steps a loop ran at most: the highest its batch hooks reported, capped by the steps Keras
-    planned, where it knows them (``steps_per_execution=k`` reports a short last execution as k)."""
-    return min(steps, planned) if planned is not None else steps
+def _step_range(reported: int, per_execution: int, planned: int | None) -> tuple[int, int]:
+    """The steps a loop ran, fewest and most, from the highest ``batch + 1`` its batch hooks reported.
+
+    With ``steps_per_execution=k`` each hook covers an execution of up to k steps, reported at its
+    last step (Keras 3.11+; a short last execution too: 10 steps by 4 reported as 12) or at its
+    first (before: 10 steps by 4 reported as 9). Capped by the steps Keras planned, where it knows them.
+    """
+    if reported <= 0:
+        return 0, 0
+    if hooks_report_last_step(_KERAS_VERSION):
+        fewest, most = reported - per_execution + 1, reported
+    else:
+        fewest, most = reported, reported + per_execution - 1
+    if planned is not None:
+        most = min(most, planned)
+    return max(1, min(fewest, most)), most
+
+
+def _per_execution(model: Any) -> int:
+    """The model's ``steps_per_execution`` (1 where it has none)."""
+    per_execution = getattr(model, "steps_per_execution", 1)
+    return per_execution if isinstance(per_execution, int) and per_execution >= 1 else 1
+
+
+def _may_run_past_the_data(model: Any) -> bool:
+    """Can a loop of ``model`` that ran out of data inside a compiled call have counted steps without
+    data? (see ``_backend.may_run_past_the_data``)."""
+    return may_run_past_the_data(keras.backend.backend(), _KERAS_VERSION, _per_execution(model),
+                                 bool(getattr(model, "run_eagerly", False)))
 
 
 def _planned_steps(callback: _Callback, callback_list: keras.callbacks.CallbackList | None) -> int | None:
@@ -418,6 +446,10 @@ class _Progress:
         self.training = False  # a training epoch is open
         self.one_step_per_batch = False  # the open epoch's batches each advance the step by one
         self.train_steps = 0  # training batches run in the open epoch (the batch hooks' highest `batch` + 1)
+        self.per_execution = 1  # the model's steps_per_execution, read as the epoch began
+        # Calls of the compiled step begun and ended (the batch hooks) in the open epoch: one begun
+        # and never ended ran out of data inside it (see _backend.may_run_past_the_data).
+        self.train_calls_begun = self.train_calls_ended = 0
         # The steps Keras planned per epoch (fit) or for the loop (evaluate), read as the call began
         # (an evaluate inside the fit given this callback replaces its params); None: not known.
         # With steps_per_execution=k a short last execution is reported as k steps: capped by it.
@@ -435,7 +467,7 @@ class _Progress:
             if self.step_in_test is not None:
                 step = self.step_in_test
             elif step is not None and self.training and self.one_step_per_batch:
-                step += _at_most(self.train_steps, self.planned_steps)
+                step += _step_range(self.train_steps, self.per_execution, self.planned_steps)[1]
             predicting = self.predicting
         if predicting:
             tracker.add_samples(predicted)  # the innermost open phase; None: uncounted
@@ -559,7 +591,11 @@ class EnergyCallback(_Callback):
             wrong). A loop of your own that drives a ``CallbackList`` around ``train_on_batch`` /
             ``test_on_batch`` gives no count (uncounted, unless this is given), and so do a model
             whose ``metrics`` property leaves out its loss tracker (Keras never resets it) and a
-            count below the steps run (a callback calling ``model.reset_metrics()`` mid-loop).
+            count below the steps run (a callback calling ``model.reset_metrics()`` mid-loop). So
+            is a loop that ran out of data inside a compiled TensorFlow call, where Keras may count
+            steps that had no data (a data set of unknown length with ``steps_per_execution=1``;
+            before Keras 3.7 also a last execution shorter than ``steps_per_execution``), and a
+            ``tf.distribute`` count on Keras 3.7 to 3.9, which those do not sum over replicas.
         sample_counter: ``outputs -> int`` samples in one ``predict`` batch. Keras hands callbacks
             no input batches; the only per-batch values are ``predict``'s outputs, which
             ``greencallbacks.samples.count_samples`` counts by default (one array, or a list,
@@ -689,6 +725,8 @@ class EnergyCallback(_Callback):
         # not samples, nor, for a custom step, one equal to them (see _not_steps). Training's are
         # in _progress.
         self._test_steps = 0
+        self._test_calls_begun = self._test_calls_ended = 0  # as _Progress's train_calls_*
+        self._seen_why = "past_exact"  # why _samples_seen last gave None (see _uncounted)
         self._steps_lock = threading.Lock()
         self._warned_samples = False
         self._warned_tokens = None  # the run the token_counter was last warned of (see _unusable_tokens)
@@ -737,12 +775,18 @@ class EnergyCallback(_Callback):
         self._live_every, self._live_batches = self._tensorboard_batch_every(callback_list), 0
         self._pause_due = False
 
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        progress = self._progress
+        with progress.lock:
+            progress.train_calls_begun += 1
+
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         # The steps run: a custom train_step's loss-tracker count is told from samples by them, and
         # a failed epoch's step is counted on from its start by them (an uncontended lock, no read).
         progress = self._progress
-        with progress.lock:  # `batch`: the last step the hook covers (several with steps_per_execution)
+        with progress.lock:  # `batch`: a step of the execution the hook covers (see _step_range)
             progress.train_steps = max(progress.train_steps, batch + 1)
+            progress.train_calls_ended += 1
         if not self._live_every:
             return
         # TensorBoard writes a batch when its count since train begin is a multiple of update_freq.
@@ -780,6 +824,8 @@ class EnergyCallback(_Callback):
         progress = self._progress
         with progress.lock:
             progress.train_steps, progress.training = 0, False
+            progress.train_calls_begun = progress.train_calls_ended = 0
+            progress.per_execution = _per_execution(self.model)
         self._phases.append(("train", False))  # first: the epoch's keys reach `logs` even if starting fails
         starting = call.run is None
         if starting:
@@ -808,15 +854,17 @@ class EnergyCallback(_Callback):
         count = self._train_samples
         progress = self._progress
         with progress.lock:
-            steps = progress.train_steps
-            planned = progress.planned_steps
-        why, fewest = self._train_why, self._fewest_steps(steps)
+            steps, planned, per_execution = progress.train_steps, progress.planned_steps, progress.per_execution
+            ran_out = progress.train_calls_begun > progress.train_calls_ended
+        why, (fewest, most) = self._train_why, _step_range(steps, per_execution, planned)
+        if count is not None and ran_out and _may_run_past_the_data(self.model):
+            count, why = None, "past_data"
         if count is not None and 0 < count < fewest:
             # Every step counts a sample at least (Keras's own step counts its batch): the count was
             # reset during the epoch, unseen (a callback calling model.reset_metrics()).
             count, why = None, "reset"
         samples = self.samples_per_epoch or (
-            self._not_steps(count, "train", fewest, _at_most(steps, planned)) if count is not None else 0)
+            self._not_steps(count, "train", fewest, most) if count is not None else 0)
         if steps == 0 and not any(not key.startswith("val_") for key in logs or ()):
             # No step ran (an empty data set): nothing was trained, whatever the loss tracker still
             # holds (on TensorFlow a stale count, taken for 32 samples an epoch) or was declared.
@@ -869,12 +917,18 @@ class EnergyCallback(_Callback):
         self._phases.append((phase, outermost))
         with self._steps_lock:
             self._test_steps = 0
+            self._test_calls_begun = self._test_calls_ended = 0
         self.tracker.begin(phase, self._epoch if phase == "validation" else None)
         self.tracker.add_samples(None)  # uncounted until its end counts it: a failed loop stays so
 
+    def on_test_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        with self._steps_lock:
+            self._test_calls_begun += 1
+
     def on_test_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        with self._steps_lock:  # `batch`: the last step the hook covers (several with steps_per_execution)
+        with self._steps_lock:  # `batch`: a step of the execution the hook covers (see _step_range)
             self._test_steps = max(self._test_steps, batch + 1)
+            self._test_calls_ended += 1
 
     @never_raises
     def on_test_end(self, logs: dict | None = None) -> None:
@@ -886,20 +940,25 @@ class EnergyCallback(_Callback):
         # No step ran (an empty validation set) when Keras's logs are empty: then the loss tracker
         # holds a stale count on TensorFlow and JAX (their loops sync metrics only after a step).
         with self._steps_lock:
-            steps = self._test_steps
+            steps, ran_out = self._test_steps, self._test_calls_begun > self._test_calls_ended
         seen = self._samples_seen()
+        past_data = ran_out and _may_run_past_the_data(self.model)
         if not outermost and ("train", False) in self._phases:
-            self._train_offset = seen  # left in the tracker: the epoch's training counts on from it
+            # Left in the tracker: the epoch's training counts on from it (not from a count of steps without data).
+            self._train_offset = None if past_data else seen
+            self._train_why = "past_data" if past_data else self._train_why
         counted = bool(logs) and self._test_counted
-        why, fewest = None, self._fewest_steps(steps)
-        if counted and seen is None:
-            why = "past_exact"
+        # Validation's planned steps are not known here (the fit's params are training's).
+        fewest, most = _step_range(steps, _per_execution(self.model), self._progress.planned_steps if outermost else None)
+        why = None
+        if counted and past_data:
+            why = "past_data"
+        elif counted and seen is None:
+            why = self._seen_why
         elif counted and not self._call.resets_loss_tracker:
             why = "not_reset"
         elif counted and 0 < seen < fewest:  # reset during the loop, unseen (see on_epoch_end)
             why = "reset"
-        # Validation's planned steps are not known here (the fit's params are training's).
-        most = _at_most(steps, self._progress.planned_steps) if outermost else steps
         samples = self._not_steps(seen, "test", fewest, most) if counted and why is None else 0
         if why is not None:
             self._uncounted(phase, why, fewest)
@@ -1185,7 +1244,7 @@ class EnergyCallback(_Callback):
         if seen is None or self._train_offset is None:
             # Past the count's exact range, or counting on from a test loop's count that was: a
             # float count there has rounded away batches (or reached inf).
-            self._train_samples, self._train_why = None, "past_exact"
+            self._train_samples, self._train_why = None, self._train_why or self._seen_why
             return
         self._train_samples = self._train_samples + seen - self._train_offset if seen >= self._train_offset else None
 
@@ -1201,7 +1260,12 @@ class EnergyCallback(_Callback):
         if loss_tracker is None:
             return 0
         count = loss_tracker.count
-        return _exact_count(float(keras.ops.convert_to_numpy(count)), keras.backend.standardize_dtype(count.dtype))
+        value = count_value(count, getattr(self.model, "distribute_strategy", None))  # summed over replicas
+        if value is None:
+            self._seen_why = "replicas"
+            return None
+        self._seen_why = "past_exact"
+        return _exact_count(value, keras.backend.standardize_dtype(count.dtype))
 
     def _count_dtype(self) -> str:
         """The dtype of the loss tracker's count, for the warning."""
@@ -1216,7 +1280,7 @@ class EnergyCallback(_Callback):
         customizing ``fit()`` updates the tracker with the batch's loss alone, once per step and
         replica (``tf.distribute``: each replica adds its own). So a custom step's count is samples
         only when it cannot be the steps run, ``fewest`` to ``most`` (a range with
-        ``steps_per_execution`` > 1, see ``_fewest_steps``), times 1 or the replicas, where those
+        ``steps_per_execution`` > 1, see ``_step_range``), times 1 or the replicas, where those
         are known (``most`` 0: not known). Batches of one sample each: uncounted, never wrong.
         """
         if not count or not _custom_step(self.model, loop):
@@ -1234,26 +1298,27 @@ class EnergyCallback(_Callback):
         replicas = getattr(getattr(self.model, "distribute_strategy", None), "num_replicas_in_sync", 1)
         return replicas if isinstance(replicas, int) and replicas > 0 else 1
 
-    def _fewest_steps(self, steps: int) -> int:
-        """The steps a loop ran at least, from the highest step its batch hooks reported (``steps``):
-        with ``steps_per_execution=k`` Keras reports each execution's last step as its first + k - 1,
-        also for a last execution that ran fewer (10 steps, 4 per execution: step 11 reported)."""
-        per_execution = getattr(self.model, "steps_per_execution", 1)
-        if not isinstance(per_execution, int) or per_execution < 1:
-            per_execution = 1
-        return max(0, steps - per_execution + 1)
-
     def _uncounted(self, phase: str, reason: str | None = None, steps: int = 0) -> None:
         """The open phase ran steps but its samples are unknown: recorded as uncounted, one warning per run,
         which names the phase found first (fit's validation ends before its training epoch does).
 
         ``reason``: None, the tracker did not count (a custom step, a loop of the user's); "past_exact",
         it counted past what its dtype counts exactly; "not_reset", Keras never resets it (see
-        ``_resets_loss_tracker``); "reset", it counted fewer samples than the ``steps`` run."""
+        ``_resets_loss_tracker``); "reset", it counted fewer samples than the ``steps`` run; "past_data",
+        the loop ran out of data inside a compiled call that may count steps without data; "replicas",
+        this Keras keeps no sum of the count over a ``tf.distribute`` strategy's replicas."""
         self.tracker.add_samples(None)
         if self._warned_samples != self.tracker.run_id:
             self._warned_samples = self.tracker.run_id
-            if reason == "past_exact":
+            if reason == "past_data":
+                why = (": Keras's compiled step on TensorFlow ran out of data inside a call, and may then have counted "
+                       "steps that had no data (a data set of unknown length with steps_per_execution=1; before Keras "
+                       "3.7 also a last execution shorter than steps_per_execution). A data set of known length whose "
+                       "batches fill every execution, or run_eagerly=True, is counted")
+            elif reason == "replicas":
+                why = (f": Keras {keras.__version__} does not sum the loss tracker's count over the "
+                       f"{self._replicas()} tf.distribute replicas (Keras 3.10 and later do)")
+            elif reason == "past_exact":
                 why = (f": the loss tracker's {self._count_dtype()} count (keras.config.floatx()) cannot count this "
                        "many exactly")
             elif reason == "not_reset":
