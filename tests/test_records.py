@@ -675,6 +675,28 @@ def test_one_runs_records_are_read_without_judging_the_other_runs_lines(tmp_path
         assert [r.seq for r in read_records(path, run_id="run1")] == [0, 1]
 
 
+def test_a_record_after_another_runs_torn_one_on_its_line_is_read_for_its_run(tmp_path):
+    """An older writer appended a resume's record to the torn line a kill left: the line's first
+    run id is the torn record's, and reading the second run alone dropped its record (17 % of it)."""
+    path = tmp_path / RECORDS_FILE
+    mine = [json.dumps(make_record(seq).to_dict()) for seq in range(3)]
+    torn = json.dumps(make_record(0, run_id="other").to_dict())[:120]
+    path.write_text("\n".join([mine[0], torn + mine[1], mine[2]]) + "\n")
+    with pytest.warns(UserWarning, match="skipped a torn record before the one that follows it"):
+        assert [r.seq for r in read_records(path, run_id="run1")] == [0, 1, 2]
+
+
+def test_a_torn_line_of_another_run_between_one_attempts_records_is_that_runs_kill(tmp_path):
+    """Two processes append to one file: B's writer killed mid-line while A goes on. Read whole,
+    the line was taken for damage to A's attempt and the file refused; read by run, it was not."""
+    path = tmp_path / RECORDS_FILE
+    mine = [json.dumps(make_record(seq).to_dict()) for seq in range(3)]
+    torn = json.dumps(make_record(4, run_id="other").to_dict())[:120]
+    path.write_text("\n".join([mine[0], mine[1], torn, mine[2]]) + "\n")
+    with pytest.warns(UserWarning, match=r"records.jsonl:3: skipped a torn line"):
+        assert [r.seq for r in read_records(path)] == [0, 1, 2]
+
+
 def test_a_write_into_a_file_ending_in_a_newline_adds_no_blank_line(tmp_path):
     path = tmp_path / RECORDS_FILE
     RecordWriter(path).write(make_record(0))

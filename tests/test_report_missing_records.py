@@ -235,3 +235,20 @@ def test_a_resume_that_writes_the_killed_attempts_carried_phase_has_no_note(tmp_
     assert [(r.attempt, r.epoch) for r in records if r.carried] == [(0, 2)]
     assert [(r.seq, r.phase) for r in records if r.attempt == 0] == [(2, "train"), (5, "train"), (6, "other"), (8, "train")]
     assert_no_note(tmp_path, attempts=2)
+
+
+def test_an_earlier_runs_loss_is_said_by_the_summary_kept_under_its_id(tmp_path):
+    """In a directory of several runs energy-summary.json is the latest's; an earlier run's is kept
+    as energy-summary-<id>.json. Only the former was read: a loss from the earlier run went unsaid."""
+    runs = []
+    for _ in range(2):
+        tracker, clock, _ = setup(tmp_path)
+        run_epochs(tracker, clock, epochs=2)
+        tracker.finish()
+        runs.append(tracker.run_id)
+    path = tmp_path / RECORDS_FILE
+    lines = path.read_text().splitlines()
+    last_of_first = max(i for i, line in enumerate(lines) if json.loads(line)["run_id"] == runs[0])
+    path.write_text("\n".join(lines[:last_of_first] + lines[last_of_first + 1:]) + "\n")
+    said = notes_of(tmp_path)["json"]
+    assert len(said) == 1 and said[0].startswith(f"{NOTE} {runs[0]}: its records hold "), said

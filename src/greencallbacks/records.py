@@ -736,7 +736,9 @@ def read_records(
                 continue
             if run_id is not None:
                 other = run_id_of_line(line)
-                if other is not None and other != run_id:
+                # (A whole record of this run may follow another run's torn one on its line: an
+                # older writer's resume after a kill. The id found first is the torn one's.)
+                if other is not None and other != run_id and line.count(_RECORD_START) < 2:
                     order.append((other, None, False))
                     continue
             where = f"{path}:{number}"
@@ -772,7 +774,9 @@ def read_records(
         for number, before, line, error in torn:
             where = f"{path}:{number}"
             inside = _attempt_around(order, before)
-            if inside is None or _written_again(line, inside, records[first:]):  # the end of a writer killed mid-line
+            # The end of a writer killed mid-line: between other records, of another run than those
+            # around it (its own id says so: another process's writer, killed), or written again whole.
+            if inside is None or run_id_of_line(line) not in (None, inside[0]) or _written_again(line, inside, records[first:]):
                 last = "last " if number == len(lines) else ""
                 warnings.warn(f"{where}: skipped a torn {last}line ({error})", stacklevel=2)
                 continue

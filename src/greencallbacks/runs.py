@@ -144,25 +144,28 @@ def load(paths: str | os.PathLike | Iterable[str | os.PathLike], run_id: str | N
 
 
 def _summaries_beside(run_files: dict[str, list[Path]]) -> dict[str, dict]:
-    """Each run's summary in a directory holding its records: one small file read per directory."""
-    from greencallbacks.tracker import SUMMARY_FILE
+    """Each run's summary in a directory holding its records: ``energy-summary.json`` (the latest
+    run's there) or the copy kept under the run's id once another run wrote there; one small file
+    read per directory and run."""
+    from greencallbacks.tracker import SUMMARY_FILE, kept_summary_path
 
     read: dict[Path, dict | None] = {}
     found: dict[str, dict] = {}
     for run, files in run_files.items():
         for directory in dict.fromkeys(f.parent for f in files):
-            if directory not in read:
-                try:
-                    read[directory] = json.loads((directory / SUMMARY_FILE).read_text(encoding="utf-8"))
-                except (OSError, ValueError):  # none there, or being written: the report goes on without it
-                    read[directory] = None
-            summary = read[directory]
-            if not isinstance(summary, dict) or summary.get("run_id") != run:
-                continue
-            energy = summary.get("energy_kwh")
-            if isinstance(energy, (int, float)) and not isinstance(energy, bool) and math.isfinite(energy):
-                if run not in found or energy > found[run]["energy_kwh"]:
-                    found[run] = summary
+            for path in (directory / SUMMARY_FILE, kept_summary_path(directory / SUMMARY_FILE, run)):
+                if path not in read:
+                    try:
+                        read[path] = json.loads(path.read_text(encoding="utf-8"))
+                    except (OSError, ValueError):  # none there, or being written: the report goes on without it
+                        read[path] = None
+                summary = read[path]
+                if not isinstance(summary, dict) or summary.get("run_id") != run:
+                    continue
+                energy = summary.get("energy_kwh")
+                if isinstance(energy, (int, float)) and not isinstance(energy, bool) and math.isfinite(energy):
+                    if run not in found or energy > found[run]["energy_kwh"]:
+                        found[run] = summary
     return found
 
 

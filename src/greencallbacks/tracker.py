@@ -696,8 +696,8 @@ class Tracker:
         ``energy_kwh_total`` / ``co2eq_g_total``: the ledger's totals, plus what the open phases
         have been billed so far, plus the interval since the last boundary (``Meter.peek``: no
         device sync, no slow read), times PUE; that interval's CO2eq at the intensity of its span.
-        ``power_w``: IT power between this call and the previous one (the run's start for the
-        first). Adds no record and never touches the ledger, so records and per-epoch values are
+        ``power_w``: IT power since the newest earlier call at least ``LIVE_POWER_WINDOW_S`` before
+        this one (since the first call, or the last boundary before it, until one is). Adds no record and never touches the ledger, so records and per-epoch values are
         the same with or without it. On several ranks the open phases are this rank's own (the
         closed ones are summed over ranks at their boundary): no collective on a logging step.
         """
