@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 TRAIN, VAL, TEST_A, TEST_B, PREDICT_C = 37, 23, 13, 7, 5
 
 SCRIPT = r"""
-import copy, json, pickle, sys
+import copy, json, pickle, sys, warnings
 from pathlib import Path
 import keras, numpy as np
 from greencallbacks.keras import EnergyCallback
@@ -90,6 +90,18 @@ a.evaluate(XA, YA, batch_size=4, verbose=0, callbacks=[energy])
 b.fit(X, Y, batch_size=8, epochs=4, initial_epoch=2, verbose=0, callbacks=[energy])
 results["switch_resumed"] = energy.tracker.run_id
 
+
+# A new callback at each call: fit(A), fit(B), then A resumed. energy-state.json names B's run.
+fresh = OUT / "fresh"
+a, b = model(), model()
+fit(a, [EnergyCallback(intensity=100, output_dir=fresh)])
+fit(b, [EnergyCallback(intensity=100, output_dir=fresh)])
+resumed = EnergyCallback(intensity=100, output_dir=fresh)
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    a.fit(X, Y, batch_size=8, epochs=4, initial_epoch=2, verbose=0, callbacks=[resumed])
+results["fresh_resumed"] = resumed.tracker.run_id
+results["fresh_warnings"] = [str(w.message) for w in caught if "greencallbacks" in str(w.message)]
 
 # Keras 3.7 to 3.11 hand predict's logs through float(), so a batch of one sample's outputs
 # arrive as plain numbers (3.12+ too, with NumPy before 2.4): as Keras 3.8 does it, on any version.
@@ -209,6 +221,19 @@ def test_a_predict_batch_of_one_sample_is_counted_where_keras_makes_its_outputs_
     result, out = results
     predicts = [r for r in read_records(out / "ones") if r.run_id == result["ones"] and r.phase == "predict"]
     assert [(r.samples, r.samples_counted) for r in predicts] == [(TEST_A, True), (PREDICT_C, True)]
+
+
+def test_a_model_resumed_with_a_new_callback_after_another_models_fit_is_not_put_in_that_run(results):
+    """fit(A), fit(B), then A.fit(initial_epoch=2), a new callback each: energy-state.json names B's
+    run, which A's epochs 2-3 went on in, without a word (B's run then held two models' epochs)."""
+    result, out = results
+    records = read_records(out / "fresh")
+    runs = list(dict.fromkeys(r.run_id for r in records))
+    assert len(runs) == 3 and result["fresh_resumed"] == runs[2]
+    for run, epochs in zip(runs, ([0, 1], [0, 1], [2, 3])):
+        assert [r.epoch for r in records if r.run_id == run and r.phase == "train"] == epochs
+    (said,) = [w for w in result["fresh_warnings"] if "resumes at epoch 2" in w]
+    assert f"is another model's (this model trained last in run {runs[0]}" in said, said
 
 
 def test_a_copy_taken_mid_fit_is_a_fresh_callback_and_the_original_goes_on(results):

@@ -1082,6 +1082,7 @@ class EnergyCallback(_Callback):
             # The model's own run with this callback: another model's evaluate / predict since made
             # that one's run current, and B's resumed epochs went into A's run.
             self._run = mine
+        another_models = None  # the run a state file names, when it is another model's
         if self._run_used and self._run.fitted:
             state, owner, other = self._run.state(), self._run.owner, None
             # This object's run, trained on the model now fitting: the same training (fit(epochs=4),
@@ -1105,6 +1106,12 @@ class EnergyCallback(_Callback):
                 _names_its_trial(path, owner) or (state is not None and _last_run_of(self.model) == state.get("run_id"))
             )
             where = f"named in {path}"
+            trained_in = _last_run_of(self.model)
+            if state is not None and not identified and trained_in not in (None, state.get("run_id")):
+                # The run named there is another model's, trained since (fit(A), fit(B), then A
+                # resumed with a new callback): A's epochs went on in B's run, without a word.
+                another_models = state.get("run_id")
+                state = None
         last = state.get("last_train_epoch") if state else None
         reached = last if isinstance(last, int) else -1  # None: no epoch finished yet
         if state and reached >= first_epoch - 1:
@@ -1115,7 +1122,10 @@ class EnergyCallback(_Callback):
             return
         # Said, not silent: the logged totals will lack the earlier attempts' energy. The usual
         # cause is a directory that differs per process (TensorBoard's logs/fit/<timestamp>).
-        if state:
+        if another_models is not None:
+            found = (f"the run named in {self._output_dir(call)}, {another_models}, is another model's (this model "
+                     f"trained last in run {_last_run_of(self.model)}, whose state a later run replaced there)")
+        elif state:
             found = f"the run it would continue, {state.get('run_id')}, reached epoch {reached} only"
         elif owner.run_id is not None:
             found = (f"no earlier run of run_id {owner.run_id!r} is recorded in {self._output_dir(call)}"
