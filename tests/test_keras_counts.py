@@ -286,15 +286,22 @@ def test_a_float16_count_that_overflows_without_validation_still_logs_the_epoch(
     assert result["history"]["energy_j_per_sample"] == [None] and result["history"]["energy_kwh"][0] > 0
 
 
-def test_a_count_is_exact_only_below_its_dtypes_exact_integer_range(tmp_path):
+@pytest.fixture(scope="module")
+def rule_results(tmp_path_factory):
+    """RULE_SCRIPT's findings, on Keras's torch backend in a process of its own."""
     for module in ("keras", "torch"):
         if importlib.util.find_spec(module) is None:
             pytest.skip(f"{module} is not installed: the check of the counting rule runs on Keras's torch backend")
     env = {**os.environ, "KERAS_BACKEND": "torch", "CUDA_VISIBLE_DEVICES": "",
            "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, "-c", RULE_SCRIPT], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-c", RULE_SCRIPT], cwd=tmp_path_factory.mktemp("rule"), env=env,
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
-    results = json.loads(done.stdout.splitlines()[-1])
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def test_a_count_is_exact_only_below_its_dtypes_exact_integer_range(rule_results):
+    results = rule_results
     rule = results["rule"]
     assert rule["bfloat16"] == [255, None] and rule["float16"] == [2047, None]
     assert rule["float32"] == [2**24 - 1, None] and rule["float64"] == [2**53 - 1, None]
@@ -303,18 +310,11 @@ def test_a_count_is_exact_only_below_its_dtypes_exact_integer_range(tmp_path):
     assert results["seen"] == {"float32": [2**24 - 1, None], "bfloat16": [255, None], "float16": [2047, None]}
 
 
-def test_keras_conventions_per_version_and_an_unknown_version_taken_for_the_newest(tmp_path):
+def test_keras_conventions_per_version_and_an_unknown_version_taken_for_the_newest(rule_results):
     """Batch hooks at an execution's last step from 3.11; a compiled TensorFlow step that may count
     steps without data: one step per execution in every release, several before 3.7, never eager
     nor off TensorFlow. A version string not understood follows the newest Keras."""
-    for module in ("keras", "torch"):
-        if importlib.util.find_spec(module) is None:
-            pytest.skip(f"{module} is not installed: the check of the counting rule runs on Keras's torch backend")
-    env = {**os.environ, "KERAS_BACKEND": "torch", "CUDA_VISIBLE_DEVICES": "",
-           "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, "-c", RULE_SCRIPT], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-4000:]
-    results = json.loads(done.stdout.splitlines()[-1])
+    results = rule_results
     newest = [True, [True, False, False], False]
     assert results["conventions"] == {
         "3.3.3": [False, [True, True, False], False], "3.10.0": [False, [True, False, False], False],
