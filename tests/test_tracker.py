@@ -1095,6 +1095,35 @@ def test_two_runs_measured_at_once_from_two_threads_are_said_to_count_the_proces
     later.finish()
 
 
+def test_a_thread_pools_trials_measured_at_once_are_said_once_per_pair_of_threads(tmp_path):
+    """optuna n_jobs=4: every trial a new run beside the other threads' new runs. Said once per
+    pair of runs, 40 trials gave 39 warnings of 400 characters."""
+    import warnings
+
+    both = threading.Barrier(2)
+
+    def trials(name):
+        for trial in range(3):
+            tracker, clock, _ = setup(tmp_path / name / str(trial))
+            both.wait()  # the other thread's trial runs too
+            tracker.begin("train", 0)
+            both.wait()
+            clock.advance(1.0)
+            tracker.end("train")
+            tracker.finish()
+            both.wait()
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pool = [threading.Thread(target=trials, args=(name,)) for name in "ab"]
+        for thread in pool:
+            thread.start()
+        for thread in pool:
+            thread.join()
+    said = [str(w.message) for w in caught if "measured at once in this process" in str(w.message)]
+    assert len(said) == 1, said
+
+
 def test_two_trackers_started_in_one_thread_are_one_training_and_not_said(tmp_path):
     """Two callbacks in one Trainer price one training twice: documented, and no double count."""
     said, _ = _measured_in_threads(tmp_path, [2])

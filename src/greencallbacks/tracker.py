@@ -97,6 +97,9 @@ SUMMARY_LOCK_POLL_S = 0.005
 # Weak: a tracker dropped without its end measures nothing more.
 _running: "weakref.WeakKeyDictionary[Tracker, threading.Thread]" = weakref.WeakKeyDictionary()
 _running_lock = threading.Lock()
+# The threads each thread's trackers were said to measure at once with: a thread pool's trials
+# (optuna n_jobs=4) form new pairs of trackers at every trial, but few pairs of threads.
+_told_at_once: "weakref.WeakKeyDictionary[threading.Thread, weakref.WeakSet[threading.Thread]]" = weakref.WeakKeyDictionary()
 
 
 def _history_before(records: list[Record], state: dict[str, Any]) -> list[Record]:
@@ -383,16 +386,22 @@ class Tracker:
         in a thread pool): the process's CPU and memory sensors measure the process, the GPU's the
         whole device, so each run is billed both trainings, and nothing here can split them by
         thread. Said at the first phase, when a resume has named the run (Lightning restores after
-        start), by the later of the two to get there: once per pair. Trackers started in one thread
+        start), by the later of the two to get there: once per pair of threads (40 trials of a pool
+        of 4 threads said it 39 times, once per pair of runs). Trackers started in one thread
         (two callbacks in one Trainer: two pricings of one training) measure one training, and
         ranks of one run (one run id) run as threads are one job: neither is said."""
         with _running_lock:
             here, self._concurrency_checked = _running.get(self), True
             if here is None:  # a copy of a running tracker, never started itself
                 return
-            others = [tracker.run_id for tracker, thread in list(_running.items())
-                      if thread is not here and thread.is_alive() and tracker.running
-                      and tracker._concurrency_checked and tracker.run_id != self.run_id]
+            told = _told_at_once.setdefault(here, weakref.WeakSet())
+            at_once = [(tracker.run_id, thread) for tracker, thread in list(_running.items())
+                       if thread is not here and thread.is_alive() and tracker.running
+                       and tracker._concurrency_checked and tracker.run_id != self.run_id]
+            others = [run_id for run_id, thread in at_once if thread not in told]
+            for _, thread in at_once:
+                told.add(thread)
+                _told_at_once.setdefault(thread, weakref.WeakSet()).add(here)
         if others:
             from greencallbacks.meter import warn
 
