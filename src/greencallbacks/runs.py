@@ -199,17 +199,6 @@ def _line_of(file: Path, run_id: str, seq: int) -> int | str:
     return "?"
 
 
-def select_run(records: Sequence[Record], run_id: str | None, *, how_to_choose: str = "run_id=") -> list[Record]:
-    """The records of ``run_id`` (all records when None); an unknown id names the runs there are."""
-    if run_id is None:
-        return list(records)
-    chosen = [r for r in records if r.run_id == run_id]
-    if not chosen:
-        present = sorted({r.run_id for r in records})
-        raise ValueError(f"{how_to_choose} {run_id!r} is not among the runs found: {', '.join(present)}")
-    return chosen
-
-
 def describe_runs(loaded: Loaded) -> list[str]:
     """One line per run: its id, framework, training epochs, phases and where its records are."""
     lines = []
