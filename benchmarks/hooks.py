@@ -63,6 +63,7 @@ KERAS_TRAINING_BATCH_HOOKS = (
     "on_batch_begin", "on_batch_end", "on_train_batch_begin", "on_train_batch_end",
     "on_test_batch_begin", "on_test_batch_end",
 )
+KERAS_HOOKS_OURS = ["on_train_batch_begin", "on_train_batch_end", "on_test_batch_begin", "on_test_batch_end"]
 
 
 def per_call_us(fn, calls: int, repeats: int = 5) -> float:
@@ -199,21 +200,26 @@ def keras_per_step(calls: int, workdir: Path) -> dict:
 
     base = keras.callbacks.Callback
     overridden = [h for h in KERAS_TRAINING_BATCH_HOOKS if getattr(EnergyCallback, h) is not getattr(base, h)]
-    # The batch hooks count steps (a failed epoch's step; a custom test_step's count) and give the
-    # step values; async_safe keeps Keras dispatching them asynchronously, off the training thread.
-    assert overridden == ["on_train_batch_end", "on_test_batch_end"] and EnergyCallback.async_safe, \
+    # The batch hooks count steps (a failed epoch's step; a custom test_step's count; calls begun
+    # against calls ended, for a compiled step that ran out of data) and give the step values;
+    # async_safe keeps Keras dispatching them asynchronously, off the training thread.
+    assert overridden == KERAS_HOOKS_OURS and EnergyCallback.async_safe, \
         f"per-batch training hooks: {overridden}"
     callback = EnergyCallback(country="FR", output_dir=str(workdir / "keras-hook"))
     logs = {"outputs": np.zeros((32, 10), dtype="float32")}
     predict_us = per_call_us(lambda: callback.on_predict_batch_end(0, logs), calls) - loop_overhead_us(calls)
     train_us = per_call_us(lambda: callback.on_train_batch_end(0, {}), calls) - loop_overhead_us(calls)
     test_us = per_call_us(lambda: callback.on_test_batch_end(0, {}), calls) - loop_overhead_us(calls)
+    train_begin_us = per_call_us(lambda: callback.on_train_batch_begin(0, {}), calls) - loop_overhead_us(calls)
+    test_begin_us = per_call_us(lambda: callback.on_test_batch_begin(0, {}), calls) - loop_overhead_us(calls)
     return {
         "training_batch_hooks_overridden": overridden,
         "async_safe": bool(getattr(EnergyCallback, "async_safe", False)),
         "on_predict_batch_end_us": predict_us,
         "on_train_batch_end_us": train_us,
         "on_test_batch_end_us": test_us,
+        "on_train_batch_begin_us": train_begin_us,
+        "on_test_batch_begin_us": test_begin_us,
         "keras_version": keras.__version__,
         "backend": keras.backend.backend(),
     }

@@ -79,6 +79,7 @@ MATRIX = {
     # A middle release, for the sample counts: batch hooks at an execution's first step (before
     # 3.11), a tf.distribute count that sums no replicas (3.7 to 3.9), predict logs made floats (3.7+).
     "keras3.8": {
+        "middle": True,  # not a floor: tested beside them
         "requirements": ["keras==3.8.0", "tensorflow-cpu==2.19.1", "tensorboard"],
         "tests": ["tests/test_keras_counts.py", "tests/test_keras_custom_steps.py", "tests/test_keras_models.py"],
         "report": ["keras", "torch", "tensorflow-cpu", "numpy"],
@@ -290,7 +291,8 @@ def main() -> int:
         main_versions = versions(args.main_python or sys.executable, MAIN_REPORT) if args.main_python else {}
         rows.append(("newest (whole suite)", main_versions, main_counts, []))
     for r in results:
-        r["label"] = f"core on {r['name']}" if "python" in specs[r["name"]] else f"{kind} {r['name']}"
+        r["label"] = (f"core on {r['name']}" if "python" in specs[r["name"]]
+                      else f"{'middle' if specs[r['name']].get('middle') else kind} {r['name']}")
         rows.append((r["label"], r["versions"], r, r["missing"]))
 
     print("\nframework versions tested:")

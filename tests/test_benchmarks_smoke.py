@@ -63,8 +63,9 @@ def test_hook_costs_and_reads(quick_results):
     assert _positive(hooks["lightning"]["on_train_batch_end_us"])
     assert math.isfinite(hooks["hf"]["training_step_wrapper_us"])
     # Steps counted and step values, dispatched asynchronously (async_safe).
-    assert hooks["keras"]["training_batch_hooks_overridden"] == ["on_train_batch_end", "on_test_batch_end"]
-    assert _positive(hooks["keras"]["on_train_batch_end_us"])
+    assert hooks["keras"]["training_batch_hooks_overridden"] == [
+        "on_train_batch_begin", "on_train_batch_end", "on_test_batch_begin", "on_test_batch_end"]
+    assert _positive(hooks["keras"]["on_train_batch_end_us"]) and _positive(hooks["keras"]["on_train_batch_begin_us"])
     assert hooks["boundary"]["sensors"] and _positive(hooks["boundary"]["snapshot_us"])
     for key in ("phase_end_records_written_after_10ms_work_us", "reference_after_10ms_work_us"):
         assert _positive(hooks["boundary"][key]), key

@@ -942,7 +942,8 @@ class EnergyCallback(_Callback):
         with self._steps_lock:
             steps, ran_out = self._test_steps, self._test_calls_begun > self._test_calls_ended
         seen = self._samples_seen()
-        past_data = ran_out and _may_run_past_the_data(self.model)
+        # (An empty validation set runs out at its first call: no step ran, and no count moved.)
+        past_data = ran_out and steps > 0 and _may_run_past_the_data(self.model)
         if not outermost and ("train", False) in self._phases:
             # Left in the tracker: the epoch's training counts on from it (not from a count of steps without data).
             self._train_offset = None if past_data else seen
