@@ -235,7 +235,6 @@ class RecordWriter:
         self._generation = 0  # bumped when lines are written again: a late fsync must not count them
         self._syncer: ThreadPoolExecutor | None = None
         self._next_sync_at = float("-inf")  # time.monotonic() from which a write starts an fsync
-        self._check_end = True  # the next write checks that the file ends in a whole line
         self._confirmed = 0  # lines whose write went in without error (a failed close: doubtful)
 
     def __getstate__(self) -> dict:
@@ -340,7 +339,7 @@ class RecordWriter:
             self._sync_failed = True
             self._warn(closed)
             return False
-        self._sync_failed = self._recheck = self._check_end = False
+        self._sync_failed = self._recheck = False
         self._confirmed = len(self._lines)
         return True
 
@@ -365,8 +364,12 @@ class RecordWriter:
             begin = os.lseek(fd, 0, os.SEEK_END)
             # A process killed mid-line left half a record (or something else) at the end: ours
             # start on a line of their own, or the reader could not tell them from it. Never cut it
-            # off instead: it is not this writer's.
-            prefix = b"\n" if self._check_end and begin and _read_at(fd, 1, begin - 1) != b"\n" else b""
+            # off instead: it is not this writer's. Checked at every write, not only the first:
+            # another writer sharing the file may have been killed since. No read when the file
+            # still ends with this writer's own last line.
+            ends_with_ours = bool(self._lines) and begin == self._offsets[-1] + len(self._lines[-1])
+            torn = begin and not ends_with_ours and _read_at(fd, 1, begin - 1) != b"\n"
+            prefix = b"\n" if torn else b""
             data = prefix + b"".join([self._lines[i] for i in lost] + new)
             view = memoryview(data)
             while written < len(data):  # a short write (a signal, a nearly full disk) goes on where it stopped
@@ -374,8 +377,7 @@ class RecordWriter:
             end = os.lseek(fd, 0, os.SEEK_CUR)  # O_APPEND: the end of what was written
         except OSError:
             # A full disk can take half a line: take it back, and the retry writes it whole and once.
-            if not _take_back(fd, begin, written, locked):
-                self._check_end = True  # a part may be left: the retry begins on a line of its own
+            _take_back(fd, begin, written, locked)  # a part left: the retry's end check sees it
             self._recheck = self._recheck or repairing
             raise
         return lost, end - len(data) + len(prefix)
@@ -432,7 +434,6 @@ class RecordWriter:
                 self._warn_lost(confirmed, self._forgotten if 0 in lost else 0)
         self._synced = self._synced_bytes = 0  # synced again, all of them
         self._generation += 1
-        self._check_end = True
         return lost
 
     def _sync_soon(self) -> None:
