@@ -10,15 +10,25 @@ import struct
 import pytest
 
 from greencallbacks.cli import main
-from greencallbacks.records import RecordWriter
+from greencallbacks.records import RECORDS_FILE, RecordWriter, by_run
+from greencallbacks.tracker import SUMMARY_FILE, kept_summary_path
 
 from test_report import KWH, one_run, rec, three_runs
 
 
-def write(path, records):
+def write(path, records, finished=True):
+    """``records`` written to ``path``; ``finished``: with the write-up each run leaves at its end
+    (its energy-summary.json, kept under its id once another run ends there)."""
     writer = RecordWriter(path)
     for record in records:
         writer.write(record)
+    if finished and path.name == RECORDS_FILE:
+        for run, mine in by_run(records).items():
+            summary = path.parent / SUMMARY_FILE
+            if summary.exists():
+                summary.rename(kept_summary_path(summary, json.loads(summary.read_text())["run_id"]))
+            summary.write_text(json.dumps({"run_id": run, "energy_kwh": sum(r.energy_kwh for r in mine),
+                                           "attempts": max(r.attempt for r in mine) + 1}))
     return path
 
 
@@ -549,6 +559,9 @@ def test_the_library_names_a_named_pipe_as_one_too(tmp_path):
         load(fifo)
     with pytest.raises(FileNotFoundError, match="no such file or directory"):
         load(tmp_path / "missing")
+    # Found in a directory walked: it hung the report, waiting for a writer.
+    with pytest.raises(ValueError, match=r"energy-records.jsonl: not a records file \(a named pipe\)"):
+        load(tmp_path)
 
 
 @pytest.mark.parametrize("flags, says", [

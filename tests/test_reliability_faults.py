@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from greencallbacks import records as records_module
+from greencallbacks import report
 from greencallbacks.meter import EnergyWarning, Meter
 from greencallbacks import watch
 from greencallbacks.records import RECORDS_FILE, read_records
@@ -369,6 +370,13 @@ def test_lightning_process_killed_mid_training_keeps_every_finished_epoch(tmp_pa
     assert [r.epoch for r in train] == list(range(len(train)))  # every finished epoch, in order
     assert not any(r.partial for r in written)  # nothing could run after SIGKILL
     assert all(r.energy_kwh > 0 and r.samples == 32 for r in train)
+    # Its records read like a finished training of len(train) epochs; the missing write-up tells.
+    from greencallbacks.runs import load
+
+    loaded = load(out)
+    assert loaded.unfinished == {written[0].run_id}
+    (group,) = json.loads(report.render(loaded.records, "json", unfinished=loaded.unfinished))["configurations"]
+    assert group["configuration"]["unfinished"] and "unfinished" in group["statement"]
 
 
 # ---------------------------------------------------------------------------- Lightning

@@ -252,3 +252,90 @@ def test_an_earlier_runs_loss_is_said_by_the_summary_kept_under_its_id(tmp_path)
     path.write_text("\n".join(lines[:last_of_first] + lines[last_of_first + 1:]) + "\n")
     said = notes_of(tmp_path)["json"]
     assert len(said) == 1 and said[0].startswith(f"{NOTE} {runs[0]}: its records hold "), said
+
+
+def killed_outright(directory, epochs_done: int):
+    """A run killed by SIGKILL (or the out-of-memory killer) after ``epochs_done`` whole epochs, in
+    the next: no handler runs, so it leaves neither a partial record nor its summary."""
+    tracker, clock, _ = setup(directory)
+    for epoch in range(epochs_done + 1):
+        clock.advance(1.0)
+        tracker.begin("train", epoch)
+        clock.advance(10.0)
+        tracker.add_samples(100)
+        if epoch < epochs_done:
+            tracker.end("train")
+    kill(tracker, directory)
+    return tracker.run_id
+
+
+def kill(tracker, directory):
+    """Stop ``tracker`` as SIGKILL does: its meter gone, no write-up (``_stop`` writes one)."""
+    summary = directory / "energy-summary.json"
+    before = summary.read_bytes() if summary.exists() else None
+    tracker._stop()
+    summary.unlink()
+    if before is not None:
+        summary.write_bytes(before)
+
+
+def test_a_sweep_trial_killed_outright_is_unfinished_not_pooled_with_the_finished(tmp_path, capsys):
+    """Three trials of one sweep in one directory, the third killed in epoch 2 of 3. Its records
+    read like a 2-epoch training: the report pooled it with the two finished 2-epoch trials
+    ("Over 3 runs of one configuration") as a complete one. The missing write-up is the sign."""
+    finished = []
+    for _ in range(2):
+        tracker, clock, _ = setup(tmp_path)
+        run_epochs(tracker, clock, epochs=2)
+        finished.append(tracker.run_id)
+    killed = killed_outright(tmp_path, epochs_done=2)
+    assert load(tmp_path).unfinished == {killed}
+    assert main(["report", str(tmp_path), "--format", "json"]) == 0
+    out, err = capsys.readouterr()
+    groups = json.loads(out)["configurations"]
+    assert [g["runs"] for g in groups] == [finished, [killed]]
+    assert not groups[0]["configuration"]["unfinished"] and groups[1]["configuration"]["unfinished"]
+    assert "unfinished (no write-up: killed outright, or still training) (2 completed)" in groups[1]["description"]
+    assert "unfinished, its process killed outright or still training, 2 completed" in groups[1]["statement"]
+    assert [n for n in groups[1]["provenance"] if n.startswith("No write-up")] == [
+        f"No write-up (energy-summary.json) beside the records of run {killed} for its last attempt, which every "
+        "way of ending writes, a crash or Ctrl-C included: killed outright (SIGKILL, the out-of-memory killer, a "
+        "preemption), or still training. What it used after its last record is in no figure here, and it is "
+        "reported as cut short, apart from runs that finished."]
+    assert not any(n.startswith("No write-up") for n in groups[0]["provenance"])
+    assert f"{killed}: unknown framework, 2 training epoch(s), no write-up (killed, or still training)" in err
+    assert main(["report", str(tmp_path)]) == 0
+    assert "- No write-up (energy-summary.json) beside the records of run" in capsys.readouterr().out
+    assert main(["lifecycle", str(tmp_path), "--run-id", killed, "--inferences", "10"]) == 0
+    assert "the run has no write-up (killed outright, or still training)" in capsys.readouterr().out
+    assert main(["lifecycle", str(tmp_path), "--run-id", finished[0], "--inferences", "10"]) == 0
+    assert "no write-up" not in capsys.readouterr().out
+
+
+def test_a_run_whose_last_attempt_was_killed_outright_after_a_summary_is_unfinished(tmp_path):
+    """The first attempt ended (its summary written, 1 attempt), the resume was
+    killed outright: the summary there is the first attempt's only."""
+    first, clock, _ = setup(tmp_path)
+    first.begin("train", 0)
+    clock.advance(10.0)
+    first.end("train")
+    checkpoint = first.state_dict()
+    first.finish()
+    resumed, clock, _ = setup(tmp_path)
+    resumed.load_state_dict(checkpoint)
+    clock.advance(1.0)
+    resumed.begin("train", 1)
+    clock.advance(10.0)
+    resumed.end("train")
+    kill(resumed, tmp_path)
+    assert json.loads((tmp_path / "energy-summary.json").read_text())["attempts"] == 1
+    assert load(tmp_path).unfinished == {resumed.run_id}
+    resume_and_train(tmp_path, resumed.state_dict(), epoch=2)  # resumed again, and finished
+    assert load(tmp_path).unfinished == set()
+
+
+def test_records_copied_under_another_name_are_not_judged(tmp_path):
+    """A records file copied alone under another name has no summary beside it to look for."""
+    killed_outright(tmp_path / "run", epochs_done=1)
+    (tmp_path / "run" / RECORDS_FILE).rename(tmp_path / "run" / "trial-3.jsonl")
+    assert load(tmp_path / "run" / "trial-3.jsonl").unfinished == set()

@@ -181,11 +181,11 @@ def cmd_report(args: argparse.Namespace) -> int:
         intensity_for(zone)  # an unknown zone is the flag's error, before any records are read
     records, runs, loaded = _load_runs(args.paths, args.run_id)
     text = report.render(records, args.format, with_equivalents=args.equivalents, compare=args.compare_zones or (),
-                         run_summaries=loaded.summaries)
+                         run_summaries=loaded.summaries, unfinished=loaded.unfinished)
     _say_runs(loaded, runs, "report")
     print(text, end="")
     if args.plot is not None:
-        report.plot_epochs(records, args.plot)
+        report.plot_epochs(records, args.plot, loaded.unfinished)
         print(f"plot: {args.plot}", file=sys.stderr)
     return 0
 
@@ -205,7 +205,8 @@ def cmd_lifecycle(args: argparse.Namespace) -> int:
         skipped = [run for run in runs if run not in trained]
         if len(skipped) == len(runs):
             raise ValueError(f"no run with training records among {', '.join(skipped)}")
-    cycles = [(run, lifecycle(records, search=search, run_id=run)) for run in runs if run not in skipped]
+    cycles = [(run, lifecycle(records, search=search, run_id=run, unfinished=run in loaded.unfinished))
+              for run in runs if run not in skipped]
     for _, lc in cycles:
         totals = (lc.energy_j(args.inferences), lc.co2eq_g(args.inferences), lc.embodied_co2eq_g(args.inferences) or 0.0)
         if not all(math.isfinite(total) for total in totals):

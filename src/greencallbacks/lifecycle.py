@@ -181,11 +181,13 @@ def run_energy(records: Iterable[Record]) -> tuple[float, float]:
     return sum(r.energy_kwh for r in records) * J_PER_KWH, sum(r.co2eq_g for r in records)
 
 
-def lifecycle(records: Sequence[Record], search: Iterable[Record] = (), run_id: str | None = None) -> LifeCycle:
+def lifecycle(records: Sequence[Record], search: Iterable[Record] = (), run_id: str | None = None,
+              unfinished: bool = False) -> LifeCycle:
     """The life-cycle of the model trained in ``records`` (one run; ``run_id`` picks one of several).
 
     ``search``: the records of the sweep's trials; each ``run_id`` among them is one trial and
     its whole energy counts towards CT, except the trained run's own (it is T + V; a note says so).
+    ``unfinished``: the run left no write-up (``runs.unfinished_runs``): killed outright, or still training.
     """
     runs = sorted({r.run_id for r in records})
     if run_id is None:
@@ -222,6 +224,9 @@ def lifecycle(records: Sequence[Record], search: Iterable[Record] = (), run_id: 
         notes.append(f"{again} epoch{'s' if again != 1 else ''} trained again from an earlier checkpoint or epoch: "
                      "T counts both trainings; per epoch is each epoch's last training, and T per sample is "
                      "T over the samples trained")
+    if unfinished:
+        notes.append("the run has no write-up (killed outright, or still training): T is what its records hold, "
+                     "up to its last record")
     if any(r.partial for r in train):
         notes.append("some training phases were cut short (partial); their energy is in T")
     elif training_failed(mine):

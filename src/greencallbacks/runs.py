@@ -61,6 +61,9 @@ def _walk(root: Path) -> list[Path]:
         seen.add(real)
         found += [Path(directory, name) for name in names
                   if name == RECORDS_FILE or fnmatch.fnmatchcase(name, RANK_FILES)]
+    for file in found:
+        if not file.is_file():  # a named pipe there would block the read forever
+            refuse_special_file(file, "a records file")
     if unreadable:
         warnings.warn(f"could not read {len(unreadable)} director{'y' if len(unreadable) == 1 else 'ies'} under "
                       f"{root}, so any records there are left out: {', '.join(unreadable)}", stacklevel=3)
@@ -89,6 +92,8 @@ class Loaded:
     # run id -> the energy-summary.json of that run beside its records (the largest, where several
     # directories hold one: a resume into another directory wrote the whole run's there).
     summaries: dict[str, dict] = field(default_factory=dict)
+    # Runs whose last attempt left no write-up beside their records (``unfinished_runs``).
+    unfinished: set[str] = field(default_factory=set)
 
     @property
     def runs(self) -> list[str]:
@@ -140,7 +145,30 @@ def load(paths: str | os.PathLike | Iterable[str | os.PathLike], run_id: str | N
             "counted once: " + "; ".join(f"{copy} repeats {original}" for copy, original in copies.items()),
             stacklevel=2,
         )
-    return Loaded(records, files, run_files, _summaries_beside(run_files))
+    summaries = _summaries_beside(run_files)
+    return Loaded(records, files, run_files, summaries, unfinished_runs(records, run_files, summaries))
+
+
+def unfinished_runs(records: Sequence[Record], run_files: dict[str, list[Path]], summaries: dict[str, dict]) -> set[str]:
+    """Runs whose last attempt has no write-up beside their records: no energy-summary.json of
+    theirs, or only an earlier attempt's. Every way a run ends writes one (an exception, Ctrl-C,
+    SIGTERM included), so the run's process was killed outright (SIGKILL, the out-of-memory
+    killer, a preemption) after its last record, or it is still training. Its records then read
+    like a run that ended well: a sweep's trial killed in epoch 2 of 3 was "a complete 2-epoch
+    training", pooled with the finished ones. Only records in their own file (``energy-records.jsonl``)
+    are judged: a copy under another name has no summary beside it to look for."""
+    last_attempt: dict[str, int] = {}
+    for r in records:
+        last_attempt[r.run_id] = max(r.attempt, last_attempt.get(r.run_id, 0))
+    unfinished = set()
+    for run, files in run_files.items():
+        if not any(f.name == RECORDS_FILE for f in files):
+            continue
+        summary = summaries.get(run)
+        attempts = summary.get("attempts") if summary is not None else None
+        if summary is None or (isinstance(attempts, int) and attempts <= last_attempt[run]):
+            unfinished.add(run)
+    return unfinished
 
 
 def _summaries_beside(run_files: dict[str, list[Path]]) -> dict[str, dict]:
@@ -210,5 +238,6 @@ def describe_runs(loaded: Loaded) -> list[str]:
         framework = next((r.framework for r in mine if r.framework), "unknown framework")
         where = ", ".join(str(f.parent) for f in files)
         lines.append(f"{run}: {framework}, {epochs} training epoch(s)"
-                     + (f" over {attempts} attempts" if attempts > 1 else "") + f", in {where}")
+                     + (f" over {attempts} attempts" if attempts > 1 else "")
+                     + (", no write-up (killed, or still training)" if run in loaded.unfinished else "") + f", in {where}")
     return lines

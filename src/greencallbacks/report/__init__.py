@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Mapping, Sequence
+from typing import Collection, Mapping, Sequence
 
 from greencallbacks.figures import plot_format
 from greencallbacks.records import Record
@@ -77,7 +77,9 @@ FORMATS = ("md", "latex", "json", "csv")
 
 
 def render(records: Sequence[Record], fmt: str = "md", *, with_equivalents: bool = False, compare: Sequence[str] = (),
-           run_summaries: Mapping[str, dict] | None = None) -> str:
+           run_summaries: Mapping[str, dict] | None = None, unfinished: Collection[str] = ()) -> str:
+    """The report in ``fmt``. ``run_summaries`` and ``unfinished``: what ``runs.load`` found beside
+    the records (each run's energy-summary.json, and the runs that left none)."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}; got {fmt!r}")
     if not records:
@@ -85,14 +87,15 @@ def render(records: Sequence[Record], fmt: str = "md", *, with_equivalents: bool
     if fmt == "csv" and (with_equivalents or compare):  # the table of epochs alone: they would be dropped
         raise ValueError("with_equivalents and compare are not in the csv format (the table of epochs alone): "
                          "use md, latex or json")
+    found_beside = {"run_summaries": run_summaries, "unfinished": unfinished}
     if fmt == "md":
-        return render_markdown(records, with_equivalents=with_equivalents, compare=compare, run_summaries=run_summaries)
+        return render_markdown(records, with_equivalents=with_equivalents, compare=compare, **found_beside)
     if fmt == "latex":
-        return render_latex(records, with_equivalents=with_equivalents, compare=compare, run_summaries=run_summaries)
+        return render_latex(records, with_equivalents=with_equivalents, compare=compare, **found_beside)
     if fmt == "json":
-        data = summaries(records, with_equivalents=with_equivalents, compare=compare, run_summaries=run_summaries)
+        data = summaries(records, with_equivalents=with_equivalents, compare=compare, **found_beside)
         return json.dumps(_finite_json(data), indent=2, allow_nan=False)
-    return render_csv(records)
+    return render_csv(records, unfinished)
 
 
 def _finite_json(value):

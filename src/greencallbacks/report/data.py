@@ -7,7 +7,7 @@ import json
 import math
 import re
 from collections import Counter, defaultdict
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Collection, Iterable, Mapping, Sequence
 
 from greencallbacks.carbon.intensity import USER_ZONE
 from greencallbacks.records import PHASES, Record, by_run
@@ -202,7 +202,8 @@ def _sources_sentence(sources: Sequence[str], most: int = 3) -> str:
     return shown + (f"; and {len(sources) - most} more" if len(sources) > most else "")
 
 
-def provenance(records: Sequence[Record], run_summaries: Mapping[str, dict] | None = None) -> list[str]:
+def provenance(records: Sequence[Record], run_summaries: Mapping[str, dict] | None = None,
+               unfinished: Collection[str] = ()) -> list[str]:
     """Where the numbers come from, and a plain statement of what is estimated."""
     carbon = carbon_summary(records)
     notes = [
@@ -247,6 +248,14 @@ def provenance(records: Sequence[Record], run_summaries: Mapping[str, dict] | No
             "record has none; the figures here leave them out. Pass every directory the run wrote in for the whole run."
         )
     notes += incomplete_records(records, run_summaries)
+    without = [run for run in by_run(records) if run in unfinished]
+    if without:
+        notes.append(
+            f"No write-up (energy-summary.json) beside the records of run{'s' if len(without) > 1 else ''} "
+            f"{', '.join(without)} for {'their' if len(without) > 1 else 'its'} last attempt, which every way of "
+            "ending writes, a crash or Ctrl-C included: killed outright (SIGKILL, the out-of-memory killer, a "
+            "preemption), or still training. What it used after its last record is in no figure here, and it is "
+            "reported as cut short, apart from runs that finished.")
     if any(r.partial for r in records):
         notes.append("Phases marked partial were cut short by an exception or interrupt; their energy is in the totals.")
     if any(not r.samples_counted for r in records):
@@ -366,8 +375,9 @@ def _epoch_span(before: int | None, after: int | None) -> str:
 
 
 # ------------------------------------------------------------------------ configurations
-def configuration(records: Sequence[Record]) -> dict:
-    """What makes runs comparable, from what the records carry (one run's records)."""
+def configuration(records: Sequence[Record], unfinished: bool = False) -> dict:
+    """What makes runs comparable, from what the records carry (one run's records); ``unfinished``:
+    the run left no write-up (``runs.unfinished_runs``), killed outright or still training."""
     per_epoch: dict[tuple[int, int], list[Record]] = defaultdict(list)
     for r in records:
         if r.phase == "train" and r.epoch is not None:
@@ -380,6 +390,7 @@ def configuration(records: Sequence[Record]) -> dict:
         # auto_find_batch_size): such a run is no repeat of anything (see group_runs).
         "completed_epochs": len({epoch for (_, epoch), group in per_epoch.items() if not any(r.partial for r in group)}),
         "training_failed": training_failed(records),
+        "unfinished": unfinished,
         # A run whose epochs start past 0 continues an earlier training (a notebook's second fit,
         # Keras initial_epoch): not a repeat of one that starts at 0.
         "first_epoch": min((epoch for _, epoch in per_epoch), default=0),
@@ -533,8 +544,10 @@ def _grid(record: Record) -> str:
 
 
 def cut_short(config: dict) -> bool:
-    """Whether the run's training ended failing, in an epoch or between two, never resumed."""
-    return config.get("completed_epochs", config["epochs"]) < config["epochs"] or config.get("training_failed", False)
+    """Whether the run's training ended failing, in an epoch or between two, never resumed, or has
+    not ended as far as its records tell (no write-up: killed outright, or still training)."""
+    return (config.get("completed_epochs", config["epochs"]) < config["epochs"] or config.get("training_failed", False)
+            or config.get("unfinished", False))
 
 
 def samples_text(config: dict) -> str:
@@ -558,10 +571,14 @@ def describe_configuration(config: dict) -> str:
     if config["samples_per_epoch"] is None and config.get("completed_epochs", 1):
         samples = " of uncounted samples"
     start = f" from epoch {config['first_epoch']}" if config.get("first_epoch") else ""
-    ended = f", cut short ({config['completed_epochs'] or 'none'} completed)" if cut_short(config) else ""
+    ended = f", {_ended_text(config)} ({config['completed_epochs'] or 'none'} completed)" if cut_short(config) else ""
     carbon = f", {'; '.join(config['carbon'])}" if config.get("carbon") else ""
     return (f"{config['framework']}, {config['epochs']} training epoch(s){start}{samples}{ended}, "
             f"sensors {', '.join(config['sensors']) or 'none'}, {config['ranks']} rank(s){carbon}")
+
+
+def _ended_text(config: dict) -> str:
+    return "unfinished (no write-up: killed outright, or still training)" if config.get("unfinished") else "cut short"
 
 
 def run_ids(records: Iterable[Record]) -> list[str]:
@@ -569,11 +586,11 @@ def run_ids(records: Iterable[Record]) -> list[str]:
     return list(dict.fromkeys(r.run_id for r in records))
 
 
-def group_runs(records: Sequence[Record]) -> list[tuple[dict, list[Record]]]:
+def group_runs(records: Sequence[Record], unfinished: Collection[str] = ()) -> list[tuple[dict, list[Record]]]:
     """Runs grouped by ``configuration``, in the order each group's first run appears."""
     groups: dict[str, tuple[dict, list[Record]]] = {}
     for run, mine in by_run(records).items():
-        config = configuration(mine)
+        config = configuration(mine, run in unfinished)
         # A run cut short is alone: the tries auto_find_batch_size gave up on, or two crashes, are
         # no repeats to average into a citable "per run" figure.
         key = json.dumps([config, run if cut_short(config) else None], sort_keys=True)
@@ -925,14 +942,14 @@ def _other_phases(phases: Sequence[str]) -> str:
     return ", ".join(words[:-1]) + (" and " if len(words) > 1 else "") + words[-1] if words else ""
 
 
-def statement(records: Sequence[Record]) -> str:
+def statement(records: Sequence[Record], unfinished: Collection[str] = ()) -> str:
     """A sentence a paper can cite, naming what each figure covers: training alone, then the whole run.
 
     Records of several configurations give one sentence per configuration.
     """
-    groups = group_runs(records)
+    groups = group_runs(records, unfinished)
     if len(groups) > 1:
-        return " ".join(statement(group) for _, group in groups)
+        return " ".join(statement(group, unfinished) for _, group in groups)
     config = groups[0][0]
     totals = list(run_totals(records).values())
     n = len(totals)
@@ -953,7 +970,10 @@ def statement(records: Sequence[Record]) -> str:
     if again:
         training = (training[:-1] + f"; {again} epoch{'s' if again != 1 else ''} trained again from an earlier "
                     f"checkpoint or epoch{' over the runs' if n > 1 else ''}, both counted)")
-    if cut_short(config):
+    if config.get("unfinished"):
+        training = (training[:-1] + "; unfinished, its process killed outright or still training, "
+                    f"{config['completed_epochs'] or 'none'} completed)")
+    elif cut_short(config):
         training = (training[:-1] + f"; cut short by an exception or interrupt, "
                     f"{config['completed_epochs'] or 'none'} completed)")
     if not any("train" in t["phases"] for t in totals):  # evaluation or prediction alone, or a tuner's trials
@@ -1011,7 +1031,7 @@ def _paused_costs(records: Sequence[Record]) -> dict[str, float]:
 
 
 def summary(records: Sequence[Record], *, with_equivalents: bool = False, compare: Sequence[str] = (),
-            run_summaries: Mapping[str, dict] | None = None) -> dict:
+            run_summaries: Mapping[str, dict] | None = None, unfinished: Collection[str] = ()) -> dict:
     """Everything a report says about the runs given, as one JSON-friendly dict (they are taken as repeats)."""
     if not records:
         raise ValueError("no records to report")
@@ -1020,7 +1040,8 @@ def summary(records: Sequence[Record], *, with_equivalents: bool = False, compar
     grams_stat = over_runs([t["co2eq_g"] for t in totals.values()])
     out = {
         "runs": list(totals),
-        "configuration": configuration(records) if len(totals) == 1 else group_runs(records)[0][0],
+        "configuration": (configuration(records, next(iter(totals)) in unfinished) if len(totals) == 1
+                          else group_runs(records, unfinished)[0][0]),
         "tool_version": records[0].tool_version,
         "epochs": epoch_summary(records),
         "epoch_rows": epoch_rows(records),
@@ -1039,10 +1060,10 @@ def summary(records: Sequence[Record], *, with_equivalents: bool = False, compar
         "carbon_pause": carbon_pause(records),
         "hardware": hardware(records),
         "carbon": carbon_summary(records),
-        "provenance": provenance(records, run_summaries),
+        "provenance": provenance(records, run_summaries, unfinished),
         # Also among the provenance notes; apart, for the formats that show no notes (LaTeX).
         "records_missing": incomplete_records(records, run_summaries),
-        "statement": statement(records),
+        "statement": statement(records, unfinished),
     }
     if with_equivalents:
         out["equivalents"] = equivalents(grams_stat["mean"])
@@ -1052,15 +1073,16 @@ def summary(records: Sequence[Record], *, with_equivalents: bool = False, compar
 
 
 def summaries(records: Sequence[Record], *, with_equivalents: bool = False, compare: Sequence[str] = (),
-              run_summaries: Mapping[str, dict] | None = None) -> dict:
+              run_summaries: Mapping[str, dict] | None = None, unfinished: Collection[str] = ()) -> dict:
     """One ``summary`` per configuration, and how runs were grouped."""
     if not records:
         raise ValueError("no records to report")
     return {
         "grouped_by": GROUPED_BY,
         "configurations": [
-            {**summary(group, with_equivalents=with_equivalents, compare=compare, run_summaries=run_summaries),
+            {**summary(group, with_equivalents=with_equivalents, compare=compare, run_summaries=run_summaries,
+                       unfinished=unfinished),
              "description": describe_configuration(config)}
-            for config, group in group_runs(records)
+            for config, group in group_runs(records, unfinished)
         ],
     }

@@ -6,7 +6,7 @@ import contextlib
 import os
 import textwrap
 from pathlib import Path
-from typing import Sequence
+from typing import Collection, Sequence
 
 from greencallbacks.figures import PLOT_FORMATS, new_figure, save_figure
 from greencallbacks.records import Record
@@ -31,10 +31,10 @@ PANEL_HEIGHT_IN = 3.8
 TITLE_LINE_IN = 0.2  # the room each further title line takes from the panel, given back
 
 
-def plot_epochs(records: Sequence[Record], path: str | os.PathLike) -> Path:
+def plot_epochs(records: Sequence[Record], path: str | os.PathLike, unfinished: Collection[str] = ()) -> Path:
     """Write ``epoch_figure``; the format (PNG, PDF, SVG) is taken from ``path``'s extension."""
     check_plot_path(path)  # a wrong extension or place fails before any drawing
-    return save_figure(epoch_figure(records), path)
+    return save_figure(epoch_figure(records, unfinished), path)
 
 
 def check_plot_path(path: str | os.PathLike, name: str = "plot file") -> None:
@@ -88,12 +88,12 @@ def _panel_title(config: dict, group: Sequence[Record], several: bool) -> str:
     return title
 
 
-def epoch_figure(records: Sequence[Record]):
+def epoch_figure(records: Sequence[Record], unfinished: Collection[str] = ()):
     """Per-epoch training and validation energy (stacked bars, SE error bars over runs) and cumulative CO2eq.
 
     One panel per configuration; a matplotlib ``Figure`` with its own canvas.
     """
-    groups = [(config, group) for config, group in group_runs(records) if epoch_summary(group)]
+    groups = [(config, group) for config, group in group_runs(records, unfinished) if epoch_summary(group)]
     if not groups:
         raise ValueError("no training epochs to plot")
     titles = [_panel_title(config, group, len(groups) > 1) for config, group in groups]
