@@ -223,17 +223,21 @@ def test_a_predict_batch_of_one_sample_is_counted_where_keras_makes_its_outputs_
     assert [(r.samples, r.samples_counted) for r in predicts] == [(TEST_A, True), (PREDICT_C, True)]
 
 
-def test_a_model_resumed_with_a_new_callback_after_another_models_fit_is_not_put_in_that_run(results):
+def test_a_model_resumed_with_a_new_callback_after_another_models_fit_goes_on_in_its_own_run(results):
     """fit(A), fit(B), then A.fit(initial_epoch=2), a new callback each: energy-state.json names B's
-    run, which A's epochs 2-3 went on in, without a word (B's run then held two models' epochs)."""
+    run, which A's epochs 2-3 went on in, without a word (B's run then held two models' epochs);
+    then they were a run of their own, with a warning. A's state is now kept under its id when B's
+    run takes the file, and A's run goes on as its next attempt."""
     result, out = results
     records = read_records(out / "fresh")
     runs = list(dict.fromkeys(r.run_id for r in records))
-    assert len(runs) == 3 and result["fresh_resumed"] == runs[2]
-    for run, epochs in zip(runs, ([0, 1], [0, 1], [2, 3])):
-        assert [r.epoch for r in records if r.run_id == run and r.phase == "train"] == epochs
-    (said,) = [w for w in result["fresh_warnings"] if "resumes at epoch 2" in w]
-    assert f"is another model's (this model trained last in run {runs[0]}" in said, said
+    assert len(runs) == 2 and result["fresh_resumed"] == runs[0]
+    train = {run: [(r.epoch, r.attempt) for r in records if r.run_id == run and r.phase == "train"] for run in runs}
+    assert train == {runs[0]: [(0, 0), (1, 0), (2, 1), (3, 1)], runs[1]: [(0, 0), (1, 0)]}
+    assert not [w for w in result["fresh_warnings"] if "resumes at epoch 2" in w or "continues run" in w]
+    summary = json.loads((out / "fresh" / "energy-summary.json").read_text())
+    assert summary["run_id"] == runs[0] and summary["attempts"] == 2
+    assert summary["energy_kwh"] == pytest.approx(sum(r.energy_kwh for r in records if r.run_id == runs[0]), rel=1e-9)
 
 
 def test_a_copy_taken_mid_fit_is_a_fresh_callback_and_the_original_goes_on(results):

@@ -47,7 +47,7 @@ from greencallbacks.keras._backend import (
 from greencallbacks.guard import never_raises
 from greencallbacks.meter import warn
 from greencallbacks.samples import BatchCounter
-from greencallbacks.records import JsonFileReplacer
+from greencallbacks.records import JsonFileReplacer, write_json_atomic
 from greencallbacks.session import EnergySession, keyword_names, reject_unknown_arguments, warn_two_callbacks
 from greencallbacks.tracker import METRIC_STEMS
 
@@ -383,11 +383,27 @@ class _Run:
         for path in paths:
             writer = self._state_files.get(path)
             if writer is None:
+                if path.name == STATE_FILE:
+                    _keep_another_runs_state(path, tracker.run_id)
                 writer = self._state_files[path] = JsonFileReplacer(path)
             if wait:
                 writer.write_now(state)
             else:
                 writer.write_soon(state)
+
+
+def _keep_another_runs_state(path: Path, run_id: str) -> None:
+    """``energy-state.json`` names the directory's last fit. Before run ``run_id`` takes it, the run
+    it names keeps its state under its own id (the file a callback given that run_id writes): that
+    model resumed later with a new callback (fit(A), fit(B), A.fit(initial_epoch=2)) continues its
+    run, where it had become a run of its own."""
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # none yet, or unreadable: nothing to keep
+    other = state.get("run_id") if isinstance(state, dict) else None
+    if isinstance(other, str) and other != run_id and state.get("schema") == "greencallbacks.keras-state/1":
+        write_json_atomic(_own_state_path(path.parent, _Owner(other)), state)
 
 
 def _read_state(output_dir: Path, backup_dir: str | None, owner: _Owner) -> tuple[dict | None, dict | None, Path | None]:
@@ -1110,9 +1126,14 @@ class EnergyCallback(_Callback):
             trained_in = _last_run_of(self.model)
             if state is not None and not identified and trained_in not in (None, state.get("run_id")):
                 # The run named there is another model's, trained since (fit(A), fit(B), then A
-                # resumed with a new callback): A's epochs went on in B's run, without a word.
+                # resumed with a new callback): A's epochs went on in B's run, without a word. A's
+                # own state was kept under its id when B's run took the file.
                 another_models = state.get("run_id")
-                state = None
+                state, _, kept = _read_state(output_dir, backup_dir, _Owner(trained_in, owner.place))
+                if state is not None and state.get("run_id") == trained_in:
+                    identified, where = True, f"named in {kept}"
+                else:
+                    state = None
         last = state.get("last_train_epoch") if state else None
         reached = last if isinstance(last, int) else -1  # None: no epoch finished yet
         if state and reached >= first_epoch - 1:
