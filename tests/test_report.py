@@ -895,3 +895,16 @@ def test_a_run_whose_gpu_stopped_counting_is_no_repeat_of_runs_that_counted_it_t
     groups = report.group_runs(lost + one_run("seed-2") + one_run("seed-3"))
     assert [sorted({r.run_id for r in group}) for _, group in groups] == [["lost"], ["seed-2", "seed-3"]]
     assert "gpu0:stopped" in report.describe_configuration(groups[0][0])
+
+
+def test_an_epoch_retried_in_the_same_attempt_is_completed():
+    """A loop of one's own retrying an epoch after an out-of-memory error (the pattern the
+    ``Tracker.phase`` docstring shows): the failed try is a partial record, the retry a whole one,
+    both attempt 0. The run finished its 3 epochs, but the report said "cut short by an exception
+    or interrupt, 2 completed", and such a run is never pooled with its repeats."""
+    failed = dataclasses.replace(rec("r", "train", 1, 10.0, 16, 2), partial=True)
+    records = [rec("r", "train", 0, 50.0, 64, 0), failed, rec("r", "train", 1, 50.0, 64, 4),
+               rec("r", "train", 2, 50.0, 64, 6)]
+    config = report.configuration(records)
+    assert config["completed_epochs"] == 3 and not report.cut_short(config)
+    assert "cut short" not in report.statement(records)

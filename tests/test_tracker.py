@@ -1404,3 +1404,26 @@ def test_the_phases_carried_after_a_killed_attempts_torn_line_leave_the_file_rea
     assert carried == [(0, "train", 1, True, True)]
     summary = json.loads((tmp_path / "energy-summary.json").read_text())
     assert summary["energy_kwh"] == pytest.approx(sum(r.energy_kwh for r in records), rel=1e-12)
+
+
+def test_a_phase_name_mistyped_at_its_end_or_in_metrics_is_refused_as_at_its_begin(tmp_path):
+    """``end("training")`` returned None and left the phase open, so the next ``begin("train")``
+    nested inside it ("3 epochs; cut short ..., none completed"); ``metrics("val")`` gave {}."""
+    tracker, clock, _ = setup(tmp_path)
+    tracker.begin("train", 0)
+    clock.advance(1.0)
+    with pytest.raises(ValueError, match=r"phase must be one of .*got 'training'"):
+        tracker.end("training")
+    record = tracker.end("train")  # still open, and ends whole
+    assert record is not None and not record.partial
+    with pytest.raises(ValueError, match=r"got 'val'"):
+        tracker.metrics("val")
+    assert tracker.metrics("validation") == {}  # a real phase not finished yet
+    tracker.finish()
+
+
+@pytest.mark.parametrize("framework", [None, 3, ["torch"]])
+def test_a_framework_that_is_no_string_is_refused_at_construction(framework):
+    """Accepted, it went into every record, and every reader then refused the run's records."""
+    with pytest.raises(TypeError, match=r"framework must be a string"):
+        Tracker(framework=framework)

@@ -182,6 +182,11 @@ class _Open:
         return self.start_unix is None or (self.duration_s == 0 and not self.samples)
 
 
+def _check_phase(phase: object) -> None:
+    if phase not in PHASES or phase == "other":
+        raise ValueError(f"phase must be one of {PHASES[:-1]}, got {phase!r}")
+
+
 class Tracker:
     """Phases, epochs, samples, ranks, records and totals for one run.
 
@@ -210,6 +215,8 @@ class Tracker:
     ) -> None:
         from greencallbacks.carbon import Carbon
 
+        if not isinstance(framework, str):  # every record carries it: a reader refuses any other type
+            raise TypeError(f"framework must be a string (such as 'torch 2.13'), got {type(framework).__name__}")
         if carbon is None:
             carbon = Carbon()
         elif not isinstance(carbon, Carbon):
@@ -314,7 +321,7 @@ class Tracker:
             with Tracker(output_dir="energy").start(Meter(discover_sensors().sensors)) as tracker:
                 for epoch in range(epochs):
                     with tracker.phase("train", epoch):
-                        ...  # tracker.add_samples(len(batch)) per batch
+                        ...  # tracker.add_samples(count_samples(batch)) per batch (greencallbacks.samples)
         """
         if self.running:
             return self
@@ -451,8 +458,7 @@ class Tracker:
         ``eval_<data set>``), the prefix its values go under; their ``_total`` sums that prefix's
         records only (``Record.metric_prefix``).
         """
-        if phase not in PHASES or phase == "other":
-            raise ValueError(f"phase must be one of {PHASES[:-1]}, got {phase!r}")
+        _check_phase(phase)
         if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral) or epoch < 0):
             # Written as it is given: a reader refuses a record with an impossible epoch (records.py).
             raise ValueError(f"epoch must be None or an integer >= 0, got {epoch!r}")
@@ -508,6 +514,7 @@ class Tracker:
         it that had not ended are.
         A collective when several ranks run: every rank must call it.
         """
+        _check_phase(phase)  # a typo ("training") left the phase open, and the next begin nested in it
         if samples is not None:
             samples = _count("samples", samples)  # before anything is closed: refused, nothing is lost
         if not self.running:
@@ -673,6 +680,7 @@ class Tracker:
         ``metric_prefix``, of that prefix over every phase (the records logged under the same name).
         Per-sample values are NaN when no samples were counted.
         """
+        _check_phase(phase)  # a typo ("val") gave {}, as for a phase not yet finished
         record = self.last.get(phase)
         if record is None:
             return {}

@@ -388,7 +388,9 @@ def configuration(records: Sequence[Record], unfinished: bool = False) -> dict:
         "epochs": len({epoch for _, epoch in per_epoch}),
         # Fewer than `epochs` when training ended cut short (a crash not resumed, an OOM retry of
         # auto_find_batch_size): such a run is no repeat of anything (see group_runs).
-        "completed_epochs": len({epoch for (_, epoch), group in per_epoch.items() if not any(r.partial for r in group)}),
+        # An epoch counts as completed where a training of it ended whole: one cut short and tried
+        # again in the same attempt (a loop of one's own retrying after an out-of-memory error) did.
+        "completed_epochs": len({epoch for (_, epoch), group in per_epoch.items() if not all(r.partial for r in group)}),
         "training_failed": training_failed(records),
         "unfinished": unfinished,
         # A run whose epochs start past 0 continues an earlier training (a notebook's second fit,
