@@ -66,7 +66,8 @@ def test_the_readme_loop_of_ones_own_runs_as_written(tmp_path, monkeypatch):
     readme = (DOCS.parent / "README.md").read_text(encoding="utf-8")
     snippet, = [block for block in re.findall(r"```python\n(.*?)```", readme, re.S) if "tracker.phase" in block]
     monkeypatch.chdir(tmp_path)
-    scope = {"epochs": 2, "loader": [[0.0] * 4] * 3}
+    # Batches as a DataLoader gives them, (x, y): the snippet's len(batch) counted 2 per batch.
+    scope = {"epochs": 2, "loader": [([0.0] * 4, [1.0] * 4)] * 3}
     exec(compile(snippet, "README.md", "exec"), scope)
     records = read_records(tmp_path / "energy" / "energy-records.jsonl")
     assert [(r.phase, r.epoch, r.samples) for r in records if r.phase == "train"] == [("train", 0, 12), ("train", 1, 12)]
