@@ -5,7 +5,8 @@
 
     trainer = Trainer(callbacks=[EnergyCallback(country="FR")])
 
-Logged each epoch through ``LightningModule.log`` (so every configured logger receives them):
+Logged each epoch to every configured logger (through each logger's ``log_metrics``; a test or a
+validate run alone through ``LightningModule.log``):
 ``energy_kwh``, ``co2eq_g``, ``energy_kwh_total``, ``co2eq_g_total``, ``energy_j_per_sample``,
 ``co2eq_g_per_sample``, ``power_w`` for the training epoch (its validation excluded; the totals
 cover the whole run so far), and the same stems prefixed ``val_`` / ``test_`` / ``predict_`` for
