@@ -302,6 +302,24 @@ def test_keras_on_jax_asks_for_the_local_cuda_index_even_when_it_is_0(monkeypatc
     assert devices_and_sync("jax") == ([2], None)
 
 
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_keras_training_on_the_cpu_asks_for_no_gpu(monkeypatch, backend):
+    """A CPU-only TensorFlow wheel (or jax without its CUDA plugin) on a GPU host: no GPU device,
+    which came out as None, "every visible GPU", and the fake host's 8 GPUs were billed 99.9 % of
+    a CPU fit's energy."""
+    module = pytest.importorskip(backend)
+    pytest.importorskip("keras")
+    from types import SimpleNamespace
+
+    from greencallbacks.keras._backend import devices_and_sync
+
+    if backend == "tensorflow":
+        monkeypatch.setattr(module.config, "list_physical_devices", lambda kind=None: [])
+    else:
+        monkeypatch.setattr(module, "local_devices", lambda *args, **kwargs: [SimpleNamespace(platform="cpu", id=0)])
+    assert devices_and_sync(backend) == ([], None)
+
+
 @pytest.fixture
 def cuda_box(monkeypatch):
     """torch believes CUDA is there (the GPUs themselves are the fake NVML's); synchronize is recorded."""

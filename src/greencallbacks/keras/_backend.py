@@ -89,14 +89,16 @@ def devices_and_sync(backend: str) -> tuple[list[int] | None, Callable[[], None]
         import tensorflow as tf
 
         gpus = tf.config.list_physical_devices("GPU")  # visible GPUs; TF numbers them like CUDA
-        return (list(range(len(gpus))) or None), None
+        # [] (training on the CPU: no GPU billed), never None, which bills every GPU NVML sees: a
+        # CPU-only TensorFlow wheel on a GPU host was billed all eight of its GPUs.
+        return list(range(len(gpus))), None
     if backend == "jax":
         import jax
 
         gpus = [d for d in jax.local_devices() if d.platform == "gpu"]
         indices = [_cuda_index(d) for d in gpus]
         # No sync: Keras turns the epoch's logs into Python floats before the hooks run, which waits.
-        return (indices or None), None
+        return indices, None  # [] on the CPU (jax without its CUDA plugin), as for TensorFlow
     return None, None
 
 
