@@ -35,3 +35,24 @@ def test_keyboard_interrupt_is_not_swallowed():
 
     with pytest.raises(KeyboardInterrupt):
         Interrupted().hook()
+
+
+def test_warnings_made_errors_stop_no_training_and_lose_no_record(tmp_path, capsys):
+    """python -W error, or pytest's filterwarnings = error: the "cpu, ram energy is estimated"
+    notice raised inside the run's start, so the run never started, and the guard's own warning
+    raised again out of the hook: the fit failed at setup with no records. Said on stderr now."""
+    pytest.importorskip("lightning")
+    import warnings
+
+    from greencallbacks.records import read_records
+    from tests.lightning_models import flavour, loaders, trainer_kwargs
+
+    L, EnergyCallback, TinyModel = flavour("lightning.pytorch")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", EnergyWarning)
+        trainer = L.Trainer(max_epochs=2, logger=False, callbacks=[EnergyCallback(output_dir=tmp_path, intensity=100.0)],
+                            **trainer_kwargs())
+        trainer.fit(TinyModel(), *loaders())
+    train = [r for r in read_records(tmp_path) if r.phase == "train"]
+    assert [r.epoch for r in train] == [0, 1] and all(r.samples == 32 for r in train)
+    assert "(EnergyWarning, shown here: warnings are errors in this process)" in capsys.readouterr().err

@@ -162,7 +162,14 @@ def warn(message: str) -> None:
     level, frame = 2, sys._getframe(1)
     while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
         frame, level = frame.f_back, level + 1
-    warnings.warn(message, EnergyWarning, stacklevel=level)
+    try:
+        warnings.warn(message, EnergyWarning, stacklevel=level)
+    except EnergyWarning:
+        # A filter that makes warnings errors (python -W error, pytest's filterwarnings = error)
+        # raised it here, in the middle of a run's start or a boundary: the run was never started
+        # and the fit failed, records and all. Measuring never stops training: said on stderr.
+        if sys.stderr is not None:
+            print(f"{message} (EnergyWarning, shown here: warnings are errors in this process)", file=sys.stderr)
 
 
 @dataclass(frozen=True)
