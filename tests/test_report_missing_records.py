@@ -298,9 +298,9 @@ def test_a_sweep_trial_killed_outright_is_unfinished_not_pooled_with_the_finishe
     assert "unfinished (no write-up: killed outright, or still training) (2 completed)" in groups[1]["description"]
     assert "unfinished, its process killed outright or still training, 2 completed" in groups[1]["statement"]
     assert [n for n in groups[1]["provenance"] if n.startswith("No write-up")] == [
-        f"No write-up (energy-summary.json) beside the records of run {killed} for its last attempt, which every "
-        "way of ending writes, a crash or Ctrl-C included: killed outright (SIGKILL, the out-of-memory killer, a "
-        "preemption), or still training. What it used after its last record is in no figure here, and it is "
+        f"No write-up (energy-summary.json) beside the records of run {killed} for its last attempt, which a run "
+        "writes when it ends, an exception or Ctrl-C included: killed outright (SIGKILL, the out-of-memory killer, a "
+        "preemption, a SIGTERM outside Lightning), or still training. What it used after its last record is in no figure here, and it is "
         "reported as cut short, apart from runs that finished."]
     assert not any(n.startswith("No write-up") for n in groups[0]["provenance"])
     assert f"{killed}: unknown framework, 2 training epoch(s), no write-up (killed, or still training)" in err

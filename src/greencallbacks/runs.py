@@ -151,9 +151,10 @@ def load(paths: str | os.PathLike | Iterable[str | os.PathLike], run_id: str | N
 
 def unfinished_runs(records: Sequence[Record], run_files: dict[str, list[Path]], summaries: dict[str, dict]) -> set[str]:
     """Runs whose last attempt has no write-up beside their records: no energy-summary.json of
-    theirs, or only an earlier attempt's. Every way a run ends writes one (an exception, Ctrl-C,
-    SIGTERM included), so the run's process was killed outright (SIGKILL, the out-of-memory
-    killer, a preemption) after its last record, or it is still training. Its records then read
+    theirs, or only an earlier attempt's. A run that ends, or fails with an exception or Ctrl-C,
+    writes one, so the run's process was killed outright after its last record (SIGKILL, the
+    out-of-memory killer, a preemption; a plain SIGTERM too, outside Lightning, whose handler
+    turns it into an exception), or it is still training. Its records then read
     like a run that ended well: a sweep's trial killed in epoch 2 of 3 was "a complete 2-epoch
     training", pooled with the finished ones. Only records in their own file (``energy-records.jsonl``)
     are judged: a copy under another name has no summary beside it to look for."""

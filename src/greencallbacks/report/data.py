@@ -252,9 +252,9 @@ def provenance(records: Sequence[Record], run_summaries: Mapping[str, dict] | No
     if without:
         notes.append(
             f"No write-up (energy-summary.json) beside the records of run{'s' if len(without) > 1 else ''} "
-            f"{', '.join(without)} for {'their' if len(without) > 1 else 'its'} last attempt, which every way of "
-            "ending writes, a crash or Ctrl-C included: killed outright (SIGKILL, the out-of-memory killer, a "
-            "preemption), or still training. What it used after its last record is in no figure here, and it is "
+            f"{', '.join(without)} for {'their' if len(without) > 1 else 'its'} last attempt, which a run writes "
+            "when it ends, an exception or Ctrl-C included: killed outright (SIGKILL, the out-of-memory killer, a "
+            "preemption, a SIGTERM outside Lightning), or still training. What it used after its last record is in no figure here, and it is "
             "reported as cut short, apart from runs that finished.")
     if any(r.partial for r in records):
         notes.append("Phases marked partial were cut short by an exception or interrupt; their energy is in the totals.")
