@@ -377,7 +377,7 @@ class RecordWriter:
             end = os.lseek(fd, 0, os.SEEK_CUR)  # O_APPEND: the end of what was written
         except OSError:
             # A full disk can take half a line: take it back, and the retry writes it whole and once.
-            _take_back(fd, begin, written, locked)  # a part left: the retry's end check sees it
+            _take_back(fd, begin, written, locked)
             self._recheck = self._recheck or repairing
             raise
         return lost, end - len(data) + len(prefix)
@@ -552,26 +552,23 @@ def _lock_file(fd: int) -> bool | None:
             return False
 
 
-def _take_back(fd: int, begin: int | None, written: int, locked: bool) -> bool:
+def _take_back(fd: int, begin: int | None, written: int, locked: bool) -> None:
     """Cut off what a failed write put at the end of the file from ``begin`` (``written`` bytes,
-    as far as it was told), never another writer's line. False: a part may be left."""
+    as far as it was told), never another writer's line. A part it cannot tell apart is left:
+    the next write's end check begins on a line of its own after it."""
     if begin is None:
-        return True  # it failed before writing
+        return  # it failed before writing
     try:
         size = os.fstat(fd).st_size
         if locked:  # what follows ``begin`` is this write's: every other writer waits for the lock
             if size > begin:
                 os.ftruncate(fd, begin)
-            return True
-        if size == begin:
-            return True
+            return
         end = os.lseek(fd, 0, os.SEEK_CUR)  # O_APPEND: the end of the part written
-        if not written or size != end:
-            return False  # not told of a part, or another writer's line follows it
-        os.ftruncate(fd, end - written)
-        return True
+        if size != begin and written and size == end:  # told of a part, and no other writer's line follows it
+            os.ftruncate(fd, end - written)
     except OSError:
-        return False
+        pass  # left as it is: see above
 
 
 def _close_quietly(fd: int) -> None:
