@@ -63,6 +63,7 @@ os.environ.setdefault("KERAS_BACKEND", "torch")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import percentile, simulated_gpu_sensor, simulated_nvml  # noqa: E402
+from overhead import SelfTime  # noqa: E402
 
 PARTS = ("sensor", "core", "lightning", "hf", "keras", "peers")
 TARGET_EPOCH, TARGET_RUN = 0.01, 0.005  # relative: epochs >= 1 s; the sum of a run's records
@@ -698,6 +699,12 @@ def main() -> int:
         "targets": {"epoch_ge_1s": TARGET_EPOCH, "run": TARGET_RUN},
     }
     cases = {"lightning": lightning_case, "hf": hf_case, "keras": keras_case}
+
+    def save() -> None:  # after every part, so that a run cut short keeps what it measured
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(result, indent=2, default=str), encoding="utf-8")
+
     try:
         with tempfile.TemporaryDirectory(prefix="gcb-gpu-") as tmp:
             tmp_path = Path(tmp)
@@ -705,11 +712,14 @@ def main() -> int:
                 result["sensor"] = sensor_part(work, gpu, refs, load_s, reads)
             if "core" in parts:
                 result["core"] = core_part(work, gpu, refs, windows)
+            save()
             for name, case in cases.items():
                 if name in parts:
-                    result[name] = {length: case(work, gpu, refs, epochs, steps[length], tmp_path / f"{name}-{length}")
+                    result[name] = {length: timed_case(name, case, work, gpu, refs, epochs, steps[length],
+                                                       tmp_path / f"{name}-{length}")
                                     for length, epochs in lengths}
                     print(f"gpu: {name} done at {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+                    save()
             if "peers" in parts:
                 peers_info = {"codecarbon": load_codecarbon(), "zeus": load_zeus()}
                 result["peers"] = {"versions": {k: {kk: vv for kk, vv in v.items() if kk != "cls"} for k, v in peers_info.items()}}
@@ -717,6 +727,7 @@ def main() -> int:
                     peers = Peers(peers_info["codecarbon"], peers_info["zeus"], gpu)
                     result["peers"][length] = lightning_case(work, gpu, refs, epochs, steps[length],
                                                              tmp_path / f"peers-{length}", peers=peers)
+                    save()
                 result["network_attempts"] = guard.attempts
     finally:
         refs.close()
@@ -724,19 +735,32 @@ def main() -> int:
             guard.uninstall()
     result["wall_s"] = time.perf_counter() - started
     result["summary"] = summarize(result)
-    text = json.dumps(result, indent=2, default=str)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(text, encoding="utf-8")
+    save()
     print(json.dumps(result["summary"], indent=2, default=str))
     return 0
+
+
+def timed_case(name: str, case, *args) -> dict:
+    """One adapter case, with the training thread's time inside our callback (hooks and core
+    calls, ``overhead.SelfTime``) as a share of the whole ``fit``/``train`` call on this GPU host."""
+    with SelfTime(name) as selftime:
+        t0 = time.perf_counter()
+        out = case(*args)
+        wall = time.perf_counter() - t0
+    hooks = selftime.hook_call_s
+    out["training_thread"] = {
+        "callback_ms": selftime.seconds * 1e3, "call_s": wall, "share": selftime.seconds / wall,
+        "hook_calls": len(hooks), "us_per_hook_call": statistics.fmean(hooks) * 1e6 if hooks else None,
+        "us_per_hook_call_median": statistics.median(hooks) * 1e6 if hooks else None,
+        "ms_by_call": {k: v * 1e3 for k, v in selftime.seconds_by.most_common(6)}}
+    return out
 
 
 def summarize(result: dict) -> dict:
     summary: dict = {}
     for name in ("lightning", "hf", "keras"):
         for length, case in result.get(name, {}).items():
-            summary[f"{name}.{length}"] = summarize_case(case)
+            summary[f"{name}.{length}"] = {**summarize_case(case), "callback_share_of_call": case["training_thread"]["share"]}
     if "core" in result:
         summary["core"] = [{"seconds": w["seconds"], "rel": w["rel"]} for w in result["core"]["windows"]]
     if "sensor" in result:
