@@ -372,7 +372,7 @@ def keras_case(work, gpu, refs, epochs: int, steps: int, workdir: Path) -> dict:
 
     state = {"start": None, "epochs": {}, "run": {}}
 
-    class Reference(keras.callbacks.Callback):  # listed before ours
+    class Reference(keras.callbacks.Callback):  # after ours, where ours would move itself anyway (logs)
         def on_train_begin(self, logs=None):
             state["run"]["start"] = refs.read()
 
@@ -390,10 +390,18 @@ def keras_case(work, gpu, refs, epochs: int, steps: int, workdir: Path) -> dict:
     model = keras.Sequential([keras.Input((h,)), keras.layers.Dense(2 * h, activation="relu"),
                               keras.layers.Dense(2 * h, activation="relu"), keras.layers.Dense(h)])
     model.compile(optimizer=keras.optimizers.SGD(1e-4), loss="mse")
-    x = np.random.default_rng(0).standard_normal((work.batch * steps, h), dtype=np.float32)
+    x = np.random.default_rng(0).standard_normal((work.batch, h), dtype=np.float32)
+
+    class Batches(keras.utils.PyDataset):  # one batch served ``steps`` times: no host copy of every step's data
+        def __len__(self):
+            return steps
+
+        def __getitem__(self, index):
+            return x, x
+
     ours = EnergyCallback(country="FR", output_dir=str(workdir), **gpu.callback_kwargs())
     call0 = refs.read()
-    model.fit(x, x, batch_size=work.batch, epochs=epochs, verbose=0, shuffle=False, callbacks=[Reference(), ours])
+    model.fit(Batches(), epochs=epochs, verbose=0, callbacks=[ours, Reference()])
     call = delta(refs.read(), call0)
     return compare(list(ours.tracker.records), state["epochs"], delta(state["run"]["end"], state["run"]["start"]), call)
 
@@ -417,7 +425,8 @@ def sensor_part(work, gpu, refs, load_s: float, reads: int) -> dict:
         "nvmlDeviceGetPowerUsage": timed_us(gpu.averaged_w, reads),
         "torch.cuda.synchronize_idle": timed_us(gpu.sync, reads),
     }}
-    # The training thread's time per boundary: a snapshot every ~20 ms of training.
+    # The training thread's time per boundary: a snapshot (its synchronisation then finds the
+    # queue empty) after every ~20 ms of training.
     net = work.model()
     for label, off_thread in (("snapshot_counter_read_at_boundary", False), ("snapshot_off_thread", True)):
         meter = Meter([gpu.sensor()], fallback=None, sync=gpu.sync, off_thread=off_thread)
@@ -425,6 +434,7 @@ def sensor_part(work, gpu, refs, load_s: float, reads: int) -> dict:
         costs = []
         for _ in range(reads):
             work.run_for(0.02, lambda: None, net)
+            gpu.sync()  # the queued steps' own GPU time is not the boundary's cost
             t0 = time.perf_counter()
             meter.snapshot()
             costs.append((time.perf_counter() - t0) * 1e6)
@@ -743,13 +753,34 @@ def main() -> int:
 def timed_case(name: str, case, *args) -> dict:
     """One adapter case, with the training thread's time inside our callback (hooks and core
     calls, ``overhead.SelfTime``) as a share of the whole ``fit``/``train`` call on this GPU host."""
-    with SelfTime(name) as selftime:
+    import torch
+
+    synchronize, waited = torch.cuda.synchronize, [0.0]
+
+    def timed_synchronize(*a, **k):
+        # Inside our hooks, synchronising waits for the work already queued (the epoch's last
+        # steps): GPU time the call takes anyway, not a cost of ours. Timed to be told apart.
+        if not getattr(selftime._local, "depth", 0):
+            return synchronize(*a, **k)
         t0 = time.perf_counter()
-        out = case(*args)
-        wall = time.perf_counter() - t0
+        try:
+            return synchronize(*a, **k)
+        finally:
+            waited[0] += time.perf_counter() - t0
+
+    torch.cuda.synchronize = timed_synchronize
+    try:
+        with SelfTime(name) as selftime:
+            t0 = time.perf_counter()
+            out = case(*args)
+            wall = time.perf_counter() - t0
+    finally:
+        torch.cuda.synchronize = synchronize
     hooks = selftime.hook_call_s
+    own = selftime.seconds - waited[0]
     out["training_thread"] = {
         "callback_ms": selftime.seconds * 1e3, "call_s": wall, "share": selftime.seconds / wall,
+        "waiting_for_queued_gpu_work_ms": waited[0] * 1e3, "own_ms": own * 1e3, "own_share": own / wall,
         "hook_calls": len(hooks), "us_per_hook_call": statistics.fmean(hooks) * 1e6 if hooks else None,
         "us_per_hook_call_median": statistics.median(hooks) * 1e6 if hooks else None,
         "ms_by_call": {k: v * 1e3 for k, v in selftime.seconds_by.most_common(6)}}
@@ -760,7 +791,8 @@ def summarize(result: dict) -> dict:
     summary: dict = {}
     for name in ("lightning", "hf", "keras"):
         for length, case in result.get(name, {}).items():
-            summary[f"{name}.{length}"] = {**summarize_case(case), "callback_share_of_call": case["training_thread"]["share"]}
+            summary[f"{name}.{length}"] = {**summarize_case(case), "callback_share_of_call": case["training_thread"]["share"],
+                                           "callback_share_without_gpu_wait": case["training_thread"]["own_share"]}
     if "core" in result:
         summary["core"] = [{"seconds": w["seconds"], "rel": w["rel"]} for w in result["core"]["windows"]]
     if "sensor" in result:
