@@ -186,6 +186,24 @@ def _may_run_past_the_data(model: Any) -> bool:
                                  bool(getattr(model, "run_eagerly", False)))
 
 
+def _past_the_data(count: int | None, begun: int, ended: int, exact_rule: bool) -> int | None:
+    """A loop's count where its last compiled call ran out of data (``_may_run_past_the_data``): the
+    samples, or None where they cannot be told.
+
+    With ``steps_per_execution=1`` the call that found no data can only have counted one batch of
+    a batch size fixed in the data set's shape (a count that waits for the data cannot run without
+    it): then every batch the ``ended`` calls ran had that size too, and the count is ``ended + 1``
+    such batches. A count that ``ended + 1`` does not divide is therefore exact (a data set with a
+    variable last batch: a Python generator, or ``.filter()`` before ``.batch()``); one that it
+    divides may be either. ``exact_rule``: the loop is Keras's own step on one replica at one step
+    per execution, where that holds (a custom step may count steps; each replica of a
+    ``tf.distribute`` strategy may or may not add its share).
+    """
+    if count is None or not exact_rule or ended < 1 or begun != ended + 1 or count % (ended + 1) == 0:
+        return None
+    return count
+
+
 def _planned_steps(callback: _Callback, callback_list: keras.callbacks.CallbackList | None) -> int | None:
     """The ``steps`` that the call's ``CallbackList`` was given, where Keras knows them: a list built
     without them (Keras never sets them then) leaves the callback the ``params`` of an earlier call."""
@@ -609,8 +627,9 @@ class EnergyCallback(_Callback):
             whose ``metrics`` property leaves out its loss tracker (Keras never resets it) and a
             count below the steps run (a callback calling ``model.reset_metrics()`` mid-loop). So
             is a loop that ran out of data inside a compiled TensorFlow call, where Keras may count
-            steps that had no data (a data set of unknown length with ``steps_per_execution=1``;
-            before Keras 3.7 also a last execution shorter than ``steps_per_execution``), and a
+            steps that had no data (a data set of unknown length with ``steps_per_execution=1``,
+            unless its count shows none, see ``_past_the_data``; before Keras 3.7 also a last
+            execution shorter than ``steps_per_execution``), and a
             ``tf.distribute`` count on Keras 3.7 to 3.9, which those do not sum over replicas.
         sample_counter: ``outputs -> int`` samples in one ``predict`` batch. Keras hands callbacks
             no input batches; the only per-batch values are ``predict``'s outputs, which
@@ -871,10 +890,12 @@ class EnergyCallback(_Callback):
         progress = self._progress
         with progress.lock:
             steps, planned, per_execution = progress.train_steps, progress.planned_steps, progress.per_execution
-            ran_out = progress.train_calls_begun > progress.train_calls_ended
+            begun, ended = progress.train_calls_begun, progress.train_calls_ended
+        ran_out = begun > ended
         why, (fewest, most) = self._train_why, _step_range(steps, per_execution, planned)
         if count is not None and ran_out and _may_run_past_the_data(self.model):
-            count, why = None, "past_data"
+            count = _past_the_data(count, begun, ended, self._exact_past_the_data("train"))
+            why = why if count is not None else "past_data"
         if count is not None and 0 < count < fewest:
             # Every step counts a sample at least (Keras's own step counts its batch): the count was
             # reset during the epoch, unseen (a callback calling model.reset_metrics()).
@@ -956,14 +977,17 @@ class EnergyCallback(_Callback):
         # No step ran (an empty validation set) when Keras's logs are empty: then the loss tracker
         # holds a stale count on TensorFlow and JAX (their loops sync metrics only after a step).
         with self._steps_lock:
-            steps, ran_out = self._test_steps, self._test_calls_begun > self._test_calls_ended
+            steps, begun, ended = self._test_steps, self._test_calls_begun, self._test_calls_ended
         seen = self._samples_seen()
-        # (An empty validation set runs out at its first call: no step ran, and no count moved.)
-        past_data = ran_out and steps > 0 and _may_run_past_the_data(self.model)
         if not outermost and ("train", False) in self._phases:
-            # Left in the tracker: the epoch's training counts on from it (not from a count of steps without data).
-            self._train_offset = None if past_data else seen
-            self._train_why = "past_data" if past_data else self._train_why
+            # Left in the tracker: the epoch's training counts on from it. A count of steps without
+            # data here is in it too, so the difference training adds stays exact; what training
+            # banked before this loop is exact either way (its own calls had all ended).
+            self._train_offset = seen
+        # (An empty validation set runs out at its first call: no step ran, and no count moved.)
+        past_data = begun > ended and steps > 0 and _may_run_past_the_data(self.model)
+        if past_data and _past_the_data(seen, begun, ended, self._exact_past_the_data("test")) is not None:
+            past_data = False  # the count holds no step without data: exact
         counted = bool(logs) and self._test_counted
         # Validation's planned steps are not known here (the fit's params are training's).
         fewest, most = _step_range(steps, _per_execution(self.model), self._progress.planned_steps if outermost else None)
@@ -1325,6 +1349,10 @@ class EnergyCallback(_Callback):
                 return 0
         return count
 
+    def _exact_past_the_data(self, loop: str) -> bool:
+        """Does ``_past_the_data``'s rule hold for ``loop`` (train, test) of this model?"""
+        return _per_execution(self.model) == 1 and not _custom_step(self.model, loop) and self._replicas() == 1
+
     def _replicas(self) -> int:
         """Replicas a step runs on in sync (a ``tf.distribute`` strategy's); 1 without one."""
         replicas = getattr(getattr(self.model, "distribute_strategy", None), "num_replicas_in_sync", 1)
@@ -1346,7 +1374,8 @@ class EnergyCallback(_Callback):
                 why = (": Keras's compiled step on TensorFlow ran out of data inside a call, and may then have counted "
                        "steps that had no data (a data set of unknown length with steps_per_execution=1; before Keras "
                        "3.7 also a last execution shorter than steps_per_execution). A data set of known length whose "
-                       "batches fill every execution, or run_eagerly=True, is counted")
+                       "batches fill every execution, or run_eagerly=True, is counted, and so is one of unknown "
+                       "length with steps_per_execution=1 where the count shows no such step")
             elif reason == "replicas":
                 why = (f": Keras {keras.__version__} does not sum the loss tracker's count over the "
                        f"{self._replicas()} tf.distribute replicas (Keras 3.10 and later do)")
