@@ -375,11 +375,87 @@ def test_a_transient_fault_is_held_and_the_next_good_read_recovers_every_joule()
     window = meter.between(first, last)
     assert window.energy_j == pytest.approx(300.0 * (last.monotonic_s - first.monotonic_s), rel=1e-9)
     assert not meter.channels[0].failed and window.components[0].note == ""
-    # One that persists degrades, as any other fault does at once.
+
+
+def test_a_transient_fault_that_persists_is_held_until_the_device_answers_again():
+    """A timeout lasting 3 s where nothing can replace the sensor (fallback None; on NVML, its
+    power reads time out too): it stopped counting the GPU for the rest of the run at the third
+    failure (300 J of 1,800). Held and retried, it is counted again when it answers, every joule of
+    the gap recovered by the counter; the boundaries meanwhile are carried at its last power, said
+    once and labelled, and their windows state the span carried."""
+    clock = FakeClock()
+    gpu = SlowSensor("gpu0", clock, power_w=300.0, instant=False)
+    meter = reader_meter(clock, gpu)
+    first = meter.snapshot(exact=True)
+    run_reader(meter, clock, 1.0)
     gpu.fail_with = SensorError("gpu0: NVML energy counter failed: Timeout", transient=True)
-    with pytest.warns(EnergyWarning, match="no longer counted"):
-        run_reader(meter, clock, 0.5)
-    assert meter.channels[0].failed
+    boundaries = [meter.snapshot()]
+    with pytest.warns(EnergyWarning, match="has not answered since .*Timeout") as caught:
+        for _ in range(6):
+            run_reader(meter, clock, 0.5)
+            boundaries.append(meter.snapshot())
+    assert len([w for w in caught if issubclass(w.category, EnergyWarning)]) == 1
+    channel = meter.channels[0]
+    assert not channel.failed and "no answer from" in channel.note
+    inside = [meter.between(a, b) for a, b in zip(boundaries, boundaries[1:])]
+    # Carried at the counter's last slope: each half second billed as 150 J, its span stated.
+    assert [w.energy_j for w in inside] == pytest.approx([150.0] * 6, rel=0.01)
+    assert inside[-1].uncertainty_j >= 300.0 * 2.5
+    gpu.fail_with = None
+    run_reader(meter, clock, 1.0)
+    last = meter.snapshot(exact=True)
+    window = meter.between(first, last)
+    assert window.energy_j == pytest.approx(300.0 * (last.monotonic_s - first.monotonic_s), rel=1e-9)
+    assert window.components[0].method == "counter"
+    assert "no answer for 3" in window.components[0].note and "recovered" in window.components[0].note
+
+
+def test_a_persistent_transient_fault_switches_to_a_replacement_that_reads():
+    """The counter alone keeps timing out while a replacement can read: after TRANSIENT_HOLD_S it
+    takes over, and the span from the counter's last read to the switch is bridged, not lost."""
+    clock = FakeClock()
+    gpu = SlowSensor("gpu0", clock, power_w=300.0)
+    sampled = ScriptedSensor("gpu0-sampled", clock, power_w=300.0, method=Method.SAMPLED)
+    meter = reader_meter(clock, gpu, fallback=lambda s: sampled)
+    first = meter.snapshot(exact=True)
+    run_reader(meter, clock, 1.0)
+    gpu.fail_with = SensorError("gpu0: NVML energy counter failed: Timeout", transient=True)
+    with pytest.warns(EnergyWarning, match="sampled from now on"):
+        run_reader(meter, clock, 0.5 + meter_module.TRANSIENT_HOLD_S)
+    clock.advance(1.0)
+    last = meter.snapshot()
+    window = meter.between(first, last)
+    truth = 300.0 * (last.monotonic_s - first.monotonic_s)
+    assert window.energy_j == pytest.approx(truth, rel=0.002)
+    component = window.components[0]
+    assert component.method == "sampled" and "estimated at 300 W" in component.note
+    assert component.uncertainty_j >= 0.5 * 300.0 * meter_module.TRANSIENT_HOLD_S  # the bridged span, stated
+
+
+def test_a_counter_failing_at_a_boundary_read_bridges_the_span_since_its_last_read():
+    """A counter read at boundaries (off the reader) answers at the end of epoch 0 and fails for
+    good at the end of epoch 1: epoch 1 was billed 0 J, its 10 s lost at the switch. Now it is
+    estimated at the power known (the run's mean), labelled, and stated at the estimates' 50 %."""
+    clock = FakeClock()
+    counter = ScriptedSensor("gpu0", clock, power_w=200.0)
+    sampled = ScriptedSensor("gpu0-sampled", clock, power_w=200.0, method=Method.SAMPLED)
+    meter = make_meter(clock, counter, fallback=lambda s: sampled)
+    start = meter.snapshot()
+    clock.advance(10.0)
+    middle = meter.snapshot()
+    clock.advance(10.0)
+    counter.fail_with = SensorError("gpu0: NVML energy counter failed: Not Supported")
+    with pytest.warns(EnergyWarning, match="sampled from now on"):
+        end = meter.snapshot()
+    clock.advance(5.0)
+    later = meter.snapshot()
+    assert meter.between(start, middle).energy_j == pytest.approx(2000.0)
+    epoch = meter.between(middle, end)
+    assert epoch.energy_j == pytest.approx(2000.0)
+    assert epoch.uncertainty_j >= 0.5 * 2000.0
+    assert "10 s before it estimated at 200 W" in epoch.components[0].note
+    after = meter.between(end, later)
+    assert after.energy_j == pytest.approx(1000.0) and after.uncertainty_j < 0.5 * 2000.0
 
 
 def test_a_failed_power_sample_ends_the_samples_it_does_not_freeze_them():

@@ -3,6 +3,7 @@
 import ctypes
 import inspect
 import sys
+import types
 import warnings
 
 import pytest
@@ -745,6 +746,7 @@ def test_reader_finds_the_phase_again_after_the_counter_restarts(clock):
 @pytest.mark.parametrize("environ, said", [
     ({}, True),
     ({"CUDA_VISIBLE_DEVICES": "1,0"}, True),
+    ({"CUDA_VISIBLE_DEVICES": "0"}, True),  # one index: still CUDA's order over the node's two models
     ({"CUDA_DEVICE_ORDER": "PCI_BUS_ID"}, False),
     ({"CUDA_VISIBLE_DEVICES": "GPU-00000001-1111-2222-3333-000000001eef"}, False),  # gpu_uuid(1)
 ])
@@ -790,3 +792,132 @@ def test_a_counter_that_fails_while_power_reads_work_is_read_on_by_sampling(nvml
         run(0.5)
         meter.snapshot()
     meter.close()
+
+
+def outage_meter(clock, power_w=300.0):
+    """One GPU on the fake NVML (H100 read latency) metered as in a run: default fallback, reader
+    steps driven on the fake clock."""
+    nvml = FakeNvml(clock, counter_latency=0.003)
+    gpu = nvml.add_gpu(gpu_uuid(0), power_w=power_w)
+    meter = Meter(find_nvml_gpus(pynvml=nvml, environ={}, clock=clock).sensors, clock=clock,
+                  wall_clock=lambda: clock() + 1.7e9, off_thread=True)
+    meter._poller.manual = True
+
+    def run(seconds):
+        for _ in range(round(seconds / 0.005)):
+            meter._poller.step()
+            clock.advance(0.005)
+
+    return gpu, meter, run
+
+
+@pytest.mark.parametrize("outage_s", [0.3, 3.0])
+def test_an_nvml_outage_does_not_stop_counting_the_gpu(clock, outage_s):
+    """Every NVML call times out for a while (the driver busy), then answers again. Past three
+    failed reads the counter was replaced by its sampled copy, whose first power read failed in
+    the same outage, so the GPU was no longer counted: 240 J of 750 J (0.3 s), 240 J of 1,560 J
+    (3 s). Held and retried, it is counted again when NVML answers, the counter's next read
+    recovering the gap; an outage past TRANSIENT_HOLD_S is said once, a shorter one not at all."""
+    gpu, meter, run = outage_meter(clock)
+    first = meter.snapshot(exact=True)
+    run(0.5)
+    boundaries = [meter.snapshot()]
+    gpu.error_code = fp.NVML_ERROR_TIMEOUT
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(round(outage_s / 0.1)):
+            run(0.1)
+            boundaries.append(meter.snapshot())
+        gpu.error_code = None
+        run(0.5)
+        boundaries.append(meter.snapshot())
+        run(0.5)
+        last = meter.snapshot(exact=True)
+    said = [str(w.message) for w in caught if issubclass(w.category, EnergyWarning)]
+    assert len(said) == (1 if outage_s > 1.0 else 0), said
+    assert all("has not answered" in message for message in said)
+    [component] = meter.between(first, last).components
+    truth = gpu.energy_between_j(first.monotonic_s, last.monotonic_s)
+    assert component.energy_j == pytest.approx(truth, abs=300.0 * COUNTER_UPDATE_PERIOD_S)  # the counter's quantum
+    assert component.method == "counter" and not meter.channels[0].failed
+    assert meter.channels[0].samples_power  # the timeouts ended the power samples, not the sampling
+    # Each window inside the outage was carried at the counter's last slope, not billed 0 J.
+    for a, b in zip(boundaries, boundaries[1:]):
+        window = meter.between(a, b)
+        assert window.energy_j == pytest.approx(300.0 * (b.monotonic_s - a.monotonic_s), abs=300.0 * 0.11)
+
+
+def test_the_span_where_the_counter_turns_sampled_is_bridged(nvml, clock):
+    """The counter starts answering NOT_SUPPORTED mid-run: the energy from its last read to the
+    sampled copy's first sample was lost (30 J of 510 J, a tenth of a second at 300 W). It is
+    estimated from the power samples taken meanwhile, labelled and stated in the uncertainty."""
+    gpu, meter, run = outage_meter(clock)
+    first = meter.snapshot(exact=True)
+    run(0.5)
+    gpu.counter_supported = False
+    with pytest.warns(EnergyWarning, match="sampled from now on"):
+        run(0.5)
+    run(0.5)
+    last = meter.snapshot(exact=True)
+    [component] = meter.between(first, last).components
+    truth = gpu.energy_between_j(first.monotonic_s, last.monotonic_s)
+    assert component.energy_j == pytest.approx(truth, rel=0.003)
+    assert component.method == "sampled" and "s before it estimated at 300 W" in component.note
+    assert meter.channels[0].bridged_j == pytest.approx(300.0 * 0.1, abs=300.0 * 0.06)
+
+
+@pytest.mark.parametrize("entry", [f"MIG-{gpu_uuid(0)}/5/0", f"MIG-{gpu_uuid(1)}/1/0"])
+def test_a_mig_instance_nvml_does_not_list_is_not_billed_the_whole_gpu(nvml, entry):
+    """An old-style MIG name whose GPU exists but whose instance does not (GPU 0 has no GPU
+    instance 5; GPU 1 is not in MIG mode): its share was unreadable, and the whole GPU was billed
+    to an instance CUDA never ran on. It is unavailable, said as an invalid entry is."""
+    nvml.gpus[0].add_mig_instance(MIG_A, slices=1)
+    found = find_nvml_gpus(environ={"CUDA_VISIBLE_DEVICES": entry}, pynvml=nvml)
+    assert found.sensors == []
+    [missing] = found.unavailable
+    assert "matches no MIG instance that NVML lists" in missing.reason and entry in missing.reason
+    assert nvml.init_count == 0
+
+
+def test_a_mig_instance_gone_before_its_share_is_read_is_not_billed_the_whole_gpu(nvml, monkeypatch):
+    """The instance is listed when CUDA_VISIBLE_DEVICES is resolved, gone when its slices are read."""
+    nvml.gpus[0].add_mig_instance(MIG_A, slices=1)
+    by_uuid, calls = nvml.nvmlDeviceGetHandleByUUID, []
+
+    def listed_once(uuid):
+        calls.append(uuid)
+        if len(calls) > 1:
+            raise fp.NVMLError(fp.NVML_ERROR_NOT_FOUND)
+        return by_uuid(uuid)
+
+    monkeypatch.setattr(nvml, "nvmlDeviceGetHandleByUUID", listed_once, raising=False)
+    found = find_nvml_gpus(environ={"CUDA_VISIBLE_DEVICES": MIG_A}, pynvml=nvml)
+    assert found.sensors == []
+    assert "not listed by NVML" in found.unavailable[0].reason and "not billed" in found.unavailable[0].reason
+    assert nvml.init_count == 0  # the sensor made for it was closed
+
+
+def test_cuda_order_is_taken_from_torch_where_cuda_is_up_already(clock, monkeypatch):
+    """Two models, CUDA's default order (fastest first): cuda:0 is NVML's GPU 1. With torch's CUDA
+    initialised by the user's code, the GPU is found by its UUID and nothing needs saying; torch
+    is never imported or initialised for it."""
+    torch = pytest.importorskip("torch")
+    nvml_module._ORDER_SAID.clear()
+    nvml = FakeNvml(clock)
+    nvml.add_gpu(gpu_uuid(0), name="NVIDIA GeForce GT 1030")
+    nvml.add_gpu(gpu_uuid(1), name="NVIDIA GeForce RTX 4090")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.delenv("CUDA_DEVICE_ORDER", raising=False)
+    cuda_order = [gpu_uuid(1), gpu_uuid(0)]  # as CUDA numbers them; torch prints them without "GPU-"
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda i: types.SimpleNamespace(uuid=cuda_order[i][len("GPU-"):]))
+    for initialised, measured, said in ((False, gpu_uuid(0), True), (True, gpu_uuid(1), False)):
+        nvml_module._ORDER_SAID.clear()
+        monkeypatch.setattr(torch.cuda, "is_initialized", lambda: initialised)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            [sensor] = find_nvml_gpus([0], pynvml=nvml, environ={}, clock=clock).sensors
+        assert sensor.scope == measured
+        assert any("CUDA_DEVICE_ORDER=PCI_BUS_ID" in str(w.message) for w in caught) is said
+        sensor.close()

@@ -11,7 +11,10 @@ share their boundary, so every joule is still billed exactly once; ``snapshot(ex
 run's first and last boundary) reads every counter on the spot.
 
 A sensor that fails is never allowed to break training: its channel warns once, switches to
-the fallback estimate if there is one (or stops counting), and labels what it reports.
+the fallback estimate if there is one (or stops counting), and labels what it reports; the span
+between the failed sensor's last read and the switch is estimated, not lost. A transient fault
+(an NVML timeout) is held and retried instead, however long it lasts, where nothing else can read
+the device: the device is counted again when it answers (see TRANSIENT_HOLD_S).
 """
 
 from __future__ import annotations
@@ -53,12 +56,19 @@ POWER_HISTORY = 64  # samples kept: ~1.3 s, more than the span between two count
 # to stop early, inconsistent steps tolerated before concluding it has no steady period, and how
 # often to search again (the GPU's clock and the host's drift apart slowly).
 PHASE_STEPS, PHASE_PRECISION_S, PHASE_MAX_CONFLICTS, PHASE_REFRESH_S = 20, 0.0015, 3, 60.0
-# A sensor call failing with a transient fault (``SensorError.transient``: an NVML timeout) this
-# many times in a row degrades its channel; fewer are held at the last value, since a cumulative
-# counter's next good read recovers every joule, where degrading at once would stop counting the
-# device for the rest of the run. Any other fault (GPU lost, permission denied) degrades at once.
-# Instantaneous power, which only refines the estimate, gets the same retries for any fault.
+# A sensor call failing with a transient fault (``SensorError.transient``: an NVML timeout) is
+# held at its last value, since a cumulative counter's next good read recovers every joule. Once
+# it has failed this many times in a row over at least TRANSIENT_HOLD_S, its replacement (a GPU's
+# sampled power) takes over where one can read now; where none can (the whole device not
+# answering), the channel is held and retried, never given up: it counts again when the device
+# answers. (Given up at the third failure, a 0.25 s NVML outage stopped counting the GPU for the
+# rest of the run, as its power read failed in the same outage.) Any other fault (GPU lost,
+# permission denied) degrades at once. Instantaneous power, which only refines the estimate, is
+# given up after FAILURES_BEFORE_DEGRADE failures of any other kind; a transient one ends the
+# samples, not the sampling. TRANSIENT_HOLD_S: past a busy driver's hiccup, and within the power
+# history (POWER_HISTORY) that boundaries are carried with meanwhile.
 FAILURES_BEFORE_DEGRADE = 3
+TRANSIENT_HOLD_S = 1.0
 
 
 def _boottime_clock() -> int | None:
@@ -210,6 +220,10 @@ class Snapshot:
     # Off-thread channels: seconds their value was carried forward from the latest counter read
     # (absent: read at the snapshot). Widens the window's stated uncertainty.
     carried_s: dict[str, float] = field(default_factory=dict)
+    # Joules each channel has estimated rather than measured so far (the span between a failed
+    # sensor's last read and its replacement, a sampled sensor's gap while it did not answer):
+    # cumulative, absent where none. A window states them at ESTIMATE_RELATIVE_UNCERTAINTY.
+    bridged_j: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -253,8 +267,14 @@ class _Channel:
         self._last_j = 0.0
         self._started = clock()
         self.note = getattr(sensor, "note", "") or ""
+        self._sensor_note = self.note  # the sensor's own caveat, which an outage's note is added to
         self.failed = False  # stopped counting altogether
         self._failures = 0  # sensor calls failed in a row (see FAILURES_BEFORE_DEGRADE)
+        self._fault: tuple[float, BaseException] | None = None  # (when, error) of the first of them
+        self._holding = False  # a transient fault persisted with nothing to replace the sensor: retried
+        self._said_holding = False  # warned of it (once per channel)
+        self._good_t: float | None = None  # when the sensor last answered
+        self.bridged_j = 0.0  # joules estimated, not measured (see Snapshot.bridged_j)
         self._power_failures = 0
         self._method_seen: object = None
         self._method_text = ""
@@ -308,25 +328,86 @@ class _Channel:
         return None if self.failed else self.sensor.poll_interval_s
 
     def read(self) -> float:
+        return self._read()[0]
+
+    def _read(self) -> tuple[float, bool]:
+        """(the channel's value, whether the sensor answered): a failed call holds the last value."""
         with self._lock:
-            if not self.failed:
-                try:
-                    value = self._offset_j + self.sensor.energy_j() - self._base_j
-                except Exception as error:  # noqa: BLE001 - any sensor failure degrades, never raises
-                    self._failed_once(error)
-                else:
-                    self._failures = 0
-                    # A sensor must never make a window negative; hold the high-water mark.
-                    self._last_j = max(self._last_j, value)
-            return self._last_j
+            if self.failed:
+                return self._last_j, False
+            try:
+                value = self._offset_j + self.sensor.energy_j() - self._base_j
+            except Exception as error:  # noqa: BLE001 - any sensor failure degrades, never raises
+                self._failed_once(error)
+                return self._last_j, False
+            self._answered(value)
+            return self._last_j, True
+
+    def _answered(self, value: float) -> None:
+        """The sensor answered ``value`` (under ``_lock``)."""
+        if self._holding:
+            self._recovered(value)
+        self._failures, self._fault = 0, None
+        self._good_t = self._clock()
+        # A sensor must never make a window negative; hold the high-water mark.
+        self._last_j = max(self._last_j, value)
 
     def _failed_once(self, error: BaseException) -> None:
         """A failed sensor call (under ``_lock``): a transient fault is held at its last value
-        until it keeps failing (FAILURES_BEFORE_DEGRADE); any other degrades the channel now."""
+        (see TRANSIENT_HOLD_S); any other degrades the channel now."""
+        now = self._clock()
         self._failures += 1
-        if not getattr(error, "transient", False) or self._failures >= FAILURES_BEFORE_DEGRADE:
-            self._failures = 0
+        if self._fault is None:
+            self._fault = (now, error)
+        if not getattr(error, "transient", False):
+            self._failures, self._fault, self._holding = 0, None, False
             self._degrade(error)
+        elif self._failures >= FAILURES_BEFORE_DEGRADE and now - self._fault[0] >= TRANSIENT_HOLD_S:
+            # Persisted: a replacement that reads now takes over; else held and retried (the
+            # device answers again, or training on it could not go on either).
+            if not self._degrade(error, hold=True):
+                self._hold(now, error)
+
+    def _outage_started(self, now: float) -> str:
+        since = self._fault[0] if self._fault is not None else now
+        try:
+            return utc_text(self._wall_clock() - (now - since))
+        except Exception:  # noqa: BLE001 - an injected clock failing: the note only loses its time
+            return "an unknown time"
+
+    def _hold(self, now: float, error: BaseException) -> None:
+        if self._holding:
+            return
+        self._holding = True
+        error = self._without_name(self.sensor, error)
+        when = self._outage_started(now)
+        carried = "carried forward at its last power" if self.off_thread else "held at its last read"
+        self.note = "; ".join(filter(None, [self._sensor_note, f"no answer from {when} ({error}): {carried}"]))
+        if not self._said_holding:
+            self._said_holding = True
+            sensor = self.sensor
+            warn(
+                f"greencallbacks: sensor {self.name} ({sensor.scope or sensor.name}) has not answered since {when}: "
+                f"{error}. Its energy is {carried} and it is read again until it answers, which "
+                f"{'recovers the span from its cumulative counter' if self.method != SAMPLED else 'bridges the span'}; "
+                "labelled in the records; training continues."
+            )
+
+    def _recovered(self, value: float) -> None:
+        """The sensor answers again after a held outage (under ``_lock``): a counter's read holds
+        the energy of the gap; a sampled sensor's integral bridges it from its last sample, which
+        is an estimate."""
+        now = self._clock()
+        since, error = self._fault if self._fault is not None else (now, None)
+        when = self._outage_started(now)
+        if self.method == SAMPLED:
+            self.bridged_j += max(0.0, value - self._last_j)
+            how = "bridged between its last and next power sample"
+        else:
+            how = "the counter's next read recovered the span"
+        error = self._without_name(self.sensor, error) if error is not None else "no answer"
+        self.note = "; ".join(filter(None, [self._sensor_note, f"no answer for {now - since:.3g} s from {when} ({error}): {how}"]))
+        self._holding = False
 
     def refresh(self) -> float:
         with self._refresh_lock:
@@ -341,8 +422,12 @@ class _Channel:
         half a period before the read, the expected age of the update it holds.
         """
         before = self._clock()
-        value = self.read()
+        value, answered = self._read()
         after = self._clock()
+        if not answered:
+            # Nothing new: the anchor stays at the last read, and boundaries carry it forward from
+            # there (moved to now with the held value, its slope fell to 0 and the outage was lost).
+            return value
         t = 0.5 * (before + after)  # the counter is sampled somewhere inside a read of milliseconds
         period = getattr(self.sensor, "update_period_s", 0.0) or 0.0
         if period > 0:
@@ -430,7 +515,7 @@ class _Channel:
         mid-way between two updates once it is known (far from either, so a read's latency
         cannot blur which update it saw); at the update period otherwise."""
         period = getattr(self.sensor, "update_period_s", 0.0) or 0.0
-        if period > 0 and self._search is not None:
+        if period > 0 and self._search is not None and self._fault is None:  # (not while it fails: retried as usual)
             return now + period / 50
         if period <= 0 or self._phase is None:
             return now + self.read_interval_s
@@ -445,9 +530,10 @@ class _Channel:
         t = self._clock()
         try:
             power = self.sensor.power_now_w()
-        except Exception:  # noqa: BLE001 - power only refines the estimate; the counter still counts
+        except Exception as error:  # noqa: BLE001 - power only refines the estimate; the counter still counts
             power = None
-            self._power_failures += 1
+            if not getattr(error, "transient", False):  # (a timeout: sampling goes on after it)
+                self._power_failures += 1
             unsupported = self._power_failures >= FAILURES_BEFORE_DEGRADE
         else:
             self._power_failures = 0
@@ -488,9 +574,15 @@ class _Channel:
     def boundary(self, now: float, exact: bool = False) -> tuple[float, float]:
         """The value a snapshot at ``now`` records, and how many seconds it was carried forward."""
         if not self.off_thread:
-            value, carried = self.read(), 0.0
+            value, answered = self._read()
+            # A sensor not answering (held through a transient fault): the span since its last
+            # answer widens this boundary's uncertainty, as a carried read's does.
+            held = not answered and not self.failed and self._fault is not None and self._good_t is not None
+            carried = max(0.0, now - self._good_t) if held else 0.0  # type: ignore[operator]
         else:
-            estimate = None if exact else self.estimate(now)
+            # While the sensor does not answer (a fault held), the reader retries it: a boundary
+            # carries the last read forward rather than try again itself, and wait for it.
+            estimate = None if exact else self.estimate(now, stale_ok=self._fault is not None)
             if estimate is None:
                 estimate = self._read_in_place(now, exact)
             value, carried = estimate
@@ -562,52 +654,108 @@ class _Channel:
             except Exception as error:  # noqa: BLE001
                 self._failed_once(error)
                 return
-            self._failures = 0
             if isinstance(value, (int, float)) and math.isfinite(value):
                 # What a failure keeps (_degrade): the energy to this poll. Kept only at boundaries,
                 # a RAPL zone or a sampled GPU failing 50 s into an epoch recorded 0 J for it.
-                self._last_j = max(self._last_j, self._offset_j + value - self._base_j)
+                self._answered(self._offset_j + value - self._base_j)
+            else:
+                self._failures = 0
 
-    def _degrade(self, error: BaseException) -> None:
+    def _degrade(self, error: BaseException, hold: bool = False) -> bool:
+        """Replace the failed sensor by its fallback, or stop counting it; with ``hold`` (a
+        transient fault), only where a replacement reads now. Returns whether the sensor went."""
         broken = self.sensor
         replacement = None
         if self._fallback is not None:
             try:
                 replacement = self._fallback()
                 if replacement is not None:
-                    self._base_j = replacement.energy_j()
+                    base_j = replacement.energy_j()
             except Exception:  # noqa: BLE001
                 replacement = None
+        if replacement is None and hold:
+            return False
+        now = self._clock()
+        when = self._outage_started(now) if hold else None
         try:
-            when = utc_text(self._wall_clock())
+            when = when or utc_text(self._wall_clock())
         except Exception:  # noqa: BLE001 - an injected clock failing: the note only loses its time
             when = "an unknown time"
+        error = self._without_name(broken, error)
+        if replacement is not None:
+            # The energy from the broken sensor's last read to the replacement's first was lost at
+            # every switch (a tenth of a second of a counter turned sampled, more after an outage).
+            bridge_j, watts = self._bridge(now, replacement)
         try:
             broken.close()
         except Exception:  # noqa: BLE001
             pass
-        self._offset_j = self._last_j
-        # The sensor's message names it already ("gpu0 (GPU-...): NVML ... failed"): say it once.
-        for prefix in (f"{broken.name} ({broken.scope}): ", f"{broken.name}: "):
-            if str(error).startswith(prefix):
-                error = str(error)[len(prefix):]
-                break
+        self._failures, self._fault, self._holding = 0, None, False
         if replacement is not None:
+            self._offset_j = self._last_j = self._last_j + bridge_j
+            self._base_j = base_j
+            self.bridged_j += bridge_j
             self.sensor = replacement
-            self.note = f"{broken.method} until {when} ({error}); {replacement.method} since"
+            self._sensor_note = getattr(replacement, "note", "") or ""
+            bridged = f" (the {bridge_j / watts:.2g} s before it estimated at {watts:.4g} W)" if bridge_j > 0 else ""
+            self.note = f"{broken.method} until {when} ({error}); {replacement.method} since{bridged}"
             warn(
                 f"greencallbacks: sensor {self.name} ({broken.scope or broken.name}) failed: {error}. "
                 f"Its energy is {replacement.method} from now on and labelled so; training continues."
             )
         else:
+            self._offset_j = self._last_j
             self.failed = True
             self.note = f"stopped counting at {when} ({error})"
             warn(
                 f"greencallbacks: sensor {self.name} ({broken.scope or broken.name}) failed: {error}. "
                 "It is no longer counted (labelled in the records); training continues."
             )
+        return True
 
-    def uncertainty_j(self, energy_j: float, duration_s: float, carried_s: float = 0.0) -> float:
+    @staticmethod
+    def _without_name(sensor: Sensor, error: BaseException) -> str:
+        """The error's text without the sensor's name, which the sensor's message may start with
+        ("gpu0 (GPU-...): NVML ... failed"): the channel's own text says it once."""
+        text = str(error)
+        for prefix in (f"{sensor.name} ({sensor.scope}): ", f"{sensor.name}: "):
+            if text.startswith(prefix):
+                return text[len(prefix):]
+        return text
+
+    def _bridge(self, now: float, replacement: Sensor) -> tuple[float, float]:
+        """(joules, mean watts) from the current sensor's last good read to ``now``, estimated:
+        from the instantaneous power samples where they span the gap, else at the mean of the
+        latest power known (a sample, the counter's slope, the run's mean) and the replacement's."""
+        with self._state_lock:
+            anchor, power = self._anchor, list(self._power)
+        # The last read holds the energy to its anchor's time (a quantised counter's update).
+        start = anchor[0] if self.off_thread and anchor is not None else self._good_t
+        if start is None or now <= start:
+            return 0.0, 0.0
+        gap = now - start
+        if power and power[0][0] <= start:
+            joules = _integral_at(power, now) - _integral_at(power, start)
+            return max(0.0, joules), max(0.0, joules) / gap
+        last_w = power[-1][2] if power else anchor[2] if anchor is not None and anchor[2] is not None else None
+        if last_w is None:  # the mean power of what the sensor read, up to its last read
+            last_w = self._last_j / (start - self._started) if start > self._started else 0.0
+        try:
+            new_w = replacement.power_now_w()
+        except Exception:  # noqa: BLE001 - only refines the estimate
+            new_w = None
+        watts = last_w if not isinstance(new_w, (int, float)) or not math.isfinite(new_w) else 0.5 * (last_w + new_w)
+        watts = max(0.0, watts)
+        return watts * gap, watts
+
+    def uncertainty_j(self, energy_j: float, duration_s: float, carried_s: float = 0.0, bridged_j: float = 0.0) -> float:
+        """The window's stated error; ``bridged_j`` of its energy was estimated (Snapshot.bridged_j)."""
+        measured = self._measured_uncertainty_j(energy_j, duration_s, carried_s)
+        if bridged_j <= 0 or self.method == ESTIMATED:
+            return measured
+        return math.hypot(measured, ESTIMATE_RELATIVE_UNCERTAINTY * bridged_j)
+
+    def _measured_uncertainty_j(self, energy_j: float, duration_s: float, carried_s: float) -> float:
         method = self.method
         if method == ESTIMATED:
             return ESTIMATE_RELATIVE_UNCERTAINTY * energy_j
@@ -828,10 +976,12 @@ class Meter:
             if seconds:
                 carried[channel.name] = seconds
         methods = {c.name: c.method for c in self.channels}
+        bridged = {c.name: c.bridged_j for c in self.channels if c.bridged_j}
         # Started after the reads, so the reader's first read does not queue behind this one.
         if not self._poller.alive and not self._closed and self._poller.needed():
             self._poller.ensure_running()
-        return Snapshot(monotonic_s=mono_s, unix_s=unix_s, energy_j=energy, methods=methods, carried_s=carried)
+        return Snapshot(monotonic_s=mono_s, unix_s=unix_s, energy_j=energy, methods=methods, carried_s=carried,
+                        bridged_j=bridged)
 
     def peek(self) -> Snapshot:
         """Cumulative energy now for live figures (e.g. at a framework's logging steps): no device
@@ -844,7 +994,9 @@ class Meter:
             if seconds:
                 carried[channel.name] = seconds
         methods = {c.name: c.method for c in self.channels}
-        return Snapshot(monotonic_s=mono_s, unix_s=unix_s, energy_j=energy, methods=methods, carried_s=carried)
+        bridged = {c.name: c.bridged_j for c in self.channels if c.bridged_j}
+        return Snapshot(monotonic_s=mono_s, unix_s=unix_s, energy_j=energy, methods=methods, carried_s=carried,
+                        bridged_j=bridged)
 
     def between(self, start: Snapshot, end: Snapshot) -> Measurement:
         duration_s = max(0.0, end.monotonic_s - start.monotonic_s)
@@ -865,6 +1017,7 @@ class Meter:
                         energy_j,
                         duration_s,
                         max(start.carried_s.get(channel.name, 0.0), end.carried_s.get(channel.name, 0.0)),
+                        max(0.0, end.bridged_j.get(channel.name, 0.0) - start.bridged_j.get(channel.name, 0.0)),
                     ),
                     note=note,
                     source=channel.source,

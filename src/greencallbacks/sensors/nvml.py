@@ -19,7 +19,9 @@ Which GPUs: ``CUDA_VISIBLE_DEVICES`` decides what CUDA index ``i`` means. NVML e
 order, which need not be CUDA's, so every visible device is resolved to its NVML handle through
 its UUID. Integers are taken as positions in NVML's (PCI) order, which is CUDA's order on nodes
 whose GPUs are all the same model (CUDA orders fastest first and breaks ties by PCI bus id) and
-always with ``CUDA_DEVICE_ORDER=PCI_BUS_ID``.
+always with ``CUDA_DEVICE_ORDER=PCI_BUS_ID``. On a node of mixed models without it, CUDA's order is
+taken from torch by UUID where this process has initialised CUDA through torch already, and
+otherwise the doubt is said once.
 
 MIG: energy and power are only reported for a whole physical GPU. A process given MIG instances
 (``CUDA_VISIBLE_DEVICES=MIG-...``) measures the parent GPU and is billed its share by a stated
@@ -33,6 +35,7 @@ one. Checked against the fake ``pynvml`` only; no MIG GPU was available to verif
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable
@@ -264,10 +267,14 @@ def _all_devices(nvml: Any) -> tuple[list[_Device], int]:
 
 
 def _resolve_mig(nvml: Any, entry: str, devices: Sequence[_Device]) -> tuple[_Device, str] | None:
-    """The parent GPU of a MIG instance named ``MIG-<uuid>`` or (old drivers) ``MIG-GPU-<uuid>/gi/ci``."""
+    """The parent GPU of a MIG instance named ``MIG-<uuid>`` or (old drivers) ``MIG-GPU-<uuid>/gi/ci``;
+    None where NVML lists no such instance (CUDA cannot use it either)."""
     if entry.startswith("MIG-GPU-"):
         parent_uuid = entry[len("MIG-") :].split("/", 1)[0]
-        return next(((d, entry) for d in devices if d.uuid == parent_uuid), None)
+        parent = next((d for d in devices if d.uuid == parent_uuid), None)
+        # The GPU exists, but its instance may not (a stale name, MIG mode off): its share could
+        # not be read, and the whole GPU was billed to an instance CUDA never ran on.
+        return (parent, entry) if parent is not None and _mig_instance_listed(nvml, parent, entry) else None
     try:
         mig_handle = nvml.nvmlDeviceGetHandleByUUID(entry)
         parent_handle = nvml.nvmlDeviceGetDeviceHandleFromMigDeviceHandle(mig_handle)
@@ -294,6 +301,21 @@ def _mig_handle(nvml: Any, parent: _Device, entry: str) -> Any:
         if (nvml.nvmlDeviceGetGpuInstanceId(handle), nvml.nvmlDeviceGetComputeInstanceId(handle)) == (gi_id, ci_id):
             return handle
     raise nvml.NVMLError(getattr(nvml, "NVML_ERROR_NOT_FOUND", 6))
+
+
+def _mig_instance_listed(nvml: Any, parent: _Device, entry: str) -> bool:
+    """Whether NVML lists the MIG device ``entry`` names; True where it cannot tell (a binding
+    without the MIG calls, a GPU in an error state, another failure), which is billed as before."""
+    if parent.handle is None:
+        return True
+    try:
+        _mig_handle(nvml, parent, entry)
+    except AttributeError:
+        return True
+    except nvml.NVMLError as error:
+        missing = tuple(getattr(nvml, name, ()) for name in ("NVMLError_NotFound", "NVMLError_InvalidArgument"))
+        return not isinstance(error, missing)
+    return True
 
 
 def _mig_enabled(nvml: Any, handle: Any) -> bool:
@@ -434,11 +456,12 @@ def _find_visible(
             resolved = _resolve_entry(nvml, entry, devices)
             if resolved is None:
                 # CUDA itself stops at the first invalid entry: what follows is invisible to it too.
+                what = "MIG instance that NVML lists" if entry.startswith("MIG-") else "GPU that NVML knows"
                 found.unavailable.append(
                     Unavailable(
                         f"gpu{position}",
                         Kind.GPU,
-                        f"CUDA_VISIBLE_DEVICES entry {entry!r} matches no GPU that NVML knows; "
+                        f"CUDA_VISIBLE_DEVICES entry {entry!r} matches no {what}; "
                         "CUDA ignores it and every entry after it",
                         "list indices, GPU-<uuid> or MIG-<uuid> values from `nvidia-smi -L`",
                     )
@@ -446,8 +469,14 @@ def _find_visible(
                 break
             visible.append(resolved)
 
+    if _order_in_doubt(nvml, entries, devices, environ):
+        # CUDA's own order, where this process's CUDA is up already; else said (once).
+        in_cuda_order = _cuda_order_from_torch(entries, devices, environ)
+        if in_cuda_order is not None:
+            visible = in_cuda_order
+        else:
+            _say_the_order_is_in_doubt(nvml, devices)
     wanted = range(len(visible)) if device_indices is None else device_indices
-    _check_the_order(nvml, entries, visible, environ)
     measured_uuids: set[str] = set()
     # The MIG instances this process uses, per physical GPU: one sensor bills all of them.
     mig_entries: dict[str, list[str]] = {}
@@ -492,6 +521,16 @@ def _find_visible(
             try:
                 share, rule = mig_share(nvml, device, mig_entries[device.uuid])
             except (nvml.NVMLError, AttributeError) as error:  # AttributeError: a binding without MIG calls
+                if isinstance(error, getattr(nvml, "NVMLError_NotFound", ())):
+                    # An instance NVML no longer lists: CUDA cannot run on it, and its GPU's whole
+                    # energy is other work's.
+                    sensor.close()  # balances its init
+                    found.unavailable.append(Unavailable(
+                        f"gpu{cuda_index}", Kind.GPU,
+                        f"MIG instance {mig_instance!r} is not listed by NVML ({error}): not billed, as billing its "
+                        f"GPU {device.uuid} whole would count other work's energy",
+                        "list MIG-<uuid> values from `nvidia-smi -L`"))
+                    continue
                 # No share known: bill the whole GPU (an over-count when it has other tenants), and say so.
                 share, rule = 1.0, f"MIG slice counts unreadable ({error}): the whole GPU is billed"
             sensor = Apportioned(sensor, share, rule)
@@ -510,28 +549,65 @@ def _find_visible(
 _ORDER_SAID: set[str] = set()  # the models warned of, once per process
 
 
-def _check_the_order(nvml: Any, entries: list[str] | None, visible: Sequence[tuple["_Device", str]],
-                     environ: Mapping[str, str]) -> None:
+def _order_in_doubt(nvml: Any, entries: list[str] | None, devices: Sequence["_Device"],
+                    environ: Mapping[str, str]) -> bool:
     """Integer positions are NVML's (PCI) order, which is CUDA's only for GPUs of one model or with
     CUDA_DEVICE_ORDER=PCI_BUS_ID: CUDA's default numbers the fastest first, so on a workstation with
-    two models cuda:0 may be NVML's second GPU, and the other one would be measured. Said once."""
+    two models cuda:0 may be NVML's second GPU, and the other one would be measured. The models
+    that count are the node's, not the visible GPUs': CUDA_VISIBLE_DEVICES=0 on a node of two
+    models names CUDA's fastest GPU, which may be NVML's GPU 1 (from the one visible GPU's model
+    alone, that went unsaid)."""
     if environ.get("CUDA_DEVICE_ORDER", "").upper() == "PCI_BUS_ID":
-        return
+        return False
     if entries is not None and not any(entry.strip().isdigit() for entry in entries):
-        return  # UUIDs name each GPU: no order involved
+        return False  # UUIDs name each GPU: no order involved
+    return len(_models(nvml, devices)) > 1
+
+
+def _models(nvml: Any, devices: Sequence["_Device"]) -> list[str]:
     try:
-        models = sorted({_text(nvml.nvmlDeviceGetName(d.handle)) for d, _ in visible if d.handle is not None})
+        return sorted({_text(nvml.nvmlDeviceGetName(d.handle)) for d in devices if d.handle is not None})
     except nvml.NVMLError:
-        return
-    key = ", ".join(models)
-    if len(models) < 2 or key in _ORDER_SAID:
+        return []
+
+
+def _cuda_order_from_torch(entries: list[str] | None, devices: Sequence["_Device"],
+                           environ: Mapping[str, str]) -> list[tuple["_Device", str]] | None:
+    """The visible GPUs in CUDA's order, by UUID, from torch where this process has imported it and
+    initialised CUDA already (never imported or initialised here: that costs seconds and fixes the
+    process's CUDA state before the user's code chose it). None where it cannot tell: no torch or
+    no CUDA yet, an ``environ`` other than the one CUDA read, MIG instances, a UUID NVML lacks."""
+    torch = sys.modules.get("torch")
+    if torch is None or environ.get("CUDA_VISIBLE_DEVICES") != os.environ.get("CUDA_VISIBLE_DEVICES"):
+        return None
+    if entries is not None and any(entry.startswith("MIG-") for entry in entries):
+        return None
+    try:
+        cuda = torch.cuda
+        if not cuda.is_initialized():
+            return None
+        uuids = [str(cuda.get_device_properties(i).uuid) for i in range(cuda.device_count())]
+    except Exception:  # noqa: BLE001 - a torch without these calls, or CUDA failing: said instead
+        return None
+    by_uuid = {d.uuid: d for d in devices if d.uuid}
+    # torch writes the UUID bare; NVML and CUDA_VISIBLE_DEVICES with GPU- in front.
+    uuids = [uuid if uuid.startswith("GPU-") else f"GPU-{uuid}" for uuid in uuids]
+    if not uuids or any(uuid not in by_uuid for uuid in uuids):
+        return None
+    return [(by_uuid[uuid], "") for uuid in uuids]
+
+
+def _say_the_order_is_in_doubt(nvml: Any, devices: Sequence["_Device"]) -> None:
+    key = ", ".join(_models(nvml, devices))
+    if key in _ORDER_SAID:
         return
     _ORDER_SAID.add(key)
     from greencallbacks.meter import warn  # on first use: sensor modules load nothing beyond sensors.base
 
     warn(f"greencallbacks: GPUs of different models ({key}) and CUDA_DEVICE_ORDER is not PCI_BUS_ID: CUDA numbers the "
-         "fastest first, NVML by PCI bus, so the GPU measured as gpuN may not be the one CUDA calls N. Set "
-         "CUDA_DEVICE_ORDER=PCI_BUS_ID (before CUDA starts), or CUDA_VISIBLE_DEVICES to GPU-<uuid> values.")
+         "fastest first, NVML by PCI bus, so the GPU measured as gpuN may not be the one CUDA calls N (a "
+         "CUDA_VISIBLE_DEVICES index too). Set CUDA_DEVICE_ORDER=PCI_BUS_ID (before CUDA starts), or "
+         "CUDA_VISIBLE_DEVICES to GPU-<uuid> values.")
 
 
 def _device_error_fix(nvml: Any, error: BaseException) -> str:
