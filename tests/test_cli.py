@@ -496,11 +496,8 @@ def test_lifecycle_refuses_search_records_without_a_record(tmp_path, capsys):
     ["report", "PATH"], ["lifecycle", "PATH", "--inferences", "10"],
     ["lifecycle", "GOOD", "--inferences", "10", "--search", "PATH"], ["whatif", "PATH", "--intensity", "SERIES"],
 ], ids=["report", "lifecycle", "lifecycle --search", "whatif"])
-@pytest.mark.parametrize("special, kind", [("fifo", "a named pipe"), ("/dev/null", "a character device")])
+@pytest.mark.parametrize("special, kind", [("/dev/null", "a character device")])
 def test_a_records_path_that_is_no_file_or_directory_is_said_as_what_it_is(tmp_path, capsys, command, special, kind):
-    if special == "fifo":
-        special = tmp_path / "energy-records.jsonl"
-        os.mkfifo(special)  # never opened: reading one would wait for a writer
     good = write(tmp_path / "good" / "energy-records.jsonl", one_run())
     fill = {"PATH": str(special), "GOOD": str(good), "SERIES": str(_series_covering_one_run(tmp_path))}
     code, err = _exit_code_and_err([fill.get(a, a) for a in command], capsys)
@@ -550,13 +547,11 @@ def test_a_closed_pipe_ends_the_command_quietly(tmp_path):
         assert (code, err) == (141, ""), args  # as a shell reports cat or grep stopped by SIGPIPE
 
 
-def test_the_library_names_a_named_pipe_as_one_too(tmp_path):
+def test_the_library_names_a_named_pipe_in_a_directory_as_one(tmp_path):
     from greencallbacks.runs import load
 
     fifo = tmp_path / "energy-records.jsonl"
     os.mkfifo(fifo)
-    with pytest.raises(ValueError, match=r"not a regular file or directory \(a named pipe\)"):
-        load(fifo)
     with pytest.raises(FileNotFoundError, match="no such file or directory"):
         load(tmp_path / "missing")
     # Found in a directory walked: it hung the report, waiting for a writer.
@@ -824,8 +819,8 @@ def test_a_special_file_given_as_a_series_is_refused_in_one_line(tmp_path, capsy
     """whatif read /dev/zero whole until the kernel killed it (21.6 GB); a device is said as one."""
     path = write(tmp_path / "energy-records.jsonl", one_run())
     code, err = _exit_code_and_err(["whatif", str(path), "--intensity", "/dev/null"], capsys)
-    assert (code, err) == (2, "greencallbacks whatif: error: series file '/dev/null': not a regular file "
-                              "(a character device)\n")
+    assert (code, err) == (2, "greencallbacks whatif: error: series file '/dev/null': not a regular file or "
+                              "pipe (a character device)\n")
 
 
 def test_a_log_root_follows_symlinked_run_directories_once(tmp_path, capsys):
@@ -947,3 +942,178 @@ def test_a_closed_standard_output_is_an_error_not_silence(monkeypatch, capsys):
     done = subprocess.run(["sh", "-c", 'exec "$0" -m greencallbacks zones >&-', sys.executable],
                           stderr=subprocess.PIPE, text=True, timeout=120)
     assert (done.returncode, done.stderr) == (2, err)
+
+
+# ------------------------------------------------- closed stderr, ASCII stdout, pipes named directly
+
+
+def _runs_given_twice(tmp_path):
+    """Three runs, and a copy of their directory: notes (3 runs found) and a warning (records found
+    twice) that belong on stderr."""
+    import shutil
+
+    write(tmp_path / "runs" / "energy-records.jsonl", three_runs())
+    shutil.copytree(tmp_path / "runs", tmp_path / "copy")
+    return [str(tmp_path / "runs"), str(tmp_path / "copy")]
+
+
+@pytest.mark.parametrize("form", ["json", "csv"])
+def test_notes_are_dropped_not_written_to_stdout_when_stderr_is_closed(tmp_path, monkeypatch, capsys, form):
+    """With stderr closed (`2>&-`) Python makes sys.stderr None, and print(file=None) writes to
+    stdout: the runs listing and the warnings went into the JSON or CSV on stdout."""
+    import csv
+    import subprocess
+    import sys
+
+    paths = _runs_given_twice(tmp_path)
+    monkeypatch.setattr(sys, "stderr", None)
+    assert main(["report", *paths, "--format", form]) == 0
+    assert sys.stderr is None  # as it was
+    out = capsys.readouterr().out
+    if form == "json":
+        assert len(json.loads(out)["configurations"][0]["runs"]) == 3
+    else:
+        rows = list(csv.reader(out.splitlines()))
+        assert rows[0][:2] == ["configuration", "run_id"] and len(rows) == 1 + 6 and {len(r) for r in rows} == {len(rows[0])}
+    done = subprocess.run(["sh", "-c", 'exec "$0" -m greencallbacks report "$@" 2>&-', sys.executable, *paths,
+                           "--format", form], stdout=subprocess.PIPE, timeout=120)
+    assert (done.returncode, done.stdout) == (0, out.encode())
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["report", "RUNS"], "| 0 | 2.00 +/- 0 | 12.5 +/- 1.4 |"),
+    (["whatif", "RUNS", "--intensity", "SERIES"], "priced with grid-Zurich.csv (CSV)"),  # the name as the user wrote it, less its accent
+], ids=["report", "whatif"])
+def test_an_ascii_stdout_gets_plain_text_not_an_encoding_error(tmp_path, argv, says):
+    """PYTHONIOENCODING=ascii (or a locale whose encoding is ASCII): "±" could not be written, and
+    the command failed once its work was done."""
+    import subprocess
+    import sys
+
+    write(tmp_path / "energy-records.jsonl", three_runs())
+    series = tmp_path / "grid-Zürich.csv"
+    series.write_text("timestamp,g_per_kwh\n2026-11-23T00:00:00Z,100\n2026-11-24T00:00:00Z,100\n")
+    argv = [{"RUNS": str(tmp_path), "SERIES": str(series)}.get(a, a) for a in argv]
+    done = subprocess.run([sys.executable, "-m", "greencallbacks", *argv], capture_output=True, timeout=120,
+                          env={**os.environ, "PYTHONIOENCODING": "ascii"})
+    assert done.returncode == 0, done.stderr
+    assert says.encode() in done.stdout and done.stdout.isascii() and b"\\x" not in done.stdout
+    assert b"Traceback" not in done.stderr and done.stderr.isascii()
+
+
+def test_plain_text_is_only_for_streams_that_need_it():
+    """A stream that encodes "±" keeps it; one that cannot writes it plain, and gets its own error
+    handling back after."""
+    import io
+
+    from greencallbacks.textformat import plain_where_needed
+
+    for encoding, written in (("utf-8", "5.07 ± 0.50 µJ → Zürich"), ("latin-1", "5.07 ± 0.50 µJ -> Zürich"),
+                              ("ascii", "5.07 +/- 0.50 uJ -> Zurich")):
+        stream = io.TextIOWrapper(io.BytesIO(), encoding=encoding)
+        with plain_where_needed(stream):
+            stream.write("5.07 ± 0.50 µJ → Zürich")
+            stream.flush()
+        assert stream.buffer.getvalue().decode(encoding) == written and stream.errors == "strict"
+
+
+def _series_lines():
+    return "timestamp,g_per_kwh\n2026-11-23T00:00:00Z,100\n2026-11-24T00:00:00Z,100\n"
+
+
+def test_whatif_reads_a_series_given_as_a_pipe(tmp_path):
+    """`whatif --intensity <(cat series.csv)`: bash passes /dev/fd/N, a pipe, which was read until
+    named pipes were refused (a pipe found by walking a directory hung `report`)."""
+    import subprocess
+    import sys
+
+    path = write(tmp_path / "energy-records.jsonl", one_run())
+    read_end, write_end = os.pipe()
+    os.write(write_end, _series_lines().encode())
+    os.close(write_end)  # what `cat` does once it has written the file
+    try:
+        done = subprocess.run([sys.executable, "-m", "greencallbacks", "whatif", str(path), "--intensity",
+                               f"/dev/fd/{read_end}", "--json"], pass_fds=(read_end,), capture_output=True,
+                              text=True, timeout=120)
+    finally:
+        os.close(read_end)
+    assert done.returncode == 0, done.stderr
+    # 32.5 Wh at the series' 100 gCO2eq/kWh
+    assert json.loads(done.stdout)["as_recorded"]["co2eq_g"] == pytest.approx(3.25)
+
+
+@pytest.mark.slow  # a build: seconds
+def test_the_sdist_carries_the_license_and_what_the_tests_import(tmp_path):
+    """The sdist had no LICENSE, declared its license in the table form setuptools deprecates, and
+    held the test files without their helpers (tests/fakes, lightning_models.py ...): its tests
+    could not run."""
+    import shutil
+    import subprocess
+    import sys
+    import tarfile
+    from importlib.metadata import version
+
+    if int(version("setuptools").split(".")[0]) < 77:
+        pytest.skip("setuptools < 77 cannot build a PEP 639 license (pyproject's [build-system] asks for 77)")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    source = tmp_path / "source"  # built from a copy: the build writes an egg-info beside the sources
+    shutil.copytree(repo, source, ignore=shutil.ignore_patterns(".git", ".venv", "__pycache__", "*.egg-info", "build",
+                                                                "dist", "greencallbacks-out", "lightning_logs"))
+    built = subprocess.run([sys.executable, "-c",
+                            "import sys; from setuptools import build_meta; print(build_meta.build_sdist(sys.argv[1]))",
+                            str(tmp_path)], cwd=source, capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr
+    assert "SetuptoolsDeprecationWarning" not in built.stderr, built.stderr  # `project.license` as a TOML table
+    with tarfile.open(tmp_path / built.stdout.split()[-1]) as sdist:
+        names = {name.split("/", 1)[1] for name in sdist.getnames() if "/" in name}
+        metadata = sdist.extractfile(f"{sdist.getnames()[0].split('/')[0]}/PKG-INFO").read().decode()
+    assert {"LICENSE", "tests/fakes/__init__.py", "tests/fakes/fake_pynvml.py", "tests/lightning_models.py",
+            "tests/test_cli.py", "docs/example-records.jsonl", "scripts/test_versions.py"} <= names
+    assert "License-Expression: Apache-2.0" in metadata and "License-File: LICENSE" in metadata
+    assert not any(name.endswith(".pyc") for name in names)
+
+
+@pytest.mark.parametrize("command", [
+    ["report", "PIPE", "--format", "json"], ["lifecycle", "PIPE", "--inferences", "10", "--json"],
+    ["whatif", "PIPE", "--intensity", "SERIES", "--json"],
+], ids=["report", "lifecycle", "whatif"])
+def test_records_given_as_a_pipe_are_read(tmp_path, command):
+    """`report <(cat energy-records.jsonl)`: a pipe named on the command line is read, as a series
+    given as one is; one found by walking a directory is still refused."""
+    import subprocess
+    import sys
+
+    text = write(tmp_path / "energy-records.jsonl", one_run()).read_bytes()
+    read_end, write_end = os.pipe()
+    os.write(write_end, text)  # a small file: within the pipe's buffer
+    os.close(write_end)
+    series = _series_covering_one_run(tmp_path)
+    argv = [{"PIPE": f"/dev/fd/{read_end}", "SERIES": str(series)}.get(a, a) for a in command]
+    try:
+        done = subprocess.run([sys.executable, "-m", "greencallbacks", *argv], pass_fds=(read_end,),
+                              capture_output=True, text=True, timeout=120)
+    finally:
+        os.close(read_end)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert (result["configurations"][0]["runs"] if command[0] == "report" else [result["run_id"]]) == ["run-a"]
+
+
+def test_a_run_id_missing_from_a_named_pipe_is_one_line_not_a_wait(tmp_path, capsys):
+    """--run-id naming no run of a named pipe's records: its ids are not read again (the pipe
+    would wait for a writer that has gone)."""
+    import threading
+
+    fifo = tmp_path / "records.jsonl"
+    os.mkfifo(fifo)
+    text = write(tmp_path / "source" / "energy-records.jsonl", one_run()).read_text()
+
+    def feed():
+        with open(fifo, "w") as pipe:  # blocks until the command opens it
+            pipe.write(text)
+
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    code, err = exits(["report", str(fifo), "--run-id", "run-z"], capsys)
+    writer.join()
+    assert (code, err) == (2, f"greencallbacks report: error: no records in {fifo}\n")

@@ -160,29 +160,69 @@ def _feed_when_opened(fifo: Path, text: str):
 
 
 @pytest.mark.parametrize("how", ["file", "Carbon", "GREENCALLBACKS_SERIES"])
-def test_a_named_pipe_is_refused_not_read(tmp_path, monkeypatch, how):
-    """A named pipe blocked its reader until a writer came (forever, with none), and /dev/zero was
-    read until the memory ran out (21.6 GB): what is no regular file is refused, unopened for reading."""
+def test_a_named_pipe_named_as_the_series_is_read(tmp_path, monkeypatch, how):
+    """A pipe the user names is read, as cat reads it (`--intensity <(cat series.csv)`, /dev/stdin):
+    it had been refused with the pipes that walking a directory finds."""
     import os
 
     fifo = tmp_path / "series.csv"
     os.mkfifo(fifo)
-    done = _feed_when_opened(fifo, "timestamp,g_per_kwh\n0,100\n3600,300\n")  # the old reader read it whole
+    done = _feed_when_opened(fifo, "timestamp,g_per_kwh\n0,100\n3600,300\n7200,200\n")
     try:
-        with pytest.raises(ValueError, match=r"series file '.*series.csv': not a regular file \(a named pipe\)"):
-            if how == "file":
-                IntensitySeries.from_file(fifo)
-            elif how == "Carbon":
-                Carbon(series=str(fifo))
-            else:
-                monkeypatch.setenv("GREENCALLBACKS_SERIES", str(fifo))
-                Carbon.from_env()
+        if how == "file":
+            series = IntensitySeries.from_file(fifo)
+        elif how == "Carbon":
+            series = Carbon(series=str(fifo))
+        else:
+            monkeypatch.setenv("GREENCALLBACKS_SERIES", str(fifo))
+            series = Carbon.from_env()
     finally:
         done()
+    mean = series.mean_between if how == "file" else series.intensity_between
+    assert mean(1800, 5400).g_per_kwh == pytest.approx(200.0)  # 1800 s at 100 and 1800 s at 300 gCO2eq/kWh
+
+
+def test_a_named_pipe_is_read_when_its_writer_comes_after_the_reader(tmp_path):
+    """A writer started after the command (`mkfifo p; greencallbacks whatif ... --intensity p & cat s.csv > p`)
+    is waited for, not taken for an empty file; a writer that writes nothing is an empty file."""
+    import errno
+    import os
+    import threading
+    import time
+
+    fifo = tmp_path / "series.csv"
+    os.mkfifo(fifo)
+
+    def feed(text, stop):
+        while not stop.is_set():  # opens once the reader has: a writer's open without one fails (ENXIO)
+            try:
+                writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError as error:
+                if error.errno != errno.ENXIO:
+                    raise
+                time.sleep(0.001)
+                continue
+            os.write(writer, text.encode())
+            os.close(writer)
+            return
+
+    for text in ("timestamp,g_per_kwh\n0,100\n3600,300\n", ""):
+        stop = threading.Event()
+        writer = threading.Thread(target=feed, args=(text, stop), daemon=True)
+        writer.start()
+        try:
+            if text:
+                assert IntensitySeries.from_file(fifo).values_g_per_kwh == (100.0, 300.0)
+            else:
+                with pytest.raises(ValueError, match="series.csv'?, line 1: no header and no data"):
+                    IntensitySeries.from_file(fifo)
+        finally:
+            stop.set()
+            writer.join()
 
 
 def test_a_device_is_refused_as_what_it_is():
-    with pytest.raises(ValueError, match=r"series file '/dev/null': not a regular file \(a character device\)"):
+    with pytest.raises(ValueError, match=r"series file '/dev/null': not a regular file or pipe \(a character device\)"):
         IntensitySeries.from_file("/dev/null")
 
 

@@ -127,9 +127,11 @@ def load_records(paths: Sequence[str | os.PathLike], run_id: str | None = None):
     from greencallbacks.records import run_ids_in_file
     from greencallbacks.runs import load
 
-    loaded = load(paths, run_id=run_id)  # a named pipe or device is refused as what it is
+    loaded = load(paths, run_id=run_id)  # a device, or a named pipe in a directory, is refused as what it is
     if run_id is not None and not loaded.records:
-        ids = {file: run_ids_in_file(file) for file in loaded.files}  # read for the ids alone, torn lines too
+        # Read again for the ids alone, torn lines too; a pipe cannot be read twice (a named one
+        # would wait for a writer that has gone).
+        ids = {file: run_ids_in_file(file) if file.is_file() else set() for file in loaded.files}
         torn = [str(file) for file, runs in ids.items() if run_id in runs]
         if torn:  # its lines are there, and every one was skipped: a line cut short has no record
             raise ValueError(f"--run-id {run_id!r}: none of its records could be read (its lines in "
@@ -513,14 +515,32 @@ class _ClosedStdout:
         pass
 
 
+class _NoStderr:
+    """Standard error when it was closed (`2>&-`): Python then makes ``sys.stderr`` None, and
+    print(file=None) writes to stdout, so the notes went into a report's JSON or CSV. They are
+    dropped instead: stdout carries the output alone."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    from greencallbacks.textformat import plain_where_needed
+
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv and not argv[0].startswith("-") else ""
-    closed = sys.stdout is None
+    closed, no_stderr = sys.stdout is None, sys.stderr is None
     if closed:
         sys.stdout = _ClosedStdout()
+    if no_stderr:
+        sys.stderr = _NoStderr()
     try:
-        with warnings.catch_warnings():
+        # An ASCII stdout (PYTHONIOENCODING=ascii) writes "±" as "+/-": not an encoding error
+        # once the work is done.
+        with warnings.catch_warnings(), plain_where_needed(sys.stdout), plain_where_needed(sys.stderr):
             # A warning (a torn last line, records given twice) as one line, like the errors.
             warnings.showwarning = _one_line_warning(command)
             return _main(argv)
@@ -536,6 +556,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if closed:
             sys.stdout = None
+        if no_stderr:
+            sys.stderr = None
 
 
 def _main(argv: list[str]) -> int:

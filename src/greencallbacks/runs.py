@@ -28,9 +28,11 @@ SUMMED_FIELDS = ("duration_s", "it_energy_kwh", "energy_kwh", "co2eq_g", "intens
 
 
 def find_record_files(path: str | os.PathLike) -> list[Path]:
-    """The records files ``path`` names: itself (with its rank files) if a file, else every one below the directory."""
+    """The records files ``path`` names: itself (with its rank files) if a file, else every one below
+    the directory. A pipe named here (`report <(cat energy-records.jsonl)`) is read as cat reads it;
+    one found by walking a directory is refused (``_walk``): nobody asked to wait for its writer."""
     path = Path(path)
-    if path.is_file():
+    if path.is_file() or path.is_fifo():
         # What ranks > 0 wrote when a distributed run failed is part of the same runs' energy.
         ranks = sorted(path.parent.glob(RANK_FILES)) if path.name == RECORDS_FILE else []
         return [path, *ranks]

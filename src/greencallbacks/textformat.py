@@ -6,13 +6,18 @@
   the error, the mean to the same decimal place), so "5.07 ± 0.50", never "5.070e-06 ± 5.023e-07".
 - ``csv_number``: 12 significant digits, enough to round-trip what a sensor can tell and short
   enough to read (``56.039``, not ``56.038999999999994``).
+- ``plain_where_needed``: a stream that cannot encode "±" (``PYTHONIOENCODING=ascii``, a Latin-1
+  terminal) writes "+/-" instead, not a UnicodeEncodeError after the work is done.
 """
 
 from __future__ import annotations
 
+import codecs
 import math
 import re
-from typing import Iterable, Sequence
+import unicodedata
+from contextlib import contextmanager
+from typing import Iterable, Iterator, Sequence
 
 # (unit, factor from the base unit), largest unit first.
 ENERGY_UNITS = (("kWh", 1.0), ("Wh", 1e3), ("mWh", 1e6))  # base: kWh
@@ -130,3 +135,57 @@ def pue_text(pue: float, source: str) -> str:
     # Sources may begin with the value itself ("1.0: IT energy only ..."): say it once.
     source = re.sub(r"^\s*\d+(\.\d+)?\s*:\s*", "", source or "")
     return f"{pue:g}" + (f", {source}" if source else "")
+
+
+# The non-ASCII characters the output uses, as a stream that cannot encode them writes them; any
+# other character loses its accents (Zürich: Zurich), and what has no ASCII form is escaped (\u2603).
+PLAIN = {"±": "+/-", "µ": "u", "μ": "u", "→": "->", "×": "x", "–": "-", "—": "-", "®": "(R)", "\u200b": ""}
+PLAIN_ERRORS = "greencallbacks.plain"
+
+
+def _plain(error: UnicodeError) -> tuple[str, int]:
+    if not isinstance(error, UnicodeEncodeError):
+        raise error
+    out = []
+    for char in error.object[error.start:error.end]:
+        plain = PLAIN.get(char)
+        if plain is None:
+            plain = unicodedata.normalize("NFKD", char).encode("ascii", "ignore").decode("ascii")
+            plain = plain or char.encode("ascii", "backslashreplace").decode("ascii")
+        out.append(plain)
+    return "".join(out), error.end
+
+
+codecs.register_error(PLAIN_ERRORS, _plain)
+
+
+@contextmanager
+def plain_where_needed(stream: object) -> Iterator[None]:
+    """Within it, what ``stream``'s encoding cannot write is written plain ("±" as "+/-"); its
+    error handling is put back after. A stream that encodes it all, or is no text file, is left as is."""
+    encoding, errors = getattr(stream, "encoding", None), getattr(stream, "errors", None)
+    reconfigure = getattr(stream, "reconfigure", None)
+    try:
+        needed = bool(encoding) and callable(reconfigure) and errors != PLAIN_ERRORS and not _encodes(encoding, PLAIN)
+        if needed:
+            reconfigure(errors=PLAIN_ERRORS)
+    except (OSError, ValueError):  # a closed stream, or one that cannot be changed: left as is
+        needed = False
+    try:
+        yield
+    finally:
+        if needed:
+            try:
+                reconfigure(errors=errors)
+            except (OSError, ValueError):
+                pass
+
+
+def _encodes(encoding: str, chars: Iterable[str]) -> bool:
+    try:
+        "".join(chars).encode(encoding)
+    except UnicodeEncodeError:
+        return False
+    except LookupError:  # an encoding Python does not know: nothing to do about it here
+        return True
+    return True

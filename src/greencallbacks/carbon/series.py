@@ -32,6 +32,7 @@ import io
 import json
 import math
 import os
+import select
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -68,14 +69,22 @@ MAX_SERIES_BYTES = 1 << 30
 
 
 def _read_series_text(given: str, file_path: Path) -> str:
-    """The text of the series file; one that is not a regular file (a named pipe would block its
-    reader forever, /dev/zero never ends) or is past ``MAX_SERIES_BYTES`` is refused."""
+    """The text of the series file, or of a pipe named as one (``--intensity <(cat series.csv)``,
+    /dev/stdin): the user named it, so it is read as cat reads it, waiting for its writer. A device
+    (/dev/zero never ends), a socket, or what is past ``MAX_SERIES_BYTES`` is refused."""
     from greencallbacks.runs import refuse_special_file  # its one owner; lazily: it loads the records reader
 
     try:
         with open(file_path, "rb", opener=_open_without_blocking) as file:
-            if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
-                refuse_special_file(file_path, "a regular file", f"series file {given!r}")
+            mode = os.fstat(file.fileno()).st_mode
+            if stat.S_ISFIFO(mode):
+                # A pipe the user named (`--intensity <(cat series.csv)`, /dev/stdin) is read to its
+                # writer's end, as cat reads it. Until it has data, or a writer came and went, a read
+                # would find no writer yet (one started after this command) and end at once: wait.
+                _wait_until_readable(file.fileno())
+                os.set_blocking(file.fileno(), True)
+            elif not stat.S_ISREG(mode):
+                refuse_special_file(file_path, "a regular file or pipe", f"series file {given!r}")
             data = file.read(MAX_SERIES_BYTES + 1)  # a file that lies about its size is cut here too
         if len(data) > MAX_SERIES_BYTES:
             raise ValueError(f"series file {given!r} is larger than {MAX_SERIES_BYTES:,} bytes: no intensity "
@@ -85,9 +94,17 @@ def _read_series_text(given: str, file_path: Path) -> str:
         raise ValueError(f"series file {given!r} cannot be read: {error}") from None
 
 
+def _wait_until_readable(fd: int) -> None:
+    poll = getattr(select, "poll", None)
+    if poll is not None:  # (select.select is limited to descriptors below 1024)
+        waiting = poll()
+        waiting.register(fd, select.POLLIN)
+        waiting.poll()
+
+
 def _open_without_blocking(path: str, flags: int) -> int:
-    # Opening a named pipe blocks until a writer comes; O_NONBLOCK opens it at once (to be refused
-    # above) and changes nothing for a regular file.
+    # Opening a named pipe blocks until a writer comes; O_NONBLOCK opens it at once (to be told
+    # from a device above before anything waits) and changes nothing for a regular file.
     return os.open(path, flags | getattr(os, "O_NONBLOCK", 0))
 
 
