@@ -24,13 +24,16 @@ import os
 import re
 import weakref
 from copy import deepcopy
+from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from greencallbacks.budget import Budget
 from greencallbacks.carbon_aware import CarbonAwarePause
 from greencallbacks.distributed import torch_reducer_or_local
 from greencallbacks.guard import hook_failed, never_raises
+from greencallbacks.ledger import run_ids_in
 from greencallbacks.meter import warn
+from greencallbacks.records import RECORDS_FILE
 from greencallbacks.session import EnergySession, keyword_names, reject_unknown_arguments
 from greencallbacks.samples import BatchCounter
 from greencallbacks.sensors.base import Sensor
@@ -145,6 +148,7 @@ class EnergyCallbackBase:
         # even after another Trainer's fit (one callback given to two Trainers).
         self._runs_by_trainer: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._trainer_in_use: weakref.ref | None = None  # the Trainer of the latest setup (see state_dict)
+        self._log_dir: str | None = None  # the Trainer's log_dir at the latest setup, with the default output_dir
         self.progress_bar = progress_bar
         self.sample_counter = self._counter.sample_counter
         self.prefix = prefix
@@ -198,6 +202,8 @@ class EnergyCallbackBase:
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # Called after `setup` on resume: the run continues with the checkpoint's run_id and totals.
         try:
+            if _before_records_path(state_dict):
+                state_dict = self._with_records_found(state_dict)
             self.session.load_state_dict(state_dict)
         except Exception as error:  # noqa: BLE001
             hook_failed(self, "load_state_dict", error)
@@ -222,10 +228,59 @@ class EnergyCallbackBase:
                 warn(f"greencallbacks: the checkpoint's energy state was saved by {orphans[0]}, with other settings "
                      f"than this callback's ({self.state_key}); this {call} continues its run, and the records from "
                      "here on carry the new settings.")
-            self.load_state_dict(deepcopy(states[orphans[0]]))
+            state = deepcopy(states[orphans[0]])
+            if _before_records_path(state):  # written where that callback's output_dir said, if it had one
+                state = self._with_records_found(state, keyed[orphans[0]].get("output_dir"))
+            self.load_state_dict(state)
         elif orphans:
             warn(f"greencallbacks: the checkpoint holds {len(orphans)} energy states with other settings than this "
                  f"callback's ({', '.join(orphans)}), and no way to tell which to continue: this fit is a new run.")
+
+    def _with_records_found(self, state: dict[str, Any], given_dir: Any = None) -> dict[str, Any]:
+        """``state`` with the ``records_path`` that greencallbacks before 2026-12-01 (14b47e6) did
+        not save, looked for where that version wrote the run's records with the default output
+        directory: the log directory of the attempt that saved the checkpoint (a ``version_N``
+        beside this attempt's, or the one the checkpoint file is in) or ``default_root_dir``.
+        Without it the run went on from the checkpoint's totals, leaving out what the attempt
+        measured after the checkpoint (a crashed epoch's partial record, 2.8e-8 of 4.8e-7 kWh in a
+        probe), and wrote its records apart from the earlier ones. None where they are not found,
+        said once."""
+        run_id = state.get("run_id")
+        if not isinstance(run_id, str) or not run_id:
+            return state  # the tracker says the state is unreadable
+        trainer = self._trainer_in_use() if self._trainer_in_use else None
+        # Most telling first: beside the checkpoint file (``<log_dir>/checkpoints/``), then where
+        # this attempt writes, or the old callback's own output_dir, then the other log versions.
+        groups: list[list[Path]] = [[], [], []]
+        try:
+            ckpt = Path(os.fspath(getattr(trainer, "ckpt_path", None) or ""))
+            if ckpt.name and ckpt.is_file():
+                groups[0] += [ckpt.parent, ckpt.parent.parent]
+        except (TypeError, ValueError, OSError):  # a remote path (s3://...): nothing beside it here
+            pass
+        groups[1] += [Path(d) for d in (self.tracker.output_dir, given_dir) if d]
+        if self._log_dir:
+            groups[2] += _other_versions(self._log_dir)
+        if trainer is not None and getattr(trainer, "default_root_dir", None):
+            groups[2].append(Path(trainer.default_root_dir))
+        searched: list[Path] = []
+        for group in groups:
+            searched += group
+            holding = [d for d in dict.fromkeys(group) if run_id in run_ids_in(d)]
+            if len(holding) > 1 and group is groups[2]:  # a run_id given again in another version: which?
+                missing = f"its records are in several directories ({', '.join(map(str, holding))}), with no way to tell which"
+                break
+            if holding:
+                return {**state, "records_path": str((holding[0] / RECORDS_FILE).resolve())}
+        else:
+            places = ", ".join(map(str, dict.fromkeys(searched))) or "no directory"
+            missing = f"none of its records were found (looked in {places})"
+        if self.tracker.reducer.rank == 0:
+            warn(f"greencallbacks: the checkpoint's energy state for run {run_id} was saved by an older greencallbacks, "
+                 f"which did not save where the run's records are, and {missing}. The run's totals go on "
+                 "from the checkpoint's, without what its earlier attempt measured after the checkpoint, and its "
+                 f"records from here on go to {self.tracker.output_dir}, apart from the earlier ones.")
+        return {**state, "records_path": None}
 
     @property
     def tracker(self):
@@ -243,9 +298,9 @@ class EnergyCallbackBase:
             self.session = self._runs_by_trainer.get(trainer, self.session)
         self._session_used = True
         self._trainer_in_use = weakref.ref(trainer)
-        output_dir = None
+        output_dir = self._log_dir = None
         if self.session.output_dir is None:
-            log_dir = trainer.log_dir  # a collective: all ranks
+            log_dir = self._log_dir = trainer.log_dir  # a collective: all ranks
             output_dir = log_dir or trainer.default_root_dir
             if self.prefix and self._beside_another(trainer):
                 name = re.sub(r"[^\w.-]+", "-", self.prefix).strip("-.") or "prefix"
@@ -647,6 +702,11 @@ def _settings_in_key(key: Any, class_name: str) -> dict | None:
     return given if isinstance(given, dict) else None
 
 
+def _before_records_path(state: Any) -> bool:
+    """A run's state saved before greencallbacks saved where its records are (2026-12-01)."""
+    return isinstance(state, dict) and "run_id" in state and "records_path" not in state
+
+
 def _without_output_dir(settings: dict) -> dict:
     return {k: v for k, v in settings.items() if k != "output_dir"}
 
@@ -665,8 +725,6 @@ def _tuning(trainer: Any) -> bool:
 
 def _other_versions(log_dir: str) -> list:
     """The other directories beside a logger's ``version_N`` (its earlier versions)."""
-    from pathlib import Path
-
     here = Path(log_dir)
     try:
         return [p for p in here.parent.iterdir() if p.is_dir() and p != here]
