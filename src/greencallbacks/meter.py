@@ -244,6 +244,17 @@ class Measurement:
         return sum(c.uncertainty_j**2 for c in self.components) ** 0.5
 
 
+@dataclass
+class _Held:
+    """A counter value read while its update phase is not known, and the span [lo, hi] in which
+    the update that set it lies (see _Channel._held_update_time)."""
+
+    value: float
+    lo: float
+    hi: float
+    first: float  # the middle of the first read that returned it: when a continuous counter took it
+
+
 class _Channel:
     """One sensor plus what replaces it if it fails; its reading never goes backwards."""
 
@@ -292,6 +303,14 @@ class _Channel:
         # only, or a boundary reading in place.
         self._phase: float | None = None
         self._last_read: tuple[float, float, float] | None = None  # (before, after, value)
+        # While the phase is not known: the update the latest read holds (see _held_update_time),
+        # that of the anchor, and that of the latest boundary carried from such an anchor, with
+        # what it was carried with (anchor time, slope, power samples); put right once the phase
+        # is found (see _settle).
+        self._held: _Held | None = None
+        self._anchor_held: _Held | None = None
+        self._unsettled: tuple[_Held, float, float | None, tuple, float] | None = None  # (+ the error applied)
+        self._settled_j = 0.0  # added to every value handed out (see _settle)
         self._search: dict | None = None  # a phase search under way (see _learn_phase)
         self._locked_at = 0.0
         self._search_again_at = -math.inf  # after a search that found no steady period
@@ -419,7 +438,7 @@ class _Channel:
         A quantised counter (NVML steps every 100 ms) holds the energy of its last update, not of
         the read's time. Once the update phase is known the anchor is put at that update, so no
         quantisation lag is carried into boundaries; until then (the first ~0.1-0.3 s of a run),
-        half a period before the read, the expected age of the update it holds.
+        in the middle of the span the update it holds can lie in (see _held_update_time).
         """
         before = self._clock()
         value, answered = self._read()
@@ -430,12 +449,17 @@ class _Channel:
             return value
         t = 0.5 * (before + after)  # the counter is sampled somewhere inside a read of milliseconds
         period = getattr(self.sensor, "update_period_s", 0.0) or 0.0
+        held, keep = None, False
         if period > 0:
             self._learn_phase(before, after, value, period)
+            held = self._held_update_time(before, after, value, period)
             if self._phase is None:
-                if not self._continuous:
-                    t -= period / 2
+                if self._continuous:
+                    held = None
+                else:
+                    t = 0.5 * (held.lo + held.hi)
             else:
+                held = None
                 k = math.floor((before - self._phase) / period)
                 k_after = math.floor((after - self._phase) / period)
                 if k == k_after:
@@ -443,21 +467,88 @@ class _Channel:
                 elif self._anchor is not None and before - self._anchor[0] < 2 * period:
                     # The read straddled an update: which one it holds is unknown. Keep carrying
                     # the previous anchor rather than risk one period's lag.
-                    self._last_read = (before, after, value)
-                    return value
+                    keep = True
                 else:
                     # Reads slower than the period straddle every time: the middle of the updates
                     # it may hold is at most half the span off, where an anchor never moved would age.
                     t = self._phase + 0.5 * (k + k_after) * period
         self._last_read = (before, after, value)
         with self._state_lock:
-            previous = self._anchor
-            slope = previous[2] if previous is not None else None
-            # A slope over less than one update period is mostly quantisation: keep the last one.
-            if previous is not None and t - previous[0] >= max(period, 1e-3):
-                slope = (value - previous[1]) / (t - previous[0])
-            self._anchor = (t, value, slope)
+            if not keep:
+                previous = self._anchor
+                slope = previous[2] if previous is not None else None
+                # A slope over less than one update period is mostly quantisation: keep the last one.
+                if previous is not None and t - previous[0] >= max(period, 1e-3):
+                    slope = (value - previous[1]) / (t - previous[0])
+                self._anchor, self._anchor_held = (t, value, slope), held
+            if period > 0:
+                self._settle(period)
         return value
+
+    def _held_update_time(self, before: float, after: float, value: float, period: float) -> _Held:
+        """Where the update this read holds can lie, the phase not known: before the read took
+        its value, less than a period before it, and after the last read that held an older value;
+        reads that hold the same value again narrow it (each one's period before it), and so does
+        the step to the next value (one period after it). The anchor is put in its middle. (Half a
+        period before each read, as it was, put an update that reads kept seeing at most half a
+        period back: on average it is older, and a boundary carried from it lacked that power.)"""
+        last, held = self._last_read, self._held
+        lo, hi = before - period, after
+        if last is not None and last[2] == value:
+            if held is not None and held.value == value and max(lo, held.lo) <= min(hi, held.hi):
+                held.lo, held.hi = max(lo, held.lo), min(hi, held.hi)  # (the anchor's and a boundary's too)
+                return held
+        elif last is not None:
+            lo = max(lo, last[0])  # it stepped after the last read began
+            if held is not None and held.value == last[2]:
+                step_lo, step_hi = max(held.lo, last[0] - period), min(held.hi, after - period)
+                if step_lo <= step_hi:
+                    held.lo, held.hi = step_lo, step_hi
+        if lo > hi:  # reads that contradict a steady period: as if nothing else were known
+            lo, hi = before - period, after
+        self._held = _Held(value, lo, hi, 0.5 * (before + after))
+        return self._held
+
+    def _settle(self, period: float) -> None:
+        """The latest boundary was carried from an anchor put where its update could lie, the
+        phase not known yet (a run's first boundary, and epoch 0's when it begins at once: HF,
+        Keras). Once the phase is known (or that the counter moves continuously), so is when that
+        update was, and that boundary was off by the power over the difference, up to half a
+        period of it: 34 J at 680 W. Every later value takes the same error (``_settled_j``), so
+        that the window after that boundary is right, as is every one after it; the anchor, if
+        still the current one, is moved to its update. A provisional phase (from one step, up to
+        ~10 ms off) is refined by the search's next steps: so is the error, until the search ends
+        or the next boundary is handed out, after which moving it would move that window's.
+        (Under ``_state_lock``.)"""
+        if self._unsettled is None:
+            return
+        held, t_a, slope, power, applied_j = self._unsettled
+        if self._continuous:
+            when = held.first
+        elif self._phase is not None:
+            margin = 0.05 * period  # a provisional phase is a few milliseconds off
+            k = math.floor((held.lo - margin - self._phase) / period)
+            updates = [self._phase + j * period for j in (k, k + 1, k + 2)
+                       if held.lo - margin <= self._phase + j * period <= held.hi + margin]
+            if len(updates) != 1:  # a read that straddled an update: which one, unknown
+                if held is not self._held and not applied_j:  # and no later read can tell any more
+                    self._unsettled = None
+                return
+            when = updates[0]
+        else:
+            return
+        # With the power samples the boundary was carried with: samples taken since would bridge
+        # a gap in them (a reader starved of CPU) at the mean of its two ends' power.
+        error_j = 0.0
+        if power:
+            error_j = _integral_at(power, when) - _integral_at(power, t_a)
+        elif slope is not None:
+            error_j = slope * (when - t_a)
+        self._settled_j += error_j - applied_j
+        if self._anchor_held is held and self._anchor is not None:
+            self._anchor, self._anchor_held = (when, self._anchor[1], self._anchor[2]), None
+        final = self._continuous or self._search is None
+        self._unsettled = None if final else (held, t_a, slope, power, error_j)
 
     def _learn_phase(self, before: float, after: float, value: float, period: float) -> None:
         """Find when the counter steps. While searching, reads follow each other closely; a step
@@ -556,9 +647,10 @@ class _Channel:
     def samples_power(self) -> bool:
         return self._power_ok
 
-    def estimate(self, now: float, stale_ok: bool = False) -> tuple[float, float] | None:
+    def estimate(self, now: float, stale_ok: bool = False, hand_out: bool = False) -> tuple[float, float] | None:
         """(value, seconds carried) at ``now`` from the latest read; None if there is none (or
-        none recent, unless ``stale_ok``)."""
+        none recent, unless ``stale_ok``). ``hand_out``: a boundary's, settled later with its
+        anchor if that is not known well yet (see _settle)."""
         with self._state_lock:
             anchor = self._anchor
             if anchor is None or (not stale_ok and abs(now - anchor[0]) > max(STALE_READ_S, 2.5 * self.read_interval_s)):
@@ -569,12 +661,17 @@ class _Channel:
                 value += _integral_at(power, now) - _integral_at(power, t_a)
             elif slope is not None:
                 value += slope * (now - t_a)
+            value += self._settled_j
+            if hand_out:
+                held = self._anchor_held
+                self._unsettled = None if held is None else (held, t_a, slope, tuple(power), 0.0)
         return value, abs(now - t_a)
 
     def boundary(self, now: float, exact: bool = False) -> tuple[float, float]:
         """The value a snapshot at ``now`` records, and how many seconds it was carried forward."""
         if not self.off_thread:
             value, answered = self._read()
+            value += self._settled_j  # (from when it was read off the thread)
             # A sensor not answering (held through a transient fault): the span since its last
             # answer widens this boundary's uncertainty, as a carried read's does.
             held = not answered and not self.failed and self._fault is not None and self._good_t is not None
@@ -582,7 +679,7 @@ class _Channel:
         else:
             # While the sensor does not answer (a fault held), the reader retries it: a boundary
             # carries the last read forward rather than try again itself, and wait for it.
-            estimate = None if exact else self.estimate(now, stale_ok=self._fault is not None)
+            estimate = None if exact else self.estimate(now, stale_ok=self._fault is not None, hand_out=True)
             if estimate is None:
                 estimate = self._read_in_place(now, exact)
             value, carried = estimate
@@ -599,23 +696,26 @@ class _Channel:
 
         The read runs on a thread of its own, waited for up to EXACT_READ_WAIT_S: one that hangs
         held the training thread for as long (the end of a fit, 3 s a read), and is carried
-        forward from the latest read instead. A read that holds the energy of a time after ``now``
-        (50-300 ms reads) where no power was sampled yet (a run's first boundary) takes one sample
-        with it, so that it is carried back to ``now``: the run's first window read 0 J, and
-        epoch 0 had its energy."""
+        forward from the latest read instead. Where no power was sampled yet (a run's first
+        boundary, the first after a pause) the read takes one sample with it, so that it is carried
+        from the update it holds to ``now`` like any other: back, from a read that holds a time
+        after ``now`` (50-300 ms reads: the run's first window read 0 J, and epoch 0 had its
+        energy), and forward, from where its update can lie (the phase not known yet). Not carried
+        forward, it lacked the power of the counter's age (0-100 ms), and so did epoch 0's start
+        when it began at once: each run's first epoch was high by up to 68 J at 680 W (+36 J on
+        average in simulation; +30 to +63 J on an H200)."""
         if exact or self._anchor is None:
             free = self._refresh_lock.acquire(timeout=EXACT_READ_WAIT_S)
         else:
             free = self._refresh_lock.acquire(blocking=False)
         if not free:
-            return self.estimate(now, stale_ok=True) or (self._boundary_j, 0.0)
+            return self.estimate(now, stale_ok=True, hand_out=True) or (self._boundary_j, 0.0)
         done, read = threading.Event(), []
 
         def read_and_sample() -> None:
             try:
                 read.append(self._refresh())
-                anchor = self._anchor
-                if not self._power and anchor is not None and anchor[0] > now:
+                if not self._power and self._anchor is not None:
                     self.sample_power()
             finally:
                 self._refresh_lock.release()
@@ -623,9 +723,9 @@ class _Channel:
 
         threading.Thread(target=read_and_sample, name="greencallbacks-read", daemon=True).start()
         if not done.wait(EXACT_READ_WAIT_S) or not read:
-            return self.estimate(now, stale_ok=True) or (self._boundary_j, 0.0)
+            return self.estimate(now, stale_ok=True, hand_out=True) or (self._boundary_j, 0.0)
         # Carried to `now` from when the read was made: after a wait, later than `now`.
-        return self.estimate(now, stale_ok=True) or (read[0], 0.0)
+        return self.estimate(now, stale_ok=True, hand_out=True) or (read[0] + self._settled_j, 0.0)
 
     def peek(self, now: float) -> tuple[float, float]:
         """Like ``boundary`` but never reads a slow counter and hands nothing out: a slow channel
@@ -633,12 +733,12 @@ class _Channel:
         that read forward, so it can only be higher: a live figure never exceeds the total the
         next phase end logs (it lags by at most one update period instead)."""
         if not self.off_thread:
-            return self.read(), 0.0
+            return self.read() + self._settled_j, 0.0
         with self._state_lock:
             anchor = self._anchor
             if anchor is None:
                 return self._boundary_j, 0.0
-            return max(self._boundary_j, anchor[1]), abs(now - anchor[0])
+            return max(self._boundary_j, anchor[1] + self._settled_j), abs(now - anchor[0])
 
     def forget(self) -> None:
         with self._state_lock:
