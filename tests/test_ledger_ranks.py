@@ -15,6 +15,7 @@ import threading
 import pytest
 
 from greencallbacks.carbon import Carbon
+from greencallbacks.distributed import LocalReducer
 from greencallbacks.ledger import read_run_records
 from greencallbacks.meter import Meter
 from greencallbacks.sensors.base import Kind
@@ -190,3 +191,57 @@ def test_ranks_pause_between_epochs_as_rank_0_decides(tmp_path):
     assert [paused for paused, _ in results] == [600.0] * WORLD
     gaps = [r for r in read_run_records(results[0][1], [tmp_path]) if r.paused_s]
     assert [g.paused_s for g in gaps] == [600.0]
+
+
+def gpu_rank_tracker(rank, reducer, directory, uuid):
+    """A rank measuring its GPU through NVML (the fake), which other ranks may measure too."""
+    from greencallbacks.sensors.discover import discover_sensors
+    from tests.fakes.fake_pynvml import FakeNvml
+
+    clock = FakeClock()
+    nvml = FakeNvml(clock)
+    nvml.add_gpu(uuid, power_w=GPU_W)
+    sensors = discover_sensors(gpus=[0], host=False, pynvml=nvml, environ={}, clock=clock).sensors
+    tracker = Tracker(carbon=Carbon(intensity=200.0), output_dir=directory)
+    tracker.start(Meter(sensors, fallback=None, clock=clock, wall_clock=lambda: clock() + 1.7e9), reducer=reducer)
+    return tracker, clock
+
+
+@pytest.mark.parametrize("layout", ["two ranks per gpu", "a gpu per rank"])
+def test_ranks_sharing_a_gpu_bill_it_once_in_their_records_their_crash_and_their_live_power(tmp_path, layout):
+    """Ranks 0 and 1 on one GPU, 2 and 3 on another (each rank reads its GPU's whole counter):
+    every figure counts each GPU once, the ranks' own records of a crash too. Each rank on a GPU
+    of its own is billed it whole, as before."""
+    from tests.fakes.fake_pynvml import gpu_uuid
+
+    per_gpu = 2 if layout == "two ranks per gpu" else 1
+
+    def crashing(rank, reducer):
+        tracker, clock = gpu_rank_tracker(rank, reducer, tmp_path, gpu_uuid(rank // per_gpu))
+        tracker.begin("train", 0)
+        clock.advance(PHASE_S)
+        tracker.end("train")
+        tracker.begin("train", 1)
+        clock.advance(PHASE_S / 2)
+        live = tracker.live()
+        tracker.abort()  # rank r > 0 writes its own records of epoch 1
+        return tracker.run_id, live["power_w"], tracker.embodied_rate.grams
+
+    results = run_ranks(crashing)
+    gpus = WORLD // per_gpu
+    records = read_run_records(results[0][0], [tmp_path])
+    # 2 GPUs x 100 W x 15 s = 3000 J; billed whole by each rank, it was 6000 J.
+    assert sum(r.it_energy_kwh for r in records) * 3.6e6 == pytest.approx(gpus * GPU_W * 1.5 * PHASE_S, rel=1e-3)
+    assert {c["uuid"] for r in records for c in r.components} == {gpu_uuid(g) for g in range(gpus)}
+    assert [power for _, power, _ in results] == pytest.approx([GPU_W / per_gpu] * WORLD, rel=1e-3)
+    # The GPU's manufacturing footprint is shared alike.
+    single, _ = gpu_rank_tracker(0, LocalReducer(), None, gpu_uuid(0))
+    alone = single.embodied_rate.grams
+    single.finish()
+    assert alone > 0 and [grams for _, _, grams in results] == pytest.approx([alone / per_gpu] * WORLD)
+    summary = json.loads((tmp_path / SUMMARY_FILE).read_text())
+    assert summary["energy_kwh"] == pytest.approx(sum(r.energy_kwh for r in records), rel=1e-12)
+    if per_gpu == 2:
+        assert [g["ranks"] for g in summary["gpus_shared"]] == [[0, 1], [2, 3]]
+    else:
+        assert "gpus_shared" not in summary

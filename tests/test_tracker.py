@@ -1427,3 +1427,118 @@ def test_a_framework_that_is_no_string_is_refused_at_construction(framework):
     """Accepted, it went into every record, and every reader then refused the run's records."""
     with pytest.raises(TypeError, match=r"framework must be a string"):
         Tracker(framework=framework)
+
+
+def _meter(clock, sensor):
+    return Meter([sensor], fallback=None, clock=clock, wall_clock=lambda: clock() + 1.7e9)
+
+
+def test_a_tracker_started_again_measures_a_later_call_of_its_run_and_refuses_a_new_training(tmp_path):
+    """Started again after finish, a Tracker went on with the same run and totals whatever came:
+    a second training from epoch 0 was written into the first run, its epoch 0 twice in one
+    attempt, where every adapter makes a new training a new run. A later call that trains nothing
+    (a test after the training, as the callbacks measure it) still continues the run; a training
+    is refused, naming what to do, and the finished run is left as it was (no partial record)."""
+    clock = FakeClock()
+    sensor = ScriptedSensor("gpu0", clock, power_w=100.0)
+    tracker = Tracker(carbon=Carbon(intensity=INTENSITY, pue=PUE), output_dir=tmp_path)
+    with tracker.start(_meter(clock, sensor)):
+        with tracker.phase("train", 0):
+            clock.advance(10.0)
+            tracker.add_samples(100)
+    with tracker.start(_meter(clock, sensor)):  # a later call of the run: continued
+        with tracker.phase("test"):
+            clock.advance(2.0)
+    with pytest.raises(RuntimeError, match=r"has finished.*make a new Tracker.*load_state_dict\(tracker.state_dict\(\)\)"):
+        with tracker.start(_meter(clock, sensor)):
+            with tracker.phase("train", 0):  # the loop run again: a new training
+                clock.advance(10.0)
+    assert not tracker.running
+    records = read_records(tmp_path)
+    assert {r.run_id for r in records} == {tracker.run_id} and {r.attempt for r in records} == {0}
+    assert [(r.phase, r.epoch) for r in records if r.phase != "other"] == [("train", 0), ("test", None)]
+    assert not any(r.partial for r in records)
+    summary = json.loads((tmp_path / "energy-summary.json").read_text())
+    assert summary["energy_kwh"] == pytest.approx(sum(r.energy_kwh for r in records))
+    assert summary["energy_kwh"] * 3.6e6 == pytest.approx(100.0 * 12.0 * PUE)  # not the refused training's 10 s
+
+    # What the message says to do: a new Tracker given the state continues the run as its next attempt.
+    resumed = Tracker(carbon=Carbon(intensity=INTENSITY, pue=PUE), output_dir=tmp_path)
+    resumed.load_state_dict(tracker.state_dict())
+    with resumed.start(_meter(clock, sensor)):
+        with resumed.phase("train", 1):
+            clock.advance(10.0)
+    again = [r for r in read_records(tmp_path) if r.phase == "train"]
+    assert [(r.run_id, r.attempt, r.epoch) for r in again] == [(tracker.run_id, 0, 0), (tracker.run_id, 1, 1)]
+
+
+def test_phases_of_one_tracker_begun_from_two_threads_are_said_once(tmp_path):
+    """Two threads each running phases on one tracker (a training loop, and an evaluation in a
+    thread of its own): the evaluation nested inside the open training, and every sample either
+    counted went to the other's phase, without a word."""
+    tracker, clock, _ = setup(tmp_path)
+
+    def evaluate():
+        tracker.begin("validation", 0)
+        tracker.add_samples(20)
+        tracker.end("validation")
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tracker.begin("train", 0)
+        tracker.add_samples(50)
+        for _ in range(2):  # said once per tracker
+            evaluator = threading.Thread(target=evaluate, name="evaluator")
+            evaluator.start()
+            evaluator.join()
+        clock.advance(1.0)
+        tracker.end("train")
+        tracker.finish()
+    said = [str(w.message) for w in caught if "thread" in str(w.message)]
+    assert len(said) == 1, said
+    assert "Tracker.begin('validation') came from thread 'evaluator'" in said[0]
+    assert "phase 'train'" in said[0] and "begun by thread 'MainThread'" in said[0]
+
+
+def test_samples_counted_from_another_thread_into_a_phase_are_said_at_its_end(tmp_path):
+    """A loader thread counting batches as it makes them: each count lands in whatever phase is
+    open then (prefetched validation batches in the training epoch). One int comparison per
+    add_samples; said once, when the phase ends. Counted from the phase's own thread, or from
+    another into a run that then aborts (the Keras watch labels a failed call's open phase from
+    its own thread), nothing is said."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet, clock, _ = setup(tmp_path / "quiet")
+        quiet.begin("train", 0)
+        quiet.add_samples(10)
+        quiet.end("train")
+        quiet.begin("predict")
+        labeller = threading.Thread(target=quiet.add_samples, args=(3,), name="watch")
+        labeller.start()
+        labeller.join()
+        quiet.abort()
+        assert not [w for w in caught if "thread" in str(w.message)]
+
+        tracker, clock, _ = setup(tmp_path / "loud")
+        tracker.begin("train", 0)
+        loader = threading.Thread(target=tracker.add_samples, args=(32,), name="loader")
+        loader.start()
+        loader.join()
+        assert not [w for w in caught if "thread" in str(w.message)]  # not on the loader's thread
+        clock.advance(1.0)
+        tracker.end("train")
+        tracker.finish()
+    said = [str(w.message) for w in caught if "thread" in str(w.message)]
+    assert len(said) == 1 and "Tracker.add_samples came from thread 'loader'" in said[0], said
+
+
+def test_a_mistyped_keyword_names_the_nearest_valid_one():
+    """The callbacks said "did you mean ...?" for a mistyped keyword; the Tracker gave Python's
+    `Tracker.__init__() got an unexpected keyword argument`, naming nothing valid."""
+    with pytest.raises(TypeError, match=r"^Tracker\(\) got an unexpected keyword argument 'ouput_dir'; did you mean "
+                                        r"'output_dir'\? \(valid: carbon, embodied, framework, output_dir, run_id\)$"):
+        Tracker(ouput_dir="energy")
+    with pytest.raises(TypeError, match="framework must be a string"):  # its own TypeErrors, as they were
+        Tracker(framework=None)
+    with pytest.raises(TypeError, match="positional"):  # and Python's for what is no keyword
+        Tracker(None)

@@ -34,7 +34,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
-from greencallbacks.checks import as_float, shown
+from greencallbacks.checks import as_float, keywords_checked, shown
 
 ACTIONS = ("warn", "stop")
 DEFAULT_WARN_AT = 0.8
@@ -127,6 +127,7 @@ class BudgetDecision:
             warn("greencallbacks: " + message)
 
 
+@keywords_checked
 class Budget:
     """A limit on the run's energy (``kwh``) and/or CO2eq (``co2eq_g``).
 

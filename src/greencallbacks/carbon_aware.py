@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 from greencallbacks.carbon.intensity import MAX_INTENSITY_G_PER_KWH
-from greencallbacks.checks import as_float, shown
+from greencallbacks.checks import as_float, keywords_checked, shown
 from greencallbacks.meter import since_boot, unix_now
 
 if TYPE_CHECKING:
@@ -36,6 +36,7 @@ class Pause:
         return self.end_unix - self.start_unix
 
 
+@keywords_checked
 class CarbonAwarePause:
     """Wait while ``carbon``'s intensity now is above ``threshold_g_per_kwh``, within a delay budget.
 

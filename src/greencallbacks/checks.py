@@ -4,12 +4,19 @@
 each setting's own check reads its value through ``as_float`` instead, so that an integer past a
 float's range is refused like any other number out of range: a ``ValueError`` naming the
 argument and what is valid.
+
+``keywords_checked`` gives the core classes' constructors what the callbacks' give: a mistyped
+keyword is refused naming the nearest valid one (``unknown_keyword``, the one message for both).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
+from typing import Any, Callable, Iterable, TypeVar
+
+_Class = TypeVar("_Class", bound=type)
 
 
 def as_float(value: object) -> float:
@@ -33,3 +40,47 @@ def shown(value: object) -> str:
             digits = int(abs(int(value)).bit_length() * math.log10(2))
             return f"an integer of about {'-' if value < 0 else ''}10**{digits}"
     return repr(value)
+
+
+def unknown_keyword(owner: str, name: str, valid: Iterable[str]) -> TypeError:
+    """The error for a keyword ``owner`` does not take: the nearest valid name, if one is near
+    (``ouput_dir``: ``output_dir``), and every valid one."""
+    import difflib  # on the error's path only
+
+    names = sorted(valid)
+    near = difflib.get_close_matches(name, names, n=1, cutoff=0.8)
+    hint = f"; did you mean {near[0]!r}?" if near else ""
+    return TypeError(f"{owner}() got an unexpected keyword argument {name!r}{hint} (valid: {', '.join(names)})")
+
+
+def keyword_names(function: Callable) -> tuple[str, ...]:
+    """The names ``function`` takes by keyword (after ``self``), read from its code, through a
+    ``keywords_checked`` wrapper."""
+    code = getattr(function, "__wrapped__", function).__code__
+    first = max(1, code.co_posonlyargcount)
+    return code.co_varnames[first:code.co_argcount + code.co_kwonlyargcount]
+
+
+def keywords_checked(cls: _Class) -> _Class:
+    """Class decorator: a keyword the constructor does not take raises ``unknown_keyword``'s
+    TypeError (Python's own names ``__init__`` and says nothing of what is valid). A construction
+    that succeeds costs one call more (constructors only: nothing per step); the names are looked
+    at only once Python has refused the call, which it does before the constructor's body runs."""
+    init = cls.__init__
+    if init.__code__.co_flags & 0x08:  # CO_VARKEYWORDS: it takes any keyword
+        return cls
+    valid = frozenset(keyword_names(init))
+    owner = cls.__qualname__
+
+    @functools.wraps(init)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            init(self, *args, **kwargs)
+        except TypeError:
+            unknown = next((name for name in kwargs if name not in valid), None)
+            if unknown is None:  # the constructor's own TypeError, or a positional mistake
+                raise
+            raise unknown_keyword(owner, unknown, valid) from None
+
+    cls.__init__ = __init__  # type: ignore[misc]
+    return cls

@@ -23,6 +23,7 @@ class Reducer(Protocol):
     world_size: int
     measures_host: bool  # this rank measures CPU and RAM for its host
     host_pids: list[int]  # the other ranks' processes on the host, when this rank measures it
+    pids_on_host: list[int]  # every rank's process on this host, this one's included (where known)
 
     def all_gather(self, obj: Any) -> list[Any]:
         """Every rank's ``obj``, in rank order, on every rank. A collective: all ranks call it."""
@@ -35,6 +36,7 @@ class LocalReducer:
     world_size = 1
     measures_host = True
     host_pids: list[int] = []
+    pids_on_host: list[int] = []  # (this process alone)
 
     def all_gather(self, obj: Any) -> list[Any]:
         return [obj]
@@ -83,6 +85,10 @@ def place_on_hosts(reducer: Any) -> None:
     reducer.hosts = len(set(names))
     reducer.host_pids = [pid for name, ns, pid in ranks if name == here and ns == namespace and pid != os.getpid()
                          ] if reducer.measures_host and namespace else []
+    # Every rank's process on this host (this one too): a GPU's other processes that are ranks of
+    # this run are no other work (see session's GpuNeighbours).
+    reducer.pids_on_host = [pid for name, ns, pid in ranks if name == here and ns == namespace
+                            ] if namespace else [os.getpid()]
 
 
 def _process_namespace() -> str:

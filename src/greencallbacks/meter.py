@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
+from greencallbacks.checks import keywords_checked
 from greencallbacks.sensors.base import Method, Sensor
 
 # Estimates are models, not measurements: report them with a wide, stated relative uncertainty.
@@ -972,6 +973,7 @@ class _Poller:
             stop.wait(max(0.001, wait))
 
 
+@keywords_checked
 class Meter:
     """Measures energy of the given sensors between snapshots.
 

@@ -94,6 +94,9 @@ class Record:
     # and the per-sample values are None rather than wrong.
     samples_counted: bool = True
     framework: str = ""
+    # greencallbacks' version that wrote the record (``greencallbacks.__version__``): the release,
+    # and from a git checkout the commit as a local label (``0.2.0.dev0+g1a2b3c4d5e6f``); until
+    # 2026-12-04 every record said 0.1.0, whatever the code.
     tool_version: str = ""
     # Embodied (manufacturing) CO2eq of the hardware behind ``components`` amortised over this
     # phase (``greencallbacks.embodied``), kept apart from the operational ``co2eq_g`` and never

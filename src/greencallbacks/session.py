@@ -8,9 +8,9 @@ adapters hold one and only map hooks onto ``session.tracker``.
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -19,6 +19,7 @@ from greencallbacks.budget import Budget
 from greencallbacks.carbon import Carbon, IntensitySeries
 from greencallbacks.carbon_aware import CarbonAwarePause
 from greencallbacks.distributed import LocalReducer, Reducer
+from greencallbacks.checks import keywords_checked, unknown_keyword
 from greencallbacks.guard import not_ours
 from greencallbacks.ledger import read_run_records
 from greencallbacks.meter import Meter, warn
@@ -35,6 +36,7 @@ from greencallbacks.units import J_PER_KWH
 _SAID: set[str] = set()
 
 
+@keywords_checked
 class EnergySession:
     """Settings plus the live tracker of one training run.
 
@@ -133,6 +135,7 @@ class EnergySession:
         if self.budget is not None:  # in the summary even if no epoch ends (evaluate alone, a crash)
             self.tracker.summary_extra["budget"] = self._budget_summary
         self.unavailable: list = []
+        self._neighbours: GpuNeighbours | None = None
 
     @property
     def running(self) -> bool:
@@ -157,8 +160,9 @@ class EnergySession:
         reducer = reducer or LocalReducer()
         sensors = self.sensors
         gpus_wanted: list[int] = []
+        self.tracker.unmeasured_gpus = []  # (the GPUs discovery could not measure: in the summary)
         if sensors is None:
-            from greencallbacks.sensors.discover import discover_sensors
+            from greencallbacks.sensors.discover import discover_sensors, unmeasured_gpus
 
             # "auto": the devices the adapter says this process trains on ([] = CPU training),
             # or every visible GPU when nobody said.
@@ -177,12 +181,15 @@ class EnergySession:
             discovery = discover_sensors(gpus=gpus, host=reducer.measures_host, cpu_tdp_w=self.cpu_tdp_w)
             sensors = [*discovery.sensors, *self.extra_sensors]
             self.unavailable = discovery.unavailable
+            self.tracker.unmeasured_gpus = unmeasured_gpus(self.unavailable)
         # Stamped on the process's clock (meter.unix_now): the meters of one run's calls (fit,
         # then test) agree across a wall-clock step between them.
         meter = Meter(sensors, sync=sync)
         # Every rank says what of its own GPUs goes unmeasured (rank 1's lost GPU was left out of
         # the records unsaid); the host and the intensity, the same for all, rank 0 alone.
         self._tell_once(meter, gpus_wanted=gpus_wanted, own_gpus_only=reducer.rank != 0)
+        self._neighbours = GpuNeighbours(meter.sensors, getattr(reducer, "pids_on_host", ()))
+        self.tracker.summary_extra["gpu_other_processes"] = self._neighbours.summary
         self.tracker.start(meter, reducer=reducer, output_dir=output_dir if self.output_dir is None else None)
         self._delay_spent_from_records()
         self._budget_warnings_since_checkpoint()
@@ -380,10 +387,92 @@ class EnergySession:
         """End the run: normally (a collective on several ranks) or after a failure (local only).
         Whole: a Ctrl-C inside it left the meter thread running and the summary stale."""
         with interrupts.held():
+            if self._neighbours is not None and self.running:
+                self._neighbours.look_at_end()
             if failed:
                 self.tracker.abort()
             else:
                 self.tracker.finish()
+
+
+# The longest the start or the end of a run waits for NVML's list of a GPU's processes (about a
+# millisecond each): a driver that hangs must not hang the run with it.
+NEIGHBOURS_WAIT_S = 1.0
+
+
+class GpuNeighbours:
+    """Other processes running on this run's GPUs, looked for at its start and at its end (never
+    per batch), each time on a thread of its own: a GPU's energy counter counts every process on
+    it, so another job on the GPU is billed to this run. The summary lists them
+    (``gpu_other_processes``), and the end of the run warns of them; nothing is subtracted, as
+    NVML does not say how much of the GPU each process used.
+
+    Processes of this run are no other work: this process, its parent (a launcher) and the
+    ranks on this host (``pids_on_host``). NVML gives process ids of its own pid namespace; where
+    this process is not among those it lists at the end (a container with a pid namespace of its
+    own), whose processes they are cannot be told, and nothing is said.
+    """
+
+    def __init__(self, sensors: Iterable[Sensor], pids_on_host: Iterable[int] = ()) -> None:
+        from greencallbacks.sensors.discover import gpu_process_ids
+
+        self._read = gpu_process_ids  # None for a sensor that is no NVML GPU's
+        self._gpus = [s for s in sensors if s.kind == Kind.GPU]  # held until the end's look
+        self._ours = {os.getpid(), os.getppid(), *pids_on_host}
+        self._seen: dict[str, dict[str, set[int] | None]] = {}  # "start"/"end" -> GPU name -> pids
+        self._found: list[dict] | None = None  # made at the end's look
+        self._start = self._look_on_a_thread("start", self._gpus) if self._gpus else None
+
+    def __getstate__(self) -> dict:
+        # A callback copied or pickled (ddp_spawn, a deep copy): sensors and threads stay here.
+        return {**self.__dict__, "_gpus": [], "_start": None}
+
+    def _look_on_a_thread(self, when: str, gpus: list[Sensor]) -> threading.Thread:
+        thread = threading.Thread(target=self._look, args=(when, gpus),
+                                  name=f"greencallbacks-gpu-processes-{when}", daemon=True)
+        thread.start()
+        return thread
+
+    def _look(self, when: str, gpus: list[Sensor]) -> None:
+        self._seen[when] = {s.name: self._read(s) for s in gpus}
+
+    def look_at_end(self) -> None:
+        """Look again (the run ends), and warn of any other process found. Once: the sensors
+        are let go of then."""
+        gpus, self._gpus = self._gpus, []
+        if not gpus:
+            return
+        if self._start is not None:
+            self._start.join(NEIGHBOURS_WAIT_S)
+            self._start = None
+        self._look_on_a_thread("end", gpus).join(NEIGHBOURS_WAIT_S)
+        self._found = self._judge(gpus)
+        if self._found:
+            listed = "; ".join(f"{g['gpu']} ({g['uuid']}): process(es) {', '.join(map(str, g['pids']))} at the run's "
+                               f"{' and '.join(g['seen_at'])}" for g in self._found)
+            warn(f"greencallbacks: other processes used this run's GPU(s): {listed}. A GPU's energy is the whole "
+                 "device's, so their share is billed to this run too (an over-count); the summary lists them.")
+
+    def _judge(self, gpus: list[Sensor]) -> list[dict]:
+        """Each GPU with other processes on it: ``gpu``, ``uuid``, ``pids``, ``seen_at``."""
+        start, end = self._seen.get("start", {}), self._seen.get("end", {})
+        found = []
+        for sensor in gpus:
+            at_end = end.get(sensor.name)
+            if at_end is None or os.getpid() not in at_end:
+                continue  # not told (no NVML GPU, no answer), or ids of another pid namespace than this one's
+            seen = {when: (pids or set()) - self._ours for when, pids in (("start", start.get(sensor.name)),
+                                                                          ("end", at_end))}
+            pids = sorted(seen["start"] | seen["end"])
+            if pids:
+                found.append({"gpu": sensor.name, "uuid": sensor.scope, "pids": pids,
+                              "seen_at": [when for when in ("start", "end") if seen[when]]})
+        return found
+
+    def summary(self, _summary: dict) -> list[dict] | None:
+        """The summary's ``gpu_other_processes``; None leaves it out (none found, or none could be told)."""
+        self.look_at_end()  # (a run ended without the session's stop: a failure written up on its own)
+        return self._found or None
 
 
 def _previous_budget_warnings(directory: Path, run_id: str, budget: Budget) -> list[str]:
@@ -446,7 +535,7 @@ def _reject_reserved_names(extra_sensors: Sequence[Sensor]) -> None:
 def keyword_names(function: Callable) -> tuple[str, ...]:
     """The keyword-only parameters of ``function``, read once at import: a profiler or decorator
     that later wraps the method in ``(*args, **kwargs)`` would hide them."""
-    code = function.__code__
+    code = getattr(function, "__wrapped__", function).__code__  # through keywords_checked
     return code.co_varnames[code.co_argcount:code.co_argcount + code.co_kwonlyargcount]
 
 
@@ -462,11 +551,7 @@ def reject_unknown_arguments(owner: str, session_kwargs: dict, own_arguments: It
     unknown = [name for name in session_kwargs if name not in SESSION_ARGUMENTS]
     if not unknown:
         return
-    valid = sorted(SESSION_ARGUMENTS | set(own_arguments))
-    name = unknown[0]
-    near = difflib.get_close_matches(name, valid, n=1, cutoff=0.8)
-    hint = f"; did you mean {near[0]!r}?" if near else ""
-    raise TypeError(f"{owner}() got an unexpected keyword argument {name!r}{hint} (valid: {', '.join(valid)})")
+    raise unknown_keyword(owner, unknown[0], SESSION_ARGUMENTS | set(own_arguments))
 
 
 def warn_two_callbacks(training: str, effect: str) -> None:

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from greencallbacks import interrupts
 from greencallbacks._version import __version__
+from greencallbacks.checks import keywords_checked
 from greencallbacks.distributed import LocalReducer, Reducer
 from greencallbacks.ledger import Ledger, PhaseTotals, read_run_records, run_ids_in
 from greencallbacks.runlock import RunLock
@@ -100,6 +101,7 @@ _running_lock = threading.Lock()
 # The threads each thread's trackers were said to measure at once with: a thread pool's trials
 # (optuna n_jobs=4) form new pairs of trackers at every trial, but few pairs of threads.
 _told_at_once: "weakref.WeakKeyDictionary[threading.Thread, weakref.WeakSet[threading.Thread]]" = weakref.WeakKeyDictionary()
+_thread_id = threading.get_ident  # per batch in add_samples (see _say_two_threads)
 
 
 def _history_before(records: list[Record], state: dict[str, Any]) -> list[Record]:
@@ -187,6 +189,7 @@ def _check_phase(phase: object) -> None:
         raise ValueError(f"phase must be one of {PHASES[:-1]}, got {phase!r}")
 
 
+@keywords_checked
 class Tracker:
     """Phases, epochs, samples, ranks, records and totals for one run.
 
@@ -280,6 +283,20 @@ class Tracker:
         self._said_not_started = False
         self._records_elsewhere: list[str] = []  # the run's earlier records, where not in output_dir
         self._carried: list[Record] = []  # a checkpoint's open phases that no record holds, to write (see _carry)
+        self._later_call = False  # started again after finish: a later call of the run, which trains no more (see begin)
+        # The thread that began the outermost open phase, and another that counted into it (see _say_two_threads).
+        self._phase_thread = 0
+        self._counted_elsewhere = ""
+        self._said_two_threads = False
+        # GPUs: each GPU sensor's UUID by name (records carry it), the share of a GPU that other
+        # ranks measure too billed to this rank by name (see _split_shared_gpus), and for the
+        # summary the GPUs shared by ranks and those this run could not measure. The session sets
+        # `unmeasured_gpus` (discovery's) before start; start gathers every rank's.
+        self._gpu_uuids: dict[str, str] = {}
+        self._gpu_split: dict[str, tuple[float, str]] = {}
+        self.gpus_shared: list[dict[str, Any]] = []
+        self.unmeasured_gpus: list[dict[str, Any]] = []  # this process's
+        self._unmeasured_all: list[dict[str, Any]] = []  # every rank's, for the summary
 
     def __setstate__(self, state: dict) -> None:
         # A copy of a tracker that has measured nothing (a callback deep-copied or pickled before
@@ -322,6 +339,10 @@ class Tracker:
                 for epoch in range(epochs):
                     with tracker.phase("train", epoch):
                         ...  # tracker.add_samples(count_samples(batch)) per batch (greencallbacks.samples)
+
+        A Tracker measures one run. Started again after ``finish``, it measures later calls of
+        that run (a test or a prediction after the training), in its records and totals, as the
+        callbacks do; a training phase there is refused (a new run is a new Tracker).
         """
         if self.running:
             return self
@@ -336,14 +357,24 @@ class Tracker:
         self.meter = meter
         self.reducer = reducer or LocalReducer()
         self._host = socket.gethostname()  # read once: a system call at every boundary adds up
+        self._later_call = self._session_id is not None  # a test after the training, say (see begin)
+        self._counted_elsewhere = ""
         self._session_id = uuid.uuid4().hex
         if self._run_id_given and self._resume_state is None and self.ledger.next_seq == 0 and self.ledger.attempt == 0:
             self._avoid_a_run_id_taken()
+        gpus = _gpus_of(meter)
+        self._gpu_uuids = {name: uuid for name, uuid, _ in gpus}
+        self._gpu_split, self.gpus_shared, self._unmeasured_all = {}, [], list(self.unmeasured_gpus)
         if self.reducer.world_size > 1:
             # One run id on every rank (each drew its own), so that a rank's own records, written
             # when a run fails, belong to the run; one session id, so that every rank knows a
-            # checkpoint of this session alike. A collective: every rank starts here.
-            self.ledger.run_id, self._session_id = self.reducer.all_gather((self.run_id, self._session_id))[0]
+            # checkpoint of this session alike; and every rank's GPUs (see _split_shared_gpus). A
+            # collective: every rank starts here.
+            here = {"gpus": gpus, "unmeasured": [{**u, "rank": self.reducer.rank} for u in self.unmeasured_gpus]}
+            gathered = self.reducer.all_gather((self.run_id, self._session_id, here))
+            self.ledger.run_id, self._session_id = gathered[0][0], gathered[0][1]
+            self._unmeasured_all = [u for *_, there in gathered for u in there["unmeasured"]]
+            self._split_shared_gpus([there["gpus"] for *_, there in gathered])
         self._own_sessions.add(self._session_id)
         if not self._hold_lock(self.output_dir, self.run_id) and self._run_id_given and self.reducer.world_size == 1:
             # Two fits started at once with one run_id: each would number its records from 0.
@@ -418,6 +449,37 @@ class Tracker:
                  "(no sensor tells a process's threads apart), so each run's figures are both trainings' "
                  "and their sum counts that energy twice.")
 
+    def _split_shared_gpus(self, per_rank: list[list[tuple[str, str, float]]]) -> None:
+        """Bill each physical GPU once over the ranks. Ranks on one GPU (two DDP ranks given one
+        device, processes sharing GPU 0) each read the whole GPU's counter: summed, the run counted
+        that GPU's energy once per rank. Where the ranks' shares of a GPU (1 each, a MIG
+        instance's fraction) add up to more than the whole, each rank bills its share scaled so
+        that they add up to 1: two ranks on one GPU bill half of it each, in their own records
+        too (a failed run's unsummed ones). Said once, by rank 0, and in the summary."""
+        holders: dict[str, list[tuple[int, str, float]]] = {}
+        for rank, gpus in enumerate(per_rank):
+            for name, uuid, share in gpus:
+                holders.setdefault(uuid, []).append((rank, name, share))
+        for uuid, held in holders.items():
+            ranks = sorted({rank for rank, _, _ in held})
+            total = sum(share for _, _, share in held)
+            if len(ranks) < 2 or total <= 1.0 + 1e-9:  # its own GPU, or MIG instances' shares of one
+                continue
+            factor = 1.0 / total
+            note = (f"{uuid} is measured by ranks {', '.join(map(str, ranks))}: each bills its share of the whole "
+                    f"GPU's energy, {factor:.4g} of what it reads here")
+            self.gpus_shared.append({"uuid": uuid, "ranks": ranks, "scaled_by": factor})
+            for rank, name, _ in held:
+                if rank == self.reducer.rank:
+                    self._gpu_split[name] = (factor, note)
+        if self.gpus_shared and self.reducer.rank == 0:
+            from greencallbacks.meter import warn
+
+            shared = "; ".join(f"{g['uuid']} by ranks {', '.join(map(str, g['ranks']))}" for g in self.gpus_shared)
+            warn(f"greencallbacks: several ranks measure the same GPU ({shared}): each reads the whole GPU's energy, "
+                 "so it is billed once over them, each rank its share (labelled in the records and the summary). "
+                 "Usual causes: ranks given one CUDA device, or CUDA_VISIBLE_DEVICES the same for every rank.")
+
     def _avoid_a_run_id_taken(self) -> None:
         """A new run whose given id already has records where it writes (a second fit with one
         callback; the script run again) would add to that run's records: its seq numbers repeat and
@@ -471,6 +533,13 @@ class Tracker:
                 warn(f"greencallbacks: Tracker.begin({phase!r}) before start(meter): nothing is measured until "
                      "the tracker is started.")
             return
+        if phase == "train" and self._later_call:
+            self._refuse_training_after_finish()
+        here = _thread_id()
+        if len(self._stack) == 1:
+            self._phase_thread = here
+        elif here != self._phase_thread:
+            self._say_two_threads(f"begin({phase!r})", threading.current_thread().name)
         if self._renamed_from is not None:
             self._say_renamed()
         if not self._concurrency_checked:
@@ -484,6 +553,42 @@ class Tracker:
                 self._publish(None)
         self._stack.append(self._open(phase, epoch, metric_prefix))
 
+    def _refuse_training_after_finish(self) -> None:
+        """Started again after ``finish``, a Tracker measures later calls of its run (a test or a
+        prediction after the training, as the callbacks do) into that run's records and totals. A
+        training there is another run's, or a resume's next attempt: mixed into the finished run,
+        its epochs read as trained twice in one attempt. Refused, before it is measured; the later
+        call ends here as it would have (its records written, the meter stopped)."""
+        self.finish()
+        raise RuntimeError(
+            f"Tracker.begin('train'): run {self.run_id!r} has finished, and a Tracker measures one run. Started again, "
+            "it measures that run's later calls (test, predict, a validation after the training), never a new "
+            "training. For a new run, make a new Tracker; to continue this training as the run's next attempt (a "
+            "resume), give a new Tracker this one's state: `resumed = Tracker(output_dir=...)`, "
+            "`resumed.load_state_dict(tracker.state_dict())`, then `resumed.start(meter)`."
+        )
+
+    def _say_two_threads(self, call: str, thread: str) -> None:
+        """Phases of one tracker used from two threads: a call bills, and ``add_samples`` counts,
+        to the innermost open phase whatever thread opened it, so one thread's samples and time go
+        into the other's phases. Said once per tracker. The check costs ``add_samples`` an int
+        comparison, no lock: a count from another thread is noted there and said at the phase's
+        end, so a run aborted meanwhile says nothing (the Keras watch counts a failed call's last
+        batches from its own thread, then aborts the run)."""
+        self._counted_elsewhere = ""
+        if self._said_two_threads or len(self._stack) < 2:
+            return
+        self._said_two_threads = True
+        names = {t.ident: t.name for t in threading.enumerate()}
+        opened = self._stack[1]
+        from greencallbacks.meter import warn
+
+        warn(f"greencallbacks: Tracker.{call} came from thread {thread!r} while phase "
+             f"{opened.phase!r} of run {self.run_id!r} was open, begun by thread "
+             f"{names.get(self._phase_thread, self._phase_thread)!r}: a Tracker bills and counts into its innermost "
+             "open phase whatever the thread, so one thread's samples and time land in the other's phases. Begin, "
+             "count and end a Tracker's phases from one thread (two trainings at once: a Tracker each).")
+
     def add_pause(self, seconds: float) -> None:
         """A carbon-aware pause of ``seconds`` in the innermost open phase (the gap between epochs)."""
         if self._stack and seconds > 0:
@@ -496,6 +601,8 @@ class Tracker:
         ``samples_counted: false`` and carries no per-sample values.
         """
         if self._stack:
+            if _thread_id() != self._phase_thread and len(self._stack) > 1 and not self._said_two_threads:
+                self._counted_elsewhere = threading.current_thread().name  # said at the phase's end
             top = self._stack[-1]
             if samples is None:
                 top.samples_counted = False
@@ -519,6 +626,8 @@ class Tracker:
             samples = _count("samples", samples)  # before anything is closed: refused, nothing is lost
         if not self.running:
             return None
+        if self._counted_elsewhere:
+            self._say_two_threads("add_samples", self._counted_elsewhere)
         if step is not None:
             self.step = step
         if not any(o.phase == phase for o in self._stack[1:]):
@@ -724,7 +833,7 @@ class Tracker:
         peeked = self.meter.peek()
         pue = self.carbon.pue
         since = self._last_snapshot
-        it_j = joules_between(since, peeked)
+        it_j = self._joules_between(since, peeked)
         intensity = self.carbon.intensity_between(since.unix_s, max(peeked.unix_s, since.unix_s))
         co2eq_g = it_j * pue / J_PER_KWH * intensity.g_per_kwh
         # Each phase's billed segments, summed once: a long epoch with many evaluations inside
@@ -749,7 +858,7 @@ class Tracker:
             history.popleft()
         previous = history[0]
         seconds = peeked.monotonic_s - previous.monotonic_s
-        power_w = joules_between(previous, peeked) / seconds if seconds > 0 else 0.0
+        power_w = self._joules_between(previous, peeked) / seconds if seconds > 0 else 0.0
         history.append(peeked)
         values = {
             "energy_kwh_total": (self.total_energy_j + it_j * pue) / J_PER_KWH,
@@ -757,6 +866,14 @@ class Tracker:
             "power_w": power_w,
         }
         return {prefix + k: float(v) for k, v in values.items()}
+
+    def _joules_between(self, start: "Snapshot", end: "Snapshot") -> float:
+        """``joules_between``, with this rank's share of a GPU that other ranks measure too."""
+        if not self._gpu_split:
+            return joules_between(start, end)
+        before = start.energy_j
+        return sum(max(0.0, joules - before.get(name, 0.0)) * self._gpu_split.get(name, (1.0, ""))[0]
+                   for name, joules in end.energy_j.items())
 
     def prediction(self) -> dict[str, float]:
         """The whole run's energy and CO2eq with a 95 % interval (``greencallbacks.prediction``)."""
@@ -986,6 +1103,9 @@ class Tracker:
         from greencallbacks.embodied import embodied_for
 
         described = meter.describe()
+        for device in described:  # a GPU other ranks measure too: this rank's share of its footprint
+            if device.get("name") in self._gpu_split:
+                device["share"] = float(device.get("share", 1.0)) * self._gpu_split[device["name"]][0]
         models = {d["name"]: d["model"] for d in described if d.get("model")}
         try:
             found = embodied_for(described, 1.0, models=models, **self.embodied_settings)
@@ -1025,7 +1145,10 @@ class Tracker:
         self._in_boundary = True
         try:
             snapshot = self.meter.snapshot(exact=exact)
-            self._stack[-1].add(self.meter.between(self._last_snapshot, snapshot), snapshot.unix_s)
+            measurement = self.meter.between(self._last_snapshot, snapshot)
+            if self._gpu_split:
+                measurement = _split(measurement, self._gpu_split)
+            self._stack[-1].add(measurement, snapshot.unix_s)
             self._last_snapshot = snapshot
         finally:
             self._in_boundary = False
@@ -1067,6 +1190,8 @@ class Tracker:
             if c.get("source"):
                 out["source"] = c["source"]
             out["uncertainty_j"] = _component_uncertainty_j(c)
+            if c["name"] in self._gpu_uuids:  # which physical GPU (two ranks' gpu0 may be one GPU, or two)
+                out["uuid"] = self._gpu_uuids[c["name"]]
             out["rank"] = rank
             out["host"] = host
             components.append(out)
@@ -1158,10 +1283,16 @@ class Tracker:
         }
         if self._records_elsewhere:  # earlier attempts written in another directory (see _say_records_elsewhere)
             summary["earlier_records"] = self._records_elsewhere
+        if self.gpus_shared:
+            summary["gpus_shared"] = self.gpus_shared
+        if self._unmeasured_all:  # in no record: without this, nothing said the GPU energy left them out
+            summary["gpus_unmeasured"] = self._unmeasured_all
         for key, value in self.summary_extra.items():
             # A callable field is made from the totals being written (the budget's use), so that
             # it agrees with them however the run ended.
-            summary[key] = value(summary) if callable(value) else value
+            value = value(summary) if callable(value) else value
+            if value is not None:  # None: nothing to say (a field made only when there is)
+                summary[key] = value
         path = self.output_dir / SUMMARY_FILE
         # Read, keep, write: another run ending in this directory at the same moment, between
         # two of them, moved this run's summary under its own name or lost one of the two.
@@ -1313,6 +1444,30 @@ def _with_per_sample(record: Record) -> Record:
     else:
         record.energy_j_per_sample = record.co2eq_g_per_sample = None
     return record
+
+
+def _gpus_of(meter: "Meter") -> list[tuple[str, str, float]]:
+    """(name, UUID, share billed) of each sensor of a physical GPU (NVML's, amdsmi's; a MIG
+    instance's names its parent GPU, with its share). A sensor of the user's own names no GPU."""
+    from greencallbacks.sensors.gpu import GpuSensor
+
+    gpus = []
+    for sensor in meter.sensors:
+        device = getattr(sensor, "device", sensor)  # an Apportioned share of one
+        if isinstance(device, GpuSensor) and isinstance(sensor.scope, str) and sensor.scope:
+            gpus.append((sensor.name, sensor.scope, float(getattr(sensor, "share", 1.0))))
+    return gpus
+
+
+def _split(measurement: "Measurement", split: dict[str, tuple[float, str]]) -> "Measurement":
+    """``measurement`` with the components of ``split`` scaled by its factor and labelled."""
+    components = tuple(
+        dataclasses.replace(c, energy_j=c.energy_j * split[c.name][0], uncertainty_j=c.uncertainty_j * split[c.name][0],
+                            note="; ".join(filter(None, [c.note, split[c.name][1]])))
+        if c.name in split else c
+        for c in measurement.components
+    )
+    return dataclasses.replace(measurement, components=components)
 
 
 def _combine(per_rank: list[list[Record]]) -> list[Record]:

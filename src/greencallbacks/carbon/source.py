@@ -20,10 +20,12 @@ from greencallbacks.carbon.intensity import (
 )
 from greencallbacks.carbon.pue import Pue, it_only_pue, provider_pue, user_pue
 from greencallbacks.carbon.series import IntensitySeries, IntensitySource
+from greencallbacks.checks import keywords_checked
 
 ENV_PREFIX = "GREENCALLBACKS_"
 
 
+@keywords_checked
 class Carbon:
     """Where gCO2eq/kWh comes from, and the PUE to apply. Offline; validated at construction.
 

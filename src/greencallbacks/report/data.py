@@ -235,7 +235,20 @@ def provenance(records: Sequence[Record], run_summaries: Mapping[str, dict] | No
             f"Not counted after a sensor failed: {', '.join(stopped)} (each record's note says when); the energy "
             "it used after that is in no total, so the totals are a lower bound."
         )
-    if not estimated and not apportioned and not stopped:
+    unmeasured = unmeasured_gpus(records, run_summaries)
+    if unmeasured:
+        notes.append(
+            "Not measured, so in no figure here: " + "; ".join(f"{gpu} ({reason})" if reason else gpu
+                                                             for gpu, reason in unmeasured.items())
+            + ". The GPU energy excludes them: a GPU has no estimate to fall back on, so the totals are a lower bound."
+        )
+    shared = gpus_used_by_others(records, run_summaries)
+    if shared:
+        notes.append(
+            "Other processes ran on " + "; ".join(shared) + " during the run: a GPU's energy is the whole device's, "
+            "so its figures include their use of it (an over-count NVML cannot split by process)."
+        )
+    if not estimated and not apportioned and not stopped and not unmeasured:
         notes.append("Every component was measured by a hardware counter or sampled power.")
     missing = {run: sorted(set(range(max(r.attempt for r in mine) + 1)) - {r.attempt for r in mine})
                for run, mine in by_run(records).items()}
@@ -278,6 +291,38 @@ def provenance(records: Sequence[Record], run_summaries: Mapping[str, dict] | No
                      "totals by phase and the whole run, not in the per-epoch table: it trained no epoch.")
     notes.append(f"Tool: greencallbacks {records[0].tool_version or '(unknown version)'}.")
     return notes
+
+
+def unmeasured_gpus(records: Sequence[Record], run_summaries: Mapping[str, dict] | None) -> dict[str, str]:
+    """The GPUs the runs' summaries list as not measured from the start (``gpus_unmeasured``: NVML
+    lists them, but reads neither their energy nor their power), named with their UUID and rank
+    where known, each with its reason. No record holds them, so only the summary can say."""
+    found: dict[str, str] = {}
+    for run in by_run(records):
+        summary = (run_summaries or {}).get(run)
+        listed = summary.get("gpus_unmeasured") if isinstance(summary, dict) else None
+        for gpu in listed if isinstance(listed, list) else ():
+            if not isinstance(gpu, dict) or not isinstance(gpu.get("name"), str):
+                continue
+            where = [str(gpu["uuid"])] if isinstance(gpu.get("uuid"), str) else []
+            if isinstance(gpu.get("rank"), int):
+                where.append(f"rank {gpu['rank']}")
+            label = gpu["name"] + (f" ({', '.join(where)})" if where else "")
+            found.setdefault(label, gpu["reason"] if isinstance(gpu.get("reason"), str) else "")
+    return found
+
+
+def gpus_used_by_others(records: Sequence[Record], run_summaries: Mapping[str, dict] | None) -> list[str]:
+    """The GPUs that the runs' summaries say other processes used during the run
+    (``gpu_other_processes``, looked at its start and end), each as ``gpu0 (GPU-…)``."""
+    found: dict[str, None] = {}
+    for run in by_run(records):
+        summary = (run_summaries or {}).get(run)
+        listed = summary.get("gpu_other_processes") if isinstance(summary, dict) else None
+        for gpu in listed if isinstance(listed, list) else ():
+            if isinstance(gpu, dict) and isinstance(gpu.get("gpu"), str):
+                found[gpu["gpu"] + (f" ({gpu['uuid']})" if isinstance(gpu.get("uuid"), str) else "")] = None
+    return list(found)
 
 
 def incomplete_records(records: Sequence[Record], run_summaries: Mapping[str, dict] | None = None) -> list[str]:
@@ -944,14 +989,16 @@ def _other_phases(phases: Sequence[str]) -> str:
     return ", ".join(words[:-1]) + (" and " if len(words) > 1 else "") + words[-1] if words else ""
 
 
-def statement(records: Sequence[Record], unfinished: Collection[str] = ()) -> str:
+def statement(records: Sequence[Record], unfinished: Collection[str] = (),
+              run_summaries: Mapping[str, dict] | None = None) -> str:
     """A sentence a paper can cite, naming what each figure covers: training alone, then the whole run.
 
-    Records of several configurations give one sentence per configuration.
+    Records of several configurations give one sentence per configuration. ``run_summaries``: each
+    run's energy-summary.json, which names the GPUs that could not be measured (see ``unmeasured_gpus``).
     """
     groups = group_runs(records, unfinished)
     if len(groups) > 1:
-        return " ".join(statement(group, unfinished) for _, group in groups)
+        return " ".join(statement(group, unfinished, run_summaries) for _, group in groups)
     config = groups[0][0]
     totals = list(run_totals(records).values())
     n = len(totals)
@@ -1001,6 +1048,10 @@ def statement(records: Sequence[Record], unfinished: Collection[str] = ()) -> st
              f"{method_sentence(records)}.")
     if carbon["is_default"]:
         text += " No location was configured, so the world-average intensity was used."
+    unmeasured = list(unmeasured_gpus(records, run_summaries))
+    if unmeasured:
+        text += (f" The GPU energy excludes {', '.join(unmeasured[:-1]) + ' and ' if len(unmeasured) > 1 else ''}"
+                 f"{unmeasured[-1]}, which could not be measured.")
     embodied = embodied_total(run_totals(records))
     if embodied is not None:
         e = embodied["embodied_co2eq_g"]
@@ -1065,7 +1116,7 @@ def summary(records: Sequence[Record], *, with_equivalents: bool = False, compar
         "provenance": provenance(records, run_summaries, unfinished),
         # Also among the provenance notes; apart, for the formats that show no notes (LaTeX).
         "records_missing": incomplete_records(records, run_summaries),
-        "statement": statement(records, unfinished),
+        "statement": statement(records, unfinished, run_summaries),
     }
     if with_equivalents:
         out["equivalents"] = equivalents(grams_stat["mean"])

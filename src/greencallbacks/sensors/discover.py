@@ -181,6 +181,45 @@ def _merge(into: Discovery, found: Discovery) -> None:
     into.unavailable.extend(found.unavailable)
 
 
+# A GPU's UUID as NVML writes it (MIG instances' too), found in an unavailable GPU's reason.
+_GPU_UUID = re.compile(r"\b(?:GPU|MIG)-[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}\b")
+
+
+def unmeasured_gpus(unavailable: Iterable[Unavailable]) -> list[dict[str, str]]:
+    """The GPUs in ``unavailable`` that discovery named (``gpu<N>``: listed, but their energy and
+    power could not be read, or NVML could not use them), each as ``name``, ``uuid`` where the
+    reason gives it, and ``reason``. A GPU has no estimate to fall back on: records leave these
+    out, so the run's summary lists them. Reasons of the whole machine (no bindings, no GPU
+    visible) name no GPU and are not among them."""
+    out = []
+    for u in unavailable:
+        if u.kind != Kind.GPU or not re.fullmatch(r"gpu\d+", u.name):
+            continue
+        gpu = {"name": u.name}
+        uuid = _GPU_UUID.search(u.reason)
+        if uuid:
+            gpu["uuid"] = uuid.group(0)
+        gpu["reason"] = u.reason
+        out.append(gpu)
+    return out
+
+
+def gpu_process_ids(sensor: Sensor) -> set[int] | None:
+    """The processes running CUDA work on ``sensor``'s GPU now (NVML's
+    ``nvmlDeviceGetComputeRunningProcesses``: one call, about a millisecond), or None where that
+    cannot be known: not an NVML GPU, a MIG share (its GPU's other instances are other work by
+    design), a binding without the call, or a failure. NVML gives the process ids of its own pid
+    namespace: inside a container they may not be this one's (see ``session.GpuNeighbours``)."""
+    from greencallbacks.sensors.nvml import NvmlGpuSensor
+
+    if not isinstance(sensor, NvmlGpuSensor):
+        return None
+    try:
+        return {int(process.pid) for process in sensor._nvml.nvmlDeviceGetComputeRunningProcesses(sensor._handle)}
+    except Exception:  # noqa: BLE001 - a note only: never a failure of the run
+        return None
+
+
 def fallback_for(sensor: Sensor) -> Sensor | None:
     """The estimate that takes over when ``sensor`` fails mid-run; None when nothing can.
 
