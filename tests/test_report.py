@@ -908,3 +908,16 @@ def test_an_epoch_retried_in_the_same_attempt_is_completed():
     config = report.configuration(records)
     assert config["completed_epochs"] == 3 and not report.cut_short(config)
     assert "cut short" not in report.statement(records)
+
+
+def test_a_group_written_by_two_versions_names_both():
+    """Repeats run with two versions (or a run resumed after an upgrade): the provenance, the
+    statement and the JSON named only the first record's version."""
+    old = [dataclasses.replace(r, tool_version="0.1.0") for r in one_run("run-a")]
+    new = [dataclasses.replace(r, tool_version="0.2.0.dev0+g0123456789ab") for r in one_run("run-b")]
+    text = report.render(old + new, "md")
+    assert "Tool: greencallbacks 0.1.0 and 0.2.0.dev0+g0123456789ab." in text
+    assert "measured with greencallbacks 0.1.0 and 0.2.0.dev0+g0123456789ab" in text
+    group = json.loads(report.render(old + new, "json"))["configurations"][0]
+    assert group["tool_versions"] == ["0.1.0", "0.2.0.dev0+g0123456789ab"]
+    assert "measured with greencallbacks 9.9.9;" in report.render(one_run(), "md")

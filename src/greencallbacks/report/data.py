@@ -289,8 +289,21 @@ def provenance(records: Sequence[Record], run_summaries: Mapping[str, dict] | No
     if any(r.phase == "validation" and (r.run_id, r.attempt, r.seq) in after for r in records):
         notes.append("Validation run after the training (a validate or evaluate call after fit or train) is in the "
                      "totals by phase and the whole run, not in the per-epoch table: it trained no epoch.")
-    notes.append(f"Tool: greencallbacks {records[0].tool_version or '(unknown version)'}.")
+    notes.append(f"Tool: greencallbacks {versions_text(records)}.")
     return notes
+
+
+def tool_versions(records: list[Record]) -> list[str]:
+    """The greencallbacks versions that wrote ``records``, in the order they first appear: a run
+    resumed after an upgrade, or repeats run with two versions, has several."""
+    return list(dict.fromkeys(r.tool_version for r in records if r.tool_version))
+
+
+def versions_text(records: list[Record]) -> str:
+    versions = tool_versions(records)
+    if not versions:
+        return "(unknown version)"
+    return versions[0] if len(versions) == 1 else ", ".join(versions[:-1]) + " and " + versions[-1]
 
 
 def unmeasured_gpus(records: Sequence[Record], run_summaries: Mapping[str, dict] | None) -> dict[str, str]:
@@ -1042,7 +1055,7 @@ def statement(records: Sequence[Record], unfinished: Collection[str] = (),
                      f"and emitted {mass_text(all_g['mean'], all_g['se'])}")
         text += f" (mean ± standard error over runs; sensor uncertainty ± {energy_text(all_sensor)} per whole run)"
     carbon = carbon_summary(records)
-    version = records[0].tool_version or "(unknown version)"
+    version = versions_text(records)
     text += (f", at {carbon['g_per_kwh']:.0f} gCO2eq/kWh ({_sources_sentence(carbon['sources'])}) with a PUE of "
              f"{'/'.join(f'{p:g}' for p in carbon['pue'])}, measured with greencallbacks {version}; "
              f"{method_sentence(records)}.")
@@ -1095,7 +1108,8 @@ def summary(records: Sequence[Record], *, with_equivalents: bool = False, compar
         "runs": list(totals),
         "configuration": (configuration(records, next(iter(totals)) in unfinished) if len(totals) == 1
                           else group_runs(records, unfinished)[0][0]),
-        "tool_version": records[0].tool_version,
+        "tool_version": versions_text(records),
+        "tool_versions": tool_versions(records),
         "epochs": epoch_summary(records),
         "epoch_rows": epoch_rows(records),
         "phases": phase_summary(records),
