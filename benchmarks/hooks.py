@@ -28,7 +28,13 @@
    for the time per hook call of ours against it; and a Lightning fit under ``SimpleProfiler``.
 6. Step values at the frameworks' logging cadence: one ``Tracker.live`` (CPU host; simulated
    GPU host with the counter off the thread), and each adapter's per-step hook with step values
-   on, at a step that does not log, minus the same with them off.
+   on, at a step that does not log, minus the same with them off. Then the hook at a step that
+   LOGS, in real fits on this CPU host (``logging_step``): Lightning's ``on_train_batch_end``
+   (CSVLogger, and CSV + TensorBoard; a module logging its loss to the progress bar), HF's
+   ``on_step_end`` (``report_to`` none and tensorboard) and Keras' ``on_train_batch_end`` beside a
+   per-batch TensorBoard, each ``in_fit`` (every logging step of the fit, right after its
+   training step: median and mean) and ``warm`` (the same call repeated back to back at one
+   logging step), with the part of it in ``EnergySession.live_metrics``.
 
 Usage: python benchmarks/hooks.py [--quick] [--only simulated_gpu_boundaries,fit_shares,...]
 """
@@ -37,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import os
 import statistics
 import sys
@@ -487,7 +494,8 @@ def simulated_gpu_boundaries(quick: bool) -> dict:
 
 
 def step_cadence(calls: int, workdir: Path) -> dict:
-    """What step values cost: one ``Tracker.live``, and the per-step hooks at a step that does not log."""
+    """What step values cost: one ``Tracker.live``, the per-step hooks at a step that does not log,
+    and each adapter's hook at a step that logs, in a real fit (``logging_steps``)."""
     import types
 
     from greencallbacks.meter import Meter
@@ -531,7 +539,184 @@ def step_cadence(calls: int, workdir: Path) -> dict:
             lightning.session.stop()
     out.update({f"added_per_step_us.{name}": hooks[True][name] - hooks[False][name] for name in hooks[True]})
     out.update({f"per_step_us_off.{name}": value - loop_overhead_us(calls) for name, value in hooks[False].items()})
+    out["logging_step"] = logging_steps(workdir, quick=calls < 100_000)
     return out
+
+
+# ----------------------------------------------------------------------- a step that logs
+class _StepTimes:
+    """Each call of a hook, timed and told apart by whether it logged step values; at one logging
+    step (the ``warm_at``-th), the logging call repeated ``warm`` times back to back. The part in
+    ``EnergySession.live_metrics`` (the core's share) is timed alike."""
+
+    def __init__(self, warm: int, warm_at: int = 3) -> None:
+        self.logging, self.other, self.warm, self.live, self.live_warm = [], [], [], [], []
+        self.warm_calls, self.warm_at = warm, warm_at
+        self._warming = False
+
+    def time(self, call, logged, again=None) -> None:
+        t0 = time.perf_counter()
+        call()
+        took = time.perf_counter() - t0
+        if not logged():
+            self.other.append(took)
+            return
+        self.logging.append(took)
+        if len(self.logging) == self.warm_at and again is not None:
+            self._warming = True
+            for _ in range(self.warm_calls):
+                again()  # undo what marks the step as logged
+                t0 = time.perf_counter()
+                call()
+                self.warm.append(time.perf_counter() - t0)
+            self._warming = False
+
+    @contextlib.contextmanager
+    def watching_live(self):
+        from greencallbacks.session import EnergySession
+
+        live = EnergySession.live_metrics
+
+        def timed(session, *args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return live(session, *args, **kwargs)
+            finally:
+                (self.live_warm if self._warming else self.live).append(time.perf_counter() - t0)
+
+        EnergySession.live_metrics = timed
+        try:
+            yield
+        finally:
+            EnergySession.live_metrics = live
+
+    def summary(self) -> dict:
+        def us(values):
+            return {"n": len(values), "median_us": statistics.median(values) * 1e6 if values else None,
+                    "mean_us": statistics.mean(values) * 1e6 if values else None}
+
+        return {"in_fit": us(self.logging), "warm": us(self.warm), "live_metrics_in_fit": us(self.live),
+                "live_metrics_warm": us(self.live_warm), "other_steps": us(self.other)}
+
+
+def logging_steps(workdir: Path, quick: bool) -> dict:
+    import importlib.util
+
+    tensorboard = importlib.util.find_spec("tensorboard") is not None  # else the cases without it only
+    out = {}
+    steps, every, warm = (200, 10, 100) if quick else (1000, 10, 1000)
+    for loggers in ("csv", "csv+tensorboard")[:1 + tensorboard]:
+        out[f"lightning.{loggers}"] = _lightning_logging_steps(workdir / f"ll-{loggers}", steps, every, warm, loggers)
+    for report_to in ("none", "tensorboard")[:1 + tensorboard]:
+        out[f"hf.report_to_{report_to}"] = _hf_logging_steps(workdir / f"hl-{report_to}", steps, every, warm, report_to)
+    if tensorboard:
+        out["keras.tensorboard"] = _keras_logging_steps(workdir / "kl", steps, every, warm)
+    return out
+
+
+def _lightning_logging_steps(workdir: Path, steps: int, every: int, warm: int, loggers: str) -> dict:
+    import lightning.pytorch as L
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    import overhead
+    from greencallbacks.lightning import EnergyCallback
+
+    times = _StepTimes(warm)
+
+    class Timed(EnergyCallback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            before = self._live_step
+            times.time(lambda: super(Timed, self).on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx),
+                       lambda: self._live_step != before, lambda: self._replay(before))
+
+        def _replay(self, step):  # as before the logging step's call
+            self._live_step, self._live_wait = step, 0
+
+    class Module(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = overhead._mlp()
+
+        def training_step(self, batch, batch_idx):
+            loss = torch.nn.functional.cross_entropy(self.net(batch[0]), batch[1])
+            self.log("loss", loss, prog_bar=True)
+            return loss
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    x, y, _, _ = overhead._data(steps, 0)
+    callback = Timed(country="FR", output_dir=str(workdir / "energy"))
+    chosen = [L.loggers.CSVLogger(str(workdir))]
+    if "tensorboard" in loggers:
+        chosen.append(L.loggers.TensorBoardLogger(str(workdir)))
+    with times.watching_live():
+        trainer = L.Trainer(max_epochs=1, callbacks=[callback], logger=chosen, log_every_n_steps=every,
+                            enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
+                            accelerator="cpu", devices=1)
+        trainer.fit(Module(), DataLoader(TensorDataset(x, y), batch_size=overhead.BATCH))
+    return times.summary()
+
+
+def _hf_logging_steps(workdir: Path, steps: int, every: int, warm: int, report_to: str) -> dict:
+    import io
+
+    import transformers
+    from transformers import Trainer, TrainingArguments
+
+    import overhead
+    from greencallbacks.hf import EnergyCallback
+
+    transformers.logging.set_verbosity_error()
+    times = _StepTimes(warm)
+
+    class Timed(EnergyCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            should = control.should_log or control.should_evaluate
+            times.time(lambda: super(Timed, self).on_step_end(args, state, control, **kwargs), lambda: should,
+                       lambda: None)
+
+    Rows, Model = overhead.hf_dataset_and_model()
+    x, y, _, _ = overhead._data(steps, 0)
+    callback = Timed(country="FR")
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(workdir / "tb")  # transformers 5; 4.x: logging_dir
+    args = TrainingArguments(
+        output_dir=str(workdir), max_steps=steps, per_device_train_batch_size=overhead.BATCH, use_cpu=True,
+        dataloader_num_workers=0, disable_tqdm=True, report_to=report_to, logging_strategy="steps",
+        logging_steps=every, eval_strategy="no", save_strategy="no", seed=0, learning_rate=0.01,
+    )
+    with contextlib.redirect_stdout(io.StringIO()), times.watching_live():  # the Trainer prints every log
+        Trainer(model=Model(), args=args, train_dataset=Rows(x, y), callbacks=[callback]).train()
+    return times.summary()
+
+
+def _keras_logging_steps(workdir: Path, steps: int, every: int, warm: int) -> dict:
+    import keras
+
+    import overhead
+    from greencallbacks.keras import EnergyCallback
+
+    times = _StepTimes(warm)
+
+    class Timed(EnergyCallback):
+        def on_train_batch_end(self, batch, logs=None):
+            logged = lambda: bool(self._live_every) and self._live_batches % self._live_every == 0  # noqa: E731
+            times.time(lambda: super(Timed, self).on_train_batch_end(batch, logs), logged,
+                       lambda: setattr(self, "_live_batches", self._live_batches - 1))
+
+    x, y, _, _ = (t.numpy() for t in overhead._data(steps, 0))
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((overhead.IN_FEATURES,)),
+                              keras.layers.Dense(overhead.HIDDEN, activation="relu"), keras.layers.Dense(overhead.CLASSES)])
+    model.compile(optimizer=keras.optimizers.SGD(0.01),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    callback = Timed(country="FR", output_dir=str(workdir / "energy"))
+    tensorboard = keras.callbacks.TensorBoard(log_dir=str(workdir / "tb"), update_freq=every)
+    with times.watching_live():
+        model.fit(x, y, batch_size=overhead.BATCH, epochs=1, verbose=0, shuffle=False,
+                  callbacks=[callback, tensorboard])
+    return times.summary()
 
 
 def fit_shares(quick: bool, workdir: Path) -> dict:

@@ -280,6 +280,68 @@ def test_lightning_manual_optimization_resumed_logs_its_first_logging_step(tmp_p
     assert [s for s, _ in step_points(scalars, "energy_kwh_total")] == lightning_steps
 
 
+def test_lightning_values_reach_the_bar_and_callback_metrics_without_gathering_the_modules(tmp_path, monkeypatch):
+    """``trainer.progress_bar_metrics`` and ``trainer.callback_metrics`` gather every metric the
+    module logged, and turn each progress-bar tensor into a number (``.item()``: on a GPU, a wait
+    for the queued steps), before they return: 20-70 us of each logging step on a CPU. Our hooks
+    put their values in the dicts behind them: the same values show, and our hooks gather nothing."""
+    pytest.importorskip("lightning")
+    import sys
+    import time
+
+    import torch
+    from lightning.pytorch.trainer.connectors.logger_connector.result import _ResultCollection
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from tests.lightning_models import flavour, trainer_kwargs
+
+    L, EnergyCallback, TinyModel = flavour("lightning.pytorch")
+
+    def ours_on_stack() -> bool:
+        frame = sys._getframe(2)
+        while frame is not None:
+            if frame.f_globals.get("__name__") == "greencallbacks.lightning._shared":
+                return True
+            frame = frame.f_back
+        return False
+
+    gathered = []  # for each gathering of the module's metrics: whether one of our hooks asked
+    real = _ResultCollection.metrics
+    monkeypatch.setattr(_ResultCollection, "metrics", lambda self, on_step: (gathered.append(ours_on_stack()),
+                                                                                 real(self, on_step))[1])
+
+    class LoggedToTheBar(TinyModel):
+        def training_step(self, batch, batch_idx):
+            loss = super().training_step(batch, batch_idx)
+            self.log("step_loss", loss, prog_bar=True)
+            return loss
+
+    shown, epoch = [], {}
+
+    class Bar(L.Callback):  # after ours, as the progress bar: what it would show at each step
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            shown.append((trainer.global_step, trainer.progress_bar_metrics.get("energy_kwh_total")))
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            epoch.update(callback.tracker.metrics("train"), bar=trainer.progress_bar_metrics["energy_kwh_total"],
+                         monitored=float(trainer.callback_metrics["energy_kwh"]))
+
+    callback = EnergyCallback(sensors=[ScriptedSensor("gpu", time.monotonic, 50.0)], intensity=300.0)
+    data = TensorDataset(torch.randn(40, 4), torch.randn(40, 1))
+    trainer = L.Trainer(max_epochs=1, logger=L.loggers.CSVLogger(tmp_path, name="csv"), callbacks=[callback, Bar()],
+                        limit_val_batches=2, **trainer_kwargs(log_every_n_steps=10))
+    trainer.fit(LoggedToTheBar(), DataLoader(data, batch_size=1), DataLoader(data, batch_size=10))
+    assert gathered and not any(gathered)  # Lightning gathers them; our hooks never did
+    steps = [(step, value) for step, value in shown if step % 10 == 0]
+    values = [value for _, value in steps]
+    assert [step for step, _ in steps] == [10, 20, 30, 40] and None not in values, shown
+    assert values == sorted(values) and len(set(values)) == 4, values  # a new total at each logging step
+    assert values[-1] <= epoch["bar"] == pytest.approx(epoch["energy_kwh_total"], rel=1e-12)  # the epoch's own total
+    assert epoch["monitored"] == pytest.approx(epoch["energy_kwh"], rel=1e-6)  # what checkpoints, early stopping read
+    assert "step_loss" in trainer.progress_bar_metrics  # the module's own, still there
+    assert float(trainer.callback_metrics["val_energy_kwh"]) > 0
+
+
 def test_lightning_step_metrics_off_logs_per_epoch_only(tmp_path):
     pytest.importorskip("lightning")
     from tests.lightning_models import flavour
@@ -419,3 +481,18 @@ def test_keras_without_step_values_keeps_async_batch_dispatch(tmp_path):
         hooks = result["batch_hooks_on_main_thread"]
         assert len(hooks) == 80 and not any(hooks), name
         assert "energy_kwh_total" in result["history"] and len(result["history"]["energy_kwh_total"]) == 2
+
+
+def test_lightning_values_go_through_the_public_properties_where_a_release_drops_the_private_dicts():
+    """The tested fallback of ``_shown``'s private seam: without ``_logger_connector``'s dicts
+    (a later Lightning), the values go where ``callback_metrics`` and ``progress_bar_metrics`` show."""
+    import types
+
+    from greencallbacks.lightning._shared import _shown
+
+    public = types.SimpleNamespace(callback_metrics={"a": 1}, progress_bar_metrics={"b": 2},
+                                   _logger_connector=types.SimpleNamespace())
+    assert _shown(public, "_callback_metrics") is public.callback_metrics
+    assert _shown(public, "_progress_bar_metrics") is public.progress_bar_metrics
+    private = types.SimpleNamespace(_logger_connector=types.SimpleNamespace(_callback_metrics={}, _progress_bar_metrics={}))
+    assert _shown(private, "_progress_bar_metrics") is private._logger_connector._progress_bar_metrics
