@@ -252,13 +252,7 @@ def test_a_timeout_on_one_read_loses_no_joule_of_that_gpu(clock):
         nvml.add_gpu(fp.gpu_uuid(n), power_w=300.0)
     meter = Meter(find_nvml_gpus(pynvml=nvml, environ={}, clock=clock).sensors, fallback=None, clock=clock,
                   wall_clock=lambda: clock() + 1.7e9, off_thread=True)
-    meter._poller.manual = True
-
-    def run(seconds):
-        for _ in range(round(seconds / 0.005)):
-            meter._poller.step()
-            clock.advance(0.005)
-
+    run = reader_steps(meter, clock)
     first = meter.snapshot(exact=True)
     run(3.0)
     nvml.gpus[1].error_code = fp.NVML_ERROR_TIMEOUT
@@ -802,14 +796,19 @@ def outage_meter(clock, power_w=300.0):
     gpu = nvml.add_gpu(gpu_uuid(0), power_w=power_w)
     meter = Meter(find_nvml_gpus(pynvml=nvml, environ={}, clock=clock).sensors, clock=clock,
                   wall_clock=lambda: clock() + 1.7e9, off_thread=True)
+    return gpu, meter, reader_steps(meter, clock)
+
+
+def reader_steps(meter, clock, step_s=0.005):
+    """``run(seconds)``: the meter's reader thread stepped by hand every ``step_s`` of the fake clock."""
     meter._poller.manual = True
 
     def run(seconds):
-        for _ in range(round(seconds / 0.005)):
+        for _ in range(round(seconds / step_s)):
             meter._poller.step()
-            clock.advance(0.005)
+            clock.advance(step_s)
 
-    return gpu, meter, run
+    return run
 
 
 @pytest.mark.parametrize("outage_s", [0.3, 3.0])

@@ -458,17 +458,17 @@ class Tracker:
         too (a failed run's unsummed ones). Said once, by rank 0, and in the summary."""
         holders: dict[str, list[tuple[int, str, float]]] = {}
         for rank, gpus in enumerate(per_rank):
-            for name, uuid, share in gpus:
-                holders.setdefault(uuid, []).append((rank, name, share))
-        for uuid, held in holders.items():
+            for name, gpu_uuid, share in gpus:
+                holders.setdefault(gpu_uuid, []).append((rank, name, share))
+        for gpu_uuid, held in holders.items():
             ranks = sorted({rank for rank, _, _ in held})
             total = sum(share for _, _, share in held)
             if len(ranks) < 2 or total <= 1.0 + 1e-9:  # its own GPU, or MIG instances' shares of one
                 continue
             factor = 1.0 / total
-            note = (f"{uuid} is measured by ranks {', '.join(map(str, ranks))}: each bills its share of the whole "
+            note = (f"{gpu_uuid} is measured by ranks {', '.join(map(str, ranks))}: each bills its share of the whole "
                     f"GPU's energy, {factor:.4g} of what it reads here")
-            self.gpus_shared.append({"uuid": uuid, "ranks": ranks, "scaled_by": factor})
+            self.gpus_shared.append({"uuid": gpu_uuid, "ranks": ranks, "scaled_by": factor})
             for rank, name, _ in held:
                 if rank == self.reducer.rank:
                     self._gpu_split[name] = (factor, note)
