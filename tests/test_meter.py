@@ -745,6 +745,37 @@ def test_peek_reads_no_slow_counter_and_does_not_synchronise():
     assert meter.between(first, after).energy_j == pytest.approx(110.0 * 1.5)
 
 
+def test_peek_does_not_wait_for_a_channel_the_reader_holds():
+    """A logging step's live figure while the meter's thread polls a channel (holding it): the
+    channel's last value at once, not a wait for the poll; the next snapshot counts on from it."""
+    clock = FakeClock()
+    cpu = ScriptedSensor("cpu", clock, power_w=10.0, kind=Kind.CPU)
+    meter = make_meter(clock, cpu)
+    first = meter.snapshot()
+    clock.advance(1.0)
+    channel = meter.channels[0]
+    held = threading.Event()
+    release = threading.Event()
+
+    def poll_holding_the_channel():
+        with channel._lock:
+            held.set()
+            release.wait(5.0)
+
+    reader = threading.Thread(target=poll_holding_the_channel)
+    reader.start()
+    held.wait(5.0)
+    try:
+        live = meter.peek()  # (read in place, it would wait for the 5 s above)
+        assert live.energy_j["cpu"] == first.energy_j["cpu"]
+        assert reader.is_alive()
+    finally:
+        release.set()
+        reader.join()
+    assert meter.peek().energy_j["cpu"] - first.energy_j["cpu"] == pytest.approx(10.0)
+    assert meter.between(first, meter.snapshot()).energy_j == pytest.approx(10.0)
+
+
 class ZoneReadByPolls(ScriptedSensor):
     """A counter the meter's thread polls (a RAPL zone, a sampled GPU), returning what it read."""
 
