@@ -22,6 +22,10 @@ Parts (``--parts``, comma-separated; default all but ``peers``):
   GPU component) against the references read at the same epoch hooks by a callback placed
   before ours, on short (~0.8 s) and long (~6 s) epochs; the sum of all records against the run
   (target: within 1 % per epoch for epochs of at least 1 s, within 0.5 % per run).
+* ``bubble``: what ours costs the fit in wall clock, A/B: the same Lightning fit of many short
+  epochs with no energy callback, with ours, with ours not synchronising (its boundaries then bill
+  queued work late) and with ours sampling instantaneous power at 10 Hz instead of 50, in turns;
+  the time from the start of training to its end after a final synchronize, per epoch.
 * ``peers``: the Lightning fit again with, nested inside ours, a Zeus window
   (``begin_window``/``end_window``) and a CodeCarbon task (``start_task``/``stop_task``, no
   synchronize, as a user's callback would) per epoch, and CodeCarbon's tracker
@@ -36,7 +40,7 @@ NVML on the real clock: a counter stepping every 100 ms, instantaneous power, ea
 sleeping the H100's latency) read by our sensor and by both references; the peers then measure
 the real machine (no GPU), so their figures only check the plumbing. It exits 0.
 
-Usage: python benchmarks/gpu.py [--parts sensor,core,lightning,hf,keras,peers] [--json OUT] [--dry-run]
+Usage: python benchmarks/gpu.py [--parts sensor,core,lightning,hf,keras,bubble,peers] [--json OUT] [--dry-run]
 About 4 minutes on an H100 for every part. On a machine without network, carry the peers' wheels
 and ``pip install --no-index --no-deps --target /tmp/site WHEELS`` first (PYTHONPATH=/tmp/site).
 """
@@ -65,7 +69,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import percentile, simulated_gpu_sensor, simulated_nvml  # noqa: E402
 from overhead import SelfTime  # noqa: E402
 
-PARTS = ("sensor", "core", "lightning", "hf", "keras", "peers")
+PARTS = ("sensor", "core", "lightning", "hf", "keras", "bubble", "peers")
 TARGET_EPOCH, TARGET_RUN = 0.01, 0.005  # relative: epochs >= 1 s; the sum of a run's records
 KWH_J = 3.6e6
 
@@ -311,6 +315,68 @@ def lightning_case(work, gpu, refs, epochs: int, steps: int, workdir: Path, peer
     return out
 
 
+def bubble_part(work, gpu, epochs: int, steps: int, rounds: int, workdir: Path) -> dict:
+    """Wall clock of the same Lightning fit without a callback, with ours, and with ours not
+    synchronising at its boundaries, in turns (``rounds`` of each); per epoch, from the start of
+    training to its end after the queued work ran."""
+    import lightning.pytorch as L
+    import torch
+
+    import greencallbacks.lightning._shared as shared
+    import greencallbacks.meter as meter
+    from greencallbacks.lightning import EnergyCallback
+
+    class Module(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = work.model()
+
+        def training_step(self, batch, batch_idx):
+            return work.loss(self.net)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=1e-4)
+
+    class Clock(L.Callback):  # listed last: after ours at the start of training and at its end
+        def on_train_start(self, trainer, pl_module):
+            gpu.sync()
+            self.t0 = time.perf_counter()
+
+        def on_train_end(self, trainer, pl_module):
+            gpu.sync()
+            self.seconds = time.perf_counter() - self.t0
+
+    def fit(variant: str, n: int) -> float:
+        callbacks = [] if variant == "none" else [EnergyCallback(country="FR", **gpu.callback_kwargs())]
+        clock = Clock()
+        original, power_interval = shared.device_and_sync, meter.POWER_SAMPLE_INTERVAL_S
+        if variant == "ours_unsynchronised":
+            shared.device_and_sync = lambda device: (original(device)[0], None)
+        if variant == "ours_power_10hz":  # the reader thread's instantaneous-power samples 5x rarer
+            meter.POWER_SAMPLE_INTERVAL_S = 0.1
+        try:
+            L.Trainer(max_epochs=epochs, callbacks=[*callbacks, clock], logger=L.loggers.CSVLogger(str(workdir / f"{variant}{n}")),
+                      enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
+                      accelerator="cuda" if work.device.type == "cuda" else "cpu", devices=1,
+                      num_sanity_val_steps=0).fit(Module(), torch.utils.data.DataLoader(range(steps), batch_size=1))
+        finally:
+            shared.device_and_sync, meter.POWER_SAMPLE_INTERVAL_S = original, power_interval
+        return clock.seconds / epochs
+
+    variants = ("none", "ours", "ours_unsynchronised", "ours_power_10hz")
+    fit("none", -1)  # warm-up: CUDA context, kernels, Lightning's first imports
+    seconds: dict = {v: [] for v in variants}
+    for n in range(rounds):
+        for variant in (variants if n % 2 == 0 else variants[::-1]):
+            seconds[variant].append(fit(variant, n))
+    none = statistics.median(seconds["none"])
+    return {"epochs": epochs, "steps": steps, "rounds": rounds, "epoch_s": seconds,
+            "median_epoch_s": {v: statistics.median(s) for v, s in seconds.items()},
+            "added_ms_per_epoch": {v: (statistics.median(s) - none) * 1e3 for v, s in seconds.items() if v != "none"},
+            "added_share": {v: statistics.median(s) / none - 1 for v, s in seconds.items() if v != "none"},
+            "spread_none_ms": (max(seconds["none"]) - min(seconds["none"])) * 1e3}
+
+
 def hf_case(work, gpu, refs, epochs: int, steps: int, workdir: Path) -> dict:
     import torch
     import transformers
@@ -354,7 +420,7 @@ def hf_case(work, gpu, refs, epochs: int, steps: int, workdir: Path) -> dict:
     args = TrainingArguments(
         output_dir=str(workdir), num_train_epochs=epochs, per_device_train_batch_size=1,
         use_cpu=work.device.type != "cuda", dataloader_num_workers=0, disable_tqdm=True, report_to="none",
-        logging_strategy="no", eval_strategy="no", save_strategy="no", seed=0, learning_rate=1e-4,
+        logging_strategy="steps", logging_steps=50, eval_strategy="no", save_strategy="no", seed=0, learning_rate=1e-4,
     )
     trainer = Trainer(model=Model(), args=args, train_dataset=Steps(), callbacks=[Reference(), ours])
     call0 = refs.read()
@@ -730,6 +796,12 @@ def main() -> int:
                                     for length, epochs in lengths}
                     print(f"gpu: {name} done at {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
                     save()
+            if "bubble" in parts:
+                bubble_s = 0.1 if args.dry_run else 0.3
+                result["bubble"] = bubble_part(work, gpu, 4 if args.dry_run else 12, work.steps_for(bubble_s, gpu.sync),
+                                               2 if args.dry_run else 4, tmp_path / "bubble")
+                print(f"gpu: bubble done at {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+                save()
             if "peers" in parts:
                 peers_info = {"codecarbon": load_codecarbon(), "zeus": load_zeus()}
                 result["peers"] = {"versions": {k: {kk: vv for kk, vv in v.items() if kk != "cls"} for k, v in peers_info.items()}}
@@ -780,6 +852,7 @@ def timed_case(name: str, case, *args) -> dict:
     own = selftime.seconds - waited[0]
     out["training_thread"] = {
         "callback_ms": selftime.seconds * 1e3, "call_s": wall, "share": selftime.seconds / wall,
+        "meter_thread_cpu_ms": selftime.thread_cpu_s * 1e3,
         "waiting_for_queued_gpu_work_ms": waited[0] * 1e3, "own_ms": own * 1e3, "own_share": own / wall,
         "hook_calls": len(hooks), "us_per_hook_call": statistics.fmean(hooks) * 1e6 if hooks else None,
         "us_per_hook_call_median": statistics.median(hooks) * 1e6 if hooks else None,
@@ -793,6 +866,8 @@ def summarize(result: dict) -> dict:
         for length, case in result.get(name, {}).items():
             summary[f"{name}.{length}"] = {**summarize_case(case), "callback_share_of_call": case["training_thread"]["share"],
                                            "callback_share_without_gpu_wait": case["training_thread"]["own_share"]}
+    if "bubble" in result:
+        summary["bubble"] = {k: result["bubble"][k] for k in ("added_ms_per_epoch", "added_share", "spread_none_ms")}
     if "core" in result:
         summary["core"] = [{"seconds": w["seconds"], "rel": w["rel"]} for w in result["core"]["windows"]]
     if "sensor" in result:
