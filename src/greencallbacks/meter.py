@@ -57,6 +57,13 @@ POWER_HISTORY = 64  # samples kept: ~1.3 s, more than the span between two count
 # to stop early, inconsistent steps tolerated before concluding it has no steady period, and how
 # often to search again (the GPU's clock and the host's drift apart slowly).
 PHASE_STEPS, PHASE_PRECISION_S, PHASE_MAX_CONFLICTS, PHASE_REFRESH_S = 20, 0.0015, 3, 60.0
+# Once a step has been seen the search reads back to back only around where the next one is due
+# (each NVML read costs ~3.4 ms of CPU in the driver: reading for whole periods, the search took
+# ~350 reads, 1.2 s of CPU, in a run's first 4 s, and as much again every PHASE_REFRESH_S). The
+# zone is the window the steps can lie in, widened by this margin each side, so that its first
+# read (~3 ms, p99 15 ms) most likely ends before the step; a refresh starts from the known phase,
+# widened by PHASE_REFRESH_MARGIN_S (the clocks' drift over PHASE_REFRESH_S, a few ms at most).
+PHASE_ZONE_MARGIN_S, PHASE_REFRESH_MARGIN_S = 0.005, 0.01
 # A sensor call failing with a transient fault (``SensorError.transient``: an NVML timeout) is
 # held at its last value, since a cumulative counter's next good read recovers every joule. Once
 # it has failed this many times in a row over at least TRANSIENT_HOLD_S, its replacement (a GPU's
@@ -556,30 +563,43 @@ class _Channel:
         seen between two reads happened after the first began and before the second returned,
         whatever the reads' latency or the GIL's delays. Those spans, taken modulo the period,
         are intersected down to a few milliseconds. The search runs first, again every
-        PHASE_REFRESH_S (clock drift), and again at once if a period passes without a step."""
+        PHASE_REFRESH_S (clock drift), and again at once if a period passes without a step.
+        Reads follow each other closely only in the search's zone, around where the next step is
+        due (see PHASE_ZONE_MARGIN_S), and everywhere until a step has been seen or when zones
+        pass without one (see _missed)."""
         last, locked = self._last_read, self._phase is not None
         if self._search is None and before >= self._search_again_at and (
             not locked or before - self._locked_at > PHASE_REFRESH_S
         ):
-            self._search = {"window": None, "steps": 0, "conflicts": 0, "rests": 0, "provisional": not locked}
-        if (last is not None and value == last[2] and self._search is not None and before > last[1]
-                and after - last[0] < 0.9 * period):
-            self._search["rests"] += 1  # two close reads, no step between: it does not move continuously
-        if last is None or value == last[2]:
-            if last is not None and locked and self._search is None and before - last[1] > 1.5 * period:
-                self._phase = None  # wrong: until found again, reads are anchored as if unknown
-                self._search = {"window": None, "steps": 0, "conflicts": 0, "rests": 0, "provisional": True}
-            return
+            # A refresh looks around the known phase: its zone is wide enough for the two close
+            # reads without a step between that every search needs before it (see "rests").
+            zone = self._zone(self._phase, self._phase, before, period, PHASE_REFRESH_MARGIN_S) if locked else None
+            self._search = self._new_search(provisional=not locked, zone=zone)
         search = self._search
-        lo, hi = last[0], after
-        if search is None or hi - lo >= 0.9 * period:  # (a longer span might hold two updates)
+        if (last is not None and value == last[2] and search is not None and before > last[1]
+                and after - last[0] < 0.9 * period):
+            search["rests"] += 1  # two close reads, no step between: it does not move continuously
+        if last is None or value == last[2]:
+            if last is not None and locked and search is None and before - last[1] > 1.5 * period:
+                self._phase = None  # wrong: until found again, reads are anchored as if unknown
+                self._search = self._new_search(provisional=True)
+            elif search is not None and search["zone"] is not None and before > search["zone"][1]:
+                self._missed(search, after, period)  # the zone passed without a step
+            return
+        if search is None:
+            return
+        lo, hi, zone = last[0], after, search["zone"]
+        # A longer span might hold two updates. In a zone, a span from a read before it (a period
+        # earlier, less the zone) narrows no right window, and could cut a wrong one (a restarted
+        # counter's) to a sliver that passes for precise: only the zone's own reads count.
+        if hi - lo >= 0.9 * period or (zone is not None and lo < zone[0] - PHASE_ZONE_MARGIN_S):
+            if zone is not None and before >= zone[0]:
+                self._missed(search, after, period)  # it stepped before the zone's first read ended
             return
         if not search["rests"]:
             # Steps between reads closer than its period, and never a rest: a counter that moves
             # continuously (or reads too slow to tell), which has no phase to find.
-            search["conflicts"] += 1
-            if search["conflicts"] > PHASE_MAX_CONFLICTS:
-                self._phase, self._search, self._search_again_at = None, None, before + PHASE_REFRESH_S
+            if self._inconsistent(search, before):
                 self._continuous = True
             return
         if search["window"] is not None:
@@ -587,13 +607,11 @@ class _Channel:
             shift = round((lo + hi - w_lo - w_hi) / 2 / period) * period
             lo, hi = max(w_lo, lo - shift), min(w_hi, hi - shift)
             if lo > hi:  # no common update time: it does not step at a steady period
-                search["conflicts"] += 1
-                if search["conflicts"] > PHASE_MAX_CONFLICTS:
-                    self._phase, self._search = None, None
-                    self._search_again_at = before + PHASE_REFRESH_S
+                if self._inconsistent(search, before):
                     return
                 lo, hi, search["steps"] = last[0], after, 0
         search["window"], search["steps"] = (lo, hi), search["steps"] + 1
+        search["zone"], search["missed"] = self._zone(lo, hi, after, period, PHASE_ZONE_MARGIN_S), 0
         # Provisional at once when none is known (a few ms off beats a period's lag); a search
         # that refreshes a known phase replaces it only once it is as precise.
         done = search["steps"] >= PHASE_STEPS or (search["steps"] >= 2 and hi - lo < PHASE_PRECISION_S)
@@ -602,13 +620,67 @@ class _Channel:
         if done:
             self._search, self._locked_at, self._continuous = None, before, False
 
+    @staticmethod
+    def _new_search(provisional: bool, zone: tuple[float, float] | None = None) -> dict:
+        return {"window": None, "steps": 0, "conflicts": 0, "rests": 0, "provisional": provisional,
+                "zone": zone, "missed": 0}
+
+    def _inconsistent(self, search: dict, t: float) -> bool:
+        """The counter did not step as a steady period would. Past PHASE_MAX_CONFLICTS the search
+        ends without a phase, to be tried again PHASE_REFRESH_S later: returns whether it did."""
+        search["conflicts"] += 1
+        if search["conflicts"] <= PHASE_MAX_CONFLICTS:
+            return False
+        self._phase, self._search, self._search_again_at = None, None, t + PHASE_REFRESH_S
+        return True
+
+    def _missed(self, search: dict, t: float, period: float) -> None:
+        """The step due in the search's zone was not seen between two of its reads: mostly a first
+        read that began late (the reader waits for the GIL, up to its 5 ms switch interval) or
+        took long, else a window gone wrong (the counter restarted). The next period's zone is
+        tried, twice as wide; past a second miss in a row the reads follow each other everywhere
+        until the next step, which tests the window as every step does (a conflict starts a new
+        one, see PHASE_MAX_CONFLICTS)."""
+        search["missed"] += 1
+        window, phase = search["window"], self._phase
+        if search["missed"] > 1 or (window is None and phase is None):
+            search["zone"] = None
+        elif window is not None:
+            search["zone"] = self._zone(*window, t, period, 2 * PHASE_ZONE_MARGIN_S)
+        else:  # a refresh that has seen no step yet
+            search["zone"] = self._zone(phase, phase, t, period, 2 * PHASE_REFRESH_MARGIN_S)
+
+    @staticmethod
+    def _zone(lo: float, hi: float, t: float, period: float, margin: float) -> tuple[float, float]:
+        """Where to look for the next step after ``t``, for a counter stepping in [lo, hi] shifted
+        by whole periods: the first such span that begins after ``t``, widened by ``margin`` each
+        side. (After the read that saw a step, whose end is often that step's ``hi``.)"""
+        shift = (math.floor((t - lo) / period) + 1) * period
+        return lo + shift - margin, hi + shift + margin
+
+    def _straddled(self, period: float) -> bool:
+        """Whether the latest read spans an update of the known phase (which one it holds: unknown)."""
+        phase, last = self._phase, self._last_read
+        if phase is None or last is None:
+            return False
+        return math.floor((last[0] - phase) / period) != math.floor((last[1] - phase) / period)
+
     def next_read_at(self, now: float) -> float:
-        """When the reader should read next: back to back while searching for the phase;
-        mid-way between two updates once it is known (far from either, so a read's latency
-        cannot blur which update it saw); at the update period otherwise."""
+        """When the reader should read next: while searching for the phase, back to back in the
+        search's zone (everywhere without one) and not before it; mid-way between two updates
+        once it is known (far from either, so a read's latency cannot blur which update it saw);
+        at the update period otherwise."""
         period = getattr(self.sensor, "update_period_s", 0.0) or 0.0
-        if period > 0 and self._search is not None and self._fault is None:  # (not while it fails: retried as usual)
-            return now + period / 50
+        search = self._search  # (a boundary reading in place may end the search meanwhile)
+        if period > 0 and search is not None and self._fault is None:  # (not while it fails: retried as usual)
+            zone = search["zone"]
+            if zone is None:
+                return now + period / 50
+            if now < zone[0] and self._straddled(period):
+                # The read that saw the step may hold either update: one more holds the new one,
+                # so that boundaries are not carried from the one before until the next zone.
+                return now
+            return max(now, zone[0])
         if period <= 0 or self._phase is None:
             return now + self.read_interval_s
         return self._phase + (math.floor((now - self._phase) / period) + 1.5) * period
