@@ -249,11 +249,10 @@ def summarize_case(case: dict) -> dict:
 
 
 # ----------------------------------------------------------------------- the adapters
-def lightning_case(work, gpu, refs, epochs: int, steps: int, workdir: Path, peers=None) -> dict:
+def lightning_module(work):
+    """The workload as a LightningModule class (its data are made on the device, no batches)."""
     import lightning.pytorch as L
     import torch
-
-    from greencallbacks.lightning import EnergyCallback
 
     class Module(L.LightningModule):
         def __init__(self):
@@ -265,6 +264,17 @@ def lightning_case(work, gpu, refs, epochs: int, steps: int, workdir: Path, peer
 
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=1e-4)
+
+    return Module
+
+
+def lightning_case(work, gpu, refs, epochs: int, steps: int, workdir: Path, peers=None) -> dict:
+    import lightning.pytorch as L
+    import torch
+
+    from greencallbacks.lightning import EnergyCallback
+
+    Module = lightning_module(work)
 
     state = {"start": {}, "epochs": {}, "run": {}}
 
@@ -326,16 +336,7 @@ def bubble_part(work, gpu, epochs: int, steps: int, rounds: int, workdir: Path) 
     import greencallbacks.meter as meter
     from greencallbacks.lightning import EnergyCallback
 
-    class Module(L.LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.net = work.model()
-
-        def training_step(self, batch, batch_idx):
-            return work.loss(self.net)
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=1e-4)
+    Module = lightning_module(work)
 
     class Clock(L.Callback):  # listed last: after ours at the start of training and at its end
         def on_train_start(self, trainer, pl_module):
