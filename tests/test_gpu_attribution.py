@@ -184,6 +184,63 @@ def test_another_process_on_the_runs_gpu_is_named_in_the_summary_and_the_report(
     assert any(n.startswith(f"Other processes ran on gpu0 ({gpu_uuid(0)})") for n in data["provenance"])
 
 
+class NvmlWithProcessesOn(FakeNvml):
+    """The fake NVML, listing this process on every GPU and ``OTHER_PID`` too on GPU ``busy``."""
+
+    def __init__(self, busy: int) -> None:
+        super().__init__()
+        self.busy_uuid = gpu_uuid(busy)
+
+    def nvmlDeviceGetComputeRunningProcesses(self, handle):
+        gpu = self._device(handle, "nvmlDeviceGetComputeRunningProcesses")
+        pids = [os.getpid()] + ([OTHER_PID] if gpu.uuid == self.busy_uuid else [])
+        return [SimpleNamespace(pid=pid, usedGpuMemory=1 << 30) for pid in pids]
+
+
+def test_another_process_on_a_later_ranks_gpu_is_in_the_summary_rank_0_writes(tmp_path, monkeypatch):
+    """Two ranks (threads, over a real barrier), each on a GPU of its own; another job runs on
+    rank 1's. Rank 0 writes the summary: it lists that job, found by rank 1 (it said nothing)."""
+    import threading
+
+    fake_nvml(monkeypatch, gpus=2, nvml=NvmlWithProcessesOn(busy=1))
+    slots, barrier, errors = [None, None], threading.Barrier(2, timeout=30), []
+
+    class ThreadReducer:
+        world_size, hosts = 2, 1
+
+        def __init__(self, rank):
+            self.rank, self.measures_host = rank, rank == 0
+
+        def all_gather(self, obj):
+            slots[self.rank] = obj
+            barrier.wait()
+            out = list(slots)
+            barrier.wait()
+            return out
+
+    def rank(index):
+        try:
+            session = EnergySession(intensity=200.0, output_dir=tmp_path)
+            session.start(device_indices=[index], reducer=ThreadReducer(index))
+            session.tracker.begin("train", 0)
+            session.tracker.end("train", samples=8)
+            session.stop()
+        except BaseException as error:  # noqa: BLE001 - re-raised in the test's thread
+            errors.append(error)
+            barrier.abort()
+
+    with pytest.warns(UserWarning, match=f"other processes used this run's GPU.*{OTHER_PID}"):
+        threads = [threading.Thread(target=rank, args=(r,)) for r in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    assert not errors, errors
+    summary = json.loads((tmp_path / SUMMARY_FILE).read_text())
+    assert summary["gpu_other_processes"] == [
+        {"gpu": "gpu1", "uuid": gpu_uuid(1), "pids": [OTHER_PID], "seen_at": ["start", "end"]}]
+
+
 @pytest.mark.parametrize("pids, pids_on_host", [
     ([os.getpid()], ()),  # this process alone
     ([os.getpid(), OTHER_PID], [OTHER_PID]),  # another rank of this run on this host

@@ -389,6 +389,8 @@ class EnergySession:
         with interrupts.held():
             if self._neighbours is not None and self.running:
                 self._neighbours.look_at_end()
+                if not failed:  # (a failed rank's stop is local: no collective)
+                    self._neighbours.gather(self.tracker.reducer)
             if failed:
                 self.tracker.abort()
             else:
@@ -452,6 +454,18 @@ class GpuNeighbours:
                                f"{' and '.join(g['seen_at'])}" for g in self._found)
             warn(f"greencallbacks: other processes used this run's GPU(s): {listed}. A GPU's energy is the whole "
                  "device's, so their share is billed to this run too (an over-count); the summary lists them.")
+
+    def gather(self, reducer: Reducer) -> None:
+        """Every rank's findings, into the summary that rank 0 writes: each rank looks at its own
+        GPUs only, so another job on rank 3's GPU was warned of there and left out of the summary.
+        A collective on several ranks; ranks sharing a GPU found the same processes on it."""
+        if reducer.world_size <= 1:
+            return
+        found: dict[str, dict] = {}
+        for part in reducer.all_gather(self._found or []):
+            for entry in part or ():
+                found.setdefault(entry["uuid"], entry)
+        self._found = list(found.values())
 
     def _judge(self, gpus: list[Sensor]) -> list[dict]:
         """Each GPU with other processes on it: ``gpu``, ``uuid``, ``pids``, ``seen_at``."""
