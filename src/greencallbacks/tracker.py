@@ -92,6 +92,13 @@ SUMMARY_LOCK_WAIT_S = 2.0
 # the training thread: within 10 % of the power however fast the logging steps come).
 LIVE_POWER_WINDOW_S = 1.0
 SUMMARY_LOCK_POLL_S = 0.005
+# The open phases, as a resume would carry them, are written beside the records at most this often
+# (at the framework's logging steps, see `heartbeat`): a process killed without any handler running
+# (SIGKILL, the OOM killer, a preemption) loses at most this long of its last phase, where the
+# checkpoint's open phases alone lost everything since the last checkpoint (hours, in a long epoch).
+# One small atomic write a minute: ~1 ms, never per batch.
+HEARTBEAT_S = 60.0
+HEARTBEAT_PREFIX = "energy-open-"
 
 # The trackers measuring now in this process, each with the thread it started in: two trainings
 # measured from two threads at once each bill the whole process (see `_say_measured_at_once`).
@@ -263,6 +270,8 @@ class Tracker:
         self._pending: list[tuple[_Open, bool, int | None]] = []
         self._last_snapshot: Snapshot | None = None
         self._in_boundary = False  # see state_dict
+        self._heartbeat_at: float | None = None  # the meter's monotonic time of the last heartbeat (or start)
+        self._heartbeat_written: Path | None = None  # where it was written (the run id may change at a resume)
         # `live`: the previous call's peek (its power interval) and each open phase's billed sums.
         self._live_history: collections.deque[Snapshot] = collections.deque()  # earlier live() readings
         self._live_billed: dict[int, tuple[int, float, float]] = {}
@@ -383,6 +392,7 @@ class Tracker:
         self._find_embodied(meter)
         self._stack = [self._open("other", None)]
         self._last_snapshot = meter.snapshot()
+        self._heartbeat_at = self._last_snapshot.monotonic_s
         self._live_history, self._live_billed = collections.deque(), {}  # a new meter: its counters start afresh
         if self._resume_state is not None:  # state loaded before start (Keras, HF)
             self._resume()
@@ -714,6 +724,9 @@ class Tracker:
                 self._warn_records_not_written(summary_written)
             elif not summary_written:  # a full disk can take the records' last lines, not a new file
                 self._warn_summary_not_written()
+        if self.output_dir is not None and self.reducer.rank == 0:
+            # Its phases are written now: a later resume must not carry them again.
+            self._forget_heartbeat(heartbeat_path(self.output_dir, self.run_id))
         self.meter = None
         with _running_lock:
             _running.pop(self, None)
@@ -860,6 +873,7 @@ class Tracker:
         seconds = peeked.monotonic_s - previous.monotonic_s
         power_w = self._joules_between(previous, peeked) / seconds if seconds > 0 else 0.0
         history.append(peeked)
+        self._beat(peeked)
         values = {
             "energy_kwh_total": (self.total_energy_j + it_j * pue) / J_PER_KWH,
             "co2eq_g_total": self.total_co2eq_g + co2eq_g,
@@ -911,14 +925,65 @@ class Tracker:
                 # requeue on SIGUSR1): that boundary bills the interval; billing it here too counted
                 # it twice. The open phases are saved either way, as billed so far (see _carry).
                 self._boundary()
-            # Closed but not yet published (a gap closed by `begin`), then the phases still open.
-            open_records = [self._local_record(*closed) for closed in self._pending]
-            open_records += [self._local_record(o, True, self.step) for o in self._stack if not o.empty]
+            open_records = self._open_records()
         state = {**self.ledger.state_dict(open_records), "records_path": self._records_path(), "session_id": self._session_id,
                  "open_records": [r.to_dict() for r in open_records]}  # see _carry
         if self._records_elsewhere:  # the run's earlier attempts, written in other directories (see _resume)
             state["earlier_records"] = self._records_elsewhere
         return state
+
+    def _open_records(self, now: "Snapshot | None" = None) -> list[Record]:
+        """This rank's phases closed but not yet published (a gap closed by `begin`), then those still
+        open, as measured so far. ``now``: a peek, whose interval since the last boundary is added to
+        a copy of the innermost phase, so that nothing is billed (the records are the same with or
+        without a heartbeat: a boundary would add a segment, and its uncertainty)."""
+        records = [self._local_record(*closed) for closed in self._pending]
+        for opened in self._stack:
+            if now is not None and opened is self._stack[-1] and self._last_snapshot is not None:
+                opened = dataclasses.replace(opened, components={k: dict(v) for k, v in opened.components.items()},
+                                             segments=list(opened.segments))
+                opened.add(self._between(self._last_snapshot, now), now.unix_s)
+            if not opened.empty:
+                records.append(self._local_record(opened, True, self.step))
+        return records
+
+    def heartbeat(self) -> None:
+        """Write the open phases beside the records, as a resume would carry them, when
+        ``HEARTBEAT_S`` has passed since the last time (else nothing: cheap at every step). ``live``
+        calls it at the framework's logging steps; a loop of your own may call it at any step. A
+        process killed without any handler running then loses at most that long of its last phase
+        (see ``_carry``)."""
+        if self.running and self._last_snapshot is not None:
+            assert self.meter is not None
+            self._beat(self.meter.peek())
+
+    def _beat(self, now: "Snapshot") -> None:
+        # Not inside a boundary (a signal handler's live figures): the innermost phase may hold the
+        # interval already while the last snapshot is still the one before it.
+        due = self._heartbeat_at is None or now.monotonic_s - self._heartbeat_at >= HEARTBEAT_S
+        if not due or self._in_boundary:
+            return
+        self._heartbeat_at = now.monotonic_s
+        if self.reducer.rank != 0 or self.output_dir is None:  # one copy, rank 0's share, as a checkpoint's
+            return
+        path = heartbeat_path(self.output_dir, self.run_id)
+        if self._heartbeat_written != path:  # the run named anew by a resume (Lightning's, after start)
+            self._forget_heartbeat()
+        self._heartbeat_written = path
+        write_json_atomic(path, {
+            "schema": "greencallbacks.open/1",
+            "run_id": self.run_id,
+            "attempt": self.ledger.attempt,
+            "written": utc_iso(now.unix_s),
+            "open_records": [r.to_dict() for r in self._open_records(now)],
+        })
+
+    def _forget_heartbeat(self, path: Path | None = None) -> None:
+        """Remove the heartbeat this tracker wrote, and ``path`` (this run's: maybe its killed attempt's)."""
+        written, self._heartbeat_written = self._heartbeat_written, None
+        for stale in {written, path} - {None}:
+            with contextlib.suppress(OSError):
+                stale.unlink(missing_ok=True)
 
     def wrote(self, state: dict[str, Any]) -> bool:
         """Was ``state`` saved by this tracker, or by an earlier attempt of the run it continues?
@@ -1017,12 +1082,10 @@ class Tracker:
                 self._records_elsewhere = [str(d / RECORDS_FILE) for d in earlier]
                 if moved:
                     self._say_records_elsewhere(run_id, earlier)
-            self.ledger.resume(state, records)
-            if not gone:
-                self._carried = self._carry(state, records)
-                if records:  # else the ledger went on from the checkpoint's totals, which hold these
-                    for record in self._carried:
-                        self.ledger.add(record)
+            if gone:
+                self.ledger.resume(state, records)
+            else:
+                self._resume_carrying(state, records, [home, self.output_dir])
         except (TypeError, ValueError, KeyError, AttributeError, OSError) as error:
             # A checkpoint's entry edited, damaged or from an unknown version: the framework's
             # restore must not fail for it. This training is measured, as a run of its own.
@@ -1036,6 +1099,52 @@ class Tracker:
             opened.seq = self.ledger.take_seq()
         if self.running:
             self._open_writer()
+
+    def _resume_carrying(self, state: dict[str, Any], records: list[Record], directories: list[Path | None]) -> None:
+        """Continue the run from ``records`` (or the checkpoint's totals where there are none), with
+        the phases its killed attempt left open (``_carry``), each counted once."""
+        self.ledger.resume(state, records)  # names the run
+        saved = self._carry(state, records)
+        beaten = self._carry_heartbeat(state, records, saved, directories)
+        replaced = {(r.seq, r.attempt) for r in beaten}
+        kept = [r for r in saved if (r.seq, r.attempt) not in replaced]
+        uncounted = kept + beaten
+        if not records:
+            # The ledger goes on from the checkpoint's totals, which count the phases it saved open
+            # as they were then: the heartbeat's later measure of such a phase replaces that one.
+            self.ledger.resume(_uncounted(state, [r for r in saved if (r.seq, r.attempt) in replaced]), records)
+            uncounted = beaten
+        self._carried = sorted(kept + beaten, key=_in_order)
+        for record in sorted(uncounted, key=_in_order):
+            self.ledger.add(record)
+        if beaten:
+            # An attempt that wrote no record of its own (killed before its first) is numbered
+            # from the records: the one after it must not take its attempt number or its seqs.
+            self.ledger.attempt = max(self.ledger.attempt, max(r.attempt for r in beaten) + 1)
+            self.ledger.next_seq = max(self.ledger.next_seq, max(r.seq for r in beaten) + 1)
+
+    def _carry_heartbeat(self, state: dict[str, Any], records: list[Record], saved: list[Record],
+                         directories: list[Path | None]) -> list[Record]:
+        """The open phases of the run's last heartbeat (``heartbeat``) that no record holds and that
+        the checkpoint does not hold as long: a phase open at the checkpoint, measured further (the
+        killed attempt's heartbeat is later than its checkpoint), or begun after the checkpoint.
+        A phase closed before the checkpoint is in its records (or its totals) already."""
+        written = {(r.seq, r.attempt) for r in records}
+        at_checkpoint = {(r.seq, r.attempt): r.duration_s for r in saved}
+        after = (int(state.get("attempt", 0)), int(state.get("seq", 0)))
+        carried = []
+        for record in _heartbeat_records(self.run_id, _distinct([d for d in directories if d is not None], None)):
+            key = (record.seq, record.attempt)
+            if key in written:
+                continue
+            if key in at_checkpoint:
+                later = record.duration_s > at_checkpoint[key]
+            else:
+                later = (record.attempt, record.seq) >= after
+            if later:
+                record.carried = True
+                carried.append(record)
+        return carried
 
     def _carry(self, state: dict[str, Any], records: list[Record]) -> list[Record]:
         """The phases the checkpoint saved open (as measured so far) that no record holds: their
@@ -1145,13 +1254,16 @@ class Tracker:
         self._in_boundary = True
         try:
             snapshot = self.meter.snapshot(exact=exact)
-            measurement = self.meter.between(self._last_snapshot, snapshot)
-            if self._gpu_split:
-                measurement = _split(measurement, self._gpu_split)
-            self._stack[-1].add(measurement, snapshot.unix_s)
+            self._stack[-1].add(self._between(self._last_snapshot, snapshot), snapshot.unix_s)
             self._last_snapshot = snapshot
         finally:
             self._in_boundary = False
+
+    def _between(self, start: "Snapshot", end: "Snapshot") -> "Measurement":
+        """The meter's measurement of the window, with this rank's share of a GPU other ranks measure too."""
+        assert self.meter is not None
+        measurement = self.meter.between(start, end)
+        return _split(measurement, self._gpu_split) if self._gpu_split else measurement
 
     def _close(self, opened: _Open, partial: bool = False) -> None:
         if opened.phase == "other" and opened.empty:
@@ -1375,12 +1487,60 @@ def kept_summary_path(path: Path, run_id: str) -> Path:
     too long for a file name (over ``NAME_MAX_BYTES`` with the rest: the summary it should have kept
     was lost) is cut to its first ``KEPT_SUMMARY_ID_CHARS`` characters, with the hash; every name
     that could be made before is left as it was, so a resume finds a summary kept then."""
+    return path.with_name(_run_file_name("energy-summary-", run_id))
+
+
+def heartbeat_path(directory: Path, run_id: str) -> Path:
+    """Where run ``run_id``'s heartbeat (its open phases, see ``Tracker.heartbeat``) is, beside its records."""
+    return directory / _run_file_name(HEARTBEAT_PREFIX, run_id)
+
+
+def _run_file_name(prefix: str, run_id: str) -> str:
     safe = re.sub(r"[^A-Za-z0-9_.-]", "-", run_id)  # ASCII: as many bytes as characters
     digest = "-" + hashlib.sha256(run_id.encode()).hexdigest()[:8]
-    name = f"energy-summary-{safe}{digest if safe != run_id else ''}.json"
+    name = f"{prefix}{safe}{digest if safe != run_id else ''}.json"
     if len(name) > NAME_MAX_BYTES:
-        name = f"energy-summary-{safe[:KEPT_SUMMARY_ID_CHARS]}{digest}.json"
-    return path.with_name(name)
+        name = f"{prefix}{safe[:KEPT_SUMMARY_ID_CHARS]}{digest}.json"
+    return name
+
+
+def _heartbeat_records(run_id: str, directories: list[Path]) -> list[Record]:
+    """The open phases of run ``run_id``'s last heartbeat in these directories; of a phase found in
+    several, the longest measure. A heartbeat missing, torn or edited gives none: the checkpoint's
+    open phases stand."""
+    longest: dict[tuple[int, int], Record] = {}
+    for directory in directories:
+        try:
+            saved = json.loads(heartbeat_path(directory, run_id).read_text(encoding="utf-8"))
+            found = [Record.from_dict(d) for d in saved["open_records"]] if saved.get("run_id") == run_id else []
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            continue
+        for record in found:
+            key = (record.seq, record.attempt)
+            if record.run_id == run_id and (key not in longest or record.duration_s > longest[key].duration_s):
+                longest[key] = record
+    return list(longest.values())
+
+
+def _uncounted(state: dict[str, Any], records: list[Record]) -> dict[str, Any]:
+    """``state`` with ``records`` (phases it saved open) taken out of its totals again."""
+    if not records:
+        return state
+    totals = {phase: dict(values) for phase, values in (state.get("totals") or {}).items()}
+    prefix_totals = [[phase, prefix, dict(values)] for phase, prefix, values in state.get("prefix_totals") or []]
+    for record in records:
+        counted = PhaseTotals()
+        counted.add(record)
+        slots = [totals.get(record.phase)] + [values for phase, prefix, values in prefix_totals
+                                              if (phase, prefix) == (record.phase, record.metric_prefix)]
+        for slot in filter(None, slots):
+            for name, value in vars(counted).items():
+                slot[name] = max(0, slot.get(name, 0) - value)  # never below 0 by rounding
+    return {**state, "totals": totals, "prefix_totals": prefix_totals}
+
+
+def _in_order(record: Record) -> tuple[int, int]:
+    return record.attempt, record.seq
 
 
 def _count(name: str, value: object) -> int:
