@@ -9,9 +9,6 @@ measure of the same phases, each once, and the run's totals stay the sum of its 
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -23,6 +20,7 @@ from greencallbacks.ledger import read_run_records
 from greencallbacks.meter import Meter
 from greencallbacks.tracker import HEARTBEAT_S, SUMMARY_FILE, Tracker, heartbeat_path
 from tests.fakes.scripted import FakeClock, ScriptedSensor
+from tests.killed import killed_after_line
 
 REPO = Path(__file__).resolve().parents[1]
 POWER_W = 100.0
@@ -102,13 +100,7 @@ KILLED_CHILD = textwrap.dedent(
 def test_a_killed_process_loses_at_most_one_heartbeat_of_its_open_phase(tmp_path):
     script, out, checkpoint = tmp_path / "child.py", tmp_path / "out", tmp_path / "checkpoint.json"
     script.write_text(KILLED_CHILD.format(repo=str(REPO), run=RUN, power=POWER_W))
-    child = subprocess.Popen([sys.executable, str(script), str(out), str(checkpoint)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert child.stdout.readline() == "at 100 s\n"
-    finally:
-        child.send_signal(signal.SIGKILL)
-        child.wait(timeout=30)
-        child.stdout.close()
+    killed_after_line([str(script), str(out), str(checkpoint)], "at 100 s\n")
     assert read_run_records(RUN, [out]) == []  # killed inside its first phase: nothing written
     state = json.loads(checkpoint.read_text())
 

@@ -35,6 +35,7 @@ from tests.fakes import fake_pynvml as fp
 from tests.fakes.fake_powercap import FakePowercap
 from tests.fakes.fake_pynvml import FakeNvml, gpu_uuid
 from tests.fakes.scripted import FakeClock, ScriptedSensor
+from tests.killed import killed_after_line
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -312,13 +313,7 @@ def test_process_killed_in_a_phase_keeps_the_long_gap_before_it(tmp_path):
     script = tmp_path / "child.py"
     script.write_text(LONG_GAP_CHILD.format(repo=str(REPO)))
     out = tmp_path / "out"
-    child = subprocess.Popen([sys.executable, str(script), str(out)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert child.stdout.readline() == "begun\n"
-    finally:
-        child.send_signal(signal.SIGKILL)
-        child.wait(timeout=30)
-        child.stdout.close()
+    killed_after_line([str(script), str(out)], "begun\n")
     gaps = [r for r in read_records(out) if r.phase == "other"]
     assert [round(r.duration_s, 6) for r in gaps if r.epoch == 0] == [2.0]
     assert sum(r.energy_kwh for r in read_records(out)) * 3.6e6 == pytest.approx(300.0)  # 3 s at 100 W
