@@ -240,3 +240,28 @@ def test_only_rank_zero_writes_the_heartbeat(tmp_path):
     tracker.begin("train", 0)
     steps(tracker, clock, 100.0)
     assert not heartbeat_path(tmp_path, RUN).exists()
+
+
+def test_the_hf_callback_writes_the_heartbeat_between_its_logging_steps(tmp_path, monkeypatch):
+    """HF logs every 500 steps by default (hours apart on a large model): the callback writes the
+    heartbeat at any step it is due, and the open training phase is in it, mid-epoch."""
+    pytest.importorskip("transformers")
+    from transformers import Trainer, TrainerCallback
+
+    from greencallbacks.hf import EnergyCallback
+    from tests.hf_tiny import TRAIN_SAMPLES, TokenDataset, scripted_sensor, tiny_model, training_args
+
+    monkeypatch.setattr(tracker_module, "HEARTBEAT_S", 0.0)  # due at every step
+    energy = EnergyCallback(intensity=400.0, sensors=[scripted_sensor()], output_dir=tmp_path / "energy")
+    seen = []
+
+    class Probe(TrainerCallback):  # after ours: reads what a kill at this step would leave
+        def on_step_end(self, args, state, control, **kwargs):
+            saved = json.loads(heartbeat_path(tmp_path / "energy", energy.tracker.run_id).read_text())
+            seen.append([(r["phase"], r["epoch"]) for r in saved["open_records"]])
+
+    Trainer(model=tiny_model(), args=training_args(tmp_path / "out", logging_strategy="steps", logging_steps=500,
+                                                    eval_strategy="no", num_train_epochs=1),
+            train_dataset=TokenDataset(TRAIN_SAMPLES), callbacks=[energy, Probe()]).train()
+    assert seen and all(("train", 0) in phases for phases in seen)
+    assert not heartbeat_path(tmp_path / "energy", energy.tracker.run_id).exists()  # the run ended: removed

@@ -1163,6 +1163,10 @@ class Meter:
         return Snapshot(monotonic_s=mono_s, unix_s=unix_s, energy_j=energy, methods=methods, carried_s=carried,
                         bridged_j=bridged)
 
+    def monotonic_s(self) -> float:
+        """The meter's clock now: the time base of its snapshots' ``monotonic_s``."""
+        return self._clock()
+
     def peek(self) -> Snapshot:
         """Cumulative energy now for live figures (e.g. at a framework's logging steps): no device
         synchronisation and no slow read, so it costs the training thread microseconds; queued

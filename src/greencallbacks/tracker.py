@@ -950,12 +950,15 @@ class Tracker:
     def heartbeat(self) -> None:
         """Write the open phases beside the records, as a resume would carry them, when
         ``HEARTBEAT_S`` has passed since the last time (else nothing: cheap at every step). ``live``
-        calls it at the framework's logging steps; a loop of your own may call it at any step. A
-        process killed without any handler running then loses at most that long of its last phase
-        (see ``_carry``)."""
-        if self.running and self._last_snapshot is not None:
-            assert self.meter is not None
-            self._beat(self.meter.peek())
+        calls it at the framework's logging steps, the HF callback at every step too; a
+        loop of your own may call it at any step. A process killed without any handler running
+        then loses at most that long of its last phase (see ``_carry``)."""
+        if not self.running or self._last_snapshot is None:
+            return
+        assert self.meter is not None
+        if self._heartbeat_at is not None and self.meter.monotonic_s() - self._heartbeat_at < HEARTBEAT_S:
+            return  # not due: one clock read, at every step
+        self._beat(self.meter.peek())
 
     def _beat(self, now: "Snapshot") -> None:
         # Not inside a boundary (a signal handler's live figures): the innermost phase may hold the

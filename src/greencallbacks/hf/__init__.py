@@ -370,8 +370,14 @@ class EnergyCallback(TrainerCallback, ExportableState):
         # evaluates (`logging_steps`, `eval_steps`): the values so far go out with it, before the
         # evaluation, which gets its own record.
         try:  # guarded here, not by @never_raises: one frame less at every step (see hook_failed)
-            if self.step_metrics and (control.should_log or control.should_evaluate) and self.session.running:
-                self._log(self.session.live_metrics(), control)
+            if not self.session.running:
+                return
+            if self.step_metrics and (control.should_log or control.should_evaluate):
+                self._log(self.session.live_metrics(), control)  # (their figures write the heartbeat when due)
+            else:
+                # The open phases for a resume after a kill, once a minute (`Tracker.heartbeat`):
+                # logging steps alone come every 500 steps by default, an hour apart on a large model.
+                self.tracker.heartbeat()
         except Exception as error:  # noqa: BLE001 - measuring must never break training
             hook_failed(self, "on_step_end", error)
 
