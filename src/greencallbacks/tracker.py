@@ -93,7 +93,7 @@ SUMMARY_LOCK_WAIT_S = 2.0
 LIVE_POWER_WINDOW_S = 1.0
 SUMMARY_LOCK_POLL_S = 0.005
 # The open phases, as a resume would carry them, are written beside the records at most this often
-# (at the framework's logging steps, see `heartbeat`): a process killed without any handler running
+# (at the framework's logging steps, and at any HF step: see `heartbeat`): a process killed without any handler running
 # (SIGKILL, the OOM killer, a preemption) loses at most this long of its last phase, where the
 # checkpoint's open phases alone lost everything since the last checkpoint (hours, in a long epoch).
 # One small atomic write a minute: ~1 ms, never per batch.
