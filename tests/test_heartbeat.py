@@ -233,13 +233,18 @@ class RankOne:
         return [obj, obj]
 
 
-def test_only_rank_zero_writes_the_heartbeat(tmp_path):
+def test_a_later_rank_writes_its_own_part_beside_rank_zeros(tmp_path):
+    """Each rank measures its own devices: rank 1 writes its part to a file of its own (the resume
+    sums them: test_ledger_ranks.py), never over rank 0's."""
     clock = FakeClock()
     tracker = Tracker(output_dir=tmp_path, run_id=RUN)
     tracker.start(Meter([ScriptedSensor("gpu1", clock)], fallback=None, clock=clock), reducer=RankOne())
     tracker.begin("train", 0)
     steps(tracker, clock, 100.0)
     assert not heartbeat_path(tmp_path, RUN).exists()
+    mine = json.loads(heartbeat_path(tmp_path, RUN, 1).read_text())
+    assert mine["rank"] == 1 and [r["components"][0]["name"] for r in mine["open_records"] if r["phase"] == "train"] == ["gpu1"]
+    assert tracker_module.heartbeat_ranks(RUN, [tmp_path]) == [1]
 
 
 def test_the_hf_callback_writes_the_heartbeat_between_its_logging_steps(tmp_path, monkeypatch):
@@ -265,3 +270,155 @@ def test_the_hf_callback_writes_the_heartbeat_between_its_logging_steps(tmp_path
             train_dataset=TokenDataset(TRAIN_SAMPLES), callbacks=[energy, Probe()]).train()
     assert seen and all(("train", 0) in phases for phases in seen)
     assert not heartbeat_path(tmp_path / "energy", energy.tracker.run_id).exists()  # the run ended: removed
+
+
+def test_the_lightning_callback_writes_the_heartbeat_without_step_values_and_in_validation(tmp_path, monkeypatch):
+    """Lightning's logging steps may be hours apart, and with ``step_metrics=False`` there are
+    none: the callback asks for the heartbeat at every batch, training and validation alike."""
+    pytest.importorskip("lightning")
+    import time
+
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from tests.lightning_models import flavour, trainer_kwargs
+
+    monkeypatch.setattr(tracker_module, "HEARTBEAT_S", 0.0)  # due at every batch
+    L, EnergyCallback, TinyModel = flavour("lightning.pytorch")
+    energy = EnergyCallback(sensors=[ScriptedSensor("gpu", time.monotonic, 50.0)], intensity=300.0,
+                            step_metrics=False, output_dir=tmp_path / "energy")
+    seen = []
+
+    class Probe(L.Callback):  # after ours: reads what a kill at this batch would leave
+        def read(self):
+            saved = json.loads(heartbeat_path(tmp_path / "energy", energy.tracker.run_id).read_text())
+            seen.append({(r["phase"], r["epoch"]) for r in saved["open_records"]})
+
+        def on_train_batch_end(self, *args):
+            self.read()
+
+        def on_validation_batch_end(self, *args, **kwargs):
+            self.read()
+
+    data = TensorDataset(torch.randn(20, 4), torch.randn(20, 1))
+    L.Trainer(max_epochs=1, logger=False, callbacks=[energy, Probe()], limit_val_batches=2,
+              **trainer_kwargs(num_sanity_val_steps=0)).fit(
+        TinyModel(), DataLoader(data, batch_size=2), DataLoader(data, batch_size=10))
+    assert len(seen) == 10 + 2
+    assert all(("train", 0) in phases for phases in seen)
+    assert all(("validation", 0) in phases for phases in seen[10:])
+    assert not heartbeat_path(tmp_path / "energy", energy.tracker.run_id).exists()  # the run ended: removed
+
+
+KERAS_CHILD = textwrap.dedent(
+    """
+    import json, os, sys, time
+    from pathlib import Path
+    os.environ["KERAS_BACKEND"] = "torch"
+    sys.path.insert(0, {repo!r})
+    import keras
+    import numpy as np
+    import greencallbacks.tracker as tracker_module
+    import greencallbacks.watch as watch_module
+    from greencallbacks.keras import EnergyCallback
+    from greencallbacks.tracker import heartbeat_path
+    from tests.fakes.scripted import ScriptedSensor
+
+    tracker_module.HEARTBEAT_S = 0.0  # due at every look of the watch thread
+    watch_module.POLL_S = 0.01
+    out = Path(sys.argv[1])
+    energy = EnergyCallback(sensors=[ScriptedSensor("gpu", time.monotonic, 50.0)], intensity=300.0, output_dir=out)
+
+    class KilledMidEpoch(keras.callbacks.Callback):
+        async_safe = True  # like ours: Keras keeps dispatching batch hooks off the training thread
+
+        def on_train_batch_end(self, batch, logs=None):
+            if batch != 3:
+                return
+            path = heartbeat_path(out, energy.tracker.run_id)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:  # no batch hook of ours writes it: the watch thread does
+                try:
+                    if any(r["phase"] == "train" for r in json.loads(path.read_text())["open_records"]):
+                        break
+                except (OSError, ValueError):
+                    pass
+                time.sleep(0.01)
+            print(energy.tracker.run_id, flush=True)
+            time.sleep(60)  # killed here, inside epoch 0
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    x = np.zeros((64, 4), dtype="float32")
+    model.fit(x, x[:, :1], batch_size=8, epochs=1, verbose=0, callbacks=[energy, KilledMidEpoch()])
+    """
+)
+
+
+def test_keras_writes_the_heartbeat_from_its_watch_thread_without_any_batch_logging(tmp_path):
+    """Without a TensorBoard that logs batches, Keras runs no batch hook of ours on the training
+    thread: the watch thread asks for the heartbeat, and a fit killed inside its first epoch leaves
+    that epoch's open phase on disk."""
+    pytest.importorskip("keras")
+    import subprocess
+    import sys
+
+    script, out = tmp_path / "child.py", tmp_path / "out"
+    script.write_text(KERAS_CHILD.format(repo=str(REPO)))
+    child = subprocess.Popen([sys.executable, str(script), str(out)], stdout=subprocess.PIPE, text=True,
+                             env={**__import__("os").environ, "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "3"})
+    try:
+        run_id = child.stdout.readline().strip()
+    finally:
+        child.kill()
+        child.wait(timeout=30)
+        child.stdout.close()
+    saved = json.loads(heartbeat_path(out, run_id).read_text())
+    train = [r for r in saved["open_records"] if r["phase"] == "train"]
+    assert [(r["epoch"], r["partial"]) for r in train] == [(0, True)]
+    assert train[0]["energy_kwh"] > 0
+
+
+def test_a_heartbeat_asked_from_another_thread_never_waits_for_a_boundary(tmp_path, monkeypatch):
+    """The Keras watch thread asks while the training thread may be inside a boundary: it skips
+    that look (the next one writes) rather than read phases half changed or hold training up."""
+    import threading
+
+    monkeypatch.setattr(tracker_module, "HEARTBEAT_S", 0.0)
+    tracker, clock = started(tmp_path)
+    tracker.begin("train", 0)
+    clock.advance(5.0)
+    path = heartbeat_path(tmp_path, RUN)
+    with tracker._phases_lock:  # as a boundary on the training thread holds it
+        asker = threading.Thread(target=tracker.heartbeat)
+        asker.start()
+        asker.join(timeout=10)
+        assert not asker.is_alive() and not path.exists()
+    asker = threading.Thread(target=tracker.heartbeat)
+    asker.start()
+    asker.join(timeout=10)
+    assert [(r["phase"], r["duration_s"]) for r in json.loads(path.read_text())["open_records"]] == [("train", 5.0)]
+    tracker.finish()
+    assert not path.exists()
+
+
+def test_the_hf_callback_writes_the_heartbeat_inside_a_long_evaluation(tmp_path, monkeypatch):
+    """An evaluation has no logging steps: the callback asks for the heartbeat at its batches too."""
+    pytest.importorskip("transformers")
+    from transformers import Trainer, TrainerCallback
+
+    from greencallbacks.hf import EnergyCallback
+    from tests.hf_tiny import TRAIN_SAMPLES, TokenDataset, scripted_sensor, tiny_model, training_args
+
+    monkeypatch.setattr(tracker_module, "HEARTBEAT_S", 0.0)  # due at every batch
+    energy = EnergyCallback(intensity=400.0, sensors=[scripted_sensor()], output_dir=tmp_path / "energy")
+    seen = []
+
+    class Probe(TrainerCallback):  # after ours: reads what a kill at this batch would leave
+        def on_prediction_step(self, args, state, control, **kwargs):
+            path = heartbeat_path(tmp_path / "energy", energy.tracker.run_id)
+            seen.append([r["phase"] for r in json.loads(path.read_text())["open_records"]] if path.exists() else None)
+
+    Trainer(model=tiny_model(), args=training_args(tmp_path / "out"), eval_dataset=TokenDataset(TRAIN_SAMPLES),
+            callbacks=[energy, Probe()]).evaluate()
+    assert len(seen) > 2 and all("validation" in phases for phases in seen[1:])  # (the first batch begins the loop)

@@ -14,12 +14,13 @@ import threading
 
 import pytest
 
+from greencallbacks import runs
 from greencallbacks.carbon import Carbon
 from greencallbacks.distributed import LocalReducer
 from greencallbacks.ledger import read_run_records
 from greencallbacks.meter import Meter
 from greencallbacks.sensors.base import Kind
-from greencallbacks.tracker import SUMMARY_FILE, Tracker
+from greencallbacks.tracker import HEARTBEAT_S, SUMMARY_FILE, Tracker
 from tests.fakes.scripted import FakeClock, ScriptedSensor
 
 WORLD, GPU_W, CPU_W, PHASE_S = 4, 100.0, 30.0, 10.0
@@ -139,6 +140,55 @@ def test_a_crash_on_every_rank_and_a_resume_keep_every_joule_once(tmp_path):
     assert {r.attempt for r in records} == {0, 1}
     partial = [r for r in records if r.partial]
     assert len(partial) == WORLD  # the cut-short epoch 1, once per rank, unsummed
+
+
+@pytest.mark.parametrize("beat_after_checkpoint", [False, True])
+def test_every_ranks_open_part_is_carried_after_a_kill(tmp_path, beat_after_checkpoint):
+    """Killed outright (SIGKILL on every rank: no handler runs) inside an epoch, then resumed from
+    rank 0's checkpoint: the open epoch is carried with every rank's part, from each rank's own
+    heartbeat (written as the checkpoint was taken, and once a minute after), not rank 0's alone."""
+    open_s = PHASE_S / 2 + (HEARTBEAT_S + 1.0 if beat_after_checkpoint else 0.0)
+
+    def killed(rank, reducer):
+        tracker, clock = rank_tracker(rank, reducer, tmp_path)
+        tracker.begin("train", 0)
+        clock.advance(PHASE_S)
+        tracker.end("train")
+        tracker.begin("train", 1)
+        clock.advance(PHASE_S / 2)
+        state = tracker.state_dict()  # every rank makes one; rank 0's is saved
+        if beat_after_checkpoint:
+            clock.advance(HEARTBEAT_S + 1.0)
+            tracker.heartbeat()
+        tracker._hold_lock(None, "")  # the process dies: the kernel frees its claim
+        return state
+
+    states = run_ranks(killed)
+    # Never resumed, a report counts the open epoch as the resume would: every rank's part.
+    loaded = runs.load(tmp_path)
+    assert [(r.epoch, r.ranks, r.duration_s) for r in loaded.records if r.carried] == [(1, WORLD, open_s)]
+    assert sum(r.it_energy_kwh for r in loaded.records) * 3.6e6 == pytest.approx(expected_j(PHASE_S + open_s), rel=1e-12)
+
+    def resumed(rank, reducer):
+        tracker, clock = rank_tracker(rank, reducer, tmp_path, state=states[0])
+        tracker.begin("train", 1)
+        clock.advance(PHASE_S)
+        tracker.end("train")
+        tracker.finish()
+        return tracker
+
+    trackers = run_ranks(resumed)
+    run_id = trackers[0].run_id
+    records = read_run_records(run_id, [tmp_path])
+    carried = [r for r in records if r.carried]
+    assert [(r.epoch, r.ranks, r.duration_s) for r in carried] == [(1, WORLD, open_s)]
+    assert sorted(c["name"] for c in carried[0].components) == ["cpu-host-a", "cpu-host-b", "gpu0", "gpu1", "gpu2", "gpu3"]
+    assert sum(r.it_energy_kwh for r in records) * 3.6e6 == pytest.approx(expected_j(2 * PHASE_S + open_s), rel=1e-12)
+    summary = json.loads((tmp_path / SUMMARY_FILE).read_text())
+    assert summary["energy_kwh"] == pytest.approx(sum(r.energy_kwh for r in records), rel=1e-12)
+    for tracker in trackers:  # every rank's ledger alike
+        assert tracker.total_energy_j == pytest.approx(sum(r.energy_j for r in records), rel=1e-12)
+    assert not list(tmp_path.glob("energy-open-*"))  # the run ended: every rank's part removed
 
 
 def test_every_rank_predicts_alike_from_rank_0s_time_left(tmp_path):

@@ -99,3 +99,26 @@ def test_ddp_spawn_pickles_the_callback_into_its_ranks_and_counts_alike(tmp_path
     # Lightning hands rank 0's callback_metrics back to this (parent) process.
     parent = json.loads((tmp_path / "rank0.json").read_text())
     assert parent["callback_metrics"]["energy_kwh"] == pytest.approx(train[-1].energy_kwh, rel=1e-6)
+
+
+def test_a_fit_killed_on_every_rank_carries_every_ranks_part_of_its_open_epoch(tmp_path):
+    """Preempted (SIGKILL on both ranks) inside an epoch, after a checkpoint saved there, then
+    resumed from it: the open epoch is carried with both ranks' parts, rank 1's from the
+    heartbeat it wrote as the checkpoint was taken (the checkpoint holds rank 0's part alone)."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    env.pop("LOCAL_RANK", None)
+    killed = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path), "killed"],
+                            capture_output=True, text=True, timeout=180, env=env, cwd=tmp_path)
+    assert killed.returncode == -9, killed.stdout[-3000:] + killed.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("*.ckpt")) == ["epoch=0-step=2.ckpt"]
+    resumed = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path), "resumed"],
+                             capture_output=True, text=True, timeout=180, env=env, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    records = read_records(tmp_path / "energy")
+    # The gap before the epoch (closed by its begin, written with the epoch's end) and the epoch itself.
+    carried = [r for r in records if r.carried]
+    assert [(r.phase, r.epoch, r.attempt, r.ranks) for r in carried] == [("other", None, 0, 2), ("train", 0, 0, 2)]
+    parts = {c["name"]: c["energy_j"] for c in carried[1].components if c["kind"] == "gpu"}
+    assert sorted(parts) == ["device0", "device1"] and all(j > 0 for j in parts.values())
+    assert {r.attempt for r in records if not r.carried} == {1}
+    assert not list((tmp_path / "energy").glob("energy-open-*"))

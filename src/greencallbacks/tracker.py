@@ -20,6 +20,8 @@ import contextlib
 import copy
 import dataclasses
 import datetime as _dt
+import functools
+import glob
 import hashlib
 import json
 import math
@@ -93,7 +95,7 @@ SUMMARY_LOCK_WAIT_S = 2.0
 LIVE_POWER_WINDOW_S = 1.0
 SUMMARY_LOCK_POLL_S = 0.005
 # The open phases, as a resume would carry them, are written beside the records at most this often
-# (at the framework's logging steps, and at any HF step: see `heartbeat`): a process killed without any handler running
+# (asked at every Lightning and HF step, and by Keras' watch thread: see `heartbeat`): a process killed without any handler running
 # (SIGKILL, the OOM killer, a preemption) loses at most this long of its last phase, where the
 # checkpoint's open phases alone lost everything since the last checkpoint (hours, in a long epoch).
 # One small atomic write a minute: ~1 ms, never per batch.
@@ -191,6 +193,17 @@ class _Open:
         return self.start_unix is None or (self.duration_s == 0 and not self.samples)
 
 
+def _holding_phases(method: Callable) -> Callable:
+    """Run ``method`` holding the tracker's phase lock: a heartbeat asked from another thread (the
+    Keras watch's) reads the open phases only between such calls, never half changed (a phase popped
+    and not yet closed, a segment added before the snapshot it ends at). Reentrant, ~0.3 us a call."""
+    @functools.wraps(method)
+    def holding(self: "Tracker", *args: Any, **kwargs: Any) -> Any:
+        with self._phases_lock:
+            return method(self, *args, **kwargs)
+    return holding
+
+
 def _check_phase(phase: object) -> None:
     if phase not in PHASES or phase == "other":
         raise ValueError(f"phase must be one of {PHASES[:-1]}, got {phase!r}")
@@ -270,6 +283,7 @@ class Tracker:
         self._pending: list[tuple[_Open, bool, int | None]] = []
         self._last_snapshot: Snapshot | None = None
         self._in_boundary = False  # see state_dict
+        self._phases_lock = threading.RLock()  # see _holding_phases
         self._heartbeat_at: float | None = None  # the meter's monotonic time of the last heartbeat (or start)
         self._heartbeat_written: Path | None = None  # where it was written (the run id may change at a resume)
         # `live`: the previous call's peek (its power interval) and each open phase's billed sums.
@@ -307,11 +321,15 @@ class Tracker:
         self.unmeasured_gpus: list[dict[str, Any]] = []  # this process's
         self._unmeasured_all: list[dict[str, Any]] = []  # every rank's, for the summary
 
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_phases_lock"}  # a lock cannot be copied
+
     def __setstate__(self, state: dict) -> None:
         # A copy of a tracker that has measured nothing (a callback deep-copied or pickled before
         # its fit: scikit-learn's clone, ddp_spawn) measures a run of its own: with the drawn id
         # copied, two runs had one id, their records mixed.
         self.__dict__.update(state)
+        self._phases_lock = threading.RLock()
         if not self._run_id_given and self.meter is None and self.ledger.next_seq == 0 and self.ledger.attempt == 0:
             self.ledger.run_id = uuid.uuid4().hex[:12]
 
@@ -332,6 +350,7 @@ class Tracker:
     def running(self) -> bool:
         return self.meter is not None
 
+    @_holding_phases
     def start(
         self,
         meter: "Meter",
@@ -523,6 +542,7 @@ class Tracker:
             warn(f"greencallbacks: run_id {given!r} {self._renamed_why}: this training is recorded as "
                  f"{self.run_id!r}, so the two are not mixed.")
 
+    @_holding_phases
     def begin(self, phase: str, epoch: int | None = None, metric_prefix: str | None = None) -> None:
         """A phase starts. Nested phases (validation inside a training epoch) are allowed.
 
@@ -599,6 +619,7 @@ class Tracker:
              "open phase whatever the thread, so one thread's samples and time land in the other's phases. Begin, "
              "count and end a Tracker's phases from one thread (two trainings at once: a Tracker each).")
 
+    @_holding_phases
     def add_pause(self, seconds: float) -> None:
         """A carbon-aware pause of ``seconds`` in the innermost open phase (the gap between epochs)."""
         if self._stack and seconds > 0:
@@ -620,6 +641,7 @@ class Tracker:
                 top.samples += samples if type(samples) is int and samples >= 0 else _count("samples", samples)
             top.tokens += tokens if type(tokens) is int and tokens >= 0 else _count("tokens", tokens)
 
+    @_holding_phases
     def end(
         self, phase: str, *, samples: int | None = None, step: int | None = None, metric_prefix: str | None = None,
         partial: bool = False,
@@ -659,6 +681,7 @@ class Tracker:
             self._stack[0] = self._open("other", closed.epoch)
         return self._publish(closed.seq)
 
+    @_holding_phases
     def finish(self) -> None:
         """The run ends normally: close the last gap, write everything, stop the meter thread.
 
@@ -676,6 +699,7 @@ class Tracker:
             # Whatever failed in the write-up, the run stops: its thread, its writer, its lock.
             self._stop()
 
+    @_holding_phases
     def abort(self) -> None:
         """The run is failing (exception, interrupt): write what was measured, without collectives.
 
@@ -724,9 +748,9 @@ class Tracker:
                 self._warn_records_not_written(summary_written)
             elif not summary_written:  # a full disk can take the records' last lines, not a new file
                 self._warn_summary_not_written()
-        if self.output_dir is not None and self.reducer.rank == 0:
+        if self.output_dir is not None:
             # Its phases are written now: a later resume must not carry them again.
-            self._forget_heartbeat(heartbeat_path(self.output_dir, self.run_id))
+            self._forget_heartbeat(heartbeat_path(self.output_dir, self.run_id, self.reducer.rank))
         self.meter = None
         with _running_lock:
             _running.pop(self, None)
@@ -829,6 +853,7 @@ class Tracker:
             values.update(self.prediction())
         return {prefix + k: float(v) for k, v in values.items()}
 
+    @_holding_phases
     def live(self, prefix: str = "") -> dict[str, float]:
         """The run's totals so far, the open phases included, for step-level logging.
 
@@ -914,6 +939,7 @@ class Tracker:
         return earlier + ([self.output_dir] if self.output_dir is not None else [])
 
     # ------------------------------------------------------------------- checkpoint / resume
+    @_holding_phases
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint needs to continue this run: its id, where its records are, and its
         totals so far (phases open now included, as measured so far: the fallback for a resume
@@ -926,6 +952,12 @@ class Tracker:
                 # it twice. The open phases are saved either way, as billed so far (see _carry).
                 self._boundary()
             open_records = self._open_records()
+            if self.reducer.world_size > 1 and self._last_snapshot is not None:
+                # The checkpoint (rank 0's) holds rank 0's part: each rank's, measured as far, beside
+                # it, for the resume to sum, and for a report of the run if it is never resumed. (Not
+                # on one rank: Keras saves its state at every epoch end, and the checkpoint is whole.)
+                self._heartbeat_at = self._last_snapshot.monotonic_s
+                self._write_heartbeat(open_records, self._last_snapshot.unix_s)
         state = {**self.ledger.state_dict(open_records), "records_path": self._records_path(), "session_id": self._session_id,
                  "open_records": [r.to_dict() for r in open_records]}  # see _carry
         if self._records_elsewhere:  # the run's earlier attempts, written in other directories (see _resume)
@@ -950,15 +982,23 @@ class Tracker:
     def heartbeat(self) -> None:
         """Write the open phases beside the records, as a resume would carry them, when
         ``HEARTBEAT_S`` has passed since the last time (else nothing: cheap at every step). ``live``
-        calls it at the framework's logging steps, the HF callback at every step too; a
-        loop of your own may call it at any step. A process killed without any handler running
-        then loses at most that long of its last phase (see ``_carry``)."""
-        if not self.running or self._last_snapshot is None:
+        calls it at the framework's logging steps, the Lightning and HF callbacks at every step,
+        the Keras one from its watch thread; a loop of your own may call it at any step, from any
+        thread. A process killed without any handler running then loses at most that long of its
+        last phase (see ``_carry``)."""
+        meter = self.meter
+        if meter is None or self._last_snapshot is None:
             return
-        assert self.meter is not None
-        if self._heartbeat_at is not None and self.meter.monotonic_s() - self._heartbeat_at < HEARTBEAT_S:
+        if self._heartbeat_at is not None and meter.monotonic_s() - self._heartbeat_at < HEARTBEAT_S:
             return  # not due: one clock read, at every step
-        self._beat(self.meter.peek())
+        # From another thread, never wait for a boundary in progress: the next call writes it.
+        if not self._phases_lock.acquire(blocking=False):
+            return
+        try:
+            if self.meter is not None:  # (the run may have ended meanwhile)
+                self._beat(self.meter.peek())
+        finally:
+            self._phases_lock.release()
 
     def _beat(self, now: "Snapshot") -> None:
         # Not inside a boundary (a signal handler's live figures): the innermost phase may hold the
@@ -967,9 +1007,15 @@ class Tracker:
         if not due or self._in_boundary:
             return
         self._heartbeat_at = now.monotonic_s
-        if self.reducer.rank != 0 or self.output_dir is None:  # one copy, rank 0's share, as a checkpoint's
+        self._write_heartbeat(self._open_records(now), now.unix_s)
+
+    def _write_heartbeat(self, open_records: list[Record], unix_s: float) -> None:
+        """This rank's part of the open phases, in a file of its own: on several ranks each measures
+        its own devices, and a checkpoint holds rank 0's part alone (8 GPUs preempted an hour into
+        an epoch: the resume carried one GPU's hour). The resume sums the parts (``_carry_ranks``)."""
+        if self.output_dir is None:
             return
-        path = heartbeat_path(self.output_dir, self.run_id)
+        path = heartbeat_path(self.output_dir, self.run_id, self.reducer.rank)
         if self._heartbeat_written != path:  # the run named anew by a resume (Lightning's, after start)
             self._forget_heartbeat()
         self._heartbeat_written = path
@@ -977,8 +1023,9 @@ class Tracker:
             "schema": "greencallbacks.open/1",
             "run_id": self.run_id,
             "attempt": self.ledger.attempt,
-            "written": utc_iso(now.unix_s),
-            "open_records": [r.to_dict() for r in self._open_records(now)],
+            "rank": self.reducer.rank,
+            "written": utc_iso(unix_s),
+            "open_records": [r.to_dict() for r in open_records],
         })
 
     def _forget_heartbeat(self, path: Path | None = None) -> None:
@@ -1013,6 +1060,7 @@ class Tracker:
             self._resolved_for, self._resolved = key, str((self.output_dir / RECORDS_FILE).resolve())
         return self._resolved
 
+    @_holding_phases
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue the checkpointed run of ``state`` as its next attempt (before or after ``start``);
         nothing to do for a state this tracker wrote (see ``wrote``)."""
@@ -1109,22 +1157,49 @@ class Tracker:
         self.ledger.resume(state, records)  # names the run
         saved = self._carry(state, records)
         beaten = self._carry_heartbeat(state, records, saved, directories)
-        replaced = {(r.seq, r.attempt) for r in beaten}
-        kept = [r for r in saved if (r.seq, r.attempt) not in replaced]
-        uncounted = kept + beaten
+        # Rank 0's part of each phase left open: the checkpoint's measure, or its heartbeat's later one;
+        # then summed with the other ranks' parts.
+        carried = {(r.seq, r.attempt): r for r in saved}
+        carried.update({(r.seq, r.attempt): r for r in beaten})
+        carried = self._carry_ranks(state, records, carried, directories)
+        as_saved = {(r.seq, r.attempt): r for r in saved}
+        changed = [r for key, r in carried.items() if as_saved.get(key) is not r]
+        uncounted = list(carried.values())
         if not records:
             # The ledger goes on from the checkpoint's totals, which count the phases it saved open
-            # as they were then: the heartbeat's later measure of such a phase replaces that one.
-            self.ledger.resume(_uncounted(state, [r for r in saved if (r.seq, r.attempt) in replaced]), records)
-            uncounted = beaten
-        self._carried = sorted(kept + beaten, key=_in_order)
+            # as they were then: a later or summed measure of such a phase replaces that one.
+            self.ledger.resume(_uncounted(state, [r for key, r in as_saved.items() if carried[key] is not r]), records)
+            uncounted = changed
+        self._carried = sorted(carried.values(), key=_in_order)
         for record in sorted(uncounted, key=_in_order):
             self.ledger.add(record)
-        if beaten:
+        if changed:
             # An attempt that wrote no record of its own (killed before its first) is numbered
             # from the records: the one after it must not take its attempt number or its seqs.
-            self.ledger.attempt = max(self.ledger.attempt, max(r.attempt for r in beaten) + 1)
-            self.ledger.next_seq = max(self.ledger.next_seq, max(r.seq for r in beaten) + 1)
+            self.ledger.attempt = max(self.ledger.attempt, max(r.attempt for r in changed) + 1)
+            self.ledger.next_seq = max(self.ledger.next_seq, max(r.seq for r in changed) + 1)
+
+    def _carry_ranks(self, state: dict[str, Any], records: list[Record], carried: dict[tuple[int, int], Record],
+                     directories: list[Path | None]) -> dict[tuple[int, int], Record]:
+        """Each phase left open, summed over the ranks that measured it. A checkpoint holds rank 0's
+        part alone; each other rank wrote its own in its heartbeat (at the checkpoint too, see
+        ``state_dict``): 8 GPUs preempted an hour into an epoch carried one GPU's hour, not eight."""
+        found = _distinct([d for d in directories if d is not None], None)
+        written = {(r.seq, r.attempt) for r in records}
+        after = (int(state.get("attempt", 0)), int(state.get("seq", 0)))
+        parts: dict[tuple[int, int], list[Record]] = {}
+        for rank in heartbeat_ranks(self.run_id, found):
+            for record in _heartbeat_records(self.run_id, found, rank):
+                key = (record.seq, record.attempt)
+                # A phase closed before the checkpoint is in its records or its totals already.
+                if key not in written and (key in carried or (record.attempt, record.seq) >= after):
+                    parts.setdefault(key, []).append(record)
+        summed = dict(carried)
+        for key, others in parts.items():
+            record = _combine(([[carried[key]]] if key in carried else []) + [[part] for part in others])[0]
+            record.carried = True
+            summed[key] = record
+        return summed
 
     def _carry_heartbeat(self, state: dict[str, Any], records: list[Record], saved: list[Record],
                          directories: list[Path | None]) -> list[Record]:
@@ -1493,28 +1568,51 @@ def kept_summary_path(path: Path, run_id: str) -> Path:
     return path.with_name(_run_file_name("energy-summary-", run_id))
 
 
-def heartbeat_path(directory: Path, run_id: str) -> Path:
-    """Where run ``run_id``'s heartbeat (its open phases, see ``Tracker.heartbeat``) is, beside its records."""
-    return directory / _run_file_name(HEARTBEAT_PREFIX, run_id)
+def heartbeat_path(directory: Path, run_id: str, rank: int = 0) -> Path:
+    """Where run ``run_id``'s heartbeat (its open phases, see ``Tracker.heartbeat``) is, beside its
+    records: rank 0's part, or rank ``rank``'s (``energy-open-<run id>.rank<r>.json``)."""
+    return directory / _run_file_name(HEARTBEAT_PREFIX, run_id, f".rank{rank}" if rank else "")
 
 
-def _run_file_name(prefix: str, run_id: str) -> str:
+def _run_file_name(prefix: str, run_id: str, suffix: str = "") -> str:
     safe = re.sub(r"[^A-Za-z0-9_.-]", "-", run_id)  # ASCII: as many bytes as characters
     digest = "-" + hashlib.sha256(run_id.encode()).hexdigest()[:8]
-    name = f"{prefix}{safe}{digest if safe != run_id else ''}.json"
+    name = f"{prefix}{safe}{digest if safe != run_id else ''}{suffix}.json"
     if len(name) > NAME_MAX_BYTES:
-        name = f"{prefix}{safe[:KEPT_SUMMARY_ID_CHARS]}{digest}.json"
+        name = f"{prefix}{safe[:KEPT_SUMMARY_ID_CHARS]}{digest}{suffix}.json"
     return name
 
 
-def _heartbeat_records(run_id: str, directories: list[Path]) -> list[Record]:
-    """The open phases of run ``run_id``'s last heartbeat in these directories; of a phase found in
-    several, the longest measure. A heartbeat missing, torn or edited gives none: the checkpoint's
-    open phases stand."""
+def heartbeat_ranks(run_id: str, directories: list[Path]) -> list[int]:
+    """The ranks > 0 whose part of run ``run_id``'s open phases is in these directories (``heartbeat_path``)."""
+    ranks = set()
+    for directory in directories:
+        named = heartbeat_path(directory, run_id, 1).name[:-len(".rank1.json")]
+        for path in directory.glob(glob.escape(named) + ".rank*.json") if directory.is_dir() else ():
+            match = re.fullmatch(r".*\.rank([1-9][0-9]*)\.json", path.name)
+            if match and path.name == heartbeat_path(directory, run_id, int(match.group(1))).name:
+                ranks.add(int(match.group(1)))
+    return sorted(ranks)
+
+
+def heartbeat_records(run_id: str, directories: list[Path]) -> list[Record]:
+    """The phases run ``run_id``'s heartbeats in these directories hold open, each summed over the
+    ranks whose part is there (each rank writes its own): for a report of a run killed outright."""
+    parts: dict[tuple[int, int], list[list[Record]]] = {}
+    for rank in [0, *heartbeat_ranks(run_id, directories)]:
+        for record in _heartbeat_records(run_id, directories, rank):
+            parts.setdefault((record.seq, record.attempt), []).append([record])
+    return [_combine(per_rank)[0] if len(per_rank) > 1 else per_rank[0][0] for _, per_rank in sorted(parts.items())]
+
+
+def _heartbeat_records(run_id: str, directories: list[Path], rank: int = 0) -> list[Record]:
+    """The open phases of run ``run_id``'s last heartbeat in these directories (rank ``rank``'s
+    part); of a phase found in several, the longest measure. A heartbeat missing, torn or edited
+    gives none: the checkpoint's open phases stand."""
     longest: dict[tuple[int, int], Record] = {}
     for directory in directories:
         try:
-            saved = json.loads(heartbeat_path(directory, run_id).read_text(encoding="utf-8"))
+            saved = json.loads(heartbeat_path(directory, run_id, rank).read_text(encoding="utf-8"))
             found = [Record.from_dict(d) for d in saved["open_records"]] if saved.get("run_id") == run_id else []
         except (OSError, ValueError, TypeError, KeyError, AttributeError):
             continue

@@ -6,7 +6,9 @@ stay referenced for as long as the notebook keeps ``sys.last_traceback``. Instea
 garbage collection or a private seam of each version, the adapter registers the frame of the
 framework call it is inside; a daemon thread looks at that thread's stack (``sys._current_frames``,
 identity checks only, never the frame's locals) every ``POLL_S`` and calls ``on_gone`` once the
-frame has left it. The end hook of a call that finishes normally cancels the watch first.
+frame has left it. The end hook of a call that finishes normally cancels the watch first. While
+the call runs, ``on_poll`` (if given) is called at each look: Keras' batch hooks may run off the
+training thread or not at all, so its heartbeat (``Tracker.heartbeat``) is asked from here.
 
 The cost on the training thread is the GIL for a few microseconds, ``1 / POLL_S`` times a second.
 """
@@ -25,8 +27,10 @@ POLL_S = 0.2  # the partial records and summary are on disk within ~this after t
 
 
 class Watch:
-    def __init__(self, frame: FrameType, thread_id: int, on_gone: Callable[[], None]) -> None:
+    def __init__(self, frame: FrameType, thread_id: int, on_gone: Callable[[], None],
+                 on_poll: Callable[[], None] | None = None) -> None:
         self.frame: FrameType | None = frame
+        self.on_poll = on_poll
         self.thread_id = thread_id
         # The thread's outermost frame (its script, notebook kernel or thread bootstrap): a walk
         # from the top that reaches it without meeting `frame` proves the call has ended.
@@ -39,7 +43,7 @@ class Watch:
 
     def cancel(self) -> None:
         with self._lock:
-            self._on_gone = None
+            self._on_gone = self.on_poll = None
             self.frame = None  # frames hold the call's locals (model, data): let them go
             if not self._firing:  # on_gone cancelling its own watch: done when it returns
                 self._done = True
@@ -47,7 +51,7 @@ class Watch:
     def fire(self) -> None:
         """Run ``on_gone`` now if it has not run (idempotent; safe from any thread, waits for a run in progress)."""
         with self._lock:
-            on_gone, self._on_gone, self.frame = self._on_gone, None, None
+            on_gone, self._on_gone, self.frame, self.on_poll = self._on_gone, None, None, None
             self._firing = True
             try:
                 if on_gone is not None:
@@ -71,10 +75,11 @@ _wake = threading.Condition(_lock)
 _thread: threading.Thread | None = None
 
 
-def watch(frame: FrameType, on_gone: Callable[[], None]) -> Watch:
-    """Call ``on_gone`` (from a background thread) once ``frame`` is no longer on the current thread's stack."""
+def watch(frame: FrameType, on_gone: Callable[[], None], on_poll: Callable[[], None] | None = None) -> Watch:
+    """Call ``on_gone`` (from a background thread) once ``frame`` is no longer on the current thread's
+    stack, and ``on_poll`` every ``POLL_S`` until then."""
     global _thread
-    handle = Watch(frame, threading.get_ident(), on_gone)
+    handle = Watch(frame, threading.get_ident(), on_gone, on_poll)
     with _lock:
         _watches.append(handle)
         if _thread is None or not _thread.is_alive():
@@ -194,8 +199,13 @@ def _run() -> None:
                     handle.fire()
                 except Exception:  # noqa: BLE001 - the watched call already failed; keep watching the others
                     pass
+            elif frame is not None and (poll := handle.on_poll) is not None:  # (cancelled meanwhile: None)
+                try:
+                    poll()
+                except Exception:  # noqa: BLE001 - a heartbeat that failed is written at the next look
+                    pass
         # Nothing of a watched call may stay referenced while this thread waits: a cancelled
         # watch's frame would keep that call's Trainer, model and data alive until the next watch.
-        stacks = current = handle = frame = None
+        stacks = current = handle = frame = poll = None
         with _lock:
             _wake.wait(POLL_S)

@@ -421,8 +421,9 @@ class EnergyCallback(TrainerCallback, ExportableState):
     # ------------------------------------------------------------------ evaluation, prediction
     @never_raises
     def on_prediction_step(self, args, state, control, **kwargs):
-        if self._loops:
-            return  # the loop wrapper measures this loop (the per-batch path: keep it cheap)
+        if self._loops:  # the loop wrapper measures this loop (the per-batch path: keep it cheap)
+            self.tracker.heartbeat()  # as at a training step: a long evaluation has no logging steps
+            return
         # This loop began before the callback knew the trainer (add_callback, then evaluate or
         # predict without training): measure it from here (its first batch goes to the gap
         # before it), and wrap the loops that follow.

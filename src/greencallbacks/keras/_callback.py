@@ -526,7 +526,10 @@ class _Call:
         self.progress = _Progress()
         # Fires `_abandon` once the call's frame has left the stack without the end hook (it
         # raised), or at exit; `close` cancels it when the call ends normally.
-        self.watch = watch.watch(frame, functools.partial(_abandon, self)) if frame is not None else None
+        # Asks for the run's heartbeat while the call runs: Keras' batch hooks run off the training
+        # thread, or are not dispatched at all.
+        self.watch = (watch.watch(frame, functools.partial(_abandon, self), functools.partial(_heartbeat, self))
+                      if frame is not None else None)
         self._at_exit = weakref.finalize(self, _abandon, self)  # no frame found, or the process exits first
 
     @property
@@ -555,6 +558,14 @@ class _Call:
 
 
 _ABANDON_LOCK = threading.RLock()
+
+
+def _heartbeat(call: _Call) -> None:
+    """The open phases of the call's run beside its records, once a minute (``Tracker.heartbeat``:
+    from the watch thread, never waiting for a boundary on the training thread)."""
+    run = call.run
+    if run is not None:
+        run.session.tracker.heartbeat()
 
 
 def _abandon(call: _Call) -> None:

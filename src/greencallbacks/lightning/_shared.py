@@ -429,6 +429,9 @@ class EnergyCallbackBase:
                 self._live_wait -= 1
                 if self._live_wait <= 0:
                     self._maybe_log_live(trainer)
+            # The open phases for a resume after a kill, once a minute (`Tracker.heartbeat`, one
+            # clock read when not due): logging steps may be hours apart, or step_metrics off.
+            self.tracker.heartbeat()
         except Exception as error:  # noqa: BLE001 - measuring must never break training
             hook_failed(self, "on_train_batch_end", error)
 
@@ -486,10 +489,11 @@ class EnergyCallbackBase:
         from a CombinedLoader in another mode than "sequential", of each loader apart."""
         if self._eval_parts is not None:
             self._add_parts(batch, self._eval_parts)
-            return
-        collates = self._eval_collates
-        self._counter.collate = collates[dataloader_idx] if dataloader_idx < len(collates) else None
-        self._counter.add(self.tracker, batch)
+        else:
+            collates = self._eval_collates
+            self._counter.collate = collates[dataloader_idx] if dataloader_idx < len(collates) else None
+            self._counter.add(self.tracker, batch)
+        self.tracker.heartbeat()  # as at a training step: a long evaluation has no logging steps
 
     def _plan_evaluation(self, trainer: Any, loaders: Any, stage: str) -> None:
         """How the batches of the evaluation starting are counted. Lightning runs a dict or list of
