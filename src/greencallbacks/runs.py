@@ -3,7 +3,9 @@
 A directory given to ``report``, ``whatif`` or ``lifecycle`` may be a log root (``lightning_logs/``,
 an HF ``output_dir``, a TensorBoard ``log_dir``): its ``energy-records.jsonl`` files are found at
 any depth, like ``tensorboard --logdir`` finds event files. ``energy-records.rank<r>.jsonl``
-beside one (what ranks > 0 wrote when a distributed run failed) belongs to the same runs.
+beside one (what ranks > 0 wrote when a distributed run failed) belongs to the same runs, and so
+does a run's heartbeat beside them (``energy-open-<run id>.json``, ``Tracker.heartbeat``): the phases
+a run killed outright had open, counted up to its last heartbeat as its resume would carry them.
 """
 
 from __future__ import annotations
@@ -27,33 +29,49 @@ SUMMED_FIELDS = ("duration_s", "it_energy_kwh", "energy_kwh", "co2eq_g", "intens
                  "uncertainty_kwh")
 
 
-def find_record_files(path: str | os.PathLike) -> list[Path]:
+def find_run_files(path: str | os.PathLike) -> tuple[list[Path], list[Path]]:
     """The records files ``path`` names: itself (with its rank files) if a file, else every one below
-    the directory. A pipe named here (`report <(cat energy-records.jsonl)`) is read as cat reads it;
-    one found by walking a directory is refused (``_walk``): nobody asked to wait for its writer."""
+    the directory; and the runs' heartbeats beside them (``_open_phases``). A directory holding a
+    heartbeat alone (its run killed before its first record) is no error. A pipe named here
+    (`report <(cat energy-records.jsonl)`) is read as cat reads it; one found by walking a directory
+    is refused (``_walk``): nobody asked to wait for its writer."""
     path = Path(path)
     if path.is_file() or path.is_fifo():
+        beside = path.name == RECORDS_FILE
         # What ranks > 0 wrote when a distributed run failed is part of the same runs' energy.
-        ranks = sorted(path.parent.glob(RANK_FILES)) if path.name == RECORDS_FILE else []
-        return [path, *ranks]
+        ranks = sorted(path.parent.glob(RANK_FILES)) if beside else []
+        beats = sorted(p for p in path.parent.glob(_heartbeat_files()) if p.is_file()) if beside else []
+        return [path, *ranks], beats
     if not path.is_dir():
         refuse_special_file(path)
         raise FileNotFoundError(f"no such file or directory: {path}")
-    found = sorted(_walk(path))
-    if not found:
-        raise ValueError(f"no {RECORDS_FILE} under {path} (looked in every subdirectory)")
-    return found
+    found, beats = _walk(path)
+    if not found and not beats:
+        raise ValueError(_nothing_under(path))
+    return sorted(found), sorted(beats)
 
 
-def _walk(root: Path) -> list[Path]:
-    """The records files at any depth under ``root``, through symlinked directories (a run directory
-    linked into a log root, or a root that is a link to the logs), each directory once: a link to a
-    directory above it would loop. One that cannot be read is warned of, naming it: left out in
-    silence, its runs would be missing from totals that look whole. (Path.rglob, before Python
-    3.13, neither follows links to directories nor says what it could not read.)"""
+def _nothing_under(path: str | os.PathLike) -> str:
+    return f"no {RECORDS_FILE} under {path} (looked in every subdirectory)"
+
+
+def _heartbeat_files() -> str:
+    from greencallbacks.tracker import HEARTBEAT_PREFIX
+
+    return f"{HEARTBEAT_PREFIX}*.json"
+
+
+def _walk(root: Path) -> tuple[list[Path], list[Path]]:
+    """The records files at any depth under ``root``, and the heartbeats, through symlinked
+    directories (a run directory linked into a log root, or a root that is a link to the logs), each
+    directory once: a link to a directory above it would loop. One that cannot be read is warned of,
+    naming it: left out in silence, its runs would be missing from totals that look whole.
+    (Path.rglob, before Python 3.13, neither follows links to directories nor says what it could not read.)"""
+    heartbeats = _heartbeat_files()
     unreadable: list[str] = []
     seen: set[str] = set()
     found: list[Path] = []
+    beats: list[Path] = []
     for directory, subdirectories, names in os.walk(root, followlinks=True,
                                                     onerror=lambda error: unreadable.append(error.filename)):
         real = os.path.realpath(directory)
@@ -63,13 +81,14 @@ def _walk(root: Path) -> list[Path]:
         seen.add(real)
         found += [Path(directory, name) for name in names
                   if name == RECORDS_FILE or fnmatch.fnmatchcase(name, RANK_FILES)]
+        beats += [Path(directory, name) for name in names if fnmatch.fnmatchcase(name, heartbeats)]
     for file in found:
         if not file.is_file():  # a named pipe there would block the read forever
             refuse_special_file(file, "a records file")
     if unreadable:
         warnings.warn(f"could not read {len(unreadable)} director{'y' if len(unreadable) == 1 else 'ies'} under "
                       f"{root}, so any records there are left out: {', '.join(unreadable)}", stacklevel=3)
-    return found
+    return found, [beat for beat in beats if beat.is_file()]  # (a pipe of that name is no heartbeat of ours)
 
 
 def refuse_special_file(path: Path, wanted: str = "a regular file or directory", name: str | None = None) -> None:
@@ -90,7 +109,8 @@ def refuse_special_file(path: Path, wanted: str = "a regular file or directory",
 class Loaded:
     records: list[Record]
     files: list[Path]
-    run_files: dict[str, list[Path]]  # run id -> the files holding its records
+    # run id -> the files holding its records: its heartbeat too, where that adds phases (``_open_phases``)
+    run_files: dict[str, list[Path]]
     # run id -> the energy-summary.json of that run beside its records (the largest, where several
     # directories hold one: a resume into another directory wrote the whole run's there).
     summaries: dict[str, dict] = field(default_factory=dict)
@@ -108,10 +128,12 @@ def load(paths: str | os.PathLike | Iterable[str | os.PathLike], run_id: str | N
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     files: list[Path] = []
+    beats: list[Path] = []
     for path in paths:
-        for found in find_record_files(path):
-            if found.resolve() not in {f.resolve() for f in files}:
-                files.append(found)
+        found_files, found_beats = find_run_files(path)
+        for found, into in [(f, files) for f in found_files] + [(b, beats) for b in found_beats]:
+            if found.resolve() not in {f.resolve() for f in into}:
+                into.append(found)
     records: list[Record] = []
     run_files: dict[str, list[Path]] = {}
     # Each record once: a copied run directory (a backup made with `cp -r`) or a file given with
@@ -147,8 +169,61 @@ def load(paths: str | os.PathLike | Iterable[str | os.PathLike], run_id: str | N
             "counted once: " + "; ".join(f"{copy} repeats {original}" for copy, original in copies.items()),
             stacklevel=2,
         )
+    records += _open_phases(records, run_files, beats, run_id)
+    if not records and not files:  # heartbeats alone, none of them readable (or of the run asked for)
+        raise ValueError(_nothing_under(", ".join(map(str, paths))) + ", and no heartbeat of a run there could be "
+                         f"read ({', '.join(map(str, beats))})")
     summaries = _summaries_beside(run_files)
     return Loaded(records, files, run_files, summaries, unfinished_runs(records, run_files, summaries))
+
+
+def _open_phases(records: Sequence[Record], run_files: dict[str, list[Path]], beats: Sequence[Path],
+                 run_id: str | None) -> list[Record]:
+    """The phases each run's heartbeat in ``beats`` holds open that no record holds, as its resume
+    would carry them (``carried``; ``partial`` where still open): a run killed outright and never
+    resumed (started again as a new run) wrote nothing of its last phase but its heartbeat, up to
+    ``HEARTBEAT_S`` before the kill (hours of GPU, in a long epoch). Its heartbeat file is added
+    to ``run_files``. A phase a resume carried is in the records already, under the same attempt and
+    seq (as is one written since the heartbeat: the heartbeat of a run still training), and counts
+    once. A heartbeat torn, edited or named for another run is left out: the records stand."""
+    from greencallbacks.tracker import heartbeat_path, heartbeat_ranks, heartbeat_records
+
+    directories: dict[str, list[Path]] = {}  # run -> the directories holding its heartbeat
+    for beat in beats:
+        run = run_id if run_id is not None else _run_of_heartbeat(beat)
+        # Its name is its run's (rank 0's part, or another rank's): a copy renamed after another run
+        # is not that run's heartbeat.
+        if run is not None and beat.name in {heartbeat_path(beat.parent, run, rank).name
+                                             for rank in [0, *heartbeat_ranks(run, [beat.parent])]}:
+            if beat.parent not in directories.setdefault(run, []):
+                directories[run].append(beat.parent)
+    written = {(r.run_id, r.attempt, r.seq) for r in records}
+    added: list[Record] = []
+    for run, places in directories.items():
+        mine = [r for r in heartbeat_records(run, places) if (run, r.attempt, r.seq) not in written]
+        if not mine or not all(_summable(r) for r in mine):
+            continue
+        for record in sorted(mine, key=lambda r: (r.attempt, r.seq)):
+            record.carried = True
+            added.append(record)
+        holders = run_files.setdefault(run, [])
+        holders += [heartbeat_path(place, run) for place in places]
+    return added
+
+
+def _run_of_heartbeat(path: Path) -> str | None:
+    """The run id a heartbeat names, or None where it cannot be read (being replaced, torn, not ours)."""
+    try:
+        run = json.loads(path.read_text(encoding="utf-8")).get("run_id")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return run if isinstance(run, str) else None
+
+
+def _summable(record: Record) -> bool:
+    """Every field a report sums is a finite number (an edited heartbeat may hold null or NaN)."""
+    return all(isinstance(value := getattr(record, name), (int, float)) and math.isfinite(value)
+               for name in SUMMED_FIELDS)
 
 
 def unfinished_runs(records: Sequence[Record], run_files: dict[str, list[Path]], summaries: dict[str, dict]) -> set[str]:
@@ -165,13 +240,18 @@ def unfinished_runs(records: Sequence[Record], run_files: dict[str, list[Path]],
         last_attempt[r.run_id] = max(r.attempt, last_attempt.get(r.run_id, 0))
     unfinished = set()
     for run, files in run_files.items():
-        if not any(f.name == RECORDS_FILE for f in files):
+        # (Or its heartbeat, which is there as its records file is: beside the summary it looks for.)
+        if not any(f.name == RECORDS_FILE or _is_heartbeat(f) for f in files):
             continue
         summary = summaries.get(run)
         attempts = summary.get("attempts") if summary is not None else None
         if summary is None or (isinstance(attempts, int) and attempts <= last_attempt[run]):
             unfinished.add(run)
     return unfinished
+
+
+def _is_heartbeat(path: Path) -> bool:
+    return fnmatch.fnmatchcase(path.name, _heartbeat_files())
 
 
 def _summaries_beside(run_files: dict[str, list[Path]]) -> dict[str, dict]:
@@ -239,7 +319,7 @@ def describe_runs(loaded: Loaded) -> list[str]:
         epochs = len({r.epoch for r in mine if r.phase == "train" and r.epoch is not None})
         attempts = len({r.attempt for r in mine})
         framework = next((r.framework for r in mine if r.framework), "unknown framework")
-        where = ", ".join(str(f.parent) for f in files)
+        where = ", ".join(dict.fromkeys(str(f.parent) for f in files))
         lines.append(f"{run}: {framework}, {epochs} training epoch(s)"
                      + (f" over {attempts} attempts" if attempts > 1 else "")
                      + (", no write-up (killed, or still training)" if run in loaded.unfinished else "") + f", in {where}")

@@ -267,10 +267,13 @@ def provenance(records: Sequence[Record], run_summaries: Mapping[str, dict] | No
             f"No write-up (energy-summary.json) beside the records of run{'s' if len(without) > 1 else ''} "
             f"{', '.join(without)} for {'their' if len(without) > 1 else 'its'} last attempt, which a run writes "
             "when it ends, an exception or Ctrl-C included: killed outright (SIGKILL, the out-of-memory killer, a "
-            "preemption, a SIGTERM outside Lightning), or still training. What it used after its last record is in no figure here, and it is "
-            "reported as cut short, apart from runs that finished.")
+            f"preemption, a SIGTERM outside Lightning), or still training. {_after_last_record(records, without)}, "
+            "and it is reported as cut short, apart from runs that finished.")
     if any(r.partial for r in records):
-        notes.append("Phases marked partial were cut short by an exception or interrupt; their energy is in the totals.")
+        killed = any(r.partial and r.carried for r in records)  # a kill's open phase, carried by a resume or a heartbeat
+        notes.append("Phases marked partial were cut short by an exception or interrupt"
+                     + (", or by a kill (measured up to the checkpoint or heartbeat they were carried from)" if killed else "")
+                     + "; their energy is in the totals.")
     if any(not r.samples_counted for r in records):
         notes.append("Some batches could not be counted: samples are a lower bound and J/sample is n/a there.")
     trained_in = training_attempts(records)
@@ -336,6 +339,27 @@ def gpus_used_by_others(records: Sequence[Record], run_summaries: Mapping[str, d
             if isinstance(gpu, dict) and isinstance(gpu.get("gpu"), str):
                 found[gpu["gpu"] + (f" ({gpu['uuid']})" if isinstance(gpu.get("uuid"), str) else "")] = None
     return list(found)
+
+
+def _after_last_record(records: Sequence[Record], unfinished: Sequence[str]) -> str:
+    """What an unfinished run's figures leave out: everything after its last record, or, where its
+    heartbeat was read (``runs.load``: phases of its last attempt carried, as a resume carries them),
+    what it used after its last heartbeat."""
+    from greencallbacks.tracker import HEARTBEAT_S
+
+    runs = by_run(records)
+    beaten = [run for run in unfinished
+              if any(r.carried and r.attempt == max(m.attempt for m in runs[run]) for r in runs[run])]
+    if not beaten:
+        return "What it used after its last record is in no figure here"
+    others = [run for run in unfinished if run not in beaten]
+    whose = "it" if not others else f"run{'s' if len(beaten) > 1 else ''} {', '.join(beaten)}"
+    said = (f"The phases {whose} had open are counted up to the last heartbeat (energy-open-<run id>.json beside "
+            f"the records, written every {HEARTBEAT_S:g} s while a run trains), as partial: what was used after "
+            f"that, at most {HEARTBEAT_S:g} s, is in no figure here")
+    if not others:
+        return said
+    return said + f"; what {', '.join(others)} used after {'their' if len(others) > 1 else 'its'} last record is in none"
 
 
 def incomplete_records(records: Sequence[Record], run_summaries: Mapping[str, dict] | None = None) -> list[str]:
