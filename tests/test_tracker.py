@@ -1542,3 +1542,36 @@ def test_a_mistyped_keyword_names_the_nearest_valid_one():
         Tracker(framework=None)
     with pytest.raises(TypeError, match="positional"):  # and Python's for what is no keyword
         Tracker(None)
+
+
+def test_starting_again_at_once_after_a_failed_call_waits_for_its_write_up(tmp_path):
+    """A loop that raised is written up by the watch thread within ``watch.POLL_S``; a script that
+    catches the exception and starts the tracker again at once found it still running (start did
+    nothing), then the write-up stopped it under the new loop, which was measured by nothing."""
+    import sys
+
+    from greencallbacks import watch
+
+    clock = FakeClock()
+
+    def meter():
+        return Meter([ScriptedSensor("gpu0", clock, power_w=100.0)], fallback=None, clock=clock)
+
+    tracker = Tracker(output_dir=tmp_path, carbon=Carbon(intensity=200.0)).start(meter())
+    tracker.begin("train", 0)
+    clock.advance(5.0)
+
+    def failing_loop():
+        watch.watch(sys._getframe(), tracker.abort)  # as the Keras and HF callbacks watch their calls
+        raise RuntimeError("out of memory")
+
+    with pytest.raises(RuntimeError):
+        failing_loop()
+    tracker.start(meter())  # at once: its write-up is done first
+    assert tracker.running
+    tracker.begin("validation", 0)
+    clock.advance(1.0)
+    tracker.end("validation")
+    tracker.finish()
+    records = read_records(tmp_path / RECORDS_FILE)
+    assert [(r.phase, r.partial) for r in records if r.phase != "other"] == [("train", True), ("validation", False)]

@@ -193,12 +193,23 @@ class _Open:
         return self.start_unix is None or (self.duration_s == 0 and not self.samples)
 
 
-def _holding_phases(method: Callable) -> Callable:
+def _holding_phases(method: Callable | None = None, *, settled: bool = False) -> Callable:
     """Run ``method`` holding the tracker's phase lock: a heartbeat asked from another thread (the
     Keras watch's) reads the open phases only between such calls, never half changed (a phase popped
-    and not yet closed, a segment added before the snapshot it ends at). Reentrant, ~0.3 us a call."""
+    and not yet closed, a segment added before the snapshot it ends at). Reentrant, ~0.3 us a call.
+
+    ``settled``: first wait for the write-up of a call that just failed (``watch.settle``; a script
+    catching the exception and resuming at once), outside the lock: that write-up, on the watch
+    thread, may abort this very tracker, and would wait for the lock the resume held."""
+    if method is None:
+        return functools.partial(_holding_phases, settled=settled)
+
     @functools.wraps(method)
     def holding(self: "Tracker", *args: Any, **kwargs: Any) -> Any:
+        if settled:
+            from greencallbacks import watch
+
+            watch.settle()
         with self._phases_lock:
             return method(self, *args, **kwargs)
     return holding
@@ -350,7 +361,7 @@ class Tracker:
     def running(self) -> bool:
         return self.meter is not None
 
-    @_holding_phases
+    @_holding_phases(settled=True)
     def start(
         self,
         meter: "Meter",
@@ -1060,7 +1071,7 @@ class Tracker:
             self._resolved_for, self._resolved = key, str((self.output_dir / RECORDS_FILE).resolve())
         return self._resolved
 
-    @_holding_phases
+    @_holding_phases(settled=True)
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue the checkpointed run of ``state`` as its next attempt (before or after ``start``);
         nothing to do for a state this tracker wrote (see ``wrote``)."""
@@ -1071,11 +1082,7 @@ class Tracker:
             self._resume()
 
     def _resume(self) -> None:
-        # A call that just failed (a script catching the exception and resuming at once) may still
-        # be writing up on the watch thread: its partial records, and letting its run go.
-        from greencallbacks import watch
-
-        watch.settle()
+        # (A call that just failed may have been writing up on the watch thread: settled before, see start.)
         state, self._resume_state = self._resume_state, None
         self._renamed_from = None  # the given run id continues after all
         ledger, output_dir = copy.copy(self.ledger), self.output_dir  # `resume` rebinds, never mutates
