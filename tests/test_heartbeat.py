@@ -86,8 +86,12 @@ KILLED_CHILD = textwrap.dedent(
                         wall_clock=lambda: clock() + 1.7e9))
     tracker.begin("train", 0)
     clock.advance(10.0)
-    Path(sys.argv[2]).write_text(json.dumps(tracker.state_dict()))  # the checkpoint, at 10 s
-    for _ in range(18):  # to 100 s, a logging step every 5 s
+    if sys.argv[2] == "next-epoch":  # epoch 0 written, killed in epoch 1 with no checkpoint
+        tracker.end("train")
+        tracker.begin("train", 1)
+    else:
+        Path(sys.argv[2]).write_text(json.dumps(tracker.state_dict()))  # the checkpoint, at 10 s
+    for _ in range(18):  # to 100 s, a logging step every 5 s: the heartbeat at 60 s
         clock.advance(5.0)
         tracker.add_samples(8)
         tracker.live()
@@ -247,9 +251,11 @@ def test_a_later_rank_writes_its_own_part_beside_rank_zeros(tmp_path):
     assert tracker_module.heartbeat_ranks(RUN, [tmp_path]) == [1]
 
 
-def test_the_hf_callback_writes_the_heartbeat_between_its_logging_steps(tmp_path, monkeypatch):
-    """HF logs every 500 steps by default (hours apart on a large model): the callback writes the
-    heartbeat at any step it is due, and the open training phase is in it, mid-epoch."""
+@pytest.mark.parametrize("call", ["train", "evaluate"])
+def test_the_hf_callback_writes_the_heartbeat_between_its_logging_steps(tmp_path, monkeypatch, call):
+    """HF logs every 500 steps by default (hours apart on a large model), and an evaluation has no
+    logging steps: the callback asks for the heartbeat at every training step and evaluation
+    batch, and the open phase is in it."""
     pytest.importorskip("transformers")
     from transformers import Trainer, TrainerCallback
 
@@ -261,14 +267,23 @@ def test_the_hf_callback_writes_the_heartbeat_between_its_logging_steps(tmp_path
     seen = []
 
     class Probe(TrainerCallback):  # after ours: reads what a kill at this step would leave
-        def on_step_end(self, args, state, control, **kwargs):
-            saved = json.loads(heartbeat_path(tmp_path / "energy", energy.tracker.run_id).read_text())
-            seen.append([(r["phase"], r["epoch"]) for r in saved["open_records"]])
+        def read(self):
+            path = heartbeat_path(tmp_path / "energy", energy.tracker.run_id)
+            seen.append({r["phase"] for r in json.loads(path.read_text())["open_records"]} if path.exists() else set())
 
-    Trainer(model=tiny_model(), args=training_args(tmp_path / "out", logging_strategy="steps", logging_steps=500,
-                                                    eval_strategy="no", num_train_epochs=1),
-            train_dataset=TokenDataset(TRAIN_SAMPLES), callbacks=[energy, Probe()]).train()
-    assert seen and all(("train", 0) in phases for phases in seen)
+        def on_step_end(self, args, state, control, **kwargs):
+            self.read()
+
+        def on_prediction_step(self, args, state, control, **kwargs):
+            self.read()
+
+    trainer = Trainer(model=tiny_model(), args=training_args(tmp_path / "out", logging_strategy="steps", logging_steps=500,
+                                                             eval_strategy="no", num_train_epochs=1),
+                      train_dataset=TokenDataset(TRAIN_SAMPLES), eval_dataset=TokenDataset(TRAIN_SAMPLES),
+                      callbacks=[energy, Probe()])
+    getattr(trainer, call)()
+    phase, first = ("train", 0) if call == "train" else ("validation", 1)  # (an evaluation's first batch begins it)
+    assert len(seen) > 2 and all(phase in phases for phases in seen[first:])
     assert not heartbeat_path(tmp_path / "energy", energy.tracker.run_id).exists()  # the run ended: removed
 
 
@@ -400,25 +415,3 @@ def test_a_heartbeat_asked_from_another_thread_never_waits_for_a_boundary(tmp_pa
     assert [(r["phase"], r["duration_s"]) for r in json.loads(path.read_text())["open_records"]] == [("train", 5.0)]
     tracker.finish()
     assert not path.exists()
-
-
-def test_the_hf_callback_writes_the_heartbeat_inside_a_long_evaluation(tmp_path, monkeypatch):
-    """An evaluation has no logging steps: the callback asks for the heartbeat at its batches too."""
-    pytest.importorskip("transformers")
-    from transformers import Trainer, TrainerCallback
-
-    from greencallbacks.hf import EnergyCallback
-    from tests.hf_tiny import TRAIN_SAMPLES, TokenDataset, scripted_sensor, tiny_model, training_args
-
-    monkeypatch.setattr(tracker_module, "HEARTBEAT_S", 0.0)  # due at every batch
-    energy = EnergyCallback(intensity=400.0, sensors=[scripted_sensor()], output_dir=tmp_path / "energy")
-    seen = []
-
-    class Probe(TrainerCallback):  # after ours: reads what a kill at this batch would leave
-        def on_prediction_step(self, args, state, control, **kwargs):
-            path = heartbeat_path(tmp_path / "energy", energy.tracker.run_id)
-            seen.append([r["phase"] for r in json.loads(path.read_text())["open_records"]] if path.exists() else None)
-
-    Trainer(model=tiny_model(), args=training_args(tmp_path / "out"), eval_dataset=TokenDataset(TRAIN_SAMPLES),
-            callbacks=[energy, Probe()]).evaluate()
-    assert len(seen) > 2 and all("validation" in phases for phases in seen[1:])  # (the first batch begins the loop)

@@ -79,6 +79,16 @@ def rank_tracker(rank, reducer, directory, state=None):
     return tracker, clock
 
 
+def resumed_and_finished(rank, reducer, directory, state):
+    """A rank of the resumed attempt: it trains epoch 1 again, whole, and the run ends."""
+    tracker, clock = rank_tracker(rank, reducer, directory, state=state)
+    tracker.begin("train", 1)
+    clock.advance(PHASE_S)
+    tracker.end("train")
+    tracker.finish()
+    return tracker
+
+
 def expected_j(seconds: float) -> float:
     return seconds * (WORLD * GPU_W + len(set(HOSTS)) * CPU_W)
 
@@ -125,15 +135,7 @@ def test_a_crash_on_every_rank_and_a_resume_keep_every_joule_once(tmp_path):
     summary = json.loads((tmp_path / SUMMARY_FILE).read_text())
     assert summary["energy_kwh"] == pytest.approx(sum(r.energy_kwh for r in records), rel=1e-12)
 
-    def resumed(rank, reducer):
-        tracker, clock = rank_tracker(rank, reducer, tmp_path, state=crashed[rank][1])
-        tracker.begin("train", 1)
-        clock.advance(PHASE_S)
-        tracker.end("train")
-        tracker.finish()
-        return tracker
-
-    trackers = run_ranks(resumed)
+    trackers = run_ranks(lambda rank, reducer: resumed_and_finished(rank, reducer, tmp_path, crashed[rank][1]))
     records = read_run_records(run_id, [tmp_path])
     assert sum(r.it_energy_kwh for r in records) * 3.6e6 == pytest.approx(expected_j(2.5 * PHASE_S), rel=1e-12)
     assert trackers[0].total_energy_j == pytest.approx(sum(r.energy_j for r in records), rel=1e-12)
@@ -169,15 +171,7 @@ def test_every_ranks_open_part_is_carried_after_a_kill(tmp_path, beat_after_chec
     assert [(r.epoch, r.ranks, r.duration_s) for r in loaded.records if r.carried] == [(1, WORLD, open_s)]
     assert sum(r.it_energy_kwh for r in loaded.records) * 3.6e6 == pytest.approx(expected_j(PHASE_S + open_s), rel=1e-12)
 
-    def resumed(rank, reducer):
-        tracker, clock = rank_tracker(rank, reducer, tmp_path, state=states[0])
-        tracker.begin("train", 1)
-        clock.advance(PHASE_S)
-        tracker.end("train")
-        tracker.finish()
-        return tracker
-
-    trackers = run_ranks(resumed)
+    trackers = run_ranks(lambda rank, reducer: resumed_and_finished(rank, reducer, tmp_path, states[0]))
     run_id = trackers[0].run_id
     records = read_run_records(run_id, [tmp_path])
     carried = [r for r in records if r.carried]

@@ -10,7 +10,6 @@ holds, marked as a resume marks them, each phase once.
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -24,43 +23,18 @@ from greencallbacks.runs import load
 from greencallbacks.tracker import HEARTBEAT_S, Tracker, heartbeat_path
 from tests.fakes.scripted import FakeClock, ScriptedSensor
 from tests.killed import killed_after_line
-from tests.test_heartbeat import POWER_W, REPO, RUN, killed, started, steps
+from tests.test_heartbeat import KILLED_CHILD, POWER_W, REPO, RUN, killed, started, steps
 
 J_PER_KWH = 3.6e6
 
-KILLED_IN_EPOCH_1 = textwrap.dedent(
-    """
-    import sys, time
-    sys.path.insert(0, {repo!r})
-    from greencallbacks.carbon import Carbon
-    from greencallbacks.meter import Meter
-    from greencallbacks.tracker import Tracker
-    from tests.fakes.scripted import FakeClock, ScriptedSensor
-
-    clock = FakeClock()
-    tracker = Tracker(output_dir=sys.argv[1], run_id={run!r}, carbon=Carbon(intensity=200.0))
-    tracker.start(Meter([ScriptedSensor("gpu0", clock, power_w={power!r})], fallback=None, clock=clock,
-                        wall_clock=lambda: clock() + 1.7e9))
-    tracker.begin("train", 0)
-    clock.advance(10.0)
-    tracker.end("train")  # epoch 0 written
-    tracker.begin("train", 1)
-    for _ in range(18):  # to 100 s, a logging step every 5 s: the heartbeat at 60 s
-        clock.advance(5.0)
-        tracker.add_samples(8)
-        tracker.live()
-    print("at 100 s", flush=True)
-    time.sleep(60)  # killed here, inside epoch 1, never resumed
-    """
-)
 
 
 @pytest.fixture
 def killed_run(tmp_path) -> Path:
     """The directory of a real process killed with SIGKILL 40 s after its heartbeat, in epoch 1."""
     script, out = tmp_path / "child.py", tmp_path / "out"
-    script.write_text(KILLED_IN_EPOCH_1.format(repo=str(REPO), run=RUN, power=POWER_W))
-    killed_after_line([str(script), str(out)], "at 100 s\n")
+    script.write_text(KILLED_CHILD.format(repo=str(REPO), run=RUN, power=POWER_W))
+    killed_after_line([str(script), str(out), "next-epoch"], "at 100 s\n")
     return out
 
 
