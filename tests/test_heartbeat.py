@@ -18,7 +18,7 @@ import greencallbacks.tracker as tracker_module
 from greencallbacks.carbon import Carbon
 from greencallbacks.ledger import read_run_records
 from greencallbacks.meter import Meter
-from greencallbacks.tracker import HEARTBEAT_S, SUMMARY_FILE, Tracker, heartbeat_path
+from greencallbacks.tracker import HEARTBEAT_S, SUMMARY_FILE, Tracker
 from tests.fakes.scripted import FakeClock, ScriptedSensor
 from tests.killed import killed_after_line
 
@@ -36,6 +36,14 @@ def started(directory: Path, state: dict | None = None, start: float = 1000.0) -
     tracker.start(Meter([ScriptedSensor("gpu0", clock, power_w=POWER_W)], fallback=None, clock=clock,
                         wall_clock=lambda: clock() + 1.7e9))
     return tracker, clock
+
+
+def the_heartbeat(directory: Path, run: str = RUN, rank: int = 0) -> Path:
+    """Rank ``rank``'s heartbeat of ``run`` (its name holds its session's id), or, where there is
+    none, a path that does not exist."""
+    found = [path for path, its_rank in tracker_module.heartbeat_files(run, [directory]) if its_rank == rank]
+    assert len(found) <= 1, found
+    return found[0] if found else directory / "no-heartbeat.json"
 
 
 def killed(tracker: Tracker) -> None:
@@ -203,10 +211,10 @@ def test_a_run_that_ends_normally_leaves_no_heartbeat(tmp_path):
     clock.advance(10.0)
     state = tracker.state_dict()
     steps(tracker, clock, 90.0)
-    assert heartbeat_path(tmp_path, RUN).is_file()
+    assert the_heartbeat(tmp_path).is_file()
     tracker.end("train")
     tracker.finish()
-    assert not heartbeat_path(tmp_path, RUN).exists()
+    assert not the_heartbeat(tmp_path).exists()
     before = totals_match_records(tmp_path)
 
     resumed_and_finished(tmp_path, state)
@@ -245,10 +253,10 @@ def test_a_later_rank_writes_its_own_part_beside_rank_zeros(tmp_path):
     tracker.start(Meter([ScriptedSensor("gpu1", clock)], fallback=None, clock=clock), reducer=RankOne())
     tracker.begin("train", 0)
     steps(tracker, clock, 100.0)
-    assert not heartbeat_path(tmp_path, RUN).exists()
-    mine = json.loads(heartbeat_path(tmp_path, RUN, 1).read_text())
+    assert not the_heartbeat(tmp_path).exists()
+    mine = json.loads(the_heartbeat(tmp_path, RUN, 1).read_text())
     assert mine["rank"] == 1 and [r["components"][0]["name"] for r in mine["open_records"] if r["phase"] == "train"] == ["gpu1"]
-    assert tracker_module.heartbeat_ranks(RUN, [tmp_path]) == [1]
+    assert [rank for _, rank in tracker_module.heartbeat_files(RUN, [tmp_path])] == [1]
 
 
 @pytest.mark.parametrize("call", ["train", "evaluate"])
@@ -268,7 +276,7 @@ def test_the_hf_callback_writes_the_heartbeat_between_its_logging_steps(tmp_path
 
     class Probe(TrainerCallback):  # after ours: reads what a kill at this step would leave
         def read(self):
-            path = heartbeat_path(tmp_path / "energy", energy.tracker.run_id)
+            path = the_heartbeat(tmp_path / "energy", energy.tracker.run_id)
             seen.append({r["phase"] for r in json.loads(path.read_text())["open_records"]} if path.exists() else set())
 
         def on_step_end(self, args, state, control, **kwargs):
@@ -284,7 +292,7 @@ def test_the_hf_callback_writes_the_heartbeat_between_its_logging_steps(tmp_path
     getattr(trainer, call)()
     phase, first = ("train", 0) if call == "train" else ("validation", 1)  # (an evaluation's first batch begins it)
     assert len(seen) > 2 and all(phase in phases for phases in seen[first:])
-    assert not heartbeat_path(tmp_path / "energy", energy.tracker.run_id).exists()  # the run ended: removed
+    assert not the_heartbeat(tmp_path / "energy", energy.tracker.run_id).exists()  # the run ended: removed
 
 
 def test_the_lightning_callback_writes_the_heartbeat_without_step_values_and_in_validation(tmp_path, monkeypatch):
@@ -306,7 +314,7 @@ def test_the_lightning_callback_writes_the_heartbeat_without_step_values_and_in_
 
     class Probe(L.Callback):  # after ours: reads what a kill at this batch would leave
         def read(self):
-            saved = json.loads(heartbeat_path(tmp_path / "energy", energy.tracker.run_id).read_text())
+            saved = json.loads(the_heartbeat(tmp_path / "energy", energy.tracker.run_id).read_text())
             seen.append({(r["phase"], r["epoch"]) for r in saved["open_records"]})
 
         def on_train_batch_end(self, *args):
@@ -322,7 +330,7 @@ def test_the_lightning_callback_writes_the_heartbeat_without_step_values_and_in_
     assert len(seen) == 10 + 2
     assert all(("train", 0) in phases for phases in seen)
     assert all(("validation", 0) in phases for phases in seen[10:])
-    assert not heartbeat_path(tmp_path / "energy", energy.tracker.run_id).exists()  # the run ended: removed
+    assert not the_heartbeat(tmp_path / "energy", energy.tracker.run_id).exists()  # the run ended: removed
 
 
 KERAS_CHILD = textwrap.dedent(
@@ -336,7 +344,7 @@ KERAS_CHILD = textwrap.dedent(
     import greencallbacks.tracker as tracker_module
     import greencallbacks.watch as watch_module
     from greencallbacks.keras import EnergyCallback
-    from greencallbacks.tracker import heartbeat_path
+    from greencallbacks.tracker import heartbeat_files
     from tests.fakes.scripted import ScriptedSensor
 
     tracker_module.HEARTBEAT_S = 0.0  # due at every look of the watch thread
@@ -350,13 +358,13 @@ KERAS_CHILD = textwrap.dedent(
         def on_train_batch_end(self, batch, logs=None):
             if batch != 3:
                 return
-            path = heartbeat_path(out, energy.tracker.run_id)
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:  # no batch hook of ours writes it: the watch thread does
                 try:
+                    path = heartbeat_files(energy.tracker.run_id, [out])[0][0]
                     if any(r["phase"] == "train" for r in json.loads(path.read_text())["open_records"]):
                         break
-                except (OSError, ValueError):
+                except (IndexError, OSError, ValueError):
                     pass
                 time.sleep(0.01)
             print(energy.tracker.run_id, flush=True)
@@ -388,7 +396,7 @@ def test_keras_writes_the_heartbeat_from_its_watch_thread_without_any_batch_logg
         child.kill()
         child.wait(timeout=30)
         child.stdout.close()
-    saved = json.loads(heartbeat_path(out, run_id).read_text())
+    saved = json.loads(the_heartbeat(out, run_id).read_text())
     train = [r for r in saved["open_records"] if r["phase"] == "train"]
     assert [(r["epoch"], r["partial"]) for r in train] == [(0, True)]
     assert train[0]["energy_kwh"] > 0
@@ -403,15 +411,15 @@ def test_a_heartbeat_asked_from_another_thread_never_waits_for_a_boundary(tmp_pa
     tracker, clock = started(tmp_path)
     tracker.begin("train", 0)
     clock.advance(5.0)
-    path = heartbeat_path(tmp_path, RUN)
     with tracker._phases_lock:  # as a boundary on the training thread holds it
         asker = threading.Thread(target=tracker.heartbeat)
         asker.start()
         asker.join(timeout=10)
-        assert not asker.is_alive() and not path.exists()
+        assert not asker.is_alive() and not the_heartbeat(tmp_path).exists()
     asker = threading.Thread(target=tracker.heartbeat)
     asker.start()
     asker.join(timeout=10)
+    path = the_heartbeat(tmp_path)
     assert [(r["phase"], r["duration_s"]) for r in json.loads(path.read_text())["open_records"]] == [("train", 5.0)]
     tracker.finish()
     assert not path.exists()

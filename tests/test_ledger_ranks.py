@@ -185,6 +185,44 @@ def test_every_ranks_open_part_is_carried_after_a_kill(tmp_path, beat_after_chec
     assert not list(tmp_path.glob("energy-open-*"))  # the run ended: every rank's part removed
 
 
+def test_a_resume_never_carries_what_its_own_other_ranks_have_written_already(tmp_path):
+    """Ranks restore a checkpoint each at its own pace (Lightning: after setup): one that has gone
+    on and written its part of the new attempt (a checkpoint, a heartbeat) before rank 0 resumes
+    must not be read as a phase of the killed attempt begun after the checkpoint."""
+    def killed(rank, reducer):
+        tracker, clock = rank_tracker(rank, reducer, tmp_path)
+        tracker.begin("train", 0)
+        clock.advance(PHASE_S)
+        state = tracker.state_dict()
+        tracker._hold_lock(None, "")
+        return state
+
+    states = run_ranks(killed)
+    others_done = threading.Event()
+
+    def resumed(rank, reducer):
+        tracker, clock = rank_tracker(rank, reducer, tmp_path)  # started, then restored (Lightning's order)
+        if rank == 0:
+            others_done.wait(30)
+        tracker.load_state_dict(states[0])
+        tracker.begin("train", 0)
+        clock.advance(PHASE_S / 2)
+        if rank > 0:
+            tracker.state_dict()  # its part of the new attempt, on disk before rank 0 has resumed
+            if rank == WORLD - 1:
+                others_done.set()
+        tracker.end("train")
+        tracker.finish()
+        return tracker
+
+    trackers = run_ranks(resumed)
+    records = read_run_records(trackers[0].run_id, [tmp_path])
+    assert {(r.attempt, r.carried) for r in records if r.phase == "train"} == {(0, True), (1, False)}
+    assert len({t.ledger.attempt for t in trackers}) == 1
+    for tracker in trackers:
+        assert tracker.total_energy_j == pytest.approx(sum(r.energy_j for r in records), rel=1e-12)
+
+
 def test_every_rank_predicts_alike_from_rank_0s_time_left(tmp_path):
     """The time a fit has left (Lightning's Timer) is each rank's own clock, and ranks end an epoch
     milliseconds apart; a budget judged on predictions that differ could stop one rank and not

@@ -1,5 +1,5 @@
 """The after-the-run tools count what a run killed outright measured in its open phase, from the
-heartbeat it left beside its records (``energy-open-<run id>.json``, ``Tracker.heartbeat``).
+heartbeat it left beside its records (``energy-open-<run id>.<session>.json``, ``Tracker.heartbeat``).
 
 A run killed (SIGKILL, the OOM killer, a preemption) and never resumed, started again as a new
 run, left its last phase in its heartbeat alone: the report showed it unfinished with none of that
@@ -23,7 +23,7 @@ from greencallbacks.runs import load
 from greencallbacks.tracker import HEARTBEAT_S, Tracker, heartbeat_path
 from tests.fakes.scripted import FakeClock, ScriptedSensor
 from tests.killed import killed_after_line
-from tests.test_heartbeat import KILLED_CHILD, POWER_W, REPO, RUN, killed, started, steps
+from tests.test_heartbeat import KILLED_CHILD, POWER_W, REPO, RUN, killed, started, steps, the_heartbeat
 
 J_PER_KWH = 3.6e6
 
@@ -50,7 +50,7 @@ def finished_run(directory: Path, run_id: str) -> None:
 
 
 def open_records(directory: Path, run: str = RUN) -> list[dict]:
-    return json.loads(heartbeat_path(directory, run).read_text())["open_records"]
+    return json.loads(the_heartbeat(directory, run).read_text())["open_records"]
 
 
 def energy_kwh(records) -> float:
@@ -72,7 +72,7 @@ def test_a_run_killed_outright_is_counted_up_to_its_last_heartbeat(killed_run):
     assert epoch_1.duration_s == pytest.approx(50.0)
     assert epoch_1.energy_kwh * J_PER_KWH == pytest.approx(50.0 * POWER_W)
     assert energy_kwh(loaded.records) == pytest.approx(energy_kwh(written) + sum(r["energy_kwh"] for r in beat))
-    assert heartbeat_path(killed_run, RUN) in loaded.run_files[RUN]
+    assert the_heartbeat(killed_run) in loaded.run_files[RUN]
     totals = report.summary(loaded.records, run_summaries=loaded.summaries, unfinished=loaded.unfinished)
     assert totals["run_totals"][RUN]["energy_kwh"] == pytest.approx(energy_kwh(loaded.records))
     assert totals["run_totals"][RUN]["train_energy_kwh"] * J_PER_KWH == pytest.approx((10.0 + 50.0) * POWER_W)
@@ -87,7 +87,7 @@ def test_the_cli_report_prints_the_killed_run_with_its_heartbeat(killed_run, cap
     assert group["runs"] == [RUN] and group["configuration"]["unfinished"]
     assert group["run_totals"][RUN]["energy_kwh"] == pytest.approx(expected)
     (note,) = [n for n in group["provenance"] if n.startswith("No write-up")]
-    assert f"counted up to the last heartbeat (energy-open-<run id>.json beside the records, written every " \
+    assert f"counted up to the last heartbeat (energy-open-<run id>.*.json beside the records, written every " \
            f"{HEARTBEAT_S:g} s while a run trains)" in note
     assert "What it used after its last record is in no figure here" not in note
     assert "Phases marked partial were cut short by an exception or interrupt, or by a kill (measured up to the " \
@@ -118,8 +118,8 @@ def test_a_resumed_run_counts_the_heartbeats_phases_once(tmp_path):
     assert energy_kwh(loaded.records) == pytest.approx(energy_kwh(written))
     assert sorted((r.attempt, r.seq) for r in loaded.records) == sorted((r.attempt, r.seq) for r in written)
 
-    steps(resumed, clock, 60.0)  # its own heartbeat: attempt 1's open epoch, in no record yet
-    second_beat = open_records(tmp_path)
+    steps(resumed, clock, 60.0)  # its own heartbeat (beside the killed one's): attempt 1's open epoch, in no record yet
+    second_beat = json.loads(resumed._heartbeat_written.read_text())["open_records"]
     assert {r["attempt"] for r in second_beat} == {1}
     loaded = load(tmp_path)
     assert energy_kwh(loaded.records) == pytest.approx(energy_kwh(written) + sum(r["energy_kwh"] for r in second_beat))
@@ -131,6 +131,7 @@ def test_a_resumed_run_counts_the_heartbeats_phases_once(tmp_path):
     loaded = load(tmp_path)
     assert energy_kwh(loaded.records) == pytest.approx(energy_kwh(read_records(tmp_path / RECORDS_FILE)))
     assert loaded.unfinished == set()
+    assert not list(tmp_path.glob("energy-open-*"))  # its own and the killed attempt's it carried: removed
 
 
 def test_a_heartbeat_of_phases_written_since_is_counted_once(tmp_path):
@@ -161,7 +162,7 @@ def test_a_run_killed_before_its_first_record_is_found_by_its_heartbeat_alone(tm
     alone = load(tmp_path / "killed")
     assert [(r.phase, r.epoch, r.duration_s, r.carried, r.partial) for r in alone.records] == [
         ("train", 0, 60.0, True, True)]
-    assert alone.unfinished == {RUN} and alone.run_files == {RUN: [heartbeat_path(tmp_path / "killed", RUN)]}
+    assert alone.unfinished == {RUN} and alone.run_files == {RUN: [the_heartbeat(tmp_path / "killed")]}
 
     both = load(tmp_path)  # a root walked: the finished run and the one with a heartbeat alone
     assert sorted(both.run_files) == sorted(["finished", RUN])
@@ -184,7 +185,7 @@ def test_the_note_names_which_unfinished_runs_are_counted_to_a_heartbeat(tmp_pat
     (note,) = [n for n in report.summary(loaded.records, unfinished=loaded.unfinished)["provenance"]
                if n.startswith("No write-up")]
 
-    assert (f"The phases run {RUN} had open are counted up to the last heartbeat (energy-open-<run id>.json beside "
+    assert (f"The phases run {RUN} had open are counted up to the last heartbeat (energy-open-<run id>.*.json beside "
             f"the records, written every {HEARTBEAT_S:g} s while a run trains), as partial: what was used after that, "
             f"at most {HEARTBEAT_S:g} s, is in no figure here; what short used after its last record is in none") in note
 
@@ -209,7 +210,7 @@ def _kill_in_epoch(directory: Path) -> None:
 ], ids=["torn", "null", "nan", "string", "another-run", "not-utf8"])
 def test_a_damaged_heartbeat_is_left_out_and_the_records_stand(tmp_path, damage, capsys):
     _kill_in_epoch(tmp_path)
-    path = heartbeat_path(tmp_path, RUN)
+    path = the_heartbeat(tmp_path)
     path.write_bytes(damage(path.read_text()).encode("utf-8", "surrogateescape"))
     written = read_records(tmp_path / RECORDS_FILE)
 
@@ -226,7 +227,7 @@ def test_another_runs_heartbeat_under_this_runs_name_is_left_out(tmp_path):
     """A heartbeat copied under another run's name (its content names its own run): not that run's."""
     _kill_in_epoch(tmp_path / "a")
     finished_run(tmp_path / "b", "other")
-    heartbeat_path(tmp_path / "b", "other").write_text(heartbeat_path(tmp_path / "a", RUN).read_text())
+    heartbeat_path(tmp_path / "b", "other").write_text(the_heartbeat(tmp_path / "a").read_text())
 
     assert load(tmp_path / "b").records == read_records(tmp_path / "b" / RECORDS_FILE)
     loaded = load(tmp_path)
@@ -239,7 +240,7 @@ def test_a_heartbeat_alone_and_torn_is_one_line_not_a_traceback(tmp_path, capsys
     tracker.begin("train", 0)
     steps(tracker, clock, 90.0)
     killed(tracker)
-    path = heartbeat_path(tmp_path, RUN)
+    path = the_heartbeat(tmp_path)
     path.write_text(path.read_text()[:40])
     with pytest.raises(SystemExit) as exited:
         main(["report", str(tmp_path)])

@@ -4,7 +4,7 @@ A directory given to ``report``, ``whatif`` or ``lifecycle`` may be a log root (
 an HF ``output_dir``, a TensorBoard ``log_dir``): its ``energy-records.jsonl`` files are found at
 any depth, like ``tensorboard --logdir`` finds event files. ``energy-records.rank<r>.jsonl``
 beside one (what ranks > 0 wrote when a distributed run failed) belongs to the same runs, and so
-does a run's heartbeat beside them (``energy-open-<run id>.json``, ``Tracker.heartbeat``): the phases
+does a run's heartbeat beside them (``energy-open-<run id>.<session>.json``, ``Tracker.heartbeat``): the phases
 a run killed outright had open, counted up to its last heartbeat as its resume would carry them.
 """
 
@@ -186,15 +186,14 @@ def _open_phases(records: Sequence[Record], run_files: dict[str, list[Path]], be
     to ``run_files``. A phase a resume carried is in the records already, under the same attempt and
     seq (as is one written since the heartbeat: the heartbeat of a run still training), and counts
     once. A heartbeat torn, edited or named for another run is left out: the records stand."""
-    from greencallbacks.tracker import heartbeat_path, heartbeat_ranks, heartbeat_records
+    from greencallbacks.tracker import heartbeat_files, heartbeat_records
 
     directories: dict[str, list[Path]] = {}  # run -> the directories holding its heartbeat
     for beat in beats:
         run = run_id if run_id is not None else _run_of_heartbeat(beat)
-        # Its name is its run's (rank 0's part, or another rank's): a copy renamed after another run
+        # Its name is its run's (any session's, any rank's part): a copy renamed after another run
         # is not that run's heartbeat.
-        if run is not None and beat.name in {heartbeat_path(beat.parent, run, rank).name
-                                             for rank in [0, *heartbeat_ranks(run, [beat.parent])]}:
+        if run is not None and beat in {path for path, _ in heartbeat_files(run, [beat.parent])}:
             if beat.parent not in directories.setdefault(run, []):
                 directories[run].append(beat.parent)
     written = {(r.run_id, r.attempt, r.seq) for r in records}
@@ -207,7 +206,7 @@ def _open_phases(records: Sequence[Record], run_files: dict[str, list[Path]], be
             record.carried = True
             added.append(record)
         holders = run_files.setdefault(run, [])
-        holders += [heartbeat_path(place, run) for place in places]
+        holders += [path for path, _ in heartbeat_files(run, places) if path not in holders]
     return added
 
 

@@ -100,6 +100,8 @@ SUMMARY_LOCK_POLL_S = 0.005
 # checkpoint's open phases alone lost everything since the last checkpoint (hours, in a long epoch).
 # One small atomic write a minute: ~1 ms, never per batch.
 HEARTBEAT_S = 60.0
+HEARTBEAT_SESSION_CHARS = 12  # of the session id, in its heartbeat's name
+_HEARTBEAT_TAIL = re.compile(rf"(?:\.[0-9a-f]{{{HEARTBEAT_SESSION_CHARS}}})?(?:\.rank([1-9][0-9]*))?\.json")
 HEARTBEAT_PREFIX = "energy-open-"
 
 # The trackers measuring now in this process, each with the thread it started in: two trainings
@@ -297,6 +299,7 @@ class Tracker:
         self._phases_lock = threading.RLock()  # see _holding_phases
         self._heartbeat_at: float | None = None  # the meter's monotonic time of the last heartbeat (or start)
         self._heartbeat_written: Path | None = None  # where it was written (the run id may change at a resume)
+        self._heartbeats_carried: list[Path] = []  # the killed attempts' heartbeats the resume read
         # `live`: the previous call's peek (its power interval) and each open phase's billed sums.
         self._live_history: collections.deque[Snapshot] = collections.deque()  # earlier live() readings
         self._live_billed: dict[int, tuple[int, float, float]] = {}
@@ -761,7 +764,9 @@ class Tracker:
                 self._warn_summary_not_written()
         if self.output_dir is not None:
             # Its phases are written now: a later resume must not carry them again.
-            self._forget_heartbeat(heartbeat_path(self.output_dir, self.run_id, self.reducer.rank))
+            # Rank 0 also removes the killed attempts' that its resume read (every rank read them then).
+            self._forget_heartbeat(*(self._heartbeats_carried if self.reducer.rank == 0 else ()))
+            self._heartbeats_carried = []
         self.meter = None
         with _running_lock:
             _running.pop(self, None)
@@ -1026,7 +1031,7 @@ class Tracker:
         an epoch: the resume carried one GPU's hour). The resume sums the parts (``_carry_ranks``)."""
         if self.output_dir is None:
             return
-        path = heartbeat_path(self.output_dir, self.run_id, self.reducer.rank)
+        path = heartbeat_path(self.output_dir, self.run_id, self.reducer.rank, self._session_id)
         if self._heartbeat_written != path:  # the run named anew by a resume (Lightning's, after start)
             self._forget_heartbeat()
         self._heartbeat_written = path
@@ -1035,14 +1040,15 @@ class Tracker:
             "run_id": self.run_id,
             "attempt": self.ledger.attempt,
             "rank": self.reducer.rank,
+            "session_id": self._session_id,  # see _heartbeat_parts
             "written": utc_iso(unix_s),
             "open_records": [r.to_dict() for r in open_records],
         })
 
-    def _forget_heartbeat(self, path: Path | None = None) -> None:
-        """Remove the heartbeat this tracker wrote, and ``path`` (this run's: maybe its killed attempt's)."""
+    def _forget_heartbeat(self, *paths: Path) -> None:
+        """Remove the heartbeat this tracker wrote, and ``paths`` (its killed attempts', read by its resume)."""
         written, self._heartbeat_written = self._heartbeat_written, None
-        for stale in {written, path} - {None}:
+        for stale in {written, *paths} - {None}:
             with contextlib.suppress(OSError):
                 stale.unlink(missing_ok=True)
 
@@ -1162,13 +1168,16 @@ class Tracker:
         """Continue the run from ``records`` (or the checkpoint's totals where there are none), with
         the phases its killed attempt left open (``_carry``), each counted once."""
         self.ledger.resume(state, records)  # names the run
+        found = _distinct([d for d in directories if d is not None], None)
+        self._heartbeats_carried = [path for path, _ in heartbeat_files(self.run_id, found)]
+        parts = _heartbeat_parts(self.run_id, found, not_of=self._session_id)
         saved = self._carry(state, records)
-        beaten = self._carry_heartbeat(state, records, saved, directories)
+        beaten = self._carry_heartbeat(state, records, saved, parts.pop(0, []))
         # Rank 0's part of each phase left open: the checkpoint's measure, or its heartbeat's later one;
         # then summed with the other ranks' parts.
         carried = {(r.seq, r.attempt): r for r in saved}
         carried.update({(r.seq, r.attempt): r for r in beaten})
-        carried = self._carry_ranks(state, records, carried, directories)
+        carried = self._carry_ranks(state, records, carried, parts)
         as_saved = {(r.seq, r.attempt): r for r in saved}
         changed = [r for key, r in carried.items() if as_saved.get(key) is not r]
         uncounted = list(carried.values())
@@ -1187,30 +1196,30 @@ class Tracker:
             self.ledger.next_seq = max(self.ledger.next_seq, max(r.seq for r in changed) + 1)
 
     def _carry_ranks(self, state: dict[str, Any], records: list[Record], carried: dict[tuple[int, int], Record],
-                     directories: list[Path | None]) -> dict[tuple[int, int], Record]:
+                     others: dict[int, list[Record]]) -> dict[tuple[int, int], Record]:
         """Each phase left open, summed over the ranks that measured it. A checkpoint holds rank 0's
-        part alone; each other rank wrote its own in its heartbeat (at the checkpoint too, see
-        ``state_dict``): 8 GPUs preempted an hour into an epoch carried one GPU's hour, not eight."""
-        found = _distinct([d for d in directories if d is not None], None)
+        part alone; each other rank wrote its own in its heartbeat (``others``, by rank; at the
+        checkpoint too, see ``state_dict``): 8 GPUs preempted an hour into an epoch carried one
+        GPU's hour, not eight."""
         written = {(r.seq, r.attempt) for r in records}
         after = (int(state.get("attempt", 0)), int(state.get("seq", 0)))
         parts: dict[tuple[int, int], list[Record]] = {}
-        for rank in heartbeat_ranks(self.run_id, found):
-            for record in _heartbeat_records(self.run_id, found, rank):
+        for part in others.values():
+            for record in part:
                 key = (record.seq, record.attempt)
                 # A phase closed before the checkpoint is in its records or its totals already.
                 if key not in written and (key in carried or (record.attempt, record.seq) >= after):
                     parts.setdefault(key, []).append(record)
         summed = dict(carried)
-        for key, others in parts.items():
-            record = _combine(([[carried[key]]] if key in carried else []) + [[part] for part in others])[0]
+        for key, others_parts in parts.items():
+            record = _combine(([[carried[key]]] if key in carried else []) + [[part] for part in others_parts])[0]
             record.carried = True
             summed[key] = record
         return summed
 
     def _carry_heartbeat(self, state: dict[str, Any], records: list[Record], saved: list[Record],
-                         directories: list[Path | None]) -> list[Record]:
-        """The open phases of the run's last heartbeat (``heartbeat``) that no record holds and that
+                         heartbeat: list[Record]) -> list[Record]:
+        """The open phases of the run's last heartbeat (``heartbeat``: rank 0's part) that no record holds and that
         the checkpoint does not hold as long: a phase open at the checkpoint, measured further (the
         killed attempt's heartbeat is later than its checkpoint), or begun after the checkpoint.
         A phase closed before the checkpoint is in its records (or its totals) already."""
@@ -1218,7 +1227,7 @@ class Tracker:
         at_checkpoint = {(r.seq, r.attempt): r.duration_s for r in saved}
         after = (int(state.get("attempt", 0)), int(state.get("seq", 0)))
         carried = []
-        for record in _heartbeat_records(self.run_id, _distinct([d for d in directories if d is not None], None)):
+        for record in heartbeat:
             key = (record.seq, record.attempt)
             if key in written:
                 continue
@@ -1575,10 +1584,14 @@ def kept_summary_path(path: Path, run_id: str) -> Path:
     return path.with_name(_run_file_name("energy-summary-", run_id))
 
 
-def heartbeat_path(directory: Path, run_id: str, rank: int = 0) -> Path:
-    """Where run ``run_id``'s heartbeat (its open phases, see ``Tracker.heartbeat``) is, beside its
-    records: rank 0's part, or rank ``rank``'s (``energy-open-<run id>.rank<r>.json``)."""
-    return directory / _run_file_name(HEARTBEAT_PREFIX, run_id, f".rank{rank}" if rank else "")
+def heartbeat_path(directory: Path, run_id: str, rank: int = 0, session: str | None = None) -> Path:
+    """Where a session's heartbeat of run ``run_id`` (its open phases, see ``Tracker.heartbeat``) is,
+    beside its records: ``energy-open-<run id>.<session>.json``, ``.rank<r>`` before ``.json`` for
+    rank r > 0's part. Each session writes a file of its own, never over another's: the ranks of a
+    resume read the killed session's each at its own pace, and one that had gone on and replaced
+    it left the others without that rank's part (their totals then differed)."""
+    tail = (f".{session[:HEARTBEAT_SESSION_CHARS]}" if session else "") + (f".rank{rank}" if rank else "")
+    return directory / _run_file_name(HEARTBEAT_PREFIX, run_id, tail)
 
 
 def _run_file_name(prefix: str, run_id: str, suffix: str = "") -> str:
@@ -1590,44 +1603,52 @@ def _run_file_name(prefix: str, run_id: str, suffix: str = "") -> str:
     return name
 
 
-def heartbeat_ranks(run_id: str, directories: list[Path]) -> list[int]:
-    """The ranks > 0 whose part of run ``run_id``'s open phases is in these directories (``heartbeat_path``)."""
-    ranks = set()
+def heartbeat_files(run_id: str, directories: list[Path]) -> list[tuple[Path, int]]:
+    """Every heartbeat of run ``run_id`` in these directories (``heartbeat_path``), with the rank
+    whose part it holds."""
+    found = []
     for directory in directories:
-        named = heartbeat_path(directory, run_id, 1).name[:-len(".rank1.json")]
-        for path in directory.glob(glob.escape(named) + ".rank*.json") if directory.is_dir() else ():
-            match = re.fullmatch(r".*\.rank([1-9][0-9]*)\.json", path.name)
-            if match and path.name == heartbeat_path(directory, run_id, int(match.group(1))).name:
-                ranks.add(int(match.group(1)))
-    return sorted(ranks)
+        base = heartbeat_path(directory, run_id).name[:-len(".json")]
+        for path in sorted(directory.glob(glob.escape(base) + "*.json")) if directory.is_dir() else ():
+            match = _HEARTBEAT_TAIL.fullmatch(path.name[len(base):])
+            if match:
+                found.append((path, int(match.group(1) or 0)))
+    return found
 
 
 def heartbeat_records(run_id: str, directories: list[Path]) -> list[Record]:
     """The phases run ``run_id``'s heartbeats in these directories hold open, each summed over the
     ranks whose part is there (each rank writes its own): for a report of a run killed outright."""
-    parts: dict[tuple[int, int], list[list[Record]]] = {}
-    for rank in [0, *heartbeat_ranks(run_id, directories)]:
-        for record in _heartbeat_records(run_id, directories, rank):
-            parts.setdefault((record.seq, record.attempt), []).append([record])
-    return [_combine(per_rank)[0] if len(per_rank) > 1 else per_rank[0][0] for _, per_rank in sorted(parts.items())]
+    by_phase: dict[tuple[int, int], list[list[Record]]] = {}
+    for part in _heartbeat_parts(run_id, directories).values():
+        for record in part:
+            by_phase.setdefault((record.seq, record.attempt), []).append([record])
+    return [_combine(per_rank)[0] if len(per_rank) > 1 else per_rank[0][0] for _, per_rank in sorted(by_phase.items())]
 
 
-def _heartbeat_records(run_id: str, directories: list[Path], rank: int = 0) -> list[Record]:
-    """The open phases of run ``run_id``'s last heartbeat in these directories (rank ``rank``'s
-    part); of a phase found in several, the longest measure. A heartbeat missing, torn or edited
-    gives none: the checkpoint's open phases stand."""
-    longest: dict[tuple[int, int], Record] = {}
-    for directory in directories:
+def _heartbeat_parts(run_id: str, directories: list[Path], not_of: str | None = None) -> dict[int, list[Record]]:
+    """Each rank's part of the phases run ``run_id``'s heartbeats in these directories hold open; of
+    a phase a rank's part is found in several, the longest measure. A heartbeat torn or edited
+    gives none: the checkpoint's open phases stand. ``not_of``: a session whose own heartbeats are
+    left out (a resume's: another rank of it may have written its part already, which would read
+    as a phase of the killed attempt begun after the checkpoint)."""
+    longest: dict[tuple[int, int, int], Record] = {}
+    for path, rank in heartbeat_files(run_id, directories):
         try:
-            saved = json.loads(heartbeat_path(directory, run_id, rank).read_text(encoding="utf-8"))
-            found = [Record.from_dict(d) for d in saved["open_records"]] if saved.get("run_id") == run_id else []
+            saved = json.loads(path.read_text(encoding="utf-8"))
+            if saved.get("run_id") != run_id or (not_of is not None and saved.get("session_id") == not_of):
+                continue
+            found = [Record.from_dict(d) for d in saved["open_records"]]
         except (OSError, ValueError, TypeError, KeyError, AttributeError):
             continue
         for record in found:
-            key = (record.seq, record.attempt)
+            key = (rank, record.seq, record.attempt)
             if record.run_id == run_id and (key not in longest or record.duration_s > longest[key].duration_s):
                 longest[key] = record
-    return list(longest.values())
+    parts: dict[int, list[Record]] = {}
+    for (rank, *_), record in sorted(longest.items()):
+        parts.setdefault(rank, []).append(record)
+    return parts
 
 
 def _uncounted(state: dict[str, Any], records: list[Record]) -> dict[str, Any]:

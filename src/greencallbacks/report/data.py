@@ -354,7 +354,7 @@ def _after_last_record(records: Sequence[Record], unfinished: Sequence[str]) -> 
         return "What it used after its last record is in no figure here"
     others = [run for run in unfinished if run not in beaten]
     whose = "it" if not others else f"run{'s' if len(beaten) > 1 else ''} {', '.join(beaten)}"
-    said = (f"The phases {whose} had open are counted up to the last heartbeat (energy-open-<run id>.json beside "
+    said = (f"The phases {whose} had open are counted up to the last heartbeat (energy-open-<run id>.*.json beside "
             f"the records, written every {HEARTBEAT_S:g} s while a run trains), as partial: what was used after "
             f"that, at most {HEARTBEAT_S:g} s, is in no figure here")
     if not others:

@@ -1,0 +1,162 @@
+"""Random sequences of what happens to a long training: epochs, checkpoints inside and between
+them, logging steps, kills outright (SIGKILL: no handler runs) anywhere, resumes from any
+checkpoint of the run, and a last attempt that ends normally.
+
+After each sequence: the records sum to the summary and to the tracker's total, each phase is
+written once, no second of any attempt is counted twice, and a killed attempt loses at most
+``HEARTBEAT_S`` (plus one logging interval) of what it measured. Run more with GC_KILL_SEEDS=200;
+a failure names its seed and its steps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import threading
+
+import pytest
+
+from greencallbacks.carbon import Carbon
+from greencallbacks.ledger import read_run_records
+from greencallbacks.meter import Meter
+from greencallbacks.tracker import HEARTBEAT_S, SUMMARY_FILE, Tracker
+from tests.fakes.scripted import FakeClock, ScriptedSensor
+
+POWER_W, RUN, LOG_EVERY_S = 100.0, "killed-often", 5.0
+SEEDS = range(int(os.environ.get("GC_KILL_SEEDS", "25")))
+
+
+def attempt(directory, state, start_s: float, rank: int, reducer):
+    clock = FakeClock(start_s)
+    tracker = Tracker(output_dir=directory, run_id=RUN if state is None else None, carbon=Carbon(intensity=200.0))
+    if state is not None:
+        tracker.load_state_dict(state)
+    tracker.start(Meter([ScriptedSensor(f"gpu{rank}", clock, power_w=POWER_W)], fallback=None, clock=clock,
+                        wall_clock=lambda: clock() + 1.7e9), reducer=reducer)
+    if reducer is not None:
+        # Every rank has restored the checkpoint before any trains: the frameworks' first step
+        # waits for all of them (DDP's gradient all-reduce). Without it a rank ran a minute
+        # ahead here and wrote its new part over its killed one before rank 0 had read that.
+        reducer.all_gather(None)
+    return tracker, clock
+
+
+def train(tracker, clock, rng, seconds: float) -> None:
+    """Training steps: a logging step (the live values, which write the heartbeat when due) every LOG_EVERY_S."""
+    while seconds > 0:
+        step = min(LOG_EVERY_S, seconds)
+        clock.advance(step)
+        seconds -= step
+        tracker.add_samples(8)
+        tracker.live() if rng.random() < 0.5 else tracker.heartbeat()
+
+
+def flow(seed: int, directory, rank: int = 0, reducer=None, saved: dict | None = None):
+    """One rank's part of seed ``seed``'s sequence (every rank draws the same); ``saved``: the
+    checkpoints, rank 0's (the file a checkpoint is), shared by the ranks (``reducer.barrier``)."""
+    rng = random.Random(seed)
+    saved = {} if saved is None else saved
+    checkpoints = []  # (its index in saved, the epoch to train next)
+    elapsed, ended_by, steps = {}, {}, []  # attempt -> seconds it ran, "killed" or "finished"
+
+    def checkpoint(epoch):
+        state = tracker.state_dict()  # on every rank (Lightning dumps it on each; rank 0's is written)
+        if rank == 0:
+            saved[len(checkpoints)] = state
+        if reducer is not None:
+            reducer.all_gather(None)  # the others read it only once it is written
+        checkpoints.append((len(checkpoints), epoch))
+
+    attempts = rng.randint(2, 5)
+    for number in range(attempts):
+        index, epoch = rng.choice(checkpoints) if checkpoints and number else (None, 0)
+        tracker, clock = attempt(directory, None if index is None else saved[index], 1000.0 * (number + 1), rank, reducer)
+        begun = clock()
+        last = number == attempts - 1
+        steps.append(f"attempt {tracker.ledger.attempt} from checkpoint at epoch {epoch}")
+        killed = False
+        for _ in range(rng.randint(1, 4)):
+            tracker.begin("train", epoch)
+            cut = rng.random()
+            train(tracker, clock, rng, rng.uniform(1.0, 150.0))
+            if cut < 0.3:  # a checkpoint inside the epoch (Lightning's every_n_train_steps, HF's save_steps)
+                checkpoint(epoch)
+                steps.append(f"checkpoint in epoch {epoch}")
+                train(tracker, clock, rng, rng.uniform(0.0, 100.0))
+            if not last and rng.random() < 0.25:
+                steps.append(f"killed in epoch {epoch}")
+                killed = True
+                break
+            tracker.end("train")
+            epoch += 1
+            clock.advance(rng.uniform(0.0, 2.0))  # the gap between epochs
+            if rng.random() < 0.6:  # the checkpoint at the epoch's end
+                checkpoint(epoch)
+                steps.append(f"checkpoint before epoch {epoch}")
+        if not last and not killed:
+            steps.append("killed between epochs")
+            killed = True
+        elapsed[tracker.ledger.attempt] = clock() - begun
+        if killed:
+            ended_by[tracker.ledger.attempt] = "killed"
+            tracker._hold_lock(None, "")  # the process dies: the kernel frees the run's claim
+        else:
+            tracker.finish()
+            ended_by[tracker.ledger.attempt] = "finished"
+        if not checkpoints:  # killed before any checkpoint: a new run, as a user would start again
+            break
+    return tracker, elapsed, ended_by, f"seed {seed}: " + "; ".join(steps)
+
+
+def check(directory, tracker, elapsed, ended_by, context, power_w) -> None:
+    if ended_by[tracker.ledger.attempt] != "finished":
+        return  # no checkpoint was ever taken: nothing resumes this run (the report reads its heartbeat)
+    records = read_run_records(tracker.run_id, [directory])
+    keys = [(r.attempt, r.seq) for r in records]
+    assert len(keys) == len(set(keys)), context
+    summary = json.loads((directory / SUMMARY_FILE).read_text())
+    joules = sum(r.energy_kwh for r in records) * 3.6e6
+    assert summary["energy_kwh"] * 3.6e6 == pytest.approx(joules, rel=1e-9), context
+    assert tracker.total_energy_j == pytest.approx(joules, rel=1e-9), context
+    for number, seconds in elapsed.items():
+        covered = sum(r.duration_s for r in records if r.attempt == number)
+        assert covered <= seconds + 1e-6, f"{context}: attempt {number} counted {covered} s of {seconds}"
+        if ended_by[number] == "finished":
+            assert covered == pytest.approx(seconds), context
+        else:
+            assert seconds - covered <= HEARTBEAT_S + LOG_EVERY_S + 2.0 + 1e-6, (
+                f"{context}: attempt {number} lost {seconds - covered:.1f} s of {seconds:.1f}")
+    # Each second at every rank's power: no rank's part lost, none counted twice.
+    assert joules == pytest.approx(power_w * sum(r.duration_s for r in records), rel=1e-9), context
+    assert not list(directory.glob("energy-open-*")), context
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_random_kills_and_resumes_keep_every_second_once_and_lose_at_most_a_heartbeat(tmp_path, seed):
+    check(tmp_path, *flow(seed, tmp_path), power_w=POWER_W)
+
+
+@pytest.mark.parametrize("seed", SEEDS[:max(1, len(SEEDS) // 5)])
+def test_the_same_on_four_ranks(tmp_path, seed):
+    from tests.test_ledger_ranks import WORLD, ThreadReducer
+
+    saved: dict = {}
+    shared = {"slots": [None] * WORLD, "barrier": threading.Barrier(WORLD, timeout=30)}
+    results, errors = [None] * WORLD, []
+
+    def rank(r):
+        try:
+            results[r] = flow(seed, tmp_path, r, ThreadReducer(r, shared), saved)
+        except BaseException as error:  # noqa: BLE001 - re-raised in the test thread
+            errors.append(error)
+            shared["barrier"].abort()
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(WORLD)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    if errors:
+        raise errors[0]
+    check(tmp_path, *results[0], power_w=WORLD * POWER_W)
