@@ -423,3 +423,17 @@ def test_a_heartbeat_asked_from_another_thread_never_waits_for_a_boundary(tmp_pa
     assert [(r["phase"], r["duration_s"]) for r in json.loads(path.read_text())["open_records"]] == [("train", 5.0)]
     tracker.finish()
     assert not path.exists()
+
+
+def test_a_run_id_too_long_for_a_file_name_keeps_its_heartbeat_found(tmp_path):
+    """Its heartbeat's name is cut (the file system's 255 bytes), and still found for the resume."""
+    run = "sweep/" + "x" * 200  # its name fits bare (232 bytes), not with the session's tail and the temporary name's
+    clock = FakeClock()
+    tracker = Tracker(output_dir=tmp_path, run_id=run, carbon=Carbon(intensity=200.0))
+    tracker.start(Meter([ScriptedSensor("gpu0", clock, power_w=POWER_W)], fallback=None, clock=clock))
+    tracker.begin("train", 0)
+    steps(tracker, clock, 90.0)
+    assert len(tracker._heartbeat_written.name) + tracker_module.TEMPORARY_NAME_BYTES <= 255
+    assert [(path, rank) for path, rank in tracker_module.heartbeat_files(run, [tmp_path])] == [(tracker._heartbeat_written, 0)]
+    assert [r.phase for r in tracker_module.heartbeat_records(run, [tmp_path])] == ["train"]
+    tracker.finish()

@@ -101,6 +101,7 @@ SUMMARY_LOCK_POLL_S = 0.005
 # One small atomic write a minute: ~1 ms, never per batch.
 HEARTBEAT_S = 60.0
 HEARTBEAT_SESSION_CHARS = 12  # of the session id, in its heartbeat's name
+TEMPORARY_NAME_BYTES = 40  # what records._replace_file adds to a name while it writes (".<pid>-<thread>.tmp")
 _HEARTBEAT_TAIL = re.compile(rf"(?:\.[0-9a-f]{{{HEARTBEAT_SESSION_CHARS}}})?(?:\.rank([1-9][0-9]*))?\.json")
 HEARTBEAT_PREFIX = "energy-open-"
 
@@ -1598,7 +1599,8 @@ def _run_file_name(prefix: str, run_id: str, suffix: str = "") -> str:
     safe = re.sub(r"[^A-Za-z0-9_.-]", "-", run_id)  # ASCII: as many bytes as characters
     digest = "-" + hashlib.sha256(run_id.encode()).hexdigest()[:8]
     name = f"{prefix}{safe}{digest if safe != run_id else ''}{suffix}.json"
-    if len(name) > NAME_MAX_BYTES:
+    # With a suffix (a heartbeat, rewritten often), room for the temporary name it is written under.
+    if len(name) > NAME_MAX_BYTES - (TEMPORARY_NAME_BYTES if suffix else 0):
         name = f"{prefix}{safe[:KEPT_SUMMARY_ID_CHARS]}{digest}{suffix}.json"
     return name
 
@@ -1607,12 +1609,17 @@ def heartbeat_files(run_id: str, directories: list[Path]) -> list[tuple[Path, in
     """Every heartbeat of run ``run_id`` in these directories (``heartbeat_path``), with the rank
     whose part it holds."""
     found = []
+    # A run id too long for a file name with its tail is cut (``_run_file_name``): its heartbeats'
+    # names then begin otherwise than the bare one's.
+    longest = f".{'0' * HEARTBEAT_SESSION_CHARS}.rank{10 ** 6}.json"
+    bases = {heartbeat_path(Path(), run_id).name[:-len(".json")],
+             heartbeat_path(Path(), run_id, 10 ** 6, "0" * HEARTBEAT_SESSION_CHARS).name[:-len(longest)]}
     for directory in directories:
-        base = heartbeat_path(directory, run_id).name[:-len(".json")]
-        for path in sorted(directory.glob(glob.escape(base) + "*.json")) if directory.is_dir() else ():
-            match = _HEARTBEAT_TAIL.fullmatch(path.name[len(base):])
-            if match:
-                found.append((path, int(match.group(1) or 0)))
+        for base in bases:
+            for path in sorted(directory.glob(glob.escape(base) + "*.json")) if directory.is_dir() else ():
+                match = _HEARTBEAT_TAIL.fullmatch(path.name[len(base):])
+                if match and (path, int(match.group(1) or 0)) not in found:
+                    found.append((path, int(match.group(1) or 0)))
     return found
 
 
