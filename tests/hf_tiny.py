@@ -134,6 +134,43 @@ def _train_on_two_ranks(output_dir: str) -> None:
     dist.destroy_process_group()
 
 
+def _killed_or_resumed(output_dir: str, mode: str) -> None:
+    """Every rank kills itself outright (SIGKILL, as a preemption) at step 3, after the checkpoint
+    of step 2 (``killed``); or the fit resumed from that checkpoint (``resumed``)."""
+    import os
+    import signal
+
+    import torch.distributed as dist
+    from transformers import Trainer, TrainerCallback
+
+    from greencallbacks.hf import EnergyCallback
+
+    class KilledAtStep(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 3:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    if mode == "resumed":
+        # transformers 4.47 loads the optimizer onto args.device on several ranks: "cpu:0" here,
+        # which torch 2.13 cannot restore ("don't know how to restore data location"); on GPUs it
+        # is "cuda:<r>". The CPU is where it belongs.
+        load = torch.load
+        torch.load = lambda *a, map_location=None, **k: load(*a, map_location="cpu" if map_location is not None else None, **k)
+    rank = int(os.environ["RANK"])
+    # A device of its own on each rank, as a GPU each: the host's CPU and RAM are billed by rank 0 alone.
+    energy = EnergyCallback(intensity=400.0, sensors=[scripted_sensor(f"device{rank}")])
+    args = training_args(output_dir, num_train_epochs=1, eval_strategy="no", logging_strategy="no",
+                         save_strategy="steps", save_steps=2)
+    trainer = Trainer(model=tiny_model(), args=args, train_dataset=TokenDataset(128),
+                      callbacks=[energy] + ([KilledAtStep()] if mode == "killed" else []))
+    trainer.train(resume_from_checkpoint=mode == "resumed")
+    dist.barrier()
+    dist.destroy_process_group()
+
+
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    _train_on_two_ranks(sys.argv[1])
+    if len(sys.argv) > 2:
+        _killed_or_resumed(sys.argv[1], sys.argv[2])
+    else:
+        _train_on_two_ranks(sys.argv[1])

@@ -77,3 +77,28 @@ def test_two_ranks_sum_their_devices_count_the_host_once_and_log_the_same_values
     cpu_s = sum(r["cpu_seconds_measured"] for r in ranks)
     assert ranks[1]["cpu_seconds_measured"] >= 1.0
     assert cpu_j / CpuEstimateSensor().joules_per_cpu_second == pytest.approx(cpu_s, rel=0.2), (cpu_j, cpu_s)
+
+
+def test_two_ranks_killed_inside_an_epoch_carry_both_parts_of_it_on_resume(tmp_path):
+    """Preempted (SIGKILL on both ranks) after the checkpoint of step 2, then resumed from it: the
+    open epoch is carried with both ranks' parts. The Trainer saves the callback's state on the
+    main process alone; rank 1 writes its part as the checkpoint is saved (``on_save``)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{REPO}"}
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+
+    def torchrun(mode):
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+                   str(REPO / "tests" / "hf_tiny.py"), str(tmp_path), mode]
+        return subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240)
+
+    killed = torchrun("killed")
+    assert killed.returncode != 0 and (tmp_path / "checkpoint-2").is_dir(), killed.stderr[-3000:]
+    assert not (tmp_path / "checkpoint-4").exists()
+    resumed = torchrun("resumed")
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-5000:]
+    records = read_records(tmp_path)
+    carried = [r for r in records if r.carried and r.phase == "train"]
+    assert [(r.epoch, r.attempt, r.ranks) for r in carried] == [(0, 0, 2)]
+    parts = {c["name"]: c["energy_j"] for c in carried[0].components if c["kind"] == "gpu"}
+    assert sorted(parts) == ["device0", "device1"] and all(j > 0 for j in parts.values())
+    assert {r.attempt for r in records if not r.carried} == {1}

@@ -463,6 +463,13 @@ class EnergyCallback(TrainerCallback, ExportableState):
             self._end_call()
 
     # ------------------------------------------------------------------------ checkpointing
+    @never_raises
+    def on_save(self, args, state, control, **kwargs):
+        # The Trainer asks state() on the process that saves alone: each other rank writes its part
+        # of the open phases beside the checkpoint (Tracker.state_dict), for a resume after a kill.
+        if self.session.running and self.tracker.reducer.rank > 0:
+            self.tracker.state_dict()
+
     def state(self) -> dict:
         # The Trainer calls this outside any hook: building its TrainerState (at every train(),
         # and again when auto_find_batch_size retries after an out-of-memory error) and at every
