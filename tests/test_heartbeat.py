@@ -15,9 +15,11 @@ from pathlib import Path
 import pytest
 
 import greencallbacks.tracker as tracker_module
+from greencallbacks import heartbeat
 from greencallbacks.carbon import Carbon
 from greencallbacks.ledger import read_run_records
 from greencallbacks.meter import Meter
+from greencallbacks.records import TEMPORARY_NAME_BYTES
 from greencallbacks.tracker import HEARTBEAT_S, SUMMARY_FILE, Tracker
 from tests.fakes.scripted import FakeClock, ScriptedSensor
 from tests.killed import killed_after_line
@@ -41,7 +43,7 @@ def started(directory: Path, state: dict | None = None, start: float = 1000.0) -
 def the_heartbeat(directory: Path, run: str = RUN, rank: int = 0) -> Path:
     """Rank ``rank``'s heartbeat of ``run`` (its name holds its session's id), or, where there is
     none, a path that does not exist."""
-    found = [path for path, its_rank in tracker_module.heartbeat_files(run, [directory]) if its_rank == rank]
+    found = [path for path, its_rank in heartbeat.heartbeat_files(run, [directory]) if its_rank == rank]
     assert len(found) <= 1, found
     return found[0] if found else directory / "no-heartbeat.json"
 
@@ -256,7 +258,7 @@ def test_a_later_rank_writes_its_own_part_beside_rank_zeros(tmp_path):
     assert not the_heartbeat(tmp_path).exists()
     mine = json.loads(the_heartbeat(tmp_path, RUN, 1).read_text())
     assert mine["rank"] == 1 and [r["components"][0]["name"] for r in mine["open_records"] if r["phase"] == "train"] == ["gpu1"]
-    assert [rank for _, rank in tracker_module.heartbeat_files(RUN, [tmp_path])] == [1]
+    assert [rank for _, rank in heartbeat.heartbeat_files(RUN, [tmp_path])] == [1]
 
 
 @pytest.mark.parametrize("call", ["train", "evaluate"])
@@ -344,7 +346,7 @@ KERAS_CHILD = textwrap.dedent(
     import greencallbacks.tracker as tracker_module
     import greencallbacks.watch as watch_module
     from greencallbacks.keras import EnergyCallback
-    from greencallbacks.tracker import heartbeat_files
+    from greencallbacks.heartbeat import heartbeat_files
     from tests.fakes.scripted import ScriptedSensor
 
     tracker_module.HEARTBEAT_S = 0.0  # due at every look of the watch thread
@@ -433,7 +435,7 @@ def test_a_run_id_too_long_for_a_file_name_keeps_its_heartbeat_found(tmp_path):
     tracker.start(Meter([ScriptedSensor("gpu0", clock, power_w=POWER_W)], fallback=None, clock=clock))
     tracker.begin("train", 0)
     steps(tracker, clock, 90.0)
-    assert len(tracker._heartbeat_written.name) + tracker_module.TEMPORARY_NAME_BYTES <= 255
-    assert [(path, rank) for path, rank in tracker_module.heartbeat_files(run, [tmp_path])] == [(tracker._heartbeat_written, 0)]
-    assert [r.phase for r in tracker_module.heartbeat_records(run, [tmp_path])] == ["train"]
+    assert len(tracker._heartbeat_written.name) + TEMPORARY_NAME_BYTES <= 255
+    assert [(path, rank) for path, rank in heartbeat.heartbeat_files(run, [tmp_path])] == [(tracker._heartbeat_written, 0)]
+    assert [r.phase for r in heartbeat.heartbeat_records(run, [tmp_path])] == ["train"]
     tracker.finish()

@@ -161,26 +161,10 @@ def test_random_kills_and_resumes_keep_every_second_once_and_lose_at_most_a_hear
 
 @pytest.mark.parametrize("seed", SEEDS[:max(1, len(SEEDS) // 5)])
 def test_the_same_on_four_ranks(tmp_path, seed):
-    from tests.test_ledger_ranks import WORLD, ThreadReducer
+    from tests.test_ledger_ranks import run_ranks
 
     saved: dict = {}
-    shared = {"slots": [None] * WORLD, "barrier": threading.Barrier(WORLD, timeout=30)}
-    results, errors = [None] * WORLD, []
-
-    def rank(r):
-        try:
-            results[r] = flow(seed, tmp_path, r, ThreadReducer(r, shared), saved)
-        except BaseException as error:  # noqa: BLE001 - re-raised in the test thread
-            errors.append(error)
-            shared["barrier"].abort()
-
-    threads = [threading.Thread(target=rank, args=(r,)) for r in range(WORLD)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    if errors:
-        raise errors[0]
+    results = run_ranks(lambda rank, reducer: flow(seed, tmp_path, rank, reducer, saved))
     check(tmp_path, *results[0])
 
 

@@ -20,7 +20,8 @@ from greencallbacks.cli import main
 from greencallbacks.meter import Meter
 from greencallbacks.records import RECORDS_FILE, read_records
 from greencallbacks.runs import load
-from greencallbacks.tracker import HEARTBEAT_S, Tracker, heartbeat_path
+from greencallbacks.heartbeat import heartbeat_path
+from greencallbacks.tracker import HEARTBEAT_S, Tracker
 from tests.fakes.scripted import FakeClock, ScriptedSensor
 from tests.killed import killed_after_line
 from tests.test_heartbeat import KILLED_CHILD, POWER_W, REPO, RUN, killed, started, steps, the_heartbeat

@@ -10,6 +10,7 @@ line after one on a line of its own.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -18,10 +19,11 @@ import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 
 from greencallbacks import interrupts
+from greencallbacks.units import J_PER_KWH
 from typing import Callable, Iterable, Sequence
 
 try:
@@ -1023,3 +1025,76 @@ def _json_kind(value: object) -> str:
     if isinstance(value, (int, float)):
         return "a number"
     return {list: "an array", str: "a string"}.get(type(value), type(value).__name__)
+
+
+# The longest file name most file systems take (NAME_MAX), and the run id's characters kept in a
+# name that would be longer (``run_file_name``), with a hash of the whole id.
+NAME_MAX_BYTES = 255
+KEPT_SUMMARY_ID_CHARS = 100
+TEMPORARY_NAME_BYTES = 40  # what _replace_file adds to a name while it writes (".<pid>-<thread>.tmp")
+
+
+def run_file_name(prefix: str, run_id: str, suffix: str = "") -> str:
+    """``<prefix><run id><suffix>.json`` with the run id made a safe file name: its safe part and a
+    hash of the whole where it is not one (``exp/1`` and ``exp-1`` are two runs), cut to its first
+    ``KEPT_SUMMARY_ID_CHARS`` characters (with the hash) where the name would be too long."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "-", run_id)  # ASCII: as many bytes as characters
+    digest = "-" + hashlib.sha256(run_id.encode()).hexdigest()[:8]
+    name = f"{prefix}{safe}{digest if safe != run_id else ''}{suffix}.json"
+    # With a suffix (a heartbeat, rewritten often), room for the temporary name it is written under.
+    if len(name) > NAME_MAX_BYTES - (TEMPORARY_NAME_BYTES if suffix else 0):
+        name = f"{prefix}{safe[:KEPT_SUMMARY_ID_CHARS]}{digest}{suffix}.json"
+    return name
+
+
+def with_per_sample(record: Record) -> Record:
+    """``record`` with its per-sample values, from its energy and samples (none where uncounted)."""
+    if record.samples > 0 and record.samples_counted:
+        record.energy_j_per_sample = record.energy_kwh * J_PER_KWH / record.samples
+        record.co2eq_g_per_sample = record.co2eq_g / record.samples
+    else:
+        record.energy_j_per_sample = record.co2eq_g_per_sample = None
+    return record
+
+
+def combine_ranks(per_rank: list[list[Record]]) -> list[Record]:
+    """Sum the same phase (same ``seq``) over ranks."""
+    by_seq: dict[int, list[Record]] = {}
+    for records in per_rank:
+        for record in records:
+            by_seq.setdefault(record.seq, []).append(record)
+    combined = []
+    for seq in sorted(by_seq):
+        parts = by_seq[seq]
+        first = parts[0]
+        energy_kwh = sum(r.energy_kwh for r in parts)
+        co2eq_g = sum(r.co2eq_g for r in parts)
+        components = [c for r in parts for c in r.components]
+        # Each rank bills its own devices (the host only where it is measured): a sum, like energy.
+        embodied = [r for r in parts if r.embodied_co2eq_g is not None]
+        record = replace(
+            first,
+            **{
+                "start_time": min(r.start_time for r in parts),
+                "duration_s": max(r.duration_s for r in parts),
+                "samples": sum(r.samples for r in parts),
+                "samples_counted": all(r.samples_counted for r in parts),
+                "tokens": sum(r.tokens or 0 for r in parts) or None,
+                "it_energy_kwh": sum(r.it_energy_kwh for r in parts),
+                "energy_kwh": energy_kwh,
+                "co2eq_g": co2eq_g,
+                "intensity_gco2eq_per_kwh": co2eq_g / energy_kwh if energy_kwh > 0 else first.intensity_gco2eq_per_kwh,
+                "uncertainty_kwh": math.hypot(*(r.uncertainty_kwh for r in parts)),
+                "components": components,
+                "ranks": len(per_rank),
+                "hosts": len({c.get("host") for c in components}) or 1,
+                "partial": any(r.partial for r in parts),
+                "embodied_co2eq_g": sum(r.embodied_co2eq_g for r in embodied) if embodied else None,
+                "embodied_co2eq_g_low": sum(r.embodied_co2eq_g_low or 0.0 for r in embodied) if embodied else None,
+                "embodied_co2eq_g_high": sum(r.embodied_co2eq_g_high or 0.0 for r in embodied) if embodied else None,
+                "step": max((r.step for r in parts if r.step is not None), default=None),
+                "paused_s": max((r.paused_s for r in parts if r.paused_s is not None), default=None),
+            }
+        )
+        combined.append(with_per_sample(record))
+    return combined

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from greencallbacks.heartbeat import HEARTBEAT_PREFIX, heartbeat_files, heartbeat_records
 from greencallbacks.records import RECORDS_FILE, Record, by_run, read_records
 
 RANK_FILES = "energy-records.rank*.jsonl"
@@ -56,8 +57,6 @@ def _nothing_under(path: str | os.PathLike) -> str:
 
 
 def _heartbeat_files() -> str:
-    from greencallbacks.tracker import HEARTBEAT_PREFIX
-
     return f"{HEARTBEAT_PREFIX}*.json"
 
 
@@ -186,8 +185,6 @@ def _open_phases(records: Sequence[Record], run_files: dict[str, list[Path]], be
     to ``run_files``. A phase a resume carried is in the records already, under the same attempt and
     seq (as is one written since the heartbeat: the heartbeat of a run still training), and counts
     once. A heartbeat torn, edited or named for another run is left out: the records stand."""
-    from greencallbacks.tracker import heartbeat_files, heartbeat_records
-
     directories: dict[str, list[Path]] = {}  # run -> the directories holding its heartbeat
     for beat in beats:
         run = run_id if run_id is not None else _run_of_heartbeat(beat)

@@ -21,14 +21,11 @@ import copy
 import dataclasses
 import datetime as _dt
 import functools
-import glob
-import hashlib
 import json
 import math
 import numbers
 import operator
 import os
-import re
 import socket
 import threading
 import time
@@ -48,7 +45,9 @@ from greencallbacks.ledger import Ledger, PhaseTotals, read_run_records, run_ids
 from greencallbacks.runlock import RunLock
 from greencallbacks.meter import joules_between
 from greencallbacks.prediction import PREDICTION_STEMS, predict
-from greencallbacks.records import PHASES, RECORDS_FILE, Record, RecordWriter, write_json_atomic
+from greencallbacks.heartbeat import heartbeat_files, heartbeat_parts, heartbeat_path
+from greencallbacks.records import (PHASES, RECORDS_FILE, Record, RecordWriter, combine_ranks, run_file_name, with_per_sample,
+                                   write_json_atomic)
 from greencallbacks.units import J_PER_KWH
 
 try:
@@ -77,10 +76,6 @@ METRIC_STEMS = (
 )
 
 RECORDS_KEPT_IN_MEMORY = 1000
-# The longest file name most file systems take (NAME_MAX), and the run id's characters kept in a
-# kept summary's name that would be longer (``kept_summary_path``), with a hash of the whole id.
-NAME_MAX_BYTES = 255
-KEPT_SUMMARY_ID_CHARS = 100
 # A gap is written with the next phase's record, at its end (one write per phase), unless it lasted
 # this long: the end of an epoch in Keras holds every later callback's epoch-end work (a checkpoint
 # save of seconds), and a process killed in the next phase must not lose it. Writing costs ~0.2-0.5
@@ -100,10 +95,6 @@ SUMMARY_LOCK_POLL_S = 0.005
 # checkpoint's open phases alone lost everything since the last checkpoint (hours, in a long epoch).
 # One small atomic write a minute: ~1 ms, never per batch.
 HEARTBEAT_S = 60.0
-HEARTBEAT_SESSION_CHARS = 12  # of the session id, in its heartbeat's name
-TEMPORARY_NAME_BYTES = 40  # what records._replace_file adds to a name while it writes (".<pid>-<thread>.tmp")
-_HEARTBEAT_TAIL = re.compile(rf"(?:\.[0-9a-f]{{{HEARTBEAT_SESSION_CHARS}}})?(?:\.rank([1-9][0-9]*))?\.json")
-HEARTBEAT_PREFIX = "energy-open-"
 
 # The trackers measuring now in this process, each with the thread it started in: two trainings
 # measured from two threads at once each bill the whole process (see `_say_measured_at_once`).
@@ -1171,7 +1162,7 @@ class Tracker:
         self.ledger.resume(state, records)  # names the run
         found = _distinct([d for d in directories if d is not None], None)
         self._heartbeats_carried = [path for path, _ in heartbeat_files(self.run_id, found)]
-        parts = _heartbeat_parts(self.run_id, found, not_of=self._session_id)
+        parts = heartbeat_parts(self.run_id, found, not_of=self._session_id)
         saved = self._carry(state, records)
         beaten = self._carry_heartbeat(state, records, saved, parts.pop(0, []))
         # Rank 0's part of each phase left open: the checkpoint's measure, or its heartbeat's later one;
@@ -1213,7 +1204,7 @@ class Tracker:
                     parts.setdefault(key, []).append(record)
         summed = dict(carried)
         for key, others_parts in parts.items():
-            record = _combine(([[carried[key]]] if key in carried else []) + [[part] for part in others_parts])[0]
+            record = combine_ranks(([[carried[key]]] if key in carried else []) + [[part] for part in others_parts])[0]
             record.carried = True
             summed[key] = record
         return summed
@@ -1442,7 +1433,7 @@ class Tracker:
             record.embodied_co2eq_g = rate.grams * opened.duration_s
             record.embodied_co2eq_g_low = rate.range_g[0] * opened.duration_s
             record.embodied_co2eq_g_high = rate.range_g[1] * opened.duration_s
-        return _with_per_sample(record)
+        return with_per_sample(record)
 
     def _publish(self, seq: int | None) -> Record | None:
         """Gather pending local records from all ranks, sum them, write, and update totals: whole,
@@ -1454,7 +1445,7 @@ class Tracker:
         local = self._take_pending()
         if self.reducer.world_size > 1:
             gathered = self.reducer.all_gather(([r.to_dict() for r in local], self._seconds_left_at_train_end))
-            combined = _combine([[Record.from_dict(d) for d in rank_records] for rank_records, _ in gathered])
+            combined = combine_ranks([[Record.from_dict(d) for d in rank_records] for rank_records, _ in gathered])
             self._seconds_left_at_train_end = gathered[0][1]
         else:
             combined = local
@@ -1582,80 +1573,7 @@ def kept_summary_path(path: Path, run_id: str) -> Path:
     too long for a file name (over ``NAME_MAX_BYTES`` with the rest: the summary it should have kept
     was lost) is cut to its first ``KEPT_SUMMARY_ID_CHARS`` characters, with the hash; every name
     that could be made before is left as it was, so a resume finds a summary kept then."""
-    return path.with_name(_run_file_name("energy-summary-", run_id))
-
-
-def heartbeat_path(directory: Path, run_id: str, rank: int = 0, session: str | None = None) -> Path:
-    """Where a session's heartbeat of run ``run_id`` (its open phases, see ``Tracker.heartbeat``) is,
-    beside its records: ``energy-open-<run id>.<session>.json``, ``.rank<r>`` before ``.json`` for
-    rank r > 0's part. Each session writes a file of its own, never over another's: the ranks of a
-    resume read the killed session's each at its own pace, and one that had gone on and replaced
-    it left the others without that rank's part (their totals then differed)."""
-    tail = (f".{session[:HEARTBEAT_SESSION_CHARS]}" if session else "") + (f".rank{rank}" if rank else "")
-    return directory / _run_file_name(HEARTBEAT_PREFIX, run_id, tail)
-
-
-def _run_file_name(prefix: str, run_id: str, suffix: str = "") -> str:
-    safe = re.sub(r"[^A-Za-z0-9_.-]", "-", run_id)  # ASCII: as many bytes as characters
-    digest = "-" + hashlib.sha256(run_id.encode()).hexdigest()[:8]
-    name = f"{prefix}{safe}{digest if safe != run_id else ''}{suffix}.json"
-    # With a suffix (a heartbeat, rewritten often), room for the temporary name it is written under.
-    if len(name) > NAME_MAX_BYTES - (TEMPORARY_NAME_BYTES if suffix else 0):
-        name = f"{prefix}{safe[:KEPT_SUMMARY_ID_CHARS]}{digest}{suffix}.json"
-    return name
-
-
-def heartbeat_files(run_id: str, directories: list[Path]) -> list[tuple[Path, int]]:
-    """Every heartbeat of run ``run_id`` in these directories (``heartbeat_path``), with the rank
-    whose part it holds."""
-    found = []
-    # A run id too long for a file name with its tail is cut (``_run_file_name``): its heartbeats'
-    # names then begin otherwise than the bare one's.
-    longest = f".{'0' * HEARTBEAT_SESSION_CHARS}.rank{10 ** 6}.json"
-    bases = {heartbeat_path(Path(), run_id).name[:-len(".json")],
-             heartbeat_path(Path(), run_id, 10 ** 6, "0" * HEARTBEAT_SESSION_CHARS).name[:-len(longest)]}
-    for directory in directories:
-        for base in bases:
-            for path in sorted(directory.glob(glob.escape(base) + "*.json")) if directory.is_dir() else ():
-                match = _HEARTBEAT_TAIL.fullmatch(path.name[len(base):])
-                if match and (path, int(match.group(1) or 0)) not in found:
-                    found.append((path, int(match.group(1) or 0)))
-    return found
-
-
-def heartbeat_records(run_id: str, directories: list[Path]) -> list[Record]:
-    """The phases run ``run_id``'s heartbeats in these directories hold open, each summed over the
-    ranks whose part is there (each rank writes its own): for a report of a run killed outright."""
-    by_phase: dict[tuple[int, int], list[list[Record]]] = {}
-    for part in _heartbeat_parts(run_id, directories).values():
-        for record in part:
-            by_phase.setdefault((record.seq, record.attempt), []).append([record])
-    return [_combine(per_rank)[0] if len(per_rank) > 1 else per_rank[0][0] for _, per_rank in sorted(by_phase.items())]
-
-
-def _heartbeat_parts(run_id: str, directories: list[Path], not_of: str | None = None) -> dict[int, list[Record]]:
-    """Each rank's part of the phases run ``run_id``'s heartbeats in these directories hold open; of
-    a phase a rank's part is found in several, the longest measure. A heartbeat torn or edited
-    gives none: the checkpoint's open phases stand. ``not_of``: a session whose own heartbeats are
-    left out (a resume's: another rank of it may have written its part already, which would read
-    as a phase of the killed attempt begun after the checkpoint)."""
-    longest: dict[tuple[int, int, int], Record] = {}
-    for path, rank in heartbeat_files(run_id, directories):
-        try:
-            saved = json.loads(path.read_text(encoding="utf-8"))
-            if saved.get("run_id") != run_id or (not_of is not None and saved.get("session_id") == not_of):
-                continue
-            found = [Record.from_dict(d) for d in saved["open_records"]]
-        except (OSError, ValueError, TypeError, KeyError, AttributeError):
-            continue
-        for record in found:
-            key = (rank, record.seq, record.attempt)
-            if record.run_id == run_id and (key not in longest or record.duration_s > longest[key].duration_s):
-                longest[key] = record
-    parts: dict[int, list[Record]] = {}
-    for (rank, *_), record in sorted(longest.items()):
-        parts.setdefault(rank, []).append(record)
-    return parts
+    return path.with_name(run_file_name("energy-summary-", run_id))
 
 
 def _uncounted(state: dict[str, Any], records: list[Record]) -> dict[str, Any]:
@@ -1733,15 +1651,6 @@ def _nan_if_none(value: float | None) -> float:
     return math.nan if value is None else value
 
 
-def _with_per_sample(record: Record) -> Record:
-    if record.samples > 0 and record.samples_counted:
-        record.energy_j_per_sample = record.energy_kwh * J_PER_KWH / record.samples
-        record.co2eq_g_per_sample = record.co2eq_g / record.samples
-    else:
-        record.energy_j_per_sample = record.co2eq_g_per_sample = None
-    return record
-
-
 def _gpus_of(meter: "Meter") -> list[tuple[str, str, float]]:
     """(name, UUID, share billed) of each sensor of a physical GPU (NVML's, amdsmi's; a MIG
     instance's names its parent GPU, with its share). A sensor of the user's own names no GPU."""
@@ -1764,46 +1673,3 @@ def _split(measurement: "Measurement", split: dict[str, tuple[float, str]]) -> "
         for c in measurement.components
     )
     return dataclasses.replace(measurement, components=components)
-
-
-def _combine(per_rank: list[list[Record]]) -> list[Record]:
-    """Sum the same phase (same ``seq``) over ranks."""
-    by_seq: dict[int, list[Record]] = {}
-    for records in per_rank:
-        for record in records:
-            by_seq.setdefault(record.seq, []).append(record)
-    combined = []
-    for seq in sorted(by_seq):
-        parts = by_seq[seq]
-        first = parts[0]
-        energy_kwh = sum(r.energy_kwh for r in parts)
-        co2eq_g = sum(r.co2eq_g for r in parts)
-        components = [c for r in parts for c in r.components]
-        # Each rank bills its own devices (the host only where it is measured): a sum, like energy.
-        embodied = [r for r in parts if r.embodied_co2eq_g is not None]
-        record = dataclasses.replace(
-            first,
-            **{
-                "start_time": min(r.start_time for r in parts),
-                "duration_s": max(r.duration_s for r in parts),
-                "samples": sum(r.samples for r in parts),
-                "samples_counted": all(r.samples_counted for r in parts),
-                "tokens": sum(r.tokens or 0 for r in parts) or None,
-                "it_energy_kwh": sum(r.it_energy_kwh for r in parts),
-                "energy_kwh": energy_kwh,
-                "co2eq_g": co2eq_g,
-                "intensity_gco2eq_per_kwh": co2eq_g / energy_kwh if energy_kwh > 0 else first.intensity_gco2eq_per_kwh,
-                "uncertainty_kwh": math.hypot(*(r.uncertainty_kwh for r in parts)),
-                "components": components,
-                "ranks": len(per_rank),
-                "hosts": len({c.get("host") for c in components}) or 1,
-                "partial": any(r.partial for r in parts),
-                "embodied_co2eq_g": sum(r.embodied_co2eq_g for r in embodied) if embodied else None,
-                "embodied_co2eq_g_low": sum(r.embodied_co2eq_g_low or 0.0 for r in embodied) if embodied else None,
-                "embodied_co2eq_g_high": sum(r.embodied_co2eq_g_high or 0.0 for r in embodied) if embodied else None,
-                "step": max((r.step for r in parts if r.step is not None), default=None),
-                "paused_s": max((r.paused_s for r in parts if r.paused_s is not None), default=None),
-            }
-        )
-        combined.append(_with_per_sample(record))
-    return combined
