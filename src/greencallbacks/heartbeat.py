@@ -16,6 +16,7 @@ from pathlib import Path
 from greencallbacks.records import Record, combine_ranks, run_file_name
 
 HEARTBEAT_PREFIX = "energy-open-"
+HEARTBEAT_GLOB = f"{HEARTBEAT_PREFIX}*.json"  # any run's, any session's, any rank's
 HEARTBEAT_SESSION_CHARS = 12  # of the session id, in its heartbeat's name
 _TAIL = re.compile(rf"(?:\.[0-9a-f]{{{HEARTBEAT_SESSION_CHARS}}})?(?:\.rank([1-9][0-9]*))?\.json")
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from greencallbacks.heartbeat import HEARTBEAT_PREFIX, heartbeat_files, heartbeat_records
+from greencallbacks.heartbeat import HEARTBEAT_GLOB, heartbeat_files, heartbeat_records
 from greencallbacks.records import RECORDS_FILE, Record, by_run, read_records
 
 RANK_FILES = "energy-records.rank*.jsonl"
@@ -41,7 +41,7 @@ def find_run_files(path: str | os.PathLike) -> tuple[list[Path], list[Path]]:
         beside = path.name == RECORDS_FILE
         # What ranks > 0 wrote when a distributed run failed is part of the same runs' energy.
         ranks = sorted(path.parent.glob(RANK_FILES)) if beside else []
-        beats = sorted(p for p in path.parent.glob(_heartbeat_files()) if p.is_file()) if beside else []
+        beats = sorted(p for p in path.parent.glob(HEARTBEAT_GLOB) if p.is_file()) if beside else []
         return [path, *ranks], beats
     if not path.is_dir():
         refuse_special_file(path)
@@ -56,17 +56,12 @@ def _nothing_under(path: str | os.PathLike) -> str:
     return f"no {RECORDS_FILE} under {path} (looked in every subdirectory)"
 
 
-def _heartbeat_files() -> str:
-    return f"{HEARTBEAT_PREFIX}*.json"
-
-
 def _walk(root: Path) -> tuple[list[Path], list[Path]]:
     """The records files at any depth under ``root``, and the heartbeats, through symlinked
     directories (a run directory linked into a log root, or a root that is a link to the logs), each
     directory once: a link to a directory above it would loop. One that cannot be read is warned of,
     naming it: left out in silence, its runs would be missing from totals that look whole.
     (Path.rglob, before Python 3.13, neither follows links to directories nor says what it could not read.)"""
-    heartbeats = _heartbeat_files()
     unreadable: list[str] = []
     seen: set[str] = set()
     found: list[Path] = []
@@ -80,7 +75,7 @@ def _walk(root: Path) -> tuple[list[Path], list[Path]]:
         seen.add(real)
         found += [Path(directory, name) for name in names
                   if name == RECORDS_FILE or fnmatch.fnmatchcase(name, RANK_FILES)]
-        beats += [Path(directory, name) for name in names if fnmatch.fnmatchcase(name, heartbeats)]
+        beats += [Path(directory, name) for name in names if fnmatch.fnmatchcase(name, HEARTBEAT_GLOB)]
     for file in found:
         if not file.is_file():  # a named pipe there would block the read forever
             refuse_special_file(file, "a records file")
@@ -247,7 +242,7 @@ def unfinished_runs(records: Sequence[Record], run_files: dict[str, list[Path]],
 
 
 def _is_heartbeat(path: Path) -> bool:
-    return fnmatch.fnmatchcase(path.name, _heartbeat_files())
+    return fnmatch.fnmatchcase(path.name, HEARTBEAT_GLOB)
 
 
 def _summaries_beside(run_files: dict[str, list[Path]]) -> dict[str, dict]:

@@ -348,8 +348,8 @@ def _after_last_record(records: Sequence[Record], unfinished: Sequence[str]) -> 
     from greencallbacks.tracker import HEARTBEAT_S
 
     runs = by_run(records)
-    beaten = [run for run in unfinished
-              if any(r.carried and r.attempt == max(m.attempt for m in runs[run]) for r in runs[run])]
+    last_attempt = {run: max(r.attempt for r in runs[run]) for run in unfinished}
+    beaten = [run for run in unfinished if any(r.carried and r.attempt == last_attempt[run] for r in runs[run])]
     if not beaten:
         return "What it used after its last record is in no figure here"
     others = [run for run in unfinished if run not in beaten]
