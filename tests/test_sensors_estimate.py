@@ -2,11 +2,13 @@
 
 import math
 import os
+import random
 import subprocess
 import sys
 
 import pytest
 
+from greencallbacks.sensors import estimate
 from greencallbacks.sensors.base import Kind, Method, SensorError
 from greencallbacks.sensors.estimate import (
     BYTES_PER_GB,
@@ -160,6 +162,43 @@ def test_cloud_gpu_hosts_custom_xeons_are_in_the_table_at_their_retail_parts_tdp
     assert lookup_tdp_w("Intel(R) Xeon(R) Platinum 8480C") == ("Intel Xeon Platinum 8480C", 350.0)
     assert lookup_tdp_w("Intel(R) Xeon(R) Platinum 8480CL") == ("Intel Xeon Platinum 8480CL", 350.0)
     assert lookup_tdp_w("Intel(R) Xeon(R) Platinum 8480+") == ("Intel Xeon Platinum 8480+", 350.0)
+
+
+def test_the_lookup_finds_what_a_scan_of_every_row_finds():
+    """The lookup parses only the lines that can match (a process's first fit parsed and tokenized
+    all ~4,900 rows: ~40 ms of its set-up). Table names as /proc/cpuinfo decorates them, names
+    cut short, and a word added, must find the entry a scan of every row, parsed whole, finds."""
+    from greencallbacks.carbon.tables import read_rows
+
+    rows = [(estimate._tokens(row["model"]), row["model"], float(row["tdp_w"])) for row in read_rows(estimate.TDP_TABLE)]
+
+    def scan_every_row(cpu_model: str):  # the lookup's rule, the oracle
+        wanted, best, found = estimate._tokens(cpu_model), None, None
+        for tokens, model, tdp_w in rows:
+            if tokens and tokens <= wanted and any(ch.isdigit() for ch in "".join(tokens)):
+                if best is None or (len(tokens), len(model)) > best:
+                    best, found = (len(tokens), len(model)), (model, tdp_w)
+        return found
+
+    rng = random.Random(0)
+    names = ["AMD EPYC 7763 64-Core Processor", "Intel(R) Core(TM) 2 Duo CPU", "Apple M2 Pro", "Xeon"]
+    for _, model, _ in rng.sample(rows, 100):
+        words = model.split()
+        names += [model, f"{model.replace('Intel ', 'Intel(R) ')}(R) CPU @ 2.40GHz", " ".join(words[:-1]),
+                  f"{model} {rng.choice(rows)[1].split()[-1]}"]
+    mismatched = [(name, lookup_tdp_w(name), scan_every_row(name)) for name in names
+                  if lookup_tdp_w(name) != scan_every_row(name)]
+    assert not mismatched, mismatched[:5]
+
+
+def test_a_lookup_tokenizes_only_the_lines_that_can_match(monkeypatch):
+    calls = []
+    tokens = estimate._tokens
+    monkeypatch.setattr(estimate, "_tokens", lambda name: calls.append(name) or tokens(name))
+    for cached in ("_lookup_row", "_tdp_lines", "_tdp_table"):  # a first lookup in this process
+        getattr(getattr(estimate, cached, None), "cache_clear", lambda: None)()
+    assert lookup_tdp_w("Intel(R) Xeon(R) Platinum 8480C CPU @ 2.00GHz") == ("Intel Xeon Platinum 8480C", 350.0)
+    assert len(calls) < 20, len(calls)  # the name, then the few rows with "8480c" in them
 
 
 def test_unknown_cpu_uses_the_stated_default_per_core():
