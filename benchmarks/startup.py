@@ -1,4 +1,5 @@
-"""Start-up: import time of greencallbacks, of each adapter, and of CodeCarbon, each in a fresh process.
+"""Start-up: import time of greencallbacks, of each adapter, and of CodeCarbon, each in a fresh process;
+and what a process's first sensor discovery (a first fit's set-up) costs.
 
 Each figure is the median of ``--repeats`` fresh interpreters timing one import statement. An
 adapter is timed twice: alone (what a user waits for, framework included) and after its framework
@@ -38,6 +39,10 @@ CASES = {
     "greencallbacks.keras (after keras)": ("import keras", "from greencallbacks.keras import EnergyCallback"),
     "greencallbacks.hf": ("", "from greencallbacks.hf import EnergyCallback"),
     "greencallbacks.hf (after transformers.Trainer)": ("from transformers import Trainer", "from greencallbacks.hf import EnergyCallback"),
+    # A process's first fit finds its sensors in its set-up hook, on the training thread: the CPU's
+    # TDP looked up in the shipped table, psutil and pynvml imported, NVML asked for GPUs.
+    "greencallbacks: a process's first sensor discovery": ("from greencallbacks.sensors import discover_sensors",
+                                                           "discover_sensors()"),
     "codecarbon": ("", "import codecarbon"),
     "codecarbon.EmissionsTracker": ("", "from codecarbon import EmissionsTracker"),
 }
