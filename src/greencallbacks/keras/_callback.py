@@ -913,7 +913,11 @@ class EnergyCallback(_Callback):
             count, why = None, "reset"
         samples = self.samples_per_epoch or (
             self._not_steps(count, "train", fewest, most) if count is not None else 0)
-        if steps == 0 and not any(not key.startswith("val_") for key in logs or ()):
+        # Keras's own loop called its step once, which found the data at its end (TensorFlow: a data
+        # set of unknown length that an earlier epoch's steps_per_epoch used up). Its fit hands such
+        # an epoch the reset metrics' values as logs, so they do not tell it from one that trained.
+        found_no_data = self._call is not None and self._call.in_keras_loop and begun > 0 and ended == 0
+        if steps == 0 and (found_no_data or not any(not key.startswith("val_") for key in logs or ())):
             # No step ran (an empty data set): nothing was trained, whatever the loss tracker still
             # holds (on TensorFlow a stale count, taken for 32 samples an epoch) or was declared.
             samples = 0
