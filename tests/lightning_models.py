@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import collections
+import csv
 import importlib
+from pathlib import Path
 
 import pytest
 import torch
@@ -83,3 +86,29 @@ def trainer_kwargs(**overrides):
     )
     kwargs.update(overrides)
     return kwargs
+
+
+def batches_run(L):
+    """A callback counting the samples Lightning ran per (phase, epoch), apart from the one under test."""
+
+    class BatchesRun(L.Callback):
+        def __init__(self):
+            self.samples = collections.Counter()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.samples["train", trainer.current_epoch] += len(batch[0])
+
+        def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+            if not trainer.sanity_checking:
+                self.samples["validation", trainer.current_epoch] += len(batch[0])
+
+    return BatchesRun()
+
+
+def last_logged_total(log_dir: Path) -> float | None:
+    """The last ``energy_kwh_total`` in a CSVLogger's metrics.csv; None without one."""
+    path = Path(log_dir) / "metrics.csv"
+    if not path.exists():
+        return None
+    values = [float(row["energy_kwh_total"]) for row in csv.DictReader(path.open()) if row.get("energy_kwh_total")]
+    return values[-1] if values else None

@@ -13,7 +13,6 @@ Run more seeds with GC_FLOW_SEEDS=20; a failure names its seed and step.
 from __future__ import annotations
 
 import collections
-import csv
 import os
 import random
 import time
@@ -25,20 +24,12 @@ torch = pytest.importorskip("torch")
 
 from greencallbacks import report
 from flow_invariants import check_run, logged_total_matches, meter_threads
-from lightning_models import VAL_SAMPLES, Boom, flavour, loaders, trainer_kwargs
+from lightning_models import VAL_SAMPLES, Boom, batches_run, flavour, last_logged_total, loaders, trainer_kwargs
 from tests.fakes.scripted import ScriptedSensor
 
 pytestmark = pytest.mark.slow
 POWER_W = 50.0
 SEEDS = range(int(os.environ.get("GC_FLOW_SEEDS", "4")))
-
-
-def last_logged_total(log_dir: Path) -> float | None:
-    path = log_dir / "metrics.csv"
-    if not path.exists():
-        return None
-    values = [float(row["energy_kwh_total"]) for row in csv.DictReader(path.open()) if row.get("energy_kwh_total")]
-    return values[-1] if values else None
 
 
 def make_crash(L, where: str, epoch: int):
@@ -62,23 +53,6 @@ def make_crash(L, where: str, epoch: int):
                 raise Boom(f"between epochs, before epoch {epoch}")
 
     return Crash()
-
-
-def batches_run(L):
-    class BatchesRun(L.Callback):
-        """The samples Lightning ran per (phase, epoch), counted apart from the callback under test."""
-
-        def __init__(self):
-            self.samples = collections.Counter()
-
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            self.samples["train", trainer.current_epoch] += len(batch[0])
-
-        def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
-            if not trainer.sanity_checking:
-                self.samples["validation", trainer.current_epoch] += len(batch[0])
-
-    return BatchesRun()
 
 
 @pytest.mark.parametrize("seed", SEEDS)

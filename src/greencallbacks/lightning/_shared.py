@@ -80,7 +80,9 @@ class EnergyCallbackBase:
 
     Runs: every ``trainer.fit`` starts a new run (new ``run_id``, totals from zero) unless it resumes
     from a checkpoint (``ckpt_path=``), which continues that run's totals. ``validate`` / ``test`` /
-    ``predict`` after a ``fit`` continue the fit's run, so its summary covers training and inference.
+    ``predict`` after a ``fit`` continue the fit's run, so its summary covers training and inference;
+    given the checkpoint of another run (``ckpt_path=``), they continue that run, and the Trainer's
+    own run stays its own.
     """
 
     _framework = "lightning"
@@ -144,6 +146,7 @@ class EnergyCallbackBase:
         self._session_kwargs = {**self._settings, **session_kwargs, "framework": self._framework}
         self.session = EnergySession(**self._session_kwargs)  # bad settings fail here, before training
         self._session_used = False
+        self._session_fresh = True  # see setup
         # The run each Trainer fitted with this callback: its test / validate / predict belong there
         # even after another Trainer's fit (one callback given to two Trainers).
         self._runs_by_trainer: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -204,7 +207,9 @@ class EnergyCallbackBase:
         try:
             if _before_records_path(state_dict):
                 state_dict = self._with_records_found(state_dict)
+            self._measure_with(self._session_going_on_from(state_dict))
             self.session.load_state_dict(state_dict)
+            self._one_session_per_run()
         except Exception as error:  # noqa: BLE001
             hook_failed(self, "load_state_dict", error)
 
@@ -289,6 +294,9 @@ class EnergyCallbackBase:
     # ------------------------------------------------------------------------------ lifecycle
     @never_raises
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        # A fit's session, or a first call's, has no run of its own yet: a checkpoint restored
+        # next makes it that checkpoint's run (see _session_going_on_from).
+        self._session_fresh = stage == "fit" or not self._session_used
         if stage == "fit":
             if self._session_used:
                 self.session = EnergySession(**self._session_kwargs)  # a new fit is a new run
@@ -298,6 +306,11 @@ class EnergyCallbackBase:
             self.session = self._runs_by_trainer.get(trainer, self.session)
         self._session_used = True
         self._trainer_in_use = weakref.ref(trainer)
+        if self._start_session(trainer) == 0:
+            self._check_configuration(trainer)
+
+    def _start_session(self, trainer: Any) -> int:
+        """Start ``self.session`` on ``trainer`` (a collective on several ranks); returns this rank."""
         output_dir = self._log_dir = None
         if self.session.output_dir is None:
             log_dir = self._log_dir = trainer.log_dir  # a collective: all ranks
@@ -312,8 +325,38 @@ class EnergyCallbackBase:
         device_indices, sync = device_and_sync(trainer.strategy.root_device)
         reducer = torch_reducer_or_local(trainer.world_size)  # a collective on several ranks; setup runs on all of them
         self.session.start(output_dir=output_dir, device_indices=device_indices, reducer=reducer, sync=sync)
-        if reducer.rank == 0:
-            self._check_configuration(trainer)
+        return reducer.rank
+
+    def _session_going_on_from(self, state: Any) -> EnergySession:
+        """The session that measures what follows the restore of ``state``: the one running, made
+        that checkpoint's run where it has no run of its own yet (a resume). An evaluation runs in
+        a Trainer's fit run (or the latest): a checkpoint of another run must not make that session
+        the other run's, or this Trainer's later test of its own checkpoint went there. The other run
+        goes on in the session of this callback that holds it (two sessions of one run wrote the
+        same seq numbers), or else in a new one."""
+        if self._session_fresh or not isinstance(state, dict) or not state or self.tracker.wrote(state):
+            return self.session
+        for session in self._runs_by_trainer.values():
+            if session.tracker.wrote(state):
+                return session
+        return EnergySession(**self._session_kwargs)
+
+    def _measure_with(self, session: EnergySession) -> None:
+        trainer = self._trainer_in_use() if self._trainer_in_use else None
+        if session is self.session or trainer is None or not self.session.running:
+            return
+        self.session.stop()  # what ran since setup is billed to the run that measured it
+        self.session = session
+        self._start_session(trainer)
+
+    def _one_session_per_run(self) -> None:
+        """A run resumed here (a fit continued in another Trainer) goes on here for every Trainer
+        that measured it: their older session, restarted by a test, wrote seq numbers this one had
+        written, and a summary without its attempt."""
+        run_id = self.tracker.run_id
+        for trainer, session in list(self._runs_by_trainer.items()):
+            if session is not self.session and session.tracker.run_id == run_id:
+                self._runs_by_trainer[trainer] = self.session
 
     def _beside_another(self, trainer: Any) -> bool:
         """Would another EnergyCallback of this Trainer write to the same default directory? Two

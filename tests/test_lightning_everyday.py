@@ -1,0 +1,167 @@
+"""Everyday Lightning paths the flow tests do not draw, with the real Trainer and the ledger's invariants.
+
+A scripted constant-power sensor makes every record's energy follow its duration; a second
+callback counts the samples Lightning really ran.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch", reason="torch is not installed: the Lightning adapter tests need it")
+
+from flow_invariants import check_run, logged_total_matches, meter_threads  # noqa: E402
+from lightning_models import VAL_SAMPLES, batches_run, flavour, last_logged_total, loaders, trainer_kwargs  # noqa: E402
+from tests.fakes.scripted import ScriptedSensor  # noqa: E402
+
+pytestmark = pytest.mark.slow
+POWER_W = 50.0
+
+
+def energy_callback(EnergyCallback):
+    return EnergyCallback(sensors=[ScriptedSensor("gpu", time.monotonic, POWER_W)], intensity=300.0)
+
+
+def state_probe(L):
+    """A callback with a state: whether this Lightning restores callbacks' states in ``validate`` /
+    ``test`` (2.5 and later) or only in ``fit`` (2.4 and earlier), where an evaluation of another
+    run's checkpoint simply goes on in the Trainer's own run."""
+
+    class StateProbe(L.Callback):
+        restored = False
+
+        def state_dict(self):
+            return {"saved": True}
+
+        def load_state_dict(self, state_dict):
+            self.restored = True
+
+    return StateProbe()
+
+
+def test_validation_every_n_batches_across_epochs_and_a_resume_from_one_bill_each_batch_once(tmp_path):
+    """val_check_interval=3 batches with check_val_every_n_epoch=None over 4-batch epochs:
+    validation inside epochs 0 and 1, twice in epoch 2; the resume from the validation inside
+    epoch 1 (a checkpoint mid-epoch) runs that epoch's last 2 batches."""
+    L, EnergyCallback, TinyModel = flavour("lightning.pytorch")
+    ckpt_dir = tmp_path / "ckpt"
+
+    def fit(max_epochs, ckpt_path=None):
+        callback, ran = energy_callback(EnergyCallback), batches_run(L)
+        saver = L.callbacks.ModelCheckpoint(dirpath=ckpt_dir, save_top_k=-1, monitor="val_loss", filename="{epoch}-{step}")
+        logger = L.loggers.CSVLogger(tmp_path, name="logs")
+        trainer = L.Trainer(max_epochs=max_epochs, logger=logger, callbacks=[callback, ran, saver],
+                            **trainer_kwargs(enable_checkpointing=True, val_check_interval=3, check_val_every_n_epoch=None))
+        trainer.fit(TinyModel(), *loaders(), ckpt_path=ckpt_path)
+        return callback, ran, Path(logger.log_dir)
+
+    first, ran_first, dir_first = fit(3)
+    assert sorted(p.name for p in ckpt_dir.iterdir()) == [
+        "epoch=0-step=3.ckpt", "epoch=1-step=6.ckpt", "epoch=2-step=12.ckpt", "epoch=2-step=9.ckpt"]
+    callback, ran, log_dir = fit(4, ckpt_dir / "epoch=1-step=6.ckpt")
+    assert callback.tracker.run_id == first.tracker.run_id and not meter_threads()
+    records = check_run(callback.tracker.run_id, [dir_first, log_dir], power_w=POWER_W)
+    for attempt, counted in enumerate((ran_first, ran)):
+        billed = collections.Counter()
+        for r in records:
+            if r.attempt == attempt and r.phase != "other":
+                billed[r.phase, r.epoch] += r.samples
+        assert billed == counted.samples, attempt
+    assert [(r.epoch, r.samples) for r in records if r.attempt == 1 and r.phase == "train"] == [(1, 16), (2, 32), (3, 32)]
+    assert [r.epoch for r in records if r.attempt == 0 and r.phase == "validation"] == [0, 1, 2, 2]
+    logged_total_matches(records, last_logged_total(log_dir), rel=1e-9)
+
+
+def test_a_fit_continued_in_another_trainer_leaves_one_writer_for_the_run(tmp_path):
+    """Regression: a notebook fits with a Trainer, continues the run in a second Trainer
+    (``ckpt_path="last"``, the same callback object), then tests with the first Trainer. That test
+    went to the session of the first Trainer's fit, which still took itself for the run's attempt
+    0: it wrote seq numbers the second attempt had written already, and a summary without the
+    second attempt. The first Trainer's run now goes on in its newest attempt."""
+    L, EnergyCallback, TinyModel = flavour("lightning.pytorch")
+    callback = energy_callback(EnergyCallback)
+
+    def trainer(max_epochs):
+        saver = L.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+        return L.Trainer(max_epochs=max_epochs, logger=L.loggers.CSVLogger(tmp_path, name="logs"),
+                         callbacks=[callback, saver], **trainer_kwargs(enable_checkpointing=True))
+
+    model, (train, val) = TinyModel(), loaders()
+    first, second = trainer(2), trainer(3)
+    first.fit(model, train, val)
+    run = callback.tracker.run_id
+    second.fit(model, train, val, ckpt_path="last")
+    first.test(model, val, verbose=False)
+    assert callback.tracker.run_id == run and not meter_threads()
+    records = check_run(run, [Path(first.log_dir), Path(second.log_dir)], power_w=POWER_W)  # seq billed twice before
+    assert [(r.attempt, r.samples) for r in records if r.phase == "test"] == [(1, VAL_SAMPLES)]
+
+
+def test_evaluating_another_runs_checkpoint_goes_to_that_run_and_leaves_the_trainers_own(tmp_path):
+    """Regression: with one callback, Trainer A fits run A, Trainer B run B; A validates B's
+    checkpoint. That turned A's fit session into an attempt of run B, beside B's own session:
+    B's later test wrote seq numbers twice, and A's test of its own checkpoint went to run B.
+    Now the validation continues B's session, and A's run stays A's. (A Lightning that restores no
+    callback state in an evaluation validates in A's run.)"""
+    L, EnergyCallback, TinyModel = flavour("lightning.pytorch")
+    callback, probe = energy_callback(EnergyCallback), state_probe(L)
+
+    def trainer(name):
+        saver = L.callbacks.ModelCheckpoint(dirpath=tmp_path / f"ckpt-{name}", save_last=True)
+        return L.Trainer(max_epochs=2, logger=L.loggers.CSVLogger(tmp_path, name=name),
+                         callbacks=[callback, saver, probe], **trainer_kwargs(enable_checkpointing=True))
+
+    train, val = loaders()
+    runs, dirs = {}, []
+    for name in ("a", "b"):
+        trainer_ = trainer(name)
+        trainer_.fit(TinyModel(), train, val)
+        runs[name] = (trainer_, callback.tracker.run_id)
+        dirs.append(Path(trainer_.log_dir))
+    (a, run_a), (b, run_b) = runs["a"], runs["b"]
+    a.validate(TinyModel(), val, ckpt_path=tmp_path / "ckpt-b" / "last.ckpt", verbose=False)
+    validated = run_b if probe.restored else run_a
+    assert callback.tracker.run_id == validated
+    a.test(TinyModel(), val, ckpt_path=tmp_path / "ckpt-a" / "last.ckpt", verbose=False)
+    assert callback.tracker.run_id == run_a
+    b.test(TinyModel(), val, verbose=False)
+    assert callback.tracker.run_id == run_b and not meter_threads()
+    records_a = check_run(run_a, dirs, power_w=POWER_W)
+    records_b = check_run(run_b, dirs, power_w=POWER_W)  # seq billed twice before
+    evaluated = {run: [r.phase for r in records if r.phase in ("validation", "test") and r.epoch == 2]
+                 for run, records in ((run_a, records_a), (run_b, records_b))}
+    assert evaluated == {validated: ["validation", "test"], ({run_a, run_b} - {validated}).pop(): ["test"]}
+    assert {r.attempt for r in records_a} == {r.attempt for r in records_b} == {0}
+
+
+def test_evaluating_a_checkpoint_of_a_run_this_callback_never_measured_leaves_the_trainers_own(tmp_path):
+    """The checkpoint of a run measured by another process (here another callback object): its
+    validation continues that run, as in a new process, and no longer turns the Trainer's fit
+    session into that run, whose later test of its own checkpoint went there too. (A Lightning that
+    restores no callback state in an evaluation validates in the Trainer's own run.)"""
+    L, EnergyCallback, TinyModel = flavour("lightning.pytorch")
+    probe = state_probe(L)
+
+    def fit(callback, name):
+        saver = L.callbacks.ModelCheckpoint(dirpath=tmp_path / f"ckpt-{name}", save_last=True)
+        trainer = L.Trainer(max_epochs=1, logger=L.loggers.CSVLogger(tmp_path, name=name), callbacks=[callback, saver, probe],
+                            **trainer_kwargs(enable_checkpointing=True))
+        trainer.fit(TinyModel(), *loaders())
+        return trainer, callback.tracker.run_id
+
+    elsewhere = energy_callback(EnergyCallback)
+    other, run_other = fit(elsewhere, "other")
+    callback = energy_callback(EnergyCallback)
+    trainer, run = fit(callback, "mine")
+    trainer.validate(TinyModel(), loaders()[1], ckpt_path=tmp_path / "ckpt-other" / "last.ckpt", verbose=False)
+    assert callback.tracker.run_id == (run_other if probe.restored else run)
+    trainer.test(TinyModel(), loaders()[1], ckpt_path=tmp_path / "ckpt-mine" / "last.ckpt", verbose=False)
+    assert callback.tracker.run_id == run and not meter_threads()
+    dirs = [Path(trainer.log_dir), Path(other.log_dir)]
+    mine = [r.phase for r in check_run(run, dirs, power_w=POWER_W) if r.phase in ("validation", "test") and r.epoch == 1]
+    theirs = [(r.phase, r.attempt) for r in check_run(run_other, dirs, power_w=POWER_W) if r.epoch == 1 and r.phase != "other"]
+    assert (mine, theirs) == ((["test"], [("validation", 1)]) if probe.restored else (["validation", "test"], []))
