@@ -51,7 +51,7 @@ MATRIX = {
     "transformers": {
         "requirements": ["transformers==4.47.1", "accelerate==1.2.1", "tensorboard", "mlflow", "wandb"],
         "tests": ["tests/test_hf.py", "tests/test_hf_hpsearch.py", "tests/test_hf_flows_more.py", "tests/test_flows_hf.py", "tests/test_hf_distributed.py", "tests/test_live.py",
-                  "tests/test_hf_callbacks.py", "tests/test_heartbeat.py"],
+                  "tests/test_hf_callbacks.py", "tests/test_heartbeat.py", "tests/test_hf_everyday.py"],
         "report": ["transformers", "accelerate", "torch", "tensorboard", "mlflow", "wandb"],
     },
     "lightning": {
@@ -61,7 +61,7 @@ MATRIX = {
         "requirements": ["lightning==2.2.0", "pytorch-lightning==2.2.0", "torch==2.2.2", "numpy<2", "setuptools<81",
                          "tensorboard", "mlflow", "wandb", "pandas"],
         "tests": ["tests/test_lightning.py", "tests/test_flows_lightning.py", "tests/test_lightning_ddp.py",
-                  "tests/test_live.py", "tests/test_heartbeat.py",
+                  "tests/test_live.py", "tests/test_heartbeat.py", "tests/test_lightning_everyday.py",
                   # A private seam (CombinedLoader's mode) and its guard, at the floor too.
                   "tests/test_samples_frameworks.py::test_lightning_counts_each_loader_of_a_combined_batch_in_every_loop",
                   "tests/test_samples_frameworks.py::test_lightning_a_combined_loaders_mode_it_cannot_read_leaves_batches_counted_whole"],
@@ -73,7 +73,8 @@ MATRIX = {
         # inside Keras; the jax backend is tested at the newest versions only and skips here.
         "requirements": ["keras==3.3.3", "tensorflow-cpu==2.16.2", "tensorboard"],
         "tests": ["tests/test_keras.py", "tests/test_flows_keras.py", "tests/test_live.py", "tests/test_keras_models.py",
-                  "tests/test_keras_counts.py", "tests/test_keras_custom_steps.py", "tests/test_heartbeat.py"],
+                  "tests/test_keras_counts.py", "tests/test_keras_custom_steps.py", "tests/test_heartbeat.py",
+                  "tests/test_keras_everyday.py"],
         "report": ["keras", "torch", "tensorflow-cpu", "numpy"],
     },
     # A middle release, for the sample counts: batch hooks at an execution's first step (before

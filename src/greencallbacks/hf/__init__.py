@@ -42,12 +42,13 @@ How it fits the Trainer (read against transformers 5.23):
   to ``training_step`` (wrapped on the instance too: exact for partial last batches and gradient
   accumulation, a shape lookup per batch). Ranks are summed, so the samples Accelerate repeats to
   keep ranks in step are counted: they cost energy. Tokens: HF's ``state.num_input_tokens_seen``
-  (already summed over ranks) when ``include_num_input_tokens_seen`` is on, giving
-  ``energy_j_per_token``; or ``token_counter=`` (batch -> int) on each batch. Evaluation and
-  prediction samples: each completed ``prediction_step``'s batch is counted as the loop goes
-  (wrapped on the instance), so a loop that raises leaves a partial record with the batches it
-  finished; a loop that completes records those batches' count where every one was counted
-  (whatever its sampler, stream or ``dataloader_drop_last``). The data set's length (HF's
+  (already summed over ranks) when ``include_num_input_tokens_seen`` is on, read at each epoch's
+  end (and at a crash's write-up, for the epoch it cut short), giving ``energy_j_per_token``;
+  or ``token_counter=`` (batch -> int) on each batch. Evaluation and prediction samples: each
+  completed ``prediction_step``'s batch is counted as the loop goes (wrapped on the instance),
+  so a loop that raises leaves a partial record with the batches it finished; a loop that
+  completes records those batches' count where every one was counted (whatever its sampler,
+  stream or ``dataloader_drop_last``). The data set's length (HF's
   ``num_samples``) stands in only where the batches hold each of its samples once (torch's batch
   sampler without ``drop_last`` over a sequential, random or length-grouped sampler of the whole
   set) and the count is incomplete, or on several ranks, whose batches hold the samples
@@ -86,7 +87,11 @@ How it fits the Trainer (read against transformers 5.23):
   second, writes the unfinished phase as ``partial`` (at the step where it failed) and the summary
   and stops the meter thread, whether or not the exception stays referenced; so for a standalone
   ``evaluate()`` / ``predict()`` that raises after its loop (a reporter failing in ``on_log``).
-  The wrapped evaluation loop does the same at once for an exception inside it; an ``atexit``
+  The wrapped evaluation loop does the same at once for an exception inside it, but inside a
+  ``train()`` or another loop on one process, whose caller may catch it and go on (a callback's
+  own ``evaluate()``, a ``predict()`` in ``compute_metrics``, in try/except): that loop alone is
+  cut short (``partial``) and the run goes on, the watch writing it up if the exception leaves
+  the call. An ``atexit``
   handler covers the interpreter's exit. When the
   Trainer itself goes on first (``auto_find_batch_size`` rerunning the loop after an
   out-of-memory error, whose failed try stays a run of its own), the write-up is finished before
@@ -253,7 +258,7 @@ class EnergyCallback(TrainerCallback, ExportableState):
         self._epoch: int | None = None
         self._next_epoch: int | None = None
         self._pause_due = False  # an epoch of this train() ended: a carbon-aware pause may precede the next
-        self._tokens_at_epoch_begin = 0
+        self._tokens_at_epoch_begin: int | None = None  # HF's token count when the open epoch began (None: none open)
         self._loops: list[_Loop] = []  # the open evaluation / prediction loops, innermost last
         self._loop_metrics: dict[str, float] = {}
 
@@ -329,6 +334,7 @@ class EnergyCallback(TrainerCallback, ExportableState):
         self._epoch = None  # until the first epoch begins (an `eval_on_start` evaluation has none)
         self._next_epoch = None  # the first epoch's number comes from the Trainer (0, or a resume's)
         self._pause_due = False
+        self._tokens_at_epoch_begin = None
         self._start(args)
         # No exception hook in any transformers version: when train() raises, its frame leaves the
         # stack without on_train_end, and the watch writes the partial phase and stops the meter.
@@ -395,7 +401,11 @@ class EnergyCallback(TrainerCallback, ExportableState):
         self._pause_due = True  # carbon-aware, if configured: before the next epoch, if one follows
 
     def _add_epoch_tokens(self, state) -> None:
+        """The open epoch's tokens (HF's count), once: at its end, or at the write-up of a crash inside it."""
+        if self._tokens_at_epoch_begin is None:
+            return
         tokens = state.num_input_tokens_seen - self._tokens_at_epoch_begin
+        self._tokens_at_epoch_begin = None
         if tokens > 0 and self.tracker.reducer.rank == 0 and self._counter.token_counter is None:  # summed over ranks
             self.tracker.add_samples(0, tokens=tokens)
 
@@ -568,12 +578,14 @@ class EnergyCallback(TrainerCallback, ExportableState):
         if cancel_watch:
             self._cancel_watch()  # waits for a write-up the watch thread has begun, and stops a later one
         self._in_train = False
-        self._loops = []
+        loops_open, self._loops = bool(self._loops), []
         try:
             if self.session.running:
                 atexit.unregister(self._abort_at_exit)
                 if state is not None:
                     self.tracker.step = state.global_step
+                    if not loops_open:  # the innermost open phase is the epoch cut short, if one is
+                        self._add_epoch_tokens(state)
                 self.session.stop(failed=True)
         except Exception as error:  # noqa: BLE001 - the run is already failing
             warn(f"greencallbacks: could not write the energy of the failed run ({error!r}).")
@@ -611,6 +623,22 @@ class EnergyCallback(TrainerCallback, ExportableState):
             if frame is not None:
                 self._watch_loop(frame, trainer.state)
         return loop
+
+    @never_raises  # inside the loop's except: the exception on its way out stays the user's
+    def _loop_raised(self, loop: _Loop | None, state) -> None:
+        """A measured loop raised. Inside a watched train() or another loop, the caller may catch it
+        and go on (a callback's own ``evaluate()``, a ``predict()`` in ``compute_metrics``, in
+        try/except): the loop alone is cut short (partial) and the run goes on; where the exception
+        leaves the watched call, its watch writes the run up as for any crash. An outermost
+        standalone ``evaluate()`` / ``predict()`` fails the run here at once, and so does any loop
+        on several ranks: ending its phase is a collective, which the other ranks may never join."""
+        inside = self._in_train or (loop is not None and bool(self._loops) and self._loops[0] is not loop)
+        if loop is None or not inside or self._watch is None or self.tracker.reducer.world_size > 1:
+            self._abort(state=state)
+        elif any(open_loop is loop for open_loop in self._loops):
+            while self._loops.pop() is not loop:
+                pass
+            self.tracker.end(loop.phase, step=state.global_step, metric_prefix=loop.prefix, partial=True)
 
     def _count_batch(self, samples: int | None, tokens: int) -> None:
         """One completed ``prediction_step``'s batch, for the innermost open loop."""
@@ -879,8 +907,9 @@ class _MeasuredLoop(_Wrapper):
         try:
             output = self._inner(*args, **kwargs)
         except BaseException:
+            opened = dict((id(callback), loop) for callback, loop in began)
             for callback in callbacks:
-                callback._abort(state=trainer.state)
+                callback._loop_raised(opened.get(id(callback)), trainer.state)
             raise
         for callback, opened in began:
             try:
