@@ -113,11 +113,16 @@ def steps_per_epoch(out: Path) -> None:
     """A repeating generator with steps_per_epoch=5 ends epochs inside the data (and on its partial
     batch); validation_steps=2 of a PyDataset; class_weight and sample_weight leave counts as they are."""
     model, callback = tiny_model(), new_callback(out / "generator")
+    # Keras before 3.5 fails a second epoch's validation_steps over a PyDataset itself (its cached
+    # evaluation returns None, without this callback too): validation of the whole set there.
+    steps = {"validation_steps": 2} if tuple(int(p) for p in keras.__version__.split(".")[:2]) >= (3, 5) else {}
     history = model.fit(forever(), steps_per_epoch=5, epochs=4, verbose=0, callbacks=[callback],
-                        validation_data=Batches(XV, YV, batch_size=8), validation_steps=2)
+                        validation_data=Batches(XV, YV, batch_size=8), **steps)
     phases = counted(callback, out / "generator", "steps_per_epoch")
-    assert [p[2] for p in phases if p[0] == "train"] == [132, 132, 132, 104], phases
-    assert [p[2] for p in phases if p[0] == "validation"] == [16] * 4, phases
+    # 5 batches an epoch of the data's 32, 32, 32, 4 over and over: one epoch holds two batches of 4,
+    # which one is how far Keras's generator adapter reads ahead (the last from 3.5, the third in 3.3).
+    assert sorted(p[2] for p in phases if p[0] == "train") == [104, 132, 132, 132], phases
+    assert [p[2] for p in phases if p[0] == "validation"] == [16 if steps else VAL] * 4, phases
     logged(callback, out / "generator", history, context="steps_per_epoch")
     model, callback = tiny_model(classes=2), new_callback(out / "weighted")
     labels = (rng.random(TRAIN) > 0.7).astype("int32")
