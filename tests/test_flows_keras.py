@@ -10,14 +10,12 @@ one seed each when installed. This file never imports Keras itself.
 
 from __future__ import annotations
 
-import importlib.util
-import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from keras_runs import run_keras
 
 pytestmark = pytest.mark.slow
 
@@ -26,14 +24,8 @@ SEEDS = range(int(os.environ.get("GC_FLOW_SEEDS", "3")))
 
 
 def run_backend(backend: str, out: Path, seeds, regressions: bool) -> dict:
-    for module in ("keras", backend):
-        if importlib.util.find_spec(module) is None:
-            pytest.skip(f"{module} is not installed: the Keras {backend}-backend flows need it")
-    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
-    args = [sys.executable, str(RUNNER), backend, str(out), ",".join(map(str, seeds))] + (["regressions"] if regressions else [])
-    done = subprocess.run(args, cwd=out, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-4000:]
-    return json.loads((out / "results.json").read_text())
+    args = [str(RUNNER), backend, str(out), ",".join(map(str, seeds))] + (["regressions"] if regressions else [])
+    return run_keras(backend, out, *args, purpose=f"the Keras {backend}-backend flows")
 
 
 @pytest.fixture(scope="module")

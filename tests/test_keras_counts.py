@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from keras_runs import run_keras
+
 pytestmark = pytest.mark.slow
 
 TRAIN, VAL, TEST, BATCH = 300, 290, 270, 25  # each past bfloat16's 256; odd batches round there
@@ -258,16 +260,10 @@ print(json.dumps({"rule": rule, "seen": seen, "conventions": conventions,
 
 @pytest.fixture(scope="module", params=["torch", "tensorflow", "jax"])
 def results(request, tmp_path_factory):
-    for module in ("keras", request.param):
-        if importlib.util.find_spec(module) is None:
-            pytest.skip(f"{module} is not installed: the Keras {request.param}-backend count scenarios need it")
     out = tmp_path_factory.mktemp(f"keras-counts-{request.param}")
-    env = {**os.environ, "KERAS_BACKEND": request.param, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "",
-           "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
-    args = [str(out), *(str(n) for n in (TRAIN, VAL, TEST, BATCH, OVERFLOW, OVERFLOW_BATCH))]
-    done = subprocess.run([sys.executable, "-c", SCRIPT, *args], cwd=out, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-4000:]
-    return json.loads((out / "results.json").read_text())
+    sizes = (str(n) for n in (TRAIN, VAL, TEST, BATCH, OVERFLOW, OVERFLOW_BATCH))
+    return run_keras(request.param, out, "-c", SCRIPT, str(out), *sizes,
+                     purpose=f"the Keras {request.param}-backend count scenarios")
 
 
 def phases(result) -> list[str]:

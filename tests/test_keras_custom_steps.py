@@ -13,18 +13,14 @@ those run on TensorFlow; the warning's wording on torch. Each backend runs in a 
 
 from __future__ import annotations
 
-import importlib.util
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from keras_runs import run_keras
+
 pytestmark = pytest.mark.slow
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
 TRAIN, VAL, BATCH = 154, 70, 16  # 10 training steps (the last of 10 samples), 5 validation steps
 
 SCRIPT = r"""
@@ -157,16 +153,8 @@ results["keras"] = keras.__version__
 
 
 def run_script(backend: str, out: Path) -> dict:
-    for module in ("keras", backend):
-        if importlib.util.find_spec(module) is None:
-            pytest.skip(f"{module} is not installed: the Keras {backend}-backend custom-step scenarios need it")
-    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "",
-           "PYTHONPATH": os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")])}
-    args = [str(out), backend, str(TRAIN), str(VAL), str(BATCH)]
-    done = subprocess.run([sys.executable, "-c", SCRIPT, *args], cwd=out, env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert done.returncode == 0, done.stderr[-4000:]
-    return json.loads((out / "results.json").read_text())
+    return run_keras(backend, out, "-c", SCRIPT, str(out), backend, str(TRAIN), str(VAL), str(BATCH),
+                     purpose=f"the Keras {backend}-backend custom-step scenarios")
 
 
 @pytest.fixture(scope="module")

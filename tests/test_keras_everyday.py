@@ -10,14 +10,11 @@ counts after every call. This file never imports Keras itself.
 
 from __future__ import annotations
 
-import importlib.util
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from keras_runs import run_keras
 
 pytestmark = pytest.mark.slow
 
@@ -26,14 +23,8 @@ TORCH_SCENARIOS = ["validation_split_and_freq", "steps_per_epoch", "early_stoppi
 
 
 def run_backend(backend: str, out: Path, scenarios: list[str]) -> dict:
-    for module in ("keras", backend):
-        if importlib.util.find_spec(module) is None:
-            pytest.skip(f"{module} is not installed: the Keras {backend}-backend scenarios need it")
-    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
-    done = subprocess.run([sys.executable, str(RUNNER), backend, str(out), ",".join(scenarios)], cwd=out, env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-4000:]
-    return json.loads((out / "results.json").read_text())
+    return run_keras(backend, out, str(RUNNER), backend, str(out), ",".join(scenarios),
+                     purpose=f"the Keras {backend}-backend scenarios")
 
 
 @pytest.fixture(scope="module")

@@ -407,22 +407,12 @@ def test_hf_step_metrics_off_logs_per_epoch_only(tmp_path, monkeypatch):
 
 # --------------------------------------------------------------------------------------- Keras
 def keras_run(backend: str, tmp_path) -> dict:
-    import importlib.util
-    import json
-    import os
-    import subprocess
-    import sys
     from pathlib import Path
 
-    for module in ("keras", backend):
-        if importlib.util.find_spec(module) is None:
-            pytest.skip(f"{module} is not installed: the Keras {backend}-backend step values need it")
-    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+    from keras_runs import run_keras
+
     runner = Path(__file__).with_name("keras_live_runner.py")
-    done = subprocess.run([sys.executable, str(runner), backend, str(tmp_path)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-4000:]
-    results = json.loads((tmp_path / "results.json").read_text())
+    results = run_keras(backend, tmp_path, str(runner), backend, str(tmp_path), purpose=f"the Keras {backend}-backend step values")
     for name, result in results.items():
         assert "error" not in result, (name, result["error"])
     return results

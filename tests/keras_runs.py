@@ -1,0 +1,32 @@
+"""Keras in a process of its own, for the tests that run it on several backends.
+
+Keras fixes its backend at first import, so each backend's scenarios run in a script of their own
+(a runner file, or code given with ``-c``), which writes its outcome to ``results.json`` in the
+directory it runs in. A backend that is not installed skips the test, saying which.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def run_keras(backend: str, out: Path, *command: str, purpose: str, timeout: int = 600) -> dict:
+    """``python <command>`` with ``KERAS_BACKEND=backend`` in ``out``; what it wrote to results.json.
+    ``purpose`` completes the skip's reason: "{purpose} need it"."""
+    for module in ("keras", backend):
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"{module} is not installed: {purpose} need it")
+    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "",
+           "PYTHONPATH": os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, *command], cwd=out, env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads((Path(out) / "results.json").read_text())
