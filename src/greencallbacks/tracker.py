@@ -702,8 +702,10 @@ class Tracker:
                 self._close(top, partial=top.phase != "other")
             self._publish(None)
         finally:
-            # Whatever failed in the write-up, the run stops: its thread, its writer, its lock.
-            self._stop()
+            # Whatever failed in the write-up, the run stops: its thread, its writer, its lock
+            # (stopped already where a failed gather wrote the run up as a failing rank, see _publish).
+            if self.running:
+                self._stop()
 
     @_holding_phases
     def abort(self) -> None:
@@ -1439,16 +1441,26 @@ class Tracker:
         """Gather pending local records from all ranks, sum them, write, and update totals: whole,
         or not at all (a Ctrl-C between counting and writing a record lost it from the file)."""
         with interrupts.held():
-            return self._publish_now(seq)
+            try:
+                return self._publish_now(seq)
+            except Exception:
+                if self.reducer.world_size > 1 and self.running:
+                    # A gather fails when another rank's process has died: no collective completes
+                    # again. This rank writes its part (still pending) and its open phases up as a
+                    # failing rank does, where they were lost; the error goes on to the caller.
+                    self.abort()
+                raise
 
     def _publish_now(self, seq: int | None) -> Record | None:
-        local = self._take_pending()
         if self.reducer.world_size > 1:
+            # Pending until every rank has them: a gather that fails leaves them for `abort`.
+            local = [self._local_record(*closed) for closed in self._pending]
             gathered = self.reducer.all_gather(([r.to_dict() for r in local], self._seconds_left_at_train_end))
+            self._pending = []
             combined = combine_ranks([[Record.from_dict(d) for d in rank_records] for rank_records, _ in gathered])
             self._seconds_left_at_train_end = gathered[0][1]
         else:
-            combined = local
+            combined = self._take_pending()
         result = None
         for record in combined:
             self._accept(record)
