@@ -18,18 +18,21 @@
 * torch's ``PackedSequence``: its number of sequences;
 * a list or tuple whose items are samples rather than fields: its length. Items are samples when
   they are strings or numbers (labels, texts); inside a batch, records (dicts, dataclasses,
-  tuples: detection targets) or tensors of different leading dimensions (sequences of different
-  lengths); at the top, Python lists of integers
-  (token ids before padding) or objects of one class that are no tensors, records of one shape
-  (dicts with the same keys, one dataclass type, or a *list* of equal-length tuples: what
-  ``collate_fn=list`` gives), a single record too (``[{...}]``, ``[(x, y)]``: a batch of one,
-  which ``default_collate`` never gives as fields: it returns a dict sample's fields as a dict and
-  a tuple sample's as a list), or tensors of one kind that differ only in length (variable-length
-  sequences). A top-level *tuple* of tensors, ``(x, y)``, is always fields, as is the tuple
-  ``tuple(zip(*samples))`` gives. (Two ``default_collate`` batches read as samples here: of
-  samples that are 1-tuples of dicts, ``[{"x": X}]``, one; of samples made only of strings, a
-  list of tuples of strings, one per field. Where the DataLoader says it collates by default,
-  :func:`count_collated` counts both exactly: the Lightning callback uses it.)
+  tuples: detection targets), 0-d tensors where nothing else gives a certain count (the labels of
+  a zip collate, ``tuple(zip(*b))``, over a ``TensorDataset``), and tensors of different leading
+  dimensions (sequences of different lengths) unless the rest of the batch gives another count
+  (then they may be fields: an EmbeddingBag's ``((tokens, offsets), labels)``, uncounted with the
+  warning); at the top, Python lists of integers (token ids before padding) or objects of one
+  class that are no tensors, records of one shape (dicts with the same keys, one dataclass type,
+  or a *list* of equal-length tuples: what ``collate_fn=list`` gives), a single record too
+  (``[{...}]``, ``[(x, y)]``: a batch of one, which ``default_collate`` never gives as fields: it
+  returns a dict sample's fields as a dict and a tuple sample's as a list), or tensors of one kind
+  that differ only in length (variable-length sequences). A top-level *tuple* of tensors,
+  ``(x, y)``, is always fields, as is the tuple ``tuple(zip(*samples))`` gives. (Two
+  ``default_collate`` batches read as samples here: of samples that are 1-tuples of dicts,
+  ``[{"x": X}]``, one; of samples made only of strings, a list of tuples of strings, one per
+  field. Where the DataLoader says it collates by default, :func:`count_collated` counts both
+  exactly: the Lightning callback uses it.)
 * a mapping whose leading dimension is 1 that is a padding-free collator's packed row
   (transformers' ``DataCollatorWithFlattening``, TRL's ``padding_free``: ``input_ids`` and
   ``position_ids`` both of shape (1, tokens), the positions starting again at each sequence): its
@@ -54,12 +57,16 @@ A list of tensors inside a batch that agree on their leading dimension but not o
 is ambiguous: per-input fields (``((x_a, x_b), y)``, ``{"inputs": [x_a, x_b], ...}``: the
 leading dimension) or per-sample items (images of different sizes, channels first: the list's
 length). The rest of the batch says which (``y``, or a detection batch's targets): a certain
-count elsewhere that neither reading gives, or none at all where the two readings differ, leaves
-the batch uncounted, with the warning. A list of same-shaped tensors inside a batch is ambiguous
-too (collated fields, or same-sized samples such as images): its leading dimension counts only
-when no other field of the batch gives a certain count. A batch whose leading dimension is not
-the sample dimension (a sequence-first tensor) needs ``sample_counter=``: alone, its first
-dimension is taken.
+count elsewhere that neither reading gives (unless it is a model's named input, ``input_ids``
+beside a list of a sample's several images), or none at all where the two readings differ,
+leaves the batch uncounted, with the warning. A list of same-shaped tensors inside a batch is
+ambiguous too (collated fields, or same-sized samples such as images): its leading dimension
+counts only when no other field of the batch gives a certain count, and only where all such
+lists agree on it; where they do not (a zip collate's images, 3 channels, beside labels of
+shape (1,)), they are samples: their common length counts, else none. A list of one tensor
+inside a batch reads alike (one field, ``((x,), y)``, or a zip collate's batch of one sample).
+A batch whose leading dimension is not the sample dimension (a sequence-first tensor) needs
+``sample_counter=``: alone, its first dimension is taken.
 
 Imports no framework: the adapters for Lightning, HF and Keras all use it.
 """
@@ -208,6 +215,11 @@ def _why_uncounted(batch: Any) -> str:
             return (" (a list of tensors in it agrees on their leading dimension but not on their shapes: per-input "
                     "fields, or per-sample items such as images of different sizes, giving "
                     f"{readings[0]} or {readings[1]} samples; nothing else in the batch says which)")
+        (samples,) = next((a for a in allowed if isinstance(a, set) and len(a) == 1), {None})
+        if samples is not None:
+            return (f" (a list of {samples} tensors in it reads as {samples} samples, one each (sequences of "
+                    "different lengths, or numbers), which the rest of the batch contradicts; or as fields that "
+                    "disagree, such as an EmbeddingBag's (tokens, offsets))")
     except Exception:  # noqa: BLE001 - only a hint
         return ""
     try:
@@ -256,16 +268,21 @@ def _is_record(item: Any) -> bool:
 def _items_of_sequence(items: list | tuple, top: bool) -> tuple[Any, bool]:
     """A list/tuple: (its length, True) when its items are samples; (None, False) when they are fields.
 
-    ``(n, False)`` with ``n`` set: same-shaped tensors inside a batch, ambiguous (``n`` is their
-    leading dimension, a guess). ``({lead, length}, False)``: tensors inside a batch that agree
-    on their leading dimension but not their shapes: per-input fields (``((x_a, x_b), y)``: the
-    leading dimension) or per-sample items (images of different sizes, channels first: the
-    length); only the rest of the batch can say which.
+    ``((lead, length), False)``: same-shaped tensors inside a batch (or one tensor), ambiguous
+    (their leading dimension is a guess; their length, the other reading). ``({lead, length},
+    False)``: tensors inside a batch that agree on their leading dimension but not their shapes:
+    per-input fields (``((x_a, x_b), y)``: the leading dimension) or per-sample items (images of
+    different sizes, channels first: the length); only the rest of the batch can say which.
     """
     if not items:
         return None, False
     if all(isinstance(x, _SCALARS) for x in items):
         return len(items), True  # labels, texts
+    if not top and all(isinstance(x, _SCALARS) or _shape(x) == () for x in items):
+        # 0-d tensors, one per sample: a zip collate's labels (TensorDataset items). Taken for
+        # nothing, the images or vectors beside them gave their channels or width (3 for 5). A
+        # certain count elsewhere wins (per-loss weights beside x): only where there is none.
+        return frozenset({len(items)}), False
     if not top and all(_is_record(x) for x in items):
         return len(items), True  # one record per sample inside a batch (detection targets)
     if top and _per_sample_records(items):
@@ -274,6 +291,10 @@ def _items_of_sequence(items: list | tuple, top: bool) -> tuple[Any, bool]:
     if top and type(items) is list and len(items) > 1 and _samples_of_one_kind(items):
         return len(items), True  # token-id lists, or objects of one class: one per sample
     leads = [_leading(x) for x in items]
+    if not top and len(items) == 1 and leads[0] is not None:
+        # One tensor: a field ((x,), y) or one sample (a zip collate's last batch of one), as
+        # same-shaped tensors are.
+        return (leads[0], 1), False
     if len(items) > 1 and all(n is not None for n in leads):
         shapes = [_shape(x) for x in items]
         ndims = {len(s) for s in shapes if s is not None}
@@ -286,10 +307,13 @@ def _items_of_sequence(items: list | tuple, top: bool) -> tuple[Any, bool]:
                     return len(items), True
             elif len(set(shapes)) > 1:
                 if len(set(leads)) > 1:
-                    return len(items), True  # ragged samples (sequences of different lengths)
+                    # Ragged samples (sequences of different lengths), unless the batch says
+                    # otherwise: fields that disagree, ((tokens, offsets), labels) for an EmbeddingBag,
+                    # were 2 samples. Where the rest of the batch gives another count, uncounted.
+                    return {len(items)}, False
                 return {leads[0], len(items)}, False  # per-input fields, or images of different sizes
             else:
-                return leads[0], False  # same-shaped tensors inside a batch: ambiguous
+                return (leads[0], len(items)), False  # same-shaped tensors inside a batch: ambiguous
     return None, False
 
 
@@ -356,11 +380,17 @@ def _disagreeing_mapping(batch: Mapping) -> int | None:
     """A mapping whose fields disagree: a packed row, a model's named input, or as other fields."""
     if "cu_seq_lens_q" in batch or _packed_positions(batch) is not None:
         return _one_row(batch)
-    for key in _INPUT_KEYS:
+    named = _named_input(batch)
+    return named if named is not None else _disagreeing(batch.values())
+
+
+def _named_input(batch: Any) -> int | None:
+    """The leading dimension of a mapping's named model input of 2 dimensions or more, if any."""
+    for key in _INPUT_KEYS if isinstance(batch, Mapping) else ():
         shape = _shape(batch[key]) if key in batch else None
         if shape is not None and len(shape) >= 2:
             return int(shape[0])
-    return _disagreeing(batch.values())
+    return None
 
 
 def _disagreeing(fields: Any) -> int | None:
@@ -383,19 +413,31 @@ def _walk(batch: Any, collated: bool = False) -> int | None:
     """The general case: breadth first over the batch's fields; the first certain count wins, if
     every list of tensors that allows two readings (see ``_items_of_sequence``) allows it. Else the
     one count those lists allow together, or a list of same-shaped tensors' leading dimension
-    (a guess) where nothing else says. ``collated``: see :func:`count_collated`."""
-    allowed: list = []  # each such list's two readings (a set); a guess (an int)
+    (a guess) where nothing else says and all such lists agree on it. ``collated``: see
+    :func:`count_collated`."""
+    # Each such list's readings (a set); a list of 0-d tensors' length (a frozenset); a guess ((lead, length)).
+    allowed: list = []
     count = _first_certain(batch, collated, allowed)
     readings = [a for a in allowed if isinstance(a, set)]
-    guess = next((a for a in allowed if not isinstance(a, set)), None)
+    if count is _UNSEEN:
+        readings += [set(a) for a in allowed if isinstance(a, frozenset)]  # lists of 0-d tensors
+    guesses = [a for a in allowed if isinstance(a, tuple)]
+    if count is _UNSEEN and len({lead for lead, _ in guesses}) > 1:
+        # Lists of same-shaped tensors that disagree on their leading dimension are not all fields
+        # (a zip collate's images beside its (1,) labels: 3 and 1): each allows its length too.
+        readings += [{lead, length} for lead, length in guesses]
+        guesses = []
+    guess = guesses[0][0] if guesses else None
     if not readings:
         return guess if count is _UNSEEN else count
     either = set.intersection(*readings)
     if count is not _UNSEEN:
-        return count if count in either else None  # the rest of the batch says which reading
-    if guess is not None:
-        return guess if guess in either else None
-    return either.pop() if len(either) == 1 else None  # both readings agree; else nothing says
+        # The rest of the batch says which reading; a model's named input overrules a list beside
+        # it (a sample's several images, or image patches, with input_ids).
+        return count if count in either or count == _named_input(batch) else None
+    if guess is not None and guess in either:
+        return guess
+    return either.pop() if len(either) == 1 else None  # the readings agree; else nothing says
 
 
 _UNSEEN = object()  # no certain count in the batch

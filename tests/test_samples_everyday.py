@@ -1,0 +1,147 @@
+"""Everyday batch structures whose sample count was wrong yet recorded as exact.
+
+``collate_fn=lambda batch: tuple(zip(*batch))`` (torchvision's detection collate, used for
+classification too) over a ``TensorDataset`` gives a tuple of per-sample images beside a tuple of
+per-sample labels, which are 0-d tensors (or of shape (1,)). Those labels counted for nothing, so
+the images' channels (3) or a vector's width were recorded as each batch's samples; a last batch
+of one counted its image's channels.
+
+An EmbeddingBag's batch, ``((tokens, offsets), labels)``, read its (tokens, offsets) as two
+sequences of different lengths: 2 samples, recorded as exact. It is uncounted now, with a warning
+that says why (the same pair as top-level fields, the tutorial's ``(labels, tokens, offsets)``,
+was already).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from greencallbacks.meter import EnergyWarning  # noqa: E402
+from greencallbacks.records import read_records  # noqa: E402
+from greencallbacks.samples import BatchCounter, count_samples  # noqa: E402
+from test_samples_frameworks import by_phase, energy_warnings, lightning_module  # noqa: E402
+
+TRAIN, VAL, TEST, PREDICT, BATCH = 23, 11, 7, 9, 5  # VAL ends with a batch of one
+
+
+def zipped(samples: list) -> tuple:
+    return tuple(zip(*samples))
+
+
+def image() -> torch.Tensor:
+    return torch.zeros(3, 8, 8)
+
+
+@pytest.mark.parametrize("batch, samples", [
+    ((tuple(image() for _ in range(5)), tuple(torch.tensor(i) for i in range(5))), 5),
+    ((tuple(image() for _ in range(5)), tuple(torch.tensor([i]) for i in range(5))), 5),
+    ((tuple(torch.zeros(7) for _ in range(5)), tuple(torch.tensor(1.0) for _ in range(5))), 5),
+    ([[image() for _ in range(4)], [torch.tensor(i) for i in range(4)]], 4),
+    ({"ids": [torch.zeros(7)] * 4, "label": [torch.tensor(1)] * 4}, 4),
+    # A batch of one.
+    (((image(),), (torch.tensor(3),)), 1),
+    (((image(),), (torch.tensor([3]),)), 1),
+], ids=["images, 0-d labels", "images, (1,) labels", "vectors, 0-d labels", "lists: images, 0-d labels",
+        "dict of per-sample lists", "one image, 0-d label", "one image, (1,) label"])
+def test_a_zip_collates_per_sample_images_beside_their_labels(batch, samples):
+    assert count_samples(batch) == samples
+
+
+@pytest.mark.parametrize("batch, samples", [
+    (((torch.zeros(8, 4),), torch.zeros(8)), 8),  # ((x,), y): a 1-tuple of one input
+    ({"inputs": {"ids": [torch.zeros(2, 4)]}}, 2),
+    ({"a": [torch.zeros(8, 4)], "b": [torch.zeros(8, 10)]}, 8),
+    ({"x": torch.zeros(6, 2), "weights": [torch.zeros(6, 2), torch.zeros(6, 2)]}, 6),
+    ({"loss_weights": [torch.tensor(0.5), torch.tensor(2.0)], "x": torch.zeros(6, 3)}, 6),
+], ids=["1-tuple of an input", "1-list in a dict", "1-lists agreeing", "fields beside a list", "0-d weights before x"])
+def test_fields_stay_fields(batch, samples):
+    # Guards for the rules above: one tensor in a list, same-shaped ones or 0-d ones, still count
+    # as fields where nothing in the batch contradicts it.
+    assert count_samples(batch) == samples
+
+
+def embedding_bag_batch(lengths: list[int]):
+    tokens = torch.zeros(sum(lengths), dtype=torch.long)
+    offsets = torch.tensor([sum(lengths[:i]) for i in range(len(lengths))])
+    return (tokens, offsets), torch.zeros(len(lengths))
+
+
+@pytest.mark.parametrize("batch", [
+    embedding_bag_batch([3, 5, 2, 4, 1]),
+    {"x": embedding_bag_batch([3, 5, 2])[0], "y": torch.zeros(3)},
+    {"seqs": [torch.zeros(n) for n in (3, 5, 2)], "vocabulary_mask": torch.zeros(7)},
+], ids=["((tokens, offsets), labels)", "in a dict", "sequences beside a tensor of another length"])
+def test_sequences_of_different_lengths_that_the_rest_of_the_batch_contradicts_are_uncounted(batch):
+    assert count_samples(batch) is None
+    with pytest.warns(EnergyWarning, match="reads as 2 samples|reads as 3 samples"):
+        BatchCounter().count(batch, run_id="r")
+
+
+def test_a_models_named_input_counts_beside_a_list_that_reads_otherwise():
+    # A sample's several images (of different sizes) or image patches: the list's length is not
+    # the samples'; input_ids' is.
+    images = [torch.zeros(3, 8 + i, 8) for i in range(3)]
+    assert count_samples({"input_ids": torch.zeros(2, 9), "pixel_values": images}) == 2
+    assert count_samples({"input_ids": torch.zeros(2, 9), "patches": [torch.zeros(4 + i, 8) for i in range(3)]}) == 2
+    assert count_samples({"patches": [torch.zeros(4 + i, 8) for i in range(3)], "labels": torch.zeros(2)}) is None
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("labels", ["0-d", "(1,)"])
+def test_lightning_counts_a_zip_collate_of_a_tensor_dataset_exactly(tmp_path, labels):
+    """Regression: 3 samples a batch (the images' channels) were recorded, counted and silent:
+    15 for 23 training samples, 9 for 11 validation ones."""
+    L, AnyBatch = lightning_module()
+    from greencallbacks.lightning import EnergyCallback
+
+    def loader(n: int):
+        y = torch.arange(n) if labels == "0-d" else torch.arange(n, dtype=torch.float32)[:, None]
+        data = torch.utils.data.TensorDataset(torch.zeros(n, 3, 8, 8), y)
+        return torch.utils.data.DataLoader(data, batch_size=BATCH, collate_fn=zipped)
+
+    callback = EnergyCallback(output_dir=tmp_path, intensity=100.0, progress_bar=False)
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False, callbacks=[callback],
+                        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
+    model = AnyBatch()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(model, loader(TRAIN), loader(VAL))
+        trainer.test(model, loader(TEST), verbose=False)
+        trainer.predict(model, loader(PREDICT))
+    phases = by_phase(read_records(tmp_path))
+    counted = {phase: [(r.samples, r.samples_counted) for r in records] for phase, records in phases.items()
+               if phase != "other"}
+    assert counted == {"train": [(TRAIN, True)], "validation": [(VAL, True)], "test": [(TEST, True)],
+                       "predict": [(PREDICT, True)]}
+    assert not [m for m in energy_warnings(caught) if "count the samples" in m]
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_lightning_leaves_an_embedding_bag_batch_uncounted_with_one_warning(tmp_path):
+    """Regression: ((tokens, offsets), labels) was counted 2 a batch, as exact."""
+    L, AnyBatch = lightning_module()
+    from greencallbacks.lightning import EnergyCallback
+
+    def loader(n: int):
+        def collate(indices):
+            return embedding_bag_batch([1 + i % 4 for i in indices])
+
+        return torch.utils.data.DataLoader(list(range(n)), batch_size=BATCH, collate_fn=collate)
+
+    callback = EnergyCallback(output_dir=tmp_path, intensity=100.0, progress_bar=False)
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False, callbacks=[callback],
+                        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(AnyBatch(), loader(TRAIN), loader(VAL))
+    phases = by_phase(read_records(tmp_path))
+    assert [(r.samples_counted, r.energy_j_per_sample) for r in phases["train"] + phases["validation"]] == [
+        (False, None), (False, None)]
+    (message,) = [m for m in energy_warnings(caught) if "count the samples" in m]
+    assert "EmbeddingBag" in message and "sample_counter=" in message
