@@ -43,7 +43,9 @@ How it fits the Trainer (read against transformers 5.23):
   accumulation, a shape lookup per batch). Ranks are summed, so the samples Accelerate repeats to
   keep ranks in step are counted: they cost energy. Tokens: HF's ``state.num_input_tokens_seen``
   (already summed over ranks) when ``include_num_input_tokens_seen`` is on, read at each epoch's
-  end (and at a crash's write-up, for the epoch it cut short), giving ``energy_j_per_token``;
+  end (and at a crash's write-up, for the epoch it cut short), giving ``energy_j_per_token``
+  (HF's count: ``True`` or ``"all"`` counts padding too; ``"non_padding"``, where the release has it,
+  only real tokens);
   or ``token_counter=`` (batch -> int) on each batch. Evaluation and prediction samples: each
   completed ``prediction_step``'s batch is counted as the loop goes (wrapped on the instance),
   so a loop that raises leaves a partial record with the batches it finished; a loop that
