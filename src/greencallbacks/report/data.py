@@ -261,6 +261,7 @@ def provenance(records: Sequence[Record], run_summaries: Mapping[str, dict] | No
             "record has none; the figures here leave them out. Pass every directory the run wrote in for the whole run."
         )
     notes += incomplete_records(records, run_summaries)
+    notes += calls_left_unwritten(records, run_summaries, unfinished)
     without = [run for run in by_run(records) if run in unfinished]
     if without:
         notes.append(
@@ -387,6 +388,31 @@ def incomplete_records(records: Sequence[Record], run_summaries: Mapping[str, di
                 f"its energy-summary.json counts ({held / counted:.0%})")
         if missing:
             notes.append(f"Records missing from run {run}: {missing}; the totals shown are only what its records hold.")
+    return notes
+
+
+def calls_left_unwritten(records: Sequence[Record], run_summaries: Mapping[str, dict] | None = None,
+                         unfinished: Collection[str] = ()) -> list[str]:
+    """One sentence per run whose records hold more energy than its energy-summary.json, though
+    that summary is its last attempt's (the run is not ``unfinished``): a later call of that
+    attempt (a validate, test or predict after the training, which rewrites the summary when it
+    ends, an exception included) was killed outright or is still running. Its phases are in the
+    records (and its open phase up to its last heartbeat), but its end is in no figure, and nothing
+    else says that the run did not end well."""
+    notes = []
+    for run, mine in by_run(records).items():
+        summary = (run_summaries or {}).get(run)
+        if run in unfinished or not summary:
+            continue
+        held, counted = sum(r.energy_kwh for r in mine), summary["energy_kwh"]
+        if held - counted <= SUMMARY_REL * max(held, counted):
+            continue
+        unit, factor = pick_unit([held, counted], ENERGY_UNITS)
+        notes.append(
+            f"Run {run}'s records hold {number(held * factor)} {unit}, more than the {number(counted * factor)} {unit} "
+            "its energy-summary.json counts: a call after the one that wrote it (a validation, test or prediction "
+            "after the training) left no write-up: killed outright (SIGKILL, the out-of-memory killer, a preemption), "
+            f"or still running. {_after_last_record(mine, [run])}.")
     return notes
 
 
@@ -1095,6 +1121,11 @@ def statement(records: Sequence[Record], unfinished: Collection[str] = (),
         text += (f" Apart from these operational emissions, the hardware's manufacturing footprint amortised over "
                  f"the run adds {mass_text(e['mean'], e['se'])} (range {mass_text(embodied['embodied_co2eq_g_low'])} to "
                  f"{mass_text(embodied['embodied_co2eq_g_high'])}; greencallbacks embodied table).")
+    unwritten = [run for run, mine in by_run(records).items() if calls_left_unwritten(mine, run_summaries, unfinished)]
+    if unwritten:  # the whole run's figure above lacks the end of that call: said where it is cited
+        text += (f" A call after the training of run{'s' if len(unwritten) > 1 else ''} {', '.join(unwritten)} left no "
+                 "write-up (killed outright, or still running): the whole run's figures hold it only up to its last "
+                 "record or heartbeat.")
     return text[0].upper() + text[1:]
 
 
