@@ -62,6 +62,18 @@ def test_report_formats_plot_equivalents_and_zones(tmp_path, capsys):
     assert code == 0 and data[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", data[16:24])[0] > 0
 
 
+@pytest.mark.parametrize("name, what", [("energy-open-run.0123456789ab.json", "a run's heartbeat"),
+                                        ("energy-summary.json", "a run's summary"),
+                                        ("energy-summary-seed-1.json", "a run's summary")])
+def test_a_heartbeat_or_summary_named_for_records_is_said_as_such(tmp_path, capsys, name, what):
+    """Read as records, its JSON gave "not a greencallbacks record: Extra data"."""
+    (tmp_path / name).write_text(json.dumps({"run_id": "run", "energy_kwh": 1.0}, indent=2))
+    for command in (["report"], ["lifecycle", "--inferences", "10"]):
+        code, err = exits([command[0], str(tmp_path / name), *command[1:]], capsys)
+        assert code == 2 and f"{name}: {what}, not its records: give the directory that holds them" in err, err
+        assert len(err.strip().splitlines()) == 1 and "Extra data" not in err
+
+
 def test_report_errors_exit_2_with_a_message(tmp_path, capsys):
     code, err = exits(["report", str(tmp_path / "missing.jsonl")], capsys)
     assert code == 2 and "missing.jsonl" in err

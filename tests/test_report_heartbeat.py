@@ -248,3 +248,12 @@ def test_a_heartbeat_alone_and_torn_is_one_line_not_a_traceback(tmp_path, capsys
     assert exited.value.code == 2
     assert capsys.readouterr().err == (f"greencallbacks report: error: no energy-records.jsonl under {tmp_path} (looked "
                                        f"in every subdirectory), and no heartbeat of a run there could be read ({path})\n")
+
+
+def test_lifecycle_says_a_killed_run_is_counted_up_to_its_heartbeat(killed_run, capsys):
+    """Its note said T was what the records hold "up to its last record", beside a T that holds
+    the heartbeat's 50 s of epoch 1."""
+    assert main(["lifecycle", str(killed_run), "--inferences", "1000"]) == 0
+    out = capsys.readouterr().out
+    assert "T is what its records hold, its open phases up to its last heartbeat" in out
+    assert "up to its last record" not in out

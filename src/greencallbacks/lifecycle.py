@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Iterable, Sequence
 
 from greencallbacks.records import Record
+from greencallbacks.report.data import counted_to_heartbeat
 from greencallbacks.units import J_PER_KWH
 
 INFERENCE_PHASES = ("predict", "test", "validation")
@@ -226,7 +227,7 @@ def lifecycle(records: Sequence[Record], search: Iterable[Record] = (), run_id: 
                      "T over the samples trained")
     if unfinished:
         notes.append("the run has no write-up (killed outright, or still training): T is what its records hold, "
-                     "up to its last record")
+                     + ("its open phases up to its last heartbeat" if counted_to_heartbeat(mine) else "up to its last record"))
     if any(r.partial for r in train):
         notes.append("some training phases were cut short (partial); their energy is in T")
     elif training_failed(mine):

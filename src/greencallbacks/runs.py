@@ -38,6 +38,7 @@ def find_run_files(path: str | os.PathLike) -> tuple[list[Path], list[Path]]:
     is refused (``_walk``): nobody asked to wait for its writer."""
     path = Path(path)
     if path.is_file() or path.is_fifo():
+        _refuse_other_run_files(path)
         beside = path.name == RECORDS_FILE
         # What ranks > 0 wrote when a distributed run failed is part of the same runs' energy.
         ranks = sorted(path.parent.glob(RANK_FILES)) if beside else []
@@ -50,6 +51,19 @@ def find_run_files(path: str | os.PathLike) -> tuple[list[Path], list[Path]]:
     if not found and not beats:
         raise ValueError(_nothing_under(path))
     return sorted(found), sorted(beats)
+
+
+def _refuse_other_run_files(path: Path) -> None:
+    """A run's heartbeat or summary named instead of its records: said as such (read as records,
+    its JSON gave "not a greencallbacks record: Extra data")."""
+    if fnmatch.fnmatchcase(path.name, HEARTBEAT_GLOB):
+        what = "a run's heartbeat"
+    elif fnmatch.fnmatchcase(path.name, "energy-summary*.json"):
+        what = "a run's summary"
+    else:
+        return
+    raise ValueError(f"{path}: {what}, not its records: give the directory that holds them (or its {RECORDS_FILE}), "
+                     "where the records, summaries and heartbeats are read together")
 
 
 def _nothing_under(path: str | os.PathLike) -> str:

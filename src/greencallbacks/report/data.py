@@ -342,6 +342,13 @@ def gpus_used_by_others(records: Sequence[Record], run_summaries: Mapping[str, d
     return list(found)
 
 
+def counted_to_heartbeat(run_records: Sequence[Record]) -> bool:
+    """Whether one run's last attempt has phases carried from its heartbeat (``runs.load`` reads
+    them beside the records of a run killed outright): then it is counted up to that heartbeat."""
+    last = max(r.attempt for r in run_records)
+    return any(r.carried and r.attempt == last for r in run_records)
+
+
 def _after_last_record(records: Sequence[Record], unfinished: Sequence[str]) -> str:
     """What an unfinished run's figures leave out: everything after its last record, or, where its
     heartbeat was read (``runs.load``: phases of its last attempt carried, as a resume carries them),
@@ -349,8 +356,7 @@ def _after_last_record(records: Sequence[Record], unfinished: Sequence[str]) -> 
     from greencallbacks.tracker import HEARTBEAT_S
 
     runs = by_run(records)
-    last_attempt = {run: max(r.attempt for r in runs[run]) for run in unfinished}
-    beaten = [run for run in unfinished if any(r.carried and r.attempt == last_attempt[run] for r in runs[run])]
+    beaten = [run for run in unfinished if counted_to_heartbeat(runs[run])]
     if not beaten:
         return "What it used after its last record is in no figure here"
     others = [run for run in unfinished if run not in beaten]
