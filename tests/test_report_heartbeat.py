@@ -250,10 +250,18 @@ def test_a_heartbeat_alone_and_torn_is_one_line_not_a_traceback(tmp_path, capsys
                                        f"in every subdirectory), and no heartbeat of a run there could be read ({path})\n")
 
 
-def test_lifecycle_says_a_killed_run_is_counted_up_to_its_heartbeat(killed_run, capsys):
-    """Its note said T was what the records hold "up to its last record", beside a T that holds
-    the heartbeat's 50 s of epoch 1."""
+def test_lifecycle_and_whatif_say_a_killed_run_is_counted_up_to_its_heartbeat(killed_run, tmp_path, capsys):
+    """lifecycle's note said T was what the records hold "up to its last record", beside a T that
+    holds the heartbeat's 50 s of epoch 1; whatif did not say the run was unfinished at all."""
     assert main(["lifecycle", str(killed_run), "--inferences", "1000"]) == 0
     out = capsys.readouterr().out
     assert "T is what its records hold, its open phases up to its last heartbeat" in out
     assert "up to its last record" not in out
+    series = tmp_path / "grid.csv"
+    series.write_text("timestamp,g_per_kwh\n1970-01-01T00:00:00Z,100\n2100-01-01T00:00:00Z,100\n")
+    said = "The run has no write-up (killed outright, or still training): every scenario prices what its records " \
+           "hold, its open phases up to its last heartbeat."
+    assert main(["whatif", str(killed_run), "--intensity", str(series)]) == 0
+    assert said in capsys.readouterr().out
+    assert main(["whatif", str(killed_run), "--intensity", str(series), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["unfinished_note"] == said

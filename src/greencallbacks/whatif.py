@@ -650,6 +650,15 @@ def _plot_path(plot: str, run: str, several: bool) -> Path:
     return path.with_name(f"{path.stem}-{run}{path.suffix}") if several else path
 
 
+def unfinished_note(run_records: Sequence["Record"]) -> str:
+    """For a run that left no write-up (``runs.unfinished_runs``): what its scenarios price."""
+    from greencallbacks.report.data import counted_to_heartbeat
+
+    held = "its open phases up to its last heartbeat" if counted_to_heartbeat(run_records) else "up to its last record"
+    return (f"The run has no write-up (killed outright, or still training): every scenario prices what its records "
+            f"hold, {held}.")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from greencallbacks.carbon.series import IntensitySeries
@@ -692,8 +701,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"greencallbacks whatif: {len(runs)} runs found (choose one with --run-id):", file=sys.stderr)
         for line in describe_runs(loaded):
             print(f"  {line}", file=sys.stderr)
+    unfinished = {run: unfinished_note(records[run]) for run, _ in results if run in loaded.unfinished}
     if args.json:
-        documents = [{"run_id": run, **result.to_dict()} for run, result in results]
+        documents = [{"run_id": run, **result.to_dict(), **({"unfinished_note": unfinished[run]} if run in unfinished else {})}
+                     for run, result in results]
         # null for an infinity or NaN, as report's JSON: a reader of standard JSON fails on Infinity.
         print(json.dumps(_finite_json(documents[0] if len(documents) == 1 else documents), indent=2, allow_nan=False))
         return 0
@@ -701,6 +712,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if len(results) > 1:
             print(f"## Run {run}\n")
         print(result.to_markdown())
+        if run in unfinished:
+            print(unfinished[run] + "\n")
         if args.plot:
             print(f"Plot written to {_plot_path(args.plot, run, len(results) > 1)}\n")
     return 0
