@@ -41,7 +41,10 @@
   ``attention_mask``, if any) when the row is on the CPU. On a GPU that count would read the
   device back, a synchronisation on every step: such a batch is uncounted, with the warning
   (``sample_counter=``, or a collator returning ``cu_seq_lens_q``). Padding appended to the row
-  without an attention mask (``pad_to_multiple_of``) would count as sequences of its own. Only
+  without an attention mask (TRL's ``pad_to_multiple_of``) restarts the positions at every pad
+  token, each one a sequence in ``cu_seq_lens_q`` too: given the collator's ``pad_token_id``,
+  that trailing run is left out (so a last sequence of one pad token alone would be), on the CPU
+  only, as it reads the tokens; without it, each pad token counts as a sequence. Only
   where the collator is unknown (``collate`` None) or is padding-free: a batch of one row from a
   collator known to pack nothing (a data set of pre-packed rows) is one sample, as its rows are
   in a batch of two.
@@ -86,7 +89,7 @@ __all__ = ["count_samples", "count_collated", "BatchCounter"]
 _SCALARS = (str, bytes, int, float, complex, bool, type(None))
 
 
-def count_samples(batch: Any, collate: str | None = None) -> int | None:
+def count_samples(batch: Any, collate: str | None = None, pad_token_id: int | None = None) -> int | None:
     """Samples in ``batch`` (see the module's rules), or ``None`` when nothing in it says.
 
     ``collate``: what the DataLoader says made the batch, where the adapter can see it:
@@ -96,7 +99,12 @@ def count_samples(batch: Any, collate: str | None = None) -> int | None:
     (HF's Trainer with any collator but a padding-free one); None, unknown. Known (any of the
     three), a batch of one row is one sample: rows carrying restarting ``position_ids`` are
     pre-packed rows, each one sample at every batch size, not a padding-free collator's sequences.
+
+    ``pad_token_id``: the token a padding-free collator pads its packed row with, where it pads it
+    to a multiple (TRL's ``pad_to_multiple_of``); that padding is no sequence.
     """
+    if pad_token_id is not None and isinstance(batch, Mapping) and _packed_positions(batch) is not None:
+        return _one_row(batch, pad_token_id)
     if collate == "list" and type(batch) is list:
         return len(batch)
     # Fast paths for the usual batches, a tensor, ``(x, y)`` or a dict of tensors: this runs every
@@ -149,18 +157,19 @@ def count_samples(batch: Any, collate: str | None = None) -> int | None:
     return samples
 
 
-def _one_row(batch: Mapping) -> int | None:
+def _one_row(batch: Mapping, pad_token_id: int | None = None) -> int | None:
     """A mapping whose leading dimension is 1: one sample, or a packed row of several sequences.
 
     Padding-free collators (transformers' ``DataCollatorWithFlattening``, TRL's ``padding_free``)
     concatenate a batch's sequences into ``input_ids`` of shape (1, tokens), with ``position_ids``
     of the same shape starting again at each sequence, and optionally FlashAttention's
-    ``cu_seq_lens_q`` (sequences + 1 offsets). None: packed, on a device, without ``cu_seq_lens_q``.
+    ``cu_seq_lens_q`` (sequences + 1 offsets). None: packed, on a device, without ``cu_seq_lens_q``,
+    or padded with ``pad_token_id`` (its offsets then count each pad token as a sequence).
     """
     try:
         # `in` first: the usual batch of one has neither key, and a missing key costs BatchEncoding
         # a raised KeyError in `get`.
-        if "cu_seq_lens_q" in batch:
+        if "cu_seq_lens_q" in batch and pad_token_id is None:
             shape = getattr(batch["cu_seq_lens_q"], "shape", ())
             if len(shape) == 1 and shape[0] > 0:
                 return int(shape[0]) - 1  # its shape says it, on any device
@@ -179,9 +188,21 @@ def _one_row(batch: Mapping) -> int | None:
         mask = batch.get("attention_mask")
         if mask is not None and tuple(getattr(mask, "shape", ())) == tuple(positions.shape):
             starts = starts & (mask != 0)
-        return int(starts.sum())
+        samples = int(starts.sum())
+        if pad_token_id is not None:
+            samples -= _trailing_padding(starts & (batch["input_ids"] == pad_token_id))
+        return samples
     except Exception:  # noqa: BLE001 - an odd mapping or tensor type: uncounted, not a guess
         return None
+
+
+def _trailing_padding(pads: Any) -> int:
+    """The length of the run of True at the end of the (1, tokens) flags ``pads``: shorter than
+    the multiple the row is padded to, so read from the end rather than over the whole row."""
+    row, run = pads[0], 0
+    while run < len(row) and bool(row[len(row) - 1 - run]):
+        run += 1
+    return run
 
 
 def _packed_positions(batch: Mapping) -> Any:
@@ -200,6 +221,15 @@ def _off_cpu(tensor: Any) -> bool:
 
 def _why_uncounted(batch: Any) -> str:
     """What the warning adds for a batch that ``count_samples`` leaves uncounted on purpose."""
+    try:
+        # A packed row with its offsets is uncounted only where its collator pads it (count_samples).
+        positions = _packed_positions(batch) if isinstance(batch, Mapping) and "cu_seq_lens_q" in batch else None
+        if positions is not None and _off_cpu(positions):
+            return (f" (its sequences are packed into one row, on {positions.device}, padded to a multiple: its "
+                    "cu_seq_lens_q counts each pad token as a sequence, and leaving them out would read the tokens "
+                    "back, synchronising the device on every step; a collator without pad_to_multiple_of is counted)")
+    except Exception:  # noqa: BLE001 - only a hint
+        return ""
     try:
         leads = [lead for lead in map(_leading, _fields_of(batch) or ()) if lead is not None]
         if len(set(leads)) > 1:
@@ -538,6 +568,8 @@ class BatchCounter:
         # What made the batches of the phase now running, where an adapter sees the data loaders
         # ("default", "list" or None: see count_samples).
         self.collate: str | None = None
+        # The token a padding-free collator pads its packed row with, where it pads it (see count_samples).
+        self.pad_token_id: int | None = None
         self.token_counter = token_counter
         self.owner = owner
         self.batch_name = batch_name
@@ -548,13 +580,14 @@ class BatchCounter:
         if self.token_counter is None and not self.custom_samples:
             # The default, on every step: no layers (they cost as much as the count itself).
             try:
-                samples = count_samples(batch, self.collate)
+                samples = count_samples(batch, self.collate, self.pad_token_id)
             except Exception:  # noqa: BLE001 - a batch object whose attributes raise
                 samples = None
             if samples is None:
                 self._warn("sample_counter", count_samples, batch, None, None, run_id)
             return samples, 0
-        default = functools.partial(count_samples, collate=self.collate) if self.collate else count_samples
+        default = (functools.partial(count_samples, collate=self.collate, pad_token_id=self.pad_token_id)
+                   if self.collate or self.pad_token_id is not None else count_samples)
         samples = self._apply("sample_counter", self.sample_counter if self.custom_samples else default, batch, run_id)
         tokens = 0
         if self.token_counter is not None:
@@ -565,7 +598,7 @@ class BatchCounter:
         """Count one completed batch into ``tracker``'s innermost open phase."""
         if self.token_counter is None and not self.custom_samples:
             try:
-                samples = count_samples(batch, self.collate)  # the per-step path, as in `count`, one call shorter
+                samples = count_samples(batch, self.collate, self.pad_token_id)  # the per-step path, as in `count`, one call shorter
             except Exception:  # noqa: BLE001
                 samples = None
             if samples is None:

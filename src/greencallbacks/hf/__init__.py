@@ -62,7 +62,8 @@ How it fits the Trainer (read against transformers 5.23):
   ``DataCollatorWithFlattening`` or TRL's ``padding_free``, by the sequences packed into it (the
   single row of any other collator is one sample: pre-packed rows count as rows at every batch size): on a GPU only when it carries
   ``cu_seq_lens_q``, as counting its ``position_ids`` there would synchronise every step, so
-  such a batch is uncounted and says so), only once the step returned: a batch that raised is
+  such a batch is uncounted and says so; TRL's row padded to a multiple, ``pad_to_multiple_of``,
+  whose ``cu_seq_lens_q`` counts each pad token as a sequence: less them, on the CPU only), only once the step returned: a batch that raised is
   not counted. A batch that cannot be counted: one warning per run and
   ``samples_counted: false``.
 * **Runs.** Every ``train()`` starts a new run (new ``run_id``, totals from zero) unless it resumes
@@ -314,7 +315,7 @@ class EnergyCallback(TrainerCallback, ExportableState):
                  "settings saved there (not sensors=, extra_sensors=, budget=, embodied= or series objects). Pass the callback "
                  "in Trainer(callbacks=[...]) to keep the original.")
         self._attach(trainer)
-        self._counter.collate = _collate_kind(trainer)
+        _know_collator(self._counter, trainer)
         self._settle()
         self._abort()  # a previous train() that raised without a watch (no frame found) left its run open
         # A train() is a new run unless it resumes from a checkpoint: then the Trainer has loaded
@@ -606,7 +607,7 @@ class EnergyCallback(TrainerCallback, ExportableState):
             self._run, self.session, self._epoch = run, run.session, run.epoch
             self._next_epoch = None
         if trainer is not None:
-            self._counter.collate = _collate_kind(trainer)
+            _know_collator(self._counter, trainer)
         self._start(args)  # no-op inside train(); evaluate()/predict() alone make a run of their own
         phase = "predict" if description == "Prediction" else "validation"
         # Each metric_key_prefix (eval, eval_<data set>, test) totals its own loops.
@@ -954,16 +955,18 @@ def _has_length(dataset) -> bool:
         return False
 
 
-def _collate_kind(trainer: Trainer) -> str | None:
-    """For ``count_samples``: None where the Trainer's collator packs sequences into one row
-    (``DataCollatorWithFlattening``, TRL's ``padding_free``), whose row is counted by its
-    sequences; else ``"rows"``: a batch of one row is one sample (a data set of pre-packed rows
-    counts its rows at every batch size)."""
+def _know_collator(counter: BatchCounter, trainer: Trainer | None) -> None:
+    """Tell ``count_samples`` what the Trainer's collator makes. ``collate`` None where it packs
+    sequences into one row (``DataCollatorWithFlattening``, TRL's ``padding_free``), whose row is
+    counted by its sequences, less the pad tokens it appends where it pads the row to a multiple
+    (TRL's ``pad_to_multiple_of``: ``pad_token_id``); else ``"rows"``: a batch of one row is one
+    sample (a data set of pre-packed rows counts its rows at every batch size)."""
     collator = getattr(trainer, "data_collator", None)
     flattening = getattr(transformers, "DataCollatorWithFlattening", None)
-    if (flattening is not None and isinstance(collator, flattening)) or getattr(collator, "padding_free", False):
-        return None
-    return "rows"
+    packs = (flattening is not None and isinstance(collator, flattening)) or getattr(collator, "padding_free", False)
+    counter.collate = None if packs else "rows"
+    pads = packs and getattr(collator, "pad_to_multiple_of", None)
+    counter.pad_token_id = getattr(collator, "pad_token_id", None) if pads else None
 
 
 def _loop_arguments(signatures: list, args: tuple, kwargs: dict) -> tuple[str | None, str, Any]:
