@@ -3,7 +3,8 @@
 An epoch costs everything billed to it: its training phase, its validation and the gap after it
 (checkpoints, logging). At the end of epoch ``e``'s training phase the rest of the run is the
 tail of epoch ``e`` (what usually follows a training phase: HF's evaluation and checkpoint, the
-gap) plus the epochs not yet run; both are estimated from the epochs that are complete. The
+gap) plus the epochs not yet run; both are estimated from the epochs that are complete (asked
+later, at a step log or as a resumed fit starts, what was billed since that end is counted once). The
 first epoch of every attempt is left out of the means: it pays for compilation and warm-up, or,
 after a mid-epoch resume, holds only the rest of an epoch.
 
@@ -65,7 +66,8 @@ def predict(
     mean_cost, s_cost = _mean_and_sd(n, *stats.cost)
     mean_tail, s_tail = _mean_and_sd(n, *stats.tail)
     so_far_kwh = ledger.energy_j / 3.6e6
-    predicted = so_far_kwh + mean_tail + remaining * mean_cost
+    tail_billed, later_billed = _billed_since_training_end(ledger)
+    predicted = so_far_kwh + max(0.0, mean_tail - tail_billed) + remaining * mean_cost - later_billed
     variance = s_tail**2 * (1 + 1 / n) + remaining * s_cost**2 + remaining**2 * s_cost**2 / n
     t = _T95[n - 2] if n - 1 <= len(_T95) else 1.96
     half_width = t * math.sqrt(variance)
@@ -76,6 +78,21 @@ def predict(
         "energy_kwh_predicted_high": predicted + half_width,
         "co2eq_g_predicted": predicted * g_per_kwh,
     }
+
+
+def _billed_since_training_end(ledger: Ledger) -> tuple[float, float]:
+    """kWh billed since the last training phase ended (in the total already): to that epoch's tail,
+    and by this attempt to the epochs after it. A prediction made then, not at that end (a budget
+    checked at a step log, after a mid-epoch validation closed the gap; or as a resumed fit starts),
+    must not add them again with the mean tail and the epochs left. Pauses are no part of a tail;
+    an earlier attempt's work on a later epoch is spent, and this attempt redoes it."""
+    last = ledger.epochs.get(ledger.last_finished_epoch)
+    if last is None or last.kwh_at_train_end is None:
+        return 0.0, 0.0
+    tail = last.kwh - last.paused_kwh - last.kwh_at_train_end
+    later = sum(c.kwh - c.paused_kwh for e, c in ledger.epochs.items()
+                if e > ledger.last_finished_epoch and c.attempt == ledger.attempt)
+    return max(0.0, tail), later
 
 
 def epochs_left(
