@@ -126,6 +126,19 @@ def test_the_prediction_stops_only_when_the_lower_end_of_its_interval_exceeds_th
     assert sure.reason == "predicted energy 1.21 kWh (95 % interval 1.1-1.3) exceeds the budget of 1 kWh"
 
 
+def test_a_check_that_may_not_stop_warns_and_leaves_the_stop_to_a_later_check():
+    """A step log judged on rank 0 alone of several: its stop, latched there and not on the other
+    ranks, left rank 0 stopping at the epoch end alone and the others waiting for it for ever."""
+    budget = Budget(kwh=1.0, on_exceed="stop")
+    step = budget.check(0.4, 40.0, prediction(1.21, 1.10, 1.30), may_stop=False)
+    assert not step.stop and not step.newly_stopped and step.reason is None
+    assert step.messages == ("predicted energy 1.21 kWh (95 % interval 1.1-1.3) exceeds the budget of 1 kWh",)
+    assert not budget.check(0.5, 50.0, prediction(0.9, 0.8, 1.0)).stop  # the epoch end judges afresh
+    end = budget.check(0.6, 60.0, prediction(1.21, 1.10, 1.30))
+    assert end.stop and end.newly_stopped
+    assert end.messages == ("predicted energy 1.21 kWh (95 % interval 1.1-1.3) exceeds the budget of 1 kWh; stopping training",)
+
+
 def test_nan_prediction_and_missing_totals_are_ignored_not_errors():
     budget = Budget(kwh=1.0, co2eq_g=100.0, on_exceed="stop")
     decision = budget.check(NAN, None, NO_PREDICTION)
@@ -255,6 +268,39 @@ def test_after_a_crash_the_summary_budget_agrees_with_the_run_total(tmp_path):
     assert summary["budget"]["used"]["kwh"] == pytest.approx(summary["energy_kwh"])
     assert summary["budget"]["used_fraction"] == pytest.approx(0.5)
     assert summary["budget"]["warnings"] == []  # the run is over: reported, not warned of
+
+
+def test_a_step_log_on_one_rank_of_several_warns_and_lets_the_epoch_end_decide(tmp_path):
+    """The session's step-log check (``live_metrics``) on rank 0 of two decides no stop: every
+    rank's epoch-end check does, alike. On one rank a step log may stop, as before."""
+    import types
+
+    from greencallbacks.meter import Meter
+    from greencallbacks.sensors.base import Kind
+    from greencallbacks.session import EnergySession
+    from tests.fakes.scripted import FakeClock, ScriptedSensor
+
+    decisions = {}
+    for world_size in (1, 2):
+        clock = FakeClock()
+        session = EnergySession(intensity=100.0, pue=1.0, output_dir=tmp_path / str(world_size),
+                                budget=Budget(kwh=0.001, on_exceed="stop"), embodied=False)
+        session.tracker.start(Meter([ScriptedSensor("gpu0", clock, power_w=3600.0, kind=Kind.GPU)], fallback=None,
+                                    clock=clock, wall_clock=lambda: clock() + 1.7e9))
+        session.tracker.begin("train", 0)
+        clock.advance(2.0)  # 2 Wh of a 1 Wh budget, at a step log
+        local, session.tracker.reducer = session.tracker.reducer, types.SimpleNamespace(world_size=world_size, rank=0)
+        with pytest.warns(Warning, match="reached the budget of 0.001 kWh"):
+            session.live_metrics()
+        session.tracker.reducer = local
+        decisions[world_size] = session.budget.stopped
+        session.tracker.end("train")
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            assert session.check_budget()  # the epoch end decides, on every rank alike
+        assert any("stopping training" in str(w.message) for w in said) == (world_size == 2)
+        session.stop()
+    assert decisions == {1: True, 2: False}
 
 
 # ------------------------------------------------- warnings given after the checkpoint, then a crash

@@ -263,7 +263,7 @@ class EnergySession:
         assert self.budget is not None
         return self.budget.summary(energy_kwh=summary["energy_kwh"], co2eq_g=summary["co2eq_g"])
 
-    def check_budget(self, *, energy_kwh: float | None = None, co2eq_g: float | None = None) -> bool:
+    def check_budget(self, *, energy_kwh: float | None = None, co2eq_g: float | None = None, at_step: bool = False) -> bool:
         """Judge the run's totals and prediction against the budget; True when training must stop.
 
         Adapters call it after each training epoch's record is in, then end training their
@@ -280,6 +280,10 @@ class EnergySession:
             tracker.total_energy_j / J_PER_KWH if energy_kwh is None else energy_kwh,
             tracker.total_co2eq_g if co2eq_g is None else co2eq_g,
             prediction,
+            # A step log is judged where it is logged (rank 0 alone, on several ranks): a stop decided
+            # there and not at the epoch end, where every rank judges the same sums, left rank 0
+            # stopping alone and the others waiting for it in a collective for ever.
+            may_stop=not (at_step and tracker.reducer.world_size > 1),
         )
         if tracker.reducer.rank == 0:  # every rank holds the same sums and decides alike; one says so
             decision.emit()
@@ -299,7 +303,8 @@ class EnergySession:
         every rank holds the same sums and the checkpoint a whole epoch."""
         values = self.tracker.live(prefix)
         if values:
-            self.check_budget(energy_kwh=values[prefix + "energy_kwh_total"], co2eq_g=values[prefix + "co2eq_g_total"])
+            self.check_budget(energy_kwh=values[prefix + "energy_kwh_total"], co2eq_g=values[prefix + "co2eq_g_total"],
+                              at_step=True)
         return values
 
     def pause_between_epochs(self) -> float:
