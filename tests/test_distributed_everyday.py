@@ -21,7 +21,7 @@ import pytest
 
 from greencallbacks.ledger import read_run_records
 from greencallbacks.tracker import SUMMARY_FILE
-from tests.test_ledger_ranks import CPU_W, GPU_W, PHASE_S, rank_tracker
+from tests.test_ledger_ranks import CPU_W, GPU_W, PHASE_S, rank_tracker, run_ranks
 
 SCRIPT = Path(__file__).with_name("distributed_everyday_script.py")
 WORLD = 2
@@ -149,8 +149,8 @@ def test_a_gather_failing_as_the_other_rank_is_gone_keeps_this_ranks_part(tmp_pa
     shared = {"slots": [None] * WORLD, "barrier": threading.Barrier(WORLD, timeout=30), "gone": threading.Event()}
     measured_s, failed_at = [0.0] * WORLD, [0.0]
 
-    def rank(r: int) -> None:
-        tracker, clock = rank_tracker(r, PeerGoneReducer(r, shared), tmp_path)
+    def rank(r: int, reducer: PeerGoneReducer) -> str:
+        tracker, clock = rank_tracker(r, reducer, tmp_path)
         start = clock()
         tracker.begin("train", 0)
         clock.advance(PHASE_S)
@@ -173,25 +173,9 @@ def test_a_gather_failing_as_the_other_rank_is_gone_keeps_this_ranks_part(tmp_pa
             with contextlib.suppress(RuntimeError):
                 getattr(tracker, ending)()
         measured_s[r] = clock() - start
-        results[r] = tracker.run_id
+        return tracker.run_id
 
-    results, errors = [None] * WORLD, []
-
-    def guarded(r: int) -> None:
-        try:
-            rank(r)
-        except BaseException as error:  # noqa: BLE001 - raised again in the test's thread
-            errors.append(error)
-            shared["gone"].set()
-            shared["barrier"].abort()
-
-    threads = [threading.Thread(target=guarded, args=(r,)) for r in range(WORLD)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    if errors:
-        raise errors[0]
+    results = run_ranks(rank, PeerGoneReducer, shared, world=WORLD)
     records = read_run_records(results[0], [tmp_path])
     check_every_ranks_part_once(parts_of(records))
     by_rank = [sum(c["energy_j"] for r in records for c in r.components if c["rank"] == k) for k in range(WORLD)]

@@ -44,18 +44,24 @@ class ThreadReducer:
         return out
 
 
-def run_ranks(body) -> list:
-    shared = {"slots": [None] * WORLD, "barrier": threading.Barrier(WORLD, timeout=30)}
-    results, errors = [None] * WORLD, []
+def run_ranks(body, reducer=None, shared: dict | None = None, world: int = WORLD) -> list:
+    """``body(rank, reducer)`` on each of ``world`` ranks' threads; their results. ``reducer(rank,
+    shared)`` makes each rank's reducer (default: ``ThreadReducer``); a rank that raises releases the
+    others from the barrier (and sets ``shared["gone"]``, where there is one); its error is raised here."""
+    shared = shared if shared is not None else {"slots": [None] * world, "barrier": threading.Barrier(world, timeout=30)}
+    reducer = reducer or ThreadReducer
+    results, errors = [None] * world, []
 
     def target(rank):
         try:
-            results[rank] = body(rank, ThreadReducer(rank, shared))
+            results[rank] = body(rank, reducer(rank, shared))
         except BaseException as error:  # noqa: BLE001 - re-raised in the test thread
             errors.append(error)
+            if "gone" in shared:
+                shared["gone"].set()
             shared["barrier"].abort()
 
-    threads = [threading.Thread(target=target, args=(r,)) for r in range(WORLD)]
+    threads = [threading.Thread(target=target, args=(r,)) for r in range(world)]
     for t in threads:
         t.start()
     for t in threads:
