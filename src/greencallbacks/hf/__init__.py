@@ -338,12 +338,14 @@ class EnergyCallback(TrainerCallback, ExportableState):
         self._next_epoch = None  # the first epoch's number comes from the Trainer (0, or a resume's)
         self._pause_due = False
         self._tokens_at_epoch_begin = None
-        self._start(args)
         # No exception hook in any transformers version: when train() raises, its frame leaves the
         # stack without on_train_end, and the watch writes the partial phase and stops the meter.
-        frame = _find_trainer()[1]
-        if frame is not None:
-            self._watch_loop(frame, state)
+        # Whole: a Ctrl-C between the start and the watch left the run open, its meter running.
+        with interrupts.held():
+            self._start(args)
+            frame = _find_trainer()[1]
+            if frame is not None:
+                self._watch_loop(frame, state)
         # Enables the run prediction. The Trainer stops at max_steps (which it derives from the
         # epochs when none is given); the epochs it plans are max_steps over a pass, rounded up
         # (the last may be a fraction of one), or sys.maxsize for a data set without a length.
@@ -608,23 +610,25 @@ class EnergyCallback(TrainerCallback, ExportableState):
             self._next_epoch = None
         if trainer is not None:
             _know_collator(self._counter, trainer)
-        self._start(args)  # no-op inside train(); evaluate()/predict() alone make a run of their own
-        phase = "predict" if description == "Prediction" else "validation"
-        # Each metric_key_prefix (eval, eval_<data set>, test) totals its own loops.
-        self.tracker.begin(phase, epoch=self._epoch, metric_prefix=prefix)
-        # Loops nest (compute_metrics, or a callback's on_prediction_step, calling evaluate() or
-        # predict()): the tracker nests their phases, each loop here ends its own.
-        loop = _Loop(phase, prefix)
-        self._loops.append(loop)
-        if not self._in_train and trainer is not None and len(self._loops) == 1:
-            # A standalone evaluate() / predict() can raise after its loop (a reporter failing in
-            # on_log) and never reach on_evaluate / on_predict: stop the run when it leaves the stack,
-            # rather than billing the idle time until the next call as a gap of this run. (A loop
-            # inside it is covered by that watch: its own call would end the run with it.)
-            frame = watch.calling_frame(
-                lambda f: f.f_code.co_name in ("evaluate", "predict") and f.f_locals.get("self") is trainer)
-            if frame is not None:
-                self._watch_loop(frame, trainer.state)
+        # Whole, up to the watch of a standalone call: a Ctrl-C between left its run open.
+        with interrupts.held():
+            self._start(args)  # no-op inside train(); evaluate()/predict() alone make a run of their own
+            phase = "predict" if description == "Prediction" else "validation"
+            # Each metric_key_prefix (eval, eval_<data set>, test) totals its own loops.
+            self.tracker.begin(phase, epoch=self._epoch, metric_prefix=prefix)
+            # Loops nest (compute_metrics, or a callback's on_prediction_step, calling evaluate() or
+            # predict()): the tracker nests their phases, each loop here ends its own.
+            loop = _Loop(phase, prefix)
+            self._loops.append(loop)
+            if not self._in_train and trainer is not None and len(self._loops) == 1:
+                # A standalone evaluate() / predict() can raise after its loop (a reporter failing in
+                # on_log) and never reach on_evaluate / on_predict: stop the run when it leaves the stack,
+                # rather than billing the idle time until the next call as a gap of this run. (A loop
+                # inside it is covered by that watch: its own call would end the run with it.)
+                frame = watch.calling_frame(
+                    lambda f: f.f_code.co_name in ("evaluate", "predict") and f.f_locals.get("self") is trainer)
+                if frame is not None:
+                    self._watch_loop(frame, trainer.state)
         return loop
 
     @never_raises  # inside the loop's except: the exception on its way out stays the user's
