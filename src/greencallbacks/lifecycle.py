@@ -34,8 +34,7 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Iterable, Sequence
 
-from greencallbacks.records import Record
-from greencallbacks.report.data import counted_to_heartbeat
+from greencallbacks.records import Record, counted_to_heartbeat
 from greencallbacks.units import J_PER_KWH
 
 INFERENCE_PHASES = ("predict", "test", "validation")

@@ -1057,6 +1057,13 @@ def with_per_sample(record: Record) -> Record:
     return record
 
 
+def counted_to_heartbeat(run_records: Sequence[Record]) -> bool:
+    """Whether one run's last attempt has phases carried from its heartbeat (``runs.load`` reads
+    them beside the records of a run killed outright): then it is counted up to that heartbeat."""
+    last = max(r.attempt for r in run_records)
+    return any(r.carried and r.attempt == last for r in run_records)
+
+
 def combine_ranks(per_rank: list[list[Record]]) -> list[Record]:
     """Sum the same phase (same ``seq``) over ranks."""
     by_seq: dict[int, list[Record]] = {}

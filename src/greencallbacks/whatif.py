@@ -652,7 +652,7 @@ def _plot_path(plot: str, run: str, several: bool) -> Path:
 
 def unfinished_note(run_records: Sequence["Record"]) -> str:
     """For a run that left no write-up (``runs.unfinished_runs``): what its scenarios price."""
-    from greencallbacks.report.data import counted_to_heartbeat
+    from greencallbacks.records import counted_to_heartbeat
 
     held = "its open phases up to its last heartbeat" if counted_to_heartbeat(run_records) else "up to its last record"
     return (f"The run has no write-up (killed outright, or still training): every scenario prices what its records "

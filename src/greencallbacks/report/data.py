@@ -10,7 +10,7 @@ from collections import Counter, defaultdict
 from typing import Callable, Collection, Iterable, Mapping, Sequence
 
 from greencallbacks.carbon.intensity import USER_ZONE
-from greencallbacks.records import PHASES, Record, by_run
+from greencallbacks.records import PHASES, Record, by_run, counted_to_heartbeat
 from greencallbacks.textformat import (
     ENERGY_UNITS,
     energy_text,
@@ -340,13 +340,6 @@ def gpus_used_by_others(records: Sequence[Record], run_summaries: Mapping[str, d
             if isinstance(gpu, dict) and isinstance(gpu.get("gpu"), str):
                 found[gpu["gpu"] + (f" ({gpu['uuid']})" if isinstance(gpu.get("uuid"), str) else "")] = None
     return list(found)
-
-
-def counted_to_heartbeat(run_records: Sequence[Record]) -> bool:
-    """Whether one run's last attempt has phases carried from its heartbeat (``runs.load`` reads
-    them beside the records of a run killed outright): then it is counted up to that heartbeat."""
-    last = max(r.attempt for r in run_records)
-    return any(r.carried and r.attempt == last for r in run_records)
 
 
 def _after_last_record(records: Sequence[Record], unfinished: Sequence[str]) -> str:
