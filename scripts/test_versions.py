@@ -126,7 +126,7 @@ def at_version(name: str, version: str) -> dict:
 
 # The distributions whose versions the main (newest) run reports.
 MAIN_REPORT = ["transformers", "accelerate", "lightning", "pytorch-lightning", "keras", "torch", "tensorflow-cpu",
-               "jax"]
+               "jax", "trl"]
 
 
 def log(message: str) -> None:
