@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from greencallbacks import report
 from greencallbacks.carbon import Carbon
 from greencallbacks.cli import main
@@ -90,3 +92,30 @@ def test_a_validation_killed_after_the_fit_is_counted_to_its_heartbeat_and_said_
         ("validation", True, True)]
     (note,) = [note for note in data["provenance"] if LEFT in note]
     assert "counted up to the last heartbeat" in note
+
+
+def test_a_one_epoch_run_resumed_inside_its_epoch_is_not_said_to_be_an_epoch_of_its_rest(tmp_path):
+    """An HF fine-tune of one epoch (8 steps of 16 samples) preempted after the checkpoint of step
+    2 and resumed from it: the resume trains the epoch's other 96 samples. With no other epoch to
+    tell a whole one's size, those 96 read as a whole epoch: "1 epoch of 96 samples in 8 steps"."""
+    import dataclasses
+
+    from greencallbacks.lifecycle import lifecycle
+    from tests.test_report import rec
+
+    records = [dataclasses.replace(rec("ft", "train", 0, 20.0, 32, 0, seconds=0.1), partial=True, carried=True),
+               dataclasses.replace(rec("ft", "train", 0, 60.0, 96, 1, seconds=0.2), attempt=1, step=8)]
+    config = report.configuration(records)
+    assert config["epoch_samples"] == [[0, None]] and config["samples_per_epoch"] is None  # was 96
+    assert config["samples_counted"]
+    assert report.statement(records).startswith("The training (1 epoch; 1 epoch cut short by a crash and redone")
+    assert report.describe_configuration(config).startswith(
+        "unknown, 1 training epoch(s) of samples not known whole (resumed inside an epoch), sensors")
+    assert lifecycle(records).samples_per_epoch is None  # D; T per sample stays T over the 128 trained
+    assert lifecycle(records).training_j_per_sample == pytest.approx(80.0 / 128)
+    # Beside a whole epoch of another attempt, the rest is told apart as before, and a whole
+    # training again is whole.
+    later = [dataclasses.replace(rec("ft", "train", 1, 80.0, 128, 2, seconds=0.3), attempt=1, step=16)]
+    assert report.configuration(records + later)["epoch_samples"] == [[0, None], [1, 128]]
+    again = [records[0], dataclasses.replace(records[1], samples=128)] + later
+    assert report.configuration(again)["epoch_samples"] == [[0, 128], [1, 128]]

@@ -186,6 +186,15 @@ def cmd_report(args: argparse.Namespace) -> int:
                          run_summaries=loaded.summaries, unfinished=loaded.unfinished)
     _say_runs(loaded, runs, "report")
     print(text, end="")
+    if args.format == "csv":
+        # The CSV is the table of epochs: a run that trained none (a validate or predict session)
+        # has no row, and its header alone read as nothing measured.
+        trained = {r.run_id for r in records if r.phase == "train" and r.epoch is not None}
+        untrained = [run for run in runs if run not in trained]
+        if untrained:
+            print(f"greencallbacks report: run{'s' if len(untrained) > 1 else ''} {', '.join(untrained)} trained no "
+                  "epoch, so no row of this table of epochs holds it: --format md or json gives its totals by phase",
+                  file=sys.stderr)
     if args.plot is not None:
         report.plot_epochs(records, args.plot, loaded.unfinished)
         print(f"plot: {args.plot}", file=sys.stderr)
@@ -210,8 +219,8 @@ def cmd_lifecycle(args: argparse.Namespace) -> int:
     cycles = [(run, lifecycle(records, search=search, run_id=run, unfinished=run in loaded.unfinished))
               for run in runs if run not in skipped]
     for _, lc in cycles:
-        totals = (lc.energy_j(args.inferences), lc.co2eq_g(args.inferences), lc.embodied_co2eq_g(args.inferences) or 0.0)
-        if not all(math.isfinite(total) for total in totals):
+        totals = (lc.energy_j(args.inferences), lc.co2eq_g(args.inferences), lc.embodied_co2eq_g(args.inferences))
+        if not all(math.isfinite(total) for total in totals if total is not None):
             raise ValueError(f"--inferences {args.inferences:g} is too large: the life cycle's energy or CO2eq "
                              "overflows (is past the largest number)")
     _say_runs(loaded, runs, "lifecycle")
@@ -232,8 +241,9 @@ def cmd_lifecycle(args: argparse.Namespace) -> int:
         per_epoch = ", ".join(f"{j:.4g}" for j in lc.training_j_per_epoch)
         lines = [f"run {run}"] if several else []
         lines += [
-            f"I  inference:  {num(lc.inference_j_per_sample, ' J/sample')}, "
-            f"{num(lc.inference_co2eq_g_per_sample, ' gCO2eq/sample')}"
+            "I  inference:  " + ("unknown" if lc.inference_j_per_sample is None else
+                                 f"{num(lc.inference_j_per_sample, ' J/sample')}, "
+                                 f"{num(lc.inference_co2eq_g_per_sample, ' gCO2eq/sample')}")
             + (f" (measured in {lc.inference_phase})" if lc.inference_phase else ""),
             f"T  training:   {lc.training_j:.4g} J = {lc.training_j / J_PER_KWH:.4g} kWh, {lc.training_co2eq_g:.4g} gCO2eq "
             f"over {lc.epochs} epochs x {num(lc.samples_per_epoch)} samples (training phases only)",
@@ -245,12 +255,12 @@ def cmd_lifecycle(args: argparse.Namespace) -> int:
             + ("unknown" if share is None else f"{share:.1%}"),
             f"CT search:     {lc.search_j:.4g} J = {lc.search_j / J_PER_KWH:.4g} kWh, {lc.search_co2eq_g:.4g} gCO2eq "
             f"over {lc.search_trials} trials",
-            f"LC for {args.inferences:g} inferences: {lc.energy_j(args.inferences) / J_PER_KWH:.4g} kWh, "
-            f"{lc.co2eq_g(args.inferences):.4g} gCO2eq (LC = CT + T + V + e x I)",
+            _lifecycle_line(lc, args.inferences),
             f"break-even e:  {num(lc.break_even_inferences, ' inferences')} (deployment then equals CT + T + V)",
         ]
         embodied = lc.embodied_co2eq_g(args.inferences)
-        if embodied is not None:  # only where the records carry it: the hardware's manufacturing share
+        # Only where the records carry it (the hardware's manufacturing share), and the operational LC is known.
+        if embodied is not None and lc.co2eq_g(args.inferences) is not None:
             lines.append(
                 f"LC embodied:   {embodied:.4g} gCO2eq (manufacturing, apart from the operational "
                 f"{lc.co2eq_g(args.inferences):.4g} g); operational + embodied = {lc.co2eq_g(args.inferences) + embodied:.4g} gCO2eq"
@@ -259,6 +269,17 @@ def cmd_lifecycle(args: argparse.Namespace) -> int:
         blocks.append("\n".join(lines))
     print("\n\n".join(blocks))
     return 0
+
+
+def _lifecycle_line(lc, inferences: int) -> str:
+    """LC for ``inferences``; unknown where they are priced at an I that was never measured."""
+    from greencallbacks.units import J_PER_KWH
+
+    energy_j, co2eq_g = lc.energy_j(inferences), lc.co2eq_g(inferences)
+    if energy_j is None or co2eq_g is None:
+        return (f"LC for {inferences:g} inferences: unknown (I is unknown; without deployment, CT + T + V = "
+                f"{lc.development_j / J_PER_KWH:.4g} kWh, {lc.co2eq_g(0):.4g} gCO2eq)")
+    return f"LC for {inferences:g} inferences: {energy_j / J_PER_KWH:.4g} kWh, {co2eq_g:.4g} gCO2eq (LC = CT + T + V + e x I)"
 
 
 def cmd_zones(args: argparse.Namespace) -> int:

@@ -94,22 +94,29 @@ class LifeCycle:
         """CT + T + V: everything spent before deployment."""
         return self.search_j + self.training_j + self.run_other_j
 
-    def energy_j(self, inferences: float) -> float:
-        """LC = CT + T + V + e x I."""
-        return self.development_j + inferences * (self.inference_j_per_sample or 0.0)
+    def energy_j(self, inferences: float) -> float | None:
+        """LC = CT + T + V + e x I; None for e > 0 where I is unknown (no inference was measured):
+        deployment priced at 0 J would pass CT + T + V off as the life cycle."""
+        deployment = _deployment(inferences, self.inference_j_per_sample)
+        return None if deployment is None else self.development_j + deployment
 
-    def co2eq_g(self, inferences: float) -> float:
-        """LC = CT + T + V + e x I in gCO2eq."""
-        return (self.search_co2eq_g + self.training_co2eq_g + self.run_other_co2eq_g
-                + inferences * (self.inference_co2eq_g_per_sample or 0.0))
+    def co2eq_g(self, inferences: float) -> float | None:
+        """LC = CT + T + V + e x I in gCO2eq; None for e > 0 where I is unknown."""
+        deployment = _deployment(inferences, self.inference_co2eq_g_per_sample)
+        if deployment is None:
+            return None
+        return self.search_co2eq_g + self.training_co2eq_g + self.run_other_co2eq_g + deployment
 
     def embodied_co2eq_g(self, inferences: float) -> float | None:
-        """CT + T + V + e x I for the embodied part; None when training's is not known."""
-        if self.training_embodied_co2eq_g is None:
+        """CT + T + V + e x I for the embodied part; None when training's is not known, or for
+        e > 0 when the inferences' is not."""
+        deployment = _deployment(inferences, self.inference_embodied_co2eq_g_per_sample)
+        search_unknown = self.search_trials > 0 and self.search_embodied_co2eq_g is None
+        if self.training_embodied_co2eq_g is None or deployment is None or search_unknown:
             return None
         return (
             (self.search_embodied_co2eq_g or 0.0) + self.training_embodied_co2eq_g
-            + (self.run_other_embodied_co2eq_g or 0.0) + inferences * (self.inference_embodied_co2eq_g_per_sample or 0.0)
+            + (self.run_other_embodied_co2eq_g or 0.0) + deployment
         )
 
     @property
@@ -130,18 +137,26 @@ class LifeCycle:
             break_even_inferences=self.break_even_inferences,
         )
         if inferences is not None:
+            energy_j, co2eq_g = self.energy_j(inferences), self.co2eq_g(inferences)
             out.update(
                 inferences=inferences,
-                lifecycle_energy_kwh=self.energy_j(inferences) / J_PER_KWH,
-                lifecycle_co2eq_g=self.co2eq_g(inferences),
+                lifecycle_energy_kwh=None if energy_j is None else energy_j / J_PER_KWH,
+                lifecycle_co2eq_g=co2eq_g,
             )
             embodied = self.embodied_co2eq_g(inferences)
-            if embodied is not None:
+            if embodied is not None and co2eq_g is not None:
                 out.update(
                     lifecycle_embodied_co2eq_g=embodied,
-                    lifecycle_operational_plus_embodied_co2eq_g=self.co2eq_g(inferences) + embodied,
+                    lifecycle_operational_plus_embodied_co2eq_g=co2eq_g + embodied,
                 )
         return out
+
+
+def _deployment(inferences: float, per_inference: float | None) -> float | None:
+    """e x I: 0 for no inference, None for some where I is unknown."""
+    if not inferences:
+        return 0.0
+    return None if per_inference is None else inferences * per_inference
 
 
 def embodied_sum(records: Iterable[Record]) -> float | None:
@@ -217,7 +232,8 @@ def lifecycle(records: Sequence[Record], search: Iterable[Record] = (), run_id: 
     i_j, i_g, i_phase = inference_cost(mine)
     notes = []
     if i_phase is None:
-        notes.append("no inference phase with samples: I, a and the break-even are unknown")
+        notes.append("no inference phase (validation, test or predict) with counted samples: I, a, the break-even "
+                     "and LC for e > 0 are unknown")
     elif i_phase == "validation":
         notes.append("I measured in validation loops (no test or predict records)")
     if again:
@@ -233,6 +249,10 @@ def lifecycle(records: Sequence[Record], search: Iterable[Record] = (), run_id: 
         notes.append("the training ended in a failure after an epoch's record (the gap's record is partial); its energy is in V")
     if samples_trained is None:
         notes.append("some training batches could not be counted: T per sample and a are unknown")
+    elif i_j and samples_trained and training_j / samples_trained < i_j:
+        # 1 - 1/a is then below 0: no share of training's energy, and nothing a paper can cite as one.
+        notes.append(f"a < 1: a training sample cost less than one inference in {i_phase}, so the overhead share "
+                     "1 - 1/a is negative, no share of training's energy (a short inference call's start-up can weigh on I)")
     if samples_per_epoch is None:
         notes.append("no training epoch's samples were counted whole: D is unknown")
     elif any(not r.samples_counted for r in mine):
@@ -247,7 +267,13 @@ def lifecycle(records: Sequence[Record], search: Iterable[Record] = (), run_id: 
         notes.append(f"the trained run {run_id} is among the search records: its training phases are T, "
                      "the rest of it V, none of it in CT")
     search_j = search_g = 0.0
-    search_embodied = embodied_sum(r for trial in trials.values() for r in trial)
+    # Known only where every trial carries it, as the report's embodied total: a sum over some
+    # trials would pass part of CT's footprint for all of it.
+    without = [run for run, trial in trials.items() if embodied_sum(trial) is None]
+    search_embodied = None if without else embodied_sum(r for trial in trials.values() for r in trial)
+    if without and embodied_sum(train) is not None:
+        notes.append(f"{len(without)} of {len(trials)} search trials carry no embodied CO2eq (embodied off, or no "
+                     "device with a published footprint): the life cycle's embodied CO2eq is unknown")
     chosen = inference_records(mine)
     inference_embodied = embodied_sum(chosen)
     for trial in trials.values():

@@ -98,6 +98,8 @@ class WhatIfResult:
     # What priced the records when the run ran: their CO2eq over their energy, and their sources.
     recorded_g_per_kwh: float | None = None
     recorded_sources: list[str] = field(default_factory=list)
+    # The regions compared mix life-cycle and direct figures (``estimate.mixed_bases_note``); "" if not.
+    regions_note: str = ""
 
     @property
     def scenarios(self) -> list[Scenario]:
@@ -140,6 +142,8 @@ class WhatIfResult:
             lines += ["", self.extrapolation_note]
         if self.recorded_note:
             lines += ["", self.recorded_note]
+        if self.regions_note:
+            lines += ["", f"Regions: {self.regions_note}."]
         if self.threshold_note:
             lines += ["", self.threshold_note]
         return "\n".join(lines) + "\n"
@@ -553,14 +557,18 @@ def whatif(
             running=[(a, b) for a, b, _ in spans], extrapolated=outside(run_start, spans[-1][1]),
         )
 
-    regions = []
+    from greencallbacks.estimate import mixed_bases_note
+
+    regions, bases = [], []
     for zone in zones:
         zone = zone.strip()
         if not zone:
             continue
         static = zone_carbon(zone).intensity_between(run_start, run_end)
+        bases.append(static.basis)
         regions.append(scenario(f"in {zone}", energy * static.g_per_kwh,
                                 detail=f"{static.g_per_kwh:.4g} g/kWh, {static.source}"))
+    regions_note = mixed_bases_note(bases) or ""
 
     return WhatIfResult(
         energy_kwh=energy,
@@ -576,6 +584,7 @@ def whatif(
         flexible_start=flexible,
         pause_resume=pause_resume,
         regions=regions,
+        regions_note=regions_note,
         threshold_g_per_kwh=chosen_threshold,
         threshold_note=threshold_note,
         series_covers=coverage,
@@ -646,8 +655,12 @@ _FLAGS = {"window_h": "--window-h", "threshold": "--threshold", "step_s": "the s
 
 
 def _plot_path(plot: str, run: str, several: bool) -> Path:
+    """``plot``, or for one run of several ``<stem>-<run id><suffix>`` beside it, the run id made a
+    file name as its summary's is (``bert/lr=1e-4`` named a directory, and failed the whole command)."""
+    from greencallbacks.records import run_file_name
+
     path = Path(plot)
-    return path.with_name(f"{path.stem}-{run}{path.suffix}") if several else path
+    return path.with_name(run_file_name(f"{path.stem}-", run).removesuffix(".json") + path.suffix) if several else path
 
 
 def unfinished_note(run_records: Sequence["Record"]) -> str:

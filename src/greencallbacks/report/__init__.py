@@ -94,8 +94,23 @@ def render(records: Sequence[Record], fmt: str = "md", *, with_equivalents: bool
         return render_latex(records, with_equivalents=with_equivalents, compare=compare, **found_beside)
     if fmt == "json":
         data = summaries(records, with_equivalents=with_equivalents, compare=compare, **found_beside)
-        return json.dumps(_finite_json(data), indent=2, allow_nan=False)
+        return json.dumps(_finite_json(_uncounted_as_null(data)), indent=2, allow_nan=False)
     return render_csv(records, unfinished)
+
+
+def _uncounted_as_null(value):
+    """Samples that could not be counted as null, as the CSV leaves them empty: beside
+    ``samples_counted: false`` a 0 still reads as a count (and a per-sample cost divides by it)."""
+    if isinstance(value, dict):
+        value = {k: _uncounted_as_null(v) for k, v in value.items()}
+        if value.get("samples_counted") is False:
+            for key in ("samples", "train_samples"):
+                if key in value:
+                    value[key] = None
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_uncounted_as_null(v) for v in value]
+    return value
 
 
 def _finite_json(value):

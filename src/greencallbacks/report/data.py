@@ -260,6 +260,7 @@ def provenance(records: Sequence[Record], run_summaries: Mapping[str, dict] | No
             "(its energy-summary.json names them, as earlier_records), and an attempt killed before its first "
             "record has none; the figures here leave them out. Pass every directory the run wrote in for the whole run."
         )
+    notes += budget_notes(records, run_summaries)
     notes += incomplete_records(records, run_summaries)
     notes += calls_left_unwritten(records, run_summaries, unfinished)
     without = [run for run in by_run(records) if run in unfinished]
@@ -308,6 +309,31 @@ def versions_text(records: list[Record]) -> str:
     if not versions:
         return "(unknown version)"
     return versions[0] if len(versions) == 1 else ", ".join(versions[:-1]) + " and " + versions[-1]
+
+
+_BUDGET_UNITS = {"kwh": "kWh", "co2eq_g": "gCO2eq"}
+
+
+def budget_notes(records: Sequence[Record], run_summaries: Mapping[str, dict] | None) -> list[str]:
+    """What each run's budget did, from its summary's ``budget``: a training it stopped has fewer
+    epochs than it was set to, and the records alone cannot tell that stop from the planned end."""
+    notes = []
+    for run in by_run(records):
+        summary = (run_summaries or {}).get(run)
+        budget = summary.get("budget") if isinstance(summary, dict) else None
+        if not isinstance(budget, dict):
+            continue
+        limits = budget.get("limits") if isinstance(budget.get("limits"), dict) else {}
+        limit = " and ".join(f"{value:g} {_BUDGET_UNITS.get(key, key)}" for key, value in limits.items()
+                             if isinstance(value, (int, float)))
+        said = [w for w in budget.get("warnings") or () if isinstance(w, str)]
+        if budget.get("stopped"):
+            reason = budget.get("reason") if isinstance(budget.get("reason"), str) else ""
+            notes.append(f"Run {run}'s budget ({limit}) stopped its training" + (f": {reason}" if reason else "")
+                         + "; its figures are those of the training it stopped.")
+        elif said:
+            notes.append(f"Run {run}'s budget ({limit}) warned: {'; '.join(said)}; its training went on.")
+    return notes
 
 
 def unmeasured_gpus(records: Sequence[Record], run_summaries: Mapping[str, dict] | None) -> dict[str, str]:
@@ -504,6 +530,9 @@ def configuration(records: Sequence[Record], unfinished: bool = False) -> dict:
         # Keras initial_epoch): not a repeat of one that starts at 0.
         "first_epoch": min((epoch for _, epoch in per_epoch), default=0),
         "samples_per_epoch": usual_samples(epoch_samples),
+        # Whether every training batch was counted: a whole epoch's samples unknown (None above)
+        # after a resume inside it are no uncounted ones.
+        "samples_counted": all(r.samples_counted for group in per_epoch.values() for r in group),
         # Each epoch's samples, from its records that were not cut short (over the attempts: one
         # that max_steps ended inside the epoch and its resume): a run whose last epoch stopped
         # half-way at max_steps, or whose data changed, is no repeat of one of whole epochs.
@@ -619,6 +648,15 @@ def _complete_training_of_one_run(records: Sequence[Record]) -> list[tuple[Recor
         first_epoch.setdefault(r.attempt, r.epoch)
         last_epoch[r.attempt] = max(last_epoch.get(r.attempt, r.epoch), r.epoch)
     whole = max((r.samples for r in ordered if not r.partial), default=0)
+    # A whole epoch's size as told by records that are no resume inside an epoch cut short: such a
+    # resume trained the epoch's rest, which was the largest record of a one-epoch run (an HF
+    # fine-tune preempted after a mid-epoch checkpoint), and made the rest pass for a whole epoch.
+    first_cut: dict[int, int] = {}  # epoch -> the first attempt it was cut short in
+    for r in ordered:
+        if r.partial:
+            first_cut.setdefault(r.epoch, r.attempt)
+    whole_elsewhere = max((r.samples for r in ordered if not r.partial and not (
+        r.epoch == first_epoch[r.attempt] and first_cut.get(r.epoch, r.attempt) < r.attempt)), default=0)
     out: list[tuple[Record, str]] = []
     before: dict[int, Record] = {}  # each epoch's latest complete record
     cut_short: dict[int, int] = {}  # epoch -> the last attempt it was cut short in
@@ -630,7 +668,8 @@ def _complete_training_of_one_run(records: Sequence[Record]) -> list[tuple[Recor
         resumed_inside = r.epoch == first_epoch[r.attempt] and cut_short.get(r.epoch, r.attempt) < r.attempt
         if earlier is None or r.attempt == earlier.attempt:
             # First complete record (or one attempt's parts: the ranks' own of a failed distributed run).
-            how = UNKNOWN if resumed_inside and r.samples < whole else FIRST if earlier is None else ON
+            how = (UNKNOWN if resumed_inside and not (whole_elsewhere and r.samples >= whole_elsewhere)
+                   else FIRST if earlier is None else ON)
         elif (r.epoch != first_epoch[r.attempt] or last_epoch[earlier.attempt] > r.epoch
               or (r.step is not None and earlier.step is not None and r.step <= earlier.step)):
             # A stop: the attempt ended in this epoch (a resume from an older checkpoint inside the
@@ -678,7 +717,8 @@ def samples_text(config: dict) -> str:
 def describe_configuration(config: dict) -> str:
     samples = samples_text(config)
     if config["samples_per_epoch"] is None and config.get("completed_epochs", 1):
-        samples = " of uncounted samples"
+        samples = (" of uncounted samples" if not config.get("samples_counted", False)
+                   else " of samples not known whole (resumed inside an epoch)")
     start = f" from epoch {config['first_epoch']}" if config.get("first_epoch") else ""
     ended = f", {_ended_text(config)} ({config['completed_epochs'] or 'none'} completed)" if cut_short(config) else ""
     carbon = f", {'; '.join(config['carbon'])}" if config.get("carbon") else ""
@@ -1046,6 +1086,17 @@ def compare_zones(records: Sequence[Record], zones: Sequence[str]) -> list[dict]
     return compare_places(energy, zones)
 
 
+def compare_zones_note(records: Sequence[Record], rows: Sequence[dict]) -> str | None:
+    """What ``estimate`` says beside the same comparison: the run's grid and the zones compared mix
+    life-cycle and direct figures (France's life-cycle 56 g beside a cloud region's direct 122 g),
+    so part of a difference is the basis, not the grid. None where they do not."""
+    from greencallbacks.carbon.intensity import BASIS_LABELS
+    from greencallbacks.estimate import mixed_bases_note
+
+    recorded = [basis for basis, label in BASIS_LABELS.items() if any(label in r.intensity_source for r in records)]
+    return mixed_bases_note(recorded + [row.get("basis") for row in rows])
+
+
 def _other_phases(phases: Sequence[str]) -> str:
     words = [_PHASE_WORDS[p] for p in phases if p != "train"]
     return ", ".join(words[:-1]) + (" and " if len(words) > 1 else "") + words[-1] if words else ""
@@ -1091,18 +1142,20 @@ def statement(records: Sequence[Record], unfinished: Collection[str] = (),
         text = (f"The run (no training epoch; {others}) used {energy_text(all_kwh['mean'], all_kwh['se'])} and emitted "
                 f"{mass_text(all_g['mean'], all_g['se'])}" + (" per run (mean ± standard error over runs)" if n > 1 else ""))
     elif n == 1:
-        text = (f"The {training} used {energy_text(train_kwh['mean'])} (sensor uncertainty ± {energy_text(train_sensor)}) "
+        text = (f"The {training} used {energy_text(train_kwh['mean'])} (sensor uncertainty ± "
+                f"{uncertainty_text(train_sensor, train_kwh['mean'])}) "
                 f"and emitted {mass_text(train_g['mean'])}")
         if others:
             text += (f"; the whole run, including {others}, used {energy_text(all_kwh['mean'])} "
-                     f"(± {energy_text(all_sensor)}) and emitted {mass_text(all_g['mean'])}")
+                     f"(± {uncertainty_text(all_sensor, all_kwh['mean'])}) and emitted {mass_text(all_g['mean'])}")
     else:
         text = (f"Over {n} runs of one configuration, {training} used {energy_text(train_kwh['mean'], train_kwh['se'])} "
                 f"and emitted {mass_text(train_g['mean'], train_g['se'])} per run")
         if others:
             text += (f"; the whole run, including {others}, used {energy_text(all_kwh['mean'], all_kwh['se'])} "
                      f"and emitted {mass_text(all_g['mean'], all_g['se'])}")
-        text += f" (mean ± standard error over runs; sensor uncertainty ± {energy_text(all_sensor)} per whole run)"
+        text += (f" (mean ± standard error over runs; sensor uncertainty ± {uncertainty_text(all_sensor, all_kwh['mean'])} "
+                 "per whole run)")
     carbon = carbon_summary(records)
     version = versions_text(records)
     text += (f", at {carbon['g_per_kwh']:.0f} gCO2eq/kWh ({_sources_sentence(carbon['sources'])}) with a PUE of "
@@ -1126,6 +1179,15 @@ def statement(records: Sequence[Record], unfinished: Collection[str] = (),
                  "write-up (killed outright, or still running): the whole run's figures hold it only up to its last "
                  "record or heartbeat.")
     return text[0].upper() + text[1:]
+
+
+def uncertainty_text(kwh: float, of_kwh: float) -> str:
+    """A sensor uncertainty in a readable unit; none (counters read exactly at a boundary) in the
+    unit of the figure it qualifies, ``3.33 Wh (± 0 Wh)``, not ``± 0 kWh``."""
+    if kwh:
+        return energy_text(kwh)
+    unit, _ = pick_unit([of_kwh], ENERGY_UNITS)
+    return f"0 {unit}"
 
 
 def carbon_pause(records: Sequence[Record]) -> dict | None:
@@ -1190,6 +1252,9 @@ def summary(records: Sequence[Record], *, with_equivalents: bool = False, compar
         out["equivalents"] = equivalents(grams_stat["mean"])
     if compare:
         out["compare_zones"] = compare_zones(records, compare)
+        note = compare_zones_note(records, out["compare_zones"])
+        if note:
+            out["compare_zones_note"] = note
     return out
 
 

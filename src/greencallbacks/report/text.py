@@ -17,6 +17,7 @@ from greencallbacks.report.data import (
     source_text,
     summaries,
     summary,
+    uncertainty_text,
 )
 from greencallbacks.textformat import (
     energy_text,
@@ -169,7 +170,8 @@ def _markdown_group(data: dict, level: str) -> list[str]:
     ))
     parts += ["", f"{level} Provenance", ""] + [f"- {n}" for n in data["provenance"]]
     parts += [
-        f"- Sensor uncertainty of the whole run: ± {energy_text(data['total']['sensor_uncertainty_kwh'])} "
+        f"- Sensor uncertainty of the whole run: ± "
+        f"{uncertainty_text(data['total']['sensor_uncertainty_kwh'], data['total']['energy_kwh']['mean'])} "
         "(one standard uncertainty: estimates' biases added over the phases, a counter's boundary errors "
         "over the run's first and last boundaries, components in quadrature)."
     ]
@@ -186,6 +188,8 @@ def _markdown_group(data: dict, level: str) -> list[str]:
              for row in data["compare_zones"]],
             "lrrl",
         ))
+        if data.get("compare_zones_note"):
+            parts += ["", f"Note: {data['compare_zones_note']}."]
     return parts
 
 
@@ -307,6 +311,8 @@ def _latex_group(data: dict, caption_extra: str, label: str) -> list[str]:
             f"{number(row['co2eq_g'])} gCO2eq in {latex_escape(row['zone'])} ({row['g_per_kwh']:.0f} gCO2eq/kWh)"
             for row in data["compare_zones"]
         ) + "."]
+        if data.get("compare_zones_note"):
+            lines[-1] += f" Note: {latex_escape(data['compare_zones_note'])}."
     return lines
 
 
