@@ -207,3 +207,24 @@ def test_a_resume_records_what_each_attempt_ran(tmp_path, case):
         assert loops == trainer.looped, (case, attempt)
     partial = [(r.attempt, r.epoch) for r in records if r.partial]
     assert partial == ([(0, 1)] if crash_step else []), case
+
+
+def test_an_evaluation_after_a_resume_that_trained_nothing_is_at_the_checkpoint_s_epoch(tmp_path):
+    """Regression: ``train(resume_from_checkpoint=...)`` of a finished run runs no epoch, so the
+    ``evaluate()`` after it recorded ``epoch: null``, where the same evaluation after the
+    ``train()`` that wrote the checkpoint recorded the epoch it ended at (1)."""
+    out = tmp_path / "out"
+    callback = new_callback()
+    first = make_trainer(out, callback, save_strategy="epoch")
+    first.train()
+    first.evaluate()
+    resumed_callback = new_callback()
+    resumed = make_trainer(out, resumed_callback, save_strategy="epoch")
+    resumed.train(resume_from_checkpoint=True)
+    assert resumed.trained == {} and resumed.state.epoch == 2.0
+    resumed.evaluate()
+    assert resumed_callback.tracker.run_id == callback.tracker.run_id
+    records = checked(resumed, resumed_callback, out, "resumed finished run")
+    loops = [(r.attempt, r.epoch, r.samples) for r in records if r.phase == "validation"]
+    assert loops == [(0, 0, EVAL_SAMPLES), (0, 1, EVAL_SAMPLES), (0, 1, EVAL_SAMPLES), (1, 1, EVAL_SAMPLES)]
+

@@ -33,7 +33,8 @@ How it fits the Trainer (read against transformers 5.23):
   ``_energy_kwh``..., as HF names its ``_loss``. Loops nest (a ``predict()`` in
   ``compute_metrics``, an ``evaluate()`` in a callback's ``on_prediction_step``): each has its
   own record and values, the inner one's inside the outer's. Epochs: the first of a ``train()`` is the Trainer's
-  (0, or where a resume starts), each later one the one before plus one. A loop that starts
+  (0, or where a resume starts), each later one the one before plus one; an ``evaluate()`` after
+  a ``train()`` is at its last epoch (after a resume that ran none, the checkpoint's). A loop that starts
   before the callback has seen the trainer (``add_callback`` then ``evaluate`` / ``predict``
   without training) begins at its first ``on_prediction_step``: its first batch is billed to the
   gap before it. So does every loop, with one warning, in a release without
@@ -42,8 +43,9 @@ How it fits the Trainer (read against transformers 5.23):
   to ``training_step`` (wrapped on the instance too: exact for partial last batches and gradient
   accumulation, a shape lookup per batch). Ranks are summed, so the samples Accelerate repeats to
   keep ranks in step are counted: they cost energy. Tokens: HF's ``state.num_input_tokens_seen``
-  (already summed over ranks) when ``include_num_input_tokens_seen`` is on, read at each epoch's
-  end (and at a crash's write-up, for the epoch it cut short), giving ``energy_j_per_token``
+  (already summed over ranks) when ``include_num_input_tokens_seen`` is on, read at each step's
+  end (a checkpoint or heartbeat of the open epoch holds them) and at the epoch's end or a crash's
+  write-up, giving ``energy_j_per_token``
   (HF's count: ``True`` or ``"all"`` counts padding too; ``"non_padding"``, where the release has it,
   only real tokens);
   or ``token_counter=`` (batch -> int) on each batch. Evaluation and prediction samples: each
@@ -261,7 +263,7 @@ class EnergyCallback(TrainerCallback, ExportableState):
         self._epoch: int | None = None
         self._next_epoch: int | None = None
         self._pause_due = False  # an epoch of this train() ended: a carbon-aware pause may precede the next
-        self._tokens_at_epoch_begin: int | None = None  # HF's token count when the open epoch began (None: none open)
+        self._tokens_added: int | None = None  # HF's token count when the open epoch's were last added (None: none open)
         self._loops: list[_Loop] = []  # the open evaluation / prediction loops, innermost last
         self._loop_metrics: dict[str, float] = {}
 
@@ -335,9 +337,12 @@ class EnergyCallback(TrainerCallback, ExportableState):
         self._in_train = True
         self._missed_steps = False
         self._epoch = None  # until the first epoch begins (an `eval_on_start` evaluation has none)
+        # An evaluate() after this train() is at its last epoch; where it runs none (a resume of a
+        # finished training), at the checkpoint's, as after the train() that saved it.
+        self._run.epoch = _epoch_reached(state)
         self._next_epoch = None  # the first epoch's number comes from the Trainer (0, or a resume's)
         self._pause_due = False
-        self._tokens_at_epoch_begin = None
+        self._tokens_added = None
         # No exception hook in any transformers version: when train() raises, its frame leaves the
         # stack without on_train_end, and the watch writes the partial phase and stops the meter.
         # Whole: a Ctrl-C between the start and the watch left the run open, its meter running.
@@ -373,7 +378,7 @@ class EnergyCallback(TrainerCallback, ExportableState):
         self._epoch, self._next_epoch = epoch, epoch + 1
         if self._run is not None:
             self._run.epoch = epoch
-        self._tokens_at_epoch_begin = state.num_input_tokens_seen
+        self._tokens_added = state.num_input_tokens_seen
         self.tracker.begin("train", epoch=epoch)
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -383,6 +388,8 @@ class EnergyCallback(TrainerCallback, ExportableState):
         try:  # guarded here, not by @never_raises: one frame less at every step (see hook_failed)
             if not self.session.running:
                 return
+            if self._tokens_added is not None and state.num_input_tokens_seen != self._tokens_added:
+                self._add_epoch_tokens(state, epoch_over=False)  # before the heartbeat below, or a checkpoint
             if self.step_metrics and (control.should_log or control.should_evaluate):
                 self._log(self.session.live_metrics(), control)  # (their figures write the heartbeat when due)
             else:
@@ -405,12 +412,16 @@ class EnergyCallback(TrainerCallback, ExportableState):
         self._log(self.session.metrics("train"), control)
         self._pause_due = True  # carbon-aware, if configured: before the next epoch, if one follows
 
-    def _add_epoch_tokens(self, state) -> None:
-        """The open epoch's tokens (HF's count), once: at its end, or at the write-up of a crash inside it."""
-        if self._tokens_at_epoch_begin is None:
+    def _add_epoch_tokens(self, state, epoch_over: bool = True) -> None:
+        """The open epoch's tokens (HF's count) since they were last added: at each step's end, so
+        that a heartbeat or checkpoint of the open epoch holds them (a resume after a kill carries
+        them), and a crash on several ranks inside an evaluation, whose write-up cannot reach the
+        epoch's phase under the loop's, loses none; and at the epoch's end, or at the write-up of a
+        crash inside it (``epoch_over``), for the micro-batches of a step not yet ended."""
+        if self._tokens_added is None:
             return
-        tokens = state.num_input_tokens_seen - self._tokens_at_epoch_begin
-        self._tokens_at_epoch_begin = None
+        seen = state.num_input_tokens_seen
+        tokens, self._tokens_added = seen - self._tokens_added, None if epoch_over else seen
         if tokens > 0 and self.tracker.reducer.rank == 0 and self._counter.token_counter is None:  # summed over ranks
             self.tracker.add_samples(0, tokens=tokens)
 
@@ -1028,6 +1039,12 @@ def _find_trainer(depth: int = 40):
             return candidate, frame
         frame, depth = frame.f_back, depth - 1
     return None, None
+
+
+def _epoch_reached(state) -> int | None:
+    """The last epoch the Trainer began, from its ``state.epoch`` (progress: 2.0 after two whole
+    epochs, 1.5 halfway through the second); None before any."""
+    return math.ceil(state.epoch) - 1 if state.epoch else None
 
 
 def _finite(metrics: dict[str, float]) -> dict[str, float]:
