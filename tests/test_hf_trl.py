@@ -216,3 +216,32 @@ def test_hf_trainer_counts_the_documents_of_a_padded_padding_free_row(tmp_path):
     records = check_run(callback.tracker.run_id, [tmp_path], power_w=POWER_W)
     assert [(r.phase, r.samples, r.samples_counted) for r in records if r.phase != "other"] == [
         ("train", 10, True), ("validation", 5, True), ("train", 10, True), ("validation", 5, True)]
+
+
+def test_sft_keeps_its_own_metrics_in_its_own_log_entries(tmp_path):
+    """Regression: TRL's trainers override ``Trainer.log`` to add the metrics they collected since
+    their last log (``mean_token_accuracy``, ``entropy``, ``num_tokens``) to whatever is logged, then
+    clear them. Logged through it, each energy entry took the training metrics the next loss entry
+    should have had (its averages then covered fewer steps). The energy entries go through the base
+    ``Trainer.log`` now: every other entry is what the same run logs without the callback."""
+    def logged(with_callback):
+        trainer, _ = _sft(tmp_path / str(with_callback), logging_strategy="steps", logging_steps=2)
+        if not with_callback:
+            trainer.remove_callback(EnergyCallback)
+        trainer.train()
+        trainer.evaluate()
+        return trainer.state.log_history
+
+    mine = logged(True)
+    ours = [e for e in mine if any(k.startswith("energy_") for k in e)]  # evaluations: HF's entries
+    assert len(ours) == 8  # the energy so far at each of the 6 logging steps, and each epoch's
+    trl_metrics = ("mean_token_accuracy", "entropy", "num_tokens")
+    assert not [k for e in ours for k in e if k in trl_metrics]
+    theirs = [{k: v for k, v in e.items() if not k.startswith("eval_energy_") and k != "eval_co2eq_g"
+               and not k.startswith(("eval_co2eq_g_", "eval_power_w"))} for e in mine if e not in ours]
+    volatile = ("_runtime", "_per_second", "total_flos")  # timings differ run to run
+
+    def steady(entries):
+        return [{k: v for k, v in e.items() if not k.endswith(volatile)} for e in entries]
+
+    assert steady(theirs) == steady(logged(False))

@@ -728,7 +728,12 @@ class EnergyCallback(TrainerCallback, ExportableState):
 
     def _log(self, metrics: dict[str, float], control, skip=()):
         """Send ``metrics`` through ``Trainer.log``: every ``report_to`` reporter and ``log_history``
-        (but the callbacks in ``skip``, which receive them otherwise)."""
+        (but the callbacks in ``skip``, which receive them otherwise).
+
+        The base class's ``log``, not an override's: TRL's trainers override it to add the metrics
+        they collected since their last log (``mean_token_accuracy``, ``entropy``) to whatever is
+        logged, and clear them, so an energy entry took what the next loss entry should have had.
+        """
         values = _finite(metrics)
         if self._trainer is None or not values:
             return control
@@ -738,7 +743,8 @@ class EnergyCallback(TrainerCallback, ExportableState):
         try:
             if skip:
                 handler.callbacks = [cb for cb in callbacks if cb not in skip]
-            self._trainer.log(values)
+            log = Trainer.log if isinstance(self._trainer, Trainer) else type(self._trainer).log
+            log(self._trainer, values)
         finally:
             handler.callbacks = callbacks
             control.should_log = should_log  # `CallbackHandler.on_log` cleared it; the Trainer's own log is still due
