@@ -88,8 +88,9 @@ def trainer_kwargs(**overrides):
     return kwargs
 
 
-def batches_run(L):
-    """A callback counting the samples Lightning ran per (phase, epoch), apart from the one under test."""
+def batches_run(L, evaluations: bool = False):
+    """A callback counting the samples Lightning ran per (phase, epoch), apart from the one under
+    test: of training and validation, and with ``evaluations`` of test and predict too."""
 
     class BatchesRun(L.Callback):
         def __init__(self):
@@ -102,7 +103,32 @@ def batches_run(L):
             if not trainer.sanity_checking:
                 self.samples["validation", trainer.current_epoch] += len(batch[0])
 
+        def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+            if evaluations:
+                self.samples["test", trainer.current_epoch] += len(batch[0])
+
+        def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+            if evaluations:
+                self.samples["predict", trainer.current_epoch] += len(batch[0])
+
     return BatchesRun()
+
+
+def state_probe(L):
+    """A callback with a state: whether this Lightning restores callbacks' states in ``validate`` /
+    ``test`` (2.5 and later) or only in ``fit`` (2.4 and earlier), where an evaluation of another
+    run's checkpoint simply goes on in the Trainer's own run."""
+
+    class StateProbe(L.Callback):
+        restored = False
+
+        def state_dict(self):
+            return {"saved": True}
+
+        def load_state_dict(self, state_dict):
+            self.restored = True
+
+    return StateProbe()
 
 
 def last_logged_total(log_dir: Path) -> float | None:

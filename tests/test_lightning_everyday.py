@@ -15,7 +15,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="torch is not installed: the Lightning adapter tests need it")
 
 from flow_invariants import check_run, logged_total_matches, meter_threads  # noqa: E402
-from lightning_models import VAL_SAMPLES, batches_run, flavour, last_logged_total, loaders, trainer_kwargs  # noqa: E402
+from lightning_models import VAL_SAMPLES, batches_run, flavour, last_logged_total, loaders, state_probe, trainer_kwargs  # noqa: E402
 from tests.fakes.scripted import ScriptedSensor  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -24,23 +24,6 @@ POWER_W = 50.0
 
 def energy_callback(EnergyCallback):
     return EnergyCallback(sensors=[ScriptedSensor("gpu", time.monotonic, POWER_W)], intensity=300.0)
-
-
-def state_probe(L):
-    """A callback with a state: whether this Lightning restores callbacks' states in ``validate`` /
-    ``test`` (2.5 and later) or only in ``fit`` (2.4 and earlier), where an evaluation of another
-    run's checkpoint simply goes on in the Trainer's own run."""
-
-    class StateProbe(L.Callback):
-        restored = False
-
-        def state_dict(self):
-            return {"saved": True}
-
-        def load_state_dict(self, state_dict):
-            self.restored = True
-
-    return StateProbe()
 
 
 def test_validation_every_n_batches_across_epochs_and_a_resume_from_one_bill_each_batch_once(tmp_path):
@@ -165,3 +148,106 @@ def test_evaluating_a_checkpoint_of_a_run_this_callback_never_measured_leaves_th
     mine = [r.phase for r in check_run(run, dirs, power_w=POWER_W) if r.phase in ("validation", "test") and r.epoch == 1]
     theirs = [(r.phase, r.attempt) for r in check_run(run_other, dirs, power_w=POWER_W) if r.epoch == 1 and r.phase != "other"]
     assert (mine, theirs) == ((["test"], [("validation", 1)]) if probe.restored else (["validation", "test"], []))
+
+
+def test_evaluating_a_foreign_checkpoint_twice_goes_on_in_one_attempt(tmp_path):
+    """Regression: the session made for the checkpoint of a run this callback never measured was
+    not remembered, so validating that checkpoint again (and testing it) began another attempt of
+    that run each time. Now every evaluation of it goes on in the one session that continues it;
+    the Trainer's own run stays its own in between."""
+    L, EnergyCallback, TinyModel = flavour("lightning.pytorch")
+    probe = state_probe(L)
+
+    def fit(callback, name):
+        saver = L.callbacks.ModelCheckpoint(dirpath=tmp_path / f"ckpt-{name}", save_last=True)
+        trainer = L.Trainer(max_epochs=1, logger=L.loggers.CSVLogger(tmp_path, name=name), callbacks=[callback, saver, probe],
+                            **trainer_kwargs(enable_checkpointing=True))
+        trainer.fit(TinyModel(), *loaders())
+        return trainer, callback.tracker.run_id
+
+    other, run_other = fit(energy_callback(EnergyCallback), "other")
+    callback = energy_callback(EnergyCallback)
+    trainer, run = fit(callback, "mine")
+    foreign = tmp_path / "ckpt-other" / "last.ckpt"
+    trainer.validate(TinyModel(), loaders()[1], ckpt_path=foreign, verbose=False)
+    trainer.test(TinyModel(), loaders()[1], verbose=False)  # the Trainer's own run, in between
+    assert callback.tracker.run_id == run
+    trainer.validate(TinyModel(), loaders()[1], ckpt_path=foreign, verbose=False)
+    trainer.test(TinyModel(), loaders()[1], ckpt_path=foreign, verbose=False)
+    assert callback.tracker.run_id == (run_other if probe.restored else run) and not meter_threads()
+    dirs = [Path(trainer.log_dir), Path(other.log_dir)]
+    mine = [r.phase for r in check_run(run, dirs, power_w=POWER_W) if r.phase in ("validation", "test") and r.epoch == 1]
+    theirs = [(r.phase, r.attempt) for r in check_run(run_other, dirs, power_w=POWER_W) if r.epoch == 1 and r.phase != "other"]
+    if probe.restored:
+        assert (mine, theirs) == (["test"], [("validation", 1), ("validation", 1), ("test", 1)])
+    else:
+        assert (mine, theirs) == (["validation", "test", "validation", "test"], [])
+
+
+def test_a_foreign_run_resumed_by_a_fit_then_left_is_evaluated_in_one_new_attempt(tmp_path):
+    """A foreign checkpoint validated (attempt 1 of its run), then resumed by a fit in a second
+    Trainer (attempt 2), which then fits a run of its own: the validations after that go on in
+    one new attempt (3), never in attempt 1, whose seq numbers attempt 2 wrote after it, and not
+    in an attempt of their own each (3 and 4 before)."""
+    L, EnergyCallback, TinyModel = flavour("lightning.pytorch")
+    probe = state_probe(L)
+
+    def trainer(callback, name, max_epochs=1):
+        saver = L.callbacks.ModelCheckpoint(dirpath=tmp_path / f"ckpt-{name}", save_last=True)
+        return L.Trainer(max_epochs=max_epochs, logger=L.loggers.CSVLogger(tmp_path, name=name),
+                         callbacks=[callback, saver, probe], **trainer_kwargs(enable_checkpointing=True))
+
+    elsewhere = energy_callback(EnergyCallback)
+    other = trainer(elsewhere, "other")
+    other.fit(TinyModel(), *loaders())
+    run_other, dirs = elsewhere.tracker.run_id, [Path(other.log_dir)]
+    callback = energy_callback(EnergyCallback)
+    mine, foreign = trainer(callback, "mine"), tmp_path / "ckpt-other" / "last.ckpt"
+    mine.fit(TinyModel(), *loaders())
+    mine.validate(TinyModel(), loaders()[1], ckpt_path=foreign, verbose=False)
+    restores = probe.restored  # (the resume below restores it in any release)
+    second = trainer(callback, "resumed", max_epochs=2)
+    second.fit(TinyModel(), *loaders(), ckpt_path=foreign)
+    dirs.append(Path(second.log_dir))
+    second.fit(TinyModel(), *loaders())  # a new run in that Trainer
+    for _ in range(2):
+        mine.validate(TinyModel(), loaders()[1], ckpt_path=foreign, verbose=False)
+    assert not meter_threads()
+    dirs += [Path(mine.log_dir), Path(second.log_dir)]
+    records = check_run(run_other, dirs, power_w=POWER_W)  # seq billed twice with attempt 1 going on
+    validated = [(r.epoch, r.attempt) for r in records if r.phase == "validation"]
+    assert validated == ([(0, 0), (1, 1), (1, 2), (1, 3), (1, 3)] if restores else [(0, 0), (1, 1)])
+
+
+def test_a_foreign_checkpoint_evaluated_first_goes_on_in_that_attempt_after_another_trainers_fit(tmp_path):
+    """The first call of a callback validates a foreign checkpoint (its session becomes attempt 1
+    of that run); a second Trainer then fits a run of its own and validates the checkpoint too,
+    as does the first Trainer again: both go on in attempt 1, as no new attempt began."""
+    L, EnergyCallback, TinyModel = flavour("lightning.pytorch")
+    probe = state_probe(L)
+
+    def trainer(callback, name):
+        saver = L.callbacks.ModelCheckpoint(dirpath=tmp_path / f"ckpt-{name}", save_last=True)
+        return L.Trainer(max_epochs=1, logger=L.loggers.CSVLogger(tmp_path, name=name),
+                         callbacks=[callback, saver, probe], **trainer_kwargs(enable_checkpointing=True))
+
+    elsewhere = energy_callback(EnergyCallback)
+    other = trainer(elsewhere, "other")
+    other.fit(TinyModel(), *loaders())
+    callback, foreign = energy_callback(EnergyCallback), tmp_path / "ckpt-other" / "last.ckpt"
+    first, second = trainer(callback, "first"), trainer(callback, "second")
+    first.validate(TinyModel(), loaders()[1], ckpt_path=foreign, verbose=False)
+    second.fit(TinyModel(), *loaders())
+    run = callback.tracker.run_id
+    second.validate(TinyModel(), loaders()[1], ckpt_path=foreign, verbose=False)
+    first.validate(TinyModel(), loaders()[1], ckpt_path=foreign, verbose=False)
+    assert not meter_threads()
+    dirs = [Path(t.log_dir) for t in (other, first, second)]
+    # (The epoch of a checkpoint's validation is the Trainer's: 0 in one that never fitted.)
+    theirs = [r.attempt for r in check_run(elsewhere.tracker.run_id, dirs, power_w=POWER_W) if r.phase == "validation"]
+    mine = [r.attempt for r in check_run(run, dirs, power_w=POWER_W) if r.phase == "validation"]
+    if probe.restored:
+        assert (theirs, mine) == ([0, 1, 1, 1], [0])
+    else:  # no checkpoint state reaches the callback: the first validation began a run of its own;
+        # the later ones go on in the callback's latest run, the fit's (the first Trainer fitted none)
+        assert (theirs, mine) == ([0], [0, 0, 0])

@@ -81,8 +81,8 @@ class EnergyCallbackBase:
     Runs: every ``trainer.fit`` starts a new run (new ``run_id``, totals from zero) unless it resumes
     from a checkpoint (``ckpt_path=``), which continues that run's totals. ``validate`` / ``test`` /
     ``predict`` after a ``fit`` continue the fit's run, so its summary covers training and inference;
-    given the checkpoint of another run (``ckpt_path=``), they continue that run, and the Trainer's
-    own run stays its own.
+    given the checkpoint of another run (``ckpt_path=``), they continue that run (every evaluation
+    of it in one attempt), and the Trainer's own run stays its own.
     """
 
     _framework = "lightning"
@@ -150,6 +150,11 @@ class EnergyCallbackBase:
         # The run each Trainer fitted with this callback: its test / validate / predict belong there
         # even after another Trainer's fit (one callback given to two Trainers).
         self._runs_by_trainer: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        # The sessions that went on from a checkpoint for an evaluation, of runs no Trainer's fit
+        # holds here (measured elsewhere, say): a later evaluation of that run goes on there too,
+        # not in an attempt of its own each time (see _session_going_on_from). A fit's session is
+        # held only by its Trainer: a finished fit keeps all its records in memory.
+        self._runs_evaluated: list[EnergySession] = []
         self._trainer_in_use: weakref.ref | None = None  # the Trainer of the latest setup (see state_dict)
         self._log_dir: str | None = None  # the Trainer's log_dir at the latest setup, with the default output_dir
         self.progress_bar = progress_bar
@@ -159,9 +164,11 @@ class EnergyCallbackBase:
         self._warned_seams = False
 
     def __getstate__(self) -> dict[str, Any]:
-        # Pickled with the Trainer (ddp_spawn) or deep-copied: the Trainers it ran in stay behind.
+        # Pickled with the Trainer (ddp_spawn) or deep-copied: the Trainers it ran in, and the
+        # runs it evaluated, stay behind.
         state = dict(self.__dict__)
         state["_runs_by_trainer"] = None
+        state["_runs_evaluated"] = []
         state["_trainer_in_use"] = None
         return state
 
@@ -333,10 +340,10 @@ class EnergyCallbackBase:
         a Trainer's fit run (or the latest): a checkpoint of another run must not make that session
         the other run's, or this Trainer's later test of its own checkpoint went there. The other run
         goes on in the session of this callback that holds it (two sessions of one run wrote the
-        same seq numbers), or else in a new one."""
+        same seq numbers; a new one for each evaluation began an attempt each), or else in a new one."""
         if self._session_fresh or not isinstance(state, dict) or not state or self.tracker.wrote(state):
             return self.session
-        for session in self._runs_by_trainer.values():
+        for session in [*self._runs_by_trainer.values(), *self._runs_evaluated]:
             if session.tracker.wrote(state):
                 return session
         return EnergySession(**self._session_kwargs)
@@ -351,12 +358,16 @@ class EnergyCallbackBase:
 
     def _one_session_per_run(self) -> None:
         """A run resumed here (a fit continued in another Trainer) goes on here for every Trainer
-        that measured it: their older session, restarted by a test, wrote seq numbers this one had
-        written, and a summary without its attempt."""
+        that measured it, and for every later evaluation of its checkpoints: an older session of
+        the run, restarted by a test, wrote seq numbers this one had written, and a summary without
+        its attempt."""
         run_id = self.tracker.run_id
         for trainer, session in list(self._runs_by_trainer.items()):
             if session is not self.session and session.tracker.run_id == run_id:
                 self._runs_by_trainer[trainer] = self.session
+        evaluated = [session for session in self._runs_evaluated if session.tracker.run_id != run_id]
+        fitted = any(session is self.session for session in self._runs_by_trainer.values())
+        self._runs_evaluated = evaluated if fitted else [*evaluated, self.session]
 
     def _beside_another(self, trainer: Any) -> bool:
         """Would another EnergyCallback of this Trainer write to the same default directory? Two
