@@ -26,6 +26,25 @@ def energy_callback(EnergyCallback):
     return EnergyCallback(sensors=[ScriptedSensor("gpu", time.monotonic, POWER_W)], intensity=300.0)
 
 
+def fit_two_runs(L, EnergyCallback, TinyModel, tmp_path, probe):
+    """Run "other" fitted by a callback of its own (as if in another process), then run "mine" by a
+    second callback: (other's Trainer, its run, the second callback, its Trainer, its run)."""
+    fitted = []
+    for name in ("other", "mine"):
+        callback = energy_callback(EnergyCallback)
+        trainer = saving_trainer(L, tmp_path, callback, name, probe)
+        trainer.fit(TinyModel(), *loaders())
+        fitted += [trainer, callback.tracker.run_id]
+    return fitted[0], fitted[1], callback, fitted[2], fitted[3]
+
+
+def saving_trainer(L, tmp_path, callback, name, probe, max_epochs=1):
+    """A Trainer that saves its last checkpoint under ``tmp_path/ckpt-<name>`` and logs to CSV."""
+    saver = L.callbacks.ModelCheckpoint(dirpath=tmp_path / f"ckpt-{name}", save_last=True)
+    return L.Trainer(max_epochs=max_epochs, logger=L.loggers.CSVLogger(tmp_path, name=name),
+                     callbacks=[callback, saver, probe], **trainer_kwargs(enable_checkpointing=True))
+
+
 def test_validation_every_n_batches_across_epochs_and_a_resume_from_one_bill_each_batch_once(tmp_path):
     """val_check_interval=3 batches with check_val_every_n_epoch=None over 4-batch epochs:
     validation inside epochs 0 and 1, twice in epoch 2; the resume from the validation inside
@@ -94,9 +113,7 @@ def test_evaluating_another_runs_checkpoint_goes_to_that_run_and_leaves_the_trai
     callback, probe = energy_callback(EnergyCallback), state_probe(L)
 
     def trainer(name):
-        saver = L.callbacks.ModelCheckpoint(dirpath=tmp_path / f"ckpt-{name}", save_last=True)
-        return L.Trainer(max_epochs=2, logger=L.loggers.CSVLogger(tmp_path, name=name),
-                         callbacks=[callback, saver, probe], **trainer_kwargs(enable_checkpointing=True))
+        return saving_trainer(L, tmp_path, callback, name, probe, max_epochs=2)
 
     train, val = loaders()
     runs, dirs = {}, []
@@ -128,18 +145,7 @@ def test_evaluating_a_checkpoint_of_a_run_this_callback_never_measured_leaves_th
     restores no callback state in an evaluation validates in the Trainer's own run.)"""
     L, EnergyCallback, TinyModel = flavour("lightning.pytorch")
     probe = state_probe(L)
-
-    def fit(callback, name):
-        saver = L.callbacks.ModelCheckpoint(dirpath=tmp_path / f"ckpt-{name}", save_last=True)
-        trainer = L.Trainer(max_epochs=1, logger=L.loggers.CSVLogger(tmp_path, name=name), callbacks=[callback, saver, probe],
-                            **trainer_kwargs(enable_checkpointing=True))
-        trainer.fit(TinyModel(), *loaders())
-        return trainer, callback.tracker.run_id
-
-    elsewhere = energy_callback(EnergyCallback)
-    other, run_other = fit(elsewhere, "other")
-    callback = energy_callback(EnergyCallback)
-    trainer, run = fit(callback, "mine")
+    other, run_other, callback, trainer, run = fit_two_runs(L, EnergyCallback, TinyModel, tmp_path, probe)
     trainer.validate(TinyModel(), loaders()[1], ckpt_path=tmp_path / "ckpt-other" / "last.ckpt", verbose=False)
     assert callback.tracker.run_id == (run_other if probe.restored else run)
     trainer.test(TinyModel(), loaders()[1], ckpt_path=tmp_path / "ckpt-mine" / "last.ckpt", verbose=False)
@@ -157,17 +163,7 @@ def test_evaluating_a_foreign_checkpoint_twice_goes_on_in_one_attempt(tmp_path):
     the Trainer's own run stays its own in between."""
     L, EnergyCallback, TinyModel = flavour("lightning.pytorch")
     probe = state_probe(L)
-
-    def fit(callback, name):
-        saver = L.callbacks.ModelCheckpoint(dirpath=tmp_path / f"ckpt-{name}", save_last=True)
-        trainer = L.Trainer(max_epochs=1, logger=L.loggers.CSVLogger(tmp_path, name=name), callbacks=[callback, saver, probe],
-                            **trainer_kwargs(enable_checkpointing=True))
-        trainer.fit(TinyModel(), *loaders())
-        return trainer, callback.tracker.run_id
-
-    other, run_other = fit(energy_callback(EnergyCallback), "other")
-    callback = energy_callback(EnergyCallback)
-    trainer, run = fit(callback, "mine")
+    other, run_other, callback, trainer, run = fit_two_runs(L, EnergyCallback, TinyModel, tmp_path, probe)
     foreign = tmp_path / "ckpt-other" / "last.ckpt"
     trainer.validate(TinyModel(), loaders()[1], ckpt_path=foreign, verbose=False)
     trainer.test(TinyModel(), loaders()[1], verbose=False)  # the Trainer's own run, in between
@@ -193,9 +189,7 @@ def test_a_foreign_run_resumed_by_a_fit_then_left_is_evaluated_in_one_new_attemp
     probe = state_probe(L)
 
     def trainer(callback, name, max_epochs=1):
-        saver = L.callbacks.ModelCheckpoint(dirpath=tmp_path / f"ckpt-{name}", save_last=True)
-        return L.Trainer(max_epochs=max_epochs, logger=L.loggers.CSVLogger(tmp_path, name=name),
-                         callbacks=[callback, saver, probe], **trainer_kwargs(enable_checkpointing=True))
+        return saving_trainer(L, tmp_path, callback, name, probe, max_epochs)
 
     elsewhere = energy_callback(EnergyCallback)
     other = trainer(elsewhere, "other")
@@ -227,9 +221,7 @@ def test_a_foreign_checkpoint_evaluated_first_goes_on_in_that_attempt_after_anot
     probe = state_probe(L)
 
     def trainer(callback, name):
-        saver = L.callbacks.ModelCheckpoint(dirpath=tmp_path / f"ckpt-{name}", save_last=True)
-        return L.Trainer(max_epochs=1, logger=L.loggers.CSVLogger(tmp_path, name=name),
-                         callbacks=[callback, saver, probe], **trainer_kwargs(enable_checkpointing=True))
+        return saving_trainer(L, tmp_path, callback, name, probe)
 
     elsewhere = energy_callback(EnergyCallback)
     other = trainer(elsewhere, "other")
