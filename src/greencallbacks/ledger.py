@@ -10,6 +10,11 @@ open when the checkpoint was written and everything a crashed attempt measured a
 is counted once because each is one line. The checkpoint's totals are only the fallback when the
 records file is gone (a checkpoint copied to another machine); the phases it saved open that no
 record holds (their attempt was killed) are written by the tracker as records (``Tracker._carry``).
+
+What an epoch cost (for the prediction) is what the latest attempt that trained it billed to it:
+an attempt that only evaluates, tests or predicts from a checkpoint redoes no epoch, though its
+records carry the checkpoint's. The epochs left are counted from the checkpoint resumed from,
+which may be older than the last epoch the records hold.
 """
 
 from __future__ import annotations
@@ -121,6 +126,9 @@ class Ledger:
         self._attempts_with_epochs: set[int] = set()
         self._finished_not_complete: set[int] = set()
         self._latest_epoch = -1  # the highest epoch with a record (the one in progress, maybe)
+        # By epoch: what a later attempt billed to an epoch an earlier attempt billed, before (or
+        # without) training it (see ``_cost_of``).
+        self._held: dict[int, EpochCost] = {}
         self.last: dict[str, Record] = {}
         self.paused_s = 0.0  # carbon-aware pauses, every attempt's (a resume must not pause them again)
 
@@ -168,15 +176,8 @@ class Ledger:
         self.paused_s += record.paused_s or 0.0
         if record.epoch is None:
             return
-        cost = self.epochs.get(record.epoch)
-        if cost is None or record.attempt > cost.attempt:
-            if cost is not None:  # a later attempt redoes this epoch: its earlier cost no longer describes it
-                self._forget(record.epoch, cost)
-            first_of_attempt = record.attempt not in self._attempts_with_epochs
-            self._attempts_with_epochs.add(record.attempt)
-            cost = self.epochs[record.epoch] = EpochCost(record.attempt, warmup=first_of_attempt)
-            self._latest_epoch = max(self._latest_epoch, record.epoch)
-        elif record.attempt < cost.attempt:
+        cost = self._cost_of(record)
+        if cost is None:
             return  # redone by a later attempt: in the totals, not in what an epoch costs
         cost.kwh += record.energy_kwh
         cost.seconds += record.duration_s
@@ -189,6 +190,43 @@ class Ledger:
             self.last_finished_epoch = record.epoch
             self._complete_before(record.epoch)
             self._finished_not_complete.add(record.epoch)
+
+    def _cost_of(self, record: Record) -> EpochCost | None:
+        """The cost ``record`` is billed to; None where a later attempt has redone its epoch.
+
+        A later attempt redoes an epoch an earlier one billed only once it trains it. Until its
+        training record of that epoch, what it bills there (an evaluation inside the epoch, written
+        before the training phase that holds it ends) is held apart: an attempt that only evaluates
+        or tests that epoch's checkpoint (``evaluate()`` after a resume with no epoch left to train,
+        ``validate(ckpt_path=...)`` in a later session) never trains it, and the earlier attempt's
+        cost, the one that trained it, still describes the epoch.
+        """
+        epoch = record.epoch
+        cost = self.epochs.get(epoch)
+        if cost is not None and record.attempt <= cost.attempt:
+            return cost if record.attempt == cost.attempt else None
+        held = self._held.get(epoch)
+        if held is not None and held.attempt > record.attempt:
+            return None
+        if cost is not None and record.phase != "train":
+            if held is None or held.attempt < record.attempt:  # the attempt that held it never trained it
+                held = self._held[epoch] = EpochCost(record.attempt, warmup=False)
+            return held
+        if cost is not None:  # a later attempt redoes this epoch: its earlier cost no longer describes it
+            self._forget(epoch, cost)
+        first_of_attempt = record.attempt not in self._attempts_with_epochs
+        self._attempts_with_epochs.add(record.attempt)
+        cost = self.epochs[epoch] = EpochCost(record.attempt, warmup=first_of_attempt)
+        held = self._held.pop(epoch, None)
+        if held is not None and held.attempt == record.attempt:  # billed before its training record
+            cost.kwh, cost.seconds, cost.paused_kwh = held.kwh, held.seconds, held.paused_kwh
+        self._latest_epoch = max(self._latest_epoch, epoch)
+        return cost
+
+    def held_kwh(self, attempt: int, after_epoch: int) -> float:
+        """kWh ``attempt`` billed to epochs after ``after_epoch`` that it has not trained yet, held
+        apart from those epochs' costs (see ``_cost_of``); pauses excluded."""
+        return sum(c.kwh - c.paused_kwh for e, c in self._held.items() if e > after_epoch and c.attempt == attempt)
 
     @property
     def steps_per_epoch(self) -> int | None:
@@ -248,10 +286,20 @@ class Ledger:
         self.__init__(str(state.get("run_id", self.run_id)))
         saved_seq, saved_attempt = int(state.get("seq", 0)), int(state.get("attempt", 0))
         if records:
-            for record in sorted(records, key=lambda r: (r.seq, r.attempt)):
+            # As they were written (``records`` in file order: each attempt's in the order its phases
+            # ended), not by ``seq``, which a phase takes as it begins: a validation inside a training
+            # epoch ends, and is billed to the epoch, before that epoch's training phase does, as it
+            # was when measured. The phases a killed attempt left open (carried) were its last.
+            for record in sorted(records, key=lambda r: (r.attempt, r.carried)):
                 self.add(record)
             self.next_seq = max(saved_seq, max(r.seq for r in records) + 1)
             self.attempt = max(saved_attempt, max(r.attempt for r in records)) + 1
+            at_checkpoint = self._last_finished_at(state)
+            if at_checkpoint is not None and at_checkpoint < self.last_finished_epoch:
+                # Resumed from an older checkpoint than the last epoch trained (a branch, or a
+                # checkpoint every few epochs): the framework trains on from the checkpoint's epoch,
+                # and the epochs left are counted from there, not from the records' last.
+                self.last_finished_epoch = at_checkpoint
             return
         for phase, values in state.get("totals", {}).items():
             if phase in self.totals:
@@ -270,6 +318,25 @@ class Ledger:
         self._latest_epoch = max(self.epochs, default=-1)
         self.last_finished_epoch = max((e for e, c in self.epochs.items() if c.finished), default=-1)
         self.next_seq, self.attempt = saved_seq, saved_attempt + 1
+
+    def _last_finished_at(self, state: dict[str, Any]) -> int | None:
+        """The epoch whose training the framework had finished when ``state`` was saved; None where
+        the state does not say (no epochs saved). An epoch whose training phase it saved open is
+        finished where the records show that phase ending at the step the checkpoint was saved at:
+        a checkpoint written as the epoch ends, before the tracker's epoch-end hook (Lightning's
+        ``ModelCheckpoint`` at the validation end), which resumes after that epoch, not inside it."""
+        saved = state.get("epochs")
+        if not isinstance(saved, dict):
+            return None
+        finished = (int(e) for e, cost in saved.items() if isinstance(cost, (list, tuple)) and len(cost) > 3 and cost[3] is not None)
+        last = max(finished, default=-1)
+        for opened in state.get("open_records") or ():
+            if isinstance(opened, dict) and opened.get("phase") == "train" and opened.get("epoch") == last + 1:
+                ended = self.epochs.get(last + 1)
+                if ended is not None and ended.attempt == opened.get("attempt") and ended.finished and (
+                        ended.step_at_train_end is None or opened.get("step") in (None, ended.step_at_train_end)):
+                    return last + 1  # (steps unknown: the records' own, no further back than one epoch)
+        return last
 
 
 def _count(record: Record, totals: dict[str, PhaseTotals], prefix_totals: dict[tuple[str, str], PhaseTotals]) -> None:

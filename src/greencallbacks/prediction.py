@@ -92,6 +92,7 @@ def _billed_since_training_end(ledger: Ledger) -> tuple[float, float]:
     tail = last.kwh - last.paused_kwh - last.kwh_at_train_end
     later = sum(c.kwh - c.paused_kwh for e, c in ledger.epochs.items()
                 if e > ledger.last_finished_epoch and c.attempt == ledger.attempt)
+    later += ledger.held_kwh(ledger.attempt, ledger.last_finished_epoch)
     return max(0.0, tail), later
 
 
