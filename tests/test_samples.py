@@ -159,7 +159,7 @@ COLLATED = [
     ("texts", ["a", "b", "c"], 3, 3),
     ("dicts of tensors and texts", [{"x": torch.zeros(2), "text": "a"}] * 4, 4, 4),
     ("token-id lists of one length", [[1, 2, 3], [4, 5, 6]], 2, 2),  # collated per position: 3 tensors of 2
-    ("nested tuples of texts", [(("a", "b"), torch.zeros(2))] * 3, 3, 2),
+    ("nested tuples of texts", [(("a", "b"), torch.zeros(2))] * 3, 3, 3),  # the tensor says which reading
 ]
 
 

@@ -10,11 +10,25 @@ An EmbeddingBag's batch, ``((tokens, offsets), labels)``, read its (tokens, offs
 sequences of different lengths: 2 samples, recorded as exact. It is uncounted now, with a warning
 that says why (the same pair as top-level fields, the tutorial's ``(labels, tokens, offsets)``,
 was already).
+
+A dict whose first field is a per-batch tensor of shape (1,) (a task id, a temperature) beside a
+batch of 8 counted 1, as exact: the dict's fast path took a leading dimension of 1 for a batch of
+one without looking at the other fields.
+
+What ``default_collate`` makes of a fixed-length list of texts per sample (multiple-choice options)
+is one tuple of B texts per position: read as one record per sample, 4 options counted 4 samples a
+batch, as exact, wherever the loader's word that it collates by default was not there (a Lightning
+model overriding a batch-transfer hook). The rest of the batch now says which reading holds.
+
+A list of texts or numbers beside tensors of another leading dimension (3 names beside a batch of 8,
+a flat tensor of packed steps beside its lengths as a Python list) counted by whichever came first:
+such fields disagree, as tensors that disagree do, and a model's named input or images decide.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections import UserDict
 
 import pytest
 
@@ -22,7 +36,7 @@ torch = pytest.importorskip("torch")
 
 from greencallbacks.meter import EnergyWarning  # noqa: E402
 from greencallbacks.records import read_records  # noqa: E402
-from greencallbacks.samples import BatchCounter, count_samples  # noqa: E402
+from greencallbacks.samples import BatchCounter, count_collated, count_samples  # noqa: E402
 from test_samples_frameworks import by_phase, energy_warnings, lightning_module  # noqa: E402
 
 TRAIN, VAL, TEST, PREDICT, BATCH = 23, 11, 7, 9, 5  # VAL ends with a batch of one
@@ -145,3 +159,118 @@ def test_lightning_leaves_an_embedding_bag_batch_uncounted_with_one_warning(tmp_
         (False, None), (False, None)]
     (message,) = [m for m in energy_warnings(caught) if "count the samples" in m]
     assert "EmbeddingBag" in message and "sample_counter=" in message
+
+
+# ---------------------------------------------------------------- a per-batch field of one first
+def per_batch_field_first(n: int) -> dict:
+    return {"task": torch.tensor([2]), "x": torch.zeros(n, 3), "y": torch.zeros(n)}
+
+
+@pytest.mark.parametrize("collate", [None, "rows", "default"])
+def test_a_per_batch_field_of_one_first_is_no_batch_of_one(collate):
+    """Regression: 1 sample a batch, as exact (HF's Trainer says "rows", Lightning "default")."""
+    assert count_samples(per_batch_field_first(8), collate) is None
+    with pytest.warns(EnergyWarning, match="leading dimensions differ: 1, 8"):
+        BatchCounter().count(per_batch_field_first(8), run_id="r")
+    named = {"task_id": torch.tensor([2]), "input_ids": torch.zeros(8, 9), "labels": torch.zeros(8)}
+    assert count_samples(named, collate) == 8
+    # Guards: a batch of one is one sample; a packed row, its sequences where no collate is known.
+    assert count_samples({"x": torch.zeros(1, 3), "y": torch.zeros(1)}, collate) == 1
+    row = {"input_ids": torch.zeros(1, 6, dtype=torch.long), "cu_seq_lens_q": torch.tensor([0, 3, 5, 6])}
+    assert count_samples(row) == 3
+
+
+# ---------------------------------------------------------------------- texts by position
+def multiple_choice(n: int, label_first: bool = False) -> dict:
+    samples = [{"choices": ["a", "b", "c", "d"], "label": i % 4} for i in range(n)]
+    if label_first:
+        samples = [{"label": s["label"], "choices": s["choices"]} for s in samples]
+    return torch.utils.data.default_collate(samples)  # {"choices": [4 tuples of n texts], "label": (n,)}
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5])
+@pytest.mark.parametrize("label_first", [False, True], ids=["choices first", "label first"])
+def test_texts_that_default_collate_gives_by_position_count_by_the_rest_of_the_batch(n, label_first):
+    """Regression: 4 (the options) for every batch size but 4, as exact, without the loader's word."""
+    batch = multiple_choice(n, label_first)
+    assert count_samples(batch) == n
+    assert count_collated(batch) == n
+
+
+def test_texts_by_position_alone_are_uncounted_and_the_warning_says_why():
+    batch = {"choices": multiple_choice(5)["choices"]}  # 5 samples of 4 options, or 4 of 5 words?
+    assert count_samples(batch) is None
+    with pytest.warns(EnergyWarning, match="tuples of texts of one length.*giving 4 or 5 samples"):
+        BatchCounter().count(batch, run_id="r")
+
+
+@pytest.mark.parametrize("batch, samples", [
+    ({"tokens": [["w"] * (1 + i) for i in range(3)]}, 3),  # a sample's words, ragged
+    ({"tokens": [["w", "x"] for _ in range(3)], "label": torch.zeros(3)}, 3),  # of one length, and labels
+    ({"pairs": [("q", "a")] * 2}, 2),  # both readings agree
+    ({"text": ["a", "b", "c"], "id": 7}, 3),
+], ids=["ragged words", "words and labels", "pairs of two", "texts"])
+def test_texts_by_sample_still_count(batch, samples):
+    assert count_samples(batch) == samples
+
+
+# --------------------------------------------------------- lists of texts or numbers that disagree
+@pytest.mark.parametrize("batch", [
+    {"names": ["a", "b", "c"], "x": torch.zeros(8, 3)},  # was 3
+    {"x": torch.zeros(8, 3), "names": ["a", "b", "c"]},  # was 8: the order decided
+    (["a", "b", "c"], torch.zeros(8, 3)),  # was 3
+    (torch.zeros(30, 4), [10, 5, 15]),  # packed steps beside their lengths: was 30
+    {"class_weights": [0.2, 0.8], "x": torch.zeros(8, 3), "y": torch.zeros(8)},  # was 2
+    UserDict({"x": torch.zeros(8, 3), "names": ["a", "b", "c"]}),  # a Mapping that is no dict: was 8
+], ids=["names first", "names last", "tuple", "packed steps, lengths", "weights first", "Mapping"])
+def test_a_list_of_texts_or_numbers_of_another_length_than_the_tensors_is_uncounted(batch):
+    assert count_samples(batch) is None
+    with pytest.warns(EnergyWarning, match="leading dimensions differ"):
+        BatchCounter().count(batch, run_id="r")
+
+
+@pytest.mark.parametrize("batch, samples", [
+    ({"candidate_labels": ["cat", "dog"], "pixel_values": torch.zeros(8, 3, 4, 4)}, 8),  # was 2
+    ({"class_names": ["a", "b"], "input_ids": torch.zeros(8, 5)}, 8),  # was 2
+    ((torch.zeros(3, 10, 4), [10, 5, 7], torch.zeros(3)), 3),  # padded steps, their lengths, labels
+    ({"ids": [str(i) for i in range(8)], "x": torch.zeros(8, 3)}, 8),
+    ((torch.zeros(8, 3), ("a",) * 8), 8),
+], ids=["candidate labels, images", "class names, input_ids", "lengths that agree", "ids first", "texts last"])
+def test_a_list_of_texts_or_numbers_beside_tensors_counts_where_a_field_says(batch, samples):
+    assert count_samples(batch) == samples
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_lightning_counts_texts_by_position_when_a_hook_may_remake_the_batch(tmp_path):
+    """Regression: with a batch-transfer hook overridden, Lightning gives no word about the collate:
+    20 training samples of 23 were recorded (4 options a batch, and 3 for the last batch)."""
+    L, AnyBatch = lightning_module()
+    from greencallbacks.lightning import EnergyCallback
+
+    class OnTheDevice(AnyBatch):
+        def on_after_batch_transfer(self, batch, dataloader_idx):
+            return batch  # e.g. augmentations on the device
+
+    def loader(n: int, kind: str):
+        if kind == "options":
+            return torch.utils.data.DataLoader(
+                [{"choices": ["a", "b", "c", "d"], "label": i % 4} for i in range(n)], batch_size=BATCH)
+        return torch.utils.data.DataLoader(list(range(n)), batch_size=BATCH,
+                                           collate_fn=lambda b: per_batch_field_first(len(b)))
+
+    for kind, expected in (("options", [(TRAIN, True), (VAL, True)]), ("per-batch field", [(None, False)] * 2)):
+        out = tmp_path / kind
+        callback = EnergyCallback(output_dir=out, intensity=100.0, progress_bar=False)
+        trainer = L.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False, callbacks=[callback],
+                            num_sanity_val_steps=0, enable_progress_bar=False, enable_model_summary=False,
+                            enable_checkpointing=False)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            trainer.fit(OnTheDevice(), loader(TRAIN, kind), loader(VAL, kind))
+        phases = by_phase(read_records(out))
+        records = phases["train"] + phases["validation"]
+        assert [(r.samples if r.samples_counted else None, r.samples_counted) for r in records] == expected, kind
+        assert all((r.energy_j_per_sample is None) is (not r.samples_counted) for r in records)
+        counting = [m for m in energy_warnings(caught) if "count the samples" in m]
+        assert len(counting) == (kind != "options"), counting

@@ -12,14 +12,19 @@
   HF ``BatchEncoding`` from a data collator), a dataclass, a named tuple; nested to any depth;
 * fields that disagree on their leading dimension (packed tokens beside per-sequence lengths,
   graph nodes beside graph labels, a sequence-first tensor beside its labels, labels flattened to
-  (B * T,)): a model's named input of 2 dimensions or more (``input_ids``, ``pixel_values``, ...)
-  when there is one, else images or video (4 dimensions or more: a detection batch's images
-  beside all its boxes), else uncounted, with the warning; never the first field's by chance;
+  (B * T,)), a list of texts or numbers counting as its length here (3 names beside a batch of 8,
+  lengths as a Python list beside packed steps): a model's named input of 2 dimensions or more
+  (``input_ids``, ``pixel_values``, ...) when there is one, else images or video (4 dimensions or
+  more: a detection batch's images beside all its boxes), else uncounted, with the warning; never
+  the first field's by chance;
 * torch's ``PackedSequence``: its number of sequences;
 * a list or tuple whose items are samples rather than fields: its length. Items are samples when
   they are strings or numbers (labels, texts); inside a batch, records (dicts, dataclasses,
-  tuples: detection targets), 0-d tensors where nothing else gives a certain count (the labels of
-  a zip collate, ``tuple(zip(*b))``, over a ``TensorDataset``), and tensors of different leading
+  tuples: detection targets; tuples or lists of texts of one length other than the list's are a
+  sample's texts or ``default_collate``'s texts by position, a fixed-length list of texts per
+  sample giving one tuple of B texts per position: counted only where the rest of the batch says
+  which), 0-d tensors where nothing else gives a certain count (the labels of a zip collate,
+  ``tuple(zip(*b))``, over a ``TensorDataset``), and tensors of different leading
   dimensions (sequences of different lengths) unless the rest of the batch gives another count
   (then they may be fields: an EmbeddingBag's ``((tokens, offsets), labels)``, uncounted with the
   warning); at the top, Python lists of integers (token ids before padding) or objects of one
@@ -87,6 +92,7 @@ from greencallbacks.meter import warn
 __all__ = ["count_samples", "count_collated", "BatchCounter"]
 
 _SCALARS = (str, bytes, int, float, complex, bool, type(None))
+_VALUES = (str, bytes, int, float, complex)  # what a list of per-sample ids, labels or lengths holds
 
 
 def count_samples(batch: Any, collate: str | None = None, pad_token_id: int | None = None) -> int | None:
@@ -118,11 +124,14 @@ def count_samples(batch: Any, collate: str | None = None, pad_token_id: int | No
                 if shape:
                     # (x, y): the fields share the leading dimension. If another disagrees, a list
                     # may be ragged samples (collate_fn=list), or the fields are not batch-first:
-                    # the general walk decides.
+                    # the general walk decides. So does a list of ids or lengths of another length.
                     samples = shape[0]
                     for field in batch[1:]:
                         other = getattr(field, "shape", None)
-                        if other and other[0] != samples:
+                        if other:
+                            if other[0] != samples:
+                                break
+                        elif other is None and _other_length(field, samples):
                             break
                     else:
                         return int(samples)
@@ -131,13 +140,16 @@ def count_samples(batch: Any, collate: str | None = None, pad_token_id: int | No
             shape = getattr(next(values, None), "shape", None)
             if shape:
                 samples = shape[0]
-                if samples == 1:  # maybe a padding-free collator's packed row of several sequences
-                    return 1 if collate else _one_row(batch)
                 for value in values:
                     other = getattr(value, "shape", None)
-                    if other and other[0] != samples:
+                    if other:
+                        if other[0] != samples:
+                            break  # a (1,) per-batch field first is no batch of one: the walk decides
+                    elif other is None and _other_length(value, samples):
                         break
                 else:
+                    if samples == 1:  # maybe a padding-free collator's packed row of several sequences
+                        return 1 if collate else _one_row(batch)
                     return int(samples)
         elif hasattr(kind, "shape"):  # a tensor or array (asked of the class: see below)
             shape = batch.shape
@@ -146,8 +158,9 @@ def count_samples(batch: Any, collate: str | None = None, pad_token_id: int | No
         elif isinstance(batch, Mapping):
             # HF BatchEncoding: asking the instance for a missing attribute costs ~6 us, its
             # __getattr__ raising (and chaining) an exception each time.
-            leads = [shape[0] for shape in (getattr(value, "shape", None) for value in batch.values()) if shape]
-            if leads and len(set(leads)) == 1:
+            shapes = [getattr(value, "shape", None) for value in batch.values()]
+            leads = [shape[0] for shape in shapes if shape]
+            if leads and len(set(leads)) == 1 and (len(leads) == len(shapes) or _lists_agree(batch.values(), leads[0])):
                 return int(leads[0]) if leads[0] != 1 or collate else _one_row(batch)
     except Exception:  # noqa: BLE001 - a strided nested tensor raises on .shape; an unknown dim is None
         pass
@@ -231,7 +244,7 @@ def _why_uncounted(batch: Any) -> str:
     except Exception:  # noqa: BLE001 - only a hint
         return ""
     try:
-        leads = [lead for lead in map(_leading, _fields_of(batch) or ()) if lead is not None]
+        leads = [lead for lead in map(_extent, _fields_of(batch) or ()) if lead is not None]
         if len(set(leads)) > 1:
             return (f" (its fields' leading dimensions differ: {', '.join(map(str, leads))}; which one, if any, "
                     "is the number of samples is not certain: packed tokens, graph nodes, a sequence-first tensor)")
@@ -240,7 +253,13 @@ def _why_uncounted(batch: Any) -> str:
     try:
         allowed: list = []
         _first_certain(batch, False, allowed)
-        readings = sorted(next((a for a in allowed if isinstance(a, set) and len(a) > 1), ()))
+        readings = next((a for a in allowed if isinstance(a, set) and len(a) > 1), ())
+        if isinstance(readings, _TextReadings):
+            low, high = sorted(readings)
+            return (" (a list in it holds tuples of texts of one length: a sample's texts each, or what "
+                    "default_collate makes of a fixed-length list of texts per sample, one tuple per position, "
+                    f"giving {low} or {high} samples; nothing else in the batch says which)")
+        readings = sorted(readings)
         if readings:
             return (" (a list of tensors in it agrees on their leading dimension but not on their shapes: per-input "
                     "fields, or per-sample items such as images of different sizes, giving "
@@ -283,6 +302,35 @@ def _leading(item: Any) -> int | None:
         return None
 
 
+def _values_length(field: Any) -> int | None:
+    """The length of a list or tuple of texts or numbers (a batch's ids, labels or sequence
+    lengths), which a batch's tensors must agree with as their leading dimension; else None."""
+    if (type(field) is list or type(field) is tuple) and field and all(isinstance(v, _VALUES) for v in field):
+        return len(field)
+    return None
+
+
+def _other_length(field: Any, samples: int) -> bool:
+    """Whether ``field`` is a list of texts or numbers of another length than ``samples`` (the
+    length is compared first: a batch's per-sample ids are not read item by item on every step)."""
+    return (type(field) is list or type(field) is tuple) and len(field) != samples and bool(_values_length(field))
+
+
+def _lists_agree(fields: Any, samples: int) -> bool:
+    """Whether no list of texts or numbers among ``fields`` holds another number than ``samples``.
+    (A function, not a generator expression in ``count_samples``: its closure costs every call.)"""
+    for field in fields:
+        if _other_length(field, samples):
+            return False
+    return True
+
+
+def _extent(field: Any) -> int | None:
+    """A field's leading dimension, or as many as a list of texts or numbers holds."""
+    lead = _leading(field)
+    return _values_length(field) if lead is None else lead
+
+
 def _shape(item: Any) -> tuple | None:
     try:
         return tuple(item.shape)
@@ -313,6 +361,14 @@ def _items_of_sequence(items: list | tuple, top: bool) -> tuple[Any, bool]:
         # nothing, the images or vectors beside them gave their channels or width (3 for 5). A
         # certain count elsewhere wins (per-loss weights beside x): only where there is none.
         return frozenset({len(items)}), False
+    if not top and all(type(x) in (list, tuple) and x and all(isinstance(v, str) for v in x) for x in items):
+        # Texts by sample (a sample's words), or default_collate's transposition of a sample's
+        # fixed-length list of texts: one tuple of B texts per position (4 multiple-choice options
+        # gave 4). Of one length other than the list's, only the rest of the batch says which.
+        lengths = {len(x) for x in items}
+        if len(lengths) == 1 and len(items) not in lengths:
+            return _TextReadings({len(items), *lengths}), False
+        return len(items), True
     if not top and all(_is_record(x) for x in items):
         return len(items), True  # one record per sample inside a batch (detection targets)
     if top and _per_sample_records(items):
@@ -345,6 +401,11 @@ def _items_of_sequence(items: list | tuple, top: bool) -> tuple[Any, bool]:
             else:
                 return (leads[0], len(items)), False  # same-shaped tensors inside a batch: ambiguous
     return None, False
+
+
+class _TextReadings(set):
+    """The two readings of a list of texts by sample or by position (``_items_of_sequence``), told
+    apart from a list of tensors' for the warning."""
 
 
 def _samples_of_one_kind(items: list) -> bool:
@@ -401,8 +462,13 @@ def _fields_of(batch: Any) -> list | None:
 def _fields_disagree(fields: Any) -> bool:
     """Whether a batch's tensor fields give different leading dimensions: packed tokens beside
     per-sequence lengths, graph nodes beside graph labels, a sequence-first (T, B, F) tensor beside
-    its labels, labels flattened to (B * T,). Which one is the sample count is then a guess."""
+    its labels, labels flattened to (B * T,); or a list of texts or numbers holds another number
+    (3 names beside a batch of 8). Which one is the sample count is then a guess."""
+    fields = list(fields)
     leads = {lead for lead in map(_leading, fields) if lead is not None}
+    for field in fields:
+        if (type(field) is list or type(field) is tuple) and len(field) not in leads and _values_length(field):
+            leads.add(len(field))  # a list that agrees with the tensors is not read item by item
     return len(leads) > 1
 
 
