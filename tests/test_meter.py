@@ -637,7 +637,7 @@ def test_a_window_cut_to_0_joules_in_the_first_update_period_states_the_devices_
     meter = reader_meter(clock, *find_nvml_gpus(pynvml=nvml, environ={}, clock=clock).sensors)
     meter.snapshot(exact=True)
     run_reader(meter, clock, 0.02)  # power sampled, the counter not yet stepped
-    meter.channels[0]._boundary_j += 5.0  # this boundary carried past what the next can show
+    meter.channels[0]._boundary_j += 10.0  # this boundary carried past what the next can show
     start = meter.snapshot()
     run_reader(meter, clock, 0.02)
     [gpu] = meter.between(start, meter.snapshot()).components

@@ -306,6 +306,9 @@ class _Channel:
         # Instantaneous power integrated since the reader started: (t, cumulative J, W) samples.
         self._power: deque[tuple[float, float, float]] = deque(maxlen=POWER_HISTORY)
         self._power_ok = True
+        # (when a power sample first failed, the samples before it): where the device stopped
+        # answering, for a failure nothing replaces (see _degrade). None while samples succeed.
+        self._power_until_gap: tuple[float, list] | None = None
         self._boundary_j = 0.0  # high-water of the values handed out at boundaries
         # The counter's update phase: a time at which it stepped (None: not known). Reader thread
         # only, or a boundary reading in place.
@@ -543,6 +546,13 @@ class _Channel:
                     self._unsettled = None
                 return
             when = updates[0]
+        elif self._search is not None and (self._anchor_held is held or held.hi - held.lo < period):
+            # Not known yet: the middle of the span its update can lie in, which the reads since
+            # narrow: reads of the same update, which move the anchor with it (left where the
+            # boundary put it, the windows after it lacked that shift's power: an evaluation of
+            # 30 ms, over before the phase was found, read 30 % low), or the step after it, where
+            # that leaves less than a period (reads slower than the period bound it no better).
+            when = 0.5 * (held.lo + held.hi)
         else:
             return
         # With the power samples the boundary was carried with: samples taken since would bridge
@@ -553,9 +563,12 @@ class _Channel:
         elif slope is not None:
             error_j = slope * (when - t_a)
         self._settled_j += error_j - applied_j
-        if self._anchor_held is held and self._anchor is not None:
-            self._anchor, self._anchor_held = (when, self._anchor[1], self._anchor[2]), None
         final = self._continuous or self._search is None
+        if self._anchor_held is held and self._anchor is not None:
+            # Until final, the anchor stays tied to that update, so that a later estimate of when
+            # it was moves the anchor with the boundary (a provisional one moved the boundary alone).
+            self._anchor = (when, self._anchor[1], self._anchor[2])
+            self._anchor_held = None if final else held
         self._unsettled = None if final else (held, t_a, slope, power, error_j)
 
     def _learn_phase(self, before: float, after: float, value: float, period: float) -> None:
@@ -706,10 +719,13 @@ class _Channel:
             # The samples end here: carrying the last one's watts over the gap would bill the power
             # of a moment for seconds. Without them, boundaries carry the counter's slope.
             with self._state_lock:
+                if self._power and self._power_until_gap is None:
+                    self._power_until_gap = (t, list(self._power))
                 self._power.clear()
             self._power_ok = not unsupported
             return
         with self._state_lock:
+            self._power_until_gap = None
             if self._power and t > self._power[-1][0]:
                 t_p, joules, last_w = self._power[-1]
                 self._power.append((t, joules + 0.5 * (last_w + power) * (t - t_p), power))
@@ -883,7 +899,12 @@ class _Channel:
                 f"Its energy is {replacement.method} from now on and labelled so; training continues."
             )
         else:
-            self._offset_j = self._last_j
+            # Nothing reads it on. Up to when it stopped answering (its power samples tell, read
+            # off the thread), its energy since the last counter read is estimated, not dropped:
+            # boundaries had carried it past that read, so the epoch a GPU was lost in read 0 J.
+            bridge_j = self._bridge_to_failure(now)
+            self._offset_j = self._last_j = self._last_j + bridge_j
+            self.bridged_j += bridge_j
             self.failed = True
             self.note = f"stopped counting at {when} ({error})"
             warn(
@@ -902,6 +923,20 @@ class _Channel:
                 return text[len(prefix):]
         return text
 
+    def _bridge_to_failure(self, now: float) -> float:
+        """Joules from the latest read to the middle of the last good power sample and the first
+        call that failed (a power sample's, else this one at ``now``): the latest anchor carried
+        forward with the samples, less what the latest read already holds; 0 where the samples do
+        not span it (no failure time known: not read off the thread)."""
+        with self._state_lock:
+            anchor, gap = self._anchor, self._power_until_gap or (now, list(self._power))
+        failed_at, samples = gap
+        if anchor is None or not samples or not samples[0][0] <= anchor[0] <= failed_at:
+            return 0.0
+        end = 0.5 * (samples[-1][0] + failed_at)
+        carried = anchor[1] + _integral_at(samples, end) - _integral_at(samples, anchor[0])
+        return max(0.0, carried - self._last_j)  # (a read after the anchor may hold part of it)
+
     def _bridge(self, now: float, replacement: Sensor) -> tuple[float, float]:
         """(joules, mean watts) from the current sensor's last good read to ``now``, estimated:
         from the instantaneous power samples where they span the gap, else at the mean of the
@@ -909,13 +944,18 @@ class _Channel:
         with self._state_lock:
             anchor, power = self._anchor, list(self._power)
         # The last read holds the energy to its anchor's time (a quantised counter's update).
-        start = anchor[0] if self.off_thread and anchor is not None else self._good_t
+        from_anchor = self.off_thread and anchor is not None
+        start = anchor[0] if from_anchor else self._good_t
         if start is None or now <= start:
             return 0.0, 0.0
         gap = now - start
+        # What the latest read holds past the anchor: a read that may hold the next update (it
+        # straddled one) keeps the anchor before it, and the bridge from there billed that update
+        # twice (+30 J at 300 W where the counter turned unsupported just after such a read).
+        held_j = max(0.0, self._last_j - anchor[1]) if from_anchor else 0.0
         if power and power[0][0] <= start:
-            joules = _integral_at(power, now) - _integral_at(power, start)
-            return max(0.0, joules), max(0.0, joules) / gap
+            joules = max(0.0, _integral_at(power, now) - _integral_at(power, start) - held_j)
+            return joules, joules / gap
         last_w = power[-1][2] if power else anchor[2] if anchor is not None and anchor[2] is not None else None
         if last_w is None:  # the mean power of what the sensor read, up to its last read
             last_w = self._last_j / (start - self._started) if start > self._started else 0.0
@@ -925,7 +965,8 @@ class _Channel:
             new_w = None
         watts = last_w if not isinstance(new_w, (int, float)) or not math.isfinite(new_w) else 0.5 * (last_w + new_w)
         watts = max(0.0, watts)
-        return watts * gap, watts
+        joules = max(0.0, watts * gap - held_j)
+        return joules, joules / gap
 
     def uncertainty_j(self, energy_j: float, duration_s: float, carried_s: float = 0.0, bridged_j: float = 0.0) -> float:
         """The window's stated error; ``bridged_j`` of its energy was estimated (Snapshot.bridged_j)."""
