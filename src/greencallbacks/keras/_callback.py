@@ -461,6 +461,9 @@ def _trained_again(run_id: Any, reached: int, first_epoch: int, where: str) -> N
     )
 
 
+_LABEL_WAIT_S = 1.0  # the batch hooks hold the progress lock for microseconds
+
+
 class _Progress:
     """How far a call got, kept by the hooks (on the training thread and Keras's batch-hook
     threads) for ``_abandon``, which labels the phases a failed call left open from the watch
@@ -496,13 +499,20 @@ class _Progress:
 
     def label(self, tracker: Any) -> None:
         """Give the failed call's open phases what is known: the step it reached, predict's count."""
-        with self.lock:
+        # Not waiting for ever: a Ctrl-C under a trace function (a debugger) can leave the lock
+        # acquired by the batch hook it interrupted on the training thread. The call has ended then,
+        # and its values are final.
+        locked = self.lock.acquire(timeout=_LABEL_WAIT_S)
+        try:
             step, predicted = self.step, self.predicted
             if self.step_in_test is not None:
                 step = self.step_in_test
             elif step is not None and self.training and self.one_step_per_batch:
                 step += _step_range(self.train_steps, self.per_execution, self.planned_steps)[1]
             predicting = self.predicting
+        finally:
+            if locked:
+                self.lock.release()
         if predicting:
             tracker.add_samples(predicted)  # the innermost open phase; None: uncounted
         if step is not None:
@@ -587,6 +597,21 @@ def _abandon(call: _Call) -> None:
             call.run.session.stop(failed=True)  # local only: no collectives when failing
             if call.run.fitted:
                 call.run.save_state()
+
+
+def _whole(hook):
+    """The hook's bookkeeping (phases pushed or popped, the tracker's boundary, the locks it takes)
+    done whole against Ctrl-C: a ``KeyboardInterrupt`` landing inside is raised as the hook returns
+    (``interrupts.held``: at epoch and loop boundaries only, never at a batch). Landing between a
+    phase popped here and its end, it left the run open with no phase to write up; inside ``with
+    lock:``, it could leave the lock acquired, and the write-up and the next ``fit`` waited on it."""
+
+    @functools.wraps(hook)
+    def whole(self, *args: Any, **kwargs: Any) -> Any:
+        with interrupts.held():
+            return hook(self, *args, **kwargs)
+
+    return whole
 
 
 def _a_number(value: Any) -> bool:
@@ -811,6 +836,7 @@ class EnergyCallback(_Callback):
 
     # ------------------------------------------------------------------------------ training
     @never_raises
+    @_whole
     def on_train_begin(self, logs: dict | None = None) -> None:
         callback_list = _calling_list(self)
         if not self._enter("fit", callback_list):
@@ -822,9 +848,10 @@ class EnergyCallback(_Callback):
         self._pause_due = False
 
     def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
-        progress = self._progress
-        with progress.lock:
-            progress.train_calls_begun += 1
+        # No lock: Keras calls the begin hooks on the training thread only, their one writer and
+        # reader (on_epoch_end). A lock here could be left acquired by a Ctrl-C (see _whole), and
+        # holding Ctrl-C at every batch would cost more than the batch hook itself.
+        self._progress.train_calls_begun += 1
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         # The steps run: a custom train_step's loss-tracker count is told from samples by them, and
@@ -862,7 +889,12 @@ class EnergyCallback(_Callback):
             return
         if self._pause_due:  # before an epoch that follows one, never after the last: billed to the gap
             self._pause_due = False
+            # Outside the hold: a pause can wait for hours, and a Ctrl-C must end it at once.
             self.session.pause_between_epochs()
+        self._begin_epoch(call, epoch)
+
+    @_whole
+    def _begin_epoch(self, call: _Call, epoch: int) -> None:
         # Keras's fit reset the metrics just before: the loss tracker counts this epoch from 0.
         self._epoch, self._validated = epoch, False
         self._train_samples = 0 if call.in_keras_loop and call.resets_loss_tracker else None
@@ -889,6 +921,7 @@ class EnergyCallback(_Callback):
             progress.step, progress.training, progress.one_step_per_batch = step, True, one_step_per_batch
 
     @never_raises
+    @_whole
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if ("train", False) not in self._phases:
             return
@@ -938,12 +971,21 @@ class EnergyCallback(_Callback):
         _remember_run_of(self.model, self.tracker.run_id)
         self._run.save_state(wait=False)
         if logs is not None:
-            logs.update(self._keras_metrics("train", ""))
-            if self._validated:
+            # History appends each key of an epoch's logs to its own list: on torch and JAX an epoch
+            # of Keras's own loop that ran no step gets no logs from Keras (no `loss`), and keys
+            # added there alone made our lists longer than Keras's (pandas.DataFrame(history.history)
+            # raised). Such an epoch's keys go where Keras's go; its record, and the next epoch's
+            # totals, count it. (TensorFlow logs the reset metrics there: the keys are added.)
+            keras_logged_training = (not (steps == 0 and self._call.in_keras_loop)
+                                     or any(not key.startswith("val_") for key in logs))
+            if keras_logged_training:
+                logs.update(self._keras_metrics("train", ""))
+            if self._validated and (keras_logged_training or logs):
                 logs.update(self._keras_metrics("validation", "val_"))
         self._pause_due = True  # carbon-aware, if configured: before the next epoch, if one follows
 
     @never_raises
+    @_whole
     def on_train_end(self, logs: dict | None = None) -> None:
         self._live_every = 0
         if self._call is not None and self._call.kind == "fit" and self._call.active:
@@ -951,6 +993,7 @@ class EnergyCallback(_Callback):
 
     # ------------------------------------------------------------------ validation and test
     @never_raises
+    @_whole
     def on_test_begin(self, logs: dict | None = None) -> None:
         callback_list = _calling_list(self)
         outermost = self._enter("evaluate", callback_list)
@@ -967,22 +1010,27 @@ class EnergyCallback(_Callback):
         # Keras's own evaluate loop, which resets the metrics as it begins (see _Call.in_keras_loop).
         self._test_counted = self._call.in_keras_loop or (not outermost and _model_call_frame(self.model) is not None)
         self._phases.append((phase, outermost))
-        with self._steps_lock:
-            self._test_steps = 0
-            self._test_calls_begun = self._test_calls_ended = 0
+        # A lock of this loop's own: an earlier loop's could have been left acquired by a Ctrl-C in
+        # its batch hook (see on_test_batch_end). Keras has waited for that loop's batch hooks.
+        self._steps_lock = threading.Lock()
+        self._test_steps = 0
+        self._test_calls_begun = self._test_calls_ended = 0
         self.tracker.begin(phase, self._epoch if phase == "validation" else None)
         self.tracker.add_samples(None)  # uncounted until its end counts it: a failed loop stays so
 
     def on_test_batch_begin(self, batch: int, logs: dict | None = None) -> None:
-        with self._steps_lock:
-            self._test_calls_begun += 1
+        self._test_calls_begun += 1  # the training thread's only (see on_train_batch_begin)
 
     def on_test_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        # Locked: Keras may run these on several threads at once. On the training thread (Keras
+        # dispatching synchronously) a Ctrl-C under a trace function (a debugger) can leave the
+        # lock acquired; the loop is over then, and the next one takes a lock of its own.
         with self._steps_lock:  # `batch`: a step of the execution the hook covers (see _step_range)
             self._test_steps = max(self._test_steps, batch + 1)
             self._test_calls_ended += 1
 
     @never_raises
+    @_whole
     def on_test_end(self, logs: dict | None = None) -> None:
         if not self._phases or self._phases[-1][0] not in ("validation", "test"):
             return
@@ -1030,6 +1078,7 @@ class EnergyCallback(_Callback):
 
     # ------------------------------------------------------------------------------ predict
     @never_raises
+    @_whole
     def on_predict_begin(self, logs: dict | None = None) -> None:
         outermost = self._enter("predict", _calling_list(self))
         if outermost:
@@ -1061,6 +1110,7 @@ class EnergyCallback(_Callback):
                 progress.predicted += samples
 
     @never_raises
+    @_whole
     def on_predict_end(self, logs: dict | None = None) -> None:
         if not self._phases or self._phases[-1][0] != "predict":
             return
