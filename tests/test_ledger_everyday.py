@@ -3,7 +3,8 @@
 Record sequences as the adapters write them (each record when its phase ends, a validation inside a
 training epoch before that epoch's training record), given to a ``Ledger``: an attempt that only
 evaluates, tests or predicts from a checkpoint trains no epoch, so what the epochs cost, and the
-prediction, are those of the same run without it (its energy in the total). Then through the tracker
+prediction, are those of the same run without it (its energy in the total); so does a call after
+the training in the process that trained (``Record.later_call``). Then through the tracker
 on a fake clock: a resume replays the records as they were written, and counts the epochs left from
 the checkpoint it resumed from. Then real HF and Lightning Trainers.
 """
@@ -33,12 +34,13 @@ class Sequence:
     def __init__(self) -> None:
         self.records: list[Record] = []
 
-    def add(self, attempt: int, phase: str, epoch: int | None, joules: float, partial: bool = False) -> None:
+    def add(self, attempt: int, phase: str, epoch: int | None, joules: float, partial: bool = False,
+            **fields) -> None:
         self.records.append(Record(
             run_id="r", phase=phase, epoch=epoch, seq=len(self.records), start_time="2026-12-05T00:00:00+00:00",
             duration_s=joules / 100.0, samples=0, it_energy_kwh=joules * J, energy_kwh=joules * J, co2eq_g=joules * J * 100,
             intensity_gco2eq_per_kwh=100.0, intensity_source="test", pue=1.0, energy_j_per_sample=None,
-            co2eq_g_per_sample=None, attempt=attempt, partial=partial))
+            co2eq_g_per_sample=None, attempt=attempt, partial=partial, **fields))
 
     def epoch(self, attempt: int, epoch: int, train_j: float, nested_validation_j: float = 0.0,
               validation_j: float = 200.0, gap_j: float = 100.0) -> None:
@@ -170,6 +172,57 @@ def test_an_attempt_killed_in_its_first_epoch_s_validation_is_redone_by_the_next
     assert ledger.stats.n == 2  # epochs 1 and 3
 
 
+def test_a_call_after_the_training_in_its_process_bills_no_epoch_and_leaves_the_resume_s_prediction():
+    """Regression: an evaluate() after train() in one process (HF) is of the attempt that trained,
+    at its last epoch: billed to that epoch, it was priced into every epoch left by a resume's
+    predictions once that epoch was complete. Its records say so (``later_call``): in the totals
+    only, live and replayed by a resume alike."""
+    run, without = Sequence(), Sequence()
+    for seq in (run, without):
+        for epoch in range(3):
+            seq.epoch(0, epoch, TRAIN_J[epoch])
+    later = [("other", None, 40.0), ("validation", 2, 600.0), ("other", 2, 30.0), ("test", 2, 300.0), ("other", 2, 20.0)]
+    for phase, epoch, joules in later:
+        run.add(0, phase, epoch, joules, later_call=True)
+    later_kwh = sum(joules for *_, joules in later) * J
+    for seq in (run, without):
+        seq.add(1, "other", None, 50.0)
+    checked = 0
+    for epoch in range(3, PLANNED):
+        for seq in (run, without):
+            seq.epoch(1, epoch, TRAIN_J[epoch])
+        at_end = [i for i, r in enumerate(run.records) if r.phase == "train" and r.epoch == epoch][0] + 1
+        at_end_without = [i for i, r in enumerate(without.records) if r.phase == "train" and r.epoch == epoch][0] + 1
+        ledger, reference = ledger_of(run.records[:at_end]), ledger_of(without.records[:at_end_without])
+        assert costs(ledger) == costs(reference), epoch
+        predicted, expected = predict(ledger, PLANNED), predict(reference, PLANNED)
+        for stem in PREDICTION_STEMS[:3]:
+            checked += 1
+            assert predicted[stem] == pytest.approx(expected[stem] + later_kwh, rel=1e-9), (epoch, stem)
+    assert checked == 3 * 4  # known from epoch 3 on: epochs 1 and 2 complete, 0 and 3 the warm-ups
+    replayed = Ledger("r")
+    replayed.resume({"run_id": "r"}, run.records)
+    assert costs(replayed) == costs(ledger_of(run.records))
+    assert replayed.stats.state() == pytest.approx(ledger_of(without.records).stats.state(), rel=1e-12)
+
+
+def test_a_record_says_it_is_after_the_training_only_when_it_is_and_reads_back_so(tmp_path):
+    """Written only when true: every other record's line is as it was, and reads back as before."""
+    from greencallbacks.records import RecordWriter, read_records
+
+    seq = Sequence()
+    seq.add(0, "train", 0, 100.0)
+    seq.add(0, "test", 0, 50.0, later_call=True)
+    plain, after = (r.to_dict() for r in seq.records)
+    assert "later_call" not in plain and after["later_call"] is True
+    writer = RecordWriter(tmp_path / "energy-records.jsonl")
+    writer.write(*seq.records)
+    writer.close()
+    assert [r.later_call for r in read_records(tmp_path)] == [False, True]
+    with pytest.raises(TypeError, match="later_call"):
+        Record.from_dict({**after, "later_call": "yes"})
+
+
 # ------------------------------------------------------------------ through the tracker
 def _tracker(tmp_path, clock, sensor, state=None) -> Tracker:
     tracker = Tracker(carbon=Carbon(intensity=100.0), output_dir=tmp_path)
@@ -265,6 +318,58 @@ def test_a_resume_from_an_older_checkpoint_predicts_from_the_checkpoint_s_epoch_
     resumed.finish()
 
 
+def _hf_epochs(tracker, clock, epochs) -> list[float]:
+    """HF's order: 10 s of training at 100 W, a 1-s gap, a 2-s evaluation at that epoch, a 1-s gap;
+    the prediction at each training end."""
+    predicted = []
+    for epoch in epochs:
+        tracker.begin("train", epoch)
+        clock.advance(10.0)
+        tracker.end("train", step=10 * epoch + 10)
+        predicted.append(tracker.prediction()["energy_kwh_predicted"])
+        clock.advance(1.0)
+        tracker.begin("validation", epoch)
+        clock.advance(2.0)
+        tracker.end("validation")
+        clock.advance(1.0)
+    return predicted
+
+
+def test_an_evaluation_after_the_training_bills_no_epoch_live_nor_when_a_resume_replays_it(tmp_path):
+    """Three epochs, the tracker started again for an evaluation at the last epoch (HF's evaluate()
+    after train(): 7 s, 700 J), then a resume to 8 epochs. Its predictions are those of the run
+    without that evaluation plus its 700 J; the resume re-derives the ledger the evaluation left.
+    Before, its 650 J at epoch 2 went into that epoch's cost: each prediction 130 J to 1,625 J high
+    (12 % at the first)."""
+    predictions = {}
+    for name in ("plain", "evaluated"):
+        clock = FakeClock()
+        sensor = ScriptedSensor("gpu0", clock, power_w=100.0)
+        first = _tracker(tmp_path / name, clock, sensor)
+        _hf_epochs(first, clock, range(3))
+        state = first.state_dict()  # HF's checkpoint, in the gap after the epoch
+        first.finish()
+        if name == "evaluated":
+            first.start(Meter([sensor], fallback=None, clock=clock, wall_clock=lambda: clock() + 1.7e9))
+            clock.advance(0.5)
+            first.begin("validation", 2)
+            clock.advance(6.0)
+            first.end("validation")
+            clock.advance(0.5)
+            first.finish()
+            said = [getattr(r, "later_call", None) for r in first.records][-4:]
+            live = costs(first.ledger), first.ledger.stats.state()
+        resumed = _tracker(tmp_path / name, clock, sensor, state)
+        if name == "evaluated":
+            assert costs(resumed.ledger) == live[0]
+            assert resumed.ledger.stats.state() == pytest.approx(live[1], rel=1e-12)
+        predictions[name] = _hf_epochs(resumed, clock, range(3, 8))
+        resumed.finish()
+    assert predictions["evaluated"] == pytest.approx([p + 700.0 * J for p in predictions["plain"]], rel=1e-9)
+    assert all(not math.isnan(p) for p in predictions["plain"])
+    assert said == [False, True, True, True]  # the gap after the training, then the evaluation's gap, phase, gap
+
+
 # ------------------------------------------------------------------ a real HF Trainer
 @pytest.mark.slow
 def test_hf_an_evaluate_after_a_resume_that_trained_nothing_leaves_the_prediction_of_the_next_resume(tmp_path):
@@ -301,6 +406,38 @@ def test_hf_an_evaluate_after_a_resume_that_trained_nothing_leaves_the_predictio
         assert value == pytest.approx(predict(reference, 6)["energy_kwh_predicted"] + middle_kwh, rel=1e-9), epoch
 
 
+
+@pytest.mark.slow
+def test_hf_an_evaluate_after_train_leaves_the_prediction_of_the_resume(tmp_path):
+    """train() 3 epochs, evaluate() on that Trainer, then a resume to 6 epochs. The evaluate() ran at
+    HF's last epoch (2), in the attempt that trained it, and was billed to it: each prediction of
+    the resume priced it into every epoch left (the first 0.4 % to 8 % high in runs here). Its records now say
+    ``later_call``, and the predictions are those of the records without them (plus their energy)."""
+    pytest.importorskip("transformers")
+    from greencallbacks.report.data import inference_after_training
+    from tests.test_hf_everyday import make_trainer, new_callback
+
+    out = tmp_path / "out"
+    trainer = make_trainer(out, new_callback(), save_strategy="epoch", num_train_epochs=3)
+    trainer.train()
+    trainer.evaluate()
+    last = new_callback()
+    resumed = make_trainer(out, last, save_strategy="epoch", num_train_epochs=6)
+    resumed.train(resume_from_checkpoint=True)
+    records = read_run_records(last.tracker.run_id, [out])
+    later = inference_after_training(records)  # the evaluate() call's: the report's rule for records of before
+    after = [r for r in records if (r.run_id, r.attempt, r.seq) in later]
+    assert [(r.attempt, r.phase, r.epoch) for r in after] == [(0, "other", None), (0, "validation", 2), (0, "other", 2)]
+    after_kwh = sum(r.energy_kwh for r in after)
+    logged = [e["energy_kwh_predicted"] for e in resumed.state.log_history if "energy_kwh_predicted" in e]
+    assert len(logged) == 3  # known from epoch 3: epochs 1 and 2 complete
+    for epoch, value in zip((3, 4, 5), logged):
+        at_end = next(i for i, r in enumerate(records) if r.phase == "train" and r.epoch == epoch and r.attempt == 1) + 1
+        reference = ledger_of([r for r in records[:at_end] if r not in after])
+        assert value == pytest.approx(predict(reference, 6)["energy_kwh_predicted"] + after_kwh, rel=1e-9), epoch
+    assert [r for r in records if r.later_call] == after
+
+
 # ------------------------------------------------------------------ a real Lightning Trainer
 @pytest.mark.slow
 def test_lightning_a_checkpoint_validated_in_a_later_session_leaves_the_prediction_of_the_fit_resumed_from_it(tmp_path):
@@ -335,3 +472,37 @@ def test_lightning_a_checkpoint_validated_in_a_later_session_leaves_the_predicti
         at_end = next(i for i, r in enumerate(records) if r.phase == "train" and r.epoch == epoch and r.attempt == 2) + 1
         reference = ledger_of([r for r in records[:at_end] if r.attempt != 1])
         assert value == pytest.approx(predict(reference, 7)["energy_kwh_predicted"] + middle_kwh, rel=1e-9), epoch
+
+
+@pytest.mark.slow
+def test_lightning_a_test_after_fit_leaves_the_prediction_of_the_fit_resumed_from_last(tmp_path):
+    """fit() 3 epochs, test() on that Trainer, then fit(ckpt_path="last") to 6 epochs on a new
+    Trainer. The test's records say ``later_call`` and bill no epoch; the resumed fit's
+    predictions are those of the records without them (plus their energy). (Lightning stamps the
+    test with ``max_epochs``, an epoch the resume trains itself: its predictions held before too.)"""
+    pytest.importorskip("torch")
+    import csv
+
+    from greencallbacks.report.data import inference_after_training
+    from tests.lightning_models import batches_run, flavour, loaders
+    from tests.test_lightning_everyday import energy_callback, saving_trainer
+
+    L, EnergyCallback, TinyModel = flavour("lightning.pytorch")
+    first = saving_trainer(L, tmp_path, energy_callback(EnergyCallback), "first", batches_run(L), max_epochs=3)
+    first.fit(TinyModel(), *loaders())
+    first.test(first.lightning_module, loaders()[1], verbose=False)
+    callback = energy_callback(EnergyCallback)
+    resumed = saving_trainer(L, tmp_path, callback, "first", batches_run(L), max_epochs=6)
+    resumed.fit(TinyModel(), *loaders(), ckpt_path="last")
+    records = read_run_records(callback.tracker.run_id, [tmp_path / "first" / "version_0"])
+    after = [r for r in records if r.later_call]
+    assert [(r.attempt, r.phase, r.epoch) for r in after] == [(0, "other", None), (0, "test", 3), (0, "other", 3)]
+    assert inference_after_training(records) == {(r.run_id, r.attempt, r.seq) for r in after}
+    after_kwh = sum(r.energy_kwh for r in after)
+    rows = csv.DictReader((Path(resumed.logger.log_dir) / "metrics.csv").open())
+    logged = {int(row["epoch"]): float(row["energy_kwh_predicted"]) for row in rows if row.get("energy_kwh_predicted")}
+    assert sorted(logged) == [3, 4, 5]
+    for epoch, value in logged.items():
+        at_end = next(i for i, r in enumerate(records) if r.phase == "train" and r.epoch == epoch and r.attempt == 1) + 1
+        reference = ledger_of([r for r in records[:at_end] if not r.later_call])
+        assert value == pytest.approx(predict(reference, 6)["energy_kwh_predicted"] + after_kwh, rel=1e-9), epoch

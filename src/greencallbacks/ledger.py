@@ -13,8 +13,9 @@ record holds (their attempt was killed) are written by the tracker as records (`
 
 What an epoch cost (for the prediction) is what the latest attempt that trained it billed to it:
 an attempt that only evaluates, tests or predicts from a checkpoint redoes no epoch, though its
-records carry the checkpoint's. The epochs left are counted from the checkpoint resumed from,
-which may be older than the last epoch the records hold.
+records carry the checkpoint's; nor does a call after the training in the process that trained
+(``Record.later_call``), counted in the totals alone. The epochs left are counted from the
+checkpoint resumed from, which may be older than the last epoch the records hold.
 """
 
 from __future__ import annotations
@@ -174,7 +175,9 @@ class Ledger:
         _count(record, self.totals, self.prefix_totals)
         self.last[record.phase] = record
         self.paused_s += record.paused_s or 0.0
-        if record.epoch is None:
+        if record.epoch is None or record.later_call:
+            # A call after the training (HF's evaluate() after train(), at the last epoch) trains no
+            # epoch: billed to that epoch, its cost was priced into every epoch a resume trains.
             return
         cost = self._cost_of(record)
         if cost is None:

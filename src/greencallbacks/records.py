@@ -110,6 +110,11 @@ class Record:
     # Seconds of carbon-aware pause inside this phase (the gap before the epoch it delayed); None:
     # no pause. The run's delay spent is the sum, so a resume does not pause again what it paused.
     paused_s: float | None = None
+    # A later call of its attempt, in the same process (a test, evaluation or prediction after fit
+    # / train, or after another such call, on the same callback): it trains no epoch (the tracker
+    # refuses training then), though the framework stamps it with one (HF's last epoch), so what an
+    # epoch cost leaves it out. Written only when true: records without it read as they always did.
+    later_call: bool = False
     schema: str = SCHEMA
 
     @property
@@ -123,6 +128,8 @@ class Record:
         for name in _FIELD_NAMES:
             data[name] = getattr(self, name)
         data["components"] = [dict(c) for c in self.components]
+        if self.later_call:
+            data["later_call"] = True
         return data
 
     @classmethod
@@ -136,7 +143,7 @@ class Record:
         return cls(**given)
 
 
-_FIELD_NAMES = tuple(f.name for f in fields(Record) if f.name != "schema")
+_FIELD_NAMES = tuple(f.name for f in fields(Record) if f.name not in ("schema", "later_call"))  # see to_dict
 _REQUIRED = tuple(f.name for f in fields(Record) if f.default is MISSING and f.default_factory is MISSING)
 
 # The JSON types each field must have when read back (null: only where listed, and for numbers).
@@ -148,7 +155,7 @@ _OPTIONAL_INTEGERS = ("epoch", "intensity_year", "tokens", "step")
 _STRINGS = ("run_id", "phase", "start_time", "intensity_source", "intensity_zone", "intensity_licence", "pue_source",
             "framework", "tool_version")
 _OPTIONAL_STRINGS = ("metric_prefix",)
-_BOOLEANS = ("partial", "samples_counted", "intensity_is_default", "carried")
+_BOOLEANS = ("partial", "samples_counted", "intensity_is_default", "carried", "later_call")
 
 
 _NONE = type(None)

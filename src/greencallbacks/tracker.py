@@ -317,7 +317,9 @@ class Tracker:
         self._said_not_started = False
         self._records_elsewhere: list[str] = []  # the run's earlier records, where not in output_dir
         self._carried: list[Record] = []  # a checkpoint's open phases that no record holds, to write (see _carry)
-        self._later_call = False  # started again after finish: a later call of the run, which trains no more (see begin)
+        # Started again after finish: a later call of the run, which trains no more (see begin); its
+        # records say so (``Record.later_call``), and bill no epoch's cost.
+        self._later_call = False
         # The thread that began the outermost open phase, and another that counted into it (see _say_two_threads).
         self._phase_thread = 0
         self._counted_elsewhere = ""
@@ -1434,6 +1436,7 @@ class Tracker:
             framework=self.framework,
             tool_version=__version__,
             paused_s=opened.paused_s or None,
+            later_call=self._later_call,
         )
         if self.embodied_rate is not None:
             rate = self.embodied_rate

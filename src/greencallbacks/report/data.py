@@ -109,11 +109,17 @@ def inference_after_training(records: Iterable[Record]) -> set[tuple[str, int, i
     follows it. Each such call begins with that gap; the gaps between epochs carry their epoch, and
     the validation inside the training loop comes before it. The frameworks stamp such a validation
     with an epoch (Lightning's ``max_epochs``, HF's last epoch) that it did not train in: it counts
-    in the run's totals, not among its epochs."""
+    in the run's totals, not among its epochs.
+
+    Records that say so themselves (``later_call``: the tracker knows a later call) are taken
+    at their word, for their attempt: the rule above misses a call whose leading gap was of no
+    duration (never written), and would take a gap of no epoch inside a fit (Keras) for the start
+    of one. It stays for the attempts whose records never say so (written before they could)."""
     records = list(records)
+    marked = {(r.run_id, r.attempt) for r in records if r.later_call}
     last_train: dict[tuple[str, int], int] = {}
     for r in records:
-        if r.phase == "train":
+        if r.phase == "train" and (r.run_id, r.attempt) not in marked:
             key = (r.run_id, r.attempt)
             last_train[key] = max(last_train.get(key, r.seq), r.seq)
     starts: dict[tuple[str, int], int] = {}
@@ -122,7 +128,7 @@ def inference_after_training(records: Iterable[Record]) -> set[tuple[str, int, i
         if r.phase == "other" and r.epoch is None and key in last_train and r.seq > last_train[key]:
             starts[key] = min(starts.get(key, r.seq), r.seq)
     return {(r.run_id, r.attempt, r.seq) for r in records
-            if (r.run_id, r.attempt) in starts and r.seq >= starts[(r.run_id, r.attempt)]}
+            if r.later_call or ((r.run_id, r.attempt) in starts and r.seq >= starts[(r.run_id, r.attempt)])}
 
 
 EPOCH_STATES = ("complete", "partial", "cut short, redone")
