@@ -429,6 +429,27 @@ def test_hf_crash_resume_evaluate_and_predict_bill_each_phase_the_gpus_energy(tm
 
 
 # ------------------------------------------------------------- on the fake clock: the meter alone
+def fake_clock_meter(seed_latency, fallback, power_w=300.0, phase_draw=0.5):
+    """A fake GPU (300 W unless told) read off the thread by a meter stepped by hand on a fake clock: (clock, the
+    fake GPU, the meter, run(seconds) advancing both 1 ms at a time)."""
+    clock = FakeClock(start=1000.0)
+    nvml = FakeNvml(clock, counter_latency=seed_latency)
+    gpu = nvml.add_gpu(gpu_uuid(0), power_w=power_w)
+    nvml.nvmlInit()
+    clock.advance(0.5 + COUNTER_UPDATE_PERIOD_S * phase_draw)
+    sensor = NvmlGpuSensor(gpu.handle, index=0, pynvml=nvml, clock=clock)
+    meter = Meter([sensor], fallback=fallback, clock=clock, off_thread=True)
+    meter._poller.manual = True
+
+    def run(seconds):
+        end = clock() + seconds
+        while clock() < end:
+            meter._poller.step()
+            clock.advance(0.001)
+
+    return clock, gpu, meter, run
+
+
 @pytest.mark.parametrize("seconds", [0.01, 0.03, 0.06])
 def test_a_measurement_over_before_the_counter_phase_is_found_is_exact(seconds):
     """Regression: each validate / test / predict after a fit starts a meter of its own, read
@@ -440,22 +461,14 @@ def test_a_measurement_over_before_the_counter_phase_is_found_is_exact(seconds):
     was left behind by the anchor's earlier move). Now exact."""
     errors = []
     for seed in range(40):
-        clock = FakeClock(start=1000.0)
-        nvml = FakeNvml(clock, counter_latency=h100_counter_latency(seed))
-        gpu = nvml.add_gpu(gpu_uuid(0), power_w=150.0)
-        nvml.nvmlInit()
-        clock.advance(0.5 + COUNTER_UPDATE_PERIOD_S * random.Random(seed).random())
-        sensor = NvmlGpuSensor(gpu.handle, index=0, pynvml=nvml, clock=clock)
-        meter = Meter([sensor], fallback=None, clock=clock, off_thread=True)
-        meter._poller.manual = True  # the reader thread's steps, run here on the fake clock
+        clock, gpu, meter, run = fake_clock_meter(h100_counter_latency(seed), None, power_w=150.0,
+                                                  phase_draw=random.Random(seed).random())
         first = meter.snapshot(exact=True)
-        end = clock() + seconds
-        while clock() < end:
-            meter._poller.step()
-            clock.advance(0.001)
+        run(seconds)
         last = meter.snapshot(exact=True)
         errors.append(meter.between(first, last).energy_j - gpu.energy_between_j(first.monotonic_s, last.monotonic_s))
     assert max(map(abs, errors)) < 0.01 * 150.0 * seconds, errors
+
 
 
 def test_a_gpu_lost_mid_window_keeps_its_energy_up_to_the_loss():
@@ -465,21 +478,7 @@ def test_a_gpu_lost_mid_window_keeps_its_energy_up_to_the_loss():
     24 J, at every phase of the counter). Now its energy up to the loss is estimated from the
     power samples, which locate the loss within one sample interval (20 ms)."""
     for seed in range(10):
-        clock = FakeClock(start=1000.0)
-        nvml = FakeNvml(clock, counter_latency=h100_counter_latency(seed))
-        gpu = nvml.add_gpu(gpu_uuid(0), power_w=300.0)
-        nvml.nvmlInit()
-        clock.advance(0.5 + COUNTER_UPDATE_PERIOD_S * random.Random(seed).random())
-        sensor = NvmlGpuSensor(gpu.handle, index=0, pynvml=nvml, clock=clock)
-        meter = Meter([sensor], fallback=None, clock=clock, off_thread=True)
-        meter._poller.manual = True
-
-        def run(seconds):
-            end = clock() + seconds
-            while clock() < end:
-                meter._poller.step()
-                clock.advance(0.001)
-
+        clock, gpu, meter, run = fake_clock_meter(h100_counter_latency(seed), None, phase_draw=random.Random(seed).random())
         meter.snapshot(exact=True)
         run(1.0)
         start = meter.snapshot()
@@ -531,22 +530,8 @@ def test_a_counter_turning_unsupported_bills_the_span_before_its_replacement_onc
 
     errors = []
     for seed in range(40):
-        clock = FakeClock(start=1000.0)
         draw = random.Random(seed)
-        nvml = FakeNvml(clock, counter_latency=lambda: 0.06 * draw.random())
-        gpu = nvml.add_gpu(gpu_uuid(0), power_w=300.0)
-        nvml.nvmlInit()
-        clock.advance(0.5 + COUNTER_UPDATE_PERIOD_S * draw.random())
-        sensor = NvmlGpuSensor(gpu.handle, index=0, pynvml=nvml, clock=clock)
-        meter = Meter([sensor], fallback=fallback_for, clock=clock, off_thread=True)
-        meter._poller.manual = True
-
-        def run(seconds):
-            end = clock() + seconds
-            while clock() < end:
-                meter._poller.step()
-                clock.advance(0.001)
-
+        clock, gpu, meter, run = fake_clock_meter(lambda: 0.06 * draw.random(), fallback_for, phase_draw=draw.random())
         meter.snapshot(exact=True)
         run(1.0)
         start = meter.snapshot()
@@ -569,22 +554,8 @@ def test_a_read_just_before_an_update_is_not_taken_for_the_one_after():
     [0.3984, 0.4003] s (the true update at 0.4) is anchored at the update of 0.3981, and the epoch
     lacks one whole update: -35.0 J of 140 J. 1 run in 100 on this fake clock; seen once in about
     12 runs of this file in real time, in the HF resume's first epoch (+35 J)."""
-    clock = FakeClock(start=1000.0)
     draw = random.Random(16)
-    nvml = FakeNvml(clock, counter_latency=h100_counter_latency(16))
-    gpu = nvml.add_gpu(gpu_uuid(0), power_w=350.0)
-    nvml.nvmlInit()
-    clock.advance(0.5 + COUNTER_UPDATE_PERIOD_S * draw.random())
-    meter = Meter([NvmlGpuSensor(gpu.handle, index=0, pynvml=nvml, clock=clock)], fallback=None, clock=clock,
-                  off_thread=True)
-    meter._poller.manual = True
-
-    def run(seconds):
-        end = clock() + seconds
-        while clock() < end:
-            meter._poller.step()
-            clock.advance(0.001)
-
+    clock, gpu, meter, run = fake_clock_meter(h100_counter_latency(16), None, power_w=350.0, phase_draw=draw.random())
     meter.snapshot(exact=True)
     run(0.01)
     start = meter.snapshot()
