@@ -142,6 +142,8 @@ def test_the_report_says_a_budget_stopped_the_training_or_warned(tmp_path, capsy
     training, and only the run's summary says why. The report said nothing of it."""
     import time
 
+    pytest.importorskip("torch", reason="torch is not installed: a Lightning run needs it")
+    pytest.importorskip("lightning", reason="Lightning is not installed")
     from greencallbacks import Budget
     from tests.fakes.scripted import ScriptedSensor
     from tests.lightning_models import flavour, loaders, trainer_kwargs
