@@ -261,7 +261,7 @@ def test_resume_after_a_mid_epoch_checkpoint_bills_everything_once(tmp_path):
     assert train == [(0, 0, False, 30), (0, 1, True, 24), (1, 1, False, 14), (1, 2, False, 30)]
     logged_total_matches(records, last_logged_total(resumed), rel=1e-9, context="mid-epoch resume")
 
-    # The redone epoch is two rows in the report, each with its own J/sample, not one "partial" row.
+    # The resumed epoch is two rows in the report, each with its own J/sample, not one "partial" row.
     rows = [row for row in epoch_rows(records) if row["epoch"] == 1]
     assert [(row["attempt"], row["partial"], row["redone"]) for row in rows] == [(0, True, True), (1, False, False)]
     redo = [r for r in records if r.phase == "train" and r.epoch == 1 and r.attempt == 1][0]
@@ -269,4 +269,5 @@ def test_resume_after_a_mid_epoch_checkpoint_bills_everything_once(tmp_path):
     done = subprocess.run([sys.executable, "-m", "greencallbacks", "report", str(out), "--format", "json"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert "(attempt 0: cut short, redone)" in done.stdout and "1 (attempt 1)" in done.stdout, done.stdout
+    # Resumed from the checkpoint inside it (14 of 30 samples trained again), not redone whole.
+    assert "(attempt 0: cut short, resumed)" in done.stdout and "1 (attempt 1)" in done.stdout, done.stdout

@@ -108,7 +108,11 @@ def test_a_one_epoch_run_resumed_inside_its_epoch_is_not_said_to_be_an_epoch_of_
     config = report.configuration(records)
     assert config["epoch_samples"] == [[0, None]] and config["samples_per_epoch"] is None  # was 96
     assert config["samples_counted"]
-    assert report.statement(records).startswith("The training (1 epoch; 1 epoch cut short by a crash and redone")
+    # The resume went on from the checkpoint inside the epoch: its first part was kept, not redone.
+    assert report.statement(records).startswith(
+        "The training (1 epoch; 1 epoch cut short by a crash and resumed by a later attempt, both attempts counted)")
+    assert [report.epoch_status(row) for row in report.epoch_rows(records)] == ["cut short, resumed", "complete"]
+    assert "| 0 (attempt 0: cut short, resumed) |" in report.format_epoch_table(records)
     assert report.describe_configuration(config).startswith(
         "unknown, 1 training epoch(s) of samples not known whole (resumed inside an epoch), sensors")
     assert lifecycle(records).samples_per_epoch is None  # D; T per sample stays T over the 128 trained
@@ -119,3 +123,5 @@ def test_a_one_epoch_run_resumed_inside_its_epoch_is_not_said_to_be_an_epoch_of_
     assert report.configuration(records + later)["epoch_samples"] == [[0, None], [1, 128]]
     again = [records[0], dataclasses.replace(records[1], samples=128)] + later
     assert report.configuration(again)["epoch_samples"] == [[0, 128], [1, 128]]
+    assert [report.epoch_status(row) for row in report.epoch_rows(again)][0] == "cut short, redone"
+    assert "1 epoch cut short by a crash and redone, both counted" in report.statement(again)

@@ -68,7 +68,7 @@ def epoch_rows(records: Iterable[Record]) -> list[dict]:
             {"run_id": r.run_id, "attempt": r.attempt, "epoch": r.epoch, "seconds": 0.0, "energy_kwh": 0.0,
              "co2eq_g": 0.0, "uncertainty_kwh": 0.0, "train_samples": 0, "samples_counted": True,
              "j_per_sample": None, "val_energy_kwh": None, "val_co2eq_g": None, "methods": "", "estimated": False,
-             "partial": False, "redone": False, "has_train": False, "embodied_co2eq_g": None},
+             "partial": False, "redone": False, "resumed": False, "has_train": False, "embodied_co2eq_g": None},
         )
         row["estimated"] |= is_estimated(r)
         if r.phase == "train":
@@ -87,10 +87,13 @@ def epoch_rows(records: Iterable[Record]) -> list[dict]:
             row["val_energy_kwh"] = (row["val_energy_kwh"] or 0.0) + r.energy_kwh
             row["val_co2eq_g"] = (row["val_co2eq_g"] or 0.0) + r.co2eq_g
     trained = {(run, attempt, epoch) for (run, attempt, epoch), row in rows.items() if row["has_train"]}
+    # A later training of an epoch that is not known to be whole went on from a checkpoint inside
+    # it (or may have): the cut short work up to that checkpoint was kept, not redone.
+    not_whole = {(r.run_id, r.attempt, r.epoch) for r, how in complete_training(records) if how == UNKNOWN}
     for (run, attempt, epoch), row in rows.items():
-        row["redone"] = row["partial"] and any(
-            k[0] == run and k[2] == epoch and k[1] > attempt for k in trained
-        )
+        later = min((k[1] for k in trained if k[0] == run and k[2] == epoch and k[1] > attempt), default=None)
+        row["redone"] = row["partial"] and later is not None
+        row["resumed"] = row["redone"] and (run, later, epoch) in not_whole
         if row["samples_counted"] and row["train_samples"] > 0:
             row["j_per_sample"] = row["energy_kwh"] * J_PER_KWH / row["train_samples"]
         del row["has_train"]
@@ -131,12 +134,16 @@ def inference_after_training(records: Iterable[Record]) -> set[tuple[str, int, i
             if r.later_call or ((r.run_id, r.attempt) in starts and r.seq >= starts[(r.run_id, r.attempt)])}
 
 
-EPOCH_STATES = ("complete", "partial", "cut short, redone")
+EPOCH_STATES = ("complete", "partial", "cut short, redone", "cut short, resumed")
 
 
 def epoch_status(row: dict) -> str:
-    """``complete``, ``partial`` (cut short, not redone) or ``cut short, redone``."""
-    return "cut short, redone" if row["redone"] else "partial" if row["partial"] else "complete"
+    """``complete``, ``partial`` (cut short, not trained again), ``cut short, redone`` (a later
+    attempt trained the whole epoch again) or ``cut short, resumed`` (a later attempt went on with
+    it from a checkpoint inside it, or its part is not known: only the rest was trained again)."""
+    if row["redone"]:
+        return "cut short, resumed" if row.get("resumed") else "cut short, redone"
+    return "partial" if row["partial"] else "complete"
 
 
 def epoch_label(row: dict, with_attempt: bool) -> str:
@@ -947,7 +954,8 @@ def epoch_summary(records: Sequence[Record]) -> list[dict]:
     for key in sorted(by_epoch, key=in_order):
         group = by_epoch[key]
         per_sample = [row["j_per_sample"] for row in group if row["j_per_sample"] is not None]
-        merged = {"epoch": key[0], "attempt": key[2], "partial": group[0]["partial"], "redone": group[0]["redone"]}
+        merged = {"epoch": key[0], "attempt": key[2], "partial": group[0]["partial"], "redone": group[0]["redone"],
+                  "resumed": group[0]["resumed"]}
         out.append(
             {
                 **merged,
@@ -1131,9 +1139,14 @@ def statement(records: Sequence[Record], unfinished: Collection[str] = (),
     # Nested parentheses read badly in a sentence: the epochs of another size follow a comma.
     samples = samples_text(config).replace(" (", ", ").rstrip(")") if config["samples_per_epoch"] else ""
     training = f"training ({config['epochs']} epoch{'s' if config['epochs'] != 1 else ''}{samples})"
-    redone = sum(1 for row in epoch_rows(records) if row["redone"])
+    rows = epoch_rows(records)
+    redone = sum(1 for row in rows if row["redone"] and not row["resumed"])
+    resumed = sum(1 for row in rows if row["resumed"])
     if redone:  # the energy of both tries was spent: say why training cost more than its epochs
         training = training[:-1] + f"; {redone} epoch{'s' if redone != 1 else ''} cut short by a crash and redone, both counted)"
+    if resumed:  # only the part after the checkpoint was trained twice
+        training = (training[:-1] + f"; {resumed} epoch{'s' if resumed != 1 else ''} cut short by a crash and resumed "
+                    "by a later attempt, both attempts counted)")
     again = epochs_trained_again(records)
     if again:
         training = (training[:-1] + f"; {again} epoch{'s' if again != 1 else ''} trained again from an earlier "
