@@ -303,6 +303,7 @@ class _Channel:
         self._state_lock = threading.Lock()
         self._refresh_lock = threading.Lock()  # one read and phase update at a time (reader or in place)
         self._anchor: tuple[float, float, float | None] | None = None  # (t, value_j, slope_w) of the latest read
+        self._anchor_on_update = False  # its t is an update of the known phase (see _update_held)
         # Instantaneous power integrated since the reader started: (t, cumulative J, W) samples.
         self._power: deque[tuple[float, float, float]] = deque(maxlen=POWER_HISTORY)
         self._power_ok = True
@@ -313,6 +314,7 @@ class _Channel:
         # The counter's update phase: a time at which it stepped (None: not known). Reader thread
         # only, or a boundary reading in place.
         self._phase: float | None = None
+        self._phase_error_s = 0.0  # how far the true update can be from it, either way
         self._last_read: tuple[float, float, float] | None = None  # (before, after, value)
         # While the phase is not known: the update the latest read holds (see _held_update_time),
         # that of the anchor, and that of the latest boundary carried from such an anchor, with
@@ -322,6 +324,11 @@ class _Channel:
         self._anchor_held: _Held | None = None
         self._unsettled: tuple[_Held, float, float | None, tuple, float] | None = None  # (+ the error applied)
         self._settled_j = 0.0  # added to every value handed out (see _settle)
+        # The latest boundary, where it was carried over a span before the first power sample (a
+        # meter's first): (its time, its value less _settled_j, _settled_j then, how long it was
+        # carried unsampled, (time, value) of the update it was put right from, the move applied),
+        # see _settle_back.
+        self._unsampled: tuple[float, float, float, float, tuple[float, float] | None, float] | None = None
         self._search: dict | None = None  # a phase search under way (see _learn_phase)
         self._locked_at = 0.0
         self._search_again_at = -math.inf  # after a search that found no steady period
@@ -460,7 +467,7 @@ class _Channel:
             return value
         t = 0.5 * (before + after)  # the counter is sampled somewhere inside a read of milliseconds
         period = getattr(self.sensor, "update_period_s", 0.0) or 0.0
-        held, keep = None, False
+        held, keep, on_update = None, False, False
         if period > 0:
             self._learn_phase(before, after, value, period)
             held = self._held_update_time(before, after, value, period)
@@ -473,8 +480,16 @@ class _Channel:
                 held = None
                 k = math.floor((before - self._phase) / period)
                 k_after = math.floor((after - self._phase) / period)
+                # Within the phase's own error of an update, the value tells which it holds: a
+                # provisional phase 1.9 ms early took a read 1.6 ms before an update for the one
+                # after it, and the boundaries carried from it lacked that update (-35 J at 350 W).
+                first = math.floor((before - self._phase_error_s - self._phase) / period)
+                last = math.floor((after + self._phase_error_s - self._phase) / period)
+                held_k = self._update_held(value, first, last, period) if first != last else None
+                if held_k is not None:
+                    k = k_after = held_k
                 if k == k_after:
-                    t = self._phase + k * period
+                    t, on_update = self._phase + k * period, True
                 elif self._anchor is not None and before - self._anchor[0] < 2 * period:
                     # The read straddled an update: which one it holds is unknown. Keep carrying
                     # the previous anchor rather than risk one period's lag.
@@ -492,9 +507,25 @@ class _Channel:
                 if previous is not None and t - previous[0] >= max(period, 1e-3):
                     slope = (value - previous[1]) / (t - previous[0])
                 self._anchor, self._anchor_held = (t, value, slope), held
+                self._anchor_on_update = on_update
             if period > 0:
                 self._settle(period)
+                self._settle_back(period)
         return value
+
+    def _update_held(self, value: float, k: int, k_after: int, period: float) -> int | None:
+        """Which of updates ``k``..``k_after`` (of the known phase) a read of ``value`` holds, told
+        by the anchor's, where that is at an update: the same value, the same update; a higher
+        one, a later update. None where that leaves more than one."""
+        anchor = self._anchor
+        if anchor is None or not self._anchor_on_update:  # (between updates: slow reads)
+            return None
+        # (Put by an earlier estimate of the phase, it is a few ms off the current one's update.)
+        j = round((anchor[0] - self._phase) / period)
+        if value == anchor[1]:
+            return j if k <= j <= k_after else None
+        first = max(k, j + 1)
+        return first if value > anchor[1] and first == k_after else None
 
     def _held_update_time(self, before: float, after: float, value: float, period: float) -> _Held:
         """Where the update this read holds can lie, the phase not known: before the read took
@@ -568,8 +599,59 @@ class _Channel:
             # Until final, the anchor stays tied to that update, so that a later estimate of when
             # it was moves the anchor with the boundary (a provisional one moved the boundary alone).
             self._anchor = (when, self._anchor[1], self._anchor[2])
+            self._anchor_on_update = self._phase is not None and not self._continuous
             self._anchor_held = None if final else held
         self._unsettled = None if final else (held, t_a, slope, power, error_j)
+
+    def _settle_back(self, period: float) -> None:
+        """The latest boundary was carried from its anchor's update at the power sampled after it
+        (a meter's first read holds an update up to a period old, and no power was sampled before
+        it): a power step in between was billed at the wrong power (+5 to +7 J on a 3.5 J
+        validation begun just after training's higher power). The next update's read tells its
+        value too, carried back to the boundary with the power sampled since, from just after it,
+        where that is surer (the update's time, a held one's span, and the samples' gap after the
+        boundary are shorter than the span carried unsampled). The two differ by the error of
+        that span, common to every boundary carried from that anchor, and by the steps sampled
+        from its end to the update (each integrated as a ramp: off by at most its size times half
+        the gap around it), which are each boundary's own: the boundary is moved the least that
+        leaves the difference within the steps' share, so that a step sampled just after it (a
+        phase's own power) leaves it as _settle put it. Every later value takes the move, as in
+        _settle, and again as the phase search tells when the updates were; a counter found to
+        move continuously takes it back (its reads were no updates). (Under ``_state_lock``.)"""
+        pending, anchor, power, held = self._unsampled, self._anchor, self._power, self._anchor_held
+        if pending is None:
+            return
+        t, value_j, settled_j, unsampled_s, update, applied_j = pending
+        if self._continuous:
+            self._settled_j -= applied_j
+            self._unsampled = None
+            return
+        if not power:
+            return
+        if update is None:  # the first read of an update after the boundary
+            if anchor is None or anchor[0] <= t:
+                return
+            if self._anchor_on_update:
+                unsure_s = self._phase_error_s
+            elif held is not None:
+                unsure_s = 0.5 * (held.hi - held.lo)
+            else:
+                return
+            update = anchor[:2]
+        elif self._phase is not None:  # (else as it was first put)
+            unsure_s = self._phase_error_s
+            update = (self._phase + round((update[0] - self._phase) / period) * period, update[1])
+        else:
+            return
+        if unsure_s + max(0.0, power[0][0] - t) >= unsampled_s:
+            return
+        forward_j = value_j - (self._settled_j - settled_j - applied_j)  # as _settle put it
+        back_j = update[1] - (_integral_at(power, update[0]) - _integral_at(power, t))
+        steps_j = sum(0.5 * abs(p1 - p0) * (t1 - t0) for (t0, _, p0), (t1, _, p1) in zip(power, list(power)[1:])
+                      if t0 < update[0])
+        move_j = math.copysign(max(0.0, abs(back_j - forward_j) - steps_j), back_j - forward_j)
+        self._settled_j += -move_j - applied_j
+        self._unsampled = None if self._search is None else (t, value_j, settled_j, unsampled_s, update, -move_j)
 
     def _learn_phase(self, before: float, after: float, value: float, period: float) -> None:
         """Find when the counter steps. While searching, reads follow each other closely; a step
@@ -629,7 +711,7 @@ class _Channel:
         # that refreshes a known phase replaces it only once it is as precise.
         done = search["steps"] >= PHASE_STEPS or (search["steps"] >= 2 and hi - lo < PHASE_PRECISION_S)
         if done or search["provisional"]:
-            self._phase = 0.5 * (lo + hi)
+            self._phase, self._phase_error_s = 0.5 * (lo + hi), 0.5 * (hi - lo)
         if done:
             self._search, self._locked_at, self._continuous = None, before, False
 
@@ -750,10 +832,12 @@ class _Channel:
                 value += _integral_at(power, now) - _integral_at(power, t_a)
             elif slope is not None:
                 value += slope * (now - t_a)
-            value += self._settled_j
             if hand_out:
                 held = self._anchor_held
                 self._unsettled = None if held is None else (held, t_a, slope, tuple(power), 0.0)
+                unsampled_s = min(power[0][0] if power else now, now) - t_a
+                self._unsampled = (now, value, self._settled_j, unsampled_s, None, 0.0) if unsampled_s > 0 else None
+            value += self._settled_j
         return value, abs(now - t_a)
 
     def boundary(self, now: float, exact: bool = False) -> tuple[float, float]:
@@ -837,7 +921,7 @@ class _Channel:
 
     def forget(self) -> None:
         with self._state_lock:
-            self._anchor = None
+            self._anchor, self._unsampled = None, None
             self._power.clear()
 
     def poll(self) -> None:
