@@ -442,7 +442,8 @@ def test_hf_an_evaluate_after_train_leaves_the_prediction_of_the_resume(tmp_path
 @pytest.mark.slow
 def test_lightning_a_checkpoint_validated_in_a_later_session_leaves_the_prediction_of_the_fit_resumed_from_it(tmp_path):
     """fit() 3 epochs (validation inside each); validate(ckpt_path=...) in a later session (a fresh
-    Trainer: its records at epoch 0); then a fit resumed from that checkpoint to 7 epochs. Each
+    Trainer: its records at the checkpoint's epochs run, 3, the epoch the resume trains next); then
+    a fit resumed from that checkpoint to 7 epochs. Each
     prediction the resumed fit logs is its records' without the validating attempt's (plus its
     energy). Before, that attempt cost epoch 0, and the resume replayed the first fit's validations
     after their epochs' training ends, so its predictions priced them twice (in the mean tail)."""
@@ -463,7 +464,7 @@ def test_lightning_a_checkpoint_validated_in_a_later_session_leaves_the_predicti
     resumed.fit(TinyModel(), *loaders(), ckpt_path=checkpoint)
     records = read_run_records(callback.tracker.run_id, [tmp_path / "first" / "version_0"])
     assert sorted({r.attempt for r in records}) == [0, 1, 2]
-    assert {(r.phase, r.epoch) for r in records if r.attempt == 1} <= {("validation", 0), ("other", 0), ("other", None)}
+    assert {(r.phase, r.epoch) for r in records if r.attempt == 1} <= {("validation", 3), ("other", 3), ("other", None)}
     middle_kwh = sum(r.energy_kwh for r in records if r.attempt == 1)
     rows = csv.DictReader((Path(resumed.logger.log_dir) / "metrics.csv").open())
     logged = {int(row["epoch"]): float(row["energy_kwh_predicted"]) for row in rows if row.get("energy_kwh_predicted")}

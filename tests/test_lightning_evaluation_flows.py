@@ -39,6 +39,11 @@ def epoch_of(checkpoint: Path) -> int:
     return int(checkpoint.stem.split("=")[1].split("-")[0])  # "epoch=1" or "epoch=1-step=7"
 
 
+def epochs_run(checkpoint: Path) -> int:
+    """The epochs a checkpoint had run: the label of an evaluation of it (the Trainer's epoch after its fit)."""
+    return torch.load(checkpoint, weights_only=False)["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"]
+
+
 def last_attempt(run_id: str, dirs) -> int:
     return max((r.attempt for r in read_run_records(run_id, set(dirs))), default=-1)
 
@@ -88,14 +93,15 @@ def test_random_evaluations_of_any_checkpoint_keep_one_attempt_per_session(tmp_p
             fitted[which] = callback.tracker.run_id
             evaluated.discard(callback.tracker.run_id)  # its fit's session goes on with it now
         else:
-            probe.restored = False
             kwargs = {} if action == "predict" else {"verbose": False}
             getattr(trainer, action)(TinyModel(), loaders()[1], ckpt_path=checkpoint and checkpoint[0], **kwargs)
+            if checkpoint is not None:  # labelled with the checkpoint's epochs, not the Trainer's
+                ran.samples = collections.Counter({(phase, epochs_run(checkpoint[0])): n for (phase, _), n in ran.samples.items()})
         context = f"seed {seed}: " + "; ".join(steps)
         assert not meter_threads(), context
         dirs.append(Path(trainer.log_dir))
         run = callback.tracker.run_id
-        if checkpoint is not None and action != "resume" and probe.restored:  # (Lightning < 2.5: in the Trainer's run)
+        if checkpoint is not None and action != "resume":
             assert run == checkpoint[1], context
             assert last_attempt(run, dirs) == held.get(run, last_attempt(run, dirs)), "an attempt more: " + context
             if run not in fitted.values():

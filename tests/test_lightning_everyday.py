@@ -107,8 +107,8 @@ def test_evaluating_another_runs_checkpoint_goes_to_that_run_and_leaves_the_trai
     """Regression: with one callback, Trainer A fits run A, Trainer B run B; A validates B's
     checkpoint. That turned A's fit session into an attempt of run B, beside B's own session:
     B's later test wrote seq numbers twice, and A's test of its own checkpoint went to run B.
-    Now the validation continues B's session, and A's run stays A's. (A Lightning that restores no
-    callback state in an evaluation validates in A's run.)"""
+    Now the validation continues B's session, and A's run stays A's (in Lightning 2.4 and earlier,
+    which restore no callback state in an evaluation, from the checkpoint the callback reads)."""
     L, EnergyCallback, TinyModel = flavour("lightning.pytorch")
     callback, probe = energy_callback(EnergyCallback), state_probe(L)
 
@@ -124,7 +124,7 @@ def test_evaluating_another_runs_checkpoint_goes_to_that_run_and_leaves_the_trai
         dirs.append(Path(trainer_.log_dir))
     (a, run_a), (b, run_b) = runs["a"], runs["b"]
     a.validate(TinyModel(), val, ckpt_path=tmp_path / "ckpt-b" / "last.ckpt", verbose=False)
-    validated = run_b if probe.restored else run_a
+    validated = run_b
     assert callback.tracker.run_id == validated
     a.test(TinyModel(), val, ckpt_path=tmp_path / "ckpt-a" / "last.ckpt", verbose=False)
     assert callback.tracker.run_id == run_a
@@ -141,19 +141,18 @@ def test_evaluating_another_runs_checkpoint_goes_to_that_run_and_leaves_the_trai
 def test_evaluating_a_checkpoint_of_a_run_this_callback_never_measured_leaves_the_trainers_own(tmp_path):
     """The checkpoint of a run measured by another process (here another callback object): its
     validation continues that run, as in a new process, and no longer turns the Trainer's fit
-    session into that run, whose later test of its own checkpoint went there too. (A Lightning that
-    restores no callback state in an evaluation validates in the Trainer's own run.)"""
+    session into that run, whose later test of its own checkpoint went there too."""
     L, EnergyCallback, TinyModel = flavour("lightning.pytorch")
     probe = state_probe(L)
     other, run_other, callback, trainer, run = fit_two_runs(L, EnergyCallback, TinyModel, tmp_path, probe)
     trainer.validate(TinyModel(), loaders()[1], ckpt_path=tmp_path / "ckpt-other" / "last.ckpt", verbose=False)
-    assert callback.tracker.run_id == (run_other if probe.restored else run)
+    assert callback.tracker.run_id == run_other
     trainer.test(TinyModel(), loaders()[1], ckpt_path=tmp_path / "ckpt-mine" / "last.ckpt", verbose=False)
     assert callback.tracker.run_id == run and not meter_threads()
     dirs = [Path(trainer.log_dir), Path(other.log_dir)]
     mine = [r.phase for r in check_run(run, dirs, power_w=POWER_W) if r.phase in ("validation", "test") and r.epoch == 1]
     theirs = [(r.phase, r.attempt) for r in check_run(run_other, dirs, power_w=POWER_W) if r.epoch == 1 and r.phase != "other"]
-    assert (mine, theirs) == ((["test"], [("validation", 1)]) if probe.restored else (["validation", "test"], []))
+    assert (mine, theirs) == (["test"], [("validation", 1)])
 
 
 def test_evaluating_a_foreign_checkpoint_twice_goes_on_in_one_attempt(tmp_path):
@@ -170,14 +169,11 @@ def test_evaluating_a_foreign_checkpoint_twice_goes_on_in_one_attempt(tmp_path):
     assert callback.tracker.run_id == run
     trainer.validate(TinyModel(), loaders()[1], ckpt_path=foreign, verbose=False)
     trainer.test(TinyModel(), loaders()[1], ckpt_path=foreign, verbose=False)
-    assert callback.tracker.run_id == (run_other if probe.restored else run) and not meter_threads()
+    assert callback.tracker.run_id == run_other and not meter_threads()
     dirs = [Path(trainer.log_dir), Path(other.log_dir)]
     mine = [r.phase for r in check_run(run, dirs, power_w=POWER_W) if r.phase in ("validation", "test") and r.epoch == 1]
     theirs = [(r.phase, r.attempt) for r in check_run(run_other, dirs, power_w=POWER_W) if r.epoch == 1 and r.phase != "other"]
-    if probe.restored:
-        assert (mine, theirs) == (["test"], [("validation", 1), ("validation", 1), ("test", 1)])
-    else:
-        assert (mine, theirs) == (["validation", "test", "validation", "test"], [])
+    assert (mine, theirs) == (["test"], [("validation", 1), ("validation", 1), ("test", 1)])
 
 
 def test_a_foreign_run_resumed_by_a_fit_then_left_is_evaluated_in_one_new_attempt(tmp_path):
@@ -199,7 +195,6 @@ def test_a_foreign_run_resumed_by_a_fit_then_left_is_evaluated_in_one_new_attemp
     mine, foreign = trainer(callback, "mine"), tmp_path / "ckpt-other" / "last.ckpt"
     mine.fit(TinyModel(), *loaders())
     mine.validate(TinyModel(), loaders()[1], ckpt_path=foreign, verbose=False)
-    restores = probe.restored  # (the resume below restores it in any release)
     second = trainer(callback, "resumed", max_epochs=2)
     second.fit(TinyModel(), *loaders(), ckpt_path=foreign)
     dirs.append(Path(second.log_dir))
@@ -210,7 +205,7 @@ def test_a_foreign_run_resumed_by_a_fit_then_left_is_evaluated_in_one_new_attemp
     dirs += [Path(mine.log_dir), Path(second.log_dir)]
     records = check_run(run_other, dirs, power_w=POWER_W)  # seq billed twice with attempt 1 going on
     validated = [(r.epoch, r.attempt) for r in records if r.phase == "validation"]
-    assert validated == ([(0, 0), (1, 1), (1, 2), (1, 3), (1, 3)] if restores else [(0, 0), (1, 1)])
+    assert validated == [(0, 0), (1, 1), (1, 2), (1, 3), (1, 3)]
 
 
 def test_a_foreign_checkpoint_evaluated_first_goes_on_in_that_attempt_after_another_trainers_fit(tmp_path):
@@ -235,11 +230,7 @@ def test_a_foreign_checkpoint_evaluated_first_goes_on_in_that_attempt_after_anot
     first.validate(TinyModel(), loaders()[1], ckpt_path=foreign, verbose=False)
     assert not meter_threads()
     dirs = [Path(t.log_dir) for t in (other, first, second)]
-    # (The epoch of a checkpoint's validation is the Trainer's: 0 in one that never fitted.)
-    theirs = [r.attempt for r in check_run(elsewhere.tracker.run_id, dirs, power_w=POWER_W) if r.phase == "validation"]
-    mine = [r.attempt for r in check_run(run, dirs, power_w=POWER_W) if r.phase == "validation"]
-    if probe.restored:
-        assert (theirs, mine) == ([0, 1, 1, 1], [0])
-    else:  # no checkpoint state reaches the callback: the first validation began a run of its own;
-        # the later ones go on in the callback's latest run, the fit's (the first Trainer fitted none)
-        assert (theirs, mine) == ([0], [0, 0, 0])
+    # Each validation of the checkpoint is labelled with its epochs run (1), in either Trainer.
+    theirs = [(r.epoch, r.attempt) for r in check_run(elsewhere.tracker.run_id, dirs, power_w=POWER_W) if r.phase == "validation"]
+    mine = [(r.epoch, r.attempt) for r in check_run(run, dirs, power_w=POWER_W) if r.phase == "validation"]
+    assert (theirs, mine) == ([(0, 0), (1, 1), (1, 1), (1, 1)], [(0, 0)])

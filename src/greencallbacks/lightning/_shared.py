@@ -22,6 +22,7 @@ import ast
 import math
 import os
 import re
+import sys
 import weakref
 from copy import deepcopy
 from pathlib import Path
@@ -82,7 +83,9 @@ class EnergyCallbackBase:
     from a checkpoint (``ckpt_path=``), which continues that run's totals. ``validate`` / ``test`` /
     ``predict`` after a ``fit`` continue the fit's run, so its summary covers training and inference;
     given the checkpoint of another run (``ckpt_path=``), they continue that run (every evaluation
-    of it in one attempt), and the Trainer's own run stays its own.
+    of it in one attempt), and the Trainer's own run stays its own. An evaluation of a checkpoint
+    is labelled with the epochs that checkpoint had run, not with the Trainer's epoch (0 in a
+    Trainer that never fitted).
     """
 
     _framework = "lightning"
@@ -162,6 +165,10 @@ class EnergyCallbackBase:
         self.prefix = prefix
         self._state_key: str | None = None
         self._warned_seams = False
+        # The epochs the checkpoint an evaluation restored had run (see _checkpoint_restored); None:
+        # no checkpoint, and the evaluation is labelled with the Trainer's epoch.
+        self._checkpoint_epoch: int | None = None
+        self._checkpoint_seen = False  # Lightning handed this callback the evaluation's checkpoint
 
     def __getstate__(self) -> dict[str, Any]:
         # Pickled with the Trainer (ddp_spawn) or deep-copied: the Trainers it ran in, and the
@@ -225,6 +232,9 @@ class EnergyCallbackBase:
         """A fit resumed with other settings (a grid corrected after a crash) changes the state
         key, so Lightning hands this callback no state and the resume would silently start a new
         run. Take the one entry of an EnergyCallback with this prefix that no callback here claims."""
+        self._checkpoint_seen = True
+        if getattr(getattr(trainer.state, "fn", None), "value", "fit") != "fit":
+            self._checkpoint_epoch = _epochs_run(checkpoint)
         states = checkpoint.get("callbacks") or {}
         if self.state_key in states:
             return
@@ -313,8 +323,41 @@ class EnergyCallbackBase:
             self.session = self._runs_by_trainer.get(trainer, self.session)
         self._session_used = True
         self._trainer_in_use = weakref.ref(trainer)
+        self._checkpoint_epoch, self._checkpoint_seen = None, False
+        if stage != "fit" and _restore_seam(trainer) is not None:
+            self._watch_restore(trainer)  # once for every EnergyCallback of the Trainer
         if self._start_session(trainer) == 0:
             self._check_configuration(trainer)
+
+    def _watch_restore(self, trainer: Any) -> None:
+        """Lightning 2.4 and earlier restore no callback's state in ``validate`` / ``test`` /
+        ``predict``: an evaluation of another run's checkpoint went on in the Trainer's run (or the
+        callback's latest, in a Trainer that never fitted), labelled with the Trainer's epoch.
+        The checkpoint is read where Lightning holds it, just before it lets it go
+        (``_CheckpointConnector.resume_end``, private, 2.2 to 2.6, wrapped on this Trainer for
+        this call only), and handed to ``on_load_checkpoint`` and ``load_state_dict`` as 2.5 does.
+        Where a release drops that seam, the evaluation stays in the Trainer's run."""
+        connector = _restore_seam(trainer)
+        release = connector.resume_end
+
+        def resume_end(*args: Any, **kwargs: Any) -> Any:
+            _unwatch_restore(trainer)
+            checkpoint = connector._loaded_checkpoint
+            for callback in trainer.callbacks:  # each EnergyCallback of this Trainer, once
+                if checkpoint and isinstance(callback, EnergyCallbackBase) and not callback._checkpoint_seen:
+                    callback._checkpoint_restored(trainer, checkpoint)  # Lightning 2.5+ handed it over already
+            return release(*args, **kwargs)
+
+        connector.resume_end = connector._greencallbacks_watch = resume_end
+
+    def _checkpoint_restored(self, trainer: Any, checkpoint: dict[str, Any]) -> None:
+        try:
+            self.on_load_checkpoint(trainer, trainer.lightning_module, checkpoint)
+            state = (checkpoint.get("callbacks") or {}).get(self.state_key)
+            if state:
+                self.load_state_dict(deepcopy(state))
+        except Exception as error:  # noqa: BLE001 - measuring must never break an evaluation
+            hook_failed(self, "resume_end", error)
 
     def _start_session(self, trainer: Any) -> int:
         """Start ``self.session`` on ``trainer`` (a collective on several ranks); returns this rank."""
@@ -393,12 +436,14 @@ class EnergyCallbackBase:
 
     @never_raises
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        _unwatch_restore(trainer)  # an evaluation that failed before its restore ended
         self.session.stop()  # a collective on several ranks; teardown runs on all of them
 
     @never_raises
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         # No collectives here: the other ranks may be gone. Writes the unfinished phases as partial,
         # at the step where the fit failed.
+        _unwatch_restore(trainer)
         self.tracker.step = trainer.global_step
         self.session.stop(failed=True)
 
@@ -525,7 +570,7 @@ class EnergyCallbackBase:
     def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
         self._plan_evaluation(trainer, trainer.val_dataloaders, "validation")
         if not trainer.sanity_checking:  # the sanity check is billed to `other`
-            self.tracker.begin("validation", trainer.current_epoch)
+            self.tracker.begin("validation", self._evaluation_epoch(trainer))
 
     @never_raises
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
@@ -548,6 +593,11 @@ class EnergyCallbackBase:
             self._counter.collate = collates[dataloader_idx] if dataloader_idx < len(collates) else None
             self._counter.add(self.tracker, batch)
         self.tracker.heartbeat()  # as at a training step: a long evaluation has no logging steps
+
+    def _evaluation_epoch(self, trainer: Any) -> int:
+        """The checkpoint's epochs run for an evaluation that restored one, or the Trainer's epoch
+        (a fit's own validation: set only outside ``fit``)."""
+        return self._checkpoint_epoch if self._checkpoint_epoch is not None else trainer.current_epoch
 
     def _plan_evaluation(self, trainer: Any, loaders: Any, stage: str) -> None:
         """How the batches of the evaluation starting are counted. Lightning runs a dict or list of
@@ -611,7 +661,7 @@ class EnergyCallbackBase:
     @never_raises
     def on_test_start(self, trainer: Any, pl_module: Any) -> None:
         self._plan_evaluation(trainer, trainer.test_dataloaders, "test")
-        self.tracker.begin("test", trainer.current_epoch)
+        self.tracker.begin("test", self._evaluation_epoch(trainer))
 
     @never_raises
     def on_test_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -625,7 +675,7 @@ class EnergyCallbackBase:
     @never_raises
     def on_predict_start(self, trainer: Any, pl_module: Any) -> None:
         self._plan_evaluation(trainer, trainer.predict_dataloaders, "predict")
-        self.tracker.begin("predict", trainer.current_epoch)
+        self.tracker.begin("predict", self._evaluation_epoch(trainer))
 
     @never_raises
     def on_predict_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -768,6 +818,46 @@ def _settings_in_key(key: Any, class_name: str) -> dict | None:
 def _before_records_path(state: Any) -> bool:
     """A run's state saved before greencallbacks saved where its records are (2026-12-01)."""
     return isinstance(state, dict) and "run_id" in state and "records_path" not in state
+
+
+def _epochs_run(checkpoint: dict) -> int | None:
+    """The epochs a checkpoint's fit had run all the batches of when it was saved: what the fit's
+    Trainer reads as its epoch after it (2 after ``max_epochs=2``; 1 for a checkpoint inside epoch
+    1). Lightning's fit loop progress (``epoch_progress.current.processed``, 2.0 on), None without it."""
+    try:
+        processed = checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"]
+    except (KeyError, TypeError):
+        return None
+    return processed if isinstance(processed, int) and not isinstance(processed, bool) and processed >= 0 else None
+
+
+def _restore_seam(trainer: Any) -> Any:
+    """The Trainer's checkpoint connector where ``_watch_restore`` is needed and can work: Lightning
+    2.2 to 2.4 (2.5 hands callbacks their state in an evaluation too) with ``resume_end`` and a
+    ``_loaded_checkpoint`` dict, not wrapped yet. None: leave the evaluation in the Trainer's run."""
+    connector = getattr(trainer, "_checkpoint_connector", None)
+    if (_release_of(trainer) >= (2, 5) or getattr(connector, "_greencallbacks_watch", None) is not None
+            or not callable(getattr(connector, "resume_end", None))
+            or not isinstance(getattr(connector, "_loaded_checkpoint", None), dict)):
+        return None
+    return connector
+
+
+def _release_of(trainer: Any) -> tuple[int, ...]:
+    """(major, minor) of the Lightning flavour ``trainer`` comes from; (0, 0) where it says none."""
+    package = sys.modules.get(type(trainer).__module__.split(".")[0])
+    found = re.match(r"(\d+)\.(\d+)", str(getattr(package, "__version__", "")))
+    return (int(found[1]), int(found[2])) if found else (0, 0)
+
+
+def _unwatch_restore(trainer: Any) -> None:
+    """Take back the wrapper of ``_watch_restore`` from ``trainer``, if it is still there."""
+    connector = getattr(trainer, "_checkpoint_connector", None)
+    watch = getattr(connector, "_greencallbacks_watch", None)
+    if watch is not None:
+        if connector.__dict__.get("resume_end") is watch:
+            del connector.resume_end
+        del connector._greencallbacks_watch
 
 
 def _without_output_dir(settings: dict) -> dict:
