@@ -223,7 +223,11 @@ def _restores_a_backup(callback_list: keras.callbacks.CallbackList | None) -> bo
     system (``gs://``) is not seen, and the fit is then measured as a new run.
     """
     backup_dir = _backup_dir(callback_list)
-    return backup_dir is not None and os.path.isfile(os.path.join(backup_dir, "training_metadata.json"))
+    return backup_dir is not None and os.path.isfile(_backup_metadata(backup_dir))
+
+
+def _backup_metadata(backup_dir: str) -> str:
+    return os.path.join(backup_dir, "training_metadata.json")
 
 
 def _backup_dir(callback_list: keras.callbacks.CallbackList | None) -> str | None:
@@ -387,18 +391,15 @@ class _Run:
         first, so the write is queued before BackupAndRestore starts saving the model's backup;
         a run killed in between resumes as a new run, its records kept.
         """
-        tracker = self.session.tracker
-        if tracker.output_dir is None or tracker.reducer.rank != 0:
-            return
-        # A callback given run_id= keeps the state under the id its run was recorded as: a second
-        # session given the same id records as <id>-2, and must not take the first's file from it
-        # (a resume given the id continues the run of that very id; give <id>-2 to continue the other).
-        owner = self.owner if self.owner.run_id is None else _Owner(tracker.run_id, self.owner.place)
-        paths = _state_paths(tracker.output_dir, self.backup_dir, owner)
+        paths = self._state_paths()
         for path in [p for p in self._state_files if p not in paths]:
             self._state_files.pop(path).close()  # the output directory changed
+        if not paths:
+            return
         state = self.state()
+        tracker = self.session.tracker
         for path in paths:
+            _keep_backup_state(path)  # a later fit's: no longer the ended fit's to delete
             writer = self._state_files.get(path)
             if writer is None:
                 if path.name == STATE_FILE:
@@ -408,6 +409,53 @@ class _Run:
                 writer.write_now(state)
             else:
                 writer.write_soon(state)
+
+    def _state_paths(self) -> list[Path]:
+        """The files ``save_state`` writes (none off rank 0, or without an output directory)."""
+        tracker = self.session.tracker
+        if tracker.output_dir is None or tracker.reducer.rank != 0:
+            return []
+        # A callback given run_id= keeps the state under the id its run was recorded as: a second
+        # session given the same id records as <id>-2, and must not take the first's file from it
+        # (a resume given the id continues the run of that very id; give <id>-2 to continue the other).
+        owner = self.owner if self.owner.run_id is None else _Owner(tracker.run_id, self.owner.place)
+        return _state_paths(tracker.output_dir, self.backup_dir, owner)
+
+    def forget_the_backup(self) -> Path | None:
+        """Its backup is being deleted (the fit ended normally): stop writing the backup's own state
+        file, whose path this returns (None where it writes none)."""
+        paths = self._state_paths()
+        if self.backup_dir is None or not paths:
+            return None
+        path = paths[0]  # the backup's own (see _state_paths)
+        writer = self._state_files.pop(path, None)
+        if writer is not None:
+            writer.close()  # its writes done (save_state waited), none queued after the deletion
+        self.backup_dir = None  # an evaluate after the fit saves the run without it
+        return path
+
+
+# Backup state files to delete once their backup's metadata file is gone (path -> that file), unless
+# a later fit writes one of them first (the same BackupAndRestore, a new run): see
+# EnergyCallback._forget_the_backup.
+_BACKUP_STATES_TO_DELETE: dict[Path, str] = {}
+_BACKUP_STATES_LOCK = threading.Lock()
+
+
+def _keep_backup_state(path: Path) -> None:
+    with _BACKUP_STATES_LOCK:
+        _BACKUP_STATES_TO_DELETE.pop(path, None)
+
+
+def _delete_backup_state(path: Path) -> None:
+    """Delete ``path`` if its deletion is still due and its backup is gone (from the watch thread)."""
+    with _BACKUP_STATES_LOCK:
+        metadata = _BACKUP_STATES_TO_DELETE.pop(path, None)
+        if metadata is not None and not os.path.isfile(metadata):
+            try:
+                path.unlink()
+            except OSError:  # gone already, or not ours to delete: a resume reads what is there
+                pass
 
 
 def _keep_another_runs_state(path: Path, run_id: str) -> None:
@@ -908,15 +956,20 @@ class EnergyCallback(_Callback):
         starting = call.run is None
         if starting:
             self._start(call, first_epoch=epoch)
+        # Where the optimizer's step starts this epoch (read here, on the training thread, where the
+        # model's variables are up to date on every backend): a failed epoch counts on from it. The
+        # gap before the epoch ends at it too: Keras keeps the step over fits of one compiled model,
+        # so a run's first record says where its training began (a second fit(epochs=1) of the
+        # model ends its epoch 0 at step 8 after 4 steps; the report read 8 steps per epoch).
+        step, one_step_per_batch = self._step(), _one_step_per_batch(self.model)
+        if step is not None:
+            self.tracker.step = step
         self.tracker.begin("train", epoch)
         self.tracker.add_samples(None)  # uncounted until its end counts it: a failed epoch stays so
         if starting and self.session.check_budget():
             # A resumed run whose budget was already spent. Keras reads stop_training only after a
             # batch: this epoch ends after its first one, the earliest Keras allows.
             self.model.stop_training = True
-        # Where the optimizer's step starts this epoch (read here, on the training thread, where the
-        # model's variables are up to date on every backend): a failed epoch counts on from it.
-        step, one_step_per_batch = self._step(), _one_step_per_batch(self.model)
         with progress.lock:
             progress.step, progress.training, progress.one_step_per_batch = step, True, one_step_per_batch
 
@@ -946,10 +999,12 @@ class EnergyCallback(_Callback):
             count, why = None, "reset"
         samples = self.samples_per_epoch or (
             self._not_steps(count, "train", fewest, most) if count is not None else 0)
-        # Keras's own loop called its step once, which found the data at its end (TensorFlow: a data
-        # set of unknown length that an earlier epoch's steps_per_epoch used up). Its fit hands such
-        # an epoch the reset metrics' values as logs, so they do not tell it from one that trained.
-        found_no_data = self._call is not None and self._call.in_keras_loop and begun > 0 and ended == 0
+        # Keras's own loop finished no step: it called its step once, which found the data at its end
+        # (TensorFlow: a data set of unknown length that an earlier epoch's steps_per_epoch used up),
+        # or never called it (Keras 3.3 on torch and JAX: its iterator had no batch left).
+        # Every release calls on_train_batch_begin before each step. Its fit hands such an epoch the
+        # reset metrics' values as logs (``{"loss": 0.0}``), so they do not tell it from one that trained.
+        found_no_data = self._call is not None and self._call.in_keras_loop and ended == 0
         if steps == 0 and (found_no_data or not any(not key.startswith("val_") for key in logs or ())):
             # No step ran (an empty data set): nothing was trained, whatever the loss tracker still
             # holds (on TensorFlow a stale count, taken for 32 samples an epoch) or was declared.
@@ -988,8 +1043,10 @@ class EnergyCallback(_Callback):
     @_whole
     def on_train_end(self, logs: dict | None = None) -> None:
         self._live_every = 0
-        if self._call is not None and self._call.kind == "fit" and self._call.active:
+        call = self._call
+        if call is not None and call.kind == "fit" and call.active:
             self._leave()
+            self._forget_the_backup(call)
 
     # ------------------------------------------------------------------ validation and test
     @never_raises
@@ -1320,6 +1377,39 @@ class EnergyCallback(_Callback):
                 call.run.session.stop()
                 if call.run.fitted:  # an evaluate / predict alone leaves energy-state.json to the run that trained
                     call.run.save_state()
+
+    def _forget_the_backup(self, call: _Call) -> None:
+        """The fit ended normally (its state saved): the backup state file goes with Keras's backup.
+
+        A ``BackupAndRestore`` (``delete_checkpoint=True``) deletes its backup in its
+        ``on_train_end``, after this callback's (this one goes first), and no resume from it can
+        follow. The file is deleted only once the backup is gone: at once where it is already (a
+        ``BackupAndRestore`` before this callback), else when the fit has returned (the watch); a
+        callback after this one raising in ``on_train_end`` leaves Keras's backup (the fit raised),
+        and the resume from it reads the file. Later writes of this run leave it alone.
+        """
+        restorer = next((c for c in getattr(call.callback_list, "callbacks", [])
+                         if isinstance(c, keras.callbacks.BackupAndRestore)), None)
+        if restorer is None:
+            return
+        backup_dir = os.fspath(restorer.backup_dir)
+        metadata = _backup_metadata(backup_dir)
+        gone, fit_frame = not os.path.isfile(metadata), _model_call_frame(self.model)
+        if not gone and (not getattr(restorer, "delete_checkpoint", True) or fit_frame is None):
+            return  # Keras keeps its backup, which a later fit restores; or when the fit returns is not known
+        if call.run is not None:
+            path = call.run.forget_the_backup()
+        else:  # it restored its last epoch's backup, which left no epoch to train: no run measured
+            owner = self._owner(call)
+            path = _backup_state_path(self._output_dir(call), backup_dir, owner)
+        if path is None:
+            return
+        with _BACKUP_STATES_LOCK:
+            _BACKUP_STATES_TO_DELETE[path] = metadata
+        if gone:
+            _delete_backup_state(path)
+        else:
+            watch.watch(fit_frame, functools.partial(_delete_backup_state, path))
 
     def _output_dir(self, call: _Call) -> Path:
         tracker = self.tracker
