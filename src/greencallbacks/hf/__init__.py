@@ -79,14 +79,18 @@ How it fits the Trainer (read against transformers 5.23):
   are objects, not closures, so a Trainer that pickled before the callback saw it still does. A
   callback removed mid-train (``remove_callback``) and added back counts none of the batches run
   meanwhile: that epoch's record says ``samples_counted: false``, and an epoch that ended unseen
-  is cut short (``partial``) where it came back.
+  is cut short (``partial``) where it came back. One never added back is written up when the
+  ``train()`` leaves, as a failure is: its open epoch ``partial``, ``samples_counted: false``.
+  One added to the same Trainer twice (``add_callback`` again) is kept once, with a warning.
 * **Several processes.** The reducer is created at ``on_train_begin`` (all ranks); each rank
   measures its own GPU, the first rank of each host CPU and RAM; every rank logs the same sums.
 * **Resume.** ``state()`` (HF's ``ExportableState``) stores the totals in the checkpoint's
   ``trainer_state.json``; ``on_train_begin`` reads them back from ``state.stateful_callbacks``
   (several callbacks of the class: HF's list, each taking the entry saved with its settings).
   With ``restore_callback_states_from_checkpoint=True`` the Trainer replaces the callback with a
-  copy built from ``state()``; the copy hands its place back to the original instance it finds.
+  copy built from ``state()``; the copy hands its place back to the original instance it finds
+  (the one with its settings, else, the grid corrected since, the first not yet back), and a
+  callback added twice, copied for each of its places, comes back once.
 * **Failures.** The Trainer has no exception hook in any version: ``greencallbacks.watch`` sees the
   training loop's frame leave the stack without ``on_train_end`` and, within a fraction of a
   second, writes the unfinished phase as ``partial`` (at the step where it failed) and the summary
@@ -304,14 +308,25 @@ class EnergyCallback(TrainerCallback, ExportableState):
         if "energy_state" in vars(self):
             # `restore_callback_states_from_checkpoint` swapped the user's instance for a copy of
             # `state()`: give the original (its sensors, the object the user holds) its place back.
-            # (Two callbacks with the same settings: each copy takes an original not yet back.)
+            # (Two callbacks with the same settings: each copy takes an original not yet back.) An
+            # original whose settings changed since the checkpoint (a corrected grid) is the first
+            # one not yet back: HF builds the copies in its callbacks' order, from the saved entries.
             callbacks = trainer.callback_handler.callbacks if trainer is not None else []
-            originals = [cb for cb in _owners(trainer)
-                         if cb is not self and cb._settings == self._settings and cb not in callbacks]
+            away = [cb for cb in _owners(trainer) if cb is not self and cb not in callbacks]
+            originals = [cb for cb in away if cb._settings == self._settings] or away
             original = originals[0] if originals else None
             del self.energy_state
             if isinstance(original, EnergyCallback):
-                callbacks[callbacks.index(self)] = original
+                here = callbacks.index(self)
+                callbacks[here] = original
+                # One added twice had a copy made for each of its places: the later copies with these
+                # settings beyond the originals still away stand for it again (removed after this
+                # place, the Trainer's iteration over its callbacks is unaffected).
+                left = sum(cb is not original and cb._settings == self._settings for cb in away)
+                later = [cb for cb in callbacks[here + 1:] if isinstance(cb, EnergyCallback)
+                         and "energy_state" in vars(cb) and cb._settings == self._settings]
+                for surplus in later[left:]:
+                    callbacks.remove(surplus)
                 return original.on_train_begin(args, state, control, **kwargs)
             warn("greencallbacks: the Trainer rebuilt EnergyCallback from its checkpoint; it goes on with the "
                  "settings saved there (not sensors=, extra_sensors=, budget=, embodied= or series objects). Pass the callback "
@@ -513,6 +528,7 @@ class EnergyCallback(TrainerCallback, ExportableState):
             warn("greencallbacks: EnergyCallback could not find its Trainer; energy goes to the records only.")
             return
         self._trainer = trainer
+        _keep_once(trainer.callback_handler.callbacks, self)
         first = _OWNERS not in trainer.__dict__
         owners = trainer.__dict__.setdefault(_OWNERS, [])
         if self not in owners:
@@ -602,6 +618,9 @@ class EnergyCallback(TrainerCallback, ExportableState):
                     self.tracker.step = state.global_step
                     if not loops_open:  # the innermost open phase is the epoch cut short, if one is
                         self._add_epoch_tokens(state)
+                if self._missed_steps:  # removed mid-train (remove_callback) and never added back
+                    self._missed_steps = False
+                    self.tracker.add_samples(None)  # the batches run since went uncounted
                 self.session.stop(failed=True)
         except Exception as error:  # noqa: BLE001 - the run is already failing
             warn(f"greencallbacks: could not write the energy of the failed run ({error!r}).")
@@ -857,6 +876,19 @@ class _CountingPredictionStep(_Wrapper):
         for callback, (samples, tokens) in counts:
             callback._count_batch(samples, tokens)
         return output
+
+
+def _keep_once(callbacks: list, callback: EnergyCallback) -> None:
+    """Leave ``callback`` once in the Trainer's ``callbacks``, where it was added again
+    (``Trainer(callbacks=[...])`` then ``add_callback``, or a notebook cell run twice; HF only
+    warns): each hook would run twice, beginning every epoch twice (four records for two epochs,
+    numbered 0 to 3) and logging every value twice. Called from a hook of its first place: the
+    Trainer, iterating this list, then calls the others once each."""
+    places = [i for i, cb in enumerate(callbacks) if cb is callback]
+    if len(places) > 1:
+        callbacks[places[0] + 1:] = [cb for cb in callbacks[places[0] + 1:] if cb is not callback]
+        warn("greencallbacks: this EnergyCallback was added to the Trainer more than once; it is kept once "
+             "(each of its hooks would have run twice).")
 
 
 def _merge(trainer: Trainer | None, metrics: dict, values: dict[str, float]) -> None:
