@@ -21,10 +21,11 @@ pytest.importorskip("transformers")
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback  # noqa: E402
 from transformers.trainer_utils import get_last_checkpoint  # noqa: E402
 
-from flow_invariants import check_run, logged_total_matches, meter_threads  # noqa: E402
+from flow_invariants import check_run, meter_threads  # noqa: E402
 from greencallbacks.hf import EnergyCallback  # noqa: E402
 from greencallbacks.meter import EnergyWarning  # noqa: E402
 from greencallbacks.records import read_records  # noqa: E402
+from tests.test_hf_everyday import checked, new_callback  # noqa: E402
 from tests.hf_tiny import (  # noqa: E402
     EVAL_SAMPLES, POWER_W, SEQ_LEN, TRAIN_SAMPLES, TokenDataset, scripted_sensor, tiny_model, training_args,
 )
@@ -65,24 +66,10 @@ class _EpochNumbers(TrainerCallback):
         self.trainer.epoch_now = int(state.epoch or 0) if now is None else now + 1
 
 
-def new_callback() -> EnergyCallback:
-    return EnergyCallback(intensity=300.0, sensors=[scripted_sensor()])
-
-
 def make_trainer(out, callback, extra=(), raise_at=None, **overrides) -> MicroBatchTrainer:
     return MicroBatchTrainer(model=tiny_model(), args=training_args(out, **overrides), raise_at=raise_at,
                              train_dataset=TokenDataset(TRAIN_SAMPLES), eval_dataset=TokenDataset(EVAL_SAMPLES, seed=1),
                              callbacks=[callback, *extra])
-
-
-def checked(trainer: Trainer, callback: EnergyCallback, out, context: str):
-    """The run's records, once the ledger's invariants hold and its last logged total is theirs."""
-    assert not meter_threads(), context
-    assert not callback.session.running, context
-    records = check_run(callback.tracker.run_id, [out], power_w=POWER_W, context=context)
-    logged = [e["energy_kwh_total"] for e in trainer.state.log_history if "energy_kwh_total" in e]
-    logged_total_matches(records, logged[-1], rel=1e-9, context=context)
-    return records
 
 
 def trained(records, attempt: int) -> list[tuple[int, int]]:
