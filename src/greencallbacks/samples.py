@@ -7,7 +7,11 @@
   jagged tensor (``torch.nested``): its number of components; a 0-d tensor has no batch
   dimension and is skipped, as numbers are (``[loss_weight, x, y]`` counts ``x``);
 * an object exposing ``num_graphs`` (PyTorch Geometric's ``Batch``), else ``batch_size`` (DGL
-  graphs, TensorDict), else ``__len__``;
+  graphs, TensorDict); a graph (``edge_index`` or ``ptr``) without them: ``ptr``'s length less
+  one, else its ``batch`` vector's largest index plus one on the CPU, else uncounted (never its
+  ``len()``, an attribute count); else ``__len__``;
+* a model's named input (``pixel_values``, ``input_values``, ...) given as a list of arrays or
+  tensors (HF processors with ``return_tensors=None``): its length, where no other field disagrees;
 * the fields of a batch, in order: a tuple or list (``(x, y)``), a mapping (dicts,
   HF ``BatchEncoding`` from a data collator), a dataclass, a named tuple; nested to any depth;
 * fields that disagree on their leading dimension (packed tokens beside per-sequence lengths,
@@ -16,7 +20,9 @@
   lengths as a Python list beside packed steps): a model's named input of 2 dimensions or more
   (``input_ids``, ``pixel_values``, ...) when there is one, else images or video (4 dimensions or
   more: a detection batch's images beside all its boxes), else uncounted, with the warning; never
-  the first field's by chance;
+  the first field's by chance. Per-token ``labels`` whose rows differ from the named input's
+  (``input_ids`` packed (1, tokens) beside labels (B, T)) leave the batch uncounted; so does a
+  (1,) tensor in a nested mapping beside tensors of more rows (a per-batch field);
 * torch's ``PackedSequence``: its number of sequences;
 * a list or tuple whose items are samples rather than fields: its length. Items are samples when
   they are strings or numbers (labels, texts); inside a batch, records (dicts, dataclasses,
@@ -29,7 +35,8 @@
   (then they may be fields: an EmbeddingBag's ``((tokens, offsets), labels)``, uncounted with the
   warning); at the top, Python lists of integers (token ids before padding) or objects of one
   class that are no tensors, records of one shape (dicts with the same keys, one dataclass type,
-  or a *list* of equal-length tuples: what ``collate_fn=list`` gives), a single record too
+  or a *list* of equal-length tuples of one class: what ``collate_fn=list`` gives; named tuples of
+  different classes are fields), a single record too
   (``[{...}]``, ``[(x, y)]``: a batch of one, which ``default_collate`` never gives as fields: it
   returns a dict sample's fields as a dict and a tuple sample's as a list), or tensors of one kind
   that differ only in length (variable-length sequences). A top-level *tuple* of tensors,
@@ -68,11 +75,13 @@ length). The rest of the batch says which (``y``, or a detection batch's targets
 count elsewhere that neither reading gives (unless it is a model's named input, ``input_ids``
 beside a list of a sample's several images), or none at all where the two readings differ,
 leaves the batch uncounted, with the warning. A list of same-shaped tensors inside a batch is
-ambiguous too (collated fields, or same-sized samples such as images): its leading dimension
-counts only when no other field of the batch gives a certain count, and only where all such
-lists agree on it; where they do not (a zip collate's images, 3 channels, beside labels of
-shape (1,)), they are samples: their common length counts, else none. A list of one tensor
-inside a batch reads alike (one field, ``((x,), y)``, or a zip collate's batch of one sample).
+ambiguous too (collated fields, or same-sized samples such as images): where no other field of
+the batch gives a certain count, only a count that every such list allows (its leading
+dimension or its length) is exact, else the batch is uncounted, with the warning: a zip
+collate of samples without labels, ``((image, ..., image),)``, is (its channels, 3, counted).
+A list of one tensor inside a batch reads as one field (``((x,), y)``: its leading dimension)
+where no other reading contradicts it, except in the shape ``tuple(zip(*samples))`` gives (a
+tuple of tuples of one length): a zip collate's batch of one sample.
 A batch whose leading dimension is not the sample dimension (a sequence-first tensor) needs
 ``sample_counter=``: alone, its first dimension is taken.
 
@@ -248,6 +257,21 @@ def _why_uncounted(batch: Any) -> str:
         if len(set(leads)) > 1:
             return (f" (its fields' leading dimensions differ: {', '.join(map(str, leads))}; which one, if any, "
                     "is the number of samples is not certain: packed tokens, graph nodes, a sequence-first tensor)")
+        nested = {_leading(value) for field in _fields_of(batch) or () if isinstance(field, Mapping)
+                  for value in field.values()} - {None}
+        if 1 in nested and len(nested) > 1:
+            return (" (a (1,) tensor in a nested mapping beside tensors of "
+                    f"{', '.join(str(n) for n in sorted(nested) if n != 1)} rows: a per-batch field, or a batch of one?)")
+    except Exception:  # noqa: BLE001 - only a hint
+        return ""
+    try:
+        graph = next((x for x in (batch, *(_fields_of(batch) or ())) if _graph_like(x)), None)
+        if graph is not None:
+            nodes = getattr(graph, "batch", None)
+            where = (f"its batch vector is on {nodes.device}, and reading it back would synchronise the device "
+                     "on every step" if nodes is not None and _off_cpu(nodes) else
+                     "no batch vector either: a single graph, or nodes of several, whose len() counts attributes")
+            return f" (a graph batch without num_graphs or ptr: {where})"
     except Exception:  # noqa: BLE001 - only a hint
         return ""
     try:
@@ -264,6 +288,11 @@ def _why_uncounted(batch: Any) -> str:
             return (" (a list of tensors in it agrees on their leading dimension but not on their shapes: per-input "
                     "fields, or per-sample items such as images of different sizes, giving "
                     f"{readings[0]} or {readings[1]} samples; nothing else in the batch says which)")
+        lead, length = next((a for a in allowed if isinstance(a, tuple) and a[0] != a[1]), (None, None))
+        if lead is not None:
+            return (f" (a list or tuple of tensors of one shape in it reads as fields, giving {lead} samples (their "
+                    f"leading dimension), or as one sample each, giving {length}, as a zip collate, tuple(zip(*batch)), "
+                    "of samples without labels gives; nothing else in the batch says which)")
         (samples,) = next((a for a in allowed if isinstance(a, set) and len(a) == 1), {None})
         if samples is not None:
             return (f" (a list of {samples} tensors in it reads as {samples} samples, one each (sequences of "
@@ -440,7 +469,9 @@ def _per_sample_records(items: list | tuple) -> bool:
     if dataclasses.is_dataclass(first) and not isinstance(first, type):
         return all(type(x) is type(first) for x in items)
     if type(items) is list and isinstance(first, tuple):
-        return all(isinstance(x, tuple) and len(x) == len(first) for x in items)
+        # One type too: named tuples of different classes are fields (``default_collate`` keeps a
+        # named tuple's class: ``[Inputs(ids, mask), Targets(y, w)]`` counted 2).
+        return all(type(x) is type(first) and len(x) == len(first) for x in items)
     return False
 
 
@@ -477,7 +508,14 @@ def _disagreeing_mapping(batch: Mapping) -> int | None:
     if "cu_seq_lens_q" in batch or _packed_positions(batch) is not None:
         return _one_row(batch)
     named = _named_input(batch)
-    return named if named is not None else _disagreeing(batch.values())
+    if named is None:
+        return _disagreeing(batch.values())
+    labels = _shape(batch["labels"]) if "labels" in batch else None
+    if labels is not None and len(labels) >= 2 and labels[0] != named:
+        # Per-token labels of other rows: input_ids packed (1, tokens) without position_ids beside
+        # labels (B, T) counted 1; which one the samples are is not certain.
+        return None
+    return named
 
 
 def _named_input(batch: Any) -> int | None:
@@ -486,6 +524,20 @@ def _named_input(batch: Any) -> int | None:
         shape = _shape(batch[key]) if key in batch else None
         if shape is not None and len(shape) >= 2:
             return int(shape[0])
+    return None
+
+
+def _named_list(batch: Mapping) -> int | None:
+    """The length of a model's named input given as a list of arrays or tensors, one per sample:
+    HF image processors and feature extractors with ``return_tensors=None`` (``{"pixel_values":
+    [B arrays]}``, whose leading dimension, the channels, counted 3 for 4 images)."""
+    for key in _INPUT_KEYS:
+        items = batch[key] if key in batch else None
+        if type(items) in (list, tuple) and items and not any(isinstance(x, _SCALARS) for x in items):
+            # Beside fields of another extent (input_ids (2, T) beside a sample's 3 images) the
+            # rest of the walk decides.
+            others = {_extent(value) for value in batch.values() if value is not items} - {None}
+            return len(items) if others <= {len(items)} else None
     return None
 
 
@@ -508,22 +560,26 @@ def count_collated(batch: Any) -> int | None:
 def _walk(batch: Any, collated: bool = False) -> int | None:
     """The general case: breadth first over the batch's fields; the first certain count wins, if
     every list of tensors that allows two readings (see ``_items_of_sequence``) allows it. Else the
-    one count those lists allow together, or a list of same-shaped tensors' leading dimension
-    (a guess) where nothing else says and all such lists agree on it. ``collated``: see
-    :func:`count_collated`."""
-    # Each such list's readings (a set); a list of 0-d tensors' length (a frozenset); a guess ((lead, length)).
+    one count those lists allow together (a list of same-shaped tensors: its leading dimension or
+    its length), or None. ``collated``: see :func:`count_collated`."""
+    # Each such list's readings (a set); a list of 0-d tensors' length (a frozenset); same-shaped
+    # tensors' (lead, length).
     allowed: list = []
     count = _first_certain(batch, collated, allowed)
     readings = [a for a in allowed if isinstance(a, set)]
+    guess = None
     if count is _UNSEEN:
         readings += [set(a) for a in allowed if isinstance(a, frozenset)]  # lists of 0-d tensors
-    guesses = [a for a in allowed if isinstance(a, tuple)]
-    if count is _UNSEEN and len({lead for lead, _ in guesses}) > 1:
-        # Lists of same-shaped tensors that disagree on their leading dimension are not all fields
-        # (a zip collate's images beside its (1,) labels: 3 and 1): each allows its length too.
-        readings += [{lead, length} for lead, length in guesses]
-        guesses = []
-    guess = guesses[0][0] if guesses else None
+        guesses = [a for a in allowed if isinstance(a, tuple)]
+        if len({lead for lead, _ in guesses}) > 1 or any(length > 1 for _, length in guesses) or _zipped(batch):
+            # Same-shaped tensors in a list are fields (their leading dimension) or one sample each
+            # (their length): a zip collate of samples without labels, tuple(zip(*batch)), gives
+            # ((image, ..., image),), whose leading dimension, the channels, counted 3 for 5
+            # images; beside its (1,) labels, 3 and 1. Only a count both readings allow is exact.
+            # One tensor alone in a list reads as a field ((x,), y), except in a zip collate's batch.
+            readings += [set(guess) for guess in guesses]
+        elif guesses:
+            guess = guesses[0][0]
     if not readings:
         return guess if count is _UNSEEN else count
     either = set.intersection(*readings)
@@ -539,17 +595,28 @@ def _walk(batch: Any, collated: bool = False) -> int | None:
 _UNSEEN = object()  # no certain count in the batch
 
 
+def _zipped(batch: Any) -> bool:
+    """Whether ``batch`` has the shape ``tuple(zip(*samples))`` gives: a tuple of tuples of one length."""
+    return (type(batch) is tuple and bool(batch) and all(type(x) is tuple for x in batch)
+            and len({len(x) for x in batch}) == 1)
+
+
 def _first_certain(batch: Any, collated: bool, allowed: list) -> Any:
     """The first certain count of a breadth-first walk over the batch's fields (may be None: fields
     that disagree); ``_UNSEEN`` if none. What lists of tensors allow without certainty goes to
     ``allowed``. Top-level fields that disagree on their leading dimension: ``_disagreeing``."""
-    queue: deque[tuple[Any, bool]] = deque([(batch, True)])
+    queue: deque[tuple[Any, int]] = deque([(batch, 0)])  # (item, depth)
     while queue:
-        item, top = queue.popleft()
+        item, depth = queue.popleft()
+        top = depth == 0
         if isinstance(item, _SCALARS):
             continue
         lead = _leading(item)
         if lead is not None:
+            if lead == 1 and depth > 1 and _other_leads(queue, depth):
+                # A per-batch (1,) tensor in a nested mapping ({"meta": {"w": (1,)}, "inputs":
+                # {"x": (6, 3)}}) beside others: no batch of one (it counted 1, as exact).
+                return None
             return lead
         if isinstance(item, tuple) and hasattr(item, "batch_sizes") and hasattr(item, "unsorted_indices"):
             # torch's PackedSequence: its data is every sequence's steps; batch_sizes[0] (a CPU
@@ -557,6 +624,9 @@ def _first_certain(batch: Any, collated: bool, allowed: list) -> Any:
             return int(item.batch_sizes[0])
         if top:
             if isinstance(item, Mapping):
+                samples = _named_list(item)
+                if samples is not None:
+                    return samples
                 if _fields_disagree(item.values()):
                     return _disagreeing_mapping(item)
             elif dataclasses.is_dataclass(item) or (isinstance(item, tuple) and hasattr(item, "_fields")):
@@ -576,15 +646,15 @@ def _first_certain(batch: Any, collated: bool, allowed: list) -> Any:
                     except (TypeError, ValueError, IndexError, KeyError):
                         pass
         if isinstance(item, Mapping):
-            queue.extend((value, False) for value in item.values())
+            queue.extend((value, depth + 1) for value in item.values())
         elif isinstance(item, tuple) and hasattr(item, "_fields"):  # a named tuple: its fields
-            queue.extend((value, False) for value in item)
+            queue.extend((value, depth + 1) for value in item)
         elif dataclasses.is_dataclass(item) and not isinstance(item, type):
-            queue.extend((getattr(item, f.name), False) for f in dataclasses.fields(item))
+            queue.extend((getattr(item, f.name), depth + 1) for f in dataclasses.fields(item))
         elif collated and isinstance(item, (list, tuple)) and not all(isinstance(x, _SCALARS) for x in item):
             if top and _fields_disagree(item):
                 return _disagreeing(item)
-            queue.extend((value, False) for value in item)
+            queue.extend((value, depth + 1) for value in item)
         elif isinstance(item, (list, tuple)):
             count, certain = _items_of_sequence(item, top)
             if certain:
@@ -594,13 +664,39 @@ def _first_certain(batch: Any, collated: bool, allowed: list) -> Any:
             elif top and _fields_disagree(item):
                 return _disagreeing(item)
             else:
-                queue.extend((value, False) for value in item)
+                queue.extend((value, depth + 1) for value in item)
+        elif _graph_like(item):
+            return _graphs(item)  # its len() is its attribute count (PyTorch Geometric's Data)
         elif hasattr(item, "__len__"):
             try:
                 return len(item)
             except TypeError:
                 pass
     return _UNSEEN
+
+
+def _other_leads(queue: deque, depth: int) -> bool:
+    """Whether a tensor still queued at ``depth`` has a leading dimension other than 1."""
+    return any(level == depth and _leading(item) not in (None, 1) for item, level in queue)
+
+
+def _graph_like(item: Any) -> bool:
+    return hasattr(item, "edge_index") or hasattr(item, "ptr")
+
+
+def _graphs(graph: Any) -> int | None:
+    """Graphs in a graph batch without ``num_graphs`` (PyTorch Geometric's attribute names):
+    ``ptr`` (graphs + 1 offsets) by its shape, else the CPU ``batch`` vector (graph of each node)
+    by its largest index; None otherwise: ``batch`` on a device (reading it back would synchronise
+    every step), or a single graph's ``Data``, whose ``len()`` (its attribute count) was taken."""
+    ptr = _shape(getattr(graph, "ptr", None))
+    if ptr is not None and len(ptr) == 1 and ptr[0] > 0:
+        return int(ptr[0]) - 1
+    nodes = getattr(graph, "batch", None)
+    shape = _shape(nodes)
+    if shape is not None and len(shape) == 1 and shape[0] > 0 and not _off_cpu(nodes):
+        return int(nodes.max()) + 1
+    return None
 
 
 # ------------------------------------------------------------------------------- per phase
