@@ -64,7 +64,7 @@ MATRIX = {
         "tests": ["tests/test_lightning.py", "tests/test_flows_lightning.py", "tests/test_lightning_ddp.py",
                   "tests/test_live.py", "tests/test_heartbeat.py", "tests/test_lightning_everyday.py",
                   "tests/test_lightning_evaluation_flows.py", "tests/test_distributed_everyday.py",
-                  "tests/test_lightning_trainer_options.py",
+                  "tests/test_lightning_trainer_options.py", "tests/test_lightning_flow_regressions.py",
                   # A private seam (the checkpoint an evaluation restores, 2.2 to 2.4) and its fallback.
                   "tests/test_lightning_checkpoint_evaluations.py",
                   # A private seam (CombinedLoader's mode) and its guard, at the floor too.

@@ -10,8 +10,13 @@ Each seed drives the real ``model.fit`` through a random sequence: a fit from ep
 ``BackupAndRestore``, each with the same or a new ``EnergyCallback`` and maybe crashing (an error
 or Ctrl-C inside a training batch, inside validation, inside a checkpoint write, between epochs);
 an ``evaluate`` / ``predict`` before some fits, as a sanity check (with the callback about to
-fit, or a new one, which continues the run the model last trained); then ``evaluate`` / ``predict`` after training and alone. After every step the ledger invariants
-of ``flow_invariants.py`` are checked on what the run left on disk and in ``CSVLogger``/``History``.
+fit, or a new one, which continues the run the model last trained); then ``evaluate`` / ``predict``
+after training and alone. Drawn from a Random of their own (the seeds' earlier draws stay as they
+were): a loop of ``fit(epochs=1)`` (a new run each), and a sanity ``evaluate`` / ``predict`` with a
+new callback that the resumed ``fit(initial_epoch=k)`` then uses; a ``BackupAndRestore`` fit that
+ends normally must leave neither Keras's backup nor our ``energy-state-backup-*.json``. Which run
+an inference or a resume goes on in follows the callback's documented rule (the model's run first).
+After every step the ledger invariants of ``flow_invariants.py`` are checked on what the run left on disk and in ``CSVLogger``/``History``.
 Each seed's outcome ("ok" or the failure with its steps) goes to ``<out_dir>/results.json``.
 """
 
@@ -126,9 +131,25 @@ def last_completed_epoch(records) -> int | None:
     return done[-1] if done else None
 
 
+def state_names(energy_dir: Path, run_id: str | None) -> bool:
+    """Is ``run_id`` named by a state file a new callback reads for the model's run: the directory's
+    ``energy-state.json``, or the file a run keeps under its id when a later run takes that one?"""
+    if run_id is None:
+        return False
+    for path in [energy_dir / "energy-state.json", *energy_dir.glob("energy-state-run-*.json")]:
+        try:
+            state = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if state.get("run_id") == run_id and state.get("run_id_given") is None:
+            return True
+    return False
+
+
 def flow(seed: int) -> None:
     rng = random.Random(seed)
     inference_rng = random.Random(f"{seed} inference")  # its own stream: each seed's fits stay as they were
+    more_rng = random.Random(f"{seed} more")  # the actions added later, so the earlier ones stay as they were
     out = OUT / f"seed{seed}"
     out.mkdir(parents=True, exist_ok=True)
     energy_dir, ckpt_dir, backup_dir = out / "energy", out / "ckpt", out / "backup"
@@ -137,6 +158,20 @@ def flow(seed: int) -> None:
     object_run: dict[int, str] = {}  # id(callback) -> its current run (once it measured)
     state_run: str | None = None  # the run in energy-state.json: the last one that measured
     model_run: str | None = None  # the run the model last finished a training epoch of
+    # The runs each object keeps for the model (EnergyCallback._runs): those it measured that were the
+    # model's run when it last started measuring, and its current one.
+    object_runs: dict[int, set[str]] = {}
+
+    def measured(user, run_id: str) -> None:
+        object_runs[id(user)] = {r for r in object_runs.get(id(user), set()) if r == model_run} | {run_id}
+
+    def models_run_for(user) -> str | None:
+        """The run an inference (or, first, a resume) with ``user`` goes on in as the model's: the run
+        the model last trained in, where ``user`` measured it, or (a new callback each call, or one that
+        measured nothing yet) where a state file still names it; None where it is not the model's."""
+        if model_run is not None and model_run in object_runs.get(id(user), ()):
+            return model_run
+        return model_run if state_names(energy_dir, model_run) else None
     runs: set[str] = set()
     alive = [callback]
     checkpoints: list[tuple[Path, int]] = []  # (weights file, epochs done)
@@ -169,6 +204,29 @@ def flow(seed: int) -> None:
         if op == "resume":
             model.load_weights(str(path))
         inference = inference_rng.choice([None, None, "evaluate", "predict", "evaluate with a new callback"])
+        # Drawn every step, used where they apply: a loop of fit(epochs=1) before this fit; a sanity
+        # check with a new callback that the resume then fits with (a new process building it once).
+        loop_fits = more_rng.choice([0, 0, 0, 2, 3])
+        sanity = more_rng.choice([None, "evaluate", "predict"])
+        if op == "resume" and inference is None and sanity is not None:
+            inference = f"{sanity} with a new callback that then fits"
+        # Keras keeps the epoch a BackupAndRestore restored (model._initial_epoch) for every later fit
+        # of the model: a fit(epochs=1) then trains nothing (Keras 3.3 raises UnboundLocalError there).
+        if loop_fits and op != "backup" and not getattr(model, "_initial_epoch", None):
+            steps[-1] += f" after a loop of {loop_fits} fit(epochs=1)"
+            context = f"{BACKEND} seed {seed}, steps: " + "; ".join(steps)
+            loop_runs = []
+            for _ in range(loop_fits):  # docs/RELIABILITY.md: one run per call
+                model.fit(X, Y, batch_size=BATCH, epochs=1, verbose=0, callbacks=[callback])
+                assert not meter_threads(), context
+                run_id = callback.tracker.run_id
+                assert run_id not in runs and run_id not in loop_runs, "each fit(epochs=1) is a new run " + context
+                loop_runs.append(run_id)
+                records = check_run(run_id, [energy_dir], power_w=POWER_W, context=context)
+                assert [(r.epoch, r.samples, r.partial) for r in records if r.phase == "train"] == [(0, TRAIN, False)], context
+                runs.add(run_id)
+                measured(callback, run_id)
+                object_run[id(callback)] = state_run = model_run = run_id
         if inference is not None:
             # This object's run once it measured; else the run the model last trained, where
             # energy-state.json names it (a callback written inline after training); else a run
@@ -176,21 +234,28 @@ def flow(seed: int) -> None:
             # had not happened.
             steps[-1] += f" after {inference}"
             context = f"{BACKEND} seed {seed}, steps: " + "; ".join(steps)
-            user = new_callback(energy_dir) if inference.endswith("new callback") else callback
+            user = new_callback(energy_dir) if "new callback" in inference else callback
             alive.append(user)
-            if inference == "predict":
+            models = models_run_for(user)
+            if inference.startswith("predict"):
                 model.predict(XV, batch_size=BATCH, callbacks=[user], verbose=0)
             else:
                 model.evaluate(XV, YV, batch_size=BATCH, callbacks=[user], verbose=0)
-            if id(user) in object_run:
+            # The run the model last trained in (docs: evaluate / predict continue the model's run),
+            # else this object's, else a run of its own.
+            if models is not None:
+                assert user.tracker.run_id == models, "inference continues the model's run " + context
+                object_run[id(user)] = models
+                measured(user, models)
+            elif id(user) in object_run:
                 assert user.tracker.run_id == object_run[id(user)], "inference continues the object's run " + context
-            elif model_run is not None and model_run == state_run:
-                assert user.tracker.run_id == model_run, "inference continues the model's run " + context
-                object_run[id(user)] = model_run
+                measured(user, object_run[id(user)])
             else:
                 assert user.tracker.run_id not in runs, "inference alone is a run of its own " + context
                 runs.add(user.tracker.run_id)  # which no fit continues
             check_run(user.tracker.run_id, [energy_dir], power_w=POWER_W, context=context)
+            if inference.endswith("then fits"):
+                callback = user
         probe = Probe(crash if crash != "checkpoint" else None, crash_epoch, crash_batch, error)
         saver = FailingCheckpoint(str(ckpt_dir / f"s{step}-{{epoch}}.weights.h5"), save_weights_only=True,
                                   fail_epoch=crash_epoch if crash == "checkpoint" else None, error=error)
@@ -210,6 +275,10 @@ def flow(seed: int) -> None:
         assert not callback.session.running, context
         if op == "backup":
             backup_epochs = epochs if history is None else None
+            if history is not None:  # ended normally: Keras deleted its backup, and we our state file of it
+                assert not (backup_dir / "training_metadata.json").exists(), context
+                left = sorted(p.name for p in energy_dir.glob("energy-state-backup-*.json"))
+                assert not left, f"{left} stayed after the backup was deleted " + context
         first = probe.first_epoch
         steps[-1] += f" -> first epoch {first}, {'returned' if history is not None else 'raised'}"
         context = f"{BACKEND} seed {seed}, steps: " + "; ".join(steps)
@@ -219,7 +288,15 @@ def flow(seed: int) -> None:
         # A fit from epoch 0 is a new run; from a later epoch it continues this object's run, or
         # (a new object) the run in energy-state.json, if that run reached the epoch before.
         if first > 0:
-            candidate = object_run[id(callback)] if id(callback) in object_run else state_run
+            if model_run is not None and model_run in object_runs.get(id(callback), ()):
+                candidate = model_run  # the model's own run with this object
+            elif id(callback) in object_run:
+                candidate = object_run[id(callback)]
+            elif op != "backup" and state_run != model_run and model_run is not None:
+                # The directory's state is another run's: the model's own, kept under its id.
+                candidate = model_run if state_names(energy_dir, model_run) else None
+            else:
+                candidate = state_run
             reached = last_completed_epoch(run_records(candidate, [energy_dir])) if candidate is not None else None
             expected = candidate if reached is not None and reached >= first - 1 else None
         else:
@@ -231,6 +308,7 @@ def flow(seed: int) -> None:
                                         + "\nrecords: " + str([(r.run_id, r.attempt, r.phase, r.epoch, r.partial) for r in read_records(energy_dir)]))
         runs.add(run_id)
         object_run[id(callback)] = state_run = run_id
+        measured(callback, run_id)
         for p in sorted(set(ckpt_dir.glob("*.weights.h5")) - before):
             checkpoints.append((p, int(p.name.split("-")[1].split(".")[0])))  # {epoch} is 1-based: epochs done
         records = check_run(run_id, [energy_dir], power_w=POWER_W, context=context)
@@ -255,7 +333,7 @@ def flow(seed: int) -> None:
     # Inference after the last fit continues its run; evaluate with a callback that never trained is a run of its own.
     context = f"{BACKEND} seed {seed}, inference after: " + "; ".join(steps)
     if callback.tracker.run_id in runs:
-        run_id = callback.tracker.run_id
+        run_id = models_run_for(callback) or object_run.get(id(callback), callback.tracker.run_id)
         model.evaluate(XV, YV, batch_size=BATCH, callbacks=[callback], verbose=0)
         model.predict(XV, batch_size=BATCH, callbacks=[callback], verbose=0)
         assert not meter_threads(), context

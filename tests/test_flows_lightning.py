@@ -3,7 +3,10 @@
 Each seed draws a sequence of what people do: a fit (new run) or a resume from any checkpoint
 saved so far (at epoch ends, validation ends, and inside epochs), each maybe crashing (inside a
 training batch, inside validation, inside a checkpoint write, between epochs), with validation
-every epoch or every other epoch, once or twice per epoch; then validate / test / predict. A
+every epoch or every other epoch, once or twice per epoch; then validate / test / predict. Also,
+drawn from a Random of their own (the seeds' earlier draws stay as they were): a fit from
+``ckpt_path="last"``, a second ``fit`` on the same Trainer with a raised ``max_epochs`` (a new
+run), validate / test of another run's checkpoint in a fresh Trainer with the same callback. A
 scripted constant-power sensor makes every record's energy follow its duration exactly. After
 every step: records sum to the summary and to the last logged total, seq and attempts are
 consistent, samples are what Lightning ran (counted by a second callback), no thread is left.
@@ -67,6 +70,36 @@ def test_random_lightning_flows_keep_the_ledger(tmp_path, seed):
     trainer = model = None
     steps = []
     seen: set[tuple[str, int, int]] = set()  # (run, attempt, seq) of the records earlier fits wrote
+    checkpoint_run: dict[Path, str] = {}  # checkpoint -> the run that wrote it
+    dir_run: dict[Path, str] = {}  # checkpoint directory -> the run that wrote into it last
+    ckpt_dir = None
+
+    def check_fit(run_id, log_dir, ran, before, *, resumed, crashed, context):
+        """The ledger after one fit: invariants, samples exact, attempts, logged total, cut short."""
+        records = check_run(run_id, dirs, power_w=POWER_W, context=context)
+        # Samples exact: what this fit's records counted, per phase and epoch, is what Lightning
+        # ran, counted apart. (How many batches a resumed epoch or validation runs differs between
+        # Lightning releases: 2.2 continues a resumed validation where it stopped.)
+        new = [r for r in records if (r.run_id, r.attempt, r.seq) not in seen]
+        seen.update((r.run_id, r.attempt, r.seq) for r in records)
+        counted = collections.Counter()
+        for r in new:
+            if r.phase in ("train", "validation"):
+                counted[r.phase, r.epoch] += r.samples
+        assert +counted == +(ran.samples - before), context
+        if resumed:
+            assert max(r.attempt for r in records) >= 1, "a resume is a new attempt " + context
+        logged = last_logged_total(log_dir)
+        this_attempt = [r for r in records if r.attempt == max(x.attempt for x in records)]
+        if logged is not None and any(r.phase == "train" and not r.partial for r in this_attempt):
+            logged_total_matches(records, logged, rel=1e-5, context=context)  # through Lightning's float32
+        if crashed:
+            assert any(r.partial for r in records), context
+            # The report takes the run for cut short (no repeat of a finished one), even when the
+            # crash came between two epochs and every epoch record is complete.
+            if any(r.phase == "train" for r in records):
+                assert report.cut_short(report.configuration(records)), context
+
     for step in range(4):
         resume = bool(checkpoints) and rng.random() < 0.5
         ckpt_path = rng.choice(checkpoints) if resume else None
@@ -82,13 +115,19 @@ def test_random_lightning_flows_keep_the_ledger(tmp_path, seed):
         # Also checkpoints inside epochs (every 3 of 4 batches), which a resume continues mid-epoch.
         # Drawn apart so the seeds draw the same flows as before this was added.
         mid_epoch_checkpoints = random.Random(f"{seed}-{step}").random() < 0.5
-        steps.append(f"fit(max_epochs={max_epochs}, resume={ckpt_path and ckpt_path.name}, crash={crash}@{crash_epoch}, "
+        more = random.Random(f"{seed}-{step} more")  # the actions added later, likewise
+        from_last, fit_again, evaluate_other = more.random() < 0.25, more.random() < 0.3, more.choice([None, "validate", "test"])
+        last_ckpt = sorted(ckpt_dir.glob("last*.ckpt"), key=lambda p: p.stat().st_mtime)[-1:] if from_last and ckpt_dir else []
+        if last_ckpt:  # fit(ckpt_path="last") in the last fit's checkpoint directory
+            ckpt_path = "last"
+            max_epochs = max(max_epochs, torch.load(last_ckpt[0], map_location="cpu", weights_only=False)["epoch"] + 1)
+        steps.append(f"fit(max_epochs={max_epochs}, resume={ckpt_path and Path(ckpt_path).name}, crash={crash}@{crash_epoch}, "
                      f"check_val_every_n_epoch={val_every}, val_check_interval={val_interval}"
                      f"{', every_n_train_steps=3' if mid_epoch_checkpoints else ''})")
         context = f"seed {seed}, steps: " + "; ".join(steps)
-        ckpt_dir = tmp_path / f"ckpt{step}"
+        ckpt_dir = ckpt_dir if last_ckpt else tmp_path / f"ckpt{step}"
         saver = L.callbacks.ModelCheckpoint(dirpath=ckpt_dir, save_top_k=-1, every_n_epochs=1, filename="{epoch}",
-                                            save_on_train_epoch_end=rng.random() < 0.5)
+                                            save_on_train_epoch_end=rng.random() < 0.5, save_last=True)
         extra = [make_crash(L, crash, crash_epoch)] if crash else []
         if mid_epoch_checkpoints:
             extra.append(L.callbacks.ModelCheckpoint(dirpath=ckpt_dir, save_top_k=-1, every_n_train_steps=3,
@@ -100,41 +139,58 @@ def test_random_lightning_flows_keep_the_ledger(tmp_path, seed):
             **trainer_kwargs(enable_checkpointing=True, check_val_every_n_epoch=val_every, val_check_interval=val_interval),
         )
         model = TinyModel()
+        known = set(ckpt_dir.glob("*.ckpt"))
         try:
             trainer.fit(model, *loaders(), ckpt_path=ckpt_path)
             crashed = False
         except Boom:
             crashed = True
         assert not meter_threads(), context
-        checkpoints.extend(sorted(ckpt_dir.glob("*.ckpt")))
         run_id = callback.tracker.run_id
+        if last_ckpt:
+            assert run_id == dir_run[ckpt_dir], "fit(ckpt_path='last') continues the run that saved it " + context
+        # The last-checkpoint files are left out of the draws: the seeds draw what they drew before save_last.
+        written = sorted(p for p in set(ckpt_dir.glob("*.ckpt")) - known if not p.name.startswith("last"))
+        checkpoints.extend(written)
+        checkpoint_run.update((p, run_id) for p in written)
+        dir_run[ckpt_dir] = run_id
         dirs.append(Path(logger.log_dir))
         runs.setdefault(run_id, []).append(Path(logger.log_dir))
         if ckpt_path is None:
             assert len(runs[run_id]) == 1, "a fit without ckpt_path is a new run " + context
-        records = check_run(run_id, dirs, power_w=POWER_W, context=context)
-        # Samples exact: what this fit's records counted, per phase and epoch, is what Lightning
-        # ran, counted apart. (How many batches a resumed epoch or validation runs differs between
-        # Lightning releases: 2.2 continues a resumed validation where it stopped.)
-        new = [r for r in records if (r.run_id, r.attempt, r.seq) not in seen]
-        seen.update((r.run_id, r.attempt, r.seq) for r in records)
-        counted = collections.Counter()
-        for r in new:
-            if r.phase in ("train", "validation"):
-                counted[r.phase, r.epoch] += r.samples
-        assert +counted == +ran.samples, context
-        if ckpt_path is not None:
-            assert max(r.attempt for r in records) >= 1, "a resume is a new attempt " + context
-        logged = last_logged_total(Path(logger.log_dir))
-        this_attempt = [r for r in records if r.attempt == max(x.attempt for x in records)]
-        if logged is not None and any(r.phase == "train" and not r.partial for r in this_attempt):
-            logged_total_matches(records, logged, rel=1e-5, context=context)  # through Lightning's float32
-        if crashed:
-            assert any(r.partial for r in records), context
-            # The report takes the run for cut short (no repeat of a finished one), even when the
-            # crash came between two epochs and every epoch record is complete.
-            if any(r.phase == "train" for r in records):
-                assert report.cut_short(report.configuration(records)), context
+        check_fit(run_id, Path(logger.log_dir), ran, collections.Counter(), resumed=ckpt_path is not None,
+                  crashed=crashed, context=context)
+        if fit_again and not crashed:
+            # The same Trainer fitted again further (a notebook's next cell): a new run from where it stopped.
+            trainer.fit_loop.max_epochs = trainer.current_epoch + more.randint(1, 2)
+            steps[-1] += f", fit again to {trainer.fit_loop.max_epochs}"
+            context = f"seed {seed}, steps: " + "; ".join(steps)
+            before = ran.samples.copy()
+            trainer.fit(model, *loaders())
+            assert not meter_threads(), context
+            assert callback.tracker.run_id not in runs, "a second fit on one Trainer is a new run " + context
+            run_id = callback.tracker.run_id
+            runs[run_id] = [Path(logger.log_dir)]
+            dir_run[ckpt_dir] = run_id  # its checkpoints are left out of the draws, which stay as they were
+            check_fit(run_id, Path(logger.log_dir), ran, before, resumed=False, crashed=False, context=context)
+        others = [p for p in checkpoints if checkpoint_run[p] != callback.tracker.run_id]
+        if evaluate_other and others:
+            # Another run's checkpoint evaluated in a fresh Trainer with this callback: in that run.
+            other = more.choice(others)
+            steps[-1] += f", {evaluate_other}({other.parent.name}/{other.name})"
+            context = f"seed {seed}, steps: " + "; ".join(steps)
+            eval_logger = L.loggers.CSVLogger(tmp_path / "logs", name="evaluate")
+            evaluator = L.Trainer(logger=eval_logger, callbacks=[callback], **trainer_kwargs())
+            getattr(evaluator, evaluate_other)(TinyModel(), loaders()[1], ckpt_path=other, verbose=False)
+            assert not meter_threads(), context
+            dirs.append(Path(eval_logger.log_dir))
+            assert callback.tracker.run_id == checkpoint_run[other], "the evaluation goes on in the checkpoint's run " + context
+            records = check_run(checkpoint_run[other], dirs, power_w=POWER_W, context=context)
+            phase = {"validate": "validation", "test": "test"}[evaluate_other]
+            last = [r for r in records if r.phase == phase][-1]
+            assert last.samples == VAL_SAMPLES and not last.partial, context
+            seen.update((r.run_id, r.attempt, r.seq) for r in records)
+    print(f"seed {seed}: " + "; ".join(steps))  # what the seed covered (pytest -s), for the curious
     # Inference after the last fit continues its run, and stays exact.
     trainer = L.Trainer(logger=False, callbacks=[callback], **trainer_kwargs())
     trainer.validate(model, loaders()[1], verbose=False)

@@ -574,15 +574,19 @@ def training_failed(records: Sequence[Record]) -> bool:
     by_attempt: dict[int, list[Record]] = defaultdict(list)
     for r in records:
         by_attempt[r.attempt].append(r)
-    # A later attempt of nothing but whole gaps is a resume that found no epoch left and ended well.
-    if any(later > attempt and all(r.phase == "other" and not r.partial for r in group)
-           for later, group in by_attempt.items()):
-        return False
+    # A later attempt of nothing but gaps is a resume that trained no batch: it found no epoch left
+    # and ended well, or failed before its first batch (in the checkpoint write of the epoch end
+    # it resumed at), which leaves the run cut short though its last training ended well.
+    final = max(by_attempt)
+    if final > attempt and all(r.phase == "other" for r in by_attempt[final]):
+        return by_attempt[final][-1].partial
     mine = by_attempt[attempt]
     # What fails in an evaluation or prediction after the training is no failure of the training.
     after = inference_after_training(mine)
     training = [r for r in mine if r.phase in ("train", "validation", "other") and (r.run_id, r.attempt, r.seq) not in after]
-    return max(training, key=lambda r: r.seq).partial
+    # The last written, not the highest seq: a phase takes its seq as it begins, so a validation
+    # inside an epoch cut short after it (val_check_interval) has a higher one than the epoch.
+    return training[-1].partial
 
 
 def _epoch_samples(records: Sequence[Record]) -> list[list]:
