@@ -554,9 +554,14 @@ def test_cli_without_an_optional_dependency_names_what_installs_it_in_one_line(
     for module in missing:
         monkeypatch.setitem(sys.modules, module, None)  # `import` of it raises ModuleNotFoundError
     out, series = recorded
-    code, err = run_cli([a.format(out=out, series=series, tmp=tmp_path) for a in argv], capsys)
+    try:
+        code = cli.main([a.format(out=out, series=series, tmp=tmp_path) for a in argv])
+    except SystemExit as exit_:
+        code = exit_.code
+    printed, err = capsys.readouterr()
     assert code == 1 and len(err.strip().splitlines()) == 1, err
     assert f"needs {missing[0]}, which is not installed: pip install '{extra}'" in err
+    assert not printed, printed  # before any work: the report was printed, then the plot failed
 
 
 def test_cli_error_in_a_real_process_prints_no_traceback(tmp_path):

@@ -173,3 +173,12 @@ def test_a_per_batch_tensor_first_in_a_nested_mapping_is_no_batch_of_one():
 ], ids=["audio with a mask", "detection", "detection, one image", "list of dicts", "nested dicts", "meta device"])
 def test_everyday_batches_stay_exact(batch, samples):
     assert count_samples(batch) == samples
+
+
+def test_a_packed_row_with_the_flash_attention_kernels_offsets_counts_its_sequences():
+    """A collator written for FlashAttention's varlen kernels names the offsets ``cu_seqlens``
+    (transformers' ``cu_seq_lens_q``): 3 sequences packed in one row counted 1, marked exact."""
+    row = {"input_ids": torch.zeros(1, 20, dtype=torch.long), "cu_seqlens": torch.tensor([0, 5, 12, 20])}
+    assert count_samples(row) == 3
+    assert count_samples({**row, "labels": torch.zeros(1, 20, dtype=torch.long)}) == 3
+    assert count_samples({"input_ids": torch.zeros(1, 20, dtype=torch.long)}) == 1  # a batch of one, as before

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
 import io
 import os
 from pathlib import Path
@@ -10,6 +11,18 @@ from pathlib import Path
 from greencallbacks import extras
 
 PLOT_FORMATS = ("png", "pdf", "svg")
+
+
+def check_matplotlib() -> None:
+    """Fail before the work a figure ends, where matplotlib is missing (the report was printed, then
+    the plot failed): the same error as drawing would raise, naming the extra that installs it."""
+    try:
+        found = importlib.util.find_spec("matplotlib") is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise extras.missing(ModuleNotFoundError("No module named 'matplotlib'", name="matplotlib"), "plotting",
+                             ("matplotlib",), extras.PLOT)
 
 
 def plot_format(path: str | os.PathLike) -> str:

@@ -179,6 +179,11 @@ def count_samples(batch: Any, collate: str | None = None, pad_token_id: int | No
     return samples
 
 
+# A packed row's sequence offsets (sequences + 1): transformers' and TRL's name, and the
+# FlashAttention varlen kernels' own (a collator written for them: 3 sequences counted 1).
+_OFFSETS = ("cu_seq_lens_q", "cu_seqlens")
+
+
 def _one_row(batch: Mapping, pad_token_id: int | None = None) -> int | None:
     """A mapping whose leading dimension is 1: one sample, or a packed row of several sequences.
 
@@ -191,8 +196,9 @@ def _one_row(batch: Mapping, pad_token_id: int | None = None) -> int | None:
     try:
         # `in` first: the usual batch of one has neither key, and a missing key costs BatchEncoding
         # a raised KeyError in `get`.
-        if "cu_seq_lens_q" in batch and pad_token_id is None:
-            shape = getattr(batch["cu_seq_lens_q"], "shape", ())
+        offsets = next((key for key in _OFFSETS if key in batch), None)
+        if offsets is not None and pad_token_id is None:
+            shape = getattr(batch[offsets], "shape", ())
             if len(shape) == 1 and shape[0] > 0:
                 return int(shape[0]) - 1  # its shape says it, on any device
         if "position_ids" not in batch:
@@ -505,7 +511,7 @@ def _fields_disagree(fields: Any) -> bool:
 
 def _disagreeing_mapping(batch: Mapping) -> int | None:
     """A mapping whose fields disagree: a packed row, a model's named input, or as other fields."""
-    if "cu_seq_lens_q" in batch or _packed_positions(batch) is not None:
+    if any(key in batch for key in _OFFSETS) or _packed_positions(batch) is not None:
         return _one_row(batch)
     named = _named_input(batch)
     if named is None:

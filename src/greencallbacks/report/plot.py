@@ -8,7 +8,7 @@ import textwrap
 from pathlib import Path
 from typing import Collection, Sequence
 
-from greencallbacks.figures import PLOT_FORMATS, new_figure, save_figure
+from greencallbacks.figures import PLOT_FORMATS, check_matplotlib, new_figure, save_figure
 from greencallbacks.records import Record
 from greencallbacks.report.data import (
     describe_configuration,
@@ -38,11 +38,12 @@ def plot_epochs(records: Sequence[Record], path: str | os.PathLike, unfinished: 
 
 
 def check_plot_path(path: str | os.PathLike, name: str = "plot file") -> None:
-    """Refuse a plot file that could not be written, before the work that draws it: a wrong
-    extension, a directory (or a name ending in a slash, which names one), or a directory that does
+    """Refuse a plot that could not be written, before the work that draws it: matplotlib missing
+    (the report was printed, then the plot failed), a wrong extension, a directory (or a name ending in a slash, which names one), or a directory that does
     not exist or cannot be written in. ``name``: what the message calls it (``--plot``)."""
     text = os.fspath(path)
     target = Path(text)
+    check_matplotlib()
     if target.suffix.lower().lstrip(".") not in PLOT_FORMATS:
         raise ValueError(f"{name} {text!r} must end in {', '.join('.' + f for f in PLOT_FORMATS[:-1])} or "
                          f".{PLOT_FORMATS[-1]} (the format is taken from it)")
