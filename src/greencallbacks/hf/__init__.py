@@ -355,7 +355,8 @@ class EnergyCallback(TrainerCallback, ExportableState):
         # An evaluate() after this train() is at its last epoch; where it runs none (a resume of a
         # finished training), at the checkpoint's, as after the train() that saved it.
         self._run.epoch = _epoch_reached(state)
-        self._next_epoch = None  # the first epoch's number comes from the Trainer (0, or a resume's)
+        # The first epoch's number: 0, or the one a resume starts HF's loop at.
+        self._next_epoch = _first_epoch(trainer, args, state, kwargs.get("train_dataloader"))
         self._pause_due = False
         self._tokens_added = None
         # No exception hook in any transformers version: when train() raises, its frame leaves the
@@ -378,12 +379,16 @@ class EnergyCallback(TrainerCallback, ExportableState):
 
     @never_raises
     def on_epoch_begin(self, args, state, control, **kwargs):
-        # state.epoch is progress, not a count: over a data set without a length it runs
-        # max_steps to 1.0, so after a 4-step pass of 10 steps it reads 0.4 and the second pass
-        # would be epoch 0 again. Passes after the first count on from it.
-        epoch = int(state.epoch or 0)
-        if self._next_epoch is not None:
-            epoch = max(epoch, self._next_epoch)
+        # Counted from the first epoch HF's loop runs: state.epoch is progress, not a count. Over a
+        # data set without a length it runs max_steps to 1.0 (after a 4-step pass of 10 steps it
+        # reads 0.4); transformers 4.47 under gradient accumulation ends an epoch short of a whole
+        # number (1.8 after two), or makes more steps than it plans, and resumes past it; a resume
+        # with another batch size starts where its own steps per epoch put it, not the checkpoint's.
+        epoch = self._next_epoch
+        if epoch is None or self._missed_steps:
+            # No first epoch known (see _first_epoch), or removed from the handler meanwhile, its
+            # hooks unseen: as far as state.epoch goes at least.
+            epoch = max(int(state.epoch or 0), epoch or 0)
         if self._pause_due:  # before an epoch that follows one, never after the last: billed to the gap
             self._pause_due = False
             self.session.pause_between_epochs()
@@ -1077,6 +1082,42 @@ def _find_trainer(depth: int = 40):
             return candidate, frame
         frame, depth = frame.f_back, depth - 1
     return None, None
+
+
+def _first_epoch(trainer: Trainer | None, args, state, dataloader) -> int | None:
+    """The epoch HF's training loop begins at: 0, or on a resume HF's own
+    ``global_step // num_update_steps_per_epoch``; None where that cannot be computed."""
+    if not state.global_step:
+        return 0  # a new training (HF loads a checkpoint's state, its global step, only to resume)
+    per_epoch = _update_steps_per_epoch(trainer, args, state, dataloader)
+    return state.global_step // per_epoch if per_epoch else None
+
+
+def _update_steps_per_epoch(trainer: Trainer | None, args, state, dataloader) -> int | None:
+    """HF's ``num_update_steps_per_epoch``, from which a resume computes its first epoch: the
+    Trainer's ``set_initial_training_values`` (a subclass's override included; HF's rounds the
+    windows down in the first releases that have it, up in later ones), else as 4.47 and 4.48
+    compute it inline in the training loop. None where it fails (an override that wants other
+    arguments)."""
+    if hasattr(Trainer, "set_initial_training_values"):
+        if trainer is None:
+            return None
+        method = trainer.set_initial_training_values
+        try:
+            arguments = [args, dataloader]
+            if "total_train_batch_size" in inspect.signature(method).parameters:  # transformers < 5
+                # (it counts the samples HF logs, not the steps), as the training loop computes it
+                total = getattr(trainer, "get_total_train_batch_size", None)
+                arguments.append(total(args) if total is not None else getattr(trainer, "_train_batch_size", 1)
+                                 * args.gradient_accumulation_steps * args.world_size)
+            return int(method(*arguments)[1])
+        except Exception:  # noqa: BLE001 - the epochs are then numbered from state.epoch
+            return None
+    if dataloader is None:
+        return None
+    if not _has_length(dataloader):
+        return state.max_steps  # HF's loop, over a data set without a length
+    return max(len(dataloader) // args.gradient_accumulation_steps, 1)
 
 
 def _epoch_reached(state) -> int | None:
