@@ -168,7 +168,6 @@ class EnergyCallbackBase:
         # The epochs the checkpoint an evaluation restored had run (see _checkpoint_restored); None:
         # no checkpoint, and the evaluation is labelled with the Trainer's epoch.
         self._checkpoint_epoch: int | None = None
-        self._checkpoint_seen = False  # Lightning handed this callback the evaluation's checkpoint
 
     def __getstate__(self) -> dict[str, Any]:
         # Pickled with the Trainer (ddp_spawn) or deep-copied: the Trainers it ran in, and the
@@ -232,7 +231,6 @@ class EnergyCallbackBase:
         """A fit resumed with other settings (a grid corrected after a crash) changes the state
         key, so Lightning hands this callback no state and the resume would silently start a new
         run. Take the one entry of an EnergyCallback with this prefix that no callback here claims."""
-        self._checkpoint_seen = True
         if getattr(getattr(trainer.state, "fn", None), "value", "fit") != "fit":
             self._checkpoint_epoch = _epochs_run(checkpoint)
         states = checkpoint.get("callbacks") or {}
@@ -323,7 +321,7 @@ class EnergyCallbackBase:
             self.session = self._runs_by_trainer.get(trainer, self.session)
         self._session_used = True
         self._trainer_in_use = weakref.ref(trainer)
-        self._checkpoint_epoch, self._checkpoint_seen = None, False
+        self._checkpoint_epoch = None
         if stage != "fit" and _restore_seam(trainer) is not None:
             self._watch_restore(trainer)  # once for every EnergyCallback of the Trainer
         if self._start_session(trainer) == 0:
@@ -334,8 +332,8 @@ class EnergyCallbackBase:
         ``predict``: an evaluation of another run's checkpoint went on in the Trainer's run (or the
         callback's latest, in a Trainer that never fitted), labelled with the Trainer's epoch.
         The checkpoint is read where Lightning holds it, just before it lets it go
-        (``_CheckpointConnector.resume_end``, private, 2.2 to 2.6, wrapped on this Trainer for
-        this call only), and handed to ``on_load_checkpoint`` and ``load_state_dict`` as 2.5 does.
+        (``_CheckpointConnector.resume_end``, private, wrapped on this Trainer for this call only,
+        on releases before 2.5: see ``_restore_seam``), and handed to ``on_load_checkpoint`` and ``load_state_dict`` as 2.5 does.
         Where a release drops that seam, the evaluation stays in the Trainer's run."""
         connector = _restore_seam(trainer)
         release = connector.resume_end
@@ -344,8 +342,8 @@ class EnergyCallbackBase:
             _unwatch_restore(trainer)
             checkpoint = connector._loaded_checkpoint
             for callback in trainer.callbacks:  # each EnergyCallback of this Trainer, once
-                if checkpoint and isinstance(callback, EnergyCallbackBase) and not callback._checkpoint_seen:
-                    callback._checkpoint_restored(trainer, checkpoint)  # Lightning 2.5+ handed it over already
+                if checkpoint and isinstance(callback, EnergyCallbackBase):
+                    callback._checkpoint_restored(trainer, checkpoint)
             return release(*args, **kwargs)
 
         connector.resume_end = connector._greencallbacks_watch = resume_end
