@@ -114,10 +114,14 @@ def _check_writable_directory(flag: str, path: Path) -> None:
 
 
 def _comma_list(text: str) -> list[str]:
-    items = [item.strip() for item in text.split(",") if item.strip()]
+    """The zones of "FR,DE", each once: zones are read in any case, and "FR,fr" gave two equal rows."""
+    items: dict[str, str] = {}
+    for item in (item.strip() for item in text.split(",")):
+        if item:
+            items.setdefault(item.casefold(), item)
     if not items:
         raise argparse.ArgumentTypeError(f"must be a comma-separated list of zones, got {text!r}")
-    return items
+    return list(items.values())
 
 
 def load_records(paths: Sequence[str | os.PathLike], run_id: str | None = None):
@@ -601,8 +605,10 @@ def _main(argv: list[str]) -> int:
 
 
 def _exit(status: int, message: str) -> None:
-    """Say ``message`` on stderr and exit with ``status``, as argparse's ``parser.exit`` does."""
-    print(message, file=sys.stderr)
+    """Say ``message`` on stderr, in one line (a dependency's message may span several: matplotlib's
+    parse errors point at a column on a line of their own), and exit with ``status``, as argparse's
+    ``parser.exit`` does."""
+    print(" ".join(line.strip() for line in message.splitlines() if line.strip()), file=sys.stderr)
     raise SystemExit(status)
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from greencallbacks.records import PHASES, RECORDS_FILE, Record, read_records, run_ids_in_file
+from greencallbacks.records import PHASES, RECORDS_FILE, Record, read_records, record_key, run_ids_in_file
 from greencallbacks.units import J_PER_KWH
 
 
@@ -364,8 +364,12 @@ def run_ids_in(directory: Path | None) -> set[str]:
 
 
 def _records_in(directories: Iterable[Path | None], run_id: str) -> list[Record]:
+    """Each record once: one read twice (a line appended again, a copied directory) was counted
+    twice in the resumed totals, which then exceeded the records a report counts (once) and the
+    report said records were missing."""
     seen: set[Path] = set()
     found: list[Record] = []
+    kept: dict[tuple, Record] = {}
     for directory in directories:
         if directory is None or not directory.is_dir():
             continue
@@ -378,7 +382,12 @@ def _records_in(directories: Iterable[Path | None], run_id: str) -> list[Record]
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # a torn line of a crashed attempt is expected
-                    found.extend(read_records(path, on_bad_line=bad.append, run_id=run_id))
+                    for record in read_records(path, on_bad_line=bad.append, run_id=run_id):
+                        key = record_key(record, path)
+                        if kept.get(key) == record:
+                            continue  # a copy of one read already
+                        kept.setdefault(key, record)
+                        found.append(record)
             except (OSError, ValueError) as error:  # unreadable whole (not text): the report says more
                 bad.append(str(error))
             if bad:

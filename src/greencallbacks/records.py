@@ -172,6 +172,14 @@ _FIELD_TYPES: dict[str, tuple[frozenset, str]] = {
     **{name: (frozenset({bool}), "true or false") for name in _BOOLEANS},
 }
 
+# A component's optional keys, as the writer puts them (uncertainty_j is null where a sensor's was
+# not finite, as any number of a record).
+_COMPONENT_TYPES: dict[str, tuple[frozenset, str]] = {
+    "kind": (frozenset({str}), "a string"), "note": (frozenset({str}), "a string"),
+    "host": (frozenset({str}), "a string"), "rank": (frozenset({int}), "an integer"),
+    "uncertainty_j": (frozenset({int, float, _NONE}), "a number"),
+}
+
 
 def _subclass_allowed(value: object, types: frozenset) -> bool:
     """A subclass of an allowed type (numpy.float64 is a float; records gathered from other ranks
@@ -732,7 +740,9 @@ def read_records(
         if path.is_dir():
             path = path / RECORDS_FILE
         try:
-            lines = path.read_text(encoding="utf-8").splitlines()
+            # utf-8-sig: a file saved by an editor that begins it with a byte order mark (Windows
+            # Notepad) was refused whole, "Unexpected UTF-8 BOM" at its first line.
+            lines = file_lines(path.read_text(encoding="utf-8-sig"))
         except UnicodeDecodeError as error:  # a binary file given by mistake: say which
             raise ValueError(f"{path}: not a greencallbacks records file (not UTF-8 text: {error.reason} "
                              f"at byte {error.start})") from None
@@ -778,9 +788,11 @@ def read_records(
                 records.append(record)
                 order.append((record.run_id, record.attempt, record.carried))
             except (ValueError, TypeError, AttributeError) as error:
+                # JSON's own words say "line 1 column 1" of the one line decoded, beside its line number in the file.
+                said = f"{error.msg} at column {error.colno} (not JSON)" if isinstance(error, json.JSONDecodeError) else error
                 if on_bad_line is None:
-                    raise ValueError(f"{where}: not a greencallbacks record: {error}") from None
-                on_bad_line(f"{where}: not a greencallbacks record: {error}")
+                    raise ValueError(f"{where}: not a greencallbacks record: {said}") from None
+                on_bad_line(f"{where}: not a greencallbacks record: {said}")
         for number, before, line, error in torn:
             where = f"{path}:{number}"
             inside = _attempt_around(order, before)
@@ -798,6 +810,14 @@ def read_records(
                 raise ValueError(damaged)
             on_bad_line(damaged)
     return records
+
+
+def file_lines(text: str) -> list[str]:
+    """A records file's lines, as the writer ends them and an editor numbers them: at "\n" alone.
+    str.splitlines also breaks at U+2028, U+0085 and others, which a JSON string may hold as they
+    are (a writer that does not escape non-ASCII): a valid record read as two broken lines."""
+    lines = [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
+    return lines[:-1] if lines and not lines[-1] else lines
 
 
 # A record's run id, found without decoding the rest of its line: JSON escapes every quote inside a
@@ -859,12 +879,25 @@ def _record_of(line: str) -> Record:
     if not isinstance(data, dict):
         raise ValueError(f"not a JSON object (got {_json_kind(data)})")
     if data.get("schema") != SCHEMA:
-        raise ValueError(f"schema is {data.get('schema')!r}, expected {SCHEMA!r}")
+        raise ValueError(f"schema is {data.get('schema')!r}, expected {SCHEMA!r}{_newer_schema(data.get('schema'))}")
     record = Record.from_dict(data)
+    _check_component_types(data)
     _check_finite(data)
     _check_non_negative(data)
     _check_possible(data)
     return record
+
+
+def _newer_schema(schema: object) -> str:
+    """What to do about a record of a later version of this schema: said, as "expected .../1"
+    alone left the user wondering what was wrong with the file."""
+    family, _, version = SCHEMA.rpartition("/")
+    found = re.fullmatch(re.escape(family) + r"/(\d+)", schema) if isinstance(schema, str) else None
+    if found is None or int(found.group(1)) <= int(version):
+        return ""
+    from greencallbacks._version import __version__
+
+    return f" (written by a newer greencallbacks than this one, {__version__}: upgrade it to read these records)"
 
 
 # How the writer begins every line (schema first, as it always has): a torn line begins so. JSON
@@ -924,6 +957,17 @@ def _after_torn_record(line: str) -> str | None:
     return line[start:] if start > 0 and _is_torn(line[:start]) else None
 
 
+def record_key(record: Record, file: str | os.PathLike) -> tuple:
+    """What one phase's record is, whatever file holds it: two records of one key with the same
+    contents are one record read twice (a copied directory, a line appended again), counted once.
+
+    Rank r's own records of a failed distributed run (``energy-records.rank<r>.jsonl``) share their
+    seq with rank 0's in the summed file: they are parts of one phase, not copies.
+    """
+    rank = re.fullmatch(r"energy-records\.rank(\d+)\.jsonl", Path(file).name)
+    return record.run_id, record.attempt, record.seq, int(rank.group(1)) if rank else None
+
+
 def by_run(records: Iterable[Record]) -> dict[str, list[Record]]:
     """Each run's records, runs in the order their first record appears: one pass, where a scan
     of all records per run made a report of a 1,000-run sweep quadratic (minutes)."""
@@ -936,6 +980,22 @@ def by_run(records: Iterable[Record]) -> dict[str, list[Record]]:
     return runs
 
 
+# A component's numbers in joules, each summed by a report (the uncertainty in quadrature).
+_COMPONENT_ENERGIES = ("energy_j", "uncertainty_j")
+_COMPONENT_COUNTS = (*_COMPONENT_ENERGIES, "rank")  # none of them below 0
+
+
+def _check_component_types(data: dict) -> None:
+    """A component's optional keys a report sorts, joins and sums: a null kind or a list for a host
+    stopped it with an internal error, a boolean uncertainty counted as 1 J. Only where files are
+    read, as ``_check_finite``: a record passed between ranks in memory must not stop training."""
+    for index, component in enumerate(data.get("components") or []):
+        for key, (types, wanted) in _COMPONENT_TYPES.items():
+            if key in component and type(component[key]) not in types and not _subclass_allowed(component[key], types):
+                raise TypeError(f"component {index} of field 'components': {key} must be {wanted}, "
+                                f"got {component[key]!r}")
+
+
 def _check_finite(data: dict) -> None:
     """Refuse NaN and infinities that another writer put in a file (``NaN``, ``Infinity``, ``1e999``):
     ours writes them as null, and a sum over them would be NaN. Only where files are read: records
@@ -945,9 +1005,10 @@ def _check_finite(data: dict) -> None:
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"field {name!r} is {value!r}, not a finite number (JSON has no NaN or infinity)")
     for index, component in enumerate(data.get("components") or []):
-        value = component.get("energy_j")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"component {index} of field 'components': energy_j is {value!r}, not a finite number")
+        for key in _COMPONENT_ENERGIES:
+            value = component.get(key)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"component {index} of field 'components': {key} is {value!r}, not a finite number")
 
 
 # Quantities no measurement makes negative (the meter never lets a window go below zero): one
@@ -964,9 +1025,10 @@ def _check_non_negative(data: dict) -> None:
         if value is not None and value < 0:
             raise ValueError(f"field {name!r} is {value!r}, not a number >= 0")
     for index, component in enumerate(data.get("components") or []):
-        value = component.get("energy_j")
-        if value is not None and value < 0:
-            raise ValueError(f"component {index} of field 'components': energy_j is {value!r}, not a number >= 0")
+        for key in _COMPONENT_COUNTS:
+            value = component.get(key)
+            if value is not None and value < 0:
+                raise ValueError(f"component {index} of field 'components': {key} is {value!r}, not a number >= 0")
 
 
 # The least PUE there is (facility energy / IT energy): ``carbon.pue.MIN_PUE``, not imported from
@@ -1017,10 +1079,11 @@ def _check_possible(data: dict) -> None:
         if data.get(name) is not None and data[name] > most:
             raise refuse(name, f"a number of {unit} up to {most:.3g} (more than {bound})")
     for index, component in enumerate(data.get("components") or []):
-        value = component.get("energy_j")
-        if value is not None and value > _MAX_KWH * 3.6e6:
-            raise ValueError(f"component {index} of field 'components': energy_j is {value!r}, not a number of J "
-                             f"up to {_MAX_KWH * 3.6e6:.3g} (more than the world's electricity in a year)")
+        for key in _COMPONENT_ENERGIES:
+            value = component.get(key)
+            if value is not None and value > _MAX_KWH * 3.6e6:
+                raise ValueError(f"component {index} of field 'components': {key} is {value!r}, not a number of J "
+                                 f"up to {_MAX_KWH * 3.6e6:.3g} (more than the world's electricity in a year)")
 
 
 def _json_kind(value: object) -> str:
@@ -1046,7 +1109,9 @@ def run_file_name(prefix: str, run_id: str, suffix: str = "") -> str:
     hash of the whole where it is not one (``exp/1`` and ``exp-1`` are two runs), cut to its first
     ``KEPT_SUMMARY_ID_CHARS`` characters (with the hash) where the name would be too long."""
     safe = re.sub(r"[^A-Za-z0-9_.-]", "-", run_id)  # ASCII: as many bytes as characters
-    digest = "-" + hashlib.sha256(run_id.encode()).hexdigest()[:8]
+    # surrogatepass: an id made from a file name that is not UTF-8 (Path.name keeps its bytes as
+    # lone surrogates) stopped the run's write-up with a UnicodeEncodeError.
+    digest = "-" + hashlib.sha256(run_id.encode("utf-8", "surrogatepass")).hexdigest()[:8]
     name = f"{prefix}{safe}{digest if safe != run_id else ''}{suffix}.json"
     # With a suffix (a heartbeat, rewritten often), room for the temporary name it is written under.
     if len(name) > NAME_MAX_BYTES - (TEMPORARY_NAME_BYTES if suffix else 0):

@@ -14,7 +14,6 @@ import fnmatch
 import json
 import math
 import os
-import re
 import stat
 import warnings
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from greencallbacks.heartbeat import HEARTBEAT_GLOB, heartbeat_files, heartbeat_records
-from greencallbacks.records import RECORDS_FILE, Record, by_run, read_records
+from greencallbacks.records import RECORDS_FILE, Record, by_run, file_lines, read_records, record_key
 
 RANK_FILES = "energy-records.rank*.jsonl"
 # Fields every sum in a report needs; the writer turns a NaN into null, which a report cannot add.
@@ -46,6 +45,8 @@ def find_run_files(path: str | os.PathLike) -> tuple[list[Path], list[Path]]:
         return [path, *ranks], beats
     if not path.is_dir():
         refuse_special_file(path)
+        if path.is_symlink():  # `ls` lists it: "no such file" would send the user looking for it
+            raise ValueError(f"{path}: a link to {os.readlink(path)}, which does not exist (moved or deleted)")
         raise FileNotFoundError(f"no such file or directory: {path}")
     found, beats = _walk(path)
     if not found and not beats:
@@ -90,6 +91,16 @@ def _walk(root: Path) -> tuple[list[Path], list[Path]]:
         found += [Path(directory, name) for name in names
                   if name == RECORDS_FILE or fnmatch.fnmatchcase(name, RANK_FILES)]
         beats += [Path(directory, name) for name in names if fnmatch.fnmatchcase(name, HEARTBEAT_GLOB)]
+    # A link to records moved or deleted: its runs are gone, said as the directories that cannot be
+    # read are ("[Errno 2] No such file or directory" named a file that `ls` lists).
+    dangling = [file for file in found if file.is_symlink() and not file.exists()]
+    if dangling:
+        found = [file for file in found if file not in dangling]
+        links = ", ".join(f"{file} -> {os.readlink(file)}" for file in dangling)
+        if not found and not beats:  # the one line said: "no energy-records.jsonl under" it would deny them
+            raise ValueError(f"every {RECORDS_FILE} under {root} links to nothing (moved or deleted): {links}")
+        warnings.warn(f"{len(dangling)} records file(s) under {root} link to nothing (moved or deleted), so their "
+                      f"records are left out: {links}", stacklevel=3)
     for file in found:
         if not file.is_file():  # a named pipe there would block the read forever
             refuse_special_file(file, "a records file")
@@ -153,13 +164,21 @@ def load(paths: str | os.PathLike | Iterable[str | os.PathLike], run_id: str | N
         _refuse_nulls(file, mine)
         kept = []
         for record in mine:
-            key = (record.run_id, record.attempt, record.seq, _rank_of(file))
+            key = record_key(record, file)
             seen = first_seen.get(key)
             if seen is None:
                 first_seen[key] = (record, file)
                 kept.append(record)
                 continue
             if seen[0] != record:
+                if seen[1] == file:  # "f and f both hold ...: report them apart" named no line to look at
+                    first, again = (_lines_of(file, record.run_id, record.seq, record.attempt) + ["?", "?"])[:2]
+                    raise ValueError(
+                        f"{file}:{again}: record seq {record.seq} of run {record.run_id!r} (attempt {record.attempt}) "
+                        f"again, with other contents than at line {first} (two processes wrote records under the same "
+                        "'run_id' into this file, or two histories of one run were joined): a report cannot tell "
+                        "which is the run's; keep one of them"
+                    )
                 raise ValueError(
                     f"{seen[1]} and {file} both hold record seq {record.seq} of run {record.run_id!r} "
                     f"(attempt {record.attempt}) with different contents (two runs whose records carry the same "
@@ -174,7 +193,8 @@ def load(paths: str | os.PathLike | Iterable[str | os.PathLike], run_id: str | N
     if copies:
         warnings.warn(
             "records found more than once (the same run, attempt and seq with the same contents) were "
-            "counted once: " + "; ".join(f"{copy} repeats {original}" for copy, original in copies.items()),
+            "counted once: " + "; ".join(f"{copy} repeats {original}" if copy != original else
+                                         f"{copy} repeats records it holds already" for copy, original in copies.items()),
             stacklevel=2,
         )
     records += _open_phases(records, run_files, beats, run_id)
@@ -285,16 +305,6 @@ def _summaries_beside(run_files: dict[str, list[Path]]) -> dict[str, dict]:
     return found
 
 
-def _rank_of(file: Path) -> int | None:
-    """The rank whose own unsummed records ``file`` holds (``energy-records.rank<r>.jsonl``), else None.
-
-    Rank r's records of a failed distributed run share their seq with rank 0's in the summed
-    file: they are parts of one phase, not copies.
-    """
-    match = re.fullmatch(r"energy-records\.rank(\d+)\.jsonl", file.name)
-    return int(match.group(1)) if match else None
-
-
 def _refuse_nulls(file: Path, records: Sequence[Record]) -> None:
     for record in records:
         missing = [name for name in SUMMED_FIELDS if getattr(record, name) is None]
@@ -305,14 +315,22 @@ def _refuse_nulls(file: Path, records: Sequence[Record]) -> None:
 
 def _line_of(file: Path, run_id: str, seq: int) -> int | str:
     """The line of a record in its file (read again only on this error path)."""
-    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
+    return next(iter(_lines_of(file, run_id, seq)), "?")
+
+
+def _lines_of(file: Path, run_id: str, seq: int, attempt: int | None = None) -> list[int]:
+    """The lines of ``file`` holding record ``seq`` of ``run_id`` (of ``attempt`` where given),
+    read again only on error paths."""
+    numbers = []
+    for number, line in enumerate(file_lines(file.read_text(encoding="utf-8-sig")), start=1):
         try:
             data = json.loads(line)
         except ValueError:
             continue
-        if isinstance(data, dict) and data.get("run_id") == run_id and data.get("seq") == seq:
-            return number
-    return "?"
+        if (isinstance(data, dict) and data.get("run_id") == run_id and data.get("seq") == seq
+                and (attempt is None or data.get("attempt", 0) == attempt)):
+            numbers.append(number)
+    return numbers
 
 
 def describe_runs(loaded: Loaded) -> list[str]:

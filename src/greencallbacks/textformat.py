@@ -31,7 +31,8 @@ def pick_unit(values: Iterable[float | None], units: Sequence[tuple[str, float]]
     All zeros (or no value) read in the base unit, the one of factor 1.
     """
     finite = [abs(v) for v in values if v is not None and isinstance(v, (int, float)) and math.isfinite(v)]
-    largest = max(finite, default=0.0)
+    # As ``number`` shows it (three significant digits): 0.9996 Wh read "1000 mWh", not "1.00 Wh".
+    largest = float(f"{max(finite, default=0.0):.2e}")
     if largest == 0.0:
         return next((unit for unit in units if unit[1] == 1.0), units[0])
     for unit, factor in units:
@@ -69,8 +70,11 @@ def value_and_error(mean: float | None, error: float | None, digits: int = 3) ->
     decimals = 1 - math.floor(math.log10(abs(error)))  # two significant digits of the error
     if decimals <= 6:
         return _rounded_together(mean, error, decimals)
-    # Tiny values: a shared exponent reads better than nine decimals ("5.07e-6 ± 0.50e-6").
-    exponent = math.floor(math.log10(abs(mean))) if mean else math.floor(math.log10(abs(error)))
+    # Tiny values: a shared exponent reads better than nine decimals ("5.07e-6 ± 0.50e-6"). The
+    # mean's exponent as rounded to the error's place: 9.96e-8 ± 1e-8 read "10.0e-8 ± 1.0e-8", and a
+    # mean far below its error took an exponent of its own (1e-300 ± 1e-9: a 300-digit error).
+    rounded = round(mean, decimals)
+    exponent = math.floor(math.log10(abs(rounded))) if rounded else math.floor(math.log10(abs(error)))
     decimals += exponent  # the same digits, counted after the mean's first one
     if decimals > 6:
         # The error is below the mean's last digit (repeats that agree to 7+ digits): no shared
@@ -162,11 +166,15 @@ codecs.register_error(PLAIN_ERRORS, _plain)
 @contextmanager
 def plain_where_needed(stream: object) -> Iterator[None]:
     """Within it, what ``stream``'s encoding cannot write is written plain ("±" as "+/-"); its
-    error handling is put back after. A stream that encodes it all, or is no text file, is left as is."""
+    error handling is put back after. A stream that encodes it all and is strict about the rest,
+    or is no text file, is left as is. A strict UTF-8 stream (a UTF-8 locale) cannot write a lone
+    surrogate either, which a run id made from a file name that is not UTF-8 holds: the report
+    failed with "'utf-8' codec can't encode character '\\udcff'"; it is written escaped."""
     encoding, errors = getattr(stream, "encoding", None), getattr(stream, "errors", None)
     reconfigure = getattr(stream, "reconfigure", None)
     try:
-        needed = bool(encoding) and callable(reconfigure) and errors != PLAIN_ERRORS and not _encodes(encoding, PLAIN)
+        needed = (bool(encoding) and callable(reconfigure) and errors != PLAIN_ERRORS
+                  and (errors == "strict" or not _encodes(encoding, PLAIN)))
         if needed:
             reconfigure(errors=PLAIN_ERRORS)
     except (OSError, ValueError):  # a closed stream, or one that cannot be changed: left as is

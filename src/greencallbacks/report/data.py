@@ -263,12 +263,11 @@ def provenance(records: Sequence[Record], run_summaries: Mapping[str, dict] | No
         )
     if not estimated and not apportioned and not stopped and not unmeasured:
         notes.append("Every component was measured by a hardware counter or sampled power.")
-    missing = {run: sorted(set(range(max(r.attempt for r in mine) + 1)) - {r.attempt for r in mine})
-               for run, mine in by_run(records).items()}
+    missing = {run: _missing_attempts({r.attempt for r in mine}) for run, mine in by_run(records).items()}
     missing = {run: attempts for run, attempts in missing.items() if attempts}
     if missing:
         notes.append(
-            "Not in these records: " + "; ".join(f"attempt(s) {', '.join(map(str, a))} of run {run}" for run, a in missing.items())
+            "Not in these records: " + "; ".join(f"attempt(s) {', '.join(a)} of run {run}" for run, a in missing.items())
             + ". A run resumed into another directory leaves its earlier attempts' records where they were written "
             "(its energy-summary.json names them, as earlier_records), and an attempt killed before its first "
             "record has none; the figures here leave them out. Pass every directory the run wrote in for the whole run."
@@ -505,6 +504,17 @@ def missing_seqs(records: Sequence[Record]) -> list[tuple[int, int, int, int | N
 def _rank_part(record: Record) -> bool:
     """A rank's own record of a failed distributed run (rank > 0, not summed over the ranks)."""
     return record.ranks == 1 and bool(record.components) and all(c.get("rank", 0) > 0 for c in record.components)
+
+
+def _missing_attempts(attempts: set[int]) -> list[str]:
+    """The attempts before the last of ``attempts`` that none of them is, as spans ("1-3"): listed
+    one by one, an attempt number edited to 10**12 filled the memory until the report was killed."""
+    spans, expected = [], 0
+    for attempt in sorted(attempts):
+        if attempt > expected:
+            spans.append(_seq_span(expected, attempt - 1))
+        expected = attempt + 1
+    return spans
 
 
 def _seq_span(first: int, last: int) -> str:

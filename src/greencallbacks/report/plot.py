@@ -86,7 +86,8 @@ def _panel_title(config: dict, group: Sequence[Record], several: bool) -> str:
     title = "Energy per epoch and cumulative CO2eq" + (f" (mean of {runs} runs, bars ± SE)" if runs > 1 else "")
     if several:
         title += "\n" + textwrap.fill(describe_configuration(config), TITLE_WIDTH_CHARS, break_on_hyphens=False)
-    return title
+    # matplotlib reads text between two "$" as math: a sensor named "gpu$x$" failed the plot.
+    return title.replace("$", r"\$")
 
 
 def epoch_figure(records: Sequence[Record], unfinished: Collection[str] = ()):

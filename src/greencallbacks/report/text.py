@@ -220,6 +220,11 @@ _LATEX_SPECIAL = {
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
     "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
     "±": r"$\pm$", "×": r"$\times$", "→": r"$\rightarrow$", "µ": r"$\mu$",
+    # LaTeX's default font encoding (OT1) prints these as other glyphs: a cloud region's source
+    # "aws:us-east-1 (...) -> grid of US-VA" read "-¿ grid" in the paper.
+    "<": r"\textless{}", ">": r"\textgreater{}", "|": r"\textbar{}",
+    # A blank line ends a paragraph, which inside \caption{} stops LaTeX with an error.
+    "\n": " ", "\r": " ",
 }
 
 
@@ -265,7 +270,8 @@ def _latex_group(data: dict, caption_extra: str, label: str) -> list[str]:
                + " Whole run: every phase (training, evaluation and the time between phases)."
                + (" " + latex_escape(pause_sentence(data["carbon_pause"], len(data["runs"]))) if data.get("carbon_pause") else ""))
     # Said where the table is pasted from: its totals are a remnant's, not the run's.
-    lines = [f"% {note}" for note in data.get("records_missing", ())] + [
+    # A comment ends at the line's end: the rest of a note with a newline would be typeset.
+    lines = [f"% {' '.join(note.splitlines())}" for note in data.get("records_missing", ())] + [
         r"\begin{table}[t]",
         r"\centering",
         r"\small",
