@@ -316,6 +316,7 @@ class Tracker:
         self._concurrency_checked = True  # False from start to the first phase (see _say_measured_at_once)
         self._said_not_started = False
         self._records_elsewhere: list[str] = []  # the run's earlier records, where not in output_dir
+        self._records_at_stop: tuple | None = None  # the records file as this session left it (see _run_went_on)
         self._carried: list[Record] = []  # a checkpoint's open phases that no record holds, to write (see _carry)
         # Started again after finish: a later call of the run, which trains no more (see begin); its
         # records say so (``Record.later_call``), and bill no epoch's cost.
@@ -395,6 +396,13 @@ class Tracker:
         check_output_dir(output_dir)
         if output_dir is not None and self.output_dir is None:
             self.output_dir = Path(output_dir)
+        if (self._session_id is not None and self._resume_state is None
+                and (reducer is None or reducer.world_size == 1) and self._run_went_on()):
+            # Another session continued this run since this one stopped (a resume in another
+            # Trainer, or process): this later call goes on after its records, as the run's next
+            # attempt; from this session's own view it numbered its records with seqs the other
+            # had taken, and its summary left the other's epochs out.
+            self._resume_state = self.state_dict()
         self.meter = meter
         self.reducer = reducer or LocalReducer()
         self._host = socket.gethostname()  # read once: a system call at every boundary adds up
@@ -763,6 +771,7 @@ class Tracker:
                 self._warn_records_not_written(summary_written)
             elif not summary_written:  # a full disk can take the records' last lines, not a new file
                 self._warn_summary_not_written()
+        self._records_at_stop = self._records_file_state()
         if self.output_dir is not None:
             # Its phases are written now: a later resume must not carry them again.
             # Rank 0 also removes the killed attempts' that its resume read (every rank read them then).
@@ -772,6 +781,25 @@ class Tracker:
         with _running_lock:
             _running.pop(self, None)
         self._hold_lock(None, "")
+
+    def _records_file_state(self) -> tuple | None:
+        path = self._records_path()
+        try:
+            stat = os.stat(path) if path is not None else None
+        except OSError:
+            return None
+        return stat and (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+    def _run_went_on(self) -> bool:
+        """Whether the run's records hold an attempt or seq this session did not write: read only
+        where the records file changed since this session stopped (a stat, not a read, per call)."""
+        if self.output_dir is None or self._records_file_state() == self._records_at_stop:
+            return False
+        try:
+            written = read_run_records(self.run_id, [self.output_dir])
+        except (OSError, ValueError):  # unreadable: this session's view stands (the report says more)
+            return False
+        return any(r.attempt > self.ledger.attempt or r.seq >= self.ledger.next_seq for r in written)
 
     def _warn_records_not_written(self, summary_written: bool) -> None:
         from greencallbacks.meter import warn
