@@ -128,6 +128,8 @@ class EnergyCallbackBase:
         self._live_step = -1  # the global step last logged (accumulation repeats a step over batches)
         self._live_wait = 0  # batch ends before global_step is next read
         self._live_at_most_one_step = False
+        # global_step less the batches that stepped (automatic optimization); None: read at the fit's first batch
+        self._live_offset: int | None = 0
         self._resume_epoch_at_batch = False  # begin the epoch Lightning resumed mid-way at its next batch
         self._pause_due = False  # an epoch of this fit ended (see _begin_train_epoch)
         # Several iterables whose batches hold one batch of each, counted apart: their collates (see
@@ -478,6 +480,7 @@ class EnergyCallbackBase:
         # as global_step there counts every optimizer's steps (two per batch: twice as many).
         stepped = None if self._live_at_most_one_step else _batches_that_stepped(trainer)
         self._live_step = stepped if stepped is not None else trainer.global_step
+        self._live_offset = None if self._live_at_most_one_step else 0  # read at the first batch (_count_steps_from)
         # Lightning 2.5+ resumes an epoch that a checkpoint interrupted without calling
         # on_train_epoch_start, and says so in the fit loop's public `restarted_mid_epoch` (saved
         # inside the epoch: every_n_train_steps, a mid-epoch validation) or `restarted_on_epoch_end`
@@ -488,8 +491,14 @@ class EnergyCallbackBase:
         fit_loop = getattr(trainer, "fit_loop", None)
         self._resume_epoch_at_batch = any(
             getattr(fit_loop, stage, False) is True for stage in ("restarted_mid_epoch", "restarted_on_epoch_end"))
-        # Several training iterables (fit(model, {"a": loader_a, "b": loader_b}) or a list, nested
-        # too): each batch holds one batch of each (fit has no "sequential" mode), counted apart.
+        self._plan_training_batches(trainer)
+
+    def _plan_training_batches(self, trainer: Any) -> None:
+        """How the training batches are counted. Several training iterables (fit(model, {"a":
+        loader_a, "b": loader_b}) or a list, nested too): each batch holds one batch of each (fit
+        has no "sequential" mode), counted apart. Read again at each epoch's start, where
+        ``reload_dataloaders_every_n_epochs`` has made the epoch's own (a loader added: its part
+        was left uncounted)."""
         loaders = trainer.train_dataloader  # public: the iterables given to fit, combined
         self._train_parts = self._parts_of(trainer, loaders)
         self._train_collates = _collates(trainer, loaders)
@@ -497,16 +506,40 @@ class EnergyCallbackBase:
 
     @never_raises
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
-        self._resume_epoch_at_batch = False  # a release that calls both begins the epoch once
-        self._begin_train_epoch(trainer)
+        # Lightning 2.2-2.4 call this hook for the epoch that a checkpoint saved inside it resumes,
+        # also when none of its batches is left (saved at its last batch's validation:
+        # val_check_interval < 1, check_val_every_n_epoch > 1). Begun here, that epoch left a
+        # training record of no samples in the new attempt, which the report took for the epoch
+        # trained again. As on 2.5+ (see on_train_start), it begins at its first batch, if any.
+        self._resume_epoch_at_batch = _resuming_inside_epoch(trainer)  # a release that calls both begins once
+        if not self._resume_epoch_at_batch:
+            self._begin_train_epoch(trainer)
+        self._plan_training_batches(trainer)
 
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
-        if self._resume_epoch_at_batch:  # one attribute test per step: see on_train_start
-            self._resume_epoch_at_batch = False
+        # Two attribute tests per step: what is left to do at a fit's first batch (see on_train_start).
+        if self._live_offset is None or self._resume_epoch_at_batch:
             try:
-                self._begin_train_epoch(trainer)
+                if self._live_offset is None:
+                    self._count_steps_from(trainer)
+                if self._resume_epoch_at_batch:
+                    self._resume_epoch_at_batch = False
+                    self._begin_train_epoch(trainer)
             except Exception as error:  # noqa: BLE001 - measuring must never break training
                 hook_failed(self, "on_train_batch_start", error)
+
+    def _count_steps_from(self, trainer: Any) -> None:
+        """With automatic optimization global_step moves with the batches that stepped (what
+        Lightning's own logs count), but not always from the same value: Lightning 2.2-2.4 save a
+        checkpoint inside an epoch after its batch's optimizer step and before its count, so a fit
+        resumed from it runs with global_step one ahead, and its step values landed one step
+        before Lightning's own. Read once both are settled: 2.5+ mend the count as the epoch
+        loop starts, after on_train_start."""
+        self._live_offset = 0
+        stepped = _batches_that_stepped(trainer)
+        if stepped is not None:
+            self._live_offset = trainer.global_step - stepped
+            self._live_step -= self._live_offset
 
     def _begin_train_epoch(self, trainer: Any) -> None:
         if self._pause_due:  # before an epoch that follows one, never after the last; every rank waits alike
@@ -545,7 +578,7 @@ class EnergyCallbackBase:
         """
         every = self._live_every
         if self._live_at_most_one_step:
-            step = trainer.global_step  # 0 while the first batches accumulate: nothing to log yet
+            step = trainer.global_step - (self._live_offset or 0)  # 0 while the first batches accumulate: nothing to log yet
             due = step > 0 and step % every == 0
             self._live_wait = every - step % every
         else:
@@ -951,6 +984,14 @@ def _seconds_left(timers: list) -> float | None:
         if isinstance(seconds, (int, float)) and math.isfinite(seconds):
             left.append(float(seconds))
     return min(left) if left else None
+
+
+def _resuming_inside_epoch(trainer: Any) -> bool:
+    """Whether the training epoch starting goes on from a checkpoint saved inside it: Lightning's
+    epoch loop is ``restarting`` (2.2 to 2.6) until it runs, and not after a checkpoint saved at
+    an epoch's end, nor after a Tuner's restore (which resets it). Where a release drops it: False."""
+    epoch_loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
+    return getattr(epoch_loop, "restarting", False) is True
 
 
 def _batches_that_stepped(trainer: Any) -> int | None:

@@ -588,8 +588,16 @@ def training_failed(records: Sequence[Record]) -> bool:
     # and ended well, or failed before its first batch (in the checkpoint write of the epoch end
     # it resumed at), which leaves the run cut short though its last training ended well.
     final = max(by_attempt)
-    if final > attempt and all(r.phase == "other" for r in by_attempt[final]):
-        return by_attempt[final][-1].partial
+    if final > attempt:
+        phases = {r.phase for r in by_attempt[final]}
+        if phases == {"other"}:
+            return by_attempt[final][-1].partial
+        # Lightning 2.2-2.4 resume an epoch whose checkpoint was saved at its last validation by
+        # validating it again, before its end and with no batch: such a resume that failed there
+        # trained nothing, but left the run cut short. (A failed evaluation of a checkpoint in a
+        # later session reads the same; one that ended well leaves the verdict to the training.)
+        if phases <= {"other", "validation"} and by_attempt[final][-1].partial:
+            return True
     mine = by_attempt[attempt]
     # What fails in an evaluation or prediction after the training is no failure of the training.
     after = inference_after_training(mine)
