@@ -695,7 +695,10 @@ class EnergyCallback(_Callback):
             it when a custom ``train_step`` bypasses that tracker, or past what the tracker's count
             (a float of ``keras.config.floatx()``) holds exactly: 2**24 (16.7 M) samples per epoch
             in float32, 2048 in float16, 256 in bfloat16; past that a phase is recorded as
-            ``samples_counted: false``, with one warning. Validation and ``evaluate`` are
+            ``samples_counted: false``, with one warning. It is a whole epoch's: an epoch that ends
+            before its planned steps (``model.stop_training`` set inside it by ``TerminateOnNaN``,
+            a budget or a callback; its data run out) is recorded as ``samples_counted: false``,
+            with that warning, not as given. Validation and ``evaluate`` are
             counted the same way; a loop that ran no step (an empty validation set) counts 0 and
             logs NaN per-sample values. A count that is not available (a custom step that leaves
             the tracker at 0, or that updates it once per batch, as Keras's guide to customizing
@@ -997,7 +1000,11 @@ class EnergyCallback(_Callback):
             # Every step counts a sample at least (Keras's own step counts its batch): the count was
             # reset during the epoch, unseen (a callback calling model.reset_metrics()).
             count, why = None, "reset"
-        samples = self.samples_per_epoch or (
+        declared = self.samples_per_epoch
+        if declared and steps and self._ended_early(most, planned):
+            # A whole epoch's, which this one was not; the tracker's count is what it stands in for.
+            declared, count, why = None, None, "ended_early"
+        samples = declared or (
             self._not_steps(count, "train", fewest, most) if count is not None else 0)
         # Keras's own loop finished no step: it called its step once, which found the data at its end
         # (TensorFlow: a data set of unknown length that an earlier epoch's steps_per_epoch used up),
@@ -1010,7 +1017,7 @@ class EnergyCallback(_Callback):
             # holds (on TensorFlow a stale count, taken for 32 samples an epoch) or was declared.
             samples = 0
         elif not samples:  # a step ran: 0 means the tracker did not count
-            self._uncounted("training", why, fewest)
+            self._uncounted("training", why, most if why == "ended_early" else fewest, planned)
             samples = None
         self._add_tokens(logs)
         step = self._step()
@@ -1513,7 +1520,19 @@ class EnergyCallback(_Callback):
         replicas = getattr(getattr(self.model, "distribute_strategy", None), "num_replicas_in_sync", 1)
         return replicas if isinstance(replicas, int) and replicas > 0 else 1
 
-    def _uncounted(self, phase: str, reason: str | None = None, steps: int = 0) -> None:
+    def _ended_early(self, most: int, planned: int | None) -> bool:
+        """Did the training epoch end before a whole epoch's steps, at ``most`` steps run? Fewer than
+        Keras planned (``model.stop_training`` set inside it: ``TerminateOnNaN``, a budget, a callback
+        of the user's; or its data ran out). Where Keras plans none (a data set of unknown length):
+        ``model.stop_training`` set. Keras clears it as ``fit`` begins, and ``EarlyStopping`` and the
+        like set it in their ``on_epoch_end``, after this callback's (it goes first): set now, it was
+        set inside the epoch, which Keras then ended after a batch (its last one, possibly: uncounted
+        all the same)."""
+        if planned is not None:
+            return most < planned
+        return bool(getattr(self.model, "stop_training", False))
+
+    def _uncounted(self, phase: str, reason: str | None = None, steps: int = 0, planned: int | None = None) -> None:
         """The open phase ran steps but its samples are unknown: recorded as uncounted, one warning per run,
         which names the phase found first (fit's validation ends before its training epoch does).
 
@@ -1521,7 +1540,8 @@ class EnergyCallback(_Callback):
         it counted past what its dtype counts exactly; "not_reset", Keras never resets it (see
         ``_resets_loss_tracker``); "reset", it counted fewer samples than the ``steps`` run; "past_data",
         the loop ran out of data inside a compiled call that may count steps without data; "replicas",
-        this Keras keeps no sum of the count over a ``tf.distribute`` strategy's replicas."""
+        this Keras keeps no sum of the count over a ``tf.distribute`` strategy's replicas; "ended_early",
+        a training epoch given ``samples_per_epoch`` ended after ``steps`` of ``planned`` (see ``_ended_early``)."""
         self.tracker.add_samples(None)
         if self._warned_samples != self.tracker.run_id:
             self._warned_samples = self.tracker.run_id
@@ -1544,6 +1564,11 @@ class EnergyCallback(_Callback):
             elif reason == "reset":
                 why = (f": the loss tracker counted fewer samples than the {steps} steps run, so the model's metrics "
                        "were reset during the loop (a callback calling model.reset_metrics()?)")
+            elif reason == "ended_early":
+                of = f" of the {planned} Keras planned" if planned is not None else ""
+                why = (f": the epoch ended after {steps} steps{of} (model.stop_training set inside it, by "
+                       "TerminateOnNaN, a budget or a callback; or its data ran out), and samples_per_epoch= is a "
+                       "whole epoch's samples")
             else:
                 why = (" (a custom train_step / test_step that does not update the model's loss tracker, or updates "
                        "it once per batch, without sample_weight=<batch size>? a loop of your own around "
@@ -1551,8 +1576,8 @@ class EnergyCallback(_Callback):
             warn(
                 f"greencallbacks: could not count the {phase} samples{why}; its record says samples_counted: false "
                 "and leaves out per-sample values, as does that of every later phase of this run (training, "
-                "validation, test) that cannot be counted: this warning comes once per run. Pass "
-                "samples_per_epoch= for training."
+                "validation, test) that cannot be counted: this warning comes once per run."
+                + ("" if reason == "ended_early" else " Pass samples_per_epoch= for training.")
             )
 
     def _add_tokens(self, logs: dict | None) -> None:
