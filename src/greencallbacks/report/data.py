@@ -289,7 +289,9 @@ def provenance(records: Sequence[Record], run_summaries: Mapping[str, dict] | No
                      + (", or by a kill (measured up to the checkpoint or heartbeat they were carried from)" if killed else "")
                      + "; their energy is in the totals.")
     if any(not r.samples_counted for r in records):
-        notes.append("Some batches could not be counted: samples are a lower bound and J/sample is n/a there.")
+        # As the tables print them (they said "a lower bound" beside a table of n/a).
+        notes.append("Some batches could not be counted (records marked samples_counted: false): samples and "
+                     "J/sample are n/a wherever a count is not whole.")
     trained_in = training_attempts(records)
     if len(trained_in) > len({run for run, _ in trained_in}):
         notes.append("A run was resumed from a checkpoint: an epoch trained whole is one row whatever attempt "
