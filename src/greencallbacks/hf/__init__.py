@@ -17,7 +17,10 @@ How it fits the Trainer (read against transformers 5.23):
   ``add_callback``). ``CallbackHandler.on_log`` clears ``control.should_log``; the callback puts
   it back so the Trainer's own epoch-end log still happens.
 * **Boundaries.** Train: ``on_epoch_begin`` / ``on_epoch_end`` (the end precedes the epoch-end
-  evaluation and checkpoint, which get their own records). Evaluation and prediction have no
+  evaluation and checkpoint, which get their own records); the epoch a resume goes on with from a
+  checkpoint inside it begins at its first ``on_step_begin``, after HF has skipped the steps trained
+  before (billed to the gap before it), and one with none left (a stream's pass shorter than the
+  steps skipped) writes no training record. Evaluation and prediction have no
   begin hook, so the callback wraps ``trainer.evaluation_loop`` on the instance: the phase is
   exact and the ``eval_*`` / ``test_*`` values (HF's ``metric_key_prefix``) join HF's own metrics
   dict, which ``evaluate()`` logs and returns and ``predict()`` returns (and the callback logs,
@@ -266,6 +269,8 @@ class EnergyCallback(TrainerCallback, ExportableState):
         self._missed_steps = False  # removed from the Trainer's callbacks mid-train: batches went uncounted
         self._epoch: int | None = None
         self._next_epoch: int | None = None
+        self._resumes_inside_epoch = False  # this train()'s first epoch skips the steps a checkpoint inside it had trained
+        self._begin_at_step = False  # the epoch HF's loop is in begins at its first step, if one comes
         self._pause_due = False  # an epoch of this train() ended: a carbon-aware pause may precede the next
         self._tokens_added: int | None = None  # HF's token count when the open epoch's were last added (None: none open)
         self._loops: list[_Loop] = []  # the open evaluation / prediction loops, innermost last
@@ -356,7 +361,8 @@ class EnergyCallback(TrainerCallback, ExportableState):
         # finished training), at the checkpoint's, as after the train() that saved it.
         self._run.epoch = _epoch_reached(state)
         # The first epoch's number: 0, or the one a resume starts HF's loop at.
-        self._next_epoch = _first_epoch(trainer, args, state, kwargs.get("train_dataloader"))
+        self._next_epoch, self._resumes_inside_epoch = _first_epoch(trainer, args, state, kwargs.get("train_dataloader"))
+        self._begin_at_step = False
         self._pause_due = False
         self._tokens_added = None
         # No exception hook in any transformers version: when train() raises, its frame leaves the
@@ -392,14 +398,36 @@ class EnergyCallback(TrainerCallback, ExportableState):
         if self._pause_due:  # before an epoch that follows one, never after the last: billed to the gap
             self._pause_due = False
             self.session.pause_between_epochs()
-        self._begin_epoch(epoch, state)
+        # The epoch a resume goes on with from a checkpoint inside it begins at its first step, as
+        # in the Lightning adapter: HF skips the steps trained before, over a stream shorter than
+        # them all of its batches (it then starts its next pass, or in 4.47 stops), and an epoch
+        # begun here left a complete training record of no samples in the new attempt, which the
+        # report took for the epoch trained again. The skipping goes to the gap before it.
+        at_first_step, self._resumes_inside_epoch = self._resumes_inside_epoch, False
+        self._begin_epoch(epoch, state, at_first_step=at_first_step)
 
-    def _begin_epoch(self, epoch: int, state) -> None:
-        self._epoch, self._next_epoch = epoch, epoch + 1
-        if self._run is not None:
-            self._run.epoch = epoch
+    def _begin_epoch(self, epoch: int, state, at_first_step: bool = False) -> None:
+        self._epoch, self._next_epoch = epoch, epoch + 1  # a loop inside it is at it, even before its first step
+        # Read here: transformers 4.47 adds a micro-batch's tokens before its on_step_begin (none while skipping).
         self._tokens_added = state.num_input_tokens_seen
-        self.tracker.begin("train", epoch=epoch)
+        self._begin_at_step = at_first_step
+        if not at_first_step:
+            self._open_epoch()
+
+    def _open_epoch(self) -> None:
+        self._begin_at_step = False
+        if self._run is not None:
+            self._run.epoch = self._epoch  # an evaluate() after a resume that trained none is at the checkpoint's
+        self.tracker.begin("train", epoch=self._epoch)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        # Per optimizer step, before its first micro-batch's training_step (HF skips a resumed
+        # epoch's steps without it). One attribute test per step; guarded here (see on_step_end).
+        if self._begin_at_step:
+            try:
+                self._open_epoch()
+            except Exception as error:  # noqa: BLE001 - measuring must never break training
+                hook_failed(self, "on_step_begin", error)
 
     def on_step_end(self, args, state, control, **kwargs):
         # DefaultFlowCallback (first in the handler) has just decided whether this step logs or
@@ -423,6 +451,7 @@ class EnergyCallback(TrainerCallback, ExportableState):
     def on_epoch_end(self, args, state, control, **kwargs):
         if self._missed_steps:  # added back at this epoch's last step: it ends as it was seen to
             self._back_in(state, epoch_ended=False)
+        self._begin_at_step = False  # a resumed epoch with no step left: no record (nothing trained)
         self._add_epoch_tokens(state)
         record = self.tracker.end("train", step=state.global_step)
         if record is None:
@@ -452,6 +481,8 @@ class EnergyCallback(TrainerCallback, ExportableState):
         (``epoch_ended``), that epoch's record is cut short there (partial) and the epoch now
         running is measured from here."""
         self._missed_steps = False
+        if self._begin_at_step:  # its first step ran while it was out (on_step_begin unseen)
+            self._open_epoch()
         self.tracker.add_samples(None)  # this epoch's count misses the batches run while it was out
         if epoch_ended:
             self._add_epoch_tokens(state)
@@ -1084,13 +1115,16 @@ def _find_trainer(depth: int = 40):
     return None, None
 
 
-def _first_epoch(trainer: Trainer | None, args, state, dataloader) -> int | None:
+def _first_epoch(trainer: Trainer | None, args, state, dataloader) -> tuple[int | None, bool]:
     """The epoch HF's training loop begins at: 0, or on a resume HF's own
-    ``global_step // num_update_steps_per_epoch``; None where that cannot be computed."""
+    ``global_step // num_update_steps_per_epoch`` (None where that cannot be computed); and whether
+    HF skips steps of it first: a resume from a checkpoint inside it, unless ``ignore_data_skip``
+    (where the steps per epoch are unknown, maybe)."""
     if not state.global_step:
-        return 0  # a new training (HF loads a checkpoint's state, its global step, only to resume)
+        return 0, False  # a new training (HF loads a checkpoint's state, its global step, only to resume)
     per_epoch = _update_steps_per_epoch(trainer, args, state, dataloader)
-    return state.global_step // per_epoch if per_epoch else None
+    skips = not getattr(args, "ignore_data_skip", False) and not (per_epoch and state.global_step % per_epoch == 0)
+    return (state.global_step // per_epoch if per_epoch else None), skips
 
 
 def _update_steps_per_epoch(trainer: Trainer | None, args, state, dataloader) -> int | None:
