@@ -49,12 +49,31 @@ def heartbeat_files(run_id: str, directories: list[Path]) -> list[tuple[Path, in
     return found
 
 
-def heartbeat_records(run_id: str, directories: list[Path]) -> list[Record]:
+def ranks_written(records: list[Record]) -> dict[tuple[str, int, int], set[int] | None]:
+    """For each phase (run id, attempt, seq) the records hold, the ranks whose parts they hold;
+    None: every rank's (a record summed over the ranks). A run failing on its ranks writes each
+    rank's part apart: a rank killed outright (the kernel's OOM killer, on one rank alone) wrote
+    none, and its part is in its heartbeat alone."""
+    written: dict[tuple[str, int, int], set[int] | None] = {}
+    for r in records:
+        key = (r.run_id, r.attempt, r.seq)
+        held = written.setdefault(key, set())
+        if held is not None:
+            written[key] = None if r.ranks > 1 else held | {c.get("rank") for c in r.components}
+    return written
+
+
+def heartbeat_records(run_id: str, directories: list[Path],
+                      not_held: dict[tuple[str, int, int], set[int] | None] | None = None) -> list[Record]:
     """The phases run ``run_id``'s heartbeats in these directories hold open, each summed over the
-    ranks whose part is there (each rank writes its own): for a report of a run killed outright."""
+    ranks whose part is there (each rank writes its own): for a report of a run killed outright.
+    ``not_held`` (``ranks_written``): a rank's part the records hold already is left out."""
     by_phase: dict[tuple[int, int], list[list[Record]]] = {}
-    for part in heartbeat_parts(run_id, directories).values():
+    for rank, part in heartbeat_parts(run_id, directories).items():
         for record in part:
+            key = (run_id, record.attempt, record.seq)
+            if not_held is not None and key in not_held and (not_held[key] is None or rank in not_held[key]):
+                continue
             by_phase.setdefault((record.seq, record.attempt), []).append([record])
     return [combine_ranks(per_rank)[0] if len(per_rank) > 1 else per_rank[0][0] for _, per_rank in sorted(by_phase.items())]
 

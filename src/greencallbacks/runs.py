@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from greencallbacks.heartbeat import HEARTBEAT_GLOB, heartbeat_files, heartbeat_records
+from greencallbacks.heartbeat import HEARTBEAT_GLOB, heartbeat_files, heartbeat_records, ranks_written
 from greencallbacks.records import RECORDS_FILE, Record, by_run, file_lines, read_records, record_key
 
 RANK_FILES = "energy-records.rank*.jsonl"
@@ -222,10 +222,10 @@ def _open_phases(records: Sequence[Record], run_files: dict[str, list[Path]], be
         if run is not None and beat in {path for path, _ in heartbeat_files(run, [beat.parent])}:
             if beat.parent not in directories.setdefault(run, []):
                 directories[run].append(beat.parent)
-    written = {(r.run_id, r.attempt, r.seq) for r in records}
+    written = ranks_written(records)
     added: list[Record] = []
     for run, places in directories.items():
-        mine = [r for r in heartbeat_records(run, places) if (run, r.attempt, r.seq) not in written]
+        mine = heartbeat_records(run, places, not_held=written)
         if not mine or not all(_summable(r) for r in mine):
             continue
         for record in sorted(mine, key=lambda r: (r.attempt, r.seq)):

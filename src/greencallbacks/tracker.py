@@ -45,10 +45,12 @@ from greencallbacks.ledger import Ledger, PhaseTotals, read_run_records, run_ids
 from greencallbacks.runlock import RunLock
 from greencallbacks.meter import joules_between
 from greencallbacks.prediction import PREDICTION_STEMS, predict
-from greencallbacks.heartbeat import heartbeat_files, heartbeat_parts, heartbeat_path
+from greencallbacks.heartbeat import heartbeat_files, heartbeat_parts, heartbeat_path, ranks_written
 from greencallbacks.records import (PHASES, RECORDS_FILE, Record, RecordWriter, combine_ranks, run_file_name, with_per_sample,
                                    write_json_atomic)
 from greencallbacks.units import J_PER_KWH
+
+RANK_RECORDS_FILE = "energy-records.rank{rank}.jsonl"  # rank r's own parts of a failed multi-rank run's phases
 
 try:
     import fcntl
@@ -318,6 +320,7 @@ class Tracker:
         self._records_elsewhere: list[str] = []  # the run's earlier records, where not in output_dir
         self._records_at_stop: tuple | None = None  # the records file as this session left it (see _run_went_on)
         self._carried: list[Record] = []  # a checkpoint's open phases that no record holds, to write (see _carry)
+        self._carried_apart: list[tuple[int, Record]] = []  # a killed rank's parts, for its own file (see _carry_ranks)
         # Started again after finish: a later call of the run, which trains no more (see begin); its
         # records say so (``Record.later_call``), and bill no epoch's cost.
         self._later_call = False
@@ -744,7 +747,7 @@ class Tracker:
             if self.reducer.world_size > 1 and self.reducer.rank > 0 and self.output_dir is not None:
                 if self._writer is not None:
                     self._writer.close()
-                self._writer = RecordWriter(self.output_dir / f"energy-records.rank{self.reducer.rank}.jsonl")
+                self._writer = RecordWriter(self.output_dir / RANK_RECORDS_FILE.format(rank=self.reducer.rank))
             for record in local:
                 self._accept(record)
             if local and self._writer is not None:
@@ -1216,7 +1219,7 @@ class Tracker:
             self.ledger.resume(_uncounted(state, [r for key, r in as_saved.items() if carried[key] is not r]), records)
             uncounted = changed
         self._carried = sorted(carried.values(), key=_in_order)
-        for record in sorted(uncounted, key=_in_order):
+        for record in sorted([*uncounted, *(r for _, r in self._carried_apart)], key=_in_order):
             self.ledger.add(record)
         if changed:
             # An attempt that wrote no record of its own (killed before its first) is numbered
@@ -1230,14 +1233,23 @@ class Tracker:
         part alone; each other rank wrote its own in its heartbeat (``others``, by rank; at the
         checkpoint too, see ``state_dict``): 8 GPUs preempted an hour into an epoch carried one
         GPU's hour, not eight."""
-        written = {(r.seq, r.attempt) for r in records}
+        written = ranks_written(records)  # a rank killed alone wrote no part of the phases it had open
+        self._carried_apart = []
         after = (int(state.get("attempt", 0)), int(state.get("seq", 0)))
         parts: dict[tuple[int, int], list[Record]] = {}
-        for part in others.values():
+        for rank, part in others.items():
             for record in part:
                 key = (record.seq, record.attempt)
+                held = written.get((record.run_id, record.attempt, record.seq), ())
+                if held is None or rank in held:
+                    continue  # this rank's part is in the records
+                if held:
+                    # Other ranks wrote their parts of it as they failed: this one's goes beside
+                    # theirs, in its own rank's file, as it would have written it (one record of
+                    # that seq in the run's file, and the report sums the parts).
+                    self._carried_apart.append((rank, dataclasses.replace(record, carried=True)))
                 # A phase closed before the checkpoint is in its records or its totals already.
-                if key not in written and (key in carried or (record.attempt, record.seq) >= after):
+                elif key in carried or (record.attempt, record.seq) >= after:
                     parts.setdefault(key, []).append(record)
         summed = dict(carried)
         for key, others_parts in parts.items():
@@ -1324,6 +1336,14 @@ class Tracker:
                 self._writer.write(*self._carried)
             self.records.extend(self._carried)  # in the ledger already (its totals)
             self._carried = []
+        if self._carried_apart and self._writer is not None:
+            if self.reducer.rank == 0:
+                for rank, record in self._carried_apart:
+                    apart = RecordWriter(self.output_dir / RANK_RECORDS_FILE.format(rank=rank))
+                    apart.write(record)
+                    apart.close()
+            self.records.extend(record for _, record in self._carried_apart)
+            self._carried_apart = []
 
     # ------------------------------------------------------------------------------ embodied
     def _find_embodied(self, meter: "Meter") -> None:

@@ -162,6 +162,7 @@ class EnergyCallbackBase:
         self._runs_evaluated: list[EnergySession] = []
         self._trainer_in_use: weakref.ref | None = None  # the Trainer of the latest setup (see state_dict)
         self._log_dir: str | None = None  # the Trainer's log_dir at the latest setup, with the default output_dir
+        self._exit_write_up_pid: int | None = None  # see _write_up_if_the_process_ends
         self.progress_bar = progress_bar
         self.sample_counter = self._counter.sample_counter
         self.prefix = prefix
@@ -328,6 +329,23 @@ class EnergyCallbackBase:
             self._watch_restore(trainer)  # once for every EnergyCallback of the Trainer
         if self._start_session(trainer) == 0:
             self._check_configuration(trainer)
+        self._write_up_if_the_process_ends()
+
+    def _write_up_if_the_process_ends(self) -> None:
+        """Lightning's spawning launchers (``ddp_spawn``, ``ddp_fork``, ``ddp_notebook``) run the
+        call in processes of their own without its exception handling, which only the launching
+        process has: a failure there calls no ``on_exception`` on the callback that measured, and
+        its process ends. Its part of the phases open and the run's summary were never written (a
+        ``ddp_spawn`` fit failing on both ranks inside epoch 1 left only epoch 0's records). Written
+        up as that process ends (multiprocessing's exit finalizers run after the failure), where
+        the session still runs: a call that ended stopped it. Registered once per process."""
+        import multiprocessing
+        from multiprocessing import util
+
+        if multiprocessing.parent_process() is None or getattr(self, "_exit_write_up_pid", None) == os.getpid():
+            return
+        self._exit_write_up_pid = os.getpid()
+        util.Finalize(None, _write_up_failed, args=(self,), exitpriority=100)
 
     def _watch_restore(self, trainer: Any) -> None:
         """Lightning 2.4 and earlier restore no callback's state in ``validate`` / ``test`` /
@@ -444,7 +462,12 @@ class EnergyCallbackBase:
         # No collectives here: the other ranks may be gone. Writes the unfinished phases as partial,
         # at the step where the fit failed.
         _unwatch_restore(trainer)
-        self.tracker.step = trainer.global_step
+        self._stop_failed(trainer)
+
+    def _stop_failed(self, trainer: Any) -> None:
+        """Write the unfinished phases up as partial, at the step where the call failed; local only."""
+        if trainer is not None:
+            self.tracker.step = trainer.global_step
         self.session.stop(failed=True)
 
     # ------------------------------------------------------------------------------ training
@@ -832,6 +855,15 @@ class EnergyCallbackBase:
 
 
 _OWN_ARGUMENTS = keyword_names(EnergyCallbackBase.__init__)
+
+
+def _write_up_failed(callback: EnergyCallbackBase) -> None:
+    """At the end of a spawned process: its session still running means its call failed there."""
+    try:
+        if callback.session.running:
+            callback._stop_failed(callback._trainer_in_use() if callback._trainer_in_use else None)
+    except Exception as error:  # noqa: BLE001 - the process is ending already
+        hook_failed(callback, "the end of its process", error)
 
 
 def _settings_in_key(key: Any, class_name: str) -> dict | None:
