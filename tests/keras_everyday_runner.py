@@ -11,21 +11,12 @@ failure to ``<out_dir>/results.json``.
 from __future__ import annotations
 
 import csv
-import json
 import math
-import os
-import sys
 import time
-import traceback
 import warnings
 from pathlib import Path
 
-BACKEND, OUT = sys.argv[1], Path(sys.argv[2])
-SCENARIOS = [s for s in sys.argv[3].split(",") if s]
-os.environ["KERAS_BACKEND"] = BACKEND
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.fakes
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # for flow_invariants
+from keras_runner_common import BATCH, POWER_W, TRAIN, VAL, X, XV, Y, YV, rng, run_scenarios  # first: it picks the backend
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -34,14 +25,6 @@ from flow_invariants import check_run, logged_total_matches, meter_threads  # no
 from greencallbacks.keras import EnergyCallback  # noqa: E402
 from greencallbacks.meter import EnergyWarning  # noqa: E402
 from tests.fakes.scripted import ScriptedSensor  # noqa: E402
-
-assert keras.backend.backend() == BACKEND, keras.backend.backend()
-
-POWER_W = 50.0
-TRAIN, VAL, BATCH = 100, 30, 32  # 100 samples: 3 full batches and one of 4
-rng = np.random.default_rng(0)
-X, Y = rng.random((TRAIN, 8), dtype=np.float32), rng.random((TRAIN, 1), dtype=np.float32)
-XV, YV = rng.random((VAL, 8), dtype=np.float32), rng.random((VAL, 1), dtype=np.float32)
 
 
 def tiny_model(classes: int = 0) -> keras.Model:
@@ -181,18 +164,5 @@ def data_set_ends_with_the_epoch(out: Path) -> None:
     assert seen == {1: expected, 3: expected}, seen
 
 
-def main() -> None:
-    results = {}
-    for name in SCENARIOS:
-        out = OUT / name
-        out.mkdir(parents=True, exist_ok=True)
-        try:
-            globals()[name](out)
-            results[name] = "ok"
-        except BaseException:  # noqa: BLE001 - reported to the test, which fails with it
-            results[name] = traceback.format_exc()
-    (OUT / "results.json").write_text(json.dumps(results, indent=1))
-
-
 if __name__ == "__main__":
-    main()
+    run_scenarios(globals())

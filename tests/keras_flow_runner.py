@@ -24,24 +24,18 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import random
 import sys
 import threading
 import time
-import traceback
 from pathlib import Path
 
-BACKEND, OUT = sys.argv[1], Path(sys.argv[2])
-SEEDS = [int(s) for s in sys.argv[3].split(",") if s]
+from keras_runner_common import BACKEND, BATCH, ITEMS, OUT, POWER_W, TRAIN, VAL, X, XV, Y, YV, run_jobs  # first: it picks the backend
+
+SEEDS = [int(s) for s in ITEMS]
 REGRESSIONS = "regressions" in sys.argv[4:]
-os.environ["KERAS_BACKEND"] = BACKEND
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.fakes
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # for flow_invariants
 
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
 
 from flow_invariants import check_run, logged_total_matches, meter_threads, run_records  # noqa: E402
 from greencallbacks import report  # noqa: E402
@@ -49,14 +43,6 @@ from greencallbacks.keras import EnergyCallback  # noqa: E402
 from greencallbacks.records import read_records  # noqa: E402
 from greencallbacks.tracker import SUMMARY_FILE  # noqa: E402
 from tests.fakes.scripted import FakeClock, ScriptedSensor  # noqa: E402
-
-assert keras.backend.backend() == BACKEND, keras.backend.backend()
-
-POWER_W = 50.0
-TRAIN, VAL, BATCH = 100, 30, 32  # 100 samples: 3 full batches and one of 4
-rng_data = np.random.default_rng(0)
-X, Y = rng_data.random((TRAIN, 8), dtype=np.float32), rng_data.random((TRAIN, 1), dtype=np.float32)
-XV, YV = rng_data.random((VAL, 8), dtype=np.float32), rng_data.random((VAL, 1), dtype=np.float32)
 
 
 class Boom(Exception):
@@ -401,18 +387,11 @@ def regression_notebook_exception_kept() -> None:
 
 
 def main() -> None:
-    results = {}
     jobs = {f"seed {s}": (lambda s=s: flow(s)) for s in SEEDS}
     if REGRESSIONS:
         jobs.update(initial_epoch_prediction=regression_initial_epoch_prediction,
                     notebook_exception_kept=regression_notebook_exception_kept)
-    for name, job in jobs.items():
-        try:
-            job()
-            results[name] = "ok"
-        except BaseException:  # noqa: BLE001 - reported to the test, which fails with it
-            results[name] = traceback.format_exc()
-    (OUT / "results.json").write_text(json.dumps(results, indent=1))
+    run_jobs(jobs)
 
 
 if __name__ == "__main__":

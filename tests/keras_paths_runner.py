@@ -12,37 +12,19 @@ its loss tracker.
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import sys
 import time
-import traceback
 import warnings
 from pathlib import Path
 
-BACKEND, OUT = sys.argv[1], Path(sys.argv[2])
-SCENARIOS = [s for s in sys.argv[3].split(",") if s]
-os.environ["KERAS_BACKEND"] = BACKEND
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.fakes
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # for flow_invariants
+from keras_runner_common import BATCH, POWER_W, TRAIN, VAL, X, XV, Y, YV, run_scenarios  # first: it picks the backend
 
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
 
 from flow_invariants import check_run, logged_total_matches, meter_threads  # noqa: E402
 from greencallbacks.keras import EnergyCallback  # noqa: E402
 from greencallbacks.meter import EnergyWarning  # noqa: E402
 from tests.fakes.scripted import ScriptedSensor  # noqa: E402
-
-assert keras.backend.backend() == BACKEND, keras.backend.backend()
-
-POWER_W = 50.0
-TRAIN, VAL, BATCH = 100, 30, 32  # 100 samples: 3 full batches and one of 4
-rng = np.random.default_rng(0)
-X, Y = rng.random((TRAIN, 8), dtype=np.float32), rng.random((TRAIN, 1), dtype=np.float32)
-XV, YV = rng.random((VAL, 8), dtype=np.float32), rng.random((VAL, 1), dtype=np.float32)
 
 
 class Rows(keras.metrics.Metric):
@@ -204,18 +186,5 @@ def repeating_data_and_steps(out: Path) -> None:
     assert [p[2] for p in phases if p[0] == "train"] == fed.train, (phases, fed.train)
 
 
-def main() -> None:
-    results = {}
-    for name in SCENARIOS:
-        out = OUT / name
-        out.mkdir(parents=True, exist_ok=True)
-        try:
-            globals()[name](out)
-            results[name] = "ok"
-        except BaseException:  # noqa: BLE001 - reported to the test, which fails with it
-            results[name] = traceback.format_exc()
-    (OUT / "results.json").write_text(json.dumps(results, indent=1))
-
-
 if __name__ == "__main__":
-    main()
+    run_scenarios(globals())

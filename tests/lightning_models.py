@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
 FLAVOURS = {
     # Lightning package -> the module that holds its EnergyCallback
@@ -138,3 +138,23 @@ def last_logged_total(log_dir: Path) -> float | None:
         return None
     values = [float(row["energy_kwh_total"]) for row in csv.DictReader(path.open()) if row.get("energy_kwh_total")]
     return values[-1] if values else None
+
+
+class Stream(IterableDataset):
+    """19 samples (batches of 8: two whole and one of 3) with no ``__len__``: an epoch of unknown length."""
+
+    def __iter__(self):
+        for _ in range(19):
+            yield torch.randn(4), torch.randn(1)
+
+
+def step_logging(TinyModel):
+    """TinyModel logging its loss at every step: Lightning's own step points, to compare with ours."""
+
+    class StepLogging(TinyModel):
+        def training_step(self, batch, batch_idx):
+            loss = super().training_step(batch, batch_idx)
+            self.log("step_loss", loss, on_step=True, on_epoch=False)
+            return loss
+
+    return StepLogging

@@ -18,9 +18,9 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="torch is not installed: the Lightning adapter tests need it")
 
-from torch.utils.data import DataLoader, IterableDataset  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
 
-from lightning_models import BATCH, TRAIN_SAMPLES, Boom, batches_run, flavour, loaders  # noqa: E402
+from lightning_models import BATCH, TRAIN_SAMPLES, Boom, Stream, batches_run, flavour, loaders, step_logging  # noqa: E402
 from test_lightning_trainer_options import check, data, energy_callback, trained, trainer_for  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -157,11 +157,6 @@ def test_a_stream_without_a_length_stopped_by_max_steps_then_given_more(tmp_path
     its start (a stream cannot skip its first batches), then 2 batches of epoch 2."""
     L, EnergyCallback, TinyModel = flavour("lightning.pytorch")
 
-    class Stream(IterableDataset):
-        def __iter__(self):
-            for _ in range(19):
-                yield torch.randn(4), torch.randn(1)
-
     callback, ran = energy_callback(EnergyCallback), batches_run(L)
     first = trainer_for(L, tmp_path, [callback, ran], max_epochs=-1, max_steps=4)
     first.fit(TinyModel(), DataLoader(Stream(), batch_size=BATCH), loaders()[1])
@@ -186,11 +181,7 @@ def test_step_values_of_a_fit_resumed_inside_an_epoch_land_on_lightnings_own_log
 
     L, EnergyCallback, TinyModel = flavour("lightning.pytorch")
 
-    class StepLogging(TinyModel):
-        def training_step(self, batch, batch_idx):
-            loss = super().training_step(batch, batch_idx)
-            self.log("step_loss", loss, on_step=True, on_epoch=False)
-            return loss
+    StepLogging = step_logging(TinyModel)
 
     def fit(name, callbacks=(), **fit_kwargs):
         trainer = trainer_for(L, tmp_path, [energy_callback(EnergyCallback), *callbacks], name=name, max_epochs=3,

@@ -17,11 +17,11 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="torch is not installed: the Lightning adapter tests need it")
 
-from torch.utils.data import DataLoader, IterableDataset, TensorDataset  # noqa: E402
+from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 from flow_invariants import check_run, logged_total_matches, meter_threads  # noqa: E402
 from lightning_models import (  # noqa: E402
-    BATCH, TRAIN_SAMPLES, VAL_SAMPLES, Boom, batches_run, flavour, last_logged_total, loaders, trainer_kwargs)
+    BATCH, TRAIN_SAMPLES, VAL_SAMPLES, Boom, Stream, batches_run, flavour, last_logged_total, loaders, trainer_kwargs)
 from tests.fakes.scripted import ScriptedSensor  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -218,11 +218,6 @@ def test_a_data_module_whose_training_set_grows_between_fits(tmp_path):
 
 def test_an_iterable_dataset_without_a_length(tmp_path):
     L, EnergyCallback, TinyModel = flavour("lightning.pytorch")
-
-    class Stream(IterableDataset):
-        def __iter__(self):
-            for _ in range(19):
-                yield torch.randn(4), torch.randn(1)
 
     callback, ran = energy_callback(EnergyCallback), batches_run(L)
     trainer = trainer_for(L, tmp_path, [callback, ran])

@@ -212,16 +212,12 @@ def test_lightning_step_values_land_on_lightnings_own_logging_steps(tmp_path, op
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
-    from tests.lightning_models import flavour, trainer_kwargs
+    from tests.lightning_models import flavour, step_logging, trainer_kwargs
     from tests.test_lightning import csv_scalars
 
     L, EnergyCallback, TinyModel = flavour("lightning.pytorch")
 
-    class StepLogging(TinyModel):
-        def training_step(self, batch, batch_idx):
-            loss = super().training_step(batch, batch_idx)
-            self.log("step_loss", loss, on_step=True, on_epoch=False)
-            return loss
+    StepLogging = step_logging(TinyModel)
 
     TwoOptimizers = two_optimizers(TinyModel)
 

@@ -17,10 +17,13 @@ from tests.fakes.scripted import FakeClock, ScriptedSensor
 POWER_W = 100.0
 
 
+def meter(clock):
+    return Meter([ScriptedSensor("gpu0", clock, power_w=POWER_W)], fallback=None, clock=clock,
+                 wall_clock=lambda: clock() + 1.7e9)
+
+
 def started(tmp_path, clock, **kwargs):
-    tracker = Tracker(carbon=Carbon(intensity=300.0), output_dir=tmp_path, **kwargs)
-    return tracker.start(Meter([ScriptedSensor("gpu0", clock, power_w=POWER_W)], fallback=None, clock=clock,
-                               wall_clock=lambda: clock() + 1.7e9))
+    return Tracker(carbon=Carbon(intensity=300.0), output_dir=tmp_path, **kwargs).start(meter(clock))
 
 
 def train(tracker, clock, epochs, samples=10):
@@ -55,14 +58,12 @@ def test_a_later_call_after_another_session_continued_the_run_goes_on_after_it(t
     first.finish()
     second = Tracker(carbon=Carbon(intensity=300.0), output_dir=tmp_path)
     second.load_state_dict(checkpoint)
-    second.start(Meter([ScriptedSensor("gpu0", clock, power_w=POWER_W)], fallback=None, clock=clock,
-                       wall_clock=lambda: clock() + 1.7e9))
+    second.start(meter(clock))
     train(second, clock, [2])
     second.finish()
     assert second.run_id == first.run_id and second.ledger.attempt == 1
 
-    started_again = first.start(Meter([ScriptedSensor("gpu0", clock, power_w=POWER_W)], fallback=None, clock=clock,
-                                      wall_clock=lambda: clock() + 1.7e9))
+    started_again = first.start(meter(clock))
     evaluate(started_again, clock)
     first.finish()
     records, summary = check_ledger(tmp_path, first.run_id)
@@ -76,8 +77,7 @@ def test_a_later_call_in_a_run_nobody_else_continued_stays_in_its_attempt(tmp_pa
     tracker = started(tmp_path, clock)
     train(tracker, clock, [0, 1])
     tracker.finish()
-    tracker.start(Meter([ScriptedSensor("gpu0", clock, power_w=POWER_W)], fallback=None, clock=clock,
-                        wall_clock=lambda: clock() + 1.7e9))
+    tracker.start(meter(clock))
     evaluate(tracker, clock)
     tracker.finish()
     records, _ = check_ledger(tmp_path, tracker.run_id)
@@ -94,8 +94,7 @@ def test_other_runs_written_in_the_same_file_leave_a_later_call_in_its_attempt(t
     train(other, clock, [0, 1, 2])
     other.finish()
     size = os.path.getsize(tmp_path / RECORDS_FILE)
-    tracker.start(Meter([ScriptedSensor("gpu0", clock, power_w=POWER_W)], fallback=None, clock=clock,
-                        wall_clock=lambda: clock() + 1.7e9))
+    tracker.start(meter(clock))
     evaluate(tracker, clock)
     tracker.finish()
     assert os.path.getsize(tmp_path / RECORDS_FILE) > size
