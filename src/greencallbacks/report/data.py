@@ -595,10 +595,12 @@ def training_failed(records: Sequence[Record]) -> bool:
         if phases == {"other"}:
             return by_attempt[final][-1].partial
         # Lightning 2.2-2.4 resume an epoch whose checkpoint was saved at its last validation by
-        # validating it again, before its end and with no batch: such a resume that failed there
-        # trained nothing, but left the run cut short. (A failed evaluation of a checkpoint in a
-        # later session reads the same; one that ended well leaves the verdict to the training.)
-        if phases <= {"other", "validation"} and by_attempt[final][-1].partial:
+        # validating it again, before its end and with no batch: such a resume that failed after
+        # it trained nothing, but left the run cut short. An evaluation of a checkpoint in a later
+        # session that failed fails inside its loop (its validation partial): no training failed.
+        final_records = by_attempt[final]
+        if (phases <= {"other", "validation"} and final_records[-1].partial
+                and not any(r.partial for r in final_records if r.phase == "validation")):
             return True
     mine = by_attempt[attempt]
     # What fails in an evaluation or prediction after the training is no failure of the training.
