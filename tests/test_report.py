@@ -779,17 +779,18 @@ def test_a_failure_in_inference_after_training_or_a_finished_resume_is_no_cut_sh
     # A crash after the last epoch (on_train_end), resumed: the resume trains nothing and ends well.
     crashed_at_the_end = one_run("r")[:-1] + [gap("r", 1, 4, partial=True)]
     resumed = crashed_at_the_end + [gap("r", None, 5, attempt=1), gap("r", 1, 6, attempt=1)]
-    # A checkpoint validated in a later session (a new attempt) that fails inside its loop.
-    validated_later = trained + [gap("r", None, 5, attempt=1),
-                                 dataclasses.replace(rec("r", "validation", 2, 5.0, 3, 6), partial=True, attempt=1)]
-    for records in (failed_test, failed_validate, resumed, validated_later):
+    for records in (failed_test, failed_validate, resumed):
         assert not report.cut_short(report.configuration(records)), [(r.phase, r.epoch, r.partial) for r in records]
     assert report.cut_short(report.configuration(crashed_at_the_end))
-    # Lightning 2.2-2.4: a resume validates the epoch its checkpoint ended again, whole, then
-    # fails before its first batch (in the checkpoint write): the run's last training failed.
+    # Lightning 2.2-2.4: a resume validates the epoch its checkpoint ended again, then fails (in
+    # that validation, or before its first batch): the run's last training failed. A checkpoint
+    # validated in a later session that failed reads the same (a known limit: the safe side).
     validated_again = trained + [gap("r", None, 5, attempt=1), dataclasses.replace(rec("r", "validation", 1, 5.0, 3, 6), attempt=1),
                                  gap("r", 1, 7, partial=True, attempt=1)]
-    assert report.cut_short(report.configuration(validated_again))
+    failed_in_it = trained + [gap("r", None, 5, attempt=1),
+                              dataclasses.replace(rec("r", "validation", 1, 5.0, 3, 6), partial=True, attempt=1)]
+    for records in (validated_again, failed_in_it):
+        assert report.cut_short(report.configuration(records)), [(r.phase, r.epoch, r.partial) for r in records]
 
 
 def test_lightning_test_failing_after_a_fit_leaves_the_training_complete(tmp_path):

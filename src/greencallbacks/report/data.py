@@ -595,12 +595,11 @@ def training_failed(records: Sequence[Record]) -> bool:
         if phases == {"other"}:
             return by_attempt[final][-1].partial
         # Lightning 2.2-2.4 resume an epoch whose checkpoint was saved at its last validation by
-        # validating it again, before its end and with no batch: such a resume that failed after
-        # it trained nothing, but left the run cut short. An evaluation of a checkpoint in a later
-        # session that failed fails inside its loop (its validation partial): no training failed.
-        final_records = by_attempt[final]
-        if (phases <= {"other", "validation"} and final_records[-1].partial
-                and not any(r.partial for r in final_records if r.phase == "validation")):
+        # validating it again, before its end and with no batch: such a resume that failed there,
+        # in that validation or after it, trained nothing, but left the run cut short. The records
+        # cannot tell it from an evaluation of a checkpoint that failed in a later session, read
+        # the same: the safe side, as a run taken for finished would be pooled with repeats.
+        if phases <= {"other", "validation"} and by_attempt[final][-1].partial:
             return True
     mine = by_attempt[attempt]
     # What fails in an evaluation or prediction after the training is no failure of the training.
