@@ -47,6 +47,9 @@ def test_pick_unit_for_grams():
         (5.0, 1e-7, "5.00 ± 1.0e-07"),
         (1e-3, 1e-9, "0.00100 ± 1.0e-09"),
         (0.0, 1e-7, "0.0e-7 ± 1.0e-7"),
+        # Below a millionth of a millionth of the mean: float sums in another order, not spread.
+        (417.0, 2.7e-14, "417 ± 0"),
+        (4.17e-4, 4e-17, "4.17e-04 ± 0"),
     ],
 )
 def test_value_and_error(mean, error, text):

@@ -19,6 +19,10 @@ import unicodedata
 from contextlib import contextmanager
 from typing import Iterable, Iterator, Sequence
 
+# A difference below this share of a value is the rounding of float sums, not data: repeats that
+# summed the same joules in another order read "417 ± 0", not "417 ± 2.7e-14".
+NOISE = 1e-12
+
 # (unit, factor from the base unit), largest unit first.
 ENERGY_UNITS = (("kWh", 1.0), ("Wh", 1e3), ("mWh", 1e6))  # base: kWh
 MASS_UNITS = (("kg", 1e-3), ("g", 1.0), ("mg", 1e3))  # base: g
@@ -65,7 +69,7 @@ def value_and_error(mean: float | None, error: float | None, digits: int = 3) ->
         return "n/a", None
     if error is None or not math.isfinite(error):
         return number(mean, digits), None
-    if error == 0:
+    if error <= abs(mean) * NOISE:  # runs equal but for the order of their float sums
         return number(mean, digits), "0"
     decimals = 1 - math.floor(math.log10(abs(error)))  # two significant digits of the error
     if decimals <= 6:
