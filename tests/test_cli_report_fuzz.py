@@ -303,3 +303,14 @@ def test_an_error_of_several_lines_is_said_in_one(tmp_path, capsys, recorded, mo
     assert err.splitlines()[-1] == ("greencallbacks report: error: \\frac{ ^ ParseSyntaxException: Expected "
                                     "\\frac{num}{den}")
     assert len(err.splitlines()) == 1
+
+
+def test_a_run_id_with_a_newline_from_another_writer_is_one_quoted_name_in_headings_and_listings(
+        tmp_path, capsys, recorded):
+    """The tracker refuses such an id; a file written by another tool may still hold one. Its
+    newline ended the report's heading mid-name, the rest read as a paragraph."""
+    other = [{**r, "run_id": "run\nb"} for r in recorded]
+    code, out, err = report_of(capsys, write(tmp_path, recorded + other))
+    assert code == 0
+    assert out.splitlines()[0] == "# Energy report (2 runs: run-a, 'run\\nb')"
+    assert "  'run\\nb': " in err and "run\nb" not in out + err

@@ -14,6 +14,7 @@ from greencallbacks.textformat import (
     number,
     pick_unit,
     plus_minus,
+    printable,
     pue_text,
     value_and_error,
 )
@@ -85,3 +86,8 @@ def test_energy_mass_and_pue_in_words():
         "1, IT energy only (no PUE given and no cloud region)"
     )
     assert pue_text(1.09, "") == "1.09"
+
+
+def test_printable_names_keep_their_text_and_others_are_one_quoted_line():
+    assert printable("run-1 a/b|c") == "run-1 a/b|c"
+    assert printable("r\nx\t") == "'r\\nx\\t'"

@@ -353,9 +353,10 @@ def test_another_run_under_the_same_given_id_is_no_copy_to_go_on_in(tmp_path):
     assert resumed.totals["train"].count == 3
 
 
-def test_bad_run_id_rejected():
-    with pytest.raises(ValueError, match="run_id"):
-        Tracker(run_id="  ")
+@pytest.mark.parametrize("run_id", ["  ", "a\nb", "tab\there", 3])
+def test_bad_run_id_rejected(run_id):
+    with pytest.raises(ValueError, match="run_id must be a non-empty string without control characters"):
+        Tracker(run_id=run_id)
 
 
 class ThreadReducer:

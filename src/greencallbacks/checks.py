@@ -7,6 +7,7 @@ argument and what is valid.
 
 ``keywords_checked`` gives the core classes' constructors what the callbacks' give: a mistyped
 keyword is refused naming the nearest valid one (``unknown_keyword``, the one message for both).
+``one_line``: a name that prints as one line (a run id heads a report).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import functools
 import math
 import numbers
+import unicodedata
 from typing import Any, Callable, Iterable, TypeVar
 
 _Class = TypeVar("_Class", bound=type)
@@ -28,6 +30,11 @@ def as_float(value: object) -> float:
         return float(value)
     except OverflowError:
         return math.nan
+
+
+def one_line(text: str) -> bool:
+    """Whether ``text`` holds no control character and no line or paragraph separator."""
+    return not any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in text)
 
 
 def shown(value: object) -> str:

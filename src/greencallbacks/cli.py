@@ -207,6 +207,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_lifecycle(args: argparse.Namespace) -> int:
     from greencallbacks.lifecycle import lifecycle
+    from greencallbacks.textformat import printable
     from greencallbacks.units import J_PER_KWH
 
     search = load_records(args.search).records if args.search else []  # a flag's path, before the runs
@@ -229,7 +230,7 @@ def cmd_lifecycle(args: argparse.Namespace) -> int:
                              "overflows (is past the largest number)")
     _say_runs(loaded, runs, "lifecycle")
     for run in skipped:
-        print(f"greencallbacks lifecycle: run {run} has no training records (no training epoch: evaluation or "
+        print(f"greencallbacks lifecycle: run {printable(run)} has no training records (no training epoch: evaluation or "
               "prediction alone, or a tuner's trials): skipped", file=sys.stderr)
     if args.json:
         documents = [{"run_id": run, **lc.to_dict(inferences=args.inferences)} for run, lc in cycles]
@@ -243,7 +244,7 @@ def cmd_lifecycle(args: argparse.Namespace) -> int:
     for run, lc in cycles:
         a, share = lc.overhead_factor, lc.overhead_share
         per_epoch = ", ".join(f"{j:.4g}" for j in lc.training_j_per_epoch)
-        lines = [f"run {run}"] if several else []
+        lines = [f"run {printable(run)}"] if several else []
         lines += [
             "I  inference:  " + ("unknown" if lc.inference_j_per_sample is None else
                                  f"{num(lc.inference_j_per_sample, ' J/sample')}, "

@@ -22,6 +22,7 @@ from typing import Iterable, Sequence
 
 from greencallbacks.heartbeat import HEARTBEAT_GLOB, heartbeat_files, heartbeat_records, ranks_written
 from greencallbacks.records import RECORDS_FILE, Record, by_run, file_lines, read_records, record_key
+from greencallbacks.textformat import printable
 
 RANK_FILES = "energy-records.rank*.jsonl"
 # Fields every sum in a report needs; the writer turns a NaN into null, which a report cannot add.
@@ -343,7 +344,7 @@ def describe_runs(loaded: Loaded) -> list[str]:
         attempts = len({r.attempt for r in mine})
         framework = next((r.framework for r in mine if r.framework), "unknown framework")
         where = ", ".join(dict.fromkeys(str(f.parent) for f in files))
-        lines.append(f"{run}: {framework}, {epochs} training epoch(s)"
+        lines.append(f"{printable(run)}: {framework}, {epochs} training epoch(s)"
                      + (f" over {attempts} attempts" if attempts > 1 else "")
                      + (", no write-up (killed, or still training)" if run in loaded.unfinished else "") + f", in {where}")
     return lines

@@ -19,6 +19,8 @@ import unicodedata
 from contextlib import contextmanager
 from typing import Iterable, Iterator, Sequence
 
+from greencallbacks.checks import one_line
+
 # A difference below this share of a value is the rounding of float sums, not data: repeats that
 # summed the same joules in another order read "417 ± 0", not "417 ± 2.7e-14".
 NOISE = 1e-12
@@ -107,6 +109,12 @@ def csv_number(value: object) -> object:
     if isinstance(value, float):
         return "" if math.isnan(value) else format(value, ".12g")
     return "" if value is None else value
+
+
+def printable(text: str) -> str:
+    """A name as one line of text: as is, or quoted with its control characters escaped (a run
+    id with a newline, written by another tool, would break a heading or a listing)."""
+    return text if one_line(text) else repr(text)
 
 
 def cell(text: object) -> str:

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from greencallbacks import interrupts
 from greencallbacks._version import __version__
-from greencallbacks.checks import keywords_checked
+from greencallbacks.checks import keywords_checked, one_line
 from greencallbacks.distributed import LocalReducer, Reducer
 from greencallbacks.ledger import Ledger, PhaseTotals, read_run_records, run_ids_in
 from greencallbacks.runlock import RunLock
@@ -257,8 +257,10 @@ class Tracker:
         elif not isinstance(carbon, Carbon):
             raise ValueError(f"carbon must be a greencallbacks.carbon.Carbon (or None for the world average), got {carbon!r}")
         check_output_dir(output_dir)
-        if run_id is not None and (not isinstance(run_id, str) or not run_id.strip()):
-            raise ValueError(f"run_id must be a non-empty string, got {run_id!r}")
+        # One line: a run id heads the report and names its lines in the CLI's listings, where a
+        # newline or a tab would break the Markdown (and could not be typed back).
+        if run_id is not None and (not isinstance(run_id, str) or not run_id.strip() or not one_line(run_id)):
+            raise ValueError(f"run_id must be a non-empty string without control characters, got {run_id!r}")
         self.carbon = carbon
         self.embodied_settings = _embodied_settings(embodied)
         # Embodied CO2eq per second of this process's hardware (found at start from the sensors'

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 
 from greencallbacks.carbon.intensity import MAX_INTENSITY_G_PER_KWH
 from greencallbacks.carbon.series import parse_timestamp
-from greencallbacks.textformat import markdown_table, number
+from greencallbacks.textformat import markdown_table, number, printable
 
 if TYPE_CHECKING:
     from greencallbacks.carbon.series import IntensitySource
@@ -700,7 +700,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             try:
                 result = whatif(records[run], series, window_h=args.window_h, threshold=args.threshold, zones=zones)
             except ValueError as error:
-                raise ValueError(f"run {run}: {error}") from None
+                raise ValueError(f"run {printable(run)}: {error}") from None
             results.append((run, result))
             if args.plot:
                 result.plot(_plot_path(args.plot, run, len(runs) > 1), series)
@@ -723,7 +723,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     for run, result in results:
         if len(results) > 1:
-            print(f"## Run {run}\n")
+            print(f"## Run {printable(run)}\n")
         print(result.to_markdown())
         if run in unfinished:
             print(unfinished[run] + "\n")

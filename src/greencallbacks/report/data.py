@@ -13,6 +13,7 @@ from greencallbacks.carbon.intensity import USER_ZONE
 from greencallbacks.records import PHASES, Record, by_run, counted_to_heartbeat
 from greencallbacks.textformat import (
     ENERGY_UNITS,
+    printable,
     energy_text,
     mass_text,
     number,
@@ -267,7 +268,7 @@ def provenance(records: Sequence[Record], run_summaries: Mapping[str, dict] | No
     missing = {run: attempts for run, attempts in missing.items() if attempts}
     if missing:
         notes.append(
-            "Not in these records: " + "; ".join(f"attempt(s) {', '.join(a)} of run {run}" for run, a in missing.items())
+            "Not in these records: " + "; ".join(f"attempt(s) {', '.join(a)} of run {printable(run)}" for run, a in missing.items())
             + ". A run resumed into another directory leaves its earlier attempts' records where they were written "
             "(its energy-summary.json names them, as earlier_records), and an attempt killed before its first "
             "record has none; the figures here leave them out. Pass every directory the run wrote in for the whole run."
@@ -279,7 +280,7 @@ def provenance(records: Sequence[Record], run_summaries: Mapping[str, dict] | No
     if without:
         notes.append(
             f"No write-up (energy-summary.json) beside the records of run{'s' if len(without) > 1 else ''} "
-            f"{', '.join(without)} for {'their' if len(without) > 1 else 'its'} last attempt, which a run writes "
+            f"{', '.join(map(printable, without))} for {'their' if len(without) > 1 else 'its'} last attempt, which a run writes "
             "when it ends, an exception or Ctrl-C included: killed outright (SIGKILL, the out-of-memory killer, a "
             f"preemption, a SIGTERM outside Lightning), or still training. {_after_last_record(records, without)}, "
             "and it is reported as cut short, apart from runs that finished.")
@@ -343,10 +344,10 @@ def budget_notes(records: Sequence[Record], run_summaries: Mapping[str, dict] | 
         said = [w for w in budget.get("warnings") or () if isinstance(w, str)]
         if budget.get("stopped"):
             reason = budget.get("reason") if isinstance(budget.get("reason"), str) else ""
-            notes.append(f"Run {run}'s budget ({limit}) stopped its training" + (f": {reason}" if reason else "")
+            notes.append(f"Run {printable(run)}'s budget ({limit}) stopped its training" + (f": {reason}" if reason else "")
                          + "; its figures are those of the training it stopped.")
         elif said:
-            notes.append(f"Run {run}'s budget ({limit}) warned: {'; '.join(said)}; its training went on.")
+            notes.append(f"Run {printable(run)}'s budget ({limit}) warned: {'; '.join(said)}; its training went on.")
     return notes
 
 
@@ -426,7 +427,7 @@ def incomplete_records(records: Sequence[Record], run_summaries: Mapping[str, di
                 f"its records hold {number(held * factor)} {unit} of the {number(counted * factor)} {unit} "
                 f"its energy-summary.json counts ({held / counted:.0%})")
         if missing:
-            notes.append(f"Records missing from run {run}: {missing}; the totals shown are only what its records hold.")
+            notes.append(f"Records missing from run {printable(run)}: {missing}; the totals shown are only what its records hold.")
     return notes
 
 
@@ -448,7 +449,7 @@ def calls_left_unwritten(records: Sequence[Record], run_summaries: Mapping[str, 
             continue
         unit, factor = pick_unit([held, counted], ENERGY_UNITS)
         notes.append(
-            f"Run {run}'s records hold {number(held * factor)} {unit}, more than the {number(counted * factor)} {unit} "
+            f"Run {printable(run)}'s records hold {number(held * factor)} {unit}, more than the {number(counted * factor)} {unit} "
             "its energy-summary.json counts: a call after the one that wrote it (a validation, test or prediction "
             "after the training) left no write-up: killed outright (SIGKILL, the out-of-memory killer, a preemption), "
             f"or still running. {_after_last_record(mine, [run])}.")

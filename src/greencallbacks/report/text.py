@@ -30,6 +30,7 @@ from greencallbacks.textformat import (
     number,
     pick_unit,
     plus_minus,
+    printable,
     value_and_error,
 )
 
@@ -199,7 +200,7 @@ def render_markdown(records: Sequence[Record], *, with_equivalents: bool = False
                      unfinished=unfinished)
     groups = data["configurations"]
     runs = [run for g in groups for run in g["runs"]]
-    parts = [f"# Energy report ({len(runs)} run{'s' if len(runs) != 1 else ''}: {', '.join(runs)})", ""]
+    parts = [f"# Energy report ({len(runs)} run{'s' if len(runs) != 1 else ''}: {', '.join(map(printable, runs))})", ""]
     if len(runs) > 1:
         parts += [f"Runs are grouped by configuration ({data['grouped_by']}); runs of one configuration are "
                   "taken as repeats. To report one run alone, select it by its run id.", ""]
@@ -211,7 +212,7 @@ def render_markdown(records: Sequence[Record], *, with_equivalents: bool = False
         for index, group in enumerate(groups, start=1):
             n = len(group["runs"])
             parts += [f"## Configuration {index}: {group['description']} ({n} run{'s' if n != 1 else ''}: "
-                      f"{', '.join(group['runs'])})", ""]
+                      f"{', '.join(map(printable, group['runs']))})", ""]
             parts += _markdown_group(group, "###") + [""]
     return "\n".join(parts).rstrip("\n") + "\n"
 
