@@ -285,6 +285,18 @@ def test_main_reports_bad_input_without_a_traceback(recorded_run, tmp_path, caps
     assert "cannot be read" in capsys.readouterr().err
 
 
+def test_main_names_the_file_and_line_of_a_start_time_that_is_no_time(recorded_run, capsys):
+    """The report reads no start time; whatif said only "run r: Invalid isoformat string"."""
+    run, series = recorded_run
+    file = run / "energy-records.jsonl"
+    lines = file.read_text().splitlines()
+    lines[1] = json.dumps({**json.loads(lines[1]), "start_time": "yesterday"})
+    file.write_text("\n".join(lines) + "\n")
+    assert main([str(run), "--intensity", str(series)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"greencallbacks whatif: error: {file}:2: start_time 'yesterday' is not an ISO-8601 time\n"
+
+
 @pytest.mark.parametrize("zone, says", [
     ("Atlantis", "unknown zone 'Atlantis'; did you mean"),
     ("aws:nowhere", "unknown region 'aws:nowhere'"),

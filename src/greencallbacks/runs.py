@@ -141,6 +141,14 @@ class Loaded:
     def runs(self) -> list[str]:
         return list(self.run_files)
 
+    def where(self, record: Record) -> str:
+        """``file:line`` of ``record`` (its files read again: for error messages only)."""
+        for file in self.run_files.get(record.run_id, []):
+            lines = _lines_of(file, record.run_id, record.seq, record.attempt)
+            if lines:
+                return f"{file}:{lines[0]}"
+        return f"run {printable(record.run_id)}, record seq {record.seq}"
+
 
 def load(paths: str | os.PathLike | Iterable[str | os.PathLike], run_id: str | None = None) -> Loaded:
     """Every record under ``paths`` (files or directories), or ``run_id``'s alone (other runs' lines

@@ -43,6 +43,7 @@ from greencallbacks.textformat import markdown_table, number, printable
 if TYPE_CHECKING:
     from greencallbacks.carbon.series import IntensitySource
     from greencallbacks.records import Record
+    from greencallbacks.runs import Loaded
 
 DEFAULT_STEP_S = 900.0  # for a source that does not say its resolution (live APIs: 15 min buckets)
 MAX_CANDIDATE_STARTS = 20_000  # more than enough for 24 h at 5 min; bounds the work for odd inputs
@@ -297,6 +298,16 @@ def _lay_out(records: Sequence["Record"]) -> list[tuple[float, float, float]]:
         open_records.append(_Laying(start, duration, record.energy_kwh, cursor=start, left_s=duration))
     close_ended_by(math.inf)
     return pieces
+
+
+def _refuse_bad_start_times(loaded: "Loaded", records: Sequence["Record"]) -> None:
+    """The report reads no start time, whatif places every record by its own: one that is no
+    time is said by its file and line, not as the parser's bare message."""
+    for record in records:
+        try:
+            parse_timestamp(record.start_time)
+        except ValueError:
+            raise ValueError(f"{loaded.where(record)}: start_time {record.start_time!r} is not an ISO-8601 time") from None
 
 
 def co2_at(phases: Sequence[Phase], start_unix: float, series: "IntensitySource") -> float:
@@ -697,6 +708,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         runs = [args.run_id] if args.run_id else loaded.runs
         records = by_run(loaded.records)
         for run in runs:
+            _refuse_bad_start_times(loaded, records[run])
             try:
                 result = whatif(records[run], series, window_h=args.window_h, threshold=args.threshold, zones=zones)
             except ValueError as error:
