@@ -285,6 +285,19 @@ def test_main_reports_bad_input_without_a_traceback(recorded_run, tmp_path, caps
     assert "cannot be read" in capsys.readouterr().err
 
 
+def test_main_takes_a_region_in_every_form_report_and_estimate_take(recorded_run, capsys):
+    """``us-east-1`` and ``West Europe`` were refused here while ``report --compare-zones`` took them."""
+    from greencallbacks.carbon.intensity import place_intensity
+
+    run, series = recorded_run
+    assert main([str(run), "--intensity", str(series), "--zones", "us-east-1,West Europe", "--json"]) == 0
+    regions = json.loads(capsys.readouterr().out)["regions"]
+    assert [r["name"] for r in regions] == ["in us-east-1", "in West Europe"]
+    energy = sum(r.energy_kwh for r in TWO_HOUR_RUN)
+    for row, place in zip(regions, ["aws:us-east-1", "azure:westeurope"]):
+        assert row["co2eq_g"] == pytest.approx(energy * place_intensity(place).g_per_kwh)
+
+
 def test_main_names_the_file_and_line_of_a_start_time_that_is_no_time(recorded_run, capsys):
     """The report reads no start time; whatif said only "run r: Invalid isoformat string"."""
     run, series = recorded_run

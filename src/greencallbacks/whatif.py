@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence
 
-from greencallbacks.carbon.intensity import MAX_INTENSITY_G_PER_KWH
+from greencallbacks.carbon.intensity import MAX_INTENSITY_G_PER_KWH, place_intensity
 from greencallbacks.carbon.series import parse_timestamp
 from greencallbacks.textformat import markdown_table, number, printable
 
@@ -470,13 +470,6 @@ def check_options(window_h: float = 24, threshold: float | None = None) -> None:
                          f"got {threshold!r}")
 
 
-def zone_carbon(zone: str):
-    """The static ``Carbon`` of a zone or cloud region (``provider:region``); an unknown one is refused."""
-    from greencallbacks.carbon import Carbon
-
-    return Carbon(region=zone) if ":" in zone else Carbon(zone=zone)
-
-
 def whatif(
     records: Sequence["Record"],
     series: "IntensitySource | str | Path",
@@ -575,7 +568,7 @@ def whatif(
         zone = zone.strip()
         if not zone:
             continue
-        static = zone_carbon(zone).intensity_between(run_start, run_end)
+        static = place_intensity(zone)
         bases.append(static.basis)
         regions.append(scenario(f"in {zone}", energy * static.g_per_kwh,
                                 detail=f"{static.g_per_kwh:.4g} g/kWh, {static.source}"))
@@ -701,7 +694,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_options(args.window_h, args.threshold)
         zones = args.zones
         for zone in zones:
-            zone_carbon(zone)
+            place_intensity(zone)
         series = IntensitySeries.from_file(args.intensity)
         # Refuses files without records, as report and lifecycle do; an unknown id names the runs found.
         loaded = load_records([args.run], args.run_id)
