@@ -67,6 +67,7 @@ MATRIX = {
                   "tests/test_lightning_evaluation_flows.py", "tests/test_distributed_everyday.py",
                   "tests/test_lightning_trainer_options.py", "tests/test_lightning_flow_regressions.py",
                   "tests/test_lightning_paths_more.py", "tests/test_distributed_paths_more.py",
+                  "tests/test_lightning_logged_totals.py",
                   # A private seam (the checkpoint an evaluation restores, 2.2 to 2.4) and its fallback.
                   "tests/test_lightning_checkpoint_evaluations.py",
                   # A private seam (CombinedLoader's mode) and its guard, at the floor too.

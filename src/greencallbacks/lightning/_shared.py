@@ -739,10 +739,12 @@ class EnergyCallbackBase:
     def on_predict_end(self, trainer: Any, pl_module: Any) -> None:
         if self.tracker.end("predict", step=trainer.global_step) is None:
             return
-        # Lightning forbids `self.log` in predict hooks: write to the loggers directly.
+        # Lightning forbids `self.log` in predict hooks: write to the loggers directly, at the
+        # step its test and validate metrics go to (global_step counts every optimizer's steps
+        # under manual optimization: twice as far with two), saved now (no log of Lightning's follows).
         metrics = _finite(self.session.metrics("predict", self.prefix + PREFIXES["predict"]))
+        self._to_loggers(metrics, trainer)
         for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=trainer.global_step)
             logger.save()
 
     # ------------------------------------------------------------------------------- logging
