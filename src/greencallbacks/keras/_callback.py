@@ -903,6 +903,9 @@ class EnergyCallback(_Callback):
         # reader (on_epoch_end). A lock here could be left acquired by a Ctrl-C (see _whole), and
         # holding Ctrl-C at every batch would cost more than the batch hook itself.
         self._progress.train_calls_begun += 1
+        # TensorBoard counts its steps here, a step begun whose data ran out (no end hook) among
+        # them: counted at the end hook, every later step value went where it writes none.
+        self._live_batches += 1
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         # The steps run: a custom train_step's loss-tracker count is told from samples by them, and
@@ -911,11 +914,8 @@ class EnergyCallback(_Callback):
         with progress.lock:  # `batch`: a step of the execution the hook covers (see _step_range)
             progress.train_steps = max(progress.train_steps, batch + 1)
             progress.train_calls_ended += 1
-        if not self._live_every:
-            return
         # TensorBoard writes a batch when its count since train begin is a multiple of update_freq.
-        self._live_batches += 1
-        if self._live_batches % self._live_every == 0 and logs is not None:
+        if self._live_every and self._live_batches % self._live_every == 0 and logs is not None:
             self._add_live(logs)
 
     @never_raises
