@@ -53,7 +53,8 @@ MATRIX = {
         "tests": ["tests/test_hf.py", "tests/test_hf_hpsearch.py", "tests/test_hf_flows_more.py", "tests/test_flows_hf.py", "tests/test_hf_distributed.py", "tests/test_live.py",
                   "tests/test_hf_callbacks.py", "tests/test_heartbeat.py", "tests/test_hf_everyday.py",
                   "tests/test_hf_trainer_flows.py", "tests/test_hf_epoch_labels.py", "tests/test_hf_paths_more.py",
-                  "tests/test_hf_resume_skips.py", "tests/test_hf_logged_totals.py"],
+                  "tests/test_hf_resume_skips.py", "tests/test_hf_logged_totals.py",
+                  "tests/test_distributed_logged_totals.py"],
         "report": ["transformers", "accelerate", "torch", "tensorboard", "mlflow", "wandb"],
     },
     "lightning": {
@@ -67,7 +68,7 @@ MATRIX = {
                   "tests/test_lightning_evaluation_flows.py", "tests/test_distributed_everyday.py",
                   "tests/test_lightning_trainer_options.py", "tests/test_lightning_flow_regressions.py",
                   "tests/test_lightning_paths_more.py", "tests/test_distributed_paths_more.py",
-                  "tests/test_lightning_logged_totals.py",
+                  "tests/test_lightning_logged_totals.py", "tests/test_distributed_logged_totals.py",
                   # A private seam (the checkpoint an evaluation restores, 2.2 to 2.4) and its fallback.
                   "tests/test_lightning_checkpoint_evaluations.py",
                   # A private seam (CombinedLoader's mode) and its guard, at the floor too.
