@@ -26,6 +26,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 assert keras.backend.backend() == BACKEND, keras.backend.backend()
+KERAS_VERSION = tuple(int(part) for part in keras.__version__.split(".")[:2])  # (3, 15)
 
 POWER_W = 50.0
 TRAIN, VAL, BATCH = 100, 30, 32  # 100 samples: 3 full batches and one of 4

@@ -59,8 +59,14 @@ def _script(out: Path) -> None:
             super().__init__()
             self.per_epoch: list[int] = []
 
+            self.logged: list[int] = []  # the epochs Keras logged anything for
+
         def on_epoch_begin(self, epoch, logs=None):
             self.per_epoch.append(0)
+
+        def on_epoch_end(self, epoch, logs=None):
+            if logs:
+                self.logged.append(epoch)
 
         def on_train_batch_end(self, batch, logs=None):
             self.per_epoch[-1] += 1
@@ -74,7 +80,10 @@ def _script(out: Path) -> None:
     try:
         assert not meter_threads()
         records = check_run(callback.tracker.run_id, [out], power_w=50.0)
-        logged_total_matches(records, history.history["energy_kwh_total"][-1], rel=1e-9, context="History")
+        # What the records held at the end of the last epoch Keras logged: Keras 3.5 and 3.6 go on
+        # with epochs that find no data (and log nothing) where later ones stop the fit.
+        last = max(i for i, r in enumerate(records) if r.phase == "train" and r.epoch == steps.logged[-1])
+        logged_total_matches(records[:last + 1], history.history["energy_kwh_total"][-1], rel=1e-9, context="History")
         try:
             import pandas
         except ImportError:
