@@ -270,9 +270,11 @@ def test_after_a_crash_the_summary_budget_agrees_with_the_run_total(tmp_path):
     assert summary["budget"]["warnings"] == []  # the run is over: reported, not warned of
 
 
-def test_a_step_log_on_one_rank_of_several_warns_and_lets_the_epoch_end_decide(tmp_path):
-    """The session's step-log check (``live_metrics``) on rank 0 of two decides no stop: every
-    rank's epoch-end check does, alike. On one rank a step log may stop, as before."""
+def test_a_step_log_warns_and_lets_the_epoch_end_decide(tmp_path):
+    """The session's step-log check (``live_metrics``) decides no stop, on rank 0 of two (every
+    rank's epoch-end check does, alike) and on one rank (it said "stopping training" while the
+    epoch went on, and a crash before the epoch's end left a summary saying the budget stopped
+    the run)."""
     import types
 
     from greencallbacks.meter import Meter
@@ -298,9 +300,9 @@ def test_a_step_log_on_one_rank_of_several_warns_and_lets_the_epoch_end_decide(t
         with warnings.catch_warnings(record=True) as said:
             warnings.simplefilter("always")
             assert session.check_budget()  # the epoch end decides, on every rank alike
-        assert any("stopping training" in str(w.message) for w in said) == (world_size == 2)
+        assert [str(w.message) for w in said if "stopping training" in str(w.message)], said
         session.stop()
-    assert decisions == {1: True, 2: False}
+    assert decisions == {1: False, 2: False}
 
 
 # ------------------------------------------------- warnings given after the checkpoint, then a crash

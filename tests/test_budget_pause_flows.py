@@ -183,7 +183,8 @@ def test_lightning_a_pause_that_spends_the_budget_stops_the_run_after_the_epoch_
     assert sleeps == [600.0, 600.0, 300.0]  # one pause, before epoch 1; none after the stop
     assert column(epochs, "budget_stop") == [0.0, 1.0] and column(epochs, "carbon_pause_s") == [0.0, MAX_DELAY_S]
     assert column(epochs, "budget_used_fraction") == pytest.approx([EPOCH_KWH, 2 * EPOCH_KWH + 1.5], rel=1e-9)
-    assert len(said) == 1 and said[0].endswith("stopping training")  # said at the step log after the pause, once
+    # Reached at the step log after the pause, stopped at the epoch's end: each said once.
+    assert len(said) == 2 and said[0].endswith("reached the budget of 1 kWh") and said[1].endswith("stopping training")
     assert steps and steps == sorted(steps)
     records = check_totals(out, callback.tracker.run_id, float(epochs[-1]["energy_kwh_total"]))
     assert pauses_of(records) == [(0, MAX_DELAY_S, False)]
@@ -255,7 +256,8 @@ def test_hf_a_pause_that_spends_the_budget_stops_the_run_after_the_epoch_it_dela
     assert sleeps == [600.0, 600.0, 300.0]  # none after the stop
     assert [e["budget_stop"] for e in epochs] == [0.0, 1.0] and [e["carbon_pause_s"] for e in epochs] == [0.0, MAX_DELAY_S]
     assert [e["budget_used_fraction"] for e in epochs] == pytest.approx([EPOCH_KWH, 2 * EPOCH_KWH + 1.5], rel=1e-9)
-    assert len(said) == 1 and said[0].endswith("stopping training") and steps == sorted(steps)
+    assert len(said) == 2 and said[0].endswith("reached the budget of 1 kWh") and said[1].endswith("stopping training")
+    assert steps == sorted(steps)
     records = check_totals(out, callback.tracker.run_id, epochs[-1]["energy_kwh_total"])
     assert pauses_of(records) == [(0, MAX_DELAY_S, False)]
     assert [r.epoch for r in records if r.phase == "train"] == [0, 1]

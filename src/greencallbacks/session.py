@@ -280,10 +280,12 @@ class EnergySession:
             tracker.total_energy_j / J_PER_KWH if energy_kwh is None else energy_kwh,
             tracker.total_co2eq_g if co2eq_g is None else co2eq_g,
             prediction,
-            # A step log is judged where it is logged (rank 0 alone, on several ranks): a stop decided
-            # there and not at the epoch end, where every rank judges the same sums, left rank 0
-            # stopping alone and the others waiting for it in a collective for ever.
-            may_stop=not (at_step and tracker.reducer.world_size > 1),
+            # A stop is decided at an epoch's end, where the adapters stop and every rank judges the
+            # same sums; a step log only warns. Decided at a step log, it left rank 0 stopping alone
+            # (the other ranks waiting for it in a collective for ever), and on one rank it said
+            # "stopping training" while the epoch went on: a crash before its end left a summary,
+            # and a checkpoint, of a run the budget had stopped.
+            may_stop=not at_step,
         )
         if tracker.reducer.rank == 0:  # every rank holds the same sums and decides alike; one says so
             decision.emit()
