@@ -43,6 +43,7 @@ def lightning_sweep(tmp_path_factory):
     """Seeds 0-2 of a 2-epoch fit into one log root, seed 2 crashed in epoch 1 and resumed from
     the checkpoint of epoch 0; and a 3-epoch fit. Returns (root, {name: run id}, {name: run id}
     after the crash, before the resume: the root as it was then is ``<root>-after-the-crash``)."""
+    pytest.importorskip("lightning", reason="lightning is not installed: its run sets need it")  # torch with it
     from lightning_models import Boom, flavour, loaders, trainer_kwargs
 
     L, EnergyCallback, TinyModel = flavour("lightning.pytorch")
