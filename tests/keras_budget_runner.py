@@ -50,7 +50,7 @@ class Tick(keras.callbacks.Callback):
         self.clock.advance(1.0)
 
 
-def fit(directory: Path, limit: float, initial_epoch: int = 0) -> dict:
+def fit(directory: Path, limit: float, initial_epoch: int = 0, update_freq: int | None = None) -> dict:
     clock = FakeClock()
     model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4, activation="relu"), keras.layers.Dense(1)])
     model.compile(optimizer="sgd", loss="mse")
@@ -59,12 +59,14 @@ def fit(directory: Path, limit: float, initial_epoch: int = 0) -> dict:
         intensity=100.0, budget=Budget(kwh=limit, on_exceed="stop"),
     )
     checkpoint = keras.callbacks.ModelCheckpoint(str(directory / "ckpt" / "epoch{epoch}.keras"))
+    # A TensorBoard logging batches gives the callback its step logs, where the budget is judged too.
+    board = [keras.callbacks.TensorBoard(str(directory / "tb"), update_freq=update_freq)] if update_freq else []
     pauses_before = len(PAUSES_ASKED)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         history = model.fit(
             X, Y, batch_size=32, epochs=EPOCHS, initial_epoch=initial_epoch, verbose=0,
-            callbacks=[callback, Tick(clock), checkpoint],
+            callbacks=[callback, Tick(clock), checkpoint, *board],
         )
     saved = sorted((directory / "ckpt").glob("*.keras"), key=lambda p: int(p.stem[len("epoch"):]))
     keras.saving.load_model(saved[-1])  # the stopped epoch's checkpoint is whole
@@ -86,9 +88,12 @@ _pause = EnergySession.pause_between_epochs
 EnergySession.pause_between_epochs = lambda self: PAUSES_ASKED.append(1) or _pause(self)
 
 results = {}
-for name, limit, stop_epoch in (("total", 0.0095, 2), ("prediction", 0.03, 3)):
+# "step": logged every batch, the live total reaches the limit three batches into epoch 2, which
+# ends there (the epoch's end would be one batch later).
+for name, limit, stop_epoch, update_freq in (("total", 0.0095, 2, None), ("prediction", 0.03, 3, None),
+                                             ("step", 0.0095, 2, 1)):
     directory = OUT / name
-    first = fit(directory, limit)
-    resumed = fit(directory, limit, initial_epoch=stop_epoch + 1)  # a new process would do the same
+    first = fit(directory, limit, update_freq=update_freq)
+    resumed = fit(directory, limit, initial_epoch=stop_epoch + 1, update_freq=update_freq)  # a new process would do the same
     results[name] = {"first": first, "resumed": resumed}
 (OUT / "results.json").write_text(json.dumps(results))

@@ -156,14 +156,25 @@ def test_lightning_budget_exceeded_by_the_prediction_stops_at_the_first_confiden
     assert len(said) == 1 and "exceeds the budget" in said[0]
 
 
-def test_lightning_step_logs_warn_mid_epoch_and_the_stop_waits_for_the_epoch_end(tmp_path):
+def test_lightning_a_step_log_that_reaches_the_budget_stops_after_that_batch(tmp_path):
     # Logged every step, the live total passes 0.0095 kWh two batches into epoch 2 (the batch just
-    # ended is ticked after this callback): the warning comes then, at 0.01 kWh, not at 0.012; the
-    # stop, at the epoch's end, says so then.
-    trainer, _, rows, said = lightning_fit(tmp_path, Budget(kwh=0.0095, on_exceed="stop"), log_every_n_steps=1)
-    assert said[1:] == ["greencallbacks: energy total 0.01 kWh reached the budget of 0.0095 kWh",
-                        "greencallbacks: energy total 0.012 kWh reached the budget of 0.0095 kWh; stopping training"]
-    assert_stopped_at(tmp_path, trainer, rows, 2, "reached the budget")  # a whole epoch 2, then the stop
+    # ended is ticked after this callback): on one process the stop comes then, after that batch,
+    # not at the epoch's end (a fine-tune of one long epoch overran by up to an epoch).
+    budget = Budget(kwh=0.0095, on_exceed="stop")
+    trainer, _, rows, said = lightning_fit(tmp_path, budget, log_every_n_steps=1)
+    assert said[1:] == ["greencallbacks: energy total 0.01 kWh reached the budget of 0.0095 kWh; stopping training"]
+    records, summary, _ = assert_stopped_at(tmp_path, trainer, rows, 2, "reached the budget")  # its checkpoint too
+    epoch_2 = [r for r in records if r.phase == "train" and r.epoch == 2]
+    assert [r.samples for r in epoch_2] == [3 * BATCH]  # three of its four batches ran
+    assert summary["energy_kwh"] == pytest.approx(2 * EPOCH_KWH + 0.003, rel=1e-9)
+    steps = [float(r["energy_kwh_total"]) for r in read_csv(Path(trainer.logger.log_dir) / "metrics.csv")
+             if r.get("energy_kwh_total")]
+    assert steps == sorted(steps) and steps[-1] == pytest.approx(summary["energy_kwh"], rel=1e-9)
+    # Resumed from the stopped epoch's checkpoint, it stops again before a batch, saying nothing.
+    _, _, rows_again, said_again = lightning_fit(tmp_path, budget, ckpt_path=tmp_path / "ckpt" / "last.ckpt",
+                                                 version="resumed", log_every_n_steps=1)
+    assert said_again == [] and rows_again == []
+    assert [r.samples for r in read_records(tmp_path / "energy") if r.phase == "train"] == [TRAIN_SAMPLES, TRAIN_SAMPLES, 3 * BATCH]
 
 
 def test_lightning_warn_only_budget_logs_and_trains_on(tmp_path):
@@ -264,6 +275,51 @@ def test_hf_budget_stops_after_the_epoch_with_its_checkpoint_and_a_resume_stops_
     assert summary["attempts"] == 2 and summary["budget"]["stopped"] is True
 
 
+def test_hf_a_step_log_that_reaches_the_budget_stops_a_long_epoch_there(tmp_path):
+    """One epoch of 40 steps (``max_steps``) logged every 5: the live total reaches the limit at
+    step 25's log, and the Trainer stops after that step, not 15 steps later at the epoch's end.
+    A resume from the checkpoint before the stop stops again (the run's records hold the 25 steps)."""
+    from transformers import Trainer, TrainerCallback
+
+    from greencallbacks.hf import EnergyCallback
+    from hf_tiny import TokenDataset, tiny_model, training_args
+
+    def train(resume=None):
+        clock = FakeClock()
+
+        class Tick(TrainerCallback):  # after EnergyCallback: a step's log sees the steps before it
+            def on_step_end(self, args, state, control, **kwargs):
+                clock.advance(1.0)
+
+        callback = EnergyCallback(output_dir=tmp_path / "energy", sensors=[sensor(clock)], intensity=100.0,
+                                  budget=Budget(kwh=0.023, on_exceed="stop"))
+        args = training_args(tmp_path / "out", max_steps=40, logging_strategy="steps", logging_steps=5,
+                             save_strategy="steps", save_steps=10, eval_strategy="no")
+        trainer = Trainer(model=tiny_model(), args=args, train_dataset=TokenDataset(320), callbacks=[callback, Tick()])
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            trainer.train(resume_from_checkpoint=resume)
+        return trainer, energy_warnings(caught)
+
+    trainer, said = train()
+    assert trainer.state.global_step == 25
+    assert said == ["greencallbacks: energy total 0.019 kWh is 83 % of the budget of 0.023 kWh",
+                    "greencallbacks: energy total 0.024 kWh reached the budget of 0.023 kWh; stopping training"]
+    totals = [e["energy_kwh_total"] for e in trainer.state.log_history if "energy_kwh_total" in e]
+    summary = json.loads((tmp_path / "energy" / "energy-summary.json").read_text())
+    assert summary["energy_kwh"] == pytest.approx(0.025, rel=1e-9) and summary["budget"]["stopped"]
+    assert len(totals) >= 6 and totals == sorted(totals) and totals[-1] == pytest.approx(summary["energy_kwh"], rel=1e-9)
+    assert [r.samples for r in read_records(tmp_path / "energy") if r.phase == "train"] == [25 * 8]
+
+    # Its checkpoint holds a budget not yet stopped: the stop is decided anew, and said once (the
+    # warnings given before are not repeated).
+    again, said_again = train(resume=tmp_path / "out" / "checkpoint-20")
+    assert said_again == ["greencallbacks: energy total 0.025 kWh reached the budget of 0.023 kWh; stopping training"]
+    assert again.state.global_step == 21  # one step: the Trainer reads the flag after it
+    summary = json.loads((tmp_path / "energy" / "energy-summary.json").read_text())
+    assert summary["attempts"] == 2 and summary["energy_kwh"] == pytest.approx(0.026, rel=1e-9)
+
+
 # ---------------------------------------------------------------------------------------- Keras
 KERAS_RUNNER = Path(__file__).with_name("keras_budget_runner.py")
 
@@ -280,13 +336,19 @@ def keras_results(tmp_path_factory):
     return json.loads((out / "results.json").read_text()), out
 
 
-@pytest.mark.parametrize("scenario, stop_epoch, reason", [("total", 2, "reached the budget"), ("prediction", 3, "exceeds the budget")])
-def test_keras_budget_stops_after_the_epoch_with_its_checkpoint_and_a_resume_stops_again(keras_results, scenario, stop_epoch, reason):
+@pytest.mark.parametrize("scenario, stop_epoch, reason, steps", [
+    ("total", 2, "reached the budget", 12), ("prediction", 3, "exceeds the budget", 16),
+    ("step", 2, "0.01 kWh reached the budget", 11),  # at a TensorBoard batch log: three batches into epoch 2
+])
+def test_keras_budget_stops_after_the_epoch_with_its_checkpoint_and_a_resume_stops_again(keras_results, scenario, stop_epoch,
+                                                                                       reason, steps):
     results, out = keras_results
     first, resumed = results[scenario]["first"], results[scenario]["resumed"]
     assert first["epochs"] == list(range(stop_epoch + 1)) and first["stop_training"]
     assert first["pauses_asked"] == stop_epoch and resumed["pauses_asked"] == 0  # none after the stop
-    assert first["steps"] == 4 * (stop_epoch + 1)
+    assert first["steps"] == steps
+    train = [r for r in read_records(out / scenario / "energy") if r.phase == "train"]
+    assert [r.samples for r in train] == [100] * stop_epoch + [min(100, 32 * (steps - 4 * stop_epoch))] + [32]  # + the resume's batch
     assert first["budget_stop"] == [0.0] * stop_epoch + [1.0]
     # ModelCheckpoint (after EnergyCallback) saved the stopping epoch too, and the file loads.
     assert first["checkpoints"] == [f"epoch{e + 1}.keras" for e in range(stop_epoch + 1)]

@@ -176,15 +176,15 @@ def test_lightning_a_pause_cut_short_by_a_crash_is_not_paused_again_on_resume(tm
     assert summary["budget"]["used"]["kwh"] == pytest.approx(summary["energy_kwh"], rel=1e-9)
 
 
-def test_lightning_a_pause_that_spends_the_budget_stops_the_run_after_the_epoch_it_delayed(tmp_path):
+def test_lightning_a_pause_that_spends_the_budget_stops_the_run_at_the_next_step_log(tmp_path):
     out = tmp_path / "energy"
     callback, epochs, steps, said, _, sleeps = lightning_fit(tmp_path, Budget(kwh=1.0, on_exceed="stop"), max_epochs=4,
                                                              version="first")
     assert sleeps == [600.0, 600.0, 300.0]  # one pause, before epoch 1; none after the stop
     assert column(epochs, "budget_stop") == [0.0, 1.0] and column(epochs, "carbon_pause_s") == [0.0, MAX_DELAY_S]
-    assert column(epochs, "budget_used_fraction") == pytest.approx([EPOCH_KWH, 2 * EPOCH_KWH + 1.5], rel=1e-9)
-    # Reached at the step log after the pause, stopped at the epoch's end: each said once.
-    assert len(said) == 2 and said[0].endswith("reached the budget of 1 kWh") and said[1].endswith("stopping training")
+    # Reached at the first step log after the pause (two batches into epoch 1), and stopped there.
+    assert column(epochs, "budget_used_fraction") == pytest.approx([EPOCH_KWH, EPOCH_KWH + 0.002 + 1.5], rel=1e-9)
+    assert len(said) == 1 and said[0].endswith("reached the budget of 1 kWh; stopping training")
     assert steps and steps == sorted(steps)
     records = check_totals(out, callback.tracker.run_id, float(epochs[-1]["energy_kwh_total"]))
     assert pauses_of(records) == [(0, MAX_DELAY_S, False)]
@@ -250,13 +250,14 @@ def test_hf_ctrl_c_inside_a_pause_then_a_resume_spends_only_the_delay_left(tmp_p
     assert summary["energy_kwh"] == pytest.approx(4 * EPOCH_KWH + MAX_DELAY_S * PAUSE_KWH_PER_S, rel=1e-9)
 
 
-def test_hf_a_pause_that_spends_the_budget_stops_the_run_after_the_epoch_it_delayed(tmp_path):
+def test_hf_a_pause_that_spends_the_budget_stops_the_run_at_the_next_step_log(tmp_path):
     out = tmp_path / "energy"
     callback, epochs, steps, said, _, sleeps = hf_train(tmp_path, Budget(kwh=1.0, on_exceed="stop"), epochs=4)
     assert sleeps == [600.0, 600.0, 300.0]  # none after the stop
     assert [e["budget_stop"] for e in epochs] == [0.0, 1.0] and [e["carbon_pause_s"] for e in epochs] == [0.0, MAX_DELAY_S]
-    assert [e["budget_used_fraction"] for e in epochs] == pytest.approx([EPOCH_KWH, 2 * EPOCH_KWH + 1.5], rel=1e-9)
-    assert len(said) == 2 and said[0].endswith("reached the budget of 1 kWh") and said[1].endswith("stopping training")
+    # Reached at the first step log after the pause (two steps into epoch 1), and stopped there.
+    assert [e["budget_used_fraction"] for e in epochs] == pytest.approx([EPOCH_KWH, EPOCH_KWH + 0.002 + 1.5], rel=1e-9)
+    assert len(said) == 1 and said[0].endswith("reached the budget of 1 kWh; stopping training")
     assert steps == sorted(steps)
     records = check_totals(out, callback.tracker.run_id, epochs[-1]["energy_kwh_total"])
     assert pauses_of(records) == [(0, MAX_DELAY_S, False)]

@@ -200,7 +200,7 @@ class Budget:
                 series' data, which its messages then say), or None. NaN values (no prediction
                 yet) are ignored.
 
-            may_stop: False: warn, but decide no stop (a step log judged on one rank of several:
+            may_stop: False: warn, but decide no stop (a step log judged on rank 0 of several:
                 only a check every rank makes alike may stop, or the others wait for it for ever).
 
         Totals that are None or NaN are skipped, never an error: a budget must not break training.

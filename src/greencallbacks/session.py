@@ -280,12 +280,12 @@ class EnergySession:
             tracker.total_energy_j / J_PER_KWH if energy_kwh is None else energy_kwh,
             tracker.total_co2eq_g if co2eq_g is None else co2eq_g,
             prediction,
-            # A stop is decided at an epoch's end, where the adapters stop and every rank judges the
-            # same sums; a step log only warns. Decided at a step log, it left rank 0 stopping alone
-            # (the other ranks waiting for it in a collective for ever), and on one rank it said
-            # "stopping training" while the epoch went on: a crash before its end left a summary,
-            # and a checkpoint, of a run the budget had stopped.
-            may_stop=not at_step,
+            # On one process a step log may stop: the adapter ends training after that step (a
+            # fine-tune of one long epoch would otherwise overrun by up to an epoch). On several
+            # ranks it only warns: rank 0 judges its step log alone, and stopping there left it
+            # stopping alone, the others waiting for it in a collective for ever; the epoch's end,
+            # where every rank judges the same sums, decides.
+            may_stop=not (at_step and tracker.reducer.world_size > 1),
         )
         if tracker.reducer.rank == 0:  # every rank holds the same sums and decides alike; one says so
             decision.emit()
@@ -299,10 +299,16 @@ class EnergySession:
             return prediction
         return priced_by_series(prediction, self.tracker.ledger, self._series_ahead)
 
+    @property
+    def budget_stops_training(self) -> bool:
+        """Has the budget (``on_exceed="stop"``) ended the run? Adapters read it after
+        ``live_metrics`` and stop their framework after that step."""
+        return self.budget is not None and self.budget.stopped and self.budget.on_exceed == "stop"
+
     def live_metrics(self, prefix: str = "") -> dict[str, float]:
         """The run so far at a framework's logging step (``Tracker.live``), with the budget judged
-        on it: a budget crossed mid-epoch warns now, and its stop waits for the epoch's end, where
-        every rank holds the same sums and the checkpoint a whole epoch."""
+        on it: a budget crossed mid-epoch warns now; on one process it stops training after this
+        step (``budget_stops_training``), on several at the epoch's end (see ``check_budget``)."""
         values = self.tracker.live(prefix)
         if values:
             self.check_budget(energy_kwh=values[prefix + "energy_kwh_total"], co2eq_g=values[prefix + "co2eq_g_total"],

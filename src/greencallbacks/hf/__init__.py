@@ -206,7 +206,8 @@ class EnergyCallback(TrainerCallback, ExportableState):
             ``num_input_tokens_seen``.
         budget: a ``greencallbacks.Budget``; with ``on_exceed="stop"`` a budget reached (or
             confidently predicted) sets ``control.should_training_stop`` at that epoch's end, so
-            the epoch's evaluation and checkpoint still happen. A resumed run whose budget was
+            the epoch's evaluation and checkpoint still happen; on one process a step log
+            (``step_metrics``) that reaches it stops after that step. A resumed run whose budget was
             spent stops after one step (the Trainer reads the flag only after a step).
         embodied: how records bill the hardware's manufacturing footprint (``EnergySession``).
         step_metrics: also log ``energy_kwh_total``, ``co2eq_g_total`` (so far, the epoch in
@@ -440,6 +441,8 @@ class EnergyCallback(TrainerCallback, ExportableState):
                 self._add_epoch_tokens(state, epoch_over=False)  # before the heartbeat below, or a checkpoint
             if self.step_metrics and (control.should_log or control.should_evaluate):
                 self._log(self.session.live_metrics(), control)  # (their figures write the heartbeat when due)
+                if self.session.budget_stops_training:  # one process: the Trainer ends after this step's log, evaluation, save
+                    control.should_training_stop = True
             else:
                 # The open phases for a resume after a kill, once a minute (`Tracker.heartbeat`):
                 # logging steps alone come every 500 steps by default, an hour apart on a large model.

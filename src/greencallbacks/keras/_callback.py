@@ -733,7 +733,8 @@ class EnergyCallback(_Callback):
             ``extra_sensors``, ``sensors``, ``carbon_aware``, ``budget``, ``embodied``). With
             ``budget=Budget(..., on_exceed="stop")`` a budget reached (or confidently predicted)
             sets ``model.stop_training`` at that epoch's end, so ``ModelCheckpoint`` and the
-            loggers still see the epoch; a resumed fit whose budget was spent stops after one batch.
+            loggers still see the epoch (or at a batch ``step_metrics`` logs, when that reaches it);
+            a resumed fit whose budget was spent stops after one batch.
         step_metrics: when a ``keras.callbacks.TensorBoard`` in the same list logs batches (an
             integer ``update_freq``), also put ``energy_kwh_total``, ``co2eq_g_total`` (so far, the
             epoch in progress included) and ``power_w`` (since the previous such batch) into the
@@ -922,6 +923,8 @@ class EnergyCallback(_Callback):
     def _add_live(self, logs: dict) -> None:
         if self._call is not None and self._call.run is not None and self.session.running:
             logs.update(self.session.live_metrics())
+            if self.session.budget_stops_training:  # Keras ends the epoch after this batch
+                self.model.stop_training = True
 
     def _tensorboard_batch_every(self, callback_list: keras.callbacks.CallbackList | None) -> int:
         """The ``update_freq`` of a TensorBoard in the list that logs batches; 0 when none does."""

@@ -77,7 +77,8 @@ class EnergyCallbackBase:
         run_id, gpus, cpu_tdp_w, extra_sensors, sensors, carbon_aware, budget, embodied: passed
             to ``EnergySession`` (named here so that LightningCLI can set them). With
             ``budget=Budget(..., on_exceed="stop")`` a budget reached (or confidently predicted) sets
-            ``trainer.should_stop`` after that epoch, so checkpoints and loggers finish normally.
+            ``trainer.should_stop`` after that epoch, so checkpoints and loggers finish normally; on
+            one process a step log (``step_metrics``) that reaches it stops after that batch.
 
     Runs: every ``trainer.fit`` starts a new run (new ``run_id``, totals from zero) unless it resumes
     from a checkpoint (``ckpt_path=``), which continues that run's totals. ``validate`` / ``test`` /
@@ -797,6 +798,8 @@ class EnergyCallbackBase:
         checkpoints and early stopping.
         """
         values = _finite(self.session.live_metrics(self.prefix))
+        if self.session.budget_stops_training:  # one process: Lightning ends the epoch after this batch
+            trainer.should_stop = True
         if not values:
             return
         self._to_loggers(values, trainer)
