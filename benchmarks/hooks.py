@@ -27,7 +27,8 @@
    same fits with an empty callback (the framework's base class), its hooks timed the same way,
    for the time per hook call of ours against it; and a Lightning fit under ``SimpleProfiler``.
 6. Step values at the frameworks' logging cadence: one ``Tracker.live`` (CPU host; simulated
-   GPU host with the counter off the thread), and each adapter's per-step hook with step values
+   GPU host with the counter off the thread; rank 0 of two local gloo processes, where it sums
+   the ranks' open parts in a gather), and each adapter's per-step hook with step values
    on, at a step that does not log, minus the same with them off. Then the hook at a step that
    LOGS, in real fits on this CPU host (``logging_step``): Lightning's ``on_train_batch_end``
    (CSVLogger, and CSV + TensorBoard; a module logging its loss to the progress bar), HF's
@@ -514,6 +515,7 @@ def step_cadence(calls: int, workdir: Path) -> dict:
         tracker.end("train")
         tracker.finish()
         meter.close()
+    out["tracker_live_us.two_gloo_ranks"] = _live_on_two_ranks(max(200, calls // 100))
 
     from greencallbacks.hf import EnergyCallback as HFCallback
     from greencallbacks.keras import EnergyCallback as KerasCallback
@@ -543,6 +545,41 @@ def step_cadence(calls: int, workdir: Path) -> dict:
     out.update({f"per_step_us_off.{name}": value - loop_overhead_us(calls) for name, value in hooks[False].items()})
     out["logging_step"] = logging_steps(workdir, quick=calls < 100_000)
     return out
+
+
+def _live_on_two_ranks(calls: int) -> float:
+    """One ``Tracker.live`` on rank 0 of two local gloo processes, where it sums the ranks' open
+    parts in a gather (microseconds per call, median of repeats; both ranks call it back to back)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    results = mp.get_context("spawn").Manager().dict()
+    mp.spawn(_live_rank, args=(port, calls, results), nprocs=2, join=True)
+    return results[0]
+
+
+def _live_rank(rank: int, port: int, calls: int, results) -> None:
+    import torch.distributed as dist
+
+    from greencallbacks.distributed import TorchReducer
+    from greencallbacks.meter import Meter
+    from greencallbacks.tracker import Tracker
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        tracker = Tracker()
+        tracker.start(Meter(host_sensors()), reducer=TorchReducer(), output_dir=tempfile.mkdtemp(prefix="gcb-live-"))
+        tracker.begin("train", 0)
+        dist.barrier()
+        results[rank] = per_call_us(tracker.live, calls)
+        tracker.end("train")
+        tracker.finish()
+    finally:
+        dist.destroy_process_group()
 
 
 # ----------------------------------------------------------------------- a step that logs

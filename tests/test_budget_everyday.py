@@ -73,9 +73,8 @@ def test_a_resumed_fit_does_not_count_the_last_gap_twice_as_it_starts(tmp_path):
     assert summary["energy_kwh"] == pytest.approx(RUN_KWH, rel=1e-9) and summary["attempts"] == 2
 
 
-def test_every_ddp_rank_goes_on_alike_when_only_rank_0_judges_the_step_logs(tmp_path):
-    """Only rank 0 logs steps, so only it judged the budget there: a stop decided on the inflated
-    prediction stopped rank 0 after epoch 3 and left rank 1 waiting in a collective for ever."""
+def ddp_fit(tmp_path, limit_kwh: str) -> tuple[list[dict], dict]:
+    """``budget_ddp_script.py`` on two gloo ranks: what each rank ended at, and the run's summary."""
     import os
     import subprocess
     import sys
@@ -85,11 +84,36 @@ def test_every_ddp_rank_goes_on_alike_when_only_rank_0_judges_the_step_logs(tmp_
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     env.pop("LOCAL_RANK", None)
     script = Path(__file__).with_name("budget_ddp_script.py")
-    # 0.2 kWh in 10 epochs; 0.21 predicted with the gap counted twice.
-    done = subprocess.run([sys.executable, str(script), str(tmp_path), "0.205"], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, str(script), str(tmp_path), limit_kwh], capture_output=True, text=True,
                           timeout=120, env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    return ranks, json.loads((tmp_path / "energy" / "energy-summary.json").read_text())
+
+
+def test_every_ddp_rank_goes_on_alike_when_only_rank_0_judges_the_step_logs(tmp_path):
+    """Only rank 0 logs steps, so only it judged the budget there: a stop decided on the inflated
+    prediction stopped rank 0 after epoch 3 and left rank 1 waiting in a collective for ever."""
+    ranks, summary = ddp_fit(tmp_path, "0.205")  # 0.2 kWh in 10 epochs; 0.21 predicted with the gap counted twice
     assert ranks == [{"epoch": 10, "should_stop": False}] * 2
-    summary = json.loads((tmp_path / "energy" / "energy-summary.json").read_text())
     assert summary["energy_kwh"] == pytest.approx(0.2, rel=1e-9) and summary["budget"]["stopped"] is False
+
+
+def test_ddp_step_logs_sum_every_rank_and_a_budget_reached_there_stops_every_rank_at_that_step(tmp_path):
+    """Each rank's device costs 1 Wh a batch: a step log's total goes up 2 Wh a step, both ranks'
+    open parts (rank 0's alone went up 1 Wh a step, half the run's, until the epoch's end). At
+    step 8, four batches into epoch 1, it reaches 0.025 kWh and both ranks stop there."""
+    import csv
+
+    from greencallbacks.records import read_records
+
+    ranks, summary = ddp_fit(tmp_path, "0.025")
+    assert ranks == [{"epoch": 2, "should_stop": True}] * 2  # epoch 1 ended early on both, none after it
+    assert summary["budget"]["stopped"] and summary["budget"]["reason"] == "energy total 0.026 kWh reached the budget of 0.025 kWh"
+    rows = list(csv.DictReader(open(next((tmp_path / "csv").glob("version_*/metrics.csv")), newline="")))
+    steps = [(int(r["step"]), float(r["energy_kwh_total"])) for r in rows if r["energy_kwh_total"] and not r["energy_kwh"]]
+    # Epoch 0's five steps (and the 10 Wh gap after them, both ranks' 5), then epoch 1's four.
+    assert steps == [(s, pytest.approx(kwh, abs=1e-12)) for s, kwh in
+                     [(0, 0.0), (1, 0.002), (2, 0.004), (3, 0.006), (4, 0.008), (5, 0.020), (6, 0.022), (7, 0.024), (8, 0.026)]]
+    train = [(r.epoch, r.samples, r.energy_kwh) for r in read_records(tmp_path / "energy") if r.phase == "train"]
+    assert train == [(0, 38, pytest.approx(0.010, rel=1e-9)), (1, 32, pytest.approx(0.008, rel=1e-9))]  # 4 batches of 4, a rank

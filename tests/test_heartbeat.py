@@ -246,6 +246,9 @@ class RankOne:
     def all_gather(self, obj):
         return [obj, obj]
 
+    def gather_floats(self, values):
+        return [values, values]
+
 
 def test_a_later_rank_writes_its_own_part_beside_rank_zeros(tmp_path):
     """Each rank measures its own devices: rank 1 writes its part to a file of its own (the resume

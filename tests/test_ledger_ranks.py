@@ -43,6 +43,9 @@ class ThreadReducer:
         shared["barrier"].wait()  # nobody overwrites a slot before everyone has read
         return out
 
+    def gather_floats(self, values):
+        return self.all_gather(tuple(values))
+
 
 def run_ranks(body, reducer=None, shared: dict | None = None, world: int = WORLD) -> list:
     """``body(rank, reducer)`` on each of ``world`` ranks' threads; their results. ``reducer(rank,
@@ -321,7 +324,8 @@ def test_ranks_sharing_a_gpu_bill_it_once_in_their_records_their_crash_and_their
     # 2 GPUs x 100 W x 15 s = 3000 J; billed whole by each rank, it was 6000 J.
     assert sum(r.it_energy_kwh for r in records) * 3.6e6 == pytest.approx(gpus * GPU_W * 1.5 * PHASE_S, rel=1e-3)
     assert {c["uuid"] for r in records for c in r.components} == {gpu_uuid(g) for g in range(gpus)}
-    assert [power for _, power, _ in results] == pytest.approx([GPU_W / per_gpu] * WORLD, rel=1e-3)
+    # The live power is the run's, summed over the ranks' shares: each GPU once, the same on every rank.
+    assert [power for _, power, _ in results] == pytest.approx([gpus * GPU_W] * WORLD, rel=1e-3)
     # The GPU's manufacturing footprint is shared alike.
     single, _ = gpu_rank_tracker(0, LocalReducer(), None, gpu_uuid(0))
     alone = single.embodied_rate.grams

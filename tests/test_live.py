@@ -116,6 +116,50 @@ def test_a_restarted_tracker_measures_power_from_its_new_meter():
     tracker.finish()
 
 
+class TwoRanks:
+    """Rank 0 of two, rank 1's part of each gather given: what ``TorchReducer.gather_floats`` returns."""
+
+    rank, world_size = 0, 2
+
+    def __init__(self, rank_1: tuple[float, float, float]) -> None:
+        self.rank_1, self.sent = rank_1, []
+
+    def gather_floats(self, values):
+        self.sent.append(values)
+        return [tuple(values), self.rank_1]
+
+
+def test_on_several_ranks_live_sums_every_ranks_open_part_and_meets_them_even_when_its_own_fails():
+    """Rank 0's part alone read half the open epoch of two ranks (1/N of N). A rank whose part
+    fails still meets the others in the gather (one skipped would pair its next gather with their
+    later ones): they get NaN totals, which the adapters do not log, and it raises after."""
+    tracker, _, advance = started(power_w=100.0, pue=1.5, intensity=300.0)
+    alone = tracker.reducer
+    tracker.reducer = ranks = TwoRanks(rank_1=(1800.0, 0.15, 300.0))  # 1200 J IT at PUE 1.5, its grams, its power
+    tracker.begin("train", 0)
+    advance(10.0)  # rank 0: 1000 J IT, 1500 J at the facility
+    live = tracker.live()
+    assert ranks.sent == [pytest.approx((1500.0, 1500.0 / J_PER_KWH * 300.0, 100.0), rel=1e-12)]
+    assert live["energy_kwh_total"] == pytest.approx(3300.0 / J_PER_KWH, rel=1e-12)
+    assert live["co2eq_g_total"] == pytest.approx(1500.0 / J_PER_KWH * 300.0 + 0.15, rel=1e-12)
+    assert live["power_w"] == pytest.approx(400.0, rel=1e-12)
+
+    def broken():
+        raise OSError("counter gone")
+
+    tracker.meter.peek = broken
+    ranks.rank_1 = (1.0, 1.0, 1.0)
+    with pytest.raises(OSError, match="counter gone"):
+        tracker.live()
+    assert len(ranks.sent) == 2 and all(v != v for v in ranks.sent[1])  # met the other rank, with NaN
+    del tracker.meter.peek
+    tracker.reducer = ranks_after = TwoRanks(rank_1=(0.0, 0.0, 0.0))
+    assert tracker.live()["energy_kwh_total"] > 0 and len(ranks_after.sent) == 1  # and goes on
+    tracker.reducer = alone  # (the phase's end gathers records: a collective of its own)
+    tracker.end("train")
+    tracker.finish()
+
+
 # -------------------------------------------------------------------------------- Lightning
 def lightning_fit(tmp_path, **callback_kwargs):
     import time

@@ -187,7 +187,6 @@ class Budget:
         energy_kwh: float | None,
         co2eq_g: float | None,
         prediction: Mapping[str, float] | None = None,
-        may_stop: bool = True,
     ) -> BudgetDecision:
         """Judge the run's totals so far and its prediction against the limits.
 
@@ -199,9 +198,6 @@ class Budget:
                 ``co2eq_g_predicted_extrapolated`` = 1.0 where they price past an intensity
                 series' data, which its messages then say), or None. NaN values (no prediction
                 yet) are ignored.
-
-            may_stop: False: warn, but decide no stop (a step log judged on rank 0 of several:
-                only a check every rank makes alike may stop, or the others wait for it for ever).
 
         Totals that are None or NaN are skipped, never an error: a budget must not break training.
         """
@@ -250,13 +246,13 @@ class Budget:
                     )
                     self._give(f"{key}:predicted_central", text, crossed, messages)
         newly_stopped = False
-        if exceeded is not None and self.reason is None and may_stop:
+        if exceeded is not None and self.reason is None:
             self.reason = exceeded
-        if exceeded is not None and self.on_exceed == "stop" and not self.stopped and may_stop:
+        if exceeded is not None and self.on_exceed == "stop" and not self.stopped:
             self.stopped = newly_stopped = True
             if exceeded in messages:
                 messages = [m + "; stopping training" if m == exceeded else m for m in messages]
-            else:  # said already, at a step log that could not stop
+            else:  # said already: recalled from an attempt that stopped after the checkpoint resumed from
                 messages.append(f"{exceeded}; stopping training")
                 self._messages.append(messages[-1])
         return BudgetDecision(

@@ -263,7 +263,7 @@ class EnergySession:
         assert self.budget is not None
         return self.budget.summary(energy_kwh=summary["energy_kwh"], co2eq_g=summary["co2eq_g"])
 
-    def check_budget(self, *, energy_kwh: float | None = None, co2eq_g: float | None = None, at_step: bool = False) -> bool:
+    def check_budget(self, *, energy_kwh: float | None = None, co2eq_g: float | None = None) -> bool:
         """Judge the run's totals and prediction against the budget; True when training must stop.
 
         Adapters call it after each training epoch's record is in, then end training their
@@ -280,14 +280,10 @@ class EnergySession:
             tracker.total_energy_j / J_PER_KWH if energy_kwh is None else energy_kwh,
             tracker.total_co2eq_g if co2eq_g is None else co2eq_g,
             prediction,
-            # On one process a step log may stop: the adapter ends training after that step (a
-            # fine-tune of one long epoch would otherwise overrun by up to an epoch). On several
-            # ranks it only warns: rank 0 judges its step log alone, and stopping there left it
-            # stopping alone, the others waiting for it in a collective for ever; the epoch's end,
-            # where every rank judges the same sums, decides.
-            may_stop=not (at_step and tracker.reducer.world_size > 1),
         )
-        if tracker.reducer.rank == 0:  # every rank holds the same sums and decides alike; one says so
+        # Every rank holds the same sums (at a step log too: ``Tracker.live`` sums the open parts),
+        # so all decide alike and stop at the same step; one says so.
+        if tracker.reducer.rank == 0:
             decision.emit()
         self._budget_metrics = decision.metrics()
         return decision.stop and self.budget.on_exceed == "stop"
@@ -307,12 +303,11 @@ class EnergySession:
 
     def live_metrics(self, prefix: str = "") -> dict[str, float]:
         """The run so far at a framework's logging step (``Tracker.live``), with the budget judged
-        on it: a budget crossed mid-epoch warns now; on one process it stops training after this
-        step (``budget_stops_training``), on several at the epoch's end (see ``check_budget``)."""
+        on it: a budget reached mid-epoch stops training after this step (``budget_stops_training``),
+        on every rank alike. On several ranks a collective (see ``Tracker.live``)."""
         values = self.tracker.live(prefix)
         if values:
-            self.check_budget(energy_kwh=values[prefix + "energy_kwh_total"], co2eq_g=values[prefix + "co2eq_g_total"],
-                              at_step=True)
+            self.check_budget(energy_kwh=values[prefix + "energy_kwh_total"], co2eq_g=values[prefix + "co2eq_g_total"])
         return values
 
     def pause_between_epochs(self) -> float:

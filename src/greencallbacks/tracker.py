@@ -912,12 +912,41 @@ class Tracker:
         device sync, no slow read), times PUE; that interval's CO2eq at the intensity of its span.
         ``power_w``: IT power since the newest earlier call at least ``LIVE_POWER_WINDOW_S`` before
         this one (since the first call, or the last boundary before it, until one is). Adds no record and never touches the ledger, so records and per-epoch values are
-        the same with or without it. On several ranks the open phases are this rank's own (the
-        closed ones are summed over ranks at their boundary): no collective on a logging step.
+        the same with or without it.
+
+        On several ranks a collective, which every rank calls at the same logging steps: the
+        ranks' open parts and powers are summed over a gloo gather of three floats (host to host:
+        it waits for no device; ``benchmarks/hooks.py`` step_cadence times it), so that every
+        rank holds the run's totals (the closed phases are summed at their boundaries) and judges
+        a budget alike. Rank 0's part alone read about 1/N of an N-GPU epoch until its end.
         """
         if not self.running or self._last_snapshot is None:
             return {}
-        assert self.meter is not None
+        if self.reducer.world_size == 1:
+            open_j, co2eq_g, power_w = self._live_here()
+        else:
+            # The collective comes whatever this rank's part does: a rank that skipped it would
+            # pair its next gather with the others' later ones. Its failure is raised after it;
+            # the others get NaN totals, which the adapters do not log and a budget ignores.
+            failure = None
+            try:
+                here = self._live_here()
+            except Exception as error:  # noqa: BLE001 - raised below, once the ranks have met
+                failure, here = error, (math.nan,) * 3
+            # Summed in rank order from one gathered list: the same bits on every rank, which a budget needs.
+            open_j, co2eq_g, power_w = (math.fsum(part) for part in zip(*self.reducer.gather_floats(here)))
+            if failure is not None:
+                raise failure
+        values = {
+            "energy_kwh_total": (self.total_energy_j + open_j) / J_PER_KWH,
+            "co2eq_g_total": self.total_co2eq_g + co2eq_g,
+            "power_w": power_w,
+        }
+        return {prefix + k: float(v) for k, v in values.items()}
+
+    def _live_here(self) -> tuple[float, float, float]:
+        """This rank's part of ``live``: the open phases' facility joules and CO2eq so far, and its power."""
+        assert self.meter is not None and self._last_snapshot is not None
         peeked = self.meter.peek()
         pue = self.carbon.pue
         since = self._last_snapshot
@@ -949,12 +978,7 @@ class Tracker:
         power_w = self._joules_between(previous, peeked) / seconds if seconds > 0 else 0.0
         history.append(peeked)
         self._beat(peeked)
-        values = {
-            "energy_kwh_total": (self.total_energy_j + it_j * pue) / J_PER_KWH,
-            "co2eq_g_total": self.total_co2eq_g + co2eq_g,
-            "power_w": power_w,
-        }
-        return {prefix + k: float(v) for k, v in values.items()}
+        return it_j * pue, co2eq_g, power_w
 
     def _joules_between(self, start: "Snapshot", end: "Snapshot") -> float:
         """``joules_between``, with this rank's share of a GPU that other ranks measure too."""

@@ -206,8 +206,8 @@ class EnergyCallback(TrainerCallback, ExportableState):
             ``num_input_tokens_seen``.
         budget: a ``greencallbacks.Budget``; with ``on_exceed="stop"`` a budget reached (or
             confidently predicted) sets ``control.should_training_stop`` at that epoch's end, so
-            the epoch's evaluation and checkpoint still happen; on one process a step log
-            (``step_metrics``) that reaches it stops after that step. A resumed run whose budget was
+            the epoch's evaluation and checkpoint still happen; a step log (``step_metrics``)
+            that reaches it stops after that step. A resumed run whose budget was
             spent stops after one step (the Trainer reads the flag only after a step).
         embodied: how records bill the hardware's manufacturing footprint (``EnergySession``).
         step_metrics: also log ``energy_kwh_total``, ``co2eq_g_total`` (so far, the epoch in
@@ -434,14 +434,17 @@ class EnergyCallback(TrainerCallback, ExportableState):
         # DefaultFlowCallback (first in the handler) has just decided whether this step logs or
         # evaluates (`logging_steps`, `eval_steps`): the values so far go out with it, before the
         # evaluation, which gets its own record.
+        if not self.session.running:
+            return
         try:  # guarded here, not by @never_raises: one frame less at every step (see hook_failed)
-            if not self.session.running:
-                return
             if self._tokens_added is not None and state.num_input_tokens_seen != self._tokens_added:
                 self._add_epoch_tokens(state, epoch_over=False)  # before the heartbeat below, or a checkpoint
+        except Exception as error:  # noqa: BLE001 - measuring must never break training
+            hook_failed(self, "on_step_end", error)
+        try:  # apart: on several ranks the step values are a collective, which no rank may skip
             if self.step_metrics and (control.should_log or control.should_evaluate):
                 self._log(self.session.live_metrics(), control)  # (their figures write the heartbeat when due)
-                if self.session.budget_stops_training:  # one process: the Trainer ends after this step's log, evaluation, save
+                if self.session.budget_stops_training:  # every rank alike: the Trainer ends after this step's log, evaluation, save
                     control.should_training_stop = True
             else:
                 # The open phases for a resume after a kill, once a minute (`Tracker.heartbeat`):

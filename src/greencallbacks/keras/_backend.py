@@ -166,3 +166,7 @@ class JaxProcessReducer:
         padded[: payload.size] = payload
         gathered = np.asarray(multihost_utils.process_allgather(padded)).reshape(self.world_size, -1)
         return [json.loads(gathered[i, : sizes[i]].tobytes().decode("utf-8")) for i in range(self.world_size)]
+
+    def gather_floats(self, values: tuple[float, ...]) -> list[tuple[float, ...]]:
+        # As JSON: an array would travel as float32 unless JAX runs with x64 enabled.
+        return [tuple(gathered) for gathered in self.all_gather(list(values))]

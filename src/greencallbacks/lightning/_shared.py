@@ -77,8 +77,8 @@ class EnergyCallbackBase:
         run_id, gpus, cpu_tdp_w, extra_sensors, sensors, carbon_aware, budget, embodied: passed
             to ``EnergySession`` (named here so that LightningCLI can set them). With
             ``budget=Budget(..., on_exceed="stop")`` a budget reached (or confidently predicted) sets
-            ``trainer.should_stop`` after that epoch, so checkpoints and loggers finish normally; on
-            one process a step log (``step_metrics``) that reaches it stops after that batch.
+            ``trainer.should_stop`` after that epoch, so checkpoints and loggers finish normally; a
+            step log (``step_metrics``) that reaches it stops after that batch.
 
     Runs: every ``trainer.fit`` starts a new run (new ``run_id``, totals from zero) unless it resumes
     from a checkpoint (``ckpt_path=``), which continues that run's totals. ``validate`` / ``test`` /
@@ -492,8 +492,9 @@ class EnergyCallbackBase:
         if self.session.check_budget():
             trainer.should_stop = True
         every = trainer.log_every_n_steps
-        # Loggers write on rank 0 only: the other ranks skip the step values altogether.
-        on = self.step_metrics and isinstance(every, int) and every > 0 and trainer.is_global_zero
+        # Loggers write on rank 0 only, but every rank takes the step values: on several ranks they
+        # are summed over them there (a collective at each logging step, see Tracker.live).
+        on = self.step_metrics and isinstance(every, int) and every > 0
         self._live_every = every if on else 0
         # Automatic optimization steps the optimizer at most once per batch (manual optimization
         # may step several optimizers), which lets most batches skip reading global_step.
@@ -579,6 +580,9 @@ class EnergyCallbackBase:
             else:
                 self._add_parts(batch, self._train_parts)
                 self._counter.collate = self._train_collates[0]
+        except Exception as error:  # noqa: BLE001 - measuring must never break training
+            hook_failed(self, "on_train_batch_end", error)
+        try:  # apart: on several ranks the step values are a collective, which no rank may skip
             if self._live_every:
                 self._live_wait -= 1
                 if self._live_wait <= 0:
@@ -798,9 +802,9 @@ class EnergyCallbackBase:
         checkpoints and early stopping.
         """
         values = _finite(self.session.live_metrics(self.prefix))
-        if self.session.budget_stops_training:  # one process: Lightning ends the epoch after this batch
+        if self.session.budget_stops_training:  # on every rank alike: Lightning ends the epoch after this batch
             trainer.should_stop = True
-        if not values:
+        if not values or not trainer.is_global_zero:
             return
         self._to_loggers(values, trainer)
         if self.progress_bar:
