@@ -357,7 +357,7 @@ class EnergyCallback(TrainerCallback, ExportableState):
             complete_saved_entries(state.stateful_callbacks, type(self).__name__, siblings)
         self._in_train = True
         self._missed_steps = False
-        self._epoch = None  # until the first epoch begins (an `eval_on_start` evaluation has none)
+        self._epoch = None  # until the first epoch begins (an `eval_on_start` evaluation: see _begin_loop)
         # An evaluate() after this train() is at its last epoch; where it runs none (a resume of a
         # finished training), at the checkpoint's, as after the train() that saved it.
         self._run.epoch = _epoch_reached(state)
@@ -686,8 +686,11 @@ class EnergyCallback(TrainerCallback, ExportableState):
         with interrupts.held():
             self._start(args)  # no-op inside train(); evaluate()/predict() alone make a run of their own
             phase = "predict" if description == "Prediction" else "validation"
+            # A loop before a train()'s first epoch (`eval_on_start`) is at the epoch the run reached:
+            # none on a new training, the checkpoint's on a resume (as an evaluate() after it is).
+            epoch = self._epoch if self._epoch is not None or self._run is None else self._run.epoch
             # Each metric_key_prefix (eval, eval_<data set>, test) totals its own loops.
-            self.tracker.begin(phase, epoch=self._epoch, metric_prefix=prefix)
+            self.tracker.begin(phase, epoch=epoch, metric_prefix=prefix)
             # Loops nest (compute_metrics, or a callback's on_prediction_step, calling evaluate() or
             # predict()): the tracker nests their phases, each loop here ends its own.
             loop = _Loop(phase, prefix)
