@@ -271,3 +271,171 @@ def test_a_keyboard_interrupt_in_a_step_then_a_fit_again(tmp_path):
     assert callback.tracker.run_id == run
     records = check(run, [trainer.log_dir], ran, attempt=1, logged_in=trainer.log_dir)
     assert trained(records, attempt=1) == [(1, TRAIN_SAMPLES), (2, TRAIN_SAMPLES)]
+
+
+# ----------------------------------------------- what the loggers received, across options
+# TensorBoard and CSV read back after every call: `check_logged` (test_lightning_logged_totals)
+# checks the step values at Lightning's own logging steps, an attempt going on from the run's
+# total, the epoch totals against the records, and `greencallbacks report` against the summary.
+
+def read_loggers(tensorboard, csv_logger) -> dict[str, dict]:
+    from test_lightning import csv_scalars
+    from test_lightning_logged_totals import tensorboard_scalars
+
+    return {"tensorboard": tensorboard_scalars(tensorboard.log_dir),
+            "csv": csv_scalars(Path(csv_logger.log_dir) / "metrics.csv")}
+
+
+def logged_fit(L, tmp_path, callbacks, name, max_epochs=3, **options):
+    """A Trainer logging to TensorBoard and CSV at every 2nd step, saving ``last.ckpt`` and the
+    best ``val_loss`` under ``tmp_path/ckpt``; returns (trainer, its two loggers)."""
+    loggers = (L.loggers.TensorBoardLogger(tmp_path / "tb", name=name), L.loggers.CSVLogger(tmp_path / "csv", name=name))
+    saver = L.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, **{"monitor": "val_loss", **options.pop("saving", {})})
+    trainer = L.Trainer(max_epochs=max_epochs, logger=list(loggers), callbacks=[*callbacks, saver], default_root_dir=tmp_path,
+                        **trainer_kwargs(enable_checkpointing=True, log_every_n_steps=2, **options))
+    return trainer, loggers
+
+
+def tunable(L, TinyModel):
+    """Logs its loss at every step (Lightning's own logging steps) and takes its batch size and
+    learning rate from attributes a Tuner sets; 40 training samples in batches of 4."""
+    from lightning_models import step_logging
+
+    class Tunable(step_logging(TinyModel)):
+        def __init__(self, fail_at=None):
+            super().__init__(fail_at)
+            self.batch_size, self.lr = 4, 0.05
+
+        def train_dataloader(self):
+            return data(40, self.batch_size)
+
+        def val_dataloader(self):
+            return loaders()[1]
+
+        def test_dataloader(self):
+            return data(12, 4)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+    return Tunable
+
+
+@pytest.mark.parametrize("tune", ["lr_find", "scale_batch_size", "finder_callback"])
+def test_a_tuner_then_a_fit_that_crashes_then_a_resume_and_evaluations_of_its_checkpoints(tmp_path, tune):
+    """A Tuner's trial fit (a run of its own: its trial steps in one record of no samples, and
+    nothing in the loggers) before a fit crashing inside epoch 1, resumed in a new Trainer from
+    ``last.ckpt`` (saved every 4 steps: inside epoch 1), then ``test(ckpt_path="best")`` and
+    ``validate(ckpt_path="last")``; or the finder as a callback of the fit itself, whose trials
+    are no epoch's. The fit's run: samples as Lightning ran them, the loggers' totals go on from
+    attempt 0 into attempt 1, the evaluations' values are their records."""
+    from lightning.pytorch.tuner import Tuner
+
+    from test_lightning_logged_totals import check_logged
+    from test_lightning_logged_totals import energy_callback as logged_callback
+
+    L, EnergyCallback, TinyModel = flavour("lightning.pytorch")
+    Tunable, out = tunable(L, TinyModel), tmp_path / "energy"
+    callback, ran = logged_callback(EnergyCallback, out), batches_run(L, evaluations=True)
+    finder = {"finder_callback": [L.callbacks.BatchSizeFinder(mode="power", max_trials=2, steps_per_trial=2)]}.get(tune, [])
+    saving = dict(saving=dict(every_n_train_steps=4))
+    first, loggers = logged_fit(L, tmp_path, [callback, ran, *finder], "a", **saving)
+    model = Tunable(fail_at=(1, 3))
+    if tune == "lr_find":
+        Tuner(first).lr_find(model, num_training=5, early_stop_threshold=None)
+    elif tune == "scale_batch_size":
+        Tuner(first).scale_batch_size(model, mode="power", max_trials=2, steps_per_trial=2)
+    tuning = callback.tracker.run_id
+    with pytest.raises(Boom):
+        first.fit(model)
+    run = callback.tracker.run_id
+    assert (run != tuning) is (tune != "finder_callback")
+    if run != tuning:
+        assert [(r.phase, r.samples) for r in check_run(tuning, [out], power_w=POWER_W)] == [("other", 0)]
+    attempts = [read_loggers(*loggers)]
+    check(run, [out], ran)
+    callback, ran = logged_callback(EnergyCallback, out), batches_run(L, evaluations=True)
+    second, loggers = logged_fit(L, tmp_path, [callback, ran], "b", **saving)
+    resumed = Tunable()
+    resumed.batch_size = model.batch_size  # what the tuner found (4; 8 on 2.2, whose max_trials counts one more)
+    second.fit(resumed, ckpt_path=tmp_path / "ckpt" / "last.ckpt")  # saved inside epoch 1
+    assert callback.tracker.run_id == run
+    records = check(run, [out], ran, attempt=1)  # the rest of epoch 1 as Lightning ran it (2.2: a batch more)
+    assert trained(records, attempt=0) == [(0, 40), (1, 3 * model.batch_size)]
+    assert trained(records, attempt=1)[-1] == (2, 40)
+    ran.samples.clear()
+    second.test(ckpt_path="best", verbose=False)
+    second.validate(ckpt_path="last", verbose=False)
+    assert callback.tracker.run_id == run
+    attempts.append(read_loggers(*loggers))
+    records = check_logged(attempts, run, out)
+    evaluated = {r.phase: r for r in records[-6:] if r.phase in ("test", "validation")}
+    assert {phase: r.samples for phase, r in evaluated.items()} == {"test": 12, "validation": VAL_SAMPLES}
+    for where, scalars in attempts[-1].items():
+        assert scalars["test_energy_kwh"][-1][1] == pytest.approx(evaluated["test"].energy_kwh, rel=1e-6), where
+        assert scalars["val_energy_kwh"][-1][1] == pytest.approx(evaluated["validation"].energy_kwh, rel=1e-6), where
+
+
+def test_early_stopping_at_a_validation_inside_an_epoch_then_a_resume_from_there(tmp_path):
+    """``EarlyStopping(check_on_train_epoch_end=False)`` with validation twice an epoch stops at
+    the validation halfway through epoch 1 (``val_loss`` grows from the first): that epoch bills its
+    5 batches, complete; a resume from ``last.ckpt`` (saved at that validation) bills what Lightning
+    runs before the restored EarlyStopping stops it again (2.2: the rest of that validation; 2.5+:
+    epoch 1's other 5 batches and its last validation)."""
+    from test_lightning_logged_totals import check_logged
+    from test_lightning_logged_totals import energy_callback as logged_callback
+
+    L, EnergyCallback, TinyModel = flavour("lightning.pytorch")
+
+    class Worsening(tunable(L, TinyModel)):
+        def validation_step(self, batch, batch_idx):
+            self.log("val_loss", float(self.global_step))
+
+    out, attempts, run = tmp_path / "energy", [], None
+    for attempt in range(2):
+        callback, ran = logged_callback(EnergyCallback, out), batches_run(L)
+        stopping = L.callbacks.EarlyStopping("val_loss", patience=2, check_on_train_epoch_end=False)
+        trainer, loggers = logged_fit(L, tmp_path, [callback, ran, stopping], f"a{attempt}", max_epochs=5,
+                                      val_check_interval=0.5)
+        trainer.fit(Worsening(), ckpt_path=tmp_path / "ckpt" / "last.ckpt" if attempt else None)
+        run = run or callback.tracker.run_id
+        assert callback.tracker.run_id == run and trainer.should_stop
+        records = check(run, [out], ran, attempt=attempt)
+        if any(r.phase == "train" and r.attempt == attempt for r in records):  # 2.2 resumes only a validation
+            attempts.append(read_loggers(*loggers))
+            check_logged(attempts, run, out)
+    assert [(r.epoch, r.samples, r.partial) for r in records if r.phase == "train" and r.attempt == 0] == [
+        (0, 40, False), (1, 20, False)]
+
+
+def test_resumes_from_older_checkpoints_inside_an_epoch_branch_the_run_and_keep_what_was_spent(tmp_path):
+    """A fit of 3 epochs (checkpoints every 4 steps) crashes in epoch 2; a resume from the one at
+    step 8 (inside epoch 0, not the latest: the run branches), then another from step 4. Each
+    attempt bills the batches Lightning ran from its checkpoint on (of epoch 0: 2, then 6), the
+    energy every earlier attempt spent after that checkpoint stays in the run, and the loggers'
+    totals go on from the run's, never back to the checkpoint's."""
+    from test_lightning_logged_totals import check_logged
+    from test_lightning_logged_totals import energy_callback as logged_callback
+
+    L, EnergyCallback, TinyModel = flavour("lightning.pytorch")
+    Tunable, out = tunable(L, TinyModel), tmp_path / "energy"
+    saving = dict(saving=dict(every_n_train_steps=4, save_top_k=-1, filename="{epoch}-{step}", monitor=None))
+    attempts, spent, run = [], [], None
+    for attempt, (fail_at, resume_from) in enumerate([((2, 5), None), (None, "epoch=0-step=8.ckpt"),
+                                                      (None, "epoch=0-step=4.ckpt")]):
+        callback, ran = logged_callback(EnergyCallback, out), batches_run(L)
+        trainer, loggers = logged_fit(L, tmp_path, [callback, ran], f"a{attempt}", **saving)
+        try:
+            trainer.fit(Tunable(fail_at), ckpt_path=resume_from and tmp_path / "ckpt" / resume_from)
+        except Boom:
+            assert attempt == 0
+        run = run or callback.tracker.run_id
+        assert callback.tracker.run_id == run
+        attempts.append(read_loggers(*loggers))
+        records = check(run, [out], ran, attempt=attempt)
+        spent.append(sum(r.energy_kwh for r in records))
+        check_logged(attempts, run, out)
+    # Epoch 0's batches left, as Lightning ran them (`check`): 2 and 6 (2.2-2.4: 3 and 7, one ahead).
+    assert [(r.attempt, r.epoch, r.samples) for r in records if r.phase == "train" and r.epoch > 0] == [
+        (0, 1, 40), (0, 2, 20), (1, 1, 40), (1, 2, 40), (2, 1, 40), (2, 2, 40)]
+    assert spent == sorted(spent)
