@@ -18,6 +18,7 @@ to be put first, and tells validation by the ``fit`` in progress. That a call ra
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import itertools
@@ -97,6 +98,20 @@ def _model_call_frame(model: Any):
 
 
 _MODEL_CALLS = ("fit", "evaluate", "predict")
+
+
+def _calls_running(model: Any) -> int:
+    """How many ``evaluate`` / ``predict`` calls of ``model`` are on this thread's stack (the fit's
+    validation among them). Walks the whole stack: only as a call begins inside another."""
+    frame, running = sys._getframe(1), 0
+    try:
+        while frame is not None:
+            if frame.f_code.co_name in ("evaluate", "predict") and frame.f_locals.get("self") is model:
+                running += 1
+            frame = frame.f_back
+        return running
+    finally:
+        del frame  # frames in locals make reference cycles
 
 
 def _overrides_epoch_end(callback: _Callback) -> bool:
@@ -580,6 +595,7 @@ class _Call:
         # drives a CallbackList by hand around train_on_batch / test_on_batch (which reset the
         # metrics every batch in Keras 3.15, never in 3.3) gives no such count.
         self.in_keras_loop = frame is not None
+        self.model: Any = None  # the fit's (see EnergyCallback._point_back)
         self.resets_loss_tracker = True  # Keras resets the model's loss tracker with its metrics (see _enter)
         self.progress = _Progress()
         # Fires `_abandon` once the call's frame has left the stack without the end hook (it
@@ -709,7 +725,9 @@ class EnergyCallback(_Callback):
             sample_weight=batch_size)``) is counted. An ``evaluate`` inside
             a training epoch (a callback evaluating every N batches) resets the loss tracker: pass
             this callback on in its ``callbacks`` and the count stays exact (without it, it is
-            wrong). A loop of your own that drives a ``CallbackList`` around ``train_on_batch`` /
+            wrong); one that raises, its exception caught by that callback, is recorded
+            ``partial``, and one of another model (an EMA copy) leaves the fit's count as it is.
+            A loop of your own that drives a ``CallbackList`` around ``train_on_batch`` /
             ``test_on_batch`` gives no count (uncounted, unless this is given), and so do a model
             whose ``metrics`` property leaves out its loss tracker (Keras never resets it) and a
             count below the steps run (a callback calling ``model.reset_metrics()`` mid-loop). So
@@ -893,6 +911,7 @@ class EnergyCallback(_Callback):
         callback_list = _calling_list(self)
         if not self._enter("fit", callback_list):
             return
+        self._call.model = self.model
         self._progress.planned_steps = _planned_steps(self, callback_list)  # per epoch
         if callback_list is not None:
             self._go_first(callback_list)
@@ -907,6 +926,8 @@ class EnergyCallback(_Callback):
         # TensorBoard counts its steps here, a step begun whose data ran out (no end hook) among
         # them: counted at the end hook, every later step value went where it writes none.
         self._live_batches += 1
+        if self._phases and self._phases[-1] != ("train", False):  # a tuple comparison per batch
+            self._end_failed_nested_calls()
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         # The steps run: a custom train_step's loss-tracker count is told from samples by them, and
@@ -949,6 +970,7 @@ class EnergyCallback(_Callback):
 
     @_whole
     def _begin_epoch(self, call: _Call, epoch: int) -> None:
+        self._end_failed_nested_calls()  # one a callback's on_epoch_end made
         # Keras's fit reset the metrics just before: the loss tracker counts this epoch from 0.
         self._epoch, self._validated = epoch, False
         self._train_samples = 0 if call.in_keras_loop and call.resets_loss_tracker else None
@@ -984,6 +1006,7 @@ class EnergyCallback(_Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if ("train", False) not in self._phases:
             return
+        self._end_failed_nested_calls()  # one made at the epoch's last batch
         self._phases.remove(("train", False))
         # What the loss tracker counted before the test loops inside the epoch reset it, plus what it
         # counted since the last of them; the steps are complete only now (Keras waits for its
@@ -1055,6 +1078,7 @@ class EnergyCallback(_Callback):
         self._live_every = 0
         call = self._call
         if call is not None and call.kind == "fit" and call.active:
+            self._end_failed_nested_calls()  # one a callback's last on_epoch_end made
             self._leave()
             self._forget_the_backup(call)
 
@@ -1069,11 +1093,16 @@ class EnergyCallback(_Callback):
         if outermost:
             self._progress.planned_steps = _planned_steps(self, callback_list)  # evaluate's own
             self._start(self._call)
-        if not outermost and ("train", False) in self._phases:
-            self._bank_train_samples()  # read before evaluate resets the metrics
-            step = self._step()  # on the training thread, which waits while the loop runs
-            with self._progress.lock:
-                self._progress.step_in_test = step
+        if not outermost:
+            running = _calls_running(self.model) - 1
+            with self._the_fits_model():
+                # One made at the epoch's last batch (before its validation), or just before this one.
+                self._end_failed_nested_calls(running)
+                if ("train", False) in self._phases:
+                    self._bank_train_samples()  # read before evaluate resets the metrics
+                    step = self._step()  # on the training thread, which waits while the loop runs
+                    with self._progress.lock:
+                        self._progress.step_in_test = step
         # Keras's own evaluate loop, which resets the metrics as it begins (see _Call.in_keras_loop).
         self._test_counted = self._call.in_keras_loop or (not outermost and _model_call_frame(self.model) is not None)
         self._phases.append((phase, outermost))
@@ -1109,11 +1138,6 @@ class EnergyCallback(_Callback):
         with self._steps_lock:
             steps, begun, ended = self._test_steps, self._test_calls_begun, self._test_calls_ended
         seen = self._samples_seen()
-        if not outermost and ("train", False) in self._phases:
-            # Left in the tracker: the epoch's training counts on from it. A count of steps without
-            # data here is in it too, so the difference training adds stays exact; what training
-            # banked before this loop is exact either way (its own calls had all ended).
-            self._train_offset = seen
         # (An empty validation set runs out at its first call: no step ran, and no count moved.)
         past_data = begun > ended and steps > 0 and _may_run_past_the_data(self.model)
         if past_data and _past_the_data(seen, begun, ended, self._exact_past_the_data("test")) is not None:
@@ -1137,6 +1161,15 @@ class EnergyCallback(_Callback):
         elif not samples and (logs or not self._test_counted):
             self._uncounted(phase)
             samples = None
+        if not outermost:
+            tested = self._model
+            self._point_back()
+            if ("train", False) in self._phases:
+                # Left in the tracker: the epoch's training counts on from it. A count of steps without
+                # data here is in it too, so the difference training adds stays exact; what training
+                # banked before this loop is exact either way (its own calls had all ended). Another
+                # model's evaluate left the fit's tracker as it was.
+                self._train_offset = seen if self._model is tested else self._samples_seen()
         self._add_tokens(logs)
         self.tracker.end(phase, samples=samples, step=self._step())
         self._validated = self._validated or phase == "validation"
@@ -1150,6 +1183,10 @@ class EnergyCallback(_Callback):
         outermost = self._enter("predict", _calling_list(self))
         if outermost:
             self._start(self._call)
+        else:
+            running = _calls_running(self.model) - 1
+            with self._the_fits_model():
+                self._end_failed_nested_calls(running)  # one made just before
         progress = self._progress
         with progress.lock:
             progress.predicted, progress.predicting = 0, True
@@ -1187,6 +1224,8 @@ class EnergyCallback(_Callback):
             samples, progress.predicting = progress.predicted, False
         if samples is None:
             self.tracker.add_samples(None)  # the counter warned
+        if not outermost:
+            self._point_back()
         self.tracker.end("predict", samples=samples, step=self._step())
         if outermost:
             self._leave()
@@ -1453,6 +1492,58 @@ class EnergyCallback(_Callback):
                 "metrics; EnergyCallback moved itself to the front of the list for this fit. Put "
                 "EnergyCallback first in callbacks=[...] to silence this warning."
             )
+
+    def _point_back(self) -> None:
+        """Point ``self.model`` back at the fit's model as a call inside the fit ends. Keras points it
+        at the model of every call this callback is given: an ``evaluate`` / ``predict`` of another
+        model (an EMA copy, a teacher) that a callback made inside the fit, passing this one on,
+        left it there for good, and the fit's later epochs read that model's loss tracker (its
+        evaluation's 30 samples for the epoch's 100) and optimizer step."""
+        call = self._call
+        model = call.model if call is not None and call.kind == "fit" else None
+        if model is not None and self._model is not model:
+            self.set_model(model)
+
+    @contextlib.contextmanager
+    def _the_fits_model(self):
+        """``self.model`` as the fit's model inside the block (training's bookkeeping as a call
+        inside the fit begins), then as Keras set it for that call."""
+        current = self._model
+        self._point_back()
+        try:
+            yield
+        finally:
+            if self._model is not current:
+                self.set_model(current)
+
+    @never_raises
+    @_whole
+    def _end_failed_nested_calls(self, running: int = 0) -> None:
+        """End the phases of ``evaluate`` / ``predict`` calls made inside ``fit`` (by a callback, given
+        this one) that raised, their exception caught by that callback: Keras called no end hook, and
+        the watch sees no failure (it watches the fit, which goes on). Left open, such a phase took
+        the rest of the epoch's training time, a predict's record said 0 samples, and the epoch's
+        training count took in the evaluation's. Called where the fit goes on (a training batch or
+        epoch begins, the epoch or the fit ends), where no call inside it can be running, and as such a call
+        begins (a retry after the failure), with the ``running`` calls it is made inside: each ends
+        there as ``partial``, a predict with the batches it finished, an evaluation uncounted;
+        training counts on from what the evaluation left in the loss tracker."""
+        nested = [p for p in self._phases if p[0] in ("test", "predict") and not p[1]]
+        while len(nested) > max(running, 0) and self._phases[-1] == nested[-1]:
+            nested.pop()
+            phase, _ = self._phases.pop()
+            self._point_back()
+            progress = self._progress
+            if phase == "predict":
+                with progress.lock:
+                    samples, progress.predicting = progress.predicted, False
+                self.tracker.add_samples(samples)  # into the predict, the innermost phase; None: uncounted
+            else:
+                with progress.lock:
+                    progress.step_in_test = None
+                if ("train", False) in self._phases:
+                    self._train_offset = self._samples_seen()  # None: training's count is lost (see _bank_train_samples)
+            self.tracker.end(phase, step=self._step(), partial=True)
 
     def _bank_train_samples(self) -> None:
         """Add what the loss tracker counted for training since the epoch began, or since the last
