@@ -53,7 +53,7 @@ MATRIX = {
         "tests": ["tests/test_hf.py", "tests/test_hf_hpsearch.py", "tests/test_hf_flows_more.py", "tests/test_flows_hf.py", "tests/test_hf_distributed.py", "tests/test_live.py",
                   "tests/test_hf_callbacks.py", "tests/test_heartbeat.py", "tests/test_hf_everyday.py",
                   "tests/test_hf_trainer_flows.py", "tests/test_hf_epoch_labels.py", "tests/test_hf_paths_more.py",
-                  "tests/test_hf_resume_skips.py", "tests/test_hf_logged_totals.py",
+                  "tests/test_hf_resume_skips.py", "tests/test_hf_logged_totals.py", "tests/test_hf_trainer_options.py",
                   "tests/test_distributed_logged_totals.py", "tests/test_report_run_sets.py"],
         "report": ["transformers", "accelerate", "torch", "tensorboard", "mlflow", "wandb"],
     },
@@ -69,7 +69,7 @@ MATRIX = {
                   "tests/test_lightning_trainer_options.py", "tests/test_lightning_flow_regressions.py",
                   "tests/test_lightning_paths_more.py", "tests/test_distributed_paths_more.py",
                   "tests/test_lightning_logged_totals.py", "tests/test_distributed_logged_totals.py",
-                  "tests/test_report_run_sets.py",
+                  "tests/test_report_run_sets.py", "tests/test_budget_everyday.py",
                   # A private seam (the checkpoint an evaluation restores, 2.2 to 2.4) and its fallback.
                   "tests/test_lightning_checkpoint_evaluations.py",
                   # A private seam (CombinedLoader's mode) and its guard, at the floor too.
@@ -85,7 +85,7 @@ MATRIX = {
         "tests": ["tests/test_keras.py", "tests/test_flows_keras.py", "tests/test_live.py", "tests/test_keras_models.py",
                   "tests/test_keras_counts.py", "tests/test_keras_custom_steps.py", "tests/test_heartbeat.py",
                   "tests/test_keras_everyday.py", "tests/test_keras_history.py", "tests/test_keras_fits_again.py",
-                  "tests/test_keras_paths_more.py", "tests/test_keras_logged_totals.py"],
+                  "tests/test_keras_paths_more.py", "tests/test_keras_logged_totals.py", "tests/test_keras_fit_options.py"],
         "report": ["keras", "torch", "tensorflow-cpu", "numpy"],
     },
     # A middle release, for the sample counts: batch hooks at an execution's first step (before
