@@ -54,6 +54,7 @@ MATRIX = {
                   "tests/test_hf_callbacks.py", "tests/test_heartbeat.py", "tests/test_hf_everyday.py",
                   "tests/test_hf_trainer_flows.py", "tests/test_hf_epoch_labels.py", "tests/test_hf_paths_more.py",
                   "tests/test_hf_resume_skips.py", "tests/test_hf_logged_totals.py", "tests/test_hf_trainer_options.py",
+                  "tests/test_distributed_live.py",
                   "tests/test_distributed_logged_totals.py", "tests/test_report_run_sets.py"],
         "report": ["transformers", "accelerate", "torch", "tensorboard", "mlflow", "wandb"],
     },
@@ -69,7 +70,7 @@ MATRIX = {
                   "tests/test_lightning_trainer_options.py", "tests/test_lightning_flow_regressions.py",
                   "tests/test_lightning_paths_more.py", "tests/test_distributed_paths_more.py",
                   "tests/test_lightning_logged_totals.py", "tests/test_distributed_logged_totals.py",
-                  "tests/test_report_run_sets.py", "tests/test_budget_everyday.py",
+                  "tests/test_report_run_sets.py", "tests/test_budget_everyday.py", "tests/test_distributed_live.py",
                   # A private seam (the checkpoint an evaluation restores, 2.2 to 2.4) and its fallback.
                   "tests/test_lightning_checkpoint_evaluations.py",
                   # A private seam (CombinedLoader's mode) and its guard, at the floor too.
