@@ -27,6 +27,27 @@ sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parents[1]))  # for tests.fakes
 
 
+def spy(energy, step_now, seconds_now, live: list, gathered: list) -> None:
+    """Record each step-values call of ``energy``'s session (step, fake seconds, values, whether the
+    budget stops) and each gather of its reducer."""
+    session, reducer = energy.session, energy.tracker.reducer
+    live_metrics, gather_floats = session.live_metrics, getattr(reducer, "gather_floats", None)
+
+    def spied_live(prefix=""):
+        values = live_metrics(prefix)
+        live.append({"step": step_now(), "seconds": seconds_now(), "values": values, "stops": session.budget_stops_training})
+        return values
+
+    def spied_gather(values):
+        result = gather_floats(values)
+        gathered.append(result)
+        return result
+
+    session.live_metrics = spied_live
+    if gather_floats is not None:  # (before step values were summed over the ranks: none)
+        reducer.gather_floats = spied_gather
+
+
 def main(out: Path, config: dict) -> None:
     import lightning.pytorch as L
     import torch
@@ -87,23 +108,7 @@ def main(out: Path, config: dict) -> None:
 
     class Spy(L.Callback):
         def on_train_start(self, trainer, pl_module):
-            session, reducer = energy.session, energy.tracker.reducer
-            live_metrics, gather_floats = session.live_metrics, getattr(reducer, "gather_floats", None)
-
-            def spied_live(prefix=""):
-                values = live_metrics(prefix)
-                live.append({"step": trainer.global_step, "seconds": clock.now - start, "values": values,
-                             "stops": session.budget_stops_training})
-                return values
-
-            def spied_gather(values):
-                result = gather_floats(values)
-                gathered.append(result)
-                return result
-
-            session.live_metrics = spied_live
-            if gather_floats is not None:  # (before step values were summed over the ranks: none)
-                reducer.gather_floats = spied_gather
+            spy(energy, lambda: trainer.global_step, lambda: clock.now - start, live, gathered)
 
     budget = Budget(kwh=config["budget"][0], on_exceed=config["budget"][1]) if config.get("budget") else None
     energy = EnergyCallback(output_dir=out / "energy", intensity=100.0, budget=budget,
@@ -163,23 +168,7 @@ def main_hf(out: Path, config: dict) -> None:
 
     class GapAndSpy(TrainerCallback):  # after it
         def on_train_begin(self, args, state, control, **kwargs):
-            session, reducer = energy.session, energy.tracker.reducer
-            live_metrics, gather_floats = session.live_metrics, getattr(reducer, "gather_floats", None)
-
-            def spied_live(prefix=""):
-                values = live_metrics(prefix)
-                live.append({"step": state.global_step, "seconds": clock.now - start, "values": values,
-                             "stops": session.budget_stops_training})
-                return values
-
-            def spied_gather(values):
-                result = gather_floats(values)
-                gathered.append(result)
-                return result
-
-            session.live_metrics = spied_live
-            if gather_floats is not None:  # (before step values were summed over the ranks: none)
-                reducer.gather_floats = spied_gather
+            spy(energy, lambda: state.global_step, lambda: clock.now - start, live, gathered)
 
         def on_epoch_end(self, args, state, control, **kwargs):
             clock.advance(5.0)

@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -30,3 +31,22 @@ def run_keras(backend: str, out: Path, *command: str, purpose: str, timeout: int
     done = subprocess.run([sys.executable, *command], cwd=out, env=env, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stderr[-4000:]
     return json.loads((Path(out) / "results.json").read_text())
+
+
+def run_on_backends(tmp_path_factory, backends, runner: Path, scenarios, purpose: str) -> dict:
+    """``runner <backend> <out> <scenario,...>`` on each backend at once (one process each): backend ->
+    its results, or the ``pytest.skip`` exception of a backend that is not installed, for its tests
+    to raise. Skips all of them without TensorFlow (``keras.callbacks.TensorBoard`` needs it)."""
+    if importlib.util.find_spec("tensorflow") is None:
+        pytest.skip("tensorflow is not installed: keras.callbacks.TensorBoard needs it")
+
+    def backend_results(backend: str):
+        out = tmp_path_factory.mktemp(f"{runner.stem}-{backend}")
+        try:
+            return run_keras(backend, out, str(runner), backend, str(out), ",".join(scenarios),
+                             purpose=f"{purpose} on the {backend} backend")
+        except pytest.skip.Exception as skipped:
+            return skipped
+
+    with ThreadPoolExecutor(len(backends)) as pool:
+        return dict(zip(backends, pool.map(backend_results, backends)))

@@ -16,12 +16,11 @@ never imports Keras itself.
 from __future__ import annotations
 
 import importlib.util
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from keras_runs import run_keras
+from keras_runs import run_on_backends
 
 if importlib.util.find_spec("keras") is None:  # importorskip without importing it (see above)
     pytest.skip("keras is not installed", allow_module_level=True)
@@ -35,19 +34,7 @@ SCENARIOS = ["nested_calls", "another_models_calls", "notebook_loop", "terminate
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> dict:
-    if importlib.util.find_spec("tensorflow") is None:
-        pytest.skip("tensorflow is not installed: keras.callbacks.TensorBoard needs it")
-
-    def backend_results(backend: str):
-        out = tmp_path_factory.mktemp(f"keras-fit-options-{backend}")
-        try:
-            return run_keras(backend, out, str(RUNNER), backend, str(out), ",".join(SCENARIOS),
-                             purpose=f"the Keras {backend}-backend fit options")
-        except pytest.skip.Exception as skipped:
-            return skipped
-
-    with ThreadPoolExecutor(len(BACKENDS)) as pool:
-        return dict(zip(BACKENDS, pool.map(backend_results, BACKENDS)))
+    return run_on_backends(tmp_path_factory, BACKENDS, RUNNER, SCENARIOS, purpose="the Keras fit options")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

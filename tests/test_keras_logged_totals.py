@@ -12,13 +12,11 @@ This file never imports Keras itself.
 
 from __future__ import annotations
 
-import importlib.util
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from keras_runs import run_keras
+from keras_runs import run_on_backends
 
 pytestmark = pytest.mark.slow
 
@@ -31,19 +29,7 @@ SCENARIOS = ["backup_each_epoch", "backup_every_steps", "random_backup_resumes",
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> dict:
-    if importlib.util.find_spec("tensorflow") is None:
-        pytest.skip("tensorflow is not installed: keras.callbacks.TensorBoard and tf.data need it")
-
-    def backend_results(backend: str):
-        out = tmp_path_factory.mktemp(f"keras-logged-{backend}")
-        try:
-            return run_keras(backend, out, str(RUNNER), backend, str(out), ",".join(SCENARIOS),
-                             purpose=f"the Keras {backend}-backend logged totals")
-        except pytest.skip.Exception as skipped:
-            return skipped
-
-    with ThreadPoolExecutor(len(BACKENDS)) as pool:
-        return dict(zip(BACKENDS, pool.map(backend_results, BACKENDS)))
+    return run_on_backends(tmp_path_factory, BACKENDS, RUNNER, SCENARIOS, purpose="the Keras logged totals")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
