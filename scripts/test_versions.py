@@ -71,6 +71,7 @@ MATRIX = {
                   "tests/test_lightning_paths_more.py", "tests/test_distributed_paths_more.py",
                   "tests/test_lightning_logged_totals.py", "tests/test_distributed_logged_totals.py",
                   "tests/test_report_run_sets.py", "tests/test_budget_everyday.py", "tests/test_distributed_live.py",
+                  "tests/test_budget_step_stops.py",
                   # A private seam (the checkpoint an evaluation restores, 2.2 to 2.4) and its fallback.
                   "tests/test_lightning_checkpoint_evaluations.py",
                   # A private seam (CombinedLoader's mode) and its guard, at the floor too.

@@ -169,6 +169,7 @@ class EnergyCallbackBase:
         self.prefix = prefix
         self._state_key: str | None = None
         self._warned_seams = False
+        self._said_held_on = False  # Lightning's min_epochs / min_steps hold a budget stop off (see _stop_training)
         # The epochs the checkpoint an evaluation restored had run (see _checkpoint_restored); None:
         # no checkpoint, and the evaluation is labelled with the Trainer's epoch.
         self._checkpoint_epoch: int | None = None
@@ -488,9 +489,10 @@ class EnergyCallbackBase:
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         self._plan(trainer)
         self._pause_due = False  # an epoch of this fit ended (see _begin_train_epoch)
+        self._said_held_on = False
         # After a resume the checkpoint's budget is loaded: one already spent stops before an epoch.
         if self.session.check_budget():
-            trainer.should_stop = True
+            self._stop_training(trainer)
         every = trainer.log_every_n_steps
         # Loggers write on rank 0 only, but every rank takes the step values: on several ranks they
         # are summed over them there (a collective at each logging step, see Tracker.live).
@@ -766,7 +768,7 @@ class EnergyCallbackBase:
         if self.tracker.end(phase, step=trainer.global_step) is None:
             return
         if phase == "train" and self.session.check_budget():  # before logging: its metrics go with the epoch's
-            trainer.should_stop = True  # Lightning ends after this epoch: checkpoints and loggers finish as usual
+            self._stop_training(trainer)  # Lightning ends after this epoch: checkpoints and loggers finish as usual
         metrics = _finite(self.session.metrics(phase, self.prefix + PREFIXES[phase]))
         if phase == "train" or (phase == "validation" and trainer.state.fn == "fit"):
             # Lightning writes a training epoch's metrics one step back (its loop has already
@@ -794,6 +796,26 @@ class EnergyCallbackBase:
                 reduce_fx="max",
             )
 
+    def _stop_training(self, trainer: Any) -> None:
+        """Ask Lightning to stop for the budget. With its ``min_epochs`` / ``min_steps`` not yet met
+        it trains on regardless: said once, or "stopping training" and the summary's stop would
+        hide the energy spent after it."""
+        trainer.should_stop = True
+        if self._said_held_on:
+            return
+        loop = trainer.fit_loop
+        # Counts the epoch whose on_train_epoch_end runs already (2.2 to 2.6); none: nothing said.
+        epochs_done = getattr(getattr(getattr(loop, "epoch_progress", None), "current", None), "processed", None)
+        held = []
+        if loop.min_epochs and isinstance(epochs_done, int) and epochs_done < loop.min_epochs:
+            held.append(f"min_epochs={loop.min_epochs}")
+        if loop.min_steps and trainer.global_step < loop.min_steps:
+            held.append(f"min_steps={loop.min_steps}")
+        if held and trainer.is_global_zero:
+            self._said_held_on = True
+            warn(f"greencallbacks: the budget stops training, but Lightning trains on until its {' and '.join(held)} "
+                 "is met; the energy spent meanwhile counts in the run's totals")
+
     def _log_live(self, trainer: Any) -> None:
         """The run's totals so far and the power since the last such log, at Lightning's logging step.
 
@@ -803,7 +825,7 @@ class EnergyCallbackBase:
         """
         values = _finite(self.session.live_metrics(self.prefix))
         if self.session.budget_stops_training:  # on every rank alike: Lightning ends the epoch after this batch
-            trainer.should_stop = True
+            self._stop_training(trainer)
         if not values or not trainer.is_global_zero:
             return
         self._to_loggers(values, trainer)
