@@ -157,6 +157,7 @@ def test_lightning_step_log_with_a_warn_only_budget_trains_every_batch(tmp_path)
 
 # ---------------------------------------------------------------------------------- HF Trainer
 def hf_train(tmp_path, budget, resume=None, **overrides):
+    pytest.importorskip("transformers", reason="transformers is not installed")
     from transformers import Trainer, TrainerCallback
 
     from greencallbacks.hf import EnergyCallback
