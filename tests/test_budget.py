@@ -107,6 +107,7 @@ def test_stop_on_the_co2eq_total_with_the_reason_and_metrics():
     summary = budget.summary()
     assert summary["stopped"] is True and summary["reason"] == decision.reason
     assert summary["limits"] == {"co2eq_g": 800.0} and summary["used"]["co2eq_g"] == 900.0
+    assert summary["warnings"][-1] == decision.messages[0]  # as said, the stop with it
 
 
 def test_a_jump_straight_past_the_limit_gives_only_the_limit_message():
@@ -447,3 +448,20 @@ def test_recall_knows_every_threshold_from_its_message():
     energy_only = Budget(kwh=1.0)
     energy_only.recall(["co2eq_g total 101 g reached the budget of 100 g"])  # no CO2eq limit here
     assert energy_only.summary()["warnings"] == []
+
+
+def test_the_summary_says_where_the_budget_stopped_the_run_and_a_recall_reads_it():
+    # The summary listed "reached the budget" without "; stopping training": a paper's appendix
+    # quoting it hid that the run was cut short.
+    stopped = Budget(kwh=1.0, on_exceed="stop")
+    stopped.check(0.9, None)
+    stopped.check(1.05, None)
+    said = ["energy total 0.9 kWh is 90 % of the budget of 1 kWh",
+            "energy total 1.05 kWh reached the budget of 1 kWh; stopping training"]
+    assert stopped.summary()["warnings"] == said
+    recalled = Budget(kwh=1.0, on_exceed="stop")
+    recalled.recall(said)  # the previous attempt's summary, its checkpoint saved before the stop
+    resumed = recalled.check(1.1, None)
+    assert resumed.messages == ("energy total 1.1 kWh reached the budget of 1 kWh; stopping training",)
+    # Both stops are listed: the attempt that stopped and this one, which stopped again.
+    assert recalled.summary()["warnings"] == [*said, resumed.messages[0]]

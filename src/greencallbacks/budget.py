@@ -250,11 +250,17 @@ class Budget:
             self.reason = exceeded
         if exceeded is not None and self.on_exceed == "stop" and not self.stopped:
             self.stopped = newly_stopped = True
+            stopping = f"{exceeded}; stopping training"
             if exceeded in messages:
-                messages = [m + "; stopping training" if m == exceeded else m for m in messages]
+                messages = [stopping if m == exceeded else m for m in messages]
             else:  # said already: recalled from an attempt that stopped after the checkpoint resumed from
-                messages.append(f"{exceeded}; stopping training")
-                self._messages.append(messages[-1])
+                messages.append(stopping)
+            # The summary lists what was said, the stop with it (once: a recalled text is replaced).
+            said = [i for i, m in enumerate(self._messages) if m == exceeded]
+            if said:
+                self._messages[said[-1]] = stopping
+            else:
+                self._messages.append(stopping)
         return BudgetDecision(
             messages=tuple(messages),
             crossed=tuple(crossed),
