@@ -937,3 +937,12 @@ def test_sources_md_claims_no_row_the_country_table_lacks() -> None:
     sources = (DATA_DIR / "SOURCES.md").read_text(encoding="utf-8")
     has_kosovo = any(row["alpha3"] == "XKX" for row in table_rows("grid_countries.csv"))
     assert has_kosovo or ("Kosovo has no row" in sources and "added by hand" not in sources.split("## Embodied")[0])
+
+
+def test_a_table_figure_no_grid_can_have_is_refused_with_the_fix_not_billed_as_0_g() -> None:
+    # The shipped table (Our World in Data) gives the Central African Republic 0 g/kWh life-cycle:
+    # every run there was billed 0 gCO2eq. Below onshore wind's 11 g/kWh no grid can be.
+    for given in ({"country": "CAF"}, {"country": "Central African Republic"}, {"zone": "CF"}):
+        with pytest.raises(ValueError, match=r"below what any grid emits over its life cycle .*intensity="):
+            Carbon(**given)
+    assert "CAF" not in list_zones() and "LSO" in list_zones()  # 20 g/kWh (hydro): a real figure

@@ -1133,3 +1133,10 @@ def test_a_run_id_missing_from_a_named_pipe_is_one_line_not_a_wait(tmp_path, cap
     code, err = exits(["report", str(fifo), "--run-id", "run-z"], capsys)
     writer.join()
     assert (code, err) == (2, f"greencallbacks report: error: no records in {fifo}\n")
+
+
+def test_zones_and_estimate_say_a_country_without_a_usable_figure_needs_intensity(capsys):
+    code, out, _ = run(["zones", "--search", "central african"], capsys)
+    assert code == 0 and "--intensity" in out and "no usable figure (0 in the source)" in out, out
+    code, err = exits(["estimate", "--hours", "1", "--gpu-tdp", "300", "--country", "CAF"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "pass your grid's figure as --intensity" in err, err

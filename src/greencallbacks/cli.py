@@ -289,12 +289,14 @@ def _lifecycle_line(lc, inferences: int) -> str:
 
 def cmd_zones(args: argparse.Namespace) -> int:
     from greencallbacks.carbon import tables
-    from greencallbacks.carbon.intensity import WORLD_AVERAGE_ZONE, zone_intensity
+    from greencallbacks.carbon.intensity import WORLD_AVERAGE_ZONE, usable, zone_intensity
 
     world = zone_intensity(WORLD_AVERAGE_ZONE)
     # --zone, not --country: "world" is no country, and --country refuses it.
     rows = [("--zone " + WORLD_AVERAGE_ZONE, "world average", world.g_per_kwh, world.year)]
     rows += [(f"--country {row.alpha2 or row.zone}", f"{row.name} ({row.zone})", row.g_per_kwh, row.year)
+             if usable(row) else
+             (f"--intensity ...", f"{row.name} ({row.zone}): no usable figure ({row.g_per_kwh:g} in the source)", None, row.year)
              for row in sorted(tables.countries(), key=lambda r: r.zone)]
     rows += [(f"--zone {row.zone}", row.name, row.g_per_kwh, row.year) for row in sorted(tables.us_states(), key=lambda r: r.zone)]
     rows += [(f"--region {row.key}", row.location + ("" if row.g_per_kwh is not None else f" (grid of {row.zone})"),
@@ -308,7 +310,7 @@ def cmd_zones(args: argparse.Namespace) -> int:
         print(json.dumps([{"flag": f, "name": n, "g_per_kwh": g, "year": y} for f, n, g, y in rows], indent=2))
         return 0
     for flag, name, g, year in rows:
-        value = f"{g:.0f} gCO2eq/kWh" if g is not None else "its grid's value"
+        value = f"{g:.0f} gCO2eq/kWh" if g is not None else "your grid's value" if flag.startswith("--intensity") else "its grid's value"
         print(f"{flag:<34} {value:>16}  {year or '':<4}  {name}")
     return 0
 

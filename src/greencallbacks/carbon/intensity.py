@@ -30,6 +30,12 @@ MAX_INTENSITY_G_PER_KWH = 2000.0
 
 CLOUD_PROVIDERS = ("aws", "azure", "gcp")
 
+# No grid emits less over its life cycle than its cleanest source, onshore wind at 11 g/kWh (the
+# IPCC AR5 median that Ember's life-cycle figures use). A life-cycle figure below it is an artefact
+# of the source data (the shipped table's 0 for the Central African Republic), which would bill
+# every run 0 g: refused, with the fix, rather than used.
+LEAST_LIFECYCLE_G_PER_KWH = 11.0
+
 # How a source label says what its figure counts (tables.BASES). The same grid's direct figure is
 # lower than its life-cycle one, so the label travels into every record, report and comparison.
 BASIS_LABELS = {
@@ -104,7 +110,18 @@ def world_average(*, is_default: bool) -> Intensity:
     )
 
 
-def _from_grid_row(row: tables.GridRow) -> Intensity:
+def usable(row: tables.GridRow) -> bool:
+    """Whether a shipped grid row's figure can be billed (see ``LEAST_LIFECYCLE_G_PER_KWH``)."""
+    return not (row.basis == "life-cycle" and row.g_per_kwh < LEAST_LIFECYCLE_G_PER_KWH)
+
+
+def _from_grid_row(row: tables.GridRow, argument: str, given: str) -> Intensity:
+    if not usable(row):
+        raise ValueError(
+            f"{argument} {given!r}: the shipped table's figure for {row.name} ({row.zone}), {row.g_per_kwh:g} "
+            f"gCO2eq/kWh ({row.source} {row.year}), is below what any grid emits over its life cycle "
+            f"({LEAST_LIFECYCLE_G_PER_KWH:g} g/kWh, wind's); pass your grid's figure as intensity=... (gCO2eq/kWh)"
+        )
     return Intensity(
         g_per_kwh=row.g_per_kwh,
         source=f"{row.source} {row.year}, {row.zone}; {BASIS_LABELS[row.basis]}",
@@ -186,7 +203,7 @@ def country_intensity(country: str) -> Intensity:
     """A country by ISO alpha-2, alpha-3 or name (any case), or a common name (``UK``)."""
     row = _country_row("country", country)
     if row is not None:
-        return _from_grid_row(row)
+        return _from_grid_row(row, "country", country)
     state = _state_index().get(_fold(country))
     if state is not None:  # "California": a zone, not a country
         raise ValueError(f"unknown country {country!r}: it is a US state; give zone={state.zone!r} "
@@ -206,7 +223,7 @@ def _known_zone(zone: str) -> Intensity | None:
         raise ValueError(f"zone {zone!r} is ambiguous: the country {country.name!r} ({country.zone}) or the "
                          f"US state {state.name!r} ({state.zone}); give its code")
     if state is not None or country is not None:
-        return _from_grid_row(state or country)  # type: ignore[arg-type]
+        return _from_grid_row(state or country, "zone", zone)  # type: ignore[arg-type]
     if key in EGRID_SUBREGIONS:
         raise ValueError(
             f"zone {zone!r} is an eGRID subregion, and no subregion table is shipped yet; use the US state "
@@ -312,7 +329,7 @@ def list_zones() -> list[str]:
     """Every name the static sources accept: world, countries (alpha-3), US states, cloud regions."""
     return (
         [WORLD_AVERAGE_ZONE]
-        + sorted(row.zone for row in tables.countries())
-        + sorted(row.zone for row in tables.us_states())
+        + sorted(row.zone for row in tables.countries() if usable(row))
+        + sorted(row.zone for row in tables.us_states() if usable(row))
         + sorted(row.key for row in tables.cloud_regions())
     )
