@@ -91,9 +91,10 @@ How it fits the Trainer (read against transformers 5.23):
   ``trainer_state.json``; ``on_train_begin`` reads them back from ``state.stateful_callbacks``
   (several callbacks of the class: HF's list, each taking the entry saved with its settings).
   With ``restore_callback_states_from_checkpoint=True`` the Trainer replaces the callback with a
-  copy built from ``state()``; the copy hands its place back to the original instance it finds
-  (the one with its settings, else, the grid corrected since, the first not yet back), and a
-  callback added twice, copied for each of its places, comes back once.
+  copy built from ``state()``; the copy hands its place back to the original instance it
+  replaced (one in the Trainer as the resume began, not one taken out before with
+  ``remove_callback``): the one with its settings, else, the grid corrected since, the first not
+  yet back; and a callback added twice, copied for each of its places, comes back once.
 * **Failures.** The Trainer has no exception hook in any version: ``greencallbacks.watch`` sees the
   training loop's frame leave the stack without ``on_train_end`` and, within a fraction of a
   second, writes the unfinished phase as ``partial`` (at the step where it failed) and the summary
@@ -156,6 +157,9 @@ _OWNERS = "_greencallbacks_energy_callbacks"
 _LOOPS_WRAPPED = "_greencallbacks_loops_wrapped"
 # The metric names the callbacks merged into the Trainer's loop metrics, which HF's default objective leaves out.
 _MERGED = "_greencallbacks_merged_metrics"
+# The energy callbacks in the Trainer's handler when HF last replaced them with copies built from a
+# checkpoint (`restore_callback_states_from_checkpoint`), whose places the copies hand back.
+_REPLACED = "_greencallbacks_replaced_callbacks"
 
 
 def _owners(trainer) -> list:
@@ -318,7 +322,11 @@ class EnergyCallback(TrainerCallback, ExportableState):
             # original whose settings changed since the checkpoint (a corrected grid) is the first
             # one not yet back: HF builds the copies in its callbacks' order, from the saved entries.
             callbacks = trainer.callback_handler.callbacks if trainer is not None else []
-            away = [cb for cb in _owners(trainer) if cb is not self and cb not in callbacks]
+            # Those HF replaced (noted as it began), not one the user took out before (remove_callback,
+            # then add_callback of another: the one added is the one to measure).
+            replaced = trainer.__dict__.get(_REPLACED) if trainer is not None else None
+            candidates = _owners(trainer) if replaced is None else replaced
+            away = [cb for cb in candidates if cb is not self and cb not in callbacks]
             originals = [cb for cb in away if cb._settings == self._settings] or away
             original = originals[0] if originals else None
             del self.energy_state
@@ -852,6 +860,8 @@ def _wrap_trainer(trainer: Trainer) -> None:
     before the callback saw it still pickles (and a deep copy's wrappers run the copy)."""
     trainer.training_step = _CountingTrainingStep(trainer, "training_step")
     trainer.prediction_step = _CountingPredictionStep(trainer, "prediction_step")
+    if hasattr(trainer, "_load_callback_state"):
+        trainer._load_callback_state = _NotingReplacedCallbacks(trainer, "_load_callback_state")
     wrapped = [name for name in _LOOPS if hasattr(trainer, name)]
     for name in wrapped:
         setattr(trainer, name, _MeasuredLoop(trainer, name))
@@ -921,6 +931,15 @@ class _CountingPredictionStep(_Wrapper):
         for callback, (samples, tokens) in counts:
             callback._count_batch(samples, tokens)
         return output
+
+
+class _NotingReplacedCallbacks(_Wrapper):
+    def __call__(self, *args, **kwargs):
+        # HF removes each callback it rebuilds from the checkpoint and drops it: the copies give
+        # their places back to these, which may never have run a hook (add_callback just before).
+        callbacks = self.trainer.callback_handler.callbacks
+        self.trainer.__dict__[_REPLACED] = [cb for cb in callbacks if isinstance(cb, EnergyCallback)]
+        return self._inner(*args, **kwargs)
 
 
 def _keep_once(callbacks: list, callback: EnergyCallback) -> None:
