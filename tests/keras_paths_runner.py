@@ -98,7 +98,8 @@ def said(caught) -> list[str]:
 def samples_per_epoch_ended_early(out: Path) -> None:
     """samples_per_epoch= is a whole epoch's: an epoch that model.stop_training ends after 2 of its
     4 batches trained 64 samples, not the 100 given, and is uncounted (once said why); one stopped
-    at its last batch is whole. Where Keras knows no plan (a generator), stop_training tells."""
+    at its last batch is whole. Where Keras knows no plan (a generator), stop_training tells, and so
+    do fewer steps than the fit's first epoch ran to its data's end."""
     seen = {}
     for name, stop, data in (("stopped", 1, "arrays"), ("stopped_at_the_end", 3, "arrays"),
                              ("generator_stopped", 1, "generator"), ("generator", None, "generator")):
@@ -119,6 +120,17 @@ def samples_per_epoch_ended_early(out: Path) -> None:
     assert "of the 4 Keras planned" in seen["stopped"][1][0], seen["stopped"]
     assert seen["stopped_at_the_end"] == ([("train", 0, TRAIN)], []), seen["stopped_at_the_end"]
     assert seen["generator"] == ([("train", 0, TRAIN)], []), seen["generator"]
+    # Where Keras plans no steps, its data used up by the first epoch gives each later one only the
+    # batches Keras read ahead of it (2 of 4, 64 rows): they were recorded as the 100 given.
+    model, callback = tiny_model(), new_callback(out / "generator_used_up", samples_per_epoch=TRAIN)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(once_through(), epochs=3, verbose=0, callbacks=[callback])
+    phases, warned = counted(callback, out / "generator_used_up", "generator used up"), said(caught)
+    assert phases[0] == ("train", 0, TRAIN) and len(phases) == 3, phases
+    assert all(samples in (None, 0) for _, _, samples in phases[1:]), phases  # 0: Keras ran no step
+    if None in [samples for _, _, samples in phases]:
+        assert len(warned) == 1 and "an earlier epoch of this fit ran to its data's end" in warned[0], warned
 
 
 def stopped_inside_an_epoch(out: Path) -> None:
@@ -186,6 +198,57 @@ def repeating_data_and_steps(out: Path) -> None:
     model.fit(Batches(workers=2, use_multiprocessing=False), epochs=2, verbose=0, callbacks=[callback, fed])
     phases = counted(callback, out / "threads", "PyDataset workers=2")
     assert [p[2] for p in phases if p[0] == "train"] == fed.train, (phases, fed.train)
+
+
+class Boom(Exception):
+    """What a bug or an OOM would raise."""
+
+
+class RaiseAt(keras.callbacks.Callback):
+    """Raises once, after training batch ``batch`` of epoch ``epoch``."""
+
+    def __init__(self, epoch: int, batch: int) -> None:
+        super().__init__()
+        self.at, self.epoch = (epoch, batch), None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if (self.epoch, batch) == self.at:
+            self.at = None
+            raise Boom(f"in batch {batch} of epoch {self.epoch}")
+
+
+def resume_past_a_checkpoint_inside_the_failed_epoch(out: Path) -> None:
+    """ModelCheckpoint(save_freq=<steps>) saves inside epoch 1, named by Keras with epoch + 1
+    (m-02-...); the fit fails in epoch 1; a new process loads that checkpoint and fits from
+    initial_epoch=2. The same training: it continues the run (its 1.3 epochs of energy were left out
+    of every later total, as a new run, with a warning blaming the output directory)."""
+    checkpoints = out / "checkpoints"
+    model, callback = tiny_model(), new_callback(out / "energy")
+    saver = keras.callbacks.ModelCheckpoint(str(checkpoints / "m-{epoch:02d}-{batch}.keras"), save_freq=3)
+    try:  # 13 batches of 8 an epoch: saved after batches 2, 5, 8 and 11 of each
+        model.fit(X, Y, batch_size=8, epochs=3, verbose=0, callbacks=[callback, saver, RaiseAt(1, 9)])
+    except Boom:
+        pass
+    run_id = callback.tracker.run_id
+    newest = max(checkpoints.iterdir(), key=lambda path: path.stat().st_mtime)
+    assert newest.name == "m-02-8.keras", sorted(path.name for path in checkpoints.iterdir())
+    loaded = keras.saving.load_model(str(newest), custom_objects={"Rows": Rows})
+    resumed = new_callback(out / "energy")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        history = loaded.fit(X, Y, batch_size=8, epochs=3, initial_epoch=2, verbose=0, callbacks=[resumed])
+    warned = [str(w.message) for w in caught if issubclass(w.category, EnergyWarning)]
+    assert not warned, warned
+    assert resumed.tracker.run_id == run_id, (resumed.tracker.run_id, run_id)
+    records = check_run(run_id, [out / "energy"], power_w=POWER_W, context="checkpoint inside the failed epoch")
+    trained = [(r.epoch, r.attempt, r.samples if r.samples_counted else None, r.partial)
+               for r in records if r.phase == "train"]
+    assert trained == [(0, 0, TRAIN, False), (1, 0, None, True), (2, 1, TRAIN, False)], trained
+    logged_total_matches(records, history.history["energy_kwh_total"][-1], rel=1e-9, context="History")
+    assert not meter_threads()
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """More everyday Keras paths, on real Keras: ``samples_per_epoch=`` with an epoch that
-``model.stop_training`` ends early (TerminateOnNaN, a budget, a callback), such an epoch without
-it, a manual resume with ``keras.saving.load_model`` and ``fit(initial_epoch=...)``, and repeating
-``tf.data`` sets, ``steps=`` and a threaded ``PyDataset`` counted as Keras fed them.
+``model.stop_training`` ends early (TerminateOnNaN, a budget, a callback) or data of unknown length
+used up, such an epoch without it, a manual resume with ``keras.saving.load_model`` and
+``fit(initial_epoch=...)`` (past a checkpoint saved inside the epoch a fit failed in, too), and
+repeating ``tf.data`` sets, ``steps=`` and a threaded ``PyDataset`` counted as Keras fed them.
 
 Keras fixes its backend at first import, so each backend runs ``keras_paths_runner.py`` in its
 own process; a failure here shows the runner's message. This file never imports Keras itself.
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 RUNNER = Path(__file__).with_name("keras_paths_runner.py")
 TORCH_SCENARIOS = ["samples_per_epoch_ended_early", "stopped_inside_an_epoch", "manual_resume_with_load_model",
-                   "repeating_data_and_steps"]
+                   "resume_past_a_checkpoint_inside_the_failed_epoch", "repeating_data_and_steps"]
 
 
 def run_backend(backend: str, out: Path, scenarios: list[str]) -> dict:

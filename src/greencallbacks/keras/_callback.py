@@ -358,6 +358,10 @@ class _Run:
 
     session: EnergySession
     last_train_epoch: int | None = None
+    # The training epoch its last fit failed inside, where that came after ``last_train_epoch``:
+    # a resume from a checkpoint saved inside it (ModelCheckpoint(save_freq=<steps>), named by
+    # Keras with that epoch + 1) may start at the next epoch, and continues the run.
+    failed_in_epoch: int | None = None
     # A fit measured in this run. Only such a run is named in energy-state.json: an evaluate or
     # predict alone (a sanity check before fit(initial_epoch=k)) must not replace the run that
     # trained, or the resume would start a new run.
@@ -385,11 +389,14 @@ class _Run:
         return claim is not None and claim[0] != self._token
 
     def state(self) -> dict:
-        last = self.last_train_epoch
+        last, failed_in = self.last_train_epoch, self.failed_in_epoch
         if self.continued_elsewhere():  # the epochs it trained since (the records say the rest)
-            last = _RUN_CLAIMS[self._key()][1]
-        return {"schema": "greencallbacks.keras-state/1", **self.session.state_dict(),
-                "last_train_epoch": last, "run_id_given": self.owner.run_id}
+            last, failed_in = _RUN_CLAIMS[self._key()][1], None
+        state = {"schema": "greencallbacks.keras-state/1", **self.session.state_dict(),
+                 "last_train_epoch": last, "run_id_given": self.owner.run_id}
+        if failed_in is not None:
+            state["failed_in_epoch"] = failed_in
+        return state
 
     def reloaded(self, session_kwargs: dict) -> "_Run":
         """The run as its next attempt, from its records: another callback continued it since."""
@@ -544,6 +551,7 @@ class _Progress:
         self.lock = threading.Lock()
         self.step: int | None = None  # the optimizer's step, read on the training thread at the last epoch boundary
         self.training = False  # a training epoch is open
+        self.epoch: int | None = None  # the open (or last) training epoch
         self.one_step_per_batch = False  # the open epoch's batches each advance the step by one
         self.train_steps = 0  # training batches run in the open epoch (the batch hooks' highest `batch` + 1)
         self.per_execution = 1  # the model's steps_per_execution, read as the epoch began
@@ -597,6 +605,9 @@ class _Call:
         self.in_keras_loop = frame is not None
         self.model: Any = None  # the fit's (see EnergyCallback._point_back)
         self.resets_loss_tracker = True  # Keras resets the model's loss tracker with its metrics (see _enter)
+        # The most steps an epoch of this fit ran to its data's end where Keras plans none (data of
+        # unknown length): a later epoch that ran fewer ran out early (see EnergyCallback._ended_early).
+        self.whole_epoch_steps = 0
         self.progress = _Progress()
         # Fires `_abandon` once the call's frame has left the stack without the end hook (it
         # raised), or at exit; `close` cancels it when the call ends normally.
@@ -659,6 +670,8 @@ def _abandon(call: _Call) -> None:
             # count comes from the loss tracker at their end); the step and predict's count here.
             call.progress.label(call.run.session.tracker)
             call.run.session.stop(failed=True)  # local only: no collectives when failing
+            if call.progress.training:
+                call.run.failed_in_epoch = call.progress.epoch
             if call.run.fitted:
                 call.run.save_state()
 
@@ -713,8 +726,9 @@ class EnergyCallback(_Callback):
             in float32, 2048 in float16, 256 in bfloat16; past that a phase is recorded as
             ``samples_counted: false``, with one warning. It is a whole epoch's: an epoch that ends
             before its planned steps (``model.stop_training`` set inside it by ``TerminateOnNaN``,
-            a budget or a callback; its data run out) is recorded as ``samples_counted: false``,
-            with that warning, not as given. Validation and ``evaluate`` are
+            a budget or a callback; its data run out), or, where Keras plans none (data of unknown
+            length), before the steps an earlier epoch of the fit ran, is recorded as
+            ``samples_counted: false``, with that warning, not as given. Validation and ``evaluate`` are
             counted the same way; a loop that ran no step (an empty validation set) counts 0 and
             logs NaN per-sample values. A count that is not available (a custom step that leaves
             the tracker at 0, or that updates it once per batch, as Keras's guide to customizing
@@ -763,7 +777,9 @@ class EnergyCallback(_Callback):
     Runs: a ``fit`` that starts at epoch 0 starts a new run (new ``run_id``, totals from zero). A
     ``fit`` that starts later (``initial_epoch=``, or ``BackupAndRestore`` after a crash) continues
     the current run, or in a new process the run in ``output_dir/energy-state.json`` if that run
-    reached the epoch before. A run that went past it is continued too, its later epochs counted as
+    reached the epoch before, or failed inside it (a ``ModelCheckpoint(save_freq=<steps>)``
+    checkpoint saved there, which Keras names with the next epoch). A run that went past it is
+    continued too, its later epochs counted as
     trained again, with a warning unless a ``run_id=`` or the fit's ``BackupAndRestore`` names it
     (or it is this object's run, on the same model): the trials of a sweep that share one
     ``output_dir`` are not told apart otherwise. A callback given ``run_id=`` continues that run
@@ -1000,6 +1016,7 @@ class EnergyCallback(_Callback):
             self.model.stop_training = True
         with progress.lock:
             progress.step, progress.training, progress.one_step_per_batch = step, True, one_step_per_batch
+            progress.epoch = epoch
 
     @never_raises
     @_whole
@@ -1027,9 +1044,12 @@ class EnergyCallback(_Callback):
             # reset during the epoch, unseen (a callback calling model.reset_metrics()).
             count, why = None, "reset"
         declared = self.samples_per_epoch
-        if declared and steps and self._ended_early(most, planned):
+        ended_early = bool(steps) and self._ended_early(most, planned)
+        if declared and ended_early:
             # A whole epoch's, which this one was not; the tracker's count is what it stands in for.
             declared, count, why = None, None, "ended_early"
+        elif steps and not ended_early and planned is None and self._call is not None:
+            self._call.whole_epoch_steps = max(self._call.whole_epoch_steps, most)
         samples = declared or (
             self._not_steps(count, "train", fewest, most) if count is not None else 0)
         # Keras's own loop finished no step: it called its step once, which found the data at its end
@@ -1043,7 +1063,10 @@ class EnergyCallback(_Callback):
             # holds (on TensorFlow a stale count, taken for 32 samples an epoch) or was declared.
             samples = 0
         elif not samples:  # a step ran: 0 means the tracker did not count
-            self._uncounted("training", why, most if why == "ended_early" else fewest, planned)
+            # The steps it ended short of: Keras's plan, else those of an earlier epoch of this fit.
+            whole = self._call.whole_epoch_steps if self._call is not None else 0
+            expected = planned if planned is not None else (whole if most < whole else None)
+            self._uncounted("training", why, most if why == "ended_early" else fewest, expected, planned is not None)
             samples = None
         self._add_tokens(logs)
         step = self._step()
@@ -1054,7 +1077,7 @@ class EnergyCallback(_Callback):
                 progress.step = step
         if self.session.check_budget():
             self.model.stop_training = True  # Keras ends fit after this epoch's callbacks (ModelCheckpoint too)
-        self._run.last_train_epoch = epoch
+        self._run.last_train_epoch, self._run.failed_in_epoch = epoch, None
         self._run.claim()
         _remember_run_of(self.model, self.tracker.run_id)
         self._run.save_state(wait=False)
@@ -1331,7 +1354,10 @@ class EnergyCallback(_Callback):
                     state = None
         last = state.get("last_train_epoch") if state else None
         reached = last if isinstance(last, int) else -1  # None: no epoch finished yet
-        if state and reached >= first_epoch - 1:
+        # A run that failed inside the epoch before, resumed from a checkpoint saved inside it
+        # (ModelCheckpoint(save_freq=<steps>) names it that epoch + 1): the same training.
+        failed_in = state.get("failed_in_epoch") if state else None
+        if state and (reached >= first_epoch - 1 or failed_in == first_epoch - 1):
             if reached >= first_epoch and not identified:
                 _trained_again(state.get("run_id"), reached, first_epoch, where)
             self._run = _Run(EnergySession(**self._session_kwargs), last_train_epoch=last)
@@ -1621,12 +1647,17 @@ class EnergyCallback(_Callback):
         ``model.stop_training`` set. Keras clears it as ``fit`` begins, and ``EarlyStopping`` and the
         like set it in their ``on_epoch_end``, after this callback's (it goes first): set now, it was
         set inside the epoch, which Keras then ended after a batch (its last one, possibly: uncounted
-        all the same)."""
+        all the same). Or fewer steps than an earlier epoch of this fit ran to its data's end: a
+        Python generator used up by the first epoch gives each later one only the batches Keras read
+        ahead of it (2 of 4), and Keras sets nothing then."""
         if planned is not None:
             return most < planned
+        if self._call is not None and most < self._call.whole_epoch_steps:
+            return True
         return bool(getattr(self.model, "stop_training", False))
 
-    def _uncounted(self, phase: str, reason: str | None = None, steps: int = 0, planned: int | None = None) -> None:
+    def _uncounted(self, phase: str, reason: str | None = None, steps: int = 0, planned: int | None = None,
+                   planned_by_keras: bool = True) -> None:
         """The open phase ran steps but its samples are unknown: recorded as uncounted, one warning per run,
         which names the phase found first (fit's validation ends before its training epoch does).
 
@@ -1635,7 +1666,8 @@ class EnergyCallback(_Callback):
         ``_resets_loss_tracker``); "reset", it counted fewer samples than the ``steps`` run; "past_data",
         the loop ran out of data inside a compiled call that may count steps without data; "replicas",
         this Keras keeps no sum of the count over a ``tf.distribute`` strategy's replicas; "ended_early",
-        a training epoch given ``samples_per_epoch`` ended after ``steps`` of ``planned`` (see ``_ended_early``)."""
+        a training epoch given ``samples_per_epoch`` ended after ``steps`` of ``planned`` (see ``_ended_early``;
+        ``planned_by_keras`` False: the steps an earlier epoch of the fit ran, Keras planning none)."""
         self.tracker.add_samples(None)
         if self._warned_samples != self.tracker.run_id:
             self._warned_samples = self.tracker.run_id
@@ -1659,7 +1691,9 @@ class EnergyCallback(_Callback):
                 why = (f": the loss tracker counted fewer samples than the {steps} steps run, so the model's metrics "
                        "were reset during the loop (a callback calling model.reset_metrics()?)")
             elif reason == "ended_early":
-                of = f" of the {planned} Keras planned" if planned is not None else ""
+                of = "" if planned is None else (
+                    f" of the {planned} Keras planned" if planned_by_keras
+                    else f" of the {planned} an earlier epoch of this fit ran to its data's end")
                 why = (f": the epoch ended after {steps} steps{of} (model.stop_training set inside it, by "
                        "TerminateOnNaN, a budget or a callback; or its data ran out), and samples_per_epoch= is a "
                        "whole epoch's samples")
