@@ -73,7 +73,7 @@ MATRIX = {
                   "tests/test_report_run_sets.py", "tests/test_budget_everyday.py", "tests/test_distributed_live.py",
                   "tests/test_budget_step_stops.py",
                   # A private seam (the checkpoint an evaluation restores, 2.2 to 2.4) and its fallback.
-                  "tests/test_lightning_checkpoint_evaluations.py",
+                  "tests/test_lightning_checkpoint_evaluations.py", "tests/test_lightning_checkpoint_labels.py",
                   # A private seam (CombinedLoader's mode) and its guard, at the floor too.
                   "tests/test_samples_frameworks.py::test_lightning_counts_each_loader_of_a_combined_batch_in_every_loop",
                   "tests/test_samples_frameworks.py::test_lightning_a_combined_loaders_mode_it_cannot_read_leaves_batches_counted_whole"],

@@ -40,8 +40,13 @@ def epoch_of(checkpoint: Path) -> int:
 
 
 def epochs_run(checkpoint: Path) -> int:
-    """The epochs a checkpoint had run: the label of an evaluation of it (the Trainer's epoch after its fit)."""
-    return torch.load(checkpoint, weights_only=False)["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"]
+    """The epochs a checkpoint had run: the label of an evaluation of it (the Trainer's epoch after
+    its fit). One saved at the end of an epoch's last batch (``every_n_train_steps``) has run that
+    epoch, which Lightning's epoch count takes in only at the epoch's end."""
+    loop = torch.load(checkpoint, weights_only=False)["loops"]["fit_loop"]
+    epochs, batches = loop["epoch_progress"]["current"], loop["epoch_loop.batch_progress"]
+    last_batch_ran = batches["is_last_batch"] and batches["current"]["processed"] == batches["current"]["ready"]
+    return epochs["processed"] + int(last_batch_ran and epochs["started"] > epochs["processed"])
 
 
 def last_attempt(run_id: str, dirs) -> int:

@@ -917,12 +917,29 @@ def _before_records_path(state: Any) -> bool:
 def _epochs_run(checkpoint: dict) -> int | None:
     """The epochs a checkpoint's fit had run all the batches of when it was saved: what the fit's
     Trainer reads as its epoch after it (2 after ``max_epochs=2``; 1 for a checkpoint inside epoch
-    1). Lightning's fit loop progress (``epoch_progress.current.processed``, 2.0 on), None without it."""
+    1). Lightning's fit loop progress (``epoch_progress.current.processed``, 2.0 on), None without it.
+    That count goes up at the epoch's end: a checkpoint saved after the epoch's last batch and
+    before that end is one short (the fit's final ``last.ckpt`` read 1 after ``max_epochs=2``):
+    ``ModelCheckpoint`` saves at the validation there with ``val_check_interval < 1`` or
+    ``check_val_every_n_epoch > 1``, and at that batch's end with ``every_n_train_steps``. Its
+    epoch loop says the last batch ran (``is_last_batch``, every batch fetched processed), which a
+    resume from it counts as the epoch done too (Lightning 2.5+); one saved before that batch's
+    step is still inside the epoch."""
     try:
-        processed = checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"]
+        fit_loop = checkpoint["loops"]["fit_loop"]
+        processed = fit_loop["epoch_progress"]["current"]["processed"]
     except (KeyError, TypeError):
         return None
-    return processed if isinstance(processed, int) and not isinstance(processed, bool) and processed >= 0 else None
+    if not (isinstance(processed, int) and not isinstance(processed, bool) and processed >= 0):
+        return None
+    try:
+        epoch = fit_loop["epoch_progress"]["current"]
+        batches = fit_loop["epoch_loop.batch_progress"]
+        last_batch_ran = (epoch["started"] == processed + 1 and batches["is_last_batch"] is True
+                          and batches["current"]["processed"] == batches["current"]["ready"] > 0)
+    except (KeyError, TypeError):  # an epoch loop's progress in another shape: the epoch count as it is
+        last_batch_ran = False
+    return processed + 1 if last_batch_ran else processed
 
 
 def _restore_seam(trainer: Any) -> Any:
