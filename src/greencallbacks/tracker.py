@@ -92,9 +92,10 @@ SUMMARY_LOCK_WAIT_S = 2.0
 LIVE_POWER_WINDOW_S = 1.0
 SUMMARY_LOCK_POLL_S = 0.005
 # The open phases, as a resume would carry them, are written beside the records at most this often
-# (asked at every Lightning and HF step, and by Keras' watch thread: see `heartbeat`): a process killed without any handler running
-# (SIGKILL, the OOM killer, a preemption) loses at most this long of its last phase, where the
-# checkpoint's open phases alone lost everything since the last checkpoint (hours, in a long epoch).
+# (asked at every Lightning and HF step, by Keras' watch thread and at every `add_samples`: see
+# `heartbeat`): a process killed without any handler running (SIGKILL, the OOM killer, a preemption)
+# loses at most this long of its last phase, where the checkpoint's open phases alone lost
+# everything since the last checkpoint (hours, in a long epoch).
 # One small atomic write a minute: ~1 ms, never per batch.
 HEARTBEAT_S = 60.0
 
@@ -656,6 +657,9 @@ class Tracker:
 
         ``samples=None``: a batch that could not be counted; the phase's record then says
         ``samples_counted: false`` and carries no per-sample values.
+
+        Also asks for the ``heartbeat`` (one clock read when not due): a loop of your own that counts
+        its batches so keeps its open phase on disk for a resume or a report after a kill.
         """
         if self._stack:
             if _thread_id() != self._phase_thread and len(self._stack) > 1 and not self._said_two_threads:
@@ -666,6 +670,9 @@ class Tracker:
             else:
                 top.samples += samples if type(samples) is int and samples >= 0 else _count("samples", samples)
             top.tokens += tokens if type(tokens) is int and tokens >= 0 else _count("tokens", tokens)
+            # The adapters ask at every step themselves; a loop of the user's own counts its batches
+            # here and nothing else: killed outright (the OOM killer), it lost its whole open phase.
+            self.heartbeat()
 
     @_holding_phases
     def end(
@@ -1057,9 +1064,9 @@ class Tracker:
         """Write the open phases beside the records, as a resume would carry them, when
         ``HEARTBEAT_S`` has passed since the last time (else nothing: cheap at every step). ``live``
         calls it at the framework's logging steps, the Lightning and HF callbacks at every step,
-        the Keras one from its watch thread; a loop of your own may call it at any step, from any
-        thread. A process killed without any handler running then loses at most that long of its
-        last phase (see ``_carry``)."""
+        the Keras one from its watch thread, and ``add_samples`` at every count; a loop of your own
+        that counts no samples may call it at any step, from any thread. A process killed without
+        any handler running then loses at most that long of its last phase (see ``_carry``)."""
         meter = self.meter
         if meter is None or self._last_snapshot is None:
             return
