@@ -161,9 +161,14 @@ def test_the_report_says_a_budget_stopped_the_training_or_warned(tmp_path, capsy
     (note,) = [note for note in config["provenance"] if "budget" in note]
     assert re.fullmatch(r"Run stopped's budget \(1e-12 kWh\) stopped its training: energy total [0-9.e-]+ kWh reached "
                         r"the budget of 1e-12 kWh; its figures are those of the training it stopped\.", note), note
+    # The statement for a paper, in every format (LaTeX too, which has no provenance), says it.
+    assert "; stopped by its energy or CO2eq budget) used " in config["statement"], config["statement"]
+    assert main(["report", str(tmp_path / "stopped"), "--format", "latex"]) == 0
+    assert "stopped by its energy or CO2eq budget" in capsys.readouterr().out
     assert main(["report", str(tmp_path / "warned")]) == 0
     out = capsys.readouterr().out
     assert "- Run warned's budget (1e-12 kWh) warned: energy total " in out and "; its training went on." in out
+    assert "stopped by its" not in out
 
 
 def test_lifecycle_embodied_is_unknown_when_a_search_trial_carries_none():

@@ -221,7 +221,8 @@ def cmd_lifecycle(args: argparse.Namespace) -> int:
         skipped = [run for run in runs if run not in trained]
         if len(skipped) == len(runs):
             raise ValueError(f"no run with training records among {', '.join(skipped)}")
-    cycles = [(run, lifecycle(records, search=search, run_id=run, unfinished=run in loaded.unfinished))
+    cycles = [(run, lifecycle(records, search=search, run_id=run, unfinished=run in loaded.unfinished,
+                              run_summaries=loaded.summaries))
               for run in runs if run not in skipped]
     for _, lc in cycles:
         totals = (lc.energy_j(args.inferences), lc.co2eq_g(args.inferences), lc.embodied_co2eq_g(args.inferences))
@@ -251,7 +252,7 @@ def cmd_lifecycle(args: argparse.Namespace) -> int:
                                  f"{num(lc.inference_co2eq_g_per_sample, ' gCO2eq/sample')}")
             + (f" (measured in {lc.inference_phase})" if lc.inference_phase else ""),
             f"T  training:   {lc.training_j:.4g} J = {lc.training_j / J_PER_KWH:.4g} kWh, {lc.training_co2eq_g:.4g} gCO2eq "
-            f"over {lc.epochs} epochs x {num(lc.samples_per_epoch)} samples (training phases only)",
+            f"over {lc.epochs} epoch{'s' if lc.epochs != 1 else ''} x {num(lc.samples_per_epoch)} samples (training phases only)",
             f"               per epoch: {per_epoch} J; per sample: {num(lc.training_j_per_sample, ' J')}",
             f"               whole run (all phases, T + V): {lc.run_total_j:.4g} J = {lc.run_total_j / J_PER_KWH:.4g} kWh",
             f"V  rest of run: {lc.run_other_j:.4g} J = {lc.run_other_j / J_PER_KWH:.4g} kWh, {lc.run_other_co2eq_g:.4g} gCO2eq "

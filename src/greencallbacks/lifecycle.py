@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from greencallbacks.records import Record, counted_to_heartbeat
 from greencallbacks.units import J_PER_KWH
@@ -197,12 +197,14 @@ def run_energy(records: Iterable[Record]) -> tuple[float, float]:
 
 
 def lifecycle(records: Sequence[Record], search: Iterable[Record] = (), run_id: str | None = None,
-              unfinished: bool = False) -> LifeCycle:
+              unfinished: bool = False, run_summaries: Mapping[str, dict] | None = None) -> LifeCycle:
     """The life-cycle of the model trained in ``records`` (one run; ``run_id`` picks one of several).
 
     ``search``: the records of the sweep's trials; each ``run_id`` among them is one trial and
     its whole energy counts towards CT, except the trained run's own (it is T + V; a note says so).
     ``unfinished``: the run left no write-up (``runs.unfinished_runs``): killed outright, or still training.
+    ``run_summaries``: each run's energy-summary.json beside its records (``runs.load``), which tells
+    records that hold only part of the run (a resume into another directory) by the energy it counts.
     """
     runs = sorted({r.run_id for r in records})
     if run_id is None:
@@ -216,7 +218,7 @@ def lifecycle(records: Sequence[Record], search: Iterable[Record] = (), run_id: 
     other = [r for r in mine if r.phase != "train"]
     if not train:
         raise ValueError(f"run {run_id!r} has no training records")
-    from greencallbacks.report.data import epochs_trained_again, training_failed, whole_epoch_samples
+    from greencallbacks.report.data import epochs_trained_again, records_lack, training_failed, whole_epoch_samples
 
     per_epoch: dict[int, list[Record]] = defaultdict(list)
     for r in last_trainings(train):
@@ -243,6 +245,11 @@ def lifecycle(records: Sequence[Record], search: Iterable[Record] = (), run_id: 
     if unfinished:
         notes.append("the run has no write-up (killed outright, or still training): T is what its records hold, "
                      + ("its open phases up to its last heartbeat" if counted_to_heartbeat(mine) else "up to its last record"))
+    # Said as the report says it: a run resumed into another directory, given without the first,
+    # had its T, V and LC here priced from the remnant (38 % of the run's energy) without a word.
+    lacking = records_lack(mine, run_summaries)
+    if lacking:
+        notes += ["T, V and LC hold only what these records hold", *lacking]
     if any(r.partial for r in train):
         notes.append("some training phases were cut short (partial); their energy is in T")
     elif training_failed(mine):

@@ -637,8 +637,9 @@ def build_parser(prog: str = "greencallbacks whatif") -> argparse.ArgumentParser
         prog=prog,
         description="What a recorded run would have emitted started later, paused while the grid is dirty, or elsewhere.",
     )
-    parser.add_argument("run", type=path_argument,
-                        help="energy-records.jsonl, or a directory searched for them at any depth (a log root)")
+    parser.add_argument("paths", nargs="+", type=path_argument, metavar="run",
+                        help="energy-records.jsonl, or a directory searched for them at any depth (a log root); "
+                             "several for a run that wrote in several")
     parser.add_argument("--run-id", help="the run to analyse (default: each run found)")
     parser.add_argument("--intensity", required=True, metavar="SERIES", type=path_argument,
                         help="intensity series: CSV or JSON (own columns, Electricity Maps, UK Carbon Intensity, WattTime)")
@@ -676,6 +677,15 @@ def unfinished_note(run_records: Sequence["Record"]) -> str:
             f"hold, {held}.")
 
 
+def records_missing_note(run_records: Sequence["Record"], run_summaries: dict) -> str | None:
+    """For a run whose records lack part of it (earlier attempts written in another directory, or
+    less energy than its energy-summary.json counts), as ``report`` says it; None where they do not."""
+    from greencallbacks.report.data import records_lack
+
+    parts = records_lack(run_records, run_summaries)
+    return f"Every scenario prices only what these records hold: {'; '.join(parts)}." if parts else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from greencallbacks.carbon.series import IntensitySeries
@@ -697,7 +707,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             place_intensity(zone)
         series = IntensitySeries.from_file(args.intensity)
         # Refuses files without records, as report and lifecycle do; an unknown id names the runs found.
-        loaded = load_records([args.run], args.run_id)
+        loaded = load_records(args.paths, args.run_id)
         runs = [args.run_id] if args.run_id else loaded.runs
         records = by_run(loaded.records)
         for run in runs:
@@ -720,8 +730,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in describe_runs(loaded):
             print(f"  {line}", file=sys.stderr)
     unfinished = {run: unfinished_note(records[run]) for run, _ in results if run in loaded.unfinished}
+    # A remnant priced as the run misled as lifecycle did: said as report says it.
+    partial = {run: note for run, _ in results if (note := records_missing_note(records[run], loaded.summaries))}
     if args.json:
-        documents = [{"run_id": run, **result.to_dict(), **({"unfinished_note": unfinished[run]} if run in unfinished else {})}
+        documents = [{"run_id": run, **result.to_dict(), **({"unfinished_note": unfinished[run]} if run in unfinished else {}),
+                      **({"records_missing_note": partial[run]} if run in partial else {})}
                      for run, result in results]
         # null for an infinity or NaN, as report's JSON: a reader of standard JSON fails on Infinity.
         print(json.dumps(_finite_json(documents[0] if len(documents) == 1 else documents), indent=2, allow_nan=False))
@@ -732,6 +745,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(result.to_markdown())
         if run in unfinished:
             print(unfinished[run] + "\n")
+        if run in partial:
+            print(partial[run] + "\n")
         if args.plot:
             print(f"Plot written to {_plot_path(args.plot, run, len(results) > 1)}\n")
     return 0

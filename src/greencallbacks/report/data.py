@@ -329,14 +329,25 @@ def versions_text(records: list[Record]) -> str:
 _BUDGET_UNITS = {"kwh": "kWh", "co2eq_g": "gCO2eq"}
 
 
+def _budget_of(run: str, run_summaries: Mapping[str, dict] | None) -> dict | None:
+    """The ``budget`` field of the run's summary, None without one."""
+    summary = (run_summaries or {}).get(run)
+    budget = summary.get("budget") if isinstance(summary, dict) else None
+    return budget if isinstance(budget, dict) else None
+
+
+def budget_stopped(records: Sequence[Record], run_summaries: Mapping[str, dict] | None) -> list[str]:
+    """The runs of ``records`` whose budget stopped their training (their summaries say so)."""
+    return [run for run in by_run(records) if (_budget_of(run, run_summaries) or {}).get("stopped") is True]
+
+
 def budget_notes(records: Sequence[Record], run_summaries: Mapping[str, dict] | None) -> list[str]:
     """What each run's budget did, from its summary's ``budget``: a training it stopped has fewer
     epochs than it was set to, and the records alone cannot tell that stop from the planned end."""
     notes = []
     for run in by_run(records):
-        summary = (run_summaries or {}).get(run)
-        budget = summary.get("budget") if isinstance(summary, dict) else None
-        if not isinstance(budget, dict):
+        budget = _budget_of(run, run_summaries)
+        if budget is None:
             continue
         limits = budget.get("limits") if isinstance(budget.get("limits"), dict) else {}
         limit = " and ".join(f"{value:g} {_BUDGET_UNITS.get(key, key)}" for key, value in limits.items()
@@ -504,6 +515,17 @@ def missing_seqs(records: Sequence[Record]) -> list[tuple[int, int, int, int | N
     return out
 
 
+def records_lack(run_records: Sequence[Record], run_summaries: Mapping[str, dict] | None = None) -> list[str]:
+    """What one run's records lack, as clauses for the notes of ``lifecycle`` and ``whatif``, whose
+    figures are then that part's (``report`` says it in its provenance): its earlier attempts, which a
+    resume into another directory leaves where they were written, and ``incomplete_records``'s."""
+    missing = _missing_attempts({r.attempt for r in run_records})
+    said = [f"attempt(s) {', '.join(missing)} of the run are not in these records (a run resumed into another "
+            "directory leaves its earlier attempts' records where they were written): pass every directory the "
+            "run wrote in"] if missing else []
+    return said + [note[0].lower() + note[1:].rstrip(".") for note in incomplete_records(run_records, run_summaries)]
+
+
 def _rank_part(record: Record) -> bool:
     """A rank's own record of a failed distributed run (rank > 0, not summed over the ranks)."""
     return record.ranks == 1 and bool(record.components) and all(c.get("rank", 0) > 0 for c in record.components)
@@ -549,7 +571,11 @@ def configuration(records: Sequence[Record], unfinished: bool = False) -> dict:
         # auto_find_batch_size): such a run is no repeat of anything (see group_runs).
         # An epoch counts as completed where a training of it ended whole: one cut short and tried
         # again in the same attempt (a loop of one's own retrying after an out-of-memory error) did.
-        "completed_epochs": len({epoch for (_, epoch), group in per_epoch.items() if not all(r.partial for r in group)}),
+        # So did one cut short after its last batch (a crash in its validation or an epoch-end hook):
+        # its record holds a whole epoch's samples, and a resume from its last step's checkpoint
+        # went on to the next epoch; a run that then finished was said to be cut short.
+        "completed_epochs": len({epoch for (_, epoch), group in per_epoch.items()
+                                 if not all(r.partial for r in group) or _trained_every_batch(group, records)}),
         "training_failed": training_failed(records),
         "unfinished": unfinished,
         # A run whose epochs start past 0 continues an earlier training (a notebook's second fit,
@@ -574,6 +600,13 @@ def configuration(records: Sequence[Record], unfinished: bool = False) -> dict:
         # one training twice); a number given as the intensity is its own grid.
         "carbon": sorted({f"grid {_grid(r)}, PUE {r.pue:g}" for r in records}),
     }
+
+
+def _trained_every_batch(cut_short: Sequence[Record], records: Sequence[Record]) -> bool:
+    """Whether a training record cut short holds a whole epoch's samples (the most that one record
+    of an epoch trained whole in the run has): the failure came after its last batch."""
+    whole = max((r.samples for r in records if r.phase == "train" and r.epoch is not None and not r.partial), default=0)
+    return whole > 0 and any(r.samples_counted and r.samples >= whole for r in cut_short)
 
 
 def training_failed(records: Sequence[Record]) -> bool:
@@ -1193,6 +1226,10 @@ def statement(records: Sequence[Record], unfinished: Collection[str] = (),
     elif cut_short(config):
         training = (training[:-1] + f"; cut short by an exception or interrupt, "
                     f"{config['completed_epochs'] or 'none'} completed)")
+    stopped = budget_stopped(records, run_summaries)
+    if stopped:  # fewer epochs than it was set to: a table cited as "2 epochs" read as the plan
+        training = training[:-1] + ("; stopped by its energy or CO2eq budget)" if n == 1 else
+                                    f"; {len(stopped)} of the {n} runs stopped by their energy or CO2eq budget)")
     if not any("train" in t["phases"] for t in totals):  # evaluation or prediction alone, or a tuner's trials
         text = (f"The run (no training epoch; {others}) used {energy_text(all_kwh['mean'], all_kwh['se'])} and emitted "
                 f"{mass_text(all_g['mean'], all_g['se'])}" + (" per run (mean ± standard error over runs)" if n > 1 else ""))
