@@ -256,7 +256,8 @@ def run_one(name: str, spec: dict, out_dir: Path) -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    # The first paragraph: its first line alone ends mid-sentence.
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--only", default=None, help="comma-separated names from: " + ", ".join(MATRIX))
     parser.add_argument("--main-junit", type=Path, default=None, help="the main run's JUnit XML, for its counts")
     parser.add_argument("--main-python", default=None, help="the main venv's python, for its versions")

@@ -90,3 +90,14 @@ def test_the_python_entries_find_pyenvs_interpreters_and_never_its_shims(driver,
     assert driver.interpreter({"python": "3.13"}) is None
     assert driver.interpreter({}) is not None  # the frameworks' floors: this interpreter's base
     assert "torch==2.13.0" not in driver.installed(driver.MATRIX["python3.13"])
+
+
+def test_help_describes_the_driver_in_whole_sentences(driver, capsys, monkeypatch):
+    """--help's description is the docstring's first paragraph, not its first line cut mid-sentence."""
+    monkeypatch.setattr("sys.argv", ["test_versions.py", "--help"])
+    monkeypatch.setenv("COLUMNS", "300")  # one line: argparse would wrap at "requires-python"'s hyphen
+    with pytest.raises(SystemExit):
+        driver.main()
+    description = " ".join(capsys.readouterr().out.split("options:")[0].split("\n\n", 1)[1].split())
+    assert description == ("The adapter tests at the oldest supported version of each framework, each in its own"
+                           " venv, and the whole suite without PyTorch at both ends of requires-python (3.10 and 3.13).")

@@ -368,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     devices.set_defaults(func=cmd_devices)
 
     demo = sub.add_parser("demo", help="train a small model on synthetic data with the Lightning callback and report")
-    demo.add_argument("--out", type=path_argument, default="greencallbacks-out", help="output directory")
+    demo.add_argument("--out", type=path_argument, default="greencallbacks-out", help="output directory (default greencallbacks-out)")
     demo.add_argument("--epochs", type=_positive_int, default=5, help="epochs to train (default 5)")
     _add_carbon_arguments(demo)
     demo.set_defaults(func=cmd_demo)

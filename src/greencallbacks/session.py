@@ -48,7 +48,7 @@ class EnergySession:
         output_dir: where records go (adapters default it to the framework's log directory).
         run_id: names the run (default: random; restored on resume).
         gpus: ``"auto"`` (the device this process trains on), a list of CUDA indices, or ``None``.
-        cpu_tdp_w: the CPU's TDP in watts, used when RAPL cannot be read.
+        cpu_tdp_w: the TDP of one CPU socket in watts, used when RAPL cannot be read.
         extra_sensors: more sensors, e.g. ``ConstantPowerSensor("switch", 40)``, with unique names
             none of which discovery may use (``sensors.discover.RESERVED_NAMES``: cpu, ram, gpu0, ...).
         sensors: use exactly these sensors instead of discovering them (custom set-ups, tests).

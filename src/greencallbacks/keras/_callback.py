@@ -469,8 +469,9 @@ class EnergyCallback(_Callback):
             count below the steps run (a callback calling ``model.reset_metrics()`` mid-loop). So
             is a loop that ran out of data inside a compiled TensorFlow call, where Keras may count
             steps that had no data (a data set of unknown length with ``steps_per_execution=1``,
-            unless its count shows none, see ``_past_the_data``; before Keras 3.7 also a last
-            execution shorter than ``steps_per_execution``), and a
+            unless its count shows none: one that the steps run plus one do not divide, as a shorter
+            last batch leaves it; before Keras 3.7 also a last execution shorter than
+            ``steps_per_execution``), and a
             ``tf.distribute`` count on Keras 3.7 to 3.9, which those do not sum over replicas.
         sample_counter: ``outputs -> int`` samples in one ``predict`` batch. Keras hands callbacks
             no input batches; the only per-batch values are ``predict``'s outputs, which
