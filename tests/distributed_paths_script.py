@@ -10,6 +10,7 @@ records and run id.
 The fit: 37 training samples in batches of 4 (a DistributedSampler pads them to 19 a rank), 13
 validation samples, 2 epochs, a checkpoint at every step and last.ckpt. ``crash``: the last rank
 alone raises in epoch 1's third training step; ``kill``: it kills itself there (SIGKILL) instead;
+``kill-first``: rank 0 (the launcher's own process) alone kills itself there;
 ``spawn-crash``: under ``ddp_fork``, every rank raises there. ``resume``: the fit resumed from
 last.ckpt on DEVICES processes, then ``validate`` and ``test`` on the same Trainer.
 """
@@ -74,12 +75,12 @@ class Model(TinyModel):
         self.mode = mode
 
     def training_step(self, batch, batch_idx):
-        failing = self.global_rank == self.trainer.world_size - 1 or self.mode == "spawn-crash"
-        if self.mode in ("crash", "kill", "spawn-crash") and failing and self.current_epoch == 1 and batch_idx == 2:
+        failing = self.global_rank == (0 if self.mode == "kill-first" else self.trainer.world_size - 1) or self.mode == "spawn-crash"
+        if self.mode in ("crash", "kill", "kill-first", "spawn-crash") and failing and self.current_epoch == 1 and batch_idx == 2:
             if self.mode != "crash":  # what this rank ran: its process ends without a `finally` of ours
                 ran = next(cb for cb in self.trainer.callbacks if isinstance(cb, Ran))
                 ran.write_up(self.trainer, next(cb for cb in self.trainer.callbacks if isinstance(cb, EnergyCallback)))
-            if self.mode == "kill":  # killed outright (the kernel's OOM killer, say): no handler runs
+            if self.mode.startswith("kill"):  # killed outright (the kernel's OOM killer, say): no handler runs
                 os.kill(os.getpid(), signal.SIGKILL)
             raise RuntimeError(f"rank {self.global_rank} fails in training")
         return super().training_step(batch, batch_idx)

@@ -93,6 +93,27 @@ def test_a_report_of_a_run_one_of_whose_ranks_was_killed_counts_that_ranks_heart
     assert sorted(c["rank"] for r in records if (r.phase, r.epoch) == ("train", 1) for c in r.components) == [0, 1]
 
 
+def test_rank_0_killed_alone_keeps_its_part_of_the_open_epoch_in_a_resume_on_two(tmp_path):
+    """Rank 0 alone killed (SIGKILL) in epoch 1's third step, after a checkpoint at its second; rank
+    1 fails in the all-reduce that follows and writes its own part of that epoch. Rank 0's part is
+    in the checkpoint and its heartbeat: the resume took rank 1's record of the epoch for it and
+    dropped it (rank 0's 8 samples and its device's joules up to the checkpoint)."""
+    done, ran = launch(tmp_path, "kill-first", 2)
+    assert done.returncode == -9 and "by peer" in done.stderr, done.stderr[-3000:]
+    assert [d["world_size"] for d in ran] == [2, 2]
+    resumed, ran_after = launch(tmp_path, "resume", 2)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    run_id = ran_after[0]["run_id"]
+    assert run_id == ran[0]["run_id"]
+    records = read_run_records(run_id, [tmp_path / "energy"])
+    each_ranks_part_once(records)
+    check_summary(tmp_path / "energy", records)
+    killed_epoch = [r for r in records if (r.phase, r.attempt, r.epoch) == ("train", 0, 1)]
+    assert device_ranks(records, 0, killed_epoch[0].seq) == [0, 1]
+    assert samples_of(records, "train", 0, 1) == sum(d["samples"]["train 1"] for d in ran) == 8 + 8
+    assert not list((tmp_path / "energy").glob("energy-open-*"))
+
+
 def test_a_fit_failing_on_one_process_resumed_on_two_counts_what_each_rank_ran(tmp_path):
     """1 -> 2 processes: a checkpoint inside epoch 1 of a one-process fit (37 samples, 10 batches)
     resumed on two ranks, whose shards are 19 samples each (one padded); then validate and test

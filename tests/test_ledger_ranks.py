@@ -194,6 +194,43 @@ def test_every_ranks_open_part_is_carried_after_a_kill(tmp_path, beat_after_chec
     assert not list(tmp_path.glob("energy-open-*"))  # the run ended: every rank's part removed
 
 
+def test_rank_0_killed_alone_keeps_its_part_of_a_phase_the_other_ranks_wrote_as_they_failed(tmp_path):
+    """Rank 0 killed outright inside an epoch (the OOM killer), the other ranks failing at the next
+    collective and writing their own parts of it: the resume carries rank 0's part from its
+    checkpoint and heartbeat. It was dropped, the others' records of that phase taken for it (2
+    CPU ranks under Lightning or HF: rank 0's share of the epoch up to the checkpoint lost)."""
+    open_s = PHASE_S / 2 + HEARTBEAT_S + 1.0  # at the checkpoint, then measured further by a heartbeat
+
+    def killed(rank, reducer):
+        tracker, clock = rank_tracker(rank, reducer, tmp_path)
+        tracker.begin("train", 0)
+        clock.advance(PHASE_S)
+        tracker.end("train")
+        tracker.begin("train", 1)
+        clock.advance(PHASE_S / 2)
+        state = tracker.state_dict()  # every rank makes one; rank 0's is saved
+        clock.advance(HEARTBEAT_S + 1.0)
+        tracker.heartbeat()
+        if rank == 0:
+            tracker._hold_lock(None, "")  # the process dies: the kernel frees its claim
+        else:
+            tracker.abort()  # the collective it waits in fails: its own part, in its own file
+        return state
+
+    states = run_ranks(killed)
+    trackers = run_ranks(lambda rank, reducer: resumed_and_finished(rank, reducer, tmp_path, states[0]))
+    records = read_run_records(trackers[0].run_id, [tmp_path])
+    killed_epoch = [r for r in records if (r.attempt, r.phase, r.epoch) == (0, "train", 1)]
+    assert sorted(c["name"] for r in killed_epoch for c in r.components) == [
+        "cpu-host-a", "cpu-host-b", "gpu0", "gpu1", "gpu2", "gpu3"]
+    assert sum(r.it_energy_kwh for r in records) * 3.6e6 == pytest.approx(expected_j(2 * PHASE_S + open_s), rel=1e-12)
+    summary = json.loads((tmp_path / SUMMARY_FILE).read_text())
+    assert summary["energy_kwh"] == pytest.approx(sum(r.energy_kwh for r in records), rel=1e-12)
+    for tracker in trackers:
+        assert tracker.total_energy_j == pytest.approx(sum(r.energy_j for r in records), rel=1e-12)
+    assert not list(tmp_path.glob("energy-open-*"))
+
+
 def test_a_resume_never_carries_what_its_own_other_ranks_have_written_already(tmp_path):
     """Ranks restore a checkpoint each at its own pace (Lightning: after setup): one that has gone
     on and written its part of the new attempt (a checkpoint, a heartbeat) before rank 0 resumes

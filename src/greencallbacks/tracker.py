@@ -1297,7 +1297,7 @@ class Tracker:
         the checkpoint does not hold as long: a phase open at the checkpoint, measured further (the
         killed attempt's heartbeat is later than its checkpoint), or begun after the checkpoint.
         A phase closed before the checkpoint is in its records (or its totals) already."""
-        written = {(r.seq, r.attempt) for r in records}
+        written = _held_with_rank_0(records)
         at_checkpoint = {(r.seq, r.attempt): r.duration_s for r in saved}
         after = (int(state.get("attempt", 0)), int(state.get("seq", 0)))
         carried = []
@@ -1320,7 +1320,7 @@ class Tracker:
         count them; without these lines the records did not (a single-epoch fine-tune preempted
         inside its epoch: summary 2.15e-6 kWh, records 1.59e-6), or, where the run had written a
         record before, the totals lost them too."""
-        written = {(r.seq, r.attempt) for r in records}
+        written = _held_with_rank_0(records)
         carried = [Record.from_dict(saved) for saved in state.get("open_records") or ()]
         carried = [r for r in carried if r.run_id == self.run_id and (r.seq, r.attempt) not in written]
         for record in carried:
@@ -1692,6 +1692,16 @@ def _uncounted(state: dict[str, Any], records: list[Record]) -> dict[str, Any]:
             for name, value in vars(counted).items():
                 slot[name] = max(0, slot.get(name, 0) - value)  # never below 0 by rounding
     return {**state, "totals": totals, "prefix_totals": prefix_totals}
+
+
+def _held_with_rank_0(records: list[Record]) -> set[tuple[int, int]]:
+    """The phases (seq, attempt) whose records hold rank 0's part. A phase whose records hold other
+    ranks' parts alone (each wrote its own as it failed, while rank 0 was killed outright) still
+    lacks rank 0's, which its checkpoint or heartbeat holds: 2 ranks, rank 0 killed inside an epoch
+    and rank 1 failing after it, lost rank 0's part of that epoch on resume. Parts of unknown ranks
+    (no components, or records without ranks) count as rank 0's, as before."""
+    return {(seq, attempt) for (_, attempt, seq), held in ranks_written(records).items()
+            if held is None or not held or None in held or 0 in held}
 
 
 def _in_order(record: Record) -> tuple[int, int]:
