@@ -11,23 +11,12 @@ import pytest
 
 pytest.importorskip("transformers")
 
-from transformers import TrainerCallback  # noqa: E402
-
 from flow_invariants import check_run, logged_total_matches, meter_threads  # noqa: E402
 from greencallbacks.hf import EnergyCallback  # noqa: E402
 from tests.hf_tiny import POWER_W, scripted_sensor  # noqa: E402
-from tests.test_hf_everyday import make_trainer  # noqa: E402
+from tests.test_hf_everyday import CrashAt, make_trainer  # noqa: E402
 
 pytestmark = pytest.mark.slow
-
-
-class CrashAt(TrainerCallback):
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            raise RuntimeError(f"crash at step {self.step}")
 
 
 @pytest.mark.parametrize("restore_callback_states", [True, False])

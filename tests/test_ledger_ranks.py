@@ -153,6 +153,17 @@ def test_a_crash_on_every_rank_and_a_resume_keep_every_joule_once(tmp_path):
     assert len(partial) == WORLD  # the cut-short epoch 1, once per rank, unsummed
 
 
+def _checkpointed_inside_epoch_1(rank, reducer, tmp_path):
+    """One rank's tracker through epoch 0 and half of epoch 1, and its checkpoint state there."""
+    tracker, clock = rank_tracker(rank, reducer, tmp_path)
+    tracker.begin("train", 0)
+    clock.advance(PHASE_S)
+    tracker.end("train")
+    tracker.begin("train", 1)
+    clock.advance(PHASE_S / 2)
+    return tracker, clock, tracker.state_dict()  # every rank makes one; rank 0's is saved
+
+
 @pytest.mark.parametrize("beat_after_checkpoint", [False, True])
 def test_every_ranks_open_part_is_carried_after_a_kill(tmp_path, beat_after_checkpoint):
     """Killed outright (SIGKILL on every rank: no handler runs) inside an epoch, then resumed from
@@ -161,13 +172,7 @@ def test_every_ranks_open_part_is_carried_after_a_kill(tmp_path, beat_after_chec
     open_s = PHASE_S / 2 + (HEARTBEAT_S + 1.0 if beat_after_checkpoint else 0.0)
 
     def killed(rank, reducer):
-        tracker, clock = rank_tracker(rank, reducer, tmp_path)
-        tracker.begin("train", 0)
-        clock.advance(PHASE_S)
-        tracker.end("train")
-        tracker.begin("train", 1)
-        clock.advance(PHASE_S / 2)
-        state = tracker.state_dict()  # every rank makes one; rank 0's is saved
+        tracker, clock, state = _checkpointed_inside_epoch_1(rank, reducer, tmp_path)
         if beat_after_checkpoint:
             clock.advance(HEARTBEAT_S + 1.0)
             tracker.heartbeat()
@@ -202,13 +207,7 @@ def test_rank_0_killed_alone_keeps_its_part_of_a_phase_the_other_ranks_wrote_as_
     open_s = PHASE_S / 2 + HEARTBEAT_S + 1.0  # at the checkpoint, then measured further by a heartbeat
 
     def killed(rank, reducer):
-        tracker, clock = rank_tracker(rank, reducer, tmp_path)
-        tracker.begin("train", 0)
-        clock.advance(PHASE_S)
-        tracker.end("train")
-        tracker.begin("train", 1)
-        clock.advance(PHASE_S / 2)
-        state = tracker.state_dict()  # every rank makes one; rank 0's is saved
+        tracker, clock, state = _checkpointed_inside_epoch_1(rank, reducer, tmp_path)
         clock.advance(HEARTBEAT_S + 1.0)
         tracker.heartbeat()
         if rank == 0:
