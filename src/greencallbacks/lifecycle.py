@@ -264,6 +264,10 @@ def lifecycle(records: Sequence[Record], search: Iterable[Record] = (), run_id: 
         notes.append("no training epoch's samples were counted whole: D is unknown")
     elif any(not r.samples_counted for r in mine):
         notes.append("some batches could not be counted; D and I come from the phases that were")
+    billed = [r for r in mine if r.embodied_co2eq_g is not None]
+    if billed and len(billed) < len(mine):  # an attempt resumed where no figure was known, or with it off
+        notes.append(f"the embodied figures cover {sum(r.duration_s for r in billed):.4g} s of the run's "
+                     f"{sum(r.duration_s for r in mine):.4g} s; the rest had no figure")
 
     trials: dict[str, list[Record]] = defaultdict(list)
     for r in search:

@@ -1407,12 +1407,21 @@ class Tracker:
         """The run's embodied CO2eq (apart from the operational total) and how it was found."""
         totals = self.ledger.embodied
         found = self._embodied_found
+        missing = list(found.missing) if found else (["turned off (embodied=False)"] if self.embodied_settings is None else [])
+        # What the sources and the missing above describe is this attempt; an earlier one (resumed
+        # on another GPU, or with embodied=False) may have billed nothing, or this one nothing of
+        # the run that earlier ones billed: the total then covers part of the run, said here.
+        count = sum(t.count for t in self.ledger.totals.values())
+        unbilled = count - sum(t.embodied_count for t in self.ledger.totals.values())
+        if totals and unbilled:
+            missing.append(f"{unbilled} of the run's {count} records carry no embodied figure (an attempt or call "
+                           "where none was known or it was turned off): embodied_co2eq_g covers the others only")
         return {
             "embodied_co2eq_g": totals[0] if totals else None,
             "embodied_co2eq_g_low": totals[1] if totals else None,
             "embodied_co2eq_g_high": totals[2] if totals else None,
             "embodied_sources": list(found.sources) if found else [],
-            "embodied_missing": list(found.missing) if found else (["turned off (embodied=False)"] if self.embodied_settings is None else []),
+            "embodied_missing": missing,
         }
 
     # ------------------------------------------------------------------------------ internals

@@ -967,6 +967,8 @@ def run_totals(records: Sequence[Record]) -> dict[str, dict]:
             "embodied_co2eq_g": sum(r.embodied_co2eq_g for r in embodied) if embodied else None,
             "embodied_co2eq_g_low": sum(r.embodied_co2eq_g_low or 0.0 for r in embodied) if embodied else None,
             "embodied_co2eq_g_high": sum(r.embodied_co2eq_g_high or 0.0 for r in embodied) if embodied else None,
+            # The time those records cover: less than ``seconds`` where part of the run had no figure.
+            "embodied_seconds": sum(r.duration_s for r in embodied) if embodied else None,
         }
     return out
 
@@ -983,7 +985,19 @@ def embodied_total(totals: dict[str, dict]) -> dict | None:
         "embodied_co2eq_g_low": sum(t["embodied_co2eq_g_low"] for t in runs) / n,
         "embodied_co2eq_g_high": sum(t["embodied_co2eq_g_high"] for t in runs) / n,
         "operational_plus_embodied_co2eq_g": over_runs([t["co2eq_g"] + t["embodied_co2eq_g"] for t in runs]),
+        # Per run, as the figures above: billed_seconds < seconds where part of a run (an attempt
+        # resumed on a GPU without a figure, or with embodied=False) billed nothing.
+        "billed_seconds": sum(t["embodied_seconds"] for t in runs) / n,
+        "seconds": sum(t["seconds"] for t in runs) / n,
     }
+
+
+def embodied_coverage(embodied: dict) -> str:
+    """Empty where the embodied figure covers its runs' whole time, else which part ("13.0 s of the run's 26.0 s")."""
+    billed, seconds = embodied["billed_seconds"], embodied["seconds"]
+    if billed >= seconds * (1 - 1e-9):
+        return ""
+    return f"{number(billed)} s of the run's {number(seconds)} s"
 
 
 def over_runs(values: Sequence[float]) -> dict:
@@ -1262,8 +1276,11 @@ def statement(records: Sequence[Record], unfinished: Collection[str] = (),
     embodied = embodied_total(run_totals(records))
     if embodied is not None:
         e = embodied["embodied_co2eq_g"]
+        # Over part of the run where an attempt or call billed nothing (no figure known, or turned off).
+        part = embodied_coverage(embodied)
+        over = f"{part} (the rest: no figure known)" if part else "the run"
         text += (f" Apart from these operational emissions, the hardware's manufacturing footprint amortised over "
-                 f"the run adds {mass_text(e['mean'], e['se'])} (range {mass_text(embodied['embodied_co2eq_g_low'])} to "
+                 f"{over} adds {mass_text(e['mean'], e['se'])} (range {mass_text(embodied['embodied_co2eq_g_low'])} to "
                  f"{mass_text(embodied['embodied_co2eq_g_high'])}; greencallbacks embodied table).")
     unwritten = [run for run, mine in by_run(records).items() if calls_left_unwritten(mine, run_summaries, unfinished)]
     if unwritten:  # the whole run's figure above lacks the end of that call: said where it is cited

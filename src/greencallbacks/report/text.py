@@ -10,6 +10,7 @@ from typing import Collection, Mapping, Sequence
 from greencallbacks.records import Record
 from greencallbacks.report.data import (
     covers_text,
+    embodied_coverage,
     epoch_rows,
     epoch_status,
     group_runs,
@@ -142,7 +143,8 @@ def _embodied_lines(data: dict) -> list[str]:
     return [
         f"- Operational (electricity): {mass_text(total['co2eq_g']['mean'], total['co2eq_g']['se'])}",
         f"- Embodied (manufacturing, amortised over the hardware's life): {mass_text(e['mean'], e['se'])} "
-        f"(range {mass_text(embodied['embodied_co2eq_g_low'])} to {mass_text(embodied['embodied_co2eq_g_high'])})",
+        f"(range {mass_text(embodied['embodied_co2eq_g_low'])} to {mass_text(embodied['embodied_co2eq_g_high'])})"
+        + (f"; it covers {part} only, the rest having no figure" if (part := embodied_coverage(embodied)) else ""),
         f"- Operational + embodied: {mass_text(both['mean'], both['se'])}",
     ]
 
