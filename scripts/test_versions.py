@@ -53,7 +53,7 @@ MATRIX = {
         "tests": ["tests/test_hf.py", "tests/test_hf_hpsearch.py", "tests/test_hf_flows_more.py", "tests/test_flows_hf.py", "tests/test_hf_distributed.py", "tests/test_live.py",
                   "tests/test_hf_callbacks.py", "tests/test_heartbeat.py", "tests/test_hf_everyday.py",
                   "tests/test_hf_trainer_flows.py", "tests/test_hf_epoch_labels.py", "tests/test_hf_paths_more.py",
-                  "tests/test_hf_resume_skips.py", "tests/test_hf_logged_totals.py", "tests/test_hf_trainer_options.py", "tests/test_hf_replaced_callback.py",
+                  "tests/test_hf_resume_skips.py", "tests/test_hf_logged_totals.py", "tests/test_hf_trainer_options.py", "tests/test_hf_replaced_callback.py", "tests/test_co2_flows_fake_clock.py",
                   "tests/test_distributed_live.py",
                   "tests/test_distributed_logged_totals.py", "tests/test_report_run_sets.py"],
         "report": ["transformers", "accelerate", "torch", "tensorboard", "mlflow", "wandb"],
@@ -73,7 +73,7 @@ MATRIX = {
                   "tests/test_report_run_sets.py", "tests/test_budget_everyday.py", "tests/test_distributed_live.py",
                   "tests/test_budget_step_stops.py",
                   # A private seam (the checkpoint an evaluation restores, 2.2 to 2.4) and its fallback.
-                  "tests/test_lightning_checkpoint_evaluations.py", "tests/test_lightning_checkpoint_labels.py",
+                  "tests/test_lightning_checkpoint_evaluations.py", "tests/test_lightning_checkpoint_labels.py", "tests/test_co2_flows_fake_clock.py",
                   # A private seam (CombinedLoader's mode) and its guard, at the floor too.
                   "tests/test_samples_frameworks.py::test_lightning_counts_each_loader_of_a_combined_batch_in_every_loop",
                   "tests/test_samples_frameworks.py::test_lightning_a_combined_loaders_mode_it_cannot_read_leaves_batches_counted_whole"],
