@@ -1576,3 +1576,30 @@ def test_starting_again_at_once_after_a_failed_call_waits_for_its_write_up(tmp_p
     tracker.finish()
     records = read_records(tmp_path / RECORDS_FILE)
     assert [(r.phase, r.partial) for r in records if r.phase != "other"] == [("train", True), ("validation", False)]
+
+
+def test_the_summary_says_whether_the_call_that_wrote_it_failed(tmp_path):
+    # The totals of a run cut short by an exception read like a finished one's: only its partial
+    # records told, and no one reads those to learn it.
+    import json
+
+    from tests.fakes.scripted import FakeClock, ScriptedSensor
+
+    clock = FakeClock()
+
+    def started() -> Tracker:
+        meter = Meter([ScriptedSensor("gpu0", clock, power_w=100.0)], fallback=None, clock=clock,
+                      wall_clock=lambda: clock() + 1.7e9)
+        return Tracker(carbon=Carbon(intensity=100.0), output_dir=tmp_path, run_id="r").start(meter)
+
+    with pytest.raises(RuntimeError), started() as tracker:
+        with tracker.phase("train", 0):
+            clock.advance(5.0)
+            raise RuntimeError("a bug in the step")
+    summary = json.loads((tmp_path / "energy-summary.json").read_text())
+    assert summary["ended"] == "failed" and summary["energy_kwh"] > 0
+    with started() as second:  # the next run in the directory (r-2), ending well; r's is kept
+        with second.phase("train", 0):
+            clock.advance(1.0)
+    assert json.loads((tmp_path / "energy-summary.json").read_text())["ended"] == "finished"
+    assert json.loads((tmp_path / "energy-summary-r.json").read_text())["ended"] == "failed"

@@ -317,6 +317,7 @@ class Tracker:
         self._seconds_left_at_train_end: float | None = None
         self._resume_state: dict[str, Any] | None = None  # loaded before start, applied at start
         self._session_id: str | None = None  # drawn at start: tells this tracker's own checkpoints apart
+        self._failing = False  # the call ends in abort: the summary says it failed
         self._own_sessions: set[str] = set()  # every session id this tracker drew (see `wrote`)
         self._concurrency_checked = True  # False from start to the first phase (see _say_measured_at_once)
         self._said_not_started = False
@@ -414,6 +415,7 @@ class Tracker:
         self._host = socket.gethostname()  # read once: a system call at every boundary adds up
         self._later_call = self._session_id is not None  # a test after the training, say (see begin)
         self._counted_elsewhere = ""
+        self._failing = False
         self._session_id = uuid.uuid4().hex
         if self._run_id_given and self._resume_state is None and self.ledger.next_seq == 0 and self.ledger.attempt == 0:
             self._avoid_a_run_id_taken()
@@ -743,6 +745,7 @@ class Tracker:
         """
         if not self.running:
             return
+        self._failing = True
         try:
             self._boundary(exact=True)
         except Exception:  # noqa: BLE001 - the run is already failing; keep what we have
@@ -1588,6 +1591,9 @@ class Tracker:
             "sensors": self.meter.describe() if self.meter is not None else [],
             "ranks": self.reducer.world_size,
             "attempts": self.ledger.attempt + 1,
+            # How the call that wrote it ended: "failed" (an exception or Ctrl-C; its open phases are
+            # partial records), else "finished". The totals alone read alike either way.
+            "ended": "failed" if self._failing else "finished",
         }
         if self._records_elsewhere:  # earlier attempts written in another directory (see _say_records_elsewhere)
             summary["earlier_records"] = self._records_elsewhere
