@@ -10,7 +10,6 @@ session must be labelled as with the default settings, and as the fitting Traine
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 

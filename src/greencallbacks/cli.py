@@ -297,7 +297,7 @@ def cmd_zones(args: argparse.Namespace) -> int:
     rows = [("--zone " + WORLD_AVERAGE_ZONE, "world average", world.g_per_kwh, world.year)]
     rows += [(f"--country {row.alpha2 or row.zone}", f"{row.name} ({row.zone})", row.g_per_kwh, row.year)
              if usable(row) else
-             (f"--intensity ...", f"{row.name} ({row.zone}): no usable figure ({row.g_per_kwh:g} in the source)", None, row.year)
+             ("--intensity ...", f"{row.name} ({row.zone}): no usable figure ({row.g_per_kwh:g} in the source)", None, row.year)
              for row in sorted(tables.countries(), key=lambda r: r.zone)]
     rows += [(f"--zone {row.zone}", row.name, row.g_per_kwh, row.year) for row in sorted(tables.us_states(), key=lambda r: r.zone)]
     rows += [(f"--region {row.key}", row.location + ("" if row.g_per_kwh is not None else f" (grid of {row.zone})"),
