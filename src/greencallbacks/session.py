@@ -581,3 +581,16 @@ def warn_two_callbacks(training: str, effect: str) -> None:
     and the framework keeps one value of each: ``effect`` says whose. Each ledger stays exact."""
     warn(f"greencallbacks: two EnergyCallbacks in one {training} log the same metric names, so {effect}; use one "
          "(price other grids afterwards with `greencallbacks report --compare-zones`).")
+
+
+def warn_resumed_with_other_settings(saved_by: str, saved: dict, current: dict, shown: str, call: str = "training") -> None:
+    """Say that a resume continues a run whose checkpoint state was saved with other settings (a
+    grid corrected after a crash): the earlier records keep their grid and PUE, the new ones carry
+    the new settings. Only ``output_dir`` changed (one directory per job) is not worth a word: the
+    resume's own warning names the directories."""
+    def apart_from_output_dir(settings: dict) -> dict:
+        return {key: value for key, value in settings.items() if key != "output_dir"}
+
+    if apart_from_output_dir(saved) != apart_from_output_dir(current):
+        warn(f"greencallbacks: the checkpoint's energy state was saved by {saved_by}, with other settings than this "
+             f"callback's ({shown}); this {call} continues its run, and the records from here on carry the new settings.")

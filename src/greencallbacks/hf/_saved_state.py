@@ -16,6 +16,7 @@ from typing import Any
 from transformers.trainer_callback import ExportableState
 
 from greencallbacks.meter import warn
+from greencallbacks.session import warn_resumed_with_other_settings
 
 
 def saved_alike(trainer, callback) -> list:
@@ -43,22 +44,13 @@ def saved_entry(callback, alike: list, saved, resuming: bool) -> dict | None:
         return matching[index] if index < len(matching) else None
     if len(alike) == 1 and isinstance(saved, dict):
         given = through_json(saved.get("args"))
-        if resuming and isinstance(given, dict) and _apart_from_output_dir(given) != _apart_from_output_dir(settings):
-            # Said as the Lightning adapter says it: the records of the earlier attempts keep their
-            # grid and PUE, these the new ones, and the summary's `carbon` describes the last.
-            warn(f"greencallbacks: the checkpoint's energy state was saved by {type(callback).__name__}{given}, with "
-                 f"other settings than this callback's ({callback._settings}); this training continues its run, and "
-                 "the records from here on carry the new settings.")
+        if resuming and isinstance(given, dict):
+            warn_resumed_with_other_settings(f"{type(callback).__name__}{given}", given, settings, str(callback._settings))
         return saved
     if resuming and entries:
         warn(f"greencallbacks: the checkpoint holds {len(entries)} {type(callback).__name__} state(s), none saved with "
              f"this callback's settings ({callback._settings}); this training is measured as a new run.")
     return None
-
-
-def _apart_from_output_dir(settings: dict) -> dict:
-    """Settings that price or measure: a resume writing to another directory changes nothing of those."""
-    return {key: value for key, value in settings.items() if key != "output_dir"}
 
 
 def complete_saved_entries(stateful: dict, name: str, alike: list) -> None:

@@ -35,7 +35,7 @@ from greencallbacks.guard import hook_failed, never_raises
 from greencallbacks.ledger import run_ids_in
 from greencallbacks.meter import warn
 from greencallbacks.records import RECORDS_FILE
-from greencallbacks.session import EnergySession, keyword_names, reject_unknown_arguments
+from greencallbacks.session import EnergySession, keyword_names, reject_unknown_arguments, warn_resumed_with_other_settings
 from greencallbacks.samples import BatchCounter
 from greencallbacks.sensors.base import Sensor
 from greencallbacks.torch_support import device_and_sync
@@ -246,13 +246,8 @@ class EnergyCallbackBase:
         keyed = {key: _settings_in_key(key, name) for key in states if key not in claimed}
         orphans = [key for key, given in keyed.items() if given is not None and given.get("prefix", "") == self.prefix]
         if len(orphans) == 1:
-            # Only output_dir changed (one directory per job): the resume's own warning names the
-            # directories; nothing else to say.
-            if _without_output_dir(keyed[orphans[0]]) != _without_output_dir(self._settings_given()):
-                call = getattr(getattr(trainer.state, "fn", None), "value", None) or "fit"  # or validate, test, predict
-                warn(f"greencallbacks: the checkpoint's energy state was saved by {orphans[0]}, with other settings "
-                     f"than this callback's ({self.state_key}); this {call} continues its run, and the records from "
-                     "here on carry the new settings.")
+            call = getattr(getattr(trainer.state, "fn", None), "value", None) or "fit"  # or validate, test, predict
+            warn_resumed_with_other_settings(orphans[0], keyed[orphans[0]], self._settings_given(), self.state_key, call)
             state = deepcopy(states[orphans[0]])
             if _before_records_path(state):  # written where that callback's output_dir said, if it had one
                 state = self._with_records_found(state, keyed[orphans[0]].get("output_dir"))
@@ -969,10 +964,6 @@ def _unwatch_restore(trainer: Any) -> None:
         if connector.__dict__.get("resume_end") is watch:
             del connector.resume_end
         del connector._greencallbacks_watch
-
-
-def _without_output_dir(settings: dict) -> dict:
-    return {k: v for k, v in settings.items() if k != "output_dir"}
 
 
 _BATCH_HOOKS = ("on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer")
