@@ -71,7 +71,7 @@ def test_an_embodied_figure_covering_part_of_the_run_says_which_part(tmp_path, c
     assert main(["lifecycle", str(tmp_path), "--inferences", "0", "--json"]) == 0
     life = json.loads(capsys.readouterr().out)
     assert life["training_embodied_co2eq_g"] + life["run_other_embodied_co2eq_g"] == pytest.approx(grams)
-    assert "the embodied figures cover 14 s of the run's 28 s; the rest had no figure" in life["notes"]
+    assert "the embodied figures cover 14.0 s of the run's 28.0 s; the rest had no figure" in life["notes"]
 
 
 def test_an_attempt_with_embodied_off_leaves_its_time_unbilled_and_said(tmp_path, capsys):

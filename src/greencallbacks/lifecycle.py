@@ -218,7 +218,7 @@ def lifecycle(records: Sequence[Record], search: Iterable[Record] = (), run_id: 
     other = [r for r in mine if r.phase != "train"]
     if not train:
         raise ValueError(f"run {run_id!r} has no training records")
-    from greencallbacks.report.data import epochs_trained_again, records_lack, training_failed, whole_epoch_samples
+    from greencallbacks.report.data import embodied_coverage, epochs_trained_again, records_lack, training_failed, whole_epoch_samples
 
     per_epoch: dict[int, list[Record]] = defaultdict(list)
     for r in last_trainings(train):
@@ -265,9 +265,11 @@ def lifecycle(records: Sequence[Record], search: Iterable[Record] = (), run_id: 
     elif any(not r.samples_counted for r in mine):
         notes.append("some batches could not be counted; D and I come from the phases that were")
     billed = [r for r in mine if r.embodied_co2eq_g is not None]
-    if billed and len(billed) < len(mine):  # an attempt resumed where no figure was known, or with it off
-        notes.append(f"the embodied figures cover {sum(r.duration_s for r in billed):.4g} s of the run's "
-                     f"{sum(r.duration_s for r in mine):.4g} s; the rest had no figure")
+    if billed:  # part of the run had no figure: an attempt resumed where none was known, or with it off
+        coverage = embodied_coverage({"billed_seconds": sum(r.duration_s for r in billed),
+                                      "seconds": sum(r.duration_s for r in mine)})
+        if coverage:
+            notes.append(f"the embodied figures cover {coverage}; the rest had no figure")
 
     trials: dict[str, list[Record]] = defaultdict(list)
     for r in search:
