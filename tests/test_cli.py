@@ -11,7 +11,7 @@ import pytest
 
 from greencallbacks.cli import main
 from greencallbacks.records import RECORDS_FILE, RecordWriter, by_run
-from greencallbacks.tracker import SUMMARY_FILE, kept_summary_path
+from greencallbacks.summaries import SUMMARY_FILE, kept_summary_path
 
 from test_report import KWH, one_run, rec, three_runs
 

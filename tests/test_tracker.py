@@ -942,7 +942,7 @@ def test_a_name_that_could_be_made_before_is_kept_as_it_was():
     find it (its budget warnings) and replace it, not leave a stale copy under the old name."""
     from pathlib import Path
 
-    from greencallbacks.tracker import kept_summary_path
+    from greencallbacks.summaries import kept_summary_path
 
     run_id = "b" * 150
     assert kept_summary_path(Path("d/energy-summary.json"), run_id).name == f"energy-summary-{run_id}.json"
@@ -1034,10 +1034,10 @@ def test_a_summary_lock_held_too_long_is_said_and_does_not_hold_up_the_runs_end(
     """A process stuck while it holds the directory's summaries must not hang every other run's end."""
     import fcntl
 
-    from greencallbacks import tracker as tracker_module
+    from greencallbacks import summaries
     from greencallbacks.meter import EnergyWarning
 
-    monkeypatch.setattr(tracker_module, "SUMMARY_LOCK_WAIT_S", 0.2)
+    monkeypatch.setattr(summaries, "SUMMARY_LOCK_WAIT_S", 0.2)
     tracker, clock, _ = setup(tmp_path)
     holder = os.open(tmp_path, os.O_RDONLY)
     try:

@@ -292,7 +292,7 @@ def _summaries_beside(run_files: dict[str, list[Path]]) -> dict[str, dict]:
     """Each run's summary in a directory holding its records: ``energy-summary.json`` (the latest
     run's there) or the copy kept under the run's id once another run wrote there; one small file
     read per directory and run."""
-    from greencallbacks.tracker import SUMMARY_FILE, kept_summary_path
+    from greencallbacks.summaries import SUMMARY_FILE, kept_summary_path
 
     read: dict[Path, dict | None] = {}
     found: dict[str, dict] = {}

@@ -27,7 +27,8 @@ from greencallbacks.prediction import priced_by_series
 from greencallbacks.records import Record
 from greencallbacks.sensors.base import Kind, Method, Sensor
 from greencallbacks.sensors.discover import check_cpu_tdp_w, check_gpus
-from greencallbacks.tracker import SUMMARY_FILE, Tracker, check_output_dir, kept_summary_path
+from greencallbacks.summaries import SUMMARY_FILE, kept_summary_path
+from greencallbacks.tracker import Tracker, check_output_dir
 from greencallbacks.units import J_PER_KWH
 
 

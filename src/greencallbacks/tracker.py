@@ -21,14 +21,12 @@ import copy
 import dataclasses
 import datetime as _dt
 import functools
-import json
 import math
 import numbers
 import operator
 import os
 import socket
 import threading
-import time
 import uuid
 import weakref
 from collections import deque
@@ -46,16 +44,12 @@ from greencallbacks.runlock import RunLock
 from greencallbacks.meter import joules_between
 from greencallbacks.prediction import PREDICTION_STEMS, predict
 from greencallbacks.heartbeat import heartbeat_files, heartbeat_parts, heartbeat_path, ranks_written
-from greencallbacks.records import (PHASES, RECORDS_FILE, Record, RecordWriter, combine_ranks, run_file_name, with_per_sample,
+from greencallbacks.records import (PHASES, RECORDS_FILE, Record, RecordWriter, combine_ranks, with_per_sample,
                                    write_json_atomic)
+from greencallbacks.summaries import SUMMARY_FILE, write_summary
 from greencallbacks.units import J_PER_KWH
 
 RANK_RECORDS_FILE = "energy-records.rank{rank}.jsonl"  # rank r's own parts of a failed multi-rank run's phases
-
-try:
-    import fcntl
-except ImportError:  # not POSIX: summaries are written unlocked
-    fcntl = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:
     from greencallbacks.carbon import Carbon
@@ -63,8 +57,6 @@ if TYPE_CHECKING:
     from greencallbacks.meter import Measurement, Meter, Snapshot
 
 __all__ = ["METRIC_STEMS", "PREDICTION_STEMS", "PhaseTotals", "SUMMARY_FILE", "Tracker"]
-
-SUMMARY_FILE = "energy-summary.json"
 
 # The metric names every adapter logs (with its framework's prefix for non-training phases).
 METRIC_STEMS = (
@@ -84,13 +76,9 @@ RECORDS_KEPT_IN_MEMORY = 1000
 # ms, under 0.1 % of such a gap. On several ranks writing is a collective that begin is not: there
 # a gap still waits for the next end.
 GAP_WRITTEN_AT_BEGIN_S = 0.5
-# The longest a run's end waits for another process writing its summary into the same directory
-# (~1 ms when all is well): a holder that hangs must not hang this run's end with it.
-SUMMARY_LOCK_WAIT_S = 2.0
 # The live power_w is the mean over at least this long (ten update periods of a channel read off
 # the training thread: within 10 % of the power however fast the logging steps come).
 LIVE_POWER_WINDOW_S = 1.0
-SUMMARY_LOCK_POLL_S = 0.005
 # The open phases, as a resume would carry them, are written beside the records at most this often
 # (asked at every Lightning and HF step, by Keras' watch thread and at every `add_samples`: see
 # `heartbeat`): a process killed without any handler running (SIGKILL, the OOM killer, a preemption)
@@ -1607,89 +1595,7 @@ class Tracker:
             value = value(summary) if callable(value) else value
             if value is not None:  # None: nothing to say (a field made only when there is)
                 summary[key] = value
-        path = self.output_dir / SUMMARY_FILE
-        # Read, keep, write: another run ending in this directory at the same moment, between
-        # two of them, moved this run's summary under its own name or lost one of the two.
-        with _summaries_held(self.output_dir, self.run_id):
-            _keep_another_runs_summary(path, self.run_id)
-            return write_json_atomic(path, summary)
-
-
-def _keep_another_runs_summary(path: Path, run_id: str) -> None:
-    """``energy-summary.json`` is its directory's latest run's. An earlier run's there (a notebook's
-    fit run again on one Trainer, ``train()`` called twice, an out-of-memory retry) is kept beside
-    it as ``energy-summary-<run id>.json`` rather than lost; this run's own copy there, from before
-    another run took the name, is out of date and goes."""
-    try:
-        other = json.loads(path.read_text()).get("run_id")
-    except (OSError, ValueError, AttributeError):
-        other = None
-    if isinstance(other, str) and other and other != run_id:
-        kept = kept_summary_path(path, other)
-        try:
-            os.replace(path, kept)
-        except OSError as error:  # the summary to write matters more than the one to keep: said, and replaced
-            from greencallbacks.meter import warn
-
-            warn(f"greencallbacks: could not keep run {other!r}'s summary as {kept} ({error}); this run's "
-                 f"summary replaces it in {path}.")
-    try:
-        kept_summary_path(path, run_id).unlink(missing_ok=True)
-    except OSError:
-        pass  # an out-of-date copy left behind: it names its run, and the records are what count
-
-
-@contextlib.contextmanager
-def _summaries_held(directory: Path, run_id: str) -> Iterator[None]:
-    """Hold ``directory``'s summaries for one run's end, against every other process and thread:
-    an advisory ``flock`` on the directory itself, so no lock file is left behind. Unlocked where
-    there is no ``flock`` (not POSIX, a file system without it), and, said, after
-    ``SUMMARY_LOCK_WAIT_S`` of waiting."""
-    descriptor = _lock_directory(directory, run_id)
-    try:
-        yield
-    finally:
-        if descriptor is not None:
-            os.close(descriptor)  # releases the lock
-
-
-def _lock_directory(directory: Path, run_id: str) -> int | None:
-    """A descriptor of ``directory`` holding its exclusive lock; None where it is not held."""
-    if fcntl is None:
-        return None
-    try:
-        directory.mkdir(parents=True, exist_ok=True)  # made by the summary's write otherwise
-        descriptor = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return None  # the summary's write says what is wrong with the directory, if anything
-    deadline = time.monotonic() + SUMMARY_LOCK_WAIT_S
-    while True:
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return descriptor
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                break
-            time.sleep(SUMMARY_LOCK_POLL_S)
-        except OSError:  # no flock on this file system: as before
-            os.close(descriptor)
-            return None
-    os.close(descriptor)
-    from greencallbacks.meter import warn
-
-    warn(f"greencallbacks: another run has been writing its summary in {directory} for over "
-         f"{SUMMARY_LOCK_WAIT_S:g} s; run {run_id!r} writes its own without waiting longer, so one of "
-         "the two summaries may be lost (the records are complete: `greencallbacks report --run-id` reads them).")
-    return None
-
-
-def kept_summary_path(path: Path, run_id: str) -> Path:
-    """The kept summary's name: the run id where it is a safe file name, else its safe part and a
-    hash of the whole (``exp/1`` and ``exp-1`` are two runs: one name would lose a summary). An id
-    too long for a file name (over ``NAME_MAX_BYTES`` with the rest: the summary it should have kept
-    was lost) is cut to its first ``KEPT_SUMMARY_ID_CHARS`` characters, with the hash; every name
-    that could be made before is left as it was, so a resume finds a summary kept then."""
-    return path.with_name(run_file_name("energy-summary-", run_id))
+        return write_summary(self.output_dir, self.run_id, summary)
 
 
 def _uncounted(state: dict[str, Any], records: list[Record]) -> dict[str, Any]:
