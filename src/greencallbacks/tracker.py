@@ -152,7 +152,8 @@ class _Open:
     components: dict[str, dict] = field(default_factory=dict)
     segments: list[tuple[float, float, float]] = field(default_factory=list)  # (t0, t1, joules)
 
-    def add(self, measurement: "Measurement", end_unix: float) -> None:
+    def add(self, measurement: "Measurement", end_unix: float, marks: list[tuple[float, float]] | None = None) -> None:
+        """Bill ``measurement`` (ending at ``end_unix``) to this phase; ``marks``: see ``_priced_apart``."""
         if self.start_unix is None:
             self.start_unix = measurement.start_unix
         self.duration_s += measurement.duration_s
@@ -171,11 +172,31 @@ class _Open:
         # A segment never ends before it begins: priced over [t0, t1], which a carbon source refuses
         # the other way round, one bad stamp lost the whole phase's record. (The meter's stamps never
         # go backwards; a meter of the user's, or a future one, must not undo that here.)
-        self.segments.append((measurement.start_unix, max(measurement.start_unix, end_unix), measurement.energy_j))
+        t0 = measurement.start_unix
+        self.segments += _priced_apart(t0, max(t0, end_unix), measurement.energy_j, marks or [])
 
     @property
     def empty(self) -> bool:
         return self.start_unix is None or (self.duration_s == 0 and not self.samples)
+
+
+def _priced_apart(t0: float, t1: float, energy_j: float, marks: list[tuple[float, float]]) -> list[tuple[float, float, float]]:
+    """The interval [t0, t1] of ``energy_j`` as segments (t0, t1, joules) cut at its ``marks``:
+    (unix time, joules since t0) read at the heartbeats inside it.
+
+    Each segment is priced at its own interval's intensity, so an epoch of hours with no boundary
+    inside is priced at the energy-weighted intensity to a heartbeat's resolution: priced at the
+    interval's time-weighted mean, a data stall (30 W) while the grid turned clean billed 1.14 g
+    where 3.5 g were emitted. The joules are the interval's: a mark only splits them (a peek read
+    ahead of the boundary's exact read is held within it)."""
+    segments, done = [], 0.0
+    for unix_s, joules in marks:
+        if t0 < unix_s < t1:
+            joules = min(max(joules, done), energy_j)
+            segments.append((t0, unix_s, joules - done))
+            t0, done = unix_s, joules
+    segments.append((t0, t1, energy_j - done))
+    return segments
 
 
 def _holding_phases(method: Callable | None = None, *, settled: bool = False) -> Callable:
@@ -293,6 +314,8 @@ class Tracker:
         # `live`: the previous call's peek (its power interval) and each open phase's billed sums.
         self._live_history: collections.deque[Snapshot] = collections.deque()  # earlier live() readings
         self._live_billed: dict[int, tuple[int, float, float]] = {}
+        # (unix time, joules since the last boundary) at each heartbeat since it: see _priced_apart.
+        self._price_marks: list[tuple[float, float]] = []
         self.step: int | None = None
         # Where the framework stops, set by adapters to enable the run prediction: the epoch it
         # stops before (max_epochs) and the global step it stops at (max_steps), either or both.
@@ -430,6 +453,7 @@ class Tracker:
         self._last_snapshot = meter.snapshot()
         self._heartbeat_at = self._last_snapshot.monotonic_s
         self._live_history, self._live_billed = collections.deque(), {}  # a new meter: its counters start afresh
+        self._price_marks = []
         if self._resume_state is not None:  # state loaded before start (Keras, HF)
             self._resume()
         self._open_writer()
@@ -949,8 +973,8 @@ class Tracker:
         pue = self.carbon.pue
         since = self._last_snapshot
         it_j = self._joules_between(since, peeked)
-        intensity = self.carbon.intensity_between(since.unix_s, max(peeked.unix_s, since.unix_s))
-        co2eq_g = it_j * pue / J_PER_KWH * intensity.g_per_kwh
+        co2eq_g = sum(energy_j * pue / J_PER_KWH * self.carbon.intensity_between(t0, t1).g_per_kwh for t0, t1, energy_j
+                      in _priced_apart(since.unix_s, max(peeked.unix_s, since.unix_s), it_j, self._price_marks))
         # Each phase's billed segments, summed once: a long epoch with many evaluations inside
         # keeps adding segments, and this runs at every logging step. The phases closed on this
         # rank but not yet published (a gap closes when a phase begins) count as well.
@@ -1046,7 +1070,7 @@ class Tracker:
             if now is not None and opened is self._stack[-1] and self._last_snapshot is not None:
                 opened = dataclasses.replace(opened, components={k: dict(v) for k, v in opened.components.items()},
                                              segments=list(opened.segments))
-                opened.add(self._between(self._last_snapshot, now), now.unix_s)
+                opened.add(self._between(self._last_snapshot, now), now.unix_s, self._price_marks)
             if not opened.empty:
                 records.append(self._local_record(opened, True, self.step))
         return records
@@ -1080,6 +1104,7 @@ class Tracker:
             return
         self._heartbeat_at = now.monotonic_s
         self._write_heartbeat(self._open_records(now), now.unix_s)
+        self._price_marks.append((now.unix_s, self._joules_between(self._last_snapshot, now)))
 
     def _write_heartbeat(self, open_records: list[Record], unix_s: float) -> None:
         """This rank's part of the open phases, in a file of its own: on several ranks each measures
@@ -1430,8 +1455,8 @@ class Tracker:
         self._in_boundary = True
         try:
             snapshot = self.meter.snapshot(exact=exact)
-            self._stack[-1].add(self._between(self._last_snapshot, snapshot), snapshot.unix_s)
-            self._last_snapshot = snapshot
+            self._stack[-1].add(self._between(self._last_snapshot, snapshot), snapshot.unix_s, self._price_marks)
+            self._last_snapshot, self._price_marks = snapshot, []
         finally:
             self._in_boundary = False
 
