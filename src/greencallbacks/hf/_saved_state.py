@@ -33,24 +33,57 @@ def saved_entry(callback, alike: list, saved, resuming: bool) -> dict | None:
     Each entry carries the settings (``args``) it was saved with: a callback takes the latest
     entry with its own settings (callbacks with the same settings: the latest ones, in handler
     order). A single callback whose settings changed since (a corrected grid) takes a single
-    entry, as before; ``alike``: the callbacks saved under the class name (``saved_alike``).
+    entry, as before; one of several takes the entries' one run that no other callback claims
+    (``_only_orphan``); ``alike``: the callbacks saved under the class name (``saved_alike``).
     """
     entries = [e for e in (saved if isinstance(saved, list) else [saved]) if isinstance(e, dict)]
     settings = through_json(callback._settings)
-    matching = [e for e in entries if through_json(e.get("args")) == settings]
-    if matching:
-        same = [cb for cb in alike if getattr(cb, "_settings", None) == callback._settings]
-        index = max(len(matching) - len(same), 0) + same.index(callback)
-        return matching[index] if index < len(matching) else None
-    if len(alike) == 1 and isinstance(saved, dict):
-        given = through_json(saved.get("args"))
+    mine = _entry_with_settings(callback, alike, entries)
+    if mine is not None or any(through_json(e.get("args")) == settings for e in entries):
+        return mine
+    orphan = saved if len(alike) == 1 and isinstance(saved, dict) else _only_orphan(callback, alike, entries)
+    if orphan is not None:
+        given = through_json(orphan.get("args"))
         if resuming and isinstance(given, dict):
             warn_resumed_with_other_settings(f"{type(callback).__name__}{given}", given, settings, str(callback._settings))
-        return saved
+        return orphan
     if resuming and entries:
         warn(f"greencallbacks: the checkpoint holds {len(entries)} {type(callback).__name__} state(s), none saved with "
              f"this callback's settings ({callback._settings}); this training is measured as a new run.")
     return None
+
+
+def _entry_with_settings(callback, alike: list, entries: list) -> dict | None:
+    """The latest entry saved with ``callback``'s settings (several callbacks with the same
+    settings: the latest ones, in handler order), or None."""
+    settings = through_json(callback._settings)
+    matching = [e for e in entries if through_json(e.get("args")) == settings]
+    same = [cb for cb in alike if getattr(cb, "_settings", None) == callback._settings]
+    index = max(len(matching) - len(same), 0) + same.index(callback)
+    return matching[index] if index < len(matching) else None
+
+
+def _only_orphan(callback, alike: list, entries: list) -> dict | None:
+    """The entry of the one run no callback here claims, for the one callback here whose settings
+    match no entry (a grid corrected on one of two callbacks), as the Lightning adapter takes the
+    one state no callback claims; None where that is not plain: another callback changed too, or
+    the entries left are of several runs. The list holds every checkpoint's entries, the latest
+    last: the latest of that run's (an entry of a claimed run, saved before its callback's settings
+    changed at an earlier resume, is no second run)."""
+    changed = [cb for cb in alike if not any(through_json(e.get("args")) == through_json(cb._settings) for e in entries)]
+    if changed != [callback]:
+        return None
+    claimed = [_entry_with_settings(cb, alike, entries) for cb in alike if cb is not callback]
+    claimed_runs = {_run_id(e) for e in claimed if e is not None}
+    known = [through_json(cb._settings) for cb in alike]
+    left = [e for e in entries if through_json(e.get("args")) not in known and _run_id(e) not in claimed_runs]
+    runs = {_run_id(e) for e in left}
+    return left[-1] if len(runs) == 1 and None not in runs else None
+
+
+def _run_id(entry: dict):
+    state = (entry.get("attributes") or {}).get("energy_state")
+    return state.get("run_id") if isinstance(state, dict) else None
 
 
 def complete_saved_entries(stateful: dict, name: str, alike: list) -> None:
