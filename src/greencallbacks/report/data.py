@@ -659,7 +659,25 @@ def _epoch_samples(records: Sequence[Record]) -> list[list]:
         so_far = 0 if how == AGAIN else counted.get(r.epoch, 0)
         known = how != UNKNOWN and so_far is not None and r.samples_counted
         counted[r.epoch] = so_far + r.samples if known else None
+    for r in _whole_but_cut_short(records):
+        counted.setdefault(r.epoch, r.samples)
     return [[epoch, counted[epoch]] for epoch in sorted(counted)]
+
+
+def _whole_but_cut_short(records: Sequence[Record]) -> list[Record]:
+    """The training record cut short of each epoch that has no complete one but trained every
+    batch (``_trained_every_batch``: a crash in its validation or an epoch-end hook, resumed from
+    its last step's checkpoint with the next epoch). Its samples and step are the epoch's, as a
+    complete record's: left out, a run that failed so and went on read as one of other epochs
+    (``[[0, 32], [2, 32]]``) than its repeats that never failed, and was grouped apart from them."""
+    complete = {r.epoch for r, _ in complete_training(records)}
+    cut_short: dict[int, list[Record]] = defaultdict(list)
+    for r in records:
+        if r.phase == "train" and r.epoch is not None and r.partial and r.epoch not in complete:
+            cut_short[r.epoch].append(r)
+    wholes = [max((r for r in group if r.samples_counted), key=lambda r: r.samples, default=None)
+              for group in cut_short.values() if _trained_every_batch(group, records)]
+    return [r for r in wholes if r is not None]
 
 
 def usual_samples(epoch_samples: Sequence[Sequence]) -> int | None:
@@ -677,6 +695,7 @@ def _steps_per_epoch(records: Sequence[Record]) -> int | None:
     """The optimizer steps of a whole epoch, the most common between consecutive complete epochs'
     ends (the framework's global step in each train record); None where the records carry none."""
     ends = {r.epoch: r.step for r, how in complete_training(records) if r.step is not None and how != STOPPED}
+    ends.update({r.epoch: r.step for r in _whole_but_cut_short(records) if r.step is not None})
     deltas = [ends[e] - (ends[e - 1] if e else _first_step(records)) for e in ends if e == 0 or e - 1 in ends]
     return Counter(deltas).most_common(1)[0][0] if deltas else None
 
