@@ -107,8 +107,8 @@ def simulated_gpu(monkeypatch) -> SimulatedGpu:
         sim.monotonic_at[taken.unix_s] = taken.monotonic_s
         return taken
 
-    def noted_add(self, measurement, end_unix):
-        add(self, measurement, end_unix)
+    def noted_add(self, measurement, end_unix, marks=None):
+        add(self, measurement, end_unix, marks)
         gpu_j = sum(c.energy_j for c in measurement.components if c.kind == "gpu")
         sim.segments.append(Segment(self, sim.monotonic_at[measurement.start_unix], sim.monotonic_at[end_unix], gpu_j))
 
