@@ -764,12 +764,13 @@ class EnergyCallbackBase:
             return
         if phase == "train" and self.session.check_budget():  # before logging: its metrics go with the epoch's
             self._stop_training(trainer)  # Lightning ends after this epoch: checkpoints and loggers finish as usual
-        metrics = _finite(self.session.metrics(phase, self.prefix + PREFIXES[phase]))
+        values = self.session.metrics(phase, self.prefix + PREFIXES[phase])
+        metrics = _finite(values)
         if phase == "train" or (phase == "validation" and trainer.state.fn == "fit"):
             # Lightning writes a training epoch's metrics one step back (its loop has already
             # counted the next batch); validation at the current step. LearningRateMonitor reads
             # the same counter.
-            self._log_directly(metrics, trainer, phase)
+            self._log_directly(metrics, trainer, phase, left_out=[name for name in values if name not in metrics])
             return
         # Every rank already holds the same summed values; syncing with `max` keeps them exact and
         # tells Lightning they are synchronised (it warns about unsynchronised epoch metrics).
@@ -827,13 +828,22 @@ class EnergyCallbackBase:
         if self.progress_bar:
             self._to_bar(values, trainer)
 
-    def _log_directly(self, metrics: dict[str, float], trainer: Any, phase: str) -> None:
+    def _log_directly(self, metrics: dict[str, float], trainer: Any, phase: str, left_out: Iterable[str] = ()) -> None:
         import torch
 
         # Lightning writes a training epoch's metrics one step back (its loop has already counted
         # the next batch), validation's at the current step. LearningRateMonitor reads the same counter.
         self._to_loggers({**metrics, "epoch": trainer.current_epoch}, trainer, steps_back=int(phase == "train"))
-        _shown(trainer, "_callback_metrics").update({name: torch.tensor(value) for name, value in metrics.items()})
+        shown = _shown(trainer, "_callback_metrics")
+        # Lightning keeps callback_metrics over a fit's epochs: an epoch that counted no sample
+        # would show the last counted epoch's per-sample cost as its own (to ModelCheckpoint, and
+        # to mlflow.pytorch.autolog, which logs them at this epoch).
+        for name in left_out:
+            shown.pop(name, None)
+        # float64, as validate() and test() put them there: torch.tensor(float) is float32, a
+        # relative 3e-8 off the records in what reads them (mlflow.pytorch.autolog logs
+        # callback_metrics into a float64 store).
+        shown.update({name: torch.tensor(value, dtype=torch.float64) for name, value in metrics.items()})
         if self.progress_bar and phase == "train":
             self._to_bar(metrics, trainer)
 
