@@ -55,7 +55,8 @@ MATRIX = {
                   "tests/test_hf_trainer_flows.py", "tests/test_hf_epoch_labels.py", "tests/test_hf_paths_more.py",
                   "tests/test_hf_resume_skips.py", "tests/test_hf_logged_totals.py", "tests/test_hf_trainer_options.py", "tests/test_hf_replaced_callback.py", "tests/test_co2_flows_fake_clock.py",
                   "tests/test_distributed_live.py",
-                  "tests/test_distributed_logged_totals.py", "tests/test_report_run_sets.py", "tests/test_hf_two_grids_resume.py"],
+                  "tests/test_distributed_logged_totals.py", "tests/test_report_run_sets.py", "tests/test_hf_two_grids_resume.py",
+                  "tests/test_step_values_exact_joules.py"],
         "report": ["transformers", "accelerate", "torch", "tensorboard", "mlflow", "wandb"],
     },
     "lightning": {
@@ -72,6 +73,7 @@ MATRIX = {
                   "tests/test_lightning_logged_totals.py", "tests/test_distributed_logged_totals.py",
                   "tests/test_report_run_sets.py", "tests/test_budget_everyday.py", "tests/test_distributed_live.py",
                   "tests/test_budget_step_stops.py", "tests/test_lightning_callback_metrics_exact.py",
+                  "tests/test_step_values_exact_joules.py", "tests/test_report_validation_crash.py",
                   # A private seam (the checkpoint an evaluation restores, 2.2 to 2.4) and its fallback.
                   "tests/test_lightning_checkpoint_evaluations.py", "tests/test_lightning_checkpoint_labels.py", "tests/test_co2_flows_fake_clock.py",
                   # A private seam (CombinedLoader's mode) and its guard, at the floor too.

@@ -16,14 +16,14 @@ from greencallbacks.cli import main  # noqa: E402
 from tests.fakes.scripted import ScriptedSensor  # noqa: E402
 
 
-def _fit(tmp_path, model, max_epochs=3, ckpt_path=None, ckpt_dir="ckpt"):
+def _fit(tmp_path, model, max_epochs=3, ckpt_path=None, ckpt_dir="ckpt", callbacks=()):
     L, EnergyCallback, _ = flavour("lightning.pytorch")
     callback = EnergyCallback(sensors=[ScriptedSensor("gpu", time.monotonic, 50.0)], intensity=300.0,
                               output_dir=str(tmp_path / "out"))
     # A checkpoint at every training step (as long runs save every N steps): the last is taken at
     # the epoch's last batch, before its validation.
     saver = L.callbacks.ModelCheckpoint(dirpath=tmp_path / ckpt_dir, save_last=True, every_n_train_steps=1)
-    trainer = L.Trainer(max_epochs=max_epochs, logger=False, callbacks=[callback, saver],
+    trainer = L.Trainer(max_epochs=max_epochs, logger=False, callbacks=[callback, saver, *callbacks],
                         **trainer_kwargs(enable_checkpointing=True))
     trainer.fit(model, *loaders(), ckpt_path=ckpt_path)
 
@@ -40,6 +40,23 @@ def _failing_in_validation(epoch: int):
     return FailingInValidation()
 
 
+def _resumed(tmp_path, max_epochs, epoch: int) -> int:
+    """Resumes from the last checkpoint (at ``epoch``'s last training step, before its validation
+    failed); returns the batches of ``epoch`` the resume trained: none on Lightning 2.5+, which go on
+    with the next epoch; 1 on Lightning 2.2, which trains the checkpoint's last batch again (with
+    an optimizer step more) before it ends the epoch."""
+    L, _, TinyModel = flavour("lightning.pytorch")
+    again = []
+
+    class Again(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.current_epoch == epoch:
+                again.append(batch_idx)
+
+    _fit(tmp_path, TinyModel(), max_epochs=max_epochs, ckpt_path=tmp_path / "ckpt" / "last.ckpt", callbacks=[Again()])
+    return len(again)
+
+
 def _report(tmp_path, capsys) -> dict:
     capsys.readouterr()
     assert main(["report", str(tmp_path / "out"), "--format", "json"]) == 0
@@ -51,15 +68,17 @@ def test_a_run_resumed_past_an_epoch_that_failed_in_its_validation_is_not_called
     """Regression: epoch 1's training record is partial (the failure ended it), though it trained all
     32 samples, and the resume trained no batch of it: the report said "cut short by an exception
     or interrupt, 2 completed" of a run that trained its 3 epochs and ended well."""
-    _, _, TinyModel = flavour("lightning.pytorch")
     with pytest.raises(Boom):
         _fit(tmp_path, _failing_in_validation(epoch=1))
-    _fit(tmp_path, TinyModel(), ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+    again = _resumed(tmp_path, 3, epoch=1)
     group = _report(tmp_path, capsys)
     trained = [(row["attempt"], row["epoch"], row["train_samples"], row["partial"]) for row in group["epoch_rows"]]
-    assert trained == [(0, 0, 32, False), (0, 1, 32, True), (1, 2, 32, False)]  # the flow this test is about
+    # The flow this test is about (Lightning 2.2: the batch trained again, a record of epoch 1's own).
+    assert trained == [(0, 0, 32, False), (0, 1, 32, True)] + [(1, 1, 8, False)] * again + [(1, 2, 32, False)]
     assert group["configuration"]["completed_epochs"] == 3
-    assert "cut short" not in group["statement"] and "cut short" not in group["description"], group["statement"]
+    assert "cut short" not in group["description"] and "cut short by an exception" not in group["statement"]
+    if not again:  # (Lightning 2.2: "1 epoch cut short by a crash and resumed by a later attempt", as it was)
+        assert "cut short" not in group["statement"], group["statement"]
 
 
 def test_a_run_that_failed_in_its_last_validation_and_was_not_resumed_is_still_cut_short(tmp_path, capsys):
@@ -82,10 +101,17 @@ def test_a_run_resumed_past_a_failed_validation_is_a_repeat_of_one_that_never_fa
     _fit(tmp_path, TinyModel(), max_epochs=max_epochs, ckpt_dir="clean")
     with pytest.raises(Boom):
         _fit(tmp_path, _failing_in_validation(epoch=failing_epoch), max_epochs=max_epochs)
-    _fit(tmp_path, TinyModel(), max_epochs=max_epochs, ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+    again = _resumed(tmp_path, max_epochs, epoch=failing_epoch)
     capsys.readouterr()
     assert main(["report", str(tmp_path / "out"), "--format", "json"]) == 0
     groups = json.loads(capsys.readouterr().out)["configurations"]
+    if again:
+        # Still no training cut short, of all its epochs; but it trained more than its repeat did.
+        (resumed,) = [group for group in groups if group["configuration"]["epoch_samples"][failing_epoch][1] is None]
+        assert resumed["configuration"]["completed_epochs"] == max_epochs
+        assert "cut short" not in resumed["description"], resumed["statement"]
+        pytest.skip("Lightning 2.2 trains the checkpoint's last batch again on the resume (8 samples of epoch "
+                    f"{failing_epoch} more, and an optimizer step): no repeat of the run that never failed")
     assert [group["description"] for group in groups] == [groups[0]["description"]], "one configuration"
     (group,) = groups
     config = group["configuration"]

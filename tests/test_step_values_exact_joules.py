@@ -119,6 +119,11 @@ def lightning_flow(seed: int, tmp_path: Path) -> None:
     class Noted(L.Callback):  # after it: the run's energy at the step Lightning's loggers use
         trained = False  # a batch in this epoch (a resumed one too, which 2.5+ begins without its hook)
 
+        def on_fit_start(self, trainer, pl_module):
+            # Not the epoch a crashed fit on this Trainer left open: Lightning 2.2 (not 2.5+) begins a
+            # resume from a checkpoint saved at its epoch's last batch by ending that epoch, with no batch.
+            self.trained = False
+
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             at_batch_end.append((trainer.fit_loop.epoch_loop._batches_that_stepped, spent.run))
             self.trained = True
