@@ -89,7 +89,8 @@ MATRIX = {
         "tests": ["tests/test_keras.py", "tests/test_flows_keras.py", "tests/test_live.py", "tests/test_keras_models.py",
                   "tests/test_keras_counts.py", "tests/test_keras_custom_steps.py", "tests/test_heartbeat.py",
                   "tests/test_keras_everyday.py", "tests/test_keras_history.py", "tests/test_keras_fits_again.py",
-                  "tests/test_keras_paths_more.py", "tests/test_keras_logged_totals.py", "tests/test_keras_fit_options.py"],
+                  "tests/test_keras_paths_more.py", "tests/test_keras_logged_totals.py", "tests/test_keras_fit_options.py",
+                  "tests/test_keras_user_sequences.py"],
         "report": ["keras", "torch", "tensorflow-cpu", "numpy"],
     },
     # A middle release, for the sample counts: batch hooks at an execution's first step (before
