@@ -65,6 +65,19 @@ class Spent:
 
 
 # ------------------------------------------------------------------------------------ Lightning
+def note_run(callback, checkpoint, checkpoint_run: dict, by_run: dict, spent_kwh: float, context: str) -> str:
+    """After a call: no meter thread left (a call that raised is written up by the watch thread),
+    a resume went on in its checkpoint's run and anything else began a new one; note its energy."""
+    assert not flow_invariants.meter_threads(), context
+    run = callback.tracker.run_id
+    if checkpoint is not None:
+        assert run == checkpoint_run[checkpoint], context
+    else:
+        assert run not in by_run, context
+    by_run[run] = spent_kwh
+    return run
+
+
 def lightning_flow(seed: int, tmp_path: Path) -> None:
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -183,13 +196,7 @@ def lightning_flow(seed: int, tmp_path: Path) -> None:
         if rng.random() < 0.3:
             trainer.test(TinyModel(), data(8), verbose=False)
             steps.append("test")
-        assert not flow_invariants.meter_threads(), context
-        run = callback.tracker.run_id
-        if checkpoint is not None:
-            assert run == checkpoint_run[checkpoint], context
-        else:
-            assert run not in by_run, context
-        by_run[run] = spent.run
+        run = note_run(callback, checkpoint, checkpoint_run, by_run, spent.run, context)
         for path in sorted((tmp_path / "ckpt").glob("*.ckpt")):
             if path not in seen:
                 seen.add(path)
@@ -314,13 +321,7 @@ def hf_flow(seed: int, tmp_path: Path) -> None:
         if rng.random() < 0.3:
             trainer.evaluate()
             steps.append("evaluate")
-        assert not flow_invariants.meter_threads(), context  # (a call that raised: written up by the watch thread)
-        run = callback.tracker.run_id
-        if checkpoint is not None:
-            assert run == checkpoint_run[checkpoint], context
-        else:
-            assert run not in by_run, context
-        by_run[run] = spent.run
+        run = note_run(callback, checkpoint, checkpoint_run, by_run, spent.run, context)
         for path in out.glob("checkpoint-*"):
             if written.get(path) != path.stat().st_mtime_ns:  # (a checkpoint-N of another run written over)
                 checkpoint_run[path] = run
