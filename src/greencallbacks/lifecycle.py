@@ -265,7 +265,7 @@ def lifecycle(records: Sequence[Record], search: Iterable[Record] = (), run_id: 
     elif any(not r.samples_counted for r in mine):
         notes.append("some batches could not be counted; D and I come from the phases that were")
     billed = [r for r in mine if r.embodied_co2eq_g is not None]
-    if billed:  # part of the run had no figure: an attempt resumed where none was known, or with it off
+    if billed:  # say how much, where part of the run had no figure (an attempt resumed where none was known, or with it off)
         coverage = embodied_coverage({"billed_seconds": sum(r.duration_s for r in billed),
                                       "seconds": sum(r.duration_s for r in mine)})
         if coverage:

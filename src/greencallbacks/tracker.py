@@ -1526,7 +1526,7 @@ class Tracker:
         source = "; ".join(dict.fromkeys(i.source for i in intensities))
         # Every part's terms, as its source: cut at each heartbeat, an epoch priced by a live API
         # and by the static table (a bucket that failed) named the last part's licence alone.
-        licence = "; ".join(dict.fromkeys(term for i in intensities for term in i.licence.split("; ") if term))
+        licence = "; ".join(dict.fromkeys(term for i in intensities for term in (i.licence or "").split("; ") if term))
         components = []
         rank, host = self.reducer.rank, self._host
         for c in opened.components.values():
