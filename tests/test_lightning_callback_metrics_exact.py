@@ -100,7 +100,7 @@ class Opaque:
 
 def test_an_epoch_that_counted_no_sample_shows_no_per_sample_cost_of_an_earlier_one(tmp_path):
     """Epoch 1's batches cannot be counted (epochs 0 and 2's can): its record has no per-sample
-    cost, and neither do the loggers nor ``callback_metrics`` at its end (which Lightning keeps over
+    cost, and neither do the loggers nor ``callback_metrics`` and ``logged_metrics`` at its end (which Lightning keeps over
     the fit: epoch 0's value stood there for epoch 1, to ModelCheckpoint and mlflow.pytorch.autolog)."""
     L, EnergyCallback, TinyModel = flavour("lightning.pytorch")
     from torch.utils.data import DataLoader, TensorDataset
@@ -120,10 +120,13 @@ def test_an_epoch_that_counted_no_sample_shows_no_per_sample_cost_of_an_earlier_
     class Shown(L.Callback):  # after ours: what ModelCheckpoint and autolog's callback read there
         def __init__(self):
             self.per_sample: dict[int, dict[str, float]] = {}
+            self.logged: dict[int, dict[str, float]] = {}
 
         def on_train_epoch_end(self, trainer, pl_module):
             self.per_sample[trainer.current_epoch] = {
                 k: float(v) for k, v in trainer.callback_metrics.items() if k.endswith("_per_sample")}
+            self.logged[trainer.current_epoch] = {
+                k: float(v) for k, v in trainer.logged_metrics.items() if k.endswith("_per_sample")}
 
     callback, shown = energy_callback(EnergyCallback, tmp_path / "energy"), Shown()
     trainer = L.Trainer(max_epochs=3, logger=L.loggers.CSVLogger(tmp_path / "csv"), callbacks=[callback, shown],
@@ -135,3 +138,4 @@ def test_an_epoch_that_counted_no_sample_shows_no_per_sample_cost_of_an_earlier_
         wanted = {} if r.energy_j_per_sample is None else {
             "energy_j_per_sample": r.energy_j_per_sample, "co2eq_g_per_sample": r.co2eq_g_per_sample}
         assert shown.per_sample[r.epoch] == pytest.approx(wanted, rel=EXACT), r.epoch
+        assert shown.logged[r.epoch] == pytest.approx(wanted, rel=EXACT), r.epoch

@@ -833,7 +833,8 @@ class EnergyCallbackBase:
 
         # Lightning writes a training epoch's metrics one step back (its loop has already counted
         # the next batch), validation's at the current step. LearningRateMonitor reads the same counter.
-        self._to_loggers({**metrics, "epoch": trainer.current_epoch}, trainer, steps_back=int(phase == "train"))
+        self._to_loggers({**metrics, "epoch": trainer.current_epoch}, trainer, steps_back=int(phase == "train"),
+                         left_out=left_out)
         shown = _shown(trainer, "_callback_metrics")
         # Lightning keeps callback_metrics over a fit's epochs: an epoch that counted no sample
         # would show the last counted epoch's per-sample cost as its own (to ModelCheckpoint, and
@@ -854,8 +855,10 @@ class EnergyCallbackBase:
             if name in values:
                 bar[name] = values[name]
 
-    def _to_loggers(self, values: dict[str, float], trainer: Any, steps_back: int = 0) -> None:
-        """``values`` to every logger (each writes on rank 0 only), at the step Lightning's own metrics use.
+    def _to_loggers(self, values: dict[str, float], trainer: Any, steps_back: int = 0,
+                    left_out: Iterable[str] = ()) -> None:
+        """``values`` to every logger (each writes on rank 0 only), at the step Lightning's own metrics use;
+        ``trainer.logged_metrics`` shows them, and no longer shows the names ``left_out``.
 
         Each logger's public ``log_metrics``, without the ``save()`` that Lightning's connector adds
         to every call: a save costs 0.4-1 ms on the training thread (the CSV logger appends to its
@@ -885,8 +888,11 @@ class EnergyCallbackBase:
             else:
                 logger.log_metrics(values, step=step)
         # What trainer.logged_metrics shows (its public property computes the module's metrics first).
+        # Kept over the fit like callback_metrics: a value this epoch leaves out is dropped there too.
         logged = getattr(getattr(trainer, "_logger_connector", None), "_logged_metrics", None)
         if isinstance(logged, dict):
+            for name in left_out:
+                logged.pop(name, None)
             logged.update(values)
 
 
