@@ -469,8 +469,13 @@ def path_argument(text: str) -> str:
 
 
 def _number(text: str) -> float:
-    """A number as float reads it, -0 as 0: "-0 gCO2eq/kWh" is no intensity anyone means."""
-    return float(text) + 0.0
+    """A number as float reads it, -0 as 0: "-0 gCO2eq/kWh" is no intensity anyone means. Its range
+    is the library's to check (Carbon says it); what is no number is said here, or argparse would
+    name this function ("invalid _number value")."""
+    try:
+        return float(text) + 0.0
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of gCO2eq/kWh, got {text!r}") from None
 
 
 def _positive_int(text: str) -> int:
@@ -642,6 +647,15 @@ def _origin(filename: str) -> str:
     return os.path.basename(filename)
 
 
+def _flags_of(command: str) -> dict[str, str]:
+    """The long flags of ``command`` (a subcommand of ``build_parser``), by argument name."""
+    commands = next((a.choices for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)), {})
+    parser = commands.get(command)
+    if parser is None:
+        return {}
+    return {action.dest: flag for action in parser._actions for flag in action.option_strings[-1:] if flag.startswith("--") and action.dest != "help"}
+
+
 def _one_line_warning(command: str):
     """``warnings.showwarning`` for the command line: ``greencallbacks report: warning: ...``, one line.
 
@@ -656,7 +670,9 @@ def _one_line_warning(command: str):
         if _is_ours(message, category, filename):
             if text.startswith("greencallbacks: "):  # the library's own warnings already say who speaks
                 text = text[len("greencallbacks: "):]
-            said = f"{prefix}warning: {text}"
+            # In this command's words, as its errors are: the demo's "Pass country=, zone=, ..."
+            # names its --country, --zone, ...; a name it has no flag for stays as written.
+            said = f"{prefix}warning: {cli_message(text, _flags_of(command))}"
         elif issubclass(category, _DEPRECATIONS) and not sys.warnoptions:
             return
         else:
