@@ -79,7 +79,7 @@ def test_the_statement_says_which_cpu_estimate_and_where_its_defaults_come_from(
     assert ("CPU energy estimated from a default of 10 W per physical core x CPU time (no TDP found for CPU "
             "'AMD EPYC'; the default is greencallbacks' assumption, see its data/SOURCES.md)") in unknown
     assert ("RAM energy estimated from resident memory x 0.37 W/GB (the default, after Green Algorithms' "
-            "0.3725 W/GB, Lannelongue et al. 2021)") in unknown
+            "0.3725 W/GB, Advanced Science 2021)") in unknown
     assert "TDP x CPU time" not in unknown
     share = statement_on(write_cpuinfo(tmp_path, "AMD EPYC 9654 96-Core Processor", cores=1, vm=True), "share")
     assert ("CPU energy estimated from TDP x CPU time, a VM's share of its host's (1.875 W per busy vCPU: TDP 360 W "

@@ -152,7 +152,7 @@ def test_the_source_a_paper_cites_says_which_tdp_or_which_default(tmp_path):
         "a default of 10 W per physical core x CPU time (no TDP found for CPU 'AMD EPYC'; the default is "
         "greencallbacks' assumption, see its data/SOURCES.md)")
     assert RamEstimateSensor().source == (
-        "resident memory x 0.37 W/GB (the default, after Green Algorithms' 0.3725 W/GB, Lannelongue et al. 2021)")
+        "resident memory x 0.37 W/GB (the default, after Green Algorithms' 0.3725 W/GB, Advanced Science 2021)")
     assert RamEstimateSensor(0.5, basis="host").source == "installed RAM x 0.5 W/GB"
 
 

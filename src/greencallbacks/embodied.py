@@ -11,7 +11,7 @@ A run of ``duration_s`` seconds is billed its share of the hardware's life::
 
 Dividing by the utilisation bills the idle share of the hardware's life to the work that ran on
 it (a machine busy 85 % of its life costs each busy hour 1/0.85 of its calendar share), as in
-Luccioni et al. (2023) for BLOOM. Defaults:
+the BLOOM footprint paper (JMLR 2023). Defaults:
 
 - ``DEFAULT_LIFETIME_YEARS = 5``: Amazon's Form 10-K for 2024 (filed February 2025) shortened the
   useful life of a subset of its servers and networking equipment from six to five years from
@@ -20,7 +20,7 @@ Luccioni et al. (2023) for BLOOM. Defaults:
   six years; BLOOM's host IDRIS replaced hardware after six. Five is the shortest, and so the more
   cautious, of these published schedules for AI hardware.
 - ``DEFAULT_UTILISATION = 0.85``: the average usage of the Jean Zay cluster that IDRIS gave for
-  the BLOOM estimate (Luccioni et al. 2023, section 4.1). One HPC centre's figure, not a law:
+  the BLOOM estimate (JMLR 2023, section 4.1). One HPC centre's figure, not a law:
   pass your fleet's own.
 
 Embodied CO2eq is kept apart from the operational ``co2eq_g`` (never summed silently).
@@ -47,7 +47,7 @@ LIFETIME_SOURCE = (
     "networking equipment changed from six to five years from 1 January 2025 (pace of AI/ML)"
 )
 UTILISATION_SOURCE = (
-    "Luccioni, Viguier and Ligozat, Estimating the Carbon Footprint of BLOOM, JMLR 24(253), 2023, "
+    "Estimating the Carbon Footprint of BLOOM, a 176B Parameter Language Model, JMLR 24(253), 2023, "
     "section 4.1: 85 % average usage of the Jean Zay cluster (IDRIS)"
 )
 # The table's row for a host server (chassis, board, CPUs, memory, power supplies), if asked for.

@@ -45,7 +45,7 @@ from greencallbacks.sensors.base import Integrator, Kind, Method, Sensor, Sensor
 # Unknown CPU: an assumption of this project, not a published figure. The shipped table's desktop
 # parts run ~10-15 W per core, its server parts ~4-7 W (Xeon 8480+ 350 W / 56 cores, EPYC 9654
 # 360 W / 96); the Green Algorithms calculator assumes 12 W per core for an unknown CPU
-# (Lannelongue et al. 2021, its data/TDP_cpu.csv "Any"). data/SOURCES.md says the same.
+# (Advanced Science 2021, its data/TDP_cpu.csv "Any"). data/SOURCES.md says the same.
 DEFAULT_W_PER_CORE = 10.0
 DEFAULT_W_PER_CORE_SOURCE = "greencallbacks' assumption, see its data/SOURCES.md"
 # Arm server cores (Neoverse), which /proc/cpuinfo names by part number only: Ampere Altra Q80-30
@@ -54,11 +54,11 @@ DEFAULT_W_PER_CORE_SOURCE = "greencallbacks' assumption, see its data/SOURCES.md
 ARM_W_PER_CORE = 3.0
 _ARM_NEOVERSE_PARTS = {"0xd0c": "Neoverse-N1", "0xd40": "Neoverse-V1", "0xd49": "Neoverse-N2",
                        "0xd4f": "Neoverse-V2", "0xd8e": "Neoverse-N3", "0xd84": "Neoverse-V3"}
-# Green Algorithms' 0.3725 W/GB (Lannelongue, Grealey, Inouye 2021, its referenceValues.csv
-# memoryPower, from Karyakin & Salem 2017 and Tom's Hardware's measurements), which is Crucial's
+# Green Algorithms' 0.3725 W/GB (Advanced Science 2021, its referenceValues.csv memoryPower,
+# from a DaMoN 2017 analysis of memory power and Tom's Hardware's measurements), which is Crucial's
 # "3 W per 8 GB of DDR3 or DDR4" (0.375 W/GB) that CodeCarbon's ram.py cites. data/SOURCES.md.
 DEFAULT_RAM_W_PER_GB = 0.37
-DEFAULT_RAM_W_PER_GB_SOURCE = "Green Algorithms' 0.3725 W/GB, Lannelongue et al. 2021"
+DEFAULT_RAM_W_PER_GB_SOURCE = "Green Algorithms' 0.3725 W/GB, Advanced Science 2021"
 BYTES_PER_GB = 2**30
 # The CPU estimate's poll looks for processes born in the tree this often (``_ProcessTree.watch``):
 # a child's CPU time is read, and billed as it runs, from within this of its start.
