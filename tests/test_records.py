@@ -509,7 +509,17 @@ def test_a_file_of_one_malformed_line_is_no_records_file_but_a_lone_torn_record_
 def test_a_binary_file_is_refused_naming_it(tmp_path):
     path = tmp_path / "binary.jsonl"
     path.write_bytes(bytes(range(128, 256)))
-    with pytest.raises(ValueError, match=r"binary.jsonl: not a greencallbacks records file \(not UTF-8 text"):
+    with pytest.raises(ValueError, match=r"binary.jsonl:1: not a greencallbacks records file \(not UTF-8 text"):
+        read_records(path)
+
+
+def test_a_line_that_is_not_utf8_is_named_by_its_line(tmp_path):
+    """A records file whose third line holds a byte that is no UTF-8 (an editor's Latin-1 save):
+    the error named the byte offset alone, where every other bad line is named by its line."""
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(b'{"a": 1}\n{"b": 2}\n{"zone": "caf\xe9"}\n')
+    with pytest.raises(ValueError, match=r"latin1.jsonl:3: not a greencallbacks records file \(not UTF-8 text: "
+                                         r"invalid continuation byte at byte 31\)"):
         read_records(path)
 
 

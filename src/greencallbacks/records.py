@@ -743,8 +743,9 @@ def read_records(
             # utf-8-sig: a file saved by an editor that begins it with a byte order mark (Windows
             # Notepad) was refused whole, "Unexpected UTF-8 BOM" at its first line.
             lines = file_lines(path.read_text(encoding="utf-8-sig"))
-        except UnicodeDecodeError as error:  # a binary file given by mistake: say which
-            raise ValueError(f"{path}: not a greencallbacks records file (not UTF-8 text: {error.reason} "
+        except UnicodeDecodeError as error:  # a binary file given by mistake, or one bad line: say where
+            line = error.object[:error.start].count(b"\n") + 1
+            raise ValueError(f"{path}:{line}: not a greencallbacks records file (not UTF-8 text: {error.reason} "
                              f"at byte {error.start})") from None
         # (run, attempt, carried) of each record of this file in order, other runs' too: a torn
         # line is judged by its neighbours.
