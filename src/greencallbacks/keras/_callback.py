@@ -19,7 +19,6 @@ to be put first, and tells validation by the ``fit`` in progress. That a call ra
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import numbers
@@ -97,16 +96,24 @@ def _model_call_frame(model: Any):
 
 
 _MODEL_CALLS = ("fit", "evaluate", "predict")
+# A test or predict loop's own state, in attributes every loop's hooks use (see EnergyCallback._begin_inside).
+_LOOP_STATE = ("_loop_model", "_loop_list", "_test_counted", "_steps_lock", "_test_steps", "_test_calls_begun",
+               "_test_calls_ended", "_test_banked", "_test_offset")
 
 
-def _calls_running(model: Any) -> int:
-    """How many ``evaluate`` / ``predict`` calls of ``model`` are on this thread's stack (the fit's
-    validation among them). Walks the whole stack: only as a call begins inside another."""
+def _calls_running(callback: _Callback) -> int:
+    """How many ``evaluate`` / ``predict`` calls given ``callback`` are on this thread's stack (the
+    fit's validation among them), of whatever model: a call inside a call of another model (an EMA
+    copy's evaluate inside the fit's validation, the fit's predict inside it) counts. Walks the
+    whole stack: only as a call inside another begins or ends."""
     frame, running = sys._getframe(1), 0
     try:
         while frame is not None:
-            if frame.f_code.co_name in ("evaluate", "predict") and frame.f_locals.get("self") is model:
-                running += 1
+            if frame.f_code.co_name in ("evaluate", "predict"):
+                callbacks = frame.f_locals.get("callbacks")  # Keras's CallbackList, or the list it is made of
+                callbacks = getattr(callbacks, "callbacks", callbacks)
+                if isinstance(callbacks, list) and any(c is callback for c in callbacks):
+                    running += 1
             frame = frame.f_back
         return running
     finally:
@@ -596,6 +603,17 @@ class EnergyCallback(_Callback):
         self._train_offset: int | None = 0
         self._train_why: str | None = None  # why _train_samples is None, for _uncounted's warning
         self._test_counted = True  # the open test loop is Keras's own (its loss tracker counts it)
+        # What the open test loop's count banked before the calls inside it (which may reset its
+        # model's metrics), and what the last of them left in its loss tracker: as _train_samples
+        # and _train_offset. None: not countable.
+        self._test_banked: int | None = 0
+        self._test_offset: int | None = 0
+        self._loop_model: Any = None  # the model of the open test or predict loop
+        self._loop_list: weakref.ref | None = None  # the CallbackList calling its hooks
+        # The state of each loop a call inside it put aside (fit's validation, and an evaluate or
+        # predict a callback makes inside a loop, given this callback), innermost last: the inner
+        # loop's hooks use the same attributes (see _begin_inside).
+        self._outside: list[tuple[dict, tuple]] = []
         self._validated = False
         self._pause_due = False  # an epoch of this fit ended: a carbon-aware pause may precede the next
         # The current call's progress (training steps, predicted samples; see _Progress).
@@ -624,7 +642,8 @@ class EnergyCallback(_Callback):
             fresh._unused()
             fresh._model, fresh.params = None, None  # (Keras's, set as each call begins)
             state = fresh.__dict__
-        state["_steps_lock"], state["_call"] = None, None
+        state["_steps_lock"], state["_call"], state["_outside"] = None, None, []
+        state["_loop_model"], state["_loop_list"] = None, None
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -840,15 +859,14 @@ class EnergyCallback(_Callback):
             self._progress.planned_steps = _planned_steps(self, callback_list)  # evaluate's own
             self._start(self._call)
         if not outermost:
-            running = _calls_running(self.model) - 1
-            with self._the_fits_model():
-                # One made at the epoch's last batch (before its validation), or just before this one.
-                self._end_failed_nested_calls(running)
-                if ("train", False) in self._phases:
-                    self._bank_train_samples()  # read before evaluate resets the metrics
-                    step = self._step()  # on the training thread, which waits while the loop runs
-                    with self._progress.lock:
-                        self._progress.step_in_test = step
+            # Validation runs the fit's model: Keras points the callback at no model for it, and a
+            # call of another model made at the epoch's last batch, which raised, left it there.
+            model = self._call.model if phase == "validation" else self._model
+            # One made at the epoch's last batch (before its validation), or just before this one.
+            self._end_failed_nested_calls(self._calls_inside_running() - 1)
+            self._begin_inside(model, testing=True)
+        self._loop_model = self._model
+        self._loop_list = weakref.ref(callback_list) if callback_list is not None else None
         # Keras's own evaluate loop, which resets the metrics as it begins (see _Call.in_keras_loop).
         self._test_counted = self._call.in_keras_loop or (not outermost and _model_call_frame(self.model) is not None)
         self._phases.append((phase, outermost))
@@ -857,10 +875,13 @@ class EnergyCallback(_Callback):
         self._steps_lock = threading.Lock()
         self._test_steps = 0
         self._test_calls_begun = self._test_calls_ended = 0
+        self._test_banked, self._test_offset = 0, 0
         self.tracker.begin(phase, self._epoch if phase == "validation" else None)
         self.tracker.add_samples(None)  # uncounted until its end counts it: a failed loop stays so
 
     def on_test_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        if self._outside:  # a loop inside another, or one a call was made inside
+            self._end_failed_calls_inside()
         self._test_calls_begun += 1  # the training thread's only (see on_train_batch_begin)
 
     def on_test_batch_end(self, batch: int, logs: dict | None = None) -> None:
@@ -874,16 +895,16 @@ class EnergyCallback(_Callback):
     @never_raises
     @_whole
     def on_test_end(self, logs: dict | None = None) -> None:
+        if self._outside:  # calls inside this loop that raised, their exception caught inside it
+            self._end_failed_nested_calls(self._calls_inside_running())
         if not self._phases or self._phases[-1][0] not in ("validation", "test"):
             return
         phase, outermost = self._phases.pop()
-        with self._progress.lock:
-            self._progress.step_in_test = None
         # No step ran (an empty validation set) when Keras's logs are empty: then the loss tracker
         # holds a stale count on TensorFlow and JAX (their loops sync metrics only after a step).
         with self._steps_lock:
             steps, begun, ended = self._test_steps, self._test_calls_begun, self._test_calls_ended
-        seen = self._samples_seen()
+        seen = self._test_samples_seen()
         # (An empty validation set runs out at its first call: no step ran, and no count moved.)
         past_data = begun > ended and steps > 0 and _may_run_past_the_data(self.model)
         if past_data and _past_the_data(seen, begun, ended, self._exact_past_the_data("test")) is not None:
@@ -908,14 +929,7 @@ class EnergyCallback(_Callback):
             self._uncounted(phase)
             samples = None
         if not outermost:
-            tested = self._model
-            self._point_back()
-            if ("train", False) in self._phases:
-                # Left in the tracker: the epoch's training counts on from it. A count of steps without
-                # data here is in it too, so the difference training adds stays exact; what training
-                # banked before this loop is exact either way (its own calls had all ended). Another
-                # model's evaluate left the fit's tracker as it was.
-                self._train_offset = seen if self._model is tested else self._samples_seen()
+            self._end_inside()
         self._add_tokens(logs)
         self.tracker.end(phase, samples=samples, step=self._step())
         self._validated = self._validated or phase == "validation"
@@ -926,18 +940,25 @@ class EnergyCallback(_Callback):
     @never_raises
     @_whole
     def on_predict_begin(self, logs: dict | None = None) -> None:
-        outermost = self._enter("predict", _calling_list(self))
+        callback_list = _calling_list(self)
+        outermost = self._enter("predict", callback_list)
         if outermost:
             self._start(self._call)
         else:
-            running = _calls_running(self.model) - 1
-            with self._the_fits_model():
-                self._end_failed_nested_calls(running)  # one made just before
+            model = self._model
+            self._end_failed_nested_calls(self._calls_inside_running() - 1)  # one made just before
+            self._begin_inside(model, testing=False)
+        self._loop_model = self._model
+        self._loop_list = weakref.ref(callback_list) if callback_list is not None else None
         progress = self._progress
         with progress.lock:
             progress.predicted, progress.predicting = 0, True
         self._phases.append(("predict", outermost))
         self.tracker.begin("predict")
+
+    def on_predict_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        if self._outside:  # a loop inside another, or one a call was made inside
+            self._end_failed_calls_inside()
 
     @never_raises
     def on_predict_batch_end(self, batch: int, logs: dict | None = None) -> None:
@@ -962,6 +983,8 @@ class EnergyCallback(_Callback):
     @never_raises
     @_whole
     def on_predict_end(self, logs: dict | None = None) -> None:
+        if self._outside:  # calls inside this loop that raised, their exception caught inside it
+            self._end_failed_nested_calls(self._calls_inside_running())
         if not self._phases or self._phases[-1][0] != "predict":
             return
         _, outermost = self._phases.pop()
@@ -971,7 +994,7 @@ class EnergyCallback(_Callback):
         if samples is None:
             self.tracker.add_samples(None)  # the counter warned
         if not outermost:
-            self._point_back()
+            self._end_inside()
         self.tracker.end("predict", samples=samples, step=self._step())
         if outermost:
             self._leave()
@@ -987,6 +1010,7 @@ class EnergyCallback(_Callback):
                 return False
             call.abandon()  # the previous call raised: record what it measured, if the watch has not yet
             self._phases.clear()
+            self._outside.clear()
         self._call = _Call(kind, callback_list, _model_call_frame(self.model))
         self._call.resets_loss_tracker = kind == "predict" or _resets_loss_tracker(self.model)
         self._progress = self._call.progress
@@ -1249,21 +1273,93 @@ class EnergyCallback(_Callback):
         left it there for good, and the fit's later epochs read that model's loss tracker (its
         evaluation's 30 samples for the epoch's 100) and optimizer step."""
         call = self._call
-        model = call.model if call is not None and call.kind == "fit" else None
+        self._set_model(call.model if call is not None and call.kind == "fit" else None)
+
+    def _set_model(self, model: Any) -> None:
         if model is not None and self._model is not model:
             self.set_model(model)
 
-    @contextlib.contextmanager
-    def _the_fits_model(self):
-        """``self.model`` as the fit's model inside the block (training's bookkeeping as a call
-        inside the fit begins), then as Keras set it for that call."""
-        current = self._model
-        self._point_back()
-        try:
-            yield
-        finally:
-            if self._model is not current:
-                self.set_model(current)
+    def _calls_inside_running(self) -> int:
+        """How many calls inside the current one are running: the ``evaluate`` / ``predict`` calls given
+        this callback on the stack, but an outermost one."""
+        call = self._call
+        outer = call is not None and call.kind != "fit" and call.in_keras_loop
+        return _calls_running(self) - outer
+
+    def _begin_inside(self, model: Any, testing: bool) -> None:
+        """A call inside another loop begins (fit's validation, or an ``evaluate`` / ``predict`` that a
+        callback makes inside a loop, given this callback), on ``model``. Its hooks keep their state in
+        the attributes the enclosing loop's use: that state is put aside until this call ends. The
+        enclosing loop's count is banked first, as this call may reset its model's metrics (an
+        evaluate of that model, or one made inside a predict of it)."""
+        top = self._phases[-1][0] if self._phases else None
+        self._set_model(self._call.model if top == "train" else self._loop_model)  # the enclosing loop's
+        if top == "train":
+            self._bank_train_samples()  # read before evaluate resets the metrics
+            if testing:
+                step = self._step()  # on the training thread, which waits while the loop runs
+                with self._progress.lock:
+                    self._progress.step_in_test = step
+        elif top in ("validation", "test"):
+            self._bank_test_samples()
+        progress = self._progress
+        with progress.lock:
+            predicting = (progress.predicted, progress.predicting)
+        self._outside.append(({name: getattr(self, name) for name in _LOOP_STATE}, predicting))
+        self._set_model(model)
+
+    def _end_inside(self) -> None:
+        """A call inside another loop has ended, or raised (its phase popped): the enclosing loop's
+        state back, the callback on that loop's model (see ``_point_back``), and the count the loop
+        goes on from."""
+        if self._outside:
+            state, (predicted, predicting) = self._outside.pop()
+            self.__dict__.update(state)
+            with self._progress.lock:
+                self._progress.predicted, self._progress.predicting = predicted, predicting
+        top = self._phases[-1][0] if self._phases else None
+        if top in ("train", None):  # inside the fit's epoch, or between its epochs
+            self._point_back()
+        if top == "train":
+            with self._progress.lock:
+                self._progress.step_in_test = None
+            # Left in the tracker: the epoch's training counts on from it (a count of steps without
+            # data there too, so the difference training adds stays exact). None: training's count
+            # is lost (see _bank_train_samples).
+            self._train_offset = self._samples_seen()
+        elif top is not None:
+            self._set_model(self._loop_model)
+            if top in ("validation", "test"):
+                self._test_offset = self._samples_seen()
+
+    @never_raises
+    def _end_failed_calls_inside(self) -> None:
+        """A batch of a test or predict loop begins (one inside another, or one a call was made
+        inside): the calls made inside it that raised, their exception caught inside it, end here
+        as ``partial``, as those made inside a training epoch end as its next batch begins. Left
+        open, such a call took the rest of the loop's time, and the loop's batches were counted in
+        the failed call's state. Only a batch of another list than the open loop's walks the stack."""
+        if self._loop_list is None or _calling_list(self) is not self._loop_list():
+            self._end_failed_nested_calls(self._calls_inside_running())
+
+    def _bank_test_samples(self) -> None:
+        """As ``_bank_train_samples``, for the open test loop, before a call inside it."""
+        seen = self._samples_seen()
+        if seen is None or self._test_banked is None or self._test_offset is None or seen < self._test_offset:
+            self._test_banked = None
+        else:
+            self._test_banked += seen - self._test_offset
+
+    def _test_samples_seen(self) -> int | None:
+        """The open test loop's samples: its loss tracker's count, and what it banked before the
+        calls inside it. None: not known (``_seen_why`` says why)."""
+        seen = self._samples_seen()
+        if seen is None:
+            return None
+        if self._test_banked is None or self._test_offset is None or seen < self._test_offset:
+            self._seen_why = "reset"  # a call inside it reset its count, unseen
+            return None
+        return self._test_banked + seen - self._test_offset
 
     @never_raises
     @_whole
@@ -1274,24 +1370,20 @@ class EnergyCallback(_Callback):
         the rest of the epoch's training time, a predict's record said 0 samples, and the epoch's
         training count took in the evaluation's. Called where the fit goes on (a training batch or
         epoch begins, the epoch or the fit ends), where no call inside it can be running, and as such a call
-        begins (a retry after the failure), with the ``running`` calls it is made inside: each ends
-        there as ``partial``, a predict with the batches it finished, an evaluation uncounted;
-        training counts on from what the evaluation left in the loss tracker."""
-        nested = [p for p in self._phases if p[0] in ("test", "predict") and not p[1]]
+        begins (a retry after the failure), with the ``running`` calls it is made inside; and so for
+        calls made inside such a call, as its batch begins or it ends. Each ends there as
+        ``partial``, a predict with the batches it finished, an evaluation uncounted; the loop it was
+        made in counts on from what it left in the loss tracker."""
+        nested = [p for p in self._phases if p[0] in ("validation", "test", "predict") and not p[1]]
         while len(nested) > max(running, 0) and self._phases[-1] == nested[-1]:
             nested.pop()
             phase, _ = self._phases.pop()
-            self._point_back()
             progress = self._progress
             if phase == "predict":
                 with progress.lock:
                     samples, progress.predicting = progress.predicted, False
                 self.tracker.add_samples(samples)  # into the predict, the innermost phase; None: uncounted
-            else:
-                with progress.lock:
-                    progress.step_in_test = None
-                if ("train", False) in self._phases:
-                    self._train_offset = self._samples_seen()  # None: training's count is lost (see _bank_train_samples)
+            self._end_inside()
             self.tracker.end(phase, step=self._step(), partial=True)
 
     def _bank_train_samples(self) -> None:
