@@ -105,17 +105,21 @@ def _calls_running(callback: _Callback) -> int:
     """How many ``evaluate`` / ``predict`` calls given ``callback`` are on this thread's stack (the
     fit's validation among them), of whatever model: a call inside a call of another model (an EMA
     copy's evaluate inside the fit's validation, the fit's predict inside it) counts. Walks the
-    whole stack: only as a call inside another begins or ends."""
-    frame, running = sys._getframe(1), 0
+    whole stack: only as a call inside another begins or ends.
+
+    A call is told by the ``CallbackList`` its loop runs (Keras's loop makes one of the list it is
+    given): a user's override of ``evaluate`` that takes ``callbacks`` and calls ``super()`` holds
+    the same list, or the plain list it was given, in a frame of the same name, and counted as a
+    second call (a failed call inside it then stayed open, and the loop around it ended as failed)."""
+    frame, lists = sys._getframe(1), set()
     try:
         while frame is not None:
             if frame.f_code.co_name in ("evaluate", "predict"):
-                callbacks = frame.f_locals.get("callbacks")  # Keras's CallbackList, or the list it is made of
-                callbacks = getattr(callbacks, "callbacks", callbacks)
-                if isinstance(callbacks, list) and any(c is callback for c in callbacks):
-                    running += 1
+                callbacks = frame.f_locals.get("callbacks")
+                if isinstance(callbacks, keras.callbacks.CallbackList) and any(c is callback for c in callbacks.callbacks):
+                    lists.add(id(callbacks))
             frame = frame.f_back
-        return running
+        return len(lists)
     finally:
         del frame  # frames in locals make reference cycles
 
@@ -1009,8 +1013,11 @@ class EnergyCallback(_Callback):
             if kind != "fit" and call.running():  # nothing runs a fit inside another call
                 return False
             call.abandon()  # the previous call raised: record what it measured, if the watch has not yet
-            self._phases.clear()
-            self._outside.clear()
+        # What a call that raised left open, whether the watch wrote it up first or not: a loop's state
+        # put aside held its model (an EMA copy the user let go) and made every later loop check for
+        # calls inside it.
+        self._phases.clear()
+        self._outside.clear()
         self._call = _Call(kind, callback_list, _model_call_frame(self.model))
         self._call.resets_loss_tracker = kind == "predict" or _resets_loss_tracker(self.model)
         self._progress = self._call.progress
