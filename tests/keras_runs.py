@@ -33,17 +33,21 @@ def run_keras(backend: str, out: Path, *command: str, purpose: str, timeout: int
     return json.loads((Path(out) / "results.json").read_text())
 
 
-def run_on_backends(tmp_path_factory, backends, runner: Path, scenarios, purpose: str) -> dict:
+def run_on_backends(tmp_path_factory, backends, runner: Path, scenarios, purpose: str, needs_tensorboard: bool = True) -> dict:
     """``runner <backend> <out> <scenario,...>`` on each backend at once (one process each): backend ->
     its results, or the ``pytest.skip`` exception of a backend that is not installed, for its tests
-    to raise. Skips all of them without TensorFlow (``keras.callbacks.TensorBoard`` needs it)."""
-    if importlib.util.find_spec("tensorflow") is None:
+    to raise. ``scenarios``: the same for every backend, or a dict of each backend's. With
+    ``needs_tensorboard``, skips all of them without TensorFlow (``keras.callbacks.TensorBoard`` needs it)."""
+    if needs_tensorboard and importlib.util.find_spec("tensorflow") is None:
         pytest.skip("tensorflow is not installed: keras.callbacks.TensorBoard needs it")
+    # Made here, not in the threads: two threads making pytest's base directory at once made two.
+    outs = {backend: tmp_path_factory.mktemp(f"{runner.stem}-{backend}") for backend in backends}
 
     def backend_results(backend: str):
-        out = tmp_path_factory.mktemp(f"{runner.stem}-{backend}")
+        out = outs[backend]
+        mine = scenarios[backend] if isinstance(scenarios, dict) else scenarios
         try:
-            return run_keras(backend, out, str(runner), backend, str(out), ",".join(scenarios),
+            return run_keras(backend, out, str(runner), backend, str(out), ",".join(mine),
                              purpose=f"{purpose} on the {backend} backend")
         except pytest.skip.Exception as skipped:
             return skipped

@@ -14,12 +14,11 @@ never imports Keras itself.
 from __future__ import annotations
 
 import importlib.util
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from keras_runs import run_keras
+from keras_runs import run_on_backends
 
 if importlib.util.find_spec("keras") is None:  # importorskip without importing it (see above)
     pytest.skip("keras is not installed", allow_module_level=True)
@@ -35,19 +34,8 @@ SEEDS = {"torch": ["1", "2", "3", "5", "8"], "jax": ["1", "2", "3"], "tensorflow
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> dict:
-    # Made here, not in the threads: two threads making pytest's base directory at once made two.
-    outs = {backend: tmp_path_factory.mktemp(f"{RUNNER.stem}-{backend}") for backend in SEEDS}
-
-    def backend_results(backend: str):
-        out = outs[backend]
-        try:
-            return run_keras(backend, out, str(RUNNER), backend, str(out), ",".join(SEEDS[backend]),
-                             purpose=f"the nested Keras calls on the {backend} backend")
-        except pytest.skip.Exception as skipped:
-            return skipped
-
-    with ThreadPoolExecutor(len(SEEDS)) as pool:
-        return dict(zip(SEEDS, pool.map(backend_results, SEEDS)))
+    return run_on_backends(tmp_path_factory, list(SEEDS), RUNNER, SEEDS, purpose="the nested Keras calls",
+                           needs_tensorboard=False)
 
 
 @pytest.mark.parametrize("backend, seed", [(b, s) for b, seeds in SEEDS.items() for s in seeds])

@@ -10,12 +10,11 @@ never imports Keras itself.
 from __future__ import annotations
 
 import importlib.util
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from keras_runs import run_keras
+from keras_runs import run_on_backends
 
 if importlib.util.find_spec("keras") is None:  # importorskip without importing it (see above)
     pytest.skip("keras is not installed", allow_module_level=True)
@@ -28,17 +27,8 @@ FAILED_FIT = "failed_fit_written_up_by_the_watch"
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> dict:
-    outs = {backend: tmp_path_factory.mktemp(f"{RUNNER.stem}-{backend}") for backend in BACKENDS}
-
-    def backend_results(backend: str):
-        try:
-            return run_keras(backend, outs[backend], str(RUNNER), backend, str(outs[backend]), ",".join((*SCENARIOS, FAILED_FIT)),
-                             purpose=f"the nested Keras calls on the {backend} backend")
-        except pytest.skip.Exception as skipped:
-            return skipped
-
-    with ThreadPoolExecutor(len(BACKENDS)) as pool:
-        return dict(zip(BACKENDS, pool.map(backend_results, BACKENDS)))
+    return run_on_backends(tmp_path_factory, BACKENDS, RUNNER, (*SCENARIOS, FAILED_FIT),
+                           purpose="the nested Keras calls", needs_tensorboard=False)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
