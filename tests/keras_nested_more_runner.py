@@ -17,7 +17,7 @@ from __future__ import annotations
 import gc
 import weakref
 
-from keras_runner_common import BACKEND, OUT, X, XV, Y, YV, run_scenarios  # first: it picks the backend
+from keras_runner_common import X, XV, Y, YV, run_scenarios  # first: it picks the backend
 
 import keras  # noqa: E402
 
@@ -142,7 +142,7 @@ def failed_fit_written_up_by_the_watch(out):
     class User(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
             if batch == 1:
-                ema.evaluate(XV, YV, batch_size=SMALL, verbose=0, callbacks=[run.energy, run.tick, inner])
+                ema.evaluate(XV, YV, batch_size=SMALL, verbose=0, callbacks=[run.energy, run.tick, inner])  # noqa: F821 (deleted after the fit)
 
     try:
         run.model.fit(X, Y, batch_size=32, epochs=1, verbose=0, callbacks=[run.energy, run.tick, User()])

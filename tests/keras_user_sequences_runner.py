@@ -291,7 +291,6 @@ def steps_of(rng, seed, out, energy_dir, backup_dir, ckpt_dir, clock, eager, sou
             # (epoch 0 of 3 steps: 32 + 32 + 4 = 68 samples, not 96). Run on torch (JAX: read); 3.8 takes none.
             skipped = int(spe is not None and BACKEND in ("torch", "jax") and KERAS_VERSION < (3, 8)
                           and not model.optimizer.built)
-            before_ids = {r.run_id for r in read_records(energy_dir)} if (energy_dir / "energy-records.jsonl").exists() else set()
             try:
                 history = model.fit(**data, epochs=epochs, initial_epoch=initial, verbose=0, callbacks=callbacks,
                                     validation_data=(XV, YV), validation_batch_size=VAL_BATCH, validation_freq=validation_freq)
