@@ -648,12 +648,16 @@ def _origin(filename: str) -> str:
 
 
 def _flags_of(command: str) -> dict[str, str]:
-    """The long flags of ``command`` (a subcommand of ``build_parser``), by argument name."""
-    commands = next((a.choices for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)), {})
-    parser = commands.get(command)
-    if parser is None:
+    """The long flags of ``command`` (a subcommand of ``build_parser``), by argument name; none where
+    argparse's parsers no longer list their actions as they have since Python 2.7 (the warning is then
+    shown as the library wrote it)."""
+    try:
+        commands = next((a.choices for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)), {})
+        actions = commands[command]._actions if command in commands else []
+    except AttributeError:
         return {}
-    return {action.dest: flag for action in parser._actions for flag in action.option_strings[-1:] if flag.startswith("--") and action.dest != "help"}
+    return {action.dest: flag for action in actions for flag in action.option_strings[-1:]
+            if flag.startswith("--") and action.dest != "help"}
 
 
 def _one_line_warning(command: str):
