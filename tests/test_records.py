@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import re
 import threading
@@ -817,7 +818,9 @@ def test_a_resume_after_a_run_killed_mid_line_reads_the_whole_run(tmp_path):
     ("seq", -1, "an integer >= 0"),
     ("ranks", 0, "an integer >= 1"),
     ("hosts", 0, "an integer >= 1"),
-    ("pue", 0.99, r"a number >= 1 \(facility energy / IT energy\)"),
+    ("pue", 0.99, r"a number from 1 to 3 \(facility energy / IT energy\)"),
+    ("pue", 5.0, r"a number from 1 to 3 \(facility energy / IT energy\)"),
+    ("intensity_gco2eq_per_kwh", 1e6, "a number of gCO2eq/kWh up to 2000"),
     ("run_id", "", "a non-empty string"),
     ("run_id", "  ", "a non-empty string"),
 ])
@@ -831,10 +834,15 @@ def test_a_value_no_writer_puts_in_a_record_is_refused_naming_line_field_and_wha
 
 
 def test_every_value_a_writer_puts_in_a_record_is_read(tmp_path):
-    from greencallbacks.carbon.pue import MIN_PUE
+    from greencallbacks.carbon.intensity import MAX_INTENSITY_G_PER_KWH
+    from greencallbacks.carbon.pue import MAX_PUE, MIN_PUE
 
     records = [make_record(seq, phase=phase, epoch=None if phase == "predict" else 0, pue=MIN_PUE, ranks=1, hosts=1)
                for seq, phase in enumerate(records_module.PHASES)]
+    seq = len(records)
+    # the bounds, and a mean of parts at the bounds a rounding error past them
+    records += [make_record(seq, pue=MAX_PUE, intensity_gco2eq_per_kwh=MAX_INTENSITY_G_PER_KWH),
+                make_record(seq + 1, pue=math.nextafter(MAX_PUE, 4), intensity_gco2eq_per_kwh=math.nextafter(2000, 3000))]
     records.append(make_record(len(records), pue=None))  # a NaN written as null: refused where summed
     path = tmp_path / "r.jsonl"
     RecordWriter(path).write(*records)

@@ -1032,19 +1032,23 @@ def _check_non_negative(data: dict) -> None:
                 raise ValueError(f"component {index} of field 'components': {key} is {value!r}, not a number >= 0")
 
 
-# The least PUE there is (facility energy / IT energy): ``carbon.pue.MIN_PUE``, not imported from
-# there, as that loads the whole carbon package (~25 ms) into every reader of records.
+# The PUE and intensity bounds every writer of ours holds to (``carbon.pue.MIN_PUE``/``MAX_PUE``,
+# ``carbon.intensity.MAX_INTENSITY_G_PER_KWH``), not imported from there, as that loads the whole
+# carbon package (~25 ms) into every reader of records. A record's PUE and intensity are means of
+# its parts', which may land a rounding error past the bound.
 _MIN_PUE = 1.0
+_MAX_PUE = 3.0
+_MAX_INTENSITY_G_PER_KWH = 2000.0
+_MEAN_ROUNDING = 1 + 1e-9
 
 
 # The most one record may hold: past these no phase of any run can be, and a report summing
 # records near the largest float (1e308, each finite) would overflow to inf and print "nan".
 # Energy: the world's electricity in a year (~30,000 TWh = 3e13 kWh). CO2eq: that energy at the
-# highest intensity accepted anywhere (``carbon.intensity.MAX_INTENSITY_G_PER_KWH``, 2000 g/kWh,
-# not imported, as for _MIN_PUE), about the world's yearly emissions. Time: a century. Sums of a
-# billion records at these bounds stay far below overflow.
+# highest intensity accepted anywhere, about the world's yearly emissions. Time: a century. Sums of
+# a billion records at these bounds stay far below overflow.
 _MAX_KWH = 3e13
-_MAX_CO2EQ_G = _MAX_KWH * 2000.0
+_MAX_CO2EQ_G = _MAX_KWH * _MAX_INTENSITY_G_PER_KWH
 _MAX_SECONDS = 100 * 365.25 * 86400
 _BOUNDED = (
     *((name, _MAX_KWH, "kWh", "the world's electricity in a year")
@@ -1074,8 +1078,11 @@ def _check_possible(data: dict) -> None:
     for name in ("ranks", "hosts"):
         if name in data and data[name] < 1:
             raise refuse(name, "an integer >= 1")
-    if data["pue"] is not None and data["pue"] < _MIN_PUE:  # null: a NaN written, refused where summed
-        raise refuse("pue", f"a number >= {_MIN_PUE:g} (facility energy / IT energy)")
+    if data["pue"] is not None and not _MIN_PUE <= data["pue"] <= _MAX_PUE * _MEAN_ROUNDING:  # null: a NaN
+        raise refuse("pue", f"a number from {_MIN_PUE:g} to {_MAX_PUE:g} (facility energy / IT energy)")
+    intensity = data.get("intensity_gco2eq_per_kwh")
+    if intensity is not None and intensity > _MAX_INTENSITY_G_PER_KWH * _MEAN_ROUNDING:
+        raise refuse("intensity_gco2eq_per_kwh", f"a number of gCO2eq/kWh up to {_MAX_INTENSITY_G_PER_KWH:g}")
     for name, most, unit, bound in _BOUNDED:
         if data.get(name) is not None and data[name] > most:
             raise refuse(name, f"a number of {unit} up to {most:.3g} (more than {bound})")
