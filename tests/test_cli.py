@@ -893,11 +893,23 @@ def test_a_run_id_whose_lines_are_all_torn_is_said_so(tmp_path, capsys):
     torn = tmp_path / "torn.jsonl"
     torn.write_text(json.dumps(one_run("cut")[0].to_dict())[:100])
     code, err = exits(["report", str(tmp_path / "a"), str(torn), "--run-id", "cut"], capsys)
-    assert code == 2 and err.splitlines()[-1] == (
+    assert code == 2 and err == (
         f"greencallbacks report: error: --run-id 'cut': none of its records could be read (its lines in {torn} are "
-        "torn, skipped)"), err
+        "torn, skipped)\n"), err
     code, err = exits(["report", str(tmp_path / "a"), str(torn), "--run-id", "other"], capsys)
-    assert code == 2 and "--run-id 'other' is not among the runs found: cut, whole" in err
+    assert code == 2 and err == "greencallbacks report: error: --run-id 'other' is not among the runs found: cut, whole\n"
+
+
+def test_a_file_of_one_torn_line_is_one_error_line_that_says_why_it_holds_no_record(tmp_path, capsys):
+    """It was two lines: the torn line's warning, then "no records in ..." without the reason."""
+    torn = tmp_path / "torn.jsonl"
+    torn.write_text(json.dumps(one_run("cut")[0].to_dict())[:100])
+    code, err = exits(["report", str(torn)], capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"greencallbacks report: error: no records in {torn} ({torn}:1: skipped a torn last line ("), err
+    code, out, err = run(["report", str(torn), str(write(tmp_path / "a" / "energy-records.jsonl", one_run("whole")))],
+                         capsys)
+    assert code == 0 and f"warning: {torn}:1: skipped a torn last line" in err  # a file with records: still said
 
 
 @pytest.mark.parametrize("argv", [

@@ -131,7 +131,13 @@ def load_records(paths: Sequence[str | os.PathLike], run_id: str | None = None):
     from greencallbacks.records import run_ids_in_file
     from greencallbacks.runs import load
 
-    loaded = load(paths, run_id=run_id)  # a device, or a named pipe in a directory, is refused as what it is
+    # The reader's warnings (a torn line skipped) are held until it is known whether any record
+    # was read: where none was, they are the reason, said in the error's one line.
+    with warnings.catch_warnings(record=True) as said:
+        loaded = load(paths, run_id=run_id)  # a device, or a named pipe in a directory, is refused as what it is
+    if loaded.records:
+        for warning in said:
+            warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
     if run_id is not None and not loaded.records:
         # Read again for the ids alone, torn lines too; a pipe cannot be read twice (a named one
         # would wait for a writer that has gone).
@@ -144,7 +150,8 @@ def load_records(paths: Sequence[str | os.PathLike], run_id: str | None = None):
         if present:
             raise ValueError(f"--run-id {run_id!r} is not among the runs found: {', '.join(present)}")
     if not loaded.records:
-        raise ValueError(f"no records in {', '.join(str(f) for f in loaded.files)}")
+        skipped = "".join(f" ({warning.message})" for warning in said)
+        raise ValueError(f"no records in {', '.join(str(f) for f in loaded.files)}{skipped}")
     return loaded
 
 
