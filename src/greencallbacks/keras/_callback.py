@@ -1308,7 +1308,7 @@ class EnergyCallback(_Callback):
                 with self._progress.lock:
                     self._progress.step_in_test = step
         elif top in ("validation", "test"):
-            self._bank_test_samples()
+            self._test_banked = self._test_samples_seen()  # read before this call may reset the count
         progress = self._progress
         with progress.lock:
             predicting = (progress.predicted, progress.predicting)
@@ -1349,17 +1349,10 @@ class EnergyCallback(_Callback):
         if self._loop_list is None or _calling_list(self) is not self._loop_list():
             self._end_failed_nested_calls(self._calls_inside_running())
 
-    def _bank_test_samples(self) -> None:
-        """As ``_bank_train_samples``, for the open test loop, before a call inside it."""
-        seen = self._samples_seen()
-        if seen is None or self._test_banked is None or self._test_offset is None or seen < self._test_offset:
-            self._test_banked = None
-        else:
-            self._test_banked += seen - self._test_offset
-
     def _test_samples_seen(self) -> int | None:
-        """The open test loop's samples: its loss tracker's count, and what it banked before the
-        calls inside it. None: not known (``_seen_why`` says why)."""
+        """The open test loop's samples: its loss tracker's count since ``_test_offset``, and what it
+        banked before the calls inside it (``_begin_inside``), as training's are (see
+        ``_bank_train_samples``). None: not known (``_seen_why`` says why)."""
         seen = self._samples_seen()
         if seen is None:
             return None
