@@ -91,7 +91,7 @@ MATRIX = {
                   "tests/test_keras_everyday.py", "tests/test_keras_history.py", "tests/test_keras_fits_again.py",
                   "tests/test_keras_paths_more.py", "tests/test_keras_logged_totals.py", "tests/test_keras_fit_options.py",
                   "tests/test_keras_user_sequences.py", "tests/test_keras_nested_depth.py",
-                  "tests/test_keras_nested_more.py"],
+                  "tests/test_keras_nested_more.py", "tests/test_keras_loggers.py"],
         "report": ["keras", "torch", "tensorflow-cpu", "numpy"],
     },
     # A middle release, for the sample counts: batch hooks at an execution's first step (before

@@ -502,9 +502,10 @@ class EnergyCallback(_Callback):
             loggers still see the epoch (or at a batch ``step_metrics`` logs, when that reaches it);
             a resumed fit whose budget was spent stops after one batch.
         step_metrics: when a ``keras.callbacks.TensorBoard`` in the same list logs batches (an
-            integer ``update_freq``), also put ``energy_kwh_total``, ``co2eq_g_total`` (so far, the
-            epoch in progress included) and ``power_w`` (since the previous such batch) into the
-            batch ``logs`` every ``update_freq`` batches, so it writes them; no records are added.
+            integer ``update_freq``; on several processes, in any rank's list), also put
+            ``energy_kwh_total``, ``co2eq_g_total`` (so far, the epoch in progress included) and
+            ``power_w`` (since the previous such batch) into the batch ``logs`` every
+            ``update_freq`` batches, so it writes them; no records are added.
             Otherwise, or with False, the batch hook does nothing and Keras keeps dispatching batch
             hooks asynchronously.
 
@@ -1042,6 +1043,18 @@ class EnergyCallback(_Callback):
         device_indices, sync = devices_and_sync(backend)
         reducer = reducer_for(backend)  # a collective on several processes; all run this hook
         session.start(output_dir=self._output_dir(call), device_indices=device_indices, reducer=reducer, sync=sync)
+        if call.kind == "fit" and reducer.world_size > 1:
+            # The step values are a collective (Tracker.live) that every rank takes at the same
+            # batches, whatever its own callbacks: a TensorBoard on rank 0 alone (logging from one
+            # rank, as usual) made rank 0 gather alone, met by the other ranks' next epoch-end gather
+            # (gloo: received data size doesn't match; rank 1 aborted). Every rank takes them
+            # wherever any rank's TensorBoard writes: every gcd of their update_freq batches.
+            self._live_every = math.gcd(*(int(every) for every in reducer.all_gather(self._live_every)))
+            if self._live_every and getattr(call.callback_list, "_async_train", False):
+                # In order, on the training thread, as a TensorBoard's batch hook makes Keras run them
+                # where it is: dispatched to Keras's thread pool (no callback of this rank needs them
+                # in order), two gathers could run at once and meet the other ranks' in swapped order.
+                call.callback_list._async_train = False
         self._run.claim()
         live = _runs_of_live_models()
         self._runs = {run_id: run for run_id, run in self._runs.items() if run_id in live}
