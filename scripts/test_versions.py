@@ -74,6 +74,7 @@ MATRIX = {
                   "tests/test_report_run_sets.py", "tests/test_budget_everyday.py", "tests/test_distributed_live.py",
                   "tests/test_budget_step_stops.py", "tests/test_lightning_callback_metrics_exact.py",
                   "tests/test_step_values_exact_joules.py", "tests/test_report_validation_crash.py",
+                  "tests/test_lightning_interrupted_evaluations.py",
                   # A private seam (the checkpoint an evaluation restores, 2.2 to 2.4) and its fallback.
                   "tests/test_lightning_checkpoint_evaluations.py", "tests/test_lightning_checkpoint_labels.py", "tests/test_co2_flows_fake_clock.py",
                   # A private seam (CombinedLoader's mode) and its guard, at the floor too.
