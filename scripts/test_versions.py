@@ -56,7 +56,9 @@ MATRIX = {
                   "tests/test_hf_resume_skips.py", "tests/test_hf_logged_totals.py", "tests/test_hf_trainer_options.py", "tests/test_hf_replaced_callback.py", "tests/test_co2_flows_fake_clock.py",
                   "tests/test_distributed_live.py",
                   "tests/test_distributed_logged_totals.py", "tests/test_report_run_sets.py", "tests/test_hf_two_grids_resume.py",
-                  "tests/test_step_values_exact_joules.py"],
+                  "tests/test_step_values_exact_joules.py", "tests/test_hf_tokens.py",
+                  # transformers 4 counts a micro-batch's tokens before it trains (a path 5 never takes).
+                  "tests/test_hf_forward_crash_tokens.py"],
         "report": ["transformers", "accelerate", "torch", "tensorboard", "mlflow", "wandb"],
     },
     "lightning": {

@@ -278,6 +278,7 @@ class EnergyCallback(TrainerCallback, ExportableState):
         self._begin_at_step = False  # the epoch HF's loop is in begins at its first step, if one comes
         self._pause_due = False  # an epoch of this train() ended: a carbon-aware pause may precede the next
         self._tokens_added: int | None = None  # HF's token count when the open epoch's were last added (None: none open)
+        self._tokens_after_last_batch: int | None = None  # HF's token count after the open epoch's last micro-batch (transformers 4)
         self._loops: list[_Loop] = []  # the open evaluation / prediction loops, innermost last
         self._loop_metrics: dict[str, float] = {}
 
@@ -419,6 +420,7 @@ class EnergyCallback(TrainerCallback, ExportableState):
         self._epoch, self._next_epoch = epoch, epoch + 1  # a loop inside it is at it, even before its first step
         # Read here: transformers 4.47 adds a micro-batch's tokens before its on_step_begin (none while skipping).
         self._tokens_added = state.num_input_tokens_seen
+        self._tokens_after_last_batch = state.num_input_tokens_seen  # transformers 4: see _add_epoch_tokens
         self._begin_at_step = at_first_step
         if not at_first_step:
             self._open_epoch()
@@ -475,15 +477,22 @@ class EnergyCallback(TrainerCallback, ExportableState):
         self._log(self.session.metrics("train"), control)
         self._pause_due = True  # carbon-aware, if configured: before the next epoch, if one follows
 
-    def _add_epoch_tokens(self, state, epoch_over: bool = True) -> None:
+    def _add_epoch_tokens(self, state, epoch_over: bool = True, crashed: bool = False) -> None:
         """The open epoch's tokens (HF's count) since they were last added: at each step's end, so
         that a heartbeat or checkpoint of the open epoch holds them (a resume after a kill carries
         them), and a crash on several ranks inside an evaluation, whose write-up cannot reach the
         epoch's phase under the loop's, loses none; and at the epoch's end, or at the write-up of a
-        crash inside it (``epoch_over``), for the micro-batches of a step not yet ended."""
+        crash inside it (``epoch_over``), for the micro-batches of a step not yet ended.
+
+        ``crashed``: transformers 4 adds a micro-batch's tokens to its count before the step's
+        ``on_step_begin`` and ``training_step``: where either raised (a forward that fails, an
+        out-of-memory error, a callback, Ctrl-C), that batch never trained, and its tokens stay out,
+        as its samples do (transformers 5 adds them once ``training_step`` returned)."""
         if self._tokens_added is None:
             return
         seen = state.num_input_tokens_seen
+        if crashed and not _TOKENS_COUNTED_AFTER_STEP and self._tokens_after_last_batch is not None:
+            seen = min(seen, self._tokens_after_last_batch)
         tokens, self._tokens_added = seen - self._tokens_added, None if epoch_over else seen
         if tokens > 0 and self.tracker.reducer.rank == 0 and self._counter.token_counter is None:  # summed over ranks
             self.tracker.add_samples(0, tokens=tokens)
@@ -667,7 +676,7 @@ class EnergyCallback(TrainerCallback, ExportableState):
                 if state is not None:
                     self.tracker.step = state.global_step
                     if not loops_open:  # the innermost open phase is the epoch cut short, if one is
-                        self._add_epoch_tokens(state)
+                        self._add_epoch_tokens(state, crashed=True)
                 if self._missed_steps:  # removed mid-train (remove_callback) and never added back
                     self._missed_steps = False
                     self.tracker.add_samples(None)  # the batches run since went uncounted
@@ -903,6 +912,11 @@ class _Wrapper:
         return [c for c in _owners(self.trainer) if c in callbacks]
 
 
+# transformers 5 adds a micro-batch's tokens to `state.num_input_tokens_seen` after its training_step
+# returned (`Trainer._track_num_input_tokens`); 4.x added them before calling it.
+_TOKENS_COUNTED_AFTER_STEP = hasattr(Trainer, "_track_num_input_tokens")
+
+
 class _CountingTrainingStep(_Wrapper):
     def __call__(self, model, inputs, *args, **kwargs):
         # Counted before the step (a shape lookup, no device sync; the step may consume the
@@ -920,6 +934,9 @@ class _CountingTrainingStep(_Wrapper):
         loss = self._inner(model, inputs, *args, **kwargs)
         for tracker, (samples, tokens) in counts:
             tracker.add_samples(samples, tokens=tokens)
+        if not _TOKENS_COUNTED_AFTER_STEP:  # (this batch's tokens are in HF's count already: see _add_epoch_tokens)
+            for c in _owners(self.trainer):
+                c._tokens_after_last_batch = self.trainer.state.num_input_tokens_seen
         return loss
 
 
