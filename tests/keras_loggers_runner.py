@@ -18,7 +18,7 @@ import os
 import warnings
 from pathlib import Path
 
-from keras_runner_common import BACKEND, BATCH, X, XV, Y, YV, run_scenarios  # first: it picks the backend
+from keras_runner_common import BATCH, X, XV, Y, YV, run_scenarios  # first: it picks the backend
 
 # Before W&B and MLflow read them: offline, quiet, and MLflow's file store (deprecated, still read).
 os.environ.update(WANDB_MODE="offline", WANDB_SILENT="true", WANDB_CONSOLE="off", MLFLOW_ALLOW_FILE_STORE="true")
