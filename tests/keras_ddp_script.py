@@ -1,4 +1,6 @@
-"""One rank of a two-process Keras job on the torch backend under ``torch.distributed`` (gloo).
+"""One rank of a two-process Keras job on the torch backend under ``torch.distributed`` (gloo), or,
+with ``KERAS_DDP_BACKEND=jax`` in the environment, on JAX under ``jax.distributed`` (its CPU collectives
+over gloo, the coordinator at MASTER_ADDR:MASTER_PORT).
 
 Usage: RANK=r WORLD_SIZE=2 MASTER_ADDR=... MASTER_PORT=... python keras_ddp_script.py OUT_DIR [UPDATE_FREQ]
 Each rank fits a tiny model on its half of the data (Keras does not sync gradients here: this
@@ -14,11 +16,18 @@ import os
 import sys
 from pathlib import Path
 
-os.environ["KERAS_BACKEND"] = "torch"
+BACKEND = os.environ["KERAS_BACKEND"] = os.environ.get("KERAS_DDP_BACKEND", "torch")
+if BACKEND == "jax":  # before Keras touches JAX: initialize must come before any computation
+    import jax
+
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}",
+                               num_processes=int(os.environ["WORLD_SIZE"]), process_id=int(os.environ["RANK"]))
+else:
+    import torch.distributed as dist
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import torch.distributed as dist  # noqa: E402
 
 from greencallbacks.keras import EnergyCallback  # noqa: E402
 
@@ -26,8 +35,9 @@ PER_RANK = 48
 
 
 def main(out_dir: Path, update_freq: int | None = None) -> None:
-    dist.init_process_group("gloo", init_method="env://")
-    rank = dist.get_rank()
+    if BACKEND != "jax":
+        dist.init_process_group("gloo", init_method="env://")
+    rank = int(os.environ["RANK"])
     rng = np.random.default_rng(rank)
     x, y = rng.random((PER_RANK, 8), dtype=np.float32), rng.random((PER_RANK, 1), dtype=np.float32)
     model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4), keras.layers.Dense(1)])
@@ -37,6 +47,9 @@ def main(out_dir: Path, update_freq: int | None = None) -> None:
     history = model.fit(x, y, batch_size=16, epochs=2, validation_data=(x[:20], y[:20]), callbacks=[energy, *loggers],
                         verbose=0)
     (out_dir / f"history-rank{rank}.json").write_text(json.dumps(history.history))
+    if BACKEND == "jax":
+        jax.distributed.shutdown()
+        return
     # Leave together: under torch 2.2.2 rank 1 once waited forever in destroy_process_group after
     # rank 0 had gone (its fit and history done; seen with py-spy).
     dist.barrier()

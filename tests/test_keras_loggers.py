@@ -68,19 +68,21 @@ def tensorboard_scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
 
 
 @pytest.mark.distributed
-def test_a_tensorboard_on_rank_0_only_gets_step_values_and_no_rank_fails(tmp_path):
-    """Two gloo ranks under Keras's torch backend, rank 0 alone logging batches to TensorBoard
-    (update_freq=1). The step values are a collective: rank 0 gathered alone at each batch, met by
-    rank 1's epoch-end gather, and rank 1 aborted (gloo: "Received data size doesn't match")."""
-    for module in ("keras", "torch", "tensorflow"):
+@pytest.mark.parametrize("backend", ["torch", "jax"])
+def test_a_tensorboard_on_rank_0_only_gets_step_values_and_no_rank_fails(tmp_path, backend):
+    """Two ranks (gloo under Keras's torch backend, ``jax.distributed`` under JAX), rank 0 alone logging
+    batches to TensorBoard (update_freq=1). The step values are a collective: on torch, rank 0 gathered
+    alone at each batch, met by rank 1's epoch-end gather, and rank 1 aborted (gloo: "Received data size
+    doesn't match"); JAX's Keras dispatches batch hooks on a thread pool, which the fix turns off."""
+    for module in ("keras", backend, "tensorflow"):
         if importlib.util.find_spec(module) is None:
-            pytest.skip(f"{module} is not installed: Keras's TensorBoard on the torch backend needs it")
+            pytest.skip(f"{module} is not installed: Keras's TensorBoard on the {backend} backend needs it")
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     script = Path(__file__).with_name("keras_ddp_script.py")
     base = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2", "CUDA_VISIBLE_DEVICES": "",
-            "TF_CPP_MIN_LOG_LEVEL": "3"}
+            "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_DDP_BACKEND": backend, "JAX_PLATFORMS": "cpu"}
     ranks = [subprocess.Popen([sys.executable, str(script), str(tmp_path), "1"], env={**base, "RANK": str(r)},
                               stderr=subprocess.PIPE, text=True) for r in range(2)]
     errors = []
