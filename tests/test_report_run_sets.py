@@ -363,9 +363,12 @@ def test_run_id_compare_zones_and_lifecycle_over_the_sweep(lightning_sweep, caps
         assert cycle["run_total_j"] == pytest.approx(sum(r.energy_kwh for r in theirs) * J_PER_KWH, rel=1e-12)
         assert cycle["samples_trained"] == sum(r.samples for r in train)
         assert cycle["samples_per_epoch"] == 32
-    # The resumed run's epoch 1: both attempts' records (the crash's part was spent too).
-    epoch1 = sum(r.energy_kwh for r in mine if r.phase == "train" and r.epoch == 1) * J_PER_KWH
+    # The resumed run's epoch 1: the training redone from the epoch's start, as the report's row of
+    # it (the crash's part, its own "cut short, redone" row, was spent too: it is in T, not in T_e).
+    epoch1 = sum(r.energy_kwh for r in mine if r.phase == "train" and r.epoch == 1 and not r.partial) * J_PER_KWH
     assert cycles[resumed]["training_j_per_epoch"][1] == pytest.approx(epoch1, rel=1e-12)
+    (row,) = [row for row in alone["epoch_rows"] if row["epoch"] == 1 and not row["redone"]]
+    assert row["energy_kwh"] * J_PER_KWH == pytest.approx(epoch1, rel=1e-12)
     # The sweep as the search for the resumed run's model: the other runs, each whole, once.
     assert main(["lifecycle", str(root), "--run-id", resumed, "--search", str(root), "--inferences", "0", "--json"]) == 0
     cycle = json.loads(capsys.readouterr().out)

@@ -221,8 +221,12 @@ def lifecycle(records: Sequence[Record], search: Iterable[Record] = (), run_id: 
     from greencallbacks.report.data import embodied_coverage, epochs_trained_again, records_lack, training_failed, whole_epoch_samples
 
     per_epoch: dict[int, list[Record]] = defaultdict(list)
-    for r in last_trainings(train):
-        per_epoch[r.epoch if r.epoch is not None else -1].append(r)
+    kept = last_trainings(train)
+    for r in kept:
+        # A training phase outside any epoch (a loop of one's own that trains in steps) is in T and
+        # S, but no epoch: taken for one, it was E + 1 epochs and listed first as "epoch 0's" cost.
+        if r.epoch is not None:
+            per_epoch[r.epoch].append(r)
     epochs = sorted(per_epoch)
     again = epochs_trained_again(mine)
     # T is every joule training spent, an epoch cut short and redone after a resume included, and
@@ -251,7 +255,11 @@ def lifecycle(records: Sequence[Record], search: Iterable[Record] = (), run_id: 
     if lacking:
         notes += ["T, V and LC hold only what these records hold", *lacking]
     if any(r.partial for r in train):
-        notes.append("some training phases were cut short (partial); their energy is in T")
+        kept_ids = {id(r) for r in kept}
+        redone = any(r.partial and id(r) not in kept_ids for r in train)
+        notes.append("some training phases were cut short (partial); their energy is in T"
+                     + ("; an epoch cut short and redone from its start costs its redone training per epoch"
+                        if redone else ""))
     elif training_failed(mine):
         notes.append("the training ended in a failure after an epoch's record (the gap's record is partial); its energy is in V")
     if samples_trained is None:
@@ -260,7 +268,11 @@ def lifecycle(records: Sequence[Record], search: Iterable[Record] = (), run_id: 
         # 1 - 1/a is then below 0: no share of training's energy, and nothing a paper can cite as one.
         notes.append(f"a < 1: a training sample cost less than one inference in {i_phase}, so the overhead share "
                      "1 - 1/a is negative, no share of training's energy (a short inference call's start-up can weigh on I)")
-    if samples_per_epoch is None:
+    outside = sum(1 for r in train if r.epoch is None)
+    if outside:
+        notes.append(f"{outside} training phase{'s' if outside != 1 else ''} outside any epoch: in T and T per "
+                     "sample, in no epoch's cost nor in E")
+    if samples_per_epoch is None and epochs:
         notes.append("no training epoch's samples were counted whole: D is unknown")
     elif any(not r.samples_counted for r in mine):
         notes.append("some batches could not be counted; D and I come from the phases that were")
@@ -324,14 +336,19 @@ def lifecycle(records: Sequence[Record], search: Iterable[Record] = (), run_id: 
 def last_trainings(train: Sequence[Record]) -> list[Record]:
     """The training records of each epoch's last whole training: an epoch trained again
     (``report.data``'s rule, as the report classes it) drops what the attempts before that training
-    spent on it, so that one epoch's cost is one training's, not the sum of two. A training again
-    stopped early (a budget's stop a batch after the resume) is left out: it is no epoch's cost."""
-    from greencallbacks.report.data import AGAIN, STOPPED, complete_training
+    spent on it, so that one epoch's cost is one training's, not the sum of two. So does an epoch
+    cut short and redone whole by a later attempt (the report's "cut short, redone": its first
+    complete training, from the epoch's start); one that a later attempt went on with from a
+    checkpoint inside it ("cut short, resumed") keeps both parts. A training again stopped early
+    (a budget's stop a batch after the resume) is left out: it is no epoch's cost."""
+    from greencallbacks.report.data import AGAIN, FIRST, STOPPED, complete_training
 
     retrained_in: dict[int, int] = {}  # epoch -> the attempt of its last training anew
     stopped = set()
     for r, how in complete_training(train):
-        if how == AGAIN:
+        # FIRST in a later attempt than the epoch's cut short try: a crash's part, redone from the
+        # start (its 36 mJ were added to the 77 mJ of the epoch the model kept: 113 mJ for 77).
+        if how in (AGAIN, FIRST):
             retrained_in[r.epoch] = r.attempt
         elif how == STOPPED:
             stopped.add(id(r))
