@@ -195,6 +195,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     records, runs, loaded = _load_runs(args.paths, args.run_id)
     text = report.render(records, args.format, with_equivalents=args.equivalents, compare=args.compare_zones or (),
                          run_summaries=loaded.summaries, unfinished=loaded.unfinished)
+    if args.plot is not None:
+        # Drawn before the report is printed: records with no training epoch to plot printed the whole
+        # report, then failed with exit 2 (`report ... --plot f.png > paper.md` kept a report and an error).
+        report.plot_epochs(records, args.plot, loaded.unfinished)
     _say_runs(loaded, runs, "report")
     print(text, end="")
     if args.format == "csv":
@@ -207,7 +211,6 @@ def cmd_report(args: argparse.Namespace) -> int:
                   "epoch, so no row of this table of epochs holds it: --format md or json gives its totals by phase",
                   file=sys.stderr)
     if args.plot is not None:
-        report.plot_epochs(records, args.plot, loaded.unfinished)
         print(f"plot: {args.plot}", file=sys.stderr)
     return 0
 
@@ -252,6 +255,7 @@ def cmd_lifecycle(args: argparse.Namespace) -> int:
     for run, lc in cycles:
         a, share = lc.overhead_factor, lc.overhead_share
         per_epoch = ", ".join(f"{j:.4g}" for j in lc.training_j_per_epoch)
+        per_epoch = f"{per_epoch} J" if per_epoch else "none (no training epoch)"
         lines = [f"run {printable(run)}"] if several else []
         lines += [
             "I  inference:  " + ("unknown" if lc.inference_j_per_sample is None else
@@ -259,8 +263,10 @@ def cmd_lifecycle(args: argparse.Namespace) -> int:
                                  f"{num(lc.inference_co2eq_g_per_sample, ' gCO2eq/sample')}")
             + (f" (measured in {lc.inference_phase})" if lc.inference_phase else ""),
             f"T  training:   {lc.training_j:.4g} J = {lc.training_j / J_PER_KWH:.4g} kWh, {lc.training_co2eq_g:.4g} gCO2eq "
-            f"over {lc.epochs} epoch{'s' if lc.epochs != 1 else ''} x {num(lc.samples_per_epoch)} samples (training phases only)",
-            f"               per epoch: {per_epoch} J; per sample: {num(lc.training_j_per_sample, ' J')}",
+            + (f"over {lc.epochs} epoch{'s' if lc.epochs != 1 else ''} x {_count_text(lc.samples_per_epoch)} samples"
+               if lc.epochs else f"over no epoch ({_count_text(lc.samples_trained)} samples trained)")
+            + " (training phases only)",
+            f"               per epoch: {per_epoch}; per sample: {num(lc.training_j_per_sample, ' J')}",
             f"               whole run (all phases, T + V): {lc.run_total_j:.4g} J = {lc.run_total_j / J_PER_KWH:.4g} kWh",
             f"V  rest of run: {lc.run_other_j:.4g} J = {lc.run_other_j / J_PER_KWH:.4g} kWh, {lc.run_other_co2eq_g:.4g} gCO2eq "
             "(the trained run's validation, gaps and own test / predict)",
@@ -290,9 +296,20 @@ def _lifecycle_line(lc, inferences: int) -> str:
 
     energy_j, co2eq_g = lc.energy_j(inferences), lc.co2eq_g(inferences)
     if energy_j is None or co2eq_g is None:
-        return (f"LC for {inferences:g} inferences: unknown (I is unknown; without deployment, CT + T + V = "
+        return (f"LC for {_count_text(inferences)} inferences: unknown (I is unknown; without deployment, CT + T + V = "
                 f"{lc.development_j / J_PER_KWH:.4g} kWh, {lc.co2eq_g(0):.4g} gCO2eq)")
-    return f"LC for {inferences:g} inferences: {energy_j / J_PER_KWH:.4g} kWh, {co2eq_g:.4g} gCO2eq (LC = CT + T + V + e x I)"
+    return (f"LC for {_count_text(inferences)} inferences: {energy_j / J_PER_KWH:.4g} kWh, {co2eq_g:.4g} gCO2eq "
+            "(LC = CT + T + V + e x I)")
+
+
+def _count_text(count: int | None) -> str:
+    """A count exactly: ``1e+06`` as given in exponent form where that is exact, else every digit.
+    To 4 significant digits, 12345 samples per epoch read "1.234e+04" and 1234567 inferences
+    "1.23457e+06": figures a paper would quote rounded as if measured so."""
+    if count is None:
+        return "unknown"
+    short = f"{count:g}"
+    return short if float(short) == count else str(int(count))
 
 
 def cmd_zones(args: argparse.Namespace) -> int:

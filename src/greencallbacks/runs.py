@@ -79,11 +79,16 @@ def _walk(root: Path) -> tuple[list[Path], list[Path]]:
     naming it: left out in silence, its runs would be missing from totals that look whole.
     (Path.rglob, before Python 3.13, neither follows links to directories nor says what it could not read.)"""
     unreadable: list[str] = []
+    reasons: dict[str, None] = {}  # why, as the system said it ("Permission denied")
+
+    def cannot_read(error: OSError) -> None:
+        unreadable.append(error.filename)
+        reasons[error.strerror or str(error)] = None
+
     seen: set[str] = set()
     found: list[Path] = []
     beats: list[Path] = []
-    for directory, subdirectories, names in os.walk(root, followlinks=True,
-                                                    onerror=lambda error: unreadable.append(error.filename)):
+    for directory, subdirectories, names in os.walk(root, followlinks=True, onerror=cannot_read):
         real = os.path.realpath(directory)
         if real in seen:
             subdirectories[:] = []  # reached again through a link: its files are already counted
@@ -105,6 +110,12 @@ def _walk(root: Path) -> tuple[list[Path], list[Path]]:
     for file in found:
         if not file.is_file():  # a named pipe there would block the read forever
             refuse_special_file(file, "a records file")
+    if unreadable and not found and not beats:
+        # Warned of and then "no energy-records.jsonl under it (looked in every subdirectory)": said
+        # of a log root that could not be read at all (another user's, mode 700), that denied its records.
+        shown = ", ".join(map(str, unreadable[:3])) + (f" and {len(unreadable) - 3} more"
+                                                       if len(unreadable) > 3 else "")
+        raise ValueError(f"no {RECORDS_FILE} could be read under {root}: could not read {shown} ({'; '.join(reasons)})")
     if unreadable:
         warnings.warn(f"could not read {len(unreadable)} director{'y' if len(unreadable) == 1 else 'ies'} under "
                       f"{root}, so any records there are left out: {', '.join(unreadable)}", stacklevel=3)

@@ -106,8 +106,8 @@ def plus_minus(mean: float | None, error: float | None, sign: str = " ± ", digi
 
 def csv_number(value: object) -> object:
     """Floats at 12 significant digits (a float's last digits are noise, not data); the rest as is."""
-    if isinstance(value, float):
-        return "" if math.isnan(value) else format(value, ".12g")
+    if isinstance(value, float):  # no number (NaN, or an edited record's ratio that overflows): empty, as JSON's null
+        return "" if not math.isfinite(value) else format(value, ".12g")
     return "" if value is None else value
 
 
@@ -144,6 +144,13 @@ def mass_text(mean: float, se: float | None = None) -> str:
     """gCO2eq in a readable unit: ``7.06 mgCO2eq``."""
     unit, factor = pick_unit([mean], MASS_UNITS)
     return plus_minus(mean * factor, None if se is None else se * factor) + f" {unit}CO2eq"
+
+
+def intensity_text(g_per_kwh: float) -> str:
+    """An intensity in gCO2eq/kWh as a sentence cites it: whole grams from 10 up (``56``), two
+    significant digits below (``2.4``, ``0.40``): whole grams said "0 gCO2eq/kWh" of a grid given as
+    0.4 beside the emissions it priced, and "2" of 2.4 (a clean grid, 17 % off)."""
+    return f"{g_per_kwh:.0f}" if abs(g_per_kwh) >= 9.5 else number(g_per_kwh, 2)
 
 
 def pue_text(pue: float, source: str) -> str:

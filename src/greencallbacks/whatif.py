@@ -260,9 +260,11 @@ class _Laying:
         return self.cursor + self.left_s
 
     def pieces(self) -> list[tuple[float, float, float]]:
-        if self.duration_s <= 0:  # all its energy at its instant
+        per_s = self.energy_kwh / self.duration_s if self.duration_s > 0 else math.inf
+        # All its energy at its instant: a record of no time, or of so little (a subnormal
+        # duration_s, 1e-320 s) that its power overflows, priced every scenario "inf g".
+        if not math.isfinite(per_s):
             return [(self.start_unix, 0.0, self.energy_kwh)]
-        per_s = self.energy_kwh / self.duration_s
         return [(start, length, per_s * length) for start, length in self.spans if length > 0]
 
 

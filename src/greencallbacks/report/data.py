@@ -15,6 +15,7 @@ from greencallbacks.textformat import (
     ENERGY_UNITS,
     printable,
     energy_text,
+    intensity_text,
     mass_text,
     number,
     pick_unit,
@@ -221,7 +222,7 @@ def provenance(records: Sequence[Record], run_summaries: Mapping[str, dict] | No
     """Where the numbers come from, and a plain statement of what is estimated."""
     carbon = carbon_summary(records)
     notes = [
-        f"Carbon intensity: {carbon['g_per_kwh']:.0f} gCO2eq/kWh (energy-weighted), from "
+        f"Carbon intensity: {intensity_text(carbon['g_per_kwh'])} gCO2eq/kWh (energy-weighted), from "
         + _sources_sentence(carbon["sources"])
         + ("; no location was configured, so this is the world average" if carbon["is_default"] else "")
         + ".",
@@ -262,7 +263,12 @@ def provenance(records: Sequence[Record], run_summaries: Mapping[str, dict] | No
             "Other processes ran on " + "; ".join(shared) + " during the run: a GPU's energy is the whole device's, "
             "so its figures include their use of it (an over-count NVML cannot split by process)."
         )
-    if not estimated and not apportioned and not stopped and not unmeasured:
+    if not any(r.components for r in records):
+        # "Every component was measured by a hardware counter" of none: a meter given no sensor
+        # (sensors=[]) records 0 J, and a writer of other records may name none.
+        notes.append("No record names a component it measured (a meter given no sensor, or records written "
+                     "without them): these figures say nothing of how, or whether, the energy was measured.")
+    elif not estimated and not apportioned and not stopped and not unmeasured:
         notes.append("Every component was measured by a hardware counter or sampled power.")
     missing = {run: _missing_attempts({r.attempt for r in mine}) for run, mine in by_run(records).items()}
     missing = {run: attempts for run, attempts in missing.items() if attempts}
@@ -1241,6 +1247,8 @@ def statement(records: Sequence[Record], unfinished: Collection[str] = (),
     # Nested parentheses read badly in a sentence: the epochs of another size follow a comma.
     samples = samples_text(config).replace(" (", ", ").rstrip(")") if config["samples_per_epoch"] else ""
     training = f"training ({config['epochs']} epoch{'s' if config['epochs'] != 1 else ''}{samples})"
+    if not config["epochs"]:  # a loop of one's own that trains in steps: "training (0 epochs)" read as none
+        training = "training (outside any epoch)"
     rows = epoch_rows(records)
     redone = sum(1 for row in rows if row["redone"] and not row["resumed"])
     resumed = sum(1 for row in rows if row["resumed"])
@@ -1283,7 +1291,8 @@ def statement(records: Sequence[Record], unfinished: Collection[str] = (),
                  "per whole run)")
     carbon = carbon_summary(records)
     version = versions_text(records)
-    text += (f", at {carbon['g_per_kwh']:.0f} gCO2eq/kWh ({_sources_sentence(carbon['sources'])}) with a PUE of "
+    text += (f", at {intensity_text(carbon['g_per_kwh'])} gCO2eq/kWh ({_sources_sentence(carbon['sources'])}) "
+             "with a PUE of "
              f"{'/'.join(f'{p:g}' for p in carbon['pue'])}, measured with greencallbacks {version}; "
              f"{method_sentence(records)}.")
     if carbon["is_default"]:

@@ -27,6 +27,7 @@ from greencallbacks.textformat import (
     JOULE_UNITS,
     MASS_UNITS,
     csv_number,
+    intensity_text,
     markdown_table,
     number,
     pick_unit,
@@ -269,7 +270,7 @@ def _latex_group(data: dict, caption_extra: str, label: str) -> list[str]:
         f"{h['name']}:{h['method']}" for h in data["hardware"])]
     per_row = len(methods) > 1
     caption = ("Energy and emissions" + (" per training epoch" if rows else "") + latex_escape(caption_extra) + "." + over
-               + (f" Measured by: {latex_escape(methods[0])}." if not per_row else "")
+               + (f" Measured by: {latex_escape(methods[0] or 'no component recorded')}." if not per_row else "")
                + " Whole run: every phase (training, evaluation and the time between phases)."
                + (" " + latex_escape(pause_sentence(data["carbon_pause"], len(data["runs"]))) if data.get("carbon_pause") else ""))
     # Said where the table is pasted from: its totals are a remnant's, not the run's.
@@ -317,7 +318,8 @@ def _latex_group(data: dict, caption_extra: str, label: str) -> list[str]:
         ) + "."]
     if "compare_zones" in data:
         lines += ["", "The same energy would have emitted " + "; ".join(
-            f"{number(row['co2eq_g'])} gCO2eq in {latex_escape(row['zone'])} ({row['g_per_kwh']:.0f} gCO2eq/kWh)"
+            f"{number(row['co2eq_g'])} gCO2eq in {latex_escape(row['zone'])} "
+            f"({intensity_text(row['g_per_kwh'])} gCO2eq/kWh)"
             for row in data["compare_zones"]
         ) + "."]
         if data.get("compare_zones_note"):
