@@ -395,6 +395,8 @@ class EnergySession:
     def stop(self, failed: bool = False) -> None:
         """End the run: normally (a collective on several ranks) or after a failure (local only).
         Whole: a Ctrl-C inside it left the meter thread running and the summary stale."""
+        if self.tracker.in_a_forked_child:
+            return  # nothing of the parent's run is this process's to end (nor NVML's to call after a fork)
         with interrupts.held():
             if self._neighbours is not None and self.running:
                 self._neighbours.look_at_end()

@@ -199,6 +199,36 @@ def _priced_apart(t0: float, t1: float, energy_j: float, marks: list[tuple[float
     return segments
 
 
+# This process's id, kept by a fork hook rather than asked of the kernel (a system call) at every
+# step's heartbeat.
+_pid = os.getpid()
+
+
+def _note_fork() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_note_fork)
+
+
+def _not_in_a_forked_child(method: Callable) -> Callable:
+    """Do nothing in a process forked from the one that started the run (a user's ``os.fork``
+    inside a phase): the child's copy of the run is its parent's, and so are its records. A child
+    that left through the interpreter (``sys.exit``) ended the phase and the run there (a
+    ``phase`` block's and a ``with`` block's exit, Lightning's ``on_exception``): it wrote the
+    parent's open phase as a partial record into the parent's records file, which no longer summed
+    to its summary, and ``report`` refused it."""
+
+    @functools.wraps(method)
+    def guarded(self: "Tracker", *args: Any, **kwargs: Any) -> Any:
+        if self.in_a_forked_child:
+            return None
+        return method(self, *args, **kwargs)
+    return guarded
+
+
 def _holding_phases(method: Callable | None = None, *, settled: bool = False) -> Callable:
     """Run ``method`` holding the tracker's phase lock: a heartbeat asked from another thread (the
     Keras watch's) reads the open phases only between such calls, never half changed (a phase popped
@@ -308,6 +338,7 @@ class Tracker:
         self._last_snapshot: Snapshot | None = None
         self._in_boundary = False  # see state_dict
         self._phases_lock = threading.RLock()  # see _holding_phases
+        self._started_pid: int | None = None  # the process that started the run (see _not_in_a_forked_child)
         self._heartbeat_at: float | None = None  # the meter's monotonic time of the last heartbeat (or start)
         self._heartbeat_written: Path | None = None  # where it was written (the run id may change at a resume)
         self._heartbeats_carried: list[Path] = []  # the killed attempts' heartbeats the resume read
@@ -363,6 +394,8 @@ class Tracker:
         # copied, two runs had one id, their records mixed.
         self.__dict__.update(state)
         self._phases_lock = threading.RLock()
+        if state.get("_started_pid") is not None:
+            self._started_pid = _pid  # a copy is its process's own (unlike a fork's memory)
         if not self._run_id_given and self.meter is None and self.ledger.next_seq == 0 and self.ledger.attempt == 0:
             self.ledger.run_id = uuid.uuid4().hex[:12]
 
@@ -382,6 +415,11 @@ class Tracker:
     @property
     def running(self) -> bool:
         return self.meter is not None
+
+    @property
+    def in_a_forked_child(self) -> bool:
+        """This process is a fork of the one that started the run: its copy of the run is the parent's."""
+        return self._started_pid is not None and self._started_pid != _pid
 
     @_holding_phases(settled=True)
     def start(
@@ -445,6 +483,7 @@ class Tracker:
             self._unmeasured_all = [u for *_, there in gathered for u in there["unmeasured"]]
             self._split_shared_gpus([there["gpus"] for *_, there in gathered])
         self._own_sessions.add(self._session_id)
+        self._started_pid = _pid
         if not self._hold_lock(self.output_dir, self.run_id) and self._run_id_given and self.reducer.world_size == 1:
             # Two fits started at once with one run_id: each would number its records from 0.
             self._take_a_free_run_id("is being measured by another process now")
@@ -584,6 +623,7 @@ class Tracker:
             warn(f"greencallbacks: run_id {given!r} {self._renamed_why}: this training is recorded as "
                  f"{self.run_id!r}, so the two are not mixed.")
 
+    @_not_in_a_forked_child
     @_holding_phases
     def begin(self, phase: str, epoch: int | None = None, metric_prefix: str | None = None) -> None:
         """A phase starts. Nested phases (validation inside a training epoch) are allowed.
@@ -689,6 +729,7 @@ class Tracker:
             # here and nothing else: killed outright (the OOM killer), it lost its whole open phase.
             self.heartbeat()
 
+    @_not_in_a_forked_child
     @_holding_phases
     def end(
         self, phase: str, *, samples: int | None = None, step: int | None = None, metric_prefix: str | None = None,
@@ -729,6 +770,7 @@ class Tracker:
             self._stack[0] = self._open("other", closed.epoch)
         return self._publish(closed.seq)
 
+    @_not_in_a_forked_child
     @_holding_phases
     def finish(self) -> None:
         """The run ends normally: close the last gap, write everything, stop the meter thread.
@@ -749,6 +791,7 @@ class Tracker:
             if self.running:
                 self._stop()
 
+    @_not_in_a_forked_child
     @_holding_phases
     def abort(self) -> None:
         """The run is failing (exception, interrupt): write what was measured, without collectives.
@@ -1099,6 +1142,7 @@ class Tracker:
                 records.append(self._local_record(opened, True, self.step))
         return records
 
+    @_not_in_a_forked_child
     def heartbeat(self) -> None:
         """Write the open phases beside the records, as a resume would carry them, when
         ``HEARTBEAT_S`` has passed since the last time (else nothing: cheap at every step). ``live``

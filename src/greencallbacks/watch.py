@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import inspect
+import os
 import sys
 import threading
 import time
@@ -87,6 +88,23 @@ def watch(frame: FrameType, on_gone: Callable[[], None], on_poll: Callable[[], N
             _thread.start()
         _wake.notify()
     return handle
+
+
+def _forget_in_child() -> None:
+    """A forked child (a user's ``os.fork`` in a callback) owns none of its parent's calls. Left
+    watched, an exit of the child through the interpreter (``sys.exit``) fired them at its exit:
+    it wrote the parent's open phase as a failed call's partial record into the parent's records
+    (a records file then out of step with its summary, which ``report`` refused). The locks are
+    new ones: the parent's watch thread may have held them at the fork, and it does not run here."""
+    global _lock, _wake, _thread
+    _watches.clear()
+    _lock = threading.Lock()
+    _wake = threading.Condition(_lock)
+    _thread = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_in_child)
 
 
 @atexit.register

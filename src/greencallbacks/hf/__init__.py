@@ -607,8 +607,11 @@ class EnergyCallback(TrainerCallback, ExportableState):
         self.session.start(output_dir=args.output_dir, device_indices=device_indices,
                            reducer=torch_reducer_or_local(args.world_size), sync=sync)
         atexit.register(self._abort_at_exit)
+        self._started_pid = os.getpid()  # a forked child inherits that exit handler (see _abort_at_exit)
 
     def _abort_at_exit(self) -> None:
+        if getattr(self, "_started_pid", None) != os.getpid():
+            return  # a forked child's exit (a user's os.fork): the run, and its records, are its parent's
         # The failing call's watch holds its TrainerState (the step it failed at): fire it rather
         # than cancel it. (This handler was registered after watch's own, so it runs first.)
         if self._watch is not None:
