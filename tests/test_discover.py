@@ -153,8 +153,11 @@ def test_an_amd_machine_measures_its_gpus_through_amdsmi_and_nvml_absence_is_no_
     found = discover_sensors(gpus="auto", host=False, pynvml=nvml, amdsmi=amd, environ={"HIP_VISIBLE_DEVICES": "0,2"})
     assert [(type(s).__name__, s.name) for s in found.sensors] == [("AmdGpuSensor", "gpu0"), ("Apportioned", "gpu1")]
     assert found.unavailable == []
-    # No estimate for a GPU: the same board's power integrated, or (a share of a board) nothing.
-    assert [getattr(fallback_for(s), "method", None) for s in found.sensors] == [Method.SAMPLED, None]
+    # No estimate for a GPU: the same board's power integrated, for a share of a board billed that
+    # share (test_sensor_fallback_shares.py).
+    replacements = [fallback_for(s) for s in found.sensors]
+    assert [getattr(r, "method", None) for r in replacements] == [Method.SAMPLED, Method.APPORTIONED]
+    assert (replacements[1].measured_by, replacements[1].share) == ("sampled", 0.5)
 
 
 def test_nvidia_gpus_found_means_amdsmi_is_not_looked_for(tmp_path, nvml):

@@ -519,7 +519,8 @@ def test_fake_status_codes_and_exceptions_match_the_installed_amdsmi():
     for flag in fa.AmdSmiInitFlags:
         assert flag.value == real_codes[f"AMDSMI_{flag.name}"], flag
     # The sensor's own copies of the codes it branches on.
-    for name in ("INVAL", "NOT_SUPPORTED", "NOT_YET_IMPLEMENTED", "FAIL_LOAD_MODULE", "NO_PERM", "INIT_ERROR", "NOT_FOUND", "DRIVER_NOT_LOADED", "NO_DATA"):
+    for name in ("INVAL", "NOT_SUPPORTED", "NOT_YET_IMPLEMENTED", "FAIL_LOAD_MODULE", "NO_PERM", "INIT_ERROR", "NOT_FOUND", "DRIVER_NOT_LOADED", "NO_DATA",
+                 "TIMEOUT", "RETRY", "INTERRUPT", "BUSY"):
         assert getattr(amd_module, f"STATUS_{name}") == real_codes[f"AMDSMI_STATUS_{name}"], name
     # The sensor calls amdsmi_init() with the binding's default flag, which must be AMD GPUs.
     interface_source = (source / "amdsmi_interface.py").read_text()
@@ -528,7 +529,8 @@ def test_fake_status_codes_and_exceptions_match_the_installed_amdsmi():
     assert [ast.unparse(d) for d in init.args.defaults] in (["AmdSmiInitFlags.INIT_AMD_GPUS"], ["AmdSmiInitFlags.AMD_GPUS"])
     assert "isinstance(flag, AmdSmiInitFlags)" in interface_source  # what the fake checks too
     exceptions = {node.name: node for node in ast.parse((source / "amdsmi_exception.py").read_text()).body if isinstance(node, ast.ClassDef)}
-    for name in ("AmdSmiException", "AmdSmiLibraryException", "AmdSmiParameterException"):
+    for name in ("AmdSmiException", "AmdSmiLibraryException", "AmdSmiParameterException", "AmdSmiRetryException",
+                 "AmdSmiTimeoutException"):
         real_class, fake_class = exceptions[name], getattr(fa, name)
         assert [ast.unparse(b) for b in real_class.bases] == [b.__name__ for b in fake_class.__bases__], name
         real_methods = {f.name: [a.arg for a in f.args.args] for f in real_class.body if isinstance(f, ast.FunctionDef)}

@@ -426,9 +426,16 @@ class _Channel:
             warn(
                 f"greencallbacks: sensor {self.name} ({sensor.scope or sensor.name}) has not answered since {when}: "
                 f"{error}. Its energy is {carried} and it is read again until it answers, which "
-                f"{'recovers the span from its cumulative counter' if self.method != SAMPLED else 'bridges the span'}; "
+                f"{'recovers the span from its cumulative counter' if not self._sampled else 'bridges the span'}; "
                 "labelled in the records; training continues."
             )
+
+    @property
+    def _sampled(self) -> bool:
+        """Its energy is integrated power samples: its own method, or, for a share of a device
+        (``Apportioned``), its device's (a MIG share read by sampling had an outage's bridge called
+        "the counter's next read recovered the span", and not stated as estimated)."""
+        return (getattr(self.sensor, "measured_by", "") or self.method) == SAMPLED
 
     def _recovered(self, value: float) -> None:
         """The sensor answers again after a held outage (under ``_lock``): a counter's read holds
@@ -437,7 +444,7 @@ class _Channel:
         now = self._clock()
         since, error = self._fault if self._fault is not None else (now, None)
         when = self._outage_started(now)
-        if self.method == SAMPLED:
+        if self._sampled:
             self.bridged_j += max(0.0, value - self._last_j)
             how = "bridged between its last and next power sample"
         else:
@@ -960,11 +967,11 @@ class _Channel:
             when = when or utc_text(self._wall_clock())
         except Exception:  # noqa: BLE001 - an injected clock failing: the note only loses its time
             when = "an unknown time"
-        error = self._without_name(broken, error)
+        failure, error = error, self._without_name(broken, error)
         if replacement is not None:
             # The energy from the broken sensor's last read to the replacement's first was lost at
             # every switch (a tenth of a second of a counter turned sampled, more after an outage).
-            bridge_j, watts = self._bridge(now, replacement)
+            bridge_j, watts = self._bridge(now, replacement, failure)
         try:
             broken.close()
         except Exception:  # noqa: BLE001
@@ -977,10 +984,12 @@ class _Channel:
             self.sensor = replacement
             self._sensor_note = getattr(replacement, "note", "") or ""
             bridged = f" (the {bridge_j / watts:.2g} s before it estimated at {watts:.4g} W)" if bridge_j > 0 else ""
-            self.note = f"{broken.method} until {when} ({error}); {replacement.method} since{bridged}"
+            # How each measured (a share of a device: by its device's counter, or sampled power).
+            was, now_by = (getattr(s, "measured_by", "") or s.method for s in (broken, replacement))
+            self.note = f"{was} until {when} ({error}); {now_by} since{bridged}"
             warn(
                 f"greencallbacks: sensor {self.name} ({broken.scope or broken.name}) failed: {error}. "
-                f"Its energy is {replacement.method} from now on and labelled so; training continues."
+                f"Its energy is {now_by} from now on and labelled so; training continues."
             )
         else:
             # Nothing reads it on. Up to when it stopped answering (its power samples tell, read
@@ -1021,10 +1030,17 @@ class _Channel:
         carried = anchor[1] + _integral_at(samples, end) - _integral_at(samples, anchor[0])
         return max(0.0, carried - self._last_j)  # (a read after the anchor may hold part of it)
 
-    def _bridge(self, now: float, replacement: Sensor) -> tuple[float, float]:
+    def _bridge(self, now: float, replacement: Sensor, error: BaseException | None = None) -> tuple[float, float]:
         """(joules, mean watts) from the current sensor's last good read to ``now``, estimated:
         from the instantaneous power samples where they span the gap, else at the mean of the
-        latest power known (a sample, the counter's slope, the run's mean) and the replacement's."""
+        latest power known (a sample, the counter's slope, the run's mean) and the replacement's.
+        A sensor that answered without counting (``SensorError.stalled_since``: an AMD accumulator
+        standing still) is bridged from then at the power it gave: its reads, and the run's mean
+        from them, hold none of that span (an accumulator still from the start bridged 0 J)."""
+        stalled, stalled_w = getattr(error, "stalled_since", None), getattr(error, "watts", None)
+        if (stalled is not None and isinstance(stalled_w, (int, float)) and math.isfinite(stalled_w)
+                and stalled_w > 0 and not self.off_thread and now > stalled):
+            return stalled_w * (now - stalled), float(stalled_w)
         with self._state_lock:
             anchor, power = self._anchor, list(self._power)
         # The last read holds the energy to its anchor's time (a quantised counter's update).

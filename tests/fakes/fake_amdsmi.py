@@ -30,8 +30,13 @@ AMDSMI_STATUS_INVAL = 1
 AMDSMI_STATUS_NOT_SUPPORTED = 2
 AMDSMI_STATUS_NOT_YET_IMPLEMENTED = 3
 AMDSMI_STATUS_FAIL_LOAD_MODULE = 4
+AMDSMI_STATUS_TIMEOUT = 8
+AMDSMI_STATUS_RETRY = 9
 AMDSMI_STATUS_NO_PERM = 10
+AMDSMI_STATUS_INTERRUPT = 11
+AMDSMI_STATUS_IO = 12
 AMDSMI_STATUS_INIT_ERROR = 18
+AMDSMI_STATUS_BUSY = 30
 AMDSMI_STATUS_NOT_FOUND = 31
 AMDSMI_STATUS_NOT_INIT = 32
 AMDSMI_STATUS_DRIVER_NOT_LOADED = 34
@@ -43,7 +48,12 @@ _ERROR_INFO = {
     AMDSMI_STATUS_NOT_SUPPORTED: "AMDSMI_STATUS_NOT_SUPPORTED - Feature not supported",
     AMDSMI_STATUS_NOT_YET_IMPLEMENTED: "AMDSMI_STATUS_NOT_YET_IMPLEMENTED - Feature not yet implemented",
     AMDSMI_STATUS_FAIL_LOAD_MODULE: "AMDSMI_STATUS_FAIL_LOAD_MODULE - Fail to load lib",
+    AMDSMI_STATUS_TIMEOUT: "AMDSMI_STATUS_TIMEOUT - Timeout in API call",
+    AMDSMI_STATUS_RETRY: "AMDSMI_STATUS_RETRY - Retry operation",
     AMDSMI_STATUS_NO_PERM: "AMDSMI_STATUS_NO_PERM - Permission Denied",
+    AMDSMI_STATUS_INTERRUPT: "AMDSMI_STATUS_INTERRUPT - Interrupt ocurred during execution",
+    AMDSMI_STATUS_IO: "AMDSMI_STATUS_IO - I/O Error",
+    AMDSMI_STATUS_BUSY: "AMDSMI_STATUS_BUSY - Device busy",
     AMDSMI_STATUS_INIT_ERROR: "AMDSMI_STATUS_INIT_ERROR - Initialization error",
     AMDSMI_STATUS_NOT_FOUND: "AMDSMI_STATUS_NOT_FOUND - Device Not found",
     AMDSMI_STATUS_NOT_INIT: "AMDSMI_STATUS_NOT_INIT - Device not initialized",
@@ -74,6 +84,25 @@ class AmdSmiLibraryException(AmdSmiException):
 
     def set_err_info(self):
         self.err_info = _ERROR_INFO.get(self.err_code, "AMDSMI_STATUS_UNKNOWN_ERROR - An unknown error occurred")
+
+
+class AmdSmiRetryException(AmdSmiLibraryException):
+    def __init__(self):
+        super().__init__(AMDSMI_STATUS_RETRY)
+
+
+class AmdSmiTimeoutException(AmdSmiLibraryException):
+    def __init__(self):
+        super().__init__(AMDSMI_STATUS_TIMEOUT)
+
+
+def _check_res(ret_code) -> None:
+    """As the binding's: RETRY and TIMEOUT raise their own subclasses."""
+    if ret_code == AMDSMI_STATUS_RETRY:
+        raise AmdSmiRetryException()
+    if ret_code == AMDSMI_STATUS_TIMEOUT:
+        raise AmdSmiTimeoutException()
+    raise AmdSmiLibraryException(ret_code)
 
 
 class AmdSmiParameterException(AmdSmiException):
@@ -121,7 +150,15 @@ class FakeBoard(PiecewisePower):
         accumulator back by ~14e6 counts, ROCm/amdsmi#115); the accumulator is not."""
         self._misreads.append(off_by_counts)
 
+    def freeze(self) -> None:
+        """The accumulator stops moving from now on while the board draws power, as amdsmi's was
+        seen to within a process on ROCm 6.0-6.1 (MI100, MI210: ROCm/amdsmi#22, #38,
+        ROCm/rocm_smi_lib#180); its power reads go on."""
+        self._frozen_counts = self.counts()
+
     def counts(self) -> int:
+        if getattr(self, "_frozen_counts", None) is not None:
+            return self._frozen_counts
         total = self._origin_counts + int(1e6 * self.energy_between_j(self._origin_t, self.clock()) / RESOLUTION_UJ)
         total += self._misreads.pop(0) if self._misreads else 0
         return total % (2**self.counter_bits)
@@ -306,5 +343,5 @@ class FakeAmdSmi:
         self._check_init()
         die = processor_handle._die
         if die.board.error_code is not None:
-            raise AmdSmiLibraryException(die.board.error_code)
+            _check_res(die.board.error_code)
         return die

@@ -56,7 +56,11 @@ STATUS_INVAL = 1
 STATUS_NOT_SUPPORTED = 2
 STATUS_NOT_YET_IMPLEMENTED = 3
 STATUS_FAIL_LOAD_MODULE = 4
+STATUS_TIMEOUT = 8
+STATUS_RETRY = 9
 STATUS_NO_PERM = 10
+STATUS_INTERRUPT = 11
+STATUS_BUSY = 30
 STATUS_INIT_ERROR = 18
 STATUS_NOT_FOUND = 31
 STATUS_DRIVER_NOT_LOADED = 34
@@ -69,6 +73,11 @@ COUNTER_UPDATE_PERIOD_S = 0.1  # not documented by AMD: an assumed bound, as NVM
 SAMPLE_INTERVAL_S = 0.05  # socket power: 20 reads a second of a sysfs-backed value
 WRAP_POLL_MAX_S = 10.0
 WRAP_POLL_MIN_S = 1.0  # 2**32 counts of 15.3 uJ in 2 s would take 33 kW
+# An accumulator that has not moved for this long while the board draws power has stopped (amdsmi
+# on ROCm 6.0-6.1 gave one value for a whole process on MI100 and MI210: ROCm/amdsmi#22, #38,
+# ROCm/rocm_smi_lib#180); at 15.3 uJ a count, a board idling at 30 W moves it 2 million times a second.
+# (Well past any update period: the meter holds it FAILURES_BEFORE_DEGRADE reads more before it switches.)
+FROZEN_AFTER_S = 2.0
 DEFAULT_MAX_POWER_W = 1000.0  # above any Instinct board's limit (MI300X: 750 W), where none is reported
 AVERAGED_POWER_NOTE = "averaged socket power (no energy counter, no instantaneous power): lags load changes"
 
@@ -113,6 +122,9 @@ def error_code(error: BaseException) -> int | None:
 def _text(error: BaseException) -> str:
     # AmdSmiLibraryException's text spans lines ("Error code:\n\t2 | AMDSMI_STATUS_..."): one line here.
     return " ".join(str(error).split())
+
+
+_TRANSIENT_STATUSES = (STATUS_TIMEOUT, STATUS_RETRY, STATUS_INTERRUPT, STATUS_BUSY)
 
 
 def _is_unsupported(error: BaseException) -> bool:
@@ -205,6 +217,7 @@ class AmdGpuSensor(GpuSensor):
             self._counter = Counter(first, unit_j=resolution_uj / 1e6, max_power_w=MAX_GPU_POWER_W,
                                     wrap_at=2**COUNTER_BITS_OLD if wraps else None, clock=clock,
                                     name=f"{self.name} ({self.scope})")
+            self._moved = (first, clock())  # the latest raw count read, and when it was first read
         elif self._power_key is not None:
             self.update_period_s = self._power_window_s()
             if self.update_period_s:
@@ -229,6 +242,12 @@ class AmdGpuSensor(GpuSensor):
     def _is_unsupported(self, error: BaseException) -> bool:
         return _is_unsupported(error)
 
+    def _is_transient(self, error: BaseException) -> bool:
+        # A call the library asks to retry (its AmdSmiRetryException, AmdSmiTimeoutException) or that
+        # found the device busy: held and read again, as an NVML timeout is. Taken as failures, a
+        # 0.3 s outage stopped counting the GPU for the rest of the run (300 J of 900 J).
+        return error_code(error) in _TRANSIENT_STATUSES
+
     def _error_text(self, error: BaseException) -> str:
         return _text(error)
 
@@ -240,12 +259,35 @@ class AmdGpuSensor(GpuSensor):
         back is a 32-bit accumulator's wrap, or a driver reload restarting it (sensors.base.Counter).
         Its resolution is the device's, read with the first count."""
         raw, _ = self._call("energy count", lambda: read_energy_count(self._smi, self._handle))
+        self._check_moving(raw)
         total = self._counter.add(raw)
         if self._counter.wrap_at is None and (self.poll_interval_s or 0) > WRAP_POLL_MIN_S:
             self.poll_interval_s = WRAP_POLL_MIN_S  # past 2**32 counts: a wide accumulator after all
         return total
 
     # -- internals --------------------------------------------------------------------------
+
+    def _check_moving(self, raw: int) -> None:
+        """Raise a transient ``SensorError`` while the accumulator stands still past FROZEN_AFTER_S
+        and the board's power reads above 0 W: taken as a count, it billed the GPU 0 J for the whole
+        run, labelled ``counter``. Held as an outage, the meter reads the board on by its power
+        (``sampled``, the span since its last moving read bridged and stated) once it persists,
+        and counts it on if it moves again."""
+        now = self._clock()
+        if raw != self._moved[0]:
+            self._moved = (raw, now)
+            return
+        still_s = now - self._moved[1]
+        if still_s < FROZEN_AFTER_S or self._read_power_w is None:
+            return
+        try:
+            watts = self._read_power_w()
+        except SensorError:
+            return  # nothing tells it from a board at 0 W
+        if watts > 0:
+            raise SensorError(f"{self.name} ({self.scope}): amdsmi's energy accumulator has not moved for "
+                              f"{still_s:.3g} s while the board draws {watts:.4g} W", transient=True,
+                              stalled_since=self._moved[1], watts=watts)
 
     def _read_socket_power_w(self) -> float:
         power = self._call("power info", lambda: self._smi.amdsmi_get_power_info(self._handle))

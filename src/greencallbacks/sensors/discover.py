@@ -28,6 +28,7 @@ from greencallbacks.sensors.estimate import (
 )
 from greencallbacks.sensors.gpu import GpuSensor
 from greencallbacks.sensors.rapl import DEFAULT_POWERCAP_ROOT, RaplSensor, find_rapl
+from greencallbacks.sensors.share import Apportioned
 
 
 # Every name discovery (and a fallback replacing a failed sensor) may give a sensor. Which of them
@@ -230,6 +231,12 @@ def fallback_for(sensor: Sensor) -> Sensor | None:
     """
     if isinstance(sensor, GpuSensor):
         return sensor.sampled_copy()
+    if isinstance(sensor, Apportioned):
+        # A MIG instance's (or one die's) share of its GPU: the GPU's own replacement, billed the
+        # same share. (Without it, a MIG GPU whose counter turned NOT_SUPPORTED stopped counting
+        # where a whole GPU goes on sampled: 1,106 J of 4,200.)
+        replacement = fallback_for(sensor.device)
+        return None if replacement is None else Apportioned(replacement, sensor.share, sensor.rule)
     if isinstance(sensor, RaplSensor):
         settings = getattr(sensor, "estimate_settings", {})
         share = 1.0 / max(1, sensor.package_count)
