@@ -133,6 +133,12 @@ class EnergySession:
         )
         self._budget_metrics: dict[str, float] = {}
         self._budget_continued = False  # a checkpoint's budget state applied (same limits and action)
+        # The run's budget, read from its checkpoint by a session given none (a test or evaluate
+        # in a later session, a callback written inline without it): passed on in the state and the
+        # summary, which this session's call rewrites. Dropped, they lost the budget's stop and
+        # warnings: the report no longer said the budget stopped the training, and a resume with
+        # the budget repeated its warnings.
+        self._budget_kept: Budget | None = None
         if self.budget is not None:  # in the summary even if no epoch ends (evaluate alone, a crash)
             self.tracker.summary_extra["budget"] = self._budget_summary
         self.unavailable: list = []
@@ -338,8 +344,9 @@ class EnergySession:
         state = self.tracker.state_dict()
         if self.carbon_aware is not None:
             state["carbon_aware"] = self.carbon_aware.state_dict()
-        if self.budget is not None:
-            state["budget"] = self.budget.state_dict()
+        budget = self.budget if self.budget is not None else self._budget_kept
+        if budget is not None:
+            state["budget"] = budget.state_dict()
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -361,6 +368,11 @@ class EnergySession:
                 # Same limits: its warnings and stop go on (a stopped run resumed stops again at once).
                 # Changed limits (raised to go on): judged afresh against the whole run's totals.
                 self._budget_continued = self.budget.load_state_dict(state["budget"])
+            elif self.budget is None and isinstance(state.get("budget"), dict):
+                self._budget_kept = _saved_budget(state["budget"])
+                self._budget_continued = self._budget_kept is not None
+                if self._budget_kept is not None:
+                    self.tracker.summary_extra["budget"] = self._kept_budget_summary
         except (TypeError, ValueError, KeyError, AttributeError) as error:
             warn(f"greencallbacks: the budget or carbon-aware state saved in the checkpoint is unreadable "
                  f"({error!r}); they start afresh.")
@@ -381,16 +393,27 @@ class EnergySession:
         tracker has resumed the run (at load, or at start); only for a budget that continues the
         checkpoint's: with changed limits the old warnings were of other limits."""
         tracker = self.tracker
-        if self.budget is None or not self._budget_continued or tracker.ledger.attempt == 0 or tracker.output_dir is None:
+        budget = self.budget if self.budget is not None else self._budget_kept
+        if budget is None or not self._budget_continued or tracker.ledger.attempt == 0 or tracker.output_dir is None:
             return
         self._budget_continued = False  # once per resume: load and start both come here
         # Every directory the run wrote in (a resume into another output_dir: the earlier attempts'
         # summaries and records stay where they were written), oldest first.
         directories = tracker.run_directories
         for directory in directories:
-            self.budget.recall(_previous_budget_warnings(directory, tracker.run_id, self.budget))
+            budget.recall(_previous_budget_warnings(directory, tracker.run_id, budget))
         records = read_run_records(tracker.run_id, directories)
-        self.budget.recall_checks(_totals_at_epoch_ends(records))
+        budget.recall_checks(_totals_at_epoch_ends(records))
+
+    def _kept_budget_summary(self, summary: dict) -> dict | None:
+        """The summary's ``budget`` field of a session given none (see ``_budget_kept``): the run's
+        budget, its use counting this call's energy, while this attempt trains no epoch; None (left
+        out) once it does: trained on without the budget, it no longer describes the run."""
+        ledger = self.tracker.ledger
+        trained = ledger.last.get("train")
+        if self._budget_kept is None or (trained is not None and trained.attempt == ledger.attempt):
+            return None
+        return self._budget_kept.summary(energy_kwh=summary["energy_kwh"], co2eq_g=summary["co2eq_g"])
 
     def stop(self, failed: bool = False) -> None:
         """End the run: normally (a collective on several ranks) or after a failure (local only).
@@ -498,6 +521,16 @@ class GpuNeighbours:
         """The summary's ``gpu_other_processes``; None leaves it out (none found, or none could be told)."""
         self.look_at_end()  # (a run ended without the session's stop: a failure written up on its own)
         return self._found or None
+
+
+def _saved_budget(state: dict) -> Budget | None:
+    """The budget a checkpoint saved (``Budget.state_dict``), continued; None where it cannot be read."""
+    try:
+        budget = Budget(**dict(state.get("limits") or {}), on_exceed=state.get("on_exceed"), warn_at=state.get("warn_at"))
+        budget.load_state_dict(state)
+    except (TypeError, ValueError, AttributeError):
+        return None
+    return budget
 
 
 def _previous_budget_warnings(directory: Path, run_id: str, budget: Budget) -> list[str]:
