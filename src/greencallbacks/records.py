@@ -1171,6 +1171,12 @@ def combine_ranks(per_rank: list[list[Record]]) -> list[Record]:
                 "energy_kwh": energy_kwh,
                 "co2eq_g": co2eq_g,
                 "intensity_gco2eq_per_kwh": co2eq_g / energy_kwh if energy_kwh > 0 else first.intensity_gco2eq_per_kwh,
+                # Each rank prices its part with its own source: one whose live request failed (a
+                # rate limit refusing the second of two requests made at once) priced its part at the
+                # static fallback. Rank 0's label alone hid that part's source in the sum.
+                "intensity_source": "; ".join(dict.fromkeys(r.intensity_source for r in parts)),
+                "intensity_licence": "; ".join(dict.fromkeys(
+                    term for r in parts for term in (r.intensity_licence or "").split("; ") if term)),
                 "uncertainty_kwh": math.hypot(*(r.uncertainty_kwh for r in parts)),
                 "components": components,
                 "ranks": len(per_rank),
