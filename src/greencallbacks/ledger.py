@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -132,6 +133,11 @@ class Ledger:
         self._held: dict[int, EpochCost] = {}
         self.last: dict[str, Record] = {}
         self.paused_s = 0.0  # carbon-aware pauses, every attempt's (a resume must not pause them again)
+        # When the training phase of ``last["train"]`` ended (unix s; None where its start cannot be
+        # read), and the (start, seconds) of the phases billed to one (attempt, epoch) since: the
+        # latest such run of them only (see ``_note_training_end``), so it stays one epoch's.
+        self.last_train_end_unix: float | None = None
+        self._before_training_end: tuple[tuple[int, int] | None, list[tuple[float | None, float]]] = (None, [])
 
     def take_seq(self) -> int:
         seq, self.next_seq = self.next_seq, self.next_seq + 1
@@ -175,6 +181,7 @@ class Ledger:
         _count(record, self.totals, self.prefix_totals)
         self.last[record.phase] = record
         self.paused_s += record.paused_s or 0.0
+        self._note_training_end(record)
         if record.epoch is None or record.later_call:
             # A call after the training (HF's evaluate() after train(), at the last epoch) trains no
             # epoch: billed to that epoch, its cost was priced into every epoch a resume trains.
@@ -193,6 +200,30 @@ class Ledger:
             self.last_finished_epoch = record.epoch
             self._complete_before(record.epoch)
             self._finished_not_complete.add(record.epoch)
+
+    def _note_training_end(self, record: Record) -> None:
+        """Where a training phase ended: its start, its own seconds and those of the phases inside it
+        (an epoch's validations: Lightning's and Keras' at the epoch's end, a mid-epoch one), which
+        are billed apart and written before it ends. Its start plus its duration alone fell short of
+        its end by that time: the CO2eq prediction priced the energy to come at an intensity series
+        from a moment that much too early."""
+        if record.epoch is None or record.later_call:
+            return
+        key = (record.attempt, record.epoch)
+        start = _unix_s(record.start_time)
+        held_for, held = self._before_training_end
+        if record.phase != "train":
+            # The phases inside a training phase are written just before it, with its epoch: a gap
+            # after it (its epoch too) is replaced by the next epoch's.
+            if held_for != key:
+                held = []
+                self._before_training_end = (key, held)
+            held.append((start, record.duration_s))
+            return
+        inside = held if held_for == key else []
+        self._before_training_end = (None, [])
+        self.last_train_end_unix = None if start is None else (
+            start + record.duration_s + sum(seconds for began, seconds in inside if began is not None and began >= start))
 
     def _cost_of(self, record: Record) -> EpochCost | None:
         """The cost ``record`` is billed to; None where a later attempt has redone its epoch.
@@ -399,3 +430,11 @@ def _records_in(directories: Iterable[Path | None], run_id: str) -> list[Record]
                 warn(f"greencallbacks: reading this run's records back, skipped {bad[0]}{more}; its totals "
                      "are from the records that could be read.")
     return found
+
+
+def _unix_s(iso: str) -> float | None:
+    """Unix seconds of a record's ``start_time``; None where it cannot be read."""
+    try:
+        return datetime.fromisoformat(iso).timestamp()
+    except (TypeError, ValueError):
+        return None

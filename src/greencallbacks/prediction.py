@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import bisect
 import math
-from datetime import datetime
 from typing import TYPE_CHECKING
 
 from greencallbacks.ledger import Ledger
@@ -164,10 +163,7 @@ def _last_training_end_unix(ledger: Ledger) -> float | None:
     record = ledger.last.get("train")
     if record is None or record.partial or record.epoch != ledger.last_finished_epoch:
         return None
-    try:
-        return datetime.fromisoformat(record.start_time).timestamp() + record.duration_s
-    except (TypeError, ValueError):
-        return None
+    return ledger.last_train_end_unix  # not start + duration: the validations inside it are billed apart
 
 
 def _seconds_ahead(ledger: Ledger, ahead_kwh: float) -> float | None:
