@@ -236,3 +236,15 @@ def test_a_series_file_past_the_size_cap_is_refused_unread(tmp_path, monkeypatch
         IntensitySeries.from_file(path)
     monkeypatch.setattr(series_module, "MAX_SERIES_BYTES", size)
     assert IntensitySeries.from_file(path).values_g_per_kwh == (100.0, 300.0)
+
+
+@pytest.mark.parametrize("separator", [";", "\t"])
+def test_a_spreadsheet_export_separated_otherwise_than_by_commas_is_refused_saying_so(tmp_path, separator):
+    """A spreadsheet saves CSV with ';' in many locales: refused naming the columns wanted only, it
+    read as a file without them, though they were there."""
+    path = tmp_path / "intensity.csv"
+    path.write_text(f"timestamp{separator}g_per_kwh\n2026-01-01T00:00Z{separator}120,5\n")
+    with pytest.raises(ValueError, match="line 1: ") as refused:
+        IntensitySeries.from_file(path)
+    assert f"separated by {separator!r}, not commas" in str(refused.value)
+    assert "'.' as the decimal mark" in str(refused.value)

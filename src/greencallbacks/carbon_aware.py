@@ -115,6 +115,11 @@ class CarbonAwarePause:
             before = self._steady()
             now = wall_at(before)
             intensity = carbon.intensity_between(now, now)
+            await_answer = getattr(carbon, "await_live_answer", None)
+            if intensity.g_per_kwh > self.threshold_g_per_kwh and callable(await_answer) and await_answer(now):
+                # A live answer slower than a boundary waits for: the static fallback would decide a
+                # pause of up to check_every_s; its answer is due within the source's timeout.
+                intensity = carbon.intensity_between(now, now)
             go = not stuck and self.remaining_delay_s > 0 and intensity.g_per_kwh > self.threshold_g_per_kwh
             if agree is not None:
                 go = agree(go)

@@ -170,6 +170,19 @@ class LiveIntensitySource:
         g_per_kwh = weighted_sum / (end_unix - start_unix) if end_unix > start_unix else weighted_sum
         return self._intensity(g_per_kwh, start_unix, end_unix, failures, last - first + 1)
 
+    def await_answer(self, moment_unix: float) -> bool:
+        """Wait for the answer to the request still on its way for ``moment``'s bucket, up to twice
+        ``timeout_s`` (its connection and its body's deadline); True where one was on its way. For a
+        caller about to idle on what the fallback said (a carbon-aware pause), never a boundary's:
+        an API slower than ``WAIT_AT_BOUNDARY_S`` paused training on the static table's value."""
+        bucket = self._bucket(moment_unix)
+        with self._lock:
+            request = None if bucket in self._cache else self._requests.get(bucket)
+        if request is None:
+            return False
+        request.join(2 * self.timeout_s)
+        return True
+
     def __repr__(self) -> str:
         # Never the secrets: only what identifies the source.
         return f"{type(self).__name__}(zone={self.zone_label!r}, base_url={self.base_url!r})"

@@ -245,10 +245,15 @@ def _csv_points(path: str, text: str) -> tuple[list[tuple[int, object, object]],
     except ValueError as error:
         raise _malformed(path, header_line, str(error)) from None
     if time_column is None or value_column is None:
+        # A spreadsheet's export in many locales separates cells with ';' (or a tab): read with
+        # commas, its header is one cell holding them all, and the columns it names are there.
+        other = next((sep for sep in (";", "\t") if len(names) == 1 and sep in names[0]), None)
+        hint = (f"; its cells are separated by {other!r}, not commas: save it as comma-separated values "
+                "(with '.' as the decimal mark)") if other else ""
         raise _malformed(
             path, header_line,
             f"header {names} needs a time column ({', '.join(TIME_COLUMNS)}) "
-            f"and a value column ({', '.join(VALUE_COLUMNS)}), or to be an Electricity Maps or WattTime export",
+            f"and a value column ({', '.join(VALUE_COLUMNS)}), or to be an Electricity Maps or WattTime export{hint}",
         )
     time_index, value_index = names.index(time_column), names.index(value_column)
     units_index = names.index(units_column) if units_column is not None else None

@@ -123,6 +123,20 @@ class Carbon:
         self._warn_if_in_a_gap(start_unix, end_unix)
         return intensity
 
+    def await_live_answer(self, moment_unix: float) -> bool:
+        """Wait for a live source's answer still on its way for ``moment`` (see
+        ``LiveIntensitySource.await_answer``); True where one was. False for any other source."""
+        if self._series is None or isinstance(self._series, IntensitySeries):
+            return False
+        from greencallbacks.carbon.live import LiveIntensitySource  # lazily: it imports urllib
+
+        if not isinstance(self._series, LiveIntensitySource):
+            return False
+        try:
+            return self._series.await_answer(moment_unix)
+        except Exception:  # noqa: BLE001 - the pause decides on what it has
+            return False
+
     def _series_name(self, default: str | None = None) -> str:
         default = default or type(self._series).__name__
         try:
