@@ -1142,7 +1142,6 @@ class Tracker:
                 records.append(self._local_record(opened, True, self.step))
         return records
 
-    @_not_in_a_forked_child
     def heartbeat(self) -> None:
         """Write the open phases beside the records, as a resume would carry them, when
         ``HEARTBEAT_S`` has passed since the last time (else nothing: cheap at every step). ``live``
@@ -1155,6 +1154,8 @@ class Tracker:
             return
         if self._heartbeat_at is not None and meter.monotonic_s() - self._heartbeat_at < HEARTBEAT_S:
             return  # not due: one clock read, at every step
+        if self.in_a_forked_child:  # (asked only when due: see _not_in_a_forked_child)
+            return
         # From another thread, never wait for a boundary in progress: the next call writes it.
         if not self._phases_lock.acquire(blocking=False):
             return
