@@ -58,7 +58,7 @@ MATRIX = {
                   "tests/test_distributed_logged_totals.py", "tests/test_report_run_sets.py", "tests/test_hf_two_grids_resume.py",
                   "tests/test_step_values_exact_joules.py", "tests/test_hf_tokens.py",
                   # transformers 4 counts a micro-batch's tokens before it trains (a path 5 never takes).
-                  "tests/test_hf_forward_crash_tokens.py"],
+                  "tests/test_hf_forward_crash_tokens.py", "tests/test_forked_child_exit.py"],
         "report": ["transformers", "accelerate", "torch", "tensorboard", "mlflow", "wandb"],
     },
     "lightning": {
@@ -76,7 +76,9 @@ MATRIX = {
                   "tests/test_report_run_sets.py", "tests/test_budget_everyday.py", "tests/test_distributed_live.py",
                   "tests/test_budget_step_stops.py", "tests/test_lightning_callback_metrics_exact.py",
                   "tests/test_step_values_exact_joules.py", "tests/test_report_validation_crash.py",
-                  "tests/test_lightning_interrupted_evaluations.py",
+                  "tests/test_lightning_interrupted_evaluations.py", "tests/test_forked_child_exit.py",
+                  "tests/test_budget_kept_by_evaluations.py", "tests/test_prediction_series_after_validation.py",
+                  "tests/test_ddp_live_intensity_labels.py",
                   # A private seam (the checkpoint an evaluation restores, 2.2 to 2.4) and its fallback.
                   "tests/test_lightning_checkpoint_evaluations.py", "tests/test_lightning_checkpoint_labels.py", "tests/test_co2_flows_fake_clock.py",
                   # A private seam (CombinedLoader's mode) and its guard, at the floor too.
@@ -94,7 +96,8 @@ MATRIX = {
                   "tests/test_keras_everyday.py", "tests/test_keras_history.py", "tests/test_keras_fits_again.py",
                   "tests/test_keras_paths_more.py", "tests/test_keras_logged_totals.py", "tests/test_keras_fit_options.py",
                   "tests/test_keras_user_sequences.py", "tests/test_keras_nested_depth.py",
-                  "tests/test_keras_nested_more.py", "tests/test_keras_loggers.py"],
+                  "tests/test_keras_nested_more.py", "tests/test_keras_loggers.py", "tests/test_forked_child_exit.py",
+                  "tests/test_budget_kept_by_evaluations.py"],
         "report": ["keras", "torch", "tensorflow-cpu", "numpy"],
     },
     # A middle release, for the sample counts: batch hooks at an execution's first step (before
