@@ -23,7 +23,7 @@ from greencallbacks.sensors.nvml import find_nvml_gpus
 from tests.fakes.fake_amdsmi import FakeAmdSmi
 from tests.fakes import fake_pynvml as fp
 from tests.fakes.fake_pynvml import FakeNvml, gpu_uuid
-from tests.fakes.scripted import FakeClock
+from tests.fakes.scripted import FakeClock, polling
 
 MIG = "MIG-aaaaaaaa-0000-1111-2222-333333333333"
 POWER_W = 700.0
@@ -58,12 +58,7 @@ def test_a_gpu_shares_counter_failing_while_its_power_reads_is_read_on_by_sampli
         warnings.simplefilter("ignore", EnergyWarning)  # the share, said at discovery
         sensors, device, share = share_of(clock)
     meter = Meter(sensors, clock=clock, wall_clock=lambda: clock() + 1.7e9, off_thread=True)
-    meter._poller.manual = True
-
-    def run(seconds):
-        for _ in range(round(seconds / 0.01)):
-            clock.advance(0.01)
-            meter._poller.step()
+    run = polling(meter, clock)
 
     first = meter.snapshot(exact=True)
     run(1.5)

@@ -21,26 +21,26 @@ from greencallbacks.meter import EnergyWarning, Meter
 from greencallbacks.sensors.amd import COUNTER_UPDATE_PERIOD_S, find_amd_gpus
 from tests.fakes import fake_amdsmi as fa
 from tests.fakes.fake_amdsmi import FakeAmdSmi
-from tests.fakes.scripted import FakeClock
+from tests.fakes.scripted import FakeClock, polling
 
 POWER_W = 300.0
+
+
+def metered_board(power_w=POWER_W):
+    clock = FakeClock(start=500.0)
+    smi = FakeAmdSmi(clock)
+    board = smi.add_board(power_w=power_w)
+    meter = Meter(find_amd_gpus(environ={}, amdsmi=smi, clock=clock).sensors, clock=clock,
+                  wall_clock=lambda: clock() + 1.7e9)
+    run = polling(meter, clock)
+
+    return board, meter, run
 
 
 @pytest.mark.parametrize("outage_s", [0.3, 3.0])
 @pytest.mark.parametrize("status", ["AMDSMI_STATUS_BUSY", "AMDSMI_STATUS_RETRY", "AMDSMI_STATUS_TIMEOUT"])
 def test_an_amdsmi_outage_the_library_asks_to_retry_does_not_stop_counting_the_gpu(status, outage_s):
-    clock = FakeClock(start=500.0)
-    smi = FakeAmdSmi(clock)
-    board = smi.add_board(power_w=POWER_W)
-    meter = Meter(find_amd_gpus(environ={}, amdsmi=smi, clock=clock).sensors, clock=clock,
-                  wall_clock=lambda: clock() + 1.7e9)
-    meter._poller.manual = True
-
-    def run(seconds):
-        for _ in range(round(seconds / 0.01)):
-            clock.advance(0.01)
-            meter._poller.step()
-
+    board, meter, run = metered_board()
     first = meter.snapshot(exact=True)
     run(1.0)
     with warnings.catch_warnings(record=True) as caught:
@@ -76,22 +76,6 @@ def test_an_amdsmi_failure_that_is_no_retry_still_stops_counting_at_once():
         meter.snapshot()
     meter.close()
     assert meter.channels[0].failed and "stopped counting" in meter.channels[0].note
-
-
-def metered_board(power_w=POWER_W):
-    clock = FakeClock(start=500.0)
-    smi = FakeAmdSmi(clock)
-    board = smi.add_board(power_w=power_w)
-    meter = Meter(find_amd_gpus(environ={}, amdsmi=smi, clock=clock).sensors, clock=clock,
-                  wall_clock=lambda: clock() + 1.7e9)
-    meter._poller.manual = True
-
-    def run(seconds):
-        for _ in range(round(seconds / 0.01)):
-            clock.advance(0.01)
-            meter._poller.step()
-
-    return board, meter, run
 
 
 @pytest.mark.parametrize("frozen_at_s", [0.0, 3.0])

@@ -117,3 +117,16 @@ class ScriptedSensor(Sensor):
 
     def close(self) -> None:
         self.closed = True
+
+
+def polling(meter, clock: FakeClock, step_s: float = 0.01):
+    """A function advancing ``clock`` by its seconds while stepping ``meter``'s reader thread (made
+    manual) every ``step_s``, as the real thread polls."""
+    meter._poller.manual = True
+
+    def run(seconds: float) -> None:
+        for _ in range(round(seconds / step_s)):
+            clock.advance(step_s)
+            meter._poller.step()
+
+    return run
