@@ -58,6 +58,32 @@ def test_what_the_extra_would_not_fix_is_raised_as_it_was():
     assert extras.missing(broken, "greencallbacks.keras", ("keras",), "pip install keras") is broken
 
 
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_keras_without_its_backend_says_which_and_how_to_choose_another(backend):
+    """The [keras] extra installs Keras alone, and [all] brings torch, which Keras does not pick by
+    itself: the adapter failed with Keras' own `No module named 'tensorflow'`, raised deep inside it."""
+    import importlib.util
+    import os
+
+    if importlib.util.find_spec("keras") is None:
+        pytest.skip("keras is not installed")
+    code = f"import sys; sys.modules[{backend!r}] = None; import greencallbacks.keras"  # as if it were not installed
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "KERAS_BACKEND": backend})
+    last = done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 1
+    assert last.startswith(f"ModuleNotFoundError: greencallbacks.keras needs Keras' backend {backend}, which is not "
+                           "installed (no extra installs a backend): install it, or "), last
+    assert "KERAS_BACKEND" in last
+
+
+def test_a_keras_import_error_that_is_no_missing_backend_is_left_to_the_others():
+    from greencallbacks import extras
+
+    assert extras.missing_keras_backend(ModuleNotFoundError("No module named 'keras'", name="keras")) is None
+    assert extras.missing_keras_backend(ImportError("cannot import name 'x' from 'jax'", name="jax")) is None
+
+
 def _write(path, text):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)

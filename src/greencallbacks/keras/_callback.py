@@ -34,7 +34,8 @@ from greencallbacks import extras
 try:
     import keras
 except ImportError as error:
-    raise extras.missing(error, "greencallbacks.keras", ("keras",), "pip install 'greencallbacks[keras]'") from None
+    raise extras.missing_keras_backend(error) or extras.missing(
+        error, "greencallbacks.keras", ("keras",), "pip install 'greencallbacks[keras]'") from None
 
 from greencallbacks import interrupts, watch
 from greencallbacks.keras._backend import (
