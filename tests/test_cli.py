@@ -486,6 +486,8 @@ def _exit_code_and_err(argv, capsys):
     ["whatif", "--intensity", "SERIES", "--json"], ["whatif", "--intensity", "SERIES", "--plot", "PLOT"],
 ], ids=["report", "lifecycle", "whatif", "whatif --json", "whatif --plot"])
 def test_a_records_file_without_records_is_refused_by_every_command(tmp_path, capsys, content, command):
+    if "--plot" in command:
+        pytest.importorskip("matplotlib")  # --plot asks for matplotlib (the [plot] extra) before it looks at the path
     path = tmp_path / "energy-records.jsonl"
     path.write_text(content)
     plot = tmp_path / "whatif.png"
@@ -684,6 +686,7 @@ def _plot_cases(tmp_path):
 def test_a_plot_file_that_cannot_be_written_is_refused_before_the_work(tmp_path, capsys, command, case):
     """The whole report was printed, then '[Errno 2] ...' without the flag, exit 2; a trailing slash
     wrote a file of that name."""
+    pytest.importorskip("matplotlib")  # --plot asks for matplotlib (the [plot] extra) before it looks at the path
     write(tmp_path / "energy-records.jsonl", one_run())
     plot, says = _plot_cases(tmp_path)[case]
     fill = {"SERIES": str(_series_covering_one_run(tmp_path))}
@@ -734,6 +737,8 @@ needs_sys = pytest.mark.skipif(not os.path.isdir("/sys/kernel"), reason="needs L
 def test_a_path_that_cannot_be_written_is_refused_naming_its_flag(tmp_path, capsys, argv, flag):
     """Said '[Errno 1] Operation not permitted' and named no flag (demo after building its model,
     report after printing the whole report)."""
+    if flag == "--plot":
+        pytest.importorskip("matplotlib")  # --plot asks for matplotlib (the [plot] extra) before it looks at the path
     records = write(tmp_path / "energy-records.jsonl", one_run())
     argv = [str(records) if a == "RECORDS" else a for a in argv]
     code, err = exits(argv, capsys)
@@ -746,6 +751,7 @@ def test_a_path_that_cannot_be_written_is_refused_naming_its_flag(tmp_path, caps
 @needs_sys
 def test_whatif_plot_that_cannot_be_written_is_refused_naming_its_flag(tmp_path, capsys):
     """whatif --plot read permission bits (root passes them): '[Errno 13] Permission denied' at the end."""
+    pytest.importorskip("matplotlib")  # --plot asks for matplotlib (the [plot] extra) before it looks at the path
     write(tmp_path / "energy-records.jsonl", one_run())
     series = tmp_path / "grid.csv"
     series.write_text("timestamp,g_per_kwh\n2026-11-23T00:00:00Z,100\n2026-11-24T00:00:00Z,100\n")
@@ -769,6 +775,7 @@ def test_the_writable_check_leaves_nothing_behind(tmp_path):
     from greencallbacks.report.plot import check_plot_path
 
     _check_writable_directory("--out", tmp_path / "a" / "b")
+    pytest.importorskip("matplotlib")  # check_plot_path asks for it first
     check_plot_path(tmp_path / "p.png", "--plot")
     assert list(tmp_path.iterdir()) == []
     (tmp_path / "kept.png").write_bytes(b"old")

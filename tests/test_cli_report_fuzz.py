@@ -294,6 +294,7 @@ def test_a_plot_whose_titles_hold_dollar_signs_is_drawn(tmp_path, capsys, record
 
 
 def test_an_error_of_several_lines_is_said_in_one(tmp_path, capsys, recorded, monkeypatch):
+    pytest.importorskip("matplotlib")  # --plot asks for matplotlib (the [plot] extra) before it looks at the path
     def fails(*args, **kwargs):
         raise ValueError("\n\\frac{\n     ^\nParseSyntaxException: Expected \\frac{num}{den}")
 

@@ -53,6 +53,7 @@ def test_one_configuration_has_no_description_in_its_title():
 def test_checking_a_plot_path_leaves_a_link_and_refuses_a_fifo_without_blocking(tmp_path):
     """The write test opened the path for appending: a link whose target was missing became a
     plain file (its target made empty, the link removed), and a FIFO blocked for ever."""
+    pytest.importorskip("matplotlib")  # check_plot_path asks for it first
     import os
 
     from greencallbacks.report.plot import check_plot_path
