@@ -36,7 +36,7 @@ from greencallbacks.ledger import run_ids_in
 from greencallbacks.meter import warn
 from greencallbacks.records import RECORDS_FILE
 from greencallbacks.session import EnergySession, keyword_names, reject_unknown_arguments, warn_resumed_with_other_settings
-from greencallbacks.samples import BatchCounter
+from greencallbacks.samples import BatchCounter, count_samples
 from greencallbacks.sensors.base import Sensor
 from greencallbacks.torch_support import device_and_sync
 
@@ -137,6 +137,8 @@ class EnergyCallbackBase:
         # _collate_tree), nested as the iterables are; None: each batch counted whole.
         self._train_parts: Any = None
         self._eval_parts: Any = None
+        # Whether a batch hook of the model or data module may remake the combined batches (see _add_parts).
+        self._parts_remade = False
         # Per data loader of the loop running: what collates its batches (see _collates).
         self._train_collates: list[str | None] = []
         self._eval_collates: list[str | None] = []
@@ -680,10 +682,12 @@ class EnergyCallbackBase:
         """For iterables whose batches hold one batch of each (several loaders, combined), the
         collate of each (``_collate_tree``), to count each one's batch apart: as a whole,
         ``{"a": [x, y], "b": [x, y]}`` reads as 2 samples. None, the batch is counted whole: one
-        loader; the user's own counter, given the whole batch; or a hook that may remake the
-        combined batch on its way (into one tensor)."""
-        if isinstance(loaders, (dict, list, tuple)) and not self._counter.custom_samples and not _remade(trainer):
-            return _collate_tree(trainer, loaders)
+        loader, or the user's own counter, given the whole batch. A hook that may remake the
+        combined batch on its way (into one tensor) leaves each part to the general rule, where
+        the batch still has the loaders' shape (see ``_add_parts``)."""
+        if isinstance(loaders, (dict, list, tuple)) and not self._counter.custom_samples:
+            self._parts_remade = _remade(trainer)
+            return _collate_tree(trainer, loaders)  # each loader's collate None where a hook may remake its batch
         return None
 
     def _add_parts(self, batch: Any, parts: Any) -> None:
@@ -694,8 +698,22 @@ class EnergyCallbackBase:
                 for key, collate in parts.items():
                     self._add_parts(batch[key], collate)
                 return
-        elif isinstance(parts, list):
+        elif isinstance(parts, (list, tuple)):
             if isinstance(batch, (list, tuple)) and len(batch) == len(parts):
+                if self._parts_remade and type(batch) is not type(parts):
+                    # Lightning gives the iterables' own kind, a list for a list: a hook made this
+                    # tuple, (x, y) of the loaders' batches concatenated.
+                    self._counter.collate = None
+                    self._counter.add(self.tracker, batch)
+                    return
+                if self._parts_remade and not all(part is None or isinstance(part, (list, tuple, dict)) for part in batch):
+                    # Remade by a hook, a list of one batch per loader ([x_a, x_b] of bare tensors)
+                    # and a batch of fields (two loaders' batches concatenated into (x, y)) look
+                    # alike: exact only where both readings agree.
+                    self._add_either(batch)
+                    return
+                # Else each part is a loader's batch of fields (or None, exhausted): a hook that only
+                # augments keeps [[x, y], [x, y]], which counted whole read as 2 samples a step.
                 for part, collate in zip(batch, parts):
                     self._add_parts(part, collate)
                 return
@@ -707,6 +725,16 @@ class EnergyCallbackBase:
             return
         self._counter.collate = None
         self._counter.add(self.tracker, batch)
+
+    def _add_either(self, batch: list | tuple) -> None:
+        """Count a batch that is one loader's batch per item, or fields, by the reading both give; else uncounted."""
+        self._counter.collate = None
+        whole, tokens = self._counter.count(batch, self.tracker.run_id)
+        apart = [count_samples(part) for part in batch if part is not None]
+        if whole is not None and None not in apart and whole != sum(apart):
+            self._counter._warn("sample_counter", count_samples, batch, None, None, self.tracker.run_id)  # once per run
+            whole = None
+        self.tracker.add_samples(whole, tokens=tokens)
 
     @never_raises
     def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
@@ -1022,7 +1050,7 @@ def _collates(trainer: Any, loaders: Any) -> list[str | None]:
     def leaves(node: Any) -> Iterable[str | None]:
         if isinstance(node, dict):
             node = list(node.values())
-        if isinstance(node, list):
+        if isinstance(node, (list, tuple)):
             for item in node:
                 yield from leaves(item)
         else:
@@ -1033,9 +1061,10 @@ def _collates(trainer: Any, loaders: Any) -> list[str | None]:
 
 def _collate_tree(trainer: Any, loaders: Any) -> Any:
     """``loaders`` (one, or a dict or list or tuple of them, nested as a CombinedLoader allows; a
-    tuple as a list) with each loader replaced by what collates the batches that reach the hooks
-    (``greencallbacks.samples.count_samples``' ``collate``): ``"default"``, torch's
-    ``default_collate`` (a list in such a batch is its fields: text pairs count exactly);
+    list or tuple kept as its own kind, as the batches keep it) with each loader replaced by what
+    collates the batches that reach the hooks (``greencallbacks.samples.count_samples``'
+    ``collate``): ``"default"``, torch's ``default_collate`` (a list in such a batch is its
+    fields: text pairs count exactly);
     ``"list"``, ``collate_fn=list`` (the batch is its samples, equal-length tensors too); None,
     another. None too where the model or data module overrides a hook that may remake the batch
     on its way (a list of per-sample records for a detection model)."""
@@ -1050,7 +1079,8 @@ def _collate_tree(trainer: Any, loaders: Any) -> Any:
         if isinstance(node, dict):
             return {key: tree(value) for key, value in node.items()}
         if isinstance(node, (list, tuple)):
-            return [tree(item) for item in node]
+            kind = type(node) if type(node) in (list, tuple) else list
+            return kind(tree(item) for item in node)
         given = getattr(node, "collate_fn", None)
         return None if remade else "default" if given is default_collate else "list" if given is list else None
 
