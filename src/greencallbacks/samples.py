@@ -18,7 +18,8 @@
   graph nodes beside graph labels, a sequence-first tensor beside its labels, labels flattened to
   (B * T,)), a list of texts or numbers counting as its length here (3 names beside a batch of 8,
   lengths as a Python list beside packed steps): a model's named input of 2 dimensions or more
-  (``input_ids``, ``pixel_values``, ...) when there is one, else images or video (4 dimensions or
+  (``input_ids``, ``pixel_values`` of 3 or more: of 2, Qwen-VL's rows of patches, TRL's
+  ``completion_ids``, ...) when there is one, else images or video (4 dimensions or
   more: a detection batch's images beside all its boxes), else uncounted, with the warning; never
   the first field's by chance. Per-token ``labels`` whose rows differ from the named input's
   (``input_ids`` packed (1, tokens) beside labels (B, T)) leave the batch uncounted; so does a
@@ -482,8 +483,10 @@ def _per_sample_records(items: list | tuple) -> bool:
 
 
 # Where a batch's tensor fields disagree on their leading dimension, these name the sample
-# dimension of a model's inputs in transformers (as 2-d or more: a 1-d input_ids is a packed row).
-_INPUT_KEYS = ("input_ids", "attention_mask", "inputs_embeds", "input_values", "input_features", "pixel_values")
+# dimension of a model's inputs in transformers (as 2-d or more: a 1-d input_ids is a packed row),
+# and TRL's online trainers' (GRPO's micro-batch has prompt and completion ids, no input_ids).
+_INPUT_KEYS = ("input_ids", "attention_mask", "inputs_embeds", "input_values", "input_features", "pixel_values",
+               "prompt_ids", "completion_ids")
 
 
 def _fields_of(batch: Any) -> list | None:
@@ -528,7 +531,9 @@ def _named_input(batch: Any) -> int | None:
     """The leading dimension of a mapping's named model input of 2 dimensions or more, if any."""
     for key in _INPUT_KEYS if isinstance(batch, Mapping) else ():
         shape = _shape(batch[key]) if key in batch else None
-        if shape is not None and len(shape) >= 2:
+        # pixel_values of 2 dimensions are every image's patches in a row each (Qwen-VL's, beside
+        # image_grid_thw): 256 for 4 samples of 64 patches, where no input_ids came first.
+        if shape is not None and len(shape) >= (3 if key == "pixel_values" else 2):
             return int(shape[0])
     return None
 
@@ -738,6 +743,10 @@ class BatchCounter:
         self.collate: str | None = None
         # The token a padding-free collator pads its packed row with, where it pads it (see count_samples).
         self.pad_token_id: int | None = None
+        # Rows a sample makes in the batches of the phase now running, where an adapter knows the
+        # collator lays each sample out as several (TRL's preference collators: chosen and rejected,
+        # 2); a count that they do not divide is uncounted.
+        self.rows_per_sample = 1
         self.token_counter = token_counter
         self.owner = owner
         self.batch_name = batch_name
@@ -749,6 +758,8 @@ class BatchCounter:
             # The default, on every step: no layers (they cost as much as the count itself).
             try:
                 samples = count_samples(batch, self.collate, self.pad_token_id)
+                if self.rows_per_sample != 1:
+                    samples = self._samples_of_rows(samples)
             except Exception:  # noqa: BLE001 - a batch object whose attributes raise
                 samples = None
             if samples is None:
@@ -756,17 +767,28 @@ class BatchCounter:
             return samples, 0
         default = (functools.partial(count_samples, collate=self.collate, pad_token_id=self.pad_token_id)
                    if self.collate or self.pad_token_id is not None else count_samples)
+        if self.rows_per_sample != 1 and not self.custom_samples:
+            default = functools.partial(self._counted_in_rows, default)
         samples = self._apply("sample_counter", self.sample_counter if self.custom_samples else default, batch, run_id)
         tokens = 0
         if self.token_counter is not None:
             tokens = self._apply("token_counter", self.token_counter, batch, run_id) or 0
         return samples, tokens
 
+    def _samples_of_rows(self, rows: int | None) -> int | None:
+        rows_per_sample = self.rows_per_sample
+        return None if rows is None or rows % rows_per_sample else rows // rows_per_sample
+
+    def _counted_in_rows(self, default: Callable, batch: Any) -> int | None:
+        return self._samples_of_rows(default(batch))
+
     def add(self, tracker: Any, batch: Any) -> None:
         """Count one completed batch into ``tracker``'s innermost open phase."""
         if self.token_counter is None and not self.custom_samples:
             try:
                 samples = count_samples(batch, self.collate, self.pad_token_id)  # the per-step path, as in `count`, one call shorter
+                if self.rows_per_sample != 1:
+                    samples = self._samples_of_rows(samples)
             except Exception:  # noqa: BLE001
                 samples = None
             if samples is None:
@@ -799,7 +821,7 @@ class BatchCounter:
             return
         self._warned_runs.add((run_id, name))
         kind = f"a {self.batch_name} of type {type(batch).__module__}.{type(batch).__qualname__}"
-        if getattr(counter, "func", counter) in (count_samples, count_collated):
+        if getattr(counter, "func", counter) in (count_samples, count_collated, self._counted_in_rows):
             what = f"could not count the samples in {kind}{_why_uncounted(batch)}"
         elif error is not None:
             what = f"{name} raised {error!r} on {kind}"

@@ -44,7 +44,11 @@ How it fits the Trainer (read against transformers 5.23):
   ``evaluation_loop`` (or, before 5, ``prediction_loop``) to wrap.
 * **Counting.** Train samples: each rank counts the leading dimension of every micro-batch given
   to ``training_step`` (wrapped on the instance too: exact for partial last batches and gradient
-  accumulation, a shape lookup per batch). Ranks are summed, so the samples Accelerate repeats to
+  accumulation, a shape lookup per batch), or, where the Trainer's class prepares its own
+  micro-batches (TRL's GRPO and RLOO, whose ``training_step`` is given a generation batch of
+  ``steps_per_generation`` micro-batches), the one its ``_prepare_inputs`` returns in the step.
+  TRL's preference collators (DPO's, the reward model's) stack chosen and rejected: a pair is one
+  sample, as in HF's own count. Ranks are summed, so the samples Accelerate repeats to
   keep ranks in step are counted: they cost energy. Tokens: HF's ``state.num_input_tokens_seen``
   (already summed over ranks) when ``include_num_input_tokens_seen`` is on, read at each step's
   end (a checkpoint or heartbeat of the open epoch holds them) and at the epoch's end or a crash's
@@ -872,6 +876,8 @@ def _wrap_trainer(trainer: Trainer) -> None:
     before the callback saw it still pickles (and a deep copy's wrappers run the copy)."""
     trainer.training_step = _CountingTrainingStep(trainer, "training_step")
     trainer.prediction_step = _CountingPredictionStep(trainer, "prediction_step")
+    if getattr(type(trainer), "_prepare_inputs", None) is not getattr(Trainer, "_prepare_inputs", None):
+        trainer._prepare_inputs = _CountingPreparedInputs(trainer, "_prepare_inputs")
     if hasattr(trainer, "_load_callback_state"):
         trainer._load_callback_state = _NotingReplacedCallbacks(trainer, "_load_callback_state")
     wrapped = [name for name in _LOOPS if hasattr(trainer, name)]
@@ -921,11 +927,15 @@ _TOKENS_COUNTED_AFTER_STEP = hasattr(Trainer, "_track_num_input_tokens")
 
 
 class _CountingTrainingStep(_Wrapper):
+    # Where the Trainer's class prepares its own micro-batches (see _CountingPreparedInputs): each
+    # owner's (tracker, count) of the batches _prepare_inputs returned in the step running; else None.
+    prepared: list | None = None
+
     def __call__(self, model, inputs, *args, **kwargs):
         # Counted before the step (a shape lookup, no device sync; the step may consume the
         # batch), added after it returned: a batch that raised is not counted.
         callbacks = self.trainer.callback_handler.callbacks
-        counts = []
+        owners = []
         for c in _owners(self.trainer):
             if c not in callbacks:
                 c._missed_steps = c._in_train  # removed mid-train (remove_callback): this batch goes uncounted
@@ -933,14 +943,42 @@ class _CountingTrainingStep(_Wrapper):
                 if c._missed_steps:  # added back: the Trainer's epoch may have moved on meanwhile
                     c._back_in(self.trainer.state, epoch_ended=c._epoch is not None
                                and int(self.trainer.state.epoch or 0) > c._epoch)
-                counts.append((c.tracker, c._counter.count(inputs, c.tracker.run_id)))
-        loss = self._inner(model, inputs, *args, **kwargs)
+                owners.append(c)
+        preparing = isinstance(self.trainer.__dict__.get("_prepare_inputs"), _CountingPreparedInputs)
+        counts = [] if preparing else [(c.tracker, c._counter.count(inputs, c.tracker.run_id)) for c in owners]
+        self.prepared = [] if preparing else None
+        try:
+            loss = self._inner(model, inputs, *args, **kwargs)
+        finally:
+            prepared, self.prepared = self.prepared, None
+        if preparing:
+            # The batch the step trained on, if it prepared one; else (a step of the user's) the one it was given.
+            counts = prepared if len(prepared) == len(owners) else [
+                (c.tracker, c._counter.count(inputs, c.tracker.run_id)) for c in owners]
         for tracker, (samples, tokens) in counts:
             tracker.add_samples(samples, tokens=tokens)
         if not _TOKENS_COUNTED_AFTER_STEP:  # (this batch's tokens are in HF's count already: see _add_epoch_tokens)
             for c in _owners(self.trainer):
                 c._tokens_after_last_batch = self.trainer.state.num_input_tokens_seen
         return loss
+
+
+class _CountingPreparedInputs(_Wrapper):
+    """A Trainer class's own ``_prepare_inputs``, which may make the micro-batch trained from another
+    batch: TRL's GRPO and RLOO give ``training_step`` a generation batch of ``steps_per_generation``
+    micro-batches (the gradient accumulation steps, by default), generate for it once, and train each
+    step on the slice this returns. Counted as given, each step counted them all (4 times the
+    completions trained at 4 accumulation steps). The slice is counted as it is returned (the
+    step may consume it), once per step."""
+
+    def __call__(self, *args, **kwargs):
+        batch = self._inner(*args, **kwargs)
+        step = self.trainer.__dict__.get("training_step")
+        if isinstance(step, _CountingTrainingStep) and step.prepared == []:  # the step's first: a second is no micro-batch
+            callbacks = self.trainer.callback_handler.callbacks
+            step.prepared = [(c.tracker, c._counter.count(batch, c.tracker.run_id))
+                             for c in _owners(self.trainer) if c in callbacks]
+        return batch
 
 
 class _CountingPredictionStep(_Wrapper):
@@ -1092,6 +1130,22 @@ def _has_length(dataset) -> bool:
         return False
 
 
+def _rows_per_pair(collator: Any) -> int:
+    """2 where ``collator`` is TRL's preference collator (DPO's, the reward model's) that stacks each
+    pair's chosen and rejected sequences into one ``input_ids`` (TRL 1.x): counted as rows, 10 pairs
+    were 20 samples, where HF's own count (and ours on several ranks: the data set's length) gives
+    10. Else 1: older TRL's collator of that name keeps chosen and rejected apart, a row per pair,
+    so the layout is read from the collator itself, on two pairs of one token each."""
+    if not any(kind.__module__.startswith("trl.") and kind.__name__ == "DataCollatorForPreference"
+               for kind in type(collator).__mro__):
+        return 1
+    try:
+        batch = collator([{"prompt_ids": [1], "chosen_ids": [2], "rejected_ids": [3]}] * 2)
+        return 2 if tuple(batch["input_ids"].shape)[:1] == (4,) else 1
+    except Exception:  # noqa: BLE001 - another layout (older TRL's keys): rows are pairs
+        return 1
+
+
 def _know_collator(counter: BatchCounter, trainer: Trainer | None) -> None:
     """Tell ``count_samples`` what the Trainer's collator makes. ``collate`` None where it packs
     sequences into one row (``DataCollatorWithFlattening``, TRL's ``padding_free``), whose row is
@@ -1102,6 +1156,7 @@ def _know_collator(counter: BatchCounter, trainer: Trainer | None) -> None:
     flattening = getattr(transformers, "DataCollatorWithFlattening", None)
     packs = (flattening is not None and isinstance(collator, flattening)) or getattr(collator, "padding_free", False)
     counter.collate = None if packs else "rows"
+    counter.rows_per_sample = _rows_per_pair(collator)
     pads = packs and getattr(collator, "pad_to_multiple_of", None)
     counter.pad_token_id = getattr(collator, "pad_token_id", None) if pads else None
 
