@@ -7,12 +7,13 @@ import inspect
 import pathlib
 import subprocess
 import sys
+import warnings
 
 import pytest
 
 from greencallbacks.meter import EnergyWarning, Meter
 from greencallbacks.sensors import amd as amd_module
-from greencallbacks.sensors.amd import AVERAGED_POWER_NOTE, AmdGpuSensor, find_amd_gpus
+from greencallbacks.sensors.amd import AVERAGED_POWER_NOTE, ORDER_GUESSED, AmdGpuSensor, find_amd_gpus
 from greencallbacks.sensors.base import Kind, Method, SensorError
 from tests.fakes import fake_amdsmi as fa
 from tests.fakes.fake_amdsmi import FakeAmdSmi
@@ -288,6 +289,32 @@ def test_without_enumeration_info_hip_order_comes_from_kfd_nodes(clock):
     smi.set_hip_order([1, 2, 0])
     assert not hasattr(smi, "amdsmi_get_gpu_enumeration_info")
     assert [s.scope for s in find(smi).sensors] == [uuid(smi, 1), uuid(smi, 2), uuid(smi, 0)]
+
+
+@pytest.mark.parametrize("picked, guessed", [
+    ({"HIP_VISIBLE_DEVICES": "2"}, True),      # by position, in an order this amdsmi cannot give
+    ({"device_indices": [1]}, True),           # this process's device among several
+    ({}, False),                               # every GPU: the order changes nothing billed
+    ({"ROCR_VISIBLE_DEVICES": "uuid:1"}, False),  # named by its id
+])
+def test_an_order_amdsmi_before_6_3_cannot_give_is_said_once_and_noted_where_it_picks_the_gpu(clock, monkeypatch, picked, guessed):
+    """amdsmi 6.1 and 6.2 give neither HIP's ids nor KFD node ids: HIP's order need not be amd-smi's,
+    so a GPU picked by position may be another. It was assumed in silence."""
+    monkeypatch.setattr(amd_module, "_warned_order", set())
+    smi = FakeAmdSmi(clock, version="6.1.0")
+    for _ in range(3):
+        smi.add_board()
+    assert not hasattr(smi, "amdsmi_get_gpu_kfd_info")
+    environ = {k: (uuid(smi, 1) if v == "uuid:1" else v) for k, v in picked.items() if k != "device_indices"}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sensors = find_amd_gpus(picked.get("device_indices"), environ=environ, amdsmi=smi, clock=clock).sensors
+        find_amd_gpus(picked.get("device_indices"), environ=environ, amdsmi=smi, clock=clock)
+    said = [str(w.message) for w in caught if "device order" in str(w.message)]
+    assert len(said) == (1 if guessed else 0), said
+    assert all((ORDER_GUESSED in s.note) == guessed for s in sensors) and sensors
+    for sensor in sensors:
+        sensor.close()
 
 
 def test_hip_visible_devices_picks_and_renumbers(four):

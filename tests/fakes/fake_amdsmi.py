@@ -213,8 +213,11 @@ class FakeAmdSmi:
         self.calls: Counter[str] = Counter()
 
     def __getattribute__(self, name: str):
-        # ROCm 6 bindings lack the enumeration call (added with hip_id in ROCm 7).
-        if name == "amdsmi_get_gpu_enumeration_info" and not object.__getattribute__(self, "version").startswith("7"):
+        # ROCm 6 bindings lack the enumeration call (added with hip_id in ROCm 7), and those before
+        # 6.3 the KFD info call (its node_id) too.
+        version = tuple(int(part) for part in object.__getattribute__(self, "version").split(".")[:2])
+        if (name == "amdsmi_get_gpu_enumeration_info" and version < (7, 0)) or (
+                name == "amdsmi_get_gpu_kfd_info" and version < (6, 3)):
             raise AttributeError(name)
         return object.__getattribute__(self, name)
 

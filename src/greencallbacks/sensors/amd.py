@@ -348,6 +348,29 @@ def _optional(smi: Any, function: str, handle: Any) -> Any:
         return None
 
 
+ORDER_GUESSED = ("HIP's device order assumed to be amd-smi's: this amdsmi gives neither HIP's ids (amdsmi 7) "
+                 "nor KFD node ids (6.3), so which GPU a device index names is a guess")
+_warned_order: set[str] = set()
+
+
+def _order_guessed(dies: list[_Die], layers: list[tuple[str, list[str]]], wanted: list[int], visible: int) -> bool:
+    """Whether the GPUs picked by position (an index in a *_VISIBLE_DEVICES list, or this process's
+    device among several) rest on an order this amdsmi cannot give (before 6.3: ROCm 6.1 and 6.2),
+    where HIP's need not be amd-smi's. Warned once: with it the wrong GPU may be billed."""
+    if len(dies) < 2 or all(d.hip_id is not None for d in dies) or all(d.node_id is not None for d in dies):
+        return False
+    by_position = any(entry.strip().lstrip("-").isdigit() for _, entries in layers for entry in entries)
+    if not by_position and sorted(set(wanted)) == list(range(visible)):
+        return False  # every GPU, each named by its id: their order does not change what is billed
+    if ORDER_GUESSED not in _warned_order:
+        _warned_order.add(ORDER_GUESSED)
+        from greencallbacks.meter import warn  # on first use: sensor modules load nothing beyond sensors.base
+
+        warn(f"greencallbacks: {ORDER_GUESSED}; upgrade amdsmi (ROCm 6.3+) or name the GPUs by UUID in "
+             "ROCR_VISIBLE_DEVICES. Records carry this note.")
+    return True
+
+
 def _hip_order(dies: list[_Die]) -> list[_Die]:
     if all(d.hip_id is not None for d in dies):
         return sorted(dies, key=lambda d: d.hip_id)
@@ -471,6 +494,7 @@ def _find_visible(
     for variable, entries in layers:
         visible = _apply_layer(variable, entries, visible, found)
     wanted = list(range(len(visible)) if device_indices is None else device_indices)
+    guessed = _order_guessed(dies, layers, wanted, len(visible))
     for cuda_index in wanted:
         if not 0 <= cuda_index < len(visible):
             found.unavailable.append(
@@ -492,6 +516,8 @@ def _find_visible(
         note = ""
         if len(board) > 1 and len(on_board) == len(board):
             note = f"one {len(board)}-die board: its energy covers {', '.join(f'gpu{i}' for i in on_board)}"
+        if guessed:
+            note = "; ".join(filter(None, (note, ORDER_GUESSED)))
         smi.amdsmi_init()  # one init per sensor, balanced by its close()
         try:
             sensor: Sensor = AmdGpuSensor(
