@@ -79,6 +79,7 @@ MATRIX = {
                   "tests/test_lightning_interrupted_evaluations.py", "tests/test_forked_child_exit.py",
                   "tests/test_budget_kept_by_evaluations.py", "tests/test_prediction_series_after_validation.py",
                   "tests/test_ddp_live_intensity_labels.py", "tests/test_samples_combined_hooks.py",
+                  "tests/test_lightning_step_values_skipped_batches.py",
                   # A private seam (the checkpoint an evaluation restores, 2.2 to 2.4) and its fallback.
                   "tests/test_lightning_checkpoint_evaluations.py", "tests/test_lightning_checkpoint_labels.py", "tests/test_co2_flows_fake_clock.py",
                   # A private seam (CombinedLoader's mode) and its guard, at the floor too.

@@ -570,11 +570,16 @@ class EnergyCallbackBase:
             self._pause_due = False
             self.session.pause_between_epochs()
         self.tracker.begin("train", trainer.current_epoch)
-        self._live_wait = 0  # read global_step at the next batch end
+        self._live_wait = 0  # read Lightning's step count at the next batch end
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         try:  # guarded here, not by @never_raises: one frame less at every step (see hook_failed)
-            if self._train_parts is None:
+            if batch is None:
+                # Lightning trains no step on a None batch ("train_dataloader yielded None": a
+                # collate_fn dropping a bad batch) and still calls this hook: no sample. Counted,
+                # it left the epoch's samples uncounted, with a warning to pass a sample_counter.
+                pass
+            elif self._train_parts is None:
                 self._counter.add(self.tracker, batch)
             else:
                 self._add_parts(batch, self._train_parts)
@@ -585,6 +590,8 @@ class EnergyCallbackBase:
             if self._live_every:
                 self._live_wait -= 1
                 if self._live_wait <= 0:
+                    if self._live_offset is None:  # a first batch Lightning dropped (None) calls no start hook
+                        self._count_steps_from(trainer)
                     self._maybe_log_live(trainer)
             # The open phases for a resume after a kill, once a minute (`Tracker.heartbeat`, one
             # clock read when not due): logging steps may be hours apart, or step_metrics off.
@@ -597,16 +604,20 @@ class EnergyCallbackBase:
 
         Lightning logs when the batches that stepped the optimizer reach a multiple of
         log_every_n_steps (`_LoggerConnector.should_update_logs`, 2.2 to 2.6), once per such
-        batch. With automatic optimization that count is global_step, public: one optimizer step
-        per batch at most, so after reading it (a walk through five properties, ~1 us warm,
-        tens of us with a step's caches cold) the next multiple is at least `every - step %
-        every` batches away. Manual optimization may step several optimizers per batch, which
-        global_step counts each: there the count is read from the seam Lightning's own logs use.
+        batch. With automatic optimization that count goes up once per batch at most, so after
+        reading it the next multiple is at least `every - step % every` batches away. It is read
+        from the seams Lightning's own logs use (`_logged_count`): global_step, which it once was
+        read from, skips a batch that steps no optimizer but which Lightning counts (a
+        ``collate_fn`` returning None), and every later value went one step late, off
+        Lightning's steps. Manual optimization may step several optimizers per batch, which
+        global_step counts each: there too the count is Lightning's.
         """
         every = self._live_every
         if self._live_at_most_one_step:
-            step = trainer.global_step - (self._live_offset or 0)  # 0 while the first batches accumulate: nothing to log yet
-            due = step > 0 and step % every == 0
+            step = _logged_count(trainer)
+            if step is None:  # a release without the seams: global_step, counted from where the fit began
+                step = trainer.global_step - (self._live_offset or 0)
+            due = step > 0 and step % every == 0  # 0 while the first batches accumulate: nothing to log yet
             self._live_wait = every - step % every
         else:
             stepped = _batches_that_stepped(trainer)
@@ -1115,6 +1126,17 @@ def _batches_that_stepped(trainer: Any) -> int | None:
     """The step Lightning logs its own metrics at (a private counter in 2.2 to 2.6), or None when a release drops it."""
     stepped = getattr(getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None), "_batches_that_stepped", None)
     return stepped if isinstance(stepped, int) else None
+
+
+def _logged_count(trainer: Any) -> int | None:
+    """Under automatic optimization, the count Lightning's step logs go by once this batch ends: its
+    batches that stepped, one more unless this batch accumulates (`update_train_step_metrics`, 2.2
+    to 2.6, which logs nothing at a batch that accumulates). None where a release drops a seam."""
+    stepped = _batches_that_stepped(trainer)
+    accumulates = getattr(getattr(trainer, "fit_loop", None), "_should_accumulate", None)
+    if stepped is None or not callable(accumulates):
+        return None
+    return stepped if accumulates() else stepped + 1
 
 
 def _shown(trainer: Any, name: str) -> dict:
