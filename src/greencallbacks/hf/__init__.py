@@ -876,7 +876,8 @@ def _wrap_trainer(trainer: Trainer) -> None:
     before the callback saw it still pickles (and a deep copy's wrappers run the copy)."""
     trainer.training_step = _CountingTrainingStep(trainer, "training_step")
     trainer.prediction_step = _CountingPredictionStep(trainer, "prediction_step")
-    if getattr(type(trainer), "_prepare_inputs", None) is not getattr(Trainer, "_prepare_inputs", None):
+    prepares = getattr(type(trainer), "_prepare_inputs", None)
+    if prepares is not None and prepares is not getattr(Trainer, "_prepare_inputs", None):
         trainer._prepare_inputs = _CountingPreparedInputs(trainer, "_prepare_inputs")
     if hasattr(trainer, "_load_callback_state"):
         trainer._load_callback_state = _NotingReplacedCallbacks(trainer, "_load_callback_state")
