@@ -264,7 +264,8 @@ def embodied_for(
             laptop is not a 2,500 kg server and the table cannot tell which it is.
         host_share: the share of the host this run occupies, in (0, 1] (e.g. 2 of its 8 GPUs: 0.25);
             only with ``host``. None (default): the whole host.
-        ram_gb: memory to bill per GB (DRAM row) beyond what ``host`` already covers.
+        ram_gb: the host's memory to bill per GB (DRAM row) beyond what ``host`` already covers;
+            billed, as the host, only with the CPU or RAM components (once per host).
         lifetime_years, utilisation: the amortisation (see the module docstring for the defaults).
 
     Each GPU component is billed once, in the ``share`` of the device it declares (a MIG
@@ -339,8 +340,13 @@ def embodied_for(
             f"host machine of {', '.join(host_parts)} (chassis, board, CPUs, memory): not counted; "
             f"pass host={HOST_KEY!r} and host_share= to bill it"
         )
-    if ram_gb is not None:
+    if ram_gb is not None and host_parts:
         bill(table["dram"], ram_gb, f"{ram_gb:g} GB of DRAM")
+    elif ram_gb is not None:
+        # The host's memory, like the host: billed by the rank that measures its CPU and RAM. Billed
+        # by every rank, 8 ranks on one host billed its 512 GB 8 times.
+        missing.append(f"ram_gb={ram_gb:g}: not billed with these components (no cpu or ram among them); "
+                       "billed where the host is measured")
     sources = list(used.values())
     if sources:
         sources.append({"key": "lifetime_years", "value": lifetime_years, "source": LIFETIME_SOURCE if lifetime_years == DEFAULT_LIFETIME_YEARS else "user-supplied"})
@@ -385,6 +391,8 @@ def estimate_embodied(
         components[0].update(share=1.0 / per_board, share_of=f"a device's share of its board of {per_board}")
     if host is not None:
         components.append({"name": "host", "kind": "cpu"})
+    elif ram_gb is not None:  # the memory is the host's: billed with a component of the host
+        components.append({"name": "memory", "kind": "ram"})
     result = embodied_for(
         components,
         hours * 3600.0,

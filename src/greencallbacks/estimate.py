@@ -294,6 +294,10 @@ def estimate(
             model has a published footprint. The result's ``embodied`` is kept apart from ``co2eq_g``.
     """
     hours = _positive("hours", hours)
+    if embodied_host is None and not (isinstance(host_share, (int, float)) and host_share == 1.0):
+        # It divides the host's footprint: an estimate without a GPU ignored it, unsaid (with one, it was refused).
+        raise ValueError(f"host_share needs embodied_host (the host server whose footprint it divides), "
+                         f"got host_share={host_share!r} without embodied_host")
     usage = _share("usage", usage)
     cpu_usage = _share("cpu_usage", cpu_usage)
     memory_gb = _positive("memory_gb", memory_gb, allow_zero=True)
