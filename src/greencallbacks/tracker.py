@@ -307,6 +307,8 @@ class Tracker:
         # device models); None: off, or no device with a published footprint.
         self.embodied_rate: Embodied | None = None
         self._embodied_found: Embodied | None = None
+        # The other ranks' (rank, [sources, missing]), gathered at start, for the summary.
+        self._embodied_elsewhere: list[tuple[int, Any]] = []
         # Fields the session adds to energy-summary.json (its policies: the budget), so the
         # tracker needs to know none of them. A callable value is called with the summary when
         # it is written, and gives the field.
@@ -489,6 +491,15 @@ class Tracker:
             self._take_a_free_run_id("is being measured by another process now")
         self._register_running()
         self._find_embodied(meter)
+        self._embodied_elsewhere = []
+        if self.reducer.world_size > 1:
+            # Each rank bills its own devices, and the summary (rank 0's) said what rank 0 billed
+            # and left out alone: another rank's GPU without a footprint read as nothing missing.
+            # A collective, as the gather above: every rank starts here.
+            found = self._embodied_found
+            mine = None if found is None else [list(found.sources), list(found.missing)]
+            self._embodied_elsewhere = [(rank, there) for rank, there in enumerate(self.reducer.all_gather(mine))
+                                        if rank != self.reducer.rank and isinstance(there, (list, tuple)) and len(there) == 2]
         self._stack = [self._open("other", None)]
         self._last_snapshot = meter.snapshot()
         self._heartbeat_at = self._last_snapshot.monotonic_s
@@ -1501,11 +1512,14 @@ class Tracker:
         if totals and unbilled:
             missing.append(f"{unbilled} of the run's {count} records carry no embodied figure (an attempt or call "
                            "where none was known or it was turned off): embodied_co2eq_g covers the others only")
+        sources = list(found.sources) if found else []
+        if self._embodied_elsewhere:
+            sources, missing = _with_other_ranks(sources, missing, self._embodied_elsewhere)
         return {
             "embodied_co2eq_g": totals[0] if totals else None,
             "embodied_co2eq_g_low": totals[1] if totals else None,
             "embodied_co2eq_g_high": totals[2] if totals else None,
-            "embodied_sources": list(found.sources) if found else [],
+            "embodied_sources": sources,
             "embodied_missing": missing,
         }
 
@@ -1780,6 +1794,46 @@ def _embodied_settings(embodied: object) -> dict[str, Any] | None:
 
     embodied_for([], 0.0, **embodied)  # each value checked now, naming the argument
     return dict(embodied)
+
+
+def _with_other_ranks(sources: list[dict[str, Any]], missing: list[str],
+                      elsewhere: list[tuple[int, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """This rank's embodied ``sources`` and ``missing`` with every other rank's added: the devices
+    each billed (its ``billed`` entries named by rank) and what each left out, one line per reason
+    with the ranks that gave it. "Billed where the host is measured" is dropped: the rank that
+    measures the host says what it billed there."""
+    devices = [{**s, "billed": list(s.get("billed", []))} for s in sources if "kgco2eq" in s]
+    settings = [s for s in sources if "kgco2eq" not in s]  # lifetime and utilisation, alike on every rank
+    by_key = {s["key"]: s for s in devices}
+    reasons: dict[str, list[int]] = {}
+    for rank, (their_sources, their_missing) in elsewhere:
+        for source in their_sources:
+            if "kgco2eq" not in source:
+                if not any(s.get("key") == source.get("key") for s in settings):
+                    settings.append(source)
+                continue
+            entry = by_key.get(source["key"])
+            if entry is None:
+                entry = by_key[source["key"]] = {**source, "billed": []}
+                devices.append(entry)
+            entry["billed"] += [f"rank {rank}: {billed}" for billed in source.get("billed", [])]
+        for reason in their_missing:
+            if not reason.endswith("billed where the host is measured"):
+                reasons.setdefault(reason, []).append(rank)
+    missing = list(missing) + [f"rank{'s' if len(ranks) > 1 else ''} {_rank_ranges(ranks)}: {reason}"
+                               for reason, ranks in reasons.items()]
+    return devices + settings, missing
+
+
+def _rank_ranges(ranks: list[int]) -> str:
+    """``[1, 2, 3, 5]`` as ``1-3, 5``: a reason every rank of 512 gave is one short line."""
+    ranges: list[list[int]] = []
+    for rank in sorted(ranks):
+        if ranges and rank == ranges[-1][1] + 1:
+            ranges[-1][1] = rank
+        else:
+            ranges.append([rank, rank])
+    return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in ranges)
 
 
 def _nan_if_none(value: float | None) -> float:

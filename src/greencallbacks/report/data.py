@@ -387,6 +387,29 @@ def unmeasured_gpus(records: Sequence[Record], run_summaries: Mapping[str, dict]
     return found
 
 
+# A GPU the summary's ``embodied_missing`` lists ("gpu1: 'NVIDIA H200' (H200 SXM): no published ...",
+# "rank 1: gpu1: ..." in a distributed run): the device before the reason.
+_GPU_LEFT_OUT = re.compile(r"^(?:(?P<ranks>ranks? [\d, -]+): )?(?P<gpu>gpu[\w-]*): (?P<model>'[^']*')?")
+
+
+def gpus_without_embodied(records: Sequence[Record], run_summaries: Mapping[str, dict] | None) -> list[str]:
+    """The GPUs the runs' summaries list as left out of the embodied figure (no published
+    footprint, or no model known), as ``gpu1 ('NVIDIA H200', rank 1)``. Their records carry the
+    other devices' figure, so only the summary can say."""
+    found: list[str] = []
+    for run in by_run(records):
+        summary = (run_summaries or {}).get(run)
+        listed = summary.get("embodied_missing") if isinstance(summary, dict) else None
+        for reason in listed if isinstance(listed, list) else ():
+            match = _GPU_LEFT_OUT.match(reason) if isinstance(reason, str) else None
+            if match:
+                where = [part for part in (match["model"], match["ranks"]) if part]
+                label = match["gpu"] + (f" ({', '.join(where)})" if where else "")
+                if label not in found:
+                    found.append(label)
+    return found
+
+
 def gpus_used_by_others(records: Sequence[Record], run_summaries: Mapping[str, dict] | None) -> list[str]:
     """The GPUs that the runs' summaries say other processes used during the run
     (``gpu_other_processes``, looked at its start and end), each as ``gpu0 (GPU-…)``."""
@@ -1310,6 +1333,10 @@ def statement(records: Sequence[Record], unfinished: Collection[str] = (),
         text += (f" Apart from these operational emissions, the hardware's manufacturing footprint amortised over "
                  f"{over} adds {mass_text(e['mean'], e['se'])} (range {mass_text(embodied['embodied_co2eq_g_low'])} to "
                  f"{mass_text(embodied['embodied_co2eq_g_high'])}; greencallbacks embodied table).")
+        left_out = gpus_without_embodied(records, run_summaries)
+        if left_out:  # a GPU with no published figure billed nothing: the sentence stood for all of them
+            text += (f" It leaves out {', '.join(left_out[:-1]) + ' and ' if len(left_out) > 1 else ''}{left_out[-1]}, "
+                     "for which no published manufacturing footprint is known.")
     unwritten = [run for run, mine in by_run(records).items() if calls_left_unwritten(mine, run_summaries, unfinished)]
     if unwritten:  # the whole run's figure above lacks the end of that call: said where it is cited
         text += (f" A call after the training of run{'s' if len(unwritten) > 1 else ''} {', '.join(unwritten)} left no "
