@@ -300,7 +300,10 @@ def lifecycle(records: Sequence[Record], search: Iterable[Record] = (), run_id: 
         notes.append(f"{len(without)} of {len(trials)} search trials carry no embodied CO2eq (embodied off, or no "
                      "device with a published footprint): the life cycle's embodied CO2eq is unknown")
     chosen = inference_records(mine)
-    inference_embodied = embodied_sum(chosen)
+    # Per sample over the inferences that carry a figure: a call without one (embodied off, or a GPU
+    # without a footprint) has its samples, not its grams, and divided in it lowered I's embodied part.
+    chosen_billed = [r for r in chosen if r.embodied_co2eq_g is not None]
+    inference_embodied = embodied_sum(chosen_billed)
     for trial in trials.values():
         j, g = run_energy(trial)
         search_j += j
@@ -324,7 +327,7 @@ def lifecycle(records: Sequence[Record], search: Iterable[Record] = (), run_id: 
         notes=tuple(notes),
         training_embodied_co2eq_g=embodied_sum(train),
         inference_embodied_co2eq_g_per_sample=(
-            inference_embodied / sum(r.samples for r in chosen) if inference_embodied is not None else None
+            inference_embodied / sum(r.samples for r in chosen_billed) if inference_embodied is not None else None
         ),
         search_embodied_co2eq_g=search_embodied,
         run_other_embodied_co2eq_g=embodied_sum(other),

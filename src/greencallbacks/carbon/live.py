@@ -68,8 +68,10 @@ def _iso_seconds(unix_s: float) -> str:
 
 # Electricity Maps names US zones US-<region>-<balancing authority>. A region that lies in one state
 # falls back to that state's row; the others span several states (US-NE is New England, not
-# Nebraska; US-MIDA-PJM, all or part of thirteen states) and fall back to the national row.
-_US_REGION_STATES = {"CAL": "US-CA", "FLA": "US-FL", "NY": "US-NY", "TEX": "US-TX"}
+# Nebraska; US-MIDA-PJM, all or part of thirteen states) and fall back to the national row. Alaska's
+# and Hawaii's zones (US-AK-SEAPA, US-HI-OA for Oahu) are their states' own grids: Hawaii's oil-fired
+# 633 g/kWh, not the national 369.
+_US_REGION_STATES = {"AK": "US-AK", "CAL": "US-CA", "FLA": "US-FL", "HI": "US-HI", "NY": "US-NY", "TEX": "US-TX"}
 
 
 def static_fallback(zone: str | None) -> Intensity:
