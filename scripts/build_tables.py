@@ -170,8 +170,8 @@ PROVIDER_NAMES = {"aws": "AWS", "azure": "Azure"}
 PUE_ROWS = [
     ("industry_average", 1.56, 2024, "Uptime Institute Global Data Center Survey 2024 (industry average)"),
     ("gcp", 1.10, 2023, "Google 2024 Environmental Report (fleet-wide trailing twelve-month PUE)"),
-    ("aws", 1.15, 2023, "Amazon 2023 Sustainability Report (global AWS PUE)"),
-    ("azure", 1.18, 2023, "Microsoft datacenter fleet PUE (Microsoft sustainability reporting)"),
+    ("aws", 1.15, 2023, "AWS global PUE for 2023 (first disclosed at re:Invent 2024; AWS sustainability pages)"),
+    ("azure", 1.18, 2023, "Microsoft global datacenter fleet average PUE (as reported by DatacenterDynamics in December 2024)"),
 ]
 PUE_LICENCE = "published figure"
 

@@ -164,8 +164,8 @@ def test_gcp_region_uses_googles_own_value() -> None:
 @pytest.mark.parametrize(
     ("region", "grid_kwargs", "pue", "pue_word"),
     [
-        ("aws:us-east-1", {"zone": "US-VA"}, 1.15, "Amazon"),
-        ("aws:eu-west-3", {"country": "FRA"}, 1.15, "Amazon"),
+        ("aws:us-east-1", {"zone": "US-VA"}, 1.15, "AWS"),
+        ("aws:eu-west-3", {"country": "FRA"}, 1.15, "AWS"),
         ("azure:westeurope", {"country": "NLD"}, 1.18, "Microsoft"),
         ("azure:westus2", {"zone": "US-WA"}, 1.18, "Microsoft"),
     ],
