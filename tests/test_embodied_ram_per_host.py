@@ -46,35 +46,9 @@ def test_an_estimate_still_bills_the_memory_given():
 
 
 def test_two_ranks_of_a_tracker_bill_the_hosts_memory_once(tmp_path):
-    import threading
+    from tests.test_embodied_tracker import run_two_ranks
 
-    from greencallbacks.carbon import Carbon
-    from greencallbacks.meter import Meter
-    from greencallbacks.sensors.base import Kind
-    from greencallbacks.tracker import Tracker
-    from tests.fakes.scripted import FakeClock
-    from tests.test_embodied_tracker import Described
-    from tests.test_tracker import ThreadReducer, run_epochs
-
-    shared = ([None, None], threading.Barrier(2))
-    results = {}
-
-    def rank_main(rank):
-        clock = FakeClock()
-        sensors = [Described(f"gpu{rank}", clock, model=H100)]
-        if rank == 0:  # one rank per host measures CPU and RAM
-            sensors.append(Described("cpu", clock, kind=Kind.CPU, power_w=50.0))
-        tracker = Tracker(carbon=Carbon(intensity=400.0), output_dir=tmp_path, run_id="ddp", embodied={"ram_gb": 512})
-        tracker.start(Meter(sensors, fallback=None, clock=clock, wall_clock=lambda: clock() + 1.7e9),
-                      reducer=ThreadReducer(rank, shared))
-        run_epochs(tracker, clock, epochs=1)
-        results[rank] = tracker
-
-    threads = [threading.Thread(target=rank_main, args=(r,)) for r in (0, 1)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=20)
+    results, _ = run_two_ranks(tmp_path, (H100, H100), {"ram_gb": 512})
     train = results[0].last["train"]
     per_second = amortised_g(2 * footprints()["H100 SXM"].kgco2eq + 512 * footprints()["dram"].kgco2eq, 1.0)
     assert train.embodied_co2eq_g == pytest.approx(per_second * train.duration_s)

@@ -4,43 +4,16 @@ alone, so another rank's GPU without a published footprint read as nothing missi
 from __future__ import annotations
 
 import json
-import threading
 
 import pytest
 
-from greencallbacks.carbon import Carbon
 from greencallbacks.embodied import amortised_g, footprints
-from greencallbacks.meter import Meter
-from greencallbacks.sensors.base import Kind
-from greencallbacks.tracker import Tracker, _rank_ranges
+from greencallbacks.tracker import _rank_ranges
 from tests.fakes.scripted import FakeClock
-from tests.test_embodied_tracker import Described
-from tests.test_tracker import ThreadReducer, run_epochs
+from tests.test_embodied_tracker import Described, run_two_ranks
+from tests.test_tracker import run_epochs
 
 H100 = "NVIDIA H100 80GB HBM3"
-
-
-def run_two_ranks(tmp_path, models, embodied):
-    shared = ([None, None], threading.Barrier(2))
-    results = {}
-
-    def rank_main(rank):
-        clock = FakeClock()
-        sensors = [Described(f"gpu{rank}", clock, model=models[rank])]
-        if rank == 0:  # one rank per host measures CPU and RAM
-            sensors.append(Described("cpu", clock, kind=Kind.CPU, power_w=50.0))
-        tracker = Tracker(carbon=Carbon(intensity=400.0), output_dir=tmp_path, run_id="ddp", embodied=embodied)
-        tracker.start(Meter(sensors, fallback=None, clock=clock, wall_clock=lambda: clock() + 1.7e9),
-                      reducer=ThreadReducer(rank, shared))
-        run_epochs(tracker, clock, epochs=1)
-        results[rank] = tracker
-
-    threads = [threading.Thread(target=rank_main, args=(r,)) for r in (0, 1)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=20)
-    return results, json.loads((tmp_path / "energy-summary.json").read_text())
 
 
 def test_another_ranks_gpu_without_a_footprint_is_said_missing(tmp_path):

@@ -75,17 +75,18 @@ def test_embodied_false_turns_it_off_and_bad_settings_fail_at_construction(tmp_p
             Tracker(embodied=bad)
 
 
-def test_two_ranks_sum_their_devices_and_bill_the_host_once(tmp_path):
+def run_two_ranks(tmp_path, models, embodied):
+    """Two ranks of one host on threads, each with its GPU of ``models[rank]``, rank 0 measuring the
+    host's CPU (as one rank per host does): their trackers, and the run's summary."""
     shared = ([None, None], threading.Barrier(2))
     results = {}
 
     def rank_main(rank):
         clock = FakeClock()
-        sensors = [Described(f"gpu{rank}", clock, model=H100)]
+        sensors = [Described(f"gpu{rank}", clock, model=models[rank])]
         if rank == 0:  # one rank per host measures CPU and RAM: the host goes with them
             sensors.append(Described("cpu", clock, kind=Kind.CPU, power_w=50.0))
-        tracker = Tracker(carbon=Carbon(intensity=400.0), output_dir=tmp_path, run_id="ddp",
-                          embodied={"host": "server", "host_share": 0.25})
+        tracker = Tracker(carbon=Carbon(intensity=400.0), output_dir=tmp_path, run_id="ddp", embodied=embodied)
         tracker.start(Meter(sensors, fallback=None, clock=clock, wall_clock=lambda: clock() + 1.7e9),
                       reducer=ThreadReducer(rank, shared))
         run_epochs(tracker, clock, epochs=1)
@@ -96,6 +97,11 @@ def test_two_ranks_sum_their_devices_and_bill_the_host_once(tmp_path):
         t.start()
     for t in threads:
         t.join(timeout=20)
+    return results, json.loads((tmp_path / "energy-summary.json").read_text())
+
+
+def test_two_ranks_sum_their_devices_and_bill_the_host_once(tmp_path):
+    results, _ = run_two_ranks(tmp_path, (H100, H100), {"host": "server", "host_share": 0.25})
     train = results[0].last["train"]
     per_second = 2 * amortised_g(footprints()["H100 SXM"].kgco2eq, 1.0) + amortised_g(0.25 * footprints()["server"].kgco2eq, 1.0)
     assert train.embodied_co2eq_g == pytest.approx(per_second * train.duration_s)
