@@ -320,6 +320,7 @@ class Tracker:
         self._resolved = ""
         self.ledger = Ledger(run_id or uuid.uuid4().hex[:12])
         self._run_id_given = run_id is not None
+        self._drawn_in_pid = _pid  # the process that drew the run id (see _draw_in_a_fork)
         self._renamed_from: str | None = None  # the run id given, taken by an earlier run (see start)
         self._renamed_why = ""
         # Directories of the same experiment beside output_dir (Lightning's other version_N), whose
@@ -400,6 +401,18 @@ class Tracker:
             self._started_pid = _pid  # a copy is its process's own (unlike a fork's memory)
         if not self._run_id_given and self.meter is None and self.ledger.next_seq == 0 and self.ledger.attempt == 0:
             self.ledger.run_id = uuid.uuid4().hex[:12]
+            self._drawn_in_pid = _pid
+
+    def _draw_in_a_fork(self) -> None:
+        """A tracker that has measured nothing, started in a fork of the process that drew its id,
+        draws its own, as a copy does (``__setstate__``). Lightning's ``ddp_notebook`` / ``ddp_fork``
+        fork the ranks of every fit from a notebook whose callback never measures: each fit took the
+        notebook's id and numbered its records from 0 again, in one run with the fit before it. (On
+        several ranks, rank 0's new id is every rank's: see ``start``.)"""
+        if (not self._run_id_given and self.meter is None and self.ledger.next_seq == 0 and self.ledger.attempt == 0
+                and getattr(self, "_drawn_in_pid", _pid) != _pid):
+            self.ledger.run_id = uuid.uuid4().hex[:12]
+            self._drawn_in_pid = _pid
 
     @property
     def run_id(self) -> str:
@@ -453,6 +466,7 @@ class Tracker:
         if reducer is not None and not all(hasattr(reducer, name) for name in ("rank", "world_size", "all_gather")):
             raise TypeError(f"Tracker.start(reducer=...): a greencallbacks.distributed reducer or None, got {reducer!r}")
         check_output_dir(output_dir)
+        self._draw_in_a_fork()
         if output_dir is not None and self.output_dir is None:
             self.output_dir = Path(output_dir)
         if (self._session_id is not None and self._resume_state is None
