@@ -344,7 +344,7 @@ class EnergySession:
         state = self.tracker.state_dict()
         if self.carbon_aware is not None:
             state["carbon_aware"] = self.carbon_aware.state_dict()
-        budget = self.budget if self.budget is not None else self._budget_kept
+        budget = self._run_budget
         if budget is not None:
             state["budget"] = budget.state_dict()
         return state
@@ -393,7 +393,7 @@ class EnergySession:
         tracker has resumed the run (at load, or at start); only for a budget that continues the
         checkpoint's: with changed limits the old warnings were of other limits."""
         tracker = self.tracker
-        budget = self.budget if self.budget is not None else self._budget_kept
+        budget = self._run_budget
         if budget is None or not self._budget_continued or tracker.ledger.attempt == 0 or tracker.output_dir is None:
             return
         self._budget_continued = False  # once per resume: load and start both come here
@@ -404,6 +404,11 @@ class EnergySession:
             budget.recall(_previous_budget_warnings(directory, tracker.run_id, budget))
         records = read_run_records(tracker.run_id, directories)
         budget.recall_checks(_totals_at_epoch_ends(records))
+
+    @property
+    def _run_budget(self) -> Budget | None:
+        """The budget this session judges, or else the one it keeps for the run (see ``_budget_kept``)."""
+        return self.budget if self.budget is not None else self._budget_kept
 
     def _kept_budget_summary(self, summary: dict) -> dict | None:
         """The summary's ``budget`` field of a session given none (see ``_budget_kept``): the run's

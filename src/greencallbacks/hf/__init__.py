@@ -611,10 +611,9 @@ class EnergyCallback(TrainerCallback, ExportableState):
         self.session.start(output_dir=args.output_dir, device_indices=device_indices,
                            reducer=torch_reducer_or_local(args.world_size), sync=sync)
         atexit.register(self._abort_at_exit)
-        self._started_pid = os.getpid()  # a forked child inherits that exit handler (see _abort_at_exit)
 
     def _abort_at_exit(self) -> None:
-        if getattr(self, "_started_pid", None) != os.getpid():
+        if self.tracker.in_a_forked_child:
             return  # a forked child's exit (a user's os.fork): the run, and its records, are its parent's
         # The failing call's watch holds its TrainerState (the step it failed at): fire it rather
         # than cancel it. (This handler was registered after watch's own, so it runs first.)
@@ -976,9 +975,7 @@ class _CountingPreparedInputs(_Wrapper):
         batch = self._inner(*args, **kwargs)
         step = self.trainer.__dict__.get("training_step")
         if isinstance(step, _CountingTrainingStep) and step.prepared == []:  # the step's first: a second is no micro-batch
-            callbacks = self.trainer.callback_handler.callbacks
-            step.prepared = [(c.tracker, c._counter.count(batch, c.tracker.run_id))
-                             for c in _owners(self.trainer) if c in callbacks]
+            step.prepared = [(c.tracker, c._counter.count(batch, c.tracker.run_id)) for c in self._owners()]
         return batch
 
 

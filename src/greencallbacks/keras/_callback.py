@@ -350,7 +350,6 @@ class _Call:
         self.watch = (watch.watch(frame, functools.partial(_abandon, self), functools.partial(_heartbeat, self))
                       if frame is not None else None)
         self._at_exit = weakref.finalize(self, _abandon, self)  # no frame found, or the process exits first
-        self.pid = os.getpid()  # a forked child inherits that exit finalizer: it writes nothing up (see _abandon)
 
     @property
     def callback_list(self) -> keras.callbacks.CallbackList | None:
@@ -395,8 +394,8 @@ def _abandon(call: _Call) -> None:
     notices first (its next call), or at interpreter exit, whichever is first; once. Holds no
     reference to the callback, so the callback can be collected.
     """
-    if call.pid != os.getpid():
-        return  # a forked child's exit: the call, and its records, are its parent's
+    if call.run is not None and call.run.session.tracker.in_a_forked_child:
+        return  # a forked child's exit (it inherits this finalizer): the call, and its records, are its parent's
     with _ABANDON_LOCK:
         if not call.active:
             return
