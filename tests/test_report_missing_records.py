@@ -345,3 +345,23 @@ def test_records_copied_under_another_name_are_not_judged(tmp_path):
     killed_outright(tmp_path / "run", epochs_done=1)
     (tmp_path / "run" / RECORDS_FILE).rename(tmp_path / "run" / "trial-3.jsonl")
     assert load(tmp_path / "run" / "trial-3.jsonl").unfinished == set()
+
+
+def test_a_damaged_write_up_is_said_not_taken_for_a_killed_run(tmp_path, capsys):
+    """A summary is written whole (write_json_atomic), so one that is no JSON is damaged (a disk
+    full, an edit), not half-written. It was passed over in silence, and the run it belongs to was
+    reported as killed outright; the report now says which file it could not read, and why."""
+    tracker, clock, _ = setup(tmp_path)
+    run_epochs(tracker, clock, epochs=2)
+    (tmp_path / "energy-summary.json").write_text('{"run_id": "' + tracker.run_id + '", "energ', encoding="utf-8")
+    with pytest.warns(UserWarning, match=r"could not read .*energy-summary\.json \(not JSON: .*\): the runs whose "
+                                         r"records are beside it are reported without that write-up"):
+        assert load(tmp_path).unfinished == {tracker.run_id}
+    assert main(["report", str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    assert err.count("energy-summary.json (not JSON") == 1, err
+    # A directory without a summary at all (a run still training) gives no such warning.
+    (tmp_path / "energy-summary.json").unlink()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load(tmp_path)

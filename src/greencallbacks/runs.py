@@ -307,14 +307,21 @@ def _summaries_beside(run_files: dict[str, list[Path]]) -> dict[str, dict]:
 
     read: dict[Path, dict | None] = {}
     found: dict[str, dict] = {}
+    unreadable: list[str] = []
     for run, files in run_files.items():
         for directory in dict.fromkeys(f.parent for f in files):
             for path in (directory / SUMMARY_FILE, kept_summary_path(directory / SUMMARY_FILE, run)):
                 if path not in read:
                     try:
                         read[path] = json.loads(path.read_text(encoding="utf-8"))
-                    except (OSError, ValueError):  # none there, or being written: the report goes on without it
+                    except FileNotFoundError:
                         read[path] = None
+                    except (OSError, ValueError) as error:
+                        # Written whole (write_json_atomic), so this is a damaged or forbidden file, not
+                        # one being written: said, as the report then calls its run killed outright.
+                        read[path] = None
+                        why = error.strerror if isinstance(error, OSError) and error.strerror else f"not JSON: {error}"
+                        unreadable.append(f"{path} ({why})")
                 summary = read[path]
                 if not isinstance(summary, dict) or summary.get("run_id") != run:
                     continue
@@ -322,6 +329,10 @@ def _summaries_beside(run_files: dict[str, list[Path]]) -> dict[str, dict]:
                 if isinstance(energy, (int, float)) and not isinstance(energy, bool) and math.isfinite(energy):
                     if run not in found or energy > found[run]["energy_kwh"]:
                         found[run] = summary
+    if unreadable:
+        warnings.warn(f"could not read {', '.join(unreadable)}: the runs whose records are beside "
+                      f"{'it' if len(unreadable) == 1 else 'them'} are reported without that write-up, as if "
+                      "killed outright", stacklevel=3)
     return found
 
 
