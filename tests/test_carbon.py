@@ -946,3 +946,27 @@ def test_a_table_figure_no_grid_can_have_is_refused_with_the_fix_not_billed_as_0
         with pytest.raises(ValueError, match=r"below what any grid emits over its life cycle .*intensity="):
             Carbon(**given)
     assert "CAF" not in list_zones() and "LSO" in list_zones()  # 20 g/kWh (hydro): a real figure
+
+
+@pytest.mark.parametrize(("given", "alpha3"), [
+    ("England", "GBR"), ("scotland", "GBR"), ("Wales", "GBR"), ("Bosnia", "BIH"), ("Macedonia", "MKD"),
+    ("Swaziland", "SWZ"), ("Burma", "MMR"), ("DR Congo", "COD"), ("DRC", "COD"), ("Macau", "MAC"),
+])
+def test_names_in_common_use_find_their_country(given, alpha3) -> None:
+    """England was "unknown country; did you mean 'Greenland', 'Ireland', 'Iceland'?": each
+    nation of Great Britain is on its grid, and former names (Burma, Swaziland) are still typed."""
+    assert Carbon(country=given).describe()["zone"] == alpha3
+
+
+@pytest.mark.parametrize(("given", "offered", "not_offered"), [
+    ("Kosovo", None, "'SV'"),  # no row; two letters of its six made 'SV' and 'SO' look close
+    ("Frnace", "'France'", None),
+    ("XK", "'SK'", "Slovakia"),  # a code is offered codes
+])
+def test_an_unknown_country_is_offered_names_of_a_like_length(given, offered, not_offered) -> None:
+    with pytest.raises(ValueError) as error:
+        Carbon(country=given)
+    message = str(error.value)
+    assert message.startswith(f"unknown country {given!r}")
+    assert offered is None and "did you mean" not in message or offered in message.split("(")[0], message
+    assert not_offered is None or not_offered not in message, message

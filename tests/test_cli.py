@@ -222,6 +222,8 @@ def test_zones_lists_and_searches(capsys):
     assert any(line.startswith("--country FR ") and "France (FRA)" in line for line in lines)
     assert any(line.startswith("--zone US-CA ") for line in lines)
     assert any(line.startswith("--region gcp:europe-west1 ") for line in lines)
+    code, out, _ = run(["zones", "--search", "england"], capsys)  # a name --country takes, not the table's
+    assert code == 0 and out.splitlines()[0].startswith("--country GB ")
     code, out, _ = run(["zones", "--search", "belgium"], capsys)
     found = out.splitlines()
     assert code == 0 and any("--country BE " in line for line in found) and any("gcp:europe-west1" in line for line in found)

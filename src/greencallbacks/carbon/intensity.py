@@ -52,6 +52,19 @@ COMMON_COUNTRY_NAMES = {
     "IVORY COAST": "CIV",
     "UAE": "ARE",
     "REPUBLIC OF KOREA": "KOR",
+    # The nations of Great Britain are on its one grid, which the tables have whole (Northern
+    # Ireland is on the island of Ireland's grid, so it is not mapped here).
+    "ENGLAND": "GBR",
+    "SCOTLAND": "GBR",
+    "WALES": "GBR",
+    # Former or short names still in common use.
+    "BOSNIA": "BIH",
+    "MACEDONIA": "MKD",
+    "SWAZILAND": "SWZ",
+    "BURMA": "MMR",
+    "DR CONGO": "COD",
+    "DRC": "COD",
+    "MACAU": "MAC",
 }
 # Names that fit more than one country: refused, naming each (alpha-3 codes).
 AMBIGUOUS_COUNTRY_NAMES = {"KOREA": ("KOR", "PRK")}
@@ -175,7 +188,10 @@ def _squash(name: str) -> str:
 
 
 def _close_matches_message(argument: str, given: str, candidates: list[str]) -> str:
-    upper_to_candidate = {candidate.upper(): candidate for candidate in candidates}
+    # Only candidates of a like length: a name is offered names, a code codes ("Kosovo" was offered
+    # "SV" and "SO", which share two letters of its six).
+    upper_to_candidate = {candidate.upper(): candidate for candidate in candidates
+                          if len(given) / 2 <= len(candidate) <= 2 * len(given)}
     close = difflib.get_close_matches(given.upper(), list(upper_to_candidate), n=5, cutoff=0.5)
     hint = f"; did you mean {', '.join(repr(upper_to_candidate[match]) for match in close)}?" if close else ""
     return f"unknown {argument} {given!r}{hint} (greencallbacks.carbon.list_zones() lists them all)"
