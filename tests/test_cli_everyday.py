@@ -124,6 +124,39 @@ def test_report_and_whatif_say_when_the_grids_they_compare_mix_life_cycle_and_di
     assert json.loads(capsys.readouterr().out)["regions_note"] == ""
 
 
+KEPT_PUE = "each region's row keeps this energy's PUE (1) and changes only the grid; in its provider's data centres (fleet PUE"
+
+
+def test_report_whatif_and_estimate_say_a_region_row_keeps_the_runs_pue(tmp_path, capsys):
+    """A workstation's run (PUE 1) priced in gcp:europe-west1 keeps PUE 1: only the grid changes,
+    where a run there counts Google's fleet PUE (1.1), so the row reads about 10 % low. The three
+    commands compared in silence. A grid zone, or a run already counted at the provider's PUE,
+    gives no such note."""
+    fitted_with(tmp_path / "home", "at-home", samples=8, carbon=Carbon(country="FR"))
+    fitted_with(tmp_path / "gcp", "in-gcp", samples=8, carbon=Carbon(region="gcp:europe-west1"))
+
+    assert main(["report", str(tmp_path / "home"), "--compare-zones", "gcp:europe-west1,aws:us-east-1", "--format", "json"]) == 0
+    (config,) = json.loads(capsys.readouterr().out)["configurations"]
+    assert f"{KEPT_PUE} aws 1.15, gcp 1.1, what a run given that region counts with)" in config["compare_zones_note"]
+    assert [row["provider_pue"]["pue"] for row in config["compare_zones"]] == [1.1, 1.15]
+    assert main(["report", str(tmp_path / "home"), "--compare-zones", "DE", "--format", "json"]) == 0
+    assert "compare_zones_note" not in json.loads(capsys.readouterr().out)["configurations"][0]
+    assert main(["report", str(tmp_path / "gcp"), "--compare-zones", "gcp:us-central1", "--format", "json"]) == 0
+    assert "PUE" not in json.loads(capsys.readouterr().out)["configurations"][0].get("compare_zones_note", "")
+
+    series = tmp_path / "series.csv"  # the fake wall clock runs from 1.7e9 + 1000 s
+    series.write_text("timestamp,gco2eq_per_kwh\n" + "".join(f"{1.7e9 + 60 * i:.0f},{100 + i}\n" for i in range(40)))
+    assert main(["whatif", str(tmp_path / "home"), "--intensity", str(series), "--zones", "gcp:europe-west1", "--json"]) == 0
+    assert f"{KEPT_PUE} gcp 1.1," in json.loads(capsys.readouterr().out)["regions_note"]
+    assert main(["whatif", str(tmp_path / "home"), "--intensity", str(series), "--zones", "DE", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["regions_note"] == ""
+
+    assert main(["estimate", "--gpu", "H100 SXM", "--hours", "1", "--compare", "gcp:europe-west1"]) == 0
+    assert f"note: {KEPT_PUE} gcp 1.1," in capsys.readouterr().out
+    assert main(["estimate", "--gpu", "H100 SXM", "--hours", "1", "--compare", "gcp:europe-west1", "--pue", "1.1"]) == 0
+    assert "keeps this energy's PUE" not in capsys.readouterr().out
+
+
 def test_a_sensor_uncertainty_of_none_is_said_in_the_unit_of_the_figure_it_qualifies(tmp_path, capsys):
     """Counters read at every boundary leave no uncertainty: "used 1.11 Wh (sensor uncertainty ± 0 kWh)"
     gave the 0 a unit of its own."""

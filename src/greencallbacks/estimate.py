@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Iterable, Sequence
 
-from greencallbacks.carbon import Carbon, Intensity
+from greencallbacks.carbon import Carbon, Intensity, tables
 from greencallbacks.carbon.intensity import BASIS_LABELS, MAX_INTENSITY_G_PER_KWH, place_intensity
 from greencallbacks.sensors.estimate import DEFAULT_RAM_W_PER_GB, DEFAULT_W_PER_CORE
 from greencallbacks.textformat import pue_text
@@ -176,9 +176,33 @@ def compare_places(energy_kwh: float, places: Iterable[str]) -> list[dict]:
                 "year": intensity.year,
                 "basis": intensity.basis,
                 "co2eq_g": energy_kwh * intensity.g_per_kwh,
+                "provider_pue": provider_pue_of(intensity),
             }
         )
     return rows
+
+
+def provider_pue_of(intensity: Intensity) -> dict | None:
+    """The fleet PUE a cloud region's provider publishes (``gcp:...``), None for a grid zone."""
+    provider = intensity.zone.split(":", 1)[0] if ":" in intensity.zone else None
+    row = tables.pue_defaults().get(provider) if provider else None
+    return None if row is None else {"provider": provider, "pue": row.pue, "source": f"{row.source}, {row.year}"}
+
+
+def kept_pue_note(pues: Iterable[float], provider_pues: Iterable[dict | None]) -> str | None:
+    """Where a compared cloud region's provider publishes a PUE other than the one the energy was
+    counted with: the rows keep the energy's own PUE (only the grid changes), which is said. A
+    workstation's run (PUE 1) priced in gcp:europe-west1 would there draw 1.1x as much."""
+    kept = sorted({float(pue) for pue in pues})
+    others = {found["provider"]: found for found in provider_pues
+              if found and all(abs(found["pue"] - pue) > 1e-9 for pue in kept)}
+    if not kept or not others:
+        return None
+    fleet = ", ".join(f"{provider} {found['pue']:g}" for provider, found in sorted(others.items()))
+    counted = " and ".join(f"{pue:g}" for pue in kept)
+    return (f"each region's row keeps this energy's PUE ({counted}) and changes only the grid; in its provider's data "
+            f"centres (fleet PUE {fleet}, what a run given that region counts with) its energy and CO2eq would be "
+            f"scaled by that PUE over {counted}")
 
 
 def mixed_bases_note(bases: Iterable[str | None]) -> str | None:
@@ -421,7 +445,7 @@ def format_estimate(result: dict) -> str:
         lines.append("Same energy elsewhere:")
         for row in result["compare"]:
             lines.append(f"  {row['zone']:<18} {row['g_per_kwh']:>8.4g} g/kWh  {row['co2eq_g'] / 1000:>10.4g} kg  ({row['source']})")
-        note = mixed_bases_note([intensity.get("basis")] + [row.get("basis") for row in result["compare"]])
-        if note:
-            lines.append(f"  note: {note}")
+        notes = (mixed_bases_note([intensity.get("basis")] + [row.get("basis") for row in result["compare"]]),
+                 kept_pue_note([result["pue"]], [row.get("provider_pue") for row in result["compare"]]))
+        lines += [f"  note: {note}" for note in notes if note]
     return "\n".join(lines)

@@ -99,7 +99,8 @@ class WhatIfResult:
     # What priced the records when the run ran: their CO2eq over their energy, and their sources.
     recorded_g_per_kwh: float | None = None
     recorded_sources: list[str] = field(default_factory=list)
-    # The regions compared mix life-cycle and direct figures (``estimate.mixed_bases_note``); "" if not.
+    # The regions compared mix life-cycle and direct figures (``estimate.mixed_bases_note``), or
+    # their providers publish another PUE than the records' (``estimate.kept_pue_note``); "" if not.
     regions_note: str = ""
 
     @property
@@ -563,18 +564,20 @@ def whatif(
             running=[(a, b) for a, b, _ in spans], extrapolated=outside(run_start, spans[-1][1]),
         )
 
-    from greencallbacks.estimate import mixed_bases_note
+    from greencallbacks.estimate import kept_pue_note, mixed_bases_note, provider_pue_of
 
-    regions, bases = [], []
+    regions, bases, provider_pues = [], [], []
     for zone in zones:
         zone = zone.strip()
         if not zone:
             continue
         static = place_intensity(zone)
         bases.append(static.basis)
+        provider_pues.append(provider_pue_of(static))
         regions.append(scenario(f"in {zone}", energy * static.g_per_kwh,
                                 detail=f"{static.g_per_kwh:.4g} g/kWh, {static.source}"))
-    regions_note = mixed_bases_note(bases) or ""
+    notes = (mixed_bases_note(bases), kept_pue_note([r.pue for r in records], provider_pues))
+    regions_note = "; ".join(note for note in notes if note)
 
     return WhatIfResult(
         energy_kwh=energy,

@@ -1236,10 +1236,12 @@ def compare_zones_note(records: Sequence[Record], rows: Sequence[dict]) -> str |
     life-cycle and direct figures (France's life-cycle 56 g beside a cloud region's direct 122 g),
     so part of a difference is the basis, not the grid. None where they do not."""
     from greencallbacks.carbon.intensity import BASIS_LABELS
-    from greencallbacks.estimate import mixed_bases_note
+    from greencallbacks.estimate import kept_pue_note, mixed_bases_note
 
     recorded = [basis for basis, label in BASIS_LABELS.items() if any(label in r.intensity_source for r in records)]
-    return mixed_bases_note(recorded + [row.get("basis") for row in rows])
+    notes = (mixed_bases_note(recorded + [row.get("basis") for row in rows]),
+             kept_pue_note([r.pue for r in records], [row.get("provider_pue") for row in rows]))
+    return "; ".join(note for note in notes if note) or None
 
 
 def _other_phases(phases: Sequence[str]) -> str:
