@@ -4,12 +4,13 @@ loop of their own) whose child leaves through the interpreter (``sys.exit(0)``),
 
     python tests/fork_child_runner.py <core|lightning|keras|hf> <out_dir>
 
-The child's exit must write nothing into the parent's run. ``core`` also forks while another
+The child's exit must write nothing into the parent's run, nor into the state a Keras resume goes on from. ``core`` also forks while another
 thread holds the watch's lock, which the child's exit handler takes.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -100,10 +101,22 @@ def keras() -> None:
 
     from greencallbacks.keras import EnergyCallback
 
+    state = OUT / "energy-state.json"  # what a resume (BackupAndRestore) goes on from
+
     class Forker(K.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
             if epoch == 1:
+                # The parent's write of this epoch's state is queued on a thread: taken as landed
+                # once the file says this epoch (bounded), so that any change after is the child's.
+                deadline = time.monotonic() + CHILD_EXIT_WAIT_S
+                while not (state.exists() and json.loads(state.read_text()).get("last_train_epoch") == epoch):
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"{state} never said epoch {epoch}")
+                    time.sleep(0.01)
+                before = state.read_bytes()
                 fork_a_child_that_exits_normally()
+                if state.read_bytes() != before:  # the child's exit wrote the run up as failed in this epoch
+                    raise RuntimeError(f"the forked child rewrote {state}")
 
     rng = np.random.default_rng(0)
     model = K.Sequential([K.Input((8,)), K.layers.Dense(1)])
