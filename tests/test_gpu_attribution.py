@@ -3,12 +3,14 @@ and other processes on the run's GPU. NVML is the fake of tests/fakes/fake_pynvm
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import socket
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -257,3 +259,68 @@ def test_no_other_process_is_said_where_none_is_known(monkeypatch, pids, pids_on
     assert neighbours.summary({}) is None
     for sensor in sensors:
         sensor.close()
+
+
+class _ProcessInfoV2(ctypes.Structure):
+    """What NVML's drivers write per process (nvmlProcessInfo_v2_t, 24 bytes), and what every
+    nvidia-ml-py since 12.535.108 reads."""
+
+    _fields_ = [("pid", ctypes.c_uint), ("usedGpuMemory", ctypes.c_ulonglong),
+                ("gpuInstanceId", ctypes.c_uint), ("computeInstanceId", ctypes.c_uint)]
+
+
+class _ProcessInfo12535_77(ctypes.Structure):
+    """nvidia-ml-py 12.535.77's c_nvmlProcessInfo_t (copied by fields): one more 8-byte field, 32 bytes."""
+
+    _fields_ = [*_ProcessInfoV2._fields_, ("usedGpuCcProtectedMemory", ctypes.c_ulonglong)]
+
+
+class NvmlOf12535_77(NvmlWithProcesses):
+    """The fake NVML as nvidia-ml-py 12.535.77 reads it on a driver that writes 24-byte entries
+    (every one but 535.43 to 535.86): its process list read in 32-byte steps."""
+
+    c_nvmlProcessInfo_t = _ProcessInfo12535_77
+
+    def nvmlDeviceGetComputeRunningProcesses(self, handle):
+        self._device(handle, "nvmlDeviceGetComputeRunningProcesses")
+        written = (_ProcessInfoV2 * (2 * len(self.pids) + 5))(
+            *(_ProcessInfoV2(pid, 1 << 30, 0xFFFFFFFF, 0xFFFFFFFF) for pid in self.pids))
+        read = (_ProcessInfo12535_77 * len(self.pids)).from_buffer(written)
+        return [SimpleNamespace(pid=entry.pid, usedGpuMemory=entry.usedGpuMemory) for entry in read]
+
+
+def test_nvidia_ml_py_12535_77s_misread_process_list_is_not_taken_for_other_processes(monkeypatch):
+    """nvidia-ml-py 12.535.77 (the oldest release the declared floor nvidia-ml-py>=12.535 allows)
+    reads NVML's process list with a 32-byte entry where drivers write 24 bytes: a second process
+    of this run (another rank on this GPU) was read as pid 1073741824 (its memory use) and warned
+    of as another job on the GPU. That binding's list is not used: nothing is said, as where NVML
+    cannot list processes at all."""
+    other_rank = os.getpid() + 1
+    nvml = fake_nvml(monkeypatch, gpus=1, nvml=NvmlOf12535_77([os.getpid(), other_rank]))
+    handle = nvml.gpus[0].handle
+    nvml.nvmlInit()
+    assert [p.pid for p in nvml.nvmlDeviceGetComputeRunningProcesses(handle)] == [os.getpid(), 1 << 30]
+    nvml.nvmlShutdown()
+    from greencallbacks.sensors.discover import discover_sensors, gpu_process_ids
+    from greencallbacks.session import GpuNeighbours
+
+    sensors = discover_sensors(gpus=[0], host=False, pynvml=nvml, environ={}).sensors
+    neighbours = GpuNeighbours(sensors, [other_rank])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        neighbours.look_at_end()
+    assert [str(w.message) for w in caught if "other processes" in str(w.message)] == []
+    assert neighbours.summary({}) is None
+    assert gpu_process_ids(sensors[0]) is None
+    for sensor in sensors:
+        sensor.close()
+
+
+def test_the_misread_process_list_is_known_by_the_installed_pynvmls_entry_size():
+    real = pytest.importorskip("pynvml", reason="nvidia-ml-py is not installed: nothing to compare with")
+    from greencallbacks.sensors.discover import _misreads_process_list
+
+    entry = real.c_nvmlProcessInfo_t
+    assert _misreads_process_list(real) == (ctypes.sizeof(entry) != ctypes.sizeof(_ProcessInfoV2))
+    layout = [(name, ctypes.sizeof(kind)) for name, kind in entry._fields_]
+    assert layout in ([(n, ctypes.sizeof(k)) for n, k in s._fields_] for s in (_ProcessInfoV2, _ProcessInfo12535_77))

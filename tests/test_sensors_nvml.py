@@ -477,8 +477,14 @@ def test_fake_mig_calls_have_the_names_and_parameters_of_the_installed_pynvml():
         fake_parameters = list(inspect.signature(getattr(fake, name)).parameters.values())
         assert [p.default for p in fake_parameters] == [p.default for p in real_parameters], name
         assert len(fake_parameters) == len(real_parameters), name
-    constants = [n for n in dir(fp) if n.startswith(("NVML_GPU_INSTANCE_PROFILE_", "NVML_DEVICE_MIG_"))]
+    count = "NVML_GPU_INSTANCE_PROFILE_COUNT"
+    constants = [n for n in dir(fp) if n.startswith(("NVML_GPU_INSTANCE_PROFILE_", "NVML_DEVICE_MIG_")) and n != count]
     assert constants and {n: getattr(fp, n) for n in constants} == {n: getattr(real, n) for n in constants}
+    # The profile count grew with the releases (10 in nvidia-ml-py 12.535 to 12.560, 17 in 12.575,
+    # 18 in 13.x; the fake has the newest): the sensor counts up to the installed binding's, which
+    # reaches every profile of the most slices.
+    assert getattr(real, count) > max(real.NVML_GPU_INSTANCE_PROFILE_7_SLICE, real.NVML_GPU_INSTANCE_PROFILE_8_SLICE)
+    assert getattr(fp, count) >= getattr(real, count)
     assert fp.nvmlGpuInstanceProfileInfo_v2 == real.nvmlGpuInstanceProfileInfo_v2
     for structure in ("c_nvmlDeviceAttributes", "c_nvmlGpuInstanceProfileInfo_v2_t"):
         fake_fields = [(n, ctypes.sizeof(t)) for n, t in getattr(fp, structure)._fields_]

@@ -5,9 +5,10 @@ Copied from the real binding, by name and value: the exception classes (``AmdSmi
 multi-line text, ``AmdSmiParameterException`` for a handle that is not one), the
 ``AMDSMI_STATUS_*`` codes, ``AmdSmiInitFlags``, and the names, parameters and return shapes of
 the calls used: ``amdsmi_get_energy_count`` returns ``{'energy_accumulator', 'counter_resolution',
-'timestamp'}`` (``'power'`` instead of ``'energy_accumulator'`` before 6.2.1),
+'timestamp'}`` (``'power'`` instead of ``'energy_accumulator'`` before 6.3.0, both in 6.3.x),
 ``amdsmi_get_power_info`` returns watts as ints and the string ``"N/A"`` where the struct holds
-0xFFFF. ``tests/test_sensors_amd.py`` checks these names against the installed binding's source.
+0xFFFF (amdsmi 6.1.0 returns the 0xFFFF itself). ``tests/test_sensors_amd.py`` checks these names
+against the installed binding's source, whichever release is installed.
 
 What is simulated: boards whose power the test sets on a fake clock; the energy accumulator in
 counts of 15.3 uJ since "driver load", 64 bits wide or 32 bits (it wraps); two-die boards
@@ -15,7 +16,7 @@ counts of 15.3 uJ since "driver load", 64 bits wide or 32 bits (it wraps); two-d
 accumulator of 0, ``current_socket_power`` "N/A" and ``average_socket_power`` 0; single-die MI300X
 boards with instantaneous power and no average. HIP enumeration (``hip_id``) can differ from
 amd-smi's order. Switches: counter unsupported, an error on every call, init failing, a binding
-older than ROCm 7 (no ``amdsmi_get_gpu_enumeration_info``).
+older than 6.4 (no ``amdsmi_get_gpu_enumeration_info``), or 6.3 (no ``amdsmi_get_gpu_kfd_info``).
 """
 
 from __future__ import annotations
@@ -213,10 +214,10 @@ class FakeAmdSmi:
         self.calls: Counter[str] = Counter()
 
     def __getattribute__(self, name: str):
-        # ROCm 6 bindings lack the enumeration call (added with hip_id in ROCm 7), and those before
-        # 6.3 the KFD info call (its node_id) too.
+        # Bindings before 6.4 lack the enumeration call (its hip_id; amdsmi 6.3.3 on PyPI has none,
+        # 6.4.0 has it), and those before 6.3 the KFD info call (its node_id) too.
         version = tuple(int(part) for part in object.__getattribute__(self, "version").split(".")[:2])
-        if (name == "amdsmi_get_gpu_enumeration_info" and version < (7, 0)) or (
+        if (name == "amdsmi_get_gpu_enumeration_info" and version < (6, 4)) or (
                 name == "amdsmi_get_gpu_kfd_info" and version < (6, 3)):
             raise AttributeError(name)
         return object.__getattribute__(self, name)
@@ -308,8 +309,10 @@ class FakeAmdSmi:
         if not die.board.counter_supported:
             raise AmdSmiLibraryException(AMDSMI_STATUS_NOT_SUPPORTED)
         counts = die.board.counts() if die.position == 0 else 0  # the second die reports nothing
-        key = "energy_accumulator" if self._at_least("6.2.1") else "power"
-        return {key: counts, "counter_resolution": RESOLUTION_UJ, "timestamp": int(self.clock() * 1e9)}
+        # 'power' until 6.3.0, both keys in 6.3.x, 'energy_accumulator' alone from 6.4.0 (the bindings on PyPI).
+        keys = ["power"] * (not self._at_least("6.4.0")) + ["energy_accumulator"] * self._at_least("6.3.0")
+        timestamp_ns = int(self.clock() * 1e9)
+        return {**dict.fromkeys(keys, counts), "counter_resolution": RESOLUTION_UJ, "timestamp": timestamp_ns}
 
     def amdsmi_get_power_info(self, processor_handle):
         die = self._die(processor_handle, "amdsmi_get_power_info")
@@ -320,7 +323,7 @@ class FakeAmdSmi:
             current, averaged = NA, average if die.position == 0 else 0
         else:  # MI300X: instantaneous only
             current, averaged = instant, NA
-        return {
+        info = {
             "socket_power": current if current != NA else averaged,
             "current_socket_power": current,
             "average_socket_power": averaged,
@@ -329,6 +332,12 @@ class FakeAmdSmi:
             "mem_voltage": 1250,
             "power_limit": board.power_limit_w,
         }
+        if not self._at_least("7.0.0"):
+            del info["socket_power"]  # added in amdsmi 7
+        if not self._at_least("6.1.1"):
+            # amdsmi 6.1.0 hands over the library's 0xFFFF ("no value") as it is; 6.1.1 made it "N/A".
+            info = {key: 0xFFFF if value == NA else value for key, value in info.items()}
+        return info
 
     # -- helpers ------------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ Which GPUs: the HIP runtime numbers the GPUs a process sees (``cuda:N`` in a ROC
 PyTorch) after ``ROCR_VISIBLE_DEVICES`` (indices or ``GPU-<id>`` UUIDs) and then
 ``HIP_VISIBLE_DEVICES``, or ``CUDA_VISIBLE_DEVICES`` when that is unset, each counting within
 what the previous one left. HIP's base order is that of ``hip_id``
-(``amdsmi_get_gpu_enumeration_info``, ROCm 7), else of KFD node ids (``amdsmi_get_gpu_kfd_info``),
+(``amdsmi_get_gpu_enumeration_info``, amdsmi 6.4), else of KFD node ids (``amdsmi_get_gpu_kfd_info``, 6.3),
 which need not be amd-smi's PCI order.
 
 Two dies per board (MI250, MI250X): each die (GCD) is its own amdsmi processor and its own HIP
@@ -131,13 +131,21 @@ def _is_unsupported(error: BaseException) -> bool:
     return error_code(error) in (STATUS_NOT_SUPPORTED, STATUS_NOT_YET_IMPLEMENTED, STATUS_NO_DATA)
 
 
+# What the library writes into a power field it has no value for; the binding says "N/A" instead
+# from 6.1.1, while 6.1.0 hands the number over (65,535 W for an MI250X's current_socket_power).
+NO_VALUE = 0xFFFF
+
+
 def _watts(value: Any) -> float | None:
     """A power field of ``amdsmi_get_power_info``: watts, or None for "N/A" (0xFFFF in the struct)."""
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value == NO_VALUE:
+        return None
+    return float(value)
 
 
 def read_energy_count(smi: Any, handle: Any) -> tuple[int, float]:
-    """(accumulator, resolution in uJ). The accumulator's key was ``power`` before amdsmi 6.2.1."""
+    """(accumulator, resolution in uJ). The accumulator's key was ``power`` before amdsmi 6.3 (6.3.x
+    gives both; 6.4 only ``energy_accumulator``)."""
     reading = smi.amdsmi_get_energy_count(handle)
     try:
         raw = reading["energy_accumulator"] if "energy_accumulator" in reading else reading["power"]
@@ -348,7 +356,7 @@ def _optional(smi: Any, function: str, handle: Any) -> Any:
         return None
 
 
-ORDER_GUESSED = ("HIP's device order assumed to be amd-smi's: this amdsmi gives neither HIP's ids (amdsmi 7) "
+ORDER_GUESSED = ("HIP's device order assumed to be amd-smi's: this amdsmi gives neither HIP's ids (amdsmi 6.4) "
                  "nor KFD node ids (6.3), so which GPU a device index names is a guess")
 _warned_order: set[str] = set()
 

@@ -209,16 +209,27 @@ def gpu_process_ids(sensor: Sensor) -> set[int] | None:
     """The processes running CUDA work on ``sensor``'s GPU now (NVML's
     ``nvmlDeviceGetComputeRunningProcesses``: one call, about a millisecond), or None where that
     cannot be known: not an NVML GPU, a MIG share (its GPU's other instances are other work by
-    design), a binding without the call, or a failure. NVML gives the process ids of its own pid
-    namespace: inside a container they may not be this one's (see ``session.GpuNeighbours``)."""
+    design), a binding without the call or one that misreads it, or a failure. NVML gives the
+    process ids of its own pid namespace: inside a container they may not be this one's (see
+    ``session.GpuNeighbours``)."""
     from greencallbacks.sensors.nvml import NvmlGpuSensor
 
-    if not isinstance(sensor, NvmlGpuSensor):
+    if not isinstance(sensor, NvmlGpuSensor) or _misreads_process_list(sensor._nvml):
         return None
     try:
         return {int(process.pid) for process in sensor._nvml.nvmlDeviceGetComputeRunningProcesses(sensor._handle)}
     except Exception:  # noqa: BLE001 - a note only: never a failure of the run
         return None
+
+
+def _misreads_process_list(nvml: Any) -> bool:
+    """nvidia-ml-py 12.535.77 alone reads NVML's process list in 32-byte entries (its
+    ``c_nvmlProcessInfo_t`` has ``usedGpuCcProtectedMemory``) where drivers other than 535.43 to
+    535.86 write 24-byte ones: every pid after the first is read from inside another entry (a
+    memory size), and another rank of this run read so was reported as another job's process.
+    12.535.108 went back to 24 bytes."""
+    entry = getattr(nvml, "c_nvmlProcessInfo_t", None)
+    return any(field[0] == "usedGpuCcProtectedMemory" for field in getattr(entry, "_fields_", ()))
 
 
 def fallback_for(sensor: Sensor) -> Sensor | None:
