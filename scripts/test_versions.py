@@ -113,13 +113,14 @@ MATRIX = {
 
 # Both ends of requires-python (CI's own interpreter is 3.11): the whole suite without PyTorch,
 # whose wheels for these Pythons on this registry are CUDA builds of several GB. The core, the
-# CLI, the reports, the sensors' fakes against the real NVML binding; what needs a framework skips.
-for _version in ("3.10", "3.13"):
+# CLI, the reports, the sensors' fakes against the real GPU bindings, at their declared floors
+# on 3.10 and their newest on 3.13; what needs a framework skips.
+for _version, _bindings in (("3.10", ["nvidia-ml-py==12.535.77", "amdsmi==6.1.0"]), ("3.13", ["nvidia-ml-py", "amdsmi"])):
     MATRIX[f"python{_version}"] = {
         "python": _version, "torch": False,
-        "requirements": ["nvidia-ml-py", "matplotlib", "pandas"],
+        "requirements": [*_bindings, "matplotlib", "pandas"],
         "tests": ["tests"],
-        "report": ["psutil", "nvidia-ml-py", "matplotlib"],
+        "report": ["psutil", "nvidia-ml-py", "amdsmi", "matplotlib"],
     }
 
 # name -> the distributions pinned to the framework's version, and the companions pinned only to
