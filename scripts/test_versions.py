@@ -98,7 +98,7 @@ MATRIX = {
                   "tests/test_keras_paths_more.py", "tests/test_keras_logged_totals.py", "tests/test_keras_fit_options.py",
                   "tests/test_keras_user_sequences.py", "tests/test_keras_nested_depth.py",
                   "tests/test_keras_nested_more.py", "tests/test_keras_loggers.py", "tests/test_forked_child_exit.py",
-                  "tests/test_budget_kept_by_evaluations.py"],
+                  "tests/test_budget_kept_by_evaluations.py", "tests/test_keras_in_process_distribution.py"],
         "report": ["keras", "torch", "tensorflow-cpu", "numpy"],
     },
     # A middle release, for the sample counts: batch hooks at an execution's first step (before
@@ -106,7 +106,8 @@ MATRIX = {
     "keras3.8": {
         "middle": True,  # not a floor: tested beside them
         "requirements": ["keras==3.8.0", "tensorflow-cpu==2.19.1", "tensorboard"],
-        "tests": ["tests/test_keras_counts.py", "tests/test_keras_custom_steps.py", "tests/test_keras_models.py"],
+        "tests": ["tests/test_keras_counts.py", "tests/test_keras_custom_steps.py", "tests/test_keras_models.py",
+                  "tests/test_keras_in_process_distribution.py"],
         "report": ["keras", "torch", "tensorflow-cpu", "numpy"],
     },
 }

@@ -53,6 +53,17 @@ def may_run_past_the_data(backend: str, version: tuple[int, int], per_execution:
     return backend == "tensorflow" and not eager and (per_execution == 1 or version < (3, 7))
 
 
+def logs_sum_metrics_over_replicas(version: tuple[int, int]) -> bool:
+    """Does a metric's value in Keras's ``logs`` hold its sum over a ``tf.distribute`` strategy's replicas?
+
+    Since 3.10 (keras-team/keras#21072) a metric's variables sum their replicas on read. Before 3.7
+    each replica adds to its own copy and the logs hold the first replica's: a ``Sum`` of 306 labels
+    on two replicas logged 153 (Keras 3.3.3). Keras 3.7 to 3.9 mirror the copies on write with a
+    sum: it logged 1362 (Keras 3.8.0). The loss tracker's count is read apart (``count_value``).
+    """
+    return version >= (3, 10)
+
+
 def count_value(variable: Any, strategy: Any) -> float | None:
     """A metric's count variable as one number: its sum over a ``tf.distribute`` strategy's
     replicas; None where this Keras keeps no such sum.

@@ -39,7 +39,8 @@ except ImportError as error:
 
 from greencallbacks import interrupts, watch
 from greencallbacks.keras._backend import (
-    count_value, devices_and_sync, hooks_report_last_step, keras_version, may_run_past_the_data, reducer_for,
+    count_value, devices_and_sync, hooks_report_last_step, keras_version, logs_sum_metrics_over_replicas,
+    may_run_past_the_data, reducer_for,
 )
 from greencallbacks.keras._state import (
     _BACKUP_STATES_LOCK, _BACKUP_STATES_TO_DELETE, _backup_state_path, _delete_backup_state, _last_run_of,
@@ -497,7 +498,8 @@ class EnergyCallback(_Callback):
             ``energy_j_per_token`` for training (``name``), validation (``val_<name>`` is read
             from the validation's own ``logs``) and ``evaluate``. A name, not a ``batch -> int``
             function as in the Lightning and HF callbacks, because Keras runs batches inside
-            compiled functions that callbacks never see.
+            compiled functions that callbacks never see. Left out, with one warning, on several
+            ``tf.distribute`` replicas before Keras 3.10, whose logs do not sum a metric over them.
         **session_kwargs: passed to ``EnergySession`` (``run_id``, ``gpus``, ``cpu_tdp_w``,
             ``extra_sensors``, ``sensors``, ``carbon_aware``, ``budget``, ``embodied``). With
             ``budget=Budget(..., on_exceed="stop")`` a budget reached (or confidently predicted)
@@ -607,6 +609,7 @@ class EnergyCallback(_Callback):
         # batches), which resets Keras's metrics; `_train_offset` is what that loop's count left
         # in the tracker, which training then counts on from. None: not countable this epoch.
         self._train_samples: int | None = None
+        self._train_tokens: tuple[int, float] | None = None  # (training steps run, tokens): see _bank_train_tokens
         # None: the test loop left the tracker past its exact count (see _exact_count).
         self._train_offset: int | None = 0
         self._train_why: str | None = None  # why _train_samples is None, for _uncounted's warning
@@ -740,6 +743,7 @@ class EnergyCallback(_Callback):
         # Keras's fit reset the metrics just before: the loss tracker counts this epoch from 0.
         self._epoch, self._validated = epoch, False
         self._train_samples = 0 if call.in_keras_loop and call.resets_loss_tracker else None
+        self._train_tokens = None
         self._train_offset, self._train_why = 0, None if call.resets_loss_tracker else "not_reset"
         progress = self._progress
         with progress.lock:
@@ -818,7 +822,10 @@ class EnergyCallback(_Callback):
             expected = planned if planned is not None else (whole if most < whole else None)
             self._uncounted("training", why, most if why == "ended_early" else fewest, expected, planned is not None)
             samples = None
-        self._add_tokens(logs)
+        banked, token_logs = self._train_tokens, logs
+        if banked is not None and logs and self.token_counter in logs and banked[0] == steps:
+            token_logs = {**logs, self.token_counter: banked[1]}  # no training step since (see _bank_train_tokens)
+        self._add_tokens(token_logs)
         step = self._step()
         self.tracker.end("train", samples=samples, step=step)
         with progress.lock:
@@ -1319,6 +1326,7 @@ class EnergyCallback(_Callback):
         self._set_model(self._call.model if top == "train" else self._loop_model)  # the enclosing loop's
         if top == "train":
             self._bank_train_samples()  # read before evaluate resets the metrics
+            self._bank_train_tokens()
             if testing:
                 step = self._step()  # on the training thread, which waits while the loop runs
                 with self._progress.lock:
@@ -1416,6 +1424,24 @@ class EnergyCallback(_Callback):
             self._train_samples, self._train_why = None, self._train_why or self._seen_why
             return
         self._train_samples = self._train_samples + seen - self._train_offset if seen >= self._train_offset else None
+
+    def _bank_train_tokens(self) -> None:
+        """The training epoch's ``token_counter`` metric as a loop inside the epoch begins (the fit's
+        validation), before that loop may reset it, with the training steps run by then. Keras
+        3.15's fit on torch (not 3.12's) hands ``on_epoch_end`` the epoch's metric results as tensors
+        that share a ``Sum``'s variable, read only after its validation has reset and refilled it:
+        303 training tokens were logged as the validation's 93. Used at the epoch's end where no
+        training step ran since."""
+        self._train_tokens = None
+        if self.token_counter is None:
+            return
+        with self._progress.lock:
+            steps = self._progress.train_steps
+        value = self.model.get_metrics_result().get(self.token_counter)
+        try:
+            self._train_tokens = (steps, float(keras.ops.convert_to_numpy(value)))
+        except (TypeError, ValueError):  # absent, or not one number: the logs' value, warned of there
+            pass
 
     def _samples_seen(self) -> int | None:
         """Samples since Keras last reset its metrics: the loss tracker's count (exact, any input).
@@ -1551,6 +1577,12 @@ class EnergyCallback(_Callback):
             self._unusable_tokens(f"token_counter {name!r} is not among the metrics in logs ({present})")
             return
         value = logs[name]
+        if self._replicas() > 1 and not logs_sum_metrics_over_replicas(_KERAS_VERSION):
+            self._unusable_tokens(
+                f"token_counter {name!r} logged {value!r}, which Keras {keras.__version__} does not sum over the "
+                f"{self._replicas()} tf.distribute replicas (Keras 3.10 and later do)",
+                fix="Keras 3.10 or later counts them")
+            return
         try:
             tokens = int(round(float(value)))
         except (TypeError, ValueError, OverflowError):  # not a number, NaN, inf
@@ -1560,15 +1592,13 @@ class EnergyCallback(_Callback):
         elif tokens > 0:
             self.tracker.add_samples(0, tokens=tokens)
 
-    def _unusable_tokens(self, what: str) -> None:
+    def _unusable_tokens(self, what: str, fix: str = "Fix token_counter= (the name of a metric in logs that counts "
+                         "tokens, e.g. a keras.metrics.Sum of the label mask added in compile)") -> None:
         if self._warned_tokens == self.tracker.run_id:
             return
         self._warned_tokens = self.tracker.run_id
-        warn(
-            f"greencallbacks: EnergyCallback {what}; its tokens are left out of energy_j_per_token (this warning "
-            "comes once per run). Fix token_counter= (the name of a metric in logs that counts tokens, e.g. a "
-            "keras.metrics.Sum of the label mask added in compile)."
-        )
+        warn(f"greencallbacks: EnergyCallback {what}; its tokens are left out of energy_j_per_token (this warning "
+             f"comes once per run). {fix}.")
 
     def _step(self) -> int | None:
         optimizer = getattr(self.model, "optimizer", None)
