@@ -55,7 +55,7 @@ def main(out: Path, config: dict) -> None:
     from lightning.pytorch.callbacks import ModelCheckpoint
     from torch.utils.data import DataLoader
 
-    from distributed_logged_script import dataset
+    from distributed_everyday_script import dataset
     from greencallbacks import Budget
     from greencallbacks.sensors.base import Kind
     from lightning_models import flavour, step_logging, trainer_kwargs

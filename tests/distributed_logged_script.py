@@ -29,14 +29,6 @@ sys.path.insert(0, str(Path(__file__).parents[1]))  # for tests.fakes
 POWER_W = 100.0  # each rank's scripted device
 
 
-def dataset(n: int, seed: int):
-    import torch
-    from torch.utils.data import TensorDataset
-
-    generator = torch.Generator().manual_seed(seed)
-    return TensorDataset(torch.randn(n, 4, generator=generator), torch.randn(n, 1, generator=generator))
-
-
 def main(out: Path, mode: str, ckpt: str | None) -> None:
     import lightning.pytorch as L
     from lightning.fabric.strategies.launchers import subprocess_script
@@ -44,6 +36,7 @@ def main(out: Path, mode: str, ckpt: str | None) -> None:
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
     from torch.utils.data import DataLoader
 
+    from distributed_everyday_script import dataset
     from greencallbacks.sensors.base import Kind
     from lightning_models import flavour, step_logging, trainer_kwargs
     from tests.fakes.scripted import ScriptedSensor
