@@ -770,10 +770,13 @@ class BatchCounter:
         if self.rows_per_sample != 1 and not self.custom_samples:
             default = functools.partial(self._counted_in_rows, default)
         samples = self._apply("sample_counter", self.sample_counter if self.custom_samples else default, batch, run_id)
-        tokens = 0
-        if self.token_counter is not None:
-            tokens = self._apply("token_counter", self.token_counter, batch, run_id) or 0
-        return samples, tokens
+        return samples, self.count_tokens(batch, run_id)
+
+    def count_tokens(self, batch: Any, run_id: str = "") -> int:
+        """Tokens in one batch by the ``token_counter`` (0 without one, or where it fails: warned once per run)."""
+        if self.token_counter is None:
+            return 0
+        return self._apply("token_counter", self.token_counter, batch, run_id) or 0
 
     def _samples_of_rows(self, rows: int | None) -> int | None:
         rows_per_sample = self.rows_per_sample

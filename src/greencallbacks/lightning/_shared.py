@@ -69,7 +69,8 @@ class EnergyCallbackBase:
             test ``CombinedLoader`` in a mode other than ``"sequential"``, the default counts each
             one's batch and adds them; a ``sample_counter`` given is handed the whole combined batch.
         token_counter: ``batch -> int`` tokens in a completed batch (e.g.
-            ``lambda b: int(b["attention_mask"].sum())``), giving ``energy_j_per_token``.
+            ``lambda b: int(b["attention_mask"].sum())``), giving ``energy_j_per_token``; handed the
+            batch the step is given, the whole combined batch of several loaders too.
         step_metrics: also log ``energy_kwh_total``, ``co2eq_g_total`` (so far, the epoch in
             progress included) and ``power_w`` (since the previous such log) at the steps where
             Lightning logs (``log_every_n_steps``), to every logger; no records are added. False: per
@@ -582,7 +583,7 @@ class EnergyCallbackBase:
             elif self._train_parts is None:
                 self._counter.add(self.tracker, batch)
             else:
-                self._add_parts(batch, self._train_parts)
+                self._add_combined(batch, self._train_parts)
                 self._counter.collate = self._train_collates[0]
         except Exception as error:  # noqa: BLE001 - measuring must never break training
             hook_failed(self, "on_train_batch_end", error)
@@ -656,7 +657,7 @@ class EnergyCallbackBase:
         """Count a validation, test or predict batch by the rule of the loader it came from, or,
         from a CombinedLoader in another mode than "sequential", of each loader apart."""
         if self._eval_parts is not None:
-            self._add_parts(batch, self._eval_parts)
+            self._add_combined(batch, self._eval_parts)
         else:
             collates = self._eval_collates
             self._counter.collate = collates[dataloader_idx] if dataloader_idx < len(collates) else None
@@ -700,6 +701,22 @@ class EnergyCallbackBase:
             self._parts_remade = _remade(trainer)
             return _collate_tree(trainer, loaders)  # each loader's collate None where a hook may remake its batch
         return None
+
+    def _add_combined(self, batch: Any, parts: Any) -> None:
+        """A batch of several loaders: samples counted loader by loader (``_add_parts``), tokens by
+        the ``token_counter`` on the whole batch, the one the step is given, as a ``sample_counter``
+        is. Handed each loader's part, a counter written for that batch raised on every part
+        (``b["a"]`` of ``b["a"]``) and the epoch had no tokens."""
+        token_counter = self._counter.token_counter
+        if token_counter is None:
+            self._add_parts(batch, parts)
+            return
+        self._counter.token_counter = None
+        try:
+            self._add_parts(batch, parts)
+        finally:
+            self._counter.token_counter = token_counter
+        self.tracker.add_samples(0, tokens=self._counter.count_tokens(batch, self.tracker.run_id))
 
     def _add_parts(self, batch: Any, parts: Any) -> None:
         """Count a combined batch loader by loader, each by its own collate, as ``parts`` (nested
@@ -809,7 +826,13 @@ class EnergyCallbackBase:
             # Lightning writes a training epoch's metrics one step back (its loop has already
             # counted the next batch); validation at the current step. LearningRateMonitor reads
             # the same counter.
-            self._log_directly(metrics, trainer, phase, left_out=[name for name in values if name not in metrics])
+            left_out = [name for name in values if name not in metrics]
+            per_token = self.prefix + PREFIXES[phase] + "energy_j_per_token"
+            if per_token not in metrics:
+                # A phase without tokens (its token_counter failed there) has no per-token value at
+                # all: left in callback_metrics, an earlier epoch's cost per token stood as this one's.
+                left_out.append(per_token)
+            self._log_directly(metrics, trainer, phase, left_out=left_out)
             return
         # Every rank already holds the same summed values; syncing with `max` keeps them exact and
         # tells Lightning they are synchronised (it warns about unsynchronised epoch metrics).
