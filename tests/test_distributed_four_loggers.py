@@ -80,6 +80,16 @@ def read_loggers(out: Path, mode: str, ran: list[dict], epochs: int) -> dict[str
     return read_back
 
 
+def whole_epochs_with_running_total(records) -> list:
+    """Each whole training epoch's record, with the run's energy up to its end (the records in order)."""
+    ends, running = [], 0.0
+    for record in records:
+        running += record.energy_kwh
+        if record.phase == "train" and not record.partial:
+            ends.append((record, running))
+    return ends
+
+
 def check_logged(out: Path, run_id: str, attempts: list[tuple[dict, list[dict]]], *, rank_0_killed: bool) -> None:
     """``attempts``: each attempt's loggers read back, and what each of its ranks ran. With
     ``rank_0_killed`` the failed attempt's loggers hold what they wrote before the kill: checked
@@ -89,11 +99,7 @@ def check_logged(out: Path, run_id: str, attempts: list[tuple[dict, list[dict]]]
     check_summary(out / "energy", records)
     assert not list((out / "energy").glob("energy-open-*")), "the killed attempts' parts are carried, their files gone"
     summary_kwh = sum(r.energy_kwh for r in records)
-    train_ends, running = [], 0.0
-    for r in records:
-        running += r.energy_kwh
-        if r.phase == "train" and not r.partial:
-            train_ends.append((r, running))
+    train_ends = whole_epochs_with_running_total(records)
     # Every epoch once: 0 and 1 by the first attempt, 2 (the failed one) and 3 by the resume.
     assert [(r.attempt, r.epoch) for r, _ in train_ends] == [(0, 0), (0, 1), (failed + 1, 2), (failed + 1, 3)]
     before_attempt = [sum(r.energy_kwh for r in records if r.attempt < a) for a in range(len(attempts))]
@@ -252,18 +258,13 @@ def test_hf_a_fit_failing_in_epoch_2_resumed_from_its_last_checkpoint_then_evalu
     alone; resumed from checkpoint-10 to step 16, then ``evaluate()``. torchrun stops the other
     rank as one fails: the failed attempt's loggers hold what rank 0 wrote by then."""
     pytest.importorskip("transformers")
-    from tests.test_hf_distributed import free_port
+    from tests.test_hf_distributed import torchrun as torchrun_two_ranks
 
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # mlflow 3.x: the file store is opt-in (its reader too)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "WANDB_MODE": "offline",
-           "WANDB_SILENT": "true", "WANDB_CONSOLE": "off", "TF_CPP_MIN_LOG_LEVEL": "3",
-           "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{REPO}"}
-    env.pop("CUDA_VISIBLE_DEVICES", None)
 
     def torchrun(*arguments):
-        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-                   str(HF_SCRIPT), str(tmp_path), *arguments]
-        return subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240)
+        return torchrun_two_ranks(HF_SCRIPT, tmp_path, tmp_path, *arguments, PYTHONWARNINGS="ignore", WANDB_MODE="offline",
+                                  WANDB_SILENT="true", WANDB_CONSOLE="off", TF_CPP_MIN_LOG_LEVEL="3")
 
     failed = torchrun(mode)
     assert failed.returncode != 0 and (tmp_path / "checkpoint-10").is_dir(), failed.stderr[-3000:]
@@ -276,11 +277,7 @@ def test_hf_a_fit_failing_in_epoch_2_resumed_from_its_last_checkpoint_then_evalu
     check_summary(tmp_path, records)
     assert not list(tmp_path.glob("energy-open-*")), "the killed attempts' parts are carried, their files gone"
     summary_kwh = sum(r.energy_kwh for r in records)
-    train_ends, running = [], 0.0
-    for r in records:
-        running += r.energy_kwh
-        if r.phase == "train" and not r.partial:
-            train_ends.append((r, running))
+    train_ends = whole_epochs_with_running_total(records)
     # Every epoch once, with both ranks' samples: 2 by the failed attempt, 2 by the resume (epoch 2:
     # the 2 steps after the checkpoint; the 3 the failed attempt ran of it are its partial records).
     assert [(r.attempt, r.epoch, r.samples) for r, _ in train_ends] == [(0, 0, 32), (0, 1, 32), (1, 2, 16), (1, 3, 32)]

@@ -43,15 +43,9 @@ def lightning(out: Path, config: dict) -> tuple[subprocess.CompletedProcess, lis
 
 def hf(out: Path, config: dict) -> tuple[subprocess.CompletedProcess, list[dict]]:
     pytest.importorskip("transformers")
-    from tests.test_hf_distributed import free_port
+    from tests.test_hf_distributed import torchrun
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
-           # A PYTHONPATH given first: the tests run against a copy of src too.
-           "PYTHONPATH": os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(REPO / "src"), str(REPO)]))}
-    env.pop("CUDA_VISIBLE_DEVICES", None)
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-               str(SCRIPT), str(out), json.dumps(config)]
-    done = subprocess.run(command, env=env, cwd=out, capture_output=True, text=True, timeout=TIMEOUT)
+    done = torchrun(SCRIPT, out, out, json.dumps(config), timeout=TIMEOUT, PYTHONWARNINGS="ignore")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     return done, [json.loads((out / f"{config['name']}.rank{r}.json").read_text()) for r in range(2)]
 

@@ -129,20 +129,11 @@ def test_hf_ranks_killed_inside_an_epoch_then_resumed_log_the_summed_run(tmp_pat
     epoch 1; resumed from it on two ranks. 30 samples a epoch, padded by Accelerate to 32."""
     pytest.importorskip("transformers")
     from greencallbacks.records import read_records
-    from tests.test_hf_distributed import free_port
+    from tests.test_hf_distributed import torchrun
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
-           "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{REPO}"}
-    env.pop("CUDA_VISIBLE_DEVICES", None)
-
-    def torchrun(*arguments):
-        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-                   str(HF_SCRIPT), str(tmp_path), *arguments]
-        return subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240)
-
-    killed = torchrun("killed")
+    killed = torchrun(HF_SCRIPT, tmp_path, tmp_path, "killed", PYTHONWARNINGS="ignore")
     assert killed.returncode != 0 and (tmp_path / "checkpoint-6").is_dir(), killed.stderr[-3000:]
-    resumed = torchrun("resumed", str(tmp_path / "checkpoint-6"))
+    resumed = torchrun(HF_SCRIPT, tmp_path, tmp_path, "resumed", tmp_path / "checkpoint-6", PYTHONWARNINGS="ignore")
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-5000:]
     history = json.loads((tmp_path / "resumed.json").read_text())["log_history"]
     records = read_records(tmp_path)

@@ -28,14 +28,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_ranks_sum_their_devices_count_the_host_once_and_log_the_same_values(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{REPO}"}
+def torchrun(script, cwd, *arguments, timeout: float = 240, **env_extra) -> subprocess.CompletedProcess:
+    """``script`` with ``arguments`` on two CPU ranks under torchrun (gloo), from ``cwd``."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           # A PYTHONPATH given first: the tests run against a copy of src too.
+           "PYTHONPATH": os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(REPO / "src"), str(REPO)])),
+           **env_extra}
     env.pop("CUDA_VISIBLE_DEVICES", None)
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-        str(REPO / "tests" / "hf_tiny.py"), str(tmp_path),
-    ]
-    done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+               str(script), *map(str, arguments)]
+    return subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def test_two_ranks_sum_their_devices_count_the_host_once_and_log_the_same_values(tmp_path):
+    done = torchrun(REPO / "tests" / "hf_tiny.py", tmp_path, tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
 
     ranks = [json.loads((tmp_path / f"log_history.rank{r}.json").read_text()) for r in (0, 1)]
@@ -83,18 +89,10 @@ def test_two_ranks_killed_inside_an_epoch_carry_both_parts_of_it_on_resume(tmp_p
     """Preempted (SIGKILL on both ranks) after the checkpoint of step 2, then resumed from it: the
     open epoch is carried with both ranks' parts. The Trainer saves the callback's state on the
     main process alone; rank 1 writes its part as the checkpoint is saved (``on_save``)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{REPO}"}
-    env.pop("CUDA_VISIBLE_DEVICES", None)
-
-    def torchrun(mode):
-        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-                   str(REPO / "tests" / "hf_tiny.py"), str(tmp_path), mode]
-        return subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240)
-
-    killed = torchrun("killed")
+    killed = torchrun(REPO / "tests" / "hf_tiny.py", tmp_path, tmp_path, "killed")
     assert killed.returncode != 0 and (tmp_path / "checkpoint-2").is_dir(), killed.stderr[-3000:]
     assert not (tmp_path / "checkpoint-4").exists()
-    resumed = torchrun("resumed")
+    resumed = torchrun(REPO / "tests" / "hf_tiny.py", tmp_path, tmp_path, "resumed")
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-5000:]
     records = read_records(tmp_path)
     carried = [r for r in records if r.carried and r.phase == "train"]

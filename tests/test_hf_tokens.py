@@ -100,13 +100,9 @@ def test_a_crash_inside_an_evaluation_on_two_ranks_keeps_the_epoch_s_tokens(tmp_
     """Regression: on several ranks an evaluation that raises fails the run at once (ending its
     phase is a collective), with the loop's phase innermost: the epoch's tokens, added at its end
     or to the innermost phase at a crash's write-up, were lost (``tokens: null``)."""
-    from test_hf_distributed import free_port
+    from test_hf_distributed import torchrun
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{REPO}", "PYTHONWARNINGS": "ignore"}
-    env.pop("CUDA_VISIBLE_DEVICES", None)
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-               __file__, str(tmp_path), "eval_crash"]
-    done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    done = torchrun(__file__, tmp_path, tmp_path, "eval_crash", PYTHONWARNINGS="ignore")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     seen = [json.loads((tmp_path / f"tokens.rank{r}.json").read_text()) for r in range(2)]
     assert seen[0] == seen[1] and seen[0]["step"] == 2
