@@ -51,6 +51,8 @@ def check_run(run_id: str, directories, *, power_w: float | None = None, context
                 mine = [r for r in records if r.phase == phase]
                 assert totals["energy_j"] == pytest.approx(sum(r.energy_j for r in mine), rel=REL), phase + where
                 assert totals["count"] == len(mine), phase + where
+                counted = [r.tokens for r in mine if r.tokens is not None]  # None: no record counted any
+                assert totals.get("tokens") == (sum(counted) if counted else None), phase + " tokens" + where
     attempts = sorted({r.attempt for r in records})
     assert attempts == list(range(len(attempts))), f"attempts {attempts}" + where
     if power_w is not None:  # a scripted constant-power sensor: energy follows time, nothing doubled

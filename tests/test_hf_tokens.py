@@ -112,6 +112,8 @@ def test_a_crash_inside_an_evaluation_on_two_ranks_keeps_the_epoch_s_tokens(tmp_
     # Two steps of a batch of 8 on each rank: HF's count, already summed over the ranks.
     assert seen[0]["tokens"] == 2 * 2 * BATCH * SEQ_LEN
     assert sum(r.tokens or 0 for r in train) == seen[0]["tokens"]
+    summary = json.loads((tmp_path / "energy-summary.json").read_text())  # the failed run's, summed over the ranks
+    assert summary["ended"] == "failed" and summary["phases"]["train"]["tokens"] == seen[0]["tokens"]
 
 
 if __name__ == "__main__":

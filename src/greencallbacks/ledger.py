@@ -43,6 +43,9 @@ class PhaseTotals:
     embodied_co2eq_g_low: float = 0.0
     embodied_co2eq_g_high: float = 0.0
     embodied_count: int = 0
+    # The tokens of the records that counted them (HF's num_input_tokens_seen, a token_counter);
+    # None while none has: a phase that counts no tokens has no count of 0.
+    tokens: int | None = None
 
     def add(self, record: Record) -> None:
         self.energy_j += record.energy_kwh * J_PER_KWH
@@ -56,6 +59,14 @@ class PhaseTotals:
             self.embodied_co2eq_g_low += record.embodied_co2eq_g_low or record.embodied_co2eq_g
             self.embodied_co2eq_g_high += record.embodied_co2eq_g_high or record.embodied_co2eq_g
             self.embodied_count += 1
+        if record.tokens is not None:
+            self.tokens = (self.tokens or 0) + record.tokens
+
+    def plus(self, other: "PhaseTotals") -> None:
+        """Add ``other``'s totals to these (a field that one of them lacks, ``tokens`` None, is the other's)."""
+        for name, value in vars(other).items():
+            mine = getattr(self, name)
+            setattr(self, name, value if mine is None else mine if value is None else mine + value)
 
 
 @dataclass
@@ -172,8 +183,7 @@ class Ledger:
         total = PhaseTotals()
         for (_, own_prefix), totals in self.prefix_totals.items():
             if own_prefix == prefix:
-                for name, value in vars(totals).items():
-                    setattr(total, name, getattr(total, name) + value)
+                total.plus(totals)
         return total
 
     def add(self, record: Record) -> None:

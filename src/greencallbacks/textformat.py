@@ -29,6 +29,7 @@ NOISE = 1e-12
 ENERGY_UNITS = (("kWh", 1.0), ("Wh", 1e3), ("mWh", 1e6))  # base: kWh
 MASS_UNITS = (("kg", 1e-3), ("g", 1.0), ("mg", 1e3))  # base: g
 JOULE_UNITS = (("kJ", 1e-3), ("J", 1.0), ("mJ", 1e3), ("µJ", 1e6))  # base: J
+COUNT_UNITS = (("G", 1e-9), ("M", 1e-6), ("k", 1e-3), ("", 1.0))  # base: one (tokens: 1.23 M)
 
 
 def pick_unit(values: Iterable[float | None], units: Sequence[tuple[str, float]]) -> tuple[str, float]:
@@ -144,6 +145,18 @@ def mass_text(mean: float, se: float | None = None) -> str:
     """gCO2eq in a readable unit: ``7.06 mgCO2eq``."""
     unit, factor = pick_unit([mean], MASS_UNITS)
     return plus_minus(mean * factor, None if se is None else se * factor) + f" {unit}CO2eq"
+
+
+def joule_text(mean: float, se: float | None = None) -> str:
+    """J in a readable unit: ``812 µJ``, ``0.81 ± 0.02 J`` (a cost per token or per sample)."""
+    unit, factor = pick_unit([mean], JOULE_UNITS)
+    return plus_minus(mean * factor, None if se is None else se * factor) + f" {unit}"
+
+
+def count_text(mean: float, se: float | None = None) -> str:
+    """A large count in a readable unit: ``1.23 M``, ``12.3 ± 0.4 k``, ``512``."""
+    unit, factor = pick_unit([mean], COUNT_UNITS)
+    return plus_minus(mean * factor, None if se is None else se * factor) + (f" {unit}" if unit else "")
 
 
 def intensity_text(g_per_kwh: float) -> str:

@@ -1742,6 +1742,10 @@ def _uncounted(state: dict[str, Any], records: list[Record]) -> dict[str, Any]:
                                               if (phase, prefix) == (record.phase, record.metric_prefix)]
         for slot in filter(None, slots):
             for name, value in vars(counted).items():
+                if name == "tokens":  # None: counted none; what the open phases alone counted is none again
+                    if value is not None and slot.get(name) is not None:
+                        slot[name] = max(0, slot[name] - value) or None
+                    continue
                 slot[name] = max(0, slot.get(name, 0) - value)  # never below 0 by rounding
     return {**state, "totals": totals, "prefix_totals": prefix_totals}
 

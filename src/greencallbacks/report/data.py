@@ -14,8 +14,10 @@ from greencallbacks.records import PHASES, Record, by_run, counted_to_heartbeat
 from greencallbacks.textformat import (
     ENERGY_UNITS,
     printable,
+    count_text,
     energy_text,
     intensity_text,
+    joule_text,
     mass_text,
     number,
     pick_unit,
@@ -70,7 +72,8 @@ def epoch_rows(records: Iterable[Record]) -> list[dict]:
             {"run_id": r.run_id, "attempt": r.attempt, "epoch": r.epoch, "seconds": 0.0, "energy_kwh": 0.0,
              "co2eq_g": 0.0, "uncertainty_kwh": 0.0, "train_samples": 0, "samples_counted": True,
              "j_per_sample": None, "val_energy_kwh": None, "val_co2eq_g": None, "methods": "", "estimated": False,
-             "partial": False, "redone": False, "resumed": False, "has_train": False, "embodied_co2eq_g": None},
+             "partial": False, "redone": False, "resumed": False, "has_train": False, "embodied_co2eq_g": None,
+             "train_tokens": None, "j_per_token": None, "token_count": _TokenCount()},
         )
         row["estimated"] |= is_estimated(r)
         if r.phase == "train":
@@ -84,6 +87,7 @@ def epoch_rows(records: Iterable[Record]) -> list[dict]:
             row["uncertainty_kwh"] += r.uncertainty_kwh
             row["train_samples"] += r.samples
             row["samples_counted"] &= r.samples_counted
+            row["token_count"].add(r)
             row["methods"] = ", ".join(sorted(set(filter(None, (row["methods"] + ", " + methods_of(r)).split(", ")))))
         else:
             row["val_energy_kwh"] = (row["val_energy_kwh"] or 0.0) + r.energy_kwh
@@ -98,8 +102,47 @@ def epoch_rows(records: Iterable[Record]) -> list[dict]:
         row["resumed"] = row["redone"] and (run, later, epoch) in not_whole
         if row["samples_counted"] and row["train_samples"] > 0:
             row["j_per_sample"] = row["energy_kwh"] * J_PER_KWH / row["train_samples"]
+        row["train_tokens"] = row.pop("token_count").whole
+        if row["train_tokens"]:
+            row["j_per_token"] = row["energy_kwh"] * J_PER_KWH / row["train_tokens"]
         del row["has_train"]
     return [rows[k] for k in sorted(rows)]
+
+
+class _TokenCount:
+    """The tokens of some records (HF's ``num_input_tokens_seen``, a ``token_counter``), as samples
+    are counted: ``whole`` is their sum where every record that ran batches counted its tokens, None
+    where none did, or where one did not beside others that did (a count of part of the batches,
+    which a cost per token would divide the whole energy by). A record of no batch (a gap between
+    phases, an epoch cut short before its first) is written without tokens: it lacks none."""
+
+    def __init__(self) -> None:
+        self.tokens = 0
+        self.counted = False  # some record counted tokens
+        self.lacking = False  # some record ran batches without counting them
+
+    def add(self, record: Record) -> None:
+        if record.tokens is not None:
+            self.tokens += record.tokens
+            self.counted = True
+        elif record.samples > 0 or not record.samples_counted:
+            self.lacking = True
+
+    @property
+    def whole(self) -> int | None:
+        return self.tokens if self.counted and not self.lacking else None
+
+    @property
+    def partial(self) -> bool:
+        """Counted for some of the records, not for others: said in a note."""
+        return self.counted and self.lacking
+
+
+def token_count(records: Iterable[Record]) -> _TokenCount:
+    count = _TokenCount()
+    for r in records:
+        count.add(r)
+    return count
 
 
 def training_attempts(records: Iterable[Record]) -> set[tuple[str, int]]:
@@ -163,11 +206,14 @@ def phase_totals(records: Iterable[Record]) -> dict[str, dict]:
 
 
 def _no_totals() -> dict:
-    return {"seconds": 0.0, "energy_kwh": 0.0, "co2eq_g": 0.0, "samples": 0, "samples_counted": True}
+    return {"seconds": 0.0, "energy_kwh": 0.0, "co2eq_g": 0.0, "samples": 0, "samples_counted": True,
+            "tokens": None, "tokens_partial": False}
 
 
 def _totals_by(records: Iterable[Record], key: Callable[[Record], str]) -> dict[str, dict]:
+    """Per key: sums, and ``tokens`` as ``_TokenCount.whole`` says (None: none counted, or not whole)."""
     totals: dict[str, dict] = defaultdict(_no_totals)
+    tokens: dict[str, _TokenCount] = defaultdict(_TokenCount)
     for r in records:
         t = totals[key(r)]
         t["seconds"] += r.duration_s
@@ -175,6 +221,9 @@ def _totals_by(records: Iterable[Record], key: Callable[[Record], str]) -> dict[
         t["co2eq_g"] += r.co2eq_g
         t["samples"] += r.samples
         t["samples_counted"] &= r.samples_counted
+        tokens[key(r)].add(r)
+    for name, count in tokens.items():
+        totals[name]["tokens"], totals[name]["tokens_partial"] = count.whole, count.partial
     return dict(totals)
 
 
@@ -299,6 +348,10 @@ def provenance(records: Sequence[Record], run_summaries: Mapping[str, dict] | No
         # As the tables print them (they said "a lower bound" beside a table of n/a).
         notes.append("Some batches could not be counted (records marked samples_counted: false): samples and "
                      "J/sample are n/a wherever a count is not whole.")
+    if any(t["tokens_partial"] for mine in by_run(records).values() for t in phase_totals(mine).values()):
+        # A cost per token of part of the batches' tokens would divide the whole energy by too few.
+        notes.append("Some records counted no tokens beside others of their phase that did (records with tokens: "
+                     "null that ran batches): tokens and J/token are n/a wherever a count is not whole.")
     trained_in = training_attempts(records)
     if len(trained_in) > len({run for run, _ in trained_in}):
         notes.append("A run was resumed from a checkpoint: an epoch trained whole is one row whatever attempt "
@@ -1008,6 +1061,7 @@ def run_totals(records: Sequence[Record]) -> dict[str, dict]:
             "train_energy_kwh": sum(r.energy_kwh for r in train),
             "train_co2eq_g": sum(r.co2eq_g for r in train),
             "train_uncertainty_kwh": whole_run_uncertainty_kwh(train, shared_boundaries=False),
+            "train_tokens": token_count(train).whole,  # None: no token counted, or not for every batch
             "epochs": len({r.epoch for r in train if r.epoch is not None}),
             "attempts": len({r.attempt for r in mine}),
             "phases": [p for p in PHASES if any(r.phase == p for r in mine)],
@@ -1085,6 +1139,7 @@ def epoch_summary(records: Sequence[Record]) -> list[dict]:
     for key in sorted(by_epoch, key=in_order):
         group = by_epoch[key]
         per_sample = [row["j_per_sample"] for row in group if row["j_per_sample"] is not None]
+        per_token = [row["j_per_token"] for row in group if row["j_per_token"] is not None]
         merged = {"epoch": key[0], "attempt": key[2], "partial": group[0]["partial"], "redone": group[0]["redone"],
                   "resumed": group[0]["resumed"]}
         out.append(
@@ -1104,6 +1159,10 @@ def epoch_summary(records: Sequence[Record]) -> list[dict]:
                 "val_co2eq_g": _validation_over_runs(group, "val_co2eq_g"),
                 # n/a when any run could not count its samples: a mean over the others would hide it
                 "j_per_sample": over_runs(per_sample) if per_sample and len(per_sample) == len(group) else None,
+                # As J/sample: n/a unless every run counted the epoch's tokens
+                "train_tokens": (over_runs([row["train_tokens"] for row in group])
+                                 if all(row["train_tokens"] is not None for row in group) else None),
+                "j_per_token": over_runs(per_token) if per_token and len(per_token) == len(group) else None,
                 "uncertainty_kwh": over_runs([row["uncertainty_kwh"] for row in group])["mean"],
                 "methods": ", ".join(sorted({m for row in group for m in row["methods"].split(", ") if m})),
                 "estimated": any(row["estimated"] for row in group),
@@ -1153,7 +1212,23 @@ def _summarise(per_run: dict[str, dict[str, dict]], runs: Sequence[str], names: 
             for key in ("seconds", "energy_kwh", "co2eq_g", "samples")
         }
         out[name]["samples_counted"] = all(per_run[run].get(name, zero)["samples_counted"] for run in runs)
+        out[name].update(_tokens_over_runs([per_run[run].get(name) for run in runs]))
     return out
+
+
+def _tokens_over_runs(totals: Sequence[dict | None]) -> dict:
+    """``tokens`` and ``j_per_token`` (mean ± SE over the runs, each run's own ratio, as per-sample
+    costs are pooled) of some runs' totals of one phase (None: a run without it); each None (n/a)
+    unless every run counted its tokens whole: a mean over the others would hide the run that did
+    not. ``tokens_partial``: some run counted its tokens for part of the phase only."""
+    counts = [t["tokens"] for t in totals if t is not None]
+    every = bool(counts) and len(counts) == len(totals) and all(n is not None for n in counts)
+    return {
+        "tokens": over_runs(counts) if every else None,
+        "j_per_token": (over_runs([t["energy_kwh"] * J_PER_KWH / t["tokens"] for t in totals])
+                        if every and all(counts) else None),
+        "tokens_partial": any(t is not None and t["tokens_partial"] for t in totals),
+    }
 
 
 def phase_summary(records: Sequence[Record]) -> dict[str, dict]:
@@ -1274,6 +1349,12 @@ def statement(records: Sequence[Record], unfinished: Collection[str] = (),
     training = f"training ({config['epochs']} epoch{'s' if config['epochs'] != 1 else ''}{samples})"
     if not config["epochs"]:  # a loop of one's own that trains in steps: "training (0 epochs)" read as none
         training = "training (outside any epoch)"
+    tokens = _tokens_over_runs([phase_totals(mine).get("train") for mine in by_run(records).values()])
+    if tokens["tokens"] is not None:  # the training's tokens, where every run counted them whole
+        count = tokens["tokens"]
+        training = training[:-1] + f", {count_text(count['mean'], count['se'])} tokens in all{' per run' if n > 1 else ''})"
+    per_token = tokens["j_per_token"]
+    per_token = f", {joule_text(per_token['mean'], per_token['se'])} per token," if per_token else ""
     rows = epoch_rows(records)
     redone = sum(1 for row in rows if row["redone"] and not row["resumed"])
     resumed = sum(1 for row in rows if row["resumed"])
@@ -1301,14 +1382,14 @@ def statement(records: Sequence[Record], unfinished: Collection[str] = (),
                 f"{mass_text(all_g['mean'], all_g['se'])}" + (" per run (mean ± standard error over runs)" if n > 1 else ""))
     elif n == 1:
         text = (f"The {training} used {energy_text(train_kwh['mean'])} (sensor uncertainty ± "
-                f"{uncertainty_text(train_sensor, train_kwh['mean'])}) "
+                f"{uncertainty_text(train_sensor, train_kwh['mean'])}){per_token} "
                 f"and emitted {mass_text(train_g['mean'])}")
         if others:
             text += (f"; the whole run, including {others}, used {energy_text(all_kwh['mean'])} "
                      f"(± {uncertainty_text(all_sensor, all_kwh['mean'])}) and emitted {mass_text(all_g['mean'])}")
     else:
-        text = (f"Over {n} runs of one configuration, {training} used {energy_text(train_kwh['mean'], train_kwh['se'])} "
-                f"and emitted {mass_text(train_g['mean'], train_g['se'])} per run")
+        text = (f"Over {n} runs of one configuration, {training} used {energy_text(train_kwh['mean'], train_kwh['se'])}"
+                f"{per_token} and emitted {mass_text(train_g['mean'], train_g['se'])} per run")
         if others:
             text += (f"; the whole run, including {others}, used {energy_text(all_kwh['mean'], all_kwh['se'])} "
                      f"and emitted {mass_text(all_g['mean'], all_g['se'])}")

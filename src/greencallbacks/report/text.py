@@ -64,7 +64,14 @@ def _units(rows: Sequence[dict], total: dict | None = None) -> dict[str, tuple[s
         "energy": pick_unit(energies, ENERGY_UNITS),
         "mass": pick_unit(masses, MASS_UNITS),
         "joule": pick_unit([r["j_per_sample"]["mean"] for r in rows if r["j_per_sample"]], JOULE_UNITS),
+        "token": pick_unit([r["j_per_token"]["mean"] for r in rows if r.get("j_per_token")], JOULE_UNITS),
     }
+
+
+def _with_tokens(rows: Sequence[dict]) -> bool:
+    """Whether a table gets a per-token column: some row has a cost per token (none: the table as
+    it was without tokens)."""
+    return any(row.get("j_per_token") for row in rows)
 
 
 def format_epoch_summary(data: dict) -> str:
@@ -75,12 +82,16 @@ def format_epoch_summary(data: dict) -> str:
     """
     rows = data["epochs"]
     several = len(data["runs"]) > 1
-    units = _units(rows) if rows else {"energy": ENERGY_UNITS[0], "mass": MASS_UNITS[1], "joule": JOULE_UNITS[1]}
+    units = _units(rows) if rows else {"energy": ENERGY_UNITS[0], "mass": MASS_UNITS[1], "joule": JOULE_UNITS[1],
+                                        "token": JOULE_UNITS[1]}
     (e_unit, e_f), (m_unit, m_f), (j_unit, j_f) = units["energy"], units["mass"], units["joule"]
+    t_unit, t_f = units["token"]
+    tokens = _with_tokens(rows)
 
     def cells(row: dict) -> list[str]:
+        per_token = [_scaled(row["j_per_token"], t_f)] if tokens else []
         return [_scaled(row["seconds"], 1.0), _scaled(row["energy_kwh"], e_f), _scaled(row["co2eq_g"], m_f),
-                _scaled(row["j_per_sample"], j_f), _scaled(row["val_energy_kwh"], e_f),
+                _scaled(row["j_per_sample"], j_f), *per_token, _scaled(row["val_energy_kwh"], e_f),
                 number(row["uncertainty_kwh"] * e_f, 2), row["methods"]]
 
     every = [row for row in rows if row.get("in_every_run", True)]
@@ -89,15 +100,18 @@ def format_epoch_summary(data: dict) -> str:
     if every or not some:
         header = ["epoch", _heading("time", "s", several), _heading("training", e_unit, several),
                   _heading("training CO2eq", m_unit, several), _heading("per sample", j_unit, several),
+                  *([_heading("per token", t_unit, several)] if tokens else []),
                   _heading("validation", e_unit, several), f"sensor uncertainty ({e_unit})", "measured by"]
-        parts.append(markdown_table(header, [[row["label"], *cells(row)] for row in every], "lrrrrrrl"))
+        parts.append(markdown_table(header, [[row["label"], *cells(row)] for row in every],
+                                    "lrrrr" + "r" * tokens + "rrl"))
     if some:
         parts.append("Epochs not in every run (a run cut short and resumed, or one that trained other epochs): each "
                      "row covers only the runs it names, as mean ± SE where it names several.")
         header = ["epoch", "runs", "time (s)", f"training ({e_unit})", f"training CO2eq ({m_unit})",
-                  f"per sample ({j_unit})", f"validation ({e_unit})", f"sensor uncertainty ({e_unit})", "measured by"]
+                  f"per sample ({j_unit})", *([f"per token ({t_unit})"] if tokens else []), f"validation ({e_unit})",
+                  f"sensor uncertainty ({e_unit})", "measured by"]
         parts.append(markdown_table(header, [[row["label"], covers_text(row), *cells(row)] for row in some],
-                                    "llrrrrrrl"))
+                                    "llrrrr" + "r" * tokens + "rrl"))
     return "\n\n".join(parts)
 
 
@@ -111,11 +125,22 @@ def format_phase_summary(data: dict) -> str:
     energies = [t["energy_kwh"]["mean"] for t in data["phases"].values()] + [data["total"]["energy_kwh"]["mean"]]
     e_unit, e_f = pick_unit(energies, ENERGY_UNITS)
     m_unit, m_f = pick_unit([data["total"]["co2eq_g"]["mean"]], MASS_UNITS)
+    parts = [*data["phases"].values(), *(part for prefixes in data.get("phase_prefixes", {}).values()
+                                         for part in prefixes.values())]
+    # Tokens where a phase counted them, whole or in part (none: the table as it was without tokens).
+    tokens = any(t.get("tokens") is not None or t.get("tokens_partial") for t in parts)
+    t_unit, t_f = pick_unit([t["j_per_token"]["mean"] for t in parts if t.get("j_per_token")], JOULE_UNITS)
     header = ["phase", _heading("time", "s", several), _heading("energy", e_unit, several),
               _heading("CO2eq", m_unit, several), "samples" + (" (mean)" if several else "")]
+    if tokens:
+        header += ["tokens" + (" (mean)" if several else ""), _heading("per token", t_unit, several)]
+
     def row(name: str, t: dict) -> list[str]:
-        return [name, _scaled(t["seconds"], 1.0), _scaled(t["energy_kwh"], e_f), _scaled(t["co2eq_g"], m_f),
-                _count(t["samples"]["mean"]) if t["samples_counted"] else "n/a"]
+        cells = [name, _scaled(t["seconds"], 1.0), _scaled(t["energy_kwh"], e_f), _scaled(t["co2eq_g"], m_f),
+                 _count(t["samples"]["mean"]) if t["samples_counted"] else "n/a"]
+        if tokens:
+            cells += [_count(t["tokens"]["mean"]) if t.get("tokens") else "n/a", _scaled(t.get("j_per_token"), t_f)]
+        return cells
 
     body = []
     for phase, t in data["phases"].items():
@@ -124,8 +149,8 @@ def format_phase_summary(data: dict) -> str:
             body.append(row(f"… {prefix or '(no prefix)'}", part))
     total = data["total"]
     body.append(["**whole run (all phases)**", _scaled(total["seconds"], 1.0), _scaled(total["energy_kwh"], e_f),
-                 _scaled(total["co2eq_g"], m_f), ""])
-    return markdown_table(header, body, "lrrrr")
+                 _scaled(total["co2eq_g"], m_f), ""] + ["", ""] * tokens)
+    return markdown_table(header, body, "lrrrr" + "rr" * tokens)
 
 
 def pause_sentence(pause: dict, runs: int) -> str:
@@ -264,6 +289,8 @@ def _latex_group(data: dict, caption_extra: str, label: str) -> list[str]:
     total = data["total"]
     units = _units(rows, total)
     (e_unit, e_f), (m_unit, m_f), (j_unit, j_f) = units["energy"], units["mass"], units["joule"]
+    t_unit, t_f = units["token"]
+    tokens = _with_tokens(rows)
     # One "measured by" for the whole table when every row shares it: a column repeating it would
     # make the table wider than a paper's text.
     methods = list(dict.fromkeys(row["methods"] for row in rows)) or [", ".join(
@@ -281,9 +308,10 @@ def _latex_group(data: dict, caption_extra: str, label: str) -> list[str]:
         r"\small",
         r"\caption{" + caption + "}",
         f"\\label{{{label}}}",
-        r"\begin{tabular}{lrrrr" + ("l" if per_row else "") + "}",
+        r"\begin{tabular}{lrrrr" + "r" * tokens + ("l" if per_row else "") + "}",
         r"\toprule",
         f"Epoch & Time (s) & Energy ({e_unit}) & CO$_2$eq ({m_unit}) & Per sample ({latex_escape(j_unit)})"
+        + (f" & Per token ({latex_escape(t_unit)})" if tokens else "")
         + (" & Measured by" if per_row else "") + " \\\\",
     ]
     tail = " & \\\\" if per_row else " \\\\"
@@ -295,16 +323,19 @@ def _latex_group(data: dict, caption_extra: str, label: str) -> list[str]:
         lines.append(
             f"{latex_escape(row_label)} & {_latex_cell(row['seconds'], 1.0)} & {_latex_cell(row['energy_kwh'], e_f)} "
             f"& {_latex_cell(row['co2eq_g'], m_f)} & {_latex_cell(row['j_per_sample'], j_f)}"
+            + (f" & {_latex_cell(row['j_per_token'], t_f)}" if tokens else "")
             + (f" & {latex_escape(row['methods'])} \\\\" if per_row else " \\\\")
         )
     train_seconds = over_runs([t["train_seconds"] for t in data["run_totals"].values()])
     lines.append(r"\midrule")
     if rows:
+        # The whole training's cost per token, beside its epochs'.
+        per_token = f" & {_latex_cell(data['phases']['train']['j_per_token'], t_f)}" if tokens else ""
         lines.append(f"Training & {_latex_cell(train_seconds, 1.0)} & {_latex_cell(total['train_energy_kwh'], e_f)} "
-                     f"& {_latex_cell(total['train_co2eq_g'], m_f)} &" + tail)
+                     f"& {_latex_cell(total['train_co2eq_g'], m_f)} &" + per_token + tail)
     lines += [
         f"Whole run & {_latex_cell(total['seconds'], 1.0)} & {_latex_cell(total['energy_kwh'], e_f)} "
-        f"& {_latex_cell(total['co2eq_g'], m_f)} &" + tail,
+        f"& {_latex_cell(total['co2eq_g'], m_f)} &" + " &" * tokens + tail,
         r"\bottomrule",
         r"\end{tabular}",
         r"\end{table}",
@@ -345,7 +376,9 @@ def render_latex(records: Sequence[Record], *, with_equivalents: bool = False, c
 
 CSV_COLUMNS = ("configuration", "run_id", "attempt", "epoch", "status", "seconds", "energy_kwh", "co2eq_g",
                "uncertainty_kwh", "train_samples", "j_per_sample", "val_energy_kwh", "val_co2eq_g",
-               "intensity_gco2eq_per_kwh", "intensity_source", "pue", "methods", "embodied_co2eq_g")
+               "intensity_gco2eq_per_kwh", "intensity_source", "pue", "methods", "embodied_co2eq_g",
+               # Appended (readers of the columns before keep their places): empty where not counted whole.
+               "train_tokens", "j_per_token")
 
 
 def render_csv(records: Sequence[Record], unfinished: Collection[str] = ()) -> str:
