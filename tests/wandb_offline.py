@@ -27,6 +27,8 @@ def _payloads(data: bytes):
             continue
         start = pos
         length, kind = struct.unpack_from("<HB", data, pos + 4)
+        if pos + 7 + length > len(data):
+            return  # a chunk W&B's service is still writing (read while the run is open): not yet a record
         chunk = data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind == FULL:
