@@ -168,10 +168,12 @@ def load(paths: str | os.PathLike | Iterable[str | os.PathLike], run_id: str | N
         paths = [paths]
     files: list[Path] = []
     beats: list[Path] = []
+    seen: set[Path] = set()  # resolved: a file given by itself and through its directory, or a link, is read once
     for path in paths:
         found_files, found_beats = find_run_files(path)
         for found, into in [(f, files) for f in found_files] + [(b, beats) for b in found_beats]:
-            if found.resolve() not in {f.resolve() for f in into}:
+            if found.resolve() not in seen:
+                seen.add(found.resolve())
                 into.append(found)
     records: list[Record] = []
     run_files: dict[str, list[Path]] = {}
