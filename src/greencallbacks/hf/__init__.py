@@ -121,7 +121,8 @@ How it fits the Trainer (read against transformers 5.23):
   own call after a trial without evaluation); where that is HF's default when a ``train()``
   begins, the callback wraps it to leave out the names it merged. The metrics keep them (returned,
   logged, reported to Ray). A ``compute_objective`` of the user's own sees them all: energy may be
-  the objective.
+  the objective. An Optuna trial the pruner stops (HF calls ``on_train_end``, then raises
+  ``TrialPruned``) ends as failed, its open phase partial: cut short, not a finished training.
 """
 
 from __future__ import annotations
@@ -520,6 +521,12 @@ class EnergyCallback(TrainerCallback, ExportableState):
     @never_raises
     def on_train_end(self, args, state, control, **kwargs):
         self._in_train = False
+        if watch.calling_frame(lambda f: f.f_code.co_name == "_report_to_hp_search") is not None:
+            # An Optuna trial its pruner stops: HF calls on_train_end there, then raises TrialPruned
+            # out of train(). Cut short, as the trial Lightning's pruning callback stops by raising;
+            # ended as finished, it read as a whole training of fewer epochs, pooled with those.
+            self._abort(state=state)
+            return
         self._end_call()
 
     # ------------------------------------------------------------------ evaluation, prediction

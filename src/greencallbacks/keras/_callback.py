@@ -253,6 +253,14 @@ def _restores_a_backup(callback_list: keras.callbacks.CallbackList | None) -> bo
     return backup_dir is not None and os.path.isfile(_backup_metadata(backup_dir))
 
 
+def _a_tuners_trial(callback_list: keras.callbacks.CallbackList | None) -> bool:
+    """Is this fit a KerasTuner trial (its ``TunerCallback`` in the list)? Such a fit from
+    ``initial_epoch`` > 0 is Hyperband going on from another trial's saved weights in a model built
+    anew, not a resume: the run named in ``energy-state.json`` is merely the trial trained last."""
+    return any(type(callback).__module__.split(".")[0] == "keras_tuner"
+               for callback in getattr(callback_list, "callbacks", []))
+
+
 def _backup_metadata(backup_dir: str) -> str:
     return os.path.join(backup_dir, "training_metadata.json")
 
@@ -522,12 +530,14 @@ class EnergyCallback(_Callback):
     continued too, its later epochs counted as
     trained again, with a warning unless a ``run_id=`` or the fit's ``BackupAndRestore`` names it
     (or it is this object's run, on the same model): the trials of a sweep that share one
-    ``output_dir`` are not told apart otherwise. A callback given ``run_id=`` continues that run
-    only (its state is kept in a file of its own), and a second EnergyCallback in the same fit (two
-    grids) continues the run of the callback in its place in ``callbacks=[...]``. A loop of
-    ``fit(initial_epoch=e)`` with a new callback given ``run_id=`` each, run again into the same
-    directory, stays in the ``<id>-N`` its first fit was recorded as (the same model trained it
-    last). ``evaluate`` / ``predict`` continue the run of the model they are called on: the run it
+    ``output_dir`` are not told apart otherwise. A KerasTuner trial's fit from ``initial_epoch`` > 0
+    (Hyperband going on from another trial's weights) is a new run, from that epoch. A callback
+    given ``run_id=`` continues that run only (its state is kept in a file of its own), and a
+    second EnergyCallback in the same fit (two grids) continues the run of the callback in its
+    place in ``callbacks=[...]``. A loop of ``fit(initial_epoch=e)`` with a new callback given
+    ``run_id=`` each, run again into the same directory, stays in the ``<id>-N`` its first fit was
+    recorded as (the same model trained it last). ``evaluate`` / ``predict`` continue the run of
+    the model they are called on: the run it
     last trained in with this callback (a callback given to two models keeps each model's inference
     in that model's run), or the one it last trained in with another callback in this process (a
     new callback each call), unless another ``run_id=`` is given. For a model this process did not
@@ -1036,10 +1046,13 @@ class EnergyCallback(_Callback):
 
     def _start(self, call: _Call, first_epoch: int | None = None) -> None:
         """Start measuring for ``call``: in a new run, the resumed run, or the current one."""
-        if first_epoch is not None and (first_epoch > 0 or _restores_a_backup(call.callback_list)):
+        restoring = first_epoch is not None and _restores_a_backup(call.callback_list)
+        resuming = restoring or (bool(first_epoch) and not _a_tuners_trial(call.callback_list))
+        if resuming:
             self._resume(first_epoch, call)
-        elif first_epoch == 0 and self._run_used:
-            self._run = _Run(EnergySession(**self._session_kwargs))  # a new fit is a new run
+        elif first_epoch is not None and self._run_used:
+            # A new fit (a tuner's trial from any epoch) is a new run.
+            self._run = _Run(EnergySession(**self._session_kwargs))
         elif first_epoch is None:
             self._continue_the_models_run(call)
         if first_epoch and self._run.last_train_epoch is None:
