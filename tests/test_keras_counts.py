@@ -505,3 +505,10 @@ def test_a_token_counter_naming_no_metric_in_the_logs_is_warned_of_once_naming_t
     assert "its tokens are left out of energy_j_per_token (this warning comes once per run). Fix token_counter=" in said
     present = results["tokens"]
     assert present["warnings"] == [] and all(v > 0 for v in present["per_token"]), present
+    # The records say which phases' token count failed, as the other callbacks' records do.
+    from greencallbacks.records import read_records
+
+    counted = {name: {(r.phase, r.tokens_counted) for r in read_records(tmp_path / name) if r.phase != "other"}
+               for name in ("tokens_seen", "tokens")}
+    assert counted == {name: {(phase, name == "tokens") for phase in ("train", "validation", "test")}
+                       for name in ("tokens_seen", "tokens")}, counted

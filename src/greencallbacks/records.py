@@ -115,6 +115,10 @@ class Record:
     # refuses training then), though the framework stamps it with one (HF's last epoch), so what an
     # epoch cost leaves it out. Written only when true: records without it read as they always did.
     later_call: bool = False
+    # False when the token count failed on some batch of the phase (a ``token_counter`` that raised
+    # or returned no count), on any rank: ``tokens`` is then the other batches' alone, and the phase
+    # logs no cost per token. Written only when false: records without it read as they always did.
+    tokens_counted: bool = True
     schema: str = SCHEMA
 
     @property
@@ -130,6 +134,8 @@ class Record:
         data["components"] = [dict(c) for c in self.components]
         if self.later_call:
             data["later_call"] = True
+        if not self.tokens_counted:
+            data["tokens_counted"] = False
         return data
 
     @classmethod
@@ -143,7 +149,8 @@ class Record:
         return cls(**given)
 
 
-_FIELD_NAMES = tuple(f.name for f in fields(Record) if f.name not in ("schema", "later_call"))  # see to_dict
+_WRITTEN_WHEN_SET = ("later_call", "tokens_counted")  # see to_dict
+_FIELD_NAMES = tuple(f.name for f in fields(Record) if f.name != "schema" and f.name not in _WRITTEN_WHEN_SET)
 _REQUIRED = tuple(f.name for f in fields(Record) if f.default is MISSING and f.default_factory is MISSING)
 
 # The JSON types each field must have when read back (null: only where listed, and for numbers).
@@ -155,7 +162,7 @@ _OPTIONAL_INTEGERS = ("epoch", "intensity_year", "tokens", "step")
 _STRINGS = ("run_id", "phase", "start_time", "intensity_source", "intensity_zone", "intensity_licence", "pue_source",
             "framework", "tool_version")
 _OPTIONAL_STRINGS = ("metric_prefix",)
-_BOOLEANS = ("partial", "samples_counted", "intensity_is_default", "carried", "later_call")
+_BOOLEANS = ("partial", "samples_counted", "intensity_is_default", "carried", "later_call", "tokens_counted")
 
 
 _NONE = type(None)
@@ -1167,6 +1174,8 @@ def combine_ranks(per_rank: list[list[Record]]) -> list[Record]:
                 "samples": sum(r.samples for r in parts),
                 "samples_counted": all(r.samples_counted for r in parts),
                 "tokens": sum(r.tokens or 0 for r in parts) or None,
+                # A rank whose count failed (HF's own count is rank 0's alone: another's None is no failure).
+                "tokens_counted": all(r.tokens_counted for r in parts),
                 "it_energy_kwh": sum(r.it_energy_kwh for r in parts),
                 "energy_kwh": energy_kwh,
                 "co2eq_g": co2eq_g,

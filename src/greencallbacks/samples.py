@@ -724,7 +724,8 @@ class BatchCounter:
 
     A batch that cannot be counted (or a counter that raises or returns something other than a
     non-negative int) is recorded as uncounted: the phase's record says ``samples_counted:
-    false`` and has no per-sample values. One warning per run names the batch's type and the fix.
+    false`` and has no per-sample values; a batch whose ``token_counter`` fails so, ``tokens_counted:
+    false`` and no per-token value. One warning per run names the batch's type and the fix.
     """
 
     def __init__(
@@ -752,8 +753,8 @@ class BatchCounter:
         self.batch_name = batch_name
         self._warned_runs: set[tuple[str, str]] = set()
 
-    def count(self, batch: Any, run_id: str = "") -> tuple[int | None, int]:
-        """(samples or None, tokens) in one batch; warns once per run (and counter) about an uncountable one."""
+    def count(self, batch: Any, run_id: str = "") -> tuple[int | None, int | None]:
+        """(samples or None, tokens or None) in one batch; warns once per run (and counter) about an uncountable one."""
         if self.token_counter is None and not self.custom_samples:
             # The default, on every step: no layers (they cost as much as the count itself).
             try:
@@ -772,11 +773,13 @@ class BatchCounter:
         samples = self._apply("sample_counter", self.sample_counter if self.custom_samples else default, batch, run_id)
         return samples, self.count_tokens(batch, run_id)
 
-    def count_tokens(self, batch: Any, run_id: str = "") -> int:
-        """Tokens in one batch by the ``token_counter`` (0 without one, or where it fails: warned once per run)."""
+    def count_tokens(self, batch: Any, run_id: str = "") -> int | None:
+        """Tokens in one batch by the ``token_counter``: 0 without one, None where it fails (warned
+        once per run; the tracker marks the phase ``tokens_counted: false``, as a count of the other
+        batches' tokens alone would give too high a cost per token)."""
         if self.token_counter is None:
             return 0
-        return self._apply("token_counter", self.token_counter, batch, run_id) or 0
+        return self._apply("token_counter", self.token_counter, batch, run_id)
 
     def _samples_of_rows(self, rows: int | None) -> int | None:
         rows_per_sample = self.rows_per_sample
@@ -839,8 +842,9 @@ class BatchCounter:
             )
         else:
             warn(
-                f"greencallbacks: {self.owner} {what}; its tokens are left out of energy_j_per_token (this "
-                f"warning comes once per run). Fix token_counter= (a function {self.batch_name.split()[-1]} -> int)."
+                f"greencallbacks: {self.owner} {what}. The records of the phases with such batches say "
+                "tokens_counted: false and carry no energy_j_per_token (this warning comes once per run). "
+                f"Fix token_counter= (a function {self.batch_name.split()[-1]} -> int)."
             )
 
 

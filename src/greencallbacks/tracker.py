@@ -148,6 +148,7 @@ class _Open:
     samples: int = 0
     samples_counted: bool = True
     tokens: int = 0
+    tokens_counted: bool = True  # False: some batch's token count failed (see add_samples)
     paused_s: float = 0.0
     components: dict[str, dict] = field(default_factory=dict)
     segments: list[tuple[float, float, float]] = field(default_factory=list)  # (t0, t1, joules)
@@ -732,11 +733,14 @@ class Tracker:
         if self._stack and seconds > 0:
             self._stack[-1].paused_s += seconds
 
-    def add_samples(self, samples: int | None, tokens: int = 0) -> None:
+    def add_samples(self, samples: int | None, tokens: int | None = 0) -> None:
         """Count samples for the innermost open phase. Cheap enough for every batch.
 
         ``samples=None``: a batch that could not be counted; the phase's record then says
-        ``samples_counted: false`` and carries no per-sample values.
+        ``samples_counted: false`` and carries no per-sample values. ``tokens=None`` alike: a batch
+        whose tokens could not be counted (a ``token_counter`` that failed on it); the record says
+        ``tokens_counted: false`` and logs no cost per token (the other batches' tokens alone would
+        make it too high). 0: none counted, as a phase without a token count has.
 
         Also asks for the ``heartbeat`` (one clock read when not due): a loop of your own that counts
         its batches so keeps its open phase on disk for a resume or a report after a kill.
@@ -749,7 +753,10 @@ class Tracker:
                 top.samples_counted = False
             else:
                 top.samples += samples if type(samples) is int and samples >= 0 else _count("samples", samples)
-            top.tokens += tokens if type(tokens) is int and tokens >= 0 else _count("tokens", tokens)
+            if tokens is None:
+                top.tokens_counted = False
+            else:
+                top.tokens += tokens if type(tokens) is int and tokens >= 0 else _count("tokens", tokens)
             # The adapters ask at every step themselves; a loop of the user's own counts its batches
             # here and nothing else: killed outright (the OOM killer), it lost its whole open phase.
             self.heartbeat()
@@ -986,7 +993,9 @@ class Tracker:
             "co2eq_g_per_sample": _nan_if_none(record.co2eq_g_per_sample),
             "power_w": record.it_energy_kwh * J_PER_KWH / record.duration_s if record.duration_s > 0 else 0.0,
         }
-        if record.tokens:  # where the framework counts tokens (HF's num_input_tokens_seen)
+        # Where the framework counts tokens (HF's num_input_tokens_seen), and counted every batch's:
+        # a count that failed on some left the others' tokens alone, too few for the phase's energy.
+        if record.tokens and record.tokens_counted:
             values["energy_j_per_token"] = record.energy_kwh * J_PER_KWH / record.tokens
         if phase == "train" and self.ledger.embodied is not None:
             values["embodied_co2eq_g_total"] = self.ledger.embodied[0]  # apart from co2eq_g_total
@@ -1626,6 +1635,7 @@ class Tracker:
             samples=opened.samples,
             samples_counted=opened.samples_counted,
             tokens=opened.tokens or None,
+            tokens_counted=opened.tokens_counted,
             it_energy_kwh=it_energy_j / J_PER_KWH,
             energy_kwh=facility_kwh,
             co2eq_g=co2eq_g,

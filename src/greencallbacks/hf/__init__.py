@@ -212,7 +212,8 @@ class EnergyCallback(TrainerCallback, ExportableState):
             ``num_samples``.
         token_counter: ``batch -> int`` tokens in a batch (e.g. ``lambda b: int(b["attention_mask"].sum())``),
             giving ``energy_j_per_token`` for training, evaluation and prediction; replaces HF's
-            ``num_input_tokens_seen``.
+            ``num_input_tokens_seen``. A phase with a batch (on any rank) it fails on (raises, or
+            returns no count): ``tokens_counted: false`` and no ``energy_j_per_token``, one warning.
         budget: a ``greencallbacks.Budget``; with ``on_exceed="stop"`` a budget reached (or
             confidently predicted) sets ``control.should_training_stop`` at that epoch's end, so
             the epoch's evaluation and checkpoint still happen; a step log (``step_metrics``)
@@ -553,7 +554,8 @@ class EnergyCallback(TrainerCallback, ExportableState):
         # The first batch ran before prediction_step was wrapped: count it from the loop's own
         # variable (uncounted where there is none: a release whose loop names it otherwise).
         batch = loop_arguments.get("inputs")
-        samples, tokens = self._counter.count(batch, self.tracker.run_id) if batch is not None else (None, 0)
+        samples, tokens = (self._counter.count(batch, self.tracker.run_id) if batch is not None
+                           else (None, None if self._counter.token_counter else 0))
         self._count_batch(samples, tokens)
 
     @never_raises
@@ -752,7 +754,7 @@ class EnergyCallback(TrainerCallback, ExportableState):
                 pass
             self.tracker.end(loop.phase, step=state.global_step, metric_prefix=loop.prefix, partial=True)
 
-    def _count_batch(self, samples: int | None, tokens: int) -> None:
+    def _count_batch(self, samples: int | None, tokens: int | None) -> None:
         """One completed ``prediction_step``'s batch, for the innermost open loop."""
         self.tracker.add_samples(samples, tokens=tokens)
         if self._loops:

@@ -1581,7 +1581,8 @@ class EnergyCallback(_Callback):
     def _add_tokens(self, logs: dict | None) -> None:
         """Tokens of the open phase from the ``token_counter`` metric in Keras's ``logs``; a metric
         missing or not a count is warned of once per run, as the other callbacks warn of an
-        unusable ``token_counter``."""
+        unusable ``token_counter``, and the phase's record says ``tokens_counted: false``, as the
+        other callbacks' records say where their ``token_counter`` fails."""
         if self.token_counter is None or not logs:  # no logs: no step ran, so no token either
             return
         name = self.token_counter
@@ -1607,6 +1608,7 @@ class EnergyCallback(_Callback):
 
     def _unusable_tokens(self, what: str, fix: str = "Fix token_counter= (the name of a metric in logs that counts "
                          "tokens, e.g. a keras.metrics.Sum of the label mask added in compile)") -> None:
+        self.tracker.add_samples(0, tokens=None)  # the open phase's record: tokens_counted false
         if self._warned_tokens == self.tracker.run_id:
             return
         self._warned_tokens = self.tracker.run_id

@@ -70,7 +70,9 @@ class EnergyCallbackBase:
             one's batch and adds them; a ``sample_counter`` given is handed the whole combined batch.
         token_counter: ``batch -> int`` tokens in a completed batch (e.g.
             ``lambda b: int(b["attention_mask"].sum())``), giving ``energy_j_per_token``; handed the
-            batch the step is given, the whole combined batch of several loaders too.
+            batch the step is given, the whole combined batch of several loaders too. A batch (on
+            any rank) it fails on (raises, or returns no count): one warning per run, and that
+            phase's record says ``tokens_counted: false`` with no ``energy_j_per_token``.
         step_metrics: also log ``energy_kwh_total``, ``co2eq_g_total`` (so far, the epoch in
             progress included) and ``power_w`` (since the previous such log) at the steps where
             Lightning logs (``log_every_n_steps``), to every logger; no records are added. False: per
@@ -829,8 +831,8 @@ class EnergyCallbackBase:
             left_out = [name for name in values if name not in metrics]
             per_token = self.prefix + PREFIXES[phase] + "energy_j_per_token"
             if per_token not in metrics:
-                # A phase without tokens (its token_counter failed there) has no per-token value at
-                # all: left in callback_metrics, an earlier epoch's cost per token stood as this one's.
+                # A phase without tokens, or counted in part (its token_counter failed there), has no
+                # per-token value: left in callback_metrics, an earlier epoch's cost per token stood as this one's.
                 left_out.append(per_token)
             self._log_directly(metrics, trainer, phase, left_out=left_out)
             return

@@ -117,9 +117,10 @@ def epoch_rows(records: Iterable[Record]) -> list[dict]:
 class _TokenCount:
     """The tokens of some records (HF's ``num_input_tokens_seen``, a ``token_counter``), as samples
     are counted: ``whole`` is their sum where every record that ran batches counted its tokens, None
-    where none did, or where one did not beside others that did (a count of part of the batches,
-    which a cost per token would divide the whole energy by). A record of no batch (a gap between
-    phases, an epoch cut short before its first) is written without tokens: it lacks none."""
+    where none did, or where one did not beside others that did, or one counted some of its batches'
+    tokens alone (``tokens_counted: false``: a count of part of the batches, which a cost per token
+    would divide the whole energy by). A record of no batch (a gap between phases, an epoch cut short
+    before its first) is written without tokens: it lacks none."""
 
     def __init__(self) -> None:
         self.tokens = 0
@@ -131,6 +132,8 @@ class _TokenCount:
             self.tokens += record.tokens
             self.counted = True
         elif record.samples > 0 or not record.samples_counted:
+            self.lacking = True
+        if not record.tokens_counted:  # some batch's count failed: its tokens are not in the record's
             self.lacking = True
 
     @property
@@ -356,7 +359,8 @@ def provenance(records: Sequence[Record], run_summaries: Mapping[str, dict] | No
     if any(t["tokens_partial"] for mine in by_run(records).values() for t in phase_totals(mine).values()):
         # A cost per token of part of the batches' tokens would divide the whole energy by too few.
         notes.append("Some records counted no tokens beside others of their phase that did (records with tokens: "
-                     "null that ran batches): tokens and J/token are n/a wherever a count is not whole.")
+                     "null that ran batches, or tokens_counted: false where some batch's count failed): tokens and "
+                     "J/token are n/a wherever a count is not whole.")
     trained_in = training_attempts(records)
     if len(trained_in) > len({run for run, _ in trained_in}):
         notes.append("A run was resumed from a checkpoint: an epoch trained whole is one row whatever attempt "
