@@ -14,7 +14,6 @@ tensor") and with a validation batch of 31 on two replicas (``AddN`` of 16 and 1
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest

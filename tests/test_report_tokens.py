@@ -225,3 +225,12 @@ def test_a_report_without_tokens_shows_no_token_column_nor_sentence(tmp_path):
     assert not any("tokens" in note for note in data["provenance"])
     assert all(math.isnan(float(row["j_per_token"] or "nan")) for row in csv.DictReader(io.StringIO(
         report.render(records, "csv"))))
+
+
+def test_a_small_token_count_reads_as_a_whole_number(tmp_path):
+    """Below a thousand tokens the count is in no unit: a run of 42 tokens read "42.0 tokens in all"
+    in the sentence (the phase table said 42), as if a token could be split."""
+    run(tmp_path, [40, 2])
+    data = report.summary(read_records(tmp_path))
+    assert "(2 epochs of 100 samples, 42 tokens in all)" in data["statement"]
+    assert (count_text(5), count_text(512), count_text(2500)) == ("5", "512", "2.50 k")

@@ -314,7 +314,7 @@ def _count_text(count: int | None) -> str:
 
 def cmd_zones(args: argparse.Namespace) -> int:
     from greencallbacks.carbon import tables
-    from greencallbacks.carbon.intensity import COMMON_COUNTRY_NAMES, WORLD_AVERAGE_ZONE, usable, zone_intensity
+    from greencallbacks.carbon.intensity import WORLD_AVERAGE_ZONE, other_country_names, usable, zone_intensity
 
     world = zone_intensity(WORLD_AVERAGE_ZONE)
     # --zone, not --country: "world" is no country, and --country refuses it.
@@ -328,9 +328,7 @@ def cmd_zones(args: argparse.Namespace) -> int:
               row.g_per_kwh, row.year) for row in sorted(tables.cloud_regions(), key=lambda r: r.key)]
     if args.search:
         # A country is found by the other names --country takes too ("England", "Burma").
-        other_names = {f"--country {row.alpha2 or row.zone}":
-                       [*row.aliases, *(name for name, alpha3 in COMMON_COUNTRY_NAMES.items() if alpha3 == row.zone)]
-                       for row in tables.countries()}
+        other_names = {f"--country {row.alpha2 or row.zone}": other_country_names(row) for row in tables.countries()}
         wanted = args.search.lower()
         rows = [row for row in rows if any(wanted in text.lower() for text in (row[0], row[1], *other_names.get(row[0], ())))]
         if not rows:

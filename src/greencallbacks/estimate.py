@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Iterable, Sequence
 
-from greencallbacks.carbon import Carbon, Intensity, tables
-from greencallbacks.carbon.intensity import BASIS_LABELS, MAX_INTENSITY_G_PER_KWH, place_intensity
+from greencallbacks.carbon import Carbon, Intensity
+from greencallbacks.carbon.intensity import BASIS_LABELS, MAX_INTENSITY_G_PER_KWH, place_intensity, region_row
+from greencallbacks.carbon.pue import provider_pue
 from greencallbacks.sensors.estimate import DEFAULT_RAM_W_PER_GB, DEFAULT_W_PER_CORE
 from greencallbacks.textformat import pue_text
 from greencallbacks.units import J_PER_KWH
@@ -183,10 +184,13 @@ def compare_places(energy_kwh: float, places: Iterable[str]) -> list[dict]:
 
 
 def provider_pue_of(intensity: Intensity) -> dict | None:
-    """The fleet PUE a cloud region's provider publishes (``gcp:...``), None for a grid zone."""
-    provider = intensity.zone.split(":", 1)[0] if ":" in intensity.zone else None
-    row = tables.pue_defaults().get(provider) if provider else None
-    return None if row is None else {"provider": provider, "pue": row.pue, "source": f"{row.source}, {row.year}"}
+    """The fleet PUE a run given this cloud region counts with (as ``Carbon(region=...)`` picks it),
+    None for a grid zone."""
+    if ":" not in intensity.zone:  # a region's key (gcp:europe-west1); a grid zone has none
+        return None
+    provider = region_row(intensity.zone).provider
+    pue = provider_pue(provider)
+    return {"provider": provider, "pue": pue.value, "source": pue.source}
 
 
 def kept_pue_note(pues: Iterable[float], provider_pues: Iterable[dict | None]) -> str | None:

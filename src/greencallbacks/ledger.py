@@ -62,7 +62,7 @@ class PhaseTotals:
         if record.tokens is not None:
             self.tokens = (self.tokens or 0) + record.tokens
 
-    def plus(self, other: "PhaseTotals") -> None:
+    def add_totals(self, other: "PhaseTotals") -> None:
         """Add ``other``'s totals to these (a field that one of them lacks, ``tokens`` None, is the other's)."""
         for name, value in vars(other).items():
             mine = getattr(self, name)
@@ -183,7 +183,7 @@ class Ledger:
         total = PhaseTotals()
         for (_, own_prefix), totals in self.prefix_totals.items():
             if own_prefix == prefix:
-                total.plus(totals)
+                total.add_totals(totals)
         return total
 
     def add(self, record: Record) -> None:

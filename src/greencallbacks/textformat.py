@@ -156,6 +156,8 @@ def joule_text(mean: float, se: float | None = None) -> str:
 def count_text(mean: float, se: float | None = None) -> str:
     """A large count in a readable unit: ``1.23 M``, ``12.3 ± 0.4 k``, ``512``."""
     unit, factor = pick_unit([mean], COUNT_UNITS)
+    if not unit and se is None and float(mean).is_integer():
+        return str(int(mean))  # one run's count, a mean of one: "42", not "42.0" as three digits made it
     return plus_minus(mean * factor, None if se is None else se * factor) + (f" {unit}" if unit else "")
 
 

@@ -46,25 +46,25 @@ BASIS_LABELS = {
 # Common English names that ISO 3166 (the tables' names and aliases) does not list, by alpha-3.
 COMMON_COUNTRY_NAMES = {
     "UK": "GBR",  # ISO reserves UK for the United Kingdom; its code is GB
-    "GREAT BRITAIN": "GBR",
-    "BRITAIN": "GBR",
-    "HOLLAND": "NLD",
-    "IVORY COAST": "CIV",
+    "Great Britain": "GBR",
+    "Britain": "GBR",
+    "Holland": "NLD",
+    "Ivory Coast": "CIV",
     "UAE": "ARE",
-    "REPUBLIC OF KOREA": "KOR",
+    "Republic of Korea": "KOR",
     # The nations of Great Britain are on its one grid, which the tables have whole (Northern
     # Ireland is on the island of Ireland's grid, so it is not mapped here).
-    "ENGLAND": "GBR",
-    "SCOTLAND": "GBR",
-    "WALES": "GBR",
+    "England": "GBR",
+    "Scotland": "GBR",
+    "Wales": "GBR",
     # Former or short names still in common use.
-    "BOSNIA": "BIH",
-    "MACEDONIA": "MKD",
-    "SWAZILAND": "SWZ",
-    "BURMA": "MMR",
-    "DR CONGO": "COD",
+    "Bosnia": "BIH",
+    "Macedonia": "MKD",
+    "Swaziland": "SWZ",
+    "Burma": "MMR",
+    "DR Congo": "COD",
     "DRC": "COD",
-    "MACAU": "MAC",
+    "Macau": "MAC",
 }
 # Names that fit more than one country: refused, naming each (alpha-3 codes).
 AMBIGUOUS_COUNTRY_NAMES = {"KOREA": ("KOR", "PRK")}
@@ -164,7 +164,7 @@ def _country_index() -> dict[str, tables.CountryRow]:
             index.setdefault(_fold(key), row)
     by_alpha3 = {row.zone: row for row in tables.countries()}
     for name, alpha3 in COMMON_COUNTRY_NAMES.items():
-        index.setdefault(name, by_alpha3[alpha3])
+        index.setdefault(_fold(name), by_alpha3[alpha3])
     return index
 
 
@@ -188,8 +188,8 @@ def _squash(name: str) -> str:
 
 
 def _close_matches_message(argument: str, given: str, candidates: list[str]) -> str:
-    # Only candidates of a like length: a name is offered names, a code codes ("Kosovo" was offered
-    # "SV" and "SO", which share two letters of its six).
+    # Only candidates from half to twice its length: a name is not offered codes ("Kosovo" was
+    # offered "SV" and "SO", which share two letters of its six), nor a code long names.
     upper_to_candidate = {candidate.upper(): candidate for candidate in candidates
                           if len(given) / 2 <= len(candidate) <= 2 * len(given)}
     close = difflib.get_close_matches(given.upper(), list(upper_to_candidate), n=5, cutoff=0.5)
@@ -197,8 +197,13 @@ def _close_matches_message(argument: str, given: str, candidates: list[str]) -> 
     return f"unknown {argument} {given!r}{hint} (greencallbacks.carbon.list_zones() lists them all)"
 
 
+def other_country_names(row: tables.CountryRow) -> list[str]:
+    """The names ``country=`` takes for ``row`` beside its own: ISO's aliases and names in common use."""
+    return [*row.aliases, *(name for name, alpha3 in COMMON_COUNTRY_NAMES.items() if alpha3 == row.zone)]
+
+
 def _country_candidates() -> list[str]:
-    return [name for row in tables.countries() for name in (row.zone, row.alpha2, row.name)]
+    return [name for row in tables.countries() for name in (row.zone, row.alpha2, row.name, *other_country_names(row))]
 
 
 def _zone_candidates() -> list[str]:

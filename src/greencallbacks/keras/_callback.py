@@ -1450,11 +1450,11 @@ class EnergyCallback(_Callback):
             return
         with self._progress.lock:
             steps = self._progress.train_steps
-        value = self.model.get_metrics_result().get(self.token_counter)
         try:
+            value = self.model.get_metrics_result().get(self.token_counter)
             self._train_tokens = (steps, float(keras.ops.convert_to_numpy(value)))
-        except (TypeError, ValueError):  # absent, or not one number: the logs' value, warned of there
-            pass
+        except Exception:  # noqa: BLE001 - absent, not one number, any failure: the logs' value, warned of there
+            pass  # (and never into the nested call's set-up, whose state this hook pushes next)
 
     def _samples_seen(self) -> int | None:
         """Samples since Keras last reset its metrics: the loss tracker's count (exact, any input).

@@ -329,7 +329,7 @@ def _latex_group(data: dict, caption_extra: str, label: str) -> list[str]:
     train_seconds = over_runs([t["train_seconds"] for t in data["run_totals"].values()])
     lines.append(r"\midrule")
     if rows:
-        # The whole training's cost per token, beside its epochs'.
+        # The training's own cost per token, which a paper quotes: not the mean of its epochs' (they differ in tokens).
         per_token = f" & {_latex_cell(data['phases']['train']['j_per_token'], t_f)}" if tokens else ""
         lines.append(f"Training & {_latex_cell(train_seconds, 1.0)} & {_latex_cell(total['train_energy_kwh'], e_f)} "
                      f"& {_latex_cell(total['train_co2eq_g'], m_f)} &" + per_token + tail)

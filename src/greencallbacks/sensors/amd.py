@@ -133,12 +133,12 @@ def _is_unsupported(error: BaseException) -> bool:
 
 # What the library writes into a power field it has no value for; the binding says "N/A" instead
 # from 6.1.1, while 6.1.0 hands the number over (65,535 W for an MI250X's current_socket_power).
-NO_VALUE = 0xFFFF
+NO_POWER_VALUE = 0xFFFF
 
 
 def _watts(value: Any) -> float | None:
     """A power field of ``amdsmi_get_power_info``: watts, or None for "N/A" (0xFFFF in the struct)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value == NO_VALUE:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value == NO_POWER_VALUE:
         return None
     return float(value)
 
