@@ -58,7 +58,8 @@ MATRIX = {
                   "tests/test_distributed_logged_totals.py", "tests/test_report_run_sets.py", "tests/test_hf_two_grids_resume.py",
                   "tests/test_step_values_exact_joules.py", "tests/test_hf_tokens.py",
                   # transformers 4 counts a micro-batch's tokens before it trains (a path 5 never takes).
-                  "tests/test_hf_forward_crash_tokens.py", "tests/test_forked_child_exit.py"],
+                  "tests/test_hf_forward_crash_tokens.py", "tests/test_forked_child_exit.py",
+                  "tests/test_hf_tokens_in_part.py", "tests/test_hf_report_tokens.py"],
         "report": ["transformers", "accelerate", "torch", "tensorboard", "mlflow", "wandb"],
     },
     "lightning": {
@@ -79,7 +80,8 @@ MATRIX = {
                   "tests/test_lightning_interrupted_evaluations.py", "tests/test_forked_child_exit.py",
                   "tests/test_budget_kept_by_evaluations.py", "tests/test_prediction_series_after_validation.py",
                   "tests/test_ddp_live_intensity_labels.py", "tests/test_samples_combined_hooks.py",
-                  "tests/test_lightning_step_values_skipped_batches.py",
+                  "tests/test_lightning_step_values_skipped_batches.py", "tests/test_lightning_tokens.py",
+                  "tests/test_lightning_tokens_in_part.py", "tests/test_distributed_four_loggers.py",
                   # A private seam (the checkpoint an evaluation restores, 2.2 to 2.4) and its fallback.
                   "tests/test_lightning_checkpoint_evaluations.py", "tests/test_lightning_checkpoint_labels.py", "tests/test_co2_flows_fake_clock.py",
                   # A private seam (CombinedLoader's mode) and its guard, at the floor too.

@@ -175,8 +175,12 @@ def test_a_fit_failing_in_epoch_2_resumed_from_its_last_checkpoint_then_validate
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     run_id = ran[0]["run_id"]
     assert {d["run_id"] for d in ran + ran_after} == {run_id}
-    # Lightning resumes a non-stateful loader from its start for the 3 batches left: 12 samples a rank.
-    assert [d["train"] for d in ran_after] == [{"2": 12, "3": 19}] * 2
+    # Lightning resumes a non-stateful loader from its start for the 3 batches left: 12 samples a
+    # rank (2.2 to 2.4 train the checkpoint's last batch again first: 16).
+    import lightning
+
+    left = 12 if tuple(int(part) for part in lightning.__version__.split(".")[:2]) >= (2, 5) else 16
+    assert [d["train"] for d in ran_after] == [{"2": left, "3": 19}] * 2
     rank_0_killed = mode == "kill-both"
     first = read_loggers(tmp_path, mode, ran, 0 if rank_0_killed else 2)
     check_logged(tmp_path, run_id, [(first, ran), (read_loggers(tmp_path, "resume", ran_after, 2), ran_after)],
