@@ -20,6 +20,18 @@ from greencallbacks.records import read_records  # noqa: E402
 from lightning_models import flavour, loaders, trainer_kwargs  # noqa: E402
 
 
+class PerTokenAtEpochEnd(L.Callback):
+    """The costs per token in ``callback_metrics`` at each training epoch's end (placed after the
+    energy callback, whose hook comes first)."""
+
+    def __init__(self) -> None:
+        self.at_train_end = {}
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.at_train_end[trainer.current_epoch] = {
+            name: float(value) for name, value in trainer.callback_metrics.items() if "per_token" in name}
+
+
 class Ragged(Dataset):
     """Sequences of 1 to 5 tokens, padded per batch by ``pad``."""
 
@@ -122,14 +134,6 @@ def test_an_epoch_without_tokens_leaves_no_earlier_cost_per_token_in_callback_me
         def on_train_epoch_start(self, trainer, pl_module):
             epochs["now"] = trainer.current_epoch
 
-    class Shown(L.Callback):
-        def __init__(self) -> None:
-            self.at_train_end = {}
-
-        def on_train_epoch_end(self, trainer, pl_module):  # after the energy callback's: it comes first
-            self.at_train_end[trainer.current_epoch] = {
-                name: float(value) for name, value in trainer.callback_metrics.items() if "per_token" in name}
-
     def tokens_of_epoch_0_only(batch):
         if epochs["now"] == 1:
             raise KeyError("attention_mask")  # this epoch's data carries none
@@ -137,7 +141,7 @@ def test_an_epoch_without_tokens_leaves_no_earlier_cost_per_token_in_callback_me
 
     callback = EnergyCallback(output_dir=tmp_path, intensity=100.0, progress_bar=False,
                               token_counter=tokens_of_epoch_0_only)
-    shown = Shown()
+    shown = PerTokenAtEpochEnd()
     trainer = L.Trainer(max_epochs=2, callbacks=[EpochNow(), callback, shown], logger=False, **trainer_kwargs())
     train, validation = loaders()
     with pytest.warns(UserWarning, match="token_counter raised"):

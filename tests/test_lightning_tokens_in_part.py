@@ -16,6 +16,7 @@ L = pytest.importorskip("lightning.pytorch")
 from greencallbacks.lightning import EnergyCallback  # noqa: E402
 from greencallbacks.records import read_records  # noqa: E402
 from lightning_models import BATCH, TRAIN_SAMPLES, VAL_SAMPLES, flavour, loaders, trainer_kwargs  # noqa: E402
+from test_lightning_tokens import PerTokenAtEpochEnd  # noqa: E402
 
 TOKENS_PER_SAMPLE = 5
 FAILING = ("train", 1, 2)  # the batch the counter raises on: training, epoch 1, batch 2 of 4
@@ -34,21 +35,13 @@ def test_an_epoch_whose_token_counter_failed_on_one_batch_logs_no_cost_per_token
         def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
             where["now"] = ("validation", trainer.current_epoch, batch_idx)
 
-    class Shown(L.Callback):
-        def __init__(self) -> None:
-            self.at_train_end = {}
-
-        def on_train_epoch_end(self, trainer, pl_module):  # after the energy callback's: it comes first
-            self.at_train_end[trainer.current_epoch] = {
-                name: float(value) for name, value in trainer.callback_metrics.items() if "per_token" in name}
-
     def tokens_of(batch):
         if where["now"] == FAILING:
             raise KeyError("attention_mask")  # one batch of this epoch carries none
         return TOKENS_PER_SAMPLE * len(batch[0])
 
     callback = EnergyCallback(output_dir=tmp_path, intensity=100.0, progress_bar=False, token_counter=tokens_of)
-    shown = Shown()
+    shown = PerTokenAtEpochEnd()
     kwargs = {**trainer_kwargs(), "logger": CSVLogger(tmp_path)}
     trainer = L.Trainer(max_epochs=3, callbacks=[Where(), callback, shown], **kwargs)
     train, validation = loaders()
