@@ -75,6 +75,21 @@ def check_run(run_id: str, directories, *, power_w: float | None = None, context
     return records
 
 
+def report_total_matches(directory, run_id: str, kwh: float) -> None:
+    """``greencallbacks report --format json`` of ``directory`` gives the run ``kwh`` in all."""
+    import contextlib
+    import io
+
+    from greencallbacks.cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["report", str(directory), "--format", "json"]) == 0
+    run_totals = {run: totals for config in json.loads(out.getvalue())["configurations"]
+                  for run, totals in config["run_totals"].items()}
+    assert run_totals[run_id]["energy_kwh"] == pytest.approx(kwh, rel=1e-9)
+
+
 def logged_total_matches(records: list[Record], logged_kwh: float, rel: float, context: str = "") -> None:
     """The last logged ``energy_kwh_total`` is what the run's records added up to at its last training end."""
     last_train = max(i for i, r in enumerate(records) if r.phase == "train" and not r.partial)

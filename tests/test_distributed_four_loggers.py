@@ -15,8 +15,6 @@ records add up to the summary, which ``greencallbacks report`` gives.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import subprocess
@@ -30,9 +28,8 @@ pytest.importorskip("tensorboard", reason="tensorboard is not installed: the Ten
 pytest.importorskip("mlflow", reason="mlflow is not installed: the MLflow logger needs it")
 pytest.importorskip("wandb", reason="wandb is not installed: the W&B logger needs it")
 
-from greencallbacks.cli import main as cli  # noqa: E402
 from greencallbacks.ledger import read_run_records  # noqa: E402
-from flow_invariants import logged_total_matches  # noqa: E402
+from flow_invariants import logged_total_matches, report_total_matches  # noqa: E402
 from test_lightning import csv_scalars, mlflow_scalars  # noqa: E402
 from test_lightning_logged_totals import tensorboard_scalars  # noqa: E402
 from test_live import split_points  # noqa: E402
@@ -153,12 +150,7 @@ def check_logged(out: Path, run_id: str, attempts: list[tuple[dict, list[dict]]]
         for attempt, logged in logged_validations:
             mine = [r.energy_kwh for r in validations if r.attempt == attempt]
             assert logged == pytest.approx(mine[: len(logged)], rel=REL), (where, attempt)
-    report = io.StringIO()
-    with contextlib.redirect_stdout(report):
-        assert cli(["report", str(out / "energy"), "--format", "json"]) == 0
-    run_totals = {run: totals for config in json.loads(report.getvalue())["configurations"]
-                  for run, totals in config["run_totals"].items()}
-    assert run_totals[run_id]["energy_kwh"] == pytest.approx(summary_kwh, rel=1e-9)
+    report_total_matches(out / "energy", run_id, summary_kwh)
 
 
 @pytest.mark.parametrize("mode", ["raise-rank0", "kill-both"])  # rank 1 alone: test_distributed_logged_totals

@@ -14,8 +14,6 @@ passes the summary, and ``greencallbacks report`` gives it.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import subprocess
@@ -26,8 +24,8 @@ import pytest
 
 pytest.importorskip("tensorboard", reason="tensorboard is not installed: the TensorBoard logger needs it")
 
-from greencallbacks.cli import main as cli  # noqa: E402
 from greencallbacks.ledger import read_run_records  # noqa: E402
+from flow_invariants import report_total_matches  # noqa: E402
 from test_lightning import csv_scalars  # noqa: E402
 from test_lightning_logged_totals import tensorboard_scalars  # noqa: E402
 from test_live import split_points  # noqa: E402
@@ -100,12 +98,7 @@ def check_logged(out: Path, run_id: str, attempts: list[tuple[dict, list[dict]]]
         validations = [r.energy_kwh for r in records if r.phase == "validation"]
         logged_validations = [v for loggers, _ in attempts for _, v in loggers[where].get("val_energy_kwh", [])]
         assert logged_validations == pytest.approx(validations[-len(logged_validations):], rel=REL), where
-    report = io.StringIO()
-    with contextlib.redirect_stdout(report):
-        assert cli(["report", str(out / "energy"), "--format", "json"]) == 0
-    run_totals = {run: totals for config in json.loads(report.getvalue())["configurations"]
-                  for run, totals in config["run_totals"].items()}
-    assert run_totals[run_id]["energy_kwh"] == pytest.approx(summary_kwh, rel=1e-9)
+    report_total_matches(out / "energy", run_id, summary_kwh)
 
 
 @pytest.mark.parametrize("failure, checkpoint", [("crash", "inside/step=6.ckpt"), ("kill", "ends/epoch=0.ckpt")])

@@ -20,10 +20,7 @@ validate / test / predict after a fit. In every logger and every attempt:
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
-import io
-import json
 import time
 from pathlib import Path
 
@@ -33,8 +30,7 @@ torch = pytest.importorskip("torch", reason="torch is not installed: the Lightni
 
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
-from greencallbacks.cli import main  # noqa: E402
-from flow_invariants import check_run, logged_total_matches, meter_threads  # noqa: E402
+from flow_invariants import check_run, logged_total_matches, meter_threads, report_total_matches  # noqa: E402
 from lightning_models import Boom, flavour, loaders, step_logging, trainer_kwargs  # noqa: E402
 from test_lightning import csv_scalars, mlflow_scalars  # noqa: E402
 from test_live import split_points, two_optimizers  # noqa: E402
@@ -144,12 +140,7 @@ def check_logged(attempts: list[dict], run_id: str, output_dir: Path, *, interru
                 train_ends.append(running)
         assert epoch_totals == pytest.approx(train_ends, rel=REL), where
         logged_total_matches(records, epoch_totals[-1], rel=REL, context=where)
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        assert main(["report", str(output_dir), "--format", "json"]) == 0
-    run_totals = {run: totals for config in json.loads(out.getvalue())["configurations"]
-                  for run, totals in config["run_totals"].items()}
-    assert run_totals[run_id]["energy_kwh"] == pytest.approx(summary_kwh, rel=1e-9)
+    report_total_matches(output_dir, run_id, summary_kwh)
     return records
 
 
