@@ -925,3 +925,18 @@ def test_a_group_written_by_two_versions_names_both():
     group = json.loads(report.render(old + new, "json"))["configurations"][0]
     assert group["tool_versions"] == ["0.1.0", "0.2.0.dev0+g0123456789ab"]
     assert "measured with greencallbacks 9.9.9;" in report.render(one_run(), "md")
+
+
+def test_a_run_begun_past_epoch_0_says_its_steps_per_epoch():
+    """A KerasTuner Hyperband trial goes on from another trial's weights in a model built anew, its
+    training from epoch 2 at optimizer step 0; a fit from ``initial_epoch`` of a model whose
+    optimizer kept its step begins at that step. The configuration left the steps out (only epoch 0
+    was counted from the training's first step, and a later one from the epoch before it)."""
+    def run_from(run_id, first_epoch, began_at):
+        other = dataclasses.replace(rec(run_id, "other", None, 10.0, 0, 0), step=began_at)
+        return [other] + [dataclasses.replace(rec(run_id, "train", e, 3600.0, 100, i + 1), step=began_at + 4 * (i + 1))
+                          for i, e in enumerate(range(first_epoch, first_epoch + 2))]
+
+    for records in (run_from("hyperband", 2, 0), run_from("continued", 2, 8), run_from("single", 3, 0)[:2]):
+        [config] = json.loads(report.render(records, "json"))["configurations"]
+        assert " of 100 samples in 4 steps each, sensors" in config["description"], config["description"]

@@ -784,21 +784,27 @@ def whole_epoch_samples(records: Sequence[Record]) -> int | None:
 
 def _steps_per_epoch(records: Sequence[Record]) -> int | None:
     """The optimizer steps of a whole epoch, the most common between consecutive complete epochs'
-    ends (the framework's global step in each train record); None where the records carry none."""
+    ends (the framework's global step in each train record), the run's first epoch counted from
+    the step its training began at; None where the records carry none."""
     ends = {r.epoch: r.step for r, how in complete_training(records) if r.step is not None and how != STOPPED}
     ends.update({r.epoch: r.step for r in _whole_but_cut_short(records) if r.step is not None})
-    deltas = [ends[e] - (ends[e - 1] if e else _first_step(records)) for e in ends if e == 0 or e - 1 in ends]
+    first_epoch, began_at = _training_start(records)
+    deltas = [ends[e] - (began_at if e == first_epoch else ends[e - 1]) for e in ends if e == first_epoch or e - 1 in ends]
     return Counter(deltas).most_common(1)[0][0] if deltas else None
 
 
-def _first_step(records: Sequence[Record]) -> int:
-    """The step a run's training began at: that of its record before its first epoch 0's, where
-    it carries one (Keras keeps the optimizer's step over fits of one model: a second ``fit`` of it
-    began at the first's last step), else 0."""
+def _training_start(records: Sequence[Record]) -> tuple[int | None, int]:
+    """The epoch a run's training began at (0, or a later one: a KerasTuner Hyperband trial going on
+    from another trial's weights, a fit from ``initial_epoch``), and the step it began at: that of
+    its record before its first training record, where it carries one (Keras keeps the optimizer's
+    step over fits of one model: a second ``fit`` of it began at the first's last step), else 0."""
     ordered = sorted(records, key=lambda r: (r.attempt, r.seq))
-    first = next((i for i, r in enumerate(ordered) if r.phase == "train" and r.epoch == 0), None)
+    first = next((i for i, r in enumerate(ordered) if r.phase == "train" and r.epoch is not None), None)
+    if first is None:
+        return None, 0
     before = ordered[first - 1] if first else None
-    return before.step if before is not None and before.attempt == ordered[first].attempt and before.step is not None else 0
+    began_at = before.step if before is not None and before.attempt == ordered[first].attempt and before.step is not None else 0
+    return ordered[first].epoch, began_at
 
 
 def epochs_trained_again(records: Sequence[Record]) -> int:
