@@ -26,7 +26,7 @@ from flow_invariants import check_run, meter_threads  # noqa: E402
 from greencallbacks.keras import EnergyCallback  # noqa: E402
 from greencallbacks.meter import EnergyWarning  # noqa: E402
 from greencallbacks.records import read_records  # noqa: E402
-from greencallbacks.report import group_runs  # noqa: E402
+from greencallbacks.report import group_runs, render  # noqa: E402
 from tests.fakes.scripted import ScriptedSensor  # noqa: E402
 
 
@@ -166,5 +166,32 @@ def hyperband(out: Path) -> None:
     first_epochs = {run_id: min(r.epoch for r in records if r.phase == "train") for run_id, records in runs.items()}
     for _, group in group_runs(read_records(energy / "energy-records.jsonl")):
         assert len({first_epochs[r.run_id] for r in group}) == 1, sorted({r.run_id for r in group})
+    # Each configuration says its steps, those of trials begun past epoch 0 too (they were left out).
+    configurations = json.loads(render(read_records(energy / "energy-records.jsonl"), "json"))["configurations"]
+    assert all(f"of {TRAIN} samples in {-(-TRAIN // BATCH)} steps each" in c["description"] for c in configurations), \
+        [c["description"] for c in configurations]
+
+
+def search_given_a_run_id(out: Path) -> None:
+    """A callback given ``run_id=`` in a search of 2 trials of 2 executions: each execution is the run
+    ``<run_id>-trial-<trial id>`` (its second ``-2``), without a word; the given id, taken again by
+    every execution, was renamed ``<id>-N`` with one warning each. A fit of the callback afterwards
+    is the run of the given id."""
+    energy = out / "energy"
+    callback = EnergyCallback(sensors=[ScriptedSensor("gpu", time.monotonic, POWER_W)], intensity=300.0,
+                              output_dir=energy, run_id="search")
+    tuner = keras_tuner.RandomSearch(builder(), objective="val_loss", max_trials=2, executions_per_trial=2, seed=1,
+                                     directory=str(out / "tuner"), project_name="named")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tuner.search(X, Y, epochs=1, batch_size=BATCH, validation_data=(XV, YV), callbacks=[callback], verbose=0)
+        model = tuner.hypermodel.build(tuner.get_best_hyperparameters(1)[0])
+        model.fit(X, Y, epochs=1, batch_size=BATCH, callbacks=[callback], verbose=0)
+    said = energy_warnings(caught)
+    assert said == [], said
+    runs = check_every_run(energy)
+    trial_ids = sorted(tuner.oracle.trials)
+    expected = [f"search-trial-{t}{suffix}" for t in trial_ids for suffix in ("", "-2")] + ["search"]
+    assert list(runs) == expected, (list(runs), expected)
 
 run_scenarios(globals())

@@ -19,7 +19,7 @@ from tests.keras_runs import run_keras
 pytestmark = pytest.mark.slow
 
 RUNNER = Path(__file__).with_name("keras_tuner_runner.py")
-SCENARIOS = ["random_search_with_a_failing_trial", "hyperband"]
+SCENARIOS = ["random_search_with_a_failing_trial", "hyperband", "search_given_a_run_id"]
 
 
 @pytest.fixture(scope="module")

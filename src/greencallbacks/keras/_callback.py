@@ -20,6 +20,7 @@ to be put first, and tells validation by the ``fit`` in progress. That a call ra
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import numbers
 import os
@@ -48,6 +49,7 @@ from greencallbacks.keras._state import (
     _trained_again,
 )
 from greencallbacks.guard import never_raises
+from greencallbacks.ledger import run_ids_in
 from greencallbacks.meter import warn
 from greencallbacks.samples import BatchCounter
 from greencallbacks.session import EnergySession, keyword_names, reject_unknown_arguments, warn_two_callbacks
@@ -253,12 +255,22 @@ def _restores_a_backup(callback_list: keras.callbacks.CallbackList | None) -> bo
     return backup_dir is not None and os.path.isfile(_backup_metadata(backup_dir))
 
 
-def _a_tuners_trial(callback_list: keras.callbacks.CallbackList | None) -> bool:
-    """Is this fit a KerasTuner trial (its ``TunerCallback`` in the list)? Such a fit from
-    ``initial_epoch`` > 0 is Hyperband going on from another trial's saved weights in a model built
-    anew, not a resume: the run named in ``energy-state.json`` is merely the trial trained last."""
-    return any(type(callback).__module__.split(".")[0] == "keras_tuner"
-               for callback in getattr(callback_list, "callbacks", []))
+def _tuners_trial(callback_list: keras.callbacks.CallbackList | None) -> str | None:
+    """The trial id of a KerasTuner trial's fit (its ``TunerCallback`` in the list; "" where it names
+    none), else None. Such a fit from ``initial_epoch`` > 0 is Hyperband going on from another
+    trial's saved weights in a model built anew, not a resume: the run named in
+    ``energy-state.json`` is merely the trial trained last."""
+    tuners = [callback for callback in getattr(callback_list, "callbacks", [])
+              if type(callback).__module__.split(".")[0] == "keras_tuner"]
+    if not tuners:
+        return None
+    return next((str(trial.trial_id) for c in tuners if getattr(trial := getattr(c, "trial", None), "trial_id", None)), "")
+
+
+def _free_run_id(run_id: str, directory: Path) -> str:
+    """``run_id``, or the first ``<run_id>-N`` (from 2) with no records in ``directory``."""
+    taken = run_ids_in(directory)
+    return next(candidate for n in itertools.count(1) if (candidate := run_id if n == 1 else f"{run_id}-{n}") not in taken)
 
 
 def _backup_metadata(backup_dir: str) -> str:
@@ -531,7 +543,9 @@ class EnergyCallback(_Callback):
     trained again, with a warning unless a ``run_id=`` or the fit's ``BackupAndRestore`` names it
     (or it is this object's run, on the same model): the trials of a sweep that share one
     ``output_dir`` are not told apart otherwise. A KerasTuner trial's fit from ``initial_epoch`` > 0
-    (Hyperband going on from another trial's weights) is a new run, from that epoch. A callback
+    (Hyperband going on from another trial's weights) is a new run, from that epoch; given
+    ``run_id=``, each execution of a trial is the run ``<run_id>-trial-<trial id>`` (its later
+    executions ``-2``, ``-3``...). A callback
     given ``run_id=`` continues that run only (its state is kept in a file of its own), and a
     second EnergyCallback in the same fit (two grids) continues the run of the callback in its
     place in ``callbacks=[...]``. A loop of ``fit(initial_epoch=e)`` with a new callback given
@@ -1047,9 +1061,16 @@ class EnergyCallback(_Callback):
     def _start(self, call: _Call, first_epoch: int | None = None) -> None:
         """Start measuring for ``call``: in a new run, the resumed run, or the current one."""
         restoring = first_epoch is not None and _restores_a_backup(call.callback_list)
-        resuming = restoring or (bool(first_epoch) and not _a_tuners_trial(call.callback_list))
+        trial = _tuners_trial(call.callback_list)
+        resuming = restoring or (bool(first_epoch) and trial is None)
+        given = self._session_kwargs.get("run_id")
         if resuming:
             self._resume(first_epoch, call)
+        elif first_epoch is not None and trial and given is not None:
+            # Each execution of a tuner's trial is a run of its own, named after the trial: the
+            # given run_id taken again by every execution was renamed to <id>-N with a warning each.
+            run_id = _free_run_id(f"{given}-trial-{trial}", self._output_dir(call))
+            self._run = _Run(EnergySession(**{**self._session_kwargs, "run_id": run_id}))
         elif first_epoch is not None and self._run_used:
             # A new fit (a tuner's trial from any epoch) is a new run.
             self._run = _Run(EnergySession(**self._session_kwargs))
