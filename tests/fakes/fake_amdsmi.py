@@ -157,9 +157,19 @@ class FakeBoard(PiecewisePower):
         ROCm/rocm_smi_lib#180); its power reads go on."""
         self._frozen_counts = self.counts()
 
+    def crawl(self, share: float) -> None:
+        """The accumulator gathers only ``share`` of the board's energy from now on, its power reads
+        right: ROCm/amdsmi#38 (MI100), an accumulator moving 1 J in 10 s while the board drew tens of
+        watts."""
+        self._crawl = (self.clock(), self.counts(), share)
+
     def counts(self) -> int:
         if getattr(self, "_frozen_counts", None) is not None:
             return self._frozen_counts
+        if getattr(self, "_crawl", None) is not None:
+            since, counts, share = self._crawl
+            gathered = int(share * 1e6 * self.energy_between_j(since, self.clock()) / RESOLUTION_UJ)
+            return (counts + gathered) % (2**self.counter_bits)
         total = self._origin_counts + int(1e6 * self.energy_between_j(self._origin_t, self.clock()) / RESOLUTION_UJ)
         total += self._misreads.pop(0) if self._misreads else 0
         return total % (2**self.counter_bits)

@@ -36,6 +36,7 @@ Verified against the fake ``amdsmi`` of the tests only: no AMD GPU was available
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import io
 import os
@@ -78,6 +79,15 @@ WRAP_POLL_MIN_S = 1.0  # 2**32 counts of 15.3 uJ in 2 s would take 33 kW
 # ROCm/rocm_smi_lib#180); at 15.3 uJ a count, a board idling at 30 W moves it 2 million times a second.
 # (Well past any update period: the meter holds it FAILURES_BEFORE_DEGRADE reads more before it switches.)
 FROZEN_AFTER_S = 2.0
+# An accumulator that moves, but at under CRAWL_SHARE of the board's power read, through every
+# interval between its reads of the last CRAWL_WINDOW_S, counts a share of the energy: amdsmi's on an
+# MI100 gathered 1 J in 10 s while the board drew tens of watts (ROCm/amdsmi#38, ~100x low). The
+# paces are taken over intervals of PACE_INTERVAL_S at least (the accumulator's updates quantise
+# shorter ones), and only the latest one need be under the power read: a load starting at 300 W
+# after a board idled at 0.5 W does not make the intervals before it crawl.
+CRAWL_WINDOW_S = 5.0
+CRAWL_SHARE = 0.05
+PACE_INTERVAL_S = 0.5
 DEFAULT_MAX_POWER_W = 1000.0  # above any Instinct board's limit (MI300X: 750 W), where none is reported
 AVERAGED_POWER_NOTE = "averaged socket power (no energy counter, no instantaneous power): lags load changes"
 
@@ -226,6 +236,8 @@ class AmdGpuSensor(GpuSensor):
                                     wrap_at=2**COUNTER_BITS_OLD if wraps else None, clock=clock,
                                     name=f"{self.name} ({self.scope})")
             self._moved = (first, clock())  # the latest raw count read, and when it was first read
+            self._paces: collections.deque[tuple[int, float]] = collections.deque([(first, clock())])
+            self._crawling: SensorError | None = None  # the accumulator found gathering a share of the power
         elif self._power_key is not None:
             self.update_period_s = self._power_window_s()
             if self.update_period_s:
@@ -284,6 +296,7 @@ class AmdGpuSensor(GpuSensor):
         now = self._clock()
         if raw != self._moved[0]:
             self._moved = (raw, now)
+            self._check_pace(raw, now)
             return
         still_s = now - self._moved[1]
         if still_s < FROZEN_AFTER_S or self._read_power_w is None:
@@ -296,6 +309,44 @@ class AmdGpuSensor(GpuSensor):
             raise SensorError(f"{self.name} ({self.scope}): amdsmi's energy accumulator has not moved for "
                               f"{still_s:.3g} s while the board draws {watts:.4g} W", transient=True,
                               stalled_since=self._moved[1], watts=watts)
+
+    def _check_pace(self, raw: int, now: float) -> None:
+        """Raise a transient ``SensorError`` where the accumulator gathered under CRAWL_SHARE of the
+        board's power through the last CRAWL_WINDOW_S (ROCm/amdsmi#38): taken as a count, the GPU was
+        billed ~1 % of its energy, labelled ``counter``. As for one standing still, the meter reads the
+        board on by its power once it persists, bridging the span from the read before the first slow
+        interval at that power less what the accumulator gathered in it (exact at a steady power
+        whenever within that interval it began to crawl)."""
+        reads = self._paces  # (raw count, time) at least PACE_INTERVAL_S apart, over the last windows
+        if now - reads[-1][1] < PACE_INTERVAL_S:
+            if self._crawling is not None:  # held until a later interval keeps pace
+                raise self._crawling
+            return
+        self._crawling = None
+        if raw < reads[-1][0]:  # a wrap or a restart: paces from here on
+            reads.clear()
+        reads.append((raw, now))
+        while len(reads) > 2 and now - reads[1][1] >= 2 * CRAWL_WINDOW_S:
+            reads.popleft()
+        if now - reads[0][1] < CRAWL_WINDOW_S or self._read_power_w is None:
+            return
+        try:
+            slow_w = CRAWL_SHARE * self._read_power_w()
+        except SensorError:
+            return
+        first_slow = len(reads) - 1
+        while first_slow > 0 and (reads[first_slow][0] - reads[first_slow - 1][0]) * self._counter.unit_j < (
+                slow_w * (reads[first_slow][1] - reads[first_slow - 1][1])):
+            first_slow -= 1
+        if first_slow == len(reads) - 1 or now - reads[first_slow][1] < CRAWL_WINDOW_S:
+            return
+        since_raw, since = reads[max(0, first_slow - 1)]
+        watts, gathered_w = slow_w / CRAWL_SHARE, (raw - since_raw) * self._counter.unit_j / (now - since)
+        self._crawling = SensorError(
+            f"{self.name} ({self.scope}): amdsmi's energy accumulator has gathered under {CRAWL_SHARE:.0%} of the "
+            f"board's {watts:.4g} W for {now - reads[first_slow][1]:.3g} s (as ROCm/amdsmi#38)", transient=True,
+            stalled_since=since, watts=max(0.0, watts - gathered_w))
+        raise self._crawling
 
     def _read_socket_power_w(self) -> float:
         power = self._call("power info", lambda: self._smi.amdsmi_get_power_info(self._handle))
