@@ -9,7 +9,8 @@ temporary folder; nothing is installed. Pin the version below to refresh the num
     python scripts/build_cpu_tdp.py --wheel codecarbon.whl   # use a wheel you already have
 
 Derivation: names with their whitespace collapsed, rows with a non-positive or unreadable TDP
-dropped, duplicate names kept once (the first), then the rows of ADDED (custom cloud SKUs CodeCarbon
+dropped, duplicate names kept once (the first), CORRECTED's figures put in (an upstream turbo power
+where the rest of the table gives base power), then the rows of ADDED (custom cloud SKUs CodeCarbon
 lacks), sorted by name. THREADS gives the hardware threads per socket of server parts whose names
 carry no core count, so that a VM can be billed its vCPUs' share of its host's socket. Columns:
 model, tdp_w, tdp_source (blank: CodeCarbon's), threads (blank: unknown), threads_source;
@@ -46,6 +47,19 @@ ADDED = {
         112, f"as Xeon Platinum 8480+ ({INTEL_ARK})",
     ),
 }
+# Upstream figures that are not the part's base power, the rule of the rest of the table (TDP, or
+# Intel's Processor Base Power since 12th-generation Core): (TDP per socket in watts, its source).
+CORRECTED = {
+    "Intel Core i5-1335U": (
+        15.0, f"{INTEL_ARK}: Processor Base Power 15 W (CodeCarbon gives 55 W, its Maximum Turbo Power)",
+    ),
+    "Intel Core i7-12700K": (
+        125.0, f"{INTEL_ARK}: Processor Base Power 125 W (CodeCarbon gives 190 W, its Maximum Turbo Power)",
+    ),
+    "Intel Core i7-1270P": (
+        28.0, f"{INTEL_ARK}: Processor Base Power 28 W (CodeCarbon gives 64 W, its Maximum Turbo Power)",
+    ),
+}
 # Hardware threads per socket (Intel ARK) of GPU-server parts whose names carry no core count.
 THREADS = {
     "Intel Xeon Platinum 8358": 64,
@@ -77,6 +91,10 @@ def derive_rows(upstream_csv: str) -> list[tuple[str, float, str, int | None, st
         if name and tdp_w > 0 and name not in rows:
             threads = THREADS.get(name)
             rows[name] = (tdp_w, "", threads, INTEL_ARK if threads else "")
+    for name, (tdp_w, tdp_source) in CORRECTED.items():
+        if name not in rows or rows[name][0] == tdp_w:
+            raise SystemExit(f"{name} is no longer in CodeCarbon's table, or corrected there: drop it from CORRECTED")
+        rows[name] = (tdp_w, tdp_source, *rows[name][2:])
     for name, row in ADDED.items():
         if name in rows:
             raise SystemExit(f"{name} is in CodeCarbon's table now: drop it from ADDED")
@@ -102,7 +120,8 @@ def main() -> int:
         out.write(
             f"# CPU thermal design power per socket, watts; from CodeCarbon {version} {UPSTREAM_PATH} "
             "(https://github.com/mlco2/codecarbon), MIT licence, Copyright (c) 2019 Mila, BCG Gamma, "
-            f"CometML, Haverford College; with {len(ADDED)} custom cloud SKUs and the threads per socket of "
+            f"CometML, Haverford College; with {len(ADDED)} custom cloud SKUs, {len(CORRECTED)} figure(s) corrected to "
+            f"base power and the threads per socket of "
             f"{len(THREADS)} server parts added (their source columns; data/SOURCES.md); built "
             f"{date.today().isoformat()} by scripts/build_cpu_tdp.py\n"
         )

@@ -79,6 +79,16 @@ def test_tdp_is_looked_up_from_the_cpu_model(tmp_path):
     assert lookup_tdp_w("Apple M2 Pro") == ("Apple M2 Pro", 35.0)  # the most specific entry wins
 
 
+def test_a_turbo_figure_in_the_upstream_table_is_corrected_to_base_power_and_says_so(tmp_path):
+    """The table gives base power (i9-13900K 125 W); CodeCarbon's gave the i7-12700K its 190 W
+    Maximum Turbo Power, billing it 1.5 times its peers. The corrected row says where its figure is from."""
+    desktop = write_cpuinfo(tmp_path, "12th Gen Intel(R) Core(TM) i7-12700K", sockets=1, cores=12, vm=False)
+    power = resolve_cpu_power(cpuinfo_path=desktop)
+    assert power.watts == 125.0 and "Processor Base Power 125 W" in power.note and "additions" in power.source
+    assert lookup_tdp_w("12th Gen Intel(R) Core(TM) i7-1270P") == ("Intel Core i7-1270P", 28.0)
+    assert lookup_tdp_w("13th Gen Intel(R) Core(TM) i5-1335U") == ("Intel Core i5-1335U", 15.0)
+
+
 def busy_for_an_hour(sensor, cpu_seconds, busy_cpus):
     """Mean watts billed for ``busy_cpus`` logical CPUs kept busy for an hour."""
     cpu_seconds.value += busy_cpus * 3600.0

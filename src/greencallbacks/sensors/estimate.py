@@ -243,7 +243,7 @@ def _matched(row: TdpRow) -> str:
 
 def _table_words(row: TdpRow) -> str:
     """Where a row's TDP comes from, for a paper's statement."""
-    return "greencallbacks' additions to CodeCarbon's CPU table" if row.tdp_source else "CodeCarbon's CPU table"
+    return "greencallbacks' additions and corrections to CodeCarbon's CPU table" if row.tdp_source else "CodeCarbon's CPU table"
 
 
 class CpuPower(NamedTuple):
