@@ -8,7 +8,7 @@ import json
 import pytest
 
 from greencallbacks.embodied import amortised_g, footprints
-from greencallbacks.tracker import _rank_ranges
+from greencallbacks.textformat import rank_ranges
 from tests.fakes.scripted import FakeClock
 from tests.test_embodied_tracker import Described, run_two_ranks
 from tests.test_tracker import run_epochs
@@ -40,7 +40,7 @@ def test_every_ranks_devices_are_listed_and_the_host_once(tmp_path):
 
 
 def test_rank_ranges_are_short():
-    assert _rank_ranges([5, 1, 2, 3, 7, 8]) == "1-3, 5, 7-8"
+    assert rank_ranges([5, 1, 2, 3, 7, 8]) == "1-3, 5, 7-8"
 
 
 def test_the_report_statement_names_a_gpu_the_embodied_figure_leaves_out(tmp_path):

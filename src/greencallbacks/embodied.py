@@ -184,6 +184,14 @@ def amortised_g(
     return kgco2eq * 1000.0 * duration_s / (lifetime_years * SECONDS_PER_YEAR) / utilisation
 
 
+# Why a part has no embodied figure, in a summary's ``embodied_left_out`` (``embodied_missing`` says
+# it in words): for a device, "model unknown" (no model given) or "no footprint" (none published,
+# a name the table does not know, or not a GPU row); for the host, "not asked for" (no ``host=``);
+# "billed elsewhere" (the host, ``ram_gb``: by the rank that measures the host); for the run,
+# "turned off" (``embodied=False``) or "records unbilled".
+LEFT_OUT_WHY = ("model unknown", "no footprint", "not asked for", "billed elsewhere", "turned off", "records unbilled")
+
+
 class Embodied(NamedTuple):
     """What ``embodied_for`` found: unpack as ``grams, (low_g, high_g), sources, missing``."""
 
@@ -249,6 +257,7 @@ def embodied_for(
     ram_gb: float | None = None,
     lifetime_years: float = DEFAULT_LIFETIME_YEARS,
     utilisation: float = DEFAULT_UTILISATION,
+    left_out: list[dict[str, Any]] | None = None,
 ) -> Embodied:
     """The embodied CO2eq of the hardware behind ``components`` over ``duration_s`` seconds.
 
@@ -267,6 +276,9 @@ def embodied_for(
         ram_gb: the host's memory to bill per GB (DRAM row) beyond what ``host`` already covers;
             billed, as the host, only with the CPU or RAM components (once per host).
         lifetime_years, utilisation: the amortisation (see the module docstring for the defaults).
+        left_out: a list that each line of ``missing`` is appended to as a dict, in its order,
+            for programs: ``part`` (the component's name, ``"host"``, ``"ram_gb"``), ``kind``,
+            ``model`` (None where unknown) and ``why`` (``LEFT_OUT_WHY``'s words).
 
     Each GPU component is billed once, in the ``share`` of the device it declares (a MIG
     instance's 3 of 7 slices: 3/7; 1.0 when absent), times its ``count`` of identical devices
@@ -298,6 +310,11 @@ def embodied_for(
     grams = low = high = 0.0
     used: dict[str, dict[str, Any]] = {}
     missing: list[str] = []
+    parts: list[dict[str, Any]] = []
+
+    def leave_out(text: str, part: str, kind: str, model: str | None, why: str) -> None:
+        missing.append(text)
+        parts.append({"part": part, "kind": kind, "model": model, "why": why})
 
     def bill(footprint: Footprint, amount: float, what: str) -> None:
         nonlocal grams, low, high
@@ -314,11 +331,12 @@ def embodied_for(
         if kind == "gpu":
             model = models.get(name) or _field(component, "model")
             if not model:
-                missing.append(f"{name}: GPU model not known (pass models={{{name!r}: <NVML name>}})")
+                leave_out(f"{name}: GPU model not known (pass models={{{name!r}: <NVML name>}})", name, kind, None,
+                          "model unknown")
                 continue
             footprint, reason = lookup(model)
             if footprint is None or footprint.kind != "gpu":
-                missing.append(f"{name}: {reason or f'{model!r} is not a GPU row'}")
+                leave_out(f"{name}: {reason or f'{model!r} is not a GPU row'}", name, kind, str(model), "no footprint")
                 continue
             share = _gpu_share(component, name)
             count = _gpu_count(component, name)
@@ -328,29 +346,32 @@ def embodied_for(
         elif kind in ("cpu", "dram", "ram"):
             host_parts.append(name)
         else:
-            missing.append(f"{name}: no manufacturing footprint for kind {kind!r}")
+            model = _field(component, "model")
+            leave_out(f"{name}: no manufacturing footprint for kind {kind!r}", name, kind, str(model) if model else None,
+                      "no footprint")
     if host is not None and host_parts:
         bill(table[host], host_share, f"host x {host_share:g} ({', '.join(host_parts)})")
     elif host is not None:
         # In distributed runs one rank per host measures CPU and RAM; the others' records
         # (GPUs only) must not bill the same host again.
-        missing.append(f"host {host!r}: not billed with these components (no cpu or ram among them); billed where the host is measured")
+        leave_out(f"host {host!r}: not billed with these components (no cpu or ram among them); billed where the host "
+                  "is measured", "host", "host", host, "billed elsewhere")
     elif host_parts:
-        missing.append(
-            f"host machine of {', '.join(host_parts)} (chassis, board, CPUs, memory): not counted; "
-            f"pass host={HOST_KEY!r} and host_share= to bill it"
-        )
+        leave_out(f"host machine of {', '.join(host_parts)} (chassis, board, CPUs, memory): not counted; "
+                  f"pass host={HOST_KEY!r} and host_share= to bill it", "host", "host", None, "not asked for")
     if ram_gb is not None and host_parts:
         bill(table["dram"], ram_gb, f"{ram_gb:g} GB of DRAM")
     elif ram_gb is not None:
         # The host's memory, like the host: billed by the rank that measures its CPU and RAM. Billed
         # by every rank, 8 ranks on one host billed its 512 GB 8 times.
-        missing.append(f"ram_gb={ram_gb:g}: not billed with these components (no cpu or ram among them); "
-                       "billed where the host is measured")
+        leave_out(f"ram_gb={ram_gb:g}: not billed with these components (no cpu or ram among them); "
+                  "billed where the host is measured", "ram_gb", "ram", None, "billed elsewhere")
     sources = list(used.values())
     if sources:
         sources.append({"key": "lifetime_years", "value": lifetime_years, "source": LIFETIME_SOURCE if lifetime_years == DEFAULT_LIFETIME_YEARS else "user-supplied"})
         sources.append({"key": "utilisation", "value": utilisation, "source": UTILISATION_SOURCE if utilisation == DEFAULT_UTILISATION else "user-supplied"})
+    if left_out is not None:
+        left_out.extend(parts)
     return Embodied(grams=grams, range_g=(low, high), sources=tuple(sources), missing=tuple(missing))
 
 

@@ -135,6 +135,17 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]], alig
     return "\n".join(lines)
 
 
+def rank_ranges(ranks: Iterable[int]) -> str:
+    """``[1, 2, 3, 5]`` as ``1-3, 5``: a reason every rank of 512 gave is one short line."""
+    ranges: list[list[int]] = []
+    for rank in sorted(ranks):
+        if ranges and rank == ranges[-1][1] + 1:
+            ranges[-1][1] = rank
+        else:
+            ranges.append([rank, rank])
+    return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in ranges)
+
+
 def energy_text(mean: float, se: float | None = None) -> str:
     """kWh in a readable unit: ``18.5 mWh``, ``1.2 ± 0.1 kWh``."""
     unit, factor = pick_unit([mean], ENERGY_UNITS)

@@ -41,6 +41,7 @@ from greencallbacks.checks import keywords_checked, one_line
 from greencallbacks.distributed import LocalReducer, Reducer
 from greencallbacks.ledger import Ledger, PhaseTotals, read_run_records, run_ids_in
 from greencallbacks.runlock import RunLock
+from greencallbacks.textformat import rank_ranges
 from greencallbacks.meter import joules_between
 from greencallbacks.prediction import PREDICTION_STEMS, predict
 from greencallbacks.heartbeat import heartbeat_files, heartbeat_parts, heartbeat_path, ranks_written
@@ -308,7 +309,8 @@ class Tracker:
         # device models); None: off, or no device with a published footprint.
         self.embodied_rate: Embodied | None = None
         self._embodied_found: Embodied | None = None
-        # The other ranks' (rank, [sources, missing]), gathered at start, for the summary.
+        self._embodied_left_out: list[dict[str, Any]] = []  # its missing, structured (embodied_for's left_out)
+        # The other ranks' (rank, [sources, missing, left_out]), gathered at start, for the summary.
         self._embodied_elsewhere: list[tuple[int, Any]] = []
         # Fields the session adds to energy-summary.json (its policies: the budget), so the
         # tracker needs to know none of them. A callable value is called with the summary when
@@ -512,9 +514,9 @@ class Tracker:
             # and left out alone: another rank's GPU without a footprint read as nothing missing.
             # A collective, as the gather above: every rank starts here.
             found = self._embodied_found
-            mine = None if found is None else [list(found.sources), list(found.missing)]
+            mine = None if found is None else [list(found.sources), list(found.missing), self._embodied_left_out]
             self._embodied_elsewhere = [(rank, there) for rank, there in enumerate(self.reducer.all_gather(mine))
-                                        if rank != self.reducer.rank and isinstance(there, (list, tuple)) and len(there) == 2]
+                                        if rank != self.reducer.rank and isinstance(there, (list, tuple)) and len(there) == 3]
         self._stack = [self._open("other", None)]
         self._last_snapshot = meter.snapshot()
         self._heartbeat_at = self._last_snapshot.monotonic_s
@@ -1502,6 +1504,7 @@ class Tracker:
         """Embodied CO2eq per second of the measured hardware: linear in a record's duration, so
         it is found once here and each record is only a multiplication (no table look-up per boundary)."""
         self.embodied_rate = self._embodied_found = None
+        self._embodied_left_out = []
         if self.embodied_settings is None:
             return
         from greencallbacks.embodied import embodied_for
@@ -1511,14 +1514,15 @@ class Tracker:
             if device.get("name") in self._gpu_split:
                 device["share"] = float(device.get("share", 1.0)) * self._gpu_split[device["name"]][0]
         models = {d["name"]: d["model"] for d in described if d.get("model")}
+        left_out: list[dict[str, Any]] = []
         try:
-            found = embodied_for(described, 1.0, models=models, **self.embodied_settings)
+            found = embodied_for(described, 1.0, models=models, left_out=left_out, **self.embodied_settings)
         except Exception as error:  # noqa: BLE001 - embodied is extra; it must not stop a run
             from greencallbacks.meter import warn
 
             warn(f"greencallbacks: embodied emissions left out ({error!r}).")
             return
-        self._embodied_found = found
+        self._embodied_found, self._embodied_left_out = found, left_out
         # Billed only when some device had a footprint; otherwise the record says nothing rather than 0.
         self.embodied_rate = found if any("kgco2eq" in s for s in found.sources) else None
 
@@ -1527,6 +1531,9 @@ class Tracker:
         totals = self.ledger.embodied
         found = self._embodied_found
         missing = list(found.missing) if found else (["turned off (embodied=False)"] if self.embodied_settings is None else [])
+        # The same, structured: what the report reads (it parsed the words above, which are for people).
+        left_out = [dict(part) for part in self._embodied_left_out] if found else (
+            [_left_out("run", "turned off")] if self.embodied_settings is None else [])
         # What the sources and the missing above describe is this attempt; an earlier one (resumed
         # on another GPU, or with embodied=False) may have billed nothing, or this one nothing of
         # the run that earlier ones billed: the total then covers part of the run, said here.
@@ -1535,15 +1542,17 @@ class Tracker:
         if totals and unbilled:
             missing.append(f"{unbilled} of the run's {count} records carry no embodied figure (an attempt or call "
                            "where none was known or it was turned off): embodied_co2eq_g covers the others only")
+            left_out.append({**_left_out("records", "records unbilled"), "records": unbilled, "of": count})
         sources = list(found.sources) if found else []
         if self._embodied_elsewhere:
-            sources, missing = _with_other_ranks(sources, missing, self._embodied_elsewhere)
+            sources, missing, left_out = _with_other_ranks(sources, missing, left_out, self._embodied_elsewhere)
         return {
             "embodied_co2eq_g": totals[0] if totals else None,
             "embodied_co2eq_g_low": totals[1] if totals else None,
             "embodied_co2eq_g_high": totals[2] if totals else None,
             "embodied_sources": sources,
             "embodied_missing": missing,
+            "embodied_left_out": left_out,
         }
 
     # ------------------------------------------------------------------------------ internals
@@ -1824,17 +1833,23 @@ def _embodied_settings(embodied: object) -> dict[str, Any] | None:
     return dict(embodied)
 
 
-def _with_other_ranks(sources: list[dict[str, Any]], missing: list[str],
-                      elsewhere: list[tuple[int, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
-    """This rank's embodied ``sources`` and ``missing`` with every other rank's added: the devices
-    each billed (its ``billed`` entries named by rank) and what each left out, one line per reason
-    with the ranks that gave it. "Billed where the host is measured" is dropped: the rank that
-    measures the host says what it billed there."""
+def _left_out(part: str, why: str) -> dict[str, Any]:
+    """An ``embodied_left_out`` entry for what is no device (see ``embodied_for``'s ``left_out``)."""
+    return {"part": part, "kind": None, "model": None, "why": why}
+
+
+def _with_other_ranks(sources: list[dict[str, Any]], missing: list[str], left_out: list[dict[str, Any]],
+                      elsewhere: list[tuple[int, Any]]) -> tuple[list[dict[str, Any]], list[str], list[dict[str, Any]]]:
+    """This rank's embodied ``sources``, ``missing`` and ``left_out`` with every other rank's
+    added: the devices each billed (its ``billed`` entries named by rank) and what each left out,
+    one line (and one entry, with its ``ranks``) per reason with the ranks that gave it. "Billed
+    where the host is measured" is dropped: the rank that measures the host says what it billed there."""
     devices = [{**s, "billed": list(s.get("billed", []))} for s in sources if "kgco2eq" in s]
     settings = [s for s in sources if "kgco2eq" not in s]  # lifetime and utilisation, alike on every rank
     by_key = {s["key"]: s for s in devices}
     reasons: dict[str, list[int]] = {}
-    for rank, (their_sources, their_missing) in elsewhere:
+    parts: dict[str, dict[str, Any]] = {}
+    for rank, (their_sources, their_missing, their_left_out) in elsewhere:
         for source in their_sources:
             if "kgco2eq" not in source:
                 if not any(s.get("key") == source.get("key") for s in settings):
@@ -1845,23 +1860,14 @@ def _with_other_ranks(sources: list[dict[str, Any]], missing: list[str],
                 entry = by_key[source["key"]] = {**source, "billed": []}
                 devices.append(entry)
             entry["billed"] += [f"rank {rank}: {billed}" for billed in source.get("billed", [])]
-        for reason in their_missing:
+        for reason, part in zip(their_missing, their_left_out):
             if not reason.endswith("billed where the host is measured"):
                 reasons.setdefault(reason, []).append(rank)
-    missing = list(missing) + [f"rank{'s' if len(ranks) > 1 else ''} {_rank_ranges(ranks)}: {reason}"
+                parts.setdefault(reason, dict(part))
+    missing = list(missing) + [f"rank{'s' if len(ranks) > 1 else ''} {rank_ranges(ranks)}: {reason}"
                                for reason, ranks in reasons.items()]
-    return devices + settings, missing
-
-
-def _rank_ranges(ranks: list[int]) -> str:
-    """``[1, 2, 3, 5]`` as ``1-3, 5``: a reason every rank of 512 gave is one short line."""
-    ranges: list[list[int]] = []
-    for rank in sorted(ranks):
-        if ranges and rank == ranges[-1][1] + 1:
-            ranges[-1][1] = rank
-        else:
-            ranges.append([rank, rank])
-    return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in ranges)
+    left_out = list(left_out) + [{**parts[reason], "ranks": ranks} for reason, ranks in reasons.items()]
+    return devices + settings, missing, left_out
 
 
 def _nan_if_none(value: float | None) -> float:

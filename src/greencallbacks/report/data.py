@@ -22,6 +22,7 @@ from greencallbacks.textformat import (
     number,
     pick_unit,
     pue_text,
+    rank_ranges,
 )
 from greencallbacks.units import J_PER_KWH
 
@@ -449,27 +450,53 @@ def unmeasured_gpus(records: Sequence[Record], run_summaries: Mapping[str, dict]
     return found
 
 
-# A GPU the summary's ``embodied_missing`` lists ("gpu1: 'NVIDIA H200' (H200 SXM): no published ...",
-# "rank 1: gpu1: ..." in a distributed run): the device before the reason.
+# A GPU the ``embodied_missing`` of a summary written before ``embodied_left_out`` (2026-12-06)
+# lists ("gpu1: 'NVIDIA H200' (H200 SXM): no published ...", "rank 1: gpu1: ..." in a distributed
+# run): the device before the reason.
 _GPU_LEFT_OUT = re.compile(r"^(?:(?P<ranks>ranks? [\d, -]+): )?(?P<gpu>gpu[\w-]*): (?P<model>'[^']*')?")
 
 
 def gpus_without_embodied(records: Sequence[Record], run_summaries: Mapping[str, dict] | None) -> list[str]:
     """The GPUs the runs' summaries list as left out of the embodied figure (no published
     footprint, or no model known), as ``gpu1 ('NVIDIA H200', rank 1)``. Their records carry the
-    other devices' figure, so only the summary can say."""
+    other devices' figure, so only the summary can say: its ``embodied_left_out``, or for a summary
+    written before it, the words of its ``embodied_missing``."""
     found: list[str] = []
     for run in by_run(records):
         summary = (run_summaries or {}).get(run)
-        listed = summary.get("embodied_missing") if isinstance(summary, dict) else None
-        for reason in listed if isinstance(listed, list) else ():
-            match = _GPU_LEFT_OUT.match(reason) if isinstance(reason, str) else None
-            if match:
-                where = [part for part in (match["model"], match["ranks"]) if part]
-                label = match["gpu"] + (f" ({', '.join(where)})" if where else "")
-                if label not in found:
-                    found.append(label)
+        if not isinstance(summary, dict):
+            continue
+        parts = summary.get("embodied_left_out")
+        if isinstance(parts, list):
+            labels = _gpus_left_out(parts)
+        else:  # written before it
+            labels = _gpus_left_out_in_words(summary.get("embodied_missing"))
+        found += [label for label in labels if label not in found]
     return found
+
+
+def _gpus_left_out(parts: list) -> list[str]:
+    labels = []
+    for part in parts:
+        if not (isinstance(part, dict) and part.get("kind") == "gpu" and isinstance(part.get("part"), str)):
+            continue
+        ranks = part.get("ranks")
+        ranks = sorted(r for r in ranks if isinstance(r, int)) if isinstance(ranks, list) else []
+        where = [repr(part["model"])] if isinstance(part.get("model"), str) else []
+        if ranks:
+            where.append(f"rank{'s' if len(ranks) > 1 else ''} {rank_ranges(ranks)}")
+        labels.append(part["part"] + (f" ({', '.join(where)})" if where else ""))
+    return labels
+
+
+def _gpus_left_out_in_words(listed: object) -> list[str]:
+    labels = []
+    for reason in listed if isinstance(listed, list) else ():
+        match = _GPU_LEFT_OUT.match(reason) if isinstance(reason, str) else None
+        if match:
+            where = [part for part in (match["model"], match["ranks"]) if part]
+            labels.append(match["gpu"] + (f" ({', '.join(where)})" if where else ""))
+    return labels
 
 
 def gpus_used_by_others(records: Sequence[Record], run_summaries: Mapping[str, dict] | None) -> list[str]:
