@@ -47,8 +47,8 @@ How it fits the Trainer (read against transformers 5.23):
   accumulation, a shape lookup per batch), or, where the Trainer's class prepares its own
   micro-batches (TRL's GRPO and RLOO, whose ``training_step`` is given a generation batch of
   ``steps_per_generation`` micro-batches), the one its ``_prepare_inputs`` returns in the step.
-  TRL's preference collators (DPO's, the reward model's) stack chosen and rejected: a pair is one
-  sample, as in HF's own count. Ranks are summed, so the samples Accelerate repeats to
+  TRL's preference collators (DPO's, its vision one, the reward model's) stack chosen and rejected:
+  a pair is one sample, as in HF's own count. Ranks are summed, so the samples Accelerate repeats to
   keep ranks in step are counted: they cost energy. Tokens: HF's ``state.num_input_tokens_seen``
   (already summed over ranks) when ``include_num_input_tokens_seen`` is on, read at each step's
   end (a checkpoint or heartbeat of the open epoch holds them) and at the epoch's end or a crash's
@@ -1137,20 +1137,33 @@ def _has_length(dataset) -> bool:
         return False
 
 
+# TRL's preference collators, and two pairs each takes (DPO's and the reward model's: token ids;
+# DPO's vision collator: texts, which its processor tokenizes, and no image).
+_PAIR_COLLATORS = {
+    "DataCollatorForPreference": lambda: {"prompt_ids": [1], "chosen_ids": [2], "rejected_ids": [3]},
+    "DataCollatorForVisionPreference": lambda: {"images": [], "prompt": "a", "chosen": "b", "rejected": "c"},
+}
+
+
 def _rows_per_pair(collator: Any) -> int:
-    """2 where ``collator`` is TRL's preference collator (DPO's, the reward model's) that stacks each
-    pair's chosen and rejected sequences into one ``input_ids`` (TRL 1.x): counted as rows, 10 pairs
-    were 20 samples, where HF's own count (and ours on several ranks: the data set's length) gives
-    10. Else 1: older TRL's collator of that name keeps chosen and rejected apart, a row per pair,
-    so the layout is read from the collator itself, on two pairs of one token each."""
-    if not any(kind.__module__.startswith("trl.") and kind.__name__ == "DataCollatorForPreference"
-               for kind in type(collator).__mro__):
+    """2 where ``collator`` is a TRL preference collator (DPO's, the reward model's, DPO's vision
+    one) that stacks each pair's chosen and rejected sequences into one ``input_ids`` (TRL 1.x):
+    counted as rows, 10 pairs were 20 samples, where HF's own count (and ours on several ranks:
+    the data set's length) gives 10. Else 1: older TRL's collator of that name keeps chosen and
+    rejected apart, a row per pair, so the layout is read from the collator itself, on two pairs of
+    one token each. The vision collator's processor may refuse a pair without an image: then 2,
+    as that collator stacks them (``* 2  # repeat for chosen and rejected`` in TRL 1.16; until
+    2026-12-06 it was left at 1, and a vision DPO pair counted 2)."""
+    name = next((kind.__name__ for kind in type(collator).__mro__
+                 if kind.__module__.startswith("trl.") and kind.__name__ in _PAIR_COLLATORS), None)
+    if name is None:
         return 1
     try:
-        batch = collator([{"prompt_ids": [1], "chosen_ids": [2], "rejected_ids": [3]}] * 2)
+        # Each call its own examples: the vision collator rewrites them in place.
+        batch = collator([_PAIR_COLLATORS[name]() for _ in range(2)])
         return 2 if tuple(batch["input_ids"].shape)[:1] == (4,) else 1
-    except Exception:  # noqa: BLE001 - another layout (older TRL's keys): rows are pairs
-        return 1
+    except Exception:  # noqa: BLE001 - older TRL's keys (rows are pairs), or a processor wanting an image
+        return 2 if name == "DataCollatorForVisionPreference" else 1
 
 
 def _know_collator(counter: BatchCounter, trainer: Trainer | None) -> None:
