@@ -322,6 +322,13 @@ class _Progress:
         self.step_in_test: int | None = None
         self.predicting = False
         self.predicted: int | None = 0  # samples of the open predict; None once a batch could not be counted
+        # The token_counter's value in the logs of the open epoch's latest training batch: a number
+        # Keras made for its batch hooks (no read of ours), the epoch's tokens so far, for its record
+        # if it fails. Not known (``tokens_known`` False) where the metric is not summed over
+        # replicas or a call inside the epoch reset it (the value then counts from that reset).
+        self.counts_tokens = False  # a token_counter is given
+        self.tokens_known = True
+        self.train_tokens: Any = 0
 
     def label(self, tracker: Any) -> None:
         """Give the failed call's open phases what is known: the step it reached, predict's count."""
@@ -336,11 +343,18 @@ class _Progress:
             elif step is not None and self.training and self.one_step_per_batch:
                 step += _step_range(self.train_steps, self.per_execution, self.planned_steps)[1]
             predicting = self.predicting
+            # Training is the innermost open phase: no loop inside the epoch is open.
+            training_tokens = self.training and self.counts_tokens and self.step_in_test is None and not predicting
+            tokens, known = self.train_tokens, self.tokens_known
         finally:
             if locked:
                 self.lock.release()
         if predicting:
             tracker.add_samples(predicted)  # the innermost open phase; None: uncounted
+        if training_tokens:
+            # The batches it trained: without them its record had no tokens, and the run's J/token was n/a.
+            known = known and _a_number(tokens) and math.isfinite(tokens) and tokens >= 0
+            tracker.add_samples(0, tokens=int(round(tokens)) if known else None)  # None: tokens_counted false
         if step is not None:
             tracker.step = step
 
@@ -726,7 +740,10 @@ class EnergyCallback(_Callback):
         # The steps run: a custom train_step's loss-tracker count is told from samples by them, and
         # a failed epoch's step is counted on from its start by them (an uncontended lock, no read).
         progress = self._progress
+        tokens = logs.get(self.token_counter) if self.token_counter is not None and logs is not None else None
         with progress.lock:  # `batch`: a step of the execution the hook covers (see _step_range)
+            if batch + 1 >= progress.train_steps:  # the latest step: asynchronous hooks may end out of order
+                progress.train_tokens = tokens
             progress.train_steps = max(progress.train_steps, batch + 1)
             progress.train_calls_ended += 1
         # TensorBoard writes a batch when its count since train begin is a multiple of update_freq.
@@ -774,6 +791,8 @@ class EnergyCallback(_Callback):
             progress.train_steps, progress.training = 0, False
             progress.train_calls_begun = progress.train_calls_ended = 0
             progress.per_execution = _per_execution(self.model)
+            progress.counts_tokens, progress.train_tokens = self.token_counter is not None, 0
+            progress.tokens_known = self._replicas() <= 1 or logs_sum_metrics_over_replicas(_KERAS_VERSION)
         self._phases.append(("train", False))  # first: the epoch's keys reach `logs` even if starting fails
         starting = call.run is None
         if starting:
@@ -1361,6 +1380,8 @@ class EnergyCallback(_Callback):
         if top == "train":
             self._bank_train_samples()  # read before evaluate resets the metrics
             self._bank_train_tokens()
+            with self._progress.lock:
+                self._progress.tokens_known = False  # this call may reset the metric (see _Progress.train_tokens)
             if testing:
                 step = self._step()  # on the training thread, which waits while the loop runs
                 with self._progress.lock:
