@@ -46,6 +46,17 @@ class PhaseTotals:
     # The tokens of the records that counted them (HF's num_input_tokens_seen, a token_counter);
     # None while none has: a phase that counts no tokens has no count of 0.
     tokens: int | None = None
+    # False where a record's tokens are a count of part of its batches (``tokens_counted: false``):
+    # ``tokens`` is then too few for the phase's energy, as the records and the report say.
+    tokens_counted: bool = True
+
+    def as_dict(self) -> dict[str, Any]:
+        """The totals as the summary and a checkpoint write them: ``tokens_counted`` only when false,
+        as records write it (a state read by a release without the field still loads)."""
+        values = dict(vars(self))
+        if values["tokens_counted"]:
+            del values["tokens_counted"]
+        return values
 
     def add(self, record: Record) -> None:
         self.energy_j += record.energy_kwh * J_PER_KWH
@@ -61,11 +72,16 @@ class PhaseTotals:
             self.embodied_count += 1
         if record.tokens is not None:
             self.tokens = (self.tokens or 0) + record.tokens
+        if not record.tokens_counted:
+            self.tokens_counted = False
 
     def add_totals(self, other: "PhaseTotals") -> None:
         """Add ``other``'s totals to these (a field that one of them lacks, ``tokens`` None, is the other's)."""
         for name, value in vars(other).items():
             mine = getattr(self, name)
+            if name == "tokens_counted":  # counted whole where both were
+                self.tokens_counted = mine and value
+                continue
             setattr(self, name, value if mine is None else mine if value is None else mine + value)
 
 
@@ -319,8 +335,8 @@ class Ledger:
             "run_id": self.run_id,
             "seq": self.next_seq,
             "attempt": self.attempt,
-            "totals": {p: vars(t) for p, t in totals.items()},
-            "prefix_totals": [[phase, prefix, vars(t)] for (phase, prefix), t in prefix_totals.items()],
+            "totals": {p: t.as_dict() for p, t in totals.items()},
+            "prefix_totals": [[phase, prefix, t.as_dict()] for (phase, prefix), t in prefix_totals.items()],
             "epochs": {str(e): [c.attempt, c.warmup, c.kwh, c.kwh_at_train_end, c.complete, c.step_at_train_end, c.seconds, c.seconds_at_train_end, c.paused_kwh] for e, c in recent.items()},
             "epoch_stats": self.stats.state(),
         }

@@ -1724,7 +1724,7 @@ class Tracker:
             "energy_kwh": self.total_energy_j / J_PER_KWH,
             "co2eq_g": self.total_co2eq_g,
             **self.embodied_summary(),
-            "phases": {p: vars(t) for p, t in self.totals.items() if t.count},
+            "phases": {p: t.as_dict() for p, t in self.totals.items() if t.count},
             "carbon": self.carbon.describe(),
             "sensors": self.meter.describe() if self.meter is not None else [],
             "ranks": self.reducer.world_size,
@@ -1761,6 +1761,8 @@ def _uncounted(state: dict[str, Any], records: list[Record]) -> dict[str, Any]:
                                               if (phase, prefix) == (record.phase, record.metric_prefix)]
         for slot in filter(None, slots):
             for name, value in vars(counted).items():
+                if name == "tokens_counted":  # which record made it false is not known: kept
+                    continue
                 if name == "tokens":  # None: counted none; what the open phases alone counted is none again
                     if value is not None and slot.get(name) is not None:
                         slot[name] = max(0, slot[name] - value) or None
