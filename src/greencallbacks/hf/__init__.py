@@ -134,6 +134,7 @@ import math
 import os
 import sys
 import weakref
+from collections.abc import Mapping
 from typing import Any, Callable
 
 from greencallbacks import extras
@@ -554,7 +555,7 @@ class EnergyCallback(TrainerCallback, ExportableState):
         # The first batch ran before prediction_step was wrapped: count it from the loop's own
         # variable (uncounted where there is none: a release whose loop names it otherwise).
         batch = loop_arguments.get("inputs")
-        samples, tokens = (self._counter.count(batch, self.tracker.run_id) if batch is not None
+        samples, tokens = (self._count_prediction_batch(batch) if batch is not None
                            else (None, None if self._counter.token_counter else 0))
         self._count_batch(samples, tokens)
 
@@ -753,6 +754,22 @@ class EnergyCallback(TrainerCallback, ExportableState):
             while self._loops.pop() is not loop:
                 pass
             self.tracker.end(loop.phase, step=state.global_step, metric_prefix=loop.prefix, partial=True)
+
+    def _count_prediction_batch(self, batch: Any) -> tuple[int | None, int | None]:
+        """(samples, tokens) of an evaluation or prediction batch. On several ranks the loop counts the
+        data set's samples (``_loop_samples``: HF's count), which leaves out those Accelerate repeats
+        to complete the last batch; its tokens are those samples' too: with the repeats' tokens, 10
+        samples of 8 tokens had 128 (6 repeats), a cost per token 10/16 of the true one. A last batch
+        that cannot be cut to its samples that are no repeats counts no tokens (``tokens_counted: false``)."""
+        samples, tokens = self._counter.count(batch, self.tracker.run_id)
+        reducer = self.tracker.reducer
+        if tokens is None or self._counter.custom_samples or reducer.world_size == 1:
+            return samples, tokens  # (a sample_counter counts the repeats, as their tokens are)
+        kept = _samples_not_repeated(self._loops[-1].dataloader, reducer.rank, reducer.world_size)
+        if kept is None:
+            return samples, tokens
+        part = _first_samples(batch, samples, kept) if samples is not None else None
+        return samples, self._counter.count_tokens(part, self.tracker.run_id) if part is not None else None
 
     def _count_batch(self, samples: int | None, tokens: int | None) -> None:
         """One completed ``prediction_step``'s batch, for the innermost open loop."""
@@ -991,7 +1008,7 @@ class _CountingPreparedInputs(_Wrapper):
 class _CountingPredictionStep(_Wrapper):
     def __call__(self, model, inputs, *args, **kwargs):
         # Per batch, so that a loop that raises leaves the batches it completed in its partial record.
-        counts = [(c, c._counter.count(inputs, c.tracker.run_id)) for c in self._owners() if c._loops]
+        counts = [(c, c._count_prediction_batch(inputs)) for c in self._owners() if c._loops]
         output = self._inner(model, inputs, *args, **kwargs)
         for callback, (samples, tokens) in counts:
             callback._count_batch(samples, tokens)
@@ -1086,7 +1103,9 @@ class _MeasuredLoop(_Wrapper):
         for callback in callbacks:
             try:
                 callback._trainer = trainer  # a callback shared by two Trainers: this loop is this one's
-                began.append((callback, callback._begin_loop(description, prefix, trainer.args, trainer)))
+                loop = callback._begin_loop(description, prefix, trainer.args, trainer)
+                loop.dataloader = dataloader  # where its last batch's repeats are told (see _samples_not_repeated)
+                began.append((callback, loop))
             except Exception as error:  # noqa: BLE001
                 warn(f"greencallbacks: could not begin measuring {prefix} ({error!r}).")
         try:
@@ -1127,6 +1146,44 @@ def _samples_run(dataloader) -> int | None:
     if not isinstance(sampler, (SequentialSampler, RandomSampler, LengthGroupedSampler)) or len(sampler) != len(dataset):
         return None  # RandomSampler(num_samples=...) draws another number
     return len(dataset)
+
+
+def _samples_not_repeated(dataloader, rank: int, world_size: int) -> int | None:
+    """How many of this rank's samples in the batch now yielded by Accelerate's ``dataloader`` are no
+    repeats, where that is its last and HF's count of the loop's samples (``_samples_run``) leaves
+    repeats out; None where every sample of the batch counts. Accelerate completes the last batch
+    of each rank with samples from the data set's start, and its ``gather_for_metrics`` keeps the
+    first ``remainder`` (the data set's length modulo the batch of all ranks) of the ranks' batches
+    in rank order: so does this."""
+    if getattr(dataloader, "end_of_dataloader", False) is not True:
+        return None
+    remainder, total = getattr(dataloader, "remainder", -1), getattr(dataloader, "total_batch_size", None)
+    if not (isinstance(remainder, int) and isinstance(total, int) and remainder > 0 and total % world_size == 0):
+        return None
+    if _samples_run(dataloader) is None:
+        return None  # the loop counts its batches, repeats and all
+    per_rank = total // world_size
+    kept = max(0, min(per_rank, remainder - rank * per_rank))
+    return kept if kept < per_rank else None
+
+
+def _first_samples(batch: Any, samples: int, kept: int) -> Any:
+    """The first ``kept`` of a batch of ``samples``: a mapping (HF's inputs) whose values are
+    tensors of that many rows, or values of no rows (a scalar); None for any other batch."""
+    import torch
+
+    if not isinstance(batch, Mapping):
+        return None
+    part = {}
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor) and value.dim() > 0:
+            if value.shape[0] != samples:
+                return None
+            value = value[:kept]
+        elif isinstance(value, (list, tuple, Mapping)):
+            return None
+        part[key] = value
+    return part
 
 
 def _has_length(dataset) -> bool:
