@@ -59,7 +59,7 @@ MATRIX = {
                   "tests/test_step_values_exact_joules.py", "tests/test_hf_tokens.py",
                   # transformers 4 counts a micro-batch's tokens before it trains (a path 5 never takes).
                   "tests/test_hf_forward_crash_tokens.py", "tests/test_forked_child_exit.py",
-                  "tests/test_hf_tokens_in_part.py", "tests/test_hf_report_tokens.py"],
+                  "tests/test_hf_tokens_in_part.py", "tests/test_hf_report_tokens.py", "tests/test_hf_eval_repeats_tokens.py"],
         "report": ["transformers", "accelerate", "torch", "tensorboard", "mlflow", "wandb"],
     },
     "lightning": {
@@ -100,7 +100,8 @@ MATRIX = {
                   "tests/test_keras_paths_more.py", "tests/test_keras_logged_totals.py", "tests/test_keras_fit_options.py",
                   "tests/test_keras_user_sequences.py", "tests/test_keras_nested_depth.py",
                   "tests/test_keras_nested_more.py", "tests/test_keras_loggers.py", "tests/test_forked_child_exit.py",
-                  "tests/test_budget_kept_by_evaluations.py", "tests/test_keras_in_process_distribution.py"],
+                  "tests/test_budget_kept_by_evaluations.py", "tests/test_keras_in_process_distribution.py",
+                  "tests/test_keras_failed_epoch_tokens.py"],
         "report": ["keras", "torch", "tensorflow-cpu", "numpy"],
     },
     # A middle release, for the sample counts: batch hooks at an execution's first step (before
@@ -109,7 +110,7 @@ MATRIX = {
         "middle": True,  # not a floor: tested beside them
         "requirements": ["keras==3.8.0", "tensorflow-cpu==2.19.1", "tensorboard"],
         "tests": ["tests/test_keras_counts.py", "tests/test_keras_custom_steps.py", "tests/test_keras_models.py",
-                  "tests/test_keras_in_process_distribution.py"],
+                  "tests/test_keras_in_process_distribution.py", "tests/test_keras_failed_epoch_tokens.py"],
         "report": ["keras", "torch", "tensorflow-cpu", "numpy"],
     },
 }
