@@ -351,6 +351,7 @@ class Tracker:
         # `live`: the previous call's peek (its power interval) and each open phase's billed sums.
         self._live_history: collections.deque[Snapshot] = collections.deque()  # earlier live() readings
         self._live_billed: dict[int, tuple[int, float, float]] = {}
+        self._logged_totals = (0.0, 0.0)  # the run's highest logged totals, kWh and g (see _never_back)
         # (unix time, joules since the last boundary) at each heartbeat since it: see _priced_apart.
         self._price_marks: list[tuple[float, float]] = []
         self._marks_priced: tuple[int, float, float, float] = (0, 0.0, 0.0, 0.0)  # see _open_interval_g
@@ -981,15 +982,15 @@ class Tracker:
         if record is None:
             return {}
         if phase == "train":
-            total_j, total_g = self.total_energy_j, self.total_co2eq_g
+            total_kwh, total_g = self._never_back(self.total_energy_j / J_PER_KWH, self.total_co2eq_g)
         else:
             # A prefixed record's total is its prefix's, whatever the phase: the metric's name (Ledger.prefix_total).
             totals = self.totals[phase] if record.metric_prefix is None else self.ledger.prefix_total(record.metric_prefix)
-            total_j, total_g = totals.energy_j, totals.co2eq_g
+            total_kwh, total_g = totals.energy_j / J_PER_KWH, totals.co2eq_g
         values = {
             "energy_kwh": record.energy_kwh,
             "co2eq_g": record.co2eq_g,
-            "energy_kwh_total": total_j / J_PER_KWH,
+            "energy_kwh_total": total_kwh,
             "co2eq_g_total": total_g,
             "energy_j_per_sample": _nan_if_none(record.energy_j_per_sample),
             "co2eq_g_per_sample": _nan_if_none(record.co2eq_g_per_sample),
@@ -1039,12 +1040,31 @@ class Tracker:
             open_j, co2eq_g, power_w = (math.fsum(part) for part in zip(*self.reducer.gather_floats(here)))
             if failure is not None:
                 raise failure
-        values = {
-            "energy_kwh_total": (self.total_energy_j + open_j) / J_PER_KWH,
-            "co2eq_g_total": self.total_co2eq_g + co2eq_g,
-            "power_w": power_w,
-        }
+        total_kwh, total_g = self._never_back((self.total_energy_j + open_j) / J_PER_KWH, self.total_co2eq_g + co2eq_g)
+        values = {"energy_kwh_total": total_kwh, "co2eq_g_total": total_g, "power_w": power_w}
         return {prefix + k: float(v) for k, v in values.items()}
+
+    def _never_back(self, energy_kwh: float, co2eq_g: float) -> tuple[float, float]:
+        """The run's totals as logged, never below totals logged before: the one owner of the
+        running ``energy_kwh_total`` / ``co2eq_g_total`` of ``live`` and of the training's ``metrics``.
+
+        The two sum the same joules in other orders: ``live`` adds the open phases' parts (IT
+        joules by segment, then PUE) to the ledger's totals; an end closes those parts into
+        records (IT joules by component, PUE, rounded through kWh), adds each to its phase's
+        total, and the run's total is the sum of the phases'. Float sums of one amount in other
+        orders differ in their last bits, either way: with nothing spent in between (a step
+        logged at an epoch's last batch, on a counter that had not moved: NVML's update every
+        100 ms), the epoch's total came out an ulp below the step value just before it
+        (0.0027175314498869784 after 0.002717531449886979 kWh). Held at the higher within
+        ROUNDING_HELD (relative), a total is at most those bits above its records' sum; a larger
+        step back is no rounding and is logged as it is (a price for past time that a live source
+        answered late, the README's known limit). A total that is not a number (a failed gather
+        of several ranks) is passed on, not held."""
+        logged_kwh, logged_g = self._logged_totals
+        energy_kwh, co2eq_g = _held(energy_kwh, logged_kwh), _held(co2eq_g, logged_g)
+        self._logged_totals = (energy_kwh if math.isfinite(energy_kwh) else logged_kwh,
+                               co2eq_g if math.isfinite(co2eq_g) else logged_g)
+        return energy_kwh, co2eq_g
 
     def _live_here(self) -> tuple[float, float, float]:
         """This rank's part of ``live``: the open phases' facility joules and CO2eq so far, and its power."""
@@ -1277,6 +1297,7 @@ class Tracker:
         # (A call that just failed may have been writing up on the watch thread: settled before, see start.)
         state, self._resume_state = self._resume_state, None
         self._renamed_from = None  # the given run id continues after all
+        self._logged_totals = (0.0, 0.0)  # the totals go on from the checkpoint's run (maybe another one)
         ledger, output_dir = copy.copy(self.ledger), self.output_dir  # `resume` rebinds, never mutates
         try:
             home = Path(state["records_path"]).parent if state.get("records_path") else None
@@ -1870,6 +1891,16 @@ def _with_other_ranks(sources: list[dict[str, Any]], missing: list[str], left_ou
                                for reason, ranks in reasons.items()]
     left_out = list(left_out) + [{**parts[reason], "ranks": ranks} for reason, ranks in reasons.items()]
     return devices + settings, missing, left_out
+
+
+# How far below a logged total a later one may come from summing the same amounts in another order
+# (a few ulps) and still be held at the logged one (Tracker._never_back).
+ROUNDING_HELD = 1e-12
+
+
+def _held(total: float, logged: float) -> float:
+    """``total``, or ``logged`` where ``total`` is below it by rounding alone."""
+    return logged if math.isfinite(total) and logged - ROUNDING_HELD * abs(logged) <= total < logged else total
 
 
 def _nan_if_none(value: float | None) -> float:
