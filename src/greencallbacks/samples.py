@@ -749,6 +749,10 @@ class BatchCounter:
         # 2); a count that they do not divide is uncounted.
         self.rows_per_sample = 1
         self.token_counter = token_counter
+        # Where the batches of the phase now running hold one batch of each of several loaders (a
+        # fit with several training loaders): ``batch -> [each loader's batch]``, or None where a
+        # batch is not so shaped (see count_tokens).
+        self.loader_batches: Callable[[Any], list | None] | None = None
         self.owner = owner
         self.batch_name = batch_name
         self._warned_runs: set[tuple[str, str]] = set()
@@ -779,7 +783,19 @@ class BatchCounter:
         batches' tokens alone would give too high a cost per token)."""
         if self.token_counter is None:
             return 0
-        return self._apply("token_counter", self.token_counter, batch, run_id)
+        if self.loader_batches is None:
+            return self._apply("token_counter", self.token_counter, batch, run_id)
+        # A batch of several loaders: given first, as promised, the batch the step is given (a
+        # counter written for it); one written for a loader's batch (``b["attention_mask"]``) fails
+        # there, and counts each loader's batch: their sum, where it counts every one.
+        tokens, value, error = self._tried(self.token_counter, batch)
+        if tokens is None:
+            parts = self.loader_batches(batch)
+            apart = [self._tried(self.token_counter, part)[0] for part in parts or ()]
+            if parts and None not in apart:
+                return sum(apart)
+            self._warn("token_counter", self.token_counter, batch, value, error, run_id)  # about the whole batch
+        return tokens
 
     def _samples_of_rows(self, rows: int | None) -> int | None:
         rows_per_sample = self.rows_per_sample
@@ -805,22 +821,29 @@ class BatchCounter:
         tracker.add_samples(samples, tokens=tokens)
 
     def _apply(self, name: str, counter: Callable, batch: Any, run_id: str) -> int | None:
+        count, value, error = self._tried(counter, batch)
+        if count is None:
+            self._warn(name, counter, batch, value, error, run_id)
+        return count
+
+    @staticmethod
+    def _tried(counter: Callable, batch: Any) -> tuple[int | None, Any, Exception | None]:
+        """(the count, or None where it failed; what the counter returned; what it raised)."""
         error = None
         try:
             value = counter(batch)
         except Exception as exc:  # noqa: BLE001 - a counter's bug must not stop training
             value, error = None, exc
         if type(value) is int and value >= 0:
-            return value
+            return value, value, None
         if value is not None and not isinstance(value, bool):
             try:  # a 0-d tensor or NumPy integer from a user's counter
                 number = int(value)
                 if number == value and number >= 0:
-                    return number
+                    return number, value, None
             except (TypeError, ValueError, RuntimeError):
                 pass
-        self._warn(name, counter, batch, value, error, run_id)
-        return None
+        return None, value, error
 
     def _warn(self, name: str, counter: Callable, batch: Any, value: Any, error: Exception | None, run_id: str) -> None:
         if (run_id, name) in self._warned_runs:

@@ -19,6 +19,7 @@ validation logs ``val_<stem>``, test ``test_<stem>`` and predict ``predict_<stem
 from __future__ import annotations
 
 import ast
+import functools
 import math
 import os
 import re
@@ -70,9 +71,11 @@ class EnergyCallbackBase:
             one's batch and adds them; a ``sample_counter`` given is handed the whole combined batch.
         token_counter: ``batch -> int`` tokens in a completed batch (e.g.
             ``lambda b: int(b["attention_mask"].sum())``), giving ``energy_j_per_token``; handed the
-            batch the step is given, the whole combined batch of several loaders too. A batch (on
-            any rank) it fails on (raises, or returns no count): one warning per run, and that
-            phase's record says ``tokens_counted: false`` with no ``energy_j_per_token``.
+            batch the step is given, the whole combined batch of several loaders too; where it fails
+            on that, each loader's batch (a counter written for one loader's), summed where it counts
+            every one. A batch (on any rank) it fails on (raises, or returns no count): one warning
+            per run, and that phase's record says ``tokens_counted: false`` with no
+            ``energy_j_per_token``.
         step_metrics: also log ``energy_kwh_total``, ``co2eq_g_total`` (so far, the epoch in
             progress included) and ``power_w`` (since the previous such log) at the steps where
             Lightning logs (``log_every_n_steps``), to every logger; no records are added. False: per
@@ -145,6 +148,9 @@ class EnergyCallbackBase:
         # Per data loader of the loop running: what collates its batches (see _collates).
         self._train_collates: list[str | None] = []
         self._eval_collates: list[str | None] = []
+        # Training batches of several loaders: each loader's batch in one, for a token_counter
+        # written for one loader's batch (see _batches_of); None: one loader.
+        self._train_loader_batches: Callable[[Any], list | None] | None = None
         self._counter = BatchCounter(sample_counter, token_counter)  # checks both are functions or None
         if not isinstance(prefix, str):
             raise ValueError(f"prefix must be a string, got {prefix!r}")
@@ -530,6 +536,7 @@ class EnergyCallbackBase:
         self._train_parts = self._parts_of(trainer, loaders)
         self._train_collates = _collates(trainer, loaders)
         self._counter.collate = self._train_collates[0]
+        self._counter.loader_batches = self._train_loader_batches = _batches_of(trainer, loaders)
 
     @never_raises
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
@@ -581,7 +588,12 @@ class EnergyCallbackBase:
                 # Lightning trains no step on a None batch ("train_dataloader yielded None": a
                 # collate_fn dropping a bad batch) and still calls this hook: no sample. Counted,
                 # it left the epoch's samples uncounted, with a warning to pass a sample_counter.
-                pass
+                if self._resume_epoch_at_batch:
+                    # Nor its start hook: a resumed epoch whose first batch this is begins here.
+                    # Left to the next batch's start, that batch's loading went to `other`, and an
+                    # epoch with no other batch left had no record.
+                    self._resume_epoch_at_batch = False
+                    self._begin_train_epoch(trainer)
             elif self._train_parts is None:
                 self._counter.add(self.tracker, batch)
             else:
@@ -647,6 +659,7 @@ class EnergyCallbackBase:
     @never_raises
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
         self._counter.collate = self._train_collates[0] if self._train_collates else None  # training goes on
+        self._counter.loader_batches = self._train_loader_batches
 
     def on_validation_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         try:  # guarded here, as on_train_batch_end
@@ -678,7 +691,7 @@ class EnergyCallbackBase:
         mode, whose batches hold one batch of each loader (None where one is exhausted): the mode
         is private (``_mode``, 2.2 to 2.6); unread, each batch is counted whole, by the general rule."""
         self._eval_collates = _collates(trainer, loaders)
-        self._eval_parts = None
+        self._eval_parts = self._counter.loader_batches = None
         if stage == "predict":
             return
         try:
@@ -691,6 +704,7 @@ class EnergyCallbackBase:
             mode = "sequential"
         if mode != "sequential":
             self._eval_parts = self._parts_of(trainer, loaders)
+            self._counter.loader_batches = _batches_of(trainer, loaders)
 
     def _parts_of(self, trainer: Any, loaders: Any) -> Any:
         """For iterables whose batches hold one batch of each (several loaders, combined), the
@@ -707,8 +721,9 @@ class EnergyCallbackBase:
     def _add_combined(self, batch: Any, parts: Any) -> None:
         """A batch of several loaders: samples counted loader by loader (``_add_parts``), tokens by
         the ``token_counter`` on the whole batch, the one the step is given, as a ``sample_counter``
-        is. Handed each loader's part, a counter written for that batch raised on every part
-        (``b["a"]`` of ``b["a"]``) and the epoch had no tokens."""
+        is. Handed each loader's part only, a counter written for that batch raised on every part
+        (``b["a"]`` of ``b["a"]``) and the epoch had no tokens; each part is its fallback, for a
+        counter written for one loader's batch (``BatchCounter.count_tokens``)."""
         token_counter = self._counter.token_counter
         if token_counter is None:
             self._add_parts(batch, parts)
@@ -1077,6 +1092,38 @@ def _remade(trainer: Any) -> bool:
                    for owner in owners for hook in _BATCH_HOOKS)
     except Exception:  # noqa: BLE001 - only a guide
         return True
+
+
+def _batches_of(trainer: Any, loaders: Any) -> Callable[[Any], list | None] | None:
+    """For several loaders (a dict or list of them, nested too) whose batches hold one batch of
+    each: ``batch -> [each loader's batch]`` (``_loader_batches``). None for one loader, or where
+    the model or data module overrides a hook that may remake a batch on its way (``_remade``):
+    a list of the loaders' batches and one of a batch's fields then look alike."""
+    if not isinstance(loaders, (dict, list, tuple)) or _remade(trainer):
+        return None
+    return functools.partial(_loader_batches, loaders=loaders)
+
+
+def _loader_batches(batch: Any, loaders: Any) -> list | None:
+    """Each loader's batch in ``batch``, nested as ``loaders`` are (an exhausted one's None left
+    out: it has no tokens); None where ``batch`` is not shaped as they are."""
+    if isinstance(loaders, dict):
+        if not (isinstance(batch, dict) and batch.keys() == loaders.keys()):
+            return None
+        pairs = [(batch[key], loaders[key]) for key in loaders]
+    elif isinstance(loaders, (list, tuple)):
+        if not (isinstance(batch, (list, tuple)) and len(batch) == len(loaders)):
+            return None
+        pairs = list(zip(batch, loaders))
+    else:
+        return [] if batch is None else [batch]
+    found: list = []
+    for part, loader in pairs:
+        parts = _loader_batches(part, loader)
+        if parts is None:
+            return None
+        found += parts
+    return found
 
 
 def _collates(trainer: Any, loaders: Any) -> list[str | None]:
