@@ -82,6 +82,7 @@ MATRIX = {
                   "tests/test_ddp_live_intensity_labels.py", "tests/test_samples_combined_hooks.py",
                   "tests/test_lightning_step_values_skipped_batches.py", "tests/test_lightning_tokens.py",
                   "tests/test_lightning_tokens_in_part.py", "tests/test_distributed_four_loggers.py",
+                  "tests/test_lightning_resumed_epoch_first_batch_none.py", "tests/test_lightning_tokens_per_loader.py",
                   # A private seam (the checkpoint an evaluation restores, 2.2 to 2.4) and its fallback.
                   "tests/test_lightning_checkpoint_evaluations.py", "tests/test_lightning_checkpoint_labels.py", "tests/test_co2_flows_fake_clock.py",
                   # A private seam (CombinedLoader's mode) and its guard, at the floor too.
