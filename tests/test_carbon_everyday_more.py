@@ -415,6 +415,31 @@ def test_an_epoch_of_hours_is_priced_at_its_energy_weighted_intensity(tmp_path):
     assert record.co2eq_g == pytest.approx(emitted_g, rel=REL)
 
 
+def test_a_record_says_the_year_of_the_data_that_priced_most_of_its_energy(tmp_path):
+    """An epoch of two hours across New Year, priced by a series: 100 min of it in 2025 at 300 W,
+    20 min in 2026 at 30 W. Its parts are priced apart; its ``intensity_year`` said the last part's
+    (2026) for a record whose energy the 2025 data priced 96 % of."""
+    new_year = datetime(2026, 1, 1, tzinfo=timezone.utc).timestamp()
+    t0 = new_year - 6000.0
+    clock = FakeClock(0.0)
+    gpu = ScriptedSensor("gpu0", clock, power_w=300.0)
+    series = tmp_path / "new-year.csv"
+    series.write_text(f"timestamp,g_per_kwh\n{t0},500\n{new_year},100\n{new_year + 7200},100\n")
+    tracker = Tracker(carbon=Carbon(series=series), output_dir=tmp_path / "run", run_id="new-year")
+    tracker.start(Meter([gpu], fallback=None, clock=clock, wall_clock=lambda: clock() + t0))
+    tracker.begin("train", 0)
+    for second in range(0, 7200, 10):
+        if second == 6000:
+            gpu.set_power(30.0)
+        clock.advance(10.0)
+        tracker.add_samples(1)
+    tracker.end("train")
+    tracker.finish()
+    [record] = [r for r in read_records(tmp_path / "run" / "energy-records.jsonl") if r.phase == "train"]
+    assert record.co2eq_g == pytest.approx((300.0 * 6000 * 500 + 30.0 * 1200 * 100) / J_PER_KWH, rel=REL)
+    assert record.intensity_year == 2025
+
+
 # -------------------------------------------------------------- 4. a real Lightning fit, resumed
 @pytest.mark.slow
 def test_a_lightning_fit_resumed_with_another_series_and_pue_logs_and_reports_its_records_co2(tmp_path, capsys):

@@ -1632,6 +1632,10 @@ class Tracker:
         if not intensities:
             intensities.append(self.carbon.intensity_between(opened.start_unix or 0.0, opened.start_unix or 0.0))
         intensity = intensities[-1]
+        # The year of the data that priced most of the energy: a record across New Year, or priced
+        # by a live source and by its fallback table of another year, said its last part's.
+        energies = [energy_j for _, _, energy_j in opened.segments] or [0.0]
+        year = max(zip(energies, range(len(intensities)), intensities), key=lambda part: (part[0], part[1]))[2].year
         it_energy_j = sum(c["energy_j"] for c in opened.components.values())
         facility_kwh = it_energy_j * pue / J_PER_KWH
         mean_g_per_kwh = co2eq_g / facility_kwh if facility_kwh > 0 else intensity.g_per_kwh
@@ -1672,7 +1676,7 @@ class Tracker:
             intensity_gco2eq_per_kwh=mean_g_per_kwh,
             intensity_source=source,
             intensity_zone=intensity.zone,
-            intensity_year=intensity.year,
+            intensity_year=year,
             intensity_licence=licence,
             intensity_is_default=intensity.is_default,
             pue=pue,
