@@ -54,3 +54,19 @@ def run_on_backends(tmp_path_factory, backends, runner: Path, scenarios, purpose
 
     with ThreadPoolExecutor(len(backends)) as pool:
         return dict(zip(backends, pool.map(backend_results, backends)))
+
+
+# A token count for the ``-c`` scripts' models (``token_counter="tokens"``): the labels seen, as a
+# metric of Keras's own (source text, pasted into a script after its ``import keras``).
+TOKENS_METRIC = '''
+class Ones(keras.metrics.Metric):  # the labels seen: a token count named "tokens"
+    def __init__(self, name="tokens", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.total = self.add_variable(shape=(), initializer="zeros", name="total")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        self.total.assign_add(keras.ops.cast(keras.ops.size(y_true), "float32"))
+
+    def result(self):
+        return self.total * 1.0
+'''

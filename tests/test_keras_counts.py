@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from keras_runs import run_keras
+from keras_runs import TOKENS_METRIC, run_keras
 
 pytestmark = pytest.mark.slow
 
@@ -455,16 +455,7 @@ from greencallbacks.keras import EnergyCallback
 from greencallbacks.meter import EnergyWarning
 
 
-class Ones(keras.metrics.Metric):  # counts the labels seen: a token count named "tokens"
-    def __init__(self, name="tokens", **kwargs):
-        super().__init__(name=name, **kwargs)
-        self.total = self.add_variable(shape=(), initializer="zeros", name="total")
-
-    def update_state(self, y_true, y_pred, sample_weight=None):
-        self.total.assign_add(keras.ops.cast(keras.ops.size(y_true), "float32"))
-
-    def result(self):
-        return self.total * 1.0
+""" + TOKENS_METRIC + r"""
 
 
 rng = np.random.default_rng(0)

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from keras_runs import TOKENS_METRIC
+
 pytest.importorskip("keras")
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,16 +30,7 @@ from greencallbacks.records import read_records
 from greencallbacks.report.data import phase_summary
 
 
-class Ones(keras.metrics.Metric):  # the labels seen: a token count named "tokens"
-    def __init__(self, name="tokens", **kwargs):
-        super().__init__(name=name, **kwargs)
-        self.total = self.add_variable(shape=(), initializer="zeros", name="total")
-
-    def update_state(self, y_true, y_pred, sample_weight=None):
-        self.total.assign_add(keras.ops.cast(keras.ops.size(y_true), "float32"))
-
-    def result(self):
-        return self.total * 1.0
+""" + TOKENS_METRIC + r"""
 
 
 class Breaks(keras.callbacks.Callback):  # raises as batch `batch` of epoch `epoch` begins
