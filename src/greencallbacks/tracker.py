@@ -764,6 +764,17 @@ class Tracker:
             # here and nothing else: killed outright (the OOM killer), it lost its whole open phase.
             self.heartbeat()
 
+    def add_tokens_to(self, phase: str, tokens: int | None) -> None:
+        """``add_samples(0, tokens)`` for the innermost open ``phase``, where a phase inside it is open:
+        a training epoch that failed in its validation trained its batches (their tokens) all the same."""
+        opened = next((o for o in reversed(self._stack[1:]) if o.phase == phase), None)
+        if opened is None:
+            return
+        if tokens is None:
+            opened.tokens_counted = False
+        else:
+            opened.tokens += tokens if type(tokens) is int and tokens >= 0 else _count("tokens", tokens)
+
     @_not_in_a_forked_child
     @_holding_phases
     def end(

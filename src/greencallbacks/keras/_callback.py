@@ -325,9 +325,13 @@ class _Progress:
         # The token_counter's value in the logs of the open epoch's latest training batch: a number
         # Keras made for its batch hooks (no read of ours), the epoch's tokens so far, for its record
         # if it fails. Not known (``tokens_known`` False) where the metric is not summed over
-        # replicas or a call inside the epoch reset it (the value then counts from that reset).
+        # replicas or a call inside the epoch reset it (the value then counts from that reset). A
+        # call inside the epoch (its validation) replaces it with the metric read as that call
+        # began (see _begin_inside), good until a training batch ends after it (``nested_since``):
+        # a failed validation keeps the tokens its epoch trained.
         self.counts_tokens = False  # a token_counter is given
         self.tokens_known = True
+        self.nested_since = False  # a call began inside the epoch, which may have reset the metric
         self.train_tokens: Any = 0
 
     def label(self, tracker: Any) -> None:
@@ -343,8 +347,8 @@ class _Progress:
             elif step is not None and self.training and self.one_step_per_batch:
                 step += _step_range(self.train_steps, self.per_execution, self.planned_steps)[1]
             predicting = self.predicting
-            # Training is the innermost open phase: no loop inside the epoch is open.
-            training_tokens = self.training and self.counts_tokens and self.step_in_test is None and not predicting
+            # Training, or a loop inside its epoch (its validation): the batches trained before it.
+            training_tokens = self.training and self.counts_tokens
             tokens, known = self.train_tokens, self.tokens_known
         finally:
             if locked:
@@ -354,7 +358,7 @@ class _Progress:
         if training_tokens:
             # The batches it trained: without them its record had no tokens, and the run's J/token was n/a.
             known = known and _a_number(tokens) and math.isfinite(tokens) and tokens >= 0
-            tracker.add_samples(0, tokens=int(round(tokens)) if known else None)  # None: tokens_counted false
+            tracker.add_tokens_to("train", int(round(tokens)) if known else None)  # None: tokens_counted false
         if step is not None:
             tracker.step = step
 
@@ -742,6 +746,8 @@ class EnergyCallback(_Callback):
         progress = self._progress
         tokens = logs.get(self.token_counter) if self.token_counter is not None and logs is not None else None
         with progress.lock:  # `batch`: a step of the execution the hook covers (see _step_range)
+            if progress.nested_since:
+                progress.tokens_known = False  # counted from the reset a call inside the epoch made
             if batch + 1 >= progress.train_steps:  # the latest step: asynchronous hooks may end out of order
                 progress.train_tokens = tokens
             progress.train_steps = max(progress.train_steps, batch + 1)
@@ -792,7 +798,10 @@ class EnergyCallback(_Callback):
             progress.train_calls_begun = progress.train_calls_ended = 0
             progress.per_execution = _per_execution(self.model)
             progress.counts_tokens, progress.train_tokens = self.token_counter is not None, 0
-            progress.tokens_known = self._replicas() <= 1 or logs_sum_metrics_over_replicas(_KERAS_VERSION)
+            # A batch's logs hold the first tf.distribute replica's value (Keras's "auto" reduction of
+            # the step's outputs, 3.15 too; the epoch's logs sum them since 3.10): 36 of 72 tokens on two.
+            progress.tokens_known = self._replicas() <= 1
+            progress.nested_since = False
         self._phases.append(("train", False))  # first: the epoch's keys reach `logs` even if starting fails
         starting = call.run is None
         if starting:
@@ -1381,7 +1390,13 @@ class EnergyCallback(_Callback):
             self._bank_train_samples()  # read before evaluate resets the metrics
             self._bank_train_tokens()
             with self._progress.lock:
-                self._progress.tokens_known = False  # this call may reset the metric (see _Progress.train_tokens)
+                if self._train_tokens is not None and not self._progress.nested_since:
+                    # The epoch's tokens read whole (summed over replicas where Keras sums on read),
+                    # for its record if this call fails: no training batch runs until it ends.
+                    self._progress.train_tokens = self._train_tokens[1]
+                    self._progress.tokens_known = (
+                        self._replicas() <= 1 or logs_sum_metrics_over_replicas(_KERAS_VERSION))
+                self._progress.nested_since = True  # this call may reset the metric (see _Progress.train_tokens)
             if testing:
                 step = self._step()  # on the training thread, which waits while the loop runs
                 with self._progress.lock:
