@@ -1169,21 +1169,39 @@ def _samples_not_repeated(dataloader, rank: int, world_size: int) -> int | None:
 
 def _first_samples(batch: Any, samples: int, kept: int) -> Any:
     """The first ``kept`` of a batch of ``samples``: a mapping (HF's inputs) whose values are
-    tensors of that many rows, or values of no rows (a scalar); None for any other batch."""
-    import torch
-
+    tensors or lists of that many rows, mappings of such, or values of no rows (a scalar, a
+    string); None for any other batch. Each mapping keeps its type: a ``token_counter`` that reads
+    a ``BatchEncoding``'s attributes (``batch.attention_mask``) failed on a plain dict, and the
+    whole evaluation said ``tokens_counted: false``."""
     if not isinstance(batch, Mapping):
         return None
-    part = {}
-    for key, value in batch.items():
-        if isinstance(value, torch.Tensor) and value.dim() > 0:
-            if value.shape[0] != samples:
-                return None
-            value = value[:kept]
-        elif isinstance(value, (list, tuple, Mapping)):
-            return None
-        part[key] = value
-    return part
+    part = _first_rows(batch, samples, kept)
+    return None if part is _NOT_CUT else part
+
+
+_NOT_CUT = object()  # a value whose rows are not the batch's samples
+
+
+def _first_rows(value: Any, samples: int, kept: int) -> Any:
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        if value.dim() == 0:
+            return value
+        return value[:kept] if value.shape[0] == samples else _NOT_CUT
+    if isinstance(value, (list, tuple)):  # a collator's per-sample list (ids, texts)
+        return value[:kept] if len(value) == samples else _NOT_CUT
+    if isinstance(value, Mapping):
+        part = {}
+        for key, item in value.items():
+            part[key] = _first_rows(item, samples, kept)
+            if part[key] is _NOT_CUT:
+                return _NOT_CUT
+        try:
+            return type(value)(part)  # a BatchEncoding stays one, as HF's _prepare_input keeps it
+        except Exception:  # noqa: BLE001 - a mapping not built from a dict
+            return part
+    return value  # no rows: a scalar, a string
 
 
 def _has_length(dataset) -> bool:
