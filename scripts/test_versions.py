@@ -102,7 +102,8 @@ MATRIX = {
                   "tests/test_keras_user_sequences.py", "tests/test_keras_nested_depth.py",
                   "tests/test_keras_nested_more.py", "tests/test_keras_loggers.py", "tests/test_forked_child_exit.py",
                   "tests/test_budget_kept_by_evaluations.py", "tests/test_keras_in_process_distribution.py",
-                  "tests/test_keras_failed_epoch_tokens.py"],
+                  "tests/test_keras_failed_epoch_tokens.py", "tests/test_keras_failed_epoch_samples.py",
+                  "tests/test_keras_failed_validation_tokens.py"],
         "report": ["keras", "torch", "tensorflow-cpu", "numpy"],
     },
     # A middle release, for the sample counts: batch hooks at an execution's first step (before
@@ -111,7 +112,8 @@ MATRIX = {
         "middle": True,  # not a floor: tested beside them
         "requirements": ["keras==3.8.0", "tensorflow-cpu==2.19.1", "tensorboard"],
         "tests": ["tests/test_keras_counts.py", "tests/test_keras_custom_steps.py", "tests/test_keras_models.py",
-                  "tests/test_keras_in_process_distribution.py", "tests/test_keras_failed_epoch_tokens.py"],
+                  "tests/test_keras_in_process_distribution.py", "tests/test_keras_failed_epoch_tokens.py",
+                  "tests/test_keras_failed_epoch_samples.py", "tests/test_keras_failed_validation_tokens.py"],
         "report": ["keras", "torch", "tensorflow-cpu", "numpy"],
     },
 }

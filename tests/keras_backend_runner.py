@@ -659,7 +659,8 @@ class FailIn(keras.callbacks.Callback):
 
 def scenario_partial_labels(out: Path) -> dict:
     """What a failed call's unfinished phases say: the optimizer's step where it failed, training
-    and evaluation uncounted (Keras's count comes only at their end), predict's batches counted."""
+    counted where its batches' size is known, evaluation uncounted (Keras's count comes only at its
+    end), predict's batches counted."""
     model = tiny_model()
     try:  # Ctrl-C in epoch 1's validation, after all 4 training batches: the optimizer is at step 8
         model.fit(X, Y, batch_size=BATCH, epochs=3, validation_data=(X[:VAL], Y[:VAL]), verbose=0,

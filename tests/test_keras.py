@@ -320,19 +320,21 @@ def test_a_fit_that_raises_keeps_finished_epochs_and_leaks_no_thread(run):
     partial = [r for r in result["after_crash"] if r["partial"]]
     assert partial and all(r["energy_kwh"] > 0 for r in partial)
     # The cut-short epoch: at the optimizer's step where fit failed (4 + 2 batches; 4 before the
-    # fix), its count unknown (Keras's comes at the epoch's end; 0, counted, before the fix).
+    # fix), with the samples of those 2 batches of 32 (Keras's count comes at the epoch's end: 0,
+    # counted, before a first fix, then uncounted; now its data's fixed batch size times the batches).
     (cut,) = [r for r in partial if r["phase"] == "train"]
-    assert (cut["step"], cut["samples_counted"]) == (6, False)
+    assert (cut["step"], cut["samples"], cut["samples_counted"]) == (6, 64, True)
 
 
 def test_a_failed_calls_unfinished_phases_say_their_step_and_what_was_counted(run):
     result, out = run("partial_labels")
     assert result["threads_after"] == []
-    # Ctrl-C in epoch 1's validation: training and validation partial, uncounted, at step 8.
+    # Ctrl-C in epoch 1's validation: training and validation partial at step 8; the training
+    # counted as the validation began (all of it), the validation uncounted.
     labels = sorted((r.epoch, r.phase, r.partial, r.samples if r.samples_counted else None, r.step)
                     for r in read_records(out / "validation") if r.phase != "other")
     assert labels == [(0, "train", False, TRAIN, 4), (0, "validation", False, VAL, 4),
-                      (1, "train", True, None, 8), (1, "validation", True, None, 8)]
+                      (1, "train", True, TRAIN, 8), (1, "validation", True, None, 8)]
     (test,) = [r for r in read_records(out / "evaluate") if r.phase == "test"]
     assert test.partial and not test.samples_counted
     (predict,) = [r for r in read_records(out / "predict") if r.phase == "predict"]

@@ -767,13 +767,25 @@ class Tracker:
     def add_tokens_to(self, phase: str, tokens: int | None) -> None:
         """``add_samples(0, tokens)`` for the innermost open ``phase``, where a phase inside it is open:
         a training epoch that failed in its validation trained its batches (their tokens) all the same."""
-        opened = next((o for o in reversed(self._stack[1:]) if o.phase == phase), None)
+        opened = self._innermost_open(phase)
         if opened is None:
             return
         if tokens is None:
             opened.tokens_counted = False
         else:
             opened.tokens += tokens if type(tokens) is int and tokens >= 0 else _count("tokens", tokens)
+
+    def samples_so_far(self, phase: str, samples: int) -> None:
+        """The innermost open ``phase`` has trained or evaluated exactly ``samples`` so far: for a
+        phase a failure cut short, whose framework says how far it got (``end``'s ``samples`` for one
+        that ends), written up by ``abort`` next. It may be under a loop that failed inside it (a
+        Keras epoch's validation), whose own count ``add_samples`` keeps."""
+        opened = self._innermost_open(phase)
+        if opened is not None:
+            opened.samples, opened.samples_counted = _count("samples", samples), True
+
+    def _innermost_open(self, phase: str) -> "_Open | None":
+        return next((opened for opened in reversed(self._stack[1:]) if opened.phase == phase), None)
 
     @_not_in_a_forked_child
     @_holding_phases

@@ -233,6 +233,47 @@ def _past_the_data(count: int | None, begun: int, ended: int, exact_rule: bool) 
     return count
 
 
+def _fixed_batches(model: Any, replicas: int) -> tuple[int | None, int | None, int | None]:
+    """``(batch size, steps, epoch samples)`` of the training data of the ``fit`` of ``model`` in
+    progress, where Keras's data adapter fixes them: each of an epoch's first ``steps`` batches
+    (None: every batch) has ``batch size`` samples, and a whole epoch has ``epoch samples`` (None:
+    not known). ``(None, None, None)`` where they are not known.
+
+    Known for NumPy arrays and tensors (Keras slices them into batches of ``batch_size``, the last
+    one shorter, and starts each epoch at their start unless given ``steps_per_epoch``, which runs
+    on where the last epoch stopped) and for a ``tf.data`` data set whose batch dimension is static
+    (``drop_remainder=True``: every batch has it, a promise of TensorFlow's). Not for a generator,
+    a ``PyDataset`` or a torch ``DataLoader`` (a sampler, a ``collate_fn`` or an iterable data set
+    may make any batch shorter), nor on several replicas (a multi-worker strategy shards the data).
+    Read from the ``epoch_iterator`` of the ``fit`` frame (the same name in Keras 3.3 and 3.15, on
+    every backend), on the training thread as the fit begins: nothing is read while it trains."""
+    if replicas != 1:
+        return None, None, None
+    frame = _model_call_frame(model)
+    try:
+        iterator = frame.f_locals.get("epoch_iterator") if frame is not None else None
+    except Exception:  # noqa: BLE001 - a frame's locals a future Python refuses: not known
+        iterator = None
+    finally:
+        del frame  # frames in locals make reference cycles
+    adapter = getattr(iterator, "data_adapter", None)
+    kind = type(adapter).__name__
+    try:
+        size = adapter.batch_size if kind in ("ArrayDataAdapter", "TFDatasetAdapter") else None
+        if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
+            return None, None, None
+        if kind == "TFDatasetAdapter":
+            return size, None, None  # a static batch dimension: every batch
+        batches, last = adapter.num_batches, adapter.partial_batch_size or 0
+        if not last:
+            return size, None, None
+        if iterator.steps_per_epoch is None and isinstance(batches, int) and batches >= 1:
+            return size, batches - 1, (batches - 1) * size + last
+    except Exception:  # noqa: BLE001 - a data adapter of another Keras: not known
+        pass
+    return None, None, None
+
+
 def _planned_steps(callback: _Callback, callback_list: keras.callbacks.CallbackList | None) -> int | None:
     """The ``steps`` that the call's ``CallbackList`` was given, where Keras knows them: a list built
     without them (Keras never sets them then) leaves the callback the ``params`` of an earlier call."""
@@ -333,6 +374,17 @@ class _Progress:
         self.tokens_known = True
         self.nested_since = False  # a call began inside the epoch, which may have reset the metric
         self.train_tokens: Any = 0
+        # The open epoch's training samples where it fails: the loss tracker's count is read at the
+        # epoch's end only (a read per batch would wait for the device), and never from the watch
+        # thread (see above). Instead, the batch size that Keras's data adapter fixes, read as the
+        # fit began (see _fixed_batches): each of an epoch's first `fixed_steps` batches (None:
+        # every batch) has `fixed_batch` samples, and `epoch_samples` are a whole epoch's.
+        self.fixed_batch: int | None = None
+        self.fixed_steps: int | None = None
+        self.epoch_samples: int | None = None
+        # What the loss tracker counted for the epoch's training as a test loop inside it began
+        # (fit's validation): a failure inside that loop left the training at that. None: not known.
+        self.trained_before_test: int | None = None
 
     def label(self, tracker: Any) -> None:
         """Give the failed call's open phases what is known: the step it reached, predict's count."""
@@ -350,9 +402,13 @@ class _Progress:
             # Training, or a loop inside its epoch (its validation): the batches trained before it.
             training_tokens = self.training and self.counts_tokens
             tokens, known = self.train_tokens, self.tokens_known
+            trained = self.trained() if self.training and not predicting else None
         finally:
             if locked:
                 self.lock.release()
+        if trained is not None:
+            # Its record said samples_counted: false, and the run's cost per sample was n/a.
+            tracker.samples_so_far("train", trained)
         if predicting:
             tracker.add_samples(predicted)  # the innermost open phase; None: uncounted
         if training_tokens:
@@ -361,6 +417,23 @@ class _Progress:
             tracker.add_tokens_to("train", int(round(tokens)) if known else None)  # None: tokens_counted false
         if step is not None:
             tracker.step = step
+
+    def trained(self) -> int | None:
+        """The samples the open training epoch trained before the call failed, where that is known
+        (under the lock). Its batches whose end hooks ran count: a batch that failed did not train,
+        and a ``KeyboardInterrupt`` landing between a step and its hook leaves that step out, as its
+        tokens and the step reached are. Asynchronous hooks still running (more than the one failed
+        batch begun and not ended): not known."""
+        if self.step_in_test is not None:
+            return self.trained_before_test  # the test loop the failure came in is inside the epoch
+        if self.fixed_batch is None or self.train_calls_begun - self.train_calls_ended > 1:
+            return None
+        fewest, most = _step_range(self.train_steps, self.per_execution, self.planned_steps)
+        if fewest != most:
+            return None  # several steps per execution: how many the last one ran is not known
+        if self.fixed_steps is None or most <= self.fixed_steps:
+            return most * self.fixed_batch
+        return self.epoch_samples if most == self.fixed_steps + 1 else None
 
 
 class _Call:
@@ -580,9 +653,12 @@ class EnergyCallback(_Callback):
     Failures: each phase's record is on disk when the phase ends. Keras has no exception hook: when
     ``fit``, ``evaluate`` or ``predict`` raises (an error, Ctrl-C in a notebook), a background watch
     sees the call's frame leave the stack and, within a fraction of a second, writes the unfinished
-    phase as ``partial`` (at the optimizer's step reached; training and evaluation without a
-    sample count, ``predict`` with the batches it finished) and the run summary, and stops the meter's
-    thread, whether or not the exception stays referenced.
+    phase as ``partial`` (at the optimizer's step reached; ``predict`` with the batches it finished;
+    training with the batches it finished times the batch size where Keras fixes it, for NumPy
+    arrays and a ``tf.data`` batch of static size, or, failing in the epoch's validation, with
+    what the loss tracker counted before it; evaluation, and training from a generator, a
+    ``PyDataset`` or a torch ``DataLoader``, without a sample count) and the run summary, and stops
+    the meter's thread, whether or not the exception stays referenced.
     """
 
     # The batch hooks here (counting predicted samples and training steps, under a lock; the step
@@ -723,7 +799,11 @@ class EnergyCallback(_Callback):
         if not self._enter("fit", callback_list):
             return
         self._call.model = self.model
-        self._progress.planned_steps = _planned_steps(self, callback_list)  # per epoch
+        progress = self._progress
+        progress.planned_steps = _planned_steps(self, callback_list)  # per epoch
+        batches = _fixed_batches(self.model, self._replicas()) if self._call.in_keras_loop else (None, None, None)
+        with progress.lock:
+            progress.fixed_batch, progress.fixed_steps, progress.epoch_samples = batches
         if callback_list is not None:
             self._go_first(callback_list)
         self._live_every, self._live_batches = self._tensorboard_batch_every(callback_list), 0
@@ -802,6 +882,7 @@ class EnergyCallback(_Callback):
             # the step's outputs, 3.15 too; the epoch's logs sum them since 3.10): 36 of 72 tokens on two.
             progress.tokens_known = self._replicas() <= 1
             progress.nested_since = False
+            progress.trained_before_test = None
         self._phases.append(("train", False))  # first: the epoch's keys reach `logs` even if starting fails
         starting = call.run is None
         if starting:
@@ -1399,8 +1480,9 @@ class EnergyCallback(_Callback):
                 self._progress.nested_since = True  # this call may reset the metric (see _Progress.train_tokens)
             if testing:
                 step = self._step()  # on the training thread, which waits while the loop runs
+                trained = self._trained_so_far()
                 with self._progress.lock:
-                    self._progress.step_in_test = step
+                    self._progress.step_in_test, self._progress.trained_before_test = step, trained
         elif top in ("validation", "test"):
             self._test_banked = self._test_samples_seen()  # read before this call may reset the count
         progress = self._progress
@@ -1494,6 +1576,21 @@ class EnergyCallback(_Callback):
             self._train_samples, self._train_why = None, self._train_why or self._seen_why
             return
         self._train_samples = self._train_samples + seen - self._train_offset if seen >= self._train_offset else None
+
+    def _trained_so_far(self) -> int | None:
+        """The epoch's training samples banked so far (``_bank_train_samples``), for its record if a
+        test loop inside it fails; None where the epoch's end would not count them either: a custom
+        ``train_step`` (its count may be steps), a count below the steps run (reset unseen), a step
+        that ran out of data where that may count one without data (see ``_past_the_data``)."""
+        count = self._train_samples
+        progress = self._progress
+        with progress.lock:  # asynchronous batch hooks may be behind here: their steps are a lower bound
+            steps, begun, ended = progress.train_steps, progress.train_calls_begun, progress.train_calls_ended
+        if count is None or _custom_step(self.model, "train") or count < steps:
+            return None
+        if begun > ended and _may_run_past_the_data(self.model):
+            return None
+        return count
 
     def _bank_train_tokens(self) -> None:
         """The training epoch's ``token_counter`` metric as a loop inside the epoch begins (the fit's
