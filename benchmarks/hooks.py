@@ -421,8 +421,10 @@ def simulated_gpu_boundaries(quick: bool) -> dict:
         gpu_sensors = [] if off_thread is None else [simulated_gpu_sensor(nvml, gpu)]
         sensors = host_sensors()
         for sensor in sensors:
-            # The process tree's CPU time: read in place before 2026-12-01; since 2026-12-03 off
-            # the thread only while the tree has live children (the library's own choice).
+            # The process tree's CPU time: read in place before 2026-12-01 (a /proc read per child);
+            # 2026-12-03 to 2026-12-05 off the thread while the tree had live children; since
+            # 2026-12-06 at the boundary without a /proc read (getrusage, and each child's CPU clock:
+            # the library's own choice). `_reads_tree = False` is the read of before 2026-12-01.
             if sensor.name == "cpu" and not cpu_off_thread:
                 sensor._reads_tree = False
         meter = Meter([*gpu_sensors, *sensors], off_thread=bool(off_thread) or cpu_off_thread)

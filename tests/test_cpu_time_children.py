@@ -5,6 +5,7 @@ gives it), its child processes as psutil lists them, the newest pid of /proc/loa
 pid's parent as /proc/<pid>/status gives it.
 """
 
+import contextlib
 import os
 from collections import namedtuple
 
@@ -21,13 +22,21 @@ TDP_W, CPUS = 20.0, 2  # 10 J per CPU-second; 20 W at most
 
 
 class FakeChild:
-    def __init__(self, pid: int) -> None:
-        self.pid, self.cpu_s, self.reaped = pid, 0.0, False
+    def __init__(self, pid: int, parent: int) -> None:
+        self.pid, self.parent, self.cpu_s, self.reaped = pid, parent, 0.0, False
+
+        self.waited_s = 0.0  # its own children's, once it waited for them
 
     def cpu_times(self) -> Times:
         if self.reaped:
             raise psutil.NoSuchProcess(self.pid)
-        return Times(self.cpu_s, 0.0, 0.0, 0.0)  # a zombie's time is still readable
+        return Times(self.cpu_s, 0.0, self.waited_s, 0.0)  # a zombie's time is still readable
+
+    def ppid(self) -> int:
+        return self.parent
+
+    def oneshot(self):
+        return contextlib.nullcontext()
 
 
 class FakeHost:
@@ -50,17 +59,21 @@ class FakeHost:
         return self.newest_pid
 
     def spawn(self, parent: int | None = None) -> FakeChild:
-        child = FakeChild(self.born(parent or os.getpid()))
+        parent = parent or os.getpid()
+        child = FakeChild(self.born(parent), parent)
         self.live.append(child)
         return child
 
     def process(self, pid: int) -> FakeChild:  # psutil.Process(pid)
         return next(child for child in self.live if child.pid == pid)
 
-    def reap(self, child: FakeChild) -> None:
+    def reap(self, child: FakeChild, by: FakeChild | None = None) -> None:  # waited for by this process, or `by`
         child.reaped = True
         self.live.remove(child)
-        self.reaped_s += child.cpu_s
+        if by is None:
+            self.reaped_s += child.cpu_s + child.waited_s
+        else:
+            by.waited_s += child.cpu_s + child.waited_s
 
 
 def fake_tree(monkeypatch, host: FakeHost) -> estimate._ProcessTree:
@@ -68,7 +81,11 @@ def fake_tree(monkeypatch, host: FakeHost) -> estimate._ProcessTree:
     tree._pid, tree._process = os.getpid(), host  # as if this process were listed already
     monkeypatch.setattr(psutil, "Process", host.process)
     monkeypatch.setattr(estimate, "_TREE", tree)
-    monkeypatch.setattr(estimate, "_own_cpu_seconds_now", lambda: host.own_s + host.reaped_s)
+    monkeypatch.setattr(estimate, "_own_and_waited_cpu_seconds", lambda: (host.own_s, host.reaped_s))
+    monkeypatch.setattr(estimate, "_pid_exists", lambda pid: any(child.pid == pid for child in host.live))
+    # The CPU clock of a live (or zombie) child; None once waited for.
+    monkeypatch.setattr(estimate, "_process_cpu_seconds",
+                        lambda pid: next((child.cpu_s for child in host.live if child.pid == pid), None))
     return tree
 
 
@@ -167,3 +184,41 @@ def test_the_meter_thread_finds_the_processes_born_in_the_tree_by_their_pids(mon
         tree.watch()
     assert host.listings == 2 + 3  # every ~1 s (10 ms x 100), not every 0.1 s
     assert not tree.has_live_children()
+
+
+def test_a_boundary_counts_each_childs_time_once_without_a_proc_read(monkeypatch):
+    """A boundary adds to this process's CPU time (getrusage) each child's CPU clock now, with the
+    time it waited for as the meter's thread last read it: no /proc read. A child this process
+    waited for since that read is in its own waited-for time, and counted there only, with what
+    it had waited for itself; a grandchild its live parent waited for keeps its read (the
+    parent's read does not hold it); a pid taken by a new process (its clock below the read) is
+    not the child read."""
+    clock = FakeClock()
+    host = FakeHost(clock)
+    fake_tree(monkeypatch, host)
+    monkeypatch.setattr(estimate, "PROCESS_CPU_CLOCKS", True)
+    sensor = CpuEstimateSensor(TDP_W, sockets=1, logical_cpus=CPUS, clock=clock)  # 10 J per CPU-second
+    worker, other = host.spawn(), host.spawn()
+    helper, assistant = host.spawn(parent=worker.pid), host.spawn(parent=other.pid)
+    worker.cpu_s, other.cpu_s, helper.cpu_s, assistant.cpu_s = 1.0, 0.5, 0.2, 0.1
+    sensor.poll()  # the meter's thread reads them (/proc)
+    worker.cpu_s += 0.1
+    host.own_s += 0.03
+    assert sensor.energy_j() == pytest.approx(19.3)  # the worker's 0.1 CPU-s since the read, at once
+    # (This process keeps working: a read short of the tree's time would show, not be held.)
+    host.reap(helper, by=worker)
+    host.own_s += 0.01
+    assert sensor.energy_j() == pytest.approx(19.4)  # not lost until the next read
+    host.reap(assistant, by=other)
+    host.reap(other)
+    host.own_s += 0.01
+    assert sensor.energy_j() == pytest.approx(19.5)  # in this process's waited-for time, not twice
+    sensor.poll()
+    host.own_s += 0.01
+    assert sensor.energy_j() == pytest.approx(19.6)
+    host.reap(worker)
+    newcomer = FakeChild(worker.pid, os.getpid())  # its pid, taken again at once
+    newcomer.cpu_s = 0.01
+    host.live.append(newcomer)
+    host.own_s += 0.01
+    assert sensor.energy_j() == pytest.approx(19.7)

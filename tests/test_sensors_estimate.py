@@ -385,35 +385,50 @@ def test_ram_boundary_read_holds_the_last_sampled_power_without_reading_memory()
     assert len(reads) == 1  # the construction sample only
 
 
-def test_process_tree_cpu_time_is_read_by_the_meters_thread_not_at_boundaries(monkeypatch):
-    """With child processes (DataLoader workers) the CPU time costs a /proc read each: boundaries
-    carry the meter reader's latest read forward. A cpu_seconds the caller gives is read in place."""
+def test_with_child_processes_a_boundary_reads_its_own_cpu_time_and_the_childrens_last_read(monkeypatch):
+    """With child processes (DataLoader workers) the tree's CPU time costs a /proc read per child:
+    the meter's thread reads them every 0.1 s, and a boundary reads this process's own CPU time
+    now (two getrusage calls) and adds the children's as last read. Carried forward whole at the
+    rate of the read before, a 30 ms busy phase after an idle spell was billed 0 J. A cpu_seconds
+    the caller gives is read in place."""
     from greencallbacks.meter import Meter
     from greencallbacks.sensors import estimate
 
-    cpu = {"seconds": 0.0, "reads": 0}
+    cpu = {"own": 0.0, "child": 0.0, "reads": 0}
+    tree = estimate._ProcessTree()
 
-    def tree_cpu_seconds(process=None):
+    def tree_cpu_seconds(process=None):  # the whole tree, a /proc read per child
         cpu["reads"] += 1
-        return cpu["seconds"]
+        tree.keep_reads(0.0, [estimate._ChildRead(4242, True, cpu["child"], 0.0)])
+        return cpu["own"] + cpu["child"]
 
+    monkeypatch.setattr(estimate, "_TREE", tree)
     monkeypatch.setattr(estimate, "process_tree_cpu_seconds", tree_cpu_seconds)
-    monkeypatch.setattr(estimate._TREE, "has_live_children", lambda: True)
+    monkeypatch.setattr(estimate, "_own_and_waited_cpu_seconds", lambda: (cpu["own"], 0.0))
+    monkeypatch.setattr(tree, "has_live_children", lambda: True)
+    monkeypatch.setattr(tree, "watch", lambda: None)
+    monkeypatch.setattr(estimate, "PROCESS_CPU_CLOCKS", False)  # (pid 4242 is no child: its read, as read)
     clock = FakeClock()
     sensor = CpuEstimateSensor(tdp_w=100.0, logical_cpus=1, clock=clock)  # 100 J per CPU-second
-    assert sensor.off_thread and not CpuEstimateSensor(tdp_w=100.0, cpu_seconds=lambda: 0.0).off_thread
+    assert not sensor.off_thread and not CpuEstimateSensor(tdp_w=100.0, cpu_seconds=lambda: 0.0).off_thread
     meter = Meter([sensor], fallback=None, clock=clock, wall_clock=clock, off_thread=True)
-    meter._poller.manual = True  # the test runs the reader's steps on the fake clock
-    meter.snapshot()  # the first boundary reads in place
-    for _ in range(3):  # one busy CPU: a CPU-second per second, read by the reader every 0.1 s
+    meter._poller.manual = True  # the test runs the meter thread's steps on the fake clock
+    meter.snapshot(exact=True)  # the run's first boundary reads the whole tree in place
+    for _ in range(3):  # a worker keeps a CPU busy, read by the meter's thread every 0.1 s
         clock.advance(0.1)
-        cpu["seconds"] += 0.1
+        cpu["child"] += 0.1
         meter._poller.step()
     reads = cpu["reads"]
     clock.advance(0.05)
-    cpu["seconds"] += 0.05
-    assert meter.snapshot().energy_j["cpu"] == pytest.approx(35.0)  # carried forward at the read rate
-    assert cpu["reads"] == reads  # no read at the boundary
+    cpu["child"] += 0.05
+    cpu["own"] += 0.03  # a 30 ms busy phase of this process
+    assert meter.snapshot().energy_j["cpu"] == pytest.approx(33.0)  # its own 3 J now, the child's as read
+    assert cpu["reads"] == reads  # no /proc read at the boundary
+    clock.advance(0.06)
+    meter._poller.step()  # the child's 0.05 CPU-s since: in the next phase
+    assert meter.snapshot().energy_j["cpu"] == pytest.approx(38.0)
+    cpu["child"] += 0.02
+    assert meter.snapshot(exact=True).energy_j["cpu"] == pytest.approx(40.0)  # the last boundary reads it all
     meter.close()
 
 
@@ -442,8 +457,8 @@ def test_without_child_processes_a_short_phase_gets_its_own_cpu_time(monkeypatch
     end = meter.snapshot()
     assert end.energy_j["cpu"] - start.energy_j["cpu"] == pytest.approx(2.0)  # 0.02 CPU-s x 100 J
     assert start.energy_j["cpu"] == before.energy_j["cpu"]
-    children["live"] = True  # workers appear: the meter's thread reads it from here on
-    assert sensor.off_thread and meter.channels[0].off_thread
+    children["live"] = True  # workers appear: still read at the boundary, their time as last read
+    assert not sensor.off_thread and not meter.channels[0].off_thread
     meter.close()
     # getrusage: the same time os.times() counts in 10 ms ticks, waited-for children included
     assert estimate._own_cpu_seconds_now() == pytest.approx(estimate._own_cpu_seconds(os.times()), abs=0.05)

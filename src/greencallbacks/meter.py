@@ -367,13 +367,15 @@ class _Channel:
     def read(self) -> float:
         return self._read()[0]
 
-    def _read(self) -> tuple[float, bool]:
-        """(the channel's value, whether the sensor answered): a failed call holds the last value."""
+    def _read(self, exact: bool = False) -> tuple[float, bool]:
+        """(the channel's value, whether the sensor answered): a failed call holds the last value.
+        ``exact``: the sensor's ``exact_energy_j`` where it has one (see ``Sensor.exact_energy_j``)."""
         with self._lock:
             if self.failed:
                 return self._last_j, False
+            read = (getattr(self.sensor, "exact_energy_j", None) if exact else None) or self.sensor.energy_j
             try:
-                value = self._offset_j + self.sensor.energy_j() - self._base_j
+                value = self._offset_j + read() - self._base_j
             except Exception as error:  # noqa: BLE001 - any sensor failure degrades, never raises
                 self._failed_once(error)
                 return self._last_j, False
@@ -850,7 +852,7 @@ class _Channel:
     def boundary(self, now: float, exact: bool = False) -> tuple[float, float]:
         """The value a snapshot at ``now`` records, and how many seconds it was carried forward."""
         if not self.off_thread:
-            value, answered = self._read()
+            value, answered = self._read(exact)
             value += self._settled_j  # (from when it was read off the thread)
             # A sensor not answering (held through a transient fault): the span since its last
             # answer widens this boundary's uncertainty, as a carried read's does.

@@ -94,6 +94,12 @@ class Sensor:
         """Cumulative joules since this sensor was created. Raises ``SensorError`` on failure."""
         raise NotImplementedError
 
+    def exact_energy_j(self) -> float:
+        """``energy_j`` at a run's first and last boundary (``Meter.snapshot(exact=True)``), for a
+        sensor whose boundary read leaves out what it reads fully only off the training thread
+        (the CPU estimate's child processes). The same as ``energy_j`` unless overridden."""
+        return self.energy_j()
+
     def poll(self) -> float | None:
         """Called from the background thread every ``poll_interval_s``. Must be cheap.
 

@@ -33,6 +33,7 @@ import os
 import platform
 import re
 import resource
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -336,11 +337,59 @@ def _own_cpu_seconds(times: Any) -> float:
     )
 
 
-def _own_cpu_seconds_now() -> float:
-    """This process's CPU time and its children's already waited for, to the microsecond:
+def _own_and_waited_cpu_seconds() -> tuple[float, float]:
+    """This process's CPU time, and its children's already waited for, to the microsecond:
     ``os.times()`` counts 10 ms clock ticks, too coarse for a test phase of 20 ms."""
     own, waited = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + waited.ru_utime + waited.ru_stime
+    return own.ru_utime + own.ru_stime, waited.ru_utime + waited.ru_stime
+
+
+def _own_cpu_seconds_now() -> float:
+    own, waited = _own_and_waited_cpu_seconds()
+    return own + waited
+
+
+def _pid_exists(pid: int) -> bool:
+    """Whether process ``pid`` exists, a zombie not yet waited for included: a system call, not a
+    /proc read. A pid taken by another user's process since is not the one that was read."""
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+
+
+# Linux gives every process a CPU clock that any process may read: clockid (~pid << 3) | 2
+# (MAKE_PROCESS_CPUCLOCK(pid, CPUCLOCK_SCHED)), the run time of all its threads to the nanosecond,
+# a zombie's included: one system call, ~0.2 us, where its /proc/<pid>/stat costs ~12 us (warm) in
+# 10 ms ticks. It lacks the process's own waited-for children (stat's cutime and cstime).
+CLOCK_SLACK_S = 1e-6  # /proc's ticks are the clock's run time truncated: a read never exceeds the clock
+PROCESS_CPU_CLOCKS = sys.platform.startswith("linux") and hasattr(time, "clock_gettime")
+
+
+def _process_cpu_seconds(pid: int) -> float | None:
+    """The CPU time of process ``pid``'s threads from its CPU clock; None where it is gone
+    (waited for) or no such clock can be read."""
+    try:
+        return time.clock_gettime((~pid << 3) | 2)
+    except (OSError, OverflowError):
+        return None
+
+
+class _ChildRead(NamedTuple):
+    pid: int
+    parent: int  # whose waited-for time its time moves into once it ends
+    seconds: float  # its CPU time, with its own waited-for children's, as read
+    waited_s: float  # the latter part
+
+
+class _ChildReads(NamedTuple):
+    """The tree's latest per-process CPU times (see ``_ProcessTree.keep_reads``)."""
+
+    pid: int  # the process whose tree they are (a forked child starts afresh)
+    waited_s: float  # its children's CPU time already waited for, read before them
+    children: tuple[_ChildRead, ...]  # each descendant read
+    total_s: float  # their CPU time
 
 
 def _newest_pid() -> int | None:
@@ -400,6 +449,8 @@ class _ProcessTree:
         self._listed_at = -math.inf
         self._listing_s = 0.0  # how long the last listing took
         self._seen_pid: int | None = None  # the newest pid when the tree was last listed or watched
+        self._reads: _ChildReads | None = None  # the descendants' latest CPU times (see keep_reads)
+        self.parents: dict[int, tuple[Any, int]] = {}  # pid: (its process, its parent's pid), as read
 
     def also(self, pids: Sequence[int]) -> None:
         """Take in these processes and their descendants too (the other ranks on this host), once
@@ -479,6 +530,55 @@ class _ProcessTree:
                 self._children = self._children + found
                 self._seen_pid = newest
 
+    def keep_reads(self, waited_s: float, children: list[_ChildRead]) -> None:
+        """Keep the descendants' CPU times just read (``waited_s`` read before them) for
+        ``boundary_cpu_seconds``; replaced whole, so a boundary never sees half of them."""
+        if not children:  # (each boundary of a process without children: nothing to build)
+            self._reads = None
+            return
+        self._reads = _ChildReads(os.getpid(), waited_s, tuple(children), math.fsum(c.seconds for c in children))
+
+    def boundary_cpu_seconds(self) -> float:
+        """The tree's CPU time without a /proc read, for a phase boundary on the training thread:
+        this process's own and its children's already waited for (getrusage), then each
+        descendant the meter's thread last read (every 0.1 s): its CPU clock now where Linux has
+        one (a system call each), with its own waited-for children's time as read; elsewhere all
+        of it as read. Never more than the tree has used: at most a child's latest time is late.
+
+        A process gone since the reads was waited for by its parent, and its time is in the
+        parent's: in this process's waited-for time (read first: one waited for between the two
+        is in neither, not in both), where its read is left out; or in a descendant's, whose read
+        (made before its own: parents are listed first) does not hold it, where its read stays
+        until the next. A pid taken by a new process has a CPU clock below the read: gone too."""
+        own_s, waited_s = _own_and_waited_cpu_seconds()
+        reads = self._reads
+        if reads is None or reads.pid != os.getpid():
+            return own_s + waited_s
+        if not PROCESS_CPU_CLOCKS and waited_s == reads.waited_s:
+            return own_s + waited_s + reads.total_s  # (none of its children waited for since: none left out)
+        total = own_s + waited_s
+        gone: dict[int, _ChildRead] = {}
+        for child in reads.children:
+            if PROCESS_CPU_CLOCKS:
+                threads_s = _process_cpu_seconds(child.pid)
+                now_s = -math.inf if threads_s is None else threads_s + child.waited_s
+                live = now_s >= child.seconds - CLOCK_SLACK_S
+            else:
+                now_s, live = child.seconds, _pid_exists(child.pid)
+            if live:
+                total += max(child.seconds, now_s)
+            else:
+                gone[child.pid] = child
+        for child in gone.values():
+            parent = child.parent
+            for _ in gone:  # up through its parents gone too, to the one that holds its time now
+                if parent not in gone:
+                    break
+                parent = gone[parent].parent
+            if parent != reads.pid:
+                total += child.seconds
+        return total
+
     def has_live_children(self) -> bool:
         """From the last listing, without walking /proc; True before the first one (or in a forked
         child), as reading the tree may then be slow."""
@@ -503,15 +603,35 @@ def process_tree_cpu_seconds(process: Any = None) -> float:
         _, children = _TREE.members()
         # This process through system calls (psutil parses /proc/self/stat, in clock ticks, at
         # ten times the cost: this runs at every phase boundary of a process without children).
-        total = _own_cpu_seconds_now()
+        # Before the children: one waited for meanwhile is in `waited_s` or read, at worst in neither.
+        own_s, waited_s = _own_and_waited_cpu_seconds()
+        total = own_s + waited_s
     else:
         children = process.children(recursive=True)
         total = _own_cpu_seconds(process.cpu_times())
-    for child in children:
+    reads, parents, known = [], _TREE.parents, {}
+    for child in children:  # (listed parents first: a grandchild reaped between is in neither)
         try:
-            total += _own_cpu_seconds(child.cpu_times())
+            times = child.cpu_times()
+            parent = parents.get(child.pid)
+            if parent is None or parent[0] != child:  # (psutil's ppid() costs twice cpu_times(): once a process)
+                parent = (child, child.ppid())
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            pass  # reaped since the listing: its time is in its parent's children_* times now
+            continue  # reaped since the listing: its time is in its parent's children_* times now
+        known[child.pid] = parent
+        parent = parent[1]
+        seconds = _own_cpu_seconds(times)
+        waited = getattr(times, "children_user", 0.0) + getattr(times, "children_system", 0.0)
+        threads_s = _process_cpu_seconds(child.pid) if PROCESS_CPU_CLOCKS else None
+        if threads_s is not None and threads_s + waited >= seconds - CLOCK_SLACK_S:
+            # Its threads' time to the nanosecond: up to two 10 ms ticks more than stat's, which a
+            # boundary reading the clock had already handed out (and the run's last read lacked).
+            seconds = threads_s + waited
+        reads.append(_ChildRead(child.pid, parent, seconds, waited))
+        total += seconds
+    if process is None:
+        _TREE.parents = known
+        _TREE.keep_reads(waited_s, reads)
     return total
 
 
@@ -605,34 +725,24 @@ class CpuEstimateSensor(Sensor):
         self._reads_tree = cpu_seconds is None
         self._clock = clock
         self._lock = threading.Lock()
-        self._base_cpu_s = self._read_cpu_seconds()
+        self._base_cpu_s = self._read_cpu_seconds(exact=True)
         self._high_water_cpu_s = self._base_cpu_s
         self._read_at = clock()  # when the CPU time was last read (see poll)
 
-    @property
-    def off_thread(self) -> bool:
-        """Whether the meter's thread reads it. The process tree's CPU time costs a /proc read per
-        live child process (160 us for four DataLoader workers, on a training thread whose caches
-        the step has just evicted): with children, the meter's thread reads it every 0.1 s and a
-        boundary carries the latest read forward at its rate. Without (none found by the poll,
-        which looks for them every 0.1 s), it is two getrusage calls, read at the boundary: a phase
-        shorter than those 0.1 s, a 20 ms test, gets its own CPU time, not the rate before it
-        (read off the thread, such a test was billed 0 J and the gap after it its energy).
-        A counter the caller gives is read in place."""
-        return self._reads_tree and _TREE.has_live_children()
-
-    def _read_cpu_seconds(self) -> float:
+    def _read_cpu_seconds(self, exact: bool = True) -> float:
         try:
-            return float(self._cpu_seconds())
+            if exact or not self._reads_tree or not _TREE.has_live_children():
+                return float(self._cpu_seconds())
+            return _TREE.boundary_cpu_seconds()
         except Exception as error:  # noqa: BLE001 - psutil raises several unrelated types
             raise SensorError(f"{self.name}: cannot read CPU time: {error}") from error
 
-    def _update(self) -> float:
+    def _update(self, exact: bool = True) -> float:
         with self._lock:
-            # A child reaped between the tree's listing and its read drops out for a moment;
-            # holding the high-water mark keeps the total from dipping and its time from being
-            # counted twice.
-            self._high_water_cpu_s = max(self._high_water_cpu_s, self._read_cpu_seconds())
+            # Every read is at most the tree's CPU time so far (a child reaped between its listing
+            # and its read drops out for a moment; one read late lacks its latest time): the
+            # high-water mark keeps the total from dipping, and never holds more than was used.
+            self._high_water_cpu_s = max(self._high_water_cpu_s, self._read_cpu_seconds(exact))
             # All of it, at once: a child born and reaped between two polls shows up when reaped,
             # in whatever phase that is (rare since the tree's new processes are taken in at each
             # poll); capping the pace instead left what the run's last read still held unbilled.
@@ -643,13 +753,31 @@ class CpuEstimateSensor(Sensor):
         return (self._high_water_cpu_s - self._base_cpu_s) * self.joules_per_cpu_second * self.share
 
     def energy_j(self) -> float:
-        return self._update()
+        """Read at every boundary, on the training thread, without a /proc read: the process
+        tree's CPU time costs one per live child (160 us for four DataLoader workers, on a
+        training thread whose caches the step has just evicted), which the meter's thread makes
+        every 0.1 s (``poll``). A boundary reads this process's own CPU time and its children's
+        already waited for (two getrusage calls), and each child's CPU clock (Linux: a system call
+        each; elsewhere its time as last read; see ``_ProcessTree.boundary_cpu_seconds``). So a
+        phase gets its own CPU time, however short: carrying the tree's forward at the rate of
+        the meter thread's latest read billed a 30 ms busy phase after an idle spell 0.02 J of
+        3 J, and a phase after the workers' busy spell up to 2.5 x its CPU time, held as a floor
+        for the next. Without children it is the two getrusage calls alone. A counter the caller
+        gives is read in place."""
+        return self._update(exact=False)
+
+    def exact_energy_j(self) -> float:
+        """A run's first and last boundary (``Meter.snapshot(exact=True)``): every child read
+        now, so the run's total holds all of their time."""
+        return self._update(exact=True)
 
     def poll(self) -> float:
         if self._reads_tree:
             _TREE.watch()  # on the meter's thread: take in the processes born in the tree
+            if _TREE.has_live_children():
+                return self._update(exact=True)  # a /proc read per child, kept for the boundaries
             if self._clock() - self._read_at < CPU_POLL_READ_S:
-                return self._joules()  # read lately: by the reader (a /proc read per child), or a boundary
+                return self._joules()  # read lately, at a boundary
         return self._update()
 
 
