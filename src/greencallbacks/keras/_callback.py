@@ -424,9 +424,18 @@ class _Progress:
         and a ``KeyboardInterrupt`` landing between a step and its hook leaves that step out, as its
         tokens and the step reached are. Asynchronous hooks still running (more than the one failed
         batch begun and not ended): not known."""
-        if self.step_in_test is not None:
-            return self.trained_before_test  # the test loop the failure came in is inside the epoch
-        if self.fixed_batch is None or self.train_calls_begun - self.train_calls_ended > 1:
+        if self.step_in_test is not None:  # the test loop the failure came in is inside the epoch
+            before, by_batches = self.trained_before_test, self.trained_by_batches(unended=0)
+            # The loss tracker's count falls short of the batches where a call this callback was not
+            # given (a callback's model.evaluate mid-epoch) reset it unseen: 76 of 100 trained.
+            return by_batches if by_batches is not None and (before is None or before < by_batches) else before
+        return self.trained_by_batches(unended=1)
+
+    def trained_by_batches(self, unended: int) -> int | None:
+        """The samples of the open training epoch's batches whose end hooks ran, where Keras's data
+        adapter fixes their size (see ``_fixed_batches``; under the lock); not known where more than
+        ``unended`` batches began without ending (asynchronous hooks still running)."""
+        if self.fixed_batch is None or self.train_calls_begun - self.train_calls_ended > unended:
             return None
         fewest, most = _step_range(self.train_steps, self.per_execution, self.planned_steps)
         if fewest != most:
@@ -921,11 +930,18 @@ class EnergyCallback(_Callback):
         with progress.lock:
             steps, planned, per_execution = progress.train_steps, progress.planned_steps, progress.per_execution
             begun, ended = progress.train_calls_begun, progress.train_calls_ended
+            by_batches = progress.trained_by_batches(unended=1)  # (one that ran out of data did not end)
         ran_out = begun > ended
         why, (fewest, most) = self._train_why, _step_range(steps, per_execution, planned)
         if count is not None and ran_out and _may_run_past_the_data(self.model):
             count = _past_the_data(count, begun, ended, self._exact_past_the_data("train"))
             why = why if count is not None else "past_data"
+        short = count is not None and by_batches is not None and count < by_batches
+        if short and not _custom_step(self.model, "train"):
+            # Where Keras fixes the batch size, a count short of the batches ended was reset unseen:
+            # by a model.evaluate that a callback made mid-epoch without this callback (76 of 100
+            # trained), or model.reset_metrics(). (A custom train_step's count may be steps: below.)
+            count = by_batches
         if count is not None and 0 < count < fewest:
             # Every step counts a sample at least (Keras's own step counts its batch): the count was
             # reset during the epoch, unseen (a callback calling model.reset_metrics()).
