@@ -33,6 +33,20 @@ def run_keras(backend: str, out: Path, *command: str, purpose: str, timeout: int
     return json.loads((Path(out) / "results.json").read_text())
 
 
+def run_keras_code(backend: str, code: str, out: Path, purpose: str, timeout: int = 300) -> object:
+    """``python -c code out`` with ``KERAS_BACKEND=backend`` in ``out``; the JSON of its last line of
+    output. ``purpose`` completes the skip's reason where the backend is not installed."""
+    for module in ("keras", backend):
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"{module} is not installed: {purpose} need it")
+    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "",
+           "PYTHONWARNINGS": "ignore", "PYTHONPATH": os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", code, str(out)], cwd=out, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads(done.stdout.splitlines()[-1])
+
+
 def run_on_backends(tmp_path_factory, backends, runner: Path, scenarios, purpose: str, needs_tensorboard: bool = True) -> dict:
     """``runner <backend> <out> <scenario,...>`` on each backend at once (one process each): backend ->
     its results, or the ``pytest.skip`` exception of a backend that is not installed, for its tests

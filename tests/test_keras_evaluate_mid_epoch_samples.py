@@ -7,18 +7,12 @@ the batches ended tell the count instead. Each backend in a process of its own (
 
 from __future__ import annotations
 
-import importlib.util
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
+
+from keras_runs import run_keras_code
 
 pytest.importorskip("keras")
 
-REPO = Path(__file__).resolve().parents[1]
 
 SCRIPT = r"""
 import json, os, sys
@@ -72,15 +66,7 @@ print(json.dumps(out))
 def test_an_evaluate_without_the_callback_mid_epoch_leaves_the_epochs_count_right(tmp_path, backend):
     """Regression: the epoch's record said 76 samples (exact) for 100 trained, and so did that of
     an epoch whose validation failed after the evaluate."""
-    if importlib.util.find_spec(backend) is None:
-        pytest.skip(f"{backend} is not installed")
-    env = {**os.environ, "KERAS_BACKEND": backend, "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "3",
-           "PYTHONWARNINGS": "ignore",
-           "PYTHONPATH": os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(REPO / "src")]))}
-    done = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-4000:]
-    results = json.loads(done.stdout.splitlines()[-1])
+    results = run_keras_code(backend, SCRIPT, tmp_path, purpose="test_keras_evaluate_mid_epoch_samples")
     # (epoch, partial, samples where counted)
     assert results["ends"] == {"records": [[0, False, 100], [1, False, 100]], "summary": 200}, results
     assert results["validation fails"] == {"records": [[0, False, 100], [1, True, 100]], "summary": 200}, results

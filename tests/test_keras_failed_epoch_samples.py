@@ -9,18 +9,12 @@ trains again. Where the batches' sizes are not known (a Python generator) the re
 
 from __future__ import annotations
 
-import importlib.util
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
+
+from keras_runs import run_keras_code
 
 pytest.importorskip("keras")
 
-REPO = Path(__file__).resolve().parents[1]
 
 SCRIPT = r"""
 import json, os, sys, tempfile
@@ -99,15 +93,7 @@ def test_an_epoch_cut_short_records_the_samples_it_trained(tmp_path, backend):
     batch recorded ``samples: 0, samples_counted: false`` (64 trained), one cut short in its
     validation so too (100 trained), and after the resume the summary said 300 training samples for
     364 (400) trained and the report's training samples were not counted (per-sample values n/a)."""
-    if importlib.util.find_spec(backend) is None:
-        pytest.skip(f"{backend} is not installed")
-    env = {**os.environ, "KERAS_BACKEND": backend, "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "3",
-           "PYTHONWARNINGS": "ignore",
-           "PYTHONPATH": os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(REPO / "src")]))}
-    done = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-4000:]
-    results = json.loads(done.stdout.splitlines()[-1])
+    results = run_keras_code(backend, SCRIPT, tmp_path, purpose="test_keras_failed_epoch_samples")
     for kind, trained in (("error", 64), ("interrupt", 64), ("validation", 100)):
         result = results[kind]
         assert result["crashed"] == [[0, False, 100, True], [1, True, trained, True]], (kind, result)

@@ -6,20 +6,12 @@ them with the epochs it trains again. Each backend in a process of its own (Kera
 
 from __future__ import annotations
 
-import importlib.util
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-from keras_runs import TOKENS_METRIC
+from keras_runs import TOKENS_METRIC, run_keras_code
 
 pytest.importorskip("keras")
 
-REPO = Path(__file__).resolve().parents[1]
 
 SCRIPT = r"""
 import json, os, sys, tempfile
@@ -78,15 +70,7 @@ def test_an_epoch_cut_short_records_the_tokens_of_the_batches_it_trained(tmp_pat
     """Regression: the token metric was read from epoch-end logs alone, so the epoch cut short at its
     4th batch recorded no tokens (``tokens: null``, 72 trained) and the report's training J/token was
     n/a after the resume; it records 72 now, and the run's training totals 3 epochs and those 72."""
-    if importlib.util.find_spec(backend) is None:
-        pytest.skip(f"{backend} is not installed")
-    env = {**os.environ, "KERAS_BACKEND": backend, "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "3",
-           "PYTHONWARNINGS": "ignore",
-           "PYTHONPATH": os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(REPO / "src")]))}
-    done = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-4000:]
-    results = json.loads(done.stdout.splitlines()[-1])
+    results = run_keras_code(backend, SCRIPT, tmp_path, purpose="test_keras_failed_epoch_tokens")
     for kind in ("error", "interrupt"):
         result = results[kind]
         assert result["crashed"] == [[0, False, 120, True], [1, True, 3 * 24, True]], (kind, result)

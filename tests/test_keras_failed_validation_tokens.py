@@ -8,18 +8,12 @@ the first replica's count. Each backend in a process of its own (Keras fixes it 
 
 from __future__ import annotations
 
-import importlib.util
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
+
+from keras_runs import run_keras_code
 
 pytest.importorskip("keras")
 
-REPO = Path(__file__).resolve().parents[1]
 
 SCRIPT = r"""
 import json, os, sys
@@ -92,15 +86,7 @@ def test_an_epoch_failed_in_a_loop_inside_it_keeps_the_tokens_it_trained(tmp_pat
     partial record had none (``tokens: null``, ``tokens_counted: true``), so a resumed run's summary
     said 360 tokens for 480 trained; it records 120 now. An ``evaluate`` inside the epoch (given the
     callback) that raised keeps the 24 of the batch trained before it."""
-    if importlib.util.find_spec(backend) is None:
-        pytest.skip(f"{backend} is not installed")
-    env = {**os.environ, "KERAS_BACKEND": backend, "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "3",
-           "PYTHONWARNINGS": "ignore",
-           "PYTHONPATH": os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(REPO / "src")]))}
-    done = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-4000:]
-    result = json.loads(done.stdout.splitlines()[-1])
+    result = run_keras_code(backend, SCRIPT, tmp_path, purpose="test_keras_failed_validation_tokens")
     assert result["validation"] == [[0, False, 120, True], [1, True, 120, True]], result
     # Batches trained after the evaluate count from its reset of the metric: not known.
     assert result["nested_then_train"] == [[0, False, 120, True], [1, True, None, False]], result
@@ -186,15 +172,7 @@ def test_an_epoch_failed_on_two_devices_records_its_tokens_or_none(tmp_path, bac
     tokens of the 72 trained (the batch logs hold the first replica's), and one whose validation
     raised 60 of 120; now ``tokens_counted: false``, and 120 read as its validation began. JAX's
     batch logs hold the global batches' sum: 72."""
-    if importlib.util.find_spec(backend) is None:
-        pytest.skip(f"{backend} is not installed")
-    env = {**os.environ, "KERAS_BACKEND": backend, "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "3",
-           "PYTHONWARNINGS": "ignore",
-           "PYTHONPATH": os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(REPO / "src")]))}
-    done = subprocess.run([sys.executable, "-c", TWO_DEVICES, str(tmp_path)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-4000:]
-    result = json.loads(done.stdout.splitlines()[-1])
+    result = run_keras_code(backend, TWO_DEVICES, tmp_path, purpose="test_keras_failed_validation_tokens")
     if backend == "tensorflow" and tuple(int(p) for p in result["keras"].split(".")[:2]) < (3, 10):
         # Before 3.10 no log sums a metric over replicas: tokens are left out there (README).
         uncounted = [[0, False, None, False], [1, True, None, False]]
