@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from keras_runs import run_keras_code
+from keras_runs import TOKENS_METRIC, run_keras_code
 
 pytest.importorskip("keras")
 
@@ -23,16 +23,7 @@ from greencallbacks.keras import EnergyCallback
 from greencallbacks.records import read_records
 
 
-class Ones(keras.metrics.Metric):  # the labels seen: a token count named "tokens"
-    def __init__(self, name="tokens", **kwargs):
-        super().__init__(name=name, **kwargs)
-        self.total = self.add_variable(shape=(), initializer="zeros", name="total")
-
-    def update_state(self, y_true, y_pred, sample_weight=None):
-        self.total.assign_add(keras.ops.cast(keras.ops.size(y_true), "float32"))
-
-    def result(self):
-        return self.total * 1.0
+""" + TOKENS_METRIC + r"""
 
 
 class Breaks(keras.callbacks.Callback):  # in epoch 1: evaluates after batch 0 (given `energy`); raises
@@ -116,16 +107,7 @@ else:
     scope = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]).scope
 
 
-class Ones(keras.metrics.Metric):  # the labels seen: a token count named "tokens"
-    def __init__(self, name="tokens", **kwargs):
-        super().__init__(name=name, **kwargs)
-        self.total = self.add_variable(shape=(), initializer="zeros", name="total")
-
-    def update_state(self, y_true, y_pred, sample_weight=None):
-        self.total.assign_add(keras.ops.cast(keras.ops.size(y_true), "float32"))
-
-    def result(self):
-        return self.total * 1.0
+""" + TOKENS_METRIC + r"""
 
 
 class Breaks(keras.callbacks.Callback):  # raises in epoch 1: as its batch 3 begins, or its validation's batch 1
