@@ -268,7 +268,7 @@ def test_process_tree_takes_in_the_other_ranks_processes_once_each(tmp_path, mon
         deadline = time.monotonic() + 30
         while not ((tmp_path / "child").exists() and (tmp_path / "sibling").exists()) and time.monotonic() < deadline:
             time.sleep(0.01)
-        own = estimate._own_cpu_seconds_now()
+        own = sum(estimate._own_and_waited_cpu_seconds())
         without = process_tree_cpu_seconds() - own  # the child alone
         estimate.measure_other_processes([sibling, child.pid])
         with_others = process_tree_cpu_seconds() - own
@@ -461,7 +461,7 @@ def test_without_child_processes_a_short_phase_gets_its_own_cpu_time(monkeypatch
     assert not sensor.off_thread and not meter.channels[0].off_thread
     meter.close()
     # getrusage: the same time os.times() counts in 10 ms ticks, waited-for children included
-    assert estimate._own_cpu_seconds_now() == pytest.approx(estimate._own_cpu_seconds(os.times()), abs=0.05)
+    assert sum(estimate._own_and_waited_cpu_seconds()) == pytest.approx(estimate._own_cpu_seconds(os.times()), abs=0.05)
 
 
 # -- constant -----------------------------------------------------------------------------------

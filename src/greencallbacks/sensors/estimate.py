@@ -344,11 +344,6 @@ def _own_and_waited_cpu_seconds() -> tuple[float, float]:
     return own.ru_utime + own.ru_stime, waited.ru_utime + waited.ru_stime
 
 
-def _own_cpu_seconds_now() -> float:
-    own, waited = _own_and_waited_cpu_seconds()
-    return own + waited
-
-
 def _pid_exists(pid: int) -> bool:
     """Whether process ``pid`` exists, a zombie not yet waited for included: a system call, not a
     /proc read. A pid taken by another user's process since is not the one that was read."""
