@@ -770,12 +770,16 @@ class BatchCounter:
             if samples is None:
                 self._warn("sample_counter", count_samples, batch, None, None, run_id)
             return samples, 0
+        return self.count_samples(batch, run_id), self.count_tokens(batch, run_id)
+
+    def count_samples(self, batch: Any, run_id: str = "") -> int | None:
+        """Samples in one batch (None where it fails, warned once per run), its tokens left to the
+        caller: an adapter that counts them on part of the batch (see ``count_tokens``)."""
         default = (functools.partial(count_samples, collate=self.collate, pad_token_id=self.pad_token_id)
                    if self.collate or self.pad_token_id is not None else count_samples)
         if self.rows_per_sample != 1 and not self.custom_samples:
             default = functools.partial(self._counted_in_rows, default)
-        samples = self._apply("sample_counter", self.sample_counter if self.custom_samples else default, batch, run_id)
-        return samples, self.count_tokens(batch, run_id)
+        return self._apply("sample_counter", self.sample_counter if self.custom_samples else default, batch, run_id)
 
     def count_tokens(self, batch: Any, run_id: str = "") -> int | None:
         """Tokens in one batch by the ``token_counter``: 0 without one, None where it fails (warned

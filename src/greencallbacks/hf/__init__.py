@@ -760,16 +760,17 @@ class EnergyCallback(TrainerCallback, ExportableState):
         data set's samples (``_loop_samples``: HF's count), which leaves out those Accelerate repeats
         to complete the last batch; its tokens are those samples' too: with the repeats' tokens, 10
         samples of 8 tokens had 128 (6 repeats), a cost per token 10/16 of the true one. A last batch
-        that cannot be cut to its samples that are no repeats counts no tokens (``tokens_counted: false``)."""
-        samples, tokens = self._counter.count(batch, self.tracker.run_id)
-        reducer = self.tracker.reducer
-        if tokens is None or self._counter.custom_samples or reducer.world_size == 1:
-            return samples, tokens  # (a sample_counter counts the repeats, as their tokens are)
+        that cannot be cut to its samples that are no repeats counts no tokens (``tokens_counted: false``).
+        The ``token_counter`` runs once per batch, on the whole batch or on that cut (it may be costly)."""
+        counter, reducer, run_id = self._counter, self.tracker.reducer, self.tracker.run_id
+        if counter.token_counter is None or counter.custom_samples or reducer.world_size == 1:
+            return counter.count(batch, run_id)  # (a sample_counter counts the repeats, as their tokens are)
         kept = _samples_not_repeated(self._loops[-1].dataloader, reducer.rank, reducer.world_size)
         if kept is None:
-            return samples, tokens
+            return counter.count(batch, run_id)
+        samples = counter.count_samples(batch, run_id)
         part = _first_samples(batch, samples, kept) if samples is not None else None
-        return samples, self._counter.count_tokens(part, self.tracker.run_id) if part is not None else None
+        return samples, counter.count_tokens(part, run_id) if part is not None else None
 
     def _count_batch(self, samples: int | None, tokens: int | None) -> None:
         """One completed ``prediction_step``'s batch, for the innermost open loop."""
