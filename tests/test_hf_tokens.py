@@ -116,5 +116,32 @@ def test_a_crash_inside_an_evaluation_on_two_ranks_keeps_the_epoch_s_tokens(tmp_
     assert summary["ended"] == "failed" and summary["phases"]["train"]["tokens"] == seen[0]["tokens"]
 
 
+@pytest.mark.distributed
+def test_the_report_of_a_crash_on_two_ranks_has_the_tokens_of_hf_s_count(tmp_path):
+    """Regression: at a crash on several ranks each rank writes its own part of the open epoch; HF's
+    count, already summed over the ranks, is in rank 0's, and rank 1's ran batches with no tokens.
+    The report took that for a count not whole: training tokens n/a for the run (``tokens_partial``),
+    where its summary has 64."""
+    import contextlib
+    import io
+
+    from greencallbacks.cli import main
+    from test_hf_distributed import torchrun
+
+    done = torchrun(__file__, tmp_path, tmp_path, "eval_crash", PYTHONWARNINGS="ignore")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    seen = json.loads((tmp_path / "tokens.rank0.json").read_text())
+    parts = [r for r in read_run_records(seen["run_id"], [tmp_path]) if r.phase == "train" and r.ranks == 1]
+    parts.sort(key=lambda r: r.tokens or 0)
+    assert [(r.samples, r.tokens) for r in parts] == [(2 * BATCH, None), (2 * BATCH, seen["tokens"])]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["report", str(tmp_path), "--format", "json"]) == 0
+    [configuration] = json.loads(out.getvalue())["configurations"]
+    train = configuration["phases"]["train"]
+    assert (train["tokens"]["mean"], train["tokens_partial"]) == (seen["tokens"], False)
+    assert configuration["run_totals"][seen["run_id"]]["train_tokens"] == seen["tokens"]
+
+
 if __name__ == "__main__":
     {"killed": _killed, "eval_crash": _eval_crash}[sys.argv[2]](sys.argv[1])

@@ -121,7 +121,9 @@ class _TokenCount:
     where none did, or where one did not beside others that did, or one counted some of its batches'
     tokens alone (``tokens_counted: false``: a count of part of the batches, which a cost per token
     would divide the whole energy by). A record of no batch (a gap between phases, an epoch cut short
-    before its first) is written without tokens: it lacks none."""
+    before its first) is written without tokens: it lacks none; nor does a rank's own part of a failed
+    run on several ranks (``_rank_part``) without tokens: HF's count, summed over the ranks, is in
+    rank 0's part (a ``token_counter`` that failed still says ``tokens_counted: false``)."""
 
     def __init__(self) -> None:
         self.tokens = 0
@@ -132,7 +134,7 @@ class _TokenCount:
         if record.tokens is not None:
             self.tokens += record.tokens
             self.counted = True
-        elif record.samples > 0 or not record.samples_counted:
+        elif (record.samples > 0 or not record.samples_counted) and not _rank_part(record):
             self.lacking = True
         if not record.tokens_counted:  # some batch's count failed: its tokens are not in the record's
             self.lacking = True
