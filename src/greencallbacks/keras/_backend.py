@@ -37,6 +37,14 @@ def hooks_report_last_step(version: tuple[int, int]) -> bool:
     return version >= (3, 11)
 
 
+def epochs_run_on_in_passes(version: tuple[int, int]) -> bool:
+    """Does each epoch of a ``fit(steps_per_epoch=...)`` over arrays begin where the last one stopped
+    in the pass over them (the first at its start), and end at the pass's end, its short last batch?
+    Keras 3.15 on torch, TensorFlow and JAX (run). Keras 3.3 on torch begins the first at the pass's
+    second batch (its symbolic build took the first); the versions between are not checked."""
+    return version >= (3, 15)
+
+
 def may_run_past_the_data(backend: str, version: tuple[int, int], per_execution: int, eager: bool) -> bool:
     """Can Keras's compiled step update the model's variables for a step that had no data?
 

@@ -40,8 +40,8 @@ except ImportError as error:
 
 from greencallbacks import interrupts, watch
 from greencallbacks.keras._backend import (
-    count_value, devices_and_sync, hooks_report_last_step, keras_version, logs_sum_metrics_over_replicas,
-    may_run_past_the_data, reducer_for,
+    count_value, devices_and_sync, epochs_run_on_in_passes, hooks_report_last_step, keras_version,
+    logs_sum_metrics_over_replicas, may_run_past_the_data, reducer_for,
 )
 from greencallbacks.keras._state import (
     _BACKUP_STATES_LOCK, _BACKUP_STATES_TO_DELETE, _backup_state_path, _delete_backup_state, _last_run_of,
@@ -233,22 +233,25 @@ def _past_the_data(count: int | None, begun: int, ended: int, exact_rule: bool) 
     return count
 
 
-def _fixed_batches(model: Any, replicas: int) -> tuple[int | None, int | None, int | None]:
-    """``(batch size, steps, epoch samples)`` of the training data of the ``fit`` of ``model`` in
-    progress, where Keras's data adapter fixes them: each of an epoch's first ``steps`` batches
-    (None: every batch) has ``batch size`` samples, and a whole epoch has ``epoch samples`` (None:
-    not known). ``(None, None, None)`` where they are not known.
+def _fixed_batches(model: Any, replicas: int) -> tuple[int | None, int | None, int | None, bool]:
+    """``(batch size, pass, last, runs on)`` of the training data of the ``fit`` of ``model`` in
+    progress, where Keras's data adapter fixes them: every batch has ``batch size`` samples but the
+    last of each pass over the data, the ``pass``-th batch (None: no pass ends, every batch), which
+    has ``last``; ``runs on``: an epoch begins where the last one stopped in the pass, not at its
+    start. ``(None, None, None, False)`` where they are not known.
 
     Known for NumPy arrays and tensors (Keras slices them into batches of ``batch_size``, the last
     one shorter, and starts each epoch at their start unless given ``steps_per_epoch``, which runs
-    on where the last epoch stopped) and for a ``tf.data`` data set whose batch dimension is static
-    (``drop_remainder=True``: every batch has it, a promise of TensorFlow's). Not for a generator,
-    a ``PyDataset`` or a torch ``DataLoader`` (a sampler, a ``collate_fn`` or an iterable data set
-    may make any batch shorter), nor on several replicas (a multi-worker strategy shards the data).
+    on where the last epoch stopped and ends an epoch at the pass's end: see ``_Progress.trained_by_batches``)
+    and for a ``tf.data`` data set whose batch dimension is static (``drop_remainder=True``: every
+    batch has it, a promise of TensorFlow's). Not for a generator, a ``PyDataset`` or a torch
+    ``DataLoader`` (a sampler, a ``collate_fn`` or an iterable data set may make any batch
+    shorter), nor on several replicas (a multi-worker strategy shards the data).
     Read from the ``epoch_iterator`` of the ``fit`` frame (the same name in Keras 3.3 and 3.15, on
     every backend), on the training thread as the fit begins: nothing is read while it trains."""
+    unknown = None, None, None, False
     if replicas != 1:
-        return None, None, None
+        return unknown
     frame = _model_call_frame(model)
     try:
         iterator = frame.f_locals.get("epoch_iterator") if frame is not None else None
@@ -261,17 +264,18 @@ def _fixed_batches(model: Any, replicas: int) -> tuple[int | None, int | None, i
     try:
         size = adapter.batch_size if kind in ("ArrayDataAdapter", "TFDatasetAdapter") else None
         if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
-            return None, None, None
+            return unknown
         if kind == "TFDatasetAdapter":
-            return size, None, None  # a static batch dimension: every batch
-        batches, last = adapter.num_batches, adapter.partial_batch_size or 0
-        if not last:
-            return size, None, None
-        if iterator.steps_per_epoch is None and isinstance(batches, int) and batches >= 1:
-            return size, batches - 1, (batches - 1) * size + last
+            return size, None, None, False  # a static batch dimension: every batch
+        batches, last = adapter.num_batches, adapter.partial_batch_size or size
+        runs_on = iterator.steps_per_epoch is not None
+        if runs_on and not epochs_run_on_in_passes(_KERAS_VERSION):
+            return (size, None, None, False) if last == size else unknown  # where an epoch begins: not known
+        if isinstance(batches, int) and batches >= 1 and isinstance(last, int) and 0 < last <= size:
+            return size, batches, last, runs_on
     except Exception:  # noqa: BLE001 - a data adapter of another Keras: not known
         pass
-    return None, None, None
+    return unknown
 
 
 def _planned_steps(callback: _Callback, callback_list: keras.callbacks.CallbackList | None) -> int | None:
@@ -377,11 +381,15 @@ class _Progress:
         # The open epoch's training samples where it fails: the loss tracker's count is read at the
         # epoch's end only (a read per batch would wait for the device), and never from the watch
         # thread (see above). Instead, the batch size that Keras's data adapter fixes, read as the
-        # fit began (see _fixed_batches): each of an epoch's first `fixed_steps` batches (None:
-        # every batch) has `fixed_batch` samples, and `epoch_samples` are a whole epoch's.
+        # fit began (see _fixed_batches): each batch has `fixed_batch` samples but the last of each
+        # pass over the data, the `pass_batches`-th (None: no pass ends), which has `last_batch`.
+        # The open epoch began at batch `pass_offset` of a pass (None: not known), 0 unless an
+        # epoch runs on where the last one stopped (`runs_on`: steps_per_epoch with arrays).
         self.fixed_batch: int | None = None
-        self.fixed_steps: int | None = None
-        self.epoch_samples: int | None = None
+        self.pass_batches: int | None = None
+        self.last_batch: int | None = None
+        self.runs_on = False
+        self.pass_offset: int | None = 0
         # What the loss tracker counted for the epoch's training as a test loop inside it began
         # (fit's validation): a failure inside that loop left the training at that. None: not known.
         self.trained_before_test: int | None = None
@@ -437,12 +445,48 @@ class _Progress:
         ``unended`` batches began without ending (asynchronous hooks still running)."""
         if self.fixed_batch is None or self.train_calls_begun - self.train_calls_ended > unended:
             return None
-        fewest, most = _step_range(self.train_steps, self.per_execution, self.planned_steps)
-        if fewest != most:
-            return None  # several steps per execution: how many the last one ran is not known
-        if self.fixed_steps is None or most <= self.fixed_steps:
-            return most * self.fixed_batch
-        return self.epoch_samples if most == self.fixed_steps + 1 else None
+        steps = self.steps_ended()
+        if steps is None or self.pass_batches is None:
+            return None if steps is None else steps * self.fixed_batch
+        # Each epoch ends at the pass's end (Keras 3.3 and 3.15 alike; a cut-short epoch before it):
+        # its batches are full but the pass's last, which ends it, 4 of 100 in batches of 32.
+        ends_the_pass = self.pass_offset + steps == self.pass_batches
+        return steps * self.fixed_batch - (self.fixed_batch - self.last_batch) * ends_the_pass
+
+    def steps_ended(self) -> int | None:
+        """The steps the open training epoch's ended executions ran, where the batches' sizes are
+        fixed (see ``_fixed_batches``; under the lock); None: not known.
+
+        With ``steps_per_execution=k`` a hook covers up to k steps (see ``_step_range``). Where the
+        data's batches are fixed, an execution runs k steps unless it reaches the pass's end (which
+        ends the epoch) or Keras's plan (which Keras 3.15 runs past, to a multiple of k: 3 steps by
+        2 ran 4; Keras 3.3 stops at it): so one that ended before both ran k, and one that reached
+        the pass's end first ran to it."""
+        reported, per_execution = self.train_steps, self.per_execution
+        left = None
+        if self.pass_batches is not None:
+            if self.pass_offset is None:
+                return None  # an earlier epoch's steps were not known, nor where this one began
+            left = self.pass_batches - self.pass_offset
+        if per_execution == 1:
+            # More than the pass had left: a Keras that runs an epoch on past the pass's end.
+            return reported if left is None or reported <= left else None
+        if reported <= 0:
+            return 0
+        end = reported if hooks_report_last_step(_KERAS_VERSION) else reported + per_execution - 1
+        planned = self.planned_steps
+        if planned is None and left is None:
+            return None  # data of unknown length: any execution may have run out of it
+        if end <= min(bound for bound in (planned, left) if bound is not None):
+            return end
+        return left if left is not None and (planned is None or left <= planned) else None
+
+    def end_epoch(self) -> None:
+        """Where the next epoch begins in the pass over the data (under the lock, at an epoch's end)."""
+        if not self.runs_on or self.pass_offset is None or self.pass_batches is None:
+            return
+        steps = self.steps_ended()
+        self.pass_offset = None if steps is None else (self.pass_offset + steps) % self.pass_batches
 
 
 class _Call:
@@ -810,9 +854,10 @@ class EnergyCallback(_Callback):
         self._call.model = self.model
         progress = self._progress
         progress.planned_steps = _planned_steps(self, callback_list)  # per epoch
-        batches = _fixed_batches(self.model, self._replicas()) if self._call.in_keras_loop else (None, None, None)
+        batches = _fixed_batches(self.model, self._replicas()) if self._call.in_keras_loop else (None, None, None, False)
         with progress.lock:
-            progress.fixed_batch, progress.fixed_steps, progress.epoch_samples = batches
+            progress.fixed_batch, progress.pass_batches, progress.last_batch, progress.runs_on = batches
+            progress.pass_offset = 0  # a fit's epoch iterator begins a pass
         if callback_list is not None:
             self._go_first(callback_list)
         self._live_every, self._live_batches = self._tensorboard_batch_every(callback_list), 0
@@ -931,6 +976,7 @@ class EnergyCallback(_Callback):
             steps, planned, per_execution = progress.train_steps, progress.planned_steps, progress.per_execution
             begun, ended = progress.train_calls_begun, progress.train_calls_ended
             by_batches = progress.trained_by_batches(unended=1)  # (one that ran out of data did not end)
+            progress.end_epoch()
         ran_out = begun > ended
         why, (fewest, most) = self._train_why, _step_range(steps, per_execution, planned)
         if count is not None and ran_out and _may_run_past_the_data(self.model):
