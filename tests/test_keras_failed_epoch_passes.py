@@ -108,3 +108,88 @@ def test_an_epoch_cut_short_counts_the_samples_of_its_pass_and_executions(tmp_pa
             assert all(r == records[-1] for r in result["records"] if r[1] and r[3]), (kind, result)
     if backend != "torch" and runs_on:
         assert results["by_2_of_3"]["records"][-1] == last, results["by_2_of_3"]
+
+
+DATASET_SCRIPT = r"""
+import json, os, sys, tempfile
+import keras, numpy as np, tensorflow as tf
+from greencallbacks import watch
+from greencallbacks.keras import EnergyCallback
+from greencallbacks.records import read_records
+
+
+""" + TOKENS_METRIC + r"""
+
+
+class Breaks(keras.callbacks.Callback):  # raises as epoch `epoch`'s batch `batch` (or later) begins or ends (after ours)
+    def __init__(self, epoch, batch, hook):
+        super().__init__()
+        self.at, self.hook, self.epoch = (epoch, batch), hook, None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.hook == "begin" and (self.epoch, batch) == self.at:
+            raise RuntimeError("broken batch")
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.hook == "end" and (self.epoch, batch) == self.at:
+            raise RuntimeError("broken batch")
+
+
+def batches(samples, length):  # batches of 32 with a static batch dimension
+    rng = np.random.default_rng(0)
+    x, y = rng.random((samples, 4), dtype=np.float32), rng.random((samples, 1), dtype=np.float32)
+    data = tf.data.Dataset.from_tensor_slices((x, y))
+    if length == "unknown":
+        data = data.filter(lambda x, y: True)  # TensorFlow does not know its length
+    data = data.batch(32, drop_remainder=True)
+    return data.repeat() if length == "endless" else data
+
+
+out = {"version": [int(part) for part in keras.__version__.split(".")[:2]]}
+for kind, samples, length, steps, per_execution, epochs, breaks in (
+        ("known", 160, "known", 6, 2, 2, None),          # 5 batches: each epoch runs 2, 2 and 1 (Keras's plan: 6)
+        ("runs_on", 160, "known", 3, 2, 2, None),        # epochs of 2+2 steps, then 1 (the pass's end)
+        ("cut_at_end", 320, "known", 4, 4, 3, (2, 3, "end")),  # epochs of 4, 4, 2: the 3rd cut short after its 2
+        ("unknown", 160, "unknown", 10, 2, 1, None),     # 2, 2, 1 and a 4th execution that finds no data
+        ("endless", 160, "endless", 6, 2, 3, (2, 2, "begin"))):  # no pass ends: an execution runs its 2 steps
+    directory = tempfile.mkdtemp(dir=sys.argv[1])
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse", metrics=[Ones()], steps_per_execution=per_execution)
+    callbacks = [EnergyCallback(output_dir=directory, intensity=100.0, token_counter="tokens")]
+    try:
+        model.fit(batches(samples, length), steps_per_epoch=steps, epochs=epochs, verbose=0,
+                  callbacks=callbacks + ([Breaks(*breaks)] if breaks else []))
+    except RuntimeError:
+        pass
+    watch.settle()
+    out[kind] = [(r.epoch, r.partial, r.samples, r.samples_counted, r.tokens)
+                 for r in read_records(directory) if r.phase == "train"]
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_an_epoch_over_a_data_set_of_known_length_stops_at_its_end_with_several_steps_per_execution(tmp_path, backend):
+    """Regression: over a ``tf.data`` data set of 5 batches of 32 at ``steps_per_execution=2`` the
+    last execution of a pass runs one step, not two. Every epoch of ``steps_per_epoch=6`` recorded
+    192 samples for 160 trained (the batches ended x 32 overrode the loss tracker's 160), one of 3
+    (the pass's last batch alone) 64 for 32, and an epoch cut short after the 2 steps that ended a
+    pass of 10 by 4 steps per execution 128 for 64. An endless data set's executions run their
+    steps: counted. The tokens are the samples trained. torch has no ``steps_per_execution``."""
+    pytest.importorskip("tensorflow")
+    results = run_keras_code(backend, DATASET_SCRIPT, tmp_path, purpose="test_keras_failed_epoch_passes")
+    version = results.pop("version")
+    for kind, records in results.items():  # the tokens count the samples trained: a counted record says the same
+        assert all(r[2] == r[4] for r in records if r[3]), (kind, records)
+    if version < [3, 15]:
+        return  # Keras 3.3 runs a pass's short last execution otherwise (see _backend.may_run_past_the_data)
+    assert results["known"] == [[0, False, 160, True, 160], [1, False, 160, True, 160]], results
+    assert results["runs_on"] == [[0, False, 128, True, 128], [1, False, 32, True, 32]], results
+    assert results["cut_at_end"] == [[0, False, 128, True, 128], [1, False, 128, True, 128],
+                                     [2, True, 64, True, 64]], results
+    assert results["unknown"] == [[0, False, 160, True, 160]], results
+    assert results["endless"] == [[0, False, 192, True, 192], [1, False, 192, True, 192],
+                                  [2, True, 64, True, 64]], results

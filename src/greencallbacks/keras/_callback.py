@@ -244,7 +244,8 @@ def _fixed_batches(model: Any, replicas: int) -> tuple[int | None, int | None, i
     one shorter, and starts each epoch at their start unless given ``steps_per_epoch``, which runs
     on where the last epoch stopped and ends an epoch at the pass's end: see ``_Progress.trained_by_batches``)
     and for a ``tf.data`` data set whose batch dimension is static (``drop_remainder=True``: every
-    batch has it, a promise of TensorFlow's). Not for a generator, a ``PyDataset`` or a torch
+    batch has it, a promise of TensorFlow's; its passes end as the arrays' do where its length is
+    known; with ``steps_per_execution`` > 1 it must be known, or endless). Not for a generator, a ``PyDataset`` or a torch
     ``DataLoader`` (a sampler, a ``collate_fn`` or an iterable data set may make any batch
     shorter), nor on several replicas (a multi-worker strategy shards the data).
     Read from the ``epoch_iterator`` of the ``fit`` frame (the same name in Keras 3.3 and 3.15, on
@@ -265,17 +266,34 @@ def _fixed_batches(model: Any, replicas: int) -> tuple[int | None, int | None, i
         size = adapter.batch_size if kind in ("ArrayDataAdapter", "TFDatasetAdapter") else None
         if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
             return unknown
-        if kind == "TFDatasetAdapter":
-            return size, None, None, False  # a static batch dimension: every batch
-        batches, last = adapter.num_batches, adapter.partial_batch_size or size
         runs_on = iterator.steps_per_epoch is not None
-        if runs_on and not epochs_run_on_in_passes(_KERAS_VERSION):
-            return (size, None, None, False) if last == size else unknown  # where an epoch begins: not known
-        if isinstance(batches, int) and batches >= 1 and isinstance(last, int) and 0 < last <= size:
+        if kind == "TFDatasetAdapter":
+            # A static batch dimension: every batch has it. A data set of known length ends its
+            # passes as arrays do (an endless one never does): 5 batches by 2 steps ran 2, 2 and 1.
+            batches, last = adapter.num_batches, size
+            if batches is None and _endless(adapter):
+                return size, None, None, False
+        else:
+            batches, last = adapter.num_batches, adapter.partial_batch_size or size
+        if not isinstance(batches, int) or batches < 1 or (runs_on and not epochs_run_on_in_passes(_KERAS_VERSION)):
+            # Where a pass ends, or an epoch begins in it, is not known: every batch is full where the
+            # last one is, but an execution of several steps may have stopped at the pass's end.
+            return (size, None, None, False) if last == size and _per_execution(model) == 1 else unknown
+        if isinstance(last, int) and 0 < last <= size:
             return size, batches, last, runs_on
     except Exception:  # noqa: BLE001 - a data adapter of another Keras: not known
         pass
     return unknown
+
+
+def _endless(adapter: Any) -> bool:
+    """Is the ``tf.data`` data set of a ``TFDatasetAdapter`` endless (``repeat()``)? Its ``num_batches``
+    is None for that and for a length TensorFlow does not know (``filter()``) alike. False where not told."""
+    try:
+        cardinality = adapter._dataset.cardinality  # a method; an attribute of a DistributedDataset (as Keras reads it)
+        return int(cardinality() if callable(cardinality) else cardinality) == -1  # tf.data.INFINITE_CARDINALITY
+    except Exception:  # noqa: BLE001 - an adapter of another Keras
+        return False
 
 
 def _planned_steps(callback: _Callback, callback_list: keras.callbacks.CallbackList | None) -> int | None:
@@ -1007,7 +1025,11 @@ class EnergyCallback(_Callback):
         # Every release calls on_train_batch_begin before each step. Its fit hands such an epoch the
         # reset metrics' values as logs (``{"loss": 0.0}``), so they do not tell it from one that trained.
         found_no_data = self._call is not None and self._call.in_keras_loop and ended == 0
-        if steps == 0 and (found_no_data or not any(not key.startswith("val_") for key in logs or ())):
+        # But an execution of several steps that ran out of data ends no hook though its first steps
+        # may have trained (Keras 3.3 on TensorFlow: a pass's last batch at 2 steps per execution, the
+        # tracker counting 64): not known, so not 0 samples counted.
+        ran_unseen = why == "past_data" and per_execution > 1
+        if steps == 0 and not ran_unseen and (found_no_data or not any(not key.startswith("val_") for key in logs or ())):
             # No step ran (an empty data set): nothing was trained, whatever the loss tracker still
             # holds (on TensorFlow a stale count, taken for 32 samples an epoch) or was declared.
             samples = 0
