@@ -59,7 +59,8 @@ MATRIX = {
                   "tests/test_step_values_exact_joules.py", "tests/test_hf_tokens.py",
                   # transformers 4 counts a micro-batch's tokens before it trains (a path 5 never takes).
                   "tests/test_hf_forward_crash_tokens.py", "tests/test_forked_child_exit.py",
-                  "tests/test_hf_tokens_in_part.py", "tests/test_hf_report_tokens.py", "tests/test_hf_eval_repeats_tokens.py"],
+                  "tests/test_hf_tokens_in_part.py", "tests/test_hf_report_tokens.py", "tests/test_hf_eval_repeats_tokens.py",
+                  "tests/test_hf_eval_repeats_counter_calls.py"],
         "report": ["transformers", "accelerate", "torch", "tensorboard", "mlflow", "wandb"],
     },
     "lightning": {
@@ -83,6 +84,7 @@ MATRIX = {
                   "tests/test_lightning_step_values_skipped_batches.py", "tests/test_lightning_tokens.py",
                   "tests/test_lightning_tokens_in_part.py", "tests/test_distributed_four_loggers.py",
                   "tests/test_lightning_resumed_epoch_first_batch_none.py", "tests/test_lightning_tokens_per_loader.py",
+                  "tests/test_lightning_user_failures.py",
                   # A private seam (the checkpoint an evaluation restores, 2.2 to 2.4) and its fallback.
                   "tests/test_lightning_checkpoint_evaluations.py", "tests/test_lightning_checkpoint_labels.py", "tests/test_co2_flows_fake_clock.py",
                   # A private seam (CombinedLoader's mode) and its guard, at the floor too.
@@ -103,7 +105,7 @@ MATRIX = {
                   "tests/test_keras_nested_more.py", "tests/test_keras_loggers.py", "tests/test_forked_child_exit.py",
                   "tests/test_budget_kept_by_evaluations.py", "tests/test_keras_in_process_distribution.py",
                   "tests/test_keras_failed_epoch_tokens.py", "tests/test_keras_failed_epoch_samples.py",
-                  "tests/test_keras_failed_validation_tokens.py"],
+                  "tests/test_keras_failed_validation_tokens.py", "tests/test_keras_failed_epoch_passes.py"],
         "report": ["keras", "torch", "tensorflow-cpu", "numpy"],
     },
     # A middle release, for the sample counts: batch hooks at an execution's first step (before
@@ -113,7 +115,8 @@ MATRIX = {
         "requirements": ["keras==3.8.0", "tensorflow-cpu==2.19.1", "tensorboard"],
         "tests": ["tests/test_keras_counts.py", "tests/test_keras_custom_steps.py", "tests/test_keras_models.py",
                   "tests/test_keras_in_process_distribution.py", "tests/test_keras_failed_epoch_tokens.py",
-                  "tests/test_keras_failed_epoch_samples.py", "tests/test_keras_failed_validation_tokens.py"],
+                  "tests/test_keras_failed_epoch_samples.py", "tests/test_keras_failed_validation_tokens.py",
+                  "tests/test_keras_failed_epoch_passes.py"],
         "report": ["keras", "torch", "tensorflow-cpu", "numpy"],
     },
 }
