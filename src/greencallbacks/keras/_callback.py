@@ -242,12 +242,13 @@ def _fixed_batches(model: Any, replicas: int) -> tuple[int | None, int | None, i
 
     Known for NumPy arrays and tensors (Keras slices them into batches of ``batch_size``, the last
     one shorter, and starts each epoch at their start unless given ``steps_per_epoch``, which runs
-    on where the last epoch stopped and ends an epoch at the pass's end: see ``_Progress.trained_by_batches``)
-    and for a ``tf.data`` data set whose batch dimension is static (``drop_remainder=True``: every
-    batch has it, a promise of TensorFlow's; its passes end as the arrays' do where its length is
-    known; with ``steps_per_execution`` > 1 it must be known, or endless). Not for a generator, a ``PyDataset`` or a torch
-    ``DataLoader`` (a sampler, a ``collate_fn`` or an iterable data set may make any batch
-    shorter), nor on several replicas (a multi-worker strategy shards the data).
+    on where the last epoch stopped and ends an epoch at the pass's end: see
+    ``_Progress.trained_by_batches``) and for a ``tf.data`` data set whose batch dimension is static
+    (``drop_remainder=True``: every batch has it, a promise of TensorFlow's; its passes end as the
+    arrays' do where its length is known; with ``steps_per_execution`` > 1 it must be known, or
+    endless). Not for a generator, a ``PyDataset`` or a torch ``DataLoader`` (a sampler, a
+    ``collate_fn`` or an iterable data set may make any batch shorter), nor on several replicas (a
+    multi-worker strategy shards the data).
     Read from the ``epoch_iterator`` of the ``fit`` frame (the same name in Keras 3.3 and 3.15, on
     every backend), on the training thread as the fit begins: nothing is read while it trains."""
     unknown = None, None, None, False
