@@ -329,9 +329,7 @@ def main() -> int:
         try:
             if name in built:
                 built[name].result()
-            else:
-                ensure_venv(name, spec)
-            results.append(run_one(name, spec, out_dir))
+            results.append(run_one(name, spec, out_dir))  # (builds the venv where it is not yet)
         except subprocess.CalledProcessError as error:  # the venv could not be built
             log(f"{name}: set-up failed: {error}")
             results.append({"name": name, "versions": {}, "rc": 1, "seconds": 0, "missing": ["set-up failed"],
