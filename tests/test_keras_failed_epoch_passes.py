@@ -187,11 +187,13 @@ def test_an_epoch_over_a_data_set_of_known_length_stops_at_its_end_with_several_
     steps: counted. The tokens are the samples trained. torch has no ``steps_per_execution``."""
     pytest.importorskip("tensorflow")
     results = run_keras_code(backend, DATASET_SCRIPT, tmp_path, purpose="test_keras_failed_epoch_passes")
-    version = results.pop("version")
+    if results.pop("version") < [3, 15]:
+        # Keras 3.3 runs a pass's short last execution otherwise (see _backend.may_run_past_the_data),
+        # and on TensorFlow one that runs out of data ends no batch hook: an epoch of it alone is
+        # recorded as 0 samples, as one that found no data is (a known limit; its tracker said 64).
+        return
     for kind, records in results.items():  # the tokens count the samples trained: a counted record says the same
         assert all(r[2] == r[4] for r in records if r[3]), (kind, records)
-    if version < [3, 15]:
-        return  # Keras 3.3 runs a pass's short last execution otherwise (see _backend.may_run_past_the_data)
     assert results["known"] == [[0, False, 160, True, 160], [1, False, 160, True, 160]], results
     assert results["runs_on"] == [[0, False, 128, True, 128], [1, False, 32, True, 32]], results
     assert results["cut_at_end"] == [[0, False, 128, True, 128], [1, False, 128, True, 128],

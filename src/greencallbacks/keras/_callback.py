@@ -1026,11 +1026,7 @@ class EnergyCallback(_Callback):
         # Every release calls on_train_batch_begin before each step. Its fit hands such an epoch the
         # reset metrics' values as logs (``{"loss": 0.0}``), so they do not tell it from one that trained.
         found_no_data = self._call is not None and self._call.in_keras_loop and ended == 0
-        # But an execution of several steps that ran out of data ends no hook though its first steps
-        # may have trained (Keras 3.3 on TensorFlow: a pass's last batch at 2 steps per execution, the
-        # tracker counting 64): not known, so not 0 samples counted.
-        ran_unseen = why == "past_data" and per_execution > 1
-        if steps == 0 and not ran_unseen and (found_no_data or not any(not key.startswith("val_") for key in logs or ())):
+        if steps == 0 and (found_no_data or not any(not key.startswith("val_") for key in logs or ())):
             # No step ran (an empty data set): nothing was trained, whatever the loss tracker still
             # holds (on TensorFlow a stale count, taken for 32 samples an epoch) or was declared.
             samples = 0
