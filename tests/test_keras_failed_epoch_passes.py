@@ -16,7 +16,8 @@ from keras_runs import TOKENS_METRIC, run_keras_code
 pytest.importorskip("keras")
 
 
-SCRIPT = r"""
+# The scripts' common part: a tokens metric, and a callback that raises in a batch hook (after ours).
+PRELUDE = r"""
 import json, os, sys, tempfile
 import keras, numpy as np
 from greencallbacks import watch
@@ -27,24 +28,30 @@ from greencallbacks.records import read_records
 """ + TOKENS_METRIC + r"""
 
 
-class Breaks(keras.callbacks.Callback):  # raises as epoch `epoch`'s batch `batch` (or later) begins or ends (after ours)
-    def __init__(self, epoch, batch, hook):
+class Breaks(keras.callbacks.Callback):  # raises as epoch `epoch`'s batch `batch` (or, unless exact, later) begins or ends
+    def __init__(self, epoch, batch, hook, exact=False):
         super().__init__()
-        self.at, self.hook, self.epoch = (epoch, batch), hook, None
+        self.at, self.hook, self.exact, self.epoch = (epoch, batch), hook, exact, None
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
 
-    def on_train_batch_begin(self, batch, logs=None):
-        if self.hook == "begin" and self.epoch == self.at[0] and batch >= self.at[1]:
+    def _breaks(self, hook, batch):
+        at_batch = batch == self.at[1] if self.exact else batch >= self.at[1]
+        if self.hook == hook and self.epoch == self.at[0] and at_batch:
             raise RuntimeError("broken batch")
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._breaks("begin", batch)
 
     def on_train_batch_end(self, batch, logs=None):
         # (An execution's end hook gets its last step in Keras 3.11+, its first before.)
-        if self.hook == "end" and self.epoch == self.at[0] and batch >= self.at[1]:
-            raise RuntimeError("broken batch")
+        self._breaks("end", batch)
 
 
+"""
+
+SCRIPT = PRELUDE + r"""
 rng = np.random.default_rng(0)
 x, y = rng.random((100, 4), dtype=np.float32), rng.random((100, 1), dtype=np.float32)  # passes of 32, 32, 32, 4
 torch = keras.backend.backend() == "torch"
@@ -113,32 +120,8 @@ def test_an_epoch_cut_short_counts_the_samples_of_its_pass_and_executions(tmp_pa
         assert results["by_2_of_3"]["records"][-1] == last, results["by_2_of_3"]
 
 
-DATASET_SCRIPT = r"""
-import json, os, sys, tempfile
-import keras, numpy as np, tensorflow as tf
-from greencallbacks import watch
-from greencallbacks.keras import EnergyCallback
-from greencallbacks.records import read_records
-
-
-""" + TOKENS_METRIC + r"""
-
-
-class Breaks(keras.callbacks.Callback):  # raises as epoch `epoch`'s batch `batch` (or later) begins or ends (after ours)
-    def __init__(self, epoch, batch, hook):
-        super().__init__()
-        self.at, self.hook, self.epoch = (epoch, batch), hook, None
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
-
-    def on_train_batch_begin(self, batch, logs=None):
-        if self.hook == "begin" and (self.epoch, batch) == self.at:
-            raise RuntimeError("broken batch")
-
-    def on_train_batch_end(self, batch, logs=None):
-        if self.hook == "end" and (self.epoch, batch) == self.at:
-            raise RuntimeError("broken batch")
+DATASET_SCRIPT = PRELUDE + r"""
+import tensorflow as tf
 
 
 def batches(samples, length):  # batches of 32 with a static batch dimension
@@ -164,7 +147,7 @@ for kind, samples, length, steps, per_execution, epochs, breaks in (
     callbacks = [EnergyCallback(output_dir=directory, intensity=100.0, token_counter="tokens")]
     try:
         model.fit(batches(samples, length), steps_per_epoch=steps, epochs=epochs, verbose=0,
-                  callbacks=callbacks + ([Breaks(*breaks)] if breaks else []))
+                  callbacks=callbacks + ([Breaks(*breaks, exact=True)] if breaks else []))
     except RuntimeError:
         pass
     watch.settle()
