@@ -233,6 +233,9 @@ def _past_the_data(count: int | None, begun: int, ended: int, exact_rule: bool) 
     return count
 
 
+_NO_FIXED_BATCHES = (None, None, None, False)  # see _fixed_batches: not known
+
+
 def _fixed_batches(model: Any, replicas: int) -> tuple[int | None, int | None, int | None, bool]:
     """``(batch size, pass, last, runs on)`` of the training data of the ``fit`` of ``model`` in
     progress, where Keras's data adapter fixes them: every batch has ``batch size`` samples but the
@@ -251,9 +254,8 @@ def _fixed_batches(model: Any, replicas: int) -> tuple[int | None, int | None, i
     multi-worker strategy shards the data).
     Read from the ``epoch_iterator`` of the ``fit`` frame (the same name in Keras 3.3 and 3.15, on
     every backend), on the training thread as the fit begins: nothing is read while it trains."""
-    unknown = None, None, None, False
     if replicas != 1:
-        return unknown
+        return _NO_FIXED_BATCHES
     frame = _model_call_frame(model)
     try:
         iterator = frame.f_locals.get("epoch_iterator") if frame is not None else None
@@ -266,7 +268,7 @@ def _fixed_batches(model: Any, replicas: int) -> tuple[int | None, int | None, i
     try:
         size = adapter.batch_size if kind in ("ArrayDataAdapter", "TFDatasetAdapter") else None
         if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
-            return unknown
+            return _NO_FIXED_BATCHES
         runs_on = iterator.steps_per_epoch is not None
         if kind == "TFDatasetAdapter":
             # A static batch dimension: every batch has it. A data set of known length ends its
@@ -279,12 +281,12 @@ def _fixed_batches(model: Any, replicas: int) -> tuple[int | None, int | None, i
         if not isinstance(batches, int) or batches < 1 or (runs_on and not epochs_run_on_in_passes(_KERAS_VERSION)):
             # Where a pass ends, or an epoch begins in it, is not known: every batch is full where the
             # last one is, but an execution of several steps may have stopped at the pass's end.
-            return (size, None, None, False) if last == size and _per_execution(model) == 1 else unknown
+            return (size, None, None, False) if last == size and _per_execution(model) == 1 else _NO_FIXED_BATCHES
         if isinstance(last, int) and 0 < last <= size:
             return size, batches, last, runs_on
     except Exception:  # noqa: BLE001 - a data adapter of another Keras: not known
         pass
-    return unknown
+    return _NO_FIXED_BATCHES
 
 
 def _endless(adapter: Any) -> bool:
@@ -492,7 +494,7 @@ class _Progress:
             return reported if left is None or reported <= left else None
         if reported <= 0:
             return 0
-        end = reported if hooks_report_last_step(_KERAS_VERSION) else reported + per_execution - 1
+        end = _step_range(reported, per_execution, None)[1]  # the last step the hooks may mean
         planned = self.planned_steps
         if planned is None and left is None:
             return None  # data of unknown length: any execution may have run out of it
@@ -873,7 +875,7 @@ class EnergyCallback(_Callback):
         self._call.model = self.model
         progress = self._progress
         progress.planned_steps = _planned_steps(self, callback_list)  # per epoch
-        batches = _fixed_batches(self.model, self._replicas()) if self._call.in_keras_loop else (None, None, None, False)
+        batches = _fixed_batches(self.model, self._replicas()) if self._call.in_keras_loop else _NO_FIXED_BATCHES
         with progress.lock:
             progress.fixed_batch, progress.pass_batches, progress.last_batch, progress.runs_on = batches
             progress.pass_offset = 0  # a fit's epoch iterator begins a pass
