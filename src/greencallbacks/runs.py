@@ -181,6 +181,8 @@ def load(paths: str | os.PathLike | Iterable[str | os.PathLike], run_id: str | N
     # its directory under another name holds the same records, which would be summed twice.
     first_seen: dict[tuple, tuple[Record, Path]] = {}
     copies: dict[Path, Path] = {}  # file holding copies -> the file whose records they copy
+    dropped: set[int] = set()  # carried records that another file holds whole (``_original_and_carried``)
+    resumed_apart: set[str] = set()  # the runs of those
     for file in files:
         mine = read_records(file, run_id=run_id)
         _refuse_nulls(file, mine)
@@ -193,6 +195,16 @@ def load(paths: str | os.PathLike | Iterable[str | os.PathLike], run_id: str | N
                 kept.append(record)
                 continue
             if seen[0] != record:
+                if seen[1] != file and _original_and_carried(seen[0], record):
+                    # A resume that could not see the crashed attempt's records (another node's
+                    # disk) wrote the phase its checkpoint held open again, up to the checkpoint
+                    # (carried); the directory the attempt ran in holds that phase whole.
+                    resumed_apart.add(record.run_id)
+                    if seen[0].carried:
+                        dropped.add(id(seen[0]))
+                        first_seen[key] = (record, file)
+                        kept.append(record)
+                    continue
                 if seen[1] == file:  # "f and f both hold ...: report them apart" named no line to look at
                     first, again = (_lines_of(file, record.run_id, record.seq, record.attempt) + ["?", "?"])[:2]
                     raise ValueError(
@@ -212,6 +224,7 @@ def load(paths: str | os.PathLike | Iterable[str | os.PathLike], run_id: str | N
             if file not in holders:
                 holders.append(file)
         records += kept
+    records = [r for r in records if id(r) not in dropped]
     if copies:
         warnings.warn(
             "records found more than once (the same run, attempt and seq with the same contents) were "
@@ -224,7 +237,21 @@ def load(paths: str | os.PathLike | Iterable[str | os.PathLike], run_id: str | N
         raise ValueError(_nothing_under(", ".join(map(str, paths))) + ", and no heartbeat of a run there could be "
                          f"read ({', '.join(map(str, beats))})")
     summaries = _summaries_beside(run_files)
+    for run in resumed_apart.intersection(summaries):
+        # Its latest summary was written by that resume, which counted the crashed attempt up to the
+        # checkpoint alone: the records here hold more, and no later call is missing its write-up.
+        summaries[run] = {**summaries[run], UNSEEN_BY_SUMMARY: True}
     return Loaded(records, files, run_files, summaries, unfinished_runs(records, run_files, summaries))
+
+
+# Set by ``load`` in a summary whose writer could not see some of its run's records (a resume in
+# another directory): records holding more energy than it says nothing of a call left unwritten.
+UNSEEN_BY_SUMMARY = "records_unseen_by_writer"
+
+
+def _original_and_carried(one: Record, other: Record) -> bool:
+    """Whether two records of one key are a phase as its attempt wrote it and as a resume carried it."""
+    return one.carried != other.carried and (one.phase, one.epoch) == (other.phase, other.epoch)
 
 
 def _open_phases(records: Sequence[Record], run_files: dict[str, list[Path]], beats: Sequence[Path],

@@ -11,6 +11,7 @@ from typing import Callable, Collection, Iterable, Mapping, Sequence
 
 from greencallbacks.carbon.intensity import USER_ZONE
 from greencallbacks.records import PHASES, Record, by_run, counted_to_heartbeat
+from greencallbacks.runs import UNSEEN_BY_SUMMARY
 from greencallbacks.textformat import (
     ENERGY_UNITS,
     printable,
@@ -573,7 +574,7 @@ def calls_left_unwritten(records: Sequence[Record], run_summaries: Mapping[str, 
     notes = []
     for run, mine in by_run(records).items():
         summary = (run_summaries or {}).get(run)
-        if run in unfinished or not summary:
+        if run in unfinished or not summary or summary.get(UNSEEN_BY_SUMMARY):
             continue
         held, counted = sum(r.energy_kwh for r in mine), summary["energy_kwh"]
         if held - counted <= SUMMARY_REL * max(held, counted):
@@ -825,15 +826,17 @@ def _steps_per_epoch(records: Sequence[Record]) -> int | None:
 def _training_start(records: Sequence[Record]) -> tuple[int | None, int]:
     """The epoch a run's training began at (0, or a later one: a KerasTuner Hyperband trial going on
     from another trial's weights, a fit from ``initial_epoch``), and the step it began at: that of
-    its record before its first training record, where it carries one (Keras keeps the optimizer's
+    the last record before its first training record that carries one (Keras keeps the optimizer's
     step over fits of one model: a second ``fit`` of it began at the first's last step), else 0."""
     ordered = sorted(records, key=lambda r: (r.attempt, r.seq))
     first = next((i for i, r in enumerate(ordered) if r.phase == "train" and r.epoch is not None), None)
     if first is None:
         return None, 0
-    before = ordered[first - 1] if first else None
-    began_at = before.step if before is not None and before.attempt == ordered[first].attempt and before.step is not None else 0
-    return ordered[first].epoch, began_at
+    # The latest record before it that carries a step: a resume's first gap carries none, and where
+    # the records begin at the resume (the crashed attempt's in another directory) the phase it
+    # carried from its checkpoint has the checkpoint's step, which the training went on from.
+    before = next((r for r in reversed(ordered[:first]) if r.step is not None), None)
+    return ordered[first].epoch, before.step if before is not None else 0
 
 
 def epochs_trained_again(records: Sequence[Record]) -> int:
