@@ -365,3 +365,27 @@ def test_a_damaged_write_up_is_said_not_taken_for_a_killed_run(tmp_path, capsys)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load(tmp_path)
+
+
+@pytest.mark.parametrize("content", ["[]", '"x"', '{"run_id": 7}'])
+def test_a_write_up_that_is_json_but_no_summary_is_said(tmp_path, content):
+    """Valid JSON that is no summary (``[]``, a string, a numeric ``run_id``) was passed over in
+    silence, the run then reported as killed outright; it is now said, as a damaged one is."""
+    tracker, clock, _ = setup(tmp_path)
+    run_epochs(tracker, clock, epochs=2)
+    (tmp_path / "energy-summary.json").write_text(content, encoding="utf-8")
+    with pytest.warns(UserWarning, match=r"energy-summary\.json \(JSON, but not an energy summary: no run_id\)"):
+        assert load(tmp_path).unfinished == {tracker.run_id}
+
+
+def test_a_write_up_saved_with_a_byte_order_mark_is_read(tmp_path):
+    """An editor that saves the summary again with a BOM: records are read allowing one, and the
+    summary was refused as not JSON."""
+    tracker, clock, _ = setup(tmp_path)
+    run_epochs(tracker, clock, epochs=2)
+    tracker.finish()
+    summary = tmp_path / "energy-summary.json"
+    summary.write_text(summary.read_text(encoding="utf-8"), encoding="utf-8-sig")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load(tmp_path).unfinished == set()

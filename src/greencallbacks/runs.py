@@ -342,7 +342,11 @@ def _summaries_beside(run_files: dict[str, list[Path]]) -> dict[str, dict]:
             for path in (directory / SUMMARY_FILE, kept_summary_path(directory / SUMMARY_FILE, run)):
                 if path not in read:
                     try:
-                        read[path] = json.loads(path.read_text(encoding="utf-8"))
+                        # utf-8-sig: a summary saved again by an editor that adds a BOM reads as records do
+                        read[path] = json.loads(path.read_text(encoding="utf-8-sig"))
+                        if not isinstance(read[path], dict) or not isinstance(read[path].get("run_id"), str):
+                            read[path] = None
+                            unreadable.append(f"{path} (JSON, but not an energy summary: no run_id)")
                     except FileNotFoundError:
                         read[path] = None
                     except (OSError, ValueError) as error:
