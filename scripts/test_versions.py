@@ -105,7 +105,8 @@ MATRIX = {
                   "tests/test_keras_nested_more.py", "tests/test_keras_loggers.py", "tests/test_forked_child_exit.py",
                   "tests/test_budget_kept_by_evaluations.py", "tests/test_keras_in_process_distribution.py",
                   "tests/test_keras_failed_epoch_tokens.py", "tests/test_keras_failed_epoch_samples.py",
-                  "tests/test_keras_failed_validation_tokens.py", "tests/test_keras_failed_epoch_passes.py"],
+                  "tests/test_keras_failed_validation_tokens.py", "tests/test_keras_failed_epoch_passes.py",
+                  "tests/test_keras_failed_execution_counts.py", "tests/test_keras_unseen_evaluate_counts.py"],
         "report": ["keras", "torch", "tensorflow-cpu", "numpy"],
     },
     # A middle release, for the sample counts: batch hooks at an execution's first step (before
@@ -116,7 +117,8 @@ MATRIX = {
         "tests": ["tests/test_keras_counts.py", "tests/test_keras_custom_steps.py", "tests/test_keras_models.py",
                   "tests/test_keras_in_process_distribution.py", "tests/test_keras_failed_epoch_tokens.py",
                   "tests/test_keras_failed_epoch_samples.py", "tests/test_keras_failed_validation_tokens.py",
-                  "tests/test_keras_failed_epoch_passes.py"],
+                  "tests/test_keras_failed_epoch_passes.py", "tests/test_keras_failed_execution_counts.py",
+                  "tests/test_keras_unseen_evaluate_counts.py"],
         "report": ["keras", "torch", "tensorflow-cpu", "numpy"],
     },
 }

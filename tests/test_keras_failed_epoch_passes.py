@@ -103,6 +103,11 @@ def test_an_epoch_cut_short_counts_the_samples_of_its_pass_and_executions(tmp_pa
     # Where epoch 1 began in the pass is not known (Keras 3.15 ran epoch 0 to 4 steps, 3.3 stops at
     # 3), so neither are the samples of its batch of 2 steps: not a guess.
     last = [1, True, 0, False, 64]
+    if backend == "tensorflow":
+        # A failure while an execution of several steps is begun and not ended may follow steps it
+        # applied (an error inside the model; see _Progress.failed_in_part), and from the hooks a
+        # callback raising as the execution begins looks the same: uncounted, samples and tokens.
+        expected["by_2"][-1] = last = [1, True, 0, False, None]
     runs_on = results["version"] >= [3, 15]  # see _backend.epochs_run_on_in_passes
     for kind, records in expected.items():
         if backend == "torch" and kind.startswith("by_"):
@@ -176,5 +181,5 @@ def test_an_epoch_over_a_data_set_of_known_length_stops_at_its_end_with_several_
     assert results["cut_at_end"] == [[0, False, 128, True, 128], [1, False, 128, True, 128],
                                      [2, True, 64, True, 64]], results
     assert results["unknown"] == [[0, False, 160, True, 160]], results
-    assert results["endless"] == [[0, False, 192, True, 192], [1, False, 192, True, 192],
-                                  [2, True, 64, True, 64]], results
+    cut_in_execution = [2, True, 0, False, None] if backend == "tensorflow" else [2, True, 64, True, 64]  # see _Progress.failed_in_part
+    assert results["endless"] == [[0, False, 192, True, 192], [1, False, 192, True, 192], cut_in_execution], results

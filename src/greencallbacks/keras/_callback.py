@@ -170,6 +170,28 @@ def _resets_loss_tracker(model: Any) -> bool:
     return loss_tracker is None or any(m is loss_tracker for m in model.metrics)
 
 
+# What ``model.stop_evaluating`` holds while no evaluate of the model has run since we last looked:
+# falsy, as Keras reads it, but not the ``False`` that every ``evaluate`` (Keras 3.3 to 3.15, every
+# backend) sets as it begins, just before it resets the model's metrics.
+_NOT_EVALUATED = 0
+
+
+def _watch_evaluations(model: Any) -> None:
+    """Mark ``model`` so that ``_evaluated_since`` tells an ``evaluate`` of it that ran without this
+    callback (a callback's ``self.model.evaluate(...)`` mid-epoch): Keras gives no other sign of one,
+    and it resets the loss tracker and the token metric, which training then counts on from the
+    evaluation's count (88 samples and 264 tokens recorded for an epoch of 40 and 120)."""
+    try:
+        model.stop_evaluating = _NOT_EVALUATED
+    except Exception:  # noqa: BLE001 - a model that refuses the attribute: no evaluate is seen, as before
+        pass
+
+
+def _evaluated_since(model: Any) -> bool:
+    """Has an ``evaluate`` of ``model`` begun since ``_watch_evaluations`` marked it?"""
+    return getattr(model, "stop_evaluating", _NOT_EVALUATED) is False
+
+
 def _one_step_per_batch(model: Any) -> bool:
     """Does the optimizer's step advance by exactly one each training batch? Keras's own
     ``train_step`` applies the optimizer once per batch; a custom step may not, gradient
@@ -376,6 +398,10 @@ class _Progress:
         self.one_step_per_batch = False  # the open epoch's batches each advance the step by one
         self.train_steps = 0  # training batches run in the open epoch (the batch hooks' highest `batch` + 1)
         self.per_execution = 1  # the model's steps_per_execution, read as the epoch began
+        # An execution of several steps that raised may have applied the steps before the one that
+        # failed: TensorFlow runs them one after another in one call (JAX returns its state only
+        # as the whole call ends; torch runs one step per call).
+        self.applies_in_part = False
         # Calls of the compiled step begun and ended (the batch hooks) in the open epoch: one begun
         # and never ended ran out of data inside it (see _backend.may_run_past_the_data).
         self.train_calls_begun = self.train_calls_ended = 0
@@ -432,6 +458,8 @@ class _Progress:
             training_tokens = self.training and self.counts_tokens
             tokens, known = self.train_tokens, self.tokens_known
             trained = self.trained() if self.training and not predicting else None
+            if self.failed_in_part():  # its tokens, as its samples, are past the last hook's
+                known = False
         finally:
             if locked:
                 self.lock.release()
@@ -458,7 +486,15 @@ class _Progress:
             # The loss tracker's count falls short of the batches where a call this callback was not
             # given (a callback's model.evaluate mid-epoch) reset it unseen: 76 of 100 trained.
             return by_batches if by_batches is not None and (before is None or before < by_batches) else before
+        if self.failed_in_part():
+            return None  # 24 samples recorded, exact, for 32 trained: 3 steps by 3, failing at the 5th
         return self.trained_by_batches(unended=1)
+
+    def failed_in_part(self) -> bool:
+        """Did the training fail inside an execution of several steps that may have applied some of
+        them (under the lock)? Its hook never ran: how many it applied is not known here."""
+        return (self.step_in_test is None and self.applies_in_part
+                and self.train_calls_begun > self.train_calls_ended)
 
     def trained_by_batches(self, unended: int) -> int | None:
         """The samples of the open training epoch's batches whose end hooks ran, where Keras's data
@@ -660,8 +696,9 @@ class EnergyCallback(_Callback):
             that weights the loss by the batch size (``update_state(loss,
             sample_weight=batch_size)``) is counted. An ``evaluate`` inside
             a training epoch (a callback evaluating every N batches) resets the loss tracker: pass
-            this callback on in its ``callbacks`` and the count stays exact (without it, it is
-            wrong); one that raises, its exception caught by that callback, is recorded
+            this callback on in its ``callbacks`` and the counts stay exact (without it, the
+            samples stay exact where Keras fixes the batch size, over arrays, and are otherwise
+            uncounted, and the epoch's tokens are uncounted); one that raises, its exception caught by that callback, is recorded
             ``partial``, and one of another model (an EMA copy) leaves the fit's count as it is.
             A loop of your own that drives a ``CallbackList`` around ``train_on_batch`` /
             ``test_on_batch`` gives no count (uncounted, unless this is given), and so do a model
@@ -801,7 +838,10 @@ class EnergyCallback(_Callback):
         # batches), which resets Keras's metrics; `_train_offset` is what that loop's count left
         # in the tracker, which training then counts on from. None: not countable this epoch.
         self._train_samples: int | None = None
-        self._train_tokens: tuple[int, float] | None = None  # (training steps run, tokens): see _bank_train_tokens
+        self._train_tokens: tuple[int, float | None] | None = None  # (training steps run, tokens): see _bank_train_tokens
+        self._tokens_offset: float | None = 0.0  # the token metric as the last call inside the epoch left it
+        # The open epoch's metrics were reset unseen (see _evaluated_unseen): its count and tokens are lost.
+        self._train_reset = False
         # None: the test loop left the tracker past its exact count (see _exact_count).
         self._train_offset: int | None = 0
         self._train_why: str | None = None  # why _train_samples is None, for _uncounted's warning
@@ -894,6 +934,9 @@ class EnergyCallback(_Callback):
         self._live_batches += 1
         if self._phases and self._phases[-1] != ("train", False):  # a tuple comparison per batch
             self._end_failed_nested_calls()
+        call = self._call
+        if call is not None and not self._train_reset and _evaluated_since(call.model):  # an attribute read per batch
+            self._evaluated_unseen()
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         # The steps run: a custom train_step's loss-tracker count is told from samples by them, and
@@ -945,13 +988,15 @@ class EnergyCallback(_Callback):
         # Keras's fit reset the metrics just before: the loss tracker counts this epoch from 0.
         self._epoch, self._validated = epoch, False
         self._train_samples = 0 if call.in_keras_loop and call.resets_loss_tracker else None
-        self._train_tokens = None
+        self._train_tokens, self._tokens_offset, self._train_reset = None, 0.0, False
         self._train_offset, self._train_why = 0, None if call.resets_loss_tracker else "not_reset"
+        _watch_evaluations(call.model)  # after Keras's reset of the metrics for this epoch
         progress = self._progress
         with progress.lock:
             progress.train_steps, progress.training = 0, False
             progress.train_calls_begun = progress.train_calls_ended = 0
             progress.per_execution = _per_execution(self.model)
+            progress.applies_in_part = progress.per_execution > 1 and keras.backend.backend() == "tensorflow"
             progress.counts_tokens, progress.train_tokens = self.token_counter is not None, 0
             # A batch's logs hold the first tf.distribute replica's value (Keras's "auto" reduction of
             # the step's outputs, 3.15 too; the epoch's logs sum them since 3.10): 36 of 72 tokens on two.
@@ -987,6 +1032,8 @@ class EnergyCallback(_Callback):
             return
         self._end_failed_nested_calls()  # one made at the epoch's last batch
         self._phases.remove(("train", False))
+        if not self._train_reset and self._call is not None and _evaluated_since(self._call.model):
+            self._evaluated_unseen()  # one made at the epoch's last batch, with no validation since
         # What the loss tracker counted before the test loops inside the epoch reset it, plus what it
         # counted since the last of them; the steps are complete only now (Keras waits for its
         # asynchronous batch hooks before on_epoch_end, not before validation).
@@ -1003,16 +1050,18 @@ class EnergyCallback(_Callback):
         if count is not None and ran_out and _may_run_past_the_data(self.model):
             count = _past_the_data(count, begun, ended, self._exact_past_the_data("train"))
             why = why if count is not None else "past_data"
-        short = count is not None and by_batches is not None and count < by_batches
-        if short and not _custom_step(self.model, "train"):
-            # Where Keras fixes the batch size, a count short of the batches ended was reset unseen:
-            # by a model.evaluate that a callback made mid-epoch without this callback (76 of 100
-            # trained), or model.reset_metrics(). (A custom train_step's count may be steps: below.)
+        if by_batches is not None and not _custom_step(self.model, "train") and (
+                count != by_batches if count is not None else why == "evaluated"):
+            # Where Keras fixes the batch size, its own step counts exactly the batches ended: a
+            # count off them was reset unseen, by a model.evaluate that a callback made mid-epoch
+            # without this callback (76 or 148 of 100 trained), or model.reset_metrics(); and so was
+            # the token metric. (A custom train_step's count may be steps: below.)
+            self._train_reset = self._train_reset or count is not None
             count = by_batches
         if count is not None and 0 < count < fewest:
             # Every step counts a sample at least (Keras's own step counts its batch): the count was
             # reset during the epoch, unseen (a callback calling model.reset_metrics()).
-            count, why = None, "reset"
+            count, why, self._train_reset = None, "reset", True
         declared = self.samples_per_epoch
         ended_early = bool(steps) and self._ended_early(most, planned)
         if declared and ended_early:
@@ -1039,9 +1088,21 @@ class EnergyCallback(_Callback):
             self._uncounted("training", why, most if why == "ended_early" else fewest, expected, planned is not None)
             samples = None
         banked, token_logs = self._train_tokens, logs
-        if banked is not None and logs and self.token_counter in logs and banked[0] == steps:
-            token_logs = {**logs, self.token_counter: banked[1]}  # no training step since (see _bank_train_tokens)
-        self._add_tokens(token_logs)
+        if banked is not None and logs and self.token_counter in logs:
+            # What the epoch trained before the last call inside it, and, where it trained on after
+            # that call (a callback's evaluate mid-epoch, which reset the metric), what it added since.
+            tokens = banked[1] if banked[0] == steps else self._tokens_since(banked[1], logs[self.token_counter])
+            token_logs = {**logs, self.token_counter: tokens}
+        if self.token_counter is not None and steps and (
+                self._train_reset or token_logs and token_logs.get(self.token_counter, 0) is None):
+            # The metric counts on from a reset made inside the epoch, from the evaluation's tokens.
+            self._unusable_tokens(
+                f"could not count the training tokens of epoch {epoch}: the model's metrics (token_counter "
+                f"{self.token_counter!r} among them) were reset inside it, unseen (a model.evaluate that a callback "
+                "made without this callback in its callbacks=[...], or model.reset_metrics())",
+                fix="Pass this callback on in that evaluate's callbacks=[...] to count them")
+        else:
+            self._add_tokens(token_logs)
         step = self._step()
         self.tracker.end("train", samples=samples, step=step)
         with progress.lock:
@@ -1593,6 +1654,9 @@ class EnergyCallback(_Callback):
             # data there too, so the difference training adds stays exact). None: training's count
             # is lost (see _bank_train_samples).
             self._train_offset = self._samples_seen()
+            if self.token_counter is not None:
+                self._tokens_offset = self._token_metric()  # and so do its tokens
+            _watch_evaluations(self._call.model)  # this call's evaluate was seen
         elif top is not None:
             self._set_model(self._loop_model)
             if top in ("validation", "test"):
@@ -1676,22 +1740,48 @@ class EnergyCallback(_Callback):
         return count
 
     def _bank_train_tokens(self) -> None:
-        """The training epoch's ``token_counter`` metric as a loop inside the epoch begins (the fit's
-        validation), before that loop may reset it, with the training steps run by then. Keras
-        3.15's fit on torch (not 3.12's) hands ``on_epoch_end`` the epoch's metric results as tensors
-        that share a ``Sum``'s variable, read only after its validation has reset and refilled it:
-        303 training tokens were logged as the validation's 93. Used at the epoch's end where no
-        training step ran since."""
-        self._train_tokens = None
+        """The training epoch's tokens as a loop inside the epoch begins (the fit's validation, a
+        callback's evaluate), before that loop may reset the ``token_counter`` metric, with the
+        training steps run by then: those banked before the last such loop, plus what the metric
+        added since it (see ``_tokens_since``). Keras 3.15's fit on torch (not 3.12's) hands
+        ``on_epoch_end`` the epoch's metric results as tensors that share a ``Sum``'s variable, read
+        only after its validation has reset and refilled it: 303 training tokens were logged as the
+        validation's 93. Used at the epoch's end, counting on from it where training went on."""
+        before, self._train_tokens = self._train_tokens, None
         if self.token_counter is None:
             return
         with self._progress.lock:
             steps = self._progress.train_steps
+        value = self._token_metric()
+        if value is not None:  # absent, not one number, any failure: the logs' value, warned of there
+            self._train_tokens = (steps, value if before is None else self._tokens_since(before[1], value))
+
+    def _tokens_since(self, banked: float | None, value: Any) -> float | None:
+        """``banked`` tokens plus what the token metric, now ``value``, added since the last call inside
+        the epoch left it at ``_tokens_offset``. None: not known (a value below it: reset unseen)."""
         try:
-            value = self.model.get_metrics_result().get(self.token_counter)
-            self._train_tokens = (steps, float(keras.ops.convert_to_numpy(value)))
-        except Exception:  # noqa: BLE001 - absent, not one number, any failure: the logs' value, warned of there
-            pass  # (and never into the nested call's set-up, whose state this hook pushes next)
+            value = float(keras.ops.convert_to_numpy(value))
+        except Exception:  # noqa: BLE001 - not one number
+            return None
+        offset = self._tokens_offset
+        return None if banked is None or offset is None or not value >= offset else banked + value - offset
+
+    def _token_metric(self) -> float | None:
+        """The ``token_counter`` metric's value now (a read of the device); None where it cannot be read."""
+        try:
+            return float(keras.ops.convert_to_numpy(self.model.get_metrics_result().get(self.token_counter)))
+        except Exception:  # noqa: BLE001 - absent, not one number, any failure
+            return None
+
+    def _evaluated_unseen(self) -> None:
+        """An ``evaluate`` of the fit's model ran inside the training epoch without this callback (see
+        ``_evaluated_since``): it reset the metrics, so the loss tracker's count and the token metric
+        count on from the evaluation's. The epoch's samples are then known only where Keras fixes the
+        batch size (see ``on_epoch_end``), and its tokens not at all."""
+        self._train_reset = True
+        self._train_samples, self._train_why = None, "evaluated"
+        with self._progress.lock:
+            self._progress.nested_since = True  # a failure later in the epoch: its tokens are not known either
 
     def _samples_seen(self) -> int | None:
         """Samples since Keras last reset its metrics: the loss tracker's count (exact, any input).
@@ -1770,7 +1860,8 @@ class EnergyCallback(_Callback):
 
         ``reason``: None, the tracker did not count (a custom step, a loop of the user's); "past_exact",
         it counted past what its dtype counts exactly; "not_reset", Keras never resets it (see
-        ``_resets_loss_tracker``); "reset", it counted fewer samples than the ``steps`` run; "past_data",
+        ``_resets_loss_tracker``); "reset", it counted fewer samples than the ``steps`` run; "evaluated", an
+        ``evaluate`` not given this callback reset it inside the training epoch; "past_data",
         the loop ran out of data inside a compiled call that may count steps without data; "replicas",
         this Keras keeps no sum of the count over a ``tf.distribute`` strategy's replicas; "ended_early",
         a training epoch given ``samples_per_epoch`` ended after ``steps`` of ``planned`` (see ``_ended_early``;
@@ -1797,6 +1888,10 @@ class EnergyCallback(_Callback):
             elif reason == "reset":
                 why = (f": the loss tracker counted fewer samples than the {steps} steps run, so the model's metrics "
                        "were reset during the loop (a callback calling model.reset_metrics()?)")
+            elif reason == "evaluated":
+                why = (": a model.evaluate inside the epoch, made without this callback in its callbacks=[...], "
+                       "reset the model's loss tracker, which training then counted on from the evaluation's count; "
+                       "pass this callback on to that evaluate to count them")
             elif reason == "ended_early":
                 of = "" if planned is None else (
                     f" of the {planned} Keras planned" if planned_by_keras
