@@ -19,17 +19,22 @@ from greencallbacks.runs import load
 from tests.test_tracker import setup
 
 
-def crash_here_resume_there(tmp_path):
-    """10 steps an epoch. Attempt 0 in ``first`` trains epochs 0-1 (checkpoint in the gap after epoch 1) and crashes
-    in epoch 2; attempt 1 resumes from the checkpoint in ``second`` and trains epochs 2-3."""
-    first, second = tmp_path / "first", tmp_path / "second"
-    tracker, clock, _ = setup(first)
-    for epoch in range(2):
+def train(tracker, clock, epochs):
+    """Epochs of 10 s, 100 samples and 10 steps each, a second apart."""
+    for epoch in epochs:
         clock.advance(1.0)
         tracker.begin("train", epoch)
         clock.advance(10.0)
         tracker.add_samples(100)
         tracker.end("train", step=10 * (epoch + 1))
+
+
+def crash_here_resume_there(tmp_path):
+    """10 steps an epoch. Attempt 0 in ``first`` trains epochs 0-1 (checkpoint in the gap after epoch 1) and crashes
+    in epoch 2; attempt 1 resumes from the checkpoint in ``second`` and trains epochs 2-3."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    tracker, clock, _ = setup(first)
+    train(tracker, clock, epochs=(0, 1))
     clock.advance(1.0)
     checkpoint = tracker.state_dict()  # in the gap after epoch 1
     clock.advance(1.0)
@@ -39,12 +44,7 @@ def crash_here_resume_there(tmp_path):
     first = first.rename(tmp_path / "first-node")  # out of the resume's sight
     resumed, clock, _ = setup(second)
     resumed.load_state_dict(checkpoint)
-    for epoch in (2, 3):
-        clock.advance(1.0)
-        resumed.begin("train", epoch)
-        clock.advance(10.0)
-        resumed.add_samples(100)
-        resumed.end("train", step=10 * (epoch + 1))
+    train(resumed, clock, epochs=(2, 3))
     clock.advance(1.0)
     resumed.finish()
     return first, second
