@@ -14,7 +14,7 @@ import pytest
 
 from greencallbacks import report
 from greencallbacks.cli import main
-from greencallbacks.records import RECORDS_FILE, read_records
+from greencallbacks.records import read_records
 from greencallbacks.runs import load
 from tests.test_tracker import setup
 
