@@ -1,0 +1,42 @@
+"""A failed distributed run leaves each rank's part of its open phases (``energy-records.rank<r>.jsonl``,
+same seq as rank 0's): the ranks ran them side by side, so the report's time is the longest part."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from greencallbacks.cli import main
+from greencallbacks.records import RECORDS_FILE, RecordWriter
+
+from test_report import rec
+
+
+def test_the_ranks_parts_of_a_failed_phase_take_the_longest_part_s_time_not_their_sum(tmp_path, capsys):
+    # The shape of a Lightning DDP run on 2 CPU ranks whose rank 0 raised in epoch 1's validation:
+    # each rank wrote its part of the open training epoch (0.0492 s each) and validation (rank 1's
+    # waited 0.602 s at the epoch's sync); the report said 0.0984 s and 0.6035 s.
+    def part(record, seconds, **changes):
+        return dataclasses.replace(record, duration_s=seconds, ranks=1, partial=True, **changes)
+
+    whole = [dataclasses.replace(r, ranks=2) for r in (rec("ddp", "train", 0, 10.0, 50, 0, seconds=0.05),
+                                                      rec("ddp", "validation", 0, 2.0, 22, 1, seconds=0.004))]
+    rank0 = [part(rec("ddp", "train", 1, 10.0, 25, 2), 0.0492), part(rec("ddp", "validation", 1, 1.0, 8, 3), 0.0014)]
+    rank1 = [part(rec("ddp", "train", 1, 0.0, 25, 2), 0.0492, components=[]),
+             part(rec("ddp", "validation", 1, 0.0, 11, 3), 0.602, components=[])]
+    for name, records in ((RECORDS_FILE, whole + rank0), ("energy-records.rank1.jsonl", rank1)):
+        writer = RecordWriter(tmp_path / name)
+        for record in records:
+            writer.write(record)
+    assert main(["report", str(tmp_path), "--format", "json"]) == 0
+    config = json.loads(capsys.readouterr().out)["configurations"][0]
+    epoch1 = [row for row in config["epochs"] if row["epoch"] == 1]
+    assert [row["seconds"]["mean"] for row in epoch1] == [0.0492]
+    assert config["phases"]["train"]["seconds"]["mean"] == pytest.approx(0.05 + 0.0492, rel=1e-12)
+    assert config["phases"]["validation"]["seconds"]["mean"] == pytest.approx(0.004 + 0.602, rel=1e-12)
+    # Samples stay each rank's, summed.
+    assert config["phases"]["train"]["samples"]["mean"] == 100
+    # And the run's: each phase once, at its longest part (run_totals).
+    assert config["total"]["seconds"]["mean"] == pytest.approx(0.05 + 0.004 + 0.0492 + 0.602, rel=1e-12)
