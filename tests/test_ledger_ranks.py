@@ -143,12 +143,17 @@ def test_a_crash_on_every_rank_and_a_resume_keep_every_joule_once(tmp_path):
     # The summary covers every rank's records (rank 0's alone lacked the others' cut-short epoch).
     summary = json.loads((tmp_path / SUMMARY_FILE).read_text())
     assert summary["energy_kwh"] == pytest.approx(sum(r.energy_kwh for r in records), rel=1e-12)
+    # The ranks ran the cut-short epoch side by side: its seconds once, not once per rank's part
+    # (the summary said 4 x 5 s; the report reads the same records so: test_report_rank_part_seconds).
+    train = summary["phases"]["train"]
+    assert train["duration_s"] == pytest.approx(1.5 * PHASE_S, rel=1e-12) and train["count"] == 2, train
 
     trackers = run_ranks(lambda rank, reducer: resumed_and_finished(rank, reducer, tmp_path, crashed[rank][1]))
     records = read_run_records(run_id, [tmp_path])
     assert sum(r.it_energy_kwh for r in records) * 3.6e6 == pytest.approx(expected_j(2.5 * PHASE_S), rel=1e-12)
     assert trackers[0].total_energy_j == pytest.approx(sum(r.energy_j for r in records), rel=1e-12)
     assert {r.attempt for r in records} == {0, 1}
+    assert trackers[0].totals["train"].duration_s == pytest.approx(2.5 * PHASE_S, rel=1e-12)
     partial = [r for r in records if r.partial]
     assert len(partial) == WORLD  # the cut-short epoch 1, once per rank, unsummed
 

@@ -26,7 +26,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable
 
-from greencallbacks.records import PHASES, RECORDS_FILE, Record, read_records, record_key, run_ids_in_file
+from greencallbacks.records import PHASES, RECORDS_FILE, Record, combine_ranks, read_records, record_key, run_ids_in_file
 from greencallbacks.units import J_PER_KWH
 
 
@@ -350,7 +350,7 @@ class Ledger:
             # ended), not by ``seq``, which a phase takes as it begins: a validation inside a training
             # epoch ends, and is billed to the epoch, before that epoch's training phase does, as it
             # was when measured. The phases a killed attempt left open (carried) were its last.
-            for record in sorted(records, key=lambda r: (r.attempt, r.carried)):
+            for record in _each_phase_once(sorted(records, key=lambda r: (r.attempt, r.carried))):
                 self.add(record)
             self.next_seq = max(saved_seq, max(r.seq for r in records) + 1)
             self.attempt = max(saved_attempt, max(r.attempt for r in records)) + 1
@@ -464,3 +464,14 @@ def _unix_s(iso: str) -> float | None:
         return datetime.fromisoformat(iso).timestamp()
     except (TypeError, ValueError):
         return None
+
+
+def _each_phase_once(records: list[Record]) -> list[Record]:
+    """``records`` with the ranks' parts of one phase (a failed multi-rank run's, one per rank's
+    file: same attempt and seq) summed into one record, as a gather sums them (``combine_ranks``):
+    the ranks ran it side by side, so it took its longest part's seconds, not their sum (a summary
+    of 2 ranks said 0.098 s of training for 0.049), and it is one phase of the epoch's cost."""
+    parts: dict[tuple[int, int], list[Record]] = {}
+    for record in records:
+        parts.setdefault((record.attempt, record.seq), []).append(record)
+    return [group[0] if len(group) == 1 else combine_ranks([[part] for part in group])[0] for group in parts.values()]
