@@ -176,15 +176,17 @@ def _resets_loss_tracker(model: Any) -> bool:
 _NOT_EVALUATED = 0
 
 
-def _watch_evaluations(model: Any) -> None:
+def _watch_evaluations(model: Any) -> bool:
     """Mark ``model`` so that ``_evaluated_since`` tells an ``evaluate`` of it that ran without this
     callback (a callback's ``self.model.evaluate(...)`` mid-epoch): Keras gives no other sign of one,
     and it resets the loss tracker and the token metric, which training then counts on from the
-    evaluation's count (88 samples and 264 tokens recorded for an epoch of 40 and 120)."""
+    evaluation's count (88 samples and 264 tokens recorded for an epoch of 40 and 120). False where
+    the mark did not take: every earlier evaluate (the fit's validation) would look like one."""
     try:
         model.stop_evaluating = _NOT_EVALUATED
     except Exception:  # noqa: BLE001 - a model that refuses the attribute: no evaluate is seen, as before
         pass
+    return getattr(model, "stop_evaluating", _NOT_EVALUATED) is not False
 
 
 def _evaluated_since(model: Any) -> bool:
@@ -838,10 +840,11 @@ class EnergyCallback(_Callback):
         # batches), which resets Keras's metrics; `_train_offset` is what that loop's count left
         # in the tracker, which training then counts on from. None: not countable this epoch.
         self._train_samples: int | None = None
-        self._train_tokens: tuple[int, float | None] | None = None  # (training steps run, tokens): see _bank_train_tokens
+        self._train_tokens: tuple[int, float | None] | None = None  # (training batches begun, tokens): see _bank_train_tokens
         self._tokens_offset: float | None = 0.0  # the token metric as the last call inside the epoch left it
         # The open epoch's metrics were reset unseen (see _evaluated_unseen): its count and tokens are lost.
         self._train_reset = False
+        self._watching = False  # the fit's model holds the mark of _watch_evaluations
         # None: the test loop left the tracker past its exact count (see _exact_count).
         self._train_offset: int | None = 0
         self._train_why: str | None = None  # why _train_samples is None, for _uncounted's warning
@@ -934,8 +937,7 @@ class EnergyCallback(_Callback):
         self._live_batches += 1
         if self._phases and self._phases[-1] != ("train", False):  # a tuple comparison per batch
             self._end_failed_nested_calls()
-        call = self._call
-        if call is not None and not self._train_reset and _evaluated_since(call.model):  # an attribute read per batch
+        if self._evaluated_unseen_since_watched():  # an attribute read per batch
             self._evaluated_unseen()
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
@@ -990,7 +992,7 @@ class EnergyCallback(_Callback):
         self._train_samples = 0 if call.in_keras_loop and call.resets_loss_tracker else None
         self._train_tokens, self._tokens_offset, self._train_reset = None, 0.0, False
         self._train_offset, self._train_why = 0, None if call.resets_loss_tracker else "not_reset"
-        _watch_evaluations(call.model)  # after Keras's reset of the metrics for this epoch
+        self._watching = _watch_evaluations(call.model)  # after Keras's reset of the metrics for this epoch
         progress = self._progress
         with progress.lock:
             progress.train_steps, progress.training = 0, False
@@ -1032,7 +1034,7 @@ class EnergyCallback(_Callback):
             return
         self._end_failed_nested_calls()  # one made at the epoch's last batch
         self._phases.remove(("train", False))
-        if not self._train_reset and self._call is not None and _evaluated_since(self._call.model):
+        if self._evaluated_unseen_since_watched():
             self._evaluated_unseen()  # one made at the epoch's last batch, with no validation since
         # What the loss tracker counted before the test loops inside the epoch reset it, plus what it
         # counted since the last of them; the steps are complete only now (Keras waits for its
@@ -1091,7 +1093,7 @@ class EnergyCallback(_Callback):
         if banked is not None and logs and self.token_counter in logs:
             # What the epoch trained before the last call inside it, and, where it trained on after
             # that call (a callback's evaluate mid-epoch, which reset the metric), what it added since.
-            tokens = banked[1] if banked[0] == steps else self._tokens_since(banked[1], logs[self.token_counter])
+            tokens = banked[1] if banked[0] == begun else self._tokens_since(banked[1], logs[self.token_counter])
             token_logs = {**logs, self.token_counter: tokens}
         if self.token_counter is not None and steps and (
                 self._train_reset or token_logs and token_logs.get(self.token_counter, 0) is None):
@@ -1612,6 +1614,12 @@ class EnergyCallback(_Callback):
         top = self._phases[-1][0] if self._phases else None
         self._set_model(self._call.model if top == "train" else self._loop_model)  # the enclosing loop's
         if top == "train":
+            if not (testing and model is self._call.model) and self._evaluated_unseen_since_watched():
+                # An evaluate of the fit's model not given this callback, just before this call in the
+                # same hook (a predict, an EMA copy's evaluate), which ends by watching it anew: 88
+                # samples and 264 tokens, exact, for 40 and 120. (One of the fit's model itself sets
+                # the sign it would be told by.)
+                self._evaluated_unseen()
             self._bank_train_samples()  # read before evaluate resets the metrics
             self._bank_train_tokens()
             with self._progress.lock:
@@ -1656,7 +1664,7 @@ class EnergyCallback(_Callback):
             self._train_offset = self._samples_seen()
             if self.token_counter is not None:
                 self._tokens_offset = self._token_metric()  # and so do its tokens
-            _watch_evaluations(self._call.model)  # this call's evaluate was seen
+            self._watching = _watch_evaluations(self._call.model)  # this call's evaluate was seen
         elif top is not None:
             self._set_model(self._loop_model)
             if top in ("validation", "test"):
@@ -1742,7 +1750,7 @@ class EnergyCallback(_Callback):
     def _bank_train_tokens(self) -> None:
         """The training epoch's tokens as a loop inside the epoch begins (the fit's validation, a
         callback's evaluate), before that loop may reset the ``token_counter`` metric, with the
-        training steps run by then: those banked before the last such loop, plus what the metric
+        training batches begun by then: those banked before the last such loop, plus what the metric
         added since it (see ``_tokens_since``). Keras 3.15's fit on torch (not 3.12's) hands
         ``on_epoch_end`` the epoch's metric results as tensors that share a ``Sum``'s variable, read
         only after its validation has reset and refilled it: 303 training tokens were logged as the
@@ -1750,11 +1758,13 @@ class EnergyCallback(_Callback):
         before, self._train_tokens = self._train_tokens, None
         if self.token_counter is None:
             return
-        with self._progress.lock:
-            steps = self._progress.train_steps
+        # Begun, not ended: the end hooks may still be running (Keras 3.15 on torch and JAX runs them
+        # on threads, and waits for them before on_epoch_end, not before validation), and their steps
+        # behind told the epoch's end that training went on after its validation (192 tokens for 120).
+        begun = self._progress.train_calls_begun  # the training thread's (see on_train_batch_begin)
         value = self._token_metric()
         if value is not None:  # absent, not one number, any failure: the logs' value, warned of there
-            self._train_tokens = (steps, value if before is None else self._tokens_since(before[1], value))
+            self._train_tokens = (begun, value if before is None else self._tokens_since(before[1], value))
 
     def _tokens_since(self, banked: float | None, value: Any) -> float | None:
         """``banked`` tokens plus what the token metric, now ``value``, added since the last call inside
@@ -1772,6 +1782,12 @@ class EnergyCallback(_Callback):
             return float(keras.ops.convert_to_numpy(self.model.get_metrics_result().get(self.token_counter)))
         except Exception:  # noqa: BLE001 - absent, not one number, any failure
             return None
+
+    def _evaluated_unseen_since_watched(self) -> bool:
+        """Has an ``evaluate`` of the fit's model not given this callback begun since it was last
+        watched (see ``_watch_evaluations``), not yet taken into account?"""
+        call = self._call
+        return call is not None and self._watching and not self._train_reset and _evaluated_since(call.model)
 
     def _evaluated_unseen(self) -> None:
         """An ``evaluate`` of the fit's model ran inside the training epoch without this callback (see
