@@ -700,8 +700,8 @@ class EnergyCallback(_Callback):
             a training epoch (a callback evaluating every N batches) resets the loss tracker: pass
             this callback on in its ``callbacks`` and the counts stay exact (without it, the
             samples stay exact where Keras fixes the batch size, over arrays, and are otherwise
-            uncounted, and the epoch's tokens are uncounted); one that raises, its exception caught by that callback, is recorded
-            ``partial``, and one of another model (an EMA copy) leaves the fit's count as it is.
+            uncounted, and the epoch's tokens are uncounted); one that raises, its exception
+            caught by that callback, is recorded ``partial``, and one of another model (an EMA copy) leaves the fit's count as it is.
             A loop of your own that drives a ``CallbackList`` around ``train_on_batch`` /
             ``test_on_batch`` gives no count (uncounted, unless this is given), and so do a model
             whose ``metrics`` property leaves out its loss tracker (Keras never resets it) and a
