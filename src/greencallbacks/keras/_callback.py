@@ -184,9 +184,9 @@ def _watch_evaluations(model: Any) -> bool:
     the mark did not take: every earlier evaluate (the fit's validation) would look like one."""
     try:
         model.stop_evaluating = _NOT_EVALUATED
-    except Exception:  # noqa: BLE001 - a model that refuses the attribute: no evaluate is seen, as before
+    except Exception:  # noqa: BLE001 - a model that refuses the attribute: not watched (the False below)
         pass
-    return getattr(model, "stop_evaluating", _NOT_EVALUATED) is not False
+    return not _evaluated_since(model)
 
 
 def _evaluated_since(model: Any) -> bool:
