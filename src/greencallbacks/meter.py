@@ -910,10 +910,12 @@ class _Channel:
         return self.estimate(now, stale_ok=True, hand_out=True) or (read[0] + self._settled_j, 0.0)
 
     def peek(self, now: float) -> tuple[float, float]:
-        """Like ``boundary`` but never reads a slow counter and hands nothing out: a slow channel
-        gives its latest counter read, not carried forward to ``now``. The next boundary carries
-        that read forward, so it can only be higher: a live figure never exceeds the total the
-        next phase end logs (it lags by at most one update period instead)."""
+        """Like ``boundary`` but never reads a slow counter: a slow channel gives its latest
+        counter read, not carried forward to ``now``. The next boundary carries that read forward,
+        so it can only be higher: a live figure never exceeds the total the next phase end logs
+        (it lags by at most one update period instead). While the counter's update phase is being
+        found, ``_settle`` moves every later value, down too: so the figure given is held as a
+        boundary's value is, and the next boundary is never below it."""
         if not self.off_thread:
             # A live figure never waits for the reader thread, which holds the channel while it
             # polls (the CPU estimate lists the process tree: ~2 ms every 2 s on a 2-CPU VM):
@@ -926,7 +928,11 @@ class _Channel:
             anchor = self._anchor
             if anchor is None:
                 return self._boundary_j, 0.0
-            return max(self._boundary_j, anchor[1] + self._settled_j), abs(now - anchor[0])
+            # Held as a boundary's value is: the search for the update phase moved _settled_j down
+            # by up to 14 J between two logging steps (50-700 W, a meter's first second), and the
+            # step values went back by it; an epoch's total came out below the step value before it.
+            self._boundary_j = max(self._boundary_j, anchor[1] + self._settled_j)
+            return self._boundary_j, abs(now - anchor[0])
 
     def forget(self) -> None:
         with self._state_lock:

@@ -1,0 +1,56 @@
+"""Step values (``Tracker.live``) of a GPU read through NVML's energy counter while the meter is still
+finding when the counter updates (its first second, when HF and Keras begin epoch 0 at once).
+
+Meanwhile each refinement of that search moves every later value by the error it finds in a
+boundary already handed out (``_Channel._settle``), down as well as up. A step value peeks the
+latest counter read plus that correction: one taken before a move down was above every value after
+it until the counter moved on. Logging steps 10-20 ms apart on a GPU switching between 50 and 700 W
+went back by up to 14 J, and an epoch's total came out below the step value logged before it.
+
+The fake NVML of ``tests/fakes/fake_pynvml.py`` (an H100's read latency) on a fake clock, its
+counter read off the training thread by the meter's reader, stepped every 10 ms.
+More seeds: GC_PHASE_SEARCH_SEEDS=N.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+
+from greencallbacks.carbon import Carbon
+from greencallbacks.meter import Meter
+from greencallbacks.sensors.nvml import find_nvml_gpus
+from greencallbacks.tracker import Tracker
+from tests.fakes.fake_pynvml import FakeNvml, gpu_uuid, h100_counter_latency
+from tests.fakes.scripted import FakeClock, polling
+
+SEEDS = int(os.environ.get("GC_PHASE_SEARCH_SEEDS", "0")) or 40
+
+
+@pytest.mark.parametrize("seed", range(SEEDS))
+def test_step_values_never_go_back_while_the_counters_update_phase_is_searched(seed):
+    rng = random.Random(seed)
+    clock = FakeClock(1000.0 + rng.random())
+    nvml = FakeNvml(clock, counter_latency=h100_counter_latency(seed))
+    gpu = nvml.add_gpu(gpu_uuid(0), power_w=700.0)
+    (sensor,) = find_nvml_gpus([0], environ={}, pynvml=nvml, clock=clock).sensors
+    meter = Meter([sensor], clock=clock, wall_clock=lambda: clock() + 1.7e9, off_thread=True)
+    advance = polling(meter, clock, step_s=0.01)
+    tracker = Tracker(carbon=Carbon(intensity=300.0, pue=1.0))
+    tracker.start(meter)
+    tracker.begin("train", 0)  # at once, as HF and Keras begin epoch 0
+    logged = []
+    for _ in range(100):
+        advance(0.01 * rng.randint(1, 2))
+        if rng.random() < 0.5:
+            gpu.set_power(rng.choice([50.0, 700.0]))
+        logged.append(("step", tracker.live()["energy_kwh_total"]))
+    tracker.end("train")
+    logged.append(("epoch 0", tracker.metrics("train")["energy_kwh_total"]))
+    for (before, earlier), (after, later) in zip(logged, logged[1:]):
+        assert later >= earlier, (seed, f"{after} logged {later * 3.6e6:.3f} J after {before} {earlier * 3.6e6:.3f} J")
+    # The epoch's total is still its records' sum.
+    assert logged[-1][1] * 3.6e6 == pytest.approx(tracker.total_energy_j, rel=1e-12)
+    tracker.finish()
