@@ -17,13 +17,15 @@ from greencallbacks.cli import main  # noqa: E402
 from tests.fakes.scripted import ScriptedSensor  # noqa: E402
 
 
-def _fit(tmp_path, model, max_epochs=3, ckpt_path=None, ckpt_dir="ckpt", callbacks=()):
+def _fit(tmp_path, model, max_epochs=3, ckpt_path=None, ckpt_dir="ckpt", callbacks=(), every_step=True):
     L, EnergyCallback, _ = flavour("lightning.pytorch")
     callback = EnergyCallback(sensors=[ScriptedSensor("gpu", time.monotonic, 50.0)], intensity=300.0,
                               output_dir=str(tmp_path / "out"))
     # A checkpoint at every training step (as long runs save every N steps): the last is taken at
-    # the epoch's last batch, before its validation.
-    saver = L.callbacks.ModelCheckpoint(dirpath=tmp_path / ckpt_dir, save_last=True, every_n_train_steps=1)
+    # the epoch's last batch, before its validation. Else Lightning's default: at each epoch's end,
+    # after its validation.
+    saver = L.callbacks.ModelCheckpoint(dirpath=tmp_path / ckpt_dir, save_last=True,
+                                        every_n_train_steps=1 if every_step else None)
     trainer = L.Trainer(max_epochs=max_epochs, logger=False, callbacks=[callback, saver, *callbacks],
                         **trainer_kwargs(enable_checkpointing=True))
     trainer.fit(model, *loaders(), ckpt_path=ckpt_path)
@@ -77,9 +79,30 @@ def test_a_run_resumed_past_an_epoch_that_failed_in_its_validation_is_not_called
     # The flow this test is about (Lightning 2.2: the batch trained again, a record of epoch 1's own).
     assert trained == [(0, 0, 32, False), (0, 1, 32, True)] + [(1, 1, 8, False)] * again + [(1, 2, 32, False)]
     assert group["configuration"]["completed_epochs"] == 3
-    assert "cut short" not in group["description"] and "cut short by an exception" not in group["statement"]
-    if not again:  # (Lightning 2.2: "1 epoch cut short by a crash and resumed by a later attempt", as it was)
-        assert "cut short" not in group["statement"], group["statement"]
+    assert "cut short" not in group["description"] and "cut short" not in group["statement"], group["statement"]
+    if again:  # (Lightning 2.2 said "1 epoch cut short by a crash and resumed by a later attempt" of a whole training)
+        assert "; 1 epoch resumed by a later attempt after a crash in its validation, both attempts counted)" in (
+            group["statement"])
+
+
+def test_an_epoch_trained_again_after_a_crash_in_its_validation_is_no_training_cut_short(tmp_path, capsys):
+    """Regression: with Lightning's default checkpoint (at each epoch's end, after its validation),
+    a crash in epoch 1's validation is resumed from epoch 0's, and epoch 1 trained again. Its first
+    training had trained all 32 samples: the statement said "1 epoch cut short by a crash and
+    redone" of a run that trained every batch of it, then failed in its validation, and finished."""
+    with pytest.raises(Boom):
+        _fit(tmp_path, _failing_in_validation(epoch=1), every_step=False)
+    _, _, TinyModel = flavour("lightning.pytorch")
+    _fit(tmp_path, TinyModel(), ckpt_path=tmp_path / "ckpt" / "last.ckpt", every_step=False)
+    group = _report(tmp_path, capsys)
+    trained = [(row["attempt"], row["epoch"], row["train_samples"], row["partial"]) for row in group["epoch_rows"]]
+    assert trained == [(0, 0, 32, False), (0, 1, 32, True), (1, 1, 32, False), (1, 2, 32, False)]
+    assert "cut short" not in group["statement"], group["statement"]
+    assert ("The training (3 epochs of 32 samples in 4 steps each; 1 epoch trained again after a crash in its "
+            "validation, both trainings counted) used") in group["statement"]
+    # The numbers are the records': both trainings of epoch 1 in the training's energy.
+    assert group["total"]["train_energy_kwh"]["mean"] == pytest.approx(
+        sum(row["energy_kwh"] for row in group["epoch_rows"]), rel=1e-12)
 
 
 def test_a_run_that_failed_in_its_last_validation_and_was_not_resumed_is_still_cut_short(tmp_path, capsys):
@@ -119,3 +142,32 @@ def test_a_run_resumed_past_a_failed_validation_is_a_repeat_of_one_that_never_fa
     assert config["epoch_samples"] == [[epoch, 32] for epoch in range(max_epochs)]
     assert (config["samples_per_epoch"], config["steps_per_epoch"], config["completed_epochs"]) == (32, 4, max_epochs)
     assert "cut short" not in group["description"] and "Over 2 runs" in group["statement"], group["statement"]
+
+
+def test_an_epoch_trained_again_after_a_crash_at_its_end_says_where_it_failed(tmp_path, capsys):
+    """A callback ahead of ours raises at epoch 1's end, after its validation: the checkpoint saved at
+    each training epoch's end is epoch 0's, so the resume trains epoch 1 again. Its first training
+    had trained all 32 samples: "cut short by a crash and redone" of a whole training."""
+    L, EnergyCallback, TinyModel = flavour("lightning.pytorch")
+
+    class FailingAtEpochEnd(L.Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            if trainer.current_epoch == 1:
+                raise Boom("boom at the end of epoch 1")
+
+    def fit(failing, ckpt_path=None):
+        energy = EnergyCallback(sensors=[ScriptedSensor("gpu", time.monotonic, 50.0)], intensity=300.0,
+                                output_dir=str(tmp_path / "out"))
+        saver = L.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_on_train_epoch_end=True)
+        trainer = L.Trainer(max_epochs=3, logger=False, callbacks=[*failing, energy, saver],
+                            **trainer_kwargs(enable_checkpointing=True))
+        trainer.fit(TinyModel(), *loaders(), ckpt_path=ckpt_path)
+
+    with pytest.raises(Boom):
+        fit([FailingAtEpochEnd()])
+    fit([], ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+    group = _report(tmp_path, capsys)
+    trained = [(row["attempt"], row["epoch"], row["train_samples"], row["partial"]) for row in group["epoch_rows"]]
+    assert trained == [(0, 0, 32, False), (0, 1, 32, True), (1, 1, 32, False), (1, 2, 32, False)]
+    assert "cut short" not in group["statement"], group["statement"]
+    assert "; 1 epoch trained again after a crash at its end, both trainings counted) used" in group["statement"]

@@ -7,6 +7,7 @@ import pytest
 from greencallbacks.textformat import (
     ENERGY_UNITS,
     MASS_UNITS,
+    column_texts,
     csv_number,
     energy_text,
     mass_text,
@@ -91,3 +92,18 @@ def test_energy_mass_and_pue_in_words():
 def test_printable_names_keep_their_text_and_others_are_one_quoted_line():
     assert printable("run-1 a/b|c") == "run-1 a/b|c"
     assert printable("r\nx\t") == "'r\\nx\\t'"
+
+
+def test_a_column_is_in_one_notation():
+    """Plain where every cell reads plain (each cell as ``value_and_error`` rounds it alone); else
+    one exponent for the column, its largest value's, each cell with its own digits; a value too
+    far below the largest for six decimals at that exponent takes its own, still scientific."""
+    plain = [(4.8, 1.2), (3.65, 0.15), None, (0.0004, None)]
+    assert column_texts(plain) == [value_and_error(4.8, 1.2), value_and_error(3.65, 0.15), None, ("0.000400", None)]
+    assert column_texts([(0.01637, 0.00011), (0.0148776, 0.0000027), (0.02, None), None, (0.0, None)]) == [
+        ("1.637e-2", "0.011e-2"), ("1.48776e-2", "0.00027e-2"), ("2.00e-2", None), None, ("0", None)]
+    assert column_texts([(1.2e6, None), (0.05, None)]) == [("1.20e6", None), ("5.00e-2", None)]
+    assert column_texts([(0.51, None), (1.2e-6, None)], 2) == [("5.1e-1", None), ("1.2e-6", None)]
+    # Repeats equal but for their float sums keep their "± 0"; a SE past six decimals of its own mean too.
+    assert column_texts([(3e-5, 1e-6), (3e-5, 0.0)]) == [("3.00e-5", "0.10e-5"), ("3.00e-5", "0")]
+    assert column_texts([(5.0000001, 1e-7), (4.0, 0.1)]) == [("5.00", "1.0e-07"), ("4.00", "0.10")]

@@ -350,7 +350,7 @@ class Ledger:
             # ended), not by ``seq``, which a phase takes as it begins: a validation inside a training
             # epoch ends, and is billed to the epoch, before that epoch's training phase does, as it
             # was when measured. The phases a killed attempt left open (carried) were its last.
-            for record in _each_phase_once(sorted(records, key=lambda r: (r.attempt, r.carried))):
+            for record in each_phase_once(sorted(records, key=lambda r: (r.attempt, r.carried))):
                 self.add(record)
             self.next_seq = max(saved_seq, max(r.seq for r in records) + 1)
             self.attempt = max(saved_attempt, max(r.attempt for r in records)) + 1
@@ -466,12 +466,28 @@ def _unix_s(iso: str) -> float | None:
         return None
 
 
-def _each_phase_once(records: list[Record]) -> list[Record]:
+def each_phase_once(records: Iterable[Record]) -> list[Record]:
     """``records`` with the ranks' parts of one phase (a failed multi-rank run's, one per rank's
-    file: same attempt and seq) summed into one record, as a gather sums them (``combine_ranks``):
+    file: same run, attempt and seq) summed into one record, as a gather sums them (``combine_ranks``):
     the ranks ran it side by side, so it took its longest part's seconds, not their sum (a summary
-    of 2 ranks said 0.098 s of training for 0.049), and it is one phase of the epoch's cost."""
-    parts: dict[tuple[int, int], list[Record]] = {}
+    of 2 ranks said 0.098 s of training for 0.049), and it is one phase of the epoch's cost.
+
+    The one rule for which records are parts of one phase: a resume's totals, the summary and the
+    report's seconds (``wall_seconds``) count each phase once through it."""
+    parts: dict[tuple[str, int, int], list[Record]] = {}
     for record in records:
-        parts.setdefault((record.attempt, record.seq), []).append(record)
+        parts.setdefault((record.run_id, record.attempt, record.seq), []).append(record)
     return [group[0] if len(group) == 1 else combine_ranks([[part] for part in group])[0] for group in parts.values()]
+
+
+def wall_seconds(records: Iterable[Record]) -> float:
+    """The seconds ``records`` cover, each phase once (``each_phase_once``): 2 ranks' parts of one
+    phase, 0.049 s each, took 0.049 s."""
+    return sum(r.duration_s for r in each_phase_once(records))
+
+
+def embodied_seconds(records: Iterable[Record]) -> float:
+    """The seconds of the phases of ``records`` that carry an embodied figure, each phase once: one
+    that rank 0 billed (the host's) and another rank did not (no device of its own with a figure) is
+    covered whole, as its summed record says, not for its rank 0 part's seconds alone."""
+    return sum(r.duration_s for r in each_phase_once(records) if r.embodied_co2eq_g is not None)

@@ -34,6 +34,7 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Iterable, Mapping, Sequence
 
+from greencallbacks.ledger import embodied_seconds, wall_seconds
 from greencallbacks.records import Record, counted_to_heartbeat
 from greencallbacks.units import J_PER_KWH
 
@@ -278,8 +279,7 @@ def lifecycle(records: Sequence[Record], search: Iterable[Record] = (), run_id: 
         notes.append("some batches could not be counted; D and I come from the phases that were")
     billed = [r for r in mine if r.embodied_co2eq_g is not None]
     if billed:  # say how much, where part of the run had no figure (an attempt resumed where none was known, or with it off)
-        coverage = embodied_coverage({"billed_seconds": sum(r.duration_s for r in billed),
-                                      "seconds": sum(r.duration_s for r in mine)})
+        coverage = embodied_coverage({"billed_seconds": embodied_seconds(mine), "seconds": wall_seconds(mine)})
         if coverage:
             notes.append(f"the embodied figures cover {coverage}; the rest had no figure")
 

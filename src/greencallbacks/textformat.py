@@ -3,7 +3,8 @@
 - ``markdown_table``: the one Markdown table writer of ``report``, ``whatif`` and the CLI.
 - ``pick_unit``: kWh / Wh / mWh (and g / mg, J / mJ ...) so that a column reads 12.3, not 1.23e-05.
 - ``value_and_error``: a mean and its standard error rounded together (2 significant digits of
-  the error, the mean to the same decimal place), so "5.07 ± 0.50", never "5.070e-06 ± 5.023e-07".
+  the error, the mean to the same decimal place), so "5.07 ± 0.50", never "5.070e-06 ± 5.023e-07";
+  ``column_texts`` the same for a table's column, in one notation (plain, or one exponent for it).
 - ``csv_number``: 12 significant digits, enough to round-trip what a sensor can tell and short
   enough to read (``56.039``, not ``56.038999999999994``).
 - ``plain_where_needed``: a stream that cannot encode "±" (``PYTHONIOENCODING=ascii``, a Latin-1
@@ -98,6 +99,63 @@ def _rounded_together(mean: float, error: float, decimals: int) -> tuple[str, st
         step = 10 ** (-decimals)
         return f"{round(mean / step) * step:.0f}", f"{round(error / step) * step:.0f}"
     return f"{mean:.{decimals}f}", f"{error:.{decimals}f}"
+
+
+def column_texts(pairs: Sequence[tuple[float | None, float | None] | None],
+                 digits: int = 3) -> list[tuple[str, str | None] | None]:
+    """``value_and_error`` of each (mean, error) of one table column (None, no value, stays None), in
+    one notation for the column: plain where every cell reads plain; else one exponent for the
+    column, its largest value's. Cell by cell, a column of times read ``0.01637 ± 0.00011`` beside
+    ``1.48776e-2 ± 0.00027e-2``; now ``1.637e-2 ± 0.011e-2`` beside it. Each cell keeps its own
+    digits: two of its error (or ``digits`` of a value alone), as ``value_and_error`` rounds them.
+    In a column of exponents, a value more than 100 times below the largest takes its own
+    (``1.2e-6``, not ``0.000012e-1``), as does one whose digits would run past six decimals at the
+    column's exponent (in a plain column, a value 1e7 times below the largest: the one mix left)."""
+    texts = [None if pair is None else value_and_error(*pair, digits) for pair in pairs]
+    if all(text is None or not any("e" in part for part in text if part) for text in texts):
+        return texts
+    places = [None if pair is None else _places(*pair, digits) for pair in pairs]
+    exponents = [math.floor(math.log10(abs(rounded))) for rounded, _ in filter(None, places) if rounded]
+    if not exponents:
+        return texts
+    column = max(exponents)
+    out = []
+    for pair, text, place in zip(pairs, texts, places):
+        if place is None:  # n/a, or a bare 0: the same in any notation
+            out.append(text)
+            continue
+        own = math.floor(math.log10(abs(place[0]))) if place[0] else column
+        # "0.000012e-1" reads worse than "1.2e-6"; at exponent 0 (plain) "0.000400" is the column's.
+        shared = [column] if column == 0 or column - own <= 2 else []
+        at = next((e for e in (*shared, own) if place[1] + e <= 6), None)
+        out.append(text if at is None else _at_exponent(*pair, text[1], place[1] + at, at))
+    return out
+
+
+def _at_exponent(mean: float, error: float | None, error_text: str | None, decimals: int,
+                 exponent: int) -> tuple[str, str | None]:
+    """A cell's mean (and error) as mantissas of ``10**exponent`` to ``decimals`` places."""
+    scale, mark = 10.0 ** exponent, f"e{exponent}" if exponent else ""
+    if error_text is None or error_text == "0":  # a value alone (or repeats equal but for float sums)
+        places = max(0, decimals)
+        return f"{round(mean / scale, places):.{places}f}{mark}", error_text
+    value, err = _rounded_together(mean / scale, error / scale, decimals)
+    return value + mark, err + mark
+
+
+def _places(mean: float | None, error: float | None, digits: int) -> tuple[float, int] | None:
+    """A cell's mean as ``value_and_error`` rounds it and the decimal places that carries (two
+    significant digits of the error, or ``digits`` of a value alone); None where it has no number
+    (n/a) or is a bare 0."""
+    if mean is None or not math.isfinite(mean):
+        return None
+    if error is None or not math.isfinite(error) or error <= abs(mean) * NOISE:
+        if mean == 0:
+            return None
+        rounded = float(f"{mean:.{digits - 1}e}")
+        return rounded, digits - 1 - math.floor(math.log10(abs(rounded)))
+    decimals = 1 - math.floor(math.log10(abs(error)))
+    return round(mean, decimals), decimals
 
 
 def plus_minus(mean: float | None, error: float | None, sign: str = " ± ", digits: int = 3) -> str:

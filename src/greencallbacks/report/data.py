@@ -10,6 +10,7 @@ from collections import Counter, defaultdict
 from typing import Callable, Collection, Iterable, Mapping, Sequence
 
 from greencallbacks.carbon.intensity import USER_ZONE
+from greencallbacks.ledger import embodied_seconds, wall_seconds
 from greencallbacks.records import PHASES, Record, by_run, counted_to_heartbeat
 from greencallbacks.runs import UNSEEN_BY_SUMMARY
 from greencallbacks.textformat import (
@@ -30,7 +31,8 @@ from greencallbacks.units import J_PER_KWH
 GROUPED_BY = ("framework, training epochs and the first one, samples and steps per epoch, sensors (name and method), ranks, "
               "and the grid (intensity zone, or the number given) and PUE; a run whose training did not finish is "
               "never pooled with another")
-_PHASE_WORDS = {"validation": "validation", "test": "test", "predict": "prediction", "other": "the time between phases"}
+_PHASE_WORDS = {"train": "training", "validation": "validation", "test": "test", "predict": "prediction",
+                "other": "the time between phases"}
 
 
 def methods_of(record: Record) -> str:
@@ -48,28 +50,6 @@ def is_estimated(record: Record) -> bool:
 
 
 # ------------------------------------------------------------------------------- per epoch
-class _PhaseSeconds:
-    """Wall seconds of records, each phase once: the ranks' parts of one phase of a failed
-    distributed run (``energy-records.rank<r>.jsonl``, same run, attempt and seq) ran side by side,
-    so the phase took its longest part, not their sum (2 ranks of 0.049 s read 0.098 s)."""
-
-    def __init__(self) -> None:
-        self.longest: dict[tuple, float] = {}
-
-    def added(self, r: Record) -> float:
-        """What ``r`` adds to the seconds already counted."""
-        key = (r.run_id, r.attempt, r.seq)
-        before = self.longest.get(key)
-        self.longest[key] = max(before or 0.0, r.duration_s)
-        return r.duration_s if before is None else max(0.0, r.duration_s - before)
-
-
-def wall_seconds(records: Iterable[Record]) -> float:
-    """The seconds ``records`` cover, each phase once (see ``_PhaseSeconds``)."""
-    seconds = _PhaseSeconds()
-    return sum(seconds.added(r) for r in records)
-
-
 def epoch_rows(records: Iterable[Record]) -> list[dict]:
     """One row per (run, attempt, epoch): training energy and its per-sample cost, validation alongside.
 
@@ -86,7 +66,7 @@ def epoch_rows(records: Iterable[Record]) -> list[dict]:
     trained_in = training_attempts(records)
     after = inference_after_training(records)
     rows: dict[tuple[str, int, int], dict] = {}
-    seconds = _PhaseSeconds()
+    trained: dict[tuple[str, int, int], list[Record]] = defaultdict(list)  # each row's training records
     for r in records:
         if r.epoch is None or r.phase not in ("train", "validation") or (r.run_id, r.attempt) not in trained_in:
             continue
@@ -104,7 +84,7 @@ def epoch_rows(records: Iterable[Record]) -> list[dict]:
         if r.phase == "train":
             row["has_train"] = True
             row["partial"] |= r.partial
-            row["seconds"] += seconds.added(r)
+            trained[(r.run_id, r.attempt, r.epoch)].append(r)
             row["energy_kwh"] += r.energy_kwh
             row["co2eq_g"] += r.co2eq_g
             if r.embodied_co2eq_g is not None:  # apart from co2eq_g; stays None (empty) where unknown
@@ -127,6 +107,7 @@ def epoch_rows(records: Iterable[Record]) -> list[dict]:
     # it (or may have): the cut short work up to that checkpoint was kept, not redone.
     not_whole = {(r.run_id, r.attempt, r.epoch) for r, how in complete_training(records) if how == UNKNOWN}
     for (run, attempt, epoch), row in rows.items():
+        row["seconds"] = wall_seconds(trained[(run, attempt, epoch)])  # a phase's rank parts ran side by side
         later = min((a for a in trained_by.get((run, epoch), ()) if a > attempt), default=None)
         row["redone"] = row["partial"] and later is not None
         row["resumed"] = row["redone"] and (run, later, epoch) in not_whole
@@ -249,10 +230,10 @@ def _totals_by(records: Iterable[Record], key: Callable[[Record], str]) -> dict[
     """Per key: sums, and ``tokens`` as ``_TokenCount.whole`` says (None: none counted, or not whole)."""
     totals: dict[str, dict] = defaultdict(_no_totals)
     tokens: dict[str, _TokenCount] = defaultdict(_TokenCount)
-    seconds = _PhaseSeconds()
+    mine: dict[str, list[Record]] = defaultdict(list)
     for r in records:
         t = totals[key(r)]
-        t["seconds"] += seconds.added(r)
+        mine[key(r)].append(r)
         t["energy_kwh"] += r.energy_kwh
         t["co2eq_g"] += r.co2eq_g
         t["samples"] += r.samples
@@ -260,6 +241,7 @@ def _totals_by(records: Iterable[Record], key: Callable[[Record], str]) -> dict[
         tokens[key(r)].add(r)
     for name, count in tokens.items():
         totals[name]["tokens"], totals[name]["tokens_partial"] = count.whole, count.partial
+        totals[name]["seconds"] = wall_seconds(mine[name])  # a phase's rank parts ran side by side: its longest
     return dict(totals)
 
 
@@ -1141,7 +1123,7 @@ def run_totals(records: Sequence[Record]) -> dict[str, dict]:
             "embodied_co2eq_g_low": sum(r.embodied_co2eq_g_low or 0.0 for r in embodied) if embodied else None,
             "embodied_co2eq_g_high": sum(r.embodied_co2eq_g_high or 0.0 for r in embodied) if embodied else None,
             # The time those records cover: less than ``seconds`` where part of the run had no figure.
-            "embodied_seconds": wall_seconds(embodied) if embodied else None,
+            "embodied_seconds": embodied_seconds(mine) if embodied else None,
         }
     return out
 
@@ -1390,9 +1372,14 @@ def compare_zones_note(records: Sequence[Record], rows: Sequence[dict]) -> str |
     return "; ".join(note for note in notes if note) or None
 
 
-def _other_phases(phases: Sequence[str]) -> str:
-    words = [_PHASE_WORDS[p] for p in phases if p != "train"]
+def phases_text(phases: Sequence[str]) -> str:
+    """``training, validation and the time between phases``: the phases given, in words."""
+    words = [_PHASE_WORDS[p] for p in phases]
     return ", ".join(words[:-1]) + (" and " if len(words) > 1 else "") + words[-1] if words else ""
+
+
+def _other_phases(phases: Sequence[str]) -> str:
+    return phases_text([p for p in phases if p != "train"])
 
 
 def statement(records: Sequence[Record], unfinished: Collection[str] = (),
@@ -1426,14 +1413,8 @@ def statement(records: Sequence[Record], unfinished: Collection[str] = (),
         training = training[:-1] + f", {count_text(count['mean'], count['se'])} tokens in all{' per run' if n > 1 else ''})"
     per_token = tokens["j_per_token"]
     per_token = f", {joule_text(per_token['mean'], per_token['se'])} per token," if per_token else ""
-    rows = epoch_rows(records)
-    redone = sum(1 for row in rows if row["redone"] and not row["resumed"])
-    resumed = sum(1 for row in rows if row["resumed"])
-    if redone:  # the energy of both tries was spent: say why training cost more than its epochs
-        training = training[:-1] + f"; {redone} epoch{'s' if redone != 1 else ''} cut short by a crash and redone, both counted)"
-    if resumed:  # only the part after the checkpoint was trained twice
-        training = (training[:-1] + f"; {resumed} epoch{'s' if resumed != 1 else ''} cut short by a crash and resumed "
-                    "by a later attempt, both attempts counted)")
+    for clause in _tried_again(records):  # the energy of both tries was spent: why training cost more than its epochs
+        training = training[:-1] + f"; {clause})"
     again = epochs_trained_again(records)
     if again:
         training = (training[:-1] + f"; {again} epoch{'s' if again != 1 else ''} trained again from an earlier "
@@ -1497,6 +1478,49 @@ def statement(records: Sequence[Record], unfinished: Collection[str] = (),
                  "write-up (killed outright, or still running): the whole run's figures hold it only up to its last "
                  "record or heartbeat.")
     return text[0].upper() + text[1:]
+
+
+def _tried_again(records: Sequence[Record]) -> list[str]:
+    """What the statement says of the epochs a crash cut short and a later attempt trained again
+    (``redone``) or went on with from a checkpoint inside them (``resumed``): both tries counted.
+    An epoch whose crash came after its last batch (``_crashed_after_training``) had trained whole,
+    and is said so: "cut short by a crash and redone" read as a training cut short, of a run that
+    trained every batch of it, then failed in its validation, and finished after a resume."""
+    after = _crashed_after_training(records)
+    counts: Counter[tuple[bool, str | None]] = Counter()
+    for row in epoch_rows(records):
+        if row["redone"]:
+            counts[(row["resumed"], after.get((row["run_id"], row["attempt"], row["epoch"])))] += 1
+    clauses = []
+    for (resumed, where), n in sorted(counts.items(), key=lambda item: (item[0][0], item[0][1] or "")):
+        epochs, its = (f"{n} epoch", "its") if n == 1 else (f"{n} epochs", "their")
+        crash = {"validation": f"a crash in {its} validation", "end": f"a crash at {its} end"}.get(where or "")
+        if crash is None:  # cut short inside its training
+            clauses.append(f"{epochs} cut short by a crash and resumed by a later attempt, both attempts counted"
+                           if resumed else f"{epochs} cut short by a crash and redone, both counted")
+        else:  # (a resume inside it: Lightning 2.2-2.4 train the checkpoint's last batch again)
+            clauses.append(f"{epochs} resumed by a later attempt after {crash}, both attempts counted" if resumed
+                           else f"{epochs} trained again after {crash}, both trainings counted")
+    return clauses
+
+
+def _crashed_after_training(records: Sequence[Record]) -> dict[tuple[str, int, int], str]:
+    """(run, attempt, epoch) of each training cut short after its last batch (``_trained_every_batch``):
+    ``validation`` where that attempt's validation of the epoch was cut short too, else ``end`` (an
+    epoch-end hook, a checkpoint's write)."""
+    out = {}
+    for run, mine in by_run(records).items():
+        cut: dict[tuple[int, int], list[Record]] = defaultdict(list)
+        validation_cut: set[tuple[int, int]] = set()
+        for r in mine:
+            if r.partial and r.epoch is not None and r.phase == "train":
+                cut[(r.attempt, r.epoch)].append(r)
+            elif r.partial and r.epoch is not None and r.phase == "validation":
+                validation_cut.add((r.attempt, r.epoch))
+        for (attempt, epoch), group in cut.items():
+            if _trained_every_batch(group, mine):
+                out[(run, attempt, epoch)] = "validation" if (attempt, epoch) in validation_cut else "end"
+    return out
 
 
 def uncertainty_text(kwh: float, of_kwh: float) -> str:

@@ -15,12 +15,14 @@ from greencallbacks.report.data import (
     epoch_status,
     group_runs,
     over_runs,
+    phases_text,
     source_text,
     summaries,
     summary,
     uncertainty_text,
 )
 from greencallbacks.textformat import (
+    column_texts,
     energy_text,
     mass_text,
     ENERGY_UNITS,
@@ -33,7 +35,6 @@ from greencallbacks.textformat import (
     pick_unit,
     plus_minus,
     printable,
-    value_and_error,
 )
 
 
@@ -44,6 +45,18 @@ def _heading(name: str, unit: str, several: bool) -> str:
 def _count(value: float) -> str:
     """A count (or a mean of counts) exactly, not to three significant digits."""
     return str(int(value)) if float(value).is_integer() else number(value, 6)
+
+
+def _pairs(stats: Sequence[dict | None], factor: float) -> list[tuple[float, float | None] | None]:
+    """Each mean ± SE (None: n/a) of a column, in the column's unit."""
+    return [None if stat is None else (stat["mean"] * factor, None if stat["se"] is None else stat["se"] * factor)
+            for stat in stats]
+
+
+def _column(stats: Sequence[dict | None], factor: float) -> list[str]:
+    """A Markdown column's cells (n/a where None), in the column's one notation (``column_texts``)."""
+    return ["n/a" if text is None else text[0] if text[1] is None else f"{text[0]} ± {text[1]}"
+            for text in column_texts(_pairs(stats, factor))]
 
 
 def _scaled(stat: dict | None, factor: float, sign: str = " ± ") -> str:
@@ -88,11 +101,17 @@ def format_epoch_summary(data: dict) -> str:
     t_unit, t_f = units["token"]
     tokens = _with_tokens(rows)
 
-    def cells(row: dict) -> list[str]:
-        per_token = [_scaled(row["j_per_token"], t_f)] if tokens else []
-        return [_scaled(row["seconds"], 1.0), _scaled(row["energy_kwh"], e_f), _scaled(row["co2eq_g"], m_f),
-                _scaled(row["j_per_sample"], j_f), *per_token, _scaled(row["val_energy_kwh"], e_f),
-                number(row["uncertainty_kwh"] * e_f, 2), row["methods"]]
+    def cells(table: list[dict]) -> list[list[str]]:
+        """Each row's cells, column by column: one notation per column (``column_texts``)."""
+        def column(key: str, factor: float) -> list[str]:
+            return _column([row[key] for row in table], factor)
+
+        columns = [column("seconds", 1.0), column("energy_kwh", e_f), column("co2eq_g", m_f),
+                   column("j_per_sample", j_f), *([column("j_per_token", t_f)] if tokens else []),
+                   column("val_energy_kwh", e_f),
+                   [value for value, _ in column_texts([(row["uncertainty_kwh"] * e_f, None) for row in table], 2)],
+                   [row["methods"] for row in table]]
+        return [list(row) for row in zip(*columns)]
 
     every = [row for row in rows if row.get("in_every_run", True)]
     some = [row for row in rows if not row.get("in_every_run", True)]
@@ -102,7 +121,7 @@ def format_epoch_summary(data: dict) -> str:
                   _heading("training CO2eq", m_unit, several), _heading("per sample", j_unit, several),
                   *([_heading("per token", t_unit, several)] if tokens else []),
                   _heading("validation", e_unit, several), f"sensor uncertainty ({e_unit})", "measured by"]
-        parts.append(markdown_table(header, [[row["label"], *cells(row)] for row in every],
+        parts.append(markdown_table(header, [[row["label"], *mine] for row, mine in zip(every, cells(every))],
                                     "lrrrr" + "r" * tokens + "rrl"))
     if some:
         parts.append("Epochs not in every run (a run cut short and resumed, or one that trained other epochs): each "
@@ -110,7 +129,8 @@ def format_epoch_summary(data: dict) -> str:
         header = ["epoch", "runs", "time (s)", f"training ({e_unit})", f"training CO2eq ({m_unit})",
                   f"per sample ({j_unit})", *([f"per token ({t_unit})"] if tokens else []), f"validation ({e_unit})",
                   f"sensor uncertainty ({e_unit})", "measured by"]
-        parts.append(markdown_table(header, [[row["label"], covers_text(row), *cells(row)] for row in some],
+        parts.append(markdown_table(header, [[row["label"], covers_text(row), *mine]
+                                             for row, mine in zip(some, cells(some))],
                                     "llrrrr" + "r" * tokens + "rrl"))
     return "\n\n".join(parts)
 
@@ -135,21 +155,21 @@ def format_phase_summary(data: dict) -> str:
     if tokens:
         header += ["tokens" + (" (mean)" if several else ""), _heading("per token", t_unit, several)]
 
-    def row(name: str, t: dict) -> list[str]:
-        cells = [name, _scaled(t["seconds"], 1.0), _scaled(t["energy_kwh"], e_f), _scaled(t["co2eq_g"], m_f),
-                 _count(t["samples"]["mean"]) if t["samples_counted"] else "n/a"]
-        if tokens:
-            cells += [_count(t["tokens"]["mean"]) if t.get("tokens") else "n/a", _scaled(t.get("j_per_token"), t_f)]
-        return cells
-
-    body = []
+    named = []
     for phase, t in data["phases"].items():
-        body.append(row(phase, t))
+        named.append((phase, t))
         for prefix, part in data.get("phase_prefixes", {}).get(phase, {}).items():  # its parts, when logged apart
-            body.append(row(f"… {prefix or '(no prefix)'}", part))
-    total = data["total"]
-    body.append(["**whole run (all phases)**", _scaled(total["seconds"], 1.0), _scaled(total["energy_kwh"], e_f),
-                 _scaled(total["co2eq_g"], m_f), ""] + ["", ""] * tokens)
+            named.append((f"… {prefix or '(no prefix)'}", part))
+    summed = [t for _, t in named] + [data["total"]]
+    # Column by column: one notation per column (``column_texts``), the whole run's row in it.
+    columns = [[name for name, _ in named] + ["**whole run (all phases)**"],
+               _column([t["seconds"] for t in summed], 1.0), _column([t["energy_kwh"] for t in summed], e_f),
+               _column([t["co2eq_g"] for t in summed], m_f),
+               [_count(t["samples"]["mean"]) if t["samples_counted"] else "n/a" for _, t in named] + [""]]
+    if tokens:
+        columns += [[_count(t["tokens"]["mean"]) if t.get("tokens") else "n/a" for _, t in named] + [""],
+                    _column([t.get("j_per_token") for _, t in named], t_f) + [""]]
+    body = [list(row) for row in zip(*columns)]
     return markdown_table(header, body, "lrrrr" + "rr" * tokens)
 
 
@@ -191,11 +211,12 @@ def _markdown_group(data: dict, level: str) -> list[str]:
     if data.get("embodied"):
         parts += [f"{level} Operational and embodied CO2eq", "", *_embodied_lines(data), ""]
     parts += [f"{level} Hardware", ""]
+    noted = any(p["note"] for p in data["hardware"])  # a column of no note is left out, as LaTeX's empty ones
     parts.append(markdown_table(
-        ["component", "kind", "method", "share of IT energy", "note"],
+        ["component", "kind", "method", "share of IT energy", *(["note"] if noted else [])],
         [[p["name"], p["kind"], p["method"], f"{p['energy_share']:.0%}" if p["energy_share"] is not None else "n/a",
-          p["note"]] for p in data["hardware"]],
-        "lllrl",
+          *([p["note"]] if noted else [])] for p in data["hardware"]],
+        "lllr" + "l" * noted,
     ))
     parts += ["", f"{level} Provenance", ""] + [f"- {n}" for n in data["provenance"]]
     parts += [
@@ -262,15 +283,6 @@ def latex_escape(text: str) -> str:
     return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(text))
 
 
-def _latex_cell(stat: dict | None, factor: float) -> str:
-    if stat is None:
-        return "n/a"
-    value, error = value_and_error(stat["mean"] * factor, None if stat["se"] is None else stat["se"] * factor)
-    if error is None:
-        return _latex_number(value)
-    return f"${_latex_math(value)} \\pm {_latex_math(error)}$"
-
-
 def _latex_math(text: str) -> str:
     mantissa, _, exponent = text.partition("e")
     return mantissa + (f" \\times 10^{{{int(exponent)}}}" if exponent else "")
@@ -278,6 +290,24 @@ def _latex_math(text: str) -> str:
 
 def _latex_number(text: str) -> str:
     return f"${_latex_math(text)}$" if "e" in text else text
+
+
+def _latex_column(stats: Sequence[dict | None], factor: float) -> list[str]:
+    """A column's cells (mean $\\pm$ SE, n/a where None), in the column's one notation (``column_texts``)."""
+    cells = []
+    for text in column_texts(_pairs(stats, factor)):
+        if text is None:
+            cells.append("n/a")
+        elif text[1] is None:
+            cells.append(_latex_number(text[0]))
+        else:
+            cells.append(f"${_latex_math(text[0])} \\pm {_latex_math(text[1])}$")
+    return cells
+
+
+def _latex_row(cells: Sequence[str]) -> str:
+    """One row of a tabular, an empty cell as a bare ``&``."""
+    return "".join([cells[0], *(f" & {cell}" if cell else " &" for cell in cells[1:])]) + " \\\\"
 
 
 def _latex_group(data: dict, caption_extra: str, label: str) -> list[str]:
@@ -298,8 +328,36 @@ def _latex_group(data: dict, caption_extra: str, label: str) -> list[str]:
     per_row = len(methods) > 1
     caption = ("Energy and emissions" + (" per training epoch" if rows else "") + latex_escape(caption_extra) + "." + over
                + (f" Measured by: {latex_escape(methods[0] or 'no component recorded')}." if not per_row else "")
-               + " Whole run: every phase (training, evaluation and the time between phases)."
+               # The phases it holds: "training, evaluation" of a run that only evaluated read as a fit.
+               + f" Whole run: every phase ({phases_text(list(data['phases']))})."
                + (" " + latex_escape(pause_sentence(data["carbon_pause"], len(data["runs"]))) if data.get("carbon_pause") else ""))
+    train_seconds = over_runs([t["train_seconds"] for t in data["run_totals"].values()])
+    # Below the epochs, the training's and the whole run's totals; a column no row fills (a cost per
+    # sample where no epoch trained: an evaluation alone) is left out, not printed empty.
+    totals = ([("Training", train_seconds, total["train_energy_kwh"], total["train_co2eq_g"])] if rows else []) + [
+        ("Whole run", total["seconds"], total["energy_kwh"], total["co2eq_g"])]
+    below = [""] * len(totals)
+    columns = [
+        ("Time (s)", "r", _latex_column([row["seconds"] for row in rows] + [t[1] for t in totals], 1.0)),
+        (f"Energy ({e_unit})", "r", _latex_column([row["energy_kwh"] for row in rows] + [t[2] for t in totals], e_f)),
+        (f"CO$_2$eq ({m_unit})", "r", _latex_column([row["co2eq_g"] for row in rows] + [t[3] for t in totals], m_f)),
+        (f"Per sample ({latex_escape(j_unit)})", "r",
+         _latex_column([row["j_per_sample"] for row in rows], j_f) + below),
+    ]
+    if tokens:
+        # The training's own cost per token, which a paper quotes: not the mean of its epochs' (they differ in tokens).
+        columns.append((f"Per token ({latex_escape(t_unit)})", "r",
+                        _latex_column([row["j_per_token"] for row in rows] + [data["phases"]["train"]["j_per_token"]],
+                                      t_f) + [""]))
+    if per_row:
+        columns.append(("Measured by", "l", [latex_escape(row["methods"]) for row in rows] + below))
+    columns = [column for column in columns if any(column[2])]
+    labels = []
+    for row in rows:
+        covers = covers_text(row) if several else ""  # a row that is no mean over every run says whose it is
+        labels.append(latex_escape(row["label"] + (f" [{covers}]" if covers else "")))
+    labels += [name for name, *_ in totals]
+    body = [_latex_row([label, *(cells[i] for _, _, cells in columns)]) for i, label in enumerate(labels)]
     # Said where the table is pasted from: its totals are a remnant's, not the run's.
     # A comment ends at the line's end: the rest of a note with a newline would be typeset.
     lines = [f"% {' '.join(note.splitlines())}" for note in data.get("records_missing", ())] + [
@@ -308,34 +366,14 @@ def _latex_group(data: dict, caption_extra: str, label: str) -> list[str]:
         r"\small",
         r"\caption{" + caption + "}",
         f"\\label{{{label}}}",
-        r"\begin{tabular}{lrrrr" + "r" * tokens + ("l" if per_row else "") + "}",
+        r"\begin{tabular}{l" + "".join(align for _, align, _ in columns) + "}",
         r"\toprule",
-        f"Epoch & Time (s) & Energy ({e_unit}) & CO$_2$eq ({m_unit}) & Per sample ({latex_escape(j_unit)})"
-        + (f" & Per token ({latex_escape(t_unit)})" if tokens else "")
-        + (" & Measured by" if per_row else "") + " \\\\",
+        _latex_row(["Epoch" if rows else "", *(name for name, _, _ in columns)]),
     ]
-    tail = " & \\\\" if per_row else " \\\\"
     if rows:
-        lines.append(r"\midrule")
-    for row in rows:
-        covers = covers_text(row) if several else ""  # a row that is no mean over every run says whose it is
-        row_label = row["label"] + (f" [{covers}]" if covers else "")
-        lines.append(
-            f"{latex_escape(row_label)} & {_latex_cell(row['seconds'], 1.0)} & {_latex_cell(row['energy_kwh'], e_f)} "
-            f"& {_latex_cell(row['co2eq_g'], m_f)} & {_latex_cell(row['j_per_sample'], j_f)}"
-            + (f" & {_latex_cell(row['j_per_token'], t_f)}" if tokens else "")
-            + (f" & {latex_escape(row['methods'])} \\\\" if per_row else " \\\\")
-        )
-    train_seconds = over_runs([t["train_seconds"] for t in data["run_totals"].values()])
-    lines.append(r"\midrule")
-    if rows:
-        # The training's own cost per token, which a paper quotes: not the mean of its epochs' (they differ in tokens).
-        per_token = f" & {_latex_cell(data['phases']['train']['j_per_token'], t_f)}" if tokens else ""
-        lines.append(f"Training & {_latex_cell(train_seconds, 1.0)} & {_latex_cell(total['train_energy_kwh'], e_f)} "
-                     f"& {_latex_cell(total['train_co2eq_g'], m_f)} &" + per_token + tail)
+        lines += [r"\midrule", *body[:len(rows)]]
+    lines += [r"\midrule", *body[len(rows):]]
     lines += [
-        f"Whole run & {_latex_cell(total['seconds'], 1.0)} & {_latex_cell(total['energy_kwh'], e_f)} "
-        f"& {_latex_cell(total['co2eq_g'], m_f)} &" + " &" * tokens + tail,
         r"\bottomrule",
         r"\end{tabular}",
         r"\end{table}",
