@@ -217,7 +217,7 @@ RULE_SCRIPT = r"""
 import json, math
 import keras
 from greencallbacks.keras import EnergyCallback
-from greencallbacks.keras._callback import _exact_count
+from greencallbacks.keras._counts import _exact_count
 
 
 def model():
@@ -246,7 +246,7 @@ for floatx, values in (("float32", (2**24 - 1, 2**24)), ("bfloat16", (255, 256))
         keras.config.set_floatx("float32")
 # Keras's conventions per version, and a version string not understood (taken for the newest).
 from greencallbacks.keras._backend import hooks_report_last_step, keras_version, may_run_past_the_data
-from greencallbacks.keras._callback import _step_range
+from greencallbacks.keras._counts import _step_range
 versions = {v: keras_version(v) for v in ("3.3.3", "3.10.0", "3.15.1", "4.0.0rc1", "nightly")}
 conventions = {
     v: [hooks_report_last_step(t), [may_run_past_the_data("tensorflow", t, k, eager) for k, eager in ((1, False), (4, False), (1, True))],

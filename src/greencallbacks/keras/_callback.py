@@ -8,23 +8,22 @@ Hooks -> phases (the tracker bills everything in between to ``other``):
     predict     on_predict_begin .. on_predict_end
 
 Keras gives callbacks no exception hook and no handle on the ``CallbackList`` that calls them.
-This module finds that list by looking at its caller's frame (every Keras 3 backend calls
-callbacks from ``CallbackList`` methods) and uses it for two things: to move the callback to
+The callback finds that list by looking at its caller's frame (``_calling``: every Keras 3 backend
+calls callbacks from ``CallbackList`` methods) and uses it for two things: to move the callback to
 the front of the list (so loggers see the energy keys) and to tell validation inside ``fit`` from
 a standalone ``evaluate``. Without it (a future Keras), the callback still logs every epoch, asks
 to be put first, and tells validation by the ``fit`` in progress. That a call raised is seen by
-``greencallbacks.watch``: its frame has left the stack. Which run a fit continues is kept in
-``_state``.
+``greencallbacks.watch``: its frame has left the stack (``_call``). Which run a fit continues is
+kept in ``_state``; what a loop ran and counted is read in ``_counts``; how far a call got, for
+the write-up of one that failed, is kept in ``_progress``.
 """
 
 from __future__ import annotations
 
 import functools
-import itertools
 import math
 import numbers
 import os
-import sys
 import threading
 import weakref
 from pathlib import Path
@@ -39,601 +38,35 @@ except ImportError as error:
         error, "greencallbacks.keras", ("keras",), "pip install 'greencallbacks[keras]'") from None
 
 from greencallbacks import interrupts, watch
-from greencallbacks.keras._backend import (
-    count_value, devices_and_sync, epochs_run_on_in_passes, hooks_report_last_step, keras_version,
-    logs_sum_metrics_over_replicas, may_run_past_the_data, reducer_for,
-)
-from greencallbacks.keras._state import (
-    _BACKUP_STATES_LOCK, _BACKUP_STATES_TO_DELETE, _backup_state_path, _delete_backup_state, _last_run_of,
-    _names_its_trial, _own_state_path, _Owner, _read_state, _remember_run_of, _Run, _runs_of_live_models,
-    _trained_again,
-)
 from greencallbacks.guard import never_raises
-from greencallbacks.ledger import run_ids_in
+from greencallbacks.keras._backend import count_value, devices_and_sync, logs_sum_metrics_over_replicas, reducer_for
+from greencallbacks.keras._call import _Call
+from greencallbacks.keras._calling import (
+    _NO_FIXED_BATCHES, _backup_dir, _backup_metadata, _calling_list, _calls_running, _drop_repeats, _fixed_batches,
+    _model_call_frame, _overrides_epoch_end, _planned_steps, _restores_a_backup, _tuners_trial,
+)
+from greencallbacks.keras._counts import (
+    _KERAS_VERSION, _a_number, _custom_step, _evaluated_since, _exact_count, _may_run_past_the_data,
+    _one_step_per_batch, _past_the_data, _per_execution, _resets_loss_tracker, _step_range, _watch_evaluations,
+)
+from greencallbacks.keras._progress import _Progress
+from greencallbacks.keras._state import (
+    _BACKUP_STATES_LOCK, _BACKUP_STATES_TO_DELETE, _backup_state_path, _delete_backup_state, _free_run_id,
+    _last_run_of, _names_its_trial, _own_state_path, _Owner, _read_state, _remember_run_of, _Run,
+    _runs_of_live_models, _trained_again,
+)
 from greencallbacks.meter import warn
 from greencallbacks.samples import BatchCounter
 from greencallbacks.session import EnergySession, keyword_names, reject_unknown_arguments, warn_two_callbacks
 from greencallbacks.tracker import METRIC_STEMS
 
-_KERAS_VERSION = keras_version(keras.__version__)
 DEFAULT_OUTPUT_DIR = "energy_logs"
 _Callback = keras.callbacks.Callback
 
 
-# ------------------------------------------------------------------------------ the caller's list
-def _calling_list(callback: _Callback) -> keras.callbacks.CallbackList | None:
-    """The ``CallbackList`` whose method is calling ``callback`` right now, if any."""
-    frame = sys._getframe(2)  # above this function and the hook
-    try:
-        for _ in range(4):
-            if frame is None:
-                return None
-            owner = frame.f_locals.get("self")
-            if isinstance(owner, keras.callbacks.CallbackList) and any(c is callback for c in owner.callbacks):
-                return owner
-            frame = frame.f_back
-        return None
-    finally:
-        del frame  # frames in locals make reference cycles
-
-
-def _drop_repeats(callback: _Callback, callback_list: keras.callbacks.CallbackList, kind: str) -> None:
-    """``callbacks=[energy, energy]``: Keras would call each of its hooks twice, beginning every
-    phase twice (nested) and counting its samples twice. Its first place stays, for this call.
-
-    Called from its first place (the list's loop reaches it first): dropping later entries leaves
-    the loop's position, so every other callback is still called once."""
-    callbacks = callback_list.callbacks
-    places = [i for i, c in enumerate(callbacks) if c is callback]
-    if len(places) < 2:
-        return
-    for i in reversed(places[1:]):
-        del callbacks[i]
-    warn(f"greencallbacks: EnergyCallback is listed {len(places)} times in {kind}(callbacks=[...]), so Keras would "
-         "call each of its hooks that many times and count every phase's samples as often; it kept its first "
-         "place only. List it once to silence this warning.")
-
-
-def _model_call_frame(model: Any):
-    """The frame of the ``fit`` / ``evaluate`` / ``predict`` of ``model`` that is calling us (public API names)."""
-    return watch.calling_frame(lambda f: f.f_code.co_name in _MODEL_CALLS and f.f_locals.get("self") is model)
-
-
-_MODEL_CALLS = ("fit", "evaluate", "predict")
 # A test or predict loop's own state, in attributes every loop's hooks use (see EnergyCallback._begin_inside).
 _LOOP_STATE = ("_loop_model", "_loop_list", "_test_counted", "_steps_lock", "_test_steps", "_test_calls_begun",
                "_test_calls_ended", "_test_banked", "_test_offset")
-
-
-def _calls_running(callback: _Callback) -> int:
-    """How many ``evaluate`` / ``predict`` calls given ``callback`` are on this thread's stack (the
-    fit's validation among them), of whatever model: a call inside a call of another model (an EMA
-    copy's evaluate inside the fit's validation, the fit's predict inside it) counts. Walks the
-    whole stack: only as a call inside another begins or ends.
-
-    A call is told by the ``CallbackList`` its loop runs (Keras's loop makes one of the list it is
-    given): a user's override of ``evaluate`` that takes ``callbacks`` and calls ``super()`` holds
-    the same list, or the plain list it was given, in a frame of the same name, and counted as a
-    second call (a failed call inside it then stayed open, and the loop around it ended as failed)."""
-    frame, lists = sys._getframe(1), set()
-    try:
-        while frame is not None:
-            if frame.f_code.co_name in ("evaluate", "predict"):
-                callbacks = frame.f_locals.get("callbacks")
-                if isinstance(callbacks, keras.callbacks.CallbackList) and any(c is callback for c in callbacks.callbacks):
-                    lists.add(id(callbacks))
-            frame = frame.f_back
-        return len(lists)
-    finally:
-        del frame  # frames in locals make reference cycles
-
-
-def _overrides_epoch_end(callback: _Callback) -> bool:
-    method = callback.on_epoch_end
-    return getattr(method, "__func__", method) is not _Callback.on_epoch_end
-
-
-def _custom_step(model: Any, loop: str) -> bool:
-    """Does ``model``'s class define its own ``train_step`` / ``test_step`` (``loop``: train, test)?
-
-    Keras 3 defines both on its backend's trainer, which ``keras.Model`` inherits from.
-    """
-    name = f"{loop}_step"
-    return getattr(type(model), name, None) is not getattr(keras.Model, name, None)
-
-
-# Every integer below these is exact in the dtype (2 ** (mantissa bits + 1)); past them a float
-# count that Keras adds to batch by batch rounds each sum: bfloat16 stops growing at 256 plus a
-# batch or so, float16 overflows to inf past 65504, float32 drops or gains whole batches past 2**24.
-_EXACT_COUNT_BELOW = {"bfloat16": 2**8, "float16": 2**11, "float32": 2**24, "float64": 2**53}
-
-
-def _exact_count(value: float, dtype: str) -> int | None:
-    """A loss tracker's ``count`` (a sum of batch sizes kept in ``dtype``) as an int, when it is exact.
-
-    A sum of positive weights that passed the limit never rounds back below it, so a count read
-    below it is exact, every partial sum included. None past it, not finite, not an integer, or a
-    dtype not known here: the samples are uncounted, never a guess.
-    """
-    limit = _EXACT_COUNT_BELOW.get(dtype)
-    if limit is None or not math.isfinite(value) or value != math.floor(value) or not 0 <= value < limit:
-        return None
-    return int(value)
-
-
-def _resets_loss_tracker(model: Any) -> bool:
-    """Does Keras reset ``model``'s loss tracker as an epoch or an evaluation begins? It resets the
-    metrics that ``model.metrics`` lists: a subclass whose ``metrics`` property lists only its own
-    leaves the tracker counting on from every epoch and evaluation before (its count grows each
-    epoch). A model without one (compiled without a loss) counts nothing, which is said elsewhere."""
-    loss_tracker = getattr(model, "_loss_tracker", None)
-    return loss_tracker is None or any(m is loss_tracker for m in model.metrics)
-
-
-# What ``model.stop_evaluating`` holds while no evaluate of the model has run since we last looked:
-# falsy, as Keras reads it, but not the ``False`` that every ``evaluate`` (Keras 3.3 to 3.15, every
-# backend) sets as it begins, just before it resets the model's metrics.
-_NOT_EVALUATED = 0
-
-
-def _watch_evaluations(model: Any) -> bool:
-    """Mark ``model`` so that ``_evaluated_since`` tells an ``evaluate`` of it that ran without this
-    callback (a callback's ``self.model.evaluate(...)`` mid-epoch): Keras gives no other sign of one,
-    and it resets the loss tracker and the token metric, which training then counts on from the
-    evaluation's count (88 samples and 264 tokens recorded for an epoch of 40 and 120). False where
-    the mark did not take: every earlier evaluate (the fit's validation) would look like one."""
-    try:
-        model.stop_evaluating = _NOT_EVALUATED
-    except Exception:  # noqa: BLE001 - a model that refuses the attribute: not watched (the False below)
-        pass
-    return not _evaluated_since(model)
-
-
-def _evaluated_since(model: Any) -> bool:
-    """Has an ``evaluate`` of ``model`` begun since ``_watch_evaluations`` marked it?"""
-    return getattr(model, "stop_evaluating", _NOT_EVALUATED) is False
-
-
-def _one_step_per_batch(model: Any) -> bool:
-    """Does the optimizer's step advance by exactly one each training batch? Keras's own
-    ``train_step`` applies the optimizer once per batch; a custom step may not, gradient
-    accumulation divides the step, and loss scaling skips the steps that overflowed."""
-    optimizer = getattr(model, "optimizer", None)
-    loss_scale = getattr(keras.optimizers, "LossScaleOptimizer", ())
-    return (
-        optimizer is not None
-        and not _custom_step(model, "train")
-        and not getattr(optimizer, "gradient_accumulation_steps", None)
-        and not isinstance(optimizer, loss_scale)
-    )
-
-
-def _step_range(reported: int, per_execution: int, planned: int | None) -> tuple[int, int]:
-    """The steps a loop ran, fewest and most, from the highest ``batch + 1`` its batch hooks reported.
-
-    With ``steps_per_execution=k`` each hook covers an execution of up to k steps, reported at its
-    last step (Keras 3.11+; a short last execution too: 10 steps by 4 reported as 12) or at its
-    first (before: 10 steps by 4 reported as 9). Capped by the steps Keras planned, where it knows them.
-    """
-    if reported <= 0:
-        return 0, 0
-    if hooks_report_last_step(_KERAS_VERSION):
-        fewest, most = reported - per_execution + 1, reported
-    else:
-        fewest, most = reported, reported + per_execution - 1
-    if planned is not None:
-        most = min(most, planned)
-    return max(1, min(fewest, most)), most
-
-
-def _per_execution(model: Any) -> int:
-    """The model's ``steps_per_execution`` (1 where it has none)."""
-    per_execution = getattr(model, "steps_per_execution", 1)
-    return per_execution if isinstance(per_execution, int) and per_execution >= 1 else 1
-
-
-def _may_run_past_the_data(model: Any) -> bool:
-    """Can a loop of ``model`` that ran out of data inside a compiled call have counted steps without
-    data? (see ``_backend.may_run_past_the_data``)."""
-    return may_run_past_the_data(keras.backend.backend(), _KERAS_VERSION, _per_execution(model),
-                                 bool(getattr(model, "run_eagerly", False)))
-
-
-def _past_the_data(count: int | None, begun: int, ended: int, exact_rule: bool) -> int | None:
-    """A loop's count where its last compiled call ran out of data (``_may_run_past_the_data``): the
-    samples, or None where they cannot be told.
-
-    With ``steps_per_execution=1`` the call that found no data can only have counted one batch of
-    a batch size fixed in the data set's shape (a count that waits for the data cannot run without
-    it): then every batch the ``ended`` calls ran had that size too, and the count is ``ended + 1``
-    such batches. A count that ``ended + 1`` does not divide is therefore exact (a data set with a
-    variable last batch: a Python generator, or ``.filter()`` before ``.batch()``); one that it
-    divides may be either. ``exact_rule``: the loop is Keras's own step on one replica at one step
-    per execution, where that holds (a custom step may count steps; each replica of a
-    ``tf.distribute`` strategy may or may not add its share).
-    """
-    if count is None or not exact_rule or ended < 1 or begun != ended + 1 or count % (ended + 1) == 0:
-        return None
-    return count
-
-
-_NO_FIXED_BATCHES = (None, None, None, False)  # see _fixed_batches: not known
-
-
-def _fixed_batches(model: Any, replicas: int) -> tuple[int | None, int | None, int | None, bool]:
-    """``(batch size, pass, last, runs on)`` of the training data of the ``fit`` of ``model`` in
-    progress, where Keras's data adapter fixes them: every batch has ``batch size`` samples but the
-    last of each pass over the data, the ``pass``-th batch (None: no pass ends, every batch), which
-    has ``last``; ``runs on``: an epoch begins where the last one stopped in the pass, not at its
-    start. ``(None, None, None, False)`` where they are not known.
-
-    Known for NumPy arrays and tensors (Keras slices them into batches of ``batch_size``, the last
-    one shorter, and starts each epoch at their start unless given ``steps_per_epoch``, which runs
-    on where the last epoch stopped and ends an epoch at the pass's end: see
-    ``_Progress.trained_by_batches``) and for a ``tf.data`` data set whose batch dimension is static
-    (``drop_remainder=True``: every batch has it, a promise of TensorFlow's; its passes end as the
-    arrays' do where its length is known; with ``steps_per_execution`` > 1 it must be known, or
-    endless). Not for a generator, a ``PyDataset`` or a torch ``DataLoader`` (a sampler, a
-    ``collate_fn`` or an iterable data set may make any batch shorter), nor on several replicas (a
-    multi-worker strategy shards the data).
-    Read from the ``epoch_iterator`` of the ``fit`` frame (the same name in Keras 3.3 and 3.15, on
-    every backend), on the training thread as the fit begins: nothing is read while it trains."""
-    if replicas != 1:
-        return _NO_FIXED_BATCHES
-    frame = _model_call_frame(model)
-    try:
-        iterator = frame.f_locals.get("epoch_iterator") if frame is not None else None
-    except Exception:  # noqa: BLE001 - a frame's locals a future Python refuses: not known
-        iterator = None
-    finally:
-        del frame  # frames in locals make reference cycles
-    adapter = getattr(iterator, "data_adapter", None)
-    kind = type(adapter).__name__
-    try:
-        size = adapter.batch_size if kind in ("ArrayDataAdapter", "TFDatasetAdapter") else None
-        if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
-            return _NO_FIXED_BATCHES
-        runs_on = iterator.steps_per_epoch is not None
-        if kind == "TFDatasetAdapter":
-            # A static batch dimension: every batch has it. A data set of known length ends its
-            # passes as arrays do (an endless one never does): 5 batches by 2 steps ran 2, 2 and 1.
-            batches, last = adapter.num_batches, size
-            if batches is None and _endless(adapter):
-                return size, None, None, False
-        else:
-            batches, last = adapter.num_batches, adapter.partial_batch_size or size
-        if not isinstance(batches, int) or batches < 1 or (runs_on and not epochs_run_on_in_passes(_KERAS_VERSION)):
-            # Where a pass ends, or an epoch begins in it, is not known: every batch is full where the
-            # last one is, but an execution of several steps may have stopped at the pass's end.
-            return (size, None, None, False) if last == size and _per_execution(model) == 1 else _NO_FIXED_BATCHES
-        if isinstance(last, int) and 0 < last <= size:
-            return size, batches, last, runs_on
-    except Exception:  # noqa: BLE001 - a data adapter of another Keras: not known
-        pass
-    return _NO_FIXED_BATCHES
-
-
-def _endless(adapter: Any) -> bool:
-    """Is the ``tf.data`` data set of a ``TFDatasetAdapter`` endless (``repeat()``)? Its ``num_batches``
-    is None for that and for a length TensorFlow does not know (``filter()``) alike. False where not told."""
-    try:
-        cardinality = adapter._dataset.cardinality  # a method; an attribute of a DistributedDataset (as Keras reads it)
-        return int(cardinality() if callable(cardinality) else cardinality) == -1  # tf.data.INFINITE_CARDINALITY
-    except Exception:  # noqa: BLE001 - an adapter of another Keras
-        return False
-
-
-def _planned_steps(callback: _Callback, callback_list: keras.callbacks.CallbackList | None) -> int | None:
-    """The ``steps`` that the call's ``CallbackList`` was given, where Keras knows them: a list built
-    without them (Keras never sets them then) leaves the callback the ``params`` of an earlier call."""
-    params = getattr(callback_list, "params", None) if callback_list is not None else getattr(callback, "params", None)
-    steps = params.get("steps") if isinstance(params, dict) else None
-    return steps if isinstance(steps, int) and not isinstance(steps, bool) and steps > 0 else None
-
-
-def _restores_a_backup(callback_list: keras.callbacks.CallbackList | None) -> bool:
-    """Does a ``BackupAndRestore`` of this fit restore a backup (asked when its first epoch begins)?
-
-    Its ``training_metadata.json`` is written with every backup and deleted when a fit ends
-    normally, and this fit has saved none before its first epoch begins: one that is there was
-    left by a fit that did not end, and restored in ``on_train_begin``. The restored epoch itself
-    comes to us as the first epoch; this tells a restore inside epoch 0 (``save_freq=<steps>``)
-    from a new fit. The file name is the same in Keras 3.3 and 3.15 (read); a backup on a remote file
-    system (``gs://``) is not seen, and the fit is then measured as a new run.
-    """
-    backup_dir = _backup_dir(callback_list)
-    return backup_dir is not None and os.path.isfile(_backup_metadata(backup_dir))
-
-
-def _tuners_trial(callback_list: keras.callbacks.CallbackList | None) -> str | None:
-    """The trial id of a KerasTuner trial's fit (its ``TunerCallback`` in the list; "" where it names
-    none), else None. Such a fit from ``initial_epoch`` > 0 is Hyperband going on from another
-    trial's saved weights in a model built anew, not a resume: the run named in
-    ``energy-state.json`` is merely the trial trained last."""
-    tuners = [callback for callback in getattr(callback_list, "callbacks", [])
-              if type(callback).__module__.split(".")[0] == "keras_tuner"]
-    if not tuners:
-        return None
-    return next((str(trial.trial_id) for c in tuners if getattr(trial := getattr(c, "trial", None), "trial_id", None)), "")
-
-
-def _free_run_id(run_id: str, directory: Path) -> str:
-    """``run_id``, or the first ``<run_id>-N`` (from 2) with no records in ``directory``."""
-    taken = run_ids_in(directory)
-    return next(candidate for n in itertools.count(1) if (candidate := run_id if n == 1 else f"{run_id}-{n}") not in taken)
-
-
-def _backup_metadata(backup_dir: str) -> str:
-    return os.path.join(backup_dir, "training_metadata.json")
-
-
-def _backup_dir(callback_list: keras.callbacks.CallbackList | None) -> str | None:
-    """The backup directory of this fit's ``BackupAndRestore``, if it has one."""
-    for callback in getattr(callback_list, "callbacks", []):
-        if isinstance(callback, keras.callbacks.BackupAndRestore):
-            return os.fspath(callback.backup_dir)
-    return None
-
-
-# ------------------------------------------------------------------------------- run and call
-_LABEL_WAIT_S = 1.0  # the batch hooks hold the progress lock for microseconds
-
-
-class _Progress:
-    """How far a call got, kept by the hooks (on the training thread and Keras's batch-hook
-    threads) for ``_abandon``, which labels the phases a failed call left open from the watch
-    thread: plain ints under a lock there, never the model's variables (reading those would
-    synchronise the device from another thread, and JAX keeps them out of date mid-epoch)."""
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "lock": None}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self.lock = threading.Lock()
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.step: int | None = None  # the optimizer's step, read on the training thread at the last epoch boundary
-        self.training = False  # a training epoch is open
-        self.epoch: int | None = None  # the open (or last) training epoch
-        self.one_step_per_batch = False  # the open epoch's batches each advance the step by one
-        self.train_steps = 0  # training batches run in the open epoch (the batch hooks' highest `batch` + 1)
-        self.per_execution = 1  # the model's steps_per_execution, read as the epoch began
-        # An execution of several steps that raised may have applied the steps before the one that
-        # failed: TensorFlow runs them one after another in one call (JAX returns its state only
-        # as the whole call ends; torch runs one step per call).
-        self.applies_in_part = False
-        # Calls of the compiled step begun and ended (the batch hooks) in the open epoch: one begun
-        # and never ended ran out of data inside it (see _backend.may_run_past_the_data).
-        self.train_calls_begun = self.train_calls_ended = 0
-        # The steps Keras planned per epoch (fit) or for the loop (evaluate), read as the call began
-        # (an evaluate inside the fit given this callback replaces its params); None: not known.
-        # With steps_per_execution=k a short last execution is reported as k steps: capped by it.
-        self.planned_steps: int | None = None
-        # The step read as a test loop began inside the open epoch (fit's validation): training
-        # waits there, and the last batch hooks, asynchronous, may not have run yet.
-        self.step_in_test: int | None = None
-        self.predicting = False
-        self.predicted: int | None = 0  # samples of the open predict; None once a batch could not be counted
-        # The token_counter's value in the logs of the open epoch's latest training batch: a number
-        # Keras made for its batch hooks (no read of ours), the epoch's tokens so far, for its record
-        # if it fails. Not known (``tokens_known`` False) where the metric is not summed over
-        # replicas or a call inside the epoch reset it (the value then counts from that reset). A
-        # call inside the epoch (its validation) replaces it with the metric read as that call
-        # began (see _begin_inside), good until a training batch ends after it (``nested_since``):
-        # a failed validation keeps the tokens its epoch trained.
-        self.counts_tokens = False  # a token_counter is given
-        self.tokens_known = True
-        self.nested_since = False  # a call began inside the epoch, which may have reset the metric
-        self.train_tokens: Any = 0
-        # The open epoch's training samples where it fails: the loss tracker's count is read at the
-        # epoch's end only (a read per batch would wait for the device), and never from the watch
-        # thread (see above). Instead, the batch size that Keras's data adapter fixes, read as the
-        # fit began (see _fixed_batches): each batch has `fixed_batch` samples but the last of each
-        # pass over the data, the `pass_batches`-th (None: no pass ends), which has `last_batch`.
-        # The open epoch began at batch `pass_offset` of a pass (None: not known), 0 unless an
-        # epoch runs on where the last one stopped (`runs_on`: steps_per_epoch with arrays).
-        self.fixed_batch: int | None = None
-        self.pass_batches: int | None = None
-        self.last_batch: int | None = None
-        self.runs_on = False
-        self.pass_offset: int | None = 0
-        # What the loss tracker counted for the epoch's training as a test loop inside it began
-        # (fit's validation): a failure inside that loop left the training at that. None: not known.
-        self.trained_before_test: int | None = None
-
-    def label(self, tracker: Any) -> None:
-        """Give the failed call's open phases what is known: the step it reached, predict's count."""
-        # Not waiting for ever: a Ctrl-C under a trace function (a debugger) can leave the lock
-        # acquired by the batch hook it interrupted on the training thread. The call has ended then,
-        # and its values are final.
-        locked = self.lock.acquire(timeout=_LABEL_WAIT_S)
-        try:
-            step, predicted = self.step, self.predicted
-            if self.step_in_test is not None:
-                step = self.step_in_test
-            elif step is not None and self.training and self.one_step_per_batch:
-                step += _step_range(self.train_steps, self.per_execution, self.planned_steps)[1]
-            predicting = self.predicting
-            # Training, or a loop inside its epoch (its validation): the batches trained before it.
-            training_tokens = self.training and self.counts_tokens
-            tokens, known = self.train_tokens, self.tokens_known
-            trained = self.trained() if self.training and not predicting else None
-            if self.failed_in_part():  # its tokens, as its samples, are past the last hook's
-                known = False
-        finally:
-            if locked:
-                self.lock.release()
-        if trained is not None:
-            # Its record said samples_counted: false, and the run's cost per sample was n/a.
-            tracker.samples_so_far("train", trained)
-        if predicting:
-            tracker.add_samples(predicted)  # the innermost open phase; None: uncounted
-        if training_tokens:
-            # The batches it trained: without them its record had no tokens, and the run's J/token was n/a.
-            known = known and _a_number(tokens) and math.isfinite(tokens) and tokens >= 0
-            tracker.add_tokens_to("train", int(round(tokens)) if known else None)  # None: tokens_counted false
-        if step is not None:
-            tracker.step = step
-
-    def trained(self) -> int | None:
-        """The samples the open training epoch trained before the call failed, where that is known
-        (under the lock). Its batches whose end hooks ran count: a batch that failed did not train,
-        and a ``KeyboardInterrupt`` landing between a step and its hook leaves that step out, as its
-        tokens and the step reached are. Asynchronous hooks still running (more than the one failed
-        batch begun and not ended): not known."""
-        if self.step_in_test is not None:  # the test loop the failure came in is inside the epoch
-            before, by_batches = self.trained_before_test, self.trained_by_batches(unended=0)
-            # The loss tracker's count falls short of the batches where a call this callback was not
-            # given (a callback's model.evaluate mid-epoch) reset it unseen: 76 of 100 trained.
-            return by_batches if by_batches is not None and (before is None or before < by_batches) else before
-        if self.failed_in_part():
-            return None  # 24 samples recorded, exact, for 32 trained: 3 steps by 3, failing at the 5th
-        return self.trained_by_batches(unended=1)
-
-    def failed_in_part(self) -> bool:
-        """Did the training fail inside an execution of several steps that may have applied some of
-        them (under the lock)? Its hook never ran: how many it applied is not known here."""
-        return (self.step_in_test is None and self.applies_in_part
-                and self.train_calls_begun > self.train_calls_ended)
-
-    def trained_by_batches(self, unended: int) -> int | None:
-        """The samples of the open training epoch's batches whose end hooks ran, where Keras's data
-        adapter fixes their size (see ``_fixed_batches``; under the lock); not known where more than
-        ``unended`` batches began without ending (asynchronous hooks still running)."""
-        if self.fixed_batch is None or self.train_calls_begun - self.train_calls_ended > unended:
-            return None
-        steps = self.steps_ended()
-        if steps is None or self.pass_batches is None:
-            return None if steps is None else steps * self.fixed_batch
-        # Each epoch ends at the pass's end (Keras 3.3 and 3.15 alike; a cut-short epoch before it):
-        # its batches are full but the pass's last, which ends it, 4 of 100 in batches of 32.
-        ends_the_pass = self.pass_offset + steps == self.pass_batches
-        return steps * self.fixed_batch - (self.fixed_batch - self.last_batch) * ends_the_pass
-
-    def steps_ended(self) -> int | None:
-        """The steps the open training epoch's ended executions ran, where the batches' sizes are
-        fixed (see ``_fixed_batches``; under the lock); None: not known.
-
-        With ``steps_per_execution=k`` a hook covers up to k steps (see ``_step_range``). Where the
-        data's batches are fixed, an execution runs k steps unless it reaches the pass's end (which
-        ends the epoch) or Keras's plan (which Keras 3.15 runs past, to a multiple of k: 3 steps by
-        2 ran 4; Keras 3.3 stops at it): so one that ended before both ran k, and one that reached
-        the pass's end first ran to it."""
-        reported, per_execution = self.train_steps, self.per_execution
-        left = None
-        if self.pass_batches is not None:
-            if self.pass_offset is None:
-                return None  # an earlier epoch's steps were not known, nor where this one began
-            left = self.pass_batches - self.pass_offset
-        if per_execution == 1:
-            # More than the pass had left: a Keras that runs an epoch on past the pass's end.
-            return reported if left is None or reported <= left else None
-        if reported <= 0:
-            return 0
-        end = _step_range(reported, per_execution, None)[1]  # the last step the hooks may mean
-        planned = self.planned_steps
-        if planned is None and left is None:
-            return None  # data of unknown length: any execution may have run out of it
-        if end <= min(bound for bound in (planned, left) if bound is not None):
-            return end
-        return left if left is not None and (planned is None or left <= planned) else None
-
-    def end_epoch(self) -> None:
-        """Where the next epoch begins in the pass over the data (under the lock, at an epoch's end)."""
-        if not self.runs_on or self.pass_offset is None or self.pass_batches is None:
-            return
-        steps = self.steps_ended()
-        self.pass_offset = None if steps is None else (self.pass_offset + steps) % self.pass_batches
-
-
-class _Call:
-    """One outermost Keras call (``fit``, ``evaluate`` or ``predict``) that uses the callback."""
-
-    def __init__(self, kind: str, callback_list: keras.callbacks.CallbackList | None, frame) -> None:
-        self.kind = kind
-        self._list = weakref.ref(callback_list) if callback_list is not None else None
-        self.active = True
-        self.run: _Run | None = None  # set when measuring starts
-        # Inside Keras's own fit / evaluate / predict: its loops reset the metrics when an epoch or
-        # evaluation begins, so the loss tracker counts its samples. A loop of the user's that
-        # drives a CallbackList by hand around train_on_batch / test_on_batch (which reset the
-        # metrics every batch in Keras 3.15, never in 3.3) gives no such count.
-        self.in_keras_loop = frame is not None
-        self.model: Any = None  # the fit's (see EnergyCallback._point_back)
-        self.resets_loss_tracker = True  # Keras resets the model's loss tracker with its metrics (see _enter)
-        # The most steps an epoch of this fit ran to its data's end where Keras plans none (data of
-        # unknown length): a later epoch that ran fewer ran out early (see EnergyCallback._ended_early).
-        self.whole_epoch_steps = 0
-        self.progress = _Progress()
-        # Fires `_abandon` once the call's frame has left the stack without the end hook (it
-        # raised), or at exit; `close` cancels it when the call ends normally.
-        # Asks for the run's heartbeat while the call runs: Keras' batch hooks run off the training
-        # thread, or are not dispatched at all.
-        self.watch = (watch.watch(frame, functools.partial(_abandon, self), functools.partial(_heartbeat, self))
-                      if frame is not None else None)
-        self._at_exit = weakref.finalize(self, _abandon, self)  # no frame found, or the process exits first
-
-    @property
-    def callback_list(self) -> keras.callbacks.CallbackList | None:
-        return self._list() if self._list is not None else None
-
-    def running(self) -> bool:
-        """Is the call still in progress? (On the calling thread: synchronous, unlike the watch.)"""
-        if not self.active:
-            return False
-        if self.watch is None:
-            return True  # no frame to look at: trust the begin/end pairs
-        return not self.watch.ended()
-
-    def abandon(self) -> None:
-        """Write what an ended call measured (at most once, whoever notices first)."""
-        if self.watch is not None:
-            self.watch.fire()
-        _abandon(self)
-
-    def close(self) -> None:
-        self.active = False
-        if self.watch is not None:
-            self.watch.cancel()
-        self._at_exit.detach()
-
-
-_ABANDON_LOCK = threading.RLock()
-
-
-def _heartbeat(call: _Call) -> None:
-    """The open phases of the call's run beside its records, once a minute (``Tracker.heartbeat``:
-    from the watch thread, never waiting for a boundary on the training thread)."""
-    run = call.run
-    if run is not None:
-        run.session.tracker.heartbeat()
-
-
-def _abandon(call: _Call) -> None:
-    """The call ended without its end hook (it raised): write the unfinished phases as partial.
-
-    Runs from the watch thread within ``watch.POLL_S`` of the call's end, when the callback
-    notices first (its next call), or at interpreter exit, whichever is first; once. Holds no
-    reference to the callback, so the callback can be collected.
-    """
-    if call.run is not None and call.run.session.tracker.in_a_forked_child:
-        return  # a forked child's exit (it inherits this finalizer): the call, and its records, are its parent's
-    with _ABANDON_LOCK:
-        if not call.active:
-            return
-        call.active = False
-        call._at_exit.detach()
-        if call.run is not None:
-            # The open training and test phases were marked uncounted when they began (their
-            # count comes from the loss tracker at their end); the step and predict's count here.
-            call.progress.label(call.run.session.tracker)
-            call.run.session.stop(failed=True)  # local only: no collectives when failing
-            if call.progress.training:
-                call.run.failed_in_epoch = call.progress.epoch
-            if call.run.fitted:
-                call.run.save_state()
 
 
 def _whole(hook):
@@ -649,11 +82,6 @@ def _whole(hook):
             return hook(self, *args, **kwargs)
 
     return whole
-
-
-def _a_number(value: Any) -> bool:
-    """A plain Python number, as Keras makes of a one-element output (not a bool)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 # ------------------------------------------------------------------------------- the callback

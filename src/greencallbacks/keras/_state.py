@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from greencallbacks.ledger import run_ids_in
 from greencallbacks.meter import warn
 from greencallbacks.records import JsonFileReplacer, write_json_atomic
 from greencallbacks.session import EnergySession
@@ -303,3 +304,9 @@ def _trained_again(run_id: Any, reached: int, first_epoch: int, where: str) -> N
         "(a sweep whose fits share one output directory), give each trial its own EnergyCallback(run_id=...) or "
         "output_dir=...; the records already written stay in that run."
     )
+
+
+def _free_run_id(run_id: str, directory: Path) -> str:
+    """``run_id``, or the first ``<run_id>-N`` (from 2) with no records in ``directory``."""
+    taken = run_ids_in(directory)
+    return next(candidate for n in itertools.count(1) if (candidate := run_id if n == 1 else f"{run_id}-{n}") not in taken)
