@@ -307,9 +307,9 @@ def test_embodied_settings_may_be_any_mapping():
     with "embodied must be ... a dict", showing what looked like one."""
     from types import MappingProxyType
 
-    from greencallbacks.tracker import _embodied_settings
+    from greencallbacks.embodied_run import checked_settings
 
     settings = MappingProxyType({"host": "server", "host_share": 0.25})
-    assert _embodied_settings(settings) == {"host": "server", "host_share": 0.25}
+    assert checked_settings(settings) == {"host": "server", "host_share": 0.25}
     with pytest.raises(ValueError, match="embodied must be"):
-        _embodied_settings(MappingProxyType({"hots": "server"}))
+        checked_settings(MappingProxyType({"hots": "server"}))

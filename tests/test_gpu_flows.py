@@ -40,7 +40,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from flow_invariants import check_run, logged_total_matches, meter_threads  # noqa: E402
-from greencallbacks import tracker as tracker_module  # noqa: E402
+from greencallbacks.open_phase import OpenPhase  # noqa: E402
 from greencallbacks.meter import EnergyWarning, Meter  # noqa: E402
 from greencallbacks.sensors import nvml as nvml_module  # noqa: E402
 from tests.fakes import fake_pynvml as fp  # noqa: E402
@@ -100,7 +100,7 @@ def simulated_gpu(monkeypatch) -> SimulatedGpu:
     monkeypatch.setattr(nvml_module, "import_pynvml", lambda: nvml)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
     sim = SimulatedGpu(nvml, gpu)
-    snapshot, add = Meter.snapshot, tracker_module._Open.add
+    snapshot, add = Meter.snapshot, OpenPhase.add
 
     def noted_snapshot(self, exact=False):
         taken = snapshot(self, exact)
@@ -113,7 +113,7 @@ def simulated_gpu(monkeypatch) -> SimulatedGpu:
         sim.segments.append(Segment(self, sim.monotonic_at[measurement.start_unix], sim.monotonic_at[end_unix], gpu_j))
 
     monkeypatch.setattr(Meter, "snapshot", noted_snapshot)
-    monkeypatch.setattr(tracker_module._Open, "add", noted_add)
+    monkeypatch.setattr(OpenPhase, "add", noted_add)
     return sim
 
 

@@ -228,8 +228,8 @@ def test_a_run_that_ends_normally_leaves_no_heartbeat(tmp_path):
 
 def test_the_heartbeat_writes_at_most_once_per_heartbeat_period(tmp_path, monkeypatch):
     writes = []
-    real = tracker_module.write_json_atomic
-    monkeypatch.setattr(tracker_module, "write_json_atomic", lambda path, data: writes.append(data) or real(path, data))
+    real = heartbeat.write_json_atomic
+    monkeypatch.setattr(heartbeat, "write_json_atomic", lambda path, data: writes.append(data) or real(path, data))
     tracker, clock = started(tmp_path)
     tracker.begin("train", 0)
     steps(tracker, clock, 200.0, every=0.5)  # 400 logging steps

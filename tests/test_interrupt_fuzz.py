@@ -1,6 +1,7 @@
 """Ctrl-C at every line of the tracker's own bookkeeping: the ledger stays exact.
 
-A real SIGINT (``os.kill``) is sent from a trace function at the N-th line the tracker runs, for
+A real SIGINT (``os.kill``) is sent from a trace function at the N-th line the tracker runs (in
+its module and in those it keeps apart: ``TRACKER_FILES``), for
 every N of a small training loop (nested validation, two epochs, a finish), as a notebook's
 Ctrl-C lands there by chance. The loop then goes on as a framework does after a
 ``KeyboardInterrupt``: the run is aborted. On a fake clock and a constant-power sensor every
@@ -28,6 +29,8 @@ from pathlib import Path
 
 import pytest
 
+from greencallbacks import (checks, concurrency, embodied_run, forks, heartbeat, open_phase, resume, run_ids,
+                            shared_gpus, summaries)
 from greencallbacks import tracker as tracker_module
 from greencallbacks.carbon import Carbon
 from greencallbacks.meter import Meter
@@ -36,15 +39,18 @@ from greencallbacks.tracker import SUMMARY_FILE, Tracker
 from tests.fakes.scripted import FakeClock, ScriptedSensor
 
 POWER_W = 100.0
-TRACKER_FILE = tracker_module.__file__
+# The tracker's module and the modules of its parts (split from it: one idea each).
+TRACKER_FILES = frozenset(module.__file__ for module in (
+    tracker_module, open_phase, concurrency, forks, run_ids, resume, shared_gpus, embodied_run, summaries, checks,
+    heartbeat))
 
 
 class CtrlCAtLine:
-    """A trace function that sends SIGINT to this process at the ``nth`` line run in ``filename``
+    """A trace function that sends SIGINT to this process at the ``nth`` line run in ``filenames``
     (``nth`` < 0: only counts)."""
 
-    def __init__(self, nth: int, filename: str = TRACKER_FILE) -> None:
-        self.nth, self.filename, self.lines, self.where = nth, filename, 0, None
+    def __init__(self, nth: int, filenames: frozenset[str] = TRACKER_FILES) -> None:
+        self.nth, self.filenames, self.lines, self.where = nth, filenames, 0, None
 
     def __enter__(self) -> "CtrlCAtLine":
         sys.settrace(self.calls)
@@ -54,13 +60,13 @@ class CtrlCAtLine:
         sys.settrace(None)
 
     def calls(self, frame, event, arg):
-        return self.line if frame.f_code.co_filename == self.filename else None
+        return self.line if frame.f_code.co_filename in self.filenames else None
 
     def line(self, frame, event, arg):
         if event == "line":
             self.lines += 1
             if self.lines == self.nth:
-                self.where = f"{frame.f_code.co_name}:{frame.f_lineno}"
+                self.where = f"{Path(frame.f_code.co_filename).stem}.{frame.f_code.co_name}:{frame.f_lineno}"
                 os.kill(os.getpid(), signal.SIGINT)
         return self.line
 
@@ -111,7 +117,7 @@ def interrupted_training(output_dir: Path, nth: int) -> CtrlCAtLine:
             training(tracker, clock, meter, output_dir)
     except KeyboardInterrupt:
         # An interrupted `with lock:` can leave the lock acquired: the abort, and every later run, hung.
-        assert not tracker_module._running_lock.locked(), f"Ctrl-C at the tracker's line {nth} ({ctrl_c.where})"
+        assert not concurrency._running_lock.locked(), f"Ctrl-C at the tracker's line {nth} ({ctrl_c.where})"
         tracker.abort()  # what each adapter does with a failing call (Lightning's on_exception, ...)
     assert not tracker.running
     context = f"Ctrl-C at the tracker's line {nth} ({ctrl_c.where})"

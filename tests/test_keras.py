@@ -387,7 +387,7 @@ def test_backup_and_restore_inside_epoch_0_continues_the_run_and_a_new_fit_does_
     before, killed = ([r for r in records if r.run_id == run_id] for run_id in runs)
     assert [(r.attempt, r.epoch) for r in before if r.phase == "train"] == [(0, 0)]
     # Attempt 0 was killed before it closed a phase: of it, only the gap before its first epoch,
-    # open in the state written as the fit began, is carried by the resume (Tracker._carry).
+    # open in the state written as the fit began, is carried by the resume (resume._carry).
     assert {(r.attempt, r.phase) for r in killed if r.attempt == 0} == {(0, "other")}
     assert [(r.attempt, r.epoch, r.partial) for r in killed if r.phase == "train"] == [(1, 0, False), (1, 1, False)]
     # The same, killed in the first fit ever made into its directory (energy-state.json's folder

@@ -7,7 +7,8 @@ argument and what is valid.
 
 ``keywords_checked`` gives the core classes' constructors what the callbacks' give: a mistyped
 keyword is refused naming the nearest valid one (``unknown_keyword``, the one message for both).
-``one_line``: a name that prints as one line (a run id heads a report).
+``one_line``: a name that prints as one line (a run id heads a report). ``as_count``: a count of
+samples or tokens as a plain int. ``check_output_dir``: a directory that can hold the records.
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ from __future__ import annotations
 import functools
 import math
 import numbers
+import operator
+import os
 import unicodedata
+from pathlib import Path
 from typing import Any, Callable, Iterable, TypeVar
 
 _Class = TypeVar("_Class", bound=type)
@@ -30,6 +34,40 @@ def as_float(value: object) -> float:
         return float(value)
     except OverflowError:
         return math.nan
+
+
+def as_count(name: str, value: object) -> int:
+    """``value`` as a plain int >= 0: any integer (NumPy's, a torch scalar's), else ValueError. A
+    NumPy integer was written to the records as a string, which made the whole file unreadable."""
+    try:
+        count = operator.index(value) if not isinstance(value, bool) else None
+    except TypeError:
+        count = None
+    if count is None or count < 0:
+        raise ValueError(f"{name} must be an integer >= 0 (None: not counted), got {value!r}")
+    return count
+
+
+def check_output_dir(output_dir: object) -> None:
+    """Refuse, at construction, an ``output_dir`` that cannot hold the records: not a path, or a
+    path that is (or lies under) a file. A directory not there yet is made at the first record; a
+    file there failed every write of the run, and its records and summary were lost."""
+    if output_dir is None:
+        return
+    if not isinstance(output_dir, (str, os.PathLike)):
+        raise ValueError(f"output_dir must be a directory path (str or os.PathLike) or None, got {output_dir!r}")
+    path = Path(output_dir)
+    for place in (path, *path.parents):
+        try:
+            if not place.exists():
+                continue
+            is_dir = place.is_dir()
+        except OSError:  # not ours to read (a permission): the writer says so if it matters
+            return
+        if not is_dir:
+            where = "is a file" if place == path else f"lies under {str(place)!r}, which is a file"
+            raise ValueError(f"output_dir {str(output_dir)!r} {where}, not a directory: records could not be written there")
+        return
 
 
 def one_line(text: str) -> bool:

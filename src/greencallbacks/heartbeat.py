@@ -1,9 +1,10 @@
 """The heartbeat's files: each attempt's open phases, written beside the run's records by every
-rank (``Tracker.heartbeat``), for a resume or a report after the process was killed outright.
+rank (``Tracker.heartbeat``, through ``write_heartbeat``), for a resume or a report after the
+process was killed outright.
 
 Each attempt (a tracker's session) writes files of its own, never over another's; rank r > 0's
 part goes to a file of its own too. Read back here, by rank and phase, for the resume to carry
-(``Tracker._resume_carrying``) and the report to count (``runs.load``).
+(``resume._resume_carrying``) and the report to count (``runs.load``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import json
 import re
 from pathlib import Path
 
-from greencallbacks.records import Record, combine_ranks, run_file_name
+from greencallbacks.records import Record, combine_ranks, run_file_name, write_json_atomic
 
 HEARTBEAT_PREFIX = "energy-open-"
 HEARTBEAT_GLOB = f"{HEARTBEAT_PREFIX}*.json"  # any run's, any session's, any rank's
@@ -29,6 +30,21 @@ def heartbeat_path(directory: Path, run_id: str, rank: int = 0, session: str | N
     it left the others without that rank's part (their totals then differed)."""
     tail = (f".{session[:HEARTBEAT_SESSION_CHARS]}" if session else "") + (f".rank{rank}" if rank else "")
     return directory / run_file_name(HEARTBEAT_PREFIX, run_id, tail)
+
+
+def write_heartbeat(path: Path, *, run_id: str, attempt: int, rank: int, session_id: str | None, written: str,
+                    open_records: list[Record]) -> None:
+    """Replace the heartbeat at ``path`` (``heartbeat_path``) with ``open_records``, this rank's
+    part of the open phases as measured so far, ``written`` at that time (UTC, ISO 8601)."""
+    write_json_atomic(path, {
+        "schema": "greencallbacks.open/1",
+        "run_id": run_id,
+        "attempt": attempt,
+        "rank": rank,
+        "session_id": session_id,  # see heartbeat_parts
+        "written": written,
+        "open_records": [r.to_dict() for r in open_records],
+    })
 
 
 def heartbeat_files(run_id: str, directories: list[Path]) -> list[tuple[Path, int]]:

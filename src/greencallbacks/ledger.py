@@ -9,7 +9,7 @@ records of the run id. Those hold every phase the earlier attempts closed, inclu
 open when the checkpoint was written and everything a crashed attempt measured after it; each
 is counted once because each is one line. The checkpoint's totals are only the fallback when the
 records file is gone (a checkpoint copied to another machine); the phases it saved open that no
-record holds (their attempt was killed) are written by the tracker as records (``Tracker._carry``).
+record holds (their attempt was killed) are written by the tracker as records (``resume._carry``).
 
 What an epoch cost (for the prediction) is what the latest attempt that trained it billed to it:
 an attempt that only evaluates, tests or predicts from a checkpoint redoes no epoch, though its

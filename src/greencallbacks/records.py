@@ -87,7 +87,7 @@ class Record:
     hosts: int = 1
     partial: bool = False  # the phase was cut short (exception, interrupt)
     # Written by the resume, from the checkpoint: its attempt was killed before writing it (see
-    # ``Tracker._carry``), so it may follow that attempt's torn last line.
+    # ``resume._carry``), so it may follow that attempt's torn last line.
     carried: bool = False
     # Training call of the run this record belongs to: 0 for the first, +1 at every resume from a
     # checkpoint. An epoch an earlier attempt began and a later one redid appears once per attempt.

@@ -19,7 +19,7 @@ from greencallbacks.budget import Budget
 from greencallbacks.carbon import Carbon, IntensitySeries
 from greencallbacks.carbon_aware import CarbonAwarePause
 from greencallbacks.distributed import LocalReducer, Reducer
-from greencallbacks.checks import keywords_checked, unknown_keyword
+from greencallbacks.checks import check_output_dir, keywords_checked, unknown_keyword
 from greencallbacks.guard import not_ours
 from greencallbacks.ledger import read_run_records
 from greencallbacks.meter import Meter, warn
@@ -28,7 +28,7 @@ from greencallbacks.records import Record
 from greencallbacks.sensors.base import Kind, Method, Sensor
 from greencallbacks.sensors.discover import check_cpu_tdp_w, check_gpus
 from greencallbacks.summaries import SUMMARY_FILE, kept_summary_path
-from greencallbacks.tracker import Tracker, check_output_dir
+from greencallbacks.tracker import Tracker
 from greencallbacks.units import J_PER_KWH
 
 

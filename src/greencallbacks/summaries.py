@@ -1,5 +1,8 @@
 """A run's summary file, ``energy-summary.json``: one per directory, its latest run's.
 
+What it holds is the tracker's run as its ledger holds it (``write_run_summary``), or, for a
+failed run of several ranks, as every rank's records on disk hold it (``write_every_ranks_summary``).
+
 Runs that share a directory (a notebook's fit run again, ``train()`` called twice, an
 out-of-memory retry) each keep theirs: an earlier run's is moved beside it under its run id, and
 the move and the write are held against every other process ending in that directory.
@@ -12,10 +15,16 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
+from greencallbacks._version import __version__
+from greencallbacks.ledger import Ledger, read_run_records
 from greencallbacks.meter import warn
-from greencallbacks.records import run_file_name, write_json_atomic
+from greencallbacks.records import RECORDS_FILE, run_file_name, write_json_atomic
+from greencallbacks.units import J_PER_KWH
+
+if TYPE_CHECKING:
+    from greencallbacks.tracker import Tracker
 
 try:
     import fcntl
@@ -37,6 +46,70 @@ def write_summary(directory: Path, run_id: str, summary: dict) -> bool:
     with _summaries_held(directory, run_id):
         _keep_another_runs_summary(path, run_id)
         return write_json_atomic(path, summary)
+
+
+def write_run_summary(tracker: "Tracker") -> bool:
+    """``tracker``'s run, as its ledger holds it, as the summary of ``tracker.output_dir``; False
+    where it could not be written (its directory is not writable)."""
+    assert tracker.output_dir is not None
+    summary = {
+        "schema": "greencallbacks.summary/1",
+        "run_id": tracker.run_id,
+        "framework": tracker.framework,
+        "tool_version": __version__,
+        "energy_kwh": tracker.total_energy_j / J_PER_KWH,
+        "co2eq_g": tracker.total_co2eq_g,
+        **tracker.embodied_summary(),
+        "phases": {p: t.as_dict() for p, t in tracker.totals.items() if t.count},
+        "carbon": tracker.carbon.describe(),
+        "sensors": tracker.meter.describe() if tracker.meter is not None else [],
+        "ranks": tracker.reducer.world_size,
+        "attempts": tracker.ledger.attempt + 1,
+        # How the call that wrote it ended: "failed" (an exception or Ctrl-C; its open phases are
+        # partial records), else "finished". The totals alone read alike either way.
+        "ended": "failed" if tracker._failing else "finished",
+    }
+    if tracker._records_elsewhere:  # earlier attempts written in another directory (see resume._say_records_elsewhere)
+        summary["earlier_records"] = tracker._records_elsewhere
+    if tracker.gpus_shared:
+        summary["gpus_shared"] = tracker.gpus_shared
+    if tracker._unmeasured_all:  # in no record: without this, nothing said the GPU energy left them out
+        summary["gpus_unmeasured"] = tracker._unmeasured_all
+    for key, value in tracker.summary_extra.items():
+        # A callable field is made from the totals being written (the budget's use), so that
+        # it agrees with them however the run ended.
+        value = value(summary) if callable(value) else value
+        if value is not None:  # None: nothing to say (a field made only when there is)
+            summary[key] = value
+    return write_summary(tracker.output_dir, tracker.run_id, summary)
+
+
+def write_every_ranks_summary(tracker: "Tracker") -> bool:
+    """A failed multi-rank run's summary, from every rank's records on disk: rank 0's own
+    ledger lacks what the others measured after their last gather (their unfinished phases).
+    Every rank writes it after its own records, and again while the records changed meanwhile
+    (ranks failing at one instant): whichever rank replaces it last read every rank's records.
+    Only where rank 0's records are (a shared directory): a host of its own holds a part.
+    False where the summary could not be written."""
+    if tracker.output_dir is None or not (tracker.output_dir / RECORDS_FILE).is_file():
+        return True
+    own = tracker.ledger
+    written = False
+    records = read_run_records(tracker.run_id, [tracker.output_dir])
+    try:
+        for _ in range(5):
+            merged = Ledger(tracker.run_id)
+            merged.resume({"run_id": tracker.run_id}, records)
+            merged.attempt = own.attempt
+            tracker.ledger = merged
+            written = write_run_summary(tracker)
+            again = read_run_records(tracker.run_id, [tracker.output_dir])
+            if len(again) == len(records):
+                break
+            records = again
+    finally:
+        tracker.ledger = own
+    return written
 
 
 def _keep_another_runs_summary(path: Path, run_id: str) -> None:
