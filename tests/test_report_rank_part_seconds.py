@@ -14,22 +14,28 @@ from greencallbacks.records import RECORDS_FILE, RecordWriter
 from test_report import rec
 
 
-def test_the_ranks_parts_of_a_failed_phase_take_the_longest_part_s_time_not_their_sum(tmp_path, capsys):
-    # The shape of a Lightning DDP run on 2 CPU ranks whose rank 0 raised in epoch 1's validation:
-    # each rank wrote its part of the open training epoch (0.0492 s each) and validation (rank 1's
-    # waited 0.602 s at the epoch's sync); the report said 0.0984 s and 0.6035 s.
+def _write_failed_ddp_run(directory, billed=lambda record: record) -> None:
+    """The shape of a Lightning DDP run on 2 CPU ranks whose rank 0 raised in epoch 1's validation:
+    each rank wrote its part of the open training epoch (0.0492 s each) and validation (rank 1's
+    waited 0.602 s at the epoch's sync). ``billed`` applies to the records rank 0 writes."""
     def part(record, seconds, **changes):
         return dataclasses.replace(record, duration_s=seconds, ranks=1, partial=True, **changes)
 
-    whole = [dataclasses.replace(r, ranks=2) for r in (rec("ddp", "train", 0, 10.0, 50, 0, seconds=0.05),
-                                                      rec("ddp", "validation", 0, 2.0, 22, 1, seconds=0.004))]
-    rank0 = [part(rec("ddp", "train", 1, 10.0, 25, 2), 0.0492), part(rec("ddp", "validation", 1, 1.0, 8, 3), 0.0014)]
+    whole = [billed(dataclasses.replace(r, ranks=2)) for r in (rec("ddp", "train", 0, 10.0, 50, 0, seconds=0.05),
+                                                               rec("ddp", "validation", 0, 2.0, 22, 1, seconds=0.004))]
+    rank0 = [billed(part(rec("ddp", "train", 1, 10.0, 25, 2), 0.0492)),
+             billed(part(rec("ddp", "validation", 1, 1.0, 8, 3), 0.0014))]
     rank1 = [part(rec("ddp", "train", 1, 0.0, 25, 2), 0.0492, components=[]),
              part(rec("ddp", "validation", 1, 0.0, 11, 3), 0.602, components=[])]
     for name, records in ((RECORDS_FILE, whole + rank0), ("energy-records.rank1.jsonl", rank1)):
-        writer = RecordWriter(tmp_path / name)
+        writer = RecordWriter(directory / name)
         for record in records:
             writer.write(record)
+
+
+def test_the_ranks_parts_of_a_failed_phase_take_the_longest_part_s_time_not_their_sum(tmp_path, capsys):
+    # The report said 0.0984 s for epoch 1's training and 0.6035 s for its validation.
+    _write_failed_ddp_run(tmp_path)
     assert main(["report", str(tmp_path), "--format", "json"]) == 0
     config = json.loads(capsys.readouterr().out)["configurations"][0]
     epoch1 = [row for row in config["epochs"] if row["epoch"] == 1]
@@ -46,22 +52,10 @@ def test_a_phase_rank_0_billed_an_embodied_figure_to_is_covered_whole(tmp_path, 
     """Rank 0 bills the host's embodied CO2eq, a CPU rank 1 nothing (no device with a figure): the
     report said the figure "covers 0.105 s of the run's 0.705 s only", and ``lifecycle`` "0.105 s of
     the run's 0.756 s" (the ranks' parts summed), of a run whose every phase carries one."""
-    def part(record, seconds, **changes):
-        return dataclasses.replace(record, duration_s=seconds, ranks=1, partial=True, **changes)
-
     def billed(record):
         return dataclasses.replace(record, embodied_co2eq_g=1.0, embodied_co2eq_g_low=0.5, embodied_co2eq_g_high=2.0)
 
-    whole = [billed(dataclasses.replace(r, ranks=2)) for r in (rec("ddp", "train", 0, 10.0, 50, 0, seconds=0.05),
-                                                               rec("ddp", "validation", 0, 2.0, 22, 1, seconds=0.004))]
-    rank0 = [billed(part(rec("ddp", "train", 1, 10.0, 25, 2), 0.0492)),
-             billed(part(rec("ddp", "validation", 1, 1.0, 8, 3), 0.0014))]
-    rank1 = [part(rec("ddp", "train", 1, 0.0, 25, 2), 0.0492, components=[]),
-             part(rec("ddp", "validation", 1, 0.0, 11, 3), 0.602, components=[])]
-    for name, records in ((RECORDS_FILE, whole + rank0), ("energy-records.rank1.jsonl", rank1)):
-        writer = RecordWriter(tmp_path / name)
-        for record in records:
-            writer.write(record)
+    _write_failed_ddp_run(tmp_path, billed)
     assert main(["report", str(tmp_path), "--format", "json"]) == 0
     embodied = json.loads(capsys.readouterr().out)["configurations"][0]["embodied"]
     assert embodied["billed_seconds"] == pytest.approx(embodied["seconds"], rel=1e-12)
