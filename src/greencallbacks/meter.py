@@ -913,9 +913,9 @@ class _Channel:
         """Like ``boundary`` but never reads a slow counter: a slow channel gives its latest
         counter read, not carried forward to ``now``. The next boundary carries that read forward,
         so it can only be higher: a live figure never exceeds the total the next phase end logs
-        (it lags by at most one update period instead). While the counter's update phase is being
-        found, ``_settle`` moves every later value, down too: so the figure given is held as a
-        boundary's value is, and the next boundary is never below it."""
+        (it lags by at most one update period instead). While a correction to the values handed out
+        is pending (``_settle``, ``_settle_back``: the counter's update phase not yet found, a
+        meter's first second), it gives the last boundary's value, which no correction moves."""
         if not self.off_thread:
             # A live figure never waits for the reader thread, which holds the channel while it
             # polls (the CPU estimate lists the process tree: ~2 ms every 2 s on a 2-CPU VM):
@@ -926,13 +926,20 @@ class _Channel:
             return self.read() + self._settled_j, 0.0
         with self._state_lock:
             anchor = self._anchor
-            if anchor is None:
+            # A pending correction moves every later value, down too: the search for the update
+            # phase moved them by up to 14 J between two logging steps (50-700 W), the step values
+            # went back by it, and an epoch's total came out below the step value before it.
+            # Holding the figure given as a boundary instead made the records depend on whether
+            # step values were logged (4.2 J of a 30 ms validation's 21 J billed to the epoch before).
+            if anchor is None or self._unsettled is not None or self._unsampled is not None:
                 return self._boundary_j, 0.0
-            # Held as a boundary's value is: the search for the update phase moved _settled_j down
-            # by up to 14 J between two logging steps (50-700 W, a meter's first second), and the
-            # step values went back by it; an epoch's total came out below the step value before it.
-            self._boundary_j = max(self._boundary_j, anchor[1] + self._settled_j)
-            return self._boundary_j, abs(now - anchor[0])
+            if anchor[0] <= now:
+                return max(self._boundary_j, anchor[1] + self._settled_j), now - anchor[0]
+        # An anchor at its update's time, which the phase puts a few milliseconds after the read
+        # returned: a boundary carries it back to now, so must this (the next boundary came out
+        # 0.06 J below the step value before it).
+        carried = self.estimate(now, stale_ok=True)
+        return (self._boundary_j, 0.0) if carried is None else (max(self._boundary_j, carried[0]), carried[1])
 
     def forget(self) -> None:
         with self._state_lock:

@@ -747,10 +747,7 @@ class Tracker:
         ``power_w``: IT power since the newest earlier call at least ``LIVE_POWER_WINDOW_S`` before
         this one (since the first call, or the last boundary before it, until one is). Adds no record
         and never touches the ledger, so records and per-epoch values are the same with or without
-        it, but for one window: while the meter still searches an NVML counter's update phase (its
-        first second), a figure handed out is held as a boundary's is, so the next boundary may
-        take up to the search's correction (a few joules) from the phase after it; the run's total
-        is the same.
+        it.
 
         On several ranks a collective, which every rank calls at the same logging steps: the
         ranks' open parts and powers are summed over a gloo gather of three floats (host to host:
