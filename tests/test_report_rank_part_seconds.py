@@ -64,3 +64,31 @@ def test_a_phase_rank_0_billed_an_embodied_figure_to_is_covered_whole(tmp_path, 
     assert "covers" not in capsys.readouterr().out
     assert main(["lifecycle", str(tmp_path), "--inferences", "1000"]) == 0
     assert "the embodied figures cover" not in capsys.readouterr().out
+
+
+def test_a_failed_distributed_epoch_whose_ranks_each_trained_their_half_is_a_whole_epoch(tmp_path, capsys):
+    """The 2-rank run above, resumed from a checkpoint at epoch 1's last training step (taken before
+    the validation that raised): the resume goes on with epoch 2, and the run ends well. Each rank's
+    part of epoch 1 holds its half of the epoch's 50 samples; judged apart, neither had trained a whole
+    epoch, and the report said "cut short by an exception or interrupt, 2 completed" (epoch samples
+    [[0, 50], [2, 50]]) of a run that trained its 3 epochs."""
+    def part(record, **changes):
+        return dataclasses.replace(record, ranks=1, partial=True, **changes)
+
+    def whole(record, attempt):
+        return dataclasses.replace(record, ranks=2, attempt=attempt)
+
+    first = [whole(rec("ddp", "train", 0, 10.0, 50, 0), 0), whole(rec("ddp", "validation", 0, 2.0, 22, 1), 0)]
+    rank0 = [part(rec("ddp", "train", 1, 10.0, 25, 2)), part(rec("ddp", "validation", 1, 1.0, 8, 3))]
+    rank1 = [part(rec("ddp", "train", 1, 0.0, 25, 2), components=[]),
+             part(rec("ddp", "validation", 1, 0.0, 11, 3), components=[])]
+    resumed = [whole(rec("ddp", "train", 2, 10.0, 50, 4), 1), whole(rec("ddp", "validation", 2, 2.0, 22, 5), 1)]
+    for name, records in ((RECORDS_FILE, first + rank0 + resumed), ("energy-records.rank1.jsonl", rank1)):
+        writer = RecordWriter(tmp_path / name)
+        for record in records:
+            writer.write(record)
+    assert main(["report", str(tmp_path), "--format", "json"]) == 0
+    (group,) = json.loads(capsys.readouterr().out)["configurations"]
+    assert group["configuration"]["completed_epochs"] == 3
+    assert group["configuration"]["epoch_samples"] == [[0, 50], [1, 50], [2, 50]]
+    assert "cut short" not in group["description"] and "cut short" not in group["statement"], group["statement"]

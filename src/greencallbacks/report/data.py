@@ -10,7 +10,7 @@ from collections import Counter, defaultdict
 from typing import Callable, Collection, Iterable, Mapping, Sequence
 
 from greencallbacks.carbon.intensity import USER_ZONE
-from greencallbacks.ledger import embodied_seconds, wall_seconds
+from greencallbacks.ledger import each_phase_once, embodied_seconds, wall_seconds
 from greencallbacks.records import PHASES, Record, by_run, counted_to_heartbeat
 from greencallbacks.runs import UNSEEN_BY_SUMMARY
 from greencallbacks.textformat import (
@@ -731,9 +731,13 @@ def configuration(records: Sequence[Record], unfinished: bool = False) -> dict:
 
 def _trained_every_batch(cut_short: Sequence[Record], records: Sequence[Record]) -> bool:
     """Whether a training record cut short holds a whole epoch's samples (the most that one record
-    of an epoch trained whole in the run has): the failure came after its last batch."""
-    whole = max((r.samples for r in records if r.phase == "train" and r.epoch is not None and not r.partial), default=0)
-    return whole > 0 and any(r.samples_counted and r.samples >= whole for r in cut_short)
+    of an epoch trained whole in the run has): the failure came after its last batch. Not a resume's
+    inside an epoch cut short (``UNKNOWN``): it trained the epoch's rest, the largest record of a
+    one-epoch fine-tune resumed from a mid-epoch checkpoint, and a crash at 24 of 30 samples, 14 left
+    to the resume, read as one after the epoch's last batch. The ranks' parts of one phase (a failed
+    distributed run's) are summed first: each rank's half of a whole epoch held half its samples."""
+    whole = max((r.samples for r, how in complete_training(records) if how != UNKNOWN), default=0)
+    return whole > 0 and any(r.samples_counted and r.samples >= whole for r in each_phase_once(cut_short))
 
 
 def training_failed(records: Sequence[Record]) -> bool:
@@ -802,7 +806,7 @@ def _whole_but_cut_short(records: Sequence[Record]) -> list[Record]:
     for r in records:
         if r.phase == "train" and r.epoch is not None and r.partial and r.epoch not in complete:
             cut_short[r.epoch].append(r)
-    wholes = [max((r for r in group if r.samples_counted), key=lambda r: r.samples, default=None)
+    wholes = [max((r for r in each_phase_once(group) if r.samples_counted), key=lambda r: r.samples, default=None)
               for group in cut_short.values() if _trained_every_batch(group, records)]
     return [r for r in wholes if r is not None]
 
