@@ -507,6 +507,11 @@ class _Channel:
                     # Reads slower than the period straddle every time: the middle of the updates
                     # it may hold is at most half the span off, where an anchor never moved would age.
                     t = self._phase + 0.5 * (k + k_after) * period
+            # The value was taken inside the read: the update it holds came before the read
+            # returned, wherever a provisional phase (ms off) puts it. Put after it, a step value
+            # carried it back at the power sampled so far, and a boundary 1 ms later along a sample
+            # taken since: 1.1 J below that step value.
+            t = min(t, after)
         self._last_read = (before, after, value)
         with self._state_lock:
             if not keep:
@@ -920,7 +925,10 @@ class _Channel:
             # A live figure never waits for the reader thread, which holds the channel while it
             # polls (the CPU estimate lists the process tree: ~2 ms every 2 s on a 2-CPU VM):
             # then it gives the channel's last value, which the next boundary carries on from.
-            if not self._lock.acquire(blocking=False):
+            # So does one whose read adds a power sample: the records would depend on when step
+            # values were logged (a GPU read on by sampled power after its counter failed: an
+            # epoch of 445.2 J read 455.0 J with a step value every 30 ms).
+            if getattr(self.sensor, "samples_when_read", False) or not self._lock.acquire(blocking=False):
                 return self._last_j + self._settled_j, 0.0
             self._lock.release()
             return self.read() + self._settled_j, 0.0

@@ -77,6 +77,9 @@ class Sensor:
         off_thread: ``energy_j`` is slow (milliseconds, like NVML's energy counter): the meter
             reads it on its background thread every ``update_period_s`` and estimates each
             boundary from the latest read, so the training thread never waits for it.
+        samples_when_read: ``energy_j`` adds a power sample to the integral it returns (sampled
+            power, the RAM estimate): a read moves what later reads give, so live figures
+            (``Meter.peek``) give the value of the last poll rather than read it.
     """
 
     name: str = "sensor"
@@ -89,6 +92,7 @@ class Sensor:
     source: str = ""
     relative_uncertainty: float = 0.0
     off_thread: bool = False
+    samples_when_read: bool = False
 
     def energy_j(self) -> float:
         """Cumulative joules since this sensor was created. Raises ``SensorError`` on failure."""

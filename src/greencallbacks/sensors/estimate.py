@@ -791,6 +791,7 @@ class RamEstimateSensor(Sensor):
     kind = Kind.RAM
     method = Method.ESTIMATED
     source = "resident memory x W/GB"
+    samples_when_read = True
 
     def __init__(
         self,

@@ -167,6 +167,7 @@ class GpuSensor(Sensor):
         """Integrate power polled every ``interval_s``; the first sample starts the integral."""
         self.method = Method.SAMPLED
         self.poll_interval_s = interval_s
+        self.samples_when_read = True
         self._integrator = Integrator(self._clock)
         self._sample()
 

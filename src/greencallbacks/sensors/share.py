@@ -64,6 +64,7 @@ class Apportioned(Sensor):
         sampled_width = (device.poll_interval_s or 0.0) if device.method == Method.SAMPLED else 0.0
         self.update_period_s = max(device.update_period_s, sampled_width)
         self.off_thread = getattr(device, "off_thread", False)
+        self.samples_when_read = getattr(device, "samples_when_read", False)
         self.model = getattr(device, "model", "")
         self.index = getattr(device, "index", None)
         self.relative_uncertainty = share_bound(self.share)
