@@ -197,7 +197,7 @@ def test_the_report_says_a_budget_stopped_the_training_or_warned(tmp_path, capsy
     # The statement for a paper, in every format (LaTeX too, which has no provenance), says it.
     assert "; stopped by its energy or CO2eq budget) used " in config["statement"], config["statement"]
     assert main(["report", str(tmp_path / "stopped"), "--format", "latex"]) == 0
-    assert "stopped by its energy or CO2eq budget" in capsys.readouterr().out
+    assert "stopped by its energy or CO$_2$eq budget" in capsys.readouterr().out  # as the table header sets it
     assert main(["report", str(tmp_path / "warned")]) == 0
     out = capsys.readouterr().out
     assert "- Run warned's budget (1e-12 kWh) warned: energy total " in out and "; its training went on." in out

@@ -162,7 +162,7 @@ def test_the_report_says_how_long_training_paused_for_carbon_and_what_that_time_
     assert said in markdown.split("## Totals by phase")[1].split("##")[0]
     latex = report.render(paused_run(), "latex")
     _check_latex_structure(latex)
-    assert said in latex.split(r"\caption{")[1].splitlines()[0]
+    assert said.replace("CO2", "CO$_2$") in latex.split(r"\caption{")[1].splitlines()[0]
     several = report.render(paused_run("a", 3.0) + paused_run("b", 5.0) + one_run("c"), "md")
     assert "Training was paused 2.7 ± 1.5 s per run (mean ± SE)" in several  # 3, 5, 0 s
     assert "paused" not in report.render(one_run(), "md") and "paused" not in report.render(one_run(), "latex")
@@ -448,6 +448,21 @@ def test_latex_compiles(tmp_path):
     )
     assert done.returncode == 0, done.stdout[-2000:]
     assert (tmp_path / "report.pdf").stat().st_size > 0
+
+
+def test_latex_sets_co2_as_its_table_header_does_in_every_sentence():
+    """The statement said "emitted 5.00 gCO2eq" under a column headed "CO$_2$eq (g)"; so did the
+    caption's pause sentence, the equivalents and the zones compared."""
+    latex = report.render(paused_run() + three_runs(), "latex", with_equivalents=True, compare=["FR", "US-CA"])
+    _check_latex_structure(latex)
+    typeset = "\n".join(line for line in latex.splitlines() if not line.startswith("%"))
+    assert "CO2" not in typeset
+    assert "emitted 17.8 $\\pm$ 1.8 gCO$_2$eq per run" in typeset and "at 500 gCO$_2$eq/kWh" in typeset
+    assert "mgCO$_2$eq, counted" in typeset  # the caption's pause sentence
+    assert "in FR (56 gCO$_2$eq/kWh)" in typeset and "g CO$_2$ per mile" in typeset
+    # Markdown keeps its plain text.
+    markdown = report.render(paused_run() + three_runs(), "md", with_equivalents=True, compare=["FR"])
+    assert "gCO2eq per run" in markdown and "CO$_2$" not in markdown
 
 
 def test_latex_escape():

@@ -28,7 +28,7 @@ def test_a_clean_grids_intensity_is_cited_to_the_digits_it_has(g_per_kwh, said):
     assert f"Carbon intensity: {said} gCO2eq/kWh (energy-weighted)" in md
     assert f", at {said} gCO2eq/kWh (" in md
     latex = report.render(records, "latex", compare=["FR"])
-    assert f", at {said} gCO2eq/kWh (" in latex and "in FR (56 gCO2eq/kWh)" in latex
+    assert f", at {said} gCO$_2$eq/kWh (" in latex and "in FR (56 gCO$_2$eq/kWh)" in latex
 
 
 def test_whatif_prices_a_record_of_next_to_no_time_as_an_instant_not_infinity(tmp_path):

@@ -92,3 +92,25 @@ def test_a_failed_distributed_epoch_whose_ranks_each_trained_their_half_is_a_who
     assert group["configuration"]["completed_epochs"] == 3
     assert group["configuration"]["epoch_samples"] == [[0, 50], [1, 50], [2, 50]]
     assert "cut short" not in group["description"] and "cut short" not in group["statement"], group["statement"]
+
+
+def test_a_carbon_pause_the_ranks_each_wrote_a_part_of_is_paused_once(tmp_path, capsys):
+    """Every rank pauses together (rank 0's decision); a job stopped during the pause before epoch 1
+    leaves each rank's part of that gap, each saying 3 s of its 4 s paused. The report said "Training
+    was paused 6.00 s" of a run that paused 3 s."""
+    def gap(energy_j, **changes):
+        return dataclasses.replace(rec("ddp", "other", 1, energy_j, 0, 2, seconds=4.0), ranks=1, partial=True,
+                                   paused_s=3.0, **changes)
+
+    whole = [dataclasses.replace(rec("ddp", "train", 0, 10.0, 50, 0), ranks=2)]
+    for name, records in ((RECORDS_FILE, whole + [gap(4000.0)]), ("energy-records.rank1.jsonl", [gap(2000.0, components=[])])):
+        writer = RecordWriter(tmp_path / name)
+        for record in records:
+            writer.write(record)
+    assert main(["report", str(tmp_path), "--format", "json"]) == 0
+    pause = json.loads(capsys.readouterr().out)["configurations"][0]["carbon_pause"]
+    assert pause["seconds"]["mean"] == 3.0
+    # 3 s of the 4 s gap, of both ranks' 6 kJ: 4.5 kJ.
+    assert pause["energy_kwh"]["mean"] * 3.6e6 == pytest.approx(4500.0, rel=1e-12)
+    assert main(["report", str(tmp_path)]) == 0
+    assert "Training was paused 3.00 s for a cleaner grid" in capsys.readouterr().out

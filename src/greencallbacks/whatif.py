@@ -20,7 +20,9 @@ The energy profile is the records': each phase's energy spread evenly over its o
 its ``start_time``. A phase with another nested in it (validation in the middle of a training
 epoch) was billed before and after the nested one, which has its own record: the outer record's
 time skips the nested one's, so no time is counted twice and the run priced as recorded with the
-series the tracker used is what its records say.
+series the tracker used is what its records say. The ranks' parts of one phase (a failed
+distributed run writes one per rank, same seq) ran side by side: each phase is laid once, as
+``ledger.each_phase_once`` sums them, its energy every rank's.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 
 from greencallbacks.carbon.intensity import MAX_INTENSITY_G_PER_KWH, place_intensity
 from greencallbacks.carbon.series import parse_timestamp
+from greencallbacks.ledger import each_phase_once
 from greencallbacks.textformat import markdown_table, number, printable
 
 if TYPE_CHECKING:
@@ -216,9 +219,12 @@ def energy_profile(records: Iterable["Record"]) -> tuple[float, list[Phase]]:
 
 
 def _laid_out_attempts(records: Iterable["Record"]) -> list[list[tuple[float, float, float]]]:
-    """The pieces ``(wall start, seconds, kWh)`` of each attempt (a run resumed after a crash has several)."""
+    """The pieces ``(wall start, seconds, kWh)`` of each attempt (a run resumed after a crash has several).
+
+    Each phase once (``each_phase_once``): 2 ranks' parts of a failed epoch, laid by start time, were
+    taken for one nested in the other and laid end to end, a run of 1.41 s timed (and priced) as 1.45 s."""
     attempts: dict[tuple[str, int], list["Record"]] = {}
-    for record in records:
+    for record in each_phase_once(records):
         attempts.setdefault((record.run_id, record.attempt), []).append(record)
     if not attempts:
         raise ValueError("records is empty: nothing to analyse")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections import defaultdict
 from typing import Collection, Mapping, Sequence
 
@@ -283,6 +284,16 @@ def latex_escape(text: str) -> str:
     return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(text))
 
 
+# CO2 in a sentence, set as the table's header sets it (CO$_2$eq): the statement and the caption's
+# sentences wrote "gCO2eq" beside a column of "CO$_2$eq" in the paper.
+_CO2 = re.compile(r"CO2(?=(?:eq?)?\b)")
+
+
+def latex_prose(text: str) -> str:
+    """A sentence of the report made LaTeX: ``latex_escape``'d, its CO2 typeset as CO$_2$."""
+    return _CO2.sub("CO$_2$", latex_escape(text))
+
+
 def _latex_math(text: str) -> str:
     mantissa, _, exponent = text.partition("e")
     return mantissa + (f" \\times 10^{{{int(exponent)}}}" if exponent else "")
@@ -326,11 +337,11 @@ def _latex_group(data: dict, caption_extra: str, label: str) -> list[str]:
     methods = list(dict.fromkeys(row["methods"] for row in rows)) or [", ".join(
         f"{h['name']}:{h['method']}" for h in data["hardware"])]
     per_row = len(methods) > 1
-    caption = ("Energy and emissions" + (" per training epoch" if rows else "") + latex_escape(caption_extra) + "." + over
+    caption = ("Energy and emissions" + (" per training epoch" if rows else "") + latex_prose(caption_extra) + "." + over
                + (f" Measured by: {latex_escape(methods[0] or 'no component recorded')}." if not per_row else "")
                # The phases it holds: "training, evaluation" of a run that only evaluated read as a fit.
                + f" Whole run: every phase ({phases_text(list(data['phases']))})."
-               + (" " + latex_escape(pause_sentence(data["carbon_pause"], len(data["runs"]))) if data.get("carbon_pause") else ""))
+               + (" " + latex_prose(pause_sentence(data["carbon_pause"], len(data["runs"]))) if data.get("carbon_pause") else ""))
     train_seconds = over_runs([t["train_seconds"] for t in data["run_totals"].values()])
     # Below the epochs, the training's and the whole run's totals; a column no row fills (a cost per
     # sample where no epoch trained: an evaluation alone) is left out, not printed empty.
@@ -378,21 +389,21 @@ def _latex_group(data: dict, caption_extra: str, label: str) -> list[str]:
         r"\end{tabular}",
         r"\end{table}",
         "",
-        latex_escape(data["statement"]),
+        latex_prose(data["statement"]),
     ]
     if "equivalents" in data:
         lines += ["", "This is about " + " or ".join(
-            f"{number(e['amount'])} {latex_escape(e['what'])} ({latex_escape(e['source'])}, {e['year']})"
+            f"{number(e['amount'])} {latex_prose(e['what'])} ({latex_prose(e['source'])}, {e['year']})"
             for e in data["equivalents"]
         ) + "."]
     if "compare_zones" in data:
         lines += ["", "The same energy would have emitted " + "; ".join(
-            f"{number(row['co2eq_g'])} gCO2eq in {latex_escape(row['zone'])} "
-            f"({intensity_text(row['g_per_kwh'])} gCO2eq/kWh)"
+            f"{number(row['co2eq_g'])} gCO$_2$eq in {latex_escape(row['zone'])} "
+            f"({intensity_text(row['g_per_kwh'])} gCO$_2$eq/kWh)"
             for row in data["compare_zones"]
         ) + "."]
         if data.get("compare_zones_note"):
-            lines[-1] += f" Note: {latex_escape(data['compare_zones_note'])}."
+            lines[-1] += f" Note: {latex_prose(data['compare_zones_note'])}."
     return lines
 
 

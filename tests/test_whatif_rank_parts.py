@@ -1,0 +1,117 @@
+"""What-if of a failed distributed run: each rank wrote its own part of the phases open at the
+failure (same run, attempt and seq; ranks > 0 in ``energy-records.rank<r>.jsonl``). The ranks ran
+them side by side, so the run's timeline holds each such phase once (``ledger.each_phase_once``),
+its energy every rank's: laid by start time, one part was taken for nested in the other and they
+were laid end to end, a longer run whose later part was priced at a later hour's intensity."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from greencallbacks.carbon import Carbon
+from greencallbacks.ledger import read_run_records, wall_seconds
+from greencallbacks.meter import Meter
+from greencallbacks.tracker import Tracker
+from greencallbacks.units import J_PER_KWH
+from greencallbacks.whatif import main, whatif
+from tests.fakes.scripted import FakeClock, ScriptedSensor
+from tests.test_ledger_ranks import ThreadReducer, run_ranks
+from tests.test_whatif import T0, write_series
+
+WORLD, GPU_W, EPOCH_S = 2, 100.0, 10.0
+
+
+class TwoRanks(ThreadReducer):
+    def __init__(self, rank: int, shared: dict) -> None:
+        super().__init__(rank, shared)
+        self.world_size, self.measures_host, self.hosts = WORLD, rank == 0, 1
+
+
+def failed_in_epoch_1(directory, series):
+    """2 ranks, each a 100 W device on its own clock from T0, priced with ``series``: epoch 0 whole
+    (summed at its end), then epoch 1 fails 10 s in on both ranks, which write their parts apart."""
+    def rank(rank, reducer):
+        clock = FakeClock(0.0)
+        tracker = Tracker(carbon=Carbon(series=series), run_id="ddp")
+        tracker.start(Meter([ScriptedSensor(f"gpu{rank}", clock, power_w=GPU_W)], fallback=None, clock=clock,
+                            wall_clock=lambda: clock() + T0), reducer=reducer, output_dir=directory)
+        for epoch in range(2):
+            tracker.begin("train", epoch)
+            clock.advance(EPOCH_S)
+            if epoch == 1:
+                tracker.abort()
+                return
+            tracker.end("train")
+
+    run_ranks(rank, reducer=TwoRanks, world=WORLD,
+              shared={"slots": [None] * WORLD, "barrier": threading.Barrier(WORLD, timeout=30)})
+    return read_run_records("ddp", [directory])
+
+
+@pytest.fixture
+def series(tmp_path):
+    # 100 g/kWh in epoch 0's 10 s, 200 in epoch 1's, 400 after: a part laid after the other is dearer.
+    return write_series(tmp_path / "steps.csv", [(T0, 100), (T0 + 10, 200)] + [(T0 + s, 400) for s in range(20, 70, 10)])
+
+
+def test_whatif_lays_the_ranks_parts_of_a_failed_phase_side_by_side(tmp_path, series):
+    records = failed_in_epoch_1(tmp_path / "energy", series)
+    parts = [r for r in records if r.epoch == 1]
+    assert (tmp_path / "energy" / "energy-records.rank1.jsonl").exists()
+    assert [(r.seq, r.ranks, r.partial, r.duration_s, r.start_time) for r in parts] == [
+        (parts[0].seq, 1, True, EPOCH_S, parts[0].start_time)] * 2
+    # Every joule once: epoch 0 summed (2 kJ at 100 g/kWh), epoch 1 one part a rank (1 kJ each, at 200).
+    assert sum(r.energy_kwh for r in records) * J_PER_KWH == pytest.approx(2 * 2 * GPU_W * EPOCH_S)
+    recorded_g = (2000 * 100 + 2000 * 200) / J_PER_KWH  # 0.1667 g
+    assert sum(r.co2eq_g for r in records) == pytest.approx(recorded_g, rel=1e-9)
+
+    result = whatif(records, series, window_h=0)
+    # Got 30 s and 0.2222 g: rank 0's part laid after rank 1's, from 20 s to 30 s, at 400 g/kWh.
+    assert result.run_duration_s == pytest.approx(2 * EPOCH_S) == pytest.approx(wall_seconds(records))
+    assert result.as_recorded.end_unix == pytest.approx(T0 + 2 * EPOCH_S)
+    assert result.as_recorded.co2eq_g == pytest.approx(recorded_g, rel=1e-9)
+    assert result.energy_kwh * J_PER_KWH == pytest.approx(4000.0)
+    assert result.recorded_note == ""  # the series the tracker priced with prices the run as its records say
+
+
+def test_the_cli_reads_the_rank_files_and_times_the_run_once(tmp_path, series, capsys):
+    failed_in_epoch_1(tmp_path / "energy", series)
+    assert main([str(tmp_path / "energy"), "--intensity", str(series), "--window-h", "0", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["run_duration_s"] == pytest.approx(20.0)  # got 30.0
+    assert out["as_recorded"]["co2eq_g"] == pytest.approx(out["recorded_co2eq_g"], rel=1e-9)
+    assert main([str(tmp_path / "energy"), "--intensity", str(series), "--window-h", "0"]) == 0
+    assert " over 20 s starting " in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_a_real_two_rank_failure_is_timed_as_the_report_times_it(tmp_path, capsys):
+    """Lightning DDP on 2 CPU ranks (gloo), rank 1 alone raising in epoch 1's mid-epoch validation:
+    both ranks wrote their parts of epoch 1's training and validation. The what-if said the run took
+    1.453 s where the report (each phase once) said 1.406 s: rank 1's 0.047 s of training laid after
+    rank 0's part instead of beside it."""
+    from tests.test_distributed_everyday import launch
+
+    crashed, ran = launch(tmp_path, "crash-val")
+    assert crashed.returncode != 0 and "rank 1 alone fails in validation" in crashed.stderr, crashed.stderr[-3000:]
+    records = read_run_records(ran[0]["run_id"], [tmp_path / "energy"])
+    assert (tmp_path / "energy" / "energy-records.rank1.jsonl").exists()
+    series = write_series(tmp_path / "flat.csv", [(min(_unix(r.start_time) for r in records) // 3600 * 3600 + h * 3600, 300)
+                                                  for h in range(3)])
+    assert main([str(tmp_path / "energy"), "--intensity", str(series), "--window-h", "0", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    # Start times are written to the millisecond: the timeline's span is the phases' seconds to a few.
+    assert out["run_duration_s"] == pytest.approx(wall_seconds(records), abs=0.005)
+    assert out["energy_kwh"] == pytest.approx(sum(r.energy_kwh for r in records), rel=1e-12)
+    # One intensity all along: each joule priced at 300 g/kWh, whatever the layout.
+    assert out["as_recorded"]["co2eq_g"] == pytest.approx(300 * out["energy_kwh"], rel=1e-9)
+
+
+def _unix(iso: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(iso).timestamp()
