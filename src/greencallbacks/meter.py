@@ -641,6 +641,10 @@ class _Channel:
             self._unsampled = None
             return
         if not power:
+            if not self._power_ok:
+                # No sample will come (a GPU that reports no instantaneous power): left pending,
+                # every step value gave the last boundary's value, flat through every epoch.
+                self._unsampled = None
             return
         if update is None:  # the first read of an update after the boundary
             if anchor is None or anchor[0] <= t:
@@ -658,6 +662,12 @@ class _Channel:
         else:
             return
         if unsure_s + max(0.0, power[0][0] - t) >= unsampled_s:
+            if self._search is None:
+                # Nor will it be surer: the phase is final and the oldest sample only moves on
+                # (64 kept, ~1.3 s: the search took ~3 s). What was applied stays; left pending, a
+                # step value gave the last boundary's value until the next one (epoch 0 begun at
+                # once, as HF and Keras do, read ~2 J to its end, 2-3 kJ in 6 s).
+                self._unsampled = None
             return
         forward_j = value_j - (self._settled_j - settled_j - applied_j)  # as _settle put it
         back_j = update[1] - (_integral_at(power, update[0]) - _integral_at(power, t))
@@ -953,6 +963,12 @@ class _Channel:
         with self._state_lock:
             self._anchor, self._unsampled = None, None
             self._power.clear()
+            if self._search is not None and self._search["provisional"]:
+                # A phase a few ms off tells which update a read holds only against the anchor's
+                # value (see _update_held); without it the first read after the pause took the
+                # update before it for the one it held: that boundary read a period low, and the
+                # first window after it billed 68 J too many at 700 W. Found again, as at a start.
+                self._phase, self._search = None, None
 
     def poll(self) -> None:
         with self._lock:
