@@ -60,7 +60,8 @@ MATRIX = {
                   # transformers 4 counts a micro-batch's tokens before it trains (a path 5 never takes).
                   "tests/test_hf_forward_crash_tokens.py", "tests/test_forked_child_exit.py",
                   "tests/test_hf_tokens_in_part.py", "tests/test_hf_report_tokens.py", "tests/test_hf_eval_repeats_tokens.py",
-                  "tests/test_hf_eval_repeats_counter_calls.py", "tests/test_report_crash_wording_one_epoch.py"],
+                  "tests/test_hf_eval_repeats_counter_calls.py", "tests/test_report_crash_wording_one_epoch.py",
+                  "tests/test_hf_eval_repeats_batch_kinds.py"],
         "report": ["transformers", "accelerate", "torch", "tensorboard", "mlflow", "wandb"],
     },
     "lightning": {

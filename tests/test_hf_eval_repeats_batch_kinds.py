@@ -41,10 +41,16 @@ def _two_ranks(out: str) -> None:
         return {**{key: torch.stack([f[key] for f in features]) for key in features[0]},
                 "ids": [str(i) for i in range(len(features))]}
 
+    class IdsDroppingTrainer(Trainer):  # transformers 4 hands the model every key of the batch
+        def compute_loss(self, model, inputs, *args, **kwargs):
+            if isinstance(inputs, dict) and "ids" in inputs:
+                inputs = {key: value for key, value in inputs.items() if key != "ids"}
+            return super().compute_loss(model, inputs, *args, **kwargs)
+
     for kind, collator, counter in (("encoding", encoding, lambda batch: int(batch.attention_mask.sum())),
                                     ("list", with_ids, lambda batch: int(batch["attention_mask"].sum()))):
         callback = EnergyCallback(intensity=300.0, sensors=[scripted_sensor(f"device{rank}")], token_counter=counter)
-        trainer = Trainer(model=tiny_model(), args=training_args(Path(out, kind), num_train_epochs=1, eval_strategy="no"),
+        trainer = IdsDroppingTrainer(model=tiny_model(), args=training_args(Path(out, kind), num_train_epochs=1, eval_strategy="no"),
                           train_dataset=TokenDataset(16), eval_dataset=TokenDataset(EVAL_SAMPLES, seed=1),
                           data_collator=collator, callbacks=[callback])
         trainer.evaluate()
