@@ -27,7 +27,8 @@
 * torch's ``PackedSequence``: its number of sequences;
 * a list or tuple whose items are samples rather than fields: its length. Items are samples when
   they are strings or numbers (labels, texts); inside a batch, records (dicts, dataclasses,
-  tuples: detection targets; tuples or lists of texts of one length other than the list's are a
+  tuples: detection targets, where no other field gives another count, as per-input batches
+  beside their labels do; tuples or lists of texts of one length other than the list's are a
   sample's texts or ``default_collate``'s texts by position, a fixed-length list of texts per
   sample giving one tuple of B texts per position: counted only where the rest of the batch says
   which), 0-d tensors where nothing else gives a certain count (the labels of a zip collate,
@@ -300,6 +301,12 @@ def _why_uncounted(batch: Any) -> str:
             return (f" (a list or tuple of tensors of one shape in it reads as fields, giving {lead} samples (their "
                     f"leading dimension), or as one sample each, giving {length}, as a zip collate, tuple(zip(*batch)), "
                     "of samples without labels gives; nothing else in the batch says which)")
+        records = next((a for a in allowed if isinstance(a, _RecordReadings)), None)
+        if records:
+            (samples,) = records
+            return (f" (a list of {samples} records (dicts, tuples or dataclasses) in it reads as {samples} samples, "
+                    "one each such as detection targets, which the rest of the batch contradicts; or as one batch "
+                    "per input, such as sentence-transformers' ([features_a, features_b], labels))")
         (samples,) = next((a for a in allowed if isinstance(a, set) and len(a) == 1), {None})
         if samples is not None:
             return (f" (a list of {samples} tensors in it reads as {samples} samples, one each (sequences of "
@@ -406,7 +413,10 @@ def _items_of_sequence(items: list | tuple, top: bool) -> tuple[Any, bool]:
             return _TextReadings({len(items), *lengths}), False
         return len(items), True
     if not top and all(_is_record(x) for x in items):
-        return len(items), True  # one record per sample inside a batch (detection targets)
+        # One record per sample inside a batch (detection targets), unless the rest of the batch
+        # gives another count: then they may be per-input batches (sentence-transformers'
+        # ``([features_a, features_b], labels)`` counted 2 per batch of 16, where the list came first).
+        return _RecordReadings({len(items)}), False
     if top and _per_sample_records(items):
         # A list of samples (collate_fn=list), one too: batch_size=1, or a last batch of one.
         return len(items), True
@@ -442,6 +452,11 @@ def _items_of_sequence(items: list | tuple, top: bool) -> tuple[Any, bool]:
 class _TextReadings(set):
     """The two readings of a list of texts by sample or by position (``_items_of_sequence``), told
     apart from a list of tensors' for the warning."""
+
+
+class _RecordReadings(set):
+    """A list of records' one reading, a sample each (``_items_of_sequence``), told apart from a
+    list of tensors' for the warning."""
 
 
 def _samples_of_one_kind(items: list) -> bool:
