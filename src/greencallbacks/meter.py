@@ -587,7 +587,11 @@ class _Channel:
             updates = [self._phase + j * period for j in (k, k + 1, k + 2)
                        if held.lo - margin <= self._phase + j * period <= held.hi + margin]
             if len(updates) != 1:  # a read that straddled an update: which one, unknown
-                if held is not self._held and not applied_j:  # and no later read can tell any more
+                # No later read can tell any more, nor, the phase final, a later step of the search:
+                # what was applied stays. Left pending, a step value gave the last boundary's value
+                # until the next one (a counter stepping up to 25 ms off its grid: ~2 J logged to
+                # the end of a 6 s epoch 0 of 2-3 kJ).
+                if held is not self._held and (not applied_j or self._search is None):
                     self._unsettled = None
                 return
             when = updates[0]
@@ -599,6 +603,11 @@ class _Channel:
             # that leaves less than a period (reads slower than the period bound it no better).
             when = 0.5 * (held.lo + held.hi)
         else:
+            if self._search is None:
+                # The search gave up (no steady period; tried again PHASE_REFRESH_S later): nothing
+                # tells the update's time sooner. What was applied stays; left pending, step values
+                # gave the last boundary's value until the next one, as above.
+                self._unsettled = None
             return
         # With the power samples the boundary was carried with: samples taken since would bridge
         # a gap in them (a reader starved of CPU) at the mean of its two ends' power.
@@ -660,6 +669,8 @@ class _Channel:
             unsure_s = self._phase_error_s
             update = (self._phase + round((update[0] - self._phase) / period) * period, update[1])
         else:
+            if self._search is None:  # the search gave up: as in _settle, what was applied stays
+                self._unsampled = None
             return
         if unsure_s + max(0.0, power[0][0] - t) >= unsampled_s:
             if self._search is None:

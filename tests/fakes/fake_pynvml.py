@@ -12,9 +12,10 @@ clock; the energy counter in mJ since "driver load", stepping only every 100 ms 
 ``nvmlDeviceGetPowerUsage`` as a 1-second average (Ampere and later); instantaneous power;
 init reference counting (calls before ``nvmlInit`` fail with Uninitialized). Switches: counter
 unsupported, instant field unsupported, power usage unsupported, an error on every call,
-GPU lost, counter reset (driver reload), init failing, library missing, MIG instances (each
-with its slices, on an H100's GPU-instance profiles; the MIG calls have pynvml's names and
-signatures, checked against the installed pynvml by tests/test_sensors_nvml.py).
+GPU lost, counter reset (driver reload), counter updates off their grid, init failing, library
+missing, MIG instances (each with its slices, on an H100's GPU-instance profiles; the MIG calls
+have pynvml's names and signatures, checked against the installed pynvml by
+tests/test_sensors_nvml.py).
 
 Latency (``counter_latency``): an energy-counter read can take as long as on a real GPU
 (``h100_counter_latency()``: 2.9 ms median, 15 ms p99). By default the read advances the fake clock
@@ -276,6 +277,9 @@ class FakeGpu(PiecewisePower):
         self.instant_supported = True
         self.power_usage_supported = True
         self.error_code: int | None = None  # every device call fails with this code while set
+        # Each counter update up to this far (s) either side of its 100 ms grid, drawn per update:
+        # a counter that does not step at a steady period (the meter's phase search gives up).
+        self.counter_jitter_s = 0.0
         self._misreads: list[int] = []
         self.mig_instances: list[FakeMigDevice] = []
         self.handle = FakeHandle(self)
@@ -315,8 +319,17 @@ class FakeGpu(PiecewisePower):
         # The counter steps every 100 ms after it started; between steps it holds its value.
         steps = math.floor((now - self._counter_origin_t) / COUNTER_UPDATE_PERIOD_S + 1e-9)
         last_update = self._counter_origin_t + steps * COUNTER_UPDATE_PERIOD_S
+        if self.counter_jitter_s:
+            steps += 1  # the next update, moved early, may have come already; this one, late, not yet
+            while steps > 0 and self._update_at(steps) > now:
+                steps -= 1
+            last_update = self._update_at(steps) if steps > 0 else self._counter_origin_t
         misread = self._misreads.pop(0) if self._misreads else 0
         return self._counter_offset_mj + int(1000.0 * self.energy_between_j(self._counter_origin_t, last_update)) + misread
+
+    def _update_at(self, step: int) -> float:
+        jitter = random.Random(step).uniform(-self.counter_jitter_s, self.counter_jitter_s)
+        return self._counter_origin_t + step * COUNTER_UPDATE_PERIOD_S + jitter
 
     def instant_power_mw(self) -> int:
         return int(round(1000.0 * self.power_at(self.clock())))
