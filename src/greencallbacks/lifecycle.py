@@ -16,7 +16,7 @@ cites one epoch or one sample does not: T_e is the epoch's last whole training (
 kept; a training again that a budget stopped after a batch replaces nothing), and T per sample is T
 over the samples trained, S, so that training an epoch again, or a part of it, costs its samples
 and not twice the price of one. The epochs the report classes as trained again
-(``report.data.epochs_trained_again``) are the same here.
+(``report.attempts.epochs_trained_again``) are the same here.
 
 T stays the training phases alone, so that T per sample and a mean what the literature means; V
 holds the rest of the trained run, so that it counts whole, as each trial does in CT. A sweep whose
@@ -338,7 +338,7 @@ def lifecycle(records: Sequence[Record], search: Iterable[Record] = (), run_id: 
 
 def last_trainings(train: Sequence[Record]) -> list[Record]:
     """The training records of each epoch's last whole training: an epoch trained again
-    (``report.data``'s rule, as the report classes it) drops what the attempts before that training
+    (``report.attempts``'s rule, as the report classes it) drops what the attempts before that training
     spent on it, so that one epoch's cost is one training's, not the sum of two. So does an epoch
     cut short and redone whole by a later attempt (the report's "cut short, redone": its first
     complete training, from the epoch's start); one that a later attempt went on with from a
