@@ -17,11 +17,11 @@ from greencallbacks.report.attempts import (
     complete_training,
     training_failed,
 )
-from greencallbacks.report.epochs import _stopped
+from greencallbacks.report.epochs import _stopped, phase_totals
 
 GROUPED_BY = ("framework, training epochs and the first one, samples and steps per epoch, sensors (name and method), ranks, "
               "and the grid (intensity zone, or the number given) and PUE; a run whose training did not finish is "
-              "never pooled with another")
+              "never pooled with another, and a run that trained nothing only with runs of the same phases and samples")
 
 
 def configuration(records: Sequence[Record], unfinished: bool = False) -> dict:
@@ -124,15 +124,19 @@ def _steps_per_epoch(records: Sequence[Record]) -> int | None:
     ends = {r.epoch: r.step for r, how in complete_training(records) if r.step is not None and how != STOPPED}
     ends.update({r.epoch: r.step for r in _whole_but_cut_short(records) if r.step is not None})
     first_epoch, began_at = _training_start(records)
-    deltas = [ends[e] - (began_at if e == first_epoch else ends[e - 1]) for e in ends if e == first_epoch or e - 1 in ends]
+    deltas = [ends[e] - (began_at if e == first_epoch else ends[e - 1]) for e in ends
+              if (e == first_epoch and began_at is not None) or e - 1 in ends]
     return Counter(deltas).most_common(1)[0][0] if deltas else None
 
 
-def _training_start(records: Sequence[Record]) -> tuple[int | None, int]:
+def _training_start(records: Sequence[Record]) -> tuple[int | None, int | None]:
     """The epoch a run's training began at (0, or a later one: a KerasTuner Hyperband trial going on
     from another trial's weights, a fit from ``initial_epoch``), and the step it began at: that of
     the last record before its first training record that carries one (Keras keeps the optimizer's
-    step over fits of one model: a second ``fit`` of it began at the first's last step), else 0."""
+    step over fits of one model: a second ``fit`` of it began at the first's last step), else 0 for
+    a training begun at epoch 0 and None (not known) for one begun later: a Lightning or HF fit that
+    went on from a checkpoint or an earlier fit of its Trainer as a run of its own writes no step
+    before its first epoch, and counted from 0 its first epoch's steps were all the earlier ones."""
     ordered = sorted(records, key=lambda r: (r.attempt, r.seq))
     first = next((i for i, r in enumerate(ordered) if r.phase == "train" and r.epoch is not None), None)
     if first is None:
@@ -141,7 +145,9 @@ def _training_start(records: Sequence[Record]) -> tuple[int | None, int]:
     # the records begin at the resume (the crashed attempt's in another directory) the phase it
     # carried from its checkpoint has the checkpoint's step, which the training went on from.
     before = next((r for r in reversed(ordered[:first]) if r.step is not None), None)
-    return ordered[first].epoch, before.step if before is not None else 0
+    if before is not None:
+        return ordered[first].epoch, before.step
+    return ordered[first].epoch, 0 if ordered[first].epoch == 0 else None
 
 
 def _grid(record: Record) -> str:
@@ -201,6 +207,15 @@ def group_runs(records: Sequence[Record], unfinished: Collection[str] = ()) -> l
         config = configuration(mine, run in unfinished)
         # A run cut short is alone: the tries auto_find_batch_size gave up on, or two crashes, are
         # no repeats to average into a citable "per run" figure.
-        key = json.dumps([config, run if cut_short(config) else None], sort_keys=True)
+        key = json.dumps([config, run if cut_short(config) else None, _evaluations_alone(mine)], sort_keys=True)
         groups.setdefault(key, (config, []))[1].extend(mine)
     return list(groups.values())
+
+
+def _evaluations_alone(records: Sequence[Record]) -> dict[str, int] | None:
+    """The samples of each phase of a run that trained nothing (a validate, test or predict session);
+    None for one that trained. Such a run has no training to be grouped by: a test session and a
+    predict session of other data were pooled as repeats, with a mean ± SE over them."""
+    if any(r.phase == "train" for r in records):
+        return None
+    return {phase: totals["samples"] for phase, totals in phase_totals(records).items() if phase != "other"}
