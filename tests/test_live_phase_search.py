@@ -33,15 +33,20 @@ from tests.fakes.scripted import FakeClock, polling
 SEEDS = int(os.environ.get("GC_PHASE_SEARCH_SEEDS", "0")) or 300
 
 
-def _run(seed: int, log_steps: bool) -> tuple[list[tuple[str, float]], list[float]]:
-    """One epoch begun at once on a GPU switching between 50 and 700 W, a step value taken every
-    10-20 ms where ``log_steps``; the values logged and the records' energy (J)."""
-    rng = random.Random(seed)
+def _h100(seed: int, rng: random.Random) -> tuple[FakeClock, object, Meter]:
+    """A fake H100 at 700 W read off the thread, with the counter latency measured on one."""
     clock = FakeClock(1000.0 + rng.random())
     nvml = FakeNvml(clock, counter_latency=h100_counter_latency(seed))
     gpu = nvml.add_gpu(gpu_uuid(0), power_w=700.0)
     (sensor,) = find_nvml_gpus([0], environ={}, pynvml=nvml, clock=clock).sensors
-    meter = Meter([sensor], clock=clock, wall_clock=lambda: clock() + 1.7e9, off_thread=True)
+    return clock, gpu, Meter([sensor], clock=clock, wall_clock=lambda: clock() + 1.7e9, off_thread=True)
+
+
+def _run(seed: int, log_steps: bool) -> tuple[list[tuple[str, float]], list[float]]:
+    """One epoch begun at once on a GPU switching between 50 and 700 W, a step value taken every
+    10-20 ms where ``log_steps``; the values logged and the records' energy (J)."""
+    rng = random.Random(seed)
+    clock, gpu, meter = _h100(seed, rng)
     advance = polling(meter, clock, step_s=0.01)
     tracker = Tracker(carbon=Carbon(intensity=300.0, pue=1.0))
     tracker.start(meter)
@@ -82,11 +87,7 @@ def test_a_boundary_a_millisecond_after_a_step_value_is_never_below_it(seed):
     along the new samples, further: its total came out below the step value (1.11 J, 4 of 300
     seeds). A read holds no update after it returned: the anchor is put no later."""
     rng = random.Random(seed)
-    clock = FakeClock(1000.0 + rng.random())
-    nvml = FakeNvml(clock, counter_latency=h100_counter_latency(seed))
-    gpu = nvml.add_gpu(gpu_uuid(0), power_w=700.0)
-    (sensor,) = find_nvml_gpus([0], environ={}, pynvml=nvml, clock=clock).sensors
-    meter = Meter([sensor], clock=clock, wall_clock=lambda: clock() + 1.7e9, off_thread=True)
+    clock, gpu, meter = _h100(seed, rng)
     advance, reader = polling(meter, clock, step_s=0.01), polling(meter, clock, step_s=0.0005)
     channel = meter.channels[0]
     tracker = Tracker(carbon=Carbon(intensity=300.0, pue=1.0))
