@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from greencallbacks.cli import main
-from tests.lightning_models import flavour, loaders, trainer_kwargs
+from tests.lightning_models import Boom, flavour, loaders, trainer_kwargs
 
 
 def _session(tmp_path, run_id, call):
@@ -33,3 +35,36 @@ def test_a_validate_session_and_a_predict_session_are_no_repeats_but_two_validat
     assert sorted(sorted(group["runs"]) for group in groups) == [["pred"], ["val-1", "val-2"]]
     (validates,) = [group for group in groups if group["runs"] != ["pred"]]
     assert validates["phases"]["validation"]["samples"]["mean"] == 16 and "predict" not in validates["phases"]
+
+
+def test_evaluation_sessions_that_failed_are_each_alone(tmp_path, capsys):
+    """Two validates failed in their second batch, and a fit failed in its sanity check beside a
+    validate failed before its first batch (neither wrote a phase but its gap), were pooled as repeats
+    with a mean ± SE; like a training cut short, each failed session is alone."""
+    L, EnergyCallback, TinyModel = flavour("lightning.pytorch")
+    train, val = loaders()
+
+    class FailsInValidation(TinyModel):
+        def validation_step(self, batch, batch_idx):
+            if batch_idx == 1:
+                raise Boom("validation")
+            return super().validation_step(batch, batch_idx)
+
+    def trainer(run_id, **kwargs):
+        callback = EnergyCallback(intensity=100.0, output_dir=tmp_path, run_id=run_id)
+        return L.Trainer(callbacks=[callback], logger=False, **trainer_kwargs(**kwargs))
+
+    for run_id in ("failed-1", "failed-2"):
+        with pytest.raises(Boom):
+            trainer(run_id).validate(FailsInValidation(), val)
+    with pytest.raises(Boom):  # the sanity check's second batch
+        trainer("sanity", max_epochs=1, num_sanity_val_steps=2).fit(FailsInValidation(), train, val)
+    with pytest.raises(RuntimeError, match="dataloader_idx"):  # two loaders, a validation_step of one
+        trainer("no-batch").validate(TinyModel(), [val, val])
+    for run_id in ("val-1", "val-2"):
+        trainer(run_id).validate(TinyModel(), val)
+    capsys.readouterr()
+    assert main(["report", str(tmp_path), "--format", "json"]) == 0
+    groups = json.loads(capsys.readouterr().out)["configurations"]
+    assert sorted(sorted(group["runs"]) for group in groups) == [
+        ["failed-1"], ["failed-2"], ["no-batch"], ["sanity"], ["val-1", "val-2"]]

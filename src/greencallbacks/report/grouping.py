@@ -141,9 +141,9 @@ def _training_start(records: Sequence[Record]) -> tuple[int | None, int | None]:
     first = next((i for i, r in enumerate(ordered) if r.phase == "train" and r.epoch is not None), None)
     if first is None:
         return None, 0
-    # The latest record before it that carries a step: a resume's first gap carries none, and where
-    # the records begin at the resume (the crashed attempt's in another directory) the phase it
-    # carried from its checkpoint has the checkpoint's step, which the training went on from.
+    # The latest record before it that carries a step: Keras's first gap carries the optimizer's
+    # step; a Lightning or HF resume's first gap carries none (Lightning 2.6, transformers 5.25: a
+    # resume whose crashed attempt's records are in another directory writes step None there too).
     before = next((r for r in reversed(ordered[:first]) if r.step is not None), None)
     if before is not None:
         return ordered[first].epoch, before.step
@@ -207,7 +207,8 @@ def group_runs(records: Sequence[Record], unfinished: Collection[str] = ()) -> l
         config = configuration(mine, run in unfinished)
         # A run cut short is alone: the tries auto_find_batch_size gave up on, or two crashes, are
         # no repeats to average into a citable "per run" figure.
-        key = json.dumps([config, run if cut_short(config) else None, _evaluations_alone(mine)], sort_keys=True)
+        alone = cut_short(config) or _evaluation_failed(mine)
+        key = json.dumps([config, run if alone else None, _evaluations_alone(mine)], sort_keys=True)
         groups.setdefault(key, (config, []))[1].extend(mine)
     return list(groups.values())
 
@@ -219,3 +220,13 @@ def _evaluations_alone(records: Sequence[Record]) -> dict[str, int] | None:
     if any(r.phase == "train" for r in records):
         return None
     return {phase: totals["samples"] for phase, totals in phase_totals(records).items() if phase != "other"}
+
+
+def _evaluation_failed(records: Sequence[Record]) -> bool:
+    """Whether a run that trained nothing ended failing: its last record is partial. Its phases'
+    samples are where it stopped: two validate sessions failed in their second batch, or a fit failed
+    in its sanity check beside a validate failed before its first batch (no phase but the gap), were
+    pooled as repeats with a mean ± SE. A run that trained is told cut short by its configuration."""
+    if any(r.phase == "train" for r in records):
+        return False
+    return max(records, key=lambda r: (r.attempt, r.seq)).partial

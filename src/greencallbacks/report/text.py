@@ -285,13 +285,15 @@ def latex_escape(text: str) -> str:
 
 
 # CO2 in a sentence, set as the table's header sets it (CO$_2$eq): the statement and the caption's
-# sentences wrote "gCO2eq" beside a column of "CO$_2$eq" in the paper.
-_CO2 = re.compile(r"CO2(?=(?:eq?)?\b)")
+# sentences wrote "gCO2eq" beside a column of "CO$_2$eq" in the paper. Only the word or a unit
+# (gCO2eq, mgCO2eq/kWh, CO2e): a name that holds CO2 is quoted as written, and an intensity
+# series file "uk_CO2_grid.csv" or "CO2-2026.csv" read "uk\_CO$_2$\_grid.csv" in the caption.
+_CO2 = re.compile(r"(?<![\w\\/.:-])((?:[mk]?g|t)?)CO2(?=(?:eq?)?(?![\w\\]|[.-]\w))")
 
 
 def latex_prose(text: str) -> str:
     """A sentence of the report made LaTeX: ``latex_escape``'d, its CO2 typeset as CO$_2$."""
-    return _CO2.sub("CO$_2$", latex_escape(text))
+    return _CO2.sub(r"\1CO$_2$", latex_escape(text))
 
 
 def _latex_math(text: str) -> str:
