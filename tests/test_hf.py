@@ -414,7 +414,7 @@ def test_without_the_loop_seam_every_evaluation_and_prediction_is_still_measured
     path of a loop begun before ``add_callback``), with one warning."""
     import greencallbacks.hf as hf
 
-    monkeypatch.setattr(hf, "_LOOPS", ("a_loop_a_future_release_renamed",))
+    monkeypatch.setattr(hf._callback, "_LOOPS", ("a_loop_a_future_release_renamed",))
     callback = make_callback()
     with pytest.warns(EnergyWarning, match="no Trainer.a_loop_a_future_release_renamed") as caught:
         trainer = make_trainer(tmp_path, callback)  # the callback finds the Trainer (and wraps it) here

@@ -74,7 +74,7 @@ def test_a_loop_whose_arguments_cannot_be_read_runs_unmeasured_with_one_warning(
     def unreadable(*args, **kwargs):
         raise KeyError("metric_key_prefix")
 
-    monkeypatch.setattr(hf, "_loop_arguments", unreadable)
+    monkeypatch.setattr(hf._wrappers, "_loop_arguments", unreadable)
     callback = make_callback()
     trainer = make_trainer(tmp_path / "out", [callback])
     with pytest.warns(EnergyWarning, match="could not read the arguments of Trainer.evaluation_loop") as caught:
