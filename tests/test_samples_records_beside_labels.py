@@ -34,10 +34,12 @@ def pairs(samples: int) -> tuple:
     pairs(16),
     {"features": [features(16), features(16)], "labels": torch.ones(16)},
 ], ids=["tuple", "dict"])
-def test_per_input_batches_in_a_list_beside_labels_are_uncounted_not_their_number(batch):
-    assert count_samples(batch) is None  # was 2
-    with pytest.warns(EnergyWarning, match="a list of 2 records"):
-        BatchCounter().count(batch, run_id="r")
+def test_per_input_batches_in_a_list_beside_labels_count_the_labels_not_their_number(batch):
+    # Was 2; then uncounted where the list came first, though (labels, [features_a, features_b]) counted 16.
+    assert count_samples(batch) == 16
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", EnergyWarning)
+        assert BatchCounter().count(batch, run_id="r") == (16, 0)
 
 
 @pytest.mark.parametrize("batch, samples", [
@@ -77,5 +79,5 @@ def test_lightning_fit_with_a_pair_collate_records_no_wrong_count(tmp_path):
         trainer.fit(PairModel(), loader)
     (train,) = [r for r in read_records(tmp_path) if r.phase == "train"]
     # 23 pairs in 5 batches: the record said 10 (2 per batch), counted, with a cost per sample.
-    assert not train.samples_counted and train.energy_j_per_sample is None
-    assert [str(w.message) for w in caught if "a list of 2 records" in str(w.message)]
+    assert train.samples_counted and train.samples == 23
+    assert not [str(w.message) for w in caught if "a list of 2 records" in str(w.message)]

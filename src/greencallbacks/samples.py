@@ -284,7 +284,7 @@ def _why_uncounted(batch: Any) -> str:
         return ""
     try:
         allowed: list = []
-        _first_certain(batch, False, allowed)
+        certain = _first_certain(batch, False, allowed)
         readings = next((a for a in allowed if isinstance(a, set) and len(a) > 1), ())
         if isinstance(readings, _TextReadings):
             low, high = sorted(readings)
@@ -304,9 +304,13 @@ def _why_uncounted(batch: Any) -> str:
         records = next((a for a in allowed if isinstance(a, _RecordReadings)), None)
         if records:
             (samples,) = records
-            return (f" (a list of {samples} records (dicts, tuples or dataclasses) in it reads as {samples} samples, "
-                    "one each such as detection targets, which the rest of the batch contradicts; or as one batch "
-                    "per input, such as sentence-transformers' ([features_a, features_b], labels))")
+            # Named by where it lies (batch[0], batch['features']): a batch holds several such lists.
+            where = _where(batch, lambda x: type(x) in (list, tuple) and len(x) == samples
+                           and isinstance(_items_of_sequence(x, False)[0], _RecordReadings))
+            other = f" (it gives {certain})" if type(certain) is int else ""
+            return (f" (a list of {samples} records (dicts, tuples or dataclasses) in it{where} reads as {samples} "
+                    f"samples, one each such as detection targets, which the rest of the batch contradicts{other}; "
+                    "or as one batch per input, such as sentence-transformers' ([features_a, features_b], labels))")
         (samples,) = next((a for a in allowed if isinstance(a, set) and len(a) == 1), {None})
         if samples is not None:
             return (f" (a list of {samples} tensors in it reads as {samples} samples, one each (sequences of "
@@ -325,6 +329,25 @@ def _why_uncounted(batch: Any) -> str:
         "there would synchronise the device on every step; a collator that also returns cu_seq_lens_q, "
         "such as DataCollatorWithFlattening(return_flash_attn_kwargs=True), is counted by its shape)"
     )
+
+
+def _where(batch: Any, found: Callable[[Any], bool]) -> str:
+    """Where the first field of ``batch`` (breadth first, as the walk goes) that ``found`` picks
+    lies, as ``, batch[0],`` or ``, batch['features'],`` for the warning; "" if none."""
+    queue: deque[tuple[Any, str]] = deque([(batch, "batch")])
+    while queue:
+        item, path = queue.popleft()
+        if item is not batch and found(item):
+            return f", {path},"
+        if isinstance(item, Mapping):
+            queue.extend((value, f"{path}[{key!r}]") for key, value in item.items())
+        elif isinstance(item, tuple) and hasattr(item, "_fields"):
+            queue.extend((getattr(item, name), f"{path}.{name}") for name in item._fields)
+        elif dataclasses.is_dataclass(item) and not isinstance(item, type):
+            queue.extend((getattr(item, f.name), f"{path}.{f.name}") for f in dataclasses.fields(item))
+        elif type(item) in (list, tuple):
+            queue.extend((value, f"{path}[{i}]") for i, value in enumerate(item))
+    return ""
 
 
 def _leading(item: Any) -> int | None:
@@ -416,7 +439,7 @@ def _items_of_sequence(items: list | tuple, top: bool) -> tuple[Any, bool]:
         # One record per sample inside a batch (detection targets), unless the rest of the batch
         # gives another count: then they may be per-input batches (sentence-transformers'
         # ``([features_a, features_b], labels)`` counted 2 per batch of 16, where the list came first).
-        return _RecordReadings({len(items)}), False
+        return _RecordReadings(items), False
     if top and _per_sample_records(items):
         # A list of samples (collate_fn=list), one too: batch_size=1, or a last batch of one.
         return len(items), True
@@ -457,6 +480,17 @@ class _TextReadings(set):
 class _RecordReadings(set):
     """A list of records' one reading, a sample each (``_items_of_sequence``), told apart from a
     list of tensors' for the warning."""
+
+    def __init__(self, items: list | tuple) -> None:
+        super().__init__({len(items)})
+        self.items = items  # read only where another count contradicts it (``batches_of``)
+
+    def batches_of(self, count: int) -> bool:
+        """Whether every record is a mapping of tensors of ``count`` rows: one batch per input
+        (sentence-transformers' ``[features_a, features_b]``), not a record per sample."""
+        rows = [{_leading(value) for value in x.values()} - {None} if isinstance(x, Mapping) else set()
+                for x in self.items]
+        return all(leads == {count} for leads in rows)
 
 
 def _samples_of_one_kind(items: list) -> bool:
@@ -606,6 +640,10 @@ def _walk(batch: Any, collated: bool = False) -> int | None:
             readings += [set(guess) for guess in guesses]
         elif guesses:
             guess = guesses[0][0]
+    if type(count) is int:
+        # Per-input batches in a list whose rows agree with the count: ([features_a, features_b],
+        # labels) counts 16, as the fast path counts (labels, [features_a, features_b]).
+        readings = [r for r in readings if not (isinstance(r, _RecordReadings) and r.batches_of(count))]
     if not readings:
         return guess if count is _UNSEEN else count
     either = set.intersection(*readings)
