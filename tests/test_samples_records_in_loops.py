@@ -59,24 +59,12 @@ def _energy_warnings(caught) -> list[str]:
 @pytest.mark.filterwarnings("ignore::UserWarning")
 @pytest.mark.parametrize("kind", COLLATES)
 def test_lightning_counts_record_batches_exactly(tmp_path, kind):
-    L = pytest.importorskip("lightning.pytorch")
     from torch.utils.data import DataLoader
 
+    from tests.test_samples_frameworks import lightning_module
+
+    L, AnyBatch = lightning_module()  # (skips without Lightning)
     from greencallbacks.lightning import EnergyCallback
-
-    class AnyBatch(L.LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.w = torch.nn.Parameter(torch.ones(1))
-
-        def training_step(self, batch, batch_idx):
-            return (self.w ** 2).sum()
-
-        def validation_step(self, batch, batch_idx):
-            self.log("val_loss", (self.w ** 2).sum(), batch_size=1)
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.01)
 
     def loader(n, offset=0):
         return DataLoader(range(offset, offset + n), batch_size=BATCH, collate_fn=COLLATES[kind])
