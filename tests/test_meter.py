@@ -512,9 +512,9 @@ def test_an_exact_boundary_does_not_wait_for_a_hung_read_beyond_its_limit(monkey
     """The run's last boundary reads in place; the reader's read has hung (a GPU off the bus): it
     waited for that read as long as it hung (12 s in a Lightning fit, for ever for a read that
     never returns). Past EXACT_READ_WAIT_S it carries the latest read forward, and says so."""
-    import greencallbacks.meter as meter_module
+    import greencallbacks.channel as channel_module
 
-    monkeypatch.setattr(meter_module, "EXACT_READ_WAIT_S", 0.05, raising=False)
+    monkeypatch.setattr(channel_module, "EXACT_READ_WAIT_S", 0.05)
     clock = FakeClock()
     gpu = SlowSensor("gpu0", clock, power_w=200.0)
     meter = reader_meter(clock, gpu)
@@ -537,9 +537,9 @@ def test_an_exact_boundary_does_not_wait_for_a_hung_read_beyond_its_limit(monkey
 def test_stopping_does_not_wait_for_a_read_hung_on_the_background_thread(monkeypatch):
     """The run's stop (where a Ctrl-C is held) waited 5 s for a meter thread stuck in a hung read.
     It waits STOP_WAIT_S; the thread, a daemon, ends with its read."""
-    import greencallbacks.meter as meter_module
+    import greencallbacks.channel as channel_module
 
-    monkeypatch.setattr(meter_module, "STOP_WAIT_S", 0.05, raising=False)
+    monkeypatch.setattr(channel_module, "STOP_WAIT_S", 0.05)
     gpu = HangingSensor("gpu0", time.monotonic, power_w=100.0, reader_only=True)
     meter = make_meter(time.monotonic, gpu, off_thread=True)
     meter.snapshot(exact=True)  # starts the background thread
@@ -558,9 +558,9 @@ def test_stopping_does_not_wait_for_a_read_hung_on_the_background_thread(monkeyp
 def test_an_exact_boundary_whose_own_read_hangs_carries_the_latest_read_forward(monkeypatch):
     """The reader was not inside a read, so the run's last boundary read the counter itself, and
     that read hung (3 s a read at the end of a fit): the training thread waited for all of it."""
-    import greencallbacks.meter as meter_module
+    import greencallbacks.channel as channel_module
 
-    monkeypatch.setattr(meter_module, "EXACT_READ_WAIT_S", 0.05, raising=False)
+    monkeypatch.setattr(channel_module, "EXACT_READ_WAIT_S", 0.05)
     clock = FakeClock()
     gpu = HangingSensor("gpu0", clock, power_w=200.0)
     meter = reader_meter(clock, gpu)

@@ -7,6 +7,7 @@ import sys
 import time
 
 import greencallbacks.carbon_aware as carbon_aware
+import greencallbacks.clock as clock_module
 import greencallbacks.meter as meter_module
 from tests.fakes.scripted import FakeClock
 
@@ -22,9 +23,9 @@ class SystemClock:
         self._offset = unix_s - self.steady()
         real_time = time.time
         monkeypatch.setattr(time, "time", self.wall)
-        for module in (meter_module, carbon_aware):
+        for module in (clock_module, meter_module, carbon_aware):
             monkeypatch.setattr(module, "since_boot", self.steady)
-        monkeypatch.setattr(meter_module, "_anchor", None, raising=False)
+        monkeypatch.setattr(clock_module, "_anchor", None)
         for function in _greencallbacks_functions():
             if function.__defaults__ and any(d is real_time for d in function.__defaults__):
                 defaults = tuple(self.wall if d is real_time else d for d in function.__defaults__)
