@@ -12,7 +12,9 @@ import json
 import pytest
 
 from greencallbacks.cli import main
-from tests.lightning_models import Boom, flavour, loaders, trainer_kwargs
+torch = pytest.importorskip("torch", reason="torch is not installed: the Lightning adapter tests need it")
+
+from tests.lightning_models import Boom, flavour, loaders, trainer_kwargs  # noqa: E402
 
 
 def _session(tmp_path, run_id, call):

@@ -12,7 +12,9 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from greencallbacks.cli import main
-from tests.lightning_models import flavour, loaders, trainer_kwargs
+torch = pytest.importorskip("torch", reason="torch is not installed: the Lightning adapter tests need it")
+
+from tests.lightning_models import flavour, loaders, trainer_kwargs  # noqa: E402
 
 
 @pytest.mark.parametrize("name", ["uk_CO2_grid.csv", "CO2-2026.csv"])

@@ -13,7 +13,9 @@ import json
 import pytest
 
 from greencallbacks.cli import main
-from tests.lightning_models import BATCH, TRAIN_SAMPLES, flavour, loaders, trainer_kwargs
+torch = pytest.importorskip("torch", reason="torch is not installed: the Lightning adapter tests need it")
+
+from tests.lightning_models import BATCH, TRAIN_SAMPLES, flavour, loaders, trainer_kwargs  # noqa: E402
 
 STEPS = TRAIN_SAMPLES // BATCH  # 4 a whole epoch
 
