@@ -171,3 +171,16 @@ def test_a_callback_removed_and_added_back_mid_train_says_what_it_missed(tmp_pat
     assert [(r.epoch, r.partial, r.samples_counted) for r in train] == expected
     assert train[-1].samples == TRAIN_SAMPLES
     assert not callback.session.running
+
+
+@pytest.mark.parametrize("name", ["_CountingTrainingStep", "_CountingPreparedInputs", "_CountingPredictionStep",
+                                  "_ObjectiveWithoutEnergy", "_MeasuredLoop", "_NotingReplacedCallbacks"])
+def test_a_trainer_pickled_before_the_package_split_finds_its_wrappers(name):
+    """Regression: these classes lived in ``greencallbacks/hf/__init__.py`` until it was split into
+    modules; a Trainer pickled then names them there, and unpickling it raised AttributeError."""
+    import greencallbacks.hf as package
+    from greencallbacks.hf import _callback, _wrappers
+
+    found = pickle.loads(f"cgreencallbacks.hf\n{name}\n.".encode())  # a GLOBAL opcode, as such a pickle holds
+    assert found is getattr(_wrappers, name, None) or found is getattr(_callback, name)
+    assert found.__module__ != package.__name__  # pickled anew, it names its own module

@@ -135,4 +135,13 @@ from greencallbacks.hf._counts import _rows_per_pair as _rows_per_pair
 from greencallbacks.hf._trainer import _OWNERS as _OWNERS
 from greencallbacks.hf._trainer import _devices_and_sync as _devices_and_sync
 
+# A Trainer pickled by a version before this package was split into modules names the wrappers the
+# callback set on it here (``greencallbacks.hf._CountingTrainingStep``): unpickling looks them up here.
+from greencallbacks.hf._callback import _NotingReplacedCallbacks as _NotingReplacedCallbacks
+from greencallbacks.hf._wrappers import _CountingPredictionStep as _CountingPredictionStep
+from greencallbacks.hf._wrappers import _CountingPreparedInputs as _CountingPreparedInputs
+from greencallbacks.hf._wrappers import _CountingTrainingStep as _CountingTrainingStep
+from greencallbacks.hf._wrappers import _MeasuredLoop as _MeasuredLoop
+from greencallbacks.hf._wrappers import _ObjectiveWithoutEnergy as _ObjectiveWithoutEnergy
+
 __all__ = ["EnergyCallback"]
