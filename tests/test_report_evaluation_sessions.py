@@ -70,3 +70,52 @@ def test_evaluation_sessions_that_failed_are_each_alone(tmp_path, capsys):
     groups = json.loads(capsys.readouterr().out)["configurations"]
     assert sorted(sorted(group["runs"]) for group in groups) == [
         ["failed-1"], ["failed-2"], ["no-batch"], ["sanity"], ["val-1", "val-2"]]
+
+
+def test_evaluation_sessions_grouped_apart_read_apart_and_the_grouping_rule_is_said(tmp_path, capsys):
+    """A validate of 16 samples, one of 8 and a predict of 32 are no repeats, yet every heading and
+    LaTeX caption read "0 training epoch(s)" alike; two failed validates, each alone, read as ones
+    that ended well, in captions that could not be told apart. The grouping rule said nothing of a
+    failed session being alone."""
+    from torch.utils.data import DataLoader, Subset
+
+    L, EnergyCallback, TinyModel = flavour("lightning.pytorch")
+    train, val = loaders()
+
+    class FailsInValidation(TinyModel):
+        def validation_step(self, batch, batch_idx):
+            if batch_idx == 1:
+                raise Boom("validation")
+            return super().validation_step(batch, batch_idx)
+
+    def trainer(run_id):
+        callback = EnergyCallback(intensity=100.0, output_dir=tmp_path, run_id=run_id)
+        return L.Trainer(callbacks=[callback], logger=False, **trainer_kwargs())
+
+    trainer("val-16").validate(TinyModel(), val)
+    trainer("val-8").validate(TinyModel(), DataLoader(Subset(val.dataset, range(8)), batch_size=8))
+    trainer("pred-32").predict(TinyModel(), train)
+    for run_id in ("failed-1", "failed-2"):
+        with pytest.raises(Boom):
+            trainer(run_id).validate(FailsInValidation(), val)
+    capsys.readouterr()
+    assert main(["report", str(tmp_path), "--format", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    described = {group["runs"][0]: group["description"] for group in data["configurations"]}
+    assert "no training (validation of 16 samples)" in described["val-16"]
+    assert "no training (validation of 8 samples)" in described["val-8"]
+    assert "no training (prediction of 32 samples)" in described["pred-32"]
+    for run_id in ("failed-1", "failed-2"):
+        assert "no training (validation of 8 samples, cut short by an exception or interrupt)" in described[run_id]
+        (failed,) = [group for group in data["configurations"] if group["runs"] == [run_id]]
+        assert "; cut short by an exception or interrupt) used" in failed["statement"]
+    assert ("trained nothing and failed (a validate, test or predict session whose last record is partial)"
+            in data["grouped_by"])
+
+    assert main(["report", str(tmp_path), "--format", "latex"]) == 0
+    captions = [line for line in capsys.readouterr().out.splitlines() if line.startswith(r"\caption{")]
+    assert len(captions) == 5 and len(set(captions)) == 5, captions
+    assert sum("; run failed-1)" in caption for caption in captions) == 1  # alike but for their run
+    assert main(["report", str(tmp_path)]) == 0
+    markdown = capsys.readouterr().out
+    assert f"Runs are grouped by configuration ({data['grouped_by']})" in markdown

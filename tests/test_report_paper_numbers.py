@@ -89,3 +89,21 @@ def test_a_plot_that_cannot_be_drawn_fails_before_the_report_is_printed(tmp_path
     out, err = capsys.readouterr()
     assert raised.value.code == 2 and out == "" and err.count("\n") == 1 and "no training epochs to plot" in err
     assert main(["report", str(tmp_path)]) == 0 and "## Totals by phase" in capsys.readouterr().out
+
+
+def test_small_equivalents_and_zones_compared_read_as_a_paper_writes_them():
+    """A run of 11.7 J (1.6 mgCO2eq) read "4.06e-06 miles driven" in both formats, and "1.82e-04
+    gCO2eq in FR" in LaTeX's sentence after a statement in mgCO2eq."""
+    import re
+
+    records = one_run(scale=1e-4)
+    latex = report.render(records, "latex", with_equivalents=True, compare=["FR"])
+    typeset = "\n".join(line for line in latex.splitlines() if not line.startswith("%"))
+    assert not re.search(r"\de[-+]?\d", typeset), typeset
+    assert re.search(r"This is about \$4\.06 \\times 10\^\{-6\}\$ miles driven", typeset)
+    assert re.search(r" or \$1\.83 \\times 10\^\{-7\}\$ gallons of gasoline", typeset)
+    assert re.search(r"would have emitted 0\.18\d mgCO\$_2\$eq in FR", typeset)
+    md = report.render(records, "md", with_equivalents=True)
+    assert "- 4.06 × 10^-6 miles driven" in md and "- 1.83 × 10^-7 gallons of gasoline" in md
+    bigger = report.render(one_run(), "md", with_equivalents=True)  # 16.3 g: plain, as before
+    assert "- 0.0406 miles driven" in bigger and "- 0.00183 gallons" in bigger

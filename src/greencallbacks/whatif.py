@@ -21,8 +21,8 @@ its ``start_time``. A phase with another nested in it (validation in the middle 
 epoch) was billed before and after the nested one, which has its own record: the outer record's
 time skips the nested one's, so no time is counted twice and the run priced as recorded with the
 series the tracker used is what its records say. The ranks' parts of one phase (a failed
-distributed run writes one per rank, same seq) ran side by side: each phase is laid once, as
-``ledger.each_phase_once`` sums them, its energy every rank's.
+distributed run writes one per rank, same seq) ran side by side: each rank's part is laid on that
+rank's own timeline, over its own seconds, as that rank priced it.
 """
 
 from __future__ import annotations
@@ -36,11 +36,10 @@ import statistics
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 from greencallbacks.carbon.intensity import MAX_INTENSITY_G_PER_KWH, place_intensity
 from greencallbacks.carbon.series import parse_timestamp
-from greencallbacks.ledger import each_phase_once
 from greencallbacks.textformat import markdown_table, number, printable
 
 if TYPE_CHECKING:
@@ -219,16 +218,47 @@ def energy_profile(records: Iterable["Record"]) -> tuple[float, list[Phase]]:
 
 
 def _laid_out_attempts(records: Iterable["Record"]) -> list[list[tuple[float, float, float]]]:
-    """The pieces ``(wall start, seconds, kWh)`` of each attempt (a run resumed after a crash has several).
-
-    Each phase once (``each_phase_once``): 2 ranks' parts of a failed epoch, laid by start time, were
-    taken for one nested in the other and laid end to end, a run of 1.41 s timed (and priced) as 1.45 s."""
+    """The pieces ``(wall start, seconds, kWh)`` of each attempt (a run resumed after a crash has several)."""
     attempts: dict[tuple[str, int], list["Record"]] = {}
-    for record in each_phase_once(records):
+    for record in records:
         attempts.setdefault((record.run_id, record.attempt), []).append(record)
     if not attempts:
         raise ValueError("records is empty: nothing to analyse")
-    return [_lay_out(attempt) for attempt in attempts.values()]
+    return [_lay_out_ranks(attempt) for attempt in attempts.values()]
+
+
+def _lay_out_ranks(records: Sequence["Record"]) -> list[tuple[float, float, float]]:
+    """One attempt's pieces, each rank's parts of a phase (a failed distributed run's: same seq, one
+    per rank) on that rank's timeline beside the phases the ranks wrote as one.
+
+    Laid by start time on one timeline, 2 ranks' parts of a failed epoch were taken for one nested in
+    the other and laid end to end (a run of 1.41 s timed as 1.45 s); summed into one (``each_phase_once``),
+    a part of 3 s (the rank that failed) was spread over the 10 s of the longest, priced at intensities
+    of seconds it did not run."""
+    by_seq: dict[int, list["Record"]] = {}
+    for record in records:
+        by_seq.setdefault(record.seq, []).append(record)
+    shared = [group[0] for group in by_seq.values() if len(group) == 1]
+    per_rank: dict[int, list["Record"]] = {}
+    for group in by_seq.values():
+        if len(group) > 1:
+            for index, part in enumerate(group):
+                per_rank.setdefault(_rank_of(part, index), []).append(part)
+    if not per_rank:
+        return _lay_out(shared)
+    # The phases written as one are laid with the first rank's parts; each other rank's parts alone,
+    # nested as they were on that rank (a validation completed inside the epoch that failed).
+    pieces = []
+    for index, (_, parts) in enumerate(sorted(per_rank.items())):
+        mine = {id(part) for part in parts}
+        pieces += _lay_out(shared + parts, keep=None if index == 0 else lambda record, mine=mine: id(record) in mine)
+    return pieces
+
+
+def _rank_of(part: "Record", index: int) -> int:
+    """The rank that wrote a part: its components say it; one that names none, its place among its phase's parts."""
+    ranks = {c.get("rank") for c in part.components if isinstance(c.get("rank"), int)}
+    return ranks.pop() if len(ranks) == 1 else index
 
 
 def _profile(attempts: Sequence[Sequence[tuple[float, float, float]]]) -> tuple[float, list[Phase]]:
@@ -255,6 +285,7 @@ def idle_between_attempts(attempts: Sequence[Sequence[tuple[float, float, float]
 class _Laying:
     """A record being laid out: its time used so far, where it goes on, and how much is left."""
 
+    record: "Record"
     start_unix: float
     duration_s: float
     energy_kwh: float
@@ -275,8 +306,9 @@ class _Laying:
         return [(start, length, per_s * length) for start, length in self.spans if length > 0]
 
 
-def _lay_out(records: Sequence["Record"]) -> list[tuple[float, float, float]]:
-    """Pieces ``(wall start, seconds, kWh)`` of one attempt's records.
+def _lay_out(records: Sequence["Record"],
+             keep: Callable[["Record"], bool] | None = None) -> list[tuple[float, float, float]]:
+    """Pieces ``(wall start, seconds, kWh)`` of one attempt's records (those ``keep`` says, if given).
 
     As the tracker billed them: a record that starts while another still has time to go is
     nested in it, and the outer one goes on where the nested one ends. Ties in start go to the
@@ -290,7 +322,8 @@ def _lay_out(records: Sequence["Record"]) -> list[tuple[float, float, float]]:
         while open_records and open_records[-1].end <= moment + TIMESTAMP_SLACK_S:
             ended = open_records.pop()
             ended.spans.append((ended.cursor, ended.left_s))
-            pieces.extend(ended.pieces())
+            if keep is None or keep(ended.record):
+                pieces.extend(ended.pieces())
             if open_records:  # the outer record goes on after the nested one
                 open_records[-1].cursor = max(open_records[-1].cursor, ended.end)
 
@@ -304,7 +337,7 @@ def _lay_out(records: Sequence["Record"]) -> list[tuple[float, float, float]]:
             outer.left_s -= used
             outer.cursor = start
         duration = max(0.0, record.duration_s)
-        open_records.append(_Laying(start, duration, record.energy_kwh, cursor=start, left_s=duration))
+        open_records.append(_Laying(record, start, duration, record.energy_kwh, cursor=start, left_s=duration))
     close_ended_by(math.inf)
     return pieces
 

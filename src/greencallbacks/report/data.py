@@ -184,8 +184,9 @@ def statement(records: Sequence[Record], unfinished: Collection[str] = (),
         training = training[:-1] + ("; stopped by its energy or CO2eq budget)" if n == 1 else
                                     f"; {len(stopped)} of the {n} runs stopped by their energy or CO2eq budget)")
     if not any("train" in t["phases"] for t in totals):  # evaluation or prediction alone, or a tuner's trials
-        text = (f"The run (no training epoch; {others}) used {energy_text(all_kwh['mean'], all_kwh['se'])} and emitted "
-                f"{mass_text(all_g['mean'], all_g['se'])}" + (" per run (mean ± standard error over runs)" if n > 1 else ""))
+        failed = "; cut short by an exception or interrupt" if config.get("evaluation_failed") else ""
+        text = (f"The run (no training epoch; {others}{failed}) used {energy_text(all_kwh['mean'], all_kwh['se'])} "
+                f"and emitted {mass_text(all_g['mean'], all_g['se'])}" + (" per run (mean ± standard error over runs)" if n > 1 else ""))
     elif n == 1:
         text = (f"The {training} used {energy_text(train_kwh['mean'])} (sensor uncertainty ± "
                 f"{uncertainty_text(train_sensor, train_kwh['mean'])}){per_token} "

@@ -21,7 +21,9 @@ from greencallbacks.report.epochs import _stopped, phase_totals
 
 GROUPED_BY = ("framework, training epochs and the first one, samples and steps per epoch, sensors (name and method), ranks, "
               "and the grid (intensity zone, or the number given) and PUE; a run whose training did not finish is "
-              "never pooled with another, and a run that trained nothing only with runs of the same phases and samples")
+              "never pooled with another, nor is a run that trained nothing and failed (a validate, test or predict "
+              "session whose last record is partial); another run that trained nothing is pooled only with runs of "
+              "the same phases and samples per phase")
 
 
 def configuration(records: Sequence[Record], unfinished: bool = False) -> dict:
@@ -67,6 +69,10 @@ def configuration(records: Sequence[Record], unfinished: bool = False) -> dict:
         # Runs priced on other grids or PUEs are no repeats (two callbacks with two grids measure
         # one training twice); a number given as the intensity is its own grid.
         "carbon": sorted({f"grid {_grid(r)}, PUE {r.pue:g}" for r in records}),
+        # A run that trained nothing (a validate, test or predict session): its phases' samples, and
+        # whether it failed; None and False for one that trained.
+        "evaluations": _evaluations_alone(records),
+        "evaluation_failed": _evaluation_failed(records),
     }
 
 
@@ -180,15 +186,35 @@ def samples_text(config: dict) -> str:
 
 
 def describe_configuration(config: dict) -> str:
+    """The configuration in words: configurations grouped apart read apart (two validate sessions
+    of other data both read "0 training epoch(s)", and a failed one as one that ended well), but
+    for runs alone by rule (cut short, or failed) that are otherwise alike: their run ids tell them."""
+    if config.get("evaluations") is not None:
+        return (f"{config['framework']}, no training ({_evaluations_text(config)}), "
+                f"sensors {', '.join(config['sensors']) or 'none'}, {config['ranks']} rank(s){_carbon_text(config)}")
     samples = samples_text(config)
     if config["samples_per_epoch"] is None and config.get("completed_epochs", 1):
         samples = (" of uncounted samples" if not config.get("samples_counted", False)
                    else " of samples not known whole (resumed inside an epoch)")
     start = f" from epoch {config['first_epoch']}" if config.get("first_epoch") else ""
     ended = f", {_ended_text(config)} ({config['completed_epochs'] or 'none'} completed)" if cut_short(config) else ""
-    carbon = f", {'; '.join(config['carbon'])}" if config.get("carbon") else ""
     return (f"{config['framework']}, {config['epochs']} training epoch(s){start}{samples}{ended}, "
-            f"sensors {', '.join(config['sensors']) or 'none'}, {config['ranks']} rank(s){carbon}")
+            f"sensors {', '.join(config['sensors']) or 'none'}, {config['ranks']} rank(s){_carbon_text(config)}")
+
+
+def _carbon_text(config: dict) -> str:
+    return f", {'; '.join(config['carbon'])}" if config.get("carbon") else ""
+
+
+_EVALUATION_WORDS = {"validation": "validation", "test": "test", "predict": "prediction"}
+
+
+def _evaluations_text(config: dict) -> str:
+    """``validation of 16 samples, cut short``: the phases of a run that trained nothing, as it is grouped."""
+    phases = [f"{_EVALUATION_WORDS.get(phase, phase)} of {'uncounted' if n is None else n} samples"
+              for phase, n in config["evaluations"].items()]
+    failed = ["cut short by an exception or interrupt"] if config.get("evaluation_failed") else []
+    return ", ".join(phases or ["no evaluation batch"]) + "".join(f", {word}" for word in failed)
 
 
 def _ended_text(config: dict) -> str:
@@ -207,8 +233,8 @@ def group_runs(records: Sequence[Record], unfinished: Collection[str] = ()) -> l
         config = configuration(mine, run in unfinished)
         # A run cut short is alone: the tries auto_find_batch_size gave up on, or two crashes, are
         # no repeats to average into a citable "per run" figure.
-        alone = cut_short(config) or _evaluation_failed(mine)
-        key = json.dumps([config, run if alone else None, _evaluations_alone(mine)], sort_keys=True)
+        alone = cut_short(config) or config["evaluation_failed"]
+        key = json.dumps([config, run if alone else None], sort_keys=True)
         groups.setdefault(key, (config, []))[1].extend(mine)
     return list(groups.values())
 
@@ -219,7 +245,8 @@ def _evaluations_alone(records: Sequence[Record]) -> dict[str, int] | None:
     predict session of other data were pooled as repeats, with a mean ± SE over them."""
     if any(r.phase == "train" for r in records):
         return None
-    return {phase: totals["samples"] for phase, totals in phase_totals(records).items() if phase != "other"}
+    return {phase: totals["samples"] if totals["samples_counted"] else None
+            for phase, totals in phase_totals(records).items() if phase != "other"}
 
 
 def _evaluation_failed(records: Sequence[Record]) -> bool:
