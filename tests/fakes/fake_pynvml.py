@@ -11,9 +11,9 @@ What is simulated: GPUs whose power the test sets (a constant or a function of t
 clock; the energy counter in mJ since "driver load", stepping only every 100 ms like the real one;
 ``nvmlDeviceGetPowerUsage`` as a 1-second average (Ampere and later); instantaneous power;
 init reference counting (calls before ``nvmlInit`` fail with Uninitialized). Switches: counter
-unsupported, instant field unsupported, power usage unsupported, an error on every call,
-GPU lost, counter reset (driver reload), counter updates off their grid, init failing, library
-missing, MIG instances (each with its slices, on an H100's GPU-instance profiles; the MIG calls
+unsupported, instant field unsupported or failing with a code of its own, power usage unsupported,
+an error on every call, GPU lost, counter reset (driver reload), counter updates off their grid,
+init failing, library missing, MIG instances (each with its slices, on an H100's GPU-instance profiles; the MIG calls
 have pynvml's names and signatures, checked against the installed pynvml by
 tests/test_sensors_nvml.py).
 
@@ -275,6 +275,7 @@ class FakeGpu(PiecewisePower):
         self._counter_offset_mj = energy_at_start_mj
         self.counter_supported = True
         self.instant_supported = True
+        self.instant_error: int | None = None  # the instantaneous field's own return code while set
         self.power_usage_supported = True
         self.error_code: int | None = None  # every device call fails with this code while set
         # Each counter update up to this far (s) either side of its 100 ms grid, drawn per update:
@@ -541,7 +542,9 @@ class FakeNvml:
             else:
                 value.fieldId = field_id
             value.timestamp = now_us
-            if value.fieldId == NVML_FI_DEV_POWER_INSTANT and gpu.instant_supported:
+            if value.fieldId == NVML_FI_DEV_POWER_INSTANT and gpu.instant_error is not None:
+                value.nvmlReturn = gpu.instant_error  # the call succeeds; this field alone fails
+            elif value.fieldId == NVML_FI_DEV_POWER_INSTANT and gpu.instant_supported:
                 value.valueType = NVML_VALUE_TYPE_UNSIGNED_INT
                 value.value.uiVal = gpu.instant_power_mw()
                 value.nvmlReturn = NVML_SUCCESS

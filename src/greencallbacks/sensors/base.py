@@ -45,15 +45,18 @@ class Kind(str, enum.Enum):
 class SensorError(RuntimeError):
     """A sensor could not be read. The meter catches it and degrades that sensor, at once, or,
     where ``transient`` (a fault the device recovers from: an NVML timeout), when it persists.
+    ``unsupported``: the binding said the device or driver cannot do that (NOT_SUPPORTED), which
+    retrying will not change.
 
     ``stalled_since`` and ``watts``: the sensor answered without counting since that time (its
     clock's; an energy accumulator standing still) while the device drew that power: what replaces
     it bridges that span at that power."""
 
-    def __init__(self, message: str, *, transient: bool = False, stalled_since: float | None = None,
-                 watts: float | None = None) -> None:
+    def __init__(self, message: str, *, transient: bool = False, unsupported: bool = False,
+                 stalled_since: float | None = None, watts: float | None = None) -> None:
         super().__init__(message)
         self.transient = transient
+        self.unsupported = unsupported
         self.stalled_since = stalled_since
         self.watts = watts
 

@@ -124,7 +124,7 @@ class GpuSensor(Sensor):
 
     def _failed(self, what: str, error: BaseException) -> SensorError:
         return SensorError(f"{self.name} ({self.scope}): {self.library} {what} failed: {self._error_text(error)}",
-                           transient=self._is_transient(error))
+                           transient=self._is_transient(error), unsupported=self._is_unsupported(error))
 
     def _is_transient(self, error: BaseException) -> bool:
         """Is ``error`` a fault the device recovers from (retried before degrading)? A backend says."""
