@@ -117,6 +117,14 @@ def last_completed_epoch(records) -> int | None:
     return done[-1] if done else None
 
 
+def failed_in_epochs(energy_dir: Path) -> dict[str, int]:
+    """Each run whose last training failed inside an epoch (its last training record cut short), with
+    that epoch: a fit from the next epoch continues it, as from a checkpoint saved inside that epoch."""
+    path = energy_dir / "energy-records.jsonl"
+    last_train = {r.run_id: r for r in (read_records(path) if path.exists() else []) if r.phase == "train"}
+    return {run_id: r.epoch for run_id, r in last_train.items() if r.partial}
+
+
 def state_names(energy_dir: Path, run_id: str | None) -> bool:
     """Is ``run_id`` named by a state file a new callback reads for the model's run: the directory's
     ``energy-state.json``, or the file a run keeps under its id when a later run takes that one?"""
@@ -251,6 +259,7 @@ def flow(seed: int) -> None:
         if op == "backup":
             callbacks.append(keras.callbacks.BackupAndRestore(str(backup_dir)))
         before = set(ckpt_dir.glob("*.weights.h5"))
+        failed_in = failed_in_epochs(energy_dir)  # before this fit adds its own
         history = None
         try:
             history = model.fit(X, Y, batch_size=BATCH, epochs=epochs, initial_epoch=initial, verbose=0,
@@ -284,7 +293,8 @@ def flow(seed: int) -> None:
             else:
                 candidate = state_run
             reached = last_completed_epoch(run_records(candidate, [energy_dir])) if candidate is not None else None
-            expected = candidate if reached is not None and reached >= first - 1 else None
+            # A run that failed inside the epoch before (in its validation, say) is continued too.
+            expected = candidate if (reached is not None and reached >= first - 1) or failed_in.get(candidate) == first - 1 else None
         else:
             expected = None
         if expected is None:
