@@ -62,7 +62,7 @@ MATRIX = {
                   "tests/test_hf_tokens_in_part.py", "tests/test_hf_report_tokens.py", "tests/test_hf_eval_repeats_tokens.py",
                   "tests/test_hf_eval_repeats_counter_calls.py", "tests/test_report_crash_wording_one_epoch.py",
                   "tests/test_hf_eval_repeats_batch_kinds.py", "tests/test_report_steps_of_a_later_start.py",
-                  "tests/test_samples_records_in_loops.py"],
+                  "tests/test_samples_records_in_loops.py", "tests/test_samples_nested_order.py"],
         "report": ["transformers", "accelerate", "torch", "tensorboard", "mlflow", "wandb"],
     },
     "lightning": {
@@ -87,7 +87,7 @@ MATRIX = {
                   "tests/test_lightning_tokens_in_part.py", "tests/test_distributed_four_loggers.py",
                   "tests/test_lightning_resumed_epoch_first_batch_none.py", "tests/test_lightning_tokens_per_loader.py",
                   "tests/test_lightning_user_failures.py", "tests/test_samples_records_beside_labels.py",
-                  "tests/test_samples_records_in_loops.py",
+                  "tests/test_samples_records_in_loops.py", "tests/test_samples_nested_order.py",
                   "tests/test_report_steps_of_a_later_start.py", "tests/test_report_evaluation_sessions.py",
                   "tests/test_report_latex_names.py", "tests/test_whatif_rank_parts.py",
                   # A private seam (the checkpoint an evaluation restores, 2.2 to 2.4) and its fallback.

@@ -12,18 +12,26 @@
   ``len()``, an attribute count); else ``__len__``;
 * a model's named input (``pixel_values``, ``input_values``, ...) given as a list of arrays or
   tensors (HF processors with ``return_tensors=None``): its length, where no other field disagrees;
-* the fields of a batch, in order: a tuple or list (``(x, y)``), a mapping (dicts,
-  HF ``BatchEncoding`` from a data collator), a dataclass, a named tuple; nested to any depth;
+* the fields of a batch: a tuple or list (``(x, y)``), a mapping (dicts, HF ``BatchEncoding``
+  from a data collator), a dataclass, a named tuple; nested to any depth, breadth first, the
+  shallowest depth that gives a count read whole (counts there that differ: uncounted), so that
+  no order of a dict's keys decides;
 * fields that disagree on their leading dimension (packed tokens beside per-sequence lengths,
   graph nodes beside graph labels, a sequence-first tensor beside its labels, labels flattened to
-  (B * T,)), a list of texts or numbers counting as its length here (3 names beside a batch of 8,
+  (B * T,)), side by side or at any depths of the batch's mappings, dataclasses and named tuples
+  (where a field lies says nothing of its rows: ``{"inputs": {"x": (B, T, F)}, "targets": {"y":
+  (B * T,)}}`` reads as ``{"x": ..., "y": ...}``), a list of texts or numbers counting as its
+  length here (3 names beside a batch of 8,
   lengths as a Python list beside packed steps): a model's named input of 2 dimensions or more
   (``input_ids``, ``pixel_values`` of 3 or more: of 2, Qwen-VL's rows of patches, TRL's
   ``completion_ids``, ...) when there is one, else images or video (4 dimensions or
   more: a detection batch's images beside all its boxes), else uncounted, with the warning; never
   the first field's by chance. Per-token ``labels`` whose rows differ from the named input's
-  (``input_ids`` packed (1, tokens) beside labels (B, T)) leave the batch uncounted; so does a
-  (1,) tensor in a nested mapping beside tensors of more rows (a per-batch field);
+  (``input_ids`` packed (1, tokens) beside labels (B, T)) leave the batch uncounted, as do
+  named inputs of one name that disagree (queries beside their documents). A (1,) tensor beside
+  tensors of more rows is such a field too (a per-batch field, or a batch of one?), and beside a
+  list of records (a per-batch weight beside n samples' targets, or one sample's id beside a
+  record per object it shows) the batch is uncounted;
 * torch's ``PackedSequence``: its number of sequences;
 * a list or tuple whose items are samples rather than fields: its length. Items are samples when
   they are strings or numbers (labels, texts); inside a batch, records (dicts, dataclasses,
@@ -135,14 +143,15 @@ def count_samples(batch: Any, collate: str | None = None, pad_token_id: int | No
                 if shape:
                     # (x, y): the fields share the leading dimension. If another disagrees, a list
                     # may be ragged samples (collate_fn=list), or the fields are not batch-first:
-                    # the general walk decides. So does a list of ids or lengths of another length.
+                    # the general walk decides. So does a list of another length, or a nested
+                    # mapping (its fields may disagree with these: see _leaves_count_to_tensors).
                     samples = shape[0]
                     for field in batch[1:]:
                         other = getattr(field, "shape", None)
                         if other:
                             if other[0] != samples:
                                 break
-                        elif other is None and _other_length(field, samples):
+                        elif other is None and not _leaves_count_to_tensors(field, samples):
                             break
                     else:
                         return int(samples)
@@ -156,7 +165,7 @@ def count_samples(batch: Any, collate: str | None = None, pad_token_id: int | No
                     if other:
                         if other[0] != samples:
                             break  # a (1,) per-batch field first is no batch of one: the walk decides
-                    elif other is None and _other_length(value, samples):
+                    elif other is None and not _leaves_count_to_tensors(value, samples):
                         break
                 else:
                     if samples == 1:  # maybe a padding-free collator's packed row of several sequences
@@ -261,15 +270,12 @@ def _why_uncounted(batch: Any) -> str:
     except Exception:  # noqa: BLE001 - only a hint
         return ""
     try:
-        leads = [lead for lead in map(_extent, _fields_of(batch) or ()) if lead is not None]
-        if len(set(leads)) > 1:
+        leads = sorted({_extent(value) for _, value in _nested_fields(batch)} - {None})
+        if len(leads) > 1:
             return (f" (its fields' leading dimensions differ: {', '.join(map(str, leads))}; which one, if any, "
-                    "is the number of samples is not certain: packed tokens, graph nodes, a sequence-first tensor)")
-        nested = {_leading(value) for field in _fields_of(batch) or () if isinstance(field, Mapping)
-                  for value in field.values()} - {None}
-        if 1 in nested and len(nested) > 1:
-            return (" (a (1,) tensor in a nested mapping beside tensors of "
-                    f"{', '.join(str(n) for n in sorted(nested) if n != 1)} rows: a per-batch field, or a batch of one?)")
+                    "is the number of samples is not certain: packed tokens, graph nodes, a sequence-first tensor, "
+                    "labels flattened to (B * T,)" + ("; a (1,) tensor is a per-batch field, or a batch of one"
+                                                      if leads[0] == 1 else "") + ")")
     except Exception:  # noqa: BLE001 - only a hint
         return ""
     try:
@@ -376,17 +382,30 @@ def _values_length(field: Any) -> int | None:
     return None
 
 
-def _other_length(field: Any, samples: int) -> bool:
-    """Whether ``field`` is a list of texts or numbers of another length than ``samples`` (the
-    length is compared first: a batch's per-sample ids are not read item by item on every step)."""
-    return (type(field) is list or type(field) is tuple) and len(field) != samples and bool(_values_length(field))
+def _leaves_count_to_tensors(field: Any, samples: int) -> bool:
+    """Whether a field without a shape leaves a batch's count to its tensors' leading dimension
+    ``samples``: a number, a text or None, a list or tuple of ``samples`` items (ids, texts,
+    records, a tensor each: its length is compared, not its items, on every step), or a dict of
+    tensors of ``samples`` rows. Another mapping, a dataclass, another object, or a list of another
+    length may hold fields that disagree (targets (B * T,) beside inputs (B, T, F) one level
+    down): the walk decides."""
+    if isinstance(field, _SCALARS):
+        return True
+    if type(field) is dict:  # targets {"a": (B,), "b": (B,)} beside x: no walk on every step
+        for value in field.values():
+            shape = getattr(value, "shape", None)
+            if not shape or shape[0] != samples:
+                return False
+        return True
+    return (type(field) is list or type(field) is tuple) and len(field) == samples
 
 
 def _lists_agree(fields: Any, samples: int) -> bool:
-    """Whether no list of texts or numbers among ``fields`` holds another number than ``samples``.
-    (A function, not a generator expression in ``count_samples``: its closure costs every call.)"""
+    """Whether every field without a leading dimension among ``fields`` leaves the count to the
+    tensors' ``samples`` (see ``_leaves_count_to_tensors``). (A function, not a generator
+    expression in ``count_samples``: its closure costs every call.)"""
     for field in fields:
-        if _other_length(field, samples):
+        if getattr(field, "shape", None) is None and not _leaves_count_to_tensors(field, samples):
             return False
     return True
 
@@ -548,55 +567,129 @@ def _fields_of(batch: Any) -> list | None:
     return list(batch) if isinstance(batch, (list, tuple)) else None
 
 
-def _fields_disagree(fields: Any) -> bool:
-    """Whether a batch's tensor fields give different leading dimensions: packed tokens beside
-    per-sequence lengths, graph nodes beside graph labels, a sequence-first (T, B, F) tensor beside
-    its labels, labels flattened to (B * T,); or a list of texts or numbers holds another number
-    (3 names beside a batch of 8). Which one is the sample count is then a guess."""
-    fields = list(fields)
-    leads = {lead for lead in map(_leading, fields) if lead is not None}
-    for field in fields:
-        if (type(field) is list or type(field) is tuple) and len(field) not in leads and _values_length(field):
-            leads.add(len(field))  # a list that agrees with the tensors is not read item by item
-    return len(leads) > 1
+def _nested_fields(batch: Any, collated: bool = False) -> list[tuple[Any, Any]]:
+    """A batch's fields at every depth of its mappings, dataclasses and named tuples (and of the
+    batch itself as a list or tuple, ``(x, y)``; in a ``default_collate`` batch, of its lists too),
+    as (name, value): its tensors and lists of texts or numbers, whose leading dimension or length
+    is the number of samples or not. Lists of tensors or records inside a batch are no fields here
+    (samples or fields: see ``_items_of_sequence``), nor are other objects (graphs, PackedSequence).
+    A field's place says nothing of its rows: targets (B * T,) beside inputs (B, T, F) in another
+    mapping, or one level above them, are fields that disagree as they are side by side."""
+    fields = _Fields()
+    level = [batch]
+    for depth in range(32):  # deeper is no batch (and an object that holds itself ends)
+        nested = []
+        for item in level:
+            named = _named_fields(item, depth == 0, collated)
+            if named is None or (type(item) not in (list, tuple, dict) and _says_its_size(item)):
+                fields.whole = False  # something else the walk reads (a list of records, an object)
+            if named is None:
+                continue
+            for name, value in named:
+                extent = _extent(value)
+                if extent is not None:
+                    fields.append((name, value))
+                    fields.extents.add(extent)
+                elif not isinstance(value, _SCALARS):
+                    nested.append(value)
+        if not nested:
+            break
+        level = nested
+    return fields
 
 
-def _disagreeing_mapping(batch: Mapping) -> int | None:
-    """A mapping whose fields disagree: a packed row, a model's named input, or as other fields."""
-    if any(key in batch for key in _OFFSETS) or _packed_positions(batch) is not None:
-        return _one_row(batch)
-    named = _named_input(batch)
-    if named is None:
-        return _disagreeing(batch.values())
-    labels = _shape(batch["labels"]) if "labels" in batch else None
-    if labels is not None and len(labels) >= 2 and labels[0] != named:
-        # Per-token labels of other rows: input_ids packed (1, tokens) without position_ids beside
-        # labels (B, T) counted 1; which one the samples are is not certain.
-        return None
-    return named
+class _Fields(list):
+    """``_nested_fields``' answer. ``extents``: their leading dimensions or lengths (more than one:
+    they disagree). ``whole``: the batch holds nothing else but numbers, texts and None, and the
+    mappings, dataclasses and named tuples (or top-level list) that hold them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.extents: set[int] = set()
+        self.whole = True
 
 
-def _named_input(batch: Any) -> int | None:
-    """The leading dimension of a mapping's named model input of 2 dimensions or more, if any."""
-    for key in _INPUT_KEYS if isinstance(batch, Mapping) else ():
-        shape = _shape(batch[key]) if key in batch else None
-        # pixel_values of 2 dimensions are every image's patches in a row each (Qwen-VL's, beside
-        # image_grid_thw): 256 for 4 samples of 64 patches, where no input_ids came first.
-        if shape is not None and len(shape) >= (3 if key == "pixel_values" else 2):
-            return int(shape[0])
+def _says_its_size(item: Any) -> bool:
+    """Whether a batch object names its own size (``num_graphs``, ``batch_size``: see the walk)."""
+    return getattr(item, "num_graphs", None) is not None or getattr(item, "batch_size", None) is not None
+
+
+def _named_fields(item: Any, top: bool, collated: bool) -> list | None:
+    """(name, value) for each field of a mapping, dataclass or named tuple, or of a list or tuple
+    at the top or in a ``default_collate`` batch (name None); None for anything else."""
+    if isinstance(item, Mapping):
+        return list(item.items())
+    if dataclasses.is_dataclass(item) and not isinstance(item, type):
+        return [(f.name, getattr(item, f.name)) for f in dataclasses.fields(item)]
+    if isinstance(item, tuple) and hasattr(item, "_fields"):
+        if hasattr(item, "batch_sizes"):
+            return None  # torch's PackedSequence: steps and batch sizes, counted as a whole
+        return list(zip(item._fields, item))
+    if (top or collated) and isinstance(item, (list, tuple)):
+        return [(None, value) for value in item]
     return None
 
 
-def _named_list(batch: Mapping) -> int | None:
+def _by_fields(batch: Any, collated: bool, fields: _Fields | None = None) -> Any:
+    """What the batch's fields at every depth (``_nested_fields``) say. Where they give different
+    leading dimensions (packed tokens beside per-sequence lengths, graph nodes beside graph labels,
+    a sequence-first (T, B, F) tensor beside its labels, labels flattened to (B * T,), 3 names
+    beside a batch of 8), which one is the sample count is a guess: ``_disagreeing_fields``
+    decides (a count, or None). Where they agree and are the whole batch, their count (what the
+    walk would find, read once); else ``_UNSEEN``: the walk goes on."""
+    if fields is None:
+        fields = _nested_fields(batch, collated)
+    if len(fields.extents) > 1:
+        return _disagreeing_fields(batch, fields)
+    return next(iter(fields.extents)) if fields.extents and fields.whole else _UNSEEN
+
+
+def _disagreeing_fields(batch: Any, fields: list) -> int | None:
+    """Fields that disagree, side by side or at different depths: a packed row's sequences; else a
+    model's named input; else images or video (``_disagreeing``); else uncounted. Never the field
+    that comes first: which one the walk met first was the order of a dict's keys."""
+    if isinstance(batch, Mapping) and (any(key in batch for key in _OFFSETS) or _packed_positions(batch) is not None):
+        return _one_row(batch)
+    named = _named_input(fields)
+    if not named:
+        return _disagreeing([value for _, value in fields])
+    if len(named) > 1:
+        return None  # inputs of one name that disagree (queries beside their documents' input_ids)
+    (samples,) = named
+    for name, value in fields:
+        shape = _shape(value) if name == "labels" else None
+        if shape is not None and len(shape) >= 2 and shape[0] != samples:
+            # Per-token labels of other rows: input_ids packed (1, tokens) without position_ids
+            # beside labels (B, T) counted 1; which one the samples are is not certain.
+            return None
+    return samples
+
+
+def _named_input(fields: list) -> set:
+    """The leading dimensions of the first of a model's named inputs (``_INPUT_KEYS``, in that
+    order) of 2 dimensions or more among ``fields`` ((name, value), ``_nested_fields``), wherever
+    they lie; empty if none."""
+    for key in _INPUT_KEYS:
+        # pixel_values of 2 dimensions are every image's patches in a row each (Qwen-VL's, beside
+        # image_grid_thw): 256 for 4 samples of 64 patches, where no input_ids came first.
+        least = 3 if key == "pixel_values" else 2
+        leads = {_leading(value) for name, value in fields
+                 if name == key and len(_shape(value) or ()) >= least} - {None}
+        if leads:
+            return leads
+    return set()
+
+
+def _named_list(batch: Mapping, fields: list) -> int | None:
     """The length of a model's named input given as a list of arrays or tensors, one per sample:
     HF image processors and feature extractors with ``return_tensors=None`` (``{"pixel_values":
     [B arrays]}``, whose leading dimension, the channels, counted 3 for 4 images)."""
     for key in _INPUT_KEYS:
         items = batch[key] if key in batch else None
         if type(items) in (list, tuple) and items and not any(isinstance(x, _SCALARS) for x in items):
-            # Beside fields of another extent (input_ids (2, T) beside a sample's 3 images) the
-            # rest of the walk decides.
-            others = {_extent(value) for value in batch.values() if value is not items} - {None}
+            # Beside fields of another extent (input_ids (2, T) beside a sample's 3 images), at any
+            # depth, the rest of the walk decides.
+            others = {_extent(value) for _, value in fields if value is not items} - {None}
             return len(items) if others <= {len(items)} else None
     return None
 
@@ -650,7 +743,7 @@ def _walk(batch: Any, collated: bool = False) -> int | None:
     if count is not _UNSEEN:
         # The rest of the batch says which reading; a model's named input overrules a list beside
         # it (a sample's several images, or image patches, with input_ids).
-        return count if count in either or count == _named_input(batch) else None
+        return count if count in either or _named_input(_nested_fields(batch, collated)) == {count} else None
     if guess is not None and guess in either:
         return guess
     return either.pop() if len(either) == 1 else None  # the readings agree; else nothing says
@@ -666,82 +759,93 @@ def _zipped(batch: Any) -> bool:
 
 
 def _first_certain(batch: Any, collated: bool, allowed: list) -> Any:
-    """The first certain count of a breadth-first walk over the batch's fields (may be None: fields
-    that disagree); ``_UNSEEN`` if none. What lists of tensors allow without certainty goes to
-    ``allowed``. Top-level fields that disagree on their leading dimension: ``_disagreeing``."""
+    """The certain count of a breadth-first walk over the batch's fields: the one that every field
+    giving one at the shallowest such depth gives (None where two differ); ``_UNSEEN`` if none.
+    The rest of that depth is read too, so the order of a dict's keys decides nothing. What lists
+    of tensors up to that depth allow without certainty goes to ``allowed``. Fields that disagree
+    at any depth of the batch's mappings, or all of it in them: ``_by_fields``, at the top."""
     queue: deque[tuple[Any, int]] = deque([(batch, 0)])  # (item, depth)
+    found, found_at = _UNSEEN, -1
     while queue:
         item, depth = queue.popleft()
-        top = depth == 0
-        if isinstance(item, _SCALARS):
+        if found_at >= 0 and depth > found_at:
+            break
+        count = _certain(item, depth, collated, allowed, queue)
+        if count is _UNSEEN:
             continue
-        lead = _leading(item)
-        if lead is not None:
-            if lead == 1 and depth > 1 and _other_leads(queue, depth):
-                # A per-batch (1,) tensor in a nested mapping ({"meta": {"w": (1,)}, "inputs":
-                # {"x": (6, 3)}}) beside others: no batch of one (it counted 1, as exact).
-                return None
-            return lead
-        if isinstance(item, tuple) and hasattr(item, "batch_sizes") and hasattr(item, "unsorted_indices"):
-            # torch's PackedSequence: its data is every sequence's steps; batch_sizes[0] (a CPU
-            # tensor, no device read) is how many sequences are in the batch.
-            return int(item.batch_sizes[0])
-        if top:
-            if isinstance(item, Mapping):
-                samples = _named_list(item)
-                if samples is not None:
-                    return samples
-                if _fields_disagree(item.values()):
-                    return _disagreeing_mapping(item)
-            elif dataclasses.is_dataclass(item) or (isinstance(item, tuple) and hasattr(item, "_fields")):
-                fields = _fields_of(item)
-                if fields and _fields_disagree(fields):
-                    return _disagreeing(fields)
-        kind = type(item)
-        if kind is not list and kind is not tuple and kind is not dict:
-            # Batch objects of graph and tensor-dict libraries say how many samples they hold.
-            for name in ("num_graphs", "batch_size"):
-                value = getattr(item, name, None)
-                if isinstance(value, int) and not isinstance(value, bool):
-                    return value
-                if name == "batch_size" and value is not None and not callable(value):
-                    try:
-                        return int(value[0])  # TensorDict: a torch.Size
-                    except (TypeError, ValueError, IndexError, KeyError):
-                        pass
+        if count is None or (found is not _UNSEEN and count != found):
+            return None
+        found, found_at = count, depth
+    return found
+
+
+def _certain(item: Any, depth: int, collated: bool, allowed: list, queue: deque) -> Any:
+    """One item of ``_first_certain``'s walk: its certain count (may be None: fields that
+    disagree), or ``_UNSEEN``, its fields queued and what a list allows put in ``allowed``."""
+    top = depth == 0
+    if isinstance(item, _SCALARS):
+        return _UNSEEN
+    lead = _leading(item)
+    if lead is not None:
+        return lead
+    if isinstance(item, tuple) and hasattr(item, "batch_sizes") and hasattr(item, "unsorted_indices"):
+        # torch's PackedSequence: its data is every sequence's steps; batch_sizes[0] (a CPU
+        # tensor, no device read) is how many sequences are in the batch.
+        return int(item.batch_sizes[0])
+    if top and (isinstance(item, Mapping) or dataclasses.is_dataclass(item)
+                or (isinstance(item, tuple) and hasattr(item, "_fields"))):
+        fields = _nested_fields(item, collated)
         if isinstance(item, Mapping):
-            queue.extend((value, depth + 1) for value in item.values())
-        elif isinstance(item, tuple) and hasattr(item, "_fields"):  # a named tuple: its fields
+            samples = _named_list(item, fields)
+            if samples is not None:
+                return samples
+        said = _by_fields(item, collated, fields)
+        if said is not _UNSEEN:
+            return said
+    kind = type(item)
+    if kind is not list and kind is not tuple and kind is not dict:
+        # Batch objects of graph and tensor-dict libraries say how many samples they hold.
+        for name in ("num_graphs", "batch_size"):
+            value = getattr(item, name, None)
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+            if name == "batch_size" and value is not None and not callable(value):
+                try:
+                    return int(value[0])  # TensorDict: a torch.Size
+                except (TypeError, ValueError, IndexError, KeyError):
+                    pass
+    if isinstance(item, Mapping):
+        queue.extend((value, depth + 1) for value in item.values())
+    elif isinstance(item, tuple) and hasattr(item, "_fields"):  # a named tuple: its fields
+        queue.extend((value, depth + 1) for value in item)
+    elif dataclasses.is_dataclass(item) and not isinstance(item, type):
+        queue.extend((getattr(item, f.name), depth + 1) for f in dataclasses.fields(item))
+    elif collated and isinstance(item, (list, tuple)) and not all(isinstance(x, _SCALARS) for x in item):
+        if top:
+            said = _by_fields(item, collated)
+            if said is not _UNSEEN:
+                return said
+        queue.extend((value, depth + 1) for value in item)
+    elif isinstance(item, (list, tuple)):
+        count, certain = _items_of_sequence(item, top)
+        if certain:
+            return count
+        if count is not None:
+            allowed.append(count)
+        else:
+            if top:
+                said = _by_fields(item, collated)
+                if said is not _UNSEEN:
+                    return said
             queue.extend((value, depth + 1) for value in item)
-        elif dataclasses.is_dataclass(item) and not isinstance(item, type):
-            queue.extend((getattr(item, f.name), depth + 1) for f in dataclasses.fields(item))
-        elif collated and isinstance(item, (list, tuple)) and not all(isinstance(x, _SCALARS) for x in item):
-            if top and _fields_disagree(item):
-                return _disagreeing(item)
-            queue.extend((value, depth + 1) for value in item)
-        elif isinstance(item, (list, tuple)):
-            count, certain = _items_of_sequence(item, top)
-            if certain:
-                return count
-            if count is not None:
-                allowed.append(count)
-            elif top and _fields_disagree(item):
-                return _disagreeing(item)
-            else:
-                queue.extend((value, depth + 1) for value in item)
-        elif _graph_like(item):
-            return _graphs(item)  # its len() is its attribute count (PyTorch Geometric's Data)
-        elif hasattr(item, "__len__"):
-            try:
-                return len(item)
-            except TypeError:
-                pass
+    elif _graph_like(item):
+        return _graphs(item)  # its len() is its attribute count (PyTorch Geometric's Data)
+    elif hasattr(item, "__len__"):
+        try:
+            return len(item)
+        except TypeError:
+            pass
     return _UNSEEN
-
-
-def _other_leads(queue: deque, depth: int) -> bool:
-    """Whether a tensor still queued at ``depth`` has a leading dimension other than 1."""
-    return any(level == depth and _leading(item) not in (None, 1) for item, level in queue)
 
 
 def _graph_like(item: Any) -> bool:
