@@ -32,6 +32,7 @@ EXACT_READ_WAIT_S = 0.5
 STOP_WAIT_S = 1.0  # how long stopping waits for the background thread (see _Poller.stop)
 ESTIMATED, SAMPLED = Method.ESTIMATED.value, Method.SAMPLED.value  # plain str: compared at every boundary
 POWER_HISTORY = 64  # samples kept: ~1.3 s, more than the span between two counter reads
+SLOPE_HISTORY = 16  # counter slopes kept (~1.6 s of 100 ms updates): the power's recent spread
 # Finding a quantised counter's update phase: steps to observe (at most), the precision at which
 # to stop early, inconsistent steps tolerated before concluding it has no steady period, and how
 # often to search again (the GPU's clock and the host's drift apart slowly).
@@ -130,6 +131,7 @@ class _Channel:
         self._refresh_lock = threading.Lock()  # one read and phase update at a time (reader or in place)
         self._anchor: tuple[float, float, float | None] | None = None  # (t, value_j, slope_w) of the latest read
         self._anchor_on_update = False  # its t is an update of the known phase (see _update_held)
+        self._slopes: deque[float] = deque(maxlen=SLOPE_HISTORY)  # the mean power of recent updates
         # Instantaneous power integrated since the reader started: (t, cumulative J, W) samples.
         self._power: deque[tuple[float, float, float]] = deque(maxlen=POWER_HISTORY)
         self._power_ok = True  # False: the sensor has no instantaneous power (never tried again)
@@ -348,6 +350,7 @@ class _Channel:
                 # A slope over less than one update period is mostly quantisation: keep the last one.
                 if previous is not None and t - previous[0] >= max(period, 1e-3):
                     slope = (value - previous[1]) / (t - previous[0])
+                    self._slopes.append(slope)
                 self._anchor, self._anchor_held = (t, value, slope), held
                 self._anchor_on_update = on_update
             if period > 0:
@@ -689,10 +692,11 @@ class _Channel:
     def samples_power(self) -> bool:
         return self._power_ok
 
-    def estimate(self, now: float, stale_ok: bool = False, hand_out: bool = False) -> tuple[float, float] | None:
-        """(value, seconds carried) at ``now`` from the latest read; None if there is none (or
-        none recent, unless ``stale_ok``). ``hand_out``: a boundary's, settled later with its
-        anchor if that is not known well yet (see _settle)."""
+    def estimate(self, now: float, stale_ok: bool = False, hand_out: bool = False) -> tuple[float, float, float] | None:
+        """(value, seconds carried, joules that carrying may be off by for lack of power samples)
+        at ``now`` from the latest read; None if there is none (or none recent, unless
+        ``stale_ok``). ``hand_out``: a boundary's, settled later with its anchor if that is not
+        known well yet (see _settle)."""
         with self._state_lock:
             anchor = self._anchor
             if anchor is None or (not stale_ok and abs(now - anchor[0]) > max(STALE_READ_S, 2.5 * self.read_interval_s)):
@@ -703,16 +707,24 @@ class _Channel:
                 value += _integral_at(power, now) - _integral_at(power, t_a)
             elif slope is not None:
                 value += slope * (now - t_a)
+            unsampled_s = min(power[0][0] if power else now, now) - t_a
             if hand_out:
                 held = self._anchor_held
                 self._unsettled = None if held is None else (held, t_a, slope, tuple(power), 0.0)
-                unsampled_s = min(power[0][0] if power else now, now) - t_a
                 self._unsampled = (now, value, self._settled_j, unsampled_s, None, 0.0) if unsampled_s > 0 else None
             value += self._settled_j
-        return value, abs(now - t_a)
+            # Carried without power samples (their field failing, or a GPU without it), at the
+            # counter's slope: off by up to the power's swing over that span, which a spiky load
+            # makes far more than the window's power times the span (a 50/700 W load: |error| above
+            # the stated uncertainty in a third of 1 s windows, up to 7.8 times it). Bounded by the
+            # spread of the mean power of recent updates (the counter's own reads tell it); zero
+            # where samples span it, so sampled windows state what they did.
+            spread_w = max(self._slopes) - min(self._slopes) if unsampled_s > 0 and self._slopes else 0.0
+        return value, abs(now - t_a), max(0.0, unsampled_s) * spread_w
 
-    def boundary(self, now: float, exact: bool = False) -> tuple[float, float]:
-        """The value a snapshot at ``now`` records, and how many seconds it was carried forward."""
+    def boundary(self, now: float, exact: bool = False) -> tuple[float, float, float]:
+        """The value a snapshot at ``now`` records, how many seconds it was carried forward, and
+        the joules that carrying may be off by for lack of power samples (see ``estimate``)."""
         if not self.off_thread:
             value, answered = self._read(exact)
             value += self._settled_j  # (from when it was read off the thread)
@@ -720,19 +732,20 @@ class _Channel:
             # answer widens this boundary's uncertainty, as a carried read's does.
             held = not answered and not self.failed and self._fault is not None and self._good_t is not None
             carried = max(0.0, now - self._good_t) if held else 0.0  # type: ignore[operator]
+            slope_error_j = 0.0
         else:
             # While the sensor does not answer (a fault held), the reader retries it: a boundary
             # carries the last read forward rather than try again itself, and wait for it.
             estimate = None if exact else self.estimate(now, stale_ok=self._fault is not None, hand_out=True)
             if estimate is None:
                 estimate = self._read_in_place(now, exact)
-            value, carried = estimate
+            value, carried, slope_error_j = estimate
         with self._state_lock:
             # Never below a value already handed out: windows stay non-negative and telescoping.
             self._boundary_j = max(self._boundary_j, value)
-            return self._boundary_j, carried
+            return self._boundary_j, carried, slope_error_j
 
-    def _read_in_place(self, now: float, exact: bool) -> tuple[float, float]:
+    def _read_in_place(self, now: float, exact: bool) -> tuple[float, float, float]:
         """Read the counter now (the reader carries on from this read), then carry it from the
         update it holds to ``now`` like any other read. Where the reader is inside a read (a slow
         or hung one: GPU in an error state), a boundary that need not be exact does not wait for
@@ -753,7 +766,7 @@ class _Channel:
         else:
             free = self._refresh_lock.acquire(blocking=False)
         if not free:
-            return self.estimate(now, stale_ok=True, hand_out=True) or (self._boundary_j, 0.0)
+            return self.estimate(now, stale_ok=True, hand_out=True) or (self._boundary_j, 0.0, 0.0)
         done, read = threading.Event(), []
 
         def read_and_sample() -> None:
@@ -767,9 +780,9 @@ class _Channel:
 
         threading.Thread(target=read_and_sample, name="greencallbacks-read", daemon=True).start()
         if not done.wait(EXACT_READ_WAIT_S) or not read:
-            return self.estimate(now, stale_ok=True, hand_out=True) or (self._boundary_j, 0.0)
+            return self.estimate(now, stale_ok=True, hand_out=True) or (self._boundary_j, 0.0, 0.0)
         # Carried to `now` from when the read was made: after a wait, later than `now`.
-        return self.estimate(now, stale_ok=True, hand_out=True) or (read[0] + self._settled_j, 0.0)
+        return self.estimate(now, stale_ok=True, hand_out=True) or (read[0] + self._settled_j, 0.0, 0.0)
 
     def peek(self, now: float) -> tuple[float, float]:
         """Like ``boundary`` but never reads a slow counter: a slow channel gives its latest
@@ -954,9 +967,11 @@ class _Channel:
         joules = max(0.0, watts * gap - held_j)
         return joules, joules / gap
 
-    def uncertainty_j(self, energy_j: float, duration_s: float, carried_s: float = 0.0, bridged_j: float = 0.0) -> float:
-        """The window's stated error; ``bridged_j`` of its energy was estimated (Snapshot.bridged_j)."""
-        measured = self._measured_uncertainty_j(energy_j, duration_s, carried_s)
+    def uncertainty_j(self, energy_j: float, duration_s: float, carried_s: float = 0.0, bridged_j: float = 0.0,
+                      slope_error_j: float = 0.0) -> float:
+        """The window's stated error; ``bridged_j`` of its energy was estimated (Snapshot.bridged_j),
+        its boundaries carried without power samples may be off by ``slope_error_j``."""
+        measured = math.hypot(self._measured_uncertainty_j(energy_j, duration_s, carried_s), slope_error_j)
         if bridged_j <= 0 or self.method == ESTIMATED:
             return measured
         return math.hypot(measured, ESTIMATE_RELATIVE_UNCERTAINTY * bridged_j)
