@@ -708,9 +708,12 @@ def scenario_no_callback_list_seam(out: Path) -> dict:
     """A future Keras whose hooks are not called from a CallbackList method: the private seam is
     gone, and the callback still logs every epoch and tells validation from a standalone evaluate."""
     import greencallbacks.keras._callback as adapter
+    import greencallbacks.keras._nested as nested
 
+    modules = (adapter, nested)  # each reads the seam (the hooks; the calls made inside a loop)
     seam = adapter._calling_list
-    adapter._calling_list = lambda callback: None
+    for module in modules:
+        module._calling_list = lambda callback: None
     try:
         energy = scripted(output_dir=out)
         model = tiny_model()
@@ -718,7 +721,8 @@ def scenario_no_callback_list_seam(out: Path) -> dict:
                             callbacks=[energy], verbose=0)
         model.evaluate(X[:VAL], Y[:VAL], batch_size=BATCH, callbacks=[energy], verbose=0)
     finally:
-        adapter._calling_list = seam
+        for module in modules:
+            module._calling_list = seam
     return {
         "history": history.history,
         "records": [[r.phase, r.epoch, r.partial, r.samples] for r in read_records(out)],

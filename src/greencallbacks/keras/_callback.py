@@ -16,17 +16,19 @@ to be put first, and tells validation by the ``fit`` in progress. That a call ra
 ``greencallbacks.watch``: its frame has left the stack (``_call``). Which run a fit continues is
 kept in ``_state``; what a loop ran and counted is read in ``_counts``; how far a call got, for
 the write-up of one that failed, is kept in ``_progress``.
+
+This module holds the hooks and the callback's state; the helpers they call are the methods of
+its mixins, one idea each, which keep no state of their own: which run a call measures
+(``_runs``), the calls made inside a loop (``_nested``), a loop's samples (``_samples``) and
+tokens (``_tokens``), and the values added to Keras's ``logs`` (``_logs``). ``_whole`` holds a
+hook's bookkeeping whole against Ctrl-C.
 """
 
 from __future__ import annotations
 
-import functools
-import math
 import numbers
-import os
 import threading
 import weakref
-from pathlib import Path
 from typing import Any
 
 from greencallbacks import extras
@@ -37,55 +39,35 @@ except ImportError as error:
     raise extras.missing_keras_backend(error) or extras.missing(
         error, "greencallbacks.keras", ("keras",), "pip install 'greencallbacks[keras]'") from None
 
-from greencallbacks import interrupts, watch
+from greencallbacks import interrupts
 from greencallbacks.guard import never_raises
-from greencallbacks.keras._backend import count_value, devices_and_sync, logs_sum_metrics_over_replicas, reducer_for
 from greencallbacks.keras._call import _Call
 from greencallbacks.keras._calling import (
-    _NO_FIXED_BATCHES, _backup_dir, _backup_metadata, _calling_list, _calls_running, _drop_repeats, _fixed_batches,
-    _model_call_frame, _overrides_epoch_end, _planned_steps, _restores_a_backup, _tuners_trial,
+    _NO_FIXED_BATCHES, _calling_list, _drop_repeats, _fixed_batches, _model_call_frame, _overrides_epoch_end,
+    _planned_steps,
 )
 from greencallbacks.keras._counts import (
-    _KERAS_VERSION, _a_number, _custom_step, _evaluated_since, _exact_count, _may_run_past_the_data,
-    _one_step_per_batch, _past_the_data, _per_execution, _resets_loss_tracker, _step_range, _watch_evaluations,
+    _a_number, _custom_step, _may_run_past_the_data, _one_step_per_batch, _past_the_data, _per_execution,
+    _resets_loss_tracker, _step_range, _watch_evaluations,
 )
+from greencallbacks.keras._logs import _LoggedValues
+from greencallbacks.keras._nested import _NestedCalls
 from greencallbacks.keras._progress import _Progress
-from greencallbacks.keras._state import (
-    _BACKUP_STATES_LOCK, _BACKUP_STATES_TO_DELETE, _backup_state_path, _delete_backup_state, _free_run_id,
-    _last_run_of, _names_its_trial, _own_state_path, _Owner, _read_state, _remember_run_of, _Run,
-    _runs_of_live_models, _trained_again,
-)
+from greencallbacks.keras._runs import DEFAULT_OUTPUT_DIR as DEFAULT_OUTPUT_DIR  # (defined there, kept importable here)
+from greencallbacks.keras._runs import _RunChoice
+from greencallbacks.keras._samples import _SampleCounting
+from greencallbacks.keras._state import _Owner, _remember_run_of, _Run
+from greencallbacks.keras._tokens import _TokenCounting
+from greencallbacks.keras._whole import _whole
 from greencallbacks.meter import warn
 from greencallbacks.samples import BatchCounter
 from greencallbacks.session import EnergySession, keyword_names, reject_unknown_arguments, warn_two_callbacks
-from greencallbacks.tracker import METRIC_STEMS
 
-DEFAULT_OUTPUT_DIR = "energy_logs"
 _Callback = keras.callbacks.Callback
 
 
-# A test or predict loop's own state, in attributes every loop's hooks use (see EnergyCallback._begin_inside).
-_LOOP_STATE = ("_loop_model", "_loop_list", "_test_counted", "_steps_lock", "_test_steps", "_test_calls_begun",
-               "_test_calls_ended", "_test_banked", "_test_offset")
-
-
-def _whole(hook):
-    """The hook's bookkeeping (phases pushed or popped, the tracker's boundary, the locks it takes)
-    done whole against Ctrl-C: a ``KeyboardInterrupt`` landing inside is raised as the hook returns
-    (``interrupts.held``: at epoch and loop boundaries only, never at a batch). Landing between a
-    phase popped here and its end, it left the run open with no phase to write up; inside ``with
-    lock:``, it could leave the lock acquired, and the write-up and the next ``fit`` waited on it."""
-
-    @functools.wraps(hook)
-    def whole(self, *args: Any, **kwargs: Any) -> Any:
-        with interrupts.held():
-            return hook(self, *args, **kwargs)
-
-    return whole
-
-
 # ------------------------------------------------------------------------------- the callback
-class EnergyCallback(_Callback):
+class EnergyCallback(_RunChoice, _NestedCalls, _SampleCounting, _TokenCounting, _LoggedValues, _Callback):
     """Per-epoch energy (kWh) and CO2eq (g) of ``fit``, ``evaluate`` and ``predict``, in the epoch's ``logs``.
 
     At each epoch end it adds ``energy_kwh``, ``co2eq_g``, ``energy_kwh_total``, ``co2eq_g_total``,
@@ -383,23 +365,6 @@ class EnergyCallback(_Callback):
         # TensorBoard writes a batch when its count since train begin is a multiple of update_freq.
         if self._live_every and self._live_batches % self._live_every == 0 and logs is not None:
             self._add_live(logs)
-
-    @never_raises
-    def _add_live(self, logs: dict) -> None:
-        if self._call is not None and self._call.run is not None and self.session.running:
-            logs.update(self.session.live_metrics())
-            if self.session.budget_stops_training:  # Keras ends the epoch after this batch
-                self.model.stop_training = True
-
-    def _tensorboard_batch_every(self, callback_list: keras.callbacks.CallbackList | None) -> int:
-        """The ``update_freq`` of a TensorBoard in the list that logs batches; 0 when none does."""
-        if not self.step_metrics:
-            return 0
-        for callback in getattr(callback_list, "callbacks", []):
-            every = getattr(callback, "update_freq", None) if isinstance(callback, keras.callbacks.TensorBoard) else None
-            if isinstance(every, int) and not isinstance(every, bool) and every > 0:
-                return every
-        return 0
 
     @never_raises
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
@@ -741,194 +706,6 @@ class EnergyCallback(_Callback):
         self._progress = self._call.progress
         return True
 
-    def _start(self, call: _Call, first_epoch: int | None = None) -> None:
-        """Start measuring for ``call``: in a new run, the resumed run, or the current one."""
-        restoring = first_epoch is not None and _restores_a_backup(call.callback_list)
-        trial = _tuners_trial(call.callback_list)
-        resuming = restoring or (bool(first_epoch) and trial is None)
-        given = self._session_kwargs.get("run_id")
-        if resuming:
-            self._resume(first_epoch, call)
-        elif first_epoch is not None and trial and given is not None:
-            # Each execution of a tuner's trial is a run of its own, named after the trial: the
-            # given run_id taken again by every execution was renamed to <id>-N with a warning each.
-            run_id = _free_run_id(f"{given}-trial-{trial}", self._output_dir(call))
-            self._run = _Run(EnergySession(**{**self._session_kwargs, "run_id": run_id}))
-        elif first_epoch is not None and self._run_used:
-            # A new fit (a tuner's trial from any epoch) is a new run.
-            self._run = _Run(EnergySession(**self._session_kwargs))
-        elif first_epoch is None:
-            self._continue_the_models_run(call)
-        if first_epoch and self._run.last_train_epoch is None:
-            # A run begun at initial_epoch=k has reached epoch k - 1 as far as a resume can tell:
-            # crashed inside epoch k, its resume at k continues it (read as -1, it was a new run).
-            self._run.last_train_epoch = first_epoch - 1
-        self._run_used = True
-        call.run = self._run
-        session = self._run.session
-        backend = keras.backend.backend()
-        device_indices, sync = devices_and_sync(backend)
-        reducer = reducer_for(backend)  # a collective on several processes; all run this hook
-        session.start(output_dir=self._output_dir(call), device_indices=device_indices, reducer=reducer, sync=sync)
-        if call.kind == "fit" and reducer.world_size > 1:
-            # The step values are a collective (Tracker.live) that every rank takes at the same
-            # batches, whatever its own callbacks: a TensorBoard on rank 0 alone (logging from one
-            # rank, as usual) made rank 0 gather alone, met by the other ranks' next epoch-end gather
-            # (gloo: received data size doesn't match; rank 1 aborted). Every rank takes them
-            # wherever any rank's TensorBoard writes: every gcd of their update_freq batches.
-            self._live_every = math.gcd(*(int(every) for every in reducer.all_gather(self._live_every)))
-            if self._live_every and getattr(call.callback_list, "_async_train", False):
-                # In order, on the training thread, as a TensorBoard's batch hook makes Keras run them
-                # where it is: dispatched to Keras's thread pool (no callback of this rank needs them
-                # in order), two gathers could run at once and meet the other ranks' in swapped order.
-                call.callback_list._async_train = False
-        self._run.claim()
-        live = _runs_of_live_models()
-        self._runs = {run_id: run for run_id, run in self._runs.items() if run_id in live}
-        self._runs[session.tracker.run_id] = self._run
-        # None (Keras 3.15), or not set at all (3.3), when fit is given a CallbackList built
-        # without training parameters: Keras uses it as it is, and never calls set_params.
-        params = getattr(self, "params", None) or {}
-        if call.kind == "fit" and isinstance(params.get("epochs"), int) and params["epochs"] > 0:
-            session.tracker.planned_epochs = params["epochs"]  # enables the whole-run prediction
-        if call.kind == "fit":
-            self._run.fitted = True
-            self._run.backup_dir = _backup_dir(call.callback_list)
-            self._run.owner = self._owner(call)
-            # Names this run in energy-state.json now, not only at an epoch's end: a fit killed in
-            # its first epoch (preempted: no exception to see) that BackupAndRestore resumes from a
-            # backup inside that epoch continues this run, not the one that wrote the file before.
-            self._run.save_state(wait=False)
-
-    def _resume(self, first_epoch: int, call: _Call) -> None:
-        """A ``fit`` from ``first_epoch`` > 0, or restored by BackupAndRestore, continues the run that
-        reached the epoch before (any run, for epoch 0), as its next attempt: this object's last
-        run if it trained, else (a new process, or only evaluate / predict so far) the one in
-        ``energy-state.json``, or for a callback given a run_id (or not the fit's first
-        EnergyCallback) the run in its own state file (see ``_Owner``)."""
-        mine = self._runs.get(_last_run_of(self.model))
-        if mine is not None:
-            # The model's own run with this callback: another model's evaluate / predict since made
-            # that one's run current, and B's resumed epochs went into A's run.
-            self._run = mine
-        another_models = None  # the run a state file names, when it is another model's
-        if self._run_used and self._run.fitted:
-            state, owner, other = self._run.state(), self._run.owner, None
-            # This object's run, trained on the model now fitting: the same training (fit(epochs=4),
-            # then fit(initial_epoch=2)). Another model: a callback reused across a sweep's trials.
-            same_model = bool(state) and _last_run_of(self.model) == state.get("run_id")
-            identified = same_model or owner.run_id is not None
-            where = "this callback's last run" + ("" if same_model else ", which trained another model")
-        else:
-            # A fit of this process that just raised (a retry loop) has its run's state written
-            # by the watch thread, within a fraction of a second: wait for that before reading.
-            watch.settle()
-            restoring = _restores_a_backup(call.callback_list)  # its own state, not the last fit's
-            owner = self._owner(call)
-            output_dir, backup_dir = self._output_dir(call), _backup_dir(call.callback_list) if restoring else None
-            state, other, path = self._renamed_run_of_the_model(output_dir, backup_dir, owner, first_epoch)
-            if state is None:
-                state, other, path = _read_state(output_dir, backup_dir, owner)
-            # Or the run this model trained last in this process: the same training, resumed with a
-            # new callback (callbacks=[EnergyCallback(...)] written inline at each fit).
-            identified = path is not None and (
-                _names_its_trial(path, owner) or (state is not None and _last_run_of(self.model) == state.get("run_id"))
-            )
-            where = f"named in {path}"
-            trained_in = _last_run_of(self.model)
-            if state is not None and not identified and trained_in not in (None, state.get("run_id")):
-                # The run named there is another model's, trained since (fit(A), fit(B), then A
-                # resumed with a new callback): A's epochs went on in B's run, without a word. A's
-                # own state was kept under its id when B's run took the file.
-                another_models = state.get("run_id")
-                state, _, kept = _read_state(output_dir, backup_dir, _Owner(trained_in, owner.place))
-                if state is not None and state.get("run_id") == trained_in:
-                    identified, where = True, f"named in {kept}"
-                else:
-                    state = None
-        last = state.get("last_train_epoch") if state else None
-        reached = last if isinstance(last, int) else -1  # None: no epoch finished yet
-        # A run that failed inside the epoch before, resumed from a checkpoint saved inside it
-        # (ModelCheckpoint(save_freq=<steps>) names it that epoch + 1): the same training.
-        failed_in = state.get("failed_in_epoch") if state else None
-        if state and (reached >= first_epoch - 1 or failed_in == first_epoch - 1):
-            if reached >= first_epoch and not identified:
-                _trained_again(state.get("run_id"), reached, first_epoch, where)
-            self._run = _Run(EnergySession(**self._session_kwargs), last_train_epoch=last)
-            self._run.session.load_state_dict(state)
-            return
-        # Said, not silent: the logged totals will lack the earlier attempts' energy. The usual
-        # cause is a directory that differs per process (TensorBoard's logs/fit/<timestamp>).
-        if another_models is not None:
-            found = (f"the run named in {self._output_dir(call)}, {another_models}, is another model's (this model "
-                     f"trained last in run {_last_run_of(self.model)}, whose state a later run replaced there)")
-        elif state:
-            found = f"the run it would continue, {state.get('run_id')}, reached epoch {reached} only"
-        elif owner.run_id is not None:
-            found = (f"no earlier run of run_id {owner.run_id!r} is recorded in {self._output_dir(call)}"
-                     + (f" (only run {other.get('run_id')}, which a callback given another run_id does not continue)"
-                        if other else ""))
-        else:
-            found = f"no earlier run is recorded in {self._output_dir(call)} ({_own_state_path(Path(), owner)})"
-        warn(
-            f"greencallbacks: this fit resumes at epoch {first_epoch}, but {found}: it is measured as a new run, "
-            "without the energy of the epochs before it. To continue a run, give EnergyCallback(output_dir=...) the "
-            "same directory in every process (a TensorBoard log_dir such as logs/fit/<timestamp> differs each time)."
-        )
-        if self._run_used:
-            self._run = _Run(EnergySession(**self._session_kwargs))  # nothing to continue: a new run
-
-    def _renamed_run_of_the_model(
-        self, output_dir: Path, backup_dir: str | None, owner: _Owner, first_epoch: int
-    ) -> tuple[dict | None, None, Path | None]:
-        """For a callback given a run_id: the state of the run this model last trained in this
-        process where the tracker recorded it as ``<id>-N`` (the given id had records already: the
-        script run again into its directory) and it reached the epoch before. The given id's own
-        state is the earlier run's: a loop of ``fit(initial_epoch=e)`` with a new callback each,
-        run again, continued that run from its second fit on, one training split across two runs."""
-        last = _last_run_of(self.model)
-        if owner.run_id is None or last is None or last == owner.run_id:
-            return None, None, None
-        state, _, path = _read_state(output_dir, backup_dir, _Owner(last, owner.place))
-        reached = state.get("last_train_epoch") if state else None
-        if state and state.get("run_id") == last and owner.owns(state) and isinstance(reached, int) and reached >= first_epoch - 1:
-            return state, None, path
-        return None, None, None
-
-    def _continue_the_models_run(self, call: _Call) -> None:
-        """``evaluate`` / ``predict``: the run of the model called. The run it last trained in with
-        this callback, though another model's fit with it came since; else one it last trained in
-        with another callback (see ``_join_the_models_run``); else (a model this process never
-        trained, or one whose run cannot be continued) the current run, or for a callback that has
-        measured nothing yet a run of its own."""
-        last = _last_run_of(self.model)
-        if last is not None and last in self._runs:
-            self._run = self._runs[last]
-        elif (last is not None or not self._run_used) and self._join_the_models_run(call, last):
-            return
-        if self._run_used and self._run.continued_elsewhere():
-            # Going on with this object's run, which a callback written inline at a later call on
-            # the same model continued since: from the records, as its next attempt.
-            self._run = self._run.reloaded(self._session_kwargs)
-
-    def _join_the_models_run(self, call: _Call, last: Any) -> bool:
-        """The model called, trained last in this process in run ``last``, named in this output
-        directory, by another callback (or by a callback written inline at each call): that run, as
-        its next attempt (as a ``fit(initial_epoch=N)`` with a new callback continues it), unless
-        another run_id is given. False where there is none (a model loaded or built anew; a sanity
-        check before a resume), which leaves ``energy-state.json`` to the run that trained."""
-        if last is None:
-            return False
-        watch.settle()  # a fit that just raised has its state written by the watch thread
-        owner = self._owner(call)
-        state, _, _ = _read_state(self._output_dir(call), None, _Owner(last, owner.place))
-        if not state or state.get("run_id") != last or not owner.owns(state):
-            return False
-        self._run = _Run(EnergySession(**self._session_kwargs), last_train_epoch=state.get("last_train_epoch"),
-                         fitted=True, owner=_Owner(state.get("run_id_given"), owner.place))
-        self._run.session.load_state_dict(state)
-        return True
-
     def _owner(self, call: _Call) -> _Owner:
         """This callback as the owner of its run's state files in ``call`` (a fit)."""
         mine = [c for c in getattr(call.callback_list, "callbacks", []) if isinstance(c, EnergyCallback)]
@@ -946,48 +723,6 @@ class EnergyCallback(_Callback):
                 call.run.session.stop()
                 if call.run.fitted:  # an evaluate / predict alone leaves energy-state.json to the run that trained
                     call.run.save_state()
-
-    def _forget_the_backup(self, call: _Call) -> None:
-        """The fit ended normally (its state saved): the backup state file goes with Keras's backup.
-
-        A ``BackupAndRestore`` (``delete_checkpoint=True``) deletes its backup in its
-        ``on_train_end``, after this callback's (this one goes first), and no resume from it can
-        follow. The file is deleted only once the backup is gone: at once where it is already (a
-        ``BackupAndRestore`` before this callback), else when the fit has returned (the watch); a
-        callback after this one raising in ``on_train_end`` leaves Keras's backup (the fit raised),
-        and the resume from it reads the file. Later writes of this run leave it alone.
-        """
-        restorer = next((c for c in getattr(call.callback_list, "callbacks", [])
-                         if isinstance(c, keras.callbacks.BackupAndRestore)), None)
-        if restorer is None:
-            return
-        backup_dir = os.fspath(restorer.backup_dir)
-        metadata = _backup_metadata(backup_dir)
-        gone, fit_frame = not os.path.isfile(metadata), _model_call_frame(self.model)
-        if not gone and (not getattr(restorer, "delete_checkpoint", True) or fit_frame is None):
-            return  # Keras keeps its backup, which a later fit restores; or when the fit returns is not known
-        if call.run is not None:
-            path = call.run.forget_the_backup()
-        else:  # it restored its last epoch's backup, which left no epoch to train: no run measured
-            owner = self._owner(call)
-            path = _backup_state_path(self._output_dir(call), backup_dir, owner)
-        if path is None:
-            return
-        with _BACKUP_STATES_LOCK:
-            _BACKUP_STATES_TO_DELETE[path] = metadata
-        if gone:
-            _delete_backup_state(path)
-        else:
-            watch.watch(fit_frame, functools.partial(_delete_backup_state, path))
-
-    def _output_dir(self, call: _Call) -> Path:
-        tracker = self.tracker
-        if tracker.output_dir is not None:
-            return tracker.output_dir
-        for callback in getattr(call.callback_list, "callbacks", []):
-            if isinstance(callback, keras.callbacks.TensorBoard):
-                return Path(callback.log_dir)
-        return Path(DEFAULT_OUTPUT_DIR)
 
     def _go_first(self, callback_list: keras.callbacks.CallbackList) -> None:
         """Move to the front of the list, so every callback's ``on_epoch_end`` sees the energy keys.
@@ -1013,401 +748,11 @@ class EnergyCallback(_Callback):
                 "EnergyCallback first in callbacks=[...] to silence this warning."
             )
 
-    def _point_back(self) -> None:
-        """Point ``self.model`` back at the fit's model as a call inside the fit ends. Keras points it
-        at the model of every call this callback is given: an ``evaluate`` / ``predict`` of another
-        model (an EMA copy, a teacher) that a callback made inside the fit, passing this one on,
-        left it there for good, and the fit's later epochs read that model's loss tracker (its
-        evaluation's 30 samples for the epoch's 100) and optimizer step."""
-        call = self._call
-        self._set_model(call.model if call is not None and call.kind == "fit" else None)
-
-    def _set_model(self, model: Any) -> None:
-        if model is not None and self._model is not model:
-            self.set_model(model)
-
-    def _calls_inside_running(self) -> int:
-        """How many calls inside the current one are running: the ``evaluate`` / ``predict`` calls given
-        this callback on the stack, but an outermost one."""
-        call = self._call
-        outer = call is not None and call.kind != "fit" and call.in_keras_loop
-        return _calls_running(self) - outer
-
-    def _begin_inside(self, model: Any, testing: bool) -> None:
-        """A call inside another loop begins (fit's validation, or an ``evaluate`` / ``predict`` that a
-        callback makes inside a loop, given this callback), on ``model``. Its hooks keep their state in
-        the attributes the enclosing loop's use: that state is put aside until this call ends. The
-        enclosing loop's count is banked first, as this call may reset its model's metrics (an
-        evaluate of that model, or one made inside a predict of it)."""
-        top = self._phases[-1][0] if self._phases else None
-        self._set_model(self._call.model if top == "train" else self._loop_model)  # the enclosing loop's
-        if top == "train":
-            if not (testing and model is self._call.model) and self._evaluated_unseen_since_watched():
-                # An evaluate of the fit's model not given this callback, just before this call in the
-                # same hook (a predict, an EMA copy's evaluate), which ends by watching it anew: 88
-                # samples and 264 tokens, exact, for 40 and 120. (One of the fit's model itself sets
-                # the sign it would be told by.)
-                self._evaluated_unseen()
-            self._bank_train_samples()  # read before evaluate resets the metrics
-            self._bank_train_tokens()
-            with self._progress.lock:
-                if self._train_tokens is not None and not self._progress.nested_since:
-                    # The epoch's tokens read whole (summed over replicas where Keras sums on read),
-                    # for its record if this call fails: no training batch runs until it ends.
-                    self._progress.train_tokens = self._train_tokens[1]
-                    self._progress.tokens_known = (
-                        self._replicas() <= 1 or logs_sum_metrics_over_replicas(_KERAS_VERSION))
-                self._progress.nested_since = True  # this call may reset the metric (see _Progress.train_tokens)
-            if testing:
-                step = self._step()  # on the training thread, which waits while the loop runs
-                trained = self._trained_so_far()
-                with self._progress.lock:
-                    self._progress.step_in_test, self._progress.trained_before_test = step, trained
-        elif top in ("validation", "test"):
-            self._test_banked = self._test_samples_seen()  # read before this call may reset the count
-        progress = self._progress
-        with progress.lock:
-            predicting = (progress.predicted, progress.predicting)
-        self._outside.append(({name: getattr(self, name) for name in _LOOP_STATE}, predicting))
-        self._set_model(model)
-
-    def _end_inside(self) -> None:
-        """A call inside another loop has ended, or raised (its phase popped): the enclosing loop's
-        state back, the callback on that loop's model (see ``_point_back``), and the count the loop
-        goes on from."""
-        if self._outside:
-            state, (predicted, predicting) = self._outside.pop()
-            self.__dict__.update(state)
-            with self._progress.lock:
-                self._progress.predicted, self._progress.predicting = predicted, predicting
-        top = self._phases[-1][0] if self._phases else None
-        if top in ("train", None):  # inside the fit's epoch, or between its epochs
-            self._point_back()
-        if top == "train":
-            with self._progress.lock:
-                self._progress.step_in_test = None
-            # Left in the tracker: the epoch's training counts on from it (a count of steps without
-            # data there too, so the difference training adds stays exact). None: training's count
-            # is lost (see _bank_train_samples).
-            self._train_offset = self._samples_seen()
-            if self.token_counter is not None:
-                self._tokens_offset = self._token_metric()  # and so do its tokens
-            self._watching = _watch_evaluations(self._call.model)  # this call's evaluate was seen
-        elif top is not None:
-            self._set_model(self._loop_model)
-            if top in ("validation", "test"):
-                self._test_offset = self._samples_seen()
-
-    @never_raises
-    def _end_failed_calls_inside(self) -> None:
-        """A batch of a test or predict loop begins (one inside another, or one a call was made
-        inside): the calls made inside it that raised, their exception caught inside it, end here
-        as ``partial``, as those made inside a training epoch end as its next batch begins. Left
-        open, such a call took the rest of the loop's time, and the loop's batches were counted in
-        the failed call's state. Only a batch of another list than the open loop's walks the stack."""
-        if self._loop_list is None or _calling_list(self) is not self._loop_list():
-            self._end_failed_nested_calls(self._calls_inside_running())
-
-    def _test_samples_seen(self) -> int | None:
-        """The open test loop's samples: its loss tracker's count since ``_test_offset``, and what it
-        banked before the calls inside it (``_begin_inside``), as training's are (see
-        ``_bank_train_samples``). None: not known (``_seen_why`` says why)."""
-        seen = self._samples_seen()
-        if seen is None:
-            return None
-        if self._test_banked is None or self._test_offset is None or seen < self._test_offset:
-            self._seen_why = "reset"  # a call inside it reset its count, unseen
-            return None
-        return self._test_banked + seen - self._test_offset
-
-    @never_raises
-    @_whole
-    def _end_failed_nested_calls(self, running: int = 0) -> None:
-        """End the phases of ``evaluate`` / ``predict`` calls made inside ``fit`` (by a callback, given
-        this one) that raised, their exception caught by that callback: Keras called no end hook, and
-        the watch sees no failure (it watches the fit, which goes on). Left open, such a phase took
-        the rest of the epoch's training time, a predict's record said 0 samples, and the epoch's
-        training count took in the evaluation's. Called where the fit goes on (a training batch or
-        epoch begins, the epoch or the fit ends), where no call inside it can be running, and as such a call
-        begins (a retry after the failure), with the ``running`` calls it is made inside; and so for
-        calls made inside such a call, as its batch begins or it ends. Each ends there as
-        ``partial``, a predict with the batches it finished, an evaluation uncounted; the loop it was
-        made in counts on from what it left in the loss tracker."""
-        nested = [p for p in self._phases if p[0] in ("validation", "test", "predict") and not p[1]]
-        while len(nested) > max(running, 0) and self._phases[-1] == nested[-1]:
-            nested.pop()
-            phase, _ = self._phases.pop()
-            progress = self._progress
-            if phase == "predict":
-                with progress.lock:
-                    samples, progress.predicting = progress.predicted, False
-                self.tracker.add_samples(samples)  # into the predict, the innermost phase; None: uncounted
-            self._end_inside()
-            self.tracker.end(phase, step=self._step(), partial=True)
-
-    def _bank_train_samples(self) -> None:
-        """Add what the loss tracker counted for training since the epoch began, or since the last
-        test loop inside it: before such a loop resets it, and at the epoch's end."""
-        if self._train_samples is None:
-            return
-        # On JAX, between batches the training state lives outside the model's variables:
-        # `Callback.model` writes it back (Keras 3.3 and 3.15) before _samples_seen reads it.
-        seen = self._samples_seen()
-        if seen is None or self._train_offset is None:
-            # Past the count's exact range, or counting on from a test loop's count that was: a
-            # float count there has rounded away batches (or reached inf).
-            self._train_samples, self._train_why = None, self._train_why or self._seen_why
-            return
-        self._train_samples = self._train_samples + seen - self._train_offset if seen >= self._train_offset else None
-
-    def _trained_so_far(self) -> int | None:
-        """The epoch's training samples banked so far (``_bank_train_samples``), for its record if a
-        test loop inside it fails; None where the epoch's end would not count them either: a custom
-        ``train_step`` (its count may be steps), a count below the steps run (reset unseen), a step
-        that ran out of data where that may count one without data (see ``_past_the_data``)."""
-        count = self._train_samples
-        progress = self._progress
-        with progress.lock:  # asynchronous batch hooks may be behind here: their steps are a lower bound
-            steps, begun, ended = progress.train_steps, progress.train_calls_begun, progress.train_calls_ended
-        if count is None or _custom_step(self.model, "train") or count < steps:
-            return None
-        if begun > ended and _may_run_past_the_data(self.model):
-            return None
-        return count
-
-    def _bank_train_tokens(self) -> None:
-        """The training epoch's tokens as a loop inside the epoch begins (the fit's validation, a
-        callback's evaluate), before that loop may reset the ``token_counter`` metric, with the
-        training batches begun by then: those banked before the last such loop, plus what the metric
-        added since it (see ``_tokens_since``). Keras 3.15's fit on torch (not 3.12's) hands
-        ``on_epoch_end`` the epoch's metric results as tensors that share a ``Sum``'s variable, read
-        only after its validation has reset and refilled it: 303 training tokens were logged as the
-        validation's 93. Used at the epoch's end, counting on from it where training went on."""
-        before, self._train_tokens = self._train_tokens, None
-        if self.token_counter is None:
-            return
-        # Begun, not ended: the end hooks may still be running (Keras 3.15 on torch and JAX runs them
-        # on threads, and waits for them before on_epoch_end, not before validation), and their steps
-        # behind told the epoch's end that training went on after its validation (192 tokens for 120).
-        begun = self._progress.train_calls_begun  # the training thread's (see on_train_batch_begin)
-        value = self._token_metric()
-        if value is not None:  # absent, not one number, any failure: the logs' value, warned of there
-            self._train_tokens = (begun, value if before is None else self._tokens_since(before[1], value))
-
-    def _tokens_since(self, banked: float | None, value: Any) -> float | None:
-        """``banked`` tokens plus what the token metric, now ``value``, added since the last call inside
-        the epoch left it at ``_tokens_offset``. None: not known (a value below it: reset unseen)."""
-        try:
-            value = float(keras.ops.convert_to_numpy(value))
-        except Exception:  # noqa: BLE001 - not one number
-            return None
-        offset = self._tokens_offset
-        return None if banked is None or offset is None or not value >= offset else banked + value - offset
-
-    def _token_metric(self) -> float | None:
-        """The ``token_counter`` metric's value now (a read of the device); None where it cannot be read."""
-        try:
-            return float(keras.ops.convert_to_numpy(self.model.get_metrics_result().get(self.token_counter)))
-        except Exception:  # noqa: BLE001 - absent, not one number, any failure
-            return None
-
-    def _evaluated_unseen_since_watched(self) -> bool:
-        """Has an ``evaluate`` of the fit's model not given this callback begun since it was last
-        watched (see ``_watch_evaluations``), not yet taken into account?"""
-        call = self._call
-        return call is not None and self._watching and not self._train_reset and _evaluated_since(call.model)
-
-    def _evaluated_unseen(self) -> None:
-        """An ``evaluate`` of the fit's model ran inside the training epoch without this callback (see
-        ``_evaluated_since``): it reset the metrics, so the loss tracker's count and the token metric
-        count on from the evaluation's. The epoch's samples are then known only where Keras fixes the
-        batch size (see ``on_epoch_end``), and its tokens not at all."""
-        self._train_reset = True
-        self._train_samples, self._train_why = None, "evaluated"
-        with self._progress.lock:
-            self._progress.nested_since = True  # a failure later in the epoch: its tokens are not known either
-
-    def _samples_seen(self) -> int | None:
-        """Samples since Keras last reset its metrics: the loss tracker's count (exact, any input).
-
-        Its ``count`` takes ``keras.config.floatx()`` and grows a batch at a time, so it is exact
-        only below its dtype's exact-integer range: 2**24 (16.7 M) samples per epoch in float32,
-        2048 in float16, 256 in bfloat16. None past that (see ``_exact_count``).
-        0 when there is no loss tracker (a model compiled without a loss).
-        """
-        loss_tracker = getattr(self.model, "_loss_tracker", None)
-        if loss_tracker is None:
-            return 0
-        count = loss_tracker.count
-        value = count_value(count, getattr(self.model, "distribute_strategy", None))  # summed over replicas
-        if value is None:
-            self._seen_why = "replicas"
-            return None
-        self._seen_why = "past_exact"
-        return _exact_count(value, keras.backend.standardize_dtype(count.dtype))
-
-    def _count_dtype(self) -> str:
-        """The dtype of the loss tracker's count, for the warning."""
-        count = getattr(getattr(self.model, "_loss_tracker", None), "count", None)
-        return keras.backend.standardize_dtype(count.dtype) if count is not None else "float"
-
-    def _not_steps(self, count: int, loop: str, fewest: int, most: int) -> int:
-        """The loss tracker's ``count`` as samples; 0 (uncounted) where it may be the steps run.
-
-        Keras's own ``train_step`` / ``test_step`` (``loop``: train, test) weight the loss by the
-        batch size: their count is samples. A custom step written as in Keras's guide to
-        customizing ``fit()`` updates the tracker with the batch's loss alone, once per step and
-        replica (``tf.distribute``: each replica adds its own). So a custom step's count is samples
-        only when it cannot be the steps run, ``fewest`` to ``most`` (a range with
-        ``steps_per_execution`` > 1, see ``_step_range``), times 1 or the replicas, where those
-        are known (``most`` 0: not known). Batches of one sample each: uncounted, never wrong.
-        """
-        if not count or not _custom_step(self.model, loop):
-            return count
-        if most <= 0:
-            return 0
-        fewest = min(fewest, most)
-        for replicas in {1, self._replicas()}:
-            if count % replicas == 0 and fewest <= count // replicas <= most:
-                return 0
-        return count
-
-    def _exact_past_the_data(self, loop: str) -> bool:
-        """Does ``_past_the_data``'s rule hold for ``loop`` (train, test) of this model?"""
-        return _per_execution(self.model) == 1 and not _custom_step(self.model, loop) and self._replicas() == 1
-
-    def _replicas(self) -> int:
-        """Replicas a step runs on in sync (a ``tf.distribute`` strategy's); 1 without one."""
-        replicas = getattr(getattr(self.model, "distribute_strategy", None), "num_replicas_in_sync", 1)
-        return replicas if isinstance(replicas, int) and replicas > 0 else 1
-
-    def _ended_early(self, most: int, planned: int | None) -> bool:
-        """Did the training epoch end before a whole epoch's steps, at ``most`` steps run? Fewer than
-        Keras planned (``model.stop_training`` set inside it: ``TerminateOnNaN``, a budget, a callback
-        of the user's; or its data ran out). Where Keras plans none (a data set of unknown length):
-        ``model.stop_training`` set. Keras clears it as ``fit`` begins, and ``EarlyStopping`` and the
-        like set it in their ``on_epoch_end``, after this callback's (it goes first): set now, it was
-        set inside the epoch, which Keras then ended after a batch (its last one, possibly: uncounted
-        all the same). Or fewer steps than an earlier epoch of this fit ran to its data's end: a
-        Python generator used up by the first epoch gives each later one only the batches Keras read
-        ahead of it (2 of 4), and Keras sets nothing then."""
-        if planned is not None:
-            return most < planned
-        if self._call is not None and most < self._call.whole_epoch_steps:
-            return True
-        return bool(getattr(self.model, "stop_training", False))
-
-    def _uncounted(self, phase: str, reason: str | None = None, steps: int = 0, planned: int | None = None,
-                   planned_by_keras: bool = True) -> None:
-        """The open phase ran steps but its samples are unknown: recorded as uncounted, one warning per run,
-        which names the phase found first (fit's validation ends before its training epoch does).
-
-        ``reason``: None, the tracker did not count (a custom step, a loop of the user's); "past_exact",
-        it counted past what its dtype counts exactly; "not_reset", Keras never resets it (see
-        ``_resets_loss_tracker``); "reset", it counted fewer samples than the ``steps`` run; "evaluated", an
-        ``evaluate`` not given this callback reset it inside the training epoch; "past_data",
-        the loop ran out of data inside a compiled call that may count steps without data; "replicas",
-        this Keras keeps no sum of the count over a ``tf.distribute`` strategy's replicas; "ended_early",
-        a training epoch given ``samples_per_epoch`` ended after ``steps`` of ``planned`` (see ``_ended_early``;
-        ``planned_by_keras`` False: the steps an earlier epoch of the fit ran, Keras planning none)."""
-        self.tracker.add_samples(None)
-        if self._warned_samples != self.tracker.run_id:
-            self._warned_samples = self.tracker.run_id
-            if reason == "past_data":
-                why = (": Keras's compiled step on TensorFlow ran out of data inside a call, and may then have counted "
-                       "steps that had no data (a data set of unknown length with steps_per_execution=1; before Keras "
-                       "3.7 also a last execution shorter than steps_per_execution). A data set of known length whose "
-                       "batches fill every execution, or run_eagerly=True, is counted, and so is one of unknown "
-                       "length with steps_per_execution=1 where the count shows no such step")
-            elif reason == "replicas":
-                why = (f": Keras {keras.__version__} does not sum the loss tracker's count over the "
-                       f"{self._replicas()} tf.distribute replicas (Keras 3.10 and later do)")
-            elif reason == "past_exact":
-                why = (f": the loss tracker's {self._count_dtype()} count (keras.config.floatx()) cannot count this "
-                       "many exactly")
-            elif reason == "not_reset":
-                why = (": the model's `metrics` leaves out its loss tracker (model._loss_tracker), so Keras never "
-                       "resets it and its count runs on across epochs and evaluations; list it in `metrics` to "
-                       "count them")
-            elif reason == "reset":
-                why = (f": the loss tracker counted fewer samples than the {steps} steps run, so the model's metrics "
-                       "were reset during the loop (a callback calling model.reset_metrics()?)")
-            elif reason == "evaluated":
-                why = (": a model.evaluate inside the epoch, made without this callback in its callbacks=[...], "
-                       "reset the model's loss tracker, which training then counted on from the evaluation's count; "
-                       "pass this callback on to that evaluate to count them")
-            elif reason == "ended_early":
-                of = "" if planned is None else (
-                    f" of the {planned} Keras planned" if planned_by_keras
-                    else f" of the {planned} an earlier epoch of this fit ran to its data's end")
-                why = (f": the epoch ended after {steps} steps{of} (model.stop_training set inside it, by "
-                       "TerminateOnNaN, a budget or a callback; or its data ran out), and samples_per_epoch= is a "
-                       "whole epoch's samples")
-            else:
-                why = (" (a custom train_step / test_step that does not update the model's loss tracker, or updates "
-                       "it once per batch, without sample_weight=<batch size>? a loop of your own around "
-                       "train_on_batch / test_on_batch?)")
-            warn(
-                f"greencallbacks: could not count the {phase} samples{why}; its record says samples_counted: false "
-                "and leaves out per-sample values, as does that of every later phase of this run (training, "
-                "validation, test) that cannot be counted: this warning comes once per run."
-                + ("" if reason == "ended_early" else " Pass samples_per_epoch= for training.")
-            )
-
-    def _add_tokens(self, logs: dict | None) -> None:
-        """Tokens of the open phase from the ``token_counter`` metric in Keras's ``logs``; a metric
-        missing or not a count is warned of once per run, as the other callbacks warn of an
-        unusable ``token_counter``, and the phase's record says ``tokens_counted: false``, as the
-        other callbacks' records say where their ``token_counter`` fails."""
-        if self.token_counter is None or not logs:  # no logs: no step ran, so no token either
-            return
-        name = self.token_counter
-        if name not in logs:
-            present = ", ".join(sorted(map(str, logs)))
-            self._unusable_tokens(f"token_counter {name!r} is not among the metrics in logs ({present})")
-            return
-        value = logs[name]
-        if self._replicas() > 1 and not logs_sum_metrics_over_replicas(_KERAS_VERSION):
-            self._unusable_tokens(
-                f"token_counter {name!r} logged {value!r}, which Keras {keras.__version__} does not sum over the "
-                f"{self._replicas()} tf.distribute replicas (Keras 3.10 and later do)",
-                fix="Keras 3.10 or later counts them")
-            return
-        try:
-            tokens = int(round(float(value)))
-        except (TypeError, ValueError, OverflowError):  # not a number, NaN, inf
-            tokens = -1
-        if tokens < 0:
-            self._unusable_tokens(f"token_counter {name!r} logged {value!r} (not a non-negative count)")
-        elif tokens > 0:
-            self.tracker.add_samples(0, tokens=tokens)
-
-    def _unusable_tokens(self, what: str, fix: str = "Fix token_counter= (the name of a metric in logs that counts "
-                         "tokens, e.g. a keras.metrics.Sum of the label mask added in compile)") -> None:
-        self.tracker.add_samples(0, tokens=None)  # the open phase's record: tokens_counted false
-        if self._warned_tokens == self.tracker.run_id:
-            return
-        self._warned_tokens = self.tracker.run_id
-        warn(f"greencallbacks: EnergyCallback {what}; its tokens are left out of energy_j_per_token (this warning "
-             f"comes once per run). {fix}.")
-
     def _step(self) -> int | None:
         optimizer = getattr(self.model, "optimizer", None)
         if optimizer is None:
             return None
         return int(keras.ops.convert_to_numpy(optimizer.iterations))
-
-    def _keras_metrics(self, phase: str, prefix: str) -> dict[str, float]:
-        # The same keys at every epoch, NaN until known (the prediction, from a fit's 4th epoch):
-        # CSVLogger fixes its columns at a fit's first epoch and, appending, never checks them
-        # against the file's header, and History appends per key, so a key that appears later
-        # misaligns both (pandas.DataFrame(history.history) raises).
-        values = self.session.metrics(phase, prefix)
-        out = {prefix + stem: values.get(prefix + stem, math.nan) for stem in METRIC_STEMS}
-        out.update({k: v for k, v in values.items() if k not in out})
-        if self.token_counter is not None:  # an epoch whose batches carried no token
-            out.setdefault(prefix + "energy_j_per_token", math.nan)
-        return out
 
 
 _OWN_ARGUMENTS = keyword_names(EnergyCallback.__init__)
