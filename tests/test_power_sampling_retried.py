@@ -16,41 +16,17 @@ counter read off the training thread by the meter's reader, stepped every 10 ms.
 
 from __future__ import annotations
 
-import random
 import warnings
 
 import pytest
 
 from greencallbacks.carbon import Carbon
 from greencallbacks.channel import POWER_RETRY_MAX_S
-from greencallbacks.meter import Meter
-from greencallbacks.sensors.nvml import find_nvml_gpus
 from greencallbacks.tracker import Tracker
 from tests.fakes import fake_pynvml as fp
-from tests.fakes.fake_pynvml import FakeNvml, gpu_uuid, h100_counter_latency
-from tests.fakes.scripted import FakeClock, polling
+from tests.fakes.spiky_gpu import spiky_gpu
 
 J_PER_KWH = 3.6e6
-
-
-def _spiky_gpu(seed: int):
-    """(clock, nvml, gpu, meter, run): ``run(seconds)`` advances the clock, the reader stepped every
-    10 ms, while the GPU switches between 50 and 700 W (each 20 ms, with a chance of 0.3)."""
-    rng = random.Random(seed)
-    clock = FakeClock(1000.0 + rng.random())
-    nvml = FakeNvml(clock, counter_latency=h100_counter_latency(seed))
-    gpu = nvml.add_gpu(gpu_uuid(0), power_w=700.0)
-    (sensor,) = find_nvml_gpus([0], environ={}, pynvml=nvml, clock=clock).sensors
-    meter = Meter([sensor], clock=clock, wall_clock=lambda: clock() + 1.7e9, off_thread=True)
-    advance = polling(meter, clock, step_s=0.01)
-
-    def run(seconds: float) -> None:
-        for _ in range(round(seconds / 0.02)):
-            advance(0.02)
-            if rng.random() < 0.3:
-                gpu.set_power(rng.choice([50.0, 700.0]))
-
-    return clock, nvml, gpu, meter, run
 
 
 def _epoch_errors(gpu, meter, run, epochs: int = 8) -> list[float]:
@@ -69,7 +45,7 @@ def _epoch_errors(gpu, meter, run, epochs: int = 8) -> list[float]:
 def test_power_samples_resume_once_the_field_answers_again(seed, outage_s):
     """The field fails with a code of its own (the call succeeds; the driver hiccups), then answers:
     once the back-off has tried it again, 1 s epochs are as accurate as if it never failed."""
-    clock, nvml, gpu, meter, run = _spiky_gpu(seed)
+    clock, nvml, gpu, meter, run = spiky_gpu(seed)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # silent: power only refines the estimate; nothing to say
         meter.snapshot(exact=True)
@@ -88,7 +64,7 @@ def test_power_samples_resume_once_the_field_answers_again(seed, outage_s):
 def test_a_field_that_keeps_failing_is_tried_again_on_a_back_off_not_every_sample():
     """A minute of failures: the field is read a few times a second at first, then every
     POWER_RETRY_MAX_S, not 50 times a second (each failed read raises through the binding)."""
-    clock, nvml, gpu, meter, run = _spiky_gpu(0)
+    clock, nvml, gpu, meter, run = spiky_gpu(0)
     meter.snapshot(exact=True)
     run(1.0)
     gpu.instant_error = fp.NVML_ERROR_IRQ_ISSUE
@@ -103,7 +79,7 @@ def test_a_field_that_keeps_failing_is_tried_again_on_a_back_off_not_every_sampl
 
 
 def test_a_field_the_binding_says_is_not_supported_is_given_up():
-    clock, nvml, gpu, meter, run = _spiky_gpu(0)
+    clock, nvml, gpu, meter, run = spiky_gpu(0)
     meter.snapshot(exact=True)
     run(1.0)
     gpu.instant_supported = False  # NOT_SUPPORTED from now on
@@ -120,7 +96,7 @@ def test_step_values_move_while_power_samples_fail(seed, code):
     """1 s epochs, a step value every 20 ms; the field fails through epochs 3-6. Each boundary
     carried without samples left a correction pending, which only a power sample could settle:
     with timeouts every step value of each epoch of the outage was its start (49 of 49 alike)."""
-    clock, nvml, gpu, meter, run = _spiky_gpu(seed)
+    clock, nvml, gpu, meter, run = spiky_gpu(seed)
     tracker = Tracker(carbon=Carbon(intensity=300.0, pue=1.0))
     tracker.start(meter)
     run(3.0)  # (past the counter's phase search, which holds step values in a run's first seconds)

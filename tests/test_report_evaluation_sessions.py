@@ -28,6 +28,18 @@ def _session(tmp_path, run_id, call):
         trainer.predict(TinyModel(), train)
 
 
+def _fails_in_validation(TinyModel):
+    """TinyModel whose validation fails in its second batch."""
+
+    class FailsInValidation(TinyModel):
+        def validation_step(self, batch, batch_idx):
+            if batch_idx == 1:
+                raise Boom("validation")
+            return super().validation_step(batch, batch_idx)
+
+    return FailsInValidation
+
+
 def test_a_validate_session_and_a_predict_session_are_no_repeats_but_two_validates_are(tmp_path, capsys):
     for run_id, call in (("val-1", "validate"), ("val-2", "validate"), ("pred", "predict")):
         _session(tmp_path, run_id, call)
@@ -45,12 +57,7 @@ def test_evaluation_sessions_that_failed_are_each_alone(tmp_path, capsys):
     with a mean ± SE; like a training cut short, each failed session is alone."""
     L, EnergyCallback, TinyModel = flavour("lightning.pytorch")
     train, val = loaders()
-
-    class FailsInValidation(TinyModel):
-        def validation_step(self, batch, batch_idx):
-            if batch_idx == 1:
-                raise Boom("validation")
-            return super().validation_step(batch, batch_idx)
+    FailsInValidation = _fails_in_validation(TinyModel)
 
     def trainer(run_id, **kwargs):
         callback = EnergyCallback(intensity=100.0, output_dir=tmp_path, run_id=run_id)
@@ -81,12 +88,7 @@ def test_evaluation_sessions_grouped_apart_read_apart_and_the_grouping_rule_is_s
 
     L, EnergyCallback, TinyModel = flavour("lightning.pytorch")
     train, val = loaders()
-
-    class FailsInValidation(TinyModel):
-        def validation_step(self, batch, batch_idx):
-            if batch_idx == 1:
-                raise Boom("validation")
-            return super().validation_step(batch, batch_idx)
+    FailsInValidation = _fails_in_validation(TinyModel)
 
     def trainer(run_id):
         callback = EnergyCallback(intensity=100.0, output_dir=tmp_path, run_id=run_id)

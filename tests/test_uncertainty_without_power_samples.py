@@ -15,49 +15,23 @@ counter read off the training thread by the meter's reader, stepped every 10 ms.
 
 from __future__ import annotations
 
-import random
 import statistics
 import warnings
 
 import pytest
 
 from greencallbacks.carbon import Carbon
-from greencallbacks.meter import Meter
-from greencallbacks.sensors.nvml import find_nvml_gpus
 from greencallbacks.tracker import Tracker
 from tests.fakes import fake_pynvml as fp
-from tests.fakes.fake_pynvml import FakeNvml, gpu_uuid, h100_counter_latency
-from tests.fakes.scripted import FakeClock, polling
+from tests.fakes.spiky_gpu import spiky_gpu
 
 J_PER_KWH = 3.6e6
 SEEDS = range(6)
 
 
-def _spiky_gpu(seed: int, instant_field: bool = True):
-    """(clock, gpu, meter, run): ``run(seconds)`` advances the clock, the reader stepped every
-    10 ms, while the GPU switches between 50 and 700 W (each 20 ms, with a chance of 0.3).
-    ``instant_field=False``: a driver without the instantaneous-power field."""
-    rng = random.Random(seed)
-    clock = FakeClock(1000.0 + rng.random())
-    nvml = FakeNvml(clock, counter_latency=h100_counter_latency(seed))
-    gpu = nvml.add_gpu(gpu_uuid(0), power_w=700.0)
-    gpu.instant_supported = instant_field
-    (sensor,) = find_nvml_gpus([0], environ={}, pynvml=nvml, clock=clock).sensors
-    meter = Meter([sensor], clock=clock, wall_clock=lambda: clock() + 1.7e9, off_thread=True)
-    advance = polling(meter, clock, step_s=0.01)
-
-    def run(seconds: float) -> None:
-        for _ in range(round(seconds / 0.02)):
-            advance(0.02)
-            if rng.random() < 0.3:
-                gpu.set_power(rng.choice([50.0, 700.0]))
-
-    return clock, gpu, meter, run
-
-
 def _windows(case: str, seed: int) -> list[tuple[float, float, float, dict]]:
     """(|error| J, stated uncertainty J, energy J, end snapshot's slope errors) of 1 s windows."""
-    clock, gpu, meter, run = _spiky_gpu(seed, instant_field=case != "no field")
+    clock, _, gpu, meter, run = spiky_gpu(seed, instant_field=case != "no field")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         meter.snapshot(exact=True)
@@ -99,7 +73,7 @@ def test_sampled_windows_state_what_they_did():
 def test_records_of_a_gpu_without_the_field_state_their_error(seed):
     """The records a tracker writes carry it: each 1 s epoch's uncertainty_kwh covers its error
     against the GPU's true energy (before: beaten by up to 6.4 times)."""
-    clock, gpu, meter, run = _spiky_gpu(seed, instant_field=False)
+    clock, _, gpu, meter, run = spiky_gpu(seed, instant_field=False)
     tracker = Tracker(carbon=Carbon(intensity=300.0, pue=1.0))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
