@@ -24,6 +24,7 @@ import types
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -309,3 +310,56 @@ def test_hf_trainer_counts_a_nested_named_input_beside_flattened_labels(tmp_path
     assert [(r.samples, r.samples_counted) for r in records if r.phase == "train"] == [(TRAIN, True)]
     assert [(r.samples, r.samples_counted) for r in records if r.phase == "validation"] == [(VAL, True)]
     assert not [w for w in caught if issubclass(w.category, EnergyWarning) and "count the samples" in str(w.message)]
+
+
+# ------------------------------------------------- a model's named input where it decides wrong
+class PackedRow(NamedTuple):
+    """A padding-free packed row (transformers' DataCollatorWithFlattening with
+    ``return_flash_attn_kwargs=True``) as a named tuple's fields."""
+
+    input_ids: torch.Tensor
+    position_ids: torch.Tensor
+    labels: torch.Tensor
+    cu_seq_lens_q: torch.Tensor
+
+
+@dataclasses.dataclass
+class PackedBatch:
+    input_ids: torch.Tensor
+    position_ids: torch.Tensor
+    labels: torch.Tensor
+    cu_seq_lens_q: torch.Tensor
+
+
+def _packed(lengths=(5, 3, 4)) -> dict:
+    positions = torch.cat([torch.arange(n) for n in lengths]).unsqueeze(0)
+    offsets = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32)
+    tokens = torch.ones(1, sum(lengths), dtype=torch.long)
+    return {"input_ids": tokens, "position_ids": positions, "labels": tokens, "cu_seq_lens_q": offsets}
+
+
+@pytest.mark.parametrize("make", [lambda row: PackedRow(**row), lambda row: PackedBatch(**row),
+                                  lambda row: {"inputs": {k: row[k] for k in ("input_ids", "position_ids", "cu_seq_lens_q")},
+                                               "labels": row["labels"]}],
+                         ids=["named tuple", "dataclass", "nested mapping"])
+def test_a_packed_row_beside_its_offsets_outside_a_mapping_counts_its_sequences(make):
+    # The named input_ids (1, 12) beside cu_seq_lens_q (4,) counted 1 for 3 sequences, as exact
+    # (a named tuple or dataclass was uncounted before the rule ran at every depth).
+    assert counts_in_every_order(make(_packed())) == {3}
+    # Guard: a batch of one, its labels flattened beside it, is one sample.
+    one = {"input_ids": torch.ones(1, 6, dtype=torch.long), "position_ids": torch.arange(6).unsqueeze(0),
+           "labels": torch.zeros(6), "cu_seq_lens_q": torch.tensor([0, 6])}
+    assert counts_in_every_order(make(one)) == {1}
+
+
+def test_class_prompts_beside_a_batch_of_images_are_no_samples():
+    """(images (B, 3, H, W), labels (B,), {"input_ids": (C, T)}): a zero-shot or open-vocabulary
+    batch carries its C class prompts tokenized once. The prompts' named input_ids counted C for
+    B images, as exact (B before the rule ran at every depth); either may be the samples."""
+    prompts = {"input_ids": torch.ones(10, T, dtype=torch.long), "attention_mask": torch.ones(10, T, dtype=torch.long)}
+    for batch in [(zeros(8, 3, 16, 16), zeros(8), prompts), {"images": zeros(8, 3, 16, 16), "labels": zeros(8), "text": prompts}]:
+        assert counts_in_every_order(batch) == {None}
+    # Guards: a model's images (pixel_values) of other rows than input_ids, several a sample
+    # (LLaVA's, Gemma 3's); images agreeing with the prompts' rows.
+    assert count_samples({"input_ids": torch.ones(2, T, dtype=torch.long), "pixel_values": zeros(5, 3, 16, 16)}) == 2
+    assert count_samples((zeros(10, 3, 16, 16), prompts)) == 10

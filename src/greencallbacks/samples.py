@@ -657,11 +657,23 @@ def _disagreeing_fields(batch: Any, fields: list) -> int | None:
         return None  # inputs of one name that disagree (queries beside their documents' input_ids)
     (samples,) = named
     for name, value in fields:
-        shape = _shape(value) if name == "labels" else None
-        if shape is not None and len(shape) >= 2 and shape[0] != samples:
+        shape = _shape(value)
+        if shape is None or len(shape) < 2 or shape[0] == samples:
+            continue
+        if name == "labels":
             # Per-token labels of other rows: input_ids packed (1, tokens) without position_ids
             # beside labels (B, T) counted 1; which one the samples are is not certain.
             return None
+        if len(shape) >= 4 and name not in _INPUT_KEYS:
+            # Images of other rows that no model input names: (images (B, 3, H, W), labels (B,),
+            # {"input_ids": (C, T)}), class prompts beside a batch of images, counted C for B.
+            return None
+    if samples == 1 and any(name in _OFFSETS or name == "position_ids" for name, _ in fields):
+        # A row beside fields of other rows, its offsets or positions in a dataclass, a named tuple
+        # or a nested mapping: a packed row of several sequences (it counted 1 for 3), or a batch
+        # of one, read as a mapping's row is, where no two of its fields share those names.
+        names = [name for name, _ in fields if name in _OFFSETS or name == "position_ids"]
+        return _one_row(dict(fields)) if len(names) == len(set(names)) else None
     return samples
 
 
