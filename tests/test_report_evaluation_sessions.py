@@ -121,3 +121,31 @@ def test_evaluation_sessions_grouped_apart_read_apart_and_the_grouping_rule_is_s
     assert main(["report", str(tmp_path)]) == 0
     markdown = capsys.readouterr().out
     assert f"Runs are grouped by configuration ({data['grouped_by']})" in markdown
+
+
+def test_the_cli_lists_a_session_that_trained_nothing_as_its_heading_reads(tmp_path, capsys):
+    """The runs found, listed on stderr, said "0 training epoch(s)" of a validate, a predict and a
+    failed validate alike, where the report's headings name their phases and samples."""
+    L, EnergyCallback, TinyModel = flavour("lightning.pytorch")
+    train, val = loaders()
+
+    def trainer(run_id, **kwargs):
+        callback = EnergyCallback(intensity=100.0, output_dir=tmp_path, run_id=run_id)
+        return L.Trainer(callbacks=[callback], logger=False, **trainer_kwargs(**kwargs))
+
+    trainer("fit", max_epochs=2).fit(TinyModel(), train, val)
+    trainer("val").validate(TinyModel(), val)
+    trainer("pred").predict(TinyModel(), train)
+    with pytest.raises(Boom):
+        trainer("failed").validate(_fails_in_validation(TinyModel)(), val)
+    capsys.readouterr()
+    assert main(["report", str(tmp_path), "--format", "json"]) == 0
+    captured = capsys.readouterr()
+    listed = {line.split(":")[0].strip(): line for line in captured.err.splitlines() if line.startswith("  ")}
+    assert ", 2 training epoch(s), in " in listed["fit"]
+    assert ", no training (validation of 16 samples), in " in listed["val"]
+    assert ", no training (prediction of 32 samples), in " in listed["pred"]
+    assert ", no training (validation of 8 samples, cut short by an exception or interrupt), in " in listed["failed"]
+    for group in json.loads(captured.out)["configurations"]:  # each session's heading reads as its line
+        if group["runs"] != ["fit"]:
+            assert group["description"].split(", sensors")[0] in listed[group["runs"][0]]

@@ -398,16 +398,18 @@ def _lines_of(file: Path, run_id: str, seq: int, attempt: int | None = None) -> 
 
 
 def describe_runs(loaded: Loaded) -> list[str]:
-    """One line per run: its id, framework, training epochs, phases and where its records are."""
+    """One line per run: its id, framework, training epochs (or the phases of one that trained
+    nothing, as the report's heading says them), and where its records are."""
+    from greencallbacks.report.grouping import configuration, training_text  # here: report imports this module
+
     lines = []
     records = by_run(loaded.records)
     for run, files in loaded.run_files.items():
         mine = records.get(run, [])
-        epochs = len({r.epoch for r in mine if r.phase == "train" and r.epoch is not None})
         attempts = len({r.attempt for r in mine})
         framework = next((r.framework for r in mine if r.framework), "unknown framework")
         where = ", ".join(dict.fromkeys(str(f.parent) for f in files))
-        lines.append(f"{printable(run)}: {framework}, {epochs} training epoch(s)"
+        lines.append(f"{printable(run)}: {framework}, {training_text(configuration(mine) if mine else {'epochs': 0})}"
                      + (f" over {attempts} attempts" if attempts > 1 else "")
                      + (", no write-up (killed, or still training)" if run in loaded.unfinished else "") + f", in {where}")
     return lines

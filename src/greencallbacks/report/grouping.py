@@ -190,7 +190,7 @@ def describe_configuration(config: dict) -> str:
     of other data both read "0 training epoch(s)", and a failed one as one that ended well), but
     for runs alone by rule (cut short, or failed) that are otherwise alike: their run ids tell them."""
     if config.get("evaluations") is not None:
-        return (f"{config['framework']}, no training ({_evaluations_text(config)}), "
+        return (f"{config['framework']}, {training_text(config)}, "
                 f"sensors {', '.join(config['sensors']) or 'none'}, {config['ranks']} rank(s){_carbon_text(config)}")
     samples = samples_text(config)
     if config["samples_per_epoch"] is None and config.get("completed_epochs", 1):
@@ -198,8 +198,16 @@ def describe_configuration(config: dict) -> str:
                    else " of samples not known whole (resumed inside an epoch)")
     start = f" from epoch {config['first_epoch']}" if config.get("first_epoch") else ""
     ended = f", {_ended_text(config)} ({config['completed_epochs'] or 'none'} completed)" if cut_short(config) else ""
-    return (f"{config['framework']}, {config['epochs']} training epoch(s){start}{samples}{ended}, "
+    return (f"{config['framework']}, {training_text(config)}{start}{samples}{ended}, "
             f"sensors {', '.join(config['sensors']) or 'none'}, {config['ranks']} rank(s){_carbon_text(config)}")
+
+
+def training_text(config: dict) -> str:
+    """``2 training epoch(s)``, or ``no training (validation of 16 samples)`` for a run that trained
+    nothing: how much a run trained, as its heading and the CLI's list of the runs found say it."""
+    if config.get("evaluations") is not None:
+        return f"no training ({_evaluations_text(config)})"
+    return f"{config['epochs']} training epoch(s)"
 
 
 def _carbon_text(config: dict) -> str:
