@@ -95,6 +95,15 @@ tuple of tuples of one length): a zip collate's batch of one sample.
 A batch whose leading dimension is not the sample dimension (a sequence-first tensor) needs
 ``sample_counter=``: alone, its first dimension is taken.
 
+A DataLoader with its automatic batching off (``batch_size=None``) hands on each item of its data
+set as it is, converted to tensors but not collated: a sample (``[x, y]``, x of shape (3,),
+counted 3 by the rules above) or a batch the data set made itself (bulk reads, an iterable of
+batches: counted right by them). Where the adapter sees such a loader (Lightning),
+``collate="unbatched"`` says so, and an item holding a sample's own value beside its other fields
+(a label: a number, a text or a 0-d tensor, which a batch holds one per sample), or a text beside
+a number, is one sample; any other item is read by the rules above, as the batch it may be (one
+sample of a sequence with per-step labels, or a bare tensor, still needs ``sample_counter=``).
+
 Imports no framework: the adapters for Lightning, HF and Keras all use it.
 """
 
@@ -121,9 +130,11 @@ def count_samples(batch: Any, collate: str | None = None, pad_token_id: int | No
     ``"default"``, torch's ``default_collate`` (see :func:`count_collated`); ``"list"``,
     ``collate_fn=list``, whose batch is its samples (a list of equal-length tensors, which alone
     reads as fields ``[x, y]``); ``"rows"``, a collator known not to pack sequences into one row
-    (HF's Trainer with any collator but a padding-free one); None, unknown. Known (any of the
-    three), a batch of one row is one sample: rows carrying restarting ``position_ids`` are
-    pre-packed rows, each one sample at every batch size, not a padding-free collator's sequences.
+    (HF's Trainer with any collator but a padding-free one); ``"unbatched"``, a DataLoader whose
+    automatic batching is off (``batch_size=None``): the batch is one item of its data set (see
+    :func:`_unbatched_item`); None, unknown. Known (any of them), a batch of one row is one
+    sample: rows carrying restarting ``position_ids`` are pre-packed rows, each one sample at
+    every batch size, not a padding-free collator's sequences.
 
     ``pad_token_id``: the token a padding-free collator pads its packed row with, where it pads it
     to a multiple (TRL's ``pad_to_multiple_of``); that padding is no sequence.
@@ -132,6 +143,8 @@ def count_samples(batch: Any, collate: str | None = None, pad_token_id: int | No
         return _one_row(batch, pad_token_id)
     if collate == "list" and type(batch) is list:
         return len(batch)
+    if collate == "unbatched":
+        return _unbatched_item(batch)
     # Fast paths for the usual batches, a tensor, ``(x, y)`` or a dict of tensors: this runs every
     # step, with the caches cold from the step's own work, where the general walk costs several
     # us. Exact type checks first: a failed getattr costs an exception, an ABC check a lookup.
@@ -188,6 +201,39 @@ def count_samples(batch: Any, collate: str | None = None, pad_token_id: int | No
     if samples == 1 and not collate and isinstance(batch, Mapping):
         return _one_row(batch)
     return samples
+
+
+def _unbatched_item(item: Any) -> int | None:
+    """One item of a data set that a DataLoader handed on without batching (``batch_size=None``):
+    a sample, or a batch the data set made itself (bulk reads, an iterable of batches). A sample's
+    own value (a label: a number, a text, a 0-d tensor) beside its other fields says one sample: a
+    batch holds such a value once per sample, in a list or a tensor. So do a text beside a number,
+    a sample's ``(text, label)``, which the general rule reads as 2 samples. Anything else is read
+    by the general rule, as the batch it may be: ``[x (4, 3), y (4,)]`` is a batch of 4 the data
+    set made, or one sample of 4 steps, which nothing in it tells apart."""
+    if isinstance(item, Mapping):
+        fields = list(item.values())
+    elif isinstance(item, (list, tuple)):
+        fields = list(item)
+    elif dataclasses.is_dataclass(item) and not isinstance(item, type):
+        fields = [getattr(item, field.name, None) for field in dataclasses.fields(item)]
+    else:
+        fields = []
+    fields = [field for field in fields if field is not None]  # an optional field left out says nothing
+    values = [field for field in fields if _per_sample_value(field)]
+    if values and (len(values) < len(fields) or _text_beside_number(values)):
+        return 1
+    return count_samples(item)
+
+
+def _per_sample_value(field: Any) -> bool:
+    """A number, a text or a 0-d tensor or array: one sample's value, never a batch's per-sample field."""
+    return isinstance(field, _VALUES) or _shape(field) == ()
+
+
+def _text_beside_number(values: list) -> bool:
+    texts = sum(isinstance(value, (str, bytes)) for value in values)
+    return 0 < texts < len(values)
 
 
 # A packed row's sequence offsets (sequences + 1): transformers' and TRL's name, and the
@@ -909,7 +955,7 @@ class BatchCounter:
         self.sample_counter = sample_counter or count_samples
         self.custom_samples = sample_counter is not None  # the user's rule wins over a framework's own count
         # What made the batches of the phase now running, where an adapter sees the data loaders
-        # ("default", "list" or None: see count_samples).
+        # ("default", "list", "unbatched" or None: see count_samples).
         self.collate: str | None = None
         # The token a padding-free collator pads its packed row with, where it pads it (see count_samples).
         self.pad_token_id: int | None = None

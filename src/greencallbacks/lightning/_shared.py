@@ -39,7 +39,7 @@ from greencallbacks.records import RECORDS_FILE
 from greencallbacks.session import EnergySession, keyword_names, reject_unknown_arguments, warn_resumed_with_other_settings
 from greencallbacks.samples import BatchCounter, count_samples
 from greencallbacks.sensors.base import Sensor
-from greencallbacks.torch_support import device_and_sync
+from greencallbacks.torch_support import device_and_sync, loader_collate
 
 PREFIXES = {"train": "", "validation": "val_", "test": "test_", "predict": "predict_"}
 # The progress bar has little room: the running totals are what a user watches.
@@ -64,7 +64,8 @@ class EnergyCallbackBase:
             ``greencallbacks.samples.count_samples`` (tensors, arrays, tuples, dicts, ``BatchEncoding``,
             dataclasses, named tuples, ``num_graphs`` / ``batch_size`` / ``len()``, string lists,
             nested tensors; ``count_collated`` for a loader that collates with torch's
-            ``default_collate``, each loader by its own). A batch it cannot count: one warning per run, and that phase's record
+            ``default_collate``, and a sample's item from one that batches nothing, ``batch_size=None``,
+            as one sample; each loader by its own). A batch it cannot count: one warning per run, and that phase's record
             says ``samples_counted: false`` with no per-sample values (never a silent 0). With
             several training iterables (a dict or list of loaders, nested too), or a validation or
             test ``CombinedLoader`` in a mode other than ``"sequential"``, the default counts each
@@ -1145,18 +1146,12 @@ def _collates(trainer: Any, loaders: Any) -> list[str | None]:
 def _collate_tree(trainer: Any, loaders: Any) -> Any:
     """``loaders`` (one, or a dict or list or tuple of them, nested as a CombinedLoader allows; a
     list or tuple kept as its own kind, as the batches keep it) with each loader replaced by what
-    collates the batches that reach the hooks (``greencallbacks.samples.count_samples``'
-    ``collate``): ``"default"``, torch's ``default_collate`` (a list in such a batch is its
-    fields: text pairs count exactly);
-    ``"list"``, ``collate_fn=list`` (the batch is its samples, equal-length tensors too); None,
-    another. None too where the model or data module overrides a hook that may remake the batch
-    on its way (a list of per-sample records for a detection model)."""
-    try:
-        from torch.utils.data import default_collate  # torch >= 1.11; Lightning imported torch already
-
-        remade = _remade(trainer)
-    except Exception:  # noqa: BLE001 - the general rule never needs this
-        default_collate, remade = None, True
+    makes the batches that reach the hooks (``greencallbacks.samples.count_samples``'
+    ``collate``, read by ``loader_collate``: torch's ``default_collate``, whose lists are fields
+    and text pairs count exactly; ``collate_fn=list``; no batching, ``batch_size=None``). None
+    where the model or data module overrides a hook that may remake the batch on its way (a list
+    of per-sample records for a detection model)."""
+    remade = _remade(trainer)  # True where it cannot tell
 
     def tree(node: Any) -> Any:
         if isinstance(node, dict):
@@ -1164,8 +1159,7 @@ def _collate_tree(trainer: Any, loaders: Any) -> Any:
         if isinstance(node, (list, tuple)):
             kind = type(node) if type(node) in (list, tuple) else list
             return kind(tree(item) for item in node)
-        given = getattr(node, "collate_fn", None)
-        return None if remade else "default" if given is default_collate else "list" if given is list else None
+        return None if remade else loader_collate(node)
 
     try:
         return tree(loaders)
