@@ -332,7 +332,7 @@ def bubble_part(work, gpu, epochs: int, steps: int, rounds: int, workdir: Path) 
     import lightning.pytorch as L
     import torch
 
-    import greencallbacks.lightning._shared as shared
+    import greencallbacks.lightning._runs as runs  # where the callback reads device_and_sync
     import greencallbacks.channel as channel
     from greencallbacks.lightning import EnergyCallback
 
@@ -350,9 +350,9 @@ def bubble_part(work, gpu, epochs: int, steps: int, rounds: int, workdir: Path) 
     def fit(variant: str, n: int) -> float:
         callbacks = [] if variant == "none" else [EnergyCallback(country="FR", **gpu.callback_kwargs())]
         clock = Clock()
-        original, power_interval = shared.device_and_sync, channel.POWER_SAMPLE_INTERVAL_S
+        original, power_interval = runs.device_and_sync, channel.POWER_SAMPLE_INTERVAL_S
         if variant == "ours_unsynchronised":
-            shared.device_and_sync = lambda device: (original(device)[0], None)
+            runs.device_and_sync = lambda device: (original(device)[0], None)
         if variant == "ours_power_10hz":  # the reader thread's instantaneous-power samples 5x rarer
             channel.POWER_SAMPLE_INTERVAL_S = 0.1
         try:
@@ -361,7 +361,7 @@ def bubble_part(work, gpu, epochs: int, steps: int, rounds: int, workdir: Path) 
                       accelerator="cuda" if work.device.type == "cuda" else "cpu", devices=1,
                       num_sanity_val_steps=0).fit(Module(), torch.utils.data.DataLoader(range(steps), batch_size=1))
         finally:
-            shared.device_and_sync, channel.POWER_SAMPLE_INTERVAL_S = original, power_interval
+            runs.device_and_sync, channel.POWER_SAMPLE_INTERVAL_S = original, power_interval
         return clock.seconds / epochs
 
     variants = ("none", "ours", "ours_unsynchronised", "ours_power_10hz")

@@ -1026,9 +1026,11 @@ def test_a_csv_logger_subclass_with_its_own_log_metrics_gets_every_value_through
 def test_without_lightnings_private_logging_seam_epoch_values_still_reach_the_loggers(tmp_path, monkeypatch):
     """A future Lightning without ``_batches_that_stepped``: per-epoch values still reach every
     logger, at the global step, with one warning."""
-    import greencallbacks.lightning._shared as shared
+    import greencallbacks.lightning._logging as logging_part
+    import greencallbacks.lightning._training as training_part
 
-    monkeypatch.setattr(shared, "_batches_that_stepped", lambda trainer: None)
+    for reader in (training_part, logging_part):  # each reads the seam (step values; where values go)
+        monkeypatch.setattr(reader, "_batches_that_stepped", lambda trainer: None)
     L, EnergyCallback, TinyModel = flavour("lightning.pytorch")
     logger = L.loggers.CSVLogger(tmp_path, name="run")
     callback = EnergyCallback(intensity=300.0)
