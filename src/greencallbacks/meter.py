@@ -90,8 +90,12 @@ class Snapshot:
     carried_s: dict[str, float] = field(default_factory=dict)
     # Joules each channel has estimated rather than measured so far (the span between a failed
     # sensor's last read and its replacement, a sampled sensor's gap while it did not answer):
-    # cumulative, absent where none. A window states them at ESTIMATE_RELATIVE_UNCERTAINTY.
+    # cumulative, absent where none.
     bridged_j: dict[str, float] = field(default_factory=dict)
+    # Joules those estimates may be off by, cumulative, which a window states: each at
+    # ESTIMATE_RELATIVE_UNCERTAINTY, more where the span was unsampled (a GPU lost without power
+    # samples: see _Channel._bridge_at_slope).
+    bridge_error_j: dict[str, float] = field(default_factory=dict)
     # Off-thread channels carried at the counter's slope, without power samples: joules the value
     # may be off by (see _Channel.estimate); absent where carried with samples or read in place.
     slope_error_j: dict[str, float] = field(default_factory=dict)
@@ -224,11 +228,12 @@ class Meter:
                 slope_error[channel.name] = error_j
         methods = {c.name: c.method for c in self.channels}
         bridged = {c.name: c.bridged_j for c in self.channels if c.bridged_j}
+        bridge_error = {c.name: c.bridge_error_j for c in self.channels if c.bridge_error_j}
         # Started after the reads, so the reader's first read does not queue behind this one.
         if not self._poller.alive and not self._closed and self._poller.needed():
             self._poller.ensure_running()
         return Snapshot(monotonic_s=mono_s, unix_s=unix_s, energy_j=energy, methods=methods, carried_s=carried,
-                        bridged_j=bridged, slope_error_j=slope_error)
+                        bridged_j=bridged, bridge_error_j=bridge_error, slope_error_j=slope_error)
 
     def monotonic_s(self) -> float:
         """The meter's clock now: the time base of its snapshots' ``monotonic_s``."""
@@ -246,8 +251,9 @@ class Meter:
                 carried[channel.name] = seconds
         methods = {c.name: c.method for c in self.channels}
         bridged = {c.name: c.bridged_j for c in self.channels if c.bridged_j}
+        bridge_error = {c.name: c.bridge_error_j for c in self.channels if c.bridge_error_j}
         return Snapshot(monotonic_s=mono_s, unix_s=unix_s, energy_j=energy, methods=methods, carried_s=carried,
-                        bridged_j=bridged)
+                        bridged_j=bridged, bridge_error_j=bridge_error)
 
     def between(self, start: Snapshot, end: Snapshot) -> Measurement:
         duration_s = max(0.0, end.monotonic_s - start.monotonic_s)
@@ -268,7 +274,8 @@ class Meter:
                         energy_j,
                         duration_s,
                         max(start.carried_s.get(channel.name, 0.0), end.carried_s.get(channel.name, 0.0)),
-                        max(0.0, end.bridged_j.get(channel.name, 0.0) - start.bridged_j.get(channel.name, 0.0)),
+                        max(0.0, end.bridge_error_j.get(channel.name, 0.0)
+                            - start.bridge_error_j.get(channel.name, 0.0)),
                         # Each boundary's bound, added: the window is off by the difference of
                         # their errors, which are as often of opposite signs (in quadrature, 1 %
                         # of 1 s windows of a 50/700 W load without samples beat it, by up to 1.2x).

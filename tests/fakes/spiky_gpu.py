@@ -11,14 +11,15 @@ from tests.fakes.fake_pynvml import FakeNvml, gpu_uuid, h100_counter_latency
 from tests.fakes.scripted import FakeClock, polling
 
 
-def spiky_gpu(seed: int, instant_field: bool = True):
+def spiky_gpu(seed: int, instant_field: bool = True, levels: tuple[float, ...] = (50.0, 700.0)):
     """(clock, nvml, gpu, meter, run): ``run(seconds)`` advances the clock, the reader stepped every
-    10 ms, while the GPU switches between 50 and 700 W (each 20 ms, with a chance of 0.3).
-    ``instant_field=False``: a driver without the instantaneous-power field."""
+    10 ms, while the GPU switches between 50 and 700 W (each 20 ms, with a chance of 0.3), or the
+    power ``levels`` given (one: a steady load). ``instant_field=False``: a driver without the
+    instantaneous-power field."""
     rng = random.Random(seed)
     clock = FakeClock(1000.0 + rng.random())
     nvml = FakeNvml(clock, counter_latency=h100_counter_latency(seed))
-    gpu = nvml.add_gpu(gpu_uuid(0), power_w=700.0)
+    gpu = nvml.add_gpu(gpu_uuid(0), power_w=levels[-1])
     gpu.instant_supported = instant_field
     (sensor,) = find_nvml_gpus([0], environ={}, pynvml=nvml, clock=clock).sensors
     meter = Meter([sensor], clock=clock, wall_clock=lambda: clock() + 1.7e9, off_thread=True)
@@ -28,6 +29,6 @@ def spiky_gpu(seed: int, instant_field: bool = True):
         for _ in range(round(seconds / 0.02)):
             advance(0.02)
             if rng.random() < 0.3:
-                gpu.set_power(rng.choice([50.0, 700.0]))
+                gpu.set_power(rng.choice(levels))
 
     return clock, nvml, gpu, meter, run
