@@ -378,7 +378,9 @@ class SelfTime:
         for module, cls_name, names in self.CORE:
             cls = getattr(importlib.import_module(module), cls_name)
             for name in names:
-                self._wrap(cls, name, f"{cls_name}.{name}")
+                # Wrapped where it is defined (the Tracker's methods are in its mixins), named as before.
+                owner = next(c for c in cls.__mro__ if name in vars(c))
+                self._wrap(owner, name, f"{cls_name}.{name}")
         if self.framework == "hf":  # the per-step sample count inside the training_step wrapper
             from greencallbacks import samples
 

@@ -27,7 +27,7 @@ EDGE = T0 - T0 % BUCKET  # a bucket's start
 def test_with_a_mark_at_every_step_the_records_are_the_integral_of_power_times_intensity(tmp_path, monkeypatch):
     """Power changes at every step, the series every 7 s; a heartbeat at every count (HEARTBEAT_S 0):
     every record, nested validation and gaps included, is the integral, and the logged totals rise."""
-    monkeypatch.setattr("greencallbacks.tracker.HEARTBEAT_S", 0.0)
+    monkeypatch.setattr("greencallbacks.checkpoint_state.HEARTBEAT_S", 0.0)  # where the tracker reads it
     seed = random.randrange(2**32)
     print("seed", seed)
     rng = random.Random(seed)

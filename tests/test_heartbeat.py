@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-import greencallbacks.tracker as tracker_module
+import greencallbacks.checkpoint_state as checkpoint_state  # where the tracker reads HEARTBEAT_S
 from greencallbacks import heartbeat
 from greencallbacks.carbon import Carbon
 from greencallbacks.ledger import read_run_records
@@ -275,7 +275,7 @@ def test_the_hf_callback_writes_the_heartbeat_between_its_logging_steps(tmp_path
     from greencallbacks.hf import EnergyCallback
     from tests.hf_tiny import TRAIN_SAMPLES, TokenDataset, scripted_sensor, tiny_model, training_args
 
-    monkeypatch.setattr(tracker_module, "HEARTBEAT_S", 0.0)  # due at every step
+    monkeypatch.setattr(checkpoint_state, "HEARTBEAT_S", 0.0)  # due at every step
     energy = EnergyCallback(intensity=400.0, sensors=[scripted_sensor()], output_dir=tmp_path / "energy")
     seen = []
 
@@ -311,7 +311,7 @@ def test_the_lightning_callback_writes_the_heartbeat_without_step_values_and_in_
 
     from tests.lightning_models import flavour, trainer_kwargs
 
-    monkeypatch.setattr(tracker_module, "HEARTBEAT_S", 0.0)  # due at every batch
+    monkeypatch.setattr(checkpoint_state, "HEARTBEAT_S", 0.0)  # due at every batch
     L, EnergyCallback, TinyModel = flavour("lightning.pytorch")
     energy = EnergyCallback(sensors=[ScriptedSensor("gpu", time.monotonic, 50.0)], intensity=300.0,
                             step_metrics=False, output_dir=tmp_path / "energy")
@@ -346,13 +346,13 @@ KERAS_CHILD = textwrap.dedent(
     sys.path.insert(0, {repo!r})
     import keras
     import numpy as np
-    import greencallbacks.tracker as tracker_module
+    import greencallbacks.checkpoint_state as checkpoint_state
     import greencallbacks.watch as watch_module
     from greencallbacks.keras import EnergyCallback
     from greencallbacks.heartbeat import heartbeat_files
     from tests.fakes.scripted import ScriptedSensor
 
-    tracker_module.HEARTBEAT_S = 0.0  # due at every look of the watch thread
+    checkpoint_state.HEARTBEAT_S = 0.0  # due at every look of the watch thread
     watch_module.POLL_S = 0.01
     out = Path(sys.argv[1])
     energy = EnergyCallback(sensors=[ScriptedSensor("gpu", time.monotonic, 50.0)], intensity=300.0, output_dir=out)
@@ -412,7 +412,7 @@ def test_a_heartbeat_asked_from_another_thread_never_waits_for_a_boundary(tmp_pa
     that look (the next one writes) rather than read phases half changed or hold training up."""
     import threading
 
-    monkeypatch.setattr(tracker_module, "HEARTBEAT_S", 0.0)
+    monkeypatch.setattr(checkpoint_state, "HEARTBEAT_S", 0.0)
     tracker, clock = started(tmp_path)
     tracker.begin("train", 0)
     clock.advance(5.0)

@@ -41,10 +41,10 @@ class KillAt(TrainerCallback):
 
 def _killed(out: str) -> None:
     """Trains with a heartbeat at every step (due at once), and is killed at ``KILL_STEP``."""
-    import greencallbacks.tracker
+    import greencallbacks.checkpoint_state
     from test_hf_everyday import make_trainer, new_callback
 
-    greencallbacks.tracker.HEARTBEAT_S = 0.0
+    greencallbacks.checkpoint_state.HEARTBEAT_S = 0.0  # where the tracker reads it
     trainer = make_trainer(out, new_callback(), [KillAt()], save_strategy="epoch", eval_strategy="no",
                            include_num_input_tokens_seen="all")
     trainer.train()

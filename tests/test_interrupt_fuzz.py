@@ -29,7 +29,8 @@ from pathlib import Path
 
 import pytest
 
-from greencallbacks import (checks, concurrency, embodied_run, forks, heartbeat, open_phase, resume, run_ids,
+from greencallbacks import (checkpoint_state, checks, concurrency, embodied_run, forks, heartbeat, logged_values,
+                            open_phase, phase_boundaries, phase_lock, phase_records, resume, run_end, run_ids,
                             shared_gpus, summaries)
 from greencallbacks import tracker as tracker_module
 from greencallbacks.carbon import Carbon
@@ -41,8 +42,8 @@ from tests.fakes.scripted import FakeClock, ScriptedSensor
 POWER_W = 100.0
 # The tracker's module and the modules of its parts (split from it: one idea each).
 TRACKER_FILES = frozenset(module.__file__ for module in (
-    tracker_module, open_phase, concurrency, forks, run_ids, resume, shared_gpus, embodied_run, summaries, checks,
-    heartbeat))
+    tracker_module, phase_lock, phase_boundaries, phase_records, run_end, logged_values, checkpoint_state, open_phase,
+    concurrency, forks, run_ids, resume, shared_gpus, embodied_run, summaries, checks, heartbeat))
 
 
 class CtrlCAtLine:

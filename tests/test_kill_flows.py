@@ -198,9 +198,9 @@ def test_the_same_with_the_heartbeat_asked_from_another_thread_at_any_moment(tmp
     only sometimes: without the tracker's phase lock, 1 run in 4 of 100 seeds failed here; the
     deterministic check of the lock is test_heartbeat's. This one shows the asking never
     deadlocks nor breaks any invariant of the flows."""
-    import greencallbacks.tracker as tracker_module
+    import greencallbacks.checkpoint_state as checkpoint_state  # where the tracker reads HEARTBEAT_S
 
-    monkeypatch.setattr(tracker_module, "HEARTBEAT_S", 0.0)  # written at every ask: the phases read mid-boundary if unlocked
+    monkeypatch.setattr(checkpoint_state, "HEARTBEAT_S", 0.0)  # written at every ask: the phases read mid-boundary if unlocked
     switching = sys.getswitchinterval()
     sys.setswitchinterval(1e-6)  # the threads take turns between almost any two bytecodes
     asker = Asker()

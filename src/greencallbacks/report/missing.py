@@ -19,7 +19,7 @@ def _after_last_record(records: Sequence[Record], unfinished: Sequence[str]) -> 
     """What an unfinished run's figures leave out: everything after its last record, or, where its
     heartbeat was read (``runs.load``: phases of its last attempt carried, as a resume carries them),
     what it used after its last heartbeat."""
-    from greencallbacks.tracker import HEARTBEAT_S
+    from greencallbacks.checkpoint_state import HEARTBEAT_S
 
     runs = by_run(records)
     beaten = [run for run in unfinished if counted_to_heartbeat(runs[run])]
