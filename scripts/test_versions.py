@@ -88,7 +88,7 @@ MATRIX = {
                   "tests/test_lightning_resumed_epoch_first_batch_none.py", "tests/test_lightning_tokens_per_loader.py",
                   "tests/test_lightning_user_failures.py", "tests/test_samples_records_beside_labels.py",
                   "tests/test_samples_records_in_loops.py", "tests/test_samples_nested_order.py",
-                  "tests/test_report_steps_of_a_later_start.py", "tests/test_report_evaluation_sessions.py",
+                  "tests/test_samples_unbatched.py", "tests/test_report_steps_of_a_later_start.py", "tests/test_report_evaluation_sessions.py",
                   "tests/test_report_latex_names.py", "tests/test_whatif_rank_parts.py",
                   # A private seam (the checkpoint an evaluation restores, 2.2 to 2.4) and its fallback.
                   "tests/test_lightning_checkpoint_evaluations.py", "tests/test_lightning_checkpoint_labels.py", "tests/test_co2_flows_fake_clock.py",
