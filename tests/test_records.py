@@ -7,6 +7,7 @@ import warnings
 
 import pytest
 
+from greencallbacks import json_files, record_file_io, record_writer
 from greencallbacks import records as records_module
 from greencallbacks.records import RECORDS_FILE, SCHEMA, Record, RecordWriter, read_records
 from tests.fakes import disk as tests_disk
@@ -76,7 +77,7 @@ def test_phase_ends_within_the_sync_interval_share_one_background_fsync(tmp_path
     """One background fsync per ``SYNC_INTERVAL_S`` however many phases end in it; a write after
     the interval starts the next, which covers the lines written in between."""
     now = [1000.0]
-    monkeypatch.setattr(records_module.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(record_writer.time, "monotonic", lambda: now[0])
     synced = []  # (thread, bytes in the file when fsync returned)
     first_done = threading.Event()
     real_fsync = os.fsync
@@ -168,7 +169,7 @@ def test_a_failed_write_takes_back_only_its_own_part_of_a_shared_file(tmp_path, 
     failing on a full disk cut the file back to where A last wrote, and B's record after it was
     gone without a word (read back: A0 A1 B1)."""
     if not locking:
-        monkeypatch.setattr(records_module, "fcntl", None)  # a file system without flock
+        monkeypatch.setattr(record_file_io, "fcntl", None)  # a file system without flock
     path = tmp_path / RECORDS_FILE
     a, b = RecordWriter(path), RecordWriter(path)
     a.write(make_record(0, run_id="A"))
@@ -211,18 +212,18 @@ def test_a_writer_appending_while_another_write_fails_waits_and_keeps_its_line(t
     assert shared_file(path) == ["A0", "B0", "B1", "A1"]
 
 
-@pytest.mark.skipif(records_module.fcntl is None, reason="no flock here")
+@pytest.mark.skipif(record_file_io.fcntl is None, reason="no flock here")
 def test_a_lock_held_too_long_by_another_writer_does_not_hold_training(tmp_path, monkeypatch):
     """A stuck process (or a network file system's lock server) holding the file's lock: the write
     waits LOCK_WAIT_S once, goes in unserialised, and later writes no longer wait."""
     path = tmp_path / RECORDS_FILE
-    monkeypatch.setattr(records_module, "LOCK_WAIT_S", 0.02)
+    monkeypatch.setattr(record_file_io, "LOCK_WAIT_S", 0.02)
     slept = []
-    monkeypatch.setattr(records_module.time, "sleep", lambda s: slept.append(s))
+    monkeypatch.setattr(record_file_io.time, "sleep", lambda s: slept.append(s))
     writer = RecordWriter(path)
     holder = os.open(path, os.O_RDWR | os.O_CREAT)
     try:
-        records_module.fcntl.flock(holder, records_module.fcntl.LOCK_EX)
+        record_file_io.fcntl.flock(holder, record_file_io.fcntl.LOCK_EX)
         assert writer.write(make_record(0, run_id="A"))
         waits = len(slept)
         assert waits > 0
@@ -433,16 +434,16 @@ def test_json_file_replacer_writes_off_the_callers_thread_in_order_from_a_snapsh
     worker, the file ending with the last data given; ``write_now`` comes after the queued ones."""
     writers: list[str] = []
     gate = threading.Event()
-    replace = records_module._replace_file
+    replace = json_files._replace_file
 
     def slow_replace(path, text):
         gate.wait(5)  # hold the worker until everything is queued
         writers.append(threading.current_thread().name)
         return replace(path, text)
 
-    monkeypatch.setattr(records_module, "_replace_file", slow_replace)
+    monkeypatch.setattr(json_files, "_replace_file", slow_replace)
     path = tmp_path / "state.json"
-    file = records_module.JsonFileReplacer(path)
+    file = json_files.JsonFileReplacer(path)
     data = {"epoch": 0, "totals": {"train": 1.0}}
     for epoch in range(5):
         data["epoch"] = epoch
@@ -463,7 +464,7 @@ def test_json_file_replacer_writes_off_the_callers_thread_in_order_from_a_snapsh
 
 def test_json_file_replacer_writes_in_place_when_no_thread_can_start(tmp_path, monkeypatch):
     """At interpreter exit (an abandoned Keras fit's last state) no new thread may start."""
-    file = records_module.JsonFileReplacer(tmp_path / "state.json")
+    file = json_files.JsonFileReplacer(tmp_path / "state.json")
 
     class Exiting:
         def __init__(self, *args, **kwargs):
@@ -472,7 +473,7 @@ def test_json_file_replacer_writes_in_place_when_no_thread_can_start(tmp_path, m
         def submit(self, *args):
             raise RuntimeError("cannot schedule new futures after interpreter shutdown")
 
-    monkeypatch.setattr(records_module, "ThreadPoolExecutor", Exiting)
+    monkeypatch.setattr(json_files, "ThreadPoolExecutor", Exiting)
     file.write_soon({"epoch": 3})
     assert json.loads((tmp_path / "state.json").read_text()) == {"epoch": 3}
 
@@ -480,8 +481,8 @@ def test_json_file_replacer_writes_in_place_when_no_thread_can_start(tmp_path, m
 def test_a_backlog_of_unsynced_lines_starts_an_fsync_before_the_interval(tmp_path, monkeypatch):
     """Thousands of phase ends within the interval start an fsync as soon as ``SYNC_BACKLOG_BYTES``
     wait for one, so what a machine crash could take stays bounded."""
-    monkeypatch.setattr(records_module.time, "monotonic", lambda: 1000.0)  # the interval never passes
-    monkeypatch.setattr(records_module, "SYNC_BACKLOG_BYTES", 4096)
+    monkeypatch.setattr(record_writer.time, "monotonic", lambda: 1000.0)  # the interval never passes
+    monkeypatch.setattr(record_writer, "SYNC_BACKLOG_BYTES", 4096)
     synced = []
     real_fsync = os.fsync
     path = tmp_path / "r.jsonl"
@@ -595,7 +596,7 @@ def test_close_does_not_wait_for_a_stalled_disk_beyond_its_bound(tmp_path, monke
 
     path = tmp_path / "r.jsonl"
     script_fsync(monkeypatch, records_module, path, stalled)
-    monkeypatch.setattr(records_module, "CLOSE_SYNC_WAIT_S", 0.05, raising=False)
+    monkeypatch.setattr(record_writer, "CLOSE_SYNC_WAIT_S", 0.05, raising=False)
     writer = RecordWriter(path)
     writer.write(make_record(0))
     writer.write(make_record(1))
@@ -875,7 +876,7 @@ def test_a_long_run_keeps_a_flat_memory_of_the_lines_it_wrote(tmp_path, monkeypa
     """The writer kept every line it wrote (to give a lost file its records back): ~2 kB more per
     record, 49 MiB after 8,000 epochs. Synced lines past LINES_KEPT_BYTES are forgotten; a file lost
     afterwards gets the kept ones back and the warning says how many before them may be gone."""
-    monkeypatch.setattr(records_module, "LINES_KEPT_BYTES", 4096)
+    monkeypatch.setattr(record_writer, "LINES_KEPT_BYTES", 4096)
     path = tmp_path / RECORDS_FILE
     writer = RecordWriter(path)
     for seq in range(200):

@@ -16,7 +16,7 @@ import warnings
 
 import pytest
 
-from greencallbacks import records as records_module
+from greencallbacks import record_writer
 from greencallbacks import report
 from greencallbacks.cli import main
 from greencallbacks.records import RECORDS_FILE, read_records
@@ -68,7 +68,7 @@ def test_a_records_file_deleted_mid_run_is_said_with_what_its_remnant_lacks(tmp_
     """The probe's case, in a real fit: the writer keeps 4 kB of synced lines; the file is
     deleted at the end of epoch 4 of 6, and the next write refills only the lines kept."""
     L, _, _ = _lightning()
-    monkeypatch.setattr(records_module, "LINES_KEPT_BYTES", 4096)
+    monkeypatch.setattr(record_writer, "LINES_KEPT_BYTES", 4096)
 
     trackers = []
 
