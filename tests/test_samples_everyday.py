@@ -37,7 +37,7 @@ torch = pytest.importorskip("torch")
 from greencallbacks.meter import EnergyWarning  # noqa: E402
 from greencallbacks.records import read_records  # noqa: E402
 from greencallbacks.samples import BatchCounter, count_collated, count_samples  # noqa: E402
-from test_samples_frameworks import by_phase, energy_warnings, lightning_module  # noqa: E402
+from test_samples_frameworks import by_phase, counted_in_every_loop, energy_warnings, lightning_module  # noqa: E402
 
 TRAIN, VAL, TEST, PREDICT, BATCH = 23, 11, 7, 9, 5  # VAL ends with a batch of one
 
@@ -110,29 +110,15 @@ def test_a_models_named_input_counts_beside_a_list_that_reads_otherwise():
 def test_lightning_counts_a_zip_collate_of_a_tensor_dataset_exactly(tmp_path, labels):
     """Regression: 3 samples a batch (the images' channels) were recorded, counted and silent:
     15 for 23 training samples, 9 for 11 validation ones."""
-    L, AnyBatch = lightning_module()
-    from greencallbacks.lightning import EnergyCallback
-
     def loader(n: int):
         y = torch.arange(n) if labels == "0-d" else torch.arange(n, dtype=torch.float32)[:, None]
         data = torch.utils.data.TensorDataset(torch.zeros(n, 3, 8, 8), y)
         return torch.utils.data.DataLoader(data, batch_size=BATCH, collate_fn=zipped)
 
-    callback = EnergyCallback(output_dir=tmp_path, intensity=100.0, progress_bar=False)
-    trainer = L.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False, callbacks=[callback],
-                        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
-    model = AnyBatch()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        trainer.fit(model, loader(TRAIN), loader(VAL))
-        trainer.test(model, loader(TEST), verbose=False)
-        trainer.predict(model, loader(PREDICT))
-    phases = by_phase(read_records(tmp_path))
-    counted = {phase: [(r.samples, r.samples_counted) for r in records] for phase, records in phases.items()
-               if phase != "other"}
+    counted, said = counted_in_every_loop(tmp_path, loader, (TRAIN, VAL, TEST, PREDICT))
     assert counted == {"train": [(TRAIN, True)], "validation": [(VAL, True)], "test": [(TEST, True)],
                        "predict": [(PREDICT, True)]}
-    assert not [m for m in energy_warnings(caught) if "count the samples" in m]
+    assert not [m for m in said if "count the samples" in m]
 
 
 @pytest.mark.slow

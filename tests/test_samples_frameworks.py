@@ -124,6 +124,28 @@ def by_phase(records) -> dict[str, list]:
 
 
 # ------------------------------------------------------------------------------ Lightning
+def counted_in_every_loop(tmp_path, loader, sizes, **trainer_options) -> tuple[dict, list[str]]:
+    """A fit, test and predict of ``lightning_module``'s model over ``loader(n)`` for ``sizes``
+    (training, validation, test, predict): ({phase: [(samples, counted)]}, the energy warnings)."""
+    L, AnyBatch = lightning_module()
+    from greencallbacks.lightning import EnergyCallback
+
+    train, val, test, predict = sizes
+    callback = EnergyCallback(output_dir=tmp_path, intensity=100.0, progress_bar=False)
+    trainer = L.Trainer(**{"max_epochs": 1, "accelerator": "cpu", "devices": 1, "logger": False, "callbacks": [callback],
+                           "enable_progress_bar": False, "enable_model_summary": False, "enable_checkpointing": False,
+                           **trainer_options})
+    model = AnyBatch()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(model, loader(train), loader(val))
+        trainer.test(model, loader(test), verbose=False)
+        trainer.predict(model, loader(predict))
+    counted = {phase: [(r.samples, r.samples_counted) for r in records]
+               for phase, records in by_phase(read_records(tmp_path)).items() if phase != "other"}
+    return counted, energy_warnings(caught)
+
+
 def lightning_module():
     L = pytest.importorskip("lightning.pytorch")
 

@@ -32,7 +32,8 @@ torch = pytest.importorskip("torch", reason="the batches are torch tensors")
 
 from greencallbacks.meter import EnergyWarning  # noqa: E402
 from greencallbacks.records import read_records  # noqa: E402
-from greencallbacks.samples import BatchCounter, count_samples  # noqa: E402
+from greencallbacks.samples import count_samples  # noqa: E402
+from tests.test_samples_guesses import warnings_for  # noqa: E402
 
 B, T = 4, 6
 
@@ -64,15 +65,6 @@ def key_orders(batch, limit: int = 120) -> list:
 
 def counts_in_every_order(batch, collate=None) -> set:
     return {count_samples(variant, collate) for variant in key_orders(batch)}
-
-
-def warnings_for(batch) -> list[str]:
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        counter = BatchCounter()
-        for _ in range(3):
-            assert counter.count(batch, run_id="r") == (None, 0)
-    return [str(w.message) for w in caught if issubclass(w.category, EnergyWarning)]
 
 
 class Graphs:

@@ -9,13 +9,11 @@ iterable of batches) still counts its rows: a rule of one sample per item would 
 
 from __future__ import annotations
 
-import warnings
 
 import pytest
 
 torch = pytest.importorskip("torch", reason="the DataLoader is torch's")
 
-from greencallbacks.records import read_records  # noqa: E402
 from greencallbacks.samples import count_samples  # noqa: E402
 
 TRAIN, VAL, TEST, PREDICT = 11, 7, 5, 3
@@ -41,28 +39,11 @@ DATA = {"samples with 0-d labels": (samples_with_labels, 1), "dicts with int lab
 def fit_test_predict(tmp_path, make):
     from torch.utils.data import DataLoader
 
-    from tests.test_samples_frameworks import lightning_module
+    from tests.test_samples_frameworks import counted_in_every_loop
 
-    L, AnyBatch = lightning_module()  # (skips without Lightning)
-    from greencallbacks.lightning import EnergyCallback
-
-    def loader(n):
-        return DataLoader(make(n), batch_size=None)
-
-    callback = EnergyCallback(output_dir=tmp_path, intensity=100.0, progress_bar=False)
-    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, callbacks=[callback], num_sanity_val_steps=1,
-                        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
-    model = AnyBatch()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        trainer.fit(model, loader(TRAIN), loader(VAL))
-        trainer.test(model, loader(TEST), verbose=False)
-        trainer.predict(model, loader(PREDICT))
-    counted = {}
-    for record in read_records(tmp_path):
-        if record.phase != "other":
-            counted.setdefault(record.phase, []).append((record.samples, record.samples_counted))
-    return counted, [str(w.message) for w in caught if "could not count" in str(w.message)]
+    counted, said = counted_in_every_loop(tmp_path, lambda n: DataLoader(make(n), batch_size=None),
+                                          (TRAIN, VAL, TEST, PREDICT), num_sanity_val_steps=1)
+    return counted, [m for m in said if "could not count" in m]
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
