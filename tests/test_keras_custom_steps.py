@@ -153,8 +153,10 @@ results["keras"] = keras.__version__
 
 
 def run_script(backend: str, out: Path) -> dict:
+    # Once in a CI run (Keras 3.3.3, TensorFlow 2.16.2) the TensorFlow scenarios, two MirroredStrategy
+    # replicas among them, hung for 600 s; not reproduced in 17 reruns: run again once on a hang.
     return run_keras(backend, out, "-c", SCRIPT, str(out), backend, str(TRAIN), str(VAL), str(BATCH),
-                     purpose=f"the Keras {backend}-backend custom-step scenarios")
+                     purpose=f"the Keras {backend}-backend custom-step scenarios", hang_retried=backend == "tensorflow")
 
 
 @pytest.fixture(scope="module")
