@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -133,18 +134,17 @@ def _unix(iso: str) -> float:
     return datetime.fromisoformat(iso).timestamp()
 
 
-def test_a_rank_whose_part_ended_first_is_priced_over_its_own_seconds(tmp_path):
-    """Rank 1 failed 3 s into epoch 1, rank 0 went on 10 s (until it was stopped): each rank priced
-    its own part over its own seconds, at the series the what-if is given. The what-if spread both
-    parts' 1.3 kJ over the longest part's 10 s, and said the run "as recorded" emitted 0.1783 g
-    where its records say 0.1667 g, blaming the intensity it was priced at when it ran."""
+def two_ranks_failing_in_epoch_1(tmp_path, sensors_of) -> Path:
+    """Two ranks (threads) of run "ddp" measured by ``sensors_of(rank, clock)`` write to tmp_path/energy:
+    epoch 0 of EPOCH_S, then epoch 1, where rank 1 fails after 3 s and rank 0 is stopped after
+    EPOCH_S. The carbon series they were priced at (100, 200, then 400 g/kWh)."""
     series = write_series(tmp_path / "steps.csv", [(T0, 100), (T0 + 10, 200)] + [(T0 + s, 400) for s in range(13, 70, 10)])
 
     def rank(rank, reducer):
         clock = FakeClock(0.0)
         tracker = Tracker(carbon=Carbon(series=series), run_id="ddp")
-        tracker.start(Meter([ScriptedSensor(f"gpu{rank}", clock, power_w=GPU_W)], fallback=None, clock=clock,
-                            wall_clock=lambda: clock() + T0), reducer=reducer, output_dir=tmp_path / "energy")
+        tracker.start(Meter(sensors_of(rank, clock), fallback=None, clock=clock, wall_clock=lambda: clock() + T0),
+                      reducer=reducer, output_dir=tmp_path / "energy")
         tracker.begin("train", 0)
         clock.advance(EPOCH_S)
         tracker.end("train")
@@ -154,6 +154,15 @@ def test_a_rank_whose_part_ended_first_is_priced_over_its_own_seconds(tmp_path):
 
     run_ranks(rank, reducer=TwoRanks, world=WORLD,
               shared={"slots": [None] * WORLD, "barrier": threading.Barrier(WORLD, timeout=30)})
+    return series
+
+
+def test_a_rank_whose_part_ended_first_is_priced_over_its_own_seconds(tmp_path):
+    """Rank 1 failed 3 s into epoch 1, rank 0 went on 10 s (until it was stopped): each rank priced
+    its own part over its own seconds, at the series the what-if is given. The what-if spread both
+    parts' 1.3 kJ over the longest part's 10 s, and said the run "as recorded" emitted 0.1783 g
+    where its records say 0.1667 g, blaming the intensity it was priced at when it ran."""
+    series = two_ranks_failing_in_epoch_1(tmp_path, lambda rank, clock: [ScriptedSensor(f"gpu{rank}", clock, power_w=GPU_W)])
     records = read_run_records("ddp", [tmp_path / "energy"])
     assert sorted(r.duration_s for r in records if r.epoch == 1) == [3.0, EPOCH_S]
     # Epoch 0: 2 kJ at 100 g/kWh; epoch 1: rank 0's 300 J at 200 and 700 J at 400, rank 1's 300 J at 200.
@@ -171,23 +180,8 @@ def test_a_rank_that_measured_nothing_is_laid_on_its_own_timeline_in_any_file_or
     failed phase name no rank. Its file given first, its part took the timeline of rank 0's, which
     names rank 0, and was laid after it: a run of 20 s was timed 23 s (the real gloo run: 0.930 s
     for 0.894 s, and 0.5879 mg as recorded for the records' 0.5836)."""
-    series = write_series(tmp_path / "steps.csv", [(T0, 100), (T0 + 10, 200)] + [(T0 + s, 400) for s in range(13, 70, 10)])
-
-    def rank(rank, reducer):
-        clock = FakeClock(0.0)
-        tracker = Tracker(carbon=Carbon(series=series), run_id="ddp")
-        sensors = [ScriptedSensor("gpu0", clock, power_w=GPU_W)] if rank == 0 else []
-        tracker.start(Meter(sensors, fallback=None, clock=clock, wall_clock=lambda: clock() + T0), reducer=reducer,
-                      output_dir=tmp_path / "energy")
-        tracker.begin("train", 0)
-        clock.advance(EPOCH_S)
-        tracker.end("train")
-        tracker.begin("train", 1)
-        clock.advance(3.0 if rank == 1 else EPOCH_S)
-        tracker.abort()
-
-    run_ranks(rank, reducer=TwoRanks, world=WORLD,
-              shared={"slots": [None] * WORLD, "barrier": threading.Barrier(WORLD, timeout=30)})
+    series = two_ranks_failing_in_epoch_1(
+        tmp_path, lambda rank, clock: [ScriptedSensor("gpu0", clock, power_w=GPU_W)] if rank == 0 else [])
     energy = tmp_path / "energy"
     parts = [r for r in read_run_records("ddp", [energy]) if r.epoch == 1]
     assert sorted((r.duration_s, [c.get("rank") for c in r.components]) for r in parts) == [(3.0, []), (EPOCH_S, [0])]
